@@ -1,0 +1,205 @@
+//! Types shared by meshd's eBPF programs and its userspace daemon: map keys, map values and
+//! the numbering of counters, defined once with explicit padding so both sides agree on layout.
+#![no_std]
+
+/// Address family numbers as the kernel reports them in `bpf_sock_addr`, `bpf_sock_ops` and
+/// `sk_msg_md`.
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+/// `SOL_IP` / `SO_ORIGINAL_DST` and `SOL_IPV6` / `IP6T_SO_ORIGINAL_DST`, answered by the
+/// `cgroup/getsockopt` program for meshd's accepted sockets.
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+pub const SO_ORIGINAL_DST: i32 = 80;
+
+/// Flags in [`ProxyConfig::flags`].
+pub const CFG_SOCKMAP: u32 = 1 << 0;
+pub const CFG_FAIL_CLOSED: u32 = 1 << 1;
+
+/// Daemon settings the programs read on every hook; a one-element array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Cgroup id (inode of the cgroup directory) that meshd itself runs in.
+    pub meshd_cgroup: u64,
+    /// After this many nanoseconds without a heartbeat the daemon is considered gone.
+    pub heartbeat_timeout_ns: u64,
+    /// meshd's outbound listener port, host byte order.
+    pub outbound_port: u32,
+    /// `CFG_*` bits.
+    pub flags: u32,
+}
+
+/// A managed cgroup's entry: which workload the cgroup's sockets belong to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadRef {
+    pub workload_id: u32,
+    pub _pad: u32,
+}
+
+/// One IPv4 or IPv6 endpoint. IPv4 addresses sit in `ip[0]`, the rest zero. Addresses are in
+/// network byte order as the kernel hands them over; `port` is in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub ip: [u32; 4],
+    pub port: u32,
+    pub family: u32,
+}
+
+/// Where a redirected connection was going before connect4/6 rewrote it, and who made it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub dst: Endpoint,
+    pub workload_id: u32,
+    pub _pad: u32,
+}
+
+/// A socket's own 4-tuple, as seen from that socket (local first). Keys the SOCKHASH.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockPair {
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub family: u32,
+    pub _pad: u32,
+}
+
+impl SockPair {
+    /// The same connection as seen from the other end.
+    pub fn peer(&self) -> SockPair {
+        SockPair {
+            local_ip: self.remote_ip,
+            remote_ip: self.local_ip,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            family: self.family,
+            _pad: 0,
+        }
+    }
+}
+
+/// Per-socket counters for meshd's own sockets (downstream accepted and upstream connected),
+/// kept in a per-CPU LRU hash keyed by socket cookie.
+///
+/// The `*_bytes`/`*_packets` fields are additive per CPU (userspace sums them); the fields
+/// copied from `bpf_sock_ops` are absolute snapshots (userspace takes the maximum).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Bytes and packets leaving this socket: skb lengths on egress plus sk_msg payloads.
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    /// Bytes and packets arriving at this socket: skb lengths on ingress plus redirected
+    /// sk_msg payloads from its sockmap peer.
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    /// Smoothed RTT in microseconds, from sockops (`srtt_us >> 3`).
+    pub srtt_us: u64,
+    /// Retransmitted segments over the socket's life (`total_retrans`).
+    pub retransmits: u64,
+    /// TCP payload bytes acknowledged by the peer / received in order (`bytes_acked`,
+    /// `bytes_received`).
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+/// Index of each counter in the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// connect4/6 rewrote a managed socket's destination to meshd.
+    Redirect = 0,
+    /// A managed connect was left alone because the destination is excluded.
+    Excluded = 1,
+    /// The heartbeat was stale and the connect went straight to its destination.
+    FailOpen = 2,
+    /// The heartbeat was stale and the connect was refused (fail-closed mode).
+    FailClosed = 3,
+    /// sk_msg handed data straight to the peer socket.
+    SockmapRedirect = 4,
+    /// sk_msg found no peer in the SOCKHASH; the data took the TCP path.
+    SockmapMiss = 5,
+    /// getsockopt(SO_ORIGINAL_DST) answered from the map.
+    OrigDstHit = 6,
+    /// getsockopt(SO_ORIGINAL_DST) found nothing for the socket.
+    OrigDstMiss = 7,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 8;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Redirect,
+        Counter::Excluded,
+        Counter::FailOpen,
+        Counter::FailClosed,
+        Counter::SockmapRedirect,
+        Counter::SockmapMiss,
+        Counter::OrigDstHit,
+        Counter::OrigDstMiss,
+    ];
+
+    /// Name used for the `meshd_ebpf_events_total{event=...}` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Redirect => "redirect",
+            Counter::Excluded => "excluded",
+            Counter::FailOpen => "fail_open",
+            Counter::FailClosed => "fail_closed",
+            Counter::SockmapRedirect => "sockmap_redirect",
+            Counter::SockmapMiss => "sockmap_miss",
+            Counter::OrigDstHit => "orig_dst_hit",
+            Counter::OrigDstMiss => "orig_dst_miss",
+        }
+    }
+}
+
+/// Key of the LPM tries of excluded IPv4 / IPv6 destinations: prefix length then address
+/// bytes in network order, as `BPF_MAP_TYPE_LPM_TRIE` expects.
+pub type Ipv4Prefix = [u8; 4];
+pub type Ipv6Prefix = [u8; 16];
+
+/// Map names, shared so the loader and the programs cannot drift apart.
+pub mod maps {
+    pub const CONFIG: &str = "CONFIG";
+    pub const HEARTBEAT: &str = "HEARTBEAT";
+    pub const MANAGED: &str = "MANAGED";
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    pub const EXCLUDED_V4: &str = "EXCLUDED_V4";
+    pub const EXCLUDED_V6: &str = "EXCLUDED_V6";
+    pub const ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+    pub const ORIG_BY_TUPLE: &str = "ORIG_BY_TUPLE";
+    pub const SOCKHASH: &str = "SOCKHASH";
+    pub const PAIR_COOKIE: &str = "PAIR_COOKIE";
+    pub const CONN_STATS: &str = "CONN_STATS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ProxyConfig>() == 24);
+    assert!(core::mem::size_of::<WorkloadRef>() == 8);
+    assert!(core::mem::size_of::<Endpoint>() == 24);
+    assert!(core::mem::size_of::<OrigDst>() == 32);
+    assert!(core::mem::size_of::<SockPair>() == 48);
+    assert!(core::mem::size_of::<ConnStats>() == 64);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], made only of integers, with explicit padding fields,
+    // so any bit pattern is valid and there are no uninitialised bytes.
+    unsafe impl aya::Pod for ProxyConfig {}
+    unsafe impl aya::Pod for WorkloadRef {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for SockPair {}
+    unsafe impl aya::Pod for ConnStats {}
+}
+
+pub mod decide;

@@ -1,0 +1,60 @@
+//! Every map the programs share with each other and with userspace, declared once.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash},
+};
+use proxy_common::{
+    ConnStats, Counter, Endpoint, Ipv4Prefix, Ipv6Prefix, OrigDst, ProxyConfig, SockPair,
+    WorkloadRef,
+};
+
+/// How many connections the per-connection maps track before LRU eviction.
+const CONNECTIONS: u32 = 65_536;
+
+#[map]
+pub static CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
+
+/// CLOCK_MONOTONIC nanoseconds of meshd's last heartbeat.
+#[map]
+pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Managed cgroup id → workload.
+#[map]
+pub static MANAGED: HashMap<u64, WorkloadRef> = HashMap::with_max_entries(16_384, 0);
+
+/// Destination ports (host order) never redirected: meshd's own ports and configured ones.
+#[map]
+pub static EXCLUDED_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(1_024, 0);
+
+#[map]
+pub static EXCLUDED_V4: LpmTrie<Ipv4Prefix, u32> = LpmTrie::with_max_entries(1_024, 0);
+
+#[map]
+pub static EXCLUDED_V6: LpmTrie<Ipv6Prefix, u32> = LpmTrie::with_max_entries(1_024, 0);
+
+/// Workload socket cookie → original destination, written by connect4/6.
+#[map]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Workload socket's local address (= the peer address of meshd's accepted socket) → original
+/// destination, written by sockops when the workload's connect completes.
+#[map]
+pub static ORIG_BY_TUPLE: LruHashMap<Endpoint, OrigDst> =
+    LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Both ends of every workload↔meshd hop, so sk_msg can hand bytes straight across.
+#[map]
+pub static SOCKHASH: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS, 0);
+
+/// Socket 4-tuple → cookie for meshd's sockets in the SOCKHASH (sk_msg cannot read cookies).
+#[map]
+pub static PAIR_COOKIE: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Cookie of each of meshd's own sockets → its counters.
+#[map]
+pub static CONN_STATS: LruPerCpuHashMap<u64, ConnStats> =
+    LruPerCpuHashMap::with_max_entries(CONNECTIONS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

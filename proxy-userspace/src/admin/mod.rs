@@ -1,0 +1,169 @@
+//! The admin API: /ready, /metrics, /connections, /config_dump and the workload enrolment
+//! endpoints used by `meshd exec`.
+
+pub mod client;
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::{
+    ebpf::DatapathMaps,
+    metrics::Metrics,
+    proxy::Connections,
+    settings::Settings,
+    workloads::{Registry, WorkloadError, WorkloadName},
+};
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct AdminState {
+    pub ready: AtomicBool,
+    pub settings: Settings,
+    pub maps: Arc<DatapathMaps>,
+    pub workloads: Arc<Registry>,
+    pub connections: Arc<Connections>,
+    pub metrics: Arc<Metrics>,
+    pub started_unix_ms: u64,
+    pub attach_cgroup: String,
+}
+
+#[derive(Deserialize)]
+struct EnrolRequest {
+    workload: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(req, &state).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body.into())))
+        .expect("static response parts")
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Resp {
+    let body = serde_json::to_vec_pretty(value).expect("serialisable admin payload");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
+    json(status, &ErrorBody { error: msg.into() })
+}
+
+async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/ready") => {
+            if st.ready.load(Ordering::Relaxed) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (Method::GET, "/metrics") => Response::builder()
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(st.metrics.render(&st.maps))))
+            .expect("static response parts"),
+        (Method::GET, "/connections") => json(StatusCode::OK, &st.connections.snapshot()),
+        (Method::GET, "/config_dump") => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "settings": st.settings,
+                "attach_cgroup": st.attach_cgroup,
+                "started_unix_ms": st.started_unix_ms,
+                "workloads": st.workloads.list(),
+            }),
+        ),
+        (Method::GET, "/workloads") => json(StatusCode::OK, &st.workloads.list()),
+        (Method::POST, "/workloads") => enrol(req, st).await,
+        (Method::DELETE, p) if p.starts_with("/workloads/") => {
+            let Ok(id) = p["/workloads/".len()..].parse::<u32>() else {
+                return error(StatusCode::BAD_REQUEST, "workload id must be a number");
+            };
+            match st.workloads.remove(id) {
+                Ok(w) => {
+                    st.metrics.workloads.dec();
+                    json(StatusCode::OK, &w)
+                }
+                Err(e @ WorkloadError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+                Err(e @ WorkloadError::Busy { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
+    }
+}
+
+async fn enrol(req: Request<Incoming>, st: &AdminState) -> Resp {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+    };
+    let parsed: EnrolRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"workload\": \"NS/NAME\"}}: {e}"),
+            );
+        }
+    };
+    let name = match WorkloadName::parse(&parsed.workload) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match st.workloads.enrol(&name) {
+        Ok(w) => {
+            st.metrics.workloads.inc();
+            json(StatusCode::CREATED, &w)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

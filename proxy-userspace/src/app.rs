@@ -1,0 +1,310 @@
+//! Daemon assembly: `build` binds the listeners, sets up cgroups, attaches the datapath and
+//! starts serving, returning the addresses it bound; `App::wait_termination` drains and tears
+//! everything down.
+
+use std::{
+    fs::File,
+    io::ErrorKind,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    admin::{self, AdminState},
+    cgroup::{self, NodeCgroups},
+    drain,
+    ebpf::{self, Datapath},
+    metrics::Metrics,
+    proxy::{Connections, outbound},
+    settings::Settings,
+    workloads::Registry,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "meshd run needs root (or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN) to load eBPF programs \
+         and manage cgroups; it is running as uid {0}"
+    )]
+    NotRoot(u32),
+    #[error(
+        "{what} {addr} is already in use: is another meshd running on this node? Stop it, or pick \
+         other ports with --admin / --outbound-port"
+    )]
+    PortTaken {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("binding {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "another meshd (pid {pid}, lock {lock}) is already running for the cgroup {cgroup}; stop \
+         it first, or give this one its own --cgroup and ports"
+    )]
+    AlreadyRunning {
+        pid: String,
+        lock: PathBuf,
+        cgroup: PathBuf,
+    },
+    #[error("creating the lock file {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config path {0} does not exist")]
+    MissingConfig(PathBuf),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Datapath(#[from] ebpf::DatapathError),
+}
+
+/// A running daemon.
+pub struct App {
+    pub admin: SocketAddr,
+    pub outbound: Vec<SocketAddr>,
+    settings: Settings,
+    cgroups: NodeCgroups,
+    datapath: Datapath,
+    state: Arc<AdminState>,
+    drain: drain::Drain,
+    listeners: tokio::task::JoinSet<()>,
+    _lock: File,
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MESHD_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run_daemon(settings: Settings) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        match build(settings).await {
+            Ok(app) => {
+                app.wait_termination().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("meshd could not start: {e}");
+                eprintln!("meshd: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| match source.kind() {
+            ErrorKind::AddrInUse => StartupError::PortTaken { what, addr },
+            _ => StartupError::Bind { what, addr, source },
+        })
+}
+
+/// One meshd per attach cgroup: an exclusive flock on a file named after it.
+fn lock(attach: &Path) -> Result<File, StartupError> {
+    let dir = Path::new("/run/meshd");
+    let path = dir.join(format!(
+        "{}.lock",
+        attach.display().to_string().replace('/', "_")
+    ));
+    let lock_err = |source| StartupError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(lock_err)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        return Err(StartupError::AlreadyRunning {
+            pid: holder,
+            lock: path,
+            cgroup: attach.to_path_buf(),
+        });
+    }
+    use std::io::Write;
+    file.set_len(0).map_err(lock_err)?;
+    write!(file, "{}", std::process::id()).map_err(lock_err)?;
+    Ok(file)
+}
+
+pub async fn build(settings: Settings) -> Result<App, StartupError> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Err(StartupError::NotRoot(uid));
+    }
+    for p in &settings.config_paths {
+        if !p.exists() {
+            return Err(StartupError::MissingConfig(p.clone()));
+        }
+    }
+    // One meshd per attach cgroup: a second one fails here, before touching anything.
+    let mount = cgroup::cgroup2_mount()?;
+    let attach = settings
+        .cgroup
+        .clone()
+        .unwrap_or_else(|| mount.join("meshd"));
+    let lock = lock(&attach)?;
+    // meshd moves into its unmanaged cgroup *before* opening sockets: a socket belongs to the
+    // cgroup of the process that created it, and accepted sockets inherit the listener's. The
+    // datapath's sockops and getsockopt hooks only see sockets under the attach point.
+    let cgroups = NodeCgroups::setup(Some(&attach))?;
+    match start(&settings, &cgroups).await {
+        Ok((datapath, listeners)) => Ok(serve(settings, cgroups, datapath, listeners, lock)),
+        Err(e) => {
+            cgroups.teardown();
+            Err(e)
+        }
+    }
+}
+
+struct Listeners {
+    admin: TcpListener,
+    outbound: Vec<TcpListener>,
+}
+
+async fn start(
+    settings: &Settings,
+    cgroups: &NodeCgroups,
+) -> Result<(Datapath, Listeners), StartupError> {
+    let admin = bind("admin address", settings.admin).await?;
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, settings.outbound_port));
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, settings.outbound_port));
+    let mut outbound = vec![bind("outbound listener", v4).await?];
+    match bind("outbound listener", v6).await {
+        Ok(l) => outbound.push(l),
+        Err(StartupError::Bind { source, .. }) if source.kind() == ErrorKind::AddrNotAvailable => {
+            tracing::warn!("IPv6 loopback is unavailable; IPv6 connects will not be captured")
+        }
+        Err(e) => return Err(e),
+    }
+    let daemon_id = cgroup::cgroup_id(&cgroups.daemon)?;
+    let datapath = Datapath::start(settings, &cgroups.attach, daemon_id)?;
+    Ok((datapath, Listeners { admin, outbound }))
+}
+
+fn serve(
+    settings: Settings,
+    cgroups: NodeCgroups,
+    datapath: Datapath,
+    listeners: Listeners,
+    lock: File,
+) -> App {
+    let Listeners {
+        admin: admin_listener,
+        outbound: outbound_listeners,
+    } = listeners;
+    let maps = datapath.maps.clone();
+    ebpf::spawn_heartbeat(maps.clone(), settings.heartbeat_timeout);
+
+    let metrics = Metrics::new();
+    let workloads = Arc::new(Registry::new(&cgroups.workloads, maps.clone()));
+    let connections = Connections::new(maps.clone());
+    let admin = admin_listener.local_addr().expect("bound admin address");
+    let outbound: Vec<SocketAddr> = outbound_listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound outbound address"))
+        .collect();
+
+    let ctx = Arc::new(outbound::Outbound {
+        maps: maps.clone(),
+        workloads: workloads.clone(),
+        connections: connections.clone(),
+        metrics: metrics.clone(),
+        connect_timeout: settings.connect_timeout,
+        own: outbound.iter().copied().chain([admin]).collect(),
+    });
+    let (drain, watch) = drain::channel();
+    let mut listeners = tokio::task::JoinSet::new();
+    for l in outbound_listeners {
+        listeners.spawn(outbound::serve(
+            l,
+            ctx.clone(),
+            watch.clone(),
+            settings.drain_timeout,
+        ));
+    }
+    let state = Arc::new(AdminState {
+        ready: false.into(),
+        settings: settings.clone(),
+        maps,
+        workloads,
+        connections,
+        metrics,
+        started_unix_ms: crate::proxy::connections::unix_ms(),
+        attach_cgroup: cgroups.attach.display().to_string(),
+    });
+    tokio::spawn(admin::serve(admin_listener, state.clone()));
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        %admin,
+        outbound = ?outbound,
+        cgroup = %cgroups.attach.display(),
+        sockmap = settings.sockmap,
+        fail_mode = ?settings.fail_mode,
+        heartbeat_timeout = ?settings.heartbeat_timeout,
+        exclude_ports = ?settings.exclude_ports,
+        "meshd ready"
+    );
+    App {
+        admin,
+        outbound,
+        settings,
+        cgroups,
+        datapath,
+        state,
+        drain,
+        listeners,
+        _lock: lock,
+    }
+}
+
+impl App {
+    /// Waits for SIGTERM/SIGINT, then drains (up to the drain deadline), detaches the eBPF
+    /// programs and removes the cgroups meshd created.
+    pub async fn wait_termination(self) {
+        drain::termination_signal().await;
+        self.shutdown().await;
+    }
+
+    pub async fn shutdown(mut self) {
+        self.state.ready.store(false, Ordering::Relaxed);
+        self.drain.start();
+        while self.listeners.join_next().await.is_some() {}
+        tracing::info!(deadline = ?self.settings.drain_timeout, "drained; detaching eBPF programs");
+        drop(self.datapath);
+        self.cgroups.teardown();
+        tracing::info!("meshd stopped");
+    }
+}

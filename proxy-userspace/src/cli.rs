@@ -1,0 +1,144 @@
+//! The command line: `meshd run | exec | check | status | connections`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::{FailMode, Settings, SettingsError};
+
+/// Environment variable naming the admin address for `exec`, `status` and `connections`.
+pub const ADMIN_ENV: &str = "MESHD_ADMIN";
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15000";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshd",
+    version,
+    about = "eBPF-accelerated, sidecarless service-mesh node proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node daemon: attach the eBPF programs and proxy captured traffic.
+    Run(RunArgs),
+    /// Run a command inside a managed cgroup, enrolled as a workload with the running daemon.
+    Exec(ExecArgs),
+    /// Probe the kernel and host for every feature meshd needs.
+    Check,
+    /// Show the running daemon's state.
+    Status(ClientArgs),
+    /// List the running daemon's live connections with their kernel counters.
+    Connections(ClientArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Policy files or directories (repeatable).
+    #[arg(long = "config", default_value = "./policies")]
+    pub config: Vec<PathBuf>,
+    /// Admin API address (/ready, /metrics, /connections, /config_dump).
+    #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// Port of the outbound listener that captured connections are redirected to.
+    #[arg(long, env = "MESHD_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Port reserved for the inbound (mTLS tunnel) listener; never redirected.
+    #[arg(long, env = "MESHD_INBOUND_PORT", default_value_t = 15008)]
+    pub inbound_port: u16,
+    /// Attach-point cgroup. Default: `meshd` under the cgroup2 mount.
+    #[arg(long, env = "MESHD_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+    /// Skip the TCP/IP stack on the workload↔meshd hop with sk_msg and a SOCKHASH.
+    #[arg(long, env = "MESHD_SOCKMAP", default_value = "on", value_parser = parse_on_off)]
+    pub sockmap: bool,
+    /// What managed connects do when meshd is gone: `open` connects directly, `closed` fails.
+    #[arg(long, env = "MESHD_FAIL_MODE", default_value = "open")]
+    pub fail_mode: FailMode,
+    /// After this long without a heartbeat from meshd the fail mode applies (e.g. 3s, 500ms).
+    #[arg(long, env = "MESHD_HEARTBEAT_TIMEOUT", default_value = "3s")]
+    pub heartbeat_timeout: String,
+    /// Destination port never redirected (repeatable).
+    #[arg(
+        long = "exclude-port",
+        env = "MESHD_EXCLUDE_PORTS",
+        value_delimiter = ','
+    )]
+    pub exclude_ports: Vec<u16>,
+    /// Destination CIDR never redirected, IPv4 or IPv6 (repeatable).
+    #[arg(
+        long = "exclude-cidr",
+        env = "MESHD_EXCLUDE_CIDRS",
+        value_delimiter = ','
+    )]
+    pub exclude_cidrs: Vec<String>,
+    /// How long SIGTERM waits for open connections before closing them.
+    #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "5s")]
+    pub drain_timeout: String,
+    /// How long an upstream connect may take.
+    #[arg(long, env = "MESHD_CONNECT_TIMEOUT", default_value = "10s")]
+    pub connect_timeout: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Workload identity as NAMESPACE/NAME.
+    #[arg(long)]
+    pub workload: String,
+    /// Admin address of the running daemon.
+    #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Admin address of the running daemon.
+    #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// Print the raw JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
+impl RunArgs {
+    pub fn into_settings(self) -> Result<Settings, SettingsError> {
+        Settings::from_args(self)
+    }
+}
+
+/// Exit code for an unusable configuration (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run(args) => {
+            crate::app::init_tracing();
+            let settings = match args.into_settings() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("meshd: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            crate::app::run_daemon(settings)
+        }
+        Command::Exec(args) => crate::exec::run(args),
+        Command::Check => crate::check::run(),
+        Command::Status(args) => crate::status::status(args),
+        Command::Connections(args) => crate::status::connections(args),
+    }
+}

@@ -1,0 +1,107 @@
+//! Typed access to the maps userspace reads and writes while running.
+
+use std::{net::SocketAddr, sync::Mutex};
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use proxy_common::{ConnStats, Counter, Endpoint, OrigDst, WorkloadRef};
+use serde::Serialize;
+
+use super::{endpoint_of, monotonic_ns};
+
+pub struct DatapathMaps {
+    pub(super) heartbeat: Mutex<Array<MapData, u64>>,
+    pub(super) managed: Mutex<HashMap<MapData, u64, WorkloadRef>>,
+    pub(super) orig_by_tuple: HashMap<MapData, Endpoint, OrigDst>,
+    pub(super) conn_stats: Mutex<PerCpuHashMap<MapData, u64, ConnStats>>,
+    pub(super) counters: PerCpuArray<MapData, u64>,
+}
+
+/// One socket's kernel counters, summed (traffic) or maxed (snapshots) over CPUs.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ConnCounters {
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub srtt_us: u64,
+    pub retransmits: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+}
+
+impl ConnCounters {
+    pub fn merge<'a>(per_cpu: impl IntoIterator<Item = &'a ConnStats>) -> ConnCounters {
+        per_cpu
+            .into_iter()
+            .fold(ConnCounters::default(), |mut c, s| {
+                c.tx_bytes += s.tx_bytes;
+                c.tx_packets += s.tx_packets;
+                c.rx_bytes += s.rx_bytes;
+                c.rx_packets += s.rx_packets;
+                c.srtt_us = c.srtt_us.max(s.srtt_us);
+                c.retransmits = c.retransmits.max(s.retransmits);
+                c.bytes_acked = c.bytes_acked.max(s.bytes_acked);
+                c.bytes_received = c.bytes_received.max(s.bytes_received);
+                c
+            })
+    }
+}
+
+impl DatapathMaps {
+    /// Stamps the heartbeat with the current CLOCK_MONOTONIC time.
+    pub fn beat(&self) {
+        let mut beat = self.heartbeat.lock().expect("heartbeat map lock");
+        if let Err(e) = beat.set(0, monotonic_ns(), 0) {
+            tracing::warn!(error = %e, "could not refresh the heartbeat map");
+        }
+    }
+
+    pub fn enrol(&self, cgroup_id: u64, workload_id: u32) -> Result<(), MapError> {
+        let mut m = self.managed.lock().expect("managed map lock");
+        m.insert(
+            cgroup_id,
+            WorkloadRef {
+                workload_id,
+                _pad: 0,
+            },
+            0,
+        )
+    }
+
+    pub fn unenrol(&self, cgroup_id: u64) {
+        let mut m = self.managed.lock().expect("managed map lock");
+        let _ = m.remove(&cgroup_id);
+    }
+
+    /// The original destination and workload id recorded for a workload socket address.
+    pub fn orig_dst(&self, workload_side: SocketAddr) -> Option<OrigDst> {
+        self.orig_by_tuple.get(&endpoint_of(workload_side), 0).ok()
+    }
+
+    pub fn conn_counters(&self, cookie: u64) -> Option<ConnCounters> {
+        let m = self.conn_stats.lock().expect("conn stats lock");
+        m.get(&cookie, 0)
+            .ok()
+            .map(|v| ConnCounters::merge(v.iter()))
+    }
+
+    pub fn forget_conn(&self, cookie: u64) {
+        let mut m = self.conn_stats.lock().expect("conn stats lock");
+        let _ = m.remove(&cookie);
+    }
+
+    /// Each event counter summed over CPUs.
+    pub fn counters(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let v = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*c, v)
+            })
+            .collect()
+    }
+}

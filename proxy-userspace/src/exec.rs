@@ -1,0 +1,125 @@
+//! `meshd exec --workload NS/NAME -- CMD`: enrol a workload with the running daemon, run CMD in
+//! its managed cgroup, and unenrol when CMD exits.
+
+use std::{ffi::CString, os::unix::ffi::OsStrExt, process::ExitCode};
+
+use hyper::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::{
+    admin::client::{ClientError, request},
+    cli::ExecArgs,
+    workloads::WorkloadName,
+};
+
+#[derive(Deserialize)]
+struct Enrolled {
+    id: u32,
+    cgroup: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ExecError {
+    #[error(transparent)]
+    Name(#[from] crate::workloads::WorkloadError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("meshd refused to enrol the workload ({status}): {body}")]
+    Refused { status: StatusCode, body: String },
+    #[error("starting {cmd:?}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+}
+
+pub fn run(args: ExecArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(exec(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshd exec: {e}");
+            ExitCode::from(crate::cli::EXIT_USAGE.max(1))
+        }
+    }
+}
+
+async fn exec(args: ExecArgs) -> Result<ExitCode, ExecError> {
+    let name = WorkloadName::parse(&args.workload)?;
+    let body = serde_json::json!({ "workload": name.to_string() }).to_string();
+    let (status, text) = request(args.admin, Method::POST, "/workloads", Some(body)).await?;
+    if status != StatusCode::CREATED {
+        return Err(ExecError::Refused { status, body: text });
+    }
+    let enrolled: Enrolled = serde_json::from_str(&text).map_err(|e| ExecError::Refused {
+        status,
+        body: format!("unreadable answer {text:?}: {e}"),
+    })?;
+
+    let result = spawn_and_wait(&args.command, &enrolled.cgroup).await;
+    let path = format!("/workloads/{}", enrolled.id);
+    match request(args.admin, Method::DELETE, &path, None).await {
+        Ok((s, _)) if s.is_success() => {}
+        Ok((s, body)) => eprintln!("meshd exec: could not unenrol workload {name} ({s}): {body}"),
+        Err(e) => eprintln!("meshd exec: could not unenrol workload {name}: {e}"),
+    }
+    result
+}
+
+async fn spawn_and_wait(
+    command: &[String],
+    cgroup: &std::path::Path,
+) -> Result<ExitCode, ExecError> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let procs =
+        CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("path without NUL");
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on data
+    // prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Writing "0" to cgroup.procs moves the writing process: the child, before exec.
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if ok { Ok(()) } else { Err(err) }
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        cmd: command.join(" "),
+        source,
+    })?;
+    let pid = child.id().map(|p| p as i32);
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s,
+            _ = term.recv() => forward(pid, libc::SIGTERM),
+            _ = int.recv() => forward(pid, libc::SIGINT),
+        }
+    };
+    let status = status.map_err(|source| ExecError::Spawn {
+        cmd: command.join(" "),
+        source,
+    })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => ExitCode::from(c as u8),
+        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn forward(pid: Option<i32>, sig: i32) {
+    if let Some(pid) = pid {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(pid, sig) };
+    }
+}

@@ -1,0 +1,16 @@
+//! meshd: the node daemon of an eBPF-accelerated, sidecarless service mesh.
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod admin;
+pub mod app;
+pub mod cgroup;
+pub mod check;
+pub mod cli;
+pub mod drain;
+pub mod ebpf;
+pub mod exec;
+pub mod metrics;
+pub mod proxy;
+pub mod settings;
+pub mod status;
+pub mod workloads;

@@ -1,0 +1,119 @@
+//! Prometheus metrics: meshd's own connection metrics plus the eBPF event counters, which are
+//! read from the per-CPU map at scrape time.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::ebpf::DatapathMaps;
+
+pub struct Metrics {
+    registry: Registry,
+    connections_active: IntGauge,
+    connections_total: IntCounterVec,
+    bytes_total: IntCounterVec,
+    pub workloads: IntGauge,
+    ebpf_events: IntCounterVec,
+    /// Last value seen per eBPF counter, to turn absolute readings into increments.
+    ebpf_seen: Mutex<Vec<u64>>,
+}
+
+/// Decrements the active-connections gauge when the connection ends, whatever the path.
+pub struct ActiveGuard(IntGauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let connections_active = IntGauge::new(
+            "meshd_connections_active",
+            "Proxied connections open right now",
+        )
+        .unwrap();
+        let connections_total = IntCounterVec::new(
+            Opts::new(
+                "meshd_connections_total",
+                "Captured connections handled, by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let bytes_total = IntCounterVec::new(
+            Opts::new(
+                "meshd_proxied_bytes_total",
+                "Bytes copied by the L4 proxy, by direction",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let workloads = IntGauge::new(
+            "meshd_workloads_enrolled",
+            "Workloads enrolled on this node",
+        )
+        .unwrap();
+        let ebpf_events = IntCounterVec::new(
+            Opts::new(
+                "meshd_ebpf_events_total",
+                "Datapath events counted in the kernel: redirect, excluded, fail_open, fail_closed, \
+                 sockmap_redirect, sockmap_miss, orig_dst_hit, orig_dst_miss",
+            ),
+            &["event"],
+        )
+        .unwrap();
+        for c in [&connections_active, &workloads] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        for c in [&connections_total, &bytes_total, &ebpf_events] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        Arc::new(Metrics {
+            registry,
+            connections_active,
+            connections_total,
+            bytes_total,
+            workloads,
+            ebpf_events,
+            ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
+        })
+    }
+
+    pub fn connection_open(&self) -> ActiveGuard {
+        self.connections_active.inc();
+        ActiveGuard(self.connections_active.clone())
+    }
+
+    pub fn connection_done(&self, result: &str) {
+        self.connections_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn bytes(&self, from_workload: u64, to_workload: u64) {
+        self.bytes_total
+            .with_label_values(&["from_workload"])
+            .inc_by(from_workload);
+        self.bytes_total
+            .with_label_values(&["to_workload"])
+            .inc_by(to_workload);
+    }
+
+    /// Brings the eBPF counters up to date and renders the text exposition format.
+    pub fn render(&self, maps: &DatapathMaps) -> String {
+        {
+            let mut seen = self.ebpf_seen.lock().expect("metrics lock");
+            for (i, (counter, value)) in maps.counters().into_iter().enumerate() {
+                let c = self.ebpf_events.with_label_values(&[counter.name()]);
+                c.inc_by(value.saturating_sub(seen[i]));
+                seen[i] = seen[i].max(value);
+            }
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}

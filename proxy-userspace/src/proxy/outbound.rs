@@ -1,0 +1,193 @@
+//! The outbound listener: accepts connections that connect4/6 redirected, recovers where each
+//! was going, connects there, and copies bytes both ways until both sides have closed.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::copy_bidirectional_with_sizes,
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+    time::timeout,
+};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{
+    connections::{ConnectionInfo, Connections, unix_ms},
+    sockopt,
+};
+use crate::{drain, ebpf::DatapathMaps, metrics::Metrics, workloads::Registry};
+
+/// Copy buffer per direction; large enough for bulk transfers to stay cheap.
+const COPY_BUF: usize = 64 * 1024;
+
+/// What every outbound connection needs, shared across listeners.
+pub struct Outbound {
+    pub maps: Arc<DatapathMaps>,
+    pub workloads: Arc<Registry>,
+    pub connections: Arc<Connections>,
+    pub metrics: Arc<Metrics>,
+    pub connect_timeout: Duration,
+    /// meshd's own listener addresses: a connection "originally" headed there is a loop.
+    pub own: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error(
+        "no original destination for the connection from {peer}: it was not redirected by \
+         meshd's connect hook (a client connected to the outbound port directly?): {source}"
+    )]
+    NoOriginalDst {
+        peer: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the original destination {0} is meshd's own listener; refusing to loop")]
+    Loop(SocketAddr),
+    #[error("connecting to {dst} failed: {source}")]
+    Connect {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connecting to {dst} timed out after {after:?}")]
+    ConnectTimeout { dst: SocketAddr, after: Duration },
+}
+
+impl OutboundError {
+    /// The `result` label of `meshd_connections_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OutboundError::NoOriginalDst { .. } => "no_original_dst",
+            OutboundError::Loop(_) => "loop",
+            OutboundError::Connect { .. } => "upstream_connect_failed",
+            OutboundError::ConnectTimeout { .. } => "upstream_connect_timeout",
+        }
+    }
+}
+
+/// Serves one listener until draining starts, then waits up to `deadline` for its connections
+/// before closing them.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<Outbound>,
+    mut drain: drain::Watch,
+    deadline: Duration,
+) {
+    let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = ctx.clone();
+                    conns.spawn(async move { handle(stream, peer, ipv6, ctx).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = drain.signaled() => break,
+        }
+    }
+    drop(listener);
+    let open = conns.len();
+    if open > 0 {
+        tracing::info!(open, ?deadline, "waiting for open connections to finish");
+    }
+    let finished = timeout(deadline, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        warn!(
+            open = conns.len(),
+            "drain deadline passed; closing the remaining connections"
+        );
+        conns.shutdown().await;
+    }
+}
+
+async fn handle(down: TcpStream, peer: SocketAddr, ipv6: bool, ctx: Arc<Outbound>) {
+    let id = ctx.connections.next_id();
+    let span = info_span!("conn", id, %peer);
+    async move {
+        let down_cookie = sockopt::cookie(&down).unwrap_or(0);
+        match proxy(down, peer, ipv6, down_cookie, id, &ctx).await {
+            Ok(()) => ctx.metrics.connection_done("ok"),
+            Err(e) => {
+                ctx.maps.forget_conn(down_cookie);
+                warn!(error = %e, "connection failed");
+                ctx.metrics.connection_done(e.label());
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn proxy(
+    mut down: TcpStream,
+    peer: SocketAddr,
+    ipv6: bool,
+    down_cookie: u64,
+    id: u64,
+    ctx: &Outbound,
+) -> Result<(), OutboundError> {
+    let dst = sockopt::original_dst(&down, ipv6)
+        .map_err(|source| OutboundError::NoOriginalDst { peer, source })?;
+    if ctx.own.contains(&dst) {
+        sockopt::set_reset_on_close(&down);
+        return Err(OutboundError::Loop(dst));
+    }
+    let workload = ctx
+        .maps
+        .orig_dst(peer)
+        .and_then(|o| ctx.workloads.get(o.workload_id))
+        .map(|w| w.workload);
+    let tracked = ctx.connections.track(ConnectionInfo {
+        id,
+        workload: workload.clone(),
+        source: peer,
+        destination: dst,
+        protocol: "tcp",
+        started_unix_ms: unix_ms(),
+        downstream_cookie: down_cookie,
+        upstream_cookie: None,
+    });
+    let _active = ctx.metrics.connection_open();
+
+    let mut up = match timeout(ctx.connect_timeout, TcpStream::connect(dst)).await {
+        Ok(Ok(up)) => up,
+        Ok(Err(source)) => {
+            sockopt::set_reset_on_close(&down);
+            return Err(OutboundError::Connect { dst, source });
+        }
+        Err(_) => {
+            sockopt::set_reset_on_close(&down);
+            return Err(OutboundError::ConnectTimeout {
+                dst,
+                after: ctx.connect_timeout,
+            });
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let _ = down.set_nodelay(true);
+    if let Ok(c) = sockopt::cookie(&up) {
+        tracked.set_upstream(c);
+    }
+    debug!(workload = workload.as_deref().unwrap_or("-"), %dst, "proxying");
+
+    let copied = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF).await;
+    let (to_up, to_down) = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            debug!(error = %e, "connection ended with an error");
+            (0, 0)
+        }
+    };
+    ctx.metrics.bytes(to_up, to_down);
+    let (dk, uk) = ctx.connections.counters(tracked.id());
+    debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! The daemon's effective settings, parsed once from the command line into immutable values.
+
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Serialize;
+
+use crate::cli::RunArgs;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// A dead or hung meshd is bypassed: workloads connect directly.
+    Open,
+    /// A dead or hung meshd blocks managed connects (connect() fails with EPERM).
+    Closed,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub config_paths: Vec<PathBuf>,
+    pub admin: SocketAddr,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    /// None: `meshd` under the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    pub sockmap: bool,
+    pub fail_mode: FailMode,
+    #[serde(with = "millis")]
+    pub heartbeat_timeout: Duration,
+    pub exclude_ports: Vec<u16>,
+    pub exclude_cidrs: Vec<Cidr>,
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("--{flag} {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Settings {
+    pub fn from_args(a: RunArgs) -> Result<Settings, SettingsError> {
+        let heartbeat_timeout = parse_duration(&a.heartbeat_timeout)
+            .map_err(|r| invalid("heartbeat-timeout", &a.heartbeat_timeout, r))?;
+        if heartbeat_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "heartbeat-timeout",
+                &a.heartbeat_timeout,
+                "must be at least 100ms",
+            ));
+        }
+        let drain_timeout = parse_duration(&a.drain_timeout)
+            .map_err(|r| invalid("drain-timeout", &a.drain_timeout, r))?;
+        let connect_timeout = parse_duration(&a.connect_timeout)
+            .map_err(|r| invalid("connect-timeout", &a.connect_timeout, r))?;
+        let exclude_cidrs = a
+            .exclude_cidrs
+            .iter()
+            .map(|c| parse_cidr(c).map_err(|r| invalid("exclude-cidr", c, r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ports = [a.outbound_port, a.inbound_port, a.admin.port()];
+        if a.outbound_port == 0 || a.outbound_port == a.inbound_port {
+            return Err(invalid(
+                "outbound-port",
+                &a.outbound_port.to_string(),
+                "must be non-zero and differ from --inbound-port",
+            ));
+        }
+        if ports[2] == a.outbound_port || ports[2] == a.inbound_port {
+            return Err(invalid(
+                "admin",
+                &a.admin.to_string(),
+                "port clashes with a proxy port",
+            ));
+        }
+        Ok(Settings {
+            config_paths: a.config,
+            admin: a.admin,
+            outbound_port: a.outbound_port,
+            inbound_port: a.inbound_port,
+            cgroup: a.cgroup,
+            sockmap: a.sockmap,
+            fail_mode: a.fail_mode,
+            heartbeat_timeout,
+            exclude_ports: a.exclude_ports,
+            exclude_cidrs,
+            drain_timeout,
+            connect_timeout,
+        })
+    }
+
+    /// Ports that belong to meshd itself and are never redirected.
+    pub fn own_ports(&self) -> [u16; 3] {
+        [self.outbound_port, self.inbound_port, self.admin.port()]
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m`, `1h` (a non-negative integer and a unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a whole number followed by ms, s, m or h".to_string())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+    }
+}
+
+/// Parses `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p
+            .parse::<u8>()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?,
+        None => max,
+    };
+    if prefix > max {
+        return Err(format!("prefix /{prefix} is longer than {max} bits"));
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+mod millis {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("2 seconds").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = parse_cidr("10.0.0.0/8").unwrap();
+        assert_eq!((c.addr.to_string(), c.prefix), ("10.0.0.0".into(), 8));
+        assert_eq!(parse_cidr("::1").unwrap().prefix, 128);
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope/8").is_err());
+    }
+}
