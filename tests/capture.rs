@@ -1,1 +1,277 @@
+//! End-to-end capture tests: real `meshd run`, real eBPF in real cgroups, real clients started
+//! with `meshd exec`, all on loopback.
 
+mod support;
+
+use std::time::Duration;
+
+use support::{Daemon, backend::Backend, client_ok, ebpf_available, eventually, spawn_quiet};
+
+const REDIRECT: &str = r#"meshd_ebpf_events_total{event="redirect"}"#;
+const SOCKMAP_REDIRECT: &str = r#"meshd_ebpf_events_total{event="sockmap_redirect"}"#;
+const CONNS_OK: &str = r#"meshd_connections_total{result="ok"}"#;
+
+#[test]
+fn http_request_from_a_managed_client_goes_through_meshd() {
+    if !ebpf_available("http_request") {
+        return;
+    }
+    let backend = Backend::http("127.0.0.1:0");
+    let d = Daemon::start("http", 1, &[]);
+    let url = format!("http://{}/", backend.addr);
+    let out = d
+        .exec(
+            "default/curl",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-w",
+                "\n%{remote_ip}:%{remote_port}",
+                &url,
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("hello from the backend"),
+        "unexpected body: {stdout}"
+    );
+    // curl's own view of the peer is the original destination, not meshd's listener.
+    assert!(
+        stdout.ends_with(&backend.addr.to_string()),
+        "curl saw peer {stdout}"
+    );
+    assert_eq!(d.metric(REDIRECT), 1.0, "one connect redirected");
+    assert_eq!(
+        d.metric(CONNS_OK),
+        1.0,
+        "meshd proxied exactly one connection"
+    );
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[test]
+fn transfer_of_100_mb_arrives_intact_through_the_sockmap() {
+    if !ebpf_available("bulk_sockmap") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("bulk-sockmap", 2, &["--sockmap", "on"]);
+    let out = d.client(
+        "default/bulk",
+        &[
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "104857600",
+        ],
+    );
+    let v = client_ok(&out, "100 MB echo");
+    assert_eq!(v["connections"][0]["received"], 104_857_600);
+    assert_eq!(
+        v["connections"][0]["peer"],
+        backend.addr.to_string(),
+        "getpeername shows the original destination"
+    );
+    assert!(
+        d.metric(SOCKMAP_REDIRECT) > 0.0,
+        "the payload should have taken the sockmap path"
+    );
+    assert_eq!(d.metric(CONNS_OK), 1.0);
+}
+
+#[test]
+fn transfer_arrives_intact_with_the_sockmap_off() {
+    if !ebpf_available("bulk_no_sockmap") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("bulk-nosockmap", 3, &["--sockmap", "off"]);
+    let out = d.client(
+        "default/bulk",
+        &[
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "33554432",
+        ],
+    );
+    client_ok(&out, "32 MB echo without sockmap");
+    assert_eq!(d.metric(REDIRECT), 1.0);
+    assert_eq!(
+        d.metric(SOCKMAP_REDIRECT),
+        0.0,
+        "sockmap switched off: nothing may be redirected"
+    );
+}
+
+#[test]
+fn sixteen_parallel_connections_arrive_intact() {
+    if !ebpf_available("parallel") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("parallel", 4, &[]);
+    let out = d.client(
+        "default/parallel",
+        &[
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "2097152",
+            "--conns",
+            "16",
+        ],
+    );
+    let v = client_ok(&out, "16 parallel echoes");
+    assert_eq!(v["connections"].as_array().unwrap().len(), 16);
+    assert_eq!(d.metric(REDIRECT), 16.0);
+    assert_eq!(d.metric(CONNS_OK), 16.0);
+    assert_eq!(backend.accepted(), 16);
+}
+
+#[test]
+fn unmanaged_client_under_the_attach_point_is_not_redirected() {
+    if !ebpf_available("unmanaged") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("unmanaged", 5, &[]);
+    // A cgroup under the attach point, so the programs run for it, but never enrolled.
+    let cg = d.cgroup.join("not-enrolled");
+    std::fs::create_dir_all(&cg).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 {} echo --addr {} --bytes 65536",
+        cg.display(),
+        support::CLIENT,
+        backend.addr
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    client_ok(&out, "unmanaged echo");
+    assert_eq!(
+        d.metric(REDIRECT),
+        0.0,
+        "an unmanaged cgroup must not be redirected"
+    );
+    assert_eq!(d.metric(CONNS_OK), 0.0);
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[test]
+fn live_connection_shows_kernel_counters_and_meshd_does_not_loop() {
+    if !ebpf_available("connections") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("connections", 6, &[]);
+    let client = spawn_quiet(d.exec(
+        "shop/holder",
+        &[
+            "python3",
+            support::CLIENT,
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "1048576",
+            "--hold",
+            "3",
+        ],
+    ));
+    let conns = eventually(Duration::from_secs(10), || {
+        let v: serde_json::Value = serde_json::from_str(&d.get("/connections")).ok()?;
+        let c = v.as_array()?.first()?.clone();
+        let up = &c["upstream"];
+        (up["tx_bytes"].as_u64()? >= 1_048_576 && up["rx_bytes"].as_u64()? >= 1_048_576)
+            .then_some(v)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no live connection with counters; /connections = {}",
+            d.get("/connections")
+        )
+    });
+    let list = conns.as_array().unwrap();
+    // meshd's own upstream connection is not redirected back into meshd: exactly one entry.
+    assert_eq!(list.len(), 1, "{conns}");
+    let c = &list[0];
+    assert_eq!(c["workload"], "shop/holder");
+    assert_eq!(c["destination"], backend.addr.to_string());
+    assert!(c["upstream"]["tx_packets"].as_u64().unwrap() > 0);
+    assert!(
+        c["upstream"]["bytes_acked"].as_u64().unwrap() >= 1_048_576,
+        "{c}"
+    );
+    assert!(
+        c["downstream"]["rx_bytes"].as_u64().unwrap() >= 1_048_576,
+        "{c}"
+    );
+    let out = client.wait_with_output().unwrap();
+    client_ok(&out, "held echo");
+    assert_eq!(d.metric(REDIRECT), 1.0);
+    assert!(!d.log_text().contains("refusing to loop"));
+}
+
+#[test]
+fn ipv6_loopback_is_captured() {
+    if !ebpf_available("ipv6") {
+        return;
+    }
+    let backend = Backend::echo("[::1]:0");
+    let d = Daemon::start("ipv6", 7, &[]);
+    let out = d.client(
+        "default/v6",
+        &[
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "4194304",
+        ],
+    );
+    let v = client_ok(&out, "IPv6 echo");
+    assert_eq!(v["connections"][0]["peer"], backend.addr.to_string());
+    assert_eq!(d.metric(REDIRECT), 1.0);
+    assert_eq!(d.metric(CONNS_OK), 1.0);
+}
+
+#[test]
+fn excluded_ports_and_cidrs_are_not_redirected() {
+    if !ebpf_available("exclusions") {
+        return;
+    }
+    let by_port = Backend::echo("127.0.0.1:0");
+    let by_cidr = Backend::echo("127.0.0.9:0");
+    let port = by_port.addr.port().to_string();
+    let d = Daemon::start(
+        "exclusions",
+        8,
+        &["--exclude-port", &port, "--exclude-cidr", "127.0.0.8/31"],
+    );
+    for b in [&by_port, &by_cidr] {
+        let out = d.client(
+            "default/excluded",
+            &["echo", "--addr", &b.addr.to_string(), "--bytes", "1024"],
+        );
+        client_ok(&out, "excluded destination");
+    }
+    assert_eq!(d.metric(REDIRECT), 0.0);
+    assert_eq!(
+        d.metric(r#"meshd_ebpf_events_total{event="excluded"}"#),
+        2.0
+    );
+}

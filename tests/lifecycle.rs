@@ -1,1 +1,214 @@
+//! Daemon lifecycle end to end: failing open or closed when meshd dies or hangs, one daemon per
+//! node, draining on SIGTERM and cleaning up its cgroups.
 
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Daemon, backend::Backend, client_ok, ebpf_available, eventually, spawn_quiet};
+
+/// Starts a managed client that connects once `wait_file` appears.
+fn waiting_client(
+    d: &Daemon,
+    workload: &str,
+    addr: &str,
+    wait_file: &std::path::Path,
+) -> std::process::Child {
+    let _ = std::fs::remove_file(wait_file);
+    let child = spawn_quiet(d.exec(
+        workload,
+        &[
+            "python3",
+            support::CLIENT,
+            "connect",
+            "--addr",
+            addr,
+            "--wait-file",
+            wait_file.to_str().unwrap(),
+        ],
+    ));
+    // Wait until the client runs inside its managed cgroup, so the daemon is no longer needed
+    // for it to start.
+    eventually(Duration::from_secs(10), || {
+        let dir = d.cgroup.join("workloads");
+        std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .find(|e| !support::pids_in(&e.path()).is_empty())
+            .map(|_| ())
+    })
+    .expect("client running in its managed cgroup");
+    child
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn after_kill_9_a_managed_client_connects_directly() {
+    if !ebpf_available("kill9") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let mut d = Daemon::start("kill9", 11, &["--heartbeat-timeout", "1s"]);
+    let wait = std::env::temp_dir().join("meshd-test-kill9.go");
+    let client = waiting_client(&d, "default/survivor", &backend.addr.to_string(), &wait);
+    d.kill9();
+    let killed = Instant::now();
+    std::fs::write(&wait, "go").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let v = json_of(&out);
+    assert_eq!(
+        v["ok"], true,
+        "after meshd died the client must reach its destination: {v}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(backend.accepted(), 1);
+}
+
+#[test]
+fn a_hung_daemon_fails_open_after_the_heartbeat_timeout() {
+    if !ebpf_available("hung_open") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("hung-open", 12, &["--heartbeat-timeout", "1s"]);
+    let wait = std::env::temp_dir().join("meshd-test-hung-open.go");
+    let client = waiting_client(&d, "default/patient", &backend.addr.to_string(), &wait);
+    d.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&wait, "go").unwrap();
+    let out = client.wait_with_output().unwrap();
+    d.signal(libc::SIGCONT);
+    let v = json_of(&out);
+    assert_eq!(v["ok"], true, "a stopped meshd must be bypassed: {v}");
+    assert_eq!(
+        backend.accepted(),
+        1,
+        "the client reached the backend directly"
+    );
+    // Once meshd runs again it beats, and managed connects are redirected again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.metric(r#"meshd_ebpf_events_total{event="fail_open"}"#),
+        1.0
+    );
+    let out = d.client(
+        "default/after",
+        &[
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "1024",
+        ],
+    );
+    client_ok(&out, "echo after resume");
+    assert_eq!(
+        d.metric(r#"meshd_ebpf_events_total{event="redirect"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn a_hung_daemon_in_fail_closed_mode_refuses_connects() {
+    if !ebpf_available("hung_closed") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start(
+        "hung-closed",
+        13,
+        &["--heartbeat-timeout", "1s", "--fail-mode", "closed"],
+    );
+    let wait = std::env::temp_dir().join("meshd-test-hung-closed.go");
+    let client = waiting_client(&d, "default/blocked", &backend.addr.to_string(), &wait);
+    d.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&wait, "go").unwrap();
+    let out = client.wait_with_output().unwrap();
+    d.signal(libc::SIGCONT);
+    let v = json_of(&out);
+    assert_eq!(v["ok"], false, "fail-closed must refuse: {v}");
+    assert_eq!(v["errno"], libc::EPERM, "connect() fails with EPERM: {v}");
+    assert_eq!(backend.accepted(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.metric(r#"meshd_ebpf_events_total{event="fail_closed"}"#),
+        1.0
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_node_fails_clearly() {
+    if !ebpf_available("second") {
+        return;
+    }
+    let first = Daemon::start("second", 14, &[]);
+    // Same cgroup and ports: refused by the lock before it touches anything.
+    let mut same = Daemon::spawn("second", 14, &[]);
+    same.owns_cgroup = false;
+    let status = same.wait_failed(Duration::from_secs(10));
+    assert!(!status.success());
+    let log = same.log_text();
+    assert!(log.contains("already running"), "{log}");
+    // Another cgroup but the same ports: refused when binding.
+    let mut ports = Daemon::spawn("second-b", 14, &[]);
+    let status = ports.wait_failed(Duration::from_secs(10));
+    assert!(!status.success());
+    let log = ports.log_text();
+    assert!(log.contains("already in use"), "{log}");
+    assert!(
+        !ports.cgroup.exists(),
+        "the failed daemon removed the cgroup it created"
+    );
+    // The first daemon is unharmed.
+    assert_eq!(support::http_get(first.admin, "/ready").unwrap().0, 200);
+    assert!(first.cgroup.join("meshd-daemon").exists());
+}
+
+#[test]
+fn sigterm_drains_open_connections_and_removes_the_cgroups() {
+    if !ebpf_available("drain") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let mut d = Daemon::start("drain", 15, &["--drain-timeout", "10s"]);
+    let client = spawn_quiet(d.exec(
+        "default/long",
+        &[
+            "python3",
+            support::CLIENT,
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            "65536",
+            "--hold",
+            "2",
+        ],
+    ));
+    eventually(Duration::from_secs(10), || {
+        (d.get("/connections").trim() != "[]").then_some(())
+    })
+    .expect("connection open");
+    let status = d.stop();
+    assert!(
+        status.success(),
+        "meshd exits 0 after draining; log:\n{}",
+        d.log_text()
+    );
+    let out = client.wait_with_output().unwrap();
+    client_ok(&out, "connection open across SIGTERM");
+    assert!(
+        !d.cgroup.exists(),
+        "attach cgroup removed; log:\n{}",
+        d.log_text()
+    );
+}

@@ -53,7 +53,7 @@ pub struct RunArgs {
     #[arg(long, env = "MESHD_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// Skip the TCP/IP stack on the workload↔meshd hop with sk_msg and a SOCKHASH.
-    #[arg(long, env = "MESHD_SOCKMAP", default_value = "on", value_parser = parse_on_off)]
+    #[arg(long, env = "MESHD_SOCKMAP", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub sockmap: bool,
     /// What managed connects do when meshd is gone: `open` connects directly, `closed` fails.
     #[arg(long, env = "MESHD_FAIL_MODE", default_value = "open")]

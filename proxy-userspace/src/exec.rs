@@ -7,10 +7,12 @@ use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::{
-    admin::client::{ClientError, request},
+    admin::client::{ClientError, DEFAULT_TIMEOUT, request_within},
     cli::ExecArgs,
     workloads::WorkloadName,
 };
+
+const UNENROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct Enrolled {
@@ -47,7 +49,14 @@ pub fn run(args: ExecArgs) -> ExitCode {
 async fn exec(args: ExecArgs) -> Result<ExitCode, ExecError> {
     let name = WorkloadName::parse(&args.workload)?;
     let body = serde_json::json!({ "workload": name.to_string() }).to_string();
-    let (status, text) = request(args.admin, Method::POST, "/workloads", Some(body)).await?;
+    let (status, text) = request_within(
+        DEFAULT_TIMEOUT,
+        args.admin,
+        Method::POST,
+        "/workloads",
+        Some(body),
+    )
+    .await?;
     if status != StatusCode::CREATED {
         return Err(ExecError::Refused { status, body: text });
     }
@@ -58,7 +67,8 @@ async fn exec(args: ExecArgs) -> Result<ExitCode, ExecError> {
 
     let result = spawn_and_wait(&args.command, &enrolled.cgroup).await;
     let path = format!("/workloads/{}", enrolled.id);
-    match request(args.admin, Method::DELETE, &path, None).await {
+    // Short: a daemon that is hung or gone must not hold up the command's exit.
+    match request_within(UNENROL_TIMEOUT, args.admin, Method::DELETE, &path, None).await {
         Ok((s, _)) if s.is_success() => {}
         Ok((s, body)) => eprintln!("meshd exec: could not unenrol workload {name} ({s}): {body}"),
         Err(e) => eprintln!("meshd exec: could not unenrol workload {name}: {e}"),

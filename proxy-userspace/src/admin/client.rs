@@ -1,6 +1,6 @@
 //! A small client for the admin API, used by `meshd exec`, `status` and `connections`.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -18,12 +18,30 @@ pub enum ClientError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("meshd at {addr} did not answer within {after:?}: is it hung or stopped?")]
+    Timeout { addr: SocketAddr, after: Duration },
     #[error("talking to meshd at {addr}: {detail}")]
     Protocol { addr: SocketAddr, detail: String },
 }
 
+/// How long a CLI command waits for the daemon's answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one request and returns the status and body, giving up after `after`.
+pub async fn request_within(
+    after: Duration,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> Result<(StatusCode, String), ClientError> {
+    tokio::time::timeout(after, request(addr, method, path, body))
+        .await
+        .unwrap_or(Err(ClientError::Timeout { addr, after }))
+}
+
 /// Sends one request and returns the status and body.
-pub async fn request(
+async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,
@@ -69,5 +87,5 @@ pub fn blocking_request(
         .enable_all()
         .build()
         .expect("tokio runtime")
-        .block_on(request(addr, method, path, body))
+        .block_on(request_within(DEFAULT_TIMEOUT, addr, method, path, body))
 }

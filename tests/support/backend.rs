@@ -1,0 +1,76 @@
+//! In-process backends for the end-to-end tests: a TCP echo server and a tiny HTTP responder.
+//! Each counts the connections it accepted, so tests can tell who reached it.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+};
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn spawn(bind: &str, serve: fn(TcpStream)) -> Backend {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_nodelay(true);
+                thread::spawn(move || serve(stream));
+            }
+        });
+        Backend { addr, accepted }
+    }
+
+    /// Echoes every byte back until the client half-closes, then closes.
+    pub fn echo(bind: &str) -> Backend {
+        Backend::spawn(bind, |mut s| {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        })
+    }
+
+    /// Answers every HTTP request with `200 hello from the backend`.
+    pub fn http(bind: &str) -> Backend {
+        Backend::spawn(bind, |mut s| {
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = "hello from the backend\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! `cargo xtask bench`: benchmarks that anyone can rerun; each reports ratios against a peer
+//! measured in the same run.
+
+mod bulk;
+mod echo;
+mod l4;
+mod meshd;
+mod procs;
+mod report;
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// L4 datapath: 64-byte echo round trips and bulk throughput, direct vs through meshd.
+    L4(l4::Args),
+    /// Echo server on 127.0.0.1:PORT (a helper process of `bench l4`).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Echo client: timed 64-byte round trips over one connection, one JSON line on stdout.
+    #[command(hide = true)]
+    EchoClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        rounds: u32,
+        #[arg(long)]
+        warmup: u32,
+    },
+    /// Bulk sink on 127.0.0.1:PORT: reads each connection to EOF, then acknowledges the count.
+    #[command(hide = true)]
+    BulkServer {
+        #[arg(long)]
+        port: u16,
+    },
+    /// Bulk client: sends BYTES over one connection, one JSON line with bytes/s on stdout.
+    #[command(hide = true)]
+    BulkClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
+}
+
+pub fn run(which: Which) -> Result<()> {
+    match which {
+        Which::L4(args) => l4::run(&args),
+        Which::EchoServer { port } => echo::server(port),
+        Which::EchoClient {
+            addr,
+            rounds,
+            warmup,
+        } => echo::client(addr, rounds, warmup),
+        Which::BulkServer { port } => bulk::server(port),
+        Which::BulkClient { addr, bytes } => bulk::client(addr, bytes),
+    }
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask build-ebpf` and `cargo xtask build`.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{
+    setup,
+    util::{root, run, step},
+};
+
+/// The object meshd embeds.
+pub fn ebpf_object() -> std::path::PathBuf {
+    root().join("proxy-ebpf/target/bpfel-unknown-none/release/proxy-ebpf")
+}
+
+pub fn ebpf() -> Result<()> {
+    setup::run(false)?;
+    step("building the eBPF programs (proxy-ebpf, nightly, bpfel-unknown-none)");
+    let path = format!(
+        "{}:{}",
+        setup::tools_dir().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new("cargo")
+        .args(["+nightly", "build", "--release"])
+        .current_dir(root().join("proxy-ebpf"))
+        .env("PATH", path)
+        // The object must land where meshd's build script looks for it, whatever the outer
+        // CARGO_TARGET_DIR.
+        .env("CARGO_TARGET_DIR", root().join("proxy-ebpf/target"))
+        // A cargo invoked from `cargo xtask` inherits the outer toolchain; let rust-toolchain.toml
+        // and the +nightly above decide instead.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("CARGO"))?;
+    eprintln!("    built {}", ebpf_object().display());
+    Ok(())
+}
+
+pub fn all() -> Result<()> {
+    ebpf()?;
+    step("building meshd (release)");
+    run(Command::new("cargo")
+        .args(["build", "--release", "-p", "meshd"])
+        .current_dir(root()))?;
+    eprintln!("    built {}", meshd_release().display());
+    Ok(())
+}
+
+pub fn meshd_release() -> std::path::PathBuf {
+    root().join("target/release/meshd")
+}
