@@ -110,11 +110,11 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
     if cgroup == cfg.meshd_cgroup {
         // meshd's own upstream connection: never redirected, but counted per connection.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = CONN_STATS.insert(&cookie, &ConnStats::default(), 0);
+        let _ = CONN_STATS.insert(cookie, ConnStats::default(), 0);
         return Ok(None);
     }
     // SAFETY: read-only lookup; the value is copied out immediately.
-    let Some(workload) = (unsafe { MANAGED.get(&cgroup) }).copied() else {
+    let Some(workload) = (unsafe { MANAGED.get(cgroup) }).copied() else {
         return Ok(None);
     };
 
@@ -142,7 +142,7 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
                 workload_id: workload.workload_id,
                 _pad: 0,
             };
-            if ORIG_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+            if ORIG_BY_COOKIE.insert(cookie, orig, 0).is_err() {
                 // Without the record meshd could not find the destination: connect directly.
                 return Ok(None);
             }
@@ -155,7 +155,7 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
 #[inline(always)]
 fn excluded(dst: &Endpoint) -> bool {
     // SAFETY: read-only lookups.
-    if unsafe { EXCLUDED_PORTS.get(&dst.port) }.is_some() {
+    if unsafe { EXCLUDED_PORTS.get(dst.port) }.is_some() {
         return true;
     }
     if dst.family == AF_INET {

@@ -10,7 +10,7 @@ use crate::maps::ORIG_BY_COOKIE;
 fn original(ctx: &SockAddrContext) -> Option<OrigDst> {
     // SAFETY: helper valid for sock_addr programs; the value is copied out.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    unsafe { ORIG_BY_COOKIE.get(&cookie) }.copied()
+    unsafe { ORIG_BY_COOKIE.get(cookie) }.copied()
 }
 
 pub fn try_getpeername4(ctx: &SockAddrContext) {

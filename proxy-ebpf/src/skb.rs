@@ -13,7 +13,7 @@ pub enum Direction {
 pub fn count(ctx: &SkBuffContext, dir: Direction) {
     // SAFETY: helper valid for cgroup_skb programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(stats) = CONN_STATS.get_ptr_mut(&cookie) else {
+    let Some(stats) = CONN_STATS.get_ptr_mut(cookie) else {
         return;
     };
     let len = ctx.len() as u64;

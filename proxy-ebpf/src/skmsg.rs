@@ -74,7 +74,7 @@ fn account(pair: &SockPair, size: u64, sent: bool) {
     let Some(cookie) = (unsafe { PAIR_COOKIE.get(pair) }).copied() else {
         return;
     };
-    let Some(stats) = CONN_STATS.get_ptr_mut(&cookie) else {
+    let Some(stats) = CONN_STATS.get_ptr_mut(cookie) else {
         return;
     };
     // SAFETY: per-CPU value; only this CPU writes it during the program run.

@@ -98,7 +98,7 @@ fn established(ctx: &SockOpsContext, active: bool) {
     match hop_side(pair.local_port, pair.remote_port, cfg.outbound_port) {
         HopSide::Workload if active => {
             // SAFETY: read-only lookup, copied out.
-            let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+            let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(cookie) }).copied() else {
                 return;
             };
             let me = Endpoint {
@@ -106,26 +106,26 @@ fn established(ctx: &SockOpsContext, active: bool) {
                 port: pair.local_port,
                 family: pair.family,
             };
-            let _ = ORIG_BY_TUPLE.insert(&me, &orig, 0);
+            let _ = ORIG_BY_TUPLE.insert(me, orig, 0);
             if sockmap {
                 let _ = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
             }
             let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
         HopSide::Meshd if !active => {
-            let _ = CONN_STATS.insert(&cookie, &ConnStats::default(), 0);
+            let _ = CONN_STATS.insert(cookie, ConnStats::default(), 0);
             if sockmap {
-                let _ = PAIR_COOKIE.insert(&pair, &cookie, 0);
+                let _ = PAIR_COOKIE.insert(pair, cookie, 0);
                 let _ = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
             }
             let _ = ctx.set_cb_flags(STATS_FLAGS);
         }
-        _ if active => {
+        _ if active
             // meshd's upstream sockets were registered by connect4/6.
-            if CONN_STATS.get_ptr_mut(&cookie).is_some() {
-                let _ = ctx.set_cb_flags(STATS_FLAGS);
-                snapshot(ctx, cookie);
-            }
+            && CONN_STATS.get_ptr_mut(cookie).is_some() =>
+        {
+            let _ = ctx.set_cb_flags(STATS_FLAGS);
+            snapshot(ctx, cookie);
         }
         _ => {}
     }
@@ -133,7 +133,7 @@ fn established(ctx: &SockOpsContext, active: bool) {
 
 #[inline(always)]
 fn snapshot(ctx: &SockOpsContext, cookie: u64) {
-    let Some(stats) = CONN_STATS.get_ptr_mut(&cookie) else {
+    let Some(stats) = CONN_STATS.get_ptr_mut(cookie) else {
         return;
     };
     let ops = ctx.ops;
@@ -149,8 +149,8 @@ fn snapshot(ctx: &SockOpsContext, cookie: u64) {
 fn closed(ctx: &SockOpsContext) {
     let cookie = cookie(ctx);
     snapshot(ctx, cookie);
-    let _ = ORIG_BY_COOKIE.remove(&cookie);
+    let _ = ORIG_BY_COOKIE.remove(cookie);
     if let Some(pair) = pair(ctx) {
-        let _ = PAIR_COOKIE.remove(&pair);
+        let _ = PAIR_COOKIE.remove(pair);
     }
 }

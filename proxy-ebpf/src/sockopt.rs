@@ -48,7 +48,7 @@ pub fn try_getsockopt(ctx: &SockoptContext) {
     let port = u16::from_be(dport) as u32;
     let key = Endpoint { ip, port, family };
     // SAFETY: read-only lookup, copied out.
-    let Some(orig) = (unsafe { ORIG_BY_TUPLE.get(&key) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_BY_TUPLE.get(key) }).copied() else {
         bump(Counter::OrigDstMiss);
         return;
     };

@@ -90,7 +90,7 @@ pub fn connections(args: ClientArgs) -> ExitCode {
             let up = &c["upstream"];
             println!(
                 "{:>6}  {:<24} {:<24} {:<24} {:>12} {:>12} {:>8} {:>6}",
-                c["id"],
+                c["id"].to_string(),
                 c["workload"].as_str().unwrap_or("-"),
                 c["source"].as_str().unwrap_or("?"),
                 c["destination"].as_str().unwrap_or("?"),

@@ -17,15 +17,10 @@ pub fn ebpf_object() -> std::path::PathBuf {
 pub fn ebpf() -> Result<()> {
     setup::run(false)?;
     step("building the eBPF programs (proxy-ebpf, nightly, bpfel-unknown-none)");
-    let path = format!(
-        "{}:{}",
-        setup::tools_dir().join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     run(Command::new("cargo")
         .args(["+nightly", "build", "--release"])
         .current_dir(root().join("proxy-ebpf"))
-        .env("PATH", path)
+        .env("PATH", ebpf_path())
         // The object must land where meshd's build script looks for it, whatever the outer
         // CARGO_TARGET_DIR.
         .env("CARGO_TARGET_DIR", root().join("proxy-ebpf/target"))
@@ -36,6 +31,15 @@ pub fn ebpf() -> Result<()> {
         .env_remove("CARGO"))?;
     eprintln!("    built {}", ebpf_object().display());
     Ok(())
+}
+
+/// PATH with bpf-linker in front, for cargo runs in proxy-ebpf.
+pub fn ebpf_path() -> String {
+    format!(
+        "{}:{}",
+        setup::tools_dir().join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 pub fn all() -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod daemon;
 mod demo;
 mod setup;
 mod test;

@@ -30,6 +30,12 @@ pub fn run_suite(extra: &[String]) -> Result<()> {
             "warnings",
         ])
         .current_dir(root()))?;
+    sh(Command::new("cargo")
+        .args(["+nightly", "clippy", "--release", "--", "-D", "warnings"])
+        .current_dir(root().join("proxy-ebpf"))
+        .env("PATH", crate::build::ebpf_path())
+        .env("CARGO_TARGET_DIR", root().join("proxy-ebpf/target"))
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
     step("running the test suite");
     if std::env::var("MESHD_REQUIRE_EBPF").as_deref() == Ok("1") {
         eprintln!(

@@ -7,18 +7,29 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context, Result};
 
 use super::{
-    meshd::{Counters, Meshd, ensure_free},
     procs::{Server, command, field, helper, run_json},
     report::{Echo, Results},
 };
 use crate::{
     build,
+    daemon::{Counters, Layout, Meshd, ensure_free},
     util::{require_root, root, step},
 };
 
 /// Echo and bulk servers listen on 127.0.0.1 at these ports.
 const ECHO_PORT: u16 = 25100;
 const BULK_PORT: u16 = 25101;
+
+/// The benchmark's own meshd ports and attach cgroup, never a real node's.
+const LAYOUT: Layout = Layout {
+    admin_port: 25000,
+    outbound_port: 25001,
+    inbound_port: 25008,
+    cgroup: "meshd-bench",
+};
+
+/// The workload identity the benchmark's managed clients run as.
+const WORKLOAD: &str = "bench/client";
 
 /// The CPU the echo cases share.
 const ECHO_CPU: u32 = 0;
@@ -98,7 +109,7 @@ pub fn run(args: &Args) -> Result<()> {
             true,
             Some(ECHO_CPU),
             &out.join("meshd-echo-sockmap-on.log"),
-            |m| echo(&m.exec(&echo_client), echo_deadline),
+            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
         )?;
         step("echo round trips: through meshd, sockmap off (pinned to CPU 0)");
         let (off, counters_off) = through_meshd(
@@ -106,7 +117,7 @@ pub fn run(args: &Args) -> Result<()> {
             false,
             Some(ECHO_CPU),
             &out.join("meshd-echo-sockmap-off.log"),
-            |m| echo(&m.exec(&echo_client), echo_deadline),
+            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
         )?;
         (direct, on, off, counters_on, counters_off)
     };
@@ -120,7 +131,7 @@ pub fn run(args: &Args) -> Result<()> {
         step("bulk throughput: through meshd, sockmap on (unpinned)");
         let (meshd, counters) =
             through_meshd(&meshd, true, None, &out.join("meshd-bulk.log"), |m| {
-                bulk(&m.exec(&bulk_client), bulk_deadline)
+                bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline)
             })?;
         (direct, meshd, counters)
     };
@@ -157,7 +168,17 @@ fn through_meshd<T>(
     log: &Path,
     case: impl FnOnce(&Meshd) -> Result<T>,
 ) -> Result<(T, Counters)> {
-    let meshd = Meshd::start(binary, sockmap, cpu, log)?;
+    let config = log.with_file_name("policies");
+    std::fs::create_dir_all(&config).with_context(|| format!("creating {}", config.display()))?;
+    let sockmap = if sockmap { "on" } else { "off" };
+    let meshd = Meshd::start(
+        binary,
+        LAYOUT,
+        &config,
+        &["--sockmap", sockmap],
+        |prog, args| command(prog, args, cpu),
+        log,
+    )?;
     let result =
         case(&meshd).with_context(|| format!("through meshd (its log: {})", log.display()))?;
     let counters = meshd.counters()?;

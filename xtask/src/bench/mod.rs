@@ -4,7 +4,6 @@
 mod bulk;
 mod echo;
 mod l4;
-mod meshd;
 mod procs;
 mod report;
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::meshd::Counters;
+use crate::daemon::Counters;
 
 /// One echo case: round-trip latencies in nanoseconds.
 #[derive(Clone, Copy, Debug)]

@@ -1,5 +1,6 @@
-//! A meshd daemon for one benchmark case: its own ports and attach cgroup, started (optionally
-//! pinned to a CPU), awaited on /ready, read from /metrics and stopped with SIGTERM, also on drop.
+//! A meshd daemon started by a task (demo or benchmark): its ports and attach cgroup, started
+//! (optionally pinned to a CPU), awaited on /ready, read from /metrics and stopped with SIGTERM,
+//! also on drop.
 
 use std::{
     fs::File,
@@ -12,18 +13,16 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::procs::command;
 use crate::util::show;
 
-pub const ADMIN_PORT: u16 = 25000;
-pub const OUTBOUND_PORT: u16 = 25001;
-pub const INBOUND_PORT: u16 = 25008;
-
-/// The attach cgroup's name under the cgroup2 mount: the benchmark's own, never a real node's.
-const CGROUP: &str = "meshd-bench";
-
-/// The workload identity the benchmark's managed clients run as.
-const WORKLOAD: &str = "bench/client";
+/// Where a task's meshd listens and which attach cgroup (under the cgroup2 mount) it owns.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub admin_port: u16,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub cgroup: &'static str,
+}
 
 /// The kernel datapath's redirect and sk_msg counters (`meshd_ebpf_events_total`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,39 +34,44 @@ pub struct Counters {
 }
 
 pub struct Meshd {
+    pub layout: Layout,
     binary: PathBuf,
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Meshd {
-    /// Starts `meshd run` and waits (at most 15 s) for /ready to answer 200.
-    pub fn start(binary: &Path, sockmap: bool, cpu: Option<u32>, log: &Path) -> Result<Meshd> {
-        for port in [ADMIN_PORT, OUTBOUND_PORT, INBOUND_PORT] {
+    /// Starts `meshd run ... EXTRA` (under `cmd`'s wrapper, e.g. taskset) and waits (at most
+    /// 15 s) for /ready to answer 200.
+    pub fn start(
+        binary: &Path,
+        layout: Layout,
+        config: &Path,
+        extra: &[&str],
+        wrap: impl FnOnce(&str, &[String]) -> std::process::Command,
+        log: &Path,
+    ) -> Result<Meshd> {
+        for port in [layout.admin_port, layout.outbound_port, layout.inbound_port] {
             ensure_free(port)?;
         }
-        let config = log.with_file_name("policies");
-        std::fs::create_dir_all(&config)
-            .with_context(|| format!("creating {}", config.display()))?;
-        let cgroup = cgroup2_mount()?.join(CGROUP);
-        let args: Vec<String> = [
+        let cgroup = cgroup2_mount()?.join(layout.cgroup);
+        let mut args: Vec<String> = [
             "run",
             "--config",
             &config.display().to_string(),
             "--admin",
-            &admin().to_string(),
+            &admin(layout).to_string(),
             "--outbound-port",
-            &OUTBOUND_PORT.to_string(),
+            &layout.outbound_port.to_string(),
             "--inbound-port",
-            &INBOUND_PORT.to_string(),
+            &layout.inbound_port.to_string(),
             "--cgroup",
             &cgroup.display().to_string(),
-            "--sockmap",
-            if sockmap { "on" } else { "off" },
         ]
         .map(String::from)
         .to_vec();
-        let mut cmd = command(&binary.display().to_string(), &args, cpu);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = wrap(&binary.display().to_string(), &args);
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         eprintln!("    $ {} &> {}", show(&cmd), log.display());
         let child = cmd
@@ -77,6 +81,7 @@ impl Meshd {
             .spawn()
             .with_context(|| format!("starting {}", show(&cmd)))?;
         let mut meshd = Meshd {
+            layout,
             binary: binary.to_path_buf(),
             child: Some(child),
             log: log.to_path_buf(),
@@ -95,7 +100,7 @@ impl Meshd {
                     self.log.display()
                 );
             }
-            if matches!(http_get("/ready"), Ok((200, _))) {
+            if matches!(self.get("/ready"), Ok((200, _))) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -106,15 +111,15 @@ impl Meshd {
         )
     }
 
-    /// `meshd exec --admin .. --workload bench/client -- ARGV...` as an argument list.
-    pub fn exec(&self, argv: &[String]) -> Vec<String> {
+    /// `meshd exec --admin .. --workload WORKLOAD -- ARGV...` as an argument list.
+    pub fn exec(&self, workload: &str, argv: &[String]) -> Vec<String> {
         let mut v: Vec<String> = [
             &self.binary.display().to_string(),
             "exec",
             "--admin",
-            &admin().to_string(),
+            &admin(self.layout).to_string(),
             "--workload",
-            WORKLOAD,
+            workload,
             "--",
         ]
         .map(String::from)
@@ -124,7 +129,7 @@ impl Meshd {
     }
 
     pub fn counters(&self) -> Result<Counters> {
-        let (status, body) = http_get("/metrics")?;
+        let (status, body) = self.get("/metrics")?;
         if status != 200 {
             bail!("GET /metrics answered {status}");
         }
@@ -176,8 +181,8 @@ impl Drop for Meshd {
     }
 }
 
-fn admin() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT))
+pub fn admin(layout: Layout) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, layout.admin_port))
 }
 
 /// Fails if something already listens on 127.0.0.1:PORT.
@@ -202,9 +207,15 @@ fn cgroup2_mount() -> Result<PathBuf> {
         .context("no cgroup2 filesystem is mounted")
 }
 
-/// GET PATH from the admin API over HTTP/1.0: (status, body).
-fn http_get(path: &str) -> Result<(u16, String)> {
-    let addr = admin();
+impl Meshd {
+    /// GET PATH from the admin API.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(admin(self.layout), path)
+    }
+}
+
+/// GET PATH over HTTP/1.0: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
