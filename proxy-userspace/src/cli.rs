@@ -29,6 +29,9 @@ pub enum Command {
     Exec(ExecArgs),
     /// Probe the kernel and host for every feature meshd needs.
     Check,
+    /// Validate policy files and directories like `istioctl analyze` (exit 0 clean, 1 errors,
+    /// 2 unreadable input).
+    Analyze(AnalyzeArgs),
     /// Show the running daemon's state.
     Status(ClientArgs),
     /// List the running daemon's live connections with their kernel counters.
@@ -97,6 +100,13 @@ pub struct ExecArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// Policy files or directories (scanned recursively for .yaml/.yml).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct ClientArgs {
     /// Admin address of the running daemon.
     #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN)]
@@ -138,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Exec(args) => crate::exec::run(args),
         Command::Check => crate::check::run(),
+        Command::Analyze(args) => crate::analyze::run(args),
         Command::Status(args) => crate::status::status(args),
         Command::Connections(args) => crate::status::connections(args),
     }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod admin;
+pub mod analyze;
 pub mod app;
 pub mod cgroup;
 pub mod check;
@@ -10,6 +11,7 @@ pub mod drain;
 pub mod ebpf;
 pub mod exec;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod settings;
 pub mod status;

@@ -1,0 +1,1 @@
+//! `meshd analyze` end to end on real Istio YAML and broken YAML.
