@@ -33,9 +33,14 @@ pub fn run(test_deps: bool) -> Result<()> {
     rust_src()?;
     bpf_linker_installed()?;
     if test_deps {
-        debian_packages(TEST_PACKAGES)?;
+        test_packages()?;
     }
     Ok(())
+}
+
+/// The Debian packages the test suite drives.
+pub fn test_packages() -> Result<()> {
+    debian_packages(TEST_PACKAGES)
 }
 
 fn rust_src() -> Result<()> {

@@ -49,7 +49,8 @@ pub fn run_suite(extra: &[String]) -> Result<()> {
 }
 
 pub fn run(extra: &[String]) -> Result<()> {
-    setup::run(true)?;
+    // build-ebpf runs the toolchain setup; the suite also needs its Debian packages.
+    setup::test_packages()?;
     build::ebpf()?;
     run_suite(extra)
 }

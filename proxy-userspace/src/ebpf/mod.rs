@@ -37,7 +37,7 @@ pub enum DatapathError {
     MissingMap(&'static str),
     #[error("eBPF program {program}: {action} failed: {source}")]
     Program {
-        program: &'static str,
+        program: String,
         action: &'static str,
         #[source]
         source: ProgramError,
@@ -74,9 +74,10 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
 }
 
-fn prog_err(program: &'static str, action: &'static str) -> impl Fn(ProgramError) -> DatapathError {
+fn prog_err(program: &str, action: &'static str) -> impl Fn(ProgramError) -> DatapathError {
+    let program = program.to_string();
     move |source| DatapathError::Program {
-        program,
+        program: program.clone(),
         action,
         source,
     }
@@ -234,8 +235,7 @@ pub fn verify_programs() -> Result<usize, DatapathError> {
             aya::programs::Program::CgroupSkb(p) => p.load(),
             _ => Ok(()),
         };
-        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
-        result.map_err(prog_err(leaked, "load"))?;
+        result.map_err(prog_err(name, "load"))?;
     }
     Ok(names.len())
 }
