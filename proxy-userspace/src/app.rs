@@ -243,6 +243,8 @@ fn serve(
         connections: connections.clone(),
         metrics: metrics.clone(),
         connect_timeout: settings.connect_timeout,
+        detect_timeout: settings.protocol_detection_timeout,
+        http: crate::proxy::http::HttpContext::new(settings.connect_timeout, settings.max_request_headers_bytes),
         own: outbound.iter().copied().chain([admin]).collect(),
     });
     let (drain, watch) = drain::channel();

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod routes;
 pub mod settings;
 pub mod status;
 pub mod workloads;

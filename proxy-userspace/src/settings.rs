@@ -39,6 +39,9 @@ pub struct Settings {
     pub drain_timeout: Duration,
     #[serde(with = "millis")]
     pub connect_timeout: Duration,
+    #[serde(with = "millis")]
+    pub protocol_detection_timeout: Duration,
+    pub max_request_headers_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,15 @@ impl Settings {
             .map_err(|r| invalid("drain-timeout", &a.drain_timeout, r))?;
         let connect_timeout = parse_duration(&a.connect_timeout)
             .map_err(|r| invalid("connect-timeout", &a.connect_timeout, r))?;
+        let protocol_detection_timeout = parse_duration(&a.protocol_detection_timeout)
+            .map_err(|r| invalid("protocol-detection-timeout", &a.protocol_detection_timeout, r))?;
+        if !(1..=1024).contains(&a.max_request_headers_kb) {
+            return Err(invalid(
+                "max-request-headers-kb",
+                &a.max_request_headers_kb.to_string(),
+                "must be between 1 and 1024",
+            ));
+        }
         let exclude_cidrs = a
             .exclude_cidrs
             .iter()
@@ -107,6 +119,8 @@ impl Settings {
             exclude_cidrs,
             drain_timeout,
             connect_timeout,
+            protocol_detection_timeout,
+            max_request_headers_bytes: a.max_request_headers_kb * 1024,
         })
     }
 

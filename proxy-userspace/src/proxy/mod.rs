@@ -1,7 +1,9 @@
 //! The proxy listeners and the per-connection pipeline.
 
 pub mod connections;
+pub mod http;
 pub mod outbound;
+pub mod sniff;
 pub mod sockopt;
 
 pub use connections::{ConnectionInfo, Connections};

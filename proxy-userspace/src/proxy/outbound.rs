@@ -13,6 +13,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     connections::{ConnectionInfo, Connections, unix_ms},
+    http::{self, HttpContext},
+    sniff::{self, Detected},
     sockopt,
 };
 use crate::{drain, ebpf::DatapathMaps, metrics::Metrics, workloads::Registry};
@@ -27,6 +29,9 @@ pub struct Outbound {
     pub connections: Arc<Connections>,
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
+    /// How long to wait for a client's first bytes before treating the connection as opaque.
+    pub detect_timeout: Duration,
+    pub http: Arc<HttpContext>,
     /// meshd's own listener addresses: a connection "originally" headed there is a loop.
     pub own: Vec<SocketAddr>,
 }
@@ -145,17 +150,29 @@ async fn proxy(
         .orig_dst(peer)
         .and_then(|o| ctx.workloads.get(o.workload_id))
         .map(|w| w.workload);
+    let detected = sniff::detect(&down, ctx.detect_timeout).await;
+    let protocol = match detected {
+        Detected::Http1 => "http/1.1",
+        Detected::Http2 => "h2",
+        Detected::Opaque => "tcp",
+    };
     let tracked = ctx.connections.track(ConnectionInfo {
         id,
         workload: workload.clone(),
         source: peer,
         destination: dst,
-        protocol: "tcp",
+        protocol,
         started_unix_ms: unix_ms(),
         downstream_cookie: down_cookie,
         upstream_cookie: None,
     });
     let _active = ctx.metrics.connection_open();
+    if detected != Detected::Opaque {
+        let _ = down.set_nodelay(true);
+        debug!(workload = workload.as_deref().unwrap_or("-"), %dst, protocol, "serving HTTP");
+        http::serve(down, http::Downstream { peer, dst, workload }, ctx.http.clone()).await;
+        return Ok(());
+    }
 
     let mut up = match timeout(ctx.connect_timeout, TcpStream::connect(dst)).await {
         Ok(Ok(up)) => up,

@@ -1,0 +1,78 @@
+//! Envoy-style response flags, recorded for every request for access logs and metrics.
+
+use std::fmt;
+
+/// A set of response flags (`UF`, `URX`, ...). Empty prints as `-`, as in Envoy's access log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseFlags(u16);
+
+macro_rules! flags {
+    ($($name:ident = $bit:expr, $code:literal, $doc:literal;)*) => {
+        impl ResponseFlags {
+            $(#[doc = $doc] pub const $name: ResponseFlags = ResponseFlags(1 << $bit);)*
+            const ALL: &[(ResponseFlags, &'static str)] = &[$((ResponseFlags::$name, $code)),*];
+        }
+    };
+}
+
+flags! {
+    NO_ROUTE = 0, "NR", "No route matched the request.";
+    NO_HEALTHY_UPSTREAM = 1, "UH", "No healthy upstream endpoint.";
+    UPSTREAM_CONNECT_FAILURE = 2, "UF", "The upstream connection could not be opened.";
+    UPSTREAM_OVERFLOW = 3, "UO", "A limit (pool, fairness) shed the request.";
+    UPSTREAM_TIMEOUT = 4, "UT", "The route timeout expired.";
+    RETRY_LIMIT = 5, "URX", "Retries were exhausted.";
+    DELAY_INJECTED = 6, "DI", "A fault delay was injected.";
+    FAULT_INJECTED = 7, "FI", "A fault abort was injected.";
+    DOWNSTREAM_DISCONNECT = 8, "DC", "The client went away mid-request.";
+    UPSTREAM_CONNECTION_TERMINATION = 9, "UC", "The upstream connection closed mid-request.";
+    RATE_LIMITED = 10, "RL", "A rate limit denied the request.";
+}
+
+impl ResponseFlags {
+    pub fn insert(&mut self, other: ResponseFlags) {
+        self.0 |= other.0;
+    }
+
+    pub fn contains(self, other: ResponseFlags) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for ResponseFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, code) in ResponseFlags::ALL {
+            if self.contains(*flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(code)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResponseFlags as F;
+
+    #[test]
+    fn display() {
+        assert_eq!(F::default().to_string(), "-");
+        let mut f = F::UPSTREAM_CONNECT_FAILURE;
+        f.insert(F::RETRY_LIMIT);
+        assert_eq!(f.to_string(), "UF,URX");
+        assert!(f.contains(F::RETRY_LIMIT));
+        assert!(!f.contains(F::NO_ROUTE));
+    }
+}

@@ -1,0 +1,55 @@
+//! The L7 pipeline for captured HTTP/1.x and HTTP/2 connections: a hyper server per downstream
+//! connection, each request forwarded over a pooled upstream connection.
+
+mod body;
+mod flags;
+mod forward;
+mod pool;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpStream;
+
+pub use body::Body;
+pub use flags::ResponseFlags;
+pub use pool::Pool;
+
+/// Settings and shared state of the L7 pipeline.
+pub struct HttpContext {
+    pub pool: Pool,
+    /// Largest request head (request line and headers) accepted; bigger gets 431.
+    pub max_header_bytes: usize,
+}
+
+impl HttpContext {
+    pub fn new(connect_timeout: Duration, max_header_bytes: usize) -> Arc<HttpContext> {
+        Arc::new(HttpContext { pool: Pool::new(connect_timeout), max_header_bytes })
+    }
+}
+
+/// The captured connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub dst: SocketAddr,
+    pub workload: Option<String>,
+}
+
+/// Serves HTTP on a captured connection until the client closes it.
+pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>) {
+    let down = Arc::new(down);
+    let svc = {
+        let ctx = ctx.clone();
+        service_fn(move |req| forward::handle(req, down.clone(), ctx.clone()))
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(ctx.max_header_bytes.max(8192)).keep_alive(true);
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+        tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+}

@@ -1,0 +1,82 @@
+//! Protocol detection on a captured connection: peek (never consume) the first bytes and tell
+//! HTTP/1.x and the HTTP/2 prior-knowledge preface from everything else.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// What the first bytes of a connection look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detected {
+    Http1,
+    Http2,
+    /// Not HTTP, or nothing arrived before the detection timeout (server-first protocols).
+    Opaque,
+}
+
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Longest method token we accept before the space of an HTTP/1 request line.
+const MAX_METHOD: usize = 20;
+
+/// Classifies a prefix of a connection's bytes; `None` means "need more bytes".
+pub fn classify(bytes: &[u8]) -> Option<Detected> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let n = bytes.len().min(H2_PREFACE.len());
+    if bytes[..n] == H2_PREFACE[..n] {
+        // "PRI " is also a syntactically valid HTTP/1 method, so wait for the whole preface.
+        return (n == H2_PREFACE.len()).then_some(Detected::Http2);
+    }
+    for (i, b) in bytes.iter().enumerate() {
+        match b {
+            b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD => continue,
+            b' ' if i > 0 => return Some(Detected::Http1),
+            _ => return Some(Detected::Opaque),
+        }
+    }
+    (bytes.len() < MAX_METHOD).then_some(()).map_or(Some(Detected::Opaque), |_| None)
+}
+
+/// Peeks until the bytes classify or `timeout` passes (then: opaque).
+pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 32];
+    let mut seen = 0;
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        let n = match peeked {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Detected::Opaque,
+            Ok(Ok(n)) => n,
+        };
+        if let Some(d) = classify(&buf[..n]) {
+            return d;
+        }
+        if n == seen && tokio::time::Instant::now() >= deadline {
+            return Detected::Opaque;
+        }
+        seen = n;
+        // More bytes are needed; peek returns at once while data is queued, so pause briefly.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies() {
+        assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
+        assert_eq!(classify(b"POST /x"), Some(Detected::Http1));
+        assert_eq!(classify(b"M-SEARCH * HTTP/1.1"), Some(Detected::Http1));
+        assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
+        assert_eq!(classify(b"PRI * HT"), None, "a partial preface needs more bytes");
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"ping"), Some(Detected::Opaque));
+        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque), "TLS is opaque");
+        assert_eq!(classify(b" GET"), Some(Detected::Opaque));
+        assert_eq!(classify(&[b'A'; 40]), Some(Detected::Opaque));
+    }
+}

@@ -1,0 +1,140 @@
+//! The host-indexed route table: exact hosts in one hash map, wildcard hosts (`*.example.com`)
+//! in another keyed by suffix, and `*` last. A lookup costs one hash probe per label of the
+//! authority, whatever the number of hosts.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::matcher::{RequestMatch, RequestView};
+
+/// A weighted destination of a route: the cluster (host, subset, port) it sends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+/// One compiled HTTP route of a VirtualService.
+#[derive(Clone, Debug)]
+pub struct HttpRoute {
+    /// `namespace/name` of the VirtualService and the route's index (or name) inside it.
+    pub origin: String,
+    /// Any of these matches selects the route; empty means "every request".
+    pub matches: Vec<RequestMatch>,
+    pub destinations: Vec<Destination>,
+}
+
+impl HttpRoute {
+    pub fn matches(&self, r: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(r))
+    }
+}
+
+/// The ordered routes for one host.
+#[derive(Clone, Debug, Default)]
+pub struct HostRoutes {
+    pub routes: Arc<[HttpRoute]>,
+}
+
+impl HostRoutes {
+    /// The first route whose match holds (Istio: first match wins).
+    pub fn first_match(&self, r: &RequestView<'_>) -> Option<&HttpRoute> {
+        self.routes.iter().find(|route| route.matches(r))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, HostRoutes>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, HostRoutes>,
+    any: Option<HostRoutes>,
+}
+
+/// The host part of an authority, lowercased, without the port.
+pub fn host_of(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl RouteTable {
+    /// Adds a host (fully qualified, or `*.suffix`, or `*`). The first VirtualService to claim a
+    /// host keeps it, as Istio merges by creation order; returns false for a later duplicate.
+    pub fn insert(&mut self, host: &str, routes: HostRoutes) -> bool {
+        let host = host.to_ascii_lowercase();
+        let slot = if host == "*" {
+            if self.any.is_some() {
+                return false;
+            }
+            self.any = Some(routes);
+            return true;
+        } else if let Some(suffix) = host.strip_prefix("*.") {
+            self.wildcard.entry(suffix.to_string())
+        } else {
+            self.exact.entry(host)
+        };
+        match slot {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(routes);
+                true
+            }
+        }
+    }
+
+    /// The routes for an authority's host: exact, then the most specific wildcard, then `*`.
+    pub fn lookup(&self, host: &str) -> Option<&HostRoutes> {
+        if let Some(r) = self.exact.get(host) {
+            return Some(r);
+        }
+        let mut rest = host;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(r) = self.wildcard.get(suffix) {
+                return Some(r);
+            }
+            rest = suffix;
+        }
+        self.any.as_ref()
+    }
+
+    pub fn hosts(&self) -> usize {
+        self.exact.len() + self.wildcard.len() + usize::from(self.any.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(origin: &str) -> HostRoutes {
+        HostRoutes { routes: vec![HttpRoute { origin: origin.into(), matches: vec![], destinations: vec![] }].into() }
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_any() {
+        let mut t = RouteTable::default();
+        assert!(t.insert("reviews.default.svc.cluster.local", routes("exact")));
+        assert!(t.insert("*.svc.cluster.local", routes("wild")));
+        assert!(t.insert("*.default.svc.cluster.local", routes("narrow")));
+        assert!(t.insert("*", routes("any")));
+        assert!(!t.insert("reviews.default.svc.cluster.local", routes("dup")));
+        let origin = |h: &str| t.lookup(h).map(|r| r.routes[0].origin.clone());
+        assert_eq!(origin("reviews.default.svc.cluster.local").as_deref(), Some("exact"));
+        assert_eq!(origin("ratings.default.svc.cluster.local").as_deref(), Some("narrow"));
+        assert_eq!(origin("ratings.prod.svc.cluster.local").as_deref(), Some("wild"));
+        assert_eq!(origin("example.com").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn hosts_of_authorities() {
+        assert_eq!(host_of("Reviews:9080"), "reviews");
+        assert_eq!(host_of("reviews"), "reviews");
+        assert_eq!(host_of("[::1]:80"), "::1");
+        assert_eq!(host_of("example.com."), "example.com");
+    }
+}
