@@ -86,9 +86,11 @@ pub fn init_tracing() {
     let filter = EnvFilter::try_from_env("MESHD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -244,7 +246,10 @@ fn serve(
         metrics: metrics.clone(),
         connect_timeout: settings.connect_timeout,
         detect_timeout: settings.protocol_detection_timeout,
-        http: crate::proxy::http::HttpContext::new(settings.connect_timeout, settings.max_request_headers_bytes),
+        http: crate::proxy::http::HttpContext::new(
+            settings.connect_timeout,
+            settings.max_request_headers_bytes,
+        ),
         own: outbound.iter().copied().chain([admin]).collect(),
     });
     let (drain, watch) = drain::channel();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod http_backend;
 
 use std::{
     io::{Read, Write},

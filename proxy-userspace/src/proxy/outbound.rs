@@ -170,7 +170,16 @@ async fn proxy(
     if detected != Detected::Opaque {
         let _ = down.set_nodelay(true);
         debug!(workload = workload.as_deref().unwrap_or("-"), %dst, protocol, "serving HTTP");
-        http::serve(down, http::Downstream { peer, dst, workload }, ctx.http.clone()).await;
+        http::serve(
+            down,
+            http::Downstream {
+                peer,
+                dst,
+                workload,
+            },
+            ctx.http.clone(),
+        )
+        .await;
         return Ok(());
     }
 

@@ -36,7 +36,9 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
             _ => return Some(Detected::Opaque),
         }
     }
-    (bytes.len() < MAX_METHOD).then_some(()).map_or(Some(Detected::Opaque), |_| None)
+    (bytes.len() < MAX_METHOD)
+        .then_some(())
+        .map_or(Some(Detected::Opaque), |_| None)
 }
 
 /// Peeks until the bytes classify or `timeout` passes (then: opaque).
@@ -72,10 +74,18 @@ mod tests {
         assert_eq!(classify(b"POST /x"), Some(Detected::Http1));
         assert_eq!(classify(b"M-SEARCH * HTTP/1.1"), Some(Detected::Http1));
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
-        assert_eq!(classify(b"PRI * HT"), None, "a partial preface needs more bytes");
+        assert_eq!(
+            classify(b"PRI * HT"),
+            None,
+            "a partial preface needs more bytes"
+        );
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"ping"), Some(Detected::Opaque));
-        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Opaque), "TLS is opaque");
+        assert_eq!(
+            classify(b"\x16\x03\x01"),
+            Some(Detected::Opaque),
+            "TLS is opaque"
+        );
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
         assert_eq!(classify(&[b'A'; 40]), Some(Detected::Opaque));
     }

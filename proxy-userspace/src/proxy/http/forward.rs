@@ -14,8 +14,15 @@ use hyper_util::rt::TokioIo;
 use super::{Body, Downstream, HttpContext, ResponseFlags, body};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "trailer", "upgrade"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "trailer",
+    "upgrade",
+];
 
 pub async fn handle(
     req: Request<Incoming>,
@@ -69,7 +76,12 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-async fn forward(mut req: Request<Incoming>, down: &Downstream, ctx: &HttpContext, flags: &mut ResponseFlags) -> Response<Body> {
+async fn forward(
+    mut req: Request<Incoming>,
+    down: &Downstream,
+    ctx: &HttpContext,
+    flags: &mut ResponseFlags,
+) -> Response<Body> {
     let h2 = req.version() == Version::HTTP_2;
     let upgrade = !h2 && is_upgrade(req.headers());
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -77,7 +89,11 @@ async fn forward(mut req: Request<Incoming>, down: &Downstream, ctx: &HttpContex
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if !h2 {
         // HTTP/1 upstream requests use origin-form; the Host header carries the authority.
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         if let Ok(uri) = pq.parse() {
             parts.uri = uri;
         }
@@ -86,7 +102,14 @@ async fn forward(mut req: Request<Incoming>, down: &Downstream, ctx: &HttpContex
     let req = Request::from_parts(parts, body::boxed(body));
     let sent = if upgrade {
         match ctx.pool.fresh_h1(down.dst).await {
-            Ok(mut s) => s.send_request(req).await.map_err(|source| super::pool::UpstreamError::Send { dst: down.dst, source }),
+            Ok(mut s) => {
+                s.send_request(req)
+                    .await
+                    .map_err(|source| super::pool::UpstreamError::Send {
+                        dst: down.dst,
+                        source,
+                    })
+            }
             Err(e) => Err(e),
         }
     } else {
@@ -115,7 +138,8 @@ async fn forward(mut req: Request<Incoming>, down: &Downstream, ctx: &HttpContex
                 e.reset_reason()
             )));
             *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             resp
         }
     }
@@ -134,7 +158,11 @@ mod tests {
         h.insert("te", "trailers".parse().unwrap());
         h.insert("x-end-to-end", "1".parse().unwrap());
         strip_hop_by_hop(&mut h, false);
-        assert!(h.get("connection").is_none() && h.get("keep-alive").is_none() && h.get("x-private").is_none());
+        assert!(
+            h.get("connection").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get("x-private").is_none()
+        );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-end-to-end").is_some());
     }

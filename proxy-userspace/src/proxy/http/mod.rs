@@ -28,7 +28,10 @@ pub struct HttpContext {
 
 impl HttpContext {
     pub fn new(connect_timeout: Duration, max_header_bytes: usize) -> Arc<HttpContext> {
-        Arc::new(HttpContext { pool: Pool::new(connect_timeout), max_header_bytes })
+        Arc::new(HttpContext {
+            pool: Pool::new(connect_timeout),
+            max_header_bytes,
+        })
     }
 }
 
@@ -48,8 +51,14 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>) {
         service_fn(move |req| forward::handle(req, down.clone(), ctx.clone()))
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(ctx.max_header_bytes.max(8192)).keep_alive(true);
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+    builder
+        .http1()
+        .max_buf_size(ctx.max_header_bytes.max(8192))
+        .keep_alive(true);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await
+    {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
 }

@@ -19,13 +19,22 @@ const MAX_IDLE_H1: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream connect error: connecting to {dst} failed: {source}")]
-    Connect { dst: SocketAddr, source: std::io::Error },
+    Connect {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("upstream connect error: connecting to {dst} timed out after {after:?}")]
     ConnectTimeout { dst: SocketAddr, after: Duration },
     #[error("upstream connect error: HTTP handshake with {dst} failed: {source}")]
-    Handshake { dst: SocketAddr, source: hyper::Error },
+    Handshake {
+        dst: SocketAddr,
+        source: hyper::Error,
+    },
     #[error("upstream {dst} reset or closed the connection before answering: {source}")]
-    Send { dst: SocketAddr, source: hyper::Error },
+    Send {
+        dst: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 impl UpstreamError {
@@ -53,23 +62,34 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(connect_timeout: Duration) -> Pool {
-        Pool { connect_timeout, h1: Mutex::new(HashMap::new()), h2: Mutex::new(HashMap::new()) }
+        Pool {
+            connect_timeout,
+            h1: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
+        }
     }
 
     async fn connect(&self, dst: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
             .await
-            .map_err(|_| UpstreamError::ConnectTimeout { dst, after: self.connect_timeout })?
+            .map_err(|_| UpstreamError::ConnectTimeout {
+                dst,
+                after: self.connect_timeout,
+            })?
             .map_err(|source| UpstreamError::Connect { dst, source })?;
         let _ = stream.set_nodelay(true);
         Ok(TokioIo::new(stream))
     }
 
     /// A new HTTP/1.1 connection, not pooled (also used for upgrades, which consume it).
-    pub async fn fresh_h1(&self, dst: SocketAddr) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    pub async fn fresh_h1(
+        &self,
+        dst: SocketAddr,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let io = self.connect(dst).await?;
-        let (sender, conn) =
-            http1::handshake(io).await.map_err(|source| UpstreamError::Handshake { dst, source })?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Handshake { dst, source })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, %dst, "upstream HTTP/1 connection ended with an error");
@@ -79,7 +99,13 @@ impl Pool {
     }
 
     async fn h2_sender(&self, dst: SocketAddr) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        if let Some(s) = self.h2.lock().expect("h2 pool lock").get(&dst).filter(|s| !s.is_closed()) {
+        if let Some(s) = self
+            .h2
+            .lock()
+            .expect("h2 pool lock")
+            .get(&dst)
+            .filter(|s| !s.is_closed())
+        {
             return Ok(s.clone());
         }
         let io = self.connect(dst).await?;
@@ -91,7 +117,10 @@ impl Pool {
                 tracing::debug!(error = %e, %dst, "upstream HTTP/2 connection ended with an error");
             }
         });
-        self.h2.lock().expect("h2 pool lock").insert(dst, sender.clone());
+        self.h2
+            .lock()
+            .expect("h2 pool lock")
+            .insert(dst, sender.clone());
         Ok(sender)
     }
 
@@ -113,7 +142,12 @@ impl Pool {
     }
 
     /// Sends a request to `dst` over a pooled connection of the given HTTP version.
-    pub async fn send(&self, dst: SocketAddr, h2: bool, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(
+        &self,
+        dst: SocketAddr,
+        h2: bool,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let sent = if h2 {
             let mut sender = self.h2_sender(dst).await?;
             sender.send_request(req).await

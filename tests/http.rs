@@ -1,0 +1,158 @@
+//! The L7 pipeline end to end through eBPF capture: HTTP/1.1 keep-alive with pooled upstream
+//! connections, HTTP/2 prior knowledge, upgrades, upstream failures, and hostile requests that
+//! must never reach the upstream.
+
+mod support;
+
+use std::process::Output;
+
+use support::{Daemon, ebpf_available, http_backend::HttpBackend};
+
+const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn curl(d: &Daemon, args: &[&str]) -> String {
+    let mut full = vec!["curl", "-sS", "--max-time", "10"];
+    full.extend_from_slice(args);
+    let out = d.exec("default/curl", &full).output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
+/// Sends raw bytes from a managed client; returns (status, everything received).
+fn raw(d: &Daemon, addr: &str, send: &str, then: &str) -> (u64, String) {
+    let out = d
+        .exec(
+            "default/raw",
+            &[
+                "python3", RAW, "--addr", addr, "--send", send, "--then", then,
+            ],
+        )
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| {
+        panic!(
+            "raw client: {e}: {}{}",
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (
+        v["status"].as_u64().unwrap(),
+        v["received"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn http1_requests_share_pooled_upstream_connections() {
+    if !ebpf_available("http_pool") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-pool", 31, &[]);
+    let url = format!("http://{}/whoami", b.addr);
+    let first = curl(&d, &[&url]);
+    let second = curl(&d, &[&url, &url]);
+    assert!(first.contains("\"version\":\"HTTP/1.1\""), "{first}");
+    assert_eq!(b.requests(), 3);
+    // Three requests on two client connections rode one upstream connection: meshd parsed
+    // them and reused its idle connection; an L4 relay would have opened two.
+    assert_eq!(b.accepted(), 1, "upstream connections: {first}{second}");
+    assert!(
+        first.contains(&format!("\"host\":\"{}\"", b.addr)),
+        "Host is preserved: {first}"
+    );
+}
+
+#[test]
+fn http2_prior_knowledge_is_proxied_as_http2() {
+    if !ebpf_available("http2") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http2", 32, &[]);
+    let url = format!("http://{}/whoami", b.addr);
+    let body = curl(&d, &["--http2-prior-knowledge", &url]);
+    assert!(body.contains("\"version\":\"HTTP/2.0\""), "{body}");
+    let status = curl(
+        &d,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{}/status/418", b.addr),
+        ],
+    );
+    assert_eq!(status, "418");
+}
+
+#[test]
+fn an_unreachable_upstream_gets_503_with_the_reset_reason() {
+    if !ebpf_available("http_uf") {
+        return;
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = Daemon::start("http-uf", 33, &[]);
+    let out = curl(&d, &["-w", "\n%{http_code}", &format!("http://{closed}/")]);
+    assert!(out.ends_with("\n503"), "{out}");
+    assert!(out.contains("upstream connect error or disconnect/reset before headers. reset reason: connection failure"), "{out}");
+    assert!(
+        d.log_text().contains("flags=UF"),
+        "the request is logged with flag UF"
+    );
+}
+
+#[test]
+fn upgrades_are_passed_through() {
+    if !ebpf_available("http_upgrade") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-upgrade", 34, &[]);
+    let (status, got) = raw(
+        &d,
+        &b.addr.to_string(),
+        "GET /ws HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\\r\\n",
+        "hello over the upgraded connection",
+    );
+    assert_eq!(status, 101, "{got}");
+    assert!(got.ends_with("hello over the upgraded connection"), "{got}");
+}
+
+#[test]
+fn hostile_requests_never_reach_the_upstream() {
+    if !ebpf_available("http_hostile") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-hostile", 35, &["--max-request-headers-kb", "8"]);
+    let addr = b.addr.to_string();
+    let cases = [
+        ("malformed header line", "GET / HTTP/1.1\\r\\nHost: x\\r\\nno colon here\\r\\n\\r\\n".to_string(), 400),
+        (
+            "duplicate Content-Length",
+            "POST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 4\\r\\nContent-Length: 5\\r\\n\\r\\nabcde".to_string(),
+            400,
+        ),
+        ("obs-fold", "GET / HTTP/1.1\\r\\nHost: x\\r\\nX-A: 1\\r\\n  folded\\r\\n\\r\\n".to_string(), 400),
+        ("oversized headers", format!("GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: {}\\r\\n\\r\\n", "a".repeat(16 * 1024)), 431),
+    ];
+    for (what, send, want) in cases {
+        let (status, got) = raw(&d, &addr, &send, "");
+        assert_eq!(status, want, "{what}: {got}");
+    }
+    assert_eq!(b.requests(), 0, "no hostile request reached the backend");
+}
