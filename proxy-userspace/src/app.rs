@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use crate::{
     admin::{self, AdminState},
     cgroup::{self, NodeCgroups},
+    config::{ConfigStore, spawn_watcher},
     drain,
     ebpf::{self, Datapath},
     metrics::Metrics,
@@ -62,6 +63,8 @@ pub enum StartupError {
     },
     #[error("config path {0} does not exist")]
     MissingConfig(PathBuf),
+    #[error("the configuration is invalid:\n{0}")]
+    Config(#[from] crate::policy::LoadFailure),
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
@@ -108,7 +111,10 @@ pub fn run_daemon(settings: Settings) -> ExitCode {
             Err(e) => {
                 tracing::error!("meshd could not start: {e}");
                 eprintln!("meshd: {e}");
-                ExitCode::FAILURE
+                match e {
+                    StartupError::Config(_) => ExitCode::from(crate::cli::EXIT_USAGE),
+                    _ => ExitCode::FAILURE,
+                }
             }
         }
     })
@@ -171,6 +177,9 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
             return Err(StartupError::MissingConfig(p.clone()));
         }
     }
+    // An invalid configuration fails the start, with every finding, before touching anything.
+    let metrics = Metrics::new();
+    let config = ConfigStore::initial(settings.config_paths.clone(), metrics.clone())?;
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -183,7 +192,9 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     // datapath's sockops and getsockopt hooks only see sockets under the attach point.
     let cgroups = NodeCgroups::setup(Some(&attach))?;
     match start(&settings, &cgroups).await {
-        Ok((datapath, listeners)) => Ok(serve(settings, cgroups, datapath, listeners, lock)),
+        Ok((datapath, listeners)) => Ok(serve(
+            settings, cgroups, datapath, listeners, lock, metrics, config,
+        )),
         Err(e) => {
             cgroups.teardown();
             Err(e)
@@ -222,6 +233,8 @@ fn serve(
     datapath: Datapath,
     listeners: Listeners,
     lock: File,
+    metrics: Arc<Metrics>,
+    config: Arc<ConfigStore>,
 ) -> App {
     let Listeners {
         admin: admin_listener,
@@ -230,7 +243,7 @@ fn serve(
     let maps = datapath.maps.clone();
     ebpf::spawn_heartbeat(maps.clone(), settings.heartbeat_timeout);
 
-    let metrics = Metrics::new();
+    spawn_watcher(config.clone());
     let workloads = Arc::new(Registry::new(&cgroups.workloads, maps.clone()));
     let connections = Connections::new(maps.clone());
     let admin = admin_listener.local_addr().expect("bound admin address");
@@ -249,6 +262,8 @@ fn serve(
         http: crate::proxy::http::HttpContext::new(
             settings.connect_timeout,
             settings.max_request_headers_bytes,
+            config.clone(),
+            metrics.clone(),
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
     });
@@ -271,6 +286,7 @@ fn serve(
         metrics,
         started_unix_ms: crate::proxy::connections::unix_ms(),
         attach_cgroup: cgroups.attach.display().to_string(),
+        config,
     });
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     state.ready.store(true, Ordering::Relaxed);

@@ -86,7 +86,11 @@ pub struct RunArgs {
     pub connect_timeout: String,
     /// How long to wait for a client's first bytes to tell HTTP from other protocols; a client
     /// that sends nothing first (server-first protocols) is proxied at L4 after this.
-    #[arg(long, env = "MESHD_PROTOCOL_DETECTION_TIMEOUT", default_value = "100ms")]
+    #[arg(
+        long,
+        env = "MESHD_PROTOCOL_DETECTION_TIMEOUT",
+        default_value = "100ms"
+    )]
     pub protocol_detection_timeout: String,
     /// Largest HTTP/1 request head (request line and headers) in KiB; bigger gets 431.
     #[arg(long, env = "MESHD_MAX_REQUEST_HEADERS_KB", default_value_t = 60)]

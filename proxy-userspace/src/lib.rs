@@ -7,6 +7,7 @@ pub mod app;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod drain;
 pub mod ebpf;
 pub mod exec;

@@ -13,6 +13,10 @@ pub struct Metrics {
     connections_total: IntCounterVec,
     bytes_total: IntCounterVec,
     pub workloads: IntGauge,
+    config_reloads: IntCounterVec,
+    retries: prometheus::IntCounter,
+    mirrors: IntCounterVec,
+    config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
     ebpf_seen: Mutex<Vec<u64>>,
@@ -56,6 +60,27 @@ impl Metrics {
             "Workloads enrolled on this node",
         )
         .unwrap();
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "meshd_config_reload_total",
+                "Configuration reloads by result: success, failure (rejected, last good kept), unchanged",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let retries =
+            prometheus::IntCounter::new("meshd_http_retries_total", "Upstream request retries")
+                .unwrap();
+        let mirrors = IntCounterVec::new(
+            Opts::new("meshd_http_mirror_total", "Mirrored request copies: sent, or dropped (bound reached, body too large, no endpoint)"),
+            &["result"],
+        )
+        .unwrap();
+        let config_generation = IntGauge::new(
+            "meshd_config_generation",
+            "Generation of the active configuration snapshot",
+        )
+        .unwrap();
         let ebpf_events = IntCounterVec::new(
             Opts::new(
                 "meshd_ebpf_events_total",
@@ -65,10 +90,17 @@ impl Metrics {
             &["event"],
         )
         .unwrap();
-        for c in [&connections_active, &workloads] {
+        for c in [&connections_active, &workloads, &config_generation] {
             registry.register(Box::new(c.clone())).unwrap();
         }
-        for c in [&connections_total, &bytes_total, &ebpf_events] {
+        registry.register(Box::new(retries.clone())).unwrap();
+        for c in [
+            &connections_total,
+            &bytes_total,
+            &config_reloads,
+            &mirrors,
+            &ebpf_events,
+        ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
         Arc::new(Metrics {
@@ -77,6 +109,10 @@ impl Metrics {
             connections_total,
             bytes_total,
             workloads,
+            config_reloads,
+            retries,
+            mirrors,
+            config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
         })
@@ -89,6 +125,22 @@ impl Metrics {
 
     pub fn connection_done(&self, result: &str) {
         self.connections_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn retries(&self, n: u64) {
+        self.retries.inc_by(n);
+    }
+
+    pub fn mirror(&self, result: &str) {
+        self.mirrors.with_label_values(&[result]).inc();
+    }
+
+    pub fn config_applied(&self, generation: u64) {
+        self.config_generation.set(generation as i64);
     }
 
     pub fn bytes(&self, from_workload: u64, to_workload: u64) {

@@ -77,8 +77,14 @@ impl Settings {
             .map_err(|r| invalid("drain-timeout", &a.drain_timeout, r))?;
         let connect_timeout = parse_duration(&a.connect_timeout)
             .map_err(|r| invalid("connect-timeout", &a.connect_timeout, r))?;
-        let protocol_detection_timeout = parse_duration(&a.protocol_detection_timeout)
-            .map_err(|r| invalid("protocol-detection-timeout", &a.protocol_detection_timeout, r))?;
+        let protocol_detection_timeout =
+            parse_duration(&a.protocol_detection_timeout).map_err(|r| {
+                invalid(
+                    "protocol-detection-timeout",
+                    &a.protocol_detection_timeout,
+                    r,
+                )
+            })?;
         if !(1..=1024).contains(&a.max_request_headers_kb) {
             return Err(invalid(
                 "max-request-headers-kb",

@@ -74,3 +74,29 @@ impl Backend {
         })
     }
 }
+
+impl Backend {
+    /// Reads a request and resets the connection (SO_LINGER 0), every time: an endpoint that
+    /// fails with `reset`.
+    pub fn resetting(bind: &str) -> Backend {
+        Backend::spawn(bind, |mut s| {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&s);
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            drop(s);
+        })
+    }
+}

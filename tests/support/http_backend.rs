@@ -4,10 +4,11 @@
 //! connections it accepted, so tests can see meshd's connection reuse.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -25,7 +26,17 @@ pub struct HttpBackend {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    state: Arc<State>,
     _rt: tokio::runtime::Runtime,
+}
+
+/// What the backend saw, for assertions.
+#[derive(Default)]
+struct State {
+    /// Requests per path, for `/fail-first/N`.
+    per_path: Mutex<HashMap<String, usize>>,
+    shadow: AtomicUsize,
+    max_attempt: AtomicUsize,
 }
 
 impl HttpBackend {
@@ -40,6 +51,8 @@ impl HttpBackend {
         let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let (acc, reqs) = (accepted.clone(), requests.clone());
+        let state = Arc::new(State::default());
+        let st = state.clone();
         rt.spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
@@ -47,10 +60,11 @@ impl HttpBackend {
                 };
                 acc.fetch_add(1, Ordering::SeqCst);
                 let reqs = reqs.clone();
+                let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         reqs.fetch_add(1, Ordering::SeqCst);
-                        answer(req, peer)
+                        answer(req, peer, st.clone())
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -62,6 +76,7 @@ impl HttpBackend {
             addr,
             accepted,
             requests,
+            state,
             _rt: rt,
         }
     }
@@ -73,13 +88,64 @@ impl HttpBackend {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Requests whose Host ended in `-shadow` (mirrored copies).
+    pub fn shadow_requests(&self) -> usize {
+        self.state.shadow.load(Ordering::SeqCst)
+    }
+
+    /// The highest `x-envoy-attempt-count` seen.
+    pub fn max_attempt(&self) -> usize {
+        self.state.max_attempt.load(Ordering::SeqCst)
+    }
 }
 
 async fn answer(
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    st: Arc<State>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    if host.split(':').next().unwrap_or("").ends_with("-shadow") {
+        st.shadow.fetch_add(1, Ordering::SeqCst);
+    }
+    if let Some(n) = req
+        .headers()
+        .get("x-envoy-attempt-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        st.max_attempt.fetch_max(n, Ordering::SeqCst);
+    }
+    let seen = {
+        let mut m = st.per_path.lock().unwrap();
+        let c = m.entry(path.clone()).or_default();
+        *c += 1;
+        *c
+    };
+    if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|m| m.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = path
+        .strip_prefix("/fail-first/")
+        .and_then(|n| n.parse::<usize>().ok())
+        && seen <= n
+    {
+        return Ok(Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from("failing on purpose\n")))
+            .unwrap());
+    }
     if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -110,8 +176,13 @@ async fn answer(
             .unwrap());
     }
     let body = format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"host\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"path\":\"{}\",\"x_route\":\"{}\",\"host\":\"{}\"}}\n",
         req.version(),
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
+        req.headers()
+            .get("x-route")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
         req.headers()
             .get("host")
             .and_then(|h| h.to_str().ok())

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod http_backend;
+pub mod mesh;
 
 use std::{
     io::{Read, Write},
@@ -78,9 +79,15 @@ impl Daemon {
             .join(format!("meshd-test-{name}"));
         let log = std::env::temp_dir().join(format!("meshd-test-{name}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies");
-        let child = Command::new(MESHD)
-            .args(["run", "--config", policies])
+        // Each daemon reads its own (empty) policy directory unless the test passes --config.
+        let own_config = std::env::temp_dir().join(format!("meshd-test-{name}-policies"));
+        let _ = std::fs::create_dir_all(&own_config);
+        let mut cmd = Command::new(MESHD);
+        cmd.arg("run");
+        if !extra.contains(&"--config") {
+            cmd.arg("--config").arg(&own_config);
+        }
+        let child = cmd
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .args([
                 "--outbound-port",

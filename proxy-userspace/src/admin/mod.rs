@@ -40,6 +40,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub started_unix_ms: u64,
     pub attach_cgroup: String,
+    pub config: Arc<crate::config::ConfigStore>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +120,7 @@ async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
                 "attach_cgroup": st.attach_cgroup,
                 "started_unix_ms": st.started_unix_ms,
                 "workloads": st.workloads.list(),
+                "snapshot": st.config.current().dump(),
             }),
         ),
         (Method::GET, "/workloads") => json(StatusCode::OK, &st.workloads.list()),

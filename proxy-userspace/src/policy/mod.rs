@@ -1,2 +1,32 @@
 //! The policy model: Istio resources and meshd's RateLimitPolicy read from YAML, validated and
 //! analyzed with file:line:col findings.
+//!
+//! `load` reads files and directories into a [`PolicySet`] of typed resources (each with its
+//! source position) or fails with every finding; `analyze` runs the cross-resource checks.
+
+mod analysis;
+mod convert;
+pub mod duration;
+pub mod finding;
+pub mod hosts;
+pub mod kinds;
+pub mod limits;
+mod load;
+pub mod model;
+pub mod node;
+mod report;
+mod rules;
+mod schema;
+mod set;
+pub mod source;
+mod validate;
+mod walk;
+pub mod yaml;
+
+pub use analysis::analyze;
+pub use finding::{Finding, Pos, Severity};
+pub use kinds::Kind;
+pub use load::{LoadFailure, Loaded, load, load_all, load_str};
+pub use model::Located;
+pub use set::PolicySet;
+pub use source::SourceError;

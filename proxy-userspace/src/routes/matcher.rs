@@ -24,7 +24,8 @@ impl StringMatcher {
             StringMatcher::Exact(s) if ignore_case => s.eq_ignore_ascii_case(value),
             StringMatcher::Exact(s) => s == value,
             StringMatcher::Prefix(p) if ignore_case => {
-                value.len() >= p.len() && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                value.len() >= p.len()
+                    && value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
             }
             StringMatcher::Prefix(p) => value.starts_with(p.as_str()),
             StringMatcher::Regex(r) => r.is_match(value),
@@ -84,16 +85,30 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 
 impl RequestMatch {
     pub fn matches(&self, r: &RequestView<'_>) -> bool {
-        let opt = |m: &Option<StringMatcher>, v: &str, ci: bool| m.as_ref().is_none_or(|m| m.matches(v, ci));
+        let opt = |m: &Option<StringMatcher>, v: &str, ci: bool| {
+            m.as_ref().is_none_or(|m| m.matches(v, ci))
+        };
         opt(&self.uri, r.path, self.ignore_uri_case)
             && opt(&self.scheme, r.scheme, false)
             && opt(&self.method, r.method, false)
             && opt(&self.authority, r.authority, false)
             && self.port.is_none_or(|p| p == r.port)
-            && self.headers.iter().all(|(n, m)| presence_holds(m, (r.header)(n)))
-            && !self.without_headers.iter().any(|(n, m)| presence_holds(m, (r.header)(n)))
-            && self.query_params.iter().all(|(n, m)| presence_holds(m, query_param(r.query, n)))
-            && self.source_labels.iter().all(|(k, v)| r.source_labels.get(k) == Some(v))
+            && self
+                .headers
+                .iter()
+                .all(|(n, m)| presence_holds(m, (r.header)(n)))
+            && !self
+                .without_headers
+                .iter()
+                .any(|(n, m)| presence_holds(m, (r.header)(n)))
+            && self
+                .query_params
+                .iter()
+                .all(|(n, m)| presence_holds(m, query_param(r.query, n)))
+            && self
+                .source_labels
+                .iter()
+                .all(|(k, v)| r.source_labels.get(k) == Some(v))
     }
 }
 
@@ -101,7 +116,11 @@ impl RequestMatch {
 mod tests {
     use super::*;
 
-    fn view<'a>(path: &'a str, headers: &'a dyn Fn(&str) -> Option<&'a str>, labels: &'a BTreeMap<String, String>) -> RequestView<'a> {
+    fn view<'a>(
+        path: &'a str,
+        headers: &'a dyn Fn(&str) -> Option<&'a str>,
+        labels: &'a BTreeMap<String, String>,
+    ) -> RequestView<'a> {
         RequestView {
             method: "GET",
             path,
@@ -132,7 +151,10 @@ mod tests {
         let hdr = |n: &str| (n == "x-user-type").then_some("premium");
         let mut m = RequestMatch {
             uri: Some(StringMatcher::Prefix("/".into())),
-            headers: vec![("x-user-type".into(), PresenceMatcher::Value(StringMatcher::Exact("premium".into())))],
+            headers: vec![(
+                "x-user-type".into(),
+                PresenceMatcher::Value(StringMatcher::Exact("premium".into())),
+            )],
             query_params: vec![("flag".into(), PresenceMatcher::Present(true))],
             port: Some(9080),
             source_labels: labels.clone(),
@@ -146,6 +168,9 @@ mod tests {
         assert!(!m.matches(&view("/x", &hdr, &labels)));
         m.port = None;
         let other: BTreeMap<String, String> = BTreeMap::new();
-        assert!(!m.matches(&view("/x", &hdr, &other)), "sourceLabels must all match");
+        assert!(
+            !m.matches(&view("/x", &hdr, &other)),
+            "sourceLabels must all match"
+        );
     }
 }

@@ -13,6 +13,8 @@ pub struct Destination {
     pub subset: Option<String>,
     pub port: Option<u16>,
     pub weight: u32,
+    /// Header edits for requests sent to (and responses from) this destination.
+    pub headers: Option<crate::policy::model::Headers>,
 }
 
 /// One compiled HTTP route of a VirtualService.
@@ -23,6 +25,9 @@ pub struct HttpRoute {
     /// Any of these matches selects the route; empty means "every request".
     pub matches: Vec<RequestMatch>,
     pub destinations: Vec<Destination>,
+    /// The route as written, for the actions compiled later in the pipeline (timeouts,
+    /// retries, faults, mirrors, header edits).
+    pub spec: Arc<crate::policy::model::HttpRoute>,
 }
 
 impl HttpRoute {
@@ -57,7 +62,10 @@ pub fn host_of(authority: &str) -> String {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
-        authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(authority, |(h, _)| h)
+        authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h)
     };
     host.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -112,7 +120,15 @@ mod tests {
     use super::*;
 
     fn routes(origin: &str) -> HostRoutes {
-        HostRoutes { routes: vec![HttpRoute { origin: origin.into(), matches: vec![], destinations: vec![] }].into() }
+        HostRoutes {
+            routes: vec![HttpRoute {
+                origin: origin.into(),
+                matches: vec![],
+                destinations: vec![],
+                spec: Default::default(),
+            }]
+            .into(),
+        }
     }
 
     #[test]
@@ -124,9 +140,18 @@ mod tests {
         assert!(t.insert("*", routes("any")));
         assert!(!t.insert("reviews.default.svc.cluster.local", routes("dup")));
         let origin = |h: &str| t.lookup(h).map(|r| r.routes[0].origin.clone());
-        assert_eq!(origin("reviews.default.svc.cluster.local").as_deref(), Some("exact"));
-        assert_eq!(origin("ratings.default.svc.cluster.local").as_deref(), Some("narrow"));
-        assert_eq!(origin("ratings.prod.svc.cluster.local").as_deref(), Some("wild"));
+        assert_eq!(
+            origin("reviews.default.svc.cluster.local").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            origin("ratings.default.svc.cluster.local").as_deref(),
+            Some("narrow")
+        );
+        assert_eq!(
+            origin("ratings.prod.svc.cluster.local").as_deref(),
+            Some("wild")
+        );
         assert_eq!(origin("example.com").as_deref(), Some("any"));
     }
 

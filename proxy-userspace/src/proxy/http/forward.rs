@@ -2,7 +2,7 @@
 //! destination over a pooled connection, map upstream failures to 503 with a response flag,
 //! and splice upgraded (WebSocket) connections.
 
-use std::{convert::Infallible, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Instant};
 
 use hyper::{
     HeaderMap, Request, Response, StatusCode, Version,
@@ -11,7 +11,13 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 
-use super::{Body, Downstream, HttpContext, ResponseFlags, body};
+use super::{
+    Body, Downstream, HttpContext, ResponseFlags, body, fault, headers,
+    pool::UpstreamError,
+    route::{self, Decision},
+    send,
+};
+use crate::routes::RequestView;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 7] = [
@@ -76,50 +82,193 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A local response (direct response, redirect, or a meshd error) with a text body.
+pub(super) fn local(
+    status: u16,
+    body: String,
+    extra: Option<(header::HeaderName, String)>,
+) -> Response<Body> {
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some((name, value)) = extra
+        && let Ok(v) = HeaderValue::from_str(&value)
+    {
+        resp.headers_mut().insert(name, v);
+    }
+    resp
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     down: &Downstream,
     ctx: &HttpContext,
     flags: &mut ResponseFlags,
 ) -> Response<Body> {
+    // The snapshot this request started with serves it to the end, whatever reloads happen.
+    let snap = ctx.config.current();
     let h2 = req.version() == Version::HTTP_2;
     let upgrade = !h2 && is_upgrade(req.headers());
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| down.dst.to_string());
+    let client_ns = down
+        .workload
+        .as_deref()
+        .and_then(|w| w.split_once('/'))
+        .map_or("default", |(ns, _)| ns);
+    let no_labels = BTreeMap::new();
+    let labels = down
+        .workload
+        .as_ref()
+        .and_then(|w| snap.compiled.workloads.get(w))
+        .map_or(&no_labels, |p| &p.labels);
+    let candidates = route::host_candidates(&authority, client_ns, down.dst, &snap);
+
+    let (decision, new_path) = {
+        let headers = req.headers();
+        let lookup = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let view = RequestView {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            authority: &authority,
+            scheme: req.uri().scheme_str().unwrap_or("http"),
+            port: down.dst.port(),
+            header: &lookup,
+            source_labels: labels,
+        };
+        let decision = route::decide(&snap, &candidates, &view);
+        let new_path = match &decision {
+            Decision::Forward { route, .. } => route
+                .spec
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.uri.as_deref())
+                .map(|u| route::rewrite_path(route, &view, u)),
+            _ => None,
+        };
+        (decision, new_path)
+    };
+
+    let (route, destination) = match decision {
+        Decision::Direct { status, body } => return local(status, body, None),
+        Decision::Redirect { status, location } => {
+            return local(status, String::new(), Some((header::LOCATION, location)));
+        }
+        Decision::NoRoute { host } => {
+            flags.insert(ResponseFlags::NO_ROUTE);
+            return local(404, format!("no route for {host}\n"), None);
+        }
+        Decision::Passthrough => (None, None),
+        Decision::Forward { route, destination } => {
+            if let Some(resp) = fault::inject(route.spec.fault.as_ref(), flags).await {
+                return resp;
+            }
+            if let Some(a) = route
+                .spec
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.authority.as_deref())
+                && let Ok(v) = HeaderValue::from_str(a)
+            {
+                req.headers_mut().insert(header::HOST, v);
+            }
+            (Some(route), Some(destination))
+        }
+    };
+    let levels = [
+        route.and_then(|r| r.spec.headers.as_ref()),
+        destination.and_then(|d| d.headers.as_ref()),
+    ];
+
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    if !h2 {
-        // HTTP/1 upstream requests use origin-form; the Host header carries the authority.
-        let pq = parts
+    headers::edit_request(&mut parts.headers, &levels);
+    let pq = match (&new_path, parts.uri.query()) {
+        (Some(p), Some(q)) => format!("{p}?{q}"),
+        (Some(p), None) => p.clone(),
+        (None, _) => parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
-            .unwrap_or("/");
+            .unwrap_or("/")
+            .to_string(),
+    };
+    let upstream_authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or(authority);
+    if h2 {
+        // HTTP/2 keeps the absolute form; the authority is the (possibly rewritten) Host.
+        parts.headers.remove(header::HOST);
+        if let Ok(uri) = format!("http://{upstream_authority}{pq}").parse() {
+            parts.uri = uri;
+        }
+    } else {
+        // HTTP/1 upstream requests use origin-form; the Host header carries the authority.
         if let Ok(uri) = pq.parse() {
             parts.uri = uri;
         }
         parts.version = Version::HTTP_11;
     }
-    let req = Request::from_parts(parts, body::boxed(body));
-    let sent = if upgrade {
-        match ctx.pool.fresh_h1(down.dst).await {
-            Ok(mut s) => {
-                s.send_request(req)
-                    .await
-                    .map_err(|source| super::pool::UpstreamError::Send {
-                        dst: down.dst,
-                        source,
-                    })
-            }
-            Err(e) => Err(e),
-        }
-    } else {
-        ctx.pool.send(down.dst, h2, req).await
+    let req = Request::from_parts(parts, body);
+
+    let plan = send::Plan {
+        snap: &snap,
+        route,
+        destination,
+        candidates: &candidates,
+        authority: &upstream_authority,
+        h2,
+    };
+    let mut resp = match downstream_upgrade {
+        Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, flags).await,
+        None => send::with_policy(plan, req, down, ctx, flags).await,
+    };
+    headers::edit_response(resp.headers_mut(), &levels);
+    resp
+}
+
+/// An upgrade (WebSocket) request: sent once over its own connection, and on 101 both sides
+/// are spliced together.
+async fn upgrade_once(
+    req: Request<Incoming>,
+    down_up: hyper::upgrade::OnUpgrade,
+    down: &Downstream,
+    ctx: &HttpContext,
+    plan: &send::Plan<'_>,
+    flags: &mut ResponseFlags,
+) -> Response<Body> {
+    let target = match plan.target(down, 0) {
+        Ok(t) => t,
+        Err(e) => return send::no_endpoint(e, flags),
+    };
+    let sent = match ctx.pool.fresh_h1(target).await {
+        Ok(mut s) => s
+            .send_request(req.map(body::boxed))
+            .await
+            .map_err(|source| UpstreamError::Send {
+                dst: target,
+                source,
+            }),
+        Err(e) => Err(e),
     };
     match sent {
         Ok(mut resp) => {
-            if let Some(down_up) = downstream_upgrade
-                && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let up_up = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     if let (Ok(d), Ok(u)) = (down_up.await, up_up.await) {
@@ -130,18 +279,7 @@ async fn forward(
             }
             resp.map(body::boxed)
         }
-        Err(e) => {
-            flags.insert(e.flag());
-            tracing::warn!(error = %e, dst = %down.dst, "upstream request failed");
-            let mut resp = Response::new(body::full(format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {}",
-                e.reset_reason()
-            )));
-            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            resp
-        }
+        Err(e) => send::upstream_failed(&e, flags, false),
     }
 }
 

@@ -2,11 +2,22 @@
 //! connection, each request forwarded over a pooled upstream connection.
 
 mod body;
+mod fault;
 mod flags;
 mod forward;
+mod headers;
+mod mirror;
 mod pool;
+mod replay;
+mod retry;
+mod route;
+mod send;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -15,22 +26,39 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 
+use crate::{config::ConfigStore, metrics::Metrics};
+
 pub use body::Body;
 pub use flags::ResponseFlags;
 pub use pool::Pool;
 
 /// Settings and shared state of the L7 pipeline.
 pub struct HttpContext {
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
+    pub mirrors: mirror::Mirrors,
+    pub metrics: Arc<Metrics>,
     /// Largest request head (request line and headers) accepted; bigger gets 431.
     pub max_header_bytes: usize,
+    /// The active policy snapshot; each request reads it once and keeps it to the end.
+    pub config: Arc<ConfigStore>,
+    /// Round-robin position for endpoint selection.
+    pub turn: AtomicUsize,
 }
 
 impl HttpContext {
-    pub fn new(connect_timeout: Duration, max_header_bytes: usize) -> Arc<HttpContext> {
+    pub fn new(
+        connect_timeout: Duration,
+        max_header_bytes: usize,
+        config: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
-            pool: Pool::new(connect_timeout),
+            pool: Arc::new(Pool::new(connect_timeout)),
+            mirrors: mirror::Mirrors::default(),
+            metrics,
             max_header_bytes,
+            config,
+            turn: AtomicUsize::new(0),
         })
     }
 }

@@ -1,0 +1,317 @@
+//! Compiling a validated policy set into the runtime tables the data path reads: the route
+//! table per host, the clusters per destination host (endpoints, subsets and traffic policy),
+//! and the security and rate-limit policies that select each workload.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use serde::Serialize;
+
+use crate::{
+    policy::{
+        PolicySet,
+        hosts::fqdn,
+        model::{self, DestinationRuleSpec, StringMatch, TrafficPolicy},
+    },
+    routes::{
+        Destination, HostRoutes, HttpRoute, RequestMatch, RouteTable, StringMatcher,
+        matcher::PresenceMatcher,
+    },
+};
+
+/// One endpoint of a service: where to connect, and the labels subsets select by.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceEndpoint {
+    pub address: String,
+    /// Port name → target port, from the endpoint (or the WorkloadEntry it came from).
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+    pub locality: Option<String>,
+    /// `namespace/name` of the WorkloadEntry behind this endpoint, if any.
+    pub workload: Option<String>,
+}
+
+/// Everything needed to send to one destination host.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Cluster {
+    pub host: String,
+    /// Service ports: number → (name, protocol).
+    pub ports: BTreeMap<u16, (String, Option<String>)>,
+    pub endpoints: Vec<ServiceEndpoint>,
+    /// Subset name → indices into `endpoints` whose labels match the subset.
+    pub subsets: BTreeMap<String, Vec<usize>>,
+    /// The DestinationRule's traffic policy, and each subset's own.
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub subset_policies: BTreeMap<String, TrafficPolicy>,
+    /// `namespace/name` of the DestinationRule applied, if any.
+    pub destination_rule: Option<String>,
+}
+
+/// Policies that select one workload (by its WorkloadEntry labels).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkloadPolicies {
+    pub labels: BTreeMap<String, String>,
+    pub peer_authentications: Vec<String>,
+    pub authorization_policies: Vec<String>,
+}
+
+/// The compiled form of a policy set.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub routes: RouteTable,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Keyed by `namespace/name` of the WorkloadEntry.
+    pub workloads: BTreeMap<String, WorkloadPolicies>,
+    /// ServiceEntry `addresses` (VIPs) → the service's first host, so a connection to a VIP
+    /// finds its routes even when the Host header is an IP.
+    pub vips: HashMap<std::net::IpAddr, String>,
+}
+
+fn matcher(m: &StringMatch) -> Option<StringMatcher> {
+    if let Some(e) = &m.exact {
+        Some(StringMatcher::Exact(e.clone()))
+    } else if let Some(p) = &m.prefix {
+        Some(StringMatcher::Prefix(p.clone()))
+    } else {
+        // Validation compiled every regex already; a failure here cannot happen.
+        m.regex
+            .as_deref()
+            .and_then(|r| StringMatcher::regex(r).ok())
+    }
+}
+
+/// Istio: a header StringMatch with no value checks presence only.
+fn presence(m: &StringMatch) -> PresenceMatcher {
+    matcher(m).map_or(PresenceMatcher::Present(true), PresenceMatcher::Value)
+}
+
+fn request_match(m: &model::HttpMatchRequest) -> RequestMatch {
+    let pairs = |map: &BTreeMap<String, StringMatch>, lower: bool| {
+        map.iter()
+            .map(|(k, v)| {
+                (
+                    if lower {
+                        k.to_ascii_lowercase()
+                    } else {
+                        k.clone()
+                    },
+                    presence(v),
+                )
+            })
+            .collect()
+    };
+    RequestMatch {
+        uri: m.uri.as_ref().and_then(matcher),
+        scheme: m.scheme.as_ref().and_then(matcher),
+        method: m.method.as_ref().and_then(matcher),
+        authority: m.authority.as_ref().and_then(matcher),
+        headers: pairs(&m.headers, true),
+        without_headers: pairs(&m.without_headers, true),
+        query_params: pairs(&m.query_params, false),
+        port: m.port,
+        source_labels: m.source_labels.clone(),
+        ignore_uri_case: m.ignore_uri_case,
+    }
+}
+
+fn http_route(vs: &model::VirtualService, i: usize, r: &model::HttpRoute) -> HttpRoute {
+    let ns = &vs.metadata.namespace;
+    let origin = match &r.name {
+        Some(n) => format!("{}/{}#{n}", ns, vs.metadata.name),
+        None => format!("{}/{}#{i}", ns, vs.metadata.name),
+    };
+    let only = r.route.len() == 1;
+    HttpRoute {
+        origin,
+        matches: r.matches.iter().map(request_match).collect(),
+        destinations: r
+            .route
+            .iter()
+            .map(|d| Destination {
+                host: fqdn(&d.destination.host, ns),
+                subset: d.destination.subset.clone(),
+                port: d.destination.port.as_ref().map(|p| p.number),
+                // A lone destination takes all traffic whatever its weight (Istio).
+                weight: if only { 100 } else { d.weight.unwrap_or(0) },
+                headers: d.headers.clone(),
+            })
+            .collect(),
+        spec: Arc::new(r.clone()),
+    }
+}
+
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn compile_routes(set: &PolicySet) -> RouteTable {
+    let mut table = RouteTable::default();
+    for vs in &set.virtual_services {
+        let routes: Arc<[HttpRoute]> = vs
+            .spec
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, r)| http_route(vs, i, r))
+            .collect();
+        for host in &vs.spec.hosts {
+            let host = fqdn(host, &vs.metadata.namespace);
+            if !table.insert(
+                &host,
+                HostRoutes {
+                    routes: routes.clone(),
+                },
+            ) {
+                tracing::warn!(host, virtual_service = %vs.id(), "host already routed by an earlier VirtualService; ignored here");
+            }
+        }
+    }
+    table
+}
+
+fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
+    let mut clusters: HashMap<String, Cluster> = HashMap::new();
+    for se in &set.service_entries {
+        let ns = &se.metadata.namespace;
+        let mut endpoints: Vec<ServiceEndpoint> = se
+            .spec
+            .endpoints
+            .iter()
+            .map(|e| ServiceEndpoint {
+                address: e.address.clone(),
+                ports: e.ports.clone(),
+                labels: e.labels.clone(),
+                weight: e.weight.unwrap_or(1),
+                locality: e.locality.clone(),
+                workload: None,
+            })
+            .collect();
+        if let Some(sel) = &se.spec.workload_selector {
+            for we in set
+                .workload_entries
+                .iter()
+                .filter(|w| w.metadata.namespace == *ns)
+            {
+                if labels_match(&sel.labels, &we.spec.labels) {
+                    endpoints.push(ServiceEndpoint {
+                        address: we.spec.address.clone(),
+                        ports: we.spec.ports.clone(),
+                        labels: we.spec.labels.clone(),
+                        weight: we.spec.weight.unwrap_or(1),
+                        locality: we.spec.locality.clone(),
+                        workload: Some(we.id()),
+                    });
+                }
+            }
+        }
+        let ports: BTreeMap<u16, (String, Option<String>)> = se
+            .spec
+            .ports
+            .iter()
+            .map(|p| (p.number, (p.name.clone(), p.protocol.clone())))
+            .collect();
+        for host in &se.spec.hosts {
+            let host = fqdn(host, ns);
+            let c = clusters.entry(host.clone()).or_insert_with(|| Cluster {
+                host,
+                ..Default::default()
+            });
+            c.ports.extend(ports.clone());
+            c.endpoints.extend(endpoints.iter().cloned());
+        }
+    }
+    for dr in &set.destination_rules {
+        let host = fqdn(&dr.spec.host, &dr.metadata.namespace);
+        let c = clusters.entry(host.clone()).or_insert_with(|| Cluster {
+            host,
+            ..Default::default()
+        });
+        if c.destination_rule.is_some() {
+            continue; // the first DestinationRule for a host wins; `meshd analyze` warns
+        }
+        apply_destination_rule(c, &dr.spec, dr.id());
+    }
+    clusters
+        .into_iter()
+        .map(|(k, v)| (k, Arc::new(v)))
+        .collect()
+}
+
+fn apply_destination_rule(c: &mut Cluster, dr: &DestinationRuleSpec, id: String) {
+    c.destination_rule = Some(id);
+    c.traffic_policy = dr.traffic_policy.clone();
+    for s in &dr.subsets {
+        let members = c
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| labels_match(&s.labels, &e.labels))
+            .map(|(i, _)| i)
+            .collect();
+        c.subsets.insert(s.name.clone(), members);
+        if let Some(p) = &s.traffic_policy {
+            c.subset_policies.insert(s.name.clone(), p.clone());
+        }
+    }
+}
+
+fn compile_workloads(set: &PolicySet) -> BTreeMap<String, WorkloadPolicies> {
+    let selects = |sel: &Option<model::LabelSelector>, ns: &str, we: &model::WorkloadEntry| {
+        // Istio: a policy in the root namespace (istio-system) with no selector is mesh-wide.
+        let ns_ok = ns == we.metadata.namespace || ns == "istio-system";
+        ns_ok
+            && sel
+                .as_ref()
+                .is_none_or(|s| labels_match(&s.match_labels, &we.spec.labels))
+    };
+    set.workload_entries
+        .iter()
+        .map(|we| {
+            let p = WorkloadPolicies {
+                labels: we.spec.labels.clone(),
+                peer_authentications: set
+                    .peer_authentications
+                    .iter()
+                    .filter(|pa| selects(&pa.spec.selector, &pa.metadata.namespace, we))
+                    .map(|pa| pa.id())
+                    .collect(),
+                authorization_policies: set
+                    .authorization_policies
+                    .iter()
+                    .filter(|ap| selects(&ap.spec.selector, &ap.metadata.namespace, we))
+                    .map(|ap| ap.id())
+                    .collect(),
+            };
+            (we.id(), p)
+        })
+        .collect()
+}
+
+fn compile_vips(set: &PolicySet) -> HashMap<std::net::IpAddr, String> {
+    let mut vips = HashMap::new();
+    for se in &set.service_entries {
+        let Some(host) = se.spec.hosts.first() else {
+            continue;
+        };
+        for a in &se.spec.addresses {
+            // A CIDR range is not a VIP; only single addresses map to a host.
+            if let Ok(ip) = a.parse() {
+                vips.entry(ip)
+                    .or_insert_with(|| fqdn(host, &se.metadata.namespace));
+            }
+        }
+    }
+    vips
+}
+
+pub fn compile(set: &PolicySet) -> Compiled {
+    Compiled {
+        routes: compile_routes(set),
+        clusters: compile_clusters(set),
+        workloads: compile_workloads(set),
+        vips: compile_vips(set),
+    }
+}

@@ -1,0 +1,13 @@
+//! The active configuration: an immutable policy snapshot that the data path reads without
+//! locks, replaced atomically on hot reload (file changes or SIGHUP) and never by a broken one.
+
+mod compile;
+mod hash;
+mod snapshot;
+mod store;
+mod watch;
+
+pub use compile::{Cluster, Compiled, ServiceEndpoint, WorkloadPolicies, compile};
+pub use snapshot::Snapshot;
+pub use store::{ConfigStore, ReloadOutcome};
+pub use watch::spawn_watcher;

@@ -1,0 +1,164 @@
+//! Cross-resource checks in the spirit of `istioctl analyze`: things each valid on its own that
+//! do not fit together.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{
+    finding::{self, Finding},
+    hosts,
+    model::{Destination, DestinationRule, Located, VirtualService},
+    set::PolicySet,
+};
+
+mod duplicates;
+mod rate_limits;
+mod routes;
+mod selectors;
+mod subsets;
+mod undeclared;
+
+#[cfg(test)]
+mod tests;
+
+/// Runs every cross-resource check on a loaded set; returns the findings sorted.
+pub fn analyze(set: &PolicySet) -> Vec<Finding> {
+    let index = Index::new(set);
+    let mut out = Vec::new();
+    subsets::check(&index, &mut out);
+    undeclared::check(&index, &mut out);
+    duplicates::check(&index, &mut out);
+    routes::check(set, &mut out);
+    selectors::check(set, &mut out);
+    rate_limits::check(set, &mut out);
+    finding::sort(&mut out);
+    out
+}
+
+/// Lookups shared by the checks: services and destination rules by normalized host, hashed for
+/// exact names (wildcards are few and scanned).
+struct Index<'a> {
+    set: &'a PolicySet,
+    services: HashSet<String>,
+    wildcard_services: Vec<String>,
+    /// Every DestinationRule with its normalized host, in load order.
+    rules: Vec<(String, &'a Located<DestinationRule>)>,
+    exact_rules: HashMap<String, Vec<&'a Located<DestinationRule>>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(set: &'a PolicySet) -> Index<'a> {
+        let mut services = HashSet::new();
+        let mut wildcard_services = Vec::new();
+        for se in &set.service_entries {
+            for h in &se.spec.hosts {
+                let h = hosts::fqdn(h, &se.metadata.namespace);
+                if h.starts_with('*') {
+                    wildcard_services.push(h);
+                } else {
+                    services.insert(h);
+                }
+            }
+        }
+        let rules: Vec<_> = set
+            .destination_rules
+            .iter()
+            .map(|dr| (hosts::fqdn(&dr.spec.host, &dr.metadata.namespace), dr))
+            .collect();
+        let mut exact_rules: HashMap<String, Vec<_>> = HashMap::new();
+        for (h, dr) in &rules {
+            if !h.starts_with('*') {
+                exact_rules.entry(h.clone()).or_default().push(*dr);
+            }
+        }
+        Index {
+            set,
+            services,
+            wildcard_services,
+            rules,
+            exact_rules,
+        }
+    }
+
+    /// Whether a ServiceEntry declares the (normalized) host.
+    fn declared(&self, host: &str) -> bool {
+        self.services.contains(host)
+            || self
+                .wildcard_services
+                .iter()
+                .any(|h| hosts::covers(h, host))
+    }
+
+    /// The DestinationRules that apply to a host: those naming it exactly, else those with the
+    /// most specific wildcard covering it.
+    fn rules_for(&self, host: &str) -> Vec<&'a Located<DestinationRule>> {
+        if let Some(exact) = self.exact_rules.get(host) {
+            return exact.clone();
+        }
+        let covering: Vec<&(String, &Located<DestinationRule>)> = self
+            .rules
+            .iter()
+            .filter(|(h, _)| h.starts_with('*') && hosts::covers(h, host))
+            .collect();
+        let best = covering.iter().map(|(h, _)| hosts::specificity(h)).max();
+        covering
+            .into_iter()
+            .filter(|(h, _)| Some(hosts::specificity(h)) == best)
+            .map(|(_, dr)| *dr)
+            .collect()
+    }
+}
+
+/// A destination named somewhere in a VirtualService, with the path of its object.
+struct DestRef<'a> {
+    vs: &'a Located<VirtualService>,
+    path: String,
+    dest: &'a Destination,
+}
+
+impl DestRef<'_> {
+    fn host(&self) -> String {
+        hosts::fqdn(&self.dest.host, &self.vs.metadata.namespace)
+    }
+}
+
+/// Every destination of every VirtualService: routes, mirrors, TCP and TLS routes.
+fn destinations(set: &PolicySet) -> Vec<DestRef<'_>> {
+    let mut out = Vec::new();
+    for vs in &set.virtual_services {
+        let mut add = |path: String, dest| out.push(DestRef { vs, path, dest });
+        for (i, r) in vs.spec.http.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                add(
+                    format!("spec.http[{i}].route[{j}].destination"),
+                    &d.destination,
+                );
+            }
+            if let Some(m) = &r.mirror {
+                add(format!("spec.http[{i}].mirror"), m);
+            }
+            for (j, m) in r.mirrors.iter().enumerate() {
+                add(
+                    format!("spec.http[{i}].mirrors[{j}].destination"),
+                    &m.destination,
+                );
+            }
+        }
+        for (i, r) in vs.spec.tcp.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                add(
+                    format!("spec.tcp[{i}].route[{j}].destination"),
+                    &d.destination,
+                );
+            }
+        }
+        for (i, r) in vs.spec.tls.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                add(
+                    format!("spec.tls[{i}].route[{j}].destination"),
+                    &d.destination,
+                );
+            }
+        }
+    }
+    out
+}

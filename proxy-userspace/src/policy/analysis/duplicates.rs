@@ -1,0 +1,31 @@
+//! Two DestinationRules for one host (without workload selectors): only the first one's traffic
+//! policy applies, which is rarely what the second one's author expects (a warning).
+
+use std::collections::HashMap;
+
+use super::Index;
+use crate::policy::{
+    finding::{Finding, Severity},
+    model::{DestinationRule, Located},
+};
+
+pub(super) fn check(index: &Index, out: &mut Vec<Finding>) {
+    let mut first_for: HashMap<&str, &Located<DestinationRule>> = HashMap::new();
+    for (host, dr) in &index.rules {
+        if dr.spec.workload_selector.is_some() {
+            continue;
+        }
+        let first = *first_for.entry(host.as_str()).or_insert(dr);
+        if !std::ptr::eq(first, *dr) {
+            out.push(dr.finding(
+                Severity::Warning,
+                "spec.host",
+                format!(
+                    "host {host} already has DestinationRule {} ({}); only the first one's trafficPolicy applies, and subsets are merged",
+                    first.id(),
+                    first.at()
+                ),
+            ));
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Workload selectors that select no WorkloadEntry of their namespace: the resource applies to
+//! nothing on this node (a warning).
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::policy::{
+    finding::{Finding, Severity},
+    model::{Located, labels_match},
+    set::PolicySet,
+};
+
+type Labels = BTreeMap<String, String>;
+
+pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
+    // WorkloadEntries by (namespace, label, value): a selector only looks at the entries that
+    // carry its first label.
+    let mut by_label: HashMap<(&str, &str, &str), Vec<&Labels>> = HashMap::new();
+    for we in &set.workload_entries {
+        for (k, v) in &we.spec.labels {
+            let key = (we.metadata.namespace.as_str(), k.as_str(), v.as_str());
+            by_label.entry(key).or_default().push(&we.spec.labels);
+        }
+    }
+    let selects = |ns: &str, sel: &BTreeMap<String, String>| {
+        sel.iter().next().is_some_and(|(k, v)| {
+            by_label
+                .get(&(ns, k.as_str(), v.as_str()))
+                .is_some_and(|c| c.iter().any(|labels| labels_match(sel, labels)))
+        })
+    };
+    let mut probe = |ns: &str, sel: &BTreeMap<String, String>, f: &dyn Fn(String) -> Finding| {
+        if !sel.is_empty() && !selects(ns, sel) {
+            let labels: Vec<String> = sel.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push(f(format!(
+                "selects no WorkloadEntry in namespace {ns} (labels {})",
+                labels.join(", ")
+            )));
+        }
+    };
+    for se in &set.service_entries {
+        if let Some(s) = &se.spec.workload_selector {
+            probe(
+                &se.metadata.namespace,
+                &s.labels,
+                &warn(se, "spec.workloadSelector"),
+            );
+        }
+    }
+    for dr in &set.destination_rules {
+        if let Some(s) = &dr.spec.workload_selector {
+            probe(
+                &dr.metadata.namespace,
+                &s.match_labels,
+                &warn(dr, "spec.workloadSelector"),
+            );
+        }
+    }
+    for pa in &set.peer_authentications {
+        if let Some(s) = &pa.spec.selector {
+            probe(
+                &pa.metadata.namespace,
+                &s.match_labels,
+                &warn(pa, "spec.selector"),
+            );
+        }
+    }
+    for ap in &set.authorization_policies {
+        if let Some(s) = &ap.spec.selector {
+            probe(
+                &ap.metadata.namespace,
+                &s.match_labels,
+                &warn(ap, "spec.selector"),
+            );
+        }
+    }
+}
+
+fn warn<'a, T>(r: &'a Located<T>, path: &'a str) -> impl Fn(String) -> Finding + 'a {
+    move |msg| r.finding(Severity::Warning, path, msg)
+}

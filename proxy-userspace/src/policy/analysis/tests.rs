@@ -1,0 +1,218 @@
+//! Each cross-resource rule, firing and not firing.
+
+use std::path::Path;
+
+use crate::policy::{analyze, load_str};
+
+/// A service `reviews` with v1 and v2 workloads and the DestinationRule defining both subsets.
+const BASE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 127.0.0.1, labels: {app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2}
+spec: {address: 127.0.0.1, labels: {app: reviews, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+/// Loads BASE plus `extra` (which starts on line 1 of its own file) and returns the findings of
+/// `extra.yaml` as `line:col: severity: message`.
+fn findings(extra: &str) -> Vec<String> {
+    let text = format!("{BASE}---\n{extra}");
+    let offset = BASE.lines().count() + 1;
+    let set = load_str(Path::new("t.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    analyze(&set)
+        .into_iter()
+        .map(|f| {
+            let line = f.line - offset;
+            format!("{line}:{}: {}: {}", f.col, f.severity, f.message)
+        })
+        .collect()
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r}}\nspec:\n  hosts: [reviews]\n  http:\n{http}"
+    )
+}
+
+#[test]
+fn base_is_clean() {
+    assert_eq!(findings(""), Vec::<String>::new());
+}
+
+#[test]
+fn undefined_subset_is_an_error() {
+    let f = findings(&vs(
+        "  - route:\n    - destination: {host: reviews, subset: v3}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "8:44: error: spec.http[0].route[0].destination.subset: subset \"v3\" is not defined by DestinationRule default/reviews for host reviews.default.svc.cluster.local (it defines v1, v2)"
+        ]
+    );
+    let ok = findings(&vs(
+        "  - route:\n    - destination: {host: reviews.default.svc.cluster.local, subset: v2}\n",
+    ));
+    assert!(ok.is_empty(), "{ok:?}");
+}
+
+#[test]
+fn subset_without_any_destination_rule_is_an_error() {
+    let extra = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ratings}\nspec: {hosts: [ratings]}\n---\n"
+        .to_string()
+        + &vs("  - route:\n    - destination: {host: ratings, subset: v1}\n");
+    let f = findings(&extra);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("error: spec.http[0].route[0].destination.subset: subset \"v1\" is not defined: no DestinationRule for host ratings.default.svc.cluster.local"), "{f:?}");
+}
+
+#[test]
+fn undeclared_host_is_a_warning() {
+    let f = findings(&vs("  - route:\n    - destination: {host: ratings}\n"));
+    assert_eq!(
+        f,
+        [
+            "8:27: warning: spec.http[0].route[0].destination.host: host ratings.default.svc.cluster.local is not declared by any ServiceEntry; meshd cannot route to it until one lists it in hosts"
+        ]
+    );
+    // A short name in another namespace is another host.
+    let other = vs("  - route:\n    - destination: {host: reviews}\n")
+        .replace("{name: r}", "{name: r, namespace: shop}");
+    assert_eq!(findings(&other).len(), 1);
+}
+
+#[test]
+fn wildcard_service_entries_declare_hosts() {
+    let extra = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec: {hosts: [\"*.mycorp.com\"]}\n---\n"
+        .to_string()
+        + &vs("  - route:\n    - destination: {host: pay.mycorp.com}\n");
+    assert!(findings(&extra).is_empty());
+}
+
+#[test]
+fn second_destination_rule_for_a_host_is_a_warning() {
+    let extra = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-2}\nspec:\n  host: reviews.default.svc.cluster.local\n";
+    let f = findings(extra);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("5:9: warning: spec.host: host reviews.default.svc.cluster.local already has DestinationRule default/reviews (t.yaml:"),
+        "{f:?}"
+    );
+    // With a workload selector it is a per-workload rule, not a duplicate.
+    let selected = format!("{extra}  workloadSelector: {{matchLabels: {{app: reviews}}}}\n");
+    assert!(findings(&selected).is_empty());
+}
+
+#[test]
+fn routes_after_a_catch_all_are_unreachable() {
+    let http = "  - match: [{uri: {prefix: /}}]\n    route: [{destination: {host: reviews}}]\n  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: reviews}}]\n";
+    let f = findings(&vs(http));
+    assert_eq!(
+        f,
+        [
+            "9:5: warning: spec.http[1]: this route is unreachable: spec.http[0] before it matches every request"
+        ]
+    );
+    let ordered = "  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: reviews}}]\n  - route: [{destination: {host: reviews}}]\n";
+    assert!(findings(&vs(ordered)).is_empty());
+    let no_match = "  - route: [{destination: {host: reviews}}]\n  - route: [{destination: {host: reviews}}]\n";
+    assert_eq!(findings(&vs(no_match)).len(), 1);
+}
+
+#[test]
+fn retries_of_post_without_retry_on_are_a_warning() {
+    let http = "  - match: [{method: {exact: POST}}]\n    route: [{destination: {host: reviews}}]\n    retries: {attempts: 3}\n";
+    let f = findings(&vs(http));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with(
+            "9:5: warning: spec.http[0].retries: retries POST requests without retryOn"
+        ),
+        "{f:?}"
+    );
+    let regex = http.replace("{exact: POST}", "{regex: \"P.*\"}");
+    assert!(findings(&vs(&regex))[0].contains("retries POST and PATCH requests"));
+    let explicit = http.replace("{attempts: 3}", "{attempts: 3, retryOn: connect-failure}");
+    assert!(findings(&vs(&explicit)).is_empty());
+    let get = http.replace("POST", "GET");
+    assert!(findings(&vs(&get)).is_empty());
+    let no_method = "  - route: [{destination: {host: reviews}}]\n    retries: {attempts: 3}\n";
+    assert!(findings(&vs(no_method)).is_empty());
+}
+
+#[test]
+fn mirror_to_the_route_itself_is_a_warning() {
+    let http = "  - route: [{destination: {host: reviews, subset: v1}}]\n    mirror: {host: reviews.default.svc.cluster.local, subset: v1}\n";
+    let f = findings(&vs(http));
+    assert_eq!(
+        f,
+        [
+            "8:5: warning: spec.http[0].mirror: mirrors to the route's own destination (reviews.default.svc.cluster.local subset v1): the same workloads get every request twice"
+        ]
+    );
+    let other = http.replace("subset: v1}\n", "subset: v2}\n");
+    assert!(findings(&vs(&other)).is_empty());
+    let mirrors = "  - route: [{destination: {host: reviews}}]\n    mirrors: [{destination: {host: reviews}}]\n";
+    assert_eq!(findings(&vs(mirrors)).len(), 1);
+}
+
+#[test]
+fn selectors_matching_no_workload_are_a_warning() {
+    let extra = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec:\n  selector:\n    matchLabels: {app: ratings}\n";
+    assert_eq!(
+        findings(extra),
+        [
+            "5:3: warning: spec.selector: selects no WorkloadEntry in namespace default (labels app=ratings)"
+        ]
+    );
+    let ok = extra.replace("ratings", "reviews");
+    assert!(findings(&ok).is_empty());
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [s]\n  workloadSelector: {labels: {app: s}}\n";
+    assert_eq!(findings(se).len(), 1);
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: other}\nspec:\n  selector: {matchLabels: {app: reviews}}\n";
+    assert_eq!(
+        findings(pa).len(),
+        1,
+        "other namespace has no reviews workload"
+    );
+}
+
+#[test]
+fn rate_limit_targets_must_exist() {
+    let rl = "apiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: rl}\nspec:\n  target: {host: reviews, route: api}\n  local: {maxTokens: 10, fillInterval: 1s}\n";
+    let f = findings(rl);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("spec.target.route: no VirtualService for host reviews.default.svc.cluster.local has an http route named \"api\""));
+    let with_vs = format!(
+        "{rl}---\n{}",
+        vs("  - name: api\n    route: [{destination: {host: reviews}}]\n")
+    );
+    assert!(findings(&with_vs).is_empty());
+    let undeclared = rl.replace("host: reviews, route: api", "host: ratings");
+    assert!(
+        findings(&undeclared)[0]
+            .contains("spec.target.host: host ratings.default.svc.cluster.local is not declared")
+    );
+}

@@ -1,0 +1,16 @@
+//! Caps that keep hostile or accidental input (huge files, deep nesting, alias bombs) cheap.
+
+/// Largest policy file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 8 << 20;
+/// Deepest nesting of mappings and sequences in one document.
+pub const MAX_DEPTH: usize = 64;
+/// Most documents (`---`) in one file.
+pub const MAX_DOCUMENTS: usize = 10_000;
+/// Most YAML nodes in one file, aliases expanded.
+pub const MAX_NODES: usize = 1_000_000;
+/// Most policy files in one load.
+pub const MAX_FILES: usize = 10_000;
+/// Deepest directory recursion (guards against symlink loops).
+pub const MAX_DIR_DEPTH: usize = 32;
+/// Largest compiled regular expression, in bytes.
+pub const MAX_REGEX_BYTES: usize = 1 << 20;

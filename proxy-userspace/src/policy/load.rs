@@ -1,0 +1,174 @@
+//! Loading: files → documents → validated resources, collecting every finding on the way.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use super::{
+    finding::{self, Finding, Pos, Severity},
+    kinds::Kind,
+    limits::MAX_FILE_BYTES,
+    model::{DEFAULT_NAMESPACE, Origin},
+    node::Node,
+    report::Report,
+    set::PolicySet,
+    source::{self, SourceError, Text},
+    validate, yaml,
+};
+
+/// Why `load` produced no policy set.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadFailure {
+    /// Paths that could not be read at all (missing, no permission, not UTF-8).
+    #[error("{}", lines(.0))]
+    Unreadable(Vec<SourceError>),
+    /// The policies were read but have errors. Holds every finding, warnings included, sorted.
+    #[error("{}", lines(.0))]
+    Invalid(Vec<Finding>),
+}
+
+fn lines<T: fmt::Display>(items: &[T]) -> String {
+    let all: Vec<String> = items.iter().map(T::to_string).collect();
+    all.join("\n")
+}
+
+/// The outcome of reading policies, valid or not: the resources that validated, and every
+/// validation finding (sorted).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub set: PolicySet,
+    pub findings: Vec<Finding>,
+    /// Where each kind/namespace/name was first defined, to report duplicates.
+    seen: HashMap<(Kind, String, String), String>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(Finding::is_error)
+    }
+}
+
+/// Loads policy files and directories. Succeeds only when nothing has an error; the set then
+/// carries the validation warnings.
+pub fn load(paths: &[PathBuf]) -> Result<PolicySet, LoadFailure> {
+    into_result(load_all(paths).map_err(LoadFailure::Unreadable)?)
+}
+
+/// Like `load`, for text already in memory (`file` is only used in findings).
+pub fn load_str(file: &Path, text: &str) -> Result<PolicySet, LoadFailure> {
+    let mut loaded = Loaded::default();
+    load_text(file, text, &mut loaded);
+    finish(&mut loaded);
+    into_result(loaded)
+}
+
+fn into_result(mut loaded: Loaded) -> Result<PolicySet, LoadFailure> {
+    if loaded.has_errors() {
+        return Err(LoadFailure::Invalid(loaded.findings));
+    }
+    loaded.set.warnings = std::mem::take(&mut loaded.findings);
+    Ok(loaded.set)
+}
+
+/// Reads every file, then validates every document, keeping the valid resources even when other
+/// documents have errors. Fails only on unreadable input.
+pub fn load_all(paths: &[PathBuf]) -> Result<Loaded, Vec<SourceError>> {
+    let (files, mut errors) = source::discover(paths);
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        match source::read(&f) {
+            Ok(t) => texts.push((f, t)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut loaded = Loaded::default();
+    for (file, text) in &texts {
+        match text {
+            Text::Ok(t) => load_text(file, t, &mut loaded),
+            Text::TooLarge(size) => {
+                loaded.set.files += 1;
+                loaded.findings.push(Finding::new(
+                    file,
+                    Pos::START,
+                    Severity::Error,
+                    format!(
+                        "file is {size} bytes, more than the {} MiB limit for a policy file; split it",
+                        MAX_FILE_BYTES >> 20
+                    ),
+                ));
+            }
+        }
+    }
+    finish(&mut loaded);
+    Ok(loaded)
+}
+
+fn finish(loaded: &mut Loaded) {
+    finding::sort(&mut loaded.findings);
+}
+
+/// Validates the documents of one file and adds the valid ones to the set.
+pub fn load_text(file: &Path, text: &str, out: &mut Loaded) {
+    out.set.files += 1;
+    let parsed = yaml::parse(text);
+    for (pos, msg) in parsed.errors {
+        out.findings
+            .push(Finding::new(file, pos, Severity::Error, msg));
+    }
+    for doc in parsed.documents {
+        let mut r = Report::new(file);
+        let info = validate::document(&doc.root, &mut r);
+        let ok = r.errors() == 0;
+        out.findings.append(&mut r.findings);
+        let Some(info) = info.filter(|_| ok) else {
+            continue;
+        };
+        let meta = doc.root.get("metadata");
+        let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Node::as_str);
+        let ns = field("namespace").unwrap_or(DEFAULT_NAMESPACE).to_string();
+        let name = field("name").unwrap_or_default().to_string();
+        let name_pos = validate::name_pos(&doc.root);
+        let origin = Origin {
+            file: file.to_path_buf(),
+            document: doc.index,
+            line: doc.root.pos.line,
+            col: doc.root.pos.col,
+        };
+        let at = format!("{}:{}", file.display(), origin.line);
+        let key = (info.kind, ns.clone(), name.clone());
+        if let Some(first) = out.seen.get(&key) {
+            out.findings.push(Finding::new(
+                file,
+                name_pos,
+                Severity::Error,
+                format!(
+                    "metadata.name: {} {ns}/{name} is defined twice (first at {first})",
+                    info.name
+                ),
+            ));
+            continue;
+        }
+        out.seen.insert(key, at);
+        let root_pos = doc.root.pos;
+        if let Err(e) = out.set.insert(info.kind, Arc::new(doc.root), origin) {
+            out.findings.push(Finding::new(
+                file,
+                root_pos,
+                Severity::Error,
+                format!(
+                    "internal error reading this {}: {e}; please report it",
+                    info.name
+                ),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

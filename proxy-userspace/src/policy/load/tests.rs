@@ -1,0 +1,194 @@
+//! Loading files and documents: discovery, multi-document files, limits, unreadable input and
+//! input that must never crash the loader.
+
+use std::{fs, path::PathBuf};
+
+use crate::policy::{LoadFailure, analyze, limits::MAX_FILE_BYTES, load, load_all, load_str};
+
+const PA: &str = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: NAME}\nspec: {mtls: {mode: STRICT}}\n";
+
+fn pa(name: &str) -> String {
+    PA.replace("NAME", name)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshd-policy-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn multi_document_files_load_every_document() {
+    let text = format!("---\n{}---\n---\n{}...\n", pa("a"), pa("b"));
+    let set = load_str("m.yaml".as_ref(), &text).unwrap();
+    assert_eq!(set.peer_authentications.len(), 2);
+    let b = &set.peer_authentications[1];
+    assert_eq!(b.metadata.name, "b");
+    assert_eq!(b.metadata.namespace, "default");
+    assert_eq!((b.origin.document, b.origin.line), (2, 8));
+    assert_eq!(b.pos("spec.mtls.mode").line, 11);
+}
+
+#[test]
+fn errors_in_several_documents_are_all_reported() {
+    let bad = pa("x").replace("STRICT", "NOPE");
+    let text = format!("{}---\n{bad}---\n{bad}", pa("a"));
+    let Err(LoadFailure::Invalid(f)) = load_str("m.yaml".as_ref(), &text) else {
+        panic!("expected errors");
+    };
+    let lines: Vec<usize> = f.iter().map(|f| f.line).collect();
+    assert_eq!(lines, [9, 14]);
+}
+
+#[test]
+fn duplicate_resources_are_errors() {
+    let text = format!("{}---\n{}", pa("a"), pa("a"));
+    let Err(LoadFailure::Invalid(f)) = load_str("d.yaml".as_ref(), &text) else {
+        panic!("expected errors");
+    };
+    assert_eq!(
+        f[0].to_string(),
+        "d.yaml:8:18: error: metadata.name: PeerAuthentication default/a is defined twice (first at d.yaml:1)"
+    );
+}
+
+#[test]
+fn directories_are_scanned_recursively_in_order() {
+    let dir = temp_dir("scan");
+    fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    fs::create_dir_all(dir.join("..data")).unwrap();
+    fs::write(dir.join("b.yaml"), pa("b")).unwrap();
+    fs::write(dir.join("a.yml"), pa("a")).unwrap();
+    fs::write(dir.join("sub/deeper/c.yaml"), pa("c")).unwrap();
+    fs::write(dir.join("README.md"), "not yaml").unwrap();
+    fs::write(dir.join(".hidden.yaml"), pa("hidden")).unwrap();
+    fs::write(dir.join("..data/a.yml"), pa("a")).unwrap();
+    let set = load(std::slice::from_ref(&dir)).unwrap();
+    let names: Vec<&str> = set
+        .peer_authentications
+        .iter()
+        .map(|p| p.metadata.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(set.files, 3);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unreadable_input_is_not_a_finding() {
+    let dir = temp_dir("unreadable");
+    let missing = dir.join("missing.yaml");
+    let binary = dir.join("binary.yaml");
+    fs::write(&binary, [b'a', b':', b' ', 0xff, 0xfe]).unwrap();
+    let Err(LoadFailure::Unreadable(errors)) = load(&[missing, binary]) else {
+        panic!("expected unreadable input");
+    };
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text[0].ends_with("missing.yaml: no such file or directory"),
+        "{text:?}"
+    );
+    assert!(
+        text[1].ends_with("binary.yaml: not UTF-8 text (byte 3 is invalid)"),
+        "{text:?}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn oversized_files_are_refused() {
+    let dir = temp_dir("size");
+    let big = dir.join("big.yaml");
+    let mut text = pa("a");
+    text.push_str(&"# padding\n".repeat((MAX_FILE_BYTES / 10 + 1) as usize));
+    fs::write(&big, text).unwrap();
+    let loaded = load_all(std::slice::from_ref(&big)).unwrap();
+    assert_eq!(loaded.findings.len(), 1);
+    let msg = loaded.findings[0].to_string();
+    assert!(msg.contains(":1:1: error: file is "), "{msg}");
+    assert!(msg.contains("more than the 8 MiB limit"), "{msg}");
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let text = format!(
+        "{}spec: {}\n",
+        pa("a").replace("spec: {mtls: {mode: STRICT}}\n", ""),
+        "[".repeat(100)
+    );
+    let Err(LoadFailure::Invalid(f)) = load_str("deep.yaml".as_ref(), &text) else {
+        panic!("expected errors");
+    };
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        f[0].to_string(),
+        "deep.yaml:4:70: error: nesting deeper than 64 levels"
+    );
+}
+
+/// A tiny deterministic generator, so that the test needs no extra dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) as usize
+    }
+}
+
+#[test]
+fn arbitrary_input_never_panics() {
+    const PIECES: &[&str] = &[
+        "apiVersion: networking.istio.io/v1\n",
+        "kind: VirtualService\n",
+        "kind: DestinationRule\n",
+        "metadata: {name: a}\n",
+        "spec:\n",
+        "  http:\n",
+        "  - route:\n",
+        "    - destination: {host: r, subset: v1}\n",
+        "      weight: 50\n",
+        "  host: r\n",
+        "  hosts: [r]\n",
+        "---\n",
+        "  subsets: [{name: v1}]\n",
+        "[",
+        "]",
+        "{",
+        "}",
+        ":",
+        "- ",
+        "&a ",
+        "*a",
+        "!!str ",
+        "\"",
+        "'",
+        "\t",
+        " ",
+        "\n",
+        "#",
+        "|\n",
+        "? ",
+        "0x",
+        "9",
+        "\u{feff}",
+        "é",
+        "\0",
+        "%YAML 1.2\n",
+        "...\n",
+        "  retries: {attempts: 3}\n",
+    ];
+    let mut rng = Lcg(42);
+    for _ in 0..3000 {
+        let n = rng.next() % 40;
+        let text: String = (0..n).map(|_| PIECES[rng.next() % PIECES.len()]).collect();
+        if let Ok(set) = load_str("fuzz.yaml".as_ref(), &text) {
+            let _ = analyze(&set);
+        }
+    }
+}

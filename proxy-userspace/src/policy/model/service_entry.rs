@@ -1,0 +1,50 @@
+//! ServiceEntry and WorkloadEntry: the services and workloads of a node without Kubernetes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceEntrySpec {
+    pub hosts: Vec<String>,
+    pub addresses: Vec<String>,
+    pub ports: Vec<ServicePort>,
+    /// `MESH_EXTERNAL` or `MESH_INTERNAL`.
+    pub location: Option<String>,
+    /// `NONE`, `STATIC`, `DNS` or `DNS_ROUND_ROBIN`.
+    pub resolution: Option<String>,
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    pub workload_selector: Option<WorkloadSelector>,
+    pub export_to: Vec<String>,
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServicePort {
+    pub number: u16,
+    /// As written; Istio compares protocols without regard to case.
+    pub protocol: Option<String>,
+    pub name: String,
+    pub target_port: Option<u16>,
+}
+
+/// `workloadSelector: {labels: ...}` of a ServiceEntry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkloadSelector {
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkloadEntrySpec {
+    pub address: String,
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    pub locality: Option<String>,
+    pub weight: Option<u32>,
+    pub service_account: Option<String>,
+}

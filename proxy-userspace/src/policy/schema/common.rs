@@ -1,0 +1,100 @@
+//! Schema pieces shared by several kinds: metadata, string matches, selectors, percentages.
+
+use crate::policy::{
+    finding::Pos,
+    node::Node,
+    report::Report,
+    rules,
+    schema::{Field, Obj, PORT, STR, Ty, obj, opt, req},
+};
+
+pub const LABELS: Ty = Ty::Map(rules::label_key, &Ty::Str(rules::label_value));
+pub const STRINGS: Ty = Ty::List(&STR);
+pub const NAMESPACE: Ty = Ty::Str(rules::dns_label);
+
+/// Kubernetes object metadata. Fields that the API server manages are accepted and ignored, so
+/// that `kubectl get -o yaml` output loads.
+pub static METADATA: Obj = obj(&[
+    req("name", Ty::Str(rules::dns_subdomain)),
+    opt("namespace", NAMESPACE),
+    opt("labels", LABELS),
+    opt("annotations", Ty::Map(rules::non_empty, &STR)),
+    opt("generateName", Ty::Any),
+    opt("uid", Ty::Any),
+    opt("resourceVersion", Ty::Any),
+    opt("generation", Ty::Any),
+    opt("creationTimestamp", Ty::Any),
+    opt("deletionTimestamp", Ty::Any),
+    opt("deletionGracePeriodSeconds", Ty::Any),
+    opt("managedFields", Ty::Any),
+    opt("finalizers", Ty::Any),
+    opt("ownerReferences", Ty::Any),
+    opt("selfLink", Ty::Any),
+]);
+
+const STRING_MATCH_FIELDS: &[Field] = &[
+    opt("exact", STR),
+    opt("prefix", STR),
+    opt("regex", Ty::Str(rules::regex)),
+];
+
+/// `{exact|prefix|regex: ...}`, one of them required (uri, scheme, method, authority).
+pub static STRING_MATCH: Obj = Obj {
+    fields: STRING_MATCH_FIELDS,
+    one_of: &[&["exact", "prefix", "regex"]],
+    check: Some(needs_one_match),
+};
+
+/// Like `STRING_MATCH`, but `{}` is allowed and means "present" (headers, query parameters).
+pub static PRESENCE_MATCH: Obj = Obj {
+    fields: STRING_MATCH_FIELDS,
+    one_of: &[&["exact", "prefix", "regex"]],
+    check: None,
+};
+
+fn needs_one_match(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if ["exact", "prefix", "regex"]
+        .iter()
+        .all(|k| node.get(k).is_none())
+    {
+        r.error(at, path, "set one of exact, prefix or regex");
+    }
+}
+
+/// `{value: 0-100}`.
+pub static PERCENTAGE: Obj = obj(&[req("value", crate::policy::schema::PERCENT)]);
+
+/// `{number: PORT}`.
+pub static PORT_SELECTOR: Obj = obj(&[req("number", PORT)]);
+
+/// security.istio.io's and DestinationRule's selector: `{matchLabels: {...}}`.
+pub static MATCH_LABELS_SELECTOR: Obj = obj(&[req("matchLabels", LABELS)]);
+
+const HEADER_MAP: Ty = Ty::Map(rules::header_name, &STR);
+
+/// `{set, add, remove}` on request or response headers.
+pub static HEADER_OPERATIONS: Obj = obj(&[
+    opt("set", HEADER_MAP),
+    opt("add", HEADER_MAP),
+    opt("remove", Ty::List(&Ty::Str(rules::header_name))),
+]);
+
+pub static HEADERS: Obj = obj(&[
+    opt("request", Ty::Obj(&HEADER_OPERATIONS)),
+    opt("response", Ty::Obj(&HEADER_OPERATIONS)),
+]);
+
+/// Reports a list field that is present but empty, or absent when required.
+pub fn non_empty_list(node: &Node, key: &str, path: &str, at: Pos, what: &str, r: &mut Report) {
+    match node.entry(key) {
+        Some(e) if e.value.items().is_some_and(|v| v.is_empty()) => {
+            r.error(
+                e.key_pos,
+                &crate::policy::report::key(path, key),
+                format!("must list at least one {what}"),
+            );
+        }
+        Some(_) => {}
+        None => r.error(at, path, format!("missing required field {key:?}")),
+    }
+}

@@ -1,0 +1,293 @@
+//! The shape of a DestinationRule spec: load balancing, connection-pool limits, outlier detection,
+//! client TLS and subsets, with sane ranges for every limit.
+
+use std::collections::HashMap;
+
+use super::common::{LABELS, MATCH_LABELS_SELECTOR, PORT_SELECTOR, STRINGS};
+use crate::policy::{
+    duration,
+    finding::Pos,
+    node::Node,
+    report::{self, Report},
+    rules,
+    schema::{DURATION, NOTE_UNSUPPORTED, Obj, STR, Ty, int, limit, obj, opt, req, warned},
+};
+
+/// The largest connection or request limit accepted: far beyond what one node can hold, yet
+/// small enough to catch typos such as an extra digit group.
+const MAX_LIMIT: i64 = 10_000_000;
+const ZERO_LIMIT: &str = " (a limit of 0 would refuse all traffic; omit the field for no limit)";
+const ZERO_OFF: Ty = Ty::Duration(duration::Rule::ZERO_OK);
+
+static HTTP_COOKIE: Obj = obj(&[
+    req("name", Ty::Str(rules::non_empty)),
+    opt("path", STR),
+    opt("ttl", ZERO_OFF),
+    warned("attributes", Ty::Any, NOTE_UNSUPPORTED),
+]);
+
+static CONSISTENT_HASH: Obj = Obj {
+    fields: &[
+        opt("httpHeaderName", Ty::Str(rules::header_name)),
+        opt("httpCookie", Ty::Obj(&HTTP_COOKIE)),
+        opt("useSourceIp", Ty::Bool),
+        opt("httpQueryParameterName", Ty::Str(rules::non_empty)),
+        opt(
+            "ringHash",
+            Ty::Obj(&obj(&[opt("minimumRingSize", int(1, 8_388_608))])),
+        ),
+        opt(
+            "maglev",
+            Ty::Obj(&obj(&[opt("tableSize", int(1, 5_000_011))])),
+        ),
+        warned(
+            "minimumRingSize",
+            int(1, 8_388_608),
+            "deprecated: use ringHash.minimumRingSize",
+        ),
+    ],
+    one_of: &[
+        &[
+            "httpHeaderName",
+            "httpCookie",
+            "useSourceIp",
+            "httpQueryParameterName",
+        ],
+        &["ringHash", "maglev", "minimumRingSize"],
+    ],
+    check: Some(hash_needs_key),
+};
+
+fn hash_needs_key(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let keys = [
+        "httpHeaderName",
+        "httpCookie",
+        "useSourceIp",
+        "httpQueryParameterName",
+    ];
+    if keys.iter().all(|k| node.get(k).is_none()) {
+        r.error(
+            at,
+            path,
+            "set what to hash on: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+        );
+    }
+}
+
+static LOAD_BALANCER: Obj = Obj {
+    fields: &[
+        opt(
+            "simple",
+            Ty::Enum(&[
+                "UNSPECIFIED",
+                "LEAST_CONN",
+                "RANDOM",
+                "PASSTHROUGH",
+                "ROUND_ROBIN",
+                "LEAST_REQUEST",
+            ]),
+        ),
+        opt("consistentHash", Ty::Obj(&CONSISTENT_HASH)),
+        warned("localityLbSetting", Ty::Any, NOTE_UNSUPPORTED),
+        opt("warmupDurationSecs", DURATION),
+        warned("warmup", Ty::Any, NOTE_UNSUPPORTED),
+    ],
+    one_of: &[&["simple", "consistentHash"]],
+    check: None,
+};
+
+static KEEPALIVE: Obj = obj(&[
+    opt("probes", int(1, 100)),
+    opt("time", DURATION),
+    opt("interval", DURATION),
+]);
+
+static TCP_POOL: Obj = obj(&[
+    opt("maxConnections", limit(1, MAX_LIMIT, ZERO_LIMIT)),
+    opt("connectTimeout", DURATION),
+    opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
+    opt("maxConnectionDuration", DURATION),
+    opt("idleTimeout", ZERO_OFF),
+]);
+
+static HTTP_POOL: Obj = obj(&[
+    opt("http1MaxPendingRequests", limit(1, MAX_LIMIT, ZERO_LIMIT)),
+    opt("http2MaxRequests", limit(1, MAX_LIMIT, ZERO_LIMIT)),
+    opt(
+        "maxRequestsPerConnection",
+        limit(0, 1 << 29, " (0 means unlimited; 1 disables keep-alive)"),
+    ),
+    opt(
+        "maxRetries",
+        limit(0, MAX_LIMIT, " (0 disables retries to this host)"),
+    ),
+    opt("idleTimeout", ZERO_OFF),
+    opt(
+        "h2UpgradePolicy",
+        Ty::Enum(&["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]),
+    ),
+    opt("useClientProtocol", Ty::Bool),
+    opt(
+        "maxConcurrentStreams",
+        limit(1, i32::MAX as i64, ZERO_LIMIT),
+    ),
+]);
+
+static CONNECTION_POOL: Obj = obj(&[
+    opt("tcp", Ty::Obj(&TCP_POOL)),
+    opt("http", Ty::Obj(&HTTP_POOL)),
+]);
+
+const ERRORS: Ty = limit(0, 1_000_000, " (0 turns this detector off)");
+
+static OUTLIER: Obj = Obj {
+    fields: &[
+        opt("splitExternalLocalOriginErrors", Ty::Bool),
+        opt("consecutiveLocalOriginFailures", ERRORS),
+        opt("consecutiveGatewayErrors", ERRORS),
+        opt("consecutive5xxErrors", ERRORS),
+        warned(
+            "consecutiveErrors",
+            ERRORS,
+            "deprecated: use consecutive5xxErrors or consecutiveGatewayErrors",
+        ),
+        opt("interval", DURATION),
+        opt("baseEjectionTime", DURATION),
+        opt("maxEjectionPercent", int(0, 100)),
+        opt("minHealthPercent", int(0, 100)),
+    ],
+    one_of: &[],
+    check: Some(check_outlier),
+};
+
+fn check_outlier(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if let Some(e) = node.entry("maxEjectionPercent")
+        && e.value.as_i64() == Some(0)
+    {
+        r.warn(
+            e.value.pos,
+            &report::key(path, "maxEjectionPercent"),
+            "0 means no endpoint is ever ejected, which turns outlier detection off",
+        );
+    }
+    let detectors = [
+        "consecutive5xxErrors",
+        "consecutiveGatewayErrors",
+        "consecutiveLocalOriginFailures",
+        "consecutiveErrors",
+    ];
+    let set: Vec<i64> = detectors
+        .iter()
+        .filter_map(|k| node.get(k).and_then(Node::as_i64))
+        .collect();
+    if !set.is_empty() && set.iter().all(|v| *v == 0) {
+        r.warn(
+            at,
+            path,
+            "every detector is set to 0, so no endpoint is ever ejected",
+        );
+    }
+    if let (Some(e), false) = (
+        node.entry("consecutiveLocalOriginFailures"),
+        node.get("splitExternalLocalOriginErrors")
+            .and_then(Node::as_bool)
+            .unwrap_or(false),
+    ) {
+        r.warn(
+            e.key_pos,
+            &report::key(path, "consecutiveLocalOriginFailures"),
+            "has no effect unless splitExternalLocalOriginErrors is true",
+        );
+    }
+}
+
+static CLIENT_TLS: Obj = Obj {
+    fields: &[
+        req(
+            "mode",
+            Ty::Enum(&["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"]),
+        ),
+        opt("clientCertificate", STR),
+        opt("privateKey", STR),
+        opt("caCertificates", STR),
+        opt("credentialName", STR),
+        opt("subjectAltNames", STRINGS),
+        opt("sni", Ty::Str(rules::host)),
+        opt("insecureSkipVerify", Ty::Bool),
+        opt("caCrl", STR),
+    ],
+    one_of: &[],
+    check: Some(check_tls),
+};
+
+fn check_tls(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let has = |k: &str| node.get(k).is_some();
+    if node.get("mode").and_then(Node::as_str) == Some("MUTUAL")
+        && !has("credentialName")
+        && !(has("clientCertificate") && has("privateKey"))
+    {
+        r.error(
+            at,
+            path,
+            "MUTUAL needs clientCertificate and privateKey, or credentialName",
+        );
+    }
+}
+
+static TRAFFIC_POLICY: Obj = obj(&[
+    opt("loadBalancer", Ty::Obj(&LOAD_BALANCER)),
+    opt("connectionPool", Ty::Obj(&CONNECTION_POOL)),
+    opt("outlierDetection", Ty::Obj(&OUTLIER)),
+    opt("tls", Ty::Obj(&CLIENT_TLS)),
+    opt("portLevelSettings", Ty::List(&Ty::Obj(&PORT_POLICY))),
+    warned("tunnel", Ty::Any, NOTE_UNSUPPORTED),
+    warned("proxyProtocol", Ty::Any, NOTE_UNSUPPORTED),
+    warned("retryBudget", Ty::Any, NOTE_UNSUPPORTED),
+]);
+
+static PORT_POLICY: Obj = obj(&[
+    req("port", Ty::Obj(&PORT_SELECTOR)),
+    opt("loadBalancer", Ty::Obj(&LOAD_BALANCER)),
+    opt("connectionPool", Ty::Obj(&CONNECTION_POOL)),
+    opt("outlierDetection", Ty::Obj(&OUTLIER)),
+    opt("tls", Ty::Obj(&CLIENT_TLS)),
+]);
+
+static SUBSET: Obj = obj(&[
+    req("name", Ty::Str(rules::non_empty)),
+    opt("labels", LABELS),
+    opt("trafficPolicy", Ty::Obj(&TRAFFIC_POLICY)),
+]);
+
+pub static SPEC: Obj = Obj {
+    fields: &[
+        req("host", Ty::Str(rules::host)),
+        opt("trafficPolicy", Ty::Obj(&TRAFFIC_POLICY)),
+        opt("subsets", Ty::List(&Ty::Obj(&SUBSET))),
+        opt("exportTo", STRINGS),
+        opt("workloadSelector", Ty::Obj(&MATCH_LABELS_SELECTOR)),
+    ],
+    one_of: &[],
+    check: Some(check_spec),
+};
+
+fn check_spec(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    let Some(subsets) = node.get("subsets").and_then(Node::items) else {
+        return;
+    };
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in subsets.iter().enumerate() {
+        let Some(name) = s.get("name") else { continue };
+        let Some(text) = name.as_str() else { continue };
+        if let Some(first) = seen.get(text) {
+            let p = report::key(&report::index(&report::key(path, "subsets"), i), "name");
+            r.error(
+                name.pos,
+                &p,
+                format!("subset {text:?} is already defined by subsets[{first}]"),
+            );
+        } else {
+            seen.insert(text, i);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The shape of PeerAuthentication and AuthorizationPolicy specs (security.istio.io).
+
+use super::common::{MATCH_LABELS_SELECTOR, STRINGS};
+use crate::policy::{
+    finding::Pos,
+    node::{Node, quote},
+    report::{self, Report},
+    rules,
+    schema::{NOTE_UNSUPPORTED, Obj, Ty, obj, opt, req, warned},
+};
+
+static MTLS: Obj = obj(&[opt(
+    "mode",
+    Ty::Enum(&["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]),
+)]);
+
+pub static PEER_AUTHENTICATION: Obj = Obj {
+    fields: &[
+        opt("selector", Ty::Obj(&MATCH_LABELS_SELECTOR)),
+        opt("mtls", Ty::Obj(&MTLS)),
+        opt(
+            "portLevelMtls",
+            Ty::Map(rules::port_string, &Ty::Obj(&MTLS)),
+        ),
+    ],
+    one_of: &[],
+    check: Some(check_peer_authentication),
+};
+
+fn check_peer_authentication(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    if let (Some(e), None) = (node.entry("portLevelMtls"), node.get("selector")) {
+        r.error(
+            e.key_pos,
+            &report::key(path, "portLevelMtls"),
+            "needs a selector: port-level settings apply to selected workloads only",
+        );
+    }
+}
+
+const IP_BLOCKS: Ty = Ty::List(&Ty::Str(rules::ip_or_cidr));
+const PORTS: Ty = Ty::List(&Ty::Str(rules::port_string));
+
+static SOURCE: Obj = obj(&[
+    opt("principals", STRINGS),
+    opt("notPrincipals", STRINGS),
+    opt("requestPrincipals", STRINGS),
+    opt("notRequestPrincipals", STRINGS),
+    opt("namespaces", STRINGS),
+    opt("notNamespaces", STRINGS),
+    opt("serviceAccounts", STRINGS),
+    opt("notServiceAccounts", STRINGS),
+    opt("ipBlocks", IP_BLOCKS),
+    opt("notIpBlocks", IP_BLOCKS),
+    opt("remoteIpBlocks", IP_BLOCKS),
+    opt("notRemoteIpBlocks", IP_BLOCKS),
+]);
+
+static OPERATION: Obj = obj(&[
+    opt("hosts", STRINGS),
+    opt("notHosts", STRINGS),
+    opt("ports", PORTS),
+    opt("notPorts", PORTS),
+    opt("methods", STRINGS),
+    opt("notMethods", STRINGS),
+    opt("paths", STRINGS),
+    opt("notPaths", STRINGS),
+]);
+
+/// Attribute names a `when` condition may test (exact names, then prefixes).
+const CONDITION_KEYS: &[&str] = &[
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "source.serviceAccount",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
+];
+const CONDITION_PREFIXES: &[&str] = &["request.headers[", "request.auth.claims[", "experimental."];
+
+fn condition_key(s: &str) -> Result<(), String> {
+    if CONDITION_KEYS.contains(&s) || CONDITION_PREFIXES.iter().any(|p| s.starts_with(p)) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a condition key: use one of {} or request.headers[NAME]",
+        quote(s),
+        CONDITION_KEYS.join(", ")
+    ))
+}
+
+static CONDITION: Obj = Obj {
+    fields: &[
+        req("key", Ty::Str(condition_key)),
+        opt("values", STRINGS),
+        opt("notValues", STRINGS),
+    ],
+    one_of: &[],
+    check: Some(check_condition),
+};
+
+fn check_condition(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if node.get("values").is_none() && node.get("notValues").is_none() {
+        r.error(at, path, "set values or notValues");
+    }
+}
+
+static RULE: Obj = obj(&[
+    opt(
+        "from",
+        Ty::List(&Ty::Obj(&obj(&[req("source", Ty::Obj(&SOURCE))]))),
+    ),
+    opt(
+        "to",
+        Ty::List(&Ty::Obj(&obj(&[req("operation", Ty::Obj(&OPERATION))]))),
+    ),
+    opt("when", Ty::List(&Ty::Obj(&CONDITION))),
+]);
+
+pub static AUTHORIZATION_POLICY: Obj = Obj {
+    fields: &[
+        opt("selector", Ty::Obj(&MATCH_LABELS_SELECTOR)),
+        warned("targetRef", Ty::Any, NOTE_UNSUPPORTED),
+        warned("targetRefs", Ty::Any, NOTE_UNSUPPORTED),
+        opt("action", Ty::Enum(&["ALLOW", "DENY", "AUDIT", "CUSTOM"])),
+        opt(
+            "provider",
+            Ty::Obj(&obj(&[req("name", Ty::Str(rules::non_empty))])),
+        ),
+        opt("rules", Ty::List(&Ty::Obj(&RULE))),
+    ],
+    one_of: &[],
+    check: Some(check_authorization_policy),
+};
+
+fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let action = node.get("action").and_then(Node::as_str);
+    match (action, node.entry("provider")) {
+        (Some("CUSTOM"), None) => r.error(at, path, "action CUSTOM needs a provider"),
+        (Some("CUSTOM"), Some(e)) => r.warn(
+            e.key_pos,
+            &report::key(path, "provider"),
+            "meshd has no external authorization providers; CUSTOM policies are ignored",
+        ),
+        (_, Some(e)) => r.error(
+            e.key_pos,
+            &report::key(path, "provider"),
+            "provider applies only to action CUSTOM",
+        ),
+        _ => {}
+    }
+    if action == Some("AUDIT")
+        && let Some(e) = node.entry("action")
+    {
+        r.warn(
+            e.value.pos,
+            &report::key(path, "action"),
+            "meshd does not implement AUDIT yet; this policy is ignored",
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! The shape of a VirtualService spec (networking.istio.io), with its cross-field rules: weights,
+//! one action per route, fault and mirror settings.
+
+use super::common::{
+    HEADERS, LABELS, NAMESPACE, PERCENTAGE, PORT_SELECTOR, PRESENCE_MATCH, STRING_MATCH, STRINGS,
+    non_empty_list,
+};
+use crate::policy::{
+    duration,
+    finding::Pos,
+    node::Node,
+    report::{self, Report},
+    rules,
+    schema::{DURATION, NOTE_UNSUPPORTED, Obj, PORT, STR, Ty, int, obj, opt, req, warned},
+};
+
+pub static DESTINATION: Obj = obj(&[
+    req("host", Ty::Str(rules::dest_host)),
+    opt("subset", Ty::Str(rules::non_empty)),
+    opt("port", Ty::Obj(&PORT_SELECTOR)),
+]);
+
+const WEIGHT: Ty = int(0, 100);
+
+static HTTP_ROUTE_DESTINATION: Obj = obj(&[
+    req("destination", Ty::Obj(&DESTINATION)),
+    opt("weight", WEIGHT),
+    opt("headers", Ty::Obj(&HEADERS)),
+]);
+
+static ROUTE_DESTINATION: Obj = obj(&[
+    req("destination", Ty::Obj(&DESTINATION)),
+    opt("weight", WEIGHT),
+]);
+
+const MATCH: Ty = Ty::Obj(&STRING_MATCH);
+const HEADER_MATCHES: Ty = Ty::Map(rules::header_name, &Ty::Obj(&PRESENCE_MATCH));
+
+static HTTP_MATCH: Obj = obj(&[
+    opt("name", STR),
+    opt("uri", MATCH),
+    opt("scheme", MATCH),
+    opt("method", MATCH),
+    opt("authority", MATCH),
+    opt("headers", HEADER_MATCHES),
+    opt("port", PORT),
+    opt("sourceLabels", LABELS),
+    warned(
+        "gateways",
+        STRINGS,
+        "meshd has no gateways; this match never applies to them",
+    ),
+    opt(
+        "queryParams",
+        Ty::Map(rules::non_empty, &Ty::Obj(&PRESENCE_MATCH)),
+    ),
+    opt("ignoreUriCase", Ty::Bool),
+    opt("withoutHeaders", HEADER_MATCHES),
+    opt("sourceNamespace", NAMESPACE),
+    warned("statPrefix", STR, NOTE_UNSUPPORTED),
+]);
+
+static REDIRECT: Obj = Obj {
+    fields: &[
+        opt("uri", STR),
+        opt("authority", STR),
+        opt("port", PORT),
+        opt(
+            "derivePort",
+            Ty::Enum(&["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"]),
+        ),
+        opt("scheme", Ty::Enum(&["http", "https"])),
+        opt("redirectCode", int(300, 399)),
+    ],
+    one_of: &[&["port", "derivePort"]],
+    check: None,
+};
+
+static BODY: Obj = Obj {
+    fields: &[opt("string", STR), opt("bytes", STR)],
+    one_of: &[&["string", "bytes"]],
+    check: None,
+};
+
+static DIRECT_RESPONSE: Obj = obj(&[req("status", int(200, 599)), opt("body", Ty::Obj(&BODY))]);
+
+static REGEX_REWRITE: Obj = obj(&[req("match", Ty::Str(rules::regex)), req("rewrite", STR)]);
+
+static REWRITE: Obj = Obj {
+    fields: &[
+        opt("uri", STR),
+        opt("authority", STR),
+        opt("uriRegexRewrite", Ty::Obj(&REGEX_REWRITE)),
+    ],
+    one_of: &[&["uri", "uriRegexRewrite"]],
+    check: None,
+};
+
+static RETRIES: Obj = obj(&[
+    req("attempts", int(0, 100)),
+    opt("perTryTimeout", DURATION),
+    opt("retryOn", Ty::Str(rules::retry_on)),
+    opt("retryRemoteLocalities", Ty::Bool),
+    opt("backoff", DURATION),
+]);
+
+static DELAY: Obj = Obj {
+    fields: &[
+        opt("fixedDelay", DURATION),
+        warned("exponentialDelay", DURATION, NOTE_UNSUPPORTED),
+        opt("percentage", Ty::Obj(&PERCENTAGE)),
+        warned("percent", int(0, 100), "deprecated: use percentage.value"),
+    ],
+    one_of: &[
+        &["fixedDelay", "exponentialDelay"],
+        &["percentage", "percent"],
+    ],
+    check: Some(delay_needs_duration),
+};
+
+fn delay_needs_duration(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if node.get("fixedDelay").is_none() && node.get("exponentialDelay").is_none() {
+        r.error(at, path, "missing required field \"fixedDelay\"");
+    }
+}
+
+static ABORT: Obj = Obj {
+    fields: &[
+        opt("httpStatus", int(200, 599)),
+        opt("grpcStatus", STR),
+        warned("http2Error", STR, NOTE_UNSUPPORTED),
+        opt("percentage", Ty::Obj(&PERCENTAGE)),
+    ],
+    one_of: &[&["httpStatus", "grpcStatus", "http2Error"]],
+    check: Some(abort_needs_status),
+};
+
+fn abort_needs_status(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if ["httpStatus", "grpcStatus", "http2Error"]
+        .iter()
+        .all(|k| node.get(k).is_none())
+    {
+        r.error(at, path, "set httpStatus or grpcStatus");
+    }
+}
+
+static FAULT: Obj = obj(&[opt("delay", Ty::Obj(&DELAY)), opt("abort", Ty::Obj(&ABORT))]);
+
+static MIRROR_POLICY: Obj = obj(&[
+    req("destination", Ty::Obj(&DESTINATION)),
+    opt("percentage", Ty::Obj(&PERCENTAGE)),
+]);
+
+static CORS: Obj = obj(&[
+    opt("allowOrigins", Ty::List(&MATCH)),
+    warned("allowOrigin", STRINGS, "deprecated: use allowOrigins"),
+    opt("allowMethods", STRINGS),
+    opt("allowHeaders", STRINGS),
+    opt("exposeHeaders", STRINGS),
+    opt("maxAge", DURATION),
+    opt("allowCredentials", Ty::Bool),
+    opt(
+        "unmatchedPreflights",
+        Ty::Enum(&["UNSPECIFIED", "FORWARD", "IGNORE"]),
+    ),
+]);
+
+static HTTP_ROUTE: Obj = Obj {
+    fields: &[
+        opt("name", STR),
+        opt("match", Ty::List(&Ty::Obj(&HTTP_MATCH))),
+        opt("route", Ty::List(&Ty::Obj(&HTTP_ROUTE_DESTINATION))),
+        opt("redirect", Ty::Obj(&REDIRECT)),
+        opt("directResponse", Ty::Obj(&DIRECT_RESPONSE)),
+        warned("delegate", Ty::Any, NOTE_UNSUPPORTED),
+        opt("rewrite", Ty::Obj(&REWRITE)),
+        opt("timeout", Ty::Duration(duration::Rule::ZERO_OK)),
+        opt("retries", Ty::Obj(&RETRIES)),
+        opt("fault", Ty::Obj(&FAULT)),
+        opt("mirror", Ty::Obj(&DESTINATION)),
+        opt("mirrors", Ty::List(&Ty::Obj(&MIRROR_POLICY))),
+        opt("mirrorPercentage", Ty::Obj(&PERCENTAGE)),
+        warned(
+            "mirrorPercent",
+            int(0, 100),
+            "deprecated: use mirrorPercentage.value",
+        ),
+        opt("corsPolicy", Ty::Obj(&CORS)),
+        opt("headers", Ty::Obj(&HEADERS)),
+    ],
+    one_of: &[
+        &["route", "redirect", "directResponse", "delegate"],
+        &["mirror", "mirrors"],
+        &["mirrorPercentage", "mirrorPercent"],
+    ],
+    check: Some(check_http_route),
+};
+
+fn check_http_route(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let actions = ["route", "redirect", "directResponse", "delegate"];
+    if actions.iter().all(|k| node.get(k).is_none()) {
+        r.error(at, path, "set route, redirect or directResponse");
+    }
+    check_weights(node, path, r);
+    for key in ["mirrorPercentage", "mirrorPercent"] {
+        if let (Some(e), None) = (node.entry(key), node.get("mirror")) {
+            r.warn(
+                e.key_pos,
+                &report::key(path, key),
+                "has no effect without mirror (mirrors[] take their own percentage)",
+            );
+        }
+    }
+}
+
+/// When a route splits traffic (several destinations, or any weight set) the weights must add up
+/// to 100.
+pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
+    let Some(entry) = node.entry("route") else {
+        return;
+    };
+    let Some(dests) = entry.value.items() else {
+        return;
+    };
+    let weights: Vec<(usize, Option<&Node>)> = dests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i, d.get("weight")))
+        .collect();
+    let any_set = weights.iter().any(|(_, w)| w.is_some());
+    if dests.len() < 2 && !any_set {
+        return;
+    }
+    let mut sum: i64 = 0;
+    for (_, w) in &weights {
+        match w.map(Node::as_i64) {
+            Some(Some(v)) if (0..=100).contains(&v) => sum += v,
+            Some(_) => return, // a type or range error already reported
+            None => {}
+        }
+    }
+    if sum == 100 {
+        return;
+    }
+    let route_path = report::key(path, "route");
+    let (pos, at_path) = match weights.iter().find_map(|(i, w)| w.map(|n| (*i, n))) {
+        Some((i, n)) => (n.pos, report::key(&report::index(&route_path, i), "weight")),
+        None => (entry.key_pos, route_path),
+    };
+    let unset = weights.iter().filter(|(_, w)| w.is_none()).count();
+    let hint = if unset > 0 && dests.len() > 1 {
+        format!(" ({unset} destination(s) have no weight, which counts as 0)")
+    } else {
+        String::new()
+    };
+    r.error(
+        pos,
+        &at_path,
+        format!("weights of a route must sum to 100, got {sum}{hint}"),
+    );
+}
+
+static L4_MATCH: Obj = obj(&[
+    opt("destinationSubnets", Ty::List(&Ty::Str(rules::ip_or_cidr))),
+    opt("port", PORT),
+    opt("sourceLabels", LABELS),
+    warned(
+        "gateways",
+        STRINGS,
+        "meshd has no gateways; this match never applies to them",
+    ),
+    opt("sourceNamespace", NAMESPACE),
+]);
+
+static TLS_MATCH: Obj = obj(&[
+    req("sniHosts", Ty::List(&Ty::Str(rules::host))),
+    opt("destinationSubnets", Ty::List(&Ty::Str(rules::ip_or_cidr))),
+    opt("port", PORT),
+    opt("sourceLabels", LABELS),
+    warned(
+        "gateways",
+        STRINGS,
+        "meshd has no gateways; this match never applies to them",
+    ),
+    opt("sourceNamespace", NAMESPACE),
+]);
+
+static TCP_ROUTE: Obj = Obj {
+    fields: &[
+        opt("match", Ty::List(&Ty::Obj(&L4_MATCH))),
+        req("route", Ty::List(&Ty::Obj(&ROUTE_DESTINATION))),
+    ],
+    one_of: &[],
+    check: Some(check_l4_route),
+};
+
+static TLS_ROUTE: Obj = Obj {
+    fields: &[
+        req("match", Ty::List(&Ty::Obj(&TLS_MATCH))),
+        req("route", Ty::List(&Ty::Obj(&ROUTE_DESTINATION))),
+    ],
+    one_of: &[],
+    check: Some(check_l4_route),
+};
+
+fn check_l4_route(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    check_weights(node, path, r);
+}
+
+pub static SPEC: Obj = Obj {
+    fields: &[
+        opt("hosts", Ty::List(&Ty::Str(rules::host))),
+        opt("gateways", STRINGS),
+        opt("http", Ty::List(&Ty::Obj(&HTTP_ROUTE))),
+        opt("tcp", Ty::List(&Ty::Obj(&TCP_ROUTE))),
+        opt("tls", Ty::List(&Ty::Obj(&TLS_ROUTE))),
+        opt("exportTo", STRINGS),
+    ],
+    one_of: &[],
+    check: Some(check_spec),
+};
+
+fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    non_empty_list(node, "hosts", path, at, "host", r);
+    if ["http", "tcp", "tls"].iter().all(|k| node.get(k).is_none()) {
+        r.error(at, path, "set at least one of http, tcp or tls routes");
+    }
+    if let Some(gw) = node.get("gateways").and_then(Node::items) {
+        for (i, g) in gw.iter().enumerate() {
+            if g.as_str().is_some_and(|s| s != "mesh") {
+                r.warn(
+                    g.pos,
+                    &report::index(&report::key(path, "gateways"), i),
+                    "meshd has no gateways; only \"mesh\" applies, this entry is ignored",
+                );
+            }
+        }
+    }
+}

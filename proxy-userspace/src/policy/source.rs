@@ -1,0 +1,132 @@
+//! Finds policy files (files given, or `.yaml`/`.yml` under directories, recursively, in sorted
+//! order) and reads them as UTF-8 text.
+
+use std::{
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use super::limits::{MAX_DIR_DEPTH, MAX_FILE_BYTES, MAX_FILES};
+
+/// Input that cannot be read at all (as opposed to policies that are wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{}: no such file or directory", .0.display())]
+    NotFound(PathBuf),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not UTF-8 text (byte {offset} is invalid)", path.display())]
+    NotUtf8 { path: PathBuf, offset: usize },
+    #[error("more than {MAX_FILES} policy files; split the configuration")]
+    TooManyFiles,
+    #[error("{}: directories nest deeper than {MAX_DIR_DEPTH} levels (a symlink loop?)", .0.display())]
+    TooDeep(PathBuf),
+}
+
+/// A policy file's text, or why it is not used.
+pub enum Text {
+    Ok(String),
+    /// Larger than `MAX_FILE_BYTES`: a finding about the file, not an unreadable input.
+    TooLarge(u64),
+}
+
+/// Lists the files to load, in order, and the paths that could not be listed. Directories are walked recursively; names starting with a
+/// dot are skipped (editors' files, `.git`, and the `..data` links of Kubernetes ConfigMap
+/// volumes, which would otherwise load every file twice).
+pub fn discover(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<SourceError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => walk(p, 0, &mut files, &mut errors),
+            Ok(_) => files.push(p.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                errors.push(SourceError::NotFound(p.clone()))
+            }
+            Err(e) => errors.push(SourceError::Io {
+                path: p.clone(),
+                source: e,
+            }),
+        }
+        if files.len() > MAX_FILES {
+            errors.push(SourceError::TooManyFiles);
+            break;
+        }
+    }
+    (files, errors)
+}
+
+fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, errors: &mut Vec<SourceError>) {
+    if depth > MAX_DIR_DEPTH {
+        errors.push(SourceError::TooDeep(dir.to_path_buf()));
+        return;
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(SourceError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            });
+            return;
+        }
+    };
+    let mut children: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) if !e.file_name().to_string_lossy().starts_with('.') => children.push(e.path()),
+            Ok(_) => {}
+            Err(e) => errors.push(SourceError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+    children.sort();
+    for child in children {
+        if files.len() > MAX_FILES {
+            return;
+        }
+        match fs::metadata(&child) {
+            Ok(m) if m.is_dir() => walk(&child, depth + 1, files, errors),
+            Ok(_) if is_yaml(&child) => files.push(child),
+            Ok(_) => {}
+            Err(e) => errors.push(SourceError::Io {
+                path: child,
+                source: e,
+            }),
+        }
+    }
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Reads a file as UTF-8, up to `MAX_FILE_BYTES`.
+pub fn read(path: &Path) -> Result<Text, SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        let size = fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        return Ok(Text::TooLarge(size));
+    }
+    String::from_utf8(bytes)
+        .map(Text::Ok)
+        .map_err(|e| SourceError::NotUtf8 {
+            path: path.to_path_buf(),
+            offset: e.utf8_error().valid_up_to(),
+        })
+}

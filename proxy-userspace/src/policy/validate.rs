@@ -1,0 +1,67 @@
+//! Validates one document: that it is a resource meshd reads, then its metadata and spec against
+//! the schema of its kind.
+
+use super::{
+    finding::Pos,
+    kinds::{self, KindInfo},
+    node::Node,
+    report::Report,
+    schema::{Obj, STR, Ty, common::METADATA, obj, opt, req},
+    walk,
+};
+
+/// The fields every resource has; `spec` is checked against the kind's own schema.
+static ENVELOPE: Obj = obj(&[
+    req("apiVersion", STR),
+    req("kind", STR),
+    req("metadata", Ty::Obj(&METADATA)),
+    opt("spec", Ty::Any),
+    opt("status", Ty::Any),
+]);
+
+/// Validates a document; returns its kind when it is one meshd reads (even if it has errors).
+pub fn document(root: &Node, r: &mut Report) -> Option<&'static KindInfo> {
+    if root.entries().is_none() {
+        r.error(
+            root.pos,
+            "",
+            format!(
+                "expected a resource (a mapping with apiVersion, kind, metadata and spec), got {}",
+                root.describe()
+            ),
+        );
+        return None;
+    }
+    let api = root.get("apiVersion").and_then(Node::as_str);
+    let kind = root.get("kind").and_then(Node::as_str);
+    let (Some(api), Some(kind)) = (api, kind) else {
+        // Report what is missing or mistyped through the envelope's own checks.
+        walk::check(root, &Ty::Obj(&ENVELOPE), "", root.pos, r);
+        return None;
+    };
+    let info = match kinds::resolve(api, kind) {
+        Ok(info) => info,
+        Err(msg) => {
+            let at = root.get("kind").map_or(root.pos, |n| n.pos);
+            r.error(at, "kind", msg);
+            return None;
+        }
+    };
+    walk::check(root, &Ty::Obj(&ENVELOPE), "", root.pos, r);
+    match root.entry("spec") {
+        Some(spec) => walk::check(&spec.value, &Ty::Obj(info.spec), "spec", spec.key_pos, r),
+        None if info.spec_optional => {}
+        None => r.error(root.pos, "", "missing required field \"spec\""),
+    }
+    Some(info)
+}
+
+/// Where the document's `metadata.name` is, for findings about the resource as a whole.
+pub fn name_pos(root: &Node) -> Pos {
+    root.get("metadata")
+        .and_then(|m| m.get("name"))
+        .map_or(root.pos, |n| n.pos)
+}
+
+#[cfg(test)]
+mod tests;

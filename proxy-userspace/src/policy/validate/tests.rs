@@ -1,0 +1,255 @@
+//! Validation of single documents: every finding, at the right line and column.
+
+use std::path::Path;
+
+use crate::policy::{LoadFailure, load_str};
+
+/// The findings for `text` as `line:col: severity: message`.
+fn check(text: &str) -> Vec<String> {
+    let findings = match load_str(Path::new("t.yaml"), text) {
+        Ok(set) => set.warnings,
+        Err(LoadFailure::Invalid(f)) => f,
+        Err(e) => panic!("{e}"),
+    };
+    findings
+        .into_iter()
+        .map(|f| format!("{}:{}: {}: {}", f.line, f.col, f.severity, f.message))
+        .collect()
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  http:\n{http}"
+    )
+}
+
+fn dr(policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: r\n  trafficPolicy:\n{policy}"
+    )
+}
+
+#[test]
+fn unknown_fields_point_at_the_key_and_suggest() {
+    let f = check(&dr(
+        "    connectionPol:\n      tcp: {maxConnections: 1}\n    loadBalancer: {simple: ROUND_ROBIN, bogus: 1}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "8:5: error: spec.trafficPolicy: unknown field \"connectionPol\", did you mean \"connectionPool\"?",
+            "10:41: error: spec.trafficPolicy.loadBalancer: unknown field \"bogus\" (known fields: simple, consistentHash, localityLbSetting, warmupDurationSecs, warmup)",
+        ]
+    );
+}
+
+#[test]
+fn every_finding_is_reported_not_just_the_first() {
+    let http = "  - route:\n    - destination: {host: r}\n      weight: -1\n    timeout: 2 seconds\n    retries: {attempts: 3, perTryTimeout: 0s, retryOn: sometimes}\n    fault:\n      abort: {percentage: {value: 150}}\n";
+    let f = check(&vs(http));
+    assert_eq!(
+        f,
+        [
+            "10:15: error: spec.http[0].route[0].weight: must be at least 0, got -1",
+            "11:14: error: spec.http[0].timeout: invalid duration \"2 seconds\": expected a number and a unit (ms, s, m, h), e.g. 250ms, 2s, 1.5h",
+            "12:43: error: spec.http[0].retries.perTryTimeout: must be greater than zero",
+            "12:56: error: spec.http[0].retries.retryOn: \"sometimes\" is not a retry condition: use HTTP status codes or 5xx, gateway-error, reset, reset-before-request, connect-failure, envoy-ratelimited, retriable-4xx, refused-stream, retriable-status-codes, retriable-headers, http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable",
+            "14:7: error: spec.http[0].fault.abort: set httpStatus or grpcStatus",
+            "14:35: error: spec.http[0].fault.abort.percentage.value: must be between 0 and 100, got 150",
+        ]
+    );
+}
+
+#[test]
+fn weights_must_sum_to_100() {
+    let split = "  - route:\n    - destination: {host: r, subset: a}\n      weight: 80\n    - destination: {host: r, subset: b}\n      weight: 10\n";
+    assert_eq!(
+        check(&vs(split)),
+        ["10:15: error: spec.http[0].route[0].weight: weights of a route must sum to 100, got 90"]
+    );
+    assert!(check(&vs(&split.replace("10\n", "20\n"))).is_empty());
+    let unset = "  - route:\n    - destination: {host: r, subset: a}\n    - destination: {host: r, subset: b}\n";
+    assert_eq!(
+        check(&vs(unset)),
+        [
+            "8:5: error: spec.http[0].route: weights of a route must sum to 100, got 0 (2 destination(s) have no weight, which counts as 0)"
+        ]
+    );
+    let single = "  - route:\n    - destination: {host: r}\n      weight: 50\n";
+    assert_eq!(check(&vs(single)).len(), 1);
+    let single_full = "  - route:\n    - destination: {host: r}\n      weight: 100\n";
+    assert!(check(&vs(single_full)).is_empty());
+    let single_plain = "  - route:\n    - destination: {host: r}\n";
+    assert!(check(&vs(single_plain)).is_empty());
+    let quoted = "  - route:\n    - destination: {host: r}\n      weight: \"100\"\n";
+    assert_eq!(
+        check(&vs(quoted)),
+        ["10:15: error: spec.http[0].route[0].weight: expected an integer, got the string \"100\""]
+    );
+}
+
+#[test]
+fn regexes_must_compile() {
+    let http = "  - match:\n    - uri: {regex: \"/api/(v1\"}\n      headers:\n        x-id: {regex: \"[0-9]+\"}\n    route: [{destination: {host: r}}]\n";
+    let f = check(&vs(http));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with(
+            "9:20: error: spec.http[0].match[0].uri.regex: invalid regex \"/api/(v1\": "
+        ),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn string_matches_take_exactly_one_kind() {
+    let http = "  - match:\n    - uri: {prefix: /a, exact: /b}\n      method: {}\n    route: [{destination: {host: r}}]\n";
+    let f = check(&vs(http));
+    assert_eq!(
+        f,
+        [
+            "9:25: error: spec.http[0].match[0].uri: \"prefix\" and \"exact\" cannot both be set (choose one of exact, prefix, regex)",
+            "10:7: error: spec.http[0].match[0].method: set one of exact, prefix or regex",
+        ]
+    );
+}
+
+#[test]
+fn connection_pool_and_outlier_limits() {
+    let policy = "    connectionPool:\n      tcp: {maxConnections: 0}\n      http: {http1MaxPendingRequests: -5, maxRequestsPerConnection: 0, http2MaxRequests: 99999999999}\n    outlierDetection: {consecutive5xxErrors: -1, interval: 0s, maxEjectionPercent: 0}\n";
+    let f = check(&dr(policy));
+    assert_eq!(
+        f,
+        [
+            "9:29: error: spec.trafficPolicy.connectionPool.tcp.maxConnections: must be at least 1, got 0 (a limit of 0 would refuse all traffic; omit the field for no limit)",
+            "10:39: error: spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests: must be at least 1, got -5 (a limit of 0 would refuse all traffic; omit the field for no limit)",
+            "10:90: error: spec.trafficPolicy.connectionPool.http.http2MaxRequests: must be at most 10000000, got 99999999999",
+            "11:46: error: spec.trafficPolicy.outlierDetection.consecutive5xxErrors: must be at least 0, got -1 (0 turns this detector off)",
+            "11:60: error: spec.trafficPolicy.outlierDetection.interval: must be greater than zero",
+            "11:84: warning: spec.trafficPolicy.outlierDetection.maxEjectionPercent: 0 means no endpoint is ever ejected, which turns outlier detection off",
+        ]
+    );
+}
+
+#[test]
+fn rate_limit_policy_limits() {
+    let rl = "apiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: rl}\nspec:\n  target: {host: r}\n  local: {maxTokens: 0, tokensPerFill: 5, fillInterval: 10ms}\n  global: {redis: redis, requestsPerUnit: 10, unit: day}\n  descriptors: [{}, {header: x-user, sourceWorkload: true}]\n";
+    let f = check(rl);
+    assert_eq!(
+        f,
+        [
+            "6:22: error: spec.local.maxTokens: must be at least 1, got 0 (0 would refuse every request; use an AuthorizationPolicy to deny)",
+            "6:57: error: spec.local.fillInterval: must be at least 50ms, got 10ms",
+            "7:19: error: spec.global.redis: \"redis\" is not host:port, e.g. redis.default:6379",
+            "7:53: error: spec.global.unit: \"day\" is not one of second, minute, hour",
+            "8:17: error: spec.descriptors[0]: set header: NAME or sourceWorkload: true to say what each bucket is counted by",
+            "8:38: error: spec.descriptors[1]: \"header\" and \"sourceWorkload\" cannot both be set (choose one of header, sourceWorkload)",
+        ]
+    );
+    let none = "apiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: rl}\nspec:\n  target: {host: r}\n";
+    assert_eq!(
+        check(none),
+        ["4:1: error: spec: set local, global or both: there is no limit otherwise"]
+    );
+}
+
+#[test]
+fn the_article_envoy_filter_points_to_rate_limit_policy() {
+    let text = r#"# istio-ratelimit.yaml
+apiVersion: networking.istio.io/v1beta1
+kind: EnvoyFilter
+metadata:
+  name: http-ratelimit
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch:
+      operation: INSERT_BEFORE
+"#;
+    let f = check(text);
+    assert_eq!(f.len(), 1);
+    assert!(
+        f[0].starts_with("3:7: error: kind: EnvoyFilter is not supported"),
+        "{f:?}"
+    );
+    assert!(f[0].contains("meshd.io/v1alpha1 RateLimitPolicy"));
+}
+
+#[test]
+fn envelope_problems() {
+    assert_eq!(
+        check(
+            "apiVersion: security.istio.io/v1alpha1\nkind: PeerAuthentication\nmetadata: {name: a}\n"
+        ),
+        [
+            "2:7: error: kind: PeerAuthentication is not served as apiVersion \"security.istio.io/v1alpha1\"; use security.istio.io/v1, security.istio.io/v1beta1"
+        ]
+    );
+    assert_eq!(
+        check("kind: VirtualService\nmetadata: {name: a}\n"),
+        ["1:1: error: missing required field \"apiVersion\""]
+    );
+    assert_eq!(
+        check(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: Bad_Name, namespace: default}\n"
+        ),
+        [
+            "1:1: error: missing required field \"spec\"",
+            "3:18: error: metadata.name: \"Bad_Name\" is not a valid name: use lower-case letters, digits, '-' and '.', at most 253 characters",
+        ]
+    );
+    assert_eq!(
+        check("- just\n- a list\n"),
+        [
+            "1:1: error: expected a resource (a mapping with apiVersion, kind, metadata and spec), got a list"
+        ]
+    );
+    // A PeerAuthentication without spec is valid: it applies the default (inherited) mode.
+    assert!(
+        check("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\n")
+            .is_empty()
+    );
+}
+
+#[test]
+fn kubectl_output_metadata_is_accepted() {
+    let text = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: a\n  uid: 5f0c\n  resourceVersion: \"12\"\n  creationTimestamp: \"2024-01-01T00:00:00Z\"\nspec: {mtls: {mode: STRICT}}\nstatus: {}\n";
+    assert!(check(text).is_empty());
+}
+
+#[test]
+fn enums_hint_at_the_right_case() {
+    let text = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a}\nspec: {mtls: {mode: strict}}\n";
+    assert_eq!(
+        check(text),
+        [
+            "4:21: error: spec.mtls.mode: \"strict\" is not one of UNSET, DISABLE, PERMISSIVE, STRICT (did you mean STRICT?)"
+        ]
+    );
+}
+
+#[test]
+fn warnings_do_not_fail_a_load() {
+    let http = "  - route: [{destination: {host: r}}]\n    mirrorPercentage: {value: 5}\n";
+    let f = check(&vs(http));
+    assert_eq!(
+        f,
+        [
+            "9:5: warning: spec.http[0].mirrorPercentage: has no effect without mirror (mirrors[] take their own percentage)"
+        ]
+    );
+}
+
+#[test]
+fn service_entry_rules() {
+    let text = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [\"*.x.com\"]\n  resolution: DNS\n  ports:\n  - {number: 80, name: http, protocol: http}\n  - {number: 80, name: web, protocol: SMTP}\n  endpoints: [{address: 10.0.0.1}]\n  workloadSelector: {labels: {app: s}}\n";
+    assert_eq!(
+        check(text),
+        [
+            "5:11: error: spec.hosts[0]: a wildcard host cannot be resolved with DNS resolution",
+            "9:5: error: spec.ports[1]: port 80 is declared twice",
+            "9:39: error: spec.ports[1].protocol: \"SMTP\" is not a protocol: use one of HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, MYSQL, REDIS, TCP, TLS, UDP",
+            "11:3: error: spec: \"endpoints\" and \"workloadSelector\" cannot both be set (choose one of endpoints, workloadSelector)",
+        ]
+    );
+}

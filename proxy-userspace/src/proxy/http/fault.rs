@@ -1,0 +1,107 @@
+//! Fault injection from a route's `fault`: a fixed delay (flag DI) and an abort with an HTTP or
+//! gRPC status (flag FI), each applied to a percentage of requests.
+
+use hyper::{Response, StatusCode, header::HeaderValue};
+
+use super::{Body, ResponseFlags, body};
+use crate::policy::model::{HttpFaultInjection, Percent};
+
+/// Whether this request is in the fault's percentage. `default` is what Istio gives a fault
+/// without one: a delay with neither `percentage` nor the deprecated `percent` becomes 0% in
+/// Envoy's config, an abort without `percentage` 100%.
+fn applies(p: Option<&Percent>, legacy: Option<u32>, default: f64) -> bool {
+    let pct = p
+        .map(|p| p.value)
+        .or(legacy.map(f64::from))
+        .unwrap_or(default);
+    pct >= 100.0 || (pct > 0.0 && fastrand::f64() * 100.0 < pct)
+}
+
+/// gRPC status names as Istio's `grpcStatus` spells them.
+fn grpc_code(name: &str) -> u32 {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    name.parse()
+        .ok()
+        .or_else(|| NAMES.iter().position(|n| *n == name).map(|i| i as u32))
+        .unwrap_or(2)
+}
+
+/// Applies the route's faults: sleeps an injected delay, then returns the abort response if one
+/// is injected.
+pub async fn inject(
+    fault: Option<&HttpFaultInjection>,
+    flags: &mut ResponseFlags,
+) -> Option<Response<Body>> {
+    let fault = fault?;
+    if let Some(d) = &fault.delay
+        && let Some(delay) = d.fixed_delay
+        && applies(d.percentage.as_ref(), d.percent, 0.0)
+    {
+        flags.insert(ResponseFlags::DELAY_INJECTED);
+        tokio::time::sleep(delay.0).await;
+    }
+    let a = fault.abort.as_ref()?;
+    if !applies(a.percentage.as_ref(), None, 100.0) {
+        return None;
+    }
+    flags.insert(ResponseFlags::FAULT_INJECTED);
+    let mut resp = Response::new(body::full("fault filter abort"));
+    if let Some(g) = &a.grpc_status {
+        // A trailers-only gRPC response: HTTP 200 carrying grpc-status in its headers.
+        resp.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        resp.headers_mut()
+            .insert("grpc-status", HeaderValue::from(grpc_code(g)));
+        resp.headers_mut().insert(
+            "grpc-message",
+            HeaderValue::from_static("fault filter abort"),
+        );
+        *resp.body_mut() = body::full("");
+    } else {
+        *resp.status_mut() = StatusCode::from_u16(a.http_status.unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_names() {
+        assert_eq!(grpc_code("UNAVAILABLE"), 14);
+        assert_eq!(grpc_code("14"), 14);
+        assert_eq!(grpc_code("CANCELLED"), 1);
+    }
+
+    #[test]
+    fn percentages() {
+        assert!(applies(Some(&Percent { value: 100.0 }), None, 0.0));
+        assert!(!applies(Some(&Percent { value: 0.0 }), None, 100.0));
+        assert!(applies(None, None, 100.0) && !applies(None, None, 0.0));
+        assert!(applies(None, Some(100), 0.0));
+        let hits = (0..10_000)
+            .filter(|_| applies(Some(&Percent { value: 50.0 }), None, 0.0))
+            .count();
+        assert!((4_500..5_500).contains(&hits), "{hits}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Requests that can be sent more than once (retries and mirrors): the head plus a body
+//! buffered up to a limit. A body that outgrows the limit is streamed instead, once.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::{
+    HeaderMap, Method, Request, Uri, Version,
+    body::{Frame, Incoming, SizeHint},
+};
+
+use super::{Body, body::BoxError, body::boxed};
+
+/// The largest request body kept for retries and mirrors (64 KiB).
+pub const RETRY_BUFFER: usize = 64 * 1024;
+
+/// A request whose body is in memory.
+#[derive(Clone)]
+pub struct Replayable {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Replayable {
+    pub fn build(&self) -> Request<Body> {
+        let mut req = Request::new(boxed(Replay {
+            data: Some(self.body.clone()),
+            trailers: self.trailers.clone(),
+        }));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+pub enum Prepared {
+    Replayable(Replayable),
+    /// Too big to keep: sent once, never retried or mirrored.
+    Streaming(Request<Body>),
+}
+
+/// Reads the body up to `limit` bytes. Bodies declared (Content-Length) or found larger stream.
+pub async fn prepare(req: Request<Incoming>, limit: usize) -> Result<Prepared, BoxError> {
+    let (parts, mut body) = req.into_parts();
+    let declared = hyper::body::Body::size_hint(&body).upper().unwrap_or(0);
+    if declared > limit as u64 {
+        return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(body))));
+    }
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit {
+                    let rest = Prefixed {
+                        prefix: Some(data.freeze()),
+                        rest: body,
+                    };
+                    return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(rest))));
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok(Prepared::Replayable(Replayable {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+        body: data.freeze(),
+        trailers,
+    }))
+}
+
+/// A buffered body: its data, then its trailers.
+struct Replay {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for Replay {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(d) = self.data.take().filter(|d| !d.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(|d| d.is_empty()) && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// What was read while buffering, followed by the rest of the downstream body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}

@@ -1,0 +1,199 @@
+//! Retries: which outcomes a route retries (Envoy's retry_on conditions), how many times, with
+//! what per-try timeout and exponential backoff with full jitter. The loop is generic over the
+//! attempt so it can be tested under paused time.
+
+use std::{future::Future, time::Duration};
+
+use crate::policy::model::HttpRetry;
+
+/// How an attempt ended, as far as retry conditions are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response arrived; `grpc` is its `grpc-status` header when present.
+    Response { status: u16, grpc: Option<u32> },
+    /// The upstream connection could not be opened.
+    ConnectFailure,
+    /// The upstream reset or closed before answering.
+    Reset,
+    /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
+    RefusedStream,
+    /// The per-try timeout expired.
+    Timeout,
+}
+
+/// Envoy's retry_on conditions meshd implements.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Conditions {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub reset: bool,
+    pub connect_failure: bool,
+    pub refused_stream: bool,
+    pub retriable_4xx: bool,
+    /// `retriable-status-codes` plus bare status codes in retryOn (Istio accepts both).
+    pub status_codes: Vec<u16>,
+    /// gRPC status codes: cancelled 1, deadline-exceeded 4, resource-exhausted 8, internal 13,
+    /// unavailable 14.
+    pub grpc: Vec<u32>,
+}
+
+impl Conditions {
+    pub fn parse(retry_on: &str) -> Conditions {
+        let mut c = Conditions::default();
+        for token in retry_on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match token {
+                "5xx" => c.five_xx = true,
+                "gateway-error" => c.gateway_error = true,
+                "reset" => c.reset = true,
+                "connect-failure" => c.connect_failure = true,
+                "refused-stream" => c.refused_stream = true,
+                "retriable-4xx" => c.retriable_4xx = true,
+                // Envoy takes the codes from x-envoy-retriable-status-codes; Istio's default
+                // policy means 503.
+                "retriable-status-codes" => c.status_codes.push(503),
+                "cancelled" => c.grpc.push(1),
+                "deadline-exceeded" => c.grpc.push(4),
+                "resource-exhausted" => c.grpc.push(8),
+                "internal" => c.grpc.push(13),
+                "unavailable" => c.grpc.push(14),
+                code => {
+                    if let Ok(n) = code.parse() {
+                        c.status_codes.push(n);
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    pub fn matches(&self, o: Outcome) -> bool {
+        match o {
+            Outcome::Response { status, grpc } => {
+                (self.five_xx && status >= 500)
+                    || (self.gateway_error && matches!(status, 502..=504))
+                    || (self.retriable_4xx && status == 409)
+                    || self.status_codes.contains(&status)
+                    || grpc.is_some_and(|g| self.grpc.contains(&g))
+            }
+            Outcome::ConnectFailure => self.connect_failure || self.five_xx || self.gateway_error,
+            Outcome::Reset => self.reset || self.five_xx,
+            Outcome::RefusedStream => self.refused_stream || self.five_xx,
+            Outcome::Timeout => self.five_xx || self.gateway_error || self.reset,
+        }
+    }
+}
+
+/// Backoff bounds when a route does not configure them.
+pub const BASE_BACKOFF: Duration = Duration::from_millis(25);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Istio's default when a route sets no retries: 2 retries on these conditions.
+const ISTIO_DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: Conditions,
+    pub base: Duration,
+    pub max: Duration,
+    /// Whether the route configured retries itself (false: Istio's default applies).
+    pub explicit: bool,
+}
+
+impl RetryPolicy {
+    pub fn from_spec(spec: Option<&HttpRetry>) -> RetryPolicy {
+        match spec {
+            None => RetryPolicy {
+                retries: 2,
+                per_try_timeout: None,
+                on: Conditions::parse(ISTIO_DEFAULT_RETRY_ON),
+                base: BASE_BACKOFF,
+                max: MAX_BACKOFF,
+                explicit: false,
+            },
+            Some(r) => {
+                let base = r
+                    .backoff
+                    .map(|d| d.0)
+                    .filter(|d| !d.is_zero())
+                    .unwrap_or(BASE_BACKOFF);
+                RetryPolicy {
+                    retries: r.attempts,
+                    per_try_timeout: r.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
+                    // Istio: attempts without retryOn retry on Envoy's default set.
+                    on: Conditions::parse(r.retry_on.as_deref().unwrap_or(ISTIO_DEFAULT_RETRY_ON)),
+                    base,
+                    max: if r.backoff.is_some() {
+                        base * 10
+                    } else {
+                        MAX_BACKOFF
+                    },
+                    explicit: true,
+                }
+            }
+        }
+    }
+
+    pub fn tries(&self) -> u32 {
+        self.retries + 1
+    }
+
+    /// Full jitter: uniform in [0, min(max, base * 2^retry)).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let ms = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(fastrand::u64(0..ms))
+    }
+}
+
+/// The last attempt's result, how many attempts ran, and whether retries ran out while the
+/// outcome was still retriable (flag URX).
+pub struct Attempts<T, E> {
+    pub last: Result<T, E>,
+    pub tries: u32,
+    pub exhausted: bool,
+}
+
+/// Runs `attempt(n)` (n = 1, 2, ...) until an outcome is not retriable or retries run out,
+/// sleeping the backoff between attempts and bounding each by the per-try timeout.
+pub async fn run<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    retriable_body: bool,
+    outcome: impl Fn(&Result<T, E>) -> Outcome,
+    on_timeout: impl Fn() -> E,
+    mut attempt: F,
+) -> Attempts<T, E>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let tries = if retriable_body { policy.tries() } else { 1 };
+    let mut n = 1;
+    loop {
+        let result = match policy.per_try_timeout {
+            Some(t) => tokio::time::timeout(t, attempt(n))
+                .await
+                .unwrap_or_else(|_| Err(on_timeout())),
+            None => attempt(n).await,
+        };
+        let retriable = policy.on.matches(outcome(&result));
+        if !retriable || n >= tries {
+            return Attempts {
+                last: result,
+                tries: n,
+                exhausted: retriable && n > 1,
+            };
+        }
+        tokio::time::sleep(policy.backoff(n - 1)).await;
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! Retry conditions, backoff bounds and the retry loop, under paused tokio time.
+
+use std::time::Duration;
+
+use super::*;
+
+fn policy(retries: u32, retry_on: &str, per_try: Option<Duration>) -> RetryPolicy {
+    RetryPolicy {
+        retries,
+        per_try_timeout: per_try,
+        on: Conditions::parse(retry_on),
+        base: BASE_BACKOFF,
+        max: MAX_BACKOFF,
+        explicit: true,
+    }
+}
+
+#[test]
+fn conditions() {
+    let c = Conditions::parse("5xx");
+    assert!(c.matches(Outcome::Response {
+        status: 503,
+        grpc: None
+    }));
+    assert!(c.matches(Outcome::Reset) && c.matches(Outcome::ConnectFailure));
+    assert!(!c.matches(Outcome::Response {
+        status: 404,
+        grpc: None
+    }));
+    let g = Conditions::parse("gateway-error");
+    assert!(g.matches(Outcome::Response {
+        status: 502,
+        grpc: None
+    }));
+    assert!(!g.matches(Outcome::Response {
+        status: 500,
+        grpc: None
+    }));
+    let r = Conditions::parse("retriable-4xx,retriable-status-codes,418");
+    assert!(r.matches(Outcome::Response {
+        status: 409,
+        grpc: None
+    }));
+    assert!(r.matches(Outcome::Response {
+        status: 503,
+        grpc: None
+    }));
+    assert!(r.matches(Outcome::Response {
+        status: 418,
+        grpc: None
+    }));
+    let grpc = Conditions::parse("unavailable,deadline-exceeded");
+    assert!(grpc.matches(Outcome::Response {
+        status: 200,
+        grpc: Some(14)
+    }));
+    assert!(!grpc.matches(Outcome::Response {
+        status: 200,
+        grpc: Some(13)
+    }));
+    let cf = Conditions::parse("connect-failure");
+    assert!(cf.matches(Outcome::ConnectFailure) && !cf.matches(Outcome::Reset));
+}
+
+#[test]
+fn istio_default_applies_without_a_retry_policy() {
+    let p = RetryPolicy::from_spec(None);
+    assert_eq!(p.tries(), 3);
+    assert!(!p.explicit);
+    assert!(p.on.matches(Outcome::ConnectFailure));
+    assert!(p.on.matches(Outcome::Response {
+        status: 503,
+        grpc: None
+    }));
+    assert!(!p.on.matches(Outcome::Response {
+        status: 500,
+        grpc: None
+    }));
+}
+
+#[test]
+fn backoff_is_jittered_below_an_exponential_cap() {
+    let p = policy(5, "5xx", None);
+    for retry in 0..8 {
+        let cap = (BASE_BACKOFF * 2u32.pow(retry)).min(MAX_BACKOFF);
+        for _ in 0..200 {
+            assert!(p.backoff(retry) < cap.max(Duration::from_millis(1)));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_until_success_and_sleeps_only_the_backoff() {
+    let p = policy(3, "5xx", None);
+    let start = tokio::time::Instant::now();
+    let outcome = |r: &Result<u16, ()>| match r {
+        Ok(s) => Outcome::Response {
+            status: *s,
+            grpc: None,
+        },
+        Err(()) => Outcome::Reset,
+    };
+    let a = run(
+        &p,
+        true,
+        outcome,
+        || (),
+        |n| async move { if n < 3 { Ok(503) } else { Ok(200) } },
+    )
+    .await;
+    assert_eq!((a.last, a.tries, a.exhausted), (Ok(200), 3, false));
+    // Two backoffs: below 25 ms and below 50 ms.
+    assert!(
+        start.elapsed() < Duration::from_millis(75),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_after_the_retries_and_reports_exhaustion() {
+    let p = policy(2, "5xx", None);
+    let outcome = |r: &Result<u16, ()>| match r {
+        Ok(s) => Outcome::Response {
+            status: *s,
+            grpc: None,
+        },
+        Err(()) => Outcome::Reset,
+    };
+    let a = run(&p, true, outcome, || (), |_| async { Ok(503) }).await;
+    assert_eq!((a.last, a.tries, a.exhausted), (Ok(503), 3, true));
+    let once = run(&p, false, outcome, || (), |_| async { Ok(503) }).await;
+    assert_eq!(once.tries, 1, "a body too large to buffer is not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_try_timeout_bounds_each_attempt() {
+    let p = policy(1, "5xx", Some(Duration::from_millis(100)));
+    let start = tokio::time::Instant::now();
+    let outcome = |r: &Result<u16, &str>| match r {
+        Ok(s) => Outcome::Response {
+            status: *s,
+            grpc: None,
+        },
+        Err(_) => Outcome::Timeout,
+    };
+    let a = run(
+        &p,
+        true,
+        outcome,
+        || "timeout",
+        |n| async move {
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok(200)
+        },
+    )
+    .await;
+    assert_eq!((a.last, a.tries), (Ok(200), 2));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(130),
+        "{took:?}"
+    );
+}

@@ -1,0 +1,215 @@
+//! Routing one request against the active snapshot: find the host's VirtualService, take the
+//! first matching route, and turn its action into a decision: answer directly, redirect, or
+//! forward to an endpoint picked from the destination's cluster.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use crate::{
+    config::{Cluster, Snapshot},
+    routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
+};
+
+/// What to do with a request.
+pub enum Decision<'s> {
+    /// No VirtualService covers the host: forward to the original destination unchanged.
+    Passthrough,
+    /// A VirtualService covers the host but no route matched: 404, flag NR.
+    NoRoute {
+        host: String,
+    },
+    Direct {
+        status: u16,
+        body: String,
+    },
+    Redirect {
+        status: u16,
+        location: String,
+    },
+    Forward {
+        route: &'s HttpRoute,
+        destination: &'s Destination,
+    },
+}
+
+/// The forms a request's host may take, most specific first: the authority's host as given,
+/// then completed as a Kubernetes service name in the client's namespace, then the service
+/// whose VIP the client connected to.
+pub fn host_candidates(
+    authority: &str,
+    client_ns: &str,
+    dst: SocketAddr,
+    snap: &Snapshot,
+) -> Vec<String> {
+    let host = host_of(authority);
+    let mut out = vec![host.clone()];
+    match host.matches('.').count() {
+        0 if !host.is_empty() => out.push(format!("{host}.{client_ns}.svc.cluster.local")),
+        1 if host.parse::<IpAddr>().is_err() => out.push(format!("{host}.svc.cluster.local")),
+        2 if host.ends_with(".svc") => out.push(format!("{host}.cluster.local")),
+        _ => {}
+    }
+    if let Some(vip_host) = snap.compiled.vips.get(&dst.ip()) {
+        out.push(vip_host.clone());
+    }
+    out
+}
+
+/// Picks a destination by weight (Istio weights sum to 100 across a route's destinations).
+pub fn pick_weighted(destinations: &[Destination]) -> Option<&Destination> {
+    let total: u32 = destinations.iter().map(|d| d.weight).sum();
+    if total == 0 {
+        return destinations.first();
+    }
+    let mut n = fastrand::u32(0..total);
+    destinations.iter().find(|d| {
+        if n < d.weight {
+            true
+        } else {
+            n -= d.weight;
+            false
+        }
+    })
+}
+
+pub fn decide<'s>(
+    snap: &'s Snapshot,
+    candidates: &[String],
+    view: &RequestView<'_>,
+) -> Decision<'s> {
+    let Some((host, routes)) = candidates
+        .iter()
+        .find_map(|h| snap.compiled.routes.lookup(h).map(|r| (h.clone(), r)))
+    else {
+        return Decision::Passthrough;
+    };
+    let Some(route) = routes.first_match(view) else {
+        return Decision::NoRoute { host };
+    };
+    if let Some(d) = &route.spec.direct_response {
+        let body = d
+            .body
+            .as_ref()
+            .and_then(|b| b.string.clone())
+            .unwrap_or_default();
+        return Decision::Direct {
+            status: d.status,
+            body,
+        };
+    }
+    if let Some(r) = &route.spec.redirect {
+        let scheme = r.scheme.as_deref().unwrap_or(view.scheme);
+        let authority = match (&r.authority, r.port) {
+            (Some(a), Some(p)) => format!("{a}:{p}"),
+            (Some(a), None) => a.clone(),
+            (None, Some(p)) => format!("{}:{p}", host_of(view.authority)),
+            (None, None) => view.authority.to_string(),
+        };
+        let path = r.uri.as_deref().unwrap_or(view.path);
+        return Decision::Redirect {
+            status: r.redirect_code.unwrap_or(301),
+            location: format!("{scheme}://{authority}{path}"),
+        };
+    }
+    match pick_weighted(&route.destinations) {
+        Some(destination) => Decision::Forward { route, destination },
+        None => Decision::NoRoute { host },
+    }
+}
+
+/// The path after `rewrite.uri`: a prefix match has its prefix replaced, otherwise the whole
+/// path is (Istio semantics).
+pub fn rewrite_path(route: &HttpRoute, view: &RequestView<'_>, replacement: &str) -> String {
+    let prefix = route
+        .matches
+        .iter()
+        .find(|m| m.matches(view))
+        .and_then(|m| match &m.uri {
+            Some(StringMatcher::Prefix(p)) => Some(p.clone()),
+            _ => None,
+        });
+    match prefix {
+        Some(p) if view.path.len() >= p.len() => format!("{replacement}{}", &view.path[p.len()..]),
+        _ => replacement.to_string(),
+    }
+}
+
+/// Why no endpoint could be chosen (flag UH).
+#[derive(Debug, thiserror::Error)]
+pub enum NoEndpoint {
+    #[error("no healthy upstream: {host} has no endpoints{subset}")]
+    Empty { host: String, subset: String },
+    #[error("no healthy upstream: {host} has no subset {subset}")]
+    UnknownSubset { host: String, subset: String },
+    #[error("no healthy upstream: {host} is not a known service and not the requested host")]
+    UnknownHost { host: String },
+}
+
+/// Where to send a request for `dest`: an endpoint of its cluster (round robin by `turn`), or
+/// the original destination when the route sends the request to the host it asked for and no
+/// ServiceEntry describes that host.
+pub fn target(
+    snap: &Snapshot,
+    dest: &Destination,
+    requested: &[String],
+    dst: SocketAddr,
+    turn: usize,
+) -> Result<SocketAddr, NoEndpoint> {
+    let port = dest.port.unwrap_or(dst.port());
+    let Some(cluster) = snap
+        .compiled
+        .clusters
+        .get(&dest.host)
+        .filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
+    else {
+        if requested.contains(&dest.host) {
+            return Ok(SocketAddr::new(dst.ip(), port));
+        }
+        if let Ok(ip) = dest.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        return Err(NoEndpoint::UnknownHost {
+            host: dest.host.clone(),
+        });
+    };
+    let members: Vec<usize> = match &dest.subset {
+        Some(s) => cluster
+            .subsets
+            .get(s)
+            .cloned()
+            .ok_or_else(|| NoEndpoint::UnknownSubset {
+                host: dest.host.clone(),
+                subset: s.clone(),
+            })?,
+        None => (0..cluster.endpoints.len()).collect(),
+    };
+    if members.is_empty() {
+        let subset = dest
+            .subset
+            .as_ref()
+            .map(|s| format!(" in subset {s}"))
+            .unwrap_or_default();
+        return Err(NoEndpoint::Empty {
+            host: dest.host.clone(),
+            subset,
+        });
+    }
+    let e = &cluster.endpoints[members[turn % members.len()]];
+    let target_port = endpoint_port(cluster, &e.ports, port);
+    let ip: IpAddr = e.address.parse().map_err(|_| NoEndpoint::UnknownHost {
+        host: e.address.clone(),
+    })?;
+    Ok(SocketAddr::new(ip, target_port))
+}
+
+/// The endpoint's port for a service port: by the port's name in the endpoint's `ports`, else
+/// the service port's `targetPort`-less number.
+fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port: u16) -> u16 {
+    cluster
+        .ports
+        .get(&service_port)
+        .and_then(|(name, _)| ports.get(name).copied())
+        .unwrap_or(service_port)
+}

@@ -1,0 +1,245 @@
+//! Sending a routed request upstream under the route's policy: mirrors fire first, then
+//! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
+//! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
+
+use std::{error::Error as _, net::SocketAddr, sync::atomic::Ordering};
+
+use hyper::{Request, Response, body::Incoming, header::HeaderValue};
+
+use super::{
+    Body, Downstream, HttpContext, ResponseFlags,
+    forward::local,
+    pool::UpstreamError,
+    replay::{self, Prepared, RETRY_BUFFER},
+    retry::{self, Outcome, RetryPolicy},
+    route::{self, NoEndpoint},
+};
+use crate::{
+    config::Snapshot,
+    policy::hosts::fqdn,
+    routes::{Destination, HttpRoute},
+};
+
+/// Where a request goes and under which route.
+pub struct Plan<'a> {
+    pub snap: &'a Snapshot,
+    pub route: Option<&'a HttpRoute>,
+    pub destination: Option<&'a Destination>,
+    pub candidates: &'a [String],
+    pub authority: &'a str,
+    pub h2: bool,
+}
+
+impl Plan<'_> {
+    /// The endpoint for attempt `n`: successive attempts rotate through the cluster, so a
+    /// retry prefers a different endpoint than the one that failed.
+    pub fn target(&self, down: &Downstream, turn: usize) -> Result<SocketAddr, NoEndpoint> {
+        match self.destination {
+            Some(d) => route::target(self.snap, d, self.candidates, down.dst, turn),
+            None => Ok(down.dst),
+        }
+    }
+}
+
+/// Why an attempt produced no response.
+#[derive(Debug)]
+enum Failed {
+    NoEndpoint(NoEndpoint),
+    Upstream(UpstreamError),
+    PerTryTimeout,
+}
+
+fn outcome(r: &Result<Response<Incoming>, Failed>) -> Outcome {
+    match r {
+        Ok(resp) => Outcome::Response {
+            status: resp.status().as_u16(),
+            grpc: resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        },
+        // Envoy does not retry "no healthy upstream".
+        Err(Failed::NoEndpoint(_)) => Outcome::Response {
+            status: 0,
+            grpc: None,
+        },
+        Err(Failed::PerTryTimeout) => Outcome::Timeout,
+        Err(Failed::Upstream(UpstreamError::Send { source, .. })) if refused_stream(source) => {
+            Outcome::RefusedStream
+        }
+        Err(Failed::Upstream(UpstreamError::Send { .. })) => Outcome::Reset,
+        Err(Failed::Upstream(_)) => Outcome::ConnectFailure,
+    }
+}
+
+/// Whether an HTTP/2 upstream refused the stream (it did not process the request).
+fn refused_stream(e: &hyper::Error) -> bool {
+    e.source()
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)
+}
+
+pub fn no_endpoint(e: NoEndpoint, flags: &mut ResponseFlags) -> Response<Body> {
+    flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
+    tracing::warn!(error = %e, "no endpoint");
+    local(503, "no healthy upstream".into(), None)
+}
+
+pub fn upstream_failed(
+    e: &UpstreamError,
+    flags: &mut ResponseFlags,
+    exhausted: bool,
+) -> Response<Body> {
+    flags.insert(e.flag());
+    if exhausted {
+        flags.insert(ResponseFlags::RETRY_LIMIT);
+    }
+    tracing::warn!(error = %e, "upstream request failed");
+    local(
+        503,
+        format!(
+            "upstream connect error or disconnect/reset before headers. reset reason: {}",
+            e.reset_reason()
+        ),
+        None,
+    )
+}
+
+fn timed_out(flags: &mut ResponseFlags) -> Response<Body> {
+    flags.insert(ResponseFlags::UPSTREAM_TIMEOUT);
+    local(504, "upstream request timeout".into(), None)
+}
+
+/// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`).
+fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::Replayable) {
+    let Some(route) = plan.route else { return };
+    let spec = &route.spec;
+    let ns = route.origin.split('/').next().unwrap_or("default");
+    let single = spec
+        .mirror
+        .as_ref()
+        .map(|d| (d, spec.mirror_percentage.as_ref()));
+    let many = spec
+        .mirrors
+        .iter()
+        .map(|m| (&m.destination, m.percentage.as_ref()));
+    for (dest, pct) in single.into_iter().chain(many) {
+        let pct = pct.map_or(100.0, |p| p.value);
+        if pct < 100.0 && fastrand::f64() * 100.0 >= pct {
+            continue;
+        }
+        let d = Destination {
+            host: fqdn(&dest.host, ns),
+            subset: dest.subset.clone(),
+            port: dest.port.as_ref().map(|p| p.number),
+            weight: 100,
+            headers: None,
+        };
+        match route::target(
+            plan.snap,
+            &d,
+            plan.candidates,
+            down.dst,
+            ctx.turn.fetch_add(1, Ordering::Relaxed),
+        ) {
+            Ok(t) => ctx.mirrors.send(
+                ctx.pool.clone(),
+                &ctx.metrics,
+                t,
+                plan.h2,
+                req.clone(),
+                plan.authority,
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "mirror has no endpoint");
+                ctx.metrics.mirror("dropped");
+            }
+        }
+    }
+}
+
+pub async fn with_policy(
+    plan: Plan<'_>,
+    req: Request<Incoming>,
+    down: &Downstream,
+    ctx: &HttpContext,
+    flags: &mut ResponseFlags,
+) -> Response<Body> {
+    let policy = RetryPolicy::from_spec(plan.route.and_then(|r| r.spec.retries.as_ref()));
+    let route_timeout = plan
+        .route
+        .and_then(|r| r.spec.timeout)
+        .map(|t| t.0)
+        .filter(|t| !t.is_zero());
+    let (replayable, mut once) = match replay::prepare(req, RETRY_BUFFER).await {
+        Ok(Prepared::Replayable(r)) => (Some(r), None),
+        Ok(Prepared::Streaming(r)) => (None, Some(r)),
+        Err(e) => {
+            flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
+            tracing::debug!(error = %e, "reading the request body failed");
+            return local(400, "request body could not be read".into(), None);
+        }
+    };
+    match &replayable {
+        Some(r) => mirror(&plan, down, ctx, r),
+        None if plan
+            .route
+            .is_some_and(|r| r.spec.mirror.is_some() || !r.spec.mirrors.is_empty()) =>
+        {
+            ctx.metrics.mirror("dropped");
+        }
+        None => {}
+    }
+    let first = ctx.turn.fetch_add(1, Ordering::Relaxed);
+    let attempts = retry::run(
+        &policy,
+        replayable.is_some(),
+        outcome,
+        || Failed::PerTryTimeout,
+        |n| {
+            let mut req = match (&replayable, once.take()) {
+                (Some(r), _) => r.build(),
+                (None, Some(req)) => req,
+                (None, None) => unreachable!("a streamed request is attempted once"),
+            };
+            req.headers_mut()
+                .insert("x-envoy-attempt-count", HeaderValue::from(n));
+            let target = plan.target(down, first + n as usize - 1);
+            async move {
+                let target = target.map_err(Failed::NoEndpoint)?;
+                ctx.pool
+                    .send(target, plan.h2, req)
+                    .await
+                    .map_err(Failed::Upstream)
+            }
+        },
+    );
+    let attempts = match route_timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(a) => a,
+            Err(_) => return timed_out(flags),
+        },
+        None => attempts.await,
+    };
+    if attempts.tries > 1 {
+        ctx.metrics.retries(u64::from(attempts.tries - 1));
+    }
+    match attempts.last {
+        Ok(resp) => {
+            if attempts.exhausted {
+                flags.insert(ResponseFlags::RETRY_LIMIT);
+            }
+            resp.map(super::body::boxed)
+        }
+        Err(Failed::NoEndpoint(e)) => no_endpoint(e, flags),
+        Err(Failed::Upstream(e)) => upstream_failed(&e, flags, attempts.exhausted),
+        Err(Failed::PerTryTimeout) => {
+            if attempts.exhausted {
+                flags.insert(ResponseFlags::RETRY_LIMIT);
+            }
+            timed_out(flags)
+        }
+    }
+}

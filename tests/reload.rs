@@ -1,0 +1,154 @@
+//! Hot reload end to end: a running meshd picks up a valid policy edit within a second, rejects
+//! an invalid one as a whole (keeping the last good snapshot), survives a config directory that
+//! disappears, and reloads on SIGHUP.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Daemon, ebpf_available, eventually};
+
+const SERVICE: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+  namespace: default
+spec:
+  hosts:
+  - reviews.default.svc.cluster.local
+  addresses:
+  - 127.0.0.50
+  ports:
+  - number: 9080
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.51
+"#;
+
+const ROUTE_V1: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+  namespace: default
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+      weight: 100
+"#;
+
+fn dump(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.get("/config_dump")).expect("config_dump is JSON")
+}
+
+fn generation(d: &Daemon) -> u64 {
+    dump(d)["snapshot"]["generation"]
+        .as_u64()
+        .expect("snapshot.generation")
+}
+
+#[test]
+fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config() {
+    if !ebpf_available("reload") {
+        return;
+    }
+    let dir = std::env::temp_dir().join("meshd-test-reload-config");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("service.yaml"), SERVICE).unwrap();
+    let d = Daemon::start("reload", 21, &["--config", dir.to_str().unwrap()]);
+    let first = dump(&d);
+    let gen1 = first["snapshot"]["generation"].as_u64().unwrap();
+    let hash1 = first["snapshot"]["hash"].as_str().unwrap().to_string();
+    assert!(first["snapshot"]["applied_unix_ms"].as_u64().unwrap() > 0);
+
+    // A valid addition is applied within a second.
+    std::fs::write(dir.join("route.yaml"), ROUTE_V1).unwrap();
+    let t = std::time::Instant::now();
+    eventually(Duration::from_secs(1), || {
+        (generation(&d) > gen1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("valid edit not applied within 1s; log:\n{}", d.log_text()));
+    eprintln!("valid edit applied after {:?}", t.elapsed());
+    let second = dump(&d);
+    let gen2 = second["snapshot"]["generation"].as_u64().unwrap();
+    assert_ne!(second["snapshot"]["hash"].as_str().unwrap(), hash1);
+    assert_eq!(
+        d.metric(r#"meshd_config_reload_total{result="success"}"#),
+        1.0
+    );
+
+    // An invalid edit is rejected as a whole, logged with file:line, and counted.
+    std::fs::write(
+        dir.join("route.yaml"),
+        ROUTE_V1.replace("weight: 100", "weight: 100\n      wieght: 5"),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="failure"}"#) >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("invalid edit not reported; log:\n{}", d.log_text()));
+    assert_eq!(generation(&d), gen2, "the last good snapshot stays active");
+    let log = d.log_text();
+    assert!(
+        log.contains("route.yaml:14:"),
+        "the rejection names file:line; log:\n{log}"
+    );
+
+    // A directory that disappears keeps the last good config too.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(generation(&d), gen2);
+    assert_eq!(support::http_get(d.admin, "/ready").unwrap().0, 200);
+
+    // Putting a valid config back and sending SIGHUP applies it.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("service.yaml"), SERVICE).unwrap();
+    d.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), || {
+        (generation(&d) > gen2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("SIGHUP did not reload; log:\n{}", d.log_text()));
+    assert_eq!(
+        dump(&d)["snapshot"]["hash"].as_str().unwrap(),
+        hash1,
+        "same files, same hash"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_invalid_config_at_start_fails_with_every_finding() {
+    if !ebpf_available("reload_start") {
+        return;
+    }
+    let dir = std::env::temp_dir().join("meshd-test-reload-bad-start");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("bad.yaml"),
+        ROUTE_V1
+            .replace("weight: 100", "weight: 90")
+            .replace("hosts:\n  - reviews", "hosts:\n  - reviews\n  gatways: [x]"),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn("reload-bad-start", 22, &["--config", dir.to_str().unwrap()]);
+    let status = d.wait_failed(Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(64),
+        "invalid config exits with EX_USAGE"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("bad.yaml:9:"),
+        "unknown field reported; log:\n{log}"
+    );
+    assert!(log.contains("100"), "weight sum reported; log:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,221 @@
+//! Resilience and traffic shaping on captured traffic: retries (503 and resets), giving up with
+//! URX, route timeouts (UT), fault injection at 50% (DI, FI) and mirroring at 100% and 0%.
+
+mod support;
+
+use std::time::Instant;
+
+use support::{
+    backend::Backend,
+    ebpf_available,
+    http_backend::HttpBackend,
+    mesh::{curl, curl_many, policies, start},
+};
+
+const TO_V1: &str = "    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+
+#[test]
+fn retries_recover_from_a_first_attempt_503_and_give_up_with_urx() {
+    if !ebpf_available("retries") {
+        return;
+    }
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let routes = format!("  - retries:\n      attempts: 2\n      retryOn: 5xx\n{TO_V1}");
+    let d = start("retries", 51, &policies(&v1, &v2, &routes));
+    let ok = curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/fail-first/1",
+        ],
+    );
+    assert_eq!(ok, "200", "the retry recovered");
+    assert_eq!(
+        v1.max_attempt(),
+        2,
+        "x-envoy-attempt-count was set on the retry"
+    );
+    let before = v1.requests();
+    let failed = curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/status/503",
+        ],
+    );
+    assert_eq!(failed, "503", "the client sees the last upstream response");
+    assert_eq!(v1.requests() - before, 3, "one attempt and two retries");
+    assert!(
+        d.log_text().contains("status=503 flags=URX"),
+        "URX recorded; log:\n{}",
+        d.log_text()
+    );
+    assert!(d.metric("meshd_http_retries_total") >= 3.0);
+}
+
+#[test]
+fn a_reset_is_retried_on_another_endpoint() {
+    if !ebpf_available("retry_reset") {
+        return;
+    }
+    // v1 resets every connection, v2 answers; the route spreads over both endpoints.
+    let resetting = Backend::resetting("127.0.0.1:0");
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let yaml = policies(&v1, &v2, "  - retries:\n      attempts: 3\n      retryOn: reset,connect-failure\n    route:\n    - destination:\n        host: reviews\n")
+        .replace(&format!("http: {}\n", v1.addr.port()), &format!("http: {}\n", resetting.addr.port()));
+    let d = start("retry-reset", 52, &yaml);
+    for _ in 0..6 {
+        let code = curl(
+            &d,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://reviews:9080/whoami",
+            ],
+        );
+        assert_eq!(code, "200");
+    }
+    assert_eq!(
+        v2.requests(),
+        6,
+        "every request ended on the healthy endpoint"
+    );
+    assert!(
+        resetting.accepted() >= 1,
+        "some first attempts hit the resetting endpoint"
+    );
+}
+
+#[test]
+fn a_route_timeout_returns_504_ut() {
+    if !ebpf_available("timeout") {
+        return;
+    }
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let routes = format!("  - timeout: 300ms\n{TO_V1}");
+    let d = start("timeout", 53, &policies(&v1, &v2, &routes));
+    let t = Instant::now();
+    let code = curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/sleep/3000",
+        ],
+    );
+    assert_eq!(code, "504");
+    assert!(
+        t.elapsed().as_millis() < 2500,
+        "answered at the timeout, not after the backend"
+    );
+    assert!(d.log_text().contains("status=504 flags=UT"));
+}
+
+#[test]
+fn fault_abort_and_delay_at_50_percent() {
+    if !ebpf_available("faults") {
+        return;
+    }
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let routes = format!(
+        "  - match:\n    - uri:\n        prefix: /abort\n    fault:\n      abort:\n        httpStatus: 418\n        percentage:\n          value: 50\n{TO_V1}  - fault:\n      delay:\n        fixedDelay: 200ms\n        percentage:\n          value: 50\n{TO_V1}"
+    );
+    let d = start("faults", 54, &policies(&v1, &v2, &routes));
+    let n = 400;
+    let codes = curl_many(&d, "http://reviews:9080/abort", n, "%{http_code}\\n");
+    let aborted = codes.iter().filter(|c| *c == "418").count();
+    // Binomial(400, 0.5): mean 200, sd 10.
+    assert!((150..=250).contains(&aborted), "{aborted} of {n} aborted");
+    assert_eq!(codes.iter().filter(|c| *c == "200").count(), n - aborted);
+
+    let m = 60;
+    let times = curl_many(&d, "http://reviews:9080/delayed", m, "%{time_total}\\n");
+    let delayed = times
+        .iter()
+        .filter_map(|t| t.parse::<f64>().ok())
+        .filter(|t| *t >= 0.19)
+        .count();
+    // Binomial(60, 0.5): mean 30, sd 3.9.
+    assert!((12..=48).contains(&delayed), "{delayed} of {m} delayed");
+    let log = d.log_text();
+    assert!(
+        log.contains("flags=FI") && log.contains("flags=DI"),
+        "flags recorded"
+    );
+}
+
+#[test]
+fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
+    if !ebpf_available("mirror") {
+        return;
+    }
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let routes = format!(
+        "  - match:\n    - uri:\n        prefix: /all\n    mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 100\n{TO_V1}  - mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 0\n{TO_V1}"
+    );
+    let d = start("mirror", 55, &policies(&v1, &v2, &routes));
+    for _ in 0..20 {
+        assert_eq!(
+            curl(
+                &d,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://reviews:9080/all"
+                ]
+            ),
+            "200"
+        );
+        assert_eq!(
+            curl(
+                &d,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://reviews:9080/none"
+                ]
+            ),
+            "200"
+        );
+    }
+    // Mirrors are fire-and-forget: give the last copies a moment to land.
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (v2.requests() >= 20).then_some(())
+    });
+    assert_eq!(v1.requests(), 40, "the primary got every request");
+    assert_eq!(v2.requests(), 20, "100% mirrored for /all, 0% for the rest");
+    assert_eq!(
+        v2.shadow_requests(),
+        20,
+        "mirrored requests carry the -shadow host"
+    );
+}
