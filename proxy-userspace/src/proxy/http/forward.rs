@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, body, fault, headers,
+    lb::{self, Algorithm, HashInputs},
     pool::UpstreamError,
     route::{self, Decision},
     send,
@@ -224,16 +225,20 @@ async fn forward(
         }
         parts.version = Version::HTTP_11;
     }
-    let req = Request::from_parts(parts, body);
 
-    let plan = send::Plan {
-        snap: &snap,
-        route,
-        destination,
-        candidates: &candidates,
-        authority: &upstream_authority,
-        h2,
+    let (endpoints, algo) = match destination {
+        None => (Ok(vec![down.dst]), Algorithm::RoundRobin),
+        Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
+            Ok((e, lb_settings)) => {
+                let lookup = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+                let inputs = HashInputs { header: &lookup, query: parts.uri.query(), source_ip: down.peer.ip() };
+                (Ok(e), lb::algorithm(lb_settings, &inputs))
+            }
+            Err(e) => (Err(e), Algorithm::RoundRobin),
+        },
     };
+    let req = Request::from_parts(parts, body);
+    let plan = send::Plan { snap: &snap, route, candidates: &candidates, authority: &upstream_authority, h2, endpoints, algo };
     let mut resp = match downstream_upgrade {
         Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, flags).await,
         None => send::with_policy(plan, req, down, ctx, flags).await,
@@ -252,7 +257,8 @@ async fn upgrade_once(
     plan: &send::Plan<'_>,
     flags: &mut ResponseFlags,
 ) -> Response<Body> {
-    let target = match plan.target(down, 0) {
+    let _ = down;
+    let target = match plan.target(ctx, None) {
         Ok(t) => t,
         Err(e) => return send::no_endpoint(e, flags),
     };

@@ -6,6 +6,7 @@ mod fault;
 mod flags;
 mod forward;
 mod headers;
+mod lb;
 mod mirror;
 mod pool;
 mod replay;
@@ -15,7 +16,7 @@ mod send;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicUsize},
+    sync::Arc,
     time::Duration,
 };
 
@@ -41,8 +42,8 @@ pub struct HttpContext {
     pub max_header_bytes: usize,
     /// The active policy snapshot; each request reads it once and keeps it to the end.
     pub config: Arc<ConfigStore>,
-    /// Round-robin position for endpoint selection.
-    pub turn: AtomicUsize,
+    /// Endpoint selection state (round-robin position, in-flight requests per endpoint).
+    pub lb: lb::Balancer,
 }
 
 impl HttpContext {
@@ -58,7 +59,7 @@ impl HttpContext {
             metrics,
             max_header_bytes,
             config,
-            turn: AtomicUsize::new(0),
+            lb: lb::Balancer::default(),
         })
     }
 }

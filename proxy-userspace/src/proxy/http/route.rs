@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     config::{Cluster, Snapshot},
+    policy::model::{LoadBalancer, TrafficPolicy},
     routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
 };
 
@@ -137,7 +138,7 @@ pub fn rewrite_path(route: &HttpRoute, view: &RequestView<'_>, replacement: &str
 }
 
 /// Why no endpoint could be chosen (flag UH).
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NoEndpoint {
     #[error("no healthy upstream: {host} has no endpoints{subset}")]
     Empty { host: String, subset: String },
@@ -147,61 +148,63 @@ pub enum NoEndpoint {
     UnknownHost { host: String },
 }
 
-/// Where to send a request for `dest`: an endpoint of its cluster (round robin by `turn`), or
-/// the original destination when the route sends the request to the host it asked for and no
-/// ServiceEntry describes that host.
-pub fn target(
-    snap: &Snapshot,
+/// The endpoints a request for `dest` may go to (ports already mapped), and the load-balancer
+/// settings that apply. When no ServiceEntry describes the host, and the route sends the request
+/// to the host it asked for, the original destination is the only endpoint.
+pub fn endpoints<'s>(
+    snap: &'s Snapshot,
     dest: &Destination,
     requested: &[String],
     dst: SocketAddr,
-    turn: usize,
-) -> Result<SocketAddr, NoEndpoint> {
+) -> Result<(Vec<SocketAddr>, Option<&'s LoadBalancer>), NoEndpoint> {
     let port = dest.port.unwrap_or(dst.port());
-    let Some(cluster) = snap
-        .compiled
-        .clusters
-        .get(&dest.host)
-        .filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
+    let Some(cluster) = snap.compiled.clusters.get(&dest.host).filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
         if requested.contains(&dest.host) {
-            return Ok(SocketAddr::new(dst.ip(), port));
+            return Ok((vec![SocketAddr::new(dst.ip(), port)], None));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
-            return Ok(SocketAddr::new(ip, port));
+            return Ok((vec![SocketAddr::new(ip, port)], None));
         }
-        return Err(NoEndpoint::UnknownHost {
-            host: dest.host.clone(),
-        });
+        return Err(NoEndpoint::UnknownHost { host: dest.host.clone() });
     };
     let members: Vec<usize> = match &dest.subset {
         Some(s) => cluster
             .subsets
             .get(s)
             .cloned()
-            .ok_or_else(|| NoEndpoint::UnknownSubset {
-                host: dest.host.clone(),
-                subset: s.clone(),
-            })?,
+            .ok_or_else(|| NoEndpoint::UnknownSubset { host: dest.host.clone(), subset: s.clone() })?,
         None => (0..cluster.endpoints.len()).collect(),
     };
-    if members.is_empty() {
-        let subset = dest
-            .subset
-            .as_ref()
-            .map(|s| format!(" in subset {s}"))
-            .unwrap_or_default();
-        return Err(NoEndpoint::Empty {
-            host: dest.host.clone(),
-            subset,
-        });
+    let addrs: Vec<SocketAddr> = members
+        .iter()
+        .filter_map(|&i| {
+            let e = &cluster.endpoints[i];
+            let ip: IpAddr = e.address.parse().ok()?;
+            Some(SocketAddr::new(ip, endpoint_port(cluster, &e.ports, port)))
+        })
+        .collect();
+    if addrs.is_empty() {
+        let subset = dest.subset.as_ref().map(|s| format!(" in subset {s}")).unwrap_or_default();
+        return Err(NoEndpoint::Empty { host: dest.host.clone(), subset });
     }
-    let e = &cluster.endpoints[members[turn % members.len()]];
-    let target_port = endpoint_port(cluster, &e.ports, port);
-    let ip: IpAddr = e.address.parse().map_err(|_| NoEndpoint::UnknownHost {
-        host: e.address.clone(),
-    })?;
-    Ok(SocketAddr::new(ip, target_port))
+    Ok((addrs, load_balancer(cluster, dest.subset.as_deref(), port)))
+}
+
+/// The most specific load-balancer setting: the subset's port-level, the subset's, the
+/// rule's port-level, then the rule's.
+fn load_balancer<'s>(cluster: &'s Cluster, subset: Option<&str>, port: u16) -> Option<&'s LoadBalancer> {
+    let of = |p: &'s TrafficPolicy| {
+        p.port_level_settings
+            .iter()
+            .find(|s| s.port.as_ref().is_some_and(|sel| sel.number == port))
+            .and_then(|s| s.load_balancer.as_ref())
+            .or(p.load_balancer.as_ref())
+    };
+    subset
+        .and_then(|s| cluster.subset_policies.get(s))
+        .and_then(of)
+        .or_else(|| cluster.traffic_policy.as_ref().and_then(of))
 }
 
 /// The endpoint's port for a service port: by the port's name in the endpoint's `ports`, else

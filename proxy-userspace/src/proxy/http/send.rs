@@ -2,13 +2,14 @@
 //! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
 //! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
 
-use std::{error::Error as _, net::SocketAddr, sync::atomic::Ordering};
+use std::{error::Error as _, net::SocketAddr};
 
 use hyper::{Request, Response, body::Incoming, header::HeaderValue};
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags,
     forward::local,
+    lb::Algorithm,
     pool::UpstreamError,
     replay::{self, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
@@ -24,19 +25,20 @@ use crate::{
 pub struct Plan<'a> {
     pub snap: &'a Snapshot,
     pub route: Option<&'a HttpRoute>,
-    pub destination: Option<&'a Destination>,
     pub candidates: &'a [String],
     pub authority: &'a str,
     pub h2: bool,
+    /// The destination's endpoints, or why there are none.
+    pub endpoints: Result<Vec<SocketAddr>, NoEndpoint>,
+    pub algo: Algorithm,
 }
 
 impl Plan<'_> {
-    /// The endpoint for attempt `n`: successive attempts rotate through the cluster, so a
-    /// retry prefers a different endpoint than the one that failed.
-    pub fn target(&self, down: &Downstream, turn: usize) -> Result<SocketAddr, NoEndpoint> {
-        match self.destination {
-            Some(d) => route::target(self.snap, d, self.candidates, down.dst, turn),
-            None => Ok(down.dst),
+    /// An endpoint for the next attempt, avoiding the one that just failed when possible.
+    pub fn target(&self, ctx: &HttpContext, avoid: Option<SocketAddr>) -> Result<SocketAddr, NoEndpoint> {
+        match &self.endpoints {
+            Ok(e) => Ok(ctx.lb.choose(&self.algo, e, avoid)),
+            Err(e) => Err(e.clone()),
         }
     }
 }
@@ -137,21 +139,11 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
             weight: 100,
             headers: None,
         };
-        match route::target(
-            plan.snap,
-            &d,
-            plan.candidates,
-            down.dst,
-            ctx.turn.fetch_add(1, Ordering::Relaxed),
-        ) {
-            Ok(t) => ctx.mirrors.send(
-                ctx.pool.clone(),
-                &ctx.metrics,
-                t,
-                plan.h2,
-                req.clone(),
-                plan.authority,
-            ),
+        match route::endpoints(plan.snap, &d, plan.candidates, down.dst) {
+            Ok((e, _)) => {
+                let t = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
+                ctx.mirrors.send(ctx.pool.clone(), &ctx.metrics, t, plan.h2, req.clone(), plan.authority)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "mirror has no endpoint");
                 ctx.metrics.mirror("dropped");
@@ -192,7 +184,8 @@ pub async fn with_policy(
         }
         None => {}
     }
-    let first = ctx.turn.fetch_add(1, Ordering::Relaxed);
+    // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
+    let mut last: Option<SocketAddr> = None;
     let attempts = retry::run(
         &policy,
         replayable.is_some(),
@@ -206,9 +199,11 @@ pub async fn with_policy(
             };
             req.headers_mut()
                 .insert("x-envoy-attempt-count", HeaderValue::from(n));
-            let target = plan.target(down, first + n as usize - 1);
+            let target = plan.target(ctx, last);
+            last = target.as_ref().ok().copied();
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;
+                let _in_flight = ctx.lb.start(target);
                 ctx.pool
                     .send(target, plan.h2, req)
                     .await

@@ -1,0 +1,192 @@
+//! Endpoint selection from DestinationRule `loadBalancer`: ROUND_ROBIN, LEAST_REQUEST (power of
+//! two choices over in-flight requests), RANDOM, and consistentHash (header, cookie, query
+//! parameter or source IP, with rendezvous hashing so a key keeps its endpoint while the set is
+//! stable). A retry avoids the endpoint that just failed when there is another.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use crate::policy::model::LoadBalancer;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    /// Consistent hash on this key; `None` when the request lacks it (then: round robin).
+    Hash(Option<Vec<u8>>),
+}
+
+/// What a consistent-hash policy may read from a request.
+pub struct HashInputs<'a> {
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    pub query: Option<&'a str>,
+    pub source_ip: std::net::IpAddr,
+}
+
+fn cookie<'a>(header: &dyn Fn(&str) -> Option<&'a str>, name: &str) -> Option<&'a str> {
+    header("cookie")?.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+/// The algorithm for a request. Istio's default (no `loadBalancer`) is LEAST_REQUEST.
+pub fn algorithm(lb: Option<&LoadBalancer>, inputs: &HashInputs<'_>) -> Algorithm {
+    let Some(lb) = lb else { return Algorithm::LeastRequest };
+    if let Some(h) = &lb.consistent_hash {
+        let key = if let Some(name) = &h.http_header_name {
+            (inputs.header)(name).map(|v| v.as_bytes().to_vec())
+        } else if let Some(c) = &h.http_cookie {
+            cookie(inputs.header, &c.name).map(|v| v.as_bytes().to_vec())
+        } else if let Some(q) = &h.http_query_parameter_name {
+            inputs.query.and_then(|qs| {
+                qs.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == q).then(|| v.as_bytes().to_vec())
+                })
+            })
+        } else if h.use_source_ip == Some(true) {
+            Some(inputs.source_ip.to_string().into_bytes())
+        } else {
+            None
+        };
+        return Algorithm::Hash(key);
+    }
+    match lb.simple.as_deref() {
+        Some("ROUND_ROBIN") => Algorithm::RoundRobin,
+        Some("RANDOM") => Algorithm::Random,
+        // LEAST_CONN is LEAST_REQUEST's deprecated name; PASSTHROUGH and UNSPECIFIED use the
+        // default.
+        _ => Algorithm::LeastRequest,
+    }
+}
+
+/// Load-balancer state shared by every request: the round-robin position and in-flight
+/// requests per endpoint.
+#[derive(Default)]
+pub struct Balancer {
+    turn: AtomicUsize,
+    active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+}
+
+/// Counts an in-flight request against its endpoint until dropped.
+pub struct InFlight {
+    addr: SocketAddr,
+    active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut m = self.active.lock().expect("lb lock");
+        if let Some(n) = m.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl Balancer {
+    pub fn start(&self, addr: SocketAddr) -> InFlight {
+        *self.active.lock().expect("lb lock").entry(addr).or_default() += 1;
+        InFlight { addr, active: self.active.clone() }
+    }
+
+    fn load(&self, addr: &SocketAddr) -> usize {
+        self.active.lock().expect("lb lock").get(addr).copied().unwrap_or(0)
+    }
+
+    /// Picks one of `endpoints` (not empty), avoiding `avoid` when another exists.
+    pub fn choose(&self, algo: &Algorithm, endpoints: &[SocketAddr], avoid: Option<SocketAddr>) -> SocketAddr {
+        let pool: Vec<SocketAddr> = match avoid {
+            Some(a) if endpoints.iter().any(|e| *e != a) => endpoints.iter().copied().filter(|e| *e != a).collect(),
+            _ => endpoints.to_vec(),
+        };
+        let rr = || pool[self.turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
+        match algo {
+            Algorithm::RoundRobin | Algorithm::Hash(None) => rr(),
+            Algorithm::Random => pool[fastrand::usize(0..pool.len())],
+            Algorithm::LeastRequest if pool.len() == 1 => pool[0],
+            Algorithm::LeastRequest => {
+                let a = fastrand::usize(0..pool.len());
+                let mut b = fastrand::usize(0..pool.len() - 1);
+                if b >= a {
+                    b += 1;
+                }
+                if self.load(&pool[b]) < self.load(&pool[a]) { pool[b] } else { pool[a] }
+            }
+            Algorithm::Hash(Some(key)) => *pool
+                .iter()
+                .max_by_key(|e| {
+                    let mut h = DefaultHasher::new();
+                    key.hash(&mut h);
+                    e.hash(&mut h);
+                    h.finish()
+                })
+                .expect("endpoints are not empty"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect()
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint() {
+        let b = Balancer::default();
+        let e = addrs(3);
+        let picks: Vec<_> = (0..6).map(|_| b.choose(&Algorithm::RoundRobin, &e, None)).collect();
+        for a in &e {
+            assert_eq!(picks.iter().filter(|p| *p == a).count(), 2);
+        }
+    }
+
+    #[test]
+    fn a_retry_avoids_the_failed_endpoint() {
+        let b = Balancer::default();
+        let e = addrs(2);
+        for algo in [Algorithm::RoundRobin, Algorithm::Random, Algorithm::LeastRequest, Algorithm::Hash(Some(b"k".to_vec()))] {
+            for _ in 0..20 {
+                assert_eq!(b.choose(&algo, &e, Some(e[0])), e[1]);
+            }
+        }
+        assert_eq!(b.choose(&Algorithm::RoundRobin, &e[..1], Some(e[0])), e[0], "no other endpoint");
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_endpoint() {
+        let b = Balancer::default();
+        let e = addrs(2);
+        let _busy: Vec<InFlight> = (0..5).map(|_| b.start(e[0])).collect();
+        for _ in 0..50 {
+            assert_eq!(b.choose(&Algorithm::LeastRequest, &e, None), e[1]);
+        }
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_spreads_keys() {
+        let b = Balancer::default();
+        let e = addrs(4);
+        let pick = |k: &str| b.choose(&Algorithm::Hash(Some(k.as_bytes().to_vec())), &e, None);
+        for k in ["alice", "bob", "carol"] {
+            let first = pick(k);
+            assert!((0..20).all(|_| pick(k) == first));
+        }
+        let distinct: std::collections::HashSet<_> = (0..100).map(|i| pick(&format!("user-{i}"))).collect();
+        assert!(distinct.len() >= 3, "keys spread over endpoints");
+    }
+}
