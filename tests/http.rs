@@ -156,3 +156,73 @@ fn hostile_requests_never_reach_the_upstream() {
     }
     assert_eq!(b.requests(), 0, "no hostile request reached the backend");
 }
+
+#[test]
+fn grpc_status_trailers_pass_through_and_h2_multiplexes_100_streams() {
+    if !ebpf_available("grpc") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("grpc", 36, &[]);
+    // nghttp speaks HTTP/2 with prior knowledge and prints the trailers it receives.
+    let url = format!("http://{}/grpc/14", b.addr);
+    let out = d
+        .exec(
+            "default/grpc",
+            &[
+                "nghttp",
+                "-v",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                &url,
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("grpc-status: 14"),
+        "trailers reached the client: {text}"
+    );
+    assert!(text.contains("grpc-message: from the backend"), "{text}");
+
+    let url = format!("http://{}/whoami", b.addr);
+    let out = d
+        .exec(
+            "default/load",
+            &["h2load", "-n", "2000", "-c", "1", "-m", "100", &url],
+        )
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("2000 succeeded, 0 failed"), "{text}");
+    assert_eq!(
+        b.accepted(),
+        1,
+        "one pooled upstream HTTP/2 connection carried both clients' streams"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_mid_request_is_logged_with_dc() {
+    if !ebpf_available("http_dc") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-dc", 37, &[]);
+    let url = format!("http://{}/sleep/3000", b.addr);
+    let out = d
+        .exec(
+            "default/impatient",
+            &["curl", "-sS", "--max-time", "0.5", &url],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "curl gave up");
+    support::eventually(std::time::Duration::from_secs(5), || {
+        d.log_text().contains("status=0 flags=DC").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no DC line; log:\n{}", d.log_text()));
+}

@@ -146,3 +146,36 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
     assert_eq!(v1.requests(), 1);
     assert_eq!(v2.requests(), 0);
 }
+
+#[test]
+fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
+    if !ebpf_available("declared_tcp") {
+        return;
+    }
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = policies(&v1, &v2, routes).replace("protocol: HTTP", "protocol: TCP");
+    let d = start("declared-tcp", 44, &yaml);
+    for _ in 0..4 {
+        assert_eq!(
+            curl(
+                &d,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://reviews:9080/whoami"
+                ]
+            ),
+            "200"
+        );
+    }
+    // L4: each connection goes to the next endpoint of the VIP's service; the HTTP route
+    // (v1 only) does not apply, and no request line is logged.
+    assert_eq!((v1.accepted(), v2.accepted()), (2, 2));
+    assert!(!d.log_text().contains("request method="), "served at L4");
+}

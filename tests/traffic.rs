@@ -222,7 +222,10 @@ fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
 
 /// The mesh's DestinationRule with a trafficPolicy.loadBalancer block added.
 fn with_lb(yaml: String, lb: &str) -> String {
-    yaml.replace("spec:\n  host: reviews\n  subsets:", &format!("spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n{lb}  subsets:"))
+    yaml.replace(
+        "spec:\n  host: reviews\n  subsets:",
+        &format!("spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n{lb}  subsets:"),
+    )
 }
 
 const TO_ALL: &str = "  - route:\n    - destination:\n        host: reviews\n";
@@ -232,21 +235,59 @@ fn load_balancing_round_robin_and_consistent_hash() {
     if !ebpf_available("lb") {
         return;
     }
-    let (a, b) = (HttpBackend::start("127.0.0.1:0"), HttpBackend::start("127.0.0.1:0"));
-    let d = start("lb-rr", 56, &with_lb(policies(&a, &b, TO_ALL), "      simple: ROUND_ROBIN\n"));
+    let (a, b) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let d = start(
+        "lb-rr",
+        56,
+        &with_lb(policies(&a, &b, TO_ALL), "      simple: ROUND_ROBIN\n"),
+    );
     let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
     assert!(codes.iter().all(|c| c == "200"));
-    assert_eq!((a.requests(), b.requests()), (10, 10), "round robin alternates");
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (10, 10),
+        "round robin alternates"
+    );
     drop(d);
 
-    let (a, b) = (HttpBackend::start("127.0.0.1:0"), HttpBackend::start("127.0.0.1:0"));
-    let d = start("lb-hash", 57, &with_lb(policies(&a, &b, TO_ALL), "      consistentHash:\n        httpHeaderName: x-user\n"));
+    let (a, b) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let d = start(
+        "lb-hash",
+        57,
+        &with_lb(
+            policies(&a, &b, TO_ALL),
+            "      consistentHash:\n        httpHeaderName: x-user\n",
+        ),
+    );
     for user in ["alice", "bob", "carol", "dave"] {
         let (before_a, before_b) = (a.requests(), b.requests());
         for _ in 0..5 {
-            assert_eq!(curl(&d, &["-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("x-user: {user}"), "http://reviews:9080/"]), "200");
+            assert_eq!(
+                curl(
+                    &d,
+                    &[
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-H",
+                        &format!("x-user: {user}"),
+                        "http://reviews:9080/"
+                    ]
+                ),
+                "200"
+            );
         }
         let (da, db) = (a.requests() - before_a, b.requests() - before_b);
-        assert!((da, db) == (5, 0) || (da, db) == (0, 5), "{user} stuck to one endpoint: {da}/{db}");
+        assert!(
+            (da, db) == (5, 0) || (da, db) == (0, 5),
+            "{user} stuck to one endpoint: {da}/{db}"
+        );
     }
 }

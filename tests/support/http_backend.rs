@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -100,7 +100,39 @@ impl HttpBackend {
     }
 }
 
+type Reply = Response<BoxBody<Bytes, Infallible>>;
+
+/// A gRPC reply: one empty length-prefixed message, then trailers with `grpc-status`.
+fn grpc_reply(code: u32) -> Reply {
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", code.into());
+    trailers.insert("grpc-message", "from the backend".parse().unwrap());
+    let body = Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))
+        .with_trailers(async move { Some(Ok(trailers)) });
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(body.boxed())
+        .unwrap()
+}
+
 async fn answer(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    st: Arc<State>,
+) -> Result<Reply, Infallible> {
+    if let Some(code) = req
+        .uri()
+        .path()
+        .strip_prefix("/grpc/")
+        .and_then(|c| c.parse::<u32>().ok())
+    {
+        return Ok(grpc_reply(code));
+    }
+    let resp = answer_plain(req, peer, st).await?;
+    Ok(resp.map(|b| b.boxed()))
+}
+
+async fn answer_plain(
     mut req: Request<Incoming>,
     peer: SocketAddr,
     st: Arc<State>,

@@ -290,6 +290,28 @@ fn compile_workloads(set: &PolicySet) -> BTreeMap<String, WorkloadPolicies> {
         .collect()
 }
 
+impl Compiled {
+    /// The protocol a ServiceEntry declares for a VIP and port: its `protocol`, else Istio's
+    /// port-name convention (`http-web`, `grpc`, `tcp-db`, ...). `None`: detect by sniffing.
+    pub fn declared_protocol(
+        &self,
+        dst: std::net::SocketAddr,
+    ) -> Option<crate::proxy::sniff::Detected> {
+        use crate::proxy::sniff::Detected;
+        let host = self.vips.get(&dst.ip())?;
+        let (name, protocol) = self.clusters.get(host)?.ports.get(&dst.port())?;
+        let declared = protocol
+            .clone()
+            .unwrap_or_else(|| name.split('-').next().unwrap_or("").to_string());
+        match declared.to_ascii_uppercase().as_str() {
+            "HTTP" => Some(Detected::Http1),
+            "HTTP2" | "GRPC" | "GRPC-WEB" => Some(Detected::Http2),
+            "TCP" | "TLS" | "HTTPS" | "MONGO" | "MYSQL" | "REDIS" => Some(Detected::Opaque),
+            _ => None,
+        }
+    }
+}
+
 fn compile_vips(set: &PolicySet) -> HashMap<std::net::IpAddr, String> {
     let mut vips = HashMap::new();
     for se in &set.service_entries {

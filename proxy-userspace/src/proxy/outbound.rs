@@ -150,7 +150,12 @@ async fn proxy(
         .orig_dst(peer)
         .and_then(|o| ctx.workloads.get(o.workload_id))
         .map(|w| w.workload);
-    let detected = sniff::detect(&down, ctx.detect_timeout).await;
+    // A protocol declared on the ServiceEntry port wins over sniffing.
+    let declared = ctx.http.config.current().compiled.declared_protocol(dst);
+    let detected = match declared {
+        Some(d) => d,
+        None => sniff::detect(&down, ctx.detect_timeout).await,
+    };
     let protocol = match detected {
         Detected::Http1 => "http/1.1",
         Detected::Http2 => "h2",
@@ -183,16 +188,20 @@ async fn proxy(
         return Ok(());
     }
 
-    let mut up = match timeout(ctx.connect_timeout, TcpStream::connect(dst)).await {
+    let upstream = ctx.http.l4_target(dst);
+    let mut up = match timeout(ctx.connect_timeout, TcpStream::connect(upstream)).await {
         Ok(Ok(up)) => up,
         Ok(Err(source)) => {
             sockopt::set_reset_on_close(&down);
-            return Err(OutboundError::Connect { dst, source });
+            return Err(OutboundError::Connect {
+                dst: upstream,
+                source,
+            });
         }
         Err(_) => {
             sockopt::set_reset_on_close(&down);
             return Err(OutboundError::ConnectTimeout {
-                dst,
+                dst: upstream,
                 after: ctx.connect_timeout,
             });
         }

@@ -36,17 +36,45 @@ pub async fn handle(
     down: Arc<Downstream>,
     ctx: Arc<HttpContext>,
 ) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let mut log = RequestLog {
+        start: Instant::now(),
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        down: down.clone(),
+        status: None,
+        flags: ResponseFlags::default(),
+    };
     let mut flags = ResponseFlags::default();
     let resp = forward(req, &down, &ctx, &mut flags).await;
-    tracing::debug!(
-        %method, %path, status = resp.status().as_u16(), flags = %flags,
-        workload = down.workload.as_deref().unwrap_or("-"), dst = %down.dst,
-        ms = start.elapsed().as_secs_f64() * 1e3, "request"
-    );
+    log.status = Some(resp.status().as_u16());
+    log.flags = flags;
     Ok(resp)
+}
+
+/// Logs a request when it ends, however it ends: if the client goes away first, hyper drops
+/// the request's future, and the line says so with flag DC (the upstream request, dropped
+/// with it, is cancelled).
+struct RequestLog {
+    start: Instant,
+    method: String,
+    path: String,
+    down: Arc<Downstream>,
+    status: Option<u16>,
+    flags: ResponseFlags,
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let mut flags = self.flags;
+        if self.status.is_none() {
+            flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
+        }
+        tracing::debug!(
+            method = %self.method, path = %self.path, status = self.status.unwrap_or(0), flags = %flags,
+            workload = self.down.workload.as_deref().unwrap_or("-"), dst = %self.down.dst,
+            ms = self.start.elapsed().as_secs_f64() * 1e3, "request"
+        );
+    }
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -231,14 +259,26 @@ async fn forward(
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
             Ok((e, lb_settings)) => {
                 let lookup = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
-                let inputs = HashInputs { header: &lookup, query: parts.uri.query(), source_ip: down.peer.ip() };
+                let inputs = HashInputs {
+                    header: &lookup,
+                    query: parts.uri.query(),
+                    source_ip: down.peer.ip(),
+                };
                 (Ok(e), lb::algorithm(lb_settings, &inputs))
             }
             Err(e) => (Err(e), Algorithm::RoundRobin),
         },
     };
     let req = Request::from_parts(parts, body);
-    let plan = send::Plan { snap: &snap, route, candidates: &candidates, authority: &upstream_authority, h2, endpoints, algo };
+    let plan = send::Plan {
+        snap: &snap,
+        route,
+        candidates: &candidates,
+        authority: &upstream_authority,
+        h2,
+        endpoints,
+        algo,
+    };
     let mut resp = match downstream_upgrade {
         Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, flags).await,
         None => send::with_policy(plan, req, down, ctx, flags).await,

@@ -40,7 +40,9 @@ fn cookie<'a>(header: &dyn Fn(&str) -> Option<&'a str>, name: &str) -> Option<&'
 
 /// The algorithm for a request. Istio's default (no `loadBalancer`) is LEAST_REQUEST.
 pub fn algorithm(lb: Option<&LoadBalancer>, inputs: &HashInputs<'_>) -> Algorithm {
-    let Some(lb) = lb else { return Algorithm::LeastRequest };
+    let Some(lb) = lb else {
+        return Algorithm::LeastRequest;
+    };
     if let Some(h) = &lb.consistent_hash {
         let key = if let Some(name) = &h.http_header_name {
             (inputs.header)(name).map(|v| v.as_bytes().to_vec())
@@ -97,18 +99,38 @@ impl Drop for InFlight {
 
 impl Balancer {
     pub fn start(&self, addr: SocketAddr) -> InFlight {
-        *self.active.lock().expect("lb lock").entry(addr).or_default() += 1;
-        InFlight { addr, active: self.active.clone() }
+        *self
+            .active
+            .lock()
+            .expect("lb lock")
+            .entry(addr)
+            .or_default() += 1;
+        InFlight {
+            addr,
+            active: self.active.clone(),
+        }
     }
 
     fn load(&self, addr: &SocketAddr) -> usize {
-        self.active.lock().expect("lb lock").get(addr).copied().unwrap_or(0)
+        self.active
+            .lock()
+            .expect("lb lock")
+            .get(addr)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Picks one of `endpoints` (not empty), avoiding `avoid` when another exists.
-    pub fn choose(&self, algo: &Algorithm, endpoints: &[SocketAddr], avoid: Option<SocketAddr>) -> SocketAddr {
+    pub fn choose(
+        &self,
+        algo: &Algorithm,
+        endpoints: &[SocketAddr],
+        avoid: Option<SocketAddr>,
+    ) -> SocketAddr {
         let pool: Vec<SocketAddr> = match avoid {
-            Some(a) if endpoints.iter().any(|e| *e != a) => endpoints.iter().copied().filter(|e| *e != a).collect(),
+            Some(a) if endpoints.iter().any(|e| *e != a) => {
+                endpoints.iter().copied().filter(|e| *e != a).collect()
+            }
             _ => endpoints.to_vec(),
         };
         let rr = || pool[self.turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
@@ -122,7 +144,11 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                if self.load(&pool[b]) < self.load(&pool[a]) { pool[b] } else { pool[a] }
+                if self.load(&pool[b]) < self.load(&pool[a]) {
+                    pool[b]
+                } else {
+                    pool[a]
+                }
             }
             Algorithm::Hash(Some(key)) => *pool
                 .iter()
@@ -142,14 +168,18 @@ mod tests {
     use super::*;
 
     fn addrs(n: u16) -> Vec<SocketAddr> {
-        (0..n).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect()
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect()
     }
 
     #[test]
     fn round_robin_visits_every_endpoint() {
         let b = Balancer::default();
         let e = addrs(3);
-        let picks: Vec<_> = (0..6).map(|_| b.choose(&Algorithm::RoundRobin, &e, None)).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| b.choose(&Algorithm::RoundRobin, &e, None))
+            .collect();
         for a in &e {
             assert_eq!(picks.iter().filter(|p| *p == a).count(), 2);
         }
@@ -159,12 +189,21 @@ mod tests {
     fn a_retry_avoids_the_failed_endpoint() {
         let b = Balancer::default();
         let e = addrs(2);
-        for algo in [Algorithm::RoundRobin, Algorithm::Random, Algorithm::LeastRequest, Algorithm::Hash(Some(b"k".to_vec()))] {
+        for algo in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+            Algorithm::Hash(Some(b"k".to_vec())),
+        ] {
             for _ in 0..20 {
                 assert_eq!(b.choose(&algo, &e, Some(e[0])), e[1]);
             }
         }
-        assert_eq!(b.choose(&Algorithm::RoundRobin, &e[..1], Some(e[0])), e[0], "no other endpoint");
+        assert_eq!(
+            b.choose(&Algorithm::RoundRobin, &e[..1], Some(e[0])),
+            e[0],
+            "no other endpoint"
+        );
     }
 
     #[test]
@@ -186,7 +225,8 @@ mod tests {
             let first = pick(k);
             assert!((0..20).all(|_| pick(k) == first));
         }
-        let distinct: std::collections::HashSet<_> = (0..100).map(|i| pick(&format!("user-{i}"))).collect();
+        let distinct: std::collections::HashSet<_> =
+            (0..100).map(|i| pick(&format!("user-{i}"))).collect();
         assert!(distinct.len() >= 3, "keys spread over endpoints");
     }
 }

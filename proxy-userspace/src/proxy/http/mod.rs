@@ -14,11 +14,7 @@ mod retry;
 mod route;
 mod send;
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -61,6 +57,28 @@ impl HttpContext {
             config,
             lb: lb::Balancer::default(),
         })
+    }
+}
+
+impl HttpContext {
+    /// Where an L4 (opaque) connection to `dst` goes: an endpoint of the service whose VIP it
+    /// is (round robin), or `dst` itself.
+    pub fn l4_target(&self, dst: SocketAddr) -> SocketAddr {
+        let snap = self.config.current();
+        let Some(host) = snap.compiled.vips.get(&dst.ip()) else {
+            return dst;
+        };
+        let d = crate::routes::Destination {
+            host: host.clone(),
+            subset: None,
+            port: Some(dst.port()),
+            weight: 100,
+            headers: None,
+        };
+        match route::endpoints(&snap, &d, &[], dst) {
+            Ok((e, _)) => self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
+            Err(_) => dst,
+        }
     }
 }
 

@@ -158,7 +158,11 @@ pub fn endpoints<'s>(
     dst: SocketAddr,
 ) -> Result<(Vec<SocketAddr>, Option<&'s LoadBalancer>), NoEndpoint> {
     let port = dest.port.unwrap_or(dst.port());
-    let Some(cluster) = snap.compiled.clusters.get(&dest.host).filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
+    let Some(cluster) = snap
+        .compiled
+        .clusters
+        .get(&dest.host)
+        .filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
         if requested.contains(&dest.host) {
             return Ok((vec![SocketAddr::new(dst.ip(), port)], None));
@@ -166,14 +170,19 @@ pub fn endpoints<'s>(
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
             return Ok((vec![SocketAddr::new(ip, port)], None));
         }
-        return Err(NoEndpoint::UnknownHost { host: dest.host.clone() });
+        return Err(NoEndpoint::UnknownHost {
+            host: dest.host.clone(),
+        });
     };
     let members: Vec<usize> = match &dest.subset {
         Some(s) => cluster
             .subsets
             .get(s)
             .cloned()
-            .ok_or_else(|| NoEndpoint::UnknownSubset { host: dest.host.clone(), subset: s.clone() })?,
+            .ok_or_else(|| NoEndpoint::UnknownSubset {
+                host: dest.host.clone(),
+                subset: s.clone(),
+            })?,
         None => (0..cluster.endpoints.len()).collect(),
     };
     let addrs: Vec<SocketAddr> = members
@@ -185,15 +194,26 @@ pub fn endpoints<'s>(
         })
         .collect();
     if addrs.is_empty() {
-        let subset = dest.subset.as_ref().map(|s| format!(" in subset {s}")).unwrap_or_default();
-        return Err(NoEndpoint::Empty { host: dest.host.clone(), subset });
+        let subset = dest
+            .subset
+            .as_ref()
+            .map(|s| format!(" in subset {s}"))
+            .unwrap_or_default();
+        return Err(NoEndpoint::Empty {
+            host: dest.host.clone(),
+            subset,
+        });
     }
     Ok((addrs, load_balancer(cluster, dest.subset.as_deref(), port)))
 }
 
 /// The most specific load-balancer setting: the subset's port-level, the subset's, the
 /// rule's port-level, then the rule's.
-fn load_balancer<'s>(cluster: &'s Cluster, subset: Option<&str>, port: u16) -> Option<&'s LoadBalancer> {
+fn load_balancer<'s>(
+    cluster: &'s Cluster,
+    subset: Option<&str>,
+    port: u16,
+) -> Option<&'s LoadBalancer> {
     let of = |p: &'s TrafficPolicy| {
         p.port_level_settings
             .iter()

@@ -35,7 +35,11 @@ pub struct Plan<'a> {
 
 impl Plan<'_> {
     /// An endpoint for the next attempt, avoiding the one that just failed when possible.
-    pub fn target(&self, ctx: &HttpContext, avoid: Option<SocketAddr>) -> Result<SocketAddr, NoEndpoint> {
+    pub fn target(
+        &self,
+        ctx: &HttpContext,
+        avoid: Option<SocketAddr>,
+    ) -> Result<SocketAddr, NoEndpoint> {
         match &self.endpoints {
             Ok(e) => Ok(ctx.lb.choose(&self.algo, e, avoid)),
             Err(e) => Err(e.clone()),
@@ -142,7 +146,14 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst) {
             Ok((e, _)) => {
                 let t = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
-                ctx.mirrors.send(ctx.pool.clone(), &ctx.metrics, t, plan.h2, req.clone(), plan.authority)
+                ctx.mirrors.send(
+                    ctx.pool.clone(),
+                    &ctx.metrics,
+                    t,
+                    plan.h2,
+                    req.clone(),
+                    plan.authority,
+                )
             }
             Err(e) => {
                 tracing::debug!(error = %e, "mirror has no endpoint");
