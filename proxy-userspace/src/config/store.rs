@@ -42,7 +42,7 @@ fn build(paths: &[PathBuf], generation: u64) -> Result<Snapshot, LoadFailure> {
         .iter()
         .map(|f| (f.clone(), std::fs::read(f).unwrap_or_default()))
         .collect();
-    let policies = policy::load(paths)?;
+    let mut policies = policy::load(paths)?;
     let mut findings = policy::analyze(&policies);
     if findings.iter().any(Finding::is_error) {
         findings.extend(policies.warnings.iter().cloned());
@@ -52,6 +52,7 @@ fn build(paths: &[PathBuf], generation: u64) -> Result<Snapshot, LoadFailure> {
     for w in policies.warnings.iter().chain(&findings) {
         tracing::warn!("{w}");
     }
+    policies.forget_trees();
     let compiled = compile(&policies);
     Ok(Snapshot {
         generation,

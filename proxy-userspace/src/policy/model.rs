@@ -107,6 +107,16 @@ impl<T> Located<T> {
         }
     }
 
+    /// Keeps only the root position of the YAML tree. A runtime snapshot holds the resources,
+    /// not the trees their findings were located in, which take many times the memory.
+    pub fn forget_tree(&mut self) {
+        let pos = self.tree.pos;
+        self.tree = Arc::new(Node {
+            pos,
+            value: super::node::Value::Null,
+        });
+    }
+
     /// The position of a field, e.g. `spec.http[0].route[1].destination.subset` (the nearest
     /// existing ancestor when the field is absent).
     pub fn pos(&self, path: &str) -> Pos {

@@ -34,6 +34,21 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// Drops every resource's YAML tree (see `Located::forget_tree`); positions of later
+    /// findings fall back to the resource's start.
+    pub fn forget_trees(&mut self) {
+        fn each<T>(v: &mut [Located<T>]) {
+            v.iter_mut().for_each(Located::forget_tree);
+        }
+        each(&mut self.virtual_services);
+        each(&mut self.destination_rules);
+        each(&mut self.service_entries);
+        each(&mut self.workload_entries);
+        each(&mut self.peer_authentications);
+        each(&mut self.authorization_policies);
+        each(&mut self.rate_limit_policies);
+    }
+
     /// How many resources the set holds.
     pub fn len(&self) -> usize {
         self.virtual_services.len()
