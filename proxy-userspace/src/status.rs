@@ -82,22 +82,27 @@ pub fn connections(args: ClientArgs) -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             return;
         }
+        // Bytes are the kernel's counts on meshd's workload-side socket; RTT and retransmits
+        // come from the upstream socket when the connection has its own (L4), else from the
+        // workload side.
         println!(
-            "{:>6}  {:<24} {:<24} {:<24} {:>12} {:>12} {:>8} {:>6}",
-            "ID", "WORKLOAD", "SOURCE", "DESTINATION", "TX BYTES", "RX BYTES", "RTT us", "RETX"
+            "{:>6}  {:<24} {:<8} {:<22} {:<22} {:>12} {:>12} {:>7} {:>5}",
+            "ID", "WORKLOAD", "PROTO", "SOURCE", "DESTINATION", "FROM WL", "TO WL", "RTT us", "RETX"
         );
         for c in v.as_array().cloned().unwrap_or_default() {
-            let up = &c["upstream"];
+            let down = &c["downstream"];
+            let tcp = if c["upstream"].is_object() { &c["upstream"] } else { down };
             println!(
-                "{:>6}  {:<24} {:<24} {:<24} {:>12} {:>12} {:>8} {:>6}",
+                "{:>6}  {:<24} {:<8} {:<22} {:<22} {:>12} {:>12} {:>7} {:>5}",
                 c["id"].to_string(),
                 c["workload"].as_str().unwrap_or("-"),
+                c["protocol"].as_str().unwrap_or("?"),
                 c["source"].as_str().unwrap_or("?"),
                 c["destination"].as_str().unwrap_or("?"),
-                up["tx_bytes"].as_u64().unwrap_or(0),
-                up["rx_bytes"].as_u64().unwrap_or(0),
-                up["srtt_us"].as_u64().unwrap_or(0),
-                up["retransmits"].as_u64().unwrap_or(0),
+                down["rx_bytes"].as_u64().unwrap_or(0),
+                down["tx_bytes"].as_u64().unwrap_or(0),
+                tcp["srtt_us"].as_u64().unwrap_or(0),
+                tcp["retransmits"].as_u64().unwrap_or(0),
             );
         }
     });

@@ -117,7 +117,7 @@ fn request_match(m: &model::HttpMatchRequest) -> RequestMatch {
     }
 }
 
-fn http_route(vs: &model::VirtualService, i: usize, r: &model::HttpRoute) -> HttpRoute {
+fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -> HttpRoute {
     let ns = &vs.metadata.namespace;
     let origin = match &r.name {
         Some(n) => format!("{}/{}#{n}", ns, vs.metadata.name),
@@ -139,7 +139,7 @@ fn http_route(vs: &model::VirtualService, i: usize, r: &model::HttpRoute) -> Htt
                 headers: d.headers.clone(),
             })
             .collect(),
-        spec: Arc::new(r.clone()),
+        spec: r.clone(),
     }
 }
 

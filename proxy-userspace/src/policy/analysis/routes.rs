@@ -20,7 +20,7 @@ pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
 }
 
 fn unreachable(vs: &Located<VirtualService>, out: &mut Vec<Finding>) {
-    let Some(first) = vs.spec.http.iter().position(HttpRoute::is_catch_all) else {
+    let Some(first) = vs.spec.http.iter().position(|r| r.is_catch_all()) else {
         return;
     };
     for i in first + 1..vs.spec.http.len() {

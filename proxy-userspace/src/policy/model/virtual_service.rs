@@ -12,7 +12,8 @@ use crate::policy::duration::PolicyDuration;
 pub struct VirtualServiceSpec {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
-    pub http: Vec<HttpRoute>,
+    /// Shared with the compiled route table, so a snapshot holds each route once.
+    pub http: Vec<std::sync::Arc<HttpRoute>>,
     pub tcp: Vec<TcpRoute>,
     pub tls: Vec<TlsRoute>,
     pub export_to: Vec<String>,
