@@ -143,6 +143,21 @@ fn hostile_requests_never_reach_the_upstream() {
     let cases = [
         ("malformed header line", "GET / HTTP/1.1\\r\\nHost: x\\r\\nno colon here\\r\\n\\r\\n".to_string(), 400),
         (
+            "Content-Length with Transfer-Encoding",
+            "POST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n".to_string(),
+            400,
+        ),
+        (
+            "Transfer-Encoding with Content-Length",
+            "POST / HTTP/1.1\\r\\nHost: x\\r\\nTransfer-Encoding: chunked\\r\\nContent-Length: 4\\r\\n\\r\\n0\\r\\n\\r\\n".to_string(),
+            400,
+        ),
+        (
+            "identical duplicate Content-Length",
+            "POST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 5\\r\\nContent-Length: 5\\r\\n\\r\\nabcde".to_string(),
+            400,
+        ),
+        (
             "duplicate Content-Length",
             "POST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 4\\r\\nContent-Length: 5\\r\\n\\r\\nabcde".to_string(),
             400,
@@ -155,6 +170,13 @@ fn hostile_requests_never_reach_the_upstream() {
         assert_eq!(status, want, "{what}: {got}");
     }
     assert_eq!(b.requests(), 0, "no hostile request reached the backend");
+    // Nothing leaked: every connection meshd accepted for them is closed again.
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (d.metric("meshd_connections_active") == 0.0 && d.get("/connections").trim() == "[]")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("connections left open: {}", d.get("/connections")));
+    assert!(!d.log_text().contains("panicked"));
 }
 
 #[test]
@@ -225,4 +247,33 @@ fn a_client_that_leaves_mid_request_is_logged_with_dc() {
         d.log_text().contains("status=0 flags=DC").then_some(())
     })
     .unwrap_or_else(|| panic!("no DC line; log:\n{}", d.log_text()));
+}
+
+#[test]
+fn pipelined_http1_requests_are_answered_in_order() {
+    if !ebpf_available("pipelining") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("pipelining", 38, &[]);
+    let req = |path: &str| format!("GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n");
+    let send = format!(
+        "{}{}{}",
+        req("/status/201"),
+        req("/status/202"),
+        req("/status/203").replace("Host: x", "Host: x\\r\\nConnection: close")
+    );
+    let (status, got) = raw(&d, &b.addr.to_string(), &send, "");
+    assert_eq!(status, 201, "{got}");
+    let order: Vec<&str> = got.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect();
+    assert_eq!(
+        order,
+        [
+            "HTTP/1.1 201 Created",
+            "HTTP/1.1 202 Accepted",
+            "HTTP/1.1 203 Non Authoritative Information"
+        ],
+        "{got}"
+    );
+    assert_eq!(b.requests(), 3);
 }

@@ -159,7 +159,10 @@ fn requests_in_flight_finish_on_the_snapshot_they_started_with() {
         return;
     }
     use support::{http_backend::HttpBackend, mesh};
-    let (v1, v2) = (HttpBackend::start("127.0.0.1:0"), HttpBackend::start("127.0.0.1:0"));
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
     let generous = "  - timeout: 10s\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let dir = mesh::config_dir("reload-inflight", &mesh::policies(&v1, &v2, generous));
     let d = Daemon::start("reload-inflight", 23, &["--config", dir.to_str().unwrap()]);
@@ -167,16 +170,45 @@ fn requests_in_flight_finish_on_the_snapshot_they_started_with() {
     // A slow request starts under the 10s timeout...
     let slow = support::spawn_quiet(d.exec(
         "default/productpage",
-        &["curl", "-sS", "--resolve", "reviews:9080:127.0.0.50", "-o", "/dev/null", "-w", "%{http_code}", "http://reviews:9080/sleep/1500"],
+        &[
+            "curl",
+            "-sS",
+            "--resolve",
+            "reviews:9080:127.0.0.50",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/sleep/1500",
+        ],
     ));
     std::thread::sleep(Duration::from_millis(300));
     // ...and meanwhile the route's timeout drops to 100ms.
-    std::fs::write(dir.join("reviews.yaml"), mesh::policies(&v1, &v2, &generous.replace("10s", "100ms"))).unwrap();
-    eventually(Duration::from_secs(2), || (generation(&d) > gen1).then_some(()))
-        .unwrap_or_else(|| panic!("edit not applied; log:\n{}", d.log_text()));
+    std::fs::write(
+        dir.join("reviews.yaml"),
+        mesh::policies(&v1, &v2, &generous.replace("10s", "100ms")),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(2), || {
+        (generation(&d) > gen1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("edit not applied; log:\n{}", d.log_text()));
     let out = slow.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "the in-flight request kept its 10s timeout");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the in-flight request kept its 10s timeout"
+    );
     // A new request gets the new snapshot's 100ms timeout.
-    let code = mesh::curl(&d, &["-o", "/dev/null", "-w", "%{http_code}", "http://reviews:9080/sleep/1500"]);
+    let code = mesh::curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/sleep/1500",
+        ],
+    );
     assert_eq!(code, "504");
 }

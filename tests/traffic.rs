@@ -291,3 +291,29 @@ fn load_balancing_round_robin_and_consistent_hash() {
         );
     }
 }
+
+#[test]
+fn a_dead_mirror_never_touches_the_primary() {
+    if !ebpf_available("mirror_dead") {
+        return;
+    }
+    let v1 = HttpBackend::start("127.0.0.1:0");
+    // v2's endpoint is a closed port: every mirrored copy fails to connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let v2 = HttpBackend::start("127.0.0.1:0");
+    let routes = format!("  - mirror:\n      host: reviews\n      subset: v2\n{TO_V1}");
+    let yaml = policies(&v1, &v2, &routes).replace(
+        &format!("http: {}\n", v2.addr.port()),
+        &format!("http: {dead_port}\n"),
+    );
+    let d = start("mirror-dead", 58, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 50, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(v1.requests(), 50);
+    assert!(
+        !d.log_text().contains("flags=UF"),
+        "mirror failures are not the primary's"
+    );
+}

@@ -87,11 +87,23 @@ pub fn connections(args: ClientArgs) -> ExitCode {
         // workload side.
         println!(
             "{:>6}  {:<24} {:<8} {:<22} {:<22} {:>12} {:>12} {:>7} {:>5}",
-            "ID", "WORKLOAD", "PROTO", "SOURCE", "DESTINATION", "FROM WL", "TO WL", "RTT us", "RETX"
+            "ID",
+            "WORKLOAD",
+            "PROTO",
+            "SOURCE",
+            "DESTINATION",
+            "FROM WL",
+            "TO WL",
+            "RTT us",
+            "RETX"
         );
         for c in v.as_array().cloned().unwrap_or_default() {
             let down = &c["downstream"];
-            let tcp = if c["upstream"].is_object() { &c["upstream"] } else { down };
+            let tcp = if c["upstream"].is_object() {
+                &c["upstream"]
+            } else {
+                down
+            };
             println!(
                 "{:>6}  {:<24} {:<8} {:<22} {:<22} {:>12} {:>12} {:>7} {:>5}",
                 c["id"].to_string(),

@@ -12,7 +12,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 
 use super::{
-    Body, Downstream, HttpContext, ResponseFlags, body, fault, headers,
+    Body, Downstream, HttpContext, ResponseFlags, body, fault, framing, headers,
     lb::{self, Algorithm, HashInputs},
     pool::UpstreamError,
     route::{self, Decision},
@@ -35,6 +35,7 @@ pub async fn handle(
     req: Request<Incoming>,
     down: Arc<Downstream>,
     ctx: Arc<HttpContext>,
+    verdicts: framing::Verdicts,
 ) -> Result<Response<Body>, Infallible> {
     let mut log = RequestLog {
         start: Instant::now(),
@@ -45,7 +46,26 @@ pub async fn handle(
         flags: ResponseFlags::default(),
     };
     let mut flags = ResponseFlags::default();
-    let resp = forward(req, &down, &ctx, &mut flags).await;
+    // HTTP/1 requests were framed by the guard on the connection, in the same order.
+    let smuggling = if req.version() < Version::HTTP_2 {
+        verdicts
+            .lock()
+            .expect("verdicts lock")
+            .pop_front()
+            .flatten()
+    } else {
+        None
+    };
+    let resp = match smuggling {
+        Some(reason) => {
+            tracing::warn!(reason, peer = %down.peer, "rejected a request that could be smuggled");
+            let mut r = local(400, format!("bad request: {reason}\n"), None);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+        None => forward(req, &down, &ctx, &mut flags).await,
+    };
     log.status = Some(resp.status().as_u16());
     log.flags = flags;
     Ok(resp)

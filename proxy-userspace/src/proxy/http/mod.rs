@@ -5,6 +5,7 @@ mod body;
 mod fault;
 mod flags;
 mod forward;
+mod framing;
 mod headers;
 mod lb;
 mod mirror;
@@ -93,9 +94,10 @@ pub struct Downstream {
 /// Serves HTTP on a captured connection until the client closes it.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>) {
     let down = Arc::new(down);
+    let (stream, verdicts) = framing::Guarded::new(stream);
     let svc = {
         let ctx = ctx.clone();
-        service_fn(move |req| forward::handle(req, down.clone(), ctx.clone()))
+        service_fn(move |req| forward::handle(req, down.clone(), ctx.clone(), verdicts.clone()))
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -1,0 +1,292 @@
+//! A guard on HTTP/1 downstream bytes against request smuggling. It follows the request framing
+//! itself (heads, Content-Length bodies, chunked bodies) as hyper reads the connection, and
+//! records, for each request head in order, whether two parsers could disagree on where the
+//! request ends: Content-Length together with Transfer-Encoding, or more than one
+//! Content-Length. hyper resolves both shapes safely on its own; meshd rejects them, as a
+//! demanding proxy should, before anything is forwarded.
+
+use std::{
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Verdicts for the requests read so far, oldest first: `Some(reason)` to reject.
+pub type Verdicts = Arc<Mutex<VecDeque<Option<&'static str>>>>;
+
+/// Longest head the scanner buffers; hyper enforces the real limit (431).
+const MAX_HEAD: usize = 1 << 20;
+
+#[derive(Debug)]
+enum Scan {
+    Head(Vec<u8>),
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkEnd(usize),
+    Trailers(Vec<u8>),
+    /// Not HTTP/1 any more (HTTP/2, an upgrade, or bytes hyper will reject): stop scanning.
+    Done,
+}
+
+pub struct Guarded<T> {
+    inner: T,
+    scan: Scan,
+    verdicts: Verdicts,
+}
+
+impl<T> Guarded<T> {
+    pub fn new(inner: T) -> (Guarded<T>, Verdicts) {
+        let verdicts = Verdicts::default();
+        (
+            Guarded {
+                inner,
+                scan: Scan::Head(Vec::new()),
+                verdicts: verdicts.clone(),
+            },
+            verdicts,
+        )
+    }
+}
+
+/// What a complete request head says about framing.
+fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let mut lengths = Vec::new();
+    let mut chunked = None;
+    let mut upgrade = req.method == Some("CONNECT");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths.push(String::from_utf8_lossy(h.value).trim().to_string());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            chunked = Some(v.trim_end().ends_with("chunked"));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    let verdict = match (lengths.len(), chunked.is_some()) {
+        (n, true) if n > 0 => Some("both Content-Length and Transfer-Encoding"),
+        (n, _) if n > 1 => Some("more than one Content-Length"),
+        _ => None,
+    };
+    let next = if upgrade {
+        Scan::Done
+    } else if let Some(c) = chunked {
+        if c {
+            Scan::ChunkSize(Vec::new())
+        } else {
+            Scan::Done
+        }
+    } else if let Some(n) = lengths.first().and_then(|l| l.parse::<u64>().ok()) {
+        if n == 0 {
+            Scan::Head(Vec::new())
+        } else {
+            Scan::Body(n)
+        }
+    } else if lengths.is_empty() {
+        Scan::Head(Vec::new())
+    } else {
+        Scan::Done
+    };
+    Some((verdict, next))
+}
+
+impl<T> Guarded<T> {
+    /// Feeds bytes hyper just read through the framing state machine.
+    fn scan(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.scan {
+                Scan::Done => return,
+                Scan::Head(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(bytes);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+                    else {
+                        if buf.len() > MAX_HEAD {
+                            self.scan = Scan::Done;
+                        }
+                        return;
+                    };
+                    let head = std::mem::take(buf);
+                    bytes = &bytes[end - before..];
+                    match judge(&head[..end]) {
+                        Some((verdict, next)) => {
+                            self.verdicts
+                                .lock()
+                                .expect("verdicts lock")
+                                .push_back(verdict);
+                            self.scan = next;
+                        }
+                        None => self.scan = Scan::Done,
+                    }
+                }
+                Scan::Body(n) => {
+                    let take = (*n).min(bytes.len() as u64);
+                    *n -= take;
+                    bytes = &bytes[take as usize..];
+                    if *n == 0 {
+                        self.scan = Scan::Head(Vec::new());
+                    }
+                }
+                Scan::ChunkSize(line) => {
+                    let Some(nl) = bytes.iter().position(|b| *b == b'\n') else {
+                        line.extend_from_slice(bytes);
+                        if line.len() > 1024 {
+                            self.scan = Scan::Done;
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&bytes[..=nl]);
+                    bytes = &bytes[nl + 1..];
+                    let text = String::from_utf8_lossy(line);
+                    let size = text.split([';', '\r', '\n']).next().unwrap_or("").trim();
+                    self.scan = match u64::from_str_radix(size, 16) {
+                        Ok(0) => Scan::Trailers(Vec::new()),
+                        Ok(n) => Scan::ChunkData(n),
+                        Err(_) => Scan::Done,
+                    };
+                }
+                Scan::ChunkData(n) => {
+                    let take = (*n).min(bytes.len() as u64);
+                    *n -= take;
+                    bytes = &bytes[take as usize..];
+                    if *n == 0 {
+                        self.scan = Scan::ChunkEnd(0);
+                    }
+                }
+                Scan::ChunkEnd(seen) => {
+                    // The CRLF after a chunk's data.
+                    let take = (2 - *seen).min(bytes.len());
+                    *seen += take;
+                    bytes = &bytes[take..];
+                    if *seen == 2 {
+                        self.scan = Scan::ChunkSize(Vec::new());
+                    }
+                }
+                Scan::Trailers(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(bytes);
+                    let end = if buf.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+                    };
+                    let Some(end) = end else {
+                        if buf.len() > MAX_HEAD {
+                            self.scan = Scan::Done;
+                        }
+                        return;
+                    };
+                    bytes = &bytes[end - before..];
+                    self.scan = Scan::Head(Vec::new());
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let fresh = buf.filled()[before..].to_vec();
+            self.scan(&fresh);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(chunks: &[&[u8]]) -> Vec<Option<&'static str>> {
+        let (mut g, v) = Guarded::new(());
+        for c in chunks {
+            g.scan(c);
+        }
+        v.lock().unwrap().iter().copied().collect()
+    }
+
+    #[test]
+    fn ordinary_pipelined_requests_pass() {
+        let bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /last HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(verdicts(&[bytes]), vec![None, None, None, None]);
+        // The same bytes one at a time.
+        let split: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(verdicts(&split), vec![None, None, None, None]);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_flagged() {
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(
+            verdicts(&[both]),
+            vec![Some("both Content-Length and Transfer-Encoding")]
+        );
+        let te_first =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n";
+        assert_eq!(
+            verdicts(&[te_first]),
+            vec![Some("both Content-Length and Transfer-Encoding")]
+        );
+        let dup = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(verdicts(&[dup]), vec![Some("more than one Content-Length")]);
+    }
+
+    #[test]
+    fn http2_and_upgrades_stop_the_scan() {
+        assert!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00"]).is_empty());
+        let up = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nGET /not-http HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            verdicts(&[up]),
+            vec![None],
+            "bytes after an upgrade are not requests"
+        );
+    }
+}
