@@ -37,12 +37,7 @@ pub fn ebpf_available(test: &str) -> bool {
 }
 
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
-    })
+    meshd::cgroup::cgroup2_mount().ok()
 }
 
 /// A running `meshd run`, stopped (SIGTERM, then SIGKILL) and cleaned up on drop.

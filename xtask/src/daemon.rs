@@ -193,7 +193,7 @@ pub fn ensure_free(port: u16) -> Result<()> {
 }
 
 /// The first cgroup2 mount point in /proc/self/mountinfo.
-fn cgroup2_mount() -> Result<PathBuf> {
+pub fn cgroup2_mount() -> Result<PathBuf> {
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     text.lines()

@@ -2,7 +2,6 @@
 //! as managed workloads, and shows the traffic from meshd's and the kernel's side.
 
 use std::{
-    path::Path,
     process::{Child, Command, Stdio},
     thread::sleep,
     time::Duration,
@@ -179,16 +178,7 @@ fn run_argv(argv: &[String]) -> Result<()> {
 }
 
 fn cgroup_path() -> Result<std::path::PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = text
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(Path::new))?
-        })
-        .context("no cgroup2 mount")?;
-    Ok(mount.join(LAYOUT.cgroup))
+    Ok(crate::daemon::cgroup2_mount()?.join(LAYOUT.cgroup))
 }
 
 fn wait_for(addr: &str) -> Result<()> {
