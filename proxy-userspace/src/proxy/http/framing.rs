@@ -203,9 +203,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let fresh = buf.filled()[before..].to_vec();
-            self.scan(&fresh);
+        if let Poll::Ready(Ok(())) = polled
+            && !matches!(self.scan, Scan::Done)
+        {
+            self.get_mut().scan(&buf.filled()[before..]);
         }
         polled
     }
