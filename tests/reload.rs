@@ -100,6 +100,15 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
         "the rejection names file:line; log:\n{log}"
     );
 
+    // A file that becomes unreadable (here: no longer UTF-8) keeps the last good config too.
+    let failures = d.metric(r#"meshd_config_reload_total{result="failure"}"#);
+    std::fs::write(dir.join("route.yaml"), [0xff, 0xfe, 0x00, 0x80]).unwrap();
+    eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="failure"}"#) > failures).then_some(())
+    })
+    .unwrap_or_else(|| panic!("unreadable file not reported; log:\n{}", d.log_text()));
+    assert_eq!(generation(&d), gen2);
+
     // A directory that disappears keeps the last good config too.
     std::fs::remove_dir_all(&dir).unwrap();
     std::thread::sleep(Duration::from_millis(800));
