@@ -317,3 +317,40 @@ fn a_dead_mirror_never_touches_the_primary() {
         "mirror failures are not the primary's"
     );
 }
+
+#[test]
+fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_return() {
+    if !ebpf_available("outlier") {
+        return;
+    }
+    let failing = Backend::http_503("127.0.0.1:0");
+    let (healthy, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 2s\n      maxEjectionPercent: 100\n";
+    let yaml = with_lb(policies(&healthy, &v2, "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n"), lb)
+        .replace(&format!("http: {}\n", v2.addr.port()), &format!("http: {}\n", failing.addr.port()));
+    let d = start("outlier", 59, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    let failures = codes.iter().filter(|c| *c == "503").count();
+    assert_eq!(failures, 2, "two failures eject the endpoint: {codes:?}");
+    assert_eq!(
+        healthy.requests(),
+        18,
+        "everything else went to the healthy endpoint"
+    );
+    assert_eq!(d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#), 1.0);
+    assert!(
+        d.log_text()
+            .contains("endpoint ejected by outlier detection")
+    );
+    // After the 2 s ejection the endpoint gets traffic again.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 4, "%{http_code}\\n");
+    assert!(
+        codes.iter().any(|c| c == "503"),
+        "the endpoint returned: {codes:?}"
+    );
+    assert!(d.log_text().contains("endpoint returned from ejection"));
+}

@@ -16,6 +16,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     retries: prometheus::IntCounter,
     mirrors: IntCounterVec,
+    outliers: IntCounterVec,
     config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
@@ -76,6 +77,14 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let outliers = IntCounterVec::new(
+            Opts::new(
+                "meshd_outlier_events_total",
+                "Outlier detection: endpoints ejected and returned, per cluster",
+            ),
+            &["cluster", "event"],
+        )
+        .unwrap();
         let config_generation = IntGauge::new(
             "meshd_config_generation",
             "Generation of the active configuration snapshot",
@@ -99,6 +108,7 @@ impl Metrics {
             &bytes_total,
             &config_reloads,
             &mirrors,
+            &outliers,
             &ebpf_events,
         ] {
             registry.register(Box::new(c.clone())).unwrap();
@@ -112,6 +122,7 @@ impl Metrics {
             config_reloads,
             retries,
             mirrors,
+            outliers,
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
@@ -137,6 +148,10 @@ impl Metrics {
 
     pub fn mirror(&self, result: &str) {
         self.mirrors.with_label_values(&[result]).inc();
+    }
+
+    pub fn outlier(&self, cluster: &str, event: &str) {
+        self.outliers.with_label_values(&[cluster, event]).inc();
     }
 
     pub fn config_applied(&self, generation: u64) {

@@ -100,3 +100,28 @@ impl Backend {
         })
     }
 }
+
+impl Backend {
+    /// Answers every HTTP request with 503: an endpoint that keeps failing.
+    pub fn http_503(bind: &str) -> Backend {
+        Backend::spawn(bind, |mut s| {
+            let mut buf = [0u8; 4096];
+            loop {
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if s.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 5\r\n\r\nbusy\n",
+                )
+                .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    }
+}

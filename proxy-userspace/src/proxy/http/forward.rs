@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, body, fault, framing, headers,
     lb::{self, Algorithm, HashInputs},
+    outlier,
     pool::UpstreamError,
     route::{self, Decision},
     send,
@@ -274,23 +275,36 @@ async fn forward(
         parts.version = Version::HTTP_11;
     }
 
-    let (endpoints, algo) = match destination {
-        None => (Ok(vec![down.dst]), Algorithm::RoundRobin),
+    let (endpoints, algo, cluster, outlier) = match destination {
+        None => (
+            Ok(vec![down.dst]),
+            Algorithm::RoundRobin,
+            down.dst.to_string(),
+            None,
+        ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
-            Ok((e, lb_settings)) => {
+            Ok((e, policy)) => {
                 let lookup = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
                 let inputs = HashInputs {
                     header: &lookup,
                     query: parts.uri.query(),
                     source_ip: down.peer.ip(),
                 };
-                (Ok(e), lb::algorithm(lb_settings, &inputs))
+                let algo = lb::algorithm(policy.lb, &inputs);
+                (
+                    Ok(e),
+                    algo,
+                    policy.key,
+                    policy.outlier.map(outlier::Settings::from_spec),
+                )
             }
-            Err(e) => (Err(e), Algorithm::RoundRobin),
+            Err(e) => (Err(e), Algorithm::RoundRobin, d.host.clone(), None),
         },
     };
     let req = Request::from_parts(parts, body);
     let plan = send::Plan {
+        cluster,
+        outlier,
         snap: &snap,
         route,
         candidates: &candidates,

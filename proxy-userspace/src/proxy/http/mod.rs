@@ -9,6 +9,7 @@ mod framing;
 mod headers;
 mod lb;
 mod mirror;
+mod outlier;
 mod pool;
 mod replay;
 mod retry;
@@ -41,6 +42,8 @@ pub struct HttpContext {
     pub config: Arc<ConfigStore>,
     /// Endpoint selection state (round-robin position, in-flight requests per endpoint).
     pub lb: lb::Balancer,
+    /// Consecutive failures and ejections per endpoint.
+    pub outliers: outlier::Detector,
 }
 
 impl HttpContext {
@@ -57,6 +60,7 @@ impl HttpContext {
             max_header_bytes,
             config,
             lb: lb::Balancer::default(),
+            outliers: outlier::Detector::default(),
         })
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     config::{Cluster, Snapshot},
-    policy::model::{LoadBalancer, TrafficPolicy},
+    policy::model::{LoadBalancer, OutlierDetection, PortTrafficPolicy, TrafficPolicy},
     routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
 };
 
@@ -156,7 +156,7 @@ pub fn endpoints<'s>(
     dest: &Destination,
     requested: &[String],
     dst: SocketAddr,
-) -> Result<(Vec<SocketAddr>, Option<&'s LoadBalancer>), NoEndpoint> {
+) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
     let port = dest.port.unwrap_or(dst.port());
     let Some(cluster) = snap
         .compiled
@@ -165,10 +165,13 @@ pub fn endpoints<'s>(
         .filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
         if requested.contains(&dest.host) {
-            return Ok((vec![SocketAddr::new(dst.ip(), port)], None));
+            return Ok((
+                vec![SocketAddr::new(dst.ip(), port)],
+                ClusterPolicy::default(),
+            ));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
-            return Ok((vec![SocketAddr::new(ip, port)], None));
+            return Ok((vec![SocketAddr::new(ip, port)], ClusterPolicy::default()));
         }
         return Err(NoEndpoint::UnknownHost {
             host: dest.host.clone(),
@@ -204,27 +207,56 @@ pub fn endpoints<'s>(
             subset,
         });
     }
-    Ok((addrs, load_balancer(cluster, dest.subset.as_deref(), port)))
+    let subset = dest.subset.as_deref();
+    let policy = ClusterPolicy {
+        key: format!("{}|{}|{port}", dest.host, subset.unwrap_or("")),
+        lb: setting(
+            cluster,
+            subset,
+            port,
+            |p| p.load_balancer.as_ref(),
+            |p| p.load_balancer.as_ref(),
+        ),
+        outlier: setting(
+            cluster,
+            subset,
+            port,
+            |p| p.outlier_detection.as_ref(),
+            |p| p.outlier_detection.as_ref(),
+        ),
+    };
+    Ok((addrs, policy))
 }
 
-/// The most specific load-balancer setting: the subset's port-level, the subset's, the
-/// rule's port-level, then the rule's.
-fn load_balancer<'s>(
+/// The traffic-policy settings that apply to one destination.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterPolicy<'s> {
+    /// Identifies the endpoint set (host, subset, port) for per-cluster state.
+    pub key: String,
+    pub lb: Option<&'s LoadBalancer>,
+    pub outlier: Option<&'s OutlierDetection>,
+}
+
+/// The most specific setting: the subset's port-level, the subset's, the rule's port-level,
+/// then the rule's.
+fn setting<'s, T>(
     cluster: &'s Cluster,
     subset: Option<&str>,
     port: u16,
-) -> Option<&'s LoadBalancer> {
-    let of = |p: &'s TrafficPolicy| {
+    of_port: impl Fn(&'s PortTrafficPolicy) -> Option<&'s T>,
+    of_policy: impl Fn(&'s TrafficPolicy) -> Option<&'s T>,
+) -> Option<&'s T> {
+    let pick = |p: &'s TrafficPolicy| {
         p.port_level_settings
             .iter()
             .find(|s| s.port.as_ref().is_some_and(|sel| sel.number == port))
-            .and_then(|s| s.load_balancer.as_ref())
-            .or(p.load_balancer.as_ref())
+            .and_then(&of_port)
+            .or_else(|| of_policy(p))
     };
     subset
         .and_then(|s| cluster.subset_policies.get(s))
-        .and_then(of)
-        .or_else(|| cluster.traffic_policy.as_ref().and_then(of))
+        .and_then(pick)
+        .or_else(|| cluster.traffic_policy.as_ref().and_then(pick))
 }
 
 /// The endpoint's port for a service port: by the port's name in the endpoint's `ports`, else

@@ -10,6 +10,7 @@ use super::{
     Body, Downstream, HttpContext, ResponseFlags,
     forward::local,
     lb::Algorithm,
+    outlier::{self, Outcome as Health},
     pool::UpstreamError,
     replay::{self, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
@@ -31,9 +32,34 @@ pub struct Plan<'a> {
     /// The destination's endpoints, or why there are none.
     pub endpoints: Result<Vec<SocketAddr>, NoEndpoint>,
     pub algo: Algorithm,
+    /// The endpoint set's identity (host, subset, port) for outlier state.
+    pub cluster: String,
+    pub outlier: Option<outlier::Settings>,
 }
 
 impl Plan<'_> {
+    /// Feeds an attempt's outcome to outlier detection.
+    fn observe(
+        &self,
+        ctx: &HttpContext,
+        target: SocketAddr,
+        result: &Result<Response<Incoming>, UpstreamError>,
+    ) {
+        let (Some(s), Ok(all)) = (&self.outlier, &self.endpoints) else {
+            return;
+        };
+        let health = match result {
+            Ok(resp) => Health::Status(resp.status().as_u16()),
+            Err(_) => Health::LocalFailure,
+        };
+        if let Some(outlier::Event::Ejected { for_ }) =
+            ctx.outliers.record(&self.cluster, s, target, health, all)
+        {
+            tracing::warn!(cluster = %self.cluster, endpoint = %target, ?for_, "endpoint ejected by outlier detection");
+            ctx.metrics.outlier(&self.cluster, "ejected");
+        }
+    }
+
     /// An endpoint for the next attempt, avoiding the one that just failed when possible.
     pub fn target(
         &self,
@@ -41,7 +67,20 @@ impl Plan<'_> {
         avoid: Option<SocketAddr>,
     ) -> Result<SocketAddr, NoEndpoint> {
         match &self.endpoints {
-            Ok(e) => Ok(ctx.lb.choose(&self.algo, e, avoid)),
+            Ok(all) => {
+                let candidates = match &self.outlier {
+                    Some(s) => {
+                        let (healthy, returned) = ctx.outliers.healthy(&self.cluster, s, all);
+                        for a in returned {
+                            tracing::info!(cluster = %self.cluster, endpoint = %a, "endpoint returned from ejection");
+                            ctx.metrics.outlier(&self.cluster, "returned");
+                        }
+                        healthy
+                    }
+                    None => all.clone(),
+                };
+                Ok(ctx.lb.choose(&self.algo, &candidates, avoid))
+            }
             Err(e) => Err(e.clone()),
         }
     }
@@ -197,6 +236,7 @@ pub async fn with_policy(
     }
     // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
     let mut last: Option<SocketAddr> = None;
+    let plan = &plan;
     let attempts = retry::run(
         &policy,
         replayable.is_some(),
@@ -215,10 +255,9 @@ pub async fn with_policy(
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;
                 let _in_flight = ctx.lb.start(target);
-                ctx.pool
-                    .send(target, plan.h2, req)
-                    .await
-                    .map_err(Failed::Upstream)
+                let result = ctx.pool.send(target, plan.h2, req).await;
+                plan.observe(ctx, target, &result);
+                result.map_err(Failed::Upstream)
             }
         },
     );

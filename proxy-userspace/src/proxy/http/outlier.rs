@@ -1,0 +1,291 @@
+//! Outlier detection from DestinationRule `outlierDetection`: endpoints that fail in a row are
+//! ejected for `baseEjectionTime` × the number of times they were ejected, within
+//! `maxEjectionPercent`; below `minHealthPercent` healthy endpoints, ejections are ignored
+//! (panic mode). Consecutive 5xx and gateway errors count upstream answers; with
+//! `splitExternalLocalOriginErrors`, connect failures, resets and timeouts count separately as
+//! local-origin failures, otherwise they count as 5xx (Envoy's semantics).
+
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::policy::model::OutlierDetection;
+
+/// Longest ejection, as Envoy's default `max_ejection_time`.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// 0 turns a detector off.
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway: u32,
+    pub consecutive_local: u32,
+    pub split_local: bool,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+    pub min_health_percent: u32,
+}
+
+impl Settings {
+    /// Istio's defaults for an `outlierDetection` block: 5 consecutive 5xx, gateway errors off,
+    /// 5 local-origin failures (when split), 30 s base ejection, at most 10% ejected, no panic
+    /// threshold.
+    pub fn from_spec(o: &OutlierDetection) -> Settings {
+        Settings {
+            consecutive_5xx: o
+                .consecutive_5xx_errors
+                .or(o.consecutive_errors)
+                .unwrap_or(5),
+            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+            consecutive_local: o.consecutive_local_origin_failures.unwrap_or(5),
+            split_local: o.split_external_local_origin_errors,
+            base_ejection: o
+                .base_ejection_time
+                .map_or(Duration::from_secs(30), |d| d.0),
+            max_ejection_percent: o.max_ejection_percent.unwrap_or(10),
+            min_health_percent: o.min_health_percent.unwrap_or(0),
+        }
+    }
+}
+
+/// How one request to an endpoint ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// An upstream answer; 5xx and gateway errors count, anything else resets the counters.
+    Status(u16),
+    /// Connect failure, reset or timeout: the failure happened on meshd's side of the call.
+    LocalFailure,
+}
+
+#[derive(Debug, Default)]
+struct Host {
+    c5xx: u32,
+    gateway: u32,
+    local: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+/// What changed for an endpoint, for logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Ejected { for_: Duration },
+    Returned,
+}
+
+#[derive(Default)]
+pub struct Detector {
+    hosts: Mutex<HashMap<(String, SocketAddr), Host>>,
+}
+
+impl Detector {
+    /// Counts an outcome for `addr` of `cluster`; returns `Ejected` when it ejects it.
+    pub fn record(
+        &self,
+        cluster: &str,
+        s: &Settings,
+        addr: SocketAddr,
+        outcome: Outcome,
+        all: &[SocketAddr],
+    ) -> Option<Event> {
+        let now = Instant::now();
+        let mut hosts = self.hosts.lock().expect("outlier lock");
+        let ejected_now = all
+            .iter()
+            .filter(|a| {
+                hosts
+                    .get(&(cluster.to_string(), **a))
+                    .is_some_and(|h| h.ejected_until.is_some_and(|t| t > now))
+            })
+            .count();
+        let h = hosts.entry((cluster.to_string(), addr)).or_default();
+        let tripped = match outcome {
+            Outcome::Status(code) if code >= 500 => {
+                h.c5xx += 1;
+                h.local = 0;
+                if matches!(code, 502..=504) {
+                    h.gateway += 1;
+                } else {
+                    h.gateway = 0;
+                }
+                trips(s.consecutive_5xx, h.c5xx) || trips(s.consecutive_gateway, h.gateway)
+            }
+            Outcome::Status(_) => {
+                *h = Host {
+                    ejections: h.ejections,
+                    ejected_until: h.ejected_until,
+                    ..Host::default()
+                };
+                false
+            }
+            Outcome::LocalFailure if s.split_local => {
+                h.local += 1;
+                trips(s.consecutive_local, h.local)
+            }
+            Outcome::LocalFailure => {
+                // Unsplit, a local-origin failure counts as a 5xx and as a gateway error.
+                h.c5xx += 1;
+                h.gateway += 1;
+                trips(s.consecutive_5xx, h.c5xx) || trips(s.consecutive_gateway, h.gateway)
+            }
+        };
+        if !tripped || h.ejected_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        // Envoy ejects at least one endpoint even when maxEjectionPercent rounds down to none.
+        let allowed = ((all.len() as u64 * s.max_ejection_percent as u64) / 100).max(1) as usize;
+        if s.max_ejection_percent == 0 || ejected_now >= allowed {
+            return None;
+        }
+        h.ejections += 1;
+        let for_ = (s.base_ejection * h.ejections).min(MAX_EJECTION.max(s.base_ejection));
+        h.ejected_until = Some(now + for_);
+        h.c5xx = 0;
+        h.gateway = 0;
+        h.local = 0;
+        Some(Event::Ejected { for_ })
+    }
+
+    /// The endpoints to balance over: all but the ejected ones, unless too few would remain
+    /// (panic mode) or none would. Also reports endpoints whose ejection just ended.
+    pub fn healthy(
+        &self,
+        cluster: &str,
+        s: &Settings,
+        all: &[SocketAddr],
+    ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let now = Instant::now();
+        let mut hosts = self.hosts.lock().expect("outlier lock");
+        let mut returned = Vec::new();
+        let healthy: Vec<SocketAddr> = all
+            .iter()
+            .copied()
+            .filter(|a| match hosts.get_mut(&(cluster.to_string(), *a)) {
+                Some(h) => match h.ejected_until {
+                    Some(t) if t > now => false,
+                    Some(_) => {
+                        h.ejected_until = None;
+                        returned.push(*a);
+                        true
+                    }
+                    None => true,
+                },
+                None => true,
+            })
+            .collect();
+        let panic =
+            healthy.is_empty() || (healthy.len() * 100) < all.len() * s.min_health_percent as usize;
+        (if panic { all.to_vec() } else { healthy }, returned)
+    }
+}
+
+fn trips(threshold: u32, count: u32) -> bool {
+    threshold > 0 && count >= threshold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect()
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            consecutive_5xx: 3,
+            consecutive_gateway: 0,
+            consecutive_local: 2,
+            split_local: false,
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_consecutive_5xx_and_returns_after_the_ejection_time() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        assert_eq!(d.record("c", &s, e[0], Outcome::Status(500), &e), None);
+        assert_eq!(d.record("c", &s, e[0], Outcome::Status(503), &e), None);
+        assert_eq!(
+            d.record("c", &s, e[0], Outcome::Status(500), &e),
+            Some(Event::Ejected {
+                for_: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (healthy, returned) = d.healthy("c", &s, &e);
+        assert_eq!((healthy, returned), (e.clone(), vec![e[0]]));
+        // The second ejection lasts twice as long.
+        for _ in 0..3 {
+            d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(d.healthy("c", &s, &e).0, e);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_count() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        d.record("c", &s, e[0], Outcome::Status(500), &e);
+        d.record("c", &s, e[0], Outcome::Status(500), &e);
+        d.record("c", &s, e[0], Outcome::Status(200), &e);
+        assert_eq!(d.record("c", &s, e[0], Outcome::Status(500), &e), None);
+        assert_eq!(d.healthy("c", &s, &e).0, e);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_origin_failures_count_as_5xx_unless_split() {
+        let (d, mut s, e) = (Detector::default(), settings(), addrs(2));
+        for _ in 0..2 {
+            d.record("c", &s, e[0], Outcome::LocalFailure, &e);
+        }
+        assert!(
+            d.record("c", &s, e[0], Outcome::LocalFailure, &e).is_some(),
+            "3rd failure = 3rd 5xx"
+        );
+        s.split_local = true;
+        assert!(d.record("c", &s, e[1], Outcome::LocalFailure, &e).is_none());
+        assert!(
+            d.record("c", &s, e[1], Outcome::LocalFailure, &e).is_some(),
+            "split: 2 local failures eject"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_and_panic_mode() {
+        let e = addrs(4);
+        let d = Detector::default();
+        let s = Settings {
+            max_ejection_percent: 25,
+            ..settings()
+        };
+        for a in &e[..2] {
+            for _ in 0..3 {
+                d.record("c", &s, *a, Outcome::Status(500), &e);
+            }
+        }
+        assert_eq!(
+            d.healthy("c", &s, &e).0.len(),
+            3,
+            "25% of 4: only one endpoint ejected"
+        );
+        let panic = Settings {
+            min_health_percent: 90,
+            ..s
+        };
+        assert_eq!(
+            d.healthy("c", &panic, &e).0.len(),
+            4,
+            "below minHealthPercent, ejections are ignored"
+        );
+    }
+}
