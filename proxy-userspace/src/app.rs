@@ -264,6 +264,7 @@ fn serve(
             settings.max_request_headers_bytes,
             config.clone(),
             metrics.clone(),
+            settings.redis_timeout,
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
     });

@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Largest HTTP/1 request head (request line and headers) in KiB; bigger gets 431.
     #[arg(long, env = "MESHD_MAX_REQUEST_HEADERS_KB", default_value_t = 60)]
     pub max_request_headers_kb: usize,
+    /// How long a global rate-limit check may wait for Redis before the policy's failure mode
+    /// applies.
+    #[arg(long, env = "MESHD_REDIS_TIMEOUT", default_value = "100ms")]
+    pub redis_timeout: String,
 }
 
 #[derive(Args, Debug)]

@@ -17,6 +17,7 @@ pub struct Metrics {
     retries: prometheus::IntCounter,
     mirrors: IntCounterVec,
     outliers: IntCounterVec,
+    rate_limits: IntCounterVec,
     config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
@@ -85,6 +86,14 @@ impl Metrics {
             &["cluster", "event"],
         )
         .unwrap();
+        let rate_limits = IntCounterVec::new(
+            Opts::new(
+                "meshd_ratelimit_total",
+                "Rate-limit decisions: limited and redis_error per policy, allowed overall",
+            ),
+            &["policy", "result"],
+        )
+        .unwrap();
         let config_generation = IntGauge::new(
             "meshd_config_generation",
             "Generation of the active configuration snapshot",
@@ -109,6 +118,7 @@ impl Metrics {
             &config_reloads,
             &mirrors,
             &outliers,
+            &rate_limits,
             &ebpf_events,
         ] {
             registry.register(Box::new(c.clone())).unwrap();
@@ -123,6 +133,7 @@ impl Metrics {
             retries,
             mirrors,
             outliers,
+            rate_limits,
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
@@ -152,6 +163,10 @@ impl Metrics {
 
     pub fn outlier(&self, cluster: &str, event: &str) {
         self.outliers.with_label_values(&[cluster, event]).inc();
+    }
+
+    pub fn rate_limit(&self, policy: &str, result: &str) {
+        self.rate_limits.with_label_values(&[policy, result]).inc();
     }
 
     pub fn config_applied(&self, generation: u64) {

@@ -42,6 +42,8 @@ pub struct Settings {
     #[serde(with = "millis")]
     pub protocol_detection_timeout: Duration,
     pub max_request_headers_bytes: usize,
+    #[serde(with = "millis")]
+    pub redis_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,8 @@ impl Settings {
             connect_timeout,
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
+            redis_timeout: parse_duration(&a.redis_timeout)
+                .map_err(|r| invalid("redis-timeout", &a.redis_timeout, r))?,
         })
     }
 

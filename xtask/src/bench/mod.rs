@@ -3,6 +3,7 @@
 
 mod bulk;
 mod echo;
+mod http;
 mod l4;
 mod policy;
 mod procs;
@@ -17,6 +18,8 @@ use clap::Subcommand;
 pub enum Which {
     /// L4 datapath: 64-byte echo round trips and bulk throughput, direct vs through meshd.
     L4(l4::Args),
+    /// HTTP: small GETs through meshd vs nginx and HAProxy (throughput, fixed-rate latency, HTTP/2).
+    Http(http::Args),
     /// Policy model: compile 10,000 VirtualServices (time, memory) and route lookup (criterion).
     Policy,
     /// Echo server on 127.0.0.1:PORT (a helper process of `bench l4`).
@@ -54,6 +57,7 @@ pub enum Which {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::L4(args) => l4::run(&args),
+        Which::Http(args) => http::run(&args),
         Which::Policy => policy::run(),
         Which::EchoServer { port } => echo::server(port),
         Which::EchoClient {

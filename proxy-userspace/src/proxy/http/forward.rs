@@ -16,6 +16,7 @@ use super::{
     lb::{self, Algorithm, HashInputs},
     outlier,
     pool::UpstreamError,
+    ratelimit,
     route::{self, Decision},
     send,
 };
@@ -236,6 +237,45 @@ async fn forward(
             (Some(route), Some(destination))
         }
     };
+    // Rate limits apply to every request that would be forwarded.
+    let verdict = {
+        let headers = req.headers();
+        let lookup = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let route_name = route.and_then(|r| r.spec.name.as_deref());
+        ratelimit::check(
+            &snap,
+            &candidates,
+            route_name,
+            &lookup,
+            down.workload.as_deref(),
+            ctx,
+        )
+        .await
+    };
+    match verdict {
+        ratelimit::Verdict::Allow => {}
+        ratelimit::Verdict::Limited(l) => {
+            flags.insert(ResponseFlags::RATE_LIMITED);
+            let mut r = local(429, "local_rate_limited\n".into(), None);
+            let h = r.headers_mut();
+            h.insert("x-ratelimit-limit", HeaderValue::from(l.limit));
+            h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(l.retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            return r;
+        }
+        ratelimit::Verdict::Unavailable => {
+            flags.insert(ResponseFlags::RATE_LIMITED);
+            return local(500, "rate limit service unavailable\n".into(), None);
+        }
+    }
     let levels = [
         route.and_then(|r| r.spec.headers.as_ref()),
         destination.and_then(|d| d.headers.as_ref()),

@@ -11,6 +11,7 @@ mod lb;
 mod mirror;
 mod outlier;
 mod pool;
+mod ratelimit;
 mod replay;
 mod retry;
 mod route;
@@ -44,6 +45,9 @@ pub struct HttpContext {
     pub lb: lb::Balancer,
     /// Consecutive failures and ejections per endpoint.
     pub outliers: outlier::Detector,
+    /// Local rate-limit buckets and the global limit's Redis connections.
+    pub buckets: ratelimit::local::Buckets,
+    pub global: ratelimit::global::Global,
 }
 
 impl HttpContext {
@@ -52,6 +56,7 @@ impl HttpContext {
         max_header_bytes: usize,
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
+        redis_timeout: Duration,
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
             pool: Arc::new(Pool::new(connect_timeout)),
@@ -61,6 +66,8 @@ impl HttpContext {
             config,
             lb: lb::Balancer::default(),
             outliers: outlier::Detector::default(),
+            buckets: ratelimit::local::Buckets::default(),
+            global: ratelimit::global::Global::new(redis_timeout),
         })
     }
 }

@@ -1,0 +1,190 @@
+//! The global limit: a GCRA counted atomically in Redis by one Lua script, one round trip per
+//! request, over a small pool of connections per Redis address. Every call is bounded by a
+//! timeout, so a Redis outage never stalls requests beyond it.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+use super::Limited;
+use crate::policy::model::GlobalRateLimit;
+
+/// GCRA: KEYS[1] the bucket; ARGV[1] the emission interval in µs (unit / limit), ARGV[2] the
+/// limit (burst). Returns {allowed, remaining, retry_after_us}. Redis's own clock keeps every
+/// meshd on one timeline.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * limit
+if allow_at > now then
+  return {0, 0, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(interval * limit / 1000) + 1000)
+return {1, math.floor((now - allow_at) / interval), 0}
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis {addr}: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("redis {addr} did not answer within {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("redis {addr}: unexpected reply {reply:?}")]
+    Protocol { addr: String, reply: String },
+}
+
+pub struct Global {
+    timeout: Duration,
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+/// Idle connections kept per Redis address.
+const MAX_IDLE: usize = 16;
+
+fn unit_micros(unit: &str) -> u64 {
+    match unit {
+        "second" => 1_000_000,
+        "hour" => 3_600_000_000,
+        _ => 60_000_000,
+    }
+}
+
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+impl Global {
+    pub fn new(timeout: Duration) -> Global {
+        Global {
+            timeout,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one request against `key`; `Ok(remaining)` when allowed.
+    pub async fn take(
+        &self,
+        key: &str,
+        cfg: &GlobalRateLimit,
+    ) -> Result<Result<u64, Limited>, RedisError> {
+        let addr = cfg.redis.clone();
+        let limit = u64::from(cfg.requests_per_unit.max(1));
+        let interval = (unit_micros(&cfg.unit) / limit).max(1);
+        let redis_key = format!("meshd:rl:{key}:{}:{}", cfg.requests_per_unit, cfg.unit);
+        let args = [
+            "EVAL",
+            SCRIPT,
+            "1",
+            &redis_key,
+            &interval.to_string(),
+            &limit.to_string(),
+        ];
+        let cmd: String = std::iter::once(format!("*{}\r\n", args.len()))
+            .chain(args.iter().map(|a| bulk(a)))
+            .collect();
+        let reply = tokio::time::timeout(self.timeout, self.round_trip(&addr, cmd.as_bytes()))
+            .await
+            .map_err(|_| RedisError::Timeout {
+                addr: addr.clone(),
+                after: self.timeout,
+            })??;
+        match reply.as_slice() {
+            [1, remaining, _] => Ok(Ok(*remaining as u64)),
+            [0, _, retry_us] => Ok(Err(Limited {
+                limit,
+                retry_after: Duration::from_micros(*retry_us as u64),
+            })),
+            other => Err(RedisError::Protocol {
+                addr,
+                reply: format!("{other:?}"),
+            }),
+        }
+    }
+
+    async fn round_trip(&self, addr: &str, cmd: &[u8]) -> Result<Vec<i64>, RedisError> {
+        let io = |source| RedisError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        let conn = self
+            .idle
+            .lock()
+            .expect("redis pool lock")
+            .get_mut(addr)
+            .and_then(Vec::pop);
+        let mut conn = match conn {
+            Some(c) => c,
+            None => TcpStream::connect(addr).await.map_err(io)?,
+        };
+        conn.write_all(cmd).await.map_err(io)?;
+        let mut reader = BufReader::new(&mut conn);
+        let reply = read_int_array(&mut reader).await.map_err(|e| match e {
+            ReadError::Io(source) => RedisError::Io {
+                addr: addr.to_string(),
+                source,
+            },
+            ReadError::Reply(reply) => RedisError::Protocol {
+                addr: addr.to_string(),
+                reply,
+            },
+        })?;
+        let mut idle = self.idle.lock().expect("redis pool lock");
+        let pool = idle.entry(addr.to_string()).or_default();
+        if pool.len() < MAX_IDLE {
+            pool.push(conn);
+        }
+        Ok(reply)
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Reply(String),
+}
+
+async fn read_line<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<String, ReadError> {
+    let mut line = Vec::new();
+    loop {
+        let b = r.read_u8().await.map_err(ReadError::Io)?;
+        if b == b'\n' {
+            break;
+        }
+        if line.len() > 4096 {
+            return Err(ReadError::Reply("line too long".into()));
+        }
+        line.push(b);
+    }
+    Ok(String::from_utf8_lossy(&line)
+        .trim_end_matches('\r')
+        .to_string())
+}
+
+/// Reads a RESP array of integers (the script's reply).
+async fn read_int_array<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Vec<i64>, ReadError> {
+    let head = read_line(r).await?;
+    let n: usize = head
+        .strip_prefix('*')
+        .and_then(|n| n.parse().ok())
+        .ok_or(ReadError::Reply(head.clone()))?;
+    let mut out = Vec::with_capacity(n.min(8));
+    for _ in 0..n.min(8) {
+        let item = read_line(r).await?;
+        out.push(
+            item.strip_prefix(':')
+                .and_then(|v| v.parse().ok())
+                .ok_or(ReadError::Reply(item))?,
+        );
+    }
+    Ok(out)
+}

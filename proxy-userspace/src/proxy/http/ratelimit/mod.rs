@@ -1,0 +1,108 @@
+//! Rate limiting from `meshd.io/v1alpha1` RateLimitPolicy: a local token bucket in this meshd
+//! and a global limit shared by every meshd through Redis. A limited request gets 429 with flag
+//! RL and `x-ratelimit-limit`, `x-ratelimit-remaining` and `retry-after`.
+
+pub mod global;
+pub mod local;
+
+use std::time::Duration;
+
+use crate::policy::model::RateLimitPolicy;
+
+/// Why a request was limited, for the 429 and its headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limited {
+    pub limit: u64,
+    pub retry_after: Duration,
+}
+
+/// What the checks decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Limited(Limited),
+    /// Redis could not answer and the policy fails closed.
+    Unavailable,
+}
+
+/// The bucket key for a policy and a request: the values of its descriptors.
+pub fn descriptor_key(
+    policy: &RateLimitPolicy,
+    header: &(dyn Fn(&str) -> Option<String> + Sync),
+    workload: Option<&str>,
+) -> String {
+    let mut key = policy.id();
+    for d in &policy.spec.descriptors {
+        key.push('|');
+        if let Some(h) = &d.header {
+            key.push_str(&header(h).unwrap_or_default());
+        } else if d.source_workload == Some(true) {
+            key.push_str(workload.unwrap_or("-"));
+        }
+    }
+    key
+}
+
+/// Whether a policy applies to a request for `hosts` (the request's host forms) and the route
+/// `route_name`.
+pub fn applies(policy: &RateLimitPolicy, hosts: &[String], route_name: Option<&str>) -> bool {
+    let target = crate::policy::hosts::fqdn(&policy.spec.target.host, &policy.metadata.namespace);
+    hosts.contains(&target)
+        && policy
+            .spec
+            .target
+            .route
+            .as_deref()
+            .is_none_or(|r| route_name == Some(r))
+}
+
+use crate::config::Snapshot;
+
+/// Runs every RateLimitPolicy that applies to the request: local buckets first (no I/O), then
+/// the global limit. The first limit that says no decides.
+pub async fn check(
+    snap: &Snapshot,
+    hosts: &[String],
+    route_name: Option<&str>,
+    header: &(dyn Fn(&str) -> Option<String> + Sync),
+    workload: Option<&str>,
+    ctx: &super::HttpContext,
+) -> Verdict {
+    let applicable: Vec<_> = snap
+        .policies
+        .rate_limit_policies
+        .iter()
+        .filter(|p| applies(p, hosts, route_name))
+        .collect();
+    for p in &applicable {
+        if let Some(cfg) = &p.spec.local {
+            let key = descriptor_key(p, header, workload);
+            if let Err(l) = ctx.buckets.take(&key, cfg) {
+                ctx.metrics.rate_limit(&p.id(), "limited");
+                return Verdict::Limited(l);
+            }
+        }
+    }
+    for p in &applicable {
+        let Some(cfg) = &p.spec.global else { continue };
+        let key = descriptor_key(p, header, workload);
+        match ctx.global.take(&key, cfg).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(l)) => {
+                ctx.metrics.rate_limit(&p.id(), "limited");
+                return Verdict::Limited(l);
+            }
+            Err(e) => {
+                ctx.metrics.rate_limit(&p.id(), "redis_error");
+                tracing::warn!(error = %e, policy = %p.id(), deny = p.spec.failure_mode_deny, "global rate limit unavailable");
+                if p.spec.failure_mode_deny {
+                    return Verdict::Unavailable;
+                }
+            }
+        }
+    }
+    if !applicable.is_empty() {
+        ctx.metrics.rate_limit("-", "allowed");
+    }
+    Verdict::Allow
+}
