@@ -18,6 +18,8 @@ const TEST_PACKAGES: &[&str] = &[
     "procps",
     "util-linux",
     "vagrant",
+    "nghttp2-client",
+    "redis-server",
 ];
 
 /// Where bpf-linker and its libLLVM links live.
