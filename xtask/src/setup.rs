@@ -9,8 +9,8 @@ use crate::util::{output, root, run as sh, step, succeeds};
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the test suite drives: real clients (curl, nghttp and h2load), the netns
-/// tooling and vagrant (for `vagrant validate` of the Vagrantfile).
+/// Debian packages the test suite drives: real clients (curl, nghttp and h2load), a real Redis
+/// for the global rate limit, the netns tooling and vagrant (for `vagrant validate`).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "python3",
