@@ -61,6 +61,11 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("opening the access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("config path {0} does not exist")]
     MissingConfig(PathBuf),
     #[error("the configuration is invalid:\n{0}")]
@@ -180,6 +185,13 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     // An invalid configuration fails the start, with every finding, before touching anything.
     let metrics = Metrics::new();
     let config = ConfigStore::initial(settings.config_paths.clone(), metrics.clone())?;
+    let access = Arc::new(
+        crate::telemetry::AccessLog::open(&settings.access_log, settings.access_log_sample)
+            .map_err(|source| StartupError::AccessLog {
+                path: settings.access_log.clone(),
+                source,
+            })?,
+    );
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -192,14 +204,26 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     // datapath's sockops and getsockopt hooks only see sockets under the attach point.
     let cgroups = NodeCgroups::setup(Some(&attach))?;
     match start(&settings, &cgroups).await {
-        Ok((datapath, listeners)) => Ok(serve(
-            settings, cgroups, datapath, listeners, lock, metrics, config,
-        )),
+        Ok((datapath, listeners)) => {
+            let shared = Shared {
+                metrics,
+                config,
+                access,
+            };
+            Ok(serve(settings, cgroups, datapath, listeners, lock, shared))
+        }
         Err(e) => {
             cgroups.teardown();
             Err(e)
         }
     }
+}
+
+/// What every part of the running daemon shares.
+struct Shared {
+    metrics: Arc<Metrics>,
+    config: Arc<ConfigStore>,
+    access: Arc<crate::telemetry::AccessLog>,
 }
 
 struct Listeners {
@@ -233,9 +257,13 @@ fn serve(
     datapath: Datapath,
     listeners: Listeners,
     lock: File,
-    metrics: Arc<Metrics>,
-    config: Arc<ConfigStore>,
+    shared: Shared,
 ) -> App {
+    let Shared {
+        metrics,
+        config,
+        access,
+    } = shared;
     let Listeners {
         admin: admin_listener,
         outbound: outbound_listeners,
@@ -265,6 +293,7 @@ fn serve(
             config.clone(),
             metrics.clone(),
             settings.redis_timeout,
+            access,
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
     });

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node daemon: attach the eBPF programs and proxy captured traffic.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a command inside a managed cgroup, enrolled as a workload with the running daemon.
     Exec(ExecArgs),
     /// Probe the kernel and host for every feature meshd needs.
@@ -99,6 +99,12 @@ pub struct RunArgs {
     /// applies.
     #[arg(long, env = "MESHD_REDIS_TIMEOUT", default_value = "100ms")]
     pub redis_timeout: String,
+    /// Where access-log lines go: `stdout`, `off`, or a file path.
+    #[arg(long, env = "MESHD_ACCESS_LOG", default_value = "stdout")]
+    pub access_log: String,
+    /// Fraction of successful requests logged (0 to 1); errors are always logged.
+    #[arg(long, env = "MESHD_ACCESS_LOG_SAMPLE", default_value_t = 1.0)]
+    pub access_log_sample: f64,
 }
 
 #[derive(Args, Debug)]

@@ -17,4 +17,5 @@ pub mod proxy;
 pub mod routes;
 pub mod settings;
 pub mod status;
+pub mod telemetry;
 pub mod workloads;

@@ -9,6 +9,8 @@ use crate::ebpf::DatapathMaps;
 
 pub struct Metrics {
     registry: Registry,
+    /// Istio's standard request and TCP metrics.
+    pub istio: crate::telemetry::IstioMetrics,
     connections_active: IntGauge,
     connections_total: IntCounterVec,
     bytes_total: IntCounterVec,
@@ -123,7 +125,9 @@ impl Metrics {
         ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
+        let istio = crate::telemetry::IstioMetrics::new(&registry);
         Arc::new(Metrics {
+            istio,
             registry,
             connections_active,
             connections_total,

@@ -44,6 +44,8 @@ pub struct Settings {
     pub max_request_headers_bytes: usize,
     #[serde(with = "millis")]
     pub redis_timeout: Duration,
+    pub access_log: String,
+    pub access_log_sample: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +131,16 @@ impl Settings {
             connect_timeout,
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
+            access_log: a.access_log.clone(),
+            access_log_sample: if (0.0..=1.0).contains(&a.access_log_sample) {
+                a.access_log_sample
+            } else {
+                return Err(invalid(
+                    "access-log-sample",
+                    &a.access_log_sample.to_string(),
+                    "must be between 0 and 1",
+                ));
+            },
             redis_timeout: parse_duration(&a.redis_timeout)
                 .map_err(|r| invalid("redis-timeout", &a.redis_timeout, r))?,
         })

@@ -10,7 +10,8 @@ use crate::util::{output, root, run as sh, step, succeeds};
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the test suite drives: real clients (curl, nghttp and h2load), a real Redis
-/// for the global rate limit, the netns tooling and vagrant (for `vagrant validate`).
+/// for the global rate limit, a real Prometheus (and promtool) scraping meshd, the netns tooling
+/// and vagrant (for `vagrant validate`).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "python3",
@@ -20,6 +21,7 @@ const TEST_PACKAGES: &[&str] = &[
     "vagrant",
     "nghttp2-client",
     "redis-server",
+    "prometheus",
 ];
 
 /// Where bpf-linker and its libLLVM links live.

@@ -68,6 +68,8 @@ pub struct Compiled {
     /// ServiceEntry `addresses` (VIPs) → the service's first host, so a connection to a VIP
     /// finds its routes even when the Host header is an IP.
     pub vips: HashMap<std::net::IpAddr, String>,
+    /// Endpoint address → `namespace/name` of the WorkloadEntry behind it, for telemetry.
+    pub endpoint_workloads: HashMap<std::net::SocketAddr, String>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -329,11 +331,26 @@ fn compile_vips(set: &PolicySet) -> HashMap<std::net::IpAddr, String> {
     vips
 }
 
+fn compile_endpoint_workloads(set: &PolicySet) -> HashMap<std::net::SocketAddr, String> {
+    let mut out = HashMap::new();
+    for we in &set.workload_entries {
+        let Ok(ip) = we.spec.address.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        for port in we.spec.ports.values() {
+            out.entry(std::net::SocketAddr::new(ip, *port))
+                .or_insert_with(|| we.id());
+        }
+    }
+    out
+}
+
 pub fn compile(set: &PolicySet) -> Compiled {
     Compiled {
         routes: compile_routes(set),
         clusters: compile_clusters(set),
         workloads: compile_workloads(set),
         vips: compile_vips(set),
+        endpoint_workloads: compile_endpoint_workloads(set),
     }
 }

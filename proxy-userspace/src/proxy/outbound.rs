@@ -17,7 +17,13 @@ use super::{
     sniff::{self, Detected},
     sockopt,
 };
-use crate::{drain, ebpf::DatapathMaps, metrics::Metrics, workloads::Registry};
+use crate::{
+    drain,
+    ebpf::DatapathMaps,
+    metrics::Metrics,
+    telemetry::{Entry, TcpLabels, access_log::rfc3339, istio::split_workload},
+    workloads::Registry,
+};
 
 /// Copy buffer per direction; large enough for bulk transfers to stay cheap.
 const COPY_BUF: usize = 64 * 1024;
@@ -189,23 +195,29 @@ async fn proxy(
     }
 
     let upstream = ctx.http.l4_target(dst);
+    let record = TcpRecord::new(ctx, workload.as_deref(), dst, upstream);
     let mut up = match timeout(ctx.connect_timeout, TcpStream::connect(upstream)).await {
         Ok(Ok(up)) => up,
         Ok(Err(source)) => {
             sockopt::set_reset_on_close(&down);
-            return Err(OutboundError::Connect {
+            let e = OutboundError::Connect {
                 dst: upstream,
                 source,
-            });
+            };
+            record.failed(ctx, &e);
+            return Err(e);
         }
         Err(_) => {
             sockopt::set_reset_on_close(&down);
-            return Err(OutboundError::ConnectTimeout {
+            let e = OutboundError::ConnectTimeout {
                 dst: upstream,
                 after: ctx.connect_timeout,
-            });
+            };
+            record.failed(ctx, &e);
+            return Err(e);
         }
     };
+    ctx.metrics.istio.tcp_opened(&record.labels);
     let _ = up.set_nodelay(true);
     let _ = down.set_nodelay(true);
     if let Ok(c) = sockopt::cookie(&up) {
@@ -222,7 +234,75 @@ async fn proxy(
         }
     };
     ctx.metrics.bytes(to_up, to_down);
+    record.closed(ctx, to_up, to_down);
     let (dk, uk) = ctx.connections.counters(tracked.id());
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
     Ok(())
+}
+
+/// Istio's TCP metrics and the access-log line of one L4 connection.
+struct TcpRecord {
+    labels: TcpLabels,
+    entry: Entry,
+    start: std::time::Instant,
+}
+
+impl TcpRecord {
+    fn new(
+        ctx: &Outbound,
+        workload: Option<&str>,
+        dst: SocketAddr,
+        upstream: SocketAddr,
+    ) -> TcpRecord {
+        let snap = ctx.http.config.current();
+        let service = snap
+            .compiled
+            .vips
+            .get(&dst.ip())
+            .cloned()
+            .unwrap_or_else(|| dst.to_string());
+        let dest_workload = snap.compiled.endpoint_workloads.get(&upstream).cloned();
+        let (source_workload, source_namespace) = split_workload(workload);
+        let (destination_workload, destination_namespace) =
+            split_workload(dest_workload.as_deref());
+        TcpRecord {
+            labels: TcpLabels {
+                source_workload,
+                source_namespace,
+                destination_service: service.clone(),
+                destination_workload,
+                destination_namespace,
+                response_flags: "-".into(),
+            },
+            entry: Entry {
+                start_time: rfc3339(unix_ms()),
+                protocol: "tcp".into(),
+                upstream_cluster: service,
+                upstream_host: upstream.to_string(),
+                source_workload: workload.unwrap_or_default().to_string(),
+                destination_workload: dest_workload.unwrap_or_default(),
+                response_flags: "-".into(),
+                ..Entry::default()
+            },
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn failed(mut self, ctx: &Outbound, e: &OutboundError) {
+        self.labels.response_flags = "UF".into();
+        ctx.metrics.istio.tcp_opened(&self.labels);
+        ctx.metrics.istio.tcp_closed(&self.labels, 0, 0);
+        self.entry.response_flags = "UF".into();
+        self.entry.reason = e.to_string();
+        self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
+        ctx.http.access.log(&self.entry, true);
+    }
+
+    fn closed(mut self, ctx: &Outbound, sent: u64, received: u64) {
+        ctx.metrics.istio.tcp_closed(&self.labels, sent, received);
+        self.entry.bytes_received = sent;
+        self.entry.bytes_sent = received;
+        self.entry.duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        ctx.http.access.log(&self.entry, false);
+    }
 }

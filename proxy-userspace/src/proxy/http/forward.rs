@@ -17,10 +17,14 @@ use super::{
     outlier,
     pool::UpstreamError,
     ratelimit,
+    record::Record,
     route::{self, Decision},
     send,
 };
-use crate::routes::RequestView;
+use crate::{
+    routes::RequestView,
+    telemetry::{Entry, RequestLabels, access_log::rfc3339, istio::split_workload},
+};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: [&str; 7] = [
@@ -39,15 +43,32 @@ pub async fn handle(
     ctx: Arc<HttpContext>,
     verdicts: framing::Verdicts,
 ) -> Result<Response<Body>, Infallible> {
+    let header = |n| {
+        req.headers()
+            .get(n)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
     let mut log = RequestLog {
         start: Instant::now(),
+        start_unix_ms: crate::proxy::connections::unix_ms(),
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
+        protocol: if grpc { "grpc" } else { "http" },
+        version: format!("{:?}", req.version()),
+        request_id: header("x-request-id").unwrap_or_default(),
+        request_bytes: header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0),
+        response_bytes: 0,
+        grpc_status: String::new(),
         down: down.clone(),
+        ctx: ctx.clone(),
         status: None,
-        flags: ResponseFlags::default(),
+        rec: Record::default(),
     };
-    let mut flags = ResponseFlags::default();
+    let mut rec = Record::default();
     // HTTP/1 requests were framed by the guard on the connection, in the same order.
     let smuggling = if req.version() < Version::HTTP_2 {
         verdicts
@@ -61,40 +82,111 @@ pub async fn handle(
     let resp = match smuggling {
         Some(reason) => {
             tracing::warn!(reason, peer = %down.peer, "rejected a request that could be smuggled");
+            rec.reason = Some(format!("request smuggling shape: {reason}"));
             let mut r = local(400, format!("bad request: {reason}\n"), None);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
-        None => forward(req, &down, &ctx, &mut flags).await,
+        None => forward(req, &down, &ctx, &mut rec).await,
     };
     log.status = Some(resp.status().as_u16());
-    log.flags = flags;
+    log.response_bytes = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|l| l.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    log.grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    log.rec = rec;
     Ok(resp)
 }
 
-/// Logs a request when it ends, however it ends: if the client goes away first, hyper drops
-/// the request's future, and the line says so with flag DC (the upstream request, dropped
-/// with it, is cancelled).
+/// Records a request when it ends, however it ends: the debug line, Istio's metrics and the
+/// access log. If the client goes away first, hyper drops the request's future, and the
+/// record says so with flag DC (the upstream request, dropped with it, is cancelled).
 struct RequestLog {
     start: Instant,
+    start_unix_ms: u64,
     method: String,
     path: String,
+    protocol: &'static str,
+    version: String,
+    request_id: String,
+    request_bytes: u64,
+    response_bytes: u64,
+    grpc_status: String,
     down: Arc<Downstream>,
+    ctx: Arc<HttpContext>,
     status: Option<u16>,
-    flags: ResponseFlags,
+    rec: Record,
 }
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        let mut flags = self.flags;
         if self.status.is_none() {
-            flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
+            self.rec.fail(
+                ResponseFlags::DOWNSTREAM_DISCONNECT,
+                "downstream disconnected before the response",
+            );
         }
+        let rec = &self.rec;
+        let status = self.status.unwrap_or(0);
+        let ms = self.start.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(
-            method = %self.method, path = %self.path, status = self.status.unwrap_or(0), flags = %flags,
-            workload = self.down.workload.as_deref().unwrap_or("-"), dst = %self.down.dst,
-            ms = self.start.elapsed().as_secs_f64() * 1e3, "request"
+            method = %self.method, path = %self.path, status, flags = %rec.flags,
+            workload = self.down.workload.as_deref().unwrap_or("-"), dst = %self.down.dst, ms, "request"
+        );
+        let (source_workload, source_namespace) = split_workload(self.down.workload.as_deref());
+        let (destination_workload, destination_namespace) =
+            split_workload(rec.destination_workload.as_deref());
+        let destination_service = rec
+            .destination_service
+            .clone()
+            .unwrap_or_else(|| self.down.dst.to_string());
+        let flags = rec.flags.to_string();
+        self.ctx.metrics.istio.request(
+            &RequestLabels {
+                source_workload: source_workload.clone(),
+                source_namespace: source_namespace.clone(),
+                destination_service: destination_service.clone(),
+                destination_workload: destination_workload.clone(),
+                destination_namespace: destination_namespace.clone(),
+                protocol: self.protocol,
+                response_code: status,
+                grpc_status: self.grpc_status.clone(),
+                response_flags: flags.clone(),
+            },
+            ms,
+            self.request_bytes,
+            self.response_bytes,
+        );
+        let error = status >= 500 || status == 0 || !rec.flags.is_empty();
+        self.ctx.access.log(
+            &Entry {
+                start_time: rfc3339(self.start_unix_ms),
+                method: self.method.clone(),
+                path: self.path.clone(),
+                protocol: self.version.clone(),
+                response_code: status,
+                response_flags: flags,
+                duration_ms: (ms * 1000.0).round() / 1000.0,
+                upstream_cluster: destination_service,
+                upstream_host: rec.upstream_host.map(|h| h.to_string()).unwrap_or_default(),
+                source_workload: self.down.workload.clone().unwrap_or_default(),
+                destination_workload: rec.destination_workload.clone().unwrap_or_default(),
+                bytes_received: self.request_bytes,
+                bytes_sent: self.response_bytes,
+                request_id: self.request_id.clone(),
+                retries: rec.retries,
+                reason: rec.reason.clone().unwrap_or_default(),
+                ..Entry::default()
+            },
+            error,
         );
     }
 }
@@ -155,7 +247,7 @@ async fn forward(
     mut req: Request<Incoming>,
     down: &Downstream,
     ctx: &HttpContext,
-    flags: &mut ResponseFlags,
+    rec: &mut Record,
 ) -> Response<Body> {
     // The snapshot this request started with serves it to the end, whatever reloads happen.
     let snap = ctx.config.current();
@@ -217,12 +309,27 @@ async fn forward(
             return local(status, String::new(), Some((header::LOCATION, location)));
         }
         Decision::NoRoute { host } => {
-            flags.insert(ResponseFlags::NO_ROUTE);
+            rec.fail(
+                ResponseFlags::NO_ROUTE,
+                format!("no route of the VirtualService for {host} matched"),
+            );
+            rec.destination_service = Some(host.clone());
             return local(404, format!("no route for {host}\n"), None);
         }
-        Decision::Passthrough => (None, None),
+        Decision::Passthrough => {
+            // No VirtualService: the service is the VIP's, or the host asked for.
+            rec.destination_service = snap
+                .compiled
+                .vips
+                .get(&down.dst.ip())
+                .cloned()
+                .or_else(|| candidates.first().cloned());
+            (None, None)
+        }
         Decision::Forward { route, destination } => {
-            if let Some(resp) = fault::inject(route.spec.fault.as_ref(), flags).await {
+            rec.destination_service = Some(destination.host.clone());
+            if let Some(resp) = fault::inject(route.spec.fault.as_ref(), &mut rec.flags).await {
+                rec.reason = Some("fault injection abort".into());
                 return resp;
             }
             if let Some(a) = route
@@ -260,7 +367,7 @@ async fn forward(
     match verdict {
         ratelimit::Verdict::Allow => {}
         ratelimit::Verdict::Limited(l) => {
-            flags.insert(ResponseFlags::RATE_LIMITED);
+            rec.fail(ResponseFlags::RATE_LIMITED, "rate limited");
             let mut r = local(429, "local_rate_limited\n".into(), None);
             let h = r.headers_mut();
             h.insert("x-ratelimit-limit", HeaderValue::from(l.limit));
@@ -272,7 +379,10 @@ async fn forward(
             return r;
         }
         ratelimit::Verdict::Unavailable => {
-            flags.insert(ResponseFlags::RATE_LIMITED);
+            rec.fail(
+                ResponseFlags::RATE_LIMITED,
+                "rate limit service unavailable (failureModeDeny)",
+            );
             return local(500, "rate limit service unavailable\n".into(), None);
         }
     }
@@ -354,8 +464,8 @@ async fn forward(
         algo,
     };
     let mut resp = match downstream_upgrade {
-        Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, flags).await,
-        None => send::with_policy(plan, req, down, ctx, flags).await,
+        Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, rec).await,
+        None => send::with_policy(plan, req, down, ctx, rec).await,
     };
     headers::edit_response(resp.headers_mut(), &levels);
     resp
@@ -369,12 +479,12 @@ async fn upgrade_once(
     down: &Downstream,
     ctx: &HttpContext,
     plan: &send::Plan<'_>,
-    flags: &mut ResponseFlags,
+    rec: &mut Record,
 ) -> Response<Body> {
     let _ = down;
     let target = match plan.target(ctx, None) {
         Ok(t) => t,
-        Err(e) => return send::no_endpoint(e, flags),
+        Err(e) => return send::no_endpoint(e, rec),
     };
     let sent = match ctx.pool.fresh_h1(target).await {
         Ok(mut s) => s
@@ -399,7 +509,7 @@ async fn upgrade_once(
             }
             resp.map(body::boxed)
         }
-        Err(e) => send::upstream_failed(&e, flags, false),
+        Err(e) => send::upstream_failed(&e, rec, false),
     }
 }
 

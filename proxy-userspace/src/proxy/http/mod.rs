@@ -12,6 +12,7 @@ mod mirror;
 mod outlier;
 mod pool;
 mod ratelimit;
+mod record;
 mod replay;
 mod retry;
 mod route;
@@ -48,6 +49,7 @@ pub struct HttpContext {
     /// Local rate-limit buckets and the global limit's Redis connections.
     pub buckets: ratelimit::local::Buckets,
     pub global: ratelimit::global::Global,
+    pub access: Arc<crate::telemetry::AccessLog>,
 }
 
 impl HttpContext {
@@ -57,6 +59,7 @@ impl HttpContext {
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         redis_timeout: Duration,
+        access: Arc<crate::telemetry::AccessLog>,
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
             pool: Arc::new(Pool::new(connect_timeout)),
@@ -68,6 +71,7 @@ impl HttpContext {
             outliers: outlier::Detector::default(),
             buckets: ratelimit::local::Buckets::default(),
             global: ratelimit::global::Global::new(redis_timeout),
+            access,
         })
     }
 }

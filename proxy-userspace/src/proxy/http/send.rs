@@ -12,6 +12,7 @@ use super::{
     lb::Algorithm,
     outlier::{self, Outcome as Health},
     pool::UpstreamError,
+    record::Record,
     replay::{self, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
     route::{self, NoEndpoint},
@@ -126,20 +127,16 @@ fn refused_stream(e: &hyper::Error) -> bool {
         .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)
 }
 
-pub fn no_endpoint(e: NoEndpoint, flags: &mut ResponseFlags) -> Response<Body> {
-    flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
+pub fn no_endpoint(e: NoEndpoint, rec: &mut Record) -> Response<Body> {
+    rec.fail(ResponseFlags::NO_HEALTHY_UPSTREAM, e.to_string());
     tracing::warn!(error = %e, "no endpoint");
     local(503, "no healthy upstream".into(), None)
 }
 
-pub fn upstream_failed(
-    e: &UpstreamError,
-    flags: &mut ResponseFlags,
-    exhausted: bool,
-) -> Response<Body> {
-    flags.insert(e.flag());
+pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> Response<Body> {
+    rec.fail(e.flag(), e.to_string());
     if exhausted {
-        flags.insert(ResponseFlags::RETRY_LIMIT);
+        rec.flags.insert(ResponseFlags::RETRY_LIMIT);
     }
     tracing::warn!(error = %e, "upstream request failed");
     local(
@@ -152,8 +149,8 @@ pub fn upstream_failed(
     )
 }
 
-fn timed_out(flags: &mut ResponseFlags) -> Response<Body> {
-    flags.insert(ResponseFlags::UPSTREAM_TIMEOUT);
+fn timed_out(rec: &mut Record) -> Response<Body> {
+    rec.fail(ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout");
     local(504, "upstream request timeout".into(), None)
 }
 
@@ -207,7 +204,7 @@ pub async fn with_policy(
     req: Request<Incoming>,
     down: &Downstream,
     ctx: &HttpContext,
-    flags: &mut ResponseFlags,
+    rec: &mut Record,
 ) -> Response<Body> {
     let policy = RetryPolicy::from_spec(plan.route.and_then(|r| r.spec.retries.as_ref()));
     let route_timeout = plan
@@ -219,7 +216,7 @@ pub async fn with_policy(
         Ok(Prepared::Replayable(r)) => (Some(r), None),
         Ok(Prepared::Streaming(r)) => (None, Some(r)),
         Err(e) => {
-            flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
+            rec.flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
             tracing::debug!(error = %e, "reading the request body failed");
             return local(400, "request body could not be read".into(), None);
         }
@@ -264,27 +261,38 @@ pub async fn with_policy(
     let attempts = match route_timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
             Ok(a) => a,
-            Err(_) => return timed_out(flags),
+            Err(_) => return timed_out(rec),
         },
         None => attempts.await,
     };
     if attempts.tries > 1 {
         ctx.metrics.retries(u64::from(attempts.tries - 1));
     }
+    rec.retries = attempts.tries - 1;
+    rec.upstream_host = last;
+    rec.destination_workload =
+        last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
     match attempts.last {
         Ok(resp) => {
             if attempts.exhausted {
-                flags.insert(ResponseFlags::RETRY_LIMIT);
+                rec.fail(
+                    ResponseFlags::RETRY_LIMIT,
+                    format!(
+                        "retries exhausted after {} attempts; last upstream answer {}",
+                        attempts.tries,
+                        resp.status().as_u16()
+                    ),
+                );
             }
             resp.map(super::body::boxed)
         }
-        Err(Failed::NoEndpoint(e)) => no_endpoint(e, flags),
-        Err(Failed::Upstream(e)) => upstream_failed(&e, flags, attempts.exhausted),
+        Err(Failed::NoEndpoint(e)) => no_endpoint(e, rec),
+        Err(Failed::Upstream(e)) => upstream_failed(&e, rec, attempts.exhausted),
         Err(Failed::PerTryTimeout) => {
             if attempts.exhausted {
-                flags.insert(ResponseFlags::RETRY_LIMIT);
+                rec.flags.insert(ResponseFlags::RETRY_LIMIT);
             }
-            timed_out(flags)
+            timed_out(rec)
         }
     }
 }

@@ -1,0 +1,27 @@
+//! What happened to one request, filled in along the pipeline and read when the request ends:
+//! response flags, where it went, retries, and the reason for any failure or denial.
+
+use std::net::SocketAddr;
+
+use super::ResponseFlags;
+
+#[derive(Clone, Debug, Default)]
+pub struct Record {
+    pub flags: ResponseFlags,
+    /// The service host the request was routed to (or asked for, when no route applies).
+    pub destination_service: Option<String>,
+    /// `namespace/name` of the WorkloadEntry behind the endpoint, when known.
+    pub destination_workload: Option<String>,
+    /// The endpoint of the last attempt.
+    pub upstream_host: Option<SocketAddr>,
+    pub retries: u32,
+    /// Why the request failed or was denied, for the access log.
+    pub reason: Option<String>,
+}
+
+impl Record {
+    pub fn fail(&mut self, flag: ResponseFlags, reason: impl Into<String>) {
+        self.flags.insert(flag);
+        self.reason.get_or_insert_with(|| reason.into());
+    }
+}

@@ -1,0 +1,8 @@
+//! Telemetry beyond meshd's own counters: Istio's standard metrics (so existing dashboards
+//! work) and one JSON access-log line per request and per L4 connection.
+
+pub mod access_log;
+pub mod istio;
+
+pub use access_log::{AccessLog, Entry};
+pub use istio::{IstioMetrics, RequestLabels, TcpLabels};
