@@ -234,8 +234,13 @@ async fn proxy(
         }
     };
     ctx.metrics.bytes(to_up, to_down);
-    record.closed(ctx, to_up, to_down);
     let (dk, uk) = ctx.connections.counters(tracked.id());
+    if let Some(u) = uk {
+        ctx.metrics
+            .istio
+            .kernel(&record.labels, u.srtt_us, u.retransmits);
+    }
+    record.closed(ctx, to_up, to_down);
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
     Ok(())
 }

@@ -40,6 +40,13 @@ const TCP_LABELS: [&str; 9] = [
     "connection_security_policy",
 ];
 
+/// Labels of the kernel-side TCP figures: the workload pair.
+const KERNEL_LABELS: [&str; 3] = [
+    "source_workload",
+    "source_workload_namespace",
+    "destination_service",
+];
+
 /// The labels of one HTTP request.
 #[derive(Clone, Debug, Hash)]
 pub struct RequestLabels {
@@ -75,6 +82,8 @@ pub struct IstioMetrics {
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
     overflow: IntCounterVec,
+    tcp_rtt: HistogramVec,
+    tcp_retransmits: IntCounterVec,
     seen_requests: Mutex<HashSet<u64>>,
     seen_tcp: Mutex<HashSet<u64>>,
 }
@@ -167,6 +176,24 @@ impl IstioMetrics {
                 "Bytes received from the destination over TCP",
                 &TCP_LABELS,
             ),
+            tcp_rtt: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "meshd_tcp_rtt_microseconds",
+                        "Smoothed RTT of meshd's upstream TCP connections at close, from the kernel (sockops srtt_us)",
+                    )
+                    .buckets(vec![10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 25000.0, 100000.0, 500000.0]),
+                    &KERNEL_LABELS,
+                )
+                .expect("metric");
+                registry.register(Box::new(h.clone())).expect("register");
+                h
+            },
+            tcp_retransmits: counter(
+                "meshd_tcp_retransmits_total",
+                "Retransmitted segments on meshd's upstream TCP connections, from the kernel (sockops total_retrans)",
+                &KERNEL_LABELS,
+            ),
             overflow: counter(
                 "meshd_metric_label_overflow_total",
                 "Samples whose label set exceeded the per-metric series cap and was folded into `other`",
@@ -241,6 +268,18 @@ impl IstioMetrics {
             l.response_flags,
             "unknown".into(),
         ]
+    }
+
+    /// The kernel's view of an upstream connection that just closed.
+    pub fn kernel(&self, l: &TcpLabels, srtt_us: u64, retransmits: u64) {
+        let v = self.tcp_values(l);
+        let labels = [v[1].as_str(), v[2].as_str(), v[4].as_str()];
+        self.tcp_rtt
+            .with_label_values(&labels)
+            .observe(srtt_us as f64);
+        self.tcp_retransmits
+            .with_label_values(&labels)
+            .inc_by(retransmits);
     }
 
     pub fn tcp_opened(&self, l: &TcpLabels) {
