@@ -202,3 +202,55 @@ fn access_log_lines_carry_flags_and_reasons() {
         );
     }
 }
+
+#[test]
+fn the_log_level_changes_at_run_time() {
+    if !ebpf_available("logging") {
+        return;
+    }
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let d = start(
+        "logging",
+        83,
+        &policies(
+            &v1,
+            &v2,
+            "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
+        ),
+    );
+    let post = |q: &str| {
+        let mut s = std::net::TcpStream::connect(d.admin).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "POST /logging?level={q} HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(post("warn").contains(" 200 "), "the level is accepted");
+    assert_eq!(d.get("/logging").trim(), "warn");
+    let before = d.log_text().matches("request method=").count();
+    curl(&d, &["-o", "/dev/null", "http://reviews:9080/"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        d.log_text().matches("request method=").count(),
+        before,
+        "debug lines are off at warn"
+    );
+    post("debug");
+    curl(&d, &["-o", "/dev/null", "http://reviews:9080/"]);
+    eventually(Duration::from_secs(2), || {
+        (d.log_text().matches("request method=").count() > before).then_some(())
+    })
+    .expect("debug lines are back");
+    assert!(
+        post("not%3D%3Dvalid").contains("400"),
+        "an invalid filter is refused"
+    );
+}

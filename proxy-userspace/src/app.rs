@@ -90,16 +90,7 @@ pub struct App {
 }
 
 pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MESHD_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    crate::telemetry::logging::init();
 }
 
 pub fn run_daemon(settings: Settings) -> ExitCode {
@@ -317,6 +308,7 @@ fn serve(
         started_unix_ms: crate::proxy::connections::unix_ms(),
         attach_cgroup: cgroups.attach.display().to_string(),
         config,
+        http: ctx.http.clone(),
     });
     tokio::spawn(admin::serve(admin_listener, state.clone()));
     state.ready.store(true, Ordering::Relaxed);

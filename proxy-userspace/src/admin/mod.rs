@@ -41,6 +41,7 @@ pub struct AdminState {
     pub started_unix_ms: u64,
     pub attach_cgroup: String,
     pub config: Arc<crate::config::ConfigStore>,
+    pub http: Arc<crate::proxy::http::HttpContext>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +125,30 @@ async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
             }),
         ),
         (Method::GET, "/workloads") => json(StatusCode::OK, &st.workloads.list()),
+        (Method::GET, "/stats/outliers") => json(StatusCode::OK, &st.http.outliers.report()),
+        (Method::GET, "/logging") => text(
+            StatusCode::OK,
+            format!("{}\n", crate::telemetry::logging::current()),
+        ),
+        (Method::POST, "/logging") => {
+            // `POST /logging?level=debug` (any tracing filter, e.g. `info,meshd::proxy=debug`).
+            let level = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("level=")))
+                .map(|v| {
+                    v.replace("%2C", ",")
+                        .replace("%3D", "=")
+                        .replace("%3A", ":")
+                });
+            match level {
+                Some(l) => match crate::telemetry::logging::set(&l) {
+                    Ok(()) => text(StatusCode::OK, format!("{l}\n")),
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                },
+                None => error(StatusCode::BAD_REQUEST, "use POST /logging?level=FILTER"),
+            }
+        }
         (Method::POST, "/workloads") => enrol(req, st).await,
         (Method::DELETE, p) if p.starts_with("/workloads/") => {
             let Ok(id) = p["/workloads/".len()..].parse::<u32>() else {

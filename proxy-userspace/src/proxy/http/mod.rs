@@ -9,7 +9,7 @@ mod framing;
 mod headers;
 mod lb;
 mod mirror;
-mod outlier;
+pub mod outlier;
 mod pool;
 mod ratelimit;
 mod record;

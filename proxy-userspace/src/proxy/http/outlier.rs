@@ -179,6 +179,48 @@ impl Detector {
     }
 }
 
+/// One endpoint's outlier state, for `/stats/outliers`.
+#[derive(Debug, serde::Serialize)]
+pub struct EndpointHealth {
+    pub cluster: String,
+    pub endpoint: SocketAddr,
+    pub ejected: bool,
+    /// Milliseconds until an ejected endpoint returns.
+    pub ejected_for_ms: u64,
+    pub ejections: u32,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    pub consecutive_local_origin_failures: u32,
+}
+
+impl Detector {
+    pub fn report(&self) -> Vec<EndpointHealth> {
+        let now = Instant::now();
+        let hosts = self.hosts.lock().expect("outlier lock");
+        let mut out: Vec<EndpointHealth> = hosts
+            .iter()
+            .map(|((cluster, endpoint), h)| {
+                let left = h
+                    .ejected_until
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or_default();
+                EndpointHealth {
+                    cluster: cluster.clone(),
+                    endpoint: *endpoint,
+                    ejected: !left.is_zero(),
+                    ejected_for_ms: left.as_millis() as u64,
+                    ejections: h.ejections,
+                    consecutive_5xx: h.c5xx,
+                    consecutive_gateway_errors: h.gateway,
+                    consecutive_local_origin_failures: h.local,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.cluster, a.endpoint).cmp(&(&b.cluster, b.endpoint)));
+        out
+    }
+}
+
 fn trips(threshold: u32, count: u32) -> bool {
     threshold > 0 && count >= threshold
 }
