@@ -254,3 +254,163 @@ fn the_log_level_changes_at_run_time() {
         "an invalid filter is refused"
     );
 }
+
+/// A test collector (not a real Zipkin): accepts POSTs and keeps their JSON bodies.
+struct Collector {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = bodies.clone();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let (head_end, len) = loop {
+                    let Ok(n) = s.read(&mut chunk) else {
+                        break (0, 0);
+                    };
+                    if n == 0 {
+                        break (0, 0);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break (i + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[head_end..]).into_owned());
+                let _ = s.write_all(
+                    b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Collector { addr, bodies }
+    }
+
+    fn spans(&self) -> Vec<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+#[test]
+fn spans_reach_a_collector_with_parent_links_across_two_hops() {
+    if !ebpf_available("tracing") {
+        return;
+    }
+    let collector = Collector::start();
+    let (v1, v2) = (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    );
+    let dir = support::mesh::config_dir(
+        "tracing",
+        &policies(
+            &v1,
+            &v2,
+            "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
+        ),
+    );
+    let zipkin = format!("http://{}/api/v2/spans", collector.addr);
+    let d = Daemon::start(
+        "tracing",
+        84,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--trace-zipkin",
+            &zipkin,
+            "--trace-sample",
+            "0",
+        ],
+    );
+    // Hop 1: a caller's sampled trace enters meshd.
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let body = curl(
+        &d,
+        &[
+            "-H",
+            &format!("traceparent: {caller}"),
+            "http://reviews:9080/whoami",
+        ],
+    );
+    let seen: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    let hop1 = seen["traceparent"].as_str().unwrap().to_string();
+    assert!(
+        hop1.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && hop1.ends_with("-01"),
+        "{hop1}"
+    );
+    let span1_id = hop1.split('-').nth(2).unwrap().to_string();
+    assert_ne!(
+        span1_id, "00f067aa0ba902b7",
+        "meshd's own span is the upstream's parent"
+    );
+    // Hop 2: the backend's own outgoing call carries the context it received.
+    curl(
+        &d,
+        &[
+            "-H",
+            &format!("traceparent: {hop1}"),
+            "http://reviews:9080/whoami",
+        ],
+    );
+    // Unsampled traffic (sample rate 0, no caller decision) exports nothing.
+    curl(&d, &["http://reviews:9080/whoami"]);
+    let spans = eventually(Duration::from_secs(5), || {
+        let s = collector.spans();
+        (s.len() >= 2).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no spans; log:\n{}", d.log_text()));
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let one = spans
+        .iter()
+        .find(|s| s["id"] == span1_id.as_str())
+        .expect("hop 1's span");
+    let two = spans
+        .iter()
+        .find(|s| s["id"] != span1_id.as_str())
+        .expect("hop 2's span");
+    assert_eq!(one["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(one["parentId"], "00f067aa0ba902b7");
+    assert_eq!(two["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        two["parentId"],
+        span1_id.as_str(),
+        "hop 2 is a child of hop 1"
+    );
+    assert_eq!(one["tags"]["http.status_code"], "200");
+    assert_eq!(one["name"], "reviews.default.svc.cluster.local:9080/*");
+    // The access log carries the same trace id and a generated request id.
+    let lines = access_lines(&d);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+                && l["request_id"].as_str().is_some_and(|r| r.len() == 36))
+    );
+}

@@ -66,6 +66,8 @@ pub enum StartupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("tracing: {0}")]
+    Tracing(String),
     #[error("config path {0} does not exist")]
     MissingConfig(PathBuf),
     #[error("the configuration is invalid:\n{0}")]
@@ -183,6 +185,14 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
                 source,
             })?,
     );
+    use crate::telemetry::trace::{Format, Tracer};
+    let tracer = Arc::new(match (&settings.trace_zipkin, &settings.trace_otlp) {
+        (Some(url), _) => Tracer::start(url, Format::Zipkin, settings.trace_sample)
+            .map_err(StartupError::Tracing)?,
+        (None, Some(url)) => Tracer::start(url, Format::Otlp, settings.trace_sample)
+            .map_err(StartupError::Tracing)?,
+        (None, None) => Tracer::disabled(settings.trace_sample),
+    });
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -200,6 +210,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
                 metrics,
                 config,
                 access,
+                tracer,
             };
             Ok(serve(settings, cgroups, datapath, listeners, lock, shared))
         }
@@ -215,6 +226,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     config: Arc<ConfigStore>,
     access: Arc<crate::telemetry::AccessLog>,
+    tracer: Arc<crate::telemetry::trace::Tracer>,
 }
 
 struct Listeners {
@@ -254,6 +266,7 @@ fn serve(
         metrics,
         config,
         access,
+        tracer,
     } = shared;
     let Listeners {
         admin: admin_listener,
@@ -285,6 +298,7 @@ fn serve(
             metrics.clone(),
             settings.redis_timeout,
             access,
+            tracer,
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
     });

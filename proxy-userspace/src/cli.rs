@@ -105,6 +105,15 @@ pub struct RunArgs {
     /// Fraction of successful requests logged (0 to 1); errors are always logged.
     #[arg(long, env = "MESHD_ACCESS_LOG_SAMPLE", default_value_t = 1.0)]
     pub access_log_sample: f64,
+    /// Export spans as Zipkin v2 JSON to this collector URL (http://host:port/api/v2/spans).
+    #[arg(long, env = "MESHD_TRACE_ZIPKIN")]
+    pub trace_zipkin: Option<String>,
+    /// Export spans as OTLP/HTTP JSON to this collector URL (http://host:port/v1/traces).
+    #[arg(long, env = "MESHD_TRACE_OTLP")]
+    pub trace_otlp: Option<String>,
+    /// Fraction of new traces sampled (0 to 1); a caller's sampling decision is kept.
+    #[arg(long, env = "MESHD_TRACE_SAMPLE", default_value_t = 0.01)]
+    pub trace_sample: f64,
 }
 
 #[derive(Args, Debug)]

@@ -46,6 +46,9 @@ pub struct Settings {
     pub redis_timeout: Duration,
     pub access_log: String,
     pub access_log_sample: f64,
+    pub trace_zipkin: Option<String>,
+    pub trace_otlp: Option<String>,
+    pub trace_sample: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +135,17 @@ impl Settings {
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
             access_log: a.access_log.clone(),
+            trace_zipkin: a.trace_zipkin.clone(),
+            trace_otlp: a.trace_otlp.clone(),
+            trace_sample: if (0.0..=1.0).contains(&a.trace_sample) {
+                a.trace_sample
+            } else {
+                return Err(invalid(
+                    "trace-sample",
+                    &a.trace_sample.to_string(),
+                    "must be between 0 and 1",
+                ));
+            },
             access_log_sample: if (0.0..=1.0).contains(&a.access_log_sample) {
                 a.access_log_sample
             } else {

@@ -208,11 +208,15 @@ async fn answer_plain(
             .unwrap());
     }
     let body = format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"path\":\"{}\",\"x_route\":\"{}\",\"host\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\"}}\n",
         req.version(),
         req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
         req.headers()
             .get("x-route")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+        req.headers()
+            .get("traceparent")
             .and_then(|h| h.to_str().ok())
             .unwrap_or(""),
         req.headers()

@@ -99,6 +99,30 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
     json(status, &ErrorBody { error: msg.into() })
 }
 
+/// The registry's metrics plus the drop counters of the telemetry pipelines, which live outside
+/// the registry (atomics bumped off the request path).
+fn metrics_text(st: &AdminState) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut text = st.metrics.render(&st.maps);
+    for (name, help, value) in [
+        (
+            "meshd_trace_spans_dropped_total",
+            "Spans dropped because the export queue was full",
+            st.http.tracer.dropped.load(Relaxed),
+        ),
+        (
+            "meshd_access_log_dropped_total",
+            "Access-log lines dropped because the writer queue was full",
+            st.http.access.dropped.load(Relaxed),
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    text
+}
+
 async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
@@ -111,7 +135,7 @@ async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
         }
         (Method::GET, "/metrics") => Response::builder()
             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(st.metrics.render(&st.maps))))
+            .body(Full::new(Bytes::from(metrics_text(st))))
             .expect("static response parts"),
         (Method::GET, "/connections") => json(StatusCode::OK, &st.connections.snapshot()),
         (Method::GET, "/config_dump") => json(

@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod istio;
 pub mod logging;
+pub mod trace;
 
 pub use access_log::{AccessLog, Entry};
 pub use istio::{IstioMetrics, RequestLabels, TcpLabels};

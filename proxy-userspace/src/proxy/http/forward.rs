@@ -38,11 +38,14 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     down: Arc<Downstream>,
     ctx: Arc<HttpContext>,
     verdicts: framing::Verdicts,
 ) -> Result<Response<Body>, Infallible> {
+    // meshd's span: continues the caller's trace, and is the parent of the upstream request.
+    let trace = crate::telemetry::trace::extract(req.headers(), ctx.tracer.sample_rate);
+    let request_id = crate::telemetry::trace::inject(req.headers_mut(), &trace);
     let header = |n| {
         req.headers()
             .get(n)
@@ -57,7 +60,8 @@ pub async fn handle(
         path: req.uri().path().to_string(),
         protocol: if grpc { "grpc" } else { "http" },
         version: format!("{:?}", req.version()),
-        request_id: header("x-request-id").unwrap_or_default(),
+        request_id,
+        trace,
         request_bytes: header("content-length")
             .and_then(|l| l.parse().ok())
             .unwrap_or(0),
@@ -117,6 +121,7 @@ struct RequestLog {
     protocol: &'static str,
     version: String,
     request_id: String,
+    trace: crate::telemetry::trace::Context,
     request_bytes: u64,
     response_bytes: u64,
     grpc_status: String,
@@ -166,6 +171,40 @@ impl Drop for RequestLog {
             self.response_bytes,
         );
         let error = status >= 500 || status == 0 || !rec.flags.is_empty();
+        let mut tags = vec![
+            ("http.method".to_string(), self.method.clone()),
+            ("http.url".to_string(), self.path.clone()),
+            ("http.status_code".to_string(), status.to_string()),
+            ("response_flags".to_string(), rec.flags.to_string()),
+            (
+                "upstream_cluster".to_string(),
+                rec.destination_service.clone().unwrap_or_default(),
+            ),
+            ("guid:x-request-id".to_string(), self.request_id.clone()),
+            (
+                "istio.source_workload".to_string(),
+                self.down.workload.clone().unwrap_or_default(),
+            ),
+        ];
+        if let Some(h) = rec.upstream_host {
+            tags.push(("upstream_host".into(), h.to_string()));
+        }
+        if error {
+            tags.push(("error".into(), "true".into()));
+        }
+        self.ctx.tracer.record(crate::telemetry::trace::Span {
+            context: self.trace.clone(),
+            name: format!(
+                "{}:{}/*",
+                rec.destination_service
+                    .clone()
+                    .unwrap_or_else(|| self.down.dst.ip().to_string()),
+                self.down.dst.port()
+            ),
+            start_unix_us: self.start_unix_ms * 1000,
+            duration_us: (ms * 1000.0) as u64,
+            tags,
+        });
         self.ctx.access.log(
             &Entry {
                 start_time: rfc3339(self.start_unix_ms),
@@ -182,6 +221,7 @@ impl Drop for RequestLog {
                 bytes_received: self.request_bytes,
                 bytes_sent: self.response_bytes,
                 request_id: self.request_id.clone(),
+                trace_id: self.trace.trace_id.clone(),
                 retries: rec.retries,
                 reason: rec.reason.clone().unwrap_or_default(),
                 ..Entry::default()

@@ -50,6 +50,7 @@ pub struct HttpContext {
     pub buckets: ratelimit::local::Buckets,
     pub global: ratelimit::global::Global,
     pub access: Arc<crate::telemetry::AccessLog>,
+    pub tracer: Arc<crate::telemetry::trace::Tracer>,
 }
 
 impl HttpContext {
@@ -60,6 +61,7 @@ impl HttpContext {
         metrics: Arc<Metrics>,
         redis_timeout: Duration,
         access: Arc<crate::telemetry::AccessLog>,
+        tracer: Arc<crate::telemetry::trace::Tracer>,
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
             pool: Arc::new(Pool::new(connect_timeout)),
@@ -72,6 +74,7 @@ impl HttpContext {
             buckets: ratelimit::local::Buckets::default(),
             global: ratelimit::global::Global::new(redis_timeout),
             access,
+            tracer,
         })
     }
 }
