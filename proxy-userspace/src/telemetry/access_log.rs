@@ -71,7 +71,7 @@ pub fn rfc3339(unix_ms: u64) -> String {
 impl AccessLog {
     /// `target` is `stdout`, `off`, or a file path (appended to).
     pub fn open(target: &str, sample: f64) -> std::io::Result<AccessLog> {
-        let mut out: Box<dyn Write + Send> = match target {
+        let out: Box<dyn Write + Send> = match target {
             "off" => {
                 return Ok(AccessLog {
                     tx: None,
@@ -87,15 +87,18 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
         let (tx, rx) = sync_channel::<String>(QUEUE);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
+                // Write what is queued in one go, then flush once the queue is empty.
                 while let Ok(line) = rx.recv() {
                     let _ = writeln!(out, "{line}");
-                    if rx.try_recv().is_err() {
-                        let _ = out.flush();
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = writeln!(out, "{more}");
                     }
+                    let _ = out.flush();
                 }
             })?;
         Ok(AccessLog {

@@ -28,10 +28,16 @@ pub struct Context {
     pub sampled: bool,
 }
 
+/// `bytes` random bytes as lowercase hex.
 fn hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let b = fastrand::u8(..);
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 fn valid_hex(s: &str, len: usize) -> bool {

@@ -337,7 +337,7 @@ fn wrk(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Resul
         ]
         .to_vec(),
     );
-    let text = tools::run_text(cmd(&argv), Duration::from_secs(secs + 60))?;
+    let text = super::procs::run_text(cmd(&argv), Duration::from_secs(secs + 60))?;
     let w = tools::parse_wrk(&text)?;
     eprintln!(
         "    {:.0} req/s, p50 {} p99 {}, {} errors",
@@ -392,7 +392,7 @@ fn h2load(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Re
         ]
         .to_vec(),
     );
-    let text = tools::run_text(cmd(&argv), Duration::from_secs(secs + 60))?;
+    let text = super::procs::run_text(cmd(&argv), Duration::from_secs(secs + 60))?;
     let h = tools::parse_h2load(&text)?;
     eprintln!("    {:.0} req/s, {} failed", h.rps, h.failed);
     if h.succeeded == 0 {

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -98,13 +99,14 @@ impl Drop for Server {
     }
 }
 
-/// Runs a client to completion (killing it after `deadline`) and returns the JSON line it
-/// printed last.
-pub fn run_json(mut cmd: Command, deadline: Duration) -> Result<String> {
+/// Runs a client to completion in its own process group (killing the group after `deadline`)
+/// and returns its stdout.
+pub fn run_text(mut cmd: Command, deadline: Duration) -> Result<String> {
     eprintln!("    $ {}", show(&cmd));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", show(&cmd)))?;
     let mut stdout = child.stdout.take().expect("piped stdout");
@@ -119,7 +121,8 @@ pub fn run_json(mut cmd: Command, deadline: Duration) -> Result<String> {
             break status;
         }
         if Instant::now() >= until {
-            let _ = child.kill();
+            // SAFETY: our own child's process group.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
             let _ = child.wait();
             bail!(
                 "`{}` did not finish within {deadline:?}; killed it",
@@ -130,18 +133,21 @@ pub fn run_json(mut cmd: Command, deadline: Duration) -> Result<String> {
     };
     let text = reader.join().unwrap_or_default();
     if !status.success() {
-        bail!("`{}` failed with {status}", show(&cmd));
+        bail!("`{}` failed with {status}; its output: {text}", show(&cmd));
     }
+    Ok(text)
+}
+
+/// Runs a client to completion (killing it after `deadline`) and returns the JSON line it
+/// printed last.
+pub fn run_json(cmd: Command, deadline: Duration) -> Result<String> {
+    let shown = show(&cmd);
+    let text = run_text(cmd, deadline)?;
     text.lines()
         .rev()
         .find(|l| l.starts_with('{'))
         .map(str::to_string)
-        .with_context(|| {
-            format!(
-                "`{}` printed no JSON result; its output: {text:?}",
-                show(&cmd)
-            )
-        })
+        .with_context(|| format!("`{shown}` printed no JSON result; its output: {text:?}"))
 }
 
 /// The unsigned integer `"key":N` in a flat JSON object written by a helper.

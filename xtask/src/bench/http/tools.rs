@@ -3,7 +3,6 @@
 
 use std::{
     fs::File,
-    io::Read,
     net::{Ipv4Addr, SocketAddr, TcpStream},
     os::unix::process::CommandExt,
     path::Path,
@@ -86,45 +85,6 @@ impl Drop for Group {
         let _ = child.wait();
         eprintln!("    stopped {}", self.name);
     }
-}
-
-/// Runs a client to completion in its own process group (killing the group after `deadline`)
-/// and returns its stdout.
-pub fn run_text(mut cmd: Command, deadline: Duration) -> Result<String> {
-    eprintln!("    $ {}", show(&cmd));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {}", show(&cmd)))?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
-    let until = Instant::now() + deadline;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= until {
-            // SAFETY: our own child's process group.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            bail!(
-                "`{}` did not finish within {deadline:?}; killed it",
-                show(&cmd)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = reader.join().unwrap_or_default();
-    if !status.success() {
-        bail!("`{}` failed with {status}; its output: {text}", show(&cmd));
-    }
-    Ok(text)
 }
 
 /// nginx's temp-path directives, all under `dir`.
