@@ -212,10 +212,9 @@ fn live_connection_shows_kernel_counters_and_meshd_does_not_loop() {
     assert_eq!(c["workload"], "shop/holder");
     assert_eq!(c["destination"], backend.addr.to_string());
     assert!(c["upstream"]["tx_packets"].as_u64().unwrap() > 0);
-    assert!(
-        c["upstream"]["bytes_acked"].as_u64().unwrap() >= 1_048_576,
-        "{c}"
-    );
+    // bytes_acked is a sockops snapshot taken on RTT callbacks: it lags the last ACKs of a live
+    // connection (the exact total is taken at close), so a live one only shows progress.
+    assert!(c["upstream"]["bytes_acked"].as_u64().unwrap() > 0, "{c}");
     assert!(
         c["downstream"]["rx_bytes"].as_u64().unwrap() >= 1_048_576,
         "{c}"
