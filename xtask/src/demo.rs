@@ -152,6 +152,20 @@ pub fn run() -> Result<()> {
         eprintln!("    {line}");
     }
 
+    step("Istio's standard metrics, as existing dashboards expect them (istio_requests_total)");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+    {
+        eprintln!("    {line}");
+    }
+
+    step("the access log: one JSON line per request (meshd's stdout)");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    for line in log_text.lines().filter(|l| l.starts_with('{')).take(2) {
+        eprintln!("    {line}");
+    }
+
     step("stopping meshd (SIGTERM): it drains, detaches its programs and removes its cgroups");
     let cgroup = cgroup_path()?;
     meshd.stop()?;
