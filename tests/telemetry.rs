@@ -414,3 +414,61 @@ fn spans_reach_a_collector_with_parent_links_across_two_hops() {
                 && l["request_id"].as_str().is_some_and(|r| r.len() == 36))
     );
 }
+
+#[test]
+fn kernel_byte_counters_match_the_bytes_transferred() {
+    if !ebpf_available("bpf_bytes") {
+        return;
+    }
+    // Sockmap off, so both of meshd's sockets carry the payload as packets the cgroup_skb
+    // programs count (IP and TCP headers included).
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("bpf-bytes", 85, &["--sockmap", "off"]);
+    let payload: u64 = 2 * 1024 * 1024;
+    let client = support::spawn_quiet(d.exec(
+        "default/counted",
+        &[
+            "python3",
+            support::CLIENT,
+            "echo",
+            "--addr",
+            &backend.addr.to_string(),
+            "--bytes",
+            &payload.to_string(),
+            "--hold",
+            "2",
+        ],
+    ));
+    let c = eventually(Duration::from_secs(10), || {
+        let v: serde_json::Value = serde_json::from_str(&d.get("/connections")).ok()?;
+        let c = v.as_array()?.first()?.clone();
+        (c["upstream"]["rx_bytes"].as_u64()? >= payload
+            && c["downstream"]["tx_bytes"].as_u64()? >= payload)
+            .then_some(c)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "counters never reached the payload: {}",
+            d.get("/connections")
+        )
+    });
+    // Each counter is the payload plus per-packet headers: IPv4 (20) + TCP with options (≤ 60).
+    for (side, dir) in [
+        ("upstream", "tx"),
+        ("upstream", "rx"),
+        ("downstream", "rx"),
+        ("downstream", "tx"),
+    ] {
+        let bytes = c[side][format!("{dir}_bytes")].as_u64().unwrap();
+        let packets = c[side][format!("{dir}_packets")].as_u64().unwrap();
+        assert!(
+            bytes >= payload,
+            "{side} {dir}: {bytes} < payload {payload}"
+        );
+        assert!(
+            bytes - payload <= packets * 80,
+            "{side} {dir}: {bytes} bytes in {packets} packets for {payload} of payload"
+        );
+    }
+    client_ok(&client.wait_with_output().unwrap(), "counted echo");
+}
