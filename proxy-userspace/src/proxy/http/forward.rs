@@ -95,11 +95,8 @@ pub async fn handle(
         None => forward(req, &down, &ctx, &mut rec).await,
     };
     log.status = Some(resp.status().as_u16());
-    log.response_bytes = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|l| l.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
+    // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
+    // the body wrapper reads.
     log.grpc_status = resp
         .headers()
         .get("grpc-status")
@@ -107,7 +104,75 @@ pub async fn handle(
         .unwrap_or("")
         .to_string();
     log.rec = rec;
-    Ok(resp)
+    // The record is written when the response body is done (or dropped): durations and sizes
+    // cover the whole response.
+    Ok(resp.map(|b| body::boxed(LoggedBody::new(b, log))))
+}
+
+/// A response body that counts what it carries into its request's record, reads grpc-status
+/// from the trailers, and drops the record (writing it) when the body is done or abandoned.
+struct LoggedBody {
+    inner: Body,
+    log: RequestLog,
+    done: bool,
+}
+
+impl LoggedBody {
+    fn new(inner: Body, log: RequestLog) -> LoggedBody {
+        let done = hyper::body::Body::is_end_stream(&inner);
+        LoggedBody { inner, log, done }
+    }
+}
+
+impl hyper::body::Body for LoggedBody {
+    type Data = bytes::Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.log.response_bytes += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref()
+                    && let Some(g) = t.get("grpc-status").and_then(|v| v.to_str().ok())
+                {
+                    self.log.grpc_status = g.to_string();
+                }
+            }
+            std::task::Poll::Ready(None) => self.done = true,
+            std::task::Poll::Ready(Some(Err(_))) => {
+                self.log.rec.fail(
+                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    "upstream response body failed",
+                );
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if !self.done && !hyper::body::Body::is_end_stream(&self.inner) {
+            self.log.rec.fail(
+                ResponseFlags::DOWNSTREAM_DISCONNECT,
+                "downstream disconnected during the response",
+            );
+        }
+    }
 }
 
 /// Records a request when it ends, however it ends: the debug line, Istio's metrics and the
