@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::{
     Daemon, ebpf_available,
     http_backend::HttpBackend,
-    mesh::{curl, curl_many, policies, start},
+    mesh::{curl, curl_many, policies, start, status, two_backends},
     redis::Redis,
 };
 
@@ -27,10 +27,7 @@ fn a_local_bucket_holds_its_rate_over_ten_seconds() {
     if !ebpf_available("rl_local") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let d = start(
         "rl-local",
         71,
@@ -88,10 +85,7 @@ fn header_descriptors_get_their_own_buckets() {
     if !ebpf_available("rl_descriptor") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let spec =
         "  local:\n    maxTokens: 3\n    fillInterval: 1h\n  descriptors:\n  - header: x-user\n";
     let d = start("rl-descriptor", 72, &with_policy(&v1, &v2, spec));
@@ -120,10 +114,7 @@ fn a_global_limit_is_shared_by_two_meshd_through_redis() {
         return;
     }
     let redis = Redis::start();
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let spec = format!(
         "  global:\n    redis: {}\n    requestsPerUnit: 20\n    unit: minute\n",
         redis.addr()
@@ -135,17 +126,7 @@ fn a_global_limit_is_shared_by_two_meshd_through_redis() {
     let started = Instant::now();
     for _ in 0..15 {
         for d in [&a, &b] {
-            if curl(
-                d,
-                &[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://reviews:9080/",
-                ],
-            ) == "200"
-            {
+            if status(d, "http://reviews:9080/") == "200" {
                 allowed += 1;
             }
         }
@@ -166,10 +147,7 @@ fn redis_dying_fails_open_or_closed_without_stalling() {
         return;
     }
     let mut redis = Redis::start();
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let spec = |deny: bool| {
         format!(
             "  global:\n    redis: {}\n    requestsPerUnit: 1000\n    unit: second\n  failureModeDeny: {deny}\n",
@@ -178,18 +156,7 @@ fn redis_dying_fails_open_or_closed_without_stalling() {
     };
     let open = start("rl-open", 75, &with_policy(&v1, &v2, &spec(false)));
     let closed = start("rl-closed", 76, &with_policy(&v1, &v2, &spec(true)));
-    let get = |d: &Daemon| {
-        curl(
-            d,
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://reviews:9080/",
-            ],
-        )
-    };
+    let get = |d: &Daemon| status(d, "http://reviews:9080/");
     assert_eq!(
         (get(&open), get(&closed)),
         ("200".into(), "200".into()),

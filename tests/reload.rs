@@ -167,11 +167,8 @@ fn requests_in_flight_finish_on_the_snapshot_they_started_with() {
     if !ebpf_available("reload_inflight") {
         return;
     }
-    use support::{http_backend::HttpBackend, mesh};
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    use support::mesh;
+    let (v1, v2) = mesh::two_backends();
     let generous = "  - timeout: 10s\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let dir = mesh::config_dir("reload-inflight", &mesh::policies(&v1, &v2, generous));
     let d = Daemon::start("reload-inflight", 23, &["--config", dir.to_str().unwrap()]);
@@ -209,15 +206,6 @@ fn requests_in_flight_finish_on_the_snapshot_they_started_with() {
         "the in-flight request kept its 10s timeout"
     );
     // A new request gets the new snapshot's 100ms timeout.
-    let code = mesh::curl(
-        &d,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://reviews:9080/sleep/1500",
-        ],
-    );
+    let code = mesh::status(&d, "http://reviews:9080/sleep/1500");
     assert_eq!(code, "504");
 }

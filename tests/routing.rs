@@ -6,8 +6,7 @@ mod support;
 
 use support::{
     ebpf_available,
-    http_backend::HttpBackend,
-    mesh::{curl, curl_many, policies, start},
+    mesh::{curl, curl_many, policies, start, status, two_backends},
 };
 
 #[test]
@@ -15,10 +14,7 @@ fn a_90_10_canary_split_lands_within_tolerance() {
     if !ebpf_available("canary") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n      weight: 90\n    - destination:\n        host: reviews\n        subset: v2\n      weight: 10\n";
     let d = start("canary", 41, &policies(&v1, &v2, routes));
     let n = 2000;
@@ -39,10 +35,7 @@ fn header_routing_sends_premium_users_to_v2() {
     if !ebpf_available("header_routing") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = r#"  - match:
     - headers:
         end-user:
@@ -71,10 +64,7 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
     if !ebpf_available("route_actions") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = r#"  - match:
     - uri:
         exact: /health
@@ -131,16 +121,7 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         out.to_ascii_lowercase().contains("x-served-by: meshd"),
         "response header added: {out}"
     );
-    let nr = curl(
-        &d,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://reviews:9080/elsewhere",
-        ],
-    );
+    let nr = status(&d, "http://reviews:9080/elsewhere");
     assert_eq!(nr, "404");
     assert!(d.log_text().contains("flags=NR"), "404 carries flag NR");
     assert_eq!(v1.requests(), 1);
@@ -152,27 +133,12 @@ fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() 
     if !ebpf_available("declared_tcp") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let yaml = policies(&v1, &v2, routes).replace("protocol: HTTP", "protocol: TCP");
     let d = start("declared-tcp", 44, &yaml);
     for _ in 0..4 {
-        assert_eq!(
-            curl(
-                &d,
-                &[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://reviews:9080/whoami"
-                ]
-            ),
-            "200"
-        );
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
     }
     // L4: each connection goes to the next endpoint of the VIP's service; the HTTP route
     // (v1 only) does not apply, and no request line is logged.

@@ -10,8 +10,7 @@ use support::{
     Daemon,
     backend::Backend,
     client_ok, ebpf_available, eventually,
-    http_backend::HttpBackend,
-    mesh::{curl, policies, start},
+    mesh::{curl, policies, start, status, two_backends},
     prometheus::Prometheus,
 };
 
@@ -29,10 +28,7 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
     if !ebpf_available("prometheus") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let d = start(
         "prometheus",
         81,
@@ -43,19 +39,7 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
         ),
     );
     for _ in 0..5 {
-        assert_eq!(
-            curl(
-                &d,
-                &[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://reviews:9080/whoami"
-                ]
-            ),
-            "200"
-        );
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
     }
     // L4 traffic too: an echo through meshd.
     let echo = Backend::echo("127.0.0.1:0");
@@ -126,10 +110,7 @@ fn access_log_lines_carry_flags_and_reasons() {
     if !ebpf_available("access_log") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = "  - match:\n    - uri:\n        prefix: /retry\n    rewrite:\n      uri: /status\n    retries:\n      attempts: 1\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /fault\n    fault:\n      abort:\n        httpStatus: 503\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /limited\n    name: limited\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let limit = "---\napiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: one\nspec:\n  target:\n    host: reviews\n    route: limited\n  local:\n    maxTokens: 1\n    fillInterval: 1h\n";
     let d = start(
@@ -137,18 +118,7 @@ fn access_log_lines_carry_flags_and_reasons() {
         82,
         &format!("{}{limit}", policies(&v1, &v2, routes)),
     );
-    let get = |path: &str| {
-        curl(
-            &d,
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("http://reviews:9080{path}"),
-            ],
-        )
-    };
+    let get = |path: &str| status(&d, &format!("http://reviews:9080{path}"));
     assert_eq!(get("/retry/503"), "503");
     assert_eq!(get("/fault"), "503");
     assert_eq!(get("/limited"), "200");
@@ -208,10 +178,7 @@ fn the_log_level_changes_at_run_time() {
     if !ebpf_available("logging") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let d = start(
         "logging",
         83,
@@ -324,10 +291,7 @@ fn spans_reach_a_collector_with_parent_links_across_two_hops() {
         return;
     }
     let collector = Collector::start();
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let dir = support::mesh::config_dir(
         "tracing",
         &policies(

@@ -9,7 +9,7 @@ use support::{
     backend::Backend,
     ebpf_available,
     http_backend::HttpBackend,
-    mesh::{curl, curl_many, policies, start},
+    mesh::{curl, curl_many, policies, start, status, two_backends},
 };
 
 const TO_V1: &str = "    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
@@ -19,22 +19,10 @@ fn retries_recover_from_a_first_attempt_503_and_give_up_with_urx() {
     if !ebpf_available("retries") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = format!("  - retries:\n      attempts: 2\n      retryOn: 5xx\n{TO_V1}");
     let d = start("retries", 51, &policies(&v1, &v2, &routes));
-    let ok = curl(
-        &d,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://reviews:9080/fail-first/1",
-        ],
-    );
+    let ok = status(&d, "http://reviews:9080/fail-first/1");
     assert_eq!(ok, "200", "the retry recovered");
     assert_eq!(
         v1.max_attempt(),
@@ -42,16 +30,7 @@ fn retries_recover_from_a_first_attempt_503_and_give_up_with_urx() {
         "x-envoy-attempt-count was set on the retry"
     );
     let before = v1.requests();
-    let failed = curl(
-        &d,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://reviews:9080/status/503",
-        ],
-    );
+    let failed = status(&d, "http://reviews:9080/status/503");
     assert_eq!(failed, "503", "the client sees the last upstream response");
     assert_eq!(v1.requests() - before, 3, "one attempt and two retries");
     assert!(
@@ -69,24 +48,12 @@ fn a_reset_is_retried_on_another_endpoint() {
     }
     // v1 resets every connection, v2 answers; the route spreads over both endpoints.
     let resetting = Backend::resetting("127.0.0.1:0");
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let yaml = policies(&v1, &v2, "  - retries:\n      attempts: 3\n      retryOn: reset,connect-failure\n    route:\n    - destination:\n        host: reviews\n")
         .replace(&format!("http: {}\n", v1.addr.port()), &format!("http: {}\n", resetting.addr.port()));
     let d = start("retry-reset", 52, &yaml);
     for _ in 0..6 {
-        let code = curl(
-            &d,
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://reviews:9080/whoami",
-            ],
-        );
+        let code = status(&d, "http://reviews:9080/whoami");
         assert_eq!(code, "200");
     }
     assert_eq!(
@@ -105,23 +72,11 @@ fn a_route_timeout_returns_504_ut() {
     if !ebpf_available("timeout") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = format!("  - timeout: 300ms\n{TO_V1}");
     let d = start("timeout", 53, &policies(&v1, &v2, &routes));
     let t = Instant::now();
-    let code = curl(
-        &d,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://reviews:9080/sleep/3000",
-        ],
-    );
+    let code = status(&d, "http://reviews:9080/sleep/3000");
     assert_eq!(code, "504");
     assert!(
         t.elapsed().as_millis() < 2500,
@@ -135,10 +90,7 @@ fn fault_abort_and_delay_at_50_percent() {
     if !ebpf_available("faults") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = format!(
         "  - match:\n    - uri:\n        prefix: /abort\n    fault:\n      abort:\n        httpStatus: 418\n        percentage:\n          value: 50\n{TO_V1}  - fault:\n      delay:\n        fixedDelay: 200ms\n        percentage:\n          value: 50\n{TO_V1}"
     );
@@ -171,41 +123,14 @@ fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
     if !ebpf_available("mirror") {
         return;
     }
-    let (v1, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (v1, v2) = two_backends();
     let routes = format!(
         "  - match:\n    - uri:\n        prefix: /all\n    mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 100\n{TO_V1}  - mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 0\n{TO_V1}"
     );
     let d = start("mirror", 55, &policies(&v1, &v2, &routes));
     for _ in 0..20 {
-        assert_eq!(
-            curl(
-                &d,
-                &[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://reviews:9080/all"
-                ]
-            ),
-            "200"
-        );
-        assert_eq!(
-            curl(
-                &d,
-                &[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://reviews:9080/none"
-                ]
-            ),
-            "200"
-        );
+        assert_eq!(status(&d, "http://reviews:9080/all"), "200");
+        assert_eq!(status(&d, "http://reviews:9080/none"), "200");
     }
     // Mirrors are fire-and-forget: give the last copies a moment to land.
     support::eventually(std::time::Duration::from_secs(5), || {
@@ -235,10 +160,7 @@ fn load_balancing_round_robin_and_consistent_hash() {
     if !ebpf_available("lb") {
         return;
     }
-    let (a, b) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (a, b) = two_backends();
     let d = start(
         "lb-rr",
         56,
@@ -253,10 +175,7 @@ fn load_balancing_round_robin_and_consistent_hash() {
     );
     drop(d);
 
-    let (a, b) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (a, b) = two_backends();
     let d = start(
         "lb-hash",
         57,
@@ -324,10 +243,7 @@ fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_return() {
         return;
     }
     let failing = Backend::http_503("127.0.0.1:0");
-    let (healthy, v2) = (
-        HttpBackend::start("127.0.0.1:0"),
-        HttpBackend::start("127.0.0.1:0"),
-    );
+    let (healthy, v2) = two_backends();
     let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 2s\n      maxEjectionPercent: 100\n";
     let yaml = with_lb(policies(&healthy, &v2, "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n"), lb)
         .replace(&format!("http: {}\n", v2.addr.port()), &format!("http: {}\n", failing.addr.port()));

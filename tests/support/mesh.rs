@@ -106,3 +106,16 @@ pub fn curl_many(d: &Daemon, url: &str, n: usize, write_out: &str) -> Vec<String
     }
     curl(d, &args).lines().map(str::to_string).collect()
 }
+
+/// The HTTP status code of one GET from the managed client.
+pub fn status(d: &Daemon, url: &str) -> String {
+    curl(d, &["-o", "/dev/null", "-w", "%{http_code}", url])
+}
+
+/// Two fresh backends, for `reviews` v1 and v2.
+pub fn two_backends() -> (HttpBackend, HttpBackend) {
+    (
+        HttpBackend::start("127.0.0.1:0"),
+        HttpBackend::start("127.0.0.1:0"),
+    )
+}
