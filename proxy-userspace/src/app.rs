@@ -292,11 +292,9 @@ fn serve(
         connect_timeout: settings.connect_timeout,
         detect_timeout: settings.protocol_detection_timeout,
         http: crate::proxy::http::HttpContext::new(
-            settings.connect_timeout,
-            settings.max_request_headers_bytes,
+            &settings,
             config.clone(),
             metrics.clone(),
-            settings.redis_timeout,
             access,
             tracer,
         ),

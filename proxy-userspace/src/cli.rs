@@ -114,6 +114,14 @@ pub struct RunArgs {
     /// Fraction of new traces sampled (0 to 1); a caller's sampling decision is kept.
     #[arg(long, env = "MESHD_TRACE_SAMPLE", default_value_t = 0.01)]
     pub trace_sample: f64,
+    /// Connections one source workload may have open through meshd at once; more are reset
+    /// (0: unlimited).
+    #[arg(long, env = "MESHD_WORKLOAD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub workload_max_connections: u32,
+    /// HTTP requests one source workload may have in flight through meshd at once; more get
+    /// 503 with flag UO (0: unlimited).
+    #[arg(long, env = "MESHD_WORKLOAD_MAX_REQUESTS", default_value_t = 256)]
+    pub workload_max_requests: u32,
 }
 
 #[derive(Args, Debug)]

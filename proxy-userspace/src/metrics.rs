@@ -20,6 +20,7 @@ pub struct Metrics {
     mirrors: IntCounterVec,
     outliers: IntCounterVec,
     rate_limits: IntCounterVec,
+    overflows: IntCounterVec,
     config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
@@ -96,6 +97,15 @@ impl Metrics {
             &["policy", "result"],
         )
         .unwrap();
+        let overflows = IntCounterVec::new(
+            Opts::new(
+                "meshd_overflow_total",
+                "Requests and connections shed with flag UO, by scope (cluster or source workload), \
+                 name and the limit reached",
+            ),
+            &["scope", "name", "limit"],
+        )
+        .unwrap();
         let config_generation = IntGauge::new(
             "meshd_config_generation",
             "Generation of the active configuration snapshot",
@@ -121,6 +131,7 @@ impl Metrics {
             &mirrors,
             &outliers,
             &rate_limits,
+            &overflows,
             &ebpf_events,
         ] {
             registry.register(Box::new(c.clone())).unwrap();
@@ -138,6 +149,7 @@ impl Metrics {
             mirrors,
             outliers,
             rate_limits,
+            overflows,
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
@@ -171,6 +183,13 @@ impl Metrics {
 
     pub fn rate_limit(&self, policy: &str, result: &str) {
         self.rate_limits.with_label_values(&[policy, result]).inc();
+    }
+
+    /// A request or connection shed by a limit (flag UO).
+    pub fn overflow(&self, scope: &str, name: &str, limit: &str) {
+        self.overflows
+            .with_label_values(&[scope, name, limit])
+            .inc();
     }
 
     pub fn config_applied(&self, generation: u64) {

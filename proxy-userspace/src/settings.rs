@@ -49,6 +49,9 @@ pub struct Settings {
     pub trace_zipkin: Option<String>,
     pub trace_otlp: Option<String>,
     pub trace_sample: f64,
+    /// Per source workload: connections and requests in flight (0: unlimited).
+    pub workload_max_connections: u32,
+    pub workload_max_requests: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,8 @@ impl Settings {
                     "must be between 0 and 1",
                 ));
             },
+            workload_max_connections: a.workload_max_connections,
+            workload_max_requests: a.workload_max_requests,
             redis_timeout: parse_duration(&a.redis_timeout)
                 .map_err(|r| invalid("redis-timeout", &a.redis_timeout, r))?,
         })

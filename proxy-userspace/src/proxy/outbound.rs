@@ -13,7 +13,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     connections::{ConnectionInfo, Connections, unix_ms},
-    http::{self, HttpContext},
+    fairness::Shed,
+    http::{self, Counter, HttpContext, UpstreamError, connect_upstream},
     sniff::{self, Detected},
     sockopt,
 };
@@ -61,6 +62,10 @@ pub enum OutboundError {
     },
     #[error("connecting to {dst} timed out after {after:?}")]
     ConnectTimeout { dst: SocketAddr, after: Duration },
+    #[error("connection shed: {0}")]
+    Shed(#[from] Shed),
+    #[error("connection shed: {cluster} is at its connectionPool limit maxConnections: {limit}")]
+    Overflow { cluster: String, limit: u32 },
 }
 
 impl OutboundError {
@@ -71,6 +76,16 @@ impl OutboundError {
             OutboundError::Loop(_) => "loop",
             OutboundError::Connect { .. } => "upstream_connect_failed",
             OutboundError::ConnectTimeout { .. } => "upstream_connect_timeout",
+            OutboundError::Shed(_) => "workload_overflow",
+            OutboundError::Overflow { .. } => "upstream_overflow",
+        }
+    }
+
+    /// Envoy's response flag for the connection's record.
+    fn flag(&self) -> &'static str {
+        match self {
+            OutboundError::Shed(_) | OutboundError::Overflow { .. } => "UO",
+            _ => "UF",
         }
     }
 }
@@ -128,7 +143,12 @@ async fn handle(down: TcpStream, peer: SocketAddr, ipv6: bool, ctx: Arc<Outbound
             Ok(()) => ctx.metrics.connection_done("ok"),
             Err(e) => {
                 ctx.maps.forget_conn(down_cookie);
-                warn!(error = %e, "connection failed");
+                if e.flag() == "UO" {
+                    // Shedding is the intended answer to a flood; logging each would add to it.
+                    debug!(error = %e, "connection failed");
+                } else {
+                    warn!(error = %e, "connection failed");
+                }
                 ctx.metrics.connection_done(e.label());
             }
         }
@@ -156,6 +176,16 @@ async fn proxy(
         .orig_dst(peer)
         .and_then(|o| ctx.workloads.get(o.workload_id))
         .map(|w| w.workload);
+    // The workload's share of the node proxy, held for the connection's life.
+    let _share = match ctx.http.fairness.connection(workload.as_deref()) {
+        Ok(held) => held,
+        Err(shed) => {
+            sockopt::set_reset_on_close(&down);
+            ctx.metrics
+                .overflow("workload", &shed.workload, &shed.kind.to_string());
+            return Err(shed.into());
+        }
+    };
     // A protocol declared on the ServiceEntry port wins over sniffing.
     let declared = ctx.http.config.current().compiled.declared_protocol(dst);
     let detected = match declared {
@@ -194,24 +224,40 @@ async fn proxy(
         return Ok(());
     }
 
-    let upstream = ctx.http.l4_target(dst);
+    let target = ctx.http.l4_target(dst);
+    let upstream = target.addr;
     let record = TcpRecord::new(ctx, workload.as_deref(), dst, upstream);
-    let mut up = match timeout(ctx.connect_timeout, TcpStream::connect(upstream)).await {
-        Ok(Ok(up)) => up,
-        Ok(Err(source)) => {
+    // `tcp.maxConnections` of the service: the slot is held while the connection is open.
+    let _slot = match &target.cluster {
+        Some(c) => match c.try_slot(Counter::Connections, target.limits.max_connections) {
+            Some(slot) => Some(slot),
+            None => {
+                sockopt::set_reset_on_close(&down);
+                ctx.metrics.overflow("cluster", &c.name, "maxConnections");
+                let e = OutboundError::Overflow {
+                    cluster: c.name.clone(),
+                    limit: target.limits.max_connections,
+                };
+                record.failed(ctx, &e);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
+    let mut up = match connect_upstream(upstream, after, target.limits.keepalive).await {
+        Ok(up) => up,
+        Err(failure) => {
             sockopt::set_reset_on_close(&down);
-            let e = OutboundError::Connect {
-                dst: upstream,
-                source,
-            };
-            record.failed(ctx, &e);
-            return Err(e);
-        }
-        Err(_) => {
-            sockopt::set_reset_on_close(&down);
-            let e = OutboundError::ConnectTimeout {
-                dst: upstream,
-                after: ctx.connect_timeout,
+            let e = match failure {
+                UpstreamError::ConnectTimeout { dst, after } => {
+                    OutboundError::ConnectTimeout { dst, after }
+                }
+                UpstreamError::Connect { dst, source } => OutboundError::Connect { dst, source },
+                other => OutboundError::Connect {
+                    dst: upstream,
+                    source: std::io::Error::other(other.to_string()),
+                },
             };
             record.failed(ctx, &e);
             return Err(e);
@@ -294,10 +340,10 @@ impl TcpRecord {
     }
 
     fn failed(mut self, ctx: &Outbound, e: &OutboundError) {
-        self.labels.response_flags = "UF".into();
+        self.labels.response_flags = e.flag().into();
         ctx.metrics.istio.tcp_opened(&self.labels);
         ctx.metrics.istio.tcp_closed(&self.labels, 0, 0);
-        self.entry.response_flags = "UF".into();
+        self.entry.response_flags = e.flag().into();
         self.entry.reason = e.to_string();
         self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
         ctx.http.access.log(&self.entry, true);

@@ -15,7 +15,7 @@ use super::{
     Body, Downstream, HttpContext, ResponseFlags, body, fault, framing, headers,
     lb::{self, Algorithm, HashInputs},
     outlier,
-    pool::UpstreamError,
+    pool::{Limits, UpstreamError},
     ratelimit,
     record::Record,
     route::{self, Decision},
@@ -83,8 +83,16 @@ pub async fn handle(
     } else {
         None
     };
-    let resp = match smuggling {
-        Some(reason) => {
+    // The source workload's share of the node proxy, held until the response ends.
+    let admitted = ctx.fairness.request(down.workload.as_deref());
+    let resp = match (smuggling, &admitted) {
+        (_, Err(shed)) => {
+            ctx.metrics
+                .overflow("workload", &shed.workload, &shed.kind.to_string());
+            rec.fail(ResponseFlags::UPSTREAM_OVERFLOW, shed.to_string());
+            send::overloaded(format!("{shed}\n"))
+        }
+        (Some(reason), _) => {
             tracing::warn!(reason, peer = %down.peer, "rejected a request that could be smuggled");
             rec.reason = Some(format!("request smuggling shape: {reason}"));
             let mut r = local(400, format!("bad request: {reason}\n"), None);
@@ -92,7 +100,7 @@ pub async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
-        None => forward(req, &down, &ctx, &mut rec).await,
+        (None, _) => forward(req, &down, &ctx, &mut rec).await,
     };
     log.status = Some(resp.status().as_u16());
     // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
@@ -106,7 +114,7 @@ pub async fn handle(
     log.rec = rec;
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
-    Ok(resp.map(|b| body::boxed(LoggedBody::new(b, log))))
+    Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))
 }
 
 /// A response body that counts what it carries into its request's record, reads grpc-status
@@ -408,6 +416,7 @@ async fn forward(
         (decision, new_path)
     };
 
+    let default_route;
     let (route, destination) = match decision {
         Decision::Direct { status, body } => return local(status, body, None),
         Decision::Redirect { status, location } => {
@@ -422,14 +431,27 @@ async fn forward(
             return local(404, format!("no route for {host}\n"), None);
         }
         Decision::Passthrough => {
-            // No VirtualService: the service is the VIP's, or the host asked for.
-            rec.destination_service = snap
+            // No VirtualService: Istio's default route to the service whose VIP the client
+            // connected to (its endpoints and DestinationRule apply); else the original
+            // destination.
+            default_route = snap
                 .compiled
                 .vips
                 .get(&down.dst.ip())
-                .cloned()
+                .filter(|h| snap.compiled.clusters.contains_key(*h))
+                .map(|h| crate::routes::Destination {
+                    host: h.clone(),
+                    subset: None,
+                    port: Some(down.dst.port()),
+                    weight: 100,
+                    headers: None,
+                });
+            rec.destination_service = default_route
+                .as_ref()
+                .map(|d| d.host.clone())
+                .or_else(|| snap.compiled.vips.get(&down.dst.ip()).cloned())
                 .or_else(|| candidates.first().cloned());
-            (None, None)
+            (None, default_route.as_ref())
         }
         Decision::Forward { route, destination } => {
             rec.destination_service = Some(destination.host.clone());
@@ -530,12 +552,13 @@ async fn forward(
         parts.version = Version::HTTP_11;
     }
 
-    let (endpoints, algo, cluster, outlier) = match destination {
+    let (endpoints, algo, cluster, outlier, limits) = match destination {
         None => (
             Ok(vec![down.dst]),
             Algorithm::RoundRobin,
             down.dst.to_string(),
             None,
+            Limits::default(),
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
             Ok((e, policy)) => {
@@ -551,13 +574,22 @@ async fn forward(
                     algo,
                     policy.key,
                     policy.outlier.map(outlier::Settings::from_spec),
+                    Limits::from_spec(policy.pool),
                 )
             }
-            Err(e) => (Err(e), Algorithm::RoundRobin, d.host.clone(), None),
+            Err(e) => (
+                Err(e),
+                Algorithm::RoundRobin,
+                d.host.clone(),
+                None,
+                Limits::default(),
+            ),
         },
     };
     let req = Request::from_parts(parts, body);
     let plan = send::Plan {
+        upstream: ctx.pool.cluster(&cluster),
+        limits,
         cluster,
         outlier,
         snap: &snap,
@@ -591,7 +623,7 @@ async fn upgrade_once(
         Ok(t) => t,
         Err(e) => return send::no_endpoint(e, rec),
     };
-    let sent = match ctx.pool.fresh_h1(target).await {
+    let sent = match ctx.pool.fresh_h1(target, &plan.limits).await {
         Ok(mut s) => s
             .send_request(req.map(body::boxed))
             .await

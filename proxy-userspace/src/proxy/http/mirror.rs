@@ -8,7 +8,11 @@ use std::{net::SocketAddr, sync::Arc};
 use hyper::header::{self, HeaderValue};
 use tokio::sync::Semaphore;
 
-use super::{Pool, replay::Replayable};
+use super::{
+    Pool,
+    pool::{ClusterPool, Limits},
+    replay::Replayable,
+};
 use crate::metrics::Metrics;
 
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -35,14 +39,21 @@ pub fn shadow(authority: &str) -> String {
     }
 }
 
+/// Where a copy goes: an endpoint of the mirror destination's cluster, under its limits.
+pub struct Copy {
+    pub pool: Arc<Pool>,
+    pub cluster: Arc<ClusterPool>,
+    pub limits: Limits,
+    pub target: SocketAddr,
+}
+
 impl Mirrors {
-    /// Sends a copy of `req` to `target` in the background, or drops it when too many copies
+    /// Sends a copy of `req` to `to` in the background, or drops it when too many copies
     /// are already in flight.
     pub fn send(
         &self,
-        pool: Arc<Pool>,
+        to: Copy,
         metrics: &Metrics,
-        target: SocketAddr,
         h2: bool,
         mut req: Replayable,
         authority: &str,
@@ -68,7 +79,13 @@ impl Mirrors {
         metrics.mirror("sent");
         tokio::spawn(async move {
             let _permit = permit;
-            match pool.send(target, h2, req.build()).await {
+            let Copy {
+                pool,
+                cluster,
+                limits,
+                target,
+            } = to;
+            match pool.send(&cluster, &limits, target, h2, req.build()).await {
                 Ok(resp) => {
                     // Drain and discard the body so the pooled connection can be reused.
                     use http_body_util::BodyExt;

@@ -18,7 +18,7 @@ mod retry;
 mod route;
 mod send;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -27,11 +27,11 @@ use hyper_util::{
 };
 use tokio::net::TcpStream;
 
-use crate::{config::ConfigStore, metrics::Metrics};
+use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
-pub use pool::Pool;
+pub use pool::{Counter, Pool, UpstreamError, connect as connect_upstream};
 
 /// Settings and shared state of the L7 pipeline.
 pub struct HttpContext {
@@ -49,30 +49,34 @@ pub struct HttpContext {
     /// Local rate-limit buckets and the global limit's Redis connections.
     pub buckets: ratelimit::local::Buckets,
     pub global: ratelimit::global::Global,
+    /// Connections and requests in flight per source workload.
+    pub fairness: Fairness,
     pub access: Arc<crate::telemetry::AccessLog>,
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
 }
 
 impl HttpContext {
     pub fn new(
-        connect_timeout: Duration,
-        max_header_bytes: usize,
+        settings: &crate::settings::Settings,
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
-        redis_timeout: Duration,
         access: Arc<crate::telemetry::AccessLog>,
         tracer: Arc<crate::telemetry::trace::Tracer>,
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
-            pool: Arc::new(Pool::new(connect_timeout)),
+            pool: Pool::new(settings.connect_timeout),
             mirrors: mirror::Mirrors::default(),
             metrics,
-            max_header_bytes,
+            max_header_bytes: settings.max_request_headers_bytes,
             config,
             lb: lb::Balancer::default(),
             outliers: outlier::Detector::default(),
             buckets: ratelimit::local::Buckets::default(),
-            global: ratelimit::global::Global::new(redis_timeout),
+            global: ratelimit::global::Global::new(settings.redis_timeout),
+            fairness: Fairness::new(
+                settings.workload_max_connections,
+                settings.workload_max_requests,
+            ),
             access,
             tracer,
         })
@@ -81,11 +85,16 @@ impl HttpContext {
 
 impl HttpContext {
     /// Where an L4 (opaque) connection to `dst` goes: an endpoint of the service whose VIP it
-    /// is (round robin), or `dst` itself.
-    pub fn l4_target(&self, dst: SocketAddr) -> SocketAddr {
+    /// is (round robin) under the service's connection-pool limits, or `dst` itself.
+    pub fn l4_target(&self, dst: SocketAddr) -> L4Target {
         let snap = self.config.current();
+        let direct = || L4Target {
+            addr: dst,
+            cluster: None,
+            limits: pool::Limits::default(),
+        };
         let Some(host) = snap.compiled.vips.get(&dst.ip()) else {
-            return dst;
+            return direct();
         };
         let d = crate::routes::Destination {
             host: host.clone(),
@@ -95,10 +104,21 @@ impl HttpContext {
             headers: None,
         };
         match route::endpoints(&snap, &d, &[], dst) {
-            Ok((e, _)) => self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
-            Err(_) => dst,
+            Ok((e, policy)) => L4Target {
+                addr: self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
+                cluster: Some(self.pool.cluster(&policy.key)),
+                limits: pool::Limits::from_spec(policy.pool),
+            },
+            Err(_) => direct(),
         }
     }
+}
+
+/// Where an opaque TCP connection goes, and the limits of the service it belongs to.
+pub struct L4Target {
+    pub addr: SocketAddr,
+    pub cluster: Option<Arc<pool::ClusterPool>>,
+    pub limits: pool::Limits,
 }
 
 /// The captured connection a request arrived on.

@@ -1,20 +1,40 @@
-//! Upstream connections per endpoint: HTTP/1.1 keep-alive connections, each carrying one
-//! request at a time, and one multiplexed HTTP/2 connection per endpoint.
+//! Upstream connections, per destination cluster (host, subset, port) and endpoint: HTTP/1.1
+//! keep-alive connections carrying one request at a time, and multiplexed HTTP/2 connections.
+//! The DestinationRule's `connectionPool` bounds them: over a limit a request waits as pending
+//! (bounded too) or fails fast with flag UO, as Envoy's circuit breakers do.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
+mod cluster;
+mod connect;
+mod lease;
+pub mod limits;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
 
 use hyper::{
     Request, Response,
-    body::Incoming,
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
+pub use self::{
+    cluster::{ClusterPool, Counter, Slot},
+    connect::connect,
+    lease::PooledBody,
+    limits::Limits,
+};
+use self::{
+    cluster::{H2Conn, IdleH1},
+    lease::{Lease, Leased},
+};
 use super::{Body, ResponseFlags};
 
-/// Idle HTTP/1.1 connections kept per endpoint; more are opened when needed and closed after.
-const MAX_IDLE_H1: usize = 32;
+/// How often idle connections past their idle timeout are closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -35,12 +55,19 @@ pub enum UpstreamError {
         dst: SocketAddr,
         source: hyper::Error,
     },
+    #[error("upstream overflow: {cluster} is at its connectionPool limit {limit}: {value}")]
+    Overflow {
+        cluster: String,
+        limit: &'static str,
+        value: u32,
+    },
 }
 
 impl UpstreamError {
     pub fn flag(&self) -> ResponseFlags {
         match self {
             UpstreamError::Send { .. } => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            UpstreamError::Overflow { .. } => ResponseFlags::UPSTREAM_OVERFLOW,
             _ => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
         }
     }
@@ -49,45 +76,67 @@ impl UpstreamError {
     pub fn reset_reason(&self) -> &'static str {
         match self {
             UpstreamError::Send { .. } => "connection termination",
+            UpstreamError::Overflow { .. } => "overflow",
             _ => "connection failure",
         }
     }
 }
 
+fn overflow(cluster: &ClusterPool, limit: &'static str, value: u32) -> UpstreamError {
+    UpstreamError::Overflow {
+        cluster: cluster.name.clone(),
+        limit,
+        value,
+    }
+}
+
+/// A connection taken for one request.
+enum Checkout {
+    H1(IdleH1),
+    H2(http2::SendRequest<Body>, Arc<std::sync::atomic::AtomicU32>),
+}
+
 pub struct Pool {
     connect_timeout: Duration,
-    h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Body>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    clusters: Mutex<HashMap<String, Arc<ClusterPool>>>,
 }
 
 impl Pool {
-    pub fn new(connect_timeout: Duration) -> Pool {
-        Pool {
+    /// A pool whose idle connections are swept in the background while it lives.
+    pub fn new(connect_timeout: Duration) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
             connect_timeout,
-            h1: Mutex::new(HashMap::new()),
-            h2: Mutex::new(HashMap::new()),
+            clusters: Mutex::new(HashMap::new()),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&pool)));
         }
+        pool
     }
 
-    async fn connect(&self, dst: SocketAddr) -> Result<TokioIo<TcpStream>, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst))
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout {
-                dst,
-                after: self.connect_timeout,
-            })?
-            .map_err(|source| UpstreamError::Connect { dst, source })?;
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+    /// The pool state of a cluster, created on first use.
+    pub fn cluster(&self, name: &str) -> Arc<ClusterPool> {
+        let mut all = self.clusters.lock().expect("cluster pool lock");
+        if let Some(c) = all.get(name) {
+            return c.clone();
+        }
+        let c = Arc::new(ClusterPool::new(name));
+        all.insert(name.to_string(), c.clone());
+        c
     }
 
-    /// A new HTTP/1.1 connection, not pooled (also used for upgrades, which consume it).
+    pub fn connect_timeout(&self, limits: &Limits) -> Duration {
+        limits.connect_timeout.unwrap_or(self.connect_timeout)
+    }
+
+    /// A new HTTP/1.1 connection, not pooled (used for upgrades, which consume it).
     pub async fn fresh_h1(
         &self,
         dst: SocketAddr,
+        limits: &Limits,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = self.connect(dst).await?;
-        let (sender, conn) = http1::handshake(io)
+        let io = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { dst, source })?;
         tokio::spawn(async move {
@@ -98,70 +147,177 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn h2_sender(&self, dst: SocketAddr) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        if let Some(s) = self
-            .h2
-            .lock()
-            .expect("h2 pool lock")
-            .get(&dst)
-            .filter(|s| !s.is_closed())
-        {
-            return Ok(s.clone());
+    /// Opens a connection to `dst` that holds `slot` (one of the cluster's connections) for as
+    /// long as it is open.
+    async fn open(
+        &self,
+        cluster: &ClusterPool,
+        slot: Slot,
+        dst: SocketAddr,
+        h2: bool,
+        limits: &Limits,
+    ) -> Result<Checkout, UpstreamError> {
+        let io = TokioIo::new(connect(dst, self.connect_timeout(limits), limits.keepalive).await?);
+        if h2 {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|source| UpstreamError::Handshake { dst, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %dst, "upstream HTTP/2 connection ended with an error");
+                }
+                drop(slot);
+            });
+            let streams = Arc::new(std::sync::atomic::AtomicU32::new(1));
+            cluster.add_h2(
+                dst,
+                H2Conn {
+                    sender: sender.clone(),
+                    streams: streams.clone(),
+                    used: 1,
+                    last_active: Instant::now(),
+                    idle_timeout: limits.idle_timeout,
+                },
+            );
+            Ok(Checkout::H2(sender, streams))
+        } else {
+            let (sender, conn) = http1::handshake(io)
+                .await
+                .map_err(|source| UpstreamError::Handshake { dst, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %dst, "upstream HTTP/1 connection ended with an error");
+                }
+                drop(slot);
+            });
+            Ok(Checkout::H1(IdleH1 {
+                sender,
+                used: 0,
+                since: Instant::now(),
+                idle_timeout: limits.idle_timeout,
+            }))
         }
-        let io = self.connect(dst).await?;
-        let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|source| UpstreamError::Handshake { dst, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %dst, "upstream HTTP/2 connection ended with an error");
+    }
+
+    /// A connection (HTTP/1.1) or stream (HTTP/2) to `dst`: an idle one, a new one within
+    /// `maxConnections`, or, when the cluster is at that limit, the next one freed, waiting as
+    /// one of at most `http1MaxPendingRequests` pending requests.
+    async fn checkout(
+        &self,
+        cluster: &Arc<ClusterPool>,
+        limits: &Limits,
+        dst: SocketAddr,
+        h2: bool,
+    ) -> Result<Checkout, UpstreamError> {
+        let mut pending: Option<Slot> = None;
+        loop {
+            let changed = cluster.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if h2 {
+                if let Some((s, streams)) =
+                    cluster.take_h2_stream(dst, limits.max_streams, |u| limits.reusable(u))
+                {
+                    return Ok(Checkout::H2(s, streams));
+                }
+            } else {
+                while let Some(mut c) = cluster.take_idle_h1(dst) {
+                    // The previous response was read to its end; the connection is ready as
+                    // soon as hyper has finished with it, or it turns out closed.
+                    if c.sender.ready().await.is_ok() {
+                        return Ok(Checkout::H1(c));
+                    }
+                }
             }
-        });
-        self.h2
-            .lock()
-            .expect("h2 pool lock")
-            .insert(dst, sender.clone());
-        Ok(sender)
-    }
-
-    /// An idle, ready HTTP/1.1 connection to `dst`, dropping closed ones on the way.
-    fn idle_h1(&self, dst: SocketAddr) -> Option<http1::SendRequest<Body>> {
-        let mut pool = self.h1.lock().expect("h1 pool lock");
-        let idle = pool.get_mut(&dst)?;
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
-    }
-
-    fn keep_h1(&self, dst: SocketAddr, sender: http1::SendRequest<Body>) {
-        let mut pool = self.h1.lock().expect("h1 pool lock");
-        let idle = pool.entry(dst).or_default();
-        if idle.len() < MAX_IDLE_H1 {
-            idle.push(sender);
+            if let Some(slot) = cluster.try_slot(Counter::Connections, limits.max_connections) {
+                return self.open(cluster, slot, dst, h2, limits).await;
+            }
+            if pending.is_none() {
+                pending = Some(
+                    cluster
+                        .try_slot(Counter::Pending, limits.max_pending)
+                        .ok_or_else(|| {
+                            overflow(cluster, "http1MaxPendingRequests", limits.max_pending)
+                        })?,
+                );
+            }
+            // The cluster's connections may all sit idle at other endpoints.
+            cluster.evict_idle_except(dst);
+            changed.await;
         }
     }
 
-    /// Sends a request to `dst` over a pooled connection of the given HTTP version.
+    /// Sends a request to `dst`, an endpoint of `cluster`, within the cluster's limits.
     pub async fn send(
         &self,
+        cluster: &Arc<ClusterPool>,
+        limits: &Limits,
         dst: SocketAddr,
         h2: bool,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let sent = if h2 {
-            let mut sender = self.h2_sender(dst).await?;
-            sender.send_request(req).await
-        } else {
-            let mut sender = match self.idle_h1(dst) {
-                Some(s) => s,
-                None => self.fresh_h1(dst).await?,
-            };
-            let response = sender.send_request(req);
-            // The connection takes the next request once this response is done; until then
-            // `is_ready` keeps other requests off it.
-            self.keep_h1(dst, sender);
-            response.await
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let request = cluster
+            .try_slot(Counter::Requests, limits.max_requests)
+            .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
+        let (sent, conn) = match self.checkout(cluster, limits, dst, h2).await? {
+            Checkout::H2(mut sender, streams) => {
+                let sent = sender.send_request(req).await;
+                (sent, Leased::H2 { streams })
+            }
+            Checkout::H1(mut c) => {
+                c.used += 1;
+                let sent = c.sender.send_request(req).await;
+                let conn = Leased::H1 {
+                    dst,
+                    sender: Some(c.sender),
+                    used: c.used,
+                    reusable: limits.reusable(c.used),
+                    idle_timeout: c.idle_timeout,
+                };
+                (sent, conn)
+            }
         };
-        sent.map_err(|source| UpstreamError::Send { dst, source })
+        let lease = Lease {
+            pool: cluster.clone(),
+            request: Some(request),
+            conn,
+        };
+        match sent {
+            Ok(resp) => Ok(resp.map(|b| PooledBody::new(b, lease))),
+            Err(source) => {
+                drop(lease);
+                Err(UpstreamError::Send { dst, source })
+            }
+        }
+    }
+
+    fn sweep_once(&self) {
+        let clusters: Vec<(String, Arc<ClusterPool>)> = self
+            .clusters
+            .lock()
+            .expect("cluster pool lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (name, c) in clusters {
+            if c.sweep() {
+                let mut all = self.clusters.lock().expect("cluster pool lock");
+                // Only the map and this loop hold it: nothing is using the cluster.
+                if all.get(&name).is_some_and(|c| Arc::strong_count(c) == 2) {
+                    all.remove(&name);
+                }
+            }
+        }
+    }
+}
+
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(p) => p.sweep_once(),
+            None => return,
+        }
     }
 }

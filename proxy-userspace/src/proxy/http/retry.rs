@@ -158,15 +158,20 @@ pub struct Attempts<T, E> {
     pub last: Result<T, E>,
     pub tries: u32,
     pub exhausted: bool,
+    /// A retry was due but the cluster's retry budget (`maxRetries`) was spent.
+    pub overflow: bool,
 }
 
 /// Runs `attempt(n)` (n = 1, 2, ...) until an outcome is not retriable or retries run out,
-/// sleeping the backoff between attempts and bounding each by the per-try timeout.
-pub async fn run<T, E, F, Fut>(
+/// sleeping the backoff between attempts and bounding each by the per-try timeout. Each retry
+/// first takes a token from `budget` and holds it through its backoff and attempt; without
+/// one, the last outcome stands.
+pub async fn run<T, E, F, Fut, G>(
     policy: &RetryPolicy,
     retriable_body: bool,
     outcome: impl Fn(&Result<T, E>) -> Outcome,
     on_timeout: impl Fn() -> E,
+    mut budget: impl FnMut() -> Option<G>,
     mut attempt: F,
 ) -> Attempts<T, E>
 where
@@ -175,6 +180,7 @@ where
 {
     let tries = if retriable_body { policy.tries() } else { 1 };
     let mut n = 1;
+    let mut _token: Option<G> = None;
     loop {
         let result = match policy.per_try_timeout {
             Some(t) => tokio::time::timeout(t, attempt(n))
@@ -188,6 +194,17 @@ where
                 last: result,
                 tries: n,
                 exhausted: retriable && n > 1,
+                overflow: false,
+            };
+        }
+        _token = None;
+        _token = budget();
+        if _token.is_none() {
+            return Attempts {
+                last: result,
+                tries: n,
+                exhausted: false,
+                overflow: true,
             };
         }
         tokio::time::sleep(policy.backoff(n - 1)).await;

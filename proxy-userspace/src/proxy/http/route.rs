@@ -9,7 +9,9 @@ use std::{
 
 use crate::{
     config::{Cluster, Snapshot},
-    policy::model::{LoadBalancer, OutlierDetection, PortTrafficPolicy, TrafficPolicy},
+    policy::model::{
+        ConnectionPool, LoadBalancer, OutlierDetection, PortTrafficPolicy, TrafficPolicy,
+    },
     routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
 };
 
@@ -167,11 +169,14 @@ pub fn endpoints<'s>(
         if requested.contains(&dest.host) {
             return Ok((
                 vec![SocketAddr::new(dst.ip(), port)],
-                ClusterPolicy::default(),
+                ClusterPolicy::unconfigured(&dest.host, port),
             ));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
-            return Ok((vec![SocketAddr::new(ip, port)], ClusterPolicy::default()));
+            return Ok((
+                vec![SocketAddr::new(ip, port)],
+                ClusterPolicy::unconfigured(&dest.host, port),
+            ));
         }
         return Err(NoEndpoint::UnknownHost {
             host: dest.host.clone(),
@@ -224,6 +229,13 @@ pub fn endpoints<'s>(
             |p| p.outlier_detection.as_ref(),
             |p| p.outlier_detection.as_ref(),
         ),
+        pool: setting(
+            cluster,
+            subset,
+            port,
+            |p| p.connection_pool.as_ref(),
+            |p| p.connection_pool.as_ref(),
+        ),
     };
     Ok((addrs, policy))
 }
@@ -235,6 +247,17 @@ pub struct ClusterPolicy<'s> {
     pub key: String,
     pub lb: Option<&'s LoadBalancer>,
     pub outlier: Option<&'s OutlierDetection>,
+    pub pool: Option<&'s ConnectionPool>,
+}
+
+impl ClusterPolicy<'_> {
+    /// A destination no ServiceEntry or DestinationRule describes.
+    pub fn unconfigured(host: &str, port: u16) -> Self {
+        ClusterPolicy {
+            key: format!("{host}||{port}"),
+            ..ClusterPolicy::default()
+        }
+    }
 }
 
 /// The most specific setting: the subset's port-level, the subset's, the rule's port-level,

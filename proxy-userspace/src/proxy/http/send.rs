@@ -2,7 +2,7 @@
 //! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
 //! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
 
-use std::{error::Error as _, net::SocketAddr};
+use std::{error::Error as _, net::SocketAddr, sync::Arc};
 
 use hyper::{Request, Response, body::Incoming, header::HeaderValue};
 
@@ -10,8 +10,9 @@ use super::{
     Body, Downstream, HttpContext, ResponseFlags,
     forward::local,
     lb::Algorithm,
+    mirror,
     outlier::{self, Outcome as Health},
-    pool::UpstreamError,
+    pool::{ClusterPool, Counter, Limits, PooledBody, UpstreamError},
     record::Record,
     replay::{self, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
@@ -36,6 +37,9 @@ pub struct Plan<'a> {
     /// The endpoint set's identity (host, subset, port) for outlier state.
     pub cluster: String,
     pub outlier: Option<outlier::Settings>,
+    /// The cluster's share of the upstream pool, and its connectionPool limits.
+    pub upstream: Arc<ClusterPool>,
+    pub limits: Limits,
 }
 
 impl Plan<'_> {
@@ -44,13 +48,15 @@ impl Plan<'_> {
         &self,
         ctx: &HttpContext,
         target: SocketAddr,
-        result: &Result<Response<Incoming>, UpstreamError>,
+        result: &Result<Response<PooledBody>, UpstreamError>,
     ) {
         let (Some(s), Ok(all)) = (&self.outlier, &self.endpoints) else {
             return;
         };
         let health = match result {
             Ok(resp) => Health::Status(resp.status().as_u16()),
+            // Shed locally: says nothing about the endpoint.
+            Err(UpstreamError::Overflow { .. }) => return,
             Err(_) => Health::LocalFailure,
         };
         if let Some(outlier::Event::Ejected { for_ }) =
@@ -95,7 +101,7 @@ enum Failed {
     PerTryTimeout,
 }
 
-fn outcome(r: &Result<Response<Incoming>, Failed>) -> Outcome {
+fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
     match r {
         Ok(resp) => Outcome::Response {
             status: resp.status().as_u16(),
@@ -105,11 +111,13 @@ fn outcome(r: &Result<Response<Incoming>, Failed>) -> Outcome {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
         },
-        // Envoy does not retry "no healthy upstream".
-        Err(Failed::NoEndpoint(_)) => Outcome::Response {
-            status: 0,
-            grpc: None,
-        },
+        // Envoy does not retry "no healthy upstream", nor a request its own limits shed.
+        Err(Failed::NoEndpoint(_) | Failed::Upstream(UpstreamError::Overflow { .. })) => {
+            Outcome::Response {
+                status: 0,
+                grpc: None,
+            }
+        }
         Err(Failed::PerTryTimeout) => Outcome::Timeout,
         Err(Failed::Upstream(UpstreamError::Send { source, .. })) if refused_stream(source) => {
             Outcome::RefusedStream
@@ -138,6 +146,13 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
     if exhausted {
         rec.flags.insert(ResponseFlags::RETRY_LIMIT);
     }
+    if let UpstreamError::Overflow { .. } = e {
+        tracing::debug!(error = %e, "request shed by a connection-pool limit");
+        return overloaded(format!(
+            "upstream connect error or disconnect/reset before headers. reset reason: {}",
+            e.reset_reason()
+        ));
+    }
     tracing::warn!(error = %e, "upstream request failed");
     local(
         503,
@@ -147,6 +162,14 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
         ),
         None,
     )
+}
+
+/// A 503 for a request a limit shed (flag UO), marked as Envoy marks it.
+pub fn overloaded(body: String) -> Response<Body> {
+    let mut r = local(503, body, None);
+    r.headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    r
 }
 
 fn timed_out(rec: &mut Record) -> Response<Body> {
@@ -180,16 +203,15 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
             headers: None,
         };
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst) {
-            Ok((e, _)) => {
-                let t = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
-                ctx.mirrors.send(
-                    ctx.pool.clone(),
-                    &ctx.metrics,
-                    t,
-                    plan.h2,
-                    req.clone(),
-                    plan.authority,
-                )
+            Ok((e, policy)) => {
+                let copy = mirror::Copy {
+                    pool: ctx.pool.clone(),
+                    cluster: ctx.pool.cluster(&policy.key),
+                    limits: Limits::from_spec(policy.pool),
+                    target: ctx.lb.choose(&Algorithm::RoundRobin, &e, None),
+                };
+                ctx.mirrors
+                    .send(copy, &ctx.metrics, plan.h2, req.clone(), plan.authority)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "mirror has no endpoint");
@@ -239,6 +261,11 @@ pub async fn with_policy(
         replayable.is_some(),
         outcome,
         || Failed::PerTryTimeout,
+        // `http.maxRetries` bounds the retries in flight across the cluster.
+        || {
+            plan.upstream
+                .try_slot(Counter::Retries, plan.limits.max_retries)
+        },
         |n| {
             let mut req = match (&replayable, once.take()) {
                 (Some(r), _) => r.build(),
@@ -252,7 +279,10 @@ pub async fn with_policy(
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;
                 let _in_flight = ctx.lb.start(target);
-                let result = ctx.pool.send(target, plan.h2, req).await;
+                let result = ctx
+                    .pool
+                    .send(&plan.upstream, &plan.limits, target, plan.h2, req)
+                    .await;
                 plan.observe(ctx, target, &result);
                 result.map_err(Failed::Upstream)
             }
@@ -267,6 +297,16 @@ pub async fn with_policy(
     };
     if attempts.tries > 1 {
         ctx.metrics.retries(u64::from(attempts.tries - 1));
+    }
+    if attempts.overflow {
+        ctx.metrics.overflow("cluster", &plan.cluster, "maxRetries");
+        rec.reason = Some(format!(
+            "retry not attempted: {} is at its connectionPool limit maxRetries: {}",
+            plan.cluster, plan.limits.max_retries
+        ));
+    }
+    if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
+        ctx.metrics.overflow("cluster", &plan.cluster, limit);
     }
     rec.retries = attempts.tries - 1;
     rec.upstream_host = last;

@@ -105,6 +105,7 @@ async fn retries_until_success_and_sleeps_only_the_backoff() {
         true,
         outcome,
         || (),
+        || Some(()),
         |n| async move { if n < 3 { Ok(503) } else { Ok(200) } },
     )
     .await;
@@ -127,9 +128,17 @@ async fn gives_up_after_the_retries_and_reports_exhaustion() {
         },
         Err(()) => Outcome::Reset,
     };
-    let a = run(&p, true, outcome, || (), |_| async { Ok(503) }).await;
+    let a = run(&p, true, outcome, || (), || Some(()), |_| async { Ok(503) }).await;
     assert_eq!((a.last, a.tries, a.exhausted), (Ok(503), 3, true));
-    let once = run(&p, false, outcome, || (), |_| async { Ok(503) }).await;
+    let once = run(
+        &p,
+        false,
+        outcome,
+        || (),
+        || Some(()),
+        |_| async { Ok(503) },
+    )
+    .await;
     assert_eq!(once.tries, 1, "a body too large to buffer is not retried");
 }
 
@@ -149,6 +158,7 @@ async fn per_try_timeout_bounds_each_attempt() {
         true,
         outcome,
         || "timeout",
+        || Some(()),
         |n| async move {
             if n == 1 {
                 tokio::time::sleep(Duration::from_secs(10)).await;
@@ -162,5 +172,36 @@ async fn per_try_timeout_bounds_each_attempt() {
     assert!(
         took >= Duration::from_millis(100) && took < Duration::from_millis(130),
         "{took:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_retry_budget_stops_retrying_and_says_so() {
+    let p = policy(3, "5xx", None);
+    let outcome = |r: &Result<u16, ()>| match r {
+        Ok(s) => Outcome::Response {
+            status: *s,
+            grpc: None,
+        },
+        Err(()) => Outcome::Reset,
+    };
+    // One token: the first retry runs, the second finds the budget spent.
+    let mut tokens = 1;
+    let a = run(
+        &p,
+        true,
+        outcome,
+        || (),
+        || {
+            (tokens > 0).then(|| {
+                tokens -= 1;
+            })
+        },
+        |_| async { Ok(503) },
+    )
+    .await;
+    assert_eq!(
+        (a.last, a.tries, a.exhausted, a.overflow),
+        (Ok(503), 2, false, true)
     );
 }

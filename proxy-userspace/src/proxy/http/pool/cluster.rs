@@ -1,0 +1,206 @@
+//! One destination's share of the upstream pool (Envoy's cluster): its circuit-breaker counters
+//! (open connections, pending and active requests, active retries) and its idle connections
+//! per endpoint. Counters are released by guards, so a cancelled request frees what it held.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::{http1, http2};
+use tokio::sync::Notify;
+
+use crate::proxy::http::Body;
+
+/// The circuit-breaker counters of a cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Connections,
+    Pending,
+    Requests,
+    Retries,
+}
+
+/// An HTTP/1.1 connection waiting for its next request.
+pub struct IdleH1 {
+    pub sender: http1::SendRequest<Body>,
+    /// Requests it has carried.
+    pub used: u32,
+    pub since: Instant,
+    pub idle_timeout: Duration,
+}
+
+/// A multiplexed HTTP/2 connection and the streams open on it.
+pub struct H2Conn {
+    pub sender: http2::SendRequest<Body>,
+    pub streams: Arc<AtomicU32>,
+    pub used: u32,
+    pub last_active: Instant,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Default)]
+pub struct ClusterPool {
+    pub name: String,
+    counts: [AtomicU32; 4],
+    /// Woken whenever a connection closes or goes idle, or a stream ends.
+    pub changed: Notify,
+    pub h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
+    pub h2: Mutex<HashMap<SocketAddr, Vec<H2Conn>>>,
+}
+
+/// One unit of a counter, given back on drop.
+pub struct Slot {
+    pool: Arc<ClusterPool>,
+    counter: Counter,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.counts[self.counter as usize].fetch_sub(1, Ordering::AcqRel);
+        self.pool.changed.notify_waiters();
+    }
+}
+
+impl ClusterPool {
+    pub fn new(name: &str) -> ClusterPool {
+        ClusterPool {
+            name: name.to_string(),
+            ..ClusterPool::default()
+        }
+    }
+
+    pub fn count(&self, c: Counter) -> u32 {
+        self.counts[c as usize].load(Ordering::Acquire)
+    }
+
+    /// Takes one unit of `c` if fewer than `limit` are taken.
+    pub fn try_slot(self: &Arc<Self>, c: Counter, limit: u32) -> Option<Slot> {
+        self.counts[c as usize]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            pool: self.clone(),
+            counter: c,
+        })
+    }
+
+    /// An idle HTTP/1.1 connection to `dst`, newest first, skipping closed and expired ones.
+    pub fn take_idle_h1(&self, dst: SocketAddr) -> Option<IdleH1> {
+        let mut all = self.h1.lock().expect("h1 pool lock");
+        let idle = all.get_mut(&dst)?;
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < c.idle_timeout {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    pub fn keep_h1(&self, dst: SocketAddr, conn: IdleH1) {
+        self.h1
+            .lock()
+            .expect("h1 pool lock")
+            .entry(dst)
+            .or_default()
+            .push(conn);
+        self.changed.notify_waiters();
+    }
+
+    /// A stream on an HTTP/2 connection to `dst` with room for one more, if any.
+    pub fn take_h2_stream(
+        &self,
+        dst: SocketAddr,
+        max_streams: u32,
+        per_connection: impl Fn(u32) -> bool,
+    ) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
+        let mut all = self.h2.lock().expect("h2 pool lock");
+        let conns = all.get_mut(&dst)?;
+        conns.retain(|c| !c.sender.is_closed() && per_connection(c.used));
+        let c = conns
+            .iter_mut()
+            .find(|c| c.streams.load(Ordering::Acquire) < max_streams)?;
+        c.streams.fetch_add(1, Ordering::AcqRel);
+        c.used += 1;
+        c.last_active = Instant::now();
+        Some((c.sender.clone(), c.streams.clone()))
+    }
+
+    pub fn add_h2(&self, dst: SocketAddr, conn: H2Conn) {
+        self.h2
+            .lock()
+            .expect("h2 pool lock")
+            .entry(dst)
+            .or_default()
+            .push(conn);
+        self.changed.notify_waiters();
+    }
+
+    /// Closes one idle connection to another endpoint, so a request waiting for `dst` can open
+    /// one within `tcp.maxConnections`. Returns whether one was closed.
+    pub fn evict_idle_except(&self, dst: SocketAddr) -> bool {
+        let mut all = self.h1.lock().expect("h1 pool lock");
+        for (addr, idle) in all.iter_mut() {
+            if *addr != dst && idle.pop().is_some() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops idle connections past their idle timeout; true when the cluster holds nothing.
+    pub fn sweep(&self) -> bool {
+        let mut h1 = self.h1.lock().expect("h1 pool lock");
+        h1.retain(|_, idle| {
+            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < c.idle_timeout);
+            !idle.is_empty()
+        });
+        let mut h2 = self.h2.lock().expect("h2 pool lock");
+        h2.retain(|_, conns| {
+            conns.retain(|c| {
+                !c.sender.is_closed()
+                    && (c.streams.load(Ordering::Acquire) > 0
+                        || c.last_active.elapsed() < c.idle_timeout)
+            });
+            !conns.is_empty()
+        });
+        h1.is_empty() && h2.is_empty() && self.counts.iter().all(|c| c.load(Ordering::Acquire) == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_released() {
+        let p = Arc::new(ClusterPool::new("c"));
+        let a = p.try_slot(Counter::Pending, 2).unwrap();
+        let _b = p.try_slot(Counter::Pending, 2).unwrap();
+        assert!(p.try_slot(Counter::Pending, 2).is_none());
+        assert_eq!(p.count(Counter::Pending), 2);
+        drop(a);
+        assert_eq!(p.count(Counter::Pending), 1);
+        assert!(p.try_slot(Counter::Pending, 2).is_some());
+        // Other counters are independent.
+        assert!(p.try_slot(Counter::Requests, 1).is_some());
+        assert!(p.try_slot(Counter::Requests, 0).is_none());
+    }
+
+    #[test]
+    fn an_empty_cluster_can_be_swept_away() {
+        let p = Arc::new(ClusterPool::new("c"));
+        assert!(p.sweep());
+        let s = p.try_slot(Counter::Connections, 1);
+        assert!(!p.sweep());
+        drop(s);
+        assert!(p.sweep());
+    }
+}

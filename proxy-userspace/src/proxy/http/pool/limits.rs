@@ -1,0 +1,143 @@
+//! A destination's connection-pool limits (DestinationRule `connectionPool`), with Istio's
+//! defaults for whatever the rule leaves unset.
+
+use std::time::Duration;
+
+use crate::policy::model::ConnectionPool;
+
+/// Istio's default for every count limit: effectively unlimited (2^32-1).
+pub const UNLIMITED: u32 = u32::MAX;
+/// Istio's default `http.idleTimeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// TCP keepalive probes on upstream sockets (`tcp.tcpKeepalive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe; the kernel's default when unset.
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `tcp.maxConnections`: open upstream connections to the destination, all endpoints.
+    pub max_connections: u32,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending: u32,
+    /// `http.http2MaxRequests`: requests in flight to the destination (any HTTP version).
+    pub max_requests: u32,
+    /// `http.maxRetries`: retries in flight across the destination.
+    pub max_retries: u32,
+    /// `http.maxRequestsPerConnection`: 0 is unlimited, 1 disables keep-alive.
+    pub max_requests_per_connection: u32,
+    /// `http.maxConcurrentStreams`: streams per HTTP/2 connection before another is opened.
+    pub max_streams: u32,
+    /// `http.idleTimeout`: an idle upstream connection is closed after this.
+    pub idle_timeout: Duration,
+    /// `tcp.connectTimeout`; meshd's `--connect-timeout` when unset.
+    pub connect_timeout: Option<Duration>,
+    pub keepalive: Option<Keepalive>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: UNLIMITED,
+            max_pending: UNLIMITED,
+            max_requests: UNLIMITED,
+            max_retries: UNLIMITED,
+            max_requests_per_connection: 0,
+            max_streams: UNLIMITED,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            connect_timeout: None,
+            keepalive: None,
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_spec(pool: Option<&ConnectionPool>) -> Limits {
+        let mut l = Limits::default();
+        let Some(pool) = pool else { return l };
+        if let Some(tcp) = &pool.tcp {
+            l.max_connections = tcp.max_connections.unwrap_or(UNLIMITED);
+            l.connect_timeout = tcp.connect_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+            l.keepalive = tcp.tcp_keepalive.as_ref().map(|k| Keepalive {
+                time: k.time.map(|d| d.0).filter(|d| !d.is_zero()),
+                interval: k.interval.map(|d| d.0).filter(|d| !d.is_zero()),
+                probes: k.probes.filter(|p| *p > 0),
+            });
+        }
+        if let Some(http) = &pool.http {
+            l.max_pending = http.http1_max_pending_requests.unwrap_or(UNLIMITED);
+            l.max_requests = http.http2_max_requests.unwrap_or(UNLIMITED);
+            l.max_retries = http.max_retries.unwrap_or(UNLIMITED);
+            l.max_requests_per_connection = http.max_requests_per_connection.unwrap_or(0);
+            l.max_streams = http
+                .max_concurrent_streams
+                .filter(|n| *n > 0)
+                .unwrap_or(UNLIMITED);
+            l.idle_timeout = http
+                .idle_timeout
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        }
+        l
+    }
+
+    /// Whether a connection that has carried `used` requests may take another.
+    pub fn reusable(&self, used: u32) -> bool {
+        self.max_requests_per_connection == 0 || used < self.max_requests_per_connection
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> ConnectionPool {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn unset_fields_take_istios_defaults() {
+        assert_eq!(Limits::from_spec(None), Limits::default());
+        let l = Limits::from_spec(Some(&parse(r#"{"tcp": {"maxConnections": 1}}"#)));
+        assert_eq!(l.max_connections, 1);
+        assert_eq!(l.max_pending, UNLIMITED);
+        assert_eq!(l.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let l = Limits::from_spec(Some(&parse(
+            r#"{"tcp": {"maxConnections": 3, "connectTimeout": "250ms",
+                        "tcpKeepalive": {"time": "10s", "interval": "2s", "probes": 4}},
+                "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 7, "maxRetries": 2,
+                         "maxRequestsPerConnection": 1, "maxConcurrentStreams": 9,
+                         "idleTimeout": "30s"}}"#,
+        )));
+        assert_eq!(
+            l,
+            Limits {
+                max_connections: 3,
+                max_pending: 5,
+                max_requests: 7,
+                max_retries: 2,
+                max_requests_per_connection: 1,
+                max_streams: 9,
+                idle_timeout: Duration::from_secs(30),
+                connect_timeout: Some(Duration::from_millis(250)),
+                keepalive: Some(Keepalive {
+                    time: Some(Duration::from_secs(10)),
+                    interval: Some(Duration::from_secs(2)),
+                    probes: Some(4),
+                }),
+            }
+        );
+        assert!(l.reusable(0) && !l.reusable(1));
+        assert!(Limits::default().reusable(1_000_000));
+    }
+}
