@@ -1,5 +1,6 @@
 //! A hyper backend for the L7 tests: HTTP/1.1 and h2c on one port. It answers
-//! `/status/NNN` with that status, `/whoami` with the HTTP version and the upstream connection's
+//! `/status/NNN` with that status, `/sleep/MS` after MS milliseconds, `/slow-503/MS` with 503
+//! after MS milliseconds, `/whoami` with the HTTP version and the upstream connection's
 //! peer address, and an `Upgrade: echo` request with 101 and then echoes bytes. It counts the
 //! connections it accepted, so tests can see meshd's connection reuse.
 
@@ -164,9 +165,16 @@ async fn answer_plain(
     };
     if let Some(ms) = path
         .strip_prefix("/sleep/")
+        .or_else(|| path.strip_prefix("/slow-503/"))
         .and_then(|m| m.parse::<u64>().ok())
     {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    if path.starts_with("/slow-503/") {
+        return Ok(Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from("failing slowly on purpose\n")))
+            .unwrap());
     }
     if let Some(n) = path
         .strip_prefix("/fail-first/")

@@ -1,0 +1,496 @@
+//! DestinationRule connection pools on captured traffic: Istio's circuit-breaking task, pending
+//! and request overflow (503, flag UO, `x-envoy-overloaded`), the cluster-wide retry budget,
+//! connect timeout, keepalive, idle timeout and requests per connection, lowering a limit
+//! under load, and outlier detection's panic mode.
+
+mod support;
+
+use std::{
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{
+    Daemon, ebpf_available,
+    http_backend::HttpBackend,
+    mesh::{config_dir, curl_many, policies, start, two_backends},
+};
+
+const TO_ALL: &str = "  - route:\n    - destination:\n        host: reviews\n";
+
+/// `policies` with `pool` (indented under `trafficPolicy:`) as the DestinationRule's policy.
+fn with_policy(v1: &HttpBackend, v2: &HttpBackend, routes: &str, policy: &str) -> String {
+    policies(v1, v2, routes).replace(
+        "spec:\n  host: reviews\n  subsets:",
+        &format!("spec:\n  host: reviews\n  trafficPolicy:\n{policy}  subsets:"),
+    )
+}
+
+/// Only v1 serves: v2's endpoint is dropped from the ServiceEntry.
+fn only_v1(yaml: String, v2: &HttpBackend) -> String {
+    yaml.replace(
+        &format!(
+            "  - address: 127.0.0.1\n    ports:\n      http: {}\n    labels:\n      version: v2\n",
+            v2.addr.port()
+        ),
+        "",
+    )
+}
+
+/// Starts `n` managed curls at once, each sending `per_client` GETs to `url` over one
+/// keep-alive connection.
+fn clients(d: &Daemon, n: usize, per_client: usize, url: &str) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            let mut args = vec![
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "--resolve",
+                "reviews:9080:127.0.0.50",
+                "-w",
+                "%{http_code} %header{x-envoy-overloaded}\\n",
+            ];
+            for _ in 0..per_client {
+                args.extend(["-o", "/dev/null", url]);
+            }
+            d.exec("default/productpage", &args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Every client's output lines: `CODE OVERLOADED-HEADER`.
+fn results(children: Vec<Child>) -> Vec<String> {
+    children
+        .into_iter()
+        .flat_map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "curl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn count(lines: &[String], prefix: &str) -> usize {
+    lines.iter().filter(|l| l.starts_with(prefix)).count()
+}
+
+const ISTIO_CIRCUIT_BREAKER: &str = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n        maxRequestsPerConnection: 1\n";
+
+#[test]
+fn istios_circuit_breaking_task() {
+    if !ebpf_available("cb_task") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, ISTIO_CIRCUIT_BREAKER), &v2);
+    let d = start("cb-task", 90, &yaml);
+    // One client never overflows: one request in flight at a time.
+    let one = results(clients(&d, 1, 30, "http://reviews:9080/whoami"));
+    assert_eq!(count(&one, "200"), 30, "{one:?}");
+    // Two callers: a request that arrives while the other caller's request still waits for
+    // its new connection (one per request) is the second pending one, and is shed with 503
+    // and x-envoy-overloaded, as in Istio's task.
+    let many = results(clients(&d, 2, 100, "http://reviews:9080/whoami"));
+    let shed = count(&many, "503 true");
+    assert!(shed > 0, "some requests overflow: {many:?}");
+    assert_eq!(count(&many, "200") + shed, 200, "{many:?}");
+    assert!(
+        d.metric(r#"meshd_overflow_total{limit="http1MaxPendingRequests",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#)
+            >= shed as f64
+    );
+    // Every request got its own upstream connection (maxRequestsPerConnection: 1).
+    assert_eq!(v1.accepted(), v1.requests());
+    assert!(d.log_text().contains("\"response_flags\":\"UO\""));
+    assert_eq!(v2.requests(), 0);
+}
+
+#[test]
+fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests() {
+    if !ebpf_available("cb_limits") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
+    let dir = config_dir("cb-limits", &yaml);
+    let d = Daemon::start("cb-limits", 91, &["--config", dir.to_str().unwrap()]);
+    // Four slow requests at once: one is served, one waits for the connection, two are shed
+    // without waiting.
+    let start = Instant::now();
+    let lines = results(clients(&d, 4, 1, "http://reviews:9080/sleep/600"));
+    assert_eq!(count(&lines, "200"), 2, "{lines:?}");
+    assert_eq!(count(&lines, "503 true"), 2, "{lines:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    // Without limits, then a reload lowers http2MaxRequests to 1 while 3 requests are in
+    // flight: those finish, and new requests meet the new limit.
+    let free = only_v1(
+        with_policy(
+            &v1,
+            &v2,
+            TO_ALL,
+            "    loadBalancer:\n      simple: ROUND_ROBIN\n",
+        ),
+        &v2,
+    );
+    std::fs::write(dir.join("reviews.yaml"), &free).unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    let in_flight = clients(&d, 3, 1, "http://reviews:9080/sleep/1500");
+    std::thread::sleep(Duration::from_millis(400));
+    let limited = "    connectionPool:\n      http:\n        http2MaxRequests: 1\n";
+    std::fs::write(
+        dir.join("reviews.yaml"),
+        only_v1(with_policy(&v1, &v2, TO_ALL, limited), &v2),
+    )
+    .unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 2.0).then_some(())
+    })
+    .expect("reload applied");
+    let later = results(clients(&d, 3, 1, "http://reviews:9080/sleep/300"));
+    let first = results(in_flight);
+    assert_eq!(
+        count(&first, "200"),
+        3,
+        "in-flight requests survive: {first:?}"
+    );
+    assert!(
+        count(&later, "503 true") >= 1,
+        "the lower limit applies: {later:?}"
+    );
+    assert!(
+        d.metric(r#"meshd_overflow_total{limit="http2MaxRequests",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#)
+            >= 1.0
+    );
+}
+
+#[test]
+fn max_retries_bounds_retries_in_flight_across_the_cluster() {
+    if !ebpf_available("cb_retries") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - retries:\n      attempts: 2\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n";
+    let policy = "    connectionPool:\n      http:\n        maxRetries: 1\n";
+    let d = start(
+        "cb-retries",
+        92,
+        &only_v1(with_policy(&v1, &v2, routes, policy), &v2),
+    );
+    // Three requests fail slowly at the same time: one of them gets the single retry token
+    // (and keeps it for its second retry); the others give up with their first answer.
+    let lines = results(clients(&d, 3, 1, "http://reviews:9080/slow-503/400"));
+    assert_eq!(count(&lines, "503"), 3, "{lines:?}");
+    assert_eq!(v1.requests(), 5, "3 first attempts and 2 retries");
+    assert_eq!(
+        d.metric(r#"meshd_overflow_total{limit="maxRetries",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#),
+        2.0
+    );
+    assert!(d.log_text().contains("retry not attempted"));
+}
+
+#[test]
+fn connection_settings_connect_timeout_requests_per_connection_and_idle_timeout() {
+    if !ebpf_available("cb_conn") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    // v1: one request per connection; v2: connections idle for more than 1 s are closed.
+    let routes = "  - match:\n    - headers:\n        x-subset:\n          exact: v2\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = policies(&v1, &v2, routes).replace(
+        "  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n",
+        "  - name: v1\n    labels:\n      version: v1\n    trafficPolicy:\n      connectionPool:\n        http:\n          maxRequestsPerConnection: 1\n  - name: v2\n    labels:\n      version: v2\n    trafficPolicy:\n      connectionPool:\n        http:\n          idleTimeout: 1s\n",
+    );
+    // A third service whose endpoint never completes a handshake: a listener with a full
+    // accept queue that never accepts drops further SYNs.
+    let black_hole =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    black_hole
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    black_hole.listen(0).unwrap();
+    let hole = black_hole.local_addr().unwrap().as_socket().unwrap();
+    let _fillers: Vec<_> = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&hole, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    let yaml = format!(
+        "{yaml}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: slow\nspec:\n  hosts: [slow.example]\n  addresses: [127.0.0.51]\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: slow\nspec:\n  host: slow.example\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 300ms\n",
+        hole.port()
+    );
+    let d = start("cb-conn", 93, &yaml);
+
+    curl_many(&d, "http://reviews:9080/whoami", 5, "%{http_code}\\n");
+    assert_eq!(
+        (v1.requests(), v1.accepted()),
+        (5, 5),
+        "one request per connection"
+    );
+
+    let v2_twice = |d: &Daemon| {
+        support::mesh::curl(
+            d,
+            &[
+                "-H",
+                "x-subset: v2",
+                "-o",
+                "/dev/null",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\\n",
+                "http://reviews:9080/whoami",
+                "http://reviews:9080/whoami",
+            ],
+        )
+    };
+    v2_twice(&d);
+    assert_eq!(
+        (v2.requests(), v2.accepted()),
+        (2, 1),
+        "keep-alive reuses the connection"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    v2_twice(&d);
+    assert_eq!(v2.accepted(), 2, "the idle connection was closed after 1 s");
+
+    let start = Instant::now();
+    let code = support::mesh::curl(
+        &d,
+        &[
+            "--resolve",
+            "slow.example:80:127.0.0.51",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://slow.example/",
+        ],
+    );
+    assert_eq!(code, "503");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the DestinationRule's 300ms connect timeout applied, not the 10s default"
+    );
+    assert!(d.log_text().contains("timed out after 300ms"));
+}
+
+#[test]
+fn tcp_max_connections_and_keepalive_apply_to_opaque_tcp() {
+    if !ebpf_available("cb_tcp") {
+        return;
+    }
+    let echo = support::backend::Backend::echo("127.0.0.1:0");
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: db\nspec:\n  hosts: [db.example]\n  addresses: [127.0.0.52]\n  ports:\n  - {{number: 5432, name: tcp, protocol: TCP}}\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{tcp: {}}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: db\nspec:\n  host: db.example\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: 1\n        tcpKeepalive:\n          time: 77s\n          interval: 5s\n",
+        echo.addr.port()
+    );
+    let d = start("cb-tcp", 94, &yaml);
+    // The first connection stays open (the client holds it for 3 s) ...
+    let mut holder = d
+        .exec(
+            "default/client",
+            &["python3", "-c", "import socket,time; s=socket.create_connection(('127.0.0.52',5432)); s.sendall(b'hi'); s.recv(2); time.sleep(3); s.sendall(b'ok'); print(s.recv(2).decode())"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // ... meshd's upstream socket carries the keepalive timer ...
+    let ss = std::process::Command::new("ss")
+        .args([
+            "-tno",
+            "state",
+            "established",
+            &format!("( dport = :{} )", echo.addr.port()),
+        ])
+        .output()
+        .unwrap();
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        ss.contains("timer:(keepalive,1min"),
+        "keepalive of 77s on the upstream socket: {ss}"
+    );
+    // ... and a second connection is over maxConnections: reset.
+    let second = d
+        .exec(
+            "default/client",
+            &["python3", "-c", "import socket; s=socket.create_connection(('127.0.0.52',5432)); s.sendall(b'hi'); print(repr(s.recv(2)))"],
+        )
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // Reset before any byte is echoed. (With the sockmap on, the kernel reports the reset to a
+    // blocking recv() as EAGAIN rather than ECONNRESET.)
+    assert!(
+        !said.contains("b'hi'")
+            && ["b''", "ConnectionResetError", "BlockingIOError"]
+                .iter()
+                .any(|e| said.contains(e)),
+        "{said}"
+    );
+    let out = holder.wait().unwrap();
+    assert!(out.success());
+    assert!(
+        d.metric(r#"meshd_overflow_total{limit="maxConnections",name="db.example||5432",scope="cluster"}"#)
+            >= 1.0
+    );
+    let _ = holder.kill();
+}
+
+#[test]
+fn panic_mode_ignores_ejections_below_min_health_percent() {
+    if !ebpf_available("panic") {
+        return;
+    }
+    let failing = support::backend::Backend::http_503("127.0.0.1:0");
+    let (healthy, v2) = two_backends();
+    // Ejecting the failing endpoint would leave 50% healthy, under minHealthPercent 60: panic
+    // mode, so both endpoints keep getting traffic.
+    let policy = "    loadBalancer:\n      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n      minHealthPercent: 60\n";
+    let routes =
+        "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n";
+    let yaml = with_policy(&healthy, &v2, routes, policy).replace(
+        &format!("http: {}\n", v2.addr.port()),
+        &format!("http: {}\n", failing.addr.port()),
+    );
+    let d = start("panic", 95, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    let failures = codes.iter().filter(|c| *c == "503").count();
+    assert!(
+        (8..=12).contains(&failures),
+        "round robin over both endpoints despite the ejection: {codes:?}"
+    );
+    assert_eq!(healthy.requests(), 20 - failures);
+    assert!(
+        d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#)
+            >= 1.0,
+        "the endpoint was ejected, and the ejection ignored"
+    );
+}
+
+/// The 99th percentile and the number of non-200 answers of `n` sequential GETs by the quiet
+/// workload, each timed by curl.
+fn quiet_run(d: &Daemon, n: usize) -> (f64, usize) {
+    let mut args = vec![
+        "curl",
+        "-sS",
+        "--max-time",
+        "30",
+        "-w",
+        "%{http_code} %{time_total}\\n",
+    ];
+    for _ in 0..n {
+        args.extend(["-o", "/dev/null", "http://127.0.0.50:9080/whoami"]);
+    }
+    let out = d.exec("default/quiet", &args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut times = Vec::new();
+    let mut errors = 0;
+    for line in text.lines() {
+        let (code, t) = line.split_once(' ').unwrap();
+        if code != "200" {
+            errors += 1;
+        }
+        times.push(t.parse::<f64>().unwrap() * 1e3);
+    }
+    assert_eq!(times.len(), n, "{text}");
+    times.sort_by(f64::total_cmp);
+    (times[n * 99 / 100 - 1], errors)
+}
+
+#[test]
+fn a_flooding_workload_cannot_starve_its_neighbour() {
+    if !ebpf_available("fairness") {
+        return;
+    }
+    // Both workloads call one service whose pool admits 60 requests at a time. Without
+    // fairness the flood takes all 60 and the quiet workload's requests overflow (UO); with
+    // each workload held to 40 requests in flight, the quiet one always finds room.
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      http:\n        http2MaxRequests: 60\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
+    let dir = config_dir("fairness", &yaml);
+    let limits = std::env::var("MESHD_TEST_FAIRNESS").unwrap_or("64,40".into());
+    let (conns, reqs) = limits.split_once(',').unwrap();
+    let d = Daemon::start(
+        "fairness",
+        96,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--workload-max-connections",
+            conns,
+            "--workload-max-requests",
+            reqs,
+        ],
+    );
+    quiet_run(&d, 20);
+    let (baseline, baseline_errors) = quiet_run(&d, 300);
+    assert_eq!(baseline_errors, 0);
+    // The noisy workload keeps 200 connections busy with slow requests.
+    let flood = d
+        .exec(
+            "default/noisy",
+            &[
+                "wrk",
+                "-t1",
+                "-c200",
+                "-d8s",
+                "http://127.0.0.50:9080/sleep/200",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (flooded, errors) = quiet_run(&d, 300);
+    let flood = flood.wait_with_output().unwrap();
+    eprintln!(
+        "fairness: quiet p99 {baseline:.2} ms alone, {flooded:.2} ms under the flood; {errors} errors\n{}",
+        String::from_utf8_lossy(&flood.stdout)
+    );
+    let shed = |kind: &str, w: &str| {
+        d.metric(&format!(
+            r#"meshd_overflow_total{{limit="{kind}",name="{w}",scope="workload"}}"#
+        ))
+    };
+    assert!(shed("requests", "default/noisy") + shed("connections", "default/noisy") > 0.0);
+    assert_eq!(shed("requests", "default/quiet"), 0.0);
+    assert_eq!(errors, 0, "the quiet workload sees no errors");
+    // The flood shares the machine's CPUs with the quiet client, meshd and the backend, and
+    // wrk reconnects at once when its excess connections are reset, so latency rises. The
+    // stated bound: p99 within 20x the quiet baseline or 150 ms, whichever is more. (Without
+    // fairness the same flood fails about 40% of the quiet workload's requests with UO.)
+    assert!(
+        flooded <= (baseline * 20.0).max(150.0),
+        "quiet p99 {flooded:.2} ms under the flood vs {baseline:.2} ms alone"
+    );
+}
