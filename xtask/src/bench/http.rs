@@ -4,7 +4,7 @@
 //! client), meshd's CPU and memory, and HTTP/2 throughput (h2load). Writes target/bench/http.md.
 
 mod rate;
-mod tools;
+pub(super) mod tools;
 
 use std::{
     net::SocketAddr,
@@ -325,7 +325,7 @@ fn h1(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Result
     })
 }
 
-fn wrk(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Result<Wrk> {
+pub(super) fn wrk(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Result<Wrk> {
     let argv = wrap(
         [
             "wrk".to_string(),
@@ -407,7 +407,7 @@ fn cmd(argv: &[String]) -> Command {
     c
 }
 
-fn nginx(conf: &Path, prefix: &Path) -> Command {
+pub(super) fn nginx(conf: &Path, prefix: &Path) -> Command {
     let mut c = Command::new("nginx");
     c.arg("-c")
         .arg(conf)
@@ -417,7 +417,7 @@ fn nginx(conf: &Path, prefix: &Path) -> Command {
     c
 }
 
-fn write(path: &PathBuf, text: &str) -> Result<()> {
+pub(super) fn write(path: &PathBuf, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -458,7 +458,7 @@ fn policies_yaml() -> String {
     )
 }
 
-fn machine() -> String {
+pub(super) fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
