@@ -2,17 +2,19 @@
 //! or deny a connection or request, and which mTLS mode PeerAuthentications require.
 //!
 //! Everything here is pure: policies are compiled once per configuration into an
-//! [`authz::Authorizer`], which answer questions about one
+//! [`authz::Authorizer`] and an [`peer_auth::MtlsPolicies`], which answer questions about one
 //! workload (its namespace and labels) without I/O.
 
 use std::collections::BTreeMap;
 
 pub mod authz;
 mod error;
+pub mod peer_auth;
 pub mod spiffe;
 
 pub use authz::{Authorizer, Decision, HeaderLookup, HttpAttrs, RequestContext};
 pub use error::SecurityError;
+pub use peer_auth::{EffectiveMtls, MtlsMode, MtlsPolicies};
 
 /// Istio's default root namespace: policies there without a selector apply to the whole mesh.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
