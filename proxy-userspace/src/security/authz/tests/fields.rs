@@ -131,3 +131,19 @@ fn each_field_matches_as_istio_does() {
         assert_eq!(!req.allowed(&deny), matches, "DENY {rule} for {req:?}");
     }
 }
+
+#[test]
+fn header_lookups_ignore_name_case_and_join_repeated_headers() {
+    use crate::security::HeaderLookup;
+    let mut map = hyper::HeaderMap::new();
+    map.append("x-a", "1".parse().unwrap());
+    map.append("X-A", "2".parse().unwrap());
+    map.append("x-b", "".parse().unwrap());
+    assert_eq!(map.header("x-a").as_deref(), Some("1,2"));
+    assert_eq!(map.header("x-b").as_deref(), Some(""));
+    assert_eq!(map.header("x-c"), None);
+    let mut tree = std::collections::BTreeMap::new();
+    tree.insert("X-Token".to_string(), "abc".to_string());
+    assert_eq!(tree.header("x-token").as_deref(), Some("abc"));
+    assert_eq!(tree.header("x-other"), None);
+}
