@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod routes;
+pub mod security;
 pub mod settings;
 pub mod status;
 pub mod telemetry;

@@ -1,0 +1,296 @@
+//! AuthorizationPolicy evaluation for inbound connections (L4) and requests (L7).
+//!
+//! Semantics, as in Istio:
+//! - Selection: a policy in the root namespace without a selector applies to every workload;
+//!   one in namespace N without a selector to every workload in N; one with
+//!   `selector.matchLabels` to the workloads of its namespace carrying all those labels (in the
+//!   root namespace: to such workloads in every namespace, as Istio does).
+//! - Order: CUSTOM policies are not supported and left out at compile time (with an error that
+//!   names them). Then any matching DENY policy denies; then, if ALLOW policies apply to the
+//!   workload and none matches, the request is denied; otherwise it is allowed. AUDIT policies
+//!   never change the decision; the matching ones are reported in [`Decision::audited`].
+//! - A policy matches when any of its rules does; `rules: []` (also `spec: {}`) matches
+//!   nothing, so an empty ALLOW policy denies everything and an empty DENY policy does nothing.
+//!   A rule `{}` matches everything.
+//! - In a rule, any `from` entry and any `to` entry and every `when` condition must match; in a
+//!   `source` or `operation` every field must match; in a field any value may match.
+//! - Strings match exactly, by prefix (`abc*`), by suffix (`*abc`) or by presence (`*`);
+//!   principals are written without `spiffe://`; hosts ignore case.
+//! - TCP connections (no [`HttpAttrs`]): a rule testing an HTTP-only attribute (`hosts`,
+//!   `methods`, `paths`, their `not` forms, `requestPrincipals`, `request.headers[..]`,
+//!   `request.auth.*`) never matches in an ALLOW policy, and in DENY and AUDIT policies those
+//!   tests are ignored, so the rule matches more. `connection.sni` and `experimental.*`
+//!   conditions, which meshd cannot see, are treated this way on every request.
+//! - Policies are considered in `namespace/name` order, so the deciding policy named in a
+//!   [`Decision`] does not depend on file order.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use serde::Serialize;
+
+use super::{SecurityError, Workload, spiffe};
+use crate::policy::{PolicySet, model::AuthorizationPolicy};
+
+mod compile;
+pub mod matchers;
+mod rule;
+#[cfg(test)]
+mod tests;
+
+/// Header values by name; `name` is given in lower case.
+pub trait HeaderLookup {
+    /// The header's value; several values of one header joined with `,`.
+    fn header(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+impl HeaderLookup for BTreeMap<String, String> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
+    }
+}
+
+impl HeaderLookup for hyper::HeaderMap {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let mut values = self.get_all(name).iter();
+        let first = String::from_utf8_lossy(values.next()?.as_bytes());
+        Some(values.fold(first, |acc, v| {
+            Cow::Owned(format!("{acc},{}", String::from_utf8_lossy(v.as_bytes())))
+        }))
+    }
+}
+
+/// What an HTTP request adds to a connection.
+#[derive(Clone, Copy)]
+pub struct HttpAttrs<'a> {
+    /// The Host header or `:authority`, as sent.
+    pub host: &'a str,
+    pub method: &'a str,
+    /// The request target in origin form (`/a/b?q`); the query is not matched and `.`/`..`
+    /// segments are resolved before matching.
+    pub path: &'a str,
+    pub headers: &'a dyn HeaderLookup,
+}
+
+impl std::fmt::Debug for HttpAttrs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAttrs")
+            .field("host", &self.host)
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One inbound connection, or one request on it when `http` is set.
+#[derive(Clone, Debug)]
+pub struct RequestContext<'a> {
+    /// The peer's mTLS identity, `spiffe://cluster.local/ns/x/sa/y`; `None` for plaintext.
+    pub source_principal: Option<String>,
+    /// The peer's namespace; only an mTLS peer has one (see [`RequestContext::new`]).
+    pub source_namespace: Option<String>,
+    pub source_ip: IpAddr,
+    pub destination_ip: IpAddr,
+    pub destination_port: u16,
+    /// `None`: a TCP connection, evaluated with Istio's L4 rules.
+    pub http: Option<&'a HttpAttrs<'a>>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// A TCP connection; the source namespace is read from the principal.
+    pub fn new(
+        source_principal: Option<String>,
+        source_ip: IpAddr,
+        destination_ip: IpAddr,
+        destination_port: u16,
+    ) -> RequestContext<'a> {
+        RequestContext {
+            source_namespace: (source_principal.as_deref())
+                .and_then(spiffe::namespace)
+                .map(str::to_string),
+            source_principal,
+            source_ip,
+            destination_ip,
+            destination_port,
+            http: None,
+        }
+    }
+
+    /// The same connection carrying an HTTP request.
+    pub fn with_http(self, http: &'a HttpAttrs<'a>) -> RequestContext<'a> {
+        RequestContext {
+            http: Some(http),
+            ..self
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    Allow,
+    Deny,
+    Audit,
+}
+
+/// The outcome for one connection or request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `namespace/name` of the policy that decided: the matching DENY policy, or the matching
+    /// ALLOW policy; `None` when no policy decided.
+    pub policy: Option<String>,
+    /// For logs: `denied by DENY policy foo/bar`, `no ALLOW policy matched`, ...
+    pub reason: String,
+    /// `namespace/name` of every AUDIT policy that matched.
+    pub audited: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Policy {
+    id: String,
+    action: Action,
+    selector: Option<BTreeMap<String, String>>,
+    rules: Vec<rule::Rule>,
+}
+
+impl Policy {
+    fn matches(&self, ctx: &RequestContext) -> bool {
+        let strict = self.action == Action::Allow;
+        self.rules.iter().any(|r| r.matches(ctx, strict))
+    }
+}
+
+/// Every supported AuthorizationPolicy, indexed by the namespace it applies to.
+#[derive(Clone, Debug, Default)]
+pub struct Authorizer {
+    /// Sorted by `namespace/name`.
+    policies: Vec<Policy>,
+    /// Indices of root-namespace policies, which may apply in every namespace.
+    mesh: Vec<usize>,
+    by_namespace: HashMap<String, Vec<usize>>,
+}
+
+impl Authorizer {
+    /// Compiles the policies; `root_namespace` is the mesh's (see
+    /// [`DEFAULT_ROOT_NAMESPACE`](super::DEFAULT_ROOT_NAMESPACE)). The errors name each policy
+    /// or rule left out, or applied differently from what it says.
+    pub fn compile<'p>(
+        policies: impl IntoIterator<Item = &'p AuthorizationPolicy>,
+        root_namespace: &str,
+    ) -> (Authorizer, Vec<SecurityError>) {
+        let mut errors = Vec::new();
+        let mut compiled: Vec<(String, Policy)> = policies
+            .into_iter()
+            .filter_map(|p| {
+                let c = compile::policy(p, &mut errors)?;
+                Some((p.metadata.namespace.clone(), c))
+            })
+            .collect();
+        compiled.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        let mut out = Authorizer::default();
+        for (i, (ns, p)) in compiled.into_iter().enumerate() {
+            if ns == root_namespace {
+                out.mesh.push(i);
+            } else {
+                out.by_namespace.entry(ns).or_default().push(i);
+            }
+            out.policies.push(p);
+        }
+        (out, errors)
+    }
+
+    /// [`Authorizer::compile`] over a loaded policy set.
+    pub fn from_set(set: &PolicySet, root_namespace: &str) -> (Authorizer, Vec<SecurityError>) {
+        let policies = set.authorization_policies.iter().map(|p| &p.resource);
+        Authorizer::compile(policies, root_namespace)
+    }
+
+    /// The policies that apply to the workload, in `namespace/name` order.
+    fn selecting<'s>(&'s self, w: &Workload) -> impl Iterator<Item = &'s Policy> {
+        let local = self.by_namespace.get(w.namespace).map_or(&[][..], |v| v);
+        let mut idx: Vec<usize> = self.mesh.iter().chain(local).copied().collect();
+        idx.sort_unstable();
+        let labels = w.labels;
+        idx.into_iter().map(|i| &self.policies[i]).filter(move |p| {
+            (p.selector.as_ref()).is_none_or(|s| crate::policy::model::labels_match(s, labels))
+        })
+    }
+
+    /// `namespace/name` of every policy that applies to the workload.
+    pub fn selected(&self, w: &Workload) -> Vec<String> {
+        self.selecting(w).map(|p| p.id.clone()).collect()
+    }
+
+    pub fn evaluate(&self, w: &Workload, ctx: &RequestContext) -> Decision {
+        let (mut deny, mut allow, mut any_allow) = (None, None, false);
+        let mut audited = Vec::new();
+        for p in self.selecting(w) {
+            match p.action {
+                Action::Deny if deny.is_none() && p.matches(ctx) => deny = Some(&p.id),
+                Action::Allow => {
+                    any_allow = true;
+                    if allow.is_none() && p.matches(ctx) {
+                        allow = Some(&p.id);
+                    }
+                }
+                Action::Audit if p.matches(ctx) => audited.push(p.id.clone()),
+                _ => {}
+            }
+        }
+        let (allowed, policy, reason) = match (deny, allow) {
+            (Some(id), _) => (false, Some(id), format!("denied by DENY policy {id}")),
+            (None, Some(id)) => (true, Some(id), format!("allowed by ALLOW policy {id}")),
+            (None, None) if any_allow => (false, None, "no ALLOW policy matched".to_string()),
+            (None, None) => (true, None, "no ALLOW policy applies".to_string()),
+        };
+        Decision {
+            allowed,
+            policy: policy.cloned(),
+            reason,
+            audited,
+        }
+    }
+
+    /// The decision for every connection and request from `source_principal` to the workload
+    /// on `destination_port`, when it is the same whatever the addresses and HTTP attributes;
+    /// `None` otherwise. Meant for deciding in the kernel before any byte is read.
+    ///
+    /// It is `Some` exactly when every ALLOW and DENY policy that applies to the workload tests
+    /// only `principals`, `namespaces`, `serviceAccounts` (and their `not` forms), `ports` /
+    /// `notPorts`, and the `source.principal`, `source.namespace`, `source.serviceAccount` and
+    /// `destination.port` conditions (AUDIT policies are not looked at, they decide nothing).
+    /// Such rules ignore HTTP attributes, so TCP and HTTP evaluate alike. The namespace is the
+    /// one in the principal, as for a real connection; `None` principal means plaintext.
+    pub fn l4_identity_verdict(
+        &self,
+        w: &Workload,
+        source_principal: Option<&str>,
+        destination_port: u16,
+    ) -> Option<bool> {
+        let identity_only = self
+            .selecting(w)
+            .filter(|p| p.action != Action::Audit)
+            .all(|p| p.rules.iter().all(rule::Rule::identity_only));
+        if !identity_only {
+            return None;
+        }
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let principal = source_principal.map(str::to_string);
+        let ctx = RequestContext::new(principal, any, any, destination_port);
+        Some(self.evaluate(w, &ctx).allowed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+}

@@ -1,0 +1,181 @@
+//! Istio's value matchers for authorization rules: strings with a leading or trailing `*`,
+//! IP blocks, and URL paths (with `{*}` / `{**}` templates).
+
+use std::net::IpAddr;
+
+/// An Istio string match: `abc` exact, `abc*` prefix, `*abc` suffix, `*` any non-empty value.
+/// As in Istio, only one wildcard is recognised: `*abc*` is the suffix `abc*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StrPattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Presence,
+}
+
+impl StrPattern {
+    pub fn parse(s: &str) -> StrPattern {
+        if s == "*" {
+            StrPattern::Presence
+        } else if let Some(rest) = s.strip_prefix('*') {
+            StrPattern::Suffix(rest.to_string())
+        } else if let Some(rest) = s.strip_suffix('*') {
+            StrPattern::Prefix(rest.to_string())
+        } else {
+            StrPattern::Exact(s.to_string())
+        }
+    }
+
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            StrPattern::Exact(e) => v == e,
+            StrPattern::Prefix(p) => v.starts_with(p.as_str()),
+            StrPattern::Suffix(s) => v.ends_with(s.as_str()),
+            StrPattern::Presence => !v.is_empty(),
+        }
+    }
+
+    /// Like `matches`, ignoring ASCII case (hosts).
+    pub fn matches_ignore_case(&self, v: &str) -> bool {
+        let v = v.as_bytes();
+        match self {
+            StrPattern::Exact(e) => v.eq_ignore_ascii_case(e.as_bytes()),
+            StrPattern::Prefix(p) => {
+                v.len() >= p.len() && v[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+            }
+            StrPattern::Suffix(s) => {
+                v.len() >= s.len() && v[v.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
+            }
+            StrPattern::Presence => !v.is_empty(),
+        }
+    }
+}
+
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or a single address (`/32`, `/128`).
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are compared as IPv4, on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpBlock {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpBlock {
+    pub fn parse(s: &str) -> Option<IpBlock> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, Some(len.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return None;
+        }
+        Some(match (ip, ip.to_canonical()) {
+            // A mapped block `::ffff:10.0.0.0/104` is the IPv4 block `10.0.0.0/8`.
+            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) if prefix >= 96 => IpBlock {
+                addr: v4,
+                prefix: prefix - 96,
+            },
+            _ => IpBlock { addr: ip, prefix },
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A `paths` value: an Istio string match, or a path template when it contains `{*}` (one
+/// path segment) or `{**}` (anything, including `/`). As in Istio, each operator is a whole
+/// segment and `{**}` is the last operator.
+#[derive(Clone, Debug)]
+pub enum PathPattern {
+    Str(StrPattern),
+    Template(regex::Regex),
+}
+
+impl PathPattern {
+    /// `None` for a template with `*`, `{` or `}` outside the two operators.
+    pub fn parse(s: &str) -> Option<PathPattern> {
+        if !s.contains("{*}") && !s.contains("{**}") {
+            return Some(PathPattern::Str(StrPattern::parse(s)));
+        }
+        let mut re = String::from("^");
+        let mut rest = s;
+        let mut after_any = false;
+        while !rest.is_empty() {
+            let (lit, op, after) = match rest.find('{') {
+                Some(i) if rest[i..].starts_with("{**}") => (&rest[..i], ".*", &rest[i + 4..]),
+                Some(i) if rest[i..].starts_with("{*}") => (&rest[..i], "[^/]+", &rest[i + 3..]),
+                Some(_) => return None,
+                None => (rest, "", ""),
+            };
+            let at = s.len() - rest.len() + lit.len();
+            let whole_segment = op.is_empty()
+                || (s[..at].ends_with('/') && (after.is_empty() || after.starts_with('/')));
+            if lit.contains(['*', '{', '}']) || (after_any && !op.is_empty()) || !whole_segment {
+                return None;
+            }
+            after_any |= op == ".*";
+            re.push_str(&regex::escape(lit));
+            re.push_str(op);
+            rest = after;
+        }
+        re.push('$');
+        regex::Regex::new(&re).ok().map(PathPattern::Template)
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Str(p) => p.matches(path),
+            PathPattern::Template(re) => re.is_match(path),
+        }
+    }
+}
+
+/// The path rules are matched against: the request target without query or fragment, with
+/// `.` and `..` segments resolved (RFC 3986 §5.2.4), so `/public/../admin` is `/admin`.
+/// Percent-encoding is left as is and repeated slashes are kept, as in Istio's default
+/// (`BASE`) normalization.
+pub fn normalize_path(target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if !path.split('/').any(|s| s == "." || s == "..") {
+        return path.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." | ".." => {
+                if *seg == ".." && out.len() > 1 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push(""); // `/a/b/..` is the directory `/a/`
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let joined = out.join("/");
+    if joined.starts_with('/') || !path.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
+}

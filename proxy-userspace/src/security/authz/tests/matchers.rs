@@ -1,0 +1,121 @@
+//! The value matchers on their own: wildcards, IP blocks, path templates and normalization.
+
+use super::super::matchers::{IpBlock, PathPattern, StrPattern, normalize_path};
+
+#[test]
+fn string_patterns() {
+    use StrPattern::*;
+    let cases = [
+        ("abc", Exact("abc".into())),
+        ("abc*", Prefix("abc".into())),
+        ("*abc", Suffix("abc".into())),
+        ("*", Presence),
+        ("*abc*", Suffix("abc*".into())),
+        ("", Exact(String::new())),
+    ];
+    for (s, p) in cases {
+        assert_eq!(StrPattern::parse(s), p, "{s}");
+    }
+    assert!(StrPattern::parse("*").matches("x"));
+    assert!(!StrPattern::parse("*").matches(""));
+    assert!(StrPattern::parse("ab*").matches("ab"));
+    assert!(!StrPattern::parse("ab*").matches("AB"));
+    assert!(StrPattern::parse("ab*").matches_ignore_case("ABc"));
+    assert!(StrPattern::parse("*.Example.com").matches_ignore_case("api.EXAMPLE.com"));
+    assert!(!StrPattern::parse("*.example.com").matches_ignore_case("com"));
+    assert!(StrPattern::parse("Example.com").matches_ignore_case("example.COM"));
+}
+
+#[test]
+fn ip_blocks() {
+    let yes = [
+        ("10.0.0.0/8", "10.255.0.1"),
+        ("10.0.0.1/8", "10.9.9.9"),
+        ("10.0.0.1", "10.0.0.1"),
+        ("0.0.0.0/0", "1.2.3.4"),
+        ("10.0.0.0/8", "::ffff:10.1.1.1"),
+        ("::ffff:10.0.0.0/104", "10.1.1.1"),
+        ("2001:db8::/32", "2001:db8:ffff::1"),
+        ("::/0", "fe80::1"),
+        ("fe80::1", "fe80::1"),
+        ("fe80::1/128", "fe80::1"),
+    ];
+    for (block, ip) in yes {
+        let b = IpBlock::parse(block).unwrap();
+        assert!(b.contains(ip.parse().unwrap()), "{block} {ip}");
+    }
+    let no = [
+        ("10.0.0.0/8", "11.0.0.1"),
+        ("10.0.0.1", "10.0.0.2"),
+        ("10.0.0.0/31", "10.0.0.2"),
+        ("0.0.0.0/0", "::1"),
+        ("::/0", "1.2.3.4"),
+        ("2001:db8::/33", "2001:db8:8000::1"),
+    ];
+    for (block, ip) in no {
+        let b = IpBlock::parse(block).unwrap();
+        assert!(!b.contains(ip.parse().unwrap()), "{block} {ip}");
+    }
+    for bad in [
+        "",
+        "x",
+        "10.0.0.0/33",
+        "::/129",
+        "10.0.0.1/",
+        "10.0.0/8",
+        "10.0.0.0/-1",
+    ] {
+        assert_eq!(IpBlock::parse(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn path_templates() {
+    let cases = [
+        ("/foo/{*}", "/foo/bar", true),
+        ("/foo/{*}", "/foo/bar/baz", false),
+        ("/foo/{*}", "/foo/", false),
+        ("/foo/{**}", "/foo/bar/baz", true),
+        ("/foo/{**}", "/foo/", true),
+        ("/foo/{*}/bar/{**}", "/foo/buzz/bar/", true),
+        ("/foo/{*}/bar/{**}", "/foo/buzz/bar/baz", true),
+        ("/foo/{*}/bar/{**}", "/foo/a/b/bar/baz", false),
+        ("/a.b/{*}", "/aXb/c", false),
+    ];
+    for (pattern, path, expected) in cases {
+        let p = PathPattern::parse(pattern).unwrap();
+        assert_eq!(p.matches(path), expected, "{pattern} {path}");
+    }
+    for bad in [
+        "/*/baz/{*}",
+        "/{x}/{*}",
+        "/{**}/{*}",
+        "/a{*}/b",
+        "/{*}b",
+        "/{*}}",
+        "{*}/a",
+    ] {
+        assert!(PathPattern::parse(bad).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn path_normalization() {
+    let cases = [
+        ("/a/b", "/a/b"),
+        ("/a/b?x=1", "/a/b"),
+        ("/a/b#frag", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/../admin", "/admin"),
+        ("/a/b/..", "/a/"),
+        ("/a/b/.", "/a/b/"),
+        ("/..", "/"),
+        ("//a/../b", "//b"),
+        ("/a/%2e%2e/b", "/a/%2e%2e/b"),
+        ("/a/..?q=/../x", "/"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(normalize_path(input), expected, "{input}");
+    }
+}

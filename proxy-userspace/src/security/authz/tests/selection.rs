@@ -1,0 +1,209 @@
+//! Which workloads a policy applies to, and what compilation reports and leaves out.
+
+use serde_json::json;
+
+use super::{ROOT, Req, ap, authorizer, compile_json, httpbin, wl};
+use crate::security::{Authorizer, SecurityError};
+
+const DENY_ALL: &str = "{action: DENY, rules: [{}]}";
+
+#[test]
+fn root_namespace_policy_without_selector_is_mesh_wide() {
+    let a = authorizer(&[ap(ROOT, "deny-all", DENY_ALL)]);
+    for w in [httpbin(), wl("bar", &[]), wl(ROOT, &[("app", "x")])] {
+        let d = Req::tcp().decide(&a, &w);
+        assert_eq!(
+            d.policy.as_deref(),
+            Some("istio-system/deny-all"),
+            "{}",
+            w.ns
+        );
+    }
+}
+
+#[test]
+fn namespace_policy_without_selector_applies_to_its_namespace_only() {
+    let a = authorizer(&[ap("foo", "deny-all", DENY_ALL)]);
+    assert!(!Req::tcp().decide(&a, &wl("foo", &[])).allowed);
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("bar", &[("app", "httpbin")]))
+            .allowed
+    );
+    assert!(Req::tcp().decide(&a, &wl(ROOT, &[])).allowed);
+}
+
+#[test]
+fn selector_needs_every_label_in_the_policy_namespace() {
+    let spec = "{selector: {matchLabels: {app: httpbin, version: v1}}, action: DENY, rules: [{}]}";
+    let a = authorizer(&[ap("foo", "p", spec)]);
+    assert!(!Req::tcp().decide(&a, &httpbin()).allowed);
+    let more = wl("foo", &[("app", "httpbin"), ("version", "v1"), ("x", "y")]);
+    assert!(!Req::tcp().decide(&a, &more).allowed);
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("foo", &[("app", "httpbin")]))
+            .allowed
+    );
+    let v2 = wl("foo", &[("app", "httpbin"), ("version", "v2")]);
+    assert!(Req::tcp().decide(&a, &v2).allowed);
+    let elsewhere = wl("bar", &[("app", "httpbin"), ("version", "v1")]);
+    assert!(Req::tcp().decide(&a, &elsewhere).allowed);
+}
+
+#[test]
+fn root_namespace_policy_with_selector_applies_in_every_namespace() {
+    let spec = "{selector: {matchLabels: {app: httpbin}}, action: DENY, rules: [{}]}";
+    let a = authorizer(&[ap(ROOT, "p", spec)]);
+    assert!(!Req::tcp().decide(&a, &httpbin()).allowed);
+    assert!(
+        !Req::tcp()
+            .decide(&a, &wl("bar", &[("app", "httpbin")]))
+            .allowed
+    );
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("bar", &[("app", "other")]))
+            .allowed
+    );
+}
+
+#[test]
+fn an_empty_selector_selects_the_whole_scope() {
+    let a = authorizer(&[ap(
+        "foo",
+        "p",
+        "{selector: {matchLabels: {}}, action: DENY, rules: [{}]}",
+    )]);
+    assert!(!Req::tcp().decide(&a, &wl("foo", &[])).allowed);
+    assert!(Req::tcp().decide(&a, &wl("bar", &[])).allowed);
+}
+
+#[test]
+fn the_root_namespace_is_configurable() {
+    let p: crate::policy::model::AuthorizationPolicy = serde_json::from_value(json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny", "namespace": "mesh-root"},
+        "spec": {"action": "DENY", "rules": [{}]}
+    }))
+    .unwrap();
+    let (a, _) = Authorizer::compile([&p], "mesh-root");
+    assert!(!Req::tcp().decide(&a, &httpbin()).allowed);
+    let (a, _) = Authorizer::compile([&p], ROOT);
+    assert!(Req::tcp().decide(&a, &httpbin()).allowed);
+}
+
+#[test]
+fn selected_lists_the_applicable_policies_in_name_order() {
+    let a = authorizer(&[
+        ap("foo", "z-ns", "{}"),
+        ap("foo", "sel", "{selector: {matchLabels: {app: httpbin}}}"),
+        ap("foo", "other", "{selector: {matchLabels: {app: other}}}"),
+        ap("bar", "bar", "{}"),
+        ap(ROOT, "mesh", "{}"),
+    ]);
+    assert_eq!(a.len(), 5);
+    let w = httpbin();
+    assert_eq!(
+        a.selected(&w.get()),
+        ["foo/sel", "foo/z-ns", "istio-system/mesh"]
+    );
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": name, "namespace": "foo"}, "spec": spec})
+}
+
+#[test]
+fn custom_and_unknown_actions_are_reported_and_left_out() {
+    let (a, errors) = compile_json(&[
+        policy(
+            "ext",
+            json!({"action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]}),
+        ),
+        policy("typo", json!({"action": "Deny", "rules": [{}]})),
+    ]);
+    assert!(a.is_empty());
+    assert_eq!(
+        errors[0],
+        SecurityError::CustomUnsupported {
+            policy: "foo/ext".into()
+        }
+    );
+    assert!(
+        errors[0]
+            .to_string()
+            .contains("AuthorizationPolicy foo/ext: action CUSTOM")
+    );
+    assert!(
+        matches!(&errors[1], SecurityError::UnknownAction { policy, .. } if policy == "foo/typo")
+    );
+    assert!(Req::tcp().allowed(&a));
+}
+
+#[test]
+fn rules_with_invalid_values_are_skipped_and_reported() {
+    let bad_ip = json!({"from": [{"source": {"notIpBlocks": ["10.0.0.0/33"]}}]});
+    let (a, errors) = compile_json(&[policy("allow", json!({"rules": [bad_ip]}))]);
+    assert_eq!(
+        errors[0].to_string(),
+        "AuthorizationPolicy foo/allow: rules[0]: from[0].source.notIpBlocks: \"10.0.0.0/33\" is \
+         not an IP address or CIDR block; the rule is skipped (an ALLOW policy allows less, a \
+         DENY policy denies less)"
+    );
+    assert!(
+        !Req::tcp().allowed(&a),
+        "the ALLOW policy is left without rules"
+    );
+
+    let bad = [
+        (
+            json!({"to": [{"operation": {"ports": ["http"]}}]}),
+            "to[0].operation.ports",
+        ),
+        (
+            json!({"to": [{"operation": {"notPaths": ["/a/{*}x"]}}]}),
+            "to[0].operation.notPaths",
+        ),
+        (
+            json!({"from": [{"source": {"serviceAccounts": ["sleep"]}}]}),
+            "from[0].source.serviceAccounts",
+        ),
+        (
+            json!({"when": [{"key": "destination.port", "values": ["0"]}]}),
+            "when[0].values",
+        ),
+        (
+            json!({"when": [{"key": "source.user", "values": ["x"]}]}),
+            "when[0].key",
+        ),
+        (
+            json!({"when": [{"key": "request.headers[]", "values": ["x"]}]}),
+            "when[0].key",
+        ),
+    ];
+    for (rule, field) in bad {
+        let spec = json!({"action": "DENY", "rules": [{}, rule]});
+        let (a, errors) = compile_json(&[policy("deny", spec)]);
+        assert!(
+            matches!(&errors[..], [SecurityError::InvalidValue { rule: 1, field: f, .. }] if f == field),
+            "{errors:?}"
+        );
+        assert!(!Req::tcp().allowed(&a), "the valid rule stays");
+    }
+}
+
+#[test]
+fn unobservable_conditions_never_allow_and_never_narrow_a_deny() {
+    let sni = json!({"when": [{"key": "connection.sni", "values": ["httpbin.foo"]}]});
+    let (a, errors) = compile_json(&[policy("allow", json!({"rules": [sni]}))]);
+    assert!(
+        matches!(&errors[..], [SecurityError::UnsupportedCondition { key, .. }] if key == "connection.sni")
+    );
+    assert!(!Req::tcp().allowed(&a));
+    assert!(!Req::http().allowed(&a));
+    let (d, _) = compile_json(&[policy("deny", json!({"action": "DENY", "rules": [sni]}))]);
+    assert!(!Req::tcp().allowed(&d));
+    assert!(!Req::http().allowed(&d));
+}
