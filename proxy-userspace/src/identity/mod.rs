@@ -12,6 +12,7 @@
 pub mod ca;
 pub mod cert;
 pub mod clock;
+pub mod command;
 pub mod error;
 pub mod external;
 pub mod manager;
