@@ -1,4 +1,4 @@
-//! The command line: `meshd run | exec | check | status | connections`.
+//! The command line: `meshd run | exec | check | analyze | status | connections | ca`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -36,6 +36,8 @@ pub enum Command {
     Status(ClientArgs),
     /// List the running daemon's live connections with their kernel counters.
     Connections(ClientArgs),
+    /// Manage the built-in certificate authority of the mesh's mTLS identities.
+    Ca(CaArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -145,6 +147,32 @@ pub struct AnalyzeArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct CaArgs {
+    #[command(subcommand)]
+    pub command: CaCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create a self-signed root (ca.key, mode 0600, and ca.crt) that issues workload
+    /// certificates (exit 0 on success, 1 otherwise).
+    Init(CaInitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CaInitArgs {
+    /// Directory for ca.key and ca.crt; created if missing.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Replace an existing CA; certificates it issued stop being trusted.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct ClientArgs {
     /// Admin address of the running daemon.
     #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN)]
@@ -189,5 +217,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Analyze(args) => crate::analyze::run(args),
         Command::Status(args) => crate::status::status(args),
         Command::Connections(args) => crate::status::connections(args),
+        Command::Ca(args) => crate::identity::command::run(args),
     }
 }
