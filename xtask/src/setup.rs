@@ -20,6 +20,7 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
     "vagrant",
     "nghttp2-client",
+    "wrk",
     "redis-server",
     "prometheus",
 ];
