@@ -129,3 +129,38 @@ fn mirroring_to_v2() {
         "v2 received every request as order...-shadow"
     );
 }
+
+#[test]
+fn circuit_breaker_ejects_the_failing_replica() {
+    if !ebpf_available("seed_cb") {
+        return;
+    }
+    // inventory-1 answers; inventory-2 fails every request with 503.
+    let healthy = HttpBackend::start("127.0.0.1:9201");
+    let _failing = support::backend::Backend::http_503("127.0.0.1:9202");
+    let d = Daemon::start(
+        "seed-cb",
+        62,
+        &["--config", &policy("circuit-breaker.yaml")],
+    );
+    let codes: Vec<String> = (0..40).map(|_| get(&d, "inventory", "/", &[])).collect();
+    // Istio's default retry policy sends a 503 to the other replica, so every caller gets 200;
+    // after five consecutive 5xx the failing replica is ejected (30 s, at most 50%).
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(
+        d.metric(r#"meshd_outlier_events_total{cluster="inventory.default.svc.cluster.local||80",event="ejected"}"#),
+        1.0
+    );
+    let before = healthy.requests();
+    let more: Vec<String> = (0..10).map(|_| get(&d, "inventory", "/", &[])).collect();
+    assert!(more.iter().all(|c| c == "200"), "{more:?}");
+    assert_eq!(
+        healthy.requests() - before,
+        10,
+        "while ejected, the failing replica gets nothing: no retries were needed"
+    );
+    assert!(
+        d.log_text()
+            .contains("endpoint ejected by outlier detection")
+    );
+}

@@ -431,21 +431,29 @@ async fn forward(
             return local(404, format!("no route for {host}\n"), None);
         }
         Decision::Passthrough => {
-            // No VirtualService: Istio's default route to the service whose VIP the client
-            // connected to (its endpoints and DestinationRule apply); else the original
-            // destination.
-            default_route = snap
-                .compiled
-                .vips
-                .get(&down.dst.ip())
-                .filter(|h| snap.compiled.clusters.contains_key(*h))
-                .map(|h| crate::routes::Destination {
-                    host: h.clone(),
-                    subset: None,
-                    port: Some(down.dst.port()),
-                    weight: 100,
-                    headers: None,
-                });
+            // No VirtualService: Istio's default route to the service the request names (by
+            // its VIP, or by a Host of a ServiceEntry declaring the port dialled), where its
+            // endpoints and DestinationRule apply; else the original destination.
+            let port = down.dst.port();
+            default_route =
+                snap.compiled
+                    .vips
+                    .get(&down.dst.ip())
+                    .filter(|h| snap.compiled.clusters.contains_key(*h))
+                    .or_else(|| {
+                        candidates.iter().find(|h| {
+                            snap.compiled.clusters.get(*h).is_some_and(|c| {
+                                c.ports.contains_key(&port) && !c.endpoints.is_empty()
+                            })
+                        })
+                    })
+                    .map(|h| crate::routes::Destination {
+                        host: h.clone(),
+                        subset: None,
+                        port: Some(down.dst.port()),
+                        weight: 100,
+                        headers: None,
+                    });
             rec.destination_service = default_route
                 .as_ref()
                 .map(|d| d.host.clone())
