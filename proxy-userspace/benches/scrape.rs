@@ -12,7 +12,7 @@ fn main() {
         return;
     }
     let registry = Registry::new();
-    let m = IstioMetrics::new(&registry);
+    let m = IstioMetrics::new(&registry, true);
     for i in 0..1_000 {
         m.request(
             &RequestLabels {

@@ -36,7 +36,8 @@ impl Drop for ActiveGuard {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// `istio` turns Istio's standard request and TCP metrics on; meshd's own are always on.
+    pub fn new(istio: bool) -> Arc<Metrics> {
         let registry = Registry::new();
         let connections_active = IntGauge::new(
             "meshd_connections_active",
@@ -125,7 +126,7 @@ impl Metrics {
         ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
-        let istio = crate::telemetry::IstioMetrics::new(&registry);
+        let istio = crate::telemetry::IstioMetrics::new(&registry, istio);
         Arc::new(Metrics {
             istio,
             registry,

@@ -86,6 +86,8 @@ pub struct IstioMetrics {
     tcp_retransmits: IntCounterVec,
     seen_requests: Mutex<HashSet<u64>>,
     seen_tcp: Mutex<HashSet<u64>>,
+    /// Off: nothing is recorded (`--istio-metrics off`); the families stay registered, empty.
+    enabled: bool,
 }
 
 fn buckets_ms() -> Vec<f64> {
@@ -120,7 +122,7 @@ fn admit(seen: &Mutex<HashSet<u64>>, key: &impl Hash) -> bool {
 const OTHER: &str = "other";
 
 impl IstioMetrics {
-    pub fn new(registry: &Registry) -> IstioMetrics {
+    pub fn new(registry: &Registry, enabled: bool) -> IstioMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
             registry.register(Box::new(c.clone())).expect("register");
@@ -201,6 +203,7 @@ impl IstioMetrics {
             ),
             seen_requests: Mutex::new(HashSet::new()),
             seen_tcp: Mutex::new(HashSet::new()),
+            enabled,
         }
     }
 
@@ -211,6 +214,9 @@ impl IstioMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
+        if !self.enabled {
+            return;
+        }
         let mut l = l.clone();
         if !admit(&self.seen_requests, &l) {
             self.overflow
@@ -272,6 +278,9 @@ impl IstioMetrics {
 
     /// The kernel's view of an upstream connection that just closed.
     pub fn kernel(&self, l: &TcpLabels, srtt_us: u64, retransmits: u64) {
+        if !self.enabled {
+            return;
+        }
         let v = self.tcp_values(l);
         let labels = [v[1].as_str(), v[2].as_str(), v[4].as_str()];
         self.tcp_rtt
@@ -283,12 +292,18 @@ impl IstioMetrics {
     }
 
     pub fn tcp_opened(&self, l: &TcpLabels) {
+        if !self.enabled {
+            return;
+        }
         let v = self.tcp_values(l);
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         self.tcp_opened.with_label_values(&v).inc();
     }
 
     pub fn tcp_closed(&self, l: &TcpLabels, sent: u64, received: u64) {
+        if !self.enabled {
+            return;
+        }
         let v = self.tcp_values(l);
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         self.tcp_closed.with_label_values(&v).inc();
@@ -328,7 +343,7 @@ mod tests {
     #[test]
     fn label_sets_past_the_cap_fold_into_other() {
         let r = Registry::new();
-        let m = IstioMetrics::new(&r);
+        let m = IstioMetrics::new(&r, true);
         for i in 0..MAX_SERIES + 10 {
             m.request(&labels(&format!("svc-{i}")), 1.0, 10, 10);
         }
