@@ -8,6 +8,7 @@ mod l4;
 mod policy;
 mod procs;
 mod report;
+mod telemetry;
 
 use std::net::SocketAddr;
 
@@ -20,6 +21,9 @@ pub enum Which {
     L4(l4::Args),
     /// HTTP: small GETs through meshd vs nginx and HAProxy (throughput, fixed-rate latency, HTTP/2).
     Http(http::Args),
+    /// Telemetry cost: HTTP/1.1 throughput with telemetry on (metrics, 1% access log, 1% traces)
+    /// vs off, alternating over rounds.
+    Telemetry(telemetry::Args),
     /// Policy model: compile 10,000 VirtualServices (time, memory) and route lookup (criterion).
     Policy,
     /// Echo server on 127.0.0.1:PORT (a helper process of `bench l4`).
@@ -58,6 +62,7 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::L4(args) => l4::run(&args),
         Which::Http(args) => http::run(&args),
+        Which::Telemetry(args) => telemetry::run(&args),
         Which::Policy => policy::run(),
         Which::EchoServer { port } => echo::server(port),
         Which::EchoClient {
