@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::ebpf::DatapathMaps;
 
@@ -197,10 +197,6 @@ impl Metrics {
                 seen[i] = seen[i].max(value);
             }
         }
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        crate::telemetry::exposition::encode(&self.registry, &self.istio)
     }
 }

@@ -221,17 +221,17 @@ impl Drop for RequestLog {
         let flags = rec.flags.to_string();
         self.ctx.metrics.istio.request(
             &RequestLabels {
-                source_workload: source_workload.clone(),
-                source_namespace: source_namespace.clone(),
-                destination_service: destination_service.clone(),
-                destination_workload: destination_workload.clone(),
-                destination_namespace: destination_namespace.clone(),
+                source_workload,
+                source_namespace,
+                destination_service: &destination_service,
+                destination_workload,
+                destination_namespace,
                 protocol: self.protocol,
                 response_code: status,
-                grpc_status: self.grpc_status.clone(),
-                response_flags: flags.clone(),
+                grpc_status: &self.grpc_status,
+                response_flags: &flags,
             },
-            ms,
+            self.start.elapsed(),
             self.request_bytes,
             self.response_bytes,
         );
