@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 /// Spans waiting for export; beyond this they are dropped.
 const QUEUE: usize = 4_096;
 const BATCH: usize = 256;
+/// A span waits at most this long for others to share its export request.
 const FLUSH: Duration = Duration::from_secs(1);
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -282,17 +283,21 @@ impl Tracer {
         let authority = authority.to_string();
         let (tx, mut rx) = mpsc::channel::<Span>(QUEUE);
         tokio::spawn(async move {
-            loop {
+            // A batch starts with a span and is sent when full or FLUSH later, so a steady
+            // trickle of sampled spans makes one request a second, not one per span.
+            while let Some(first) = rx.recv().await {
                 let mut batch = Vec::with_capacity(BATCH);
-                match tokio::time::timeout(FLUSH, rx.recv()).await {
-                    Ok(Some(s)) => batch.push(s),
-                    Ok(None) => return,
-                    Err(_) => continue,
-                }
+                batch.push(first);
+                let deadline = tokio::time::sleep(FLUSH);
+                tokio::pin!(deadline);
                 while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
+                    tokio::select! {
+                        biased;
+                        s = rx.recv() => match s {
+                            Some(s) => batch.push(s),
+                            None => break,
+                        },
+                        _ = &mut deadline => break,
                     }
                 }
                 let body = match format {
