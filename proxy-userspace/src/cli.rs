@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// applies.
     #[arg(long, env = "MESHD_REDIS_TIMEOUT", default_value = "100ms")]
     pub redis_timeout: String,
+    /// Istio's standard request and TCP metrics (`istio_*`); `off` skips recording them, while
+    /// meshd's own counters stay.
+    #[arg(long, env = "MESHD_ISTIO_METRICS", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub istio_metrics: bool,
     /// Where access-log lines go: `stdout`, `off`, or a file path.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value = "stdout")]
     pub access_log: String,

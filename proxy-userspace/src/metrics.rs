@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::ebpf::DatapathMaps;
 
@@ -37,7 +37,8 @@ impl Drop for ActiveGuard {
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// `istio` turns Istio's standard request and TCP metrics on; meshd's own are always on.
+    pub fn new(istio: bool) -> Arc<Metrics> {
         let registry = Registry::new();
         let connections_active = IntGauge::new(
             "meshd_connections_active",
@@ -136,7 +137,7 @@ impl Metrics {
         ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
-        let istio = crate::telemetry::IstioMetrics::new(&registry);
+        let istio = crate::telemetry::IstioMetrics::new(&registry, istio);
         Arc::new(Metrics {
             istio,
             registry,
@@ -215,10 +216,6 @@ impl Metrics {
                 seen[i] = seen[i].max(value);
             }
         }
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        crate::telemetry::exposition::encode(&self.registry, &self.istio)
     }
 }

@@ -44,6 +44,7 @@ pub struct Settings {
     pub max_request_headers_bytes: usize,
     #[serde(with = "millis")]
     pub redis_timeout: Duration,
+    pub istio_metrics: bool,
     pub access_log: String,
     pub access_log_sample: f64,
     pub trace_zipkin: Option<String>,
@@ -137,6 +138,7 @@ impl Settings {
             connect_timeout,
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
+            istio_metrics: a.istio_metrics,
             access_log: a.access_log.clone(),
             trace_zipkin: a.trace_zipkin.clone(),
             trace_otlp: a.trace_otlp.clone(),

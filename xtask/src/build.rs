@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::{
     setup,
-    util::{root, run, step},
+    util::{root, run, step, target_dir},
 };
 
 /// The object meshd embeds.
@@ -43,7 +43,15 @@ pub fn ebpf_path() -> String {
 }
 
 pub fn all() -> Result<()> {
-    ebpf()?;
+    // meshd's build script embeds MESHD_EBPF_OBJECT when it is set, so there is nothing to
+    // build with nightly then.
+    match std::env::var_os("MESHD_EBPF_OBJECT") {
+        Some(object) => eprintln!(
+            "    using the prebuilt eBPF object {} (MESHD_EBPF_OBJECT)",
+            std::path::Path::new(&object).display()
+        ),
+        None => ebpf()?,
+    }
     step("building meshd (release)");
     run(Command::new("cargo")
         .args(["build", "--release", "-p", "meshd"])
@@ -52,6 +60,7 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
+/// The release binary in cargo's target directory (which honours `CARGO_TARGET_DIR`).
 pub fn meshd_release() -> std::path::PathBuf {
-    root().join("target/release/meshd")
+    target_dir().join("release/meshd")
 }

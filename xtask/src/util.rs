@@ -15,6 +15,15 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative paths are taken from the workspace
+/// root, as cargo does when run there) or `target/` in the workspace.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root().join(dir),
+        _ => root().join("target"),
+    }
+}
+
 /// Prints a step header.
 pub fn step(msg: &str) {
     eprintln!("\n==> {msg}");

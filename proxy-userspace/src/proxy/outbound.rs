@@ -318,11 +318,11 @@ impl TcpRecord {
             split_workload(dest_workload.as_deref());
         TcpRecord {
             labels: TcpLabels {
-                source_workload,
-                source_namespace,
+                source_workload: source_workload.to_string(),
+                source_namespace: source_namespace.to_string(),
                 destination_service: service.clone(),
-                destination_workload,
-                destination_namespace,
+                destination_workload: destination_workload.to_string(),
+                destination_namespace: destination_namespace.to_string(),
                 response_flags: "-".into(),
             },
             entry: Entry {

@@ -108,15 +108,25 @@ impl AccessLog {
         })
     }
 
-    /// Queues a line: always for errors, otherwise with the sampling probability.
-    pub fn log(&self, e: &Entry, error: bool) {
+    /// Whether a request's line is written: always for errors, otherwise with the sampling
+    /// probability. Decided before the line is built, so unsampled requests cost nothing more.
+    pub fn wants(&self, error: bool) -> bool {
+        self.tx.is_some() && (error || self.sample >= 1.0 || fastrand::f64() < self.sample)
+    }
+
+    /// Queues a line that `wants` accepted.
+    pub fn write(&self, e: &Entry) {
         let Some(tx) = &self.tx else { return };
-        if !error && self.sample < 1.0 && fastrand::f64() >= self.sample {
-            return;
-        }
         let line = serde_json::to_string(e).expect("serialisable entry");
         if let Err(TrySendError::Full(_)) = tx.try_send(line) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a line: always for errors, otherwise with the sampling probability.
+    pub fn log(&self, e: &Entry, error: bool) {
+        if self.wants(error) {
+            self.write(e);
         }
     }
 }

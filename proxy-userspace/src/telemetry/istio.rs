@@ -1,32 +1,22 @@
 //! Istio's standard metrics with Istio's label names, as the source-side reporter, with a cap
 //! on distinct label sets per metric: past it, the high-cardinality labels read `other` and the
-//! overflow is counted.
+//! overflow is counted. The request metrics live in a lock-free series store (`series`); the
+//! per-connection TCP metrics in the prometheus registry.
 
 use std::{
     collections::HashSet,
     hash::{DefaultHasher, Hash, Hasher},
     sync::Mutex,
+    time::Duration,
 };
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+pub use super::series::RequestLabels;
+use super::series::SeriesStore;
+
 /// Distinct label sets kept per metric before new ones fold into `other`.
 pub const MAX_SERIES: usize = 2_000;
-
-const REQUEST_LABELS: [&str; 12] = [
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "destination_service",
-    "destination_workload",
-    "destination_workload_namespace",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
 
 const TCP_LABELS: [&str; 9] = [
     "reporter",
@@ -47,20 +37,6 @@ const KERNEL_LABELS: [&str; 3] = [
     "destination_service",
 ];
 
-/// The labels of one HTTP request.
-#[derive(Clone, Debug, Hash)]
-pub struct RequestLabels {
-    pub source_workload: String,
-    pub source_namespace: String,
-    pub destination_service: String,
-    pub destination_workload: String,
-    pub destination_namespace: String,
-    pub protocol: &'static str,
-    pub response_code: u16,
-    pub grpc_status: String,
-    pub response_flags: String,
-}
-
 /// The labels of one L4 connection.
 #[derive(Clone, Debug, Hash)]
 pub struct TcpLabels {
@@ -73,10 +49,8 @@ pub struct TcpLabels {
 }
 
 pub struct IstioMetrics {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    request_bytes: HistogramVec,
-    response_bytes: HistogramVec,
+    /// `istio_requests_total` and the duration and size histograms, one series per label set.
+    requests: SeriesStore,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     tcp_sent: IntCounterVec,
@@ -84,21 +58,9 @@ pub struct IstioMetrics {
     overflow: IntCounterVec,
     tcp_rtt: HistogramVec,
     tcp_retransmits: IntCounterVec,
-    seen_requests: Mutex<HashSet<u64>>,
     seen_tcp: Mutex<HashSet<u64>>,
-}
-
-fn buckets_ms() -> Vec<f64> {
-    vec![
-        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-        30000.0, 60000.0,
-    ]
-}
-
-fn buckets_bytes() -> Vec<f64> {
-    vec![
-        1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
-    ]
+    /// Off: nothing is recorded (`--istio-metrics off`); the families stay registered, empty.
+    enabled: bool,
 }
 
 /// Whether a new label set fits under the cap (known ones always do).
@@ -120,42 +82,14 @@ fn admit(seen: &Mutex<HashSet<u64>>, key: &impl Hash) -> bool {
 const OTHER: &str = "other";
 
 impl IstioMetrics {
-    pub fn new(registry: &Registry) -> IstioMetrics {
+    pub fn new(registry: &Registry, enabled: bool) -> IstioMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
             registry.register(Box::new(c.clone())).expect("register");
             c
         };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(buckets),
-                &REQUEST_LABELS,
-            )
-            .expect("metric");
-            registry.register(Box::new(h.clone())).expect("register");
-            h
-        };
         IstioMetrics {
-            requests: counter(
-                "istio_requests_total",
-                "Requests handled, Istio's standard metric",
-                &REQUEST_LABELS,
-            ),
-            duration: histogram(
-                "istio_request_duration_milliseconds",
-                "Request duration in milliseconds",
-                buckets_ms(),
-            ),
-            request_bytes: histogram(
-                "istio_request_bytes",
-                "Request sizes (headers and body) in bytes",
-                buckets_bytes(),
-            ),
-            response_bytes: histogram(
-                "istio_response_bytes",
-                "Response sizes (headers and body) in bytes",
-                buckets_bytes(),
-            ),
+            requests: SeriesStore::new(MAX_SERIES),
             tcp_opened: counter(
                 "istio_tcp_connections_opened_total",
                 "TCP connections opened",
@@ -199,52 +133,41 @@ impl IstioMetrics {
                 "Samples whose label set exceeded the per-metric series cap and was folded into `other`",
                 &["metric"],
             ),
-            seen_requests: Mutex::new(HashSet::new()),
             seen_tcp: Mutex::new(HashSet::new()),
+            enabled,
         }
     }
 
+    /// Records one HTTP request when its response has ended (or was abandoned).
     pub fn request(
         &self,
-        l: &RequestLabels,
-        duration_ms: f64,
+        l: &RequestLabels<'_>,
+        duration: Duration,
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let mut l = l.clone();
-        if !admit(&self.seen_requests, &l) {
-            self.overflow
-                .with_label_values(&["istio_requests_total"])
-                .inc();
-            l.source_workload = OTHER.into();
-            l.destination_service = OTHER.into();
-            l.destination_workload = OTHER.into();
+        if !self.enabled {
+            return;
         }
-        let code = l.response_code.to_string();
-        let values = [
-            "source",
-            l.source_workload.as_str(),
-            l.source_namespace.as_str(),
-            "unknown",
-            l.destination_service.as_str(),
-            l.destination_workload.as_str(),
-            l.destination_namespace.as_str(),
-            l.protocol,
-            code.as_str(),
-            l.grpc_status.as_str(),
-            l.response_flags.as_str(),
-            "unknown",
-        ];
-        self.requests.with_label_values(&values).inc();
-        self.duration
-            .with_label_values(&values)
-            .observe(duration_ms);
-        self.request_bytes
-            .with_label_values(&values)
-            .observe(request_bytes as f64);
-        self.response_bytes
-            .with_label_values(&values)
-            .observe(response_bytes as f64);
+        let record = |s: &super::series::Series| s.record(duration, request_bytes, response_bytes);
+        if self.requests.with(l, true, record) {
+            return;
+        }
+        self.overflow
+            .with_label_values(&["istio_requests_total"])
+            .inc();
+        let folded = RequestLabels {
+            source_workload: OTHER,
+            destination_service: OTHER,
+            destination_workload: OTHER,
+            ..*l
+        };
+        self.requests.with(&folded, false, record);
+    }
+
+    /// Appends Istio's request families in the text format.
+    pub fn render_requests(&self, out: &mut String) {
+        super::exposition::request_families(&self.requests.sorted(), out);
     }
 
     fn tcp_values(&self, l: &TcpLabels) -> Vec<String> {
@@ -272,6 +195,9 @@ impl IstioMetrics {
 
     /// The kernel's view of an upstream connection that just closed.
     pub fn kernel(&self, l: &TcpLabels, srtt_us: u64, retransmits: u64) {
+        if !self.enabled {
+            return;
+        }
         let v = self.tcp_values(l);
         let labels = [v[1].as_str(), v[2].as_str(), v[4].as_str()];
         self.tcp_rtt
@@ -283,12 +209,18 @@ impl IstioMetrics {
     }
 
     pub fn tcp_opened(&self, l: &TcpLabels) {
+        if !self.enabled {
+            return;
+        }
         let v = self.tcp_values(l);
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         self.tcp_opened.with_label_values(&v).inc();
     }
 
     pub fn tcp_closed(&self, l: &TcpLabels, sent: u64, received: u64) {
+        if !self.enabled {
+            return;
+        }
         let v = self.tcp_values(l);
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         self.tcp_closed.with_label_values(&v).inc();
@@ -298,45 +230,42 @@ impl IstioMetrics {
 }
 
 /// `namespace/name` → (name, namespace), `unknown` when absent.
-pub fn split_workload(w: Option<&str>) -> (String, String) {
+pub fn split_workload(w: Option<&str>) -> (&str, &str) {
     match w.and_then(|w| w.split_once('/')) {
-        Some((ns, name)) => (name.to_string(), ns.to_string()),
-        None => ("unknown".into(), "unknown".into()),
+        Some((ns, name)) => (name, ns),
+        None => ("unknown", "unknown"),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use prometheus::Encoder;
+    use prometheus::{Encoder, HistogramOpts, HistogramVec};
 
     use super::*;
 
-    fn labels(dest: &str) -> RequestLabels {
+    fn labels(dest: &str) -> RequestLabels<'_> {
         RequestLabels {
-            source_workload: "web".into(),
-            source_namespace: "demo".into(),
-            destination_service: dest.into(),
-            destination_workload: "backend".into(),
-            destination_namespace: "demo".into(),
+            source_workload: "web",
+            source_namespace: "demo",
+            destination_service: dest,
+            destination_workload: "backend",
+            destination_namespace: "demo",
             protocol: "http",
             response_code: 200,
-            grpc_status: String::new(),
-            response_flags: "-".into(),
+            grpc_status: "",
+            response_flags: "-",
         }
     }
 
     #[test]
     fn label_sets_past_the_cap_fold_into_other() {
         let r = Registry::new();
-        let m = IstioMetrics::new(&r);
-        for i in 0..MAX_SERIES + 10 {
-            m.request(&labels(&format!("svc-{i}")), 1.0, 10, 10);
+        let m = IstioMetrics::new(&r, true);
+        let names: Vec<String> = (0..MAX_SERIES + 10).map(|i| format!("svc-{i}")).collect();
+        for name in &names {
+            m.request(&labels(name), Duration::from_millis(1), 10, 10);
         }
-        let mut out = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&r.gather(), &mut out)
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = crate::telemetry::exposition::encode(&r, &m);
         let series = text
             .lines()
             .filter(|l| l.starts_with("istio_requests_total{"))
@@ -346,5 +275,125 @@ mod tests {
         assert!(
             text.contains("meshd_metric_label_overflow_total{metric=\"istio_requests_total\"} 10")
         );
+    }
+
+    #[test]
+    fn off_records_nothing() {
+        let r = Registry::new();
+        let m = IstioMetrics::new(&r, false);
+        m.request(&labels("svc"), Duration::from_millis(1), 10, 10);
+        assert!(!crate::telemetry::exposition::encode(&r, &m).contains("istio_request"));
+    }
+
+    /// The text the prometheus crate wrote for the same requests, when these metrics were
+    /// its vectors: the direct encoder must produce it byte for byte.
+    fn reference(requests: &[(RequestLabels<'_>, f64, u64, u64)]) -> String {
+        const NAMES: [&str; 12] = [
+            "reporter",
+            "source_workload",
+            "source_workload_namespace",
+            "source_principal",
+            "destination_service",
+            "destination_workload",
+            "destination_workload_namespace",
+            "request_protocol",
+            "response_code",
+            "grpc_response_status",
+            "response_flags",
+            "connection_security_policy",
+        ];
+        let r = Registry::new();
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "istio_requests_total",
+                "Requests handled, Istio's standard metric",
+            ),
+            &NAMES,
+        )
+        .unwrap();
+        r.register(Box::new(counter.clone())).unwrap();
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                &NAMES,
+            )
+            .unwrap();
+            r.register(Box::new(h.clone())).unwrap();
+            h
+        };
+        use crate::telemetry::series::{BYTES, DURATION_MS};
+        let duration = histogram(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            &DURATION_MS,
+        );
+        let req = histogram(
+            "istio_request_bytes",
+            "Request sizes (headers and body) in bytes",
+            &BYTES,
+        );
+        let resp = histogram(
+            "istio_response_bytes",
+            "Response sizes (headers and body) in bytes",
+            &BYTES,
+        );
+        for (l, ms, rq, rs) in requests {
+            let code = l.response_code.to_string();
+            let v = [
+                "source",
+                l.source_workload,
+                l.source_namespace,
+                "unknown",
+                l.destination_service,
+                l.destination_workload,
+                l.destination_namespace,
+                l.protocol,
+                &code,
+                l.grpc_status,
+                l.response_flags,
+                "unknown",
+            ];
+            counter.with_label_values(&v).inc();
+            duration.with_label_values(&v).observe(*ms);
+            req.with_label_values(&v).observe(*rq as f64);
+            resp.with_label_values(&v).observe(*rs as f64);
+        }
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&r.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_text_is_what_the_prometheus_crate_writes() {
+        let mut failed = labels("reviews.default.svc.cluster.local");
+        failed.response_code = 503;
+        failed.response_flags = "UF,URX";
+        let mut grpc = labels("grpc \"quoted\"\\ \n svc");
+        grpc.protocol = "grpc";
+        grpc.grpc_status = "14";
+        let mut disconnected = labels("reviews.default.svc.cluster.local");
+        disconnected.response_code = 0;
+        let requests = [
+            (labels("reviews.default.svc.cluster.local"), 0.5, 0, 3),
+            (
+                labels("reviews.default.svc.cluster.local"),
+                2.0,
+                120,
+                10_000,
+            ),
+            (labels("ratings"), 70_000.0, 20_000_000, 1),
+            (failed, 30.25, 1, 0),
+            (grpc, 1.0, 10, 11),
+            (disconnected, 0.75, 0, 0),
+        ];
+        let r = Registry::new();
+        let m = IstioMetrics::new(&r, true);
+        for (l, ms, rq, rs) in &requests {
+            m.request(l, Duration::from_secs_f64(ms / 1e3), *rq, *rs);
+        }
+        let text = crate::telemetry::exposition::encode(&r, &m);
+        assert_eq!(text, reference(&requests));
     }
 }

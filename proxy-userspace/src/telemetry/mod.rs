@@ -2,8 +2,10 @@
 //! work) and one JSON access-log line per request and per L4 connection.
 
 pub mod access_log;
+pub mod exposition;
 pub mod istio;
 pub mod logging;
+pub mod series;
 pub mod trace;
 
 pub use access_log::{AccessLog, Entry};

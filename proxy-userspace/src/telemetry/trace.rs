@@ -6,38 +6,100 @@
 //! delays requests.
 
 use std::{
+    fmt,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
-use hyper::{HeaderMap, header::HeaderValue};
+use hyper::{
+    HeaderMap,
+    header::{HeaderName, HeaderValue},
+};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 /// Spans waiting for export; beyond this they are dropped.
 const QUEUE: usize = 4_096;
 const BATCH: usize = 256;
+/// A span waits at most this long for others to share its export request.
 const FLUSH: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Context {
-    pub trace_id: String,
-    /// The caller's span (meshd's span's parent), if the request carried one.
-    pub parent_id: Option<String>,
-    pub span_id: String,
-    pub sampled: bool,
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// An id of `N` hex digits, kept inline: generated in lowercase, or as the caller sent it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hex<const N: usize>([u8; N]);
+
+/// A trace id: 32 hex digits (B3's 16-digit ids are left-padded with zeros).
+pub type TraceId = Hex<32>;
+/// A span id: 16 hex digits.
+pub type SpanId = Hex<16>;
+
+impl<const N: usize> Hex<N> {
+    /// A random id that is not all zeros.
+    fn random() -> Hex<N> {
+        const { assert!(N <= 32, "one u128 of randomness") };
+        let mut out = [0u8; N];
+        loop {
+            let mut bits = fastrand::u128(..);
+            let mut any = false;
+            for d in out.iter_mut() {
+                let nibble = (bits & 15) as usize;
+                any |= nibble != 0;
+                *d = DIGITS[nibble];
+                bits >>= 4;
+            }
+            if any {
+                return Hex(out);
+            }
+        }
+    }
+
+    /// A valid id of `N` digits, or of fewer, left-padded with zeros.
+    fn padded(s: &str) -> Hex<N> {
+        let mut out = [b'0'; N];
+        out[N - s.len()..].copy_from_slice(s.as_bytes());
+        Hex(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
 }
 
-/// `bytes` random bytes as lowercase hex.
-fn hex(bytes: usize) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        let b = fastrand::u8(..);
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+impl<const N: usize> fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
-    out
+}
+
+impl<const N: usize> fmt::Debug for Hex<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl<const N: usize> PartialEq<&str> for Hex<N> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    pub trace_id: TraceId,
+    /// The caller's span (meshd's span's parent), if the request carried one.
+    pub parent_id: Option<SpanId>,
+    pub span_id: SpanId,
+    pub sampled: bool,
 }
 
 fn valid_hex(s: &str, len: usize) -> bool {
@@ -46,40 +108,39 @@ fn valid_hex(s: &str, len: usize) -> bool {
 
 /// Reads the incoming context (W3C first, then B3 single, then B3 multi) and opens meshd's span.
 pub fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
-    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-    let parsed = get("traceparent")
+    let get = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
+    let parsed = get(&TRACEPARENT)
         .and_then(|tp| {
-            let p: Vec<&str> = tp.trim().split('-').collect();
-            (p.len() >= 4 && valid_hex(p[1], 32) && valid_hex(p[2], 16)).then(|| {
+            let mut p = tp.trim().split('-');
+            let (_, t, s, f) = (p.next()?, p.next()?, p.next()?, p.next()?);
+            (valid_hex(t, 32) && valid_hex(s, 16)).then(|| {
                 (
-                    p[1].to_string(),
-                    p[2].to_string(),
-                    u8::from_str_radix(p[3], 16).is_ok_and(|f| f & 1 == 1),
+                    Hex::padded(t),
+                    Hex::padded(s),
+                    u8::from_str_radix(f, 16).is_ok_and(|f| f & 1 == 1),
                 )
             })
         })
         .or_else(|| {
-            get("b3").and_then(|b3| {
-                let p: Vec<&str> = b3.split('-').collect();
-                (p.len() >= 2
-                    && (valid_hex(p[0], 32) || valid_hex(p[0], 16))
-                    && valid_hex(p[1], 16))
-                .then(|| {
+            get(&B3).and_then(|b3| {
+                let mut p = b3.split('-');
+                let (t, s) = (p.next()?, p.next()?);
+                ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
                     (
-                        format!("{:0>32}", p[0]),
-                        p[1].to_string(),
-                        p.get(2).is_none_or(|s| *s == "1" || *s == "d"),
+                        Hex::padded(t),
+                        Hex::padded(s),
+                        p.next().is_none_or(|s| s == "1" || s == "d"),
                     )
                 })
             })
         })
         .or_else(|| {
-            let (t, s) = (get("x-b3-traceid")?, get("x-b3-spanid")?);
+            let (t, s) = (get(&B3_TRACE_ID)?, get(&B3_SPAN_ID)?);
             ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
                 (
-                    format!("{t:0>32}"),
-                    s.to_string(),
-                    get("x-b3-sampled").is_none_or(|v| v == "1"),
+                    Hex::padded(t),
+                    Hex::padded(s),
+                    get(&B3_SAMPLED).is_none_or(|v| v == "1"),
                 )
             })
         });
@@ -87,63 +148,93 @@ pub fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
         Some((trace_id, parent, sampled)) => Context {
             trace_id,
             parent_id: Some(parent),
-            span_id: hex(8),
+            span_id: Hex::random(),
             sampled,
         },
         None => Context {
-            trace_id: hex(16),
+            trace_id: Hex::random(),
             parent_id: None,
-            span_id: hex(8),
+            span_id: Hex::random(),
             sampled: sample_rate >= 1.0 || (sample_rate > 0.0 && fastrand::f64() < sample_rate),
         },
     }
 }
 
+/// A request's `x-request-id`: the caller's, or one meshd generated (a random UUID v4 form).
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    Received(HeaderValue),
+    Generated([u8; 36]),
+}
+
+impl RequestId {
+    fn generate() -> RequestId {
+        // 8-4-4-4-12 hex digits, the third group starting with the version, 4.
+        let digits = Hex::<32>::random().0;
+        let mut out = [b'-'; 36];
+        let mut d = digits.iter();
+        for (i, o) in out.iter_mut().enumerate() {
+            match i {
+                8 | 13 | 18 | 23 => {}
+                14 => *o = b'4',
+                _ => *o = *d.next().expect("32 digits"),
+            }
+        }
+        RequestId::Generated(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            RequestId::Received(v) => v.to_str().unwrap_or_default(),
+            RequestId::Generated(b) => std::str::from_utf8(b).expect("ASCII"),
+        }
+    }
+}
+
+/// `a-b-c` as a header value, built without allocating (the value itself aside).
+fn joined(parts: &[&str]) -> HeaderValue {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'-';
+            n += 1;
+        }
+        buf[n..n + p.len()].copy_from_slice(p.as_bytes());
+        n += p.len();
+    }
+    HeaderValue::from_bytes(&buf[..n]).expect("hex digits and dashes")
+}
+
 /// Writes meshd's span as the parent for the upstream request, in W3C form and in whichever B3
 /// form the request used; adds `x-request-id` when missing. Returns the request id.
-pub fn inject(h: &mut HeaderMap, c: &Context) -> String {
-    let flags = if c.sampled { "01" } else { "00" };
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{}-{}-{flags}", c.trace_id, c.span_id)) {
-        h.insert("traceparent", v);
-    }
-    if h.contains_key("b3") {
-        let v = format!(
-            "{}-{}-{}",
-            c.trace_id,
-            c.span_id,
-            if c.sampled { "1" } else { "0" }
+pub fn inject(h: &mut HeaderMap, c: &Context) -> RequestId {
+    let (w3c_flags, b3_flag) = if c.sampled { ("01", "1") } else { ("00", "0") };
+    h.insert(
+        TRACEPARENT,
+        joined(&["00", c.trace_id.as_str(), c.span_id.as_str(), w3c_flags]),
+    );
+    if h.contains_key(B3) {
+        h.insert(
+            B3,
+            joined(&[c.trace_id.as_str(), c.span_id.as_str(), b3_flag]),
         );
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert("b3", v);
+    }
+    if h.contains_key(B3_TRACE_ID) {
+        h.insert(B3_SPAN_ID, joined(&[c.span_id.as_str()]));
+        h.insert(B3_SAMPLED, HeaderValue::from_static(b3_flag));
+        if let Some(p) = &c.parent_id {
+            h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_str()]));
         }
     }
-    if h.contains_key("x-b3-traceid") {
-        for (k, v) in [
-            ("x-b3-spanid", c.span_id.clone()),
-            ("x-b3-sampled", if c.sampled { "1" } else { "0" }.into()),
-        ] {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(k, v);
-            }
-        }
-        if let Some(Ok(p)) = c.parent_id.as_ref().map(|p| HeaderValue::from_str(p)) {
-            h.insert("x-b3-parentspanid", p);
-        }
-    }
-    match h.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        Some(id) => id.to_string(),
-        None => {
-            let id = format!(
-                "{}-{}-4{}-{}-{}",
-                hex(4),
-                hex(2),
-                &hex(2)[1..],
-                hex(2),
-                hex(6)
+    match h.get(&REQUEST_ID) {
+        Some(v) if v.to_str().is_ok() => RequestId::Received(v.clone()),
+        _ => {
+            let id = RequestId::generate();
+            h.insert(
+                REQUEST_ID,
+                HeaderValue::from_str(id.as_str()).expect("ASCII"),
             );
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                h.insert("x-request-id", v);
-            }
             id
         }
     }
@@ -192,17 +283,21 @@ impl Tracer {
         let authority = authority.to_string();
         let (tx, mut rx) = mpsc::channel::<Span>(QUEUE);
         tokio::spawn(async move {
-            loop {
+            // A batch starts with a span and is sent when full or FLUSH later, so a steady
+            // trickle of sampled spans makes one request a second, not one per span.
+            while let Some(first) = rx.recv().await {
                 let mut batch = Vec::with_capacity(BATCH);
-                match tokio::time::timeout(FLUSH, rx.recv()).await {
-                    Ok(Some(s)) => batch.push(s),
-                    Ok(None) => return,
-                    Err(_) => continue,
-                }
+                batch.push(first);
+                let deadline = tokio::time::sleep(FLUSH);
+                tokio::pin!(deadline);
                 while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(s) => batch.push(s),
-                        Err(_) => break,
+                    tokio::select! {
+                        biased;
+                        s = rx.recv() => match s {
+                            Some(s) => batch.push(s),
+                            None => break,
+                        },
+                        _ = &mut deadline => break,
                     }
                 }
                 let body = match format {
@@ -219,6 +314,11 @@ impl Tracer {
             tx: Some(tx),
             dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Whether a request's span will be exported: spans are only built when it will.
+    pub fn wants(&self, c: &Context) -> bool {
+        self.tx.is_some() && c.sampled
     }
 
     pub fn record(&self, span: Span) {
@@ -239,9 +339,9 @@ fn zipkin(batch: &[Span]) -> String {
             let tags: serde_json::Map<String, serde_json::Value> =
                 s.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             json!({
-                "traceId": s.context.trace_id,
-                "id": s.context.span_id,
-                "parentId": s.context.parent_id,
+                "traceId": s.context.trace_id.as_str(),
+                "id": s.context.span_id.as_str(),
+                "parentId": s.context.parent_id.as_ref().map(Hex::as_str),
                 "name": s.name,
                 "kind": "CLIENT",
                 "timestamp": s.start_unix_us,
@@ -259,9 +359,9 @@ fn otlp(batch: &[Span]) -> String {
         .iter()
         .map(|s| {
             json!({
-                "traceId": s.context.trace_id,
-                "spanId": s.context.span_id,
-                "parentSpanId": s.context.parent_id.clone().unwrap_or_default(),
+                "traceId": s.context.trace_id.as_str(),
+                "spanId": s.context.span_id.as_str(),
+                "parentSpanId": s.context.parent_id.as_ref().map_or("", Hex::as_str),
                 "name": s.name,
                 "kind": 3,
                 "startTimeUnixNano": (s.start_unix_us * 1000).to_string(),
@@ -318,7 +418,7 @@ mod tests {
         )]);
         let c = extract(&h, 0.0);
         assert_eq!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(c.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(c.parent_id.unwrap(), "00f067aa0ba902b7");
         assert!(c.sampled, "the caller's sampling decision is kept");
         let mut out = h.clone();
         let id = inject(&mut out, &c);
@@ -336,8 +436,8 @@ mod tests {
             0.0,
         );
         assert_eq!(
-            (c.trace_id.as_str(), c.parent_id.as_deref()),
-            ("80f198ee56343ba864fe8b2a57d3eff7", Some("e457b5a2e4d86bd1"))
+            (c.trace_id.as_str(), c.parent_id.unwrap().as_str()),
+            ("80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1")
         );
         let h = headers(&[
             ("x-b3-traceid", "463ac35c9f6413ad"),
@@ -362,6 +462,42 @@ mod tests {
                 .is_none()
         );
         let mut h = headers(&[("x-request-id", "abc")]);
-        assert_eq!(inject(&mut h, &extract(&HeaderMap::new(), 0.0)), "abc");
+        assert_eq!(
+            inject(&mut h, &extract(&HeaderMap::new(), 0.0)).as_str(),
+            "abc"
+        );
+    }
+
+    #[test]
+    fn generated_ids_are_lowercase_hex_and_uuid_shaped() {
+        let c = extract(&HeaderMap::new(), 0.0);
+        for id in [c.trace_id.as_str(), c.span_id.as_str()] {
+            assert!(valid_hex(id, id.len()), "{id}");
+            assert!(!id.bytes().any(|b| b.is_ascii_uppercase()), "{id}");
+        }
+        let mut h = HeaderMap::new();
+        let id = inject(&mut h, &c);
+        let groups: Vec<usize> = id.as_str().split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{}", id.as_str());
+        assert!(id.as_str()[14..].starts_with('4'), "version 4");
+        assert_eq!(h["x-request-id"], id.as_str());
+        assert_eq!(
+            h["traceparent"],
+            format!("00-{}-{}-00", c.trace_id, c.span_id)
+        );
+    }
+
+    #[test]
+    fn b3_single_without_a_flag_is_sampled_and_keeps_its_form() {
+        let h = headers(&[("b3", "463ac35c9f6413ad-a2fb4a1d1a96d312")]);
+        let c = extract(&h, 0.0);
+        assert!(c.sampled);
+        assert_eq!(c.trace_id, "0000000000000000463ac35c9f6413ad");
+        let mut out = h.clone();
+        inject(&mut out, &c);
+        assert_eq!(
+            out["b3"],
+            format!("0000000000000000463ac35c9f6413ad-{}-1", c.span_id)
+        );
     }
 }

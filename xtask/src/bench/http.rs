@@ -59,7 +59,8 @@ pub struct Args {
     /// A short, noisier run.
     #[arg(long)]
     quick: bool,
-    /// Use the meshd binary already in target/release instead of running `cargo xtask build`.
+    /// Use the meshd binary already built (target/release, or under CARGO_TARGET_DIR) instead of
+    /// running `cargo xtask build`.
     #[arg(long)]
     no_build: bool,
     /// Run meshd with MESHD_LOG=meshd=debug, to check its routing in its log (not for numbers).
@@ -162,7 +163,10 @@ pub fn run(args: &Args) -> Result<()> {
 
     step("meshd policies: ServiceEntry + DestinationRule + VirtualService (retries, 90/10 split)");
     let policies = dir.join("policies");
-    write(&policies.join("bench.yaml"), &policies_yaml())?;
+    write(
+        &policies.join("bench.yaml"),
+        &policies_yaml(BACKEND_H1, BACKEND_H2),
+    )?;
     run_cmd(Command::new(&binary).arg("analyze").arg(&policies))?;
 
     step("starting the backend (nginx) and the peers (nginx proxy, HAProxy)");
@@ -401,7 +405,7 @@ fn h2load(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Re
     Ok(h)
 }
 
-fn cmd(argv: &[String]) -> Command {
+pub(super) fn cmd(argv: &[String]) -> Command {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..]);
     c
@@ -421,10 +425,11 @@ pub(super) fn write(path: &PathBuf, text: &str) -> Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn policies_yaml() -> String {
+/// The benchmark's service on the nginx backend's ports `h1` (HTTP/1.1) and `h2` (h2c).
+pub(super) fn policies_yaml(h1: u16, h2: u16) -> String {
     let endpoint = |version: &str| {
         format!(
-            "  - address: 127.0.0.1\n    ports:\n      http: {BACKEND_H1}\n      http2: {BACKEND_H2}\n    labels:\n      version: {version}\n"
+            "  - address: 127.0.0.1\n    ports:\n      http: {h1}\n      http2: {h2}\n    labels:\n      version: {version}\n"
         )
     };
     format!(
@@ -434,8 +439,8 @@ fn policies_yaml() -> String {
          kind: ServiceEntry\n\
          metadata:\n  name: bench\n  namespace: default\n\
          spec:\n  hosts:\n  - {HOST}\n  addresses:\n  - 127.0.0.1\n  ports:\n\
-         \x20 - number: {BACKEND_H1}\n    name: http\n    protocol: HTTP\n\
-         \x20 - number: {BACKEND_H2}\n    name: http2\n    protocol: HTTP2\n\
+         \x20 - number: {h1}\n    name: http\n    protocol: HTTP\n\
+         \x20 - number: {h2}\n    name: http2\n    protocol: HTTP2\n\
          \x20 location: MESH_INTERNAL\n  resolution: STATIC\n  endpoints:\n{v1}{v2}\
          ---\n\
          apiVersion: networking.istio.io/v1\n\
@@ -474,7 +479,7 @@ pub(super) fn machine() -> String {
     format!("{cpus} vCPU ({model}), Linux {kernel}")
 }
 
-fn versions(binary: &Path) -> Vec<String> {
+pub(super) fn versions(binary: &Path) -> Vec<String> {
     let first_line = |c: &mut Command| {
         c.stderr(std::process::Stdio::null());
         output(c)
@@ -500,7 +505,7 @@ fn versions(binary: &Path) -> Vec<String> {
     .collect()
 }
 
-fn us(ns: u64) -> String {
+pub(super) fn us(ns: u64) -> String {
     format!("{:.0} µs", ns as f64 / 1e3)
 }
 

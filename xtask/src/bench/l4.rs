@@ -48,7 +48,8 @@ pub struct Args {
     /// A short, noisier run with smaller defaults.
     #[arg(long)]
     quick: bool,
-    /// Use the meshd binary already in target/release instead of running `cargo xtask build`.
+    /// Use the meshd binary already built (target/release, or under CARGO_TARGET_DIR) instead of
+    /// running `cargo xtask build`.
     #[arg(long)]
     no_build: bool,
 }

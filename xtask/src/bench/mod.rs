@@ -9,6 +9,7 @@ mod policy;
 mod procs;
 mod report;
 mod resilience;
+mod telemetry;
 
 use std::net::SocketAddr;
 
@@ -24,6 +25,9 @@ pub enum Which {
     /// Resilience: the throughput cost of a pool limit, outlier detection, a local and a global
     /// (Redis) rate limit, none of them hit, each against the same run without it.
     Resilience(resilience::Args),
+    /// Telemetry cost: HTTP/1.1 throughput with telemetry on (metrics, 1% access log, 1% traces)
+    /// vs off, alternating over rounds.
+    Telemetry(telemetry::Args),
     /// Policy model: compile 10,000 VirtualServices (time, memory) and route lookup (criterion).
     Policy,
     /// Echo server on 127.0.0.1:PORT (a helper process of `bench l4`).
@@ -63,6 +67,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::L4(args) => l4::run(&args),
         Which::Http(args) => http::run(&args),
         Which::Resilience(args) => resilience::run(&args),
+        Which::Telemetry(args) => telemetry::run(&args),
         Which::Policy => policy::run(),
         Which::EchoServer { port } => echo::server(port),
         Which::EchoClient {

@@ -6,12 +6,12 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::util::{output, root, step};
+use crate::util::{output, root, step, target_dir};
 
 /// Median nanoseconds criterion estimated for one benchmark.
 fn median_ns(bench: &str) -> Result<f64> {
-    let path = root().join(format!(
-        "target/criterion/route_lookup_100_header_routes/{bench}/new/estimates.json"
+    let path = target_dir().join(format!(
+        "criterion/route_lookup_100_header_routes/{bench}/new/estimates.json"
     ));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

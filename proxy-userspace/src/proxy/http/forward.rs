@@ -2,10 +2,10 @@
 //! destination over a pooled connection, map upstream failures to 503 with a response flag,
 //! and splice upgraded (WebSocket) connections.
 
-use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::BTreeMap, convert::Infallible, sync::Arc, time::Instant};
 
 use hyper::{
-    HeaderMap, Request, Response, StatusCode, Version,
+    HeaderMap, Method, Request, Response, StatusCode, Version,
     body::Incoming,
     header::{self, HeaderName, HeaderValue},
 };
@@ -23,7 +23,9 @@ use super::{
 };
 use crate::{
     routes::RequestView,
-    telemetry::{Entry, RequestLabels, access_log::rfc3339, istio::split_workload},
+    telemetry::{
+        Entry, RequestLabels, access_log::rfc3339, istio::split_workload, trace::RequestId,
+    },
 };
 
 /// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
@@ -46,29 +48,29 @@ pub async fn handle(
     // meshd's span: continues the caller's trace, and is the parent of the upstream request.
     let trace = crate::telemetry::trace::extract(req.headers(), ctx.tracer.sample_rate);
     let request_id = crate::telemetry::trace::inject(req.headers_mut(), &trace);
-    let header = |n| {
-        req.headers()
-            .get(n)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    let request_bytes = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
     let mut log = RequestLog {
         start: Instant::now(),
-        start_unix_ms: crate::proxy::connections::unix_ms(),
-        method: req.method().to_string(),
+        method: req.method().clone(),
         path: req.uri().path().to_string(),
         protocol: if grpc { "grpc" } else { "http" },
-        version: format!("{:?}", req.version()),
+        version: version_text(req.version()),
         request_id,
         trace,
-        request_bytes: header("content-length")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0),
+        request_bytes,
         response_bytes: 0,
-        grpc_status: String::new(),
-        down: down.clone(),
-        ctx: ctx.clone(),
+        grpc_status: None,
+        down,
+        ctx,
         status: None,
         rec: Record::default(),
     };
@@ -84,37 +86,51 @@ pub async fn handle(
         None
     };
     // The source workload's share of the node proxy, held until the response ends.
-    let admitted = ctx.fairness.request(down.workload.as_deref());
+    let admitted = log.ctx.fairness.request(log.down.workload.as_deref());
     let resp = match (smuggling, &admitted) {
         (_, Err(shed)) => {
-            ctx.metrics
+            log.ctx
+                .metrics
                 .overflow("workload", &shed.workload, &shed.kind.to_string());
             rec.fail(ResponseFlags::UPSTREAM_OVERFLOW, shed.to_string());
             send::overloaded(format!("{shed}\n"))
         }
         (Some(reason), _) => {
-            tracing::warn!(reason, peer = %down.peer, "rejected a request that could be smuggled");
+            tracing::warn!(reason, peer = %log.down.peer, "rejected a request that could be smuggled");
             rec.reason = Some(format!("request smuggling shape: {reason}"));
             let mut r = local(400, format!("bad request: {reason}\n"), None);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
-        (None, _) => forward(req, &down, &ctx, &mut rec).await,
+        (None, _) => forward(req, &log.down, &log.ctx, &mut rec).await,
     };
     log.status = Some(resp.status().as_u16());
     // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
     // the body wrapper reads.
     log.grpc_status = resp
         .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+        .get(GRPC_STATUS)
+        .filter(|v| v.to_str().is_ok())
+        .cloned();
     log.rec = rec;
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
     Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The protocol field of the access log, as `Debug` prints the version.
+fn version_text(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
 }
 
 /// A response body that counts what it carries into its request's record, reads grpc-status
@@ -146,9 +162,9 @@ impl hyper::body::Body for LoggedBody {
                 if let Some(d) = frame.data_ref() {
                     self.log.response_bytes += d.len() as u64;
                 } else if let Some(t) = frame.trailers_ref()
-                    && let Some(g) = t.get("grpc-status").and_then(|v| v.to_str().ok())
+                    && let Some(g) = t.get(GRPC_STATUS).filter(|v| v.to_str().is_ok())
                 {
-                    self.log.grpc_status = g.to_string();
+                    self.log.grpc_status = Some(g.clone());
                 }
             }
             std::task::Poll::Ready(None) => self.done = true,
@@ -186,18 +202,20 @@ impl Drop for LoggedBody {
 /// Records a request when it ends, however it ends: the debug line, Istio's metrics and the
 /// access log. If the client goes away first, hyper drops the request's future, and the
 /// record says so with flag DC (the upstream request, dropped with it, is cancelled).
+///
+/// Only what every request needs is computed here: the metric labels are borrowed, and the
+/// span and access-log line are built only when the tracer and the log's sampling want them.
 struct RequestLog {
     start: Instant,
-    start_unix_ms: u64,
-    method: String,
+    method: Method,
     path: String,
     protocol: &'static str,
-    version: String,
-    request_id: String,
+    version: &'static str,
+    request_id: RequestId,
     trace: crate::telemetry::trace::Context,
     request_bytes: u64,
     response_bytes: u64,
-    grpc_status: String,
+    grpc_status: Option<HeaderValue>,
     down: Arc<Downstream>,
     ctx: Arc<HttpContext>,
     status: Option<u16>,
@@ -214,7 +232,8 @@ impl Drop for RequestLog {
         }
         let rec = &self.rec;
         let status = self.status.unwrap_or(0);
-        let ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let elapsed = self.start.elapsed();
+        let ms = elapsed.as_secs_f64() * 1e3;
         tracing::debug!(
             method = %self.method, path = %self.path, status, flags = %rec.flags,
             workload = self.down.workload.as_deref().unwrap_or("-"), dst = %self.down.dst, ms, "request"
@@ -222,86 +241,115 @@ impl Drop for RequestLog {
         let (source_workload, source_namespace) = split_workload(self.down.workload.as_deref());
         let (destination_workload, destination_namespace) =
             split_workload(rec.destination_workload.as_deref());
-        let destination_service = rec
-            .destination_service
-            .clone()
-            .unwrap_or_else(|| self.down.dst.to_string());
-        let flags = rec.flags.to_string();
+        let destination_service: Cow<'_, str> = match &rec.destination_service {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(self.down.dst.to_string()),
+        };
+        let flags: Cow<'_, str> = if rec.flags.is_empty() {
+            Cow::Borrowed("-")
+        } else {
+            Cow::Owned(rec.flags.to_string())
+        };
+        let grpc_status = self
+            .grpc_status
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         self.ctx.metrics.istio.request(
             &RequestLabels {
-                source_workload: source_workload.clone(),
-                source_namespace: source_namespace.clone(),
-                destination_service: destination_service.clone(),
-                destination_workload: destination_workload.clone(),
-                destination_namespace: destination_namespace.clone(),
+                source_workload,
+                source_namespace,
+                destination_service: &destination_service,
+                destination_workload,
+                destination_namespace,
                 protocol: self.protocol,
                 response_code: status,
-                grpc_status: self.grpc_status.clone(),
-                response_flags: flags.clone(),
+                grpc_status,
+                response_flags: &flags,
             },
-            ms,
+            elapsed,
             self.request_bytes,
             self.response_bytes,
         );
         let error = status >= 500 || status == 0 || !rec.flags.is_empty();
-        let mut tags = vec![
-            ("http.method".to_string(), self.method.clone()),
-            ("http.url".to_string(), self.path.clone()),
-            ("http.status_code".to_string(), status.to_string()),
-            ("response_flags".to_string(), rec.flags.to_string()),
-            (
-                "upstream_cluster".to_string(),
-                rec.destination_service.clone().unwrap_or_default(),
-            ),
-            ("guid:x-request-id".to_string(), self.request_id.clone()),
-            (
-                "istio.source_workload".to_string(),
-                self.down.workload.clone().unwrap_or_default(),
-            ),
-        ];
-        if let Some(h) = rec.upstream_host {
-            tags.push(("upstream_host".into(), h.to_string()));
+        let traced = self.ctx.tracer.wants(&self.trace);
+        let logged = self.ctx.access.wants(error);
+        if !traced && !logged {
+            return;
         }
-        if error {
-            tags.push(("error".into(), "true".into()));
+        // The start on the wall clock, from the end's: one clock read per request fewer.
+        let start_unix_us = unix_us().saturating_sub(elapsed.as_micros() as u64);
+        if traced {
+            let mut tags = vec![
+                ("http.method".to_string(), self.method.to_string()),
+                ("http.url".to_string(), self.path.clone()),
+                ("http.status_code".to_string(), status.to_string()),
+                ("response_flags".to_string(), flags.to_string()),
+                (
+                    "upstream_cluster".to_string(),
+                    rec.destination_service.clone().unwrap_or_default(),
+                ),
+                (
+                    "guid:x-request-id".to_string(),
+                    self.request_id.as_str().to_string(),
+                ),
+                (
+                    "istio.source_workload".to_string(),
+                    self.down.workload.clone().unwrap_or_default(),
+                ),
+            ];
+            if let Some(h) = rec.upstream_host {
+                tags.push(("upstream_host".into(), h.to_string()));
+            }
+            if error {
+                tags.push(("error".into(), "true".into()));
+            }
+            self.ctx.tracer.record(crate::telemetry::trace::Span {
+                context: self.trace,
+                name: format!(
+                    "{}:{}/*",
+                    rec.destination_service.clone().unwrap_or_else(|| self
+                        .down
+                        .dst
+                        .ip()
+                        .to_string()),
+                    self.down.dst.port()
+                ),
+                start_unix_us,
+                duration_us: elapsed.as_micros() as u64,
+                tags,
+            });
         }
-        self.ctx.tracer.record(crate::telemetry::trace::Span {
-            context: self.trace.clone(),
-            name: format!(
-                "{}:{}/*",
-                rec.destination_service
-                    .clone()
-                    .unwrap_or_else(|| self.down.dst.ip().to_string()),
-                self.down.dst.port()
-            ),
-            start_unix_us: self.start_unix_ms * 1000,
-            duration_us: (ms * 1000.0) as u64,
-            tags,
-        });
-        self.ctx.access.log(
-            &Entry {
-                start_time: rfc3339(self.start_unix_ms),
-                method: self.method.clone(),
+        if logged {
+            self.ctx.access.write(&Entry {
+                start_time: rfc3339(start_unix_us / 1000),
+                method: self.method.to_string(),
                 path: self.path.clone(),
-                protocol: self.version.clone(),
+                protocol: self.version.to_string(),
                 response_code: status,
-                response_flags: flags,
+                response_flags: flags.into_owned(),
                 duration_ms: (ms * 1000.0).round() / 1000.0,
-                upstream_cluster: destination_service,
+                upstream_cluster: destination_service.into_owned(),
                 upstream_host: rec.upstream_host.map(|h| h.to_string()).unwrap_or_default(),
                 source_workload: self.down.workload.clone().unwrap_or_default(),
                 destination_workload: rec.destination_workload.clone().unwrap_or_default(),
                 bytes_received: self.request_bytes,
                 bytes_sent: self.response_bytes,
-                request_id: self.request_id.clone(),
-                trace_id: self.trace.trace_id.clone(),
+                request_id: self.request_id.as_str().to_string(),
+                trace_id: self.trace.trace_id.to_string(),
                 retries: rec.retries,
                 reason: rec.reason.clone().unwrap_or_default(),
                 ..Entry::default()
-            },
-            error,
-        );
+            });
+        }
     }
+}
+
+/// Microseconds since the Unix epoch.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {

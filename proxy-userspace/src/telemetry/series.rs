@@ -1,0 +1,476 @@
+//! Istio's request metrics as plain atomics, built for the request path: a request finds its
+//! series through a small per-thread cache (no lock, no allocation), falling back to a
+//! read-locked map; each series keeps one shard of counters per worker thread, so cores do not
+//! fight over a cache line. A scrape sums the shards.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, Hasher},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+/// `istio_request_duration_milliseconds` bucket bounds, in milliseconds.
+pub const DURATION_MS: [f64; 15] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0,
+];
+
+/// `istio_request_bytes` and `istio_response_bytes` bucket bounds.
+pub const BYTES: [f64; 8] = [
+    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
+];
+
+/// The duration bounds in nanoseconds (all whole numbers), for integer comparisons.
+const DURATION_NS: [u64; 15] = {
+    let mut ns = [0; 15];
+    let mut i = 0;
+    while i < 15 {
+        ns[i] = (DURATION_MS[i] * 1e6) as u64;
+        i += 1;
+    }
+    ns
+};
+
+const BYTES_INT: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+
+/// Buckets per histogram: the bounds plus the one above the last bound (`+Inf`).
+pub const DURATION_BUCKETS: usize = DURATION_MS.len() + 1;
+pub const BYTES_BUCKETS: usize = BYTES.len() + 1;
+
+/// The labels of one HTTP request that vary; the others are fixed (`reporter="source"`,
+/// principals and the security policy `unknown` until mTLS exists).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct RequestLabels<'a> {
+    pub source_workload: &'a str,
+    pub source_namespace: &'a str,
+    pub destination_service: &'a str,
+    pub destination_workload: &'a str,
+    pub destination_namespace: &'a str,
+    pub protocol: &'static str,
+    pub response_code: u16,
+    pub grpc_status: &'a str,
+    pub response_flags: &'a str,
+}
+
+/// A series' own copy of its labels.
+#[derive(Debug)]
+pub struct OwnedLabels {
+    pub source_workload: Box<str>,
+    pub source_namespace: Box<str>,
+    pub destination_service: Box<str>,
+    pub destination_workload: Box<str>,
+    pub destination_namespace: Box<str>,
+    pub protocol: &'static str,
+    pub response_code: u16,
+    /// `response_code` as written in the exposition, which is also its sort order there.
+    pub response_code_text: Box<str>,
+    pub grpc_status: Box<str>,
+    pub response_flags: Box<str>,
+}
+
+impl OwnedLabels {
+    fn new(l: &RequestLabels<'_>) -> OwnedLabels {
+        OwnedLabels {
+            source_workload: l.source_workload.into(),
+            source_namespace: l.source_namespace.into(),
+            destination_service: l.destination_service.into(),
+            destination_workload: l.destination_workload.into(),
+            destination_namespace: l.destination_namespace.into(),
+            protocol: l.protocol,
+            response_code: l.response_code,
+            response_code_text: l.response_code.to_string().into(),
+            grpc_status: l.grpc_status.into(),
+            response_flags: l.response_flags.into(),
+        }
+    }
+
+    fn matches(&self, l: &RequestLabels<'_>) -> bool {
+        self.response_code == l.response_code
+            && self.protocol == l.protocol
+            && *self.destination_service == *l.destination_service
+            && *self.source_workload == *l.source_workload
+            && *self.destination_workload == *l.destination_workload
+            && *self.response_flags == *l.response_flags
+            && *self.grpc_status == *l.grpc_status
+            && *self.source_namespace == *l.source_namespace
+            && *self.destination_namespace == *l.destination_namespace
+    }
+
+    /// The variable label values in the order of their label names, which is how Prometheus'
+    /// text format sorts the series of a family.
+    pub fn sort_key(&self) -> [&str; 9] {
+        [
+            &self.destination_service,
+            &self.destination_workload,
+            &self.destination_namespace,
+            &self.grpc_status,
+            self.protocol,
+            &self.response_code_text,
+            &self.response_flags,
+            &self.source_workload,
+            &self.source_namespace,
+        ]
+    }
+}
+
+/// One histogram's buckets (not cumulative; the last is above every bound) and sum.
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn observe(&self, bounds: &[u64], value: u64) {
+        let bucket = bounds.iter().position(|&b| value <= b).unwrap_or(N - 1);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum.fetch_add(value, Relaxed);
+    }
+
+    fn add_to(&self, totals: &mut HistogramTotals<N>) {
+        for (t, b) in totals.buckets.iter_mut().zip(&self.buckets) {
+            *t += b.load(Relaxed);
+        }
+        totals.sum += self.sum.load(Relaxed);
+    }
+}
+
+/// One worker thread's counters of a series, on cache lines of their own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard {
+    requests: AtomicU64,
+    /// Nanoseconds.
+    duration: Histogram<DURATION_BUCKETS>,
+    request_bytes: Histogram<BYTES_BUCKETS>,
+    response_bytes: Histogram<BYTES_BUCKETS>,
+}
+
+/// A histogram summed over a series' shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistogramTotals<const N: usize> {
+    pub buckets: [u64; N],
+    pub sum: u64,
+}
+
+impl<const N: usize> Default for HistogramTotals<N> {
+    fn default() -> Self {
+        HistogramTotals {
+            buckets: [0; N],
+            sum: 0,
+        }
+    }
+}
+
+impl<const N: usize> HistogramTotals<N> {
+    /// Observations in all buckets: the histogram's `_count`, always equal to its `+Inf`
+    /// bucket.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// A series' counters summed over its shards, as a scrape reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    /// Sum in nanoseconds.
+    pub duration: HistogramTotals<DURATION_BUCKETS>,
+    pub request_bytes: HistogramTotals<BYTES_BUCKETS>,
+    pub response_bytes: HistogramTotals<BYTES_BUCKETS>,
+}
+
+/// One label set's counters.
+pub struct Series {
+    pub labels: OwnedLabels,
+    /// The labels as the text format writes them, built once.
+    pub text: Box<str>,
+    shards: Box<[Shard]>,
+}
+
+impl Series {
+    fn new(labels: OwnedLabels, shards: usize) -> Series {
+        Series {
+            text: super::exposition::request_label_text(&labels),
+            labels,
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    /// Counts one request: 7 relaxed additions on this thread's shard.
+    pub fn record(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
+        let s = &self.shards[thread_index() & (self.shards.len() - 1)];
+        s.requests.fetch_add(1, Relaxed);
+        let ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        s.duration.observe(&DURATION_NS, ns);
+        s.request_bytes.observe(&BYTES_INT, request_bytes);
+        s.response_bytes.observe(&BYTES_INT, response_bytes);
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for s in &self.shards {
+            t.requests += s.requests.load(Relaxed);
+            s.duration.add_to(&mut t.duration);
+            s.request_bytes.add_to(&mut t.request_bytes);
+            s.response_bytes.add_to(&mut t.response_bytes);
+        }
+        t
+    }
+}
+
+/// Hashes are already mixed: the map uses them as they are.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Buckets = HashMap<u64, Vec<Arc<Series>>, BuildHasherDefault<PassThrough>>;
+
+/// Slots of the per-thread cache (a power of two).
+const CACHE_SLOTS: usize = 16;
+
+type CacheSlot = Option<(u64, u64, Arc<Series>)>;
+
+thread_local! {
+    /// Recently used series: (store id, label hash, series), indexed by the hash.
+    static CACHE: RefCell<[CacheSlot; CACHE_SLOTS]> = const { RefCell::new([const { None }; CACHE_SLOTS]) };
+    /// This thread's shard in every series.
+    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+static NEXT_STORE: AtomicU64 = AtomicU64::new(1);
+
+fn thread_index() -> usize {
+    THREAD_INDEX.with(|i| {
+        if i.get() == usize::MAX {
+            i.set(NEXT_THREAD.fetch_add(1, Relaxed));
+        }
+        i.get()
+    })
+}
+
+/// All request series, with a cap on how many label sets are admitted.
+pub struct SeriesStore {
+    id: u64,
+    hasher: foldhash::fast::RandomState,
+    map: RwLock<Buckets>,
+    /// Label sets admitted under the cap (series created uncapped, the folded ones, do not
+    /// count).
+    admitted: AtomicUsize,
+    cap: usize,
+    shards: usize,
+}
+
+impl SeriesStore {
+    pub fn new(cap: usize) -> SeriesStore {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        SeriesStore {
+            id: NEXT_STORE.fetch_add(1, Relaxed),
+            hasher: foldhash::fast::RandomState::default(),
+            map: RwLock::new(Buckets::default()),
+            admitted: AtomicUsize::new(0),
+            cap,
+            shards: cpus.clamp(1, 8).next_power_of_two(),
+        }
+    }
+
+    /// Runs `f` on the series of `l`, creating it if needed. With `capped`, a new label set
+    /// past the cap is refused: `f` does not run and the answer is false.
+    pub fn with(&self, l: &RequestLabels<'_>, capped: bool, f: impl FnOnce(&Series)) -> bool {
+        let hash = self.hasher.hash_one(l);
+        let slot = hash as usize & (CACHE_SLOTS - 1);
+        let mut f = Some(f);
+        let cached = CACHE.with(|c| {
+            let c = c.borrow();
+            match &c[slot] {
+                Some((id, h, s)) if *id == self.id && *h == hash && s.labels.matches(l) => {
+                    if let Some(f) = f.take() {
+                        f(s);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        });
+        if cached {
+            return true;
+        }
+        let found = {
+            let map = self.map.read().expect("series lock");
+            map.get(&hash)
+                .and_then(|v| v.iter().find(|s| s.labels.matches(l)))
+                .cloned()
+        };
+        let series = match found {
+            Some(s) => s,
+            None => {
+                if capped && self.admitted.load(Relaxed) >= self.cap {
+                    return false;
+                }
+                let mut map = self.map.write().expect("series lock");
+                let raced = map
+                    .get(&hash)
+                    .and_then(|v| v.iter().find(|s| s.labels.matches(l)))
+                    .cloned();
+                match raced {
+                    Some(s) => s,
+                    None => {
+                        if capped {
+                            // Re-checked under the lock: concurrent inserts stop at the cap.
+                            if self.admitted.load(Relaxed) >= self.cap {
+                                return false;
+                            }
+                            self.admitted.fetch_add(1, Relaxed);
+                        }
+                        let s = Arc::new(Series::new(OwnedLabels::new(l), self.shards));
+                        map.entry(hash).or_default().push(s.clone());
+                        s
+                    }
+                }
+            }
+        };
+        if let Some(f) = f.take() {
+            f(&series);
+        }
+        CACHE.with(|c| c.borrow_mut()[slot] = Some((self.id, hash, series)));
+        true
+    }
+
+    /// Every series, in the order of the text format (by label values).
+    pub fn sorted(&self) -> Vec<Arc<Series>> {
+        let mut all: Vec<Arc<Series>> = {
+            let map = self.map.read().expect("series lock");
+            map.values().flatten().cloned().collect()
+        };
+        all.sort_by(|a, b| a.labels.sort_key().cmp(&b.labels.sort_key()));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(code: u16) -> RequestLabels<'static> {
+        RequestLabels {
+            source_workload: "web",
+            source_namespace: "demo",
+            destination_service: "backend.demo.svc.cluster.local",
+            destination_workload: "backend",
+            destination_namespace: "demo",
+            protocol: "http",
+            response_code: code,
+            grpc_status: "",
+            response_flags: "-",
+        }
+    }
+
+    #[test]
+    fn observations_land_in_inclusive_buckets() {
+        let store = SeriesStore::new(10);
+        for (ms, bytes) in [(0.5, 1), (0.7, 10), (70_000.0, 10_000_001)] {
+            assert!(store.with(&labels(200), true, |s| s.record(
+                Duration::from_secs_f64(ms / 1e3),
+                bytes,
+                0
+            )));
+        }
+        let all = store.sorted();
+        assert_eq!(all.len(), 1);
+        let t = all[0].totals();
+        assert_eq!(t.requests, 3);
+        assert_eq!(t.duration.buckets[0], 1, "0.5 ms is in le=0.5");
+        assert_eq!(t.duration.buckets[1], 1, "0.7 ms is in le=1");
+        assert_eq!(t.duration.buckets[DURATION_BUCKETS - 1], 1, "above 60 s");
+        assert_eq!(t.duration.count(), 3);
+        assert_eq!(t.request_bytes.buckets[0], 1);
+        assert_eq!(t.request_bytes.buckets[1], 1);
+        assert_eq!(t.request_bytes.buckets[BYTES_BUCKETS - 1], 1);
+        assert_eq!(t.request_bytes.sum, 10_000_012);
+        assert_eq!(t.response_bytes.buckets[0], 3, "0 bytes is in le=1");
+    }
+
+    #[test]
+    fn shards_from_many_threads_add_up() {
+        let store = Arc::new(SeriesStore::new(10));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        store.with(&labels(200), true, |s| {
+                            s.record(Duration::from_millis(2), 5, 7)
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let t = store.sorted()[0].totals();
+        assert_eq!(t.requests, 4000);
+        assert_eq!(t.duration.sum, 4000 * 2_000_000);
+        assert_eq!(t.response_bytes.sum, 4000 * 7);
+    }
+
+    #[test]
+    fn the_cap_refuses_new_label_sets_but_not_known_ones() {
+        let store = SeriesStore::new(2);
+        assert!(store.with(&labels(200), true, |_| {}));
+        assert!(store.with(&labels(404), true, |_| {}));
+        assert!(!store.with(&labels(503), true, |_| {}), "past the cap");
+        assert!(store.with(&labels(200), true, |_| {}), "known");
+        assert!(store.with(&labels(503), false, |_| {}), "uncapped");
+        assert_eq!(store.sorted().len(), 3);
+    }
+
+    #[test]
+    fn stores_do_not_share_cached_series() {
+        let (a, b) = (SeriesStore::new(10), SeriesStore::new(10));
+        a.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
+        b.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
+        b.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
+        assert_eq!(a.sorted()[0].totals().requests, 1);
+        assert_eq!(b.sorted()[0].totals().requests, 2);
+    }
+
+    #[test]
+    fn series_sort_by_label_values_in_label_name_order() {
+        let store = SeriesStore::new(10);
+        for code in [503, 200, 404] {
+            store.with(&labels(code), true, |_| {});
+        }
+        let codes: Vec<u16> = store
+            .sorted()
+            .iter()
+            .map(|s| s.labels.response_code)
+            .collect();
+        assert_eq!(codes, [200, 404, 503]);
+    }
+}
