@@ -10,12 +10,13 @@ use crate::util::{output, root, run as sh, step, succeeds};
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the test suite drives: real clients (curl, nghttp and h2load), a real Redis
-/// for the global rate limit, a real Prometheus (and promtool) scraping meshd, the netns tooling
-/// and vagrant (for `vagrant validate`).
+/// for the global rate limit, a real Prometheus (and promtool) scraping meshd, the netns tooling,
+/// tcpdump (the LAN tests check what crossed the wire) and vagrant (for `vagrant validate`).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "iproute2",
+    "tcpdump",
     "procps",
     "util-linux",
     "vagrant",
