@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod http_backend;
 pub mod mesh;
+pub mod netns;
 pub mod prometheus;
 pub mod redis;
 
