@@ -53,6 +53,8 @@ pub struct Daemon {
     /// Whether dropping this daemon removes its cgroup (false for a daemon expected to fail
     /// because another one owns the cgroup).
     pub owns_cgroup: bool,
+    /// The LAN node this daemon runs in; None for the host's own namespace.
+    pub node: Option<netns::Node>,
     child: Option<Child>,
 }
 
@@ -69,8 +71,20 @@ impl Daemon {
         d
     }
 
+    /// Starts meshd inside LAN node `node` and waits until it is ready. Its admin API, `exec`
+    /// and `get` work inside the node's namespace.
+    pub fn start_on(node: &netns::Node, name: &str, slot: u16, extra: &[&str]) -> Daemon {
+        let d = Daemon::spawn_in(Some(node), name, slot, extra);
+        d.wait_ready();
+        d
+    }
+
     /// Starts meshd without waiting for it to become ready.
     pub fn spawn(name: &str, slot: u16, extra: &[&str]) -> Daemon {
+        Daemon::spawn_in(None, name, slot, extra)
+    }
+
+    fn spawn_in(node: Option<&netns::Node>, name: &str, slot: u16, extra: &[&str]) -> Daemon {
         let (admin, outbound, inbound) = ports(slot);
         let cgroup = cgroup2_mount()
             .expect("cgroup2")
@@ -80,7 +94,7 @@ impl Daemon {
         // Each daemon reads its own (empty) policy directory unless the test passes --config.
         let own_config = std::env::temp_dir().join(format!("meshd-test-{name}-policies"));
         let _ = std::fs::create_dir_all(&own_config);
-        let mut cmd = Command::new(MESHD);
+        let mut cmd = meshd_command(node);
         cmd.arg("run");
         if !extra.contains(&"--config") {
             cmd.arg("--config").arg(&own_config);
@@ -108,6 +122,7 @@ impl Daemon {
             cgroup,
             log,
             owns_cgroup: true,
+            node: node.cloned(),
             child: Some(child),
         }
     }
@@ -119,7 +134,7 @@ impl Daemon {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok((200, _)) = http_get(self.admin, "/ready") {
+            if let Ok((200, _)) = self.admin_get("/ready") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -135,9 +150,17 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `meshd exec --workload WORKLOAD -- ARGS`, ready to run.
+    /// GET on the admin API, from the daemon's namespace.
+    pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        match &self.node {
+            Some(node) => node.run(|| http_get(self.admin, path)),
+            None => http_get(self.admin, path),
+        }
+    }
+
+    /// `meshd exec --workload WORKLOAD -- ARGS`, ready to run (in the daemon's namespace).
     pub fn exec(&self, workload: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(MESHD);
+        let mut c = meshd_command(self.node.as_ref());
         c.args([
             "exec",
             "--admin",
@@ -158,8 +181,9 @@ impl Daemon {
     }
 
     pub fn get(&self, path: &str) -> String {
-        let (status, body) =
-            http_get(self.admin, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let (status, body) = self
+            .admin_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
@@ -220,6 +244,14 @@ impl Drop for Daemon {
         if self.owns_cgroup {
             remove_cgroup_tree(&self.cgroup);
         }
+    }
+}
+
+/// The meshd binary as a command, inside `node` when there is one.
+fn meshd_command(node: Option<&netns::Node>) -> Command {
+    match node {
+        Some(node) => node.command(MESHD),
+        None => Command::new(MESHD),
     }
 }
 
