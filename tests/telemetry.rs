@@ -429,9 +429,12 @@ fn kernel_byte_counters_match_the_bytes_transferred() {
             bytes >= payload,
             "{side} {dir}: {bytes} < payload {payload}"
         );
+        // A segment the kernel retransmits (loopback drops under CPU pressure) is counted again:
+        // allow each of the socket's retransmissions one full-size (64 KiB GSO) segment.
+        let retransmits = c[side]["retransmits"].as_u64().unwrap_or(0);
         assert!(
-            bytes - payload <= packets * 80,
-            "{side} {dir}: {bytes} bytes in {packets} packets for {payload} of payload"
+            bytes - payload <= packets * 80 + retransmits * 65_536,
+            "{side} {dir}: {bytes} bytes in {packets} packets ({retransmits} retransmissions) for {payload} of payload"
         );
     }
     client_ok(&client.wait_with_output().unwrap(), "counted echo");

@@ -72,6 +72,14 @@ pub enum StartupError {
     MissingConfig(PathBuf),
     #[error("the configuration is invalid:\n{0}")]
     Config(#[from] crate::policy::LoadFailure),
+    #[error("workload certificates: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(
+        "the policies put endpoints behind other meshd nodes (label meshd.io/node), but this \
+         meshd has no workload certificates for the mTLS tunnel: start it with --ca-dir (a CA \
+         from `meshd ca init`) or --cert-dir (certificates from SPIRE or cert-manager)"
+    )]
+    NoCertificates,
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
@@ -193,6 +201,11 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
             .map_err(StartupError::Tracing)?,
         (None, None) => Tracer::disabled(settings.trace_sample),
     });
+    // Workload certificates for the tunnel; policies that need them fail the start without.
+    let tunnel = crate::tunnel::Tunnel::from_settings(&settings)?;
+    if tunnel.is_none() && config.current().compiled.endpoints.any_on_nodes() {
+        return Err(StartupError::NoCertificates);
+    }
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -211,6 +224,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
                 config,
                 access,
                 tracer,
+                tunnel,
             };
             Ok(serve(settings, cgroups, datapath, listeners, lock, shared))
         }
@@ -227,11 +241,14 @@ struct Shared {
     config: Arc<ConfigStore>,
     access: Arc<crate::telemetry::AccessLog>,
     tracer: Arc<crate::telemetry::trace::Tracer>,
+    tunnel: Option<Arc<crate::tunnel::Tunnel>>,
 }
 
 struct Listeners {
     admin: TcpListener,
     outbound: Vec<TcpListener>,
+    /// The tunnel listener, when meshd has workload certificates.
+    inbound: Option<TcpListener>,
 }
 
 async fn start(
@@ -249,9 +266,22 @@ async fn start(
         }
         Err(e) => return Err(e),
     }
+    let inbound = if settings.ca_dir.is_some() || settings.cert_dir.is_some() {
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, settings.inbound_port));
+        Some(bind("tunnel listener", addr).await?)
+    } else {
+        None
+    };
     let daemon_id = cgroup::cgroup_id(&cgroups.daemon)?;
     let datapath = Datapath::start(settings, &cgroups.attach, daemon_id)?;
-    Ok((datapath, Listeners { admin, outbound }))
+    Ok((
+        datapath,
+        Listeners {
+            admin,
+            outbound,
+            inbound,
+        },
+    ))
 }
 
 fn serve(
@@ -267,10 +297,12 @@ fn serve(
         config,
         access,
         tracer,
+        tunnel,
     } = shared;
     let Listeners {
         admin: admin_listener,
         outbound: outbound_listeners,
+        inbound: inbound_listener,
     } = listeners;
     let maps = datapath.maps.clone();
     ebpf::spawn_heartbeat(maps.clone(), settings.heartbeat_timeout);
@@ -293,6 +325,7 @@ fn serve(
         detect_timeout: settings.protocol_detection_timeout,
         http: crate::proxy::http::HttpContext::new(
             &settings,
+            tunnel.clone(),
             config.clone(),
             metrics.clone(),
             access,
@@ -309,6 +342,16 @@ fn serve(
             watch.clone(),
             settings.drain_timeout,
         ));
+    }
+    if let (Some(l), Some(tunnel)) = (inbound_listener, &tunnel) {
+        let inbound = Arc::new(crate::tunnel::Inbound {
+            tunnel: tunnel.clone(),
+            http: ctx.http.clone(),
+            metrics: metrics.clone(),
+            detect_timeout: settings.protocol_detection_timeout,
+        });
+        tracing::info!(addr = ?l.local_addr(), node = ?settings.node_address, "mTLS tunnel listener");
+        listeners.spawn(crate::tunnel::serve_inbound(l, inbound, watch.clone()));
     }
     let state = Arc::new(AdminState {
         ready: false.into(),

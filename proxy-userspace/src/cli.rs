@@ -128,6 +128,24 @@ pub struct RunArgs {
     /// 503 with flag UO (0: unlimited).
     #[arg(long, env = "MESHD_WORKLOAD_MAX_REQUESTS", default_value_t = 256)]
     pub workload_max_requests: u32,
+    /// This node's address as other meshd reach it: endpoints labelled `meshd.io/node` with
+    /// another address are reached through the mTLS tunnel to that node.
+    #[arg(long, env = "MESHD_NODE_ADDRESS")]
+    pub node_address: Option<std::net::IpAddr>,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The built-in CA's directory (from `meshd ca init`): meshd issues its workloads'
+    /// certificates.
+    #[arg(long, env = "MESHD_CA_DIR", conflicts_with = "cert_dir")]
+    pub ca_dir: Option<PathBuf>,
+    /// A directory of workload certificates kept by SPIRE or cert-manager
+    /// (`<dir>/ca.pem`, `<dir>/<namespace>/<serviceAccount>/{cert,key}.pem`).
+    #[arg(long, env = "MESHD_CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Lifetime of certificates the built-in CA issues; each is renewed at half of it.
+    #[arg(long, env = "MESHD_CERT_LIFETIME", default_value = "24h")]
+    pub cert_lifetime: String,
 }
 
 #[derive(Args, Debug)]

@@ -20,4 +20,5 @@ pub mod security;
 pub mod settings;
 pub mod status;
 pub mod telemetry;
+pub mod tunnel;
 pub mod workloads;

@@ -21,6 +21,7 @@ pub struct Metrics {
     outliers: IntCounterVec,
     rate_limits: IntCounterVec,
     overflows: IntCounterVec,
+    tunnel: IntCounterVec,
     config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
@@ -107,6 +108,16 @@ impl Metrics {
             &["scope", "name", "limit"],
         )
         .unwrap();
+        let tunnel = IntCounterVec::new(
+            Opts::new(
+                "meshd_tunnel_events_total",
+                "mTLS tunnel events: handshake_ok, handshake_failed (inbound), stream_opened, \
+                 stream_refused (not a local workload), denied (AuthorizationPolicy), \
+                 bad_request",
+            ),
+            &["event"],
+        )
+        .unwrap();
         let config_generation = IntGauge::new(
             "meshd_config_generation",
             "Generation of the active configuration snapshot",
@@ -133,6 +144,7 @@ impl Metrics {
             &outliers,
             &rate_limits,
             &overflows,
+            &tunnel,
             &ebpf_events,
         ] {
             registry.register(Box::new(c.clone())).unwrap();
@@ -151,6 +163,7 @@ impl Metrics {
             outliers,
             rate_limits,
             overflows,
+            tunnel,
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
@@ -191,6 +204,10 @@ impl Metrics {
         self.overflows
             .with_label_values(&[scope, name, limit])
             .inc();
+    }
+
+    pub fn tunnel(&self, event: &str) {
+        self.tunnel.with_label_values(&[event]).inc();
     }
 
     pub fn config_applied(&self, generation: u64) {

@@ -53,6 +53,12 @@ pub struct Settings {
     /// Per source workload: connections and requests in flight (0: unlimited).
     pub workload_max_connections: u32,
     pub workload_max_requests: u32,
+    /// The mTLS tunnel: this node's address, the trust domain, and where certificates come from.
+    pub node_address: Option<std::net::IpAddr>,
+    pub trust_domain: String,
+    pub ca_dir: Option<PathBuf>,
+    pub cert_dir: Option<PathBuf>,
+    pub cert_lifetime: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +166,12 @@ impl Settings {
                     "must be between 0 and 1",
                 ));
             },
+            cert_lifetime: parse_duration(&a.cert_lifetime)
+                .map_err(|r| invalid("cert-lifetime", &a.cert_lifetime, r))?,
+            node_address: a.node_address,
+            trust_domain: a.trust_domain.clone(),
+            ca_dir: a.ca_dir.clone(),
+            cert_dir: a.cert_dir.clone(),
             workload_max_connections: a.workload_max_connections,
             workload_max_requests: a.workload_max_requests,
             redis_timeout: parse_duration(&a.redis_timeout)

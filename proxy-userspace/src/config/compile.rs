@@ -70,6 +70,10 @@ pub struct Compiled {
     pub vips: HashMap<std::net::IpAddr, String>,
     /// Endpoint address → `namespace/name` of the WorkloadEntry behind it, for telemetry.
     pub endpoint_workloads: HashMap<std::net::SocketAddr, String>,
+    /// Who stands behind each endpoint, and which meshd node fronts it.
+    pub endpoints: super::endpoints::Endpoints,
+    /// AuthorizationPolicies, compiled for evaluation.
+    pub authorizer: Arc<crate::security::authz::Authorizer>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -345,6 +349,16 @@ fn compile_endpoint_workloads(set: &PolicySet) -> HashMap<std::net::SocketAddr, 
     out
 }
 
+/// The AuthorizationPolicies as an evaluator; what it cannot honour is logged.
+fn authorizer(set: &PolicySet) -> crate::security::authz::Authorizer {
+    let (a, problems) =
+        crate::security::authz::Authorizer::from_set(set, crate::security::DEFAULT_ROOT_NAMESPACE);
+    for p in problems {
+        tracing::warn!(problem = %p, "authorization policy");
+    }
+    a
+}
+
 pub fn compile(set: &PolicySet) -> Compiled {
     Compiled {
         routes: compile_routes(set),
@@ -352,5 +366,7 @@ pub fn compile(set: &PolicySet) -> Compiled {
         workloads: compile_workloads(set),
         vips: compile_vips(set),
         endpoint_workloads: compile_endpoint_workloads(set),
+        endpoints: super::endpoints::Endpoints::compile(set),
+        authorizer: Arc::new(authorizer(set)),
     }
 }

@@ -2,6 +2,7 @@
 //! locks, replaced atomically on hot reload (file changes or SIGHUP) and never by a broken one.
 
 mod compile;
+pub mod endpoints;
 mod hash;
 mod snapshot;
 mod store;

@@ -32,6 +32,7 @@ impl Snapshot {
                 "route_hosts": self.compiled.routes.hosts(),
                 "clusters": self.compiled.clusters,
                 "workloads": self.compiled.workloads,
+                "endpoints": self.compiled.endpoints,
             },
         })
     }

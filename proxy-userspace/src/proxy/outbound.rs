@@ -64,6 +64,8 @@ pub enum OutboundError {
     ConnectTimeout { dst: SocketAddr, after: Duration },
     #[error("connection shed: {0}")]
     Shed(#[from] Shed),
+    #[error("{0}")]
+    Tunnel(String),
     #[error("connection shed: {cluster} is at its connectionPool limit maxConnections: {limit}")]
     Overflow { cluster: String, limit: u32 },
 }
@@ -77,6 +79,7 @@ impl OutboundError {
             OutboundError::Connect { .. } => "upstream_connect_failed",
             OutboundError::ConnectTimeout { .. } => "upstream_connect_timeout",
             OutboundError::Shed(_) => "workload_overflow",
+            OutboundError::Tunnel(_) => "tunnel_failed",
             OutboundError::Overflow { .. } => "upstream_overflow",
         }
     }
@@ -244,6 +247,22 @@ async fn proxy(
         },
         None => None,
     };
+    // An endpoint behind another meshd is reached through the mTLS tunnel.
+    let snap = ctx.http.config.current();
+    let via = ctx.http.upstream(&snap, upstream, workload.as_deref());
+    drop(snap);
+    match via {
+        Ok(t) if t.via.is_some() => {
+            return tunnelled(down, &t, &target.limits, record, ctx, workload.as_deref()).await;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            sockopt::set_reset_on_close(&down);
+            let e = OutboundError::Tunnel(e.to_string());
+            record.failed(ctx, &e);
+            return Err(e);
+        }
+    }
     let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
     let mut up = match connect_upstream(upstream, after, target.limits.keepalive).await {
         Ok(up) => up,
@@ -288,6 +307,35 @@ async fn proxy(
     }
     record.closed(ctx, to_up, to_down);
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
+    Ok(())
+}
+
+/// An opaque connection carried through the tunnel to the meshd that fronts its endpoint.
+async fn tunnelled(
+    mut down: TcpStream,
+    target: &http::Target,
+    limits: &http::Limits,
+    record: TcpRecord,
+    ctx: &Outbound,
+    workload: Option<&str>,
+) -> Result<(), OutboundError> {
+    let mut up = match ctx.http.pool.dial(target, limits).await {
+        Ok(up) => up,
+        Err(failure) => {
+            sockopt::set_reset_on_close(&down);
+            let e = OutboundError::Tunnel(failure.to_string());
+            record.failed(ctx, &e);
+            return Err(e);
+        }
+    };
+    ctx.metrics.istio.tcp_opened(&record.labels);
+    let _ = down.set_nodelay(true);
+    debug!(workload = workload.unwrap_or("-"), dst = %target.addr, "proxying through the tunnel");
+    let (to_up, to_down) = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF)
+        .await
+        .unwrap_or((0, 0));
+    ctx.metrics.bytes(to_up, to_down);
+    record.closed(ctx, to_up, to_down);
     Ok(())
 }
 

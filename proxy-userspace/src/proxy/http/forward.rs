@@ -674,12 +674,16 @@ async fn upgrade_once(
     plan: &send::Plan<'_>,
     rec: &mut Record,
 ) -> Response<Body> {
-    let _ = down;
     let target = match plan.target(ctx, None) {
         Ok(t) => t,
         Err(e) => return send::no_endpoint(e, rec),
     };
-    let sent = match ctx.pool.fresh_h1(target, &plan.limits).await {
+    let sent = match async {
+        let t = ctx.upstream(plan.snap, target, down.workload.as_deref())?;
+        ctx.pool.fresh_h1(&t, &plan.limits).await
+    }
+    .await
+    {
         Ok(mut s) => s
             .send_request(req.map(body::boxed))
             .await

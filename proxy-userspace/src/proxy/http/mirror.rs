@@ -3,14 +3,14 @@
 //! failures never touch the primary request, and at most `MAX_IN_FLIGHT` copies are in flight:
 //! beyond that, mirrors are dropped and counted.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use hyper::header::{self, HeaderValue};
 use tokio::sync::Semaphore;
 
 use super::{
     Pool,
-    pool::{ClusterPool, Limits},
+    pool::{ClusterPool, Limits, Target},
     replay::Replayable,
 };
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ pub struct Copy {
     pub pool: Arc<Pool>,
     pub cluster: Arc<ClusterPool>,
     pub limits: Limits,
-    pub target: SocketAddr,
+    pub target: Target,
 }
 
 impl Mirrors {
@@ -85,13 +85,15 @@ impl Mirrors {
                 limits,
                 target,
             } = to;
-            match pool.send(&cluster, &limits, target, h2, req.build()).await {
+            match pool.send(&cluster, &limits, &target, h2, req.build()).await {
                 Ok(resp) => {
                     // Drain and discard the body so the pooled connection can be reused.
                     use http_body_util::BodyExt;
                     let _ = resp.into_body().collect().await;
                 }
-                Err(e) => tracing::debug!(error = %e, %target, "mirrored request failed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, target = %target.addr, "mirrored request failed")
+                }
             }
         });
     }

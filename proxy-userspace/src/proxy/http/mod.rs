@@ -1,7 +1,7 @@
 //! The L7 pipeline for captured HTTP/1.x and HTTP/2 connections: a hyper server per downstream
 //! connection, each request forwarded over a pooled upstream connection.
 
-mod body;
+pub mod body;
 mod fault;
 mod flags;
 mod forward;
@@ -31,7 +31,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
-pub use pool::{Counter, Pool, UpstreamError, connect as connect_upstream};
+pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
 
 /// Settings and shared state of the L7 pipeline.
 pub struct HttpContext {
@@ -51,6 +51,10 @@ pub struct HttpContext {
     pub global: ratelimit::global::Global,
     /// Connections and requests in flight per source workload.
     pub fairness: Fairness,
+    /// The mTLS tunnel to other nodes, when meshd has workload certificates.
+    pub tunnel: Option<Arc<crate::tunnel::Tunnel>>,
+    /// Other nodes' tunnel port when their `meshd.io/node` label names none.
+    pub inbound_port: u16,
     pub access: Arc<crate::telemetry::AccessLog>,
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
 }
@@ -58,13 +62,16 @@ pub struct HttpContext {
 impl HttpContext {
     pub fn new(
         settings: &crate::settings::Settings,
+        tunnel: Option<Arc<crate::tunnel::Tunnel>>,
         config: Arc<ConfigStore>,
         metrics: Arc<Metrics>,
         access: Arc<crate::telemetry::AccessLog>,
         tracer: Arc<crate::telemetry::trace::Tracer>,
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
-            pool: Pool::new(settings.connect_timeout),
+            pool: Pool::new(settings.connect_timeout, tunnel.clone()),
+            tunnel,
+            inbound_port: settings.inbound_port,
             mirrors: mirror::Mirrors::default(),
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,
@@ -111,6 +118,30 @@ impl HttpContext {
             },
             Err(_) => direct(),
         }
+    }
+}
+
+impl HttpContext {
+    /// How a connection of `workload` reaches the endpoint `addr`: directly, or through the
+    /// tunnel to the meshd that fronts it.
+    pub fn upstream(
+        &self,
+        snap: &crate::config::Snapshot,
+        addr: SocketAddr,
+        workload: Option<&str>,
+    ) -> Result<pool::Target, UpstreamError> {
+        crate::tunnel::route(
+            self.tunnel.as_deref(),
+            snap,
+            addr,
+            workload,
+            self.inbound_port,
+        )
+        .map(|via| pool::Target { addr, via })
+        .map_err(|source| UpstreamError::Tunnel {
+            dst: addr,
+            source: Box::new(source),
+        })
     }
 }
 

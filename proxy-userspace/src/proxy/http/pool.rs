@@ -22,7 +22,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub use self::{
-    cluster::{ClusterPool, Counter, Slot},
+    cluster::{ClusterPool, Counter, PeerKey, Slot},
     connect::connect,
     lease::PooledBody,
     limits::Limits,
@@ -54,6 +54,11 @@ pub enum UpstreamError {
     Send {
         dst: SocketAddr,
         source: hyper::Error,
+    },
+    #[error("upstream connect error: {source}")]
+    Tunnel {
+        dst: SocketAddr,
+        source: Box<crate::tunnel::TunnelError>,
     },
     #[error("upstream overflow: {cluster} is at its connectionPool limit {limit}: {value}")]
     Overflow {
@@ -90,6 +95,27 @@ fn overflow(cluster: &ClusterPool, limit: &'static str, value: u32) -> UpstreamE
     }
 }
 
+/// Where one upstream request goes: an endpoint, directly or through the mTLS tunnel.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub via: Option<crate::tunnel::Via>,
+}
+
+impl Target {
+    pub fn direct(addr: SocketAddr) -> Target {
+        Target { addr, via: None }
+    }
+
+    fn key(&self) -> PeerKey {
+        (self.addr, self.via.as_ref().map(|v| v.pool_key()))
+    }
+}
+
+/// Any upstream byte stream: a TCP connection or a tunnel stream.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// A connection taken for one request.
 enum Checkout {
     H1(IdleH1),
@@ -99,14 +125,16 @@ enum Checkout {
 pub struct Pool {
     connect_timeout: Duration,
     clusters: Mutex<HashMap<String, Arc<ClusterPool>>>,
+    tunnel: Option<Arc<crate::tunnel::Tunnel>>,
 }
 
 impl Pool {
     /// A pool whose idle connections are swept in the background while it lives.
-    pub fn new(connect_timeout: Duration) -> Arc<Pool> {
+    pub fn new(connect_timeout: Duration, tunnel: Option<Arc<crate::tunnel::Tunnel>>) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             connect_timeout,
             clusters: Mutex::new(HashMap::new()),
+            tunnel,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&pool)));
@@ -132,10 +160,11 @@ impl Pool {
     /// A new HTTP/1.1 connection, not pooled (used for upgrades, which consume it).
     pub async fn fresh_h1(
         &self,
-        dst: SocketAddr,
+        target: &Target,
         limits: &Limits,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
+        let dst = target.addr;
+        let io = self.dial(target, limits).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { dst, source })?;
@@ -147,17 +176,46 @@ impl Pool {
         Ok(sender)
     }
 
+    /// A byte stream to `target`: TCP, or a CONNECT stream through the tunnel.
+    pub async fn dial(
+        &self,
+        target: &Target,
+        limits: &Limits,
+    ) -> Result<Box<dyn Io>, UpstreamError> {
+        let dst = target.addr;
+        match (&target.via, &self.tunnel) {
+            (None, _) => Ok(Box::new(
+                connect(dst, self.connect_timeout(limits), limits.keepalive).await?,
+            )),
+            (Some(via), Some(tunnel)) => match tunnel.open(via, dst).await {
+                Ok(s) => Ok(Box::new(s)),
+                Err(source) => Err(UpstreamError::Tunnel {
+                    dst,
+                    source: Box::new(source),
+                }),
+            },
+            (Some(via), None) => Err(UpstreamError::Tunnel {
+                dst,
+                source: Box::new(crate::tunnel::TunnelError::NoCertificates {
+                    target: dst,
+                    node: via.node,
+                }),
+            }),
+        }
+    }
+
     /// Opens a connection to `dst` that holds `slot` (one of the cluster's connections) for as
     /// long as it is open.
     async fn open(
         &self,
         cluster: &ClusterPool,
         slot: Slot,
-        dst: SocketAddr,
+        target: &Target,
         h2: bool,
         limits: &Limits,
     ) -> Result<Checkout, UpstreamError> {
-        let io = TokioIo::new(connect(dst, self.connect_timeout(limits), limits.keepalive).await?);
+        let dst = target.addr;
+        let io = TokioIo::new(self.dial(target, limits).await?);
         if h2 {
             let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
@@ -170,7 +228,7 @@ impl Pool {
             });
             let streams = Arc::new(std::sync::atomic::AtomicU32::new(1));
             cluster.add_h2(
-                dst,
+                target.key(),
                 H2Conn {
                     sender: sender.clone(),
                     streams: streams.clone(),
@@ -206,9 +264,10 @@ impl Pool {
         &self,
         cluster: &Arc<ClusterPool>,
         limits: &Limits,
-        dst: SocketAddr,
+        target: &Target,
         h2: bool,
     ) -> Result<Checkout, UpstreamError> {
+        let key = target.key();
         let mut pending: Option<Slot> = None;
         loop {
             let changed = cluster.changed.notified();
@@ -216,12 +275,12 @@ impl Pool {
             changed.as_mut().enable();
             if h2 {
                 if let Some((s, streams)) =
-                    cluster.take_h2_stream(dst, limits.max_streams, |u| limits.reusable(u))
+                    cluster.take_h2_stream(&key, limits.max_streams, |u| limits.reusable(u))
                 {
                     return Ok(Checkout::H2(s, streams));
                 }
             } else {
-                while let Some(mut c) = cluster.take_idle_h1(dst) {
+                while let Some(mut c) = cluster.take_idle_h1(&key) {
                     // The previous response was read to its end; the connection is ready as
                     // soon as hyper has finished with it, or it turns out closed.
                     if c.sender.ready().await.is_ok() {
@@ -230,7 +289,7 @@ impl Pool {
                 }
             }
             if let Some(slot) = cluster.try_slot(Counter::Connections, limits.max_connections) {
-                return self.open(cluster, slot, dst, h2, limits).await;
+                return self.open(cluster, slot, target, h2, limits).await;
             }
             if pending.is_none() {
                 pending = Some(
@@ -242,24 +301,25 @@ impl Pool {
                 );
             }
             // The cluster's connections may all sit idle at other endpoints.
-            cluster.evict_idle_except(dst);
+            cluster.evict_idle_except(&key);
             changed.await;
         }
     }
 
-    /// Sends a request to `dst`, an endpoint of `cluster`, within the cluster's limits.
+    /// Sends a request to `target`, an endpoint of `cluster`, within the cluster's limits.
     pub async fn send(
         &self,
         cluster: &Arc<ClusterPool>,
         limits: &Limits,
-        dst: SocketAddr,
+        target: &Target,
         h2: bool,
         req: Request<Body>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        let dst = target.addr;
         let request = cluster
             .try_slot(Counter::Requests, limits.max_requests)
             .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
-        let (sent, conn) = match self.checkout(cluster, limits, dst, h2).await? {
+        let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
             Checkout::H2(mut sender, streams) => {
                 let sent = sender.send_request(req).await;
                 (sent, Leased::H2 { streams })
@@ -268,7 +328,7 @@ impl Pool {
                 c.used += 1;
                 let sent = c.sender.send_request(req).await;
                 let conn = Leased::H1 {
-                    dst,
+                    dst: target.key(),
                     sender: Some(c.sender),
                     used: c.used,
                     reusable: limits.reusable(c.used),

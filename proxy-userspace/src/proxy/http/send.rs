@@ -204,11 +204,20 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         };
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst) {
             Ok((e, policy)) => {
+                let addr = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
+                let target = match ctx.upstream(plan.snap, addr, down.workload.as_deref()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "mirror cannot reach its endpoint");
+                        ctx.metrics.mirror("dropped");
+                        continue;
+                    }
+                };
                 let copy = mirror::Copy {
                     pool: ctx.pool.clone(),
                     cluster: ctx.pool.cluster(&policy.key),
                     limits: Limits::from_spec(policy.pool),
-                    target: ctx.lb.choose(&Algorithm::RoundRobin, &e, None),
+                    target,
                 };
                 ctx.mirrors
                     .send(copy, &ctx.metrics, plan.h2, req.clone(), plan.authority)
@@ -279,10 +288,14 @@ pub async fn with_policy(
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;
                 let _in_flight = ctx.lb.start(target);
-                let result = ctx
-                    .pool
-                    .send(&plan.upstream, &plan.limits, target, plan.h2, req)
-                    .await;
+                let result = match ctx.upstream(plan.snap, target, down.workload.as_deref()) {
+                    Ok(t) => {
+                        ctx.pool
+                            .send(&plan.upstream, &plan.limits, &t, plan.h2, req)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 plan.observe(ctx, target, &result);
                 result.map_err(Failed::Upstream)
             }

@@ -17,6 +17,10 @@ use tokio::sync::Notify;
 
 use crate::proxy::http::Body;
 
+/// An endpoint and, for a tunnelled connection, the tunnel's key: connections through the
+/// tunnel carry one source identity, so they are pooled apart.
+pub type PeerKey = (SocketAddr, Option<Arc<str>>);
+
 /// The circuit-breaker counters of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -50,8 +54,8 @@ pub struct ClusterPool {
     counts: [AtomicU32; 4],
     /// Woken whenever a connection closes or goes idle, or a stream ends.
     pub changed: Notify,
-    pub h1: Mutex<HashMap<SocketAddr, Vec<IdleH1>>>,
-    pub h2: Mutex<HashMap<SocketAddr, Vec<H2Conn>>>,
+    pub h1: Mutex<HashMap<PeerKey, Vec<IdleH1>>>,
+    pub h2: Mutex<HashMap<PeerKey, Vec<H2Conn>>>,
 }
 
 /// One unit of a counter, given back on drop.
@@ -93,9 +97,9 @@ impl ClusterPool {
     }
 
     /// An idle HTTP/1.1 connection to `dst`, newest first, skipping closed and expired ones.
-    pub fn take_idle_h1(&self, dst: SocketAddr) -> Option<IdleH1> {
+    pub fn take_idle_h1(&self, dst: &PeerKey) -> Option<IdleH1> {
         let mut all = self.h1.lock().expect("h1 pool lock");
-        let idle = all.get_mut(&dst)?;
+        let idle = all.get_mut(dst)?;
         while let Some(c) = idle.pop() {
             if !c.sender.is_closed() && c.since.elapsed() < c.idle_timeout {
                 return Some(c);
@@ -104,7 +108,7 @@ impl ClusterPool {
         None
     }
 
-    pub fn keep_h1(&self, dst: SocketAddr, conn: IdleH1) {
+    pub fn keep_h1(&self, dst: PeerKey, conn: IdleH1) {
         self.h1
             .lock()
             .expect("h1 pool lock")
@@ -117,12 +121,12 @@ impl ClusterPool {
     /// A stream on an HTTP/2 connection to `dst` with room for one more, if any.
     pub fn take_h2_stream(
         &self,
-        dst: SocketAddr,
+        dst: &PeerKey,
         max_streams: u32,
         per_connection: impl Fn(u32) -> bool,
     ) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
         let mut all = self.h2.lock().expect("h2 pool lock");
-        let conns = all.get_mut(&dst)?;
+        let conns = all.get_mut(dst)?;
         conns.retain(|c| !c.sender.is_closed() && per_connection(c.used));
         let c = conns
             .iter_mut()
@@ -133,7 +137,7 @@ impl ClusterPool {
         Some((c.sender.clone(), c.streams.clone()))
     }
 
-    pub fn add_h2(&self, dst: SocketAddr, conn: H2Conn) {
+    pub fn add_h2(&self, dst: PeerKey, conn: H2Conn) {
         self.h2
             .lock()
             .expect("h2 pool lock")
@@ -145,10 +149,10 @@ impl ClusterPool {
 
     /// Closes one idle connection to another endpoint, so a request waiting for `dst` can open
     /// one within `tcp.maxConnections`. Returns whether one was closed.
-    pub fn evict_idle_except(&self, dst: SocketAddr) -> bool {
+    pub fn evict_idle_except(&self, dst: &PeerKey) -> bool {
         let mut all = self.h1.lock().expect("h1 pool lock");
-        for (addr, idle) in all.iter_mut() {
-            if *addr != dst && idle.pop().is_some() {
+        for (peer, idle) in all.iter_mut() {
+            if peer != dst && idle.pop().is_some() {
                 return true;
             }
         }

@@ -3,7 +3,6 @@
 //! connection goes back to the idle list only when its response was read to the end.
 
 use std::{
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
@@ -19,7 +18,7 @@ use hyper::{
     client::conn::http1,
 };
 
-use super::cluster::{ClusterPool, IdleH1, Slot};
+use super::cluster::{ClusterPool, IdleH1, PeerKey, Slot};
 use crate::proxy::http::Body;
 
 /// What one request holds from the pool.
@@ -31,7 +30,7 @@ pub struct Lease {
 
 pub enum Leased {
     H1 {
-        dst: SocketAddr,
+        dst: PeerKey,
         sender: Option<http1::SendRequest<Body>>,
         used: u32,
         reusable: bool,
@@ -59,7 +58,7 @@ impl Lease {
                     && !sender.is_closed()
                 {
                     self.pool.keep_h1(
-                        *dst,
+                        dst.clone(),
                         IdleH1 {
                             sender,
                             used: *used,

@@ -1,0 +1,133 @@
+//! Who stands behind each endpoint address: the workload (WorkloadEntry or ServiceEntry
+//! endpoint), its namespace, service account and labels, and the meshd node that fronts it
+//! (label `meshd.io/node`), so meshd knows when to use the mTLS tunnel and which identity the
+//! far side must prove.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use serde::Serialize;
+
+use crate::policy::{PolicySet, model::WorkloadEntrySpec};
+
+/// The label that names the meshd node fronting an endpoint: that node's IP address.
+pub const NODE_LABEL: &str = "meshd.io/node";
+/// The port of that node's tunnel listener, when it is not this node's `--inbound-port`.
+pub const TUNNEL_PORT_LABEL: &str = "meshd.io/tunnel-port";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointIdentity {
+    /// `namespace/name` of the WorkloadEntry, if the endpoint is one.
+    pub workload: Option<String>,
+    pub namespace: String,
+    /// The service account; Istio's default is `default`.
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    /// The `meshd.io/node` label as written.
+    pub node: Option<String>,
+    /// The `meshd.io/tunnel-port` label as written.
+    pub tunnel_port: Option<String>,
+}
+
+impl EndpointIdentity {
+    fn of(spec: &WorkloadEntrySpec, namespace: &str, workload: Option<String>) -> Self {
+        EndpointIdentity {
+            workload,
+            namespace: namespace.to_string(),
+            service_account: spec
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            labels: spec.labels.clone(),
+            node: spec.labels.get(NODE_LABEL).cloned(),
+            tunnel_port: spec.labels.get(TUNNEL_PORT_LABEL).cloned(),
+        }
+    }
+
+    /// The tunnel address of the fronting node; `inbound_port` when no port label is set.
+    pub fn node_addr(&self, inbound_port: u16) -> Option<SocketAddr> {
+        let ip = self.node.as_deref()?.parse::<IpAddr>().ok()?;
+        let port = self
+            .tunnel_port
+            .as_deref()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(inbound_port);
+        Some(SocketAddr::new(ip, port))
+    }
+}
+
+/// Endpoint identities by address and port, and by address alone for endpoints whose port is
+/// the service's.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Endpoints {
+    by_addr: HashMap<SocketAddr, EndpointIdentity>,
+    by_ip: HashMap<IpAddr, EndpointIdentity>,
+}
+
+impl Endpoints {
+    pub fn compile(set: &PolicySet) -> Endpoints {
+        let mut e = Endpoints::default();
+        for we in &set.workload_entries {
+            let id = EndpointIdentity::of(&we.spec, &we.metadata.namespace, Some(we.id()));
+            e.add(&we.spec, id);
+        }
+        for se in &set.service_entries {
+            for ep in &se.spec.endpoints {
+                e.add(ep, EndpointIdentity::of(ep, &se.metadata.namespace, None));
+            }
+        }
+        e
+    }
+
+    fn add(&mut self, spec: &WorkloadEntrySpec, id: EndpointIdentity) {
+        let Ok(ip) = spec.address.parse::<IpAddr>() else {
+            return;
+        };
+        for port in spec.ports.values() {
+            self.by_addr
+                .entry(SocketAddr::new(ip, *port))
+                .or_insert_with(|| id.clone());
+        }
+        self.by_ip.entry(ip).or_insert(id);
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Option<&EndpointIdentity> {
+        self.by_addr
+            .get(&addr)
+            .or_else(|| self.by_ip.get(&addr.ip()))
+    }
+
+    /// Every endpoint identity (an identity may appear more than once).
+    pub fn all(&self) -> impl Iterator<Item = &EndpointIdentity> {
+        self.by_addr.values().chain(self.by_ip.values())
+    }
+
+    /// Whether any endpoint is fronted by a meshd node (which needs workload certificates).
+    pub fn any_on_nodes(&self) -> bool {
+        self.by_ip.values().any(|e| e.node.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses() {
+        let mut id = EndpointIdentity {
+            workload: None,
+            namespace: "default".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            node: Some("10.0.0.2".into()),
+            tunnel_port: None,
+        };
+        assert_eq!(id.node_addr(15008), Some("10.0.0.2:15008".parse().unwrap()));
+        id.tunnel_port = Some("16008".into());
+        assert_eq!(id.node_addr(15008), Some("10.0.0.2:16008".parse().unwrap()));
+        id.node = Some("node-b".into());
+        assert_eq!(id.node_addr(15008), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! The mTLS tunnel between meshd nodes (like Istio ambient's HBONE): when the chosen endpoint
+//! sits behind another meshd, the connection is carried as an HTTP/2 CONNECT stream inside a
+//! TLS 1.3 connection to that meshd's inbound port. The client presents the source workload's
+//! certificate and requires the destination workload's identity; the far side authorizes the
+//! stream and connects to its local workload. One TLS connection per (node, source identity,
+//! destination identity) carries many streams.
+
+mod client;
+mod error;
+mod prefixed;
+mod serve_http;
+mod server;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+pub use self::{
+    client::Stream,
+    error::TunnelError,
+    server::{Inbound, serve as serve_inbound},
+};
+use crate::{
+    config::{Snapshot, endpoints::EndpointIdentity},
+    identity::{Ca, CertManager, CertSource, ExternalDir, IdentityError, SpiffeId, SystemClock},
+    settings::Settings,
+};
+
+/// How an upstream connection to one endpoint is made.
+#[derive(Clone, Debug)]
+pub struct Via {
+    /// The tunnel listener of the meshd fronting the endpoint.
+    pub node: SocketAddr,
+    pub source: SpiffeId,
+    pub destination: SpiffeId,
+}
+
+impl Via {
+    /// Tells tunnelled connections apart in the upstream pool: they are per source identity.
+    pub fn pool_key(&self) -> Arc<str> {
+        Arc::from(format!("{}>{}", self.source, self.node))
+    }
+}
+
+pub struct Tunnel {
+    pub manager: CertManager,
+    pub trust_domain: String,
+    pub node: Option<IpAddr>,
+    pub inbound_port: u16,
+    pub connect_timeout: Duration,
+    clients: client::Clients,
+}
+
+impl Tunnel {
+    /// The identity source the settings name, or `None` when meshd runs without certificates.
+    pub fn from_settings(s: &Settings) -> Result<Option<Arc<Tunnel>>, IdentityError> {
+        let source = match (&s.ca_dir, &s.cert_dir) {
+            (Some(dir), _) => CertSource::Ca(Arc::new(Ca::load(dir)?)),
+            (None, Some(dir)) => CertSource::External(ExternalDir::new(dir)),
+            (None, None) => return Ok(None),
+        };
+        let manager = CertManager::new(source, s.cert_lifetime, Arc::new(SystemClock))?;
+        manager.spawn()?;
+        Ok(Some(Arc::new(Tunnel {
+            manager,
+            trust_domain: s.trust_domain.clone(),
+            node: s.node_address,
+            inbound_port: s.inbound_port,
+            connect_timeout: s.connect_timeout,
+            clients: client::Clients::default(),
+        })))
+    }
+
+    pub fn identity_of(&self, e: &EndpointIdentity) -> Result<SpiffeId, IdentityError> {
+        SpiffeId::new(&self.trust_domain, &e.namespace, &e.service_account)
+    }
+
+    /// The identity of a source workload (`namespace/name`): its WorkloadEntry's service
+    /// account, or `default` in its namespace.
+    pub fn source_identity(
+        &self,
+        snap: &Snapshot,
+        workload: Option<&str>,
+    ) -> Result<SpiffeId, TunnelError> {
+        let w = workload.ok_or(TunnelError::NoSourceIdentity)?;
+        let (ns, _) = w.split_once('/').ok_or(TunnelError::NoSourceIdentity)?;
+        let sa = snap
+            .policies
+            .workload_entries
+            .iter()
+            .find(|we| we.id() == w)
+            .and_then(|we| we.spec.service_account.clone())
+            .unwrap_or_else(|| "default".into());
+        Ok(SpiffeId::new(&self.trust_domain, ns, &sa)?)
+    }
+
+    /// Whether an endpoint's `meshd.io/node` names this node.
+    pub fn is_local(&self, node: SocketAddr) -> bool {
+        self.node == Some(node.ip())
+    }
+}
+
+/// How to reach `target`, an endpoint in `snap`, for a connection of `workload`: directly, or
+/// through the tunnel when a meshd on another node fronts it.
+pub fn route(
+    tunnel: Option<&Tunnel>,
+    snap: &Snapshot,
+    target: SocketAddr,
+    workload: Option<&str>,
+    inbound_port: u16,
+) -> Result<Option<Via>, TunnelError> {
+    let Some(e) = snap.compiled.endpoints.get(target) else {
+        return Ok(None);
+    };
+    let Some(node) = e.node_addr(inbound_port) else {
+        return Ok(None);
+    };
+    let Some(t) = tunnel else {
+        return Err(TunnelError::NoCertificates { target, node });
+    };
+    if t.is_local(node) {
+        return Ok(None);
+    }
+    Ok(Some(Via {
+        node,
+        source: t.source_identity(snap, workload)?,
+        destination: t.identity_of(e)?,
+    }))
+}

@@ -1,0 +1,115 @@
+//! The tunnel's client side: one TLS 1.3 + HTTP/2 connection per (node, source identity,
+//! destination identity), reused for every CONNECT stream to that node.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Method, Request, StatusCode, client::conn::http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::{Tunnel, TunnelError, Via};
+use crate::identity::tls;
+
+/// A byte stream to the far workload, through the tunnel.
+pub type Stream = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The header in which the far meshd says why it refused a stream.
+pub const REASON_HEADER: &str = "x-meshd-reason";
+
+type Key = (SocketAddr, String, String);
+
+#[derive(Default)]
+pub struct Clients {
+    conns: Mutex<HashMap<Key, http2::SendRequest<Empty<Bytes>>>>,
+}
+
+impl Clients {
+    fn cached(&self, key: &Key) -> Option<http2::SendRequest<Empty<Bytes>>> {
+        let mut conns = self.conns.lock().expect("tunnel clients lock");
+        match conns.get(key) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                conns.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl Tunnel {
+    /// Opens a CONNECT stream to `target` on the node `via` names.
+    pub async fn open(&self, via: &Via, target: SocketAddr) -> Result<Stream, TunnelError> {
+        let mut sender = self.sender(via).await?;
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .body(Empty::new())
+            .expect("a CONNECT request to a socket address");
+        let http = |source| TunnelError::Http {
+            node: via.node,
+            source,
+        };
+        let resp = sender.send_request(req).await.map_err(http)?;
+        if resp.status() != StatusCode::OK {
+            let reason = resp
+                .headers()
+                .get(REASON_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            return Err(TunnelError::Refused {
+                node: via.node,
+                target,
+                status: resp.status().as_u16(),
+                reason,
+            });
+        }
+        let upgraded = hyper::upgrade::on(resp).await.map_err(http)?;
+        Ok(TokioIo::new(upgraded))
+    }
+
+    /// The shared HTTP/2 connection for `via`, opened (TCP, TLS 1.3, HTTP/2) when there is none.
+    async fn sender(&self, via: &Via) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+        let key = (
+            via.node,
+            via.source.to_string(),
+            via.destination.to_string(),
+        );
+        if let Some(s) = self.clients.cached(&key) {
+            return Ok(s);
+        }
+        let node = via.node;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(node))
+            .await
+            .map_err(|_| TunnelError::ConnectTimeout { node })?
+            .map_err(|source| TunnelError::Connect { node, source })?;
+        let _ = tcp.set_nodelay(true);
+        let cert = self.manager.ensure(&via.source)?;
+        let config = tls::client_config(&cert, self.manager.roots(), via.destination.clone());
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(via.destination.server_name(), tcp)
+            .await
+            .map_err(|e| TunnelError::Handshake {
+                node,
+                reason: tls::describe_handshake_error(&e),
+            })?;
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|source| TunnelError::Http { node, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %node, "tunnel connection ended with an error");
+            }
+        });
+        tracing::debug!(%node, source = %via.source, destination = %via.destination, "tunnel connection opened");
+        self.clients
+            .conns
+            .lock()
+            .expect("tunnel clients lock")
+            .insert(key, sender.clone());
+        Ok(sender)
+    }
+}

@@ -1,0 +1,110 @@
+//! HTTP inside a tunnel stream: each request is authorized with its method, path, host and
+//! headers (a denial is 403 `RBAC: access denied`), then forwarded to the local workload.
+
+use std::{convert::Infallible, sync::Arc};
+
+use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::server::{Inbound, Stream};
+use crate::{
+    proxy::http::{Body, Limits, Target, body},
+    security::authz::HttpAttrs,
+};
+
+pub async fn serve<IO>(io: IO, h2: bool, stream: Arc<Stream>, inbound: Arc<Inbound>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = {
+        let stream = stream.clone();
+        service_fn(move |req| request(req, stream.clone(), inbound.clone()))
+    };
+    let io = TokioIo::new(io);
+    let served = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await
+    };
+    if let Err(e) = served {
+        tracing::debug!(target = %stream.target, error = %e, "HTTP in the tunnel stream ended with an error");
+    }
+}
+
+fn denied() -> Response<Body> {
+    let mut r = Response::new(body::full("RBAC: access denied"));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+async fn request(
+    req: Request<Incoming>,
+    stream: Arc<Stream>,
+    inbound: Arc<Inbound>,
+) -> Result<Response<Body>, Infallible> {
+    let snap = inbound.http.config.current();
+    let decision = {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let attrs = HttpAttrs {
+            host,
+            method: req.method().as_str(),
+            path,
+            headers: req.headers(),
+        };
+        snap.compiled
+            .authorizer
+            .evaluate(&stream.workload(), &stream.context().with_http(&attrs))
+    };
+    if !decision.allowed {
+        inbound.metrics.tunnel("denied");
+        tracing::warn!(
+            source = %stream.source, target = %stream.target, method = %req.method(),
+            path = %req.uri().path(), reason = %decision.reason,
+            "request denied by authorization policy"
+        );
+        return Ok(denied());
+    }
+    let h2 = req.version() == hyper::Version::HTTP_2;
+    let cluster = inbound
+        .http
+        .pool
+        .cluster(&format!("inbound|{}", stream.target));
+    let sent = inbound
+        .http
+        .pool
+        .send(
+            &cluster,
+            &Limits::default(),
+            &Target::direct(stream.target),
+            h2,
+            req.map(body::boxed),
+        )
+        .await;
+    Ok(match sent {
+        Ok(resp) => resp.map(body::boxed),
+        Err(e) => {
+            tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
+            let mut r = Response::new(body::full(format!(
+                "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                e.reset_reason()
+            )));
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    })
+}

@@ -1,0 +1,274 @@
+//! The tunnel's server side, on the inbound port: TLS 1.3 with a client certificate required,
+//! HTTP/2, and one CONNECT stream per connection to a workload on this node. A stream to
+//! anything else is refused; an opaque stream is authorized once (Istio's L4 rules), an HTTP
+//! stream per request.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::AsyncReadExt,
+    net::{TcpListener, TcpStream},
+};
+
+use super::{Tunnel, client::REASON_HEADER, prefixed::Prefixed, serve_http};
+use crate::{
+    config::endpoints::EndpointIdentity,
+    drain,
+    identity::{IdentityResolver, SpiffeId, tls},
+    metrics::Metrics,
+    proxy::{
+        http::HttpContext,
+        sniff::{Detected, classify},
+    },
+    security::{Workload, authz::RequestContext},
+};
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the inbound listener needs.
+pub struct Inbound {
+    pub tunnel: Arc<Tunnel>,
+    pub http: Arc<HttpContext>,
+    pub metrics: Arc<Metrics>,
+    /// How long to wait for a stream's first bytes to tell HTTP from opaque TCP.
+    pub detect_timeout: Duration,
+}
+
+impl Inbound {
+    /// Issues (or loads) the certificate of the local workload whose SNI name is `name`.
+    fn ensure_local(&self, name: &str) {
+        let snap = self.http.config.current();
+        let t = &self.tunnel;
+        let local = snap.compiled.endpoints.all().find_map(|e| {
+            let node = e.node_addr(t.inbound_port)?;
+            let id = t.identity_of(e).ok()?;
+            (t.is_local(node) && id.sni() == name).then_some(id)
+        });
+        if let Some(id) = local
+            && let Err(e) = t.manager.ensure(&id)
+        {
+            tracing::error!(identity = %id, error = %e, "no certificate for a local workload");
+        }
+    }
+}
+
+/// Serves the tunnel listener until draining starts.
+pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, mut drain: drain::Watch) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let inbound = inbound.clone();
+                    tokio::spawn(async move { connection(stream, peer, inbound).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tunnel accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = drain.signaled() => return,
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, inbound: Arc<Inbound>) {
+    let _ = stream.set_nodelay(true);
+    let manager = inbound.tunnel.manager.clone();
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let start =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        // The client names the identity it expects (as a hash in SNI): make sure this node
+        // holds that workload's certificate before answering.
+        if let Some(name) = start.client_hello().server_name() {
+            inbound.ensure_local(name);
+        }
+        let config = tls::server_config(
+            Arc::new(IdentityResolver::new(manager.clone(), None)),
+            manager.roots(),
+        );
+        start.into_stream(config).await
+    })
+    .await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            inbound.metrics.tunnel("handshake_failed");
+            tracing::warn!(%peer, reason = %tls::describe_handshake_error(&e), "tunnel handshake rejected");
+            return;
+        }
+        Err(_) => {
+            inbound.metrics.tunnel("handshake_failed");
+            tracing::warn!(%peer, "tunnel handshake timed out");
+            return;
+        }
+    };
+    let source = match tls::peer_identity(tls.get_ref().1) {
+        Ok(id) => id,
+        Err(e) => {
+            inbound.metrics.tunnel("handshake_failed");
+            tracing::warn!(%peer, error = %e, "tunnel peer has no usable identity");
+            return;
+        }
+    };
+    inbound.metrics.tunnel("handshake_ok");
+    tracing::debug!(%peer, %source, "tunnel connection accepted");
+    let svc = service_fn(move |req| stream_request(req, peer, source.clone(), inbound.clone()));
+    if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), svc)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "tunnel connection ended with an error");
+    }
+}
+
+fn refuse(status: StatusCode, reason: String) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = status;
+    if let Ok(v) = reason.parse() {
+        r.headers_mut().insert(REASON_HEADER, v);
+    }
+    r
+}
+
+/// One CONNECT: checks the target is a workload of this node, answers 200, and serves the
+/// stream in the background.
+async fn stream_request(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    source: SpiffeId,
+    inbound: Arc<Inbound>,
+) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
+    let target = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+    let Some(target) = target.filter(|_| req.method() == Method::CONNECT) else {
+        inbound.metrics.tunnel("bad_request");
+        tracing::warn!(%peer, method = %req.method(), uri = %req.uri(), "tunnel request is not a CONNECT to IP:port");
+        return Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "expected CONNECT to IP:port".into(),
+        ));
+    };
+    let snap = inbound.http.config.current();
+    let local = snap
+        .compiled
+        .endpoints
+        .get(target)
+        .filter(|e| {
+            e.node_addr(inbound.tunnel.inbound_port)
+                .is_some_and(|n| inbound.tunnel.is_local(n))
+        })
+        .cloned();
+    let Some(workload) = local else {
+        inbound.metrics.tunnel("stream_refused");
+        tracing::warn!(%peer, %source, %target, "tunnel CONNECT refused: not a workload on this node");
+        return Ok(refuse(
+            StatusCode::FORBIDDEN,
+            format!("{target} is not a workload on this node"),
+        ));
+    };
+    inbound.metrics.tunnel("stream_opened");
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(up) => {
+                let stream = Stream {
+                    peer,
+                    source,
+                    target,
+                    workload,
+                };
+                stream.serve(TokioIo::new(up), &inbound).await;
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "tunnel stream was not established"),
+        }
+    });
+    Ok(Response::new(Empty::new()))
+}
+
+/// Reads a stream's first bytes until they classify, it ends, or `timeout` passes.
+async fn sniff(
+    io: &mut TokioIo<hyper::upgrade::Upgraded>,
+    timeout: Duration,
+) -> (Vec<u8>, Detected) {
+    let mut buf = Vec::with_capacity(64);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(d) = classify(&buf) {
+            return (buf, d);
+        }
+        let mut chunk = [0u8; 64];
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (buf, Detected::Opaque),
+        }
+    }
+}
+
+/// An accepted stream to a local workload.
+pub struct Stream {
+    pub peer: SocketAddr,
+    pub source: SpiffeId,
+    pub target: SocketAddr,
+    pub workload: EndpointIdentity,
+}
+
+impl Stream {
+    /// The authorization context of this stream (without HTTP attributes).
+    pub fn context(&self) -> RequestContext<'static> {
+        RequestContext::new(
+            Some(self.source.to_string()),
+            self.peer.ip(),
+            self.target.ip(),
+            self.target.port(),
+        )
+    }
+
+    pub fn workload(&self) -> Workload<'_> {
+        Workload {
+            namespace: &self.workload.namespace,
+            labels: &self.workload.labels,
+        }
+    }
+
+    async fn serve(self, mut io: TokioIo<hyper::upgrade::Upgraded>, inbound: &Arc<Inbound>) {
+        // Tell HTTP (served per request) from opaque TCP by the first bytes.
+        let (first, detected) = sniff(&mut io, inbound.detect_timeout).await;
+        let io = Prefixed::new(Bytes::from(first), io);
+        match detected {
+            Detected::Http1 | Detected::Http2 => {
+                let h2 = detected == Detected::Http2;
+                serve_http::serve(io, h2, Arc::new(self), inbound.clone()).await;
+                return;
+            }
+            Detected::Opaque => {}
+        }
+        let snap = inbound.http.config.current();
+        let decision = snap
+            .compiled
+            .authorizer
+            .evaluate(&self.workload(), &self.context());
+        if !decision.allowed {
+            inbound.metrics.tunnel("denied");
+            tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+            return;
+        }
+        let mut io = io;
+        match TcpStream::connect(self.target).await {
+            Ok(mut up) => {
+                let _ = up.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+            }
+            Err(e) => {
+                tracing::warn!(target = %self.target, error = %e, "tunnel stream: the local workload refused")
+            }
+        }
+    }
+}
