@@ -77,28 +77,52 @@ impl Tunnel {
         SpiffeId::new(&self.trust_domain, &e.namespace, &e.service_account)
     }
 
-    /// The identity of a source workload (`namespace/name`): its WorkloadEntry's service
-    /// account, or `default` in its namespace.
     pub fn source_identity(
         &self,
         snap: &Snapshot,
         workload: Option<&str>,
     ) -> Result<SpiffeId, TunnelError> {
-        let w = workload.ok_or(TunnelError::NoSourceIdentity)?;
-        let (ns, _) = w.split_once('/').ok_or(TunnelError::NoSourceIdentity)?;
-        let sa = snap
-            .policies
-            .workload_entries
-            .iter()
-            .find(|we| we.id() == w)
-            .and_then(|we| we.spec.service_account.clone())
-            .unwrap_or_else(|| "default".into());
-        Ok(SpiffeId::new(&self.trust_domain, ns, &sa)?)
+        source_identity(&self.trust_domain, snap, workload)
     }
 
     /// Whether an endpoint's `meshd.io/node` names this node.
     pub fn is_local(&self, node: SocketAddr) -> bool {
         self.node == Some(node.ip())
+    }
+}
+
+/// The identity of a source workload (`namespace/name`): its WorkloadEntry's service account,
+/// or `default` in its namespace.
+pub fn source_identity(
+    trust_domain: &str,
+    snap: &Snapshot,
+    workload: Option<&str>,
+) -> Result<SpiffeId, TunnelError> {
+    let w = workload.ok_or(TunnelError::NoSourceIdentity)?;
+    let (ns, _) = w.split_once('/').ok_or(TunnelError::NoSourceIdentity)?;
+    let sa = snap
+        .policies
+        .workload_entries
+        .iter()
+        .find(|we| we.id() == w)
+        .and_then(|we| we.spec.service_account.clone())
+        .unwrap_or_else(|| "default".into());
+    Ok(SpiffeId::new(trust_domain, ns, &sa)?)
+}
+
+/// The endpoint's workload when it runs on this node (its `meshd.io/node` names this node, or
+/// it has no such label): this node's AuthorizationPolicies for it are decided here.
+pub fn local_destination(
+    snap: &Snapshot,
+    target: SocketAddr,
+    own_node: Option<IpAddr>,
+    inbound_port: u16,
+) -> Option<&EndpointIdentity> {
+    let e = snap.compiled.endpoints.get(target)?;
+    match e.node_addr(inbound_port) {
+        None => Some(e),
+        Some(n) if Some(n.ip()) == own_node => Some(e),
+        Some(_) => None,
     }
 }
 

@@ -26,6 +26,9 @@ use crate::{
     workloads::Registry,
 };
 
+/// How long a connection over its workload's allowance waits, unread, for a place.
+const CONNECTION_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Copy buffer per direction; large enough for bulk transfers to stay cheap.
 const COPY_BUF: usize = 64 * 1024;
 
@@ -66,6 +69,8 @@ pub enum OutboundError {
     Shed(#[from] Shed),
     #[error("{0}")]
     Tunnel(String),
+    #[error("connection denied by authorization policy: {0}")]
+    Denied(String),
     #[error("connection shed: {cluster} is at its connectionPool limit maxConnections: {limit}")]
     Overflow { cluster: String, limit: u32 },
 }
@@ -80,6 +85,7 @@ impl OutboundError {
             OutboundError::ConnectTimeout { .. } => "upstream_connect_timeout",
             OutboundError::Shed(_) => "workload_overflow",
             OutboundError::Tunnel(_) => "tunnel_failed",
+            OutboundError::Denied(_) => "denied",
             OutboundError::Overflow { .. } => "upstream_overflow",
         }
     }
@@ -88,6 +94,8 @@ impl OutboundError {
     fn flag(&self) -> &'static str {
         match self {
             OutboundError::Shed(_) | OutboundError::Overflow { .. } => "UO",
+            // Envoy's RBAC filter closes the connection without a response flag.
+            OutboundError::Denied(_) => "-",
             _ => "UF",
         }
     }
@@ -180,7 +188,12 @@ async fn proxy(
         .and_then(|o| ctx.workloads.get(o.workload_id))
         .map(|w| w.workload);
     // The workload's share of the node proxy, held for the connection's life.
-    let _share = match ctx.http.fairness.connection(workload.as_deref()) {
+    let _share = match ctx
+        .http
+        .fairness
+        .connection_or_wait(workload.as_deref(), CONNECTION_PATIENCE)
+        .await
+    {
         Ok(held) => held,
         Err(shed) => {
             sockopt::set_reset_on_close(&down);
@@ -247,8 +260,20 @@ async fn proxy(
         },
         None => None,
     };
-    // An endpoint behind another meshd is reached through the mTLS tunnel.
+    // An endpoint behind another meshd is reached through the mTLS tunnel; one on this node is
+    // authorized here, before a byte flows.
     let snap = ctx.http.config.current();
+    let down_view = http::Downstream {
+        peer,
+        dst,
+        workload: workload.clone(),
+    };
+    if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
+        sockopt::set_reset_on_close(&down);
+        let e = OutboundError::Denied(reason);
+        record.failed(ctx, &e);
+        return Err(e);
+    }
     let via = ctx.http.upstream(&snap, upstream, workload.as_deref());
     drop(snap);
     match via {

@@ -1,6 +1,7 @@
 //! The L7 pipeline for captured HTTP/1.x and HTTP/2 connections: a hyper server per downstream
 //! connection, each request forwarded over a pooled upstream connection.
 
+pub mod authorize;
 pub mod body;
 mod fault;
 mod flags;
@@ -55,6 +56,9 @@ pub struct HttpContext {
     pub tunnel: Option<Arc<crate::tunnel::Tunnel>>,
     /// Other nodes' tunnel port when their `meshd.io/node` label names none.
     pub inbound_port: u16,
+    /// This node's address (`--node-address`) and the identities' trust domain.
+    pub node_address: Option<std::net::IpAddr>,
+    pub trust_domain: String,
     pub access: Arc<crate::telemetry::AccessLog>,
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
 }
@@ -72,6 +76,8 @@ impl HttpContext {
             pool: Pool::new(settings.connect_timeout, tunnel.clone()),
             tunnel,
             inbound_port: settings.inbound_port,
+            node_address: settings.node_address,
+            trust_domain: settings.trust_domain.clone(),
             mirrors: mirror::Mirrors::default(),
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,

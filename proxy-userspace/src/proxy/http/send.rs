@@ -7,7 +7,7 @@ use std::{error::Error as _, net::SocketAddr, sync::Arc};
 use hyper::{Request, Response, body::Incoming, header::HeaderValue};
 
 use super::{
-    Body, Downstream, HttpContext, ResponseFlags,
+    Body, Downstream, HttpContext, ResponseFlags, authorize,
     forward::local,
     lb::Algorithm,
     mirror,
@@ -99,6 +99,8 @@ enum Failed {
     NoEndpoint(NoEndpoint),
     Upstream(UpstreamError),
     PerTryTimeout,
+    /// AuthorizationPolicy of the (local) destination workload denies the request.
+    Denied(String),
 }
 
 fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
@@ -112,12 +114,14 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
                 .and_then(|v| v.parse().ok()),
         },
         // Envoy does not retry "no healthy upstream", nor a request its own limits shed.
-        Err(Failed::NoEndpoint(_) | Failed::Upstream(UpstreamError::Overflow { .. })) => {
-            Outcome::Response {
-                status: 0,
-                grpc: None,
-            }
-        }
+        Err(
+            Failed::NoEndpoint(_)
+            | Failed::Denied(_)
+            | Failed::Upstream(UpstreamError::Overflow { .. }),
+        ) => Outcome::Response {
+            status: 0,
+            grpc: None,
+        },
         Err(Failed::PerTryTimeout) => Outcome::Timeout,
         Err(Failed::Upstream(UpstreamError::Send { source, .. })) if refused_stream(source) => {
             Outcome::RefusedStream
@@ -162,6 +166,13 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
         ),
         None,
     )
+}
+
+/// 403 for a request the destination's AuthorizationPolicy denies, as Envoy's RBAC filter.
+pub fn denied(reason: String, rec: &mut Record) -> Response<Body> {
+    tracing::warn!(reason = %reason, "request denied by authorization policy");
+    rec.reason = Some(format!("authorization: {reason}"));
+    local(403, "RBAC: access denied".into(), None)
 }
 
 /// A 503 for a request a limit shed (flag UO), marked as Envoy marks it.
@@ -287,6 +298,9 @@ pub async fn with_policy(
             last = target.as_ref().ok().copied();
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;
+                if let Some(reason) = authorize::request(ctx, plan.snap, down, target, &req) {
+                    return Err(Failed::Denied(reason));
+                }
                 let _in_flight = ctx.lb.start(target);
                 let result = match ctx.upstream(plan.snap, target, down.workload.as_deref()) {
                     Ok(t) => {
@@ -340,6 +354,7 @@ pub async fn with_policy(
             resp.map(super::body::boxed)
         }
         Err(Failed::NoEndpoint(e)) => no_endpoint(e, rec),
+        Err(Failed::Denied(reason)) => denied(reason, rec),
         Err(Failed::Upstream(e)) => upstream_failed(&e, rec, attempts.exhausted),
         Err(Failed::PerTryTimeout) => {
             if attempts.exhausted {
