@@ -103,20 +103,18 @@ fn config(name: &str, yaml: &str) -> PathBuf {
     dir
 }
 
-fn start(node: &Node, name: &str, slot: u16, config: &Path, ca: &Path) -> Daemon {
-    Daemon::start_on(
-        node,
-        name,
-        slot,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--ca-dir",
-            ca.to_str().unwrap(),
-            "--node-address",
-            &node.addr.to_string(),
-        ],
-    )
+fn start(node: &Node, name: &str, slot: u16, config: &Path, ca: &Path, more: &[&str]) -> Daemon {
+    let mut args = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--ca-dir".into(),
+        ca.display().to_string(),
+        "--node-address".into(),
+        node.addr.to_string(),
+    ];
+    args.extend(more.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::start_on(node, name, slot, &args)
 }
 
 /// One curl by `workload` on node a; returns `CODE BODY`.
@@ -142,7 +140,34 @@ struct Mesh {
     lan: Lan,
 }
 
+/// How a test's two nodes differ from the plain mesh.
+#[derive(Default)]
+struct Options<'a> {
+    /// Policies appended on both nodes.
+    extra: &'a str,
+    /// Policies appended on node a only.
+    extra_a: &'a str,
+    /// Node b gets a CA of its own.
+    other_ca: bool,
+    /// Flags for both daemons.
+    args: &'a [&'a str],
+}
+
 fn mesh(name: &str, subnet: u8, slots: (u16, u16), extra: &str, same_ca: bool) -> Mesh {
+    mesh_with(
+        name,
+        subnet,
+        slots,
+        Options {
+            extra,
+            other_ca: !same_ca,
+            ..Options::default()
+        },
+    )
+}
+
+fn mesh_with(name: &str, subnet: u8, slots: (u16, u16), o: Options<'_>) -> Mesh {
+    let (extra, same_ca) = (o.extra, !o.other_ca);
     let lan = Lan::new(name, subnet, 2);
     let (a, b) = (lan.node(0).clone(), lan.node(1).clone());
     let ca_a = ca(&format!("{name}-a"));
@@ -153,10 +178,11 @@ fn mesh(name: &str, subnet: u8, slots: (u16, u16), extra: &str, same_ca: bool) -
     };
     let yaml = policies(&a, &b, slots, extra);
     let dir = config(name, &yaml);
+    let dir_a = config(&format!("{name}-a"), &format!("{yaml}{}", o.extra_a));
     let backend = b.run(|| HttpBackend::start(&format!("{}:8080", b.addr)));
     let echo = b.run(|| Backend::echo(&format!("{}:8081", b.addr)));
-    let d_b = start(&b, &format!("{name}-b"), slots.1, &dir, &ca_b);
-    let d_a = start(&a, &format!("{name}-a"), slots.0, &dir, &ca_a);
+    let d_b = start(&b, &format!("{name}-b"), slots.1, &dir, &ca_b, o.args);
+    let d_a = start(&a, &format!("{name}-a"), slots.0, &dir_a, &ca_a, o.args);
     let vip = format!("{}.50", b.addr.to_string().rsplit_once('.').unwrap().0);
     Mesh {
         d_a,
@@ -425,5 +451,169 @@ spec:
     assert!(
         d.log_text()
             .contains("connection denied by authorization policy")
+    );
+}
+
+#[test]
+fn certificates_rotate_under_a_live_connection() {
+    if !ebpf_available("mtls_rotate") {
+        return;
+    }
+    // 4 s certificates are renewed every 2 s; a TCP connection through the tunnel lives 9 s.
+    let m = mesh_with(
+        "mtls-rotate",
+        114,
+        (110, 111),
+        Options {
+            args: &["--cert-lifetime", "4s"],
+            ..Options::default()
+        },
+    );
+    let script = format!(
+        "import socket,time\ns=socket.create_connection(('{}',9090))\nok=0\nfor i in range(18):\n    m=b'ping-%d' % i\n    s.sendall(m)\n    got=b''\n    while len(got)<len(m):\n        got+=s.recv(64)\n    ok+=got==m\n    time.sleep(0.5)\nprint(ok)",
+        m.vip
+    );
+    let out = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "18",
+        "every echo arrived: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (node, d) in [("a", &m.d_a), ("b", &m.d_b)] {
+        let renewals = d
+            .log_text()
+            .matches("renewed the workload certificate")
+            .count();
+        assert!(
+            renewals >= 2,
+            "node {node} renewed its certificate during the connection"
+        );
+    }
+    // New connections after the rotation work too.
+    let r = curl(&m.d_a, "default/productpage", &m.vip, &[], "/whoami");
+    assert!(r.starts_with("200 "), "{r}");
+}
+
+#[test]
+fn garbage_truncated_handshakes_and_stray_connects_fail_cleanly() {
+    if !ebpf_available("mtls_garbage") {
+        return;
+    }
+    // Node a believes two more workloads run on node b; node b knows nothing of them.
+    let se = |name: &str, vip: &str, addr: &str, port: u16, sa: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.default.svc.cluster.local]\n  addresses: [\"{vip}\"]\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  resolution: STATIC\n  endpoints:\n  - address: {addr}\n    ports: {{http: {port}}}\n    serviceAccount: {sa}\n    labels: {{meshd.io/node: \"10.213.115.2\", meshd.io/tunnel-port: \"22132\"}}\n"
+        )
+    };
+    // `ghost` is an address node b does not front; `imposter` is reviews' address under an
+    // identity node b does not hold.
+    let ghost = se("ghost", "10.213.115.60", "10.213.115.3", 9999, "reviews")
+        + &se(
+            "imposter",
+            "10.213.115.61",
+            "10.213.115.2",
+            8082,
+            "imposter",
+        );
+    let m = mesh_with(
+        "mtls-garbage",
+        115,
+        (112, 113),
+        Options {
+            extra_a: &ghost,
+            ..Options::default()
+        },
+    );
+    let b = m.lan.node(1).clone();
+    let port = support::ports(113).2;
+    assert_eq!(port, 22132, "the slot layout the ghost's labels assume");
+    // Raw bytes from node a's namespace straight to node b's tunnel port (not through meshd).
+    let send = |bytes: &str| {
+        let out = m
+            .lan
+            .node(0)
+            .command("python3")
+            .args([
+                "-c",
+                &format!("import socket; s=socket.create_connection(('{}',{port})); s.sendall({bytes}); s.settimeout(5)\ntry: print(repr(s.recv(64)))\nexcept Exception as e: print(type(e).__name__)", b.addr),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let garbage = send("b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' * 10");
+    assert!(!garbage.contains("HTTP/1.1 200"), "{garbage}");
+    // A ClientHello cut after its first bytes.
+    send("bytes([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])");
+    let failed = m
+        .d_b
+        .metric(r#"meshd_tunnel_events_total{event="handshake_failed"}"#);
+    assert!(failed >= 2.0, "both were counted: {failed}");
+    assert!(m.d_b.log_text().contains("tunnel handshake rejected"));
+    // Node b's meshd is unharmed.
+    let r = curl(&m.d_a, "default/productpage", &m.vip, &[], "/whoami");
+    assert!(r.starts_with("200 "), "{r}");
+    // A CONNECT to an address that is no workload of node b is refused, and both sides say so.
+    let out = m
+        .d_a
+        .exec(
+            "default/productpage",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://10.213.115.60/",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
+    assert!(
+        m.d_b
+            .metric(r#"meshd_tunnel_events_total{event="stream_refused"}"#)
+            >= 1.0
+    );
+    assert!(m.d_a.log_text().contains("is not a workload on this node"));
+    assert!(
+        m.d_b
+            .log_text()
+            .contains("tunnel CONNECT refused: not a workload on this node")
+    );
+    // A peer asking for an identity node b does not hold gets no certificate: the handshake
+    // fails, and both sides say why.
+    let out = m
+        .d_a
+        .exec(
+            "default/productpage",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://10.213.115.61/",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
+    assert!(m.d_a.log_text().contains("TLS handshake failed"));
+    assert!(
+        m.d_b
+            .log_text()
+            .contains("no local workload certificate for the requested identity")
     );
 }

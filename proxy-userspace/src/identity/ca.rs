@@ -179,7 +179,9 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.not_before = (now - CLOCK_SKEW).into();
+        // Backdated for lagging clocks, but never by more than a quarter of a short lifetime,
+        // which would move its half-life renewal into the past.
+        params.not_before = (now - CLOCK_SKEW.min(lifetime / 4)).into();
         params.not_after = (now + lifetime).into();
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
