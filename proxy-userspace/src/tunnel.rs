@@ -20,7 +20,7 @@ use std::{
 pub use self::{
     client::Stream,
     error::TunnelError,
-    server::{Inbound, serve as serve_inbound},
+    server::{Inbound, connect_target, serve as serve_inbound},
 };
 use crate::{
     config::{Snapshot, endpoints::EndpointIdentity},

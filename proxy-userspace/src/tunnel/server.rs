@@ -136,6 +136,14 @@ fn refuse(status: StatusCode, reason: String) -> Response<Empty<Bytes>> {
     r
 }
 
+/// The `IP:port` a tunnel request asks for: only `CONNECT` to a socket address is accepted.
+pub fn connect_target<B>(req: &Request<B>) -> Option<SocketAddr> {
+    if req.method() != Method::CONNECT {
+        return None;
+    }
+    req.uri().authority()?.as_str().parse().ok()
+}
+
 /// One CONNECT: checks the target is a workload of this node, answers 200, and serves the
 /// stream in the background.
 async fn stream_request(
@@ -144,11 +152,7 @@ async fn stream_request(
     source: SpiffeId,
     inbound: Arc<Inbound>,
 ) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
-    let target = req
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
-    let Some(target) = target.filter(|_| req.method() == Method::CONNECT) else {
+    let Some(target) = connect_target(&req) else {
         inbound.metrics.tunnel("bad_request");
         tracing::warn!(%peer, method = %req.method(), uri = %req.uri(), "tunnel request is not a CONNECT to IP:port");
         return Ok(refuse(
@@ -270,5 +274,28 @@ impl Stream {
                 tracing::warn!(target = %self.target, error = %e, "tunnel stream: the local workload refused")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, uri: &str) -> Request<()> {
+        Request::builder().method(method).uri(uri).body(()).unwrap()
+    }
+
+    #[test]
+    fn only_connect_to_a_socket_address_is_accepted() {
+        let ok = connect_target(&req(Method::CONNECT, "10.0.0.2:8080"));
+        assert_eq!(ok, Some("10.0.0.2:8080".parse().unwrap()));
+        let v6 = connect_target(&req(Method::CONNECT, "[fd00::2]:80"));
+        assert_eq!(v6, Some("[fd00::2]:80".parse().unwrap()));
+        assert_eq!(
+            connect_target(&req(Method::GET, "http://10.0.0.2:8080/")),
+            None
+        );
+        assert_eq!(connect_target(&req(Method::CONNECT, "reviews:8080")), None);
+        assert_eq!(connect_target(&req(Method::CONNECT, "10.0.0.2")), None);
     }
 }
