@@ -103,6 +103,21 @@ pub fn run() -> Result<()> {
     .to_vec();
     run_argv(&meshd.exec("demo/web", &curl_args))?;
 
+    step("an unknown caller: `demo/intruder` is not among the backend's AuthorizationPolicy principals");
+    eprintln!("    policies/demo/security.yaml allows only demo/web and demo/downloader, so meshd answers 403:");
+    let intruder_args: Vec<String> = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-w",
+        "    (HTTP %{http_code})\n",
+        &url,
+    ]
+    .map(String::from)
+    .to_vec();
+    run_argv(&meshd.exec("demo/intruder", &intruder_args))?;
+
     step("a slow 16 MiB download by `demo/downloader`, and meshd's live view of it");
     let blob = format!("http://{BACKEND}/blob.bin");
     let dl_args: Vec<String> = [
