@@ -402,6 +402,8 @@ impl App {
         self.state.ready.store(false, Ordering::Relaxed);
         self.drain.start();
         while self.listeners.join_next().await.is_some() {}
+        // Access-log lines wait up to 100 ms for the writer: write the last ones now.
+        self.state.http.access.flush();
         tracing::info!(deadline = ?self.settings.drain_timeout, "drained; detaching eBPF programs");
         drop(self.datapath);
         self.cgroups.teardown();

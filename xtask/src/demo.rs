@@ -103,8 +103,12 @@ pub fn run() -> Result<()> {
     .to_vec();
     run_argv(&meshd.exec("demo/web", &curl_args))?;
 
-    step("an unknown caller: `demo/intruder` is not among the backend's AuthorizationPolicy principals");
-    eprintln!("    policies/demo/security.yaml allows only demo/web and demo/downloader, so meshd answers 403:");
+    step(
+        "an unknown caller: `demo/intruder` is not among the backend's AuthorizationPolicy principals",
+    );
+    eprintln!(
+        "    policies/demo/security.yaml allows only demo/web and demo/downloader, so meshd answers 403:"
+    );
     let intruder_args: Vec<String> = [
         "curl",
         "-sS",

@@ -367,7 +367,7 @@ async fn tunnelled(
 /// Istio's TCP metrics and the access-log line of one L4 connection.
 struct TcpRecord {
     labels: TcpLabels,
-    entry: Entry,
+    entry: Entry<'static>,
     start: std::time::Instant,
 }
 
@@ -399,12 +399,12 @@ impl TcpRecord {
                 response_flags: "-".into(),
             },
             entry: Entry {
-                start_time: rfc3339(unix_ms()),
+                start_time: rfc3339(unix_ms()).into(),
                 protocol: "tcp".into(),
-                upstream_cluster: service,
-                upstream_host: upstream.to_string(),
-                source_workload: workload.unwrap_or_default().to_string(),
-                destination_workload: dest_workload.unwrap_or_default(),
+                upstream_cluster: service.into(),
+                upstream_host: upstream.to_string().into(),
+                source_workload: workload.unwrap_or_default().to_string().into(),
+                destination_workload: dest_workload.unwrap_or_default().into(),
                 response_flags: "-".into(),
                 ..Entry::default()
             },
@@ -417,7 +417,7 @@ impl TcpRecord {
         ctx.metrics.istio.tcp_opened(&self.labels);
         ctx.metrics.istio.tcp_closed(&self.labels, 0, 0);
         self.entry.response_flags = e.flag().into();
-        self.entry.reason = e.to_string();
+        self.entry.reason = e.to_string().into();
         self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
         ctx.http.access.log(&self.entry, true);
     }

@@ -1,46 +1,105 @@
 //! The access log: one JSON line per request and per L4 connection, written by a background
 //! thread to stdout or a file. Lines are sampled, except errors (5xx, or any response flag),
-//! which are always written. A full queue drops lines and counts them, never delaying traffic.
+//! which are always written. A request serialises its line into a shared buffer (no allocation,
+//! no system call); the writer thread writes the buffer out every 100 ms, or as soon as it
+//! holds 64 KiB. A full buffer drops lines and counts them, never delaying traffic.
 
 use std::{
+    borrow::Cow,
+    cell::RefCell,
     io::Write,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        mpsc::{SyncSender, TrySendError, sync_channel},
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use serde::Serialize;
 
-/// Lines waiting for the writer thread.
-const QUEUE: usize = 8_192;
+/// How long a line may wait for the writer.
+const FLUSH: Duration = Duration::from_millis(100);
+/// A buffer this full wakes the writer before its time.
+const WAKE_AT: usize = 64 * 1024;
+/// Bytes waiting for the writer; lines beyond this are dropped.
+const MAX_PENDING: usize = 8 * 1024 * 1024;
 
+/// One access-log line. Fields borrow from the request where they can.
 #[derive(Debug, Default, Serialize)]
-pub struct Entry {
-    pub start_time: String,
-    pub method: String,
-    pub path: String,
-    pub protocol: String,
+pub struct Entry<'a> {
+    pub start_time: Cow<'a, str>,
+    pub method: Cow<'a, str>,
+    pub path: Cow<'a, str>,
+    pub protocol: Cow<'a, str>,
     pub response_code: u16,
-    pub response_flags: String,
+    pub response_flags: Cow<'a, str>,
     pub duration_ms: f64,
-    pub upstream_cluster: String,
-    pub upstream_host: String,
-    pub source_workload: String,
-    pub source_principal: String,
-    pub destination_workload: String,
-    pub destination_principal: String,
+    pub upstream_cluster: Cow<'a, str>,
+    pub upstream_host: Cow<'a, str>,
+    pub source_workload: Cow<'a, str>,
+    pub source_principal: Cow<'a, str>,
+    pub destination_workload: Cow<'a, str>,
+    pub destination_principal: Cow<'a, str>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
-    pub request_id: String,
-    pub trace_id: String,
+    pub request_id: Cow<'a, str>,
+    pub trace_id: Cow<'a, str>,
     pub retries: u32,
     /// Why the request was denied or failed; empty when it succeeded.
-    pub reason: String,
+    pub reason: Cow<'a, str>,
+}
+
+/// What the requests and the writer thread share.
+struct Shared {
+    /// Lines not yet written.
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+    /// The destination, and a spare buffer to swap with `pending`. Held while a batch is taken
+    /// and written, so batches leave in order.
+    out: Mutex<(Box<dyn Write + Send>, Vec<u8>)>,
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// Writes whatever is pending.
+    fn write_pending(&self) {
+        let mut out = self.out.lock().expect("access log lock");
+        let (dest, spare) = &mut *out;
+        std::mem::swap(&mut *self.pending.lock().expect("access log lock"), spare);
+        if !spare.is_empty() {
+            let _ = dest.write_all(spare);
+            let _ = dest.flush();
+            spare.clear();
+        }
+    }
+
+    fn writer(&self) {
+        loop {
+            {
+                let pending = self.pending.lock().expect("access log lock");
+                if pending.len() < WAKE_AT && !self.closed.load(Ordering::Relaxed) {
+                    drop(
+                        self.wake
+                            .wait_timeout(pending, FLUSH)
+                            .expect("access log lock"),
+                    );
+                }
+            }
+            self.write_pending();
+            if self.closed.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's line under construction, reused.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    shared: Option<Arc<Shared>>,
     sample: f64,
     pub dropped: AtomicU64,
 }
@@ -74,7 +133,7 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = match target {
             "off" => {
                 return Ok(AccessLog {
-                    tx: None,
+                    shared: None,
                     sample,
                     dropped: AtomicU64::new(0),
                 });
@@ -87,22 +146,23 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
-        let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        Self::to_writer(out, sample)
+    }
+
+    /// Writes to `out` (what `open` does with stdout or a file).
+    pub fn to_writer(out: Box<dyn Write + Send>, sample: f64) -> std::io::Result<AccessLog> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::with_capacity(WAKE_AT * 2)),
+            wake: Condvar::new(),
+            out: Mutex::new((out, Vec::with_capacity(WAKE_AT * 2))),
+            closed: AtomicBool::new(false),
+        });
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || {
-                // Write what is queued in one go, then flush once the queue is empty.
-                while let Ok(line) = rx.recv() {
-                    let _ = writeln!(out, "{line}");
-                    while let Ok(more) = rx.try_recv() {
-                        let _ = writeln!(out, "{more}");
-                    }
-                    let _ = out.flush();
-                }
-            })?;
+            .spawn(move || writer.writer())?;
         Ok(AccessLog {
-            tx: Some(tx),
+            shared: Some(shared),
             sample,
             dropped: AtomicU64::new(0),
         })
@@ -111,28 +171,120 @@ impl AccessLog {
     /// Whether a request's line is written: always for errors, otherwise with the sampling
     /// probability. Decided before the line is built, so unsampled requests cost nothing more.
     pub fn wants(&self, error: bool) -> bool {
-        self.tx.is_some() && (error || self.sample >= 1.0 || fastrand::f64() < self.sample)
+        self.shared.is_some() && (error || self.sample >= 1.0 || fastrand::f64() < self.sample)
     }
 
     /// Queues a line that `wants` accepted.
-    pub fn write(&self, e: &Entry) {
-        let Some(tx) = &self.tx else { return };
-        let line = serde_json::to_string(e).expect("serialisable entry");
-        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn write(&self, e: &Entry<'_>) {
+        let Some(shared) = &self.shared else { return };
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            serde_json::to_writer(&mut *line, e).expect("serialisable entry");
+            line.push(b'\n');
+            let mut pending = shared.pending.lock().expect("access log lock");
+            if pending.len() + line.len() > MAX_PENDING {
+                drop(pending);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let before = pending.len();
+            pending.extend_from_slice(&line);
+            if before < WAKE_AT && pending.len() >= WAKE_AT {
+                shared.wake.notify_one();
+            }
+        });
     }
 
     /// Queues a line: always for errors, otherwise with the sampling probability.
-    pub fn log(&self, e: &Entry, error: bool) {
+    pub fn log(&self, e: &Entry<'_>, error: bool) {
         if self.wants(error) {
             self.write(e);
+        }
+    }
+
+    /// Writes every queued line now (at shutdown, so none is lost).
+    pub fn flush(&self) {
+        if let Some(shared) = &self.shared {
+            shared.write_pending();
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.closed.store(true, Ordering::Relaxed);
+            shared.wake.notify_one();
+            shared.write_pending();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A destination the test can read back.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn entry(path: &str, code: u16) -> Entry<'_> {
+        Entry {
+            path: path.into(),
+            response_code: code,
+            response_flags: "-".into(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn lines_are_json_in_order_and_errors_skip_sampling() {
+        let sink = Sink::default();
+        let log = AccessLog::to_writer(Box::new(sink.clone()), 0.0).unwrap();
+        assert!(!log.wants(false), "sampled out");
+        assert!(log.wants(true), "errors are always written");
+        for i in 0..100 {
+            log.write(&entry(&format!("/{i}"), 200));
+        }
+        log.log(&entry("/ok", 200), false);
+        log.log(&entry("/failed", 503), true);
+        log.flush();
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let paths: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+            .collect();
+        let expected: Vec<String> = (0..100)
+            .map(|i| format!("\"/{i}\""))
+            .chain(["\"/failed\"".to_string()])
+            .collect();
+        assert_eq!(paths, expected);
+        assert!(text.starts_with("{\"start_time\":\"\",\"method\":\"\",\"path\":\"/0\""));
+    }
+
+    #[test]
+    fn the_writer_thread_writes_without_a_flush() {
+        let sink = Sink::default();
+        let log = AccessLog::to_writer(Box::new(sink.clone()), 1.0).unwrap();
+        log.write(&entry("/", 200));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.0.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");

@@ -2,8 +2,10 @@
 //! daemons with the same routes front the same nginx backend, one with telemetry off (no Istio
 //! metrics, no access log, no span export) and one with it on as a node would run it (Istio
 //! metrics, the access log sampled at 1% to a file, 1% of new traces exported to a Zipkin
-//! sink). wrk alternates between them over several rounds, so drift on a shared machine hits
-//! both alike. Writes target/bench/telemetry.md with the on/off throughput ratio (target ≥ 0.9).
+//! sink). Each round starts fresh daemons, rotating the configurations over the daemon slots,
+//! and wrk alternates between them, so drift and load on a shared machine hit both alike.
+//! Writes target/bench/telemetry.md with the on/off throughput ratio (target ≥ 0.9) and
+//! meshd's CPU time per request.
 
 mod sink;
 
@@ -139,13 +141,22 @@ const COMPARED: Config = Config {
     flags: ON.flags,
 };
 
-/// A configuration's daemon and what was measured through it.
-struct Running {
+/// A configuration: its build, its flags, and what was measured through it.
+struct Measured {
     config: &'static Config,
+    binary: PathBuf,
+    /// `meshd run` flags with the access-log path and the sink filled in.
     flags: Vec<String>,
+    log: PathBuf,
+    runs: Vec<Run>,
+    /// meshd_access_log_dropped_total and meshd_trace_spans_dropped_total, over all rounds.
+    dropped: (u64, u64),
+}
+
+/// A meshd started for one round.
+struct Running {
     meshd: Meshd,
     pid: u32,
-    runs: Vec<Run>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -153,14 +164,6 @@ struct Run {
     wrk: Wrk,
     /// meshd's CPU time per request (all its threads).
     cpu_us_per_request: f64,
-}
-
-/// What the daemons reported after the rounds.
-#[derive(Default)]
-struct Output {
-    access_lines: Vec<(String, u64)>,
-    dropped: Vec<(String, String)>,
-    spans: (u64, u64),
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -229,48 +232,89 @@ pub fn run(args: &Args) -> Result<()> {
             c.0 = &OFF;
         }
     }
-    step("starting one meshd per configuration");
-    let mut daemons = Vec::new();
-    for (i, (config, binary)) in configs.into_iter().enumerate() {
-        daemons.push(start(binary, &dir, &policies, i, config)?);
-    }
+    let mut measured: Vec<Measured> = configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (config, binary))| {
+            let log = dir.join(format!("access-{i}.log"));
+            let _ = std::fs::remove_file(&log);
+            let flags = config
+                .flags
+                .iter()
+                .map(|f| {
+                    f.replace("{log}", &log.display().to_string())
+                        .replace("{sink}", &format!("127.0.0.1:{SINK}"))
+                })
+                .collect();
+            Measured {
+                config,
+                binary: binary.to_path_buf(),
+                flags,
+                log,
+                runs: Vec::new(),
+                dropped: (0, 0),
+            }
+        })
+        .collect();
 
-    step("warm-up: 2 s through each meshd");
-    for d in &daemons {
-        let wrap = |argv: Vec<String>| d.meshd.exec(WORKLOAD, &argv);
-        wrk(2, BACKEND_H1, wrap)?;
-        let redirects = d.meshd.counters()?.redirect;
-        if redirects == 0 {
-            bail!(
-                "meshd ({}) did not redirect wrk's connections: the client bypassed it",
-                d.config.name
-            );
-        }
-    }
-
+    let n = measured.len();
     for round in 0..rounds {
+        // Fresh daemons every round, and each configuration in another slot (ports, cgroup,
+        // start order) than the round before: whatever favours one daemon over another
+        // becomes noise that averages out, not a bias.
+        step(&format!(
+            "round {}/{rounds}: starting one meshd per configuration",
+            round + 1
+        ));
+        let mut daemons = Vec::new();
+        for slot in 0..n {
+            let c = (slot + round as usize) % n;
+            let d = start(&measured[c], &dir, &policies, slot)?;
+            daemons.push((c, d));
+        }
+        for (c, d) in &daemons {
+            let wrap = |argv: Vec<String>| d.meshd.exec(WORKLOAD, &argv);
+            wrk(1, BACKEND_H1, wrap)?;
+            if d.meshd.counters()?.redirect == 0 {
+                bail!(
+                    "meshd ({}) did not redirect wrk's connections: the client bypassed it",
+                    measured[*c].config.name
+                );
+            }
+        }
         // Alternate the order (ABBA), so a trend over the run affects each configuration alike.
-        let mut order: Vec<usize> = (0..daemons.len()).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         if round % 2 == 1 {
             order.reverse();
         }
-        for i in order {
-            let d = &mut daemons[i];
+        for slot in order {
+            let (c, d) = &daemons[slot];
             step(&format!(
                 "round {}/{rounds}: telemetry {}",
                 round + 1,
-                d.config.name
+                measured[*c].config.name
             ));
-            let r = measure(d, secs)?;
-            d.runs.push(r);
+            let r = measure(d, secs, measured[*c].config.name)?;
+            measured[*c].runs.push(r);
+        }
+        // Let the access-log writer and the span exporter (batches up to 1 s) flush.
+        std::thread::sleep(Duration::from_millis(1200));
+        for (c, d) in daemons {
+            let (_, metrics) = d.meshd.get("/metrics")?;
+            let counter = |name: &str| {
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map_or(0, |v| v as u64)
+            };
+            measured[c].dropped.0 += counter("meshd_access_log_dropped_total ");
+            measured[c].dropped.1 += counter("meshd_trace_spans_dropped_total ");
+            d.meshd.stop()?;
         }
     }
 
-    let output = collect(&daemons, &dir, &sink)?;
-    let text = markdown(&daemons, &output, secs, &binary);
-    for d in daemons {
-        d.meshd.stop()?;
-    }
+    let text = markdown(&measured, sink.received(), secs, &binary);
     let path = root().join("target/bench/telemetry.md");
     write(&path, &text)?;
     println!("\n{text}");
@@ -278,15 +322,9 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Starts configuration `i`'s meshd on its own ports and cgroup.
-fn start(
-    binary: &Path,
-    dir: &Path,
-    policies: &Path,
-    i: usize,
-    config: &'static Config,
-) -> Result<Running> {
-    let base = 25250 + 10 * i as u16;
+/// Starts a configuration's meshd in `slot` (its ports and cgroup).
+fn start(m: &Measured, dir: &Path, policies: &Path, slot: usize) -> Result<Running> {
+    let base = 25250 + 10 * slot as u16;
     let layout = Layout {
         admin_port: base,
         outbound_port: base + 1,
@@ -297,30 +335,14 @@ fn start(
             "meshd-bench-tel-2",
             "meshd-bench-tel-3",
             "meshd-bench-tel-4",
-        ][i],
+        ][slot],
     };
-    let flags: Vec<String> = config
-        .flags
-        .iter()
-        .map(|f| {
-            f.replace(
-                "{log}",
-                &dir.join(format!("access-{i}.log")).display().to_string(),
-            )
-            .replace("{sink}", &format!("127.0.0.1:{SINK}"))
-        })
-        .collect();
-    for f in &flags {
-        if f.ends_with(".log") {
-            let _ = std::fs::remove_file(f);
-        }
-    }
-    let pidfile = dir.join(format!("meshd-{i}.pid"));
+    let pidfile = dir.join(format!("meshd-{slot}.pid"));
     let _ = std::fs::remove_file(&pidfile);
-    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let extra: Vec<&str> = m.flags.iter().map(String::as_str).collect();
     // `sh` records its pid and execs meshd, so the pid is meshd's.
     let meshd = Meshd::start(
-        binary,
+        &m.binary,
         layout,
         policies,
         &extra,
@@ -333,20 +355,14 @@ fn start(
                 .args(a);
             cmd
         },
-        &dir.join(format!("meshd-{i}.log")),
+        &dir.join(format!("meshd-{slot}.log")),
     )?;
     let pid = std::fs::read_to_string(&pidfile)
         .context("reading meshd's pid file")?
         .trim()
         .parse()
         .context("meshd's pid file")?;
-    Ok(Running {
-        config,
-        flags,
-        meshd,
-        pid,
-        runs: Vec::new(),
-    })
+    Ok(Running { meshd, pid })
 }
 
 /// Nanoseconds PID's threads have run (the scheduler's count, finer than clock ticks).
@@ -365,53 +381,18 @@ fn cpu_ns(pid: u32) -> Result<u64> {
 }
 
 /// One wrk run through a daemon, with the daemon's CPU time over it.
-fn measure(d: &Running, secs: u64) -> Result<Run> {
+fn measure(d: &Running, secs: u64, name: &str) -> Result<Run> {
     let wrap = |argv: Vec<String>| d.meshd.exec(WORKLOAD, &argv);
     let before = cpu_ns(d.pid)?;
     let w = wrk(secs, BACKEND_H1, wrap)?;
     let ns = cpu_ns(d.pid)?.saturating_sub(before);
     if w.errors > 0 {
-        bail!(
-            "wrk saw {} errors through meshd ({})",
-            w.errors,
-            d.config.name
-        );
+        bail!("wrk saw {} errors through meshd ({name})", w.errors);
     }
     Ok(Run {
         wrk: w,
         cpu_us_per_request: ns as f64 / 1e3 / w.requests.max(1) as f64,
     })
-}
-
-/// Access-log lines written, drops, and spans the sink received.
-fn collect(daemons: &[Running], dir: &Path, sink: &Sink) -> Result<Output> {
-    // The writer thread and the span exporter flush within a second.
-    std::thread::sleep(Duration::from_millis(1500));
-    let mut out = Output {
-        spans: sink.received(),
-        ..Output::default()
-    };
-    for d in daemons {
-        if let Some(path) = d.flags.iter().find(|f| f.ends_with(".log")) {
-            let lines = std::fs::read_to_string(path)
-                .map(|t| t.lines().count() as u64)
-                .unwrap_or(0);
-            out.access_lines.push((d.config.name.to_string(), lines));
-        }
-        let (_, metrics) = d.meshd.get("/metrics")?;
-        let dropped: Vec<String> = metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("meshd_access_log_dropped_total ")
-                    || l.starts_with("meshd_trace_spans_dropped_total ")
-            })
-            .map(str::to_string)
-            .collect();
-        out.dropped
-            .push((d.config.name.to_string(), dropped.join(", ")));
-    }
-    write(&dir.join("sink.txt"), &format!("{:?}\n", out.spans))?;
-    Ok(out)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -444,7 +425,7 @@ fn spread(v: &[f64]) -> String {
     )
 }
 
-fn markdown(daemons: &[Running], output: &Output, secs: u64, binary: &Path) -> String {
+fn markdown(daemons: &[Measured], spans: (u64, u64), secs: u64, binary: &Path) -> String {
     let mut t = String::new();
     t.push_str("# meshd telemetry cost\n\n");
     t.push_str(&format!(
@@ -453,8 +434,10 @@ fn markdown(daemons: &[Running], output: &Output, secs: u64, binary: &Path) -> S
          worker, `return 200 \"ok\\n\"`. Each meshd routes with the same VirtualService as \
          `bench http` (retries: 2 on 5xx,connect-failure; 90/10 split over subsets v1/v2 of the \
          same backend); wrk (`-t1 -c32 -d{secs}s`, keep-alive) runs under `meshd exec`, \
-         captured by eBPF. The daemons run side by side and wrk alternates between them, \
-         reversing the order every round; each ratio compares runs of the same round. meshd's \
+         captured by eBPF. Every round starts a fresh meshd per configuration, each in another \
+         slot (ports, cgroup, start order) than the round before, warms each up for 1 s, then \
+         runs wrk through them in turn, reversing the order every other round; each ratio \
+         compares runs of the same round. meshd's \
          CPU time per request is its threads' run time (from the scheduler) over the run, \
          divided by the requests wrk completed: it is far less sensitive than throughput to \
          other load on the machine.\n\n",
@@ -507,33 +490,40 @@ fn markdown(daemons: &[Running], output: &Output, secs: u64, binary: &Path) -> S
         t.push('\n');
     }
 
-    let ratios = |d: &Running| -> Vec<f64> {
+    let ratios = |d: &Measured| -> Vec<f64> {
         d.runs
             .iter()
             .zip(&off.runs)
             .map(|(a, b)| a.wrk.rps / b.wrk.rps)
             .collect()
     };
-    let cpu = |d: &Running| -> Vec<f64> { d.runs.iter().map(|r| r.cpu_us_per_request).collect() };
+    let cpu = |d: &Measured| -> Vec<f64> { d.runs.iter().map(|r| r.cpu_us_per_request).collect() };
+    // Paired like the throughput: the load on the machine moves both runs of a round alike.
+    let cpu_ratios = |d: &Measured| -> Vec<f64> {
+        d.runs
+            .iter()
+            .zip(&off.runs)
+            .map(|(a, b)| b.cpu_us_per_request / a.cpu_us_per_request)
+            .collect()
+    };
     t.push_str(
         "\n## Summary\n\n\
          | telemetry | median req/s | median p99 | meshd CPU µs per request (median) | \
          throughput / off, per round: median (p25–p75; min–max) | \
-         off's CPU per request / this one's (median) |\n\
+         off's CPU per request / this one's, per round: median (p25–p75; min–max) |\n\
          |---|---:|---:|---:|---:|---:|\n",
     );
-    let off_cpu = median(&cpu(off));
     for d in daemons {
         let rps: Vec<f64> = d.runs.iter().map(|r| r.wrk.rps).collect();
         let p99: Vec<f64> = d.runs.iter().map(|r| r.wrk.p99_ns as f64).collect();
-        let c = median(&cpu(d));
         t.push_str(&format!(
-            "| {} | {:.0} | {} | {c:.2} | {} | {:.3} |\n",
+            "| {} | {:.0} | {} | {:.2} | {} | {} |\n",
             d.config.name,
             median(&rps),
             us(median(&p99) as u64),
+            median(&cpu(d)),
             spread(&ratios(d)),
-            off_cpu / c,
+            spread(&cpu_ratios(d)),
         ));
     }
 
@@ -543,22 +533,25 @@ fn markdown(daemons: &[Running], output: &Output, secs: u64, binary: &Path) -> S
         "\n## Target\n\n| target | measured | result |\n|---|---|---|\n\
          | throughput with metrics, sampled access log and 1% tracing ≥ {TARGET}× telemetry off | \
          {ratio:.3}× (median of {rounds} rounds; meshd's CPU per request off/on: {:.3}) | {} |\n",
-        off_cpu / median(&cpu(on)),
+        median(&cpu_ratios(on)),
         if ratio >= TARGET { "PASS" } else { "MISS" }
     ));
 
     t.push_str("\n## Telemetry produced\n\n");
-    for (name, lines) in &output.access_lines {
-        t.push_str(&format!("- {name}: {lines} access-log lines written\n"));
+    for d in daemons {
+        let lines = std::fs::read_to_string(&d.log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if d.flags.iter().any(|f| f.ends_with(".log")) {
+            t.push_str(&format!(
+                "- {}: {lines} access-log lines written; dropped: {} lines, {} spans\n",
+                d.config.name, d.dropped.0, d.dropped.1
+            ));
+        }
     }
     t.push_str(&format!(
         "- the span sink received {} spans in {} batches (all configurations exporting)\n",
-        output.spans.1, output.spans.0
+        spans.1, spans.0
     ));
-    for (name, dropped) in &output.dropped {
-        if !dropped.is_empty() {
-            t.push_str(&format!("- {name}: {dropped}\n"));
-        }
-    }
     t
 }

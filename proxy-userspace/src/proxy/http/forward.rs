@@ -322,23 +322,31 @@ impl Drop for RequestLog {
         }
         if logged {
             self.ctx.access.write(&Entry {
-                start_time: rfc3339(start_unix_us / 1000),
-                method: self.method.to_string(),
-                path: self.path.clone(),
-                protocol: self.version.to_string(),
+                start_time: rfc3339(start_unix_us / 1000).into(),
+                method: self.method.as_str().into(),
+                path: self.path.as_str().into(),
+                protocol: self.version.into(),
                 response_code: status,
-                response_flags: flags.into_owned(),
+                response_flags: flags,
                 duration_ms: (ms * 1000.0).round() / 1000.0,
-                upstream_cluster: destination_service.into_owned(),
-                upstream_host: rec.upstream_host.map(|h| h.to_string()).unwrap_or_default(),
-                source_workload: self.down.workload.clone().unwrap_or_default(),
-                destination_workload: rec.destination_workload.clone().unwrap_or_default(),
+                upstream_cluster: destination_service,
+                upstream_host: rec
+                    .upstream_host
+                    .map(|h| h.to_string())
+                    .unwrap_or_default()
+                    .into(),
+                source_workload: self.down.workload.as_deref().unwrap_or_default().into(),
+                destination_workload: rec
+                    .destination_workload
+                    .as_deref()
+                    .unwrap_or_default()
+                    .into(),
                 bytes_received: self.request_bytes,
                 bytes_sent: self.response_bytes,
-                request_id: self.request_id.as_str().to_string(),
-                trace_id: self.trace.trace_id.to_string(),
+                request_id: self.request_id.as_str().into(),
+                trace_id: self.trace.trace_id.as_str().into(),
                 retries: rec.retries,
-                reason: rec.reason.clone().unwrap_or_default(),
+                reason: rec.reason.as_deref().unwrap_or_default().into(),
                 ..Entry::default()
             });
         }
