@@ -617,3 +617,85 @@ fn garbage_truncated_handshakes_and_stray_connects_fail_cleanly() {
             .contains("no local workload certificate for the requested identity")
     );
 }
+
+/// `cargo test -p meshd --test mtls -- --ignored --nocapture tunnel_benchmark` (as root):
+/// HTTP/1.1 throughput and latency (wrk, 16 connections) from node a to a backend on node b,
+/// through the tunnel and through meshd in plaintext, alternating over 3 rounds in one run.
+/// Writes target/bench/tunnel.md.
+#[test]
+#[ignore = "a benchmark: run it on purpose"]
+fn tunnel_benchmark() {
+    if !ebpf_available("mtls_bench") {
+        return;
+    }
+    let plain = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: plain, namespace: default}\nspec:\n  hosts: [plain.default.svc.cluster.local]\n  addresses: [\"10.213.116.51\"]\n  ports:\n  - {number: 9080, name: http, protocol: HTTP}\n  resolution: STATIC\n  endpoints:\n  - address: 10.213.116.2\n    ports: {http: 8090}\n";
+    let m = mesh_with(
+        "mtls-bench",
+        116,
+        (114, 115),
+        Options {
+            extra: plain,
+            args: &["--access-log", "off"],
+            ..Options::default()
+        },
+    );
+    let b = m.lan.node(1).clone();
+    let _plain_backend = b.run(|| HttpBackend::start(&format!("{}:8090", b.addr)));
+    let wrk = |url: &str| -> (f64, String, String) {
+        let out = m
+            .d_a
+            .exec(
+                "default/productpage",
+                &["wrk", "-t1", "-c16", "-d5s", "--latency", url],
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let field = |prefix: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(prefix))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_string()
+        };
+        let rps = field("Requests/sec:").parse().unwrap_or(0.0);
+        (rps, field("50%"), field("99%"))
+    };
+    let mut rows = Vec::new();
+    for round in 1..=3 {
+        for (name, vip) in [
+            ("plaintext through meshd", "10.213.116.51"),
+            ("mTLS tunnel", "10.213.116.50"),
+        ] {
+            let (rps, p50, p99) = wrk(&format!("http://{vip}:9080/whoami"));
+            eprintln!("round {round}: {name}: {rps:.0} req/s, p50 {p50}, p99 {p99}");
+            rows.push((name, rps, p50, p99));
+        }
+    }
+    let median = |name: &str| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.0 == name).map(|r| r.1).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain_rps, tunnel_rps) = (median("plaintext through meshd"), median("mTLS tunnel"));
+    let mut text = String::from(
+        "# mTLS tunnel vs plaintext through meshd\n\nwrk -t1 -c16, 5 s per run, node a to node b (network namespaces on a bridge), runs alternating.\n\n| round | path | req/s | p50 | p99 |\n| --- | --- | ---: | ---: | ---: |\n",
+    );
+    for (i, (name, rps, p50, p99)) in rows.iter().enumerate() {
+        text.push_str(&format!(
+            "| {} | {name} | {rps:.0} | {p50} | {p99} |\n",
+            i / 2 + 1
+        ));
+    }
+    let handshakes = m
+        .d_b
+        .metric(r#"meshd_tunnel_events_total{event="handshake_ok"}"#);
+    text.push_str(&format!(
+        "\nMedian throughput: tunnel {tunnel_rps:.0} req/s, plaintext {plain_rps:.0} req/s: **{:.2}x**. TLS handshakes on node b for all of it: {handshakes}.\n",
+        tunnel_rps / plain_rps
+    ));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tunnel.md"), &text).unwrap();
+    println!("{text}");
+}

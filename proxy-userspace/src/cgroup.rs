@@ -113,12 +113,21 @@ pub fn pids(dir: &Path) -> Vec<u32> {
 
 /// Empties a cgroup into `refuge` and removes it. Best effort: reports what failed.
 pub fn remove(dir: &Path, refuge: &Path) -> io::Result<()> {
-    for pid in pids(dir) {
-        let _ = move_pid(refuge, pid);
-    }
-    match fs::remove_dir(dir) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    // A process that is still exiting keeps its cgroup busy for a moment: retry for up to 1 s.
+    let mut attempts = 20;
+    loop {
+        for pid in pids(dir) {
+            let _ = move_pid(refuge, pid);
+        }
+        match fs::remove_dir(dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts > 1 => {
+                attempts -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
     }
 }
 
