@@ -1,7 +1,11 @@
 //! The tunnel's client side: one TLS 1.3 + HTTP/2 connection per (node, source identity,
 //! destination identity), reused for every CONNECT stream to that node.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -19,23 +23,24 @@ pub type Stream = TokioIo<hyper::upgrade::Upgraded>;
 pub const REASON_HEADER: &str = "x-meshd-reason";
 
 type Key = (SocketAddr, String, String);
+type Sender = http2::SendRequest<Empty<Bytes>>;
+/// One key's connection; its lock is held while connecting, so concurrent first streams share
+/// one handshake instead of racing to open a connection each.
+type Slot = Arc<tokio::sync::Mutex<Option<Sender>>>;
 
 #[derive(Default)]
 pub struct Clients {
-    conns: Mutex<HashMap<Key, http2::SendRequest<Empty<Bytes>>>>,
+    conns: Mutex<HashMap<Key, Slot>>,
 }
 
 impl Clients {
-    fn cached(&self, key: &Key) -> Option<http2::SendRequest<Empty<Bytes>>> {
-        let mut conns = self.conns.lock().expect("tunnel clients lock");
-        match conns.get(key) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                conns.remove(key);
-                None
-            }
-            None => None,
-        }
+    fn slot(&self, key: Key) -> Slot {
+        self.conns
+            .lock()
+            .expect("tunnel clients lock")
+            .entry(key)
+            .or_default()
+            .clone()
     }
 }
 
@@ -72,14 +77,16 @@ impl Tunnel {
     }
 
     /// The shared HTTP/2 connection for `via`, opened (TCP, TLS 1.3, HTTP/2) when there is none.
-    async fn sender(&self, via: &Via) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+    async fn sender(&self, via: &Via) -> Result<Sender, TunnelError> {
         let key = (
             via.node,
             via.source.to_string(),
             via.destination.to_string(),
         );
-        if let Some(s) = self.clients.cached(&key) {
-            return Ok(s);
+        let slot = self.clients.slot(key);
+        let mut current = slot.lock().await;
+        if let Some(s) = current.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
         }
         let node = via.node;
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(node))
@@ -105,11 +112,7 @@ impl Tunnel {
             }
         });
         tracing::debug!(%node, source = %via.source, destination = %via.destination, "tunnel connection opened");
-        self.clients
-            .conns
-            .lock()
-            .expect("tunnel clients lock")
-            .insert(key, sender.clone());
+        *current = Some(sender.clone());
         Ok(sender)
     }
 }
