@@ -432,6 +432,13 @@ spec:
         log.contains("\"reason\":\"authorization: "),
         "the access log says why"
     );
+    assert!(
+        log.contains("\"source_principal\":\"spiffe://cluster.local/ns/default/sa/productpage\"")
+            && log.contains(
+                "\"destination_principal\":\"spiffe://cluster.local/ns/default/sa/reviews\""
+            ),
+        "the access log names both identities"
+    );
     // TCP: the ALLOW rule needs HTTP fields, so no connection matches it: reset before a byte.
     let out = d
         .exec(

@@ -321,7 +321,10 @@ impl Drop for RequestLog {
             });
         }
         if logged {
+            let (source_principal, destination_principal) = self.principals();
             self.ctx.access.write(&Entry {
+                source_principal: source_principal.into(),
+                destination_principal: destination_principal.into(),
                 start_time: rfc3339(start_unix_us / 1000).into(),
                 method: self.method.as_str().into(),
                 path: self.path.as_str().into(),
@@ -350,6 +353,25 @@ impl Drop for RequestLog {
                 ..Entry::default()
             });
         }
+    }
+}
+
+impl RequestLog {
+    /// The SPIFFE identities of the source workload and of the endpoint's workload, when known.
+    fn principals(&self) -> (String, String) {
+        let snap = self.ctx.config.current();
+        let td = &self.ctx.trust_domain;
+        let source = crate::tunnel::source_identity(td, &snap, self.down.workload.as_deref())
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let destination = self
+            .rec
+            .upstream_host
+            .and_then(|h| snap.compiled.endpoints.get(h))
+            .and_then(|e| crate::identity::SpiffeId::new(td, &e.namespace, &e.service_account).ok())
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        (source, destination)
     }
 }
 
