@@ -429,9 +429,10 @@ spec:
         "{log}"
     );
     assert!(
-        log.contains("\"reason\":\"authorization: "),
+        d.log_shows("\"reason\":\"authorization: "),
         "the access log says why"
     );
+    let log = d.log_text();
     assert!(
         log.contains("\"source_principal\":\"spiffe://cluster.local/ns/default/sa/productpage\"")
             && log.contains(

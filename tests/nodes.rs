@@ -62,11 +62,20 @@ fn two_nodes_talk_over_the_lan() {
         d.metric(REDIRECTS) > redirects,
         "the connect was captured by meshd on node a"
     );
-    let log = d.log_text();
+    // Access-log lines are written within about 100 ms.
+    let logged = support::eventually(std::time::Duration::from_secs(3), || {
+        d.log_text()
+            .lines()
+            .any(|l| {
+                l.contains("\"path\":\"/whoami\"")
+                    && l.contains("\"source_workload\":\"default/client\"")
+            })
+            .then_some(())
+    });
     assert!(
-        log.lines().any(|l| l.contains("\"path\":\"/whoami\"")
-            && l.contains("\"source_workload\":\"default/client\"")),
-        "meshd on node a logged the request:\n{log}"
+        logged.is_some(),
+        "meshd on node a logged the request:\n{}",
+        d.log_text()
     );
     // No tunnel yet: the request crosses the LAN in plaintext.
     let bytes = wire.stop();

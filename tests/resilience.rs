@@ -113,7 +113,7 @@ fn istios_circuit_breaking_task() {
     );
     // Every request got its own upstream connection (maxRequestsPerConnection: 1).
     assert_eq!(v1.accepted(), v1.requests());
-    assert!(d.log_text().contains("\"response_flags\":\"UO\""));
+    assert!(d.log_shows("\"response_flags\":\"UO\""));
     assert_eq!(v2.requests(), 0);
 }
 

@@ -146,6 +146,14 @@ impl Daemon {
         );
     }
 
+    /// Whether the log contains `needle` within 3 s (access-log lines are written in batches).
+    pub fn log_shows(&self, needle: &str) -> bool {
+        eventually(Duration::from_secs(3), || {
+            self.log_text().contains(needle).then_some(())
+        })
+        .is_some()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

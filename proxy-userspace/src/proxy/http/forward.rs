@@ -350,7 +350,6 @@ impl Drop for RequestLog {
                 trace_id: self.trace.trace_id.as_str().into(),
                 retries: rec.retries,
                 reason: rec.reason.as_deref().unwrap_or_default().into(),
-                ..Entry::default()
             });
         }
     }
