@@ -14,8 +14,6 @@ pub struct DatapathMaps {
     pub(super) orig_by_tuple: HashMap<MapData, Endpoint, OrigDst>,
     pub(super) conn_stats: Mutex<PerCpuHashMap<MapData, u64, ConnStats>>,
     pub(super) counters: PerCpuArray<MapData, u64>,
-    /// Both ends of each workload↔meshd hop, when the sockmap fast path is on.
-    pub(super) sockhash: Mutex<Option<aya::maps::SockHash<MapData, proxy_common::SockPair>>>,
 }
 
 /// One socket's kernel counters, summed (traffic) or maxed (snapshots) over CPUs.
@@ -85,24 +83,6 @@ impl DatapathMaps {
         m.get(&cookie, 0)
             .ok()
             .map(|v| ConnCounters::merge(v.iter()))
-    }
-
-    /// Takes both ends of a hop out of the SOCKHASH, so the workload's socket is a plain TCP
-    /// socket again: a reset that follows then reaches its recv() as ECONNRESET.
-    pub fn unsplice(&self, meshd_side: SocketAddr, workload_side: SocketAddr) {
-        let mut guard = self.sockhash.lock().expect("sockhash lock");
-        let Some(hash) = guard.as_mut() else { return };
-        let (m, w) = (endpoint_of(meshd_side), endpoint_of(workload_side));
-        let pair = |local: &Endpoint, remote: &Endpoint| proxy_common::SockPair {
-            local_ip: local.ip,
-            remote_ip: remote.ip,
-            local_port: local.port,
-            remote_port: remote.port,
-            family: local.family,
-            _pad: 0,
-        };
-        let _ = hash.remove(&pair(&m, &w));
-        let _ = hash.remove(&pair(&w, &m));
     }
 
     pub fn forget_conn(&self, cookie: u64) {

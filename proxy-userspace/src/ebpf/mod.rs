@@ -58,6 +58,7 @@ pub enum DatapathError {
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Datapath {
     _ebpf: Ebpf,
+    _sockhash: Option<SockHash<MapData, SockPair>>,
     pub maps: Arc<DatapathMaps>,
 }
 
@@ -137,7 +138,6 @@ impl Datapath {
                 PerCpuHashMap<MapData, u64, proxy_common::ConnStats>,
             >(&mut ebpf, names::CONN_STATS)?),
             counters: take::<PerCpuArray<MapData, u64>>(&mut ebpf, names::COUNTERS)?,
-            sockhash: std::sync::Mutex::new(None),
         });
         // Beat once before attaching, so the first connects are redirected, not failed open.
         maps.beat();
@@ -148,15 +148,21 @@ impl Datapath {
         })?;
         attach_all(&mut ebpf, &cgroup)?;
 
-        if settings.sockmap {
+        let sockhash = if settings.sockmap {
             let sockhash: SockHash<MapData, SockPair> = take(&mut ebpf, names::SOCKHASH)?;
             let prog: &mut SkMsg = program(&mut ebpf, "meshd_sk_msg")?;
             prog.load().map_err(prog_err("meshd_sk_msg", "load"))?;
             prog.attach(sockhash.fd())
                 .map_err(prog_err("meshd_sk_msg", "attach"))?;
-            *maps.sockhash.lock().expect("sockhash lock") = Some(sockhash);
-        }
-        Ok(Datapath { _ebpf: ebpf, maps })
+            Some(sockhash)
+        } else {
+            None
+        };
+        Ok(Datapath {
+            _ebpf: ebpf,
+            _sockhash: sockhash,
+            maps,
+        })
     }
 }
 

@@ -179,7 +179,7 @@ async fn proxy(
     let dst = sockopt::original_dst(&down, ipv6)
         .map_err(|source| OutboundError::NoOriginalDst { peer, source })?;
     if ctx.own.contains(&dst) {
-        reset(ctx, &down, peer);
+        sockopt::set_reset_on_close(&down);
         return Err(OutboundError::Loop(dst));
     }
     let workload = ctx
@@ -196,7 +196,7 @@ async fn proxy(
     {
         Ok(held) => held,
         Err(shed) => {
-            reset(ctx, &down, peer);
+            sockopt::set_reset_on_close(&down);
             ctx.metrics
                 .overflow("workload", &shed.workload, &shed.kind.to_string());
             return Err(shed.into());
@@ -248,7 +248,7 @@ async fn proxy(
         Some(c) => match c.try_slot(Counter::Connections, target.limits.max_connections) {
             Some(slot) => Some(slot),
             None => {
-                reset(ctx, &down, peer);
+                sockopt::set_reset_on_close(&down);
                 ctx.metrics.overflow("cluster", &c.name, "maxConnections");
                 let e = OutboundError::Overflow {
                     cluster: c.name.clone(),
@@ -269,7 +269,7 @@ async fn proxy(
         workload: workload.clone(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
-        reset(ctx, &down, peer);
+        sockopt::set_reset_on_close(&down);
         let e = OutboundError::Denied(reason);
         record.failed(ctx, &e);
         return Err(e);
@@ -278,20 +278,11 @@ async fn proxy(
     drop(snap);
     match via {
         Ok(t) if t.via.is_some() => {
-            return tunnelled(
-                down,
-                peer,
-                &t,
-                &target.limits,
-                record,
-                ctx,
-                workload.as_deref(),
-            )
-            .await;
+            return tunnelled(down, &t, &target.limits, record, ctx, workload.as_deref()).await;
         }
         Ok(_) => {}
         Err(e) => {
-            reset(ctx, &down, peer);
+            sockopt::set_reset_on_close(&down);
             let e = OutboundError::Tunnel(e.to_string());
             record.failed(ctx, &e);
             return Err(e);
@@ -301,7 +292,7 @@ async fn proxy(
     let mut up = match connect_upstream(upstream, after, target.limits.keepalive).await {
         Ok(up) => up,
         Err(failure) => {
-            reset(ctx, &down, peer);
+            sockopt::set_reset_on_close(&down);
             let e = match failure {
                 UpstreamError::ConnectTimeout { dst, after } => {
                     OutboundError::ConnectTimeout { dst, after }
@@ -347,7 +338,6 @@ async fn proxy(
 /// An opaque connection carried through the tunnel to the meshd that fronts its endpoint.
 async fn tunnelled(
     mut down: TcpStream,
-    peer: SocketAddr,
     target: &http::Target,
     limits: &http::Limits,
     record: TcpRecord,
@@ -357,7 +347,7 @@ async fn tunnelled(
     let mut up = match ctx.http.pool.dial(target, limits).await {
         Ok(up) => up,
         Err(failure) => {
-            reset(ctx, &down, peer);
+            sockopt::set_reset_on_close(&down);
             let e = OutboundError::Tunnel(failure.to_string());
             record.failed(ctx, &e);
             return Err(e);
@@ -372,15 +362,6 @@ async fn tunnelled(
     ctx.metrics.bytes(to_up, to_down);
     record.closed(ctx, to_up, to_down);
     Ok(())
-}
-
-/// Makes the downstream connection end with a reset, out of the sockmap first so that the
-/// workload sees ECONNRESET.
-fn reset(ctx: &Outbound, down: &TcpStream, peer: SocketAddr) {
-    if let Ok(local) = down.local_addr() {
-        ctx.maps.unsplice(local, peer);
-    }
-    sockopt::set_reset_on_close(down);
 }
 
 /// Istio's TCP metrics and the access-log line of one L4 connection.
