@@ -75,7 +75,8 @@ pub enum Event {
 
 #[derive(Default)]
 pub struct Detector {
-    hosts: Mutex<HashMap<(String, SocketAddr), Host>>,
+    /// Cluster → endpoint → state; looked up by `&str`, so requests allocate nothing.
+    hosts: Mutex<HashMap<String, HashMap<SocketAddr, Host>>>,
 }
 
 impl Detector {
@@ -88,17 +89,29 @@ impl Detector {
         outcome: Outcome,
         all: &[SocketAddr],
     ) -> Option<Event> {
+        let mut all_hosts = self.hosts.lock().expect("outlier lock");
+        // A success for an endpoint with no history changes nothing: the common case is cheap.
+        if matches!(outcome, Outcome::Status(code) if code < 500)
+            && all_hosts
+                .get(cluster)
+                .is_none_or(|c| !c.contains_key(&addr))
+        {
+            return None;
+        }
         let now = Instant::now();
-        let mut hosts = self.hosts.lock().expect("outlier lock");
+        let hosts = match all_hosts.get_mut(cluster) {
+            Some(c) => c,
+            None => all_hosts.entry(cluster.to_string()).or_default(),
+        };
         let ejected_now = all
             .iter()
             .filter(|a| {
                 hosts
-                    .get(&(cluster.to_string(), **a))
+                    .get(*a)
                     .is_some_and(|h| h.ejected_until.is_some_and(|t| t > now))
             })
             .count();
-        let h = hosts.entry((cluster.to_string(), addr)).or_default();
+        let h = hosts.entry(addr).or_default();
         let tripped = match outcome {
             Outcome::Status(code) if code >= 500 => {
                 h.c5xx += 1;
@@ -154,13 +167,16 @@ impl Detector {
         s: &Settings,
         all: &[SocketAddr],
     ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let mut all_hosts = self.hosts.lock().expect("outlier lock");
+        let Some(hosts) = all_hosts.get_mut(cluster) else {
+            return (all.to_vec(), Vec::new());
+        };
         let now = Instant::now();
-        let mut hosts = self.hosts.lock().expect("outlier lock");
         let mut returned = Vec::new();
         let healthy: Vec<SocketAddr> = all
             .iter()
             .copied()
-            .filter(|a| match hosts.get_mut(&(cluster.to_string(), *a)) {
+            .filter(|a| match hosts.get_mut(a) {
                 Some(h) => match h.ejected_until {
                     Some(t) if t > now => false,
                     Some(_) => {
@@ -199,7 +215,8 @@ impl Detector {
         let hosts = self.hosts.lock().expect("outlier lock");
         let mut out: Vec<EndpointHealth> = hosts
             .iter()
-            .map(|((cluster, endpoint), h)| {
+            .flat_map(|(cluster, c)| c.iter().map(move |(endpoint, h)| (cluster, endpoint, h)))
+            .map(|(cluster, endpoint, h)| {
                 let left = h
                     .ejected_until
                     .map(|t| t.saturating_duration_since(now))

@@ -11,11 +11,14 @@ use crate::policy::model::LocalRateLimit;
 struct Bucket {
     tokens: u64,
     last_fill: Instant,
+    /// The settings it was made with (max tokens, tokens per fill, interval): a bucket whose
+    /// policy changes starts over.
+    settings: (u64, u64, Duration),
 }
 
 #[derive(Default)]
 pub struct Buckets {
-    buckets: Mutex<HashMap<(String, u32, u32, Duration), Bucket>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 /// Buckets kept at most, so descriptor values (say a header) cannot grow memory without bound;
@@ -33,12 +36,20 @@ impl Buckets {
         if buckets.len() >= MAX_BUCKETS {
             buckets.retain(|_, b| b.tokens < max);
         }
-        let b = buckets
-            .entry((key.to_string(), cfg.max_tokens, per_fill as u32, interval))
-            .or_insert(Bucket {
-                tokens: max,
-                last_fill: now,
-            });
+        let settings = (max, per_fill, interval);
+        let fresh = || Bucket {
+            tokens: max,
+            last_fill: now,
+            settings,
+        };
+        // Looked up by reference: the common case allocates nothing.
+        let b = match buckets.get_mut(key) {
+            Some(b) => b,
+            None => buckets.entry(key.to_string()).or_insert_with(fresh),
+        };
+        if b.settings != settings {
+            *b = fresh();
+        }
         let fills = (now - b.last_fill).as_nanos() / interval.as_nanos();
         if fills > 0 {
             b.tokens =
