@@ -5,7 +5,15 @@
 //! `splitExternalLocalOriginErrors`, connect failures, resets and timeouts count separately as
 //! local-origin failures, otherwise they count as 5xx (Envoy's semantics).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -77,6 +85,8 @@ pub enum Event {
 pub struct Detector {
     /// Cluster → endpoint → state; looked up by `&str`, so requests allocate nothing.
     hosts: Mutex<HashMap<String, HashMap<SocketAddr, Host>>>,
+    /// Whether any endpoint has a history yet. Until one fails, requests take no lock at all.
+    tracked: AtomicBool,
 }
 
 impl Detector {
@@ -89,9 +99,13 @@ impl Detector {
         outcome: Outcome,
         all: &[SocketAddr],
     ) -> Option<Event> {
+        let success = matches!(outcome, Outcome::Status(code) if code < 500);
+        if success && !self.tracked.load(Ordering::Acquire) {
+            return None;
+        }
         let mut all_hosts = self.hosts.lock().expect("outlier lock");
         // A success for an endpoint with no history changes nothing: the common case is cheap.
-        if matches!(outcome, Outcome::Status(code) if code < 500)
+        if success
             && all_hosts
                 .get(cluster)
                 .is_none_or(|c| !c.contains_key(&addr))
@@ -111,6 +125,7 @@ impl Detector {
                     .is_some_and(|h| h.ejected_until.is_some_and(|t| t > now))
             })
             .count();
+        self.tracked.store(true, Ordering::Release);
         let h = hosts.entry(addr).or_default();
         let tripped = match outcome {
             Outcome::Status(code) if code >= 500 => {
@@ -167,6 +182,9 @@ impl Detector {
         s: &Settings,
         all: &[SocketAddr],
     ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        if !self.tracked.load(Ordering::Acquire) {
+            return (all.to_vec(), Vec::new());
+        }
         let mut all_hosts = self.hosts.lock().expect("outlier lock");
         let Some(hosts) = all_hosts.get_mut(cluster) else {
             return (all.to_vec(), Vec::new());
