@@ -74,7 +74,7 @@ impl Tunnel {
     }
 
     pub fn identity_of(&self, e: &EndpointIdentity) -> Result<SpiffeId, IdentityError> {
-        SpiffeId::new(&self.trust_domain, &e.namespace, &e.service_account)
+        endpoint_identity(&self.trust_domain, e)
     }
 
     pub fn source_identity(
@@ -108,6 +108,14 @@ pub fn source_identity(
         .and_then(|we| we.spec.service_account.clone())
         .unwrap_or_else(|| "default".into());
     Ok(SpiffeId::new(trust_domain, ns, &sa)?)
+}
+
+/// The SPIFFE identity of the workload behind an endpoint.
+pub fn endpoint_identity(
+    trust_domain: &str,
+    e: &EndpointIdentity,
+) -> Result<SpiffeId, IdentityError> {
+    SpiffeId::new(trust_domain, &e.namespace, &e.service_account)
 }
 
 /// The endpoint's workload when it runs on this node (its `meshd.io/node` names this node, or

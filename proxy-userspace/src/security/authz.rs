@@ -77,6 +77,24 @@ pub struct HttpAttrs<'a> {
     pub headers: &'a dyn HeaderLookup,
 }
 
+impl<'a> HttpAttrs<'a> {
+    /// A request's attributes: the Host header (else the URI's authority), method, and path
+    /// with query.
+    pub fn of<B>(req: &'a hyper::Request<B>) -> HttpAttrs<'a> {
+        HttpAttrs {
+            host: req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .unwrap_or(""),
+            method: req.method().as_str(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            headers: req.headers(),
+        }
+    }
+}
+
 impl std::fmt::Debug for HttpAttrs<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpAttrs")

@@ -3,13 +3,13 @@
 
 use std::{convert::Infallible, sync::Arc};
 
-use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::server::{Inbound, Stream};
 use crate::{
-    proxy::http::{Body, Limits, Target, body},
+    proxy::http::{Body, Limits, Target, access_denied, body, reset_before_headers},
     security::authz::HttpAttrs,
 };
 
@@ -36,16 +36,6 @@ where
     }
 }
 
-fn denied() -> Response<Body> {
-    let mut r = Response::new(body::full("RBAC: access denied"));
-    *r.status_mut() = StatusCode::FORBIDDEN;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
-    );
-    r
-}
-
 async fn request(
     req: Request<Incoming>,
     stream: Arc<Stream>,
@@ -53,19 +43,7 @@ async fn request(
 ) -> Result<Response<Body>, Infallible> {
     let snap = inbound.http.config.current();
     let decision = {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()))
-            .unwrap_or("");
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let attrs = HttpAttrs {
-            host,
-            method: req.method().as_str(),
-            path,
-            headers: req.headers(),
-        };
+        let attrs = HttpAttrs::of(&req);
         snap.compiled
             .authorizer
             .evaluate(&stream.workload(), &stream.context().with_http(&attrs))
@@ -77,7 +55,7 @@ async fn request(
             path = %req.uri().path(), reason = %decision.reason,
             "request denied by authorization policy"
         );
-        return Ok(denied());
+        return Ok(access_denied());
     }
     let h2 = req.version() == hyper::Version::HTTP_2;
     let cluster = inbound
@@ -99,12 +77,7 @@ async fn request(
         Ok(resp) => resp.map(body::boxed),
         Err(e) => {
             tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
-            let mut r = Response::new(body::full(format!(
-                "upstream connect error or disconnect/reset before headers. reset reason: {}",
-                e.reset_reason()
-            )));
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            r
+            reset_before_headers(&e)
         }
     })
 }

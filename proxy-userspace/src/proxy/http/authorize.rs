@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use hyper::{Request, header};
+use hyper::Request;
 
 use super::{Body, Downstream, HttpContext};
 use crate::{
@@ -25,19 +25,7 @@ pub fn request(
     target: SocketAddr,
     req: &Request<Body>,
 ) -> Option<String> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    let attrs = HttpAttrs {
-        host,
-        method: req.method().as_str(),
-        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        headers: req.headers(),
-    };
-    decide(ctx, snap, down, target, Some(&attrs))
+    decide(ctx, snap, down, target, Some(&HttpAttrs::of(req)))
 }
 
 /// Why an opaque connection from `down` to `target` is denied, if it is (Istio's L4 rules).

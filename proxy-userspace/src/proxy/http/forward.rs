@@ -367,7 +367,7 @@ impl RequestLog {
             .rec
             .upstream_host
             .and_then(|h| snap.compiled.endpoints.get(h))
-            .and_then(|e| crate::identity::SpiffeId::new(td, &e.namespace, &e.service_account).ok())
+            .and_then(|e| crate::tunnel::endpoint_identity(td, e).ok())
             .map(|id| id.to_string())
             .unwrap_or_default();
         (source, destination)

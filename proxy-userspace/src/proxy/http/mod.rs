@@ -33,6 +33,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use flags::ResponseFlags;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
+pub use send::{access_denied, reset_before_headers};
 
 /// Settings and shared state of the L7 pipeline.
 pub struct HttpContext {

@@ -158,6 +158,23 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
         ));
     }
     tracing::warn!(error = %e, "upstream request failed");
+    reset_before_headers(e)
+}
+
+/// 403 for a request the destination's AuthorizationPolicy denies, as Envoy's RBAC filter.
+pub fn denied(reason: String, rec: &mut Record) -> Response<Body> {
+    tracing::warn!(reason = %reason, "request denied by authorization policy");
+    rec.reason = Some(format!("authorization: {reason}"));
+    access_denied()
+}
+
+/// Envoy's RBAC denial: 403 `RBAC: access denied`.
+pub fn access_denied() -> Response<Body> {
+    local(403, "RBAC: access denied".into(), None)
+}
+
+/// Envoy's 503 for an upstream that failed before answering, naming the reset reason.
+pub fn reset_before_headers(e: &UpstreamError) -> Response<Body> {
     local(
         503,
         format!(
@@ -166,13 +183,6 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
         ),
         None,
     )
-}
-
-/// 403 for a request the destination's AuthorizationPolicy denies, as Envoy's RBAC filter.
-pub fn denied(reason: String, rec: &mut Record) -> Response<Body> {
-    tracing::warn!(reason = %reason, "request denied by authorization policy");
-    rec.reason = Some(format!("authorization: {reason}"));
-    local(403, "RBAC: access denied".into(), None)
 }
 
 /// A 503 for a request a limit shed (flag UO), marked as Envoy marks it.
