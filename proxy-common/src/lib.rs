@@ -58,7 +58,17 @@ pub struct OrigDst {
     pub _pad: u32,
 }
 
-/// A socket's own 4-tuple, as seen from that socket (local first). Keys the SOCKHASH.
+/// An endpoint qualified by its network namespace (the kernel's netns cookie), so that pods
+/// whose loopback addresses and ports coincide never share a map entry. Keys ORIG_BY_TUPLE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetnsEndpoint {
+    pub netns: u64,
+    pub ep: Endpoint,
+}
+
+/// A socket's own 4-tuple, as seen from that socket (local first), in its network namespace.
+/// Keys the SOCKHASH.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockPair {
@@ -68,6 +78,8 @@ pub struct SockPair {
     pub remote_port: u32,
     pub family: u32,
     pub _pad: u32,
+    /// Network namespace cookie of the socket (both ends of a hop share it).
+    pub netns: u64,
 }
 
 impl SockPair {
@@ -80,6 +92,7 @@ impl SockPair {
             remote_port: self.local_port,
             family: self.family,
             _pad: 0,
+            netns: self.netns,
         }
     }
 }
@@ -185,7 +198,8 @@ const _: () = {
     assert!(core::mem::size_of::<WorkloadRef>() == 8);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<OrigDst>() == 32);
-    assert!(core::mem::size_of::<SockPair>() == 48);
+    assert!(core::mem::size_of::<SockPair>() == 56);
+    assert!(core::mem::size_of::<NetnsEndpoint>() == 32);
     assert!(core::mem::size_of::<ConnStats>() == 64);
 };
 
@@ -199,6 +213,7 @@ mod pod {
     unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for OrigDst {}
     unsafe impl aya::Pod for SockPair {}
+    unsafe impl aya::Pod for NetnsEndpoint {}
     unsafe impl aya::Pod for ConnStats {}
 }
 

@@ -4,11 +4,14 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+        bpf_ktime_get_ns,
+    },
     maps::lpm_trie::Key,
 };
 use proxy_common::{
-    AF_INET, AF_INET6, ConnStats, Counter, Endpoint, OrigDst, ProxyConfig, decide,
+    AF_INET, AF_INET6, ConnStats, Counter, Endpoint, OrigDst, ProxyConfig, WorkloadRef, decide,
     decide::ConnectVerdict,
 };
 
@@ -113,8 +116,7 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
         let _ = CONN_STATS.insert(cookie, ConnStats::default(), 0);
         return Ok(None);
     }
-    // SAFETY: read-only lookup; the value is copied out immediately.
-    let Some(workload) = (unsafe { MANAGED.get(cgroup) }).copied() else {
+    let Some(workload) = managed(cgroup) else {
         return Ok(None);
     };
 
@@ -150,6 +152,31 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
             Ok(Some(cfg))
         }
     }
+}
+
+/// How deep below the root an enrolled cgroup's descendants are searched for.
+const MAX_CGROUP_DEPTH: i32 = 16;
+
+/// The workload of the calling task's cgroup, or of its nearest enrolled ancestor: a pod is
+/// enrolled by its own cgroup while its containers run in child cgroups.
+#[inline(always)]
+fn managed(cgroup: u64) -> Option<WorkloadRef> {
+    // SAFETY: read-only lookups, copied out; the helper is valid in cgroup/connect programs.
+    if let Some(w) = unsafe { MANAGED.get(cgroup) } {
+        return Some(*w);
+    }
+    let mut level = 1;
+    while level < MAX_CGROUP_DEPTH {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 || id == cgroup {
+            return None;
+        }
+        if let Some(w) = unsafe { MANAGED.get(id) } {
+            return Some(*w);
+        }
+        level += 1;
+    }
+    None
 }
 
 #[inline(always)]

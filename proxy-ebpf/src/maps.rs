@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash},
 };
 use proxy_common::{
-    ConnStats, Counter, Endpoint, Ipv4Prefix, Ipv6Prefix, OrigDst, ProxyConfig, SockPair,
+    ConnStats, Counter, Ipv4Prefix, Ipv6Prefix, NetnsEndpoint, OrigDst, ProxyConfig, SockPair,
     WorkloadRef,
 };
 
@@ -19,7 +19,8 @@ pub static CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Managed cgroup id → workload.
+/// Managed cgroup id → workload. A managed cgroup's descendants are managed too (a pod's
+/// containers live in child cgroups of the pod's).
 #[map]
 pub static MANAGED: HashMap<u64, WorkloadRef> = HashMap::with_max_entries(16_384, 0);
 
@@ -37,10 +38,11 @@ pub static EXCLUDED_V6: LpmTrie<Ipv6Prefix, u32> = LpmTrie::with_max_entries(1_0
 #[map]
 pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(CONNECTIONS, 0);
 
-/// Workload socket's local address (= the peer address of meshd's accepted socket) → original
-/// destination, written by sockops when the workload's connect completes.
+/// Workload socket's local address in its network namespace (= the peer address of meshd's
+/// accepted socket) → original destination, written by sockops when the workload's connect
+/// completes.
 #[map]
-pub static ORIG_BY_TUPLE: LruHashMap<Endpoint, OrigDst> =
+pub static ORIG_BY_TUPLE: LruHashMap<NetnsEndpoint, OrigDst> =
     LruHashMap::with_max_entries(CONNECTIONS, 0);
 
 /// Both ends of every workload↔meshd hop, so sk_msg can hand bytes straight across.

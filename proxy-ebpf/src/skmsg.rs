@@ -4,7 +4,9 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS},
+    helpers::bpf_get_netns_cookie,
     programs::SkMsgContext,
 };
 use proxy_common::{AF_INET, AF_INET6, Counter, SockPair};
@@ -54,6 +56,8 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
         remote_port: u32::from_be(rport),
         family,
         _pad: 0,
+        // SAFETY: helper valid for sk_msg programs; both ends of a hop share the namespace.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
     };
     let mut peer = me.peer();
     let ret = SOCKHASH.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64);

@@ -11,11 +11,11 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTT_CB,
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockOpsContext,
 };
 use proxy_common::{
-    AF_INET, AF_INET6, CFG_SOCKMAP, ConnStats, Endpoint, SockPair,
+    AF_INET, AF_INET6, CFG_SOCKMAP, ConnStats, Endpoint, NetnsEndpoint, SockPair,
     decide::{HopSide, hop_side},
 };
 
@@ -78,6 +78,8 @@ pub fn pair(ctx: &SockOpsContext) -> Option<SockPair> {
     } else {
         return None;
     };
+    // SAFETY: helper valid for sock_ops programs; it reads the socket's own namespace.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     Some(SockPair {
         local_ip,
         remote_ip,
@@ -85,6 +87,7 @@ pub fn pair(ctx: &SockOpsContext) -> Option<SockPair> {
         remote_port: u32::from_be(rport),
         family,
         _pad: 0,
+        netns,
     })
 }
 
@@ -101,10 +104,13 @@ fn established(ctx: &SockOpsContext, active: bool) {
             let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(cookie) }).copied() else {
                 return;
             };
-            let me = Endpoint {
-                ip: pair.local_ip,
-                port: pair.local_port,
-                family: pair.family,
+            let me = NetnsEndpoint {
+                netns: pair.netns,
+                ep: Endpoint {
+                    ip: pair.local_ip,
+                    port: pair.local_port,
+                    family: pair.family,
+                },
             };
             let _ = ORIG_BY_TUPLE.insert(me, orig, 0);
             if sockmap {

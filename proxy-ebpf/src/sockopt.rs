@@ -3,8 +3,10 @@
 
 use core::ptr::read_volatile;
 
-use aya_ebpf::programs::SockoptContext;
-use proxy_common::{AF_INET, AF_INET6, Counter, Endpoint, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6};
+use aya_ebpf::{EbpfContext, helpers::bpf_get_netns_cookie, programs::SockoptContext};
+use proxy_common::{
+    AF_INET, AF_INET6, Counter, Endpoint, NetnsEndpoint, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6,
+};
 
 use crate::{counters::bump, maps::ORIG_BY_TUPLE};
 
@@ -46,7 +48,11 @@ pub fn try_getsockopt(ctx: &SockoptContext) {
         return;
     };
     let port = u16::from_be(dport) as u32;
-    let key = Endpoint { ip, port, family };
+    let key = NetnsEndpoint {
+        // SAFETY: helper valid for cgroup/getsockopt; it reads the socket's namespace.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        ep: Endpoint { ip, port, family },
+    };
     // SAFETY: read-only lookup, copied out.
     let Some(orig) = (unsafe { ORIG_BY_TUPLE.get(key) }).copied() else {
         bump(Counter::OrigDstMiss);

@@ -308,7 +308,11 @@ fn serve(
     ebpf::spawn_heartbeat(maps.clone(), settings.heartbeat_timeout);
 
     spawn_watcher(config.clone());
-    let workloads = Arc::new(Registry::new(&cgroups.workloads, maps.clone()));
+    let workloads = Arc::new(Registry::new(
+        &cgroups.attach,
+        &cgroups.workloads,
+        maps.clone(),
+    ));
     let connections = Connections::new(maps.clone());
     let admin = admin_listener.local_addr().expect("bound admin address");
     let outbound: Vec<SocketAddr> = outbound_listeners
@@ -353,11 +357,19 @@ fn serve(
         tracing::info!(addr = ?l.local_addr(), node = ?settings.node_address, "mTLS tunnel listener");
         listeners.spawn(crate::tunnel::serve_inbound(l, inbound, watch.clone()));
     }
+    let pods = Arc::new(crate::pods::Pods::new(
+        workloads.clone(),
+        ctx.clone(),
+        settings.outbound_port,
+        watch.clone(),
+        settings.drain_timeout,
+    ));
     let state = Arc::new(AdminState {
         ready: false.into(),
         settings: settings.clone(),
         maps,
         workloads,
+        pods,
         connections,
         metrics,
         started_unix_ms: crate::proxy::connections::unix_ms(),
@@ -402,6 +414,7 @@ impl App {
         self.state.ready.store(false, Ordering::Relaxed);
         self.drain.start();
         while self.listeners.join_next().await.is_some() {}
+        self.state.pods.drained().await;
         // Access-log lines wait up to 100 ms for the writer: write the last ones now.
         self.state.http.access.flush();
         tracing::info!(deadline = ?self.settings.drain_timeout, "drained; detaching eBPF programs");

@@ -153,6 +153,10 @@ pub struct ExecArgs {
     /// Workload identity as NAMESPACE/NAME.
     #[arg(long)]
     pub workload: String,
+    /// Run CMD in this network namespace (e.g. /run/netns/NAME), as a pod: meshd then listens
+    /// inside it for the workload's redirected connects.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
     /// Admin address of the running daemon.
     #[arg(long, env = ADMIN_ENV, default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,

@@ -1,7 +1,14 @@
 //! `meshd exec --workload NS/NAME -- CMD`: enrol a workload with the running daemon, run CMD in
 //! its managed cgroup, and unenrol when CMD exits.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt, process::ExitCode};
+use std::{
+    ffi::CString,
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    process::ExitCode,
+};
 
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
@@ -28,6 +35,11 @@ enum ExecError {
     Client(#[from] ClientError),
     #[error("meshd refused to enrol the workload ({status}): {body}")]
     Refused { status: StatusCode, body: String },
+    #[error("opening network namespace {path}: {source}")]
+    Netns {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("starting {cmd:?}: {source}")]
     Spawn { cmd: String, source: std::io::Error },
 }
@@ -48,7 +60,22 @@ pub fn run(args: ExecArgs) -> ExitCode {
 
 async fn exec(args: ExecArgs) -> Result<ExitCode, ExecError> {
     let name = WorkloadName::parse(&args.workload)?;
-    let body = serde_json::json!({ "workload": name.to_string() }).to_string();
+    let netns = match &args.netns {
+        Some(p) => Some(
+            std::fs::canonicalize(p)
+                .and_then(|p| std::fs::File::open(&p).map(|f| (p, f)))
+                .map_err(|source| ExecError::Netns {
+                    path: p.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let mut body = serde_json::json!({ "workload": name.to_string() });
+    if let Some((path, _)) = &netns {
+        body["netns"] = path.display().to_string().into();
+    }
+    let body = body.to_string();
     let (status, text) = request_within(
         DEFAULT_TIMEOUT,
         args.admin,
@@ -65,7 +92,8 @@ async fn exec(args: ExecArgs) -> Result<ExitCode, ExecError> {
         body: format!("unreadable answer {text:?}: {e}"),
     })?;
 
-    let result = spawn_and_wait(&args.command, &enrolled.cgroup).await;
+    let ns_fd = netns.as_ref().map(|(_, f)| f.as_raw_fd());
+    let result = spawn_and_wait(&args.command, &enrolled.cgroup, ns_fd).await;
     let path = format!("/workloads/{}", enrolled.id);
     // Short: a daemon that is hung or gone must not hold up the command's exit.
     match request_within(UNENROL_TIMEOUT, args.admin, Method::DELETE, &path, None).await {
@@ -79,6 +107,7 @@ async fn exec(args: ExecArgs) -> Result<ExitCode, ExecError> {
 async fn spawn_and_wait(
     command: &[String],
     cgroup: &std::path::Path,
+    netns: Option<RawFd>,
 ) -> Result<ExitCode, ExecError> {
     use tokio::signal::unix::{SignalKind, signal};
 
@@ -86,8 +115,8 @@ async fn spawn_and_wait(
         CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("path without NUL");
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
-    // SAFETY: the closure only calls async-signal-safe functions (open, write, close) on data
-    // prepared before fork.
+    // SAFETY: the closure only calls async-signal-safe functions (open, write, close, setns)
+    // on data prepared before fork; the namespace descriptor stays open until the child runs.
     unsafe {
         cmd.pre_exec(move || {
             // Writing "0" to cgroup.procs moves the writing process: the child, before exec.
@@ -98,7 +127,15 @@ async fn spawn_and_wait(
             let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
             let err = std::io::Error::last_os_error();
             libc::close(fd);
-            if ok { Ok(()) } else { Err(err) }
+            if !ok {
+                return Err(err);
+            }
+            if let Some(ns) = netns
+                && libc::setns(ns, libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod drain;
 pub mod ebpf;
 pub mod exec;
+pub mod pods;
 pub mod identity;
 pub mod metrics;
 pub mod policy;

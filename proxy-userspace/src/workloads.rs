@@ -26,6 +26,23 @@ pub enum WorkloadError {
         "workload {id}'s cgroup still holds {pids} process(es); it stays enrolled until they exit"
     )]
     Busy { id: u32, pids: usize },
+    #[error(
+        "cgroup {path} is not under meshd's attach cgroup {attach}, so its connects would not \
+         be captured; run meshd with --cgroup set to a common ancestor"
+    )]
+    OutsideAttach { path: PathBuf, attach: PathBuf },
+    #[error("cgroup {0} does not exist")]
+    NoCgroup(PathBuf),
+    #[error("cgroup {path} is already enrolled as workload {workload}")]
+    Duplicate { path: PathBuf, workload: String },
+}
+
+/// Where a workload runs, beyond its name: an existing cgroup to adopt (a pod's, made by the
+/// kubelet) instead of a new one, and the network namespace it lives in (none: the host's).
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    pub cgroup: Option<PathBuf>,
+    pub netns: Option<PathBuf>,
 }
 
 /// A workload identity, `namespace/name`.
@@ -71,9 +88,16 @@ pub struct Workload {
     pub name: String,
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
+    /// The network namespace meshd listens in for this workload (none: the host's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// Whether the cgroup was adopted (meshd neither created it nor removes it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 pub struct Registry {
+    attach: PathBuf,
     dir: PathBuf,
     maps: Arc<DatapathMaps>,
     inner: Mutex<Inner>,
@@ -85,8 +109,9 @@ struct Inner {
 }
 
 impl Registry {
-    pub fn new(dir: &Path, maps: Arc<DatapathMaps>) -> Registry {
+    pub fn new(attach: &Path, dir: &Path, maps: Arc<DatapathMaps>) -> Registry {
         Registry {
+            attach: attach.to_path_buf(),
             dir: dir.to_path_buf(),
             maps,
             inner: Mutex::new(Inner {
@@ -96,14 +121,24 @@ impl Registry {
         }
     }
 
-    /// Creates a managed cgroup for the workload and records it in the eBPF map.
-    pub fn enrol(&self, name: &WorkloadName) -> Result<Workload, WorkloadError> {
+    /// Creates a managed cgroup for the workload (or adopts the given one) and records it in
+    /// the eBPF map.
+    pub fn enrol(&self, name: &WorkloadName, at: &Placement) -> Result<Workload, WorkloadError> {
         let mut inner = self.inner.lock().expect("registry lock");
         let id = inner.next_id;
-        let dir = self
-            .dir
-            .join(format!("{id}-{}.{}", name.namespace, name.name));
-        cgroup::ensure_dir(&dir)?;
+        let (dir, adopted) = match &at.cgroup {
+            Some(dir) => {
+                self.adoptable(dir, &inner)?;
+                (dir.clone(), true)
+            }
+            None => {
+                let dir = self
+                    .dir
+                    .join(format!("{id}-{}.{}", name.namespace, name.name));
+                cgroup::ensure_dir(&dir)?;
+                (dir, false)
+            }
+        };
         let enrolled = cgroup::cgroup_id(&dir)
             .map_err(WorkloadError::from)
             .and_then(|cgroup_id| {
@@ -113,7 +148,9 @@ impl Registry {
         let cgroup_id = match enrolled {
             Ok(c) => c,
             Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
+                if !adopted {
+                    let _ = std::fs::remove_dir(&dir);
+                }
                 return Err(e);
             }
         };
@@ -125,23 +162,55 @@ impl Registry {
             name: name.name.clone(),
             cgroup: dir,
             cgroup_id,
+            netns: at.netns.clone(),
+            adopted,
         };
         inner.by_id.insert(id, w.clone());
-        tracing::info!(workload = %w.workload, id, cgroup = %w.cgroup.display(), "workload enrolled");
+        tracing::info!(
+            workload = %w.workload,
+            id,
+            cgroup = %w.cgroup.display(),
+            netns = ?w.netns,
+            "workload enrolled"
+        );
         Ok(w)
     }
 
-    /// Unenrols a workload whose cgroup has emptied, and removes the cgroup.
+    fn adoptable(&self, dir: &Path, inner: &Inner) -> Result<(), WorkloadError> {
+        if !dir.is_dir() {
+            return Err(WorkloadError::NoCgroup(dir.into()));
+        }
+        if !dir.starts_with(&self.attach) || dir == self.attach {
+            return Err(WorkloadError::OutsideAttach {
+                path: dir.into(),
+                attach: self.attach.clone(),
+            });
+        }
+        if let Some(w) = inner.by_id.values().find(|w| w.cgroup == dir) {
+            return Err(WorkloadError::Duplicate {
+                path: dir.into(),
+                workload: w.workload.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Unenrols a workload. A cgroup meshd created must have emptied first, and is removed; an
+    /// adopted cgroup (a pod's) is left to its owner.
     pub fn remove(&self, id: u32) -> Result<Workload, WorkloadError> {
         let mut inner = self.inner.lock().expect("registry lock");
         let w = inner.by_id.get(&id).ok_or(WorkloadError::Unknown(id))?;
-        let pids = cgroup::pids(&w.cgroup).len();
-        if pids > 0 {
-            return Err(WorkloadError::Busy { id, pids });
+        if !w.adopted {
+            let pids = cgroup::pids(&w.cgroup).len();
+            if pids > 0 {
+                return Err(WorkloadError::Busy { id, pids });
+            }
         }
         let w = inner.by_id.remove(&id).expect("checked above");
         self.maps.unenrol(w.cgroup_id);
-        let _ = std::fs::remove_dir(&w.cgroup);
+        if !w.adopted {
+            let _ = std::fs::remove_dir(&w.cgroup);
+        }
         tracing::info!(workload = %w.workload, id, "workload removed");
         Ok(w)
     }

@@ -25,7 +25,8 @@ use crate::{
     metrics::Metrics,
     proxy::Connections,
     settings::Settings,
-    workloads::{Registry, WorkloadError, WorkloadName},
+    pods::{PodError, Pods},
+    workloads::{Placement, Registry, WorkloadError, WorkloadName},
 };
 
 /// Largest request body the admin API reads.
@@ -36,6 +37,7 @@ pub struct AdminState {
     pub settings: Settings,
     pub maps: Arc<DatapathMaps>,
     pub workloads: Arc<Registry>,
+    pub pods: Arc<Pods>,
     pub connections: Arc<Connections>,
     pub metrics: Arc<Metrics>,
     pub started_unix_ms: u64,
@@ -45,8 +47,15 @@ pub struct AdminState {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EnrolRequest {
     workload: String,
+    /// An existing cgroup to adopt (a pod's) instead of a new one.
+    #[serde(default)]
+    cgroup: Option<std::path::PathBuf>,
+    /// The workload's network namespace (a file such as /run/netns/NAME or /proc/PID/ns/net).
+    #[serde(default)]
+    netns: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -178,7 +187,7 @@ async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
             let Ok(id) = p["/workloads/".len()..].parse::<u32>() else {
                 return error(StatusCode::BAD_REQUEST, "workload id must be a number");
             };
-            match st.workloads.remove(id) {
+            match st.pods.remove(id) {
                 Ok(w) => {
                     st.metrics.workloads.dec();
                     json(StatusCode::OK, &w)
@@ -202,7 +211,9 @@ async fn enrol(req: Request<Incoming>, st: &AdminState) -> Resp {
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"workload\": \"NS/NAME\"}}: {e}"),
+                format!(
+                    "expected {{\"workload\": \"NS/NAME\", \"cgroup\"?: PATH, \"netns\"?: PATH}}: {e}"
+                ),
             );
         }
     };
@@ -210,11 +221,23 @@ async fn enrol(req: Request<Incoming>, st: &AdminState) -> Resp {
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match st.workloads.enrol(&name) {
+    let at = Placement {
+        cgroup: parsed.cgroup,
+        netns: parsed.netns,
+    };
+    match st.pods.enrol(&name, &at) {
         Ok(w) => {
             st.metrics.workloads.inc();
             json(StatusCode::CREATED, &w)
         }
+        Err(
+            e @ (PodError::Netns(_)
+            | PodError::Workload(
+                WorkloadError::OutsideAttach { .. }
+                | WorkloadError::NoCgroup(_)
+                | WorkloadError::Duplicate { .. },
+            )),
+        ) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

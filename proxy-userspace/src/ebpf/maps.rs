@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, sync::Mutex};
 
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
-use proxy_common::{ConnStats, Counter, Endpoint, OrigDst, WorkloadRef};
+use proxy_common::{ConnStats, Counter, NetnsEndpoint, OrigDst, WorkloadRef};
 use serde::Serialize;
 
 use super::{endpoint_of, monotonic_ns};
@@ -11,7 +11,7 @@ use super::{endpoint_of, monotonic_ns};
 pub struct DatapathMaps {
     pub(super) heartbeat: Mutex<Array<MapData, u64>>,
     pub(super) managed: Mutex<HashMap<MapData, u64, WorkloadRef>>,
-    pub(super) orig_by_tuple: HashMap<MapData, Endpoint, OrigDst>,
+    pub(super) orig_by_tuple: HashMap<MapData, NetnsEndpoint, OrigDst>,
     pub(super) conn_stats: Mutex<PerCpuHashMap<MapData, u64, ConnStats>>,
     pub(super) counters: PerCpuArray<MapData, u64>,
 }
@@ -73,9 +73,14 @@ impl DatapathMaps {
         let _ = m.remove(&cgroup_id);
     }
 
-    /// The original destination and workload id recorded for a workload socket address.
-    pub fn orig_dst(&self, workload_side: SocketAddr) -> Option<OrigDst> {
-        self.orig_by_tuple.get(&endpoint_of(workload_side), 0).ok()
+    /// The original destination and workload id recorded for a workload socket address in
+    /// the network namespace with cookie `netns`.
+    pub fn orig_dst(&self, netns: u64, workload_side: SocketAddr) -> Option<OrigDst> {
+        let key = NetnsEndpoint {
+            netns,
+            ep: endpoint_of(workload_side),
+        };
+        self.orig_by_tuple.get(&key, 0).ok()
     }
 
     pub fn conn_counters(&self, cookie: u64) -> Option<ConnCounters> {

@@ -106,6 +106,18 @@ impl OutboundError {
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<Outbound>,
+    drain: drain::Watch,
+    deadline: Duration,
+) {
+    serve_for(listener, None, ctx, drain, deadline).await
+}
+
+/// Like [`serve`], for a listener that only one workload can reach (one opened inside its
+/// network namespace): its connections are that workload's.
+pub async fn serve_for(
+    listener: TcpListener,
+    workload: Option<u32>,
+    ctx: Arc<Outbound>,
     mut drain: drain::Watch,
     deadline: Duration,
 ) {
@@ -116,7 +128,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let ctx = ctx.clone();
-                    conns.spawn(async move { handle(stream, peer, ipv6, ctx).await });
+                    conns.spawn(async move { handle(stream, peer, ipv6, workload, ctx).await });
                 }
                 Err(e) => {
                     warn!(error = %e, "accept failed");
@@ -145,12 +157,18 @@ pub async fn serve(
     }
 }
 
-async fn handle(down: TcpStream, peer: SocketAddr, ipv6: bool, ctx: Arc<Outbound>) {
+async fn handle(
+    down: TcpStream,
+    peer: SocketAddr,
+    ipv6: bool,
+    source: Option<u32>,
+    ctx: Arc<Outbound>,
+) {
     let id = ctx.connections.next_id();
     let span = info_span!("conn", id, %peer);
     async move {
         let down_cookie = sockopt::cookie(&down).unwrap_or(0);
-        match proxy(down, peer, ipv6, down_cookie, id, &ctx).await {
+        match proxy(down, peer, ipv6, source, down_cookie, id, &ctx).await {
             Ok(()) => ctx.metrics.connection_done("ok"),
             Err(e) => {
                 ctx.maps.forget_conn(down_cookie);
@@ -172,6 +190,7 @@ async fn proxy(
     mut down: TcpStream,
     peer: SocketAddr,
     ipv6: bool,
+    source: Option<u32>,
     down_cookie: u64,
     id: u64,
     ctx: &Outbound,
@@ -182,10 +201,14 @@ async fn proxy(
         sockopt::set_reset_on_close(&down);
         return Err(OutboundError::Loop(dst));
     }
-    let workload = ctx
-        .maps
-        .orig_dst(peer)
-        .and_then(|o| ctx.workloads.get(o.workload_id))
+    // A listener inside a workload's namespace names its workload; on the host's, the record
+    // connect4/6 made for the workload's socket does.
+    let source = source.or_else(|| {
+        let netns = crate::pods::netns::cookie(&down).ok()?;
+        ctx.maps.orig_dst(netns, peer).map(|o| o.workload_id)
+    });
+    let workload = source
+        .and_then(|id| ctx.workloads.get(id))
         .map(|w| w.workload);
     // The workload's share of the node proxy, held for the connection's life.
     let _share = match ctx

@@ -1,0 +1,142 @@
+//! Workloads in their own network namespaces (pods): enrolling one records its cgroup and opens
+//! meshd's outbound listener inside its namespace, so a connect that eBPF rewrites to
+//! 127.0.0.1:15001 lands on meshd there; removing it closes them again.
+
+pub mod netns;
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{
+    drain,
+    proxy::outbound::{self, Outbound},
+    workloads::{Placement, Registry, Workload, WorkloadError, WorkloadName},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("serving the listener in {netns}: {source}")]
+    Serve {
+        netns: String,
+        source: std::io::Error,
+    },
+}
+
+/// Enrols and removes workloads, with listeners in their network namespaces.
+pub struct Pods {
+    registry: Arc<Registry>,
+    ctx: Arc<Outbound>,
+    port: u16,
+    drain: drain::Watch,
+    deadline: Duration,
+    serving: Mutex<HashMap<u32, Vec<JoinHandle<()>>>>,
+}
+
+impl Pods {
+    pub fn new(
+        registry: Arc<Registry>,
+        ctx: Arc<Outbound>,
+        port: u16,
+        drain: drain::Watch,
+        deadline: Duration,
+    ) -> Pods {
+        Pods {
+            registry,
+            ctx,
+            port,
+            drain,
+            deadline,
+            serving: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Enrols a workload; with a network namespace, meshd also listens inside it. Nothing is
+    /// left behind when a step fails.
+    pub fn enrol(&self, name: &WorkloadName, at: &Placement) -> Result<Workload, PodError> {
+        let w = self.registry.enrol(name, at)?;
+        let Some(ns) = &w.netns else {
+            return Ok(w);
+        };
+        match self.listen(&w, ns) {
+            Ok(tasks) => {
+                self.serving
+                    .lock()
+                    .expect("pod listeners lock")
+                    .insert(w.id, tasks);
+                Ok(w)
+            }
+            Err(e) => {
+                let _ = self.registry.remove(w.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn listen(&self, w: &Workload, ns: &std::path::Path) -> Result<Vec<JoinHandle<()>>, PodError> {
+        let addrs = [
+            SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, self.port)),
+        ];
+        let listeners = netns::listen_in(ns, &addrs)?;
+        let mut tasks = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            let l = TcpListener::from_std(l).map_err(|source| PodError::Serve {
+                netns: ns.display().to_string(),
+                source,
+            })?;
+            tasks.push(tokio::spawn(outbound::serve_for(
+                l,
+                Some(w.id),
+                self.ctx.clone(),
+                self.drain.clone(),
+                self.deadline,
+            )));
+        }
+        tracing::info!(workload = %w.workload, netns = %ns.display(), port = self.port, "listening in the workload's network namespace");
+        Ok(tasks)
+    }
+
+    /// Unenrols a workload and closes its listeners and their connections.
+    pub fn remove(&self, id: u32) -> Result<Workload, WorkloadError> {
+        let w = self.registry.remove(id)?;
+        if let Some(tasks) = self.serving.lock().expect("pod listeners lock").remove(&id) {
+            for t in tasks {
+                t.abort();
+            }
+        }
+        Ok(w)
+    }
+
+    /// How many workloads have listeners in their own namespace.
+    pub fn listening(&self) -> usize {
+        self.serving.lock().expect("pod listeners lock").len()
+    }
+
+    /// Waits for every namespace listener to drain (after the drain signal).
+    pub async fn drained(&self) {
+        let tasks: Vec<_> = self
+            .serving
+            .lock()
+            .expect("pod listeners lock")
+            .drain()
+            .flat_map(|(_, t)| t)
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
