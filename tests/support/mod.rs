@@ -160,9 +160,19 @@ impl Daemon {
 
     /// GET on the admin API, from the daemon's namespace.
     pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        self.admin_request("GET", path, "")
+    }
+
+    /// Any request on the admin API, from the daemon's namespace.
+    pub fn admin_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
         match &self.node {
-            Some(node) => node.run(|| http_get(self.admin, path)),
-            None => http_get(self.admin, path),
+            Some(node) => node.run(|| http_request(self.admin, method, path, body)),
+            None => http_request(self.admin, method, path, body),
         }
     }
 
@@ -177,6 +187,24 @@ impl Daemon {
             workload,
             "--",
         ])
+        .args(args);
+        c
+    }
+
+    /// `meshd exec --workload WORKLOAD --netns NETNS -- ARGS`: ARGS runs as a pod, in its own
+    /// network namespace, where meshd listens for its redirected connects.
+    pub fn exec_in(&self, workload: &str, netns: &Path, args: &[&str]) -> Command {
+        let mut c = meshd_command(self.node.as_ref());
+        c.args([
+            "exec",
+            "--admin",
+            &self.admin.to_string(),
+            "--workload",
+            workload,
+        ])
+        .arg("--netns")
+        .arg(netns)
+        .arg("--")
         .args(args);
         c
     }
@@ -302,9 +330,23 @@ pub fn pids_in(dir: &Path) -> Vec<String> {
 
 /// A minimal HTTP/1.0 GET, enough for the admin API.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, "")
+}
+
+/// A minimal HTTP/1.0 request with a body, enough for the admin API.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf

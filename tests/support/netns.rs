@@ -7,6 +7,7 @@
 //! need to be unique inside one namespace, so parallel tests never clash on them.
 
 pub mod capture;
+pub mod pods;
 
 pub use capture::Capture;
 
@@ -119,20 +120,25 @@ impl Node {
     /// Runs `f` on a fresh thread that has entered this node's namespace: sockets it opens,
     /// and threads it starts (a tokio runtime's workers), live in the node.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = self.ns.clone();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let file = open_namespace(&ns);
-                // SAFETY: setns on an open namespace file; it only changes this thread.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    panic!("entering {ns}: {}", std::io::Error::last_os_error());
-                }
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        enter(&self.ns, f)
     }
+}
+
+/// Runs `f` on a fresh thread that has entered namespace `ns`.
+fn enter<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let ns = ns.to_string();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let file = open_namespace(&ns);
+            // SAFETY: setns on an open namespace file; it only changes this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                panic!("entering {ns}: {}", std::io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// `program` as a command that runs in namespace `ns`. It enters only the network namespace,

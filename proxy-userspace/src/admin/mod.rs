@@ -23,9 +23,9 @@ use tokio::net::TcpListener;
 use crate::{
     ebpf::DatapathMaps,
     metrics::Metrics,
+    pods::{PodError, Pods},
     proxy::Connections,
     settings::Settings,
-    pods::{PodError, Pods},
     workloads::{Placement, Registry, WorkloadError, WorkloadName},
 };
 

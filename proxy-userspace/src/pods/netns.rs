@@ -16,7 +16,9 @@ use socket2::{Domain, Socket, Type};
 pub enum NetnsError {
     #[error("opening network namespace {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("entering network namespace {path} (is it a netns file such as /run/netns/NAME or /proc/PID/ns/net?): {source}")]
+    #[error(
+        "entering network namespace {path} (is it a netns file such as /run/netns/NAME or /proc/PID/ns/net?): {source}"
+    )]
     Enter { path: PathBuf, source: io::Error },
     #[error("binding {addr} in network namespace {path}: {source}")]
     Bind {
@@ -131,8 +133,11 @@ mod tests {
 
     #[test]
     fn a_file_that_is_no_namespace_is_refused() {
-        let e = listen_in(Path::new("/proc/self/status"), &["127.0.0.1:0".parse().unwrap()])
-            .unwrap_err();
+        let e = listen_in(
+            Path::new("/proc/self/status"),
+            &["127.0.0.1:0".parse().unwrap()],
+        )
+        .unwrap_err();
         assert!(matches!(e, NetnsError::Enter { .. }), "{e}");
     }
 }

@@ -1,0 +1,521 @@
+//! Pods in their own network namespaces, as on a Kubernetes node: meshd runs in the node's
+//! namespace and opens its outbound listener inside each enrolled pod's, so a connect that eBPF
+//! rewrites to 127.0.0.1:15001 lands on meshd although 127.0.0.1 is the pod's own loopback.
+
+mod support;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use support::{
+    Daemon, MESHD, ebpf_available, eventually,
+    http_backend::HttpBackend,
+    netns::{Lan, Node, capture::contains, pods::Pod},
+};
+
+const REDIRECTS: &str = r#"meshd_ebpf_events_total{event="redirect"}"#;
+const SOCKMAP: &str = r#"meshd_ebpf_events_total{event="sockmap_redirect"}"#;
+const VIP: &str = "10.96.0.50";
+
+/// reviews v1 and v2 as pods behind the VIP, productpage as a pod, and `routes` as the
+/// VirtualService's `http:` list.
+fn policies(client: &Pod, v1: &Pod, v2: &Pod, routes: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: productpage, namespace: default}}
+spec:
+  address: {c}
+  serviceAccount: productpage
+  labels: {{app: productpage}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-v1, namespace: default}}
+spec:
+  address: {v1}
+  ports: {{http: 8080}}
+  labels: {{app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-v2, namespace: default}}
+spec:
+  address: {v2}
+  ports: {{http: 8080}}
+  labels: {{app: reviews, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: ["{VIP}"]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  workloadSelector:
+    labels: {{app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  http:
+{routes}"#,
+        c = client.addr,
+        v1 = v1.addr,
+        v2 = v2.addr,
+    )
+}
+
+const JASON_TO_V2: &str = r#"  - match:
+    - headers:
+        end-user: {exact: jason}
+    route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v2}
+  - route:
+    - destination: {host: reviews.default.svc.cluster.local, subset: v1}
+"#;
+
+fn config(name: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshd-test-{name}-policies"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mesh.yaml"), yaml).unwrap();
+    dir
+}
+
+fn start(node: &Node, name: &str, slot: u16, config: &Path) -> Daemon {
+    let config = config.display().to_string();
+    Daemon::start_on(node, name, slot, &["--config", &config])
+}
+
+/// curl from `pod` as `workload`; returns `CODE BODY`.
+fn curl(d: &Daemon, workload: &str, pod: &Pod, args: &[&str]) -> String {
+    let url = format!("http://{VIP}:9080/whoami");
+    let mut full = vec!["curl", "-sS", "--max-time", "10"];
+    full.extend_from_slice(args);
+    full.extend(["-w", " %{http_code}", &url]);
+    let out = d.exec_in(workload, &pod.netns(), &full).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once(' ').unwrap_or(("", &text));
+    format!(
+        "{code} {} {}",
+        body.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+fn listening_in(pod: &Pod, port: u16) -> bool {
+    pod.run(|| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    })
+}
+
+#[test]
+fn two_pods_talk_through_meshd_with_l7_policy() {
+    if !ebpf_available("pods") {
+        return;
+    }
+    let lan = Lan::new("pods-l7", 120, 1);
+    let node = lan.node(0);
+    node.pod_network(120);
+    let (client, p1, p2) = (
+        node.add_pod(120, 10),
+        node.add_pod(120, 11),
+        node.add_pod(120, 12),
+    );
+    let v1 = p1.run(|| HttpBackend::start("0.0.0.0:8080"));
+    let v2 = p2.run(|| HttpBackend::start("0.0.0.0:8080"));
+    let cfg = config("pods-l7", &policies(&client, &p1, &p2, JASON_TO_V2));
+    let d = start(node, "pods-l7", 120, &cfg);
+    let (redirects, sockmap) = (d.metric(REDIRECTS), d.metric(SOCKMAP));
+
+    let jason = curl(
+        &d,
+        "default/productpage",
+        &client,
+        &["-H", "end-user: jason"],
+    );
+    assert!(jason.starts_with("200 "), "{jason}\n{}", d.log_text());
+    assert_eq!((v1.requests(), v2.requests()), (0, 1), "jason goes to v2");
+    let other = curl(&d, "default/productpage", &client, &[]);
+    assert!(other.starts_with("200 "), "{other}");
+    assert_eq!(
+        (v1.requests(), v2.requests()),
+        (1, 1),
+        "everyone else to v1"
+    );
+    // Upstream connections leave from the node's namespace: the backend sees the node's
+    // address on the pod network, not the client pod's.
+    assert!(
+        other.contains("\"peer\":\"10.214.120.1:"),
+        "the backend saw the node's pod-network address: {other}"
+    );
+    assert!(d.metric(REDIRECTS) >= redirects + 2.0);
+    assert!(
+        d.metric(SOCKMAP) > sockmap,
+        "the pod↔meshd hop went through the sockmap inside the pod's namespace"
+    );
+    let logged = eventually(Duration::from_secs(3), || {
+        d.log_text()
+            .lines()
+            .any(|l| {
+                l.contains("\"path\":\"/whoami\"")
+                    && l.contains("\"source_workload\":\"default/productpage\"")
+            })
+            .then_some(())
+    });
+    assert!(logged.is_some(), "the pod is the source:\n{}", d.log_text());
+    // A process of the pod outside meshd exec is not captured: the listener is gone with the
+    // workload, and the pod's loopback has nothing on meshd's port.
+    let port = support::ports(120).1;
+    assert!(!listening_in(&client, port), "no listener left in the pod");
+}
+
+#[test]
+fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
+    if !ebpf_available("pods") {
+        return;
+    }
+    let lan = Lan::new("pods-api", 121, 1);
+    let node = lan.node(0);
+    node.pod_network(121);
+    let (client, server) = (node.add_pod(121, 10), node.add_pod(121, 11));
+    let v1 = server.run(|| HttpBackend::start("0.0.0.0:8080"));
+    let cfg = config(
+        "pods-api",
+        &policies(&client, &server, &server, JASON_TO_V2),
+    );
+    let d = start(node, "pods-api", 121, &cfg);
+    let port = support::ports(121).1;
+
+    // The pod's cgroup, as a kubelet would make it: with the containers in child cgroups.
+    let pod_cgroup = d.cgroup.join("kubepods").join("pod-productpage");
+    let container = pod_cgroup.join("container-1");
+    std::fs::create_dir_all(&container).unwrap();
+    let body = serde_json::json!({
+        "workload": "default/productpage",
+        "cgroup": pod_cgroup,
+        "netns": client.netns(),
+    })
+    .to_string();
+    let (status, text) = d.admin_request("POST", "/workloads", &body).unwrap();
+    assert_eq!(status, 201, "{text}");
+    let w: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(w["adopted"], true, "{w}");
+    assert!(listening_in(&client, port), "meshd listens in the pod");
+
+    // A process in the container's cgroup, in the pod's namespace, is captured.
+    let mut curl = client.command("curl");
+    curl.args(["-sS", "--max-time", "10", "-w", " %{http_code}"])
+        .arg(format!("http://{VIP}:9080/whoami"));
+    let procs = container.join("cgroup.procs");
+    // SAFETY: the closure writes to a file between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        curl.pre_exec(move || std::fs::write(&procs, "0"));
+    }
+    let out = curl.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with(" 200"), "{text}\n{}", d.log_text());
+    assert_eq!(v1.requests(), 1);
+
+    // Bad enrolments are refused with the reason, and change nothing.
+    let missing = serde_json::json!({"workload": "default/x", "netns": "/run/netns/meshd-nope"});
+    let (status, text) = d
+        .admin_request("POST", "/workloads", &missing.to_string())
+        .unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("/run/netns/meshd-nope"), "{text}");
+    let outside =
+        serde_json::json!({"workload": "default/x", "cgroup": d.cgroup.parent().unwrap()});
+    let (status, text) = d
+        .admin_request("POST", "/workloads", &outside.to_string())
+        .unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("attach cgroup"), "{text}");
+    let (status, text) = d.admin_request("POST", "/workloads", &body).unwrap();
+    assert_eq!(status, 400, "a cgroup is enrolled once: {text}");
+
+    // Pod deleted: listener and enrolment go, the kubelet's cgroup stays.
+    let id = w["id"].as_u64().unwrap();
+    let (status, text) = d
+        .admin_request("DELETE", &format!("/workloads/{id}"), "")
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(!listening_in(&client, port), "the pod's listener is closed");
+    assert_eq!(d.get("/workloads").trim(), "[]");
+    assert!(
+        pod_cgroup.exists(),
+        "an adopted cgroup is left to its owner"
+    );
+    // The cgroup is no longer managed: its connects go straight to their destination.
+    let redirects = d.metric(REDIRECTS);
+    let mut direct = client.command("curl");
+    direct
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{}:8080/whoami", server.addr));
+    let procs = container.join("cgroup.procs");
+    // SAFETY: as above.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        direct.pre_exec(move || std::fs::write(&procs, "0"));
+    }
+    let out = direct.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(
+        d.metric(REDIRECTS),
+        redirects,
+        "not redirected after removal"
+    );
+    let _ = std::fs::remove_dir(&container);
+    let _ = std::fs::remove_dir(&pod_cgroup);
+    let _ = std::fs::remove_dir(pod_cgroup.parent().unwrap());
+}
+
+#[test]
+fn fifty_pods_enrolled_at_once_stay_correct_and_bounded() {
+    if !ebpf_available("pods") {
+        return;
+    }
+    const PODS: u8 = 50;
+    let lan = Lan::new("pods-fifty", 122, 1);
+    let node = lan.node(0);
+    node.pod_network(122);
+    let server = node.add_pod(122, 2);
+    let backend = server.run(|| HttpBackend::start("0.0.0.0:8080"));
+    let pods: Vec<Pod> = (0..PODS).map(|i| node.add_pod(122, 10 + i)).collect();
+    let cfg = config(
+        "pods-fifty",
+        &policies(&pods[0], &server, &server, JASON_TO_V2),
+    );
+    let d = start(node, "pods-fifty", 122, &cfg);
+    let rss_before = rss_kib(d.pid());
+
+    // Every pod waits for the go file, then makes one request through its own listener.
+    let go = std::env::temp_dir().join("meshd-test-pods-fifty-go");
+    let _ = std::fs::remove_file(&go);
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; \
+         curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}' http://{VIP}:9080/whoami",
+        go = go.display()
+    );
+    let children: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let workload = format!("default/pod-{i}");
+            let mut c = d.exec_in(&workload, &p.netns(), &["sh", "-c", &script]);
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    let enrolled = eventually(Duration::from_secs(30), || {
+        let list: serde_json::Value = serde_json::from_str(&d.get("/workloads")).ok()?;
+        (list.as_array()?.len() == PODS as usize).then_some(())
+    });
+    assert!(enrolled.is_some(), "{}", d.get("/workloads"));
+    let rss_enrolled = rss_kib(d.pid());
+    std::fs::write(&go, "").unwrap();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "pod {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_file(&go);
+    assert_eq!(backend.requests(), PODS as usize);
+    // Each request is attributed to the pod it came from.
+    let attributed = eventually(Duration::from_secs(3), || {
+        let log = d.log_text();
+        (0..PODS)
+            .all(|i| log.contains(&format!("\"source_workload\":\"default/pod-{i}\"")))
+            .then_some(())
+    });
+    assert!(attributed.is_some(), "{}", d.log_text());
+    // Every exec unenrolled its pod on exit: nothing is left listening.
+    let emptied = eventually(Duration::from_secs(10), || {
+        (d.get("/workloads").trim() == "[]").then_some(())
+    });
+    assert!(emptied.is_some(), "{}", d.get("/workloads"));
+    let port = support::ports(122).1;
+    assert!(pods.iter().all(|p| !listening_in(p, port)));
+    let per_pod = rss_enrolled.saturating_sub(rss_before) / PODS as u64;
+    eprintln!(
+        "meshd RSS: {rss_before} KiB idle, {rss_enrolled} KiB with {PODS} pods ({per_pod} KiB per pod)"
+    );
+    assert!(
+        rss_enrolled < rss_before + 64 * 1024,
+        "50 pods cost {} KiB",
+        rss_enrolled - rss_before
+    );
+}
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_pod_reaches_a_pod_on_another_node_through_the_tunnel() {
+    if !ebpf_available("pods") {
+        return;
+    }
+    let lan = Lan::new("pods-nodes", 123, 2);
+    let (a, b) = (lan.node(0), lan.node(1));
+    a.pod_network(123);
+    b.pod_network(123);
+    let (client, server) = (a.add_pod(123, 10), b.add_pod(123, 20));
+    let backend = server.run(|| HttpBackend::start("0.0.0.0:8080"));
+    let (slot_a, slot_b) = (123, 124);
+    let on_b = format!(
+        "meshd.io/node: \"{}\", meshd.io/tunnel-port: \"{}\"",
+        b.addr,
+        support::ports(slot_b).2
+    );
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: productpage, namespace: default}}
+spec:
+  address: {c}
+  serviceAccount: productpage
+  labels: {{app: productpage, meshd.io/node: "{a}", meshd.io/tunnel-port: "{pa}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  address: {s}
+  serviceAccount: reviews
+  ports: {{http: 8080}}
+  labels: {{app: reviews, {on_b}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: ["{VIP}"]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  workloadSelector:
+    labels: {{app: reviews}}
+"#,
+        c = client.addr,
+        s = server.addr,
+        a = a.addr,
+        pa = support::ports(slot_a).2,
+    );
+    let cfg = config("pods-nodes", &yaml);
+    let ca = std::env::temp_dir().join("meshd-test-pods-nodes-ca");
+    let _ = std::fs::remove_dir_all(&ca);
+    let out = std::process::Command::new(MESHD)
+        .args(["ca", "init", "--dir"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = |node: &Node, name: &str, slot: u16| {
+        let (cfg, ca) = (cfg.display().to_string(), ca.display().to_string());
+        let addr = node.addr.to_string();
+        Daemon::start_on(
+            node,
+            name,
+            slot,
+            &["--config", &cfg, "--ca-dir", &ca, "--node-address", &addr],
+        )
+    };
+    let d_a = daemon(a, "pods-nodes-a", slot_a);
+    let _d_b = daemon(b, "pods-nodes-b", slot_b);
+    let wire = lan.capture(b);
+
+    let got = curl(&d_a, "default/productpage", &client, &[]);
+    assert!(got.starts_with("200 "), "{got}\n{}", d_a.log_text());
+    assert_eq!(backend.requests(), 1);
+    let bytes = wire.stop();
+    assert!(!bytes.is_empty(), "the request crossed b's wire");
+    assert!(
+        !contains(&bytes, b"GET /whoami"),
+        "no plaintext on the wire between the nodes"
+    );
+    let logged = eventually(Duration::from_secs(3), || {
+        d_a.log_text()
+            .lines()
+            .any(|l| {
+                l.contains("\"path\":\"/whoami\"")
+                    && l.contains("spiffe://cluster.local/ns/default/sa/reviews")
+            })
+            .then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "the peer's identity was verified:\n{}",
+        d_a.log_text()
+    );
+}
+
+#[test]
+fn exec_refuses_a_missing_namespace() {
+    if !ebpf_available("pods") {
+        return;
+    }
+    let out = std::process::Command::new(MESHD)
+        .args([
+            "exec",
+            "--admin",
+            "127.0.0.1:1",
+            "--workload",
+            "default/x",
+            "--netns",
+            "/run/netns/meshd-no-such-pod",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/run/netns/meshd-no-such-pod"), "{err}");
+}
