@@ -185,8 +185,40 @@ fn two_pods_talk_through_meshd_with_l7_policy() {
             .then_some(())
     });
     assert!(logged.is_some(), "the pod is the source:\n{}", d.log_text());
-    // A process of the pod outside meshd exec is not captured: the listener is gone with the
-    // workload, and the pod's loopback has nothing on meshd's port.
+    // Loopback inside the pod is the pod's own: a managed connect to 127.0.0.1 stays there.
+    let sidecar = client.run(|| HttpBackend::start("127.0.0.1:7070"));
+    let redirects = d.metric(REDIRECTS);
+    let out = d
+        .exec_in(
+            "default/productpage",
+            &client.netns(),
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:7070/whoami",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sidecar.requests(), 1);
+    assert_eq!(
+        d.metric(REDIRECTS),
+        redirects,
+        "pod loopback is not redirected"
+    );
+    // The listener is gone with the workload: the pod's loopback has nothing on meshd's port.
     let port = support::ports(120).1;
     assert!(!listening_in(&client, port), "no listener left in the pod");
 }

@@ -30,6 +30,24 @@ pub fn connect_verdict(excluded: bool, stale: bool, fail_closed: bool) -> Connec
     }
 }
 
+/// Whether an address, as the kernel hands it over (`ip[0]` for IPv4; words in network byte
+/// order), is loopback: 127.0.0.0/8, ::1 or ::ffff:127.0.0.0/104.
+pub fn is_loopback(family: u32, ip: &[u32; 4]) -> bool {
+    let v4 = |w: u32| w.to_ne_bytes()[0] == 127;
+    if family == crate::AF_INET {
+        return v4(ip[0]);
+    }
+    let mapped = ip[0] == 0 && ip[1] == 0 && ip[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    (ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == u32::from_ne_bytes([0, 0, 0, 1]))
+        || (mapped && v4(ip[3]))
+}
+
+/// A connect to loopback from a namespace other than meshd's stays where it is: inside a pod,
+/// 127.0.0.1 is the pod's own containers, never another workload.
+pub fn stays_in_pod(loopback: bool, in_meshd_netns: bool) -> bool {
+    loopback && !in_meshd_netns
+}
+
 /// Whether a socket 4-tuple is one end of the workload↔meshd hop on the outbound listener:
 /// either the workload's socket (remote port is the listener) or meshd's accepted socket
 /// (local port is the listener).
@@ -66,6 +84,31 @@ mod tests {
         assert!(heartbeat_stale(2_001, 1_000, 1_000));
         // A heartbeat written after `now` was read (clock race) is fresh, not stale.
         assert!(!heartbeat_stale(900, 1_000, 1_000));
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        let v4 = |a: [u8; 4]| [u32::from_ne_bytes(a), 0, 0, 0];
+        assert!(is_loopback(crate::AF_INET, &v4([127, 0, 0, 1])));
+        assert!(is_loopback(crate::AF_INET, &v4([127, 9, 8, 7])));
+        assert!(!is_loopback(crate::AF_INET, &v4([10, 0, 0, 127])));
+        let one = u32::from_ne_bytes([0, 0, 0, 1]);
+        assert!(is_loopback(crate::AF_INET6, &[0, 0, 0, one]));
+        assert!(!is_loopback(crate::AF_INET6, &[one, 0, 0, one]));
+        let ffff = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        let lo = u32::from_ne_bytes([127, 0, 0, 1]);
+        assert!(is_loopback(crate::AF_INET6, &[0, 0, ffff, lo]));
+        assert!(!is_loopback(
+            crate::AF_INET6,
+            &[0, 0, ffff, u32::from_ne_bytes([10, 0, 0, 1])]
+        ));
+    }
+
+    #[test]
+    fn loopback_stays_in_a_pod_only() {
+        assert!(stays_in_pod(true, false));
+        assert!(!stays_in_pod(true, true));
+        assert!(!stays_in_pod(false, false));
     }
 
     #[test]

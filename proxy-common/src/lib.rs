@@ -29,6 +29,9 @@ pub struct ProxyConfig {
     pub outbound_port: u32,
     /// `CFG_*` bits.
     pub flags: u32,
+    /// Cookie of meshd's network namespace. Loopback connects from any other namespace (a
+    /// pod's) stay in it.
+    pub meshd_netns: u64,
 }
 
 /// A managed cgroup's entry: which workload the cgroup's sockets belong to.
@@ -194,7 +197,7 @@ pub mod maps {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<ProxyConfig>() == 24);
+    assert!(core::mem::size_of::<ProxyConfig>() == 32);
     assert!(core::mem::size_of::<WorkloadRef>() == 8);
     assert!(core::mem::size_of::<Endpoint>() == 24);
     assert!(core::mem::size_of::<OrigDst>() == 32);

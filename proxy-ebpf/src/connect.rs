@@ -5,8 +5,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-        bpf_ktime_get_ns,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+        bpf_get_socket_cookie, bpf_ktime_get_ns,
     },
     maps::lpm_trie::Key,
 };
@@ -119,6 +119,15 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
     let Some(workload) = managed(cgroup) else {
         return Ok(None);
     };
+    // SAFETY: helper valid for sock_addr programs; it reads the socket's namespace.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if decide::stays_in_pod(
+        decide::is_loopback(dst.family, &dst.ip),
+        netns == cfg.meshd_netns,
+    ) {
+        bump(Counter::Excluded);
+        return Ok(None);
+    }
 
     let now = unsafe { bpf_ktime_get_ns() };
     let beat = HEARTBEAT.get(0).copied().unwrap_or(0);

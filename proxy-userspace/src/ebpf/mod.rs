@@ -53,6 +53,8 @@ pub enum DatapathError {
         path: String,
         source: std::io::Error,
     },
+    #[error("reading meshd's network namespace cookie (SO_NETNS_COOKIE needs Linux 5.14+): {0}")]
+    NetnsCookie(#[source] std::io::Error),
 }
 
 /// The loaded and attached programs. Dropping it detaches everything.
@@ -108,6 +110,7 @@ impl Datapath {
             heartbeat_timeout_ns: settings.heartbeat_timeout.as_nanos() as u64,
             outbound_port: settings.outbound_port as u32,
             flags,
+            meshd_netns: own_netns_cookie()?,
         };
         config.set(0, cfg, 0).map_err(map_err(names::CONFIG))?;
 
@@ -238,4 +241,11 @@ pub fn verify_programs() -> Result<usize, DatapathError> {
         result.map_err(prog_err(name, "load"))?;
     }
     Ok(names.len())
+}
+
+/// The cookie of the network namespace meshd runs in, read from a throwaway socket.
+fn own_netns_cookie() -> Result<u64, DatapathError> {
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .and_then(|s| crate::pods::netns::cookie(&s));
+    probe.map_err(DatapathError::NetnsCookie)
 }
