@@ -128,6 +128,30 @@ impl Meshd {
         v
     }
 
+    /// `meshd exec ... --netns NETNS -- ARGV...`: ARGV runs as a pod in that namespace.
+    pub fn exec_in(&self, workload: &str, netns: &Path, argv: &[String]) -> Vec<String> {
+        let mut v = self.exec(workload, &[]);
+        v.pop();
+        v.extend([
+            "--netns".to_string(),
+            netns.display().to_string(),
+            "--".into(),
+        ]);
+        v.extend_from_slice(argv);
+        v
+    }
+
+    /// Resident memory of the daemon in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.as_ref().context("meshd is not running")?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
     pub fn counters(&self) -> Result<Counters> {
         let (status, body) = self.get("/metrics")?;
         if status != 200 {
@@ -216,12 +240,23 @@ impl Meshd {
 
 /// GET PATH over HTTP/1.0: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_request(addr, "GET", path, "")
+}
+
+/// METHOD PATH with BODY over HTTP/1.0: (status, body).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut raw = Vec::new();
     s.take(16 << 20).read_to_end(&mut raw)?;

@@ -15,9 +15,9 @@ use super::procs::{IDLE_TIMEOUT, MAX_CONNECTIONS, announce_ready};
 pub const MESSAGE: usize = 64;
 
 /// Serves up to `MAX_CONNECTIONS` connections, echoing every byte back until the peer closes.
-pub fn server(port: u16) -> Result<()> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        .with_context(|| format!("binding the echo server to 127.0.0.1:{port}"))?;
+pub fn server(bind: Ipv4Addr, port: u16) -> Result<()> {
+    let listener = TcpListener::bind((bind, port))
+        .with_context(|| format!("binding the echo server to {bind}:{port}"))?;
     announce_ready()?;
     for _ in 0..MAX_CONNECTIONS {
         let (stream, _) = listener.accept().context("accepting")?;

@@ -5,6 +5,7 @@ mod bulk;
 mod echo;
 mod http;
 mod l4;
+mod pods;
 mod policy;
 mod procs;
 mod report;
@@ -28,11 +29,16 @@ pub enum Which {
     /// Telemetry cost: HTTP/1.1 throughput with telemetry on (metrics, 1% access log, 1% traces)
     /// vs off, alternating over rounds.
     Telemetry(telemetry::Args),
+    /// Pods: echo round trips from a pod in its own network namespace vs a host-namespace
+    /// workload (and direct), and the time and memory of enrolling 1, 50 and 200 pods.
+    Pods(pods::Args),
     /// Policy model: compile 10,000 VirtualServices (time, memory) and route lookup (criterion).
     Policy,
-    /// Echo server on 127.0.0.1:PORT (a helper process of `bench l4`).
+    /// Echo server on BIND:PORT (a helper process of `bench l4` and `bench pods`).
     #[command(hide = true)]
     EchoServer {
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::Ipv4Addr,
         #[arg(long)]
         port: u16,
     },
@@ -68,8 +74,9 @@ pub fn run(which: Which) -> Result<()> {
         Which::Http(args) => http::run(&args),
         Which::Resilience(args) => resilience::run(&args),
         Which::Telemetry(args) => telemetry::run(&args),
+        Which::Pods(args) => pods::run(&args),
         Which::Policy => policy::run(),
-        Which::EchoServer { port } => echo::server(port),
+        Which::EchoServer { bind, port } => echo::server(bind, port),
         Which::EchoClient {
             addr,
             rounds,
