@@ -439,3 +439,57 @@ fn kernel_byte_counters_match_the_bytes_transferred() {
     }
     client_ok(&client.wait_with_output().unwrap(), "counted echo");
 }
+
+#[test]
+fn request_bytes_count_bodies_with_and_without_a_length() {
+    if !ebpf_available("request-bytes") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let d = start(
+        "request-bytes",
+        119,
+        &policies(
+            &v1,
+            &v2,
+            "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
+        ),
+    );
+    let body = "x".repeat(3000);
+    // Chunked (no Content-Length), then with a Content-Length: 3000 bytes each.
+    for extra in [&["-H", "Transfer-Encoding: chunked"][..], &[][..]] {
+        let mut args = vec![
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            &body,
+        ];
+        args.extend_from_slice(extra);
+        args.push("http://reviews:9080/whoami");
+        assert_eq!(curl(&d, &args), "200");
+    }
+    let series = "istio_request_bytes_sum{";
+    let sum = eventually(Duration::from_secs(3), || {
+        let text = d.get("/metrics");
+        let v: f64 = text
+            .lines()
+            .filter(|l| l.starts_with(series) && l.contains("response_code=\"200\""))
+            .filter(|l| l.contains("source_workload=\"productpage\""))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        (v >= 6000.0).then_some(v)
+    });
+    assert_eq!(sum, Some(6000.0), "{}", d.get("/metrics"));
+    let logged: Vec<u64> = eventually(Duration::from_secs(3), || {
+        let v: Vec<u64> = access_lines(&d)
+            .iter()
+            .filter(|l| l["path"] == "/whoami")
+            .filter_map(|l| l["bytes_received"].as_u64())
+            .collect();
+        (v.len() == 2).then_some(v)
+    })
+    .unwrap_or_default();
+    assert_eq!(logged, vec![3000, 3000], "{}", d.log_text());
+}

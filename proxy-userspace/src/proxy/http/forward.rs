@@ -2,7 +2,16 @@
 //! destination over a pooled connection, map upstream failures to 503 with a response flag,
 //! and splice upgraded (WebSocket) connections.
 
-use std::{borrow::Cow, collections::BTreeMap, convert::Infallible, sync::Arc, time::Instant};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Version,
@@ -52,12 +61,9 @@ pub async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
-    let request_bytes = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|l| l.to_str().ok())
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
+    // Counted as the body is read: chunked and HTTP/2 bodies declare no length.
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let req = req.map(|b| body::Counted::new(b, request_bytes.clone()));
     let mut log = RequestLog {
         start: Instant::now(),
         method: req.method().clone(),
@@ -213,7 +219,8 @@ struct RequestLog {
     version: &'static str,
     request_id: RequestId,
     trace: crate::telemetry::trace::Context,
-    request_bytes: u64,
+    /// Request body bytes read so far (the body counts them as it is read).
+    request_bytes: Arc<AtomicU64>,
     response_bytes: u64,
     grpc_status: Option<HeaderValue>,
     down: Arc<Downstream>,
@@ -232,6 +239,7 @@ impl Drop for RequestLog {
         }
         let rec = &self.rec;
         let status = self.status.unwrap_or(0);
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let elapsed = self.start.elapsed();
         let ms = elapsed.as_secs_f64() * 1e3;
         tracing::debug!(
@@ -268,7 +276,7 @@ impl Drop for RequestLog {
                 response_flags: &flags,
             },
             elapsed,
-            self.request_bytes,
+            request_bytes,
             self.response_bytes,
         );
         let error = status >= 500 || status == 0 || !rec.flags.is_empty();
@@ -344,7 +352,7 @@ impl Drop for RequestLog {
                     .as_deref()
                     .unwrap_or_default()
                     .into(),
-                bytes_received: self.request_bytes,
+                bytes_received: request_bytes,
                 bytes_sent: self.response_bytes,
                 request_id: self.request_id.as_str().into(),
                 trace_id: self.trace.trace_id.as_str().into(),
@@ -434,7 +442,7 @@ pub(super) fn local(
 }
 
 async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<body::Inbound>,
     down: &Downstream,
     ctx: &HttpContext,
     rec: &mut Record,
@@ -696,7 +704,7 @@ async fn forward(
 /// An upgrade (WebSocket) request: sent once over its own connection, and on 101 both sides
 /// are spliced together.
 async fn upgrade_once(
-    req: Request<Incoming>,
+    req: Request<body::Inbound>,
     down_up: hyper::upgrade::OnUpgrade,
     down: &Downstream,
     ctx: &HttpContext,

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Method, Request, Uri, Version,
-    body::{Frame, Incoming, SizeHint},
+    body::{Frame, SizeHint},
 };
 
 use super::{Body, body::BoxError, body::boxed};
@@ -50,7 +50,10 @@ pub enum Prepared {
 }
 
 /// Reads the body up to `limit` bytes. Bodies declared (Content-Length) or found larger stream.
-pub async fn prepare(req: Request<Incoming>, limit: usize) -> Result<Prepared, BoxError> {
+pub async fn prepare(
+    req: Request<super::body::Inbound>,
+    limit: usize,
+) -> Result<Prepared, BoxError> {
     let (parts, mut body) = req.into_parts();
     let declared = hyper::body::Body::size_hint(&body).upper().unwrap_or(0);
     if declared > limit as u64 {
@@ -116,7 +119,7 @@ impl hyper::body::Body for Replay {
 /// What was read while buffering, followed by the rest of the downstream body.
 struct Prefixed {
     prefix: Option<Bytes>,
-    rest: Incoming,
+    rest: super::body::Inbound,
 }
 
 impl hyper::body::Body for Prefixed {

@@ -4,7 +4,7 @@
 
 use std::{error::Error as _, net::SocketAddr, sync::Arc};
 
-use hyper::{Request, Response, body::Incoming, header::HeaderValue};
+use hyper::{Request, Response, header::HeaderValue};
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
@@ -253,7 +253,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
 
 pub async fn with_policy(
     plan: Plan<'_>,
-    req: Request<Incoming>,
+    req: Request<super::body::Inbound>,
     down: &Downstream,
     ctx: &HttpContext,
     rec: &mut Record,
