@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: rust-src for nightly, bpf-linker built against nightly's own libLLVM
-//! under target/, and (with --test-deps) the Debian packages the tests use. Idempotent.
+//! under target/, and (with --test-deps) the Debian packages the tests use and kubernetes-validate
+//! in a Python venv under target/. Idempotent.
 
 use std::{path::PathBuf, process::Command};
 
@@ -9,12 +10,18 @@ use crate::util::{output, root, run as sh, step, succeeds};
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// kubernetes-validate (PyPI), which checks deploy/kubernetes against the Kubernetes OpenAPI
+/// schemas offline. tests/deploy.rs validates against the newest Kubernetes this release knows.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
 /// Debian packages the test suite drives: real clients (curl, nghttp and h2load), a real Redis
 /// for the global rate limit, a real Prometheus (and promtool) scraping meshd, the netns tooling,
-/// tcpdump (the LAN tests check what crossed the wire) and vagrant (for `vagrant validate`).
+/// tcpdump (the LAN tests check what crossed the wire), vagrant (for `vagrant validate`) and
+/// python3-venv (the venv that holds kubernetes-validate).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
     "python3",
+    "python3-venv",
     "iproute2",
     "tcpdump",
     "procps",
@@ -44,9 +51,48 @@ pub fn run(test_deps: bool) -> Result<()> {
     Ok(())
 }
 
-/// The Debian packages the test suite drives.
+/// The Debian packages the test suite drives, and its Python tools.
 pub fn test_packages() -> Result<()> {
-    debian_packages(TEST_PACKAGES)
+    debian_packages(TEST_PACKAGES)?;
+    kubernetes_validate()
+}
+
+/// The venv that holds the test suite's Python tools.
+pub fn pyvenv() -> PathBuf {
+    root().join("target/pyvenv")
+}
+
+/// kubernetes-validate at its pinned version in target/pyvenv; a venv with another version, or
+/// a broken one, is recreated.
+fn kubernetes_validate() -> Result<()> {
+    let venv = pyvenv();
+    let bin = venv.join("bin/kubernetes-validate");
+    let installed = output(Command::new(&bin).arg("--version"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default();
+    if installed == KUBERNETES_VALIDATE_VERSION {
+        step(&format!(
+            "kubernetes-validate {KUBERNETES_VALIDATE_VERSION}: already installed in {}",
+            venv.display()
+        ));
+        return Ok(());
+    }
+    step(&format!(
+        "installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {} (validates \
+         deploy/kubernetes offline)",
+        venv.display()
+    ));
+    sh(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))
+    .context("creating the venv; on Debian it needs the python3-venv package")?;
+    sh(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+    ]))
+    .context("installing kubernetes-validate from PyPI")
 }
 
 fn rust_src() -> Result<()> {
