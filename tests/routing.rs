@@ -145,3 +145,149 @@ fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() 
     assert_eq!((v1.accepted(), v2.accepted()), (2, 2));
     assert!(!d.log_text().contains("request method="), "served at L4");
 }
+
+/// `reviews` at 127.0.0.50:9080 with endpoints in `us-east/zone-a` (this node's zone) and in
+/// `us-west`, behind a DestinationRule with outlier detection and locality failover.
+fn locality_mesh(near: &[u16], far: &[u16], routes: &str) -> String {
+    let endpoint = |port: &u16, locality: &str| {
+        format!(
+            "  - address: 127.0.0.1\n    ports:\n      http: {port}\n    locality: {locality}\n"
+        )
+    };
+    let endpoints: String = near
+        .iter()
+        .map(|p| endpoint(p, "us-east/zone-a/rack-1"))
+        .chain(far.iter().map(|p| endpoint(p, "us-west/zone-x")))
+        .collect();
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [127.0.0.50]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        enabled: true
+        failover:
+        - from: us-east
+          to: us-west
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 1s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 100
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+{routes}"#
+    )
+}
+
+#[test]
+fn locality_prefers_the_nodes_zone_and_fails_over_with_retry_remote_localities() {
+    if !ebpf_available("locality") {
+        return;
+    }
+    let with_retries = |remote: bool| {
+        format!(
+            "    retries:\n      attempts: 1\n      retryOn: 5xx\n      retryRemoteLocalities: {remote}\n"
+        )
+    };
+    // Healthy near and far endpoints: everything stays near.
+    let (near, far) = two_backends();
+    let routes = format!(
+        "  - route:\n    - destination:\n        host: reviews\n{}",
+        with_retries(false)
+    );
+    let yaml = locality_mesh(&[near.addr.port()], &[far.addr.port()], &routes);
+    let dir = support::mesh::config_dir("locality", &yaml);
+    let d = support::Daemon::start(
+        "locality",
+        118,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--locality",
+            "us-east/zone-a/rack-1",
+        ],
+    );
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!((near.requests(), far.requests()), (20, 0), "all near");
+    drop(d);
+
+    // Two failing near endpoints and a healthy far one.
+    let bad = [
+        support::backend::Backend::http_503("127.0.0.1:0"),
+        support::backend::Backend::http_503("127.0.0.1:0"),
+    ];
+    let far = support::http_backend::HttpBackend::start("127.0.0.1:0");
+    let routes = format!(
+        "  - match:\n    - headers:\n        x-remote-retry: {{exact: \"yes\"}}\n    route:\n    - destination:\n        host: reviews\n{}  - route:\n    - destination:\n        host: reviews\n{}",
+        with_retries(true),
+        with_retries(false)
+    );
+    let yaml = locality_mesh(
+        &[bad[0].addr.port(), bad[1].addr.port()],
+        &[far.addr.port()],
+        &routes,
+    );
+    let dir = support::mesh::config_dir("locality", &yaml);
+    let d = support::Daemon::start(
+        "locality",
+        118,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--locality",
+            "us-east/zone-a/rack-1",
+        ],
+    );
+    // Without retryRemoteLocalities the retry stays near (the other near endpoint): 503.
+    assert_eq!(status(&d, "http://reviews:9080/whoami"), "503");
+    assert_eq!(far.requests(), 0);
+    // With it, the retry goes to the far locality.
+    let remote = curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "x-remote-retry: yes",
+            "http://reviews:9080/whoami",
+        ],
+    );
+    assert_eq!(remote, "200");
+    assert_eq!(far.requests(), 1);
+    // Once outlier detection has ejected both near endpoints (5 failures each; with one of
+    // two ejected, 70% still stays near and 30% spills), everything goes to the far one.
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    assert!(
+        codes[10..].iter().all(|c| c == "200"),
+        "after failover every request succeeds: {codes:?}"
+    );
+    let out = d.get("/stats/outliers");
+    assert_eq!(out.matches("\"ejected\": true").count(), 2, "{out}");
+}

@@ -132,6 +132,10 @@ pub struct RunArgs {
     /// another address are reached through the mTLS tunnel to that node.
     #[arg(long, env = "MESHD_NODE_ADDRESS")]
     pub node_address: Option<std::net::IpAddr>,
+    /// This node's locality, `region/zone/subzone` (Kubernetes' topology labels): with outlier
+    /// detection, endpoints nearer to it are preferred, and traffic fails over by locality.
+    #[arg(long, env = "MESHD_LOCALITY")]
+    pub locality: Option<String>,
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,

@@ -55,6 +55,8 @@ pub struct Settings {
     pub workload_max_requests: u32,
     /// The mTLS tunnel: this node's address, the trust domain, and where certificates come from.
     pub node_address: Option<std::net::IpAddr>,
+    /// `region/zone/subzone` of this node, for locality-aware load balancing.
+    pub locality: Option<String>,
     pub trust_domain: String,
     pub ca_dir: Option<PathBuf>,
     pub cert_dir: Option<PathBuf>,
@@ -169,6 +171,7 @@ impl Settings {
             cert_lifetime: parse_duration(&a.cert_lifetime)
                 .map_err(|r| invalid("cert-lifetime", &a.cert_lifetime, r))?,
             node_address: a.node_address,
+            locality: a.locality.clone().filter(|l| !l.trim().is_empty()),
             trust_domain: a.trust_domain.clone(),
             ca_dir: a.ca_dir.clone(),
             cert_dir: a.cert_dir.clone(),

@@ -44,7 +44,25 @@ pub struct LoadBalancer {
     /// `ROUND_ROBIN`, `LEAST_REQUEST`, `LEAST_CONN`, `RANDOM`, `PASSTHROUGH`, `UNSPECIFIED`.
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHash>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     pub warmup_duration_secs: Option<PolicyDuration>,
+}
+
+/// `localityLbSetting`: prefer endpoints near this node; fail over by locality, then by the
+/// `failover` region pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalityLbSetting {
+    /// Istio's mesh default is on.
+    pub enabled: Option<bool>,
+    pub failover: Vec<LocalityFailover>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalityFailover {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -74,6 +74,18 @@ fn hash_needs_key(node: &Node, path: &str, at: Pos, r: &mut Report) {
     }
 }
 
+static LOCALITY_FAILOVER: Obj = obj(&[
+    req("from", Ty::Str(rules::non_empty)),
+    req("to", Ty::Str(rules::non_empty)),
+]);
+
+static LOCALITY_LB: Obj = obj(&[
+    opt("enabled", Ty::Bool),
+    opt("failover", Ty::List(&Ty::Obj(&LOCALITY_FAILOVER))),
+    warned("distribute", Ty::Any, NOTE_UNSUPPORTED),
+    warned("failoverPriority", Ty::Any, NOTE_UNSUPPORTED),
+]);
+
 static LOAD_BALANCER: Obj = Obj {
     fields: &[
         opt(
@@ -88,7 +100,7 @@ static LOAD_BALANCER: Obj = Obj {
             ]),
         ),
         opt("consistentHash", Ty::Obj(&CONSISTENT_HASH)),
-        warned("localityLbSetting", Ty::Any, NOTE_UNSUPPORTED),
+        opt("localityLbSetting", Ty::Obj(&LOCALITY_LB)),
         opt("warmupDurationSecs", DURATION),
         warned("warmup", Ty::Any, NOTE_UNSUPPORTED),
     ],

@@ -645,13 +645,14 @@ async fn forward(
         parts.version = Version::HTTP_11;
     }
 
-    let (endpoints, algo, cluster, outlier, limits) = match destination {
+    let (endpoints, algo, cluster, outlier, limits, priorities) = match destination {
         None => (
             Ok(vec![down.dst]),
             Algorithm::RoundRobin,
             down.dst.to_string(),
             None,
             Limits::default(),
+            None,
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
             Ok((e, policy)) => {
@@ -662,12 +663,14 @@ async fn forward(
                     source_ip: down.peer.ip(),
                 };
                 let algo = lb::algorithm(policy.lb, &inputs);
+                let priorities = send::priorities(ctx.locality.as_ref(), &policy);
                 (
                     Ok(e),
                     algo,
                     policy.key,
                     policy.outlier.map(outlier::Settings::from_spec),
                     Limits::from_spec(policy.pool),
+                    priorities,
                 )
             }
             Err(e) => (
@@ -676,6 +679,7 @@ async fn forward(
                 d.host.clone(),
                 None,
                 Limits::default(),
+                None,
             ),
         },
     };
@@ -692,6 +696,7 @@ async fn forward(
         h2,
         endpoints,
         algo,
+        priorities,
     };
     let mut resp = match downstream_upgrade {
         Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, rec).await,
@@ -711,7 +716,7 @@ async fn upgrade_once(
     plan: &send::Plan<'_>,
     rec: &mut Record,
 ) -> Response<Body> {
-    let target = match plan.target(ctx, None) {
+    let target = match plan.target(ctx, None, &mut 0) {
         Ok(t) => t,
         Err(e) => return send::no_endpoint(e, rec),
     };

@@ -9,6 +9,7 @@ mod forward;
 mod framing;
 mod headers;
 mod lb;
+pub mod locality;
 mod mirror;
 pub mod outlier;
 mod pool;
@@ -60,6 +61,8 @@ pub struct HttpContext {
     /// This node's address (`--node-address`) and the identities' trust domain.
     pub node_address: Option<std::net::IpAddr>,
     pub trust_domain: String,
+    /// This node's locality (`--locality`), for locality-aware load balancing.
+    pub locality: Option<locality::Locality>,
     pub access: Arc<crate::telemetry::AccessLog>,
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
 }
@@ -79,6 +82,7 @@ impl HttpContext {
             inbound_port: settings.inbound_port,
             node_address: settings.node_address,
             trust_domain: settings.trust_domain.clone(),
+            locality: settings.locality.as_deref().map(locality::Locality::parse),
             mirrors: mirror::Mirrors::default(),
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,

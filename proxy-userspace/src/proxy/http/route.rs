@@ -193,14 +193,15 @@ pub fn endpoints<'s>(
             })?,
         None => (0..cluster.endpoints.len()).collect(),
     };
-    let addrs: Vec<SocketAddr> = members
+    let (addrs, localities): (Vec<SocketAddr>, Vec<Option<&str>>) = members
         .iter()
         .filter_map(|&i| {
             let e = &cluster.endpoints[i];
             let ip: IpAddr = e.address.parse().ok()?;
-            Some(SocketAddr::new(ip, endpoint_port(cluster, &e.ports, port)))
+            let addr = SocketAddr::new(ip, endpoint_port(cluster, &e.ports, port));
+            Some((addr, e.locality.as_deref()))
         })
-        .collect();
+        .unzip();
     if addrs.is_empty() {
         let subset = dest
             .subset
@@ -215,6 +216,7 @@ pub fn endpoints<'s>(
     let subset = dest.subset.as_deref();
     let policy = ClusterPolicy {
         key: format!("{}|{}|{port}", dest.host, subset.unwrap_or("")),
+        localities,
         lb: setting(
             cluster,
             subset,
@@ -245,6 +247,8 @@ pub fn endpoints<'s>(
 pub struct ClusterPolicy<'s> {
     /// Identifies the endpoint set (host, subset, port) for per-cluster state.
     pub key: String,
+    /// Each endpoint's locality, in the order of the endpoints.
+    pub localities: Vec<Option<&'s str>>,
     pub lb: Option<&'s LoadBalancer>,
     pub outlier: Option<&'s OutlierDetection>,
     pub pool: Option<&'s ConnectionPool>,

@@ -10,6 +10,7 @@ use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
     forward::local,
     lb::Algorithm,
+    locality::{self, Locality},
     mirror,
     outlier::{self, Outcome as Health},
     pool::{ClusterPool, Counter, Limits, PooledBody, UpstreamError},
@@ -34,6 +35,8 @@ pub struct Plan<'a> {
     /// The destination's endpoints, or why there are none.
     pub endpoints: Result<Vec<SocketAddr>, NoEndpoint>,
     pub algo: Algorithm,
+    /// Each endpoint's locality priority, when locality-aware load balancing applies.
+    pub priorities: Option<Vec<u8>>,
     /// The endpoint set's identity (host, subset, port) for outlier state.
     pub cluster: String,
     pub outlier: Option<outlier::Settings>,
@@ -68,14 +71,17 @@ impl Plan<'_> {
     }
 
     /// An endpoint for the next attempt, avoiding the one that just failed when possible.
+    /// `tried` collects the locality priorities of earlier attempts; with
+    /// `retryRemoteLocalities`, a retry goes to another one while any is healthy.
     pub fn target(
         &self,
         ctx: &HttpContext,
         avoid: Option<SocketAddr>,
+        tried: &mut u32,
     ) -> Result<SocketAddr, NoEndpoint> {
         match &self.endpoints {
             Ok(all) => {
-                let candidates = match &self.outlier {
+                let mut candidates = match &self.outlier {
                     Some(s) => {
                         let (healthy, returned) = ctx.outliers.healthy(&self.cluster, s, all);
                         for a in returned {
@@ -86,11 +92,81 @@ impl Plan<'_> {
                     }
                     None => all.clone(),
                 };
+                let level = self.priorities.as_ref().and_then(|p| {
+                    let skip = if self.retry_remote_localities() {
+                        *tried
+                    } else {
+                        0
+                    };
+                    let level =
+                        locality::choose(&levels(all, p, &candidates), skip, fastrand::f64())?;
+                    candidates.retain(|a| priority_of(all, p, *a) == level);
+                    Some(level)
+                });
+                if let Some(level) = level {
+                    *tried |= 1 << level;
+                }
                 Ok(ctx.lb.choose(&self.algo, &candidates, avoid))
             }
             Err(e) => Err(e.clone()),
         }
     }
+}
+
+impl Plan<'_> {
+    fn retry_remote_localities(&self) -> bool {
+        self.route
+            .and_then(|r| r.spec.retries.as_ref())
+            .and_then(|r| r.retry_remote_localities)
+            .unwrap_or(false)
+    }
+}
+
+/// Each endpoint's locality priority, when locality-aware load balancing applies: this node
+/// has a locality, the destination has outlier detection (as Istio requires for failover), and
+/// its `localityLbSetting` is not disabled.
+pub fn priorities(own: Option<&Locality>, policy: &route::ClusterPolicy<'_>) -> Option<Vec<u8>> {
+    let own = own?;
+    policy.outlier?;
+    let setting = policy.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
+    if setting.and_then(|s| s.enabled) == Some(false) {
+        return None;
+    }
+    let failover = setting.map(|s| s.failover.as_slice()).unwrap_or_default();
+    Some(
+        policy
+            .localities
+            .iter()
+            .map(|l| locality::priority(own, l.map(Locality::parse).as_ref(), failover))
+            .collect(),
+    )
+}
+
+fn priority_of(all: &[SocketAddr], priorities: &[u8], addr: SocketAddr) -> u8 {
+    all.iter()
+        .position(|a| *a == addr)
+        .and_then(|i| priorities.get(i).copied())
+        .unwrap_or(locality::FARTHEST)
+}
+
+/// The priority levels of an endpoint set: endpoints per level, and the healthy ones.
+fn levels(all: &[SocketAddr], priorities: &[u8], healthy: &[SocketAddr]) -> Vec<locality::Level> {
+    let mut levels: Vec<locality::Level> = Vec::new();
+    for (i, p) in priorities.iter().enumerate() {
+        let ok = healthy.contains(&all[i]) as usize;
+        match levels.iter_mut().find(|l| l.priority == *p) {
+            Some(l) => {
+                l.total += 1;
+                l.healthy += ok;
+            }
+            None => levels.push(locality::Level {
+                priority: *p,
+                total: 1,
+                healthy: ok,
+            }),
+        }
+    }
+    levels
 }
 
 /// Why an attempt produced no response.
@@ -285,6 +361,7 @@ pub async fn with_policy(
     }
     // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
     let mut last: Option<SocketAddr> = None;
+    let mut tried = 0u32;
     let plan = &plan;
     let attempts = retry::run(
         &policy,
@@ -304,7 +381,7 @@ pub async fn with_policy(
             };
             req.headers_mut()
                 .insert("x-envoy-attempt-count", HeaderValue::from(n));
-            let target = plan.target(ctx, last);
+            let target = plan.target(ctx, last, &mut tried);
             last = target.as_ref().ok().copied();
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;

@@ -1,0 +1,170 @@
+//! Locality-aware load balancing, as Istio sets Envoy up when a DestinationRule has outlier
+//! detection and this node has a locality (`--locality region/zone/subzone`): endpoints get a
+//! priority by how near they are (same subzone 0, same zone 1, same region 2, a `failover`
+//! region 3, anywhere else 4). Traffic goes to the best priority while it is healthy enough,
+//! and spills to the next as its endpoints are ejected, with Envoy's overprovisioning factor
+//! of 1.4. With `retryRemoteLocalities`, a retry skips the priorities earlier attempts used.
+
+use crate::policy::model::LocalityFailover;
+
+/// Envoy's default overprovisioning factor: a level keeps all its traffic down to 1/1.4 ≈ 71%
+/// healthy endpoints.
+const OVERPROVISIONING: f64 = 1.4;
+
+/// The deepest priority: anything not nearer.
+pub const FARTHEST: u8 = 4;
+
+/// `region/zone/subzone`, any suffix may be missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+impl Locality {
+    pub fn parse(s: &str) -> Locality {
+        let mut parts = s.trim().splitn(3, '/').map(str::to_string);
+        Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+}
+
+/// An endpoint's priority seen from `own`. Endpoints without a locality are farthest.
+pub fn priority(own: &Locality, ep: Option<&Locality>, failover: &[LocalityFailover]) -> u8 {
+    let Some(ep) = ep else {
+        return FARTHEST;
+    };
+    if own.region.is_empty() || ep.region != own.region {
+        let to_failover = failover
+            .iter()
+            .any(|f| f.from == own.region && f.to == ep.region);
+        return if to_failover { 3 } else { FARTHEST };
+    }
+    if ep.zone != own.zone {
+        return 2;
+    }
+    if ep.subzone != own.subzone {
+        return 1;
+    }
+    0
+}
+
+/// One priority level: how many endpoints it has, and how many are healthy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    pub priority: u8,
+    pub total: usize,
+    pub healthy: usize,
+}
+
+/// The priority a request goes to, given a uniform `draw` in [0, 1). Levels whose priority bit
+/// is set in `skip` are left out while another level has healthy endpoints.
+pub fn choose(levels: &[Level], skip: u32, draw: f64) -> Option<u8> {
+    let usable = |l: &&Level| l.healthy > 0;
+    let skipped = |l: &&Level| skip & (1 << l.priority) != 0;
+    let mut eligible: Vec<&Level> = levels
+        .iter()
+        .filter(usable)
+        .filter(|l| !skipped(l))
+        .collect();
+    if eligible.is_empty() {
+        eligible = levels.iter().filter(usable).collect();
+    }
+    eligible.sort_by_key(|l| l.priority);
+    let first = eligible.first()?;
+    // Each level takes its overprovisioned health of what is left, in priority order; what the
+    // levels cannot take together is spread over them in proportion (Envoy's normalisation).
+    let mut left = 1.0;
+    let mut loads = Vec::with_capacity(eligible.len());
+    for l in &eligible {
+        let health = (l.healthy as f64 / l.total as f64 * OVERPROVISIONING).min(1.0);
+        let load = left * health;
+        loads.push(load);
+        left -= load;
+    }
+    let taken: f64 = loads.iter().sum();
+    let mut point = draw * taken;
+    for (l, load) in eligible.iter().zip(&loads) {
+        if point < *load {
+            return Some(l.priority);
+        }
+        point -= load;
+    }
+    Some(first.priority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(priority: u8, total: usize, healthy: usize) -> Level {
+        Level {
+            priority,
+            total,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn priorities_by_nearness_and_failover() {
+        let own = Locality::parse("us-east/us-east-1a/rack1");
+        let p = |ep: &str| priority(&own, Some(&Locality::parse(ep)), &[]);
+        assert_eq!(p("us-east/us-east-1a/rack1"), 0);
+        assert_eq!(p("us-east/us-east-1a/rack2"), 1);
+        assert_eq!(p("us-east/us-east-1b"), 2);
+        assert_eq!(p("eu-west/eu-west-1a"), FARTHEST);
+        assert_eq!(priority(&own, None, &[]), FARTHEST);
+        let failover = [LocalityFailover {
+            from: "us-east".into(),
+            to: "us-west".into(),
+        }];
+        let f = |ep: &str| priority(&own, Some(&Locality::parse(ep)), &failover);
+        assert_eq!(f("us-west/us-west-1a"), 3);
+        assert_eq!(f("eu-west/eu-west-1a"), FARTHEST);
+    }
+
+    #[test]
+    fn a_healthy_local_level_takes_everything() {
+        let levels = [level(0, 2, 2), level(2, 3, 3)];
+        for draw in [0.0, 0.5, 0.999] {
+            assert_eq!(choose(&levels, 0, draw), Some(0));
+        }
+    }
+
+    #[test]
+    fn a_level_without_healthy_endpoints_fails_over() {
+        let levels = [level(0, 2, 0), level(2, 3, 3)];
+        assert_eq!(choose(&levels, 0, 0.1), Some(2));
+    }
+
+    #[test]
+    fn a_partly_ejected_level_spills_with_the_overprovisioning_factor() {
+        // 1 of 2 healthy: 0.5 × 1.4 = 70% stays local, 30% spills.
+        let levels = [level(0, 2, 1), level(1, 2, 2)];
+        assert_eq!(choose(&levels, 0, 0.69), Some(0));
+        assert_eq!(choose(&levels, 0, 0.71), Some(1));
+        let local = (0..1000)
+            .filter(|i| choose(&levels, 0, *i as f64 / 1000.0) == Some(0))
+            .count();
+        assert_eq!(local, 700);
+    }
+
+    #[test]
+    fn retries_skip_tried_priorities_while_another_is_healthy() {
+        let levels = [level(0, 2, 2), level(2, 1, 1)];
+        assert_eq!(choose(&levels, 1 << 0, 0.0), Some(2));
+        // Every level tried: back to the best.
+        assert_eq!(choose(&levels, (1 << 0) | (1 << 2), 0.0), Some(0));
+        assert_eq!(choose(&[level(0, 2, 2)], 1, 0.3), Some(0));
+    }
+
+    #[test]
+    fn nothing_healthy_nothing_chosen() {
+        assert_eq!(choose(&[level(0, 2, 0)], 0, 0.3), None);
+        assert_eq!(choose(&[], 0, 0.3), None);
+    }
+}
