@@ -274,3 +274,32 @@ fn excluded_ports_and_cidrs_are_not_redirected() {
         2.0
     );
 }
+
+#[test]
+fn a_reset_by_the_destination_reaches_the_workload_as_a_reset() {
+    if !ebpf_available("reset") {
+        return;
+    }
+    // The destination reads the client's bytes, then resets: through meshd, with the sockmap
+    // on and off, the workload sees ECONNRESET as it would on a direct connection.
+    let backend = Backend::resetting("127.0.0.1:0");
+    let ready = std::env::temp_dir().join("meshd-test-reset-go");
+    std::fs::write(&ready, "").unwrap();
+    for sockmap in ["on", "off"] {
+        let d = Daemon::start("reset", 117, &["--sockmap", sockmap]);
+        let out = d.client(
+            "default/reset",
+            &[
+                "connect",
+                "--addr",
+                &backend.addr.to_string(),
+                "--wait-file",
+                ready.to_str().unwrap(),
+            ],
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(v["errno"], libc::ECONNRESET, "sockmap {sockmap}: {v}");
+        assert!(d.metric(REDIRECT) >= 1.0);
+    }
+}

@@ -343,6 +343,11 @@ async fn proxy(
         Ok(n) => n,
         Err(e) => {
             debug!(error = %e, "connection ended with an error");
+            if e.kind() == std::io::ErrorKind::ConnectionReset {
+                // One side reset: so does the other, as it would without meshd in between.
+                sockopt::set_reset_on_close(&down);
+                sockopt::set_reset_on_close(&up);
+            }
             (0, 0)
         }
     };
