@@ -121,6 +121,26 @@ impl Pods {
         Ok(w)
     }
 
+    /// Enrols a pod that discovery found, idempotently: one already enrolled with the same
+    /// cgroup and namespace is left as it is; one whose cgroup or namespace changed (a
+    /// restarted sandbox) is enrolled afresh.
+    pub fn ensure(&self, name: &WorkloadName, at: &Placement) -> Result<Workload, PodError> {
+        if let Some(w) = self.registry.find(name) {
+            let same_cgroup = at.cgroup.as_ref().is_none_or(|c| *c == w.cgroup);
+            if same_cgroup && at.netns == w.netns {
+                return Ok(w);
+            }
+            self.remove(w.id)?;
+        }
+        self.enrol(name, at)
+    }
+
+    /// Unenrols the workload enrolled as `name`, if any.
+    pub fn remove_named(&self, name: &WorkloadName) -> Option<Workload> {
+        let w = self.registry.find(name)?;
+        self.remove(w.id).ok()
+    }
+
     /// How many workloads have listeners in their own namespace.
     pub fn listening(&self) -> usize {
         self.serving.lock().expect("pod listeners lock").len()

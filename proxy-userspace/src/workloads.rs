@@ -224,6 +224,16 @@ impl Registry {
             .cloned()
     }
 
+    /// The workload enrolled as `namespace/name`, if any.
+    pub fn find(&self, name: &WorkloadName) -> Option<Workload> {
+        let inner = self.inner.lock().expect("registry lock");
+        inner
+            .by_id
+            .values()
+            .find(|w| w.namespace == name.namespace && w.name == name.name)
+            .cloned()
+    }
+
     pub fn list(&self) -> Vec<Workload> {
         self.inner
             .lock()
