@@ -230,16 +230,20 @@ pub fn run(args: &Args) -> Result<()> {
     let mut text = format!(
         "# Resilience features: throughput cost\n\n{}. wrk -t1 -c32, {secs} s per run, {rounds} \
          round(s), each starting one configuration later; median req/s. One meshd, switched by hot \
-         reload; access log off.\n\n| configuration | req/s (median) | runs | vs baseline |\n| --- | ---: | --- | ---: |\n",
+         reload; access log off. \"Paired\" is the median over rounds of each round's ratio to \
+         that round's baseline run, which cancels drift between rounds.\n\n| configuration | \
+         req/s (median) | runs | vs baseline | paired |\n| --- | ---: | --- | ---: | ---: |\n",
         machine()
     );
     for (i, (name, _)) in FEATURES.iter().enumerate() {
         let runs: Vec<String> = rps[i].iter().map(|r| format!("{r:.0}")).collect();
         let m = median(&rps[i]);
+        let paired: Vec<f64> = rps[i].iter().zip(&rps[0]).map(|(f, b)| f / b).collect();
         text.push_str(&format!(
-            "| {name} | {m:.0} | {} | {:.3} |\n",
+            "| {name} | {m:.0} | {} | {:.3} | {:.3} |\n",
             runs.join(", "),
-            m / base
+            m / base,
+            median(&paired)
         ));
     }
     text.push_str(&format!(
