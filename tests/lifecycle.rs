@@ -212,3 +212,29 @@ fn sigterm_drains_open_connections_and_removes_the_cgroups() {
         d.log_text()
     );
 }
+
+#[test]
+fn sigterm_during_the_start_still_removes_the_cgroups() {
+    if !ebpf_available("early-term") {
+        return;
+    }
+    let mut d = Daemon::spawn("early-term", 116, &[]);
+    // The attach cgroup appears early in the start, before the programs load and the listeners
+    // serve: SIGTERM then must not leave it behind.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.cgroup.join("meshd-daemon").exists() {
+        assert!(std::time::Instant::now() < deadline, "no attach cgroup");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(
+        support::http_get(d.admin, "/ready").is_err(),
+        "the signal comes before meshd serves"
+    );
+    let status = d.stop();
+    assert!(status.success(), "meshd exits 0; log:\n{}", d.log_text());
+    assert!(
+        !d.cgroup.exists(),
+        "attach cgroup removed; log:\n{}",
+        d.log_text()
+    );
+}

@@ -109,9 +109,10 @@ pub fn run_daemon(settings: Settings) -> ExitCode {
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
+        let stop = drain::Termination::listen();
         match build(settings).await {
             Ok(app) => {
-                app.wait_termination().await;
+                app.wait_termination(stop).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -405,8 +406,8 @@ fn serve(
 impl App {
     /// Waits for SIGTERM/SIGINT, then drains (up to the drain deadline), detaches the eBPF
     /// programs and removes the cgroups meshd created.
-    pub async fn wait_termination(self) {
-        drain::termination_signal().await;
+    pub async fn wait_termination(self, mut stop: drain::Termination) {
+        stop.received().await;
         self.shutdown().await;
     }
 

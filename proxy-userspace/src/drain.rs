@@ -33,13 +33,28 @@ impl Watch {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received, draining"),
-        _ = int.recv() => tracing::info!("SIGINT received, draining"),
+/// SIGTERM and SIGINT, listened for from before meshd starts: one that arrives during the
+/// start is kept, and meshd drains as soon as it is up, instead of dying with its cgroups left
+/// behind.
+pub struct Termination {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Termination {
+    pub fn listen() -> Termination {
+        use tokio::signal::unix::{SignalKind, signal};
+        Termination {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    /// Resolves on SIGTERM or SIGINT (at once if one came already).
+    pub async fn received(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received, draining"),
+            _ = self.int.recv() => tracing::info!("SIGINT received, draining"),
+        }
     }
 }
