@@ -494,3 +494,58 @@ fn a_flooding_workload_cannot_starve_its_neighbour() {
         "quiet p99 {flooded:.2} ms under the flood vs {baseline:.2} ms alone"
     );
 }
+
+#[test]
+fn max_concurrent_streams_and_idle_timeout_apply_to_http2_upstreams() {
+    if !ebpf_available("cb_h2") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      http:\n        maxConcurrentStreams: 2\n        idleTimeout: 1s\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
+    let d = start("cb-h2", 115, &yaml);
+    // Ten streams at once on one HTTP/2 client connection, each held 300 ms by the backend:
+    // with two streams per upstream connection, meshd opens at least five.
+    let url = "http://reviews:9080/sleep/300";
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "10",
+        "-w",
+        "%{http_code} %{http_version}\\n",
+    ];
+    for _ in 0..10 {
+        args.extend(["-o", "/dev/null", url]);
+    }
+    let out = support::mesh::curl(&d, &args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    assert!(lines.iter().all(|l| *l == "200 2"), "{out}");
+    assert_eq!(v1.requests(), 10);
+    let opened = v1.accepted();
+    assert!(
+        (5..=10).contains(&opened),
+        "at most 2 streams per upstream connection: {opened} connections for 10 streams"
+    );
+    // Reused while busy, closed when idle for more than 1 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let one = support::mesh::curl(
+        &d,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ],
+    );
+    assert_eq!(one, "200");
+    assert_eq!(
+        v1.accepted(),
+        opened + 1,
+        "every idle HTTP/2 connection was closed; the request opened a new one"
+    );
+}
