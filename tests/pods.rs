@@ -20,46 +20,34 @@ const REDIRECTS: &str = r#"meshd_ebpf_events_total{event="redirect"}"#;
 const SOCKMAP: &str = r#"meshd_ebpf_events_total{event="sockmap_redirect"}"#;
 const VIP: &str = "10.96.0.50";
 
+/// A WorkloadEntry `default/NAME` for a pod, serving `http` on 8080, with `labels`.
+fn entry(name: &str, pod: &Pod, labels: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  address: {}\n  serviceAccount: {name}\n  ports: {{http: 8080}}\n  labels: {{{labels}}}\n---\n",
+        pod.addr
+    )
+}
+
+/// `reviews` behind the VIP, selecting the workloads labelled `app: reviews`.
+const REVIEWS: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: ["10.96.0.50"]
+  ports:
+  - {number: 9080, name: http, protocol: HTTP}
+  resolution: STATIC
+  workloadSelector:
+    labels: {app: reviews}
+"#;
+
 /// reviews v1 and v2 as pods behind the VIP, productpage as a pod, and `routes` as the
 /// VirtualService's `http:` list.
 fn policies(client: &Pod, v1: &Pod, v2: &Pod, routes: &str) -> String {
     format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: productpage, namespace: default}}
-spec:
-  address: {c}
-  serviceAccount: productpage
-  labels: {{app: productpage}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-v1, namespace: default}}
-spec:
-  address: {v1}
-  ports: {{http: 8080}}
-  labels: {{app: reviews, version: v1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-v2, namespace: default}}
-spec:
-  address: {v2}
-  ports: {{http: 8080}}
-  labels: {{app: reviews, version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  addresses: ["{VIP}"]
-  ports:
-  - {{number: 9080, name: http, protocol: HTTP}}
-  resolution: STATIC
-  workloadSelector:
-    labels: {{app: reviews}}
----
+        r#"{}{}{}{REVIEWS}---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: reviews, namespace: default}}
@@ -76,9 +64,9 @@ spec:
   hosts: [reviews.default.svc.cluster.local]
   http:
 {routes}"#,
-        c = client.addr,
-        v1 = v1.addr,
-        v2 = v2.addr,
+        entry("productpage", client, "app: productpage"),
+        entry("reviews-v1", v1, "app: reviews, version: v1"),
+        entry("reviews-v2", v2, "app: reviews, version: v2"),
     )
 }
 
@@ -436,59 +424,28 @@ fn a_pod_reaches_a_pod_on_another_node_through_the_tunnel() {
     let (client, server) = (a.add_pod(123, 10), b.add_pod(123, 20));
     let backend = server.run(|| HttpBackend::start("0.0.0.0:8080"));
     let (slot_a, slot_b) = (123, 124);
-    let on_b = format!(
-        "meshd.io/node: \"{}\", meshd.io/tunnel-port: \"{}\"",
-        b.addr,
-        support::ports(slot_b).2
-    );
+    let on = |node: &Node, slot: u16| {
+        format!(
+            "meshd.io/node: \"{}\", meshd.io/tunnel-port: \"{}\"",
+            node.addr,
+            support::ports(slot).2
+        )
+    };
     let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: productpage, namespace: default}}
-spec:
-  address: {c}
-  serviceAccount: productpage
-  labels: {{app: productpage, meshd.io/node: "{a}", meshd.io/tunnel-port: "{pa}"}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews, namespace: default}}
-spec:
-  address: {s}
-  serviceAccount: reviews
-  ports: {{http: 8080}}
-  labels: {{app: reviews, {on_b}}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [reviews.default.svc.cluster.local]
-  addresses: ["{VIP}"]
-  ports:
-  - {{number: 9080, name: http, protocol: HTTP}}
-  resolution: STATIC
-  workloadSelector:
-    labels: {{app: reviews}}
-"#,
-        c = client.addr,
-        s = server.addr,
-        a = a.addr,
-        pa = support::ports(slot_a).2,
+        "{}{}{REVIEWS}",
+        entry(
+            "productpage",
+            &client,
+            &format!("app: productpage, {}", on(a, slot_a))
+        ),
+        entry(
+            "reviews",
+            &server,
+            &format!("app: reviews, {}", on(b, slot_b))
+        ),
     );
     let cfg = config("pods-nodes", &yaml);
-    let ca = std::env::temp_dir().join("meshd-test-pods-nodes-ca");
-    let _ = std::fs::remove_dir_all(&ca);
-    let out = std::process::Command::new(MESHD)
-        .args(["ca", "init", "--dir"])
-        .arg(&ca)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ca = support::ca_dir("pods-nodes");
     let daemon = |node: &Node, name: &str, slot: u16| {
         let (cfg, ca) = (cfg.display().to_string(), ca.display().to_string());
         let addr = node.addr.to_string();

@@ -328,6 +328,23 @@ pub fn pids_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A fresh CA directory made by `meshd ca init`.
+pub fn ca_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshd-test-{name}-ca"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(MESHD)
+        .args(["ca", "init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 /// A minimal HTTP/1.0 GET, enough for the admin API.
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, "")
