@@ -1,0 +1,102 @@
+//! One resource's watch: kube's watcher (list, then watch from the list's resourceVersion;
+//! re-list when the API says the version is too old) with its default backoff, reflected into a
+//! store. Errors are logged and retried for as long as meshd runs; the store keeps the last
+//! state it had, so the configuration built from it keeps serving while the API is away.
+
+use std::{
+    fmt::Debug,
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{Store, store::Writer},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+/// A watched resource's store, and whether its first list has completed.
+pub struct Watched<K: Resource + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    pub what: String,
+    pub store: Store<K>,
+    pub synced: Arc<AtomicBool>,
+}
+
+impl<K: Resource + Clone + 'static> Watched<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.store.state()
+    }
+}
+
+/// Starts watching `api` into a new store; every change sends `()` on `changed`.
+pub fn spawn<K>(
+    what: String,
+    api: Api<K>,
+    config: watcher::Config,
+    dyntype: K::DynamicType,
+    changed: mpsc::Sender<()>,
+) -> Watched<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let writer = Writer::new(dyntype);
+    let store = writer.as_reader();
+    let synced = Arc::new(AtomicBool::new(false));
+    let flag = synced.clone();
+    let name = what.clone();
+    tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff().reflect(writer);
+        futures::pin_mut!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    if failing {
+                        tracing::info!(watch = %name, "watch resumed");
+                        failing = false;
+                    }
+                    match event {
+                        watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                        watcher::Event::InitDone => flag.store(true, Ordering::Release),
+                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
+                    }
+                    let _ = changed.try_send(());
+                }
+                Err(e) => {
+                    // The backoff spaces these out (up to 30 s apart); the store keeps its state.
+                    tracing::warn!(
+                        watch = %name,
+                        error = %e,
+                        "Kubernetes API watch failed; retrying with backoff, the last known state keeps serving"
+                    );
+                    failing = true;
+                }
+            }
+        }
+    });
+    Watched {
+        what,
+        store,
+        synced,
+    }
+}
