@@ -82,3 +82,45 @@ impl KubeArgs {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kube: KubeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Option<KubeSettings>, SettingsError> {
+        let mut all = vec!["meshd"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().kube.settings()
+    }
+
+    #[test]
+    fn kubernetes_needs_a_node_name() {
+        assert!(parse(&[]).unwrap().is_none());
+        let err = parse(&["--discovery", "kubernetes"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--node-name"), "{err}");
+        let s = parse(&[
+            "--discovery",
+            "kubernetes",
+            "--node-name",
+            "node-a",
+            "--kube-cgroup-root",
+            "/sys/fs/cgroup",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.node_name, "node-a");
+        assert_eq!(s.host_proc, PathBuf::from("/proc"));
+        assert_eq!(s.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(s.kube_api, None);
+    }
+}

@@ -97,7 +97,7 @@ pub fn spawn(client: Client, stores: IstioStores, changed: mpsc::Sender<()>, ret
                     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, kind), plural);
                 let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
                 let w = watch::spawn(
-                    format!("{kind}s"),
+                    plural.to_string(),
                     api,
                     watcher::Config::default(),
                     ar,
