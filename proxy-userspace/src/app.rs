@@ -84,6 +84,8 @@ pub enum StartupError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Datapath(#[from] ebpf::DatapathError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 /// A running daemon.
@@ -206,6 +208,8 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     if tunnel.is_none() && config.current().compiled.endpoints.any_on_nodes() {
         return Err(StartupError::NoCertificates);
     }
+    // Kubernetes discovery fails the start when the API cannot be located.
+    let discovery = crate::discovery::connect(settings.discovery.as_ref()).await?;
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -219,6 +223,10 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     let cgroups = NodeCgroups::setup(Some(&attach))?;
     match start(&settings, &cgroups).await {
         Ok((datapath, listeners)) => {
+            if let Some(d) = discovery {
+                // Pods are only logged until the workload registry enrols them.
+                d.start(config.clone(), Arc::new(crate::discovery::LogSink));
+            }
             let shared = Shared {
                 metrics,
                 config,

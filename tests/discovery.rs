@@ -1,0 +1,249 @@
+//! Kubernetes discovery end to end: the real daemon against a stand-in API server
+//! (support/kube_api.rs, not Kubernetes: only its list/watch protocol), with pod cgroups and
+//! /proc as fixture trees. Test slots 140–149.
+
+#[path = "support/kube_api.rs"]
+mod kube_api;
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use kube_api::KubeApi;
+use serde_json::{Value, json};
+use support::{Daemon, MESHD, ebpf_available, eventually};
+
+const NODE: &str = "node-a";
+
+#[test]
+fn kubernetes_discovery_needs_a_node_name() {
+    let out = Command::new(MESHD)
+        .args([
+            "run",
+            "--discovery",
+            "kubernetes",
+            "--admin",
+            "127.0.0.1:22410",
+        ])
+        .env_remove("MESHD_NODE_NAME")
+        .output()
+        .expect("run meshd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("--node-name") && stderr.contains("MESHD_NODE_NAME"),
+        "{stderr}"
+    );
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("meshd-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A v2 cgroup directory as the kernel shows it, holding `pids`.
+fn cgroup_dir(dir: &Path, pids: &[u32]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+    let procs: String = pids.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(dir.join("cgroup.procs"), procs).unwrap();
+}
+
+fn namespace(name: &str, enabled: bool) -> Value {
+    let labels = if enabled {
+        json!({ "meshd.io/enabled": "true" })
+    } else {
+        json!({})
+    };
+    json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name, "labels": labels } })
+}
+
+fn pod(ns: &str, name: &str, uid: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": ns, "uid": uid, "labels": { "app": "reviews" } },
+        "spec": { "nodeName": NODE, "serviceAccountName": "reviews", "containers": [{ "name": "app" }] },
+        "status": { "phase": "Running", "podIP": ip, "qosClass": "Burstable" },
+    })
+}
+
+fn service(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": { "clusterIP": ip, "clusterIPs": [ip], "ports": [{ "name": "http", "port": 9080, "protocol": "TCP" }] },
+    })
+}
+
+fn virtual_service(name: &str, weight_key: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": name, "namespace": "shop", "resourceVersion": "1", "managedFields": [] },
+        "spec": { "hosts": [format!("{name}.shop.svc.cluster.local")], "http": [{ "route": [{
+            "destination": { "host": "reviews.shop.svc.cluster.local" }, weight_key: 100,
+        }] }] },
+    })
+}
+
+fn dump(d: &Daemon) -> Value {
+    let all: Value = serde_json::from_str(&d.get("/config_dump")).expect("config_dump is JSON");
+    all["snapshot"].clone()
+}
+
+fn files(d: &Daemon) -> Vec<String> {
+    dump(d)["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn daemon_serves_what_the_api_holds_and_keeps_it_through_outages() {
+    if !ebpf_available("daemon_serves_what_the_api_holds_and_keeps_it_through_outages") {
+        return;
+    }
+    let tmp = TempDir::new("discovery");
+    let (cgroups, proc_root) = (tmp.0.join("cgroup"), tmp.0.join("proc"));
+    // reviews-1's cgroup (systemd driver) with its sandbox process and that process's netns.
+    let uid = "5e5e5e5e-1111-4111-8111-000000000001";
+    let pod_cg = cgroups.join(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5e5e5e5e_1111_4111_8111_000000000001.slice",
+    );
+    cgroup_dir(&pod_cg, &[]);
+    cgroup_dir(&pod_cg.join("cri-containerd-abc.scope"), &[4321]);
+    std::fs::create_dir_all(proc_root.join("4321/ns")).unwrap();
+    std::os::unix::fs::symlink("net:[4026532999]", proc_root.join("4321/ns/net")).unwrap();
+
+    let api = KubeApi::start();
+    api.install_istio();
+    api.apply(namespace("shop", true));
+    api.apply(pod("shop", "reviews-1", uid, "10.1.0.5"));
+    api.apply(pod(
+        "shop",
+        "ghost-1",
+        "5e5e5e5e-2222-4222-8222-000000000002",
+        "10.1.0.6",
+    ));
+    api.apply(service("reviews", "10.96.0.20"));
+    api.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "reviews-x1", "namespace": "shop", "labels": { "kubernetes.io/service-name": "reviews" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
+        "endpoints": [{ "addresses": ["10.1.0.5"], "conditions": { "ready": true }, "nodeName": NODE,
+                        "targetRef": { "kind": "Pod", "namespace": "shop", "name": "reviews-1" } }],
+    }));
+    api.apply(virtual_service("ratings", "weight"));
+    api.apply(virtual_service("broken", "wieght"));
+
+    let url = api.url();
+    let d = Daemon::start(
+        "discovery",
+        140,
+        &[
+            "--discovery",
+            "kubernetes",
+            "--node-name",
+            NODE,
+            "--kube-api",
+            &url,
+            "--kube-cgroup-root",
+            cgroups.to_str().unwrap(),
+            "--host-proc",
+            proc_root.to_str().unwrap(),
+        ],
+    );
+    let want = [
+        "k8s://Pod/shop/ghost-1",
+        "k8s://Pod/shop/reviews-1",
+        "k8s://Service/shop/reviews",
+        "k8s://VirtualService/shop/ratings",
+    ];
+    eventually(Duration::from_secs(15), || {
+        let f = files(&d);
+        want.iter().all(|w| f.iter().any(|x| x == w)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("config_dump files: {:?}\nlog:\n{}", files(&d), d.log_text()));
+    assert!(!files(&d).iter().any(|f| f.contains("broken")));
+    let se = dump(&d)["resources"]["serviceEntries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["metadata"]["name"] == "reviews")
+        .cloned()
+        .expect("reviews ServiceEntry");
+    assert_eq!(se["spec"]["addresses"], json!(["10.96.0.20"]));
+    assert_eq!(se["spec"]["endpoints"][0]["address"], "10.1.0.5");
+    assert_eq!(se["spec"]["endpoints"][0]["ports"]["http"], 8080);
+
+    // The malformed object is reported with its namespace and name, and counted once.
+    assert!(
+        d.log_shows("k8s://VirtualService/shop/broken:"),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text()
+            .contains("k8s://VirtualService/shop/broken:19:13: error: spec.http[0].route[0]: unknown field \"wieght\""),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        d.metric("meshd_discovery_objects_rejected_total{kind=\"VirtualService\"}"),
+        1.0
+    );
+    // The pod with a cgroup reached the sink; the one without is skipped with what was probed.
+    assert!(d.log_shows("pod discovered"), "{}", d.log_text());
+    assert!(d.log_text().contains("4321/ns/net"));
+    assert!(
+        d.log_shows("no cgroup for pod shop/ghost-1"),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text()
+            .contains("kubepods-burstable-pod5e5e5e5e_2222_4222_8222_000000000002.slice")
+    );
+
+    // The API fails for a while: meshd keeps serving the last state.
+    let generation = dump(&d)["generation"].clone();
+    api.fail_with(Some(500));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(d.admin_get("/ready").unwrap().0, 200);
+    assert_eq!(dump(&d)["generation"], generation);
+    assert!(files(&d).iter().any(|f| f == "k8s://Service/shop/reviews"));
+    assert!(
+        d.log_shows("Kubernetes API watch failed"),
+        "{}",
+        d.log_text()
+    );
+
+    // It comes back: discovery resumes and sees what changed meanwhile.
+    api.fail_with(None);
+    api.apply(service("ratings", "10.96.0.21"));
+    eventually(Duration::from_secs(40), || {
+        files(&d)
+            .iter()
+            .any(|f| f == "k8s://Service/shop/ratings")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no ratings after the outage; log:\n{}", d.log_text()));
+}
