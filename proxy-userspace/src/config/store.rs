@@ -124,7 +124,9 @@ impl ConfigStore {
     }
 
     /// Replaces the in-memory documents and reloads with them.
-    pub fn set_documents(&self, docs: Vec<Document>, why: &str) -> ReloadOutcome {
+    /// Their order does not matter: they are sorted by path, so the same set hashes the same.
+    pub fn set_documents(&self, mut docs: Vec<Document>, why: &str) -> ReloadOutcome {
+        docs.sort_by(|a, b| a.path.cmp(&b.path));
         *self.documents.lock().expect("documents lock") = docs;
         self.reload(why)
     }

@@ -47,6 +47,23 @@ where
     }
 }
 
+/// What an operator can do about a watch error the API refused.
+fn hint(e: &watcher::Error) -> &'static str {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return "",
+    };
+    match api {
+        401 => " (unauthorized: is meshd's service account token mounted and valid?)",
+        403 => {
+            " (forbidden: meshd's ClusterRole needs get, list and watch on namespaces, nodes, pods, services, endpointslices and Istio's resources)"
+        }
+        _ => "",
+    }
+}
+
 /// Starts watching `api` into a new store; every change sends `()` on `changed`.
 pub fn spawn<K>(
     what: String,
@@ -87,7 +104,8 @@ where
                     tracing::warn!(
                         watch = %name,
                         error = %e,
-                        "Kubernetes API watch failed; retrying with backoff, the last known state keeps serving"
+                        "Kubernetes API watch failed; retrying with backoff, the last known state keeps serving{}",
+                        hint(&e)
                     );
                     failing = true;
                 }
@@ -98,5 +116,25 @@ where
         what,
         store,
         synced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> watcher::Error {
+        let status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": code, "message": "m", "reason": "r",
+        }))
+        .unwrap();
+        watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn refusals_say_what_to_fix() {
+        assert!(hint(&api_error(403)).contains("ClusterRole"));
+        assert!(hint(&api_error(401)).contains("token"));
+        assert_eq!(hint(&api_error(500)), "");
     }
 }
