@@ -428,9 +428,12 @@ async fn api_failures_keep_the_last_state_and_discovery_resumes() {
     })
     .await;
 
-    // Watches cut by the server are resumed.
+    // Watches cut by the server are resumed; what they list again is what meshd has, so no new
+    // generation is made.
+    let generation = rig.store.current().generation;
     rig.api.drop_watches();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(rig.store.current().generation, generation);
     rig.api.apply(vs(
         "ratings",
         json!({ "hosts": ["ratings"], "http": [{ "route": [{ "destination": { "host": "ratings" } }] }] }),
