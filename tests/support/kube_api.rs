@@ -10,6 +10,7 @@
 //!
 //! Tests change the objects with `apply` and `delete`, make every request fail with
 //! `fail_with(Some(500))`, and cut open watches with `drop_watches`.
+#![allow(dead_code)]
 
 use std::{
     collections::{BTreeMap, HashMap},
