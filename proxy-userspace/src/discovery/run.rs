@@ -18,7 +18,7 @@ use super::{
     sink::PodSink,
     watch::{self, Watched},
 };
-use crate::config::{ConfigStore, Document};
+use crate::config::{ConfigStore, Document, ReloadOutcome};
 
 /// The core watches; documents are rendered once all of them have listed.
 struct Core {
@@ -137,33 +137,84 @@ pub fn spawn(
                 continue;
             }
             let started = tokio::time::Instant::now();
-            let view = View::new(
-                &options.node_name,
-                &core.namespaces.state(),
-                &core.nodes.state(),
-                &core.pods.state(),
-                &core.services.state(),
-                &core.slices.state(),
-            );
-            let local: Vec<Arc<Pod>> = core
-                .local_pods
-                .state()
-                .into_iter()
-                .filter(|p| wanted(p, &options.node_name, &view.enabled))
-                .collect();
-            pending = tracker.sync(&local, &options.host, sink.as_ref());
-            let mut docs = view.documents();
-            docs.extend(istio_documents(&istio_stores));
-            let count = docs.len();
-            let store = store.clone();
-            // Building a snapshot is CPU work; keep it off the async workers.
-            let outcome = tokio::task::spawn_blocking(move || {
-                store.set_documents(docs, "Kubernetes API change")
+            let pass = Pass {
+                node: options.node_name.clone(),
+                host: options.host.clone(),
+                namespaces: core.namespaces.state(),
+                nodes: core.nodes.state(),
+                pods: core.pods.state(),
+                local_pods: core.local_pods.state(),
+                services: core.services.state(),
+                slices: core.slices.state(),
+                istio: istio_documents(&istio_stores),
+            };
+            let (store, sink) = (store.clone(), sink.clone());
+            // Probing cgroups and /proc and building a snapshot block: keep them off the async
+            // workers.
+            let done = tokio::task::spawn_blocking(move || {
+                let outcome = pass.run(&mut tracker, &store, sink.as_ref());
+                (tracker, outcome)
             })
             .await;
+            let (count, outcome);
+            (tracker, (pending, count, outcome)) = match done {
+                Ok(d) => d,
+                Err(e) => {
+                    // A panic in a sink or the store: keep discovering with a fresh tracker.
+                    tracing::error!(error = %e, "discovery pass failed");
+                    (PodTracker::default(), (0, 0, ReloadOutcome::Unchanged))
+                }
+            };
             tracing::debug!(documents = count, pending_pods = pending, took = ?started.elapsed(), outcome = ?outcome, "discovery pass");
         }
     })
+}
+
+/// What one discovery pass works from: the stores' states at one moment.
+struct Pass {
+    node: String,
+    host: super::HostPaths,
+    namespaces: Vec<Arc<Namespace>>,
+    nodes: Vec<Arc<Node>>,
+    pods: Vec<Arc<Pod>>,
+    local_pods: Vec<Arc<Pod>>,
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+    istio: Vec<Document>,
+}
+
+impl Pass {
+    /// Sends this node's pods to the sink and the documents to the store. Returns the pods
+    /// left pending, the number of documents and what the store did.
+    fn run(
+        self,
+        tracker: &mut PodTracker,
+        store: &ConfigStore,
+        sink: &dyn PodSink,
+    ) -> (usize, usize, ReloadOutcome) {
+        let view = View::new(
+            &self.node,
+            &self.namespaces,
+            &self.nodes,
+            &self.pods,
+            &self.services,
+            &self.slices,
+        );
+        let local: Vec<Arc<Pod>> = self
+            .local_pods
+            .into_iter()
+            .filter(|p| wanted(p, &self.node, &view.enabled))
+            .collect();
+        let pending = tracker.sync(&local, &self.host, sink);
+        let mut docs = view.documents();
+        docs.extend(self.istio);
+        let count = docs.len();
+        (
+            pending,
+            count,
+            store.set_documents(docs, "Kubernetes API change"),
+        )
+    }
 }
 
 /// Istio objects from every synced Istio watch.

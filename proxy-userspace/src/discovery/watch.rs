@@ -47,6 +47,15 @@ where
     }
 }
 
+/// Drops what meshd never reads and that can be most of an object's size: managed fields and
+/// kubectl's copy of the last applied object.
+fn trim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// What an operator can do about a watch error the API refused.
 fn hint(e: &watcher::Error) -> &'static str {
     let api = match e {
@@ -82,7 +91,10 @@ where
     let flag = synced.clone();
     let name = what.clone();
     tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(trim)
+            .reflect(writer);
         futures::pin_mut!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
