@@ -109,6 +109,7 @@ pub fn spawn(
     );
     tracing::info!(
         node = %options.node_name,
+        api = options.kube_api.as_deref().unwrap_or("in-cluster or KUBECONFIG"),
         cgroup_root = %options.host.cgroup_root.display(),
         host_proc = %options.host.host_proc.display(),
         "Kubernetes discovery started"

@@ -310,6 +310,24 @@ async fn services_and_istio_objects_reach_the_config_store() {
         ["shop/reviews-1", "shop/reviews-2"]
     );
 
+    // A burst of changes makes one rebuild (or two, if it straddles one), not one per event.
+    let before = rig.store.current().generation;
+    for i in 0..20 {
+        rig.api.apply(t::service(
+            "legacy",
+            &format!("svc-{i}"),
+            &format!("10.96.1.{i}"),
+            json!([{ "name": "tcp", "port": 5432, "protocol": "TCP" }]),
+        ));
+    }
+    eventually("the burst", || rig.names("ServiceEntry").len() == 21).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rebuilt = rig.store.current().generation - before;
+    assert!(
+        (1..=2).contains(&rebuilt),
+        "{rebuilt} generations for one burst"
+    );
+
     // Istio objects: a good one applies; a malformed one is left out on its own; one that a
     // policy file also defines loses to the file.
     let route = json!({ "hosts": ["ratings"], "http": [{ "route": [{ "destination": { "host": "ratings" } }] }] });
