@@ -14,7 +14,7 @@ use std::{
 
 use kube_api::KubeApi;
 use serde_json::{Value, json};
-use support::{Daemon, MESHD, ebpf_available, eventually};
+use support::{Daemon, MESHD, ebpf_available, eventually, http_backend::HttpBackend};
 
 const NODE: &str = "node-a";
 
@@ -246,4 +246,94 @@ fn daemon_serves_what_the_api_holds_and_keeps_it_through_outages() {
             .then_some(())
     })
     .unwrap_or_else(|| panic!("no ratings after the outage; log:\n{}", d.log_text()));
+}
+
+/// Traffic follows what the API says: a managed curl reaches a Service's endpoint through its
+/// ClusterIP (here a loopback address), and a VirtualService created later in the API answers
+/// for the same host.
+#[test]
+fn captured_traffic_follows_discovered_services_and_virtual_services() {
+    if !ebpf_available("captured_traffic_follows_discovered_services_and_virtual_services") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let api = KubeApi::start();
+    api.install_istio();
+    api.apply(namespace("default", false));
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "clusterIP": "127.0.0.61", "clusterIPs": ["127.0.0.61"],
+                  "ports": [{ "name": "http", "port": 9080, "protocol": "TCP", "targetPort": 8080 }] },
+    }));
+    api.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "reviews-x1", "namespace": "default", "labels": { "kubernetes.io/service-name": "reviews" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": backend.addr.port(), "protocol": "TCP" }],
+        "endpoints": [{ "addresses": ["127.0.0.1"], "conditions": { "ready": true }, "nodeName": NODE }],
+    }));
+    let url = api.url();
+    let d = Daemon::start(
+        "discovery-traffic",
+        141,
+        &[
+            "--discovery",
+            "kubernetes",
+            "--node-name",
+            NODE,
+            "--kube-api",
+            &url,
+        ],
+    );
+    eventually(Duration::from_secs(15), || {
+        files(&d)
+            .iter()
+            .any(|f| f == "k8s://Service/default/reviews")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reviews ServiceEntry; log:\n{}", d.log_text()));
+    let curl = |path: &str| {
+        let out = d
+            .exec(
+                "default/productpage",
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--resolve",
+                    "reviews:9080:127.0.0.61",
+                    &format!("http://reviews:9080{path}"),
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("/"), "200", "log:\n{}", d.log_text());
+    assert_eq!(backend.requests(), 1);
+
+    // A VirtualService from the API answers /health itself.
+    api.apply(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": { "name": "reviews", "namespace": "default" },
+        "spec": { "hosts": ["reviews"], "http": [
+            { "match": [{ "uri": { "exact": "/health" } }], "directResponse": { "status": 418 } },
+            { "route": [{ "destination": { "host": "reviews" } }] },
+        ] },
+    }));
+    eventually(Duration::from_secs(15), || {
+        (curl("/health") == "418").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the VirtualService never applied; log:\n{}", d.log_text()));
+    // Until it applied, /health went to the backend; from now on only / does.
+    let before = backend.requests();
+    assert_eq!(curl("/health"), "418");
+    assert_eq!(curl("/"), "200");
+    assert_eq!(backend.requests(), before + 1);
 }
