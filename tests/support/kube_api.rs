@@ -5,6 +5,7 @@
 //!   (cluster-wide): a list with the current `resourceVersion`, or with `watch=true` a stream of
 //!   newline-delimited JSON WatchEvents after the given `resourceVersion`, then new ones as they
 //!   happen (until `timeoutSeconds`, a `drop_watches`, or a failure period);
+//! - list items without their apiVersion and kind, as the API leaves them out for built-in kinds;
 //! - `fieldSelector=spec.nodeName=X` (the only selector it understands; labels are ignored);
 //! - `GET /apis/<group>/<version>`: the APIResourceList of an installed Istio group, else 404.
 //!
@@ -346,7 +347,16 @@ fn handle(
         .map(|m| {
             m.values()
                 .filter(|o| selected(o, fields.as_deref()))
-                .cloned()
+                .map(|o| {
+                    // As a real API server does for built-in kinds, list items leave out
+                    // apiVersion and kind (the list's own say them).
+                    let mut o = o.clone();
+                    if let Some(m) = o.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                    o
+                })
                 .collect()
         })
         .unwrap_or_default();

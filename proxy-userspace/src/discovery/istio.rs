@@ -56,8 +56,8 @@ pub const KINDS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-/// The Istio kinds being watched: (kind, its store). Grows as CRDs are found.
-pub type IstioStores = Arc<Mutex<Vec<(&'static str, Watched<DynamicObject>)>>>;
+/// The Istio kinds being watched: (apiVersion, kind, its store). Grows as CRDs are found.
+pub type IstioStores = Arc<Mutex<Vec<(String, &'static str, Watched<DynamicObject>)>>>;
 
 /// Looks for each Istio group version until it is found, then watches its kinds.
 pub fn spawn(client: Client, stores: IstioStores, changed: mpsc::Sender<()>, retry: Duration) {
@@ -104,7 +104,10 @@ pub fn spawn(client: Client, stores: IstioStores, changed: mpsc::Sender<()>, ret
                     changed.clone(),
                 );
                 tracing::info!(group = %gv, kind, "watching Istio resources");
-                stores.lock().expect("istio stores").push((kind, w));
+                stores
+                    .lock()
+                    .expect("istio stores")
+                    .push((gv.clone(), kind, w));
             }
         });
     }

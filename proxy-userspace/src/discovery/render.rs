@@ -297,18 +297,18 @@ impl View {
 }
 
 /// An Istio object from the API as a document: apiVersion, kind, name, namespace, labels and
-/// spec; server-side fields (status, managedFields, annotations...) are dropped.
-pub fn istio_document(kind: &str, obj: &DynamicObject) -> Option<Document> {
+/// spec; server-side fields (status, managedFields, annotations...) are dropped. `api_version`
+/// and `kind` are the watched ones (list items need not carry their own).
+pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Option<Document> {
     let name = obj.metadata.name.as_deref()?;
     let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
-    let types = obj.types.as_ref()?;
     let mut meta = json!({ "name": name, "namespace": ns });
     if let Some(l) = obj.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
         meta["labels"] = json!(l);
     }
     let mut doc = json!({
-        "apiVersion": types.api_version,
-        "kind": types.kind,
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": meta,
     });
     if let Some(spec) = obj.data.get("spec") {

@@ -223,9 +223,9 @@ fn istio_documents(stores: &IstioStores) -> Vec<Document> {
     let stores = stores.lock().expect("istio stores");
     let mut out = Vec::new();
     let mut seen: HashMap<std::path::PathBuf, ()> = HashMap::new();
-    for (kind, w) in stores.iter().filter(|(_, w)| w.is_synced()) {
+    for (api_version, kind, w) in stores.iter().filter(|(_, _, w)| w.is_synced()) {
         for obj in w.state() {
-            if let Some(d) = istio_document(kind, &obj)
+            if let Some(d) = istio_document(api_version, kind, &obj)
                 && seen.insert(d.path.clone(), ()).is_none()
             {
                 out.push(d);

@@ -189,7 +189,7 @@ fn istio_objects_lose_server_side_fields() {
         json!({ "hosts": ["reviews"], "http": [{ "route": [{ "destination": { "host": "reviews" } }] }] }),
     ))
     .unwrap();
-    let d = istio_document("VirtualService", &obj).unwrap();
+    let d = istio_document("networking.istio.io/v1", "VirtualService", &obj).unwrap();
     assert_eq!(d.path.to_str(), Some("k8s://VirtualService/shop/reviews"));
     let v = parsed(&d);
     assert_eq!(
