@@ -10,7 +10,8 @@
 //! - `GET /apis/<group>/<version>`: the APIResourceList of an installed Istio group, else 404.
 //!
 //! Tests change the objects with `apply` and `delete`, make every request fail with
-//! `fail_with(Some(500))`, and cut open watches with `drop_watches`.
+//! `fail_with(Some(500))`, cut open watches with `drop_watches`, and forget the change history
+//! with `compact` (older watches then get 410 Gone and must list again).
 #![allow(dead_code)]
 
 use std::{
@@ -61,6 +62,8 @@ struct State {
     fail: Option<u16>,
     /// Bumped to end every open watch.
     epoch: u64,
+    /// Watches from before this resourceVersion get 410 Gone (history compacted).
+    compacted: u64,
     /// Requests served, as `METHOD path?query`.
     log: Vec<String>,
 }
@@ -230,6 +233,17 @@ impl KubeApi {
         let _ = self.changed.send(());
     }
 
+    /// Forgets the change history, as etcd compaction does: a watch from an older
+    /// resourceVersion gets a 410 Gone event, and the client must list again.
+    pub fn compact(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.compacted = s.rv;
+        s.history.clear();
+        s.epoch += 1;
+        drop(s);
+        let _ = self.changed.send(());
+    }
+
     /// The requests served so far, as `GET path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
@@ -383,23 +397,37 @@ async fn stream_watch(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
     loop {
-        let lines: Vec<Bytes> = {
+        // Some(lines) to send, or None when the history the watch needs is gone.
+        let lines: Option<Vec<Bytes>> = {
             let s = state.lock().unwrap();
             if s.epoch != epoch {
                 return;
             }
-            let new: Vec<Bytes> = s
-                .history
-                .iter()
-                .filter(|(rv, coll, _, obj)| {
-                    *rv > since && *coll == path && selected(obj, fields.as_deref())
-                })
-                .map(|(_, _, kind, obj)| {
-                    Bytes::from(format!("{}\n", json!({ "type": kind, "object": obj })))
-                })
-                .collect();
-            since = s.rv;
-            new
+            if since < s.compacted {
+                None
+            } else {
+                let new: Vec<Bytes> = s
+                    .history
+                    .iter()
+                    .filter(|(rv, coll, _, obj)| {
+                        *rv > since && *coll == path && selected(obj, fields.as_deref())
+                    })
+                    .map(|(_, _, kind, obj)| {
+                        Bytes::from(format!("{}\n", json!({ "type": kind, "object": obj })))
+                    })
+                    .collect();
+                since = s.rv;
+                Some(new)
+            }
+        };
+        let Some(lines) = lines else {
+            let gone = json!({ "type": "ERROR", "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {since}"),
+                "reason": "Expired", "code": 410,
+            } });
+            let _ = tx.send(Bytes::from(format!("{gone}\n"))).await;
+            return;
         };
         for l in lines {
             if tx.send(l).await.is_err() {

@@ -433,6 +433,12 @@ async fn api_failures_keep_the_last_state_and_discovery_resumes() {
     assert_eq!(rig.pods(), ["shop/reviews-1"]);
     assert_eq!(rig.store.current().generation, generation);
 
+    // Meanwhile the reviews Service is deleted and the API compacts its history: the watches
+    // get 410 Gone when they come back, list again, and the deletion is seen.
+    rig.api
+        .delete(&t::service("shop", "reviews", "10.96.0.20", json!([])));
+    rig.api.compact();
+
     // It comes back, and changes made since are seen.
     rig.api.fail_with(None);
     rig.api.apply(t::service(
@@ -441,9 +447,10 @@ async fn api_failures_keep_the_last_state_and_discovery_resumes() {
         "10.96.0.21",
         json!([{ "name": "http", "port": 9080, "protocol": "TCP" }]),
     ));
-    eventually("a Service created after the outage", || {
-        rig.names("ServiceEntry") == ["shop/ratings", "shop/reviews"]
-    })
+    eventually(
+        "a Service created, and one deleted, during the outage",
+        || rig.names("ServiceEntry") == ["shop/ratings"],
+    )
     .await;
 
     // Watches cut by the server are resumed; what they list again is what meshd has, so no new
