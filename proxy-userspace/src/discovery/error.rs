@@ -5,11 +5,6 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error(
-        "--discovery kubernetes needs this node's name: pass --node-name or set MESHD_NODE_NAME \
-         (in a DaemonSet, from the downward API: fieldRef spec.nodeName)"
-    )]
-    NoNodeName,
-    #[error(
         "cannot find the Kubernetes API: {0} (outside a pod, set KUBECONFIG or pass --kube-api)"
     )]
     Config(String),
