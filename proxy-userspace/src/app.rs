@@ -223,10 +223,6 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     let cgroups = NodeCgroups::setup(Some(&attach))?;
     match start(&settings, &cgroups).await {
         Ok((datapath, listeners)) => {
-            if let Some(d) = discovery {
-                // Pods are only logged until the workload registry enrols them.
-                d.start(config.clone(), Arc::new(crate::discovery::LogSink));
-            }
             let shared = Shared {
                 metrics,
                 config,
@@ -234,7 +230,15 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
                 tracer,
                 tunnel,
             };
-            Ok(serve(settings, cgroups, datapath, listeners, lock, shared))
+            let app = serve(settings, cgroups, datapath, listeners, lock, shared);
+            if let Some(d) = discovery {
+                // The sink only logs pods until they are enrolled in `app.state.workloads`.
+                d.start(
+                    app.state.config.clone(),
+                    Arc::new(crate::discovery::LogSink),
+                );
+            }
+            Ok(app)
         }
         Err(e) => {
             cgroups.teardown();
