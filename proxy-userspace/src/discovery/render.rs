@@ -193,7 +193,8 @@ pub fn namespace_enabled(ns: &Namespace) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// A node's first InternalIP.
+/// A node's first IPv4 InternalIP. `meshd.io/node` is a label, and a label value cannot hold
+/// an IPv6 address's colons, so an IPv6-only node counts as one whose address is unknown.
 pub fn internal_ip(node: &Node) -> Option<IpAddr> {
     node.status
         .as_ref()?
@@ -201,7 +202,8 @@ pub fn internal_ip(node: &Node) -> Option<IpAddr> {
         .iter()
         .flatten()
         .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok())
+        .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        .find(IpAddr::is_ipv4)
 }
 
 mod service_entry;

@@ -199,3 +199,23 @@ fn istio_objects_lose_server_side_fields() {
     assert!(v.get("status").is_none());
     assert_eq!(v["apiVersion"], "networking.istio.io/v1");
 }
+
+#[test]
+fn node_addresses_are_ipv4_internal_ips() {
+    let node: Node = serde_json::from_value(json!({
+        "metadata": { "name": "n" },
+        "status": { "addresses": [
+            { "type": "ExternalIP", "address": "203.0.113.9" },
+            { "type": "InternalIP", "address": "fd00::9" },
+            { "type": "InternalIP", "address": "192.168.50.9" },
+        ] },
+    }))
+    .unwrap();
+    assert_eq!(internal_ip(&node), Some("192.168.50.9".parse().unwrap()));
+    let v6: Node = serde_json::from_value(json!({
+        "metadata": { "name": "n" },
+        "status": { "addresses": [{ "type": "InternalIP", "address": "fd00::9" }] },
+    }))
+    .unwrap();
+    assert_eq!(internal_ip(&v6), None);
+}
