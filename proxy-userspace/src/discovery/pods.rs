@@ -112,7 +112,8 @@ impl PodTracker {
                         tracing::debug!(pod = %format!("{}/{}", key.0, key.1), "pod still skipped: {reason}");
                     }
                     failing.insert(uid, reason);
-                    // A pod recreated under the same name: the old one is gone.
+                    // What the sink has under this name is stale: a pod recreated under the
+                    // same name, or one whose cgroup went away.
                     if self.emitted.remove(&key).is_some() {
                         sink.remove(&key.0, &key.1);
                     }
@@ -132,5 +133,80 @@ impl PodTracker {
         let pending = failing.len();
         self.failing = failing;
         pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::discovery::{
+        RecordingSink, SinkEvent,
+        cgroup::{cgroupfs_path, fixture::*},
+        testdata,
+    };
+
+    fn pod(v: serde_json::Value) -> Arc<Pod> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn only_changes_reach_the_sink() {
+        let t = TempDir::new("tracker");
+        let host = HostPaths {
+            cgroup_root: t.0.join("cg"),
+            host_proc: t.0.join("proc"),
+        };
+        let uid = "77777777-7777-4777-8777-777777777777";
+        let dir = host.cgroup_root.join(cgroupfs_path(uid, Qos::BestEffort));
+        v2_dir(&dir, &[]);
+        v2_dir(&dir.join("c1"), &[70]);
+        proc_netns(&host.host_proc, 70, 1);
+        let v1 = testdata::pod("shop", "cart-1", uid, "node-a", "10.1.0.7", "BestEffort");
+        let sink = RecordingSink::new();
+        let mut tracker = PodTracker::default();
+        assert_eq!(tracker.sync(&[pod(v1.clone())], &host, sink.as_ref()), 0);
+        // Nothing changed: nothing sent.
+        tracker.sync(&[pod(v1.clone())], &host, sink.as_ref());
+        assert_eq!(sink.events().len(), 1);
+        // A new IP is sent again.
+        let mut v2 = v1.clone();
+        v2["status"]["podIP"] = json!("10.1.0.8");
+        tracker.sync(&[pod(v2.clone())], &host, sink.as_ref());
+        assert_eq!(
+            sink.pods()["shop/cart-1"].ip,
+            Some("10.1.0.8".parse().unwrap())
+        );
+        // Its cgroup goes away while it changes: the sink drops it, and it is pending.
+        std::fs::remove_dir_all(&host.cgroup_root).unwrap();
+        let mut v3 = v2.clone();
+        v3["metadata"]["labels"]["version"] = json!("v3");
+        assert_eq!(tracker.sync(&[pod(v3)], &host, sink.as_ref()), 1);
+        assert!(sink.pods().is_empty());
+        // Gone from the API: nothing more to remove.
+        assert_eq!(tracker.sync(&[], &host, sink.as_ref()), 0);
+        let removes = sink
+            .events()
+            .iter()
+            .filter(|e| matches!(e, SinkEvent::Remove { .. }))
+            .count();
+        assert_eq!(removes, 1);
+    }
+
+    #[test]
+    fn which_pods_are_wanted() {
+        let enabled: HashSet<String> = ["shop".to_string()].into();
+        let running = testdata::pod("shop", "a-1", "u", "node-a", "10.1.0.1", "Burstable");
+        assert!(wanted(&pod(running.clone()), "node-a", &enabled));
+        assert!(!wanted(&pod(running.clone()), "node-b", &enabled));
+        let mut pending = running.clone();
+        pending["status"]["phase"] = json!("Pending");
+        assert!(!wanted(&pod(pending), "node-a", &enabled));
+        let mut host_net = running.clone();
+        host_net["spec"]["hostNetwork"] = json!(true);
+        assert!(!wanted(&pod(host_net), "node-a", &enabled));
+        let other = testdata::pod("legacy", "b-1", "u", "node-a", "10.1.0.2", "Burstable");
+        assert!(!wanted(&pod(other), "node-a", &enabled));
     }
 }
