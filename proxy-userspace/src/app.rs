@@ -84,6 +84,8 @@ pub enum StartupError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Datapath(#[from] ebpf::DatapathError),
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
 }
 
 /// A running daemon.
@@ -207,6 +209,8 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     if tunnel.is_none() && config.current().compiled.endpoints.any_on_nodes() {
         return Err(StartupError::NoCertificates);
     }
+    // Kubernetes discovery fails the start when the API cannot be located.
+    let discovery = crate::discovery::connect(settings.discovery.as_ref()).await?;
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -227,7 +231,16 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
                 tracer,
                 tunnel,
             };
-            Ok(serve(settings, cgroups, datapath, listeners, lock, shared))
+            let app = serve(settings, cgroups, datapath, listeners, lock, shared);
+            if let Some(d) = discovery {
+                // This node's pods are enrolled as workloads, in their network namespaces.
+                let sink = crate::discovery::enrol::Enrol {
+                    pods: app.state.pods.clone(),
+                    metrics: app.state.metrics.clone(),
+                };
+                d.start(app.state.config.clone(), Arc::new(sink));
+            }
+            Ok(app)
         }
         Err(e) => {
             cgroups.teardown();

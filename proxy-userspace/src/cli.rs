@@ -150,6 +150,8 @@ pub struct RunArgs {
     /// Lifetime of certificates the built-in CA issues; each is renewed at half of it.
     #[arg(long, env = "MESHD_CERT_LIFETIME", default_value = "24h")]
     pub cert_lifetime: String,
+    #[command(flatten)]
+    pub kube: crate::discovery::KubeArgs,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod drain;
 pub mod ebpf;
 pub mod exec;

@@ -16,6 +16,7 @@ pub struct Metrics {
     bytes_total: IntCounterVec,
     pub workloads: IntGauge,
     config_reloads: IntCounterVec,
+    api_rejected: IntCounterVec,
     retries: prometheus::IntCounter,
     mirrors: IntCounterVec,
     outliers: IntCounterVec,
@@ -73,6 +74,14 @@ impl Metrics {
                 "Configuration reloads by result: success, failure (rejected, last good kept), unchanged",
             ),
             &["result"],
+        )
+        .unwrap();
+        let api_rejected = IntCounterVec::new(
+            Opts::new(
+                "meshd_discovery_objects_rejected_total",
+                "Objects from the Kubernetes API left out of the configuration because they are invalid, by kind",
+            ),
+            &["kind"],
         )
         .unwrap();
         let retries =
@@ -140,6 +149,7 @@ impl Metrics {
             &connections_total,
             &bytes_total,
             &config_reloads,
+            &api_rejected,
             &mirrors,
             &outliers,
             &rate_limits,
@@ -158,6 +168,7 @@ impl Metrics {
             bytes_total,
             workloads,
             config_reloads,
+            api_rejected,
             retries,
             mirrors,
             outliers,
@@ -181,6 +192,10 @@ impl Metrics {
 
     pub fn config_reload(&self, result: &str) {
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn api_object_rejected(&self, kind: &str) {
+        self.api_rejected.with_label_values(&[kind]).inc();
     }
 
     pub fn retries(&self, n: u64) {

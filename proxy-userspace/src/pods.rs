@@ -127,7 +127,12 @@ impl Pods {
     pub fn ensure(&self, name: &WorkloadName, at: &Placement) -> Result<Workload, PodError> {
         if let Some(w) = self.registry.find(name) {
             let same_cgroup = at.cgroup.as_ref().is_none_or(|c| *c == w.cgroup);
-            if same_cgroup && at.netns == w.netns {
+            // The same namespace may be named by another path (another of the pod's pids).
+            let same_netns = match (&at.netns, &w.netns) {
+                (Some(a), Some(b)) => netns::same(a, b),
+                (a, b) => a == b,
+            };
+            if same_cgroup && same_netns {
                 return Ok(w);
             }
             self.remove(w.id)?;

@@ -61,6 +61,8 @@ pub struct Settings {
     pub ca_dir: Option<PathBuf>,
     pub cert_dir: Option<PathBuf>,
     pub cert_lifetime: Duration,
+    /// Kubernetes discovery (`--discovery kubernetes`); None: policy files only.
+    pub discovery: Option<crate::discovery::KubeSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +181,7 @@ impl Settings {
             workload_max_requests: a.workload_max_requests,
             redis_timeout: parse_duration(&a.redis_timeout)
                 .map_err(|r| invalid("redis-timeout", &a.redis_timeout, r))?,
+            discovery: a.kube.settings()?,
         })
     }
 

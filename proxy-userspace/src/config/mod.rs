@@ -2,6 +2,7 @@
 //! locks, replaced atomically on hot reload (file changes or SIGHUP) and never by a broken one.
 
 mod compile;
+pub mod documents;
 pub mod endpoints;
 mod hash;
 mod snapshot;
@@ -9,6 +10,7 @@ mod store;
 mod watch;
 
 pub use compile::{Cluster, Compiled, ServiceEndpoint, WorkloadPolicies, compile};
+pub use documents::Document;
 pub use snapshot::Snapshot;
 pub use store::{ConfigStore, ReloadOutcome};
 pub use watch::spawn_watcher;

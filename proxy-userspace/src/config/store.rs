@@ -1,5 +1,6 @@
-//! The configuration store: builds snapshots from the config paths, swaps them in atomically,
-//! and keeps the last good one when a reload is invalid. Readers take an `Arc` of the current
+//! The configuration store: builds snapshots from the config paths (plus documents discovered
+//! in memory, see `documents`), swaps them in atomically, and keeps the last good one when a
+//! reload is invalid. Readers take an `Arc` of the current
 //! snapshot without locking, and keep it for as long as their request runs.
 
 use std::{
@@ -9,7 +10,12 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::{Snapshot, compile::compile, hash::content_hash};
+use super::{
+    Snapshot,
+    compile::compile,
+    documents::{self, Document, RejectLog, Rejected},
+    hash::content_hash,
+};
 use crate::{
     metrics::Metrics,
     policy::{self, Finding, LoadFailure, source},
@@ -22,6 +28,9 @@ pub struct ConfigStore {
     metrics: Arc<Metrics>,
     /// Serialises reloads (a file event and SIGHUP at once).
     reloading: Mutex<()>,
+    /// In-memory documents (from the Kubernetes API) merged with the files' policies.
+    documents: Mutex<Vec<Document>>,
+    rejects: Mutex<RejectLog>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -33,17 +42,32 @@ pub enum ReloadOutcome {
 
 /// Reads, validates, analyzes and compiles the config paths. Errors from cross-resource
 /// analysis reject the configuration like validation errors do; warnings are logged.
-fn build(paths: &[PathBuf], generation: u64) -> Result<Snapshot, LoadFailure> {
-    let (files, unreadable) = source::discover(paths);
+/// Documents are merged in; the bad ones are left out and returned, never failing the build.
+fn build(
+    paths: &[PathBuf],
+    docs: &[Document],
+    generation: u64,
+) -> Result<(Snapshot, Vec<Rejected>), LoadFailure> {
+    let (mut files, unreadable) = source::discover(paths);
     if !unreadable.is_empty() {
         return Err(LoadFailure::Unreadable(unreadable));
     }
-    let contents: Vec<(PathBuf, Vec<u8>)> = files
+    let mut contents: Vec<(PathBuf, Vec<u8>)> = files
         .iter()
         .map(|f| (f.clone(), std::fs::read(f).unwrap_or_default()))
         .collect();
     let mut policies = policy::load(paths)?;
-    let mut findings = policy::analyze(&policies);
+    let (mut findings, rejected) = if docs.is_empty() {
+        (policy::analyze(&policies), Vec::new())
+    } else {
+        documents::merge(&mut policies, docs)
+    };
+    for d in docs {
+        contents.push((d.path.clone(), d.text.clone().into_bytes()));
+        if !rejected.iter().any(|r| r.path == d.path) {
+            files.push(d.path.clone());
+        }
+    }
     if findings.iter().any(Finding::is_error) {
         findings.extend(policies.warnings.iter().cloned());
         policy::finding::sort(&mut findings);
@@ -54,14 +78,15 @@ fn build(paths: &[PathBuf], generation: u64) -> Result<Snapshot, LoadFailure> {
     }
     policies.forget_trees();
     let compiled = compile(&policies);
-    Ok(Snapshot {
+    let snapshot = Snapshot {
         generation,
         hash: content_hash(&contents),
         applied_unix_ms: unix_ms(),
         files,
         policies,
         compiled,
-    })
+    };
+    Ok((snapshot, rejected))
 }
 
 impl ConfigStore {
@@ -70,7 +95,7 @@ impl ConfigStore {
         paths: Vec<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<ConfigStore>, LoadFailure> {
-        let snapshot = build(&paths, 1)?;
+        let (snapshot, _) = build(&paths, &[], 1)?;
         tracing::info!(
             generation = 1,
             hash = %snapshot.hash,
@@ -84,6 +109,8 @@ impl ConfigStore {
             current: ArcSwap::from_pointee(snapshot),
             metrics,
             reloading: Mutex::new(()),
+            documents: Mutex::new(Vec::new()),
+            rejects: Mutex::new(RejectLog::default()),
         }))
     }
 
@@ -96,12 +123,28 @@ impl ConfigStore {
         self.current.load_full()
     }
 
-    /// Rebuilds from the config paths and swaps the result in, unless it is invalid (the last
-    /// good snapshot stays, and every finding is logged) or identical.
+    /// Replaces the in-memory documents and reloads with them.
+    /// Their order does not matter: they are sorted by path, so the same set hashes the same.
+    pub fn set_documents(&self, mut docs: Vec<Document>, why: &str) -> ReloadOutcome {
+        docs.sort_by(|a, b| a.path.cmp(&b.path));
+        *self.documents.lock().expect("documents lock") = docs;
+        self.reload(why)
+    }
+
+    /// Rebuilds from the config paths and documents and swaps the result in, unless it is
+    /// invalid (the last good snapshot stays, and every finding is logged) or identical.
     pub fn reload(&self, why: &str) -> ReloadOutcome {
         let _one_at_a_time = self.reloading.lock().expect("reload lock");
         let old = self.current.load();
-        match build(&self.paths, old.generation + 1) {
+        let docs = self.documents.lock().expect("documents lock").clone();
+        let built = build(&self.paths, &docs, old.generation + 1).map(|(new, rejected)| {
+            let rejects = self.rejects.lock().expect("rejects lock").record(&rejected);
+            for kind in rejects {
+                self.metrics.api_object_rejected(&kind);
+            }
+            new
+        });
+        match built {
             Ok(new) if new.hash == old.hash => {
                 tracing::debug!(why, hash = %new.hash, "configuration unchanged");
                 self.metrics.config_reload("unchanged");

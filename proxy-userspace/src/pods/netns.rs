@@ -82,6 +82,15 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// Whether two paths name the same namespace (the same inode on the same nsfs device).
+pub fn same(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => a == b,
+    }
+}
+
 /// The kernel's cookie for a socket's network namespace (SO_NETNS_COOKIE).
 pub fn cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;

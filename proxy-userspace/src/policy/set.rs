@@ -86,6 +86,89 @@ impl PolicySet {
         }
     }
 
+    /// Moves `other`'s resources into this set. A resource whose kind, namespace and name this
+    /// set already holds stays out: the one already here wins. Returns each such conflict as
+    /// (kind, `namespace/name`, where the kept one is, where the dropped one is).
+    pub fn absorb(&mut self, other: PolicySet) -> Vec<(Kind, String, String, String)> {
+        fn each<S>(
+            kind: Kind,
+            to: &mut Vec<Located<super::model::Resource<S>>>,
+            from: Vec<Located<super::model::Resource<S>>>,
+            conflicts: &mut Vec<(Kind, String, String, String)>,
+        ) {
+            for r in from {
+                let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+                match to
+                    .iter()
+                    .find(|k| &k.metadata.namespace == ns && &k.metadata.name == name)
+                {
+                    Some(kept) => conflicts.push((kind, format!("{ns}/{name}"), kept.at(), r.at())),
+                    None => to.push(r),
+                }
+            }
+        }
+        let mut c = Vec::new();
+        each(
+            Kind::VirtualService,
+            &mut self.virtual_services,
+            other.virtual_services,
+            &mut c,
+        );
+        each(
+            Kind::DestinationRule,
+            &mut self.destination_rules,
+            other.destination_rules,
+            &mut c,
+        );
+        each(
+            Kind::ServiceEntry,
+            &mut self.service_entries,
+            other.service_entries,
+            &mut c,
+        );
+        each(
+            Kind::WorkloadEntry,
+            &mut self.workload_entries,
+            other.workload_entries,
+            &mut c,
+        );
+        each(
+            Kind::PeerAuthentication,
+            &mut self.peer_authentications,
+            other.peer_authentications,
+            &mut c,
+        );
+        each(
+            Kind::AuthorizationPolicy,
+            &mut self.authorization_policies,
+            other.authorization_policies,
+            &mut c,
+        );
+        each(
+            Kind::RateLimitPolicy,
+            &mut self.rate_limit_policies,
+            other.rate_limit_policies,
+            &mut c,
+        );
+        self.warnings.extend(other.warnings);
+        self.files += other.files;
+        c
+    }
+
+    /// Drops every resource that came from `file`.
+    pub fn remove_file(&mut self, file: &std::path::Path) {
+        fn each<T>(v: &mut Vec<Located<T>>, file: &std::path::Path) {
+            v.retain(|r| r.origin.file != file);
+        }
+        each(&mut self.virtual_services, file);
+        each(&mut self.destination_rules, file);
+        each(&mut self.service_entries, file);
+        each(&mut self.workload_entries, file);
+        each(&mut self.peer_authentications, file);
+        each(&mut self.authorization_policies, file);
+        each(&mut self.rate_limit_policies, file);
+    }
+
     /// Deserializes a validated document of `kind` and adds it.
     pub(crate) fn insert(
         &mut self,
