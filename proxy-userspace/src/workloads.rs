@@ -127,6 +127,7 @@ impl Registry {
             cgroup_id,
         };
         inner.by_id.insert(id, w.clone());
+        self.maps.enrolled(&w);
         tracing::info!(workload = %w.workload, id, cgroup = %w.cgroup.display(), "workload enrolled");
         Ok(w)
     }

@@ -74,6 +74,8 @@ pub struct Compiled {
     pub endpoints: super::endpoints::Endpoints,
     /// AuthorizationPolicies, compiled for evaluation.
     pub authorizer: Arc<crate::security::authz::Authorizer>,
+    /// PeerAuthentications, compiled for resolution per workload and port.
+    pub mtls: Arc<crate::security::MtlsPolicies>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -359,6 +361,16 @@ fn authorizer(set: &PolicySet) -> crate::security::authz::Authorizer {
     a
 }
 
+/// The PeerAuthentications for resolution; an unknown mode is logged and read as UNSET.
+fn mtls(set: &PolicySet) -> crate::security::MtlsPolicies {
+    let (m, problems) =
+        crate::security::MtlsPolicies::from_set(set, crate::security::DEFAULT_ROOT_NAMESPACE);
+    for p in problems {
+        tracing::warn!(problem = %p, "peer authentication");
+    }
+    m
+}
+
 pub fn compile(set: &PolicySet) -> Compiled {
     Compiled {
         routes: compile_routes(set),
@@ -368,5 +380,6 @@ pub fn compile(set: &PolicySet) -> Compiled {
         endpoint_workloads: compile_endpoint_workloads(set),
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
+        mtls: Arc::new(mtls(set)),
     }
 }
