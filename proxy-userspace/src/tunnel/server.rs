@@ -235,6 +235,27 @@ impl Stream {
         )
     }
 
+    /// Istio's TCP labels of this stream as the destination reports it: the peer proved its
+    /// identity, so the connection is `mutual_tls`.
+    fn labels(&self) -> crate::telemetry::TcpLabels {
+        let (name, namespace) =
+            crate::telemetry::istio::split_workload(self.workload.workload.as_deref());
+        crate::telemetry::TcpLabels {
+            source_workload: "unknown".into(),
+            source_namespace: crate::security::spiffe::namespace(&self.source.to_string())
+                .unwrap_or("unknown")
+                .to_string(),
+            destination_service: self.target.to_string(),
+            destination_workload: name.to_string(),
+            destination_namespace: namespace.to_string(),
+            response_flags: "-".into(),
+            reporter: "destination",
+            source_principal: crate::security::spiffe::strip_scheme(&self.source.to_string())
+                .to_string(),
+            security_policy: "mutual_tls",
+        }
+    }
+
     pub fn workload(&self) -> Workload<'_> {
         Workload {
             namespace: &self.workload.namespace,
@@ -268,7 +289,12 @@ impl Stream {
         match TcpStream::connect(self.target).await {
             Ok(mut up) => {
                 let _ = up.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+                let labels = self.labels();
+                inbound.metrics.istio.tcp_opened(&labels);
+                let (sent, received) = tokio::io::copy_bidirectional(&mut io, &mut up)
+                    .await
+                    .unwrap_or((0, 0));
+                inbound.metrics.istio.tcp_closed(&labels, sent, received);
             }
             Err(e) => {
                 tracing::warn!(target = %self.target, error = %e, "tunnel stream: the local workload refused")
