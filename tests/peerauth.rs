@@ -351,3 +351,67 @@ fn identity_only_deny_fails_connect_with_eperm() {
     );
     assert_eq!(d.metric(r#"meshd_connections_total{result="denied"}"#), 0.0);
 }
+
+#[test]
+fn disable_reaches_the_workload_in_plaintext_without_the_tunnel() {
+    if !ebpf_available("peerauth_disable") {
+        return;
+    }
+    let slots = (158, 159);
+    let lan = Lan::new("pa-disable", 153, 2);
+    let (a, b) = (lan.node(0).clone(), lan.node(1).clone());
+    let ca = ca("pa-disable");
+    let yaml = strict_policies(&a, &b, slots, "DISABLE")
+        .replace("    8082: {mode: PERMISSIVE}", "    8082: {mode: STRICT}");
+    let dir = config("pa-disable", &yaml);
+    let start = |n: &Node, name: &str, slot: u16| {
+        Daemon::start_on(
+            n,
+            name,
+            slot,
+            &[
+                "--config",
+                &dir.display().to_string(),
+                "--ca-dir",
+                &ca.display().to_string(),
+                "--node-address",
+                &n.addr.to_string(),
+            ],
+        )
+    };
+    let d_b = start(&b, "pa-disable-b", slots.1);
+    let d_a = start(&a, "pa-disable-a", slots.0);
+    let mut server = managed_echo(&d_b, &b, "default/server", &[8081, 8082]);
+    // Port 8081 is DISABLE: node a connects straight to the workload, in plaintext, and the
+    // workload takes it.
+    let disabled: SocketAddr = (b.addr, 8081).into();
+    assert_eq!(
+        managed_client(&d_a, "default/client", disabled, "plain"),
+        "plain"
+    );
+    assert_eq!(
+        d_b.metric(r#"meshd_tunnel_events_total{event="handshake_ok"}"#),
+        0.0
+    );
+    let metrics_a = d_a.get("/metrics");
+    assert!(
+        metrics_a
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains(r#"connection_security_policy="none""#)),
+        "{metrics_a}"
+    );
+    // Port 8082 is STRICT by portLevelMtls: the tunnel carries it, and plaintext is refused.
+    let strict: SocketAddr = (b.addr, 8082).into();
+    assert_eq!(
+        managed_client(&d_a, "default/client", strict, "mesh"),
+        "mesh"
+    );
+    assert_eq!(
+        d_b.metric(r#"meshd_tunnel_events_total{event="handshake_ok"}"#),
+        1.0
+    );
+    assert!(a.run(|| echo(strict, "plain")).is_err());
+    let _ = server.kill();
+    let _ = server.wait();
+}
