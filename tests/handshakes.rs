@@ -1,5 +1,6 @@
-//! Tunnel handshakes: reused tunnel connections add no TLS handshake per request, and (as an
-//! ignored benchmark) how many new mTLS connections per second a node's inbound port accepts.
+//! Tunnel handshakes: reused tunnel connections add no TLS handshake per request, and (as
+//! ignored benchmarks) how many new mTLS connections per second a node's inbound port accepts,
+//! and the tunnel's HTTP throughput against plaintext through meshd.
 
 mod support;
 
@@ -66,7 +67,28 @@ spec:
   serviceAccount: api
   ports: {{http: 8080}}
   labels: {{app: api, {lb}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: [api.default.svc.cluster.local]
+  addresses: ["{net}.50"]
+  ports: [{{number: 9080, name: http, protocol: HTTP, targetPort: 8080}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: api}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: plain, namespace: default}}
+spec:
+  hosts: [plain.default.svc.cluster.local]
+  addresses: ["{net}.51"]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {b}, ports: {{http: 8090}}}}]
 "#,
+        net = format!("10.213.{subnet}"),
         a = a.addr,
         b = b.addr,
         la = labels(&a, slots.0),
@@ -231,5 +253,72 @@ fn tunnel_handshakes_benchmark() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("handshakes.md"), &text).unwrap();
+    println!("{text}");
+}
+
+/// HTTP/1.1 throughput and latency (wrk, 16 connections, 5 s) from web on node a to node b,
+/// through the tunnel (the VIP .50 in front of api on 8080) and through meshd in plaintext (the
+/// VIP .51 in front of an unlabelled backend on 8090), alternating over `MESHD_BENCH_ROUNDS` rounds (default 3). Writes
+/// target/bench/tunnel-throughput.md.
+#[test]
+#[ignore = "a benchmark: run it on purpose"]
+fn tunnel_throughput_benchmark() {
+    if !ebpf_available("tunnel_throughput") {
+        return;
+    }
+    let m = two_nodes("hs-tput", 158, (158, 159));
+    let b = m.lan.node(1).clone();
+    let _plain = b.run(|| HttpBackend::start(&format!("{}:8090", b.addr)));
+    let rounds: usize = std::env::var("MESHD_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let wrk = |url: &str| -> (f64, String) {
+        let out = m
+            .d_a
+            .exec(
+                "default/web",
+                &["wrk", "-t1", "-c16", "-d5s", "--latency", url],
+            )
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let field = |prefix: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(prefix))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_string()
+        };
+        (field("Requests/sec:").parse().unwrap_or(0.0), field("50%"))
+    };
+    let mut rows = Vec::new();
+    for round in 1..=rounds {
+        for (name, vip) in [("plaintext through meshd", 51), ("mTLS tunnel", 50)] {
+            let (rps, p50) = wrk(&format!("http://10.213.158.{vip}:9080/whoami"));
+            eprintln!("round {round}: {name}: {rps:.0} req/s, p50 {p50}");
+            rows.push((round, name, rps, p50));
+        }
+    }
+    let median = |name: &str| {
+        let mut v: Vec<f64> = rows.iter().filter(|r| r.1 == name).map(|r| r.2).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (plain, tunnel) = (median("plaintext through meshd"), median("mTLS tunnel"));
+    let mut text = String::from(
+        "# mTLS tunnel vs plaintext through meshd\n\n| round | path | req/s | p50 |\n| --- | --- | ---: | ---: |\n",
+    );
+    for (round, name, rps, p50) in &rows {
+        text.push_str(&format!("| {round} | {name} | {rps:.0} | {p50} |\n"));
+    }
+    text.push_str(&format!(
+        "\nMedian: tunnel {tunnel:.0} req/s, plaintext {plain:.0} req/s: **{:.2}x**; handshakes on node b: {}.\n",
+        tunnel / plain,
+        m.d_b.metric(HANDSHAKES)
+    ));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tunnel-throughput.md"), &text).unwrap();
     println!("{text}");
 }
