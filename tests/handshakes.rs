@@ -162,6 +162,16 @@ fn reused_tunnel_connections_add_no_handshake_per_request() {
         .d_b
         .metric(r#"meshd_tunnel_events_total{event="stream_opened"}"#);
     assert!((1.0..=8.0).contains(&streams), "{streams} streams");
+    // The source side labels the requests as mTLS.
+    let metrics = m.d_a.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains(r#"connection_security_policy="mutual_tls""#)
+                && l.ends_with(" 300")),
+        "{metrics}"
+    );
 }
 
 /// One full mTLS handshake with node b's inbound port, presenting web's certificate and

@@ -260,6 +260,7 @@ mod tests {
             response_code: 200,
             grpc_status: "",
             response_flags: "-",
+            security_policy: "mutual_tls",
         }
     }
 
@@ -357,7 +358,7 @@ mod tests {
                 &code,
                 l.grpc_status,
                 l.response_flags,
-                "unknown",
+                l.security_policy,
             ];
             counter.with_label_values(&v).inc();
             duration.with_label_values(&v).observe(*ms);

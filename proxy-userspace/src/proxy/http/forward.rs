@@ -266,6 +266,7 @@ impl Drop for RequestLog {
                 response_code: status,
                 grpc_status,
                 response_flags: &flags,
+                security_policy: rec.security_policy.unwrap_or("unknown"),
             },
             elapsed,
             self.request_bytes,
