@@ -206,6 +206,12 @@ fn strict_refuses_plaintext_in_the_kernel_and_keeps_the_tunnel() {
             d_b.log_text()
         );
     }
+    // A managed workload on node b itself goes through meshd there, which connects from its
+    // own cgroup: allowed.
+    assert_eq!(
+        managed_client(&d_b, "default/client", strict, "same-node"),
+        "same-node"
+    );
     // Plaintext from another machine (an unmanaged process on node a) and from an unmanaged
     // process on node b itself: the SYN is dropped, so the connect times out.
     let from_a = a.run(|| echo(strict, "plain"));
