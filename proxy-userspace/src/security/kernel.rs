@@ -21,7 +21,7 @@ use proxy_common::{DenyKey, PEER_AUTH_OPEN, PEER_AUTH_STRICT, PeerAuthKey};
 use super::{MtlsMode, Workload};
 use crate::{
     config::{ConfigStore, Snapshot},
-    ebpf::{PolicyMaps, endpoint_of},
+    ebpf::{PolicyMaps, endpoint_of, socket_addr_of},
     tunnel,
     workloads::{Registry, Workload as Enrolled},
 };
@@ -168,6 +168,19 @@ pub fn deny_entries(snap: &Snapshot, node: &NodeView, id: u32, workload: &str) -
             }
         }
     }
+    // An IPv6 socket reaches an IPv4 address as its v4-mapped form, which is what connect6
+    // sees.
+    let mapped: Vec<DenyKey> = out
+        .iter()
+        .filter_map(|k| match socket_addr_of(&k.dst)? {
+            SocketAddr::V4(a) => Some(key(SocketAddr::new(
+                IpAddr::V6(a.ip().to_ipv6_mapped()),
+                a.port(),
+            ))),
+            SocketAddr::V6(_) => None,
+        })
+        .collect();
+    out.extend(mapped);
     out
 }
 

@@ -141,14 +141,15 @@ spec: {mtls: {mode: DISABLE}}
     assert_eq!(peer_auth_entries(&snap, 3, "default/db"), []);
 }
 
+/// The denied destinations, IPv4 ones once (the v4-mapped IPv6 twin is checked here).
 fn denied(snap: &Snapshot, id: u32, workload: &str) -> Vec<SocketAddr> {
-    let mut v: Vec<SocketAddr> = deny_entries(snap, &node(), id, workload)
+    let keys = deny_entries(snap, &node(), id, workload);
+    let (v6, v4): (Vec<&proxy_common::DenyKey>, Vec<_>) = keys
         .iter()
-        .map(|k| {
-            assert_eq!(k.workload_id, id);
-            socket_addr_of(&k.dst).unwrap()
-        })
-        .collect();
+        .inspect(|k| assert_eq!(k.workload_id, id))
+        .partition(|k| k.dst.family == proxy_common::AF_INET6);
+    assert_eq!(v6.len(), v4.len(), "a v4-mapped entry for each IPv4 one");
+    let mut v: Vec<SocketAddr> = v4.iter().map(|k| socket_addr_of(&k.dst).unwrap()).collect();
     v.sort();
     v
 }
