@@ -85,41 +85,47 @@ pub fn allow(ctx: &SkBuffContext) -> bool {
     false
 }
 
-/// A TCP segment with SYN set and ACK clear, or `None`.
+/// A TCP segment with SYN set and ACK clear, or `None`. The flags are read first, so every
+/// other packet costs two or three small loads.
 #[inline(always)]
 fn parse_syn(ctx: &SkBuffContext) -> Option<Syn> {
     // SAFETY: the context pointer is valid for the program run.
     let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    let (v6, saddr, daddr, l4) = match proto {
+    let (v6, l4) = match proto {
         ETH_P_IP => {
             let vihl: u8 = ctx.load(0).ok()?;
             if ctx.load::<u8>(9).ok()? != IPPROTO_TCP {
                 return None;
             }
-            let s: u32 = ctx.load(12).ok()?;
-            let d: u32 = ctx.load(16).ok()?;
             let ihl = ((vihl & 0x0f) as usize) * 4;
             if ihl < 20 {
                 return None;
             }
-            (false, [s, 0, 0, 0], [d, 0, 0, 0], ihl)
+            (false, ihl)
         }
         ETH_P_IPV6 => {
             // Extension headers are not followed: such a SYN is left to the stack.
             if ctx.load::<u8>(6).ok()? != IPPROTO_TCP {
                 return None;
             }
-            let s: [u32; 4] = ctx.load(8).ok()?;
-            let d: [u32; 4] = ctx.load(24).ok()?;
-            (true, s, d, IPV6_HEADER)
+            (true, IPV6_HEADER)
         }
         _ => return None,
     };
-    let ports: [u16; 2] = ctx.load(l4).ok()?;
     let flags: u8 = ctx.load(l4 + 13).ok()?;
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return None;
     }
+    let (saddr, daddr) = if v6 {
+        let s: [u32; 4] = ctx.load(8).ok()?;
+        let d: [u32; 4] = ctx.load(24).ok()?;
+        (s, d)
+    } else {
+        let s: u32 = ctx.load(12).ok()?;
+        let d: u32 = ctx.load(16).ok()?;
+        ([s, 0, 0, 0], [d, 0, 0, 0])
+    };
+    let ports: [u16; 2] = ctx.load(l4).ok()?;
     Some(Syn {
         v6,
         saddr,
