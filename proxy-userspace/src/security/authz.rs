@@ -304,6 +304,14 @@ impl Authorizer {
         Some(self.evaluate(w, &ctx).allowed)
     }
 
+    /// Whether some policy that applies to the workload reads an HTTP attribute (`hosts`,
+    /// `methods`, `paths`, `request.headers`, ...). When none does, every request on a
+    /// connection gets the connection's decision, so one check per connection is enough.
+    pub fn reads_http(&self, w: &Workload) -> bool {
+        self.selecting(w)
+            .any(|p| p.rules.iter().any(rule::Rule::reads_http))
+    }
+
     /// Whether every connection and request from `source_principal` to the workload on
     /// `destination_port` is denied, whatever the addresses and HTTP attributes: a DENY policy
     /// has a rule that tests only identity and port and matches, or

@@ -264,27 +264,39 @@ impl Stream {
     }
 
     async fn serve(self, mut io: TokioIo<hyper::upgrade::Upgraded>, inbound: &Arc<Inbound>) {
-        // Tell HTTP (served per request) from opaque TCP by the first bytes.
-        let (first, detected) = sniff(&mut io, inbound.detect_timeout).await;
-        let io = Prefixed::new(Bytes::from(first), io);
-        match detected {
-            Detected::Http1 | Detected::Http2 => {
-                let h2 = detected == Detected::Http2;
-                serve_http::serve(io, h2, Arc::new(self), inbound.clone()).await;
-                return;
-            }
-            Detected::Opaque => {}
-        }
         let snap = inbound.http.config.current();
         let decision = snap
             .compiled
             .authorizer
             .evaluate(&self.workload(), &self.context());
-        if !decision.allowed {
-            inbound.metrics.tunnel("denied");
-            tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
-            return;
-        }
+        // When no AuthorizationPolicy of the workload reads request attributes, every request
+        // gets the stream's decision: an allowed stream is copied as bytes, HTTP or not, without
+        // parsing it here (the source side already applied the L7 policy).
+        let per_request =
+            !decision.allowed || snap.compiled.authorizer.reads_http(&self.workload());
+        drop(snap);
+        let io = if per_request {
+            // Tell HTTP (served per request, so a denial is a 403) from opaque TCP by the
+            // first bytes.
+            let (first, detected) = sniff(&mut io, inbound.detect_timeout).await;
+            let io = Prefixed::new(Bytes::from(first), io);
+            match detected {
+                Detected::Http1 | Detected::Http2 => {
+                    let h2 = detected == Detected::Http2;
+                    serve_http::serve(io, h2, Arc::new(self), inbound.clone()).await;
+                    return;
+                }
+                Detected::Opaque => {}
+            }
+            if !decision.allowed {
+                inbound.metrics.tunnel("denied");
+                tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+                return;
+            }
+            io
+        } else {
+            Prefixed::new(Bytes::new(), io)
+        };
         let mut io = io;
         match TcpStream::connect(self.target).await {
             Ok(mut up) => {
