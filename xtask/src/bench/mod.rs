@@ -10,6 +10,7 @@ mod procs;
 mod report;
 mod resilience;
 mod telemetry;
+mod tunnel;
 
 use std::net::SocketAddr;
 
@@ -30,6 +31,9 @@ pub enum Which {
     Telemetry(telemetry::Args),
     /// Policy model: compile 10,000 VirtualServices (time, memory) and route lookup (criterion).
     Policy,
+    /// mTLS tunnel between two network namespaces: HTTP throughput and CPU per request vs
+    /// plaintext through meshd, and handshakes per second.
+    Tunnel,
     /// Echo server on 127.0.0.1:PORT (a helper process of `bench l4`).
     #[command(hide = true)]
     EchoServer {
@@ -69,6 +73,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Resilience(args) => resilience::run(&args),
         Which::Telemetry(args) => telemetry::run(&args),
         Which::Policy => policy::run(),
+        Which::Tunnel => tunnel::run(),
         Which::EchoServer { port } => echo::server(port),
         Which::EchoClient {
             addr,
