@@ -194,6 +194,12 @@ fn strict_refuses_plaintext_in_the_kernel_and_keeps_the_tunnel() {
     let mut server = managed_echo(&d_b, &b, "default/server", &[8081, 8082]);
     let strict: SocketAddr = (b.addr, 8081).into();
     let open: SocketAddr = (b.addr, 8082).into();
+    // /config_dump shows the effective modes.
+    let dump: serde_json::Value = serde_json::from_str(&d_b.get("/config_dump")).unwrap();
+    let entry = &dump["snapshot"]["compiled"]["workloads"]["default/server"];
+    assert_eq!(entry["mtls"]["mode"], "STRICT", "{entry}");
+    assert_eq!(entry["mtls"]["policy"], "default/default", "{entry}");
+    assert_eq!(entry["mtls_ports"]["8082"]["mode"], "PERMISSIVE", "{entry}");
 
     // Mesh traffic: node a's meshd tunnels it, node b's meshd connects to the workload.
     for i in 0..3 {
