@@ -221,3 +221,65 @@ mod pod {
 }
 
 pub mod decide;
+
+/// Key of the `PEER_AUTH` map: a managed workload (its id in `MANAGED`) and one of its ports
+/// (host order). Port 0 holds the workload-wide mode; a port entry overrides it
+/// (`portLevelMtls`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerAuthKey {
+    pub workload_id: u32,
+    pub port: u32,
+}
+
+/// `PEER_AUTH` values: the port refuses plaintext from outside the mesh (STRICT), or not.
+pub const PEER_AUTH_OPEN: u32 = 0;
+pub const PEER_AUTH_STRICT: u32 = 1;
+
+/// Key of the `CONNECT_DENY` map: a managed source workload and an original destination
+/// (as connect4/6 see it) that an AuthorizationPolicy DENY refuses whatever else is true.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyKey {
+    pub workload_id: u32,
+    pub _pad: u32,
+    pub dst: Endpoint,
+}
+
+/// Index of each counter in the per-CPU `POLICY_COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyCounter {
+    /// A SYN to a STRICT workload port from outside the mesh was dropped (cgroup_skb ingress).
+    PeerAuthRefused = 0,
+    /// A managed connect was refused with EPERM by an identity-only DENY (connect4/6).
+    ConnectDenied = 1,
+}
+
+impl PolicyCounter {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [PolicyCounter; Self::COUNT as usize] =
+        [PolicyCounter::PeerAuthRefused, PolicyCounter::ConnectDenied];
+}
+
+/// Names of the policy enforcement maps.
+pub mod policy_maps {
+    pub const PEER_AUTH: &str = "PEER_AUTH";
+    pub const CONNECT_DENY: &str = "CONNECT_DENY";
+    pub const POLICY_COUNTERS: &str = "POLICY_COUNTERS";
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<PeerAuthKey>() == 8);
+    assert!(core::mem::size_of::<DenyKey>() == 8 + core::mem::size_of::<Endpoint>());
+};
+
+#[cfg(feature = "user")]
+mod policy_pod {
+    use super::*;
+    // SAFETY: #[repr(C)] integers with explicit padding, as above.
+    unsafe impl aya::Pod for PeerAuthKey {}
+    unsafe impl aya::Pod for DenyKey {}
+}
+
+pub mod peer_auth;

@@ -128,6 +128,7 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
         bump(Counter::Excluded);
         return Ok(None);
     }
+    crate::deny::check(workload.workload_id, dst)?;
 
     let now = unsafe { bpf_ktime_get_ns() };
     let beat = HEARTBEAT.get(0).copied().unwrap_or(0);

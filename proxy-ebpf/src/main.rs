@@ -5,7 +5,9 @@
 
 mod connect;
 mod counters;
+mod deny;
 mod maps;
+mod peerauth;
 mod peername;
 mod skb;
 mod skmsg;
@@ -64,6 +66,9 @@ pub fn meshd_getsockopt(ctx: SockoptContext) -> i32 {
 
 #[cgroup_skb]
 pub fn meshd_skb_ingress(ctx: SkBuffContext) -> i32 {
+    if !peerauth::allow(&ctx) {
+        return 0;
+    }
     skb::count(&ctx, skb::Direction::Ingress);
     1
 }

@@ -60,3 +60,17 @@ pub static CONN_STATS: LruPerCpuHashMap<u64, ConnStats> =
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// PeerAuthentication: (workload, port) → `PEER_AUTH_STRICT` or `PEER_AUTH_OPEN`; port 0 is the
+/// workload-wide mode. Filled by meshd from the config and the enrolled workloads.
+#[map]
+pub static PEER_AUTH: HashMap<proxy_common::PeerAuthKey, u32> =
+    HashMap::with_max_entries(16_384, 0);
+
+/// (source workload, original destination) pairs an identity-only DENY refuses at connect.
+#[map]
+pub static CONNECT_DENY: HashMap<proxy_common::DenyKey, u32> = HashMap::with_max_entries(65_536, 0);
+
+#[map]
+pub static POLICY_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(proxy_common::PolicyCounter::COUNT, 0);

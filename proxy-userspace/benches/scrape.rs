@@ -77,6 +77,7 @@ fn meshd(sets: &[Labels]) -> (Duration, Duration, usize, usize) {
                 response_code: 200,
                 grpc_status: "",
                 response_flags: "-",
+                security_policy: "none",
             },
             Duration::from_millis(3),
             100,
@@ -128,7 +129,7 @@ fn prometheus_crate(sets: &[Labels]) -> (Duration, Duration, usize, usize) {
             "200",
             "",
             "-",
-            "unknown",
+            "none",
         ];
         counter.with_label_values(&v).inc();
         duration.with_label_values(&v).observe(3.0);

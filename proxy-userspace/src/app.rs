@@ -211,6 +211,9 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     }
     // Kubernetes discovery fails the start when the API cannot be located.
     let discovery = crate::discovery::connect(settings.discovery.as_ref()).await?;
+    if let Some(t) = &tunnel {
+        metrics.watch_certificates(t.manager.clone());
+    }
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
     let attach = settings
@@ -327,6 +330,7 @@ fn serve(
         &cgroups.workloads,
         maps.clone(),
     ));
+    spawn_kernel_policy(&settings, &maps, &config, &workloads);
     let connections = Connections::new(maps.clone());
     let admin = admin_listener.local_addr().expect("bound admin address");
     let outbound: Vec<SocketAddr> = outbound_listeners
@@ -414,6 +418,26 @@ fn serve(
         listeners,
         _lock: lock,
     }
+}
+
+/// PeerAuthentication STRICT ports and connect-time DENY pairs in the eBPF maps: written for
+/// each workload as it is enrolled, and for all after every applied configuration.
+fn spawn_kernel_policy(
+    settings: &Settings,
+    maps: &Arc<ebpf::DatapathMaps>,
+    config: &Arc<ConfigStore>,
+    workloads: &Arc<Registry>,
+) {
+    use crate::security::kernel::{KernelPolicy, NodeView};
+    let node = NodeView {
+        trust_domain: settings.trust_domain.clone(),
+        node: settings.node_address,
+        inbound_port: settings.inbound_port,
+    };
+    let kernel = Arc::new(KernelPolicy::new(maps.policy(), config.clone(), node));
+    let k = kernel.clone();
+    maps.on_enrol(Box::new(move |w| k.enrolled(w)));
+    crate::security::kernel::spawn(kernel, workloads.clone());
 }
 
 impl App {

@@ -27,6 +27,8 @@ pub struct Metrics {
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
     ebpf_seen: Mutex<Vec<u64>>,
+    /// The workload certificates, whose expiry is exported (set when meshd has any).
+    certs: std::sync::OnceLock<crate::identity::CertManager>,
 }
 
 /// Decrements the active-connections gauge when the connection ends, whatever the path.
@@ -178,7 +180,13 @@ impl Metrics {
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
+            certs: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Exports the expiry of `manager`'s certificates from now on.
+    pub fn watch_certificates(&self, manager: crate::identity::CertManager) {
+        let _ = self.certs.set(manager);
     }
 
     pub fn connection_open(&self) -> ActiveGuard {
@@ -248,6 +256,33 @@ impl Metrics {
                 seen[i] = seen[i].max(value);
             }
         }
-        crate::telemetry::exposition::encode(&self.registry, &self.istio)
+        let mut text = crate::telemetry::exposition::encode(&self.registry, &self.istio);
+        policy_counters(&maps.policy().counters(), &mut text);
+        if let Some(m) = self.certs.get() {
+            crate::telemetry::certs::render(m, &mut text);
+        }
+        text
+    }
+}
+
+/// The kernel's policy enforcement counters, absolute values read at scrape time.
+fn policy_counters(values: &[(proxy_common::PolicyCounter, u64)], out: &mut String) {
+    use proxy_common::PolicyCounter;
+    use std::fmt::Write;
+    for (c, v) in values {
+        let (name, help) = match c {
+            PolicyCounter::PeerAuthRefused => (
+                "meshd_peer_authentication_refused_total",
+                "Plaintext connections to a STRICT workload port refused in the kernel (SYN dropped)",
+            ),
+            PolicyCounter::ConnectDenied => (
+                "meshd_authorization_connect_denied_total",
+                "Connects refused with EPERM in the kernel by an identity-only AuthorizationPolicy DENY",
+            ),
+        };
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
     }
 }

@@ -134,8 +134,19 @@ pub fn local_destination(
     }
 }
 
+/// Whether the endpoint's workload has PeerAuthentication DISABLE on `port`: it is reached
+/// in plaintext, without the tunnel.
+fn mtls_disabled(snap: &Snapshot, e: &EndpointIdentity, port: u16) -> bool {
+    let w = crate::security::Workload {
+        namespace: &e.namespace,
+        labels: &e.labels,
+    };
+    snap.compiled.mtls.resolve(&w, port).mode == crate::security::MtlsMode::Disable
+}
+
 /// How to reach `target`, an endpoint in `snap`, for a connection of `workload`: directly, or
-/// through the tunnel when a meshd on another node fronts it.
+/// through the tunnel when a meshd on another node fronts it (unless PeerAuthentication
+/// DISABLEs mTLS for that workload port).
 pub fn route(
     tunnel: Option<&Tunnel>,
     snap: &Snapshot,
@@ -149,6 +160,9 @@ pub fn route(
     let Some(node) = e.node_addr(inbound_port) else {
         return Ok(None);
     };
+    if mtls_disabled(snap, e, target.port()) {
+        return Ok(None);
+    }
     let Some(t) = tunnel else {
         return Err(TunnelError::NoCertificates { target, node });
     };

@@ -166,6 +166,7 @@ impl Registry {
             adopted,
         };
         inner.by_id.insert(id, w.clone());
+        self.maps.enrolled(&w);
         tracing::info!(
             workload = %w.workload,
             id,

@@ -56,6 +56,10 @@ pub struct WorkloadPolicies {
     pub labels: BTreeMap<String, String>,
     pub peer_authentications: Vec<String>,
     pub authorization_policies: Vec<String>,
+    /// The effective PeerAuthentication mode on the workload's ports, and the ports its
+    /// `portLevelMtls` sets otherwise.
+    pub mtls: Option<crate::security::EffectiveMtls>,
+    pub mtls_ports: BTreeMap<u16, crate::security::EffectiveMtls>,
 }
 
 /// The compiled form of a policy set.
@@ -74,6 +78,8 @@ pub struct Compiled {
     pub endpoints: super::endpoints::Endpoints,
     /// AuthorizationPolicies, compiled for evaluation.
     pub authorizer: Arc<crate::security::authz::Authorizer>,
+    /// PeerAuthentications, compiled for resolution per workload and port.
+    pub mtls: Arc<crate::security::MtlsPolicies>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -290,6 +296,8 @@ fn compile_workloads(set: &PolicySet) -> BTreeMap<String, WorkloadPolicies> {
                     .filter(|ap| selects(&ap.spec.selector, &ap.metadata.namespace, we))
                     .map(|ap| ap.id())
                     .collect(),
+                mtls: None,
+                mtls_ports: BTreeMap::new(),
             };
             (we.id(), p)
         })
@@ -359,14 +367,51 @@ fn authorizer(set: &PolicySet) -> crate::security::authz::Authorizer {
     a
 }
 
+/// The PeerAuthentications for resolution; an unknown mode is logged and read as UNSET.
+fn mtls(set: &PolicySet) -> crate::security::MtlsPolicies {
+    let (m, problems) =
+        crate::security::MtlsPolicies::from_set(set, crate::security::DEFAULT_ROOT_NAMESPACE);
+    for p in problems {
+        tracing::warn!(problem = %p, "peer authentication");
+    }
+    m
+}
+
+/// Fills each workload's effective mTLS mode, for `/config_dump`.
+fn resolve_mtls(
+    workloads: &mut BTreeMap<String, WorkloadPolicies>,
+    mtls: &crate::security::MtlsPolicies,
+) {
+    for (id, w) in workloads.iter_mut() {
+        let Some((namespace, _)) = id.split_once('/') else {
+            continue;
+        };
+        let wl = crate::security::Workload {
+            namespace,
+            labels: &w.labels,
+        };
+        // portLevelMtls keys are 1-65535: port 0 resolves the workload-wide mode.
+        w.mtls = Some(mtls.resolve(&wl, 0));
+        w.mtls_ports = mtls
+            .listed_ports(&wl)
+            .into_iter()
+            .map(|p| (p, mtls.resolve(&wl, p)))
+            .collect();
+    }
+}
+
 pub fn compile(set: &PolicySet) -> Compiled {
+    let mtls = mtls(set);
+    let mut workloads = compile_workloads(set);
+    resolve_mtls(&mut workloads, &mtls);
     Compiled {
         routes: compile_routes(set),
         clusters: compile_clusters(set),
-        workloads: compile_workloads(set),
+        workloads,
         vips: compile_vips(set),
         endpoint_workloads: compile_endpoint_workloads(set),
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
+        mtls: Arc::new(mtls),
     }
 }

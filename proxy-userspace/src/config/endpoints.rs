@@ -99,6 +99,11 @@ impl Endpoints {
             .or_else(|| self.by_ip.get(&addr.ip()))
     }
 
+    /// Every endpoint declared with its port, by address.
+    pub fn by_address(&self) -> impl Iterator<Item = (SocketAddr, &EndpointIdentity)> {
+        self.by_addr.iter().map(|(a, e)| (*a, e))
+    }
+
     /// Every endpoint identity (an identity may appear more than once).
     pub fn all(&self) -> impl Iterator<Item = &EndpointIdentity> {
         self.by_addr.values().chain(self.by_ip.values())

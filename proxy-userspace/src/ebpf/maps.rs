@@ -14,7 +14,14 @@ pub struct DatapathMaps {
     pub(super) orig_by_tuple: HashMap<MapData, NetnsEndpoint, OrigDst>,
     pub(super) conn_stats: Mutex<PerCpuHashMap<MapData, u64, ConnStats>>,
     pub(super) counters: PerCpuArray<MapData, u64>,
+    /// PeerAuthentication and connect-time DENY maps.
+    pub(super) policy: std::sync::Arc<super::PolicyMaps>,
+    /// Called for each workload enrolled, so its kernel policy is in place before it runs.
+    pub(super) on_enrol: std::sync::OnceLock<EnrolHook>,
 }
+
+/// What runs when a workload is enrolled.
+pub type EnrolHook = Box<dyn Fn(&crate::workloads::Workload) + Send + Sync>;
 
 /// One socket's kernel counters, summed (traffic) or maxed (snapshots) over CPUs.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -66,6 +73,23 @@ impl DatapathMaps {
             },
             0,
         )
+    }
+
+    /// The policy enforcement maps.
+    pub fn policy(&self) -> std::sync::Arc<super::PolicyMaps> {
+        self.policy.clone()
+    }
+
+    /// Sets what runs for each enrolled workload (once; later calls are ignored).
+    pub fn on_enrol(&self, hook: EnrolHook) {
+        let _ = self.on_enrol.set(hook);
+    }
+
+    /// Runs the enrol hook for a workload just enrolled.
+    pub fn enrolled(&self, w: &crate::workloads::Workload) {
+        if let Some(hook) = self.on_enrol.get() {
+            hook(w);
+        }
     }
 
     pub fn unenrol(&self, cgroup_id: u64) {

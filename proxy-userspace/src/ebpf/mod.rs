@@ -5,6 +5,7 @@ mod addr;
 mod heartbeat;
 mod maps;
 mod object;
+mod policy;
 
 use std::{fs::File, path::Path, sync::Arc};
 
@@ -16,12 +17,15 @@ use aya::{
         ProgramError, SkMsg, SockOps,
     },
 };
-use proxy_common::{CFG_FAIL_CLOSED, CFG_SOCKMAP, ProxyConfig, SockPair, maps as names};
+use proxy_common::{
+    CFG_FAIL_CLOSED, CFG_SOCKMAP, ProxyConfig, SockPair, maps as names, policy_maps as policy_names,
+};
 
 pub use addr::{endpoint_of, socket_addr_of};
 pub use heartbeat::{monotonic_ns, spawn_heartbeat};
 pub use maps::{ConnCounters, DatapathMaps};
 pub use object::EBPF_OBJECT;
+pub use policy::PolicyMaps;
 
 use crate::settings::{FailMode, Settings};
 
@@ -141,6 +145,12 @@ impl Datapath {
                 PerCpuHashMap<MapData, u64, proxy_common::ConnStats>,
             >(&mut ebpf, names::CONN_STATS)?),
             counters: take::<PerCpuArray<MapData, u64>>(&mut ebpf, names::COUNTERS)?,
+            policy: Arc::new(PolicyMaps {
+                peer_auth: std::sync::Mutex::new(take(&mut ebpf, policy_names::PEER_AUTH)?),
+                deny: std::sync::Mutex::new(take(&mut ebpf, policy_names::CONNECT_DENY)?),
+                counters: take(&mut ebpf, policy_names::POLICY_COUNTERS)?,
+            }),
+            on_enrol: std::sync::OnceLock::new(),
         });
         // Beat once before attaching, so the first connects are redirected, not failed open.
         maps.beat();

@@ -330,6 +330,8 @@ async fn proxy(
             return Err(e);
         }
     };
+    let mut record = record;
+    record.labels.security_policy = "none";
     ctx.metrics.istio.tcp_opened(&record.labels);
     let _ = up.set_nodelay(true);
     let _ = down.set_nodelay(true);
@@ -368,10 +370,11 @@ async fn tunnelled(
     mut down: TcpStream,
     target: &http::Target,
     limits: &http::Limits,
-    record: TcpRecord,
+    mut record: TcpRecord,
     ctx: &Outbound,
     workload: Option<&str>,
 ) -> Result<(), OutboundError> {
+    record.labels.security_policy = "mutual_tls";
     let mut up = match ctx.http.pool.dial(target, limits).await {
         Ok(up) => up,
         Err(failure) => {
@@ -425,6 +428,9 @@ impl TcpRecord {
                 destination_workload: destination_workload.to_string(),
                 destination_namespace: destination_namespace.to_string(),
                 response_flags: "-".into(),
+                reporter: "source",
+                source_principal: "unknown".into(),
+                security_policy: "unknown",
             },
             entry: Entry {
                 start_time: rfc3339(unix_ms()).into(),

@@ -304,6 +304,36 @@ impl Authorizer {
         Some(self.evaluate(w, &ctx).allowed)
     }
 
+    /// Whether some policy that applies to the workload reads an HTTP attribute (`hosts`,
+    /// `methods`, `paths`, `request.headers`, ...). When none does, every request on a
+    /// connection gets the connection's decision, so one check per connection is enough.
+    pub fn reads_http(&self, w: &Workload) -> bool {
+        self.selecting(w)
+            .any(|p| p.rules.iter().any(rule::Rule::reads_http))
+    }
+
+    /// Whether every connection and request from `source_principal` to the workload on
+    /// `destination_port` is denied, whatever the addresses and HTTP attributes: a DENY policy
+    /// has a rule that tests only identity and port and matches, or
+    /// [`Authorizer::l4_identity_verdict`] denies. `false` means "not decidable here, or
+    /// allowed"; meshd then decides per connection in userspace.
+    pub fn identity_denied(
+        &self,
+        w: &Workload,
+        source_principal: Option<&str>,
+        destination_port: u16,
+    ) -> bool {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let principal = source_principal.map(str::to_string);
+        let ctx = RequestContext::new(principal, any, any, destination_port);
+        let by_deny = self
+            .selecting(w)
+            .filter(|p| p.action == Action::Deny)
+            .flat_map(|p| &p.rules)
+            .any(|r| r.identity_only() && r.matches(&ctx, false));
+        by_deny || self.l4_identity_verdict(w, source_principal, destination_port) == Some(false)
+    }
+
     pub fn len(&self) -> usize {
         self.policies.len()
     }

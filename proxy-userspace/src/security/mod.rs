@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 pub mod authz;
 mod error;
+pub mod kernel;
 pub mod peer_auth;
 pub mod spiffe;
 

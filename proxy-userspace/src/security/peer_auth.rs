@@ -197,4 +197,20 @@ impl MtlsPolicies {
         }
         eff
     }
+
+    /// The ports the workload's own policy lists in `portLevelMtls`: the only ports whose mode
+    /// can differ from [`MtlsPolicies::resolve`] on any other port.
+    pub fn listed_ports(&self, w: &Workload) -> Vec<u16> {
+        self.namespaces
+            .get(w.namespace)
+            .and_then(|ns| {
+                ns.selected.iter().find(|c| {
+                    c.selector
+                        .as_ref()
+                        .is_some_and(|s| labels_match(s, w.labels))
+                })
+            })
+            .map(|c| c.ports.keys().copied().collect())
+            .unwrap_or_default()
+    }
 }

@@ -63,7 +63,7 @@ fn escape_into(out: &mut String, v: &str) {
 /// sorted order as Prometheus writes them.
 pub fn request_label_text(l: &OwnedLabels) -> Box<str> {
     let pairs: [(&str, &str); 12] = [
-        ("connection_security_policy", "unknown"),
+        ("connection_security_policy", l.security_policy),
         ("destination_service", &l.destination_service),
         ("destination_workload", &l.destination_workload),
         ("destination_workload_namespace", &l.destination_namespace),

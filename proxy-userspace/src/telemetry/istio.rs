@@ -46,6 +46,12 @@ pub struct TcpLabels {
     pub destination_workload: String,
     pub destination_namespace: String,
     pub response_flags: String,
+    /// `source` (meshd where the connection starts) or `destination` (the tunnel's far side).
+    pub reporter: &'static str,
+    /// The peer's SPIFFE ID without `spiffe://`, `unknown` when meshd has not authenticated one.
+    pub source_principal: String,
+    /// `mutual_tls` through the tunnel, `none` in plaintext, `unknown` before it is known.
+    pub security_policy: &'static str,
 }
 
 pub struct IstioMetrics {
@@ -181,15 +187,15 @@ impl IstioMetrics {
             l.destination_workload = OTHER.into();
         }
         vec![
-            "source".into(),
+            l.reporter.into(),
             l.source_workload,
             l.source_namespace,
-            "unknown".into(),
+            l.source_principal,
             l.destination_service,
             l.destination_workload,
             l.destination_namespace,
             l.response_flags,
-            "unknown".into(),
+            l.security_policy.into(),
         ]
     }
 
@@ -254,6 +260,7 @@ mod tests {
             response_code: 200,
             grpc_status: "",
             response_flags: "-",
+            security_policy: "mutual_tls",
         }
     }
 
@@ -351,7 +358,7 @@ mod tests {
                 &code,
                 l.grpc_status,
                 l.response_flags,
-                "unknown",
+                l.security_policy,
             ];
             counter.with_label_values(&v).inc();
             duration.with_label_values(&v).observe(*ms);

@@ -2,6 +2,7 @@
 //! work) and one JSON access-log line per request and per L4 connection.
 
 pub mod access_log;
+pub mod certs;
 pub mod exposition;
 pub mod istio;
 pub mod logging;

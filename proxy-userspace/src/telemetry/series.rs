@@ -43,7 +43,7 @@ pub const DURATION_BUCKETS: usize = DURATION_MS.len() + 1;
 pub const BYTES_BUCKETS: usize = BYTES.len() + 1;
 
 /// The labels of one HTTP request that vary; the others are fixed (`reporter="source"`,
-/// principals and the security policy `unknown` until mTLS exists).
+/// principals `unknown`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels<'a> {
     pub source_workload: &'a str,
@@ -55,6 +55,9 @@ pub struct RequestLabels<'a> {
     pub response_code: u16,
     pub grpc_status: &'a str,
     pub response_flags: &'a str,
+    /// `connection_security_policy`: `mutual_tls` through the tunnel, `none` in plaintext,
+    /// `unknown` when the request reached no endpoint.
+    pub security_policy: &'static str,
 }
 
 /// A series' own copy of its labels.
@@ -71,6 +74,7 @@ pub struct OwnedLabels {
     pub response_code_text: Box<str>,
     pub grpc_status: Box<str>,
     pub response_flags: Box<str>,
+    pub security_policy: &'static str,
 }
 
 impl OwnedLabels {
@@ -86,6 +90,7 @@ impl OwnedLabels {
             response_code_text: l.response_code.to_string().into(),
             grpc_status: l.grpc_status.into(),
             response_flags: l.response_flags.into(),
+            security_policy: l.security_policy,
         }
     }
 
@@ -99,12 +104,14 @@ impl OwnedLabels {
             && *self.grpc_status == *l.grpc_status
             && *self.source_namespace == *l.source_namespace
             && *self.destination_namespace == *l.destination_namespace
+            && self.security_policy == l.security_policy
     }
 
     /// The variable label values in the order of their label names, which is how Prometheus'
     /// text format sorts the series of a family.
-    pub fn sort_key(&self) -> [&str; 9] {
+    pub fn sort_key(&self) -> [&str; 10] {
         [
+            self.security_policy,
             &self.destination_service,
             &self.destination_workload,
             &self.destination_namespace,
@@ -387,6 +394,7 @@ mod tests {
             response_code: code,
             grpc_status: "",
             response_flags: "-",
+            security_policy: "unknown",
         }
     }
 

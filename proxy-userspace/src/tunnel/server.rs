@@ -235,6 +235,27 @@ impl Stream {
         )
     }
 
+    /// Istio's TCP labels of this stream as the destination reports it: the peer proved its
+    /// identity, so the connection is `mutual_tls`.
+    fn labels(&self) -> crate::telemetry::TcpLabels {
+        let (name, namespace) =
+            crate::telemetry::istio::split_workload(self.workload.workload.as_deref());
+        crate::telemetry::TcpLabels {
+            source_workload: "unknown".into(),
+            source_namespace: crate::security::spiffe::namespace(&self.source.to_string())
+                .unwrap_or("unknown")
+                .to_string(),
+            destination_service: self.target.to_string(),
+            destination_workload: name.to_string(),
+            destination_namespace: namespace.to_string(),
+            response_flags: "-".into(),
+            reporter: "destination",
+            source_principal: crate::security::spiffe::strip_scheme(&self.source.to_string())
+                .to_string(),
+            security_policy: "mutual_tls",
+        }
+    }
+
     pub fn workload(&self) -> Workload<'_> {
         Workload {
             namespace: &self.workload.namespace,
@@ -243,32 +264,49 @@ impl Stream {
     }
 
     async fn serve(self, mut io: TokioIo<hyper::upgrade::Upgraded>, inbound: &Arc<Inbound>) {
-        // Tell HTTP (served per request) from opaque TCP by the first bytes.
-        let (first, detected) = sniff(&mut io, inbound.detect_timeout).await;
-        let io = Prefixed::new(Bytes::from(first), io);
-        match detected {
-            Detected::Http1 | Detected::Http2 => {
-                let h2 = detected == Detected::Http2;
-                serve_http::serve(io, h2, Arc::new(self), inbound.clone()).await;
-                return;
-            }
-            Detected::Opaque => {}
-        }
         let snap = inbound.http.config.current();
         let decision = snap
             .compiled
             .authorizer
             .evaluate(&self.workload(), &self.context());
-        if !decision.allowed {
-            inbound.metrics.tunnel("denied");
-            tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
-            return;
-        }
+        // When no AuthorizationPolicy of the workload reads request attributes, every request
+        // gets the stream's decision: an allowed stream is copied as bytes, HTTP or not, without
+        // parsing it here (the source side already applied the L7 policy).
+        let per_request =
+            !decision.allowed || snap.compiled.authorizer.reads_http(&self.workload());
+        drop(snap);
+        let io = if per_request {
+            // Tell HTTP (served per request, so a denial is a 403) from opaque TCP by the
+            // first bytes.
+            let (first, detected) = sniff(&mut io, inbound.detect_timeout).await;
+            let io = Prefixed::new(Bytes::from(first), io);
+            match detected {
+                Detected::Http1 | Detected::Http2 => {
+                    let h2 = detected == Detected::Http2;
+                    serve_http::serve(io, h2, Arc::new(self), inbound.clone()).await;
+                    return;
+                }
+                Detected::Opaque => {}
+            }
+            if !decision.allowed {
+                inbound.metrics.tunnel("denied");
+                tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+                return;
+            }
+            io
+        } else {
+            Prefixed::new(Bytes::new(), io)
+        };
         let mut io = io;
         match TcpStream::connect(self.target).await {
             Ok(mut up) => {
                 let _ = up.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+                let labels = self.labels();
+                inbound.metrics.istio.tcp_opened(&labels);
+                let (sent, received) = tokio::io::copy_bidirectional(&mut io, &mut up)
+                    .await
+                    .unwrap_or((0, 0));
+                inbound.metrics.istio.tcp_closed(&labels, sent, received);
             }
             Err(e) => {
                 tracing::warn!(target = %self.target, error = %e, "tunnel stream: the local workload refused")

@@ -11,6 +11,7 @@ mod procs;
 mod report;
 mod resilience;
 mod telemetry;
+mod tunnel;
 
 use std::net::SocketAddr;
 
@@ -34,6 +35,9 @@ pub enum Which {
     Pods(pods::Args),
     /// Policy model: compile 10,000 VirtualServices (time, memory) and route lookup (criterion).
     Policy,
+    /// mTLS tunnel between two network namespaces: HTTP throughput and CPU per request vs
+    /// plaintext through meshd, and handshakes per second.
+    Tunnel,
     /// Echo server on BIND:PORT (a helper process of `bench l4` and `bench pods`).
     #[command(hide = true)]
     EchoServer {
@@ -76,6 +80,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Telemetry(args) => telemetry::run(&args),
         Which::Pods(args) => pods::run(&args),
         Which::Policy => policy::run(),
+        Which::Tunnel => tunnel::run(),
         Which::EchoServer { bind, port } => echo::server(bind, port),
         Which::EchoClient {
             addr,

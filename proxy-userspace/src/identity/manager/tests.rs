@@ -158,3 +158,50 @@ async fn an_unrenewed_certificate_is_flagged_in_its_last_tenth() {
     manager.renew_due();
     assert!(Arc::ptr_eq(&manager.current(&id("a")).unwrap(), &cert));
 }
+
+/// Log lines written while `f` runs on this thread.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = buf.0.lock().unwrap().clone();
+    String::from_utf8(text).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unrenewed_certificate_in_its_last_tenth_is_logged_as_an_error() {
+    let clock = Arc::new(TokioClock::new());
+    let (_tmp, _ca, manager) = external("mgr-expiring-log", clock.clone());
+    let cert = manager.ensure(&id("a")).unwrap();
+    let nearly = cert.critical_at() - Duration::from_secs(10);
+    tokio::time::advance(nearly.duration_since(clock.now()).unwrap()).await;
+    let quiet = logged(|| {
+        manager.renew_due();
+    });
+    assert!(!quiet.contains("ERROR"), "{quiet}");
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let loud = logged(|| {
+        manager.renew_due();
+    });
+    assert!(
+        loud.contains("ERROR")
+            && loud.contains("about to expire and has not been renewed")
+            && loud.contains("spiffe://cluster.local/ns/shop/sa/a"),
+        "{loud}"
+    );
+}

@@ -274,6 +274,7 @@ impl Drop for RequestLog {
                 response_code: status,
                 grpc_status,
                 response_flags: &flags,
+                security_policy: rec.security_policy.unwrap_or("unknown"),
             },
             elapsed,
             request_bytes,

@@ -15,6 +15,9 @@ pub struct Record {
     /// The endpoint of the last attempt.
     pub upstream_host: Option<SocketAddr>,
     pub retries: u32,
+    /// `mutual_tls` when the last attempt went through the tunnel, `none` when it went in
+    /// plaintext; `None` when it reached no endpoint.
+    pub security_policy: Option<&'static str>,
     /// Why the request failed or was denied, for the access log.
     pub reason: Option<String>,
 }

@@ -424,6 +424,14 @@ pub async fn with_policy(
     }
     rec.retries = attempts.tries - 1;
     rec.upstream_host = last;
+    rec.security_policy = last.and_then(|t| {
+        let via = ctx.upstream(plan.snap, t, down.workload.as_deref()).ok()?;
+        Some(if via.via.is_some() {
+            "mutual_tls"
+        } else {
+            "none"
+        })
+    });
     rec.destination_workload =
         last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
     match attempts.last {

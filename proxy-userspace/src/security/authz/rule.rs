@@ -134,6 +134,11 @@ impl Rule {
         self.from.iter().chain(&self.to).flatten().chain(&self.when)
     }
 
+    /// Some check reads an attribute only an HTTP request has.
+    pub fn reads_http(&self) -> bool {
+        self.checks().any(|c| c.test.http_only())
+    }
+
     /// Every check is about the peer identity or the destination port.
     pub fn identity_only(&self) -> bool {
         self.checks().all(|c| c.test.identity_only())

@@ -214,3 +214,40 @@ fn identity_verdict_is_unknown_when_other_attributes_matter() {
         Some(false)
     );
 }
+
+#[test]
+fn only_policies_reading_request_attributes_need_each_request() {
+    let a = authorizer(&[ap(
+        "foo",
+        "d",
+        r#"{action: DENY, rules: [{from: [{source: {namespaces: ["bar"]}}], to: [{operation: {ports: ["80"]}}]}]}"#,
+    )]);
+    assert!(!a.reads_http(&httpbin().get()));
+    let a = authorizer(&[ap(
+        "foo",
+        "p",
+        r#"{rules: [{to: [{operation: {paths: ["/ip"]}}]}]}"#,
+    )]);
+    assert!(a.reads_http(&httpbin().get()));
+    assert!(!a.reads_http(&wl("bar", &[]).get()), "not selected");
+    assert!(!authorizer(&[]).reads_http(&httpbin().get()));
+}
+
+#[test]
+fn identity_denied_by_a_deny_rule_even_beside_http_policies() {
+    let deny = ap(
+        "foo",
+        "d",
+        r#"{action: DENY, rules: [{from: [{source: {namespaces: ["bar"]}}]}]}"#,
+    );
+    let allow = ap(
+        "foo",
+        "p",
+        r#"{rules: [{to: [{operation: {paths: ["/ip"]}}]}]}"#,
+    );
+    let a = authorizer(&[deny, allow]);
+    let w = httpbin();
+    assert!(a.identity_denied(&w.get(), Some("spiffe://td/ns/bar/sa/x"), 80));
+    // The ALLOW policy reads paths: nothing else is decidable without the request.
+    assert!(!a.identity_denied(&w.get(), Some(SLEEP), 80));
+}
