@@ -234,7 +234,7 @@ fn strict_refuses_plaintext_in_the_kernel_and_keeps_the_tunnel() {
             .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
                 && l.contains(r#"connection_security_policy="mutual_tls""#)
                 && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"source_principal="cluster.local/ns/default/sa/client""#)),
+                && l.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#)),
         "{metrics_b}"
     );
     let metrics_a = d_a.get("/metrics");

@@ -477,6 +477,10 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
             .lines()
             .filter(|l| l.starts_with(series) && l.contains("response_code=\"200\""))
             .filter(|l| l.contains("source_workload=\"productpage\""))
+            // The source's SPIFFE identity (no WorkloadEntry: the namespace's default account).
+            .filter(|l| {
+                l.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/default\"")
+            })
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum();
         (v >= 6000.0).then_some(v)

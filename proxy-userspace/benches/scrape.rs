@@ -70,6 +70,7 @@ fn meshd(sets: &[Labels]) -> (Duration, Duration, usize, usize) {
             &RequestLabels {
                 source_workload: &l.source,
                 source_namespace: "default",
+                source_principal: "unknown",
                 destination_service: &l.service,
                 destination_workload: &l.workload,
                 destination_namespace: "default",

@@ -210,6 +210,13 @@ async fn proxy(
     let workload = source
         .and_then(|id| ctx.workloads.get(id))
         .map(|w| w.workload);
+    // The source's SPIFFE identity, for the metrics' source_principal.
+    let principal: Option<Arc<str>> = workload.as_deref().and_then(|w| {
+        let snap = ctx.http.config.current();
+        crate::tunnel::source_identity(&ctx.http.trust_domain, &snap, Some(w))
+            .ok()
+            .map(|id| id.to_string().into())
+    });
     // The workload's share of the node proxy, held for the connection's life.
     let _share = match ctx
         .http
@@ -256,6 +263,7 @@ async fn proxy(
                 peer,
                 dst,
                 workload,
+                principal,
             },
             ctx.http.clone(),
         )
@@ -265,7 +273,13 @@ async fn proxy(
 
     let target = ctx.http.l4_target(dst);
     let upstream = target.addr;
-    let record = TcpRecord::new(ctx, workload.as_deref(), dst, upstream);
+    let record = TcpRecord::new(
+        ctx,
+        workload.as_deref(),
+        principal.as_deref(),
+        dst,
+        upstream,
+    );
     // `tcp.maxConnections` of the service: the slot is held while the connection is open.
     let _slot = match &target.cluster {
         Some(c) => match c.try_slot(Counter::Connections, target.limits.max_connections) {
@@ -290,6 +304,7 @@ async fn proxy(
         peer,
         dst,
         workload: workload.clone(),
+        principal: principal.clone(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
         sockopt::set_reset_on_close(&down);
@@ -406,6 +421,7 @@ impl TcpRecord {
     fn new(
         ctx: &Outbound,
         workload: Option<&str>,
+        principal: Option<&str>,
         dst: SocketAddr,
         upstream: SocketAddr,
     ) -> TcpRecord {
@@ -429,7 +445,7 @@ impl TcpRecord {
                 destination_namespace: destination_namespace.to_string(),
                 response_flags: "-".into(),
                 reporter: "source",
-                source_principal: "unknown".into(),
+                source_principal: principal.unwrap_or("unknown").into(),
                 security_policy: "unknown",
             },
             entry: Entry {

@@ -216,11 +216,13 @@ impl KernelPolicy {
     pub fn enrolled(&self, w: &Enrolled) {
         let _one = self.lock.lock().expect("kernel policy lock");
         let snap = self.config.current();
-        let pa: BTreeMap<_, _> = strict_checked(w)
-            .then(|| peer_auth_entries(&snap, w.id, &w.workload))
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let pa: BTreeMap<_, _> = if strict_checked(w) {
+            peer_auth_entries(&snap, w.id, &w.workload)
+                .into_iter()
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         let deny = deny_entries(&snap, &self.node, w.id, &w.workload);
         self.write(&pa, &deny, |id| id == w.id);
     }

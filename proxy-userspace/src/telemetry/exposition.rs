@@ -72,7 +72,7 @@ pub fn request_label_text(l: &OwnedLabels) -> Box<str> {
         ("request_protocol", l.protocol),
         ("response_code", &l.response_code_text),
         ("response_flags", &l.response_flags),
-        ("source_principal", "unknown"),
+        ("source_principal", &l.source_principal),
         ("source_workload", &l.source_workload),
         ("source_workload_namespace", &l.source_namespace),
     ];

@@ -253,6 +253,7 @@ mod tests {
         RequestLabels {
             source_workload: "web",
             source_namespace: "demo",
+            source_principal: "spiffe://cluster.local/ns/demo/sa/web",
             destination_service: dest,
             destination_workload: "backend",
             destination_namespace: "demo",
@@ -350,7 +351,7 @@ mod tests {
                 "source",
                 l.source_workload,
                 l.source_namespace,
-                "unknown",
+                l.source_principal,
                 l.destination_service,
                 l.destination_workload,
                 l.destination_namespace,

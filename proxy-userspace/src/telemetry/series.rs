@@ -48,6 +48,8 @@ pub const BYTES_BUCKETS: usize = BYTES.len() + 1;
 pub struct RequestLabels<'a> {
     pub source_workload: &'a str,
     pub source_namespace: &'a str,
+    /// The source's SPIFFE identity, `unknown` without one.
+    pub source_principal: &'a str,
     pub destination_service: &'a str,
     pub destination_workload: &'a str,
     pub destination_namespace: &'a str,
@@ -65,6 +67,7 @@ pub struct RequestLabels<'a> {
 pub struct OwnedLabels {
     pub source_workload: Box<str>,
     pub source_namespace: Box<str>,
+    pub source_principal: Box<str>,
     pub destination_service: Box<str>,
     pub destination_workload: Box<str>,
     pub destination_namespace: Box<str>,
@@ -82,6 +85,7 @@ impl OwnedLabels {
         OwnedLabels {
             source_workload: l.source_workload.into(),
             source_namespace: l.source_namespace.into(),
+            source_principal: l.source_principal.into(),
             destination_service: l.destination_service.into(),
             destination_workload: l.destination_workload.into(),
             destination_namespace: l.destination_namespace.into(),
@@ -103,13 +107,14 @@ impl OwnedLabels {
             && *self.response_flags == *l.response_flags
             && *self.grpc_status == *l.grpc_status
             && *self.source_namespace == *l.source_namespace
+            && *self.source_principal == *l.source_principal
             && *self.destination_namespace == *l.destination_namespace
             && self.security_policy == l.security_policy
     }
 
     /// The variable label values in the order of their label names, which is how Prometheus'
     /// text format sorts the series of a family.
-    pub fn sort_key(&self) -> [&str; 10] {
+    pub fn sort_key(&self) -> [&str; 11] {
         [
             self.security_policy,
             &self.destination_service,
@@ -119,6 +124,7 @@ impl OwnedLabels {
             self.protocol,
             &self.response_code_text,
             &self.response_flags,
+            &self.source_principal,
             &self.source_workload,
             &self.source_namespace,
         ]
@@ -387,6 +393,7 @@ mod tests {
         RequestLabels {
             source_workload: "web",
             source_namespace: "demo",
+            source_principal: "spiffe://cluster.local/ns/demo/sa/web",
             destination_service: "backend.demo.svc.cluster.local",
             destination_workload: "backend",
             destination_namespace: "demo",

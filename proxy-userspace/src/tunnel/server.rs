@@ -250,8 +250,8 @@ impl Stream {
             destination_namespace: namespace.to_string(),
             response_flags: "-".into(),
             reporter: "destination",
-            source_principal: crate::security::spiffe::strip_scheme(&self.source.to_string())
-                .to_string(),
+            // Istio's labels carry the whole SPIFFE ID, scheme included.
+            source_principal: self.source.to_string(),
             security_policy: "mutual_tls",
         }
     }

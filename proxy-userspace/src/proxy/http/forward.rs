@@ -267,6 +267,7 @@ impl Drop for RequestLog {
             &RequestLabels {
                 source_workload,
                 source_namespace,
+                source_principal: self.down.principal.as_deref().unwrap_or("unknown"),
                 destination_service: &destination_service,
                 destination_workload,
                 destination_namespace,

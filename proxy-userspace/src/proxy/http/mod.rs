@@ -171,6 +171,8 @@ pub struct Downstream {
     pub peer: SocketAddr,
     pub dst: SocketAddr,
     pub workload: Option<String>,
+    /// The source workload's SPIFFE identity, when its WorkloadEntry gives one.
+    pub principal: Option<std::sync::Arc<str>>,
 }
 
 /// Serves HTTP on a captured connection until the client closes it.
