@@ -171,7 +171,7 @@ pub fn request_families(series: &[Arc<Series>], out: &mut String) {
         out,
         (
             REQUEST_FAMILIES[0],
-            "Request sizes (headers and body) in bytes",
+            "Request body sizes in bytes",
         ),
         &series,
         |t| &t.request_bytes,
@@ -202,7 +202,7 @@ pub fn request_families(series: &[Arc<Series>], out: &mut String) {
         out,
         (
             REQUEST_FAMILIES[3],
-            "Response sizes (headers and body) in bytes",
+            "Response body sizes in bytes",
         ),
         &series,
         |t| &t.response_bytes,

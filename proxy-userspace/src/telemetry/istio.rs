@@ -337,12 +337,12 @@ mod tests {
         );
         let req = histogram(
             "istio_request_bytes",
-            "Request sizes (headers and body) in bytes",
+            "Request body sizes in bytes",
             &BYTES,
         );
         let resp = histogram(
             "istio_response_bytes",
-            "Response sizes (headers and body) in bytes",
+            "Response body sizes in bytes",
             &BYTES,
         );
         for (l, ms, rq, rs) in requests {
