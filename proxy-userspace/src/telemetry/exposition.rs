@@ -169,10 +169,7 @@ pub fn request_families(series: &[Arc<Series>], out: &mut String) {
     let whole = |v: u64| itoa::Buffer::new().format(v).to_string();
     histogram(
         out,
-        (
-            REQUEST_FAMILIES[0],
-            "Request body sizes in bytes",
-        ),
+        (REQUEST_FAMILIES[0], "Request body sizes in bytes"),
         &series,
         |t| &t.request_bytes,
         &BYTES,
@@ -200,10 +197,7 @@ pub fn request_families(series: &[Arc<Series>], out: &mut String) {
     }
     histogram(
         out,
-        (
-            REQUEST_FAMILIES[3],
-            "Response body sizes in bytes",
-        ),
+        (REQUEST_FAMILIES[3], "Response body sizes in bytes"),
         &series,
         |t| &t.response_bytes,
         &BYTES,

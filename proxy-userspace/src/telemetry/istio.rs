@@ -335,11 +335,7 @@ mod tests {
             "Request duration in milliseconds",
             &DURATION_MS,
         );
-        let req = histogram(
-            "istio_request_bytes",
-            "Request body sizes in bytes",
-            &BYTES,
-        );
+        let req = histogram("istio_request_bytes", "Request body sizes in bytes", &BYTES);
         let resp = histogram(
             "istio_response_bytes",
             "Response body sizes in bytes",
