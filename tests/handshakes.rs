@@ -7,14 +7,13 @@ mod support;
 use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use meshd::identity::{Ca, SpiffeId, tls};
 use support::{
-    Daemon, MESHD, ebpf_available,
+    Daemon, ebpf_available,
     http_backend::HttpBackend,
     netns::{Lan, Node},
 };
@@ -42,18 +41,7 @@ fn labels(n: &Node, slot: u16) -> String {
 fn two_nodes(name: &str, subnet: u8, slots: (u16, u16)) -> TwoNodes {
     let lan = Lan::new(name, subnet, 2);
     let (a, b) = (lan.node(0).clone(), lan.node(1).clone());
-    let ca = std::env::temp_dir().join(format!("meshd-test-{name}-ca"));
-    let _ = std::fs::remove_dir_all(&ca);
-    let out = Command::new(MESHD)
-        .args(["ca", "init", "--dir"])
-        .arg(&ca)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ca = support::ca_dir(name);
     let yaml = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
