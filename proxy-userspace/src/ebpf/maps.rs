@@ -121,16 +121,21 @@ impl DatapathMaps {
 
     /// Each event counter summed over CPUs.
     pub fn counters(&self) -> Vec<(Counter, u64)> {
-        Counter::ALL
-            .iter()
-            .map(|c| {
-                let v = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*c, v)
-            })
-            .collect()
+        summed(&self.counters, &Counter::ALL, |c| c as u32)
     }
+}
+
+/// Each counter of a per-CPU counter array (indexed by `index`), summed over CPUs; 0 when
+/// unreadable.
+pub(super) fn summed<C: Copy>(
+    map: &PerCpuArray<MapData, u64>,
+    all: &[C],
+    index: impl Fn(C) -> u32,
+) -> Vec<(C, u64)> {
+    all.iter()
+        .map(|c| {
+            let v = map.get(&index(*c), 0).map(|v| v.iter().sum()).unwrap_or(0);
+            (*c, v)
+        })
+        .collect()
 }

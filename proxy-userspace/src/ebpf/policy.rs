@@ -76,16 +76,6 @@ impl PolicyMaps {
 
     /// Each policy counter summed over CPUs.
     pub fn counters(&self) -> Vec<(PolicyCounter, u64)> {
-        PolicyCounter::ALL
-            .iter()
-            .map(|c| {
-                let v = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*c, v)
-            })
-            .collect()
+        super::maps::summed(&self.counters, &PolicyCounter::ALL, |c| c as u32)
     }
 }
