@@ -366,13 +366,17 @@ impl Drop for RequestLog {
 }
 
 impl RequestLog {
-    /// The SPIFFE identities of the source workload and of the endpoint's workload, when known.
+    /// The SPIFFE identities of the source workload (found once per connection) and of the
+    /// endpoint's workload, when known.
     fn principals(&self) -> (String, String) {
         let snap = self.ctx.config.current();
         let td = &self.ctx.trust_domain;
-        let source = crate::tunnel::source_identity(td, &snap, self.down.workload.as_deref())
-            .map(|id| id.to_string())
-            .unwrap_or_default();
+        let source = self
+            .down
+            .principal
+            .as_deref()
+            .unwrap_or_default()
+            .to_string();
         let destination = self
             .rec
             .upstream_host
