@@ -436,6 +436,7 @@ fn discovered_pods_are_enrolled_in_their_network_namespace_and_removed_when_dele
         )
     });
     assert_eq!(enrolled["cgroup"], pod_cgroup.display().to_string());
+    assert_eq!(d.metric("meshd_workloads_enrolled"), 1.0);
 
     let mut curl = in_container(client.command("curl"));
     curl.args([
@@ -470,6 +471,7 @@ fn discovered_pods_are_enrolled_in_their_network_namespace_and_removed_when_dele
         (d.get("/workloads").trim() == "[]").then_some(())
     });
     assert!(gone.is_some(), "{}", d.get("/workloads"));
+    assert_eq!(d.metric("meshd_workloads_enrolled"), 0.0);
     let port = support::ports(142).1;
     let listening = client.run(|| {
         std::net::TcpStream::connect_timeout(

@@ -363,6 +363,7 @@ fn fifty_pods_enrolled_at_once_stay_correct_and_bounded() {
         (list.as_array()?.len() == PODS as usize).then_some(())
     });
     assert!(enrolled.is_some(), "{}", d.get("/workloads"));
+    assert_eq!(d.metric("meshd_workloads_enrolled"), PODS as f64);
     let rss_enrolled = rss_kib(d.pid());
     std::fs::write(&go, "").unwrap();
     for (i, c) in children.into_iter().enumerate() {
@@ -389,6 +390,7 @@ fn fifty_pods_enrolled_at_once_stay_correct_and_bounded() {
         (d.get("/workloads").trim() == "[]").then_some(())
     });
     assert!(emptied.is_some(), "{}", d.get("/workloads"));
+    assert_eq!(d.metric("meshd_workloads_enrolled"), 0.0);
     let port = support::ports(122).1;
     assert!(pods.iter().all(|p| !listening_in(p, port)));
     let per_pod = rss_enrolled.saturating_sub(rss_before) / PODS as u64;

@@ -239,7 +239,6 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
                 // This node's pods are enrolled as workloads, in their network namespaces.
                 let sink = crate::discovery::enrol::Enrol {
                     pods: app.state.pods.clone(),
-                    metrics: app.state.metrics.clone(),
                 };
                 d.start(app.state.config.clone(), Arc::new(sink));
             }
@@ -381,6 +380,7 @@ fn serve(
         settings.outbound_port,
         watch.clone(),
         settings.drain_timeout,
+        metrics.clone(),
     ));
     let state = Arc::new(AdminState {
         ready: false.into(),

@@ -15,6 +15,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
     drain,
+    metrics::Metrics,
     proxy::outbound::{self, Outbound},
     workloads::{Placement, Registry, Workload, WorkloadError, WorkloadName},
 };
@@ -39,6 +40,7 @@ pub struct Pods {
     port: u16,
     drain: drain::Watch,
     deadline: Duration,
+    metrics: Arc<Metrics>,
     serving: Mutex<HashMap<u32, Vec<JoinHandle<()>>>>,
 }
 
@@ -49,6 +51,7 @@ impl Pods {
         port: u16,
         drain: drain::Watch,
         deadline: Duration,
+        metrics: Arc<Metrics>,
     ) -> Pods {
         Pods {
             registry,
@@ -56,34 +59,37 @@ impl Pods {
             port,
             drain,
             deadline,
+            metrics,
             serving: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
     }
 
     /// Enrols a workload; with a network namespace, meshd also listens inside it. Nothing is
     /// left behind when a step fails.
     pub fn enrol(&self, name: &WorkloadName, at: &Placement) -> Result<Workload, PodError> {
         let w = self.registry.enrol(name, at)?;
-        let Some(ns) = &w.netns else {
-            return Ok(w);
-        };
-        match self.listen(&w, ns) {
-            Ok(tasks) => {
+        let listening = match &w.netns {
+            Some(ns) => self.listen(&w, ns).map(|tasks| {
                 self.serving
                     .lock()
                     .expect("pod listeners lock")
                     .insert(w.id, tasks);
-                Ok(w)
-            }
-            Err(e) => {
-                let _ = self.registry.remove(w.id);
-                Err(e)
-            }
+            }),
+            None => Ok(()),
+        };
+        if let Err(e) = listening {
+            let _ = self.registry.remove(w.id);
+            return Err(e);
         }
+        self.count();
+        Ok(w)
+    }
+
+    /// `meshd_workloads_enrolled`, from the registry itself.
+    fn count(&self) {
+        self.metrics
+            .workloads
+            .set(self.registry.list().len() as i64);
     }
 
     fn listen(&self, w: &Workload, ns: &std::path::Path) -> Result<Vec<JoinHandle<()>>, PodError> {
@@ -118,6 +124,7 @@ impl Pods {
                 t.abort();
             }
         }
+        self.count();
         Ok(w)
     }
 

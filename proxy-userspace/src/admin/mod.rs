@@ -188,10 +188,7 @@ async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
                 return error(StatusCode::BAD_REQUEST, "workload id must be a number");
             };
             match st.pods.remove(id) {
-                Ok(w) => {
-                    st.metrics.workloads.dec();
-                    json(StatusCode::OK, &w)
-                }
+                Ok(w) => json(StatusCode::OK, &w),
                 Err(e @ WorkloadError::Unknown(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
                 Err(e @ WorkloadError::Busy { .. }) => error(StatusCode::CONFLICT, e.to_string()),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -226,10 +223,7 @@ async fn enrol(req: Request<Incoming>, st: &AdminState) -> Resp {
         netns: parsed.netns,
     };
     match st.pods.enrol(&name, &at) {
-        Ok(w) => {
-            st.metrics.workloads.inc();
-            json(StatusCode::CREATED, &w)
-        }
+        Ok(w) => json(StatusCode::CREATED, &w),
         Err(
             e @ (PodError::Netns(_)
             | PodError::Workload(

@@ -5,22 +5,12 @@ use std::sync::Arc;
 
 use super::{DiscoveredPod, PodSink};
 use crate::{
-    metrics::Metrics,
     pods::Pods,
     workloads::{Placement, WorkloadName},
 };
 
 pub struct Enrol {
     pub pods: Arc<Pods>,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Enrol {
-    fn count(&self) {
-        self.metrics
-            .workloads
-            .set(self.pods.registry().list().len() as i64);
-    }
 }
 
 impl PodSink for Enrol {
@@ -41,7 +31,6 @@ impl PodSink for Enrol {
             Ok(w) => tracing::debug!(pod = %full, id = w.id, "pod enrolled"),
             Err(e) => tracing::warn!(pod = %full, error = %e, "pod not enrolled"),
         }
-        self.count();
     }
 
     fn remove(&self, namespace: &str, name: &str) {
@@ -51,6 +40,5 @@ impl PodSink for Enrol {
         {
             tracing::info!(pod = %full, id = w.id, "pod removed");
         }
-        self.count();
     }
 }
