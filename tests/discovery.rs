@@ -473,14 +473,7 @@ fn discovered_pods_are_enrolled_in_their_network_namespace_and_removed_when_dele
     assert!(gone.is_some(), "{}", d.get("/workloads"));
     assert_eq!(d.metric("meshd_workloads_enrolled"), 0.0);
     let port = support::ports(142).1;
-    let listening = client.run(|| {
-        std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(1),
-        )
-        .is_ok()
-    });
-    assert!(!listening, "the pod's listener is closed");
+    assert!(!client.listens_on(port), "the pod's listener is closed");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     let _ = std::fs::remove_dir(&container);

@@ -5,7 +5,6 @@
 mod support;
 
 use std::{
-    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -108,16 +107,6 @@ fn curl(d: &Daemon, workload: &str, pod: &Pod, args: &[&str]) -> String {
     )
 }
 
-fn listening_in(pod: &Pod, port: u16) -> bool {
-    pod.run(|| {
-        TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(1),
-        )
-        .is_ok()
-    })
-}
-
 #[test]
 fn two_pods_talk_through_meshd_with_l7_policy() {
     if !ebpf_available("pods") {
@@ -208,7 +197,7 @@ fn two_pods_talk_through_meshd_with_l7_policy() {
     );
     // The listener is gone with the workload: the pod's loopback has nothing on meshd's port.
     let port = support::ports(120).1;
-    assert!(!listening_in(&client, port), "no listener left in the pod");
+    assert!(!client.listens_on(port), "no listener left in the pod");
 }
 
 #[test]
@@ -242,7 +231,7 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
     assert_eq!(status, 201, "{text}");
     let w: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(w["adopted"], true, "{w}");
-    assert!(listening_in(&client, port), "meshd listens in the pod");
+    assert!(client.listens_on(port), "meshd listens in the pod");
 
     // A process in the container's cgroup, in the pod's namespace, is captured.
     let mut curl = client.command("curl");
@@ -282,7 +271,7 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
         .admin_request("DELETE", &format!("/workloads/{id}"), "")
         .unwrap();
     assert_eq!(status, 200, "{text}");
-    assert!(!listening_in(&client, port), "the pod's listener is closed");
+    assert!(!client.listens_on(port), "the pod's listener is closed");
     assert_eq!(d.get("/workloads").trim(), "[]");
     assert!(
         pod_cgroup.exists(),
@@ -392,7 +381,7 @@ fn fifty_pods_enrolled_at_once_stay_correct_and_bounded() {
     assert!(emptied.is_some(), "{}", d.get("/workloads"));
     assert_eq!(d.metric("meshd_workloads_enrolled"), 0.0);
     let port = support::ports(122).1;
-    assert!(pods.iter().all(|p| !listening_in(p, port)));
+    assert!(pods.iter().all(|p| !p.listens_on(port)));
     let per_pod = rss_enrolled.saturating_sub(rss_before) / PODS as u64;
     eprintln!(
         "meshd RSS: {rss_before} KiB idle, {rss_enrolled} KiB with {PODS} pods ({per_pod} KiB per pod)"

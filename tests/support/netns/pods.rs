@@ -60,6 +60,17 @@ impl Pod {
         enter(&self.ns, f)
     }
 
+    /// Whether something accepts connections on 127.0.0.1:`port` inside the pod.
+    pub fn listens_on(&self, port: u16) -> bool {
+        self.run(|| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                std::time::Duration::from_secs(1),
+            )
+            .is_ok()
+        })
+    }
+
     /// Deletes the pod's namespace (and with it its veth).
     pub fn delete(&self) {
         ip(&["netns", "delete", &self.ns]);
