@@ -102,21 +102,8 @@ spec:
     std::fs::write(dir.join("mesh.yaml"), yaml).unwrap();
     let backend = b.run(|| HttpBackend::start(&format!("{}:8080", b.addr)));
     let start = |n: &Node, who: &str, slot: u16| {
-        Daemon::start_on(
-            n,
-            &format!("{name}-{who}"),
-            slot,
-            &[
-                "--config",
-                &dir.display().to_string(),
-                "--ca-dir",
-                &ca.display().to_string(),
-                "--node-address",
-                &n.addr.to_string(),
-                "--access-log",
-                "off",
-            ],
-        )
+        let name = format!("{name}-{who}");
+        Daemon::start_mesh_node(n, &name, slot, &dir, &ca, &["--access-log", "off"])
     };
     let d_b = start(&b, "b", slots.1);
     let d_a = start(&a, "a", slots.0);

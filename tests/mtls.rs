@@ -5,10 +5,7 @@
 
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use support::{
     Daemon,
@@ -89,20 +86,6 @@ fn config(name: &str, yaml: &str) -> PathBuf {
     dir
 }
 
-fn start(node: &Node, name: &str, slot: u16, config: &Path, ca: &Path, more: &[&str]) -> Daemon {
-    let mut args = vec![
-        "--config".to_string(),
-        config.display().to_string(),
-        "--ca-dir".into(),
-        ca.display().to_string(),
-        "--node-address".into(),
-        node.addr.to_string(),
-    ];
-    args.extend(more.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Daemon::start_on(node, name, slot, &args)
-}
-
 /// One curl by `workload` on node a; returns `CODE BODY`.
 fn curl(d: &Daemon, workload: &str, vip: &str, args: &[&str], path: &str) -> String {
     let resolve = format!("reviews:9080:{vip}");
@@ -167,8 +150,8 @@ fn mesh_with(name: &str, subnet: u8, slots: (u16, u16), o: Options<'_>) -> Mesh 
     let dir_a = config(&format!("{name}-a"), &format!("{yaml}{}", o.extra_a));
     let backend = b.run(|| HttpBackend::start(&format!("{}:8080", b.addr)));
     let echo = b.run(|| Backend::echo(&format!("{}:8081", b.addr)));
-    let d_b = start(&b, &format!("{name}-b"), slots.1, &dir, &ca_b, o.args);
-    let d_a = start(&a, &format!("{name}-a"), slots.0, &dir_a, &ca_a, o.args);
+    let d_b = Daemon::start_mesh_node(&b, &format!("{name}-b"), slots.1, &dir, &ca_b, o.args);
+    let d_a = Daemon::start_mesh_node(&a, &format!("{name}-a"), slots.0, &dir_a, &ca_a, o.args);
     let vip = format!("{}.50", b.addr.to_string().rsplit_once('.').unwrap().0);
     Mesh {
         d_a,

@@ -157,21 +157,8 @@ fn strict_refuses_plaintext_in_the_kernel_and_keeps_the_tunnel() {
     let (a, b) = (lan.node(0).clone(), lan.node(1).clone());
     let ca = support::ca_dir("pa-strict");
     let dir = config("pa-strict", &strict_policies(&a, &b, slots, "STRICT"));
-    let start = |n: &Node, name: &str, slot: u16| {
-        Daemon::start_on(
-            n,
-            name,
-            slot,
-            &[
-                "--config",
-                &dir.display().to_string(),
-                "--ca-dir",
-                &ca.display().to_string(),
-                "--node-address",
-                &n.addr.to_string(),
-            ],
-        )
-    };
+    let start =
+        |n: &Node, name: &str, slot: u16| Daemon::start_mesh_node(n, name, slot, &dir, &ca, &[]);
     let d_b = start(&b, "pa-strict-b", slots.1);
     let d_a = start(&a, "pa-strict-a", slots.0);
     let mut server = managed_echo(&d_b, &b, "default/server", &[8081, 8082]);
@@ -359,21 +346,8 @@ fn disable_reaches_the_workload_in_plaintext_without_the_tunnel() {
     let yaml = strict_policies(&a, &b, slots, "DISABLE")
         .replace("    8082: {mode: PERMISSIVE}", "    8082: {mode: STRICT}");
     let dir = config("pa-disable", &yaml);
-    let start = |n: &Node, name: &str, slot: u16| {
-        Daemon::start_on(
-            n,
-            name,
-            slot,
-            &[
-                "--config",
-                &dir.display().to_string(),
-                "--ca-dir",
-                &ca.display().to_string(),
-                "--node-address",
-                &n.addr.to_string(),
-            ],
-        )
-    };
+    let start =
+        |n: &Node, name: &str, slot: u16| Daemon::start_mesh_node(n, name, slot, &dir, &ca, &[]);
     let d_b = start(&b, "pa-disable-b", slots.1);
     let d_a = start(&a, "pa-disable-a", slots.0);
     let mut server = managed_echo(&d_b, &b, "default/server", &[8081, 8082]);

@@ -438,14 +438,7 @@ fn a_pod_reaches_a_pod_on_another_node_through_the_tunnel() {
     let cfg = config("pods-nodes", &yaml);
     let ca = support::ca_dir("pods-nodes");
     let daemon = |node: &Node, name: &str, slot: u16| {
-        let (cfg, ca) = (cfg.display().to_string(), ca.display().to_string());
-        let addr = node.addr.to_string();
-        Daemon::start_on(
-            node,
-            name,
-            slot,
-            &["--config", &cfg, "--ca-dir", &ca, "--node-address", &addr],
-        )
+        Daemon::start_mesh_node(node, name, slot, &cfg, &ca, &[])
     };
     let d_a = daemon(a, "pods-nodes-a", slot_a);
     let _d_b = daemon(b, "pods-nodes-b", slot_b);

@@ -191,6 +191,30 @@ impl Daemon {
         c
     }
 
+    /// A meshd on `node` with its tunnel: the policies in `config`, workload certificates from
+    /// the CA in `ca`, the node's address, and `more`.
+    pub fn start_mesh_node(
+        node: &netns::Node,
+        name: &str,
+        slot: u16,
+        config: &Path,
+        ca: &Path,
+        more: &[&str],
+    ) -> Daemon {
+        let (config, ca) = (config.display().to_string(), ca.display().to_string());
+        let addr = node.addr.to_string();
+        let mut args = vec![
+            "--config",
+            &config,
+            "--ca-dir",
+            &ca,
+            "--node-address",
+            &addr,
+        ];
+        args.extend_from_slice(more);
+        Daemon::start_on(node, name, slot, &args)
+    }
+
     /// `meshd exec --workload WORKLOAD --netns NETNS -- ARGS`: ARGS runs as a pod, in its own
     /// network namespace, where meshd listens for its redirected connects.
     pub fn exec_in(&self, workload: &str, netns: &Path, args: &[&str]) -> Command {
