@@ -153,11 +153,6 @@ impl Pods {
         self.remove(w.id).ok()
     }
 
-    /// How many workloads have listeners in their own namespace.
-    pub fn listening(&self) -> usize {
-        self.serving.lock().expect("pod listeners lock").len()
-    }
-
     /// Waits for every namespace listener to drain (after the drain signal).
     pub async fn drained(&self) {
         let tasks: Vec<_> = self

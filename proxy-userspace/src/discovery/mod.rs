@@ -21,7 +21,7 @@ pub use args::{KubeArgs, KubeSettings, Mode};
 pub use error::DiscoveryError;
 pub use pods::HostPaths;
 pub use run::spawn;
-pub use sink::{DiscoveredPod, LogSink, PodSink, RecordingSink, SinkEvent};
+pub use sink::{DiscoveredPod, PodSink, RecordingSink, SinkEvent};
 
 /// What discovery needs to know.
 #[derive(Clone, Debug)]

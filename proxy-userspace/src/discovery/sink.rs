@@ -1,5 +1,5 @@
-//! Where discovered pods go: the `PodSink` trait, a sink that only logs, and one that records
-//! (for tests).
+//! Where discovered pods go: the `PodSink` trait, and a sink that records (for tests); meshd's
+//! own sink, which enrols them, is in `enrol.rs`.
 
 use std::{
     collections::BTreeMap,
@@ -31,26 +31,6 @@ pub struct DiscoveredPod {
 pub trait PodSink: Send + Sync {
     fn upsert(&self, pod: DiscoveredPod);
     fn remove(&self, namespace: &str, name: &str);
-}
-
-/// Logs what it receives: the sink until pods are enrolled in the workload registry.
-pub struct LogSink;
-
-impl PodSink for LogSink {
-    fn upsert(&self, pod: DiscoveredPod) {
-        tracing::info!(
-            pod = %format!("{}/{}", pod.namespace, pod.name),
-            uid = %pod.uid,
-            ip = ?pod.ip,
-            cgroup = %pod.cgroup.display(),
-            netns = %pod.netns.display(),
-            "pod discovered"
-        );
-    }
-
-    fn remove(&self, namespace: &str, name: &str) {
-        tracing::info!(pod = %format!("{namespace}/{name}"), "pod gone");
-    }
 }
 
 /// What a `RecordingSink` saw, in order.
