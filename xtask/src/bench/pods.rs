@@ -193,7 +193,7 @@ fn enrolment(meshd: &Path, out: &Path, n: usize) -> Result<Enrolment> {
         if status != 201 {
             bail!("enrolling pod {i}: {status} {text}");
         }
-        ids.push(field(&text.replace(": ", ":"), "id")?);
+        ids.push(field(&text, "id")?);
     }
     let enrol = started.elapsed();
     let rss_enrolled_kib = daemon.rss_kib()?;

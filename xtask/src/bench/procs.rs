@@ -150,7 +150,7 @@ pub fn run_json(cmd: Command, deadline: Duration) -> Result<String> {
         .with_context(|| format!("`{shown}` printed no JSON result; its output: {text:?}"))
 }
 
-/// The unsigned integer `"key":N` in a flat JSON object written by a helper.
+/// The unsigned integer `"key":N` (or `"key": N`) in a flat JSON object, such as a helper writes.
 pub fn field(json: &str, key: &str) -> Result<u64> {
     let pat = format!("\"{key}\":");
     let start = json
@@ -158,6 +158,7 @@ pub fn field(json: &str, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key:?} in {json}"))?
         + pat.len();
     let digits: String = json[start..]
+        .trim_start()
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
