@@ -492,3 +492,49 @@ fn exec_refuses_a_missing_namespace() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/run/netns/meshd-no-such-pod"), "{err}");
 }
+
+/// Under PeerAuthentication STRICT, a pod that is itself an enrolled workload still takes
+/// meshd's connections: the kernel's plaintext refusal is not applied to pods in their own
+/// namespace, where it would also refuse meshd's own connections from the node's namespace.
+#[test]
+fn a_strict_pod_still_takes_meshds_connections() {
+    if !ebpf_available("pods") {
+        return;
+    }
+    let lan = Lan::new("pods-strict", 125, 1);
+    let node = lan.node(0);
+    node.pod_network(125);
+    let (client, server) = (node.add_pod(125, 10), node.add_pod(125, 11));
+    let yaml = format!(
+        "{}{}{}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+         metadata: {{name: default, namespace: default}}\nspec:\n  mtls: {{mode: STRICT}}\n",
+        entry("productpage", &client, "app: productpage"),
+        entry("reviews", &server, "app: reviews"),
+        REVIEWS,
+    );
+    let cfg = config("pods-strict", &yaml);
+    let d = start(node, "pods-strict", 125, &cfg);
+    // The server runs as the enrolled workload default/reviews, in its pod, serving /whoami.
+    let site = std::env::temp_dir().join("meshd-test-pods-strict-site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("whoami"), "reviews\n").unwrap();
+    let site = site.display().to_string();
+    let mut web = d
+        .exec_in(
+            "default/reviews",
+            &server.netns(),
+            &["python3", "-m", "http.server", "8080", "--directory", &site],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(10), || {
+        server.listens_on(8080).then_some(())
+    });
+    assert!(up.is_some(), "the server pod never listened");
+    let got = curl(&d, "default/productpage", &client, &[]);
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(got.starts_with("200 "), "{got}\n{}", d.log_text());
+}

@@ -131,6 +131,13 @@ mod tests {
     }
 
     #[test]
+    fn the_same_namespace_is_recognised_under_another_path() {
+        let own = Path::new("/proc/self/ns/net");
+        assert!(same(own, Path::new("/proc/thread-self/ns/net")));
+        assert!(!same(own, Path::new("/proc/self/ns/uts")));
+    }
+
+    #[test]
     fn a_missing_namespace_is_named() {
         let e = listen_in(
             Path::new("/run/netns/meshd-no-such-ns"),
