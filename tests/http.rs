@@ -73,6 +73,25 @@ fn http1_requests_share_pooled_upstream_connections() {
 }
 
 #[test]
+fn one_worker_thread_carries_pooled_http1_and_http2() {
+    if !ebpf_available("http_one_thread") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-one-thread", 126, &["--worker-threads", "1"]);
+    let dump: serde_json::Value = serde_json::from_str(&d.get("/config_dump")).unwrap();
+    assert_eq!(dump["settings"]["worker_threads"], 1, "{dump}");
+    let url = format!("http://{}/whoami", b.addr);
+    let h1 = curl(&d, &[&url, &url, &url]);
+    assert_eq!(h1.matches("\"version\":\"HTTP/1.1\"").count(), 3, "{h1}");
+    assert_eq!(b.accepted(), 1, "one pooled upstream connection: {h1}");
+    let h2 = curl(&d, &["--http2-prior-knowledge", &url]);
+    assert!(h2.contains("\"version\":\"HTTP/2.0\""), "{h2}");
+    // The admin API shares the one thread with the traffic.
+    assert!(d.metric("meshd_connections_total{result=\"ok\"}") >= 2.0);
+}
+
+#[test]
 fn http2_prior_knowledge_is_proxied_as_http2() {
     if !ebpf_available("http2") {
         return;

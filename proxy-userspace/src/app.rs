@@ -106,10 +106,7 @@ pub fn init_tracing() {
 }
 
 pub fn run_daemon(settings: Settings) -> ExitCode {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = runtime(settings.worker_threads);
     rt.block_on(async move {
         let stop = drain::Termination::listen();
         match build(settings).await {
@@ -127,6 +124,21 @@ pub fn run_daemon(settings: Settings) -> ExitCode {
             }
         }
     })
+}
+
+/// The runtime serving traffic: one thread with no work stealing, or a pool of `threads` (0: one
+/// per CPU).
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -459,5 +471,34 @@ impl App {
         drop(self.datapath);
         self.cgroups.teardown();
         tracing::info!("meshd stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::runtime::RuntimeFlavor;
+
+    use super::runtime;
+
+    #[test]
+    fn one_worker_thread_is_a_current_thread_runtime() {
+        let rt = runtime(1);
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(
+            rt.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }),
+            7
+        );
+    }
+
+    #[test]
+    fn more_threads_are_a_pool_of_that_size() {
+        let rt = runtime(3);
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(rt.metrics().num_workers(), 3);
+        let per_cpu = runtime(0);
+        assert_eq!(
+            per_cpu.metrics().num_workers(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
     }
 }

@@ -128,6 +128,10 @@ pub struct RunArgs {
     /// 503 with flag UO (0: unlimited).
     #[arg(long, env = "MESHD_WORKLOAD_MAX_REQUESTS", default_value_t = 256)]
     pub workload_max_requests: u32,
+    /// Threads that serve traffic (Envoy's `--concurrency`): 0 uses one per CPU; 1 runs every
+    /// connection on one thread, with no cross-thread hand-offs.
+    #[arg(long, env = "MESHD_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// This node's address as other meshd reach it: endpoints labelled `meshd.io/node` with
     /// another address are reached through the mTLS tunnel to that node.
     #[arg(long, env = "MESHD_NODE_ADDRESS")]

@@ -53,6 +53,8 @@ pub struct Settings {
     /// Per source workload: connections and requests in flight (0: unlimited).
     pub workload_max_connections: u32,
     pub workload_max_requests: u32,
+    /// Threads serving traffic; 0 is one per CPU.
+    pub worker_threads: usize,
     /// The mTLS tunnel: this node's address, the trust domain, and where certificates come from.
     pub node_address: Option<std::net::IpAddr>,
     /// `region/zone/subzone` of this node, for locality-aware load balancing.
@@ -179,6 +181,7 @@ impl Settings {
             cert_dir: a.cert_dir.clone(),
             workload_max_connections: a.workload_max_connections,
             workload_max_requests: a.workload_max_requests,
+            worker_threads: a.worker_threads,
             redis_timeout: parse_duration(&a.redis_timeout)
                 .map_err(|r| invalid("redis-timeout", &a.redis_timeout, r))?,
             discovery: a.kube.settings()?,

@@ -316,7 +316,8 @@ async fn proxy(
     drop(snap);
     match via {
         Ok(t) if t.via.is_some() => {
-            return tunnelled(down, &t, &target.limits, record, ctx, workload.as_deref()).await;
+            let tunnelled = tunnelled(down, &t, &target.limits, record, ctx, workload.as_deref());
+            return Box::pin(tunnelled).await;
         }
         Ok(_) => {}
         Err(e) => {

@@ -40,6 +40,9 @@ const LAYOUT: Layout = Layout {
     cgroup: "meshd-bench-http",
 };
 
+/// meshd's settings in this benchmark, matched to the peers'.
+const MESHD_ARGS: [&str; 4] = ["--worker-threads", "1", "--access-log", "off"];
+
 const WORKLOAD: &str = "bench/client";
 const HOST: &str = "bench.default.svc.cluster.local";
 
@@ -252,11 +255,13 @@ fn through_meshd(
     let log = dir.join("meshd.log");
     let debug = args.meshd_debug;
     // `sh` records its pid and execs meshd, so the pid is meshd's.
+    // Matched to the peers: one thread (nginx's 1 worker, HAProxy's nbthread 1) and no access
+    // log (both have theirs off).
     let meshd = Meshd::start(
         binary,
         LAYOUT,
         policies,
-        &[],
+        &MESHD_ARGS,
         |prog, a| {
             let mut cmd = Command::new("sh");
             cmd.arg("-c")
@@ -535,9 +540,11 @@ impl Results {
              this machine, unpinned, sharing its CPUs, so each number includes the client's and \
              the backend's share of the same CPUs. Traffic stays on 127.0.0.1. Backend: nginx, 1 \
              worker, `return 200 \"ok\\n\"`. Peers: nginx (1 worker, proxy_pass with upstream \
-             keep-alive) and HAProxy (nbthread 1, http mode, http-reuse always). meshd routes \
-             with a VirtualService (retries: 2 on 5xx,connect-failure; 90/10 split over subsets \
-             v1/v2 of the same backend); its clients run under `meshd exec`, captured by eBPF.\n\n",
+             keep-alive, access_log off) and HAProxy (nbthread 1, http mode, http-reuse always, \
+             no log). meshd runs with one worker thread and its access log off, as the peers do \
+             (`--worker-threads 1 --access-log off`; its metrics stay on), and routes with a \
+             VirtualService (retries: 2 on 5xx,connect-failure; 90/10 split over subsets v1/v2 \
+             of the same backend); its clients run under `meshd exec`, captured by eBPF.\n\n",
             self.machine
         ));
         if !self.versions.is_empty() {

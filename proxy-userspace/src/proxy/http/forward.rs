@@ -37,15 +37,16 @@ use crate::{
     },
 };
 
-/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "trailer",
-    "upgrade",
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1). Typed names: a
+/// lookup by `&str` parses the name first, on every request.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::UPGRADE,
 ];
 
 pub async fn handle(
@@ -418,8 +419,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     for n in named {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
-        if upgrade && (n == "connection" || n == "upgrade") {
+    for n in &HOP_BY_HOP {
+        if upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
             continue;
         }
         h.remove(n);
@@ -705,7 +706,8 @@ async fn forward(
         priorities,
     };
     let mut resp = match downstream_upgrade {
-        Some(down_up) => upgrade_once(req, down_up, down, ctx, &plan, rec).await,
+        // Boxed: rare, and its state would otherwise enlarge every request's future.
+        Some(down_up) => Box::pin(upgrade_once(req, down_up, down, ctx, &plan, rec)).await,
         None => send::with_policy(plan, req, down, ctx, rec).await,
     };
     headers::edit_response(resp.headers_mut(), &levels);

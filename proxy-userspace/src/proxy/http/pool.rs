@@ -187,7 +187,9 @@ impl Pool {
             (None, _) => Ok(Box::new(
                 connect(dst, self.connect_timeout(limits), limits.keepalive).await?,
             )),
-            (Some(via), Some(tunnel)) => match tunnel.open(via, dst).await {
+            // Boxed: the TLS handshake's state is large, and every request's future would
+            // otherwise carry (and move) room for it.
+            (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst)).await {
                 Ok(s) => Ok(Box::new(s)),
                 Err(source) => Err(UpstreamError::Tunnel {
                     dst,

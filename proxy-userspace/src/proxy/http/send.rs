@@ -4,7 +4,10 @@
 
 use std::{error::Error as _, net::SocketAddr, sync::Arc};
 
-use hyper::{Request, Response, header::HeaderValue};
+use hyper::{
+    Request, Response,
+    header::{HeaderName, HeaderValue},
+};
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
@@ -169,6 +172,9 @@ fn levels(all: &[SocketAddr], priorities: &[u8], healthy: &[SocketAddr]) -> Vec<
     levels
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
 /// Why an attempt produced no response.
 #[derive(Debug)]
 enum Failed {
@@ -185,7 +191,7 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
             status: resp.status().as_u16(),
             grpc: resp
                 .headers()
-                .get("grpc-status")
+                .get(&GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
         },
@@ -380,7 +386,7 @@ pub async fn with_policy(
                 (None, None) => unreachable!("a streamed request is attempted once"),
             };
             req.headers_mut()
-                .insert("x-envoy-attempt-count", HeaderValue::from(n));
+                .insert(ATTEMPT_COUNT, HeaderValue::from(n));
             let target = plan.target(ctx, last, &mut tried);
             last = target.as_ref().ok().copied();
             async move {
