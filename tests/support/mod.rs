@@ -110,7 +110,11 @@ impl Daemon {
             .arg("--cgroup")
             .arg(&cgroup)
             .args(extra)
-            .env("MESHD_LOG", "debug")
+            // Debug logs help a failing test; benchmarks ask for the default level instead.
+            .env(
+                "MESHD_LOG",
+                std::env::var("MESHD_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()

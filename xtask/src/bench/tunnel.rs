@@ -28,5 +28,8 @@ pub fn run() -> Result<()> {
             "--test-threads",
             "1",
         ])
+        // meshd at its default log level, as users run it: the tests' debug logging would
+        // write a line per request.
+        .env("MESHD_TEST_LOG", "info")
         .current_dir(root()))
 }
