@@ -175,6 +175,17 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
         assert!(r.starts_with("200 "), "{r}\nnode a:\n{}", m.d_a.log_text());
     }
     assert_eq!(m.backend.requests(), 5);
+    // The source reporter labels the tunnelled requests mutual_tls.
+    let metrics_a = m.d_a.get("/metrics");
+    assert!(
+        metrics_a
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains(r#"connection_security_policy="mutual_tls""#)
+                && l.contains(r#"reporter="source""#)
+                && l.ends_with(" 5")),
+        "{metrics_a}"
+    );
     // An opaque TCP connection crosses too.
     let echo = m
         .d_a

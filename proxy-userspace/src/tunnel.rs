@@ -104,7 +104,7 @@ pub fn source_identity(
         .policies
         .workload_entries
         .iter()
-        .find(|we| we.id() == w)
+        .find(|we| we.is(w))
         .and_then(|we| we.spec.service_account.clone())
         .unwrap_or_else(|| "default".into());
     Ok(SpiffeId::new(trust_domain, ns, &sa)?)

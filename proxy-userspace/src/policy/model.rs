@@ -76,6 +76,13 @@ impl<S> Resource<S> {
     pub fn id(&self) -> String {
         format!("{}/{}", self.metadata.namespace, self.metadata.name)
     }
+
+    /// Whether this is the resource `namespace/name`, without building its id: lookups on the
+    /// request path compare many resources.
+    pub fn is(&self, id: &str) -> bool {
+        id.split_once('/')
+            .is_some_and(|(ns, name)| ns == self.metadata.namespace && name == self.metadata.name)
+    }
 }
 
 /// Where a resource was read from.
@@ -149,5 +156,29 @@ impl<T> Deref for Located<T> {
 impl<T: Serialize> Serialize for Located<T> {
     fn serialize<Se: serde::Serializer>(&self, s: Se) -> Result<Se::Ok, Se::Error> {
         self.resource.serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resource_is_known_by_namespace_and_name() {
+        let we = Resource::<()> {
+            api_version: "networking.istio.io/v1".into(),
+            kind: "WorkloadEntry".into(),
+            metadata: Metadata {
+                name: "web".into(),
+                namespace: "shop".into(),
+                ..Metadata::default()
+            },
+            spec: (),
+        };
+        assert!(we.is("shop/web"));
+        assert_eq!(we.id(), "shop/web");
+        for other in ["shop/we", "sho/web", "web", "shop/web/x", "", "/"] {
+            assert!(!we.is(other), "{other}");
+        }
     }
 }

@@ -45,7 +45,7 @@ fn labels_of(snap: &Snapshot, workload: &str) -> BTreeMap<String, String> {
     snap.policies
         .workload_entries
         .iter()
-        .find(|we| we.id() == workload)
+        .find(|we| we.is(workload))
         .map(|we| we.spec.labels.clone())
         .unwrap_or_default()
 }

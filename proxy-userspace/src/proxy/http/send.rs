@@ -367,6 +367,8 @@ pub async fn with_policy(
     }
     // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
     let mut last: Option<SocketAddr> = None;
+    // Whether that attempt went through the mTLS tunnel, for `connection_security_policy`.
+    let mut last_tunnelled: Option<bool> = None;
     let mut tried = 0u32;
     let plan = &plan;
     let attempts = retry::run(
@@ -389,13 +391,19 @@ pub async fn with_policy(
                 .insert(ATTEMPT_COUNT, HeaderValue::from(n));
             let target = plan.target(ctx, last, &mut tried);
             last = target.as_ref().ok().copied();
+            // How to reach the endpoint: resolved once per attempt.
+            let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
+            last_tunnelled = upstream
+                .as_ref()
+                .and_then(|u| u.as_ref().ok())
+                .map(|t| t.via.is_some());
             async move {
                 let target = target.map_err(Failed::NoEndpoint)?;
                 if let Some(reason) = authorize::request(ctx, plan.snap, down, target, &req) {
                     return Err(Failed::Denied(reason));
                 }
                 let _in_flight = ctx.lb.start(target);
-                let result = match ctx.upstream(plan.snap, target, down.workload.as_deref()) {
+                let result = match upstream.expect("resolved with the target") {
                     Ok(t) => {
                         ctx.pool
                             .send(&plan.upstream, &plan.limits, &t, plan.h2, req)
@@ -430,14 +438,7 @@ pub async fn with_policy(
     }
     rec.retries = attempts.tries - 1;
     rec.upstream_host = last;
-    rec.security_policy = last.and_then(|t| {
-        let via = ctx.upstream(plan.snap, t, down.workload.as_deref()).ok()?;
-        Some(if via.via.is_some() {
-            "mutual_tls"
-        } else {
-            "none"
-        })
-    });
+    rec.security_policy = last_tunnelled.map(|t| if t { "mutual_tls" } else { "none" });
     rec.destination_workload =
         last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
     match attempts.last {
