@@ -4,6 +4,7 @@
 //! client), meshd's CPU and memory, and HTTP/2 throughput (h2load). Writes target/bench/http.md.
 
 mod rate;
+mod rounds;
 pub(super) mod tools;
 
 use std::{
@@ -16,7 +17,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use self::tools::{Group, H2load, Wrk};
+use self::{
+    rounds::Round,
+    tools::{Group, H2load, Wrk},
+};
 use super::procs::{field, helper, run_json};
 use crate::{
     build,
@@ -62,6 +66,9 @@ pub struct Args {
     /// A short, noisier run.
     #[arg(long)]
     quick: bool,
+    /// Rounds of every measurement; the report gives medians and paired ratios [default: 1].
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Use the meshd binary already built (target/release, or under CARGO_TARGET_DIR) instead of
     /// running `cargo xtask build`.
     #[arg(long)]
@@ -127,14 +134,9 @@ struct Results {
     secs: u64,
     machine: String,
     versions: Vec<String>,
-    direct: H1,
-    meshd: H1,
-    nginx: H1,
-    haproxy: H1,
-    usage: Usage,
-    h2_direct: H2load,
-    h2_meshd: H2load,
-    h2_nginx: H2load,
+    /// Each number's median over the rounds.
+    median: Round,
+    rounds: Vec<Round>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -201,38 +203,20 @@ pub fn run(args: &Args) -> Result<()> {
     cmd.arg("-db").arg("-f").arg(&haproxy_conf);
     let _haproxy = Group::start("haproxy", cmd, &dir.join("haproxy.log"), &[HAPROXY])?;
 
-    let no_wrap = |argv: Vec<String>| argv;
-
-    step("HTTP/1.1: direct to the backend");
-    let direct = h1(secs, BACKEND_H1, no_wrap)?;
-
-    step("HTTP/1.1 and HTTP/2: through meshd (clients under `meshd exec`)");
-    let (meshd, usage, h2_meshd) = through_meshd(&binary, &dir, &policies, secs, args)?;
-
-    step("HTTP/1.1: through nginx (proxy_pass, upstream keep-alive)");
-    let nginx_h1 = h1(secs, NGINX_H1, no_wrap)?;
-
-    step("HTTP/1.1: through HAProxy (nbthread 1)");
-    let haproxy = h1(secs, HAPROXY, no_wrap)?;
-
-    step("HTTP/2: direct to the backend (h2c)");
-    let h2_direct = h2load(secs, BACKEND_H2, no_wrap)?;
-
-    step("HTTP/2: through nginx (h2c in, HTTP/1.1 to the backend)");
-    let h2_nginx = h2load(secs, NGINX_H2, no_wrap)?;
-
+    let total = args.rounds.max(1);
+    let mut all = Vec::with_capacity(total);
+    for n in 0..total {
+        if total > 1 {
+            step(&format!("round {} of {total}", n + 1));
+        }
+        all.push(round(&binary, &dir, &policies, secs, args, n)?);
+    }
     let results = Results {
         secs,
         machine: machine(),
         versions: versions(&binary),
-        direct,
-        meshd,
-        nginx: nginx_h1,
-        haproxy,
-        usage,
-        h2_direct,
-        h2_meshd,
-        h2_nginx,
+        median: rounds::combine(&all),
+        rounds: all,
     };
     let text = results.markdown();
     let path = root().join("target/bench/http.md");
@@ -240,6 +224,44 @@ pub fn run(args: &Args) -> Result<()> {
     println!("\n{text}");
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// Every path once. The HTTP/1.1 paths take turns going first, one place later each round.
+fn round(
+    binary: &Path,
+    dir: &Path,
+    policies: &Path,
+    secs: u64,
+    args: &Args,
+    n: usize,
+) -> Result<Round> {
+    let no_wrap = |argv: Vec<String>| argv;
+    let mut r = Round::default();
+    for path in 0..4 {
+        match (path + n) % 4 {
+            0 => {
+                step("HTTP/1.1: direct to the backend");
+                r.direct = h1(secs, BACKEND_H1, no_wrap)?;
+            }
+            1 => {
+                step("HTTP/1.1 and HTTP/2: through meshd (clients under `meshd exec`)");
+                (r.meshd, r.usage, r.h2_meshd) = through_meshd(binary, dir, policies, secs, args)?;
+            }
+            2 => {
+                step("HTTP/1.1: through nginx (proxy_pass, upstream keep-alive)");
+                r.nginx = h1(secs, NGINX_H1, no_wrap)?;
+            }
+            _ => {
+                step("HTTP/1.1: through HAProxy (nbthread 1)");
+                r.haproxy = h1(secs, HAPROXY, no_wrap)?;
+            }
+        }
+    }
+    step("HTTP/2: direct to the backend (h2c)");
+    r.h2_direct = h2load(secs, BACKEND_H2, no_wrap)?;
+    step("HTTP/2: through nginx (h2c in, HTTP/1.1 to the backend)");
+    r.h2_nginx = h2load(secs, NGINX_H2, no_wrap)?;
+    Ok(r)
 }
 
 /// Starts meshd, measures through it, reads its counters and stops it.
@@ -518,14 +540,6 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
-fn ratio(a: f64, b: f64) -> String {
-    if b > 0.0 {
-        format!("{:.2}×", a / b)
-    } else {
-        "n/a".into()
-    }
-}
-
 fn verdict(pass: bool) -> &'static str {
     if pass { "PASS" } else { "MISS" }
 }
@@ -588,7 +602,7 @@ impl Results {
             ));
         }
 
-        let u = &self.usage;
+        let u = &self.median.usage;
         t.push_str(&format!(
             "\n## meshd resources\n\n\
              | measure | value |\n|---|---:|\n\
@@ -613,9 +627,9 @@ impl Results {
              | path | req/s | succeeded | failed+errored+timeout |\n|---|---:|---:|---:|\n"
         ));
         for (name, h) in [
-            ("direct (backend h2c)", self.h2_direct),
-            ("meshd", self.h2_meshd),
-            ("nginx (h2c → HTTP/1.1)", self.h2_nginx),
+            ("direct (backend h2c)", self.median.h2_direct),
+            ("meshd", self.median.h2_meshd),
+            ("nginx (h2c → HTTP/1.1)", self.median.h2_nginx),
         ] {
             t.push_str(&format!(
                 "| {name} | {:.0} | {} | {} |\n",
@@ -623,42 +637,95 @@ impl Results {
             ));
         }
 
-        let (m, n, h) = (&self.meshd, &self.nginx, &self.haproxy);
+        let (m, n, h) = (&self.median.meshd, &self.median.nginx, &self.median.haproxy);
+        let all = &self.rounds;
+        let pair = |a: fn(&Round) -> f64, b: fn(&Round) -> f64| {
+            format!("{:.2}×", rounds::paired(all, a, b))
+        };
         t.push_str(&format!(
             "\n## Ratios\n\n\
+             Paired: in each of the {} round(s), meshd's number over the peer's from the same \
+             round; the median of those.\n\n\
              | measure | meshd/nginx | meshd/HAProxy |\n|---|---:|---:|\n\
              | HTTP/1.1 req/s (higher is better for meshd) | {} | {} |\n\
              | p99 at 1000 req/s (lower is better for meshd) | {} | {} |\n\
              | p50 at 1000 req/s | {} | {} |\n\
              | HTTP/2 req/s | {} | n/a |\n",
-            ratio(m.wrk.rps, n.wrk.rps),
-            ratio(m.wrk.rps, h.wrk.rps),
-            ratio(m.rate.p99_ns as f64, n.rate.p99_ns as f64),
-            ratio(m.rate.p99_ns as f64, h.rate.p99_ns as f64),
-            ratio(m.rate.median_ns as f64, n.rate.median_ns as f64),
-            ratio(m.rate.median_ns as f64, h.rate.median_ns as f64),
-            ratio(self.h2_meshd.rps, self.h2_nginx.rps),
+            all.len(),
+            pair(|r| r.meshd.wrk.rps, |r| r.nginx.wrk.rps),
+            pair(|r| r.meshd.wrk.rps, |r| r.haproxy.wrk.rps),
+            pair(
+                |r| r.meshd.rate.p99_ns as f64,
+                |r| r.nginx.rate.p99_ns as f64
+            ),
+            pair(
+                |r| r.meshd.rate.p99_ns as f64,
+                |r| r.haproxy.rate.p99_ns as f64
+            ),
+            pair(
+                |r| r.meshd.rate.median_ns as f64,
+                |r| r.nginx.rate.median_ns as f64
+            ),
+            pair(
+                |r| r.meshd.rate.median_ns as f64,
+                |r| r.haproxy.rate.median_ns as f64
+            ),
+            pair(|r| r.h2_meshd.rps, |r| r.h2_nginx.rps),
         ));
+        if all.len() > 1 {
+            t.push_str(
+                "\nPer round (HTTP/1.1 req/s and p99 at 1000 req/s; HTTP/2 req/s):\n\n\
+                 | round | meshd | nginx | HAProxy | meshd p99 | nginx p99 | HAProxy p99 | meshd h2 | nginx h2 |\n\
+                 |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            );
+            for (i, r) in all.iter().enumerate() {
+                t.push_str(&format!(
+                    "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {:.0} |\n",
+                    i + 1,
+                    r.meshd.wrk.rps,
+                    r.nginx.wrk.rps,
+                    r.haproxy.wrk.rps,
+                    us(r.meshd.rate.p99_ns),
+                    us(r.nginx.rate.p99_ns),
+                    us(r.haproxy.rate.p99_ns),
+                    r.h2_meshd.rps,
+                    r.h2_nginx.rps
+                ));
+            }
+        }
 
+        let tput_n = rounds::paired(all, |r| r.meshd.wrk.rps, |r| r.nginx.wrk.rps);
+        let tput_h = rounds::paired(all, |r| r.meshd.wrk.rps, |r| r.haproxy.wrk.rps);
+        let p99_n = rounds::paired(
+            all,
+            |r| r.meshd.rate.p99_ns as f64,
+            |r| r.nginx.rate.p99_ns as f64,
+        );
+        let p99_h = rounds::paired(
+            all,
+            |r| r.meshd.rate.p99_ns as f64,
+            |r| r.haproxy.rate.p99_ns as f64,
+        );
         t.push_str(&format!(
-            "\n## Targets\n\n| target | measured | result |\n|---|---|---|\n\
-             | meshd HTTP/1.1 throughput ≥ nginx's | {:.0} vs {:.0} req/s | {} |\n\
-             | meshd HTTP/1.1 throughput ≥ HAProxy's | {:.0} vs {:.0} req/s | {} |\n\
-             | meshd p99 at 1000 req/s ≤ nginx's | {} vs {} | {} |\n\
-             | meshd p99 at 1000 req/s ≤ HAProxy's | {} vs {} | {} |\n\
+            "\n## Targets\n\nJudged on the paired ratios.\n\n\
+             | target | measured (medians; paired ratio) | result |\n|---|---|---|\n\
+             | meshd HTTP/1.1 throughput ≥ nginx's | {:.0} vs {:.0} req/s; {tput_n:.2}× | {} |\n\
+             | meshd HTTP/1.1 throughput ≥ HAProxy's | {:.0} vs {:.0} req/s; {tput_h:.2}× | {} |\n\
+             | meshd p99 at 1000 req/s ≤ nginx's | {} vs {}; {p99_n:.2}× | {} |\n\
+             | meshd p99 at 1000 req/s ≤ HAProxy's | {} vs {}; {p99_h:.2}× | {} |\n\
              | meshd RSS at idle < 20 MB | {} | {} |\n",
             m.wrk.rps,
             n.wrk.rps,
-            verdict(m.wrk.rps >= n.wrk.rps),
+            verdict(tput_n >= 1.0),
             m.wrk.rps,
             h.wrk.rps,
-            verdict(m.wrk.rps >= h.wrk.rps),
+            verdict(tput_h >= 1.0),
             us(m.rate.p99_ns),
             us(n.rate.p99_ns),
-            verdict(m.rate.p99_ns <= n.rate.p99_ns),
+            verdict(p99_n <= 1.0),
             us(m.rate.p99_ns),
             us(h.rate.p99_ns),
-            verdict(m.rate.p99_ns <= h.rate.p99_ns),
+            verdict(p99_h <= 1.0),
             mb(u.rss_idle),
             verdict(u.rss_idle < 20_000_000),
         ));
@@ -667,10 +734,10 @@ impl Results {
 
     fn h1_rows(&self) -> [(&'static str, H1); 4] {
         [
-            ("direct", self.direct),
-            ("meshd", self.meshd),
-            ("nginx", self.nginx),
-            ("HAProxy", self.haproxy),
+            ("direct", self.median.direct),
+            ("meshd", self.median.meshd),
+            ("nginx", self.median.nginx),
+            ("HAProxy", self.median.haproxy),
         ]
     }
 }
