@@ -187,6 +187,9 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>) {
     builder
         .http1()
         .max_buf_size(ctx.max_header_bytes.max(8192))
+        // One flattened buffer per write: for small messages, measured cheaper than queued
+        // vectored writes (bench http).
+        .writev(false)
         .keep_alive(true);
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)

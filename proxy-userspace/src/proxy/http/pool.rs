@@ -241,7 +241,10 @@ impl Pool {
             );
             Ok(Checkout::H2(sender, streams))
         } else {
-            let (sender, conn) = http1::handshake(io)
+            // Flattened writes, as on the downstream side.
+            let (sender, conn) = http1::Builder::new()
+                .writev(false)
+                .handshake(io)
                 .await
                 .map_err(|source| UpstreamError::Handshake { dst, source })?;
             tokio::spawn(async move {
