@@ -43,22 +43,31 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
                 Some(()) = rx.recv() => {
                     // Debounce: wait until events stop for a moment.
                     while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
-                    store.reload("file change");
+                    reload(&store, "file change").await;
                 }
                 _ = hup.recv() => {
-                    store.reload("SIGHUP");
+                    reload(&store, "SIGHUP").await;
                 }
                 _ = rearm.tick() => {
                     let before = armed.clone();
                     armed = arm(watcher.as_mut(), &targets, &armed);
                     if armed.iter().any(|a| !before.contains(a)) {
                         // A watched path appeared again: its content may be new.
-                        store.reload("config path appeared");
+                        reload(&store, "config path appeared").await;
                     }
                 }
             }
         }
     })
+}
+
+/// Reloads off the async threads: reading and compiling a large configuration takes a while,
+/// and with one worker thread the traffic would wait for it.
+async fn reload(store: &Arc<ConfigStore>, why: &'static str) {
+    let store = store.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || store.reload(why)).await {
+        tracing::error!(error = %e, why, "configuration reload failed");
+    }
 }
 
 /// What to watch for each config path: a directory recursively; a file through its parent
