@@ -25,6 +25,9 @@ use crate::{
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceEndpoint {
     pub address: String,
+    /// `address` parsed once here, not on every request; `None` for a name (DNS endpoints).
+    #[serde(skip)]
+    pub ip: Option<std::net::IpAddr>,
     /// Port name → target port, from the endpoint (or the WorkloadEntry it came from).
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
@@ -194,6 +197,7 @@ fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
             .iter()
             .map(|e| ServiceEndpoint {
                 address: e.address.clone(),
+                ip: e.address.parse().ok(),
                 ports: e.ports.clone(),
                 labels: e.labels.clone(),
                 weight: e.weight.unwrap_or(1),
@@ -210,6 +214,7 @@ fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
                 if labels_match(&sel.labels, &we.spec.labels) {
                     endpoints.push(ServiceEndpoint {
                         address: we.spec.address.clone(),
+                        ip: we.spec.address.parse().ok(),
                         ports: we.spec.ports.clone(),
                         labels: we.spec.labels.clone(),
                         weight: we.spec.weight.unwrap_or(1),

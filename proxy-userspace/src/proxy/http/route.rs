@@ -182,22 +182,26 @@ pub fn endpoints<'s>(
             host: dest.host.clone(),
         });
     };
-    let members: Vec<usize> = match &dest.subset {
-        Some(s) => cluster
-            .subsets
-            .get(s)
-            .cloned()
-            .ok_or_else(|| NoEndpoint::UnknownSubset {
-                host: dest.host.clone(),
-                subset: s.clone(),
-            })?,
-        None => (0..cluster.endpoints.len()).collect(),
+    let subset_members = match &dest.subset {
+        Some(s) => Some(
+            cluster
+                .subsets
+                .get(s)
+                .ok_or_else(|| NoEndpoint::UnknownSubset {
+                    host: dest.host.clone(),
+                    subset: s.clone(),
+                })?,
+        ),
+        None => None,
     };
-    let (addrs, localities): (Vec<SocketAddr>, Vec<Option<&str>>) = members
-        .iter()
-        .filter_map(|&i| {
+    // The subset's members, or every endpoint: indices into `cluster.endpoints`.
+    let count = subset_members.map_or(cluster.endpoints.len(), Vec::len);
+    let member = |k: usize| subset_members.map_or(k, |m| m[k]);
+    let (addrs, localities): (Vec<SocketAddr>, Vec<Option<&str>>) = (0..count)
+        .map(member)
+        .filter_map(|i| {
             let e = &cluster.endpoints[i];
-            let ip: IpAddr = e.address.parse().ok()?;
+            let ip = e.ip?;
             let addr = SocketAddr::new(ip, endpoint_port(cluster, &e.ports, port));
             Some((addr, e.locality.as_deref()))
         })
@@ -294,4 +298,72 @@ fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port:
         .get(&service_port)
         .and_then(|(name, _)| ports.get(name).copied())
         .unwrap_or(service_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::compile, policy::load_str};
+
+    const POLICIES: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.default.svc.cluster.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: api-v2.example.internal, labels: {version: v2}}
+  - {address: 10.0.0.3, ports: {http: 8080}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
+    fn snapshot() -> Snapshot {
+        let set = load_str("t.yaml".as_ref(), POLICIES).expect("valid policies");
+        Snapshot {
+            generation: 1,
+            hash: String::new(),
+            applied_unix_ms: 0,
+            files: Vec::new(),
+            compiled: compile(&set),
+            policies: set,
+        }
+    }
+
+    fn dest(subset: Option<&str>) -> Destination {
+        Destination {
+            host: "api.default.svc.cluster.local".into(),
+            subset: subset.map(str::to_string),
+            port: None,
+            weight: 100,
+            headers: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_of_a_host_and_of_its_subsets() {
+        let snap = snapshot();
+        let dst: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let addrs = |subset| {
+            endpoints(&snap, &dest(subset), &[], dst)
+                .map(|(a, _)| a.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        };
+        // A name is not an address meshd can dial: it is skipped. Ports map by name.
+        assert_eq!(addrs(None).unwrap(), ["10.0.0.1:80", "10.0.0.3:8080"]);
+        assert_eq!(addrs(Some("v1")).unwrap(), ["10.0.0.1:80"]);
+        assert_eq!(addrs(Some("v2")).unwrap(), ["10.0.0.3:8080"]);
+        assert!(matches!(
+            addrs(Some("v3")),
+            Err(NoEndpoint::UnknownSubset { .. })
+        ));
+    }
 }
