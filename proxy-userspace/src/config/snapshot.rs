@@ -36,4 +36,17 @@ impl Snapshot {
             },
         })
     }
+
+    /// The first snapshot of `policies`, compiled, with no files behind it: for tests.
+    #[cfg(test)]
+    pub fn of(policies: PolicySet) -> Snapshot {
+        Snapshot {
+            generation: 1,
+            hash: String::new(),
+            applied_unix_ms: 0,
+            files: Vec::new(),
+            compiled: super::compile(&policies),
+            policies,
+        }
+    }
 }

@@ -126,7 +126,7 @@ pub async fn handle(
     Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))
 }
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The protocol field of the access log, as `Debug` prints the version.
 fn version_text(v: Version) -> &'static str {

@@ -303,7 +303,7 @@ fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::compile, policy::load_str};
+    use crate::policy::load_str;
 
     const POLICIES: &str = r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -328,15 +328,7 @@ spec:
 "#;
 
     fn snapshot() -> Snapshot {
-        let set = load_str("t.yaml".as_ref(), POLICIES).expect("valid policies");
-        Snapshot {
-            generation: 1,
-            hash: String::new(),
-            applied_unix_ms: 0,
-            files: Vec::new(),
-            compiled: compile(&set),
-            policies: set,
-        }
+        Snapshot::of(load_str("t.yaml".as_ref(), POLICIES).expect("valid policies"))
     }
 
     fn dest(subset: Option<&str>) -> Destination {

@@ -11,7 +11,7 @@ use hyper::{
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
-    forward::local,
+    forward::{GRPC_STATUS, local},
     lb::Algorithm,
     locality::{self, Locality},
     mirror,
@@ -172,7 +172,6 @@ fn levels(all: &[SocketAddr], priorities: &[u8], healthy: &[SocketAddr]) -> Vec<
     levels
 }
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 /// Why an attempt produced no response.
@@ -191,7 +190,7 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
             status: resp.status().as_u16(),
             grpc: resp
                 .headers()
-                .get(&GRPC_STATUS)
+                .get(GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
         },

@@ -6,11 +6,7 @@ use std::net::SocketAddr;
 use proxy_common::{PEER_AUTH_OPEN, PEER_AUTH_STRICT, PeerAuthKey};
 
 use super::{NodeView, deny_entries, peer_auth_entries};
-use crate::{
-    config::{Snapshot, compile},
-    ebpf::socket_addr_of,
-    policy::load_str,
-};
+use crate::{config::Snapshot, ebpf::socket_addr_of, policy::load_str};
 
 const WORKLOADS: &str = r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -54,15 +50,7 @@ spec:
 fn snapshot(extra: &str) -> Snapshot {
     let set = load_str("t.yaml".as_ref(), &format!("{WORKLOADS}{extra}"))
         .unwrap_or_else(|e| panic!("invalid test policies: {e:?}"));
-    let compiled = compile(&set);
-    Snapshot {
-        generation: 1,
-        hash: String::new(),
-        applied_unix_ms: 0,
-        files: Vec::new(),
-        policies: set,
-        compiled,
-    }
+    Snapshot::of(set)
 }
 
 fn node() -> NodeView {
@@ -194,15 +182,7 @@ spec:
         ),
     )
     .unwrap();
-    let compiled = compile(&set);
-    let snap = Snapshot {
-        generation: 1,
-        hash: String::new(),
-        applied_unix_ms: 0,
-        files: Vec::new(),
-        policies: set,
-        compiled,
-    };
+    let snap = Snapshot::of(set);
     let got = denied(&snap, 2, "other/intruder");
     for want in [
         "10.0.0.1:5432",
