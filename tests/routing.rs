@@ -213,6 +213,20 @@ fn locality_prefers_the_nodes_zone_and_fails_over_with_retry_remote_localities()
             "    retries:\n      attempts: 1\n      retryOn: 5xx\n      retryRemoteLocalities: {remote}\n"
         )
     };
+    // meshd in us-east/zone-a/rack-1 with `yaml` as its configuration.
+    let start = |yaml: &str| {
+        let dir = support::mesh::config_dir("locality", yaml);
+        support::Daemon::start(
+            "locality",
+            118,
+            &[
+                "--config",
+                dir.to_str().unwrap(),
+                "--locality",
+                "us-east/zone-a/rack-1",
+            ],
+        )
+    };
     // Healthy near and far endpoints: everything stays near.
     let (near, far) = two_backends();
     let routes = format!(
@@ -220,17 +234,7 @@ fn locality_prefers_the_nodes_zone_and_fails_over_with_retry_remote_localities()
         with_retries(false)
     );
     let yaml = locality_mesh(&[near.addr.port()], &[far.addr.port()], &routes);
-    let dir = support::mesh::config_dir("locality", &yaml);
-    let d = support::Daemon::start(
-        "locality",
-        118,
-        &[
-            "--config",
-            dir.to_str().unwrap(),
-            "--locality",
-            "us-east/zone-a/rack-1",
-        ],
-    );
+    let d = start(&yaml);
     let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
     assert_eq!((near.requests(), far.requests()), (20, 0), "all near");
@@ -252,17 +256,7 @@ fn locality_prefers_the_nodes_zone_and_fails_over_with_retry_remote_localities()
         &[far.addr.port()],
         &routes,
     );
-    let dir = support::mesh::config_dir("locality", &yaml);
-    let d = support::Daemon::start(
-        "locality",
-        118,
-        &[
-            "--config",
-            dir.to_str().unwrap(),
-            "--locality",
-            "us-east/zone-a/rack-1",
-        ],
-    );
+    let d = start(&yaml);
     // Without retryRemoteLocalities the retry stays near (the other near endpoint): 503.
     assert_eq!(status(&d, "http://reviews:9080/whoami"), "503");
     assert_eq!(far.requests(), 0);
