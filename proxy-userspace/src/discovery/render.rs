@@ -149,13 +149,7 @@ impl View {
         if let Some(sa) = &spec.service_account_name {
             we["serviceAccount"] = json!(sa);
         }
-        let doc = json!({
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "WorkloadEntry",
-            "metadata": { "name": name, "namespace": ns },
-            "spec": we,
-        });
-        Some(Document::new("Pod", ns, name, pretty(&doc)))
+        Some(rendered("Pod", "WorkloadEntry", ns, name, we))
     }
 }
 
@@ -178,6 +172,18 @@ pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Opt
         doc["spec"] = spec.clone();
     }
     Some(Document::new(kind, ns, name, pretty(&doc)))
+}
+
+/// A networking.istio.io/v1 `kind` rendered from the Kubernetes object `source` (its kind,
+/// namespace and name).
+fn rendered(source: &str, kind: &str, ns: &str, name: &str, spec: Value) -> Document {
+    let doc = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": kind,
+        "metadata": { "name": name, "namespace": ns },
+        "spec": spec,
+    });
+    Document::new(source, ns, name, pretty(&doc))
 }
 
 /// JSON over several lines, so findings point at a line of their own.

@@ -10,7 +10,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{Map, Value, json};
 
-use super::{DOMAIN, View, pretty};
+use super::{DOMAIN, View, rendered};
 use crate::{
     config::{Document, endpoints::NODE_LABEL},
     discovery::protocol,
@@ -144,12 +144,6 @@ impl View {
         if !addresses.is_empty() {
             spec["addresses"] = json!(addresses);
         }
-        let doc = json!({
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "ServiceEntry",
-            "metadata": { "name": name, "namespace": ns },
-            "spec": spec,
-        });
-        Some(Document::new("Service", ns, name, pretty(&doc)))
+        Some(rendered("Service", "ServiceEntry", ns, name, spec))
     }
 }
