@@ -48,13 +48,13 @@ fn echo(addr: SocketAddr, msg: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// A managed workload serving an echo on each of `ports` on every address.
+/// A managed workload serving an echo on each of `ports` on every address, IPv4 and IPv6.
 fn managed_echo(d: &Daemon, node: &Node, workload: &str, ports: &[u16]) -> Child {
     let script = format!(
         "import socket, threading\n\
          def serve(p):\n\
-         \x20   l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         \x20   l.bind(('0.0.0.0', p)); l.listen(64)\n\
+         \x20   l = socket.socket(socket.AF_INET6); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20   l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0); l.bind(('::', p)); l.listen(64)\n\
          \x20   while True:\n\
          \x20       c, _ = l.accept()\n\
          \x20       threading.Thread(target=lambda c=c: [c.sendall(d) for d in iter(lambda: c.recv(65536), b'')], daemon=True).start()\n\
@@ -73,6 +73,26 @@ fn managed_echo(d: &Daemon, node: &Node, workload: &str, ports: &[u16]) -> Child
     });
     assert!(listening.is_some(), "the managed echo never listened");
     child
+}
+
+/// An unmanaged plaintext connect to [::1]:`port` on `node` whose SYN carries an IPv6
+/// destination options header (a PadN option): "connected" or "timeout".
+fn connect_with_dstopts(node: &Node, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET6); s.settimeout(1.5)\n\
+         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))\n\
+         try:\n\
+         \x20   s.connect(('::1', {port})); print('connected')\n\
+         except socket.timeout:\n\
+         \x20   print('timeout')\n"
+    );
+    let out = node
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// `python3` run as a managed workload: connects to `addr`, sends `msg`, prints the echo or the
@@ -205,6 +225,10 @@ fn strict_refuses_plaintext_in_the_kernel_and_keeps_the_tunnel() {
         a.run(|| echo(open, "permissive-port")),
         Ok("permissive-port".into())
     );
+    // IPv6 extension headers are followed to the TCP header: a SYN behind a destination
+    // options header is dropped on the STRICT port, and passes on the PERMISSIVE one.
+    assert_eq!(connect_with_dstopts(&b, 8081), "timeout");
+    assert_eq!(connect_with_dstopts(&b, 8082), "connected");
     // Counted in the kernel (SYN retransmissions count too).
     assert!(d_b.metric(REFUSED) >= 2.0, "{}", d_b.get("/metrics"));
     // Mesh traffic still flows after the refusals.

@@ -493,11 +493,13 @@ fn exec_refuses_a_missing_namespace() {
     assert!(err.contains("/run/netns/meshd-no-such-pod"), "{err}");
 }
 
-/// Under PeerAuthentication STRICT, a pod that is itself an enrolled workload still takes
-/// meshd's connections: the kernel's plaintext refusal is not applied to pods in their own
-/// namespace, where it would also refuse meshd's own connections from the node's namespace.
+/// Under PeerAuthentication STRICT, a pod that is itself an enrolled workload takes meshd's
+/// connections, which come from the node's namespace (the kernel finds meshd's socket there by
+/// the id the pod's namespace gives it), and the kernel refuses plaintext from anyone else. The
+/// server pod is enrolled as a kubelet's would be: by its cgroup, with its process in a
+/// container's child cgroup.
 #[test]
-fn a_strict_pod_still_takes_meshds_connections() {
+fn a_strict_pod_takes_meshds_connections_and_refuses_plaintext() {
     if !ebpf_available("pods") {
         return;
     }
@@ -514,27 +516,58 @@ fn a_strict_pod_still_takes_meshds_connections() {
     );
     let cfg = config("pods-strict", &yaml);
     let d = start(node, "pods-strict", 125, &cfg);
-    // The server runs as the enrolled workload default/reviews, in its pod, serving /whoami.
+    // The server pod: its cgroup adopted as default/reviews, and a container in a child cgroup
+    // serving /whoami in the pod's namespace.
+    let pod_cgroup = d.cgroup.join("kubepods").join("pod-reviews");
+    let container = pod_cgroup.join("container-1");
+    std::fs::create_dir_all(&container).unwrap();
+    let body = serde_json::json!({
+        "workload": "default/reviews",
+        "cgroup": pod_cgroup,
+        "netns": server.netns(),
+    })
+    .to_string();
+    let (status, text) = d.admin_request("POST", "/workloads", &body).unwrap();
+    assert_eq!(status, 201, "{text}");
     let site = std::env::temp_dir().join("meshd-test-pods-strict-site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("whoami"), "reviews\n").unwrap();
-    let site = site.display().to_string();
-    let mut web = d
-        .exec_in(
-            "default/reviews",
-            &server.netns(),
-            &["python3", "-m", "http.server", "8080", "--directory", &site],
-        )
+    let mut web = server.command("python3");
+    web.args(["-m", "http.server", "8080", "--directory"])
+        .arg(&site)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::null());
+    let procs = container.join("cgroup.procs");
+    // SAFETY: the closure writes to a file between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        web.pre_exec(move || std::fs::write(&procs, "0"));
+    }
+    let mut web = web.spawn().unwrap();
     let up = eventually(Duration::from_secs(10), || {
         server.listens_on(8080).then_some(())
     });
     assert!(up.is_some(), "the server pod never listened");
     let got = curl(&d, "default/productpage", &client, &[]);
+    assert!(got.starts_with("200 "), "{got}\n{}", d.log_text());
+    let workloads = d.get("/workloads");
+    assert!(workloads.contains("\"meshd_nsid\""), "{workloads}");
+    // Plaintext from unmanaged processes, in another pod and in the node's namespace (where
+    // meshd's sockets are, but these are not meshd's): the SYN is dropped, the connect times
+    // out.
+    let target = std::net::SocketAddr::from((server.addr, 8080));
+    let plain = || {
+        std::net::TcpStream::connect_timeout(&target, Duration::from_millis(1500))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    };
+    assert_eq!(client.run(plain), Err(std::io::ErrorKind::TimedOut));
+    assert_eq!(node.run(plain), Err(std::io::ErrorKind::TimedOut));
+    let refused = d.metric("meshd_peer_authentication_refused_total");
+    assert!(refused >= 2.0, "{refused}");
+    // meshd's own connections still pass.
+    let again = curl(&d, "default/productpage", &client, &[]);
     let _ = web.kill();
     let _ = web.wait();
-    assert!(got.starts_with("200 "), "{got}\n{}", d.log_text());
+    assert!(again.starts_with("200 "), "{again}\n{}", d.log_text());
 }

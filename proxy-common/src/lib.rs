@@ -34,12 +34,18 @@ pub struct ProxyConfig {
     pub meshd_netns: u64,
 }
 
+/// `WorkloadRef::meshd_nsid` of a workload in meshd's own network namespace.
+pub const NSID_SAME: i32 = -1;
+
 /// A managed cgroup's entry: which workload the cgroup's sockets belong to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkloadRef {
     pub workload_id: u32,
-    pub _pad: u32,
+    /// The id the workload's network namespace gives meshd's (its `nsid`), so that the kernel
+    /// can look meshd's sockets up from a pod; `NSID_SAME` when the workload shares meshd's
+    /// namespace or no id is known.
+    pub meshd_nsid: i32,
 }
 
 /// One IPv4 or IPv6 endpoint. IPv4 addresses sit in `ip[0]`, the rest zero. Addresses are in

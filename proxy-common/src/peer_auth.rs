@@ -8,10 +8,13 @@ pub const TCP_LISTEN: u32 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sender {
     pub cgroup: u64,
+    /// The sender's cgroup at the level of the receiving workload's enrolled cgroup (its own
+    /// when that is the receiving socket's): a pod's containers are in child cgroups.
+    pub workload_cgroup: u64,
     pub state: u32,
 }
 
-/// Whether a SYN to a STRICT port of the workload in `receiver_cgroup` may pass.
+/// Whether a SYN to a STRICT port of the workload enrolled as `receiver_cgroup` may pass.
 ///
 /// It passes only when it comes from a socket on this node that belongs to meshd (the tunnel's
 /// inbound side, or meshd connecting for a local workload after authenticating it) or to the
@@ -21,7 +24,9 @@ pub struct Sender {
 /// reversed tuple is not a sender.
 pub fn strict_syn_allowed(sender: Option<Sender>, receiver_cgroup: u64, meshd_cgroup: u64) -> bool {
     match sender {
-        Some(s) if s.state != TCP_LISTEN => s.cgroup == meshd_cgroup || s.cgroup == receiver_cgroup,
+        Some(s) if s.state != TCP_LISTEN => {
+            s.cgroup == meshd_cgroup || s.workload_cgroup == receiver_cgroup
+        }
         _ => false,
     }
 }
@@ -34,7 +39,11 @@ mod tests {
     const WORKLOAD: u64 = 42;
 
     fn from(cgroup: u64) -> Option<Sender> {
-        Some(Sender { cgroup, state: 2 })
+        Some(Sender {
+            cgroup,
+            workload_cgroup: cgroup,
+            state: 2,
+        })
     }
 
     #[test]
@@ -51,8 +60,18 @@ mod tests {
         );
         let listener = Some(Sender {
             cgroup: MESHD,
+            workload_cgroup: MESHD,
             state: TCP_LISTEN,
         });
         assert!(!strict_syn_allowed(listener, WORKLOAD, MESHD));
+        let container = Some(Sender {
+            cgroup: 43,
+            workload_cgroup: WORKLOAD,
+            state: 2,
+        });
+        assert!(
+            strict_syn_allowed(container, WORKLOAD, MESHD),
+            "a container of the pod (a child cgroup)"
+        );
     }
 }

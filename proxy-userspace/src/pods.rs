@@ -3,6 +3,7 @@
 //! 127.0.0.1:15001 lands on meshd there; removing it closes them again.
 
 pub mod netns;
+mod nsid;
 
 use std::{
     collections::HashMap,

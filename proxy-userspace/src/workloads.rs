@@ -91,6 +91,10 @@ pub struct Workload {
     /// The network namespace meshd listens in for this workload (none: the host's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// The id the workload's network namespace gives meshd's (none: the same namespace, or no
+    /// id could be assigned): the kernel's PeerAuthentication check finds meshd's sockets by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meshd_nsid: Option<i32>,
     /// Whether the cgroup was adopted (meshd neither created it nor removes it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
@@ -139,10 +143,11 @@ impl Registry {
                 (dir, false)
             }
         };
+        let meshd_nsid = at.netns.as_deref().and_then(meshd_nsid);
         let enrolled = cgroup::cgroup_id(&dir)
             .map_err(WorkloadError::from)
             .and_then(|cgroup_id| {
-                self.maps.enrol(cgroup_id, id)?;
+                self.maps.enrol(cgroup_id, id, meshd_nsid)?;
                 Ok(cgroup_id)
             });
         let cgroup_id = match enrolled {
@@ -163,6 +168,7 @@ impl Registry {
             cgroup: dir,
             cgroup_id,
             netns: at.netns.clone(),
+            meshd_nsid,
             adopted,
         };
         inner.by_id.insert(id, w.clone());
@@ -243,6 +249,18 @@ impl Registry {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+/// The id the namespace at `netns` gives meshd's, or `None` (logged) when none can be had:
+/// the kernel then cannot tell meshd's connections to that pod from others.
+fn meshd_nsid(netns: &Path) -> Option<i32> {
+    match crate::pods::netns::meshd_id_in(netns) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::warn!(error = %e, "PeerAuthentication STRICT will not be enforced in the kernel for this pod");
+            None
+        }
     }
 }
 

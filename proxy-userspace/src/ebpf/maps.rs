@@ -63,13 +63,20 @@ impl DatapathMaps {
         }
     }
 
-    pub fn enrol(&self, cgroup_id: u64, workload_id: u32) -> Result<(), MapError> {
+    /// Marks a cgroup as the workload's; `meshd_nsid` is the id its network namespace gives
+    /// meshd's, when it has its own.
+    pub fn enrol(
+        &self,
+        cgroup_id: u64,
+        workload_id: u32,
+        meshd_nsid: Option<i32>,
+    ) -> Result<(), MapError> {
         let mut m = self.managed.lock().expect("managed map lock");
         m.insert(
             cgroup_id,
             WorkloadRef {
                 workload_id,
-                _pad: 0,
+                meshd_nsid: meshd_nsid.unwrap_or(proxy_common::NSID_SAME),
             },
             0,
         )

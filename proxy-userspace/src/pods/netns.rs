@@ -20,6 +20,12 @@ pub enum NetnsError {
         "entering network namespace {path} (is it a netns file such as /run/netns/NAME or /proc/PID/ns/net?): {source}"
     )]
     Enter { path: PathBuf, source: io::Error },
+    #[error("opening meshd's own network namespace: {0}")]
+    Own(io::Error),
+    #[error(
+        "giving meshd's network namespace an id inside {path} (rtnetlink RTM_NEWNSID): {source}"
+    )]
+    Nsid { path: PathBuf, source: io::Error },
     #[error("binding {addr} in network namespace {path}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -28,15 +34,16 @@ pub enum NetnsError {
     },
 }
 
-/// Binds a listener on each address inside the network namespace at `path`. An address family
-/// the namespace lacks (no IPv6 loopback) is skipped; every other failure is an error.
-pub fn listen_in(path: &Path, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, NetnsError> {
+/// Runs `f` on a thread of its own inside the network namespace at `path`.
+fn inside<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce(PathBuf) -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
     let ns = File::open(path).map_err(|source| NetnsError::Open {
         path: path.into(),
         source,
     })?;
     let path = path.to_path_buf();
-    let addrs = addrs.to_vec();
     // setns changes only the calling thread's namespace: a thread of its own keeps the
     // runtime's threads in the host's.
     std::thread::spawn(move || {
@@ -47,6 +54,26 @@ pub fn listen_in(path: &Path, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, 
                 source: io::Error::last_os_error(),
             });
         }
+        f(path)
+    })
+    .join()
+    .expect("netns thread does not panic")
+}
+
+/// The id the network namespace at `path` gives meshd's own (assigned when it has none), with
+/// which eBPF programs look meshd's sockets up from there.
+pub fn meshd_id_in(path: &Path) -> Result<i32, NetnsError> {
+    let own = File::open("/proc/thread-self/ns/net").map_err(NetnsError::Own)?;
+    inside(path, move |path| {
+        super::nsid::of(&own).map_err(|source| NetnsError::Nsid { path, source })
+    })
+}
+
+/// Binds a listener on each address inside the network namespace at `path`. An address family
+/// the namespace lacks (no IPv6 loopback) is skipped; every other failure is an error.
+pub fn listen_in(path: &Path, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, NetnsError> {
+    let addrs = addrs.to_vec();
+    inside(path, move |path| {
         let mut out = Vec::with_capacity(addrs.len());
         for addr in addrs {
             match bind(addr) {
@@ -59,8 +86,6 @@ pub fn listen_in(path: &Path, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, 
         }
         Ok(out)
     })
-    .join()
-    .expect("netns binding thread does not panic")
 }
 
 fn skippable(e: &io::Error) -> bool {

@@ -184,13 +184,12 @@ pub fn deny_entries(snap: &Snapshot, node: &NodeView, id: u32, workload: &str) -
     out
 }
 
-/// Whether the kernel checks PeerAuthentication for a workload. Not for a pod in its own
-/// network namespace: the check recognises meshd as the sender by finding its socket in the
-/// receiving namespace, and meshd connects to pods from the node's namespace, so its own
-/// connections would be refused. meshd's own connections to such pods still use the tunnel
-/// where the mode asks for it; plaintext from elsewhere is not refused in the kernel.
+/// Whether the kernel checks PeerAuthentication for a workload. The check recognises meshd as
+/// the sender by finding its socket, in the receiving namespace or, for a pod in its own, in
+/// meshd's by the id the pod's namespace gives it. Without that id (it could not be assigned)
+/// meshd's own connections to the pod would be refused, so the pod is not checked.
 fn strict_checked(w: &Enrolled) -> bool {
-    w.netns.is_none()
+    w.netns.is_none() || w.meshd_nsid.is_some()
 }
 
 /// Keeps the kernel's policy maps in step with the configuration and the workloads.

@@ -60,14 +60,14 @@ impl Pod {
         enter(&self.ns, f)
     }
 
-    /// Whether something accepts connections on 127.0.0.1:`port` inside the pod.
+    /// Whether a TCP socket listens on `port` inside the pod (read from `ss`, not probed with a
+    /// connect, which PeerAuthentication STRICT would refuse).
     pub fn listens_on(&self, port: u16) -> bool {
-        self.run(|| {
-            std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                std::time::Duration::from_secs(1),
-            )
-            .is_ok()
+        let out = self.command("ss").args(["-ltnH"]).output();
+        out.is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.contains(&format!(":{port} ")))
         })
     }
 
