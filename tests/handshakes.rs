@@ -13,7 +13,7 @@ use std::{
 
 use meshd::identity::{Ca, SpiffeId, tls};
 use support::{
-    Daemon, ebpf_available,
+    Daemon, cpus, ebpf_available,
     http_backend::HttpBackend,
     netns::{Lan, Node},
 };
@@ -38,7 +38,7 @@ fn labels(n: &Node, slot: u16) -> String {
 
 /// web and intruder (namespace other) on node a; an HTTP backend `api` on node b at 8080, whose
 /// AuthorizationPolicy denies namespace other by identity alone.
-fn two_nodes(name: &str, subnet: u8, slots: (u16, u16)) -> TwoNodes {
+fn two_nodes(name: &str, subnet: u8, slots: (u16, u16), more: &[&str]) -> TwoNodes {
     let lan = Lan::new(name, subnet, 2);
     let (a, b) = (lan.node(0).clone(), lan.node(1).clone());
     let ca = support::ca_dir(name);
@@ -103,7 +103,9 @@ spec:
     let backend = b.run(|| HttpBackend::start(&format!("{}:8080", b.addr)));
     let start = |n: &Node, who: &str, slot: u16| {
         let name = format!("{name}-{who}");
-        Daemon::start_mesh_node(n, &name, slot, &dir, &ca, &["--access-log", "off"])
+        let mut args = vec!["--access-log", "off"];
+        args.extend_from_slice(more);
+        Daemon::start_mesh_node(n, &name, slot, &dir, &ca, &args)
     };
     let d_b = start(&b, "b", slots.1);
     let d_a = start(&a, "a", slots.0);
@@ -141,7 +143,7 @@ fn reused_tunnel_connections_add_no_handshake_per_request() {
     if !ebpf_available("handshakes_reuse") {
         return;
     }
-    let m = two_nodes("hs-reuse", 154, (154, 155));
+    let m = two_nodes("hs-reuse", 154, (154, 155), &[]);
     assert_eq!(requests(&m, 300), "300", "node a:\n{}", m.d_a.log_text());
     assert_eq!(m.backend.requests(), 300);
     // 300 downstream connections, 8 at a time, one TLS handshake between the nodes; the
@@ -228,7 +230,7 @@ fn tunnel_handshakes_benchmark() {
     if !ebpf_available("handshakes_bench") {
         return;
     }
-    let m = two_nodes("hs-bench", 156, (156, 157));
+    let m = two_nodes("hs-bench", 156, (156, 157), &[]);
     let (a, b) = (m.lan.node(0).clone(), m.lan.node(1).clone());
     let ca = Ca::load(&m.ca).unwrap();
     let web = SpiffeId::new("cluster.local", "default", "web").unwrap();
@@ -284,32 +286,92 @@ fn tunnel_handshakes_benchmark() {
     println!("{text}");
 }
 
+/// Where the throughput benchmark runs its processes.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// Each simulated node on a CPU of its own, as two machines would be: node a's meshd and
+    /// wrk on CPU 0; node b's meshd and the backends (threads of this test) on CPU 1.
+    PerNode,
+    /// Every process on every CPU: both nodes' meshd, wrk and the backends share the CPUs.
+    Shared,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::PerNode => "one CPU per node",
+            Layout::Shared => "shared CPUs",
+        }
+    }
+
+    /// Pins the daemons and this process (whose threads serve the backends); returns the
+    /// `taskset` CPU list for wrk.
+    fn apply(self, m: &TwoNodes) -> &'static str {
+        let me = std::process::id() as i32;
+        match self {
+            Layout::PerNode => {
+                cpus::pin(m.d_a.pid(), Some(&[0]));
+                cpus::pin(m.d_b.pid(), Some(&[1]));
+                cpus::pin(me, Some(&[1]));
+                "0"
+            }
+            Layout::Shared => {
+                for pid in [m.d_a.pid(), m.d_b.pid(), me] {
+                    cpus::pin(pid, None);
+                }
+                "0-1023"
+            }
+        }
+    }
+}
+
+/// One wrk run of the throughput benchmark.
+struct Run {
+    round: usize,
+    layout: Layout,
+    tunnel: bool,
+    rps: f64,
+    p50: String,
+    /// CPU seconds node a's and node b's meshd spent during the run.
+    cpu: (f64, f64),
+}
+
 /// HTTP/1.1 throughput and latency (wrk, 16 connections, 5 s) from web on node a to node b,
 /// through the tunnel (the VIP .50 in front of api on 8080) and through meshd in plaintext (the
-/// VIP .51 in front of an unlabelled backend on 8090), alternating over `MESHD_BENCH_ROUNDS` rounds (default 3). Writes
-/// target/bench/tunnel-throughput.md.
+/// VIP .51 in front of an unlabelled backend on 8090), alternating over `MESHD_BENCH_ROUNDS`
+/// rounds (default 3), each with one CPU per simulated node and with shared CPUs. Both meshd run
+/// one worker thread. Writes target/bench/tunnel-throughput.md.
 #[test]
 #[ignore = "a benchmark: run it on purpose"]
 fn tunnel_throughput_benchmark() {
     if !ebpf_available("tunnel_throughput") {
         return;
     }
-    let m = two_nodes("hs-tput", 158, (158, 159));
+    let m = two_nodes("hs-tput", 158, (158, 159), &["--worker-threads", "1"]);
     let b = m.lan.node(1).clone();
     let _plain = b.run(|| HttpBackend::start(&format!("{}:8090", b.addr)));
     let rounds: usize = std::env::var("MESHD_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
-    let wrk = |url: &str| -> (f64, String) {
-        let out = m
-            .d_a
-            .exec(
-                "default/web",
-                &["wrk", "-t1", "-c16", "-d5s", "--latency", url],
-            )
-            .output()
-            .unwrap();
+    let layouts: &[Layout] = if cpus::online() >= 2 {
+        &[Layout::PerNode, Layout::Shared]
+    } else {
+        &[Layout::Shared]
+    };
+    let wrk = |url: &str, cpus: &str| -> (f64, String) {
+        let args = [
+            "taskset",
+            "-c",
+            cpus,
+            "wrk",
+            "-t1",
+            "-c16",
+            "-d5s",
+            "--latency",
+            url,
+        ];
+        let out = m.d_a.exec("default/web", &args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let field = |prefix: &str| {
             text.lines()
@@ -320,65 +382,94 @@ fn tunnel_throughput_benchmark() {
         };
         (field("Requests/sec:").parse().unwrap_or(0.0), field("50%"))
     };
-    let mut rows = Vec::new();
-    // CPU time each meshd spends per request in the tunnel runs: steadier than req/s on a
-    // shared machine.
-    let (mut cpu_a, mut cpu_b, mut tunnelled) = (0.0, 0.0, 0.0);
-    let (mut plain_cpu_a, mut plain_requests) = (0.0, 0.0);
+    let mut runs = Vec::new();
     for round in 1..=rounds {
-        for (name, vip) in [("plaintext through meshd", 51), ("mTLS tunnel", 50)] {
-            let before = (cpu_seconds(m.d_a.pid()), cpu_seconds(m.d_b.pid()));
-            let (rps, p50) = wrk(&format!("http://10.213.158.{vip}:9080/whoami"));
-            if vip == 50 {
-                cpu_a += cpu_seconds(m.d_a.pid()) - before.0;
-                cpu_b += cpu_seconds(m.d_b.pid()) - before.1;
-                tunnelled += rps * 5.0;
-            } else {
-                plain_cpu_a += cpu_seconds(m.d_a.pid()) - before.0;
-                plain_requests += rps * 5.0;
+        for &layout in layouts {
+            let cpus = layout.apply(&m);
+            for tunnel in [false, true] {
+                let vip = if tunnel { 50 } else { 51 };
+                let before = (cpus::seconds(m.d_a.pid()), cpus::seconds(m.d_b.pid()));
+                let (rps, p50) = wrk(&format!("http://10.213.158.{vip}:9080/whoami"), cpus);
+                let cpu = (
+                    cpus::seconds(m.d_a.pid()) - before.0,
+                    cpus::seconds(m.d_b.pid()) - before.1,
+                );
+                let path = if tunnel { "mTLS tunnel" } else { "plaintext" };
+                eprintln!(
+                    "round {round}, {}: {path}: {rps:.0} req/s, p50 {p50}",
+                    layout.name()
+                );
+                runs.push(Run {
+                    round,
+                    layout,
+                    tunnel,
+                    rps,
+                    p50,
+                    cpu,
+                });
             }
-            eprintln!("round {round}: {name}: {rps:.0} req/s, p50 {p50}");
-            rows.push((round, name, rps, p50));
         }
     }
-    let median = |name: &str| {
-        let mut v: Vec<f64> = rows.iter().filter(|r| r.1 == name).map(|r| r.2).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (plain, tunnel) = (median("plaintext through meshd"), median("mTLS tunnel"));
-    let mut text = String::from(
-        "# mTLS tunnel vs plaintext through meshd\n\n| round | path | req/s | p50 |\n| --- | --- | ---: | ---: |\n",
-    );
-    for (round, name, rps, p50) in &rows {
-        text.push_str(&format!("| {round} | {name} | {rps:.0} | {p50} |\n"));
-    }
-    text.push_str(&format!(
-        "\nMedian: tunnel {tunnel:.0} req/s, plaintext {plain:.0} req/s: **{:.2}x**; handshakes on node b: {}.\n",
-        tunnel / plain,
-        m.d_b.metric(HANDSHAKES)
-    ));
-    text.push_str(&format!(
-        "CPU per tunnelled request: node a's meshd {:.1} us, node b's meshd {:.1} us; per plaintext request: node a's meshd {:.1} us.\n",
-        cpu_a / tunnelled * 1e6,
-        cpu_b / tunnelled * 1e6,
-        plain_cpu_a / plain_requests * 1e6
-    ));
+    Layout::Shared.apply(&m);
+    let text = throughput_report(&runs, layouts, m.d_b.metric(HANDSHAKES));
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tunnel-throughput.md"), &text).unwrap();
     println!("{text}");
 }
 
-/// User plus system CPU seconds a process has used so far.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / hz
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The benchmark's Markdown report: every run, then per layout the medians, the median of the
+/// per-round ratios, and each meshd's CPU time per request.
+fn throughput_report(runs: &[Run], layouts: &[Layout], handshakes: f64) -> String {
+    let mut text = String::from(
+        "# mTLS tunnel vs plaintext through meshd\n\nwrk -t1 -c16, 5 s per run, HTTP/1.1 keep-alive; both meshd with one worker thread. \"One CPU per node\": node a's meshd and wrk on CPU 0, node b's meshd and the backends on CPU 1, as two machines would be. \"Shared CPUs\": everything on every CPU.\n\n| round | CPUs | path | req/s | p50 |\n| --- | --- | --- | ---: | ---: |\n",
+    );
+    for r in runs {
+        let path = if r.tunnel { "mTLS tunnel" } else { "plaintext" };
+        text.push_str(&format!(
+            "| {} | {} | {path} | {:.0} | {} |\n",
+            r.round,
+            r.layout.name(),
+            r.rps,
+            r.p50
+        ));
+    }
+    text.push('\n');
+    for &layout in layouts {
+        let of = |tunnel: bool| -> Vec<&Run> {
+            runs.iter()
+                .filter(|r| r.layout == layout && r.tunnel == tunnel)
+                .collect()
+        };
+        let (plain, tunnel) = (of(false), of(true));
+        let rps = |v: &[&Run]| median(v.iter().map(|r| r.rps).collect());
+        let paired = median(
+            plain
+                .iter()
+                .zip(&tunnel)
+                .map(|(p, t)| t.rps / p.rps.max(1.0))
+                .collect(),
+        );
+        // CPU seconds per request over all runs of one path, in microseconds.
+        let per_request = |v: &[&Run], side: fn(&Run) -> f64| {
+            let requests: f64 = v.iter().map(|r| r.rps * 5.0).sum();
+            v.iter().map(|r| side(r)).sum::<f64>() / requests.max(1.0) * 1e6
+        };
+        text.push_str(&format!(
+            "**{}**: tunnel {:.0} req/s, plaintext {:.0} req/s (medians); tunnel / plaintext, median of the rounds: **{paired:.2}x**. CPU per tunnelled request: node a's meshd {:.1} us, node b's meshd {:.1} us; per plaintext request: node a's meshd {:.1} us.\n\n",
+            layout.name(),
+            rps(&tunnel),
+            rps(&plain),
+            per_request(&tunnel, |r| r.cpu.0),
+            per_request(&tunnel, |r| r.cpu.1),
+            per_request(&plain, |r| r.cpu.0),
+        ));
+    }
+    text.push_str(&format!("TLS handshakes on node b: {handshakes}.\n"));
+    text
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod cpus;
 pub mod http_backend;
 pub mod mesh;
 pub mod netns;

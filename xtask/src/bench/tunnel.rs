@@ -1,6 +1,7 @@
 //! `cargo xtask bench tunnel`: the mTLS tunnel between two simulated nodes, release build: HTTP
-//! throughput, latency and CPU per request against plaintext through meshd, and new mTLS
-//! connections per second on a node's tunnel port. Runs the ignored benchmarks of
+//! throughput, latency and CPU per request against plaintext through meshd (with one CPU per
+//! node, and with both nodes on shared CPUs), and new mTLS connections per second on a node's
+//! tunnel port. Runs the ignored benchmarks of
 //! tests/handshakes.rs one after the other; they write target/bench/tunnel-throughput.md and
 //! target/bench/handshakes.md.
 
