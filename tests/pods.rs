@@ -88,7 +88,7 @@ fn config(name: &str, yaml: &str) -> PathBuf {
 
 fn start(node: &Node, name: &str, slot: u16, config: &Path) -> Daemon {
     let config = config.display().to_string();
-    Daemon::start_on(node, name, slot, &["--config", &config])
+    Daemon::start_on(node, name, slot, &["--config", &config, "--sockmap", "on"])
 }
 
 /// curl from `pod` as `workload`; returns `CODE BODY`.

@@ -106,6 +106,16 @@ impl SockPair {
     }
 }
 
+/// What sk_msg counted for one workload socket's sends on the workload↔meshd hop: bytes handed
+/// to meshd's socket, and bytes spliced straight out of meshd's upstream socket. Written by
+/// eBPF only; meshd reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceCounts {
+    pub handed: u64,
+    pub spliced: u64,
+}
+
 /// Per-socket counters for meshd's own sockets (downstream accepted and upstream connected),
 /// kept in a per-CPU LRU hash keyed by socket cookie.
 ///
@@ -151,10 +161,12 @@ pub enum Counter {
     OrigDstHit = 6,
     /// getsockopt(SO_ORIGINAL_DST) found nothing for the socket.
     OrigDstMiss = 7,
+    /// sk_msg sent a workload's data straight out of meshd's upstream socket (kernel splice).
+    Splice = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirect,
         Counter::Excluded,
@@ -164,6 +176,7 @@ impl Counter {
         Counter::SockmapMiss,
         Counter::OrigDstHit,
         Counter::OrigDstMiss,
+        Counter::Splice,
     ];
 
     /// Name used for the `meshd_ebpf_events_total{event=...}` label.
@@ -177,6 +190,7 @@ impl Counter {
             Counter::SockmapMiss => "sockmap_miss",
             Counter::OrigDstHit => "orig_dst_hit",
             Counter::OrigDstMiss => "orig_dst_miss",
+            Counter::Splice => "sockmap_splice",
         }
     }
 }
@@ -199,6 +213,9 @@ pub mod maps {
     pub const SOCKHASH: &str = "SOCKHASH";
     pub const PAIR_COOKIE: &str = "PAIR_COOKIE";
     pub const CONN_STATS: &str = "CONN_STATS";
+    pub const HANDED: &str = "HANDED";
+    pub const FORWARDED: &str = "FORWARDED";
+    pub const SPLICE_TO: &str = "SPLICE_TO";
     pub const COUNTERS: &str = "COUNTERS";
 }
 
@@ -210,6 +227,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockPair>() == 56);
     assert!(core::mem::size_of::<NetnsEndpoint>() == 32);
     assert!(core::mem::size_of::<ConnStats>() == 64);
+    assert!(core::mem::size_of::<SpliceCounts>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -224,6 +242,7 @@ mod pod {
     unsafe impl aya::Pod for SockPair {}
     unsafe impl aya::Pod for NetnsEndpoint {}
     unsafe impl aya::Pod for ConnStats {}
+    unsafe impl aya::Pod for SpliceCounts {}
 }
 
 pub mod decide;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use proxy_common::{
     ConnStats, Counter, Ipv4Prefix, Ipv6Prefix, NetnsEndpoint, OrigDst, ProxyConfig, SockPair,
-    WorkloadRef,
+    SpliceCounts, WorkloadRef,
 };
 
 /// How many connections the per-connection maps track before LRU eviction.
@@ -52,6 +52,21 @@ pub static SOCKHASH: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS
 /// Socket 4-tuple → cookie for meshd's sockets in the SOCKHASH (sk_msg cannot read cookies).
 #[map]
 pub static PAIR_COOKIE: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Workload socket (its 4-tuple on the hop) → bytes sk_msg handed to meshd and bytes it
+/// spliced to meshd's upstream socket. Written by sk_msg only.
+#[map]
+pub static HANDED: LruHashMap<SockPair, SpliceCounts> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Workload socket → bytes meshd has forwarded upstream from it. Written by meshd only, once
+/// the upstream socket is in `SPLICE_TO`; when it equals the handed count, meshd holds none of
+/// the workload's bytes, and sk_msg sends the next ones straight out of the upstream socket.
+#[map]
+pub static FORWARDED: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Workload socket → meshd's upstream socket of the same connection (no programs attached).
+#[map]
+pub static SPLICE_TO: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS, 0);
 
 /// Cookie of each of meshd's own sockets → its counters.
 #[map]

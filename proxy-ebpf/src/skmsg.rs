@@ -1,5 +1,10 @@
 //! sk_msg: data written on one end of a workload↔meshd hop goes straight into the other end's
 //! receive queue, skipping the TCP/IP stack. A miss falls back to TCP (never a drop).
+//!
+//! Kernel splice: once meshd has put its upstream socket for an opaque connection in
+//! `SPLICE_TO` and has forwarded every byte the workload handed it (`FORWARDED` equals the
+//! handed count), the workload's next sends go straight out of the upstream socket, in order
+//! after meshd's own writes, without waking meshd.
 
 use core::ptr::read_volatile;
 
@@ -9,11 +14,11 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie,
     programs::SkMsgContext,
 };
-use proxy_common::{AF_INET, AF_INET6, Counter, SockPair};
+use proxy_common::{AF_INET, AF_INET6, Counter, SockPair, SpliceCounts};
 
 use crate::{
     counters::bump,
-    maps::{CONN_STATS, PAIR_COOKIE, SOCKHASH},
+    maps::{CONFIG, CONN_STATS, FORWARDED, HANDED, PAIR_COOKIE, SOCKHASH, SPLICE_TO},
 };
 
 pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
@@ -59,16 +64,76 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
         // SAFETY: helper valid for sk_msg programs; both ends of a hop share the namespace.
         netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
     };
+    let size = size as u64;
     let mut peer = me.peer();
+    // The workload's end of the hop is the one whose peer is meshd's outbound port.
+    let workload_side = CONFIG.get(0).is_some_and(|c| c.outbound_port == me.remote_port);
+    if workload_side && splice(ctx, &me, size) {
+        bump(Counter::Splice);
+        account(&peer, size, false);
+        return Ok(SK_PASS);
+    }
     let ret = SOCKHASH.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64);
     if ret == SK_PASS as i64 {
         bump(Counter::SockmapRedirect);
-        account(&me, size as u64, true);
-        account(&peer, size as u64, false);
+        account(&me, size, true);
+        account(&peer, size, false);
+        if workload_side {
+            handed(&me, size);
+        }
     } else {
         bump(Counter::SockmapMiss);
     }
     Ok(SK_PASS)
+}
+
+/// Redirects the message out of meshd's upstream socket when meshd asked for it and holds none
+/// of this socket's bytes; `false` leaves it to the usual hop.
+#[inline(always)]
+fn splice(ctx: &SkMsgContext, me: &SockPair, size: u64) -> bool {
+    // SAFETY: read-only lookups, copied out.
+    let Some(forwarded) = (unsafe { FORWARDED.get(me) }).copied() else {
+        return false;
+    };
+    if HANDED.get_ptr_mut(me).is_none() {
+        // Nothing handed to meshd yet (the workload has not sent before).
+        let _ = HANDED.insert(me, SpliceCounts::default(), 0);
+    }
+    let Some(counts) = HANDED.get_ptr_mut(me) else {
+        return false;
+    };
+    // SAFETY: the entry stays valid for the program run; concurrent sends on one socket are
+    // serialised by the socket lock.
+    unsafe {
+        if (*counts).handed != forwarded || !redirect_out(ctx, me) {
+            return false;
+        }
+        (*counts).spliced += size;
+    }
+    true
+}
+
+#[inline(always)]
+fn redirect_out(ctx: &SkMsgContext, me: &SockPair) -> bool {
+    let mut key = *me;
+    // No BPF_F_INGRESS: the data is sent on the upstream socket, not queued for reading.
+    SPLICE_TO.redirect_msg(ctx, &mut key, 0) == SK_PASS as i64
+}
+
+/// Counts bytes handed to meshd from a workload socket.
+#[inline(always)]
+fn handed(me: &SockPair, size: u64) {
+    match HANDED.get_ptr_mut(me) {
+        // SAFETY: as in `splice`.
+        Some(c) => unsafe { (*c).handed += size },
+        None => {
+            let first = SpliceCounts {
+                handed: size,
+                spliced: 0,
+            };
+            let _ = HANDED.insert(me, first, 0);
+        }
+    }
 }
 
 /// Count a redirected message against meshd's socket at either end of the hop.

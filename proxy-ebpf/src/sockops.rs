@@ -15,11 +15,13 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use proxy_common::{
-    AF_INET, AF_INET6, CFG_SOCKMAP, ConnStats, Endpoint, NetnsEndpoint, SockPair,
+    AF_INET, AF_INET6, CFG_SOCKMAP, ConnStats, Endpoint, NetnsEndpoint, SockPair, SpliceCounts,
     decide::{HopSide, hop_side},
 };
 
-use crate::maps::{CONFIG, CONN_STATS, ORIG_BY_COOKIE, ORIG_BY_TUPLE, PAIR_COOKIE, SOCKHASH};
+use crate::maps::{
+    CONFIG, CONN_STATS, FORWARDED, HANDED, ORIG_BY_COOKIE, ORIG_BY_TUPLE, PAIR_COOKIE, SOCKHASH,
+};
 
 const STATS_FLAGS: i32 =
     (BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32;
@@ -114,6 +116,9 @@ fn established(ctx: &SockOpsContext, active: bool) {
             };
             let _ = ORIG_BY_TUPLE.insert(me, orig, 0);
             if sockmap {
+                // A new connection counts from zero, whatever an earlier one with the same
+                // 4-tuple left behind.
+                let _ = HANDED.insert(pair, SpliceCounts::default(), 0);
                 let _ = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
             }
             let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
@@ -158,5 +163,8 @@ fn closed(ctx: &SockOpsContext) {
     let _ = ORIG_BY_COOKIE.remove(cookie);
     if let Some(pair) = pair(ctx) {
         let _ = PAIR_COOKIE.remove(pair);
+        // HANDED stays: meshd reads the spliced count after the workload has closed, then
+        // removes it (or LRU eviction does).
+        let _ = FORWARDED.remove(pair);
     }
 }

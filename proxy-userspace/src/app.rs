@@ -414,6 +414,7 @@ fn serve(
         outbound = ?outbound,
         cgroup = %cgroups.attach.display(),
         sockmap = settings.sockmap,
+        splice = settings.sockmap && settings.splice,
         fail_mode = ?settings.fail_mode,
         heartbeat_timeout = ?settings.heartbeat_timeout,
         exclude_ports = ?settings.exclude_ports,

@@ -57,9 +57,16 @@ pub struct RunArgs {
     /// Attach-point cgroup. Default: `meshd` under the cgroup2 mount.
     #[arg(long, env = "MESHD_CGROUP")]
     pub cgroup: Option<PathBuf>,
-    /// Skip the TCP/IP stack on the workload↔meshd hop with sk_msg and a SOCKHASH.
-    #[arg(long, env = "MESHD_SOCKMAP", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    /// Skip the TCP/IP stack on the workload↔meshd hop with sk_msg and a SOCKHASH. Off by
+    /// default: the kernel's sockmap receive path can fail a blocking read with EAGAIN when the
+    /// reader is woken without data (see the README); event-driven workloads are unaffected.
+    #[arg(long, env = "MESHD_SOCKMAP", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub sockmap: bool,
+    /// With the sockmap, send an opaque (L4) connection's bytes from the workload straight out
+    /// of meshd's upstream socket in the kernel, once meshd holds none of them; meshd carries
+    /// the other direction.
+    #[arg(long, env = "MESHD_SPLICE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub splice: bool,
     /// What managed connects do when meshd is gone: `open` connects directly, `closed` fails.
     #[arg(long, env = "MESHD_FAIL_MODE", default_value = "open")]
     pub fail_mode: FailMode,

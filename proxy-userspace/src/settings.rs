@@ -30,6 +30,8 @@ pub struct Settings {
     /// None: `meshd` under the cgroup2 mount.
     pub cgroup: Option<PathBuf>,
     pub sockmap: bool,
+    /// Kernel splice of opaque connections (only with `sockmap`).
+    pub splice: bool,
     pub fail_mode: FailMode,
     #[serde(with = "millis")]
     pub heartbeat_timeout: Duration,
@@ -142,6 +144,7 @@ impl Settings {
             inbound_port: a.inbound_port,
             cgroup: a.cgroup,
             sockmap: a.sockmap,
+            splice: a.splice,
             fail_mode: a.fail_mode,
             heartbeat_timeout,
             exclude_ports: a.exclude_ports,

@@ -54,6 +54,14 @@ pub fn status(args: ClientArgs) -> ExitCode {
             }
         );
         println!(
+            "  kernel splice    {}",
+            if s["sockmap"].as_bool() == Some(true) && s["splice"].as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            }
+        );
+        println!(
             "  fail mode        {}",
             s["fail_mode"].as_str().unwrap_or("?")
         );

@@ -31,6 +31,8 @@ pub struct Counters {
     pub redirect: u64,
     pub sockmap_redirect: u64,
     pub sockmap_miss: u64,
+    /// sk_msg sends of a workload spliced straight out of meshd's upstream socket.
+    pub splice: u64,
 }
 
 pub struct Meshd {
@@ -161,6 +163,7 @@ impl Meshd {
             redirect: event(&body, "redirect"),
             sockmap_redirect: event(&body, "sockmap_redirect"),
             sockmap_miss: event(&body, "sockmap_miss"),
+            splice: event(&body, "sockmap_splice"),
         })
     }
 

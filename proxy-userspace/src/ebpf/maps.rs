@@ -18,6 +18,8 @@ pub struct DatapathMaps {
     pub(super) policy: std::sync::Arc<super::PolicyMaps>,
     /// Called for each workload enrolled, so its kernel policy is in place before it runs.
     pub(super) on_enrol: std::sync::OnceLock<EnrolHook>,
+    /// Kernel splice of opaque connections (with the sockmap, unless switched off).
+    pub(super) splice: Option<std::sync::Arc<super::SpliceMaps>>,
 }
 
 /// What runs when a workload is enrolled.
@@ -80,6 +82,16 @@ impl DatapathMaps {
             },
             0,
         )
+    }
+
+    /// Offers meshd's upstream socket `up` to the kernel, to send the workload's bytes from the
+    /// far end of `down` straight out of it; `None` when splicing is off or refused.
+    pub fn splice(
+        &self,
+        down: &tokio::net::TcpStream,
+        up: &tokio::net::TcpStream,
+    ) -> Option<super::Splice> {
+        self.splice.as_ref()?.offer(down, up)
     }
 
     /// The policy enforcement maps.

@@ -6,6 +6,7 @@ mod heartbeat;
 mod maps;
 mod object;
 mod policy;
+mod splice;
 
 use std::{fs::File, path::Path, sync::Arc};
 
@@ -26,6 +27,7 @@ pub use heartbeat::{monotonic_ns, spawn_heartbeat};
 pub use maps::{ConnCounters, DatapathMaps};
 pub use object::EBPF_OBJECT;
 pub use policy::PolicyMaps;
+pub use splice::{Splice, SpliceMaps};
 
 use crate::settings::{FailMode, Settings};
 
@@ -151,6 +153,15 @@ impl Datapath {
                 counters: take(&mut ebpf, policy_names::POLICY_COUNTERS)?,
             }),
             on_enrol: std::sync::OnceLock::new(),
+            splice: if settings.sockmap && settings.splice {
+                Some(Arc::new(SpliceMaps {
+                    to: std::sync::Mutex::new(take(&mut ebpf, names::SPLICE_TO)?),
+                    forwarded: std::sync::Mutex::new(take(&mut ebpf, names::FORWARDED)?),
+                    handed: std::sync::Mutex::new(take(&mut ebpf, names::HANDED)?),
+                }))
+            } else {
+                None
+            },
         });
         // Beat once before attaching, so the first connects are redirected, not failed open.
         maps.beat();

@@ -1,6 +1,7 @@
 //! The proxy listeners and the per-connection pipeline.
 
 pub mod connections;
+pub mod copy;
 pub mod fairness;
 pub mod http;
 pub mod outbound;

@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     connections::{ConnectionInfo, Connections, unix_ms},
+    copy::{self, COPY_BUF},
     fairness::Shed,
     http::{self, Counter, HttpContext, UpstreamError, connect_upstream},
     sniff::{self, Detected},
@@ -28,9 +29,6 @@ use crate::{
 
 /// How long a connection over its workload's allowance waits, unread, for a place.
 const CONNECTION_PATIENCE: Duration = Duration::from_secs(10);
-
-/// Copy buffer per direction; large enough for bulk transfers to stay cheap.
-const COPY_BUF: usize = 64 * 1024;
 
 /// What every outbound connection needs, shared across listeners.
 pub struct Outbound {
@@ -354,9 +352,10 @@ async fn proxy(
     if let Ok(c) = sockopt::cookie(&up) {
         tracked.set_upstream(c);
     }
-    debug!(workload = workload.as_deref().unwrap_or("-"), %dst, "proxying");
+    let splice = ctx.maps.splice(&down, &up);
+    debug!(workload = workload.as_deref().unwrap_or("-"), %dst, spliced = splice.is_some(), "proxying");
 
-    let copied = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF).await;
+    let copied = copy::both_ways(&mut down, &mut up, splice.as_ref()).await;
     let (to_up, to_down) = match copied {
         Ok(n) => n,
         Err(e) => {

@@ -1,6 +1,6 @@
-//! `cargo xtask bench l4`: 64-byte echo round trips (direct, meshd with sockmap, meshd without)
-//! on one CPU, and bulk throughput (direct vs meshd), reported against targets in
-//! target/bench/l4.md.
+//! `cargo xtask bench l4`: 64-byte echo round trips (direct, meshd with sockmap and kernel
+//! splice, with the sockmap alone, and without the sockmap) on one CPU, and bulk throughput
+//! (direct vs meshd), reported against targets in target/bench/l4.md.
 
 use std::{path::Path, time::Duration};
 
@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Generous: 60 s plus 10 MB/s.
     let bulk_deadline = Duration::from_secs(60 + bulk_bytes / 10_000_000);
 
-    let (direct, sockmap_on, sockmap_off, counters_echo_on, counters_echo_off) = {
+    let (direct, sockmap_on, splice_off, sockmap_off, counters) = {
         let argv = helper("echo-server", &[format!("--port={ECHO_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], Some(ECHO_CPU)))?;
 
@@ -107,20 +107,29 @@ pub fn run(args: &Args) -> Result<()> {
         step("echo round trips: through meshd, sockmap on (pinned to CPU 0)");
         let (on, counters_on) = through_meshd(
             &meshd,
-            true,
+            &["--sockmap", "on"],
             Some(ECHO_CPU),
             &out.join("meshd-echo-sockmap-on.log"),
+            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
+        )?;
+        step("echo round trips: through meshd, sockmap on, kernel splice off (pinned to CPU 0)");
+        let (no_splice, counters_no_splice) = through_meshd(
+            &meshd,
+            &["--sockmap", "on", "--splice", "off"],
+            Some(ECHO_CPU),
+            &out.join("meshd-echo-splice-off.log"),
             |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
         )?;
         step("echo round trips: through meshd, sockmap off (pinned to CPU 0)");
         let (off, counters_off) = through_meshd(
             &meshd,
-            false,
+            &["--sockmap", "off"],
             Some(ECHO_CPU),
             &out.join("meshd-echo-sockmap-off.log"),
             |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
         )?;
-        (direct, on, off, counters_on, counters_off)
+        let counters = [counters_on, counters_no_splice, counters_off];
+        (direct, on, no_splice, off, counters)
     };
 
     let (bulk_direct, bulk_meshd, counters_bulk) = {
@@ -130,10 +139,13 @@ pub fn run(args: &Args) -> Result<()> {
         step("bulk throughput: direct (unpinned)");
         let direct = bulk(&bulk_client, bulk_deadline)?;
         step("bulk throughput: through meshd, sockmap on (unpinned)");
-        let (meshd, counters) =
-            through_meshd(&meshd, true, None, &out.join("meshd-bulk.log"), |m| {
-                bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline)
-            })?;
+        let (meshd, counters) = through_meshd(
+            &meshd,
+            &["--sockmap", "on"],
+            None,
+            &out.join("meshd-bulk.log"),
+            |m| bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline),
+        )?;
         (direct, meshd, counters)
     };
 
@@ -143,11 +155,13 @@ pub fn run(args: &Args) -> Result<()> {
         bulk_bytes,
         direct,
         sockmap_on,
+        splice_off,
         sockmap_off,
         bulk_direct,
         bulk_meshd,
-        counters_echo_on,
-        counters_echo_off,
+        counters_echo_on: counters[0],
+        counters_echo_splice_off: counters[1],
+        counters_echo_off: counters[2],
         counters_bulk,
     };
     let table = results.markdown();
@@ -161,22 +175,21 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Starts meshd, runs `case` against it, reads its kernel counters and stops it.
+/// Starts meshd with `args`, runs `case` against it, reads its kernel counters and stops it.
 fn through_meshd<T>(
     binary: &Path,
-    sockmap: bool,
+    args: &[&str],
     cpu: Option<u32>,
     log: &Path,
     case: impl FnOnce(&Meshd) -> Result<T>,
 ) -> Result<(T, Counters)> {
     let config = log.with_file_name("policies");
     std::fs::create_dir_all(&config).with_context(|| format!("creating {}", config.display()))?;
-    let sockmap = if sockmap { "on" } else { "off" };
     let meshd = Meshd::start(
         binary,
         LAYOUT,
         &config,
-        &["--sockmap", sockmap],
+        args,
         |prog, args| command(prog, args, cpu),
         log,
     )?;

@@ -124,7 +124,7 @@ fn measure(meshd: &Path, out: &Path, rounds: u32, warmup: u32) -> Result<Measure
         meshd,
         LAYOUT,
         &config,
-        &[],
+        &["--sockmap", "on"],
         |p, a| command(p, a, Some(CPU)),
         &out.join("meshd-pods.log"),
     )?;
@@ -152,6 +152,7 @@ fn measure(meshd: &Path, out: &Path, rounds: u32, warmup: u32) -> Result<Measure
         redirect: after.redirect - before.redirect,
         sockmap_redirect: after.sockmap_redirect - before.sockmap_redirect,
         sockmap_miss: after.sockmap_miss - before.sockmap_miss,
+        splice: after.splice - before.splice,
     };
 
     let mut enrolments = Vec::new();
@@ -346,8 +347,8 @@ fn markdown(
     }
     let _ = writeln!(
         t,
-        "\nKernel counters during the pod case: {} redirects, {} sk_msg redirects, {} sk_msg misses.\n",
-        counters.redirect, counters.sockmap_redirect, counters.sockmap_miss
+        "\nKernel counters during the pod case: {} redirects, {} sk_msg redirects, {} sk_msg misses, {} spliced sends.\n",
+        counters.redirect, counters.sockmap_redirect, counters.sockmap_miss, counters.splice
     );
     let _ = writeln!(
         t,

@@ -18,12 +18,16 @@ pub struct Results {
     pub warmup: u32,
     pub bulk_bytes: u64,
     pub direct: Echo,
+    /// Sockmap and kernel splice on (meshd's defaults).
     pub sockmap_on: Echo,
+    /// Sockmap on, kernel splice off.
+    pub splice_off: Echo,
     pub sockmap_off: Echo,
     /// Bytes per second.
     pub bulk_direct: f64,
     pub bulk_meshd: f64,
     pub counters_echo_on: Counters,
+    pub counters_echo_splice_off: Counters,
     pub counters_echo_off: Counters,
     pub counters_bulk: Counters,
 }
@@ -95,7 +99,8 @@ impl Results {
         let _ = writeln!(s, "|---|---:|---:|---:|");
         for (name, e) in [
             ("direct", self.direct),
-            ("meshd, sockmap on", self.sockmap_on),
+            ("meshd, sockmap on (kernel splice on)", self.sockmap_on),
+            ("meshd, sockmap on, kernel splice off", self.splice_off),
             ("meshd, sockmap off", self.sockmap_off),
         ] {
             let _ = writeln!(
@@ -141,18 +146,22 @@ impl Results {
         );
         let _ = writeln!(
             s,
-            "| meshd run | redirect | sockmap_redirect | sockmap_miss |"
+            "| meshd run | redirect | sockmap_redirect | sockmap_miss | sockmap_splice |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
         for (name, c) in [
             ("echo, sockmap on", self.counters_echo_on),
+            (
+                "echo, sockmap on, splice off",
+                self.counters_echo_splice_off,
+            ),
             ("echo, sockmap off", self.counters_echo_off),
             ("bulk, sockmap on", self.counters_bulk),
         ] {
             let _ = writeln!(
                 s,
-                "| {name} | {} | {} | {} |",
-                c.redirect, c.sockmap_redirect, c.sockmap_miss
+                "| {name} | {} | {} | {} | {} |",
+                c.redirect, c.sockmap_redirect, c.sockmap_miss, c.splice
             );
         }
         s
