@@ -56,7 +56,8 @@ pub static PAIR_COOKIE: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries
 /// Workload socket (its 4-tuple on the hop) → bytes sk_msg handed to meshd and bytes it
 /// spliced to meshd's upstream socket. Written by sk_msg only.
 #[map]
-pub static HANDED: LruHashMap<SockPair, SpliceCounts> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+pub static HANDED: LruHashMap<SockPair, SpliceCounts> =
+    LruHashMap::with_max_entries(CONNECTIONS, 0);
 
 /// Workload socket → bytes meshd has forwarded upstream from it. Written by meshd only, once
 /// the upstream socket is in `SPLICE_TO`; when it equals the handed count, meshd holds none of

@@ -18,8 +18,8 @@ use aya_ebpf::{
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
-        bpf_sk_ancestor_cgroup_id, bpf_sk_cgroup_id, bpf_sk_lookup_tcp, bpf_sk_release, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_cgroup_id,
+        bpf_sk_ancestor_cgroup_id, bpf_sk_cgroup_id, bpf_sk_lookup_tcp, bpf_sk_release,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -277,15 +277,7 @@ fn sender(ctx: &SkBuffContext, syn: &Syn, netns: u64, level: Option<i32>) -> Opt
     };
     // SAFETY: sk_lookup_tcp is allowed in cgroup_skb; a socket it returns is released below on
     // every path, as the verifier requires.
-    let sk = unsafe {
-        bpf_sk_lookup_tcp(
-            ctx.as_ptr(),
-            &mut tuple,
-            size as u32,
-            netns,
-            0,
-        )
-    };
+    let sk = unsafe { bpf_sk_lookup_tcp(ctx.as_ptr(), &mut tuple, size as u32, netns, 0) };
     if sk.is_null() {
         return None;
     }

@@ -67,7 +67,9 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
     let size = size as u64;
     let mut peer = me.peer();
     // The workload's end of the hop is the one whose peer is meshd's outbound port.
-    let workload_side = CONFIG.get(0).is_some_and(|c| c.outbound_port == me.remote_port);
+    let workload_side = CONFIG
+        .get(0)
+        .is_some_and(|c| c.outbound_port == me.remote_port);
     if workload_side && splice(ctx, &me, size) {
         bump(Counter::Splice);
         account(&peer, size, false);
