@@ -236,21 +236,26 @@ fn ipv6_loopback_is_captured() {
         return;
     }
     let backend = Backend::echo("[::1]:0");
-    let d = Daemon::start("ipv6", 7, &[]);
-    let out = d.client(
-        "default/v6",
-        &[
-            "echo",
-            "--addr",
-            &backend.addr.to_string(),
-            "--bytes",
-            "4194304",
-        ],
-    );
-    let v = client_ok(&out, "IPv6 echo");
-    assert_eq!(v["connections"][0]["peer"], backend.addr.to_string());
-    assert_eq!(d.metric(REDIRECT), 1.0);
-    assert_eq!(d.metric(CONNS_OK), 1.0);
+    // With the defaults, and through the sockmap (whose keys and splice handle IPv6 too).
+    for (sockmap, slot) in [("off", 7), ("on", 146)] {
+        let d = Daemon::start(&format!("ipv6-{sockmap}"), slot, &["--sockmap", sockmap]);
+        let out = d.client(
+            "default/v6",
+            &[
+                "echo",
+                "--addr",
+                &backend.addr.to_string(),
+                "--bytes",
+                "4194304",
+            ],
+        );
+        let v = client_ok(&out, "IPv6 echo");
+        assert_eq!(v["connections"][0]["peer"], backend.addr.to_string());
+        assert_eq!(d.metric(REDIRECT), 1.0);
+        assert_eq!(d.metric(CONNS_OK), 1.0);
+        assert_eq!(d.metric(FROM_WORKLOAD), 4_194_304.0, "sockmap {sockmap}");
+        assert_eq!(d.metric(SOCKMAP_REDIRECT) > 0.0, sockmap == "on");
+    }
 }
 
 #[test]
@@ -354,19 +359,12 @@ fn blocking_reads_after_a_half_close_get_their_replies() {
     assert_eq!(d.metric(CONNS_OK), 100.0);
 }
 
-/// Kernel splice, deterministically: in a request/response exchange meshd forwards the first
-/// request, and from then on the workload's requests leave through meshd's upstream socket
-/// straight from the kernel, in order, while meshd carries the replies. Bytes are counted.
-#[test]
-fn kernel_splice_carries_the_workloads_requests_in_order() {
-    if !ebpf_available("kernel_splice") {
-        return;
-    }
-    let backend = Backend::echo("127.0.0.1:0");
-    let d = Daemon::start("splice", 144, &["--sockmap", "on"]);
-    let script = format!(
+/// A managed Python client's 200 request/response exchanges with the echo at `addr`: prints how
+/// many replies matched their request.
+fn ping_pong(addr: &std::net::SocketAddr) -> String {
+    format!(
         "import socket\n\
-         s = socket.create_connection(('127.0.0.1', {port}), timeout=10)\n\
+         s = socket.create_connection(('{ip}', {port}), timeout=10)\n\
          ok = 0\n\
          for i in range(200):\n\
          \x20   msg = ('request %05d ' % i).encode() * 4\n\
@@ -377,22 +375,42 @@ fn kernel_splice_carries_the_workloads_requests_in_order() {
          \x20   ok += got == msg\n\
          s.close()\n\
          print(ok)\n",
-        port = backend.addr.port()
-    );
-    assert_eq!(managed_python(&d, &script), "200", "{}", d.log_text());
-    let spliced = d.metric(SPLICE);
-    assert!(
-        spliced >= 190.0,
-        "{spliced} spliced sends:\n{}",
-        d.get("/metrics")
-    );
-    // 200 requests of 56 bytes: meshd counts the spliced ones too.
-    let counted = eventually(Duration::from_secs(5), || {
-        (d.metric(FROM_WORKLOAD) == 11_200.0).then_some(())
-    });
-    assert!(counted.is_some(), "{}", d.get("/metrics"));
+        ip = addr.ip(),
+        port = addr.port()
+    )
+}
+
+/// Kernel splice, deterministically: in a request/response exchange meshd forwards the first
+/// request, and from then on the workload's requests leave through meshd's upstream socket
+/// straight from the kernel, in order, while meshd carries the replies. Bytes are counted.
+#[test]
+fn kernel_splice_carries_the_workloads_requests_in_order() {
+    if !ebpf_available("kernel_splice") {
+        return;
+    }
+    let d = Daemon::start("splice", 144, &["--sockmap", "on"]);
+    // Over IPv4, then IPv6: the kernel's socket keys and meshd's must agree for both.
+    let backends = [Backend::echo("127.0.0.1:0"), Backend::echo("[::1]:0")];
+    for (i, backend) in backends.iter().enumerate() {
+        let script = ping_pong(&backend.addr);
+        let bind = backend.addr;
+        assert_eq!(managed_python(&d, &script), "200", "{}", d.log_text());
+        let spliced = d.metric(SPLICE);
+        let at_least = 190.0 * (i + 1) as f64;
+        assert!(
+            spliced >= at_least,
+            "{spliced} spliced sends after {bind}:\n{}",
+            d.get("/metrics")
+        );
+        // 200 requests of 56 bytes each time: meshd counts the spliced ones too.
+        let want = 11_200.0 * (i + 1) as f64;
+        let counted = eventually(Duration::from_secs(5), || {
+            (d.metric(FROM_WORKLOAD) == want).then_some(())
+        });
+        assert!(counted.is_some(), "{}", d.get("/metrics"));
+    }
     // Switched off, meshd carries both directions.
     let d2 = Daemon::start("no-splice", 145, &["--sockmap", "on", "--splice", "off"]);
-    assert_eq!(managed_python(&d2, &script), "200");
+    assert_eq!(managed_python(&d2, &ping_pong(&backends[0].addr)), "200");
     assert_eq!(d2.metric(SPLICE), 0.0);
 }
