@@ -18,8 +18,7 @@ use proxy_common::{
 use crate::{
     counters::bump,
     maps::{
-        CONFIG, CONN_STATS, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, HEARTBEAT, MANAGED,
-        ORIG_BY_COOKIE,
+        CONFIG, CONN_STATS, EXCLUDED_PORTS, EXCLUDED_V4, EXCLUDED_V6, HEARTBEAT, ORIG_BY_COOKIE,
     },
 };
 
@@ -164,29 +163,14 @@ fn prepare(ctx: &SockAddrContext, dst: &Endpoint) -> Result<Option<ProxyConfig>,
     }
 }
 
-/// How deep below the root an enrolled cgroup's descendants are searched for.
-const MAX_CGROUP_DEPTH: i32 = 16;
-
-/// The workload of the calling task's cgroup, or of its nearest enrolled ancestor: a pod is
-/// enrolled by its own cgroup while its containers run in child cgroups.
+/// The workload of the calling task's cgroup, or of its nearest enrolled ancestor.
 #[inline(always)]
 fn managed(cgroup: u64) -> Option<WorkloadRef> {
-    // SAFETY: read-only lookups, copied out; the helper is valid in cgroup/connect programs.
-    if let Some(w) = unsafe { MANAGED.get(cgroup) } {
-        return Some(*w);
-    }
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id == 0 || id == cgroup {
-            return None;
-        }
-        if let Some(w) = unsafe { MANAGED.get(id) } {
-            return Some(*w);
-        }
-        level += 1;
-    }
-    None
+    // SAFETY: the helper is valid in cgroup/connect programs.
+    crate::enrolled::find(cgroup, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    })
+    .map(|e| e.workload)
 }
 
 #[inline(always)]

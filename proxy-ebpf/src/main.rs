@@ -6,6 +6,7 @@
 mod connect;
 mod counters;
 mod deny;
+mod enrolled;
 mod maps;
 mod peerauth;
 mod peername;

@@ -24,11 +24,14 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use proxy_common::{
-    PEER_AUTH_STRICT, PeerAuthKey, PolicyCounter, WorkloadRef,
+    PEER_AUTH_STRICT, PeerAuthKey, PolicyCounter,
     peer_auth::{Sender, strict_syn_allowed},
 };
 
-use crate::maps::{CONFIG, MANAGED, PEER_AUTH, POLICY_COUNTERS};
+use crate::{
+    enrolled::{self, Enrolled},
+    maps::{CONFIG, PEER_AUTH, POLICY_COUNTERS},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -46,8 +49,6 @@ const IPV6_DEST_OPTS: u8 = 60;
 /// How many extension headers are followed: RFC 8200's order has at most six before the
 /// upper layer (destination options may appear twice).
 const IPV6_MAX_EXTENSIONS: usize = 6;
-/// How deep below the root an enrolled cgroup's descendants are searched for.
-const MAX_CGROUP_DEPTH: i32 = 16;
 
 /// What a packet is, for the STRICT check.
 enum Packet {
@@ -75,7 +76,12 @@ pub fn allow(ctx: &SkBuffContext) -> bool {
         Packet::Syn(syn) => syn,
         Packet::TooDeep => return receiver(ctx).is_none() || refused(),
     };
-    let Some((workload, enrolled, level)) = receiver(ctx) else {
+    let Some(Enrolled {
+        workload,
+        cgroup: enrolled,
+        level,
+    }) = receiver(ctx)
+    else {
         return true;
     };
     let port = u16::from_be(syn.dport) as u32;
@@ -119,28 +125,14 @@ fn refused() -> bool {
     false
 }
 
-/// The enrolled workload of the receiving socket's cgroup or of its nearest enrolled ancestor
-/// (a pod is enrolled by its own cgroup, its containers run in child cgroups): the workload,
-/// the enrolled cgroup's id, and its level below the root when it is an ancestor.
+/// The enrolled workload of the receiving socket's cgroup or of its nearest enrolled ancestor.
 #[inline(always)]
-fn receiver(ctx: &SkBuffContext) -> Option<(WorkloadRef, u64, Option<i32>)> {
-    // SAFETY: helpers valid in cgroup_skb; read-only lookups, values copied out.
+fn receiver(ctx: &SkBuffContext) -> Option<Enrolled> {
+    // SAFETY: helpers valid in cgroup_skb; the context pointer is the program's.
     let own = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    if let Some(w) = unsafe { MANAGED.get(own) } {
-        return Some((*w, own, None));
-    }
-    let mut level = 1;
-    while level < MAX_CGROUP_DEPTH {
-        let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, level) };
-        if id == 0 || id == own {
-            return None;
-        }
-        if let Some(w) = unsafe { MANAGED.get(id) } {
-            return Some((*w, id, Some(level)));
-        }
-        level += 1;
-    }
-    None
+    enrolled::find(own, |level| unsafe {
+        bpf_skb_ancestor_cgroup_id(ctx.skb.skb, level)
+    })
 }
 
 /// Classifies a packet: a TCP segment with SYN set and ACK clear is a `Syn`. The protocol is

@@ -97,11 +97,7 @@ fn splice(ctx: &SkMsgContext, me: &SockPair, size: u64) -> bool {
     let Some(forwarded) = (unsafe { FORWARDED.get(me) }).copied() else {
         return false;
     };
-    if HANDED.get_ptr_mut(me).is_none() {
-        // Nothing handed to meshd yet (the workload has not sent before).
-        let _ = HANDED.insert(me, SpliceCounts::default(), 0);
-    }
-    let Some(counts) = HANDED.get_ptr_mut(me) else {
+    let Some(counts) = counts(me) else {
         return false;
     };
     // SAFETY: the entry stays valid for the program run; concurrent sends on one socket are
@@ -125,17 +121,21 @@ fn redirect_out(ctx: &SkMsgContext, me: &SockPair) -> bool {
 /// Counts bytes handed to meshd from a workload socket.
 #[inline(always)]
 fn handed(me: &SockPair, size: u64) {
-    match HANDED.get_ptr_mut(me) {
+    if let Some(c) = counts(me) {
         // SAFETY: as in `splice`.
-        Some(c) => unsafe { (*c).handed += size },
-        None => {
-            let first = SpliceCounts {
-                handed: size,
-                spliced: 0,
-            };
-            let _ = HANDED.insert(me, first, 0);
-        }
+        unsafe { (*c).handed += size };
     }
+}
+
+/// The workload socket's counts, created at zero when sockops did not (or LRU eviction
+/// dropped them).
+#[inline(always)]
+fn counts(me: &SockPair) -> Option<*mut SpliceCounts> {
+    if let Some(c) = HANDED.get_ptr_mut(me) {
+        return Some(c);
+    }
+    let _ = HANDED.insert(me, SpliceCounts::default(), 0);
+    HANDED.get_ptr_mut(me)
 }
 
 /// Count a redirected message against meshd's socket at either end of the hop.
