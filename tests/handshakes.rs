@@ -13,7 +13,7 @@ use std::{
 
 use meshd::identity::{Ca, SpiffeId, tls};
 use support::{
-    Daemon, cpus, ebpf_available,
+    Daemon, cpus, ebpf_available, has_series,
     http_backend::HttpBackend,
     netns::{Lan, Node},
 };
@@ -185,11 +185,12 @@ fn reused_tunnel_connections_add_no_handshake_per_request() {
     // The source side labels the requests as mTLS.
     let metrics = m.d_a.get("/metrics");
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("istio_requests_total{")
-                && l.contains(r#"connection_security_policy="mutual_tls""#)
-                && l.ends_with(" 300")),
+        has_series(
+            &metrics,
+            "istio_requests_total",
+            &[r#"connection_security_policy="mutual_tls""#],
+            Some("300")
+        ),
         "{metrics}"
     );
 }

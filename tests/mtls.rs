@@ -10,7 +10,7 @@ use std::{path::PathBuf, time::Duration};
 use support::{
     Daemon,
     backend::Backend,
-    ebpf_available,
+    ebpf_available, has_series,
     http_backend::HttpBackend,
     netns::{Lan, Node, capture::contains},
 };
@@ -178,12 +178,15 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
     // The source reporter labels the tunnelled requests mutual_tls.
     let metrics_a = m.d_a.get("/metrics");
     assert!(
-        metrics_a
-            .lines()
-            .any(|l| l.starts_with("istio_requests_total{")
-                && l.contains(r#"connection_security_policy="mutual_tls""#)
-                && l.contains(r#"reporter="source""#)
-                && l.ends_with(" 5")),
+        has_series(
+            &metrics_a,
+            "istio_requests_total",
+            &[
+                r#"connection_security_policy="mutual_tls""#,
+                r#"reporter="source""#
+            ],
+            Some("5")
+        ),
         "{metrics_a}"
     );
     // An opaque TCP connection crosses too.

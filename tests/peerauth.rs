@@ -18,7 +18,7 @@ use std::{
 use support::{
     Daemon,
     backend::Backend,
-    ebpf_available, eventually,
+    ebpf_available, eventually, has_series,
     netns::{Lan, Node},
     spawn_quiet,
 };
@@ -240,21 +240,29 @@ fn strict_refuses_plaintext_in_the_kernel_and_keeps_the_tunnel() {
     // Both reporters label the tunnelled connections mutual_tls.
     let metrics_b = d_b.get("/metrics");
     assert!(
-        metrics_b
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains(r#"connection_security_policy="mutual_tls""#)
-                && l.contains(r#"reporter="destination""#)
-                && l.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#)),
+        has_series(
+            &metrics_b,
+            "istio_tcp_connections_opened_total",
+            &[
+                r#"connection_security_policy="mutual_tls""#,
+                r#"reporter="destination""#,
+                r#"source_principal="spiffe://cluster.local/ns/default/sa/client""#,
+            ],
+            None
+        ),
         "{metrics_b}"
     );
     let metrics_a = d_a.get("/metrics");
     assert!(
-        metrics_a
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains(r#"connection_security_policy="mutual_tls""#)
-                && l.contains(r#"reporter="source""#)),
+        has_series(
+            &metrics_a,
+            "istio_tcp_connections_opened_total",
+            &[
+                r#"connection_security_policy="mutual_tls""#,
+                r#"reporter="source""#
+            ],
+            None
+        ),
         "{metrics_a}"
     );
 
@@ -388,10 +396,12 @@ fn disable_reaches_the_workload_in_plaintext_without_the_tunnel() {
     );
     let metrics_a = d_a.get("/metrics");
     assert!(
-        metrics_a
-            .lines()
-            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
-                && l.contains(r#"connection_security_policy="none""#)),
+        has_series(
+            &metrics_a,
+            "istio_tcp_connections_opened_total",
+            &[r#"connection_security_policy="none""#],
+            None
+        ),
         "{metrics_a}"
     );
     // Port 8082 is STRICT by portLevelMtls: the tunnel carries it, and plaintext is refused.

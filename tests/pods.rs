@@ -91,6 +91,57 @@ fn start(node: &Node, name: &str, slot: u16, config: &Path) -> Daemon {
     Daemon::start_on(node, name, slot, &["--config", &config, "--sockmap", "on"])
 }
 
+/// A pod's cgroup as a kubelet makes it (`kubepods/pod-NAME` under meshd's attach cgroup, with
+/// a container in a child cgroup), adopted through the admin API.
+struct Adopted {
+    cgroup: PathBuf,
+    container: PathBuf,
+    /// The enrolment request, as sent.
+    request: String,
+    /// meshd's answer: the enrolled workload.
+    answer: serde_json::Value,
+}
+
+/// Adopts the cgroup of pod `name` as `workload`, living in `pod`'s namespace.
+fn adopt(d: &Daemon, workload: &str, name: &str, pod: &Pod) -> Adopted {
+    let cgroup = d.cgroup.join("kubepods").join(format!("pod-{name}"));
+    let container = cgroup.join("container-1");
+    std::fs::create_dir_all(&container).unwrap();
+    let request = serde_json::json!({
+        "workload": workload,
+        "cgroup": cgroup,
+        "netns": pod.netns(),
+    })
+    .to_string();
+    let (status, text) = d.admin_request("POST", "/workloads", &request).unwrap();
+    assert_eq!(status, 201, "{text}");
+    Adopted {
+        cgroup,
+        container,
+        request,
+        answer: serde_json::from_str(&text).unwrap(),
+    }
+}
+
+impl Drop for Adopted {
+    /// Removes the cgroups, as the kubelet does once the pod is gone.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.container);
+        let _ = std::fs::remove_dir(&self.cgroup);
+        let _ = self.cgroup.parent().map(std::fs::remove_dir);
+    }
+}
+
+/// Makes `cmd` start in the cgroup `dir` (it moves itself there between fork and exec).
+fn in_cgroup(cmd: &mut std::process::Command, dir: &Path) {
+    let procs = dir.join("cgroup.procs");
+    // SAFETY: the closure writes to a file between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || std::fs::write(&procs, "0"));
+    }
+}
+
 /// curl from `pod` as `workload`; returns `CODE BODY`.
 fn curl(d: &Daemon, workload: &str, pod: &Pod, args: &[&str]) -> String {
     let url = format!("http://{VIP}:9080/whoami");
@@ -218,18 +269,8 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
     let port = support::ports(121).1;
 
     // The pod's cgroup, as a kubelet would make it: with the containers in child cgroups.
-    let pod_cgroup = d.cgroup.join("kubepods").join("pod-productpage");
-    let container = pod_cgroup.join("container-1");
-    std::fs::create_dir_all(&container).unwrap();
-    let body = serde_json::json!({
-        "workload": "default/productpage",
-        "cgroup": pod_cgroup,
-        "netns": client.netns(),
-    })
-    .to_string();
-    let (status, text) = d.admin_request("POST", "/workloads", &body).unwrap();
-    assert_eq!(status, 201, "{text}");
-    let w: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let pod = adopt(&d, "default/productpage", "productpage", &client);
+    let w = &pod.answer;
     assert_eq!(w["adopted"], true, "{w}");
     assert!(client.listens_on(port), "meshd listens in the pod");
 
@@ -237,12 +278,7 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
     let mut curl = client.command("curl");
     curl.args(["-sS", "--max-time", "10", "-w", " %{http_code}"])
         .arg(format!("http://{VIP}:9080/whoami"));
-    let procs = container.join("cgroup.procs");
-    // SAFETY: the closure writes to a file between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        curl.pre_exec(move || std::fs::write(&procs, "0"));
-    }
+    in_cgroup(&mut curl, &pod.container);
     let out = curl.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.ends_with(" 200"), "{text}\n{}", d.log_text());
@@ -262,7 +298,7 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
         .unwrap();
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("attach cgroup"), "{text}");
-    let (status, text) = d.admin_request("POST", "/workloads", &body).unwrap();
+    let (status, text) = d.admin_request("POST", "/workloads", &pod.request).unwrap();
     assert_eq!(status, 400, "a cgroup is enrolled once: {text}");
 
     // Pod deleted: listener and enrolment go, the kubelet's cgroup stays.
@@ -274,7 +310,7 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
     assert!(!client.listens_on(port), "the pod's listener is closed");
     assert_eq!(d.get("/workloads").trim(), "[]");
     assert!(
-        pod_cgroup.exists(),
+        pod.cgroup.exists(),
         "an adopted cgroup is left to its owner"
     );
     // The cgroup is no longer managed: its connects go straight to their destination.
@@ -291,12 +327,7 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
             "%{http_code}",
         ])
         .arg(format!("http://{}:8080/whoami", server.addr));
-    let procs = container.join("cgroup.procs");
-    // SAFETY: as above.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        direct.pre_exec(move || std::fs::write(&procs, "0"));
-    }
+    in_cgroup(&mut direct, &pod.container);
     let out = direct.output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     assert_eq!(
@@ -304,9 +335,6 @@ fn enrolment_api_adopts_a_pod_cgroup_and_removal_cleans_up() {
         redirects,
         "not redirected after removal"
     );
-    let _ = std::fs::remove_dir(&container);
-    let _ = std::fs::remove_dir(&pod_cgroup);
-    let _ = std::fs::remove_dir(pod_cgroup.parent().unwrap());
 }
 
 #[test]
@@ -518,17 +546,7 @@ fn a_strict_pod_takes_meshds_connections_and_refuses_plaintext() {
     let d = start(node, "pods-strict", 125, &cfg);
     // The server pod: its cgroup adopted as default/reviews, and a container in a child cgroup
     // serving /whoami in the pod's namespace.
-    let pod_cgroup = d.cgroup.join("kubepods").join("pod-reviews");
-    let container = pod_cgroup.join("container-1");
-    std::fs::create_dir_all(&container).unwrap();
-    let body = serde_json::json!({
-        "workload": "default/reviews",
-        "cgroup": pod_cgroup,
-        "netns": server.netns(),
-    })
-    .to_string();
-    let (status, text) = d.admin_request("POST", "/workloads", &body).unwrap();
-    assert_eq!(status, 201, "{text}");
+    let pod = adopt(&d, "default/reviews", "reviews", &server);
     let site = std::env::temp_dir().join("meshd-test-pods-strict-site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("whoami"), "reviews\n").unwrap();
@@ -537,12 +555,7 @@ fn a_strict_pod_takes_meshds_connections_and_refuses_plaintext() {
         .arg(&site)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let procs = container.join("cgroup.procs");
-    // SAFETY: the closure writes to a file between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        web.pre_exec(move || std::fs::write(&procs, "0"));
-    }
+    in_cgroup(&mut web, &pod.container);
     let mut web = web.spawn().unwrap();
     let up = eventually(Duration::from_secs(10), || {
         server.listens_on(8080).then_some(())

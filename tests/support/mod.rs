@@ -417,6 +417,17 @@ pub fn parse_metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Whether a `/metrics` body has a `name` series whose labels include each of `labels` (each
+/// `key="value"`) and, when `value` is given, with that value.
+pub fn has_series(text: &str, name: &str, labels: &[&str], value: Option<&str>) -> bool {
+    let open = format!("{name}{{");
+    text.lines().any(|l| {
+        l.starts_with(&open)
+            && labels.iter().all(|label| l.contains(label))
+            && value.is_none_or(|v| l.rsplit_once(' ').is_some_and(|(_, got)| got == v))
+    })
+}
+
 /// Parses the client's JSON line and asserts the process succeeded.
 pub fn client_ok(out: &Output, what: &str) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
