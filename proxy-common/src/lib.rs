@@ -16,6 +16,8 @@ pub const SO_ORIGINAL_DST: i32 = 80;
 /// Flags in [`ProxyConfig::flags`].
 pub const CFG_SOCKMAP: u32 = 1 << 0;
 pub const CFG_FAIL_CLOSED: u32 = 1 << 1;
+/// Kernel splice of opaque connections: sk_msg counts the bytes it hands meshd.
+pub const CFG_SPLICE: u32 = 1 << 2;
 
 /// Daemon settings the programs read on every hook; a one-element array map.
 #[repr(C)]

@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie,
     programs::SkMsgContext,
 };
-use proxy_common::{AF_INET, AF_INET6, Counter, SockPair, SpliceCounts};
+use proxy_common::{AF_INET, AF_INET6, CFG_SPLICE, Counter, SockPair, SpliceCounts};
 
 use crate::{
     counters::bump,
@@ -66,10 +66,11 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
     };
     let size = size as u64;
     let mut peer = me.peer();
-    // The workload's end of the hop is the one whose peer is meshd's outbound port.
+    // Splicing concerns the workload's end of the hop, the one whose peer is meshd's outbound
+    // port; with splicing off nothing is counted.
     let workload_side = CONFIG
         .get(0)
-        .is_some_and(|c| c.outbound_port == me.remote_port);
+        .is_some_and(|c| c.flags & CFG_SPLICE != 0 && c.outbound_port == me.remote_port);
     if workload_side && splice(ctx, &me, size) {
         bump(Counter::Splice);
         account(&peer, size, false);

@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use proxy_common::{
-    AF_INET, AF_INET6, CFG_SOCKMAP, ConnStats, Endpoint, NetnsEndpoint, SockPair, SpliceCounts,
+    AF_INET, AF_INET6, CFG_SOCKMAP, CFG_SPLICE, ConnStats, Endpoint, NetnsEndpoint, SockPair,
+    SpliceCounts,
     decide::{HopSide, hop_side},
 };
 
@@ -116,9 +117,11 @@ fn established(ctx: &SockOpsContext, active: bool) {
             };
             let _ = ORIG_BY_TUPLE.insert(me, orig, 0);
             if sockmap {
-                // A new connection counts from zero, whatever an earlier one with the same
-                // 4-tuple left behind.
-                let _ = HANDED.insert(pair, SpliceCounts::default(), 0);
+                if cfg.flags & CFG_SPLICE != 0 {
+                    // A new connection counts from zero, whatever an earlier one with the same
+                    // 4-tuple left behind.
+                    let _ = HANDED.insert(pair, SpliceCounts::default(), 0);
+                }
                 let _ = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
             }
             let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);

@@ -19,7 +19,8 @@ use aya::{
     },
 };
 use proxy_common::{
-    CFG_FAIL_CLOSED, CFG_SOCKMAP, ProxyConfig, SockPair, maps as names, policy_maps as policy_names,
+    CFG_FAIL_CLOSED, CFG_SOCKMAP, CFG_SPLICE, ProxyConfig, SockPair, maps as names,
+    policy_maps as policy_names,
 };
 
 pub use addr::{endpoint_of, socket_addr_of};
@@ -107,6 +108,9 @@ impl Datapath {
         let mut flags = 0;
         if settings.sockmap {
             flags |= CFG_SOCKMAP;
+        }
+        if settings.sockmap && settings.splice {
+            flags |= CFG_SPLICE;
         }
         if settings.fail_mode == FailMode::Closed {
             flags |= CFG_FAIL_CLOSED;
