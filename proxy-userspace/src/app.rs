@@ -365,6 +365,7 @@ fn serve(
             tracer,
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
+        zero_copy: settings.zero_copy && !settings.sockmap,
     });
     let (drain, watch) = drain::channel();
     let mut listeners = tokio::task::JoinSet::new();
@@ -415,6 +416,7 @@ fn serve(
         cgroup = %cgroups.attach.display(),
         sockmap = settings.sockmap,
         splice = settings.sockmap && settings.splice,
+        zero_copy = settings.zero_copy && !settings.sockmap,
         fail_mode = ?settings.fail_mode,
         heartbeat_timeout = ?settings.heartbeat_timeout,
         exclude_ports = ?settings.exclude_ports,

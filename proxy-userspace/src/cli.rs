@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// the other direction.
     #[arg(long, env = "MESHD_SPLICE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub splice: bool,
+    /// Without the sockmap, relay an opaque (L4) connection with splice(2), so its bytes move
+    /// between the two sockets inside the kernel instead of being copied through meshd.
+    #[arg(long, env = "MESHD_ZERO_COPY", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub zero_copy: bool,
     /// What managed connects do when meshd is gone: `open` connects directly, `closed` fails.
     #[arg(long, env = "MESHD_FAIL_MODE", default_value = "open")]
     pub fail_mode: FailMode,

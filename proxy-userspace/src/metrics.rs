@@ -14,6 +14,7 @@ pub struct Metrics {
     connections_active: IntGauge,
     connections_total: IntCounterVec,
     bytes_total: IntCounterVec,
+    zero_copy_total: IntCounterVec,
     pub workloads: IntGauge,
     config_reloads: IntCounterVec,
     api_rejected: IntCounterVec,
@@ -61,6 +62,14 @@ impl Metrics {
             Opts::new(
                 "meshd_proxied_bytes_total",
                 "Bytes copied by the L4 proxy, by direction",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let zero_copy_total = IntCounterVec::new(
+            Opts::new(
+                "meshd_zero_copy_bytes_total",
+                "Of the L4 proxy's bytes, those moved with splice(2), by direction",
             ),
             &["direction"],
         )
@@ -150,6 +159,7 @@ impl Metrics {
         for c in [
             &connections_total,
             &bytes_total,
+            &zero_copy_total,
             &config_reloads,
             &api_rejected,
             &mirrors,
@@ -168,6 +178,7 @@ impl Metrics {
             connections_active,
             connections_total,
             bytes_total,
+            zero_copy_total,
             workloads,
             config_reloads,
             api_rejected,
@@ -235,6 +246,16 @@ impl Metrics {
 
     pub fn config_applied(&self, generation: u64) {
         self.config_generation.set(generation as i64);
+    }
+
+    /// The part of `bytes` moved with splice(2).
+    pub fn zero_copy_bytes(&self, from_workload: u64, to_workload: u64) {
+        self.zero_copy_total
+            .with_label_values(&["from_workload"])
+            .inc_by(from_workload);
+        self.zero_copy_total
+            .with_label_values(&["to_workload"])
+            .inc_by(to_workload);
     }
 
     pub fn bytes(&self, from_workload: u64, to_workload: u64) {

@@ -32,6 +32,8 @@ pub struct Settings {
     pub sockmap: bool,
     /// Kernel splice of opaque connections (only with `sockmap`).
     pub splice: bool,
+    /// splice(2) relay of opaque connections (only without `sockmap`).
+    pub zero_copy: bool,
     pub fail_mode: FailMode,
     #[serde(with = "millis")]
     pub heartbeat_timeout: Duration,
@@ -145,6 +147,7 @@ impl Settings {
             cgroup: a.cgroup,
             sockmap: a.sockmap,
             splice: a.splice,
+            zero_copy: a.zero_copy,
             fail_mode: a.fail_mode,
             heartbeat_timeout,
             exclude_ports: a.exclude_ports,

@@ -1,28 +1,130 @@
-//! Copying an opaque connection both ways until both sides have closed. With a kernel splice,
-//! meshd reports each write of the workload's bytes, so the kernel can take that direction
-//! over as soon as meshd holds none of them.
+//! Carrying an opaque connection both ways until both sides have closed. Each direction copies
+//! through a buffer; while its sender streams (a read fills the buffer) it can move the bytes
+//! with splice(2) instead, and it goes back to copying when the sender sends little. With a
+//! kernel splice, meshd reports each write of the workload's bytes, so the kernel can take that
+//! direction over as soon as meshd holds none of them.
 
-use std::io;
+use std::{io, net::Shutdown};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufReader, copy_bidirectional_with_sizes, copy_buf},
+    io::{AsyncReadExt, AsyncWriteExt, BufReader, copy_buf},
     net::TcpStream,
 };
+use tracing::debug;
 
+use super::zero_copy::Pipe;
 use crate::ebpf::Splice;
 
 /// Copy buffer per direction; large enough for bulk transfers to stay cheap.
 pub const COPY_BUF: usize = 64 * 1024;
 
-/// Bytes carried to the upstream and to the downstream. Spliced bytes count as carried.
+/// A splice that moves less than this goes back to copying: for small sends a copy costs less.
+const SMALL_SPLICE: usize = 4096;
+
+/// How a connection's bytes are carried.
+#[derive(Clone, Copy)]
+pub enum Carry<'a> {
+    /// Through meshd's buffers, with splice(2) while a sender streams if `zero_copy`.
+    Relay { zero_copy: bool },
+    /// The workload's direction handed to the kernel's sockmap splice when meshd catches up.
+    KernelSplice(&'a Splice),
+}
+
+/// What one direction carried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Every byte, however it was carried (the kernel's sockmap splice included).
+    pub bytes: u64,
+    /// Of those, the bytes moved with splice(2), which never entered meshd's memory.
+    pub zero_copy: u64,
+}
+
+/// What was carried to the upstream and to the downstream.
 pub async fn both_ways(
     down: &mut TcpStream,
     up: &mut TcpStream,
-    splice: Option<&Splice>,
+    carry: Carry<'_>,
+) -> io::Result<(Carried, Carried)> {
+    match carry {
+        Carry::Relay { zero_copy } => {
+            let (down, up) = (&*down, &*up);
+            tokio::try_join!(one_way(down, up, zero_copy), one_way(up, down, zero_copy))
+        }
+        Carry::KernelSplice(splice) => {
+            let (to_up, to_down) = kernel_splice(down, up, splice).await?;
+            let carried = |bytes| Carried {
+                bytes,
+                zero_copy: 0,
+            };
+            Ok((carried(to_up), carried(to_down)))
+        }
+    }
+}
+
+/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing.
+async fn one_way(from: &TcpStream, to: &TcpStream, zero_copy: bool) -> io::Result<Carried> {
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut pipe: Option<Pipe> = None;
+    let mut splicing = false;
+    let mut total = Carried::default();
+    loop {
+        let n = match (&pipe, splicing) {
+            (Some(pipe), true) => {
+                let n = pipe.move_some(from, to).await?;
+                splicing = n >= SMALL_SPLICE;
+                total.zero_copy += n as u64;
+                n
+            }
+            _ => {
+                let n = read_some(from, &mut buf).await?;
+                write_all(to, &buf[..n]).await?;
+                if zero_copy && n == buf.len() {
+                    if pipe.is_none() {
+                        pipe = Pipe::new()
+                            .inspect_err(|e| debug!(error = %e, "no pipe for splice(2); copying"))
+                            .ok();
+                    }
+                    splicing = pipe.is_some();
+                }
+                n
+            }
+        };
+        if n == 0 {
+            socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
+            return Ok(total);
+        }
+        total.bytes += n as u64;
+    }
+}
+
+/// Reads what `from` has (waiting for something); 0 means it has ended.
+async fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        from.readable().await?;
+        match from.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The workload's direction, publishing what has been forwarded so the kernel can splice.
+async fn kernel_splice(
+    down: &mut TcpStream,
+    up: &mut TcpStream,
+    splice: &Splice,
 ) -> io::Result<(u64, u64)> {
-    let Some(splice) = splice else {
-        return copy_bidirectional_with_sizes(down, up, COPY_BUF, COPY_BUF).await;
-    };
     let (mut down_rx, mut down_tx) = down.split();
     let (up_rx, mut up_tx) = up.split();
     let to_up = async {
@@ -49,4 +151,96 @@ pub async fn both_ways(
     };
     let (forwarded, to_down) = tokio::try_join!(to_up, to_down)?;
     Ok((forwarded + splice.spliced(), to_down))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// Two connected loopback TCP streams.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// client <-> (down | relay | up) <-> server: the client streams `payload` then half-closes,
+    /// the server replies with a few bytes and closes.
+    async fn relay_a_stream(zero_copy: bool) {
+        let (mut client, mut down) = pair().await;
+        let (mut up, mut server) = pair().await;
+        let relay =
+            tokio::spawn(
+                async move { both_ways(&mut down, &mut up, Carry::Relay { zero_copy }).await },
+            );
+        let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let send = payload.clone();
+        let client = tokio::spawn(async move {
+            // Small sends first (copied), then a stream (spliced), then small ones again.
+            let (small, rest) = send.split_at(1000);
+            for b in small.chunks(10) {
+                client.write_all(b).await.unwrap();
+            }
+            let (bulk, tail) = rest.split_at(rest.len() - 1000);
+            client.write_all(bulk).await.unwrap();
+            for b in tail.chunks(10) {
+                client.write_all(b).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            client.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == payload, "the server got the client's bytes in order");
+        server.write_all(b"done").await.unwrap();
+        server.shutdown().await.unwrap();
+
+        assert_eq!(client.await.unwrap(), b"done");
+        let (to_up, to_down) = relay.await.unwrap().unwrap();
+        assert_eq!((to_up.bytes, to_down.bytes), (payload.len() as u64, 4));
+        assert_eq!(to_down.zero_copy, 0, "four bytes are copied");
+        if zero_copy {
+            // All but the small sends at each end, give or take a buffer's worth.
+            assert!(to_up.zero_copy >= payload.len() as u64 - 4 * COPY_BUF as u64);
+        } else {
+            assert_eq!(to_up.zero_copy, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_relay_carries_a_stream_in_order_and_passes_each_half_close_on() {
+        relay_a_stream(true).await;
+    }
+
+    #[tokio::test]
+    async fn the_copying_relay_carries_the_same_stream() {
+        relay_a_stream(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_the_relay_with_an_error() {
+        let (client, mut down) = pair().await;
+        let (mut up, _server) = pair().await;
+        let relay = tokio::spawn(async move {
+            both_ways(&mut down, &mut up, Carry::Relay { zero_copy: true }).await
+        });
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(client);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), relay).await;
+        let result = ended.expect("the relay ended").unwrap();
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(io::ErrorKind::ConnectionReset)
+        );
+    }
 }

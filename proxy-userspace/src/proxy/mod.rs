@@ -7,5 +7,6 @@ pub mod http;
 pub mod outbound;
 pub mod sniff;
 pub mod sockopt;
+pub mod zero_copy;
 
 pub use connections::{ConnectionInfo, Connections};

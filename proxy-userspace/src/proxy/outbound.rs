@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     connections::{ConnectionInfo, Connections, unix_ms},
-    copy::{self, COPY_BUF},
+    copy::{self, COPY_BUF, Carry},
     fairness::Shed,
     http::{self, Counter, HttpContext, UpstreamError, connect_upstream},
     sniff::{self, Detected},
@@ -42,6 +42,8 @@ pub struct Outbound {
     pub http: Arc<HttpContext>,
     /// meshd's own listener addresses: a connection "originally" headed there is a loop.
     pub own: Vec<SocketAddr>,
+    /// Move streaming opaque connections with splice(2) (never set with the sockmap on).
+    pub zero_copy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -355,9 +357,18 @@ async fn proxy(
     let splice = ctx.maps.splice(&down, &up);
     debug!(workload = workload.as_deref().unwrap_or("-"), %dst, spliced = splice.is_some(), "proxying");
 
-    let copied = copy::both_ways(&mut down, &mut up, splice.as_ref()).await;
+    let carry = match &splice {
+        Some(s) => Carry::KernelSplice(s),
+        None => Carry::Relay {
+            zero_copy: ctx.zero_copy,
+        },
+    };
+    let copied = copy::both_ways(&mut down, &mut up, carry).await;
     let (to_up, to_down) = match copied {
-        Ok(n) => n,
+        Ok((up, down)) => {
+            ctx.metrics.zero_copy_bytes(up.zero_copy, down.zero_copy);
+            (up.bytes, down.bytes)
+        }
         Err(e) => {
             debug!(error = %e, "connection ended with an error");
             if e.kind() == std::io::ErrorKind::ConnectionReset {

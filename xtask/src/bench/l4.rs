@@ -1,6 +1,7 @@
 //! `cargo xtask bench l4`: 64-byte echo round trips (direct, meshd with sockmap and kernel
-//! splice, with the sockmap alone, and without the sockmap) on one CPU, and bulk throughput
-//! (direct vs meshd), reported against targets in target/bench/l4.md.
+//! splice, with the sockmap alone, and without the sockmap, relaying with splice(2) and copying)
+//! on one CPU, and bulk throughput (direct vs meshd in the same configurations), reported against
+//! targets in target/bench/l4.md.
 
 use std::{path::Path, time::Duration};
 
@@ -98,7 +99,7 @@ pub fn run(args: &Args) -> Result<()> {
     // Generous: 60 s plus 10 MB/s.
     let bulk_deadline = Duration::from_secs(60 + bulk_bytes / 10_000_000);
 
-    let (direct, sockmap_on, splice_off, sockmap_off, counters) = {
+    let (direct, sockmap_on, splice_off, sockmap_off, sockmap_off_copy, counters) = {
         let argv = helper("echo-server", &[format!("--port={ECHO_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], Some(ECHO_CPU)))?;
 
@@ -128,25 +129,45 @@ pub fn run(args: &Args) -> Result<()> {
             &out.join("meshd-echo-sockmap-off.log"),
             |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
         )?;
+        step("echo round trips: through meshd, sockmap off, relay copying (pinned to CPU 0)");
+        let (copying, _) = through_meshd(
+            &meshd,
+            &["--sockmap", "off", "--zero-copy", "off"],
+            Some(ECHO_CPU),
+            &out.join("meshd-echo-copying.log"),
+            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
+        )?;
         let counters = [counters_on, counters_no_splice, counters_off];
-        (direct, on, no_splice, off, counters)
+        (direct, on, no_splice, off, copying, counters)
     };
 
-    let (bulk_direct, bulk_meshd, counters_bulk) = {
+    let (bulk_direct, bulk_meshd, bulk_meshd_copy, bulk_sockmap_on, counters_bulk) = {
         let argv = helper("bulk-server", &[format!("--port={BULK_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], None))?;
 
         step("bulk throughput: direct (unpinned)");
         let direct = bulk(&bulk_client, bulk_deadline)?;
+        step("bulk throughput: through meshd, defaults (sockmap off, splice(2) relay; unpinned)");
+        let (relay, _) = through_meshd(&meshd, &[], None, &out.join("meshd-bulk.log"), |m| {
+            bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline)
+        })?;
+        step("bulk throughput: through meshd, sockmap off, relay copying (unpinned)");
+        let (copying, _) = through_meshd(
+            &meshd,
+            &["--zero-copy", "off"],
+            None,
+            &out.join("meshd-bulk-copying.log"),
+            |m| bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline),
+        )?;
         step("bulk throughput: through meshd, sockmap on (unpinned)");
-        let (meshd, counters) = through_meshd(
+        let (sockmap, counters) = through_meshd(
             &meshd,
             &["--sockmap", "on"],
             None,
-            &out.join("meshd-bulk.log"),
+            &out.join("meshd-bulk-sockmap-on.log"),
             |m| bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline),
         )?;
-        (direct, meshd, counters)
+        (direct, relay, copying, sockmap, counters)
     };
 
     let results = Results {
@@ -157,8 +178,11 @@ pub fn run(args: &Args) -> Result<()> {
         sockmap_on,
         splice_off,
         sockmap_off,
+        sockmap_off_copy,
         bulk_direct,
         bulk_meshd,
+        bulk_meshd_copy,
+        bulk_sockmap_on,
         counters_echo_on: counters[0],
         counters_echo_splice_off: counters[1],
         counters_echo_off: counters[2],
