@@ -1,7 +1,8 @@
-//! `cargo xtask bench l4`: 64-byte echo round trips (direct, meshd with sockmap and kernel
-//! splice, with the sockmap alone, and without the sockmap, relaying with splice(2) and copying)
-//! on one CPU, and bulk throughput (direct vs meshd in the same configurations), reported against
-//! targets in target/bench/l4.md.
+//! `cargo xtask bench l4`: 64-byte echo round trips on one CPU and bulk throughput, direct and
+//! through meshd in each of its L4 configurations (sockmap with and without the kernel splice;
+//! without the sockmap, relaying with splice(2) and copying). Every case runs in each of several
+//! repeats, taking turns going first; the report in target/bench/l4.md gives each case's median
+//! and the paired ratios (within a repeat) against the targets.
 
 use std::{path::Path, time::Duration};
 
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::{
     procs::{Server, command, field, helper, run_json},
-    report::{Echo, Results},
+    report::{Echo, Measured, Results},
 };
 use crate::{
     build,
@@ -46,6 +47,10 @@ pub struct Args {
     /// MiB sent per bulk case [default: 1024; 128 with --quick].
     #[arg(long)]
     bulk_mib: Option<u64>,
+    /// How many times every case runs, the cases taking turns going first [default: 5; 1 with
+    /// --quick].
+    #[arg(long)]
+    repeats: Option<u32>,
     /// A short, noisier run with smaller defaults.
     #[arg(long)]
     quick: bool,
@@ -63,10 +68,66 @@ impl Args {
     fn warmup(&self) -> u32 {
         self.warmup.unwrap_or(if self.quick { 200 } else { 2_000 })
     }
+    fn repeats(&self) -> u32 {
+        self.repeats
+            .unwrap_or(if self.quick { 1 } else { 5 })
+            .max(1)
+    }
     fn bulk_bytes(&self) -> u64 {
         self.bulk_mib.unwrap_or(if self.quick { 128 } else { 1024 }) << 20
     }
 }
+
+/// One meshd configuration of the benchmark.
+pub struct Case {
+    pub name: &'static str,
+    args: &'static [&'static str],
+    /// Log file stem under target/bench.
+    log: &'static str,
+}
+
+/// The echo cases; the first is the sockmap target's subject, the third its baseline.
+const ECHO_CASES: [Case; 4] = [
+    Case {
+        name: "meshd, sockmap on (kernel splice on)",
+        args: &["--sockmap", "on"],
+        log: "meshd-echo-sockmap-on",
+    },
+    Case {
+        name: "meshd, sockmap on, kernel splice off",
+        args: &["--sockmap", "on", "--splice", "off"],
+        log: "meshd-echo-splice-off",
+    },
+    Case {
+        name: "meshd, sockmap off (defaults: splice(2) relay)",
+        args: &[],
+        log: "meshd-echo-sockmap-off",
+    },
+    Case {
+        name: "meshd, sockmap off, relay copying (--zero-copy off)",
+        args: &["--zero-copy", "off"],
+        log: "meshd-echo-copying",
+    },
+];
+
+/// The bulk cases; the first (meshd's defaults) is the target's subject.
+const BULK_CASES: [Case; 3] = [
+    Case {
+        name: "meshd, sockmap off (defaults: splice(2) relay)",
+        args: &[],
+        log: "meshd-bulk",
+    },
+    Case {
+        name: "meshd, sockmap off, relay copying (--zero-copy off)",
+        args: &["--zero-copy", "off"],
+        log: "meshd-bulk-copying",
+    },
+    Case {
+        name: "meshd, sockmap on (kernel splice on)",
+        args: &["--sockmap", "on"],
+        log: "meshd-bulk-sockmap-on",
+    },
+];
 
 pub fn run(args: &Args) -> Result<()> {
     require_root("bench l4")?;
@@ -80,6 +141,7 @@ pub fn run(args: &Args) -> Result<()> {
     ensure_free(BULK_PORT)?;
 
     let (rounds, warmup, bulk_bytes) = (args.rounds(), args.warmup(), args.bulk_bytes());
+    let repeats = args.repeats();
     let echo_client = helper(
         "echo-client",
         &[
@@ -99,94 +161,63 @@ pub fn run(args: &Args) -> Result<()> {
     // Generous: 60 s plus 10 MB/s.
     let bulk_deadline = Duration::from_secs(60 + bulk_bytes / 10_000_000);
 
-    let (direct, sockmap_on, splice_off, sockmap_off, sockmap_off_copy, counters) = {
+    let mut echo = Measured::new(&ECHO_CASES);
+    {
         let argv = helper("echo-server", &[format!("--port={ECHO_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], Some(ECHO_CPU)))?;
+        for r in 0..repeats {
+            step(&format!(
+                "echo round trips, repeat {} of {repeats}: direct",
+                r + 1
+            ));
+            echo.direct.push(echo_once(&echo_client, echo_deadline)?);
+            for i in turns(ECHO_CASES.len(), r) {
+                let case = &ECHO_CASES[i];
+                step(&format!(
+                    "echo round trips: through {} (pinned to CPU {ECHO_CPU})",
+                    case.name
+                ));
+                let log = out.join(format!("{}.log", case.log));
+                let (e, c) = through_meshd(&meshd, case.args, Some(ECHO_CPU), &log, |m| {
+                    echo_once(&m.exec(WORKLOAD, &echo_client), echo_deadline)
+                })?;
+                echo.add(i, e, c);
+            }
+        }
+    }
 
-        step("echo round trips: direct (pinned to CPU 0)");
-        let direct = echo(&echo_client, echo_deadline)?;
-        step("echo round trips: through meshd, sockmap on (pinned to CPU 0)");
-        let (on, counters_on) = through_meshd(
-            &meshd,
-            &["--sockmap", "on"],
-            Some(ECHO_CPU),
-            &out.join("meshd-echo-sockmap-on.log"),
-            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
-        )?;
-        step("echo round trips: through meshd, sockmap on, kernel splice off (pinned to CPU 0)");
-        let (no_splice, counters_no_splice) = through_meshd(
-            &meshd,
-            &["--sockmap", "on", "--splice", "off"],
-            Some(ECHO_CPU),
-            &out.join("meshd-echo-splice-off.log"),
-            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
-        )?;
-        step("echo round trips: through meshd, sockmap off (pinned to CPU 0)");
-        let (off, counters_off) = through_meshd(
-            &meshd,
-            &["--sockmap", "off"],
-            Some(ECHO_CPU),
-            &out.join("meshd-echo-sockmap-off.log"),
-            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
-        )?;
-        step("echo round trips: through meshd, sockmap off, relay copying (pinned to CPU 0)");
-        let (copying, _) = through_meshd(
-            &meshd,
-            &["--sockmap", "off", "--zero-copy", "off"],
-            Some(ECHO_CPU),
-            &out.join("meshd-echo-copying.log"),
-            |m| echo(&m.exec(WORKLOAD, &echo_client), echo_deadline),
-        )?;
-        let counters = [counters_on, counters_no_splice, counters_off];
-        (direct, on, no_splice, off, copying, counters)
-    };
-
-    let (bulk_direct, bulk_meshd, bulk_meshd_copy, bulk_sockmap_on, counters_bulk) = {
+    let mut bulk = Measured::new(&BULK_CASES);
+    {
         let argv = helper("bulk-server", &[format!("--port={BULK_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], None))?;
-
-        step("bulk throughput: direct (unpinned)");
-        let direct = bulk(&bulk_client, bulk_deadline)?;
-        step("bulk throughput: through meshd, defaults (sockmap off, splice(2) relay; unpinned)");
-        let (relay, _) = through_meshd(&meshd, &[], None, &out.join("meshd-bulk.log"), |m| {
-            bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline)
-        })?;
-        step("bulk throughput: through meshd, sockmap off, relay copying (unpinned)");
-        let (copying, _) = through_meshd(
-            &meshd,
-            &["--zero-copy", "off"],
-            None,
-            &out.join("meshd-bulk-copying.log"),
-            |m| bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline),
-        )?;
-        step("bulk throughput: through meshd, sockmap on (unpinned)");
-        let (sockmap, counters) = through_meshd(
-            &meshd,
-            &["--sockmap", "on"],
-            None,
-            &out.join("meshd-bulk-sockmap-on.log"),
-            |m| bulk(&m.exec(WORKLOAD, &bulk_client), bulk_deadline),
-        )?;
-        (direct, relay, copying, sockmap, counters)
-    };
+        for r in 0..repeats {
+            step(&format!(
+                "bulk throughput, repeat {} of {repeats}: direct (unpinned)",
+                r + 1
+            ));
+            bulk.direct.push(bulk_once(&bulk_client, bulk_deadline)?);
+            for i in turns(BULK_CASES.len(), r) {
+                let case = &BULK_CASES[i];
+                step(&format!(
+                    "bulk throughput: through {} (unpinned)",
+                    case.name
+                ));
+                let log = out.join(format!("{}.log", case.log));
+                let (b, c) = through_meshd(&meshd, case.args, None, &log, |m| {
+                    bulk_once(&m.exec(WORKLOAD, &bulk_client), bulk_deadline)
+                })?;
+                bulk.add(i, b, c);
+            }
+        }
+    }
 
     let results = Results {
         rounds,
         warmup,
         bulk_bytes,
-        direct,
-        sockmap_on,
-        splice_off,
-        sockmap_off,
-        sockmap_off_copy,
-        bulk_direct,
-        bulk_meshd,
-        bulk_meshd_copy,
-        bulk_sockmap_on,
-        counters_echo_on: counters[0],
-        counters_echo_splice_off: counters[1],
-        counters_echo_off: counters[2],
-        counters_bulk,
+        repeats,
+        echo,
+        bulk,
     };
     let table = results.markdown();
     let path = out.join("l4.md");
@@ -197,6 +228,12 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("some targets were missed (see the table above)");
     }
     Ok(())
+}
+
+/// The order of `n` cases in repeat `r`: each repeat starts one case later, so none always
+/// runs first (or last) on a machine whose load drifts.
+fn turns(n: usize, r: u32) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + r as usize) % n)
 }
 
 /// Starts meshd with `args`, runs `case` against it, reads its kernel counters and stops it.
@@ -225,17 +262,16 @@ fn through_meshd<T>(
 }
 
 /// Runs an echo client (pinned to the echo CPU) and reads its result.
-fn echo(argv: &[String], deadline: Duration) -> Result<Echo> {
+fn echo_once(argv: &[String], deadline: Duration) -> Result<Echo> {
     let json = run_json(command(&argv[0], &argv[1..], Some(ECHO_CPU)), deadline)?;
     Ok(Echo {
-        count: field(&json, "count")?,
         median_ns: field(&json, "median_ns")?,
         p99_ns: field(&json, "p99_ns")?,
     })
 }
 
 /// Runs a bulk client (unpinned) and returns its bytes per second.
-fn bulk(argv: &[String], deadline: Duration) -> Result<f64> {
+fn bulk_once(argv: &[String], deadline: Duration) -> Result<f64> {
     let json = run_json(command(&argv[0], &argv[1..], None), deadline)?;
     Ok(field(&json, "bytes_per_sec")? as f64)
 }

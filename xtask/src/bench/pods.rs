@@ -241,7 +241,6 @@ fn echo(argv: &[String], netns: Option<&Path>, deadline: Duration) -> Result<Ech
     }
     let json = run_json(cmd, deadline)?;
     Ok(Echo {
-        count: field(&json, "count")?,
         median_ns: field(&json, "median_ns")?,
         p99_ns: field(&json, "p99_ns")?,
     })
