@@ -140,7 +140,7 @@ fn circuit_breaker_ejects_the_failing_replica() {
     let _failing = support::backend::Backend::http_503("127.0.0.1:9202");
     let d = Daemon::start(
         "seed-cb",
-        62,
+        65,
         &["--config", &policy("circuit-breaker.yaml")],
     );
     let codes: Vec<String> = (0..40).map(|_| get(&d, "inventory", "/", &[])).collect();
