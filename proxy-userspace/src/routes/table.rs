@@ -2,7 +2,7 @@
 //! in another keyed by suffix, and `*` last. A lookup costs one hash probe per label of the
 //! authority, whatever the number of hosts.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use super::matcher::{RequestMatch, RequestView};
 
@@ -58,7 +58,7 @@ pub struct RouteTable {
 }
 
 /// The host part of an authority, lowercased, without the port.
-pub fn host_of(authority: &str) -> String {
+pub fn host_of(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -67,7 +67,12 @@ pub fn host_of(authority: &str) -> String {
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
             .map_or(authority, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 impl RouteTable {

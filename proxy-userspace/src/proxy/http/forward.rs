@@ -68,7 +68,8 @@ pub async fn handle(
     let mut log = RequestLog {
         start: Instant::now(),
         method: req.method().clone(),
-        path: req.uri().path().to_string(),
+        // A clone shares the request line's bytes: no copy.
+        uri: req.uri().clone(),
         protocol: if grpc { "grpc" } else { "http" },
         version: version_text(req.version()),
         request_id,
@@ -215,7 +216,8 @@ impl Drop for LoggedBody {
 struct RequestLog {
     start: Instant,
     method: Method,
-    path: String,
+    /// The request's URI as received; the log and trace record its path.
+    uri: hyper::Uri,
     protocol: &'static str,
     version: &'static str,
     request_id: RequestId,
@@ -244,7 +246,7 @@ impl Drop for RequestLog {
         let elapsed = self.start.elapsed();
         let ms = elapsed.as_secs_f64() * 1e3;
         tracing::debug!(
-            method = %self.method, path = %self.path, status, flags = %rec.flags,
+            method = %self.method, path = %self.uri.path(), status, flags = %rec.flags,
             workload = self.down.workload.as_deref().unwrap_or("-"), dst = %self.down.dst, ms, "request"
         );
         let (source_workload, source_namespace) = split_workload(self.down.workload.as_deref());
@@ -293,7 +295,7 @@ impl Drop for RequestLog {
         if traced {
             let mut tags = vec![
                 ("http.method".to_string(), self.method.to_string()),
-                ("http.url".to_string(), self.path.clone()),
+                ("http.url".to_string(), self.uri.path().to_string()),
                 ("http.status_code".to_string(), status.to_string()),
                 ("response_flags".to_string(), flags.to_string()),
                 (
@@ -338,7 +340,7 @@ impl Drop for RequestLog {
                 destination_principal: destination_principal.into(),
                 start_time: rfc3339(start_unix_us / 1000).into(),
                 method: self.method.as_str().into(),
-                path: self.path.as_str().into(),
+                path: self.uri.path().into(),
                 protocol: self.version.into(),
                 response_code: status,
                 response_flags: flags,
@@ -531,16 +533,17 @@ async fn forward(
                 snap.compiled
                     .vips
                     .get(&down.dst.ip())
+                    .map(String::as_str)
                     .filter(|h| snap.compiled.clusters.contains_key(*h))
                     .or_else(|| {
-                        candidates.iter().find(|h| {
+                        candidates.iter().map(|h| h.as_ref()).find(|h| {
                             snap.compiled.clusters.get(*h).is_some_and(|c| {
                                 c.ports.contains_key(&port) && !c.endpoints.is_empty()
                             })
                         })
                     })
                     .map(|h| crate::routes::Destination {
-                        host: h.clone(),
+                        host: h.to_string(),
                         subset: None,
                         port: Some(down.dst.port()),
                         weight: 100,
@@ -550,7 +553,7 @@ async fn forward(
                 .as_ref()
                 .map(|d| d.host.clone())
                 .or_else(|| snap.compiled.vips.get(&down.dst.ip()).cloned())
-                .or_else(|| candidates.first().cloned());
+                .or_else(|| candidates.first().map(|h| h.to_string()));
             (None, default_route.as_ref())
         }
         Decision::Forward { route, destination } => {
@@ -622,32 +625,29 @@ async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::edit_request(&mut parts.headers, &levels);
-    let pq = match (&new_path, parts.uri.query()) {
-        (Some(p), Some(q)) => format!("{p}?{q}"),
-        (Some(p), None) => p.clone(),
-        (None, _) => parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string(),
-    };
     let upstream_authority = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or(authority);
+        .map_or(Cow::Borrowed(authority.as_str()), |h| {
+            Cow::Owned(h.to_string())
+        });
     if h2 {
         // HTTP/2 keeps the absolute form; the authority is the (possibly rewritten) Host.
         parts.headers.remove(header::HOST);
+        let pq = path_and_query(new_path.as_deref(), &parts.uri);
         if let Ok(uri) = format!("http://{upstream_authority}{pq}").parse() {
             parts.uri = uri;
         }
     } else {
-        // HTTP/1 upstream requests use origin-form; the Host header carries the authority.
-        if let Ok(uri) = pq.parse() {
-            parts.uri = uri;
+        // HTTP/1 upstream requests use origin-form; the Host header carries the authority. An
+        // origin-form request without a rewrite keeps its URI as received.
+        let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+        if new_path.is_some() || !origin_form {
+            let pq = path_and_query(new_path.as_deref(), &parts.uri);
+            if let Ok(uri) = pq.parse() {
+                parts.uri = uri;
+            }
         }
         parts.version = Version::HTTP_11;
     }
@@ -712,6 +712,15 @@ async fn forward(
     };
     headers::edit_response(resp.headers_mut(), &levels);
     resp
+}
+
+/// The path (rewritten, if `new_path`) and the query of the upstream request.
+fn path_and_query(new_path: Option<&str>, uri: &hyper::Uri) -> String {
+    match (new_path, uri.query()) {
+        (Some(p), Some(q)) => format!("{p}?{q}"),
+        (Some(p), None) => p.to_string(),
+        (None, _) => uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+    }
 }
 
 /// An upgrade (WebSocket) request: sent once over its own connection, and on 101 both sides

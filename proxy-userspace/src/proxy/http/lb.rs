@@ -4,6 +4,7 @@
 //! stable). A retry avoids the endpoint that just failed when there is another.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
@@ -127,11 +128,11 @@ impl Balancer {
         endpoints: &[SocketAddr],
         avoid: Option<SocketAddr>,
     ) -> SocketAddr {
-        let pool: Vec<SocketAddr> = match avoid {
+        let pool: Cow<'_, [SocketAddr]> = match avoid {
             Some(a) if endpoints.iter().any(|e| *e != a) => {
-                endpoints.iter().copied().filter(|e| *e != a).collect()
+                Cow::Owned(endpoints.iter().copied().filter(|e| *e != a).collect())
             }
-            _ => endpoints.to_vec(),
+            _ => Cow::Borrowed(endpoints),
         };
         let rr = || pool[self.turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
         match algo {

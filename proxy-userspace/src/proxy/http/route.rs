@@ -3,6 +3,7 @@
 //! forward to an endpoint picked from the destination's cluster.
 
 use std::{
+    borrow::Cow,
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
 };
@@ -40,22 +41,26 @@ pub enum Decision<'s> {
 /// The forms a request's host may take, most specific first: the authority's host as given,
 /// then completed as a Kubernetes service name in the client's namespace, then the service
 /// whose VIP the client connected to.
-pub fn host_candidates(
-    authority: &str,
+///
+/// Borrowed from the authority and the snapshot where they can be: this runs for every request.
+pub fn host_candidates<'a>(
+    authority: &'a str,
     client_ns: &str,
     dst: SocketAddr,
-    snap: &Snapshot,
-) -> Vec<String> {
+    snap: &'a Snapshot,
+) -> Vec<Cow<'a, str>> {
     let host = host_of(authority);
-    let mut out = vec![host.clone()];
-    match host.matches('.').count() {
-        0 if !host.is_empty() => out.push(format!("{host}.{client_ns}.svc.cluster.local")),
-        1 if host.parse::<IpAddr>().is_err() => out.push(format!("{host}.svc.cluster.local")),
-        2 if host.ends_with(".svc") => out.push(format!("{host}.cluster.local")),
-        _ => {}
-    }
+    let completed = match host.matches('.').count() {
+        0 if !host.is_empty() => Some(format!("{host}.{client_ns}.svc.cluster.local")),
+        1 if host.parse::<IpAddr>().is_err() => Some(format!("{host}.svc.cluster.local")),
+        2 if host.ends_with(".svc") => Some(format!("{host}.cluster.local")),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(3);
+    out.push(host);
+    out.extend(completed.map(Cow::Owned));
     if let Some(vip_host) = snap.compiled.vips.get(&dst.ip()) {
-        out.push(vip_host.clone());
+        out.push(Cow::Borrowed(vip_host.as_str()));
     }
     out
 }
@@ -79,17 +84,19 @@ pub fn pick_weighted(destinations: &[Destination]) -> Option<&Destination> {
 
 pub fn decide<'s>(
     snap: &'s Snapshot,
-    candidates: &[String],
+    candidates: &[Cow<'_, str>],
     view: &RequestView<'_>,
 ) -> Decision<'s> {
     let Some((host, routes)) = candidates
         .iter()
-        .find_map(|h| snap.compiled.routes.lookup(h).map(|r| (h.clone(), r)))
+        .find_map(|h| snap.compiled.routes.lookup(h).map(|r| (h, r)))
     else {
         return Decision::Passthrough;
     };
     let Some(route) = routes.first_match(view) else {
-        return Decision::NoRoute { host };
+        return Decision::NoRoute {
+            host: host.to_string(),
+        };
     };
     if let Some(d) = &route.spec.direct_response {
         let body = d
@@ -118,7 +125,9 @@ pub fn decide<'s>(
     }
     match pick_weighted(&route.destinations) {
         Some(destination) => Decision::Forward { route, destination },
-        None => Decision::NoRoute { host },
+        None => Decision::NoRoute {
+            host: host.to_string(),
+        },
     }
 }
 
@@ -156,7 +165,7 @@ pub enum NoEndpoint {
 pub fn endpoints<'s>(
     snap: &'s Snapshot,
     dest: &Destination,
-    requested: &[String],
+    requested: &[Cow<'_, str>],
     dst: SocketAddr,
 ) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
     let port = dest.port.unwrap_or(dst.port());
@@ -166,7 +175,7 @@ pub fn endpoints<'s>(
         .get(&dest.host)
         .filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
-        if requested.contains(&dest.host) {
+        if requested.iter().any(|h| *h == dest.host) {
             return Ok((
                 vec![SocketAddr::new(dst.ip(), port)],
                 ClusterPolicy::unconfigured(&dest.host, port),
@@ -219,7 +228,7 @@ pub fn endpoints<'s>(
     }
     let subset = dest.subset.as_deref();
     let policy = ClusterPolicy {
-        key: format!("{}|{}|{port}", dest.host, subset.unwrap_or("")),
+        key: cluster_key(&dest.host, subset.unwrap_or(""), port),
         localities,
         lb: setting(
             cluster,
@@ -262,10 +271,18 @@ impl ClusterPolicy<'_> {
     /// A destination no ServiceEntry or DestinationRule describes.
     pub fn unconfigured(host: &str, port: u16) -> Self {
         ClusterPolicy {
-            key: format!("{host}||{port}"),
+            key: cluster_key(host, "", port),
             ..ClusterPolicy::default()
         }
     }
+}
+
+/// `host|subset|port`, sized once: built for every request.
+fn cluster_key(host: &str, subset: &str, port: u16) -> String {
+    use std::fmt::Write;
+    let mut key = String::with_capacity(host.len() + subset.len() + 8);
+    let _ = write!(key, "{host}|{subset}|{port}");
+    key
 }
 
 /// The most specific setting: the subset's port-level, the subset's, the rule's port-level,

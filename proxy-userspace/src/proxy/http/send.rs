@@ -2,7 +2,7 @@
 //! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
 //! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
 
-use std::{error::Error as _, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, error::Error as _, net::SocketAddr, sync::Arc};
 
 use hyper::{
     Request, Response,
@@ -32,7 +32,7 @@ use crate::{
 pub struct Plan<'a> {
     pub snap: &'a Snapshot,
     pub route: Option<&'a HttpRoute>,
-    pub candidates: &'a [String],
+    pub candidates: &'a [std::borrow::Cow<'a, str>],
     pub authority: &'a str,
     pub h2: bool,
     /// The destination's endpoints, or why there are none.
@@ -91,9 +91,9 @@ impl Plan<'_> {
                             tracing::info!(cluster = %self.cluster, endpoint = %a, "endpoint returned from ejection");
                             ctx.metrics.outlier(&self.cluster, "returned");
                         }
-                        healthy
+                        Cow::Owned(healthy)
                     }
-                    None => all.clone(),
+                    None => Cow::Borrowed(all.as_slice()),
                 };
                 let level = self.priorities.as_ref().and_then(|p| {
                     let skip = if self.retry_remote_localities() {
@@ -103,7 +103,9 @@ impl Plan<'_> {
                     };
                     let level =
                         locality::choose(&levels(all, p, &candidates), skip, fastrand::f64())?;
-                    candidates.retain(|a| priority_of(all, p, *a) == level);
+                    candidates
+                        .to_mut()
+                        .retain(|a| priority_of(all, p, *a) == level);
                     Some(level)
                 });
                 if let Some(level) = level {
@@ -173,6 +175,16 @@ fn levels(all: &[SocketAddr], priorities: &[u8], healthy: &[SocketAddr]) -> Vec<
 }
 
 const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// The `x-envoy-attempt-count` value: static for the usual few attempts, so that setting it on
+/// every request allocates nothing.
+fn attempt_count(n: u32) -> HeaderValue {
+    const FEW: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match FEW.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
 
 /// Why an attempt produced no response.
 #[derive(Debug)]
@@ -386,8 +398,7 @@ pub async fn with_policy(
                 (None, Some(req)) => req,
                 (None, None) => unreachable!("a streamed request is attempted once"),
             };
-            req.headers_mut()
-                .insert(ATTEMPT_COUNT, HeaderValue::from(n));
+            req.headers_mut().insert(ATTEMPT_COUNT, attempt_count(n));
             let target = plan.target(ctx, last, &mut tried);
             last = target.as_ref().ok().copied();
             // How to reach the endpoint: resolved once per attempt.

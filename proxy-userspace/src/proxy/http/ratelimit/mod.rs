@@ -45,9 +45,13 @@ pub fn descriptor_key(
 
 /// Whether a policy applies to a request for `hosts` (the request's host forms) and the route
 /// `route_name`.
-pub fn applies(policy: &RateLimitPolicy, hosts: &[String], route_name: Option<&str>) -> bool {
+pub fn applies(
+    policy: &RateLimitPolicy,
+    hosts: &[std::borrow::Cow<'_, str>],
+    route_name: Option<&str>,
+) -> bool {
     let target = crate::policy::hosts::fqdn(&policy.spec.target.host, &policy.metadata.namespace);
-    hosts.contains(&target)
+    hosts.iter().any(|h| *h == target)
         && policy
             .spec
             .target
@@ -62,7 +66,7 @@ use crate::config::Snapshot;
 /// the global limit. The first limit that says no decides.
 pub async fn check(
     snap: &Snapshot,
-    hosts: &[String],
+    hosts: &[std::borrow::Cow<'_, str>],
     route_name: Option<&str>,
     header: &(dyn Fn(&str) -> Option<String> + Sync),
     workload: Option<&str>,
