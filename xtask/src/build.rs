@@ -60,6 +60,22 @@ pub fn all() -> Result<()> {
     Ok(())
 }
 
+/// Builds the minimal hyper proxy that `bench http` measures as the engine's floor.
+pub fn hyper_floor() -> Result<std::path::PathBuf> {
+    step("building the hyper floor proxy (release example)");
+    run(Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "meshd",
+            "--example",
+            "hyper_floor",
+        ])
+        .current_dir(root()))?;
+    Ok(target_dir().join("release/examples/hyper_floor"))
+}
+
 /// The release binary in cargo's target directory (which honours `CARGO_TARGET_DIR`).
 pub fn meshd_release() -> std::path::PathBuf {
     target_dir().join("release/meshd")

@@ -35,6 +35,8 @@ const BACKEND_H2: u16 = 25211;
 const NGINX_H1: u16 = 25212;
 const HAPROXY: u16 = 25213;
 const NGINX_H2: u16 = 25214;
+/// The engine's floor: a minimal hyper proxy (proxy-userspace/examples/hyper_floor.rs).
+const HYPER_FLOOR: u16 = 25215;
 
 /// The benchmark's own meshd ports and attach cgroup.
 const LAYOUT: Layout = Layout {
@@ -119,6 +121,9 @@ struct Rate {
 struct H1 {
     wrk: Wrk,
     rate: Rate,
+    /// The proxy's CPU time (user + system) per request during the wrk run, in µs; 0 for the
+    /// direct path.
+    cpu_us: f64,
 }
 
 /// meshd's own resource use.
@@ -156,12 +161,20 @@ pub fn run(args: &Args) -> Result<()> {
         build::all()?;
     }
     let binary = build::meshd_release();
+    let floor_binary = build::hyper_floor()?;
     let dir = root().join("target/bench/http");
     for d in ["tmp-backend", "tmp-proxy", "policies"] {
         let d = dir.join(d);
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
-    for port in [BACKEND_H1, BACKEND_H2, NGINX_H1, HAPROXY, NGINX_H2] {
+    for port in [
+        BACKEND_H1,
+        BACKEND_H2,
+        NGINX_H1,
+        HAPROXY,
+        NGINX_H2,
+        HYPER_FLOOR,
+    ] {
         ensure_free(port)?;
     }
     let secs = args.secs();
@@ -191,7 +204,7 @@ pub fn run(args: &Args) -> Result<()> {
         &proxy_conf,
         &tools::nginx_proxy(&dir, NGINX_H1, NGINX_H2, BACKEND_H1),
     )?;
-    let _nginx = Group::start(
+    let nginx = Group::start(
         "nginx proxy",
         nginx(&proxy_conf, &dir),
         &dir.join("proxy.log"),
@@ -201,7 +214,20 @@ pub fn run(args: &Args) -> Result<()> {
     write(&haproxy_conf, &tools::haproxy(HAPROXY, BACKEND_H1))?;
     let mut cmd = Command::new("haproxy");
     cmd.arg("-db").arg("-f").arg(&haproxy_conf);
-    let _haproxy = Group::start("haproxy", cmd, &dir.join("haproxy.log"), &[HAPROXY])?;
+    let haproxy = Group::start("haproxy", cmd, &dir.join("haproxy.log"), &[HAPROXY])?;
+    let mut cmd = Command::new(&floor_binary);
+    cmd.arg(HYPER_FLOOR.to_string()).arg(BACKEND_H1.to_string());
+    let floor = Group::start(
+        "hyper floor",
+        cmd,
+        &dir.join("hyper-floor.log"),
+        &[HYPER_FLOOR],
+    )?;
+    let peers = Peers {
+        nginx: &nginx,
+        haproxy: &haproxy,
+        floor: &floor,
+    };
 
     let total = args.rounds.max(1);
     let mut all = Vec::with_capacity(total);
@@ -209,7 +235,7 @@ pub fn run(args: &Args) -> Result<()> {
         if total > 1 {
             step(&format!("round {} of {total}", n + 1));
         }
-        all.push(round(&binary, &dir, &policies, secs, args, n)?);
+        all.push(round(&binary, &dir, &policies, secs, args, n, &peers)?);
     }
     let results = Results {
         secs,
@@ -226,6 +252,13 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The peer proxies, running for the whole benchmark.
+struct Peers<'a> {
+    nginx: &'a Group,
+    haproxy: &'a Group,
+    floor: &'a Group,
+}
+
 /// Every path once. The HTTP/1.1 paths take turns going first, one place later each round.
 fn round(
     binary: &Path,
@@ -234,14 +267,15 @@ fn round(
     secs: u64,
     args: &Args,
     n: usize,
+    peers: &Peers<'_>,
 ) -> Result<Round> {
     let no_wrap = |argv: Vec<String>| argv;
     let mut r = Round::default();
-    for path in 0..4 {
-        match (path + n) % 4 {
+    for path in 0..5 {
+        match (path + n) % 5 {
             0 => {
                 step("HTTP/1.1: direct to the backend");
-                r.direct = h1(secs, BACKEND_H1, no_wrap)?;
+                r.direct = h1(secs, BACKEND_H1, no_wrap, None)?;
             }
             1 => {
                 step("HTTP/1.1 and HTTP/2: through meshd (clients under `meshd exec`)");
@@ -249,11 +283,15 @@ fn round(
             }
             2 => {
                 step("HTTP/1.1: through nginx (proxy_pass, upstream keep-alive)");
-                r.nginx = h1(secs, NGINX_H1, no_wrap)?;
+                r.nginx = h1(secs, NGINX_H1, no_wrap, Some(peers.nginx))?;
+            }
+            3 => {
+                step("HTTP/1.1: through HAProxy (nbthread 1)");
+                r.haproxy = h1(secs, HAPROXY, no_wrap, Some(peers.haproxy))?;
             }
             _ => {
-                step("HTTP/1.1: through HAProxy (nbthread 1)");
-                r.haproxy = h1(secs, HAPROXY, no_wrap)?;
+                step("HTTP/1.1: through the hyper floor (a minimal hyper proxy, no policy)");
+                r.floor = h1(secs, HYPER_FLOOR, no_wrap, Some(peers.floor))?;
             }
         }
     }
@@ -340,7 +378,16 @@ fn through_meshd(
             rss_loaded,
             metrics,
         };
-        Ok((H1 { wrk: w, rate: r }, usage, h2))
+        let cpu_us = usage.cpu_s_per_1000 * 1000.0;
+        Ok((
+            H1 {
+                wrk: w,
+                rate: r,
+                cpu_us,
+            },
+            usage,
+            h2,
+        ))
     })()
     .with_context(|| format!("through meshd (its log: {})", log.display()));
     let stopped = meshd.stop();
@@ -349,10 +396,22 @@ fn through_meshd(
     Ok(result)
 }
 
-fn h1(secs: u64, port: u16, wrap: impl Fn(Vec<String>) -> Vec<String>) -> Result<H1> {
+/// Throughput, then latency at a fixed rate; with `proxy`, its CPU time during the wrk run.
+fn h1(
+    secs: u64,
+    port: u16,
+    wrap: impl Fn(Vec<String>) -> Vec<String>,
+    proxy: Option<&Group>,
+) -> Result<H1> {
+    let ticks = || proxy.map_or(Ok(0), Group::cpu_ticks);
+    let before = ticks()?;
+    let wrk = wrk(secs, port, &wrap)?;
+    let cpu_us =
+        (ticks()? - before) as f64 * 1e6 / tools::clock_ticks() as f64 / wrk.requests.max(1) as f64;
     Ok(H1 {
-        wrk: wrk(secs, port, &wrap)?,
+        wrk,
         rate: rate(secs, port, &wrap)?,
+        cpu_us,
     })
 }
 
@@ -567,11 +626,19 @@ impl Results {
 
         t.push_str(&format!(
             "## HTTP/1.1 throughput (`wrk -t1 -c32 -d{s}s --latency`, keep-alive)\n\n\
-             | path | req/s | p50 | p99 | errors |\n|---|---:|---:|---:|---:|\n"
+             The proxy's CPU time per request is its processes' user and system time during the \
+             wrk run over the requests served.\n\n\
+             | path | req/s | p50 | p99 | errors | proxy CPU µs/request |\n\
+             |---|---:|---:|---:|---:|---:|\n"
         ));
         for (name, r) in self.h1_rows() {
+            let cpu = if r.cpu_us > 0.0 {
+                format!("{:.1}", r.cpu_us)
+            } else {
+                "-".into()
+            };
             t.push_str(&format!(
-                "| {name} | {:.0} | {} | {} | {} |\n",
+                "| {name} | {:.0} | {} | {} | {} | {cpu} |\n",
                 r.wrk.rps,
                 us(r.wrk.p50_ns),
                 us(r.wrk.p99_ns),
@@ -672,6 +739,19 @@ impl Results {
             ),
             pair(|r| r.h2_meshd.rps, |r| r.h2_nginx.rps),
         ));
+        t.push_str(&format!(
+            "\nThe engine's share: the hyper floor is a minimal hyper proxy with no policy \
+             (`proxy-userspace/examples/hyper_floor.rs`), on the same hyper and tokio as meshd.\n\n\
+             | measure | meshd/floor | floor/nginx | floor/HAProxy |\n|---|---:|---:|---:|\n\
+             | HTTP/1.1 req/s | {} | {} | {} |\n\
+             | CPU µs per request | {} | {} | {} |\n",
+            pair(|r| r.meshd.wrk.rps, |r| r.floor.wrk.rps),
+            pair(|r| r.floor.wrk.rps, |r| r.nginx.wrk.rps),
+            pair(|r| r.floor.wrk.rps, |r| r.haproxy.wrk.rps),
+            pair(|r| r.meshd.cpu_us, |r| r.floor.cpu_us),
+            pair(|r| r.floor.cpu_us, |r| r.nginx.cpu_us),
+            pair(|r| r.floor.cpu_us, |r| r.haproxy.cpu_us),
+        ));
         if all.len() > 1 {
             t.push_str(
                 "\nPer round (HTTP/1.1 req/s and p99 at 1000 req/s; HTTP/2 req/s):\n\n\
@@ -732,12 +812,13 @@ impl Results {
         t
     }
 
-    fn h1_rows(&self) -> [(&'static str, H1); 4] {
+    fn h1_rows(&self) -> [(&'static str, H1); 5] {
         [
             ("direct", self.median.direct),
             ("meshd", self.median.meshd),
             ("nginx", self.median.nginx),
             ("HAProxy", self.median.haproxy),
+            ("hyper floor (no policy)", self.median.floor),
         ]
     }
 }

@@ -10,6 +10,7 @@ pub struct Round {
     pub meshd: H1,
     pub nginx: H1,
     pub haproxy: H1,
+    pub floor: H1,
     pub usage: Usage,
     pub h2_direct: H2load,
     pub h2_meshd: H2load,
@@ -67,6 +68,7 @@ pub fn combine(rounds: &[Round]) -> Round {
                 p99_ns: m(|h| h.rate.p99_ns as f64) as u64,
                 max_ns: worst(|h| h.rate.max_ns),
             },
+            cpu_us: m(|h| h.cpu_us),
         }
     };
     let h2 = |pick: fn(&Round) -> &H2load| H2load {
@@ -79,6 +81,7 @@ pub fn combine(rounds: &[Round]) -> Round {
         meshd: h1(|r| &r.meshd),
         nginx: h1(|r| &r.nginx),
         haproxy: h1(|r| &r.haproxy),
+        floor: h1(|r| &r.floor),
         usage: Usage {
             cpu_s_per_1000: median_of(rounds, |r| r.usage.cpu_s_per_1000),
             rss_idle: median_of(rounds, |r| r.usage.rss_idle as f64) as u64,

@@ -22,6 +22,34 @@ pub struct Group {
 }
 
 impl Group {
+    /// CPU ticks (user + system) of every live process in the group: nginx's master and worker,
+    /// HAProxy's one process.
+    pub fn cpu_ticks(&self) -> Result<u64> {
+        let pgid = self.child.as_ref().context("not running")?.id();
+        let mut total = 0;
+        for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+            let Some(pid) = entry?
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // After the command name: state, ppid, pgrp.
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+                .and_then(|g| g.parse::<u32>().ok());
+            if pgrp == Some(pgid) {
+                total += cpu_ticks(pid).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
     /// Starts `cmd` (output to `log`) and waits (at most 10 s) until 127.0.0.1:PORT accepts.
     pub fn start(name: &str, mut cmd: Command, log: &Path, ports: &[u16]) -> Result<Group> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
