@@ -41,6 +41,16 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Adds to a byte counter's `direction="from_workload"` and `direction="to_workload"` series.
+fn by_direction(counter: &IntCounterVec, from_workload: u64, to_workload: u64) {
+    for (direction, n) in [
+        ("from_workload", from_workload),
+        ("to_workload", to_workload),
+    ] {
+        counter.with_label_values(&[direction]).inc_by(n);
+    }
+}
+
 impl Metrics {
     /// `istio` turns Istio's standard request and TCP metrics on; meshd's own are always on.
     pub fn new(istio: bool) -> Arc<Metrics> {
@@ -250,21 +260,11 @@ impl Metrics {
 
     /// The part of `bytes` moved with splice(2).
     pub fn zero_copy_bytes(&self, from_workload: u64, to_workload: u64) {
-        self.zero_copy_total
-            .with_label_values(&["from_workload"])
-            .inc_by(from_workload);
-        self.zero_copy_total
-            .with_label_values(&["to_workload"])
-            .inc_by(to_workload);
+        by_direction(&self.zero_copy_total, from_workload, to_workload);
     }
 
     pub fn bytes(&self, from_workload: u64, to_workload: u64) {
-        self.bytes_total
-            .with_label_values(&["from_workload"])
-            .inc_by(from_workload);
-        self.bytes_total
-            .with_label_values(&["to_workload"])
-            .inc_by(to_workload);
+        by_direction(&self.bytes_total, from_workload, to_workload);
     }
 
     /// Brings the eBPF counters up to date and renders the text exposition format.

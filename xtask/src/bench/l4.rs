@@ -161,55 +161,38 @@ pub fn run(args: &Args) -> Result<()> {
     // Generous: 60 s plus 10 MB/s.
     let bulk_deadline = Duration::from_secs(60 + bulk_bytes / 10_000_000);
 
-    let mut echo = Measured::new(&ECHO_CASES);
-    {
+    let echo = {
         let argv = helper("echo-server", &[format!("--port={ECHO_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], Some(ECHO_CPU)))?;
-        for r in 0..repeats {
-            step(&format!(
-                "echo round trips, repeat {} of {repeats}: direct",
-                r + 1
-            ));
-            echo.direct.push(echo_once(&echo_client, echo_deadline)?);
-            for i in turns(ECHO_CASES.len(), r) {
-                let case = &ECHO_CASES[i];
-                step(&format!(
-                    "echo round trips: through {} (pinned to CPU {ECHO_CPU})",
-                    case.name
-                ));
-                let log = out.join(format!("{}.log", case.log));
-                let (e, c) = through_meshd(&meshd, case.args, Some(ECHO_CPU), &log, |m| {
-                    echo_once(&m.exec(WORKLOAD, &echo_client), echo_deadline)
-                })?;
-                echo.add(i, e, c);
-            }
-        }
-    }
-
-    let mut bulk = Measured::new(&BULK_CASES);
-    {
+        let sweep = Sweep {
+            what: "echo round trips",
+            cases: &ECHO_CASES,
+            cpu: Some(ECHO_CPU),
+            repeats,
+        };
+        sweep.run(
+            &meshd,
+            &out,
+            || echo_once(&echo_client, echo_deadline),
+            |m| echo_once(&m.exec(WORKLOAD, &echo_client), echo_deadline),
+        )?
+    };
+    let bulk = {
         let argv = helper("bulk-server", &[format!("--port={BULK_PORT}")])?;
         let _server = Server::start(command(&argv[0], &argv[1..], None))?;
-        for r in 0..repeats {
-            step(&format!(
-                "bulk throughput, repeat {} of {repeats}: direct (unpinned)",
-                r + 1
-            ));
-            bulk.direct.push(bulk_once(&bulk_client, bulk_deadline)?);
-            for i in turns(BULK_CASES.len(), r) {
-                let case = &BULK_CASES[i];
-                step(&format!(
-                    "bulk throughput: through {} (unpinned)",
-                    case.name
-                ));
-                let log = out.join(format!("{}.log", case.log));
-                let (b, c) = through_meshd(&meshd, case.args, None, &log, |m| {
-                    bulk_once(&m.exec(WORKLOAD, &bulk_client), bulk_deadline)
-                })?;
-                bulk.add(i, b, c);
-            }
-        }
-    }
+        let sweep = Sweep {
+            what: "bulk throughput",
+            cases: &BULK_CASES,
+            cpu: None,
+            repeats,
+        };
+        sweep.run(
+            &meshd,
+            &out,
+            || bulk_once(&bulk_client, bulk_deadline),
+            |m| bulk_once(&m.exec(WORKLOAD, &bulk_client), bulk_deadline),
+        )?
+    };
 
     let results = Results {
         rounds,
@@ -228,6 +211,43 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("some targets were missed (see the table above)");
     }
     Ok(())
+}
+
+/// One measurement, direct and through meshd in each case, over the repeats.
+struct Sweep<'a> {
+    what: &'static str,
+    cases: &'a [Case],
+    /// The CPU meshd is pinned to, if any (the measuring client pins itself).
+    cpu: Option<u32>,
+    repeats: u32,
+}
+
+impl Sweep<'_> {
+    fn run<T>(
+        &self,
+        meshd: &Path,
+        out: &Path,
+        mut direct: impl FnMut() -> Result<T>,
+        mut through: impl FnMut(&Meshd) -> Result<T>,
+    ) -> Result<Measured<T>> {
+        let (what, repeats) = (self.what, self.repeats);
+        let pinned = self
+            .cpu
+            .map_or("unpinned".to_string(), |c| format!("pinned to CPU {c}"));
+        let mut measured = Measured::new(self.cases);
+        for r in 0..repeats {
+            step(&format!("{what}, repeat {} of {repeats}: direct", r + 1));
+            measured.direct.push(direct()?);
+            for i in turns(self.cases.len(), r) {
+                let case = &self.cases[i];
+                step(&format!("{what}: through {} ({pinned})", case.name));
+                let log = out.join(format!("{}.log", case.log));
+                let (v, c) = through_meshd(meshd, case.args, self.cpu, &log, &mut through)?;
+                measured.add(i, v, c);
+            }
+        }
+        Ok(measured)
+    }
 }
 
 /// The order of `n` cases in repeat `r`: each repeat starts one case later, so none always

@@ -71,9 +71,10 @@ impl Paired {
     }
 }
 
+/// The median; 0 for no values.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
-        return f64::NAN;
+        return 0.0;
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();

@@ -2,6 +2,7 @@
 //! ratios (meshd against a peer in the same round), which a noisy shared machine moves less.
 
 use super::{H1, Rate, Usage, tools::H2load, tools::Wrk};
+use crate::bench::report::median;
 
 /// One round's measurements of every path.
 #[derive(Clone, Debug, Default)]
@@ -15,19 +16,6 @@ pub struct Round {
     pub h2_direct: H2load,
     pub h2_meshd: H2load,
     pub h2_nginx: H2load,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// The median over `rounds` of what `f` reads from each.
