@@ -101,17 +101,47 @@ fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
     Some((verdict, next))
 }
 
+/// Where a request head ends (after its blank line), if it does within `bytes`.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
 impl<T> Guarded<T> {
+    /// Records the verdict on a complete head and follows its framing.
+    fn judged(&mut self, head: &[u8]) {
+        match judge(head) {
+            Some((verdict, next)) => {
+                self.verdicts
+                    .lock()
+                    .expect("verdicts lock")
+                    .push_back(verdict);
+                self.scan = next;
+            }
+            None => self.scan = Scan::Done,
+        }
+    }
+
     /// Feeds bytes hyper just read through the framing state machine.
     fn scan(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
+            // A whole head within these bytes, and none buffered: judged in place, no copy.
+            if let Scan::Head(buf) = &self.scan
+                && buf.is_empty()
+                && let Some(end) = head_end(bytes)
+            {
+                self.judged(&bytes[..end]);
+                bytes = &bytes[end..];
+                continue;
+            }
             match &mut self.scan {
                 Scan::Done => return,
                 Scan::Head(buf) => {
                     let before = buf.len();
                     buf.extend_from_slice(bytes);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-                    else {
+                    let Some(end) = head_end(buf) else {
                         if buf.len() > MAX_HEAD {
                             self.scan = Scan::Done;
                         }
@@ -119,16 +149,7 @@ impl<T> Guarded<T> {
                     };
                     let head = std::mem::take(buf);
                     bytes = &bytes[end - before..];
-                    match judge(&head[..end]) {
-                        Some((verdict, next)) => {
-                            self.verdicts
-                                .lock()
-                                .expect("verdicts lock")
-                                .push_back(verdict);
-                            self.scan = next;
-                        }
-                        None => self.scan = Scan::Done,
-                    }
+                    self.judged(&head[..end]);
                 }
                 Scan::Body(n) => {
                     let take = (*n).min(bytes.len() as u64);
@@ -278,6 +299,17 @@ mod tests {
         );
         let dup = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
         assert_eq!(verdicts(&[dup]), vec![Some("more than one Content-Length")]);
+    }
+
+    #[test]
+    fn every_split_into_two_reads_gives_the_same_verdicts() {
+        // Heads judged in place (whole in a read) and heads buffered across reads must agree.
+        let bytes = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nHost: a\r\n\r\n";
+        let expected = vec![None, Some("more than one Content-Length"), None];
+        for at in 0..=bytes.len() {
+            let (a, b) = bytes.split_at(at);
+            assert_eq!(verdicts(&[a, b]), expected, "split at {at}");
+        }
     }
 
     #[test]
