@@ -6,10 +6,7 @@
 
 use std::{io, net::Shutdown};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, BufReader, copy_buf},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::zero_copy::Pipe;
@@ -41,28 +38,36 @@ pub struct Carried {
 
 /// What was carried to the upstream and to the downstream.
 pub async fn both_ways(
-    down: &mut TcpStream,
-    up: &mut TcpStream,
+    down: &TcpStream,
+    up: &TcpStream,
     carry: Carry<'_>,
 ) -> io::Result<(Carried, Carried)> {
     match carry {
-        Carry::Relay { zero_copy } => {
-            let (down, up) = (&*down, &*up);
-            tokio::try_join!(one_way(down, up, zero_copy), one_way(up, down, zero_copy))
-        }
+        Carry::Relay { zero_copy } => tokio::try_join!(
+            one_way(down, up, zero_copy, |_| {}),
+            one_way(up, down, zero_copy, |_| {})
+        ),
         Carry::KernelSplice(splice) => {
-            let (to_up, to_down) = kernel_splice(down, up, splice).await?;
-            let carried = |bytes| Carried {
-                bytes,
-                zero_copy: 0,
-            };
-            Ok((carried(to_up), carried(to_down)))
+            // Each write of the workload's bytes is published, so the kernel can take the
+            // direction over as soon as meshd holds none of them.
+            let (mut to_up, to_down) = tokio::try_join!(
+                one_way(down, up, false, |total| splice.forwarded(total)),
+                one_way(up, down, false, |_| {})
+            )?;
+            to_up.bytes += splice.spliced();
+            Ok((to_up, to_down))
         }
     }
 }
 
-/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing.
-async fn one_way(from: &TcpStream, to: &TcpStream, zero_copy: bool) -> io::Result<Carried> {
+/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing. After
+/// each write, `forwarded` gets the total written so far.
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    zero_copy: bool,
+    mut forwarded: impl FnMut(u64),
+) -> io::Result<Carried> {
     let mut buf = vec![0u8; COPY_BUF];
     let mut pipe: Option<Pipe> = None;
     let mut splicing = false;
@@ -94,6 +99,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, zero_copy: bool) -> io::Resul
             return Ok(total);
         }
         total.bytes += n as u64;
+        forwarded(total.bytes);
     }
 }
 
@@ -119,40 +125,6 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The workload's direction, publishing what has been forwarded so the kernel can splice.
-async fn kernel_splice(
-    down: &mut TcpStream,
-    up: &mut TcpStream,
-    splice: &Splice,
-) -> io::Result<(u64, u64)> {
-    let (mut down_rx, mut down_tx) = down.split();
-    let (up_rx, mut up_tx) = up.split();
-    let to_up = async {
-        let mut buf = vec![0u8; COPY_BUF];
-        let mut total = 0u64;
-        loop {
-            let n = down_rx.read(&mut buf).await?;
-            if n == 0 {
-                up_tx.shutdown().await?;
-                return Ok::<_, io::Error>(total);
-            }
-            up_tx.write_all(&buf[..n]).await?;
-            total += n as u64;
-            // Only now, with the bytes queued on the upstream socket, may the kernel send the
-            // workload's next ones after them.
-            splice.forwarded(total);
-        }
-    };
-    let to_down = async {
-        let mut from_up = BufReader::with_capacity(COPY_BUF, up_rx);
-        let n = copy_buf(&mut from_up, &mut down_tx).await?;
-        down_tx.shutdown().await?;
-        Ok(n)
-    };
-    let (forwarded, to_down) = tokio::try_join!(to_up, to_down)?;
-    Ok((forwarded + splice.spliced(), to_down))
-}
-
 #[cfg(test)]
 mod tests {
     use tokio::{
@@ -173,12 +145,10 @@ mod tests {
     /// client <-> (down | relay | up) <-> server: the client streams `payload` then half-closes,
     /// the server replies with a few bytes and closes.
     async fn relay_a_stream(zero_copy: bool) {
-        let (mut client, mut down) = pair().await;
-        let (mut up, mut server) = pair().await;
+        let (mut client, down) = pair().await;
+        let (up, mut server) = pair().await;
         let relay =
-            tokio::spawn(
-                async move { both_ways(&mut down, &mut up, Carry::Relay { zero_copy }).await },
-            );
+            tokio::spawn(async move { both_ways(&down, &up, Carry::Relay { zero_copy }).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let send = payload.clone();
         let client = tokio::spawn(async move {
@@ -227,11 +197,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_reset_ends_the_relay_with_an_error() {
-        let (client, mut down) = pair().await;
-        let (mut up, _server) = pair().await;
-        let relay = tokio::spawn(async move {
-            both_ways(&mut down, &mut up, Carry::Relay { zero_copy: true }).await
-        });
+        let (client, down) = pair().await;
+        let (up, _server) = pair().await;
+        let relay =
+            tokio::spawn(
+                async move { both_ways(&down, &up, Carry::Relay { zero_copy: true }).await },
+            );
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))
             .unwrap();

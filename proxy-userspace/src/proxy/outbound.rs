@@ -187,7 +187,7 @@ async fn handle(
 }
 
 async fn proxy(
-    mut down: TcpStream,
+    down: TcpStream,
     peer: SocketAddr,
     ipv6: bool,
     source: Option<u32>,
@@ -328,7 +328,7 @@ async fn proxy(
         }
     }
     let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
-    let mut up = match connect_upstream(upstream, after, target.limits.keepalive).await {
+    let up = match connect_upstream(upstream, after, target.limits.keepalive).await {
         Ok(up) => up,
         Err(failure) => {
             sockopt::set_reset_on_close(&down);
@@ -363,7 +363,7 @@ async fn proxy(
             zero_copy: ctx.zero_copy,
         },
     };
-    let copied = copy::both_ways(&mut down, &mut up, carry).await;
+    let copied = copy::both_ways(&down, &up, carry).await;
     let (to_up, to_down) = match copied {
         Ok((up, down)) => {
             ctx.metrics.zero_copy_bytes(up.zero_copy, down.zero_copy);
