@@ -365,7 +365,7 @@ fn serve(
             tracer,
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
-        zero_copy: settings.zero_copy && !settings.sockmap,
+        zero_copy: settings.zero_copy_relay(),
     });
     let (drain, watch) = drain::channel();
     let mut listeners = tokio::task::JoinSet::new();
@@ -415,8 +415,8 @@ fn serve(
         outbound = ?outbound,
         cgroup = %cgroups.attach.display(),
         sockmap = settings.sockmap,
-        splice = settings.sockmap && settings.splice,
-        zero_copy = settings.zero_copy && !settings.sockmap,
+        splice = settings.kernel_splice(),
+        zero_copy = settings.zero_copy_relay(),
         fail_mode = ?settings.fail_mode,
         heartbeat_timeout = ?settings.heartbeat_timeout,
         exclude_ports = ?settings.exclude_ports,

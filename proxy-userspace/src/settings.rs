@@ -90,6 +90,16 @@ fn invalid(flag: &'static str, value: &str, reason: impl Into<String>) -> Settin
 }
 
 impl Settings {
+    /// Whether the kernel splices opaque connections: it needs the sockmap.
+    pub fn kernel_splice(&self) -> bool {
+        self.sockmap && self.splice
+    }
+
+    /// Whether the L4 relay may use splice(2): only for sockets outside the sockmap.
+    pub fn zero_copy_relay(&self) -> bool {
+        self.zero_copy && !self.sockmap
+    }
+
     pub fn from_args(a: RunArgs) -> Result<Settings, SettingsError> {
         let heartbeat_timeout = parse_duration(&a.heartbeat_timeout)
             .map_err(|r| invalid("heartbeat-timeout", &a.heartbeat_timeout, r))?;

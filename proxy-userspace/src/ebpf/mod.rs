@@ -109,7 +109,7 @@ impl Datapath {
         if settings.sockmap {
             flags |= CFG_SOCKMAP;
         }
-        if settings.sockmap && settings.splice {
+        if settings.kernel_splice() {
             flags |= CFG_SPLICE;
         }
         if settings.fail_mode == FailMode::Closed {
@@ -157,7 +157,7 @@ impl Datapath {
                 counters: take(&mut ebpf, policy_names::POLICY_COUNTERS)?,
             }),
             on_enrol: std::sync::OnceLock::new(),
-            splice: if settings.sockmap && settings.splice {
+            splice: if settings.kernel_splice() {
                 Some(Arc::new(SpliceMaps {
                     to: std::sync::Mutex::new(take(&mut ebpf, names::SPLICE_TO)?),
                     forwarded: std::sync::Mutex::new(take(&mut ebpf, names::FORWARDED)?),
