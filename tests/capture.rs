@@ -70,17 +70,7 @@ fn transfer_of_100_mb_arrives_intact_through_the_sockmap() {
     }
     let backend = Backend::echo("127.0.0.1:0");
     let d = Daemon::start("bulk-sockmap", 2, &["--sockmap", "on"]);
-    let out = d.client(
-        "default/bulk",
-        &[
-            "echo",
-            "--addr",
-            &backend.addr.to_string(),
-            "--bytes",
-            "104857600",
-        ],
-    );
-    let v = client_ok(&out, "100 MB echo");
+    let v = d.echo("default/bulk", backend.addr, 104_857_600);
     assert_eq!(v["connections"][0]["received"], 104_857_600);
     assert_eq!(
         v["connections"][0]["peer"],
@@ -102,17 +92,7 @@ fn echo_100_mb_without_the_sockmap(name: &str, slot: u16, extra: &[&str]) -> (f6
     const BYTES: f64 = 104_857_600.0;
     let backend = Backend::echo("127.0.0.1:0");
     let d = Daemon::start(name, slot, extra);
-    let out = d.client(
-        "default/bulk",
-        &[
-            "echo",
-            "--addr",
-            &backend.addr.to_string(),
-            "--bytes",
-            "104857600",
-        ],
-    );
-    let v = client_ok(&out, "100 MB echo without sockmap");
+    let v = d.echo("default/bulk", backend.addr, 104_857_600);
     assert_eq!(v["connections"][0]["received"], 104_857_600);
     assert_eq!(d.metric(REDIRECT), 1.0);
     assert_eq!(
@@ -278,17 +258,7 @@ fn ipv6_loopback_is_captured() {
     // With the defaults, and through the sockmap (whose keys and splice handle IPv6 too).
     for (sockmap, slot) in [("off", 7), ("on", 146)] {
         let d = Daemon::start(&format!("ipv6-{sockmap}"), slot, &["--sockmap", sockmap]);
-        let out = d.client(
-            "default/v6",
-            &[
-                "echo",
-                "--addr",
-                &backend.addr.to_string(),
-                "--bytes",
-                "4194304",
-            ],
-        );
-        let v = client_ok(&out, "IPv6 echo");
+        let v = d.echo("default/v6", backend.addr, 4_194_304);
         assert_eq!(v["connections"][0]["peer"], backend.addr.to_string());
         assert_eq!(d.metric(REDIRECT), 1.0);
         assert_eq!(d.metric(CONNS_OK), 1.0);

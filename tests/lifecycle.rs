@@ -99,17 +99,7 @@ fn a_hung_daemon_fails_open_after_the_heartbeat_timeout() {
         d.metric(r#"meshd_ebpf_events_total{event="fail_open"}"#),
         1.0
     );
-    let out = d.client(
-        "default/after",
-        &[
-            "echo",
-            "--addr",
-            &backend.addr.to_string(),
-            "--bytes",
-            "1024",
-        ],
-    );
-    client_ok(&out, "echo after resume");
+    d.echo("default/after", backend.addr, 1024);
     assert_eq!(
         d.metric(r#"meshd_ebpf_events_total{event="redirect"}"#),
         1.0

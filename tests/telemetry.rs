@@ -43,13 +43,7 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
     }
     // L4 traffic too: an echo through meshd.
     let echo = Backend::echo("127.0.0.1:0");
-    client_ok(
-        &d.client(
-            "default/productpage",
-            &["echo", "--addr", &echo.addr.to_string(), "--bytes", "4096"],
-        ),
-        "echo",
-    );
+    d.echo("default/productpage", echo.addr, 4096);
 
     let text = d.get("/metrics");
     let check = std::process::Command::new("promtool")

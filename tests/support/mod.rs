@@ -245,6 +245,22 @@ impl Daemon {
         self.exec(workload, &full).output().expect("run meshd exec")
     }
 
+    /// Runs the test client's echo of `bytes` to `addr` as `workload`, checks that it succeeded
+    /// and returns its JSON report.
+    pub fn echo(
+        &self,
+        workload: &str,
+        addr: std::net::SocketAddr,
+        bytes: u64,
+    ) -> serde_json::Value {
+        let (addr, n) = (addr.to_string(), bytes.to_string());
+        let out = self.client(workload, &["echo", "--addr", &addr, "--bytes", &n]);
+        client_ok(
+            &out,
+            &format!("echo of {bytes} bytes to {addr} as {workload}"),
+        )
+    }
+
     pub fn get(&self, path: &str) -> String {
         let (status, body) = self
             .admin_get(path)
