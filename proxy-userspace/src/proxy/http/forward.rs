@@ -558,7 +558,12 @@ async fn forward(
         }
         Decision::Forward { route, destination } => {
             rec.destination_service = Some(destination.host.clone());
-            if let Some(resp) = fault::inject(route.spec.fault.as_ref(), &mut rec.flags).await {
+            // Boxed, as are the rate limits below: only some routes have them, and their state
+            // would otherwise enlarge every request's future, which is moved as it starts.
+            if route.spec.fault.is_some()
+                && let Some(resp) =
+                    Box::pin(fault::inject(route.spec.fault.as_ref(), &mut rec.flags)).await
+            {
                 rec.reason = Some("fault injection abort".into());
                 return resp;
             }
@@ -575,7 +580,9 @@ async fn forward(
         }
     };
     // Rate limits apply to every request that would be forwarded.
-    let verdict = {
+    let verdict = if snap.policies.rate_limit_policies.is_empty() {
+        ratelimit::Verdict::Allow
+    } else {
         let headers = req.headers();
         let lookup = |n: &str| {
             headers
@@ -584,14 +591,14 @@ async fn forward(
                 .map(str::to_string)
         };
         let route_name = route.and_then(|r| r.spec.name.as_deref());
-        ratelimit::check(
+        Box::pin(ratelimit::check(
             &snap,
             &candidates,
             route_name,
             &lookup,
             down.workload.as_deref(),
             ctx,
-        )
+        ))
         .await
     };
     match verdict {
@@ -708,7 +715,7 @@ async fn forward(
     let mut resp = match downstream_upgrade {
         // Boxed: rare, and its state would otherwise enlarge every request's future.
         Some(down_up) => Box::pin(upgrade_once(req, down_up, down, ctx, &plan, rec)).await,
-        None => send::with_policy(plan, req, down, ctx, rec).await,
+        None => send::with_policy(&plan, req, down, ctx, rec).await,
     };
     headers::edit_response(resp.headers_mut(), &levels);
     resp

@@ -294,7 +294,9 @@ impl Pool {
                 }
             }
             if let Some(slot) = cluster.try_slot(Counter::Connections, limits.max_connections) {
-                return self.open(cluster, slot, target, h2, limits).await;
+                // Boxed: a new connection is the rare case, and its handshake's state would
+                // otherwise enlarge every request's future (moved, in full, as it starts).
+                return Box::pin(self.open(cluster, slot, target, h2, limits)).await;
             }
             if pending.is_none() {
                 pending = Some(
@@ -312,46 +314,51 @@ impl Pool {
     }
 
     /// Sends a request to `target`, an endpoint of `cluster`, within the cluster's limits.
-    pub async fn send(
+    ///
+    /// An async block rather than an async fn: an async fn keeps a second copy of its
+    /// by-value arguments (the request) in its state, which every request then moves.
+    pub fn send(
         &self,
         cluster: &Arc<ClusterPool>,
         limits: &Limits,
         target: &Target,
         h2: bool,
         req: Request<Body>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        let dst = target.addr;
-        let request = cluster
-            .try_slot(Counter::Requests, limits.max_requests)
-            .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
-        let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
-            Checkout::H2(mut sender, streams) => {
-                let sent = sender.send_request(req).await;
-                (sent, Leased::H2 { streams })
-            }
-            Checkout::H1(mut c) => {
-                c.used += 1;
-                let sent = c.sender.send_request(req).await;
-                let conn = Leased::H1 {
-                    dst: target.key(),
-                    sender: Some(c.sender),
-                    used: c.used,
-                    reusable: limits.reusable(c.used),
-                    idle_timeout: c.idle_timeout,
-                };
-                (sent, conn)
-            }
-        };
-        let lease = Lease {
-            pool: cluster.clone(),
-            request: Some(request),
-            conn,
-        };
-        match sent {
-            Ok(resp) => Ok(resp.map(|b| PooledBody::new(b, lease))),
-            Err(source) => {
-                drop(lease);
-                Err(UpstreamError::Send { dst, source })
+    ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> {
+        async move {
+            let dst = target.addr;
+            let request = cluster
+                .try_slot(Counter::Requests, limits.max_requests)
+                .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
+            let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
+                Checkout::H2(mut sender, streams) => {
+                    let sent = sender.send_request(req).await;
+                    (sent, Leased::H2 { streams })
+                }
+                Checkout::H1(mut c) => {
+                    c.used += 1;
+                    let sent = c.sender.send_request(req).await;
+                    let conn = Leased::H1 {
+                        dst: target.key(),
+                        sender: Some(c.sender),
+                        used: c.used,
+                        reusable: limits.reusable(c.used),
+                        idle_timeout: c.idle_timeout,
+                    };
+                    (sent, conn)
+                }
+            };
+            let lease = Lease {
+                pool: cluster.clone(),
+                request: Some(request),
+                conn,
+            };
+            match sent {
+                Ok(resp) => Ok(resp.map(|b| PooledBody::new(b, lease))),
+                Err(source) => {
+                    drop(lease);
+                    Err(UpstreamError::Send { dst, source })
+                }
             }
         }
     }

@@ -182,11 +182,14 @@ where
     let mut n = 1;
     let mut _token: Option<G> = None;
     loop {
+        // Pinned once: awaited in two places, the attempt's state would otherwise take two
+        // slots of this future (and of every future that awaits it).
+        let this_try = std::pin::pin!(attempt(n));
         let result = match policy.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, attempt(n))
+            Some(t) => tokio::time::timeout(t, this_try)
                 .await
                 .unwrap_or_else(|_| Err(on_timeout())),
-            None => attempt(n).await,
+            None => this_try.await,
         };
         let retriable = policy.on.matches(outcome(&result));
         if !retriable || n >= tries {

@@ -345,7 +345,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
 }
 
 pub async fn with_policy(
-    plan: Plan<'_>,
+    plan: &Plan<'_>,
     req: Request<super::body::Inbound>,
     down: &Downstream,
     ctx: &HttpContext,
@@ -367,7 +367,7 @@ pub async fn with_policy(
         }
     };
     match &replayable {
-        Some(r) => mirror(&plan, down, ctx, r),
+        Some(r) => mirror(plan, down, ctx, r),
         None if plan
             .route
             .is_some_and(|r| r.spec.mirror.is_some() || !r.spec.mirrors.is_empty()) =>
@@ -381,57 +381,60 @@ pub async fn with_policy(
     // Whether that attempt went through the mTLS tunnel, for `connection_security_policy`.
     let mut last_tunnelled: Option<bool> = None;
     let mut tried = 0u32;
-    let plan = &plan;
-    let attempts = retry::run(
-        &policy,
-        replayable.is_some(),
-        outcome,
-        || Failed::PerTryTimeout,
-        // `http.maxRetries` bounds the retries in flight across the cluster.
-        || {
-            plan.upstream
-                .try_slot(Counter::Retries, plan.limits.max_retries)
-        },
-        |n| {
-            let mut req = match (&replayable, once.take()) {
-                (Some(r), _) => r.build(),
-                (None, Some(req)) => req,
-                (None, None) => unreachable!("a streamed request is attempted once"),
-            };
-            req.headers_mut().insert(ATTEMPT_COUNT, attempt_count(n));
-            let target = plan.target(ctx, last, &mut tried);
-            last = target.as_ref().ok().copied();
-            // How to reach the endpoint: resolved once per attempt.
-            let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
-            last_tunnelled = upstream
-                .as_ref()
-                .and_then(|u| u.as_ref().ok())
-                .map(|t| t.via.is_some());
-            async move {
-                let target = target.map_err(Failed::NoEndpoint)?;
-                if let Some(reason) = authorize::request(ctx, plan.snap, down, target, &req) {
-                    return Err(Failed::Denied(reason));
-                }
-                let _in_flight = ctx.lb.start(target);
-                let result = match upstream.expect("resolved with the target") {
-                    Ok(t) => {
-                        ctx.pool
-                            .send(&plan.upstream, &plan.limits, &t, plan.h2, req)
-                            .await
-                    }
-                    Err(e) => Err(e),
+    // Built in place and pinned once: one slot for the attempts' state, whichever way they
+    // are awaited (a moved-from local would keep a second).
+    let attempts = {
+        let attempts = std::pin::pin!(retry::run(
+            &policy,
+            replayable.is_some(),
+            outcome,
+            || Failed::PerTryTimeout,
+            // `http.maxRetries` bounds the retries in flight across the cluster.
+            || {
+                plan.upstream
+                    .try_slot(Counter::Retries, plan.limits.max_retries)
+            },
+            |n| {
+                let mut req = match (&replayable, once.take()) {
+                    (Some(r), _) => r.build(),
+                    (None, Some(req)) => req,
+                    (None, None) => unreachable!("a streamed request is attempted once"),
                 };
-                plan.observe(ctx, target, &result);
-                result.map_err(Failed::Upstream)
-            }
-        },
-    );
-    let attempts = match route_timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(a) => a,
-            Err(_) => return timed_out(rec),
-        },
-        None => attempts.await,
+                req.headers_mut().insert(ATTEMPT_COUNT, attempt_count(n));
+                let target = plan.target(ctx, last, &mut tried);
+                last = target.as_ref().ok().copied();
+                // How to reach the endpoint: resolved once per attempt.
+                let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
+                last_tunnelled = upstream
+                    .as_ref()
+                    .and_then(|u| u.as_ref().ok())
+                    .map(|t| t.via.is_some());
+                async move {
+                    let target = target.map_err(Failed::NoEndpoint)?;
+                    if let Some(reason) = authorize::request(ctx, plan.snap, down, target, &req) {
+                        return Err(Failed::Denied(reason));
+                    }
+                    let _in_flight = ctx.lb.start(target);
+                    let result = match upstream.expect("resolved with the target") {
+                        Ok(t) => {
+                            ctx.pool
+                                .send(&plan.upstream, &plan.limits, &t, plan.h2, req)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    plan.observe(ctx, target, &result);
+                    result.map_err(Failed::Upstream)
+                }
+            },
+        ));
+        match route_timeout {
+            Some(t) => tokio::time::timeout(t, attempts).await.ok(),
+            None => Some(attempts.await),
+        }
+    };
+    let Some(attempts) = attempts else {
+        return timed_out(rec);
     };
     if attempts.tries > 1 {
         ctx.metrics.retries(u64::from(attempts.tries - 1));
