@@ -124,6 +124,8 @@ struct H1 {
     /// The proxy's CPU time (user + system) per request during the wrk run, in µs; 0 for the
     /// direct path.
     cpu_us: f64,
+    /// The user-space part of `cpu_us`; the rest is the kernel's.
+    cpu_user_us: f64,
 }
 
 /// meshd's own resource use.
@@ -350,6 +352,8 @@ fn through_meshd(
         let ticks_before = tools::cpu_ticks(pid)?;
         let w = wrk(secs, BACKEND_H1, wrap)?;
         let ticks = tools::cpu_ticks(pid)? - ticks_before;
+        let per_request_us =
+            |t: u64| t as f64 * 1e6 / tools::clock_ticks() as f64 / w.requests.max(1) as f64;
         let r = rate(secs, BACKEND_H1, wrap)?;
         let rss_loaded = tools::rss_bytes(pid)?;
         let h2 = h2load(secs, BACKEND_H2, wrap)?;
@@ -371,19 +375,19 @@ fn through_meshd(
             })
             .map(str::to_string)
             .collect();
-        let cpu_s = ticks as f64 / tools::clock_ticks() as f64;
+        let cpu_s = ticks.total() as f64 / tools::clock_ticks() as f64;
         let usage = Usage {
             cpu_s_per_1000: cpu_s / (w.requests.max(1) as f64 / 1000.0),
             rss_idle,
             rss_loaded,
             metrics,
         };
-        let cpu_us = usage.cpu_s_per_1000 * 1000.0;
         Ok((
             H1 {
                 wrk: w,
                 rate: r,
-                cpu_us,
+                cpu_us: per_request_us(ticks.total()),
+                cpu_user_us: per_request_us(ticks.user),
             },
             usage,
             h2,
@@ -403,15 +407,17 @@ fn h1(
     wrap: impl Fn(Vec<String>) -> Vec<String>,
     proxy: Option<&Group>,
 ) -> Result<H1> {
-    let ticks = || proxy.map_or(Ok(0), Group::cpu_ticks);
+    let ticks = || proxy.map_or(Ok(tools::CpuTicks::default()), Group::cpu_ticks);
     let before = ticks()?;
     let wrk = wrk(secs, port, &wrap)?;
-    let cpu_us =
-        (ticks()? - before) as f64 * 1e6 / tools::clock_ticks() as f64 / wrk.requests.max(1) as f64;
+    let used = ticks()? - before;
+    let per_request_us =
+        |t: u64| t as f64 * 1e6 / tools::clock_ticks() as f64 / wrk.requests.max(1) as f64;
     Ok(H1 {
+        cpu_us: per_request_us(used.total()),
+        cpu_user_us: per_request_us(used.user),
         wrk,
         rate: rate(secs, port, &wrap)?,
-        cpu_us,
     })
 }
 
@@ -627,13 +633,19 @@ impl Results {
         t.push_str(&format!(
             "## HTTP/1.1 throughput (`wrk -t1 -c32 -d{s}s --latency`, keep-alive)\n\n\
              The proxy's CPU time per request is its processes' user and system time during the \
-             wrk run over the requests served.\n\n\
-             | path | req/s | p50 | p99 | errors | proxy CPU µs/request |\n\
+             wrk run over the requests served; in brackets, the part spent in user space and \
+             the part in the kernel (system calls and the TCP work they do).\n\n\
+             | path | req/s | p50 | p99 | errors | proxy CPU µs/request (user + kernel) |\n\
              |---|---:|---:|---:|---:|---:|\n"
         ));
         for (name, r) in self.h1_rows() {
             let cpu = if r.cpu_us > 0.0 {
-                format!("{:.1}", r.cpu_us)
+                format!(
+                    "{:.1} ({:.1} + {:.1})",
+                    r.cpu_us,
+                    r.cpu_user_us,
+                    r.cpu_us - r.cpu_user_us
+                )
             } else {
                 "-".into()
             };

@@ -57,6 +57,7 @@ pub fn combine(rounds: &[Round]) -> Round {
                 max_ns: worst(|h| h.rate.max_ns),
             },
             cpu_us: m(|h| h.cpu_us),
+            cpu_user_us: m(|h| h.cpu_user_us),
         }
     };
     let h2 = |pick: fn(&Round) -> &H2load| H2load {

@@ -22,11 +22,11 @@ pub struct Group {
 }
 
 impl Group {
-    /// CPU ticks (user + system) of every live process in the group: nginx's master and worker,
-    /// HAProxy's one process.
-    pub fn cpu_ticks(&self) -> Result<u64> {
+    /// CPU ticks of every live process in the group: nginx's master and worker, HAProxy's one
+    /// process.
+    pub fn cpu_ticks(&self) -> Result<CpuTicks> {
         let pgid = self.child.as_ref().context("not running")?.id();
-        let mut total = 0;
+        let mut total = CpuTicks::default();
         for entry in std::fs::read_dir("/proc").context("reading /proc")? {
             let Some(pid) = entry?
                 .file_name()
@@ -44,7 +44,7 @@ impl Group {
                 .and_then(|(_, rest)| rest.split_whitespace().nth(2))
                 .and_then(|g| g.parse::<u32>().ok());
             if pgrp == Some(pgid) {
-                total += cpu_ticks(pid).unwrap_or(0);
+                total = total + cpu_ticks(pid).unwrap_or_default();
             }
         }
         Ok(total)
@@ -285,8 +285,42 @@ pub fn parse_h2load(text: &str) -> Result<H2load> {
     Ok(h)
 }
 
-/// utime + stime of PID in clock ticks (all its threads).
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
+/// CPU time in clock ticks, in user space and in the kernel (system calls, and the TCP work
+/// they do).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    pub user: u64,
+    pub system: u64,
+}
+
+impl CpuTicks {
+    pub fn total(self) -> u64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Add for CpuTicks {
+    type Output = CpuTicks;
+    fn add(self, o: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user + o.user,
+            system: self.system + o.system,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTicks {
+    type Output = CpuTicks;
+    fn sub(self, o: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            user: self.user.saturating_sub(o.user),
+            system: self.system.saturating_sub(o.system),
+        }
+    }
+}
+
+/// utime and stime of PID (all its threads).
+pub fn cpu_ticks(pid: u32) -> Result<CpuTicks> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may contain spaces: the fields after it start after the last ')'.
@@ -295,7 +329,10 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     // After ')': state is field 3, so utime (14) and stime (15) are at indices 11 and 12.
     let utime: u64 = f.get(11).context("no utime")?.parse()?;
     let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
+    Ok(CpuTicks {
+        user: utime,
+        system: stime,
+    })
 }
 
 /// VmRSS of PID in bytes.
