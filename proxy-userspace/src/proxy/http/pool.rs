@@ -317,6 +317,10 @@ impl Pool {
     ///
     /// An async block rather than an async fn: an async fn keeps a second copy of its
     /// by-value arguments (the request) in its state, which every request then moves.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold the request twice in its state"
+    )]
     pub fn send(
         &self,
         cluster: &Arc<ClusterPool>,
