@@ -351,9 +351,8 @@ fn through_meshd(
         let wrap = |argv: Vec<String>| meshd.exec(WORKLOAD, &argv);
         let ticks_before = tools::cpu_ticks(pid)?;
         let w = wrk(secs, BACKEND_H1, wrap)?;
-        let ticks = tools::cpu_ticks(pid)? - ticks_before;
-        let per_request_us =
-            |t: u64| t as f64 * 1e6 / tools::clock_ticks() as f64 / w.requests.max(1) as f64;
+        let (cpu_us, cpu_user_us) =
+            (tools::cpu_ticks(pid)? - ticks_before).per_request_us(w.requests);
         let r = rate(secs, BACKEND_H1, wrap)?;
         let rss_loaded = tools::rss_bytes(pid)?;
         let h2 = h2load(secs, BACKEND_H2, wrap)?;
@@ -375,9 +374,8 @@ fn through_meshd(
             })
             .map(str::to_string)
             .collect();
-        let cpu_s = ticks.total() as f64 / tools::clock_ticks() as f64;
         let usage = Usage {
-            cpu_s_per_1000: cpu_s / (w.requests.max(1) as f64 / 1000.0),
+            cpu_s_per_1000: cpu_us / 1000.0,
             rss_idle,
             rss_loaded,
             metrics,
@@ -386,8 +384,8 @@ fn through_meshd(
             H1 {
                 wrk: w,
                 rate: r,
-                cpu_us: per_request_us(ticks.total()),
-                cpu_user_us: per_request_us(ticks.user),
+                cpu_us,
+                cpu_user_us,
             },
             usage,
             h2,
@@ -410,12 +408,10 @@ fn h1(
     let ticks = || proxy.map_or(Ok(tools::CpuTicks::default()), Group::cpu_ticks);
     let before = ticks()?;
     let wrk = wrk(secs, port, &wrap)?;
-    let used = ticks()? - before;
-    let per_request_us =
-        |t: u64| t as f64 * 1e6 / tools::clock_ticks() as f64 / wrk.requests.max(1) as f64;
+    let (cpu_us, cpu_user_us) = (ticks()? - before).per_request_us(wrk.requests);
     Ok(H1 {
-        cpu_us: per_request_us(used.total()),
-        cpu_user_us: per_request_us(used.user),
+        cpu_us,
+        cpu_user_us,
         wrk,
         rate: rate(secs, port, &wrap)?,
     })

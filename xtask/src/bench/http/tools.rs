@@ -297,6 +297,12 @@ impl CpuTicks {
     pub fn total(self) -> u64 {
         self.user + self.system
     }
+
+    /// (total, user) CPU µs per request, over `requests` requests.
+    pub fn per_request_us(self, requests: u64) -> (f64, f64) {
+        let us = |t: u64| t as f64 * 1e6 / clock_ticks() as f64 / requests.max(1) as f64;
+        (us(self.total()), us(self.user))
+    }
 }
 
 impl std::ops::Add for CpuTicks {
@@ -352,4 +358,26 @@ pub fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_split_into_user_and_kernel_per_request() {
+        let hz = clock_ticks();
+        let before = CpuTicks { user: 5, system: 7 };
+        let after = CpuTicks {
+            user: 5 + 3 * hz,
+            system: 7 + hz,
+        };
+        // 4 s of CPU, 3 of them in user space, over a million requests.
+        let (total, user) = (after - before).per_request_us(1_000_000);
+        assert!((total - 4.0).abs() < 1e-9, "{total}");
+        assert!((user - 3.0).abs() < 1e-9, "{user}");
+        // A counter read that went backwards (a process that exited) counts as nothing.
+        assert_eq!(before - after, CpuTicks::default());
+        assert_eq!((before + before).total(), 24);
+    }
 }
