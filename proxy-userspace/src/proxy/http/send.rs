@@ -32,7 +32,7 @@ use crate::{
 pub struct Plan<'a> {
     pub snap: &'a Snapshot,
     pub route: Option<&'a HttpRoute>,
-    pub candidates: &'a [std::borrow::Cow<'a, str>],
+    pub candidates: &'a [Cow<'a, str>],
     pub authority: &'a str,
     pub h2: bool,
     /// The destination's endpoints, or why there are none.

@@ -5,7 +5,7 @@
 pub mod global;
 pub mod local;
 
-use std::time::Duration;
+use std::{borrow::Cow, time::Duration};
 
 use crate::policy::model::RateLimitPolicy;
 
@@ -45,11 +45,7 @@ pub fn descriptor_key(
 
 /// Whether a policy applies to a request for `hosts` (the request's host forms) and the route
 /// `route_name`.
-pub fn applies(
-    policy: &RateLimitPolicy,
-    hosts: &[std::borrow::Cow<'_, str>],
-    route_name: Option<&str>,
-) -> bool {
+pub fn applies(policy: &RateLimitPolicy, hosts: &[Cow<'_, str>], route_name: Option<&str>) -> bool {
     let target = crate::policy::hosts::fqdn(&policy.spec.target.host, &policy.metadata.namespace);
     hosts.iter().any(|h| *h == target)
         && policy
@@ -66,7 +62,7 @@ use crate::config::Snapshot;
 /// the global limit. The first limit that says no decides.
 pub async fn check(
     snap: &Snapshot,
-    hosts: &[std::borrow::Cow<'_, str>],
+    hosts: &[Cow<'_, str>],
     route_name: Option<&str>,
     header: &(dyn Fn(&str) -> Option<String> + Sync),
     workload: Option<&str>,
