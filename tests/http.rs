@@ -73,6 +73,27 @@ fn http1_requests_share_pooled_upstream_connections() {
 }
 
 #[test]
+fn absolute_form_requests_reach_the_upstream_in_origin_form() {
+    if !ebpf_available("http_origin_form") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-origin-form", 160, &[]);
+    // An origin-form request is forwarded with its target as received, query included.
+    let plain = curl(&d, &[&format!("http://{}/plain?x=1&y=2", b.addr)]);
+    assert!(plain.contains("\"uri\":\"/plain?x=1&y=2\""), "{plain}");
+    // An absolute-form one (as a client configured with a proxy sends) goes upstream in
+    // origin-form, with the authority in Host.
+    let target = format!("http://{}/abs?q=1", b.addr);
+    let abs = curl(
+        &d,
+        &["--request-target", &target, &format!("http://{}/", b.addr)],
+    );
+    assert!(abs.contains("\"uri\":\"/abs?q=1\""), "{abs}");
+    assert!(abs.contains(&format!("\"host\":\"{}\"", b.addr)), "{abs}");
+}
+
+#[test]
 fn one_worker_thread_carries_pooled_http1_and_http2() {
     if !ebpf_available("http_one_thread") {
         return;

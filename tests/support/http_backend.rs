@@ -216,8 +216,10 @@ async fn answer_plain(
             .unwrap());
     }
     let body = format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\"}}\n",
         req.version(),
+        // The request target as received: origin-form for HTTP/1.1 through a proxy.
+        req.uri(),
         req.uri().path_and_query().map(|p| p.as_str()).unwrap_or(""),
         req.headers()
             .get("x-route")
