@@ -61,7 +61,7 @@ pub fn all() -> Result<()> {
 }
 
 /// Builds the minimal hyper proxy that `bench http` measures as the engine's floor.
-pub fn hyper_floor() -> Result<std::path::PathBuf> {
+pub fn hyper_floor() -> Result<()> {
     step("building the hyper floor proxy (release example)");
     run(Command::new("cargo")
         .args([
@@ -72,8 +72,12 @@ pub fn hyper_floor() -> Result<std::path::PathBuf> {
             "--example",
             "hyper_floor",
         ])
-        .current_dir(root()))?;
-    Ok(target_dir().join("release/examples/hyper_floor"))
+        .current_dir(root()))
+}
+
+/// Where `hyper_floor` puts the engine's floor proxy.
+pub fn hyper_floor_release() -> std::path::PathBuf {
+    target_dir().join("release/examples/hyper_floor")
 }
 
 /// The release binary in cargo's target directory (which honours `CARGO_TARGET_DIR`).

@@ -71,8 +71,8 @@ pub struct Args {
     /// Rounds of every measurement; the report gives medians and paired ratios [default: 1].
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Use the meshd binary already built (target/release, or under CARGO_TARGET_DIR) instead of
-    /// running `cargo xtask build`.
+    /// Use the meshd binary and the hyper floor already built (target/release, or under
+    /// CARGO_TARGET_DIR) instead of building them.
     #[arg(long)]
     no_build: bool,
     /// Run meshd with MESHD_LOG=meshd=debug, to check its routing in its log (not for numbers).
@@ -161,9 +161,17 @@ pub fn run(args: &Args) -> Result<()> {
     crate::setup::debian_packages(&["nginx", "haproxy", "wrk", "nghttp2-client"])?;
     if !args.no_build {
         build::all()?;
+        build::hyper_floor()?;
     }
     let binary = build::meshd_release();
-    let floor_binary = build::hyper_floor()?;
+    let floor_binary = build::hyper_floor_release();
+    if !floor_binary.exists() {
+        bail!(
+            "{} does not exist: run without --no-build, or build it with `cargo build --release \
+             -p meshd --example hyper_floor`",
+            floor_binary.display()
+        );
+    }
     let dir = root().join("target/bench/http");
     for d in ["tmp-backend", "tmp-proxy", "policies"] {
         let d = dir.join(d);
