@@ -57,6 +57,7 @@ fn check_probes_every_feature() {
         "cgroup2 mount",
         "kernel BTF",
         "program sk_msg",
+        "program sk_skb",
         "map sockhash",
     ] {
         assert!(

@@ -108,9 +108,11 @@ impl SockPair {
     }
 }
 
-/// What sk_msg counted for one workload socket's sends on the workload↔meshd hop: bytes handed
-/// to meshd's socket, and bytes spliced straight out of meshd's upstream socket. Written by
-/// eBPF only; meshd reads it.
+/// What the kernel counted for one direction of a spliced connection: bytes handed to meshd to
+/// carry, and bytes spliced past it. For the workload's sends (sk_msg, keyed by the workload
+/// socket) the splice sends them out of meshd's upstream socket; for the replies (the upstream
+/// socket's stream verdict, keyed by its cookie) out of meshd's accepted socket. Written by eBPF
+/// only; meshd reads it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpliceCounts {
@@ -141,6 +143,9 @@ pub struct ConnStats {
     /// `bytes_received`).
     pub bytes_acked: u64,
     pub bytes_received: u64,
+    /// Payload bytes sk_msg saw this socket send, redirected or not: every byte meshd wrote on
+    /// a socket in the SOCKHASH, and every reply byte the kernel spliced out of it.
+    pub msg_sent_bytes: u64,
 }
 
 /// Index of each counter in the per-CPU `COUNTERS` array.
@@ -165,10 +170,12 @@ pub enum Counter {
     OrigDstMiss = 7,
     /// sk_msg sent a workload's data straight out of meshd's upstream socket (kernel splice).
     Splice = 8,
+    /// The stream verdict sent a reply straight out of meshd's accepted socket (kernel splice).
+    ReplySplice = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirect,
         Counter::Excluded,
@@ -179,6 +186,7 @@ impl Counter {
         Counter::OrigDstHit,
         Counter::OrigDstMiss,
         Counter::Splice,
+        Counter::ReplySplice,
     ];
 
     /// Name used for the `meshd_ebpf_events_total{event=...}` label.
@@ -193,6 +201,7 @@ impl Counter {
             Counter::OrigDstHit => "orig_dst_hit",
             Counter::OrigDstMiss => "orig_dst_miss",
             Counter::Splice => "sockmap_splice",
+            Counter::ReplySplice => "sockmap_reply_splice",
         }
     }
 }
@@ -218,6 +227,9 @@ pub mod maps {
     pub const HANDED: &str = "HANDED";
     pub const FORWARDED: &str = "FORWARDED";
     pub const SPLICE_TO: &str = "SPLICE_TO";
+    pub const REPLY_TO: &str = "REPLY_TO";
+    pub const REPLY_FORWARDED: &str = "REPLY_FORWARDED";
+    pub const REPLY_COUNTS: &str = "REPLY_COUNTS";
     pub const COUNTERS: &str = "COUNTERS";
 }
 
@@ -228,7 +240,7 @@ const _: () = {
     assert!(core::mem::size_of::<OrigDst>() == 32);
     assert!(core::mem::size_of::<SockPair>() == 56);
     assert!(core::mem::size_of::<NetnsEndpoint>() == 32);
-    assert!(core::mem::size_of::<ConnStats>() == 64);
+    assert!(core::mem::size_of::<ConnStats>() == 72);
     assert!(core::mem::size_of::<SpliceCounts>() == 16);
 };
 

@@ -10,13 +10,14 @@ mod enrolled;
 mod maps;
 mod peerauth;
 mod peername;
+mod reply;
 mod skb;
 mod skmsg;
 mod sockops;
 mod sockopt;
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sockopt, sk_msg, sock_ops},
+    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sockopt, sk_msg, sock_ops, stream_verdict},
     programs::{SkBuffContext, SkMsgContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 
@@ -57,6 +58,11 @@ pub fn meshd_sk_msg(ctx: SkMsgContext) -> u32 {
     match skmsg::try_sk_msg(&ctx) {
         Ok(r) | Err(r) => r,
     }
+}
+
+#[stream_verdict]
+pub fn meshd_reply(ctx: SkBuffContext) -> u32 {
+    reply::try_reply(&ctx)
 }
 
 #[cgroup_sockopt(getsockopt)]

@@ -65,9 +65,27 @@ pub static HANDED: LruHashMap<SockPair, SpliceCounts> =
 #[map]
 pub static FORWARDED: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
 
-/// Workload socket → meshd's upstream socket of the same connection (no programs attached).
+/// Workload socket → meshd's upstream socket of the same connection. The reply verdict is
+/// attached here: every byte arriving on one of these upstream sockets passes through it.
 #[map]
 pub static SPLICE_TO: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS, 0);
+
+/// Upstream socket cookie → the SOCKHASH key of meshd's accepted socket of the same connection,
+/// the one replies are spliced out of. Written by meshd only, before the upstream socket joins
+/// `SPLICE_TO`.
+#[map]
+pub static REPLY_TO: HashMap<u64, SockPair> = HashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Upstream socket cookie → reply bytes meshd has written to its accepted socket. Written by
+/// meshd only; when it equals the handed count of `REPLY_COUNTS`, meshd holds none of the
+/// replies, and the verdict splices the next ones.
+#[map]
+pub static REPLY_FORWARDED: HashMap<u64, u64> = HashMap::with_max_entries(CONNECTIONS, 0);
+
+/// Upstream socket cookie → reply bytes the verdict handed to meshd and spliced past it.
+/// Created by meshd at zero, then written by the verdict only.
+#[map]
+pub static REPLY_COUNTS: HashMap<u64, SpliceCounts> = HashMap::with_max_entries(CONNECTIONS, 0);
 
 /// Cookie of each of meshd's own sockets → its counters.
 #[map]

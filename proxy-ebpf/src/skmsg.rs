@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie,
     programs::SkMsgContext,
 };
-use proxy_common::{AF_INET, AF_INET6, CFG_SPLICE, Counter, SockPair, SpliceCounts};
+use proxy_common::{AF_INET, AF_INET6, CFG_SPLICE, ConnStats, Counter, SockPair, SpliceCounts};
 
 use crate::{
     counters::bump,
@@ -73,20 +73,20 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
         .is_some_and(|c| c.flags & CFG_SPLICE != 0 && c.outbound_port == me.remote_port);
     if workload_side && splice(ctx, &me, size) {
         bump(Counter::Splice);
-        account(&peer, size, false);
+        received(&peer, size);
         return Ok(SK_PASS);
     }
-    let ret = SOCKHASH.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64);
-    if ret == SK_PASS as i64 {
+    let redirected = SOCKHASH.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64;
+    if redirected {
         bump(Counter::SockmapRedirect);
-        account(&me, size, true);
-        account(&peer, size, false);
+        received(&peer, size);
         if workload_side {
             handed(&me, size);
         }
     } else {
         bump(Counter::SockmapMiss);
     }
+    sent(&me, size, redirected);
     Ok(SK_PASS)
 }
 
@@ -139,24 +139,39 @@ fn counts(me: &SockPair) -> Option<*mut SpliceCounts> {
     HANDED.get_ptr_mut(me)
 }
 
-/// Count a redirected message against meshd's socket at either end of the hop.
+/// meshd's counters for its socket with this 4-tuple; `None` for a workload's socket.
 #[inline(always)]
-fn account(pair: &SockPair, size: u64, sent: bool) {
+fn meshd_stats(pair: &SockPair) -> Option<*mut ConnStats> {
     // SAFETY: read-only lookup, copied out.
-    let Some(cookie) = (unsafe { PAIR_COOKIE.get(pair) }).copied() else {
-        return;
-    };
-    let Some(stats) = CONN_STATS.get_ptr_mut(cookie) else {
-        return;
-    };
-    // SAFETY: per-CPU value; only this CPU writes it during the program run.
-    unsafe {
-        if sent {
-            (*stats).tx_bytes += size;
-            (*stats).tx_packets += 1;
-        } else {
+    let cookie = (unsafe { PAIR_COOKIE.get(pair) }).copied()?;
+    CONN_STATS.get_ptr_mut(cookie)
+}
+
+/// Counts a message redirected into meshd's socket.
+#[inline(always)]
+fn received(pair: &SockPair, size: u64) {
+    if let Some(stats) = meshd_stats(pair) {
+        // SAFETY: per-CPU value; only this CPU writes it during the program run.
+        unsafe {
             (*stats).rx_bytes += size;
             (*stats).rx_packets += 1;
+        }
+    }
+}
+
+/// Counts a message sent from meshd's socket: every one in `msg_sent_bytes` (meshd waits on it
+/// before closing a connection whose replies the kernel spliced), redirected ones as traffic
+/// too (the others are counted by cgroup_skb on their way out).
+#[inline(always)]
+fn sent(me: &SockPair, size: u64, redirected: bool) {
+    if let Some(stats) = meshd_stats(me) {
+        // SAFETY: as in `received`.
+        unsafe {
+            (*stats).msg_sent_bytes += size;
+            if redirected {
+                (*stats).tx_bytes += size;
+                (*stats).tx_packets += 1;
+            }
         }
     }
 }

@@ -113,6 +113,7 @@ fn probes() -> Vec<Probe> {
         ("program cgroup_sock_addr", ProgramType::CgroupSockAddr),
         ("program sock_ops", ProgramType::SockOps),
         ("program sk_msg", ProgramType::SkMsg),
+        ("program sk_skb", ProgramType::SkSkb),
         ("program cgroup_sockopt", ProgramType::CgroupSockopt),
         ("program cgroup_skb", ProgramType::CgroupSkb),
     ] {

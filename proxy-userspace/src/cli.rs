@@ -62,9 +62,9 @@ pub struct RunArgs {
     /// reader is woken without data (see the README); event-driven workloads are unaffected.
     #[arg(long, env = "MESHD_SOCKMAP", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub sockmap: bool,
-    /// With the sockmap, send an opaque (L4) connection's bytes from the workload straight out
-    /// of meshd's upstream socket in the kernel, once meshd holds none of them; meshd carries
-    /// the other direction.
+    /// With the sockmap, move an opaque (L4) connection's bytes in the kernel, both ways: the
+    /// workload's straight out of meshd's upstream socket, the replies straight back to the
+    /// workload, each direction once meshd holds none of its bytes.
     #[arg(long, env = "MESHD_SPLICE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub splice: bool,
     /// Without the sockmap, relay an opaque (L4) connection with splice(2), so its bytes move

@@ -157,7 +157,8 @@ impl Metrics {
             Opts::new(
                 "meshd_ebpf_events_total",
                 "Datapath events counted in the kernel: redirect, excluded, fail_open, fail_closed, \
-                 sockmap_redirect, sockmap_miss, orig_dst_hit, orig_dst_miss",
+                 sockmap_redirect, sockmap_miss, orig_dst_hit, orig_dst_miss, sockmap_splice, \
+                 sockmap_reply_splice",
             ),
             &["event"],
         )

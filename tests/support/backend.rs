@@ -11,6 +11,11 @@ use std::{
     thread,
 };
 
+/// `len` bytes counting 0..=250 over and over: data whose every byte depends on its offset.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
 pub struct Backend {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -52,6 +57,26 @@ impl Backend {
             }
             let _ = s.shutdown(std::net::Shutdown::Write);
         })
+    }
+
+    /// Speaks first: sends `len` bytes of `pattern` as soon as it accepts, then half-closes and
+    /// waits for the client to close.
+    pub fn speaks_first(bind: &str, len: usize) -> Backend {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let _ = s.write_all(&pattern(len));
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let _ = s.read_to_end(&mut Vec::new());
+                });
+            }
+        });
+        Backend { addr, accepted }
     }
 
     /// Answers every HTTP request with `200 hello from the backend`.

@@ -33,6 +33,8 @@ pub struct Counters {
     pub sockmap_miss: u64,
     /// sk_msg sends of a workload spliced straight out of meshd's upstream socket.
     pub splice: u64,
+    /// Replies the upstream socket's verdict spliced straight back to the workload.
+    pub reply_splice: u64,
 }
 
 pub struct Meshd {
@@ -164,6 +166,7 @@ impl Meshd {
             sockmap_redirect: event(&body, "sockmap_redirect"),
             sockmap_miss: event(&body, "sockmap_miss"),
             splice: event(&body, "sockmap_splice"),
+            reply_splice: event(&body, "sockmap_reply_splice"),
         })
     }
 

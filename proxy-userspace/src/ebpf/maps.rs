@@ -12,7 +12,7 @@ pub struct DatapathMaps {
     pub(super) heartbeat: Mutex<Array<MapData, u64>>,
     pub(super) managed: Mutex<HashMap<MapData, u64, WorkloadRef>>,
     pub(super) orig_by_tuple: HashMap<MapData, NetnsEndpoint, OrigDst>,
-    pub(super) conn_stats: Mutex<PerCpuHashMap<MapData, u64, ConnStats>>,
+    pub(super) conn_stats: std::sync::Arc<Mutex<PerCpuHashMap<MapData, u64, ConnStats>>>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     /// PeerAuthentication and connect-time DENY maps.
     pub(super) policy: std::sync::Arc<super::PolicyMaps>,

@@ -8,14 +8,18 @@ mod object;
 mod policy;
 mod splice;
 
-use std::{fs::File, path::Path, sync::Arc};
+use std::{
+    fs::File,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, SockHash, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockopt,
-        ProgramError, SkMsg, SockOps,
+        ProgramError, SkMsg, SkSkb, SockOps,
     },
 };
 use proxy_common::{
@@ -143,13 +147,21 @@ impl Datapath {
             }
         }
 
+        let conn_stats = Arc::new(std::sync::Mutex::new(take::<
+            PerCpuHashMap<MapData, u64, proxy_common::ConnStats>,
+        >(
+            &mut ebpf, names::CONN_STATS
+        )?));
+        let splice = if settings.kernel_splice() {
+            Some(Arc::new(splice_maps(&mut ebpf, conn_stats.clone())?))
+        } else {
+            None
+        };
         let maps = Arc::new(DatapathMaps {
             heartbeat: std::sync::Mutex::new(take(&mut ebpf, names::HEARTBEAT)?),
             managed: std::sync::Mutex::new(take(&mut ebpf, names::MANAGED)?),
             orig_by_tuple: take(&mut ebpf, names::ORIG_BY_TUPLE)?,
-            conn_stats: std::sync::Mutex::new(take::<
-                PerCpuHashMap<MapData, u64, proxy_common::ConnStats>,
-            >(&mut ebpf, names::CONN_STATS)?),
+            conn_stats,
             counters: take::<PerCpuArray<MapData, u64>>(&mut ebpf, names::COUNTERS)?,
             policy: Arc::new(PolicyMaps {
                 peer_auth: std::sync::Mutex::new(take(&mut ebpf, policy_names::PEER_AUTH)?),
@@ -157,15 +169,7 @@ impl Datapath {
                 counters: take(&mut ebpf, policy_names::POLICY_COUNTERS)?,
             }),
             on_enrol: std::sync::OnceLock::new(),
-            splice: if settings.kernel_splice() {
-                Some(Arc::new(SpliceMaps {
-                    to: std::sync::Mutex::new(take(&mut ebpf, names::SPLICE_TO)?),
-                    forwarded: std::sync::Mutex::new(take(&mut ebpf, names::FORWARDED)?),
-                    handed: std::sync::Mutex::new(take(&mut ebpf, names::HANDED)?),
-                }))
-            } else {
-                None
-            },
+            splice,
         });
         // Beat once before attaching, so the first connects are redirected, not failed open.
         maps.beat();
@@ -192,6 +196,27 @@ impl Datapath {
             maps,
         })
     }
+}
+
+/// The kernel splice's maps, with the reply verdict attached to the upstream sockets' map.
+fn splice_maps(
+    ebpf: &mut Ebpf,
+    conn_stats: Arc<std::sync::Mutex<PerCpuHashMap<MapData, u64, proxy_common::ConnStats>>>,
+) -> Result<SpliceMaps, DatapathError> {
+    let to: SockHash<MapData, SockPair> = take(ebpf, names::SPLICE_TO)?;
+    let name = "meshd_reply";
+    let verdict: &mut SkSkb = program(ebpf, name)?;
+    verdict.load().map_err(prog_err(name, "load"))?;
+    verdict.attach(to.fd()).map_err(prog_err(name, "attach"))?;
+    Ok(SpliceMaps {
+        to: Mutex::new(to),
+        forwarded: Mutex::new(take(ebpf, names::FORWARDED)?),
+        handed: Mutex::new(take(ebpf, names::HANDED)?),
+        reply_to: Mutex::new(take(ebpf, names::REPLY_TO)?),
+        reply_forwarded: Mutex::new(take(ebpf, names::REPLY_FORWARDED)?),
+        reply_counts: Mutex::new(take(ebpf, names::REPLY_COUNTS)?),
+        conn_stats,
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
@@ -259,6 +284,7 @@ pub fn verify_programs() -> Result<usize, DatapathError> {
             aya::programs::Program::CgroupSockAddr(p) => p.load(),
             aya::programs::Program::SockOps(p) => p.load(),
             aya::programs::Program::SkMsg(p) => p.load(),
+            aya::programs::Program::SkSkb(p) => p.load(),
             aya::programs::Program::CgroupSockopt(p) => p.load(),
             aya::programs::Program::CgroupSkb(p) => p.load(),
             _ => Ok(()),

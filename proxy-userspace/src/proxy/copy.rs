@@ -1,8 +1,7 @@
 //! Carrying an opaque connection both ways until both sides have closed. Each direction copies
 //! through a buffer; while its sender streams (a read fills the buffer) it can move the bytes
-//! with splice(2) instead, and it goes back to copying when the sender sends little. With a
-//! kernel splice, meshd reports each write of the workload's bytes, so the kernel can take that
-//! direction over as soon as meshd holds none of them.
+//! with splice(2) instead, and it goes back to copying when the sender sends little. (A
+//! connection the kernel splices is carried by `spliced`.)
 
 use std::{io, net::Shutdown};
 
@@ -10,22 +9,12 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::zero_copy::Pipe;
-use crate::ebpf::Splice;
 
 /// Copy buffer per direction; large enough for bulk transfers to stay cheap.
 pub const COPY_BUF: usize = 64 * 1024;
 
 /// A splice that moves less than this goes back to copying: for small sends a copy costs less.
 const SMALL_SPLICE: usize = 4096;
-
-/// How a connection's bytes are carried.
-#[derive(Clone, Copy)]
-pub enum Carry<'a> {
-    /// Through meshd's buffers, with splice(2) while a sender streams if `zero_copy`.
-    Relay { zero_copy: bool },
-    /// The workload's direction handed to the kernel's sockmap splice when meshd catches up.
-    KernelSplice(&'a Splice),
-}
 
 /// What one direction carried.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,38 +25,18 @@ pub struct Carried {
     pub zero_copy: u64,
 }
 
-/// What was carried to the upstream and to the downstream.
+/// What was carried to the upstream and to the downstream; with `zero_copy`, streams move
+/// with splice(2).
 pub async fn both_ways(
     down: &TcpStream,
     up: &TcpStream,
-    carry: Carry<'_>,
+    zero_copy: bool,
 ) -> io::Result<(Carried, Carried)> {
-    match carry {
-        Carry::Relay { zero_copy } => tokio::try_join!(
-            one_way(down, up, zero_copy, |_| {}),
-            one_way(up, down, zero_copy, |_| {})
-        ),
-        Carry::KernelSplice(splice) => {
-            // Each write of the workload's bytes is published, so the kernel can take the
-            // direction over as soon as meshd holds none of them.
-            let (mut to_up, to_down) = tokio::try_join!(
-                one_way(down, up, false, |total| splice.forwarded(total)),
-                one_way(up, down, false, |_| {})
-            )?;
-            to_up.bytes += splice.spliced();
-            Ok((to_up, to_down))
-        }
-    }
+    tokio::try_join!(one_way(down, up, zero_copy), one_way(up, down, zero_copy))
 }
 
-/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing. After
-/// each write, `forwarded` gets the total written so far.
-async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    zero_copy: bool,
-    mut forwarded: impl FnMut(u64),
-) -> io::Result<Carried> {
+/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing.
+async fn one_way(from: &TcpStream, to: &TcpStream, zero_copy: bool) -> io::Result<Carried> {
     let mut buf = vec![0u8; COPY_BUF];
     let mut pipe: Option<Pipe> = None;
     let mut splicing = false;
@@ -99,12 +68,11 @@ async fn one_way(
             return Ok(total);
         }
         total.bytes += n as u64;
-        forwarded(total.bytes);
     }
 }
 
 /// Reads what `from` has (waiting for something); 0 means it has ended.
-async fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) async fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         from.readable().await?;
         match from.try_read(buf) {
@@ -114,7 +82,7 @@ async fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub(super) async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         match to.try_write(data) {
             Ok(n) => data = &data[n..],
@@ -147,8 +115,7 @@ mod tests {
     async fn relay_a_stream(zero_copy: bool) {
         let (mut client, down) = pair().await;
         let (up, mut server) = pair().await;
-        let relay =
-            tokio::spawn(async move { both_ways(&down, &up, Carry::Relay { zero_copy }).await });
+        let relay = tokio::spawn(async move { both_ways(&down, &up, zero_copy).await });
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let send = payload.clone();
         let client = tokio::spawn(async move {
@@ -199,10 +166,7 @@ mod tests {
     async fn a_reset_ends_the_relay_with_an_error() {
         let (client, down) = pair().await;
         let (up, _server) = pair().await;
-        let relay =
-            tokio::spawn(
-                async move { both_ways(&down, &up, Carry::Relay { zero_copy: true }).await },
-            );
+        let relay = tokio::spawn(async move { both_ways(&down, &up, true).await });
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))
             .unwrap();

@@ -7,6 +7,7 @@ pub mod http;
 pub mod outbound;
 pub mod sniff;
 pub mod sockopt;
+pub mod spliced;
 pub mod zero_copy;
 
 pub use connections::{ConnectionInfo, Connections};

@@ -13,11 +13,11 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{
     connections::{ConnectionInfo, Connections, unix_ms},
-    copy::{self, COPY_BUF, Carry},
+    copy::{self, COPY_BUF},
     fairness::Shed,
     http::{self, Counter, HttpContext, UpstreamError, connect_upstream},
     sniff::{self, Detected},
-    sockopt,
+    sockopt, spliced,
 };
 use crate::{
     drain,
@@ -357,13 +357,18 @@ async fn proxy(
     let splice = ctx.maps.splice(&down, &up);
     debug!(workload = workload.as_deref().unwrap_or("-"), %dst, spliced = splice.is_some(), "proxying");
 
-    let carry = match &splice {
-        Some(s) => Carry::KernelSplice(s),
-        None => Carry::Relay {
-            zero_copy: ctx.zero_copy,
-        },
+    // One side reset: so does the other, as it would without meshd in between.
+    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
+    let copied = match &splice {
+        Some(s) => spliced::both_ways(&down, up, s).await,
+        None => {
+            let copied = copy::both_ways(&down, &up, ctx.zero_copy).await;
+            if copied.as_ref().is_err_and(reset) {
+                sockopt::set_reset_on_close(&up);
+            }
+            copied
+        }
     };
-    let copied = copy::both_ways(&down, &up, carry).await;
     let (to_up, to_down) = match copied {
         Ok((up, down)) => {
             ctx.metrics.zero_copy_bytes(up.zero_copy, down.zero_copy);
@@ -371,10 +376,8 @@ async fn proxy(
         }
         Err(e) => {
             debug!(error = %e, "connection ended with an error");
-            if e.kind() == std::io::ErrorKind::ConnectionReset {
-                // One side reset: so does the other, as it would without meshd in between.
+            if reset(&e) {
                 sockopt::set_reset_on_close(&down);
-                sockopt::set_reset_on_close(&up);
             }
             (0, 0)
         }

@@ -153,6 +153,7 @@ fn measure(meshd: &Path, out: &Path, rounds: u32, warmup: u32) -> Result<Measure
         sockmap_redirect: after.sockmap_redirect - before.sockmap_redirect,
         sockmap_miss: after.sockmap_miss - before.sockmap_miss,
         splice: after.splice - before.splice,
+        reply_splice: after.reply_splice - before.reply_splice,
     };
 
     let mut enrolments = Vec::new();
@@ -346,8 +347,12 @@ fn markdown(
     }
     let _ = writeln!(
         t,
-        "\nKernel counters during the pod case: {} redirects, {} sk_msg redirects, {} sk_msg misses, {} spliced sends.\n",
-        counters.redirect, counters.sockmap_redirect, counters.sockmap_miss, counters.splice
+        "\nKernel counters during the pod case: {} redirects, {} sk_msg redirects, {} sk_msg misses, {} spliced sends, {} spliced replies.\n",
+        counters.redirect,
+        counters.sockmap_redirect,
+        counters.sockmap_miss,
+        counters.splice,
+        counters.reply_splice
     );
     let _ = writeln!(
         t,

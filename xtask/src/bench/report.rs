@@ -38,6 +38,7 @@ impl<T> Measured<T> {
         sum.sockmap_redirect += c.sockmap_redirect;
         sum.sockmap_miss += c.sockmap_miss;
         sum.splice += c.splice;
+        sum.reply_splice += c.reply_splice;
     }
 
     /// The median over repeats of `f(case a) / f(case b)` within each repeat (`None`: direct).
@@ -234,9 +235,9 @@ impl Results {
         );
         let _ = writeln!(
             s,
-            "| meshd run | redirect | sockmap_redirect | sockmap_miss | sockmap_splice |"
+            "| meshd run | redirect | sockmap_redirect | sockmap_miss | sockmap_splice | sockmap_reply_splice |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
         let runs = self.echo.names.iter().zip(&self.echo.counters);
         let runs = runs
             .map(|(n, c)| ("echo", n, c))
@@ -244,8 +245,8 @@ impl Results {
         for (what, name, c) in runs {
             let _ = writeln!(
                 s,
-                "| {what}: {name} | {} | {} | {} | {} |",
-                c.redirect, c.sockmap_redirect, c.sockmap_miss, c.splice
+                "| {what}: {name} | {} | {} | {} | {} | {} |",
+                c.redirect, c.sockmap_redirect, c.sockmap_miss, c.splice, c.reply_splice
             );
         }
         s
