@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash},
 };
 use proxy_common::{
-    ConnStats, Counter, Ipv4Prefix, Ipv6Prefix, NetnsEndpoint, OrigDst, ProxyConfig, SockPair,
-    SpliceCounts, WorkloadRef,
+    ConnStats, Counter, Ipv4Prefix, Ipv6Prefix, NetnsEndpoint, OrigDst, ProxyConfig, ReplyTo,
+    SockPair, SpliceCounts, WorkloadRef,
 };
 
 /// How many connections the per-connection maps track before LRU eviction.
@@ -70,17 +70,12 @@ pub static FORWARDED: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(C
 #[map]
 pub static SPLICE_TO: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS, 0);
 
-/// Upstream socket cookie → the SOCKHASH key of meshd's accepted socket of the same connection,
-/// the one replies are spliced out of. Written by meshd only, before the upstream socket joins
-/// `SPLICE_TO`.
+/// Upstream socket cookie → meshd's accepted socket of the same connection (the replies' way
+/// out) and the reply bytes meshd has written to it. Written by meshd only, first before the
+/// upstream socket joins `SPLICE_TO`; when its count equals the handed count of
+/// `REPLY_COUNTS`, meshd holds none of the replies, and the verdict splices the next ones.
 #[map]
-pub static REPLY_TO: HashMap<u64, SockPair> = HashMap::with_max_entries(CONNECTIONS, 0);
-
-/// Upstream socket cookie → reply bytes meshd has written to its accepted socket. Written by
-/// meshd only; when it equals the handed count of `REPLY_COUNTS`, meshd holds none of the
-/// replies, and the verdict splices the next ones.
-#[map]
-pub static REPLY_FORWARDED: HashMap<u64, u64> = HashMap::with_max_entries(CONNECTIONS, 0);
+pub static REPLY_TO: HashMap<u64, ReplyTo> = HashMap::with_max_entries(CONNECTIONS, 0);
 
 /// Upstream socket cookie → reply bytes the verdict handed to meshd and spliced past it.
 /// Created by meshd at zero, then written by the verdict only.

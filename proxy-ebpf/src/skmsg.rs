@@ -14,7 +14,10 @@ use aya_ebpf::{
     helpers::bpf_get_netns_cookie,
     programs::SkMsgContext,
 };
-use proxy_common::{AF_INET, AF_INET6, CFG_SPLICE, ConnStats, Counter, SockPair, SpliceCounts};
+use proxy_common::{
+    AF_INET, AF_INET6, CFG_SPLICE, ConnStats, Counter, SockPair, SpliceCounts,
+    decide::{HopSide, hop_side},
+};
 
 use crate::{
     counters::bump,
@@ -66,12 +69,16 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
     };
     let size = size as u64;
     let mut peer = me.peer();
-    // Splicing concerns the workload's end of the hop, the one whose peer is meshd's outbound
-    // port; with splicing off nothing is counted.
-    let workload_side = CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & CFG_SPLICE != 0 && c.outbound_port == me.remote_port);
-    if workload_side && splice(ctx, &me, size) {
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok(SK_PASS);
+    };
+    // Only hop sockets are in the SOCKHASH: the workload's end (its peer is meshd's outbound
+    // port) or meshd's. Each end's counters live with meshd's socket of the hop.
+    let workload_side =
+        hop_side(me.local_port, me.remote_port, cfg.outbound_port) == HopSide::Workload;
+    // Splicing concerns the workload's end; with splicing off nothing is counted.
+    let splicing = workload_side && cfg.flags & CFG_SPLICE != 0;
+    if splicing && splice(ctx, &me, size) {
         bump(Counter::Splice);
         received(&peer, size);
         return Ok(SK_PASS);
@@ -79,14 +86,17 @@ pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
     let redirected = SOCKHASH.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64;
     if redirected {
         bump(Counter::SockmapRedirect);
-        received(&peer, size);
-        if workload_side {
-            handed(&me, size);
-        }
     } else {
         bump(Counter::SockmapMiss);
     }
-    sent(&me, size, redirected);
+    if !workload_side {
+        sent(&me, size, redirected);
+    } else if redirected {
+        received(&peer, size);
+        if splicing {
+            handed(&me, size);
+        }
+    }
     Ok(SK_PASS)
 }
 

@@ -213,7 +213,6 @@ fn splice_maps(
         forwarded: Mutex::new(take(ebpf, names::FORWARDED)?),
         handed: Mutex::new(take(ebpf, names::HANDED)?),
         reply_to: Mutex::new(take(ebpf, names::REPLY_TO)?),
-        reply_forwarded: Mutex::new(take(ebpf, names::REPLY_FORWARDED)?),
         reply_counts: Mutex::new(take(ebpf, names::REPLY_COUNTS)?),
         conn_stats,
     })

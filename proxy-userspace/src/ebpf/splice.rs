@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData, PerCpuHashMap, SockHash};
-use proxy_common::{AF_INET, AF_INET6, ConnStats, SockPair, SpliceCounts};
+use proxy_common::{AF_INET, AF_INET6, ConnStats, ReplyTo, SockPair, SpliceCounts};
 
 use super::endpoint_of;
 use crate::proxy::sockopt;
@@ -19,8 +19,7 @@ pub struct SpliceMaps {
     pub(super) to: Mutex<SockHash<MapData, SockPair>>,
     pub(super) forwarded: Mutex<HashMap<MapData, SockPair, u64>>,
     pub(super) handed: Mutex<HashMap<MapData, SockPair, SpliceCounts>>,
-    pub(super) reply_to: Mutex<HashMap<MapData, u64, SockPair>>,
-    pub(super) reply_forwarded: Mutex<HashMap<MapData, u64, u64>>,
+    pub(super) reply_to: Mutex<HashMap<MapData, u64, ReplyTo>>,
     pub(super) reply_counts: Mutex<HashMap<MapData, u64, SpliceCounts>>,
     pub(super) conn_stats: Arc<Mutex<PerCpuHashMap<MapData, u64, ConnStats>>>,
 }
@@ -32,8 +31,9 @@ pub struct Splice {
     key: SockPair,
     /// meshd's upstream socket, whose replies the verdict splices.
     up: u64,
-    /// meshd's accepted socket, the replies' way out.
+    /// meshd's accepted socket, the replies' way out: its cookie and its SOCKHASH key.
     down: u64,
+    down_key: SockPair,
 }
 
 /// A socket's key on a hop: its own address first, then its peer's.
@@ -68,6 +68,7 @@ impl SpliceMaps {
             key: pair_of(workload, listener, netns),
             up: sockopt::cookie(up).ok()?,
             down: sockopt::cookie(down).ok()?,
+            down_key: pair_of(listener, workload, netns),
         };
         // The reply state first: the verdict starts with the upstream socket's entry in
         // SPLICE_TO, and judges from its first byte on.
@@ -76,15 +77,7 @@ impl SpliceMaps {
             .lock()
             .expect(LOCK)
             .insert(splice.up, SpliceCounts::default(), 0)
-            .and_then(|()| {
-                let mut m = self.reply_forwarded.lock().expect(LOCK);
-                m.insert(splice.up, 0, 0)
-            })
-            .and_then(|()| {
-                let down_key = pair_of(listener, workload, netns);
-                let mut m = self.reply_to.lock().expect(LOCK);
-                m.insert(splice.up, down_key, 0)
-            })
+            .and_then(|()| splice.reply_to(0))
             .and_then(|()| {
                 let mut m = self.forwarded.lock().expect(LOCK);
                 m.insert(splice.key, 0, 0)
@@ -120,10 +113,21 @@ impl Splice {
 
     /// Records that meshd has written `total` reply bytes to the workload.
     pub fn reply_forwarded(&self, total: u64) {
-        let mut m = self.maps.reply_forwarded.lock().expect(LOCK);
-        if let Err(e) = m.insert(self.up, total, 0) {
+        if let Err(e) = self.reply_to(total) {
             tracing::debug!(error = %e, "could not record forwarded replies for splicing");
         }
+    }
+
+    fn reply_to(&self, forwarded: u64) -> Result<(), aya::maps::MapError> {
+        let to = ReplyTo {
+            down: self.down_key,
+            forwarded,
+        };
+        self.maps
+            .reply_to
+            .lock()
+            .expect(LOCK)
+            .insert(self.up, to, 0)
     }
 
     /// Reply bytes the kernel sent to the workload without meshd.
@@ -148,12 +152,6 @@ impl Drop for Splice {
         let _ = self.maps.to.lock().expect(LOCK).remove(&self.key);
         let _ = self.maps.handed.lock().expect(LOCK).remove(&self.key);
         let _ = self.maps.reply_to.lock().expect(LOCK).remove(&self.up);
-        let _ = self
-            .maps
-            .reply_forwarded
-            .lock()
-            .expect(LOCK)
-            .remove(&self.up);
         let _ = self.maps.reply_counts.lock().expect(LOCK).remove(&self.up);
     }
 }
