@@ -58,10 +58,7 @@ pub fn client(addr: SocketAddr, bytes: u64) -> Result<()> {
         left -= n as u64;
     }
     stream.shutdown(Shutdown::Write)?;
-    let mut ack = [0u8; 8];
-    stream
-        .read_exact(&mut ack)
-        .context("reading the sink's byte count")?;
+    let ack = read_ack(&mut stream).context("reading the sink's byte count")?;
     let nanos = start.elapsed().as_nanos().max(1) as u64;
     let received = u64::from_le_bytes(ack);
     if received != bytes {
@@ -70,4 +67,22 @@ pub fn client(addr: SocketAddr, bytes: u64) -> Result<()> {
     let per_sec = (bytes as f64 * 1e9 / nanos as f64) as u64;
     println!(r#"{{"bytes":{bytes},"nanos":{nanos},"bytes_per_sec":{per_sec}}}"#);
     Ok(())
+}
+
+/// Reads the sink's 8-byte count within 30 s. A blocking socket in a sockmap can fail a read
+/// with EAGAIN when it is woken without data (by the acknowledgement of its own FIN, say): that
+/// read is tried again.
+fn read_ack(stream: &mut TcpStream) -> std::io::Result<[u8; 8]> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ack = [0u8; 8];
+    let mut got = 0;
+    while got < ack.len() {
+        match stream.read(&mut ack[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ack)
 }
