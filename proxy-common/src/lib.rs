@@ -120,16 +120,6 @@ pub struct SpliceCounts {
     pub spliced: u64,
 }
 
-/// Where a spliced connection's replies leave, and how many reply bytes meshd has written
-/// there itself: the SOCKHASH key of meshd's accepted socket, and a running total. Written by
-/// meshd only, keyed by the upstream socket's cookie.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReplyTo {
-    pub down: SockPair,
-    pub forwarded: u64,
-}
-
 /// Per-socket counters for meshd's own sockets (downstream accepted and upstream connected),
 /// kept in a per-CPU LRU hash keyed by socket cookie.
 ///
@@ -153,9 +143,6 @@ pub struct ConnStats {
     /// `bytes_received`).
     pub bytes_acked: u64,
     pub bytes_received: u64,
-    /// Payload bytes sk_msg saw this socket send, redirected or not: every byte meshd wrote on
-    /// a socket in the SOCKHASH, and every reply byte the kernel spliced out of it.
-    pub msg_sent_bytes: u64,
 }
 
 /// Index of each counter in the per-CPU `COUNTERS` array.
@@ -238,6 +225,8 @@ pub mod maps {
     pub const FORWARDED: &str = "FORWARDED";
     pub const SPLICE_TO: &str = "SPLICE_TO";
     pub const REPLY_TO: &str = "REPLY_TO";
+    pub const REPLY_FORWARDED: &str = "REPLY_FORWARDED";
+    pub const REPLY_SENT: &str = "REPLY_SENT";
     pub const REPLY_COUNTS: &str = "REPLY_COUNTS";
     pub const COUNTERS: &str = "COUNTERS";
 }
@@ -249,9 +238,8 @@ const _: () = {
     assert!(core::mem::size_of::<OrigDst>() == 32);
     assert!(core::mem::size_of::<SockPair>() == 56);
     assert!(core::mem::size_of::<NetnsEndpoint>() == 32);
-    assert!(core::mem::size_of::<ConnStats>() == 72);
+    assert!(core::mem::size_of::<ConnStats>() == 64);
     assert!(core::mem::size_of::<SpliceCounts>() == 16);
-    assert!(core::mem::size_of::<ReplyTo>() == 64);
 };
 
 #[cfg(feature = "user")]
@@ -266,7 +254,6 @@ mod pod {
     unsafe impl aya::Pod for SockPair {}
     unsafe impl aya::Pod for NetnsEndpoint {}
     unsafe impl aya::Pod for ConnStats {}
-    unsafe impl aya::Pod for ReplyTo {}
     unsafe impl aya::Pod for SpliceCounts {}
 }
 

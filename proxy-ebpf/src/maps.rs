@@ -1,12 +1,13 @@
 //! Every map the programs share with each other and with userspace, declared once.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash},
 };
 use proxy_common::{
-    ConnStats, Counter, Ipv4Prefix, Ipv6Prefix, NetnsEndpoint, OrigDst, ProxyConfig, ReplyTo,
-    SockPair, SpliceCounts, WorkloadRef,
+    ConnStats, Counter, Ipv4Prefix, Ipv6Prefix, NetnsEndpoint, OrigDst, ProxyConfig, SockPair,
+    SpliceCounts, WorkloadRef,
 };
 
 /// How many connections the per-connection maps track before LRU eviction.
@@ -49,12 +50,14 @@ pub static ORIG_BY_TUPLE: LruHashMap<NetnsEndpoint, OrigDst> =
 #[map]
 pub static SOCKHASH: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS, 0);
 
-/// Socket 4-tuple → cookie for meshd's sockets in the SOCKHASH (sk_msg cannot read cookies).
+/// Socket 4-tuple → cookie for meshd's sockets in the SOCKHASH (sk_msg cannot read cookies),
+/// and only for those.
 #[map]
 pub static PAIR_COOKIE: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
 
 /// Workload socket (its 4-tuple on the hop) → bytes sk_msg handed to meshd and bytes it
-/// spliced to meshd's upstream socket. Written by sk_msg only.
+/// spliced to meshd's upstream socket. Created by sockops for a workload socket in the
+/// SOCKHASH, then written by sk_msg only.
 #[map]
 pub static HANDED: LruHashMap<SockPair, SpliceCounts> =
     LruHashMap::with_max_entries(CONNECTIONS, 0);
@@ -62,25 +65,44 @@ pub static HANDED: LruHashMap<SockPair, SpliceCounts> =
 /// Workload socket → bytes meshd has forwarded upstream from it. Written by meshd only, once
 /// the upstream socket is in `SPLICE_TO`; when it equals the handed count, meshd holds none of
 /// the workload's bytes, and sk_msg sends the next ones straight out of the upstream socket.
+///
+/// The maps meshd rewrites while a program reads them are not preallocated: a preallocated
+/// element replaced by an update is reused at once, and a program holding it could read
+/// another key's value; these are freed only after every reader is done.
 #[map]
-pub static FORWARDED: LruHashMap<SockPair, u64> = LruHashMap::with_max_entries(CONNECTIONS, 0);
+pub static FORWARDED: HashMap<SockPair, u64> =
+    HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
 
 /// Workload socket → meshd's upstream socket of the same connection. The reply verdict is
 /// attached here: every byte arriving on one of these upstream sockets passes through it.
 #[map]
 pub static SPLICE_TO: SockHash<SockPair> = SockHash::with_max_entries(CONNECTIONS, 0);
 
-/// Upstream socket cookie → meshd's accepted socket of the same connection (the replies' way
-/// out) and the reply bytes meshd has written to it. Written by meshd only, first before the
-/// upstream socket joins `SPLICE_TO`; when its count equals the handed count of
-/// `REPLY_COUNTS`, meshd holds none of the replies, and the verdict splices the next ones.
+/// Upstream socket cookie → the SOCKHASH key of meshd's accepted socket of the same connection,
+/// the replies' way out. Written once by meshd, before the upstream socket joins `SPLICE_TO`.
 #[map]
-pub static REPLY_TO: HashMap<u64, ReplyTo> = HashMap::with_max_entries(CONNECTIONS, 0);
+pub static REPLY_TO: HashMap<u64, SockPair> =
+    HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
+
+/// Upstream socket cookie → reply bytes meshd has written to the workload. Written by meshd
+/// only; when it equals the handed count of `REPLY_COUNTS`, meshd holds none of the replies,
+/// and the verdict splices the next ones.
+#[map]
+pub static REPLY_FORWARDED: HashMap<u64, u64> =
+    HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
+
+/// meshd's accepted socket of a spliced connection (its SOCKHASH key) → bytes sk_msg saw it
+/// send: meshd's writes and the spliced replies. Created by meshd with the splice; meshd waits
+/// on it before passing on the end of the replies.
+#[map]
+pub static REPLY_SENT: HashMap<SockPair, u64> =
+    HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
 
 /// Upstream socket cookie → reply bytes the verdict handed to meshd and spliced past it.
 /// Created by meshd at zero, then written by the verdict only.
 #[map]
-pub static REPLY_COUNTS: HashMap<u64, SpliceCounts> = HashMap::with_max_entries(CONNECTIONS, 0);
+pub static REPLY_COUNTS: HashMap<u64, SpliceCounts> =
+    HashMap::with_max_entries(CONNECTIONS, BPF_F_NO_PREALLOC);
 
 /// Cookie of each of meshd's own sockets → its counters.
 #[map]

@@ -8,11 +8,11 @@ use aya_ebpf::{
     EbpfContext, bindings::sk_action::SK_PASS, helpers::bpf_get_socket_cookie,
     programs::SkBuffContext,
 };
-use proxy_common::{Counter, ReplyTo};
+use proxy_common::Counter;
 
 use crate::{
     counters::bump,
-    maps::{REPLY_COUNTS, REPLY_TO, SOCKHASH},
+    maps::{REPLY_COUNTS, REPLY_FORWARDED, REPLY_TO, SOCKHASH},
 };
 
 pub fn try_reply(ctx: &SkBuffContext) -> u32 {
@@ -26,12 +26,13 @@ pub fn try_reply(ctx: &SkBuffContext) -> u32 {
     let Some(counts) = REPLY_COUNTS.get_ptr_mut(cookie) else {
         return SK_PASS;
     };
-    // SAFETY: read-only lookup, copied out.
-    let to = unsafe { REPLY_TO.get(cookie) }.copied();
+    // SAFETY: read-only lookups, copied out.
+    let forwarded = unsafe { REPLY_FORWARDED.get(cookie) }.copied();
+    let down = unsafe { REPLY_TO.get(cookie) }.copied();
     // SAFETY: the entry stays valid for the program run; verdicts on one socket run one at a
     // time (under its lock).
     unsafe {
-        if let Some(ReplyTo { mut down, forwarded }) = to
+        if let (Some(forwarded), Some(mut down)) = (forwarded, down)
             && (*counts).handed == forwarded
             // No BPF_F_INGRESS: sent out of meshd's accepted socket, in order after meshd's own
             // writes, by the kernel's socket work.

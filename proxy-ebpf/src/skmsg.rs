@@ -21,7 +21,7 @@ use proxy_common::{
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, CONN_STATS, FORWARDED, HANDED, PAIR_COOKIE, SOCKHASH, SPLICE_TO},
+    maps::{CONFIG, CONN_STATS, FORWARDED, HANDED, PAIR_COOKIE, REPLY_SENT, SOCKHASH, SPLICE_TO},
 };
 
 pub fn try_sk_msg(ctx: &SkMsgContext) -> Result<u32, u32> {
@@ -169,19 +169,23 @@ fn received(pair: &SockPair, size: u64) {
     }
 }
 
-/// Counts a message sent from meshd's socket: every one in `msg_sent_bytes` (meshd waits on it
-/// before closing a connection whose replies the kernel spliced), redirected ones as traffic
-/// too (the others are counted by cgroup_skb on their way out).
+/// Counts a message sent from meshd's socket: as traffic when redirected (cgroup_skb counts the
+/// others on their way out), and, for a spliced connection, in `REPLY_SENT` either way (meshd
+/// waits on it before passing on the end of the replies).
 #[inline(always)]
 fn sent(me: &SockPair, size: u64, redirected: bool) {
+    if let Some(total) = REPLY_SENT.get_ptr_mut(me) {
+        // SAFETY: sends on one socket run one at a time, under its lock.
+        unsafe { *total += size };
+    }
+    if !redirected {
+        return;
+    }
     if let Some(stats) = meshd_stats(me) {
         // SAFETY: as in `received`.
         unsafe {
-            (*stats).msg_sent_bytes += size;
-            if redirected {
-                (*stats).tx_bytes += size;
-                (*stats).tx_packets += 1;
-            }
+            (*stats).tx_bytes += size;
+            (*stats).tx_packets += 1;
         }
     }
 }

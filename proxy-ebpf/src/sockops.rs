@@ -117,12 +117,18 @@ fn established(ctx: &SockOpsContext, active: bool) {
             };
             let _ = ORIG_BY_TUPLE.insert(me, orig, 0);
             if sockmap {
-                if cfg.flags & CFG_SPLICE != 0 {
+                let splice = cfg.flags & CFG_SPLICE != 0;
+                if splice {
                     // A new connection counts from zero, whatever an earlier one with the same
                     // 4-tuple left behind.
                     let _ = HANDED.insert(pair, SpliceCounts::default(), 0);
                 }
-                let _ = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+                let joined = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+                if joined.is_err() && splice {
+                    // meshd offers a splice only for a workload socket with counts: one in
+                    // the SOCKHASH.
+                    let _ = HANDED.remove(pair);
+                }
             }
             let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
         }
@@ -130,7 +136,13 @@ fn established(ctx: &SockOpsContext, active: bool) {
             let _ = CONN_STATS.insert(cookie, ConnStats::default(), 0);
             if sockmap {
                 let _ = PAIR_COOKIE.insert(pair, cookie, 0);
-                let _ = SOCKHASH.update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64);
+                if SOCKHASH
+                    .update(&mut pair, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
+                    .is_err()
+                {
+                    // PAIR_COOKIE names meshd's sockets in the SOCKHASH, and only those.
+                    let _ = PAIR_COOKIE.remove(pair);
+                }
             }
             let _ = ctx.set_cb_flags(STATS_FLAGS);
         }

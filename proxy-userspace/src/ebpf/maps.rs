@@ -12,7 +12,7 @@ pub struct DatapathMaps {
     pub(super) heartbeat: Mutex<Array<MapData, u64>>,
     pub(super) managed: Mutex<HashMap<MapData, u64, WorkloadRef>>,
     pub(super) orig_by_tuple: HashMap<MapData, NetnsEndpoint, OrigDst>,
-    pub(super) conn_stats: std::sync::Arc<Mutex<PerCpuHashMap<MapData, u64, ConnStats>>>,
+    pub(super) conn_stats: Mutex<PerCpuHashMap<MapData, u64, ConnStats>>,
     pub(super) counters: PerCpuArray<MapData, u64>,
     /// PeerAuthentication and connect-time DENY maps.
     pub(super) policy: std::sync::Arc<super::PolicyMaps>,
@@ -84,14 +84,9 @@ impl DatapathMaps {
         )
     }
 
-    /// Offers meshd's upstream socket `up` to the kernel, to send the workload's bytes from the
-    /// far end of `down` straight out of it; `None` when splicing is off or refused.
-    pub fn splice(
-        &self,
-        down: &tokio::net::TcpStream,
-        up: &tokio::net::TcpStream,
-    ) -> Option<super::Splice> {
-        self.splice.as_ref()?.offer(down, up)
+    /// The kernel splice's maps; `None` when splicing is off.
+    pub fn splicing(&self) -> Option<&std::sync::Arc<super::SpliceMaps>> {
+        self.splice.as_ref()
     }
 
     /// The policy enforcement maps.

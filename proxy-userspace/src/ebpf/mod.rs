@@ -32,7 +32,7 @@ pub use heartbeat::{monotonic_ns, spawn_heartbeat};
 pub use maps::{ConnCounters, DatapathMaps};
 pub use object::EBPF_OBJECT;
 pub use policy::PolicyMaps;
-pub use splice::{Splice, SpliceMaps};
+pub use splice::{RawUp, Splice, SpliceMaps};
 
 use crate::settings::{FailMode, Settings};
 
@@ -147,13 +147,8 @@ impl Datapath {
             }
         }
 
-        let conn_stats = Arc::new(std::sync::Mutex::new(take::<
-            PerCpuHashMap<MapData, u64, proxy_common::ConnStats>,
-        >(
-            &mut ebpf, names::CONN_STATS
-        )?));
         let splice = if settings.kernel_splice() {
-            Some(Arc::new(splice_maps(&mut ebpf, conn_stats.clone())?))
+            Some(Arc::new(splice_maps(&mut ebpf)?))
         } else {
             None
         };
@@ -161,7 +156,12 @@ impl Datapath {
             heartbeat: std::sync::Mutex::new(take(&mut ebpf, names::HEARTBEAT)?),
             managed: std::sync::Mutex::new(take(&mut ebpf, names::MANAGED)?),
             orig_by_tuple: take(&mut ebpf, names::ORIG_BY_TUPLE)?,
-            conn_stats,
+            conn_stats: Mutex::new(
+                take::<PerCpuHashMap<MapData, u64, proxy_common::ConnStats>>(
+                    &mut ebpf,
+                    names::CONN_STATS,
+                )?,
+            ),
             counters: take::<PerCpuArray<MapData, u64>>(&mut ebpf, names::COUNTERS)?,
             policy: Arc::new(PolicyMaps {
                 peer_auth: std::sync::Mutex::new(take(&mut ebpf, policy_names::PEER_AUTH)?),
@@ -199,10 +199,7 @@ impl Datapath {
 }
 
 /// The kernel splice's maps, with the reply verdict attached to the upstream sockets' map.
-fn splice_maps(
-    ebpf: &mut Ebpf,
-    conn_stats: Arc<std::sync::Mutex<PerCpuHashMap<MapData, u64, proxy_common::ConnStats>>>,
-) -> Result<SpliceMaps, DatapathError> {
+fn splice_maps(ebpf: &mut Ebpf) -> Result<SpliceMaps, DatapathError> {
     let to: SockHash<MapData, SockPair> = take(ebpf, names::SPLICE_TO)?;
     let name = "meshd_reply";
     let verdict: &mut SkSkb = program(ebpf, name)?;
@@ -213,8 +210,10 @@ fn splice_maps(
         forwarded: Mutex::new(take(ebpf, names::FORWARDED)?),
         handed: Mutex::new(take(ebpf, names::HANDED)?),
         reply_to: Mutex::new(take(ebpf, names::REPLY_TO)?),
+        reply_forwarded: Mutex::new(take(ebpf, names::REPLY_FORWARDED)?),
         reply_counts: Mutex::new(take(ebpf, names::REPLY_COUNTS)?),
-        conn_stats,
+        reply_sent: Mutex::new(take(ebpf, names::REPLY_SENT)?),
+        pair_cookie: Mutex::new(take(ebpf, names::PAIR_COOKIE)?),
     })
 }
 

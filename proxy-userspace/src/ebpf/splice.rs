@@ -9,8 +9,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aya::maps::{HashMap, MapData, PerCpuHashMap, SockHash};
-use proxy_common::{AF_INET, AF_INET6, ConnStats, ReplyTo, SockPair, SpliceCounts};
+use aya::maps::{HashMap, MapData, MapError, SockHash};
+use proxy_common::{AF_INET, AF_INET6, SockPair, SpliceCounts};
 
 use super::endpoint_of;
 use crate::proxy::sockopt;
@@ -19,9 +19,12 @@ pub struct SpliceMaps {
     pub(super) to: Mutex<SockHash<MapData, SockPair>>,
     pub(super) forwarded: Mutex<HashMap<MapData, SockPair, u64>>,
     pub(super) handed: Mutex<HashMap<MapData, SockPair, SpliceCounts>>,
-    pub(super) reply_to: Mutex<HashMap<MapData, u64, ReplyTo>>,
+    pub(super) reply_to: Mutex<HashMap<MapData, u64, SockPair>>,
+    pub(super) reply_forwarded: Mutex<HashMap<MapData, u64, u64>>,
     pub(super) reply_counts: Mutex<HashMap<MapData, u64, SpliceCounts>>,
-    pub(super) conn_stats: Arc<Mutex<PerCpuHashMap<MapData, u64, ConnStats>>>,
+    pub(super) reply_sent: Mutex<HashMap<MapData, SockPair, u64>>,
+    /// Which of meshd's sockets are in the SOCKHASH (read only).
+    pub(super) pair_cookie: Mutex<HashMap<MapData, SockPair, u64>>,
 }
 
 /// One connection's offer; dropping it withdraws the offer.
@@ -29,11 +32,10 @@ pub struct Splice {
     maps: Arc<SpliceMaps>,
     /// The workload socket's key on the hop.
     key: SockPair,
-    /// meshd's upstream socket, whose replies the verdict splices.
+    /// meshd's upstream socket (its cookie), whose replies the verdict splices.
     up: u64,
-    /// meshd's accepted socket, the replies' way out: its cookie and its SOCKHASH key.
-    down: u64,
-    down_key: SockPair,
+    /// meshd's accepted socket (its SOCKHASH key), the replies' way out.
+    down: SockPair,
 }
 
 /// A socket's key on a hop: its own address first, then its peer's.
@@ -54,45 +56,70 @@ const LOCK: &str = "splice map lock";
 
 impl SpliceMaps {
     /// Offers `up` for the workload socket at the far end of `down` (meshd's accepted socket),
-    /// before meshd has read anything from `up`. `None` when the kernel does not take it
-    /// (logged); the connection is then copied by meshd alone, as without splicing.
-    pub fn offer(
-        self: &Arc<Self>,
-        down: &tokio::net::TcpStream,
-        up: &tokio::net::TcpStream,
-    ) -> Option<Splice> {
+    /// before meshd has read anything from `up`. `None` when either end of the hop is not in
+    /// the SOCKHASH (it was full) or the kernel does not take `up` (logged); the connection is
+    /// then copied by meshd alone, as without splicing.
+    pub fn offer(self: &Arc<Self>, down: &tokio::net::TcpStream, up: RawUp) -> Option<Splice> {
         let netns = crate::pods::netns::cookie(down).ok()?;
         let (workload, listener) = (down.peer_addr().ok()?, down.local_addr().ok()?);
         let splice = Splice {
             maps: self.clone(),
             key: pair_of(workload, listener, netns),
-            up: sockopt::cookie(up).ok()?,
-            down: sockopt::cookie(down).ok()?,
-            down_key: pair_of(listener, workload, netns),
+            up: up.cookie,
+            down: pair_of(listener, workload, netns),
         };
-        // The reply state first: the verdict starts with the upstream socket's entry in
-        // SPLICE_TO, and judges from its first byte on.
-        let offered = self
-            .reply_counts
-            .lock()
-            .expect(LOCK)
-            .insert(splice.up, SpliceCounts::default(), 0)
-            .and_then(|()| splice.reply_to(0))
-            .and_then(|()| {
-                let mut m = self.forwarded.lock().expect(LOCK);
-                m.insert(splice.key, 0, 0)
-            })
-            .and_then(|()| {
-                let mut m = self.to.lock().expect(LOCK);
-                m.insert(splice.key, up.as_raw_fd(), 0)
-            });
-        match offered {
+        if !self.both_ends_in_sockhash(&splice, sockopt::cookie(down).ok()?) {
+            tracing::debug!("a hop socket is not in the SOCKHASH; no splicing");
+            return None;
+        }
+        match self.enter(&splice, up.fd) {
             Ok(()) => Some(splice),
             Err(e) => {
                 tracing::debug!(error = %e, "the kernel did not take the upstream socket for splicing");
                 None
             }
         }
+    }
+
+    /// sockops keeps counts for a workload socket, and the cookie of one of meshd's, only
+    /// when the socket joined the SOCKHASH.
+    fn both_ends_in_sockhash(&self, s: &Splice, down_cookie: u64) -> bool {
+        let meshd_end = self.pair_cookie.lock().expect(LOCK).get(&s.down, 0).ok();
+        let workload_end = self.handed.lock().expect(LOCK).get(&s.key, 0).is_ok();
+        meshd_end == Some(down_cookie) && workload_end
+    }
+
+    /// Writes the connection's entries, the upstream socket last: with it in SPLICE_TO the
+    /// verdict judges every reply byte, from the first.
+    fn enter(&self, s: &Splice, up_fd: i32) -> Result<(), MapError> {
+        self.reply_counts
+            .lock()
+            .expect(LOCK)
+            .insert(s.up, SpliceCounts::default(), 0)?;
+        self.reply_forwarded
+            .lock()
+            .expect(LOCK)
+            .insert(s.up, 0, 0)?;
+        self.reply_to.lock().expect(LOCK).insert(s.up, s.down, 0)?;
+        self.reply_sent.lock().expect(LOCK).insert(s.down, 0, 0)?;
+        self.forwarded.lock().expect(LOCK).insert(s.key, 0, 0)?;
+        self.to.lock().expect(LOCK).insert(s.key, up_fd, 0)
+    }
+}
+
+/// meshd's upstream socket as the offer needs it.
+#[derive(Clone, Copy)]
+pub struct RawUp {
+    pub fd: i32,
+    pub cookie: u64,
+}
+
+impl RawUp {
+    pub fn of(up: &impl AsRawFd) -> std::io::Result<RawUp> {
+        Ok(RawUp {
+            fd: up.as_raw_fd(),
+            cookie: sockopt::cookie(up)?,
+        })
     }
 }
 
@@ -113,21 +140,15 @@ impl Splice {
 
     /// Records that meshd has written `total` reply bytes to the workload.
     pub fn reply_forwarded(&self, total: u64) {
-        if let Err(e) = self.reply_to(total) {
+        let mut m = self.maps.reply_forwarded.lock().expect(LOCK);
+        if let Err(e) = m.insert(self.up, total, 0) {
             tracing::debug!(error = %e, "could not record forwarded replies for splicing");
         }
     }
 
-    fn reply_to(&self, forwarded: u64) -> Result<(), aya::maps::MapError> {
-        let to = ReplyTo {
-            down: self.down_key,
-            forwarded,
-        };
-        self.maps
-            .reply_to
-            .lock()
-            .expect(LOCK)
-            .insert(self.up, to, 0)
+    /// Stops splicing replies: from now on the verdict hands every reply to meshd.
+    pub fn stop_replies(&self) {
+        let _ = self.maps.reply_to.lock().expect(LOCK).remove(&self.up);
     }
 
     /// Reply bytes the kernel sent to the workload without meshd.
@@ -137,22 +158,32 @@ impl Splice {
     }
 
     /// Bytes that have left meshd's accepted socket for the workload: meshd's writes and the
-    /// spliced replies the kernel's socket work has sent so far. `None` when the kernel keeps no
-    /// count for the socket (evicted).
+    /// spliced replies the kernel's socket work has sent so far; `None` if unreadable.
     pub fn sent_to_workload(&self) -> Option<u64> {
-        let stats = self.maps.conn_stats.lock().expect(LOCK);
-        let per_cpu = stats.get(&self.down, 0).ok()?;
-        Some(per_cpu.iter().map(|s| s.msg_sent_bytes).sum())
+        self.maps
+            .reply_sent
+            .lock()
+            .expect(LOCK)
+            .get(&self.down, 0)
+            .ok()
     }
 }
 
 impl Drop for Splice {
     fn drop(&mut self) {
-        let _ = self.maps.forwarded.lock().expect(LOCK).remove(&self.key);
+        // The upstream socket first: no program reads the other entries after that.
         let _ = self.maps.to.lock().expect(LOCK).remove(&self.key);
+        let _ = self.maps.forwarded.lock().expect(LOCK).remove(&self.key);
         let _ = self.maps.handed.lock().expect(LOCK).remove(&self.key);
         let _ = self.maps.reply_to.lock().expect(LOCK).remove(&self.up);
+        let _ = self
+            .maps
+            .reply_forwarded
+            .lock()
+            .expect(LOCK)
+            .remove(&self.up);
         let _ = self.maps.reply_counts.lock().expect(LOCK).remove(&self.up);
+        let _ = self.maps.reply_sent.lock().expect(LOCK).remove(&self.down);
     }
 }
 

@@ -25,6 +25,23 @@ pub struct Carried {
     pub zero_copy: u64,
 }
 
+/// `both_ways`; on a reset, both sockets close with a reset too, as they would without meshd in
+/// between.
+pub async fn relay(
+    down: &TcpStream,
+    up: &TcpStream,
+    zero_copy: bool,
+) -> io::Result<(Carried, Carried)> {
+    let carried = both_ways(down, up, zero_copy).await;
+    if let Err(e) = &carried
+        && e.kind() == io::ErrorKind::ConnectionReset
+    {
+        super::sockopt::set_reset_on_close(down);
+        super::sockopt::set_reset_on_close(up);
+    }
+    carried
+}
+
 /// What was carried to the upstream and to the downstream; with `zero_copy`, streams move
 /// with splice(2).
 pub async fn both_ways(

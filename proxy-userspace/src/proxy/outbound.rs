@@ -354,20 +354,10 @@ async fn proxy(
     if let Ok(c) = sockopt::cookie(&up) {
         tracked.set_upstream(c);
     }
-    let splice = ctx.maps.splice(&down, &up);
-    debug!(workload = workload.as_deref().unwrap_or("-"), %dst, spliced = splice.is_some(), "proxying");
-
-    // One side reset: so does the other, as it would without meshd in between.
-    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
-    let copied = match &splice {
-        Some(s) => spliced::both_ways(&down, up, s).await,
-        None => {
-            let copied = copy::both_ways(&down, &up, ctx.zero_copy).await;
-            if copied.as_ref().is_err_and(reset) {
-                sockopt::set_reset_on_close(&up);
-            }
-            copied
-        }
+    debug!(workload = workload.as_deref().unwrap_or("-"), %dst, "proxying");
+    let copied = match ctx.maps.splicing() {
+        Some(maps) => spliced::carry(&down, up, maps, ctx.zero_copy).await,
+        None => copy::relay(&down, &up, ctx.zero_copy).await,
     };
     let (to_up, to_down) = match copied {
         Ok((up, down)) => {
@@ -376,9 +366,6 @@ async fn proxy(
         }
         Err(e) => {
             debug!(error = %e, "connection ended with an error");
-            if reset(&e) {
-                sockopt::set_reset_on_close(&down);
-            }
             (0, 0)
         }
     };

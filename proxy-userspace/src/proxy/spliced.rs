@@ -6,6 +6,7 @@ use std::{
     io::{self, Read, Write},
     net::Shutdown,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -16,15 +17,58 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::copy::{COPY_BUF, Carried, read_some, write_all};
-use crate::ebpf::Splice;
+use super::{
+    copy::{self, COPY_BUF, Carried, read_some, write_all},
+    sockopt,
+};
+use crate::ebpf::{RawUp, Splice, SpliceMaps};
 
-/// How long meshd sleeps on an upstream socket without looking at it. Replies reach meshd only
-/// when the kernel cannot splice them, which wakes nothing; this bounds how long they can wait.
+/// How long meshd sleeps on an upstream socket without looking at it. Replies reach meshd
+/// only when the kernel cannot splice them, which wakes nothing; this bounds how long the first
+/// of them can wait (after it, meshd watches the socket for data as usual).
 const LOOK_AGAIN: Duration = Duration::from_secs(2);
 
 /// How long a closing connection waits for the kernel to send its last spliced replies.
 const SEND_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The kernel counts a spliced reply as sent just before it queues it for the workload; this
+/// long after the count is complete, meshd passes the end on.
+const SEND_SETTLE: Duration = Duration::from_millis(1);
+
+/// Carries the connection until both sides have closed, with the kernel splicing what it can
+/// (meshd copies alone when the kernel does not take the connection). On an error both sockets
+/// close with a reset, so the workload never mistakes a cut-short stream for a whole one.
+pub async fn carry(
+    down: &TcpStream,
+    up: TcpStream,
+    maps: &Arc<SpliceMaps>,
+    zero_copy: bool,
+) -> io::Result<(Carried, Carried)> {
+    let raw = RawUp::of(&up)?;
+    let up = match Upstream::new(up) {
+        Ok(up) => up,
+        Err(Unwatched::Relay(e, up)) => {
+            debug!(error = %e, "no watch on the upstream socket; no splicing");
+            return copy::relay(down, &up, zero_copy).await;
+        }
+        Err(Unwatched::Lost(e)) => {
+            sockopt::set_reset_on_close(down);
+            return Err(e);
+        }
+    };
+    let Some(splice) = maps.offer(down, raw) else {
+        let up = TcpStream::from_std(up.io.into_inner())?;
+        return copy::relay(down, &up, zero_copy).await;
+    };
+    debug!("spliced by the kernel");
+    let carried = tokio::try_join!(requests(down, &up, &splice), replies(&up, down, &splice));
+    if let Err(e) = &carried {
+        debug!(error = %e, "spliced connection failed; resetting both sides");
+        sockopt::set_reset_on_close(down);
+        sockopt::set_reset_on_close(up.io.get_ref());
+    }
+    carried
+}
 
 /// meshd's upstream socket of a spliced connection, out of tokio's usual registration (which
 /// would wake meshd for every reply the kernel splices).
@@ -33,21 +77,36 @@ struct Upstream {
     io: AsyncFd<std::net::TcpStream>,
     /// An epoll instance watching `io` for its end only (RDHUP, HUP, ERR).
     ends: AsyncFd<OwnedFd>,
+    /// A second descriptor of the socket registered for reading, once meshd carries the
+    /// replies itself.
+    reads: OnceLock<AsyncFd<std::net::TcpStream>>,
+}
+
+/// Why an upstream socket could not be watched: with the socket back as it was, or lost.
+enum Unwatched {
+    Relay(io::Error, TcpStream),
+    Lost(io::Error),
 }
 
 impl Upstream {
-    fn new(up: TcpStream) -> io::Result<Upstream> {
-        let up = up.into_std()?;
-        let ends = end_watch(up.as_raw_fd())?;
-        // SAFETY: both AsyncFds own their descriptor (a std TcpStream, an OwnedFd), which stays
-        // open and the same until they are dropped.
-        let (io, ends) = unsafe {
-            (
-                AsyncFd::register_with_interest(up, Interest::WRITABLE)?,
-                AsyncFd::register_with_interest(ends, Interest::READABLE)?,
-            )
+    fn new(up: TcpStream) -> Result<Upstream, Unwatched> {
+        let ends = match end_watch(up.as_raw_fd()) {
+            Ok(ends) => ends,
+            Err(e) => return Err(Unwatched::Relay(e, up)),
         };
-        Ok(Upstream { io, ends })
+        let up = up.into_std().map_err(Unwatched::Lost)?;
+        // SAFETY: each AsyncFd owns its descriptor (a std TcpStream, an OwnedFd), which stays
+        // open and the same until it is dropped or taken back with into_inner.
+        let io = unsafe { AsyncFd::register_with_interest(up, Interest::WRITABLE) }
+            .map_err(|e| back(e.into_parts()))?;
+        match unsafe { AsyncFd::register_with_interest(ends, Interest::READABLE) } {
+            Ok(ends) => Ok(Upstream {
+                io,
+                ends,
+                reads: OnceLock::new(),
+            }),
+            Err(e) => Err(back((io.into_inner(), e.into_parts().1))),
+        }
     }
 
     /// Waits until the upstream socket may have ended, or `LOOK_AGAIN` has passed.
@@ -68,6 +127,24 @@ impl Upstream {
         s.read(buf)
     }
 
+    /// Reads what the socket has, waiting for data: once meshd carries the replies itself.
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.reads.get().is_none() {
+            let dup = self.io.get_ref().try_clone()?;
+            // SAFETY: as in `new`.
+            let reads = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+            let _ = self.reads.set(reads);
+        }
+        let reads = self.reads.get().expect("set above");
+        loop {
+            let mut ready = reads.readable().await?;
+            if let Ok(read) = ready.try_io(|_| self.try_read(buf)) {
+                return read;
+            }
+        }
+    }
+
     async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let mut ready = self.io.writable().await?;
@@ -79,6 +156,14 @@ impl Upstream {
             }
         }
         Ok(())
+    }
+}
+
+/// The socket back into tokio's usual registration, to be relayed without splicing.
+fn back((up, e): (std::net::TcpStream, io::Error)) -> Unwatched {
+    match TcpStream::from_std(up) {
+        Ok(up) => Unwatched::Relay(e, up),
+        Err(e) => Unwatched::Lost(e),
     }
 }
 
@@ -110,24 +195,6 @@ fn drain(ep: RawFd) {
     unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
 }
 
-/// Carries the connection until both sides have closed: what was carried to the upstream and to
-/// the downstream, the kernel's spliced bytes included. On a reset, `up` is closed with a reset
-/// too.
-pub async fn both_ways(
-    down: &TcpStream,
-    up: TcpStream,
-    splice: &Splice,
-) -> io::Result<(Carried, Carried)> {
-    let up = Upstream::new(up)?;
-    let carried = tokio::try_join!(requests(down, &up, splice), replies(&up, down, splice));
-    if let Err(e) = &carried
-        && e.kind() == io::ErrorKind::ConnectionReset
-    {
-        super::sockopt::set_reset_on_close(up.io.get_ref());
-    }
-    carried
-}
-
 /// The workload's bytes that sk_msg handed meshd (its first sends, before meshd caught up).
 async fn requests(down: &TcpStream, up: &Upstream, splice: &Splice) -> io::Result<Carried> {
     let mut buf = vec![0u8; COPY_BUF];
@@ -148,17 +215,31 @@ async fn requests(down: &TcpStream, up: &Upstream, splice: &Splice) -> io::Resul
     })
 }
 
-/// The replies the verdict handed meshd (none while it can splice them), then the end.
+/// The replies: none reach meshd while the kernel splices them; when the kernel hands meshd
+/// one (it could not send it on), meshd carries the rest itself. Then the end.
 async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result<Carried> {
     let mut buf = Vec::new();
     let mut total = 0;
+    let mut carrying = false;
     loop {
         if buf.is_empty() {
             buf = vec![0u8; COPY_BUF];
         }
-        match up.try_read(&mut buf) {
+        let read = if carrying {
+            up.read(&mut buf).await
+        } else {
+            up.try_read(&mut buf)
+        };
+        match read {
             Ok(0) => break,
             Ok(n) => {
+                if !carrying {
+                    debug!(
+                        "the kernel handed meshd a reply; meshd carries the replies from now on"
+                    );
+                    splice.stop_replies();
+                    carrying = true;
+                }
                 write_all(down, &buf[..n]).await?;
                 total += n as u64;
                 splice.reply_forwarded(total);
@@ -169,9 +250,7 @@ async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result
     }
     let spliced = splice.reply_spliced();
     if spliced > 0 {
-        // The kernel's socket work may still be sending spliced replies: the workload gets
-        // them all before the end.
-        all_sent(splice, total + spliced).await;
+        all_sent(splice, total + spliced).await?;
     }
     socket2::SockRef::from(down).shutdown(Shutdown::Write)?;
     Ok(Carried {
@@ -180,25 +259,20 @@ async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result
     })
 }
 
-/// Waits until `want` bytes have left meshd's accepted socket, or `SEND_DEADLINE` has passed.
-async fn all_sent(splice: &Splice, want: u64) {
+/// Waits until `want` bytes have left meshd's accepted socket (the kernel's socket work may
+/// still be sending spliced replies), so the workload gets them all before the end. An error
+/// after `SEND_DEADLINE`: the connection is then reset, not ended.
+async fn all_sent(splice: &Splice, want: u64) -> io::Result<()> {
     let deadline = Instant::now() + SEND_DEADLINE;
     let mut yields = 0;
-    loop {
-        match splice.sent_to_workload() {
-            Some(sent) if sent < want => {}
-            Some(_) => return,
-            None => {
-                debug!("no send count for the accepted socket; closing without waiting");
-                return;
-            }
-        }
+    while splice.sent_to_workload().is_none_or(|sent| sent < want) {
         if Instant::now() >= deadline {
             warn!(
                 want,
-                "the kernel had not sent every spliced reply after {SEND_DEADLINE:?}; closing"
+                sent = splice.sent_to_workload(),
+                "the kernel had not sent every spliced reply after {SEND_DEADLINE:?}; resetting"
             );
-            return;
+            return Err(io::ErrorKind::TimedOut.into());
         }
         // The socket work usually runs right away; after a few turns, sleep.
         if yields < 16 {
@@ -208,4 +282,6 @@ async fn all_sent(splice: &Splice, want: u64) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+    tokio::time::sleep(SEND_SETTLE).await;
+    Ok(())
 }
