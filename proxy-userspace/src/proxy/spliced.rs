@@ -238,6 +238,8 @@ async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result
                         "the kernel handed meshd a reply; meshd carries the replies from now on"
                     );
                     splice.stop_replies();
+                    // Spliced replies still on their way go first.
+                    all_sent(splice, splice.reply_spliced()).await?;
                     carrying = true;
                 }
                 write_all(down, &buf[..n]).await?;
@@ -249,8 +251,8 @@ async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result
         }
     }
     let spliced = splice.reply_spliced();
-    if spliced > 0 {
-        all_sent(splice, total + spliced).await?;
+    if !carrying && spliced > 0 {
+        all_sent(splice, spliced).await?;
     }
     socket2::SockRef::from(down).shutdown(Shutdown::Write)?;
     Ok(Carried {
@@ -259,9 +261,11 @@ async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result
     })
 }
 
-/// Waits until `want` bytes have left meshd's accepted socket (the kernel's socket work may
-/// still be sending spliced replies), so the workload gets them all before the end. An error
-/// after `SEND_DEADLINE`: the connection is then reset, not ended.
+/// Waits until the kernel has sent `want` spliced reply bytes out of meshd's accepted socket (its
+/// socket work may still be sending some), so the workload gets them before meshd's own bytes
+/// or the end. meshd writes no reply while the kernel splices them, so every byte sk_msg counts
+/// there until then is a spliced one. An error after `SEND_DEADLINE`: the connection is then
+/// reset, not ended.
 async fn all_sent(splice: &Splice, want: u64) -> io::Result<()> {
     let deadline = Instant::now() + SEND_DEADLINE;
     let mut yields = 0;
