@@ -369,6 +369,122 @@ fn blocking_reads_after_a_half_close_get_their_replies() {
     assert_eq!(d.metric(CONNS_OK), 100.0);
 }
 
+/// The ids of the BPF maps named `names` that the process `pid` holds, by name.
+fn maps_of(pid: i32, names: &[&str]) -> std::collections::HashMap<String, u32> {
+    let mut found = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let show = std::process::Command::new("bpftool")
+            .args(["-j", "map", "show", "id", &id.to_string()])
+            .output()
+            .expect("bpftool runs (cargo xtask setup --test-deps installs it)");
+        let show: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap_or_default();
+        if let Some(name) = show["name"].as_str().filter(|n| names.contains(n)) {
+            found.insert(name.to_string(), id);
+        }
+    }
+    found
+}
+
+/// When the kernel cannot send a reply on (here meshd's accepted socket is taken out of the
+/// SOCKHASH halfway through, with bpftool), it hands the replies to meshd, which carries them
+/// after the spliced ones, in order, and passes the end on.
+#[test]
+fn replies_the_kernel_hands_back_are_carried_by_meshd() {
+    if !ebpf_available("kernel_splice_back") {
+        return;
+    }
+    let bpftool = std::process::Command::new("bpftool")
+        .arg("version")
+        .output();
+    if !bpftool.is_ok_and(|o| o.status.success()) {
+        // `cargo xtask setup --test-deps` installs it where the distribution packages it.
+        eprintln!("SKIP kernel_splice_back: no bpftool");
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("splice-back", 162, &["--sockmap", "on"]);
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('127.0.0.1', {port}), timeout=20)\n\
+         ok = 0\n\
+         def exchange(i):\n\
+         \x20   msg = ('request %05d ' % i).encode() * 4\n\
+         \x20   s.sendall(msg)\n\
+         \x20   got = b''\n\
+         \x20   while len(got) < len(msg):\n\
+         \x20       got += s.recv(len(msg) - len(got))\n\
+         \x20   return got == msg\n\
+         for i in range(50): ok += exchange(i)\n\
+         print('half', flush=True)\n\
+         sys.stdin.readline()\n\
+         for i in range(50, 100): ok += exchange(i)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         print(ok, s.recv(10) == b'', flush=True)\n",
+        port = backend.addr.port()
+    );
+    let mut client = d
+        .exec("default/app", &["python3", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "half", "{}", d.log_text());
+
+    // meshd's end of the hop is the one socket of this meshd that PAIR_COOKIE names.
+    let maps = maps_of(d.pid(), &["SOCKHASH", "PAIR_COOKIE"]);
+    let dump = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "id", &maps["PAIR_COOKIE"].to_string()])
+        .output()
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    let entries = dump.as_array().expect("a dump is a list");
+    assert_eq!(entries.len(), 1, "{dump}");
+    let key: Vec<String> = entries[0]["key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().trim_start_matches("0x").to_string())
+        .collect();
+    let mut delete = vec!["map".to_string(), "delete".into(), "id".into()];
+    delete.push(maps["SOCKHASH"].to_string());
+    delete.push("key".into());
+    delete.push("hex".into());
+    delete.extend(key);
+    let deleted = std::process::Command::new("bpftool")
+        .args(&delete)
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+
+    use std::io::Write as _;
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "100 True", "{}", d.log_text());
+    assert!(client.wait().unwrap().success());
+    // The first 50 replies were spliced, the rest carried by meshd; every byte is counted.
+    assert_eq!(d.metric(REPLY_SPLICE), 50.0, "{}", d.get("/metrics"));
+    let counted = eventually(Duration::from_secs(10), || {
+        (d.metric(TO_WORKLOAD) == 5_600.0).then_some(())
+    });
+    assert!(counted.is_some(), "{}", d.get("/metrics"));
+    assert_eq!(d.metric(CONNS_OK), 1.0, "{}", d.log_text());
+}
+
 /// A managed Python client's 200 request/response exchanges with the echo at `addr`: prints how
 /// many replies matched their request.
 fn ping_pong(addr: &std::net::SocketAddr) -> String {
