@@ -44,7 +44,7 @@ pub async fn relay(
 
 /// What was carried to the upstream and to the downstream; with `zero_copy`, streams move
 /// with splice(2).
-pub async fn both_ways(
+async fn both_ways(
     down: &TcpStream,
     up: &TcpStream,
     zero_copy: bool,

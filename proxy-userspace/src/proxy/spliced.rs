@@ -44,7 +44,13 @@ pub async fn carry(
     maps: &Arc<SpliceMaps>,
     zero_copy: bool,
 ) -> io::Result<(Carried, Carried)> {
-    let raw = RawUp::of(&up)?;
+    let raw = match RawUp::of(&up) {
+        Ok(raw) => raw,
+        Err(e) => {
+            debug!(error = %e, "no cookie for the upstream socket; no splicing");
+            return copy::relay(down, &up, zero_copy).await;
+        }
+    };
     let up = match Upstream::new(up) {
         Ok(up) => up,
         Err(Unwatched::Relay(e, up)) => {
