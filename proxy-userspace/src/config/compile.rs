@@ -2,10 +2,9 @@
 //! table per host, the clusters per destination host (endpoints, subsets and traffic policy),
 //! and the security and rate-limit policies that select each workload.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
+
+use foldhash::{HashMap, HashMapExt};
 
 use serde::Serialize;
 
@@ -154,6 +153,7 @@ fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -
                 headers: d.headers.clone(),
             })
             .collect(),
+        retry: crate::proxy::http::retry::RetryPolicy::from_spec(r.retries.as_ref()),
         spec: r.clone(),
     }
 }

@@ -4,9 +4,11 @@
 //! far side must prove.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
 };
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 

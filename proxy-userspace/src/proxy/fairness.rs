@@ -4,13 +4,14 @@
 //! Connections from sources meshd cannot name share one allowance.
 
 use std::{
-    collections::HashMap,
     fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
 };
+
+use foldhash::{HashMap, HashMapExt};
 
 /// Connections that may wait for a place, per place a workload may hold.
 const WAITING_PER_PLACE: u32 = 4;

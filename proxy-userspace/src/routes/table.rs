@@ -2,7 +2,9 @@
 //! in another keyed by suffix, and `*` last. A lookup costs one hash probe per label of the
 //! authority, whatever the number of hosts.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc};
+use std::{borrow::Cow, sync::Arc};
+
+use foldhash::HashMap;
 
 use super::matcher::{RequestMatch, RequestView};
 
@@ -28,6 +30,8 @@ pub struct HttpRoute {
     /// The route as written, for the actions compiled later in the pipeline (timeouts,
     /// retries, faults, mirrors, header edits).
     pub spec: Arc<crate::policy::model::HttpRoute>,
+    /// The route's retry policy (or Istio's default), compiled once rather than per request.
+    pub retry: crate::proxy::http::retry::RetryPolicy,
 }
 
 impl HttpRoute {
@@ -131,6 +135,7 @@ mod tests {
                 matches: vec![],
                 destinations: vec![],
                 spec: Default::default(),
+                retry: crate::proxy::http::retry::RetryPolicy::from_spec(None),
             }]
             .into(),
         }

@@ -5,7 +5,6 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
     sync::{
@@ -13,6 +12,8 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
 };
+
+use foldhash::HashMap;
 
 use crate::policy::model::LoadBalancer;
 

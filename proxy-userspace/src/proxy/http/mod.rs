@@ -16,7 +16,7 @@ mod pool;
 mod ratelimit;
 mod record;
 mod replay;
-mod retry;
+pub mod retry;
 mod route;
 mod send;
 

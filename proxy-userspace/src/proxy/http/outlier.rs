@@ -6,7 +6,6 @@
 //! local-origin failures, otherwise they count as 5xx (Envoy's semantics).
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Mutex,
@@ -14,6 +13,8 @@ use std::{
     },
     time::Duration,
 };
+
+use foldhash::HashMap;
 
 use tokio::time::Instant;
 

@@ -279,9 +279,24 @@ impl ClusterPolicy<'_> {
 
 /// `host|subset|port`, sized once: built for every request.
 fn cluster_key(host: &str, subset: &str, port: u16) -> String {
-    use std::fmt::Write;
-    let mut key = String::with_capacity(host.len() + subset.len() + 8);
-    let _ = write!(key, "{host}|{subset}|{port}");
+    let mut key = String::with_capacity(host.len() + subset.len() + 7);
+    key.push_str(host);
+    key.push('|');
+    key.push_str(subset);
+    key.push('|');
+    // The port's digits without the formatting machinery.
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    key.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
     key
 }
 
@@ -320,6 +335,13 @@ fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_keys_join_host_subset_and_port() {
+        assert_eq!(cluster_key("reviews", "v1", 9080), "reviews|v1|9080");
+        assert_eq!(cluster_key("h", "", 0), "h||0");
+        assert_eq!(cluster_key("h", "s", 65535), "h|s|65535");
+    }
     use crate::policy::load_str;
 
     const POLICIES: &str = r#"apiVersion: networking.istio.io/v1

@@ -351,7 +351,10 @@ pub async fn with_policy(
     ctx: &HttpContext,
     rec: &mut Record,
 ) -> Response<Body> {
-    let policy = RetryPolicy::from_spec(plan.route.and_then(|r| r.spec.retries.as_ref()));
+    // Compiled with the route; a request no VirtualService covers gets Istio's default.
+    static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
+        std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
+    let policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
     let route_timeout = plan
         .route
         .and_then(|r| r.spec.timeout)
@@ -385,7 +388,7 @@ pub async fn with_policy(
     // are awaited (a moved-from local would keep a second).
     let attempts = {
         let attempts = std::pin::pin!(retry::run(
-            &policy,
+            policy,
             replayable.is_some(),
             outcome,
             || Failed::PerTryTimeout,
