@@ -8,6 +8,7 @@ pub mod http_backend;
 pub mod mesh;
 pub mod netns;
 pub mod prometheus;
+pub mod raw_upstream;
 pub mod redis;
 
 use std::{

@@ -755,7 +755,7 @@ async fn upgrade_once(
             .await
             .map_err(|source| UpstreamError::Send {
                 dst: target,
-                source,
+                source: source.into(),
             }),
         Err(e) => Err(e),
     };

@@ -5,15 +5,17 @@
 
 mod cluster;
 mod connect;
+mod h1;
 mod lease;
 pub mod limits;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt};
 
 use hyper::{
     Request, Response,
@@ -29,7 +31,7 @@ pub use self::{
 };
 use self::{
     cluster::{H2Conn, IdleH1},
-    lease::{Lease, Leased},
+    lease::{Lease, Leased, Upstream},
 };
 use super::{Body, ResponseFlags};
 
@@ -53,7 +55,8 @@ pub enum UpstreamError {
     #[error("upstream {dst} reset or closed the connection before answering: {source}")]
     Send {
         dst: SocketAddr,
-        source: hyper::Error,
+        /// meshd's HTTP/1.1 client error, or hyper's (HTTP/2, upgrades).
+        source: super::body::BoxError,
     },
     #[error("upstream connect error: {source}")]
     Tunnel {
@@ -241,20 +244,10 @@ impl Pool {
             );
             Ok(Checkout::H2(sender, streams))
         } else {
-            // Flattened writes, as on the downstream side.
-            let (sender, conn) = http1::Builder::new()
-                .writev(false)
-                .handshake(io)
-                .await
-                .map_err(|source| UpstreamError::Handshake { dst, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %dst, "upstream HTTP/1 connection ended with an error");
-                }
-                drop(slot);
-            });
+            // meshd's own HTTP/1.1 client: the connection is driven by the requests that use
+            // it, and holds its slot until it closes.
             Ok(Checkout::H1(IdleH1 {
-                sender,
+                conn: h1::Conn::new(io.into_inner(), slot),
                 used: 0,
                 since: Instant::now(),
                 idle_timeout: limits.idle_timeout,
@@ -285,12 +278,9 @@ impl Pool {
                     return Ok(Checkout::H2(s, streams));
                 }
             } else {
-                while let Some(mut c) = cluster.take_idle_h1(&key) {
-                    // The previous response was read to its end; the connection is ready as
-                    // soon as hyper has finished with it, or it turns out closed.
-                    if c.sender.ready().await.is_ok() {
-                        return Ok(Checkout::H1(c));
-                    }
+                // The previous response was read to its end, and nothing arrived since.
+                if let Some(c) = cluster.take_idle_h1(&key) {
+                    return Ok(Checkout::H1(c));
                 }
             }
             if let Some(slot) = cluster.try_slot(Counter::Connections, limits.max_connections) {
@@ -336,15 +326,21 @@ impl Pool {
                 .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
             let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
                 Checkout::H2(mut sender, streams) => {
-                    let sent = sender.send_request(req).await;
+                    let sent = sender
+                        .send_request(req)
+                        .await
+                        .map(|r| r.map(Upstream::H2))
+                        .map_err(Into::into);
                     (sent, Leased::H2 { streams })
                 }
                 Checkout::H1(mut c) => {
                     c.used += 1;
-                    let sent = c.sender.send_request(req).await;
+                    let sent = match c.conn.send(req).await {
+                        Ok(head) => Ok(h1::response(c.conn, head).map(Upstream::H1)),
+                        Err(e) => Err(e.into()),
+                    };
                     let conn = Leased::H1 {
                         dst: target.key(),
-                        sender: Some(c.sender),
                         used: c.used,
                         reusable: limits.reusable(c.used),
                         idle_timeout: c.idle_timeout,

@@ -225,8 +225,9 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
 }
 
 /// Whether an HTTP/2 upstream refused the stream (it did not process the request).
-fn refused_stream(e: &hyper::Error) -> bool {
-    e.source()
+fn refused_stream(e: &super::body::BoxError) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .and_then(|e| e.source())
         .and_then(|s| s.downcast_ref::<h2::Error>())
         .and_then(h2::Error::reason)
         .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)

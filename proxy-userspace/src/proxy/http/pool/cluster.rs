@@ -3,7 +3,6 @@
 //! per endpoint. Counters are released by guards, so a cancelled request frees what it held.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -12,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::client::conn::{http1, http2};
+use foldhash::HashMap;
+
+use hyper::client::conn::http2;
 use tokio::sync::Notify;
 
 use crate::proxy::http::Body;
@@ -32,7 +33,7 @@ pub enum Counter {
 
 /// An HTTP/1.1 connection waiting for its next request.
 pub struct IdleH1 {
-    pub sender: http1::SendRequest<Body>,
+    pub conn: super::h1::Conn,
     /// Requests it has carried.
     pub used: u32,
     pub since: Instant,
@@ -100,8 +101,8 @@ impl ClusterPool {
     pub fn take_idle_h1(&self, dst: &PeerKey) -> Option<IdleH1> {
         let mut all = self.h1.lock().expect("h1 pool lock");
         let idle = all.get_mut(dst)?;
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < c.idle_timeout {
+        while let Some(mut c) = idle.pop() {
+            if c.since.elapsed() < c.idle_timeout && c.conn.is_usable() {
                 return Some(c);
             }
         }
@@ -163,7 +164,7 @@ impl ClusterPool {
     pub fn sweep(&self) -> bool {
         let mut h1 = self.h1.lock().expect("h1 pool lock");
         h1.retain(|_, idle| {
-            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < c.idle_timeout);
+            idle.retain_mut(|c| c.since.elapsed() < c.idle_timeout && c.conn.is_usable());
             !idle.is_empty()
         });
         let mut h2 = self.h2.lock().expect("h2 pool lock");

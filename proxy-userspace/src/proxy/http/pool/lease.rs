@@ -13,13 +13,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::{
-    body::{Body as _, Frame, Incoming, SizeHint},
-    client::conn::http1,
-};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
-use super::cluster::{ClusterPool, IdleH1, PeerKey, Slot};
-use crate::proxy::http::Body;
+use super::{
+    cluster::{ClusterPool, IdleH1, PeerKey, Slot},
+    h1,
+};
+use crate::proxy::http::body::BoxError;
 
 /// What one request holds from the pool.
 pub struct Lease {
@@ -31,7 +31,6 @@ pub struct Lease {
 pub enum Leased {
     H1 {
         dst: PeerKey,
-        sender: Option<http1::SendRequest<Body>>,
         used: u32,
         reusable: bool,
         idle_timeout: Duration,
@@ -42,25 +41,23 @@ pub enum Leased {
 }
 
 impl Lease {
-    /// Gives the connection or stream back; `complete` says the response was read to its end.
-    fn release(&mut self, complete: bool) {
+    /// Gives the stream back, or the HTTP/1.1 connection when its response was read to the
+    /// end (`conn`: the body hands it over only then).
+    fn release(&mut self, conn: Option<h1::Conn>) {
         match &mut self.conn {
             Leased::H1 {
                 dst,
-                sender,
                 used,
                 reusable,
                 idle_timeout,
             } => {
-                if let Some(sender) = sender.take()
-                    && complete
+                if let Some(conn) = conn
                     && *reusable
-                    && !sender.is_closed()
                 {
                     self.pool.keep_h1(
                         dst.clone(),
                         IdleH1 {
-                            sender,
+                            conn,
                             used: *used,
                             since: Instant::now(),
                             idle_timeout: *idle_timeout,
@@ -77,60 +74,79 @@ impl Lease {
     }
 }
 
+/// The body as it comes from the upstream connection.
+pub enum Upstream {
+    H1(h1::ResponseBody),
+    H2(Incoming),
+}
+
 /// An upstream response body carrying its lease.
 pub struct PooledBody {
-    inner: Incoming,
+    inner: Upstream,
     lease: Option<Lease>,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, lease: Lease) -> PooledBody {
+    pub fn new(inner: Upstream, lease: Lease) -> PooledBody {
         let mut b = PooledBody {
             inner,
             lease: Some(lease),
         };
-        if b.inner.is_end_stream() {
-            b.finish(true);
+        if b.is_end_stream() {
+            b.finish();
         }
         b
     }
 
-    fn finish(&mut self, complete: bool) {
+    /// Releases the lease: after the body's end, or early when it failed or was dropped.
+    pub(super) fn finish(&mut self) {
         if let Some(mut l) = self.lease.take() {
-            l.release(complete);
+            let conn = match &mut self.inner {
+                Upstream::H1(b) => b.reusable_conn(),
+                Upstream::H2(_) => None,
+            };
+            l.release(conn);
         }
     }
 }
 
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match &mut self.inner {
+            Upstream::H1(b) => Pin::new(b).poll_frame(cx),
+            Upstream::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        };
         match &polled {
-            Poll::Ready(None) => self.finish(true),
-            Poll::Ready(Some(Err(_))) => self.finish(false),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(true),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.finish(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Upstream::H1(b) => b.is_end_stream(),
+            Upstream::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Upstream::H1(b) => b.size_hint(),
+            Upstream::H2(b) => b.size_hint(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        self.finish(false);
+        self.finish();
     }
 }

@@ -1,0 +1,194 @@
+//! meshd's HTTP/1.1 client connection: requests are written and responses read by the
+//! request's own task, with no connection task between them. A response body owns the
+//! connection while it is read and hands it back, ready for the next request, at its end.
+
+mod body;
+mod decode;
+mod encode;
+
+use std::{
+    future::poll_fn,
+    io,
+    pin::Pin,
+    sync::Mutex,
+    task::{Context, Poll},
+};
+
+use bytes::{BufMut, BytesMut};
+use hyper::{Request, body::Body as _};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+pub use self::body::ResponseBody;
+use self::{
+    decode::{Framing, Head},
+    encode::BodyFraming,
+};
+use super::{Io, Slot};
+use crate::proxy::http::{Body, body::BoxError};
+
+/// Request bytes gathered before a write: the head and a small body go out in one send.
+const WRITE_BATCH: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("writing the request failed: {0}")]
+    Write(io::Error),
+    #[error("reading the response failed: {0}")]
+    Read(io::Error),
+    #[error("the upstream closed the connection before a complete response")]
+    Closed,
+    #[error("{0}")]
+    Invalid(#[from] decode::Invalid),
+    #[error(
+        "the request body ended after {sent} bytes of the {declared} its Content-Length declared"
+    )]
+    BodyLength { sent: u64, declared: u64 },
+    #[error("reading the request body failed: {0}")]
+    Body(BoxError),
+}
+
+/// An open upstream connection and the bytes read from it but not yet used.
+pub struct Conn {
+    /// Only ever reached through `get_mut` (no locking): the Mutex makes the connection
+    /// `Sync`, as response bodies must be, for streams that are only `Send`.
+    io: Mutex<Box<dyn Io>>,
+    buf: BytesMut,
+    /// One of the cluster's connections, held while the connection is open.
+    _slot: Slot,
+}
+
+impl Conn {
+    pub fn new(io: Box<dyn Io>, slot: Slot) -> Conn {
+        Conn {
+            io: Mutex::new(io),
+            buf: BytesMut::new(),
+            _slot: slot,
+        }
+    }
+
+    fn io(&mut self) -> &mut Box<dyn Io> {
+        self.io.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an idle connection can carry a request: nothing arrived on it since its last
+    /// response, neither bytes nor the upstream's close.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(self.io())
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// Reads more of the upstream's bytes into the buffer; 0 at the upstream's end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8 * 1024);
+        }
+        let io = self.io.get_mut().unwrap_or_else(|p| p.into_inner());
+        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.buf)
+    }
+
+    /// Sends `req` and reads the response head. The body is read through [`ResponseBody`].
+    ///
+    /// The whole request is written before the response is read: an upstream that answers
+    /// early and stops reading a large body makes the send fail.
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Head, H1Error> {
+        let (parts, mut body) = req.into_parts();
+        let framing = encode::framing(
+            &parts.method,
+            &parts.headers,
+            body.size_hint().exact(),
+            body.is_end_stream(),
+        );
+        let mut out = BytesMut::with_capacity(512);
+        encode::head(&mut out, &parts.method, &parts.uri, &parts.headers, framing);
+        if framing != BodyFraming::None {
+            self.write_body(&mut out, &mut body, framing).await?;
+        }
+        self.io().write_all(&out).await.map_err(H1Error::Write)?;
+        self.io().flush().await.map_err(H1Error::Write)?;
+        loop {
+            if let Some(head) = decode::head(&mut self.buf, &parts.method)? {
+                return Ok(head);
+            }
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) => return Err(H1Error::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(H1Error::Read(e)),
+            }
+        }
+    }
+
+    /// Frames the body after the head in `out`, writing whenever `out` fills up.
+    async fn write_body(
+        &mut self,
+        out: &mut BytesMut,
+        body: &mut Body,
+        framing: BodyFraming,
+    ) -> Result<(), H1Error> {
+        let chunked = framing == BodyFraming::Chunked;
+        let mut sent = 0u64;
+        let mut trailers = None;
+        while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            let frame = frame.map_err(H1Error::Body)?;
+            let data = match frame.into_data() {
+                Ok(d) => d,
+                Err(f) => {
+                    trailers = f.into_trailers().ok();
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            sent += data.len() as u64;
+            if let BodyFraming::Length(declared) = framing
+                && sent > declared
+            {
+                return Err(H1Error::BodyLength { sent, declared });
+            }
+            if chunked {
+                encode::chunk_start(out, data.len());
+            }
+            if out.len() + data.len() > WRITE_BATCH {
+                self.io().write_all(out).await.map_err(H1Error::Write)?;
+                out.clear();
+                self.io().write_all(&data).await.map_err(H1Error::Write)?;
+            } else {
+                out.put_slice(&data);
+            }
+            if chunked {
+                out.put_slice(b"\r\n");
+            }
+        }
+        match framing {
+            BodyFraming::Chunked => encode::chunked_end(out, trailers.as_ref()),
+            BodyFraming::Length(declared) if sent != declared => {
+                return Err(H1Error::BodyLength { sent, declared });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A response whose head was read, with the body still on its connection.
+pub fn response(conn: Conn, head: Head) -> hyper::Response<ResponseBody> {
+    let Head {
+        response,
+        framing,
+        keep_alive,
+    } = head;
+    response.map(|()| ResponseBody::new(conn, framing, keep_alive))
+}
+
+impl Framing {
+    fn is_empty(self) -> bool {
+        matches!(self, Framing::Empty | Framing::Length(0))
+    }
+}

@@ -1,0 +1,164 @@
+//! meshd's HTTP/1.1 upstream client end to end, through eBPF capture, against a scripted raw
+//! upstream: response framings (chunked with trailers, close-delimited, HEAD, 204, interim 100),
+//! connection reuse and its limits (`connection: close`, a server that closes idle
+//! connections), streamed uploads, and responses that are malformed or could smuggle a second
+//! response, which must never reach the client as one.
+
+mod support;
+
+use support::{Daemon, ebpf_available, raw_upstream::RawUpstream};
+
+/// curl through meshd: (exit status, stdout).
+fn curl(d: &Daemon, args: &[&str]) -> (bool, String) {
+    let mut full = vec!["curl", "-sS", "--max-time", "10"];
+    full.extend_from_slice(args);
+    let out = d.exec("default/curl", &full).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn response_framings_reach_the_client_whole_and_keep_the_connection_in_sync() {
+    if !ebpf_available("h1_framings") {
+        return;
+    }
+    let up = RawUpstream::start();
+    let d = Daemon::start("h1-framings", 163, &[]);
+    let url = |p: &str| format!("http://{}{p}", up.addr);
+    // One curl, one downstream connection: each response must end exactly where it ends, or
+    // the next one on the pooled upstream connection would be read from the wrong place.
+    let (ok, out) = curl(
+        &d,
+        &[
+            &url("/chunked"),
+            "-w",
+            "|%{http_code}\n",
+            &url("/continue"),
+            "-w",
+            "|%{http_code}\n",
+            &url("/no-content"),
+            "-w",
+            "|%{http_code}\n",
+            &url("/plain"),
+            "-w",
+            "|%{http_code}\n",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        out, "hello, world|200\nafter continue|200\n|204\nok|200\n",
+        "bodies and statuses in order"
+    );
+    let (ok, head) = curl(&d, &["-I", &url("/length")]);
+    assert!(ok, "{head}");
+    assert!(
+        head.to_lowercase().contains("content-length: 1234"),
+        "{head}"
+    );
+    // After a HEAD whose Content-Length announces no body, the connection is still in step.
+    let (ok, after) = curl(&d, &[&url("/plain")]);
+    assert!(ok && after == "ok", "{after}");
+    assert_eq!(
+        up.accepted(),
+        1,
+        "all of it on one pooled upstream connection"
+    );
+}
+
+#[test]
+fn connections_the_upstream_ends_are_not_reused() {
+    if !ebpf_available("h1_conn_end") {
+        return;
+    }
+    let up = RawUpstream::start();
+    let d = Daemon::start("h1-conn-end", 164, &[]);
+    let url = |p: &str| format!("http://{}{p}", up.addr);
+    // `connection: close`, then a body that ends with the connection: each takes its
+    // connection with it, and the next request opens a new one.
+    for (path, body) in [
+        ("/close", "closing"),
+        ("/until-eof", "this body ends when the connection does"),
+    ] {
+        let (ok, out) = curl(&d, &[&url(path)]);
+        assert!(ok && out == body, "{path}: {out}");
+        let (ok, out) = curl(&d, &[&url("/plain")]);
+        assert!(ok && out == "ok", "after {path}: {out}");
+    }
+    assert_eq!(up.accepted(), 3, "a new connection after each ended one");
+    // A server that closes a connection after it went idle: the next request must not be
+    // sent on it (and fail), but on a new connection.
+    let (ok, out) = curl(&d, &[&url("/idle-close")]);
+    assert!(ok && out == "then idle", "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (ok, out) = curl(&d, &[&url("/plain"), "-w", "|%{http_code}"]);
+    assert!(ok && out == "ok|200", "after an idle close: {out}");
+    assert_eq!(up.accepted(), 4);
+}
+
+#[test]
+fn uploads_are_streamed_with_their_framing() {
+    if !ebpf_available("h1_uploads") {
+        return;
+    }
+    let up = RawUpstream::start();
+    let d = Daemon::start("h1-uploads", 165, &[]);
+    let file = std::env::temp_dir().join("meshd-h1-upload.bin");
+    // Larger than the 64 KiB retry buffer: streamed, not buffered.
+    std::fs::write(&file, vec![b'x'; 300_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let url = format!("http://{}/upload", up.addr);
+    let (ok, out) = curl(&d, &["--data-binary", &data, &url]);
+    assert!(
+        ok && out == "received 300000",
+        "Content-Length upload: {out}"
+    );
+    let (ok, out) = curl(
+        &d,
+        &[
+            "-H",
+            "transfer-encoding: chunked",
+            "--data-binary",
+            &data,
+            &url,
+        ],
+    );
+    assert!(ok && out == "received 300000", "chunked upload: {out}");
+    // A small body, buffered for retries, and an empty POST.
+    let (ok, out) = curl(&d, &["--data-binary", "hello", &url]);
+    assert!(ok && out == "received 5", "{out}");
+    let (ok, out) = curl(&d, &["-X", "POST", &url]);
+    assert!(ok && out == "received 0", "{out}");
+    let seen = up.seen();
+    assert!(
+        seen.iter().all(|(m, p, _)| m == "POST" && p == "/upload"),
+        "{seen:?}"
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn malformed_or_smuggling_responses_never_reach_the_client() {
+    if !ebpf_available("h1_bad_responses") {
+        return;
+    }
+    let up = RawUpstream::start();
+    let d = Daemon::start("h1-bad-responses", 166, &[]);
+    let url = |p: &str| format!("http://{}{p}", up.addr);
+    // Both Content-Length and Transfer-Encoding: refused, 503 with flag UC, and the bytes
+    // after it (a second response) are never served to anyone.
+    let (ok, out) = curl(&d, &[&url("/smuggle"), "-w", "|%{http_code}"]);
+    assert!(ok, "{out}");
+    assert!(out.ends_with("|503"), "{out}");
+    assert!(!out.contains("smuggled"), "{out}");
+    let (ok, out) = curl(&d, &[&url("/plain")]);
+    assert!(ok && out == "ok", "the next request is clean: {out}");
+    // A body cut short: the client sees its response fail, not a complete short body.
+    let (ok, out) = curl(&d, &[&url("/short")]);
+    assert!(!ok, "a truncated body must not look complete: {out}");
+    let (ok, out) = curl(&d, &[&url("/plain")]);
+    assert!(ok && out == "ok", "{out}");
+}
