@@ -34,6 +34,17 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Every byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    t
+};
+
 /// An id of `N` hex digits, kept inline: generated in lowercase, or as the caller sent it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Hex<const N: usize>([u8; N]);
@@ -44,22 +55,25 @@ pub type TraceId = Hex<32>;
 pub type SpanId = Hex<16>;
 
 impl<const N: usize> Hex<N> {
-    /// A random id that is not all zeros.
+    /// A random id that is not all zeros: each random byte becomes two digits.
     fn random() -> Hex<N> {
-        const { assert!(N <= 32, "one u128 of randomness") };
-        let mut out = [0u8; N];
+        const {
+            assert!(
+                N <= 32 && N.is_multiple_of(2),
+                "whole bytes of one u128 of randomness"
+            )
+        };
         loop {
-            let mut bits = fastrand::u128(..);
-            let mut any = false;
-            for d in out.iter_mut() {
-                let nibble = (bits & 15) as usize;
-                any |= nibble != 0;
-                *d = DIGITS[nibble];
-                bits >>= 4;
+            let random = fastrand::u128(..).to_le_bytes();
+            let bytes = &random[..N / 2];
+            if bytes.iter().all(|b| *b == 0) {
+                continue;
             }
-            if any {
-                return Hex(out);
+            let mut out = [0u8; N];
+            for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
             }
+            return Hex(out);
         }
     }
 
@@ -72,6 +86,10 @@ impl<const N: usize> Hex<N> {
 
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -192,7 +210,7 @@ impl RequestId {
 }
 
 /// `a-b-c` as a header value, built without allocating (the value itself aside).
-fn joined(parts: &[&str]) -> HeaderValue {
+fn joined(parts: &[&[u8]]) -> HeaderValue {
     let mut buf = [0u8; 64];
     let mut n = 0;
     for (i, p) in parts.iter().enumerate() {
@@ -200,7 +218,7 @@ fn joined(parts: &[&str]) -> HeaderValue {
             buf[n] = b'-';
             n += 1;
         }
-        buf[n..n + p.len()].copy_from_slice(p.as_bytes());
+        buf[n..n + p.len()].copy_from_slice(p);
         n += p.len();
     }
     HeaderValue::from_bytes(&buf[..n]).expect("hex digits and dashes")
@@ -209,32 +227,33 @@ fn joined(parts: &[&str]) -> HeaderValue {
 /// Writes meshd's span as the parent for the upstream request, in W3C form and in whichever B3
 /// form the request used; adds `x-request-id` when missing. Returns the request id.
 pub fn inject(h: &mut HeaderMap, c: &Context) -> RequestId {
-    let (w3c_flags, b3_flag) = if c.sampled { ("01", "1") } else { ("00", "0") };
-    h.insert(
-        TRACEPARENT,
-        joined(&["00", c.trace_id.as_str(), c.span_id.as_str(), w3c_flags]),
-    );
+    let (w3c_flags, b3_flag): (&[u8], &'static str) = if c.sampled {
+        (b"01", "1")
+    } else {
+        (b"00", "0")
+    };
+    let (trace, span) = (c.trace_id.as_bytes(), c.span_id.as_bytes());
+    h.insert(TRACEPARENT, joined(&[b"00", trace, span, w3c_flags]));
     if h.contains_key(B3) {
-        h.insert(
-            B3,
-            joined(&[c.trace_id.as_str(), c.span_id.as_str(), b3_flag]),
-        );
+        h.insert(B3, joined(&[trace, span, b3_flag.as_bytes()]));
     }
     if h.contains_key(B3_TRACE_ID) {
-        h.insert(B3_SPAN_ID, joined(&[c.span_id.as_str()]));
+        h.insert(B3_SPAN_ID, joined(&[span]));
         h.insert(B3_SAMPLED, HeaderValue::from_static(b3_flag));
         if let Some(p) = &c.parent_id {
-            h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_str()]));
+            h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_bytes()]));
         }
     }
     match h.get(&REQUEST_ID) {
         Some(v) if v.to_str().is_ok() => RequestId::Received(v.clone()),
         _ => {
             let id = RequestId::generate();
-            h.insert(
-                REQUEST_ID,
-                HeaderValue::from_str(id.as_str()).expect("ASCII"),
-            );
+            if let RequestId::Generated(b) = &id {
+                h.insert(
+                    REQUEST_ID,
+                    HeaderValue::from_bytes(b).expect("hex digits and dashes"),
+                );
+            }
             id
         }
     }
