@@ -81,16 +81,24 @@ impl<'a> HttpAttrs<'a> {
     /// A request's attributes: the Host header (else the URI's authority), method, and path
     /// with query.
     pub fn of<B>(req: &'a hyper::Request<B>) -> HttpAttrs<'a> {
+        HttpAttrs::of_head(req.method(), req.uri(), req.headers())
+    }
+
+    /// The same, from a request head held apart from its body.
+    pub fn of_head(
+        method: &'a hyper::Method,
+        uri: &'a hyper::Uri,
+        headers: &'a hyper::HeaderMap,
+    ) -> HttpAttrs<'a> {
         HttpAttrs {
-            host: req
-                .headers()
+            host: headers
                 .get(hyper::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .or_else(|| uri.authority().map(|a| a.as_str()))
                 .unwrap_or(""),
-            method: req.method().as_str(),
-            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            headers: req.headers(),
+            method: method.as_str(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers,
         }
     }
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::server::{Inbound, Stream};
 use crate::{
-    proxy::http::{Body, Limits, Target, access_denied, body, reset_before_headers},
+    proxy::http::{Body, Limits, Outgoing, Target, access_denied, body, reset_before_headers},
     security::authz::HttpAttrs,
 };
 
@@ -70,7 +70,7 @@ async fn request(
             &Limits::default(),
             &Target::direct(stream.target),
             h2,
-            req.map(body::boxed),
+            Outgoing::Owned(req.map(body::boxed)),
         )
         .await;
     Ok(match sent {

@@ -5,9 +5,7 @@
 
 use std::net::SocketAddr;
 
-use hyper::Request;
-
-use super::{Body, Downstream, HttpContext};
+use super::{Downstream, HttpContext, replay::Outgoing};
 use crate::{
     config::Snapshot,
     security::{
@@ -23,9 +21,16 @@ pub fn request(
     snap: &Snapshot,
     down: &Downstream,
     target: SocketAddr,
-    req: &Request<Body>,
+    req: &Outgoing<'_>,
 ) -> Option<String> {
-    decide(ctx, snap, down, target, Some(&HttpAttrs::of(req)))
+    let (method, uri, headers) = req.head();
+    decide(
+        ctx,
+        snap,
+        down,
+        target,
+        Some(&HttpAttrs::of_head(method, uri, headers)),
+    )
 }
 
 /// Why an opaque connection from `down` to `target` is denied, if it is (Istio's L4 rules).

@@ -85,7 +85,11 @@ impl Mirrors {
                 limits,
                 target,
             } = to;
-            match pool.send(&cluster, &limits, &target, h2, req.build()).await {
+            let once = super::replay::Outgoing::Buffered {
+                req: &req,
+                attempt: None,
+            };
+            match pool.send(&cluster, &limits, &target, h2, once).await {
                 Ok(resp) => {
                     // Drain and discard the body so the pooled connection can be reused.
                     use http_body_util::BodyExt;

@@ -34,6 +34,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use flags::ResponseFlags;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
+pub use replay::Outgoing;
 /// The endpoints behind a destination host and port, as routing picks them.
 pub(crate) use route::endpoints as destination_endpoints;
 pub use send::{access_denied, reset_before_headers};

@@ -18,7 +18,7 @@ use std::{
 use foldhash::{HashMap, HashMapExt};
 
 use hyper::{
-    Request, Response,
+    Response,
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,7 +33,7 @@ use self::{
     cluster::{H2Conn, IdleH1},
     lease::{Lease, Leased, Upstream},
 };
-use super::{Body, ResponseFlags};
+use super::{Body, ResponseFlags, replay::Outgoing};
 
 /// How often idle connections past their idle timeout are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -317,7 +317,7 @@ impl Pool {
         limits: &Limits,
         target: &Target,
         h2: bool,
-        req: Request<Body>,
+        req: Outgoing<'_>,
     ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> {
         async move {
             let dst = target.addr;
@@ -327,7 +327,7 @@ impl Pool {
             let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
                 Checkout::H2(mut sender, streams) => {
                     let sent = sender
-                        .send_request(req)
+                        .send_request(req.into_request())
                         .await
                         .map(|r| r.map(Upstream::H2))
                         .map_err(Into::into);

@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Method, Request, Uri, Version,
     body::{Frame, SizeHint},
+    header::{HeaderName, HeaderValue},
 };
 
 use super::{Body, body::BoxError, body::boxed};
@@ -40,6 +41,43 @@ impl Replayable {
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
         req
+    }
+}
+
+/// Envoy's header telling the upstream which attempt of a request this is.
+pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
+/// One attempt of a request, as the pool sends it.
+pub enum Outgoing<'r> {
+    /// Buffered, and borrowed: the HTTP/1.1 client writes the head without copying it.
+    /// `attempt` replaces the request's `x-envoy-attempt-count`.
+    Buffered {
+        req: &'r Replayable,
+        attempt: Option<HeaderValue>,
+    },
+    Owned(Request<Body>),
+}
+
+impl Outgoing<'_> {
+    pub fn head(&self) -> (&Method, &Uri, &HeaderMap) {
+        match self {
+            Outgoing::Buffered { req, .. } => (&req.method, &req.uri, &req.headers),
+            Outgoing::Owned(r) => (r.method(), r.uri(), r.headers()),
+        }
+    }
+
+    /// The attempt as a request of its own (for hyper's HTTP/2 client).
+    pub fn into_request(self) -> Request<Body> {
+        match self {
+            Outgoing::Owned(r) => r,
+            Outgoing::Buffered { req, attempt } => {
+                let mut r = req.build();
+                if let Some(a) = attempt {
+                    r.headers_mut().insert(ATTEMPT_COUNT, a);
+                }
+                r
+            }
+        }
     }
 }
 

@@ -4,10 +4,7 @@
 
 use std::{borrow::Cow, error::Error as _, net::SocketAddr, sync::Arc};
 
-use hyper::{
-    Request, Response,
-    header::{HeaderName, HeaderValue},
-};
+use hyper::{Request, Response, header::HeaderValue};
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
@@ -18,7 +15,7 @@ use super::{
     outlier::{self, Outcome as Health},
     pool::{ClusterPool, Counter, Limits, PooledBody, UpstreamError},
     record::Record,
-    replay::{self, Prepared, RETRY_BUFFER},
+    replay::{self, ATTEMPT_COUNT, Outgoing, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
     route::{self, NoEndpoint},
 };
@@ -173,8 +170,6 @@ fn levels(all: &[SocketAddr], priorities: &[u8], healthy: &[SocketAddr]) -> Vec<
     }
     levels
 }
-
-const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 
 /// The `x-envoy-attempt-count` value: static for the usual few attempts, so that setting it on
 /// every request allocates nothing.
@@ -399,12 +394,18 @@ pub async fn with_policy(
                     .try_slot(Counter::Retries, plan.limits.max_retries)
             },
             |n| {
-                let mut req = match (&replayable, once.take()) {
-                    (Some(r), _) => r.build(),
-                    (None, Some(req)) => req,
+                let attempt = attempt_count(n);
+                let req = match (&replayable, once.take()) {
+                    (Some(r), _) => Outgoing::Buffered {
+                        req: r,
+                        attempt: Some(attempt),
+                    },
+                    (None, Some(mut req)) => {
+                        req.headers_mut().insert(ATTEMPT_COUNT, attempt);
+                        Outgoing::Owned(req)
+                    }
                     (None, None) => unreachable!("a streamed request is attempted once"),
                 };
-                req.headers_mut().insert(ATTEMPT_COUNT, attempt_count(n));
                 let target = plan.target(ctx, last, &mut tried);
                 last = target.as_ref().ok().copied();
                 // How to reach the endpoint: resolved once per attempt.

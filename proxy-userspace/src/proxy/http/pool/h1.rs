@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::{BufMut, BytesMut};
-use hyper::{Request, body::Body as _};
+use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 pub use self::body::ResponseBody;
@@ -24,7 +24,11 @@ use self::{
     encode::BodyFraming,
 };
 use super::{Io, Slot};
-use crate::proxy::http::{Body, body::BoxError};
+use crate::proxy::http::{
+    Body,
+    body::BoxError,
+    replay::{ATTEMPT_COUNT, Outgoing},
+};
 
 /// Request bytes gathered before a write: the head and a small body go out in one send.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -97,23 +101,74 @@ impl Conn {
     ///
     /// The whole request is written before the response is read: an upstream that answers
     /// early and stops reading a large body makes the send fail.
-    pub async fn send(&mut self, req: Request<Body>) -> Result<Head, H1Error> {
-        let (parts, mut body) = req.into_parts();
-        let framing = encode::framing(
-            &parts.method,
-            &parts.headers,
-            body.size_hint().exact(),
-            body.is_end_stream(),
-        );
+    pub async fn send(&mut self, req: Outgoing<'_>) -> Result<Head, H1Error> {
         let mut out = BytesMut::with_capacity(512);
-        encode::head(&mut out, &parts.method, &parts.uri, &parts.headers, framing);
-        if framing != BodyFraming::None {
-            self.write_body(&mut out, &mut body, framing).await?;
-        }
+        let method = match req {
+            Outgoing::Buffered { req, attempt } => {
+                // Head and body from the buffered request, in one write.
+                let end = req.body.is_empty() && req.trailers.is_none();
+                let framing = encode::framing(
+                    &req.method,
+                    &req.headers,
+                    Some(req.body.len() as u64).filter(|_| req.trailers.is_none()),
+                    end,
+                );
+                let name = ATTEMPT_COUNT;
+                let extra = attempt.as_ref().map(|v| (&name, v));
+                encode::head(
+                    &mut out,
+                    &req.method,
+                    &req.uri,
+                    &req.headers,
+                    framing,
+                    extra,
+                );
+                match framing {
+                    BodyFraming::Chunked => {
+                        if !req.body.is_empty() {
+                            encode::chunk_start(&mut out, req.body.len());
+                            out.put_slice(&req.body);
+                            out.put_slice(b"\r\n");
+                        }
+                        encode::chunked_end(&mut out, req.trailers.as_ref());
+                    }
+                    BodyFraming::Length(n) if n != req.body.len() as u64 => {
+                        return Err(H1Error::BodyLength {
+                            sent: req.body.len() as u64,
+                            declared: n,
+                        });
+                    }
+                    BodyFraming::Length(_) => out.put_slice(&req.body),
+                    BodyFraming::None => {}
+                }
+                req.method.clone()
+            }
+            Outgoing::Owned(req) => {
+                let (parts, mut body) = req.into_parts();
+                let framing = encode::framing(
+                    &parts.method,
+                    &parts.headers,
+                    body.size_hint().exact(),
+                    body.is_end_stream(),
+                );
+                encode::head(
+                    &mut out,
+                    &parts.method,
+                    &parts.uri,
+                    &parts.headers,
+                    framing,
+                    None,
+                );
+                if framing != BodyFraming::None {
+                    self.write_body(&mut out, &mut body, framing).await?;
+                }
+                parts.method
+            }
+        };
         self.io().write_all(&out).await.map_err(H1Error::Write)?;
         self.io().flush().await.map_err(H1Error::Write)?;
         loop {
-            if let Some(head) = decode::head(&mut self.buf, &parts.method)? {
+            if let Some(head) = decode::head(&mut self.buf, &method)? {
                 return Ok(head);
             }
             match poll_fn(|cx| self.poll_fill(cx)).await {

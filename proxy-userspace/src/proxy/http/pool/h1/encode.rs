@@ -2,7 +2,10 @@
 //! bytes in one buffer, the body as Content-Length bytes or as chunks.
 
 use bytes::{BufMut, BytesMut};
-use hyper::{HeaderMap, Method, Uri, header};
+use hyper::{
+    HeaderMap, Method, Uri,
+    header::{self, HeaderName, HeaderValue},
+};
 
 /// How the request body is framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,12 +48,14 @@ fn carries_body(m: &Method) -> bool {
 
 /// Appends the request line and headers, with the framing header `body` needs and a Host
 /// taken from the URI when the request has none (an HTTP/2 request carries `:authority`).
+/// `extra` is written in place of any header of its name.
 pub fn head(
     out: &mut BytesMut,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: BodyFraming,
+    extra: Option<(&HeaderName, &HeaderValue)>,
 ) {
     out.reserve(256);
     out.put_slice(method.as_str().as_bytes());
@@ -73,9 +78,12 @@ pub fn head(
         if body != BodyFraming::Chunked && name == header::TRANSFER_ENCODING {
             continue;
         }
-        if name == header::CONTENT_LENGTH {
+        if name == header::CONTENT_LENGTH || extra.is_some_and(|(n, _)| n == name) {
             continue;
         }
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some((name, value)) = extra {
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match body {
@@ -120,7 +128,6 @@ pub fn chunked_end(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
 
     fn encode(method: Method, uri: &str, headers: &[(&str, &str)], body: BodyFraming) -> String {
         let mut h = HeaderMap::new();
@@ -131,7 +138,7 @@ mod tests {
             );
         }
         let mut out = BytesMut::new();
-        head(&mut out, &method, &uri.parse().unwrap(), &h, body);
+        head(&mut out, &method, &uri.parse().unwrap(), &h, body, None);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -153,6 +160,28 @@ mod tests {
         assert_eq!(
             encode(Method::GET, "http://svc:8080/p", &[], BodyFraming::None),
             "GET /p HTTP/1.1\r\nhost: svc:8080\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_extra_header_replaces_the_requests_own() {
+        let mut h = HeaderMap::new();
+        h.insert("x-envoy-attempt-count", HeaderValue::from_static("7"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        let mut out = BytesMut::new();
+        let name = HeaderName::from_static("x-envoy-attempt-count");
+        let value = HeaderValue::from_static("2");
+        head(
+            &mut out,
+            &Method::GET,
+            &"/".parse().unwrap(),
+            &h,
+            BodyFraming::None,
+            Some((&name, &value)),
+        );
+        assert_eq!(
+            &out[..],
+            b"GET / HTTP/1.1\r\nx-a: 1\r\nx-envoy-attempt-count: 2\r\n\r\n"
         );
     }
 
