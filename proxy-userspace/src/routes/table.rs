@@ -110,7 +110,9 @@ impl RouteTable {
             return Some(r);
         }
         let mut rest = host;
-        while let Some((_, suffix)) = rest.split_once('.') {
+        while !self.wildcard.is_empty()
+            && let Some((_, suffix)) = rest.split_once('.')
+        {
             if let Some(r) = self.wildcard.get(suffix) {
                 return Some(r);
             }
