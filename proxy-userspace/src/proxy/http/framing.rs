@@ -54,6 +54,26 @@ impl<T> Guarded<T> {
 }
 
 /// What a complete request head says about framing.
+/// Whether a head needs [`judge`]: a CONNECT, anything but an HTTP/1.x request line, a
+/// header line that starts like Content-Length, Transfer-Encoding or Upgrade (any case), or a
+/// folded line.
+fn may_frame(head: &[u8]) -> bool {
+    let mut lines = head.split(|b| *b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    if head.starts_with(b"CONNECT ")
+        || !(first.ends_with(b" HTTP/1.1\r") || first.ends_with(b" HTTP/1.0\r"))
+    {
+        return true;
+    }
+    lines.any(|line| {
+        let starts = |p: &[u8]| line.len() >= p.len() && line[..p.len()].eq_ignore_ascii_case(p);
+        matches!(line.first(), Some(b' ' | b'\t'))
+            || starts(b"content-length")
+            || starts(b"transfer-encoding")
+            || starts(b"upgrade")
+    })
+}
+
 fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
@@ -112,6 +132,12 @@ fn head_end(bytes: &[u8]) -> Option<usize> {
 impl<T> Guarded<T> {
     /// Records the verdict on a complete head and follows its framing.
     fn judged(&mut self, head: &[u8]) {
+        // Most requests declare no framing: nothing to judge, and the next head follows.
+        if !may_frame(head) {
+            self.verdicts.lock().expect("verdicts lock").push_back(None);
+            self.scan = Scan::Head(Vec::new());
+            return;
+        }
         match judge(head) {
             Some((verdict, next)) => {
                 self.verdicts
@@ -273,6 +299,22 @@ mod tests {
             g.scan(c);
         }
         v.lock().unwrap().iter().copied().collect()
+    }
+
+    #[test]
+    fn only_heads_that_may_frame_are_parsed() {
+        assert!(!may_frame(
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Length: 3\r\n\r\n"
+        ));
+        assert!(may_frame(b"POST / HTTP/1.1\r\nCONTENT-length: 3\r\n\r\n"));
+        assert!(may_frame(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        ));
+        assert!(may_frame(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(may_frame(b"CONNECT a:443 HTTP/1.1\r\n\r\n"));
+        assert!(may_frame(b"GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n"));
+        assert!(may_frame(b"PRI * HTTP/2.0\r\n\r\n"));
+        assert!(may_frame(b"GET /\r\n\r\n"));
     }
 
     #[test]
