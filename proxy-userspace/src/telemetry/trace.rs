@@ -26,7 +26,6 @@ const FLUSH: Duration = Duration::from_secs(1);
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const B3: HeaderName = HeaderName::from_static("b3");
-const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
@@ -124,10 +123,44 @@ fn valid_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
 }
 
+/// The tracing headers a request carries (the first value of each), found in one pass: a
+/// lookup by a name that is not a standard header hashes the name, every time.
+#[derive(Default)]
+struct Present<'h> {
+    traceparent: Option<&'h HeaderValue>,
+    b3: Option<&'h HeaderValue>,
+    b3_trace_id: Option<&'h HeaderValue>,
+    b3_span_id: Option<&'h HeaderValue>,
+    b3_sampled: Option<&'h HeaderValue>,
+    request_id: Option<&'h HeaderValue>,
+}
+
+impl<'h> Present<'h> {
+    fn scan(h: &'h HeaderMap) -> Present<'h> {
+        let mut p = Present::default();
+        for (name, value) in h {
+            let slot = match name.as_str() {
+                "traceparent" => &mut p.traceparent,
+                "b3" => &mut p.b3,
+                "x-b3-traceid" => &mut p.b3_trace_id,
+                "x-b3-spanid" => &mut p.b3_span_id,
+                "x-b3-sampled" => &mut p.b3_sampled,
+                "x-request-id" => &mut p.request_id,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        p
+    }
+}
+
 /// Reads the incoming context (W3C first, then B3 single, then B3 multi) and opens meshd's span.
 pub fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
-    let get = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
-    let parsed = get(&TRACEPARENT)
+    let present = Present::scan(h);
+    fn get(v: Option<&HeaderValue>) -> Option<&str> {
+        v.and_then(|v| v.to_str().ok())
+    }
+    let parsed = get(present.traceparent)
         .and_then(|tp| {
             let mut p = tp.trim().split('-');
             let (_, t, s, f) = (p.next()?, p.next()?, p.next()?, p.next()?);
@@ -140,7 +173,7 @@ pub fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
             })
         })
         .or_else(|| {
-            get(&B3).and_then(|b3| {
+            get(present.b3).and_then(|b3| {
                 let mut p = b3.split('-');
                 let (t, s) = (p.next()?, p.next()?);
                 ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
@@ -153,12 +186,12 @@ pub fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
             })
         })
         .or_else(|| {
-            let (t, s) = (get(&B3_TRACE_ID)?, get(&B3_SPAN_ID)?);
+            let (t, s) = (get(present.b3_trace_id)?, get(present.b3_span_id)?);
             ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
                 (
                     Hex::padded(t),
                     Hex::padded(s),
-                    get(&B3_SAMPLED).is_none_or(|v| v == "1"),
+                    get(present.b3_sampled).is_none_or(|v| v == "1"),
                 )
             })
         });
@@ -233,20 +266,28 @@ pub fn inject(h: &mut HeaderMap, c: &Context) -> RequestId {
         (b"00", "0")
     };
     let (trace, span) = (c.trace_id.as_bytes(), c.span_id.as_bytes());
+    let (b3, b3_multi, received) = {
+        let p = Present::scan(h);
+        (
+            p.b3.is_some(),
+            p.b3_trace_id.is_some(),
+            p.request_id.filter(|v| v.to_str().is_ok()).cloned(),
+        )
+    };
     h.insert(TRACEPARENT, joined(&[b"00", trace, span, w3c_flags]));
-    if h.contains_key(B3) {
+    if b3 {
         h.insert(B3, joined(&[trace, span, b3_flag.as_bytes()]));
     }
-    if h.contains_key(B3_TRACE_ID) {
+    if b3_multi {
         h.insert(B3_SPAN_ID, joined(&[span]));
         h.insert(B3_SAMPLED, HeaderValue::from_static(b3_flag));
         if let Some(p) = &c.parent_id {
             h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_bytes()]));
         }
     }
-    match h.get(&REQUEST_ID) {
-        Some(v) if v.to_str().is_ok() => RequestId::Received(v.clone()),
-        _ => {
+    match received {
+        Some(v) => RequestId::Received(v),
+        None => {
             let id = RequestId::generate();
             if let RequestId::Generated(b) = &id {
                 h.insert(
