@@ -132,6 +132,13 @@ fn uploads_are_streamed_with_their_framing() {
     assert!(ok && out == "received 5", "{out}");
     let (ok, out) = curl(&d, &["-X", "POST", &url]);
     assert!(ok && out == "received 0", "{out}");
+    // An upstream that refuses an upload before reading it, and then reads nothing: its 413
+    // reaches the client though meshd could not send the whole body (20 MB, more than the
+    // sockets buffer). Waiting to send it all would leave curl to time out.
+    std::fs::write(&file, vec![b'x'; 20_000_000]).unwrap();
+    let early = format!("http://{}/early-413", up.addr);
+    let (_, out) = curl(&d, &["--data-binary", &data, &early, "-w", "|%{http_code}"]);
+    assert!(out.ends_with("|413"), "the upstream's early answer: {out}");
     let seen = up.seen();
     assert!(
         seen.iter().all(|(m, p, _)| m == "POST" && p == "/upload"),

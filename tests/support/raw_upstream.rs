@@ -81,6 +81,15 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, String, usize)>>) {
                 chunked = true;
             }
         }
+        if path == "/early-413" {
+            // Refuses the upload before reading it, and reads nothing more: a proxy that
+            // insists on sending the whole body first is stuck.
+            let _ = out.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large",
+            );
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
         let body = if chunked {
             read_chunked(&mut r)
         } else {

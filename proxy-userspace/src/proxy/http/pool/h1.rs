@@ -98,9 +98,6 @@ impl Conn {
     }
 
     /// Sends `req` and reads the response head. The body is read through [`ResponseBody`].
-    ///
-    /// The whole request is written before the response is read: an upstream that answers
-    /// early and stops reading a large body makes the send fail.
     pub async fn send(&mut self, req: Outgoing<'_>) -> Result<Head, H1Error> {
         let mut out = BytesMut::with_capacity(512);
         let method = match req {
@@ -159,16 +156,24 @@ impl Conn {
                     framing,
                     None,
                 );
-                if framing != BodyFraming::None {
-                    self.write_body(&mut out, &mut body, framing).await?;
+                if framing != BodyFraming::None
+                    && let Some(early) = self
+                        .stream_body(&mut out, &mut body, framing, &parts.method)
+                        .await?
+                {
+                    return Ok(early);
                 }
                 parts.method
             }
         };
         self.io().write_all(&out).await.map_err(H1Error::Write)?;
         self.io().flush().await.map_err(H1Error::Write)?;
+        self.read_head(&method).await
+    }
+
+    async fn read_head(&mut self, method: &hyper::Method) -> Result<Head, H1Error> {
         loop {
-            if let Some(head) = decode::head(&mut self.buf, &method)? {
+            if let Some(head) = decode::head(&mut self.buf, method)? {
                 return Ok(head);
             }
             match poll_fn(|cx| self.poll_fill(cx)).await {
@@ -179,57 +184,101 @@ impl Conn {
         }
     }
 
-    /// Frames the body after the head in `out`, writing whenever `out` fills up.
-    async fn write_body(
+    /// Writes a streamed body after the head in `out`. The upstream may answer before it has
+    /// all of it (a 413, say): that response wins, the rest of the body is not sent, and the
+    /// connection is not reused.
+    async fn stream_body(
         &mut self,
         out: &mut BytesMut,
         body: &mut Body,
         framing: BodyFraming,
-    ) -> Result<(), H1Error> {
-        let chunked = framing == BodyFraming::Chunked;
-        let mut sent = 0u64;
-        let mut trailers = None;
-        while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-            let frame = frame.map_err(H1Error::Body)?;
-            let data = match frame.into_data() {
-                Ok(d) => d,
-                Err(f) => {
-                    trailers = f.into_trailers().ok();
-                    continue;
+        method: &hyper::Method,
+    ) -> Result<Option<Head>, H1Error> {
+        let Conn { io, buf, .. } = self;
+        let io = io.get_mut().unwrap_or_else(|p| p.into_inner());
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let write = async {
+            write_body(&mut wr, out, body, framing).await?;
+            wr.write_all(out).await.map_err(H1Error::Write)?;
+            out.clear();
+            wr.flush().await.map_err(H1Error::Write)
+        };
+        let early = async {
+            loop {
+                if let Some(head) = decode::head(buf, method)? {
+                    return Ok::<_, H1Error>(head);
                 }
-            };
-            if data.is_empty() {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(8 * 1024);
+                }
+                match tokio::io::AsyncReadExt::read_buf(&mut rd, buf).await {
+                    Ok(0) => return Err(H1Error::Closed),
+                    Ok(_) => {}
+                    Err(e) => return Err(H1Error::Read(e)),
+                }
+            }
+        };
+        tokio::select! {
+            written = write => written.map(|()| None),
+            head = early => {
+                let mut head = head?;
+                head.keep_alive = false;
+                Ok(Some(head))
+            }
+        }
+    }
+}
+
+/// Frames the body after the head in `out`, writing whenever `out` fills up.
+async fn write_body(
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
+    out: &mut BytesMut,
+    body: &mut Body,
+    framing: BodyFraming,
+) -> Result<(), H1Error> {
+    let chunked = framing == BodyFraming::Chunked;
+    let mut sent = 0u64;
+    let mut trailers = None;
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+        let frame = frame.map_err(H1Error::Body)?;
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(f) => {
+                trailers = f.into_trailers().ok();
                 continue;
             }
-            sent += data.len() as u64;
-            if let BodyFraming::Length(declared) = framing
-                && sent > declared
-            {
-                return Err(H1Error::BodyLength { sent, declared });
-            }
-            if chunked {
-                encode::chunk_start(out, data.len());
-            }
-            if out.len() + data.len() > WRITE_BATCH {
-                self.io().write_all(out).await.map_err(H1Error::Write)?;
-                out.clear();
-                self.io().write_all(&data).await.map_err(H1Error::Write)?;
-            } else {
-                out.put_slice(&data);
-            }
-            if chunked {
-                out.put_slice(b"\r\n");
-            }
+        };
+        if data.is_empty() {
+            continue;
         }
-        match framing {
-            BodyFraming::Chunked => encode::chunked_end(out, trailers.as_ref()),
-            BodyFraming::Length(declared) if sent != declared => {
-                return Err(H1Error::BodyLength { sent, declared });
-            }
-            _ => {}
+        sent += data.len() as u64;
+        if let BodyFraming::Length(declared) = framing
+            && sent > declared
+        {
+            return Err(H1Error::BodyLength { sent, declared });
         }
-        Ok(())
+        if chunked {
+            encode::chunk_start(out, data.len());
+        }
+        if out.len() + data.len() > WRITE_BATCH {
+            w.write_all(out).await.map_err(H1Error::Write)?;
+            out.clear();
+            w.write_all(&data).await.map_err(H1Error::Write)?;
+        } else {
+            out.put_slice(&data);
+        }
+        if chunked {
+            out.put_slice(b"\r\n");
+        }
     }
+    match framing {
+        BodyFraming::Chunked => encode::chunked_end(out, trailers.as_ref()),
+        BodyFraming::Length(declared) if sent != declared => {
+            return Err(H1Error::BodyLength { sent, declared });
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A response whose head was read, with the body still on its connection.
