@@ -53,7 +53,6 @@ impl<T> Guarded<T> {
     }
 }
 
-/// What a complete request head says about framing.
 /// Whether a head needs [`judge`]: a CONNECT, anything but an HTTP/1.x request line, a
 /// header line that starts like Content-Length, Transfer-Encoding or Upgrade (any case), or a
 /// folded line.
@@ -74,6 +73,7 @@ fn may_frame(head: &[u8]) -> bool {
     })
 }
 
+/// What a complete request head says about framing.
 fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
