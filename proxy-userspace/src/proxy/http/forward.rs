@@ -399,23 +399,14 @@ fn unix_us() -> u64 {
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    h.contains_key(header::UPGRADE) && headers::has_token(h, header::CONNECTION, "upgrade")
 }
 
 /// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` stays
 /// (gRPC needs it); an upgrade keeps `connection` and `upgrade`.
 fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = headers::tokens(h, header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| !(upgrade && n == header::UPGRADE))
         .collect();
     for n in named {

@@ -1,5 +1,6 @@
 //! Header edits from VirtualService `headers` (route and destination level): set, add, remove,
-//! applied to requests before forwarding and to responses before returning them.
+//! applied to requests before forwarding and to responses before returning them; and the
+//! tokens of comma-separated header lists (`Connection`, `Transfer-Encoding`).
 
 use hyper::{
     HeaderMap,
@@ -7,6 +8,20 @@ use hyper::{
 };
 
 use crate::policy::model::{HeaderOperations, Headers};
+
+/// The trimmed tokens of every `name` field, in order (RFC 9110 section 5.6.1 lists).
+pub fn tokens(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    h.get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// Whether a `name` list holds `token` (any case).
+pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    tokens(h, name).any(|t| t.eq_ignore_ascii_case(token))
+}
 
 fn apply(h: &mut HeaderMap, ops: &HeaderOperations) {
     for (k, v) in &ops.set {

@@ -7,6 +7,8 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 
+use crate::proxy::http::headers::{has_token, tokens};
+
 /// The largest response head meshd reads (Envoy's default limit is 60 KiB).
 pub const MAX_HEAD: usize = 60 * 1024;
 /// The most header fields a response head may have.
@@ -156,19 +158,6 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
         Some(n) => Framing::Length(n),
         None => Framing::Close,
     })
-}
-
-fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 fn last_token_is(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
