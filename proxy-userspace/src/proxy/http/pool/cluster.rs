@@ -40,6 +40,13 @@ pub struct IdleH1 {
     pub idle_timeout: Duration,
 }
 
+impl IdleH1 {
+    /// Still within its idle timeout, and nothing (bytes or a close) arrived on it.
+    fn can_carry(&mut self) -> bool {
+        self.since.elapsed() < self.idle_timeout && self.conn.is_usable()
+    }
+}
+
 /// A multiplexed HTTP/2 connection and the streams open on it.
 pub struct H2Conn {
     pub sender: http2::SendRequest<Body>,
@@ -102,7 +109,7 @@ impl ClusterPool {
         let mut all = self.h1.lock().expect("h1 pool lock");
         let idle = all.get_mut(dst)?;
         while let Some(mut c) = idle.pop() {
-            if c.since.elapsed() < c.idle_timeout && c.conn.is_usable() {
+            if c.can_carry() {
                 return Some(c);
             }
         }
@@ -164,7 +171,7 @@ impl ClusterPool {
     pub fn sweep(&self) -> bool {
         let mut h1 = self.h1.lock().expect("h1 pool lock");
         h1.retain(|_, idle| {
-            idle.retain_mut(|c| c.since.elapsed() < c.idle_timeout && c.conn.is_usable());
+            idle.retain_mut(IdleH1::can_carry);
             !idle.is_empty()
         });
         let mut h2 = self.h2.lock().expect("h2 pool lock");

@@ -19,10 +19,7 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 pub use self::body::ResponseBody;
-use self::{
-    decode::{Framing, Head},
-    encode::BodyFraming,
-};
+use self::{decode::Head, encode::BodyFraming};
 use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
@@ -71,7 +68,7 @@ impl Conn {
     }
 
     fn io(&mut self) -> &mut Box<dyn Io> {
-        self.io.get_mut().unwrap_or_else(|p| p.into_inner())
+        io_of(&mut self.io)
     }
 
     /// Whether an idle connection can carry a request: nothing arrived on it since its last
@@ -90,11 +87,7 @@ impl Conn {
 
     /// Reads more of the upstream's bytes into the buffer; 0 at the upstream's end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(8 * 1024);
-        }
-        let io = self.io.get_mut().unwrap_or_else(|p| p.into_inner());
-        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.buf)
+        poll_fill(io_of(&mut self.io), &mut self.buf, cx)
     }
 
     /// Sends `req` and reads the response head. The body is read through [`ResponseBody`].
@@ -168,20 +161,7 @@ impl Conn {
         };
         self.io().write_all(&out).await.map_err(H1Error::Write)?;
         self.io().flush().await.map_err(H1Error::Write)?;
-        self.read_head(&method).await
-    }
-
-    async fn read_head(&mut self, method: &hyper::Method) -> Result<Head, H1Error> {
-        loop {
-            if let Some(head) = decode::head(&mut self.buf, method)? {
-                return Ok(head);
-            }
-            match poll_fn(|cx| self.poll_fill(cx)).await {
-                Ok(0) => return Err(H1Error::Closed),
-                Ok(_) => {}
-                Err(e) => return Err(H1Error::Read(e)),
-            }
-        }
+        read_head(io_of(&mut self.io), &mut self.buf, &method).await
     }
 
     /// Writes a streamed body after the head in `out`. The upstream may answer before it has
@@ -195,29 +175,14 @@ impl Conn {
         method: &hyper::Method,
     ) -> Result<Option<Head>, H1Error> {
         let Conn { io, buf, .. } = self;
-        let io = io.get_mut().unwrap_or_else(|p| p.into_inner());
-        let (mut rd, mut wr) = tokio::io::split(io);
+        let (mut rd, mut wr) = tokio::io::split(io_of(io));
         let write = async {
             write_body(&mut wr, out, body, framing).await?;
             wr.write_all(out).await.map_err(H1Error::Write)?;
             out.clear();
             wr.flush().await.map_err(H1Error::Write)
         };
-        let early = async {
-            loop {
-                if let Some(head) = decode::head(buf, method)? {
-                    return Ok::<_, H1Error>(head);
-                }
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(8 * 1024);
-                }
-                match tokio::io::AsyncReadExt::read_buf(&mut rd, buf).await {
-                    Ok(0) => return Err(H1Error::Closed),
-                    Ok(_) => {}
-                    Err(e) => return Err(H1Error::Read(e)),
-                }
-            }
-        };
+        let early = read_head(&mut rd, buf, method);
         tokio::select! {
             written = write => written.map(|()| None),
             head = early => {
@@ -225,6 +190,41 @@ impl Conn {
                 head.keep_alive = false;
                 Ok(Some(head))
             }
+        }
+    }
+}
+
+/// The connection's stream: the Mutex is only there to make `Conn` `Sync`, never locked.
+fn io_of(io: &mut Mutex<Box<dyn Io>>) -> &mut Box<dyn Io> {
+    io.get_mut().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads more of `io`'s bytes into `buf`; 0 at its end.
+fn poll_fill(
+    io: &mut (impl AsyncRead + Unpin + ?Sized),
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Reads from `io` until `buf` holds a whole response head (interim ones skipped).
+async fn read_head(
+    io: &mut (impl AsyncRead + Unpin + ?Sized),
+    buf: &mut BytesMut,
+    method: &hyper::Method,
+) -> Result<Head, H1Error> {
+    loop {
+        if let Some(head) = decode::head(buf, method)? {
+            return Ok(head);
+        }
+        match poll_fn(|cx| poll_fill(io, buf, cx)).await {
+            Ok(0) => return Err(H1Error::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(H1Error::Read(e)),
         }
     }
 }
@@ -289,10 +289,4 @@ pub fn response(conn: Conn, head: Head) -> hyper::Response<ResponseBody> {
         keep_alive,
     } = head;
     response.map(|()| ResponseBody::new(conn, framing, keep_alive))
-}
-
-impl Framing {
-    fn is_empty(self) -> bool {
-        matches!(self, Framing::Empty | Framing::Length(0))
-    }
 }

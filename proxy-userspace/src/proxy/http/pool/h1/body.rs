@@ -31,10 +31,11 @@ pub struct ResponseBody {
 impl ResponseBody {
     pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool) -> ResponseBody {
         let state = match framing {
-            _ if framing.is_empty() => State::Done,
+            // The decoder reports a zero Content-Length as Empty.
+            Framing::Empty => State::Done,
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::Chunked(Chunked::Size),
-            Framing::Close | Framing::Empty => State::Close,
+            Framing::Close => State::Close,
         };
         ResponseBody {
             conn: Some(conn),

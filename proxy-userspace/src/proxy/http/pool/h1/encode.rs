@@ -57,7 +57,6 @@ pub fn head(
     body: BodyFraming,
     extra: Option<(&HeaderName, &HeaderValue)>,
 ) {
-    out.reserve(256);
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
     if *method == Method::CONNECT {
@@ -104,7 +103,6 @@ pub fn head(
 }
 
 fn line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.reserve(name.len() + value.len() + 4);
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
