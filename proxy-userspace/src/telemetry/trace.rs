@@ -152,11 +152,41 @@ impl<'h> Present<'h> {
         }
         p
     }
+
+    /// What `inject` keeps from the request: the B3 forms it used, and its own x-request-id.
+    fn forms(&self) -> Forms {
+        Forms {
+            b3: self.b3.is_some(),
+            b3_multi: self.b3_trace_id.is_some(),
+            request_id: self.request_id.filter(|v| v.to_str().is_ok()).cloned(),
+        }
+    }
+}
+
+struct Forms {
+    b3: bool,
+    b3_multi: bool,
+    request_id: Option<HeaderValue>,
+}
+
+/// Reads the incoming context and opens meshd's span, then writes it back for the upstream
+/// request (see `extract` and `inject`), with one pass over the headers.
+pub fn propagate(h: &mut HeaderMap, sample_rate: f64) -> (Context, RequestId) {
+    let (context, forms) = {
+        let present = Present::scan(h);
+        (opened(&present, sample_rate), present.forms())
+    };
+    let id = write(h, &context, forms);
+    (context, id)
 }
 
 /// Reads the incoming context (W3C first, then B3 single, then B3 multi) and opens meshd's span.
-pub fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
-    let present = Present::scan(h);
+#[cfg(test)]
+fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
+    opened(&Present::scan(h), sample_rate)
+}
+
+fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
     fn get(v: Option<&HeaderValue>) -> Option<&str> {
         v.and_then(|v| v.to_str().ok())
     }
@@ -259,33 +289,31 @@ fn joined(parts: &[&[u8]]) -> HeaderValue {
 
 /// Writes meshd's span as the parent for the upstream request, in W3C form and in whichever B3
 /// form the request used; adds `x-request-id` when missing. Returns the request id.
-pub fn inject(h: &mut HeaderMap, c: &Context) -> RequestId {
+#[cfg(test)]
+fn inject(h: &mut HeaderMap, c: &Context) -> RequestId {
+    let forms = Present::scan(h).forms();
+    write(h, c, forms)
+}
+
+fn write(h: &mut HeaderMap, c: &Context, forms: Forms) -> RequestId {
     let (w3c_flags, b3_flag): (&[u8], &'static str) = if c.sampled {
         (b"01", "1")
     } else {
         (b"00", "0")
     };
     let (trace, span) = (c.trace_id.as_bytes(), c.span_id.as_bytes());
-    let (b3, b3_multi, received) = {
-        let p = Present::scan(h);
-        (
-            p.b3.is_some(),
-            p.b3_trace_id.is_some(),
-            p.request_id.filter(|v| v.to_str().is_ok()).cloned(),
-        )
-    };
     h.insert(TRACEPARENT, joined(&[b"00", trace, span, w3c_flags]));
-    if b3 {
+    if forms.b3 {
         h.insert(B3, joined(&[trace, span, b3_flag.as_bytes()]));
     }
-    if b3_multi {
+    if forms.b3_multi {
         h.insert(B3_SPAN_ID, joined(&[span]));
         h.insert(B3_SAMPLED, HeaderValue::from_static(b3_flag));
         if let Some(p) = &c.parent_id {
             h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_bytes()]));
         }
     }
-    match received {
+    match forms.request_id {
         Some(v) => RequestId::Received(v),
         None => {
             let id = RequestId::generate();
@@ -487,6 +515,25 @@ mod tests {
             format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", c.span_id)
         );
         assert_eq!(out["x-request-id"], id.as_str());
+    }
+
+    #[test]
+    fn propagate_continues_the_context_and_writes_it_back() {
+        let mut h = headers(&[
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-request-id", "abc"),
+        ]);
+        let (c, id) = propagate(&mut h, 0.0);
+        assert_eq!(c.trace_id, "0000000000000000463ac35c9f6413ad");
+        assert_eq!(c.parent_id.unwrap(), "a2fb4a1d1a96d312");
+        assert_eq!(id.as_str(), "abc");
+        assert_eq!(h["x-b3-spanid"], c.span_id.as_str());
+        assert_eq!(h["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        assert_eq!(
+            h["traceparent"],
+            format!("00-{}-{}-01", c.trace_id, c.span_id)
+        );
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub async fn handle(
     verdicts: framing::Verdicts,
 ) -> Result<Response<Body>, Infallible> {
     // meshd's span: continues the caller's trace, and is the parent of the upstream request.
-    let trace = crate::telemetry::trace::extract(req.headers(), ctx.tracer.sample_rate);
-    let request_id = crate::telemetry::trace::inject(req.headers_mut(), &trace);
+    let (trace, request_id) =
+        crate::telemetry::trace::propagate(req.headers_mut(), ctx.tracer.sample_rate);
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
