@@ -279,24 +279,14 @@ impl ClusterPolicy<'_> {
 
 /// `host|subset|port`, sized once: built for every request.
 fn cluster_key(host: &str, subset: &str, port: u16) -> String {
-    let mut key = String::with_capacity(host.len() + subset.len() + 7);
+    let mut digits = itoa::Buffer::new();
+    let port = digits.format(port);
+    let mut key = String::with_capacity(host.len() + subset.len() + port.len() + 2);
     key.push_str(host);
     key.push('|');
     key.push_str(subset);
     key.push('|');
-    // The port's digits without the formatting machinery.
-    let mut digits = [0u8; 5];
-    let mut n = port;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    key.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    key.push_str(port);
     key
 }
 
@@ -335,6 +325,7 @@ fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::load_str;
 
     #[test]
     fn cluster_keys_join_host_subset_and_port() {
@@ -342,7 +333,6 @@ mod tests {
         assert_eq!(cluster_key("h", "", 0), "h||0");
         assert_eq!(cluster_key("h", "s", 65535), "h|s|65535");
     }
-    use crate::policy::load_str;
 
     const POLICIES: &str = r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
