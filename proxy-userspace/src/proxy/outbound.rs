@@ -266,6 +266,7 @@ async fn proxy(
                 principal,
             },
             ctx.http.clone(),
+            detected == Detected::Http2,
         )
         .await;
         return Ok(());

@@ -176,14 +176,11 @@ pub struct Downstream {
     pub principal: Option<std::sync::Arc<str>>,
 }
 
-/// Serves HTTP on a captured connection until the client closes it.
-pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>) {
+/// Serves HTTP on a captured connection until the client closes it. `h2` says the connection
+/// was found (or declared) to speak HTTP/2; either version is still served.
+pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
     let (stream, verdicts) = framing::Guarded::new(stream);
-    let svc = {
-        let ctx = ctx.clone();
-        service_fn(move |req| forward::handle(req, down.clone(), ctx.clone(), verdicts.clone()))
-    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -192,10 +189,28 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>) {
         // vectored writes (bench http).
         .writev(false)
         .keep_alive(true);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .await
-    {
+    let io = TokioIo::new(stream);
+    let served = if h2 {
+        // Boxed: hyper's HTTP/2 server runs each stream as a task of its own, and moved the
+        // request's whole future state (kilobytes) into it several times per request; a box
+        // moves as a pointer. HTTP/1.1 keeps the future in place, where a box would only add
+        // a copy.
+        let svc = service_fn(move |req| {
+            Box::pin(forward::handle(
+                req,
+                down.clone(),
+                ctx.clone(),
+                verdicts.clone(),
+            ))
+        });
+        builder.serve_connection_with_upgrades(io, svc).await
+    } else {
+        let svc = service_fn(move |req| {
+            forward::handle(req, down.clone(), ctx.clone(), verdicts.clone())
+        });
+        builder.serve_connection_with_upgrades(io, svc).await
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
 }
