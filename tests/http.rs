@@ -219,6 +219,102 @@ fn hostile_requests_never_reach_the_upstream() {
     assert!(!d.log_text().contains("panicked"));
 }
 
+/// HTTP/2 bodies both ways on one pooled upstream connection: a request body kept for retries,
+/// one streamed because it outgrows the retry buffer and the upstream's flow-control window,
+/// and a response larger than meshd's own window, which meshd must keep reopening.
+#[test]
+fn http2_bodies_flow_both_ways_within_flow_control() {
+    if !ebpf_available("http2_bodies") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http2-bodies", 167, &[]);
+    let dir = std::env::temp_dir().join(format!("meshd-http2-bodies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let echo = format!("http://{}/echo", b.addr);
+    for len in [10_000usize, 3_000_000] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+        let sum: u64 = data.iter().map(|b| u64::from(*b)).sum();
+        let file = dir.join(format!("body-{len}"));
+        std::fs::write(&file, &data).unwrap();
+        let at = format!("@{}", file.display());
+        let got = curl(
+            &d,
+            &["--http2-prior-knowledge", "--data-binary", &at, &echo],
+        );
+        assert_eq!(
+            got.trim(),
+            format!("{{\"length\":{len},\"sum\":{sum},\"trailers\":[]}}"),
+            "a {len}-byte upload"
+        );
+    }
+    let size = curl(
+        &d,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("http://{}/bytes/5000000", b.addr),
+        ],
+    );
+    assert_eq!(size, "5000000");
+    assert_eq!(b.accepted(), 1, "one pooled HTTP/2 upstream connection");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An upstream that says GOAWAY while a stream is still open on the connection: the requests
+/// after it are not sent on that connection, where they would fail, but on a new one, whatever
+/// the retry policy (the route here has Istio's default, which does not retry resets).
+#[test]
+fn http2_requests_after_goaway_go_on_a_new_connection() {
+    if !ebpf_available("http2_goaway") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http2-goaway", 168, &[]);
+    let url = |path: &str| format!("http://{}{path}", b.addr);
+    // Holds the first connection open past its GOAWAY.
+    let slow = d
+        .exec(
+            "default/curl",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--http2-prior-knowledge",
+                "-w",
+                "%{http_code}",
+                &url("/sleep/2000"),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let h2 = [
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    assert_eq!(curl(&d, &[&h2[..], &[&url("/goaway")]].concat()), "200");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for _ in 0..3 {
+        assert_eq!(curl(&d, &[&h2[..], &[&url("/whoami")]].concat()), "200");
+    }
+    let slow = slow.wait_with_output().unwrap();
+    assert!(stdout(&slow).ends_with("200"), "{}", stdout(&slow));
+    assert_eq!(
+        b.accepted(),
+        2,
+        "a second upstream connection after the GOAWAY"
+    );
+}
+
 #[test]
 fn grpc_status_trailers_pass_through_and_h2_multiplexes_100_streams() {
     if !ebpf_available("grpc") {

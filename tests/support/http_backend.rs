@@ -1,7 +1,9 @@
 //! A hyper backend for the L7 tests: HTTP/1.1 and h2c on one port. It answers
 //! `/status/NNN` with that status, `/sleep/MS` after MS milliseconds, `/slow-503/MS` with 503
 //! after MS milliseconds, `/whoami` with the HTTP version and the upstream connection's
-//! peer address, and an `Upgrade: echo` request with 101 and then echoes bytes. It counts the
+//! peer address, `/echo` with the length and byte sum of the request body, `/bytes/N` with N
+//! bytes, `/goaway` by shutting its connection down gracefully (HTTP/2 GOAWAY) after the
+//! streams open on it, and an `Upgrade: echo` request with 101 and then echoes bytes. It counts the
 //! connections it accepted, so tests can see meshd's connection reuse.
 
 use std::{
@@ -63,13 +65,27 @@ impl HttpBackend {
                 let reqs = reqs.clone();
                 let st = st.clone();
                 tokio::spawn(async move {
+                    let goaway = Arc::new(tokio::sync::Notify::new());
+                    let told = goaway.clone();
                     let svc = service_fn(move |req| {
                         reqs.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path() == "/goaway" {
+                            told.notify_one();
+                        }
                         answer(req, peer, st.clone())
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        // A graceful shutdown: HTTP/2 GOAWAY, and the streams already open
+                        // are still answered.
+                        _ = goaway.notified() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         });
@@ -129,8 +145,48 @@ async fn answer(
     {
         return Ok(grpc_reply(code));
     }
+    if req.uri().path() == "/echo" {
+        return Ok(echo(req).await);
+    }
+    if let Some(n) = req
+        .uri()
+        .path()
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let body: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        return Ok(Response::new(Full::new(Bytes::from(body)).boxed()));
+    }
     let resp = answer_plain(req, peer, st).await?;
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Reads the whole request body: answers its length, a checksum (the sum of its bytes), and
+/// the names of its trailers.
+async fn echo(req: Request<Incoming>) -> Reply {
+    let (mut len, mut sum, mut trailers) = (0u64, 0u64, Vec::new());
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Response::builder()
+                .status(400)
+                .body(Full::new(Bytes::from("body failed\n")).boxed())
+                .unwrap();
+        };
+        match frame.into_data() {
+            Ok(d) => {
+                len += d.len() as u64;
+                sum += d.iter().map(|b| u64::from(*b)).sum::<u64>();
+            }
+            Err(f) => {
+                if let Ok(t) = f.into_trailers() {
+                    trailers.extend(t.keys().map(|k| k.to_string()));
+                }
+            }
+        }
+    }
+    let text = format!("{{\"length\":{len},\"sum\":{sum},\"trailers\":{trailers:?}}}\n");
+    Response::new(Full::new(Bytes::from(text)).boxed())
 }
 
 async fn answer_plain(

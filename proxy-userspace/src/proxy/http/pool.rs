@@ -6,6 +6,7 @@
 mod cluster;
 mod connect;
 mod h1;
+mod h2;
 mod lease;
 pub mod limits;
 
@@ -17,11 +18,8 @@ use std::{
 
 use foldhash::{HashMap, HashMapExt};
 
-use hyper::{
-    Response,
-    client::conn::{http1, http2},
-};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Response, client::conn::http1};
+use hyper_util::rt::TokioIo;
 
 pub use self::{
     cluster::{ClusterPool, Counter, PeerKey, Slot},
@@ -50,12 +48,13 @@ pub enum UpstreamError {
     #[error("upstream connect error: HTTP handshake with {dst} failed: {source}")]
     Handshake {
         dst: SocketAddr,
-        source: hyper::Error,
+        /// hyper's (HTTP/1.1 upgrades) or h2's.
+        source: super::body::BoxError,
     },
     #[error("upstream {dst} reset or closed the connection before answering: {source}")]
     Send {
         dst: SocketAddr,
-        /// meshd's HTTP/1.1 client error, or hyper's (HTTP/2, upgrades).
+        /// meshd's HTTP/1.1 client error, h2's, or hyper's (upgrades).
         source: super::body::BoxError,
     },
     #[error("upstream connect error: {source}")]
@@ -122,7 +121,8 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> I
 /// A connection taken for one request.
 enum Checkout {
     H1(IdleH1),
-    H2(http2::SendRequest<Body>, Arc<std::sync::atomic::AtomicU32>),
+    /// A connection with room for the request's stream.
+    H2(h2::Ready, Arc<std::sync::atomic::AtomicU32>),
 }
 
 pub struct Pool {
@@ -168,9 +168,12 @@ impl Pool {
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
         let dst = target.addr;
         let io = self.dial(target, limits).await?;
-        let (sender, conn) = http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| UpstreamError::Handshake { dst, source })?;
+        let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(|source| {
+            UpstreamError::Handshake {
+                dst,
+                source: source.into(),
+            }
+        })?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, %dst, "upstream HTTP/1 connection ended with an error");
@@ -220,17 +223,17 @@ impl Pool {
         limits: &Limits,
     ) -> Result<Checkout, UpstreamError> {
         let dst = target.addr;
-        let io = TokioIo::new(self.dial(target, limits).await?);
+        let io = self.dial(target, limits).await?;
         if h2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .map_err(|source| UpstreamError::Handshake { dst, source })?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %dst, "upstream HTTP/2 connection ended with an error");
-                }
-                drop(slot);
-            });
+            // meshd's own HTTP/2 client: the connection runs as a task of its own, and holds
+            // its slot until it closes.
+            let sender =
+                h2::handshake(io, slot)
+                    .await
+                    .map_err(|source| UpstreamError::Handshake {
+                        dst,
+                        source: source.into(),
+                    })?;
             let streams = Arc::new(std::sync::atomic::AtomicU32::new(1));
             cluster.add_h2(
                 target.key(),
@@ -242,12 +245,16 @@ impl Pool {
                     idle_timeout: limits.idle_timeout,
                 },
             );
-            Ok(Checkout::H2(sender, streams))
+            let ready = sender.ready().await.map_err(|source| UpstreamError::Send {
+                dst,
+                source: source.into(),
+            })?;
+            Ok(Checkout::H2(ready, streams))
         } else {
             // meshd's own HTTP/1.1 client: the connection is driven by the requests that use
             // it, and holds its slot until it closes.
             Ok(Checkout::H1(IdleH1 {
-                conn: h1::Conn::new(io.into_inner(), slot),
+                conn: h1::Conn::new(io, slot),
                 used: 0,
                 since: Instant::now(),
                 idle_timeout: limits.idle_timeout,
@@ -272,10 +279,19 @@ impl Pool {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if h2 {
-                if let Some((s, streams)) =
+                while let Some((c, streams)) =
                     cluster.take_h2_stream(&key, limits.max_streams, |u| limits.reusable(u))
                 {
-                    return Ok(Checkout::H2(s, streams));
+                    match c.ready().await {
+                        Ok(sender) => return Ok(Checkout::H2(sender, streams)),
+                        // Going away (or gone) before the request's stream opened: nothing
+                        // was sent. The connection, now marked closed, leaves the pool, and the
+                        // request goes on another, as with Envoy.
+                        Err(e) => {
+                            tracing::debug!(error = %e, dst = %target.addr, "upstream HTTP/2 connection is going away");
+                            streams.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                        }
+                    }
                 }
             } else {
                 // The previous response was read to its end, and nothing arrived since.
@@ -325,12 +341,8 @@ impl Pool {
                 .try_slot(Counter::Requests, limits.max_requests)
                 .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
             let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
-                Checkout::H2(mut sender, streams) => {
-                    let sent = sender
-                        .send_request(req.into_request())
-                        .await
-                        .map(|r| r.map(Upstream::H2))
-                        .map_err(Into::into);
+                Checkout::H2(sender, streams) => {
+                    let sent = h2::send(sender, req).await.map(|r| r.map(Upstream::H2));
                     (sent, Leased::H2 { streams })
                 }
                 Checkout::H1(mut c) => {

@@ -2,7 +2,7 @@
 //! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
 //! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
 
-use std::{borrow::Cow, error::Error as _, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use hyper::{Request, Response, header::HeaderValue};
 
@@ -221,9 +221,7 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
 
 /// Whether an HTTP/2 upstream refused the stream (it did not process the request).
 fn refused_stream(e: &super::body::BoxError) -> bool {
-    e.downcast_ref::<hyper::Error>()
-        .and_then(|e| e.source())
-        .and_then(|s| s.downcast_ref::<h2::Error>())
+    e.downcast_ref::<h2::Error>()
         .and_then(h2::Error::reason)
         .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)
 }
@@ -482,5 +480,21 @@ pub async fn with_policy(
             }
             timed_out(rec)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refused_streams_count_as_refused() {
+        let refused: super::super::body::BoxError =
+            h2::Error::from(h2::Reason::REFUSED_STREAM).into();
+        assert!(refused_stream(&refused));
+        let cancelled: super::super::body::BoxError = h2::Error::from(h2::Reason::CANCEL).into();
+        assert!(!refused_stream(&cancelled));
+        let other: super::super::body::BoxError = "connection reset".into();
+        assert!(!refused_stream(&other));
     }
 }

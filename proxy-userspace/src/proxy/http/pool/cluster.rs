@@ -13,10 +13,7 @@ use std::{
 
 use foldhash::HashMap;
 
-use hyper::client::conn::http2;
 use tokio::sync::Notify;
-
-use crate::proxy::http::Body;
 
 /// An endpoint and, for a tunnelled connection, the tunnel's key: connections through the
 /// tunnel carry one source identity, so they are pooled apart.
@@ -49,7 +46,7 @@ impl IdleH1 {
 
 /// A multiplexed HTTP/2 connection and the streams open on it.
 pub struct H2Conn {
-    pub sender: http2::SendRequest<Body>,
+    pub sender: super::h2::Conn,
     pub streams: Arc<AtomicU32>,
     pub used: u32,
     pub last_active: Instant,
@@ -132,7 +129,7 @@ impl ClusterPool {
         dst: &PeerKey,
         max_streams: u32,
         per_connection: impl Fn(u32) -> bool,
-    ) -> Option<(http2::SendRequest<Body>, Arc<AtomicU32>)> {
+    ) -> Option<(super::h2::Conn, Arc<AtomicU32>)> {
         let mut all = self.h2.lock().expect("h2 pool lock");
         let conns = all.get_mut(dst)?;
         conns.retain(|c| !c.sender.is_closed() && per_connection(c.used));

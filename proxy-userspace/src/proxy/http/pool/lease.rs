@@ -13,7 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 
 use super::{
     cluster::{ClusterPool, IdleH1, PeerKey, Slot},
@@ -77,7 +77,7 @@ impl Lease {
 /// The body as it comes from the upstream connection.
 pub enum Upstream {
     H1(h1::ResponseBody),
-    H2(Incoming),
+    H2(super::h2::RecvBody),
 }
 
 /// An upstream response body carrying its lease.

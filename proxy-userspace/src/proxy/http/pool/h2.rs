@@ -1,0 +1,306 @@
+//! meshd's HTTP/2 upstream client, on the h2 crate. A request's own task opens its stream,
+//! writes a buffered body, and awaits the response; only the connection (and a streamed upload)
+//! runs as a task of its own. hyper's client spawned a task per request to await the response
+//! and passed each request to the connection's task through a channel.
+
+use std::{
+    future::poll_fn,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use h2::{
+    RecvStream, SendStream,
+    client::{self, SendRequest},
+};
+use hyper::body::Body as _;
+use hyper::{
+    HeaderMap, Request, Response,
+    body::{Frame, SizeHint},
+    header::{self, HeaderName},
+};
+
+use super::{Io, Slot};
+use crate::proxy::http::{
+    Body,
+    body::BoxError,
+    headers::tokens,
+    replay::{ATTEMPT_COUNT, Outgoing},
+};
+
+// hyper's client defaults, which meshd's HTTP/2 upstreams had before.
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const MAX_FRAME: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Headers that name a connection, not a message: never sent on HTTP/2 (RFC 9113 section
+/// 8.2.2).
+const CONNECTION_HEADERS: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// A connection's sender with room for one more stream.
+pub type Ready = SendRequest<Bytes>;
+
+/// An HTTP/2 connection's sending side; clones share the connection.
+#[derive(Clone)]
+pub struct Conn {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Opens HTTP/2 on `io`. The connection runs as a task of its own, holding `slot` (one of its
+/// cluster's connections) until it ends.
+pub async fn handshake(io: Box<dyn Io>, slot: Slot) -> Result<Conn, h2::Error> {
+    let (sender, conn) = client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+        ended.store(true, Ordering::Release);
+        drop(slot);
+    });
+    Ok(Conn { sender, closed })
+}
+
+impl Conn {
+    /// Whether the connection has ended, or was found going away by [`Conn::ready`]. A
+    /// connection told to go away still carries the streams it has.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The connection's sender once it has room for one more stream. On an error (the
+    /// upstream sent GOAWAY, or the connection failed) the connection is marked closed, so
+    /// the pool drops it; no stream was opened, so the request may go elsewhere.
+    pub async fn ready(&self) -> Result<Ready, h2::Error> {
+        let ready = self.sender.clone().ready().await;
+        if ready.is_err() {
+            self.closed.store(true, Ordering::Release);
+        }
+        ready
+    }
+}
+
+/// Sends one request on a ready connection and waits for its response head.
+pub async fn send(mut sender: Ready, req: Outgoing<'_>) -> Result<Response<RecvBody>, BoxError> {
+    let (head, body) = split(req);
+    let eos = match &body {
+        Outbound::Buffered(data, trailers) => data.is_empty() && trailers.is_none(),
+        Outbound::Streamed(b) => b.is_end_stream(),
+    };
+    let (response, mut tx) = sender.send_request(head, eos)?;
+    if !eos {
+        match body {
+            // At most the retry buffer: h2 holds what the stream's window does not take yet,
+            // and sends it as the upstream opens the window.
+            Outbound::Buffered(data, trailers) => {
+                if !data.is_empty() {
+                    tx.send_data(data, trailers.is_none())?;
+                }
+                if let Some(t) = trailers {
+                    tx.send_trailers(t)?;
+                }
+            }
+            Outbound::Streamed(b) => {
+                tokio::spawn(async move {
+                    if let Err(e) = pipe(b, &mut tx).await {
+                        tracing::debug!(error = %e, "streaming a request body upstream failed");
+                        tx.send_reset(h2::Reason::CANCEL);
+                    }
+                });
+            }
+        }
+    }
+    let (parts, recv) = response.await?.into_parts();
+    let body = RecvBody::new(recv, &parts.headers);
+    Ok(Response::from_parts(parts, body))
+}
+
+enum Outbound {
+    Buffered(Bytes, Option<HeaderMap>),
+    Streamed(Body),
+}
+
+/// The request head h2 sends (the URI in absolute form gives `:scheme` and `:authority`), and
+/// its body.
+fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
+    let (mut head, body) = match req {
+        Outgoing::Buffered { req, attempt } => {
+            let mut head = Request::new(());
+            *head.method_mut() = req.method.clone();
+            *head.uri_mut() = req.uri.clone();
+            *head.headers_mut() = req.headers.clone();
+            if let Some(a) = attempt {
+                head.headers_mut().insert(ATTEMPT_COUNT, a);
+            }
+            (
+                head,
+                Outbound::Buffered(req.body.clone(), req.trailers.clone()),
+            )
+        }
+        Outgoing::Owned(r) => {
+            let (parts, body) = r.into_parts();
+            (Request::from_parts(parts, ()), Outbound::Streamed(body))
+        }
+    };
+    *head.version_mut() = hyper::Version::HTTP_2;
+    strip_connection_headers(head.headers_mut());
+    (head, body)
+}
+
+/// Removes what HTTP/2 forbids in a request: connection-specific headers, those the
+/// Connection header names, and a TE other than `trailers`.
+fn strip_connection_headers(h: &mut HeaderMap) {
+    if let Some(named) = h.contains_key(header::CONNECTION).then(|| {
+        tokens(h, header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect::<Vec<_>>()
+    }) {
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &CONNECTION_HEADERS {
+        h.remove(n);
+    }
+    if h.get(header::TE).is_some_and(|te| te != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// Streams a body too large to buffer, within the stream's flow control, as hyper's client
+/// does: a chunk waits until the upstream has opened some window, and the upload stops when
+/// the upstream resets the stream.
+async fn pipe(mut body: Body, tx: &mut SendStream<Bytes>) -> Result<(), BoxError> {
+    loop {
+        let frame = poll_fn(|cx| {
+            if let Poll::Ready(reason) = tx.poll_reset(cx) {
+                let e: BoxError = match reason {
+                    Ok(r) => h2::Error::from(r).into(),
+                    Err(e) => e.into(),
+                };
+                return Poll::Ready(Err(e));
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Ok)
+        })
+        .await?;
+        let Some(frame) = frame else {
+            tx.send_data(Bytes::new(), true)?;
+            return Ok(());
+        };
+        match frame?.into_data() {
+            Ok(data) => {
+                let eos = body.is_end_stream();
+                if !data.is_empty() {
+                    // A claim of one byte, not the chunk's length: h2 raises it to what is
+                    // buffered, and a full claim could pin the connection's window.
+                    tx.reserve_capacity(1);
+                    while tx.capacity() == 0 {
+                        match poll_fn(|cx| tx.poll_capacity(cx)).await {
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => return Err(e.into()),
+                            None => return Err("the upstream stream closed".into()),
+                        }
+                    }
+                }
+                if !data.is_empty() || eos {
+                    tx.send_data(data, eos)?;
+                }
+                if eos {
+                    return Ok(());
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    tx.reserve_capacity(0);
+                    tx.send_trailers(t)?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// A response body from an HTTP/2 upstream: its data, with the window given back as it is
+/// read, then its trailers.
+pub struct RecvBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// Content-Length less what has arrived, when the response declared one.
+    remaining: Option<u64>,
+}
+
+impl RecvBody {
+    fn new(recv: RecvStream, head: &HeaderMap) -> RecvBody {
+        RecvBody {
+            recv,
+            data_done: false,
+            remaining: head
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+impl hyper::body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(r) = self.remaining.as_mut() {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => self.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
