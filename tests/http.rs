@@ -27,6 +27,21 @@ fn curl(d: &Daemon, args: &[&str]) -> String {
     stdout(&out)
 }
 
+/// An HTTP/2 (prior knowledge) GET whose body is discarded: curl's `-w` output.
+fn curl_h2_out(d: &Daemon, write_out: &str, url: &str) -> String {
+    curl(
+        d,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            write_out,
+            url,
+        ],
+    )
+}
+
 /// Sends raw bytes from a managed client; returns (status, everything received).
 fn raw(d: &Daemon, addr: &str, send: &str, then: &str) -> (u64, String) {
     let out = d
@@ -122,17 +137,7 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
     let url = format!("http://{}/whoami", b.addr);
     let body = curl(&d, &["--http2-prior-knowledge", &url]);
     assert!(body.contains("\"version\":\"HTTP/2.0\""), "{body}");
-    let status = curl(
-        &d,
-        &[
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://{}/status/418", b.addr),
-        ],
-    );
+    let status = curl_h2_out(&d, "%{http_code}", &format!("http://{}/status/418", b.addr));
     assert_eq!(status, "418");
 }
 
@@ -248,16 +253,10 @@ fn http2_bodies_flow_both_ways_within_flow_control() {
             "a {len}-byte upload"
         );
     }
-    let size = curl(
+    let size = curl_h2_out(
         &d,
-        &[
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download}",
-            &format!("http://{}/bytes/5000000", b.addr),
-        ],
+        "%{size_download}",
+        &format!("http://{}/bytes/5000000", b.addr),
     );
     assert_eq!(size, "5000000");
     assert_eq!(b.accepted(), 1, "one pooled HTTP/2 upstream connection");
@@ -294,17 +293,10 @@ fn http2_requests_after_goaway_go_on_a_new_connection() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(400));
-    let h2 = [
-        "--http2-prior-knowledge",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-    ];
-    assert_eq!(curl(&d, &[&h2[..], &[&url("/goaway")]].concat()), "200");
+    assert_eq!(curl_h2_out(&d, "%{http_code}", &url("/goaway")), "200");
     std::thread::sleep(std::time::Duration::from_millis(200));
     for _ in 0..3 {
-        assert_eq!(curl(&d, &[&h2[..], &[&url("/whoami")]].concat()), "200");
+        assert_eq!(curl_h2_out(&d, "%{http_code}", &url("/whoami")), "200");
     }
     let slow = slow.wait_with_output().unwrap();
     assert!(stdout(&slow).ends_with("200"), "{}", stdout(&slow));

@@ -37,18 +37,6 @@ use crate::{
     },
 };
 
-/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1). Typed names: a
-/// lookup by `&str` parses the name first, on every request.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TRAILER,
-    header::UPGRADE,
-];
-
 pub async fn handle(
     mut req: Request<Incoming>,
     down: Arc<Downstream>,
@@ -402,27 +390,6 @@ fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && headers::has_token(h, header::CONNECTION, "upgrade")
 }
 
-/// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` stays
-/// (gRPC needs it); an upgrade keeps `connection` and `upgrade`.
-fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers::tokens(h, header::CONNECTION)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in &HOP_BY_HOP {
-        if upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
-            continue;
-        }
-        h.remove(n);
-    }
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(header::TE);
-    }
-}
-
 /// A local response (direct response, redirect, or a meshd error) with a text body.
 pub(super) fn local(
     status: u16,
@@ -621,7 +588,7 @@ async fn forward(
 
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::edit_request(&mut parts.headers, &levels);
     let upstream_authority = parts
         .headers
@@ -772,30 +739,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-private".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-private", "1".parse().unwrap());
-        h.insert("te", "trailers".parse().unwrap());
-        h.insert("x-end-to-end", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h, false);
-        assert!(
-            h.get("connection").is_none()
-                && h.get("keep-alive").is_none()
-                && h.get("x-private").is_none()
-        );
-        assert_eq!(h.get("te").unwrap(), "trailers");
-        assert!(h.get("x-end-to-end").is_some());
-    }
-
-    #[test]
     fn upgrades_keep_their_headers() {
         let mut h = HeaderMap::new();
         h.insert("connection", "Upgrade".parse().unwrap());
         h.insert("upgrade", "websocket".parse().unwrap());
         assert!(is_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        headers::strip_hop_by_hop(&mut h, true);
         assert!(h.get("connection").is_some() && h.get("upgrade").is_some());
     }
 }

@@ -1,10 +1,11 @@
 //! Header edits from VirtualService `headers` (route and destination level): set, add, remove,
-//! applied to requests before forwarding and to responses before returning them; and the
-//! tokens of comma-separated header lists (`Connection`, `Transfer-Encoding`).
+//! applied to requests before forwarding and to responses before returning them; the tokens of
+//! comma-separated header lists (`Connection`, `Transfer-Encoding`); and the hop-by-hop headers
+//! a proxy removes.
 
 use hyper::{
     HeaderMap,
-    header::{HeaderName, HeaderValue},
+    header::{self, HeaderName, HeaderValue},
 };
 
 use crate::policy::model::{HeaderOperations, Headers};
@@ -21,6 +22,39 @@ pub fn tokens(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
 /// Whether a `name` list holds `token` (any case).
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(h, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 section 7.6.1). Typed names: a
+/// lookup by `&str` parses the name first, on every request.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` stays
+/// (gRPC needs it); an upgrade keeps `connection` and `upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = tokens(h, header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        if upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+            continue;
+        }
+        h.remove(n);
+    }
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
 }
 
 fn apply(h: &mut HeaderMap, ops: &HeaderOperations) {
@@ -61,6 +95,24 @@ pub fn edit_response(h: &mut HeaderMap, levels: &[Option<&Headers>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-private".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-end-to-end", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(
+            h.get("connection").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get("x-private").is_none()
+        );
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("x-end-to-end").is_some());
+    }
 
     #[test]
     fn set_add_remove() {

@@ -22,14 +22,14 @@ use hyper::body::Body as _;
 use hyper::{
     HeaderMap, Request, Response,
     body::{Frame, SizeHint},
-    header::{self, HeaderName},
+    header,
 };
 
 use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
-    headers::tokens,
+    headers::strip_hop_by_hop,
     replay::{ATTEMPT_COUNT, Outgoing},
 };
 
@@ -39,16 +39,6 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-
-/// Headers that name a connection, not a message: never sent on HTTP/2 (RFC 9113 section
-/// 8.2.2).
-const CONNECTION_HEADERS: [HeaderName; 5] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// A connection's sender with room for one more stream.
 pub type Ready = SendRequest<Bytes>;
@@ -170,24 +160,11 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
     (head, body)
 }
 
-/// Removes what HTTP/2 forbids in a request: connection-specific headers, those the
-/// Connection header names, and a TE other than `trailers`.
+/// Removes what HTTP/2 forbids in a request (RFC 9113 section 8.2.2): the hop-by-hop headers,
+/// those the Connection header names, a TE other than `trailers`, and Transfer-Encoding.
 fn strip_connection_headers(h: &mut HeaderMap) {
-    if let Some(named) = h.contains_key(header::CONNECTION).then(|| {
-        tokens(h, header::CONNECTION)
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect::<Vec<_>>()
-    }) {
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for n in &CONNECTION_HEADERS {
-        h.remove(n);
-    }
-    if h.get(header::TE).is_some_and(|te| te != "trailers") {
-        h.remove(header::TE);
-    }
+    strip_hop_by_hop(h, false);
+    h.remove(header::TRANSFER_ENCODING);
 }
 
 /// Streams a body too large to buffer, within the stream's flow control, as hyper's client
