@@ -39,6 +39,9 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams opened before the upstream's SETTINGS say how many it allows (RFC 9113 section
+/// 6.5.2 recommends no fewer than 100).
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 /// A connection's sender with room for one more stream.
 pub type Ready = SendRequest<Bytes>;
@@ -54,6 +57,7 @@ pub struct Conn {
 /// cluster's connections) until it ends.
 pub async fn handshake(io: Box<dyn Io>, slot: Slot) -> Result<Conn, h2::Error> {
     let (sender, conn) = client::Builder::new()
+        .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
