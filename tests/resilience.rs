@@ -549,3 +549,40 @@ fn max_concurrent_streams_and_idle_timeout_apply_to_http2_upstreams() {
         "every idle HTTP/2 connection was closed; the request opened a new one"
     );
 }
+
+/// An HTTP/2 request cancelled while its stream is open (here by the route's timeout) gives
+/// the stream back: with one connection allowed and one stream on it, the requests after it
+/// still get through, on that same connection.
+#[test]
+fn cancelled_http2_requests_give_their_stream_back() {
+    if !ebpf_available("cb_h2_cancel") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        maxConcurrentStreams: 1\n";
+    let routes = "  - route:\n    - destination:\n        host: reviews\n    timeout: 300ms\n";
+    let yaml = only_v1(with_policy(&v1, &v2, routes, policy), &v2);
+    let d = start("cb-h2-cancel", 169, &yaml);
+    let get = |path: &str| {
+        support::mesh::curl(
+            &d,
+            &[
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://reviews:9080{path}"),
+            ],
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            get("/sleep/2000"),
+            "504",
+            "the route timeout cancels the request"
+        );
+    }
+    assert_eq!(get("/whoami"), "200");
+    assert_eq!(v1.accepted(), 1, "one upstream connection throughout");
+}

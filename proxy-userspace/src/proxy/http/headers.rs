@@ -36,16 +36,24 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` stays
-/// (gRPC needs it); an upgrade keeps `connection` and `upgrade`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+/// Removes the headers the Connection header names (RFC 9110 section 7.6.1), but `keep`.
+pub fn remove_connection_named(h: &mut HeaderMap, keep: Option<&HeaderName>) {
+    if !h.contains_key(header::CONNECTION) {
+        return;
+    }
     let named: Vec<HeaderName> = tokens(h, header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(upgrade && n == header::UPGRADE))
+        .filter(|n| Some(n) != keep)
         .collect();
     for n in named {
         h.remove(n);
     }
+}
+
+/// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` stays
+/// (gRPC needs it); an upgrade keeps `connection` and `upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    remove_connection_named(h, upgrade.then_some(&header::UPGRADE));
     for n in &HOP_BY_HOP {
         if upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
             continue;

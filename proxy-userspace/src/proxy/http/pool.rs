@@ -28,7 +28,7 @@ pub use self::{
     limits::Limits,
 };
 use self::{
-    cluster::{H2Conn, IdleH1},
+    cluster::{H2Conn, H2Stream, IdleH1},
     lease::{Lease, Leased, Upstream},
 };
 use super::{Body, ResponseFlags, replay::Outgoing};
@@ -122,7 +122,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> I
 enum Checkout {
     H1(IdleH1),
     /// A connection with room for the request's stream.
-    H2(h2::Ready, Arc<std::sync::atomic::AtomicU32>),
+    H2(h2::Ready, H2Stream),
 }
 
 pub struct Pool {
@@ -216,7 +216,7 @@ impl Pool {
     /// long as it is open.
     async fn open(
         &self,
-        cluster: &ClusterPool,
+        cluster: &Arc<ClusterPool>,
         slot: Slot,
         target: &Target,
         h2: bool,
@@ -234,12 +234,13 @@ impl Pool {
                         dst,
                         source: source.into(),
                     })?;
-            let streams = Arc::new(std::sync::atomic::AtomicU32::new(1));
+            let streams = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let stream = H2Stream::new(cluster.clone(), &streams);
             cluster.add_h2(
                 target.key(),
                 H2Conn {
                     sender: sender.clone(),
-                    streams: streams.clone(),
+                    streams,
                     used: 1,
                     last_active: Instant::now(),
                     idle_timeout: limits.idle_timeout,
@@ -249,7 +250,7 @@ impl Pool {
                 dst,
                 source: source.into(),
             })?;
-            Ok(Checkout::H2(ready, streams))
+            Ok(Checkout::H2(ready, stream))
         } else {
             // meshd's own HTTP/1.1 client: the connection is driven by the requests that use
             // it, and holds its slot until it closes.
@@ -279,17 +280,17 @@ impl Pool {
             tokio::pin!(changed);
             changed.as_mut().enable();
             if h2 {
-                while let Some((c, streams)) =
+                while let Some((c, stream)) =
                     cluster.take_h2_stream(&key, limits.max_streams, |u| limits.reusable(u))
                 {
                     match c.ready().await {
-                        Ok(sender) => return Ok(Checkout::H2(sender, streams)),
+                        Ok(sender) => return Ok(Checkout::H2(sender, stream)),
                         // Going away (or gone) before the request's stream opened: nothing
                         // was sent. The connection, now marked closed, leaves the pool, and the
                         // request goes on another, as with Envoy.
                         Err(e) => {
                             tracing::debug!(error = %e, dst = %target.addr, "upstream HTTP/2 connection is going away");
-                            streams.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                            drop(stream);
                         }
                     }
                 }
@@ -341,9 +342,9 @@ impl Pool {
                 .try_slot(Counter::Requests, limits.max_requests)
                 .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
             let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
-                Checkout::H2(sender, streams) => {
+                Checkout::H2(sender, stream) => {
                     let sent = h2::send(sender, req).await.map(|r| r.map(Upstream::H2));
-                    (sent, Leased::H2 { streams })
+                    (sent, Leased::H2(stream))
                 }
                 Checkout::H1(mut c) => {
                     c.used += 1;

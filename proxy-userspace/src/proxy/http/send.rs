@@ -219,11 +219,14 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
     }
 }
 
-/// Whether an HTTP/2 upstream refused the stream (it did not process the request).
+/// Whether an HTTP/2 upstream refused the stream (it did not process the request): a
+/// REFUSED_STREAM reset, or a graceful GOAWAY that came before the stream could be processed
+/// (a stream above its last stream id, or one opened as it arrived), as Envoy counts them.
 fn refused_stream(e: &super::body::BoxError) -> bool {
-    e.downcast_ref::<h2::Error>()
-        .and_then(h2::Error::reason)
-        .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)
+    e.downcast_ref::<h2::Error>().is_some_and(|e| {
+        e.reason() == Some(h2::Reason::REFUSED_STREAM)
+            || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR))
+    })
 }
 
 pub fn no_endpoint(e: NoEndpoint, rec: &mut Record) -> Response<Body> {

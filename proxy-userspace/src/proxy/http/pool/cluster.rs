@@ -44,6 +44,30 @@ impl IdleH1 {
     }
 }
 
+/// One stream counted on an HTTP/2 connection, given back on drop: when its response ends,
+/// or when the request is cancelled (a timeout, a client that left) before that.
+pub struct H2Stream {
+    pool: Arc<ClusterPool>,
+    streams: Arc<AtomicU32>,
+}
+
+impl H2Stream {
+    pub fn new(pool: Arc<ClusterPool>, streams: &Arc<AtomicU32>) -> H2Stream {
+        streams.fetch_add(1, Ordering::AcqRel);
+        H2Stream {
+            pool,
+            streams: streams.clone(),
+        }
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::AcqRel);
+        self.pool.changed.notify_waiters();
+    }
+}
+
 /// A multiplexed HTTP/2 connection and the streams open on it.
 pub struct H2Conn {
     pub sender: super::h2::Conn,
@@ -123,23 +147,23 @@ impl ClusterPool {
         self.changed.notify_waiters();
     }
 
-    /// A stream on an HTTP/2 connection to `dst` with room for one more, if any.
+    /// A stream on an HTTP/2 connection to `dst` with room for one more, if any: fewer
+    /// streams than `max_streams` and than the upstream allows (its SETTINGS).
     pub fn take_h2_stream(
-        &self,
+        self: &Arc<Self>,
         dst: &PeerKey,
         max_streams: u32,
         per_connection: impl Fn(u32) -> bool,
-    ) -> Option<(super::h2::Conn, Arc<AtomicU32>)> {
+    ) -> Option<(super::h2::Conn, H2Stream)> {
         let mut all = self.h2.lock().expect("h2 pool lock");
         let conns = all.get_mut(dst)?;
         conns.retain(|c| !c.sender.is_closed() && per_connection(c.used));
-        let c = conns
-            .iter_mut()
-            .find(|c| c.streams.load(Ordering::Acquire) < max_streams)?;
-        c.streams.fetch_add(1, Ordering::AcqRel);
+        let c = conns.iter_mut().find(|c| {
+            c.streams.load(Ordering::Acquire) < max_streams.min(c.sender.stream_limit())
+        })?;
         c.used += 1;
         c.last_active = Instant::now();
-        Some((c.sender.clone(), c.streams.clone()))
+        Some((c.sender.clone(), H2Stream::new(self.clone(), &c.streams)))
     }
 
     pub fn add_h2(&self, dst: PeerKey, conn: H2Conn) {

@@ -20,16 +20,16 @@ use h2::{
 };
 use hyper::body::Body as _;
 use hyper::{
-    HeaderMap, Request, Response,
+    HeaderMap, Method, Request, Response,
     body::{Frame, SizeHint},
-    header,
+    header::{self, HeaderName, HeaderValue},
 };
 
 use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
-    headers::strip_hop_by_hop,
+    headers::remove_connection_named,
     replay::{ATTEMPT_COUNT, Outgoing},
 };
 
@@ -43,7 +43,7 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// 6.5.2 recommends no fewer than 100).
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
-/// A connection's sender with room for one more stream.
+/// A connection's sender, ready to open a stream.
 pub type Ready = SendRequest<Bytes>;
 
 /// An HTTP/2 connection's sending side; clones share the connection.
@@ -85,9 +85,15 @@ impl Conn {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The connection's sender once it has room for one more stream. On an error (the
-    /// upstream sent GOAWAY, or the connection failed) the connection is marked closed, so
-    /// the pool drops it; no stream was opened, so the request may go elsewhere.
+    /// How many streams the upstream allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// h2 would queue more, so the pool opens another connection instead.
+    pub fn stream_limit(&self) -> u32 {
+        u32::try_from(self.sender.current_max_send_streams()).unwrap_or(u32::MAX)
+    }
+
+    /// The connection's sender, ready to open a stream. On an error (the upstream sent
+    /// GOAWAY, or the connection failed) the connection is marked closed, so the pool drops
+    /// it; no stream was opened, so the request may go elsewhere.
     pub async fn ready(&self) -> Result<Ready, h2::Error> {
         let ready = self.sender.clone().ready().await;
         if ready.is_err() {
@@ -100,6 +106,7 @@ impl Conn {
 /// Sends one request on a ready connection and waits for its response head.
 pub async fn send(mut sender: Ready, req: Outgoing<'_>) -> Result<Response<RecvBody>, BoxError> {
     let (head, body) = split(req);
+    let head_request = head.method() == Method::HEAD;
     let eos = match &body {
         Outbound::Buffered(data, trailers) => data.is_empty() && trailers.is_none(),
         Outbound::Streamed(b) => b.is_end_stream(),
@@ -128,7 +135,7 @@ pub async fn send(mut sender: Ready, req: Outgoing<'_>) -> Result<Response<RecvB
         }
     }
     let (parts, recv) = response.await?.into_parts();
-    let body = RecvBody::new(recv, &parts.headers);
+    let body = RecvBody::new(recv, &parts.headers, head_request);
     Ok(Response::from_parts(parts, body))
 }
 
@@ -161,14 +168,44 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
     };
     *head.version_mut() = hyper::Version::HTTP_2;
     strip_connection_headers(head.headers_mut());
+    // A body of known length declares it, as hyper's client did: HTTP/2 clients often send
+    // none, and some upstreams need it (an HTTP/1.1 hop behind them, or a 411).
+    let length = match &body {
+        Outbound::Buffered(data, _) => Some(data.len() as u64),
+        Outbound::Streamed(b) => b.size_hint().exact(),
+    };
+    if let Some(n) = length
+        && (n > 0 || !matches!(*head.method(), Method::GET | Method::HEAD | Method::DELETE))
+        && !head.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     (head, body)
 }
 
-/// Removes what HTTP/2 forbids in a request (RFC 9113 section 8.2.2): the hop-by-hop headers,
-/// those the Connection header names, a TE other than `trailers`, and Transfer-Encoding.
+/// Headers that name a connection, not a message: HTTP/2 forbids them (RFC 9113 section
+/// 8.2.2), and h2 refuses to send them.
+const CONNECTION_SPECIFIC: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes what HTTP/2 forbids in a request, as hyper's client did: the connection-specific
+/// headers, those the Connection header names, and a TE other than `trailers`. Other
+/// hop-by-hop headers were removed when the request was forwarded; what a VirtualService set
+/// after that stays.
 fn strip_connection_headers(h: &mut HeaderMap) {
-    strip_hop_by_hop(h, false);
-    h.remove(header::TRANSFER_ENCODING);
+    remove_connection_named(h, None);
+    for n in &CONNECTION_SPECIFIC {
+        h.remove(n);
+    }
+    if h.get(header::TE).is_some_and(|te| te != "trailers") {
+        h.remove(header::TE);
+    }
 }
 
 /// Streams a body too large to buffer, within the stream's flow control, as hyper's client
@@ -176,17 +213,19 @@ fn strip_connection_headers(h: &mut HeaderMap) {
 /// the upstream resets the stream.
 async fn pipe(mut body: Body, tx: &mut SendStream<Bytes>) -> Result<(), BoxError> {
     loop {
-        let frame = poll_fn(|cx| {
-            if let Poll::Ready(reason) = tx.poll_reset(cx) {
-                let e: BoxError = match reason {
-                    Ok(r) => h2::Error::from(r).into(),
-                    Err(e) => e.into(),
-                };
-                return Poll::Ready(Err(e));
-            }
-            Pin::new(&mut body).poll_frame(cx).map(Ok)
+        let frame = poll_fn(|cx| match tx.poll_reset(cx) {
+            Poll::Ready(reset) => Poll::Ready(Err(reset)),
+            Poll::Pending => Pin::new(&mut body).poll_frame(cx).map(Ok),
         })
-        .await?;
+        .await;
+        let frame = match frame {
+            Ok(frame) => frame,
+            // The upstream answered without the rest of the body, and asks for no more (RFC
+            // 9113 section 8.1).
+            Err(Ok(h2::Reason::NO_ERROR)) => return Ok(()),
+            Err(Ok(reason)) => return Err(h2::Error::from(reason).into()),
+            Err(Err(e)) => return Err(e.into()),
+        };
         let Some(frame) = frame else {
             tx.send_data(Bytes::new(), true)?;
             return Ok(());
@@ -234,14 +273,19 @@ pub struct RecvBody {
 }
 
 impl RecvBody {
-    fn new(recv: RecvStream, head: &HeaderMap) -> RecvBody {
+    /// `head_request`: the response to a HEAD, whose Content-Length describes no body here.
+    fn new(recv: RecvStream, head: &HeaderMap, head_request: bool) -> RecvBody {
+        let remaining = if head_request || recv.is_end_stream() {
+            Some(0)
+        } else {
+            head.get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
         RecvBody {
             recv,
             data_done: false,
-            remaining: head
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
+            remaining,
         }
     }
 }
@@ -283,5 +327,78 @@ impl hyper::body::Body for RecvBody {
     fn size_hint(&self) -> SizeHint {
         self.remaining
             .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::http::replay::Replayable;
+
+    fn buffered(method: Method, body: &'static str, headers: &[(&str, &str)]) -> Replayable {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        Replayable {
+            method,
+            uri: "http://reviews:9080/x".parse().unwrap(),
+            version: hyper::Version::HTTP_2,
+            headers: h,
+            body: Bytes::from_static(body.as_bytes()),
+            trailers: None,
+        }
+    }
+
+    fn head_of(r: &Replayable) -> Request<()> {
+        split(Outgoing::Buffered {
+            req: r,
+            attempt: None,
+        })
+        .0
+    }
+
+    #[test]
+    fn a_buffered_body_declares_its_length() {
+        let post = head_of(&buffered(Method::POST, "abc", &[]));
+        assert_eq!(post.headers()[header::CONTENT_LENGTH], "3");
+        let empty_post = head_of(&buffered(Method::POST, "", &[]));
+        assert_eq!(empty_post.headers()[header::CONTENT_LENGTH], "0");
+        let get = head_of(&buffered(Method::GET, "", &[]));
+        assert!(!get.headers().contains_key(header::CONTENT_LENGTH));
+        let declared = head_of(&buffered(Method::PUT, "abc", &[("content-length", "3")]));
+        assert_eq!(
+            declared
+                .headers()
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn what_http2_forbids_is_removed_and_the_rest_stays() {
+        let head = head_of(&buffered(
+            Method::GET,
+            "",
+            &[
+                ("connection", "x-hop"),
+                ("x-hop", "1"),
+                ("keep-alive", "timeout=5"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "websocket"),
+                ("te", "gzip"),
+                ("proxy-authorization", "Basic set-by-a-virtualservice"),
+                ("x-end-to-end", "1"),
+            ],
+        ));
+        let names: Vec<&str> = head.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["proxy-authorization", "x-end-to-end"]);
+        let grpc = head_of(&buffered(Method::POST, "", &[("te", "trailers")]));
+        assert_eq!(grpc.headers()[header::TE], "trailers");
     }
 }

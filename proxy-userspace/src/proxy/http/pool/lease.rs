@@ -4,10 +4,7 @@
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -16,7 +13,7 @@ use bytes::Bytes;
 use hyper::body::{Body as _, Frame, SizeHint};
 
 use super::{
-    cluster::{ClusterPool, IdleH1, PeerKey, Slot},
+    cluster::{ClusterPool, H2Stream, IdleH1, PeerKey, Slot},
     h1,
 };
 use crate::proxy::http::body::BoxError;
@@ -35,9 +32,8 @@ pub enum Leased {
         reusable: bool,
         idle_timeout: Duration,
     },
-    H2 {
-        streams: Arc<AtomicU32>,
-    },
+    /// Given back when the lease drops.
+    H2(H2Stream),
 }
 
 impl Lease {
@@ -65,9 +61,7 @@ impl Lease {
                     );
                 }
             }
-            Leased::H2 { streams } => {
-                streams.fetch_sub(1, Ordering::AcqRel);
-            }
+            Leased::H2(_) => {}
         }
         self.request = None;
         self.pool.changed.notify_waiters();
