@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{
     HeaderMap, Method, Request, Uri, Version,
-    body::{Frame, SizeHint},
+    body::Frame,
     header::{HeaderName, HeaderValue},
 };
 
@@ -28,20 +28,6 @@ pub struct Replayable {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub trailers: Option<HeaderMap>,
-}
-
-impl Replayable {
-    pub fn build(&self) -> Request<Body> {
-        let mut req = Request::new(boxed(Replay {
-            data: Some(self.body.clone()),
-            trailers: self.trailers.clone(),
-        }));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
 }
 
 /// Envoy's header telling the upstream which attempt of a request this is.
@@ -63,20 +49,6 @@ impl Outgoing<'_> {
         match self {
             Outgoing::Buffered { req, .. } => (&req.method, &req.uri, &req.headers),
             Outgoing::Owned(r) => (r.method(), r.uri(), r.headers()),
-        }
-    }
-
-    /// The attempt as a request of its own (for hyper's HTTP/2 client).
-    pub fn into_request(self) -> Request<Body> {
-        match self {
-            Outgoing::Owned(r) => r,
-            Outgoing::Buffered { req, attempt } => {
-                let mut r = req.build();
-                if let Some(a) = attempt {
-                    r.headers_mut().insert(ATTEMPT_COUNT, a);
-                }
-                r
-            }
         }
     }
 }
@@ -123,35 +95,6 @@ pub async fn prepare(
         body: data.freeze(),
         trailers,
     }))
-}
-
-/// A buffered body: its data, then its trailers.
-struct Replay {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl hyper::body::Body for Replay {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(d) = self.data.take().filter(|d| !d.is_empty()) {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.as_ref().is_none_or(|d| d.is_empty()) && self.trailers.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
-    }
 }
 
 /// What was read while buffering, followed by the rest of the downstream body.
