@@ -37,7 +37,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes the headers the Connection header names (RFC 9110 section 7.6.1), but `keep`.
-pub fn remove_connection_named(h: &mut HeaderMap, keep: Option<&HeaderName>) {
+fn remove_connection_named(h: &mut HeaderMap, keep: Option<&HeaderName>) {
     if !h.contains_key(header::CONNECTION) {
         return;
     }
@@ -60,6 +60,33 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         }
         h.remove(n);
     }
+    remove_te_but_trailers(h);
+}
+
+/// Headers that name a connection, not a message: HTTP/2 forbids them (RFC 9113 section
+/// 8.2.2), and h2 refuses to send them.
+const CONNECTION_SPECIFIC: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes what HTTP/2 forbids in a request, as hyper's client did: the connection-specific
+/// headers, those the Connection header names, and a TE other than `trailers`. Other
+/// hop-by-hop headers were removed when the request was forwarded ([`strip_hop_by_hop`]);
+/// what a VirtualService set after that stays.
+pub fn strip_for_http2(h: &mut HeaderMap) {
+    remove_connection_named(h, None);
+    for n in &CONNECTION_SPECIFIC {
+        h.remove(n);
+    }
+    remove_te_but_trailers(h);
+}
+
+/// `te: trailers` is the one TE a proxy passes on (gRPC needs it).
+fn remove_te_but_trailers(h: &mut HeaderMap) {
     if h.get(header::TE).is_some_and(|v| v != "trailers") {
         h.remove(header::TE);
     }

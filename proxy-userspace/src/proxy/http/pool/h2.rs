@@ -22,14 +22,14 @@ use hyper::body::Body as _;
 use hyper::{
     HeaderMap, Method, Request, Response,
     body::{Frame, SizeHint},
-    header::{self, HeaderName, HeaderValue},
+    header::{self, HeaderValue},
 };
 
 use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
-    headers::remove_connection_named,
+    headers::strip_for_http2,
     replay::{ATTEMPT_COUNT, Outgoing},
 };
 
@@ -167,7 +167,7 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
         }
     };
     *head.version_mut() = hyper::Version::HTTP_2;
-    strip_connection_headers(head.headers_mut());
+    strip_for_http2(head.headers_mut());
     // A body of known length declares it, as hyper's client did: HTTP/2 clients often send
     // none, and some upstreams need it (an HTTP/1.1 hop behind them, or a 411).
     let length = match &body {
@@ -182,30 +182,6 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
             .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     (head, body)
-}
-
-/// Headers that name a connection, not a message: HTTP/2 forbids them (RFC 9113 section
-/// 8.2.2), and h2 refuses to send them.
-const CONNECTION_SPECIFIC: [HeaderName; 5] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes what HTTP/2 forbids in a request, as hyper's client did: the connection-specific
-/// headers, those the Connection header names, and a TE other than `trailers`. Other
-/// hop-by-hop headers were removed when the request was forwarded; what a VirtualService set
-/// after that stays.
-fn strip_connection_headers(h: &mut HeaderMap) {
-    remove_connection_named(h, None);
-    for n in &CONNECTION_SPECIFIC {
-        h.remove(n);
-    }
-    if h.get(header::TE).is_some_and(|te| te != "trailers") {
-        h.remove(header::TE);
-    }
 }
 
 /// Streams a body too large to buffer, within the stream's flow control, as hyper's client
@@ -334,6 +310,7 @@ impl hyper::body::Body for RecvBody {
 mod tests {
     use super::*;
     use crate::proxy::http::replay::Replayable;
+    use hyper::header::HeaderName;
 
     fn buffered(method: Method, body: &'static str, headers: &[(&str, &str)]) -> Replayable {
         let mut h = HeaderMap::new();
