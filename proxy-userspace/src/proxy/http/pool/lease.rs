@@ -63,8 +63,9 @@ impl Lease {
             }
             Leased::H2(_) => {}
         }
+        // The request's slot wakes the cluster's waiters as it drops (and keep_h1 did, for a
+        // connection given back); an HTTP/2 stream does when the lease drops.
         self.request = None;
-        self.pool.changed.notify_waiters();
     }
 }
 
