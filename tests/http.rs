@@ -263,6 +263,40 @@ fn http2_bodies_flow_both_ways_within_flow_control() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An upstream whose SETTINGS allow two streams per connection: six concurrent HTTP/2
+/// requests open more connections instead of queueing behind the first one.
+#[test]
+fn http2_upstream_stream_limit_opens_more_connections() {
+    if !ebpf_available("http2_stream_limit") {
+        return;
+    }
+    let b = HttpBackend::with_h2_stream_limit("127.0.0.1:0", 2);
+    let d = Daemon::start("http2-stream-limit", 170, &[]);
+    // One pooled connection first, so the six below find it there.
+    let first = curl_h2_out(&d, "%{http_code}", &format!("http://{}/whoami", b.addr));
+    assert_eq!((first.as_str(), b.accepted()), ("200", 1));
+    let url = format!("http://{}/sleep/500", b.addr);
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "6",
+        "-w",
+        "%{http_code}\\n",
+    ];
+    for _ in 0..6 {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = curl(&d, &args);
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 6, "{out}");
+    assert!(
+        b.accepted() >= 3,
+        "at most 2 streams per upstream connection: {} connections",
+        b.accepted()
+    );
+}
+
 /// An upstream that says GOAWAY while a stream is still open on the connection: the requests
 /// after it are not sent on that connection, where they would fail, but on a new one, whatever
 /// the retry policy (the route here has Istio's default, which does not retry resets).

@@ -44,6 +44,15 @@ struct State {
 
 impl HttpBackend {
     pub fn start(bind: &str) -> HttpBackend {
+        HttpBackend::start_with(bind, None)
+    }
+
+    /// A backend whose HTTP/2 SETTINGS allow `streams` concurrent streams per connection.
+    pub fn with_h2_stream_limit(bind: &str, streams: u32) -> HttpBackend {
+        HttpBackend::start_with(bind, Some(streams))
+    }
+
+    fn start_with(bind: &str, h2_streams: Option<u32>) -> HttpBackend {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -74,7 +83,10 @@ impl HttpBackend {
                         }
                         answer(req, peer, st.clone())
                     });
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    if let Some(n) = h2_streams {
+                        builder.http2().max_concurrent_streams(n);
+                    }
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {
