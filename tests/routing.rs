@@ -6,6 +6,7 @@ mod support;
 
 use support::{
     ebpf_available,
+    http_backend::HttpBackend,
     mesh::{curl, curl_many, policies, start, status, two_backends},
 };
 
@@ -144,6 +145,28 @@ fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() 
     // (v1 only) does not apply, and no request line is logged.
     assert_eq!((v1.accepted(), v2.accepted()), (2, 2));
     assert!(!d.log_text().contains("request method="), "served at L4");
+}
+
+#[test]
+fn a_vip_names_its_service_only_on_the_ports_the_service_entry_declares() {
+    if !ebpf_available("vip_ports") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    // Another server on the VIP's address, on a port the ServiceEntry does not declare.
+    let other = HttpBackend::start("127.0.0.50:0");
+    let routes =
+        "  - directResponse:\n      status: 200\n      body:\n        string: from reviews\n";
+    let d = start("vip-ports", 171, &policies(&v1, &v2, routes));
+    assert_eq!(curl(&d, &["http://reviews:9080/"]), "from reviews");
+    // As in Istio, 127.0.0.50 is reviews only on 9080: this request is not reviews' and goes
+    // to the address dialled, untouched by reviews' routes.
+    let url = format!("http://{}/whoami", other.addr);
+    let out = curl(&d, &["-w", "\n%{http_code}", &url]);
+    assert!(out.ends_with("\n200"), "reached the server dialled: {out}");
+    assert!(!out.contains("from reviews"), "not reviews' route: {out}");
+    assert_eq!(other.requests(), 1);
+    assert_eq!(v1.requests() + v2.requests(), 0);
 }
 
 /// `reviews` at 127.0.0.50:9080 with endpoints in `us-east/zone-a` (this node's zone) and in

@@ -71,9 +71,11 @@ pub struct Compiled {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Keyed by `namespace/name` of the WorkloadEntry.
     pub workloads: BTreeMap<String, WorkloadPolicies>,
-    /// ServiceEntry `addresses` (VIPs) → the service's first host, so a connection to a VIP
-    /// finds its routes even when the Host header is an IP.
-    pub vips: HashMap<std::net::IpAddr, String>,
+    /// ServiceEntry `addresses` (VIPs) with each port the entry declares → the service's first
+    /// host, so a connection to a VIP finds its routes even when the Host header is an IP. As in
+    /// Istio, a VIP names the service only on its declared ports: another port of the same
+    /// address is not the service's.
+    pub vips: HashMap<std::net::SocketAddr, String>,
     /// Endpoint address → `namespace/name` of the WorkloadEntry behind it, for telemetry.
     pub endpoint_workloads: HashMap<std::net::SocketAddr, String>,
     /// Who stands behind each endpoint, and which meshd node fronts it.
@@ -310,6 +312,11 @@ fn compile_workloads(set: &PolicySet) -> BTreeMap<String, WorkloadPolicies> {
 }
 
 impl Compiled {
+    /// The service whose VIP and declared port `dst` is.
+    pub fn vip_host(&self, dst: std::net::SocketAddr) -> Option<&str> {
+        self.vips.get(&dst).map(String::as_str)
+    }
+
     /// The protocol a ServiceEntry declares for a VIP and port: its `protocol`, else Istio's
     /// port-name convention (`http-web`, `grpc`, `tcp-db`, ...). `None`: detect by sniffing.
     pub fn declared_protocol(
@@ -317,7 +324,7 @@ impl Compiled {
         dst: std::net::SocketAddr,
     ) -> Option<crate::proxy::sniff::Detected> {
         use crate::proxy::sniff::Detected;
-        let host = self.vips.get(&dst.ip())?;
+        let host = self.vip_host(dst)?;
         let (name, protocol) = self.clusters.get(host)?.ports.get(&dst.port())?;
         let declared = protocol
             .clone()
@@ -331,7 +338,7 @@ impl Compiled {
     }
 }
 
-fn compile_vips(set: &PolicySet) -> HashMap<std::net::IpAddr, String> {
+fn compile_vips(set: &PolicySet) -> HashMap<std::net::SocketAddr, String> {
     let mut vips = HashMap::new();
     for se in &set.service_entries {
         let Some(host) = se.spec.hosts.first() else {
@@ -339,8 +346,11 @@ fn compile_vips(set: &PolicySet) -> HashMap<std::net::IpAddr, String> {
         };
         for a in &se.spec.addresses {
             // A CIDR range is not a VIP; only single addresses map to a host.
-            if let Ok(ip) = a.parse() {
-                vips.entry(ip)
+            let Ok(ip) = a.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            for port in &se.spec.ports {
+                vips.entry(std::net::SocketAddr::new(ip, port.number))
                     .or_insert_with(|| fqdn(host, &se.metadata.namespace));
             }
         }
@@ -418,5 +428,48 @@ pub fn compile(set: &PolicySet) -> Compiled {
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
         mtls: Arc::new(mtls),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::load_str;
+
+    /// Two services behind one address, each on its own port.
+    const SHARED_VIP: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  addresses: [10.96.0.9]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  addresses: [10.96.0.9]
+  ports: [{number: 5432, name: tcp-db, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.2}]
+"#;
+
+    #[test]
+    fn a_vip_names_a_service_only_on_its_declared_ports() {
+        let c = compile(&load_str("t.yaml".as_ref(), SHARED_VIP).expect("valid policies"));
+        let at = |s: &str| c.vip_host(s.parse().unwrap());
+        assert_eq!(at("10.96.0.9:80"), Some("web.default.svc.cluster.local"));
+        assert_eq!(at("10.96.0.9:5432"), Some("db.default.svc.cluster.local"));
+        assert_eq!(at("10.96.0.9:8080"), None, "a port neither declares");
+        assert_eq!(at("10.96.0.10:80"), None, "another address");
+        use crate::proxy::sniff::Detected;
+        let declared = |s: &str| c.declared_protocol(s.parse().unwrap());
+        assert_eq!(declared("10.96.0.9:80"), Some(Detected::Http1));
+        assert_eq!(declared("10.96.0.9:5432"), Some(Detected::Opaque));
+        assert_eq!(declared("10.96.0.9:8080"), None);
     }
 }

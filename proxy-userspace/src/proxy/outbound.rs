@@ -430,10 +430,8 @@ impl TcpRecord {
         let snap = ctx.http.config.current();
         let service = snap
             .compiled
-            .vips
-            .get(&dst.ip())
-            .cloned()
-            .unwrap_or_else(|| dst.to_string());
+            .vip_host(dst)
+            .map_or_else(|| dst.to_string(), str::to_string);
         let dest_workload = snap.compiled.endpoint_workloads.get(&upstream).cloned();
         let (source_workload, source_namespace) = split_workload(workload);
         let (destination_workload, destination_namespace) =

@@ -139,33 +139,28 @@ pub fn deny_entries(snap: &Snapshot, node: &NodeView, id: u32, workload: &str) -
         .filter(|(addr, _)| denied_at(snap, node, &principal, *addr) == Some(true))
         .map(|(addr, _)| key(addr))
         .collect();
-    for (vip, host) in &snap.compiled.vips {
-        if snap.compiled.routes.lookup(host).is_some() {
+    for (&dst, host) in &snap.compiled.vips {
+        if snap.compiled.routes.lookup(host).is_some() || !snap.compiled.clusters.contains_key(host)
+        {
             continue;
         }
-        let Some(cluster) = snap.compiled.clusters.get(host) else {
+        let d = crate::routes::Destination {
+            host: host.clone(),
+            subset: None,
+            port: Some(dst.port()),
+            weight: 100,
+            headers: None,
+        };
+        let Ok((endpoints, _)) = crate::proxy::http::destination_endpoints(snap, &d, &[], dst)
+        else {
             continue;
         };
-        for port in cluster.ports.keys() {
-            let dst = SocketAddr::new(*vip, *port);
-            let d = crate::routes::Destination {
-                host: host.clone(),
-                subset: None,
-                port: Some(*port),
-                weight: 100,
-                headers: None,
-            };
-            let Ok((endpoints, _)) = crate::proxy::http::destination_endpoints(snap, &d, &[], dst)
-            else {
-                continue;
-            };
-            let all_denied = !endpoints.is_empty()
-                && endpoints
-                    .iter()
-                    .all(|a| denied_at(snap, node, &principal, *a) == Some(true));
-            if all_denied {
-                out.push(key(dst));
-            }
+        let all_denied = !endpoints.is_empty()
+            && endpoints
+                .iter()
+                .all(|a| denied_at(snap, node, &principal, *a) == Some(true));
+        if all_denied {
+            out.push(key(dst));
         }
     }
     // An IPv6 socket reaches an IPv4 address as its v4-mapped form, which is what connect6

@@ -489,9 +489,7 @@ async fn forward(
             let port = down.dst.port();
             default_route =
                 snap.compiled
-                    .vips
-                    .get(&down.dst.ip())
-                    .map(String::as_str)
+                    .vip_host(down.dst)
                     .filter(|h| snap.compiled.clusters.contains_key(*h))
                     .or_else(|| {
                         candidates.iter().map(|h| h.as_ref()).find(|h| {
@@ -510,7 +508,7 @@ async fn forward(
             rec.destination_service = default_route
                 .as_ref()
                 .map(|d| d.host.clone())
-                .or_else(|| snap.compiled.vips.get(&down.dst.ip()).cloned())
+                .or_else(|| snap.compiled.vip_host(down.dst).map(str::to_string))
                 .or_else(|| candidates.first().map(|h| h.to_string()));
             (None, default_route.as_ref())
         }

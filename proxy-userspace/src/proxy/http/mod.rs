@@ -114,11 +114,11 @@ impl HttpContext {
             cluster: None,
             limits: pool::Limits::default(),
         };
-        let Some(host) = snap.compiled.vips.get(&dst.ip()) else {
+        let Some(host) = snap.compiled.vip_host(dst) else {
             return direct();
         };
         let d = crate::routes::Destination {
-            host: host.clone(),
+            host: host.to_string(),
             subset: None,
             port: Some(dst.port()),
             weight: 100,

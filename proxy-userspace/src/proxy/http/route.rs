@@ -59,8 +59,8 @@ pub fn host_candidates<'a>(
     let mut out = Vec::with_capacity(3);
     out.push(host);
     out.extend(completed.map(Cow::Owned));
-    if let Some(vip_host) = snap.compiled.vips.get(&dst.ip()) {
-        out.push(Cow::Borrowed(vip_host.as_str()));
+    if let Some(vip_host) = snap.compiled.vip_host(dst) {
+        out.push(Cow::Borrowed(vip_host));
     }
     out
 }
