@@ -502,7 +502,9 @@ fn max_concurrent_streams_and_idle_timeout_apply_to_http2_upstreams() {
     }
     let (v1, v2) = two_backends();
     let policy = "    connectionPool:\n      http:\n        maxConcurrentStreams: 2\n        idleTimeout: 1s\n";
-    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
+    // An HTTP2 port: its upstream requests go as HTTP/2.
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
+        .replace("protocol: HTTP\n", "protocol: HTTP2\n");
     let d = start("cb-h2", 115, &yaml);
     // Ten streams at once on one HTTP/2 client connection, each held 300 ms by the backend:
     // with two streams per upstream connection, meshd opens at least five.
@@ -559,7 +561,8 @@ fn cancelled_http2_requests_give_their_stream_back() {
         return;
     }
     let (v1, v2) = two_backends();
-    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        maxConcurrentStreams: 1\n";
+    // An HTTP port whose DestinationRule keeps the client's protocol (HTTP/2) upstream.
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        maxConcurrentStreams: 1\n        useClientProtocol: true\n";
     let routes = "  - route:\n    - destination:\n        host: reviews\n    timeout: 300ms\n";
     let yaml = only_v1(with_policy(&v1, &v2, routes, policy), &v2);
     let d = start("cb-h2-cancel", 169, &yaml);

@@ -169,6 +169,61 @@ fn a_vip_names_its_service_only_on_the_ports_the_service_entry_declares() {
     assert_eq!(v1.requests() + v2.requests(), 0);
 }
 
+/// The upstream protocol, as Istio picks it: HTTP/1.1 on an `HTTP` port (whatever the client
+/// speaks), HTTP/2 on an `HTTP2` port, and the DestinationRule's `h2UpgradePolicy: UPGRADE` and
+/// `useClientProtocol` over the port's.
+#[test]
+fn the_upstream_protocol_follows_the_port_and_the_destination_rule() {
+    if !ebpf_available("upstream_protocol") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let http_port = policies(&v1, &v2, routes);
+    let with_pool = |http: &str| {
+        http_port.replace(
+            "spec:\n  host: reviews\n  subsets:",
+            &format!("spec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http:\n        {http}\n  subsets:"),
+        )
+    };
+    let cases = [
+        ("proto-http", 172, http_port.clone()),
+        (
+            "proto-http2",
+            173,
+            http_port.replace("protocol: HTTP\n", "protocol: HTTP2\n"),
+        ),
+        ("proto-upgrade", 174, with_pool("h2UpgradePolicy: UPGRADE")),
+        ("proto-client", 175, with_pool("useClientProtocol: true")),
+    ];
+    // (HTTP/1.1 client, HTTP/2 client): the version the backend saw.
+    let expected = [
+        ("HTTP/1.1", "HTTP/1.1"),
+        ("HTTP/2.0", "HTTP/2.0"),
+        ("HTTP/2.0", "HTTP/2.0"),
+        ("HTTP/1.1", "HTTP/2.0"),
+    ];
+    for ((name, slot, yaml), (h1, h2)) in cases.into_iter().zip(expected) {
+        let d = start(name, slot, &yaml);
+        let version = |out: String| {
+            let at = out.find("\"version\":\"").map(|i| i + 11).expect(&out);
+            out[at..].split('"').next().unwrap().to_string()
+        };
+        let from_h1 = version(curl(&d, &["http://reviews:9080/whoami"]));
+        let out = curl(
+            &d,
+            &["--http2-prior-knowledge", "http://reviews:9080/whoami"],
+        );
+        if h2 == "HTTP/1.1" {
+            // The HTTP/2 client's :authority becomes the HTTP/1.1 request's Host.
+            assert!(out.contains("\"host\":\"reviews:9080\""), "{name}: {out}");
+        }
+        let from_h2 = version(out);
+        assert_eq!((from_h1.as_str(), from_h2.as_str()), (h1, h2), "{name}");
+    }
+    assert_eq!(v1.requests(), 8);
+}
+
 /// `reviews` at 127.0.0.50:9080 with endpoints in `us-east/zone-a` (this node's zone) and in
 /// `us-west`, behind a DestinationRule with outlier detection and locality failover.
 fn locality_mesh(near: &[u16], far: &[u16], routes: &str) -> String {

@@ -323,9 +323,17 @@ impl Compiled {
         &self,
         dst: std::net::SocketAddr,
     ) -> Option<crate::proxy::sniff::Detected> {
-        use crate::proxy::sniff::Detected;
         let host = self.vip_host(dst)?;
-        let (name, protocol) = self.clusters.get(host)?.ports.get(&dst.port())?;
+        self.clusters.get(host)?.port_protocol(dst.port())
+    }
+}
+
+impl Cluster {
+    /// The protocol the service declares on `port`: the port's `protocol`, else Istio's
+    /// port-name convention (`http-web`, `grpc`, `tcp-db`, ...). `None`: undeclared or unknown.
+    pub fn port_protocol(&self, port: u16) -> Option<crate::proxy::sniff::Detected> {
+        use crate::proxy::sniff::Detected;
+        let (name, protocol) = self.ports.get(&port)?;
         let declared = protocol
             .clone()
             .unwrap_or_else(|| name.split('-').next().unwrap_or("").to_string());

@@ -595,26 +595,8 @@ async fn forward(
         .map_or(Cow::Borrowed(authority.as_str()), |h| {
             Cow::Owned(h.to_string())
         });
-    if h2 {
-        // HTTP/2 keeps the absolute form; the authority is the (possibly rewritten) Host.
-        parts.headers.remove(header::HOST);
-        let pq = path_and_query(new_path.as_deref(), &parts.uri);
-        if let Ok(uri) = format!("http://{upstream_authority}{pq}").parse() {
-            parts.uri = uri;
-        }
-    } else {
-        // HTTP/1 upstream requests use origin-form; the Host header carries the authority. An
-        // origin-form request without a rewrite keeps its URI as received.
-        let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
-        if new_path.is_some() || !origin_form {
-            let pq = path_and_query(new_path.as_deref(), &parts.uri);
-            if let Ok(uri) = pq.parse() {
-                parts.uri = uri;
-            }
-        }
-        parts.version = Version::HTTP_11;
-    }
-
+    // The client's protocol, unless the destination's port and DestinationRule decide.
+    let mut h2_upstream = h2;
     let (endpoints, algo, cluster, outlier, limits, priorities) = match destination {
         None => (
             Ok(vec![down.dst]),
@@ -634,6 +616,8 @@ async fn forward(
                 };
                 let algo = lb::algorithm(policy.lb, &inputs);
                 let priorities = send::priorities(ctx.locality.as_ref(), &policy);
+                // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
+                h2_upstream = !upgrade && policy.upstream_http2(h2);
                 (
                     Ok(e),
                     algo,
@@ -653,6 +637,32 @@ async fn forward(
             ),
         },
     };
+    if h2_upstream {
+        // HTTP/2 keeps the absolute form; the authority is the (possibly rewritten) Host.
+        parts.headers.remove(header::HOST);
+        let pq = path_and_query(new_path.as_deref(), &parts.uri);
+        if let Ok(uri) = format!("http://{upstream_authority}{pq}").parse() {
+            parts.uri = uri;
+        }
+    } else {
+        // HTTP/1 upstream requests use origin-form; the Host header carries the authority. An
+        // origin-form request without a rewrite keeps its URI as received.
+        let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+        if new_path.is_some() || !origin_form {
+            let pq = path_and_query(new_path.as_deref(), &parts.uri);
+            if let Ok(uri) = pq.parse() {
+                parts.uri = uri;
+            }
+        }
+        // An HTTP/2 client's authority travels in the URI; HTTP/1.1 carries it in Host.
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&upstream_authority)
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.version = Version::HTTP_11;
+    }
+
     let req = Request::from_parts(parts, body);
     let plan = send::Plan {
         upstream: ctx.pool.cluster(&cluster),
@@ -663,7 +673,7 @@ async fn forward(
         route,
         candidates: &candidates,
         authority: &upstream_authority,
-        h2,
+        h2: h2_upstream,
         endpoints,
         algo,
         priorities,

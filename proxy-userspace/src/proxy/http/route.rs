@@ -13,6 +13,7 @@ use crate::{
     policy::model::{
         ConnectionPool, LoadBalancer, OutlierDetection, PortTrafficPolicy, TrafficPolicy,
     },
+    proxy::sniff::Detected,
     routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
 };
 
@@ -169,6 +170,11 @@ pub fn endpoints<'s>(
     dst: SocketAddr,
 ) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
     let port = dest.port.unwrap_or(dst.port());
+    let protocol = snap
+        .compiled
+        .clusters
+        .get(&dest.host)
+        .and_then(|c| c.port_protocol(port));
     let Some(cluster) = snap
         .compiled
         .clusters
@@ -178,7 +184,10 @@ pub fn endpoints<'s>(
         if requested.iter().any(|h| *h == dest.host) {
             return Ok((
                 vec![SocketAddr::new(dst.ip(), port)],
-                ClusterPolicy::unconfigured(&dest.host, port),
+                ClusterPolicy {
+                    protocol,
+                    ..ClusterPolicy::unconfigured(&dest.host, port)
+                },
             ));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
@@ -229,6 +238,7 @@ pub fn endpoints<'s>(
     let subset = dest.subset.as_deref();
     let policy = ClusterPolicy {
         key: cluster_key(&dest.host, subset.unwrap_or(""), port),
+        protocol,
         localities,
         lb: setting(
             cluster,
@@ -260,6 +270,8 @@ pub fn endpoints<'s>(
 pub struct ClusterPolicy<'s> {
     /// Identifies the endpoint set (host, subset, port) for per-cluster state.
     pub key: String,
+    /// The protocol the service declares on the destination port, when it declares one.
+    pub protocol: Option<Detected>,
     /// Each endpoint's locality, in the order of the endpoints.
     pub localities: Vec<Option<&'s str>>,
     pub lb: Option<&'s LoadBalancer>,
@@ -268,6 +280,24 @@ pub struct ClusterPolicy<'s> {
 }
 
 impl ClusterPolicy<'_> {
+    /// Whether the upstream request goes as HTTP/2, as Istio decides it: the client's protocol
+    /// with `useClientProtocol` or where the port declares none (detected by sniffing); HTTP/2
+    /// on an `HTTP2` or `GRPC` port; HTTP/1.1 on an `HTTP` port, unless `h2UpgradePolicy:
+    /// UPGRADE` asks for HTTP/2.
+    pub fn upstream_http2(&self, client_http2: bool) -> bool {
+        let http = self.pool.and_then(|p| p.http.as_ref());
+        if http.and_then(|h| h.use_client_protocol) == Some(true) {
+            return client_http2;
+        }
+        match self.protocol {
+            Some(Detected::Http2) => true,
+            Some(Detected::Http1) => {
+                http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE")
+            }
+            _ => client_http2,
+        }
+    }
+
     /// A destination no ServiceEntry or DestinationRule describes.
     pub fn unconfigured(host: &str, port: u16) -> Self {
         ClusterPolicy {
@@ -386,5 +416,53 @@ spec:
             addrs(Some("v3")),
             Err(NoEndpoint::UnknownSubset { .. })
         ));
+    }
+
+    #[test]
+    fn the_upstream_protocol_as_istio_picks_it() {
+        use crate::policy::model::HttpPool;
+        let pool = |http: HttpPool| ConnectionPool {
+            tcp: None,
+            http: Some(http),
+        };
+        let upgrade = pool(HttpPool {
+            h2_upgrade_policy: Some("UPGRADE".into()),
+            ..HttpPool::default()
+        });
+        let no_upgrade = pool(HttpPool {
+            h2_upgrade_policy: Some("DO_NOT_UPGRADE".into()),
+            ..HttpPool::default()
+        });
+        let client = pool(HttpPool {
+            use_client_protocol: Some(true),
+            h2_upgrade_policy: Some("UPGRADE".into()),
+            ..HttpPool::default()
+        });
+        let at = |protocol, pool| ClusterPolicy {
+            protocol,
+            pool,
+            ..ClusterPolicy::default()
+        };
+        // (HTTP/1.1 client, HTTP/2 client) → upstream HTTP/2?
+        let both = |p: ClusterPolicy| (p.upstream_http2(false), p.upstream_http2(true));
+        assert_eq!(both(at(Some(Detected::Http1), None)), (false, false));
+        assert_eq!(both(at(Some(Detected::Http2), None)), (true, true));
+        assert_eq!(both(at(None, None)), (false, true), "undeclared: client's");
+        assert_eq!(
+            both(at(Some(Detected::Http1), Some(&upgrade))),
+            (true, true)
+        );
+        assert_eq!(
+            both(at(Some(Detected::Http1), Some(&no_upgrade))),
+            (false, false)
+        );
+        assert_eq!(
+            both(at(Some(Detected::Http2), Some(&client))),
+            (false, true)
+        );
+        assert_eq!(
+            both(at(Some(Detected::Http1), Some(&client))),
+            (false, true)
+        );
     }
 }
