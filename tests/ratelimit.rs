@@ -179,3 +179,33 @@ fn redis_dying_fails_open_or_closed_without_stalling() {
         ) >= 3.0
     );
 }
+
+/// Connections Redis closed while they sat in meshd's pool (here by a restart) cost no request
+/// an error: the request goes on a new connection.
+#[test]
+fn a_redis_restart_fails_no_request() {
+    if !ebpf_available("rl_redis_restart") {
+        return;
+    }
+    let mut redis = Redis::start();
+    let (v1, v2) = two_backends();
+    let spec = format!(
+        "  global:\n    redis: {}\n    requestsPerUnit: 1000\n    unit: second\n  failureModeDeny: true\n",
+        redis.addr()
+    );
+    let d = start("rl-redis-restart", 176, &with_policy(&v1, &v2, &spec));
+    let get = || status(&d, "http://reviews:9080/");
+    assert_eq!(get(), "200", "a pooled Redis connection now");
+    redis.restart();
+    for _ in 0..3 {
+        assert_eq!(
+            get(),
+            "200",
+            "the pooled connection is dead; a new one serves"
+        );
+    }
+    assert_eq!(
+        d.metric(r#"meshd_ratelimit_total{policy="default/reviews-limit",result="redis_error"}"#),
+        0.0
+    );
+}

@@ -20,7 +20,25 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new("redis-server")
+        let r = Redis {
+            port,
+            child: Some(Redis::spawn(port)),
+        };
+        super::eventually(Duration::from_secs(10), || r.ping().then_some(()))
+            .expect("redis-server answers PING");
+        r
+    }
+
+    /// Stops this Redis and starts a new one on the same port; the old connections are gone.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(Redis::spawn(self.port));
+        super::eventually(Duration::from_secs(10), || self.ping().then_some(()))
+            .expect("redis-server answers PING after the restart");
+    }
+
+    fn spawn(port: u16) -> Child {
+        Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -34,14 +52,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        let r = Redis {
-            port,
-            child: Some(child),
-        };
-        super::eventually(Duration::from_secs(10), || r.ping().then_some(()))
-            .expect("redis-server answers PING");
-        r
+            .expect("redis-server (Debian package redis-server) must be installed")
     }
 
     pub fn addr(&self) -> String {

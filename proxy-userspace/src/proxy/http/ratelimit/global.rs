@@ -117,23 +117,43 @@ impl Global {
             addr: addr.to_string(),
             source,
         };
-        let conn = self
+        let pooled = self
             .idle
             .lock()
             .expect("redis pool lock")
             .get_mut(addr)
             .and_then(Vec::pop);
-        let mut conn = match conn {
-            Some(c) => c,
-            None => TcpStream::connect(addr).await.map_err(io)?,
+        let Some(conn) = pooled else {
+            let conn = TcpStream::connect(addr).await.map_err(io)?;
+            return self.exchange(conn, addr, cmd).await;
+        };
+        match self.exchange(conn, addr, cmd).await {
+            // A pooled connection Redis had closed (a restart, or its idle `timeout`): the
+            // other idle ones most likely went with it. One more try, on a new connection.
+            Err(RedisError::Io { .. }) => {
+                self.idle.lock().expect("redis pool lock").remove(addr);
+                let conn = TcpStream::connect(addr).await.map_err(io)?;
+                self.exchange(conn, addr, cmd).await
+            }
+            done => done,
+        }
+    }
+
+    /// Sends `cmd` on `conn` and reads the reply; the connection goes back to the pool after.
+    async fn exchange(
+        &self,
+        mut conn: TcpStream,
+        addr: &str,
+        cmd: &[u8],
+    ) -> Result<Vec<i64>, RedisError> {
+        let io = |source| RedisError::Io {
+            addr: addr.to_string(),
+            source,
         };
         conn.write_all(cmd).await.map_err(io)?;
         let mut reader = BufReader::new(&mut conn);
         let reply = read_int_array(&mut reader).await.map_err(|e| match e {
-            ReadError::Io(source) => RedisError::Io {
-                addr: addr.to_string(),
-                source,
-            },
+            ReadError::Io(source) => io(source),
             ReadError::Reply(reply) => RedisError::Protocol {
                 addr: addr.to_string(),
                 reply,
