@@ -139,6 +139,11 @@ fn a_global_limit_is_shared_by_two_meshd_through_redis() {
         started.elapsed()
     );
     assert_eq!(v1.requests(), allowed);
+    // The global limit's 429 is Envoy's: no body, marked x-envoy-ratelimited.
+    let limited = support::mesh::curl(&a, &["-i", "http://reviews:9080/"]).to_ascii_lowercase();
+    assert!(limited.starts_with("http/1.1 429"), "{limited}");
+    assert!(limited.contains("x-envoy-ratelimited: true"), "{limited}");
+    assert!(limited.ends_with("\r\n\r\n"), "no body: {limited}");
 }
 
 #[test]
@@ -178,6 +183,9 @@ fn redis_dying_fails_open_or_closed_without_stalling() {
             r#"meshd_ratelimit_total{policy="default/reviews-limit",result="redis_error"}"#
         ) >= 3.0
     );
+    // Envoy's flag for a rate limit service that failed a request closed.
+    assert!(closed.log_text().contains("status=500 flags=RLSE"));
+    assert!(!open.log_text().contains("RLSE"), "fail open: no flag");
 }
 
 /// Connections Redis closed while they sat in meshd's pool (here by a restart) cost no request

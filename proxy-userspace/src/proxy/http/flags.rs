@@ -27,6 +27,7 @@ flags! {
     DOWNSTREAM_DISCONNECT = 8, "DC", "The client went away mid-request.";
     UPSTREAM_CONNECTION_TERMINATION = 9, "UC", "The upstream connection closed mid-request.";
     RATE_LIMITED = 10, "RL", "A rate limit denied the request.";
+    RATE_LIMIT_SERVICE_ERROR = 11, "RLSE", "The global rate limit's Redis failed and the policy fails closed.";
 }
 
 impl ResponseFlags {

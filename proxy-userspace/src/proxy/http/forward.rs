@@ -561,8 +561,14 @@ async fn forward(
         ratelimit::Verdict::Allow => {}
         ratelimit::Verdict::Limited(l) => {
             rec.fail(ResponseFlags::RATE_LIMITED, "rate limited");
-            let mut r = local(429, "local_rate_limited\n".into(), None);
+            // Envoy's bodies: its local rate limit filter's, and none from its global one,
+            // which marks the answer instead.
+            let body = if l.global { "" } else { "local_rate_limited\n" };
+            let mut r = local(429, body.into(), None);
             let h = r.headers_mut();
+            if l.global {
+                h.insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
+            }
             h.insert("x-ratelimit-limit", HeaderValue::from(l.limit));
             h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
             h.insert(
@@ -573,7 +579,7 @@ async fn forward(
         }
         ratelimit::Verdict::Unavailable => {
             rec.fail(
-                ResponseFlags::RATE_LIMITED,
+                ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
                 "rate limit service unavailable (failureModeDeny)",
             );
             return local(500, "rate limit service unavailable\n".into(), None);

@@ -104,6 +104,7 @@ impl Global {
             [0, _, retry_us] => Ok(Err(Limited {
                 limit,
                 retry_after: Duration::from_micros(*retry_us as u64),
+                global: true,
             })),
             other => Err(RedisError::Protocol {
                 addr,

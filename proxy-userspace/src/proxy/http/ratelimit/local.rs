@@ -63,6 +63,7 @@ impl Buckets {
             Err(Limited {
                 limit: max,
                 retry_after: (b.last_fill + interval).saturating_duration_since(now),
+                global: false,
             })
         }
     }

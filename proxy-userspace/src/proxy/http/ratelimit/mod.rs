@@ -14,6 +14,8 @@ use crate::policy::model::RateLimitPolicy;
 pub struct Limited {
     pub limit: u64,
     pub retry_after: Duration,
+    /// The global limit (Redis) decided, not this meshd's local bucket.
+    pub global: bool,
 }
 
 /// What the checks decided.
