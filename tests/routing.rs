@@ -169,6 +169,39 @@ fn a_vip_names_its_service_only_on_the_ports_the_service_entry_declares() {
     assert_eq!(v1.requests() + v2.requests(), 0);
 }
 
+/// As Istio's virtual hosts: a request whose Host names another service on the port dialled
+/// goes to that service (its default route), not through the VirtualService of the VIP it was
+/// sent to.
+#[test]
+fn the_host_named_service_wins_over_the_vip_dialled() {
+    if !ebpf_available("host_over_vip") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let ratings = HttpBackend::start("127.0.0.1:0");
+    let routes =
+        "  - directResponse:\n      status: 200\n      body:\n        string: from reviews\n";
+    let yaml = format!(
+        "{}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: ratings\nspec:\n  hosts: [ratings.default.svc.cluster.local]\n  ports: [{{number: 9080, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n",
+        policies(&v1, &v2, routes),
+        ratings.addr.port()
+    );
+    let d = start("host-over-vip", 177, &yaml);
+    assert_eq!(curl(&d, &["http://reviews:9080/"]), "from reviews");
+    let out = curl(&d, &["-H", "Host: ratings", "http://reviews:9080/whoami"]);
+    assert!(
+        out.contains("\"path\":\"/whoami\""),
+        "ratings' backend answered: {out}"
+    );
+    assert_eq!(ratings.requests(), 1);
+    // A Host that names no service leaves the VIP's service to decide.
+    let out = curl(
+        &d,
+        &["-H", "Host: elsewhere.example", "http://reviews:9080/"],
+    );
+    assert_eq!(out, "from reviews");
+}
+
 /// The upstream protocol, as Istio picks it: HTTP/1.1 on an `HTTP` port (whatever the client
 /// speaks), HTTP/2 on an `HTTP2` port, and the DestinationRule's `h2UpgradePolicy: UPGRADE` and
 /// `useClientProtocol` over the port's.

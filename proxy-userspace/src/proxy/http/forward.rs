@@ -483,28 +483,30 @@ async fn forward(
             return local(404, format!("no route for {host}\n"), None);
         }
         Decision::Passthrough => {
-            // No VirtualService: Istio's default route to the service the request names (by
-            // its VIP, or by a Host of a ServiceEntry declaring the port dialled), where its
-            // endpoints and DestinationRule apply; else the original destination.
+            // No VirtualService: Istio's default route to the service the request names (by a
+            // Host of a ServiceEntry declaring the port dialled, else by the VIP dialled), where
+            // its endpoints and DestinationRule apply; else the original destination.
             let port = down.dst.port();
-            default_route =
-                snap.compiled
-                    .vip_host(down.dst)
-                    .filter(|h| snap.compiled.clusters.contains_key(*h))
-                    .or_else(|| {
-                        candidates.iter().map(|h| h.as_ref()).find(|h| {
-                            snap.compiled.clusters.get(*h).is_some_and(|c| {
-                                c.ports.contains_key(&port) && !c.endpoints.is_empty()
-                            })
-                        })
-                    })
-                    .map(|h| crate::routes::Destination {
-                        host: h.to_string(),
-                        subset: None,
-                        port: Some(down.dst.port()),
-                        weight: 100,
-                        headers: None,
-                    });
+            let vip = snap.compiled.vip_host(down.dst);
+            default_route = candidates
+                .iter()
+                .map(|h| h.as_ref())
+                .find(|h| {
+                    route::declares_port(&snap, h, port)
+                        && (Some(*h) == vip
+                            || snap
+                                .compiled
+                                .clusters
+                                .get(*h)
+                                .is_some_and(|c| !c.endpoints.is_empty()))
+                })
+                .map(|h| crate::routes::Destination {
+                    host: h.to_string(),
+                    subset: None,
+                    port: Some(down.dst.port()),
+                    weight: 100,
+                    headers: None,
+                });
             rec.destination_service = default_route
                 .as_ref()
                 .map(|d| d.host.clone())

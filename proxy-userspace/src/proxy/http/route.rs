@@ -66,6 +66,14 @@ pub fn host_candidates<'a>(
     out
 }
 
+/// Whether `host` is a service declaring `port`, where it has a default route.
+pub fn declares_port(snap: &Snapshot, host: &str, port: u16) -> bool {
+    snap.compiled
+        .clusters
+        .get(host)
+        .is_some_and(|c| c.ports.contains_key(&port))
+}
+
 /// Picks a destination by weight (Istio weights sum to 100 across a route's destinations).
 pub fn pick_weighted(destinations: &[Destination]) -> Option<&Destination> {
     let total: u32 = destinations.iter().map(|d| d.weight).sum();
@@ -88,10 +96,16 @@ pub fn decide<'s>(
     candidates: &[Cow<'_, str>],
     view: &RequestView<'_>,
 ) -> Decision<'s> {
-    let Some((host, routes)) = candidates
+    // As Istio's virtual hosts: the first name that has routes on this port, a VirtualService's
+    // or a service's default route, decides. A service named in the Host is not overridden by
+    // the VirtualService of the VIP dialled.
+    let Some(host) = candidates
         .iter()
-        .find_map(|h| snap.compiled.routes.lookup(h).map(|r| (h, r)))
+        .find(|h| snap.compiled.routes.lookup(h).is_some() || declares_port(snap, h, view.port))
     else {
+        return Decision::Passthrough;
+    };
+    let Some(routes) = snap.compiled.routes.lookup(host) else {
         return Decision::Passthrough;
     };
     let Some(route) = routes.first_match(view) else {
