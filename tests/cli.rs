@@ -93,6 +93,29 @@ fn run_without_root_fails_clearly() {
 }
 
 #[test]
+fn a_missing_config_path_is_bad_input() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: meshd run checks for root before its config");
+        return;
+    }
+    let out = Command::new(MESHD)
+        .args(["run", "--config", "/nonexistent/meshd-policies"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "the exit code of other bad input"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config path /nonexistent/meshd-policies does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_flags_are_rejected_with_the_flag_named() {
     let out = Command::new(MESHD)
         .args(["run", "--heartbeat-timeout", "3 seconds"])

@@ -109,6 +109,16 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
     .unwrap_or_else(|| panic!("unreadable file not reported; log:\n{}", d.log_text()));
     assert_eq!(generation(&d), gen2);
 
+    // Undoing the broken edit says the configuration is valid again (nothing to apply).
+    std::fs::write(dir.join("route.yaml"), ROUTE_V1).unwrap();
+    eventually(Duration::from_secs(5), || {
+        d.log_text()
+            .contains("configuration valid again; unchanged from the active one")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the fix was not reported; log:\n{}", d.log_text()));
+    assert_eq!(generation(&d), gen2);
+
     // A directory that disappears keeps the last good config too.
     std::fs::remove_dir_all(&dir).unwrap();
     std::thread::sleep(Duration::from_millis(800));

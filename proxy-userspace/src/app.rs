@@ -118,7 +118,9 @@ pub fn run_daemon(settings: Settings) -> ExitCode {
                 tracing::error!("meshd could not start: {e}");
                 eprintln!("meshd: {e}");
                 match e {
-                    StartupError::Config(_) => ExitCode::from(crate::cli::EXIT_USAGE),
+                    StartupError::Config(_) | StartupError::MissingConfig(_) => {
+                        ExitCode::from(crate::cli::EXIT_USAGE)
+                    }
                     _ => ExitCode::FAILURE,
                 }
             }

@@ -26,8 +26,9 @@ pub struct ConfigStore {
     paths: Vec<PathBuf>,
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Serialises reloads (a file event and SIGHUP at once).
-    reloading: Mutex<()>,
+    /// Serialises reloads (a file event and SIGHUP at once); holds whether the last one was
+    /// rejected.
+    reloading: Mutex<bool>,
     /// In-memory documents (from the Kubernetes API) merged with the files' policies.
     documents: Mutex<Vec<Document>>,
     rejects: Mutex<RejectLog>,
@@ -108,7 +109,7 @@ impl ConfigStore {
             paths,
             current: ArcSwap::from_pointee(snapshot),
             metrics,
-            reloading: Mutex::new(()),
+            reloading: Mutex::new(false),
             documents: Mutex::new(Vec::new()),
             rejects: Mutex::new(RejectLog::default()),
         }))
@@ -134,7 +135,7 @@ impl ConfigStore {
     /// Rebuilds from the config paths and documents and swaps the result in, unless it is
     /// invalid (the last good snapshot stays, and every finding is logged) or identical.
     pub fn reload(&self, why: &str) -> ReloadOutcome {
-        let _one_at_a_time = self.reloading.lock().expect("reload lock");
+        let mut rejected_last = self.reloading.lock().expect("reload lock");
         let old = self.current.load();
         let docs = self.documents.lock().expect("documents lock").clone();
         let built = build(&self.paths, &docs, old.generation + 1).map(|(new, rejected)| {
@@ -146,11 +147,21 @@ impl ConfigStore {
         });
         match built {
             Ok(new) if new.hash == old.hash => {
-                tracing::debug!(why, hash = %new.hash, "configuration unchanged");
+                if std::mem::take(&mut *rejected_last) {
+                    // The edit that was rejected is undone: say so, after the error lines.
+                    tracing::info!(
+                        why,
+                        generation = old.generation,
+                        "configuration valid again; unchanged from the active one"
+                    );
+                } else {
+                    tracing::debug!(why, hash = %new.hash, "configuration unchanged");
+                }
                 self.metrics.config_reload("unchanged");
                 ReloadOutcome::Unchanged
             }
             Ok(new) => {
+                *rejected_last = false;
                 let generation = new.generation;
                 tracing::info!(why, generation, hash = %new.hash, resources = new.policies.len(), "configuration applied");
                 self.current.store(Arc::new(new));
@@ -168,6 +179,7 @@ impl ConfigStore {
                     tracing::error!("  {line}");
                 }
                 self.metrics.config_reload("failure");
+                *rejected_last = true;
                 ReloadOutcome::Rejected
             }
         }

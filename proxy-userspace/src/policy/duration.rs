@@ -11,7 +11,7 @@ const MAX_SECS: u64 = 315_576_000_000;
 pub fn parse(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
-            "invalid duration {}: expected a number and a unit (ms, s, m, h), e.g. 250ms, 2s, 1.5h",
+            "invalid duration {}: expected a number and a unit (ns, us, ms, s, m, h), e.g. 250ms, 2s, 1.5h",
             super::node::quote(text)
         )
     };

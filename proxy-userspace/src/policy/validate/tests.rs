@@ -51,7 +51,7 @@ fn every_finding_is_reported_not_just_the_first() {
         f,
         [
             "10:15: error: spec.http[0].route[0].weight: must be at least 0, got -1",
-            "11:14: error: spec.http[0].timeout: invalid duration \"2 seconds\": expected a number and a unit (ms, s, m, h), e.g. 250ms, 2s, 1.5h",
+            "11:14: error: spec.http[0].timeout: invalid duration \"2 seconds\": expected a number and a unit (ns, us, ms, s, m, h), e.g. 250ms, 2s, 1.5h",
             "12:43: error: spec.http[0].retries.perTryTimeout: must be greater than zero",
             "12:56: error: spec.http[0].retries.retryOn: \"sometimes\" is not a retry condition: use HTTP status codes or 5xx, gateway-error, reset, reset-before-request, connect-failure, envoy-ratelimited, retriable-4xx, refused-stream, retriable-status-codes, retriable-headers, http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable",
             "14:7: error: spec.http[0].fault.abort: set httpStatus or grpcStatus",
