@@ -208,6 +208,8 @@ fn hostile_requests_never_reach_the_upstream() {
             400,
         ),
         ("obs-fold", "GET / HTTP/1.1\\r\\nHost: x\\r\\nX-A: 1\\r\\n  folded\\r\\n\\r\\n".to_string(), 400),
+        ("two Host headers", "GET / HTTP/1.1\\r\\nHost: x\\r\\nHost: evil.test\\r\\n\\r\\n".to_string(), 400),
+        ("HTTP/1.1 without Host", "GET / HTTP/1.1\\r\\nX-A: 1\\r\\n\\r\\n".to_string(), 400),
         ("oversized headers", format!("GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: {}\\r\\n\\r\\n", "a".repeat(16 * 1024)), 431),
     ];
     for (what, send, want) in cases {

@@ -80,7 +80,8 @@ pub async fn handle(
             .flatten()
     } else {
         None
-    };
+    }
+    .or_else(|| host_problem(&req));
     // The source workload's share of the node proxy, held until the response ends.
     let admitted = log.ctx.fairness.request(log.down.workload.as_deref());
     let resp = match (smuggling, &admitted) {
@@ -92,8 +93,8 @@ pub async fn handle(
             send::overloaded(format!("{shed}\n"))
         }
         (Some(reason), _) => {
-            tracing::warn!(reason, peer = %log.down.peer, "rejected a request that could be smuggled");
-            rec.reason = Some(format!("request smuggling shape: {reason}"));
+            tracing::warn!(reason, peer = %log.down.peer, "rejected a malformed or ambiguous request");
+            rec.reason = Some(format!("malformed or ambiguous request: {reason}"));
             let mut r = local(400, format!("bad request: {reason}\n"), None);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -113,6 +114,20 @@ pub async fn handle(
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
     Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))
+}
+
+/// What RFC 9112 (section 3.2) says a server must answer 400 to: more than one Host, which two
+/// parsers could read differently (meshd routes on the first), or an HTTP/1.1 request naming
+/// its target nowhere (no Host and no absolute URI).
+fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Some("more than one Host"),
+        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Some("HTTP/1.1 request without Host")
+        }
+        _ => None,
+    }
 }
 
 pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");

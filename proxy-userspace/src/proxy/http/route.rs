@@ -183,7 +183,16 @@ pub fn endpoints<'s>(
     requested: &[Cow<'_, str>],
     dst: SocketAddr,
 ) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
-    let port = dest.port.unwrap_or(dst.port());
+    // As in Istio, a destination need not name the port of a service that has only one.
+    let only_port = || {
+        let c = snap.compiled.clusters.get(&dest.host)?;
+        let mut ports = c.ports.keys();
+        match (ports.next(), ports.next()) {
+            (Some(p), None) => Some(*p),
+            _ => None,
+        }
+    };
+    let port = dest.port.or_else(only_port).unwrap_or(dst.port());
     let protocol = snap
         .compiled
         .clusters
@@ -412,6 +421,17 @@ spec:
             weight: 100,
             headers: None,
         }
+    }
+
+    #[test]
+    fn a_destination_without_a_port_takes_the_services_only_port() {
+        let snap = snapshot();
+        // Dialled on another port (a route or mirror of another service sends it here).
+        let dst: SocketAddr = "10.96.0.7:9999".parse().unwrap();
+        let (addrs, policy) = endpoints(&snap, &dest(None), &[], dst).unwrap();
+        let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:8080"]);
+        assert_eq!(policy.key, "api.default.svc.cluster.local||80");
     }
 
     #[test]
