@@ -9,6 +9,10 @@ use std::process::Output;
 use support::{Daemon, ebpf_available, http_backend::HttpBackend};
 
 const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+const H2_OPEN_STREAM: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/clients/h2_open_stream.py"
+);
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -224,6 +228,58 @@ fn hostile_requests_never_reach_the_upstream() {
     })
     .unwrap_or_else(|| panic!("connections left open: {}", d.get("/connections")));
     assert!(!d.log_text().contains("panicked"));
+}
+
+/// The upstream sees a request as soon as it starts, not once meshd holds 64 KiB of its body or
+/// all of it: a client still sending (a stream waiting for replies, a slow upload) gets the
+/// upstream's early answer. Here the backend answers `/whoami` without reading the body.
+#[test]
+fn request_heads_go_upstream_before_the_body_is_complete() {
+    if !ebpf_available("http_heads_first") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-heads-first", 178, &[]);
+    let addr = b.addr.to_string();
+    let cases = [
+        (
+            "1,000 bytes of a declared 1,000,000",
+            format!(
+                "POST /whoami HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 1000000\\r\\n\\r\\n{}",
+                "a".repeat(1000)
+            ),
+        ),
+        (
+            "one chunk of a chunked body",
+            "POST /whoami HTTP/1.1\\r\\nHost: x\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n5\\r\\nhello\\r\\n".to_string(),
+        ),
+    ];
+    for (what, send) in cases {
+        let (status, got) = raw(&d, &addr, &send, "");
+        assert_eq!(status, 200, "{what}: {got}");
+    }
+    // HTTP/2: a request stream left open after its first DATA frame.
+    let out = d
+        .exec(
+            "default/raw",
+            &[
+                "python3",
+                H2_OPEN_STREAM,
+                "--addr",
+                &addr,
+                "--path",
+                "/whoami",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        "200",
+        "HTTP/2 stream still open: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.requests(), 3);
 }
 
 /// HTTP/2 bodies both ways on one pooled upstream connection: a request body kept for retries,

@@ -1,7 +1,9 @@
 //! Requests that can be sent more than once (retries and mirrors): the head plus a body
-//! buffered up to a limit. A body that outgrows the limit is streamed instead, once.
+//! buffered up to a limit. A body that outgrows the limit, or is still arriving, is streamed
+//! instead, once.
 
 use std::{
+    future::poll_fn,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -59,19 +61,41 @@ pub enum Prepared {
     Streaming(Request<Body>),
 }
 
-/// Reads the body up to `limit` bytes. Bodies declared (Content-Length) or found larger stream.
+/// Keeps the body for retries when all of it is known: a declared length (Content-Length) up to
+/// `limit`, which the client has committed to send and is awaited, or a body of unknown length
+/// that has arrived whole by now. Anything else streams upstream from its first byte, sent
+/// once: a body declared or found larger than `limit`, and one still arriving (a gRPC stream
+/// that waits for replies must not wait for meshd).
 pub async fn prepare(
     req: Request<super::body::Inbound>,
     limit: usize,
 ) -> Result<Prepared, BoxError> {
     let (parts, mut body) = req.into_parts();
-    let declared = hyper::body::Body::size_hint(&body).upper().unwrap_or(0);
-    if declared > limit as u64 {
+    let hint = hyper::body::Body::size_hint(&body);
+    if hint.upper().unwrap_or(0) > limit as u64 {
         return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(body))));
     }
+    let declared = hint.exact().is_some();
     let mut data = BytesMut::new();
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = if declared {
+            body.frame().await
+        } else {
+            match poll_fn(|cx| Poll::Ready(hyper::body::Body::poll_frame(Pin::new(&mut body), cx)))
+                .await
+            {
+                Poll::Ready(next) => next,
+                Poll::Pending => {
+                    let rest = Prefixed {
+                        prefix: Some(data.freeze()).filter(|d| !d.is_empty()),
+                        rest: body,
+                    };
+                    return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(rest))));
+                }
+            }
+        };
+        let Some(frame) = next else { break };
         let frame = frame?;
         match frame.into_data() {
             Ok(chunk) => {

@@ -229,7 +229,9 @@ async fn read_head(
     }
 }
 
-/// Frames the body after the head in `out`, writing whenever `out` fills up.
+/// Frames the body after the head in `out`, writing whenever `out` fills up, and whenever the
+/// body has nothing more ready: the upstream gets the head and what body there is without
+/// waiting for more (a stream that waits for replies, an upstream that answers early).
 async fn write_body(
     w: &mut (impl tokio::io::AsyncWrite + Unpin),
     out: &mut BytesMut,
@@ -239,7 +241,19 @@ async fn write_body(
     let chunked = framing == BodyFraming::Chunked;
     let mut sent = 0u64;
     let mut trailers = None;
-    while let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+    loop {
+        let next = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    w.write_all(out).await.map_err(H1Error::Write)?;
+                    out.clear();
+                    w.flush().await.map_err(H1Error::Write)?;
+                }
+                poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+            }
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(H1Error::Body)?;
         let data = match frame.into_data() {
             Ok(d) => d,
