@@ -589,3 +589,50 @@ fn cancelled_http2_requests_give_their_stream_back() {
     assert_eq!(get("/whoami"), "200");
     assert_eq!(v1.accepted(), 1, "one upstream connection throughout");
 }
+
+/// The route timeout lasts until the response is complete, as Envoy's does: a response still
+/// streaming when it expires is cut off, over HTTP/1.1 and HTTP/2, and logged with flag UT; one
+/// that ends in time is untouched.
+#[test]
+fn the_route_timeout_cuts_off_a_response_still_streaming() {
+    if !ebpf_available("timeout_body") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n    timeout: 1s\n";
+    let d = start("timeout-body", 179, &policies(&v1, &v2, routes));
+    let get = |path: &str, h2: bool| {
+        let url = format!("http://reviews:9080{path}");
+        let mut args = vec!["curl", "-sS", "--max-time", "10"];
+        args.extend(["--resolve", "reviews:9080:127.0.0.50"]);
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        args.push(&url);
+        let t = Instant::now();
+        let out = d.exec("default/productpage", &args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            t.elapsed(),
+        )
+    };
+    for h2 in [false, true] {
+        let (ok, body, took) = get("/drip/100", h2);
+        assert!(ok, "h2={h2}: a response that ends in time: {body}");
+        assert_eq!(body, "first\nsecond\n");
+        let (ok, body, took_cut) = get("/drip/3000", h2);
+        assert!(!ok, "h2={h2}: cut off, not complete: {body}");
+        assert_eq!(body, "first\n", "h2={h2}: what came before the timeout");
+        assert!(
+            took_cut >= Duration::from_millis(900) && took_cut < Duration::from_millis(2500),
+            "h2={h2}: cut at the route timeout, not at the body's end: {took_cut:?} ({took:?})"
+        );
+    }
+    let log = d.log_text();
+    assert!(
+        log.contains("the route timeout expired during the response"),
+        "{log}"
+    );
+    assert!(log.contains("\"response_flags\":\"UT\""), "{log}");
+}

@@ -1,6 +1,7 @@
 //! A hyper backend for the L7 tests: HTTP/1.1 and h2c on one port. It answers
 //! `/status/NNN` with that status, `/sleep/MS` after MS milliseconds, `/slow-503/MS` with 503
-//! after MS milliseconds, `/whoami` with the HTTP version and the upstream connection's
+//! after MS milliseconds, `/drip/MS` with one line at once and another MS milliseconds later,
+//! `/whoami` with the HTTP version and the upstream connection's
 //! peer address, `/echo` with the length and byte sum of the request body, `/bytes/N` with N
 //! bytes, `/goaway` by shutting its connection down gracefully (HTTP/2 GOAWAY) after the
 //! streams open on it, and an `Upgrade: echo` request with 101 and then echoes bytes. It counts the
@@ -160,6 +161,14 @@ async fn answer(
     if req.uri().path() == "/echo" {
         return Ok(echo(req).await);
     }
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/drip/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return Ok(Response::new(Drip::new(ms).boxed()));
+    }
     if let Some(n) = req
         .uri()
         .path()
@@ -171,6 +180,45 @@ async fn answer(
     }
     let resp = answer_plain(req, peer, st).await?;
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// `/drip/MS`: "first" at once, then "second" MS milliseconds later, then the end.
+struct Drip {
+    sent: u8,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Drip {
+    fn new(ms: u64) -> Drip {
+        Drip {
+            sent: 0,
+            pause: Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms))),
+        }
+    }
+}
+
+impl hyper::body::Body for Drip {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use std::{future::Future, task::Poll};
+        let chunk = match self.sent {
+            0 => "first\n",
+            1 => match self.pause.as_mut().poll(cx) {
+                Poll::Ready(()) => "second\n",
+                Poll::Pending => return Poll::Pending,
+            },
+            _ => return Poll::Ready(None),
+        };
+        self.sent += 1;
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            chunk.as_bytes(),
+        )))))
+    }
 }
 
 /// Reads the whole request body: answers its length, a checksum (the sum of its bytes), and

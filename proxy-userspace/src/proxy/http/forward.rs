@@ -179,11 +179,19 @@ impl hyper::body::Body for LoggedBody {
                 }
             }
             std::task::Poll::Ready(None) => self.done = true,
-            std::task::Poll::Ready(Some(Err(_))) => {
-                self.log.rec.fail(
-                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                    "upstream response body failed",
-                );
+            std::task::Poll::Ready(Some(Err(e))) => {
+                // Ended, by a failure of the upstream's or of the timeout's: not the client's.
+                self.done = true;
+                if e.is::<super::deadline::RouteTimeout>() {
+                    self.log
+                        .rec
+                        .fail(ResponseFlags::UPSTREAM_TIMEOUT, e.to_string());
+                } else {
+                    self.log.rec.fail(
+                        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                        "upstream response body failed",
+                    );
+                }
             }
             std::task::Poll::Pending => {}
         }

@@ -3,6 +3,7 @@
 
 pub mod authorize;
 pub mod body;
+mod deadline;
 mod fault;
 mod flags;
 mod forward;

@@ -352,11 +352,13 @@ pub async fn with_policy(
     static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
         std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
     let policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
-    let route_timeout = plan
+    // The route timeout runs until the response is complete (its body too), as Envoy's does.
+    let deadline = plan
         .route
         .and_then(|r| r.spec.timeout)
         .map(|t| t.0)
-        .filter(|t| !t.is_zero());
+        .filter(|t| !t.is_zero())
+        .map(|t| tokio::time::Instant::now() + t);
     let (replayable, mut once) = match replay::prepare(req, RETRY_BUFFER).await {
         Ok(Prepared::Replayable(r)) => (Some(r), None),
         Ok(Prepared::Streaming(r)) => (None, Some(r)),
@@ -434,8 +436,8 @@ pub async fn with_policy(
                 }
             },
         ));
-        match route_timeout {
-            Some(t) => tokio::time::timeout(t, attempts).await.ok(),
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, attempts).await.ok(),
             None => Some(attempts.await),
         }
     };
@@ -472,7 +474,12 @@ pub async fn with_policy(
                     ),
                 );
             }
-            resp.map(super::body::boxed)
+            match deadline {
+                Some(d) => resp.map(|b| {
+                    super::body::boxed(super::deadline::Deadline::new(super::body::boxed(b), d))
+                }),
+                None => resp.map(super::body::boxed),
+            }
         }
         Err(Failed::NoEndpoint(e)) => no_endpoint(e, rec),
         Err(Failed::Denied(reason)) => denied(reason, rec),
