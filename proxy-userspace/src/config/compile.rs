@@ -334,14 +334,20 @@ impl Cluster {
     pub fn port_protocol(&self, port: u16) -> Option<crate::proxy::sniff::Detected> {
         use crate::proxy::sniff::Detected;
         let (name, protocol) = self.ports.get(&port)?;
-        let declared = protocol
-            .clone()
-            .unwrap_or_else(|| name.split('-').next().unwrap_or("").to_string());
-        match declared.to_ascii_uppercase().as_str() {
-            "HTTP" => Some(Detected::Http1),
-            "HTTP2" | "GRPC" | "GRPC-WEB" => Some(Detected::Http2),
-            "TCP" | "TLS" | "HTTPS" | "MONGO" | "MYSQL" | "REDIS" => Some(Detected::Opaque),
-            _ => None,
+        // Read on every request: compared in place, without allocating.
+        let declared = match protocol {
+            Some(p) => p.as_str(),
+            None => name.split('-').next().unwrap_or(""),
+        };
+        let is = |names: &[&str]| names.iter().any(|n| declared.eq_ignore_ascii_case(n));
+        if is(&["HTTP"]) {
+            Some(Detected::Http1)
+        } else if is(&["HTTP2", "GRPC", "GRPC-WEB"]) {
+            Some(Detected::Http2)
+        } else if is(&["TCP", "TLS", "HTTPS", "MONGO", "MYSQL", "REDIS"]) {
+            Some(Detected::Opaque)
+        } else {
+            None
         }
     }
 }

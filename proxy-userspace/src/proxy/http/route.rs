@@ -183,26 +183,18 @@ pub fn endpoints<'s>(
     requested: &[Cow<'_, str>],
     dst: SocketAddr,
 ) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
+    let described = snap.compiled.clusters.get(&dest.host);
     // As in Istio, a destination need not name the port of a service that has only one.
     let only_port = || {
-        let c = snap.compiled.clusters.get(&dest.host)?;
-        let mut ports = c.ports.keys();
+        let mut ports = described?.ports.keys();
         match (ports.next(), ports.next()) {
             (Some(p), None) => Some(*p),
             _ => None,
         }
     };
     let port = dest.port.or_else(only_port).unwrap_or(dst.port());
-    let protocol = snap
-        .compiled
-        .clusters
-        .get(&dest.host)
-        .and_then(|c| c.port_protocol(port));
-    let Some(cluster) = snap
-        .compiled
-        .clusters
-        .get(&dest.host)
-        .filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
+    let protocol = described.and_then(|c| c.port_protocol(port));
+    let Some(cluster) = described.filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
         if requested.iter().any(|h| *h == dest.host) {
             return Ok((
