@@ -120,14 +120,13 @@ pub async fn handle(
 /// parsers could read differently (meshd routes on the first), or an HTTP/1.1 request naming
 /// its target nowhere (no Host and no absolute URI).
 fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => Some("more than one Host"),
-        (None, None) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
-            Some("HTTP/1.1 request without Host")
-        }
-        _ => None,
+    let h = req.headers();
+    // Checked on every request: a repeated Host is looked for only when some name repeats.
+    if h.len() != h.keys_len() && h.get_all(header::HOST).iter().nth(1).is_some() {
+        return Some("more than one Host");
     }
+    let untargeted = req.version() == Version::HTTP_11 && req.uri().authority().is_none();
+    (untargeted && !h.contains_key(header::HOST)).then_some("HTTP/1.1 request without Host")
 }
 
 pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
