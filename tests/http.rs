@@ -282,6 +282,30 @@ fn request_heads_go_upstream_before_the_body_is_complete() {
     assert_eq!(b.requests(), 3);
 }
 
+/// `Expect: 100-continue` is answered by meshd (hyper's server), as Envoy does by default, and
+/// not forwarded: the upstream gets the request and its body without being asked again.
+#[test]
+fn expect_100_continue_is_answered_by_meshd_not_forwarded() {
+    if !ebpf_available("http_expect") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-expect", 180, &[]);
+    let url = format!("http://{}/whoami", b.addr);
+    let out = curl(
+        &d,
+        &[
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "0123456789",
+            &url,
+        ],
+    );
+    assert!(out.contains("\"expect\":\"\""), "not forwarded: {out}");
+    assert_eq!(b.requests(), 1);
+}
+
 /// HTTP/2 bodies both ways on one pooled upstream connection: a request body kept for retries,
 /// one streamed because it outgrows the retry buffer and the upstream's flow-control window,
 /// and a response larger than meshd's own window, which meshd must keep reopening.

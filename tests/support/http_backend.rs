@@ -332,7 +332,7 @@ async fn answer_plain(
             .unwrap());
     }
     let body = format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
         req.uri(),
@@ -348,7 +348,11 @@ async fn answer_plain(
         req.headers()
             .get("host")
             .and_then(|h| h.to_str().ok())
-            .unwrap_or_else(|| req.uri().authority().map(|a| a.as_str()).unwrap_or(""))
+            .unwrap_or_else(|| req.uri().authority().map(|a| a.as_str()).unwrap_or("")),
+        req.headers()
+            .get("expect")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
     );
     Ok(Response::new(Full::new(Bytes::from(body))))
 }

@@ -617,6 +617,15 @@ async fn forward(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper's server answers `100 Continue` itself once the body is read, as Envoy does by
+    // default: the upstream is not asked again.
+    if parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        parts.headers.remove(header::EXPECT);
+    }
     headers::edit_request(&mut parts.headers, &levels);
     let upstream_authority = parts
         .headers
