@@ -1,6 +1,8 @@
 //! The body type the pipeline forwards: any streaming body, boxed, so downstream and synthetic
 //! bodies share one type.
 
+use std::{future::poll_fn, pin::Pin, task::Poll};
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
@@ -101,6 +103,17 @@ where
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The body's next frame if one is ready now, without waiting for more to arrive: `Pending`
+/// when none is.
+pub async fn ready_frame<B>(
+    body: &mut B,
+) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>>
+where
+    B: hyper::body::Body + Unpin,
+{
+    poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
 }
 
 #[cfg(test)]

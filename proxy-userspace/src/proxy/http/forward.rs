@@ -514,13 +514,9 @@ async fn forward(
                 .iter()
                 .map(|h| h.as_ref())
                 .find(|h| {
-                    route::declares_port(&snap, h, port)
-                        && (Some(*h) == vip
-                            || snap
-                                .compiled
-                                .clusters
-                                .get(*h)
-                                .is_some_and(|c| !c.endpoints.is_empty()))
+                    snap.compiled.clusters.get(*h).is_some_and(|c| {
+                        c.ports.contains_key(&port) && (Some(*h) == vip || !c.endpoints.is_empty())
+                    })
                 })
                 .map(|h| crate::routes::Destination {
                     host: h.to_string(),
@@ -532,7 +528,7 @@ async fn forward(
             rec.destination_service = default_route
                 .as_ref()
                 .map(|d| d.host.clone())
-                .or_else(|| snap.compiled.vip_host(down.dst).map(str::to_string))
+                .or_else(|| vip.map(str::to_string))
                 .or_else(|| candidates.first().map(|h| h.to_string()));
             (None, default_route.as_ref())
         }

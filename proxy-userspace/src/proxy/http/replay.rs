@@ -3,7 +3,6 @@
 //! instead, once.
 
 use std::{
-    future::poll_fn,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -82,9 +81,7 @@ pub async fn prepare(
         let next = if declared {
             body.frame().await
         } else {
-            match poll_fn(|cx| Poll::Ready(hyper::body::Body::poll_frame(Pin::new(&mut body), cx)))
-                .await
-            {
+            match super::body::ready_frame(&mut body).await {
                 Poll::Ready(next) => next,
                 Poll::Pending => {
                     let rest = Prefixed {

@@ -67,7 +67,7 @@ pub fn host_candidates<'a>(
 }
 
 /// Whether `host` is a service declaring `port`, where it has a default route.
-pub fn declares_port(snap: &Snapshot, host: &str, port: u16) -> bool {
+fn declares_port(snap: &Snapshot, host: &str, port: u16) -> bool {
     snap.compiled
         .clusters
         .get(host)
@@ -99,13 +99,17 @@ pub fn decide<'s>(
     // As Istio's virtual hosts: the first name that has routes on this port, a VirtualService's
     // or a service's default route, decides. A service named in the Host is not overridden by
     // the VirtualService of the VIP dialled.
-    let Some(host) = candidates
-        .iter()
-        .find(|h| snap.compiled.routes.lookup(h).is_some() || declares_port(snap, h, view.port))
+    let Some((host, routes)) =
+        candidates
+            .iter()
+            .find_map(|h| match snap.compiled.routes.lookup(h) {
+                Some(routes) => Some((h, Some(routes))),
+                None => declares_port(snap, h, view.port).then_some((h, None)),
+            })
     else {
         return Decision::Passthrough;
     };
-    let Some(routes) = snap.compiled.routes.lookup(host) else {
+    let Some(routes) = routes else {
         return Decision::Passthrough;
     };
     let Some(route) = routes.first_match(view) else {

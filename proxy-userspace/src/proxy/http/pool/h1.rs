@@ -242,7 +242,7 @@ async fn write_body(
     let mut sent = 0u64;
     let mut trailers = None;
     loop {
-        let next = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await {
+        let next = match crate::proxy::http::body::ready_frame(body).await {
             Poll::Ready(next) => next,
             Poll::Pending => {
                 if !out.is_empty() {

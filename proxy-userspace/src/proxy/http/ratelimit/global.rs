@@ -114,9 +114,13 @@ impl Global {
     }
 
     async fn round_trip(&self, addr: &str, cmd: &[u8]) -> Result<Vec<i64>, RedisError> {
-        let io = |source| RedisError::Io {
-            addr: addr.to_string(),
-            source,
+        let connect = || async {
+            TcpStream::connect(addr)
+                .await
+                .map_err(|source| RedisError::Io {
+                    addr: addr.to_string(),
+                    source,
+                })
         };
         let pooled = self
             .idle
@@ -125,16 +129,14 @@ impl Global {
             .get_mut(addr)
             .and_then(Vec::pop);
         let Some(conn) = pooled else {
-            let conn = TcpStream::connect(addr).await.map_err(io)?;
-            return self.exchange(conn, addr, cmd).await;
+            return self.exchange(connect().await?, addr, cmd).await;
         };
         match self.exchange(conn, addr, cmd).await {
             // A pooled connection Redis had closed (a restart, or its idle `timeout`): the
             // other idle ones most likely went with it. One more try, on a new connection.
             Err(RedisError::Io { .. }) => {
                 self.idle.lock().expect("redis pool lock").remove(addr);
-                let conn = TcpStream::connect(addr).await.map_err(io)?;
-                self.exchange(conn, addr, cmd).await
+                self.exchange(connect().await?, addr, cmd).await
             }
             done => done,
         }
