@@ -216,6 +216,78 @@ fn load_balancing_round_robin_and_consistent_hash() {
     }
 }
 
+/// Istio's sticky sessions: `httpCookie` with a `ttl` generates the cookie when the client has
+/// none (Envoy's Set-Cookie), and a client that keeps it stays on one endpoint.
+#[test]
+fn a_cookie_policy_with_a_ttl_hands_out_the_cookie_and_keeps_to_one_endpoint() {
+    if !ebpf_available("lb_cookie") {
+        return;
+    }
+    let (a, b) = two_backends();
+    let d = start(
+        "lb-cookie",
+        181,
+        &with_lb(
+            policies(&a, &b, TO_ALL),
+            "      consistentHash:\n        httpCookie:\n          name: session\n          path: /\n          ttl: 60s\n",
+        ),
+    );
+    let jars = std::env::temp_dir().join("meshd-test-lb-cookie-jars");
+    let _ = std::fs::remove_dir_all(&jars);
+    std::fs::create_dir_all(&jars).unwrap();
+    let mut endpoints_seen = [0, 0];
+    for client in 0..16 {
+        let jar = jars.join(format!("{client}.txt"));
+        let jar = jar.to_str().unwrap();
+        let mut served_by = Vec::new();
+        for request in 0..5 {
+            let (before_a, before_b) = (a.requests(), b.requests());
+            let head = curl(
+                &d,
+                &[
+                    "-b",
+                    jar,
+                    "-c",
+                    jar,
+                    "-D",
+                    "-",
+                    "-o",
+                    "/dev/null",
+                    "http://reviews:9080/whoami",
+                ],
+            );
+            served_by.push(usize::from(b.requests() > before_b));
+            assert_eq!(a.requests() + b.requests(), before_a + before_b + 1);
+            let cookies: Vec<&str> = head
+                .lines()
+                .filter_map(|l| l.strip_prefix("set-cookie: "))
+                .collect();
+            if request == 0 {
+                let [c] = cookies[..] else {
+                    panic!("one Set-Cookie for a client without the cookie: {head}");
+                };
+                let value = c
+                    .strip_prefix("session=\"")
+                    .and_then(|c| c.strip_suffix("\"; Max-Age=60; Path=/; HttpOnly"))
+                    .unwrap_or_else(|| panic!("Envoy's Set-Cookie: {c}"));
+                assert!(value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()));
+            } else {
+                assert!(cookies.is_empty(), "the client has its cookie: {head}");
+            }
+        }
+        assert!(
+            served_by.iter().all(|e| *e == served_by[0]),
+            "client {client} moved between endpoints: {served_by:?}"
+        );
+        endpoints_seen[served_by[0]] += 1;
+    }
+    // 16 cookies all on one of two endpoints: about once in 32,768 runs.
+    assert!(
+        endpoints_seen[0] > 0 && endpoints_seen[1] > 0,
+        "the cookies spread over both endpoints: {endpoints_seen:?}"
+    );
+}
+
 #[test]
 fn a_dead_mirror_never_touches_the_primary() {
     if !ebpf_available("mirror_dead") {

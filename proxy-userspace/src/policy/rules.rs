@@ -87,13 +87,36 @@ pub fn dest_host(s: &str) -> Result<(), String> {
 
 /// An HTTP header name (an RFC 9110 token).
 pub fn header_name(s: &str) -> Result<(), String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     // HTTP/2 pseudo-headers such as :authority are matchable too.
-    let name = s.strip_prefix(':').unwrap_or(s);
-    if !name.is_empty() && name.bytes().all(tchar) {
+    if is_token(s.strip_prefix(':').unwrap_or(s)) {
         return Ok(());
     }
     Err(format!("{} is not a valid HTTP header name", quote(s)))
+}
+
+/// An HTTP token (RFC 9110 section 5.6.2), such as a cookie attribute's name.
+pub fn token(s: &str) -> Result<(), String> {
+    if is_token(s) {
+        return Ok(());
+    }
+    Err(format!("{} is not a valid HTTP token", quote(s)))
+}
+
+/// Text for a cookie attribute (a path, an attribute's value): printable, without `;`, which
+/// would start another attribute.
+pub fn cookie_text(s: &str) -> Result<(), String> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';') {
+        return Ok(());
+    }
+    Err(format!(
+        "{} cannot go into a Set-Cookie: use printable ASCII without ';'",
+        quote(s)
+    ))
+}
+
+fn is_token(s: &str) -> bool {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !s.is_empty() && s.bytes().all(tchar)
 }
 
 /// A regular expression in RE2 syntax (which the `regex` crate implements).

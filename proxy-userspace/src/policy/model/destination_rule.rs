@@ -83,6 +83,16 @@ pub struct HttpCookie {
     pub name: String,
     pub path: Option<String>,
     pub ttl: Option<PolicyDuration>,
+    /// Extra attributes of the cookie meshd generates (`SameSite`, `Secure`, ...).
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// One attribute of a generated cookie: `name=value`, or `name` alone when `value` is unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CookieAttribute {
+    pub name: String,
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,9 +21,14 @@ const ZERO_OFF: Ty = Ty::Duration(duration::Rule::ZERO_OK);
 
 static HTTP_COOKIE: Obj = obj(&[
     req("name", Ty::Str(rules::non_empty)),
-    opt("path", STR),
+    opt("path", Ty::Str(rules::cookie_text)),
     opt("ttl", ZERO_OFF),
-    warned("attributes", Ty::Any, NOTE_UNSUPPORTED),
+    opt("attributes", Ty::List(&Ty::Obj(&COOKIE_ATTRIBUTE))),
+]);
+
+static COOKIE_ATTRIBUTE: Obj = obj(&[
+    req("name", Ty::Str(rules::token)),
+    opt("value", Ty::Str(rules::cookie_text)),
 ]);
 
 static CONSISTENT_HASH: Obj = Obj {

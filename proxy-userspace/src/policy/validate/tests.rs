@@ -253,3 +253,17 @@ fn service_entry_rules() {
         ]
     );
 }
+
+#[test]
+fn a_generated_cookies_path_and_attributes_must_fit_a_set_cookie() {
+    let f = check(&dr(
+        "    loadBalancer:\n      consistentHash:\n        httpCookie:\n          name: user\n          ttl: 60s\n          path: \"/a; Domain=evil\"\n          attributes:\n          - {name: SameSite, value: Strict}\n          - {name: \"Same Site\"}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "13:17: error: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.path: \"/a; Domain=evil\" cannot go into a Set-Cookie: use printable ASCII without ';'",
+            "16:20: error: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[1].name: \"Same Site\" is not a valid HTTP token",
+        ]
+    );
+}

@@ -632,6 +632,8 @@ async fn forward(
         });
     // The client's protocol, unless the destination's port and DestinationRule decide.
     let mut h2_upstream = h2;
+    // A cookie meshd generated for consistent hashing goes back to the client.
+    let mut set_cookie = None;
     let (endpoints, algo, cluster, outlier, limits, priorities) = match destination {
         None => (
             Ok(vec![down.dst]),
@@ -643,13 +645,14 @@ async fn forward(
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
             Ok((e, policy)) => {
-                let lookup = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
                 let inputs = HashInputs {
-                    header: &lookup,
+                    headers: &parts.headers,
                     query: parts.uri.query(),
-                    source_ip: down.peer.ip(),
+                    peer: down.peer,
+                    local: down.dst,
                 };
-                let algo = lb::algorithm(policy.lb, &inputs);
+                let algo;
+                (algo, set_cookie) = lb::algorithm(policy.lb, &inputs);
                 let priorities = send::priorities(ctx.locality.as_ref(), &policy);
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
@@ -718,6 +721,9 @@ async fn forward(
         Some(down_up) => Box::pin(upgrade_once(req, down_up, down, ctx, &plan, rec)).await,
         None => send::with_policy(&plan, req, down, ctx, rec).await,
     };
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     headers::edit_response(resp.headers_mut(), &levels);
     resp
 }

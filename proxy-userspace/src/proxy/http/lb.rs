@@ -14,7 +14,9 @@ use std::{
 };
 
 use foldhash::HashMap;
+use hyper::{HeaderMap, header::HeaderValue};
 
+use super::affinity;
 use crate::policy::model::LoadBalancer;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,28 +30,38 @@ pub enum Algorithm {
 
 /// What a consistent-hash policy may read from a request.
 pub struct HashInputs<'a> {
-    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    pub headers: &'a HeaderMap,
     pub query: Option<&'a str>,
-    pub source_ip: std::net::IpAddr,
+    /// The downstream connection: the client's address and the address it dialled.
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
 }
 
-fn cookie<'a>(header: &dyn Fn(&str) -> Option<&'a str>, name: &str) -> Option<&'a str> {
-    header("cookie")?.split(';').find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
-}
-
-/// The algorithm for a request. Istio's default (no `loadBalancer`) is LEAST_REQUEST.
-pub fn algorithm(lb: Option<&LoadBalancer>, inputs: &HashInputs<'_>) -> Algorithm {
+/// The algorithm for a request, and the `Set-Cookie` its response carries when a cookie policy
+/// generated the cookie it hashes on. Istio's default (no `loadBalancer`) is LEAST_REQUEST.
+pub fn algorithm(
+    lb: Option<&LoadBalancer>,
+    inputs: &HashInputs<'_>,
+) -> (Algorithm, Option<HeaderValue>) {
     let Some(lb) = lb else {
-        return Algorithm::LeastRequest;
+        return (Algorithm::LeastRequest, None);
     };
     if let Some(h) = &lb.consistent_hash {
+        let mut set_cookie = None;
         let key = if let Some(name) = &h.http_header_name {
-            (inputs.header)(name).map(|v| v.as_bytes().to_vec())
+            inputs
+                .headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.as_bytes().to_vec())
         } else if let Some(c) = &h.http_cookie {
-            cookie(inputs.header, &c.name).map(|v| v.as_bytes().to_vec())
+            match affinity::find(inputs.headers, &c.name) {
+                Some(v) => Some(v.as_bytes().to_vec()),
+                None => affinity::generate(c, inputs.peer, inputs.local).map(|g| {
+                    set_cookie = g.set_cookie;
+                    g.value.into_bytes()
+                }),
+            }
         } else if let Some(q) = &h.http_query_parameter_name {
             inputs.query.and_then(|qs| {
                 qs.split('&').find_map(|kv| {
@@ -58,19 +70,20 @@ pub fn algorithm(lb: Option<&LoadBalancer>, inputs: &HashInputs<'_>) -> Algorith
                 })
             })
         } else if h.use_source_ip == Some(true) {
-            Some(inputs.source_ip.to_string().into_bytes())
+            Some(inputs.peer.ip().to_string().into_bytes())
         } else {
             None
         };
-        return Algorithm::Hash(key);
+        return (Algorithm::Hash(key), set_cookie);
     }
-    match lb.simple.as_deref() {
+    let algorithm = match lb.simple.as_deref() {
         Some("ROUND_ROBIN") => Algorithm::RoundRobin,
         Some("RANDOM") => Algorithm::Random,
         // LEAST_CONN is LEAST_REQUEST's deprecated name; PASSTHROUGH and UNSPECIFIED use the
         // default.
         _ => Algorithm::LeastRequest,
-    }
+    };
+    (algorithm, None)
 }
 
 /// Load-balancer state shared by every request: the round-robin position and in-flight

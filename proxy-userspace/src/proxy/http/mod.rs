@@ -1,6 +1,7 @@
 //! The L7 pipeline for captured HTTP/1.x and HTTP/2 connections: a hyper server per downstream
 //! connection, each request forwarded over a pooled upstream connection.
 
+mod affinity;
 pub mod authorize;
 pub mod body;
 mod deadline;
