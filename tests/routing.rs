@@ -81,6 +81,19 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
       redirectCode: 308
   - match:
     - uri:
+        exact: /bytes
+    directResponse:
+      status: 200
+      body:
+        bytes: aGVsbG8gZnJvbSBieXRlcw==
+  - match:
+    - uri:
+        prefix: /secure
+    redirect:
+      scheme: https
+      authority: secure.example.com
+  - match:
+    - uri:
         prefix: /api/v1
     rewrite:
       uri: /v1
@@ -109,6 +122,26 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         ],
     );
     assert_eq!(redirect, "308 http://reviews:9080/new");
+    // Envoy keeps the request's query on a redirect.
+    let with_query = |url: &str| {
+        curl(
+            &d,
+            &["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", url],
+        )
+    };
+    assert_eq!(
+        with_query("http://reviews:9080/old/page?a=1&b=2"),
+        "308 http://reviews:9080/new?a=1&b=2"
+    );
+    assert_eq!(
+        with_query("http://reviews:9080/secure/x?y=1"),
+        "301 https://secure.example.com/secure/x?y=1"
+    );
+    assert_eq!(
+        curl(&d, &["http://reviews:9080/bytes"]),
+        "hello from bytes",
+        "a directResponse body given as base64 bytes"
+    );
     let out = curl(&d, &["-i", "http://reviews:9080/api/v1/items?id=7"]);
     assert!(
         out.contains("\"path\":\"/v1/items?id=7\""),
@@ -126,6 +159,115 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
     assert_eq!(nr, "404");
     assert!(d.log_text().contains("flags=NR"), "404 carries flag NR");
     assert_eq!(v1.requests(), 1);
+    assert_eq!(v2.requests(), 0);
+}
+
+/// A route's corsPolicy as Istio's sidecar applies it: preflights from allowed origins are
+/// answered by the proxy, responses to allowed origins carry the allow headers, and other
+/// origins get none (their preflights go on to the upstream, Istio's default FORWARD).
+#[test]
+fn cors_preflights_are_answered_and_allowed_origins_marked() {
+    if !ebpf_available("cors") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - corsPolicy:
+      allowOrigins:
+      - exact: https://app.example.com
+      - regex: "https://.*[.]partner[.]example"
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom, content-type]
+      exposeHeaders: [x-served-by]
+      maxAge: 24h
+      allowCredentials: true
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+    let d = start("cors", 182, &policies(&v1, &v2, routes));
+    let head = |args: &[&str]| {
+        let mut all = vec!["-s", "-o", "/dev/null", "-D", "-"];
+        all.extend_from_slice(args);
+        curl(&d, &all).to_ascii_lowercase()
+    };
+    let preflight = |origin: &str| {
+        head(&[
+            "-X",
+            "OPTIONS",
+            "-H",
+            &format!("Origin: {origin}"),
+            "-H",
+            "Access-Control-Request-Method: POST",
+            "-H",
+            "Access-Control-Request-Headers: x-custom",
+            "http://reviews:9080/api",
+        ])
+    };
+
+    let answered = preflight("https://shop.partner.example");
+    for line in [
+        "http/1.1 200",
+        "access-control-allow-origin: https://shop.partner.example",
+        "access-control-allow-methods: get,post",
+        "access-control-allow-headers: x-custom,content-type",
+        "access-control-max-age: 86400",
+        "access-control-allow-credentials: true",
+    ] {
+        assert!(
+            answered.contains(line),
+            "{line} in the preflight answer:
+{answered}"
+        );
+    }
+    assert_eq!(v1.requests(), 0, "meshd answered the preflight itself");
+
+    let allowed = head(&[
+        "-H",
+        "Origin: https://app.example.com",
+        "http://reviews:9080/api",
+    ]);
+    assert!(
+        allowed.contains("access-control-allow-origin: https://app.example.com"),
+        "{allowed}"
+    );
+    assert!(
+        allowed.contains("access-control-allow-credentials: true"),
+        "{allowed}"
+    );
+    assert!(
+        allowed.contains("access-control-expose-headers: x-served-by"),
+        "{allowed}"
+    );
+    assert_eq!(v1.requests(), 1);
+
+    let other = head(&[
+        "-H",
+        "Origin: https://evil.example",
+        "http://reviews:9080/api",
+    ]);
+    assert!(
+        !other.contains("access-control-"),
+        "no CORS headers for another origin: {other}"
+    );
+    assert_eq!(v1.requests(), 2);
+
+    let forwarded = preflight("https://evil.example");
+    assert!(
+        !forwarded.contains("access-control-allow-origin"),
+        "{forwarded}"
+    );
+    assert_eq!(
+        v1.requests(),
+        3,
+        "an unmatched preflight goes on to the upstream"
+    );
+
+    let plain = head(&["http://reviews:9080/api"]);
+    assert!(
+        !plain.contains("access-control-"),
+        "no Origin, no CORS: {plain}"
+    );
     assert_eq!(v2.requests(), 0);
 }
 

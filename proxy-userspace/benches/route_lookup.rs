@@ -24,6 +24,7 @@ fn routes() -> HostRoutes {
             destinations: vec![],
             spec: Arc::default(),
             retry: meshd::proxy::http::retry::RetryPolicy::from_spec(None),
+            cors: None,
         })
         .collect();
     HostRoutes {

@@ -156,8 +156,22 @@ fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -
             })
             .collect(),
         retry: crate::proxy::http::retry::RetryPolicy::from_spec(r.retries.as_ref()),
+        cors: r.cors_policy.as_ref().map(cors_rules),
         spec: r.clone(),
     }
+}
+
+/// A `corsPolicy` compiled: `allowOrigins`, or else the deprecated `allowOrigin` (exact).
+fn cors_rules(c: &model::CorsPolicy) -> Arc<crate::proxy::http::cors::CorsRules> {
+    let origins = if c.allow_origins.is_empty() {
+        c.allow_origin
+            .iter()
+            .map(|o| StringMatcher::Exact(o.clone()))
+            .collect()
+    } else {
+        c.allow_origins.iter().filter_map(matcher).collect()
+    };
+    Arc::new(crate::proxy::http::cors::CorsRules::new(c, origins))
 }
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {

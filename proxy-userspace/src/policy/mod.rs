@@ -5,6 +5,7 @@
 //! source position) or fails with every finding; `analyze` runs the cross-resource checks.
 
 mod analysis;
+pub mod base64;
 mod convert;
 pub mod duration;
 pub mod finding;

@@ -94,6 +94,14 @@ pub fn header_name(s: &str) -> Result<(), String> {
     Err(format!("{} is not a valid HTTP header name", quote(s)))
 }
 
+/// Base64 (a protobuf `bytes` field in YAML).
+pub fn base64(s: &str) -> Result<(), String> {
+    match super::base64::decode(s) {
+        Some(_) => Ok(()),
+        None => Err(format!("{} is not base64", quote(s))),
+    }
+}
+
 /// An HTTP token (RFC 9110 section 5.6.2), such as a cookie attribute's name.
 pub fn token(s: &str) -> Result<(), String> {
     if is_token(s) {

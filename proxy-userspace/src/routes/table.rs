@@ -32,6 +32,8 @@ pub struct HttpRoute {
     pub spec: Arc<crate::policy::model::HttpRoute>,
     /// The route's retry policy (or Istio's default), compiled once rather than per request.
     pub retry: crate::proxy::http::retry::RetryPolicy,
+    /// The route's `corsPolicy`, compiled.
+    pub cors: Option<Arc<crate::proxy::http::cors::CorsRules>>,
 }
 
 impl HttpRoute {
@@ -138,6 +140,7 @@ mod tests {
                 destinations: vec![],
                 spec: Default::default(),
                 retry: crate::proxy::http::retry::RetryPolicy::from_spec(None),
+                cors: None,
             }]
             .into(),
         }

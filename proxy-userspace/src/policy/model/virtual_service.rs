@@ -186,6 +186,8 @@ pub struct HttpMirrorPolicy {
 #[serde(rename_all = "camelCase", default)]
 pub struct CorsPolicy {
     pub allow_origins: Vec<StringMatch>,
+    /// Deprecated form of `allowOrigins`: exact origins, used when `allowOrigins` is not set.
+    pub allow_origin: Vec<String>,
     pub allow_methods: Vec<String>,
     pub allow_headers: Vec<String>,
     pub expose_headers: Vec<String>,

@@ -77,7 +77,7 @@ static REDIRECT: Obj = Obj {
 };
 
 static BODY: Obj = Obj {
-    fields: &[opt("string", STR), opt("bytes", STR)],
+    fields: &[opt("string", STR), opt("bytes", Ty::Str(rules::base64))],
     one_of: &[&["string", "bytes"]],
     check: None,
 };

@@ -267,3 +267,14 @@ fn a_generated_cookies_path_and_attributes_must_fit_a_set_cookie() {
         ]
     );
 }
+
+#[test]
+fn a_direct_response_body_in_bytes_must_be_base64() {
+    let f = check(&vs(
+        "  - directResponse:\n      status: 200\n      body: {bytes: \"not base64!\"}\n",
+    ));
+    assert_eq!(
+        f,
+        ["10:21: error: spec.http[0].directResponse.body.bytes: \"not base64!\" is not base64"]
+    );
+}

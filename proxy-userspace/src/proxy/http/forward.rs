@@ -21,7 +21,9 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 
 use super::{
-    Body, Downstream, HttpContext, ResponseFlags, body, fault, framing, headers,
+    Body, Downstream, HttpContext, ResponseFlags, body,
+    cors::{Check as CorsCheck, CorsRules},
+    fault, framing, headers,
     lb::{self, Algorithm, HashInputs},
     outlier,
     pool::{Limits, UpstreamError},
@@ -100,7 +102,14 @@ pub async fn handle(
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         }
-        (None, _) => forward(req, &log.down, &log.ctx, &mut rec).await,
+        (None, _) => {
+            let mut cors = None;
+            let mut resp = forward(req, &log.down, &log.ctx, &mut rec, &mut cors).await;
+            if let Some((rules, origin)) = cors {
+                rules.decorate(origin, resp.headers_mut());
+            }
+            resp
+        }
     };
     log.status = Some(resp.status().as_u16());
     // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
@@ -415,7 +424,7 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// A local response (direct response, redirect, or a meshd error) with a text body.
 pub(super) fn local(
     status: u16,
-    body: String,
+    body: impl Into<bytes::Bytes>,
     extra: Option<(header::HeaderName, String)>,
 ) -> Response<Body> {
     let mut resp = Response::new(body::full(body));
@@ -430,11 +439,14 @@ pub(super) fn local(
     resp
 }
 
+/// Routes and sends one request. `cors` is set when the matched route's `corsPolicy` allows the
+/// request's origin: the caller marks the response, whatever produced it.
 async fn forward(
     mut req: Request<body::Inbound>,
     down: &Downstream,
     ctx: &HttpContext,
     rec: &mut Record,
+    cors: &mut Option<(Arc<CorsRules>, HeaderValue)>,
 ) -> Response<Body> {
     // The snapshot this request started with serves it to the end, whatever reloads happen.
     let snap = ctx.config.current();
@@ -489,11 +501,20 @@ async fn forward(
         };
         (decision, new_path)
     };
+    if let Some(rules) = decision.route().and_then(|r| r.cors.as_ref()) {
+        match rules.check(req.method(), req.headers()) {
+            CorsCheck::Pass => {}
+            CorsCheck::Preflight(resp) => return resp,
+            CorsCheck::Allowed(origin) => *cors = Some((rules.clone(), origin)),
+        }
+    }
 
     let default_route;
     let (route, destination) = match decision {
-        Decision::Direct { status, body } => return local(status, body, None),
-        Decision::Redirect { status, location } => {
+        Decision::Direct { status, body, .. } => return local(status, body, None),
+        Decision::Redirect {
+            status, location, ..
+        } => {
             return local(status, String::new(), Some((header::LOCATION, location)));
         }
         Decision::NoRoute { host } => {
@@ -584,7 +605,7 @@ async fn forward(
             // Envoy's bodies: its local rate limit filter's, and none from its global one,
             // which marks the answer instead.
             let body = if l.global { "" } else { "local_rate_limited\n" };
-            let mut r = local(429, body.into(), None);
+            let mut r = local(429, body, None);
             let h = r.headers_mut();
             if l.global {
                 h.insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
@@ -602,7 +623,7 @@ async fn forward(
                 ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
                 "rate limit service unavailable (failureModeDeny)",
             );
-            return local(500, "rate limit service unavailable\n".into(), None);
+            return local(500, "rate limit service unavailable\n", None);
         }
     }
     let levels = [

@@ -4,6 +4,7 @@
 mod affinity;
 pub mod authorize;
 pub mod body;
+pub mod cors;
 mod deadline;
 mod fault;
 mod flags;

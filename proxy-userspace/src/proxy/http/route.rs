@@ -8,10 +8,13 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use bytes::Bytes;
+
 use crate::{
     config::{Cluster, Snapshot},
     policy::model::{
-        ConnectionPool, LoadBalancer, OutlierDetection, PortTrafficPolicy, TrafficPolicy,
+        ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
+        TrafficPolicy,
     },
     proxy::sniff::Detected,
     routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
@@ -22,14 +25,14 @@ pub enum Decision<'s> {
     /// No VirtualService covers the host: forward to the original destination unchanged.
     Passthrough,
     /// A VirtualService covers the host but no route matched: 404, flag NR.
-    NoRoute {
-        host: String,
-    },
+    NoRoute { host: String },
     Direct {
+        route: &'s HttpRoute,
         status: u16,
-        body: String,
+        body: Bytes,
     },
     Redirect {
+        route: &'s HttpRoute,
         status: u16,
         location: String,
     },
@@ -118,28 +121,28 @@ pub fn decide<'s>(
         };
     };
     if let Some(d) = &route.spec.direct_response {
+        // Validation checked `bytes` is base64.
         let body = d
             .body
             .as_ref()
-            .and_then(|b| b.string.clone())
-            .unwrap_or_default();
+            .map_or(Bytes::new(), |b| match (&b.string, &b.bytes) {
+                (Some(s), _) => Bytes::from(s.clone()),
+                (None, Some(b)) => {
+                    crate::policy::base64::decode(b).map_or(Bytes::new(), Bytes::from)
+                }
+                (None, None) => Bytes::new(),
+            });
         return Decision::Direct {
+            route,
             status: d.status,
             body,
         };
     }
     if let Some(r) = &route.spec.redirect {
-        let scheme = r.scheme.as_deref().unwrap_or(view.scheme);
-        let authority = match (&r.authority, r.port) {
-            (Some(a), Some(p)) => format!("{a}:{p}"),
-            (Some(a), None) => a.clone(),
-            (None, Some(p)) => format!("{}:{p}", host_of(view.authority)),
-            (None, None) => view.authority.to_string(),
-        };
-        let path = r.uri.as_deref().unwrap_or(view.path);
         return Decision::Redirect {
+            route,
             status: r.redirect_code.unwrap_or(301),
-            location: format!("{scheme}://{authority}{path}"),
+            location: redirect_location(r, view),
         };
     }
     match pick_weighted(&route.destinations) {
@@ -147,6 +150,64 @@ pub fn decide<'s>(
         None => Decision::NoRoute {
             host: host.to_string(),
         },
+    }
+}
+
+impl<'s> Decision<'s> {
+    /// The VirtualService route that decided, if one did.
+    pub fn route(&self) -> Option<&'s HttpRoute> {
+        match self {
+            Decision::Direct { route, .. }
+            | Decision::Redirect { route, .. }
+            | Decision::Forward { route, .. } => Some(route),
+            Decision::Passthrough | Decision::NoRoute { .. } => None,
+        }
+    }
+}
+
+/// The Location of a `redirect`, built as Envoy builds it from Istio's HTTPRedirect. `uri`
+/// replaces the path and keeps the request's query, unless it brings a query of its own.
+/// `derivePort: FROM_REQUEST_PORT` is the port the client dialled. With no new authority or
+/// port, the request's authority stays, except that a change of scheme drops the old scheme's
+/// default port (`:80` for http, `:443` for https).
+fn redirect_location(r: &HttpRedirect, view: &RequestView<'_>) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or(view.scheme);
+    let port = r
+        .port
+        .or_else(|| (r.derive_port.as_deref() == Some("FROM_REQUEST_PORT")).then_some(view.port));
+    let (host, old_port) = split_port(view.authority);
+    let authority = match (&r.authority, port) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.clone(),
+        (None, Some(p)) => format!("{host}:{p}"),
+        (None, None) => {
+            let default_port = match view.scheme {
+                "https" => "443",
+                _ => "80",
+            };
+            if scheme != view.scheme && old_port == Some(default_port) {
+                host.to_string()
+            } else {
+                view.authority.to_string()
+            }
+        }
+    };
+    let path = r.uri.as_deref().unwrap_or(view.path);
+    match view.query {
+        Some(q) if !path.contains('?') => format!("{scheme}://{authority}{path}?{q}"),
+        _ => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+/// An authority's host (an IPv6 address keeps its brackets) and port.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    let after_host = authority.rfind(']').map_or(0, |i| i + 1);
+    match authority[after_host..].rfind(':') {
+        Some(i) => (
+            &authority[..after_host + i],
+            Some(&authority[after_host + i + 1..]),
+        ),
+        None => (authority, None),
     }
 }
 
@@ -375,6 +436,89 @@ fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port:
 mod tests {
     use super::*;
     use crate::policy::load_str;
+
+    fn location(r: HttpRedirect, authority: &str, path: &str, query: Option<&str>) -> String {
+        let labels = BTreeMap::new();
+        let view = RequestView {
+            method: "GET",
+            path,
+            query,
+            authority,
+            scheme: "http",
+            port: 8080,
+            header: &|_| None,
+            source_labels: &labels,
+        };
+        redirect_location(&r, &view)
+    }
+
+    #[test]
+    fn a_redirect_keeps_the_query_unless_its_uri_has_one() {
+        let to = |uri: &str| HttpRedirect {
+            uri: Some(uri.into()),
+            ..HttpRedirect::default()
+        };
+        assert_eq!(
+            location(to("/new"), "web", "/old", Some("a=b")),
+            "http://web/new?a=b"
+        );
+        assert_eq!(
+            location(to("/new?c=d"), "web", "/old", Some("a=b")),
+            "http://web/new?c=d"
+        );
+        assert_eq!(location(to("/new"), "web", "/old", None), "http://web/new");
+        assert_eq!(
+            location(HttpRedirect::default(), "web:8080", "/p", Some("x=1")),
+            "http://web:8080/p?x=1"
+        );
+    }
+
+    #[test]
+    fn a_redirect_sets_scheme_authority_and_port_as_envoy() {
+        let https =
+            |authority: Option<&str>, port: Option<u16>, derive: Option<&str>| HttpRedirect {
+                scheme: Some("https".into()),
+                authority: authority.map(str::to_string),
+                port,
+                derive_port: derive.map(str::to_string),
+                ..HttpRedirect::default()
+            };
+        // A change of scheme drops the old scheme's default port only.
+        assert_eq!(
+            location(https(None, None, None), "web:80", "/p", None),
+            "https://web/p"
+        );
+        assert_eq!(
+            location(https(None, None, None), "web:8080", "/p", None),
+            "https://web:8080/p"
+        );
+        assert_eq!(
+            location(https(Some("secure.example"), None, None), "web", "/p", None),
+            "https://secure.example/p"
+        );
+        assert_eq!(
+            location(https(None, Some(8443), None), "[::1]:80", "/p", None),
+            "https://[::1]:8443/p"
+        );
+        assert_eq!(
+            location(
+                https(None, None, Some("FROM_REQUEST_PORT")),
+                "web",
+                "/p",
+                None
+            ),
+            "https://web:8080/p"
+        );
+        assert_eq!(
+            location(
+                https(None, None, Some("FROM_PROTOCOL_DEFAULT")),
+                "web:80",
+                "/p",
+                None
+            ),
+            "https://web/p"
+        );
+    }
 
     #[test]
     fn cluster_keys_join_host_subset_and_port() {

@@ -232,7 +232,7 @@ fn refused_stream(e: &super::body::BoxError) -> bool {
 pub fn no_endpoint(e: NoEndpoint, rec: &mut Record) -> Response<Body> {
     rec.fail(ResponseFlags::NO_HEALTHY_UPSTREAM, e.to_string());
     tracing::warn!(error = %e, "no endpoint");
-    local(503, "no healthy upstream".into(), None)
+    local(503, "no healthy upstream", None)
 }
 
 pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> Response<Body> {
@@ -260,7 +260,7 @@ pub fn denied(reason: String, rec: &mut Record) -> Response<Body> {
 
 /// Envoy's RBAC denial: 403 `RBAC: access denied`.
 pub fn access_denied() -> Response<Body> {
-    local(403, "RBAC: access denied".into(), None)
+    local(403, "RBAC: access denied", None)
 }
 
 /// Envoy's 503 for an upstream that failed before answering, naming the reset reason.
@@ -285,7 +285,7 @@ pub fn overloaded(body: String) -> Response<Body> {
 
 fn timed_out(rec: &mut Record) -> Response<Body> {
     rec.fail(ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout");
-    local(504, "upstream request timeout".into(), None)
+    local(504, "upstream request timeout", None)
 }
 
 /// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`).
@@ -365,7 +365,7 @@ pub async fn with_policy(
         Err(e) => {
             rec.flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
             tracing::debug!(error = %e, "reading the request body failed");
-            return local(400, "request body could not be read".into(), None);
+            return local(400, "request body could not be read", None);
         }
     };
     match &replayable {
