@@ -271,6 +271,52 @@ fn cors_preflights_are_answered_and_allowed_origins_marked() {
     assert_eq!(v2.requests(), 0);
 }
 
+/// `rewrite.uriRegexRewrite` with RE2 group references, and a ServiceEntry port's
+/// `targetPort` for an endpoint that does not map the port itself.
+#[test]
+fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
+    if !ebpf_available("regex_rewrite") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - match:
+    - uri:
+        prefix: /service/
+    rewrite:
+      uriRegexRewrite:
+        match: ^/service/([^/]+)(/.*)$
+        rewrite: \2/instance/\1
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+"#;
+    let p1 = v1.addr.port();
+    let yaml = policies(&v1, &v2, routes)
+        .replace(
+            "    protocol: HTTP\n",
+            &format!("    protocol: HTTP\n    targetPort: {p1}\n"),
+        )
+        .replace(&format!("    ports:\n      http: {p1}\n"), "");
+    assert!(
+        !yaml.contains(&format!("http: {p1}")),
+        "v1 maps no port: {yaml}"
+    );
+    let d = start("regex-rewrite", 183, &yaml);
+    let out = curl(&d, &["http://reviews:9080/service/foo/v1/api?x=1"]);
+    assert!(
+        out.contains("\"path\":\"/v1/api/instance/foo?x=1\""),
+        "path rewritten, query kept: {out}"
+    );
+    assert_eq!(v1.requests(), 1, "v1 reached on the targetPort");
+    assert_eq!(status(&d, "http://reviews:9080/other"), "200");
+    assert_eq!(v2.requests(), 1, "v2 keeps its own port mapping");
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {

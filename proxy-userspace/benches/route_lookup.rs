@@ -25,6 +25,7 @@ fn routes() -> HostRoutes {
             spec: Arc::default(),
             retry: meshd::proxy::http::retry::RetryPolicy::from_spec(None),
             cors: None,
+            regex_rewrite: None,
         })
         .collect();
     HostRoutes {

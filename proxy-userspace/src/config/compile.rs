@@ -15,7 +15,7 @@ use crate::{
         model::{self, DestinationRuleSpec, StringMatch, TrafficPolicy},
     },
     routes::{
-        Destination, HostRoutes, HttpRoute, RequestMatch, RouteTable, StringMatcher,
+        Destination, HostRoutes, HttpRoute, RegexRewrite, RequestMatch, RouteTable, StringMatcher,
         matcher::PresenceMatcher,
     },
 };
@@ -42,6 +42,9 @@ pub struct Cluster {
     pub host: String,
     /// Service ports: number → (name, protocol).
     pub ports: BTreeMap<u16, (String, Option<String>)>,
+    /// Service ports whose `targetPort` is set: number → the endpoints' port (unless an
+    /// endpoint maps the port's name itself).
+    pub target_ports: BTreeMap<u16, u16>,
     pub endpoints: Vec<ServiceEndpoint>,
     /// Subset name → indices into `endpoints` whose labels match the subset.
     pub subsets: BTreeMap<String, Vec<usize>>,
@@ -157,6 +160,12 @@ fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -
             .collect(),
         retry: crate::proxy::http::retry::RetryPolicy::from_spec(r.retries.as_ref()),
         cors: r.cors_policy.as_ref().map(cors_rules),
+        // Validation compiled the regex already.
+        regex_rewrite: r
+            .rewrite
+            .as_ref()
+            .and_then(|w| w.uri_regex_rewrite.as_ref())
+            .and_then(|x| RegexRewrite::new(&x.pattern, &x.rewrite).ok()),
         spec: r.clone(),
     }
 }
@@ -253,6 +262,12 @@ fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
                 ..Default::default()
             });
             c.ports.extend(ports.clone());
+            c.target_ports.extend(
+                se.spec
+                    .ports
+                    .iter()
+                    .filter_map(|p| Some((p.number, p.target_port?))),
+            );
             c.endpoints.extend(endpoints.iter().cloned());
         }
     }

@@ -6,4 +6,4 @@ pub mod matcher;
 pub mod table;
 
 pub use matcher::{RequestMatch, RequestView, StringMatcher};
-pub use table::{Destination, HostRoutes, HttpRoute, RouteTable};
+pub use table::{Destination, HostRoutes, HttpRoute, RegexRewrite, RouteTable};

@@ -34,6 +34,49 @@ pub struct HttpRoute {
     pub retry: crate::proxy::http::retry::RetryPolicy,
     /// The route's `corsPolicy`, compiled.
     pub cors: Option<Arc<crate::proxy::http::cors::CorsRules>>,
+    /// The route's `rewrite.uriRegexRewrite`, compiled.
+    pub regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `rewrite.uriRegexRewrite`, as Envoy's `regex_rewrite`: every match in the path (not the
+/// query) is replaced; `\1`-style references in the rewrite name capture groups (RE2's form).
+#[derive(Clone, Debug)]
+pub struct RegexRewrite {
+    regex: regex::Regex,
+    /// The rewrite in the `regex` crate's form (`${1}`, `$$`).
+    replacement: String,
+}
+
+impl RegexRewrite {
+    pub fn new(pattern: &str, rewrite: &str) -> Result<RegexRewrite, regex::Error> {
+        let mut replacement = String::with_capacity(rewrite.len());
+        let mut chars = rewrite.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(d) if d.is_ascii_digit() => {
+                        replacement.push_str("${");
+                        replacement.push(d);
+                        replacement.push('}');
+                    }
+                    Some(other) => replacement.push(other),
+                    None => replacement.push('\\'),
+                },
+                '$' => replacement.push_str("$$"),
+                c => replacement.push(c),
+            }
+        }
+        Ok(RegexRewrite {
+            regex: regex::Regex::new(pattern)?,
+            replacement,
+        })
+    }
+
+    pub fn apply(&self, path: &str) -> String {
+        self.regex
+            .replace_all(path, self.replacement.as_str())
+            .into_owned()
+    }
 }
 
 impl HttpRoute {
@@ -141,6 +184,7 @@ mod tests {
                 spec: Default::default(),
                 retry: crate::proxy::http::retry::RetryPolicy::from_spec(None),
                 cors: None,
+                regex_rewrite: None,
             }]
             .into(),
         }
@@ -176,5 +220,16 @@ mod tests {
         assert_eq!(host_of("reviews"), "reviews");
         assert_eq!(host_of("[::1]:80"), "::1");
         assert_eq!(host_of("example.com."), "example.com");
+    }
+
+    #[test]
+    fn a_regex_rewrite_replaces_every_match_with_re2_group_references() {
+        let r = RegexRewrite::new("^/service/([^/]+)(/.*)$", "\\2/instance/\\1").unwrap();
+        assert_eq!(r.apply("/service/foo/v1/api"), "/v1/api/instance/foo");
+        let r = RegexRewrite::new("one", "two").unwrap();
+        assert_eq!(r.apply("/xxx/one/yyy/one/zzz"), "/xxx/two/yyy/two/zzz");
+        let r = RegexRewrite::new("^/price$", "/cost$1").unwrap();
+        assert_eq!(r.apply("/price"), "/cost$1", "a $ is literal");
+        assert_eq!(r.apply("/other"), "/other");
     }
 }

@@ -496,7 +496,8 @@ async fn forward(
                 .rewrite
                 .as_ref()
                 .and_then(|r| r.uri.as_deref())
-                .map(|u| route::rewrite_path(route, &view, u)),
+                .map(|u| route::rewrite_path(route, &view, u))
+                .or_else(|| route.regex_rewrite.as_ref().map(|r| r.apply(view.path))),
             _ => None,
         };
         (decision, new_path)

@@ -424,11 +424,14 @@ fn setting<'s, T>(
 
 /// The endpoint's port for a service port: by the port's name in the endpoint's `ports`, else
 /// the service port's `targetPort`-less number.
+/// The port an endpoint receives a service port's traffic on, as in Istio: the endpoint's own
+/// `ports` entry for the port's name, else the port's `targetPort`, else its number.
 fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port: u16) -> u16 {
     cluster
         .ports
         .get(&service_port)
         .and_then(|(name, _)| ports.get(name).copied())
+        .or_else(|| cluster.target_ports.get(&service_port).copied())
         .unwrap_or(service_port)
 }
 
@@ -590,6 +593,19 @@ spec:
             addrs(Some("v3")),
             Err(NoEndpoint::UnknownSubset { .. })
         ));
+    }
+
+    #[test]
+    fn a_target_port_applies_to_endpoints_that_do_not_map_the_port() {
+        let yaml = POLICIES.replace(
+            "ports: [{number: 80, name: http, protocol: HTTP}]",
+            "ports: [{number: 80, name: http, protocol: HTTP, targetPort: 9090}]",
+        );
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        let dst: SocketAddr = "10.96.0.1:80".parse().unwrap();
+        let (addrs, _) = endpoints(&snap, &dest(None), &[], dst).unwrap();
+        let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:9090", "10.0.0.3:8080"]);
     }
 
     #[test]
