@@ -271,8 +271,8 @@ fn cors_preflights_are_answered_and_allowed_origins_marked() {
     assert_eq!(v2.requests(), 0);
 }
 
-/// `rewrite.uriRegexRewrite` with RE2 group references, and a ServiceEntry port's
-/// `targetPort` for an endpoint that does not map the port itself.
+/// `rewrite.uriRegexRewrite` with RE2 group references, a ServiceEntry port's `targetPort` for
+/// an endpoint that does not map the port itself, and `sourceNamespace` matches.
 #[test]
 fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
     if !ebpf_available("regex_rewrite") {
@@ -280,6 +280,18 @@ fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
     }
     let (v1, v2) = two_backends();
     let routes = r#"  - match:
+    - sourceNamespace: billing
+    directResponse:
+      status: 418
+  - match:
+    - sourceNamespace: default
+      uri:
+        prefix: /ns
+    directResponse:
+      status: 200
+      body:
+        string: from the default namespace
+  - match:
     - uri:
         prefix: /service/
     rewrite:
@@ -315,6 +327,11 @@ fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
     assert_eq!(v1.requests(), 1, "v1 reached on the targetPort");
     assert_eq!(status(&d, "http://reviews:9080/other"), "200");
     assert_eq!(v2.requests(), 1, "v2 keeps its own port mapping");
+    // The client is default/productpage: sourceNamespace matches its namespace only.
+    assert_eq!(
+        curl(&d, &["http://reviews:9080/ns"]),
+        "from the default namespace"
+    );
 }
 
 #[test]

@@ -60,6 +60,7 @@ fn bench(c: &mut Criterion) {
                     port: 80,
                     header: &header,
                     source_labels: &labels,
+                    source_namespace: None,
                 };
                 let routes = t.lookup(black_box(&host)).expect("host present");
                 black_box(routes.first_match(&view).map(|r| r.origin.len()))

@@ -132,6 +132,7 @@ fn request_match(m: &model::HttpMatchRequest) -> RequestMatch {
         query_params: pairs(&m.query_params, false),
         port: m.port,
         source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone(),
         ignore_uri_case: m.ignore_uri_case,
     }
 }

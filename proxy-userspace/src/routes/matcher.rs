@@ -51,6 +51,8 @@ pub struct RequestView<'a> {
     pub port: u16,
     pub header: &'a dyn Fn(&str) -> Option<&'a str>,
     pub source_labels: &'a BTreeMap<String, String>,
+    /// The client workload's namespace, when meshd knows the client.
+    pub source_namespace: Option<&'a str>,
 }
 
 /// One compiled `HTTPMatchRequest`: every condition must hold.
@@ -65,6 +67,7 @@ pub struct RequestMatch {
     pub query_params: Vec<(String, PresenceMatcher)>,
     pub port: Option<u16>,
     pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
     pub ignore_uri_case: bool,
 }
 
@@ -109,6 +112,10 @@ impl RequestMatch {
                 .source_labels
                 .iter()
                 .all(|(k, v)| r.source_labels.get(k) == Some(v))
+            && self
+                .source_namespace
+                .as_deref()
+                .is_none_or(|ns| r.source_namespace == Some(ns))
     }
 }
 
@@ -130,6 +137,7 @@ mod tests {
             port: 9080,
             header: headers,
             source_labels: labels,
+            source_namespace: Some("default"),
         }
     }
 
@@ -167,6 +175,16 @@ mod tests {
         m.port = Some(80);
         assert!(!m.matches(&view("/x", &hdr, &labels)));
         m.port = None;
+        m.source_namespace = Some("other".into());
+        assert!(!m.matches(&view("/x", &hdr, &labels)), "another namespace");
+        m.source_namespace = Some("default".into());
+        assert!(m.matches(&view("/x", &hdr, &labels)));
+        let unknown = RequestView {
+            source_namespace: None,
+            ..view("/x", &hdr, &labels)
+        };
+        assert!(!m.matches(&unknown), "an unknown client is in no namespace");
+        m.source_namespace = None;
         let other: BTreeMap<String, String> = BTreeMap::new();
         assert!(
             !m.matches(&view("/x", &hdr, &other)),

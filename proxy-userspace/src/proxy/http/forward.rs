@@ -488,6 +488,11 @@ async fn forward(
             port: down.dst.port(),
             header: &lookup,
             source_labels: labels,
+            source_namespace: down
+                .workload
+                .as_deref()
+                .and_then(|w| w.split_once('/'))
+                .map(|(ns, _)| ns),
         };
         let decision = route::decide(&snap, &candidates, &view);
         let new_path = match &decision {

@@ -451,6 +451,7 @@ mod tests {
             port: 8080,
             header: &|_| None,
             source_labels: &labels,
+            source_namespace: None,
         };
         redirect_location(&r, &view)
     }
