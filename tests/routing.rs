@@ -352,6 +352,31 @@ fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() 
     assert!(!d.log_text().contains("request method="), "served at L4");
 }
 
+/// Istio's TCP traffic shifting: a VirtualService's `tcp` routes send opaque connections to a
+/// service's subsets by weight; a route whose match does not hold is skipped.
+#[test]
+fn tcp_routes_shift_connections_between_subsets_by_weight() {
+    if !ebpf_available("tcp_routes") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n  tcp:\n  - match:\n    - sourceNamespace: billing\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - port: 9080\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n      weight: 10\n    - destination:\n        host: reviews\n        subset: v2\n      weight: 90\n";
+    let yaml = policies(&v1, &v2, routes).replace("protocol: HTTP", "protocol: TCP");
+    let d = start("tcp-routes", 184, &yaml);
+    let n = 80;
+    for _ in 0..n {
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    }
+    let (a, b) = (v1.accepted(), v2.accepted());
+    assert_eq!(a + b, n, "one upstream connection per client connection");
+    // Binomial(80, 0.1): mean 8, sd 2.7; round robin over the endpoints would give 40 each.
+    assert!(a <= 22 && b >= 58, "10/90 by weight: v1 {a}, v2 {b}");
+    assert!(
+        d.log_text().contains("reviews.default.svc.cluster.local"),
+        "the connections are logged against the service"
+    );
+}
+
 #[test]
 fn a_vip_names_its_service_only_on_the_ports_the_service_entry_declares() {
     if !ebpf_available("vip_ports") {

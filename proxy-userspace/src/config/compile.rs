@@ -71,6 +71,8 @@ pub struct WorkloadPolicies {
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
     pub routes: RouteTable,
+    /// VirtualService `tcp` routes, by host.
+    pub tcp_routes: crate::routes::l4::TcpRoutes,
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Keyed by `namespace/name` of the WorkloadEntry.
     pub workloads: BTreeMap<String, WorkloadPolicies>,
@@ -465,6 +467,7 @@ pub fn compile(set: &PolicySet) -> Compiled {
     resolve_mtls(&mut workloads, &mtls);
     Compiled {
         routes: compile_routes(set),
+        tcp_routes: crate::routes::l4::TcpRoutes::compile(set),
         clusters: compile_clusters(set),
         workloads,
         vips: compile_vips(set),

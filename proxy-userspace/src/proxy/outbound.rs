@@ -272,12 +272,13 @@ async fn proxy(
         return Ok(());
     }
 
-    let target = ctx.http.l4_target(dst);
+    let target = ctx.http.l4_target(dst, workload.as_deref());
     let upstream = target.addr;
     let record = TcpRecord::new(
         ctx,
         workload.as_deref(),
         principal.as_deref(),
+        target.service.as_deref(),
         dst,
         upstream,
     );
@@ -424,14 +425,12 @@ impl TcpRecord {
         ctx: &Outbound,
         workload: Option<&str>,
         principal: Option<&str>,
+        service: Option<&str>,
         dst: SocketAddr,
         upstream: SocketAddr,
     ) -> TcpRecord {
         let snap = ctx.http.config.current();
-        let service = snap
-            .compiled
-            .vip_host(dst)
-            .map_or_else(|| dst.to_string(), str::to_string);
+        let service = service.map_or_else(|| dst.to_string(), str::to_string);
         let dest_workload = snap.compiled.endpoint_workloads.get(&upstream).cloned();
         let (source_workload, source_namespace) = split_workload(workload);
         let (destination_workload, destination_namespace) =

@@ -1,7 +1,8 @@
 //! The compiled routing table: for each host, the ordered HTTP routes of the VirtualService
 //! that owns it, with matchers compiled once, looked up by authority in O(1) in the number of
-//! hosts.
+//! hosts; and the `tcp` routes of opaque connections (`l4`).
 
+pub mod l4;
 pub mod matcher;
 pub mod table;
 

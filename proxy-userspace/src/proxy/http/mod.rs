@@ -108,32 +108,54 @@ impl HttpContext {
 }
 
 impl HttpContext {
-    /// Where an L4 (opaque) connection to `dst` goes: an endpoint of the service whose VIP it
-    /// is (round robin) under the service's connection-pool limits, or `dst` itself.
-    pub fn l4_target(&self, dst: SocketAddr) -> L4Target {
+    /// Where an L4 (opaque) connection from `workload` to `dst` goes. To the VIP of a service:
+    /// the destination of the first matching `tcp` route of the service's VirtualService (by
+    /// weight), else the service itself; an endpoint of it (round robin) under its
+    /// connection-pool limits. Anything else: `dst` itself.
+    pub fn l4_target(&self, dst: SocketAddr, workload: Option<&str>) -> L4Target {
         let snap = self.config.current();
         let direct = || L4Target {
             addr: dst,
             cluster: None,
             limits: pool::Limits::default(),
+            service: None,
         };
         let Some(host) = snap.compiled.vip_host(dst) else {
             return direct();
         };
-        let d = crate::routes::Destination {
-            host: host.to_string(),
-            subset: None,
-            port: Some(dst.port()),
-            weight: 100,
-            headers: None,
+        let no_labels = std::collections::BTreeMap::new();
+        let client = crate::routes::l4::Client {
+            labels: workload
+                .and_then(|w| snap.compiled.workloads.get(w))
+                .map_or(&no_labels, |p| &p.labels),
+            namespace: workload.and_then(|w| w.split_once('/')).map(|(ns, _)| ns),
+        };
+        let routed = snap
+            .compiled
+            .tcp_routes
+            .decide(host, dst, &client)
+            .and_then(|r| route::pick_weighted(&r.destinations));
+        let d = match routed {
+            Some(d) => d.clone(),
+            None => crate::routes::Destination {
+                host: host.to_string(),
+                subset: None,
+                port: Some(dst.port()),
+                weight: 100,
+                headers: None,
+            },
         };
         match route::endpoints(&snap, &d, &[], dst) {
             Ok((e, policy)) => L4Target {
                 addr: self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
                 cluster: Some(self.pool.cluster(&policy.key)),
                 limits: pool::Limits::from_spec(policy.pool),
+                service: Some(d.host),
             },
-            Err(_) => direct(),
+            Err(_) => L4Target {
+                service: Some(d.host),
+                ..direct()
+            },
         }
     }
 }
@@ -167,6 +189,8 @@ pub struct L4Target {
     pub addr: SocketAddr,
     pub cluster: Option<Arc<pool::ClusterPool>>,
     pub limits: pool::Limits,
+    /// The service the connection went to, when it went to one.
+    pub service: Option<String>,
 }
 
 /// The captured connection a request arrived on.
