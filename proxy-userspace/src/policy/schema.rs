@@ -96,6 +96,8 @@ pub const PORT: Ty = int(1, 65535);
 pub const PERCENT: Ty = Ty::Num(0.0, 100.0);
 pub const DURATION: Ty = Ty::Duration(duration::Rule::AT_LEAST_1MS);
 pub const NOTE_UNSUPPORTED: &str = "meshd does not implement this field yet; it is ignored";
+pub const NOTE_EVERY_NAMESPACE: &str =
+    "meshd applies every resource to clients in every namespace; exportTo is ignored";
 
 pub mod common;
 pub mod destination_rule;

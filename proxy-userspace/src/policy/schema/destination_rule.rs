@@ -10,7 +10,10 @@ use crate::policy::{
     node::Node,
     report::{self, Report},
     rules,
-    schema::{DURATION, NOTE_UNSUPPORTED, Obj, STR, Ty, int, limit, obj, opt, req, warned},
+    schema::{
+        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, STR, Ty, int, limit, obj, opt, req,
+        warned,
+    },
 };
 
 /// The largest connection or request limit accepted: far beyond what one node can hold, yet
@@ -106,7 +109,7 @@ static LOAD_BALANCER: Obj = Obj {
         ),
         opt("consistentHash", Ty::Obj(&CONSISTENT_HASH)),
         opt("localityLbSetting", Ty::Obj(&LOCALITY_LB)),
-        opt("warmupDurationSecs", DURATION),
+        warned("warmupDurationSecs", DURATION, NOTE_UNSUPPORTED),
         warned("warmup", Ty::Any, NOTE_UNSUPPORTED),
     ],
     one_of: &[&["simple", "consistentHash"]],
@@ -123,7 +126,7 @@ static TCP_POOL: Obj = obj(&[
     opt("maxConnections", limit(1, MAX_LIMIT, ZERO_LIMIT)),
     opt("connectTimeout", DURATION),
     opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
-    opt("maxConnectionDuration", DURATION),
+    warned("maxConnectionDuration", DURATION, NOTE_UNSUPPORTED),
     opt("idleTimeout", ZERO_OFF),
 ]);
 
@@ -239,6 +242,15 @@ static CLIENT_TLS: Obj = Obj {
 
 fn check_tls(node: &Node, path: &str, at: Pos, r: &mut Report) {
     let has = |k: &str| node.get(k).is_some();
+    if let Some(mode @ ("SIMPLE" | "MUTUAL")) = node.get("mode").and_then(Node::as_str) {
+        r.warn(
+            at,
+            path,
+            format!(
+                "meshd does not originate TLS yet: mode {mode} is ignored, and the connection goes upstream as the client sent it"
+            ),
+        );
+    }
     if node.get("mode").and_then(Node::as_str) == Some("MUTUAL")
         && !has("credentialName")
         && !(has("clientCertificate") && has("privateKey"))
@@ -281,7 +293,7 @@ pub static SPEC: Obj = Obj {
         req("host", Ty::Str(rules::host)),
         opt("trafficPolicy", Ty::Obj(&TRAFFIC_POLICY)),
         opt("subsets", Ty::List(&Ty::Obj(&SUBSET))),
-        opt("exportTo", STRINGS),
+        warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
         opt("workloadSelector", Ty::Obj(&MATCH_LABELS_SELECTOR)),
     ],
     one_of: &[],

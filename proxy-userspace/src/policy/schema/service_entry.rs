@@ -9,7 +9,9 @@ use crate::policy::{
     node::{Node, quote},
     report::{self, Report},
     rules,
-    schema::{NOTE_UNSUPPORTED, Obj, PORT, STR, Ty, int, obj, opt, req, warned},
+    schema::{
+        NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PORT, STR, Ty, int, obj, opt, req, warned,
+    },
 };
 
 /// Protocols Istio names on ports (matched without regard to case, as Istio does).
@@ -60,7 +62,7 @@ pub static SPEC: Obj = Obj {
         ),
         opt("endpoints", Ty::List(&Ty::Obj(&WORKLOAD))),
         opt("workloadSelector", Ty::Obj(&WORKLOAD_SELECTOR)),
-        opt("exportTo", STRINGS),
+        warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
         opt("subjectAltNames", STRINGS),
         warned("trafficDistribution", Ty::Any, NOTE_UNSUPPORTED),
     ],

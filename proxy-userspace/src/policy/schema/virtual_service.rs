@@ -11,7 +11,10 @@ use crate::policy::{
     node::Node,
     report::{self, Report},
     rules,
-    schema::{DURATION, NOTE_UNSUPPORTED, Obj, PORT, STR, Ty, int, obj, opt, req, warned},
+    schema::{
+        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PORT, STR, Ty, int, obj, opt, req,
+        warned,
+    },
 };
 
 pub static DESTINATION: Obj = obj(&[
@@ -313,8 +316,12 @@ pub static SPEC: Obj = Obj {
         opt("gateways", STRINGS),
         opt("http", Ty::List(&Ty::Obj(&HTTP_ROUTE))),
         opt("tcp", Ty::List(&Ty::Obj(&TCP_ROUTE))),
-        opt("tls", Ty::List(&Ty::Obj(&TLS_ROUTE))),
-        opt("exportTo", STRINGS),
+        warned(
+            "tls",
+            Ty::List(&Ty::Obj(&TLS_ROUTE)),
+            "meshd does not route by SNI yet: tls routes are ignored, and a TLS connection goes to the service its address names",
+        ),
+        warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
     ],
     one_of: &[],
     check: Some(check_spec),

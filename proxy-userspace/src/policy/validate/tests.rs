@@ -278,3 +278,19 @@ fn a_direct_response_body_in_bytes_must_be_base64() {
         ["10:21: error: spec.http[0].directResponse.body.bytes: \"not base64!\" is not base64"]
     );
 }
+
+#[test]
+fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
+    let f = check(&dr(
+        "    tls: {mode: SIMPLE}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h}\n",
+    ));
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(f[0].contains("tls: meshd does not originate TLS yet: mode SIMPLE is ignored"));
+    assert!(f[1].contains("warmupDurationSecs: meshd does not implement this field yet"));
+    assert!(f[2].contains("maxConnectionDuration: meshd does not implement this field yet"));
+    let f = check(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  tls:\n  - match: [{sniHosts: [r]}]\n    route: [{destination: {host: r}}]\n",
+    );
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].contains("meshd does not route by SNI yet"));
+}
