@@ -73,6 +73,10 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
       status: 200
       body:
         string: "ok from meshd"
+    headers:
+      response:
+        set:
+          cache-control: no-store
   - match:
     - uri:
         prefix: /old
@@ -111,6 +115,11 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
 "#;
     let d = start("route-actions", 43, &policies(&v1, &v2, routes));
     assert_eq!(curl(&d, &["http://reviews:9080/health"]), "ok from meshd");
+    let direct = curl(&d, &["-i", "http://reviews:9080/health"]).to_ascii_lowercase();
+    assert!(
+        direct.contains("cache-control: no-store"),
+        "a direct response gets its route's response headers: {direct}"
+    );
     let redirect = curl(
         &d,
         &[

@@ -517,11 +517,25 @@ async fn forward(
 
     let default_route;
     let (route, destination) = match decision {
-        Decision::Direct { status, body, .. } => return local(status, body, None),
-        Decision::Redirect {
-            status, location, ..
+        // As in Envoy, the route's response header edits apply to its direct responses and
+        // redirects too.
+        Decision::Direct {
+            status,
+            body,
+            route,
         } => {
-            return local(status, String::new(), Some((header::LOCATION, location)));
+            let mut resp = local(status, body, None);
+            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()]);
+            return resp;
+        }
+        Decision::Redirect {
+            status,
+            location,
+            route,
+        } => {
+            let mut resp = local(status, String::new(), Some((header::LOCATION, location)));
+            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()]);
+            return resp;
         }
         Decision::NoRoute { host } => {
             rec.fail(
