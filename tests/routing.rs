@@ -386,6 +386,26 @@ fn tcp_routes_shift_connections_between_subsets_by_weight() {
     );
 }
 
+/// A ServiceEntry with `resolution: DNS` whose endpoint is a name: meshd resolves it (here
+/// `localhost`, from the hosts file) and sends to its address.
+#[test]
+fn endpoint_names_are_resolved_with_dns_resolution() {
+    if !ebpf_available("dns_endpoints") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = policies(&v1, &v2, routes)
+        .replace("resolution: STATIC", "resolution: DNS")
+        .replacen("  - address: 127.0.0.1\n", "  - address: localhost\n", 1);
+    assert!(yaml.contains("address: localhost"));
+    let d = start("dns-endpoints", 185, &yaml);
+    for _ in 0..3 {
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    }
+    assert_eq!((v1.requests(), v2.requests()), (3, 0));
+}
+
 #[test]
 fn a_vip_names_its_service_only_on_the_ports_the_service_entry_declares() {
     if !ebpf_available("vip_ports") {

@@ -8,6 +8,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use serde::Serialize;
 
+use super::dns::Resolved;
 use crate::{
     policy::{
         PolicySet,
@@ -73,6 +74,8 @@ pub struct Compiled {
     pub routes: RouteTable,
     /// VirtualService `tcp` routes, by host.
     pub tcp_routes: crate::routes::l4::TcpRoutes,
+    /// The endpoint names in use and what they resolved to.
+    pub dns: Resolved,
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Keyed by `namespace/name` of the WorkloadEntry.
     pub workloads: BTreeMap<String, WorkloadPolicies>,
@@ -215,10 +218,38 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
     table
 }
 
-fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
+/// One endpoint per address: an IP as written, or the addresses its name resolved to (every one
+/// with `resolution: DNS`, the first with `DNS_ROUND_ROBIN`). A name with no addresses stays,
+/// and routing skips it.
+fn by_address(
+    e: ServiceEndpoint,
+    resolution: Option<&str>,
+    dns: &Resolved,
+) -> Vec<ServiceEndpoint> {
+    let addrs = match (e.ip, dns.get(&e.address)) {
+        (None, Some(addrs)) if !addrs.is_empty() && super::dns::resolves(resolution) => addrs,
+        _ => return vec![e],
+    };
+    let take = if resolution == Some("DNS_ROUND_ROBIN") {
+        1
+    } else {
+        addrs.len()
+    };
+    addrs
+        .iter()
+        .take(take)
+        .map(|ip| ServiceEndpoint {
+            ip: Some(*ip),
+            ..e.clone()
+        })
+        .collect()
+}
+
+fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Cluster>> {
     let mut clusters: HashMap<String, Cluster> = HashMap::new();
     for se in &set.service_entries {
         let ns = &se.metadata.namespace;
+        let resolution = se.spec.resolution.as_deref();
         let mut endpoints: Vec<ServiceEndpoint> = se
             .spec
             .endpoints
@@ -232,6 +263,7 @@ fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
                 locality: e.locality.clone(),
                 workload: None,
             })
+            .flat_map(|e| by_address(e, resolution, dns))
             .collect();
         if let Some(sel) = &se.spec.workload_selector {
             for we in set
@@ -240,7 +272,7 @@ fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
                 .filter(|w| w.metadata.namespace == *ns)
             {
                 if labels_match(&sel.labels, &we.spec.labels) {
-                    endpoints.push(ServiceEndpoint {
+                    let e = ServiceEndpoint {
                         address: we.spec.address.clone(),
                         ip: we.spec.address.parse().ok(),
                         ports: we.spec.ports.clone(),
@@ -248,7 +280,8 @@ fn compile_clusters(set: &PolicySet) -> HashMap<String, Arc<Cluster>> {
                         weight: we.spec.weight.unwrap_or(1),
                         locality: we.spec.locality.clone(),
                         workload: Some(we.id()),
-                    });
+                    };
+                    endpoints.extend(by_address(e, resolution, dns));
                 }
             }
         }
@@ -461,14 +494,21 @@ fn resolve_mtls(
     }
 }
 
+/// Compiles `set` with no endpoint names resolved (they are skipped).
 pub fn compile(set: &PolicySet) -> Compiled {
+    compile_resolved(set, Resolved::new())
+}
+
+/// Compiles `set`, with the addresses `dns` gives for endpoint names.
+pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
     let mtls = mtls(set);
     let mut workloads = compile_workloads(set);
     resolve_mtls(&mut workloads, &mtls);
     Compiled {
         routes: compile_routes(set),
         tcp_routes: crate::routes::l4::TcpRoutes::compile(set),
-        clusters: compile_clusters(set),
+        clusters: compile_clusters(set, &dns),
+        dns,
         workloads,
         vips: compile_vips(set),
         endpoint_workloads: compile_endpoint_workloads(set),

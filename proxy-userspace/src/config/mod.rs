@@ -2,6 +2,7 @@
 //! locks, replaced atomically on hot reload (file changes or SIGHUP) and never by a broken one.
 
 mod compile;
+mod dns;
 pub mod documents;
 pub mod endpoints;
 mod hash;
@@ -9,7 +10,9 @@ mod snapshot;
 mod store;
 mod watch;
 
-pub use compile::{Cluster, Compiled, ServiceEndpoint, WorkloadPolicies, compile};
+pub use compile::{
+    Cluster, Compiled, ServiceEndpoint, WorkloadPolicies, compile, compile_resolved,
+};
 pub use documents::Document;
 pub use snapshot::Snapshot;
 pub use store::{ConfigStore, ReloadOutcome};

@@ -12,7 +12,8 @@ use arc_swap::ArcSwap;
 
 use super::{
     Snapshot,
-    compile::compile,
+    compile::compile_resolved,
+    dns,
     documents::{self, Document, RejectLog, Rejected},
     hash::content_hash,
 };
@@ -78,7 +79,11 @@ fn build(
         tracing::warn!("{w}");
     }
     policies.forget_trees();
-    let compiled = compile(&policies);
+    let resolved = dns::resolve(&dns::names(&policies));
+    if !resolved.is_empty() {
+        contents.push(("dns:".into(), dns::hash_text(&resolved)));
+    }
+    let compiled = compile_resolved(&policies, resolved);
     let snapshot = Snapshot {
         generation,
         hash: content_hash(&contents),

@@ -1,4 +1,5 @@
-//! Triggers reloads: inotify events on the config paths (debounced) and SIGHUP.
+//! Triggers reloads: inotify events on the config paths (debounced), SIGHUP, and the periodic
+//! refresh of endpoint names while any are in use.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -38,6 +39,8 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
         .expect("SIGHUP handler");
     tokio::spawn(async move {
         let mut rearm = tokio::time::interval(REARM);
+        let mut dns = tokio::time::interval(super::dns::REFRESH);
+        dns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 Some(()) = rx.recv() => {
@@ -47,6 +50,12 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
                 }
                 _ = hup.recv() => {
                     reload(&store, "SIGHUP").await;
+                }
+                _ = dns.tick() => {
+                    // A changed address changes the hash: the rebuilt snapshot is applied.
+                    if !store.current().compiled.dns.is_empty() {
+                        reload(&store, "endpoint names resolved again").await;
+                    }
                 }
                 _ = rearm.tick() => {
                     let before = armed.clone();

@@ -100,6 +100,27 @@ fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
             }
         }
     }
+    if !matches!(resolution, Some("DNS" | "DNS_ROUND_ROBIN")) {
+        let endpoints = node
+            .get("endpoints")
+            .and_then(Node::items)
+            .unwrap_or_default();
+        for (i, e) in endpoints.iter().enumerate() {
+            let Some(address) = e.get("address") else {
+                continue;
+            };
+            if address
+                .as_str()
+                .is_some_and(|a| a.parse::<std::net::IpAddr>().is_err() && !a.starts_with("unix:"))
+            {
+                r.warn(
+                    address.pos,
+                    &report::key(&report::index(&report::key(path, "endpoints"), i), "address"),
+                    "a name is resolved only with resolution DNS or DNS_ROUND_ROBIN; this endpoint is never dialled",
+                );
+            }
+        }
+    }
 }
 
 pub static WORKLOAD_ENTRY_SPEC: &Obj = &WORKLOAD;

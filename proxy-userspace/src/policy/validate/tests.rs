@@ -294,3 +294,19 @@ fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].contains("meshd does not route by SNI yet"));
 }
+
+#[test]
+fn an_endpoint_name_without_dns_resolution_is_a_warning() {
+    let se = |resolution: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: e\nspec:\n  hosts: [e.example]\n  ports: [{{number: 80, name: http}}]\n  resolution: {resolution}\n  endpoints:\n  - address: backend.example\n  - address: 10.0.0.1\n"
+        )
+    };
+    assert_eq!(
+        check(&se("STATIC")),
+        [
+            "10:14: warning: spec.endpoints[0].address: a name is resolved only with resolution DNS or DNS_ROUND_ROBIN; this endpoint is never dialled"
+        ]
+    );
+    assert!(check(&se("DNS")).is_empty());
+}
