@@ -156,12 +156,8 @@ fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -
             .route
             .iter()
             .map(|d| Destination {
-                host: fqdn(&d.destination.host, ns),
-                subset: d.destination.subset.clone(),
-                port: d.destination.port.as_ref().map(|p| p.number),
-                // A lone destination takes all traffic whatever its weight (Istio).
-                weight: if only { 100 } else { d.weight.unwrap_or(0) },
                 headers: d.headers.clone(),
+                ..Destination::of(&d.destination, d.weight, only, ns)
             })
             .collect(),
         retry: crate::proxy::http::retry::RetryPolicy::from_spec(r.retries.as_ref()),

@@ -161,6 +161,38 @@ spec:
     }
 
     #[test]
+    fn every_address_is_an_endpoint_with_dns_and_the_first_with_round_robin() {
+        let set = load_str("t.yaml".as_ref(), SET).expect("valid");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let resolved: Resolved = [
+            (
+                "localhost".to_string(),
+                vec![ip("127.0.0.1"), ip("127.0.0.2")],
+            ),
+            ("ip6-localhost".to_string(), vec![ip("::1"), ip("::2")]),
+        ]
+        .into();
+        let c = super::super::compile_resolved(&set, resolved);
+        let ips = |host: &str| -> Vec<Option<IpAddr>> {
+            c.clusters[host].endpoints.iter().map(|e| e.ip).collect()
+        };
+        assert_eq!(
+            ips("ext.example"),
+            [
+                Some(ip("127.0.0.1")),
+                Some(ip("127.0.0.2")),
+                Some(ip("127.0.0.9"))
+            ]
+        );
+        assert_eq!(ips("vm.example"), [Some(ip("::1"))]);
+        let unresolved = super::super::compile(&set);
+        assert_eq!(
+            unresolved.clusters["ext.example"].endpoints[0].ip, None,
+            "a name with no addresses stays, and routing skips it"
+        );
+    }
+
+    #[test]
     fn localhost_resolves_from_the_hosts_file() {
         let r = resolve(&["localhost".to_string()].into());
         assert_eq!(

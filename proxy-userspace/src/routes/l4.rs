@@ -115,14 +115,7 @@ fn tcp_route(ns: &str, origin: &str, r: &model::TcpRoute) -> TcpRoute {
         destinations: r
             .route
             .iter()
-            .map(|d| Destination {
-                host: fqdn(&d.destination.host, ns),
-                subset: d.destination.subset.clone(),
-                port: d.destination.port.as_ref().map(|p| p.number),
-                // A lone destination takes all connections whatever its weight (Istio).
-                weight: if only { 100 } else { d.weight.unwrap_or(0) },
-                headers: None,
-            })
+            .map(|d| Destination::of(&d.destination, d.weight, only, ns))
             .collect(),
     }
 }

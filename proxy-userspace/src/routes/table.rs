@@ -19,6 +19,25 @@ pub struct Destination {
     pub headers: Option<crate::policy::model::Headers>,
 }
 
+impl Destination {
+    /// A route's destination as written in namespace `ns`, its weight given. A lone destination
+    /// (`only`) takes all traffic whatever its weight, as in Istio.
+    pub fn of(
+        d: &crate::policy::model::Destination,
+        weight: Option<u32>,
+        only: bool,
+        ns: &str,
+    ) -> Self {
+        Destination {
+            host: crate::policy::hosts::fqdn(&d.host, ns),
+            subset: d.subset.clone(),
+            port: d.port.as_ref().map(|p| p.number),
+            weight: if only { 100 } else { weight.unwrap_or(0) },
+            headers: None,
+        }
+    }
+}
+
 /// One compiled HTTP route of a VirtualService.
 #[derive(Clone, Debug)]
 pub struct HttpRoute {

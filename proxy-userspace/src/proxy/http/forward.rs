@@ -463,11 +463,9 @@ async fn forward(
                 .map(str::to_string)
         })
         .unwrap_or_else(|| down.dst.to_string());
-    let client_ns = down
-        .workload
-        .as_deref()
-        .and_then(|w| w.split_once('/'))
-        .map_or("default", |(ns, _)| ns);
+    let source_ns = super::namespace_of(down.workload.as_deref());
+    // Short names complete in the client's namespace ("default" for an unknown client).
+    let client_ns = source_ns.unwrap_or("default");
     let no_labels = BTreeMap::new();
     let labels = down
         .workload
@@ -488,11 +486,7 @@ async fn forward(
             port: down.dst.port(),
             header: &lookup,
             source_labels: labels,
-            source_namespace: down
-                .workload
-                .as_deref()
-                .and_then(|w| w.split_once('/'))
-                .map(|(ns, _)| ns),
+            source_namespace: source_ns,
         };
         let decision = route::decide(&snap, &candidates, &view);
         let new_path = match &decision {

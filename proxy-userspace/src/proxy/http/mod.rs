@@ -128,7 +128,7 @@ impl HttpContext {
             labels: workload
                 .and_then(|w| snap.compiled.workloads.get(w))
                 .map_or(&no_labels, |p| &p.labels),
-            namespace: workload.and_then(|w| w.split_once('/')).map(|(ns, _)| ns),
+            namespace: namespace_of(workload),
         };
         let routed = snap
             .compiled
@@ -182,6 +182,11 @@ impl HttpContext {
             source: Box::new(source),
         })
     }
+}
+
+/// The namespace of a workload named `namespace/name`.
+pub fn namespace_of(workload: Option<&str>) -> Option<&str> {
+    workload.and_then(|w| w.split_once('/')).map(|(ns, _)| ns)
 }
 
 /// Where an opaque TCP connection goes, and the limits of the service it belongs to.
