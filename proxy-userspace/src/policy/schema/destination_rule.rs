@@ -127,7 +127,11 @@ static TCP_POOL: Obj = obj(&[
     opt("connectTimeout", DURATION),
     opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
     warned("maxConnectionDuration", DURATION, NOTE_UNSUPPORTED),
-    opt("idleTimeout", ZERO_OFF),
+    warned(
+        "idleTimeout",
+        ZERO_OFF,
+        "meshd does not time out idle TCP connections yet; this field is ignored (HTTP connections: connectionPool.http.idleTimeout)",
+    ),
 ]);
 
 static HTTP_POOL: Obj = obj(&[
