@@ -215,7 +215,7 @@ fn connection_settings_connect_timeout_requests_per_connection_and_idle_timeout(
     let routes = "  - match:\n    - headers:\n        x-subset:\n          exact: v2\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let yaml = policies(&v1, &v2, routes).replace(
         "  - name: v1\n    labels:\n      version: v1\n  - name: v2\n    labels:\n      version: v2\n",
-        "  - name: v1\n    labels:\n      version: v1\n    trafficPolicy:\n      connectionPool:\n        http:\n          maxRequestsPerConnection: 1\n  - name: v2\n    labels:\n      version: v2\n    trafficPolicy:\n      connectionPool:\n        http:\n          idleTimeout: 1s\n",
+        "  - name: v1\n    labels:\n      version: v1\n    trafficPolicy:\n      connectionPool:\n        http:\n          maxRequestsPerConnection: 1\n  - name: v2\n    labels:\n      version: v2\n    trafficPolicy:\n      connectionPool:\n        http:\n          idleTimeout: 1s\n        tcp:\n          maxConnectionDuration: 1s\n",
     );
     // A third service whose endpoint never completes a handshake: a listener with a full
     // accept queue that never accepts drops further SYNs.
@@ -275,6 +275,19 @@ fn connection_settings_connect_timeout_requests_per_connection_and_idle_timeout(
     std::thread::sleep(Duration::from_millis(2500));
     v2_twice(&d);
     assert_eq!(v2.accepted(), 2, "the idle connection was closed after 1 s");
+    // v2 is also under tcp.maxConnectionDuration: 1s. With requests every 300 ms it is never
+    // idle for a second, yet its connection is replaced once it is a second old.
+    let aged = v2.accepted();
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_millis(3500) {
+        v2_twice(&d);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let opened = v2.accepted() - aged;
+    assert!(
+        opened >= 2,
+        "a new connection about every second over 3.5 s of steady use: {opened}"
+    );
 
     let start = Instant::now();
     let code = support::mesh::curl(
@@ -496,12 +509,12 @@ fn a_flooding_workload_cannot_starve_its_neighbour() {
 }
 
 #[test]
-fn max_concurrent_streams_and_idle_timeout_apply_to_http2_upstreams() {
+fn max_concurrent_streams_idle_timeout_and_max_duration_apply_to_http2_upstreams() {
     if !ebpf_available("cb_h2") {
         return;
     }
     let (v1, v2) = two_backends();
-    let policy = "    connectionPool:\n      http:\n        maxConcurrentStreams: 2\n        idleTimeout: 1s\n";
+    let policy = "    connectionPool:\n      tcp:\n        maxConnectionDuration: 1s\n      http:\n        maxConcurrentStreams: 2\n        idleTimeout: 1s\n";
     // An HTTP2 port: its upstream requests go as HTTP/2.
     let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
         .replace("protocol: HTTP\n", "protocol: HTTP2\n");
@@ -549,6 +562,30 @@ fn max_concurrent_streams_and_idle_timeout_apply_to_http2_upstreams() {
         v1.accepted(),
         opened + 1,
         "every idle HTTP/2 connection was closed; the request opened a new one"
+    );
+    // tcp.maxConnectionDuration: 1s. With a request every 300 ms the connection never idles
+    // for a second, yet it takes no new stream once it is a second old.
+    let aged = v1.accepted();
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_millis(3500) {
+        let code = support::mesh::curl(
+            &d,
+            &[
+                "--http2-prior-knowledge",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://reviews:9080/whoami",
+            ],
+        );
+        assert_eq!(code, "200");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let renewed = v1.accepted() - aged;
+    assert!(
+        renewed >= 2,
+        "a new HTTP/2 connection about every second over 3.5 s of steady use: {renewed}"
     );
 }
 

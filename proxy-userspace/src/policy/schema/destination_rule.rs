@@ -126,7 +126,7 @@ static TCP_POOL: Obj = obj(&[
     opt("maxConnections", limit(1, MAX_LIMIT, ZERO_LIMIT)),
     opt("connectTimeout", DURATION),
     opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
-    warned("maxConnectionDuration", DURATION, NOTE_UNSUPPORTED),
+    opt("maxConnectionDuration", DURATION),
     warned(
         "idleTimeout",
         ZERO_OFF,

@@ -284,11 +284,10 @@ fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
     let f = check(&dr(
         "    tls: {mode: SIMPLE}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n",
     ));
-    assert_eq!(f.len(), 4, "{f:?}");
-    assert!(f[3].contains("idleTimeout: meshd does not time out idle TCP connections yet"));
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(f[2].contains("idleTimeout: meshd does not time out idle TCP connections yet"));
     assert!(f[0].contains("tls: meshd does not originate TLS yet: mode SIMPLE is ignored"));
     assert!(f[1].contains("warmupDurationSecs: meshd does not implement this field yet"));
-    assert!(f[2].contains("maxConnectionDuration: meshd does not implement this field yet"));
     let f = check(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  tls:\n  - match: [{sniHosts: [r]}]\n    route: [{destination: {host: r}}]\n",
     );

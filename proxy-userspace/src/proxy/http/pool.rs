@@ -244,6 +244,7 @@ impl Pool {
                     used: 1,
                     last_active: Instant::now(),
                     idle_timeout: limits.idle_timeout,
+                    expires: limits.expiry(),
                 },
             );
             let ready = sender.ready().await.map_err(|source| UpstreamError::Send {
@@ -259,6 +260,7 @@ impl Pool {
                 used: 0,
                 since: Instant::now(),
                 idle_timeout: limits.idle_timeout,
+                expires: limits.expiry(),
             }))
         }
     }
@@ -357,6 +359,7 @@ impl Pool {
                         used: c.used,
                         reusable: limits.reusable(c.used),
                         idle_timeout: c.idle_timeout,
+                        expires: c.expires,
                     };
                     (sent, conn)
                 }

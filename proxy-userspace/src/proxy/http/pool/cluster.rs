@@ -35,12 +35,20 @@ pub struct IdleH1 {
     pub used: u32,
     pub since: Instant,
     pub idle_timeout: Duration,
+    /// When it stops taking requests (`maxConnectionDuration`), if ever.
+    pub expires: Option<Instant>,
+}
+
+/// Whether a connection that `expires` then may still take a request.
+pub fn unexpired(expires: Option<Instant>) -> bool {
+    expires.is_none_or(|e| Instant::now() < e)
 }
 
 impl IdleH1 {
-    /// Still within its idle timeout, and nothing (bytes or a close) arrived on it.
+    /// Still within its idle timeout and its maximum duration, and nothing (bytes or a close)
+    /// arrived on it.
     fn can_carry(&mut self) -> bool {
-        self.since.elapsed() < self.idle_timeout && self.conn.is_usable()
+        self.since.elapsed() < self.idle_timeout && unexpired(self.expires) && self.conn.is_usable()
     }
 }
 
@@ -75,6 +83,8 @@ pub struct H2Conn {
     pub used: u32,
     pub last_active: Instant,
     pub idle_timeout: Duration,
+    /// When it stops taking streams (`maxConnectionDuration`), if ever.
+    pub expires: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -157,7 +167,9 @@ impl ClusterPool {
     ) -> Option<(super::h2::Conn, H2Stream)> {
         let mut all = self.h2.lock().expect("h2 pool lock");
         let conns = all.get_mut(dst)?;
-        conns.retain(|c| !c.sender.is_closed() && per_connection(c.used));
+        // A connection past its maximum duration leaves the pool: the streams it carries hold
+        // their own handles, and it closes when they end.
+        conns.retain(|c| !c.sender.is_closed() && per_connection(c.used) && unexpired(c.expires));
         let c = conns.iter_mut().find(|c| {
             c.streams.load(Ordering::Acquire) < max_streams.min(c.sender.stream_limit())
         })?;
@@ -200,7 +212,7 @@ impl ClusterPool {
             conns.retain(|c| {
                 !c.sender.is_closed()
                     && (c.streams.load(Ordering::Acquire) > 0
-                        || c.last_active.elapsed() < c.idle_timeout)
+                        || (c.last_active.elapsed() < c.idle_timeout && unexpired(c.expires)))
             });
             !conns.is_empty()
         });

@@ -31,6 +31,7 @@ pub enum Leased {
         used: u32,
         reusable: bool,
         idle_timeout: Duration,
+        expires: Option<Instant>,
     },
     /// Given back when the lease drops.
     H2(H2Stream),
@@ -46,9 +47,11 @@ impl Lease {
                 used,
                 reusable,
                 idle_timeout,
+                expires,
             } => {
                 if let Some(conn) = conn
                     && *reusable
+                    && super::cluster::unexpired(*expires)
                 {
                     self.pool.keep_h1(
                         dst.clone(),
@@ -57,6 +60,7 @@ impl Lease {
                             used: *used,
                             since: Instant::now(),
                             idle_timeout: *idle_timeout,
+                            expires: *expires,
                         },
                     );
                 }

@@ -1,7 +1,7 @@
 //! A destination's connection-pool limits (DestinationRule `connectionPool`), with Istio's
 //! defaults for whatever the rule leaves unset.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::policy::model::ConnectionPool;
 
@@ -37,6 +37,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `tcp.connectTimeout`; meshd's `--connect-timeout` when unset.
     pub connect_timeout: Option<Duration>,
+    /// `tcp.maxConnectionDuration`: a connection this old takes no new request (an HTTP/2 one
+    /// finishes the streams it has, then closes).
+    pub max_connection_duration: Option<Duration>,
     pub keepalive: Option<Keepalive>,
 }
 
@@ -51,6 +54,7 @@ impl Default for Limits {
             max_streams: UNLIMITED,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: None,
+            max_connection_duration: None,
             keepalive: None,
         }
     }
@@ -63,6 +67,10 @@ impl Limits {
         if let Some(tcp) = &pool.tcp {
             l.max_connections = tcp.max_connections.unwrap_or(UNLIMITED);
             l.connect_timeout = tcp.connect_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+            l.max_connection_duration = tcp
+                .max_connection_duration
+                .map(|d| d.0)
+                .filter(|d| !d.is_zero());
             l.keepalive = tcp.tcp_keepalive.as_ref().map(|k| Keepalive {
                 time: k.time.map(|d| d.0).filter(|d| !d.is_zero()),
                 interval: k.interval.map(|d| d.0).filter(|d| !d.is_zero()),
@@ -85,6 +93,11 @@ impl Limits {
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT);
         }
         l
+    }
+
+    /// When a connection opened now stops taking requests (`maxConnectionDuration`).
+    pub fn expiry(&self) -> Option<Instant> {
+        self.max_connection_duration.map(|d| Instant::now() + d)
     }
 
     /// Whether a connection that has carried `used` requests may take another.
@@ -113,7 +126,7 @@ mod tests {
     #[test]
     fn every_field_is_read() {
         let l = Limits::from_spec(Some(&parse(
-            r#"{"tcp": {"maxConnections": 3, "connectTimeout": "250ms",
+            r#"{"tcp": {"maxConnections": 3, "connectTimeout": "250ms", "maxConnectionDuration": "1h",
                         "tcpKeepalive": {"time": "10s", "interval": "2s", "probes": 4}},
                 "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 7, "maxRetries": 2,
                          "maxRequestsPerConnection": 1, "maxConcurrentStreams": 9,
@@ -130,6 +143,7 @@ mod tests {
                 max_streams: 9,
                 idle_timeout: Duration::from_secs(30),
                 connect_timeout: Some(Duration::from_millis(250)),
+                max_connection_duration: Some(Duration::from_secs(3600)),
                 keepalive: Some(Keepalive {
                     time: Some(Duration::from_secs(10)),
                     interval: Some(Duration::from_secs(2)),
