@@ -406,6 +406,55 @@ fn endpoint_names_are_resolved_with_dns_resolution() {
     assert_eq!((v1.requests(), v2.requests()), (3, 0));
 }
 
+/// VirtualService `tls` routes steer TLS connections by the server name of their ClientHello
+/// (exact and wildcard sniHosts), here to two subsets of a service on a port declared TLS.
+#[test]
+fn tls_routes_steer_connections_by_server_name() {
+    if !ebpf_available("tls_routes") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n  tls:\n  - match:\n    - sniHosts: [v2.reviews.example]\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n  - match:\n    - sniHosts: [\"*.reviews.example\"]\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = policies(&v1, &v2, routes).replace("protocol: HTTP", "protocol: TLS");
+    let d = start("tls-routes", 186, &yaml);
+    // openssl's handshake fails against the plain HTTP backends, after the connection reached
+    // one: that is all that is counted.
+    let hello = |name: &str| {
+        let out = d
+            .exec(
+                "default/productpage",
+                &[
+                    "timeout",
+                    "10",
+                    "openssl",
+                    "s_client",
+                    "-connect",
+                    "127.0.0.50:9080",
+                    "-servername",
+                    name,
+                ],
+            )
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(124), "openssl hung");
+    };
+    for _ in 0..3 {
+        hello("v2.reviews.example");
+    }
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (v2.accepted() >= 3).then_some(())
+    });
+    assert_eq!((v1.accepted(), v2.accepted()), (0, 3), "exact sniHosts");
+    for _ in 0..3 {
+        hello("shop.reviews.example");
+    }
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (v1.accepted() >= 3).then_some(())
+    });
+    assert_eq!((v1.accepted(), v2.accepted()), (3, 3), "wildcard sniHosts");
+}
+
 #[test]
 fn a_vip_names_its_service_only_on_the_ports_the_service_entry_declares() {
     if !ebpf_available("vip_ports") {

@@ -5,6 +5,7 @@ pub mod copy;
 pub mod fairness;
 pub mod http;
 pub mod outbound;
+pub mod sni;
 pub mod sniff;
 pub mod sockopt;
 pub mod spliced;

@@ -186,6 +186,9 @@ async fn handle(
     .await
 }
 
+/// How long the rest of a ClientHello may take once sniffing has seen its first bytes.
+const SNI_AFTER_SNIFF: std::time::Duration = std::time::Duration::from_millis(50);
+
 async fn proxy(
     down: TcpStream,
     peer: SocketAddr,
@@ -272,7 +275,20 @@ async fn proxy(
         return Ok(());
     }
 
-    let target = ctx.http.l4_target(dst, workload.as_deref());
+    // The server name of a TLS ClientHello, read only when some VirtualService routes by it.
+    // Sniffing has already waited for the first bytes of an undeclared port: if none came (a
+    // server-first protocol), the wait is not repeated.
+    let sni = if ctx.http.config.current().compiled.tcp_routes.has_tls() {
+        let wait = if declared.is_some() {
+            ctx.detect_timeout
+        } else {
+            SNI_AFTER_SNIFF
+        };
+        crate::proxy::sni::peek(&down, wait).await
+    } else {
+        None
+    };
+    let target = ctx.http.l4_target(dst, workload.as_deref(), sni.as_deref());
     let upstream = target.addr;
     let record = TcpRecord::new(
         ctx,

@@ -1,22 +1,27 @@
-//! VirtualService `tcp` routes: where an opaque TCP connection to a service goes. The first
-//! route whose match holds (port, destination subnet, the client's labels and namespace) takes
-//! the connection, and its destinations share connections by weight. A connection no route
-//! matches goes to the service itself, as with Istio's default route.
+//! VirtualService `tcp` and `tls` routes: where an opaque connection to a service goes. The
+//! first route whose match holds (port, destination subnet, the client's labels and namespace,
+//! and for `tls` the server name of the ClientHello) takes the connection, and its destinations
+//! share connections by weight. A connection no route matches goes to the service itself, as
+//! with Istio's default route.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use foldhash::HashMap;
 
 use crate::{
-    policy::{PolicySet, hosts::fqdn, model},
+    policy::{
+        PolicySet,
+        hosts::{covers, fqdn},
+        model,
+    },
     routes::Destination,
     security::authz::matchers::IpBlock,
 };
 
-/// One compiled `tcp` route.
+/// One compiled `tcp` or `tls` route.
 #[derive(Clone, Debug)]
 pub struct TcpRoute {
-    /// `namespace/name` of the VirtualService and the route's index.
+    /// `namespace/name` of the VirtualService and the route's index (`tls` routes: `#tls`).
     pub origin: String,
     /// Any of these matches selects the route; empty means "every connection".
     matches: Vec<L4Match>,
@@ -29,16 +34,18 @@ struct L4Match {
     subnets: Vec<IpBlock>,
     source_labels: BTreeMap<String, String>,
     source_namespace: Option<String>,
+    /// `tls` matches: server names (exact, or `*.suffix`), one of which the SNI must be.
+    sni_hosts: Vec<String>,
 }
 
-/// The client of a connection, as `tcp` matches see it.
+/// The client of a connection, as `tcp` and `tls` matches see it.
 pub struct Client<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub namespace: Option<&'a str>,
 }
 
 impl L4Match {
-    fn holds(&self, dst: SocketAddr, client: &Client<'_>) -> bool {
+    fn holds(&self, dst: SocketAddr, client: &Client<'_>, sni: Option<&str>) -> bool {
         self.port.is_none_or(|p| p == dst.port())
             && (self.subnets.is_empty() || self.subnets.iter().any(|b| b.contains(dst.ip())))
             && self
@@ -49,71 +56,148 @@ impl L4Match {
                 .source_namespace
                 .as_deref()
                 .is_none_or(|ns| client.namespace == Some(ns))
+            && (self.sni_hosts.is_empty()
+                || sni.is_some_and(|name| self.sni_hosts.iter().any(|p| covers(p, name))))
     }
 }
 
-/// The `tcp` routes of every host a VirtualService names.
+/// The `tcp` routes of every host a VirtualService names, and the `tls` routes by host pattern.
 #[derive(Clone, Debug, Default)]
 pub struct TcpRoutes {
     by_host: HashMap<String, Arc<[TcpRoute]>>,
+    /// In VirtualService order; a pattern may be a wildcard (`*.example.com`).
+    tls: Vec<(String, Arc<[TcpRoute]>)>,
 }
 
 impl TcpRoutes {
     pub fn compile(set: &PolicySet) -> TcpRoutes {
         let mut by_host: HashMap<String, Arc<[TcpRoute]>> = HashMap::default();
+        let mut tls = Vec::new();
         for vs in &set.virtual_services {
-            if vs.spec.tcp.is_empty() {
-                continue;
-            }
             let ns = &vs.metadata.namespace;
-            let routes: Arc<[TcpRoute]> = vs
-                .spec
-                .tcp
-                .iter()
-                .enumerate()
-                .map(|(i, r)| tcp_route(ns, &format!("{ns}/{}#{i}", vs.metadata.name), r))
-                .collect();
-            for host in &vs.spec.hosts {
-                // The first VirtualService for a host wins, as for HTTP routes.
-                by_host
-                    .entry(fqdn(host, ns))
-                    .or_insert_with(|| routes.clone());
+            let origin = |kind: &str, i: usize| format!("{ns}/{}#{kind}{i}", vs.metadata.name);
+            if !vs.spec.tcp.is_empty() {
+                let routes: Arc<[TcpRoute]> = vs
+                    .spec
+                    .tcp
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let matches = r.matches.iter().map(|m| {
+                            L4Match::compile(
+                                m.port,
+                                &m.destination_subnets,
+                                &m.source_labels,
+                                &m.source_namespace,
+                                &[],
+                            )
+                        });
+                        l4_route(ns, origin("", i), matches.collect(), &r.route)
+                    })
+                    .collect();
+                for host in &vs.spec.hosts {
+                    // The first VirtualService for a host wins, as for HTTP routes.
+                    by_host
+                        .entry(fqdn(host, ns))
+                        .or_insert_with(|| routes.clone());
+                }
+            }
+            if !vs.spec.tls.is_empty() {
+                let routes: Arc<[TcpRoute]> = vs
+                    .spec
+                    .tls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let matches = r.matches.iter().map(|m| {
+                            L4Match::compile(
+                                m.port,
+                                &m.destination_subnets,
+                                &m.source_labels,
+                                &m.source_namespace,
+                                &m.sni_hosts,
+                            )
+                        });
+                        l4_route(ns, origin("tls", i), matches.collect(), &r.route)
+                    })
+                    .collect();
+                tls.extend(vs.spec.hosts.iter().map(|h| (fqdn(h, ns), routes.clone())));
             }
         }
-        TcpRoutes { by_host }
+        TcpRoutes { by_host, tls }
+    }
+
+    /// Whether any VirtualService has `tls` routes (only then is a ClientHello read).
+    pub fn has_tls(&self) -> bool {
+        !self.tls.is_empty()
     }
 
     /// The route a connection to `host`, dialled at `dst`, takes; `None` when no route of the
     /// host's VirtualService matches (or it has none).
     pub fn decide(&self, host: &str, dst: SocketAddr, client: &Client<'_>) -> Option<&TcpRoute> {
-        self.by_host
-            .get(host)?
-            .iter()
-            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.holds(dst, client)))
+        first_match(self.by_host.get(host)?, dst, client, None)
+    }
+
+    /// The `tls` route a connection naming `sni` takes: from the VirtualService of the service
+    /// dialled (`host`), else of the first one whose hosts cover the server name.
+    pub fn decide_tls(
+        &self,
+        host: Option<&str>,
+        sni: &str,
+        dst: SocketAddr,
+        client: &Client<'_>,
+    ) -> Option<&TcpRoute> {
+        let of = |wanted: &str| {
+            self.tls
+                .iter()
+                .filter(move |(pattern, _)| covers(pattern, wanted))
+                .find_map(|(_, routes)| first_match(routes, dst, client, Some(sni)))
+        };
+        host.and_then(of).or_else(|| of(sni))
     }
 }
 
-fn tcp_route(ns: &str, origin: &str, r: &model::TcpRoute) -> TcpRoute {
-    let only = r.route.len() == 1;
+fn first_match<'r>(
+    routes: &'r [TcpRoute],
+    dst: SocketAddr,
+    client: &Client<'_>,
+    sni: Option<&str>,
+) -> Option<&'r TcpRoute> {
+    routes
+        .iter()
+        .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.holds(dst, client, sni)))
+}
+
+impl L4Match {
+    fn compile(
+        port: Option<u16>,
+        subnets: &[String],
+        source_labels: &BTreeMap<String, String>,
+        source_namespace: &Option<String>,
+        sni_hosts: &[String],
+    ) -> L4Match {
+        L4Match {
+            port,
+            // Validation checked every subnet.
+            subnets: subnets.iter().filter_map(|s| IpBlock::parse(s)).collect(),
+            source_labels: source_labels.clone(),
+            source_namespace: source_namespace.clone(),
+            sni_hosts: sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+}
+
+fn l4_route(
+    ns: &str,
+    origin: String,
+    matches: Vec<L4Match>,
+    route: &[model::RouteDestination],
+) -> TcpRoute {
+    let only = route.len() == 1;
     TcpRoute {
-        origin: origin.to_string(),
-        matches: r
-            .matches
-            .iter()
-            .map(|m| L4Match {
-                port: m.port,
-                // Validation checked every subnet.
-                subnets: m
-                    .destination_subnets
-                    .iter()
-                    .filter_map(|s| IpBlock::parse(s))
-                    .collect(),
-                source_labels: m.source_labels.clone(),
-                source_namespace: m.source_namespace.clone(),
-            })
-            .collect(),
-        destinations: r
-            .route
+        origin,
+        matches,
+        destinations: route
             .iter()
             .map(|d| Destination::of(&d.destination, d.weight, only, ns))
             .collect(),
@@ -184,6 +268,60 @@ spec:
                     &client(&admin, None)
                 )
                 .is_none()
+        );
+    }
+
+    const TLS: &str = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  tls:
+  - match:
+    - sniHosts: [api.example.com]
+      port: 443
+    route:
+    - destination: {host: api-v2.default.svc.cluster.local}
+  - match:
+    - sniHosts: ["*.example.com"]
+    route:
+    - destination: {host: wild.default.svc.cluster.local}
+"#;
+
+    #[test]
+    fn tls_routes_match_the_server_name() {
+        let routes = TcpRoutes::compile(&load_str("t.yaml".as_ref(), TLS).expect("valid"));
+        assert!(routes.has_tls());
+        let none = BTreeMap::new();
+        let c = Client {
+            labels: &none,
+            namespace: Some("default"),
+        };
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let to = |sni: &str, dst: &str| {
+            routes
+                .decide_tls(None, sni, at(dst), &c)
+                .map(|r| r.destinations[0].host.clone())
+        };
+        assert_eq!(
+            to("api.example.com", "10.0.0.1:443").as_deref(),
+            Some("api-v2.default.svc.cluster.local")
+        );
+        assert_eq!(
+            to("api.example.com", "10.0.0.1:8443").as_deref(),
+            Some("wild.default.svc.cluster.local"),
+            "the first route's port does not match"
+        );
+        assert_eq!(
+            to("www.example.com", "10.0.0.1:443").as_deref(),
+            Some("wild.default.svc.cluster.local")
+        );
+        assert_eq!(to("example.org", "10.0.0.1:443"), None);
+        assert!(
+            routes
+                .decide("api.example.com", at("10.0.0.1:443"), &c)
+                .is_none(),
+            "no tcp routes"
         );
     }
 }

@@ -316,11 +316,7 @@ pub static SPEC: Obj = Obj {
         opt("gateways", STRINGS),
         opt("http", Ty::List(&Ty::Obj(&HTTP_ROUTE))),
         opt("tcp", Ty::List(&Ty::Obj(&TCP_ROUTE))),
-        warned(
-            "tls",
-            Ty::List(&Ty::Obj(&TLS_ROUTE)),
-            "meshd does not route by SNI yet: tls routes are ignored, and a TLS connection goes to the service its address names",
-        ),
+        opt("tls", Ty::List(&Ty::Obj(&TLS_ROUTE))),
         warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
     ],
     one_of: &[],

@@ -288,11 +288,6 @@ fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
     assert!(f[2].contains("idleTimeout: meshd does not time out idle TCP connections yet"));
     assert!(f[0].contains("tls: meshd does not originate TLS yet: mode SIMPLE is ignored"));
     assert!(f[1].contains("warmupDurationSecs: meshd does not implement this field yet"));
-    let f = check(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [r]\n  tls:\n  - match: [{sniHosts: [r]}]\n    route: [{destination: {host: r}}]\n",
-    );
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert!(f[0].contains("meshd does not route by SNI yet"));
 }
 
 #[test]

@@ -108,11 +108,17 @@ impl HttpContext {
 }
 
 impl HttpContext {
-    /// Where an L4 (opaque) connection from `workload` to `dst` goes. To the VIP of a service:
-    /// the destination of the first matching `tcp` route of the service's VirtualService (by
-    /// weight), else the service itself; an endpoint of it (round robin) under its
-    /// connection-pool limits. Anything else: `dst` itself.
-    pub fn l4_target(&self, dst: SocketAddr, workload: Option<&str>) -> L4Target {
+    /// Where an L4 (opaque) connection from `workload` to `dst` goes, `sni` the server name
+    /// of its ClientHello if it is TLS. The destination of the first matching `tls` route (by
+    /// the server name) or `tcp` route of the VirtualService of the service whose VIP was
+    /// dialled, by weight; else that service itself; then an endpoint of it (round robin)
+    /// under its connection-pool limits. Anything else: `dst` itself.
+    pub fn l4_target(
+        &self,
+        dst: SocketAddr,
+        workload: Option<&str>,
+        sni: Option<&str>,
+    ) -> L4Target {
         let snap = self.config.current();
         let direct = || L4Target {
             addr: dst,
@@ -120,9 +126,7 @@ impl HttpContext {
             limits: pool::Limits::default(),
             service: None,
         };
-        let Some(host) = snap.compiled.vip_host(dst) else {
-            return direct();
-        };
+        let vip_host = snap.compiled.vip_host(dst);
         let no_labels = std::collections::BTreeMap::new();
         let client = crate::routes::l4::Client {
             labels: workload
@@ -130,22 +134,26 @@ impl HttpContext {
                 .map_or(&no_labels, |p| &p.labels),
             namespace: namespace_of(workload),
         };
-        let routed = snap
-            .compiled
-            .tcp_routes
-            .decide(host, dst, &client)
+        let routes = &snap.compiled.tcp_routes;
+        let routed = sni
+            .and_then(|name| routes.decide_tls(vip_host, name, dst, &client))
+            .or_else(|| routes.decide(vip_host?, dst, &client))
             .and_then(|r| route::pick_weighted(&r.destinations));
-        let d = match routed {
-            Some(d) => d.clone(),
-            None => crate::routes::Destination {
+        let d = match (routed, vip_host) {
+            (Some(d), _) => d.clone(),
+            (None, Some(host)) => crate::routes::Destination {
                 host: host.to_string(),
                 subset: None,
                 port: Some(dst.port()),
                 weight: 100,
                 headers: None,
             },
+            (None, None) => return direct(),
         };
-        match route::endpoints(&snap, &d, &[], dst) {
+        // A route to the server name itself, with no ServiceEntry endpoints, goes where the
+        // client was going.
+        let requested: Vec<std::borrow::Cow<'_, str>> = sni.map(Into::into).into_iter().collect();
+        match route::endpoints(&snap, &d, &requested, dst) {
             Ok((e, policy)) => L4Target {
                 addr: self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
                 cluster: Some(self.pool.cluster(&policy.key)),

@@ -1,0 +1,198 @@
+//! The server name (SNI) of a TLS connection, read from its ClientHello by peeking (never
+//! consuming), for VirtualService `tls` routes.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// The most of a ClientHello read: its record is at most 16 KiB, and the name comes early.
+const MAX_HELLO: usize = 16 * 1024 + 5;
+
+/// What the first bytes say about a server name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// A ClientHello naming this server.
+    Name(String),
+    /// Not a ClientHello, or one without a server name.
+    None,
+    /// A ClientHello whose end has not arrived yet.
+    Incomplete,
+}
+
+/// Reads the server name from the start of a TLS connection's bytes.
+pub fn parse(bytes: &[u8]) -> Hello {
+    // TLS record: content type 22 (handshake), version 3.x, length.
+    if bytes.len() < 5 {
+        return if bytes.first().is_none_or(|b| *b == 22) {
+            Hello::Incomplete
+        } else {
+            Hello::None
+        };
+    }
+    if bytes[0] != 22 || bytes[1] != 3 {
+        return Hello::None;
+    }
+    let record = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+    let Some(body) = bytes.get(5..5 + record) else {
+        return Hello::Incomplete;
+    };
+    client_hello_name(body).map_or(Hello::None, Hello::Name)
+}
+
+/// A cursor over a handshake message, every read bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = self.0.split_at_checked(n)?;
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<usize> {
+        self.take(1).map(|b| usize::from(b[0]))
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    /// A vector with a length prefix of `width` bytes.
+    fn vec(&mut self, width: usize) -> Option<&'a [u8]> {
+        let n = match width {
+            1 => self.u8()?,
+            2 => self.u16()?,
+            _ => {
+                let b = self.take(3)?;
+                (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2])
+            }
+        };
+        self.take(n)
+    }
+}
+
+fn client_hello_name(handshake: &[u8]) -> Option<String> {
+    let mut r = Reader(handshake);
+    // Handshake type 1: ClientHello.
+    if r.u8()? != 1 {
+        return None;
+    }
+    let mut hello = Reader(r.vec(3)?);
+    hello.take(2 + 32)?; // version, random
+    hello.vec(1)?; // session id
+    hello.vec(2)?; // cipher suites
+    hello.vec(1)?; // compression methods
+    let mut extensions = Reader(hello.vec(2)?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec(2)?;
+        if kind != 0 {
+            continue;
+        }
+        // server_name: a list of (type, name); type 0 is a host name.
+        let mut list = Reader(Reader(data).vec(2)?);
+        while !list.0.is_empty() {
+            let name_type = list.u8()?;
+            let name = list.vec(2)?;
+            if name_type == 0 {
+                let name = std::str::from_utf8(name).ok()?;
+                return Some(name.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+        return None;
+    }
+    None
+}
+
+/// Peeks at a connection until its ClientHello's server name is known, it is not TLS, or
+/// `timeout` passes.
+pub async fn peek(stream: &TcpStream, timeout: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 512];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        match parse(&buf[..n]) {
+            Hello::Name(name) => return Some(name),
+            Hello::None => return None,
+            Hello::Incomplete if n == buf.len() && buf.len() < MAX_HELLO => {
+                buf.resize((buf.len() * 2).min(MAX_HELLO), 0);
+            }
+            Hello::Incomplete if tokio::time::Instant::now() >= deadline => return None,
+            // More bytes are needed; peek returns at once while data is queued.
+            Hello::Incomplete => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ClientHello record with `name` in its server_name extension.
+    fn hello(name: Option<&str>) -> Vec<u8> {
+        let mut ext = Vec::new();
+        // An unrelated extension first (supported_versions).
+        ext.extend_from_slice(&[0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+        if let Some(name) = name {
+            let n = name.len() as u16;
+            ext.extend_from_slice(&[0x00, 0x00]);
+            ext.extend_from_slice(&(n + 5).to_be_bytes());
+            ext.extend_from_slice(&(n + 3).to_be_bytes());
+            ext.push(0);
+            ext.extend_from_slice(&n.to_be_bytes());
+            ext.extend_from_slice(name.as_bytes());
+        }
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&[7; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0x00, 0x02, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[0x01, 0x00]); // null compression
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn reads_the_server_name() {
+        assert_eq!(
+            parse(&hello(Some("Api.Example.com"))),
+            Hello::Name("api.example.com".into())
+        );
+        assert_eq!(parse(&hello(None)), Hello::None);
+    }
+
+    #[test]
+    fn a_partial_hello_needs_more_and_other_bytes_are_not_tls() {
+        let full = hello(Some("a.example"));
+        for cut in [1, 4, 5, 20, full.len() - 1] {
+            assert_eq!(parse(&full[..cut]), Hello::Incomplete, "cut at {cut}");
+        }
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Hello::None);
+        assert_eq!(
+            parse(b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00"),
+            Hello::None
+        );
+    }
+
+    #[test]
+    fn a_malformed_hello_is_no_name_not_a_panic() {
+        let mut h = hello(Some("a.example"));
+        // Claim a longer extension block than there is.
+        let at = h.len() - 20;
+        h[at] = 0xff;
+        let _ = parse(&h);
+        for len in 0..h.len() {
+            let _ = parse(&h[..len]);
+        }
+    }
+}
