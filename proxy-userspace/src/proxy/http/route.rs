@@ -262,13 +262,16 @@ pub fn endpoints<'s>(
     let Some(cluster) = described.filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
         if requested.iter().any(|h| *h == dest.host) {
-            return Ok((
-                vec![SocketAddr::new(dst.ip(), port)],
-                ClusterPolicy {
+            // A service without endpoints (an external host resolved by the client, say) still
+            // has its DestinationRule's settings.
+            let policy = match described {
+                Some(c) => ClusterPolicy::of(c, &dest.host, None, port, protocol, Vec::new()),
+                None => ClusterPolicy {
                     protocol,
                     ..ClusterPolicy::unconfigured(&dest.host, port)
                 },
-            ));
+            };
+            return Ok((vec![SocketAddr::new(dst.ip(), port)], policy));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
             return Ok((
@@ -315,33 +318,14 @@ pub fn endpoints<'s>(
             subset,
         });
     }
-    let subset = dest.subset.as_deref();
-    let policy = ClusterPolicy {
-        key: cluster_key(&dest.host, subset.unwrap_or(""), port),
+    let policy = ClusterPolicy::of(
+        cluster,
+        &dest.host,
+        dest.subset.as_deref(),
+        port,
         protocol,
         localities,
-        lb: setting(
-            cluster,
-            subset,
-            port,
-            |p| p.load_balancer.as_ref(),
-            |p| p.load_balancer.as_ref(),
-        ),
-        outlier: setting(
-            cluster,
-            subset,
-            port,
-            |p| p.outlier_detection.as_ref(),
-            |p| p.outlier_detection.as_ref(),
-        ),
-        pool: setting(
-            cluster,
-            subset,
-            port,
-            |p| p.connection_pool.as_ref(),
-            |p| p.connection_pool.as_ref(),
-        ),
-    };
+    );
     Ok((addrs, policy))
 }
 
@@ -359,7 +343,7 @@ pub struct ClusterPolicy<'s> {
     pub pool: Option<&'s ConnectionPool>,
 }
 
-impl ClusterPolicy<'_> {
+impl<'s> ClusterPolicy<'s> {
     /// Whether the upstream request goes as HTTP/2, as Istio decides it: the client's protocol
     /// with `useClientProtocol` or where the port declares none (detected by sniffing); HTTP/2
     /// on an `HTTP2` or `GRPC` port; HTTP/1.1 on an `HTTP` port, unless `h2UpgradePolicy:
@@ -375,6 +359,43 @@ impl ClusterPolicy<'_> {
                 http.and_then(|h| h.h2_upgrade_policy.as_deref()) == Some("UPGRADE")
             }
             _ => client_http2,
+        }
+    }
+
+    /// The settings of `cluster` (for `host`) that apply to `subset` on `port`.
+    fn of(
+        cluster: &'s Cluster,
+        host: &str,
+        subset: Option<&str>,
+        port: u16,
+        protocol: Option<Detected>,
+        localities: Vec<Option<&'s str>>,
+    ) -> Self {
+        ClusterPolicy {
+            key: cluster_key(host, subset.unwrap_or(""), port),
+            protocol,
+            localities,
+            lb: setting(
+                cluster,
+                subset,
+                port,
+                |p| p.load_balancer.as_ref(),
+                |p| p.load_balancer.as_ref(),
+            ),
+            outlier: setting(
+                cluster,
+                subset,
+                port,
+                |p| p.outlier_detection.as_ref(),
+                |p| p.outlier_detection.as_ref(),
+            ),
+            pool: setting(
+                cluster,
+                subset,
+                port,
+                |p| p.connection_pool.as_ref(),
+                |p| p.connection_pool.as_ref(),
+            ),
         }
     }
 
@@ -422,8 +443,6 @@ fn setting<'s, T>(
         .or_else(|| cluster.traffic_policy.as_ref().and_then(pick))
 }
 
-/// The endpoint's port for a service port: by the port's name in the endpoint's `ports`, else
-/// the service port's `targetPort`-less number.
 /// The port an endpoint receives a service port's traffic on, as in Istio: the endpoint's own
 /// `ports` entry for the port's name, else the port's `targetPort`, else its number.
 fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port: u16) -> u16 {
@@ -594,6 +613,44 @@ spec:
             addrs(Some("v3")),
             Err(NoEndpoint::UnknownSubset { .. })
         ));
+    }
+
+    #[test]
+    fn an_external_host_without_endpoints_keeps_its_destination_rule() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ext, namespace: default}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 3}}
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
+        let d = Destination {
+            host: "api.example.com".into(),
+            subset: None,
+            port: None,
+            weight: 100,
+            headers: None,
+        };
+        let dst: SocketAddr = "203.0.113.7:443".parse().unwrap();
+        let (addrs, policy) = endpoints(&snap, &d, &[Cow::Borrowed("api.example.com")], dst)
+            .expect("the client's own destination");
+        assert_eq!(addrs, [dst]);
+        let max = policy
+            .pool
+            .and_then(|p| p.tcp.as_ref())
+            .and_then(|t| t.max_connections);
+        assert_eq!(max, Some(3), "the DestinationRule applies");
     }
 
     #[test]
