@@ -246,14 +246,16 @@ static CLIENT_TLS: Obj = Obj {
 
 fn check_tls(node: &Node, path: &str, at: Pos, r: &mut Report) {
     let has = |k: &str| node.get(k).is_some();
-    if let Some(mode @ ("SIMPLE" | "MUTUAL")) = node.get("mode").and_then(Node::as_str) {
-        r.warn(
-            at,
-            path,
-            format!(
-                "meshd does not originate TLS yet: mode {mode} is ignored, and the connection goes upstream as the client sent it"
-            ),
-        );
+    for (field, why) in [
+        (
+            "credentialName",
+            "meshd does not read Kubernetes secrets: give clientCertificate, privateKey and caCertificates as files",
+        ),
+        ("caCrl", NOTE_UNSUPPORTED),
+    ] {
+        if let Some(e) = node.entry(field) {
+            r.warn(e.key_pos, &report::key(path, field), why);
+        }
     }
     if node.get("mode").and_then(Node::as_str) == Some("MUTUAL")
         && !has("credentialName")

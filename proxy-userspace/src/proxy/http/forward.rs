@@ -691,12 +691,27 @@ async fn forward(
                 let priorities = send::priorities(ctx.locality.as_ref(), &policy);
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
+                let mut limits = Limits::from_spec(policy.pool);
+                // TLS origination sends the request's host as the server name (Istio's
+                // automatic SNI) unless the DestinationRule names one.
+                let host = crate::routes::table::host_of(&upstream_authority);
+                match ctx
+                    .pool
+                    .originations
+                    .for_request(policy.tls, &host, h2_upstream)
+                {
+                    Ok(tls) => limits.tls = tls,
+                    Err(reason) => {
+                        let e = UpstreamError::Origination { reason };
+                        return send::upstream_failed(&e, rec, false);
+                    }
+                }
                 (
                     Ok(e),
                     algo,
                     policy.key,
                     policy.outlier.map(outlier::Settings::from_spec),
-                    Limits::from_spec(policy.pool),
+                    limits,
                     priorities,
                 )
             }

@@ -9,6 +9,7 @@ mod h1;
 mod h2;
 mod lease;
 pub mod limits;
+mod originate;
 
 use std::{
     net::SocketAddr,
@@ -26,6 +27,7 @@ pub use self::{
     connect::connect,
     lease::PooledBody,
     limits::Limits,
+    originate::{Originate, Originations},
 };
 use self::{
     cluster::{H2Conn, H2Stream, IdleH1},
@@ -62,6 +64,13 @@ pub enum UpstreamError {
         dst: SocketAddr,
         source: Box<crate::tunnel::TunnelError>,
     },
+    #[error("upstream connect error: TLS with {dst} failed: {source}")]
+    Tls {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream connect error: cannot originate TLS: DestinationRule {reason}")]
+    Origination { reason: String },
     #[error("upstream overflow: {cluster} is at its connectionPool limit {limit}: {value}")]
     Overflow {
         cluster: String,
@@ -129,6 +138,8 @@ pub struct Pool {
     connect_timeout: Duration,
     clusters: Mutex<HashMap<String, Arc<ClusterPool>>>,
     tunnel: Option<Arc<crate::tunnel::Tunnel>>,
+    /// The client configs of DestinationRule `tls` origination.
+    pub originations: Originations,
 }
 
 impl Pool {
@@ -138,6 +149,7 @@ impl Pool {
             connect_timeout,
             clusters: Mutex::new(HashMap::new()),
             tunnel,
+            originations: Originations::default(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&pool)));
@@ -190,9 +202,17 @@ impl Pool {
     ) -> Result<Box<dyn Io>, UpstreamError> {
         let dst = target.addr;
         match (&target.via, &self.tunnel) {
-            (None, _) => Ok(Box::new(
-                connect(dst, self.connect_timeout(limits), limits.keepalive).await?,
-            )),
+            (None, _) => {
+                let tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
+                match &limits.tls {
+                    // Boxed, as the tunnel's: the handshake's state is large.
+                    Some(tls) => match Box::pin(tls.wrap(tcp)).await {
+                        Ok(s) => Ok(Box::new(s)),
+                        Err(source) => Err(UpstreamError::Tls { dst, source }),
+                    },
+                    None => Ok(Box::new(tcp)),
+                }
+            }
             // Boxed: the TLS handshake's state is large, and every request's future would
             // otherwise carry (and move) room for it.
             (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst)).await {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crate::{
     config::{Cluster, Snapshot},
     policy::model::{
-        ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
+        ClientTls, ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
         TrafficPolicy,
     },
     proxy::sniff::Detected,
@@ -341,6 +341,7 @@ pub struct ClusterPolicy<'s> {
     pub lb: Option<&'s LoadBalancer>,
     pub outlier: Option<&'s OutlierDetection>,
     pub pool: Option<&'s ConnectionPool>,
+    pub tls: Option<&'s ClientTls>,
 }
 
 impl<'s> ClusterPolicy<'s> {
@@ -395,6 +396,13 @@ impl<'s> ClusterPolicy<'s> {
                 port,
                 |p| p.connection_pool.as_ref(),
                 |p| p.connection_pool.as_ref(),
+            ),
+            tls: setting(
+                cluster,
+                subset,
+                port,
+                |p| p.tls.as_ref(),
+                |p| p.tls.as_ref(),
             ),
         }
     }

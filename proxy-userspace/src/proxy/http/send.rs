@@ -324,10 +324,24 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                         continue;
                     }
                 };
+                let mut limits = Limits::from_spec(policy.pool);
+                let host = crate::routes::table::host_of(plan.authority);
+                match ctx
+                    .pool
+                    .originations
+                    .for_request(policy.tls, &host, plan.h2)
+                {
+                    Ok(tls) => limits.tls = tls,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "mirror cannot originate TLS");
+                        ctx.metrics.mirror("dropped");
+                        continue;
+                    }
+                }
                 let copy = mirror::Copy {
                     pool: ctx.pool.clone(),
                     cluster: ctx.pool.cluster(&policy.key),
-                    limits: Limits::from_spec(policy.pool),
+                    limits,
                     target,
                 };
                 ctx.mirrors

@@ -41,6 +41,8 @@ pub struct Limits {
     /// finishes the streams it has, then closes).
     pub max_connection_duration: Option<Duration>,
     pub keepalive: Option<Keepalive>,
+    /// DestinationRule `tls` origination: meshd opens TLS to the upstream.
+    pub tls: Option<super::Originate>,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             connect_timeout: None,
             max_connection_duration: None,
             keepalive: None,
+            tls: None,
         }
     }
 }
@@ -149,6 +152,7 @@ mod tests {
                     interval: Some(Duration::from_secs(2)),
                     probes: Some(4),
                 }),
+                tls: None,
             }
         );
         assert!(l.reusable(0) && !l.reusable(1));

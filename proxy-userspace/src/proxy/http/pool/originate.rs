@@ -1,0 +1,352 @@
+//! TLS origination: a DestinationRule `tls` with mode `SIMPLE` (or `MUTUAL`, presenting a
+//! client certificate) makes meshd open TLS to the upstream itself, as Istio's sidecar does for
+//! "egress TLS origination". The server is verified against `caCertificates` (else the
+//! system's bundle), by the names in `subjectAltNames` or else the server name sent, which is
+//! `sni` or else the request's host; `insecureSkipVerify` checks nothing but the handshake.
+
+use std::{
+    fmt,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use crate::{identity::tls::crypto_provider, policy::model::ClientTls};
+
+/// Where Debian keeps the system's trusted certificates.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How one connection is originated: the client config and the server name to send.
+#[derive(Clone)]
+pub struct Originate {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl fmt::Debug for Originate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Originate({:?})", self.server_name)
+    }
+}
+
+impl PartialEq for Originate {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for Originate {}
+
+impl Originate {
+    /// Opens TLS over `tcp`.
+    pub async fn wrap(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        TlsConnector::from(self.config.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+    }
+}
+
+/// Client configs built from DestinationRule `tls` blocks, each built once (reading its files)
+/// and kept for the life of the process; a later edit of the block builds a new one.
+#[derive(Default)]
+pub struct Originations {
+    built: Mutex<Vec<Built>>,
+}
+
+/// A `tls` block, whether for HTTP/2, and the config built from it (or why there is none).
+type Built = (ClientTls, bool, Result<Arc<ClientConfig>, String>);
+
+impl Originations {
+    /// How to originate TLS under `tls` for a request to `host` (HTTP/2 upstream: `h2`);
+    /// `Ok(None)` for a mode that originates nothing; `Err` says what in the block is wrong.
+    pub fn for_request(
+        &self,
+        tls: Option<&ClientTls>,
+        host: &str,
+        h2: bool,
+    ) -> Result<Option<Originate>, String> {
+        let Some(tls) = tls.filter(|t| matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL")) else {
+            return Ok(None);
+        };
+        let config = {
+            let mut built = self.built.lock().expect("originations lock");
+            match built.iter().find(|(t, h, _)| t == tls && *h == h2) {
+                Some((_, _, c)) => c.clone(),
+                None => {
+                    let c = client_config(tls, h2).map(Arc::new);
+                    if let Err(e) = &c {
+                        tracing::error!(error = %e, "DestinationRule tls: cannot originate TLS");
+                    }
+                    built.push((tls.clone(), h2, c.clone()));
+                    c
+                }
+            }
+        }?;
+        let name = tls.sni.as_deref().unwrap_or(host);
+        let server_name = ServerName::try_from(name.to_string())
+            .map_err(|_| format!("tls: {name:?} is not a server name to send"))?;
+        Ok(Some(Originate {
+            config,
+            server_name,
+        }))
+    }
+}
+
+fn client_config(tls: &ClientTls, h2: bool) -> Result<ClientConfig, String> {
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify == Some(true) {
+        Arc::new(SkipVerify)
+    } else {
+        let roots = Arc::new(roots(tls.ca_certificates.as_deref())?);
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, crypto_provider())
+            .build()
+            .map_err(|e| format!("tls.caCertificates: {e}"))?;
+        let names = tls
+            .subject_alt_names
+            .iter()
+            .map(|n| {
+                ServerName::try_from(n.clone())
+                    .map_err(|_| format!("tls.subjectAltNames: {n:?} is not a DNS name or address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Arc::new(ByNames { webpki, names })
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match (tls.mode.as_str(), &tls.client_certificate, &tls.private_key) {
+        ("MUTUAL", Some(cert), Some(key)) => {
+            let chain = certificates(cert, "tls.clientCertificate")?;
+            let key = PrivateKeyDer::from_pem_file(Path::new(key))
+                .map_err(|e| format!("tls.privateKey {key}: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("tls.clientCertificate: {e}"))?
+        }
+        ("MUTUAL", _, _) => {
+            return Err(
+                "tls: MUTUAL needs clientCertificate and privateKey (credentialName is \
+                        not read by meshd)"
+                    .into(),
+            );
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(config)
+}
+
+fn certificates(path: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(Path::new(path))
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{field} {path}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{field} {path}: no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// `caCertificates`, else the system's bundle.
+fn roots(ca: Option<&str>) -> Result<RootCertStore, String> {
+    let (path, field) = match ca {
+        Some(p) => (p, "tls.caCertificates"),
+        None => (SYSTEM_BUNDLE, "tls (no caCertificates; the system bundle)"),
+    };
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(certificates(path, field)?);
+    if added == 0 {
+        return Err(format!("{field} {path}: no usable certificate"));
+    }
+    Ok(roots)
+}
+
+/// The web PKI check, against the `subjectAltNames` when given, else the server name sent.
+#[derive(Debug)]
+struct ByNames {
+    webpki: Arc<WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for ByNames {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if self.names.is_empty() {
+            return self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            );
+        }
+        let mut last = Error::General("no subjectAltNames".into());
+        for name in &self.names {
+            match self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// `insecureSkipVerify: true`: any certificate, but the handshake's signatures still checked.
+#[derive(Debug)]
+struct SkipVerify;
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let algs = &crypto_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let algs = &crypto_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crypto_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls(mode: &str) -> ClientTls {
+        ClientTls {
+            mode: mode.into(),
+            ..ClientTls::default()
+        }
+    }
+
+    #[test]
+    fn only_simple_and_mutual_originate() {
+        let o = Originations::default();
+        for mode in ["DISABLE", "ISTIO_MUTUAL"] {
+            assert_eq!(
+                o.for_request(Some(&tls(mode)), "a.example", false),
+                Ok(None)
+            );
+        }
+        assert_eq!(o.for_request(None, "a.example", false), Ok(None));
+    }
+
+    #[test]
+    fn a_misconfigured_block_names_the_field_and_the_file() {
+        let o = Originations::default();
+        let mut t = tls("SIMPLE");
+        t.ca_certificates = Some("/nonexistent/ca.pem".into());
+        let e = o.for_request(Some(&t), "a.example", false).unwrap_err();
+        assert!(
+            e.starts_with("tls.caCertificates /nonexistent/ca.pem:"),
+            "{e}"
+        );
+        let e = o
+            .for_request(Some(&tls("MUTUAL")), "a.example", false)
+            .unwrap_err();
+        assert!(
+            e.contains("MUTUAL needs clientCertificate and privateKey"),
+            "{e}"
+        );
+        let mut t = tls("SIMPLE");
+        t.insecure_skip_verify = Some(true);
+        t.sni = Some("bad name!".into());
+        let e = o.for_request(Some(&t), "a.example", false).unwrap_err();
+        assert!(e.contains("\"bad name!\" is not a server name"), "{e}");
+    }
+
+    #[test]
+    fn a_config_is_built_once_per_block_and_protocol() {
+        let o = Originations::default();
+        let mut t = tls("SIMPLE");
+        t.insecure_skip_verify = Some(true);
+        let a = o
+            .for_request(Some(&t), "a.example", false)
+            .unwrap()
+            .unwrap();
+        let b = o
+            .for_request(Some(&t), "b.example", false)
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&a.config, &b.config));
+        assert_eq!(b.server_name, ServerName::try_from("b.example").unwrap());
+        let h2 = o.for_request(Some(&t), "a.example", true).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&a.config, &h2.config));
+        assert_eq!(h2.config.alpn_protocols, [b"h2".to_vec()]);
+    }
+}

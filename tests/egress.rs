@@ -1,0 +1,210 @@
+//! Egress TLS origination as in Istio's task of that name: the client speaks plain HTTP to a
+//! ServiceEntry host on port 80, its VirtualService sends port 80 to port 443, and the
+//! DestinationRule's `tls: {mode: SIMPLE}` on 443 makes meshd open TLS to the server (here
+//! `openssl s_server` on loopback, with a certificate from a CA the test makes).
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use support::{ebpf_available, mesh::curl, mesh::start};
+
+/// A CA and a server certificate for `name` it signed, written to `dir`: `ca.pem`,
+/// `server.pem`, `server.key`.
+fn certificates(dir: &Path, name: &str) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    dir.to_path_buf()
+}
+
+/// `openssl s_server -www` on a free loopback port: a TLS server that answers any GET.
+struct TlsServer {
+    child: Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(certs: &Path) -> TlsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(certs.join("server.pem"))
+            .arg("-key")
+            .arg(certs.join("server.key"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let up = support::eventually(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(up.is_some(), "s_server listening on {port}");
+        TlsServer { child, port }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The task's resources, with `tls` as the DestinationRule's block for port 443.
+fn policies(server_port: u16, tls: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: secure-example
+spec:
+  hosts:
+  - secure.example
+  addresses:
+  - 127.0.0.52
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+  - number: 443
+    name: https-port
+    protocol: HTTPS
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      https-port: {server_port}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: secure-example
+spec:
+  hosts:
+  - secure.example
+  http:
+  - match:
+    - port: 80
+    route:
+    - destination:
+        host: secure.example
+        port:
+          number: 443
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: secure-example
+spec:
+  host: secure.example
+  trafficPolicy:
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+{tls}"#
+    )
+}
+
+fn get(d: &support::Daemon) -> String {
+    curl(
+        d,
+        &[
+            "--resolve",
+            "secure.example:80:127.0.0.52",
+            "-w",
+            "\n%{http_code}",
+            "http://secure.example/",
+        ],
+    )
+}
+
+#[test]
+fn plain_http_goes_out_as_tls_under_a_simple_destination_rule() {
+    if !ebpf_available("egress_tls") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-certs"),
+        "secure.example",
+    );
+    let server = TlsServer::start(&certs);
+    let ca = certs.join("ca.pem");
+    let tls = format!(
+        "        mode: SIMPLE\n        caCertificates: {}\n",
+        ca.display()
+    );
+    let d = start("egress-tls", 187, &policies(server.port, &tls));
+    let out = get(&d);
+    assert!(out.ends_with("\n200"), "{out}");
+    assert!(
+        out.contains("s_server"),
+        "the TLS server answered, verified against the CA by the name secure.example: {out}"
+    );
+    drop(d);
+
+    // The same server checked against another CA: the handshake fails, 503 UF.
+    let other = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-other-ca"),
+        "secure.example",
+    );
+    let tls = format!(
+        "        mode: SIMPLE\n        caCertificates: {}\n",
+        other.join("ca.pem").display()
+    );
+    let d = start("egress-tls-bad-ca", 188, &policies(server.port, &tls));
+    let out = get(&d);
+    assert!(out.ends_with("\n503"), "{out}");
+    assert!(d.log_text().contains("flags=UF"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("TLS with 127.0.0.1"),
+        "{}",
+        d.log_text()
+    );
+    drop(d);
+
+    // insecureSkipVerify trusts any certificate; a subjectAltNames that the certificate does
+    // not carry fails it.
+    let d = start(
+        "egress-tls-skip",
+        189,
+        &policies(
+            server.port,
+            "        mode: SIMPLE\n        insecureSkipVerify: true\n",
+        ),
+    );
+    assert!(get(&d).ends_with("\n200"));
+    drop(d);
+    let tls = format!(
+        "        mode: SIMPLE\n        caCertificates: {}\n        subjectAltNames: [other.example]\n",
+        ca.display()
+    );
+    let d = start("egress-tls-san", 190, &policies(server.port, &tls));
+    assert!(get(&d).ends_with("\n503"));
+}
