@@ -16,10 +16,12 @@ pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 /// Debian packages the test suite drives: real clients (curl, nghttp and h2load), a real Redis
 /// for the global rate limit, a real Prometheus (and promtool) scraping meshd, the netns tooling,
-/// tcpdump (the LAN tests check what crossed the wire), vagrant (for `vagrant validate`) and
-/// python3-venv (the venv that holds kubernetes-validate).
+/// tcpdump (the LAN tests check what crossed the wire), vagrant (for `vagrant validate`),
+/// python3-venv (the venv that holds kubernetes-validate) and openssl (a TLS client and server
+/// for the SNI routing and TLS origination tests).
 const TEST_PACKAGES: &[&str] = &[
     "curl",
+    "openssl",
     "python3",
     "python3-venv",
     "iproute2",
