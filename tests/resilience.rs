@@ -673,3 +673,47 @@ fn the_route_timeout_cuts_off_a_response_still_streaming() {
     );
     assert!(log.contains("\"response_flags\":\"UT\""), "{log}");
 }
+
+/// `connectionPool.tcp.idleTimeout` on an opaque connection (a port declared TCP): open while
+/// it has been quiet for less, closed on both sides once quiet for longer.
+#[test]
+fn a_quiet_tcp_connection_is_closed_after_its_idle_timeout() {
+    if !ebpf_available("tcp_idle") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      tcp:\n        idleTimeout: 1s\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
+        .replace("protocol: HTTP\n", "protocol: TCP\n");
+    let d = start("tcp-idle", 191, &yaml);
+    // One request on a connection, then quiet for `wait` seconds: is it still open?
+    let script = r#"
+import socket, sys, time
+s = socket.create_connection(("127.0.0.50", 9080), timeout=10)
+s.sendall(b"GET /whoami HTTP/1.1\r\nHost: reviews\r\n\r\n")
+assert s.recv(65536).startswith(b"HTTP/1.1 200")
+time.sleep(float(sys.argv[1]))
+s.settimeout(0.2)
+try:
+    print("closed" if s.recv(1) == b"" else "data")
+except socket.timeout:
+    print("open")
+except ConnectionResetError:
+    print("closed")
+"#;
+    let after = |wait: &str| {
+        let out = d
+            .exec("default/productpage", &["python3", "-c", script, wait])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(after("0.2"), "open", "quiet for less than the timeout");
+    assert_eq!(after("2.5"), "closed", "quiet for longer: meshd closed it");
+    assert!(d.log_text().contains("idle timeout"), "{}", d.log_text());
+}

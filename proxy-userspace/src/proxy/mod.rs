@@ -4,6 +4,7 @@ pub mod connections;
 pub mod copy;
 pub mod fairness;
 pub mod http;
+pub mod idle;
 pub mod outbound;
 pub mod sni;
 pub mod sniff;

@@ -1,7 +1,7 @@
 //! The outbound listener: accepts connections that connect4/6 redirected, recovers where each
 //! was going, connects there, and copies bytes both ways until both sides have closed.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use tokio::{
     io::copy_bidirectional_with_sizes,
@@ -16,6 +16,7 @@ use super::{
     copy::{self, COPY_BUF},
     fairness::Shed,
     http::{self, Counter, HttpContext, UpstreamError, connect_upstream},
+    idle,
     sniff::{self, Detected},
     sockopt, spliced,
 };
@@ -373,10 +374,24 @@ async fn proxy(
         tracked.set_upstream(c);
     }
     debug!(workload = workload.as_deref().unwrap_or("-"), %dst, "proxying");
-    let copied = match ctx.maps.splicing() {
-        Some(maps) => spliced::carry(&down, up, maps, ctx.zero_copy).await,
-        None => copy::relay(&down, &up, ctx.zero_copy).await,
+    let sockets = [down.as_raw_fd(), up.as_raw_fd()];
+    let carry = async {
+        match ctx.maps.splicing() {
+            Some(maps) => spliced::carry(&down, up, maps, ctx.zero_copy).await,
+            None => copy::relay(&down, &up, ctx.zero_copy).await,
+        }
     };
+    // The kernel's byte counters of the client's socket see both directions, however carried.
+    let moved = || {
+        let (client, _) = ctx.connections.counters(tracked.id());
+        client.map(|c| c.rx_bytes + c.tx_bytes)
+    };
+    let (copied, idled) =
+        idle::bounded(carry, target.limits.tcp_idle_timeout, sockets, moved).await;
+    if idled {
+        debug!(%dst, "idle timeout: connection closed");
+        record.idled();
+    }
     let (to_up, to_down) = match copied {
         Ok((up, down)) => {
             ctx.metrics.zero_copy_bytes(up.zero_copy, down.zero_copy);
@@ -485,6 +500,11 @@ impl TcpRecord {
         self.entry.reason = e.to_string().into();
         self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
         ctx.http.access.log(&self.entry, true);
+    }
+
+    /// The connection was closed by meshd for its idle timeout; the log line says so.
+    fn idled(&mut self) {
+        self.entry.reason = "idle timeout (connectionPool.tcp.idleTimeout)".into();
     }
 
     fn closed(mut self, ctx: &Outbound, sent: u64, received: u64) {

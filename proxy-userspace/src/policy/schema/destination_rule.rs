@@ -127,11 +127,7 @@ static TCP_POOL: Obj = obj(&[
     opt("connectTimeout", DURATION),
     opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
     opt("maxConnectionDuration", DURATION),
-    warned(
-        "idleTimeout",
-        ZERO_OFF,
-        "meshd does not time out idle TCP connections yet; this field is ignored (HTTP connections: connectionPool.http.idleTimeout)",
-    ),
+    opt("idleTimeout", ZERO_OFF),
 ]);
 
 static HTTP_POOL: Obj = obj(&[

@@ -40,6 +40,8 @@ pub struct Limits {
     /// `tcp.maxConnectionDuration`: a connection this old takes no new request (an HTTP/2 one
     /// finishes the streams it has, then closes).
     pub max_connection_duration: Option<Duration>,
+    /// `tcp.idleTimeout` of opaque connections (Istio's default one hour; `0s`: none).
+    pub tcp_idle_timeout: Option<Duration>,
     pub keepalive: Option<Keepalive>,
     /// DestinationRule `tls` origination: meshd opens TLS to the upstream.
     pub tls: Option<super::Originate>,
@@ -57,6 +59,7 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             connect_timeout: None,
             max_connection_duration: None,
+            tcp_idle_timeout: Some(crate::proxy::idle::DEFAULT),
             keepalive: None,
             tls: None,
         }
@@ -74,6 +77,9 @@ impl Limits {
                 .max_connection_duration
                 .map(|d| d.0)
                 .filter(|d| !d.is_zero());
+            if let Some(idle) = tcp.idle_timeout {
+                l.tcp_idle_timeout = Some(idle.0).filter(|d| !d.is_zero());
+            }
             l.keepalive = tcp.tcp_keepalive.as_ref().map(|k| Keepalive {
                 time: k.time.map(|d| d.0).filter(|d| !d.is_zero()),
                 interval: k.interval.map(|d| d.0).filter(|d| !d.is_zero()),
@@ -129,7 +135,7 @@ mod tests {
     #[test]
     fn every_field_is_read() {
         let l = Limits::from_spec(Some(&parse(
-            r#"{"tcp": {"maxConnections": 3, "connectTimeout": "250ms", "maxConnectionDuration": "1h",
+            r#"{"tcp": {"maxConnections": 3, "connectTimeout": "250ms", "maxConnectionDuration": "1h", "idleTimeout": "0s",
                         "tcpKeepalive": {"time": "10s", "interval": "2s", "probes": 4}},
                 "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 7, "maxRetries": 2,
                          "maxRequestsPerConnection": 1, "maxConcurrentStreams": 9,
@@ -147,6 +153,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(30),
                 connect_timeout: Some(Duration::from_millis(250)),
                 max_connection_duration: Some(Duration::from_secs(3600)),
+                tcp_idle_timeout: None,
                 keepalive: Some(Keepalive {
                     time: Some(Duration::from_secs(10)),
                     interval: Some(Duration::from_secs(2)),
