@@ -694,16 +694,18 @@ async fn forward(
                 let mut limits = Limits::from_spec(policy.pool);
                 // TLS origination sends the request's host as the server name (Istio's
                 // automatic SNI) unless the DestinationRule names one.
-                let host = crate::routes::table::host_of(&upstream_authority);
-                match ctx
-                    .pool
-                    .originations
-                    .for_request(policy.tls, &host, h2_upstream)
-                {
-                    Ok(tls) => limits.tls = tls,
-                    Err(reason) => {
-                        let e = UpstreamError::Origination { reason };
-                        return send::upstream_failed(&e, rec, false);
+                if policy.tls.is_some() {
+                    let host = crate::routes::table::host_of(&upstream_authority);
+                    let pool = &ctx.pool;
+                    match pool
+                        .originations
+                        .for_request(policy.tls, &host, h2_upstream)
+                    {
+                        Ok(tls) => limits.tls = tls,
+                        Err(reason) => {
+                            let e = UpstreamError::Origination { reason };
+                            return send::upstream_failed(&e, rec, false);
+                        }
                     }
                 }
                 (
