@@ -717,3 +717,47 @@ except ConnectionResetError:
     assert_eq!(after("2.5"), "closed", "quiet for longer: meshd closed it");
     assert!(d.log_text().contains("idle timeout"), "{}", d.log_text());
 }
+
+/// A gRPC request's own deadline (`grpc-timeout`), as Istio's routes honour it: a call still
+/// unanswered when it passes gets DEADLINE_EXCEEDED from meshd (trailers-only, flag DT); one
+/// answered in time is untouched.
+#[test]
+fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
+    if !ebpf_available("grpc_deadline") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let yaml =
+        only_v1(policies(&v1, &v2, TO_ALL), &v2).replace("protocol: HTTP\n", "protocol: GRPC\n");
+    let d = start("grpc-deadline", 192, &yaml);
+    let call = |timeout: &str, path: &str| {
+        support::mesh::curl(
+            &d,
+            &[
+                "--http2-prior-knowledge",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                &format!("grpc-timeout: {timeout}"),
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                &format!("http://reviews:9080{path}"),
+            ],
+        )
+        .to_ascii_lowercase()
+    };
+    let begun = Instant::now();
+    let late = call("300m", "/sleep/3000");
+    assert!(
+        begun.elapsed() < Duration::from_millis(2500),
+        "cut at the deadline, not after the backend's 3 s"
+    );
+    assert!(late.starts_with("http/2 200"), "{late}");
+    assert!(late.contains("grpc-status: 4"), "DEADLINE_EXCEEDED: {late}");
+    assert!(d.log_text().contains("flags=DT"), "{}", d.log_text());
+    let in_time = call("5S", "/sleep/100");
+    assert!(in_time.starts_with("http/2 200"), "{in_time}");
+    assert!(!in_time.contains("grpc-status: 4"), "{in_time}");
+}

@@ -1,9 +1,11 @@
 //! The route timeout over the response body: Envoy's route `timeout` lasts until the response
-//! is complete, so a response still streaming when it expires is cut off (flag UT).
+//! is complete, so a response still streaming when it expires is cut off (flag UT). A gRPC
+//! request's own deadline (`grpc-timeout`) bounds its stream the same way (flag DT).
 
 use std::{
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,17 +19,57 @@ use super::body::{Body, BoxError};
 #[error("the route timeout expired during the response")]
 pub struct RouteTimeout;
 
-/// A response body that fails with [`RouteTimeout`] if it has not ended by `deadline`.
+/// The error a response body ends with when the gRPC request's deadline expires during it.
+#[derive(Debug, thiserror::Error)]
+#[error("the gRPC deadline (grpc-timeout) expired during the response")]
+pub struct GrpcDeadline;
+
+/// The deadline a gRPC request carries: its `grpc-timeout` header (1 to 8 digits and a unit:
+/// `H`, `M`, `S`, `m`, `u`, `n`), as Istio's routes honour it (uncapped).
+pub fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let grpc = headers
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    let value = headers.get("grpc-timeout").filter(|_| grpc)?.as_bytes();
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Which deadline bounds a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// The route's `timeout`.
+    Route,
+    /// The gRPC request's `grpc-timeout`.
+    Grpc,
+}
+
+/// A response body that fails with [`RouteTimeout`] (or [`GrpcDeadline`]) if it has not ended
+/// by `deadline`.
 pub struct Deadline {
     inner: Body,
     expires: Pin<Box<Sleep>>,
+    expiry: Expiry,
 }
 
 impl Deadline {
-    pub fn new(inner: Body, deadline: Instant) -> Deadline {
+    pub fn of(inner: Body, deadline: Instant, expiry: Expiry) -> Deadline {
         Deadline {
             inner,
             expires: Box::pin(tokio::time::sleep_until(deadline)),
+            expiry,
         }
     }
 }
@@ -41,7 +83,10 @@ impl hyper::body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.expires.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(RouteTimeout.into())));
+            return Poll::Ready(Some(Err(match self.expiry {
+                Expiry::Route => RouteTimeout.into(),
+                Expiry::Grpc => GrpcDeadline.into(),
+            })));
         }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
@@ -74,7 +119,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_still_streaming_at_the_deadline_fails_with_route_timeout() {
         let start = Instant::now();
-        let mut body = Deadline::new(stalled(), start + Duration::from_secs(2));
+        let mut body = Deadline::of(stalled(), start + Duration::from_secs(2), Expiry::Route);
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "first");
         let err = body.frame().await.unwrap().unwrap_err();
@@ -85,9 +130,36 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_in_time_is_untouched() {
         let full = super::super::body::full("all of it");
-        let mut body = Deadline::new(full, Instant::now() + Duration::from_secs(2));
+        let mut body = Deadline::of(full, Instant::now() + Duration::from_secs(2), Expiry::Route);
         let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(data, "all of it");
         assert!(body.frame().await.is_none());
+    }
+
+    #[test]
+    fn a_grpc_timeout_is_read_from_grpc_requests_only() {
+        let h = |ct: &str, t: &str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(hyper::header::CONTENT_TYPE, ct.parse().unwrap());
+            h.insert("grpc-timeout", t.parse().unwrap());
+            grpc_timeout(&h)
+        };
+        assert_eq!(
+            h("application/grpc", "250m"),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            h("application/grpc+proto", "2S"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(h("application/grpc", "1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            h("application/grpc", "99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(h("application/grpc", bad), None, "{bad:?}");
+        }
+        assert_eq!(h("application/json", "250m"), None, "not gRPC");
     }
 }

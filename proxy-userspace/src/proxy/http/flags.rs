@@ -28,6 +28,7 @@ flags! {
     UPSTREAM_CONNECTION_TERMINATION = 9, "UC", "The upstream connection closed mid-request.";
     RATE_LIMITED = 10, "RL", "A rate limit denied the request.";
     RATE_LIMIT_SERVICE_ERROR = 11, "RLSE", "The global rate limit's Redis failed and the policy fails closed.";
+    DURATION_TIMEOUT = 12, "DT", "The request's gRPC deadline (grpc-timeout) expired.";
 }
 
 impl ResponseFlags {

@@ -8,6 +8,7 @@ use hyper::{Request, Response, header::HeaderValue};
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
+    deadline::{self, Deadline, Expiry},
     forward::{GRPC_STATUS, local},
     lb::Algorithm,
     locality::{self, Locality},
@@ -288,6 +289,27 @@ fn timed_out(rec: &mut Record) -> Response<Body> {
     local(504, "upstream request timeout", None)
 }
 
+/// A gRPC request whose deadline (`grpc-timeout`) passed before its answer: as Envoy answers
+/// it, trailers-only with `DEADLINE_EXCEEDED`, flag DT.
+fn deadline_exceeded(rec: &mut Record) -> Response<Body> {
+    rec.fail(
+        ResponseFlags::DURATION_TIMEOUT,
+        "the gRPC deadline (grpc-timeout) expired before the response",
+    );
+    let mut r = Response::new(super::body::full(bytes::Bytes::new()));
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(GRPC_STATUS, HeaderValue::from_static("4"));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("downstream duration timeout"),
+    );
+    r
+}
+
 /// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`).
 fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::Replayable) {
     let Some(route) = plan.route else { return };
@@ -366,13 +388,21 @@ pub async fn with_policy(
     static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
         std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
     let policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
-    // The route timeout runs until the response is complete (its body too), as Envoy's does.
-    let deadline = plan
+    // The route timeout runs until the response is complete (its body too), as Envoy's does; a
+    // gRPC request's own deadline does too, whichever ends first.
+    let now = tokio::time::Instant::now();
+    let route_deadline = plan
         .route
         .and_then(|r| r.spec.timeout)
         .map(|t| t.0)
         .filter(|t| !t.is_zero())
-        .map(|t| tokio::time::Instant::now() + t);
+        .map(|t| now + t);
+    let grpc_deadline = deadline::grpc_timeout(req.headers()).map(|t| now + t);
+    let (deadline, expiry) = match (route_deadline, grpc_deadline) {
+        (Some(r), Some(g)) if g < r => (Some(g), Expiry::Grpc),
+        (None, Some(g)) => (Some(g), Expiry::Grpc),
+        (r, _) => (r, Expiry::Route),
+    };
     let (replayable, mut once) = match replay::prepare(req, RETRY_BUFFER).await {
         Ok(Prepared::Replayable(r)) => (Some(r), None),
         Ok(Prepared::Streaming(r)) => (None, Some(r)),
@@ -456,7 +486,10 @@ pub async fn with_policy(
         }
     };
     let Some(attempts) = attempts else {
-        return timed_out(rec);
+        return match expiry {
+            Expiry::Route => timed_out(rec),
+            Expiry::Grpc => deadline_exceeded(rec),
+        };
     };
     if attempts.tries > 1 {
         ctx.metrics.retries(u64::from(attempts.tries - 1));
@@ -490,7 +523,8 @@ pub async fn with_policy(
             }
             match deadline {
                 Some(d) => resp.map(|b| {
-                    super::body::boxed(super::deadline::Deadline::new(super::body::boxed(b), d))
+                    let b = super::body::boxed(b);
+                    super::body::boxed(Deadline::of(b, d, expiry))
                 }),
                 None => resp.map(super::body::boxed),
             }
