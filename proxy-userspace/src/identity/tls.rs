@@ -12,9 +12,14 @@ use std::{
 };
 
 use rustls::{
-    CertificateError, ClientConfig, CommonState, Error, OtherError, RootCertStore, ServerConfig,
-    SignatureScheme, client::ResolvesClientCert, crypto::CryptoProvider,
-    server::ResolvesServerCert, sign::CertifiedKey, version::TLS13,
+    CertificateError, ClientConfig, CommonState, DigitallySignedStruct, Error, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
+    client::{ResolvesClientCert, danger::HandshakeSignatureValid},
+    crypto::CryptoProvider,
+    pki_types::CertificateDer,
+    server::ResolvesServerCert,
+    sign::CertifiedKey,
+    version::TLS13,
 };
 
 use super::{
@@ -32,6 +37,34 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     PROVIDER
         .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
         .clone()
+}
+
+/// The handshake's TLS 1.2 signature check, with ring's algorithms: every verifier of meshd's
+/// (the tunnel's, TLS origination's) delegates to these three.
+pub fn tls12_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, Error> {
+    let algs = &crypto_provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+}
+
+/// The handshake's TLS 1.3 signature check, with ring's algorithms.
+pub fn tls13_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, Error> {
+    let algs = &crypto_provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+}
+
+/// The signature schemes those checks accept.
+pub fn signature_schemes() -> Vec<SignatureScheme> {
+    crypto_provider()
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 /// A client that presents `cert` and accepts only a server that proves `expected_peer` with a

@@ -21,7 +21,10 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
-use crate::{identity::tls::crypto_provider, policy::model::ClientTls};
+use crate::{
+    identity::tls::{crypto_provider, signature_schemes, tls12_signature, tls13_signature},
+    policy::model::ClientTls,
+};
 
 /// Where Debian keeps the system's trusted certificates.
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -262,8 +265,7 @@ impl ServerCertVerifier for SkipVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let algs = &crypto_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -272,14 +274,11 @@ impl ServerCertVerifier for SkipVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        let algs = &crypto_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crypto_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        signature_schemes()
     }
 }
 
