@@ -189,6 +189,19 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The WorkloadEntries a ServiceEntry's `workloadSelector` selects (in its namespace).
+pub(super) fn selected_workloads<'s>(
+    set: &'s PolicySet,
+    se: &'s model::ServiceEntry,
+) -> impl Iterator<Item = &'s model::WorkloadEntry> {
+    let sel = se.spec.workload_selector.as_ref();
+    set.workload_entries.iter().map(|w| &**w).filter(move |w| {
+        sel.is_some_and(|s| {
+            w.metadata.namespace == se.metadata.namespace && labels_match(&s.labels, &w.spec.labels)
+        })
+    })
+}
+
 fn compile_routes(set: &PolicySet) -> RouteTable {
     let mut table = RouteTable::default();
     for vs in &set.virtual_services {
@@ -261,25 +274,17 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             })
             .flat_map(|e| by_address(e, resolution, dns))
             .collect();
-        if let Some(sel) = &se.spec.workload_selector {
-            for we in set
-                .workload_entries
-                .iter()
-                .filter(|w| w.metadata.namespace == *ns)
-            {
-                if labels_match(&sel.labels, &we.spec.labels) {
-                    let e = ServiceEndpoint {
-                        address: we.spec.address.clone(),
-                        ip: we.spec.address.parse().ok(),
-                        ports: we.spec.ports.clone(),
-                        labels: we.spec.labels.clone(),
-                        weight: we.spec.weight.unwrap_or(1),
-                        locality: we.spec.locality.clone(),
-                        workload: Some(we.id()),
-                    };
-                    endpoints.extend(by_address(e, resolution, dns));
-                }
-            }
+        for we in selected_workloads(set, se) {
+            let e = ServiceEndpoint {
+                address: we.spec.address.clone(),
+                ip: we.spec.address.parse().ok(),
+                ports: we.spec.ports.clone(),
+                labels: we.spec.labels.clone(),
+                weight: we.spec.weight.unwrap_or(1),
+                locality: we.spec.locality.clone(),
+                workload: Some(we.id()),
+            };
+            endpoints.extend(by_address(e, resolution, dns));
         }
         let ports: BTreeMap<u16, (String, Option<String>)> = se
             .spec

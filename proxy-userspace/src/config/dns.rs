@@ -44,21 +44,12 @@ pub fn names(set: &PolicySet) -> BTreeSet<String> {
                 .filter(|a| is_name(a))
                 .map(str::to_string),
         );
-        if let Some(sel) = &se.spec.workload_selector {
-            out.extend(
-                set.workload_entries
-                    .iter()
-                    .filter(|w| w.metadata.namespace == se.metadata.namespace)
-                    .filter(|w| {
-                        sel.labels
-                            .iter()
-                            .all(|(k, v)| w.spec.labels.get(k) == Some(v))
-                    })
-                    .map(|w| w.spec.address.as_str())
-                    .filter(|a| is_name(a))
-                    .map(str::to_string),
-            );
-        }
+        out.extend(
+            super::compile::selected_workloads(set, se)
+                .map(|w| w.spec.address.as_str())
+                .filter(|a| is_name(a))
+                .map(str::to_string),
+        );
     }
     out
 }

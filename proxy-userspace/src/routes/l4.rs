@@ -75,26 +75,15 @@ impl TcpRoutes {
         let mut tls = Vec::new();
         for vs in &set.virtual_services {
             let ns = &vs.metadata.namespace;
-            let origin = |kind: &str, i: usize| format!("{ns}/{}#{kind}{i}", vs.metadata.name);
+            let name = &vs.metadata.name;
             if !vs.spec.tcp.is_empty() {
-                let routes: Arc<[TcpRoute]> = vs
-                    .spec
-                    .tcp
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let matches = r.matches.iter().map(|m| {
-                            L4Match::compile(
-                                m.port,
-                                &m.destination_subnets,
-                                &m.source_labels,
-                                &m.source_namespace,
-                                &[],
-                            )
-                        });
-                        l4_route(ns, origin("", i), matches.collect(), &r.route)
-                    })
-                    .collect();
+                let routes = compile_routes(ns, name, "", &vs.spec.tcp, |r| {
+                    let matches = r.matches.iter().map(|m| {
+                        let (sub, labels) = (&m.destination_subnets, &m.source_labels);
+                        L4Match::compile(m.port, sub, labels, &m.source_namespace, &[])
+                    });
+                    (matches.collect(), &r.route)
+                });
                 for host in &vs.spec.hosts {
                     // The first VirtualService for a host wins, as for HTTP routes.
                     by_host
@@ -103,24 +92,13 @@ impl TcpRoutes {
                 }
             }
             if !vs.spec.tls.is_empty() {
-                let routes: Arc<[TcpRoute]> = vs
-                    .spec
-                    .tls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let matches = r.matches.iter().map(|m| {
-                            L4Match::compile(
-                                m.port,
-                                &m.destination_subnets,
-                                &m.source_labels,
-                                &m.source_namespace,
-                                &m.sni_hosts,
-                            )
-                        });
-                        l4_route(ns, origin("tls", i), matches.collect(), &r.route)
-                    })
-                    .collect();
+                let routes = compile_routes(ns, name, "tls", &vs.spec.tls, |r| {
+                    let matches = r.matches.iter().map(|m| {
+                        let (sub, labels) = (&m.destination_subnets, &m.source_labels);
+                        L4Match::compile(m.port, sub, labels, &m.source_namespace, &m.sni_hosts)
+                    });
+                    (matches.collect(), &r.route)
+                });
                 tls.extend(vs.spec.hosts.iter().map(|h| (fqdn(h, ns), routes.clone())));
             }
         }
@@ -187,21 +165,31 @@ impl L4Match {
     }
 }
 
-fn l4_route(
+/// The `tcp` or `tls` (`kind`) routes of the VirtualService `ns/name`, each split by `parts`
+/// into its compiled matches and its destinations.
+fn compile_routes<R>(
     ns: &str,
-    origin: String,
-    matches: Vec<L4Match>,
-    route: &[model::RouteDestination],
-) -> TcpRoute {
-    let only = route.len() == 1;
-    TcpRoute {
-        origin,
-        matches,
-        destinations: route
-            .iter()
-            .map(|d| Destination::of(&d.destination, d.weight, only, ns))
-            .collect(),
-    }
+    name: &str,
+    kind: &str,
+    routes: &[R],
+    parts: impl Fn(&R) -> (Vec<L4Match>, &Vec<model::RouteDestination>),
+) -> Arc<[TcpRoute]> {
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (matches, route) = parts(r);
+            let only = route.len() == 1;
+            TcpRoute {
+                origin: format!("{ns}/{name}#{kind}{i}"),
+                matches,
+                destinations: route
+                    .iter()
+                    .map(|d| Destination::of(&d.destination, d.weight, only, ns))
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
