@@ -188,7 +188,7 @@ async fn handle(
 }
 
 /// How long the rest of a ClientHello may take once sniffing has seen its first bytes.
-const SNI_AFTER_SNIFF: std::time::Duration = std::time::Duration::from_millis(50);
+const SNI_AFTER_SNIFF: Duration = Duration::from_millis(50);
 
 async fn proxy(
     down: TcpStream,

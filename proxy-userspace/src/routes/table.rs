@@ -20,6 +20,17 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// All of a service on `port`: Istio's default route to it.
+    pub fn service(host: &str, port: u16) -> Self {
+        Destination {
+            host: host.to_string(),
+            subset: None,
+            port: Some(port),
+            weight: 100,
+            headers: None,
+        }
+    }
+
     /// A route's destination as written in namespace `ns`, its weight given. A lone destination
     /// (`only`) takes all traffic whatever its weight, as in Istio.
     pub fn of(

@@ -557,13 +557,7 @@ async fn forward(
                         c.ports.contains_key(&port) && (Some(*h) == vip || !c.endpoints.is_empty())
                     })
                 })
-                .map(|h| crate::routes::Destination {
-                    host: h.to_string(),
-                    subset: None,
-                    port: Some(down.dst.port()),
-                    weight: 100,
-                    headers: None,
-                });
+                .map(|h| crate::routes::Destination::service(h, port));
             rec.destination_service = default_route
                 .as_ref()
                 .map(|d| d.host.clone())

@@ -141,19 +141,13 @@ impl HttpContext {
             .and_then(|r| route::pick_weighted(&r.destinations));
         let d = match (routed, vip_host) {
             (Some(d), _) => d.clone(),
-            (None, Some(host)) => crate::routes::Destination {
-                host: host.to_string(),
-                subset: None,
-                port: Some(dst.port()),
-                weight: 100,
-                headers: None,
-            },
+            (None, Some(host)) => crate::routes::Destination::service(host, dst.port()),
             (None, None) => return direct(),
         };
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
-        let requested: Vec<std::borrow::Cow<'_, str>> = sni.map(Into::into).into_iter().collect();
-        match route::endpoints(&snap, &d, &requested, dst) {
+        let requested = sni.map(std::borrow::Cow::Borrowed);
+        match route::endpoints(&snap, &d, requested.as_slice(), dst) {
             Ok((e, policy)) => L4Target {
                 addr: self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
                 cluster: Some(self.pool.cluster(&policy.key)),

@@ -22,7 +22,6 @@ use super::{
 };
 use crate::{
     config::Snapshot,
-    policy::hosts::fqdn,
     routes::{Destination, HttpRoute},
 };
 
@@ -328,13 +327,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         if pct < 100.0 && fastrand::f64() * 100.0 >= pct {
             continue;
         }
-        let d = Destination {
-            host: fqdn(&dest.host, ns),
-            subset: dest.subset.clone(),
-            port: dest.port.as_ref().map(|p| p.number),
-            weight: 100,
-            headers: None,
-        };
+        let d = Destination::of(dest, None, true, ns);
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst) {
             Ok((e, policy)) => {
                 let addr = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
