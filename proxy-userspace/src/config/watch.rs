@@ -52,9 +52,10 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
                     reload(&store, "SIGHUP").await;
                 }
                 _ = dns.tick() => {
-                    // A changed address changes the hash: the rebuilt snapshot is applied.
-                    if !store.current().compiled.dns.is_empty() {
-                        reload(&store, "endpoint names resolved again").await;
+                    // Only a changed address rebuilds (and changes the hash, so the rebuilt
+                    // snapshot is applied): the files are not read again for nothing.
+                    if names_moved(&store).await {
+                        reload(&store, "endpoint names resolved to new addresses").await;
                     }
                 }
                 _ = rearm.tick() => {
@@ -68,6 +69,20 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// Whether the endpoint names in use now resolve to other addresses than the active
+/// configuration's (resolved off the async threads, as reloads are).
+async fn names_moved(store: &Arc<ConfigStore>) -> bool {
+    let active = store.current();
+    if active.compiled.dns.is_empty() {
+        return false;
+    }
+    let names = active.compiled.dns.keys().cloned().collect();
+    match tokio::task::spawn_blocking(move || super::dns::resolve(&names)).await {
+        Ok(fresh) => fresh != active.compiled.dns,
+        Err(_) => false,
+    }
 }
 
 /// Reloads off the async threads: reading and compiling a large configuration takes a while,
