@@ -343,6 +343,62 @@ fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
     );
 }
 
+/// `gateways` as Istio's sidecars read them: a VirtualService bound to gateways only (here
+/// one listed before the mesh's own, which would otherwise win the host) and a match naming
+/// only a gateway configure the gateway, never mesh traffic; `mesh` in either list applies.
+#[test]
+fn routes_bound_to_gateways_only_leave_mesh_traffic_alone() {
+    if !ebpf_available("gateways") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let ingress = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-ingress
+spec:
+  hosts:
+  - reviews
+  gateways:
+  - istio-system/bookinfo-gateway
+  http:
+  - directResponse:
+      status: 418
+---
+"#;
+    let routes = r#"  - match:
+    - gateways:
+      - istio-system/bookinfo-gateway
+      uri:
+        prefix: /
+    directResponse:
+      status: 418
+  - match:
+    - gateways:
+      - mesh
+      uri:
+        prefix: /mesh
+    route:
+    - destination:
+        host: reviews
+        subset: v2
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+    let mesh = policies(&v1, &v2, routes).replace(
+        "  - reviews\n  http:\n",
+        "  - reviews\n  gateways:\n  - istio-system/bookinfo-gateway\n  - mesh\n  http:\n",
+    );
+    assert!(mesh.contains("  - mesh\n"), "{mesh}");
+    let d = start("gateways", 193, &format!("{ingress}{mesh}"));
+    assert_eq!(status(&d, "http://reviews:9080/"), "200");
+    assert_eq!(v1.requests(), 1, "the mesh's default route");
+    assert_eq!(status(&d, "http://reviews:9080/mesh/page"), "200");
+    assert_eq!(v2.requests(), 1, "the match bound to the mesh");
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {

@@ -142,16 +142,23 @@ fn request_match(m: &model::HttpMatchRequest) -> RequestMatch {
     }
 }
 
-fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -> HttpRoute {
+/// A route as meshd applies it: with its matches that bind to the mesh, or `None` when every
+/// match names only other gateways.
+fn http_route(
+    vs: &model::VirtualService,
+    i: usize,
+    r: &Arc<model::HttpRoute>,
+) -> Option<HttpRoute> {
+    let matches = model::mesh_matches(&r.matches)?;
     let ns = &vs.metadata.namespace;
     let origin = match &r.name {
         Some(n) => format!("{}/{}#{n}", ns, vs.metadata.name),
         None => format!("{}/{}#{i}", ns, vs.metadata.name),
     };
     let only = r.route.len() == 1;
-    HttpRoute {
+    Some(HttpRoute {
         origin,
-        matches: r.matches.iter().map(request_match).collect(),
+        matches: matches.into_iter().map(request_match).collect(),
         destinations: r
             .route
             .iter()
@@ -169,7 +176,7 @@ fn http_route(vs: &model::VirtualService, i: usize, r: &Arc<model::HttpRoute>) -
             .and_then(|w| w.uri_regex_rewrite.as_ref())
             .and_then(|x| RegexRewrite::new(&x.pattern, &x.rewrite).ok()),
         spec: r.clone(),
-    }
+    })
 }
 
 /// A `corsPolicy` compiled: `allowOrigins`, or else the deprecated `allowOrigin` (exact).
@@ -204,13 +211,17 @@ pub(super) fn selected_workloads<'s>(
 
 fn compile_routes(set: &PolicySet) -> RouteTable {
     let mut table = RouteTable::default();
-    for vs in &set.virtual_services {
+    for vs in set
+        .virtual_services
+        .iter()
+        .filter(|v| v.spec.applies_to_mesh())
+    {
         let routes: Arc<[HttpRoute]> = vs
             .spec
             .http
             .iter()
             .enumerate()
-            .map(|(i, r)| http_route(vs, i, r))
+            .filter_map(|(i, r)| http_route(vs, i, r))
             .collect();
         for host in &vs.spec.hosts {
             let host = fqdn(host, &vs.metadata.namespace);

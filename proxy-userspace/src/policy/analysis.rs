@@ -121,10 +121,15 @@ impl DestRef<'_> {
     }
 }
 
-/// Every destination of every VirtualService: routes, mirrors, TCP and TLS routes.
+/// Every destination of every VirtualService meshd applies: routes, mirrors, TCP and TLS
+/// routes. One bound to gateways only is left out, as meshd never sends traffic by it.
 fn destinations(set: &PolicySet) -> Vec<DestRef<'_>> {
     let mut out = Vec::new();
-    for vs in &set.virtual_services {
+    for vs in set
+        .virtual_services
+        .iter()
+        .filter(|v| v.spec.applies_to_mesh())
+    {
         let mut add = |path: String, dest| out.push(DestRef { vs, path, dest });
         for (i, r) in vs.spec.http.iter().enumerate() {
             for (j, d) in r.route.iter().enumerate() {

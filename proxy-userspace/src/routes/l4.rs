@@ -73,16 +73,20 @@ impl TcpRoutes {
     pub fn compile(set: &PolicySet) -> TcpRoutes {
         let mut by_host: HashMap<String, Arc<[TcpRoute]>> = HashMap::default();
         let mut tls = Vec::new();
-        for vs in &set.virtual_services {
+        for vs in set
+            .virtual_services
+            .iter()
+            .filter(|v| v.spec.applies_to_mesh())
+        {
             let ns = &vs.metadata.namespace;
             let name = &vs.metadata.name;
             if !vs.spec.tcp.is_empty() {
                 let routes = compile_routes(ns, name, "", &vs.spec.tcp, |r| {
-                    let matches = r.matches.iter().map(|m| {
+                    let matches = model::mesh_matches(&r.matches)?.into_iter().map(|m| {
                         let (sub, labels) = (&m.destination_subnets, &m.source_labels);
                         L4Match::compile(m.port, sub, labels, &m.source_namespace, &[])
                     });
-                    (matches.collect(), &r.route)
+                    Some((matches.collect(), &r.route))
                 });
                 for host in &vs.spec.hosts {
                     // The first VirtualService for a host wins, as for HTTP routes.
@@ -93,11 +97,11 @@ impl TcpRoutes {
             }
             if !vs.spec.tls.is_empty() {
                 let routes = compile_routes(ns, name, "tls", &vs.spec.tls, |r| {
-                    let matches = r.matches.iter().map(|m| {
+                    let matches = model::mesh_matches(&r.matches)?.into_iter().map(|m| {
                         let (sub, labels) = (&m.destination_subnets, &m.source_labels);
                         L4Match::compile(m.port, sub, labels, &m.source_namespace, &m.sni_hosts)
                     });
-                    (matches.collect(), &r.route)
+                    Some((matches.collect(), &r.route))
                 });
                 tls.extend(vs.spec.hosts.iter().map(|h| (fqdn(h, ns), routes.clone())));
             }
@@ -166,28 +170,28 @@ impl L4Match {
 }
 
 /// The `tcp` or `tls` (`kind`) routes of the VirtualService `ns/name`, each split by `parts`
-/// into its compiled matches and its destinations.
+/// into its compiled matches and its destinations (`None`: the route is not for the mesh).
 fn compile_routes<R>(
     ns: &str,
     name: &str,
     kind: &str,
     routes: &[R],
-    parts: impl Fn(&R) -> (Vec<L4Match>, &Vec<model::RouteDestination>),
+    parts: impl Fn(&R) -> Option<(Vec<L4Match>, &Vec<model::RouteDestination>)>,
 ) -> Arc<[TcpRoute]> {
     routes
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            let (matches, route) = parts(r);
+        .filter_map(|(i, r)| {
+            let (matches, route) = parts(r)?;
             let only = route.len() == 1;
-            TcpRoute {
+            Some(TcpRoute {
                 origin: format!("{ns}/{name}#{kind}{i}"),
                 matches,
                 destinations: route
                     .iter()
                     .map(|d| Destination::of(&d.destination, d.weight, only, ns))
                     .collect(),
-            }
+            })
         })
         .collect()
 }
@@ -311,5 +315,62 @@ spec:
                 .is_none(),
             "no tcp routes"
         );
+    }
+
+    #[test]
+    fn routes_bound_to_gateways_only_are_not_for_the_mesh() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ingress, namespace: default}
+spec:
+  hosts: [tcp-echo, "*.example.com"]
+  gateways: [istio-system/edge]
+  tcp:
+  - route:
+    - destination: {host: ingress-only}
+  tls:
+  - match:
+    - sniHosts: [api.example.com]
+    route:
+    - destination: {host: ingress-only}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo]
+  gateways: [istio-system/edge, mesh]
+  tcp:
+  - match:
+    - gateways: [istio-system/edge]
+    route:
+    - destination: {host: edge-only}
+  - match:
+    - gateways: [istio-system/edge]
+    - port: 9000
+      gateways: [mesh]
+    route:
+    - destination: {host: v9000}
+  - route:
+    - destination: {host: tcp-echo}
+"#;
+        let routes = TcpRoutes::compile(&load_str("t.yaml".as_ref(), yaml).expect("valid"));
+        assert!(!routes.has_tls(), "the tls routes are the gateway's");
+        let none = BTreeMap::new();
+        let c = Client {
+            labels: &none,
+            namespace: Some("default"),
+        };
+        let to = |dst: &str| {
+            let dst = dst.parse::<SocketAddr>().unwrap();
+            routes
+                .decide("tcp-echo.default.svc.cluster.local", dst, &c)
+                .map(|r| (r.origin.clone(), r.destinations[0].host.clone()))
+        };
+        let (origin, host) = to("10.0.0.1:9000").expect("a mesh route");
+        assert_eq!(origin, "default/tcp-echo#1", "indexes keep the YAML's");
+        assert_eq!(host, "v9000.default.svc.cluster.local");
+        let (_, host) = to("10.0.0.1:9001").expect("the default route");
+        assert_eq!(host, "tcp-echo.default.svc.cluster.local");
     }
 }

@@ -10,7 +10,11 @@ use crate::policy::{
 };
 
 pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
-    for vs in &set.virtual_services {
+    for vs in set
+        .virtual_services
+        .iter()
+        .filter(|v| v.spec.applies_to_mesh())
+    {
         unreachable(vs, out);
         for (i, route) in vs.spec.http.iter().enumerate() {
             retries(vs, i, route, out);

@@ -79,6 +79,15 @@ fn undefined_subset_is_an_error() {
 }
 
 #[test]
+fn a_virtual_service_bound_to_gateways_only_is_not_analysed() {
+    let routes = "  - route:\n    - destination: {host: reviews, subset: v3}\n";
+    let gateway_only = vs(routes).replace("  http:\n", "  gateways: [ingress]\n  http:\n");
+    assert_eq!(findings(&gateway_only), Vec::<String>::new());
+    let with_mesh = vs(routes).replace("  http:\n", "  gateways: [ingress, mesh]\n  http:\n");
+    assert_eq!(findings(&with_mesh).len(), 1, "the mesh's routes are");
+}
+
+#[test]
 fn subset_without_any_destination_rule_is_an_error() {
     let extra = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ratings}\nspec: {hosts: [ratings]}\n---\n"
         .to_string()

@@ -19,6 +19,49 @@ pub struct VirtualServiceSpec {
     pub export_to: Vec<String>,
 }
 
+/// The gateway name that stands for the mesh's own proxies (sidecars, and meshd).
+pub const MESH_GATEWAY: &str = "mesh";
+
+/// Whether a `gateways` list binds to the mesh: it is empty or names `mesh`. A VirtualService
+/// or match bound only to named gateways configures those gateways, never meshd.
+pub fn binds_mesh(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
+}
+
+impl VirtualServiceSpec {
+    /// Whether this VirtualService configures mesh traffic (its `gateways` bind to the mesh).
+    pub fn applies_to_mesh(&self) -> bool {
+        binds_mesh(&self.gateways)
+    }
+}
+
+/// A route match that can name the gateways it applies at (http, tcp and tls matches).
+pub trait GatewayBound {
+    fn gateways(&self) -> &[String];
+}
+
+/// The matches of a route that apply to mesh traffic. `None` when the route has matches and
+/// every one names only other gateways: such a route never takes mesh traffic (while a route
+/// without matches takes all of it).
+pub fn mesh_matches<M: GatewayBound>(matches: &[M]) -> Option<Vec<&M>> {
+    let kept: Vec<&M> = matches
+        .iter()
+        .filter(|m| binds_mesh(m.gateways()))
+        .collect();
+    (kept.is_empty() == matches.is_empty()).then_some(kept)
+}
+
+macro_rules! gateway_bound {
+    ($($ty:ty),*) => {$(
+        impl GatewayBound for $ty {
+            fn gateways(&self) -> &[String] {
+                &self.gateways
+            }
+        }
+    )*};
+}
+gateway_bound!(HttpMatchRequest, L4Match, TlsMatch);
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRoute {
@@ -54,6 +97,7 @@ pub struct HttpMatchRequest {
     pub ignore_uri_case: bool,
     pub without_headers: BTreeMap<String, StringMatch>,
     pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
 }
 
 impl HttpMatchRequest {
@@ -73,6 +117,7 @@ impl HttpMatchRequest {
             && self.query_params.is_empty()
             && self.without_headers.is_empty()
             && self.source_namespace.is_none()
+            && self.gateways.is_empty()
     }
 }
 
@@ -203,6 +248,7 @@ pub struct L4Match {
     pub port: Option<u16>,
     pub source_labels: BTreeMap<String, String>,
     pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +259,7 @@ pub struct TlsMatch {
     pub port: Option<u16>,
     pub source_labels: BTreeMap<String, String>,
     pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

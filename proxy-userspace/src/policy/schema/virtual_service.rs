@@ -8,6 +8,7 @@ use super::common::{
 use crate::policy::{
     duration,
     finding::Pos,
+    model::MESH_GATEWAY,
     node::Node,
     report::{self, Report},
     rules,
@@ -39,29 +40,29 @@ static ROUTE_DESTINATION: Obj = obj(&[
 const MATCH: Ty = Ty::Obj(&STRING_MATCH);
 const HEADER_MATCHES: Ty = Ty::Map(rules::header_name, &Ty::Obj(&PRESENCE_MATCH));
 
-static HTTP_MATCH: Obj = obj(&[
-    opt("name", STR),
-    opt("uri", MATCH),
-    opt("scheme", MATCH),
-    opt("method", MATCH),
-    opt("authority", MATCH),
-    opt("headers", HEADER_MATCHES),
-    opt("port", PORT),
-    opt("sourceLabels", LABELS),
-    warned(
-        "gateways",
-        STRINGS,
-        "meshd has no gateways; this match never applies to them",
-    ),
-    opt(
-        "queryParams",
-        Ty::Map(rules::non_empty, &Ty::Obj(&PRESENCE_MATCH)),
-    ),
-    opt("ignoreUriCase", Ty::Bool),
-    opt("withoutHeaders", HEADER_MATCHES),
-    opt("sourceNamespace", NAMESPACE),
-    warned("statPrefix", STR, NOTE_UNSUPPORTED),
-]);
+static HTTP_MATCH: Obj = Obj {
+    fields: &[
+        opt("name", STR),
+        opt("uri", MATCH),
+        opt("scheme", MATCH),
+        opt("method", MATCH),
+        opt("authority", MATCH),
+        opt("headers", HEADER_MATCHES),
+        opt("port", PORT),
+        opt("sourceLabels", LABELS),
+        opt("gateways", STRINGS),
+        opt(
+            "queryParams",
+            Ty::Map(rules::non_empty, &Ty::Obj(&PRESENCE_MATCH)),
+        ),
+        opt("ignoreUriCase", Ty::Bool),
+        opt("withoutHeaders", HEADER_MATCHES),
+        opt("sourceNamespace", NAMESPACE),
+        warned("statPrefix", STR, NOTE_UNSUPPORTED),
+    ],
+    one_of: &[],
+    check: Some(check_match_gateways),
+};
 
 static REDIRECT: Obj = Obj {
     fields: &[
@@ -263,30 +264,30 @@ pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
     );
 }
 
-static L4_MATCH: Obj = obj(&[
-    opt("destinationSubnets", Ty::List(&Ty::Str(rules::ip_or_cidr))),
-    opt("port", PORT),
-    opt("sourceLabels", LABELS),
-    warned(
-        "gateways",
-        STRINGS,
-        "meshd has no gateways; this match never applies to them",
-    ),
-    opt("sourceNamespace", NAMESPACE),
-]);
+static L4_MATCH: Obj = Obj {
+    fields: &[
+        opt("destinationSubnets", Ty::List(&Ty::Str(rules::ip_or_cidr))),
+        opt("port", PORT),
+        opt("sourceLabels", LABELS),
+        opt("gateways", STRINGS),
+        opt("sourceNamespace", NAMESPACE),
+    ],
+    one_of: &[],
+    check: Some(check_match_gateways),
+};
 
-static TLS_MATCH: Obj = obj(&[
-    req("sniHosts", Ty::List(&Ty::Str(rules::host))),
-    opt("destinationSubnets", Ty::List(&Ty::Str(rules::ip_or_cidr))),
-    opt("port", PORT),
-    opt("sourceLabels", LABELS),
-    warned(
-        "gateways",
-        STRINGS,
-        "meshd has no gateways; this match never applies to them",
-    ),
-    opt("sourceNamespace", NAMESPACE),
-]);
+static TLS_MATCH: Obj = Obj {
+    fields: &[
+        req("sniHosts", Ty::List(&Ty::Str(rules::host))),
+        opt("destinationSubnets", Ty::List(&Ty::Str(rules::ip_or_cidr))),
+        opt("port", PORT),
+        opt("sourceLabels", LABELS),
+        opt("gateways", STRINGS),
+        opt("sourceNamespace", NAMESPACE),
+    ],
+    one_of: &[],
+    check: Some(check_match_gateways),
+};
 
 static TCP_ROUTE: Obj = Obj {
     fields: &[
@@ -328,15 +329,47 @@ fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
     if ["http", "tcp", "tls"].iter().all(|k| node.get(k).is_none()) {
         r.error(at, path, "set at least one of http, tcp or tls routes");
     }
-    if let Some(gw) = node.get("gateways").and_then(Node::items) {
-        for (i, g) in gw.iter().enumerate() {
-            if g.as_str().is_some_and(|s| s != "mesh") {
-                r.warn(
-                    g.pos,
-                    &report::index(&report::key(path, "gateways"), i),
-                    "meshd has no gateways; only \"mesh\" applies, this entry is ignored",
-                );
-            }
+    check_gateways(
+        node,
+        path,
+        "this VirtualService is bound to gateways only, so it configures none of the mesh traffic meshd carries; add \"mesh\" to gateways to apply it here",
+        r,
+    );
+}
+
+/// A match's `gateways` override the VirtualService's; one without `mesh` never holds here.
+fn check_match_gateways(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    check_gateways(
+        node,
+        path,
+        "this match names gateways but not \"mesh\", so it never holds for the mesh traffic meshd carries",
+        r,
+    );
+}
+
+/// `gateways` as meshd reads them: empty or with `mesh` binds the mesh, and other names are
+/// gateways meshd is not. Warns, at the list, when the mesh is left out, and else at each
+/// gateway name that is ignored.
+fn check_gateways(node: &Node, path: &str, unbound: &str, r: &mut Report) {
+    let Some(list) = node.get("gateways") else {
+        return;
+    };
+    let Some(items) = list.items() else {
+        return;
+    };
+    let at = report::key(path, "gateways");
+    let names: Vec<Option<&str>> = items.iter().map(|g| g.as_str()).collect();
+    if !items.is_empty() && !names.contains(&Some(MESH_GATEWAY)) {
+        r.warn(list.pos, &at, unbound);
+        return;
+    }
+    for (i, g) in items.iter().enumerate() {
+        if names[i].is_some_and(|s| s != MESH_GATEWAY) {
+            r.warn(
+                g.pos,
+                &report::index(&at, i),
+                "meshd is not this gateway; the entry is ignored and the routes apply to mesh traffic",
+            );
         }
     }
 }

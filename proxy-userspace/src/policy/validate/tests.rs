@@ -304,3 +304,25 @@ fn an_endpoint_name_without_dns_resolution_is_a_warning() {
     );
     assert!(check(&se("DNS")).is_empty());
 }
+
+#[test]
+fn routes_bound_to_gateways_only_are_a_warning() {
+    let gateway_only = vs("  - route: [{destination: {host: r}}]\n")
+        .replace("  http:\n", "  gateways: [istio-system/ingress]\n  http:\n");
+    assert_eq!(
+        check(&gateway_only),
+        [
+            "7:13: warning: spec.gateways: this VirtualService is bound to gateways only, so it configures none of the mesh traffic meshd carries; add \"mesh\" to gateways to apply it here"
+        ]
+    );
+    let both = vs("  - match:\n    - gateways: [ingress]\n    - gateways: [mesh, ingress]\n    route: [{destination: {host: r}}]\n")
+        .replace("  http:\n", "  gateways: [ingress, mesh]\n  http:\n");
+    assert_eq!(
+        check(&both),
+        [
+            "7:14: warning: spec.gateways[0]: meshd is not this gateway; the entry is ignored and the routes apply to mesh traffic",
+            "10:17: warning: spec.http[0].match[0].gateways: this match names gateways but not \"mesh\", so it never holds for the mesh traffic meshd carries",
+            "11:24: warning: spec.http[0].match[1].gateways[1]: meshd is not this gateway; the entry is ignored and the routes apply to mesh traffic",
+        ]
+    );
+}
