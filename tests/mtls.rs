@@ -259,12 +259,37 @@ spec:
         namespaces: ["other"]
 "#;
 
+/// Istio's dry-run example: a DENY policy for `/headers` that is evaluated, never enforced.
+const DRY_RUN: &str = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-path-headers
+  namespace: default
+  annotations:
+    "istio.io/dry-run": "true"
+spec:
+  selector:
+    matchLabels: {app: reviews}
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/headers"]
+"#;
+
 #[test]
 fn authorization_by_principal_namespace_path_and_method() {
     if !ebpf_available("mtls_authz") {
         return;
     }
-    let m = mesh("mtls-authz", 111, (104, 105), POLICY, true);
+    let m = mesh(
+        "mtls-authz",
+        111,
+        (104, 105),
+        &format!("{POLICY}{DRY_RUN}"),
+        true,
+    );
     let get =
         |workload: &str, args: &[&str], path: &str| curl(&m.d_a, workload, &m.vip, args, path);
     assert!(get("default/productpage", &[], "/whoami").starts_with("200 "));
@@ -295,6 +320,10 @@ fn authorization_by_principal_namespace_path_and_method() {
             .contains("request denied by authorization policy")
     );
     assert!(m.d_b.metric(r#"meshd_tunnel_events_total{event="denied"}"#) >= 3.0);
+    // The far side also evaluates the dry-run policy, and only reports it.
+    assert!(get("default/productpage", &[], "/headers").starts_with("403 "));
+    let dry_denied = r#"meshd_authorization_dry_run_total{action="DENY",result="denied"}"#;
+    assert_eq!(m.d_b.metric(dry_denied), 1.0);
     // At L4 the same policies apply without HTTP fields: the ALLOW rule needs a path, so no
     // TCP connection matches it, and the stream is closed before a byte reaches the workload.
     let out = m
@@ -353,15 +382,10 @@ fn endpoints_on_other_nodes_without_certificates_fail_the_start() {
     );
 }
 
-#[test]
-fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
-    if !ebpf_available("authz_local") {
-        return;
-    }
-    let backend = HttpBackend::start("127.0.0.1:0");
-    let echo = Backend::echo("127.0.0.1:0");
-    // No meshd.io/node labels: every workload is on this node, and no certificates are needed.
-    let yaml = format!(
+/// productpage and reviews (HTTP and a TCP echo behind the VIP .70) on one node, with no
+/// meshd.io/node labels, so no certificates are needed; and `policy`.
+fn one_node(backend: &HttpBackend, echo: &Backend, policy: &str) -> String {
+    format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: productpage, namespace: default}}
@@ -388,10 +412,20 @@ spec:
   resolution: STATIC
   workloadSelector:
     labels: {{app: reviews}}
-{POLICY}"#,
+{policy}"#,
         http = backend.addr.port(),
         echo = echo.addr.port(),
-    );
+    )
+}
+
+#[test]
+fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
+    if !ebpf_available("authz_local") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let yaml = one_node(&backend, &echo, POLICY);
     let dir = config("authz-local", &yaml);
     let d = Daemon::start("authz-local", 109, &["--config", dir.to_str().unwrap()]);
     let get =
@@ -444,6 +478,51 @@ spec:
         d.log_text()
             .contains("connection denied by authorization policy")
     );
+}
+
+/// Istio's dry-run task: a DENY policy annotated `istio.io/dry-run` is evaluated and its
+/// verdict logged and counted, but the requests it would deny go through; so does TCP.
+#[test]
+fn dry_run_policies_report_what_they_would_deny_and_enforce_nothing() {
+    if !ebpf_available("authz_dry_run") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let dir = config("authz-dry-run", &one_node(&backend, &echo, DRY_RUN));
+    let d = Daemon::start("authz-dry-run", 194, &["--config", dir.to_str().unwrap()]);
+    let get = |path: &str| curl(&d, "default/productpage", "127.0.0.70", &[], path);
+    assert!(get("/headers").starts_with("200 "), "not enforced");
+    assert!(get("/whoami").starts_with("200 "));
+    assert_eq!(backend.requests(), 2);
+    let series = |result: &str| {
+        d.metric(&format!(
+            r#"meshd_authorization_dry_run_total{{action="DENY",result="{result}"}}"#
+        ))
+    };
+    assert_eq!((series("denied"), series("allowed")), (1.0, 1.0));
+    let log = d.log_text();
+    assert!(
+        log.contains("dry-run DENY policy default/deny-path-headers would deny"),
+        "{log}"
+    );
+    // TCP: a DENY rule's HTTP fields are ignored there, so the dry run would deny it, and the
+    // connection goes through.
+    let out = d
+        .exec(
+            "default/productpage",
+            &[
+                "python3",
+                "-c",
+                "import socket; s=socket.create_connection(('127.0.0.70',9090)); s.sendall(b'x'); print(repr(s.recv(8)))",
+            ],
+        )
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("b'x'"), "echoed: {said}");
+    assert_eq!(series("denied"), 2.0);
 }
 
 #[test]

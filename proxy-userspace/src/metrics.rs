@@ -24,6 +24,7 @@ pub struct Metrics {
     rate_limits: IntCounterVec,
     overflows: IntCounterVec,
     tunnel: IntCounterVec,
+    dry_run: IntCounterVec,
     config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
@@ -148,6 +149,16 @@ impl Metrics {
             &["event"],
         )
         .unwrap();
+        let dry_run = IntCounterVec::new(
+            Opts::new(
+                "meshd_authorization_dry_run_total",
+                "Connections and requests evaluated by AuthorizationPolicies annotated \
+                 istio.io/dry-run, by action (ALLOW, DENY) and what they would have done \
+                 (allowed, denied); nothing is enforced",
+            ),
+            &["action", "result"],
+        )
+        .unwrap();
         let config_generation = IntGauge::new(
             "meshd_config_generation",
             "Generation of the active configuration snapshot",
@@ -178,6 +189,7 @@ impl Metrics {
             &rate_limits,
             &overflows,
             &tunnel,
+            &dry_run,
             &ebpf_events,
         ] {
             registry.register(Box::new(c.clone())).unwrap();
@@ -199,6 +211,7 @@ impl Metrics {
             rate_limits,
             overflows,
             tunnel,
+            dry_run,
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
@@ -253,6 +266,14 @@ impl Metrics {
 
     pub fn tunnel(&self, event: &str) {
         self.tunnel.with_label_values(&[event]).inc();
+    }
+
+    /// What a workload's dry-run AuthorizationPolicies of one action would have decided.
+    pub fn authorization_dry_run(&self, d: &crate::security::authz::DryRun) {
+        let result = if d.allowed { "allowed" } else { "denied" };
+        self.dry_run
+            .with_label_values(&[d.action.as_str(), result])
+            .inc();
     }
 
     pub fn config_applied(&self, generation: u64) {

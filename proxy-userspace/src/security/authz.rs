@@ -9,6 +9,9 @@
 //!   names them). Then any matching DENY policy denies; then, if ALLOW policies apply to the
 //!   workload and none matches, the request is denied; otherwise it is allowed. AUDIT policies
 //!   never change the decision; the matching ones are reported in [`Decision::audited`].
+//! - A policy annotated `istio.io/dry-run: "true"` is evaluated but not enforced: the dry-run
+//!   ALLOW and DENY policies decide apart, as Envoy's shadow rules do, and their outcome is
+//!   reported in [`Decision::dry_run`] only.
 //! - A policy matches when any of its rules does; `rules: []` (also `spec: {}`) matches
 //!   nothing, so an empty ALLOW policy denies everything and an empty DENY policy does nothing.
 //!   A rule `{}` matches everything.
@@ -164,6 +167,17 @@ pub enum Action {
     Audit,
 }
 
+impl Action {
+    /// As written in a policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+        }
+    }
+}
+
 /// The outcome for one connection or request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
@@ -175,12 +189,38 @@ pub struct Decision {
     pub reason: String,
     /// `namespace/name` of every AUDIT policy that matched.
     pub audited: Vec<String>,
+    /// What the dry-run policies that apply would have decided, one entry per action (ALLOW,
+    /// DENY) that has such policies.
+    pub dry_run: Vec<DryRun>,
+}
+
+/// The outcome of a workload's dry-run policies of one action: for DENY, denied when one
+/// matches; for ALLOW, allowed when one matches and denied otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DryRun {
+    pub action: Action,
+    pub allowed: bool,
+    /// `namespace/name` of the dry-run policy that matched.
+    pub policy: Option<String>,
+}
+
+impl std::fmt::Display for DryRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let action = self.action.as_str();
+        let verdict = if self.allowed { "allow" } else { "deny" };
+        match &self.policy {
+            Some(p) => write!(f, "dry-run {action} policy {p} would {verdict}"),
+            None => write!(f, "no dry-run {action} policy matched: would {verdict}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 struct Policy {
     id: String,
     action: Action,
+    /// Annotated `istio.io/dry-run: "true"`: evaluated for [`Decision::dry_run`] only.
+    dry_run: bool,
     selector: Option<BTreeMap<String, String>>,
     rules: Vec<rule::Rule>,
 }
@@ -189,6 +229,30 @@ impl Policy {
     fn matches(&self, ctx: &RequestContext) -> bool {
         let strict = self.action == Action::Allow;
         self.rules.iter().any(|r| r.matches(ctx, strict))
+    }
+}
+
+/// Adds a dry-run policy's verdict to the outcome of its action: the first matching DENY
+/// policy denies, the first matching ALLOW policy allows, and ALLOW policies of which none
+/// matches deny.
+fn shadow(out: &mut Vec<DryRun>, p: &Policy, ctx: &RequestContext) {
+    if p.action == Action::Audit {
+        return;
+    }
+    let i = match out.iter().position(|d| d.action == p.action) {
+        Some(i) => i,
+        None => {
+            out.push(DryRun {
+                action: p.action,
+                allowed: p.action == Action::Deny,
+                policy: None,
+            });
+            out.len() - 1
+        }
+    };
+    if out[i].policy.is_none() && p.matches(ctx) {
+        out[i].allowed = p.action == Action::Allow;
+        out[i].policy = Some(p.id.clone());
     }
 }
 
@@ -256,7 +320,12 @@ impl Authorizer {
     pub fn evaluate(&self, w: &Workload, ctx: &RequestContext) -> Decision {
         let (mut deny, mut allow, mut any_allow) = (None, None, false);
         let mut audited = Vec::new();
+        let mut dry_run: Vec<DryRun> = Vec::new();
         for p in self.selecting(w) {
+            if p.dry_run {
+                shadow(&mut dry_run, p, ctx);
+                continue;
+            }
             match p.action {
                 Action::Deny if deny.is_none() && p.matches(ctx) => deny = Some(&p.id),
                 Action::Allow => {
@@ -280,6 +349,7 @@ impl Authorizer {
             policy: policy.cloned(),
             reason,
             audited,
+            dry_run,
         }
     }
 
@@ -301,7 +371,7 @@ impl Authorizer {
     ) -> Option<bool> {
         let identity_only = self
             .selecting(w)
-            .filter(|p| p.action != Action::Audit)
+            .filter(|p| p.action != Action::Audit && !p.dry_run)
             .all(|p| p.rules.iter().all(rule::Rule::identity_only));
         if !identity_only {
             return None;
@@ -336,7 +406,7 @@ impl Authorizer {
         let ctx = RequestContext::new(principal, any, any, destination_port);
         let by_deny = self
             .selecting(w)
-            .filter(|p| p.action == Action::Deny)
+            .filter(|p| p.action == Action::Deny && !p.dry_run)
             .flat_map(|p| &p.rules)
             .any(|r| r.identity_only() && r.matches(&ctx, false));
         by_deny || self.l4_identity_verdict(w, source_principal, destination_port) == Some(false)

@@ -35,6 +35,11 @@ pub enum SecurityError {
         key: String,
     },
     #[error(
+        "AuthorizationPolicy {policy}: annotation istio.io/dry-run: {value:?} is not true or \
+         false; the policy is enforced"
+    )]
+    InvalidDryRun { policy: String, value: String },
+    #[error(
         "PeerAuthentication {policy}: {field}: mode {mode:?} is not UNSET, DISABLE, PERMISSIVE \
          or STRICT; treated as UNSET (inherited)"
     )]

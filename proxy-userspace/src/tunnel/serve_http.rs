@@ -9,7 +9,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::server::{Inbound, Stream};
 use crate::{
-    proxy::http::{Body, Limits, Outgoing, Target, access_denied, body, reset_before_headers},
+    proxy::http::{
+        Body, Limits, Outgoing, Target, access_denied, authorize::report_dry_run, body,
+        reset_before_headers,
+    },
     security::authz::HttpAttrs,
 };
 
@@ -44,9 +47,18 @@ async fn request(
     let snap = inbound.http.config.current();
     let decision = {
         let attrs = HttpAttrs::of(&req);
-        snap.compiled
+        let d = snap
+            .compiled
             .authorizer
-            .evaluate(&stream.workload(), &stream.context().with_http(&attrs))
+            .evaluate(&stream.workload(), &stream.context().with_http(&attrs));
+        report_dry_run(
+            &inbound.metrics,
+            &d,
+            &stream.source,
+            stream.target,
+            Some(&attrs),
+        );
+        d
     };
     if !decision.allowed {
         inbound.metrics.tunnel("denied");

@@ -21,7 +21,7 @@ use crate::{
     identity::{IdentityResolver, SpiffeId, tls},
     metrics::Metrics,
     proxy::{
-        http::HttpContext,
+        http::{HttpContext, authorize::report_dry_run},
         sniff::{Detected, classify},
     },
     security::{Workload, authz::RequestContext},
@@ -288,6 +288,7 @@ impl Stream {
                 }
                 Detected::Opaque => {}
             }
+            report_dry_run(&inbound.metrics, &decision, &self.source, self.target, None);
             if !decision.allowed {
                 inbound.metrics.tunnel("denied");
                 tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
@@ -295,6 +296,8 @@ impl Stream {
             }
             io
         } else {
+            // No policy reads requests, so the stream's outcome is every request's.
+            report_dry_run(&inbound.metrics, &decision, &self.source, self.target, None);
             Prefixed::new(Bytes::new(), io)
         };
         let mut io = io;

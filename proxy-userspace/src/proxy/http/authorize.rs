@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use super::{Downstream, HttpContext, replay::Outgoing};
 use crate::{
     config::Snapshot,
+    metrics::Metrics,
     security::{
         Workload,
-        authz::{HttpAttrs, RequestContext},
+        authz::{Decision, HttpAttrs, RequestContext},
     },
     tunnel,
 };
@@ -68,5 +69,27 @@ fn decide(
         labels: &e.labels,
     };
     let d = authorizer.evaluate(&workload, &rc);
+    report_dry_run(&ctx.metrics, &d, down.peer, target, http);
     (!d.allowed).then_some(d.reason)
+}
+
+/// Logs and counts what the dry-run policies in `d` would have decided for a connection or
+/// request (`http`) from `source` to `target`; they enforce nothing.
+pub fn report_dry_run(
+    metrics: &Metrics,
+    d: &Decision,
+    source: impl std::fmt::Display,
+    target: SocketAddr,
+    http: Option<&HttpAttrs<'_>>,
+) {
+    for shadow in &d.dry_run {
+        metrics.authorization_dry_run(shadow);
+        match http {
+            Some(h) => tracing::info!(
+                %source, %target, method = h.method, path = h.path, enforced = %d.reason,
+                "{shadow}"
+            ),
+            None => tracing::info!(%source, %target, enforced = %d.reason, "{shadow}"),
+        }
+    }
 }

@@ -45,10 +45,33 @@ pub(super) fn policy(p: &AuthorizationPolicy, errors: &mut Vec<SecurityError>) -
     }
     Some(Policy {
         selector: selector_labels(&p.spec.selector).cloned(),
+        dry_run: dry_run(p, &id, errors),
         id,
         action,
         rules,
     })
+}
+
+/// The annotation that makes a policy dry-run.
+const DRY_RUN: &str = "istio.io/dry-run";
+
+/// Whether the policy is annotated dry-run. The value is read as Go's `strconv.ParseBool`
+/// reads it, as Istio does; any other value leaves the policy enforced, and is reported.
+fn dry_run(p: &AuthorizationPolicy, id: &str, errors: &mut Vec<SecurityError>) -> bool {
+    let Some(value) = p.metadata.annotations.get(DRY_RUN) else {
+        return false;
+    };
+    match value.as_str() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => false,
+        _ => {
+            errors.push(SecurityError::InvalidDryRun {
+                policy: id.to_string(),
+                value: value.clone(),
+            });
+            false
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, SecurityError>;

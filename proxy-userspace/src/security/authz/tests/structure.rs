@@ -192,3 +192,88 @@ fn audit_policies_are_reported_and_decide_nothing() {
     assert!(!d.allowed, "an AUDIT policy is not an ALLOW policy");
     assert_eq!(d.audited, ["foo/a"]);
 }
+
+/// An AuthorizationPolicy document annotated `istio.io/dry-run: <value>`.
+fn dry(name: &str, value: &str, spec: &str) -> String {
+    ap("foo", name, spec).replacen(
+        &format!("metadata: {{name: {name}, namespace: foo}}"),
+        &format!(
+            "metadata: {{name: {name}, namespace: foo, annotations: {{istio.io/dry-run: \"{value}\"}}}}"
+        ),
+        1,
+    )
+}
+
+#[test]
+fn dry_run_policies_are_evaluated_apart_and_enforce_nothing() {
+    let deny_get = r#"{action: DENY, rules: [{to: [{operation: {methods: ["GET"]}}]}]}"#;
+    let allow_post = r#"{rules: [{to: [{operation: {methods: ["POST"]}}]}]}"#;
+    let a = authorizer(&[
+        dry("deny-get", "true", deny_get),
+        dry("allow-post", "True", allow_post),
+    ]);
+    let get = Req::tcp()
+        .request("GET", "/ip")
+        .decide(&a, &super::httpbin());
+    assert!(get.allowed, "nothing is enforced");
+    assert_eq!(get.reason, "no ALLOW policy applies");
+    let shadow: Vec<String> = get.dry_run.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shadow,
+        [
+            "no dry-run ALLOW policy matched: would deny",
+            "dry-run DENY policy foo/deny-get would deny",
+        ]
+    );
+    let post = Req::tcp()
+        .request("POST", "/ip")
+        .decide(&a, &super::httpbin());
+    let shadow: Vec<String> = post.dry_run.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shadow,
+        [
+            "dry-run ALLOW policy foo/allow-post would allow",
+            "no dry-run DENY policy matched: would allow",
+        ]
+    );
+
+    // Enforced policies decide as before, beside the dry-run ones.
+    let a = authorizer(&[
+        dry("deny-get", "true", deny_get),
+        ap("foo", "deny-all", "{action: DENY, rules: [{}]}"),
+    ]);
+    let d = Req::tcp().request("PUT", "/").decide(&a, &super::httpbin());
+    assert!(!d.allowed);
+    assert_eq!(d.reason, "denied by DENY policy foo/deny-all");
+    assert_eq!(d.dry_run.len(), 1);
+    assert!(d.dry_run[0].allowed);
+    // "false" is enforced; so is a value that is not a boolean, with an error.
+    let a = authorizer(&[dry("deny-get", "false", deny_get)]);
+    assert!(!Req::tcp().request("GET", "/").allowed(&a));
+    let set = crate::policy::load_str("t.yaml".as_ref(), &dry("deny-get", "yes please", deny_get))
+        .expect("valid");
+    let (a, errors) = super::Authorizer::from_set(&set, super::ROOT);
+    assert_eq!(
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "AuthorizationPolicy foo/deny-get: annotation istio.io/dry-run: \"yes please\" is not true or false; the policy is enforced"
+        ]
+    );
+    assert!(!Req::tcp().request("GET", "/").allowed(&a));
+}
+
+#[test]
+fn dry_run_deny_policies_are_not_enforced_in_the_kernel() {
+    let deny_sleep = format!(
+        r#"{{action: DENY, rules: [{{from: [{{source: {{principals: ["{SLEEP_P}"]}}}}]}}]}}"#
+    );
+    let w = super::httpbin();
+    let enforced = authorizer(&[ap("foo", "d", &deny_sleep)]);
+    assert!(enforced.identity_denied(&w.get(), Some(SLEEP_P), 8000));
+    let dry_run = authorizer(&[dry("d", "true", &deny_sleep)]);
+    assert!(!dry_run.identity_denied(&w.get(), Some(SLEEP_P), 8000));
+    assert_eq!(
+        dry_run.l4_identity_verdict(&w.get(), Some(SLEEP_P), 8000),
+        Some(true)
+    );
+}
