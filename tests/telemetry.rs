@@ -105,7 +105,7 @@ fn access_log_lines_carry_flags_and_reasons() {
         return;
     }
     let (v1, v2) = two_backends();
-    let routes = "  - match:\n    - uri:\n        prefix: /retry\n    rewrite:\n      uri: /status\n    retries:\n      attempts: 1\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /fault\n    fault:\n      abort:\n        httpStatus: 503\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /limited\n    name: limited\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let routes = "  - match:\n    - uri:\n        prefix: /retry\n    rewrite:\n      uri: /status\n    retries:\n      attempts: 1\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /fault\n    fault:\n      abort:\n        httpStatus: 503\n        percentage:\n          value: 100\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /limited\n    name: limited\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let limit = "---\napiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: one\nspec:\n  target:\n    host: reviews\n    route: limited\n  local:\n    maxTokens: 1\n    fillInterval: 1h\n";
     let d = start(
         "access-log",

@@ -97,7 +97,7 @@ fn fault_abort_and_delay_at_50_percent() {
     }
     let (v1, v2) = two_backends();
     let routes = format!(
-        "  - match:\n    - uri:\n        prefix: /abort\n    fault:\n      abort:\n        httpStatus: 418\n        percentage:\n          value: 50\n{TO_V1}  - fault:\n      delay:\n        fixedDelay: 200ms\n        percentage:\n          value: 50\n{TO_V1}"
+        "  - match:\n    - uri:\n        prefix: /abort\n    fault:\n      abort:\n        httpStatus: 418\n        percentage:\n          value: 50\n{TO_V1}  - match:\n    - uri:\n        prefix: /unset\n    fault:\n      abort:\n        httpStatus: 418\n{TO_V1}  - fault:\n      delay:\n        fixedDelay: 200ms\n        percentage:\n          value: 50\n{TO_V1}"
     );
     let d = start("faults", 54, &policies(&v1, &v2, &routes));
     let n = 400;
@@ -106,6 +106,9 @@ fn fault_abort_and_delay_at_50_percent() {
     // Binomial(400, 0.5): mean 200, sd 10.
     assert!((150..=250).contains(&aborted), "{aborted} of {n} aborted");
     assert_eq!(codes.iter().filter(|c| *c == "200").count(), n - aborted);
+    // Without a percentage, Istio (Envoy) aborts no request.
+    let unset = curl_many(&d, "http://reviews:9080/unset", 20, "%{http_code}\\n");
+    assert!(unset.iter().all(|c| c == "200"), "{unset:?}");
 
     let m = 60;
     let times = curl_many(&d, "http://reviews:9080/delayed", m, "%{time_total}\\n");

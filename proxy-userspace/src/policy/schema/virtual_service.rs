@@ -126,6 +126,21 @@ fn delay_needs_duration(node: &Node, path: &str, at: Pos, r: &mut Report) {
     if node.get("fixedDelay").is_none() && node.get("exponentialDelay").is_none() {
         r.error(at, path, "missing required field \"fixedDelay\"");
     }
+    if node.get("percent").is_none() {
+        warn_without_percentage(node, path, at, r);
+    }
+}
+
+/// A fault without `percentage` is injected into no request: Istio leaves Envoy's percentage
+/// unset, which Envoy reads as 0% (istio/istio#36303), whatever older documentation said.
+fn warn_without_percentage(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if node.get("percentage").is_none() {
+        r.warn(
+            at,
+            path,
+            "without percentage this fault is injected into no request, as in Istio; set percentage.value: 100 for every request",
+        );
+    }
 }
 
 static ABORT: Obj = Obj {
@@ -146,6 +161,7 @@ fn abort_needs_status(node: &Node, path: &str, at: Pos, r: &mut Report) {
     {
         r.error(at, path, "set httpStatus or grpcStatus");
     }
+    warn_without_percentage(node, path, at, r);
 }
 
 static FAULT: Obj = obj(&[opt("delay", Ty::Obj(&DELAY)), opt("abort", Ty::Obj(&ABORT))]);

@@ -326,3 +326,17 @@ fn routes_bound_to_gateways_only_are_a_warning() {
         ]
     );
 }
+
+#[test]
+fn a_fault_without_a_percentage_is_a_warning() {
+    let f = check(&vs(
+        "  - route: [{destination: {host: r}}]\n    fault:\n      abort: {httpStatus: 503}\n      delay: {fixedDelay: 1s, percent: 10}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "10:7: warning: spec.http[0].fault.abort: without percentage this fault is injected into no request, as in Istio; set percentage.value: 100 for every request",
+            "11:31: warning: spec.http[0].fault.delay.percent: deprecated: use percentage.value",
+        ]
+    );
+}

@@ -6,14 +6,11 @@ use hyper::{Response, StatusCode, header::HeaderValue};
 use super::{Body, ResponseFlags, body};
 use crate::policy::model::{HttpFaultInjection, Percent};
 
-/// Whether this request is in the fault's percentage. `default` is what Istio gives a fault
-/// without one: a delay with neither `percentage` nor the deprecated `percent` becomes 0% in
-/// Envoy's config, an abort without `percentage` 100%.
-fn applies(p: Option<&Percent>, legacy: Option<u32>, default: f64) -> bool {
-    let pct = p
-        .map(|p| p.value)
-        .or(legacy.map(f64::from))
-        .unwrap_or(default);
+/// Whether this request is in the fault's percentage. A fault with neither `percentage` nor
+/// the deprecated `percent` applies to no request: Istio leaves Envoy's percentage unset, and
+/// Envoy reads that as 0% (istio/istio#36303; validation warns).
+fn applies(p: Option<&Percent>, legacy: Option<u32>) -> bool {
+    let pct = p.map(|p| p.value).or(legacy.map(f64::from)).unwrap_or(0.0);
     pct >= 100.0 || (pct > 0.0 && fastrand::f64() * 100.0 < pct)
 }
 
@@ -53,13 +50,13 @@ pub async fn inject(
     let fault = fault?;
     if let Some(d) = &fault.delay
         && let Some(delay) = d.fixed_delay
-        && applies(d.percentage.as_ref(), d.percent, 0.0)
+        && applies(d.percentage.as_ref(), d.percent)
     {
         flags.insert(ResponseFlags::DELAY_INJECTED);
         tokio::time::sleep(delay.0).await;
     }
     let a = fault.abort.as_ref()?;
-    if !applies(a.percentage.as_ref(), None, 100.0) {
+    if !applies(a.percentage.as_ref(), None) {
         return None;
     }
     flags.insert(ResponseFlags::FAULT_INJECTED);
@@ -95,12 +92,15 @@ mod tests {
 
     #[test]
     fn percentages() {
-        assert!(applies(Some(&Percent { value: 100.0 }), None, 0.0));
-        assert!(!applies(Some(&Percent { value: 0.0 }), None, 100.0));
-        assert!(applies(None, None, 100.0) && !applies(None, None, 0.0));
-        assert!(applies(None, Some(100), 0.0));
+        assert!(applies(Some(&Percent { value: 100.0 }), None));
+        assert!(!applies(Some(&Percent { value: 0.0 }), Some(100)));
+        assert!(
+            !applies(None, None),
+            "no percentage: no request, as in Istio"
+        );
+        assert!(applies(None, Some(100)));
         let hits = (0..10_000)
-            .filter(|_| applies(Some(&Percent { value: 50.0 }), None, 0.0))
+            .filter(|_| applies(Some(&Percent { value: 50.0 }), None))
             .count();
         assert!((4_500..5_500).contains(&hits), "{hits}");
     }
