@@ -181,9 +181,18 @@ impl RouteTable {
 
     /// The routes for an authority's host: exact, then the most specific wildcard, then `*`.
     pub fn lookup(&self, host: &str) -> Option<&HostRoutes> {
-        if let Some(r) = self.exact.get(host) {
-            return Some(r);
-        }
+        self.exact(host)
+            .or_else(|| self.wildcard(host))
+            .or(self.any())
+    }
+
+    /// The routes of a VirtualService naming exactly `host`.
+    pub fn exact(&self, host: &str) -> Option<&HostRoutes> {
+        self.exact.get(host)
+    }
+
+    /// The routes of the most specific `*.suffix` VirtualService host covering `host`.
+    pub fn wildcard(&self, host: &str) -> Option<&HostRoutes> {
         let mut rest = host;
         while !self.wildcard.is_empty()
             && let Some((_, suffix)) = rest.split_once('.')
@@ -193,6 +202,11 @@ impl RouteTable {
             }
             rest = suffix;
         }
+        None
+    }
+
+    /// The routes of a VirtualService for every host (`*`).
+    pub fn any(&self) -> Option<&HostRoutes> {
         self.any.as_ref()
     }
 

@@ -99,16 +99,26 @@ pub fn decide<'s>(
     candidates: &[Cow<'_, str>],
     view: &RequestView<'_>,
 ) -> Decision<'s> {
-    // As Istio's virtual hosts: the first name that has routes on this port, a VirtualService's
-    // or a service's default route, decides. A service named in the Host is not overridden by
+    // As Envoy picks Istio's virtual hosts: an exact name before a wildcard before `*`, over all
+    // of the request's names. Exact is a VirtualService's host or a service declaring this port,
+    // which takes the VirtualService covering it (`*.suffix`, `*`) or else its default route.
+    // Among exact names the first decides, so a service named in the Host is not overridden by
     // the VirtualService of the VIP dialled.
-    let Some((host, routes)) =
-        candidates
-            .iter()
-            .find_map(|h| match snap.compiled.routes.lookup(h) {
-                Some(routes) => Some((h, Some(routes))),
-                None => declares_port(snap, h, view.port).then_some((h, None)),
-            })
+    let table = &snap.compiled.routes;
+    let Some((host, routes)) = candidates
+        .iter()
+        .find_map(|h| match table.exact(h) {
+            Some(routes) => Some((h, Some(routes))),
+            None => {
+                declares_port(snap, h, view.port).then(|| (h, table.wildcard(h).or(table.any())))
+            }
+        })
+        .or_else(|| {
+            candidates
+                .iter()
+                .find_map(|h| table.wildcard(h).map(|r| (h, Some(r))))
+        })
+        .or_else(|| Some((candidates.first()?, Some(table.any()?))))
     else {
         return Decision::Passthrough;
     };
@@ -548,6 +558,68 @@ mod tests {
                 None
             ),
             "https://web/p"
+        );
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_wildcards_and_star_whichever_form_the_host_takes() {
+        let vs = |name: &str, host: &str, status: u16| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [\"{host}\"]\n  http:\n  - directResponse: {{status: {status}}}\n---\n"
+            )
+        };
+        let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: shop, namespace: default}\nspec:\n  hosts: [shop.example.com, plain.default.svc.cluster.local]\n  addresses: [10.96.0.9]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1}]\n";
+        let yaml = format!(
+            "{}{}{}{se}",
+            vs("star", "*", 418),
+            vs("reviews", "reviews", 200),
+            vs("wild", "*.example.com", 202),
+        );
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), &yaml).expect("valid"));
+        let labels = BTreeMap::new();
+        let status = |authority: &str, dst: &str| {
+            let dst: SocketAddr = dst.parse().unwrap();
+            let candidates = host_candidates(authority, "default", dst, &snap);
+            let view = RequestView {
+                method: "GET",
+                path: "/",
+                query: None,
+                authority,
+                scheme: "http",
+                port: dst.port(),
+                header: &|_| None,
+                source_labels: &labels,
+                source_namespace: None,
+            };
+            match decide(&snap, &candidates, &view) {
+                Decision::Direct { status, .. } => status,
+                Decision::Passthrough => 0,
+                _ => 1,
+            }
+        };
+        let elsewhere = "10.1.1.1:80";
+        assert_eq!(
+            status("reviews", elsewhere),
+            200,
+            "the short name's exact host"
+        );
+        assert_eq!(status("reviews.default:9080", elsewhere), 200);
+        assert_eq!(
+            status("shop.example.com", elsewhere),
+            202,
+            "covered by *.example.com"
+        );
+        assert_eq!(status("a.b.example.com", elsewhere), 202);
+        assert_eq!(status("other.org", elsewhere), 418, "only * covers it");
+        assert_eq!(
+            status("10.96.0.9", "10.96.0.9:80"),
+            202,
+            "the VIP's service"
+        );
+        assert_eq!(
+            status("plain", "10.96.0.9:80"),
+            418,
+            "a service no narrower VirtualService covers takes *"
         );
     }
 
