@@ -350,3 +350,35 @@ fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_return() {
     );
     assert!(d.log_text().contains("endpoint returned from ejection"));
 }
+
+/// With Istio's defaults (no `minHealthPercent`, so Envoy's panic threshold is 0), a service
+/// whose only endpoint is ejected has no healthy upstream: 503 UH, and the endpoint is spared.
+#[test]
+fn a_service_whose_only_endpoint_is_ejected_has_no_healthy_upstream() {
+    if !ebpf_available("outlier_all") {
+        return;
+    }
+    let failing = Backend::http_503("127.0.0.1:0");
+    let (v1, v2) = two_backends();
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      baseEjectionTime: 30s\n";
+    let routes = "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n";
+    let yaml = with_lb(policies(&v1, &v2, routes), lb).replace(
+        &format!("http: {}\n", v2.addr.port()),
+        &format!("http: {}\n", failing.addr.port()),
+    );
+    let d = start("outlier-all", 195, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 6, "%{http_code}\\n");
+    assert_eq!(codes, ["503"; 6], "{codes:?}");
+    // Two failures eject the endpoint, and it is spared after.
+    let four = "flags=UH".repeat(4);
+    let uh = || d.log_text().matches("flags=UH").collect::<String>();
+    assert!(
+        support::eventually(std::time::Duration::from_secs(3), || (uh() == four)
+            .then_some(()))
+        .is_some(),
+        "{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(log.contains("outlier detection ejected every endpoint"));
+}

@@ -19,7 +19,9 @@ use crate::policy::{
 /// The largest connection or request limit accepted: far beyond what one node can hold, yet
 /// small enough to catch typos such as an extra digit group.
 const MAX_LIMIT: i64 = 10_000_000;
-const ZERO_LIMIT: &str = " (a limit of 0 would refuse all traffic; omit the field for no limit)";
+/// A limit of 0 is accepted and read as unset, as Istio reads it (it sets Envoy's threshold
+/// only when above 0); the pool's check warns.
+const LIMIT: Ty = limit(0, MAX_LIMIT, "");
 const ZERO_OFF: Ty = Ty::Duration(duration::Rule::ZERO_OK);
 
 static HTTP_COOKIE: Obj = obj(&[
@@ -122,36 +124,61 @@ static KEEPALIVE: Obj = obj(&[
     opt("interval", DURATION),
 ]);
 
-static TCP_POOL: Obj = obj(&[
-    opt("maxConnections", limit(1, MAX_LIMIT, ZERO_LIMIT)),
-    opt("connectTimeout", DURATION),
-    opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
-    opt("maxConnectionDuration", DURATION),
-    opt("idleTimeout", ZERO_OFF),
-]);
+static TCP_POOL: Obj = Obj {
+    fields: &[
+        opt("maxConnections", LIMIT),
+        opt("connectTimeout", DURATION),
+        opt("tcpKeepalive", Ty::Obj(&KEEPALIVE)),
+        opt("maxConnectionDuration", DURATION),
+        opt("idleTimeout", ZERO_OFF),
+    ],
+    one_of: &[],
+    check: Some(zero_limits_are_unset),
+};
 
-static HTTP_POOL: Obj = obj(&[
-    opt("http1MaxPendingRequests", limit(1, MAX_LIMIT, ZERO_LIMIT)),
-    opt("http2MaxRequests", limit(1, MAX_LIMIT, ZERO_LIMIT)),
-    opt(
-        "maxRequestsPerConnection",
-        limit(0, 1 << 29, " (0 means unlimited; 1 disables keep-alive)"),
-    ),
-    opt(
-        "maxRetries",
-        limit(0, MAX_LIMIT, " (0 disables retries to this host)"),
-    ),
-    opt("idleTimeout", ZERO_OFF),
-    opt(
-        "h2UpgradePolicy",
-        Ty::Enum(&["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]),
-    ),
-    opt("useClientProtocol", Ty::Bool),
-    opt(
-        "maxConcurrentStreams",
-        limit(1, i32::MAX as i64, ZERO_LIMIT),
-    ),
-]);
+static HTTP_POOL: Obj = Obj {
+    fields: &[
+        opt("http1MaxPendingRequests", LIMIT),
+        opt("http2MaxRequests", LIMIT),
+        opt(
+            "maxRequestsPerConnection",
+            limit(0, 1 << 29, " (0 means unlimited; 1 disables keep-alive)"),
+        ),
+        opt("maxRetries", LIMIT),
+        opt("idleTimeout", ZERO_OFF),
+        opt(
+            "h2UpgradePolicy",
+            Ty::Enum(&["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"]),
+        ),
+        opt("useClientProtocol", Ty::Bool),
+        opt("maxConcurrentStreams", limit(0, i32::MAX as i64, "")),
+    ],
+    one_of: &[],
+    check: Some(zero_limits_are_unset),
+};
+
+/// Pool limits Istio sets on Envoy only when above 0.
+const UNSET_AT_ZERO: [&str; 5] = [
+    "maxConnections",
+    "http1MaxPendingRequests",
+    "http2MaxRequests",
+    "maxRetries",
+    "maxConcurrentStreams",
+];
+
+fn zero_limits_are_unset(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    for key in UNSET_AT_ZERO {
+        if let Some(e) = node.entry(key)
+            && e.value.as_i64() == Some(0)
+        {
+            r.warn(
+                e.value.pos,
+                &report::key(path, key),
+                "0 is read as unset, as Istio reads it: there is no limit",
+            );
+        }
+    }
+}
 
 static CONNECTION_POOL: Obj = obj(&[
     opt("tcp", Ty::Obj(&TCP_POOL)),
@@ -187,7 +214,7 @@ fn check_outlier(node: &Node, path: &str, at: Pos, r: &mut Report) {
         r.warn(
             e.value.pos,
             &report::key(path, "maxEjectionPercent"),
-            "0 means no endpoint is ever ejected, which turns outlier detection off",
+            "0 is read as unset, as Istio reads it: at most 10% of the endpoints are ejected",
         );
     }
     let detectors = [

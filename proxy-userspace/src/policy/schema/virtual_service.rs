@@ -233,8 +233,7 @@ fn check_http_route(node: &Node, path: &str, at: Pos, r: &mut Report) {
     }
 }
 
-/// When a route splits traffic (several destinations, or any weight set) the weights must add up
-/// to 100.
+/// When a route splits traffic over several destinations, the weights must add up to 100.
 pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
     let Some(entry) = node.entry("route") else {
         return;
@@ -247,8 +246,8 @@ pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
         .enumerate()
         .map(|(i, d)| (i, d.get("weight")))
         .collect();
-    let any_set = weights.iter().any(|(_, w)| w.is_some());
-    if dests.len() < 2 && !any_set {
+    // As Istio validates: one destination takes all traffic, whatever its weight.
+    if dests.len() < 2 {
         return;
     }
     let mut sum: i64 = 0;

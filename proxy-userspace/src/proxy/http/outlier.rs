@@ -51,7 +51,8 @@ impl Settings {
             base_ejection: o
                 .base_ejection_time
                 .map_or(Duration::from_secs(30), |d| d.0),
-            max_ejection_percent: o.max_ejection_percent.unwrap_or(10),
+            // As Istio: 0 is unset, which is Envoy's default.
+            max_ejection_percent: o.max_ejection_percent.filter(|p| *p > 0).unwrap_or(10),
             min_health_percent: o.min_health_percent.unwrap_or(0),
         }
     }
@@ -163,7 +164,7 @@ impl Detector {
         }
         // Envoy ejects at least one endpoint even when maxEjectionPercent rounds down to none.
         let allowed = ((all.len() as u64 * s.max_ejection_percent as u64) / 100).max(1) as usize;
-        if s.max_ejection_percent == 0 || ejected_now >= allowed {
+        if ejected_now >= allowed {
             return None;
         }
         h.ejections += 1;
@@ -175,8 +176,9 @@ impl Detector {
         Some(Event::Ejected { for_ })
     }
 
-    /// The endpoints to balance over: all but the ejected ones, unless too few would remain
-    /// (panic mode) or none would. Also reports endpoints whose ejection just ended.
+    /// The endpoints to balance over: all but the ejected ones (possibly none), unless fewer
+    /// than `minHealthPercent` would remain (panic mode: all of them). Also reports endpoints
+    /// whose ejection just ended.
     pub fn healthy(
         &self,
         cluster: &str,
@@ -208,8 +210,9 @@ impl Detector {
                 None => true,
             })
             .collect();
-        let panic =
-            healthy.is_empty() || (healthy.len() * 100) < all.len() * s.min_health_percent as usize;
+        // Istio sets Envoy's panic threshold to minHealthPercent, 0 by default: no panic, so
+        // with every endpoint ejected there is none to send to (503 UH).
+        let panic = (healthy.len() * 100) < all.len() * s.min_health_percent as usize;
         (if panic { all.to_vec() } else { healthy }, returned)
     }
 }
@@ -308,6 +311,22 @@ mod tests {
         assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(d.healthy("c", &s, &e).0, e);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_ejected_endpoint_leaves_none_unless_min_health_percent_is_set() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(1));
+        for _ in 0..3 {
+            d.record("c", &s, e[0], Outcome::Status(503), &e);
+        }
+        // 10% of one endpoint rounds down, and Envoy ejects one anyway; Istio's panic
+        // threshold is minHealthPercent, 0 by default, so nothing is left to send to.
+        assert_eq!(d.healthy("c", &s, &e).0, vec![]);
+        let panic = Settings {
+            min_health_percent: 50,
+            ..s
+        };
+        assert_eq!(d.healthy("c", &panic, &e).0, e, "panic mode");
     }
 
     #[tokio::test(start_paused = true)]

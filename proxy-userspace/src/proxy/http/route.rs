@@ -247,6 +247,8 @@ pub enum NoEndpoint {
     UnknownSubset { host: String, subset: String },
     #[error("no healthy upstream: {host} is not a known service and not the requested host")]
     UnknownHost { host: String },
+    #[error("no healthy upstream: outlier detection ejected every endpoint of {cluster}")]
+    AllEjected { cluster: String },
 }
 
 /// The endpoints a request for `dest` may go to (ports already mapped), and the load-balancer

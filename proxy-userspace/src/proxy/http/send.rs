@@ -88,6 +88,11 @@ impl Plan<'_> {
                             tracing::info!(cluster = %self.cluster, endpoint = %a, "endpoint returned from ejection");
                             ctx.metrics.outlier(&self.cluster, "returned");
                         }
+                        if healthy.is_empty() && !all.is_empty() {
+                            return Err(NoEndpoint::AllEjected {
+                                cluster: self.cluster.to_string(),
+                            });
+                        }
                         Cow::Owned(healthy)
                     }
                     None => Cow::Borrowed(all.as_slice()),

@@ -7,6 +7,12 @@ use crate::policy::model::ConnectionPool;
 
 /// Istio's default for every count limit: effectively unlimited (2^32-1).
 pub const UNLIMITED: u32 = u32::MAX;
+
+/// A pool limit as Istio reads it: unset or 0 is no limit (Istio sets Envoy's threshold only
+/// when above 0).
+fn unset_at_zero(limit: Option<u32>) -> u32 {
+    limit.filter(|n| *n > 0).unwrap_or(UNLIMITED)
+}
 /// Istio's default `http.idleTimeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -71,7 +77,7 @@ impl Limits {
         let mut l = Limits::default();
         let Some(pool) = pool else { return l };
         if let Some(tcp) = &pool.tcp {
-            l.max_connections = tcp.max_connections.unwrap_or(UNLIMITED);
+            l.max_connections = unset_at_zero(tcp.max_connections);
             l.connect_timeout = tcp.connect_timeout.map(|d| d.0).filter(|d| !d.is_zero());
             l.max_connection_duration = tcp
                 .max_connection_duration
@@ -87,14 +93,11 @@ impl Limits {
             });
         }
         if let Some(http) = &pool.http {
-            l.max_pending = http.http1_max_pending_requests.unwrap_or(UNLIMITED);
-            l.max_requests = http.http2_max_requests.unwrap_or(UNLIMITED);
-            l.max_retries = http.max_retries.unwrap_or(UNLIMITED);
+            l.max_pending = unset_at_zero(http.http1_max_pending_requests);
+            l.max_requests = unset_at_zero(http.http2_max_requests);
+            l.max_retries = unset_at_zero(http.max_retries);
             l.max_requests_per_connection = http.max_requests_per_connection.unwrap_or(0);
-            l.max_streams = http
-                .max_concurrent_streams
-                .filter(|n| *n > 0)
-                .unwrap_or(UNLIMITED);
+            l.max_streams = unset_at_zero(http.max_concurrent_streams);
             l.idle_timeout = http
                 .idle_timeout
                 .map(|d| d.0)
@@ -130,6 +133,25 @@ mod tests {
         assert_eq!(l.max_connections, 1);
         assert_eq!(l.max_pending, UNLIMITED);
         assert_eq!(l.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_zero_limit_is_no_limit_as_in_istio() {
+        let l = Limits::from_spec(Some(&parse(
+            r#"{"tcp": {"maxConnections": 0},
+                "http": {"http1MaxPendingRequests": 0, "http2MaxRequests": 0, "maxRetries": 0,
+                         "maxConcurrentStreams": 0}}"#,
+        )));
+        assert_eq!(
+            [
+                l.max_connections,
+                l.max_pending,
+                l.max_requests,
+                l.max_retries,
+                l.max_streams
+            ],
+            [UNLIMITED; 5]
+        );
     }
 
     #[test]
