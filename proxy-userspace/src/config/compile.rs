@@ -12,8 +12,8 @@ use super::dns::Resolved;
 use crate::{
     policy::{
         PolicySet,
-        hosts::fqdn,
-        model::{self, DestinationRuleSpec, StringMatch, TrafficPolicy},
+        hosts::{covers, fqdn, specificity},
+        model::{self, StringMatch, TrafficPolicy},
     },
     routes::{
         Destination, HostRoutes, HttpRoute, RegexRewrite, RequestMatch, RouteTable, StringMatcher,
@@ -319,16 +319,34 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             c.endpoints.extend(endpoints.iter().cloned());
         }
     }
-    for dr in &set.destination_rules {
-        let host = fqdn(&dr.spec.host, &dr.metadata.namespace);
+    let rules: Vec<(String, &model::DestinationRule)> = set
+        .destination_rules
+        .iter()
+        .map(|dr| (fqdn(&dr.spec.host, &dr.metadata.namespace), &**dr))
+        .collect();
+    for (host, dr) in rules.iter().filter(|(h, _)| !h.starts_with('*')) {
         let c = clusters.entry(host.clone()).or_insert_with(|| Cluster {
-            host,
+            host: host.clone(),
             ..Default::default()
         });
-        if c.destination_rule.is_some() {
-            continue; // the first DestinationRule for a host wins; `meshd analyze` warns
+        apply_destination_rule(c, dr);
+    }
+    // A wildcard host (`*.example.com`, `*.local`) applies to the services it covers that no
+    // rule names exactly; the most specific one wins, as in Istio.
+    for c in clusters
+        .values_mut()
+        .filter(|c| c.destination_rule.is_none())
+    {
+        let host = c.host.clone();
+        let covering = rules
+            .iter()
+            .filter(|(h, _)| h.starts_with('*') && covers(h, &host));
+        let Some(best) = covering.clone().map(|(h, _)| specificity(h)).max() else {
+            continue;
+        };
+        for (_, dr) in covering.filter(|(h, _)| specificity(h) == best) {
+            apply_destination_rule(c, dr);
         }
-        apply_destination_rule(c, &dr.spec, dr.id());
     }
     clusters
         .into_iter()
@@ -336,10 +354,20 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
         .collect()
 }
 
-fn apply_destination_rule(c: &mut Cluster, dr: &DestinationRuleSpec, id: String) {
-    c.destination_rule = Some(id);
-    c.traffic_policy = dr.traffic_policy.clone();
-    for s in &dr.subsets {
+/// Applies a DestinationRule to its host's cluster. A later rule for the same host is merged
+/// as Istio merges them: it adds the subsets the earlier ones do not define, and its traffic
+/// policy applies only when theirs left it unset (`meshd analyze` warns about the duplicate).
+fn apply_destination_rule(c: &mut Cluster, dr: &model::DestinationRule) {
+    if c.destination_rule.is_none() {
+        c.destination_rule = Some(dr.id());
+    }
+    if c.traffic_policy.is_none() {
+        c.traffic_policy = dr.spec.traffic_policy.clone();
+    }
+    for s in &dr.spec.subsets {
+        if c.subsets.contains_key(&s.name) {
+            continue;
+        }
         let members = c
             .endpoints
             .iter()
@@ -570,5 +598,62 @@ spec:
         assert_eq!(declared("10.96.0.9:80"), Some(Detected::Http1));
         assert_eq!(declared("10.96.0.9:5432"), Some(Detected::Opaque));
         assert_eq!(declared("10.96.0.9:8080"), None);
+    }
+
+    #[test]
+    fn destination_rules_merge_per_host_and_wildcards_cover_the_rest() {
+        let dr = |name: &str, host: &str, body: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: \"{host}\"\n{body}---\n"
+            )
+        };
+        let yaml = format!(
+            "{}{}{}{}{}{SHARED_VIP}",
+            dr("web-subsets", "web", "  subsets:\n  - {name: v1}\n"),
+            dr(
+                "web-policy",
+                "web",
+                "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n  subsets:\n  - {name: v1, labels: {none: x}}\n  - {name: v2, labels: {app: web}}\n"
+            ),
+            dr(
+                "mesh",
+                "*.local",
+                "  trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n"
+            ),
+            dr(
+                "cluster",
+                "*.svc.cluster.local",
+                "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n"
+            ),
+            dr(
+                "elsewhere",
+                "*.example.com",
+                "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n"
+            ),
+        );
+        let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        let web = &c.clusters["web.default.svc.cluster.local"];
+        assert_eq!(web.destination_rule.as_deref(), Some("default/web-subsets"));
+        let lb = |c: &Cluster| {
+            c.traffic_policy
+                .as_ref()
+                .and_then(|p| p.load_balancer.as_ref())
+                .and_then(|l| l.simple.clone())
+        };
+        assert_eq!(lb(web), Some("RANDOM".into()), "the first rule set none");
+        let subsets: Vec<&String> = web.subsets.keys().collect();
+        assert_eq!(subsets, ["v1", "v2"], "merged by name, the first v1 kept");
+        assert_eq!(
+            web.subsets["v1"].len(),
+            1,
+            "the first rule's v1: every endpoint"
+        );
+        let db = &c.clusters["db.default.svc.cluster.local"];
+        assert_eq!(db.destination_rule.as_deref(), Some("default/cluster"));
+        assert_eq!(
+            lb(db),
+            Some("ROUND_ROBIN".into()),
+            "the most specific wildcard"
+        );
     }
 }

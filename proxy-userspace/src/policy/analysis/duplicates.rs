@@ -1,5 +1,6 @@
-//! Two DestinationRules for one host (without workload selectors): only the first one's traffic
-//! policy applies, which is rarely what the second one's author expects (a warning).
+//! Two DestinationRules for one host (without workload selectors): they are merged, and the
+//! second one's traffic policy applies only where the first has none, which is rarely what its
+//! author expects (a warning).
 
 use std::collections::HashMap;
 
@@ -21,7 +22,7 @@ pub(super) fn check(index: &Index, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 "spec.host",
                 format!(
-                    "host {host} already has DestinationRule {} ({}); only the first one's trafficPolicy applies, and subsets are merged",
+                    "host {host} already has DestinationRule {} ({}); as in Istio, the rules are merged: subsets by name (the first definition wins), and this trafficPolicy only if the earlier rule has none",
                     first.id(),
                     first.at()
                 ),

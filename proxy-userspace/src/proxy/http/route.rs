@@ -441,8 +441,10 @@ fn cluster_key(host: &str, subset: &str, port: u16) -> String {
     key
 }
 
-/// The most specific setting: the subset's port-level, the subset's, the rule's port-level,
-/// then the rule's.
+/// A setting as Istio merges a DestinationRule's levels for a port: the subset's
+/// `portLevelSettings` entry for the port, when there is one, replaces everything (a field it
+/// leaves out takes the default, not the levels above); else the subset's field, else the
+/// rule's, where the rule's entry for the port likewise replaces the rule's fields.
 fn setting<'s, T>(
     cluster: &'s Cluster,
     subset: Option<&str>,
@@ -450,17 +452,25 @@ fn setting<'s, T>(
     of_port: impl Fn(&'s PortTrafficPolicy) -> Option<&'s T>,
     of_policy: impl Fn(&'s TrafficPolicy) -> Option<&'s T>,
 ) -> Option<&'s T> {
-    let pick = |p: &'s TrafficPolicy| {
+    let port_entry = |p: &'s TrafficPolicy| {
         p.port_level_settings
             .iter()
             .find(|s| s.port.as_ref().is_some_and(|sel| sel.number == port))
-            .and_then(&of_port)
-            .or_else(|| of_policy(p))
     };
-    subset
+    // A level's value, and whether it replaces the levels above (a port entry matched).
+    let level = |p: &'s TrafficPolicy| match port_entry(p) {
+        Some(entry) => (of_port(entry), true),
+        None => (of_policy(p), false),
+    };
+    let rule = cluster.traffic_policy.as_ref().and_then(|p| level(p).0);
+    match subset
         .and_then(|s| cluster.subset_policies.get(s))
-        .and_then(pick)
-        .or_else(|| cluster.traffic_policy.as_ref().and_then(pick))
+        .map(level)
+    {
+        Some((own, true)) => own,
+        Some((own, false)) => own.or(rule),
+        None => rule,
+    }
 }
 
 /// The port an endpoint receives a service port's traffic on, as in Istio: the endpoint's own
@@ -622,6 +632,62 @@ mod tests {
             status("plain", "10.96.0.9:80"),
             418,
             "a service no narrower VirtualService covers takes *"
+        );
+    }
+
+    #[test]
+    fn a_port_level_entry_replaces_the_levels_above_as_in_istio() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    outlierDetection: {consecutive5xxErrors: 7}
+    portLevelSettings:
+    - port: {number: 8080}
+      connectionPool: {tcp: {maxConnections: 5}}
+  subsets:
+  - name: v1
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+  - name: v2
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      portLevelSettings:
+      - port: {number: 9090}
+        outlierDetection: {consecutive5xxErrors: 2}
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid"));
+        let c = &snap.compiled.clusters["api.default.svc.cluster.local"];
+        let policy = |subset, port| ClusterPolicy::of(c, &c.host, subset, port, None, vec![]);
+        let lb = |p: &ClusterPolicy<'_>| p.lb.and_then(|l| l.simple.clone());
+        let errors = |p: &ClusterPolicy<'_>| p.outlier.and_then(|o| o.consecutive_5xx_errors);
+        let rule = policy(None, 80);
+        assert_eq!((lb(&rule), errors(&rule)), (Some("RANDOM".into()), Some(7)));
+        let port = policy(None, 8080);
+        assert_eq!(
+            (lb(&port), errors(&port), port.pool.is_some()),
+            (None, None, true),
+            "the port entry's omitted fields take defaults, not the rule's"
+        );
+        let v1 = policy(Some("v1"), 80);
+        assert_eq!(
+            (lb(&v1), errors(&v1)),
+            (Some("ROUND_ROBIN".into()), Some(7))
+        );
+        let v1_port = policy(Some("v1"), 8080);
+        assert_eq!(
+            (lb(&v1_port), errors(&v1_port), v1_port.pool.is_some()),
+            (Some("ROUND_ROBIN".into()), None, true),
+            "the subset's field over the rule's port entry"
+        );
+        let v2_port = policy(Some("v2"), 9090);
+        assert_eq!(
+            (lb(&v2_port), errors(&v2_port)),
+            (None, Some(2)),
+            "the subset's port entry replaces everything"
         );
     }
 
