@@ -1,7 +1,8 @@
 //! Egress TLS origination as in Istio's task of that name: the client speaks plain HTTP to a
-//! ServiceEntry host on port 80, its VirtualService sends port 80 to port 443, and the
-//! DestinationRule's `tls: {mode: SIMPLE}` on 443 makes meshd open TLS to the server (here
-//! `openssl s_server` on loopback, with a certificate from a CA the test makes).
+//! ServiceEntry host on port 80, and the DestinationRule's `tls: {mode: SIMPLE}` makes meshd
+//! open TLS to the server (here `openssl s_server` on loopback, with a certificate from a CA
+//! the test makes). Both forms of the task: a VirtualService sending port 80 to port 443, and
+//! the current one, without a VirtualService, where port 80's `targetPort` is 443.
 
 mod support;
 
@@ -207,4 +208,68 @@ fn plain_http_goes_out_as_tls_under_a_simple_destination_rule() {
     );
     let d = start("egress-tls-san", 190, &policies(server.port, &tls));
     assert!(get(&d).ends_with("\n503"));
+}
+
+/// The task as Istio documents it today: no VirtualService and no addresses; the ServiceEntry
+/// resolves by DNS and has no endpoints, so the client resolves the name itself, and port 80's
+/// `targetPort` and the DestinationRule's port-level `tls` on port 80 take the request to the
+/// TLS port.
+#[test]
+fn the_current_task_originates_tls_on_the_target_port_without_a_virtual_service() {
+    if !ebpf_available("egress_tls_target_port") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-target-port"),
+        "secure.example",
+    );
+    let server = TlsServer::start(&certs);
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: secure-example
+spec:
+  hosts:
+  - secure.example
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+    targetPort: {port}
+  - number: 443
+    name: https-port
+    protocol: HTTPS
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: secure-example
+spec:
+  host: secure.example
+  trafficPolicy:
+    portLevelSettings:
+    - port:
+        number: 80
+      tls:
+        mode: SIMPLE
+        caCertificates: {ca}
+"#,
+        port = server.port,
+        ca = certs.join("ca.pem").display(),
+    );
+    let d = start("egress-tls-target-port", 196, &yaml);
+    let out = curl(
+        &d,
+        &[
+            "--resolve",
+            "secure.example:80:127.0.0.1",
+            "-w",
+            "\n%{http_code}",
+            "http://secure.example/",
+        ],
+    );
+    assert!(out.ends_with("\n200"), "{out}");
+    assert!(out.contains("s_server"), "TLS to the target port: {out}");
 }

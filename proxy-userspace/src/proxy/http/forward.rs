@@ -546,7 +546,9 @@ async fn forward(
         Decision::Passthrough => {
             // No VirtualService: Istio's default route to the service the request names (by a
             // Host of a ServiceEntry declaring the port dialled, else by the VIP dialled), where
-            // its endpoints and DestinationRule apply; else the original destination.
+            // its endpoints and DestinationRule apply (an external service without endpoints is
+            // reached at the address the client dialled, unless that is another service's VIP);
+            // else the original destination.
             let port = down.dst.port();
             let vip = snap.compiled.vip_host(down.dst);
             default_route = candidates
@@ -554,7 +556,8 @@ async fn forward(
                 .map(|h| h.as_ref())
                 .find(|h| {
                     snap.compiled.clusters.get(*h).is_some_and(|c| {
-                        c.ports.contains_key(&port) && (Some(*h) == vip || !c.endpoints.is_empty())
+                        c.ports.contains_key(&port)
+                            && (Some(*h) == vip || !c.endpoints.is_empty() || vip.is_none())
                     })
                 })
                 .map(|h| crate::routes::Destination::service(h, port));

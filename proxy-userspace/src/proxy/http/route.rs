@@ -275,15 +275,23 @@ pub fn endpoints<'s>(
     else {
         if requested.iter().any(|h| *h == dest.host) {
             // A service without endpoints (an external host resolved by the client, say) still
-            // has its DestinationRule's settings.
-            let policy = match described {
-                Some(c) => ClusterPolicy::of(c, &dest.host, None, port, protocol, Vec::new()),
-                None => ClusterPolicy {
-                    protocol,
-                    ..ClusterPolicy::unconfigured(&dest.host, port)
-                },
+            // has its DestinationRule's settings, and its port's `targetPort`, at the address
+            // the client dialled.
+            let (policy, target_port) = match described {
+                Some(c) => (
+                    ClusterPolicy::of(c, &dest.host, None, port, protocol, Vec::new()),
+                    c.target_ports.get(&port).copied(),
+                ),
+                None => (
+                    ClusterPolicy {
+                        protocol,
+                        ..ClusterPolicy::unconfigured(&dest.host, port)
+                    },
+                    None,
+                ),
             };
-            return Ok((vec![SocketAddr::new(dst.ip(), port)], policy));
+            let addr = SocketAddr::new(dst.ip(), target_port.unwrap_or(port));
+            return Ok((vec![addr], policy));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
             return Ok((
