@@ -46,12 +46,24 @@ fn a_reset_is_retried_on_another_endpoint() {
     if !ebpf_available("retry_reset") {
         return;
     }
-    // v1 resets every connection, v2 answers; the route spreads over both endpoints.
+    retried_past_a_resetting_endpoint("reset,connect-failure", 52);
+    // As Envoy's: gateway-error (and 5xx) retry a reset too.
+    retried_past_a_resetting_endpoint("gateway-error", 197);
+}
+
+/// Requests to a service whose endpoints are one that resets every connection and one that
+/// answers, with `retryOn`, all end on the answering one.
+fn retried_past_a_resetting_endpoint(retry_on: &str, slot: u16) {
     let resetting = Backend::resetting("127.0.0.1:0");
     let (v1, v2) = two_backends();
-    let yaml = policies(&v1, &v2, "  - retries:\n      attempts: 3\n      retryOn: reset,connect-failure\n    route:\n    - destination:\n        host: reviews\n")
-        .replace(&format!("http: {}\n", v1.addr.port()), &format!("http: {}\n", resetting.addr.port()));
-    let d = start("retry-reset", 52, &yaml);
+    let routes = format!(
+        "  - retries:\n      attempts: 3\n      retryOn: {retry_on}\n    route:\n    - destination:\n        host: reviews\n"
+    );
+    let yaml = policies(&v1, &v2, &routes).replace(
+        &format!("http: {}\n", v1.addr.port()),
+        &format!("http: {}\n", resetting.addr.port()),
+    );
+    let d = start(&format!("retry-reset-{slot}"), slot, &yaml);
     // The default balancer (LEAST_REQUEST) picks each first attempt's endpoint at random: six
     // requests all missed the resetting one about once in 64 runs. Requests continue until one
     // has hit it (40 all missing: about once in 10^12).
@@ -64,11 +76,11 @@ fn a_reset_is_retried_on_another_endpoint() {
     assert_eq!(
         v2.requests(),
         sent,
-        "every request ended on the healthy endpoint"
+        "every request ended on the healthy endpoint ({retry_on})"
     );
     assert!(
         resetting.accepted() >= 1,
-        "some first attempts hit the resetting endpoint"
+        "some first attempts hit the resetting endpoint ({retry_on})"
     );
 }
 

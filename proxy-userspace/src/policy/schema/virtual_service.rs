@@ -100,13 +100,45 @@ static REWRITE: Obj = Obj {
     check: None,
 };
 
-static RETRIES: Obj = obj(&[
-    req("attempts", int(0, 100)),
-    opt("perTryTimeout", DURATION),
-    opt("retryOn", Ty::Str(rules::retry_on)),
-    opt("retryRemoteLocalities", Ty::Bool),
-    opt("backoff", DURATION),
-]);
+static RETRIES: Obj = Obj {
+    fields: &[
+        req("attempts", int(0, 100)),
+        opt("perTryTimeout", DURATION),
+        opt("retryOn", Ty::Str(rules::retry_on)),
+        opt("retryRemoteLocalities", Ty::Bool),
+        opt("backoff", DURATION),
+    ],
+    one_of: &[],
+    check: Some(check_retry_on),
+};
+
+/// Envoy conditions Istio accepts that meshd never retries on.
+const NEVER_RETRIED: [(&str, &str); 3] = [
+    (
+        "envoy-ratelimited",
+        "meshd does not read x-envoy-ratelimited on upstream answers",
+    ),
+    (
+        "retriable-headers",
+        "Istio has no way to name the retriable headers",
+    ),
+    ("http3-post-connect-failure", "meshd speaks no HTTP/3"),
+];
+
+fn check_retry_on(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    let Some(on) = node.entry("retryOn") else {
+        return;
+    };
+    for cond in on.value.as_str().unwrap_or("").split(',').map(str::trim) {
+        if let Some((_, why)) = NEVER_RETRIED.iter().find(|(c, _)| *c == cond) {
+            r.warn(
+                on.value.pos,
+                &report::key(path, "retryOn"),
+                format!("{cond} never causes a retry here: {why}"),
+            );
+        }
+    }
+}
 
 static DELAY: Obj = Obj {
     fields: &[

@@ -343,3 +343,16 @@ fn a_fault_without_a_percentage_is_a_warning() {
         ]
     );
 }
+
+#[test]
+fn retry_conditions_meshd_never_acts_on_are_a_warning() {
+    let f = check(&vs(
+        "  - route: [{destination: {host: r}}]\n    retries: {attempts: 2, retryOn: \"5xx,envoy-ratelimited\"}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "9:37: warning: spec.http[0].retries.retryOn: envoy-ratelimited never causes a retry here: meshd does not read x-envoy-ratelimited on upstream answers"
+        ]
+    );
+}

@@ -27,10 +27,13 @@ pub struct Conditions {
     pub five_xx: bool,
     pub gateway_error: bool,
     pub reset: bool,
+    /// A reset before the request went out: a connect failure or a refused stream.
+    pub reset_before_request: bool,
     pub connect_failure: bool,
     pub refused_stream: bool,
     pub retriable_4xx: bool,
-    /// `retriable-status-codes` plus bare status codes in retryOn (Istio accepts both).
+    /// The status codes in retryOn (Istio turns them into `retriable-status-codes`); with
+    /// `retriable-status-codes` and no code, none (503 only in Istio's default policy).
     pub status_codes: Vec<u16>,
     /// gRPC status codes: cancelled 1, deadline-exceeded 4, resource-exhausted 8, internal 13,
     /// unavailable 14.
@@ -45,12 +48,12 @@ impl Conditions {
                 "5xx" => c.five_xx = true,
                 "gateway-error" => c.gateway_error = true,
                 "reset" => c.reset = true,
+                "reset-before-request" => c.reset_before_request = true,
                 "connect-failure" => c.connect_failure = true,
                 "refused-stream" => c.refused_stream = true,
                 "retriable-4xx" => c.retriable_4xx = true,
-                // Envoy takes the codes from x-envoy-retriable-status-codes; Istio's default
-                // policy means 503.
-                "retriable-status-codes" => c.status_codes.push(503),
+                // The codes are the numbers listed beside it.
+                "retriable-status-codes" => {}
                 "cancelled" => c.grpc.push(1),
                 "deadline-exceeded" => c.grpc.push(4),
                 "resource-exhausted" => c.grpc.push(8),
@@ -75,10 +78,28 @@ impl Conditions {
                     || self.status_codes.contains(&status)
                     || grpc.is_some_and(|g| self.grpc.contains(&g))
             }
-            Outcome::ConnectFailure => self.connect_failure || self.five_xx || self.gateway_error,
-            Outcome::Reset => self.reset || self.five_xx,
-            Outcome::RefusedStream => self.refused_stream || self.five_xx,
-            Outcome::Timeout => self.five_xx || self.gateway_error || self.reset,
+            // As Envoy's wouldRetryFromReset: 5xx, gateway-error and reset retry any reset.
+            Outcome::ConnectFailure => {
+                self.any_reset() || self.connect_failure || self.reset_before_request
+            }
+            Outcome::Reset => self.any_reset(),
+            Outcome::RefusedStream => {
+                self.any_reset() || self.refused_stream || self.reset_before_request
+            }
+            Outcome::Timeout => self.any_reset(),
+        }
+    }
+
+    /// Whether any reset of the upstream request (or its per-try timeout) is retried.
+    fn any_reset(&self) -> bool {
+        self.five_xx || self.gateway_error || self.reset
+    }
+
+    /// Istio's conditions when a route sets no `retryOn`, with 503 as the retriable status.
+    fn istio_default() -> Conditions {
+        Conditions {
+            status_codes: vec![503],
+            ..Conditions::parse(ISTIO_DEFAULT_RETRY_ON)
         }
     }
 }
@@ -109,7 +130,7 @@ impl RetryPolicy {
             None => RetryPolicy {
                 retries: 2,
                 per_try_timeout: None,
-                on: Conditions::parse(ISTIO_DEFAULT_RETRY_ON),
+                on: Conditions::istio_default(),
                 base: BASE_BACKOFF,
                 max: MAX_BACKOFF,
                 explicit: false,
@@ -124,7 +145,10 @@ impl RetryPolicy {
                     retries: r.attempts,
                     per_try_timeout: r.per_try_timeout.map(|d| d.0).filter(|d| !d.is_zero()),
                     // Istio: attempts without retryOn retry on Envoy's default set.
-                    on: Conditions::parse(r.retry_on.as_deref().unwrap_or(ISTIO_DEFAULT_RETRY_ON)),
+                    on: r
+                        .retry_on
+                        .as_deref()
+                        .map_or_else(Conditions::istio_default, Conditions::parse),
                     base,
                     max: if r.backoff.is_some() {
                         base * 10

@@ -41,10 +41,13 @@ fn conditions() {
         status: 409,
         grpc: None
     }));
-    assert!(r.matches(Outcome::Response {
-        status: 503,
-        grpc: None
-    }));
+    assert!(
+        !r.matches(Outcome::Response {
+            status: 503,
+            grpc: None
+        }),
+        "an explicit retryOn retries only the codes it lists, as Istio configures Envoy"
+    );
     assert!(r.matches(Outcome::Response {
         status: 418,
         grpc: None
@@ -60,6 +63,41 @@ fn conditions() {
     }));
     let cf = Conditions::parse("connect-failure");
     assert!(cf.matches(Outcome::ConnectFailure) && !cf.matches(Outcome::Reset));
+}
+
+/// Envoy's wouldRetryFromReset: `5xx`, `gateway-error` and `reset` retry every reset, and
+/// `reset-before-request` those before the request went out.
+#[test]
+fn resets_are_retried_as_envoy_retries_them() {
+    let resets = [
+        Outcome::ConnectFailure,
+        Outcome::Reset,
+        Outcome::RefusedStream,
+        Outcome::Timeout,
+    ];
+    for on in ["5xx", "gateway-error", "reset"] {
+        let c = Conditions::parse(on);
+        assert!(resets.iter().all(|o| c.matches(*o)), "{on}");
+    }
+    let before = Conditions::parse("reset-before-request");
+    let matched: Vec<bool> = resets.iter().map(|o| before.matches(*o)).collect();
+    assert_eq!(matched, [true, false, true, false]);
+    let refused = Conditions::parse("refused-stream");
+    assert!(refused.matches(Outcome::RefusedStream) && !refused.matches(Outcome::ConnectFailure));
+}
+
+#[test]
+fn attempts_without_retry_on_take_istios_default_conditions() {
+    let spec = HttpRetry {
+        attempts: 3,
+        ..HttpRetry::default()
+    };
+    let p = RetryPolicy::from_spec(Some(&spec));
+    assert_eq!(p.tries(), 4);
+    assert!(p.on.matches(Outcome::Response {
+        status: 503,
+        grpc: None
+    }));
 }
 
 #[test]
