@@ -221,17 +221,17 @@ fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// The path after `rewrite.uri`: a prefix match has its prefix replaced, otherwise the whole
-/// path is (Istio semantics).
+/// The path after `rewrite.uri`, as Istio's `prefix_rewrite` does it in Envoy: the matched
+/// prefix is replaced, and a match without `uri` (or a route without matches) matched the
+/// prefix `/`, so `/foo` with `uri: /v2` becomes `/v2foo`; an exact or regex match replaces
+/// the whole path.
 pub fn rewrite_path(route: &HttpRoute, view: &RequestView<'_>, replacement: &str) -> String {
-    let prefix = route
-        .matches
-        .iter()
-        .find(|m| m.matches(view))
-        .and_then(|m| match &m.uri {
-            Some(StringMatcher::Prefix(p)) => Some(p.clone()),
-            _ => None,
-        });
+    let matched = route.matches.iter().find(|m| m.matches(view));
+    let prefix = match matched.map(|m| &m.uri) {
+        Some(Some(StringMatcher::Prefix(p))) => Some(p.as_str()),
+        Some(Some(_)) => None,
+        Some(None) | None => Some("/"),
+    };
     match prefix {
         Some(p) if view.path.len() >= p.len() => format!("{replacement}{}", &view.path[p.len()..]),
         _ => replacement.to_string(),
@@ -696,6 +696,63 @@ spec:
             (lb(&v2_port), errors(&v2_port)),
             (None, Some(2)),
             "the subset's port entry replaces everything"
+        );
+    }
+
+    #[test]
+    fn rewrite_uri_replaces_the_matched_prefix_as_envoy_does() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api]
+  http:
+  - match: [{uri: {prefix: /old}}]
+    rewrite: {uri: /new}
+    route: [{destination: {host: api}}]
+  - match: [{uri: {exact: /exact}}]
+    rewrite: {uri: /replaced}
+    route: [{destination: {host: api}}]
+  - match: [{headers: {x-v2: {exact: "1"}}}]
+    rewrite: {uri: /v2}
+    route: [{destination: {host: api}}]
+  - rewrite: {uri: /}
+    route: [{destination: {host: api}}]
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid"));
+        let labels = BTreeMap::new();
+        let rewritten = |path: &str, v2: bool| {
+            let dst: SocketAddr = "10.1.1.1:80".parse().unwrap();
+            let candidates = host_candidates("api", "default", dst, &snap);
+            let header = |n: &str| (v2 && n == "x-v2").then_some("1");
+            let view = RequestView {
+                method: "GET",
+                path,
+                query: None,
+                authority: "api",
+                scheme: "http",
+                port: 80,
+                header: &header,
+                source_labels: &labels,
+                source_namespace: None,
+            };
+            let Decision::Forward { route, .. } = decide(&snap, &candidates, &view) else {
+                panic!("forwarded");
+            };
+            let uri = route.spec.rewrite.as_ref().and_then(|r| r.uri.clone());
+            rewrite_path(route, &view, &uri.expect("a rewrite"))
+        };
+        assert_eq!(rewritten("/old/page", false), "/new/page");
+        assert_eq!(rewritten("/exact", false), "/replaced");
+        assert_eq!(
+            rewritten("/foo", true),
+            "/v2foo",
+            "no uri match: the prefix /"
+        );
+        assert_eq!(
+            rewritten("/foo/bar", false),
+            "/foo/bar",
+            "uri: / keeps the path"
         );
     }
 
