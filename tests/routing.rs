@@ -399,6 +399,61 @@ spec:
     assert_eq!(v2.requests(), 1, "the match bound to the mesh");
 }
 
+/// Header matches on pseudo-headers (`:method`, `:path` with its query, `:authority`) and on
+/// `host`, which an HTTP/2 request carries as `:authority`: as Envoy matches them, over
+/// HTTP/1.1 and HTTP/2 alike.
+#[test]
+fn pseudo_headers_and_host_match_over_both_protocols() {
+    if !ebpf_available("pseudo_headers") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - match:
+    - headers:
+        ":method":
+          exact: DELETE
+    directResponse:
+      status: 405
+  - match:
+    - headers:
+        ":path":
+          exact: /q?x=1
+    directResponse:
+      status: 201
+  - match:
+    - headers:
+        host:
+          exact: reviews:9080
+        ":authority":
+          prefix: reviews
+      uri:
+        prefix: /host
+    directResponse:
+      status: 202
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+    let d = start("pseudo-headers", 198, &policies(&v1, &v2, routes));
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let code = |args: &[&str]| {
+            let mut all = vec![proto, "-o", "/dev/null", "-w", "%{http_code}"];
+            all.extend_from_slice(args);
+            support::mesh::curl(&d, &all)
+        };
+        assert_eq!(
+            code(&["-X", "DELETE", "http://reviews:9080/"]),
+            "405",
+            "{proto}"
+        );
+        assert_eq!(code(&["http://reviews:9080/q?x=1"]), "201", "{proto}");
+        assert_eq!(code(&["http://reviews:9080/q?x=2"]), "200", "{proto}");
+        assert_eq!(code(&["http://reviews:9080/host"]), "202", "{proto}");
+    }
+    assert_eq!(v1.requests(), 2, "only /q?x=2 reached the upstream");
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {

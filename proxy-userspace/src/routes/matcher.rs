@@ -100,10 +100,15 @@ impl RequestMatch {
                 .headers
                 .iter()
                 .all(|(n, m)| presence_holds(m, (r.header)(n)))
-            && !self
-                .without_headers
-                .iter()
-                .any(|(n, m)| presence_holds(m, (r.header)(n)))
+            // As Istio configures Envoy's inverted matchers: a missing header is matched as
+            // empty, so `regex: ".*"` excludes requests without the header too.
+            && !self.without_headers.iter().any(|(n, m)| {
+                let value = (r.header)(n);
+                match m {
+                    PresenceMatcher::Value(_) => presence_holds(m, value.or(Some(""))),
+                    PresenceMatcher::Present(_) => presence_holds(m, value),
+                }
+            })
             && self
                 .query_params
                 .iter()
@@ -189,6 +194,28 @@ mod tests {
         assert!(
             !m.matches(&view("/x", &hdr, &other)),
             "sourceLabels must all match"
+        );
+    }
+
+    #[test]
+    fn without_headers_match_a_missing_header_as_empty() {
+        let labels = BTreeMap::new();
+        let none = |_: &str| None;
+        let exclude = |m: StringMatcher| RequestMatch {
+            without_headers: vec![("x-canary".into(), PresenceMatcher::Value(m))],
+            ..Default::default()
+        };
+        let any = exclude(StringMatcher::regex(".*").unwrap());
+        assert!(!any.matches(&view("/", &none, &labels)), "\"\" matches .*");
+        let set = exclude(StringMatcher::Exact("1".into()));
+        assert!(set.matches(&view("/", &none, &labels)), "\"\" is not 1");
+        let present = RequestMatch {
+            without_headers: vec![("x-canary".into(), PresenceMatcher::Present(true))],
+            ..Default::default()
+        };
+        assert!(
+            present.matches(&view("/", &none, &labels)),
+            "absent: not excluded"
         );
     }
 }

@@ -480,13 +480,22 @@ async fn forward(
 
     let (decision, new_path) = {
         let headers = req.headers();
-        let lookup = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let scheme = req.uri().scheme_str().unwrap_or("http");
+        // As Envoy's header matchers: pseudo-headers, and `host` as the authority (which an
+        // HTTP/2 request carries as `:authority`, not as a Host header).
+        let lookup = |n: &str| match n {
+            ":authority" | "host" => Some(authority.as_str()),
+            ":method" => Some(req.method().as_str()),
+            ":path" => req.uri().path_and_query().map(|p| p.as_str()),
+            ":scheme" => Some(scheme),
+            _ => headers.get(n).and_then(|v| v.to_str().ok()),
+        };
         let view = RequestView {
             method: req.method().as_str(),
             path: req.uri().path(),
             query: req.uri().query(),
             authority: &authority,
-            scheme: req.uri().scheme_str().unwrap_or("http"),
+            scheme,
             port: down.dst.port(),
             header: &lookup,
             source_labels: labels,
