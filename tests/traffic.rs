@@ -145,18 +145,20 @@ fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
     }
     let (v1, v2) = two_backends();
     let routes = format!(
-        "  - match:\n    - uri:\n        prefix: /all\n    mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 100\n{TO_V1}  - mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 0\n{TO_V1}"
+        "  - match:\n    - uri:\n        prefix: /all\n    mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 100\n{TO_V1}  - match:\n    - uri:\n        prefix: /legacy\n    mirror:\n      host: reviews\n      subset: v2\n    mirrorPercent: 0\n{TO_V1}  - mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 0\n{TO_V1}"
     );
     let d = start("mirror", 55, &policies(&v1, &v2, &routes));
     for _ in 0..20 {
         assert_eq!(status(&d, "http://reviews:9080/all"), "200");
         assert_eq!(status(&d, "http://reviews:9080/none"), "200");
+        // The deprecated integer form counts as Istio reads it.
+        assert_eq!(status(&d, "http://reviews:9080/legacy"), "200");
     }
     // Mirrors are fire-and-forget: give the last copies a moment to land.
     support::eventually(std::time::Duration::from_secs(5), || {
         (v2.requests() >= 20).then_some(())
     });
-    assert_eq!(v1.requests(), 40, "the primary got every request");
+    assert_eq!(v1.requests(), 60, "the primary got every request");
     assert_eq!(v2.requests(), 20, "100% mirrored for /all, 0% for the rest");
     assert_eq!(
         v2.shadow_requests(),

@@ -78,6 +78,8 @@ pub struct HttpRoute {
     pub mirror: Option<Destination>,
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`, honoured when that is unset.
+    pub mirror_percent: Option<u32>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
 }

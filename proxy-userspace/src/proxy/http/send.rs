@@ -319,16 +319,16 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
     let Some(route) = plan.route else { return };
     let spec = &route.spec;
     let ns = route.origin.split('/').next().unwrap_or("default");
-    let single = spec
-        .mirror
-        .as_ref()
-        .map(|d| (d, spec.mirror_percentage.as_ref()));
+    // The deprecated `mirrorPercent` still counts when `mirrorPercentage` is unset, as in Istio.
+    let single_pct =
+        (spec.mirror_percentage.as_ref().map(|p| p.value)).or(spec.mirror_percent.map(f64::from));
+    let single = spec.mirror.as_ref().map(|d| (d, single_pct));
     let many = spec
         .mirrors
         .iter()
-        .map(|m| (&m.destination, m.percentage.as_ref()));
+        .map(|m| (&m.destination, m.percentage.as_ref().map(|p| p.value)));
     for (dest, pct) in single.into_iter().chain(many) {
-        let pct = pct.map_or(100.0, |p| p.value);
+        let pct = pct.unwrap_or(100.0);
         if pct < 100.0 && fastrand::f64() * 100.0 >= pct {
             continue;
         }
