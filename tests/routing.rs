@@ -454,6 +454,53 @@ fn pseudo_headers_and_host_match_over_both_protocols() {
     assert_eq!(v1.requests(), 2, "only /q?x=2 reached the upstream");
 }
 
+/// Istio's default path normalization: dot segments are resolved before routing, so
+/// `/public/../admin` cannot slip past a route for `/admin`, and the upstream gets the
+/// normalized path.
+#[test]
+fn dot_segments_are_resolved_before_routing_and_forwarding() {
+    if !ebpf_available("path_normalization") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - match:
+    - uri:
+        prefix: /admin
+    directResponse:
+      status: 403
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+    let d = start("path-normalization", 199, &policies(&v1, &v2, routes));
+    let code = |path: &str| {
+        let url = format!("http://reviews:9080{path}");
+        curl(
+            &d,
+            &[
+                "--path-as-is",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &url,
+            ],
+        )
+    };
+    assert_eq!(code("/public/../admin/users"), "403");
+    assert_eq!(code("/public/./../admin"), "403");
+    assert_eq!(v1.requests(), 0);
+    let out = curl(
+        &d,
+        &["--path-as-is", "http://reviews:9080/a/./b/../c?q=../x"],
+    );
+    assert!(
+        out.contains("\"path\":\"/a/c?q=../x\""),
+        "normalized upstream: {out}"
+    );
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {

@@ -452,6 +452,9 @@ async fn forward(
     rec: &mut Record,
     cors: &mut Option<(Arc<CorsRules>, HeaderValue)>,
 ) -> Response<Body> {
+    if let Some(uri) = super::normalize::normalized(req.uri()) {
+        *req.uri_mut() = uri;
+    }
     // The snapshot this request started with serves it to the end, whatever reloads happen.
     let snap = ctx.config.current();
     let h2 = req.version() == Version::HTTP_2;

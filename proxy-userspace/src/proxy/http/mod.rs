@@ -14,6 +14,7 @@ mod headers;
 mod lb;
 pub mod locality;
 mod mirror;
+mod normalize;
 pub mod outlier;
 mod pool;
 mod ratelimit;
