@@ -501,6 +501,52 @@ fn dot_segments_are_resolved_before_routing_and_forwarding() {
     );
 }
 
+/// Header edits in Envoy's order: within a level remove, then set, then add; the weighted
+/// destination's level before the route's, so the route's edits win; and `rewrite.authority`
+/// after them all.
+#[test]
+fn header_edits_apply_in_envoys_order() {
+    if !ebpf_available("header_order") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - match:
+    - uri:
+        prefix: /order
+    headers:
+      request:
+        remove: [x-route]
+        set:
+          x-route: route-level
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+      headers:
+        request:
+          set:
+            x-route: destination-level
+  - match:
+    - uri:
+        prefix: /authority
+    rewrite:
+      authority: rewritten.example
+    headers:
+      request:
+        set:
+          host: set.example
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+    let d = start("header-order", 200, &policies(&v1, &v2, routes));
+    let out = curl(&d, &["-H", "x-route: client", "http://reviews:9080/order"]);
+    assert!(out.contains("\"x_route\":\"route-level\""), "{out}");
+    let out = curl(&d, &["http://reviews:9080/authority"]);
+    assert!(out.contains("\"host\":\"rewritten.example\""), "{out}");
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {

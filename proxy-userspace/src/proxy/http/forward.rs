@@ -591,15 +591,6 @@ async fn forward(
                 rec.reason = Some("fault injection abort".into());
                 return resp;
             }
-            if let Some(a) = route
-                .spec
-                .rewrite
-                .as_ref()
-                .and_then(|r| r.authority.as_deref())
-                && let Ok(v) = HeaderValue::from_str(a)
-            {
-                req.headers_mut().insert(header::HOST, v);
-            }
             (Some(route), Some(destination))
         }
     };
@@ -653,9 +644,10 @@ async fn forward(
             return local(500, "rate limit service unavailable\n", None);
         }
     }
+    // Envoy's order: the weighted destination's edits, then the route's.
     let levels = [
-        route.and_then(|r| r.spec.headers.as_ref()),
         destination.and_then(|d| d.headers.as_ref()),
+        route.and_then(|r| r.spec.headers.as_ref()),
     ];
 
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -671,6 +663,15 @@ async fn forward(
         parts.headers.remove(header::EXPECT);
     }
     headers::edit_request(&mut parts.headers, &levels);
+    // `rewrite.authority` after the header edits, as Envoy's host rewrite: it wins over a set
+    // Host.
+    if let Some(a) = route
+        .and_then(|r| r.spec.rewrite.as_ref())
+        .and_then(|r| r.authority.as_deref())
+        && let Ok(v) = HeaderValue::from_str(a)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
     let upstream_authority = parts
         .headers
         .get(header::HOST)

@@ -92,29 +92,37 @@ fn remove_te_but_trailers(h: &mut HeaderMap) {
     }
 }
 
+/// One level's edits in Envoy's order: remove first, then set, then add (Istio lists `set`
+/// before `add`). `:authority` names the Host, as Istio reads it.
 fn apply(h: &mut HeaderMap, ops: &HeaderOperations) {
+    let name = |k: &str| {
+        let k = if k.eq_ignore_ascii_case(":authority") {
+            "host"
+        } else {
+            k
+        };
+        HeaderName::from_bytes(k.as_bytes()).ok()
+    };
+    for k in &ops.remove {
+        if let Some(n) = name(k) {
+            h.remove(n);
+        }
+    }
     for (k, v) in &ops.set {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
+        if let (Some(n), Ok(v)) = (name(k), HeaderValue::from_str(v)) {
             h.insert(n, v);
         }
     }
     for (k, v) in &ops.add {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
+        if let (Some(n), Ok(v)) = (name(k), HeaderValue::from_str(v)) {
             h.append(n, v);
         }
     }
-    for k in &ops.remove {
-        h.remove(k.as_str());
-    }
 }
 
-/// Applies the request edits of each level, route first, then destination.
+/// Applies the request edits of each level in order; callers pass the destination's before
+/// the route's, as Envoy applies weighted-cluster edits before route edits (so the route's
+/// `set` wins).
 pub fn edit_request(h: &mut HeaderMap, levels: &[Option<&Headers>]) {
     for ops in levels.iter().flatten().filter_map(|l| l.request.as_ref()) {
         apply(h, ops);
