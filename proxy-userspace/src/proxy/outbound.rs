@@ -268,6 +268,7 @@ async fn proxy(
                 dst,
                 workload,
                 principal,
+                upgraded: Default::default(),
             },
             ctx.http.clone(),
             detected == Detected::Http2,
@@ -324,6 +325,7 @@ async fn proxy(
         dst,
         workload: workload.clone(),
         principal: principal.clone(),
+        upgraded: Default::default(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
         sockopt::set_reset_on_close(&down);

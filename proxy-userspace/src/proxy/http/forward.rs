@@ -650,7 +650,11 @@ async fn forward(
         route.and_then(|r| r.spec.headers.as_ref()),
     ];
 
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let downstream_upgrade = upgrade.then(|| {
+        down.upgraded
+            .store(true, std::sync::atomic::Ordering::Release);
+        hyper::upgrade::on(&mut req)
+    });
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper's server answers `100 Continue` itself once the body is read, as Envoy does by

@@ -12,6 +12,7 @@ mod forward;
 mod framing;
 mod headers;
 mod lb;
+mod linger;
 pub mod locality;
 mod mirror;
 mod normalize;
@@ -24,7 +25,13 @@ pub mod retry;
 mod route;
 mod send;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -209,11 +216,16 @@ pub struct Downstream {
     pub workload: Option<String>,
     /// The source workload's SPIFFE identity, when its WorkloadEntry gives one.
     pub principal: Option<std::sync::Arc<str>>,
+    /// Set once a request on the connection asked to upgrade it (WebSocket): the socket then
+    /// belongs to the upgraded stream, and is not closed by a lingering close.
+    pub upgraded: Arc<AtomicBool>,
 }
 
 /// Serves HTTP on a captured connection until the client closes it. `h2` says the connection
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
+    let upgraded = down.upgraded.clone();
+    let lingering = linger::Lingering::of(&stream);
     let down = Arc::new(down);
     let (stream, verdicts) = framing::Guarded::new(stream);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -247,5 +259,8 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
+    }
+    if let Some(l) = lingering.filter(|_| !upgraded.load(Ordering::Acquire)) {
+        tokio::spawn(l.close());
     }
 }
