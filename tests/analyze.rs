@@ -76,7 +76,7 @@ fn a_broken_file_yields_exactly_its_errors() {
         format!("{f}:15:15: error: spec.http[0].route[0].weight: weights of a route must sum to 100, got 90"),
         format!("{f}:20:14: error: spec.http[0].timeout: invalid duration \"2 seconds\": expected a number and a unit (ns, us, ms, s, m, h), e.g. 250ms, 2s, 1.5h"),
         format!("{f}:23:7: error: spec.http[0].retries: unknown field \"perTryTimout\", did you mean \"perTryTimeout\"?"),
-        format!("{f}:34:25: error: spec.trafficPolicy.connectionPool.tcp.maxConnections: must be at least 1, got 0 (a limit of 0 would refuse all traffic; omit the field for no limit)"),
+        format!("{f}:34:25: error: spec.trafficPolicy.connectionPool.tcp.maxConnections: must be at least 0, got -1"),
         format!("{f}:38:27: error: spec.trafficPolicy.outlierDetection.maxEjectionPercent: must be at most 100, got 150"),
         format!("{f}:41:7: error: kind: EnvoyFilter is not supported: meshd has no Envoy to patch. Write rate limits as a meshd.io/v1alpha1 RateLimitPolicy (see policies/ratelimit.yaml); other Envoy patches have no meshd equivalent"),
         "analyzed 1 file (0 valid resources): 6 errors, 0 warnings; cross-resource checks run once the errors are fixed".to_string(),
