@@ -547,6 +547,70 @@ fn header_edits_apply_in_envoys_order() {
     assert!(out.contains("\"host\":\"rewritten.example\""), "{out}");
 }
 
+/// A DestinationRule with a `workloadSelector` shapes the service for the clients it selects
+/// only: its subset exists for productpage (a WorkloadEntry with its labels), not for ratings.
+#[test]
+fn a_destination_rule_with_a_workload_selector_applies_to_the_clients_it_selects() {
+    if !ebpf_available("dr_workload_selector") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - route:
+    - destination:
+        host: reviews
+        subset: canary
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews-for-productpage
+spec:
+  host: reviews
+  workloadSelector:
+    matchLabels:
+      app: productpage
+  subsets:
+  - name: canary
+    labels:
+      version: v2
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: productpage
+spec:
+  address: 127.0.0.1
+  labels:
+    app: productpage
+"#;
+    let d = start("dr-workload-selector", 201, &policies(&v1, &v2, routes));
+    assert_eq!(status(&d, "http://reviews:9080/"), "200");
+    assert_eq!(v2.requests(), 1, "productpage's rule has the canary subset");
+    let out = d
+        .exec(
+            "default/ratings",
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--resolve",
+                "reviews:9080:127.0.0.50",
+                "http://reviews:9080/",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "503",
+        "ratings is not selected: no canary subset for it"
+    );
+    assert_eq!(v1.requests() + v2.requests(), 1);
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {
@@ -554,15 +618,39 @@ fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() 
     }
     let (v1, v2) = two_backends();
     let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
-    let yaml = policies(&v1, &v2, routes).replace("protocol: HTTP", "protocol: TCP");
-    let d = start("declared-tcp", 44, &yaml);
+    let balanced = |lb: &str| {
+        policies(&v1, &v2, routes)
+            .replace("protocol: HTTP", "protocol: TCP")
+            .replace(
+                "spec:\n  host: reviews\n  subsets:",
+                &format!("spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      {lb}\n  subsets:"),
+            )
+    };
+    let d = start("declared-tcp", 44, &balanced("simple: ROUND_ROBIN"));
     for _ in 0..4 {
         assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
     }
-    // L4: each connection goes to the next endpoint of the VIP's service; the HTTP route
-    // (v1 only) does not apply, and no request line is logged.
+    // L4: each connection goes to the next endpoint of the VIP's service, by the
+    // DestinationRule's load balancer; the HTTP route (v1 only) does not apply, and no
+    // request line is logged.
     assert_eq!((v1.accepted(), v2.accepted()), (2, 2));
     assert!(!d.log_text().contains("request method="), "served at L4");
+    drop(d);
+    // A consistent hash on the source IP keeps every connection of this client (127.0.0.1)
+    // on one endpoint.
+    let d = start(
+        "declared-tcp-hash",
+        202,
+        &balanced("consistentHash: {useSourceIp: true}"),
+    );
+    for _ in 0..6 {
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    }
+    let (a, b) = (v1.accepted() - 2, v2.accepted() - 2);
+    assert!(
+        (a, b) == (6, 0) || (a, b) == (0, 6),
+        "one endpoint: ({a}, {b})"
+    );
 }
 
 /// Istio's TCP traffic shifting: a VirtualService's `tcp` routes send opaque connections to a

@@ -167,6 +167,57 @@ fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
     );
 }
 
+/// Outlier detection for opaque TCP, as Envoy's TCP proxy feeds it: a failed connect counts
+/// against the endpoint, which is ejected, and later connections go to the others.
+#[test]
+fn tcp_connect_failures_eject_an_endpoint() {
+    if !ebpf_available("tcp_outlier") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 1\n      baseEjectionTime: 30s\n";
+    let yaml = with_lb(policies(&v1, &v2, TO_ALL), lb)
+        .replace("protocol: HTTP", "protocol: TCP")
+        .replace(
+            &format!("http: {}\n", v2.addr.port()),
+            &format!("http: {dead_port}\n"),
+        );
+    let d = start("tcp-outlier", 203, &yaml);
+    let code = || {
+        let out = d
+            .exec(
+                "default/productpage",
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                    "--resolve",
+                    "reviews:9080:127.0.0.50",
+                    "http://reviews:9080/whoami",
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let codes: Vec<String> = (0..6).map(|_| code()).collect();
+    assert_eq!(
+        codes.iter().filter(|c| *c == "200").count(),
+        5,
+        "one connect failed, then the dead endpoint was ejected: {codes:?}"
+    );
+    assert_eq!(v1.requests(), 5);
+    assert!(d.log_shows("endpoint ejected by outlier detection"));
+}
+
 /// The mesh's DestinationRule with a trafficPolicy.loadBalancer block added.
 fn with_lb(yaml: String, lb: &str) -> String {
     yaml.replace(

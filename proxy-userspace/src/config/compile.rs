@@ -16,9 +16,10 @@ use crate::{
         model::{self, StringMatch, TrafficPolicy},
     },
     routes::{
-        Destination, HostRoutes, HttpRoute, RegexRewrite, RequestMatch, RouteTable, StringMatcher,
-        matcher::PresenceMatcher,
+        Client, Destination, HostRoutes, HttpRoute, RegexRewrite, RequestMatch, RouteTable,
+        StringMatcher, matcher::PresenceMatcher,
     },
+    security::authz::matchers::IpBlock,
 };
 
 /// One endpoint of a service: where to connect, and the labels subsets select by.
@@ -54,6 +55,18 @@ pub struct Cluster {
     pub subset_policies: BTreeMap<String, TrafficPolicy>,
     /// `namespace/name` of the DestinationRule applied, if any.
     pub destination_rule: Option<String>,
+    /// DestinationRules with a `workloadSelector`, each with the cluster as it alone shapes it
+    /// for the clients it selects.
+    pub by_client: Vec<ClientRule>,
+}
+
+/// A DestinationRule with a `workloadSelector`: for the workloads of its namespace that carry
+/// its labels it replaces the rules without a selector, as in Istio.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientRule {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub cluster: Arc<Cluster>,
 }
 
 /// Policies that select one workload (by its WorkloadEntry labels).
@@ -84,6 +97,10 @@ pub struct Compiled {
     /// Istio, a VIP names the service only on its declared ports: another port of the same
     /// address is not the service's.
     pub vips: HashMap<std::net::SocketAddr, String>,
+    /// ServiceEntry `addresses` that are ranges (`192.168.10.0/24`), with each declared port
+    /// → the service's first host, the narrowest range first. A single address written as
+    /// `/32` or `/128` is in `vips`.
+    pub vip_ranges: Vec<(IpBlock, u16, String)>,
     /// Endpoint address → `namespace/name` of the WorkloadEntry behind it, for telemetry.
     pub endpoint_workloads: HashMap<std::net::SocketAddr, String>,
     /// Who stands behind each endpoint, and which meshd node fronts it.
@@ -324,6 +341,9 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
         .iter()
         .map(|dr| (fqdn(&dr.spec.host, &dr.metadata.namespace), &**dr))
         .collect();
+    let (selective, rules): (Vec<_>, Vec<_>) = rules
+        .into_iter()
+        .partition(|(_, dr)| dr.spec.workload_selector.is_some());
     for (host, dr) in rules.iter().filter(|(h, _)| !h.starts_with('*')) {
         let c = clusters.entry(host.clone()).or_insert_with(|| Cluster {
             host: host.clone(),
@@ -346,6 +366,32 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
         };
         for (_, dr) in covering.filter(|(h, _)| specificity(h) == best) {
             apply_destination_rule(c, dr);
+        }
+    }
+    for (host, dr) in &selective {
+        if !host.starts_with('*') {
+            clusters.entry(host.clone()).or_insert_with(|| Cluster {
+                host: host.clone(),
+                ..Default::default()
+            });
+        }
+        let selects = |c: &Cluster| covers(host, &c.host);
+        for c in clusters.values_mut().filter(|c| selects(c)) {
+            let mut shaped = Cluster {
+                host: c.host.clone(),
+                ports: c.ports.clone(),
+                target_ports: c.target_ports.clone(),
+                endpoints: c.endpoints.clone(),
+                ..Default::default()
+            };
+            apply_destination_rule(&mut shaped, dr);
+            c.by_client.push(ClientRule {
+                namespace: dr.metadata.namespace.clone(),
+                labels: (dr.spec.workload_selector.as_ref())
+                    .map(|s| s.match_labels.clone())
+                    .unwrap_or_default(),
+                cluster: Arc::new(shaped),
+            });
         }
     }
     clusters
@@ -417,9 +463,15 @@ fn compile_workloads(set: &PolicySet) -> BTreeMap<String, WorkloadPolicies> {
 }
 
 impl Compiled {
-    /// The service whose VIP and declared port `dst` is.
+    /// The service whose VIP (or address range) and declared port `dst` is.
     pub fn vip_host(&self, dst: std::net::SocketAddr) -> Option<&str> {
-        self.vips.get(&dst).map(String::as_str)
+        if let Some(host) = self.vips.get(&dst) {
+            return Some(host);
+        }
+        self.vip_ranges
+            .iter()
+            .find(|(block, port, _)| *port == dst.port() && block.contains(dst.ip()))
+            .map(|(_, _, host)| host.as_str())
     }
 
     /// The protocol a ServiceEntry declares for a VIP and port: its `protocol`, else Istio's
@@ -434,6 +486,22 @@ impl Compiled {
 }
 
 impl Cluster {
+    /// The cluster as `client` sees it: shaped by the first DestinationRule whose
+    /// `workloadSelector` selects it (a workload of the rule's namespace with its labels), else
+    /// by the rules without one.
+    pub fn for_client(&self, client: Option<&Client<'_>>) -> &Cluster {
+        let Some(client) = client.filter(|_| !self.by_client.is_empty()) else {
+            return self;
+        };
+        self.by_client
+            .iter()
+            .find(|r| {
+                client.namespace == Some(r.namespace.as_str())
+                    && labels_match(&r.labels, client.labels)
+            })
+            .map_or(self, |r| &r.cluster)
+    }
+
     /// The protocol the service declares on `port`: the port's `protocol`, else Istio's
     /// port-name convention (`http-web`, `grpc`, `tcp-db`, ...). `None`: undeclared or unknown.
     pub fn port_protocol(&self, port: u16) -> Option<crate::proxy::sniff::Detected> {
@@ -457,24 +525,36 @@ impl Cluster {
     }
 }
 
-fn compile_vips(set: &PolicySet) -> HashMap<std::net::SocketAddr, String> {
-    let mut vips = HashMap::new();
+/// Every ServiceEntry address with each port the entry declares: single addresses (also as
+/// `/32` or `/128`) by address, ranges apart, narrowest first. The first entry to claim an
+/// address and port keeps it.
+type Vips = (
+    HashMap<std::net::SocketAddr, String>,
+    Vec<(IpBlock, u16, String)>,
+);
+
+fn compile_vips(set: &PolicySet) -> Vips {
+    let (mut vips, mut ranges) = (HashMap::new(), Vec::new());
     for se in &set.service_entries {
         let Some(host) = se.spec.hosts.first() else {
             continue;
         };
-        for a in &se.spec.addresses {
-            // A CIDR range is not a VIP; only single addresses map to a host.
-            let Ok(ip) = a.parse::<std::net::IpAddr>() else {
-                continue;
-            };
+        let host = fqdn(host, &se.metadata.namespace);
+        for block in se.spec.addresses.iter().filter_map(|a| IpBlock::parse(a)) {
             for port in &se.spec.ports {
-                vips.entry(std::net::SocketAddr::new(ip, port.number))
-                    .or_insert_with(|| fqdn(host, &se.metadata.namespace));
+                match block.single() {
+                    Some(ip) => {
+                        vips.entry(std::net::SocketAddr::new(ip, port.number))
+                            .or_insert_with(|| host.clone());
+                    }
+                    None => ranges.push((block, port.number, host.clone())),
+                }
             }
         }
     }
-    vips
+    // Stable: among ranges of one width, the first entry's comes first.
+    ranges.sort_by_key(|(block, _, _)| std::cmp::Reverse(block.prefix()));
+    (vips, ranges)
 }
 
 fn compile_endpoint_workloads(set: &PolicySet) -> HashMap<std::net::SocketAddr, String> {
@@ -542,6 +622,7 @@ pub fn compile(set: &PolicySet) -> Compiled {
 /// Compiles `set`, with the addresses `dns` gives for endpoint names.
 pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
     let mtls = mtls(set);
+    let (vips, vip_ranges) = compile_vips(set);
     let mut workloads = compile_workloads(set);
     resolve_mtls(&mut workloads, &mtls);
     Compiled {
@@ -550,7 +631,8 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
         clusters: compile_clusters(set, &dns),
         dns,
         workloads,
-        vips: compile_vips(set),
+        vips,
+        vip_ranges,
         endpoint_workloads: compile_endpoint_workloads(set),
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
@@ -654,6 +736,84 @@ spec:
             lb(db),
             Some("ROUND_ROBIN".into()),
             "the most specific wildcard"
+        );
+    }
+
+    #[test]
+    fn addresses_as_cidr_ranges_name_their_service_narrowest_first() {
+        let se = |name: &str, addresses: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{name}.example]\n  addresses: [{addresses}]\n  ports: [{{number: 27017, name: tcp-mongo, protocol: TCP}}]\n  resolution: NONE\n---\n"
+            )
+        };
+        let yaml = format!(
+            "{}{}{}",
+            se("wide", "192.168.0.0/16"),
+            se("narrow", "192.168.10.0/24"),
+            se("single", "10.1.2.3/32"),
+        );
+        let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        let at = |s: &str| c.vip_host(s.parse().unwrap());
+        assert_eq!(
+            at("10.1.2.3:27017"),
+            Some("single.example"),
+            "a /32 is a VIP"
+        );
+        assert!(c.vips.contains_key(&"10.1.2.3:27017".parse().unwrap()));
+        assert_eq!(at("192.168.10.7:27017"), Some("narrow.example"));
+        assert_eq!(at("192.168.11.7:27017"), Some("wide.example"));
+        assert_eq!(at("192.168.10.7:27018"), None, "an undeclared port");
+        assert_eq!(at("10.1.2.4:27017"), None);
+    }
+
+    #[test]
+    fn a_rule_with_a_workload_selector_shapes_the_cluster_for_the_clients_it_selects() {
+        let yaml = format!(
+            "{SHARED_VIP}---\n{}",
+            r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-for-sleep, namespace: default}
+spec:
+  host: web
+  workloadSelector:
+    matchLabels: {app: sleep}
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets:
+  - {name: canary}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+"#
+        );
+        let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        let web = &c.clusters["web.default.svc.cluster.local"];
+        let sleep: BTreeMap<String, String> = [("app".to_string(), "sleep".to_string())].into();
+        let other = BTreeMap::new();
+        let seen_by = |labels, namespace| {
+            let client = Client { labels, namespace };
+            let c = web.for_client(Some(&client));
+            (c.destination_rule.clone(), c.subsets.contains_key("canary"))
+        };
+        assert_eq!(
+            seen_by(&sleep, Some("default")),
+            (Some("default/web-for-sleep".into()), true)
+        );
+        assert_eq!(
+            seen_by(&other, Some("default")),
+            (Some("default/web".into()), false)
+        );
+        assert_eq!(
+            seen_by(&sleep, Some("prod")),
+            (Some("default/web".into()), false),
+            "a selector selects in its own namespace"
+        );
+        assert_eq!(
+            web.for_client(None).destination_rule.as_deref(),
+            Some("default/web")
         );
     }
 }

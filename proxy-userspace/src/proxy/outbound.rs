@@ -74,6 +74,8 @@ pub enum OutboundError {
     Denied(String),
     #[error("connection shed: {cluster} is at its connectionPool limit maxConnections: {limit}")]
     Overflow { cluster: String, limit: u32 },
+    #[error("{0}")]
+    NoHealthyUpstream(http::NoEndpoint),
 }
 
 impl OutboundError {
@@ -88,6 +90,7 @@ impl OutboundError {
             OutboundError::Tunnel(_) => "tunnel_failed",
             OutboundError::Denied(_) => "denied",
             OutboundError::Overflow { .. } => "upstream_overflow",
+            OutboundError::NoHealthyUpstream(_) => "no_healthy_upstream",
         }
     }
 
@@ -97,6 +100,7 @@ impl OutboundError {
             OutboundError::Shed(_) | OutboundError::Overflow { .. } => "UO",
             // Envoy's RBAC filter closes the connection without a response flag.
             OutboundError::Denied(_) => "-",
+            OutboundError::NoHealthyUpstream(_) => "UH",
             _ => "UF",
         }
     }
@@ -290,7 +294,26 @@ async fn proxy(
     } else {
         None
     };
-    let target = ctx.http.l4_target(dst, workload.as_deref(), sni.as_deref());
+    let target = match ctx
+        .http
+        .l4_target(peer, dst, workload.as_deref(), sni.as_deref())
+    {
+        Ok(t) => t,
+        Err(no_endpoint) => {
+            sockopt::set_reset_on_close(&down);
+            let e = OutboundError::NoHealthyUpstream(no_endpoint);
+            let record = TcpRecord::new(
+                ctx,
+                workload.as_deref(),
+                principal.as_deref(),
+                None,
+                dst,
+                dst,
+            );
+            record.failed(ctx, &e);
+            return Err(e);
+        }
+    };
     let upstream = target.addr;
     let record = TcpRecord::new(
         ctx,
@@ -349,7 +372,9 @@ async fn proxy(
         }
     }
     let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
-    let up = match connect_upstream(upstream, after, target.limits.keepalive).await {
+    let connected = connect_upstream(upstream, after, target.limits.keepalive).await;
+    target.observe(&ctx.http, connected.is_ok());
+    let up = match connected {
         Ok(up) => up,
         Err(failure) => {
             sockopt::set_reset_on_close(&down);

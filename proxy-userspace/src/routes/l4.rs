@@ -14,7 +14,7 @@ use crate::{
         hosts::{covers, fqdn},
         model,
     },
-    routes::Destination,
+    routes::{Client, Destination},
     security::authz::matchers::IpBlock,
 };
 
@@ -36,12 +36,6 @@ struct L4Match {
     source_namespace: Option<String>,
     /// `tls` matches: server names (exact, or `*.suffix`), one of which the SNI must be.
     sni_hosts: Vec<String>,
-}
-
-/// The client of a connection, as `tcp` and `tls` matches see it.
-pub struct Client<'a> {
-    pub labels: &'a BTreeMap<String, String>,
-    pub namespace: Option<&'a str>,
 }
 
 impl L4Match {

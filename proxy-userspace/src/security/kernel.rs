@@ -151,7 +151,8 @@ pub fn deny_entries(snap: &Snapshot, node: &NodeView, id: u32, workload: &str) -
             weight: 100,
             headers: None,
         };
-        let Ok((endpoints, _)) = crate::proxy::http::destination_endpoints(snap, &d, &[], dst)
+        let Ok((endpoints, _)) =
+            crate::proxy::http::destination_endpoints(snap, &d, &[], dst, None)
         else {
             continue;
         };

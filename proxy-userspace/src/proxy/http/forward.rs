@@ -480,6 +480,10 @@ async fn forward(
         .and_then(|w| snap.compiled.workloads.get(w))
         .map_or(&no_labels, |p| &p.labels);
     let candidates = route::host_candidates(&authority, client_ns, down.dst, &snap);
+    let client = crate::routes::Client {
+        labels,
+        namespace: source_ns,
+    };
 
     let (decision, new_path) = {
         let headers = req.headers();
@@ -696,7 +700,7 @@ async fn forward(
             Limits::default(),
             None,
         ),
-        Some(d) => match route::endpoints(&snap, d, &candidates, down.dst) {
+        Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
             Ok((e, policy)) => {
                 let inputs = HashInputs {
                     headers: &parts.headers,

@@ -86,6 +86,31 @@ pub fn algorithm(
     (algorithm, None)
 }
 
+/// The algorithm for an opaque connection from `peer`: as for a request, but a consistent
+/// hash can only read the source IP (other keys are request attributes: round robin).
+pub fn for_connection(lb: Option<&LoadBalancer>, peer: SocketAddr) -> Algorithm {
+    let Some(lb) = lb else {
+        return Algorithm::LeastRequest;
+    };
+    match &lb.consistent_hash {
+        Some(h) => Algorithm::Hash(
+            (h.use_source_ip == Some(true)).then(|| peer.ip().to_string().into_bytes()),
+        ),
+        None => {
+            algorithm(
+                Some(lb),
+                &HashInputs {
+                    headers: &HeaderMap::new(),
+                    query: None,
+                    peer,
+                    local: peer,
+                },
+            )
+            .0
+        }
+    }
+}
+
 /// Load-balancer state shared by every request: the round-robin position and in-flight
 /// requests per endpoint.
 #[derive(Default)]
@@ -243,5 +268,31 @@ mod tests {
         let distinct: std::collections::HashSet<_> =
             (0..100).map(|i| pick(&format!("user-{i}"))).collect();
         assert!(distinct.len() >= 3, "keys spread over endpoints");
+    }
+
+    #[test]
+    fn a_connection_hashes_only_on_its_source_ip() {
+        let lb = |yaml: &str| serde_json::from_str::<LoadBalancer>(yaml).unwrap();
+        let peer: SocketAddr = "10.0.0.7:40000".parse().unwrap();
+        assert_eq!(for_connection(None, peer), Algorithm::LeastRequest);
+        assert_eq!(
+            for_connection(Some(&lb(r#"{"simple": "ROUND_ROBIN"}"#)), peer),
+            Algorithm::RoundRobin
+        );
+        assert_eq!(
+            for_connection(
+                Some(&lb(r#"{"consistentHash": {"useSourceIp": true}}"#)),
+                peer
+            ),
+            Algorithm::Hash(Some(b"10.0.0.7".to_vec()))
+        );
+        assert_eq!(
+            for_connection(
+                Some(&lb(r#"{"consistentHash": {"httpHeaderName": "x-user"}}"#)),
+                peer
+            ),
+            Algorithm::Hash(None),
+            "a request attribute: round robin"
+        );
     }
 }

@@ -46,6 +46,7 @@ pub use body::Body;
 pub use flags::ResponseFlags;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
 pub use replay::Outgoing;
+pub use route::NoEndpoint;
 /// The endpoints behind a destination host and port, as routing picks them.
 pub(crate) use route::endpoints as destination_endpoints;
 pub use send::{access_denied, reset_before_headers};
@@ -119,24 +120,30 @@ impl HttpContext {
     /// Where an L4 (opaque) connection from `workload` to `dst` goes, `sni` the server name
     /// of its ClientHello if it is TLS. The destination of the first matching `tls` route (by
     /// the server name) or `tcp` route of the VirtualService of the service whose VIP was
-    /// dialled, by weight; else that service itself; then an endpoint of it (round robin)
-    /// under its connection-pool limits. Anything else: `dst` itself.
+    /// dialled, by weight; else that service itself; then an endpoint of it, by its
+    /// DestinationRule's load balancer (a consistent hash on the source IP, or round robin
+    /// for the others that read requests) among those outlier detection has not ejected,
+    /// under its connection-pool limits. Anything else: `dst` itself. Err: outlier detection
+    /// ejected every endpoint of the service.
     pub fn l4_target(
         &self,
+        peer: SocketAddr,
         dst: SocketAddr,
         workload: Option<&str>,
         sni: Option<&str>,
-    ) -> L4Target {
+    ) -> Result<L4Target, route::NoEndpoint> {
         let snap = self.config.current();
         let direct = || L4Target {
             addr: dst,
             cluster: None,
             limits: pool::Limits::default(),
             service: None,
+            in_flight: None,
+            outlier: None,
         };
         let vip_host = snap.compiled.vip_host(dst);
         let no_labels = std::collections::BTreeMap::new();
-        let client = crate::routes::l4::Client {
+        let client = crate::routes::Client {
             labels: workload
                 .and_then(|w| snap.compiled.workloads.get(w))
                 .map_or(&no_labels, |p| &p.labels),
@@ -150,22 +157,44 @@ impl HttpContext {
         let d = match (routed, vip_host) {
             (Some(d), _) => d.clone(),
             (None, Some(host)) => crate::routes::Destination::service(host, dst.port()),
-            (None, None) => return direct(),
+            (None, None) => return Ok(direct()),
         };
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
         let requested = sni.map(std::borrow::Cow::Borrowed);
-        match route::endpoints(&snap, &d, requested.as_slice(), dst) {
-            Ok((e, policy)) => L4Target {
-                addr: self.lb.choose(&lb::Algorithm::RoundRobin, &e, None),
-                cluster: Some(self.pool.cluster(&policy.key)),
-                limits: pool::Limits::from_spec(policy.pool),
-                service: Some(d.host),
-            },
-            Err(_) => L4Target {
+        match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
+            Ok((e, policy)) => {
+                let outlier = policy.outlier.map(outlier::Settings::from_spec);
+                let healthy = match &outlier {
+                    Some(s) => self.outliers.healthy(&policy.key, s, &e).0,
+                    None => e.clone(),
+                };
+                if healthy.is_empty() {
+                    // Every endpoint ejected: no healthy upstream, as for a request.
+                    return Err(route::NoEndpoint::AllEjected {
+                        cluster: policy.key,
+                    });
+                }
+                let addr = self
+                    .lb
+                    .choose(&lb::for_connection(policy.lb, peer), &healthy, None);
+                Ok(L4Target {
+                    addr,
+                    cluster: Some(self.pool.cluster(&policy.key)),
+                    limits: pool::Limits::from_spec(policy.pool),
+                    service: Some(d.host),
+                    in_flight: Some(self.lb.start(addr)),
+                    outlier: outlier.map(|settings| L4Outlier {
+                        cluster: policy.key,
+                        settings,
+                        endpoints: e,
+                    }),
+                })
+            }
+            Err(_) => Ok(L4Target {
                 service: Some(d.host),
                 ..direct()
-            },
+            }),
         }
     }
 }
@@ -206,6 +235,40 @@ pub struct L4Target {
     pub limits: pool::Limits,
     /// The service the connection went to, when it went to one.
     pub service: Option<String>,
+    /// The connection counted against its endpoint for LEAST_REQUEST, while it is open.
+    pub in_flight: Option<lb::InFlight>,
+    /// Outlier detection of the service, fed with the connect's outcome.
+    pub outlier: Option<L4Outlier>,
+}
+
+/// What outlier detection needs to record an opaque connection's connect.
+pub struct L4Outlier {
+    cluster: String,
+    settings: outlier::Settings,
+    endpoints: Vec<SocketAddr>,
+}
+
+impl L4Target {
+    /// Feeds the connect's outcome to outlier detection: a failure counts as a local-origin
+    /// failure (a 5xx unless split), a connect resets the endpoint's counts, as in Envoy's
+    /// TCP proxy.
+    pub fn observe(&self, ctx: &HttpContext, connected: bool) {
+        let Some(o) = &self.outlier else {
+            return;
+        };
+        let outcome = if connected {
+            outlier::Outcome::Status(200)
+        } else {
+            outlier::Outcome::LocalFailure
+        };
+        if let Some(outlier::Event::Ejected { for_ }) =
+            ctx.outliers
+                .record(&o.cluster, &o.settings, self.addr, outcome, &o.endpoints)
+        {
+            tracing::warn!(cluster = %o.cluster, endpoint = %self.addr, ?for_, "endpoint ejected by outlier detection");
+            ctx.metrics.outlier(&o.cluster, "ejected");
+        }
+    }
 }
 
 /// The captured connection a request arrived on.

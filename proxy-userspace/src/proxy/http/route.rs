@@ -17,7 +17,7 @@ use crate::{
         TrafficPolicy,
     },
     proxy::sniff::Detected,
-    routes::{Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
+    routes::{Client, Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
 };
 
 /// What to do with a request.
@@ -259,8 +259,9 @@ pub fn endpoints<'s>(
     dest: &Destination,
     requested: &[Cow<'_, str>],
     dst: SocketAddr,
+    client: Option<&Client<'_>>,
 ) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
-    let described = snap.compiled.clusters.get(&dest.host);
+    let described = (snap.compiled.clusters.get(&dest.host)).map(|c| c.for_client(client));
     // As in Istio, a destination need not name the port of a service that has only one.
     let only_port = || {
         let mut ports = described?.ports.keys();
@@ -804,7 +805,7 @@ spec:
         let snap = snapshot();
         // Dialled on another port (a route or mirror of another service sends it here).
         let dst: SocketAddr = "10.96.0.7:9999".parse().unwrap();
-        let (addrs, policy) = endpoints(&snap, &dest(None), &[], dst).unwrap();
+        let (addrs, policy) = endpoints(&snap, &dest(None), &[], dst, None).unwrap();
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:8080"]);
         assert_eq!(policy.key, "api.default.svc.cluster.local||80");
@@ -815,7 +816,7 @@ spec:
         let snap = snapshot();
         let dst: SocketAddr = "10.96.0.1:80".parse().unwrap();
         let addrs = |subset| {
-            endpoints(&snap, &dest(subset), &[], dst)
+            endpoints(&snap, &dest(subset), &[], dst, None)
                 .map(|(a, _)| a.iter().map(|a| a.to_string()).collect::<Vec<_>>())
         };
         // A name is not an address meshd can dial: it is skipped. Ports map by name.
@@ -856,7 +857,7 @@ spec:
             headers: None,
         };
         let dst: SocketAddr = "203.0.113.7:443".parse().unwrap();
-        let (addrs, policy) = endpoints(&snap, &d, &[Cow::Borrowed("api.example.com")], dst)
+        let (addrs, policy) = endpoints(&snap, &d, &[Cow::Borrowed("api.example.com")], dst, None)
             .expect("the client's own destination");
         assert_eq!(addrs, [dst]);
         let max = policy
@@ -874,7 +875,7 @@ spec:
         );
         let snap = Snapshot::of(load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
         let dst: SocketAddr = "10.96.0.1:80".parse().unwrap();
-        let (addrs, _) = endpoints(&snap, &dest(None), &[], dst).unwrap();
+        let (addrs, _) = endpoints(&snap, &dest(None), &[], dst, None).unwrap();
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         assert_eq!(addrs, ["10.0.0.1:9090", "10.0.0.3:8080"]);
     }

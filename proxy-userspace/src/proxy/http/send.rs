@@ -333,7 +333,14 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
             continue;
         }
         let d = Destination::of(dest, None, true, ns);
-        match route::endpoints(plan.snap, &d, plan.candidates, down.dst) {
+        let no_labels = std::collections::BTreeMap::new();
+        let client = crate::routes::Client {
+            labels: (down.workload.as_ref())
+                .and_then(|w| plan.snap.compiled.workloads.get(w))
+                .map_or(&no_labels, |p| &p.labels),
+            namespace: super::namespace_of(down.workload.as_deref()),
+        };
+        match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
             Ok((e, policy)) => {
                 let addr = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
                 let target = match ctx.upstream(plan.snap, addr, down.workload.as_deref()) {

@@ -80,6 +80,17 @@ impl IpBlock {
         })
     }
 
+    /// The one address of a block as wide as an address (`/32`, `/128`).
+    pub fn single(&self) -> Option<IpAddr> {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        (self.prefix == max).then_some(self.addr)
+    }
+
+    /// The prefix length: larger is narrower.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
