@@ -611,6 +611,34 @@ spec:
     assert_eq!(v1.requests() + v2.requests(), 1);
 }
 
+/// ServiceEntry `addresses` given as a CIDR range: any address in it is the service's, on
+/// its declared ports.
+#[test]
+fn an_address_range_names_its_service() {
+    if !ebpf_available("cidr_vip") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = policies(&v1, &v2, routes).replace("  - 127.0.0.50\n", "  - 127.0.0.48/29\n");
+    assert!(yaml.contains("127.0.0.48/29"));
+    let d = start("cidr-vip", 204, &yaml);
+    let code = curl(
+        &d,
+        &[
+            "--resolve",
+            "elsewhere:9080:127.0.0.53",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://elsewhere:9080/",
+        ],
+    );
+    assert_eq!(code, "200");
+    assert_eq!(v1.requests(), 1, "the service's route took it");
+}
+
 #[test]
 fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() {
     if !ebpf_available("declared_tcp") {
