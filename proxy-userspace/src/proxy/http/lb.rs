@@ -79,8 +79,8 @@ pub fn algorithm(
     let algorithm = match lb.simple.as_deref() {
         Some("ROUND_ROBIN") => Algorithm::RoundRobin,
         Some("RANDOM") => Algorithm::Random,
-        // LEAST_CONN is LEAST_REQUEST's deprecated name; PASSTHROUGH and UNSPECIFIED use the
-        // default.
+        // LEAST_CONN is LEAST_REQUEST's deprecated name; UNSPECIFIED uses the default, and
+        // PASSTHROUGH has one endpoint, the original destination (see route::endpoints).
         _ => Algorithm::LeastRequest,
     };
     (algorithm, None)

@@ -33,12 +33,15 @@ pub struct Settings {
     pub base_ejection: Duration,
     pub max_ejection_percent: u32,
     pub min_health_percent: u32,
+    /// Each whole `interval` an endpoint spends back in the pool takes one off its ejection
+    /// count, so an endpoint that stays healthy is ejected for the base time again.
+    pub interval: Duration,
 }
 
 impl Settings {
     /// Istio's defaults for an `outlierDetection` block: 5 consecutive 5xx, gateway errors off,
     /// 5 local-origin failures (when split), 30 s base ejection, at most 10% ejected, no panic
-    /// threshold.
+    /// threshold, a 10 s interval.
     pub fn from_spec(o: &OutlierDetection) -> Settings {
         Settings {
             consecutive_5xx: o
@@ -54,6 +57,7 @@ impl Settings {
             // As Istio: 0 is unset, which is Envoy's default.
             max_ejection_percent: o.max_ejection_percent.filter(|p| *p > 0).unwrap_or(10),
             min_health_percent: o.min_health_percent.unwrap_or(0),
+            interval: o.interval.map_or(Duration::from_secs(10), |d| d.0),
         }
     }
 }
@@ -73,6 +77,8 @@ struct Host {
     gateway: u32,
     local: u32,
     ejected_until: Option<Instant>,
+    /// When the last ejection ended (or ends).
+    ejection_end: Option<Instant>,
     ejections: u32,
 }
 
@@ -144,6 +150,7 @@ impl Detector {
                 *h = Host {
                     ejections: h.ejections,
                     ejected_until: h.ejected_until,
+                    ejection_end: h.ejection_end,
                     ..Host::default()
                 };
                 false
@@ -167,9 +174,17 @@ impl Detector {
         if ejected_now >= allowed {
             return None;
         }
+        // As Envoy: the count went down by one for each interval spent back in the pool.
+        if let Some(end) = h.ejection_end.filter(|end| now > *end) {
+            let back = (now - end).as_nanos() / s.interval.as_nanos().max(1);
+            h.ejections = h
+                .ejections
+                .saturating_sub(u32::try_from(back).unwrap_or(u32::MAX));
+        }
         h.ejections += 1;
         let for_ = (s.base_ejection * h.ejections).min(MAX_EJECTION.max(s.base_ejection));
         h.ejected_until = Some(now + for_);
+        h.ejection_end = h.ejected_until;
         h.c5xx = 0;
         h.gateway = 0;
         h.local = 0;
@@ -283,6 +298,7 @@ mod tests {
             base_ejection: Duration::from_secs(30),
             max_ejection_percent: 100,
             min_health_percent: 0,
+            interval: Duration::from_secs(10),
         }
     }
 
@@ -311,6 +327,18 @@ mod tests {
         assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(d.healthy("c", &s, &e).0, e);
+        // Two intervals (10 s) back in the pool take the count down by two: the base again.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let mut last = None;
+        for _ in 0..3 {
+            last = d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        assert_eq!(
+            last,
+            Some(Event::Ejected {
+                for_: Duration::from_secs(30)
+            })
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -339,7 +339,7 @@ pub fn endpoints<'s>(
             subset,
         });
     }
-    let policy = ClusterPolicy::of(
+    let mut policy = ClusterPolicy::of(
         cluster,
         &dest.host,
         dest.subset.as_deref(),
@@ -347,6 +347,12 @@ pub fn endpoints<'s>(
         protocol,
         localities,
     );
+    // `simple: PASSTHROUGH`: Envoy's original-destination cluster, the address the client
+    // dialled, with no load balancing.
+    if policy.lb.and_then(|l| l.simple.as_deref()) == Some("PASSTHROUGH") {
+        policy.localities = vec![None];
+        return Ok((vec![dst], policy));
+    }
     Ok((addrs, policy))
 }
 
@@ -755,6 +761,18 @@ spec:
             "/foo/bar",
             "uri: / keeps the path"
         );
+    }
+
+    #[test]
+    fn passthrough_sends_to_the_address_the_client_dialled() {
+        let yaml = format!(
+            "{POLICIES}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api-lb, namespace: default}}\nspec:\n  host: api\n  trafficPolicy: {{loadBalancer: {{simple: PASSTHROUGH}}}}\n"
+        );
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), &yaml).expect("valid"));
+        let dst: SocketAddr = "10.96.0.7:80".parse().unwrap();
+        let (addrs, policy) = endpoints(&snap, &dest(None), &[], dst, None).unwrap();
+        assert_eq!(addrs, [dst]);
+        assert_eq!(policy.localities.len(), 1);
     }
 
     #[test]

@@ -98,12 +98,15 @@ impl Limits {
             l.max_retries = unset_at_zero(http.max_retries);
             l.max_requests_per_connection = http.max_requests_per_connection.unwrap_or(0);
             l.max_streams = unset_at_zero(http.max_concurrent_streams);
-            l.idle_timeout = http
-                .idle_timeout
-                .map(|d| d.0)
-                .filter(|d| !d.is_zero())
-                .unwrap_or(DEFAULT_IDLE_TIMEOUT);
         }
+        // As Istio: without `http.idleTimeout`, `tcp.idleTimeout` also bounds an idle HTTP
+        // connection.
+        let http_idle = pool.http.as_ref().and_then(|h| h.idle_timeout);
+        let tcp_idle = pool.tcp.as_ref().and_then(|t| t.idle_timeout);
+        l.idle_timeout = (http_idle.or(tcp_idle))
+            .map(|d| d.0)
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT);
         l
     }
 
@@ -133,6 +136,18 @@ mod tests {
         assert_eq!(l.max_connections, 1);
         assert_eq!(l.max_pending, UNLIMITED);
         assert_eq!(l.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    }
+
+    #[test]
+    fn tcp_idle_timeout_bounds_idle_http_connections_without_an_http_one() {
+        let idle = |json: &str| Limits::from_spec(Some(&parse(json))).idle_timeout;
+        let secs = Duration::from_secs;
+        assert_eq!(idle(r#"{"tcp": {"idleTimeout": "30s"}}"#), secs(30));
+        assert_eq!(
+            idle(r#"{"tcp": {"idleTimeout": "30s"}, "http": {"idleTimeout": "5s"}}"#),
+            secs(5)
+        );
+        assert_eq!(idle(r#"{"http": {"maxRetries": 1}}"#), DEFAULT_IDLE_TIMEOUT);
     }
 
     #[test]
