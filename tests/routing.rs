@@ -502,8 +502,8 @@ fn dot_segments_are_resolved_before_routing_and_forwarding() {
 }
 
 /// Header edits in Envoy's order: within a level remove, then set, then add; the weighted
-/// destination's level before the route's, so the route's edits win; and `rewrite.authority`
-/// after them all.
+/// destination's level before the route's, so the route's edits win; `rewrite.authority`
+/// after them all; and Envoy's `%...%` operators in values.
 #[test]
 fn header_edits_apply_in_envoys_order() {
     if !ebpf_available("header_order") {
@@ -528,6 +528,17 @@ fn header_edits_apply_in_envoys_order() {
             x-route: destination-level
   - match:
     - uri:
+        prefix: /operators
+    headers:
+      request:
+        set:
+          x-route: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|%REQ(x-user)%|100%%"
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+  - match:
+    - uri:
         prefix: /authority
     rewrite:
       authority: rewritten.example
@@ -545,6 +556,15 @@ fn header_edits_apply_in_envoys_order() {
     assert!(out.contains("\"x_route\":\"route-level\""), "{out}");
     let out = curl(&d, &["http://reviews:9080/authority"]);
     assert!(out.contains("\"host\":\"rewritten.example\""), "{out}");
+    // Envoy's operators in values, as Istio passes them through.
+    let out = curl(
+        &d,
+        &["-H", "x-user: alice", "http://reviews:9080/operators"],
+    );
+    assert!(
+        out.contains("\"x_route\":\"127.0.0.1|alice|100%\""),
+        "{out}"
+    );
 }
 
 /// A DestinationRule with a `workloadSelector` shapes the service for the clients it selects

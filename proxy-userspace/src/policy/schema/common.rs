@@ -73,11 +73,39 @@ pub static MATCH_LABELS_SELECTOR: Obj = obj(&[req("matchLabels", LABELS)]);
 const HEADER_MAP: Ty = Ty::Map(rules::header_name, &STR);
 
 /// `{set, add, remove}` on request or response headers.
-pub static HEADER_OPERATIONS: Obj = obj(&[
-    opt("set", HEADER_MAP),
-    opt("add", HEADER_MAP),
-    opt("remove", Ty::List(&Ty::Str(rules::header_name))),
-]);
+pub static HEADER_OPERATIONS: Obj = Obj {
+    fields: &[
+        opt("set", HEADER_MAP),
+        opt("add", HEADER_MAP),
+        opt("remove", Ty::List(&Ty::Str(rules::header_name))),
+    ],
+    one_of: &[],
+    check: Some(check_header_operators),
+};
+
+/// Envoy's `%...%` operators in header values that meshd does not substitute (a warning: the
+/// value goes out as written).
+fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    for key in ["set", "add"] {
+        let Some(entries) = node.get(key).and_then(Node::entries) else {
+            continue;
+        };
+        for e in entries {
+            let Some(op) = e
+                .value
+                .as_str()
+                .and_then(crate::proxy::http::unknown_operator)
+            else {
+                continue;
+            };
+            r.warn(
+                e.value.pos,
+                &crate::policy::report::key(&crate::policy::report::key(path, key), &e.key),
+                format!("meshd does not substitute %{op}%; the value is sent as written"),
+            );
+        }
+    }
+}
 
 pub static HEADERS: Obj = obj(&[
     opt("request", Ty::Obj(&HEADER_OPERATIONS)),

@@ -356,3 +356,16 @@ fn retry_conditions_meshd_never_acts_on_are_a_warning() {
         ]
     );
 }
+
+#[test]
+fn header_operators_meshd_does_not_substitute_are_a_warning() {
+    let f = check(&vs(
+        "  - route: [{destination: {host: r}}]\n    headers:\n      request:\n        set: {x-a: \"%DOWNSTREAM_REMOTE_ADDRESS%\", x-b: \"%UPSTREAM_CLUSTER%\"}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "11:56: warning: spec.http[0].headers.request.set.x-b: meshd does not substitute %UPSTREAM_CLUSTER%; the value is sent as written"
+        ]
+    );
+}

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, body,
     cors::{Check as CorsCheck, CorsRules},
-    fault, framing, headers,
+    fault, framing, header_values, headers,
     lb::{self, Algorithm, HashInputs},
     outlier,
     pool::{Limits, UpstreamError},
@@ -480,6 +480,12 @@ async fn forward(
         .and_then(|w| snap.compiled.workloads.get(w))
         .map_or(&no_labels, |p| &p.labels);
     let candidates = route::host_candidates(&authority, client_ns, down.dst, &snap);
+    // What Envoy's operators in header edits (`%DOWNSTREAM_REMOTE_ADDRESS%`, ...) read.
+    let edits = header_values::Context {
+        peer: down.peer,
+        local: down.dst,
+        protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
+    };
     let client = crate::routes::Client {
         labels,
         namespace: source_ns,
@@ -539,7 +545,7 @@ async fn forward(
             route,
         } => {
             let mut resp = local(status, body, None);
-            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()]);
+            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()], &edits);
             return resp;
         }
         Decision::Redirect {
@@ -548,7 +554,7 @@ async fn forward(
             route,
         } => {
             let mut resp = local(status, String::new(), Some((header::LOCATION, location)));
-            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()]);
+            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()], &edits);
             return resp;
         }
         Decision::NoRoute { host } => {
@@ -670,7 +676,7 @@ async fn forward(
     {
         parts.headers.remove(header::EXPECT);
     }
-    headers::edit_request(&mut parts.headers, &levels);
+    headers::edit_request(&mut parts.headers, &levels, &edits);
     // `rewrite.authority` after the header edits, as Envoy's host rewrite: it wins over a set
     // Host.
     if let Some(a) = route
@@ -798,7 +804,7 @@ async fn forward(
     if let Some(c) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
-    headers::edit_response(resp.headers_mut(), &levels);
+    headers::edit_response(resp.headers_mut(), &levels, &edits);
     resp
 }
 

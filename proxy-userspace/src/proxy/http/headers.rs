@@ -8,6 +8,7 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 
+use super::header_values::{self, Context};
 use crate::policy::model::{HeaderOperations, Headers};
 
 /// The trimmed tokens of every `name` field, in order (RFC 9110 section 5.6.1 lists).
@@ -93,8 +94,10 @@ fn remove_te_but_trailers(h: &mut HeaderMap) {
 }
 
 /// One level's edits in Envoy's order: remove first, then set, then add (Istio lists `set`
-/// before `add`). `:authority` names the Host, as Istio reads it.
-fn apply(h: &mut HeaderMap, ops: &HeaderOperations) {
+/// before `add`). `:authority` names the Host, as Istio reads it. Values are rendered (Envoy's
+/// `%...%` operators) against the headers as they were before the level: a request's own for
+/// request edits (`of_request`).
+fn apply(h: &mut HeaderMap, ops: &HeaderOperations, cx: &Context<'_>, of_request: bool) {
     let name = |k: &str| {
         let k = if k.eq_ignore_ascii_case(":authority") {
             "host"
@@ -103,35 +106,42 @@ fn apply(h: &mut HeaderMap, ops: &HeaderOperations) {
         };
         HeaderName::from_bytes(k.as_bytes()).ok()
     };
+    let rendered = |pairs: &std::collections::BTreeMap<String, String>, h: &HeaderMap| {
+        let request = of_request.then_some(h);
+        pairs
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = header_values::render(v, cx, request);
+                Some((name(k)?, HeaderValue::from_str(&v).ok()?))
+            })
+            .collect::<Vec<_>>()
+    };
+    let (set, add) = (rendered(&ops.set, h), rendered(&ops.add, h));
     for k in &ops.remove {
         if let Some(n) = name(k) {
             h.remove(n);
         }
     }
-    for (k, v) in &ops.set {
-        if let (Some(n), Ok(v)) = (name(k), HeaderValue::from_str(v)) {
-            h.insert(n, v);
-        }
+    for (n, v) in set {
+        h.insert(n, v);
     }
-    for (k, v) in &ops.add {
-        if let (Some(n), Ok(v)) = (name(k), HeaderValue::from_str(v)) {
-            h.append(n, v);
-        }
+    for (n, v) in add {
+        h.append(n, v);
     }
 }
 
 /// Applies the request edits of each level in order; callers pass the destination's before
 /// the route's, as Envoy applies weighted-cluster edits before route edits (so the route's
 /// `set` wins).
-pub fn edit_request(h: &mut HeaderMap, levels: &[Option<&Headers>]) {
+pub fn edit_request(h: &mut HeaderMap, levels: &[Option<&Headers>], cx: &Context<'_>) {
     for ops in levels.iter().flatten().filter_map(|l| l.request.as_ref()) {
-        apply(h, ops);
+        apply(h, ops, cx, true);
     }
 }
 
-pub fn edit_response(h: &mut HeaderMap, levels: &[Option<&Headers>]) {
+pub fn edit_response(h: &mut HeaderMap, levels: &[Option<&Headers>], cx: &Context<'_>) {
     for ops in levels.iter().flatten().filter_map(|l| l.response.as_ref()) {
-        apply(h, ops);
+        apply(h, ops, cx, false);
     }
 }
 
@@ -170,9 +180,44 @@ mod tests {
             }),
             response: None,
         };
-        edit_request(&mut h, &[Some(&ops), None]);
+        let cx = Context {
+            peer: "10.0.0.7:40000".parse().unwrap(),
+            local: "10.96.0.1:9080".parse().unwrap(),
+            protocol: "HTTP/1.1",
+        };
+        edit_request(&mut h, &[Some(&ops), None], &cx);
         assert_eq!(h.get("x-set").unwrap(), "after");
         assert_eq!(h.get("x-add").unwrap(), "a");
         assert!(h.get("x-old").is_none());
+    }
+
+    #[test]
+    fn within_a_level_remove_goes_first() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "client".parse().unwrap());
+        let ops = Headers {
+            request: Some(HeaderOperations {
+                set: [("x-a".to_string(), "%REQ(x-a)%-set".to_string())].into(),
+                add: [(":authority".to_string(), "b.example".to_string())].into(),
+                remove: vec!["x-a".into()],
+            }),
+            response: None,
+        };
+        let cx = Context {
+            peer: "10.0.0.7:40000".parse().unwrap(),
+            local: "10.96.0.1:9080".parse().unwrap(),
+            protocol: "HTTP/1.1",
+        };
+        edit_request(&mut h, &[Some(&ops)], &cx);
+        assert_eq!(
+            h.get("x-a").unwrap(),
+            "client-set",
+            "rendered before the remove"
+        );
+        assert_eq!(
+            h.get("host").unwrap(),
+            "b.example",
+            ":authority is the Host"
+        );
     }
 }

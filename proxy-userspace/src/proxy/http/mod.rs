@@ -10,6 +10,7 @@ mod fault;
 mod flags;
 mod forward;
 mod framing;
+mod header_values;
 mod headers;
 mod lb;
 mod linger;
@@ -44,6 +45,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
+pub use header_values::unknown as unknown_operator;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
 pub use replay::Outgoing;
 pub use route::NoEndpoint;
