@@ -218,6 +218,34 @@ fn tcp_connect_failures_eject_an_endpoint() {
     assert!(d.log_shows("endpoint ejected by outlier detection"));
 }
 
+/// ServiceEntry endpoint `weight`s share a service's traffic, as Envoy's load-balancing
+/// weights do: 90/10 over 400 requests.
+#[test]
+fn endpoint_weights_share_the_traffic() {
+    if !ebpf_available("endpoint_weights") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let weigh = |yaml: String, port: u16, w: u32| {
+        let at = format!("      http: {port}\n");
+        yaml.replace(&at, &format!("{at}    weight: {w}\n"))
+    };
+    let yaml = weigh(
+        weigh(policies(&v1, &v2, TO_ALL), v1.addr.port(), 90),
+        v2.addr.port(),
+        10,
+    );
+    assert_eq!(yaml.matches("    weight: ").count(), 2, "{yaml}");
+    let d = start("endpoint-weights", 205, &yaml);
+    let n = 400;
+    let codes = curl_many(&d, "http://reviews:9080/whoami", n, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"));
+    // Binomial(400, 0.1): mean 40, sd 6; 5 sd either side.
+    let b = v2.requests();
+    assert_eq!(v1.requests() + b, n);
+    assert!((10..=70).contains(&b), "v2 got {b} of {n}");
+}
+
 /// The mesh's DestinationRule with a trafficPolicy.loadBalancer block added.
 fn with_lb(yaml: String, lb: &str) -> String {
     yaml.replace(

@@ -697,6 +697,7 @@ async fn forward(
     let mut h2_upstream = h2;
     // A cookie meshd generated for consistent hashing goes back to the client.
     let mut set_cookie = None;
+    let mut weights = None;
     let (endpoints, algo, cluster, outlier, limits, priorities) = match destination {
         None => (
             Ok(vec![down.dst]),
@@ -707,7 +708,7 @@ async fn forward(
             None,
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
-            Ok((e, policy)) => {
+            Ok((e, mut policy)) => {
                 let inputs = HashInputs {
                     headers: &parts.headers,
                     query: parts.uri.query(),
@@ -717,6 +718,7 @@ async fn forward(
                 let algo;
                 (algo, set_cookie) = lb::algorithm(policy.lb, &inputs);
                 let priorities = send::priorities(ctx.locality.as_ref(), &policy);
+                weights = policy.weights.take();
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
                 let mut limits = Limits::from_spec(policy.pool);
@@ -794,6 +796,7 @@ async fn forward(
         h2: h2_upstream,
         endpoints,
         algo,
+        weights,
         priorities,
     };
     let mut resp = match downstream_upgrade {

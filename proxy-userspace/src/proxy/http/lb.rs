@@ -1,7 +1,8 @@
 //! Endpoint selection from DestinationRule `loadBalancer`: ROUND_ROBIN, LEAST_REQUEST (power of
 //! two choices over in-flight requests), RANDOM, and consistentHash (header, cookie, query
 //! parameter or source IP, with rendezvous hashing so a key keeps its endpoint while the set is
-//! stable). A retry avoids the endpoint that just failed when there is another.
+//! stable), each weighted by the endpoints' `weight` when they differ. A retry avoids the
+//! endpoint that just failed when there is another.
 
 use std::{
     borrow::Cow,
@@ -201,6 +202,64 @@ impl Balancer {
                 .expect("endpoints are not empty"),
         }
     }
+
+    /// As [`Balancer::choose`], for endpoints of unequal `weight`: round robin walks a
+    /// low-discrepancy sequence over the weights (each endpoint gets its share, interleaved),
+    /// random picks in proportion to weight, least request compares two weighted picks by
+    /// in-flight requests per unit of weight, and a consistent hash scales each endpoint's
+    /// score by its weight (weighted rendezvous hashing).
+    pub fn choose_weighted(
+        &self,
+        algo: &Algorithm,
+        endpoints: &[SocketAddr],
+        avoid: Option<SocketAddr>,
+        weight: impl Fn(SocketAddr) -> u32,
+    ) -> SocketAddr {
+        let pool: Vec<(SocketAddr, u64)> = endpoints
+            .iter()
+            .filter(|e| Some(**e) != avoid || endpoints.iter().all(|o| Some(*o) == avoid))
+            .map(|e| (*e, u64::from(weight(*e).max(1))))
+            .collect();
+        let total: u64 = pool.iter().map(|(_, w)| w).sum();
+        // The endpoint at `x` of the way through the weights (`x` in [0, 1)).
+        let at = |x: f64| {
+            let mut n = (x * total as f64) as u64;
+            for (e, w) in &pool {
+                if n < *w {
+                    return *e;
+                }
+                n -= w;
+            }
+            pool[pool.len() - 1].0
+        };
+        match algo {
+            Algorithm::RoundRobin | Algorithm::Hash(None) => {
+                // The golden-ratio sequence spreads consecutive turns over the weights.
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed) as f64;
+                at((turn * 0.618_033_988_749_894_9).fract())
+            }
+            Algorithm::Random => at(fastrand::f64()),
+            Algorithm::LeastRequest => {
+                let (a, b) = (at(fastrand::f64()), at(fastrand::f64()));
+                let per_weight = |e: SocketAddr| self.load(&e) as f64 / weight(e).max(1) as f64;
+                if per_weight(b) < per_weight(a) { b } else { a }
+            }
+            Algorithm::Hash(Some(key)) => {
+                pool.iter()
+                    .map(|(e, w)| {
+                        let mut h = DefaultHasher::new();
+                        key.hash(&mut h);
+                        e.hash(&mut h);
+                        // A uniform draw in (0, 1) from the hash, then -w / ln(u).
+                        let u = (h.finish() as f64 + 1.0) / (u64::MAX as f64 + 2.0);
+                        (*e, -(*w as f64) / u.ln())
+                    })
+                    .max_by(|x, y| x.1.total_cmp(&y.1))
+                    .map(|(e, _)| e)
+                    .expect("endpoints are not empty")
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -293,6 +352,36 @@ mod tests {
             ),
             Algorithm::Hash(None),
             "a request attribute: round robin"
+        );
+    }
+
+    #[test]
+    fn weights_share_the_traffic_in_proportion() {
+        let b = Balancer::default();
+        let e = addrs(2);
+        let weight = |a: SocketAddr| if a == e[0] { 90 } else { 10 };
+        for algo in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+        ] {
+            let first = (0..10_000)
+                .filter(|_| b.choose_weighted(&algo, &e, None, weight) == e[0])
+                .count();
+            assert!((8_700..9_300).contains(&first), "{algo:?}: {first}");
+        }
+        // Weighted rendezvous: over many keys, the shares follow the weights.
+        let first = (0..10_000u32)
+            .filter(|k| {
+                let algo = Algorithm::Hash(Some(k.to_le_bytes().to_vec()));
+                b.choose_weighted(&algo, &e, None, weight) == e[0]
+            })
+            .count();
+        assert!((8_700..9_300).contains(&first), "hash: {first}");
+        assert_eq!(
+            b.choose_weighted(&Algorithm::RoundRobin, &e, Some(e[0]), weight),
+            e[1],
+            "a retry avoids the endpoint that failed"
         );
     }
 }

@@ -177,9 +177,14 @@ impl HttpContext {
                         cluster: policy.key,
                     });
                 }
-                let addr = self
-                    .lb
-                    .choose(&lb::for_connection(policy.lb, peer), &healthy, None);
+                let algo = lb::for_connection(policy.lb, peer);
+                let addr = match &policy.weights {
+                    Some(w) => {
+                        let weight = |a| e.iter().position(|x| *x == a).map_or(1, |i| w[i]);
+                        self.lb.choose_weighted(&algo, &healthy, None, weight)
+                    }
+                    None => self.lb.choose(&algo, &healthy, None),
+                };
                 Ok(L4Target {
                     addr,
                     cluster: Some(self.pool.cluster(&policy.key)),

@@ -353,6 +353,18 @@ pub fn endpoints<'s>(
         policy.localities = vec![None];
         return Ok((vec![dst], policy));
     }
+    // The ServiceEntry endpoints' and WorkloadEntries' `weight`, when they differ.
+    let weights = || {
+        (0..count)
+            .map(member)
+            .map(|i| &cluster.endpoints[i])
+            .filter(|e| e.ip.is_some())
+            .map(|e| e.weight.max(1))
+    };
+    let first = weights().next();
+    if weights().any(|w| Some(w) != first) {
+        policy.weights = Some(weights().collect());
+    }
     Ok((addrs, policy))
 }
 
@@ -365,6 +377,9 @@ pub struct ClusterPolicy<'s> {
     pub protocol: Option<Detected>,
     /// Each endpoint's locality, in the order of the endpoints.
     pub localities: Vec<Option<&'s str>>,
+    /// Each endpoint's `weight`, in the order of the endpoints; `None` when they are all equal
+    /// (the common case, which allocates nothing).
+    pub weights: Option<Vec<u32>>,
     pub lb: Option<&'s LoadBalancer>,
     pub outlier: Option<&'s OutlierDetection>,
     pub pool: Option<&'s ConnectionPool>,
@@ -403,6 +418,7 @@ impl<'s> ClusterPolicy<'s> {
             key: cluster_key(host, subset.unwrap_or(""), port),
             protocol,
             localities,
+            weights: None,
             lb: setting(
                 cluster,
                 subset,

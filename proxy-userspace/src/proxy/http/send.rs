@@ -35,6 +35,8 @@ pub struct Plan<'a> {
     /// The destination's endpoints, or why there are none.
     pub endpoints: Result<Vec<SocketAddr>, NoEndpoint>,
     pub algo: Algorithm,
+    /// Each endpoint's weight, in the order of `endpoints`, when they differ.
+    pub weights: Option<Vec<u32>>,
     /// Each endpoint's locality priority, when locality-aware load balancing applies.
     pub priorities: Option<Vec<u8>>,
     /// The endpoint set's identity (host, subset, port) for outlier state.
@@ -113,7 +115,14 @@ impl Plan<'_> {
                 if let Some(level) = level {
                     *tried |= 1 << level;
                 }
-                Ok(ctx.lb.choose(&self.algo, &candidates, avoid))
+                Ok(match &self.weights {
+                    Some(w) => {
+                        let weight = |a| all.iter().position(|e| *e == a).map_or(1, |i| w[i]);
+                        ctx.lb
+                            .choose_weighted(&self.algo, &candidates, avoid, weight)
+                    }
+                    None => ctx.lb.choose(&self.algo, &candidates, avoid),
+                })
             }
             Err(e) => Err(e.clone()),
         }
