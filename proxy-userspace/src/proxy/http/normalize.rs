@@ -1,6 +1,7 @@
-//! Istio's default path normalization (`BASE`): `.` and `..` segments are resolved before a
-//! request is routed, so `/public/../admin` is matched, authorized and sent upstream as
-//! `/admin`, as Envoy's `normalize_path` does.
+//! Istio's default path normalization (`BASE`): `.` and `..` segments (a dot also written
+//! `%2e`, a slash also written `\`) are resolved before a request is routed, so
+//! `/public/../admin` is matched, authorized and sent upstream as `/admin`, as Envoy's
+//! `normalize_path` does.
 
 use hyper::Uri;
 
@@ -10,7 +11,9 @@ use crate::security::authz::matchers::normalize_path;
 /// common case, decided without allocating).
 pub fn normalized(uri: &Uri) -> Option<Uri> {
     let path = uri.path();
-    if !path.contains("/.") {
+    let may_have_dots =
+        path.contains("/.") || path.contains('\\') || path.contains("%2e") || path.contains("%2E");
+    if !may_have_dots {
         return None;
     }
     let clean = normalize_path(path);
@@ -39,6 +42,7 @@ mod tests {
         assert_eq!(norm("/public/../admin?x=1").as_deref(), Some("/admin?x=1"));
         assert_eq!(norm("/a/./b").as_deref(), Some("/a/b"));
         assert_eq!(norm("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(norm("/public/%2E%2e/admin").as_deref(), Some("/admin"));
         assert_eq!(
             norm("http://web:8080/a/../b").as_deref(),
             Some("http://web:8080/b"),

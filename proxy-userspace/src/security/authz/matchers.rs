@@ -159,28 +159,35 @@ impl PathPattern {
 }
 
 /// The path rules are matched against: the request target without query or fragment, with
-/// `.` and `..` segments resolved (RFC 3986 §5.2.4), so `/public/../admin` is `/admin`.
-/// Percent-encoding is left as is and repeated slashes are kept, as in Istio's default
-/// (`BASE`) normalization.
+/// `.` and `..` segments resolved (RFC 3986 §5.2.4), so `/public/../admin` is `/admin`. As
+/// Envoy's canonicalizer does under Istio's default (`BASE`) normalization, `%2e` counts as a
+/// dot in such a segment and `\` as a `/`; other escapes and repeated slashes are kept.
 pub fn normalize_path(target: &str) -> String {
     let path = target.split(['?', '#']).next().unwrap_or("");
-    if !path.split('/').any(|s| s == "." || s == "..") {
+    let unified;
+    let path = if path.contains('\\') {
+        unified = path.replace('\\', "/");
+        unified.as_str()
+    } else {
+        path
+    };
+    if !path.split('/').any(|s| dots(s).is_some()) {
         return path.to_string();
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path.split('/').collect();
     let last = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "." | ".." => {
-                if *seg == ".." && out.len() > 1 {
+        match dots(seg) {
+            Some(n) => {
+                if n == 2 && out.len() > 1 {
                     out.pop();
                 }
                 if i == last {
                     out.push(""); // `/a/b/..` is the directory `/a/`
                 }
             }
-            s => out.push(s),
+            None => out.push(seg),
         }
     }
     let joined = out.join("/");
@@ -189,4 +196,22 @@ pub fn normalize_path(target: &str) -> String {
     } else {
         format!("/{joined}")
     }
+}
+
+/// How many dots a dot segment is (`.` or `..`, a dot also written `%2e`); `None` for any
+/// other segment.
+fn dots(segment: &str) -> Option<usize> {
+    let mut rest = segment;
+    let mut n = 0;
+    while !rest.is_empty() && n < 3 {
+        if let Some(r) = rest.strip_prefix('.') {
+            rest = r;
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("%2e") {
+            rest = &rest[3..];
+        } else {
+            return None;
+        }
+        n += 1;
+    }
+    (rest.is_empty() && (1..=2).contains(&n)).then_some(n)
 }

@@ -112,7 +112,13 @@ fn path_normalization() {
         ("/a/b/.", "/a/b/"),
         ("/..", "/"),
         ("//a/../b", "//b"),
-        ("/a/%2e%2e/b", "/a/%2e%2e/b"),
+        // As Envoy's canonicalizer: an escaped dot is a dot, a backslash a slash.
+        ("/a/%2e%2e/b", "/b"),
+        ("/a/.%2E/b", "/b"),
+        ("/a/%2e/b", "/a/b"),
+        ("/a\\..\\admin", "/admin"),
+        ("/a/%2e%2e%2e/b", "/a/%2e%2e%2e/b"),
+        ("/a/%2fb", "/a/%2fb"),
         ("/a/..?q=/../x", "/"),
     ];
     for (input, expected) in cases {
