@@ -490,6 +490,11 @@ fn dot_segments_are_resolved_before_routing_and_forwarding() {
     };
     assert_eq!(code("/public/../admin/users"), "403");
     assert_eq!(code("/public/./../admin"), "403");
+    assert_eq!(
+        code("/public/%2e%2E/admin"),
+        "403",
+        "an escaped dot is a dot"
+    );
     assert_eq!(v1.requests(), 0);
     let out = curl(
         &d,
@@ -501,9 +506,10 @@ fn dot_segments_are_resolved_before_routing_and_forwarding() {
     );
 }
 
-/// Header edits in Envoy's order: within a level remove, then set, then add; the weighted
-/// destination's level before the route's, so the route's edits win; `rewrite.authority`
-/// after them all; and Envoy's `%...%` operators in values.
+/// Header edits in the order Istio configures Envoy: within a level remove, then set, then
+/// add; weighted destinations' edits before the route's (the route's `set` wins), a single
+/// destination's after them (its `set` wins); `rewrite.authority` after them all; and Envoy's
+/// `%...%` operators in values.
 #[test]
 fn header_edits_apply_in_envoys_order() {
     if !ebpf_available("header_order") {
@@ -516,6 +522,30 @@ fn header_edits_apply_in_envoys_order() {
     headers:
       request:
         remove: [x-route]
+        set:
+          x-route: route-level
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 50
+      headers:
+        request:
+          set:
+            x-route: destination-level
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 50
+      headers:
+        request:
+          set:
+            x-route: destination-level
+  - match:
+    - uri:
+        prefix: /single
+    headers:
+      request:
         set:
           x-route: route-level
     route:
@@ -554,6 +584,8 @@ fn header_edits_apply_in_envoys_order() {
     let d = start("header-order", 200, &policies(&v1, &v2, routes));
     let out = curl(&d, &["-H", "x-route: client", "http://reviews:9080/order"]);
     assert!(out.contains("\"x_route\":\"route-level\""), "{out}");
+    let out = curl(&d, &["http://reviews:9080/single"]);
+    assert!(out.contains("\"x_route\":\"destination-level\""), "{out}");
     let out = curl(&d, &["http://reviews:9080/authority"]);
     assert!(out.contains("\"host\":\"rewritten.example\""), "{out}");
     // Envoy's operators in values, as Istio passes them through.

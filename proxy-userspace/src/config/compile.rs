@@ -48,6 +48,8 @@ pub struct Cluster {
     /// endpoint maps the port's name itself).
     pub target_ports: BTreeMap<u16, u16>,
     pub endpoints: Vec<ServiceEndpoint>,
+    /// Whether the endpoints' weights differ (else balancing ignores them, at no cost).
+    pub weighted: bool,
     /// Subset name → indices into `endpoints` whose labels match the subset.
     pub subsets: BTreeMap<String, Vec<usize>>,
     /// The DestinationRule's traffic policy, and each subset's own.
@@ -336,6 +338,9 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             c.endpoints.extend(endpoints.iter().cloned());
         }
     }
+    for c in clusters.values_mut() {
+        c.weighted = weighted(&c.endpoints);
+    }
     let rules: Vec<(String, &model::DestinationRule)> = set
         .destination_rules
         .iter()
@@ -382,6 +387,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 ports: c.ports.clone(),
                 target_ports: c.target_ports.clone(),
                 endpoints: c.endpoints.clone(),
+                weighted: weighted(&c.endpoints),
                 ..Default::default()
             };
             apply_destination_rule(&mut shaped, dr);
@@ -398,6 +404,11 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
         .into_iter()
         .map(|(k, v)| (k, Arc::new(v)))
         .collect()
+}
+
+/// Whether the endpoints' `weight`s differ.
+fn weighted(endpoints: &[ServiceEndpoint]) -> bool {
+    endpoints.windows(2).any(|w| w[0].weight != w[1].weight)
 }
 
 /// Applies a DestinationRule to its host's cluster. A later rule for the same host is merged

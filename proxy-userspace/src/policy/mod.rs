@@ -9,6 +9,7 @@ pub mod base64;
 mod convert;
 pub mod duration;
 pub mod finding;
+pub mod header_operators;
 pub mod hosts;
 pub mod kinds;
 pub mod limits;

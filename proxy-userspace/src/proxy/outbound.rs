@@ -272,7 +272,6 @@ async fn proxy(
                 dst,
                 workload,
                 principal,
-                upgraded: Default::default(),
             },
             ctx.http.clone(),
             detected == Detected::Http2,
@@ -348,7 +347,6 @@ async fn proxy(
         dst,
         workload: workload.clone(),
         principal: principal.clone(),
-        upgraded: Default::default(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
         sockopt::set_reset_on_close(&down);
@@ -360,7 +358,7 @@ async fn proxy(
     drop(snap);
     match via {
         Ok(t) if t.via.is_some() => {
-            let tunnelled = tunnelled(down, &t, &target.limits, record, ctx, workload.as_deref());
+            let tunnelled = tunnelled(down, &t, &target, record, ctx, workload.as_deref());
             return Box::pin(tunnelled).await;
         }
         Ok(_) => {}
@@ -445,13 +443,16 @@ async fn proxy(
 async fn tunnelled(
     mut down: TcpStream,
     target: &http::Target,
-    limits: &http::Limits,
+    l4: &http::L4Target,
     mut record: TcpRecord,
     ctx: &Outbound,
     workload: Option<&str>,
 ) -> Result<(), OutboundError> {
     record.labels.security_policy = "mutual_tls";
-    let mut up = match ctx.http.pool.dial(target, limits).await {
+    let dialled = ctx.http.pool.dial(target, &l4.limits).await;
+    // What this side sees of the endpoint: whether its tunnel stream opened.
+    l4.observe(&ctx.http, dialled.is_ok());
+    let mut up = match dialled {
         Ok(up) => up,
         Err(failure) => {
             sockopt::set_reset_on_close(&down);

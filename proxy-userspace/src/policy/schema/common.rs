@@ -94,7 +94,7 @@ fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
             let Some(op) = e
                 .value
                 .as_str()
-                .and_then(crate::proxy::http::unknown_operator)
+                .and_then(crate::policy::header_operators::unknown)
             else {
                 continue;
             };

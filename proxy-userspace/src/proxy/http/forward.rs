@@ -104,7 +104,7 @@ pub async fn handle(
         }
         (None, _) => {
             let mut cors = None;
-            let mut resp = forward(req, &log.down, &log.ctx, &mut rec, &mut cors).await;
+            let mut resp = forward(req, &log.down, &log.ctx, &mut rec, &mut cors, log.start).await;
             if let Some((rules, origin)) = cors {
                 rules.decorate(origin, resp.headers_mut());
             }
@@ -451,6 +451,7 @@ async fn forward(
     ctx: &HttpContext,
     rec: &mut Record,
     cors: &mut Option<(Arc<CorsRules>, HeaderValue)>,
+    started: Instant,
 ) -> Response<Body> {
     if let Some(uri) = super::normalize::normalized(req.uri()) {
         *req.uri_mut() = uri;
@@ -485,6 +486,7 @@ async fn forward(
         peer: down.peer,
         local: down.dst,
         protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
+        started,
     };
     let client = crate::routes::Client {
         labels,
@@ -545,7 +547,13 @@ async fn forward(
             route,
         } => {
             let mut resp = local(status, body, None);
-            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()], &edits);
+            let line = request_line(req.method(), req.uri(), &authority);
+            let request = header_values::Request {
+                headers: req.headers(),
+                line: &line,
+            };
+            let levels = [route.spec.headers.as_ref()];
+            headers::edit_response(resp.headers_mut(), &levels, &edits, Some(&request));
             return resp;
         }
         Decision::Redirect {
@@ -554,7 +562,13 @@ async fn forward(
             route,
         } => {
             let mut resp = local(status, String::new(), Some((header::LOCATION, location)));
-            headers::edit_response(resp.headers_mut(), &[route.spec.headers.as_ref()], &edits);
+            let line = request_line(req.method(), req.uri(), &authority);
+            let request = header_values::Request {
+                headers: req.headers(),
+                line: &line,
+            };
+            let levels = [route.spec.headers.as_ref()];
+            headers::edit_response(resp.headers_mut(), &levels, &edits, Some(&request));
             return resp;
         }
         Decision::NoRoute { host } => {
@@ -654,17 +668,20 @@ async fn forward(
             return local(500, "rate limit service unavailable\n", None);
         }
     }
-    // Envoy's order: the weighted destination's edits, then the route's.
-    let levels = [
-        destination.and_then(|d| d.headers.as_ref()),
+    // As Istio configures Envoy: several weighted destinations are weighted clusters, whose
+    // edits come before the route's; a single destination's edits are appended to the route's,
+    // after them. The later level's `set` wins.
+    let (route_level, destination_level) = (
         route.and_then(|r| r.spec.headers.as_ref()),
-    ];
+        destination.and_then(|d| d.headers.as_ref()),
+    );
+    let levels = if route.is_some_and(|r| r.destinations.len() > 1) {
+        [destination_level, route_level]
+    } else {
+        [route_level, destination_level]
+    };
 
-    let downstream_upgrade = upgrade.then(|| {
-        down.upgraded
-            .store(true, std::sync::atomic::Ordering::Release);
-        hyper::upgrade::on(&mut req)
-    });
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper's server answers `100 Continue` itself once the body is read, as Envoy does by
@@ -676,7 +693,12 @@ async fn forward(
     {
         parts.headers.remove(header::EXPECT);
     }
-    headers::edit_request(&mut parts.headers, &levels, &edits);
+    let line = request_line(&parts.method, &parts.uri, &authority);
+    headers::edit_request(&mut parts.headers, &levels, &edits, &line);
+    // Response edits that read the request (`%REQ(...)%`) get it as it went upstream.
+    let kept =
+        headers::responses_read_request(&levels).then(|| (parts.headers.clone(), line.to_owned()));
+    drop(line);
     // `rewrite.authority` after the header edits, as Envoy's host rewrite: it wins over a set
     // Host.
     if let Some(a) = route
@@ -807,8 +829,25 @@ async fn forward(
     if let Some(c) = set_cookie {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
-    headers::edit_response(resp.headers_mut(), &levels, &edits);
+    let request = kept
+        .as_ref()
+        .map(|(headers, line)| header_values::Request { headers, line });
+    headers::edit_response(resp.headers_mut(), &levels, &edits, request.as_ref());
     resp
+}
+
+/// A request's pseudo-headers for header edits, borrowed from it.
+fn request_line<'r>(
+    method: &'r Method,
+    uri: &'r hyper::Uri,
+    authority: &'r str,
+) -> header_values::RequestLine<'r> {
+    header_values::RequestLine {
+        method: method.as_str().into(),
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).into(),
+        authority: authority.into(),
+        scheme: uri.scheme_str().unwrap_or("http").into(),
+    }
 }
 
 /// The path (rewritten, if `new_path`) and the query of the upstream request.

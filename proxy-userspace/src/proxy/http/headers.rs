@@ -8,7 +8,7 @@ use hyper::{
     header::{self, HeaderName, HeaderValue},
 };
 
-use super::header_values::{self, Context};
+use super::header_values::{self, Context, Request, RequestLine};
 use crate::policy::model::{HeaderOperations, Headers};
 
 /// The trimmed tokens of every `name` field, in order (RFC 9110 section 5.6.1 lists).
@@ -93,56 +93,100 @@ fn remove_te_but_trailers(h: &mut HeaderMap) {
     }
 }
 
-/// One level's edits in Envoy's order: remove first, then set, then add (Istio lists `set`
-/// before `add`). `:authority` names the Host, as Istio reads it. Values are rendered (Envoy's
-/// `%...%` operators) against the headers as they were before the level: a request's own for
-/// request edits (`of_request`).
-fn apply(h: &mut HeaderMap, ops: &HeaderOperations, cx: &Context<'_>, of_request: bool) {
-    let name = |k: &str| {
-        let k = if k.eq_ignore_ascii_case(":authority") {
-            "host"
-        } else {
-            k
-        };
-        HeaderName::from_bytes(k.as_bytes()).ok()
-    };
+/// Whether a header edit names the authority: `host` or `:authority`. Istio turns these into
+/// a host rewrite, never a second Host, and does not remove them.
+fn is_authority(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
+}
+
+/// One level's edits in Envoy's order: remove first, then the values are rendered (Envoy's
+/// `%...%` operators; `request` is what `%REQ(...)%` reads, `None` meaning the headers being
+/// edited), then set, then add (Istio lists `set` before `add`). A value that renders empty is
+/// not sent, as in Envoy. The authority is set, not added, with `set` winning over `add`.
+fn apply(
+    h: &mut HeaderMap,
+    ops: &HeaderOperations,
+    cx: &Context<'_>,
+    line: &RequestLine<'_>,
+    request: Option<&Request<'_>>,
+) {
+    for k in ops.remove.iter().filter(|k| !is_authority(k)) {
+        h.remove(k.as_str());
+    }
     let rendered = |pairs: &std::collections::BTreeMap<String, String>, h: &HeaderMap| {
-        let request = of_request.then_some(h);
+        let own = Request { headers: h, line };
+        let request = request.unwrap_or(&own);
         pairs
             .iter()
             .filter_map(|(k, v)| {
-                let v = header_values::render(v, cx, request);
-                Some((name(k)?, HeaderValue::from_str(&v).ok()?))
+                let v = header_values::render(v, cx, Some(request));
+                let name = if is_authority(k) { "host" } else { k.as_str() };
+                let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                (!v.is_empty())
+                    .then(|| HeaderValue::from_str(&v).ok())
+                    .flatten()
+                    .map(|v| (name, v))
             })
             .collect::<Vec<_>>()
     };
     let (set, add) = (rendered(&ops.set, h), rendered(&ops.add, h));
-    for k in &ops.remove {
-        if let Some(n) = name(k) {
-            h.remove(n);
-        }
-    }
+    let authority_set = set.iter().any(|(n, _)| n == header::HOST);
     for (n, v) in set {
         h.insert(n, v);
     }
     for (n, v) in add {
-        h.append(n, v);
+        if n == header::HOST {
+            if !authority_set {
+                h.insert(n, v);
+            }
+        } else {
+            h.append(n, v);
+        }
     }
 }
 
-/// Applies the request edits of each level in order; callers pass the destination's before
-/// the route's, as Envoy applies weighted-cluster edits before route edits (so the route's
-/// `set` wins).
-pub fn edit_request(h: &mut HeaderMap, levels: &[Option<&Headers>], cx: &Context<'_>) {
+/// Applies the request edits of each level in order, a later level's `set` winning (see the
+/// caller for the order Istio gives the route's and the destination's). `line` is the
+/// request's pseudo-headers, for `%REQ(:path)%` and the like.
+pub fn edit_request(
+    h: &mut HeaderMap,
+    levels: &[Option<&Headers>],
+    cx: &Context<'_>,
+    line: &RequestLine<'_>,
+) {
     for ops in levels.iter().flatten().filter_map(|l| l.request.as_ref()) {
-        apply(h, ops, cx, true);
+        apply(h, ops, cx, line, None);
     }
 }
 
-pub fn edit_response(h: &mut HeaderMap, levels: &[Option<&Headers>], cx: &Context<'_>) {
+/// Applies the response edits of each level in order; `request` is the request they were
+/// for, as `%REQ(...)%` reads it (`None`: it reads nothing).
+pub fn edit_response(
+    h: &mut HeaderMap,
+    levels: &[Option<&Headers>],
+    cx: &Context<'_>,
+    request: Option<&Request<'_>>,
+) {
+    let nothing = HeaderMap::new();
+    let line = RequestLine::default();
+    let none = Request {
+        headers: &nothing,
+        line: &line,
+    };
     for ops in levels.iter().flatten().filter_map(|l| l.response.as_ref()) {
-        apply(h, ops, cx, false);
+        apply(h, ops, cx, &line, Some(request.unwrap_or(&none)));
     }
+}
+
+/// Whether some level's response edits read the request (`%REQ(...)%`), so it must be kept
+/// for them.
+pub fn responses_read_request(levels: &[Option<&Headers>]) -> bool {
+    levels
+        .iter()
+        .flatten()
+        .filter_map(|l| l.response.as_ref())
+        .flat_map(|ops| ops.set.values().chain(ops.add.values()))
+        .any(|v| v.contains("%REQ("))
 }
 
 #[cfg(test)]
@@ -167,57 +211,68 @@ mod tests {
         assert!(h.get("x-end-to-end").is_some());
     }
 
+    fn cx() -> Context<'static> {
+        Context {
+            peer: "10.0.0.7:40000".parse().unwrap(),
+            local: "10.96.0.1:9080".parse().unwrap(),
+            protocol: "HTTP/1.1",
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn edits(set: &[(&str, &str)], add: &[(&str, &str)], remove: &[&str]) -> Headers {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        Headers {
+            request: Some(HeaderOperations {
+                set: pairs(set),
+                add: pairs(add),
+                remove: remove.iter().map(|r| r.to_string()).collect(),
+            }),
+            response: None,
+        }
+    }
+
     #[test]
     fn set_add_remove() {
         let mut h = HeaderMap::new();
         h.insert("x-old", "1".parse().unwrap());
         h.insert("x-set", "before".parse().unwrap());
-        let ops = Headers {
-            request: Some(HeaderOperations {
-                set: [("x-set".to_string(), "after".to_string())].into(),
-                add: [("x-add".to_string(), "a".to_string())].into(),
-                remove: vec!["x-old".into()],
-            }),
-            response: None,
-        };
-        let cx = Context {
-            peer: "10.0.0.7:40000".parse().unwrap(),
-            local: "10.96.0.1:9080".parse().unwrap(),
-            protocol: "HTTP/1.1",
-        };
-        edit_request(&mut h, &[Some(&ops), None], &cx);
+        let ops = edits(&[("x-set", "after")], &[("x-add", "a")], &["x-old"]);
+        edit_request(&mut h, &[Some(&ops), None], &cx(), &RequestLine::default());
         assert_eq!(h.get("x-set").unwrap(), "after");
         assert_eq!(h.get("x-add").unwrap(), "a");
         assert!(h.get("x-old").is_none());
     }
 
     #[test]
-    fn within_a_level_remove_goes_first() {
+    fn removes_go_first_and_the_authority_is_set_once() {
         let mut h = HeaderMap::new();
         h.insert("x-a", "client".parse().unwrap());
-        let ops = Headers {
-            request: Some(HeaderOperations {
-                set: [("x-a".to_string(), "%REQ(x-a)%-set".to_string())].into(),
-                add: [(":authority".to_string(), "b.example".to_string())].into(),
-                remove: vec!["x-a".into()],
-            }),
-            response: None,
-        };
-        let cx = Context {
-            peer: "10.0.0.7:40000".parse().unwrap(),
-            local: "10.96.0.1:9080".parse().unwrap(),
-            protocol: "HTTP/1.1",
-        };
-        edit_request(&mut h, &[Some(&ops)], &cx);
+        h.insert("host", "web".parse().unwrap());
+        let ops = edits(
+            &[("x-a", "%REQ(x-a)%-set"), ("x-empty", "%REQ(x-none)%")],
+            &[(":authority", "b.example")],
+            &["x-a", "host"],
+        );
+        edit_request(&mut h, &[Some(&ops)], &cx(), &RequestLine::default());
         assert_eq!(
             h.get("x-a").unwrap(),
-            "client-set",
-            "rendered before the remove"
+            "-set",
+            "rendered after the remove, as Envoy"
         );
-        assert_eq!(
-            h.get("host").unwrap(),
-            "b.example",
-            ":authority is the Host"
+        assert!(h.get("x-empty").is_none(), "an empty value is not sent");
+        let hosts: Vec<_> = h.get_all("host").iter().collect();
+        assert_eq!(hosts, ["b.example"], "one Host, the added authority");
+        let ops = edits(
+            &[("host", "set.example")],
+            &[(":authority", "add.example")],
+            &[],
         );
+        edit_request(&mut h, &[Some(&ops)], &cx(), &RequestLine::default());
+        assert_eq!(h.get("host").unwrap(), "set.example", "set wins over add");
     }
 }

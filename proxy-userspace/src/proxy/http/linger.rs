@@ -4,41 +4,113 @@
 //! reset, which can destroy a response the client has not read yet, such as an early 413 or
 //! 401 to an upload it is still sending.
 
-use std::{net::Shutdown, time::Duration};
+use std::{
+    io,
+    net::Shutdown,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::{io::AsyncReadExt, net::TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 
 /// How long the client may keep sending after the last response (a client that has read it
 /// stops sooner: it closes, or stops sending).
 const WINDOW: Duration = Duration::from_secs(1);
 
-/// A second handle on the connection's socket, taken before serving it. Serving closes its
-/// own handle; this one keeps the socket open for the lingering close.
-pub struct Lingering(socket2::Socket);
+/// A client connection that closes with a lingering close when it is dropped, whoever holds
+/// it then (the HTTP server, or an upgraded stream). A connection whose client has closed
+/// already (a read saw its end) just closes.
+pub struct Lingering {
+    stream: Option<TcpStream>,
+    client_closed: bool,
+}
 
 impl Lingering {
-    pub fn of(stream: &TcpStream) -> Option<Lingering> {
-        socket2::SockRef::from(stream)
-            .try_clone()
-            .ok()
-            .map(Lingering)
+    pub fn new(stream: TcpStream) -> Lingering {
+        Lingering {
+            stream: Some(stream),
+            client_closed: false,
+        }
     }
 
-    /// Shuts the write side, then reads and drops until the client closes or the window
-    /// ends; the socket closes when this returns.
-    pub async fn close(self) {
-        let _ = self.0.shutdown(Shutdown::Write);
-        // The socket is shared with the served connection, so it is already non-blocking.
-        let Ok(mut stream) = TcpStream::from_std(std::net::TcpStream::from(self.0)) else {
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.stream.as_mut().expect("taken only on drop"))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
             return;
         };
-        let mut buf = [0u8; 16 * 1024];
-        let _ = tokio::time::timeout(WINDOW, async {
-            while let Ok(n) = stream.read(&mut buf).await
-                && n > 0
-            {}
-        })
-        .await;
+        if self.client_closed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(close(stream));
+        }
+    }
+}
+
+/// Shuts the write side, then reads and drops until the client closes or the window ends;
+/// the socket closes when this returns.
+async fn close(mut stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).shutdown(Shutdown::Write);
+    let mut buf = [0u8; 16 * 1024];
+    let _ = tokio::time::timeout(WINDOW, async {
+        while let Ok(n) = stream.read(&mut buf).await
+            && n > 0
+        {}
+    })
+    .await;
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.stream().poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+            self.client_closed = true;
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 }
 
@@ -49,7 +121,7 @@ mod tests {
         atomic::{AtomicBool, Ordering},
     };
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
@@ -66,10 +138,12 @@ mod tests {
             s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
                 .await
                 .unwrap();
-            let lingering = Lingering::of(&s).expect("a second handle");
-            drop(s);
             if linger {
-                lingering.close().await;
+                drop(Lingering::new(s));
+                // The lingering close runs on its own task: give it its window.
+                tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+            } else {
+                drop(s);
             }
         });
         let c = TcpStream::connect(addr).await.unwrap();

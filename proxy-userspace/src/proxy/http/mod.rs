@@ -26,13 +26,7 @@ pub mod retry;
 mod route;
 mod send;
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -45,7 +39,6 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
-pub use header_values::unknown as unknown_operator;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
 pub use replay::Outgoing;
 pub use route::NoEndpoint;
@@ -168,8 +161,15 @@ impl HttpContext {
             Ok((e, policy)) => {
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 let healthy = match &outlier {
-                    Some(s) => self.outliers.healthy(&policy.key, s, &e).0,
-                    None => e.clone(),
+                    Some(s) => {
+                        let (healthy, returned) = self.outliers.healthy(&policy.key, s, &e);
+                        for a in returned {
+                            tracing::info!(cluster = %policy.key, endpoint = %a, "endpoint returned from ejection");
+                            self.metrics.outlier(&policy.key, "returned");
+                        }
+                        std::borrow::Cow::Owned(healthy)
+                    }
+                    None => std::borrow::Cow::Borrowed(&e),
                 };
                 if healthy.is_empty() {
                     // Every endpoint ejected: no healthy upstream, as for a request.
@@ -190,7 +190,8 @@ impl HttpContext {
                     cluster: Some(self.pool.cluster(&policy.key)),
                     limits: pool::Limits::from_spec(policy.pool),
                     service: Some(d.host),
-                    in_flight: Some(self.lb.start(addr)),
+                    // Only least request reads the connections in flight.
+                    in_flight: (algo == lb::Algorithm::LeastRequest).then(|| self.lb.start(addr)),
                     outlier: outlier.map(|settings| L4Outlier {
                         cluster: policy.key,
                         settings,
@@ -286,18 +287,14 @@ pub struct Downstream {
     pub workload: Option<String>,
     /// The source workload's SPIFFE identity, when its WorkloadEntry gives one.
     pub principal: Option<std::sync::Arc<str>>,
-    /// Set once a request on the connection asked to upgrade it (WebSocket): the socket then
-    /// belongs to the upgraded stream, and is not closed by a lingering close.
-    pub upgraded: Arc<AtomicBool>,
 }
 
 /// Serves HTTP on a captured connection until the client closes it. `h2` says the connection
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
-    let upgraded = down.upgraded.clone();
-    let lingering = linger::Lingering::of(&stream);
     let down = Arc::new(down);
-    let (stream, verdicts) = framing::Guarded::new(stream);
+    // Closed with a lingering close, by the server or by an upgraded stream.
+    let (stream, verdicts) = framing::Guarded::new(linger::Lingering::new(stream));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -329,8 +326,5 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
-    }
-    if let Some(l) = lingering.filter(|_| !upgraded.load(Ordering::Acquire)) {
-        tokio::spawn(l.close());
     }
 }

@@ -42,17 +42,31 @@ pub enum Decision<'s> {
     },
 }
 
-/// The forms a request's host may take, most specific first: the authority's host as given,
-/// then completed as a Kubernetes service name in the client's namespace, then the service
-/// whose VIP the client connected to.
-///
-/// Borrowed from the authority and the snapshot where they can be: this runs for every request.
+/// The names a request may be for, most specific first: the Host's (the authority's host as
+/// given, then completed as a Kubernetes service name in the client's namespace), then the
+/// service whose VIP the client connected to. Reads as the slice of all of them.
+pub struct HostCandidates<'a> {
+    names: Vec<Cow<'a, str>>,
+    /// How many of `names` come from the Host (the rest: the VIP's service).
+    from_host: usize,
+}
+
+impl<'a> std::ops::Deref for HostCandidates<'a> {
+    type Target = [Cow<'a, str>];
+
+    fn deref(&self) -> &Self::Target {
+        &self.names
+    }
+}
+
+/// A request's [`HostCandidates`]. Borrowed from the authority and the snapshot where they can
+/// be: this runs for every request.
 pub fn host_candidates<'a>(
     authority: &'a str,
     client_ns: &str,
     dst: SocketAddr,
     snap: &'a Snapshot,
-) -> Vec<Cow<'a, str>> {
+) -> HostCandidates<'a> {
     let host = host_of(authority);
     let completed = match host.matches('.').count() {
         0 if !host.is_empty() => Some(format!("{host}.{client_ns}.svc.cluster.local")),
@@ -60,13 +74,14 @@ pub fn host_candidates<'a>(
         2 if host.ends_with(".svc") => Some(format!("{host}.cluster.local")),
         _ => None,
     };
-    let mut out = Vec::with_capacity(3);
-    out.push(host);
-    out.extend(completed.map(Cow::Owned));
+    let mut names = Vec::with_capacity(3);
+    names.push(host);
+    names.extend(completed.map(Cow::Owned));
+    let from_host = names.len();
     if let Some(vip_host) = snap.compiled.vip_host(dst) {
-        out.push(Cow::Borrowed(vip_host));
+        names.push(Cow::Borrowed(vip_host));
     }
-    out
+    HostCandidates { names, from_host }
 }
 
 /// Whether `host` is a service declaring `port`, where it has a default route.
@@ -96,30 +111,47 @@ pub fn pick_weighted(destinations: &[Destination]) -> Option<&Destination> {
 
 pub fn decide<'s>(
     snap: &'s Snapshot,
-    candidates: &[Cow<'_, str>],
+    candidates: &HostCandidates<'_>,
     view: &RequestView<'_>,
 ) -> Decision<'s> {
-    // As Envoy picks Istio's virtual hosts: an exact name before a wildcard before `*`, over all
-    // of the request's names. Exact is a VirtualService's host or a service declaring this port,
-    // which takes the VirtualService covering it (`*.suffix`, `*`) or else its default route.
-    // Among exact names the first decides, so a service named in the Host is not overridden by
-    // the VirtualService of the VIP dialled.
+    // As Envoy picks Istio's virtual hosts, by the Host: an exact name before a wildcard before
+    // `*`. Exact is a VirtualService's host or a service declaring this port, which takes the
+    // VirtualService covering it (`*.suffix`, `*`) or else its default route. The service of
+    // the VIP dialled comes after them all, unless the Host is an address (Istio lists the VIP
+    // among its service's names); so a service named in the Host is not overridden by it.
     let table = &snap.compiled.routes;
-    let Some((host, routes)) = candidates
-        .iter()
-        .find_map(|h| match table.exact(h) {
-            Some(routes) => Some((h, Some(routes))),
-            None => {
-                declares_port(snap, h, view.port).then(|| (h, table.wildcard(h).or(table.any())))
-            }
-        })
+    let (host_names, vip) = candidates.split_at(candidates.from_host);
+    let exact = |names: &'_ [Cow<'_, str>]| {
+        names
+            .iter()
+            .position(|h| table.exact(h).is_some() || declares_port(snap, h, view.port))
+    };
+    let by_host = |i: usize| {
+        let h = &candidates[i];
+        match table.exact(h) {
+            Some(routes) => (h, Some(routes)),
+            None => (h, table.wildcard(h).or(table.any())),
+        }
+    };
+    let host_is_address = host_names
+        .first()
+        .is_some_and(|h| h.parse::<IpAddr>().is_ok());
+    let found = exact(host_names)
         .or_else(|| {
-            candidates
+            host_is_address
+                .then(|| exact(vip))
+                .flatten()
+                .map(|i| i + host_names.len())
+        })
+        .map(by_host)
+        .or_else(|| {
+            host_names
                 .iter()
                 .find_map(|h| table.wildcard(h).map(|r| (h, Some(r))))
         })
-        .or_else(|| Some((candidates.first()?, Some(table.any()?))))
-    else {
+        .or_else(|| Some((host_names.first()?, Some(table.any()?))))
+        .or_else(|| exact(vip).map(|i| by_host(i + host_names.len())));
+    let Some((host, routes)) = found else {
         return Decision::Passthrough;
     };
     let Some(routes) = routes else {
@@ -251,9 +283,11 @@ pub enum NoEndpoint {
     AllEjected { cluster: String },
 }
 
-/// The endpoints a request for `dest` may go to (ports already mapped), and the load-balancer
-/// settings that apply. When no ServiceEntry describes the host, and the route sends the request
-/// to the host it asked for, the original destination is the only endpoint.
+/// The endpoints a request for `dest` may go to (ports already mapped), and the settings that
+/// apply to them: the cluster as `client` sees it (a DestinationRule with a `workloadSelector`
+/// may shape it), with the endpoints' weights when they differ. When no ServiceEntry describes
+/// the host, and the route sends the request to the host it asked for, or the load balancer
+/// is PASSTHROUGH, the original destination is the only endpoint.
 pub fn endpoints<'s>(
     snap: &'s Snapshot,
     dest: &Destination,
@@ -328,6 +362,20 @@ pub fn endpoints<'s>(
             Some((addr, e.locality.as_deref()))
         })
         .unzip();
+    let mut policy = ClusterPolicy::of(
+        cluster,
+        &dest.host,
+        dest.subset.as_deref(),
+        port,
+        protocol,
+        localities,
+    );
+    // `simple: PASSTHROUGH`: Envoy's original-destination cluster, the address the client
+    // dialled, with no load balancing (whatever the endpoints are).
+    if policy.lb.and_then(|l| l.simple.as_deref()) == Some("PASSTHROUGH") {
+        policy.localities = vec![None];
+        return Ok((vec![dst], policy));
+    }
     if addrs.is_empty() {
         let subset = dest
             .subset
@@ -339,20 +387,6 @@ pub fn endpoints<'s>(
             subset,
         });
     }
-    let mut policy = ClusterPolicy::of(
-        cluster,
-        &dest.host,
-        dest.subset.as_deref(),
-        port,
-        protocol,
-        localities,
-    );
-    // `simple: PASSTHROUGH`: Envoy's original-destination cluster, the address the client
-    // dialled, with no load balancing.
-    if policy.lb.and_then(|l| l.simple.as_deref()) == Some("PASSTHROUGH") {
-        policy.localities = vec![None];
-        return Ok((vec![dst], policy));
-    }
     // The ServiceEntry endpoints' and WorkloadEntries' `weight`, when they differ.
     let weights = || {
         (0..count)
@@ -362,7 +396,7 @@ pub fn endpoints<'s>(
             .map(|e| e.weight.max(1))
     };
     let first = weights().next();
-    if weights().any(|w| Some(w) != first) {
+    if cluster.weighted && weights().any(|w| Some(w) != first) {
         policy.weights = Some(weights().collect());
     }
     Ok((addrs, policy))
@@ -663,6 +697,11 @@ mod tests {
             status("plain", "10.96.0.9:80"),
             418,
             "a service no narrower VirtualService covers takes *"
+        );
+        assert_eq!(
+            status("other.org", "10.96.0.9:80"),
+            418,
+            "the Host decides before the VIP dialled"
         );
     }
 
