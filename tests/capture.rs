@@ -529,9 +529,11 @@ fn kernel_splice_carries_the_workloads_requests_in_order() {
             d.get("/metrics")
         );
         // The requests, once meshd has caught up with the first ones (a spliced reply can
-        // bring the next request before meshd has published what it forwarded).
+        // bring the next request before meshd has published what it forwarded). How many go
+        // first depends on scheduling: on a loaded CI machine 51 of 200 did once, so the
+        // bound is most of them, not a fixed few.
         let spliced = d.metric(SPLICE);
-        let at_least = 150.0 * (i + 1) as f64;
+        let at_least = 120.0 * (i + 1) as f64;
         assert!(
             spliced >= at_least,
             "{spliced} spliced sends after {bind}:\n{}",
