@@ -75,9 +75,10 @@ impl AsyncRead for Lingering {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        let (before, room) = (buf.filled().len(), buf.remaining() > 0);
         let polled = self.stream().poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() == before {
+        // No byte read into room for some: the client's end of the stream.
+        if room && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() == before {
             self.client_closed = true;
         }
         polled
