@@ -546,30 +546,16 @@ async fn forward(
             body,
             route,
         } => {
-            let mut resp = local(status, body, None);
-            let line = request_line(req.method(), req.uri(), &authority);
-            let request = header_values::Request {
-                headers: req.headers(),
-                line: &line,
-            };
-            let levels = [route.spec.headers.as_ref()];
-            headers::edit_response(resp.headers_mut(), &levels, &edits, Some(&request));
-            return resp;
+            let resp = local(status, body, None);
+            return with_route_edits(resp, route, &req, &authority, &edits);
         }
         Decision::Redirect {
             status,
             location,
             route,
         } => {
-            let mut resp = local(status, String::new(), Some((header::LOCATION, location)));
-            let line = request_line(req.method(), req.uri(), &authority);
-            let request = header_values::Request {
-                headers: req.headers(),
-                line: &line,
-            };
-            let levels = [route.spec.headers.as_ref()];
-            headers::edit_response(resp.headers_mut(), &levels, &edits, Some(&request));
-            return resp;
+            let resp = local(status, String::new(), Some((header::LOCATION, location)));
+            return with_route_edits(resp, route, &req, &authority, &edits);
         }
         Decision::NoRoute { host } => {
             rec.fail(
@@ -833,6 +819,25 @@ async fn forward(
         .as_ref()
         .map(|(headers, line)| header_values::Request { headers, line });
     headers::edit_response(resp.headers_mut(), &levels, &edits, request.as_ref());
+    resp
+}
+
+/// A local answer (a direct response, a redirect) with its route's response header edits, as
+/// Envoy applies them to those too.
+fn with_route_edits<B>(
+    mut resp: Response<Body>,
+    route: &crate::routes::HttpRoute,
+    req: &Request<B>,
+    authority: &str,
+    edits: &header_values::Context<'_>,
+) -> Response<Body> {
+    let line = request_line(req.method(), req.uri(), authority);
+    let request = header_values::Request {
+        headers: req.headers(),
+        line: &line,
+    };
+    let levels = [route.spec.headers.as_ref()];
+    headers::edit_response(resp.headers_mut(), &levels, edits, Some(&request));
     resp
 }
 
