@@ -12,7 +12,7 @@ use super::dns::Resolved;
 use crate::{
     policy::{
         PolicySet,
-        hosts::{covers, fqdn, specificity},
+        hosts::{best_wildcards, covers, fqdn},
         model::{self, StringMatch, TrafficPolicy},
     },
     routes::{
@@ -362,14 +362,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
         .values_mut()
         .filter(|c| c.destination_rule.is_none())
     {
-        let host = c.host.clone();
-        let covering = rules
-            .iter()
-            .filter(|(h, _)| h.starts_with('*') && covers(h, &host));
-        let Some(best) = covering.clone().map(|(h, _)| specificity(h)).max() else {
-            continue;
-        };
-        for (_, dr) in covering.filter(|(h, _)| specificity(h) == best) {
+        for dr in best_wildcards(&rules, &c.host) {
             apply_destination_rule(c, dr);
         }
     }
@@ -387,7 +380,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 ports: c.ports.clone(),
                 target_ports: c.target_ports.clone(),
                 endpoints: c.endpoints.clone(),
-                weighted: weighted(&c.endpoints),
+                weighted: c.weighted,
                 ..Default::default()
             };
             apply_destination_rule(&mut shaped, dr);
@@ -473,7 +466,22 @@ fn compile_workloads(set: &PolicySet) -> BTreeMap<String, WorkloadPolicies> {
         .collect()
 }
 
+/// The labels of a client without a WorkloadEntry.
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 impl Compiled {
+    /// The client `workload` (`namespace/name`) as route matches and workload-selected
+    /// DestinationRules see it: its WorkloadEntry's labels (none when it has none) and its
+    /// namespace.
+    pub fn client<'a>(&'a self, workload: Option<&'a str>) -> Client<'a> {
+        Client {
+            labels: workload
+                .and_then(|w| self.workloads.get(w))
+                .map_or(&NO_LABELS, |p| &p.labels),
+            namespace: workload.and_then(|w| w.split_once('/')).map(|(ns, _)| ns),
+        }
+    }
+
     /// The service whose VIP (or address range) and declared port `dst` is.
     pub fn vip_host(&self, dst: std::net::SocketAddr) -> Option<&str> {
         if let Some(host) = self.vips.get(&dst) {

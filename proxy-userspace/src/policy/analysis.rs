@@ -94,16 +94,9 @@ impl<'a> Index<'a> {
         if let Some(exact) = self.exact_rules.get(host) {
             return exact.clone();
         }
-        let covering: Vec<&(String, &Located<DestinationRule>)> = self
-            .rules
-            .iter()
-            .filter(|(h, _)| h.starts_with('*') && hosts::covers(h, host))
-            .collect();
-        let best = covering.iter().map(|(h, _)| hosts::specificity(h)).max();
-        covering
+        hosts::best_wildcards(&self.rules, host)
             .into_iter()
-            .filter(|(h, _)| Some(hosts::specificity(h)) == best)
-            .map(|(_, dr)| *dr)
+            .copied()
             .collect()
     }
 }

@@ -29,6 +29,21 @@ pub fn specificity(pattern: &str) -> (bool, usize) {
     (!pattern.starts_with('*'), pattern.len())
 }
 
+/// Of `(pattern, item)` pairs, the items whose wildcard pattern (`*.suffix`, `*`) covers
+/// `host` most specifically; all of them when several patterns tie.
+pub fn best_wildcards<'p, T>(pairs: &'p [(String, T)], host: &str) -> Vec<&'p T> {
+    let covering: Vec<&(String, T)> = pairs
+        .iter()
+        .filter(|(p, _)| p.starts_with('*') && covers(p, host))
+        .collect();
+    let best = covering.iter().map(|(p, _)| specificity(p)).max();
+    covering
+        .into_iter()
+        .filter(|(p, _)| Some(specificity(p)) == best)
+        .map(|(_, item)| item)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,6 @@
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
     convert::Infallible,
     sync::{
         Arc,
@@ -471,15 +470,10 @@ async fn forward(
                 .map(str::to_string)
         })
         .unwrap_or_else(|| down.dst.to_string());
-    let source_ns = super::namespace_of(down.workload.as_deref());
+    let client = snap.compiled.client(down.workload.as_deref());
+    let (labels, source_ns) = (client.labels, client.namespace);
     // Short names complete in the client's namespace ("default" for an unknown client).
     let client_ns = source_ns.unwrap_or("default");
-    let no_labels = BTreeMap::new();
-    let labels = down
-        .workload
-        .as_ref()
-        .and_then(|w| snap.compiled.workloads.get(w))
-        .map_or(&no_labels, |p| &p.labels);
     let candidates = route::host_candidates(&authority, client_ns, down.dst, &snap);
     // What Envoy's operators in header edits (`%DOWNSTREAM_REMOTE_ADDRESS%`, ...) read.
     let edits = header_values::Context {
@@ -487,10 +481,6 @@ async fn forward(
         local: down.dst,
         protocol: if h2 { "HTTP/2" } else { "HTTP/1.1" },
         started,
-    };
-    let client = crate::routes::Client {
-        labels,
-        namespace: source_ns,
     };
 
     let (decision, new_path) = {
@@ -684,7 +674,6 @@ async fn forward(
     // Response edits that read the request (`%REQ(...)%`) get it as it went upstream.
     let kept =
         headers::responses_read_request(&levels).then(|| (parts.headers.clone(), line.to_owned()));
-    drop(line);
     // `rewrite.authority` after the header edits, as Envoy's host rewrite: it wins over a set
     // Host.
     if let Some(a) = route

@@ -203,12 +203,30 @@ impl Balancer {
         }
     }
 
+    /// An endpoint of `candidates`, weighted when `weights` gives every endpoint's (`all`,
+    /// and the weight at the same index) and unweighted otherwise.
+    pub fn pick(
+        &self,
+        algo: &Algorithm,
+        candidates: &[SocketAddr],
+        avoid: Option<SocketAddr>,
+        weights: Option<(&[SocketAddr], &[u32])>,
+    ) -> SocketAddr {
+        match weights {
+            Some((all, w)) => {
+                let weight = |a| all.iter().position(|e| *e == a).map_or(1, |i| w[i]);
+                self.choose_weighted(algo, candidates, avoid, weight)
+            }
+            None => self.choose(algo, candidates, avoid),
+        }
+    }
+
     /// As [`Balancer::choose`], for endpoints of unequal `weight`: round robin walks a
     /// low-discrepancy sequence over the weights (each endpoint gets its share, interleaved),
     /// random picks in proportion to weight, least request compares two weighted picks by
     /// in-flight requests per unit of weight, and a consistent hash scales each endpoint's
     /// score by its weight (weighted rendezvous hashing).
-    pub fn choose_weighted(
+    fn choose_weighted(
         &self,
         algo: &Algorithm,
         endpoints: &[SocketAddr],

@@ -112,6 +112,34 @@ impl HttpContext {
 }
 
 impl HttpContext {
+    /// The endpoints of `cluster` that outlier detection has not ejected (possibly none);
+    /// endpoints whose ejection just ended are logged and counted.
+    fn healthy(&self, cluster: &str, s: &outlier::Settings, all: &[SocketAddr]) -> Vec<SocketAddr> {
+        let (healthy, returned) = self.outliers.healthy(cluster, s, all);
+        for a in returned {
+            tracing::info!(%cluster, endpoint = %a, "endpoint returned from ejection");
+            self.metrics.outlier(cluster, "returned");
+        }
+        healthy
+    }
+
+    /// Feeds one outcome of `addr` to outlier detection; an ejection is logged and counted.
+    fn observe_outcome(
+        &self,
+        cluster: &str,
+        s: &outlier::Settings,
+        addr: SocketAddr,
+        outcome: outlier::Outcome,
+        all: &[SocketAddr],
+    ) {
+        if let Some(outlier::Event::Ejected { for_ }) =
+            self.outliers.record(cluster, s, addr, outcome, all)
+        {
+            tracing::warn!(%cluster, endpoint = %addr, ?for_, "endpoint ejected by outlier detection");
+            self.metrics.outlier(cluster, "ejected");
+        }
+    }
+
     /// Where an L4 (opaque) connection from `workload` to `dst` goes, `sni` the server name
     /// of its ClientHello if it is TLS. The destination of the first matching `tls` route (by
     /// the server name) or `tcp` route of the VirtualService of the service whose VIP was
@@ -137,13 +165,7 @@ impl HttpContext {
             outlier: None,
         };
         let vip_host = snap.compiled.vip_host(dst);
-        let no_labels = std::collections::BTreeMap::new();
-        let client = crate::routes::Client {
-            labels: workload
-                .and_then(|w| snap.compiled.workloads.get(w))
-                .map_or(&no_labels, |p| &p.labels),
-            namespace: namespace_of(workload),
-        };
+        let client = snap.compiled.client(workload);
         let routes = &snap.compiled.tcp_routes;
         let routed = sni
             .and_then(|name| routes.decide_tls(vip_host, name, dst, &client))
@@ -161,14 +183,7 @@ impl HttpContext {
             Ok((e, policy)) => {
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 let healthy = match &outlier {
-                    Some(s) => {
-                        let (healthy, returned) = self.outliers.healthy(&policy.key, s, &e);
-                        for a in returned {
-                            tracing::info!(cluster = %policy.key, endpoint = %a, "endpoint returned from ejection");
-                            self.metrics.outlier(&policy.key, "returned");
-                        }
-                        std::borrow::Cow::Owned(healthy)
-                    }
+                    Some(s) => std::borrow::Cow::Owned(self.healthy(&policy.key, s, &e)),
                     None => std::borrow::Cow::Borrowed(&e),
                 };
                 if healthy.is_empty() {
@@ -178,13 +193,8 @@ impl HttpContext {
                     });
                 }
                 let algo = lb::for_connection(policy.lb, peer);
-                let addr = match &policy.weights {
-                    Some(w) => {
-                        let weight = |a| e.iter().position(|x| *x == a).map_or(1, |i| w[i]);
-                        self.lb.choose_weighted(&algo, &healthy, None, weight)
-                    }
-                    None => self.lb.choose(&algo, &healthy, None),
-                };
+                let weights = policy.weights.as_deref().map(|w| (e.as_slice(), w));
+                let addr = self.lb.pick(&algo, &healthy, None, weights);
                 Ok(L4Target {
                     addr,
                     cluster: Some(self.pool.cluster(&policy.key)),
@@ -231,11 +241,6 @@ impl HttpContext {
     }
 }
 
-/// The namespace of a workload named `namespace/name`.
-pub fn namespace_of(workload: Option<&str>) -> Option<&str> {
-    workload.and_then(|w| w.split_once('/')).map(|(ns, _)| ns)
-}
-
 /// Where an opaque TCP connection goes, and the limits of the service it belongs to.
 pub struct L4Target {
     pub addr: SocketAddr,
@@ -269,13 +274,7 @@ impl L4Target {
         } else {
             outlier::Outcome::LocalFailure
         };
-        if let Some(outlier::Event::Ejected { for_ }) =
-            ctx.outliers
-                .record(&o.cluster, &o.settings, self.addr, outcome, &o.endpoints)
-        {
-            tracing::warn!(cluster = %o.cluster, endpoint = %self.addr, ?for_, "endpoint ejected by outlier detection");
-            ctx.metrics.outlier(&o.cluster, "ejected");
-        }
+        ctx.observe_outcome(&o.cluster, &o.settings, self.addr, outcome, &o.endpoints);
     }
 }
 

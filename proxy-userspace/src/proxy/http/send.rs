@@ -64,12 +64,7 @@ impl Plan<'_> {
             Err(UpstreamError::Overflow { .. }) => return,
             Err(_) => Health::LocalFailure,
         };
-        if let Some(outlier::Event::Ejected { for_ }) =
-            ctx.outliers.record(&self.cluster, s, target, health, all)
-        {
-            tracing::warn!(cluster = %self.cluster, endpoint = %target, ?for_, "endpoint ejected by outlier detection");
-            ctx.metrics.outlier(&self.cluster, "ejected");
-        }
+        ctx.observe_outcome(&self.cluster, s, target, health, all);
     }
 
     /// An endpoint for the next attempt, avoiding the one that just failed when possible.
@@ -85,11 +80,7 @@ impl Plan<'_> {
             Ok(all) => {
                 let mut candidates = match &self.outlier {
                     Some(s) => {
-                        let (healthy, returned) = ctx.outliers.healthy(&self.cluster, s, all);
-                        for a in returned {
-                            tracing::info!(cluster = %self.cluster, endpoint = %a, "endpoint returned from ejection");
-                            ctx.metrics.outlier(&self.cluster, "returned");
-                        }
+                        let healthy = ctx.healthy(&self.cluster, s, all);
                         if healthy.is_empty() && !all.is_empty() {
                             return Err(NoEndpoint::AllEjected {
                                 cluster: self.cluster.to_string(),
@@ -115,14 +106,8 @@ impl Plan<'_> {
                 if let Some(level) = level {
                     *tried |= 1 << level;
                 }
-                Ok(match &self.weights {
-                    Some(w) => {
-                        let weight = |a| all.iter().position(|e| *e == a).map_or(1, |i| w[i]);
-                        ctx.lb
-                            .choose_weighted(&self.algo, &candidates, avoid, weight)
-                    }
-                    None => ctx.lb.choose(&self.algo, &candidates, avoid),
-                })
+                let weights = self.weights.as_deref().map(|w| (all.as_slice(), w));
+                Ok(ctx.lb.pick(&self.algo, &candidates, avoid, weights))
             }
             Err(e) => Err(e.clone()),
         }
@@ -342,13 +327,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
             continue;
         }
         let d = Destination::of(dest, None, true, ns);
-        let no_labels = std::collections::BTreeMap::new();
-        let client = crate::routes::Client {
-            labels: (down.workload.as_ref())
-                .and_then(|w| plan.snap.compiled.workloads.get(w))
-                .map_or(&no_labels, |p| &p.labels),
-            namespace: super::namespace_of(down.workload.as_deref()),
-        };
+        let client = plan.snap.compiled.client(down.workload.as_deref());
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
             Ok((e, policy)) => {
                 let addr = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);

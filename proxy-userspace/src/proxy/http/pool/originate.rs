@@ -195,18 +195,14 @@ impl ServerCertVerifier for ByNames {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if self.names.is_empty() {
-            return self.webpki.verify_server_cert(
-                end_entity,
-                intermediates,
-                server_name,
-                ocsp_response,
-                now,
-            );
-        }
+        let names: Vec<&ServerName<'_>> = if self.names.is_empty() {
+            vec![server_name]
+        } else {
+            self.names.iter().collect()
+        };
         let mut last = Error::General("no subjectAltNames".into());
-        for name in &self.names {
-            match self.webpki.verify_server_cert(
+        for name in names {
+            match (self.webpki).verify_server_cert(
                 end_entity,
                 intermediates,
                 name,
