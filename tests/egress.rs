@@ -2,7 +2,9 @@
 //! ServiceEntry host on port 80, and the DestinationRule's `tls: {mode: SIMPLE}` makes meshd
 //! open TLS to the server (here `openssl s_server` on loopback, with a certificate from a CA
 //! the test makes). Both forms of the task: a VirtualService sending port 80 to port 443, and
-//! the current one, without a VirtualService, where port 80's `targetPort` is 443.
+//! the current one, without a VirtualService, where port 80's `targetPort` is 443. And a route
+//! from one host to a DNS ServiceEntry without endpoints, which goes to the addresses its host
+//! resolves to.
 
 mod support;
 
@@ -13,7 +15,7 @@ use std::{
 };
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use support::{ebpf_available, mesh::curl, mesh::start};
+use support::{Daemon, ebpf_available, http_backend::HttpBackend, mesh::curl, mesh::start};
 
 /// A CA and a server certificate for `name` it signed, written to `dir`: `ca.pem`,
 /// `server.pem`, `server.key`.
@@ -272,4 +274,67 @@ spec:
     );
     assert!(out.ends_with("\n200"), "{out}");
     assert!(out.contains("s_server"), "TLS to the target port: {out}");
+}
+
+/// A route (and a mirror) from one host to DNS ServiceEntries without endpoints: as Envoy's DNS
+/// cluster does, meshd resolves the ServiceEntries' hosts and sends the request there. meshd
+/// runs with a hosts file of its own, so the names resolve to loopback addresses.
+#[test]
+fn a_route_to_a_dns_service_entry_without_endpoints_goes_to_the_address_its_host_resolves_to() {
+    if !ebpf_available("egress_dns_route") {
+        return;
+    }
+    let api = HttpBackend::start("127.0.0.61:0");
+    let shadow = HttpBackend::start("127.0.0.62:0");
+    let entry = |name: &str, host: &str, port: u16| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]\n  resolution: DNS\n---\n"
+        )
+    };
+    let yaml = format!(
+        "{}{}{}",
+        entry("partner", "api.partner.example", api.addr.port()),
+        entry("audit", "audit.partner.example", shadow.addr.port()),
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: front
+spec:
+  hosts:
+  - front.example
+  http:
+  - route:
+    - destination:
+        host: api.partner.example
+    mirror:
+      host: audit.partner.example
+"#
+    );
+    let dir = support::mesh::config_dir("egress-dns-route", &yaml);
+    let d = Daemon::start_with_hosts(
+        "egress-dns-route",
+        206,
+        &["--config", dir.to_str().unwrap()],
+        "127.0.0.1 localhost\n127.0.0.61 api.partner.example\n127.0.0.62 audit.partner.example\n",
+    );
+    let out = curl(
+        &d,
+        &[
+            "--resolve",
+            "front.example:80:127.0.0.60",
+            "-w",
+            "\n%{http_code}",
+            "http://front.example/whoami",
+        ],
+    );
+    assert!(out.ends_with("\n200"), "{out}");
+    assert_eq!(api.requests(), 1, "the route's backend answered: {out}");
+    assert!(out.contains("\"host\":\"front.example\""), "{out}");
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || {
+            (shadow.shadow_requests() == 1).then_some(())
+        })
+        .is_some(),
+        "the mirror reached the other host's address"
+    );
 }

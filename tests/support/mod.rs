@@ -81,12 +81,33 @@ impl Daemon {
         d
     }
 
+    /// Starts meshd with `hosts` as its /etc/hosts, bind-mounted in a mount namespace of its
+    /// own: names resolve to the loopback addresses it lists, and no DNS query leaves the
+    /// machine.
+    pub fn start_with_hosts(name: &str, slot: u16, extra: &[&str], hosts: &str) -> Daemon {
+        let file = std::env::temp_dir().join(format!("meshd-test-{name}-hosts"));
+        std::fs::write(&file, hosts).expect("hosts file");
+        let d = Daemon::spawn_with(None, name, slot, extra, Some(&file));
+        d.wait_ready();
+        d
+    }
+
     /// Starts meshd without waiting for it to become ready.
     pub fn spawn(name: &str, slot: u16, extra: &[&str]) -> Daemon {
         Daemon::spawn_in(None, name, slot, extra)
     }
 
     fn spawn_in(node: Option<&netns::Node>, name: &str, slot: u16, extra: &[&str]) -> Daemon {
+        Daemon::spawn_with(node, name, slot, extra, None)
+    }
+
+    fn spawn_with(
+        node: Option<&netns::Node>,
+        name: &str,
+        slot: u16,
+        extra: &[&str],
+        hosts: Option<&Path>,
+    ) -> Daemon {
         let (admin, outbound, inbound) = ports(slot);
         let cgroup = cgroup2_mount()
             .expect("cgroup2")
@@ -97,6 +118,9 @@ impl Daemon {
         let own_config = std::env::temp_dir().join(format!("meshd-test-{name}-policies"));
         let _ = std::fs::create_dir_all(&own_config);
         let mut cmd = meshd_command(node);
+        if let Some(hosts) = hosts {
+            with_hosts_file(&mut cmd, hosts);
+        }
         cmd.arg("run");
         if !extra.contains(&"--config") {
             cmd.arg("--config").arg(&own_config);
@@ -326,6 +350,38 @@ impl Drop for Daemon {
         if self.owns_cgroup {
             remove_cgroup_tree(&self.cgroup);
         }
+    }
+}
+
+/// Makes `cmd` run with `hosts` bind-mounted over /etc/hosts, in a mount namespace of its own
+/// (mounts private, so nothing leaks back to the host's namespace).
+fn with_hosts_file(cmd: &mut Command, hosts: &Path) {
+    use std::os::unix::{ffi::OsStrExt, process::CommandExt};
+    let source = std::ffi::CString::new(hosts.as_os_str().as_bytes()).expect("a path");
+    let check = |rc: libc::c_int| match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    };
+    // SAFETY: the closure makes three system calls on memory allocated before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let none = std::ptr::null();
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                source.as_ptr(),
+                c"/etc/hosts".as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))
+        });
     }
 }
 

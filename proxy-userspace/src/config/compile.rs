@@ -2,7 +2,7 @@
 //! table per host, the clusters per destination host (endpoints, subsets and traffic policy),
 //! and the security and rate-limit policies that select each workload.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -28,7 +28,7 @@ pub struct ServiceEndpoint {
     pub address: String,
     /// `address` parsed once here, not on every request; `None` for a name (DNS endpoints).
     #[serde(skip)]
-    pub ip: Option<std::net::IpAddr>,
+    pub ip: Option<IpAddr>,
     /// Port name → target port, from the endpoint (or the WorkloadEntry it came from).
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
@@ -48,6 +48,10 @@ pub struct Cluster {
     /// endpoint maps the port's name itself).
     pub target_ports: BTreeMap<u16, u16>,
     pub endpoints: Vec<ServiceEndpoint>,
+    /// A DNS ServiceEntry without endpoints: the addresses its host resolved to, where a route
+    /// sends other hosts' requests to it (see `dns::names`); the first only with
+    /// `DNS_ROUND_ROBIN`.
+    pub host_addresses: Vec<IpAddr>,
     /// Whether the endpoints' weights differ (else balancing ignores them, at no cost).
     pub weighted: bool,
     /// Subset name → indices into `endpoints` whose labels match the subset.
@@ -257,9 +261,8 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
     table
 }
 
-/// One endpoint per address: an IP as written, or the addresses its name resolved to (every one
-/// with `resolution: DNS`, the first with `DNS_ROUND_ROBIN`). A name with no addresses stays,
-/// and routing skips it.
+/// One endpoint per address: an IP as written, or the addresses its name resolved to that are
+/// in use. A name with no addresses stays, and routing skips it.
 fn by_address(
     e: ServiceEndpoint,
     resolution: Option<&str>,
@@ -269,19 +272,22 @@ fn by_address(
         (None, Some(addrs)) if !addrs.is_empty() && super::dns::resolves(resolution) => addrs,
         _ => return vec![e],
     };
-    let take = if resolution == Some("DNS_ROUND_ROBIN") {
-        1
-    } else {
-        addrs.len()
-    };
-    addrs
+    in_use(addrs, resolution)
         .iter()
-        .take(take)
         .map(|ip| ServiceEndpoint {
             ip: Some(*ip),
             ..e.clone()
         })
         .collect()
+}
+
+/// The addresses of a name that are used: every one with `resolution: DNS`, the first with
+/// `DNS_ROUND_ROBIN`.
+fn in_use<'a>(addrs: &'a [IpAddr], resolution: Option<&str>) -> &'a [IpAddr] {
+    match resolution {
+        Some("DNS_ROUND_ROBIN") => &addrs[..addrs.len().min(1)],
+        _ => addrs,
+    }
 }
 
 fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Cluster>> {
@@ -336,6 +342,11 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                     .filter_map(|p| Some((p.number, p.target_port?))),
             );
             c.endpoints.extend(endpoints.iter().cloned());
+            if super::dns::resolves_own_hosts(se)
+                && let Some(addrs) = dns.get(&c.host)
+            {
+                c.host_addresses = in_use(addrs, resolution).to_vec();
+            }
         }
     }
     for c in clusters.values_mut() {
@@ -380,6 +391,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 ports: c.ports.clone(),
                 target_ports: c.target_ports.clone(),
                 endpoints: c.endpoints.clone(),
+                host_addresses: c.host_addresses.clone(),
                 weighted: c.weighted,
                 ..Default::default()
             };
@@ -579,7 +591,7 @@ fn compile_vips(set: &PolicySet) -> Vips {
 fn compile_endpoint_workloads(set: &PolicySet) -> HashMap<std::net::SocketAddr, String> {
     let mut out = HashMap::new();
     for we in &set.workload_entries {
-        let Ok(ip) = we.spec.address.parse::<std::net::IpAddr>() else {
+        let Ok(ip) = we.spec.address.parse::<IpAddr>() else {
             continue;
         };
         for port in we.spec.ports.values() {

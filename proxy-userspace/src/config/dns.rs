@@ -1,6 +1,7 @@
 //! Endpoints named by DNS: the names in the endpoints of ServiceEntries with `resolution: DNS`
-//! or `DNS_ROUND_ROBIN` (their own, or the WorkloadEntries they select), resolved when the
-//! configuration is built. The watcher rebuilds every `REFRESH` while any are in use, and the
+//! or `DNS_ROUND_ROBIN` (their own, or the WorkloadEntries they select), and the hosts of such
+//! ServiceEntries without endpoints that a route sends other hosts' requests to, resolved when
+//! the configuration is built. The watcher rebuilds every `REFRESH` while any are in use, and the
 //! addresses are part of the configuration's hash, so a change of address applies like an edit.
 
 use std::{
@@ -10,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::policy::PolicySet;
+use crate::policy::{PolicySet, hosts::fqdn, model};
 
 /// Name → its addresses (empty: the name did not resolve).
 pub type Resolved = BTreeMap<String, Vec<IpAddr>>;
@@ -50,6 +51,50 @@ pub fn names(set: &PolicySet) -> BTreeSet<String> {
                 .filter(|a| is_name(a))
                 .map(str::to_string),
         );
+    }
+    out.extend(routed_hosts(set));
+    out
+}
+
+/// Whether `se` is a DNS ServiceEntry with no endpoints of its own: Istio resolves its hosts.
+pub fn resolves_own_hosts(se: &model::ServiceEntry) -> bool {
+    resolves(se.spec.resolution.as_deref())
+        && se.spec.endpoints.is_empty()
+        && se.spec.workload_selector.is_none()
+}
+
+/// The hosts of DNS ServiceEntries without endpoints that some VirtualService routes (or
+/// mirrors) requests for another host to. A request for such a host itself goes where its
+/// client dialled (the client resolved the name), so a route from a host to itself, the usual
+/// egress VirtualService, resolves nothing.
+fn routed_hosts(set: &PolicySet) -> BTreeSet<String> {
+    let resolvable: BTreeSet<String> = set
+        .service_entries
+        .iter()
+        .filter(|se| resolves_own_hosts(se))
+        .flat_map(|se| {
+            se.spec
+                .hosts
+                .iter()
+                .map(|h| fqdn(h, &se.metadata.namespace))
+        })
+        .filter(|h| !h.ends_with(".svc.cluster.local"))
+        .collect();
+    let mut out = BTreeSet::new();
+    for vs in set
+        .virtual_services
+        .iter()
+        .filter(|v| v.spec.applies_to_mesh())
+    {
+        let ns = &vs.metadata.namespace;
+        let own: BTreeSet<String> = vs.spec.hosts.iter().map(|h| fqdn(h, ns)).collect();
+        for (_, d) in vs.spec.destinations() {
+            let host = fqdn(&d.host, ns);
+            let only_itself = own.len() == 1 && own.contains(&host);
+            if !only_itself && resolvable.contains(&host) {
+                out.insert(host);
+            }
+        }
     }
     out
 }
@@ -181,6 +226,69 @@ spec:
             unresolved.clusters["ext.example"].endpoints[0].ip, None,
             "a name with no addresses stays, and routing skips it"
         );
+    }
+
+    const ROUTED: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: default}
+spec:
+  hosts: [api.partner.example, backup.partner.example]
+  ports: [{number: 80, name: http, targetPort: 8080}]
+  resolution: DNS_ROUND_ROBIN
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: egress, namespace: default}
+spec:
+  hosts: [egress.example]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: default}
+spec:
+  hosts: [front.example]
+  http:
+  - route: [{destination: {host: api.partner.example}}]
+    mirror: {host: backup.partner.example}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: egress, namespace: default}
+spec:
+  hosts: [egress.example]
+  http:
+  - timeout: 3s
+    route: [{destination: {host: egress.example}}]
+"#;
+
+    #[test]
+    fn hosts_without_endpoints_resolve_only_where_other_hosts_route_to_them() {
+        let set = load_str("t.yaml".as_ref(), ROUTED).expect("valid");
+        let n: Vec<String> = names(&set).into_iter().collect();
+        // egress.example routes only to itself: its clients resolve it.
+        assert_eq!(n, ["api.partner.example", "backup.partner.example"]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let resolved: Resolved = [(
+            "api.partner.example".to_string(),
+            vec![ip("127.0.0.61"), ip("127.0.0.62")],
+        )]
+        .into();
+        let c = super::super::compile_resolved(&set, resolved);
+        let api = &c.clusters["api.partner.example"];
+        assert_eq!(
+            api.host_addresses,
+            [ip("127.0.0.61")],
+            "DNS_ROUND_ROBIN: the first"
+        );
+        assert!(api.endpoints.is_empty());
+        assert!(
+            c.clusters["backup.partner.example"]
+                .host_addresses
+                .is_empty()
+        );
+        assert!(c.clusters["egress.example"].host_addresses.is_empty());
     }
 
     #[test]

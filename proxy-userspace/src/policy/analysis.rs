@@ -117,46 +117,11 @@ impl DestRef<'_> {
 /// Every destination of every VirtualService meshd applies: routes, mirrors, TCP and TLS
 /// routes. One bound to gateways only is left out, as meshd never sends traffic by it.
 fn destinations(set: &PolicySet) -> Vec<DestRef<'_>> {
-    let mut out = Vec::new();
-    for vs in set
-        .virtual_services
+    set.virtual_services
         .iter()
         .filter(|v| v.spec.applies_to_mesh())
-    {
-        let mut add = |path: String, dest| out.push(DestRef { vs, path, dest });
-        for (i, r) in vs.spec.http.iter().enumerate() {
-            for (j, d) in r.route.iter().enumerate() {
-                add(
-                    format!("spec.http[{i}].route[{j}].destination"),
-                    &d.destination,
-                );
-            }
-            if let Some(m) = &r.mirror {
-                add(format!("spec.http[{i}].mirror"), m);
-            }
-            for (j, m) in r.mirrors.iter().enumerate() {
-                add(
-                    format!("spec.http[{i}].mirrors[{j}].destination"),
-                    &m.destination,
-                );
-            }
-        }
-        for (i, r) in vs.spec.tcp.iter().enumerate() {
-            for (j, d) in r.route.iter().enumerate() {
-                add(
-                    format!("spec.tcp[{i}].route[{j}].destination"),
-                    &d.destination,
-                );
-            }
-        }
-        for (i, r) in vs.spec.tls.iter().enumerate() {
-            for (j, d) in r.route.iter().enumerate() {
-                add(
-                    format!("spec.tls[{i}].route[{j}].destination"),
-                    &d.destination,
-                );
-            }
-        }
-    }
-    out
+        .flat_map(|vs| {
+            (vs.spec.destinations().into_iter()).map(move |(path, dest)| DestRef { vs, path, dest })
+        })
+        .collect()
 }

@@ -33,6 +33,45 @@ impl VirtualServiceSpec {
     pub fn applies_to_mesh(&self) -> bool {
         binds_mesh(&self.gateways)
     }
+
+    /// Every destination it names, with its field path: routes, mirrors, TCP and TLS routes.
+    pub fn destinations(&self) -> Vec<(String, &Destination)> {
+        let mut out = Vec::new();
+        for (i, r) in self.http.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                out.push((
+                    format!("spec.http[{i}].route[{j}].destination"),
+                    &d.destination,
+                ));
+            }
+            if let Some(m) = &r.mirror {
+                out.push((format!("spec.http[{i}].mirror"), m));
+            }
+            for (j, m) in r.mirrors.iter().enumerate() {
+                out.push((
+                    format!("spec.http[{i}].mirrors[{j}].destination"),
+                    &m.destination,
+                ));
+            }
+        }
+        for (i, r) in self.tcp.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                out.push((
+                    format!("spec.tcp[{i}].route[{j}].destination"),
+                    &d.destination,
+                ));
+            }
+        }
+        for (i, r) in self.tls.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                out.push((
+                    format!("spec.tls[{i}].route[{j}].destination"),
+                    &d.destination,
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// A route match that can name the gateways it applies at (http, tcp and tls matches).

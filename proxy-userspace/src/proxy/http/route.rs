@@ -287,7 +287,8 @@ pub enum NoEndpoint {
 /// apply to them: the cluster as `client` sees it (a DestinationRule with a `workloadSelector`
 /// may shape it), with the endpoints' weights when they differ. When no ServiceEntry describes
 /// the host, and the route sends the request to the host it asked for, or the load balancer
-/// is PASSTHROUGH, the original destination is the only endpoint.
+/// is PASSTHROUGH, the original destination is the only endpoint. A DNS ServiceEntry without
+/// endpoints, routed to from another host, has the addresses its host resolved to.
 pub fn endpoints<'s>(
     snap: &'s Snapshot,
     dest: &Destination,
@@ -327,6 +328,17 @@ pub fn endpoints<'s>(
             };
             let addr = SocketAddr::new(dst.ip(), target_port.unwrap_or(port));
             return Ok((vec![addr], policy));
+        }
+        // A DNS ServiceEntry without endpoints that a route sends other hosts' requests to:
+        // the addresses its host resolved to, as Envoy's DNS cluster for it has.
+        if let Some(c) = described.filter(|c| !c.host_addresses.is_empty()) {
+            let target = c.target_ports.get(&port).copied().unwrap_or(port);
+            let addrs: Vec<SocketAddr> = (c.host_addresses.iter())
+                .map(|ip| SocketAddr::new(*ip, target))
+                .collect();
+            let localities = vec![None; addrs.len()];
+            let policy = ClusterPolicy::of(c, &dest.host, None, port, protocol, localities);
+            return Ok((addrs, policy));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
             return Ok((
