@@ -1076,3 +1076,130 @@ fn locality_prefers_the_nodes_zone_and_fails_over_with_retry_remote_localities()
     let out = d.get("/stats/outliers");
     assert_eq!(out.matches("\"ejected\": true").count(), 2, "{out}");
 }
+
+/// `withoutHeaders` reads a missing header as empty, as Istio configures Envoy's inverted
+/// matchers: a route for requests without `end-user: jason` takes those with no `end-user` at
+/// all, and one excluding any `end-user` (`regex: .*`) takes none.
+#[test]
+fn without_headers_read_a_missing_header_as_empty() {
+    if !ebpf_available("without_headers") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - match:
+    - uri:
+        prefix: /guest
+      withoutHeaders:
+        end-user:
+          exact: jason
+    directResponse:
+      status: 203
+  - match:
+    - uri:
+        prefix: /anonymous
+      withoutHeaders:
+        end-user:
+          regex: ".*"
+    directResponse:
+      status: 204
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"#;
+    let d = start("without-headers", 207, &policies(&v1, &v2, routes));
+    let code = |args: &[&str]| {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        curl(&d, &all)
+    };
+    assert_eq!(code(&["http://reviews:9080/guest"]), "203");
+    assert_eq!(
+        code(&["-H", "end-user: bob", "http://reviews:9080/guest"]),
+        "203"
+    );
+    assert_eq!(
+        code(&["-H", "end-user: jason", "http://reviews:9080/guest"]),
+        "200"
+    );
+    assert_eq!(code(&["http://reviews:9080/anonymous"]), "200");
+    assert_eq!(
+        code(&["-H", "end-user: bob", "http://reviews:9080/anonymous"]),
+        "200"
+    );
+    assert_eq!(v1.requests(), 3);
+}
+
+/// A DestinationRule with `loadBalancer: {simple: PASSTHROUGH}` sends a request to the address
+/// its client dialled, as Envoy's original-destination cluster does, whatever the service's
+/// endpoints are.
+#[test]
+fn passthrough_sends_requests_to_the_address_dialled() {
+    if !ebpf_available("passthrough") {
+        return;
+    }
+    let (listed, dialled) = two_backends();
+    let port = dialled.addr.port();
+    let service = |lb: &str| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: direct
+spec:
+  hosts:
+  - direct.example
+  ports:
+  - number: {port}
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      http: {listed}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: direct
+spec:
+  host: direct.example
+  trafficPolicy:
+    loadBalancer:
+      simple: {lb}
+"#,
+            listed = listed.addr.port(),
+        )
+    };
+    let url = format!("http://direct.example:{port}/");
+    let resolve = format!("direct.example:{port}:127.0.0.1");
+    let d = start("passthrough", 209, &service("PASSTHROUGH"));
+    curl(&d, &["--resolve", &resolve, &url]);
+    assert_eq!((listed.requests(), dialled.requests()), (0, 1));
+    drop(d);
+    let d = start("passthrough-rr", 209, &service("ROUND_ROBIN"));
+    curl(&d, &["--resolve", &resolve, &url]);
+    assert_eq!((listed.requests(), dialled.requests()), (1, 1));
+}
+
+/// A DestinationRule for a wildcard host applies to the services it covers that no rule names
+/// exactly: its subsets route.
+#[test]
+fn a_wildcard_destination_rule_gives_the_services_it_covers_its_subsets() {
+    if !ebpf_available("wildcard_dr") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v2\n";
+    let yaml = policies(&v1, &v2, routes).replace(
+        "spec:\n  host: reviews\n",
+        "spec:\n  host: \"*.default.svc.cluster.local\"\n",
+    );
+    assert!(yaml.contains("*.default.svc"));
+    let d = start("wildcard-dr", 210, &yaml);
+    for _ in 0..3 {
+        assert_eq!(status(&d, "http://reviews:9080/"), "200");
+    }
+    assert_eq!((v1.requests(), v2.requests()), (0, 3));
+}

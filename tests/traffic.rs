@@ -475,3 +475,69 @@ fn a_service_whose_only_endpoint_is_ejected_has_no_healthy_upstream() {
     let log = d.log_text();
     assert!(log.contains("outlier detection ejected every endpoint"));
 }
+
+/// The same for opaque TCP: once its only endpoint is ejected after a failed connect, a
+/// connection has no healthy upstream (flag UH) instead of another try at the dead endpoint.
+#[test]
+fn a_tcp_service_whose_only_endpoint_is_ejected_has_no_healthy_upstream() {
+    if !ebpf_available("tcp_outlier_all") {
+        return;
+    }
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: db
+spec:
+  hosts:
+  - db.default.svc.cluster.local
+  addresses:
+  - 127.0.0.50
+  ports:
+  - number: 9080
+    name: tcp
+    protocol: TCP
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports:
+      tcp: {dead_port}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: db
+spec:
+  host: db
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 1
+      baseEjectionTime: 30s
+      maxEjectionPercent: 100
+"#
+    );
+    let d = start("tcp-outlier-all", 208, &yaml);
+    for _ in 0..3 {
+        let out = d
+            .exec(
+                "default/productpage",
+                &["curl", "-s", "--max-time", "5", "http://127.0.0.50:9080/"],
+            )
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+    let log = || d.log_text();
+    assert!(
+        support::eventually(std::time::Duration::from_secs(3), || log()
+            .contains("outlier detection ejected every endpoint")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        log()
+    );
+    assert!(log().contains("endpoint ejected by outlier detection"));
+}
