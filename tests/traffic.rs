@@ -541,3 +541,53 @@ spec:
     );
     assert!(log().contains("endpoint ejected by outlier detection"));
 }
+
+/// Envoy's per-request overrides, which Istio's sidecars honour from their workloads:
+/// `x-envoy-retry-on` and `x-envoy-max-retries` retry where the route does not,
+/// `x-envoy-upstream-rq-timeout-ms` and `x-envoy-upstream-rq-per-try-timeout-ms` shorten the
+/// route's timeouts, and none of them reaches the upstream.
+#[test]
+fn envoy_request_headers_override_the_routes_retries_and_timeouts() {
+    if !ebpf_available("envoy_overrides") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = format!("  - timeout: 5s\n    retries:\n      attempts: 0\n{TO_V1}");
+    let d = start("envoy-overrides", 211, &policies(&v1, &v2, &routes));
+    let code = |args: &[&str]| {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        curl(&d, &all)
+    };
+    // The route retries nothing; the headers ask for two retries on 5xx.
+    assert_eq!(code(&["http://reviews:9080/fail-first/1"]), "503");
+    let retry = [
+        "-H",
+        "x-envoy-retry-on: 5xx",
+        "-H",
+        "x-envoy-max-retries: 2",
+    ];
+    let mut args = retry.to_vec();
+    args.push("http://reviews:9080/fail-first/2");
+    assert_eq!(code(&args), "200");
+    assert_eq!(v1.max_attempt(), 3);
+    // A 2 s answer under the route's 5 s timeout, and under 200 ms asked by the request.
+    assert_eq!(code(&["http://reviews:9080/sleep/2000"]), "200");
+    let short = ["-H", "x-envoy-upstream-rq-timeout-ms: 200"];
+    let mut args = short.to_vec();
+    args.push("http://reviews:9080/sleep/2000");
+    assert_eq!(code(&args), "504");
+    // Two tries of 100 ms each at a 300 ms answer.
+    let mut args = retry.to_vec();
+    args.extend(["-H", "x-envoy-upstream-rq-per-try-timeout-ms: 100"]);
+    args.push("http://reviews:9080/sleep/300");
+    assert_eq!(code(&args), "504");
+    assert!(d.log_text().contains("flags=UT"), "{}", d.log_text());
+    // Consumed: the upstream sees none of them.
+    let mut args: Vec<&str> = retry.to_vec();
+    args.extend(short);
+    args.extend(["-H", "x-envoy-upstream-rq-per-try-timeout-ms: 1000"]);
+    args.push("http://reviews:9080/whoami");
+    let body = curl(&d, &args);
+    assert!(body.contains("\"x_envoy\":\"\""), "{body}");
+}

@@ -332,7 +332,7 @@ async fn answer_plain(
             .unwrap());
     }
     let body = format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
         req.uri(),
@@ -352,7 +352,14 @@ async fn answer_plain(
         req.headers()
             .get("expect")
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
+            .unwrap_or(""),
+        // The x-envoy-* headers that reached the upstream, besides meshd's attempt count.
+        req.headers()
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-envoy-") && *k != "x-envoy-attempt-count")
+            .collect::<Vec<_>>()
+            .join(",")
     );
     Ok(Response::new(Full::new(Bytes::from(body))))
 }

@@ -18,6 +18,7 @@ pub mod locality;
 mod mirror;
 mod normalize;
 pub mod outlier;
+mod overrides;
 mod pool;
 mod ratelimit;
 mod record;

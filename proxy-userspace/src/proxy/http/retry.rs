@@ -90,6 +90,19 @@ impl Conditions {
         }
     }
 
+    /// Adds `other`'s conditions to these, as Envoy merges `x-envoy-retry-on` into a route's.
+    pub fn merge(&mut self, other: Conditions) {
+        self.five_xx |= other.five_xx;
+        self.gateway_error |= other.gateway_error;
+        self.reset |= other.reset;
+        self.reset_before_request |= other.reset_before_request;
+        self.connect_failure |= other.connect_failure;
+        self.refused_stream |= other.refused_stream;
+        self.retriable_4xx |= other.retriable_4xx;
+        self.status_codes.extend(other.status_codes);
+        self.grpc.extend(other.grpc);
+    }
+
     /// Whether any reset of the upstream request (or its per-try timeout) is retried.
     fn any_reset(&self) -> bool {
         self.five_xx || self.gateway_error || self.reset

@@ -14,6 +14,7 @@ use super::{
     locality::{self, Locality},
     mirror,
     outlier::{self, Outcome as Health},
+    overrides,
     pool::{ClusterPool, Counter, Limits, PooledBody, UpstreamError},
     record::Record,
     replay::{self, ATTEMPT_COUNT, Outgoing, Prepared, RETRY_BUFFER},
@@ -372,7 +373,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
 
 pub async fn with_policy(
     plan: &Plan<'_>,
-    req: Request<super::body::Inbound>,
+    mut req: Request<super::body::Inbound>,
     down: &Downstream,
     ctx: &HttpContext,
     rec: &mut Record,
@@ -380,16 +381,23 @@ pub async fn with_policy(
     // Compiled with the route; a request no VirtualService covers gets Istio's default.
     static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
         std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
-    let policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
-    // The route timeout runs until the response is complete (its body too), as Envoy's does; a
-    // gRPC request's own deadline does too, whichever ends first.
-    let now = tokio::time::Instant::now();
-    let route_deadline = plan
+    let route_policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
+    let route_timeout = plan
         .route
         .and_then(|r| r.spec.timeout)
         .map(|t| t.0)
-        .filter(|t| !t.is_zero())
-        .map(|t| now + t);
+        .filter(|t| !t.is_zero());
+    // The request's own `x-envoy-*` overrides, if it has any.
+    let overrides = overrides::take(req.headers_mut(), route_timeout, route_policy);
+    let policy = match overrides.as_ref().and_then(|o| o.retry.as_deref()) {
+        Some(p) => p,
+        None => route_policy,
+    };
+    let timeout = overrides.as_ref().map_or(route_timeout, |o| o.timeout);
+    // The route timeout runs until the response is complete (its body too), as Envoy's does; a
+    // gRPC request's own deadline does too, whichever ends first.
+    let now = tokio::time::Instant::now();
+    let route_deadline = timeout.map(|t| now + t);
     let grpc_deadline = deadline::grpc_timeout(req.headers()).map(|t| now + t);
     let (deadline, expiry) = match (route_deadline, grpc_deadline) {
         (Some(r), Some(g)) if g < r => (Some(g), Expiry::Grpc),

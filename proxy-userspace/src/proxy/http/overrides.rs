@@ -1,0 +1,171 @@
+//! Envoy's per-request overrides of a route's timeout and retries, which Istio's sidecars honour
+//! from the workloads they serve (internal requests): `x-envoy-upstream-rq-timeout-ms`,
+//! `x-envoy-upstream-rq-per-try-timeout-ms`, `x-envoy-retry-on`, `x-envoy-retry-grpc-on`,
+//! `x-envoy-max-retries` and `x-envoy-retriable-status-codes`. As Envoy's router does, meshd
+//! consumes them: the upstream (and a mirror) never sees them.
+
+use std::time::Duration;
+
+use hyper::HeaderMap;
+
+use super::retry::{Conditions, RetryPolicy};
+
+const TIMEOUT_MS: &str = "x-envoy-upstream-rq-timeout-ms";
+const PER_TRY_TIMEOUT_MS: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+const RETRY_ON: &str = "x-envoy-retry-on";
+const RETRY_GRPC_ON: &str = "x-envoy-retry-grpc-on";
+const MAX_RETRIES: &str = "x-envoy-max-retries";
+const RETRIABLE_STATUS_CODES: &str = "x-envoy-retriable-status-codes";
+
+/// A request's timeout and retry policy after its headers' overrides.
+#[derive(Debug, PartialEq)]
+pub struct Overrides {
+    /// The route timeout (`None`: none; `x-envoy-upstream-rq-timeout-ms: 0` turns it off).
+    pub timeout: Option<Duration>,
+    /// The retry policy, when the headers change the route's (boxed: it is rare, and lives in
+    /// every request's future).
+    pub retry: Option<Box<RetryPolicy>>,
+}
+
+/// Removes the override headers from `headers` and applies them to the route's `timeout` and
+/// `retry` policy. `None` when the request carries none (the common case, one pass over the
+/// header names and no allocation).
+pub fn take(
+    headers: &mut HeaderMap,
+    timeout: Option<Duration>,
+    retry: &RetryPolicy,
+) -> Option<Overrides> {
+    if !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        return None;
+    }
+    let mut value = |name: &str| {
+        let v = headers.remove(name)?;
+        v.to_str().ok().map(|s| s.trim().to_string())
+    };
+    let millis = |v: Option<String>| {
+        v.and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_millis)
+    };
+    let header_timeout = millis(value(TIMEOUT_MS));
+    let per_try = millis(value(PER_TRY_TIMEOUT_MS));
+    let retry_on = value(RETRY_ON);
+    let grpc_on = value(RETRY_GRPC_ON);
+    let max_retries = value(MAX_RETRIES).and_then(|s| s.parse::<u32>().ok());
+    let codes = value(RETRIABLE_STATUS_CODES);
+    let timeout = match header_timeout {
+        Some(t) => (!t.is_zero()).then_some(t),
+        None => timeout,
+    };
+    let mut policy = retry.clone();
+    let mut changed = false;
+    for on in [retry_on, grpc_on].into_iter().flatten() {
+        policy.on.merge(Conditions::parse(&on));
+        // Envoy retries at least once when the headers ask for retries.
+        policy.retries = policy.retries.max(1);
+        changed = true;
+    }
+    if let Some(n) = max_retries {
+        policy.retries = n;
+        changed = true;
+    }
+    if let Some(codes) = codes {
+        let codes = codes
+            .split(',')
+            .filter_map(|c| c.trim().parse::<u16>().ok());
+        policy.on.status_codes.extend(codes);
+        changed = true;
+    }
+    // As Envoy: it replaces the route's, and one no shorter than the route timeout (or 0) is
+    // none.
+    if let Some(p) = per_try {
+        policy.per_try_timeout = (!p.is_zero() && timeout.is_none_or(|t| p < t)).then_some(p);
+        changed = true;
+    }
+    Some(Overrides {
+        timeout,
+        retry: changed.then(|| Box::new(policy)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::http::retry::Outcome;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn no_retries() -> RetryPolicy {
+        RetryPolicy {
+            retries: 0,
+            ..RetryPolicy::from_spec(None)
+        }
+    }
+
+    const FIVE_S: Option<Duration> = Some(Duration::from_secs(5));
+
+    #[test]
+    fn a_request_without_them_changes_nothing() {
+        let mut h = headers(&[("x-request-id", "1")]);
+        assert_eq!(take(&mut h, FIVE_S, &no_retries()), None);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn the_timeout_header_replaces_the_routes_and_zero_turns_it_off() {
+        let mut h = headers(&[(TIMEOUT_MS, "250"), ("x-request-id", "1")]);
+        let o = take(&mut h, FIVE_S, &no_retries()).unwrap();
+        assert_eq!(o.timeout, Some(Duration::from_millis(250)));
+        assert_eq!(o.retry, None);
+        assert_eq!(h.len(), 1, "consumed");
+        let mut h = headers(&[(TIMEOUT_MS, "0")]);
+        assert_eq!(take(&mut h, FIVE_S, &no_retries()).unwrap().timeout, None);
+        let mut h = headers(&[(TIMEOUT_MS, "soon")]);
+        assert_eq!(take(&mut h, FIVE_S, &no_retries()).unwrap().timeout, FIVE_S);
+    }
+
+    #[test]
+    fn retry_headers_merge_into_the_routes_policy() {
+        let mut h = headers(&[(RETRY_ON, "5xx"), (RETRY_GRPC_ON, "internal")]);
+        let p = take(&mut h, None, &no_retries()).unwrap().retry.unwrap();
+        assert_eq!(p.retries, 1, "at least one retry, as Envoy");
+        let status = |status| Outcome::Response { status, grpc: None };
+        assert!(p.on.matches(status(500)));
+        assert!(p.on.matches(Outcome::Response {
+            status: 200,
+            grpc: Some(13)
+        }));
+        assert!(
+            p.on.matches(Outcome::ConnectFailure),
+            "Istio's default kept"
+        );
+        let mut h = headers(&[
+            (RETRY_ON, "retriable-status-codes"),
+            (RETRIABLE_STATUS_CODES, "409, 418"),
+            (MAX_RETRIES, "4"),
+        ]);
+        let p = take(&mut h, None, &no_retries()).unwrap().retry.unwrap();
+        assert_eq!(p.retries, 4);
+        assert!(p.on.matches(status(418)) && p.on.matches(status(503)));
+        assert!(!p.on.matches(status(500)));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_per_try_timeout_no_shorter_than_the_route_timeout_is_none() {
+        let mut h = headers(&[(PER_TRY_TIMEOUT_MS, "100")]);
+        let p = take(&mut h, FIVE_S, &no_retries()).unwrap().retry.unwrap();
+        assert_eq!(p.per_try_timeout, Some(Duration::from_millis(100)));
+        let mut h = headers(&[(PER_TRY_TIMEOUT_MS, "5000")]);
+        let p = take(&mut h, FIVE_S, &no_retries()).unwrap().retry.unwrap();
+        assert_eq!(p.per_try_timeout, None);
+        let mut h = headers(&[(PER_TRY_TIMEOUT_MS, "5000"), (TIMEOUT_MS, "0")]);
+        let p = take(&mut h, FIVE_S, &no_retries()).unwrap().retry.unwrap();
+        assert_eq!(p.per_try_timeout, Some(Duration::from_secs(5)));
+    }
+}
