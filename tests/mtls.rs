@@ -216,6 +216,31 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
         !contains(&bytes, b"opaque-bytes-xyz"),
         "no plaintext TCP on the wire"
     );
+    // The workload learns its caller's certificate as from Istio's inbound sidecar; a
+    // header the caller forged is dropped.
+    let r = curl(
+        &m.d_a,
+        "default/productpage",
+        &m.vip,
+        &["-H", "x-forwarded-client-cert: By=spiffe://forged"],
+        "/whoami",
+    );
+    let xfcc = r
+        .split("\"xfcc\":\"")
+        .nth(1)
+        .and_then(|v| v.split("\"}").next())
+        .unwrap_or_default();
+    let (by, rest) = xfcc.split_once(";Hash=").unwrap_or_default();
+    assert_eq!(by, "By=spiffe://cluster.local/ns/default/sa/reviews", "{r}");
+    let (hash, rest) = rest.split_once(';').unwrap_or_default();
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{r}"
+    );
+    assert_eq!(
+        rest, "Subject=\\\"\\\";URI=spiffe://cluster.local/ns/default/sa/productpage",
+        "{r}"
+    );
     // One TLS connection from productpage's identity carried every stream.
     assert_eq!(
         m.d_b
@@ -431,6 +456,11 @@ fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
     let get =
         |workload: &str, args: &[&str], path: &str| curl(&d, workload, "127.0.0.70", args, path);
     assert!(get("default/productpage", &[], "/whoami").starts_with("200 "));
+    // In plaintext on one node, no client certificate is reported, and a forged one is
+    // dropped.
+    let forged = ["-H", "x-forwarded-client-cert: By=spiffe://forged"];
+    let r = get("default/productpage", &forged, "/whoami");
+    assert!(r.contains("\"xfcc\":\"\""), "{r}");
     assert_eq!(
         get("default/productpage", &["-X", "POST"], "/whoami"),
         "403 RBAC: access denied"
@@ -440,7 +470,7 @@ fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
     let refused = get("other/ratings", &[], "/whoami");
     assert!(refused.starts_with("000"), "{refused}");
     assert_eq!(d.metric("meshd_authorization_connect_denied_total"), 1.0);
-    assert_eq!(backend.requests(), 1, "denied requests never left meshd");
+    assert_eq!(backend.requests(), 2, "denied requests never left meshd");
     let log = d.log_text();
     assert!(
         log.contains("request denied by authorization policy"),

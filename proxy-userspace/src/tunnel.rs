@@ -77,6 +77,15 @@ impl Tunnel {
         endpoint_identity(&self.trust_domain, e)
     }
 
+    /// The `x-forwarded-client-cert` a request through the tunnel `via` carries: the
+    /// element the far side's server would add for the source's certificate, as Istio's
+    /// inbound sidecar adds it. `None` when the source has no certificate yet (the stream's
+    /// handshake would fail anyway).
+    pub fn forwarded_client_cert(&self, via: &Via) -> Option<hyper::header::HeaderValue> {
+        let cert = self.manager.current(&via.source)?;
+        cert.forwarded_client_cert(&via.destination).parse().ok()
+    }
+
     pub fn source_identity(
         &self,
         snap: &Snapshot,

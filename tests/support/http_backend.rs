@@ -332,7 +332,7 @@ async fn answer_plain(
             .unwrap());
     }
     let body = format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
         req.uri(),
@@ -359,7 +359,14 @@ async fn answer_plain(
             .map(|k| k.as_str())
             .filter(|k| k.starts_with("x-envoy-") && *k != "x-envoy-attempt-count")
             .collect::<Vec<_>>()
-            .join(",")
+            .join(","),
+        // Every x-forwarded-client-cert value, quotes escaped for JSON.
+        req.headers()
+            .get_all("x-forwarded-client-cert")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).replace('"', "\\\""))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     Ok(Response::new(Full::new(Bytes::from(body))))
 }

@@ -26,6 +26,8 @@ pub struct WorkloadCert {
     not_after: SystemTime,
     /// The chain and the parsed signing key, built once for every handshake to share.
     certified: Arc<CertifiedKey>,
+    /// The leaf's part of an `x-forwarded-client-cert` element (all but `By`).
+    forwarded: String,
 }
 
 impl WorkloadCert {
@@ -49,7 +51,9 @@ impl WorkloadCert {
             return Err(IdentityError::KeyMismatch);
         }
         let certified = Arc::new(CertifiedKey::new(chain.clone(), signing_key));
+        let forwarded = x509::forwarded_details(leaf)?;
         Ok(WorkloadCert {
+            forwarded,
             id: info.id,
             chain,
             key,
@@ -87,6 +91,13 @@ impl WorkloadCert {
     /// What rustls presents in a handshake.
     pub fn certified_key(&self) -> Arc<CertifiedKey> {
         self.certified.clone()
+    }
+
+    /// The `x-forwarded-client-cert` element a server of identity `by` reports for a client
+    /// presenting this certificate, in Envoy's form as Istio configures it:
+    /// `By=<server>;Hash=<sha256>;Subject="";URI=<client>`.
+    pub fn forwarded_client_cert(&self, by: &SpiffeId) -> String {
+        format!("By={by};{}", self.forwarded)
     }
 
     pub fn lifetime(&self) -> Duration {

@@ -79,6 +79,48 @@ pub fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Result<Vec<&'a str>, Ident
         .unwrap_or_default())
 }
 
+/// The client-certificate details Envoy puts in `x-forwarded-client-cert` as Istio configures
+/// it (`Hash`, `Subject`, `URI`, `DNS`): the certificate's SHA-256 in hex, its subject in RFC
+/// 2253 form (empty for Istio's and meshd's workload certificates), and its SANs.
+pub fn forwarded_details(der: &[u8]) -> Result<String, IdentityError> {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write;
+    let cert = parse(der)?;
+    let mut out = String::from("Hash=");
+    for b in Sha256::digest(der) {
+        let _ = write!(out, "{b:02x}");
+    }
+    let mut rdns: Vec<String> = cert
+        .subject()
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|a| {
+                    let name = x509_parser::objects::oid2abbrev(
+                        a.attr_type(),
+                        x509_parser::objects::oid_registry(),
+                    )
+                    .map_or_else(|_| a.attr_type().to_id_string(), str::to_string);
+                    format!("{name}={}", a.as_str().unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.reverse();
+    let _ = write!(out, ";Subject=\"{}\"", rdns.join(","));
+    for uri in uri_sans(&cert)? {
+        let _ = write!(out, ";URI={uri}");
+    }
+    let dns = (cert.subject_alternative_name().ok().flatten()).into_iter();
+    for name in dns.flat_map(|ext| ext.value.general_names.iter()) {
+        if let GeneralName::DNSName(d) = name {
+            let _ = write!(out, ";DNS={d}");
+        }
+    }
+    Ok(out)
+}
+
 pub fn system_time(t: ASN1Time) -> SystemTime {
     let secs = t.timestamp();
     if secs >= 0 {

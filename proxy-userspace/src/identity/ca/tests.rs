@@ -169,3 +169,26 @@ fn expires_in_counts_down_to_zero() {
         Duration::ZERO
     );
 }
+
+#[test]
+fn a_workload_certificate_gives_envoys_forwarded_client_cert_element() {
+    use sha2::{Digest, Sha256};
+    let ca = Ca::generate("cluster.local").unwrap();
+    let cert = ca.issue(&id("productpage"), DEFAULT_CERT_LIFETIME).unwrap();
+    let hash: String = Sha256::digest(cert.leaf().as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        cert.forwarded_client_cert(&id("reviews")),
+        format!(
+            "By=spiffe://cluster.local/ns/shop/sa/reviews;Hash={hash};Subject=\"\";URI=spiffe://cluster.local/ns/shop/sa/productpage"
+        )
+    );
+    // A subject in RFC 2253 order, most specific first.
+    let root = crate::identity::x509::forwarded_details(ca.cert()).unwrap();
+    assert!(
+        root.contains(";Subject=\"CN=meshd root CA,O=cluster.local\";URI=spiffe://cluster.local"),
+        "{root}"
+    );
+}

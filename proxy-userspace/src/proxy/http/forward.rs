@@ -28,6 +28,7 @@ use super::{
     pool::{Limits, UpstreamError},
     ratelimit,
     record::Record,
+    replay::FORWARDED_CLIENT_CERT,
     route::{self, Decision},
     send,
 };
@@ -660,6 +661,9 @@ async fn forward(
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // As Envoy's default (SANITIZE) on a sidecar's outbound side: a workload cannot claim a
+    // client certificate; the tunnel sets the header for the certificate it presents.
+    parts.headers.remove(FORWARDED_CLIENT_CERT);
     // hyper's server answers `100 Continue` itself once the body is read, as Envoy does by
     // default: the upstream is not asked again.
     if parts

@@ -19,7 +19,7 @@ use std::{
 
 use foldhash::{HashMap, HashMapExt};
 
-use hyper::{Response, client::conn::http1};
+use hyper::{Response, client::conn::http1, header::HeaderValue};
 use hyper_util::rt::TokioIo;
 
 pub use self::{
@@ -33,7 +33,10 @@ use self::{
     cluster::{H2Conn, H2Stream, IdleH1},
     lease::{Lease, Leased, Upstream},
 };
-use super::{Body, ResponseFlags, replay::Outgoing};
+use super::{
+    Body, ResponseFlags,
+    replay::{FORWARDED_CLIENT_CERT, Outgoing},
+};
 
 /// How often idle connections past their idle timeout are closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -360,6 +363,14 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> {
         async move {
             let dst = target.addr;
+            // Through the tunnel, the request carries its client's certificate as the far
+            // side's server saw it.
+            let req = match (&target.via, &self.tunnel) {
+                (Some(via), Some(tunnel)) => {
+                    with_client_cert(req, tunnel.forwarded_client_cert(via))
+                }
+                _ => req,
+            };
             let request = cluster
                 .try_slot(Counter::Requests, limits.max_requests)
                 .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
@@ -415,6 +426,24 @@ impl Pool {
                     all.remove(&name);
                 }
             }
+        }
+    }
+}
+
+/// `req` with `cert` as its `x-forwarded-client-cert`.
+fn with_client_cert(req: Outgoing<'_>, cert: Option<HeaderValue>) -> Outgoing<'_> {
+    match req {
+        Outgoing::Buffered { req, attempt, .. } => Outgoing::Buffered {
+            req,
+            attempt,
+            client_cert: cert,
+        },
+        Outgoing::Owned(mut r) => {
+            match cert {
+                Some(c) => r.headers_mut().insert(FORWARDED_CLIENT_CERT, c),
+                None => r.headers_mut().remove(FORWARDED_CLIENT_CERT),
+            };
+            Outgoing::Owned(r)
         }
     }
 }

@@ -33,14 +33,18 @@ pub struct Replayable {
 
 /// Envoy's header telling the upstream which attempt of a request this is.
 pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+/// Envoy's `x-forwarded-client-cert`: the identity of the client a request came from over mTLS.
+pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// One attempt of a request, as the pool sends it.
 pub enum Outgoing<'r> {
     /// Buffered, and borrowed: the HTTP/1.1 client writes the head without copying it.
-    /// `attempt` replaces the request's `x-envoy-attempt-count`.
+    /// `attempt` replaces the request's `x-envoy-attempt-count`, and `client_cert` its
+    /// `x-forwarded-client-cert` (set for the tunnel).
     Buffered {
         req: &'r Replayable,
         attempt: Option<HeaderValue>,
+        client_cert: Option<HeaderValue>,
     },
     Owned(Request<Body>),
 }

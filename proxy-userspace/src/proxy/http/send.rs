@@ -447,6 +447,7 @@ pub async fn with_policy(
                     (Some(r), _) => Outgoing::Buffered {
                         req: r,
                         attempt: Some(attempt),
+                        client_cert: None,
                     },
                     (None, Some(mut req)) => {
                         req.headers_mut().insert(ATTEMPT_COUNT, attempt);

@@ -24,7 +24,7 @@ use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
-    replay::{ATTEMPT_COUNT, Outgoing},
+    replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT, Outgoing},
 };
 
 /// Request bytes gathered before a write: the head and a small body go out in one send.
@@ -94,7 +94,11 @@ impl Conn {
     pub async fn send(&mut self, req: Outgoing<'_>) -> Result<Head, H1Error> {
         let mut out = BytesMut::with_capacity(512);
         let method = match req {
-            Outgoing::Buffered { req, attempt } => {
+            Outgoing::Buffered {
+                req,
+                attempt,
+                client_cert,
+            } => {
                 // Head and body from the buffered request, in one write.
                 let end = req.body.is_empty() && req.trailers.is_none();
                 let framing = encode::framing(
@@ -103,8 +107,8 @@ impl Conn {
                     Some(req.body.len() as u64).filter(|_| req.trailers.is_none()),
                     end,
                 );
-                let name = ATTEMPT_COUNT;
-                let extra = attempt.as_ref().map(|v| (&name, v));
+                let (attempt_name, cert_name) = (ATTEMPT_COUNT, FORWARDED_CLIENT_CERT);
+                let extra = [(&attempt_name, &attempt), (&cert_name, &client_cert)];
                 encode::head(
                     &mut out,
                     &req.method,
@@ -147,7 +151,7 @@ impl Conn {
                     &parts.uri,
                     &parts.headers,
                     framing,
-                    None,
+                    [],
                 );
                 if framing != BodyFraming::None
                     && let Some(early) = self

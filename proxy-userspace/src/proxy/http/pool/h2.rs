@@ -30,7 +30,7 @@ use crate::proxy::http::{
     Body,
     body::BoxError,
     headers::strip_for_http2,
-    replay::{ATTEMPT_COUNT, Outgoing},
+    replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT, Outgoing},
 };
 
 // hyper's client defaults, which meshd's HTTP/2 upstreams had before.
@@ -148,13 +148,20 @@ enum Outbound {
 /// its body.
 fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
     let (mut head, body) = match req {
-        Outgoing::Buffered { req, attempt } => {
+        Outgoing::Buffered {
+            req,
+            attempt,
+            client_cert,
+        } => {
             let mut head = Request::new(());
             *head.method_mut() = req.method.clone();
             *head.uri_mut() = req.uri.clone();
             *head.headers_mut() = req.headers.clone();
             if let Some(a) = attempt {
                 head.headers_mut().insert(ATTEMPT_COUNT, a);
+            }
+            if let Some(c) = client_cert {
+                head.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
             }
             (
                 head,
@@ -334,6 +341,7 @@ mod tests {
         split(Outgoing::Buffered {
             req: r,
             attempt: None,
+            client_cert: None,
         })
         .0
     }
@@ -377,5 +385,29 @@ mod tests {
         assert_eq!(names, ["proxy-authorization", "x-end-to-end"]);
         let grpc = head_of(&buffered(Method::POST, "", &[("te", "trailers")]));
         assert_eq!(grpc.headers()[header::TE], "trailers");
+    }
+
+    #[test]
+    fn the_attempt_count_and_client_certificate_replace_the_requests_own() {
+        let r = buffered(
+            Method::GET,
+            "",
+            &[
+                ("x-envoy-attempt-count", "1"),
+                ("x-forwarded-client-cert", "forged"),
+            ],
+        );
+        let (head, _) = split(Outgoing::Buffered {
+            req: &r,
+            attempt: Some(HeaderValue::from_static("2")),
+            client_cert: Some(HeaderValue::from_static("By=spiffe://b")),
+        });
+        assert_eq!(head.headers()[ATTEMPT_COUNT], "2");
+        let certs: Vec<_> = head
+            .headers()
+            .get_all(FORWARDED_CLIENT_CERT)
+            .iter()
+            .collect();
+        assert_eq!(certs, ["By=spiffe://b"]);
     }
 }

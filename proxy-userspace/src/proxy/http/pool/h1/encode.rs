@@ -48,14 +48,14 @@ fn carries_body(m: &Method) -> bool {
 
 /// Appends the request line and headers, with the framing header `body` needs and a Host
 /// taken from the URI when the request has none (an HTTP/2 request carries `:authority`).
-/// `extra` is written in place of any header of its name.
-pub fn head(
+/// Each `extra` header that has a value is written in place of any header of its name.
+pub fn head<const N: usize>(
     out: &mut BytesMut,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: BodyFraming,
-    extra: Option<(&HeaderName, &HeaderValue)>,
+    extra: [(&HeaderName, &Option<HeaderValue>); N],
 ) {
     out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
@@ -77,13 +77,15 @@ pub fn head(
         if body != BodyFraming::Chunked && name == header::TRANSFER_ENCODING {
             continue;
         }
-        if name == header::CONTENT_LENGTH || extra.is_some_and(|(n, _)| n == name) {
+        if name == header::CONTENT_LENGTH || extra.iter().any(|(n, v)| v.is_some() && *n == name) {
             continue;
         }
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some((name, value)) = extra {
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+    for (name, value) in extra {
+        if let Some(value) = value {
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     match body {
         BodyFraming::None => {}
@@ -136,7 +138,7 @@ mod tests {
             );
         }
         let mut out = BytesMut::new();
-        head(&mut out, &method, &uri.parse().unwrap(), &h, body, None);
+        head(&mut out, &method, &uri.parse().unwrap(), &h, body, []);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -162,24 +164,26 @@ mod tests {
     }
 
     #[test]
-    fn the_extra_header_replaces_the_requests_own() {
+    fn an_extra_header_with_a_value_replaces_the_requests_own() {
         let mut h = HeaderMap::new();
         h.insert("x-envoy-attempt-count", HeaderValue::from_static("7"));
+        h.insert("x-forwarded-client-cert", HeaderValue::from_static("kept"));
         h.insert("x-a", HeaderValue::from_static("1"));
         let mut out = BytesMut::new();
         let name = HeaderName::from_static("x-envoy-attempt-count");
-        let value = HeaderValue::from_static("2");
+        let value = Some(HeaderValue::from_static("2"));
+        let unset = HeaderName::from_static("x-forwarded-client-cert");
         head(
             &mut out,
             &Method::GET,
             &"/".parse().unwrap(),
             &h,
             BodyFraming::None,
-            Some((&name, &value)),
+            [(&name, &value), (&unset, &None)],
         );
         assert_eq!(
             &out[..],
-            b"GET / HTTP/1.1\r\nx-a: 1\r\nx-envoy-attempt-count: 2\r\n\r\n"
+            b"GET / HTTP/1.1\r\nx-forwarded-client-cert: kept\r\nx-a: 1\r\nx-envoy-attempt-count: 2\r\n\r\n"
         );
     }
 
