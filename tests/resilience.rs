@@ -205,6 +205,45 @@ fn max_retries_bounds_retries_in_flight_across_the_cluster() {
     assert!(d.log_text().contains("retry not attempted"));
 }
 
+/// A `retryBudget` bounds the retries in flight by a share of the active requests (at least
+/// `minRetryConcurrency`), in place of `maxRetries`, as Envoy's retry budget does.
+#[test]
+fn a_retry_budget_bounds_retries_by_the_active_requests() {
+    if !ebpf_available("cb_retry_budget") {
+        return;
+    }
+    let routes = "  - retries:\n      attempts: 2\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n";
+    let budget = |percent: u32, min: u32| {
+        format!(
+            "    connectionPool:\n      http:\n        maxRetries: 100\n    retryBudget:\n      percent: {percent}\n      minRetryConcurrency: {min}\n"
+        )
+    };
+    // 20% of three active requests is none, so the minimum of one applies, and maxRetries
+    // (100) does not: one request gets the single retry, as under `maxRetries: 1`.
+    let (v1, v2) = two_backends();
+    let yaml = only_v1(with_policy(&v1, &v2, routes, &budget(20, 1)), &v2);
+    let d = start("cb-retry-budget", 212, &yaml);
+    let lines = results(clients(&d, 3, 1, "http://reviews:9080/slow-503/400"));
+    assert_eq!(count(&lines, "503"), 3, "{lines:?}");
+    assert_eq!(v1.requests(), 5, "3 first attempts and 2 retries");
+    assert_eq!(
+        d.metric(r#"meshd_overflow_total{limit="retryBudget",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#),
+        2.0
+    );
+    assert!(
+        d.log_text()
+            .contains("is at its retryBudget (20% of active requests, at least 1)")
+    );
+    drop(d);
+    // 100% of the active requests: every request may retry.
+    let (v1, v2) = two_backends();
+    let yaml = only_v1(with_policy(&v1, &v2, routes, &budget(100, 0)), &v2);
+    let d = start("cb-retry-budget-all", 213, &yaml);
+    let lines = results(clients(&d, 3, 1, "http://reviews:9080/slow-503/400"));
+    assert_eq!(count(&lines, "503"), 3, "{lines:?}");
+    assert_eq!(v1.requests(), 9, "every request retried twice");
+}
+
 #[test]
 fn connection_settings_connect_timeout_requests_per_connection_and_idle_timeout() {
     if !ebpf_available("cb_conn") {

@@ -26,7 +26,23 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<ClientTls>,
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    pub retry_budget: Option<RetryBudget>,
 }
+
+/// `retryBudget`: concurrent retries as a share of the destination's active requests, in
+/// place of `connectionPool.http.maxRetries` (Envoy's retry budget).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryBudget {
+    /// Percent of the active and pending requests (Envoy's default 20).
+    pub percent: Option<f64>,
+    /// Retries always allowed, whatever the share (Envoy's default 3).
+    pub min_retry_concurrency: Option<u32>,
+    pub budget_interval: Option<PolicyDuration>,
+}
+
+// Validation bounds `percent` to 0..=100, so it is never NaN.
+impl Eq for RetryBudget {}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -11,8 +11,8 @@ use crate::policy::{
     report::{self, Report},
     rules,
     schema::{
-        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, STR, Ty, int, limit, obj, opt, req,
-        warned,
+        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PERCENT, STR, Ty, int, limit, obj,
+        opt, req, warned,
     },
 };
 
@@ -300,7 +300,17 @@ static TRAFFIC_POLICY: Obj = obj(&[
     opt("portLevelSettings", Ty::List(&Ty::Obj(&PORT_POLICY))),
     warned("tunnel", Ty::Any, NOTE_UNSUPPORTED),
     warned("proxyProtocol", Ty::Any, NOTE_UNSUPPORTED),
-    warned("retryBudget", Ty::Any, NOTE_UNSUPPORTED),
+    opt("retryBudget", Ty::Obj(&RETRY_BUDGET)),
+]);
+
+static RETRY_BUDGET: Obj = obj(&[
+    opt("percent", PERCENT),
+    opt("minRetryConcurrency", int(0, u32::MAX as i64)),
+    warned(
+        "budgetInterval",
+        DURATION,
+        "meshd counts the requests active now (Envoy's default, an interval of 0); ignored",
+    ),
 ]);
 
 static PORT_POLICY: Obj = obj(&[

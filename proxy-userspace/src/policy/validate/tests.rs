@@ -293,6 +293,24 @@ fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
 }
 
 #[test]
+fn a_retry_budget_is_read_and_its_interval_warned_about() {
+    let f = check(&dr(
+        "    retryBudget: {percent: 25.5, minRetryConcurrency: 2, budgetInterval: 10s}\n",
+    ));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("warning: spec.trafficPolicy.retryBudget.budgetInterval"),
+        "{f:?}"
+    );
+    let f = check(&dr("    retryBudget: {percent: 150}\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("error: spec.trafficPolicy.retryBudget.percent"),
+        "{f:?}"
+    );
+}
+
+#[test]
 fn an_endpoint_name_without_dns_resolution_is_a_warning() {
     let se = |resolution: &str| {
         format!(

@@ -25,7 +25,7 @@ use super::{
     fault, framing, header_values, headers,
     lb::{self, Algorithm, HashInputs},
     outlier,
-    pool::{Limits, UpstreamError},
+    pool::{Limits, RetryBudget, UpstreamError},
     ratelimit,
     record::Record,
     replay::FORWARDED_CLIENT_CERT,
@@ -723,6 +723,7 @@ async fn forward(
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
                 let mut limits = Limits::from_spec(policy.pool);
+                limits.retry_budget = policy.retry_budget.map(RetryBudget::from_spec);
                 // TLS origination sends the request's host as the server name (Istio's
                 // automatic SNI) unless the DestinationRule names one.
                 if policy.tls.is_some() {

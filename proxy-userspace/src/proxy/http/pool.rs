@@ -26,7 +26,7 @@ pub use self::{
     cluster::{ClusterPool, Counter, PeerKey, Slot},
     connect::connect,
     lease::PooledBody,
-    limits::Limits,
+    limits::{Limits, RetryBudget},
     originate::{Originate, Originations},
 };
 use self::{

@@ -14,7 +14,7 @@ use crate::{
     config::{Cluster, Snapshot},
     policy::model::{
         ClientTls, ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
-        TrafficPolicy,
+        RetryBudget, TrafficPolicy,
     },
     proxy::sniff::Detected,
     routes::{Client, Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
@@ -430,6 +430,8 @@ pub struct ClusterPolicy<'s> {
     pub outlier: Option<&'s OutlierDetection>,
     pub pool: Option<&'s ConnectionPool>,
     pub tls: Option<&'s ClientTls>,
+    /// `retryBudget`, the subset's or else the rule's (it has no port-level form).
+    pub retry_budget: Option<&'s RetryBudget>,
 }
 
 impl<'s> ClusterPolicy<'s> {
@@ -493,6 +495,12 @@ impl<'s> ClusterPolicy<'s> {
                 |p| p.tls.as_ref(),
                 |p| p.tls.as_ref(),
             ),
+            retry_budget: subset
+                .and_then(|s| cluster.subset_policies.get(s))
+                .and_then(|p| p.retry_budget.as_ref())
+                .or_else(|| {
+                    (cluster.traffic_policy.as_ref()).and_then(|p| p.retry_budget.as_ref())
+                }),
         }
     }
 

@@ -436,10 +436,17 @@ pub async fn with_policy(
             replayable.is_some(),
             outcome,
             || Failed::PerTryTimeout,
-            // `http.maxRetries` bounds the retries in flight across the cluster.
+            // `http.maxRetries` bounds the retries in flight across the cluster, or else the
+            // `retryBudget` does, by the requests active now.
             || {
-                plan.upstream
-                    .try_slot(Counter::Retries, plan.limits.max_retries)
+                let max = match &plan.limits.retry_budget {
+                    Some(b) => b.max_retries(
+                        plan.upstream.count(Counter::Requests)
+                            + plan.upstream.count(Counter::Pending),
+                    ),
+                    None => plan.limits.max_retries,
+                };
+                plan.upstream.try_slot(Counter::Retries, max)
             },
             |n| {
                 let attempt = attempt_count(n);
@@ -497,11 +504,26 @@ pub async fn with_policy(
         ctx.metrics.retries(u64::from(attempts.tries - 1));
     }
     if attempts.overflow {
-        ctx.metrics.overflow("cluster", &plan.cluster, "maxRetries");
-        rec.reason = Some(format!(
-            "retry not attempted: {} is at its connectionPool limit maxRetries: {}",
-            plan.cluster, plan.limits.max_retries
-        ));
+        let (limit, reason) = match &plan.limits.retry_budget {
+            Some(b) => (
+                "retryBudget",
+                format!(
+                    "retry not attempted: {} is at its retryBudget ({}% of active requests, at least {})",
+                    plan.cluster,
+                    f64::from(b.hundredths_of_percent) / 100.0,
+                    b.min_concurrency
+                ),
+            ),
+            None => (
+                "maxRetries",
+                format!(
+                    "retry not attempted: {} is at its connectionPool limit maxRetries: {}",
+                    plan.cluster, plan.limits.max_retries
+                ),
+            ),
+        };
+        ctx.metrics.overflow("cluster", &plan.cluster, limit);
+        rec.reason = Some(reason);
     }
     if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
         ctx.metrics.overflow("cluster", &plan.cluster, limit);

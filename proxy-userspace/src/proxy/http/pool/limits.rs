@@ -51,6 +51,32 @@ pub struct Limits {
     pub keepalive: Option<Keepalive>,
     /// DestinationRule `tls` origination: meshd opens TLS to the upstream.
     pub tls: Option<super::Originate>,
+    /// `retryBudget`: bounds the retries in flight instead of `max_retries`.
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's retry budget: the retries in flight may be `percent` of the destination's active
+/// and pending requests, and never fewer than `min_concurrency`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// The percentage in hundredths (20% is 2000), so limits stay comparable.
+    pub hundredths_of_percent: u32,
+    pub min_concurrency: u32,
+}
+
+impl RetryBudget {
+    pub fn from_spec(spec: &crate::policy::model::RetryBudget) -> RetryBudget {
+        RetryBudget {
+            hundredths_of_percent: (spec.percent.unwrap_or(20.0) * 100.0).round() as u32,
+            min_concurrency: spec.min_retry_concurrency.unwrap_or(3),
+        }
+    }
+
+    /// The retries allowed in flight while `active` requests are.
+    pub fn max_retries(&self, active: u32) -> u32 {
+        let share = u64::from(active) * u64::from(self.hundredths_of_percent) / 10_000;
+        (share as u32).max(self.min_concurrency)
+    }
 }
 
 impl Default for Limits {
@@ -68,6 +94,7 @@ impl Default for Limits {
             tcp_idle_timeout: Some(crate::proxy::idle::DEFAULT),
             keepalive: None,
             tls: None,
+            retry_budget: None,
         }
     }
 }
@@ -197,9 +224,31 @@ mod tests {
                     probes: Some(4),
                 }),
                 tls: None,
+                retry_budget: None,
             }
         );
         assert!(l.reusable(0) && !l.reusable(1));
         assert!(Limits::default().reusable(1_000_000));
+    }
+
+    #[test]
+    fn a_retry_budget_is_a_share_of_the_active_requests_with_a_floor() {
+        let spec = |percent: Option<f64>, min: Option<u32>| {
+            RetryBudget::from_spec(&crate::policy::model::RetryBudget {
+                percent,
+                min_retry_concurrency: min,
+                budget_interval: None,
+            })
+        };
+        let envoy_default = spec(None, None);
+        assert_eq!(
+            (envoy_default.max_retries(0), envoy_default.max_retries(10)),
+            (3, 3)
+        );
+        assert_eq!(envoy_default.max_retries(100), 20);
+        let quarter = spec(Some(25.5), Some(0));
+        assert_eq!(quarter.max_retries(1000), 255);
+        assert_eq!(quarter.max_retries(3), 0);
+        assert_eq!(spec(Some(100.0), Some(0)).max_retries(u32::MAX), u32::MAX);
     }
 }
