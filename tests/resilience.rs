@@ -213,19 +213,25 @@ fn a_retry_budget_bounds_retries_by_the_active_requests() {
         return;
     }
     let routes = "  - retries:\n      attempts: 2\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n";
-    let budget = |percent: u32, min: u32| {
-        format!(
+    // Three requests failing slowly at once, under a budget: how many attempts v1 saw.
+    let run = |name: &str, slot: u16, percent: u32, min: u32| {
+        let budget = format!(
             "    connectionPool:\n      http:\n        maxRetries: 100\n    retryBudget:\n      percent: {percent}\n      minRetryConcurrency: {min}\n"
-        )
+        );
+        let (v1, v2) = two_backends();
+        let d = start(
+            name,
+            slot,
+            &only_v1(with_policy(&v1, &v2, routes, &budget), &v2),
+        );
+        let lines = results(clients(&d, 3, 1, "http://reviews:9080/slow-503/400"));
+        assert_eq!(count(&lines, "503"), 3, "{lines:?}");
+        (v1.requests(), d)
     };
     // 20% of three active requests is none, so the minimum of one applies, and maxRetries
     // (100) does not: one request gets the single retry, as under `maxRetries: 1`.
-    let (v1, v2) = two_backends();
-    let yaml = only_v1(with_policy(&v1, &v2, routes, &budget(20, 1)), &v2);
-    let d = start("cb-retry-budget", 212, &yaml);
-    let lines = results(clients(&d, 3, 1, "http://reviews:9080/slow-503/400"));
-    assert_eq!(count(&lines, "503"), 3, "{lines:?}");
-    assert_eq!(v1.requests(), 5, "3 first attempts and 2 retries");
+    let (attempts, d) = run("cb-retry-budget", 212, 20, 1);
+    assert_eq!(attempts, 5, "3 first attempts and 2 retries");
     assert_eq!(
         d.metric(r#"meshd_overflow_total{limit="retryBudget",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#),
         2.0
@@ -236,12 +242,8 @@ fn a_retry_budget_bounds_retries_by_the_active_requests() {
     );
     drop(d);
     // 100% of the active requests: every request may retry.
-    let (v1, v2) = two_backends();
-    let yaml = only_v1(with_policy(&v1, &v2, routes, &budget(100, 0)), &v2);
-    let d = start("cb-retry-budget-all", 213, &yaml);
-    let lines = results(clients(&d, 3, 1, "http://reviews:9080/slow-503/400"));
-    assert_eq!(count(&lines, "503"), 3, "{lines:?}");
-    assert_eq!(v1.requests(), 9, "every request retried twice");
+    let (attempts, _d) = run("cb-retry-budget-all", 213, 100, 0);
+    assert_eq!(attempts, 9, "every request retried twice");
 }
 
 #[test]
