@@ -591,3 +591,56 @@ fn envoy_request_headers_override_the_routes_retries_and_timeouts() {
     let body = curl(&d, &args);
     assert!(body.contains("\"x_envoy\":\"\""), "{body}");
 }
+
+/// Slow start (`warmup`): an endpoint that joins a warm service gets a small share of the
+/// traffic at first, and its full share once its window has passed.
+#[test]
+fn a_new_endpoint_warms_up_before_taking_its_full_share() {
+    if !ebpf_available("slow_start") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    // A fast ramp: 4 s, with the share (age / 4 s) ^ 4, at least 1%.
+    let lb = "      simple: ROUND_ROBIN\n      warmup:\n        duration: 4s\n        minimumPercent: 1\n        aggression: 0.25\n";
+    let both = with_lb(policies(&v1, &v2, TO_ALL), lb);
+    let only_v1 = both.replace(
+        &format!(
+            "  - address: 127.0.0.1\n    ports:\n      http: {}\n    labels:\n      version: v2\n",
+            v2.addr.port()
+        ),
+        "",
+    );
+    assert_ne!(only_v1, both);
+    let dir = support::mesh::config_dir("slow-start", &only_v1);
+    let d = support::Daemon::start("slow-start", 214, &["--config", dir.to_str().unwrap()]);
+    let generation = || {
+        let dump: serde_json::Value = serde_json::from_str(&d.get("/config_dump")).unwrap();
+        dump["snapshot"]["generation"].as_u64().unwrap()
+    };
+    curl_many(&d, "http://reviews:9080/", 5, "%{http_code}\\n");
+    // v1 is warm once its window has passed; then v2 joins.
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let before = generation();
+    std::fs::write(dir.join("reviews.yaml"), &both).unwrap();
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (generation() > before).then_some(())
+    })
+    .expect("the new endpoint applied");
+    let joined = Instant::now();
+    curl_many(&d, "http://reviews:9080/", 200, "%{http_code}\\n");
+    let early = v2.requests();
+    // Without slow start v2 would get half. Its weight is at most (age / 4 s) ^ 4 of v1's,
+    // whatever the age the round ended at (under a second here: 1%).
+    let age = joined.elapsed().as_secs_f64().clamp(1.0, 4.0);
+    let share = (age / 4.0).powi(4);
+    let bound = 200.0 * share / (1.0 + share) + 15.0;
+    eprintln!("first round: {age:.2} s, v2 got {early} (bound {bound:.0})");
+    assert!(
+        (early as f64) <= bound,
+        "v2 got {early} of 200 while warming up"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4).saturating_sub(joined.elapsed()));
+    curl_many(&d, "http://reviews:9080/", 200, "%{http_code}\\n");
+    let late = v2.requests() - early;
+    assert!((70..=130).contains(&late), "v2 got {late} of 200 once warm");
+}

@@ -61,8 +61,25 @@ pub struct LoadBalancer {
     pub simple: Option<String>,
     pub consistent_hash: Option<ConsistentHash>,
     pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Slow start's window (deprecated in Istio for `warmup`).
     pub warmup_duration_secs: Option<PolicyDuration>,
+    pub warmup: Option<Warmup>,
 }
+
+/// `warmup`: slow start for endpoints new to the service (Envoy's slow start config).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Warmup {
+    pub duration: Option<PolicyDuration>,
+    /// The least share of its weight a new endpoint gets, in percent (default 10).
+    pub minimum_percent: Option<f64>,
+    /// How fast the share grows: 1 is linear (the default), more is faster at first, less
+    /// (above 0) slower.
+    pub aggression: Option<f64>,
+}
+
+// Validation bounds both numbers, so neither is NaN.
+impl Eq for Warmup {}
 
 /// `localityLbSetting`: prefer endpoints near this node; fail over by locality, then by the
 /// `failover` region pairs.

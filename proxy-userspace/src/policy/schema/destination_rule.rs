@@ -111,12 +111,21 @@ static LOAD_BALANCER: Obj = Obj {
         ),
         opt("consistentHash", Ty::Obj(&CONSISTENT_HASH)),
         opt("localityLbSetting", Ty::Obj(&LOCALITY_LB)),
-        warned("warmupDurationSecs", DURATION, NOTE_UNSUPPORTED),
-        warned("warmup", Ty::Any, NOTE_UNSUPPORTED),
+        opt("warmupDurationSecs", DURATION),
+        opt("warmup", Ty::Obj(&WARMUP)),
     ],
-    one_of: &[&["simple", "consistentHash"]],
+    one_of: &[
+        &["simple", "consistentHash"],
+        &["warmupDurationSecs", "warmup"],
+    ],
     check: None,
 };
+
+static WARMUP: Obj = obj(&[
+    req("duration", DURATION),
+    opt("minimumPercent", PERCENT),
+    opt("aggression", Ty::Num(0.001, 1_000_000.0)),
+]);
 
 static KEEPALIVE: Obj = obj(&[
     opt("probes", int(1, 100)),

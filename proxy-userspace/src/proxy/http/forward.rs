@@ -31,6 +31,7 @@ use super::{
     replay::FORWARDED_CLIENT_CERT,
     route::{self, Decision},
     send,
+    slow_start::SlowStart,
 };
 use crate::{
     routes::RequestView,
@@ -699,6 +700,7 @@ async fn forward(
     // A cookie meshd generated for consistent hashing goes back to the client.
     let mut set_cookie = None;
     let mut weights = None;
+    let mut slow_start = None;
     let (endpoints, algo, cluster, outlier, limits, priorities) = match destination {
         None => (
             Ok(vec![down.dst]),
@@ -720,6 +722,7 @@ async fn forward(
                 (algo, set_cookie) = lb::algorithm(policy.lb, &inputs);
                 let priorities = send::priorities(ctx.locality.as_ref(), &policy);
                 weights = policy.weights.take();
+                slow_start = policy.lb.and_then(SlowStart::from_spec);
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
                 let mut limits = Limits::from_spec(policy.pool);
@@ -799,6 +802,7 @@ async fn forward(
         endpoints,
         algo,
         weights,
+        slow_start,
         priorities,
     };
     let mut resp = match downstream_upgrade {

@@ -118,6 +118,8 @@ pub fn for_connection(lb: Option<&LoadBalancer>, peer: SocketAddr) -> Algorithm 
 pub struct Balancer {
     turn: AtomicUsize,
     active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// When endpoints joined their services, for slow start.
+    pub ages: super::slow_start::Ages,
 }
 
 /// Counts an in-flight request against its endpoint until dropped.

@@ -26,6 +26,7 @@ mod replay;
 pub mod retry;
 mod route;
 mod send;
+mod slow_start;
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -20,6 +20,7 @@ use super::{
     replay::{self, ATTEMPT_COUNT, Outgoing, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
     route::{self, NoEndpoint},
+    slow_start::SlowStart,
 };
 use crate::{
     config::Snapshot,
@@ -38,6 +39,8 @@ pub struct Plan<'a> {
     pub algo: Algorithm,
     /// Each endpoint's weight, in the order of `endpoints`, when they differ.
     pub weights: Option<Vec<u32>>,
+    /// Slow start for endpoints new to the service (`warmup`).
+    pub slow_start: Option<SlowStart>,
     /// Each endpoint's locality priority, when locality-aware load balancing applies.
     pub priorities: Option<Vec<u8>>,
     /// The endpoint set's identity (host, subset, port) for outlier state.
@@ -107,7 +110,11 @@ impl Plan<'_> {
                 if let Some(level) = level {
                     *tried |= 1 << level;
                 }
-                let weights = self.weights.as_deref().map(|w| (all.as_slice(), w));
+                let warming = self.slow_start.and_then(|s| {
+                    s.weights(&ctx.lb.ages.of(&self.cluster, all), self.weights.as_deref())
+                });
+                let weights = warming.as_deref().or(self.weights.as_deref());
+                let weights = weights.map(|w| (all.as_slice(), w));
                 Ok(ctx.lb.pick(&self.algo, &candidates, avoid, weights))
             }
             Err(e) => Err(e.clone()),
