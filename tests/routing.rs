@@ -1203,3 +1203,51 @@ fn a_wildcard_destination_rule_gives_the_services_it_covers_its_subsets() {
     }
     assert_eq!((v1.requests(), v2.requests()), (0, 3));
 }
+
+/// `localityLbSetting.distribute`: clients in us-east/zone-a send 75% to their zone and 25% to
+/// us-west, and nothing to a locality no entry names; it needs no outlier detection.
+#[test]
+fn distribute_shares_traffic_between_localities_by_weight() {
+    if !ebpf_available("locality_distribute") {
+        return;
+    }
+    let (near, far) = two_backends();
+    let elsewhere = HttpBackend::start("127.0.0.1:0");
+    let routes = "  - route:\n    - destination:\n        host: reviews\n";
+    let yaml = locality_mesh(&[near.addr.port()], &[far.addr.port()], routes)
+        .replace(
+            "        failover:\n        - from: us-east\n          to: us-west\n",
+            "        distribute:\n        - from: us-east/zone-a/*\n          to:\n            \"us-east/zone-a/*\": 75\n            \"us-west/*\": 25\n",
+        )
+        .replace(
+            "    outlierDetection:\n      consecutive5xxErrors: 5\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n",
+            "",
+        )
+        .replace(
+            "  endpoints:\n",
+            &format!(
+                "  endpoints:\n  - address: 127.0.0.1\n    ports:\n      http: {}\n    locality: eu-north/zone-q\n",
+                elsewhere.addr.port()
+            ),
+        );
+    assert!(yaml.contains("distribute") && !yaml.contains("outlierDetection"));
+    let dir = support::mesh::config_dir("locality-distribute", &yaml);
+    let d = support::Daemon::start(
+        "locality-distribute",
+        215,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--locality",
+            "us-east/zone-a/rack-1",
+        ],
+    );
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 400, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    let (n, f, e) = (near.requests(), far.requests(), elsewhere.requests());
+    assert_eq!(e, 0, "no entry names eu-north");
+    assert!(
+        (270..=330).contains(&n) && n + f == 400,
+        "near {n}, far {f}"
+    );
+}

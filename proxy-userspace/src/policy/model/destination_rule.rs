@@ -89,6 +89,16 @@ pub struct LocalityLbSetting {
     /// Istio's mesh default is on.
     pub enabled: Option<bool>,
     pub failover: Vec<LocalityFailover>,
+    pub distribute: Vec<LocalityDistribute>,
+}
+
+/// `distribute`: for clients in `from`, the share of traffic (percent) each locality pattern
+/// of `to` gets; localities none of them covers get none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalityDistribute {
+    pub from: String,
+    pub to: BTreeMap<String, u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

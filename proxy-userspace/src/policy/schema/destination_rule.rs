@@ -89,12 +89,43 @@ static LOCALITY_FAILOVER: Obj = obj(&[
     req("to", Ty::Str(rules::non_empty)),
 ]);
 
-static LOCALITY_LB: Obj = obj(&[
-    opt("enabled", Ty::Bool),
-    opt("failover", Ty::List(&Ty::Obj(&LOCALITY_FAILOVER))),
-    warned("distribute", Ty::Any, NOTE_UNSUPPORTED),
-    warned("failoverPriority", Ty::Any, NOTE_UNSUPPORTED),
-]);
+const DISTRIBUTE_WEIGHT: Ty = int(0, 100);
+
+static LOCALITY_DISTRIBUTE: Obj = Obj {
+    fields: &[
+        req("from", Ty::Str(rules::non_empty)),
+        req("to", Ty::Map(rules::non_empty, &DISTRIBUTE_WEIGHT)),
+    ],
+    one_of: &[],
+    check: Some(check_distribute),
+};
+
+/// As Istio's validation: the weights of a `distribute` entry's `to` add up to 100.
+fn check_distribute(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    let Some(to) = node.entry("to") else { return };
+    let sum: i64 = (to.value.entries().unwrap_or_default().iter())
+        .filter_map(|e| e.value.as_i64())
+        .sum();
+    if sum != 100 {
+        r.error(
+            to.value.pos,
+            &report::key(path, "to"),
+            format!("the weights add up to {sum}; they must add up to 100"),
+        );
+    }
+}
+
+static LOCALITY_LB: Obj = Obj {
+    fields: &[
+        opt("enabled", Ty::Bool),
+        opt("failover", Ty::List(&Ty::Obj(&LOCALITY_FAILOVER))),
+        opt("distribute", Ty::List(&Ty::Obj(&LOCALITY_DISTRIBUTE))),
+        warned("failoverPriority", Ty::Any, NOTE_UNSUPPORTED),
+    ],
+    // As Istio: traffic is either distributed by weight or failed over by priority.
+    one_of: &[&["distribute", "failover"]],
+    check: None,
+};
 
 static LOAD_BALANCER: Obj = Obj {
     fields: &[

@@ -311,6 +311,32 @@ fn a_retry_budget_is_read_and_its_interval_warned_about() {
 }
 
 #[test]
+fn distribute_weights_add_up_to_100_and_exclude_failover() {
+    let lb = |setting: &str| {
+        check(&dr(&format!(
+            "    loadBalancer:\n      localityLbSetting:\n{setting}"
+        )))
+    };
+    let dist = |a: u32| {
+        format!(
+            "        distribute:\n        - from: us-east/*\n          to: {{\"us-east/*\": {a}, \"us-west/*\": 20}}\n"
+        )
+    };
+    assert_eq!(lb(&dist(80)), Vec::<String>::new());
+    let f = lb(&dist(70));
+    assert!(
+        f.len() == 1 && f[0].contains("error: spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: the weights add up to 90"),
+        "{f:?}"
+    );
+    let both = format!(
+        "{}        failover: [{{from: us-east, to: us-west}}]\n",
+        dist(80)
+    );
+    let f = lb(&both);
+    assert!(f.len() == 1 && f[0].contains("error"), "{f:?}");
+}
+
+#[test]
 fn an_endpoint_name_without_dns_resolution_is_a_warning() {
     let se = |resolution: &str| {
         format!(

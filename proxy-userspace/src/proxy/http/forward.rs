@@ -711,7 +711,8 @@ async fn forward(
             None,
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
-            Ok((e, mut policy)) => {
+            Ok((mut e, mut policy)) => {
+                send::distribute(ctx.locality.as_ref(), &mut e, &mut policy);
                 let inputs = HashInputs {
                     headers: &parts.headers,
                     query: parts.uri.query(),
@@ -743,8 +744,14 @@ async fn forward(
                         }
                     }
                 }
+                // `distribute` may leave no endpoint for this client's locality.
+                let e = if e.is_empty() {
+                    Err(route::NoEndpoint::undistributed(&d.host))
+                } else {
+                    Ok(e)
+                };
                 (
-                    Ok(e),
+                    e,
                     algo,
                     policy.key,
                     policy.outlier.map(outlier::Settings::from_spec),

@@ -4,8 +4,9 @@
 //! region 3, anywhere else 4). Traffic goes to the best priority while it is healthy enough,
 //! and spills to the next as its endpoints are ejected, with Envoy's overprovisioning factor
 //! of 1.4. With `retryRemoteLocalities`, a retry skips the priorities earlier attempts used.
+//! A `distribute` setting instead shares the traffic between localities by weight.
 
-use crate::policy::model::LocalityFailover;
+use crate::policy::model::{LocalityDistribute, LocalityFailover};
 
 /// Envoy's default overprovisioning factor: a level keeps all its traffic down to 1/1.4 ≈ 71%
 /// healthy endpoints.
@@ -31,6 +32,52 @@ impl Locality {
             subzone: parts.next().unwrap_or_default(),
         }
     }
+
+    /// Whether `pattern` (`region/zone/subzone`; `*` stands for any part, and a missing zone
+    /// or subzone matches any) covers this locality, as Istio matches `distribute` entries.
+    pub fn matches(&self, pattern: &str) -> bool {
+        let p = Locality::parse(pattern);
+        let part = |rule: &str, own: &str, optional: bool| {
+            rule == "*" || (optional && rule.is_empty()) || rule == own
+        };
+        part(&p.region, &self.region, false)
+            && part(&p.zone, &self.zone, true)
+            && part(&p.subzone, &self.subzone, true)
+    }
+}
+
+/// Locality-weighted load balancing (`distribute`), as Istio sets Envoy's locality weights: for
+/// a client in `own`, the first entry whose `from` covers it shares the traffic between its
+/// `to` patterns by weight, and each pattern's share between the endpoints it covers (that an
+/// earlier pattern did not) by their `weights`. The result is each endpoint's weight, in the
+/// order of `localities`, 0 for an endpoint no pattern covers (it gets no traffic). `None` when
+/// no entry applies to the client.
+pub fn distribution(
+    own: &Locality,
+    localities: &[Option<&str>],
+    weights: Option<&[u32]>,
+    distribute: &[LocalityDistribute],
+) -> Option<Vec<u32>> {
+    let entry = distribute.iter().find(|d| own.matches(&d.from))?;
+    let parsed: Vec<Locality> = (localities.iter())
+        .map(|l| l.map(Locality::parse).unwrap_or_default())
+        .collect();
+    let weight = |i: usize| u64::from(weights.map_or(1, |w| w[i]).max(1));
+    let mut out = vec![0u32; localities.len()];
+    let mut covered = vec![false; localities.len()];
+    for (pattern, share) in &entry.to {
+        let members: Vec<usize> = (0..parsed.len())
+            .filter(|i| !covered[*i] && parsed[*i].matches(pattern))
+            .collect();
+        let total: u64 = members.iter().map(|i| weight(*i)).sum();
+        for i in members {
+            covered[i] = true;
+            // In thousandths of a percent, rounded up as Istio does, so a small share is not 0.
+            let w = (u64::from(*share) * weight(i) * 1000).div_ceil(total);
+            out[i] = w.min(u64::from(u32::MAX)) as u32;
+        }
+    }
+    Some(out)
 }
 
 /// An endpoint's priority seen from `own`. Endpoints without a locality are farthest.
@@ -166,5 +213,57 @@ mod tests {
     fn nothing_healthy_nothing_chosen() {
         assert_eq!(choose(&[level(0, 2, 0)], 0, 0.3), None);
         assert_eq!(choose(&[], 0, 0.3), None);
+    }
+
+    #[test]
+    fn patterns_match_as_istio_matches_localities() {
+        let l = Locality::parse("us-east/zone-a/rack-1");
+        for p in [
+            "us-east",
+            "us-east/*",
+            "us-east/zone-a",
+            "us-east/zone-a/*",
+            "*",
+            "*/zone-a",
+        ] {
+            assert!(l.matches(p), "{p}");
+        }
+        for p in ["us-west", "us-east/zone-b", "us-east/zone-a/rack-2", ""] {
+            assert!(!l.matches(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn distribute_shares_by_pattern_then_by_endpoint_weight() {
+        let rule = |from: &str, to: &[(&str, u32)]| LocalityDistribute {
+            from: from.into(),
+            to: to.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        let rules = [
+            rule("us-west/*", &[("us-west/*", 100)]),
+            rule(
+                "us-east/zone-a/*",
+                &[("us-east/zone-a/*", 80), ("us-west/*", 20)],
+            ),
+        ];
+        let own = Locality::parse("us-east/zone-a/rack-1");
+        let eps = [
+            Some("us-east/zone-a/rack-1"),
+            Some("us-east/zone-a/rack-2"),
+            Some("us-west/zone-x"),
+            Some("eu-north/zone-q"),
+            None,
+        ];
+        // The zone's 80% split by weight 3:1, us-west's 20% to its one endpoint, none elsewhere.
+        let w = distribution(&own, &eps, Some(&[3, 1, 5, 1, 1]), &rules).unwrap();
+        assert_eq!(w, [60_000, 20_000, 20_000, 0, 0]);
+        assert_eq!(
+            distribution(&Locality::parse("eu-north"), &eps, None, &rules),
+            None
+        );
+        // A pattern takes only endpoints an earlier one (in name order) did not.
+        let overlap = [rule("*", &[("us-east/*", 50), ("us-east/zone-a/*", 50)])];
+        let w = distribution(&own, &eps[..3], None, &overlap).unwrap();
+        assert_eq!(w, [25_000, 25_000, 0]);
     }
 }

@@ -182,7 +182,11 @@ impl HttpContext {
         // client was going.
         let requested = sni.map(std::borrow::Cow::Borrowed);
         match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
-            Ok((e, policy)) => {
+            Ok((mut e, mut policy)) => {
+                send::distribute(self.locality.as_ref(), &mut e, &mut policy);
+                if e.is_empty() {
+                    return Err(route::NoEndpoint::undistributed(&d.host));
+                }
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 let healthy = match &outlier {
                     Some(s) => std::borrow::Cow::Owned(self.healthy(&policy.key, s, &e)),

@@ -283,6 +283,16 @@ pub enum NoEndpoint {
     AllEjected { cluster: String },
 }
 
+impl NoEndpoint {
+    /// `distribute` gives the clients of this node's locality no endpoint of `host`.
+    pub fn undistributed(host: &str) -> NoEndpoint {
+        NoEndpoint::Empty {
+            host: host.to_string(),
+            subset: " for this node's locality (localityLbSetting.distribute)".into(),
+        }
+    }
+}
+
 /// The endpoints a request for `dest` may go to (ports already mapped), and the settings that
 /// apply to them: the cluster as `client` sees it (a DestinationRule with a `workloadSelector`
 /// may shape it), with the endpoints' weights when they differ. When no ServiceEntry describes

@@ -133,12 +133,12 @@ impl Plan<'_> {
 
 /// Each endpoint's locality priority, when locality-aware load balancing applies: this node
 /// has a locality, the destination has outlier detection (as Istio requires for failover), and
-/// its `localityLbSetting` is not disabled.
+/// its `localityLbSetting` is not disabled and does not `distribute` instead.
 pub fn priorities(own: Option<&Locality>, policy: &route::ClusterPolicy<'_>) -> Option<Vec<u8>> {
     let own = own?;
     policy.outlier?;
     let setting = policy.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
-    if setting.and_then(|s| s.enabled) == Some(false) {
+    if setting.is_some_and(|s| s.enabled == Some(false) || !s.distribute.is_empty()) {
         return None;
     }
     let failover = setting.map(|s| s.failover.as_slice()).unwrap_or_default();
@@ -149,6 +149,36 @@ pub fn priorities(own: Option<&Locality>, policy: &route::ClusterPolicy<'_>) -> 
             .map(|l| locality::priority(own, l.map(Locality::parse).as_ref(), failover))
             .collect(),
     )
+}
+
+/// Applies the destination's `distribute` setting for a client on this node (in `own`): the
+/// endpoints it gives no traffic are dropped, and the others weighted by their shares. Needs
+/// no outlier detection, as in Istio.
+pub fn distribute(
+    own: Option<&Locality>,
+    endpoints: &mut Vec<SocketAddr>,
+    policy: &mut route::ClusterPolicy<'_>,
+) {
+    let setting = policy.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
+    let (Some(own), Some(setting)) = (own, setting) else {
+        return;
+    };
+    if setting.enabled == Some(false) || setting.distribute.is_empty() {
+        return;
+    }
+    let Some(shares) = locality::distribution(
+        own,
+        &policy.localities,
+        policy.weights.as_deref(),
+        &setting.distribute,
+    ) else {
+        return;
+    };
+    let mut kept = shares.iter().map(|w| *w > 0);
+    endpoints.retain(|_| kept.next().unwrap_or(false));
+    let mut kept = shares.iter().map(|w| *w > 0);
+    policy.localities.retain(|_| kept.next().unwrap_or(false));
+    policy.weights = Some(shares.into_iter().filter(|w| *w > 0).collect());
 }
 
 fn priority_of(all: &[SocketAddr], priorities: &[u8], addr: SocketAddr) -> u8 {
