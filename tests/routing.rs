@@ -1251,3 +1251,40 @@ fn distribute_shares_traffic_between_localities_by_weight() {
         "near {n}, far {f}"
     );
 }
+
+/// `localityLbSetting.failoverPriority`: endpoints ranked by labels, here `version=v2` (a
+/// value given, not the client's): v2 takes every request while it is healthy, and v1 once
+/// outlier detection ejects it.
+#[test]
+fn failover_priority_prefers_the_labelled_endpoints_and_fails_over() {
+    if !ebpf_available("failover_priority") {
+        return;
+    }
+    let policy = "  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting:\n        failoverPriority:\n        - version=v2\n    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
+    let routes =
+        "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n";
+    let mesh = |v1: &HttpBackend, v2: &HttpBackend| {
+        policies(v1, v2, routes).replace(
+            "spec:\n  host: reviews\n  subsets:",
+            &format!("spec:\n  host: reviews\n{policy}  subsets:"),
+        )
+    };
+    let (v1, v2) = two_backends();
+    let d = start("failover-priority", 216, &mesh(&v1, &v2));
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!((v1.requests(), v2.requests()), (0, 20), "all to v2");
+    drop(d);
+    // v2 fails: its one 503 ejects it, and v1 takes the rest.
+    let (v1, v2) = two_backends();
+    let failing = support::backend::Backend::http_503("127.0.0.1:0");
+    let yaml = mesh(&v1, &v2).replace(
+        &format!("http: {}\n", v2.addr.port()),
+        &format!("http: {}\n", failing.addr.port()),
+    );
+    let d = start("failover-priority-down", 217, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 10, "%{http_code}\\n");
+    assert_eq!(codes[0], "503", "{codes:?}");
+    assert!(codes[1..].iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(v1.requests(), 9);
+}

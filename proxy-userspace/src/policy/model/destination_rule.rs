@@ -90,6 +90,8 @@ pub struct LocalityLbSetting {
     pub enabled: Option<bool>,
     pub failover: Vec<LocalityFailover>,
     pub distribute: Vec<LocalityDistribute>,
+    /// Labels (`key`, or `key=value`) whose leading matches with the client rank endpoints.
+    pub failover_priority: Vec<String>,
 }
 
 /// `distribute`: for clients in `from`, the share of traffic (percent) each locality pattern

@@ -120,7 +120,7 @@ static LOCALITY_LB: Obj = Obj {
         opt("enabled", Ty::Bool),
         opt("failover", Ty::List(&Ty::Obj(&LOCALITY_FAILOVER))),
         opt("distribute", Ty::List(&Ty::Obj(&LOCALITY_DISTRIBUTE))),
-        warned("failoverPriority", Ty::Any, NOTE_UNSUPPORTED),
+        opt("failoverPriority", Ty::List(&Ty::Str(rules::non_empty))),
     ],
     // As Istio: traffic is either distributed by weight or failed over by priority.
     one_of: &[&["distribute", "failover"]],

@@ -46,6 +46,47 @@ impl Locality {
     }
 }
 
+/// The label keys Istio reads from a locality for `failoverPriority`.
+const REGION: &str = "topology.kubernetes.io/region";
+const ZONE: &str = "topology.kubernetes.io/zone";
+const SUBZONE: &str = "topology.istio.io/subzone";
+
+/// A workload's value for a `failoverPriority` label: its own label, or for the topology keys
+/// its locality's part.
+pub fn label_value<'a>(
+    labels: &'a std::collections::BTreeMap<String, String>,
+    locality: &'a Locality,
+    key: &str,
+) -> Option<&'a str> {
+    let part = match key {
+        REGION => &locality.region,
+        ZONE => &locality.zone,
+        SUBZONE => &locality.subzone,
+        _ => "",
+    };
+    (labels.get(key).map(String::as_str)).or((!part.is_empty()).then_some(part))
+}
+
+/// An endpoint's rank by `failoverPriority`, as Istio's: with N labels, an endpoint whose first
+/// k labels all match the client's (or the value a `key=value` entry gives) ranks N - k.
+pub fn label_rank<'a>(
+    keys: &[String],
+    client: impl Fn(&str) -> Option<&'a str>,
+    endpoint: impl Fn(&str) -> Option<&'a str>,
+) -> usize {
+    let matched = keys
+        .iter()
+        .take_while(|k| {
+            let (key, wanted) = match k.split_once('=') {
+                Some((key, value)) => (key, Some(value)),
+                None => (k.as_str(), client(k)),
+            };
+            wanted.is_some_and(|w| endpoint(key) == Some(w))
+        })
+        .count();
+    keys.len() - matched
+}
+
 /// Locality-weighted load balancing (`distribute`), as Istio sets Envoy's locality weights: for
 /// a client in `own`, the first entry whose `from` covers it shares the traffic between its
 /// `to` patterns by weight, and each pattern's share between the endpoints it covers (that an
@@ -265,5 +306,45 @@ mod tests {
         let overlap = [rule("*", &[("us-east/*", 50), ("us-east/zone-a/*", 50)])];
         let w = distribution(&own, &eps[..3], None, &overlap).unwrap();
         assert_eq!(w, [25_000, 25_000, 0]);
+    }
+
+    #[test]
+    fn failover_priority_ranks_by_leading_label_matches() {
+        let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let keys: Vec<String> = [REGION, ZONE, "tier"].map(String::from).to_vec();
+        let own = Locality::parse("us-east/zone-a/rack-1");
+        let client = labels(&[("tier", "gold")]);
+        let rank = |at: &str, ep: &[(&str, &str)]| {
+            let (at, ep) = (Locality::parse(at), labels(ep));
+            label_rank(
+                &keys,
+                |k| label_value(&client, &own, k),
+                |k| label_value(&ep, &at, k),
+            )
+        };
+        assert_eq!(rank("us-east/zone-a", &[("tier", "gold")]), 0);
+        assert_eq!(rank("us-east/zone-a", &[("tier", "silver")]), 1);
+        assert_eq!(
+            rank("us-east/zone-b", &[("tier", "gold")]),
+            2,
+            "zone differs: tier unread"
+        );
+        assert_eq!(rank("us-west/zone-a", &[("tier", "gold")]), 3);
+        // A label takes precedence over the locality's part.
+        let region = [(REGION, "us-east")];
+        assert_eq!(rank("us-west/zone-a", &region), 1);
+        // `key=value` compares with the value given, not the client's.
+        let fixed = vec!["version=v2".to_string()];
+        let rank_fixed = |ep: &[(&str, &str)]| {
+            let (at, ep) = (Locality::default(), labels(ep));
+            label_rank(&fixed, |_| None, |k| label_value(&ep, &at, k))
+        };
+        assert_eq!(rank_fixed(&[("version", "v2")]), 0);
+        assert_eq!(rank_fixed(&[("version", "v1")]), 1);
     }
 }

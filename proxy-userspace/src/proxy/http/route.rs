@@ -398,6 +398,15 @@ pub fn endpoints<'s>(
         policy.localities = vec![None];
         return Ok((vec![dst], policy));
     }
+    let ranks_by_labels = (policy.lb.and_then(|l| l.locality_lb_setting.as_ref()))
+        .is_some_and(|s| !s.failover_priority.is_empty());
+    if ranks_by_labels {
+        policy.labels = (0..count)
+            .map(|k| &cluster.endpoints[member(k)])
+            .filter(|e| e.ip.is_some())
+            .map(|e| &e.labels)
+            .collect();
+    }
     if addrs.is_empty() {
         let subset = dest
             .subset
@@ -433,6 +442,9 @@ pub struct ClusterPolicy<'s> {
     pub protocol: Option<Detected>,
     /// Each endpoint's locality, in the order of the endpoints.
     pub localities: Vec<Option<&'s str>>,
+    /// Each endpoint's labels, in the order of the endpoints, when `failoverPriority` reads
+    /// them (else empty).
+    pub labels: Vec<&'s BTreeMap<String, String>>,
     /// Each endpoint's `weight`, in the order of the endpoints; `None` when they are all equal
     /// (the common case, which allocates nothing).
     pub weights: Option<Vec<u32>>,
@@ -476,6 +488,7 @@ impl<'s> ClusterPolicy<'s> {
             key: cluster_key(host, subset.unwrap_or(""), port),
             protocol,
             localities,
+            labels: Vec::new(),
             weights: None,
             lb: setting(
                 cluster,

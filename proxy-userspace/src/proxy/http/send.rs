@@ -2,7 +2,7 @@
 //! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
 //! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
 
-use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use hyper::{Request, Response, header::HeaderValue};
 
@@ -131,24 +131,68 @@ impl Plan<'_> {
     }
 }
 
-/// Each endpoint's locality priority, when locality-aware load balancing applies: this node
-/// has a locality, the destination has outlier detection (as Istio requires for failover), and
-/// its `localityLbSetting` is not disabled and does not `distribute` instead.
-pub fn priorities(own: Option<&Locality>, policy: &route::ClusterPolicy<'_>) -> Option<Vec<u8>> {
-    let own = own?;
+/// Each endpoint's locality priority, when locality-aware load balancing applies: the
+/// destination has outlier detection (as Istio requires for failover), its `localityLbSetting`
+/// is not disabled and does not `distribute` instead, and this node has a locality or the
+/// setting ranks by `failoverPriority` labels (compared with the `client`'s). With both
+/// `failoverPriority` and `failover`, the labels rank first and the locality within.
+pub fn priorities(
+    own: Option<&Locality>,
+    client: &BTreeMap<String, String>,
+    policy: &route::ClusterPolicy<'_>,
+) -> Option<Vec<u8>> {
     policy.outlier?;
     let setting = policy.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
     if setting.is_some_and(|s| s.enabled == Some(false) || !s.distribute.is_empty()) {
         return None;
     }
     let failover = setting.map(|s| s.failover.as_slice()).unwrap_or_default();
-    Some(
-        policy
-            .localities
-            .iter()
-            .map(|l| locality::priority(own, l.map(Locality::parse).as_ref(), failover))
-            .collect(),
-    )
+    let keys = setting
+        .map(|s| s.failover_priority.as_slice())
+        .unwrap_or_default();
+    let by_locality = |own: &Locality, l: &Option<&str>| {
+        locality::priority(own, l.map(Locality::parse).as_ref(), failover)
+    };
+    if keys.is_empty() {
+        let own = own?;
+        return Some(
+            policy
+                .localities
+                .iter()
+                .map(|l| by_locality(own, l))
+                .collect(),
+        );
+    }
+    let nowhere = Locality::default();
+    let own = own.unwrap_or(&nowhere);
+    let ranks: Vec<usize> = (policy.localities.iter().zip(&policy.labels))
+        .map(|(l, labels)| {
+            let at = l.map(Locality::parse).unwrap_or_default();
+            let rank = locality::label_rank(
+                keys,
+                |k| locality::label_value(client, own, k),
+                |k| locality::label_value(labels, &at, k),
+            );
+            match failover {
+                [] => rank,
+                _ => {
+                    rank * (usize::from(locality::FARTHEST) + 1) + usize::from(by_locality(own, l))
+                }
+            }
+        })
+        .collect();
+    Some(dense(&ranks))
+}
+
+/// `ranks` renumbered 0, 1, 2... in order, so they fit the priority levels (at most 32).
+fn dense(ranks: &[usize]) -> Vec<u8> {
+    let mut distinct = ranks.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    ranks
+        .iter()
+        .map(|r| distinct.binary_search(r).unwrap_or(0).min(31) as u8)
+        .collect()
 }
 
 /// Applies the destination's `distribute` setting for a client on this node (in `own`): the
@@ -178,6 +222,8 @@ pub fn distribute(
     endpoints.retain(|_| kept.next().unwrap_or(false));
     let mut kept = shares.iter().map(|w| *w > 0);
     policy.localities.retain(|_| kept.next().unwrap_or(false));
+    let mut kept = shares.iter().map(|w| *w > 0);
+    policy.labels.retain(|_| kept.next().unwrap_or(false));
     policy.weights = Some(shares.into_iter().filter(|w| *w > 0).collect());
 }
 
