@@ -1288,3 +1288,75 @@ fn failover_priority_prefers_the_labelled_endpoints_and_fails_over() {
     assert!(codes[1..].iter().all(|c| c == "200"), "{codes:?}");
     assert_eq!(v1.requests(), 9);
 }
+
+/// VirtualService delegation, as Istio merges it: the root's `/v2` route hands over to a
+/// delegate (a VirtualService without hosts) whose routes apply within `/v2` only, and inherit
+/// the root route's settings (here its response headers) where they set none.
+#[test]
+fn a_delegating_route_takes_the_delegates_routes_within_its_match() {
+    if !ebpf_available("delegate") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - match:
+    - uri:
+        prefix: /v2
+    headers:
+      response:
+        set:
+          x-root: "yes"
+    delegate:
+      name: reviews-v2
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-v2
+spec:
+  http:
+  - match:
+    - uri:
+        prefix: /v2/teapot
+    directResponse:
+      status: 418
+  - match:
+    - uri:
+        prefix: /other
+    directResponse:
+      status: 500
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+"#;
+    let d = start("delegate", 218, &policies(&v1, &v2, routes));
+    let head = |path: &str| {
+        curl(
+            &d,
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                &format!("http://reviews:9080{path}"),
+            ],
+        )
+    };
+    let teapot = head("/v2/teapot");
+    assert!(teapot.starts_with("HTTP/1.1 418"), "{teapot}");
+    assert!(
+        teapot.to_ascii_lowercase().contains("x-root: yes"),
+        "{teapot}"
+    );
+    assert!(head("/v2/page").starts_with("HTTP/1.1 200"));
+    // The delegate's /other route is not within the root's /v2: dropped, so the root's next
+    // route takes it.
+    assert!(head("/other").starts_with("HTTP/1.1 200"));
+    assert!(head("/").starts_with("HTTP/1.1 200"));
+    assert_eq!((v1.requests(), v2.requests()), (2, 1));
+}

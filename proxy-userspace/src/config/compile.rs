@@ -9,6 +9,7 @@ use foldhash::{HashMap, HashMapExt};
 use serde::Serialize;
 
 use super::dns::Resolved;
+use crate::policy::delegate::{self, Expanded};
 use crate::{
     policy::{
         PolicySet,
@@ -168,16 +169,14 @@ fn request_match(m: &model::HttpMatchRequest) -> RequestMatch {
 /// A route as meshd applies it: with its matches that bind to the mesh, or `None` when every
 /// match names only other gateways.
 fn http_route(
-    vs: &model::VirtualService,
-    i: usize,
-    r: &Arc<model::HttpRoute>,
+    Expanded {
+        namespace,
+        origin,
+        route: r,
+    }: Expanded,
 ) -> Option<HttpRoute> {
     let matches = model::mesh_matches(&r.matches)?;
-    let ns = &vs.metadata.namespace;
-    let origin = match &r.name {
-        Some(n) => format!("{}/{}#{n}", ns, vs.metadata.name),
-        None => format!("{}/{}#{i}", ns, vs.metadata.name),
-    };
+    let ns = &namespace;
     let only = r.route.len() == 1;
     Some(HttpRoute {
         origin,
@@ -239,12 +238,13 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
         .iter()
         .filter(|v| v.spec.applies_to_mesh())
     {
-        let routes: Arc<[HttpRoute]> = vs
-            .spec
-            .http
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| http_route(vs, i, r))
+        if vs.spec.hosts.is_empty() {
+            // A delegate: its routes apply through the roots that delegate to it.
+            continue;
+        }
+        let routes: Arc<[HttpRoute]> = delegate::expand(set, vs)
+            .into_iter()
+            .filter_map(http_route)
             .collect();
         for host in &vs.spec.hosts {
             let host = fqdn(host, &vs.metadata.namespace);

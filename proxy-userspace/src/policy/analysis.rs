@@ -10,6 +10,7 @@ use super::{
     set::PolicySet,
 };
 
+mod delegates;
 mod duplicates;
 mod rate_limits;
 mod routes;
@@ -28,6 +29,7 @@ pub fn analyze(set: &PolicySet) -> Vec<Finding> {
     undeclared::check(&index, &mut out);
     duplicates::check(&index, &mut out);
     routes::check(set, &mut out);
+    delegates::check(set, &mut out);
     selectors::check(set, &mut out);
     rate_limits::check(set, &mut out);
     finding::sort(&mut out);

@@ -7,6 +7,7 @@
 mod analysis;
 pub mod base64;
 mod convert;
+pub mod delegate;
 pub mod duration;
 pub mod finding;
 pub mod header_operators;

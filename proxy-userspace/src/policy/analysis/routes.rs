@@ -24,7 +24,9 @@ pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
 }
 
 fn unreachable(vs: &Located<VirtualService>, out: &mut Vec<Finding>) {
-    let Some(first) = vs.spec.http.iter().position(|r| r.is_catch_all()) else {
+    // A delegating route matches only what its delegate's routes match.
+    let catch_all = |r: &&std::sync::Arc<HttpRoute>| r.is_catch_all() && r.delegate.is_none();
+    let Some(first) = vs.spec.http.iter().position(|r| catch_all(&r)) else {
         return;
     };
     for i in first + 1..vs.spec.http.len() {

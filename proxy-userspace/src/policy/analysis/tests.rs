@@ -225,3 +225,18 @@ fn rate_limit_targets_must_exist() {
             .contains("spec.target.host: host ratings.default.svc.cluster.local is not declared")
     );
 }
+
+#[test]
+fn delegation_that_cannot_work_is_a_warning() {
+    let root = vs("  - delegate: {name: missing}\n  - delegate: {name: leaf}\n");
+    let leaf = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: leaf}\nspec:\n  http:\n  - delegate: {name: again}\n";
+    let orphan = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: orphan}\nspec:\n  http:\n  - route: [{destination: {host: reviews}}]\n";
+    let f = findings(&format!("{root}{leaf}{orphan}"));
+    assert_eq!(f.len(), 3, "{f:?}");
+    assert!(
+        f[0].contains("no VirtualService default/missing without hosts"),
+        "{f:?}"
+    );
+    assert!(f[1].contains("cannot delegate again"), "{f:?}");
+    assert!(f[2].contains("none names this one"), "{f:?}");
+}

@@ -121,6 +121,16 @@ pub struct HttpRoute {
     pub mirror_percent: Option<u32>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+    /// The VirtualService (without hosts) whose http routes take this route's place.
+    pub delegate: Option<Delegate>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Delegate {
+    pub name: String,
+    /// The root's namespace when unset.
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

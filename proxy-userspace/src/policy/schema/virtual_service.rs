@@ -217,6 +217,11 @@ static CORS: Obj = obj(&[
     ),
 ]);
 
+static DELEGATE: Obj = obj(&[
+    req("name", Ty::Str(rules::non_empty)),
+    opt("namespace", NAMESPACE),
+]);
+
 static HTTP_ROUTE: Obj = Obj {
     fields: &[
         opt("name", STR),
@@ -224,7 +229,7 @@ static HTTP_ROUTE: Obj = Obj {
         opt("route", Ty::List(&Ty::Obj(&HTTP_ROUTE_DESTINATION))),
         opt("redirect", Ty::Obj(&REDIRECT)),
         opt("directResponse", Ty::Obj(&DIRECT_RESPONSE)),
-        warned("delegate", Ty::Any, NOTE_UNSUPPORTED),
+        opt("delegate", Ty::Obj(&DELEGATE)),
         opt("rewrite", Ty::Obj(&REWRITE)),
         opt("timeout", Ty::Duration(duration::Rule::ZERO_OK)),
         opt("retries", Ty::Obj(&RETRIES)),
@@ -251,7 +256,7 @@ static HTTP_ROUTE: Obj = Obj {
 fn check_http_route(node: &Node, path: &str, at: Pos, r: &mut Report) {
     let actions = ["route", "redirect", "directResponse", "delegate"];
     if actions.iter().all(|k| node.get(k).is_none()) {
-        r.error(at, path, "set route, redirect or directResponse");
+        r.error(at, path, "set route, redirect, directResponse or delegate");
     }
     check_weights(node, path, r);
     for key in ["mirrorPercentage", "mirrorPercent"] {
@@ -372,7 +377,20 @@ pub static SPEC: Obj = Obj {
 };
 
 fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
-    non_empty_list(node, "hosts", path, at, "host", r);
+    // Without hosts, a VirtualService is a delegate: a root's `delegate` takes its http routes.
+    if node.get("hosts").is_some() {
+        non_empty_list(node, "hosts", path, at, "host", r);
+    } else {
+        for key in ["tcp", "tls"] {
+            if let Some(e) = node.entry(key) {
+                r.warn(
+                    e.key_pos,
+                    &report::key(path, key),
+                    "a VirtualService without hosts is a delegate: only its http routes are used, by a root's delegate",
+                );
+            }
+        }
+    }
     if ["http", "tcp", "tls"].iter().all(|k| node.get(k).is_none()) {
         r.error(at, path, "set at least one of http, tcp or tls routes");
     }
