@@ -484,40 +484,28 @@ impl<'s> ClusterPolicy<'s> {
         protocol: Option<Detected>,
         localities: Vec<Option<&'s str>>,
     ) -> Self {
+        // A setting that port-level entries, subsets and the rule may each give.
+        macro_rules! level {
+            ($field:ident) => {
+                setting(
+                    cluster,
+                    subset,
+                    port,
+                    |p| p.$field.as_ref(),
+                    |p| p.$field.as_ref(),
+                )
+            };
+        }
         ClusterPolicy {
             key: cluster_key(host, subset.unwrap_or(""), port),
             protocol,
             localities,
             labels: Vec::new(),
             weights: None,
-            lb: setting(
-                cluster,
-                subset,
-                port,
-                |p| p.load_balancer.as_ref(),
-                |p| p.load_balancer.as_ref(),
-            ),
-            outlier: setting(
-                cluster,
-                subset,
-                port,
-                |p| p.outlier_detection.as_ref(),
-                |p| p.outlier_detection.as_ref(),
-            ),
-            pool: setting(
-                cluster,
-                subset,
-                port,
-                |p| p.connection_pool.as_ref(),
-                |p| p.connection_pool.as_ref(),
-            ),
-            tls: setting(
-                cluster,
-                subset,
-                port,
-                |p| p.tls.as_ref(),
-                |p| p.tls.as_ref(),
-            ),
+            lb: level!(load_balancer),
+            outlier: level!(outlier_detection),
+            pool: level!(connection_pool),
+            tls: level!(tls),
             retry_budget: subset
                 .and_then(|s| cluster.subset_policies.get(s))
                 .and_then(|p| p.retry_budget.as_ref())
