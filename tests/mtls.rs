@@ -225,12 +225,7 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
         &["-H", "x-forwarded-client-cert: By=spiffe://forged"],
         "/whoami",
     );
-    let xfcc = r
-        .split("\"xfcc\":\"")
-        .nth(1)
-        .and_then(|v| v.split("\"}").next())
-        .unwrap_or_default();
-    let (by, rest) = xfcc.split_once(";Hash=").unwrap_or_default();
+    let (by, rest) = client_cert(&r).split_once(";Hash=").unwrap_or_default();
     assert_eq!(by, "By=spiffe://cluster.local/ns/default/sa/reviews", "{r}");
     let (hash, rest) = rest.split_once(';').unwrap_or_default();
     assert!(
@@ -252,6 +247,14 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
             .metric(r#"meshd_tunnel_events_total{event="stream_opened"}"#),
         2.0
     );
+}
+
+/// The `x-forwarded-client-cert` the backend saw, from its `/whoami` answer.
+fn client_cert(body: &str) -> &str {
+    body.split("\"xfcc\":\"")
+        .nth(1)
+        .and_then(|v| v.split("\"}").next())
+        .unwrap_or_default()
 }
 
 const POLICY: &str = r#"---
@@ -319,6 +322,17 @@ fn authorization_by_principal_namespace_path_and_method() {
         |workload: &str, args: &[&str], path: &str| curl(&m.d_a, workload, &m.vip, args, path);
     assert!(get("default/productpage", &[], "/whoami").starts_with("200 "));
     assert!(get("default/productpage", &[], "/status/201").starts_with("201 "));
+    // Node b parses these requests (its policy reads paths) and sets the client certificate
+    // from its own handshake: one value, naming the verified caller.
+    let forged = ["-H", "x-forwarded-client-cert: By=spiffe://forged"];
+    let r = get("default/productpage", &forged, "/whoami");
+    let cert = client_cert(&r);
+    assert!(
+        cert.starts_with("By=spiffe://cluster.local/ns/default/sa/reviews;Hash=")
+            && cert.ends_with(";URI=spiffe://cluster.local/ns/default/sa/productpage")
+            && !cert.contains(" | "),
+        "{r}"
+    );
     assert_eq!(
         get("default/productpage", &["-X", "POST"], "/whoami"),
         "403 RBAC: access denied",
@@ -336,7 +350,7 @@ fn authorization_by_principal_namespace_path_and_method() {
     );
     assert_eq!(
         m.backend.requests(),
-        2,
+        3,
         "denied requests never reach the workload"
     );
     assert!(

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{
     PolicySet,
+    hosts::fqdn,
     model::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService},
 };
 
@@ -46,7 +47,10 @@ pub fn expand(set: &PolicySet, vs: &VirtualService) -> Vec<Expanded> {
                 tracing::warn!(route = %origin, "a delegate's route delegates again; only one level is supported, so it is dropped");
                 continue;
             }
-            match merge_route(r, leaf) {
+            // Short mirror hosts complete in the namespace of the VirtualService that names
+            // them, as Istio qualifies each VirtualService's hosts before merging.
+            let (root, leaf) = (qualified_mirrors(r, own), qualified_mirrors(leaf, ns));
+            match merge_route(&root, &leaf) {
                 Some(merged) => out.push(Expanded {
                     namespace: ns.to_string(),
                     origin: format!("{origin}>{ns}/{}#{j}", d.name),
@@ -92,8 +96,21 @@ pub fn merge_route(root: &HttpRoute, leaf: &HttpRoute) -> Option<HttpRoute> {
         cors_policy,
         headers
     );
+    if out.mirrors.is_empty() {
+        out.mirrors = root.mirrors.clone();
+    }
     out.delegate = None;
     Some(out)
+}
+
+/// `r` with its mirror hosts fully qualified in `namespace`.
+fn qualified_mirrors(r: &HttpRoute, namespace: &str) -> HttpRoute {
+    let mut r = r.clone();
+    let hosts = (r.mirror.iter_mut()).chain(r.mirrors.iter_mut().map(|m| &mut m.destination));
+    for d in hosts {
+        d.host = fqdn(&d.host, namespace);
+    }
+    r
 }
 
 /// A merged name: `root-leaf`, or whichever is set.
@@ -287,5 +304,30 @@ mod tests {
         assert_eq!(merged.name.as_deref(), Some("root-leaf"));
         assert_eq!(merged.timeout, root.timeout);
         assert_eq!(merged.retries.map(|r| r.attempts), Some(1));
+    }
+
+    #[test]
+    fn mirrors_are_inherited_and_complete_in_their_own_namespace() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: root, namespace: front}\nspec:\n  hosts: [shop.example]\n  http:\n  - mirrors: [{destination: {host: audit}}]\n    delegate: {name: leaf, namespace: team}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: leaf, namespace: team}\nspec:\n  http:\n  - mirror: {host: shadow}\n    route: [{destination: {host: cart}}]\n  - route: [{destination: {host: cart}}]\n";
+        let set = crate::policy::load_str("t.yaml".as_ref(), yaml).expect("valid");
+        let root = set
+            .virtual_services
+            .iter()
+            .find(|v| v.metadata.name == "root")
+            .unwrap();
+        let routes = expand(&set, root);
+        assert_eq!(routes.len(), 2);
+        assert!(routes.iter().all(|e| e.namespace == "team"));
+        let own = &routes[0].route;
+        assert_eq!(
+            own.mirror.as_ref().unwrap().host,
+            "shadow.team.svc.cluster.local"
+        );
+        let inherited = &routes[1].route;
+        assert_eq!(
+            inherited.mirrors[0].destination.host,
+            "audit.front.svc.cluster.local"
+        );
+        assert!(routes[1].origin.starts_with("front/root#0>team/leaf#1"));
     }
 }

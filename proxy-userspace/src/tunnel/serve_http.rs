@@ -3,15 +3,15 @@
 
 use std::{convert::Infallible, sync::Arc};
 
-use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper::{Request, Response, body::Incoming, header::HeaderValue, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::server::{Inbound, Stream};
 use crate::{
     proxy::http::{
-        Body, Limits, Outgoing, Target, access_denied, authorize::report_dry_run, body,
-        reset_before_headers,
+        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied,
+        authorize::report_dry_run, body, reset_before_headers,
     },
     security::authz::HttpAttrs,
 };
@@ -40,10 +40,17 @@ where
 }
 
 async fn request(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     stream: Arc<Stream>,
     inbound: Arc<Inbound>,
 ) -> Result<Response<Body>, Infallible> {
+    // The client certificate as this side verified it, whatever the peer wrote (as Istio's
+    // inbound sidecar sets the header from the handshake).
+    if let Ok(by) = inbound.tunnel.identity_of(&stream.workload)
+        && let Ok(v) = HeaderValue::from_str(&format!("By={by};{}", stream.client_cert))
+    {
+        req.headers_mut().insert(FORWARDED_CLIENT_CERT, v);
+    }
     let snap = inbound.http.config.current();
     let decision = {
         let attrs = HttpAttrs::of(&req);

@@ -18,7 +18,7 @@ use super::{Tunnel, client::REASON_HEADER, prefixed::Prefixed, serve_http};
 use crate::{
     config::endpoints::EndpointIdentity,
     drain,
-    identity::{IdentityResolver, SpiffeId, tls},
+    identity::{IdentityResolver, SpiffeId, tls, x509},
     metrics::Metrics,
     proxy::{
         http::{HttpContext, authorize::report_dry_run},
@@ -118,7 +118,16 @@ async fn connection(stream: TcpStream, peer: SocketAddr, inbound: Arc<Inbound>) 
     };
     inbound.metrics.tunnel("handshake_ok");
     tracing::debug!(%peer, %source, "tunnel connection accepted");
-    let svc = service_fn(move |req| stream_request(req, peer, source.clone(), inbound.clone()));
+    // The client certificate as Istio's inbound sidecar reports it, for requests parsed here.
+    let client_cert: Arc<str> = (tls.get_ref().1.peer_certificates())
+        .and_then(|c| c.first())
+        .and_then(|leaf| x509::forwarded_details(leaf).ok())
+        .unwrap_or_default()
+        .into();
+    let svc = service_fn(move |req| {
+        let who = (source.clone(), client_cert.clone());
+        stream_request(req, peer, who, inbound.clone())
+    });
     if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(tls), svc)
         .await
@@ -149,7 +158,7 @@ pub fn connect_target<B>(req: &Request<B>) -> Option<SocketAddr> {
 async fn stream_request(
     mut req: Request<Incoming>,
     peer: SocketAddr,
-    source: SpiffeId,
+    (source, client_cert): (SpiffeId, Arc<str>),
     inbound: Arc<Inbound>,
 ) -> Result<Response<Empty<Bytes>>, std::convert::Infallible> {
     let Some(target) = connect_target(&req) else {
@@ -186,6 +195,7 @@ async fn stream_request(
                 let stream = Stream {
                     peer,
                     source,
+                    client_cert,
                     target,
                     workload,
                 };
@@ -220,6 +230,8 @@ async fn sniff(
 pub struct Stream {
     pub peer: SocketAddr,
     pub source: SpiffeId,
+    /// The peer's certificate as `x-forwarded-client-cert` reports it (all but `By`).
+    pub client_cert: Arc<str>,
     pub target: SocketAddr,
     pub workload: EndpointIdentity,
 }

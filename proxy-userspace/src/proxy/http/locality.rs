@@ -36,7 +36,11 @@ impl Locality {
     /// Whether `pattern` (`region/zone/subzone`; `*` stands for any part, and a missing zone
     /// or subzone matches any) covers this locality, as Istio matches `distribute` entries.
     pub fn matches(&self, pattern: &str) -> bool {
-        let p = Locality::parse(pattern);
+        self.within(&Locality::parse(pattern))
+    }
+
+    /// [`Locality::matches`] with the pattern parsed.
+    fn within(&self, p: &Locality) -> bool {
         let part = |rule: &str, own: &str, optional: bool| {
             rule == "*" || (optional && rule.is_empty()) || rule == own
         };
@@ -107,8 +111,9 @@ pub fn distribution(
     let mut out = vec![0u32; localities.len()];
     let mut covered = vec![false; localities.len()];
     for (pattern, share) in &entry.to {
+        let pattern = Locality::parse(pattern);
         let members: Vec<usize> = (0..parsed.len())
-            .filter(|i| !covered[*i] && parsed[*i].matches(pattern))
+            .filter(|i| !covered[*i] && parsed[*i].within(&pattern))
             .collect();
         let total: u64 = members.iter().map(|i| weight(*i)).sum();
         for i in members {

@@ -42,7 +42,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use flags::ResponseFlags;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
-pub use replay::Outgoing;
+pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
 pub use route::NoEndpoint;
 /// The endpoints behind a destination host and port, as routing picks them.
 pub(crate) use route::endpoints as destination_endpoints;

@@ -56,34 +56,37 @@ pub fn take(
         Some(t) => (!t.is_zero()).then_some(t),
         None => timeout,
     };
-    let mut policy = retry.clone();
-    let mut changed = false;
+    // Copied only when a header changes it.
+    let mut policy: Option<RetryPolicy> = None;
+    fn edit<'p>(policy: &'p mut Option<RetryPolicy>, route: &RetryPolicy) -> &'p mut RetryPolicy {
+        policy.get_or_insert_with(|| route.clone())
+    }
     for on in [retry_on, grpc_on].into_iter().flatten() {
-        policy.on.merge(Conditions::parse(&on));
+        let p = edit(&mut policy, retry);
+        p.on.merge(Conditions::parse(&on));
         // Envoy retries at least once when the headers ask for retries.
-        policy.retries = policy.retries.max(1);
-        changed = true;
+        p.retries = p.retries.max(1);
     }
     if let Some(n) = max_retries {
-        policy.retries = n;
-        changed = true;
+        edit(&mut policy, retry).retries = n;
     }
-    if let Some(codes) = codes {
+    // As Envoy: the codes count only where `retriable-status-codes` is a condition.
+    let codes_count = policy.as_ref().unwrap_or(retry).on.any_status_code;
+    if let Some(codes) = codes.filter(|_| codes_count) {
         let codes = codes
             .split(',')
             .filter_map(|c| c.trim().parse::<u16>().ok());
-        policy.on.status_codes.extend(codes);
-        changed = true;
+        edit(&mut policy, retry).on.status_codes.extend(codes);
     }
     // As Envoy: it replaces the route's, and one no shorter than the route timeout (or 0) is
     // none.
     if let Some(p) = per_try {
-        policy.per_try_timeout = (!p.is_zero() && timeout.is_none_or(|t| p < t)).then_some(p);
-        changed = true;
+        edit(&mut policy, retry).per_try_timeout =
+            (!p.is_zero() && timeout.is_none_or(|t| p < t)).then_some(p);
     }
     Some(Overrides {
         timeout,
-        retry: changed.then(|| Box::new(policy)),
+        retry: policy.map(Box::new),
     })
 }
 
@@ -154,6 +157,18 @@ mod tests {
         assert!(p.on.matches(status(418)) && p.on.matches(status(503)));
         assert!(!p.on.matches(status(500)));
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn status_codes_count_only_under_retriable_status_codes() {
+        let five_xx = RetryPolicy {
+            on: Conditions::parse("5xx"),
+            ..RetryPolicy::from_spec(None)
+        };
+        let mut h = headers(&[(RETRIABLE_STATUS_CODES, "409"), ("x-envoy-peer", "gw")]);
+        let o = take(&mut h, None, &five_xx).unwrap();
+        assert_eq!(o.retry, None, "ignored, and the policy not copied");
+        assert!(h.contains_key("x-envoy-peer") && !h.contains_key(RETRIABLE_STATUS_CODES));
     }
 
     #[test]

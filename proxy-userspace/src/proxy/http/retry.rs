@@ -35,6 +35,9 @@ pub struct Conditions {
     /// The status codes in retryOn (Istio turns them into `retriable-status-codes`); with
     /// `retriable-status-codes` and no code, none (503 only in Istio's default policy).
     pub status_codes: Vec<u16>,
+    /// Whether `retriable-status-codes` is a condition (written, or implied by a code): only
+    /// then do a request's `x-envoy-retriable-status-codes` count.
+    pub any_status_code: bool,
     /// gRPC status codes: cancelled 1, deadline-exceeded 4, resource-exhausted 8, internal 13,
     /// unavailable 14.
     pub grpc: Vec<u32>,
@@ -53,7 +56,7 @@ impl Conditions {
                 "refused-stream" => c.refused_stream = true,
                 "retriable-4xx" => c.retriable_4xx = true,
                 // The codes are the numbers listed beside it.
-                "retriable-status-codes" => {}
+                "retriable-status-codes" => c.any_status_code = true,
                 "cancelled" => c.grpc.push(1),
                 "deadline-exceeded" => c.grpc.push(4),
                 "resource-exhausted" => c.grpc.push(8),
@@ -62,6 +65,7 @@ impl Conditions {
                 code => {
                     if let Ok(n) = code.parse() {
                         c.status_codes.push(n);
+                        c.any_status_code = true;
                     }
                 }
             }
@@ -100,6 +104,7 @@ impl Conditions {
         self.refused_stream |= other.refused_stream;
         self.retriable_4xx |= other.retriable_4xx;
         self.status_codes.extend(other.status_codes);
+        self.any_status_code |= other.any_status_code;
         self.grpc.extend(other.grpc);
     }
 

@@ -111,7 +111,8 @@ impl Plan<'_> {
                     *tried |= 1 << level;
                 }
                 let warming = self.slow_start.and_then(|s| {
-                    s.weights(&ctx.lb.ages.of(&self.cluster, all), self.weights.as_deref())
+                    let ages = ctx.lb.ages.warming(&self.cluster, all, s.window())?;
+                    s.weights(&ages, self.weights.as_deref())
                 });
                 let weights = warming.as_deref().or(self.weights.as_deref());
                 let weights = weights.map(|w| (all.as_slice(), w));
@@ -208,6 +209,12 @@ pub fn distribute(
         return;
     };
     if setting.enabled == Some(false) || setting.distribute.is_empty() {
+        return;
+    }
+    // The address the client dialled (a host without endpoints, or PASSTHROUGH) is not a
+    // load assignment: Istio applies locality settings to none.
+    let passthrough = policy.lb.and_then(|l| l.simple.as_deref()) == Some("PASSTHROUGH");
+    if passthrough || policy.localities.len() != endpoints.len() {
         return;
     }
     let Some(shares) = locality::distribution(

@@ -35,6 +35,11 @@ impl SlowStart {
         })
     }
 
+    /// How long an endpoint warms up.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// The share of its weight an endpoint of `age` gets.
     pub fn share(&self, age: Duration) -> f64 {
         if age >= self.window {
@@ -63,20 +68,45 @@ impl SlowStart {
 /// leaves and comes back starts again.
 #[derive(Default)]
 pub struct Ages {
-    first_seen: Mutex<HashMap<String, HashMap<SocketAddr, Instant>>>,
+    clusters: Mutex<HashMap<String, Known>>,
+}
+
+#[derive(Default)]
+struct Known {
+    joined: HashMap<SocketAddr, Instant>,
+    /// When the newest endpoint joined.
+    newest: Option<Instant>,
 }
 
 impl Ages {
-    /// The age of each endpoint of `cluster`, in the order of `endpoints`.
-    pub fn of(&self, cluster: &str, endpoints: &[SocketAddr]) -> Vec<Duration> {
+    /// The age of each endpoint of `cluster`, in the order of `endpoints`, while any of them
+    /// joined less than `window` ago; `None` after that. A set seen before costs a lookup per
+    /// endpoint, and once warm nothing more.
+    pub fn warming(
+        &self,
+        cluster: &str,
+        endpoints: &[SocketAddr],
+        window: Duration,
+    ) -> Option<Vec<Duration>> {
         let now = Instant::now();
-        let mut all = self.first_seen.lock().expect("slow start lock");
-        let seen = all.entry(cluster.to_string()).or_default();
-        seen.retain(|a, _| endpoints.contains(a));
-        endpoints
-            .iter()
-            .map(|a| now - *seen.entry(*a).or_insert(now))
-            .collect()
+        let mut all = self.clusters.lock().expect("slow start lock");
+        if !all.contains_key(cluster) {
+            all.insert(cluster.to_string(), Known::default());
+        }
+        let known = all.get_mut(cluster).expect("inserted");
+        let unchanged = known.joined.len() == endpoints.len()
+            && endpoints.iter().all(|a| known.joined.contains_key(a));
+        if !unchanged {
+            known.joined.retain(|a, _| endpoints.contains(a));
+            for a in endpoints {
+                known.joined.entry(*a).or_insert(now);
+            }
+            known.newest = known.joined.values().max().copied();
+        }
+        if known.newest.is_none_or(|t| now - t >= window) {
+            return None;
+        }
+        Some(endpoints.iter().map(|a| now - known.joined[a]).collect())
     }
 }
 
@@ -133,22 +163,21 @@ mod tests {
         let ages = Ages::default();
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        ages.of("c", &[a]);
+        let weights = |set: &[SocketAddr], w: Option<&[u32]>| {
+            let ages = ages.warming("c", set, s.window())?;
+            s.weights(&ages, w)
+        };
+        assert_eq!(weights(&[a], None), Some(vec![100]), "alone, but new");
         tokio::time::advance(Duration::from_secs(20)).await;
-        let w = s.weights(&ages.of("c", &[a, b]), Some(&[3, 2])).unwrap();
+        assert_eq!(weights(&[a], None), None, "warm: nothing computed");
+        let w = weights(&[a, b], Some(&[3, 2])).unwrap();
         assert_eq!(w, [3000, 200], "b is new: 10% of its weight");
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(
-            s.weights(&ages.of("c", &[a, b]), None).unwrap(),
-            [1000, 500]
-        );
+        assert_eq!(weights(&[a, b], None).unwrap(), [1000, 500]);
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(s.weights(&ages.of("c", &[a, b]), None), None, "warm");
+        assert_eq!(weights(&[a, b], None), None, "warm");
         // b leaves and comes back: new again.
-        ages.of("c", &[a]);
-        assert_eq!(
-            s.weights(&ages.of("c", &[a, b]), None).unwrap(),
-            [1000, 100]
-        );
+        assert_eq!(weights(&[a], None), None);
+        assert_eq!(weights(&[a, b], None).unwrap(), [1000, 100]);
     }
 }
