@@ -24,7 +24,7 @@ use super::{
     cors::{Check as CorsCheck, CorsRules},
     fault, framing, header_values, headers,
     lb::{self, Algorithm, HashInputs},
-    outlier,
+    outlier, overrides,
     pool::{Limits, RetryBudget, UpstreamError},
     ratelimit,
     record::Record,
@@ -872,7 +872,7 @@ fn path_and_query(new_path: Option<&str>, uri: &hyper::Uri) -> String {
 /// An upgrade (WebSocket) request: sent once over its own connection, and on 101 both sides
 /// are spliced together.
 async fn upgrade_once(
-    req: Request<body::Inbound>,
+    mut req: Request<body::Inbound>,
     down_up: hyper::upgrade::OnUpgrade,
     down: &Downstream,
     ctx: &HttpContext,
@@ -883,19 +883,28 @@ async fn upgrade_once(
         Ok(t) => t,
         Err(e) => return send::no_endpoint(e, rec),
     };
+    // An upgrade has no retries or timeout to override, but consumes the headers all the same.
+    overrides::strip(req.headers_mut());
     let sent = match async {
         let t = ctx.upstream(plan.snap, target, down.workload.as_deref())?;
-        ctx.pool.fresh_h1(&t, &plan.limits).await
+        // Through the tunnel, the client certificate goes along, as for any request.
+        let cert = (t.via.as_ref().zip(ctx.tunnel.as_deref()))
+            .and_then(|(via, tunnel)| tunnel.forwarded_client_cert(via));
+        Ok((ctx.pool.fresh_h1(&t, &plan.limits).await?, cert))
     }
     .await
     {
-        Ok(mut s) => s
-            .send_request(req.map(body::boxed))
-            .await
-            .map_err(|source| UpstreamError::Send {
-                dst: target,
-                source: source.into(),
-            }),
+        Ok((mut s, cert)) => {
+            if let Some(c) = cert {
+                req.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
+            }
+            s.send_request(req.map(body::boxed))
+                .await
+                .map_err(|source| UpstreamError::Send {
+                    dst: target,
+                    source: source.into(),
+                })
+        }
         Err(e) => Err(e),
     };
     match sent {

@@ -17,6 +17,22 @@ const RETRY_GRPC_ON: &str = "x-envoy-retry-grpc-on";
 const MAX_RETRIES: &str = "x-envoy-max-retries";
 const RETRIABLE_STATUS_CODES: &str = "x-envoy-retriable-status-codes";
 
+/// Removes the override headers, for a request that has nothing they could change.
+pub fn strip(headers: &mut HeaderMap) {
+    if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        for name in [
+            TIMEOUT_MS,
+            PER_TRY_TIMEOUT_MS,
+            RETRY_ON,
+            RETRY_GRPC_ON,
+            MAX_RETRIES,
+            RETRIABLE_STATUS_CODES,
+        ] {
+            headers.remove(name);
+        }
+    }
+}
+
 /// A request's timeout and retry policy after its headers' overrides.
 #[derive(Debug, PartialEq)]
 pub struct Overrides {
@@ -157,6 +173,16 @@ mod tests {
         assert!(p.on.matches(status(418)) && p.on.matches(status(503)));
         assert!(!p.on.matches(status(500)));
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn strip_removes_only_the_overrides() {
+        let mut h = headers(&[(RETRY_ON, "5xx"), (TIMEOUT_MS, "1"), ("x-envoy-peer", "gw")]);
+        strip(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-envoy-peer"]
+        );
     }
 
     #[test]
