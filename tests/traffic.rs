@@ -244,6 +244,25 @@ fn endpoint_weights_share_the_traffic() {
     let b = v2.requests();
     assert_eq!(v1.requests() + b, n);
     assert!((10..=70).contains(&b), "v2 got {b} of {n}");
+    drop(d);
+    // Mirrored copies spread by the same weights.
+    let (v1, v2) = two_backends();
+    let routes = format!("  - mirror:\n      host: reviews\n{TO_V1}");
+    let yaml = weigh(
+        weigh(policies(&v1, &v2, &routes), v1.addr.port(), 90),
+        v2.addr.port(),
+        10,
+    );
+    let d = start("mirror-weights", 219, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", n, "%{http_code}\n");
+    assert!(codes.iter().all(|c| c == "200"));
+    let copies = || v1.shadow_requests() + v2.shadow_requests();
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (copies() == n).then_some(())
+    });
+    let b = v2.shadow_requests();
+    assert_eq!(copies(), n, "every request mirrored");
+    assert!((10..=70).contains(&b), "v2 got {b} of {n} copies");
 }
 
 /// The mesh's DestinationRule with a trafficPolicy.loadBalancer block added.

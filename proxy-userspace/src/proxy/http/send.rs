@@ -420,8 +420,15 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         let d = Destination::of(dest, None, true, ns);
         let client = plan.snap.compiled.client(down.workload.as_deref());
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
-            Ok((e, policy)) => {
-                let addr = ctx.lb.choose(&Algorithm::RoundRobin, &e, None);
+            Ok((mut e, mut policy)) => {
+                // Spread as the service's own requests are: its locality shares and weights.
+                distribute(ctx.locality.as_ref(), &mut e, &mut policy);
+                if e.is_empty() {
+                    ctx.metrics.mirror("dropped");
+                    continue;
+                }
+                let weights = policy.weights.as_deref().map(|w| (e.as_slice(), w));
+                let addr = ctx.lb.pick(&Algorithm::RoundRobin, &e, None, weights);
                 let target = match ctx.upstream(plan.snap, addr, down.workload.as_deref()) {
                     Ok(t) => t,
                     Err(e) => {
