@@ -731,6 +731,20 @@ fn a_port_declared_tcp_skips_http_and_balances_connections_over_the_endpoints() 
         (a, b) == (6, 0) || (a, b) == (0, 6),
         "one endpoint: ({a}, {b})"
     );
+    drop(d);
+    // Failover priorities apply to connections too: `version=v2` first while it is healthy.
+    let d = start(
+        "declared-tcp-priority",
+        220,
+        &balanced(
+            "simple: ROUND_ROBIN\n      localityLbSetting:\n        failoverPriority: [version=v2]\n    outlierDetection:\n      consecutive5xxErrors: 5",
+        ),
+    );
+    let (a, b) = (v1.accepted(), v2.accepted());
+    for _ in 0..6 {
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    }
+    assert_eq!((v1.accepted() - a, v2.accepted() - b), (0, 6), "all to v2");
 }
 
 /// Istio's TCP traffic shifting: a VirtualService's `tcp` routes send opaque connections to a

@@ -188,7 +188,7 @@ impl HttpContext {
                     return Err(route::NoEndpoint::undistributed(&d.host));
                 }
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
-                let healthy = match &outlier {
+                let healthy: std::borrow::Cow<'_, [SocketAddr]> = match &outlier {
                     Some(s) => std::borrow::Cow::Owned(self.healthy(&policy.key, s, &e)),
                     None => std::borrow::Cow::Borrowed(&e),
                 };
@@ -199,8 +199,17 @@ impl HttpContext {
                     });
                 }
                 let algo = lb::for_connection(policy.lb, peer);
-                let weights = policy.weights.as_deref().map(|w| (e.as_slice(), w));
-                let addr = self.lb.pick(&algo, &healthy, None, weights);
+                // As for a request: locality priorities, slow start and weights.
+                let priorities = send::priorities(self.locality.as_ref(), client.labels, &policy);
+                let (addr, _) = send::Selection {
+                    cluster: &policy.key,
+                    algo: &algo,
+                    all: &e,
+                    priorities: priorities.as_deref(),
+                    weights: policy.weights.as_deref(),
+                    slow_start: policy.lb.and_then(slow_start::SlowStart::from_spec),
+                }
+                .pick(&self.lb, healthy, 0, None);
                 Ok(L4Target {
                     addr,
                     cluster: Some(self.pool.cluster(&policy.key)),

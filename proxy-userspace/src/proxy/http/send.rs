@@ -82,7 +82,7 @@ impl Plan<'_> {
     ) -> Result<SocketAddr, NoEndpoint> {
         match &self.endpoints {
             Ok(all) => {
-                let mut candidates = match &self.outlier {
+                let candidates = match &self.outlier {
                     Some(s) => {
                         let healthy = ctx.healthy(&self.cluster, s, all);
                         if healthy.is_empty() && !all.is_empty() {
@@ -94,32 +94,68 @@ impl Plan<'_> {
                     }
                     None => Cow::Borrowed(all.as_slice()),
                 };
-                let level = self.priorities.as_ref().and_then(|p| {
-                    let skip = if self.retry_remote_localities() {
-                        *tried
-                    } else {
-                        0
-                    };
-                    let level =
-                        locality::choose(&levels(all, p, &candidates), skip, fastrand::f64())?;
-                    candidates
-                        .to_mut()
-                        .retain(|a| priority_of(all, p, *a) == level);
-                    Some(level)
-                });
+                let skip = if self.retry_remote_localities() {
+                    *tried
+                } else {
+                    0
+                };
+                let (addr, level) = Selection {
+                    cluster: &self.cluster,
+                    algo: &self.algo,
+                    all,
+                    priorities: self.priorities.as_deref(),
+                    weights: self.weights.as_deref(),
+                    slow_start: self.slow_start,
+                }
+                .pick(&ctx.lb, candidates, skip, avoid);
                 if let Some(level) = level {
                     *tried |= 1 << level;
                 }
-                let warming = self.slow_start.and_then(|s| {
-                    let ages = ctx.lb.ages.warming(&self.cluster, all, s.window())?;
-                    s.weights(&ages, self.weights.as_deref())
-                });
-                let weights = warming.as_deref().or(self.weights.as_deref());
-                let weights = weights.map(|w| (all.as_slice(), w));
-                Ok(ctx.lb.pick(&self.algo, &candidates, avoid, weights))
+                Ok(addr)
             }
             Err(e) => Err(e.clone()),
         }
+    }
+}
+
+/// How one endpoint is chosen from a service's, for a request's attempt or an opaque
+/// connection alike.
+pub struct Selection<'a> {
+    pub cluster: &'a str,
+    pub algo: &'a Algorithm,
+    /// Every endpoint, in the order `priorities` and `weights` follow.
+    pub all: &'a [SocketAddr],
+    pub priorities: Option<&'a [u8]>,
+    pub weights: Option<&'a [u32]>,
+    pub slow_start: Option<SlowStart>,
+}
+
+impl Selection<'_> {
+    /// One of `candidates` (the healthy endpoints): at the locality priority chosen, when there
+    /// are priorities, leaving out the levels in `skip` while another has healthy endpoints;
+    /// weighted by slow start or the endpoints' weights; avoiding `avoid` when it can. Also
+    /// returns the priority level it came from.
+    pub fn pick(
+        &self,
+        lb: &super::lb::Balancer,
+        mut candidates: Cow<'_, [SocketAddr]>,
+        skip: u32,
+        avoid: Option<SocketAddr>,
+    ) -> (SocketAddr, Option<u8>) {
+        let all = self.all;
+        let level = self.priorities.and_then(|p| {
+            let level = locality::choose(&levels(all, p, &candidates), skip, fastrand::f64())?;
+            candidates
+                .to_mut()
+                .retain(|a| priority_of(all, p, *a) == level);
+            Some(level)
+        });
+        let warming = self.slow_start.and_then(|s| {
+            let ages = lb.ages.warming(self.cluster, all, s.window())?;
+            s.weights(&ages, self.weights)
+        });
+        let weights = warming.as_deref().or(self.weights).map(|w| (all, w));
+        (lb.pick(self.algo, &candidates, avoid, weights), level)
     }
 }
 
