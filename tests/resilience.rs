@@ -802,3 +802,35 @@ fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
     assert!(in_time.starts_with("http/2 200"), "{in_time}");
     assert!(!in_time.contains("grpc-status: 4"), "{in_time}");
 }
+
+/// Without `http.idleTimeout`, Istio lets `tcp.idleTimeout` bound an idle HTTP upstream
+/// connection too: after 1 s idle the next request opens a new one.
+#[test]
+fn tcp_idle_timeout_also_closes_idle_http_upstream_connections() {
+    if !ebpf_available("cb_tcp_idle") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n";
+    let policy = "    connectionPool:\n      tcp:\n        idleTimeout: 1s\n";
+    let d = start(
+        "cb-tcp-idle",
+        221,
+        &only_v1(with_policy(&v1, &v2, routes, policy), &v2),
+    );
+    assert_eq!(
+        support::mesh::status(&d, "http://reviews:9080/whoami"),
+        "200"
+    );
+    assert_eq!(
+        support::mesh::status(&d, "http://reviews:9080/whoami"),
+        "200"
+    );
+    assert_eq!(v1.accepted(), 1, "reused while fresh");
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(
+        support::mesh::status(&d, "http://reviews:9080/whoami"),
+        "200"
+    );
+    assert_eq!(v1.accepted(), 2, "closed after 1 s idle");
+}
