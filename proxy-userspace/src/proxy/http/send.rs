@@ -145,9 +145,14 @@ impl Selection<'_> {
         let all = self.all;
         let level = self.priorities.and_then(|p| {
             let level = locality::choose(&levels(all, p, &candidates), skip, fastrand::f64())?;
-            candidates
-                .to_mut()
-                .retain(|a| priority_of(all, p, *a) == level);
+            // By index: an address listed twice may sit at two levels.
+            let at_level: Vec<SocketAddr> = (all.iter().zip(p))
+                .filter(|(a, l)| **l == level && candidates.contains(a))
+                .map(|(a, _)| *a)
+                .collect();
+            if !at_level.is_empty() {
+                candidates = Cow::Owned(at_level);
+            }
             Some(level)
         });
         let warming = self.slow_start.and_then(|s| {
@@ -268,13 +273,6 @@ pub fn distribute(
     let mut kept = shares.iter().map(|w| *w > 0);
     policy.labels.retain(|_| kept.next().unwrap_or(false));
     policy.weights = Some(shares.into_iter().filter(|w| *w > 0).collect());
-}
-
-fn priority_of(all: &[SocketAddr], priorities: &[u8], addr: SocketAddr) -> u8 {
-    all.iter()
-        .position(|a| *a == addr)
-        .and_then(|i| priorities.get(i).copied())
-        .unwrap_or(locality::FARTHEST)
 }
 
 /// The priority levels of an endpoint set: endpoints per level, and the healthy ones.
@@ -457,7 +455,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         let client = plan.snap.compiled.client(down.workload.as_deref());
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
-                // Spread as the service's own requests are: its locality shares and weights.
+                // By the endpoints' weights and this node's `distribute` shares.
                 distribute(ctx.locality.as_ref(), &mut e, &mut policy);
                 if e.is_empty() {
                     ctx.metrics.mirror("dropped");
@@ -711,5 +709,26 @@ mod tests {
         assert!(!refused_stream(&cancelled));
         let other: super::super::body::BoxError = "connection reset".into();
         assert!(!refused_stream(&other));
+    }
+
+    #[test]
+    fn an_address_listed_at_two_levels_is_still_chosen() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let all = [a, b, a];
+        let selection = Selection {
+            cluster: "c",
+            algo: &Algorithm::RoundRobin,
+            all: &all,
+            priorities: Some(&[0, 0, 2]),
+            weights: None,
+            slow_start: None,
+        };
+        let lb = super::super::lb::Balancer::default();
+        // b is ejected: level 0 is half healthy, so level 2 takes some draws too.
+        for _ in 0..200 {
+            let (picked, _) = selection.pick(&lb, Cow::Owned(vec![a]), 0, None);
+            assert_eq!(picked, a);
+        }
     }
 }
