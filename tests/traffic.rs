@@ -663,3 +663,45 @@ fn a_new_endpoint_warms_up_before_taking_its_full_share() {
     let late = v2.requests() - early;
     assert!((70..=130).contains(&late), "v2 got {late} of 200 once warm");
 }
+
+/// Mirrored copies choose their endpoint as the service's own requests would: here its
+/// `failoverPriority` sends every copy to v2 while v2 is healthy.
+#[test]
+fn mirrors_follow_the_mirrored_services_failover_priority() {
+    if !ebpf_available("mirror_priority") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = format!("  - mirror:\n      host: reviews\n{TO_V1}");
+    let lb = "      simple: ROUND_ROBIN\n      localityLbSetting:\n        failoverPriority: [version=v2]\n    outlierDetection:\n      consecutive5xxErrors: 5\n";
+    let d = start(
+        "mirror-priority",
+        222,
+        &with_lb(policies(&v1, &v2, &routes), lb),
+    );
+    let n = 40;
+    let codes = curl_many(&d, "http://reviews:9080/whoami", n, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"));
+    let copies = || v1.shadow_requests() + v2.shadow_requests();
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (copies() == n).then_some(())
+    });
+    assert_eq!((v1.shadow_requests(), v2.shadow_requests()), (0, n));
+    drop(d);
+    // Without priorities, round robin alternates the copies. Each cluster keeps its own
+    // position: with one position shared by the route's pick and the mirror's, every copy saw
+    // an even turn and went to v1.
+    let (v1, v2) = two_backends();
+    let lb = "      simple: ROUND_ROBIN\n";
+    let d = start(
+        "mirror-round-robin",
+        223,
+        &with_lb(policies(&v1, &v2, &routes), lb),
+    );
+    curl_many(&d, "http://reviews:9080/whoami", n, "%{http_code}\\n");
+    let copies = || v1.shadow_requests() + v2.shadow_requests();
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (copies() == n).then_some(())
+    });
+    assert_eq!((v1.shadow_requests(), v2.shadow_requests()), (n / 2, n / 2));
+}

@@ -112,11 +112,12 @@ pub fn for_connection(lb: Option<&LoadBalancer>, peer: SocketAddr) -> Algorithm 
     }
 }
 
-/// Load-balancer state shared by every request: the round-robin position and in-flight
-/// requests per endpoint.
+/// Load-balancer state shared by every request: in-flight requests per endpoint, and
+/// endpoint ages for slow start. Each cluster keeps its own round-robin position (its
+/// `ClusterPool::turn`): one shared position would let interleaved services see every other
+/// turn, so a two-endpoint service called between two others would always get one endpoint.
 #[derive(Default)]
 pub struct Balancer {
-    turn: AtomicUsize,
     active: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     /// When endpoints joined their services, for slow start.
     pub ages: super::slow_start::Ages,
@@ -166,6 +167,7 @@ impl Balancer {
     /// Picks one of `endpoints` (not empty), avoiding `avoid` when another exists.
     pub fn choose(
         &self,
+        turn: &AtomicUsize,
         algo: &Algorithm,
         endpoints: &[SocketAddr],
         avoid: Option<SocketAddr>,
@@ -176,7 +178,7 @@ impl Balancer {
             }
             _ => Cow::Borrowed(endpoints),
         };
-        let rr = || pool[self.turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
+        let rr = || pool[turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
         match algo {
             Algorithm::RoundRobin | Algorithm::Hash(None) => rr(),
             Algorithm::Random => pool[fastrand::usize(0..pool.len())],
@@ -209,6 +211,7 @@ impl Balancer {
     /// and the weight at the same index) and unweighted otherwise.
     pub fn pick(
         &self,
+        turn: &AtomicUsize,
         algo: &Algorithm,
         candidates: &[SocketAddr],
         avoid: Option<SocketAddr>,
@@ -217,9 +220,9 @@ impl Balancer {
         match weights {
             Some((all, w)) => {
                 let weight = |a| all.iter().position(|e| *e == a).map_or(1, |i| w[i]);
-                self.choose_weighted(algo, candidates, avoid, weight)
+                self.choose_weighted(turn, algo, candidates, avoid, weight)
             }
-            None => self.choose(algo, candidates, avoid),
+            None => self.choose(turn, algo, candidates, avoid),
         }
     }
 
@@ -230,6 +233,7 @@ impl Balancer {
     /// score by its weight (weighted rendezvous hashing).
     fn choose_weighted(
         &self,
+        turn: &AtomicUsize,
         algo: &Algorithm,
         endpoints: &[SocketAddr],
         avoid: Option<SocketAddr>,
@@ -255,7 +259,7 @@ impl Balancer {
         match algo {
             Algorithm::RoundRobin | Algorithm::Hash(None) => {
                 // The golden-ratio sequence spreads consecutive turns over the weights.
-                let turn = self.turn.fetch_add(1, Ordering::Relaxed) as f64;
+                let turn = turn.fetch_add(1, Ordering::Relaxed) as f64;
                 at((turn * 0.618_033_988_749_894_9).fract())
             }
             Algorithm::Random => at(fastrand::f64()),
@@ -294,10 +298,10 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_endpoint() {
-        let b = Balancer::default();
+        let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
         let e = addrs(3);
         let picks: Vec<_> = (0..6)
-            .map(|_| b.choose(&Algorithm::RoundRobin, &e, None))
+            .map(|_| b.choose(&turn, &Algorithm::RoundRobin, &e, None))
             .collect();
         for a in &e {
             assert_eq!(picks.iter().filter(|p| *p == a).count(), 2);
@@ -306,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_retry_avoids_the_failed_endpoint() {
-        let b = Balancer::default();
+        let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
         let e = addrs(2);
         for algo in [
             Algorithm::RoundRobin,
@@ -315,11 +319,11 @@ mod tests {
             Algorithm::Hash(Some(b"k".to_vec())),
         ] {
             for _ in 0..20 {
-                assert_eq!(b.choose(&algo, &e, Some(e[0])), e[1]);
+                assert_eq!(b.choose(&turn, &algo, &e, Some(e[0])), e[1]);
             }
         }
         assert_eq!(
-            b.choose(&Algorithm::RoundRobin, &e[..1], Some(e[0])),
+            b.choose(&turn, &Algorithm::RoundRobin, &e[..1], Some(e[0])),
             e[0],
             "no other endpoint"
         );
@@ -327,19 +331,26 @@ mod tests {
 
     #[test]
     fn least_request_prefers_the_idle_endpoint() {
-        let b = Balancer::default();
+        let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
         let e = addrs(2);
         let _busy: Vec<InFlight> = (0..5).map(|_| b.start(e[0])).collect();
         for _ in 0..50 {
-            assert_eq!(b.choose(&Algorithm::LeastRequest, &e, None), e[1]);
+            assert_eq!(b.choose(&turn, &Algorithm::LeastRequest, &e, None), e[1]);
         }
     }
 
     #[test]
     fn consistent_hash_is_sticky_and_spreads_keys() {
-        let b = Balancer::default();
+        let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
         let e = addrs(4);
-        let pick = |k: &str| b.choose(&Algorithm::Hash(Some(k.as_bytes().to_vec())), &e, None);
+        let pick = |k: &str| {
+            b.choose(
+                &turn,
+                &Algorithm::Hash(Some(k.as_bytes().to_vec())),
+                &e,
+                None,
+            )
+        };
         for k in ["alice", "bob", "carol"] {
             let first = pick(k);
             assert!((0..20).all(|_| pick(k) == first));
@@ -377,7 +388,7 @@ mod tests {
 
     #[test]
     fn weights_share_the_traffic_in_proportion() {
-        let b = Balancer::default();
+        let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
         let e = addrs(2);
         let weight = |a: SocketAddr| if a == e[0] { 90 } else { 10 };
         for algo in [
@@ -386,7 +397,7 @@ mod tests {
             Algorithm::LeastRequest,
         ] {
             let first = (0..10_000)
-                .filter(|_| b.choose_weighted(&algo, &e, None, weight) == e[0])
+                .filter(|_| b.choose_weighted(&turn, &algo, &e, None, weight) == e[0])
                 .count();
             assert!((8_700..9_300).contains(&first), "{algo:?}: {first}");
         }
@@ -394,12 +405,12 @@ mod tests {
         let first = (0..10_000u32)
             .filter(|k| {
                 let algo = Algorithm::Hash(Some(k.to_le_bytes().to_vec()));
-                b.choose_weighted(&algo, &e, None, weight) == e[0]
+                b.choose_weighted(&turn, &algo, &e, None, weight) == e[0]
             })
             .count();
         assert!((8_700..9_300).contains(&first), "hash: {first}");
         assert_eq!(
-            b.choose_weighted(&Algorithm::RoundRobin, &e, Some(e[0]), weight),
+            b.choose_weighted(&turn, &Algorithm::RoundRobin, &e, Some(e[0]), weight),
             e[1],
             "a retry avoids the endpoint that failed"
         );

@@ -201,8 +201,10 @@ impl HttpContext {
                 let algo = lb::for_connection(policy.lb, peer);
                 // As for a request: locality priorities, slow start and weights.
                 let priorities = send::priorities(self.locality.as_ref(), client.labels, &policy);
+                let cluster = self.pool.cluster(&policy.key);
                 let (addr, _) = send::Selection {
                     cluster: &policy.key,
+                    turn: &cluster.turn,
                     algo: &algo,
                     all: &e,
                     priorities: priorities.as_deref(),
@@ -212,7 +214,7 @@ impl HttpContext {
                 .pick(&self.lb, healthy, 0, None);
                 Ok(L4Target {
                     addr,
-                    cluster: Some(self.pool.cluster(&policy.key)),
+                    cluster: Some(cluster),
                     limits: pool::Limits::from_spec(policy.pool),
                     service: Some(d.host),
                     // Only least request reads the connections in flight.

@@ -101,6 +101,7 @@ impl Plan<'_> {
                 };
                 let (addr, level) = Selection {
                     cluster: &self.cluster,
+                    turn: &self.upstream.turn,
                     algo: &self.algo,
                     all,
                     priorities: self.priorities.as_deref(),
@@ -122,6 +123,8 @@ impl Plan<'_> {
 /// connection alike.
 pub struct Selection<'a> {
     pub cluster: &'a str,
+    /// The cluster's round-robin position (`ClusterPool::turn`).
+    pub turn: &'a std::sync::atomic::AtomicUsize,
     pub algo: &'a Algorithm,
     /// Every endpoint, in the order `priorities` and `weights` follow.
     pub all: &'a [SocketAddr],
@@ -160,7 +163,10 @@ impl Selection<'_> {
             s.weights(&ages, self.weights)
         });
         let weights = warming.as_deref().or(self.weights).map(|w| (all, w));
-        (lb.pick(self.algo, &candidates, avoid, weights), level)
+        (
+            lb.pick(self.turn, self.algo, &candidates, avoid, weights),
+            level,
+        )
     }
 }
 
@@ -455,14 +461,31 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         let client = plan.snap.compiled.client(down.workload.as_deref());
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
-                // By the endpoints' weights and this node's `distribute` shares.
+                // Chosen as the service's own requests are: among the endpoints outlier
+                // detection has not ejected, by locality, `distribute`, slow start and weights.
                 distribute(ctx.locality.as_ref(), &mut e, &mut policy);
-                if e.is_empty() {
+                let healthy: Cow<'_, [SocketAddr]> = match policy.outlier {
+                    Some(o) => {
+                        Cow::Owned(ctx.healthy(&policy.key, &outlier::Settings::from_spec(o), &e))
+                    }
+                    None => Cow::Borrowed(&e),
+                };
+                if healthy.is_empty() {
                     ctx.metrics.mirror("dropped");
                     continue;
                 }
-                let weights = policy.weights.as_deref().map(|w| (e.as_slice(), w));
-                let addr = ctx.lb.pick(&Algorithm::RoundRobin, &e, None, weights);
+                let priorities = priorities(ctx.locality.as_ref(), client.labels, &policy);
+                let cluster = ctx.pool.cluster(&policy.key);
+                let (addr, _) = Selection {
+                    cluster: &policy.key,
+                    turn: &cluster.turn,
+                    algo: &Algorithm::RoundRobin,
+                    all: &e,
+                    priorities: priorities.as_deref(),
+                    weights: policy.weights.as_deref(),
+                    slow_start: policy.lb.and_then(SlowStart::from_spec),
+                }
+                .pick(&ctx.lb, healthy, 0, None);
                 let target = match ctx.upstream(plan.snap, addr, down.workload.as_deref()) {
                     Ok(t) => t,
                     Err(e) => {
@@ -487,7 +510,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                 }
                 let copy = mirror::Copy {
                     pool: ctx.pool.clone(),
-                    cluster: ctx.pool.cluster(&policy.key),
+                    cluster,
                     limits,
                     target,
                 };
@@ -716,8 +739,10 @@ mod tests {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
         let all = [a, b, a];
+        let turn = std::sync::atomic::AtomicUsize::new(0);
         let selection = Selection {
             cluster: "c",
+            turn: &turn,
             algo: &Algorithm::RoundRobin,
             all: &all,
             priorities: Some(&[0, 0, 2]),

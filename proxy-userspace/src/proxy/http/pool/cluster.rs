@@ -95,6 +95,8 @@ pub struct ClusterPool {
     pub changed: Notify,
     pub h1: Mutex<HashMap<PeerKey, Vec<IdleH1>>>,
     pub h2: Mutex<HashMap<PeerKey, Vec<H2Conn>>>,
+    /// The cluster's round-robin position.
+    pub turn: std::sync::atomic::AtomicUsize,
 }
 
 /// One unit of a counter, given back on drop.
