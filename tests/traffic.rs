@@ -704,4 +704,25 @@ fn mirrors_follow_the_mirrored_services_failover_priority() {
         (copies() == n).then_some(())
     });
     assert_eq!((v1.shadow_requests(), v2.shadow_requests()), (n / 2, n / 2));
+    drop(d);
+    // The mirrored service's own algorithm: a consistent hash keeps one user's copies on one
+    // endpoint.
+    let (v1, v2) = two_backends();
+    let lb = "      consistentHash:\n        httpHeaderName: x-user\n";
+    let d = start(
+        "mirror-hash",
+        224,
+        &with_lb(policies(&v1, &v2, &routes), lb),
+    );
+    let mut args = vec!["-H", "x-user: alice", "-w", "%{http_code}\\n"];
+    for _ in 0..20 {
+        args.extend(["-o", "/dev/null", "http://reviews:9080/whoami"]);
+    }
+    curl(&d, &args);
+    let copies = || v1.shadow_requests() + v2.shadow_requests();
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (copies() == 20).then_some(())
+    });
+    let split = (v1.shadow_requests(), v2.shadow_requests());
+    assert!(split == (20, 0) || split == (0, 20), "{split:?}");
 }

@@ -462,7 +462,8 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
         match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
                 // Chosen as the service's own requests are: among the endpoints outlier
-                // detection has not ejected, by locality, `distribute`, slow start and weights.
+                // detection has not ejected, by locality, `distribute`, slow start, weights
+                // and the service's load balancer.
                 distribute(ctx.locality.as_ref(), &mut e, &mut policy);
                 let healthy: Cow<'_, [SocketAddr]> = match policy.outlier {
                     Some(o) => {
@@ -476,10 +477,18 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                 }
                 let priorities = priorities(ctx.locality.as_ref(), client.labels, &policy);
                 let cluster = ctx.pool.cluster(&policy.key);
+                // The service's own algorithm (a cookie it would generate is not handed out).
+                let inputs = super::lb::HashInputs {
+                    headers: &req.headers,
+                    query: req.uri.query(),
+                    peer: down.peer,
+                    local: down.dst,
+                };
+                let (algo, _) = super::lb::algorithm(policy.lb, &inputs);
                 let (addr, _) = Selection {
                     cluster: &policy.key,
                     turn: &cluster.turn,
-                    algo: &Algorithm::RoundRobin,
+                    algo: &algo,
                     all: &e,
                     priorities: priorities.as_deref(),
                     weights: policy.weights.as_deref(),
