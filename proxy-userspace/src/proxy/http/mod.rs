@@ -114,6 +114,60 @@ impl HttpContext {
 }
 
 impl HttpContext {
+    /// The endpoints of `all` a new attempt or connection may use: those outlier detection
+    /// has not ejected, or all of them without it. Err when it ejected every one.
+    fn candidates<'e>(
+        &self,
+        cluster: &str,
+        outlier: Option<&outlier::Settings>,
+        all: &'e [SocketAddr],
+    ) -> Result<std::borrow::Cow<'e, [SocketAddr]>, route::NoEndpoint> {
+        let Some(s) = outlier else {
+            return Ok(std::borrow::Cow::Borrowed(all));
+        };
+        let healthy = self.healthy(cluster, s, all);
+        if healthy.is_empty() && !all.is_empty() {
+            return Err(route::NoEndpoint::AllEjected {
+                cluster: cluster.to_string(),
+            });
+        }
+        Ok(std::borrow::Cow::Owned(healthy))
+    }
+
+    /// One endpoint of `endpoints` (`distribute` applied) for an opaque connection or a
+    /// mirrored copy of a `client`'s request, chosen as a request's first attempt is: among the
+    /// candidates, by locality priority, slow start, weights and `algo`. Also returns the
+    /// cluster's share of the pool.
+    fn choose_once(
+        &self,
+        policy: &route::ClusterPolicy<'_>,
+        endpoints: &[SocketAddr],
+        outlier: Option<&outlier::Settings>,
+        client: &std::collections::BTreeMap<String, String>,
+        algo: &lb::Algorithm,
+    ) -> Result<(SocketAddr, Arc<pool::ClusterPool>), route::NoEndpoint> {
+        let candidates = self.candidates(&policy.key, outlier, endpoints)?;
+        if candidates.is_empty() {
+            return Err(route::NoEndpoint::Empty {
+                host: policy.key.clone(),
+                subset: String::new(),
+            });
+        }
+        let priorities = send::priorities(self.locality.as_ref(), client, policy);
+        let cluster = self.pool.cluster(&policy.key);
+        let (addr, _) = send::Selection {
+            cluster: &policy.key,
+            turn: &cluster.turn,
+            algo,
+            all: endpoints,
+            priorities: priorities.as_deref(),
+            weights: policy.weights.as_deref(),
+            slow_start: policy.lb.and_then(slow_start::SlowStart::from_spec),
+        }
+        .pick(&self.lb, candidates, 0, None);
+        Ok((addr, cluster))
+    }
+
     /// The endpoints of `cluster` that outlier detection has not ejected (possibly none);
     /// endpoints whose ejection just ended are logged and counted.
     fn healthy(&self, cluster: &str, s: &outlier::Settings, all: &[SocketAddr]) -> Vec<SocketAddr> {
@@ -188,30 +242,10 @@ impl HttpContext {
                     return Err(route::NoEndpoint::undistributed(&d.host));
                 }
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
-                let healthy: std::borrow::Cow<'_, [SocketAddr]> = match &outlier {
-                    Some(s) => std::borrow::Cow::Owned(self.healthy(&policy.key, s, &e)),
-                    None => std::borrow::Cow::Borrowed(&e),
-                };
-                if healthy.is_empty() {
-                    // Every endpoint ejected: no healthy upstream, as for a request.
-                    return Err(route::NoEndpoint::AllEjected {
-                        cluster: policy.key,
-                    });
-                }
                 let algo = lb::for_connection(policy.lb, peer);
-                // As for a request: locality priorities, slow start and weights.
-                let priorities = send::priorities(self.locality.as_ref(), client.labels, &policy);
-                let cluster = self.pool.cluster(&policy.key);
-                let (addr, _) = send::Selection {
-                    cluster: &policy.key,
-                    turn: &cluster.turn,
-                    algo: &algo,
-                    all: &e,
-                    priorities: priorities.as_deref(),
-                    weights: policy.weights.as_deref(),
-                    slow_start: policy.lb.and_then(slow_start::SlowStart::from_spec),
-                }
-                .pick(&self.lb, healthy, 0, None);
+                // Every endpoint ejected is no healthy upstream, as for a request.
+                let (addr, cluster) =
+                    self.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo)?;
                 Ok(L4Target {
                     addr,
                     cluster: Some(cluster),

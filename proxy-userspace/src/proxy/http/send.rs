@@ -82,18 +82,7 @@ impl Plan<'_> {
     ) -> Result<SocketAddr, NoEndpoint> {
         match &self.endpoints {
             Ok(all) => {
-                let candidates = match &self.outlier {
-                    Some(s) => {
-                        let healthy = ctx.healthy(&self.cluster, s, all);
-                        if healthy.is_empty() && !all.is_empty() {
-                            return Err(NoEndpoint::AllEjected {
-                                cluster: self.cluster.to_string(),
-                            });
-                        }
-                        Cow::Owned(healthy)
-                    }
-                    None => Cow::Borrowed(all.as_slice()),
-                };
+                let candidates = ctx.candidates(&self.cluster, self.outlier.as_ref(), all)?;
                 let skip = if self.retry_remote_localities() {
                     *tried
                 } else {
@@ -465,18 +454,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                 // detection has not ejected, by locality, `distribute`, slow start, weights
                 // and the service's load balancer.
                 distribute(ctx.locality.as_ref(), &mut e, &mut policy);
-                let healthy: Cow<'_, [SocketAddr]> = match policy.outlier {
-                    Some(o) => {
-                        Cow::Owned(ctx.healthy(&policy.key, &outlier::Settings::from_spec(o), &e))
-                    }
-                    None => Cow::Borrowed(&e),
-                };
-                if healthy.is_empty() {
-                    ctx.metrics.mirror("dropped");
-                    continue;
-                }
-                let priorities = priorities(ctx.locality.as_ref(), client.labels, &policy);
-                let cluster = ctx.pool.cluster(&policy.key);
+                let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 // The service's own algorithm (a cookie it would generate is not handed out).
                 let inputs = super::lb::HashInputs {
                     headers: &req.headers,
@@ -485,16 +463,11 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                     local: down.dst,
                 };
                 let (algo, _) = super::lb::algorithm(policy.lb, &inputs);
-                let (addr, _) = Selection {
-                    cluster: &policy.key,
-                    turn: &cluster.turn,
-                    algo: &algo,
-                    all: &e,
-                    priorities: priorities.as_deref(),
-                    weights: policy.weights.as_deref(),
-                    slow_start: policy.lb.and_then(SlowStart::from_spec),
-                }
-                .pick(&ctx.lb, healthy, 0, None);
+                let chosen = ctx.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo);
+                let Ok((addr, cluster)) = chosen else {
+                    ctx.metrics.mirror("dropped");
+                    continue;
+                };
                 let target = match ctx.upstream(plan.snap, addr, down.workload.as_deref()) {
                     Ok(t) => t,
                     Err(e) => {
