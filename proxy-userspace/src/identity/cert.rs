@@ -97,7 +97,7 @@ impl WorkloadCert {
     /// presenting this certificate, in Envoy's form as Istio configures it:
     /// `By=<server>;Hash=<sha256>;Subject="";URI=<client>`.
     pub fn forwarded_client_cert(&self, by: &SpiffeId) -> String {
-        format!("By={by};{}", self.forwarded)
+        x509::forwarded_element(by, &self.forwarded)
     }
 
     pub fn lifetime(&self) -> Duration {

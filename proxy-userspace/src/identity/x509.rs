@@ -121,6 +121,12 @@ pub fn forwarded_details(der: &[u8]) -> Result<String, IdentityError> {
     Ok(out)
 }
 
+/// An `x-forwarded-client-cert` element: the server `by` and a client certificate's details
+/// (from [`forwarded_details`]).
+pub fn forwarded_element(by: &SpiffeId, details: &str) -> String {
+    format!("By={by};{details}")
+}
+
 pub fn system_time(t: ASN1Time) -> SystemTime {
     let secs = t.timestamp();
     if secs >= 0 {

@@ -42,15 +42,15 @@ pub fn expand(set: &PolicySet, vs: &VirtualService) -> Vec<Expanded> {
             tracing::warn!(route = %origin, delegate = %format!("{ns}/{}", d.name), "delegate VirtualService not found (or it has hosts); the route is dropped");
             continue;
         };
+        // Short mirror hosts complete in the namespace of the VirtualService that names them,
+        // as Istio qualifies each VirtualService's hosts before merging.
+        let root = qualified_mirrors(r, own);
         for (j, leaf) in delegate.spec.http.iter().enumerate() {
             if leaf.delegate.is_some() {
                 tracing::warn!(route = %origin, "a delegate's route delegates again; only one level is supported, so it is dropped");
                 continue;
             }
-            // Short mirror hosts complete in the namespace of the VirtualService that names
-            // them, as Istio qualifies each VirtualService's hosts before merging.
-            let (root, leaf) = (qualified_mirrors(r, own), qualified_mirrors(leaf, ns));
-            match merge_route(&root, &leaf) {
+            match merge_route(&root, &qualified_mirrors(leaf, ns)) {
                 Some(merged) => out.push(Expanded {
                     namespace: ns.to_string(),
                     origin: format!("{origin}>{ns}/{}#{j}", d.name),

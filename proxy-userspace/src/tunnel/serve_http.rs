@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::server::{Inbound, Stream};
 use crate::{
+    identity::x509,
     proxy::http::{
         Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied,
         authorize::report_dry_run, body, reset_before_headers,
@@ -47,7 +48,7 @@ async fn request(
     // The client certificate as this side verified it, whatever the peer wrote (as Istio's
     // inbound sidecar sets the header from the handshake).
     if let Ok(by) = inbound.tunnel.identity_of(&stream.workload)
-        && let Ok(v) = HeaderValue::from_str(&format!("By={by};{}", stream.client_cert))
+        && let Ok(v) = HeaderValue::from_str(&x509::forwarded_element(&by, &stream.client_cert))
     {
         req.headers_mut().insert(FORWARDED_CLIENT_CERT, v);
     }

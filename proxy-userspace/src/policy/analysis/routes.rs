@@ -79,17 +79,7 @@ fn mirrors(vs: &Located<VirtualService>, i: usize, route: &HttpRoute, out: &mut 
     let ns = &vs.metadata.namespace;
     let key = |d: &Destination| (hosts::fqdn(&d.host, ns), d.subset.clone());
     let targets: Vec<_> = route.route.iter().map(|d| key(&d.destination)).collect();
-    let mut mirrored: Vec<(String, &Destination)> = Vec::new();
-    if let Some(m) = &route.mirror {
-        mirrored.push((format!("spec.http[{i}].mirror"), m));
-    }
-    for (j, m) in route.mirrors.iter().enumerate() {
-        mirrored.push((
-            format!("spec.http[{i}].mirrors[{j}].destination"),
-            &m.destination,
-        ));
-    }
-    for (path, m) in mirrored {
+    for (path, m) in route.mirror_destinations(i) {
         let k = key(m);
         if targets.contains(&k) {
             let what = match &k.1 {

@@ -44,15 +44,7 @@ impl VirtualServiceSpec {
                     &d.destination,
                 ));
             }
-            if let Some(m) = &r.mirror {
-                out.push((format!("spec.http[{i}].mirror"), m));
-            }
-            for (j, m) in r.mirrors.iter().enumerate() {
-                out.push((
-                    format!("spec.http[{i}].mirrors[{j}].destination"),
-                    &m.destination,
-                ));
-            }
+            out.extend(r.mirror_destinations(i));
         }
         for (i, r) in self.tcp.iter().enumerate() {
             for (j, d) in r.route.iter().enumerate() {
@@ -176,6 +168,22 @@ impl HttpRoute {
     /// Whether this route takes every request that reaches it.
     pub fn is_catch_all(&self) -> bool {
         self.matches.is_empty() || self.matches.iter().any(HttpMatchRequest::is_catch_all)
+    }
+
+    /// Its mirror destinations (`mirror`, then `mirrors`), with their field paths as route
+    /// `i` of its VirtualService.
+    pub fn mirror_destinations(&self, i: usize) -> Vec<(String, &Destination)> {
+        let mut out = Vec::new();
+        if let Some(m) = &self.mirror {
+            out.push((format!("spec.http[{i}].mirror"), m));
+        }
+        for (j, m) in self.mirrors.iter().enumerate() {
+            out.push((
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &m.destination,
+            ));
+        }
+        out
     }
 }
 
