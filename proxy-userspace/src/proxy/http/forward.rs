@@ -712,7 +712,8 @@ async fn forward(
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
-                send::distribute(ctx.locality.as_ref(), &mut e, &mut policy);
+                // `distribute` may leave no endpoint for this client's locality.
+                let spread = send::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);
                 let inputs = HashInputs {
                     headers: &parts.headers,
                     query: parts.uri.query(),
@@ -744,14 +745,8 @@ async fn forward(
                         }
                     }
                 }
-                // `distribute` may leave no endpoint for this client's locality.
-                let e = if e.is_empty() {
-                    Err(route::NoEndpoint::undistributed(&d.host))
-                } else {
-                    Ok(e)
-                };
                 (
-                    e,
+                    spread.map(|()| e),
                     algo,
                     policy.key,
                     policy.outlier.map(outlier::Settings::from_spec),

@@ -237,10 +237,7 @@ impl HttpContext {
         let requested = sni.map(std::borrow::Cow::Borrowed);
         match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
-                send::distribute(self.locality.as_ref(), &mut e, &mut policy);
-                if e.is_empty() {
-                    return Err(route::NoEndpoint::undistributed(&d.host));
-                }
+                send::distribute(self.locality.as_ref(), &d.host, &mut e, &mut policy)?;
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 let algo = lb::for_connection(policy.lb, peer);
                 // Every endpoint ejected is no healthy upstream, as for a request.

@@ -234,24 +234,25 @@ fn dense(ranks: &[usize]) -> Vec<u8> {
 
 /// Applies the destination's `distribute` setting for a client on this node (in `own`): the
 /// endpoints it gives no traffic are dropped, and the others weighted by their shares. Needs
-/// no outlier detection, as in Istio.
+/// no outlier detection, as in Istio. Err when it leaves `host` no endpoint.
 pub fn distribute(
     own: Option<&Locality>,
+    host: &str,
     endpoints: &mut Vec<SocketAddr>,
     policy: &mut route::ClusterPolicy<'_>,
-) {
+) -> Result<(), NoEndpoint> {
     let setting = policy.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
     let (Some(own), Some(setting)) = (own, setting) else {
-        return;
+        return Ok(());
     };
     if setting.enabled == Some(false) || setting.distribute.is_empty() {
-        return;
+        return Ok(());
     }
     // The address the client dialled (a host without endpoints, or PASSTHROUGH) is not a
     // load assignment: Istio applies locality settings to none.
     let passthrough = policy.lb.and_then(|l| l.simple.as_deref()) == Some("PASSTHROUGH");
     if passthrough || policy.localities.len() != endpoints.len() {
-        return;
+        return Ok(());
     }
     let Some(shares) = locality::distribution(
         own,
@@ -259,15 +260,20 @@ pub fn distribute(
         policy.weights.as_deref(),
         &setting.distribute,
     ) else {
-        return;
+        return Ok(());
     };
-    let mut kept = shares.iter().map(|w| *w > 0);
-    endpoints.retain(|_| kept.next().unwrap_or(false));
-    let mut kept = shares.iter().map(|w| *w > 0);
-    policy.localities.retain(|_| kept.next().unwrap_or(false));
-    let mut kept = shares.iter().map(|w| *w > 0);
-    policy.labels.retain(|_| kept.next().unwrap_or(false));
+    fn keep<T>(v: &mut Vec<T>, shares: &[u32]) {
+        let mut kept = shares.iter().map(|w| *w > 0);
+        v.retain(|_| kept.next().unwrap_or(false));
+    }
+    keep(endpoints, &shares);
+    keep(&mut policy.localities, &shares);
+    keep(&mut policy.labels, &shares);
     policy.weights = Some(shares.into_iter().filter(|w| *w > 0).collect());
+    if endpoints.is_empty() {
+        return Err(NoEndpoint::undistributed(host));
+    }
+    Ok(())
 }
 
 /// The priority levels of an endpoint set: endpoints per level, and the healthy ones.
@@ -453,7 +459,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                 // Chosen as the service's own requests are: among the endpoints outlier
                 // detection has not ejected, by locality, `distribute`, slow start, weights
                 // and the service's load balancer.
-                distribute(ctx.locality.as_ref(), &mut e, &mut policy);
+                let spread = distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 // The service's own algorithm (a cookie it would generate is not handed out).
                 let inputs = super::lb::HashInputs {
@@ -463,7 +469,9 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                     local: down.dst,
                 };
                 let (algo, _) = super::lb::algorithm(policy.lb, &inputs);
-                let chosen = ctx.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo);
+                let chosen = spread.and_then(|()| {
+                    ctx.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo)
+                });
                 let Ok((addr, cluster)) = chosen else {
                     ctx.metrics.mirror("dropped");
                     continue;
