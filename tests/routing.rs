@@ -1264,6 +1264,36 @@ fn distribute_shares_traffic_between_localities_by_weight() {
         (270..=330).contains(&n) && n + f == 400,
         "near {n}, far {f}"
     );
+    drop(d);
+
+    // Distributed all to a locality with no endpoint: no healthy upstream (503, flag UH), and
+    // no endpoint elsewhere is tried.
+    let yaml = yaml.replace(
+        "            \"us-east/zone-a/*\": 75\n            \"us-west/*\": 25\n",
+        "            \"ap-south/*\": 100\n",
+    );
+    assert!(yaml.contains("ap-south"));
+    let dir = support::mesh::config_dir("locality-distribute-nowhere", &yaml);
+    let d = support::Daemon::start(
+        "locality-distribute-nowhere",
+        225,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--locality",
+            "us-east/zone-a/rack-1",
+        ],
+    );
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 3, "%{http_code}\\n");
+    assert_eq!(codes, ["503", "503", "503"]);
+    assert_eq!(
+        d.log_text().matches("flags=UH").count(),
+        3,
+        "{}",
+        d.log_text()
+    );
+    let served = (near.requests(), far.requests(), elsewhere.requests());
+    assert_eq!(served, (n, f, 0), "no endpoint was tried");
 }
 
 /// `localityLbSetting.failoverPriority`: endpoints ranked by labels, here `version=v2` (a
