@@ -164,6 +164,9 @@ fn an_unreachable_upstream_gets_503_with_the_reset_reason() {
     );
 }
 
+/// An upgrade (WebSocket-style) request is passed through, then its bytes both ways; like any
+/// request, it loses Envoy's `x-envoy-*` control headers and a forged
+/// `x-forwarded-client-cert` on the way.
 #[test]
 fn upgrades_are_passed_through() {
     if !ebpf_available("http_upgrade") {
@@ -174,11 +177,17 @@ fn upgrades_are_passed_through() {
     let (status, got) = raw(
         &d,
         &b.addr.to_string(),
-        "GET /ws HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\\r\\n",
+        "GET /ws HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\
+         x-envoy-retry-on: 5xx\\r\\nx-envoy-upstream-rq-timeout-ms: 100\\r\\n\
+         x-forwarded-client-cert: By=spiffe://forged\\r\\n\\r\\n",
         "hello over the upgraded connection",
     );
     assert_eq!(status, 101, "{got}");
     assert!(got.ends_with("hello over the upgraded connection"), "{got}");
+    // The backend's first line on the upgraded connection: what the request carried.
+    assert!(got.contains("\"path\":\"/ws\""), "{got}");
+    assert!(got.contains("\"x_envoy\":\"\""), "{got}");
+    assert!(got.contains("\"xfcc\":\"\""), "{got}");
 }
 
 #[test]

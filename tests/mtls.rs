@@ -15,6 +15,9 @@ use support::{
     netns::{Lan, Node, capture::contains},
 };
 
+/// The raw HTTP client: sends bytes, then more after the first response (upgrades).
+const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+
 fn ca(name: &str) -> PathBuf {
     support::ca_dir(name)
 }
@@ -247,6 +250,39 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
             .metric(r#"meshd_tunnel_events_total{event="stream_opened"}"#),
         2.0
     );
+    // An upgrade crosses on a stream of its own, with the same certificate details; the
+    // backend's first line on the upgraded connection is what the request carried.
+    let raw = m
+        .d_a
+        .exec(
+            "default/productpage",
+            &[
+                "python3",
+                RAW,
+                "--addr",
+                &format!("{}:9080", m.vip),
+                "--send",
+                "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\n\
+                 Upgrade: echo\\r\\nx-forwarded-client-cert: By=spiffe://forged\\r\\n\\r\\n",
+                "--then",
+                "upgraded-bytes",
+            ],
+        )
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&raw.stdout);
+    assert!(got.contains(r#""status": 101"#), "{got}");
+    assert!(got.contains("upgraded-bytes"), "{got}");
+    let xfcc = got.replace(r#"\""#, "\"");
+    assert!(
+        xfcc.contains("\"xfcc\":\"By=spiffe://cluster.local/ns/default/sa/reviews;Hash="),
+        "{got}"
+    );
+    assert!(
+        xfcc.contains(";URI=spiffe://cluster.local/ns/default/sa/productpage\""),
+        "{got}"
+    );
+    assert!(!got.contains("forged"), "{got}");
 }
 
 /// The `x-forwarded-client-cert` the backend saw, from its `/whoami` answer.

@@ -4,7 +4,8 @@
 //! `/whoami` with the HTTP version and the upstream connection's
 //! peer address, `/echo` with the length and byte sum of the request body, `/bytes/N` with N
 //! bytes, `/goaway` by shutting its connection down gracefully (HTTP/2 GOAWAY) after the
-//! streams open on it, and an `Upgrade: echo` request with 101 and then echoes bytes. It counts the
+//! streams open on it, and an `Upgrade: echo` request with 101, then the `/whoami` line of that
+//! request, then echoes bytes. It counts the
 //! connections it accepted, so tests can see meshd's connection reuse.
 
 use std::{
@@ -303,10 +304,15 @@ async fn answer_plain(
             .unwrap());
     }
     if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let seen = whoami(&req, peer);
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on.await {
                 let mut io = TokioIo::new(up);
+                // What the upgrade request carried, then the echo.
+                if io.write_all(seen.as_bytes()).await.is_err() {
+                    return;
+                }
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = io.read(&mut buf).await {
                     if n == 0 || io.write_all(&buf[..n]).await.is_err() {
@@ -331,7 +337,12 @@ async fn answer_plain(
             .body(Full::new(Bytes::from(format!("status {code}\n"))))
             .unwrap());
     }
-    let body = format!(
+    Ok(Response::new(Full::new(Bytes::from(whoami(&req, peer)))))
+}
+
+/// The `/whoami` answer: one JSON line of what the request looked like on arrival.
+fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
+    format!(
         "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
@@ -367,6 +378,5 @@ async fn answer_plain(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).replace('"', "\\\""))
             .collect::<Vec<_>>()
             .join(" | ")
-    );
-    Ok(Response::new(Full::new(Bytes::from(body))))
+    )
 }
