@@ -726,3 +726,90 @@ fn mirrors_follow_the_mirrored_services_failover_priority() {
     let split = (v1.shadow_requests(), v2.shadow_requests());
     assert!(split == (20, 0) || split == (0, 20), "{split:?}");
 }
+
+/// DestinationRule `proxyProtocol`: meshd opens each upstream connection with a PROXY protocol
+/// header naming the client and the address it dialled (version 1 for HTTP here, version 2 for
+/// an opaque TCP port), to nginx expecting it. Upstream connections are kept per downstream
+/// connection, as Envoy keeps them: a header speaks for one client connection.
+#[test]
+fn proxy_protocol_announces_the_client_to_the_upstream() {
+    if !ebpf_available("proxy_protocol") {
+        return;
+    }
+    let (http_port, tcp_port) = (23_265, 23_266);
+    let nginx = support::nginx::Nginx::proxy_protocol("proxy-protocol", &[http_port, tcp_port]);
+    let service = |name: &str, vip: &str, port: &str, endpoint: u16, proxy: &str| {
+        let (number, protocol) = port.split_once('/').unwrap();
+        let rule = if proxy.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: {name}\nspec:\n  host: {name}.example\n  trafficPolicy:\n    proxyProtocol: {{version: {proxy}}}\n"
+            )
+        };
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [{name}.example]\n  addresses: [{vip}]\n  ports:\n  - {{number: {number}, name: p, protocol: {protocol}}}\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{p: {endpoint}}}\n{rule}"
+        )
+    };
+    let (v1, v2) = two_backends();
+    let yaml = [
+        policies(
+            &v1,
+            &v2,
+            "  - route:\n    - destination:\n        host: reviews\n",
+        ),
+        service("legacy", "127.0.0.70", "8080/HTTP", http_port, "V1"),
+        service("legacy-tcp", "127.0.0.71", "7070/TCP", tcp_port, "V2"),
+        service("plain", "127.0.0.72", "8080/HTTP", http_port, ""),
+    ]
+    .join("\n");
+    let d = start("proxy-protocol", 226, &yaml);
+    let get = |host: &str, vip: &str, port: u16, times: usize| {
+        let resolve = format!("{host}:{port}:{vip}");
+        let url = format!("http://{host}:{port}/");
+        let mut args = vec!["--resolve", resolve.as_str()];
+        args.extend(std::iter::repeat_n(url.as_str(), times));
+        let out = curl(&d, &args);
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    // "127.0.0.1:PORT>127.0.0.70:8080 #N": the client's address and port, the VIP it dialled.
+    let parse = |line: &str| {
+        let (addrs, conn) = line.split_once(" #").unwrap_or_else(|| panic!("{line}"));
+        let (source, destination) = addrs.split_once('>').unwrap();
+        let port: u16 = source.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
+        (port, destination.to_string(), conn.to_string())
+    };
+    let first = get("legacy.example", "127.0.0.70", 8080, 2);
+    assert_eq!(first.len(), 2, "{first:?} {}", nginx.error_log());
+    let (a, b) = (parse(&first[0]), parse(&first[1]));
+    assert_eq!(a.1, "127.0.0.70:8080");
+    assert_eq!(
+        a, b,
+        "two requests of one client connection share one upstream"
+    );
+    let (c, ..) = (parse(&get("legacy.example", "127.0.0.70", 8080, 1)[0]),);
+    assert_ne!(c.0, a.0, "another client connection");
+    assert_ne!(c.2, a.2, "another upstream connection, with its own header");
+    // Opaque TCP, version 2 (nginx reads either).
+    let tcp = parse(&get("legacy-tcp.example", "127.0.0.71", 7070, 1)[0]);
+    assert_eq!(tcp.1, "127.0.0.71:7070");
+    // Without proxyProtocol, nginx refuses the connection's first bytes as a broken header.
+    let plain = curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            "plain.example:8080:127.0.0.72",
+            "http://plain.example:8080/",
+        ],
+    );
+    assert_ne!(plain, "200");
+    assert!(
+        nginx.error_log().contains("broken header"),
+        "{}",
+        nginx.error_log()
+    );
+}

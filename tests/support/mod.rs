@@ -7,6 +7,7 @@ pub mod cpus;
 pub mod http_backend;
 pub mod mesh;
 pub mod netns;
+pub mod nginx;
 pub mod prometheus;
 pub mod raw_upstream;
 pub mod redis;

@@ -31,6 +31,7 @@ const TEST_PACKAGES: &[&str] = &[
     "vagrant",
     "nghttp2-client",
     "wrk",
+    "nginx",
     "redis-server",
     "prometheus",
 ];

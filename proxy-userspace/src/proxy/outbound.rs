@@ -370,7 +370,14 @@ async fn proxy(
         }
     }
     let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
-    let connected = connect_upstream(upstream, after, target.limits.keepalive).await;
+    let connected = async {
+        let mut up = connect_upstream(upstream, after, target.limits.keepalive).await?;
+        if let Some(header) = &target.limits.proxy_protocol {
+            http::send_proxy_header(&mut up, header, upstream).await?;
+        }
+        Ok(up)
+    }
+    .await;
     target.observe(&ctx.http, connected.is_ok());
     let up = match connected {
         Ok(up) => up,

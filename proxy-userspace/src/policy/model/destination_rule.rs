@@ -27,6 +27,15 @@ pub struct TrafficPolicy {
     pub tls: Option<ClientTls>,
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub retry_budget: Option<RetryBudget>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `proxyProtocol`: the PROXY protocol header meshd writes first on each upstream connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyProtocol {
+    /// `V1` (text, Istio's default) or `V2` (binary).
+    pub version: Option<String>,
 }
 
 /// `retryBudget`: concurrent retries as a share of the destination's active requests, in

@@ -339,9 +339,11 @@ static TRAFFIC_POLICY: Obj = obj(&[
     opt("tls", Ty::Obj(&CLIENT_TLS)),
     opt("portLevelSettings", Ty::List(&Ty::Obj(&PORT_POLICY))),
     warned("tunnel", Ty::Any, NOTE_UNSUPPORTED),
-    warned("proxyProtocol", Ty::Any, NOTE_UNSUPPORTED),
+    opt("proxyProtocol", Ty::Obj(&PROXY_PROTOCOL)),
     opt("retryBudget", Ty::Obj(&RETRY_BUDGET)),
 ]);
+
+static PROXY_PROTOCOL: Obj = obj(&[opt("version", Ty::Enum(&["V1", "V2"]))]);
 
 static RETRY_BUDGET: Obj = obj(&[
     opt("percent", PERCENT),

@@ -285,11 +285,23 @@ fn a_direct_response_body_in_bytes_must_be_base64() {
 #[test]
 fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
     let f = check(&dr(
-        "    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, localityLbSetting: {failoverPriority: [zone]}}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n    proxyProtocol: {version: V1}\n",
+        "    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, localityLbSetting: {failoverPriority: [zone]}}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n    tunnel: {protocol: CONNECT, targetHost: proxy.example, targetPort: 3128}\n",
     ));
     assert_eq!(f.len(), 2, "{f:?}");
     assert!(f[0].contains("tls.caCrl: meshd does not implement this field yet"));
-    assert!(f[1].contains("proxyProtocol: meshd does not implement this field yet"));
+    assert!(f[1].contains("tunnel: meshd does not implement this field yet"));
+}
+
+#[test]
+fn proxy_protocol_takes_istios_versions() {
+    assert!(check(&dr("    proxyProtocol: {version: V2}\n")).is_empty());
+    assert!(check(&dr("    proxyProtocol: {}\n")).is_empty());
+    let f = check(&dr("    proxyProtocol: {version: V3}\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("error: spec.trafficPolicy.proxyProtocol.version"),
+        "{f:?}"
+    );
 }
 
 #[test]

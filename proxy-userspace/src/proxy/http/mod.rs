@@ -41,7 +41,9 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
-pub use pool::{Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream};
+pub use pool::{
+    Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream, send_proxy_header,
+};
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
 pub use route::NoEndpoint;
 /// The endpoints behind a destination host and port, as routing picks them.
@@ -243,10 +245,12 @@ impl HttpContext {
                 // Every endpoint ejected is no healthy upstream, as for a request.
                 let (addr, cluster) =
                     self.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo)?;
+                let mut limits = pool::Limits::from_spec(policy.pool);
+                limits.proxy_protocol = policy.proxy_header(peer, dst);
                 Ok(L4Target {
                     addr,
                     cluster: Some(cluster),
-                    limits: pool::Limits::from_spec(policy.pool),
+                    limits,
                     service: Some(d.host),
                     // Only least request reads the connections in flight.
                     in_flight: (algo == lb::Algorithm::LeastRequest).then(|| self.lb.start(addr)),

@@ -10,6 +10,7 @@ mod h2;
 mod lease;
 pub mod limits;
 mod originate;
+pub mod proxy_protocol;
 
 use std::{
     net::SocketAddr,
@@ -101,6 +102,19 @@ impl UpstreamError {
     }
 }
 
+/// Writes the PROXY protocol header first on a new upstream connection (before TLS, as Envoy's
+/// upstream transport socket does).
+pub async fn send_proxy_header(
+    tcp: &mut tokio::net::TcpStream,
+    header: &proxy_protocol::ProxyHeader,
+    dst: SocketAddr,
+) -> Result<(), UpstreamError> {
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(&header.encode())
+        .await
+        .map_err(|source| UpstreamError::Connect { dst, source })
+}
+
 fn overflow(cluster: &ClusterPool, limit: &'static str, value: u32) -> UpstreamError {
     UpstreamError::Overflow {
         cluster: cluster.name.clone(),
@@ -121,8 +135,15 @@ impl Target {
         Target { addr, via: None }
     }
 
-    fn key(&self) -> PeerKey {
-        (self.addr, self.via.as_ref().map(|v| v.pool_key()))
+    /// The pool's key for connections to the target: per source identity through the tunnel,
+    /// per downstream connection where they open with a PROXY protocol header.
+    fn key(&self, limits: &Limits) -> PeerKey {
+        let partition = match (&self.via, &limits.proxy_protocol) {
+            (Some(via), _) => Some(via.pool_key()),
+            (None, Some(header)) => Some(header.pool_key()),
+            (None, None) => None,
+        };
+        (self.addr, partition)
     }
 }
 
@@ -206,7 +227,10 @@ impl Pool {
         let dst = target.addr;
         match (&target.via, &self.tunnel) {
             (None, _) => {
-                let tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
+                let mut tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
+                if let Some(header) = &limits.proxy_protocol {
+                    send_proxy_header(&mut tcp, header, dst).await?;
+                }
                 match &limits.tls {
                     // Boxed, as the tunnel's: the handshake's state is large.
                     Some(tls) => match Box::pin(tls.wrap(tcp)).await {
@@ -260,7 +284,7 @@ impl Pool {
             let streams = Arc::new(std::sync::atomic::AtomicU32::new(0));
             let stream = H2Stream::new(cluster.clone(), &streams);
             cluster.add_h2(
-                target.key(),
+                target.key(limits),
                 H2Conn {
                     sender: sender.clone(),
                     streams,
@@ -298,7 +322,7 @@ impl Pool {
         target: &Target,
         h2: bool,
     ) -> Result<Checkout, UpstreamError> {
-        let key = target.key();
+        let key = target.key(limits);
         let mut pending: Option<Slot> = None;
         loop {
             let changed = cluster.changed.notified();
@@ -386,7 +410,7 @@ impl Pool {
                         Err(e) => Err(e.into()),
                     };
                     let conn = Leased::H1 {
-                        dst: target.key(),
+                        dst: target.key(limits),
                         used: c.used,
                         reusable: limits.reusable(c.used),
                         idle_timeout: c.idle_timeout,

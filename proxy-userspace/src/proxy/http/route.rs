@@ -14,7 +14,7 @@ use crate::{
     config::{Cluster, Snapshot},
     policy::model::{
         ClientTls, ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
-        RetryBudget, TrafficPolicy,
+        ProxyProtocol, RetryBudget, TrafficPolicy,
     },
     proxy::sniff::Detected,
     routes::{Client, Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
@@ -454,6 +454,8 @@ pub struct ClusterPolicy<'s> {
     pub tls: Option<&'s ClientTls>,
     /// `retryBudget`, the subset's or else the rule's (it has no port-level form).
     pub retry_budget: Option<&'s RetryBudget>,
+    /// `proxyProtocol`, the subset's or else the rule's (it has no port-level form either).
+    pub proxy_protocol: Option<&'s ProxyProtocol>,
 }
 
 impl<'s> ClusterPolicy<'s> {
@@ -473,6 +475,21 @@ impl<'s> ClusterPolicy<'s> {
             }
             _ => client_http2,
         }
+    }
+
+    /// The PROXY protocol header that new upstream connections of the downstream connection
+    /// from `source` to `destination` open with, under `proxyProtocol`.
+    pub fn proxy_header(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) -> Option<super::pool::proxy_protocol::ProxyHeader> {
+        self.proxy_protocol
+            .map(|p| super::pool::proxy_protocol::ProxyHeader {
+                version: super::pool::proxy_protocol::Version::from_spec(p),
+                source,
+                destination,
+            })
     }
 
     /// The settings of `cluster` (for `host`) that apply to `subset` on `port`.
@@ -496,6 +513,15 @@ impl<'s> ClusterPolicy<'s> {
                 )
             };
         }
+        // A setting that only subsets and the rule give.
+        macro_rules! rule_level {
+            ($field:ident) => {
+                subset
+                    .and_then(|s| cluster.subset_policies.get(s))
+                    .and_then(|p| p.$field.as_ref())
+                    .or_else(|| (cluster.traffic_policy.as_ref()).and_then(|p| p.$field.as_ref()))
+            };
+        }
         ClusterPolicy {
             key: cluster_key(host, subset.unwrap_or(""), port),
             protocol,
@@ -506,12 +532,8 @@ impl<'s> ClusterPolicy<'s> {
             outlier: level!(outlier_detection),
             pool: level!(connection_pool),
             tls: level!(tls),
-            retry_budget: subset
-                .and_then(|s| cluster.subset_policies.get(s))
-                .and_then(|p| p.retry_budget.as_ref())
-                .or_else(|| {
-                    (cluster.traffic_policy.as_ref()).and_then(|p| p.retry_budget.as_ref())
-                }),
+            retry_budget: rule_level!(retry_budget),
+            proxy_protocol: rule_level!(proxy_protocol),
         }
     }
 

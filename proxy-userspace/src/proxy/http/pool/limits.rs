@@ -53,6 +53,9 @@ pub struct Limits {
     pub tls: Option<super::Originate>,
     /// `retryBudget`: bounds the retries in flight instead of `max_retries`.
     pub retry_budget: Option<RetryBudget>,
+    /// `proxyProtocol`: the header a new direct connection opens with, for the request's (or
+    /// opaque connection's) downstream connection.
+    pub proxy_protocol: Option<super::proxy_protocol::ProxyHeader>,
 }
 
 /// Envoy's retry budget: the retries in flight may be `percent` of the destination's active
@@ -95,6 +98,7 @@ impl Default for Limits {
             keepalive: None,
             tls: None,
             retry_budget: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -225,6 +229,7 @@ mod tests {
                 }),
                 tls: None,
                 retry_budget: None,
+                proxy_protocol: None,
             }
         );
         assert!(l.reusable(0) && !l.reusable(1));

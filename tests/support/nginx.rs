@@ -1,0 +1,81 @@
+//! nginx (Debian's package) as a backend that reads the PROXY protocol: each of its ports
+//! expects the header, and answers every request with the addresses the header announced and
+//! nginx's number for the connection, as `SOURCE>DESTINATION #N`.
+
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// nginx on 127.0.0.1 at `ports`, each port expecting a PROXY protocol header (v1 or v2).
+    pub fn proxy_protocol(name: &str, ports: &[u16]) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("meshd-test-{name}-nginx"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let d = dir.display();
+        let servers: String = ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "  server {{ listen 127.0.0.1:{p} proxy_protocol; location / {{ return 200 \
+                     \"$proxy_protocol_addr:$proxy_protocol_port>$proxy_protocol_server_addr:\
+                     $proxy_protocol_server_port #$connection\\n\"; }} }}\n"
+                )
+            })
+            .collect();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+             \x20 fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+             {servers}}}\n"
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (Debian's nginx package; `cargo xtask test` installs it)");
+        let n = Nginx { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in ports {
+            while TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not listen on {p}: {}",
+                    n.error_log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        n
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker too (SIGKILL would leave the worker listening).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
