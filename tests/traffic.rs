@@ -767,31 +767,65 @@ fn proxy_protocol_announces_the_client_to_the_upstream() {
     let get = |host: &str, vip: &str, port: u16, times: usize| {
         let resolve = format!("{host}:{port}:{vip}");
         let url = format!("http://{host}:{port}/");
-        let mut args = vec!["--resolve", resolve.as_str()];
+        // Each answer, then the port curl's connection had.
+        let mut args = vec!["--resolve", resolve.as_str(), "-w", "curl %{local_port}\\n"];
         args.extend(std::iter::repeat_n(url.as_str(), times));
         let out = curl(&d, &args);
         out.lines().map(str::to_string).collect::<Vec<_>>()
     };
-    // "127.0.0.1:PORT>127.0.0.70:8080 #N": the client's address and port, the VIP it dialled.
-    let parse = |line: &str| {
-        let (addrs, conn) = line.split_once(" #").unwrap_or_else(|| panic!("{line}"));
+    // "127.0.0.1:PORT>127.0.0.70:8080 #N" then "curl PORT": the client's address and port (as
+    // curl saw its own), the VIP it dialled, and nginx's connection.
+    let parse = |lines: &[String]| {
+        let (addrs, conn) = lines[0]
+            .split_once(" #")
+            .unwrap_or_else(|| panic!("{lines:?}"));
         let (source, destination) = addrs.split_once('>').unwrap();
-        let port: u16 = source.strip_prefix("127.0.0.1:").unwrap().parse().unwrap();
-        (port, destination.to_string(), conn.to_string())
+        let port = source.strip_prefix("127.0.0.1:").unwrap();
+        assert_eq!(
+            lines[1],
+            format!("curl {port}"),
+            "the header names the client"
+        );
+        (port.to_string(), destination.to_string(), conn.to_string())
+    };
+    // meshd's open connections to nginx's HTTP port.
+    let upstreams = || {
+        let out = std::process::Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                "dport",
+                "=",
+                &format!(":{http_port}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
     };
     let first = get("legacy.example", "127.0.0.70", 8080, 2);
-    assert_eq!(first.len(), 2, "{first:?} {}", nginx.error_log());
-    let (a, b) = (parse(&first[0]), parse(&first[1]));
+    assert_eq!(first.len(), 4, "{first:?} {}", nginx.error_log());
+    let (a, b) = (parse(&first[..2]), parse(&first[2..]));
     assert_eq!(a.1, "127.0.0.70:8080");
     assert_eq!(
         a, b,
         "two requests of one client connection share one upstream"
     );
-    let (c, ..) = (parse(&get("legacy.example", "127.0.0.70", 8080, 1)[0]),);
+    let c = parse(&get("legacy.example", "127.0.0.70", 8080, 1));
     assert_ne!(c.0, a.0, "another client connection");
     assert_ne!(c.2, a.2, "another upstream connection, with its own header");
+    // Both clients have left: no request can use their upstream connections, which close.
+    let deadline = Instant::now() + std::time::Duration::from_secs(3);
+    while upstreams() > 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        upstreams(),
+        0,
+        "upstream connections outlived their clients"
+    );
     // Opaque TCP, version 2 (nginx reads either).
-    let tcp = parse(&get("legacy-tcp.example", "127.0.0.71", 7070, 1)[0]);
+    let tcp = parse(&get("legacy-tcp.example", "127.0.0.71", 7070, 1));
     assert_eq!(tcp.1, "127.0.0.71:7070");
     // Without proxyProtocol, nginx refuses the connection's first bytes as a broken header.
     let plain = curl(
@@ -812,4 +846,120 @@ fn proxy_protocol_announces_the_client_to_the_upstream() {
         "{}",
         nginx.error_log()
     );
+}
+
+/// DestinationRule `tunnel`, as in Istio's egress through a forward proxy: a TCP route sends the
+/// external service's connections to the proxy's host, whose rule tunnels them with HTTP CONNECT
+/// to `targetHost:targetPort`. tinyproxy (a real forward proxy) carries the bytes to an echo
+/// server; without the tunnel it reads them as a malformed HTTP request.
+#[test]
+fn a_tunnel_carries_opaque_tcp_through_a_forward_proxy() {
+    if !ebpf_available("tunnel_connect") {
+        return;
+    }
+    let proxy_port = support::ports(227).0 + 5;
+    let proxy = support::tinyproxy::Tinyproxy::start("tunnel", proxy_port);
+    let echo = Backend::echo("127.0.0.1:0");
+    let target = echo.addr.port();
+    let (v1, v2) = two_backends();
+    let yaml = format!(
+        r#"{mesh}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: partner
+spec:
+  hosts: [api.partner.example]
+  addresses: [127.0.0.76]
+  ports:
+  - {{number: 9000, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{tcp: {target}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: corp-proxy
+spec:
+  hosts: [proxy.corp.example]
+  addresses: [127.0.0.75, 127.0.0.77]
+  ports:
+  - {{number: 3128, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{tcp: {proxy_port}}}
+    labels: {{role: tunnel}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: partner-through-proxy
+spec:
+  hosts: [api.partner.example]
+  tcp:
+  - match:
+    - port: 9000
+    route:
+    - destination:
+        host: proxy.corp.example
+        subset: tunnel
+        port:
+          number: 3128
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: corp-proxy
+spec:
+  host: proxy.corp.example
+  subsets:
+  - name: tunnel
+    labels: {{role: tunnel}}
+    trafficPolicy:
+      tunnel:
+        protocol: CONNECT
+        targetHost: 127.0.0.1
+        targetPort: {target}
+"#,
+        mesh = policies(
+            &v1,
+            &v2,
+            "  - route:\n    - destination:\n        host: reviews\n"
+        ),
+    );
+    let d = start("tunnel", 227, &yaml);
+    let send = |vip: &str, port: u16| {
+        let script = format!(
+            "import socket; s=socket.create_connection(('{vip}',{port}), timeout=5); \
+             s.sendall(b'through-the-proxy\\r\\n\\r\\n'); print(s.recv(200).decode(errors='replace'))"
+        );
+        let out = d
+            .exec("default/productpage", &["python3", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Dialled as the partner's service: routed to the proxy's tunnel subset.
+    assert_eq!(
+        send("127.0.0.76", 9000),
+        "through-the-proxy",
+        "{}",
+        proxy.log_text()
+    );
+    assert!(
+        proxy
+            .log_text()
+            .contains(&format!("CONNECT 127.0.0.1:{target} HTTP/1.1")),
+        "{}",
+        proxy.log_text()
+    );
+    // The proxy dialled as itself: its rule has no tunnel outside the subset, so the bytes
+    // reach tinyproxy as they are, and it answers as to a broken HTTP request.
+    let plain = send("127.0.0.77", 3128);
+    assert!(plain.starts_with("HTTP/1.0 400"), "{plain}");
 }

@@ -11,6 +11,7 @@ pub mod nginx;
 pub mod prometheus;
 pub mod raw_upstream;
 pub mod redis;
+pub mod tinyproxy;
 
 use std::{
     io::{Read, Write},

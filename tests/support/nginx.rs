@@ -18,6 +18,11 @@ impl Nginx {
     /// nginx on 127.0.0.1 at `ports`, each port expecting a PROXY protocol header (v1 or v2).
     pub fn proxy_protocol(name: &str, ports: &[u16]) -> Nginx {
         let dir = std::env::temp_dir().join(format!("meshd-test-{name}-nginx"));
+        // An nginx left by an interrupted run would still hold the ports.
+        if let Ok(pid) = std::fs::read_to_string(dir.join("nginx.pid")) {
+            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let d = dir.display();
@@ -50,10 +55,13 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx (Debian's nginx package; `cargo xtask test` installs it)");
-        let n = Nginx { child, dir };
+        let mut n = Nginx { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         for p in ports {
             while TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                if let Ok(Some(status)) = n.child.try_wait() {
+                    panic!("nginx exited ({status}): {}", n.error_log());
+                }
                 assert!(
                     Instant::now() < deadline,
                     "nginx did not listen on {p}: {}",

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use tokio::{
-    io::copy_bidirectional_with_sizes,
+    io::{AsyncWriteExt, copy_bidirectional_with_sizes},
     net::{TcpListener, TcpStream},
     task::JoinSet,
     time::timeout,
@@ -195,7 +195,7 @@ async fn handle(
 const SNI_AFTER_SNIFF: Duration = Duration::from_millis(50);
 
 async fn proxy(
-    down: TcpStream,
+    mut down: TcpStream,
     peer: SocketAddr,
     ipv6: bool,
     source: Option<u32>,
@@ -370,17 +370,30 @@ async fn proxy(
         }
     }
     let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
+    // The endpoint is reached, announced the client (`proxyProtocol`) and, behind a forward
+    // proxy (`tunnel`), CONNECTed through: what the target sent meanwhile goes to the client.
     let connected = async {
         let mut up = connect_upstream(upstream, after, target.limits.keepalive).await?;
         if let Some(header) = &target.limits.proxy_protocol {
             http::send_proxy_header(&mut up, header, upstream).await?;
         }
-        Ok(up)
+        let early = match &target.limits.tunnel {
+            Some(authority) => http::open_tunnel(&mut up, authority, upstream).await?,
+            None => Vec::new(),
+        };
+        Ok((up, early))
     }
     .await;
     target.observe(&ctx.http, connected.is_ok());
     let up = match connected {
-        Ok(up) => up,
+        Ok((up, early)) => {
+            if !early.is_empty()
+                && let Err(source) = down.write_all(&early).await
+            {
+                return Err(OutboundError::Connect { dst, source });
+            }
+            up
+        }
         Err(failure) => {
             sockopt::set_reset_on_close(&down);
             let e = match failure {

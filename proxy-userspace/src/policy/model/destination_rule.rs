@@ -28,6 +28,18 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub retry_budget: Option<RetryBudget>,
     pub proxy_protocol: Option<ProxyProtocol>,
+    pub tunnel: Option<TunnelSettings>,
+}
+
+/// `tunnel`: opaque TCP to the rule's host (a forward proxy) is tunnelled with HTTP CONNECT to
+/// `targetHost:targetPort`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TunnelSettings {
+    /// `CONNECT` (the default); validation rejects `POST`, which meshd does not send.
+    pub protocol: Option<String>,
+    pub target_host: String,
+    pub target_port: u16,
 }
 
 /// `proxyProtocol`: the PROXY protocol header meshd writes first on each upstream connection.

@@ -11,8 +11,8 @@ use crate::policy::{
     report::{self, Report},
     rules,
     schema::{
-        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PERCENT, STR, Ty, int, limit, obj,
-        opt, req, warned,
+        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PERCENT, PORT, STR, Ty, int, limit,
+        obj, opt, req, warned,
     },
 };
 
@@ -338,10 +338,32 @@ static TRAFFIC_POLICY: Obj = obj(&[
     opt("outlierDetection", Ty::Obj(&OUTLIER)),
     opt("tls", Ty::Obj(&CLIENT_TLS)),
     opt("portLevelSettings", Ty::List(&Ty::Obj(&PORT_POLICY))),
-    warned("tunnel", Ty::Any, NOTE_UNSUPPORTED),
+    opt("tunnel", Ty::Obj(&TUNNEL)),
     opt("proxyProtocol", Ty::Obj(&PROXY_PROTOCOL)),
     opt("retryBudget", Ty::Obj(&RETRY_BUDGET)),
 ]);
+
+static TUNNEL: Obj = Obj {
+    fields: &[
+        opt("protocol", Ty::Enum(&["CONNECT", "POST"])),
+        req("targetHost", Ty::Str(rules::host)),
+        req("targetPort", PORT),
+    ],
+    one_of: &[],
+    check: Some(check_tunnel),
+};
+
+fn check_tunnel(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    if let Some(e) = node.entry("protocol")
+        && e.value.as_str() == Some("POST")
+    {
+        r.error(
+            e.value.pos,
+            &report::key(path, "protocol"),
+            "meshd tunnels with HTTP CONNECT only: POST is not implemented",
+        );
+    }
+}
 
 static PROXY_PROTOCOL: Obj = obj(&[opt("version", Ty::Enum(&["V1", "V2"]))]);
 

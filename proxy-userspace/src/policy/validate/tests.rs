@@ -285,11 +285,30 @@ fn a_direct_response_body_in_bytes_must_be_base64() {
 #[test]
 fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
     let f = check(&dr(
-        "    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, localityLbSetting: {failoverPriority: [zone]}}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n    tunnel: {protocol: CONNECT, targetHost: proxy.example, targetPort: 3128}\n",
+        "    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, localityLbSetting: {failoverPriority: [zone]}}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n",
     ));
-    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!(f.len(), 1, "{f:?}");
     assert!(f[0].contains("tls.caCrl: meshd does not implement this field yet"));
-    assert!(f[1].contains("tunnel: meshd does not implement this field yet"));
+}
+
+#[test]
+fn a_tunnel_needs_its_target_and_connect() {
+    let ok = "    tunnel: {protocol: CONNECT, targetHost: api.example.com, targetPort: 443}\n";
+    assert!(check(&dr(ok)).is_empty());
+    let f = check(&dr("    tunnel: {targetHost: api.example.com}\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("spec.trafficPolicy.tunnel: missing required field \"targetPort\""),
+        "{f:?}"
+    );
+    let f = check(&dr(&ok.replace("CONNECT", "POST")));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains(
+            "error: spec.trafficPolicy.tunnel.protocol: meshd tunnels with HTTP CONNECT only"
+        ),
+        "{f:?}"
+    );
 }
 
 #[test]

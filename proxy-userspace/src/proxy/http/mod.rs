@@ -42,7 +42,8 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use flags::ResponseFlags;
 pub use pool::{
-    Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream, send_proxy_header,
+    Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream, open_tunnel,
+    send_proxy_header,
 };
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
 pub use route::NoEndpoint;
@@ -247,6 +248,9 @@ impl HttpContext {
                     self.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo)?;
                 let mut limits = pool::Limits::from_spec(policy.pool);
                 limits.proxy_protocol = policy.proxy_header(peer, dst);
+                limits.tunnel = policy
+                    .tunnel
+                    .map(|t| Arc::from(format!("{}:{}", t.target_host, t.target_port)));
                 Ok(L4Target {
                     addr,
                     cluster: Some(cluster),
@@ -344,6 +348,8 @@ pub struct Downstream {
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
+    // What the client connection's end releases: its PROXY protocol partitions of the pool.
+    let (pool, client) = (ctx.pool.clone(), (down.peer, down.dst));
     // Closed with a lingering close, by the server or by an upgraded stream.
     let (stream, verdicts) = framing::Guarded::new(linger::Lingering::new(stream));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -378,4 +384,5 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     if let Err(e) = served {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
+    pool.forget_client(client.0, client.1);
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod connect;
 mod h1;
 mod h2;
+mod http_connect;
 mod lease;
 pub mod limits;
 mod originate;
@@ -115,6 +116,18 @@ pub async fn send_proxy_header(
         .map_err(|source| UpstreamError::Connect { dst, source })
 }
 
+/// Opens a DestinationRule `tunnel` through the forward proxy at `dst` (HTTP CONNECT to
+/// `authority`); returns what the target sent after the proxy's answer, for the client.
+pub async fn open_tunnel(
+    tcp: &mut tokio::net::TcpStream,
+    authority: &str,
+    dst: SocketAddr,
+) -> Result<Vec<u8>, UpstreamError> {
+    http_connect::open(tcp, authority)
+        .await
+        .map_err(|source| UpstreamError::Connect { dst, source })
+}
+
 fn overflow(cluster: &ClusterPool, limit: &'static str, value: u32) -> UpstreamError {
     UpstreamError::Overflow {
         cluster: cluster.name.clone(),
@@ -160,6 +173,9 @@ enum Checkout {
 
 pub struct Pool {
     connect_timeout: Duration,
+    /// Whether a connection was ever opened with a PROXY protocol header, so a closing client
+    /// connection has upstream connections of its own to forget.
+    partitioned: std::sync::atomic::AtomicBool,
     clusters: Mutex<HashMap<String, Arc<ClusterPool>>>,
     tunnel: Option<Arc<crate::tunnel::Tunnel>>,
     /// The client configs of DestinationRule `tls` origination.
@@ -171,6 +187,7 @@ impl Pool {
     pub fn new(connect_timeout: Duration, tunnel: Option<Arc<crate::tunnel::Tunnel>>) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             connect_timeout,
+            partitioned: std::sync::atomic::AtomicBool::new(false),
             clusters: Mutex::new(HashMap::new()),
             tunnel,
             originations: Originations::default(),
@@ -230,6 +247,8 @@ impl Pool {
                 let mut tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
                 if let Some(header) = &limits.proxy_protocol {
                     send_proxy_header(&mut tcp, header, dst).await?;
+                    self.partitioned
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 match &limits.tls {
                     // Boxed, as the tunnel's: the handshake's state is large.
@@ -430,6 +449,31 @@ impl Pool {
                     drop(lease);
                     Err(UpstreamError::Send { dst, source })
                 }
+            }
+        }
+    }
+
+    /// Closes the idle upstream connections kept for the client connection from `source` to
+    /// `destination` (under `proxyProtocol`), now that it has closed.
+    pub fn forget_client(&self, source: SocketAddr, destination: SocketAddr) {
+        if !self.partitioned.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let keys = [proxy_protocol::Version::V1, proxy_protocol::Version::V2].map(|version| {
+            proxy_protocol::ProxyHeader {
+                version,
+                source,
+                destination,
+            }
+            .pool_key()
+        });
+        let clusters: Vec<Arc<ClusterPool>> = (self.clusters.lock().expect("cluster pool lock"))
+            .values()
+            .cloned()
+            .collect();
+        for c in clusters {
+            for k in &keys {
+                c.forget_partition(k);
             }
         }
     }

@@ -14,7 +14,7 @@ use crate::{
     config::{Cluster, Snapshot},
     policy::model::{
         ClientTls, ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
-        ProxyProtocol, RetryBudget, TrafficPolicy,
+        ProxyProtocol, RetryBudget, TrafficPolicy, TunnelSettings,
     },
     proxy::sniff::Detected,
     routes::{Client, Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
@@ -456,6 +456,8 @@ pub struct ClusterPolicy<'s> {
     pub retry_budget: Option<&'s RetryBudget>,
     /// `proxyProtocol`, the subset's or else the rule's (it has no port-level form either).
     pub proxy_protocol: Option<&'s ProxyProtocol>,
+    /// `tunnel`, the subset's or else the rule's.
+    pub tunnel: Option<&'s TunnelSettings>,
 }
 
 impl<'s> ClusterPolicy<'s> {
@@ -534,6 +536,7 @@ impl<'s> ClusterPolicy<'s> {
             tls: level!(tls),
             retry_budget: rule_level!(retry_budget),
             proxy_protocol: rule_level!(proxy_protocol),
+            tunnel: rule_level!(tunnel),
         }
     }
 

@@ -202,6 +202,22 @@ impl ClusterPool {
         false
     }
 
+    /// Drops the idle connections kept for `partition` (one client connection's, under
+    /// `proxyProtocol`) once that client connection has closed: no request can use them again.
+    pub fn forget_partition(&self, partition: &str) {
+        let ours = |k: &PeerKey| k.1.as_deref() == Some(partition);
+        self.h1
+            .lock()
+            .expect("h1 pool lock")
+            .retain(|k, _| !ours(k));
+        self.h2.lock().expect("h2 pool lock").retain(|k, conns| {
+            if ours(k) {
+                conns.retain(|c| c.streams.load(Ordering::Acquire) > 0);
+            }
+            !conns.is_empty()
+        });
+    }
+
     /// Drops idle connections past their idle timeout; true when the cluster holds nothing.
     pub fn sweep(&self) -> bool {
         let mut h1 = self.h1.lock().expect("h1 pool lock");

@@ -56,6 +56,9 @@ pub struct Limits {
     /// `proxyProtocol`: the header a new direct connection opens with, for the request's (or
     /// opaque connection's) downstream connection.
     pub proxy_protocol: Option<super::proxy_protocol::ProxyHeader>,
+    /// `tunnel`: the `host:port` an opaque connection asks the forward proxy (the endpoint)
+    /// to CONNECT to.
+    pub tunnel: Option<std::sync::Arc<str>>,
 }
 
 /// Envoy's retry budget: the retries in flight may be `percent` of the destination's active
@@ -99,6 +102,7 @@ impl Default for Limits {
             tls: None,
             retry_budget: None,
             proxy_protocol: None,
+            tunnel: None,
         }
     }
 }
@@ -230,6 +234,7 @@ mod tests {
                 tls: None,
                 retry_budget: None,
                 proxy_protocol: None,
+                tunnel: None,
             }
         );
         assert!(l.reusable(0) && !l.reusable(1));

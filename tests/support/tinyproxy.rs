@@ -1,0 +1,64 @@
+//! tinyproxy (Debian's package) as the forward proxy a DestinationRule `tunnel` goes through:
+//! it answers HTTP CONNECT from 127.0.0.1 and logs each request it reads.
+
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct Tinyproxy {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Tinyproxy {
+    pub fn start(name: &str, port: u16) -> Tinyproxy {
+        let dir = std::env::temp_dir().join(format!("meshd-test-{name}-tinyproxy"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 20\n\
+                 LogLevel Connect\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.join("tinyproxy.log");
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tinyproxy (Debian's tinyproxy package; `cargo xtask test` installs it)");
+        let mut t = Tinyproxy { child, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = t.child.try_wait() {
+                panic!("tinyproxy exited ({status}): {}", t.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tinyproxy did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
