@@ -861,6 +861,11 @@ fn a_tunnel_carries_opaque_tcp_through_a_forward_proxy() {
     let proxy = support::tinyproxy::Tinyproxy::start("tunnel", proxy_port);
     let echo = Backend::echo("127.0.0.1:0");
     let target = echo.addr.port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (v1, v2) = two_backends();
     let yaml = format!(
         r#"{mesh}---
@@ -912,6 +917,35 @@ spec:
           number: 3128
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: gone
+spec:
+  hosts: [gone.partner.example]
+  addresses: [127.0.0.78]
+  ports:
+  - {{number: 9000, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{tcp: {closed}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: gone-through-proxy
+spec:
+  hosts: [gone.partner.example]
+  tcp:
+  - route:
+    - destination:
+        host: proxy.corp.example
+        subset: dead-end
+        port:
+          number: 3128
+---
+apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
   name: corp-proxy
@@ -925,6 +959,12 @@ spec:
         protocol: CONNECT
         targetHost: 127.0.0.1
         targetPort: {target}
+  - name: dead-end
+    labels: {{role: tunnel}}
+    trafficPolicy:
+      tunnel:
+        targetHost: 127.0.0.1
+        targetPort: {closed}
 "#,
         mesh = policies(
             &v1,
@@ -962,4 +1002,14 @@ spec:
     // reach tinyproxy as they are, and it answers as to a broken HTTP request.
     let plain = send("127.0.0.77", 3128);
     assert!(plain.starts_with("HTTP/1.0 400"), "{plain}");
+    // A target the proxy cannot reach: its refusal closes the client's connection, and meshd
+    // logs the proxy's answer.
+    assert_eq!(send("127.0.0.78", 9000), "");
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!(
+            "the proxy refused CONNECT 127.0.0.1:{closed}: HTTP/1.1 500"
+        )),
+        "{log}"
+    );
 }

@@ -538,3 +538,19 @@ pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Stops a server an interrupted run left behind (its pid file names it, and the process is
+/// still `program`): it would hold the ports a new one needs.
+pub fn stop_leftover(pid_file: &std::path::Path, program: &str) {
+    let Ok(pid) = std::fs::read_to_string(pid_file) else {
+        return;
+    };
+    let pid = pid.trim();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == program {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", pid])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -18,11 +18,7 @@ impl Nginx {
     /// nginx on 127.0.0.1 at `ports`, each port expecting a PROXY protocol header (v1 or v2).
     pub fn proxy_protocol(name: &str, ports: &[u16]) -> Nginx {
         let dir = std::env::temp_dir().join(format!("meshd-test-{name}-nginx"));
-        // An nginx left by an interrupted run would still hold the ports.
-        if let Ok(pid) = std::fs::read_to_string(dir.join("nginx.pid")) {
-            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        super::stop_leftover(&dir.join("nginx.pid"), "nginx");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let d = dir.display();

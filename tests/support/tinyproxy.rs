@@ -16,6 +16,7 @@ pub struct Tinyproxy {
 impl Tinyproxy {
     pub fn start(name: &str, port: u16) -> Tinyproxy {
         let dir = std::env::temp_dir().join(format!("meshd-test-{name}-tinyproxy"));
+        super::stop_leftover(&dir.join("tinyproxy.pid"), "tinyproxy");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("tinyproxy.conf");
@@ -23,7 +24,8 @@ impl Tinyproxy {
             &conf,
             format!(
                 "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nMaxClients 20\n\
-                 LogLevel Connect\n"
+                 LogLevel Connect\nPidFile \"{}\"\n",
+                dir.join("tinyproxy.pid").display()
             ),
         )
         .unwrap();

@@ -76,6 +76,8 @@ pub enum OutboundError {
     Overflow { cluster: String, limit: u32 },
     #[error("{0}")]
     NoHealthyUpstream(http::NoEndpoint),
+    #[error("the client left while its connection opened: {0}")]
+    ClientGone(std::io::Error),
 }
 
 impl OutboundError {
@@ -91,6 +93,7 @@ impl OutboundError {
             OutboundError::Denied(_) => "denied",
             OutboundError::Overflow { .. } => "upstream_overflow",
             OutboundError::NoHealthyUpstream(_) => "no_healthy_upstream",
+            OutboundError::ClientGone(_) => "client_gone",
         }
     }
 
@@ -101,6 +104,7 @@ impl OutboundError {
             // Envoy's RBAC filter closes the connection without a response flag.
             OutboundError::Denied(_) => "-",
             OutboundError::NoHealthyUpstream(_) => "UH",
+            OutboundError::ClientGone(_) => "DC",
             _ => "UF",
         }
     }
@@ -378,7 +382,7 @@ async fn proxy(
             http::send_proxy_header(&mut up, header, upstream).await?;
         }
         let early = match &target.limits.tunnel {
-            Some(authority) => http::open_tunnel(&mut up, authority, upstream).await?,
+            Some(authority) => http::open_tunnel(&mut up, authority, upstream, after).await?,
             None => Vec::new(),
         };
         Ok((up, early))
@@ -387,10 +391,9 @@ async fn proxy(
     target.observe(&ctx.http, connected.is_ok());
     let up = match connected {
         Ok((up, early)) => {
-            if !early.is_empty()
-                && let Err(source) = down.write_all(&early).await
-            {
-                return Err(OutboundError::Connect { dst, source });
+            if let Err(e) = hand_over(&mut down, &early).await {
+                record.failed(ctx, &e);
+                return Err(e);
             }
             up
         }
@@ -459,6 +462,17 @@ async fn proxy(
     Ok(())
 }
 
+/// Writes to the client what the target sent while a forward proxy's tunnel opened (usually
+/// nothing), before the relay takes over.
+async fn hand_over(down: &mut TcpStream, early: &[u8]) -> Result<(), OutboundError> {
+    if early.is_empty() {
+        return Ok(());
+    }
+    down.write_all(early)
+        .await
+        .map_err(OutboundError::ClientGone)
+}
+
 /// An opaque connection carried through the tunnel to the meshd that fronts its endpoint.
 async fn tunnelled(
     mut down: TcpStream,
@@ -469,11 +483,29 @@ async fn tunnelled(
     workload: Option<&str>,
 ) -> Result<(), OutboundError> {
     record.labels.security_policy = "mutual_tls";
-    let dialled = ctx.http.pool.dial(target, &l4.limits).await;
+    // The stream to the endpoint, and through it the forward proxy's CONNECT (`tunnel`).
+    let dialled = async {
+        let mut up = ctx.http.pool.dial(target, &l4.limits).await?;
+        let early = match &l4.limits.tunnel {
+            Some(authority) => {
+                let after = l4.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
+                http::open_tunnel(&mut up, authority, target.addr, after).await?
+            }
+            None => Vec::new(),
+        };
+        Ok::<_, UpstreamError>((up, early))
+    }
+    .await;
     // What this side sees of the endpoint: whether its tunnel stream opened.
     l4.observe(&ctx.http, dialled.is_ok());
     let mut up = match dialled {
-        Ok(up) => up,
+        Ok((up, early)) => {
+            if let Err(e) = hand_over(&mut down, &early).await {
+                record.failed(ctx, &e);
+                return Err(e);
+            }
+            up
+        }
         Err(failure) => {
             sockopt::set_reset_on_close(&down);
             let e = OutboundError::Tunnel(failure.to_string());

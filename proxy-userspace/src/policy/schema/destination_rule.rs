@@ -332,21 +332,36 @@ fn check_tls(node: &Node, path: &str, at: Pos, r: &mut Report) {
     }
 }
 
-static TRAFFIC_POLICY: Obj = obj(&[
-    opt("loadBalancer", Ty::Obj(&LOAD_BALANCER)),
-    opt("connectionPool", Ty::Obj(&CONNECTION_POOL)),
-    opt("outlierDetection", Ty::Obj(&OUTLIER)),
-    opt("tls", Ty::Obj(&CLIENT_TLS)),
-    opt("portLevelSettings", Ty::List(&Ty::Obj(&PORT_POLICY))),
-    opt("tunnel", Ty::Obj(&TUNNEL)),
-    opt("proxyProtocol", Ty::Obj(&PROXY_PROTOCOL)),
-    opt("retryBudget", Ty::Obj(&RETRY_BUDGET)),
-]);
+static TRAFFIC_POLICY: Obj = Obj {
+    fields: &[
+        opt("loadBalancer", Ty::Obj(&LOAD_BALANCER)),
+        opt("connectionPool", Ty::Obj(&CONNECTION_POOL)),
+        opt("outlierDetection", Ty::Obj(&OUTLIER)),
+        opt("tls", Ty::Obj(&CLIENT_TLS)),
+        opt("portLevelSettings", Ty::List(&Ty::Obj(&PORT_POLICY))),
+        opt("tunnel", Ty::Obj(&TUNNEL)),
+        opt("proxyProtocol", Ty::Obj(&PROXY_PROTOCOL)),
+        opt("retryBudget", Ty::Obj(&RETRY_BUDGET)),
+    ],
+    one_of: &[],
+    check: Some(check_traffic_policy),
+};
+
+/// Istio's rule: a forward-proxy tunnel and a PROXY protocol header exclude each other.
+fn check_traffic_policy(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    if let (Some(t), Some(_)) = (node.entry("tunnel"), node.entry("proxyProtocol")) {
+        r.error(
+            t.key_pos,
+            &report::key(path, "tunnel"),
+            "tunnel and proxyProtocol cannot both be set",
+        );
+    }
+}
 
 static TUNNEL: Obj = Obj {
     fields: &[
         opt("protocol", Ty::Enum(&["CONNECT", "POST"])),
-        req("targetHost", Ty::Str(rules::host)),
+        req("targetHost", Ty::Str(rules::dest_host)),
         req("targetPort", PORT),
     ],
     one_of: &[],

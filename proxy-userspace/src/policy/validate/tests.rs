@@ -301,6 +301,14 @@ fn a_tunnel_needs_its_target_and_connect() {
         f[0].contains("spec.trafficPolicy.tunnel: missing required field \"targetPort\""),
         "{f:?}"
     );
+    let f = check(&dr(&format!("{ok}    proxyProtocol: {{}}\n")));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].contains("tunnel: tunnel and proxyProtocol cannot both be set"),
+        "{f:?}"
+    );
+    let f = check(&dr(&ok.replace("api.example.com", "*.example.com")));
+    assert_eq!(f.len(), 1, "{f:?}");
     let f = check(&dr(&ok.replace("CONNECT", "POST")));
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(

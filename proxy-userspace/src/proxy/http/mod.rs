@@ -248,9 +248,14 @@ impl HttpContext {
                     self.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo)?;
                 let mut limits = pool::Limits::from_spec(policy.pool);
                 limits.proxy_protocol = policy.proxy_header(peer, dst);
-                limits.tunnel = policy
-                    .tunnel
-                    .map(|t| Arc::from(format!("{}:{}", t.target_host, t.target_port)));
+                limits.tunnel = policy.tunnel.map(|t| {
+                    // An IPv6 target in brackets, as in a URL's authority.
+                    let host = &t.target_host;
+                    Arc::from(match host.contains(':') {
+                        true => format!("[{host}]:{}", t.target_port),
+                        false => format!("{host}:{}", t.target_port),
+                    })
+                });
                 Ok(L4Target {
                     addr,
                     cluster: Some(cluster),

@@ -117,15 +117,21 @@ pub async fn send_proxy_header(
 }
 
 /// Opens a DestinationRule `tunnel` through the forward proxy at `dst` (HTTP CONNECT to
-/// `authority`); returns what the target sent after the proxy's answer, for the client.
+/// `authority`), within `timeout` (the connect timeout: the proxy's answer is part of the
+/// connect); returns what the target sent after the proxy's answer, for the client.
 pub async fn open_tunnel(
-    tcp: &mut tokio::net::TcpStream,
+    stream: &mut impl Io,
     authority: &str,
     dst: SocketAddr,
+    timeout: Duration,
 ) -> Result<Vec<u8>, UpstreamError> {
-    http_connect::open(tcp, authority)
-        .await
-        .map_err(|source| UpstreamError::Connect { dst, source })
+    match tokio::time::timeout(timeout, http_connect::open(stream, authority)).await {
+        Ok(opened) => opened.map_err(|source| UpstreamError::Connect { dst, source }),
+        Err(_) => Err(UpstreamError::ConnectTimeout {
+            dst,
+            after: timeout,
+        }),
+    }
 }
 
 fn overflow(cluster: &ClusterPool, limit: &'static str, value: u32) -> UpstreamError {
@@ -173,9 +179,9 @@ enum Checkout {
 
 pub struct Pool {
     connect_timeout: Duration,
-    /// Whether a connection was ever opened with a PROXY protocol header, so a closing client
-    /// connection has upstream connections of its own to forget.
-    partitioned: std::sync::atomic::AtomicBool,
+    /// The clusters holding connections opened with a PROXY protocol header, by partition
+    /// (one client connection's): what a closing client connection has to forget.
+    partitions: Mutex<HashMap<Arc<str>, Vec<Weak<ClusterPool>>>>,
     clusters: Mutex<HashMap<String, Arc<ClusterPool>>>,
     tunnel: Option<Arc<crate::tunnel::Tunnel>>,
     /// The client configs of DestinationRule `tls` origination.
@@ -187,7 +193,7 @@ impl Pool {
     pub fn new(connect_timeout: Duration, tunnel: Option<Arc<crate::tunnel::Tunnel>>) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             connect_timeout,
-            partitioned: std::sync::atomic::AtomicBool::new(false),
+            partitions: Mutex::new(HashMap::new()),
             clusters: Mutex::new(HashMap::new()),
             tunnel,
             originations: Originations::default(),
@@ -247,8 +253,6 @@ impl Pool {
                 let mut tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
                 if let Some(header) = &limits.proxy_protocol {
                     send_proxy_header(&mut tcp, header, dst).await?;
-                    self.partitioned
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 match &limits.tls {
                     // Boxed, as the tunnel's: the handshake's state is large.
@@ -290,6 +294,13 @@ impl Pool {
     ) -> Result<Checkout, UpstreamError> {
         let dst = target.addr;
         let io = self.dial(target, limits).await?;
+        if let (None, Some(header)) = (&target.via, &limits.proxy_protocol) {
+            let mut partitions = self.partitions.lock().expect("partitions lock");
+            let clusters = partitions.entry(header.pool_key()).or_default();
+            if !clusters.iter().any(|c| c.ptr_eq(&Arc::downgrade(cluster))) {
+                clusters.push(Arc::downgrade(cluster));
+            }
+        }
         if h2 {
             // meshd's own HTTP/2 client: the connection runs as a task of its own, and holds
             // its slot until it closes.
@@ -456,24 +467,21 @@ impl Pool {
     /// Closes the idle upstream connections kept for the client connection from `source` to
     /// `destination` (under `proxyProtocol`), now that it has closed.
     pub fn forget_client(&self, source: SocketAddr, destination: SocketAddr) {
-        if !self.partitioned.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut partitions = self.partitions.lock().expect("partitions lock");
+        if partitions.is_empty() {
             return;
         }
-        let keys = [proxy_protocol::Version::V1, proxy_protocol::Version::V2].map(|version| {
-            proxy_protocol::ProxyHeader {
+        for version in [proxy_protocol::Version::V1, proxy_protocol::Version::V2] {
+            let header = proxy_protocol::ProxyHeader {
                 version,
                 source,
                 destination,
-            }
-            .pool_key()
-        });
-        let clusters: Vec<Arc<ClusterPool>> = (self.clusters.lock().expect("cluster pool lock"))
-            .values()
-            .cloned()
-            .collect();
-        for c in clusters {
-            for k in &keys {
-                c.forget_partition(k);
+            };
+            let key = header.pool_key();
+            for cluster in partitions.remove(&key).into_iter().flatten() {
+                if let Some(c) = cluster.upgrade() {
+                    c.forget_partition(&key);
+                }
             }
         }
     }

@@ -202,20 +202,20 @@ impl ClusterPool {
         false
     }
 
-    /// Drops the idle connections kept for `partition` (one client connection's, under
+    /// Drops the connections kept for `partition` (one client connection's, under
     /// `proxyProtocol`) once that client connection has closed: no request can use them again.
+    /// An HTTP/2 connection still carrying streams (a mirror's) closes when they end: they hold
+    /// their own handles to it.
     pub fn forget_partition(&self, partition: &str) {
         let ours = |k: &PeerKey| k.1.as_deref() == Some(partition);
         self.h1
             .lock()
             .expect("h1 pool lock")
             .retain(|k, _| !ours(k));
-        self.h2.lock().expect("h2 pool lock").retain(|k, conns| {
-            if ours(k) {
-                conns.retain(|c| c.streams.load(Ordering::Acquire) > 0);
-            }
-            !conns.is_empty()
-        });
+        self.h2
+            .lock()
+            .expect("h2 pool lock")
+            .retain(|k, _| !ours(k));
     }
 
     /// Drops idle connections past their idle timeout; true when the cluster holds nothing.

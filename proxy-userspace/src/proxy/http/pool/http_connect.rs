@@ -4,10 +4,7 @@
 
 use std::io;
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest CONNECT response head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -16,7 +13,10 @@ const MAX_HEAD: usize = 8 * 1024;
 /// reads its answer. Returns the bytes that came after the response head (what the target sent
 /// at once, usually nothing), for the client. Err: the proxy refused (its status line), closed,
 /// or answered something else than HTTP.
-pub async fn open(stream: &mut TcpStream, authority: &str) -> io::Result<Vec<u8>> {
+pub async fn open<S>(stream: &mut S, authority: &str) -> io::Result<Vec<u8>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut buf = Vec::with_capacity(1024);
@@ -69,7 +69,7 @@ fn refused(reason: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A proxy that reads the CONNECT request, answers `reply`, and returns what it read.
     async fn proxy(reply: &'static [u8]) -> (TcpStream, tokio::task::JoinHandle<Vec<u8>>) {
