@@ -456,7 +456,8 @@ pub struct ClusterPolicy<'s> {
     pub retry_budget: Option<&'s RetryBudget>,
     /// `proxyProtocol`, the subset's or else the rule's (it has no port-level form either).
     pub proxy_protocol: Option<&'s ProxyProtocol>,
-    /// `tunnel`, the subset's or else the rule's.
+    /// `tunnel`: a named subset's own (the rule's does not apply to it), else the rule's, as
+    /// Istio's tunneling config reads it.
     pub tunnel: Option<&'s TunnelSettings>,
 }
 
@@ -536,7 +537,10 @@ impl<'s> ClusterPolicy<'s> {
             tls: level!(tls),
             retry_budget: rule_level!(retry_budget),
             proxy_protocol: rule_level!(proxy_protocol),
-            tunnel: rule_level!(tunnel),
+            tunnel: match subset {
+                Some(s) => (cluster.subset_policies.get(s)).and_then(|p| p.tunnel.as_ref()),
+                None => (cluster.traffic_policy.as_ref()).and_then(|p| p.tunnel.as_ref()),
+            },
         }
     }
 
@@ -815,6 +819,34 @@ spec:
             (None, Some(2)),
             "the subset's port entry replaces everything"
         );
+    }
+
+    #[test]
+    fn a_tunnel_is_the_named_subsets_own_or_the_rules() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: proxy, namespace: default}
+spec:
+  host: proxy
+  trafficPolicy:
+    tunnel: {targetHost: rule.example, targetPort: 443}
+  subsets:
+  - name: own
+    trafficPolicy:
+      tunnel: {targetHost: own.example, targetPort: 8443}
+  - name: none
+    labels: {role: none}
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid"));
+        let c = &snap.compiled.clusters["proxy.default.svc.cluster.local"];
+        let target = |subset| {
+            ClusterPolicy::of(c, &c.host, subset, 3128, None, vec![])
+                .tunnel
+                .map(|t| t.target_host.clone())
+        };
+        assert_eq!(target(None).as_deref(), Some("rule.example"));
+        assert_eq!(target(Some("own")).as_deref(), Some("own.example"));
+        assert_eq!(target(Some("none")), None, "a subset does not inherit it");
     }
 
     #[test]
