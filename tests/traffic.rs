@@ -736,10 +736,9 @@ fn proxy_protocol_announces_the_client_to_the_upstream() {
     if !ebpf_available("proxy_protocol") {
         return;
     }
-    let (http_port, tcp_port) = (23_265, 23_266);
+    let (http_port, tcp_port) = (support::ports(226).0 + 5, support::ports(226).0 + 6);
     let nginx = support::nginx::Nginx::proxy_protocol("proxy-protocol", &[http_port, tcp_port]);
     let service = |name: &str, vip: &str, port: &str, endpoint: u16, proxy: &str| {
-        let (number, protocol) = port.split_once('/').unwrap();
         let rule = if proxy.is_empty() {
             String::new()
         } else {
@@ -748,7 +747,8 @@ fn proxy_protocol_announces_the_client_to_the_upstream() {
             )
         };
         format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [{name}.example]\n  addresses: [{vip}]\n  ports:\n  - {{number: {number}, name: p, protocol: {protocol}}}\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{p: {endpoint}}}\n{rule}"
+            "{}{rule}",
+            external(&format!("{name}.example"), vip, port, endpoint)
         )
     };
     let (v1, v2) = two_backends();
@@ -868,22 +868,7 @@ fn a_tunnel_carries_opaque_tcp_through_a_forward_proxy() {
         .port();
     let (v1, v2) = two_backends();
     let yaml = format!(
-        r#"{mesh}---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: partner
-spec:
-  hosts: [api.partner.example]
-  addresses: [127.0.0.76]
-  ports:
-  - {{number: 9000, name: tcp, protocol: TCP}}
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints:
-  - address: 127.0.0.1
-    ports: {{tcp: {target}}}
----
+        r#"{mesh}{partner}---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:
@@ -915,22 +900,7 @@ spec:
         subset: tunnel
         port:
           number: 3128
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: gone
-spec:
-  hosts: [gone.partner.example]
-  addresses: [127.0.0.78]
-  ports:
-  - {{number: 9000, name: tcp, protocol: TCP}}
-  resolution: STATIC
-  location: MESH_EXTERNAL
-  endpoints:
-  - address: 127.0.0.1
-    ports: {{tcp: {closed}}}
----
+{gone}---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
@@ -971,6 +941,8 @@ spec:
             &v2,
             "  - route:\n    - destination:\n        host: reviews\n"
         ),
+        partner = external("api.partner.example", "127.0.0.76", "9000/TCP", target),
+        gone = external("gone.partner.example", "127.0.0.78", "9000/TCP", closed),
     );
     let d = start("tunnel", 227, &yaml);
     let send = |vip: &str, port: u16| {
@@ -1012,4 +984,14 @@ spec:
         )),
         "{log}"
     );
+}
+
+/// A ServiceEntry (a YAML document) for the external `host` at `vip`, its `port`
+/// (`NUMBER/PROTOCOL`) served by 127.0.0.1:`endpoint`.
+fn external(host: &str, vip: &str, port: &str, endpoint: u16) -> String {
+    let (number, protocol) = port.split_once('/').unwrap();
+    let name = host.split('.').next().unwrap();
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [{host}]\n  addresses: [{vip}]\n  ports:\n  - {{number: {number}, name: p, protocol: {protocol}}}\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{p: {endpoint}}}\n"
+    )
 }
