@@ -935,7 +935,27 @@ spec:
       tunnel:
         targetHost: 127.0.0.1
         targetPort: {closed}
-"#,
+  - name: nobody
+    labels: {{role: none}}
+    trafficPolicy:
+      tunnel:
+        targetHost: 127.0.0.1
+        targetPort: {target}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: stray-through-proxy
+spec:
+  hosts: [stray.partner.example]
+  tcp:
+  - route:
+    - destination:
+        host: proxy.corp.example
+        subset: nobody
+        port:
+          number: 3128
+{stray}"#,
         mesh = policies(
             &v1,
             &v2,
@@ -943,6 +963,7 @@ spec:
         ),
         partner = external("api.partner.example", "127.0.0.76", "9000/TCP", target),
         gone = external("gone.partner.example", "127.0.0.78", "9000/TCP", closed),
+        stray = external("stray.partner.example", "127.0.0.79", "9000/TCP", target),
     );
     let d = start("tunnel", 227, &yaml);
     let send = |vip: &str, port: u16| {
@@ -983,6 +1004,14 @@ spec:
             "the proxy refused CONNECT 127.0.0.1:{closed}: HTTP/1.1 500"
         )),
         "{log}"
+    );
+    // A route to a subset that selects no endpoint has no healthy upstream: the connection is
+    // reset, not sent where the client dialled (the echo server), around the proxy.
+    assert_eq!(send("127.0.0.79", 9000), "");
+    assert!(
+        d.log_text().contains("proxy.corp.example has no endpoints"),
+        "{}",
+        d.log_text()
     );
 }
 

@@ -206,7 +206,7 @@ impl HttpContext {
     /// DestinationRule's load balancer (a consistent hash on the source IP, or round robin
     /// for the others that read requests) among those outlier detection has not ejected,
     /// under its connection-pool limits. Anything else: `dst` itself. Err: outlier detection
-    /// ejected every endpoint of the service.
+    /// ejected every endpoint of the service, or a routed subset has none.
     pub fn l4_target(
         &self,
         peer: SocketAddr,
@@ -270,6 +270,10 @@ impl HttpContext {
                     }),
                 })
             }
+            // A subset with no endpoint is an empty cluster, with no healthy upstream as in
+            // Envoy: going where the client dialled would bypass what the subset stands for
+            // (a forward proxy's `tunnel`, say).
+            Err(e) if d.subset.is_some() => Err(e),
             Err(_) => Ok(L4Target {
                 service: Some(d.host),
                 ..direct()
