@@ -541,7 +541,7 @@ pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
 
 /// Stops a server an interrupted run left behind (its pid file names it, and the process is
 /// still `program`): it would hold the ports a new one needs.
-pub fn stop_leftover(pid_file: &std::path::Path, program: &str) {
+pub fn stop_leftover(pid_file: &Path, program: &str) {
     let Ok(pid) = std::fs::read_to_string(pid_file) else {
         return;
     };
@@ -552,5 +552,22 @@ pub fn stop_leftover(pid_file: &std::path::Path, program: &str) {
             .args(["-TERM", pid])
             .status();
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Waits until the server `child` (`program`) listens on 127.0.0.1:`port`, by `deadline`;
+/// panics with its log (`log`) if it exits first or misses the deadline.
+pub fn wait_listening(child: &mut Child, program: &str, port: u16, deadline: Instant, log: &Path) {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{program} exited ({status}): {}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{program} did not listen on {port}: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

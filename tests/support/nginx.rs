@@ -3,7 +3,6 @@
 //! nginx's number for the connection, as `SOURCE>DESTINATION #N`.
 
 use std::{
-    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -53,18 +52,9 @@ impl Nginx {
             .expect("nginx (Debian's nginx package; `cargo xtask test` installs it)");
         let mut n = Nginx { child, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
+        let log = n.dir.join("error.log");
         for p in ports {
-            while TcpStream::connect(("127.0.0.1", *p)).is_err() {
-                if let Ok(Some(status)) = n.child.try_wait() {
-                    panic!("nginx exited ({status}): {}", n.error_log());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "nginx did not listen on {p}: {}",
-                    n.error_log()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            super::wait_listening(&mut n.child, "nginx", *p, deadline, &log);
         }
         n
     }

@@ -2,7 +2,6 @@
 //! it answers HTTP CONNECT from 127.0.0.1 and logs each request it reads.
 
 use std::{
-    net::TcpStream,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -40,16 +39,7 @@ impl Tinyproxy {
             .expect("tinyproxy (Debian's tinyproxy package; `cargo xtask test` installs it)");
         let mut t = Tinyproxy { child, log };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = t.child.try_wait() {
-                panic!("tinyproxy exited ({status}): {}", t.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_listening(&mut t.child, "tinyproxy", port, deadline, &t.log);
         t
     }
 

@@ -381,10 +381,7 @@ async fn proxy(
         if let Some(header) = &target.limits.proxy_protocol {
             http::send_proxy_header(&mut up, header, upstream).await?;
         }
-        let early = match &target.limits.tunnel {
-            Some(authority) => http::open_tunnel(&mut up, authority, upstream, after).await?,
-            None => Vec::new(),
-        };
+        let early = http::open_tunnel(&mut up, &target.limits, upstream, after).await?;
         Ok((up, early))
     }
     .await;
@@ -486,13 +483,8 @@ async fn tunnelled(
     // The stream to the endpoint, and through it the forward proxy's CONNECT (`tunnel`).
     let dialled = async {
         let mut up = ctx.http.pool.dial(target, &l4.limits).await?;
-        let early = match &l4.limits.tunnel {
-            Some(authority) => {
-                let after = l4.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
-                http::open_tunnel(&mut up, authority, target.addr, after).await?
-            }
-            None => Vec::new(),
-        };
+        let after = l4.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
+        let early = http::open_tunnel(&mut up, &l4.limits, target.addr, after).await?;
         Ok::<_, UpstreamError>((up, early))
     }
     .await;

@@ -116,15 +116,18 @@ pub async fn send_proxy_header(
         .map_err(|source| UpstreamError::Connect { dst, source })
 }
 
-/// Opens a DestinationRule `tunnel` through the forward proxy at `dst` (HTTP CONNECT to
-/// `authority`), within `timeout` (the connect timeout: the proxy's answer is part of the
-/// connect); returns what the target sent after the proxy's answer, for the client.
+/// Opens the DestinationRule `tunnel` of `limits`, if it has one, through the forward proxy at
+/// `dst` (HTTP CONNECT), within `timeout` (the connect timeout: the proxy's answer is part of
+/// the connect); returns what the target sent after the proxy's answer, for the client.
 pub async fn open_tunnel(
     stream: &mut impl Io,
-    authority: &str,
+    limits: &Limits,
     dst: SocketAddr,
     timeout: Duration,
 ) -> Result<Vec<u8>, UpstreamError> {
+    let Some(authority) = &limits.tunnel else {
+        return Ok(Vec::new());
+    };
     match tokio::time::timeout(timeout, http_connect::open(stream, authority)).await {
         Ok(opened) => opened.map_err(|source| UpstreamError::Connect { dst, source }),
         Err(_) => Err(UpstreamError::ConnectTimeout {
