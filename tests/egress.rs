@@ -38,7 +38,8 @@ fn certificates(dir: &Path, name: &str) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// `openssl s_server -www` on a free loopback port: a TLS server that answers any GET.
+/// `openssl s_server` on a free loopback port: with `-www` a TLS server that answers any GET,
+/// with `-rev` one that sends each line back reversed.
 struct TlsServer {
     child: Child,
     port: u16,
@@ -46,13 +47,17 @@ struct TlsServer {
 
 impl TlsServer {
     fn start(certs: &Path) -> TlsServer {
+        TlsServer::serving(certs, "-www")
+    }
+
+    fn serving(certs: &Path, mode: &str) -> TlsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let child = Command::new("openssl")
-            .args(["s_server", "-quiet", "-www", "-accept"])
+            .args(["s_server", "-quiet", mode, "-accept"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("-cert")
             .arg(certs.join("server.pem"))
@@ -336,5 +341,133 @@ spec:
         })
         .is_some(),
         "the mirror reached the other host's address"
+    );
+}
+
+/// A ServiceEntry for a TCP service `db.example` at `vip` (`resolution: STATIC`, its one endpoint
+/// the TLS server on `port`), or without endpoints at the server's own address
+/// (`resolution: NONE`), and its DestinationRule with the `tls` block given.
+fn tcp_service(vip: &str, port: u16, static_endpoint: bool, tls: &str) -> String {
+    let (resolution, endpoints, number) = match static_endpoint {
+        true => (
+            "STATIC",
+            format!("  endpoints:\n  - address: 127.0.0.1\n    ports: {{tcp: {port}}}\n"),
+            7000,
+        ),
+        false => ("NONE", String::new(), port),
+    };
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: db
+spec:
+  hosts: [db.example]
+  addresses: [{vip}]
+  ports:
+  - {{number: {number}, name: tcp, protocol: TCP}}
+  resolution: {resolution}
+  location: MESH_EXTERNAL
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: db
+spec:
+  host: db.example
+  trafficPolicy:
+    tls:
+{tls}"#
+    )
+}
+
+/// Sends a line over plain TCP from a captured workload; what came back (empty when the
+/// connection closed or nothing came within two seconds).
+fn exchange(d: &support::Daemon, addr: &str, port: u16) -> String {
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('{addr}', {port}), timeout=2)\n\
+         s.sendall(b'plain to meshd\\n')\n\
+         try:\n    print(s.recv(200).decode(errors='replace'))\n\
+         except OSError:\n    pass\n"
+    );
+    let out = d
+        .exec("default/app", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// DestinationRule `tls` on a TCP service (a database that requires TLS, say): the client
+/// speaks plain TCP and meshd originates TLS, as Envoy's TCP proxy does with the cluster's TLS
+/// transport socket. The server is `openssl s_server -rev`, which answers each line reversed.
+/// The name verified is the service's host; a server checked against another CA is refused.
+#[test]
+fn opaque_tcp_goes_out_as_tls_under_a_simple_destination_rule() {
+    if !ebpf_available("egress_tcp_tls") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-tcp-certs"),
+        "db.example",
+    );
+    let server = TlsServer::serving(&certs, "-rev");
+    let simple = format!(
+        "      mode: SIMPLE\n      caCertificates: {}\n",
+        certs.join("ca.pem").display()
+    );
+    let d = start(
+        "egress-tcp-tls",
+        228,
+        &tcp_service("127.0.0.56", server.port, true, &simple),
+    );
+    assert_eq!(
+        exchange(&d, "127.0.0.56", 7000),
+        "dhsem ot nialp",
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("db.example"), "{}", d.log_text());
+    drop(d);
+
+    // A ServiceEntry without endpoints (`resolution: NONE`): the connection goes where the
+    // client dialled, under the service's DestinationRule all the same.
+    let d = start(
+        "egress-tcp-tls-none",
+        229,
+        &tcp_service("127.0.0.1", server.port, false, &simple),
+    );
+    assert_eq!(
+        exchange(&d, "127.0.0.1", server.port),
+        "dhsem ot nialp",
+        "{}",
+        d.log_text()
+    );
+    drop(d);
+
+    // Verified against another CA: the handshake fails and the client's connection closes,
+    // with the reason and flag UF in the access log.
+    let other = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-tcp-other-ca"),
+        "db.example",
+    );
+    let wrong = format!(
+        "      mode: SIMPLE\n      caCertificates: {}\n",
+        other.join("ca.pem").display()
+    );
+    let d = start(
+        "egress-tcp-tls-bad-ca",
+        230,
+        &tcp_service("127.0.0.56", server.port, true, &wrong),
+    );
+    assert_eq!(exchange(&d, "127.0.0.56", 7000), "");
+    let logged = support::eventually(Duration::from_secs(5), || {
+        let log = d.log_text();
+        log.contains(r#""response_flags":"UF""#).then_some(log)
+    });
+    let log = logged.unwrap_or_else(|| d.log_text());
+    assert!(
+        log.contains(r#""response_flags":"UF""#) && log.contains("TLS with 127.0.0.1"),
+        "{log}"
     );
 }

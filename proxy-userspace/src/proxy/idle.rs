@@ -29,26 +29,46 @@ pub async fn bounded<T>(
         return (carry.await, false);
     };
     tokio::pin!(carry);
+    tokio::select! {
+        out = &mut carry => return (out, false),
+        () = quiet_for(idle, activity) => {}
+    }
+    for fd in sockets {
+        // SAFETY: the carry keeps both sockets open until it ends, and it has not ended;
+        // shutdown(2) neither closes nor frees the descriptor.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    (carry.await, true)
+}
+
+/// Like [`bounded`], for a carry with no socket of its own to shut down (a stream inside TLS
+/// or the tunnel): an idle carry is dropped, which closes what it owns. `None` when it was.
+pub async fn or_dropped<T>(
+    carry: impl Future<Output = T>,
+    idle: Option<Duration>,
+    activity: impl Fn() -> Option<u64>,
+) -> Option<T> {
+    let Some(idle) = idle else {
+        return Some(carry.await);
+    };
+    tokio::select! {
+        out = carry => Some(out),
+        () = quiet_for(idle, activity) => None,
+    }
+}
+
+/// Ends once `activity` has stayed still for `idle`; never while it is unknown.
+async fn quiet_for(idle: Duration, activity: impl Fn() -> Option<u64>) {
     let mut tick = tokio::time::interval(check_every(idle));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut seen, mut since) = (activity(), Instant::now());
-    let mut timed_out = false;
     loop {
-        tokio::select! {
-            out = &mut carry => return (out, timed_out),
-            _ = tick.tick(), if !timed_out => {
-                let now = activity();
-                if now != seen || now.is_none() {
-                    (seen, since) = (now, Instant::now());
-                } else if since.elapsed() >= idle {
-                    timed_out = true;
-                    for fd in sockets {
-                        // SAFETY: the carry keeps both sockets open until it ends, and it has
-                        // not ended; shutdown(2) neither closes nor frees the descriptor.
-                        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                    }
-                }
-            }
+        tick.tick().await;
+        let now = activity();
+        if now != seen || now.is_none() {
+            (seen, since) = (now, Instant::now());
+        } else if since.elapsed() >= idle {
+            return;
         }
     }
 }
@@ -146,5 +166,37 @@ mod tests {
         let carry = tokio::time::sleep(Duration::from_secs(10));
         let (_, timed_out) = bounded(carry, Some(Duration::from_secs(1)), [-1, -1], || None).await;
         assert!(!timed_out);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_stream_carry_is_dropped_and_a_busy_one_finishes() {
+        let moved = Arc::new(AtomicU64::new(0));
+        // Busy for three seconds (a byte every 500 ms), then done.
+        let busy = {
+            let moved = moved.clone();
+            async move {
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    moved.fetch_add(1, Ordering::Relaxed);
+                }
+                "done"
+            }
+        };
+        let counter = moved.clone();
+        let out = or_dropped(busy, Some(Duration::from_secs(1)), move || {
+            Some(counter.load(Ordering::Relaxed))
+        })
+        .await;
+        assert_eq!(out, Some("done"));
+        let started = Instant::now();
+        let quiet = std::future::pending::<()>();
+        let out = or_dropped(quiet, Some(Duration::from_secs(1)), || Some(0)).await;
+        assert_eq!(out, None);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_millis(1200),
+            "{waited:?}"
+        );
+        assert_eq!(or_dropped(async { 7 }, None, || Some(0)).await, Some(7));
     }
 }

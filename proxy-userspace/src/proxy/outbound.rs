@@ -78,6 +78,12 @@ pub enum OutboundError {
     NoHealthyUpstream(http::NoEndpoint),
     #[error("the client left while its connection opened: {0}")]
     ClientGone(std::io::Error),
+    #[error("cannot originate TLS: DestinationRule {0}")]
+    Origination(String),
+    /// Any other failure to open the upstream (TLS origination's handshake, a forward proxy's
+    /// refusal).
+    #[error("{0}")]
+    Upstream(UpstreamError),
 }
 
 impl OutboundError {
@@ -94,6 +100,8 @@ impl OutboundError {
             OutboundError::Overflow { .. } => "upstream_overflow",
             OutboundError::NoHealthyUpstream(_) => "no_healthy_upstream",
             OutboundError::ClientGone(_) => "client_gone",
+            OutboundError::Origination(_) => "tls_origination_failed",
+            OutboundError::Upstream(_) => "upstream_connect_failed",
         }
     }
 
@@ -302,9 +310,12 @@ async fn proxy(
         .l4_target(peer, dst, workload.as_deref(), sni.as_deref())
     {
         Ok(t) => t,
-        Err(no_endpoint) => {
+        Err(refused) => {
             sockopt::set_reset_on_close(&down);
-            let e = OutboundError::NoHealthyUpstream(no_endpoint);
+            let e = match refused {
+                http::L4Error::NoEndpoint(e) => OutboundError::NoHealthyUpstream(e),
+                http::L4Error::Origination(reason) => OutboundError::Origination(reason),
+            };
             let record = TcpRecord::new(
                 ctx,
                 workload.as_deref(),
@@ -361,9 +372,10 @@ async fn proxy(
     let via = ctx.http.upstream(&snap, upstream, workload.as_deref());
     drop(snap);
     match via {
-        Ok(t) if t.via.is_some() => {
-            let tunnelled = tunnelled(down, &t, &target, record, ctx, workload.as_deref());
-            return Box::pin(tunnelled).await;
+        // Through the tunnel, or inside TLS that meshd originates: a stream, not a socket.
+        Ok(t) if t.via.is_some() || target.limits.tls.is_some() => {
+            let streamed = streamed(down, &t, &target, record, ctx, &tracked);
+            return Box::pin(streamed).await;
         }
         Ok(_) => {}
         Err(e) => {
@@ -396,16 +408,7 @@ async fn proxy(
         }
         Err(failure) => {
             sockopt::set_reset_on_close(&down);
-            let e = match failure {
-                UpstreamError::ConnectTimeout { dst, after } => {
-                    OutboundError::ConnectTimeout { dst, after }
-                }
-                UpstreamError::Connect { dst, source } => OutboundError::Connect { dst, source },
-                other => OutboundError::Connect {
-                    dst: upstream,
-                    source: std::io::Error::other(other.to_string()),
-                },
-            };
+            let e = not_opened(failure);
             record.failed(ctx, &e);
             return Err(e);
         }
@@ -470,16 +473,32 @@ async fn hand_over(down: &mut TcpStream, early: &[u8]) -> Result<(), OutboundErr
         .map_err(OutboundError::ClientGone)
 }
 
-/// An opaque connection carried through the tunnel to the meshd that fronts its endpoint.
-async fn tunnelled(
+/// Why the upstream of an opaque connection did not open.
+fn not_opened(failure: UpstreamError) -> OutboundError {
+    match failure {
+        UpstreamError::ConnectTimeout { dst, after } => {
+            OutboundError::ConnectTimeout { dst, after }
+        }
+        UpstreamError::Connect { dst, source } => OutboundError::Connect { dst, source },
+        tunnel @ UpstreamError::Tunnel { .. } => OutboundError::Tunnel(tunnel.to_string()),
+        other => OutboundError::Upstream(other),
+    }
+}
+
+/// An opaque connection carried as a stream: through the tunnel to the meshd that fronts its
+/// endpoint, or inside TLS that meshd originates (DestinationRule `tls`), or both.
+async fn streamed(
     mut down: TcpStream,
     target: &http::Target,
     l4: &http::L4Target,
     mut record: TcpRecord,
     ctx: &Outbound,
-    workload: Option<&str>,
+    tracked: &super::connections::Tracked,
 ) -> Result<(), OutboundError> {
-    record.labels.security_policy = "mutual_tls";
+    record.labels.security_policy = match target.via {
+        Some(_) => "mutual_tls",
+        None => "none",
+    };
     // The stream to the endpoint, and through it the forward proxy's CONNECT (`tunnel`).
     let dialled = async {
         let mut up = ctx.http.pool.dial(target, &l4.limits).await?;
@@ -488,7 +507,7 @@ async fn tunnelled(
         Ok::<_, UpstreamError>((up, early))
     }
     .await;
-    // What this side sees of the endpoint: whether its tunnel stream opened.
+    // What this side sees of the endpoint: whether its stream opened.
     l4.observe(&ctx.http, dialled.is_ok());
     let mut up = match dialled {
         Ok((up, early)) => {
@@ -500,17 +519,28 @@ async fn tunnelled(
         }
         Err(failure) => {
             sockopt::set_reset_on_close(&down);
-            let e = OutboundError::Tunnel(failure.to_string());
+            let e = not_opened(failure);
             record.failed(ctx, &e);
             return Err(e);
         }
     };
     ctx.metrics.istio.tcp_opened(&record.labels);
     let _ = down.set_nodelay(true);
-    debug!(workload = workload.unwrap_or("-"), dst = %target.addr, "proxying through the tunnel");
-    let (to_up, to_down) = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF)
-        .await
-        .unwrap_or((0, 0));
+    debug!(dst = %target.addr, via = ?target.via.as_ref().map(|v| v.node), "proxying a stream");
+    // The kernel's counters of the client's socket, in both directions.
+    let client = || ctx.connections.counters(tracked.id()).0;
+    let carry = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF);
+    let activity = || client().map(|c| c.rx_bytes + c.tx_bytes);
+    let (to_up, to_down) = match idle::or_dropped(carry, l4.limits.tcp_idle_timeout, activity).await
+    {
+        Some(carried) => carried.unwrap_or((0, 0)),
+        // Closed for its idle timeout: what the client's socket moved is what was carried.
+        None => {
+            debug!(dst = %target.addr, "idle timeout: connection closed");
+            record.idled();
+            client().map_or((0, 0), |c| (c.rx_bytes, c.tx_bytes))
+        }
+    };
     ctx.metrics.bytes(to_up, to_down);
     record.closed(ctx, to_up, to_down);
     Ok(())

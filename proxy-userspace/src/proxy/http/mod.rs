@@ -28,7 +28,7 @@ mod route;
 mod send;
 mod slow_start;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -124,9 +124,9 @@ impl HttpContext {
         cluster: &str,
         outlier: Option<&outlier::Settings>,
         all: &'e [SocketAddr],
-    ) -> Result<std::borrow::Cow<'e, [SocketAddr]>, route::NoEndpoint> {
+    ) -> Result<Cow<'e, [SocketAddr]>, route::NoEndpoint> {
         let Some(s) = outlier else {
-            return Ok(std::borrow::Cow::Borrowed(all));
+            return Ok(Cow::Borrowed(all));
         };
         let healthy = self.healthy(cluster, s, all);
         if healthy.is_empty() && !all.is_empty() {
@@ -134,7 +134,7 @@ impl HttpContext {
                 cluster: cluster.to_string(),
             });
         }
-        Ok(std::borrow::Cow::Owned(healthy))
+        Ok(Cow::Owned(healthy))
     }
 
     /// One endpoint of `endpoints` (`distribute` applied) for an opaque connection or a
@@ -213,7 +213,7 @@ impl HttpContext {
         dst: SocketAddr,
         workload: Option<&str>,
         sni: Option<&str>,
-    ) -> Result<L4Target, route::NoEndpoint> {
+    ) -> Result<L4Target, L4Error> {
         let snap = self.config.current();
         let direct = || L4Target {
             addr: dst,
@@ -237,8 +237,18 @@ impl HttpContext {
         };
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
-        let requested = sni.map(std::borrow::Cow::Borrowed);
-        match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
+        let requested = sni.map(Cow::Borrowed);
+        let found = match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
+            // A subset with no endpoint is an empty cluster, with no healthy upstream as in
+            // Envoy: going where the client dialled would bypass what the subset stands for
+            // (a forward proxy's `tunnel`, say).
+            Err(e) if d.subset.is_some() => return Err(e.into()),
+            // A service without endpoints (`resolution: NONE`) is reached where the client
+            // dialled, under its DestinationRule, as Envoy's original-destination cluster.
+            Err(_) => route::endpoints(&snap, &d, &[Cow::Borrowed(&*d.host)], dst, Some(&client)),
+            found => found,
+        };
+        match found {
             Ok((mut e, mut policy)) => {
                 send::distribute(self.locality.as_ref(), &d.host, &mut e, &mut policy)?;
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
@@ -256,6 +266,15 @@ impl HttpContext {
                         false => format!("{host}:{}", t.target_port),
                     })
                 });
+                // TLS origination (`tls: SIMPLE` or `MUTUAL`) names `sni`, else the service's
+                // host, else (a wildcard host) the endpoint's address.
+                let name = match d.host.starts_with('*') {
+                    true => addr.ip().to_string(),
+                    false => d.host.clone(),
+                };
+                limits.tls = (self.pool.originations)
+                    .for_connection(policy.tls, &name)
+                    .map_err(L4Error::Origination)?;
                 Ok(L4Target {
                     addr,
                     cluster: Some(cluster),
@@ -270,10 +289,6 @@ impl HttpContext {
                     }),
                 })
             }
-            // A subset with no endpoint is an empty cluster, with no healthy upstream as in
-            // Envoy: going where the client dialled would bypass what the subset stands for
-            // (a forward proxy's `tunnel`, say).
-            Err(e) if d.subset.is_some() => Err(e),
             Err(_) => Ok(L4Target {
                 service: Some(d.host),
                 ..direct()
@@ -304,6 +319,15 @@ impl HttpContext {
             source: Box::new(source),
         })
     }
+}
+
+/// Why an opaque TCP connection has nowhere to go.
+#[derive(Debug, thiserror::Error)]
+pub enum L4Error {
+    #[error("{0}")]
+    NoEndpoint(#[from] route::NoEndpoint),
+    #[error("cannot originate TLS: DestinationRule {0}")]
+    Origination(String),
 }
 
 /// Where an opaque TCP connection goes, and the limits of the service it belongs to.

@@ -244,12 +244,29 @@ impl Pool {
         Ok(sender)
     }
 
-    /// A byte stream to `target`: TCP, or a CONNECT stream through the tunnel.
+    /// A byte stream to `target`: TCP, or a CONNECT stream through the tunnel; inside it, TLS
+    /// that meshd originates (DestinationRule `tls`), end to end with the endpoint.
     pub async fn dial(
         &self,
         target: &Target,
         limits: &Limits,
     ) -> Result<Box<dyn Io>, UpstreamError> {
+        let dst = target.addr;
+        let stream = self.reach(target, limits).await?;
+        match &limits.tls {
+            // Boxed: the handshake's state is large, and every request's future would
+            // otherwise carry (and move) room for it.
+            Some(tls) => match Box::pin(tls.wrap(stream)).await {
+                Ok(s) => Ok(Box::new(s)),
+                Err(source) => Err(UpstreamError::Tls { dst, source }),
+            },
+            None => Ok(stream),
+        }
+    }
+
+    /// The stream [`Pool::dial`] carries: a TCP connection opened with the PROXY protocol
+    /// header if any, or a stream through the tunnel.
+    async fn reach(&self, target: &Target, limits: &Limits) -> Result<Box<dyn Io>, UpstreamError> {
         let dst = target.addr;
         match (&target.via, &self.tunnel) {
             (None, _) => {
@@ -257,17 +274,9 @@ impl Pool {
                 if let Some(header) = &limits.proxy_protocol {
                     send_proxy_header(&mut tcp, header, dst).await?;
                 }
-                match &limits.tls {
-                    // Boxed, as the tunnel's: the handshake's state is large.
-                    Some(tls) => match Box::pin(tls.wrap(tcp)).await {
-                        Ok(s) => Ok(Box::new(s)),
-                        Err(source) => Err(UpstreamError::Tls { dst, source }),
-                    },
-                    None => Ok(Box::new(tcp)),
-                }
+                Ok(Box::new(tcp))
             }
-            // Boxed: the TLS handshake's state is large, and every request's future would
-            // otherwise carry (and move) room for it.
+            // Boxed, as the handshake above.
             (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst)).await {
                 Ok(s) => Ok(Box::new(s)),
                 Err(source) => Err(UpstreamError::Tunnel {

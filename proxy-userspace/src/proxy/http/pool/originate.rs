@@ -18,7 +18,7 @@ use rustls::{
     },
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
 };
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use crate::{
@@ -51,12 +51,24 @@ impl PartialEq for Originate {
 impl Eq for Originate {}
 
 impl Originate {
-    /// Opens TLS over `tcp`.
-    pub async fn wrap(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    /// Opens TLS over `io` (a TCP connection, or a stream through the mTLS tunnel).
+    pub async fn wrap<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         TlsConnector::from(self.config.clone())
-            .connect(self.server_name.clone(), tcp)
+            .connect(self.server_name.clone(), io)
             .await
     }
+}
+
+/// The application protocol a client config offers (ALPN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alpn {
+    Http1,
+    H2,
+    /// An opaque TCP connection offers none, as Envoy's TCP proxy.
+    None,
 }
 
 /// Client configs built from DestinationRule `tls` blocks, each built once (reading its files)
@@ -66,8 +78,8 @@ pub struct Originations {
     built: Mutex<Vec<Built>>,
 }
 
-/// A `tls` block, whether for HTTP/2, and the config built from it (or why there is none).
-type Built = (ClientTls, bool, Result<Arc<ClientConfig>, String>);
+/// A `tls` block, the protocol offered, and the config built from it (or why there is none).
+type Built = (ClientTls, Alpn, Result<Arc<ClientConfig>, String>);
 
 impl Originations {
     /// How to originate TLS under `tls` for a request to `host` (HTTP/2 upstream: `h2`);
@@ -78,19 +90,38 @@ impl Originations {
         host: &str,
         h2: bool,
     ) -> Result<Option<Originate>, String> {
+        self.originate(tls, host, if h2 { Alpn::H2 } else { Alpn::Http1 })
+    }
+
+    /// How to originate TLS under `tls` for an opaque TCP connection to the service `host`:
+    /// as for a request, offering no application protocol.
+    pub fn for_connection(
+        &self,
+        tls: Option<&ClientTls>,
+        host: &str,
+    ) -> Result<Option<Originate>, String> {
+        self.originate(tls, host, Alpn::None)
+    }
+
+    fn originate(
+        &self,
+        tls: Option<&ClientTls>,
+        host: &str,
+        alpn: Alpn,
+    ) -> Result<Option<Originate>, String> {
         let Some(tls) = tls.filter(|t| matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL")) else {
             return Ok(None);
         };
         let config = {
             let mut built = self.built.lock().expect("originations lock");
-            match built.iter().find(|(t, h, _)| t == tls && *h == h2) {
+            match built.iter().find(|(t, a, _)| t == tls && *a == alpn) {
                 Some((_, _, c)) => c.clone(),
                 None => {
-                    let c = client_config(tls, h2).map(Arc::new);
+                    let c = client_config(tls, alpn).map(Arc::new);
                     if let Err(e) = &c {
                         tracing::error!(error = %e, "DestinationRule tls: cannot originate TLS");
                     }
-                    built.push((tls.clone(), h2, c.clone()));
+                    built.push((tls.clone(), alpn, c.clone()));
                     c
                 }
             }
@@ -105,7 +136,7 @@ impl Originations {
     }
 }
 
-fn client_config(tls: &ClientTls, h2: bool) -> Result<ClientConfig, String> {
+fn client_config(tls: &ClientTls, alpn: Alpn) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tls: {e}"))?;
@@ -147,11 +178,11 @@ fn client_config(tls: &ClientTls, h2: bool) -> Result<ClientConfig, String> {
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![if h2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
+    config.alpn_protocols = match alpn {
+        Alpn::H2 => vec![b"h2".to_vec()],
+        Alpn::Http1 => vec![b"http/1.1".to_vec()],
+        Alpn::None => Vec::new(),
+    };
     Ok(config)
 }
 
@@ -343,5 +374,10 @@ mod tests {
         let h2 = o.for_request(Some(&t), "a.example", true).unwrap().unwrap();
         assert!(!Arc::ptr_eq(&a.config, &h2.config));
         assert_eq!(h2.config.alpn_protocols, [b"h2".to_vec()]);
+        let tcp = o.for_connection(Some(&t), "a.example").unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&a.config, &tcp.config));
+        assert!(tcp.config.alpn_protocols.is_empty());
+        let ip = o.for_connection(Some(&t), "127.0.0.9").unwrap().unwrap();
+        assert_eq!(ip.server_name, ServerName::try_from("127.0.0.9").unwrap());
     }
 }
