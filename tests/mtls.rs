@@ -768,3 +768,49 @@ fn garbage_truncated_handshakes_and_stray_connects_fail_cleanly() {
             .contains("no local workload certificate for the requested identity")
     );
 }
+
+/// `connectionPool.tcp.idleTimeout` closes an opaque connection that crosses to another node
+/// once it has been quiet that long, as it does on one node; a busy one stays open.
+#[test]
+fn an_idle_tcp_connection_through_the_tunnel_is_closed_at_its_idle_timeout() {
+    if !ebpf_available("mtls_idle") {
+        return;
+    }
+    let idle = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy:\n    connectionPool:\n      tcp: {idleTimeout: 1s}\n";
+    let m = mesh("mtls-idle", 116, (231, 232), idle, true);
+    // Busy for 2 s (a ping every 250 ms), then quiet: the echo of every ping, then the close,
+    // well before the client's own 8 s limit.
+    let script = format!(
+        "import socket,time\n\
+         s=socket.create_connection(('{}',9090), timeout=8)\n\
+         ok=0\n\
+         for i in range(8):\n    s.sendall(b'p'); ok+=s.recv(1)==b'p'; time.sleep(0.25)\n\
+         t=time.time()\n\
+         try:\n    end=s.recv(1)\nexcept OSError as e:\n    end=repr(e)\n\
+         print(ok, end, round(time.time()-t))",
+        m.vip
+    );
+    let out = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = said.split_whitespace().collect();
+    assert_eq!(
+        &fields[..2],
+        ["8", "b''"],
+        "{said} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.d_a.log_text()
+    );
+    let waited: u64 = fields[2].parse().unwrap();
+    assert!(waited <= 3, "closed after about a second of quiet: {said}");
+    assert!(
+        m.d_a
+            .log_text()
+            .contains("idle timeout (connectionPool.tcp.idleTimeout)"),
+        "{}",
+        m.d_a.log_text()
+    );
+}
