@@ -11,8 +11,8 @@ use crate::policy::{
     report::{self, Report},
     rules,
     schema::{
-        DURATION, NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PERCENT, PORT, STR, Ty, int, limit,
-        obj, opt, req, warned,
+        DURATION, NOTE_EVERY_NAMESPACE, Obj, PERCENT, PORT, STR, Ty, int, limit, obj, opt, req,
+        warned,
     },
 };
 
@@ -309,13 +309,10 @@ static CLIENT_TLS: Obj = Obj {
 
 fn check_tls(node: &Node, path: &str, at: Pos, r: &mut Report) {
     let has = |k: &str| node.get(k).is_some();
-    for (field, why) in [
-        (
-            "credentialName",
-            "meshd does not read Kubernetes secrets: give clientCertificate, privateKey and caCertificates as files",
-        ),
-        ("caCrl", NOTE_UNSUPPORTED),
-    ] {
+    for (field, why) in [(
+        "credentialName",
+        "meshd does not read Kubernetes secrets: give clientCertificate, privateKey and caCertificates as files",
+    )] {
         if let Some(e) = node.entry(field) {
             r.warn(e.key_pos, &report::key(path, field), why);
         }

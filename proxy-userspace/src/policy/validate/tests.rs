@@ -285,10 +285,10 @@ fn a_direct_response_body_in_bytes_must_be_base64() {
 #[test]
 fn what_meshd_does_not_do_yet_is_a_warning_not_silence() {
     let f = check(&dr(
-        "    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, localityLbSetting: {failoverPriority: [zone]}}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n",
+        "    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}\n    retryBudget: {budgetInterval: 10s}\n    loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, localityLbSetting: {failoverPriority: [zone]}}\n    connectionPool:\n      tcp: {maxConnectionDuration: 1h, idleTimeout: 5m}\n",
     ));
     assert_eq!(f.len(), 1, "{f:?}");
-    assert!(f[0].contains("tls.caCrl: meshd does not implement this field yet"));
+    assert!(f[0].contains("retryBudget.budgetInterval"), "{f:?}");
 }
 
 #[test]

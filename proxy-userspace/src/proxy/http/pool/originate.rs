@@ -2,7 +2,8 @@
 //! client certificate) makes meshd open TLS to the upstream itself, as Istio's sidecar does for
 //! "egress TLS origination". The server is verified against `caCertificates` (else the
 //! system's bundle), by the names in `subjectAltNames` or else the server name sent, which is
-//! `sni` or else the request's host; `insecureSkipVerify` checks nothing but the handshake.
+//! `sni` or else the request's host, and against the revocation lists in `caCrl`;
+//! `insecureSkipVerify` checks nothing but the handshake.
 
 use std::{
     fmt,
@@ -16,7 +17,10 @@ use rustls::{
         WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+        pem::PemObject,
+    },
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsConnector, client::TlsStream};
@@ -144,7 +148,11 @@ fn client_config(tls: &ClientTls, alpn: Alpn) -> Result<ClientConfig, String> {
         Arc::new(SkipVerify)
     } else {
         let roots = Arc::new(roots(tls.ca_certificates.as_deref())?);
-        let webpki = WebPkiServerVerifier::builder_with_provider(roots, crypto_provider())
+        let mut webpki = WebPkiServerVerifier::builder_with_provider(roots, crypto_provider());
+        if let Some(path) = &tls.ca_crl {
+            webpki = webpki.with_crls(revocation_lists(path)?);
+        }
+        let webpki = webpki
             .build()
             .map_err(|e| format!("tls.caCertificates: {e}"))?;
         let names = tls
@@ -194,6 +202,20 @@ fn certificates(path: &str, field: &str) -> Result<Vec<CertificateDer<'static>>,
         return Err(format!("{field} {path}: no certificate in the file"));
     }
     Ok(certs)
+}
+
+/// `caCrl`: the certificate revocation lists (PEM) the server's chain is checked against. As in
+/// Envoy, every certificate of the chain needs a list from its issuer, or it is refused.
+fn revocation_lists(path: &str) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(Path::new(path))
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("tls.caCrl {path}: {e}"))?;
+    if crls.is_empty() {
+        return Err(format!(
+            "tls.caCrl {path}: no certificate revocation list in the file"
+        ));
+    }
+    Ok(crls)
 }
 
 /// `caCertificates`, else the system's bundle.
@@ -354,6 +376,11 @@ mod tests {
         t.sni = Some("bad name!".into());
         let e = o.for_request(Some(&t), "a.example", false).unwrap_err();
         assert!(e.contains("\"bad name!\" is not a server name"), "{e}");
+        let mut t = tls("SIMPLE");
+        t.ca_certificates = Some("/etc/ssl/certs/ca-certificates.crt".into());
+        t.ca_crl = Some("/nonexistent/crl.pem".into());
+        let e = o.for_request(Some(&t), "a.example", false).unwrap_err();
+        assert!(e.starts_with("tls.caCrl /nonexistent/crl.pem:"), "{e}");
     }
 
     #[test]
