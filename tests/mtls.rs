@@ -814,3 +814,84 @@ fn an_idle_tcp_connection_through_the_tunnel_is_closed_at_its_idle_timeout() {
         m.d_a.log_text()
     );
 }
+
+/// An AuthorizationPolicy that names its service with `targetRefs` (as one written for an
+/// ambient waypoint does) applies to the workloads behind that service, not to the whole
+/// namespace as a policy without a selector would.
+#[test]
+fn a_policy_with_target_refs_applies_to_the_service_it_names() {
+    if !ebpf_available("authz_target_refs") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let details = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let policy = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: details, namespace: default}}
+spec:
+  address: 127.0.0.1
+  serviceAccount: details
+  ports: {{http: {port}}}
+  labels: {{app: details}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: details, namespace: default}}
+spec:
+  hosts: [details.default.svc.cluster.local]
+  addresses: ["127.0.0.71"]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  workloadSelector:
+    labels: {{app: details}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-read-only, namespace: default}}
+spec:
+  targetRefs:
+  - kind: ServiceEntry
+    group: networking.istio.io
+    name: reviews
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        methods: ["GET"]
+"#,
+        port = details.addr.port()
+    );
+    let dir = config("authz-target", &one_node(&backend, &echo, &policy));
+    let d = Daemon::start("authz-target", 236, &["--config", dir.to_str().unwrap()]);
+    let reviews = |args: &[&str]| curl(&d, "default/productpage", "127.0.0.70", args, "/whoami");
+    assert!(reviews(&[]).starts_with("200 "), "{}", d.log_text());
+    assert_eq!(reviews(&["-X", "POST"]), "403 RBAC: access denied");
+    // details, in the same namespace, is not the policy's target.
+    let out = d
+        .exec(
+            "default/productpage",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "-X",
+                "POST",
+                "--resolve",
+                "details:9080:127.0.0.71",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://details:9080/whoami",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(details.requests(), 1);
+}

@@ -36,7 +36,10 @@ use std::{
 use serde::Serialize;
 
 use super::{SecurityError, Workload, spiffe};
-use crate::policy::{PolicySet, model::AuthorizationPolicy};
+use crate::policy::{
+    PolicySet,
+    model::{AuthorizationPolicy, ServiceEntry},
+};
 
 mod compile;
 pub mod matchers;
@@ -222,7 +225,29 @@ struct Policy {
     /// Annotated `istio.io/dry-run: "true"`: evaluated for [`Decision::dry_run`] only.
     dry_run: bool,
     selector: Option<BTreeMap<String, String>>,
+    /// With `targetRefs`: the workloads of the services referenced, in place of a selector.
+    targets: Option<Vec<Target>>,
     rules: Vec<rule::Rule>,
+}
+
+/// The workloads of one service a policy's `targetRefs` names: those of `namespace` carrying
+/// all of `labels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl Policy {
+    /// Whether the policy applies to the workload (its namespace is already in scope).
+    fn selects(&self, w: &Workload) -> bool {
+        let labels_match = crate::policy::model::labels_match;
+        match &self.targets {
+            Some(targets) => (targets.iter())
+                .any(|t| t.namespace == w.namespace && labels_match(&t.labels, w.labels)),
+            None => (self.selector.as_ref()).is_none_or(|s| labels_match(s, w.labels)),
+        }
+    }
 }
 
 impl Policy {
@@ -274,11 +299,20 @@ impl Authorizer {
         policies: impl IntoIterator<Item = &'p AuthorizationPolicy>,
         root_namespace: &str,
     ) -> (Authorizer, Vec<SecurityError>) {
+        Authorizer::compile_with(policies, &[], root_namespace)
+    }
+
+    /// [`Authorizer::compile`], with the ServiceEntries that policies' `targetRefs` name.
+    pub fn compile_with<'p>(
+        policies: impl IntoIterator<Item = &'p AuthorizationPolicy>,
+        services: &[&ServiceEntry],
+        root_namespace: &str,
+    ) -> (Authorizer, Vec<SecurityError>) {
         let mut errors = Vec::new();
         let mut compiled: Vec<(String, Policy)> = policies
             .into_iter()
             .filter_map(|p| {
-                let c = compile::policy(p, &mut errors)?;
+                let c = compile::policy(p, services, &mut errors)?;
                 Some((p.metadata.namespace.clone(), c))
             })
             .collect();
@@ -298,7 +332,9 @@ impl Authorizer {
     /// [`Authorizer::compile`] over a loaded policy set.
     pub fn from_set(set: &PolicySet, root_namespace: &str) -> (Authorizer, Vec<SecurityError>) {
         let policies = set.authorization_policies.iter().map(|p| &p.resource);
-        Authorizer::compile(policies, root_namespace)
+        let services: Vec<&ServiceEntry> =
+            (set.service_entries.iter()).map(|s| &s.resource).collect();
+        Authorizer::compile_with(policies, &services, root_namespace)
     }
 
     /// The policies that apply to the workload, in `namespace/name` order.
@@ -306,10 +342,9 @@ impl Authorizer {
         let local = self.by_namespace.get(w.namespace).map_or(&[][..], |v| v);
         let mut idx: Vec<usize> = self.mesh.iter().chain(local).copied().collect();
         idx.sort_unstable();
-        let labels = w.labels;
-        idx.into_iter().map(|i| &self.policies[i]).filter(move |p| {
-            (p.selector.as_ref()).is_none_or(|s| crate::policy::model::labels_match(s, labels))
-        })
+        idx.into_iter()
+            .map(|i| &self.policies[i])
+            .filter(move |p| p.selects(w))
     }
 
     /// `namespace/name` of every policy that applies to the workload.

@@ -10,6 +10,16 @@ pub enum SecurityError {
     )]
     CustomUnsupported { policy: String },
     #[error(
+        "AuthorizationPolicy {policy}: targetRefs: {kind} {name}: {reason}; the reference \
+         selects no workload"
+    )]
+    Target {
+        policy: String,
+        kind: String,
+        name: String,
+        reason: &'static str,
+    },
+    #[error(
         "AuthorizationPolicy {policy}: action {action:?} is not ALLOW, DENY, AUDIT or CUSTOM; \
          the policy is ignored"
     )]

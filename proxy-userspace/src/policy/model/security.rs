@@ -25,10 +25,32 @@ pub struct Mtls {
 #[serde(rename_all = "camelCase", default)]
 pub struct AuthorizationPolicySpec {
     pub selector: Option<LabelSelector>,
+    /// The one resource the policy applies to, instead of a selector (`targetRefs` is the
+    /// current form).
+    pub target_ref: Option<PolicyTargetReference>,
+    pub target_refs: Vec<PolicyTargetReference>,
     /// `ALLOW` (the default), `DENY`, `AUDIT` or `CUSTOM`.
     pub action: Option<String>,
     pub provider: Option<Provider>,
     pub rules: Vec<Rule>,
+}
+
+/// A resource a policy applies to: a `Service` (rendered by meshd as the ServiceEntry of that
+/// name), a `ServiceEntry`, or a `Gateway`/`GatewayClass`, which meshd is not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyTargetReference {
+    pub group: Option<String>,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+impl AuthorizationPolicySpec {
+    /// `targetRef` and `targetRefs` together; empty when the policy uses a selector.
+    pub fn targets(&self) -> impl Iterator<Item = &PolicyTargetReference> {
+        self.target_ref.iter().chain(&self.target_refs)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use crate::policy::{
     node::{Node, quote},
     report::{self, Report},
     rules,
-    schema::{NOTE_UNSUPPORTED, Obj, Ty, obj, opt, req, warned},
+    schema::{Obj, STR, Ty, obj, opt, req},
 };
 
 static MTLS: Obj = obj(&[opt(
@@ -121,11 +121,21 @@ static RULE: Obj = obj(&[
     opt("when", Ty::List(&Ty::Obj(&CONDITION))),
 ]);
 
+static POLICY_TARGET: Obj = obj(&[
+    opt("group", STR),
+    req(
+        "kind",
+        Ty::Enum(&["Service", "ServiceEntry", "Gateway", "GatewayClass"]),
+    ),
+    req("name", Ty::Str(rules::non_empty)),
+    opt("namespace", STR),
+]);
+
 pub static AUTHORIZATION_POLICY: Obj = Obj {
     fields: &[
         opt("selector", Ty::Obj(&MATCH_LABELS_SELECTOR)),
-        warned("targetRef", Ty::Any, NOTE_UNSUPPORTED),
-        warned("targetRefs", Ty::Any, NOTE_UNSUPPORTED),
+        opt("targetRef", Ty::Obj(&POLICY_TARGET)),
+        opt("targetRefs", Ty::List(&Ty::Obj(&POLICY_TARGET))),
         opt("action", Ty::Enum(&["ALLOW", "DENY", "AUDIT", "CUSTOM"])),
         opt(
             "provider",
@@ -138,6 +148,34 @@ pub static AUTHORIZATION_POLICY: Obj = Obj {
 };
 
 fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let (one, many) = (node.entry("targetRef"), node.entry("targetRefs"));
+    let targets: Vec<(&Node, String)> = match (one, many) {
+        (Some(_), Some(e)) => {
+            let key = report::key(path, "targetRefs");
+            r.error(e.key_pos, &key, "set targetRef or targetRefs, not both");
+            Vec::new()
+        }
+        (Some(e), None) => vec![(&e.value, report::key(path, "targetRef"))],
+        (None, Some(e)) => (e.value.items().unwrap_or_default().iter().enumerate())
+            .map(|(i, t)| (t, format!("{}[{i}]", report::key(path, "targetRefs"))))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    if let (Some(e), Some(_)) = (one.or(many), node.get("selector")) {
+        let key = report::key(path, &e.key);
+        r.error(e.key_pos, &key, "set a selector or targetRefs, not both");
+    }
+    for (target, at_path) in targets {
+        if let Some(e) = target.entry("kind")
+            && matches!(e.value.as_str(), Some("Gateway" | "GatewayClass"))
+        {
+            r.warn(
+                e.value.pos,
+                &report::key(&at_path, "kind"),
+                "meshd is not a gateway: a policy for one applies to no workload here",
+            );
+        }
+    }
     let action = node.get("action").and_then(Node::as_str);
     match (action, node.entry("provider")) {
         (Some("CUSTOM"), None) => r.error(at, path, "action CUSTOM needs a provider"),

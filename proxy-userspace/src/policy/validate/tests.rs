@@ -452,3 +452,42 @@ fn header_operators_meshd_does_not_substitute_are_a_warning() {
         ]
     );
 }
+
+#[test]
+fn an_authorization_policy_targets_by_selector_or_references() {
+    let ap = |spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\nspec:\n{spec}"
+        )
+    };
+    assert_eq!(
+        check(&ap("  targetRefs:\n  - {kind: Service, name: httpbin}\n")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check(&ap(
+            "  selector: {matchLabels: {app: a}}\n  targetRefs:\n  - {kind: Service, name: httpbin}\n"
+        )),
+        ["8:3: error: spec.targetRefs: set a selector or targetRefs, not both"]
+    );
+    assert_eq!(
+        check(&ap(
+            "  targetRef: {kind: Service, name: a}\n  targetRefs:\n  - {kind: Service, name: b}\n"
+        )),
+        ["8:3: error: spec.targetRefs: set targetRef or targetRefs, not both"]
+    );
+    let f = check(&ap("  targetRefs:\n  - {kind: Deployment, name: a}\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("8:12: error: spec.targetRefs[0].kind: \"Deployment\" is not one of"),
+        "{f:?}"
+    );
+    assert_eq!(
+        check(&ap(
+            "  targetRefs:\n  - {kind: Gateway, group: gateway.networking.k8s.io, name: gw}\n"
+        )),
+        [
+            "8:12: warning: spec.targetRefs[0].kind: meshd is not a gateway: a policy for one applies to no workload here"
+        ]
+    );
+}

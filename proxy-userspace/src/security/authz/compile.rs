@@ -1,19 +1,25 @@
 //! Turning AuthorizationPolicy specs into compiled rules, reporting what cannot be applied.
 
+use std::collections::BTreeMap;
+
 use super::{
-    Action, Policy,
+    Action, Policy, Target,
     matchers::{IpBlock, PathPattern, StrPattern},
     rule::{Check, Rule, Test},
 };
 use crate::{
-    policy::model::{AuthorizationPolicy, Condition, Operation, Source},
+    policy::model::{AuthorizationPolicy, Condition, Operation, ServiceEntry, Source},
     security::{SecurityError, selector_labels},
 };
 
 /// The compiled policy, or `None` (with the reason in `errors`) for CUSTOM and unknown
 /// actions. A rule with an unparsable value is left out and reported: an ALLOW policy then
 /// allows less, a DENY policy denies less (Istio skips such rules the same way).
-pub(super) fn policy(p: &AuthorizationPolicy, errors: &mut Vec<SecurityError>) -> Option<Policy> {
+pub(super) fn policy(
+    p: &AuthorizationPolicy,
+    services: &[&ServiceEntry],
+    errors: &mut Vec<SecurityError>,
+) -> Option<Policy> {
     let id = p.id();
     let action = match p.spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
@@ -45,11 +51,74 @@ pub(super) fn policy(p: &AuthorizationPolicy, errors: &mut Vec<SecurityError>) -
     }
     Some(Policy {
         selector: selector_labels(&p.spec.selector).cloned(),
+        targets: targets(p, &id, services, errors),
         dry_run: dry_run(p, &id, errors),
         id,
         action,
         rules,
     })
+}
+
+/// The workloads a policy's `targetRefs` apply it to, `None` without references. meshd has
+/// each node's workloads' traffic, as a waypoint has its services': a `Service` (which meshd
+/// renders as the ServiceEntry of that name) or `ServiceEntry` of the policy's namespace
+/// stands for the workloads behind it, by its `workloadSelector`, or else by its endpoints'
+/// labels (without meshd's own `meshd.io/` ones). A `Gateway` or `GatewayClass` selects none.
+fn targets(
+    p: &AuthorizationPolicy,
+    id: &str,
+    services: &[&ServiceEntry],
+    errors: &mut Vec<SecurityError>,
+) -> Option<Vec<Target>> {
+    let mut refs = p.spec.targets().peekable();
+    refs.peek()?;
+    let namespace = &p.metadata.namespace;
+    let mut out = Vec::new();
+    for r in refs {
+        let mut refuse = |reason| {
+            errors.push(SecurityError::Target {
+                policy: id.to_string(),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                reason,
+            })
+        };
+        if !matches!(r.kind.as_str(), "Service" | "ServiceEntry") {
+            refuse("meshd is not a gateway");
+            continue;
+        }
+        if r.namespace.as_ref().is_some_and(|n| n != namespace) {
+            refuse("a reference to another namespace (Istio allows none)");
+            continue;
+        }
+        let found = services
+            .iter()
+            .find(|s| s.metadata.name == r.name && s.metadata.namespace == *namespace);
+        let Some(service) = found else {
+            refuse("no ServiceEntry (or Service) of that name in the policy's namespace");
+            continue;
+        };
+        let before = out.len();
+        let target = |labels: &BTreeMap<String, String>| Target {
+            namespace: namespace.clone(),
+            labels: (labels.iter())
+                .filter(|(k, _)| !k.starts_with("meshd.io/"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        match &service.spec.workload_selector {
+            Some(selector) => out.push(target(&selector.labels)),
+            None => out.extend(service.spec.endpoints.iter().map(|e| target(&e.labels))),
+        }
+        // A target without labels would select every workload of the namespace.
+        let mut kept = out.split_off(before);
+        kept.retain(|t| !t.labels.is_empty());
+        if kept.is_empty() {
+            refuse("it has no workloadSelector and no endpoint with labels");
+        }
+        out.extend(kept);
+    }
+    Some(out)
 }
 
 /// The annotation that makes a policy dry-run.

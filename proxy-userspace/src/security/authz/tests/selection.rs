@@ -207,3 +207,114 @@ fn unobservable_conditions_never_allow_and_never_narrow_a_deny() {
     assert!(!Req::tcp().allowed(&d));
     assert!(!Req::http().allowed(&d));
 }
+
+/// A ServiceEntry document in `ns`; `spec` is YAML flow style.
+fn se(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n\
+         metadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+#[test]
+fn target_refs_apply_a_policy_to_the_workloads_behind_the_service() {
+    let a = authorizer(&[
+        se(
+            "foo",
+            "httpbin",
+            "{hosts: [httpbin.foo.svc.cluster.local], ports: [{number: 80, name: http}], workloadSelector: {labels: {app: httpbin}}}",
+        ),
+        ap(
+            "foo",
+            "deny-httpbin",
+            "{targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: httpbin}], action: DENY, rules: [{}]}",
+        ),
+    ]);
+    assert!(!Req::tcp().decide(&a, &httpbin()).allowed);
+    // Not the namespace's other workloads, as a policy without a selector would be.
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("foo", &[("app", "other")]))
+            .allowed
+    );
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("bar", &[("app", "httpbin")]))
+            .allowed
+    );
+}
+
+#[test]
+fn a_service_target_is_its_endpoints_by_their_labels() {
+    // As meshd renders a Kubernetes Service: endpoints with their pods' labels, and meshd's node
+    // label on those of other nodes, which workloads do not carry.
+    let a = authorizer(&[
+        se(
+            "foo",
+            "httpbin",
+            "{hosts: [httpbin.foo.svc.cluster.local], ports: [{number: 80, name: http}], endpoints: [{address: 10.0.0.1, labels: {app: httpbin, version: v1}}, {address: 10.0.0.2, labels: {app: httpbin, version: v2, meshd.io/node: 10.1.0.2}}]}",
+        ),
+        ap(
+            "foo",
+            "allow-none",
+            "{targetRef: {kind: Service, name: httpbin}, rules: []}",
+        ),
+    ]);
+    assert!(!Req::tcp().decide(&a, &httpbin()).allowed);
+    let v2 = wl("foo", &[("app", "httpbin"), ("version", "v2")]);
+    assert!(!Req::tcp().decide(&a, &v2).allowed);
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("foo", &[("app", "other")]))
+            .allowed
+    );
+}
+
+#[test]
+fn targets_meshd_cannot_resolve_select_nothing_and_say_why() {
+    let set = crate::policy::load_str(
+        "t.yaml".as_ref(),
+        &[
+            ap(
+                "foo",
+                "gw",
+                "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: ingress}], rules: []}",
+            ),
+            ap(
+                "foo",
+                "missing",
+                "{targetRefs: [{kind: Service, name: nowhere}], action: DENY, rules: [{}]}",
+            ),
+            se(
+                "foo",
+                "bare",
+                "{hosts: [bare.example], ports: [{number: 80, name: http}], endpoints: [{address: 10.0.0.9}]}",
+            ),
+            ap(
+                "foo",
+                "bare",
+                "{targetRefs: [{kind: ServiceEntry, name: bare}], action: DENY, rules: [{}]}",
+            ),
+        ]
+        .join("---\n"),
+    )
+    .expect("valid");
+    let (a, errors) = Authorizer::from_set(&set, ROOT);
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        errors,
+        [
+            "AuthorizationPolicy foo/gw: targetRefs: Gateway ingress: meshd is not a gateway; the reference selects no workload",
+            "AuthorizationPolicy foo/missing: targetRefs: Service nowhere: no ServiceEntry (or Service) of that name in the policy's namespace; the reference selects no workload",
+            "AuthorizationPolicy foo/bare: targetRefs: ServiceEntry bare: it has no workloadSelector and no endpoint with labels; the reference selects no workload",
+        ]
+    );
+    // None of them applies to any workload: the empty ALLOW policy denies nobody.
+    for w in [httpbin(), wl("foo", &[])] {
+        assert!(Req::tcp().decide(&a, &w).allowed);
+    }
+    assert!(set.warnings.iter().any(|w| {
+        w.to_string()
+            .contains("meshd is not a gateway: a policy for one applies to no workload here")
+    }));
+}
