@@ -1404,3 +1404,83 @@ spec:
     assert!(head("/").starts_with("HTTP/1.1 200"));
     assert_eq!((v1.requests(), v2.requests()), (2, 1));
 }
+
+/// Istio's `networking.istio.io/traffic-distribution: PreferSameZone` on a ServiceEntry (no
+/// DestinationRule, no outlier detection): requests stay in this node's zone while it has
+/// endpoints there. With outlier detection, an ejected near endpoint hands the traffic on to
+/// the far one. Without the annotation both take a share.
+#[test]
+fn traffic_distribution_prefers_the_nodes_zone() {
+    if !ebpf_available("traffic_distribution") {
+        return;
+    }
+    let service = |annotation: &str, near: u16, far: u16| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+{annotation}spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [127.0.0.50]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {near}}}, locality: us-east/zone-a/rack-2}}
+  - {{address: 127.0.0.1, ports: {{http: {far}}}, locality: us-west/zone-x}}
+"#
+        )
+    };
+    let annotated =
+        "  annotations:\n    networking.istio.io/traffic-distribution: PreferSameZone\n";
+    let start = |slot: u16, yaml: &str| {
+        let dir = support::mesh::config_dir("traffic-distribution", yaml);
+        support::Daemon::start(
+            "traffic-distribution",
+            slot,
+            &[
+                "--config",
+                dir.to_str().unwrap(),
+                "--locality",
+                "us-east/zone-a/rack-1",
+            ],
+        )
+    };
+    let (near, far) = two_backends();
+    let (n, f) = (near.addr.port(), far.addr.port());
+    let d = start(237, &service(annotated, n, f));
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(
+        (near.requests(), far.requests()),
+        (20, 0),
+        "all in the zone"
+    );
+    drop(d);
+
+    // Without the annotation: both take a share (Istio's default, least request).
+    let d = start(237, &service("", n, f));
+    curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    let (to_near, to_far) = (near.requests() - 20, far.requests());
+    assert!(to_near > 0 && to_far > 0, "both: {to_near} and {to_far}");
+    drop(d);
+
+    // The near endpoint fails: Istio's default retry (503 is retriable) takes each failed
+    // request to the far endpoint, and after two failures outlier detection ejects the near
+    // one, so the far one takes every request.
+    let bad = support::backend::Backend::http_503("127.0.0.1:0");
+    let far = support::http_backend::HttpBackend::start("127.0.0.1:0");
+    let outlier = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    let yaml = service(annotated, bad.addr.port(), far.addr.port()) + outlier;
+    let d = start(238, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(far.requests(), 20, "{codes:?}");
+    assert!(
+        d.log_text()
+            .contains("endpoint ejected by outlier detection"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -53,6 +53,8 @@ pub struct Cluster {
     /// sends other hosts' requests to it (see `dns::names`); the first only with
     /// `DNS_ROUND_ROBIN`.
     pub host_addresses: Vec<IpAddr>,
+    /// `trafficDistribution` of the (first) ServiceEntry of the host.
+    pub traffic_distribution: Option<model::TrafficDistribution>,
     /// Whether the endpoints' weights differ (else balancing ignores them, at no cost).
     pub weighted: bool,
     /// Subset name → indices into `endpoints` whose labels match the subset.
@@ -342,6 +344,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                     .filter_map(|p| Some((p.number, p.target_port?))),
             );
             c.endpoints.extend(endpoints.iter().cloned());
+            c.traffic_distribution = c.traffic_distribution.or(se.traffic_distribution());
             if super::dns::resolves_own_hosts(se)
                 && let Some(addrs) = dns.get(&c.host)
             {
@@ -392,6 +395,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 target_ports: c.target_ports.clone(),
                 endpoints: c.endpoints.clone(),
                 host_addresses: c.host_addresses.clone(),
+                traffic_distribution: c.traffic_distribution,
                 weighted: c.weighted,
                 ..Default::default()
             };

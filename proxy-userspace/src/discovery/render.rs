@@ -153,8 +153,15 @@ impl View {
     }
 }
 
-/// An Istio object from the API as a document: apiVersion, kind, name, namespace, labels and
-/// spec; server-side fields (status, managedFields, annotations...) are dropped. `api_version`
+/// The annotations meshd reads on Istio objects; the others are dropped.
+const READ_ANNOTATIONS: &[&str] = &[
+    "istio.io/dry-run",
+    crate::policy::model::TRAFFIC_DISTRIBUTION,
+];
+
+/// An Istio object from the API as a document: apiVersion, kind, name, namespace, labels, the
+/// annotations meshd reads, and spec; server-side fields (status, managedFields, other
+/// annotations...) are dropped. `api_version`
 /// and `kind` are the watched ones (list items need not carry their own).
 pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Option<Document> {
     let name = obj.metadata.name.as_deref()?;
@@ -162,6 +169,13 @@ pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Opt
     let mut meta = json!({ "name": name, "namespace": ns });
     if let Some(l) = obj.metadata.labels.as_ref().filter(|l| !l.is_empty()) {
         meta["labels"] = json!(l);
+    }
+    let read: std::collections::BTreeMap<&String, &String> = (obj.metadata.annotations.iter())
+        .flatten()
+        .filter(|(k, _)| READ_ANNOTATIONS.contains(&k.as_str()))
+        .collect();
+    if !read.is_empty() {
+        meta["annotations"] = json!(read);
     }
     let mut doc = json!({
         "apiVersion": api_version,

@@ -35,6 +35,20 @@ pub struct Resource<S> {
 }
 
 pub type VirtualService = Resource<VirtualServiceSpec>;
+
+impl ServiceEntry {
+    /// The service's `trafficDistribution`: the spec's field, else Istio's annotation; `None`
+    /// when neither holds a value meshd knows (validation warns of those).
+    pub fn traffic_distribution(&self) -> Option<TrafficDistribution> {
+        let value = (self.spec.traffic_distribution.as_deref()).or_else(|| {
+            self.metadata
+                .annotations
+                .get(TRAFFIC_DISTRIBUTION)
+                .map(String::as_str)
+        })?;
+        TrafficDistribution::parse(value)
+    }
+}
 pub type DestinationRule = Resource<DestinationRuleSpec>;
 pub type ServiceEntry = Resource<ServiceEntrySpec>;
 pub type WorkloadEntry = Resource<WorkloadEntrySpec>;

@@ -48,12 +48,37 @@ pub fn document(root: &Node, r: &mut Report) -> Option<&'static KindInfo> {
         }
     };
     walk::check(root, &Ty::Obj(&ENVELOPE), "", root.pos, r);
+    if kind == "ServiceEntry" {
+        traffic_distribution_annotation(root, r);
+    }
     match root.entry("spec") {
         Some(spec) => walk::check(&spec.value, &Ty::Obj(info.spec), "spec", spec.key_pos, r),
         None if info.spec_optional => {}
         None => r.error(root.pos, "", "missing required field \"spec\""),
     }
     Some(info)
+}
+
+/// Istio's annotation for a ServiceEntry's `trafficDistribution`: a value meshd does not know
+/// is ignored, with a warning.
+fn traffic_distribution_annotation(root: &Node, r: &mut Report) {
+    let key = super::model::TRAFFIC_DISTRIBUTION;
+    let found =
+        (root.get("metadata").and_then(|m| m.get("annotations"))).and_then(|a| a.entry(key));
+    let Some(e) = found else {
+        return;
+    };
+    let value = e.value.as_str().unwrap_or_default();
+    if super::model::TrafficDistribution::parse(value).is_none() {
+        r.warn(
+            e.value.pos,
+            &format!("metadata.annotations.{key}"),
+            format!(
+                "{value:?} is not PreferSameZone, PreferClose or PreferSameNode; endpoints are \
+                 not ranked by distance"
+            ),
+        );
+    }
 }
 
 /// Where the document's `metadata.name` is, for findings about the resource as a whole.

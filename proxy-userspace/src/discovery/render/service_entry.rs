@@ -144,6 +144,16 @@ impl View {
         if !addresses.is_empty() {
             spec["addresses"] = json!(addresses);
         }
+        // The Service's own field, else Istio's annotation on it.
+        let annotated = (svc.metadata.annotations.as_ref())
+            .and_then(|a| a.get(crate::policy::model::TRAFFIC_DISTRIBUTION));
+        let field = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.traffic_distribution.as_ref());
+        if let Some(d) = field.or(annotated) {
+            spec["trafficDistribution"] = json!(d);
+        }
         Some(rendered("Service", "ServiceEntry", ns, name, spec))
     }
 }

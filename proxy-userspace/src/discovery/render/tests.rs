@@ -66,13 +66,22 @@ fn view() -> View {
             )),
         ],
         &[
-            typed(testdata::service("shop", "reviews", "10.96.0.20", ports)),
-            typed(testdata::service(
-                "legacy",
-                "db",
-                "10.96.0.30",
-                json!([{ "port": 5432, "protocol": "TCP" }]),
-            )),
+            typed({
+                let mut svc = testdata::service("shop", "reviews", "10.96.0.20", ports);
+                svc["spec"]["trafficDistribution"] = json!("PreferSameZone");
+                svc
+            }),
+            typed({
+                let mut svc = testdata::service(
+                    "legacy",
+                    "db",
+                    "10.96.0.30",
+                    json!([{ "port": 5432, "protocol": "TCP" }]),
+                );
+                svc["metadata"]["annotations"] =
+                    json!({ "networking.istio.io/traffic-distribution": "PreferSameNode" });
+                svc
+            }),
         ],
         &[
             typed(testdata::slice(
@@ -117,6 +126,7 @@ fn a_service_and_its_slices_become_a_service_entry() {
     );
     assert_eq!(se["spec"]["addresses"], json!(["10.96.0.20"]));
     assert_eq!(se["spec"]["resolution"], "STATIC");
+    assert_eq!(se["spec"]["trafficDistribution"], "PreferSameZone");
     assert_eq!(
         se["spec"]["ports"],
         json!([
@@ -149,6 +159,8 @@ fn a_service_and_its_slices_become_a_service_entry() {
         db["spec"]["ports"],
         json!([{ "number": 5432, "name": "port-5432" }])
     );
+    // Istio's annotation on the Service stands for the field.
+    assert_eq!(db["spec"]["trafficDistribution"], "PreferSameNode");
     assert_eq!(
         db["spec"]["endpoints"][0]["ports"],
         json!({ "port-5432": 5432 })
@@ -189,6 +201,15 @@ fn istio_objects_lose_server_side_fields() {
         json!({ "hosts": ["reviews"], "http": [{ "route": [{ "destination": { "host": "reviews" } }] }] }),
     ))
     .unwrap();
+    // The annotations meshd reads are kept, the others dropped.
+    let mut dry: DynamicObject = obj.clone();
+    (dry.metadata.annotations.get_or_insert_default())
+        .insert("istio.io/dry-run".into(), "true".into());
+    let d = istio_document("security.istio.io/v1", "AuthorizationPolicy", &dry).unwrap();
+    assert_eq!(
+        parsed(&d)["metadata"]["annotations"],
+        json!({ "istio.io/dry-run": "true" })
+    );
     let d = istio_document("networking.istio.io/v1", "VirtualService", &obj).unwrap();
     assert_eq!(d.path.to_str(), Some("k8s://VirtualService/shop/reviews"));
     let v = parsed(&d);

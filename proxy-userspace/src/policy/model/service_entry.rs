@@ -18,6 +18,32 @@ pub struct ServiceEntrySpec {
     pub workload_selector: Option<WorkloadSelector>,
     pub export_to: Vec<String>,
     pub subject_alt_names: Vec<String>,
+    /// `PreferSameZone` (or its older name `PreferClose`) or `PreferSameNode`, as Kubernetes
+    /// Services have it; Istio reads the annotation [`TRAFFIC_DISTRIBUTION`] on a ServiceEntry.
+    pub traffic_distribution: Option<String>,
+}
+
+/// The annotation by which a ServiceEntry (or a Service) asks for endpoints near the client.
+pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
+
+/// Which endpoints a service's clients prefer, by `trafficDistribution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TrafficDistribution {
+    /// The closest by locality: same region, zone and subzone, then same zone, then region.
+    PreferSameZone,
+    /// Those on the client's node, then any.
+    PreferSameNode,
+}
+
+impl TrafficDistribution {
+    /// The value as Kubernetes and Istio spell it; `None` for any other.
+    pub fn parse(value: &str) -> Option<TrafficDistribution> {
+        match value {
+            "PreferSameZone" | "PreferClose" => Some(TrafficDistribution::PreferSameZone),
+            "PreferSameNode" => Some(TrafficDistribution::PreferSameNode),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

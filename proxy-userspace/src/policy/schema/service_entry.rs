@@ -9,9 +9,7 @@ use crate::policy::{
     node::{Node, quote},
     report::{self, Report},
     rules,
-    schema::{
-        NOTE_EVERY_NAMESPACE, NOTE_UNSUPPORTED, Obj, PORT, STR, Ty, int, obj, opt, req, warned,
-    },
+    schema::{NOTE_EVERY_NAMESPACE, Obj, PORT, STR, Ty, int, obj, opt, req, warned},
 };
 
 /// Protocols Istio names on ports (matched without regard to case, as Istio does).
@@ -64,7 +62,10 @@ pub static SPEC: Obj = Obj {
         opt("workloadSelector", Ty::Obj(&WORKLOAD_SELECTOR)),
         warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
         opt("subjectAltNames", STRINGS),
-        warned("trafficDistribution", Ty::Any, NOTE_UNSUPPORTED),
+        opt(
+            "trafficDistribution",
+            Ty::Enum(&["PreferSameZone", "PreferClose", "PreferSameNode"]),
+        ),
     ],
     one_of: &[&["endpoints", "workloadSelector"]],
     check: Some(check_spec),

@@ -491,3 +491,32 @@ fn an_authorization_policy_targets_by_selector_or_references() {
         ]
     );
 }
+
+#[test]
+fn traffic_distribution_takes_kubernetes_values() {
+    let se = |annotations: &str, spec: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: s\n{annotations}spec:\n  hosts: [s.example]\n  ports: [{{number: 80, name: http}}]\n{spec}"
+        )
+    };
+    assert!(check(&se("", "  trafficDistribution: PreferClose\n")).is_empty());
+    let annotated =
+        "  annotations:\n    networking.istio.io/traffic-distribution: PreferSameNode\n";
+    assert!(check(&se(annotated, "")).is_empty());
+    let f = check(&se("", "  trafficDistribution: Nearby\n"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("8:24: error: spec.trafficDistribution:"),
+        "{f:?}"
+    );
+    let f = check(&se(
+        "  annotations:\n    networking.istio.io/traffic-distribution: Nearby\n",
+        "",
+    ));
+    assert_eq!(
+        f,
+        [
+            "6:47: warning: metadata.annotations.networking.istio.io/traffic-distribution: \"Nearby\" is not PreferSameZone, PreferClose or PreferSameNode; endpoints are not ranked by distance"
+        ]
+    );
+}

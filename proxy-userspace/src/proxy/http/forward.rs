@@ -722,7 +722,12 @@ async fn forward(
                 };
                 let algo;
                 (algo, set_cookie) = lb::algorithm(policy.lb, &inputs);
-                let priorities = send::priorities(ctx.locality.as_ref(), client.labels, &policy);
+                let priorities = send::priorities(
+                    ctx.locality.as_ref(),
+                    ctx.node_address,
+                    client.labels,
+                    &policy,
+                );
                 weights = policy.weights.take();
                 slow_start = policy.lb.and_then(SlowStart::from_spec);
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.

@@ -156,7 +156,8 @@ impl HttpContext {
                 subset: String::new(),
             });
         }
-        let priorities = send::priorities(self.locality.as_ref(), client, policy);
+        let priorities =
+            send::priorities(self.locality.as_ref(), self.node_address, client, policy);
         let cluster = self.pool.cluster(&policy.key);
         let (addr, _) = send::Selection {
             cluster: &policy.key,

@@ -14,7 +14,7 @@ use crate::{
     config::{Cluster, Snapshot},
     policy::model::{
         ClientTls, ConnectionPool, HttpRedirect, LoadBalancer, OutlierDetection, PortTrafficPolicy,
-        ProxyProtocol, RetryBudget, TrafficPolicy, TunnelSettings,
+        ProxyProtocol, RetryBudget, TrafficDistribution, TrafficPolicy, TunnelSettings,
     },
     proxy::sniff::Detected,
     routes::{Client, Destination, HttpRoute, RequestView, StringMatcher, table::host_of},
@@ -400,7 +400,7 @@ pub fn endpoints<'s>(
     }
     let ranks_by_labels = (policy.lb.and_then(|l| l.locality_lb_setting.as_ref()))
         .is_some_and(|s| !s.failover_priority.is_empty());
-    if ranks_by_labels {
+    if ranks_by_labels || policy.distribution == Some(TrafficDistribution::PreferSameNode) {
         policy.labels = (0..count)
             .map(|k| &cluster.endpoints[member(k)])
             .filter(|e| e.ip.is_some())
@@ -442,9 +442,11 @@ pub struct ClusterPolicy<'s> {
     pub protocol: Option<Detected>,
     /// Each endpoint's locality, in the order of the endpoints.
     pub localities: Vec<Option<&'s str>>,
-    /// Each endpoint's labels, in the order of the endpoints, when `failoverPriority` reads
-    /// them (else empty).
+    /// Each endpoint's labels, in the order of the endpoints, when `failoverPriority` or
+    /// `PreferSameNode` reads them (else empty).
     pub labels: Vec<&'s BTreeMap<String, String>>,
+    /// The service's `trafficDistribution`.
+    pub distribution: Option<TrafficDistribution>,
     /// Each endpoint's `weight`, in the order of the endpoints; `None` when they are all equal
     /// (the common case, which allocates nothing).
     pub weights: Option<Vec<u32>>,
@@ -530,6 +532,7 @@ impl<'s> ClusterPolicy<'s> {
             protocol,
             localities,
             labels: Vec::new(),
+            distribution: cluster.traffic_distribution,
             weights: None,
             lb: level!(load_balancer),
             outlier: level!(outlier_detection),

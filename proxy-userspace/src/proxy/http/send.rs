@@ -2,7 +2,12 @@
 //! attempts run with retries, per-try timeouts and backoff, all bounded by the route timeout.
 //! The outcome carries Envoy's response flags (UF, UC, UH, UT, URX).
 
-use std::{borrow::Cow, collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use hyper::{Request, Response, header::HeaderValue};
 
@@ -23,7 +28,8 @@ use super::{
     slow_start::SlowStart,
 };
 use crate::{
-    config::Snapshot,
+    config::{Snapshot, endpoints::NODE_LABEL},
+    policy::model::TrafficDistribution,
     routes::{Destination, HttpRoute},
 };
 
@@ -172,14 +178,20 @@ impl Plan<'_> {
 /// destination has outlier detection (as Istio requires for failover), its `localityLbSetting`
 /// is not disabled and does not `distribute` instead, and this node has a locality or the
 /// setting ranks by `failoverPriority` labels (compared with the `client`'s). With both
-/// `failoverPriority` and `failover`, the labels rank first and the locality within.
+/// `failoverPriority` and `failover`, the labels rank first and the locality within. Without a
+/// `localityLbSetting`, the service's `trafficDistribution` ranks them instead (`node` is this
+/// node's address).
 pub fn priorities(
     own: Option<&Locality>,
+    node: Option<IpAddr>,
     client: &BTreeMap<String, String>,
     policy: &route::ClusterPolicy<'_>,
 ) -> Option<Vec<u8>> {
-    policy.outlier?;
     let setting = policy.lb.and_then(|lb| lb.locality_lb_setting.as_ref());
+    if let (Some(d), None) = (policy.distribution, setting) {
+        return by_distribution(d, own, node, policy);
+    }
+    policy.outlier?;
     if setting.is_some_and(|s| s.enabled == Some(false) || !s.distribute.is_empty()) {
         return None;
     }
@@ -219,6 +231,44 @@ pub fn priorities(
         })
         .collect();
     Some(dense(&ranks))
+}
+
+/// Each endpoint's priority under the service's `trafficDistribution`, which, unlike locality
+/// failover, needs no outlier detection (as Istio reads it): the nearest endpoints take the
+/// traffic while any of them is healthy (ejection, when outlier detection is on, moves it on).
+fn by_distribution(
+    d: TrafficDistribution,
+    own: Option<&Locality>,
+    node: Option<IpAddr>,
+    policy: &route::ClusterPolicy<'_>,
+) -> Option<Vec<u8>> {
+    match d {
+        TrafficDistribution::PreferSameZone => {
+            let own = own?;
+            let at = |l: &Option<&str>| l.map(Locality::parse);
+            Some(
+                (policy.localities.iter())
+                    .map(|l| locality::priority(own, at(l).as_ref(), &[]))
+                    .collect(),
+            )
+        }
+        TrafficDistribution::PreferSameNode => {
+            // Labels of every endpoint, or (PASSTHROUGH) of none: then there is nothing to rank.
+            if policy.labels.len() != policy.localities.len() {
+                return None;
+            }
+            let elsewhere = |labels: &BTreeMap<String, String>| {
+                (labels.get(NODE_LABEL)).is_some_and(|n| n.parse::<IpAddr>().ok() != node)
+            };
+            Some(
+                policy
+                    .labels
+                    .iter()
+                    .map(|l| u8::from(elsewhere(l)))
+                    .collect(),
+            )
+        }
+    }
 }
 
 /// `ranks` renumbered 0, 1, 2... in order, so they fit the priority levels (at most 32).
@@ -746,5 +796,51 @@ mod tests {
             let (picked, _) = selection.pick(&lb, Cow::Owned(vec![a]), 0, None);
             assert_eq!(picked, a);
         }
+    }
+
+    #[test]
+    fn traffic_distribution_ranks_endpoints_without_outlier_detection() {
+        let own = Locality::parse("us-east/zone-a/rack-1");
+        let here = BTreeMap::new();
+        let this_node = BTreeMap::from([(NODE_LABEL.to_string(), "10.1.0.1".to_string())]);
+        let other_node = BTreeMap::from([(NODE_LABEL.to_string(), "10.1.0.2".to_string())]);
+        let mut policy = route::ClusterPolicy {
+            localities: vec![
+                Some("us-east/zone-a/rack-1"),
+                Some("us-east/zone-a/rack-2"),
+                Some("us-east/zone-b"),
+                Some("us-west/zone-x"),
+                None,
+            ],
+            distribution: Some(TrafficDistribution::PreferSameZone),
+            ..route::ClusterPolicy::default()
+        };
+        let node = Some("10.1.0.1".parse().unwrap());
+        let client = BTreeMap::new();
+        assert_eq!(
+            priorities(Some(&own), node, &client, &policy),
+            Some(vec![0, 1, 2, locality::FARTHEST, locality::FARTHEST])
+        );
+        // A node without a locality has nothing to compare.
+        assert_eq!(priorities(None, node, &client, &policy), None);
+
+        policy.distribution = Some(TrafficDistribution::PreferSameNode);
+        policy.localities = vec![None; 3];
+        policy.labels = vec![&here, &this_node, &other_node];
+        assert_eq!(
+            priorities(None, node, &client, &policy),
+            Some(vec![0, 0, 1])
+        );
+        // Without every endpoint's labels (a PASSTHROUGH destination), nothing is ranked.
+        policy.labels.pop();
+        assert_eq!(priorities(None, node, &client, &policy), None);
+
+        // A DestinationRule's localityLbSetting decides instead, and needs outlier detection.
+        let lb = crate::policy::model::LoadBalancer {
+            locality_lb_setting: Some(Default::default()),
+            ..Default::default()
+        };
+        policy.lb = Some(&lb);
+        assert_eq!(priorities(Some(&own), node, &client, &policy), None);
     }
 }
