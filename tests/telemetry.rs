@@ -491,3 +491,57 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
     .unwrap_or_default();
     assert_eq!(logged, vec![3000, 3000], "{}", d.log_text());
 }
+
+/// A VirtualService match's `statPrefix` gives its route statistics of its own, as Envoy's
+/// per-route stats: requests by response code class, retries and time, for the requests that
+/// match selected; the route's other match, without a prefix, counts in none.
+#[test]
+fn a_stat_prefix_gives_a_route_its_own_statistics() {
+    if !ebpf_available("stat_prefix") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - match:\n    - uri:\n        prefix: /whoami\n      statPrefix: reviews-read\n    - uri:\n        prefix: /status\n      statPrefix: reviews-status\n    - uri:\n        prefix: /echo\n    retries:\n      attempts: 2\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let d = start("stat-prefix", 239, &policies(&v1, &v2, routes));
+    let get = |path: &str| status(&d, &format!("http://reviews:9080{path}"));
+    for _ in 0..3 {
+        assert_eq!(get("/whoami"), "200");
+    }
+    assert_eq!(get("/status/503"), "503");
+    assert_eq!(get("/echo"), "200");
+    let metrics = d.get("/metrics");
+    for (series, value) in [
+        (
+            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="reviews-read"}"#,
+            3.0,
+        ),
+        (
+            r#"meshd_route_upstream_rq_total{response_code_class="5xx",stat_prefix="reviews-status"}"#,
+            1.0,
+        ),
+        (
+            r#"meshd_route_upstream_rq_retry_total{stat_prefix="reviews-status"}"#,
+            2.0,
+        ),
+        (
+            r#"meshd_route_upstream_rq_time_milliseconds_count{stat_prefix="reviews-read"}"#,
+            3.0,
+        ),
+    ] {
+        assert_eq!(
+            support::parse_metric(&metrics, series),
+            value,
+            "{series}\n{metrics}"
+        );
+    }
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("meshd_route_upstream_rq_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        counted, 4.0,
+        "the /echo request counts in no route's series"
+    );
+    assert!(!metrics.contains("meshd_route_upstream_rq_retry_total{stat_prefix=\"reviews-read\"}"));
+}

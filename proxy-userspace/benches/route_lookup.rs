@@ -26,6 +26,7 @@ fn routes() -> HostRoutes {
             retry: meshd::proxy::http::retry::RetryPolicy::from_spec(None),
             cors: None,
             regex_rewrite: None,
+            stat_prefixes: Vec::new(),
         })
         .collect();
     HostRoutes {

@@ -11,6 +11,8 @@ pub struct Metrics {
     registry: Registry,
     /// Istio's standard request and TCP metrics.
     pub istio: crate::telemetry::IstioMetrics,
+    /// Statistics of the routes that name a `statPrefix`.
+    pub routes: crate::telemetry::route_stats::RouteStats,
     connections_active: IntGauge,
     connections_total: IntCounterVec,
     bytes_total: IntCounterVec,
@@ -195,8 +197,10 @@ impl Metrics {
             registry.register(Box::new(c.clone())).unwrap();
         }
         let istio = crate::telemetry::IstioMetrics::new(&registry, istio);
+        let routes = crate::telemetry::route_stats::RouteStats::new(&registry);
         Arc::new(Metrics {
             istio,
+            routes,
             registry,
             connections_active,
             connections_total,

@@ -180,8 +180,15 @@ fn http_route(
     let matches = model::mesh_matches(&r.matches)?;
     let ns = &namespace;
     let only = r.route.len() == 1;
+    let stat_prefixes = match matches.iter().any(|m| m.stat_prefix.is_some()) {
+        true => (matches.iter())
+            .map(|m| m.stat_prefix.as_deref().map(Arc::from))
+            .collect(),
+        false => Vec::new(),
+    };
     Some(HttpRoute {
         origin,
+        stat_prefixes,
         matches: matches.into_iter().map(request_match).collect(),
         destinations: r
             .route

@@ -179,6 +179,9 @@ fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchReq
     if out.gateways.is_empty() {
         out.gateways.clone_from(&root.gateways);
     }
+    if out.stat_prefix.is_none() {
+        out.stat_prefix.clone_from(&root.stat_prefix);
+    }
     out
 }
 
@@ -294,6 +297,14 @@ mod tests {
         assert!(merge_route(&root, &other_port).is_none());
         let other_header = route(r#"{"match": [{"headers": {"x-a": {"exact": "9"}}}]}"#);
         assert!(merge_route(&root, &other_header).is_none());
+        // statPrefix: the leaf's own, else the root's, as Istio merges it.
+        let root = route(r#"{"match": [{"uri": {"prefix": "/api"}, "statPrefix": "api"}]}"#);
+        let leaf = route(r#"{"match": [{"uri": {"prefix": "/api/v1"}}]}"#);
+        let m = &merge_route(&root, &leaf).unwrap().matches[0];
+        assert_eq!(m.stat_prefix.as_deref(), Some("api"));
+        let leaf = route(r#"{"match": [{"uri": {"prefix": "/api/v1"}, "statPrefix": "v1"}]}"#);
+        let m = &merge_route(&root, &leaf).unwrap().matches[0];
+        assert_eq!(m.stat_prefix.as_deref(), Some("v1"));
     }
 
     #[test]

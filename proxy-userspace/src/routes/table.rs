@@ -66,6 +66,8 @@ pub struct HttpRoute {
     pub cors: Option<Arc<crate::proxy::http::cors::CorsRules>>,
     /// The route's `rewrite.uriRegexRewrite`, compiled.
     pub regex_rewrite: Option<RegexRewrite>,
+    /// Each match's `statPrefix`, in the order of `matches`; empty when none has one.
+    pub stat_prefixes: Vec<Option<Arc<str>>>,
 }
 
 /// `rewrite.uriRegexRewrite`, as Envoy's `regex_rewrite`: every match in the path (not the
@@ -112,6 +114,17 @@ impl RegexRewrite {
 impl HttpRoute {
     pub fn matches(&self, r: &RequestView<'_>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(r))
+    }
+
+    /// The `statPrefix` of the first match that holds for `r`: each match is a route of its
+    /// own in Envoy, with its own statistics.
+    pub fn stat_prefix(&self, r: &RequestView<'_>) -> Option<&Arc<str>> {
+        if self.stat_prefixes.is_empty() {
+            return None;
+        }
+        (self.matches.iter().zip(&self.stat_prefixes))
+            .find(|(m, _)| m.matches(r))
+            .and_then(|(_, p)| p.as_ref())
     }
 }
 
@@ -229,6 +242,7 @@ mod tests {
                 retry: crate::proxy::http::retry::RetryPolicy::from_spec(None),
                 cors: None,
                 regex_rewrite: None,
+                stat_prefixes: Vec::new(),
             }]
             .into(),
         }

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod exposition;
 pub mod istio;
 pub mod logging;
+pub mod route_stats;
 pub mod series;
 pub mod trace;
 

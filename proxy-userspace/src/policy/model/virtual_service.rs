@@ -141,6 +141,8 @@ pub struct HttpMatchRequest {
     pub without_headers: BTreeMap<String, StringMatch>,
     pub source_namespace: Option<String>,
     pub gateways: Vec<String>,
+    /// The name of the route's own statistics when this match selects it.
+    pub stat_prefix: Option<String>,
 }
 
 impl HttpMatchRequest {

@@ -58,7 +58,7 @@ static HTTP_MATCH: Obj = Obj {
         opt("ignoreUriCase", Ty::Bool),
         opt("withoutHeaders", HEADER_MATCHES),
         opt("sourceNamespace", NAMESPACE),
-        warned("statPrefix", STR, NOTE_UNSUPPORTED),
+        opt("statPrefix", Ty::Str(rules::non_empty)),
     ],
     one_of: &[],
     check: Some(check_match_gateways),

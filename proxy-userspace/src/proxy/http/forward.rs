@@ -36,7 +36,8 @@ use super::{
 use crate::{
     routes::RequestView,
     telemetry::{
-        Entry, RequestLabels, access_log::rfc3339, istio::split_workload, trace::RequestId,
+        Entry, RequestLabels, access_log::rfc3339, istio::split_workload,
+        route_stats::RouteRequest, trace::RequestId,
     },
 };
 
@@ -308,6 +309,15 @@ impl Drop for RequestLog {
             request_bytes,
             self.response_bytes,
         );
+        if let Some(prefix) = &rec.stat_prefix {
+            let request = RouteRequest {
+                status,
+                retries: rec.retries,
+                timed_out: rec.flags.contains(ResponseFlags::UPSTREAM_TIMEOUT),
+                elapsed,
+            };
+            self.ctx.metrics.routes.record(prefix, &request);
+        }
         let error = status >= 500 || status == 0 || !rec.flags.is_empty();
         let traced = self.ctx.tracer.wants(&self.trace);
         let logged = self.ctx.access.wants(error);
@@ -509,6 +519,10 @@ async fn forward(
             source_namespace: source_ns,
         };
         let decision = route::decide(&snap, &candidates, &view);
+        // A route's statistics count what it sends upstream, not its direct responses.
+        if let Decision::Forward { route, .. } = &decision {
+            rec.stat_prefix = route.stat_prefix(&view).cloned();
+        }
         let new_path = match &decision {
             Decision::Forward { route, .. } => route
                 .spec
