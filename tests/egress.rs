@@ -544,3 +544,64 @@ fn opaque_tcp_goes_out_as_tls_under_a_simple_destination_rule() {
         "{log}"
     );
 }
+
+/// `proxyProtocol` with TLS origination, as Envoy's upstream transport sockets stack them:
+/// the PROXY protocol header first, then the TLS handshake, then HTTP/1.1 or (with
+/// `h2UpgradePolicy: UPGRADE`) HTTP/2 inside it. nginx reads the header on a `ssl http2
+/// proxy_protocol` listener and answers with the client it announced.
+#[test]
+fn a_proxy_protocol_header_goes_before_originated_tls() {
+    if !ebpf_available("egress_tls_proxy_protocol") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-pp-certs"),
+        "pp.example",
+    );
+    let port = support::ports(240).0 + 5;
+    let _nginx = support::nginx::Nginx::proxy_protocol_tls("egress-pp", port, &certs);
+    let service = |name: &str, vip: &str, pool: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}.example]\n  addresses: [{vip}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}.example\n  trafficPolicy:\n    proxyProtocol: {{version: V2}}\n{pool}    tls:\n      mode: SIMPLE\n      sni: pp.example\n      caCertificates: {}\n---\n",
+            certs.join("ca.pem").display()
+        )
+    };
+    let yaml = service("pp", "127.0.0.57", "")
+        + &service(
+            "pp2",
+            "127.0.0.58",
+            "    connectionPool: {http: {h2UpgradePolicy: UPGRADE}}\n",
+        );
+    let d = start("egress-tls-pp", 240, &yaml);
+    let get = |name: &str, vip: &str| {
+        curl(
+            &d,
+            &[
+                "--resolve",
+                &format!("{name}.example:80:{vip}"),
+                "-w",
+                "%{local_port}",
+                &format!("http://{name}.example/"),
+            ],
+        )
+    };
+    for (name, vip, protocol) in [
+        ("pp", "127.0.0.57", "HTTP/1.1"),
+        ("pp2", "127.0.0.58", "HTTP/2.0"),
+    ] {
+        let out = get(name, vip);
+        let (answer, local_port) = out.trim().rsplit_once('\n').unwrap_or_default();
+        assert_eq!(
+            answer.split(" #").next().unwrap_or_default(),
+            format!("127.0.0.1:{local_port}>{vip}:80"),
+            "{out}\n{}",
+            d.log_text()
+        );
+        // `#N TLSVERSION PROTOCOL`; nginx 1.22 offers TLS 1.2 at most by default.
+        let fields: Vec<&str> = answer.split(' ').collect();
+        assert!(
+            fields.len() == 4 && fields[2].starts_with("TLSv1.") && fields[3] == protocol,
+            "{out}"
+        );
+    }
+}
