@@ -191,10 +191,26 @@ pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Opt
 /// A networking.istio.io/v1 `kind` rendered from the Kubernetes object `source` (its kind,
 /// namespace and name).
 fn rendered(source: &str, kind: &str, ns: &str, name: &str, spec: Value) -> Document {
+    annotated(source, kind, ns, name, Value::Null, spec)
+}
+
+/// [`rendered`], with `annotations` (a JSON object, or null for none) in its metadata.
+fn annotated(
+    source: &str,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    annotations: Value,
+    spec: Value,
+) -> Document {
+    let mut meta = json!({ "name": name, "namespace": ns });
+    if annotations.is_object() {
+        meta["annotations"] = annotations;
+    }
     let doc = json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": kind,
-        "metadata": { "name": name, "namespace": ns },
+        "metadata": meta,
         "spec": spec,
     });
     Document::new(source, ns, name, pretty(&doc))

@@ -22,7 +22,7 @@ mod rules;
 mod schema;
 mod set;
 pub mod source;
-mod validate;
+pub(crate) mod validate;
 mod walk;
 pub mod yaml;
 

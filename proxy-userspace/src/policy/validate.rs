@@ -59,22 +59,26 @@ pub fn document(root: &Node, r: &mut Report) -> Option<&'static KindInfo> {
     Some(info)
 }
 
-/// Istio's annotation for a ServiceEntry's `trafficDistribution`: a value meshd does not know
-/// is ignored, with a warning.
+/// Istio's annotation for a ServiceEntry's `trafficDistribution`.
 fn traffic_distribution_annotation(root: &Node, r: &mut Report) {
     let key = super::model::TRAFFIC_DISTRIBUTION;
     let found =
         (root.get("metadata").and_then(|m| m.get("annotations"))).and_then(|a| a.entry(key));
-    let Some(e) = found else {
-        return;
-    };
-    let value = e.value.as_str().unwrap_or_default();
-    if super::model::TrafficDistribution::parse(value).is_none() {
+    if let Some(e) = found {
+        traffic_distribution(&e.value, &format!("metadata.annotations.{key}"), r);
+    }
+}
+
+/// A `trafficDistribution` value (the field's or the annotation's): one meshd does not know is
+/// ignored with a warning, as Kubernetes lets implementations ignore values they do not know.
+pub fn traffic_distribution(value: &Node, path: &str, r: &mut Report) {
+    let text = value.as_str().unwrap_or_default();
+    if super::model::TrafficDistribution::parse(text).is_none() {
         r.warn(
-            e.value.pos,
-            &format!("metadata.annotations.{key}"),
+            value.pos,
+            path,
             format!(
-                "{value:?} is not PreferSameZone, PreferClose or PreferSameNode; endpoints are \
+                "{text:?} is not PreferSameZone, PreferClose or PreferSameNode; endpoints are \
                  not ranked by distance"
             ),
         );

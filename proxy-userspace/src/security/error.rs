@@ -10,8 +10,8 @@ pub enum SecurityError {
     )]
     CustomUnsupported { policy: String },
     #[error(
-        "AuthorizationPolicy {policy}: targetRefs: {kind} {name}: {reason}; the reference \
-         selects no workload"
+        "AuthorizationPolicy {policy}: target {kind} {name}: {reason}; the reference selects \
+         no workload"
     )]
     Target {
         policy: String,

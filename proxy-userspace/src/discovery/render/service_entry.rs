@@ -10,10 +10,11 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use serde_json::{Map, Value, json};
 
-use super::{DOMAIN, View, rendered};
+use super::{DOMAIN, View, annotated};
 use crate::{
     config::{Document, endpoints::NODE_LABEL},
     discovery::protocol,
+    policy::model::{SERVICE_SELECTOR, TrafficDistribution},
 };
 
 impl View {
@@ -145,15 +146,41 @@ impl View {
             spec["addresses"] = json!(addresses);
         }
         // The Service's own field, else Istio's annotation on it.
-        let annotated = (svc.metadata.annotations.as_ref())
+        let by_annotation = (svc.metadata.annotations.as_ref())
             .and_then(|a| a.get(crate::policy::model::TRAFFIC_DISTRIBUTION));
         let field = svc
             .spec
             .as_ref()
             .and_then(|s| s.traffic_distribution.as_ref());
-        if let Some(d) = field.or(annotated) {
-            spec["trafficDistribution"] = json!(d);
+        match field.or(by_annotation) {
+            Some(d) if TrafficDistribution::parse(d).is_some() => {
+                spec["trafficDistribution"] = json!(d);
+            }
+            // Kubernetes checks neither the annotation nor (for a newer value) the field: one
+            // meshd does not know leaves the endpoints unranked, never the service unserved.
+            Some(d) => tracing::warn!(
+                service = %format!("{ns}/{name}"),
+                value = %d,
+                "trafficDistribution is not PreferSameZone, PreferClose or PreferSameNode; ignored"
+            ),
+            None => {}
         }
-        Some(rendered("Service", "ServiceEntry", ns, name, spec))
+        // The Service's selector: the workloads an AuthorizationPolicy's `targetRefs` to the
+        // Service stands for, ready or not (the endpoints list only the ready ones).
+        let selector = (svc.spec.as_ref())
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| !s.is_empty());
+        let annotations = match selector {
+            Some(s) => json!({ SERVICE_SELECTOR: serde_json::to_string(s).unwrap_or_default() }),
+            None => Value::Null,
+        };
+        Some(annotated(
+            "Service",
+            "ServiceEntry",
+            ns,
+            name,
+            annotations,
+            spec,
+        ))
     }
 }

@@ -127,6 +127,11 @@ fn a_service_and_its_slices_become_a_service_entry() {
     assert_eq!(se["spec"]["addresses"], json!(["10.96.0.20"]));
     assert_eq!(se["spec"]["resolution"], "STATIC");
     assert_eq!(se["spec"]["trafficDistribution"], "PreferSameZone");
+    // The Service's selector, for AuthorizationPolicies whose targetRefs name the Service.
+    assert_eq!(
+        se["metadata"]["annotations"]["meshd.io/service-selector"],
+        r#"{"app":"reviews"}"#
+    );
     assert_eq!(
         se["spec"]["ports"],
         json!([
@@ -161,6 +166,11 @@ fn a_service_and_its_slices_become_a_service_entry() {
     );
     // Istio's annotation on the Service stands for the field.
     assert_eq!(db["spec"]["trafficDistribution"], "PreferSameNode");
+    // A value meshd does not know is left out: the Service is still rendered.
+    let mut odd = testdata::service("legacy", "odd", "10.96.0.31", json!([{ "port": 80 }]));
+    odd["spec"]["trafficDistribution"] = json!("PreferSameRack");
+    let odd = parsed(&v.service_entry(&typed(odd)).unwrap());
+    assert!(odd["spec"].get("trafficDistribution").is_none(), "{odd}");
     assert_eq!(
         db["spec"]["endpoints"][0]["ports"],
         json!({ "port-5432": 5432 })

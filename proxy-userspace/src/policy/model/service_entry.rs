@@ -23,6 +23,10 @@ pub struct ServiceEntrySpec {
     pub traffic_distribution: Option<String>,
 }
 
+/// The annotation by which meshd's discovery records, on the ServiceEntry it renders from a
+/// Kubernetes Service, the Service's selector (JSON): the workloads behind the Service.
+pub const SERVICE_SELECTOR: &str = "meshd.io/service-selector";
+
 /// The annotation by which a ServiceEntry (or a Service) asks for endpoints near the client.
 pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
 

@@ -317,6 +317,15 @@ fn check_tls(node: &Node, path: &str, at: Pos, r: &mut Report) {
             r.warn(e.key_pos, &report::key(path, field), why);
         }
     }
+    if node.get("insecureSkipVerify").and_then(Node::as_bool) == Some(true)
+        && let Some(e) = node.entry("caCrl")
+    {
+        r.warn(
+            e.key_pos,
+            &report::key(path, "caCrl"),
+            "not read: insecureSkipVerify accepts any certificate",
+        );
+    }
     if node.get("mode").and_then(Node::as_str) == Some("MUTUAL")
         && !has("credentialName")
         && !(has("clientCertificate") && has("privateKey"))

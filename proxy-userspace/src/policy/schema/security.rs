@@ -148,7 +148,9 @@ pub static AUTHORIZATION_POLICY: Obj = Obj {
 };
 
 fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) {
-    let (one, many) = (node.entry("targetRef"), node.entry("targetRefs"));
+    // An empty `targetRefs` is unset, as in Istio.
+    let many = (node.entry("targetRefs")).filter(|e| e.value.items().is_none_or(|l| !l.is_empty()));
+    let one = node.entry("targetRef");
     let targets: Vec<(&Node, String)> = match (one, many) {
         (Some(_), Some(e)) => {
             let key = report::key(path, "targetRefs");

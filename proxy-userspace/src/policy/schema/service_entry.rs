@@ -62,10 +62,7 @@ pub static SPEC: Obj = Obj {
         opt("workloadSelector", Ty::Obj(&WORKLOAD_SELECTOR)),
         warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
         opt("subjectAltNames", STRINGS),
-        opt(
-            "trafficDistribution",
-            Ty::Enum(&["PreferSameZone", "PreferClose", "PreferSameNode"]),
-        ),
+        opt("trafficDistribution", STR),
     ],
     one_of: &[&["endpoints", "workloadSelector"]],
     check: Some(check_spec),
@@ -73,6 +70,10 @@ pub static SPEC: Obj = Obj {
 
 fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
     non_empty_list(node, "hosts", path, at, "host", r);
+    if let Some(e) = node.entry("trafficDistribution") {
+        let key = report::key(path, "trafficDistribution");
+        crate::policy::validate::traffic_distribution(&e.value, &key, r);
+    }
     let resolution = node.get("resolution").and_then(Node::as_str);
     if matches!(resolution, Some("DNS" | "DNS_ROUND_ROBIN")) {
         let hosts = node.get("hosts").and_then(Node::items).unwrap_or_default();

@@ -493,6 +493,18 @@ fn an_authorization_policy_targets_by_selector_or_references() {
 }
 
 #[test]
+fn a_revocation_list_is_not_read_when_nothing_is_verified() {
+    assert_eq!(
+        check(&dr(
+            "    tls: {mode: SIMPLE, insecureSkipVerify: true, caCrl: /etc/crl.pem}\n"
+        )),
+        [
+            "8:51: warning: spec.trafficPolicy.tls.caCrl: not read: insecureSkipVerify accepts any certificate"
+        ]
+    );
+}
+
+#[test]
 fn traffic_distribution_takes_kubernetes_values() {
     let se = |annotations: &str, spec: &str| {
         format!(
@@ -503,11 +515,12 @@ fn traffic_distribution_takes_kubernetes_values() {
     let annotated =
         "  annotations:\n    networking.istio.io/traffic-distribution: PreferSameNode\n";
     assert!(check(&se(annotated, "")).is_empty());
-    let f = check(&se("", "  trafficDistribution: Nearby\n"));
-    assert_eq!(f.len(), 1, "{f:?}");
-    assert!(
-        f[0].starts_with("8:24: error: spec.trafficDistribution:"),
-        "{f:?}"
+    // An unknown value is ignored with a warning (the service is still served).
+    assert_eq!(
+        check(&se("", "  trafficDistribution: Nearby\n")),
+        [
+            "8:24: warning: spec.trafficDistribution: \"Nearby\" is not PreferSameZone, PreferClose or PreferSameNode; endpoints are not ranked by distance"
+        ]
     );
     let f = check(&se(
         "  annotations:\n    networking.istio.io/traffic-distribution: Nearby\n",

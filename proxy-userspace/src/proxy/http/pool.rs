@@ -253,14 +253,24 @@ impl Pool {
     ) -> Result<Box<dyn Io>, UpstreamError> {
         let dst = target.addr;
         let stream = self.reach(target, limits).await?;
-        match &limits.tls {
-            // Boxed: the handshake's state is large, and every request's future would
-            // otherwise carry (and move) room for it.
-            Some(tls) => match Box::pin(tls.wrap(stream)).await {
-                Ok(s) => Ok(Box::new(s)),
-                Err(source) => Err(UpstreamError::Tls { dst, source }),
-            },
-            None => Ok(stream),
+        let Some(tls) = &limits.tls else {
+            return Ok(stream);
+        };
+        // The handshake is bounded by the connect timeout too, as Envoy's connect timeout runs
+        // until its transport socket is up: a server that accepts and then stalls holds
+        // nothing for long. Boxed: the handshake's state is large, and every request's future
+        // would otherwise carry (and move) room for it.
+        let after = self.connect_timeout(limits);
+        match tokio::time::timeout(after, Box::pin(tls.wrap(stream))).await {
+            Ok(Ok(s)) => Ok(Box::new(s)),
+            Ok(Err(source)) => Err(UpstreamError::Tls { dst, source }),
+            Err(_) => Err(UpstreamError::Tls {
+                dst,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no handshake within the connect timeout ({after:?})"),
+                ),
+            }),
         }
     }
 

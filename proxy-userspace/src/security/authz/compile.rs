@@ -8,7 +8,9 @@ use super::{
     rule::{Check, Rule, Test},
 };
 use crate::{
-    policy::model::{AuthorizationPolicy, Condition, Operation, ServiceEntry, Source},
+    policy::model::{
+        AuthorizationPolicy, Condition, Operation, SERVICE_SELECTOR, ServiceEntry, Source,
+    },
     security::{SecurityError, selector_labels},
 };
 
@@ -106,15 +108,20 @@ fn targets(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
-        match &service.spec.workload_selector {
-            Some(selector) => out.push(target(&selector.labels)),
-            None => out.extend(service.spec.endpoints.iter().map(|e| target(&e.labels))),
+        // A Kubernetes Service's selector (which discovery records), else the ServiceEntry's
+        // workloadSelector, else its endpoints' labels.
+        let service_selector = (service.metadata.annotations.get(SERVICE_SELECTOR))
+            .and_then(|s| serde_json::from_str::<BTreeMap<String, String>>(s).ok());
+        match (service_selector, &service.spec.workload_selector) {
+            (Some(selector), _) => out.push(target(&selector)),
+            (None, Some(selector)) => out.push(target(&selector.labels)),
+            (None, None) => out.extend(service.spec.endpoints.iter().map(|e| target(&e.labels))),
         }
         // A target without labels would select every workload of the namespace.
         let mut kept = out.split_off(before);
         kept.retain(|t| !t.labels.is_empty());
         if kept.is_empty() {
-            refuse("it has no workloadSelector and no endpoint with labels");
+            refuse("it has no selector and no endpoint with labels");
         }
         out.extend(kept);
     }

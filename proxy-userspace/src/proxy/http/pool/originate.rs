@@ -9,6 +9,7 @@ use std::{
     fmt,
     path::Path,
     sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rustls::{
@@ -75,15 +76,62 @@ enum Alpn {
     None,
 }
 
+/// How often the files of a `tls` block are looked at again: a rotated certificate or a
+/// reissued revocation list is read within this long.
+const RECHECK: Duration = Duration::from_secs(10);
+
 /// Client configs built from DestinationRule `tls` blocks, each built once (reading its files)
-/// and kept for the life of the process; a later edit of the block builds a new one.
-#[derive(Default)]
+/// and rebuilt when one of its files changes (checked every [`RECHECK`]), so a renewed
+/// certificate, a reissued `caCrl` or a file that was missing at first is picked up; a later
+/// edit of the block builds a new one.
 pub struct Originations {
     built: Mutex<Vec<Built>>,
+    recheck: Duration,
+}
+
+impl Default for Originations {
+    fn default() -> Self {
+        Originations {
+            built: Mutex::new(Vec::new()),
+            recheck: RECHECK,
+        }
+    }
 }
 
 /// A `tls` block, the protocol offered, and the config built from it (or why there is none).
-type Built = (ClientTls, Alpn, Result<Arc<ClientConfig>, String>);
+struct Built {
+    tls: ClientTls,
+    alpn: Alpn,
+    config: Result<Arc<ClientConfig>, String>,
+    /// When the block's files were last modified, as the config was built.
+    stamps: Vec<Option<SystemTime>>,
+    checked: Instant,
+}
+
+/// When each file the block names was last modified (`None`: unreadable or not named).
+fn stamps(tls: &ClientTls) -> Vec<Option<SystemTime>> {
+    [
+        &tls.ca_certificates,
+        &tls.ca_crl,
+        &tls.client_certificate,
+        &tls.private_key,
+    ]
+    .iter()
+    .map(|path| {
+        let path = path.as_deref()?;
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    })
+    .collect()
+}
+
+/// The client config for `tls`, its failure logged.
+fn build(tls: &ClientTls, alpn: Alpn) -> Result<Arc<ClientConfig>, String> {
+    let c = client_config(tls, alpn).map(Arc::new);
+    if let Err(e) = &c {
+        tracing::error!(error = %e, "DestinationRule tls: cannot originate TLS");
+    }
+    c
+}
 
 impl Originations {
     /// How to originate TLS under `tls` for a request to `host` (HTTP/2 upstream: `h2`);
@@ -116,20 +164,7 @@ impl Originations {
         let Some(tls) = tls.filter(|t| matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL")) else {
             return Ok(None);
         };
-        let config = {
-            let mut built = self.built.lock().expect("originations lock");
-            match built.iter().find(|(t, a, _)| t == tls && *a == alpn) {
-                Some((_, _, c)) => c.clone(),
-                None => {
-                    let c = client_config(tls, alpn).map(Arc::new);
-                    if let Err(e) = &c {
-                        tracing::error!(error = %e, "DestinationRule tls: cannot originate TLS");
-                    }
-                    built.push((tls.clone(), alpn, c.clone()));
-                    c
-                }
-            }
-        }?;
+        let config = self.config(tls, alpn)?;
         let name = tls.sni.as_deref().unwrap_or(host);
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| format!("tls: {name:?} is not a server name to send"))?;
@@ -137,6 +172,38 @@ impl Originations {
             config,
             server_name,
         }))
+    }
+}
+
+impl Originations {
+    /// The config built for `tls`, rebuilt when its files changed since.
+    fn config(&self, tls: &ClientTls, alpn: Alpn) -> Result<Arc<ClientConfig>, String> {
+        let mut built = self.built.lock().expect("originations lock");
+        let now = Instant::now();
+        let Some(b) = built.iter_mut().find(|b| b.tls == *tls && b.alpn == alpn) else {
+            let b = Built {
+                tls: tls.clone(),
+                alpn,
+                config: build(tls, alpn),
+                stamps: stamps(tls),
+                checked: now,
+            };
+            let config = b.config.clone();
+            built.push(b);
+            return config;
+        };
+        if now.duration_since(b.checked) >= self.recheck {
+            b.checked = now;
+            let current = stamps(tls);
+            if current != b.stamps {
+                tracing::info!(
+                    "DestinationRule tls: a file changed; building the TLS config again"
+                );
+                b.config = build(tls, alpn);
+                b.stamps = current;
+            }
+        }
+        b.config.clone()
     }
 }
 
@@ -150,7 +217,10 @@ fn client_config(tls: &ClientTls, alpn: Alpn) -> Result<ClientConfig, String> {
         let roots = Arc::new(roots(tls.ca_certificates.as_deref())?);
         let mut webpki = WebPkiServerVerifier::builder_with_provider(roots, crypto_provider());
         if let Some(path) = &tls.ca_crl {
-            webpki = webpki.with_crls(revocation_lists(path)?);
+            // An expired list is refused, as BoringSSL refuses it for Envoy.
+            webpki = webpki
+                .with_crls(revocation_lists(path)?)
+                .enforce_revocation_expiration();
         }
         let webpki = webpki
             .build()
@@ -381,6 +451,42 @@ mod tests {
         t.ca_crl = Some("/nonexistent/crl.pem".into());
         let e = o.for_request(Some(&t), "a.example", false).unwrap_err();
         assert!(e.starts_with("tls.caCrl /nonexistent/crl.pem:"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_or_late_file_is_read_again() {
+        let dir = std::env::temp_dir().join(format!("meshd-originate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        let _ = std::fs::remove_file(&ca);
+        let o = Originations {
+            recheck: Duration::ZERO,
+            ..Originations::default()
+        };
+        let mut t = tls("SIMPLE");
+        t.ca_certificates = Some(ca.display().to_string());
+        // Missing at first: an error, until the file appears.
+        assert!(o.for_request(Some(&t), "a.example", false).is_err());
+        std::fs::copy(SYSTEM_BUNDLE, &ca).unwrap();
+        let first = o
+            .for_request(Some(&t), "a.example", false)
+            .unwrap()
+            .unwrap();
+        let same = o
+            .for_request(Some(&t), "a.example", false)
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&first.config, &same.config), "unchanged: kept");
+        // Rewritten (a renewed bundle): built again.
+        let later = SystemTime::now() + Duration::from_secs(5);
+        let f = std::fs::File::options().write(true).open(&ca).unwrap();
+        f.set_modified(later).unwrap();
+        let renewed = o
+            .for_request(Some(&t), "a.example", false)
+            .unwrap()
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first.config, &renewed.config));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -271,6 +271,47 @@ fn a_service_target_is_its_endpoints_by_their_labels() {
 }
 
 #[test]
+fn a_rendered_service_target_is_its_selector_not_only_its_ready_endpoints() {
+    // As discovery renders a Service: its ready endpoints, and its selector in an annotation.
+    let a = authorizer(&[
+        se(
+            "foo",
+            "httpbin",
+            "{hosts: [httpbin.foo.svc.cluster.local], ports: [{number: 80, name: http}], endpoints: [{address: 10.0.0.1, labels: {app: httpbin, version: v1, pod-template-hash: abc}}]}",
+        )
+        .replace(
+            "namespace: foo}",
+            "namespace: foo, annotations: {meshd.io/service-selector: '{\"app\":\"httpbin\"}'}}",
+        ),
+        ap(
+            "foo",
+            "deny-httpbin",
+            "{targetRefs: [{kind: Service, name: httpbin}], action: DENY, rules: [{}]}",
+        ),
+    ]);
+    // A pod not ready yet (no endpoint) is behind the Service all the same.
+    let starting = wl("foo", &[("app", "httpbin"), ("version", "v2")]);
+    assert!(!Req::tcp().decide(&a, &starting).allowed);
+    assert!(
+        Req::tcp()
+            .decide(&a, &wl("foo", &[("app", "other")]))
+            .allowed
+    );
+    // An empty targetRefs is unset: the selector decides.
+    let a = authorizer(&[ap(
+        "foo",
+        "p",
+        "{selector: {matchLabels: {app: other}}, targetRefs: [], action: DENY, rules: [{}]}",
+    )]);
+    assert!(Req::tcp().decide(&a, &httpbin()).allowed);
+    assert!(
+        !Req::tcp()
+            .decide(&a, &wl("foo", &[("app", "other")]))
+            .allowed
+    );
+}
+
+#[test]
 fn targets_meshd_cannot_resolve_select_nothing_and_say_why() {
     let set = crate::policy::load_str(
         "t.yaml".as_ref(),
@@ -304,9 +345,9 @@ fn targets_meshd_cannot_resolve_select_nothing_and_say_why() {
     assert_eq!(
         errors,
         [
-            "AuthorizationPolicy foo/gw: targetRefs: Gateway ingress: meshd is not a gateway; the reference selects no workload",
-            "AuthorizationPolicy foo/missing: targetRefs: Service nowhere: no ServiceEntry (or Service) of that name in the policy's namespace; the reference selects no workload",
-            "AuthorizationPolicy foo/bare: targetRefs: ServiceEntry bare: it has no workloadSelector and no endpoint with labels; the reference selects no workload",
+            "AuthorizationPolicy foo/gw: target Gateway ingress: meshd is not a gateway; the reference selects no workload",
+            "AuthorizationPolicy foo/missing: target Service nowhere: no ServiceEntry (or Service) of that name in the policy's namespace; the reference selects no workload",
+            "AuthorizationPolicy foo/bare: target ServiceEntry bare: it has no selector and no endpoint with labels; the reference selects no workload",
         ]
     );
     // None of them applies to any workload: the empty ALLOW policy denies nobody.
