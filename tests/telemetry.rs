@@ -493,15 +493,16 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
 }
 
 /// A VirtualService match's `statPrefix` gives its route statistics of its own, as Envoy's
-/// per-route stats: requests by response code class, retries and time, for the requests that
-/// match selected; the route's other match, without a prefix, counts in none.
+/// per-route stats: upstream requests (each attempt) by response code class, and retries and
+/// time per request, for the requests that match selected; the route's other match, without a
+/// prefix, counts in none, nor does a route's fault abort, which never goes upstream.
 #[test]
 fn a_stat_prefix_gives_a_route_its_own_statistics() {
     if !ebpf_available("stat_prefix") {
         return;
     }
     let (v1, v2) = two_backends();
-    let routes = "  - match:\n    - uri:\n        prefix: /whoami\n      statPrefix: reviews-read\n    - uri:\n        prefix: /status\n      statPrefix: reviews-status\n    - uri:\n        prefix: /echo\n    retries:\n      attempts: 2\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let routes = "  - match:\n    - uri:\n        prefix: /whoami\n      statPrefix: reviews-read\n    - uri:\n        prefix: /status\n      statPrefix: reviews-status\n    - uri:\n        prefix: /echo\n    retries:\n      attempts: 2\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - match:\n    - uri:\n        prefix: /fault\n      statPrefix: reviews-fault\n    fault:\n      abort:\n        httpStatus: 503\n        percentage:\n          value: 100\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let d = start("stat-prefix", 239, &policies(&v1, &v2, routes));
     let get = |path: &str| status(&d, &format!("http://reviews:9080{path}"));
     for _ in 0..3 {
@@ -509,6 +510,7 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
     }
     assert_eq!(get("/status/503"), "503");
     assert_eq!(get("/echo"), "200");
+    assert_eq!(get("/fault"), "503");
     let metrics = d.get("/metrics");
     for (series, value) in [
         (
@@ -517,7 +519,7 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
         ),
         (
             r#"meshd_route_upstream_rq_total{response_code_class="5xx",stat_prefix="reviews-status"}"#,
-            1.0,
+            3.0,
         ),
         (
             r#"meshd_route_upstream_rq_retry_total{stat_prefix="reviews-status"}"#,
@@ -540,8 +542,9 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(
-        counted, 4.0,
-        "the /echo request counts in no route's series"
+        counted, 6.0,
+        "three reads and three attempts of /status/503; /echo and /fault count in none"
     );
+    assert!(!metrics.contains("reviews-fault"), "{metrics}");
     assert!(!metrics.contains("meshd_route_upstream_rq_retry_total{stat_prefix=\"reviews-read\"}"));
 }

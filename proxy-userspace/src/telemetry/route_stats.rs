@@ -1,6 +1,7 @@
 //! Statistics of the routes a VirtualService match names with `statPrefix`, as Envoy keeps
-//! `vhost.<host>.route.<stat_prefix>.upstream_rq_*` for them: requests by response code
-//! class, their time, retries and route timeouts, one series per prefix.
+//! `route.<stat_prefix>.upstream_rq_*` for them: upstream requests (each attempt) by response
+//! code class, and per request its time, its retries and route timeouts; one series per
+//! prefix (Envoy also names the virtual host; meshd does not).
 
 use std::time::Duration;
 
@@ -20,8 +21,6 @@ pub struct RouteStats {
 
 /// What one request of a route did.
 pub struct RouteRequest {
-    /// The response status sent to the client; 0 when there was none.
-    pub status: u16,
     pub retries: u32,
     /// The route timeout expired (flag UT).
     pub timed_out: bool,
@@ -48,7 +47,7 @@ impl RouteStats {
         RouteStats {
             requests: counter(
                 "meshd_route_upstream_rq_total",
-                "Requests of a route with a statPrefix, by response code class (none: no response)",
+                "Upstream requests (each attempt) of a route with a statPrefix, by response code class (none: no response)",
                 &["stat_prefix", "response_code_class"],
             ),
             time,
@@ -65,10 +64,16 @@ impl RouteStats {
         }
     }
 
-    pub fn record(&self, prefix: &str, r: &RouteRequest) {
+    /// One upstream attempt, with the status of its response (`None`: it got none: a reset, a
+    /// connect failure, a per-try timeout, no endpoint).
+    pub fn attempt(&self, prefix: &str, status: Option<u16>) {
         self.requests
-            .with_label_values(&[prefix, code_class(r.status)])
+            .with_label_values(&[prefix, code_class(status.unwrap_or(0))])
             .inc();
+    }
+
+    /// One request, once its response has ended.
+    pub fn request(&self, prefix: &str, r: &RouteRequest) {
         self.time
             .with_label_values(&[prefix])
             .observe(r.elapsed.as_secs_f64() * 1e3);
@@ -105,23 +110,27 @@ mod tests {
     fn a_request_counts_in_its_routes_series() {
         let registry = Registry::new();
         let stats = RouteStats::new(&registry);
-        let request = |status, retries, timed_out| RouteRequest {
-            status,
+        let request = |retries, timed_out| RouteRequest {
             retries,
             timed_out,
             elapsed: Duration::from_millis(3),
         };
-        stats.record("checkout", &request(200, 0, false));
-        stats.record("checkout", &request(503, 2, false));
-        stats.record("checkout", &request(504, 1, true));
-        stats.record("browse", &request(0, 0, false));
+        stats.attempt("checkout", Some(200));
+        stats.request("checkout", &request(0, false));
+        stats.attempt("checkout", Some(503));
+        stats.attempt("checkout", Some(200));
+        stats.request("checkout", &request(1, false));
+        stats.attempt("checkout", Some(503));
+        stats.request("checkout", &request(2, true));
+        stats.attempt("browse", None);
+        stats.request("browse", &request(0, false));
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&registry.gather(), &mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
         for line in [
-            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="checkout"} 1"#,
+            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="checkout"} 2"#,
             r#"meshd_route_upstream_rq_total{response_code_class="5xx",stat_prefix="checkout"} 2"#,
             r#"meshd_route_upstream_rq_total{response_code_class="none",stat_prefix="browse"} 1"#,
             r#"meshd_route_upstream_rq_retry_total{stat_prefix="checkout"} 3"#,

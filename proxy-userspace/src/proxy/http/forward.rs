@@ -311,12 +311,11 @@ impl Drop for RequestLog {
         );
         if let Some(prefix) = &rec.stat_prefix {
             let request = RouteRequest {
-                status,
                 retries: rec.retries,
                 timed_out: rec.flags.contains(ResponseFlags::UPSTREAM_TIMEOUT),
                 elapsed,
             };
-            self.ctx.metrics.routes.record(prefix, &request);
+            self.ctx.metrics.routes.request(prefix, &request);
         }
         let error = status >= 500 || status == 0 || !rec.flags.is_empty();
         let traced = self.ctx.tracer.wants(&self.trace);
@@ -605,6 +604,8 @@ async fn forward(
                     Box::pin(fault::inject(route.spec.fault.as_ref(), &mut rec.flags)).await
             {
                 rec.reason = Some("fault injection abort".into());
+                // Answered here: nothing for the route's upstream statistics.
+                rec.stat_prefix = None;
                 return resp;
             }
             (Some(route), Some(destination))
@@ -636,6 +637,7 @@ async fn forward(
         ratelimit::Verdict::Allow => {}
         ratelimit::Verdict::Limited(l) => {
             rec.fail(ResponseFlags::RATE_LIMITED, "rate limited");
+            rec.stat_prefix = None;
             // Envoy's bodies: its local rate limit filter's, and none from its global one,
             // which marks the answer instead.
             let body = if l.global { "" } else { "local_rate_limited\n" };
@@ -653,6 +655,7 @@ async fn forward(
             return r;
         }
         ratelimit::Verdict::Unavailable => {
+            rec.stat_prefix = None;
             rec.fail(
                 ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
                 "rate limit service unavailable (failureModeDeny)",

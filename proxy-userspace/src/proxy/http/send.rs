@@ -623,6 +623,7 @@ pub async fn with_policy(
     // Whether that attempt went through the mTLS tunnel, for `connection_security_policy`.
     let mut last_tunnelled: Option<bool> = None;
     let mut tried = 0u32;
+    let stat_prefix = rec.stat_prefix.clone();
     // Built in place and pinned once: one slot for the attempts' state, whichever way they
     // are awaited (a moved-from local would keep a second).
     let attempts = {
@@ -665,6 +666,7 @@ pub async fn with_policy(
                     .as_ref()
                     .and_then(|u| u.as_ref().ok())
                     .map(|t| t.via.is_some());
+                let stat_prefix = stat_prefix.as_deref();
                 async move {
                     let target = target.map_err(Failed::NoEndpoint)?;
                     if let Some(reason) = authorize::request(ctx, plan.snap, down, target, &req) {
@@ -680,6 +682,10 @@ pub async fn with_policy(
                         Err(e) => Err(e),
                     };
                     plan.observe(ctx, target, &result);
+                    if let Some(prefix) = stat_prefix {
+                        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+                        ctx.metrics.routes.attempt(prefix, status);
+                    }
                     result.map_err(Failed::Upstream)
                 }
             },
