@@ -516,6 +516,22 @@ fn opaque_tcp_goes_out_as_tls_under_a_simple_destination_rule() {
         "{}",
         d.log_text()
     );
+    // A client that speaks TLS itself is not wrapped again: its own TLS reaches the server.
+    let script = "import socket, ssl\n\
+         c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
+         s = c.wrap_socket(socket.create_connection(('127.0.0.56', 7000), timeout=5))\n\
+         s.sendall(b'tls of its own\\n'); print(s.recv(200).decode())\n";
+    let out = d
+        .exec("default/app", &["python3", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "nwo sti fo slt",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_text()
+    );
     drop(d);
 
     // A ServiceEntry without endpoints (`resolution: NONE`): the connection goes where the

@@ -1466,9 +1466,9 @@ metadata:
     assert!(to_near > 0 && to_far > 0, "both: {to_near} and {to_far}");
     drop(d);
 
-    // The near endpoint fails: Istio's default retry (503 is retriable) takes each failed
-    // request to the far endpoint, and after two failures outlier detection ejects the near
-    // one, so the far one takes every request.
+    // The near endpoint fails: Istio's default retry (503 is retriable) tries again, and after
+    // two failures outlier detection ejects the near endpoint, so the far one takes every
+    // request.
     let bad = support::backend::Backend::http_503("127.0.0.1:0");
     let far = support::http_backend::HttpBackend::start("127.0.0.1:0");
     let outlier = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews.default.svc.cluster.local\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
@@ -1477,6 +1477,19 @@ metadata:
     let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\\n");
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
     assert_eq!(far.requests(), 20, "{codes:?}");
+    // The near endpoint was tried first, until it was ejected: the first request tried it
+    // twice (a retry stays at the nearest level, as Envoy's priority load does with one host
+    // there) and then the far one; no request after that was retried.
+    let retries = support::eventually(std::time::Duration::from_secs(5), || {
+        let lines: Vec<u64> = (d.log_text().lines())
+            .filter(|l| l.starts_with('{') && l.contains("\"method\":\"GET\""))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["retries"].as_u64())
+            .collect();
+        (lines.len() >= 20).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("20 access-log lines; log:\n{}", d.log_text()));
+    assert_eq!(retries[0], 2, "{retries:?}");
+    assert!(retries[1..].iter().all(|r| *r == 0), "{retries:?}");
     assert!(
         d.log_text()
             .contains("endpoint ejected by outlier detection"),

@@ -548,12 +548,7 @@ impl Cluster {
     /// port-name convention (`http-web`, `grpc`, `tcp-db`, ...). `None`: undeclared or unknown.
     pub fn port_protocol(&self, port: u16) -> Option<crate::proxy::sniff::Detected> {
         use crate::proxy::sniff::Detected;
-        let (name, protocol) = self.ports.get(&port)?;
-        // Read on every request: compared in place, without allocating.
-        let declared = match protocol {
-            Some(p) => p.as_str(),
-            None => name.split('-').next().unwrap_or(""),
-        };
+        let declared = self.declared(port)?;
         let is = |names: &[&str]| names.iter().any(|n| declared.eq_ignore_ascii_case(n));
         if is(&["HTTP"]) {
             Some(Detected::Http1)
@@ -564,6 +559,22 @@ impl Cluster {
         } else {
             None
         }
+    }
+
+    /// Whether `port` is declared `TLS` or `HTTPS`: its clients speak TLS themselves.
+    pub fn declares_tls(&self, port: u16) -> bool {
+        (self.declared(port))
+            .is_some_and(|d| ["TLS", "HTTPS"].iter().any(|p| d.eq_ignore_ascii_case(p)))
+    }
+
+    /// The protocol `port` declares as written: its `protocol`, else its name's prefix.
+    fn declared(&self, port: u16) -> Option<&str> {
+        let (name, protocol) = self.ports.get(&port)?;
+        // Read on every request: compared in place, without allocating.
+        Some(match protocol {
+            Some(p) => p.as_str(),
+            None => name.split('-').next().unwrap_or(""),
+        })
     }
 }
 

@@ -78,7 +78,7 @@ pub enum OutboundError {
     NoHealthyUpstream(http::NoEndpoint),
     #[error("the client left while its connection opened: {0}")]
     ClientGone(std::io::Error),
-    #[error("cannot originate TLS: DestinationRule {0}")]
+    #[error("{0}")]
     Origination(String),
     /// Any other failure to open the upstream (TLS origination's handshake, a forward proxy's
     /// refusal).
@@ -203,6 +203,10 @@ async fn handle(
     .await
 }
 
+/// How long a client's first bytes may take on a port declared TCP, when a DestinationRule
+/// would originate TLS: a client that speaks TLS itself is not wrapped again.
+const CLIENT_TLS_WAIT: Duration = Duration::from_millis(50);
+
 /// How long the rest of a ClientHello may take once sniffing has seen its first bytes.
 const SNI_AFTER_SNIFF: Duration = Duration::from_millis(50);
 
@@ -314,7 +318,9 @@ async fn proxy(
             sockopt::set_reset_on_close(&down);
             let e = match refused {
                 http::L4Error::NoEndpoint(e) => OutboundError::NoHealthyUpstream(e),
-                http::L4Error::Origination(reason) => OutboundError::Origination(reason),
+                origination @ http::L4Error::Origination { .. } => {
+                    OutboundError::Origination(origination.to_string())
+                }
             };
             let record = TcpRecord::new(
                 ctx,
@@ -328,6 +334,20 @@ async fn proxy(
             return Err(e);
         }
     };
+    // A client that speaks TLS itself is not wrapped in the TLS a DestinationRule originates.
+    // Sniffing has already waited for the first bytes of an undeclared port; on a declared
+    // one they are given a moment.
+    let mut target = target;
+    if target.limits.tls.is_some() {
+        let wait = match declared {
+            Some(_) => CLIENT_TLS_WAIT,
+            None => Duration::ZERO,
+        };
+        if sniff::starts_tls(&down, wait).await {
+            debug!(%dst, "the client speaks TLS: not originating TLS");
+            target.limits.tls = None;
+        }
+    }
     let upstream = target.addr;
     let record = TcpRecord::new(
         ctx,

@@ -41,6 +41,22 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
         .map_or(Some(Detected::Opaque), |_| None)
 }
 
+/// Whether the client's first bytes begin a TLS handshake record (content type 22, version
+/// 3.x): it speaks TLS itself. Waits up to `wait` for them (false when none came).
+pub async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 2];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(2)) => return buf == [0x16, 0x03],
+            // One byte so far: the record type alone tells a handshake from anything else.
+            Ok(Ok(1)) if buf[0] != 0x16 => return false,
+            Ok(Ok(1)) => tokio::task::yield_now().await,
+            _ => return false,
+        }
+    }
+}
+
 /// Peeks until the bytes classify or `timeout` passes (then: opaque).
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let deadline = tokio::time::Instant::now() + timeout;

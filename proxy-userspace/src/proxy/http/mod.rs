@@ -245,8 +245,18 @@ impl HttpContext {
             // (a forward proxy's `tunnel`, say).
             Err(e) if d.subset.is_some() => return Err(e.into()),
             // A service without endpoints (`resolution: NONE`) is reached where the client
-            // dialled, under its DestinationRule, as Envoy's original-destination cluster.
-            Err(_) => route::endpoints(&snap, &d, &[Cow::Borrowed(&*d.host)], dst, Some(&client)),
+            // dialled, under its DestinationRule, as Envoy's original-destination cluster;
+            // outlier detection there would track every address ever dialled, so it is off.
+            Err(_) => route::endpoints(&snap, &d, &[Cow::Borrowed(&*d.host)], dst, Some(&client))
+                .map(|(e, policy)| {
+                    (
+                        e,
+                        route::ClusterPolicy {
+                            outlier: None,
+                            ..policy
+                        },
+                    )
+                }),
             found => found,
         };
         match found {
@@ -268,14 +278,32 @@ impl HttpContext {
                     })
                 });
                 // TLS origination (`tls: SIMPLE` or `MUTUAL`) names `sni`, else the service's
-                // host, else (a wildcard host) the endpoint's address.
-                let name = match d.host.starts_with('*') {
-                    true => addr.ip().to_string(),
-                    false => d.host.clone(),
-                };
-                limits.tls = (self.pool.originations)
-                    .for_connection(policy.tls, &name)
-                    .map_err(L4Error::Origination)?;
+                // host, else (a wildcard host) the endpoint's address. A client that speaks TLS
+                // itself (a ClientHello seen, or a port declared TLS or HTTPS) is not wrapped
+                // again: its TLS passes through, as it would without the rule. (The caller
+                // looks at the client's first bytes too.)
+                let port = d.port.unwrap_or(dst.port());
+                let declared_tls =
+                    (snap.compiled.clusters.get(&d.host)).is_some_and(|c| c.declares_tls(port));
+                if sni.is_some() || declared_tls {
+                    if policy
+                        .tls
+                        .is_some_and(|t| matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL"))
+                    {
+                        tracing::debug!(host = %d.host, "the client speaks TLS: not originating TLS");
+                    }
+                } else {
+                    let name = match d.host.starts_with('*') {
+                        true => addr.ip().to_string(),
+                        false => d.host.clone(),
+                    };
+                    limits.tls = (self.pool.originations)
+                        .for_connection(policy.tls, &name)
+                        .map_err(|reason| L4Error::Origination {
+                            host: d.host.clone(),
+                            reason,
+                        })?;
+                }
                 Ok(L4Target {
                     addr,
                     cluster: Some(cluster),
@@ -327,8 +355,8 @@ impl HttpContext {
 pub enum L4Error {
     #[error("{0}")]
     NoEndpoint(#[from] route::NoEndpoint),
-    #[error("cannot originate TLS: DestinationRule {0}")]
-    Origination(String),
+    #[error("cannot originate TLS to {host}: DestinationRule {reason}")]
+    Origination { host: String, reason: String },
 }
 
 /// Where an opaque TCP connection goes, and the limits of the service it belongs to.
