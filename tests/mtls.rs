@@ -895,3 +895,93 @@ spec:
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     assert_eq!(details.requests(), 1);
 }
+
+/// A DestinationRule's `tls: SIMPLE` on a TCP service on another node: the TLS meshd
+/// originates runs inside the mTLS tunnel, end to end with the workload (`openssl s_server
+/// -rev` on node b, which answers each line reversed), verified against the test CA by the
+/// service's host. The client on node a speaks plain TCP.
+#[test]
+fn tls_originated_to_another_node_runs_inside_the_tunnel() {
+    if !ebpf_available("mtls_originate") {
+        return;
+    }
+    let (slots, subnet) = ((243, 244), 117);
+    let net = format!("10.213.{subnet}");
+    let certs = support::tls::certificates(
+        &std::env::temp_dir().join("meshd-test-mtls-originate-certs"),
+        "secure.default.svc.cluster.local",
+    );
+    let extra = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: default}}
+spec:
+  hosts: [secure.default.svc.cluster.local]
+  addresses: ["{net}.51"]
+  ports:
+  - {{number: 9443, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  endpoints:
+  - address: {net}.2
+    ports: {{tcp: 8443}}
+    serviceAccount: reviews
+    labels: {{app: secure, meshd.io/node: "{net}.2", meshd.io/tunnel-port: "{port}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure, namespace: default}}
+spec:
+  host: secure.default.svc.cluster.local
+  trafficPolicy:
+    tls:
+      mode: SIMPLE
+      caCertificates: {ca}
+"#,
+        port = support::ports(slots.1).2,
+        ca = certs.join("ca.pem").display(),
+    );
+    let m = mesh_with(
+        "mtls-originate",
+        subnet,
+        slots,
+        Options {
+            extra: &extra,
+            ..Options::default()
+        },
+    );
+    let b = m.lan.node(1).clone();
+    let addr: std::net::SocketAddr = format!("{}:8443", b.addr).parse().unwrap();
+    let _server =
+        support::tls::TlsServer::spawn(b.command("openssl"), &certs, "-rev", addr, || {
+            b.run(|| std::net::TcpStream::connect(addr).is_ok())
+        });
+    let wire = m.lan.capture(m.lan.node(1));
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{net}.51',9443), timeout=5)\n\
+         s.sendall(b'across-in-tls\\n')\nprint(s.recv(200).decode())"
+    );
+    let out = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "slt-ni-ssorca",
+        "{}\nnode a:\n{}\nnode b:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        m.d_a.log_text(),
+        m.d_b.log_text()
+    );
+    let bytes = wire.stop();
+    assert!(
+        !contains(&bytes, b"across-in-tls"),
+        "no plaintext on the wire"
+    );
+    assert_eq!(
+        m.d_b
+            .metric(r#"meshd_tunnel_events_total{event="stream_opened"}"#),
+        1.0
+    );
+}

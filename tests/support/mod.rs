@@ -12,6 +12,7 @@ pub mod prometheus;
 pub mod raw_upstream;
 pub mod redis;
 pub mod tinyproxy;
+pub mod tls;
 
 use std::{
     io::{Read, Write},
