@@ -985,3 +985,90 @@ spec:
         1.0
     );
 }
+
+/// `trafficDistribution: PreferSameNode` (Istio's annotation) on a service with an endpoint on
+/// each node: a client on node a is served by node a's endpoint; without it, node b's (through
+/// the tunnel) takes a share too.
+#[test]
+fn prefer_same_node_keeps_requests_on_the_clients_node() {
+    if !ebpf_available("mtls_same_node") {
+        return;
+    }
+    let (slots, subnet) = ((245, 246), 118);
+    let net = format!("10.213.{subnet}");
+    let service = |annotation: &str| {
+        format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: spread
+  namespace: default
+{annotation}spec:
+  hosts: [spread.default.svc.cluster.local]
+  addresses: ["{net}.52"]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  resolution: STATIC
+  endpoints:
+  - address: {net}.1
+    ports: {{http: 8090}}
+    labels: {{app: spread, meshd.io/node: "{net}.1", meshd.io/tunnel-port: "{a}"}}
+  - address: {net}.2
+    ports: {{http: 8080}}
+    serviceAccount: reviews
+    labels: {{app: spread, meshd.io/node: "{net}.2", meshd.io/tunnel-port: "{b}"}}
+"#,
+            a = support::ports(slots.0).2,
+            b = support::ports(slots.1).2,
+        )
+    };
+    let annotated = "  annotations: {networking.istio.io/traffic-distribution: PreferSameNode}\n";
+    for (annotation, name) in [(annotated, "mtls-same-node"), ("", "mtls-any-node")] {
+        let m = mesh_with(
+            name,
+            subnet,
+            slots,
+            Options {
+                extra: &service(annotation),
+                ..Options::default()
+            },
+        );
+        let a = m.lan.node(0).clone();
+        let local = a.run(|| HttpBackend::start(&format!("{}:8090", a.addr)));
+        let vip = format!("{net}.52");
+        for _ in 0..20 {
+            let url = format!("http://{vip}:9080/whoami");
+            let out = m
+                .d_a
+                .exec(
+                    "default/productpage",
+                    &[
+                        "curl",
+                        "-sS",
+                        "--max-time",
+                        "10",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        &url,
+                    ],
+                )
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "200",
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                m.d_a.log_text()
+            );
+        }
+        let (here, there) = (local.requests(), m.backend.requests());
+        match annotation.is_empty() {
+            false => assert_eq!((here, there), (20, 0), "all on node a"),
+            true => assert!(here > 0 && there > 0, "both nodes: {here} and {there}"),
+        }
+    }
+}
