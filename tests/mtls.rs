@@ -806,13 +806,13 @@ fn an_idle_tcp_connection_through_the_tunnel_is_closed_at_its_idle_timeout() {
     );
     let waited: u64 = fields[2].parse().unwrap();
     assert!(waited <= 3, "closed after about a second of quiet: {said}");
-    assert!(
-        m.d_a
-            .log_text()
-            .contains("idle timeout (connectionPool.tcp.idleTimeout)"),
-        "{}",
-        m.d_a.log_text()
-    );
+    // The access log is written in the background: its line may come a moment later.
+    let logged = support::eventually(Duration::from_secs(5), || {
+        (m.d_a.log_text())
+            .contains("idle timeout (connectionPool.tcp.idleTimeout)")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", m.d_a.log_text());
 }
 
 /// An AuthorizationPolicy that names its service with `targetRefs` (as one written for an

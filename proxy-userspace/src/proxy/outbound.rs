@@ -521,7 +521,10 @@ async fn streamed(
     };
     // The stream to the endpoint, and through it the forward proxy's CONNECT (`tunnel`).
     let dialled = async {
-        let mut up = ctx.http.pool.dial(target, &l4.limits).await?;
+        let (mut up, cookie) = ctx.http.pool.dial_socket(target, &l4.limits).await?;
+        if let Some(c) = cookie {
+            tracked.set_upstream(c);
+        }
         let after = l4.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
         let early = http::open_tunnel(&mut up, &l4.limits, target.addr, after).await?;
         Ok::<_, UpstreamError>((up, early))
@@ -562,6 +565,12 @@ async fn streamed(
         }
     };
     ctx.metrics.bytes(to_up, to_down);
+    // The kernel's view of a direct upstream socket (TLS over TCP; not the shared tunnel).
+    if let (_, Some(u)) = ctx.connections.counters(tracked.id()) {
+        ctx.metrics
+            .istio
+            .kernel(&record.labels, u.srtt_us, u.retransmits);
+    }
     record.closed(ctx, to_up, to_down);
     Ok(())
 }

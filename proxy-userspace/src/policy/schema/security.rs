@@ -168,13 +168,39 @@ fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) 
         r.error(e.key_pos, &key, "set a selector or targetRefs, not both");
     }
     for (target, at_path) in targets {
+        let kind = target.get("kind").and_then(Node::as_str);
         if let Some(e) = target.entry("kind")
-            && matches!(e.value.as_str(), Some("Gateway" | "GatewayClass"))
+            && matches!(kind, Some("Gateway" | "GatewayClass"))
         {
             r.warn(
                 e.value.pos,
                 &report::key(&at_path, "kind"),
                 "meshd is not a gateway: a policy for one applies to no workload here",
+            );
+        }
+        // Each kind lives in one API group, as Istio checks a reference.
+        let want = match kind {
+            Some("Service") => "",
+            Some("ServiceEntry") => "networking.istio.io",
+            Some("Gateway" | "GatewayClass") => "gateway.networking.k8s.io",
+            _ => continue,
+        };
+        let group = target.get("group").and_then(Node::as_str).unwrap_or("");
+        if group != want {
+            let at = target.entry("group").map_or(target.pos, |e| e.value.pos);
+            let expected = if want.is_empty() {
+                "\"\" (the core group)"
+            } else {
+                want
+            };
+            r.error(
+                at,
+                &report::key(&at_path, "group"),
+                format!(
+                    "{:?} is not the group of {}: use {expected}",
+                    group,
+                    kind.unwrap_or_default()
+                ),
             );
         }
     }

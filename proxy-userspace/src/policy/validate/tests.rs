@@ -476,6 +476,20 @@ fn an_authorization_policy_targets_by_selector_or_references() {
         )),
         ["8:3: error: spec.targetRefs: set targetRef or targetRefs, not both"]
     );
+    assert_eq!(
+        check(&ap("  targetRefs:\n  - {kind: ServiceEntry, name: a}\n")),
+        [
+            "8:5: error: spec.targetRefs[0].group: \"\" is not the group of ServiceEntry: use networking.istio.io"
+        ]
+    );
+    assert_eq!(
+        check(&ap(
+            "  targetRefs:\n  - {kind: Service, group: networking.istio.io, name: a}\n"
+        )),
+        [
+            "8:28: error: spec.targetRefs[0].group: \"networking.istio.io\" is not the group of Service: use \"\" (the core group)"
+        ]
+    );
     let f = check(&ap("  targetRefs:\n  - {kind: Deployment, name: a}\n"));
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(

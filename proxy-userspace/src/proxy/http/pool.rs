@@ -251,10 +251,20 @@ impl Pool {
         target: &Target,
         limits: &Limits,
     ) -> Result<Box<dyn Io>, UpstreamError> {
+        self.dial_socket(target, limits).await.map(|(io, _)| io)
+    }
+
+    /// [`Pool::dial`], with the socket cookie of a direct TCP connection (none through the
+    /// tunnel, whose connection is shared), for the kernel's counters of it.
+    pub async fn dial_socket(
+        &self,
+        target: &Target,
+        limits: &Limits,
+    ) -> Result<(Box<dyn Io>, Option<u64>), UpstreamError> {
         let dst = target.addr;
-        let stream = self.reach(target, limits).await?;
+        let (stream, cookie) = self.reach(target, limits).await?;
         let Some(tls) = &limits.tls else {
-            return Ok(stream);
+            return Ok((stream, cookie));
         };
         // The handshake is bounded by the connect timeout too, as Envoy's connect timeout runs
         // until its transport socket is up: a server that accepts and then stalls holds
@@ -262,7 +272,7 @@ impl Pool {
         // would otherwise carry (and move) room for it.
         let after = self.connect_timeout(limits);
         match tokio::time::timeout(after, Box::pin(tls.wrap(stream))).await {
-            Ok(Ok(s)) => Ok(Box::new(s)),
+            Ok(Ok(s)) => Ok((Box::new(s), cookie)),
             Ok(Err(source)) => Err(UpstreamError::Tls { dst, source }),
             Err(_) => Err(UpstreamError::Tls {
                 dst,
@@ -276,7 +286,11 @@ impl Pool {
 
     /// The stream [`Pool::dial`] carries: a TCP connection opened with the PROXY protocol
     /// header if any, or a stream through the tunnel.
-    async fn reach(&self, target: &Target, limits: &Limits) -> Result<Box<dyn Io>, UpstreamError> {
+    async fn reach(
+        &self,
+        target: &Target,
+        limits: &Limits,
+    ) -> Result<(Box<dyn Io>, Option<u64>), UpstreamError> {
         let dst = target.addr;
         match (&target.via, &self.tunnel) {
             (None, _) => {
@@ -284,11 +298,12 @@ impl Pool {
                 if let Some(header) = &limits.proxy_protocol {
                     send_proxy_header(&mut tcp, header, dst).await?;
                 }
-                Ok(Box::new(tcp))
+                let cookie = crate::proxy::sockopt::cookie(&tcp).ok();
+                Ok((Box::new(tcp), cookie))
             }
             // Boxed, as the handshake above.
             (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst)).await {
-                Ok(s) => Ok(Box::new(s)),
+                Ok(s) => Ok((Box::new(s), None)),
                 Err(source) => Err(UpstreamError::Tunnel {
                     dst,
                     source: Box::new(source),

@@ -334,7 +334,7 @@ fn targets_meshd_cannot_resolve_select_nothing_and_say_why() {
             ap(
                 "foo",
                 "bare",
-                "{targetRefs: [{kind: ServiceEntry, name: bare}], action: DENY, rules: [{}]}",
+                "{targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: bare}], action: DENY, rules: [{}]}",
             ),
         ]
         .join("---\n"),
