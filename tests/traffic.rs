@@ -1024,3 +1024,105 @@ fn external(host: &str, vip: &str, port: &str, endpoint: u16) -> String {
         "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\nspec:\n  hosts: [{host}]\n  addresses: [{vip}]\n  ports:\n  - {{number: {number}, name: p, protocol: {protocol}}}\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{p: {endpoint}}}\n"
     )
 }
+
+/// A forward proxy reached over TLS: the proxy's subset has both `tunnel` and `tls: SIMPLE`, so
+/// meshd opens TLS to the proxy (HAProxy terminating TLS in front of tinyproxy) and sends the
+/// CONNECT inside it, as Envoy sends it through the cluster's TLS transport socket.
+#[test]
+fn a_tunnel_goes_inside_tls_to_a_proxy_that_takes_tls() {
+    if !ebpf_available("tunnel_over_tls") {
+        return;
+    }
+    let (proxy_port, tls_port) = (support::ports(247).0 + 5, support::ports(247).0 + 6);
+    let proxy = support::tinyproxy::Tinyproxy::start("tunnel-tls", proxy_port);
+    let certs = support::tls::certificates(
+        &std::env::temp_dir().join("meshd-test-tunnel-tls-certs"),
+        "tlsproxy.corp.example",
+    );
+    let _front =
+        support::haproxy::Haproxy::tls_terminator("tunnel-tls", tls_port, proxy_port, &certs);
+    let echo = Backend::echo("127.0.0.1:0");
+    let target = echo.addr.port();
+    let (v1, v2) = two_backends();
+    let yaml = format!(
+        r#"{mesh}{partner}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: corp-proxy
+spec:
+  hosts: [tlsproxy.corp.example]
+  addresses: [127.0.0.82]
+  ports:
+  - {{number: 3129, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{tcp: {tls_port}}}
+    labels: {{role: tunnel}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: partner-through-proxy
+spec:
+  hosts: [api.partner.example]
+  tcp:
+  - route:
+    - destination:
+        host: tlsproxy.corp.example
+        subset: tunnel
+        port:
+          number: 3129
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: corp-proxy
+spec:
+  host: tlsproxy.corp.example
+  subsets:
+  - name: tunnel
+    labels: {{role: tunnel}}
+    trafficPolicy:
+      tls:
+        mode: SIMPLE
+        caCertificates: {ca}
+      tunnel:
+        protocol: CONNECT
+        targetHost: 127.0.0.1
+        targetPort: {target}
+"#,
+        mesh = policies(
+            &v1,
+            &v2,
+            "  - route:\n    - destination:\n        host: reviews\n"
+        ),
+        partner = external("api.partner.example", "127.0.0.81", "9000/TCP", target),
+        ca = certs.join("ca.pem").display(),
+    );
+    let d = start("tunnel-tls", 247, &yaml);
+    let script = "import socket; s=socket.create_connection(('127.0.0.81',9000), timeout=5); \
+                  s.sendall(b'inside-tls-to-the-proxy\\r\\n\\r\\n'); \
+                  print(s.recv(200).decode(errors='replace'))";
+    let out = d
+        .exec("default/productpage", &["python3", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "inside-tls-to-the-proxy",
+        "{}\ntinyproxy:\n{}\nmeshd:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log_text(),
+        d.log_text()
+    );
+    assert!(
+        proxy
+            .log_text()
+            .contains(&format!("CONNECT 127.0.0.1:{target} HTTP/1.1")),
+        "{}",
+        proxy.log_text()
+    );
+}

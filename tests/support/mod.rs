@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cpus;
+pub mod haproxy;
 pub mod http_backend;
 pub mod mesh;
 pub mod netns;

@@ -32,6 +32,7 @@ const TEST_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "wrk",
     "nginx",
+    "haproxy",
     "tinyproxy",
     "redis-server",
     "prometheus",
