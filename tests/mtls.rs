@@ -871,28 +871,21 @@ spec:
     assert!(reviews(&[]).starts_with("200 "), "{}", d.log_text());
     assert_eq!(reviews(&["-X", "POST"]), "403 RBAC: access denied");
     // details, in the same namespace, is not the policy's target.
-    let out = d
-        .exec(
-            "default/productpage",
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "10",
-                "-X",
-                "POST",
-                "--resolve",
-                "details:9080:127.0.0.71",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://details:9080/whoami",
-            ],
-        )
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let posted = support::mesh::curl(
+        &d,
+        &[
+            "-X",
+            "POST",
+            "--resolve",
+            "details:9080:127.0.0.71",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://details:9080/whoami",
+        ],
+    );
+    assert_eq!(posted, "200");
     assert_eq!(details.requests(), 1);
 }
 
@@ -1038,32 +1031,8 @@ metadata:
         let local = a.run(|| HttpBackend::start(&format!("{}:8090", a.addr)));
         let vip = format!("{net}.52");
         for _ in 0..20 {
-            let url = format!("http://{vip}:9080/whoami");
-            let out = m
-                .d_a
-                .exec(
-                    "default/productpage",
-                    &[
-                        "curl",
-                        "-sS",
-                        "--max-time",
-                        "10",
-                        "-o",
-                        "/dev/null",
-                        "-w",
-                        "%{http_code}",
-                        &url,
-                    ],
-                )
-                .output()
-                .unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                "200",
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                m.d_a.log_text()
-            );
+            let code = support::mesh::status(&m.d_a, &format!("http://{vip}:9080/whoami"));
+            assert_eq!(code, "200", "{}", m.d_a.log_text());
         }
         let (here, there) = (local.requests(), m.backend.requests());
         match annotation.is_empty() {

@@ -966,17 +966,7 @@ spec:
         stray = external("stray.partner.example", "127.0.0.79", "9000/TCP", target),
     );
     let d = start("tunnel", 227, &yaml);
-    let send = |vip: &str, port: u16| {
-        let script = format!(
-            "import socket; s=socket.create_connection(('{vip}',{port}), timeout=5); \
-             s.sendall(b'through-the-proxy\\r\\n\\r\\n'); print(s.recv(200).decode(errors='replace'))"
-        );
-        let out = d
-            .exec("default/productpage", &["python3", "-c", &script])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let send = |vip: &str, port: u16| send_line(&d, vip, port, "through-the-proxy");
     // Dialled as the partner's service: routed to the proxy's tunnel subset.
     assert_eq!(
         send("127.0.0.76", 9000),
@@ -1013,6 +1003,20 @@ spec:
         "{}",
         d.log_text()
     );
+}
+
+/// Sends `text` and an empty line over TCP from the managed client to `vip`:`port`; what came
+/// back first (empty when the connection closed without an answer).
+fn send_line(d: &support::Daemon, vip: &str, port: u16, text: &str) -> String {
+    let script = format!(
+        "import socket; s=socket.create_connection(('{vip}',{port}), timeout=5); \
+         s.sendall(b'{text}\\r\\n\\r\\n'); print(s.recv(200).decode(errors='replace'))"
+    );
+    let out = d
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A ServiceEntry (a YAML document) for the external `host` at `vip`, its `port`
@@ -1103,18 +1107,10 @@ spec:
         ca = certs.join("ca.pem").display(),
     );
     let d = start("tunnel-tls", 247, &yaml);
-    let script = "import socket; s=socket.create_connection(('127.0.0.81',9000), timeout=5); \
-                  s.sendall(b'inside-tls-to-the-proxy\\r\\n\\r\\n'); \
-                  print(s.recv(200).decode(errors='replace'))";
-    let out = d
-        .exec("default/productpage", &["python3", "-c", script])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        send_line(&d, "127.0.0.81", 9000, "inside-tls-to-the-proxy"),
         "inside-tls-to-the-proxy",
-        "{}\ntinyproxy:\n{}\nmeshd:\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        "tinyproxy:\n{}\nmeshd:\n{}",
         proxy.log_text(),
         d.log_text()
     );

@@ -356,7 +356,6 @@ fn serve(
         workloads: workloads.clone(),
         connections: connections.clone(),
         metrics: metrics.clone(),
-        connect_timeout: settings.connect_timeout,
         detect_timeout: settings.protocol_detection_timeout,
         http: crate::proxy::http::HttpContext::new(
             &settings,

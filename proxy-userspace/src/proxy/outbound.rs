@@ -15,7 +15,7 @@ use super::{
     connections::{ConnectionInfo, Connections, unix_ms},
     copy::{self, COPY_BUF},
     fairness::Shed,
-    http::{self, Counter, HttpContext, UpstreamError, connect_upstream},
+    http::{self, Counter, HttpContext, UpstreamError},
     idle,
     sniff::{self, Detected},
     sockopt, spliced,
@@ -37,7 +37,6 @@ pub struct Outbound {
     pub workloads: Arc<Registry>,
     pub connections: Arc<Connections>,
     pub metrics: Arc<Metrics>,
-    pub connect_timeout: Duration,
     /// How long to wait for a client's first bytes before treating the connection as opaque.
     pub detect_timeout: Duration,
     pub http: Arc<HttpContext>,
@@ -405,30 +404,20 @@ async fn proxy(
             return Err(e);
         }
     }
-    let after = target.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
     // The endpoint is reached, announced the client (`proxyProtocol`) and, behind a forward
-    // proxy (`tunnel`), CONNECTed through: what the target sent meanwhile goes to the client.
+    // proxy (`tunnel`), CONNECTed through.
     let connected = async {
-        let mut up = connect_upstream(upstream, after, target.limits.keepalive).await?;
-        if let Some(header) = &target.limits.proxy_protocol {
-            http::send_proxy_header(&mut up, header, upstream).await?;
-        }
+        let pool = &ctx.http.pool;
+        let mut up = pool.connect_direct(upstream, &target.limits).await?;
+        let after = pool.connect_timeout(&target.limits);
         let early = http::open_tunnel(&mut up, &target.limits, upstream, after).await?;
         Ok((up, early))
     }
     .await;
     target.observe(&ctx.http, connected.is_ok());
-    let up = match connected {
-        Ok((up, early)) => {
-            if let Err(e) = hand_over(&mut down, &early).await {
-                record.failed(ctx, &e);
-                return Err(e);
-            }
-            up
-        }
-        Err(failure) => {
-            sockopt::set_reset_on_close(&down);
-            let e = not_opened(failure);
+    let up = match settle(&mut down, connected).await {
+        Ok(up) => up,
+        Err(e) => {
             record.failed(ctx, &e);
             return Err(e);
         }
@@ -472,25 +461,31 @@ async fn proxy(
     };
     ctx.metrics.bytes(to_up, to_down);
     let (dk, uk) = ctx.connections.counters(tracked.id());
-    if let Some(u) = uk {
-        ctx.metrics
-            .istio
-            .kernel(&record.labels, u.srtt_us, u.retransmits);
-    }
+    record.kernel(ctx, uk);
     record.closed(ctx, to_up, to_down);
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
     Ok(())
 }
 
-/// Writes to the client what the target sent while a forward proxy's tunnel opened (usually
-/// nothing), before the relay takes over.
-async fn hand_over(down: &mut TcpStream, early: &[u8]) -> Result<(), OutboundError> {
-    if early.is_empty() {
-        return Ok(());
+/// The upstream once it opened, with what the target sent while a forward proxy's tunnel
+/// opened (usually nothing) written to the client first; else why it did not open (and the
+/// client's connection set to close with a reset).
+async fn settle<S>(
+    down: &mut TcpStream,
+    opened: Result<(S, Vec<u8>), UpstreamError>,
+) -> Result<S, OutboundError> {
+    match opened {
+        Ok((up, early)) => {
+            if !early.is_empty() {
+                (down.write_all(&early).await).map_err(OutboundError::ClientGone)?;
+            }
+            Ok(up)
+        }
+        Err(failure) => {
+            sockopt::set_reset_on_close(down);
+            Err(not_opened(failure))
+        }
     }
-    down.write_all(early)
-        .await
-        .map_err(OutboundError::ClientGone)
 }
 
 /// Why the upstream of an opaque connection did not open.
@@ -521,28 +516,21 @@ async fn streamed(
     };
     // The stream to the endpoint, and through it the forward proxy's CONNECT (`tunnel`).
     let dialled = async {
-        let (mut up, cookie) = ctx.http.pool.dial_socket(target, &l4.limits).await?;
+        let pool = &ctx.http.pool;
+        let (mut up, cookie) = pool.dial_socket(target, &l4.limits).await?;
         if let Some(c) = cookie {
             tracked.set_upstream(c);
         }
-        let after = l4.limits.connect_timeout.unwrap_or(ctx.connect_timeout);
+        let after = pool.connect_timeout(&l4.limits);
         let early = http::open_tunnel(&mut up, &l4.limits, target.addr, after).await?;
         Ok::<_, UpstreamError>((up, early))
     }
     .await;
     // What this side sees of the endpoint: whether its stream opened.
     l4.observe(&ctx.http, dialled.is_ok());
-    let mut up = match dialled {
-        Ok((up, early)) => {
-            if let Err(e) = hand_over(&mut down, &early).await {
-                record.failed(ctx, &e);
-                return Err(e);
-            }
-            up
-        }
-        Err(failure) => {
-            sockopt::set_reset_on_close(&down);
-            let e = not_opened(failure);
+    let mut up = match settle(&mut down, dialled).await {
+        Ok(up) => up,
+        Err(e) => {
             record.failed(ctx, &e);
             return Err(e);
         }
@@ -566,11 +554,7 @@ async fn streamed(
     };
     ctx.metrics.bytes(to_up, to_down);
     // The kernel's view of a direct upstream socket (TLS over TCP; not the shared tunnel).
-    if let (_, Some(u)) = ctx.connections.counters(tracked.id()) {
-        ctx.metrics
-            .istio
-            .kernel(&record.labels, u.srtt_us, u.retransmits);
-    }
+    record.kernel(ctx, ctx.connections.counters(tracked.id()).1);
     record.closed(ctx, to_up, to_down);
     Ok(())
 }
@@ -631,6 +615,13 @@ impl TcpRecord {
         self.entry.reason = e.to_string().into();
         self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
         ctx.http.access.log(&self.entry, true);
+    }
+
+    /// The kernel's RTT and retransmissions of the upstream socket, when it has counters.
+    fn kernel(&self, ctx: &Outbound, upstream: Option<crate::ebpf::ConnCounters>) {
+        if let Some(u) = upstream {
+            (ctx.metrics.istio).kernel(&self.labels, u.srtt_us, u.retransmits);
+        }
     }
 
     /// The connection was closed by meshd for its idle timeout; the log line says so.

@@ -41,10 +41,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
-pub use pool::{
-    Counter, Limits, Pool, Target, UpstreamError, connect as connect_upstream, open_tunnel,
-    send_proxy_header,
-};
+pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
 pub use route::NoEndpoint;
 /// The endpoints behind a destination host and port, as routing picks them.

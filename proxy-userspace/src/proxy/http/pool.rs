@@ -284,8 +284,22 @@ impl Pool {
         }
     }
 
-    /// The stream [`Pool::dial`] carries: a TCP connection opened with the PROXY protocol
-    /// header if any, or a stream through the tunnel.
+    /// A TCP connection to `dst`, within the connect timeout, opened with the PROXY protocol
+    /// header if `limits` has one.
+    pub async fn connect_direct(
+        &self,
+        dst: SocketAddr,
+        limits: &Limits,
+    ) -> Result<tokio::net::TcpStream, UpstreamError> {
+        let mut tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
+        if let Some(header) = &limits.proxy_protocol {
+            send_proxy_header(&mut tcp, header, dst).await?;
+        }
+        Ok(tcp)
+    }
+
+    /// The stream [`Pool::dial`] carries: a direct TCP connection ([`Pool::connect_direct`]),
+    /// or a stream through the tunnel.
     async fn reach(
         &self,
         target: &Target,
@@ -294,10 +308,7 @@ impl Pool {
         let dst = target.addr;
         match (&target.via, &self.tunnel) {
             (None, _) => {
-                let mut tcp = connect(dst, self.connect_timeout(limits), limits.keepalive).await?;
-                if let Some(header) = &limits.proxy_protocol {
-                    send_proxy_header(&mut tcp, header, dst).await?;
-                }
+                let tcp = self.connect_direct(dst, limits).await?;
                 let cookie = crate::proxy::sockopt::cookie(&tcp).ok();
                 Ok((Box::new(tcp), cookie))
             }
