@@ -49,9 +49,13 @@ pub async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
     loop {
         match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(2)) => return buf == [0x16, 0x03],
-            // One byte so far: the record type alone tells a handshake from anything else.
-            Ok(Ok(1)) if buf[0] != 0x16 => return false,
-            Ok(Ok(1)) => tokio::task::yield_now().await,
+            // One byte so far: a handshake's record type waits for the version while the wait
+            // lasts (a peek returns that byte at once, so the wait is kept here); any other
+            // type, or the wait over, settles it by that byte.
+            Ok(Ok(1)) if buf[0] == 0x16 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            Ok(Ok(1)) => return buf[0] == 0x16,
             _ => return false,
         }
     }
@@ -82,7 +86,38 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
 
 #[cfg(test)]
 mod tests {
+    use tokio::{
+        io::AsyncWriteExt,
+        net::{TcpListener, TcpStream},
+    };
+
     use super::*;
+
+    #[tokio::test]
+    async fn a_handshake_record_tells_a_tls_client_even_one_byte_at_a_time() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connect = || TcpStream::connect(l.local_addr().unwrap());
+        let wait = Duration::from_millis(20);
+        for (sent, tls) in [
+            (&[0x16, 0x03, 0x01][..], true),
+            (&b"GET / HTTP/1.1\r\n"[..], false),
+            // A lone handshake byte: decided by it once the wait is over, not waited on forever.
+            (&[0x16][..], true),
+            (&[0x17][..], false),
+        ] {
+            let mut client = connect().await.unwrap();
+            let (server, _) = l.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            // The bytes have arrived once a peek sees them all.
+            let mut seen = vec![0u8; sent.len()];
+            while server.peek(&mut seen).await.unwrap() < sent.len() {}
+            assert_eq!(starts_tls(&server, wait).await, tls, "{sent:?}");
+        }
+        // Nothing sent: not TLS, once the wait is over.
+        let _client = connect().await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        assert!(!starts_tls(&server, wait).await);
+    }
 
     #[test]
     fn classifies() {
