@@ -424,6 +424,18 @@ fn opaque_tcp_goes_out_as_tls_under_a_simple_destination_rule() {
         "{}",
         d.log_text()
     );
+    // The upstream TCP socket under meshd's TLS keeps the kernel's counters: its RTT is
+    // reported when the connection closes.
+    let rtt = support::eventually(Duration::from_secs(5), || {
+        let metrics = d.get("/metrics");
+        (metrics.lines())
+            .any(|l| {
+                l.starts_with("meshd_tcp_rtt_microseconds_count{")
+                    && l.contains(r#"destination_service="db.example""#)
+            })
+            .then_some(())
+    });
+    assert!(rtt.is_some(), "{}", d.get("/metrics"));
     // A client that speaks TLS itself is not wrapped again: its own TLS reaches the server.
     let script = "import socket, ssl\n\
          c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n\
