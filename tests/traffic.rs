@@ -848,6 +848,93 @@ fn proxy_protocol_announces_the_client_to_the_upstream() {
     );
 }
 
+/// A mirror still waiting for its answer when its client connection closes: under
+/// `proxyProtocol` its upstream connection belongs to that client connection's partition of the
+/// pool, which no request can use any more, so meshd closes it once the answer is in instead of
+/// keeping it idle (until the idle timeout, an hour by default).
+#[test]
+fn a_mirror_outliving_its_client_keeps_no_upstream_connection() {
+    if !ebpf_available("proxy_protocol_mirror") {
+        return;
+    }
+    let port = support::ports(248).0 + 5;
+    let seen = slow_proxy_protocol_server(port, std::time::Duration::from_millis(600));
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n    mirror:\n      host: slow.example\n    mirrorPercentage:\n      value: 100\n";
+    let yaml = [
+        policies(&v1, &v2, routes),
+        external("slow.example", "127.0.0.73", "8080/HTTP", port),
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: slow\nspec:\n  host: slow.example\n  trafficPolicy:\n    proxyProtocol: {version: V1}\n".to_string(),
+    ]
+    .join("\n");
+    let d = start("proxy-protocol-mirror", 248, &yaml);
+    // curl has its answer, and has closed its connection, long before the mirror's comes.
+    assert_eq!(status(&d, "http://reviews:9080/"), "200");
+    let lines = support::eventually(std::time::Duration::from_secs(5), || {
+        let s = seen.lock().unwrap();
+        s.iter().any(|l| l == "closed").then(|| s.clone())
+    })
+    .unwrap_or_else(|| seen.lock().unwrap().clone());
+    assert!(
+        lines[0].starts_with("PROXY TCP4 127.0.0.1 127.0.0.50 "),
+        "the mirror's connection announced the client: {lines:?}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["GET / answered", "closed"],
+        "one request, then meshd closed the connection"
+    );
+}
+
+/// An HTTP/1.1 server on 127.0.0.1:`port` behind a PROXY protocol header. It answers each
+/// request after `delay`, and records the header, each request, and the connection's close by
+/// the other side.
+fn slow_proxy_protocol_server(
+    port: u16,
+    delay: std::time::Duration,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let mut r = std::io::BufReader::new(stream);
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                log.lock().unwrap().push(line.trim_end().to_string());
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut l = String::new();
+                        if r.read_line(&mut l).unwrap_or(0) == 0 {
+                            log.lock().unwrap().push("closed".into());
+                            return;
+                        }
+                        if l.trim_end().is_empty() {
+                            break;
+                        }
+                        head.push_str(&l);
+                    }
+                    std::thread::sleep(delay);
+                    out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                        .unwrap();
+                    let request = head.lines().next().unwrap_or("").to_string();
+                    let mut words = request.split(' ');
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{method} {path} answered"));
+                }
+            });
+        }
+    });
+    seen
+}
+
 /// DestinationRule `tunnel`, as in Istio's egress through a forward proxy: a TCP route sends the
 /// external service's connections to the proxy's host, whose rule tunnels them with HTTP CONNECT
 /// to `targetHost:targetPort`. tinyproxy (a real forward proxy) carries the bytes to an echo

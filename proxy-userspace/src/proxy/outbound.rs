@@ -287,6 +287,7 @@ async fn proxy(
                 dst,
                 workload,
                 principal,
+                life: Default::default(),
             },
             ctx.http.clone(),
             detected == Detected::Http2,
@@ -381,6 +382,7 @@ async fn proxy(
         dst,
         workload: workload.clone(),
         principal: principal.clone(),
+        life: Default::default(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
         sockopt::set_reset_on_close(&down);

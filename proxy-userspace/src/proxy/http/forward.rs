@@ -752,6 +752,7 @@ async fn forward(
                 let mut limits = Limits::from_spec(policy.pool);
                 limits.retry_budget = policy.retry_budget.map(RetryBudget::from_spec);
                 limits.proxy_protocol = policy.proxy_header(down.peer, down.dst);
+                limits.client = Some(down.life.clone());
                 // TLS origination sends the request's host as the server name (Istio's
                 // automatic SNI) unless the DestinationRule names one.
                 if policy.tls.is_some() {

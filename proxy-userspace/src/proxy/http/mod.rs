@@ -401,6 +401,9 @@ pub struct Downstream {
     pub workload: Option<String>,
     /// The source workload's SPIFFE identity, when its WorkloadEntry gives one.
     pub principal: Option<std::sync::Arc<str>>,
+    /// Ended when the connection closes: its partition of the pool (`proxyProtocol`) keeps no
+    /// upstream connection after that.
+    pub life: pool::proxy_protocol::ClientLife,
 }
 
 /// Serves HTTP on a captured connection until the client closes it. `h2` says the connection
@@ -408,7 +411,7 @@ pub struct Downstream {
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
     // What the client connection's end releases: its PROXY protocol partitions of the pool.
-    let (pool, client) = (ctx.pool.clone(), (down.peer, down.dst));
+    let (pool, client, life) = (ctx.pool.clone(), (down.peer, down.dst), down.life.clone());
     // Closed with a lingering close, by the server or by an upgraded stream.
     let (stream, verdicts) = framing::Guarded::new(linger::Lingering::new(stream));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -443,5 +446,8 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     if let Err(e) = served {
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
+    // Ended first: a request still in flight (a mirror's) then closes its upstream connection
+    // rather than give it back to the partition forgotten here.
+    life.end();
     pool.forget_client(client.0, client.1);
 }

@@ -167,6 +167,15 @@ impl Target {
         };
         (self.addr, partition)
     }
+
+    /// The downstream connection whose partition of the pool a connection to the target
+    /// belongs to: one opened with that connection's PROXY header (not through the tunnel).
+    fn owner<'l>(&self, limits: &'l Limits) -> Option<&'l proxy_protocol::ClientLife> {
+        match (&self.via, &limits.proxy_protocol) {
+            (None, Some(_)) => limits.client.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// Any upstream byte stream: a TCP connection or a tunnel stream.
@@ -344,9 +353,13 @@ impl Pool {
         let io = self.dial(target, limits).await?;
         if let (None, Some(header)) = (&target.via, &limits.proxy_protocol) {
             let mut partitions = self.partitions.lock().expect("partitions lock");
-            let clusters = partitions.entry(header.pool_key()).or_default();
-            if !clusters.iter().any(|c| c.ptr_eq(&Arc::downgrade(cluster))) {
-                clusters.push(Arc::downgrade(cluster));
+            // A client already gone (a mirror outliving it) leaves nothing to forget: its
+            // connection is not kept.
+            if !target.owner(limits).is_some_and(|c| c.ended()) {
+                let clusters = partitions.entry(header.pool_key()).or_default();
+                if !clusters.iter().any(|c| c.ptr_eq(&Arc::downgrade(cluster))) {
+                    clusters.push(Arc::downgrade(cluster));
+                }
             }
         }
         if h2 {
@@ -371,6 +384,7 @@ impl Pool {
                     idle_timeout: limits.idle_timeout,
                     expires: limits.expiry(),
                 },
+                target.owner(limits),
             );
             let ready = sender.ready().await.map_err(|source| UpstreamError::Send {
                 dst,
@@ -489,6 +503,7 @@ impl Pool {
                     };
                     let conn = Leased::H1 {
                         dst: target.key(limits),
+                        owner: target.owner(limits).cloned(),
                         used: c.used,
                         reusable: limits.reusable(c.used),
                         idle_timeout: c.idle_timeout,

@@ -15,6 +15,8 @@ use foldhash::HashMap;
 
 use tokio::sync::Notify;
 
+use super::proxy_protocol::ClientLife;
+
 /// An endpoint and, for a tunnelled connection, the tunnel's key: connections through the
 /// tunnel carry one source identity, so they are pooled apart.
 pub type PeerKey = (SocketAddr, Option<Arc<str>>);
@@ -149,13 +151,17 @@ impl ClusterPool {
         None
     }
 
-    pub fn keep_h1(&self, dst: PeerKey, conn: IdleH1) {
-        self.h1
-            .lock()
-            .expect("h1 pool lock")
-            .entry(dst)
-            .or_default()
-            .push(conn);
+    /// Keeps an idle connection for the next request to `dst`, unless `owner` (the downstream
+    /// connection whose partition it is in) has closed: then it closes. Checked under the lock
+    /// that [`ClusterPool::forget_partition`] takes, so none slips in after it.
+    pub fn keep_h1(&self, dst: PeerKey, conn: IdleH1, owner: Option<&ClientLife>) {
+        {
+            let mut all = self.h1.lock().expect("h1 pool lock");
+            if owner.is_some_and(ClientLife::ended) {
+                return;
+            }
+            all.entry(dst).or_default().push(conn);
+        }
         self.changed.notify_waiters();
     }
 
@@ -180,13 +186,17 @@ impl ClusterPool {
         Some((c.sender.clone(), H2Stream::new(self.clone(), &c.streams)))
     }
 
-    pub fn add_h2(&self, dst: PeerKey, conn: H2Conn) {
-        self.h2
-            .lock()
-            .expect("h2 pool lock")
-            .entry(dst)
-            .or_default()
-            .push(conn);
+    /// Offers a new HTTP/2 connection's spare streams to other requests to `dst`, unless `owner`
+    /// has closed (as for [`ClusterPool::keep_h1`]): then only the stream it was opened for
+    /// uses it, and it closes when that ends.
+    pub fn add_h2(&self, dst: PeerKey, conn: H2Conn, owner: Option<&ClientLife>) {
+        {
+            let mut all = self.h2.lock().expect("h2 pool lock");
+            if owner.is_some_and(ClientLife::ended) {
+                return;
+            }
+            all.entry(dst).or_default().push(conn);
+        }
         self.changed.notify_waiters();
     }
 

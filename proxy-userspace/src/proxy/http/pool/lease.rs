@@ -15,6 +15,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use super::{
     cluster::{ClusterPool, H2Stream, IdleH1, PeerKey, Slot},
     h1,
+    proxy_protocol::ClientLife,
 };
 use crate::proxy::http::body::BoxError;
 
@@ -28,6 +29,8 @@ pub struct Lease {
 pub enum Leased {
     H1 {
         dst: PeerKey,
+        /// The downstream connection whose partition `dst` is (`proxyProtocol`).
+        owner: Option<ClientLife>,
         used: u32,
         reusable: bool,
         idle_timeout: Duration,
@@ -44,6 +47,7 @@ impl Lease {
         match &mut self.conn {
             Leased::H1 {
                 dst,
+                owner,
                 used,
                 reusable,
                 idle_timeout,
@@ -62,6 +66,7 @@ impl Lease {
                             idle_timeout: *idle_timeout,
                             expires: *expires,
                         },
+                        owner.as_ref(),
                     );
                 }
             }

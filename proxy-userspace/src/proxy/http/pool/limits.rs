@@ -56,6 +56,9 @@ pub struct Limits {
     /// `proxyProtocol`: the header a new direct connection opens with, for the request's (or
     /// opaque connection's) downstream connection.
     pub proxy_protocol: Option<super::proxy_protocol::ProxyHeader>,
+    /// With `proxy_protocol`: the downstream connection whose partition of the pool a new
+    /// connection joins.
+    pub client: Option<super::proxy_protocol::ClientLife>,
     /// `tunnel`: the `host:port` an opaque connection asks the forward proxy (the endpoint)
     /// to CONNECT to.
     pub tunnel: Option<std::sync::Arc<str>>,
@@ -102,6 +105,7 @@ impl Default for Limits {
             tls: None,
             retry_budget: None,
             proxy_protocol: None,
+            client: None,
             tunnel: None,
         }
     }
@@ -234,6 +238,7 @@ mod tests {
                 tls: None,
                 retry_budget: None,
                 proxy_protocol: None,
+                client: None,
                 tunnel: None,
             }
         );

@@ -4,7 +4,10 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 /// Version 2's fixed opening (section 2.2 of the specification).
@@ -25,6 +28,31 @@ impl Version {
         }
     }
 }
+
+/// Whether a downstream connection has closed. Its partition of the pool (the upstream
+/// connections opened with its PROXY header) keeps no connection after that: a request still in
+/// flight then (a mirror's) closes its connection instead of giving it back.
+#[derive(Clone, Debug, Default)]
+pub struct ClientLife(Arc<AtomicBool>);
+
+impl ClientLife {
+    /// Marks the downstream connection closed, before its partition is forgotten.
+    pub fn end(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn ended(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for ClientLife {
+    fn eq(&self, other: &ClientLife) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClientLife {}
 
 /// The header of one downstream connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
