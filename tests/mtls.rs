@@ -1041,3 +1041,129 @@ metadata:
         }
     }
 }
+
+/// DestinationRule `tunnel` to a forward proxy on another node: the CONNECT goes inside the mTLS
+/// tunnel to node b, whose meshd hands it to tinyproxy there, and tinyproxy carries the bytes to
+/// node b's echo server. Neither the CONNECT nor the payload crosses the wire in plaintext.
+#[test]
+fn a_connect_tunnel_to_a_proxy_on_another_node_runs_inside_the_mtls_tunnel() {
+    if !ebpf_available("mtls_http_connect") {
+        return;
+    }
+    let (slots, subnet) = ((249, 250), 119);
+    let net = format!("10.213.{subnet}");
+    let extra = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: corp-proxy, namespace: default}}
+spec:
+  hosts: [proxy.corp.example]
+  addresses: ["{net}.53"]
+  ports:
+  - {{number: 3128, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  endpoints:
+  - address: {net}.2
+    ports: {{tcp: 8888}}
+    serviceAccount: reviews
+    labels: {{role: tunnel, meshd.io/node: "{net}.2", meshd.io/tunnel-port: "{port}"}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: corp-proxy, namespace: default}}
+spec:
+  host: proxy.corp.example
+  subsets:
+  - name: tunnel
+    labels: {{role: tunnel}}
+    trafficPolicy:
+      tunnel: {{protocol: CONNECT, targetHost: "{net}.2", targetPort: 8081}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner, namespace: default}}
+spec:
+  hosts: [api.partner.example]
+  addresses: ["{net}.54"]
+  ports:
+  - {{number: 9000, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: 127.0.0.1
+    ports: {{tcp: 9}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: partner-through-proxy, namespace: default}}
+spec:
+  hosts: [api.partner.example]
+  tcp:
+  - route:
+    - destination:
+        host: proxy.corp.example
+        subset: tunnel
+        port: {{number: 3128}}
+"#,
+        port = support::ports(slots.1).2,
+    );
+    let m = mesh_with(
+        "mtls-connect",
+        subnet,
+        slots,
+        Options {
+            extra: &extra,
+            ..Options::default()
+        },
+    );
+    let b = m.lan.node(1).clone();
+    let addr: std::net::SocketAddr = format!("{}:8888", b.addr).parse().unwrap();
+    let proxy = support::tinyproxy::Tinyproxy::spawn(
+        "mtls-connect",
+        b.command("tinyproxy"),
+        addr,
+        &[&format!("{net}.0/24"), "127.0.0.1"],
+        || b.run(|| std::net::TcpStream::connect(addr).is_ok()),
+    );
+    let wire = m.lan.capture(m.lan.node(1));
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{net}.54',9000), timeout=5)\n\
+         s.sendall(b'across-through-the-proxy\\n')\nprint(s.recv(200).decode())"
+    );
+    let out = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "across-through-the-proxy",
+        "{}\nproxy:\n{}\nnode a:\n{}\nnode b:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        proxy.log_text(),
+        m.d_a.log_text(),
+        m.d_b.log_text()
+    );
+    assert!(
+        proxy
+            .log_text()
+            .contains(&format!("CONNECT {net}.2:8081 HTTP/1.1")),
+        "{}",
+        proxy.log_text()
+    );
+    let bytes = wire.stop();
+    assert!(
+        !contains(&bytes, format!("CONNECT {net}").as_bytes()),
+        "no CONNECT in plaintext on the wire"
+    );
+    assert!(
+        !contains(&bytes, b"across-through-the-proxy"),
+        "no payload in plaintext on the wire"
+    );
+    assert_eq!(
+        m.d_b
+            .metric(r#"meshd_tunnel_events_total{event="stream_opened"}"#),
+        1.0
+    );
+}
