@@ -54,6 +54,11 @@ fn remove_connection_named(h: &mut HeaderMap, keep: Option<&HeaderName>) {
 /// Removes hop-by-hop headers, and those the Connection header names. `te: trailers` stays
 /// (gRPC needs it); an upgrade keeps `connection` and `upgrade`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names present: most requests carry none of these, and a lookup hashes
+    // its name, for each of the nine below.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k) || k == header::TE) {
+        return;
+    }
     remove_connection_named(h, upgrade.then_some(&header::UPGRADE));
     for n in &HOP_BY_HOP {
         if upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
@@ -209,6 +214,15 @@ mod tests {
         );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-end-to-end").is_some());
+        // Each alone is found, and nothing else goes.
+        for name in ["proxy-authorization", "upgrade", "trailer", "te"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+            h.insert("x-end-to-end", "1".parse().unwrap());
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name}");
+            assert!(h.get("x-end-to-end").is_some());
+        }
     }
 
     fn cx() -> Context<'static> {
