@@ -494,8 +494,9 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
 
 /// A VirtualService match's `statPrefix` gives its route statistics of its own, as Envoy's
 /// per-route stats: upstream requests (each attempt) by response code class, and retries and
-/// time per request, for the requests that match selected; the route's other match, without a
-/// prefix, counts in none, nor does a route's fault abort, which never goes upstream.
+/// time per request, for the requests that match selected, labelled with the virtual host
+/// (`host:port`) as Envoy's are; the route's other match, without a prefix, counts in none, nor
+/// does a route's fault abort, which never goes upstream.
 #[test]
 fn a_stat_prefix_gives_a_route_its_own_statistics() {
     if !ebpf_available("stat_prefix") {
@@ -514,19 +515,19 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
     let metrics = d.get("/metrics");
     for (series, value) in [
         (
-            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="reviews-read"}"#,
+            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="reviews-read",virtual_host="reviews.default.svc.cluster.local:9080"}"#,
             3.0,
         ),
         (
-            r#"meshd_route_upstream_rq_total{response_code_class="5xx",stat_prefix="reviews-status"}"#,
+            r#"meshd_route_upstream_rq_total{response_code_class="5xx",stat_prefix="reviews-status",virtual_host="reviews.default.svc.cluster.local:9080"}"#,
             3.0,
         ),
         (
-            r#"meshd_route_upstream_rq_retry_total{stat_prefix="reviews-status"}"#,
+            r#"meshd_route_upstream_rq_retry_total{stat_prefix="reviews-status",virtual_host="reviews.default.svc.cluster.local:9080"}"#,
             2.0,
         ),
         (
-            r#"meshd_route_upstream_rq_time_milliseconds_count{stat_prefix="reviews-read"}"#,
+            r#"meshd_route_upstream_rq_time_milliseconds_count{stat_prefix="reviews-read",virtual_host="reviews.default.svc.cluster.local:9080"}"#,
             3.0,
         ),
     ] {
@@ -546,5 +547,5 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
         "three reads and three attempts of /status/503; /echo and /fault count in none"
     );
     assert!(!metrics.contains("reviews-fault"), "{metrics}");
-    assert!(!metrics.contains("meshd_route_upstream_rq_retry_total{stat_prefix=\"reviews-read\"}"));
+    assert!(!metrics.contains("meshd_route_upstream_rq_retry_total{stat_prefix=\"reviews-read\""));
 }

@@ -29,9 +29,7 @@ fn routes() -> HostRoutes {
             stat_prefixes: Vec::new(),
         })
         .collect();
-    HostRoutes {
-        routes: routes.into(),
-    }
+    HostRoutes::new(routes)
 }
 
 fn table(hosts: usize) -> RouteTable {

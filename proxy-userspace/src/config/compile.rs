@@ -257,12 +257,7 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
             .collect();
         for host in &vs.spec.hosts {
             let host = fqdn(host, &vs.metadata.namespace);
-            if !table.insert(
-                &host,
-                HostRoutes {
-                    routes: routes.clone(),
-                },
-            ) {
+            if !table.insert(&host, HostRoutes::new(routes.clone())) {
                 tracing::warn!(host, virtual_service = %vs.id(), "host already routed by an earlier VirtualService; ignored here");
             }
         }

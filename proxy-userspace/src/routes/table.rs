@@ -132,9 +132,19 @@ impl HttpRoute {
 #[derive(Clone, Debug, Default)]
 pub struct HostRoutes {
     pub routes: Arc<[HttpRoute]>,
+    /// The virtual host's name: the VirtualService host it was inserted for (`*.suffix`, `*`).
+    pub name: Arc<str>,
 }
 
 impl HostRoutes {
+    /// Routes for a host; [`RouteTable::insert`] names them after it.
+    pub fn new(routes: impl Into<Arc<[HttpRoute]>>) -> HostRoutes {
+        HostRoutes {
+            routes: routes.into(),
+            name: Arc::from(""),
+        }
+    }
+
     /// The first route whose match holds (Istio: first match wins).
     pub fn first_match(&self, r: &RequestView<'_>) -> Option<&HttpRoute> {
         self.routes.iter().find(|route| route.matches(r))
@@ -170,8 +180,9 @@ pub fn host_of(authority: &str) -> Cow<'_, str> {
 impl RouteTable {
     /// Adds a host (fully qualified, or `*.suffix`, or `*`). The first VirtualService to claim a
     /// host keeps it, as Istio merges by creation order; returns false for a later duplicate.
-    pub fn insert(&mut self, host: &str, routes: HostRoutes) -> bool {
+    pub fn insert(&mut self, host: &str, mut routes: HostRoutes) -> bool {
         let host = host.to_ascii_lowercase();
+        routes.name = Arc::from(host.as_str());
         let slot = if host == "*" {
             if self.any.is_some() {
                 return false;
@@ -233,19 +244,16 @@ mod tests {
     use super::*;
 
     fn routes(origin: &str) -> HostRoutes {
-        HostRoutes {
-            routes: vec![HttpRoute {
-                origin: origin.into(),
-                matches: vec![],
-                destinations: vec![],
-                spec: Default::default(),
-                retry: crate::proxy::http::retry::RetryPolicy::from_spec(None),
-                cors: None,
-                regex_rewrite: None,
-                stat_prefixes: Vec::new(),
-            }]
-            .into(),
-        }
+        HostRoutes::new(vec![HttpRoute {
+            origin: origin.into(),
+            matches: vec![],
+            destinations: vec![],
+            spec: Default::default(),
+            retry: crate::proxy::http::retry::RetryPolicy::from_spec(None),
+            cors: None,
+            regex_rewrite: None,
+            stat_prefixes: Vec::new(),
+        }])
     }
 
     #[test]
@@ -270,6 +278,18 @@ mod tests {
             Some("wild")
         );
         assert_eq!(origin("example.com").as_deref(), Some("any"));
+        // Each is named after the host it was inserted for: the virtual host of route stats.
+        assert!(t.insert("Upper.Example.com", routes("upper")));
+        let name = |h: &str| t.lookup(h).map(|r| r.name.to_string());
+        assert_eq!(
+            name("ratings.prod.svc.cluster.local").as_deref(),
+            Some("*.svc.cluster.local")
+        );
+        assert_eq!(name("example.com").as_deref(), Some("*"));
+        assert_eq!(
+            name("upper.example.com").as_deref(),
+            Some("upper.example.com")
+        );
     }
 
     #[test]

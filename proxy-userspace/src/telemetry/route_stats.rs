@@ -1,9 +1,9 @@
 //! Statistics of the routes a VirtualService match names with `statPrefix`, as Envoy keeps
-//! `route.<stat_prefix>.upstream_rq_*` for them: upstream requests (each attempt) by response
-//! code class, and per request its time, its retries and route timeouts; one series per
-//! prefix (Envoy also names the virtual host; meshd does not).
+//! `vhost.<virtual_host>.route.<stat_prefix>.upstream_rq_*` for them: upstream requests (each
+//! attempt) by response code class, and per request its time, its retries and route timeouts;
+//! one series per virtual host (`host:port`, as Istio names Envoy's) and prefix.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
@@ -17,6 +17,28 @@ pub struct RouteStats {
     time: HistogramVec,
     retries: IntCounterVec,
     timeouts: IntCounterVec,
+}
+
+/// Whose statistics a request counts in: its route's virtual host and `statPrefix`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteStat {
+    /// `host:port`: the VirtualService host that routed the request (`*.suffix`, `*`) and the
+    /// port it was sent to, as Istio names Envoy's virtual hosts.
+    pub virtual_host: String,
+    pub prefix: Arc<str>,
+}
+
+impl RouteStat {
+    pub fn new(host: &str, port: u16, prefix: &Arc<str>) -> RouteStat {
+        RouteStat {
+            virtual_host: format!("{host}:{port}"),
+            prefix: prefix.clone(),
+        }
+    }
+
+    fn labels(&self) -> [&str; 2] {
+        [&self.virtual_host, &self.prefix]
+    }
 }
 
 /// What one request of a route did.
@@ -40,7 +62,7 @@ impl RouteStats {
                 "Time of the requests of a route with a statPrefix, to the end of the response",
             )
             .buckets(TIME_BUCKETS.to_vec()),
-            &["stat_prefix"],
+            &["virtual_host", "stat_prefix"],
         )
         .expect("metric");
         registry.register(Box::new(time.clone())).expect("register");
@@ -48,42 +70,44 @@ impl RouteStats {
             requests: counter(
                 "meshd_route_upstream_rq_total",
                 "Upstream requests (each attempt) of a route with a statPrefix, by response code class (none: no response)",
-                &["stat_prefix", "response_code_class"],
+                &["virtual_host", "stat_prefix", "response_code_class"],
             ),
             time,
             retries: counter(
                 "meshd_route_upstream_rq_retry_total",
                 "Retries of the requests of a route with a statPrefix",
-                &["stat_prefix"],
+                &["virtual_host", "stat_prefix"],
             ),
             timeouts: counter(
                 "meshd_route_upstream_rq_timeout_total",
                 "Requests of a route with a statPrefix that hit the route timeout",
-                &["stat_prefix"],
+                &["virtual_host", "stat_prefix"],
             ),
         }
     }
 
     /// One upstream attempt, with the status of its response (`None`: it got none: a reset, a
     /// connect failure, a per-try timeout, no endpoint).
-    pub fn attempt(&self, prefix: &str, status: Option<u16>) {
+    pub fn attempt(&self, route: &RouteStat, status: Option<u16>) {
+        let [vhost, prefix] = route.labels();
         self.requests
-            .with_label_values(&[prefix, code_class(status.unwrap_or(0))])
+            .with_label_values(&[vhost, prefix, code_class(status.unwrap_or(0))])
             .inc();
     }
 
     /// One request, once its response has ended.
-    pub fn request(&self, prefix: &str, r: &RouteRequest) {
+    pub fn request(&self, route: &RouteStat, r: &RouteRequest) {
+        let labels = route.labels();
         self.time
-            .with_label_values(&[prefix])
+            .with_label_values(&labels)
             .observe(r.elapsed.as_secs_f64() * 1e3);
         if r.retries > 0 {
             self.retries
-                .with_label_values(&[prefix])
+                .with_label_values(&labels)
                 .inc_by(u64::from(r.retries));
         }
         if r.timed_out {
-            self.timeouts.with_label_values(&[prefix]).inc();
+            self.timeouts.with_label_values(&labels).inc();
         }
     }
 }
@@ -115,31 +139,39 @@ mod tests {
             timed_out,
             elapsed: Duration::from_millis(3),
         };
-        stats.attempt("checkout", Some(200));
-        stats.request("checkout", &request(0, false));
-        stats.attempt("checkout", Some(503));
-        stats.attempt("checkout", Some(200));
-        stats.request("checkout", &request(1, false));
-        stats.attempt("checkout", Some(503));
-        stats.request("checkout", &request(2, true));
-        stats.attempt("browse", None);
-        stats.request("browse", &request(0, false));
+        let checkout = RouteStat::new("shop.example.com", 80, &Arc::from("checkout"));
+        let browse = RouteStat::new("*.example.com", 80, &Arc::from("browse"));
+        // Another VirtualService's route with the same prefix counts apart.
+        let elsewhere = RouteStat::new("admin.example.com", 8080, &Arc::from("checkout"));
+        stats.attempt(&checkout, Some(200));
+        stats.request(&checkout, &request(0, false));
+        stats.attempt(&checkout, Some(503));
+        stats.attempt(&checkout, Some(200));
+        stats.request(&checkout, &request(1, false));
+        stats.attempt(&checkout, Some(503));
+        stats.request(&checkout, &request(2, true));
+        stats.attempt(&browse, None);
+        stats.request(&browse, &request(0, false));
+        stats.attempt(&elsewhere, Some(200));
+        stats.request(&elsewhere, &request(0, false));
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&registry.gather(), &mut out)
             .unwrap();
         let text = String::from_utf8(out).unwrap();
+        let shop = r#"stat_prefix="checkout",virtual_host="shop.example.com:80""#;
         for line in [
-            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="checkout"} 2"#,
-            r#"meshd_route_upstream_rq_total{response_code_class="5xx",stat_prefix="checkout"} 2"#,
-            r#"meshd_route_upstream_rq_total{response_code_class="none",stat_prefix="browse"} 1"#,
-            r#"meshd_route_upstream_rq_retry_total{stat_prefix="checkout"} 3"#,
-            r#"meshd_route_upstream_rq_timeout_total{stat_prefix="checkout"} 1"#,
-            r#"meshd_route_upstream_rq_time_milliseconds_count{stat_prefix="checkout"} 3"#,
-            r#"meshd_route_upstream_rq_time_milliseconds_bucket{stat_prefix="checkout",le="5"} 3"#,
+            format!(r#"meshd_route_upstream_rq_total{{response_code_class="2xx",{shop}}} 2"#),
+            format!(r#"meshd_route_upstream_rq_total{{response_code_class="5xx",{shop}}} 2"#),
+            r#"meshd_route_upstream_rq_total{response_code_class="none",stat_prefix="browse",virtual_host="*.example.com:80"} 1"#.to_string(),
+            r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="checkout",virtual_host="admin.example.com:8080"} 1"#.to_string(),
+            format!(r#"meshd_route_upstream_rq_retry_total{{{shop}}} 3"#),
+            format!(r#"meshd_route_upstream_rq_timeout_total{{{shop}}} 1"#),
+            format!(r#"meshd_route_upstream_rq_time_milliseconds_count{{{shop}}} 3"#),
+            format!(r#"meshd_route_upstream_rq_time_milliseconds_bucket{{{shop},le="5"}} 3"#),
         ] {
-            assert!(text.contains(line), "{line} in\n{text}");
+            assert!(text.contains(&line), "{line} in\n{text}");
         }
-        assert!(!text.contains(r#"meshd_route_upstream_rq_retry_total{stat_prefix="browse"}"#));
+        assert!(!text.contains(r#"meshd_route_upstream_rq_retry_total{stat_prefix="browse""#));
     }
 }

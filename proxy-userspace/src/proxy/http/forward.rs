@@ -36,8 +36,11 @@ use super::{
 use crate::{
     routes::RequestView,
     telemetry::{
-        Entry, RequestLabels, access_log::rfc3339, istio::split_workload,
-        route_stats::RouteRequest, trace::RequestId,
+        Entry, RequestLabels,
+        access_log::rfc3339,
+        istio::split_workload,
+        route_stats::{RouteRequest, RouteStat},
+        trace::RequestId,
     },
 };
 
@@ -519,8 +522,10 @@ async fn forward(
         };
         let decision = route::decide(&snap, &candidates, &view);
         // A route's statistics count what it sends upstream, not its direct responses.
-        if let Decision::Forward { route, .. } = &decision {
-            rec.stat_prefix = route.stat_prefix(&view).cloned();
+        if let Decision::Forward { route, vhost, .. } = &decision {
+            rec.stat_prefix = route
+                .stat_prefix(&view)
+                .map(|prefix| Arc::new(RouteStat::new(vhost, view.port, prefix)));
         }
         let new_path = match &decision {
             Decision::Forward { route, .. } => route
@@ -595,7 +600,9 @@ async fn forward(
                 .or_else(|| candidates.first().map(|h| h.to_string()));
             (None, default_route.as_ref())
         }
-        Decision::Forward { route, destination } => {
+        Decision::Forward {
+            route, destination, ..
+        } => {
             rec.destination_service = Some(destination.host.clone());
             // Boxed, as are the rate limits below: only some routes have them, and their state
             // would otherwise enlarge every request's future, which is moved as it starts.

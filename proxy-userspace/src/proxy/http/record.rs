@@ -20,8 +20,9 @@ pub struct Record {
     pub security_policy: Option<&'static str>,
     /// Why the request failed or was denied, for the access log.
     pub reason: Option<String>,
-    /// The `statPrefix` of the route's match: the request counts in that route's statistics.
-    pub stat_prefix: Option<std::sync::Arc<str>>,
+    /// The `statPrefix` of the route's match, with its virtual host: the request counts in that
+    /// route's statistics.
+    pub stat_prefix: Option<std::sync::Arc<crate::telemetry::route_stats::RouteStat>>,
 }
 
 impl Record {

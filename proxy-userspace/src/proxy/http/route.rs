@@ -39,6 +39,8 @@ pub enum Decision<'s> {
     Forward {
         route: &'s HttpRoute,
         destination: &'s Destination,
+        /// The virtual host that routed it: the VirtualService host (`*.suffix`, `*`) matched.
+        vhost: &'s str,
     },
 }
 
@@ -188,7 +190,11 @@ pub fn decide<'s>(
         };
     }
     match pick_weighted(&route.destinations) {
-        Some(destination) => Decision::Forward { route, destination },
+        Some(destination) => Decision::Forward {
+            route,
+            destination,
+            vhost: &routes.name,
+        },
         None => Decision::NoRoute {
             host: host.to_string(),
         },
