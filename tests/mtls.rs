@@ -166,6 +166,25 @@ fn mesh_with(name: &str, subnet: u8, slots: (u16, u16), o: Options<'_>) -> Mesh 
     }
 }
 
+/// Sends `text` and a newline over TCP from productpage on node a to `addr` (`IP:PORT`): what
+/// came back first, and the client's stderr.
+fn send_line_from_a(m: &Mesh, addr: &str, text: &str) -> (String, String) {
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{ip}',{port}), timeout=5)\n\
+         s.sendall(b'{text}\\n')\nprint(s.recv(200).decode())"
+    );
+    let out = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
     if !ebpf_available("mtls_wire") {
@@ -950,20 +969,11 @@ spec:
             b.run(|| std::net::TcpStream::connect(addr).is_ok())
         });
     let wire = m.lan.capture(m.lan.node(1));
-    let script = format!(
-        "import socket\ns=socket.create_connection(('{net}.51',9443), timeout=5)\n\
-         s.sendall(b'across-in-tls\\n')\nprint(s.recv(200).decode())"
-    );
-    let out = m
-        .d_a
-        .exec("default/productpage", &["python3", "-c", &script])
-        .output()
-        .unwrap();
+    let (answer, stderr) = send_line_from_a(&m, &format!("{net}.51:9443"), "across-in-tls");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        answer,
         "slt-ni-ssorca",
-        "{}\nnode a:\n{}\nnode b:\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        "{stderr}\nnode a:\n{}\nnode b:\n{}",
         m.d_a.log_text(),
         m.d_b.log_text()
     );
@@ -1127,20 +1137,12 @@ spec:
         || b.run(|| std::net::TcpStream::connect(addr).is_ok()),
     );
     let wire = m.lan.capture(m.lan.node(1));
-    let script = format!(
-        "import socket\ns=socket.create_connection(('{net}.54',9000), timeout=5)\n\
-         s.sendall(b'across-through-the-proxy\\n')\nprint(s.recv(200).decode())"
-    );
-    let out = m
-        .d_a
-        .exec("default/productpage", &["python3", "-c", &script])
-        .output()
-        .unwrap();
+    let (answer, stderr) =
+        send_line_from_a(&m, &format!("{net}.54:9000"), "across-through-the-proxy");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        answer,
         "across-through-the-proxy",
-        "{}\nproxy:\n{}\nnode a:\n{}\nnode b:\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        "{stderr}\nproxy:\n{}\nnode a:\n{}\nnode b:\n{}",
         proxy.log_text(),
         m.d_a.log_text(),
         m.d_b.log_text()
