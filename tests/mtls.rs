@@ -579,16 +579,38 @@ fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
     );
 }
 
+/// An AUDIT policy (Envoy's RBAC `LOG` action): requests and connections it matches are
+/// logged and counted, and nothing is decided by it.
+const AUDIT: &str = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: audit-headers
+  namespace: default
+spec:
+  selector:
+    matchLabels: {app: reviews}
+  action: AUDIT
+  rules:
+  - to:
+    - operation:
+        paths: ["/headers"]
+"#;
+
 /// Istio's dry-run task: a DENY policy annotated `istio.io/dry-run` is evaluated and its
-/// verdict logged and counted, but the requests it would deny go through; so does TCP.
+/// verdict logged and counted, but the requests it would deny go through; so does TCP. An AUDIT
+/// policy beside it reports the requests it matches, and decides nothing either.
 #[test]
-fn dry_run_policies_report_what_they_would_deny_and_enforce_nothing() {
+fn dry_run_and_audit_policies_report_and_enforce_nothing() {
     if !ebpf_available("authz_dry_run") {
         return;
     }
     let backend = HttpBackend::start("127.0.0.1:0");
     let echo = Backend::echo("127.0.0.1:0");
-    let dir = config("authz-dry-run", &one_node(&backend, &echo, DRY_RUN));
+    let dir = config(
+        "authz-dry-run",
+        &one_node(&backend, &echo, &format!("{DRY_RUN}{AUDIT}")),
+    );
     let d = Daemon::start("authz-dry-run", 194, &["--config", dir.to_str().unwrap()]);
     let get = |path: &str| curl(&d, "default/productpage", "127.0.0.70", &[], path);
     assert!(get("/headers").starts_with("200 "), "not enforced");
@@ -603,6 +625,12 @@ fn dry_run_policies_report_what_they_would_deny_and_enforce_nothing() {
     let log = d.log_text();
     assert!(
         log.contains("dry-run DENY policy default/deny-path-headers would deny"),
+        "{log}"
+    );
+    let audited = r#"meshd_authorization_audit_total{policy="default/audit-headers"}"#;
+    assert_eq!(d.metric(audited), 1.0, "only /headers is audited");
+    assert!(
+        log.contains("audited by AUDIT policy default/audit-headers"),
         "{log}"
     );
     // TCP: a DENY rule's HTTP fields are ignored there, so the dry run would deny it, and the
@@ -622,6 +650,8 @@ fn dry_run_policies_report_what_they_would_deny_and_enforce_nothing() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("b'x'"), "echoed: {said}");
     assert_eq!(series("denied"), 2.0);
+    // The AUDIT rule's path is HTTP-only, ignored on TCP as in a DENY rule: it matches.
+    assert_eq!(d.metric(audited), 2.0);
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub struct Metrics {
     overflows: IntCounterVec,
     tunnel: IntCounterVec,
     dry_run: IntCounterVec,
+    audit: IntCounterVec,
     config_generation: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
@@ -161,6 +162,15 @@ impl Metrics {
             &["action", "result"],
         )
         .unwrap();
+        let audit = IntCounterVec::new(
+            Opts::new(
+                "meshd_authorization_audit_total",
+                "Connections and requests that an AUDIT AuthorizationPolicy matched, by policy \
+                 (namespace/name); AUDIT decides nothing",
+            ),
+            &["policy"],
+        )
+        .unwrap();
         let config_generation = IntGauge::new(
             "meshd_config_generation",
             "Generation of the active configuration snapshot",
@@ -192,6 +202,7 @@ impl Metrics {
             &overflows,
             &tunnel,
             &dry_run,
+            &audit,
             &ebpf_events,
         ] {
             registry.register(Box::new(c.clone())).unwrap();
@@ -216,6 +227,7 @@ impl Metrics {
             overflows,
             tunnel,
             dry_run,
+            audit,
             config_generation,
             ebpf_events,
             ebpf_seen: Mutex::new(vec![0; proxy_common::Counter::COUNT as usize]),
@@ -278,6 +290,11 @@ impl Metrics {
         self.dry_run
             .with_label_values(&[d.action.as_str(), result])
             .inc();
+    }
+
+    /// A connection or request that the AUDIT policy `policy` matched.
+    pub fn authorization_audit(&self, policy: &str) {
+        self.audit.with_label_values(&[policy]).inc();
     }
 
     pub fn config_applied(&self, generation: u64) {

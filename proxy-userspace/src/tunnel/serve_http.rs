@@ -11,8 +11,8 @@ use super::server::{Inbound, Stream};
 use crate::{
     identity::x509,
     proxy::http::{
-        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied,
-        authorize::report_dry_run, body, reset_before_headers,
+        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied, authorize::report,
+        body, reset_before_headers,
     },
     security::authz::HttpAttrs,
 };
@@ -59,7 +59,7 @@ async fn request(
             .compiled
             .authorizer
             .evaluate(&stream.workload(), &stream.context().with_http(&attrs));
-        report_dry_run(
+        report(
             &inbound.metrics,
             &d,
             &stream.source,

@@ -21,7 +21,7 @@ use crate::{
     identity::{IdentityResolver, SpiffeId, tls, x509},
     metrics::Metrics,
     proxy::{
-        http::{HttpContext, authorize::report_dry_run},
+        http::{HttpContext, authorize::report},
         sniff::{Detected, classify},
     },
     security::{Workload, authz::RequestContext},
@@ -300,7 +300,7 @@ impl Stream {
                 }
                 Detected::Opaque => {}
             }
-            report_dry_run(&inbound.metrics, &decision, &self.source, self.target, None);
+            report(&inbound.metrics, &decision, &self.source, self.target, None);
             if !decision.allowed {
                 inbound.metrics.tunnel("denied");
                 tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
@@ -309,7 +309,7 @@ impl Stream {
             io
         } else {
             // No policy reads requests, so the stream's outcome is every request's.
-            report_dry_run(&inbound.metrics, &decision, &self.source, self.target, None);
+            report(&inbound.metrics, &decision, &self.source, self.target, None);
             Prefixed::new(Bytes::new(), io)
         };
         let mut io = io;

@@ -219,13 +219,4 @@ fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) 
         ),
         _ => {}
     }
-    if action == Some("AUDIT")
-        && let Some(e) = node.entry("action")
-    {
-        r.warn(
-            e.value.pos,
-            &report::key(path, "action"),
-            "meshd does not implement AUDIT yet; this policy is ignored",
-        );
-    }
 }

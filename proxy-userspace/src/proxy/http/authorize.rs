@@ -69,19 +69,31 @@ fn decide(
         labels: &e.labels,
     };
     let d = authorizer.evaluate(&workload, &rc);
-    report_dry_run(&ctx.metrics, &d, down.peer, target, http);
+    report(&ctx.metrics, &d, down.peer, target, http);
     (!d.allowed).then_some(d.reason)
 }
 
-/// Logs and counts what the dry-run policies in `d` would have decided for a connection or
-/// request (`http`) from `source` to `target`; they enforce nothing.
-pub fn report_dry_run(
+/// Logs and counts what decides nothing in `d` for a connection or request (`http`) from
+/// `source` to `target`: what the dry-run policies would have decided, and the AUDIT policies
+/// that matched (Envoy's RBAC `LOG` action, which marks the request for the access log).
+pub fn report(
     metrics: &Metrics,
     d: &Decision,
     source: impl std::fmt::Display,
     target: SocketAddr,
     http: Option<&HttpAttrs<'_>>,
 ) {
+    for policy in &d.audited {
+        metrics.authorization_audit(policy);
+        let outcome = if d.allowed { "allowed" } else { "denied" };
+        match http {
+            Some(h) => tracing::info!(
+                %source, %target, method = h.method, path = h.path, outcome,
+                "audited by AUDIT policy {policy}"
+            ),
+            None => tracing::info!(%source, %target, outcome, "audited by AUDIT policy {policy}"),
+        }
+    }
     for shadow in &d.dry_run {
         metrics.authorization_dry_run(shadow);
         match http {
