@@ -17,6 +17,16 @@ const TO_WORKLOAD: &str = r#"meshd_proxied_bytes_total{direction="to_workload"}"
 const ZERO_COPY_FROM: &str = r#"meshd_zero_copy_bytes_total{direction="from_workload"}"#;
 const ZERO_COPY_TO: &str = r#"meshd_zero_copy_bytes_total{direction="to_workload"}"#;
 
+/// The bulk transfers (shared) and the count of kernel-spliced requests (exclusive) never
+/// overlap: how many requests the kernel splice carries depends on meshd publishing what it
+/// forwarded in time, and with 100 MB moving beside it on a two-CPU runner it once fell short.
+static CPU_HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A share of [`CPU_HEAVY`], for a test that moves bulk data.
+fn bulk() -> std::sync::RwLockReadGuard<'static, ()> {
+    CPU_HEAVY.read().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn http_request_from_a_managed_client_goes_through_meshd() {
     if !ebpf_available("http_request") {
@@ -69,6 +79,7 @@ fn transfer_of_100_mb_arrives_intact_through_the_sockmap() {
     if !ebpf_available("bulk_sockmap") {
         return;
     }
+    let _bulk = bulk();
     let backend = Backend::echo("127.0.0.1:0");
     let d = Daemon::start("bulk-sockmap", 2, &["--sockmap", "on"]);
     let v = d.echo("default/bulk", backend.addr, 104_857_600);
@@ -120,6 +131,7 @@ fn a_stream_without_the_sockmap_moves_through_splice_and_arrives_intact() {
     if !ebpf_available("bulk_no_sockmap") {
         return;
     }
+    let _bulk = bulk();
     let (from, to) = echo_100_mb_without_the_sockmap("bulk-nosockmap", 3, &[]);
     // The client streams both ways, so most bytes should never enter meshd; the ones before
     // each direction's first full buffer, and any sent while the other end caught up, are copied.
@@ -135,6 +147,7 @@ fn a_stream_is_copied_intact_with_zero_copy_off() {
     if !ebpf_available("bulk_copying") {
         return;
     }
+    let _bulk = bulk();
     let args = ["--sockmap", "off", "--zero-copy", "off"];
     let spliced = echo_100_mb_without_the_sockmap("bulk-copying", 147, &args);
     assert_eq!(spliced, (0.0, 0.0));
@@ -145,6 +158,7 @@ fn sixteen_parallel_connections_arrive_intact() {
     if !ebpf_available("parallel") {
         return;
     }
+    let _bulk = bulk();
     let backend = Backend::echo("127.0.0.1:0");
     let d = Daemon::start("parallel", 4, &[]);
     let out = d.client(
@@ -263,7 +277,15 @@ fn ipv6_loopback_is_captured() {
         assert_eq!(v["connections"][0]["peer"], backend.addr.to_string());
         assert_eq!(d.metric(REDIRECT), 1.0);
         assert_eq!(d.metric(CONNS_OK), 1.0);
-        assert_eq!(d.metric(FROM_WORKLOAD), 4_194_304.0, "sockmap {sockmap}");
+        // Published when meshd has seen the connection end, which may come after the client's.
+        let counted = eventually(Duration::from_secs(5), || {
+            (d.metric(FROM_WORKLOAD) == 4_194_304.0).then_some(())
+        });
+        assert!(
+            counted.is_some(),
+            "sockmap {sockmap}: {}",
+            d.get("/metrics")
+        );
         assert_eq!(d.metric(SOCKMAP_REDIRECT) > 0.0, sockmap == "on");
     }
 }
@@ -487,9 +509,9 @@ fn replies_the_kernel_hands_back_are_carried_by_meshd() {
 
 /// A managed Python client's 200 request/response exchanges with the echo at `addr`: prints how
 /// many replies matched their request.
-fn ping_pong(addr: &std::net::SocketAddr) -> String {
+fn ping_pong(addr: &std::net::SocketAddr, pause_ms: u32) -> String {
     format!(
-        "import socket\n\
+        "import socket, time\n\
          s = socket.create_connection(('{ip}', {port}), timeout=10)\n\
          ok = 0\n\
          for i in range(200):\n\
@@ -499,6 +521,7 @@ fn ping_pong(addr: &std::net::SocketAddr) -> String {
          \x20   while len(got) < len(msg):\n\
          \x20       got += s.recv(len(msg) - len(got))\n\
          \x20   ok += got == msg\n\
+         \x20   time.sleep({pause_ms} / 1000)\n\
          s.close()\n\
          print(ok)\n",
         ip = addr.ip(),
@@ -514,11 +537,16 @@ fn kernel_splice_carries_the_workloads_requests_in_order() {
     if !ebpf_available("kernel_splice") {
         return;
     }
+    let _alone = CPU_HEAVY.write().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start("splice", 144, &["--sockmap", "on"]);
     // Over IPv4, then IPv6: the kernel's socket keys and meshd's must agree for both.
     let backends = [Backend::echo("127.0.0.1:0"), Backend::echo("[::1]:0")];
     for (i, backend) in backends.iter().enumerate() {
-        let script = ping_pong(&backend.addr);
+        // A millisecond between exchanges lets meshd publish what it forwarded before the
+        // next request, as a client that does anything between requests would: back to back,
+        // how many requests go through meshd first depends on when it is scheduled (106 of 200
+        // did once, with other tests running beside it).
+        let script = ping_pong(&backend.addr, 1);
         let bind = backend.addr;
         assert_eq!(managed_python(&d, &script), "200", "{}", d.log_text());
         // The replies, from the first one: meshd has read none of them.
@@ -529,11 +557,9 @@ fn kernel_splice_carries_the_workloads_requests_in_order() {
             d.get("/metrics")
         );
         // The requests, once meshd has caught up with the first ones (a spliced reply can
-        // bring the next request before meshd has published what it forwarded). How many go
-        // first depends on scheduling: on a loaded CI machine 51 of 200 did once, so the
-        // bound is most of them, not a fixed few.
+        // bring the next request before meshd has published what it forwarded).
         let spliced = d.metric(SPLICE);
-        let at_least = 120.0 * (i + 1) as f64;
+        let at_least = 190.0 * (i + 1) as f64;
         assert!(
             spliced >= at_least,
             "{spliced} spliced sends after {bind}:\n{}",
@@ -548,7 +574,7 @@ fn kernel_splice_carries_the_workloads_requests_in_order() {
     }
     // Switched off, meshd carries both directions.
     let d2 = Daemon::start("no-splice", 145, &["--sockmap", "on", "--splice", "off"]);
-    assert_eq!(managed_python(&d2, &ping_pong(&backends[0].addr)), "200");
+    assert_eq!(managed_python(&d2, &ping_pong(&backends[0].addr, 0)), "200");
     assert_eq!(d2.metric(SPLICE), 0.0);
     assert_eq!(d2.metric(REPLY_SPLICE), 0.0);
 }
