@@ -758,8 +758,7 @@ async fn forward(
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
                 let mut limits = Limits::from_spec(policy.pool);
                 limits.retry_budget = policy.retry_budget.map(RetryBudget::from_spec);
-                limits.proxy_protocol = policy.proxy_header(down.peer, down.dst);
-                limits.client = Some(down.life.clone());
+                down.proxy_protocol(&policy, &mut limits);
                 // TLS origination sends the request's host as the server name (Istio's
                 // automatic SNI) unless the DestinationRule names one.
                 if policy.tls.is_some() {

@@ -406,6 +406,16 @@ pub struct Downstream {
     pub life: pool::proxy_protocol::ClientLife,
 }
 
+impl Downstream {
+    /// `proxyProtocol` under `policy` for a request of this connection: the header new upstream
+    /// connections open with, and this connection as the owner of the partition of the pool
+    /// they join (nothing when the rule has none).
+    fn proxy_protocol(&self, policy: &route::ClusterPolicy<'_>, limits: &mut Limits) {
+        limits.proxy_protocol = policy.proxy_header(self.peer, self.dst);
+        limits.client = limits.proxy_protocol.is_some().then(|| self.life.clone());
+    }
+}
+
 /// Serves HTTP on a captured connection until the client closes it. `h2` says the connection
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {

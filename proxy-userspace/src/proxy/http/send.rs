@@ -535,8 +535,7 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                     }
                 };
                 let mut limits = Limits::from_spec(policy.pool);
-                limits.proxy_protocol = policy.proxy_header(down.peer, down.dst);
-                limits.client = Some(down.life.clone());
+                down.proxy_protocol(&policy, &mut limits);
                 let host = crate::routes::table::host_of(plan.authority);
                 match ctx
                     .pool
