@@ -19,17 +19,25 @@ pub enum Hello {
     Incomplete,
 }
 
+/// A TLS record's content type for a handshake.
+pub const HANDSHAKE: u8 = 22;
+
+/// Whether `bytes` (two or more) begin a TLS handshake record: content type 22, version 3.x.
+pub fn opens_handshake(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[HANDSHAKE, 3])
+}
+
 /// Reads the server name from the start of a TLS connection's bytes.
 pub fn parse(bytes: &[u8]) -> Hello {
     // TLS record: content type 22 (handshake), version 3.x, length.
     if bytes.len() < 5 {
-        return if bytes.first().is_none_or(|b| *b == 22) {
+        return if bytes.first().is_none_or(|b| *b == HANDSHAKE) {
             Hello::Incomplete
         } else {
             Hello::None
         };
     }
-    if bytes[0] != 22 || bytes[1] != 3 {
+    if !opens_handshake(bytes) {
         return Hello::None;
     }
     let record = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::sni::{HANDSHAKE, opens_handshake};
+
 /// What the first bytes of a connection look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detected {
@@ -48,14 +50,14 @@ pub async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(2)) => return buf == [0x16, 0x03],
+            Ok(Ok(2)) => return opens_handshake(&buf),
             // One byte so far: a handshake's record type waits for the version while the wait
             // lasts (a peek returns that byte at once, so the wait is kept here); any other
             // type, or the wait over, settles it by that byte.
-            Ok(Ok(1)) if buf[0] == 0x16 && tokio::time::Instant::now() < deadline => {
+            Ok(Ok(1)) if buf[0] == HANDSHAKE && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(1)).await
             }
-            Ok(Ok(1)) => return buf[0] == 0x16,
+            Ok(Ok(1)) => return buf[0] == HANDSHAKE,
             _ => return false,
         }
     }
