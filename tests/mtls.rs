@@ -983,15 +983,7 @@ spec:
         port = support::ports(slots.1).2,
         ca = certs.join("ca.pem").display(),
     );
-    let m = mesh_with(
-        "mtls-originate",
-        subnet,
-        slots,
-        Options {
-            extra: &extra,
-            ..Options::default()
-        },
-    );
+    let m = mesh("mtls-originate", subnet, slots, &extra, true);
     let b = m.lan.node(1).clone();
     let addr: std::net::SocketAddr = format!("{}:8443", b.addr).parse().unwrap();
     let _server =
@@ -1058,15 +1050,7 @@ metadata:
     };
     let annotated = "  annotations: {networking.istio.io/traffic-distribution: PreferSameNode}\n";
     for (annotation, name) in [(annotated, "mtls-same-node"), ("", "mtls-any-node")] {
-        let m = mesh_with(
-            name,
-            subnet,
-            slots,
-            Options {
-                extra: &service(annotation),
-                ..Options::default()
-            },
-        );
+        let m = mesh(name, subnet, slots, &service(annotation), true);
         let a = m.lan.node(0).clone();
         let local = a.run(|| HttpBackend::start(&format!("{}:8090", a.addr)));
         let vip = format!("{net}.52");
@@ -1148,15 +1132,7 @@ spec:
 "#,
         port = support::ports(slots.1).2,
     );
-    let m = mesh_with(
-        "mtls-connect",
-        subnet,
-        slots,
-        Options {
-            extra: &extra,
-            ..Options::default()
-        },
-    );
+    let m = mesh("mtls-connect", subnet, slots, &extra, true);
     let b = m.lan.node(1).clone();
     let addr: std::net::SocketAddr = format!("{}:8888", b.addr).parse().unwrap();
     let proxy = support::tinyproxy::Tinyproxy::spawn(

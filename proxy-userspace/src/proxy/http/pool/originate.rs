@@ -465,27 +465,18 @@ mod tests {
         };
         let mut t = tls("SIMPLE");
         t.ca_certificates = Some(ca.display().to_string());
+        let request = || o.for_request(Some(&t), "a.example", false);
         // Missing at first: an error, until the file appears.
-        assert!(o.for_request(Some(&t), "a.example", false).is_err());
+        assert!(request().is_err());
         std::fs::copy(SYSTEM_BUNDLE, &ca).unwrap();
-        let first = o
-            .for_request(Some(&t), "a.example", false)
-            .unwrap()
-            .unwrap();
-        let same = o
-            .for_request(Some(&t), "a.example", false)
-            .unwrap()
-            .unwrap();
-        assert!(Arc::ptr_eq(&first.config, &same.config), "unchanged: kept");
+        let config = || request().unwrap().unwrap().config;
+        let first = config();
+        assert!(Arc::ptr_eq(&first, &config()), "unchanged: kept");
         // Rewritten (a renewed bundle): built again.
         let later = SystemTime::now() + Duration::from_secs(5);
         let f = std::fs::File::options().write(true).open(&ca).unwrap();
         f.set_modified(later).unwrap();
-        let renewed = o
-            .for_request(Some(&t), "a.example", false)
-            .unwrap()
-            .unwrap();
-        assert!(!Arc::ptr_eq(&first.config, &renewed.config));
+        assert!(!Arc::ptr_eq(&first, &config()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
