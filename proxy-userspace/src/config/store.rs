@@ -56,7 +56,7 @@ fn build(
     }
     let mut contents: Vec<(PathBuf, Vec<u8>)> = files
         .iter()
-        .map(|f| (f.clone(), std::fs::read(f).unwrap_or_default()))
+        .map(|f| (f.clone(), source::read_bytes(f).unwrap_or_default()))
         .collect();
     let mut policies = policy::load(paths)?;
     let (mut findings, rejected) = if docs.is_empty() {

@@ -24,6 +24,11 @@ pub enum SourceError {
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("more than {MAX_FILES} policy files; split the configuration")]
     TooManyFiles,
+    #[error(
+        "{}: not a regular file (a FIFO, socket or device); policies are read from regular files only",
+        .0.display()
+    )]
+    NotRegular(PathBuf),
     #[error("{}: directories nest deeper than {MAX_DIR_DEPTH} levels (a symlink loop?)", .0.display())]
     TooDeep(PathBuf),
 }
@@ -44,7 +49,8 @@ pub fn discover(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<SourceError>) {
     for p in paths {
         match fs::metadata(p) {
             Ok(m) if m.is_dir() => walk(p, 0, &mut files, &mut errors),
-            Ok(_) => files.push(p.clone()),
+            Ok(m) if m.is_file() => files.push(p.clone()),
+            Ok(_) => errors.push(SourceError::NotRegular(p.clone())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 errors.push(SourceError::NotFound(p.clone()))
             }
@@ -94,7 +100,9 @@ fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, errors: &mut Vec<Sou
         }
         match fs::metadata(&child) {
             Ok(m) if m.is_dir() => walk(&child, depth + 1, files, errors),
-            Ok(_) if is_yaml(&child) => files.push(child),
+            Ok(m) if is_yaml(&child) && m.is_file() => files.push(child),
+            // Reading a FIFO would block reloads, and a device could be endless.
+            Ok(_) if is_yaml(&child) => errors.push(SourceError::NotRegular(child)),
             Ok(_) => {}
             Err(e) => errors.push(SourceError::Io {
                 path: child,
@@ -110,15 +118,7 @@ fn is_yaml(p: &Path) -> bool {
 
 /// Reads a file as UTF-8, up to `MAX_FILE_BYTES`.
 pub fn read(path: &Path) -> Result<Text, SourceError> {
-    let io = |source| SourceError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
+    let bytes = read_bytes(path)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         let size = fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
         return Ok(Text::TooLarge(size));
@@ -129,4 +129,28 @@ pub fn read(path: &Path) -> Result<Text, SourceError> {
             path: path.to_path_buf(),
             offset: e.utf8_error().valid_up_to(),
         })
+}
+
+/// A regular file's bytes, at most `MAX_FILE_BYTES + 1` of them (one more says it is too
+/// large). Opened without blocking and checked after opening, so a FIFO or device put in a
+/// file's place between listing and reading is refused rather than waited on or read forever.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, SourceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(SourceError::NotRegular(path.to_path_buf()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(bytes)
 }

@@ -97,6 +97,34 @@ fn unreadable_input_is_not_a_finding() {
 }
 
 #[test]
+fn special_files_are_refused_without_reading_them() {
+    let dir = temp_dir("special");
+    fs::write(dir.join("a.yaml"), pa("a")).unwrap();
+    let fifo = dir.join("pipe.yaml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+    // Opening the FIFO would block and /dev/zero never ends: both must be refused unread.
+    for input in [vec![dir.clone()], vec!["/dev/zero".into()]] {
+        let Err(LoadFailure::Unreadable(errors)) = load(&input) else {
+            panic!("expected unreadable input");
+        };
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .all(|t| t.contains(": not a regular file (a FIFO")),
+            "{text:?}"
+        );
+        assert_eq!(text.len(), input[0].is_dir() as usize + 1, "{text:?}");
+    }
+    assert!(matches!(
+        crate::policy::source::read_bytes(&fifo),
+        Err(crate::policy::source::SourceError::NotRegular(_))
+    ));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn oversized_files_are_refused() {
     let dir = temp_dir("size");
     let big = dir.join("big.yaml");
