@@ -1,9 +1,9 @@
 //! Command-line contract tests: `meshd exec` without a daemon, `meshd check`, `meshd run`
-//! without root, and the Vagrantfile.
+//! without root, exit codes, a closed stdout, and the Vagrantfile.
 
 mod support;
 
-use std::process::Command;
+use std::{os::fd::FromRawFd, process::Command};
 
 use support::{MESHD, ebpf_available};
 
@@ -127,6 +127,48 @@ fn bad_flags_are_rejected_with_the_flag_named() {
         err.contains("--heartbeat-timeout") && err.contains("3 seconds"),
         "{err}"
     );
+}
+
+#[test]
+fn values_the_parser_rejects_exit_with_usage_too() {
+    for (flag, value) in [
+        ("--max-request-headers-kb", "abc"),
+        ("--workload-max-requests", "-5"),
+    ] {
+        let out = Command::new(MESHD)
+            .args(["run", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        // clap reads `-5` as an unknown flag of its own, so only the value is sure to appear.
+        assert!(err.contains(value), "{err}");
+    }
+    let help = Command::new(MESHD).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
+}
+
+#[test]
+fn a_report_written_into_a_closed_pipe_ends_quietly() {
+    // As in `meshd analyze ... | head -1` once head has exited: every write fails with EPIPE.
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two descriptors this test then owns; the read end is closed at once.
+    let write_end = unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+        std::os::fd::OwnedFd::from_raw_fd(fds[1])
+    };
+    let out = Command::new(MESHD)
+        .args(["analyze", "policies/canary.yaml"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(write_end)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
 
 #[test]

@@ -247,6 +247,12 @@ impl RunArgs {
 pub const EXIT_USAGE: u8 = 64;
 
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Run(_) | Command::Exec(_)) {
+        // A report piped into `head` ends quietly, as other command-line tools do, instead of
+        // panicking on the closed pipe. The daemon keeps SIGPIPE ignored: a peer closing a
+        // socket is an error it handles.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run(args) => {
             crate::app::init_tracing();
