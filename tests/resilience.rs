@@ -834,3 +834,63 @@ fn tcp_idle_timeout_also_closes_idle_http_upstream_connections() {
     );
     assert_eq!(v1.accepted(), 2, "closed after 1 s idle");
 }
+
+/// A request body the client breaks (a malformed chunk, or the client leaving mid-upload) is
+/// the client's failure: 400 with flag DPE, or DC, never 503 UC, and never a strike against
+/// the endpoint for outlier detection, which would let any client eject a healthy backend.
+#[test]
+fn a_request_body_the_client_breaks_is_not_held_against_the_endpoint() {
+    if !ebpf_available("client_body") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
+    let d = start("client-body", 251, &yaml);
+    const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+    let head = "POST /whoami HTTP/1.1\\r\\nHost: reviews:9080\\r\\n";
+    let malformed =
+        format!("{head}Transfer-Encoding: chunked\\r\\n\\r\\n3\\r\\nabcXX0\\r\\n\\r\\n");
+    // More than the retry buffer, so it streams upstream, then the client goes quiet and
+    // leaves.
+    let cut_short = format!(
+        "{}Content-Length: 200000\\r\\n\\r\\n{}",
+        head.replace("/whoami", "/echo"),
+        "a".repeat(100_000)
+    );
+    for (send, timeout) in [(&malformed, "3"), (&malformed, "3"), (&cut_short, "1")] {
+        let out = d
+            .exec(
+                "default/raw",
+                &[
+                    "python3",
+                    RAW,
+                    "--addr",
+                    "127.0.0.50:9080",
+                    "--send",
+                    send,
+                    "--timeout",
+                    timeout,
+                ],
+            )
+            .output()
+            .unwrap();
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(!got.contains("\"status\": 503"), "{got}");
+    }
+    support::eventually(Duration::from_secs(5), || {
+        d.log_text().contains("flags=DPE").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no DPE line; log:\n{}", d.log_text()));
+    support::eventually(Duration::from_secs(5), || {
+        d.log_text().contains("flags=DC").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no DC line; log:\n{}", d.log_text()));
+    assert!(!d.log_text().contains("flags=UC"), "{}", d.log_text());
+    assert_eq!(
+        d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#),
+        0.0
+    );
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 3, "%{http_code}\\n");
+    assert_eq!(codes, ["200", "200", "200"], "the endpoint still serves");
+}

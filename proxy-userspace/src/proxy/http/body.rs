@@ -63,21 +63,89 @@ where
 /// has the bytes received whether or not the request declared a Content-Length.
 pub type Inbound = Counted<hyper::body::Incoming>;
 
-/// A body that adds the length of every data frame it yields to a shared counter.
+/// How the client failed its request body: a failure that is the client's, never the
+/// upstream's (no 503 UC, no outlier detection strike).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFailure {
+    /// The client went away (closed or reset) before the body ended.
+    Disconnected,
+    /// The body broke the protocol: a bad chunk, a length mismatch, an HTTP/2 stream error.
+    Malformed,
+}
+
+impl ClientFailure {
+    /// Reads a request body's error: a malformed body is an I/O error of kind `InvalidInput`
+    /// or `InvalidData` (hyper's HTTP/1 decoder) or an HTTP/2 protocol error; anything else
+    /// (end of file, reset, cancel) is the client leaving.
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> ClientFailure {
+        let mut next = Some(e);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                )
+            {
+                return ClientFailure::Malformed;
+            }
+            if let Some(h2) = e.downcast_ref::<h2::Error>()
+                && h2
+                    .reason()
+                    .is_some_and(|r| r != h2::Reason::CANCEL && r != h2::Reason::NO_ERROR)
+            {
+                return ClientFailure::Malformed;
+            }
+            next = e.source();
+        }
+        ClientFailure::Disconnected
+    }
+}
+
+/// What the client's request body has delivered: its bytes so far, and whether it failed.
+#[derive(Default)]
+pub struct Received {
+    bytes: std::sync::atomic::AtomicU64,
+    /// 0 while the body is sound, else 1 + the `ClientFailure`.
+    failure: std::sync::atomic::AtomicU8,
+}
+
+impl Received {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How the body failed, once it has.
+    pub fn failure(&self) -> Option<ClientFailure> {
+        match self.failure.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            1 => Some(ClientFailure::Disconnected),
+            _ => Some(ClientFailure::Malformed),
+        }
+    }
+}
+
+/// A body that adds the length of every data frame it yields to a shared counter, and records
+/// how it failed, if it does.
 pub struct Counted<B> {
     inner: B,
-    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    received: std::sync::Arc<Received>,
 }
 
 impl<B> Counted<B> {
-    pub fn new(inner: B, count: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
-        Counted { inner, count }
+    pub fn new(inner: B, received: std::sync::Arc<Received>) -> Self {
+        Counted { inner, received }
+    }
+
+    /// What this body has delivered, shared.
+    pub fn received(&self) -> &std::sync::Arc<Received> {
+        &self.received
     }
 }
 
 impl<B> hyper::body::Body for Counted<B>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::error::Error + 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -87,11 +155,21 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count
-                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.received
+                        .bytes
+                        .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                let code = 1 + ClientFailure::of(e) as u8;
+                self.received
+                    .failure
+                    .store(code, std::sync::atomic::Ordering::Release);
+            }
+            _ => {}
         }
         polled
     }
@@ -119,7 +197,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, atomic::AtomicU64};
+    use std::sync::Arc;
 
     /// Frames handed out one per poll.
     struct Frames(std::collections::VecDeque<hyper::body::Frame<Bytes>>);
@@ -146,13 +224,53 @@ mod tests {
             ]
             .into(),
         );
-        let count = Arc::new(AtomicU64::new(0));
-        let collected = Counted::new(frames, count.clone())
+        let received = Arc::new(Received::default());
+        let collected = Counted::new(frames, received.clone())
             .collect()
             .await
             .unwrap()
             .to_bytes();
         assert_eq!(&collected[..], b"hello world");
-        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 11);
+        assert_eq!(received.bytes(), 11);
+        assert_eq!(received.failure(), None);
+    }
+
+    /// A body that fails with `e` after one data frame.
+    struct Failing(Option<std::io::Error>);
+
+    impl hyper::body::Body for Failing {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.take().map(Err))
+        }
+    }
+
+    #[tokio::test]
+    async fn counted_bodies_record_how_the_client_failed_them() {
+        use std::io::{Error, ErrorKind};
+        for (kind, failure) in [
+            (ErrorKind::InvalidInput, ClientFailure::Malformed),
+            (ErrorKind::InvalidData, ClientFailure::Malformed),
+            (ErrorKind::UnexpectedEof, ClientFailure::Disconnected),
+            (ErrorKind::ConnectionReset, ClientFailure::Disconnected),
+        ] {
+            let received = Arc::new(Received::default());
+            let body = Counted::new(Failing(Some(Error::new(kind, "x"))), received.clone());
+            assert!(body.collect().await.is_err());
+            assert_eq!(received.failure(), Some(failure), "{kind:?}");
+        }
+        // Wrapped, as hyper wraps its decoder's errors.
+        let inner = Error::new(ErrorKind::InvalidInput, "bad chunk size");
+        let outer = Error::other(inner);
+        assert_eq!(ClientFailure::of(&outer), ClientFailure::Malformed);
+        let cancel = h2::Error::from(h2::Reason::CANCEL);
+        assert_eq!(ClientFailure::of(&cancel), ClientFailure::Disconnected);
+        let protocol = h2::Error::from(h2::Reason::PROTOCOL_ERROR);
+        assert_eq!(ClientFailure::of(&protocol), ClientFailure::Malformed);
     }
 }

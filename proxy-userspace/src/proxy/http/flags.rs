@@ -29,6 +29,7 @@ flags! {
     RATE_LIMITED = 10, "RL", "A rate limit denied the request.";
     RATE_LIMIT_SERVICE_ERROR = 11, "RLSE", "The global rate limit's Redis failed and the policy fails closed.";
     DURATION_TIMEOUT = 12, "DT", "The request's gRPC deadline (grpc-timeout) expired.";
+    DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE", "The client's request broke the protocol (a malformed body).";
 }
 
 impl ResponseFlags {

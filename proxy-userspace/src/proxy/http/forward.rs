@@ -2,15 +2,7 @@
 //! destination over a pooled connection, map upstream failures to 503 with a response flag,
 //! and splice upgraded (WebSocket) connections.
 
-use std::{
-    borrow::Cow,
-    convert::Infallible,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Instant,
-};
+use std::{borrow::Cow, convert::Infallible, sync::Arc, time::Instant};
 
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Version,
@@ -58,8 +50,8 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
     // Counted as the body is read: chunked and HTTP/2 bodies declare no length.
-    let request_bytes = Arc::new(AtomicU64::new(0));
-    let req = req.map(|b| body::Counted::new(b, request_bytes.clone()));
+    let received = Arc::new(body::Received::default());
+    let req = req.map(|b| body::Counted::new(b, received.clone()));
     let mut log = RequestLog {
         start: Instant::now(),
         method: req.method().clone(),
@@ -69,7 +61,7 @@ pub async fn handle(
         version: version_text(req.version()),
         request_id,
         trace,
-        request_bytes,
+        received,
         response_bytes: 0,
         grpc_status: None,
         down,
@@ -250,8 +242,8 @@ struct RequestLog {
     version: &'static str,
     request_id: RequestId,
     trace: crate::telemetry::trace::Context,
-    /// Request body bytes read so far (the body counts them as it is read).
-    request_bytes: Arc<AtomicU64>,
+    /// What the request body delivered (the body counts its bytes as it is read).
+    received: Arc<body::Received>,
     response_bytes: u64,
     grpc_status: Option<HeaderValue>,
     down: Arc<Downstream>,
@@ -270,7 +262,7 @@ impl Drop for RequestLog {
         }
         let rec = &self.rec;
         let status = self.status.unwrap_or(0);
-        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let request_bytes = self.received.bytes();
         let elapsed = self.start.elapsed();
         let ms = elapsed.as_secs_f64() * 1e3;
         tracing::debug!(

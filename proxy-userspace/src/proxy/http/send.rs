@@ -9,10 +9,14 @@ use std::{
     sync::Arc,
 };
 
-use hyper::{Request, Response, header::HeaderValue};
+use hyper::{
+    Request, Response,
+    header::{self, HeaderValue},
+};
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
+    body::ClientFailure,
     deadline::{self, Deadline, Expiry},
     forward::{GRPC_STATUS, local},
     lb::Algorithm,
@@ -364,6 +368,8 @@ enum Failed {
     PerTryTimeout,
     /// AuthorizationPolicy of the (local) destination workload denies the request.
     Denied(String),
+    /// The client failed its streamed request body: nothing the upstream did.
+    Client(ClientFailure),
 }
 
 fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
@@ -380,6 +386,7 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
         Err(
             Failed::NoEndpoint(_)
             | Failed::Denied(_)
+            | Failed::Client(_)
             | Failed::Upstream(UpstreamError::Overflow { .. }),
         ) => Outcome::Response {
             status: 0,
@@ -424,6 +431,29 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
     }
     tracing::warn!(error = %e, "upstream request failed");
     reset_before_headers(e)
+}
+
+/// 400 for a request whose body the client broke: flag DC when it went away (the answer then
+/// reaches no one), DPE when the body broke the protocol (a bad chunk, a length mismatch).
+fn client_failed(failure: ClientFailure, rec: &mut Record) -> Response<Body> {
+    match failure {
+        ClientFailure::Disconnected => rec.fail(
+            ResponseFlags::DOWNSTREAM_DISCONNECT,
+            "downstream disconnected before the request body ended",
+        ),
+        ClientFailure::Malformed => rec.fail(
+            ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR,
+            "malformed request body",
+        ),
+    }
+    let mut r = local(
+        400,
+        "bad request: the request body could not be read\n",
+        None,
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// 403 for a request the destination's AuthorizationPolicy denies, as Envoy's RBAC filter.
@@ -599,15 +629,16 @@ pub async fn with_policy(
         (None, Some(g)) => (Some(g), Expiry::Grpc),
         (r, _) => (r, Expiry::Route),
     };
+    let received = req.body().received().clone();
     let (replayable, mut once) = match replay::prepare(req, RETRY_BUFFER).await {
         Ok(Prepared::Replayable(r)) => (Some(r), None),
         Ok(Prepared::Streaming(r)) => (None, Some(r)),
         Err(e) => {
-            rec.flags.insert(ResponseFlags::DOWNSTREAM_DISCONNECT);
             tracing::debug!(error = %e, "reading the request body failed");
-            return local(400, "request body could not be read", None);
+            return client_failed(ClientFailure::of(&*e), rec);
         }
     };
+    let received = &received;
     match &replayable {
         Some(r) => mirror(plan, down, ctx, r),
         None if plan
@@ -681,6 +712,13 @@ pub async fn with_policy(
                         }
                         Err(e) => Err(e),
                     };
+                    // A streamed body the client broke off fails the attempt: the client's
+                    // doing, not a strike against the endpoint.
+                    if result.is_err()
+                        && let Some(failure) = received.failure()
+                    {
+                        return Err(Failed::Client(failure));
+                    }
                     plan.observe(ctx, target, &result);
                     if let Some(prefix) = stat_prefix {
                         let status = result.as_ref().ok().map(|r| r.status().as_u16());
@@ -756,6 +794,7 @@ pub async fn with_policy(
         }
         Err(Failed::NoEndpoint(e)) => no_endpoint(e, rec),
         Err(Failed::Denied(reason)) => denied(reason, rec),
+        Err(Failed::Client(failure)) => client_failed(failure, rec),
         Err(Failed::Upstream(e)) => upstream_failed(&e, rec, attempts.exhausted),
         Err(Failed::PerTryTimeout) => {
             if attempts.exhausted {
