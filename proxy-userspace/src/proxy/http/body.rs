@@ -264,9 +264,20 @@ mod tests {
             assert!(body.collect().await.is_err());
             assert_eq!(received.failure(), Some(failure), "{kind:?}");
         }
-        // Wrapped, as hyper wraps its decoder's errors.
-        let inner = Error::new(ErrorKind::InvalidInput, "bad chunk size");
-        let outer = Error::other(inner);
+        // Wrapped, as hyper wraps its decoder's errors: the cause is the source.
+        #[derive(Debug)]
+        struct Wrapped(Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error reading a body from connection")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let outer = Wrapped(Error::new(ErrorKind::InvalidInput, "bad chunk size"));
         assert_eq!(ClientFailure::of(&outer), ClientFailure::Malformed);
         let cancel = h2::Error::from(h2::Reason::CANCEL);
         assert_eq!(ClientFailure::of(&cancel), ClientFailure::Disconnected);
