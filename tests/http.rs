@@ -177,7 +177,7 @@ fn upgrades_are_passed_through() {
     let (status, got) = raw(
         &d,
         &b.addr.to_string(),
-        "GET /ws HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: echo\\r\\n\
+        "GET /ws HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\
          x-envoy-retry-on: 5xx\\r\\nx-envoy-upstream-rq-timeout-ms: 100\\r\\n\
          x-forwarded-client-cert: By=spiffe://forged\\r\\n\\r\\n",
         "hello over the upgraded connection",
@@ -188,6 +188,41 @@ fn upgrades_are_passed_through() {
     assert!(got.contains("\"path\":\"/ws\""), "{got}");
     assert!(got.contains("\"x_envoy\":\"\""), "{got}");
     assert!(got.contains("\"xfcc\":\"\""), "{got}");
+}
+
+/// As Istio configures Envoy, WebSocket is the one upgrade proxied: an `h2c` upgrade is served
+/// as a plain HTTP/1.1 request (its upgrade headers dropped, so no 101 takes the connection
+/// past routing), and any other upgrade is refused with 403, without reaching the upstream.
+/// The backend would accept any upgrade.
+#[test]
+fn only_websocket_upgrades_are_proxied() {
+    if !ebpf_available("http_upgrade_kinds") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-upgrade-kinds", 252, &[]);
+    let (status, got) = raw(
+        &d,
+        &b.addr.to_string(),
+        "GET /whoami HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade, HTTP2-Settings\\r\\n\
+         Upgrade: h2c\\r\\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\\r\\n\\r\\n",
+        "",
+    );
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(b.requests(), 1);
+    let (status, got) = raw(
+        &d,
+        &b.addr.to_string(),
+        "GET /tunnel HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: foo/1.0\\r\\n\\r\\n",
+        "raw bytes",
+    );
+    assert_eq!(status, 403, "{got}");
+    assert!(got.contains("upgrade_failed"), "{got}");
+    assert_eq!(
+        b.requests(),
+        1,
+        "the refused upgrade never reached the backend"
+    );
 }
 
 #[test]

@@ -282,7 +282,7 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
                 &format!("{}:9080", m.vip),
                 "--send",
                 "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\n\
-                 Upgrade: echo\\r\\nx-forwarded-client-cert: By=spiffe://forged\\r\\n\\r\\n",
+                 Upgrade: websocket\\r\\nx-forwarded-client-cert: By=spiffe://forged\\r\\n\\r\\n",
                 "--then",
                 "upgraded-bytes",
             ],

@@ -303,7 +303,8 @@ async fn answer_plain(
             .body(Full::new(Bytes::from("failing on purpose\n")))
             .unwrap());
     }
-    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+    // Any upgrade is accepted, echoing its protocol: what is refused, meshd refuses.
+    if let Some(protocol) = req.headers().get("upgrade").cloned() {
         let seen = whoami(&req, peer);
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -324,7 +325,7 @@ async fn answer_plain(
         return Ok(Response::builder()
             .status(101)
             .header("connection", "upgrade")
-            .header("upgrade", "echo")
+            .header("upgrade", protocol)
             .body(Full::new(Bytes::new()))
             .unwrap());
     }

@@ -430,6 +430,32 @@ fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && headers::has_token(h, header::CONNECTION, "upgrade")
 }
 
+/// What an HTTP/1.1 request's upgrade asks for, as Istio configures Envoy: WebSocket is the
+/// one upgrade proxied; `h2c` is dropped by the codec and the request served as HTTP/1.1; any
+/// other is refused (403, `upgrade_failed`), since after a 101 no route, timeout, retry or
+/// authorization rule would see what flows.
+#[derive(Debug, PartialEq, Eq)]
+enum UpgradeAsk {
+    None,
+    WebSocket,
+    H2c,
+    Other,
+}
+
+fn upgrade_ask(h: &HeaderMap) -> UpgradeAsk {
+    if !is_upgrade(h) {
+        return UpgradeAsk::None;
+    }
+    let asks = |p: &str| headers::has_token(h, header::UPGRADE, p);
+    if asks("websocket") {
+        UpgradeAsk::WebSocket
+    } else if asks("h2c") {
+        UpgradeAsk::H2c
+    } else {
+        UpgradeAsk::Other
+    }
+}
+
 /// A local response (direct response, redirect, or a meshd error) with a text body.
 pub(super) fn local(
     status: u16,
@@ -464,7 +490,34 @@ async fn forward(
     // The snapshot this request started with serves it to the end, whatever reloads happen.
     let snap = ctx.config.current();
     let h2 = req.version() == Version::HTTP_2;
-    let upgrade = !h2 && is_upgrade(req.headers());
+    let upgrade = match if h2 {
+        UpgradeAsk::None
+    } else {
+        upgrade_ask(req.headers())
+    } {
+        UpgradeAsk::WebSocket => true,
+        UpgradeAsk::None => false,
+        UpgradeAsk::H2c => {
+            // Served as HTTP/1.1: the Upgrade header and what Connection names go as
+            // hop-by-hop headers; HTTP2-Settings too, named there or not.
+            req.headers_mut().remove("http2-settings");
+            false
+        }
+        UpgradeAsk::Other => {
+            let asked = req.headers().get(header::UPGRADE).cloned();
+            rec.reason = Some(format!(
+                "upgrade_failed: only websocket upgrades are proxied, not {:?}",
+                asked
+                    .as_ref()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()))
+            ));
+            return local(
+                403,
+                "upgrade_failed: only websocket upgrades are proxied\n",
+                None,
+            );
+        }
+    };
     let authority = req
         .uri()
         .authority()
