@@ -91,6 +91,18 @@ fn header_based_premium_and_free() {
         );
     }
     assert_eq!((premium.requests(), free.requests()), (3, 3));
+    // Two X-User-Tier fields read as one value, "premium,free", as Envoy's matchers read
+    // them: no route matches (404 NR). A second field cannot ride on a match of the first.
+    assert_eq!(
+        get(
+            &d,
+            "media.mycorp.com",
+            "/",
+            &["-H", "X-User-Tier: premium", "-H", "X-User-Tier: free"]
+        ),
+        "404"
+    );
+    assert_eq!((premium.requests(), free.requests()), (3, 3));
 }
 
 #[test]

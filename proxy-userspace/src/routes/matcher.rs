@@ -49,7 +49,9 @@ pub struct RequestView<'a> {
     pub authority: &'a str,
     pub scheme: &'a str,
     pub port: u16,
-    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+    /// A header's value as Envoy's matchers read it: a repeated header's values joined with
+    /// commas, bytes beyond ASCII kept.
+    pub header: &'a dyn Fn(&str) -> Option<std::borrow::Cow<'a, str>>,
     pub source_labels: &'a BTreeMap<String, String>,
     /// The client workload's namespace, when meshd knows the client.
     pub source_namespace: Option<&'a str>,
@@ -99,11 +101,12 @@ impl RequestMatch {
             && self
                 .headers
                 .iter()
-                .all(|(n, m)| presence_holds(m, (r.header)(n)))
+                .all(|(n, m)| presence_holds(m, (r.header)(n).as_deref()))
             // As Istio configures Envoy's inverted matchers: a missing header is matched as
             // empty, so `regex: ".*"` excludes requests without the header too.
             && !self.without_headers.iter().any(|(n, m)| {
                 let value = (r.header)(n);
+                let value = value.as_deref();
                 match m {
                     PresenceMatcher::Value(_) => presence_holds(m, value.or(Some(""))),
                     PresenceMatcher::Present(_) => presence_holds(m, value),
@@ -130,7 +133,7 @@ mod tests {
 
     fn view<'a>(
         path: &'a str,
-        headers: &'a dyn Fn(&str) -> Option<&'a str>,
+        headers: &'a dyn Fn(&str) -> Option<std::borrow::Cow<'a, str>>,
         labels: &'a BTreeMap<String, String>,
     ) -> RequestView<'a> {
         RequestView {
@@ -161,7 +164,7 @@ mod tests {
     #[test]
     fn conjunction_of_conditions() {
         let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
-        let hdr = |n: &str| (n == "x-user-type").then_some("premium");
+        let hdr = |n: &str| (n == "x-user-type").then_some("premium".into());
         let mut m = RequestMatch {
             uri: Some(StringMatcher::Prefix("/".into())),
             headers: vec![(

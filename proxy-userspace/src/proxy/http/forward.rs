@@ -548,11 +548,14 @@ async fn forward(
         // As Envoy's header matchers: pseudo-headers, and `host` as the authority (which an
         // HTTP/2 request carries as `:authority`, not as a Host header).
         let lookup = |n: &str| match n {
-            ":authority" | "host" => Some(authority.as_str()),
-            ":method" => Some(req.method().as_str()),
-            ":path" => req.uri().path_and_query().map(|p| p.as_str()),
-            ":scheme" => Some(scheme),
-            _ => headers.get(n).and_then(|v| v.to_str().ok()),
+            ":authority" | "host" => Some(Cow::Borrowed(authority.as_str())),
+            ":method" => Some(Cow::Borrowed(req.method().as_str())),
+            ":path" => req
+                .uri()
+                .path_and_query()
+                .map(|p| Cow::Borrowed(p.as_str())),
+            ":scheme" => Some(Cow::Borrowed(scheme)),
+            _ => headers::joined(headers, n),
         };
         let view = RequestView {
             method: req.method().as_str(),

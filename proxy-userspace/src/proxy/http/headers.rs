@@ -3,6 +3,8 @@
 //! comma-separated header lists (`Connection`, `Transfer-Encoding`); and the hop-by-hop headers
 //! a proxy removes.
 
+use std::borrow::Cow;
+
 use hyper::{
     HeaderMap,
     header::{self, HeaderName, HeaderValue},
@@ -21,6 +23,20 @@ pub fn tokens(h: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
 }
 
 /// Whether a `name` list holds `token` (any case).
+/// A header's value as Envoy's matchers read it: every value of a repeated header joined with
+/// commas (one value and two fields then read the same, so a second field cannot slip past a
+/// match on the first), and bytes beyond ASCII kept rather than the header read as absent.
+pub fn joined<'h>(h: &'h HeaderMap, name: &str) -> Option<Cow<'h, str>> {
+    let mut all = h.get_all(name).iter();
+    let mut text = String::from_utf8_lossy(all.next()?.as_bytes());
+    for v in all {
+        let t = text.to_mut();
+        t.push(',');
+        t.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    Some(text)
+}
+
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(h, name).any(|t| t.eq_ignore_ascii_case(token))
 }
@@ -197,6 +213,21 @@ pub fn responses_read_request(levels: &[Option<&Headers>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn matchers_read_repeated_headers_joined_and_non_ascii_kept() {
+        let mut h = HeaderMap::new();
+        h.append("x-user", HeaderValue::from_static("alice"));
+        assert_eq!(joined(&h, "x-user").as_deref(), Some("alice"));
+        h.append("x-user", HeaderValue::from_static("mallory"));
+        assert_eq!(joined(&h, "x-user").as_deref(), Some("alice,mallory"));
+        h.insert(
+            "x-tier",
+            HeaderValue::from_bytes("göld".as_bytes()).unwrap(),
+        );
+        assert_eq!(joined(&h, "x-tier").as_deref(), Some("göld"));
+        assert_eq!(joined(&h, "x-absent"), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

@@ -883,7 +883,7 @@ spec:
         let rewritten = |path: &str, v2: bool| {
             let dst: SocketAddr = "10.1.1.1:80".parse().unwrap();
             let candidates = host_candidates("api", "default", dst, &snap);
-            let header = |n: &str| (v2 && n == "x-v2").then_some("1");
+            let header = |n: &str| (v2 && n == "x-v2").then_some("1".into());
             let view = RequestView {
                 method: "GET",
                 path,
