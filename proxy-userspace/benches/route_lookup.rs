@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
         let host = format!("svc-{}.default.svc.cluster.local", hosts / 2);
         group.bench_function(format!("{hosts}_hosts"), move |b| {
             let labels = BTreeMap::new();
-            let header = |n: &str| (n == "x-tenant").then_some("tenant-99");
+            let header = |n: &str| (n == "x-tenant").then_some("tenant-99".into());
             b.iter(|| {
                 let view = RequestView {
                     method: "GET",
