@@ -110,6 +110,21 @@ fn absolute_form_requests_reach_the_upstream_in_origin_form() {
     );
     assert!(abs.contains("\"uri\":\"/abs?q=1\""), "{abs}");
     assert!(abs.contains(&format!("\"host\":\"{}\"", b.addr)), "{abs}");
+    // Beside a Host that names another: the target's authority, routed by, goes upstream.
+    let other = curl(
+        &d,
+        &[
+            "--request-target",
+            &target,
+            "-H",
+            "Host: other.example",
+            &format!("http://{}/", b.addr),
+        ],
+    );
+    assert!(
+        other.contains(&format!("\"host\":\"{}\"", b.addr)),
+        "{other}"
+    );
 }
 
 #[test]
@@ -258,6 +273,8 @@ fn hostile_requests_never_reach_the_upstream() {
         ("obs-fold", "GET / HTTP/1.1\\r\\nHost: x\\r\\nX-A: 1\\r\\n  folded\\r\\n\\r\\n".to_string(), 400),
         ("two Host headers", "GET / HTTP/1.1\\r\\nHost: x\\r\\nHost: evil.test\\r\\n\\r\\n".to_string(), 400),
         ("HTTP/1.1 without Host", "GET / HTTP/1.1\\r\\nX-A: 1\\r\\n\\r\\n".to_string(), 400),
+        ("user info in Host", "GET / HTTP/1.1\\r\\nHost: x@evil.test\\r\\n\\r\\n".to_string(), 400),
+        ("a port out of range", "GET / HTTP/1.1\\r\\nHost: x:99999\\r\\n\\r\\n".to_string(), 400),
         ("oversized headers", format!("GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: {}\\r\\n\\r\\n", "a".repeat(16 * 1024)), 431),
     ];
     for (what, send, want) in cases {

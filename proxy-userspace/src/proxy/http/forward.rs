@@ -132,7 +132,61 @@ fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
         return Some("more than one Host");
     }
     let untargeted = req.version() == Version::HTTP_11 && req.uri().authority().is_none();
-    (untargeted && !h.contains_key(header::HOST)).then_some("HTTP/1.1 request without Host")
+    if untargeted && !h.contains_key(header::HOST) {
+        return Some("HTTP/1.1 request without Host");
+    }
+    let authority = match req.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => h.get(header::HOST).map(HeaderValue::as_bytes),
+    };
+    authority
+        .is_some_and(|a| !valid_authority(a))
+        .then_some("invalid Host (an authority is host[:port], no user info)")
+}
+
+/// `host[:port]` as RFC 9110 allows it in Host: a registered name or address (an IPv6 one in
+/// brackets) of URI characters, without user info (`@`), and a port of at most 65535. As
+/// Envoy, meshd refuses anything else rather than route by one reading of it and let the
+/// upstream take another.
+fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = match a.iter().rposition(|&b| b == b':') {
+        // A colon inside an IPv6 literal is not the port's.
+        Some(i) if !a[i..].contains(&b']') => (&a[..i], Some(&a[i + 1..])),
+        _ => (a, None),
+    };
+    let host_ok = match host {
+        [b'[', inner @ .., b']'] => inner
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
+        _ => host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.len() <= 5 && p.iter().all(u8::is_ascii_digit) && {
+            let n = p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            n <= 65535
+        }
+    });
+    host_ok && port_ok
 }
 
 pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -486,6 +540,18 @@ async fn forward(
 ) -> Response<Body> {
     if let Some(uri) = super::normalize::normalized(req.uri()) {
         *req.uri_mut() = uri;
+    }
+    // The authority a request is routed and authorized by is the one it goes upstream with:
+    // an absolute-form target's replaces the Host a proxy received (RFC 9112 section 3.2.2),
+    // and HTTP/2's `:authority` a `host` field beside it, as in Envoy.
+    if let Some(a) = req.uri().authority()
+        && req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|h| h.as_bytes() != a.as_str().as_bytes())
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        req.headers_mut().insert(header::HOST, v);
     }
     // The snapshot this request started with serves it to the end, whatever reloads happen.
     let snap = ctx.config.current();
@@ -1000,6 +1066,32 @@ async fn upgrade_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for ok in [
+            "reviews",
+            "reviews.default.svc.cluster.local:9080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "[fe80::1]",
+            "a_b-c.example:",
+        ] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "x@secret.example",
+            "a b",
+            "backend:99999",
+            "backend:80x",
+            "backend:123456",
+            "[::1",
+            "host/path",
+            "göld.example",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn upgrades_keep_their_headers() {
