@@ -894,3 +894,26 @@ fn a_request_body_the_client_breaks_is_not_held_against_the_endpoint() {
     let codes = curl_many(&d, "http://reviews:9080/whoami", 3, "%{http_code}\\n");
     assert_eq!(codes, ["200", "200", "200"], "the endpoint still serves");
 }
+
+/// As Envoy's circuit breaker: an endpoint the balancer picks gets one HTTP/2 connection even
+/// past `tcp.maxConnections`. HTTP/2 connections stay open while idle, so without it every
+/// request to the second endpoint waited for the first one's connection to close, forever.
+#[test]
+fn each_endpoint_gets_an_http2_connection_past_max_connections() {
+    if !ebpf_available("cb_h2_first") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    loadBalancer:\n      simple: ROUND_ROBIN\n    connectionPool:\n      tcp:\n        maxConnections: 1\n";
+    let yaml =
+        with_policy(&v1, &v2, TO_ALL, policy).replace("protocol: HTTP\n", "protocol: HTTP2\n");
+    let d = start("cb-h2-first", 253, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 6, "%{http_code}\\n");
+    assert_eq!(codes, ["200"; 6], "round robin over both endpoints");
+    assert_eq!((v1.requests(), v2.requests()), (3, 3));
+    assert_eq!(
+        (v1.accepted(), v2.accepted()),
+        (1, 1),
+        "one connection each"
+    );
+}

@@ -441,7 +441,19 @@ impl Pool {
                     return Ok(Checkout::H1(c));
                 }
             }
-            if let Some(slot) = cluster.try_slot(Counter::Connections, limits.max_connections) {
+            // As Envoy's circuit breaker: an endpoint the balancer picked gets one HTTP/2
+            // connection even past `maxConnections`. Its streams are shared, so without it a
+            // request to an endpoint with none would wait for connections to other endpoints
+            // that stay open, idle or carrying long streams, and never close.
+            // One such connection at a time: the requests behind it wait for its streams.
+            let first = (h2 && !cluster.has_h2(&key))
+                .then(|| cluster.claim_first_h2(&key))
+                .flatten();
+            let limit = match first {
+                Some(_) => u32::MAX,
+                None => limits.max_connections,
+            };
+            if let Some(slot) = cluster.try_slot(Counter::Connections, limit) {
                 // Boxed: a new connection is the rare case, and its handshake's state would
                 // otherwise enlarge every request's future (moved, in full, as it starts).
                 return Box::pin(self.open(cluster, slot, target, h2, limits)).await;

@@ -99,6 +99,26 @@ pub struct ClusterPool {
     pub h2: Mutex<HashMap<PeerKey, Vec<H2Conn>>>,
     /// The cluster's round-robin position.
     pub turn: std::sync::atomic::AtomicUsize,
+    /// Endpoints whose first HTTP/2 connection is being opened past `maxConnections`.
+    first_h2: Mutex<std::collections::HashSet<PeerKey>>,
+}
+
+/// The claim on opening an endpoint's first HTTP/2 connection; released when dropped (the
+/// connection then in the pool, or failed), waking the requests that waited for it.
+pub struct FirstH2<'a> {
+    pool: &'a ClusterPool,
+    dst: PeerKey,
+}
+
+impl Drop for FirstH2<'_> {
+    fn drop(&mut self) {
+        self.pool
+            .first_h2
+            .lock()
+            .expect("first h2 lock")
+            .remove(&self.dst);
+        self.pool.changed.notify_waiters();
+    }
 }
 
 /// One unit of a counter, given back on drop.
@@ -184,6 +204,27 @@ impl ClusterPool {
         c.used += 1;
         c.last_active = Instant::now();
         Some((c.sender.clone(), H2Stream::new(self.clone(), &c.streams)))
+    }
+
+    /// Whether the pool holds an open HTTP/2 connection to `dst`, busy or not.
+    pub fn has_h2(&self, dst: &PeerKey) -> bool {
+        self.h2
+            .lock()
+            .expect("h2 pool lock")
+            .get(dst)
+            .is_some_and(|conns| conns.iter().any(|c| !c.sender.is_closed()))
+    }
+
+    /// Claims the opening of `dst`'s first HTTP/2 connection, unless another request has.
+    pub fn claim_first_h2(&self, dst: &PeerKey) -> Option<FirstH2<'_>> {
+        self.first_h2
+            .lock()
+            .expect("first h2 lock")
+            .insert(dst.clone())
+            .then(|| FirstH2 {
+                pool: self,
+                dst: dst.clone(),
+            })
     }
 
     /// Offers a new HTTP/2 connection's spare streams to other requests to `dst`, unless `owner`
