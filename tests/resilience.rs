@@ -917,3 +917,48 @@ fn each_endpoint_gets_an_http2_connection_past_max_connections() {
         "one connection each"
     );
 }
+
+/// As Envoy's, the route timeout runs from the end of the request: an upload slower than the
+/// timeout, held whole for retries (60 KB) or streamed (300 KB), is answered, over HTTP/1.1
+/// and HTTP/2. The upstream's answer then still has the full timeout.
+#[test]
+fn the_route_timeout_starts_when_the_request_has_arrived() {
+    if !ebpf_available("timeout_upload") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n    timeout: 1s\n";
+    let d = start("timeout-upload", 254, &policies(&v1, &v2, routes));
+    let dir = std::env::temp_dir().join("meshd-timeout-upload");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (size, rate) in [(60_000, "30K"), (300_000, "150K")] {
+        let file = dir.join(format!("{size}.bin"));
+        std::fs::write(&file, vec![b'x'; size]).unwrap();
+        for h2 in [false, true] {
+            let upload = format!("@{}", file.display());
+            let mut args = vec!["curl", "-sS", "--max-time", "20", "-o", "/dev/null"];
+            args.extend(["-w", "%{http_code}", "--limit-rate", rate]);
+            args.extend(["--resolve", "reviews:9080:127.0.0.50", "--data-binary"]);
+            args.push(&upload);
+            if h2 {
+                args.push("--http2-prior-knowledge");
+            }
+            args.push("http://reviews:9080/echo");
+            let t = Instant::now();
+            let out = d.exec("default/uploader", &args).output().unwrap();
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(
+                code,
+                "200",
+                "{size} bytes, h2={h2}, {:?}: {}",
+                t.elapsed(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                t.elapsed() > Duration::from_millis(1500),
+                "slower than the timeout"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

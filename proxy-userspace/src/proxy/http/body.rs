@@ -107,11 +107,38 @@ pub struct Received {
     bytes: std::sync::atomic::AtomicU64,
     /// 0 while the body is sound, else 1 + the `ClientFailure`.
     failure: std::sync::atomic::AtomicU8,
+    /// When the body ended (its last frame read), once it has.
+    ended: std::sync::OnceLock<tokio::time::Instant>,
+    ending: tokio::sync::Notify,
 }
 
 impl Received {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the body ended, if it has.
+    pub fn ended_at(&self) -> Option<tokio::time::Instant> {
+        self.ended.get().copied()
+    }
+
+    /// Waits for the body's end; pending for ever if it fails instead.
+    pub async fn ended(&self) -> tokio::time::Instant {
+        loop {
+            let ending = self.ending.notified();
+            tokio::pin!(ending);
+            ending.as_mut().enable();
+            if let Some(end) = self.ended_at() {
+                return end;
+            }
+            ending.await;
+        }
+    }
+
+    fn end(&self) {
+        if self.ended.set(tokio::time::Instant::now()).is_ok() {
+            self.ending.notify_waiters();
+        }
     }
 
     /// How the body failed, once it has.
@@ -162,7 +189,11 @@ where
                         .bytes
                         .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
+                if self.inner.is_end_stream() {
+                    self.received.end();
+                }
             }
+            std::task::Poll::Ready(None) => self.received.end(),
             std::task::Poll::Ready(Some(Err(e))) => {
                 let code = 1 + ClientFailure::of(e) as u8;
                 self.received

@@ -619,12 +619,10 @@ pub async fn with_policy(
         None => route_policy,
     };
     let timeout = overrides.as_ref().map_or(route_timeout, |o| o.timeout);
-    // The route timeout runs until the response is complete (its body too), as Envoy's does; a
-    // gRPC request's own deadline does too, whichever ends first.
-    let now = tokio::time::Instant::now();
-    let route_deadline = timeout.map(|t| now + t);
-    let grpc_deadline = deadline::grpc_timeout(req.headers()).map(|t| now + t);
-    let (deadline, expiry) = match (route_deadline, grpc_deadline) {
+    // As Envoy's route timeout, the limit runs from the end of the request (its body whole)
+    // until the response is complete, its body too; a gRPC request's own deadline likewise,
+    // whichever is shorter.
+    let (limit, expiry) = match (timeout, deadline::grpc_timeout(req.headers())) {
         (Some(r), Some(g)) if g < r => (Some(g), Expiry::Grpc),
         (None, Some(g)) => (Some(g), Expiry::Grpc),
         (r, _) => (r, Expiry::Route),
@@ -639,6 +637,12 @@ pub async fn with_policy(
         }
     };
     let received = &received;
+    // A body held whole has ended: the clock starts now. A streamed one starts it as it ends,
+    // so a slow upload is not cut short while the client is still sending it.
+    let deadline = match &replayable {
+        Some(_) => limit.map(|t| tokio::time::Instant::now() + t),
+        None => limit.and_then(|t| received.ended_at().map(|end| end + t)),
+    };
     match &replayable {
         Some(r) => mirror(plan, down, ctx, r),
         None if plan
@@ -728,11 +732,21 @@ pub async fn with_policy(
                 }
             },
         ));
-        match deadline {
-            Some(d) => tokio::time::timeout_at(d, attempts).await.ok(),
-            None => Some(attempts.await),
+        match (deadline, limit) {
+            (Some(d), _) => tokio::time::timeout_at(d, attempts).await.ok(),
+            (None, None) => Some(attempts.await),
+            (None, Some(t)) => {
+                let expires = async { tokio::time::sleep_until(received.ended().await + t).await };
+                tokio::select! {
+                    biased;
+                    done = attempts => Some(done),
+                    () = expires => None,
+                }
+            }
         }
     };
+    // The response's body is bounded from the request's end, if it has ended by now.
+    let deadline = deadline.or_else(|| limit.and_then(|t| received.ended_at().map(|end| end + t)));
     let Some(attempts) = attempts else {
         return match expiry {
             Expiry::Route => timed_out(rec),
