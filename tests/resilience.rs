@@ -962,3 +962,50 @@ fn the_route_timeout_starts_when_the_request_has_arrived() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// gRPC as Envoy treats it: a trailers-only answer counts for outlier detection as the HTTP
+/// status its grpc-status stands for (UNAVAILABLE as 503), so an endpoint failing every call
+/// is ejected; and meshd's own error answer to a gRPC call (here "no healthy upstream") is a
+/// trailers-only gRPC answer a gRPC client can read, not an HTTP 503.
+#[test]
+fn grpc_failures_eject_endpoints_and_local_errors_answer_in_grpc() {
+    if !ebpf_available("grpc_outlier") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
+    let routes =
+        "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n";
+    let yaml = only_v1(with_policy(&v1, &v2, routes, policy), &v2);
+    let d = start("grpc-outlier", 255, &yaml);
+    let call = || {
+        support::mesh::curl(
+            &d,
+            &[
+                "-i",
+                "--http2-prior-knowledge",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "http://reviews:9080/grpc-only/14",
+            ],
+        )
+        .to_lowercase()
+    };
+    for _ in 0..2 {
+        let head = call();
+        assert!(head.contains("grpc-message: from the backend"), "{head}");
+    }
+    assert_eq!(v1.requests(), 2);
+    support::eventually(Duration::from_secs(3), || {
+        (d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#) >= 1.0)
+            .then_some(())
+    })
+    .expect("the endpoint failing every call is ejected");
+    let head = call();
+    assert_eq!(v1.requests(), 2, "the ejected endpoint gets no call");
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("grpc-status: 14"), "{head}");
+    assert!(head.contains("grpc-message: no healthy upstream"), "{head}");
+}

@@ -159,6 +159,20 @@ async fn answer(
     {
         return Ok(grpc_reply(code));
     }
+    // A trailers-only gRPC answer: grpc-status in the head, no body.
+    if let Some(code) = req
+        .uri()
+        .path()
+        .strip_prefix("/grpc-only/")
+        .and_then(|c| c.parse::<u32>().ok())
+    {
+        return Ok(Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code)
+            .header("grpc-message", "from the backend")
+            .body(Full::new(Bytes::new()).boxed())
+            .unwrap());
+    }
     if req.uri().path() == "/echo" {
         return Ok(echo(req).await);
     }

@@ -75,6 +75,8 @@ pub async fn inject(
     } else {
         *resp.status_mut() = StatusCode::from_u16(a.http_status.unwrap_or(500))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        resp.extensions_mut()
+            .insert(super::grpc_local::LocalReply("fault filter abort".into()));
     }
     Some(resp)
 }

@@ -108,6 +108,11 @@ pub async fn handle(
             resp
         }
     };
+    let resp = if grpc {
+        super::grpc_local::as_grpc(resp)
+    } else {
+        resp
+    };
     log.status = Some(resp.status().as_u16());
     // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
     // the body wrapper reads.
@@ -516,7 +521,10 @@ pub(super) fn local(
     body: impl Into<bytes::Bytes>,
     extra: Option<(header::HeaderName, String)>,
 ) -> Response<Body> {
-    let mut resp = Response::new(body::full(body));
+    let body: bytes::Bytes = body.into();
+    let mut resp = Response::new(body::full(body.clone()));
+    resp.extensions_mut()
+        .insert(super::grpc_local::LocalReply(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

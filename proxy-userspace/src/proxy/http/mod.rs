@@ -10,6 +10,7 @@ mod fault;
 mod flags;
 mod forward;
 mod framing;
+mod grpc_local;
 mod header_values;
 mod headers;
 mod lb;

@@ -73,7 +73,9 @@ impl Plan<'_> {
             return;
         };
         let health = match result {
-            Ok(resp) => Health::Status(resp.status().as_u16()),
+            Ok(resp) => Health::Status(
+                super::grpc_local::http_for_grpc(resp).unwrap_or(resp.status().as_u16()),
+            ),
             // Shed locally: says nothing about the endpoint.
             Err(UpstreamError::Overflow { .. }) => return,
             Err(_) => Health::LocalFailure,
