@@ -1497,3 +1497,32 @@ metadata:
         d.log_text()
     );
 }
+
+/// An HTTP/2 client's cookie crumbs (curl sends one `cookie` field per `-H`) reach an
+/// HTTP/1.1 upstream (the port is declared HTTP) as one Cookie field joined by "; ", as RFC
+/// 9113 asks and Envoy does: an HTTP/1.1 server may read only the first field.
+#[test]
+fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_field() {
+    if !ebpf_available("cookie_crumbs") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let d = start("cookie-crumbs", 256, &policies(&v1, &v2, routes));
+    let out = curl(
+        &d,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "cookie: session=abc",
+            "-H",
+            "cookie: csrf=xyz",
+            "http://reviews:9080/whoami",
+        ],
+    );
+    assert!(out.contains("\"version\":\"HTTP/1.1\""), "{out}");
+    assert!(
+        out.contains("\"cookie\":\"session=abc; csrf=xyz\""),
+        "{out}"
+    );
+}

@@ -358,7 +358,7 @@ async fn answer_plain(
 /// The `/whoami` answer: one JSON line of what the request looked like on arrival.
 fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
     format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\",\"cookie\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
         req.uri(),
@@ -391,6 +391,13 @@ fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
             .get_all("x-forwarded-client-cert")
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).replace('"', "\\\""))
+            .collect::<Vec<_>>()
+            .join(" | "),
+        // Every Cookie field, as received.
+        req.headers()
+            .get_all("cookie")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect::<Vec<_>>()
             .join(" | ")
     )

@@ -939,6 +939,9 @@ async fn forward(
         {
             parts.headers.insert(header::HOST, host);
         }
+        if h2 {
+            headers::join_cookies(&mut parts.headers);
+        }
         parts.version = Version::HTTP_11;
     }
 

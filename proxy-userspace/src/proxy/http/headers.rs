@@ -37,6 +37,26 @@ pub fn joined<'h>(h: &'h HeaderMap, name: &str) -> Option<Cow<'h, str>> {
     Some(text)
 }
 
+/// An HTTP/2 request's cookie crumbs (one `cookie` field per pair, as HTTP/2 clients split
+/// them) joined into one field with "; " for an HTTP/1.1 upstream (RFC 9113 section 8.2.3):
+/// an HTTP/1.1 server may read only the first Cookie field.
+pub fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    let Some(first) = all.next() else { return };
+    let mut rest = all.peekable();
+    if rest.peek().is_none() {
+        return;
+    }
+    let mut joined = first.as_bytes().to_vec();
+    for v in rest {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 pub fn has_token(h: &HeaderMap, name: HeaderName, token: &str) -> bool {
     tokens(h, name).any(|t| t.eq_ignore_ascii_case(token))
 }
@@ -213,6 +233,20 @@ pub fn responses_read_request(levels: &[Option<&Headers>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_cookie_crumbs_are_joined_for_http1() {
+        let mut h = HeaderMap::new();
+        join_cookies(&mut h);
+        assert!(h.get(header::COOKIE).is_none());
+        h.append(header::COOKIE, HeaderValue::from_static("session=abc"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        h.append(header::COOKIE, HeaderValue::from_static("csrf=xyz"));
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["session=abc; csrf=xyz"]);
+    }
 
     #[test]
     fn matchers_read_repeated_headers_joined_and_non_ascii_kept() {
