@@ -508,7 +508,7 @@ fn dot_segments_are_resolved_before_routing_and_forwarding() {
 
 /// Header edits in the order Istio configures Envoy: within a level remove, then set, then
 /// add; weighted destinations' edits before the route's (the route's `set` wins), a single
-/// destination's after them (its `set` wins); `rewrite.authority` after them all; and Envoy's
+/// destination's in one list with them (all removals first, then the sets, its `set` winning); `rewrite.authority` after them all; and Envoy's
 /// `%...%` operators in values.
 #[test]
 fn header_edits_apply_in_envoys_order() {
@@ -558,6 +558,20 @@ fn header_edits_apply_in_envoys_order() {
             x-route: destination-level
   - match:
     - uri:
+        prefix: /one-list
+    headers:
+      request:
+        set:
+          x-route: route-level
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+      headers:
+        request:
+          remove: [x-route]
+  - match:
+    - uri:
         prefix: /operators
     headers:
       request:
@@ -586,6 +600,13 @@ fn header_edits_apply_in_envoys_order() {
     assert!(out.contains("\"x_route\":\"route-level\""), "{out}");
     let out = curl(&d, &["http://reviews:9080/single"]);
     assert!(out.contains("\"x_route\":\"destination-level\""), "{out}");
+    // A single destination's edits join the route's list: every removal comes first, so the
+    // destination's `remove` takes the client's header, not the route's `set`.
+    let out = curl(
+        &d,
+        &["-H", "x-route: client", "http://reviews:9080/one-list"],
+    );
+    assert!(out.contains("\"x_route\":\"route-level\""), "{out}");
     let out = curl(&d, &["http://reviews:9080/authority"]);
     assert!(out.contains("\"host\":\"rewritten.example\""), "{out}");
     // Envoy's operators in values, as Istio passes them through.

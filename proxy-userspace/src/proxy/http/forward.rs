@@ -799,10 +799,10 @@ async fn forward(
         route.and_then(|r| r.spec.headers.as_ref()),
         destination.and_then(|d| d.headers.as_ref()),
     );
-    let levels = if route.is_some_and(|r| r.destinations.len() > 1) {
-        [destination_level, route_level]
+    let (levels, how) = if route.is_some_and(|r| r.destinations.len() > 1) {
+        ([destination_level, route_level], headers::Levels::InTurn)
     } else {
-        [route_level, destination_level]
+        ([route_level, destination_level], headers::Levels::OneList)
     };
 
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -821,7 +821,7 @@ async fn forward(
         parts.headers.remove(header::EXPECT);
     }
     let line = request_line(&parts.method, &parts.uri, &authority);
-    headers::edit_request(&mut parts.headers, &levels, &edits, &line);
+    headers::edit_request(&mut parts.headers, &levels, how, &edits, &line);
     // Response edits that read the request (`%REQ(...)%`) get it as it went upstream.
     let kept =
         headers::responses_read_request(&levels).then(|| (parts.headers.clone(), line.to_owned()));
@@ -973,7 +973,7 @@ async fn forward(
     let request = kept
         .as_ref()
         .map(|(headers, line)| header_values::Request { headers, line });
-    headers::edit_response(resp.headers_mut(), &levels, &edits, request.as_ref());
+    headers::edit_response(resp.headers_mut(), &levels, how, &edits, request.as_ref());
     resp
 }
 
@@ -992,7 +992,13 @@ fn with_route_edits<B>(
         line: &line,
     };
     let levels = [route.spec.headers.as_ref()];
-    headers::edit_response(resp.headers_mut(), &levels, edits, Some(&request));
+    headers::edit_response(
+        resp.headers_mut(),
+        &levels,
+        headers::Levels::InTurn,
+        edits,
+        Some(&request),
+    );
     resp
 }
 

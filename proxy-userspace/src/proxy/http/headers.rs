@@ -144,16 +144,19 @@ fn is_authority(name: &str) -> bool {
 /// `%...%` operators; `request` is what `%REQ(...)%` reads, `None` meaning the headers being
 /// edited), then set, then add (Istio lists `set` before `add`). A value that renders empty is
 /// not sent, as in Envoy. The authority is set, not added, with `set` winning over `add`.
-fn apply(
+fn remove(h: &mut HeaderMap, ops: &HeaderOperations) {
+    for k in ops.remove.iter().filter(|k| !is_authority(k)) {
+        h.remove(k.as_str());
+    }
+}
+
+fn set_and_add(
     h: &mut HeaderMap,
     ops: &HeaderOperations,
     cx: &Context<'_>,
     line: &RequestLine<'_>,
     request: Option<&Request<'_>>,
 ) {
-    for k in ops.remove.iter().filter(|k| !is_authority(k)) {
-        h.remove(k.as_str());
-    }
     let rendered = |pairs: &std::collections::BTreeMap<String, String>, h: &HeaderMap| {
         let own = Request { headers: h, line };
         let request = request.unwrap_or(&own);
@@ -186,18 +189,46 @@ fn apply(
     }
 }
 
-/// Applies the request edits of each level in order, a later level's `set` winning (see the
-/// caller for the order Istio gives the route's and the destination's). `line` is the
-/// request's pseudo-headers, for `%REQ(:path)%` and the like.
+/// How the edits of several levels combine, as Istio hands them to Envoy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Levels {
+    /// One list (a route and its single destination): every level's removals, then every
+    /// level's set and add in order, so a destination's `remove` cannot undo the route's `set`.
+    OneList,
+    /// Each level in turn, removals then set and add (weighted destinations, then the route).
+    InTurn,
+}
+
+/// Applies each level's edits in order, a later level's `set` winning, combined as `how` says.
+fn edit<'o>(
+    h: &mut HeaderMap,
+    ops: impl Iterator<Item = &'o HeaderOperations> + Clone,
+    how: Levels,
+    mut apply: impl FnMut(&mut HeaderMap, &HeaderOperations),
+) {
+    if how == Levels::OneList {
+        ops.clone().for_each(|o| remove(h, o));
+    }
+    for o in ops {
+        if how == Levels::InTurn {
+            remove(h, o);
+        }
+        apply(h, o);
+    }
+}
+
+/// Applies the request edits of each level (see the caller for the order Istio gives the
+/// route's and the destination's). `line` is the request's pseudo-headers, for
+/// `%REQ(:path)%` and the like.
 pub fn edit_request(
     h: &mut HeaderMap,
     levels: &[Option<&Headers>],
+    how: Levels,
     cx: &Context<'_>,
     line: &RequestLine<'_>,
 ) {
-    for ops in levels.iter().flatten().filter_map(|l| l.request.as_ref()) {
-        apply(h, ops, cx, line, None);
-    }
+    let ops = levels.iter().flatten().filter_map(|l| l.request.as_ref());
+    edit(h, ops, how, |h, o| set_and_add(h, o, cx, line, None));
 }
 
 /// Applies the response edits of each level in order; `request` is the request they were
@@ -205,6 +236,7 @@ pub fn edit_request(
 pub fn edit_response(
     h: &mut HeaderMap,
     levels: &[Option<&Headers>],
+    how: Levels,
     cx: &Context<'_>,
     request: Option<&Request<'_>>,
 ) {
@@ -214,9 +246,9 @@ pub fn edit_response(
         headers: &nothing,
         line: &line,
     };
-    for ops in levels.iter().flatten().filter_map(|l| l.response.as_ref()) {
-        apply(h, ops, cx, &line, Some(request.unwrap_or(&none)));
-    }
+    let ops = levels.iter().flatten().filter_map(|l| l.response.as_ref());
+    let request = Some(request.unwrap_or(&none));
+    edit(h, ops, how, |h, o| set_and_add(h, o, cx, &line, request));
 }
 
 /// Whether some level's response edits read the request (`%REQ(...)%`), so it must be kept
@@ -321,7 +353,13 @@ mod tests {
         h.insert("x-old", "1".parse().unwrap());
         h.insert("x-set", "before".parse().unwrap());
         let ops = edits(&[("x-set", "after")], &[("x-add", "a")], &["x-old"]);
-        edit_request(&mut h, &[Some(&ops), None], &cx(), &RequestLine::default());
+        edit_request(
+            &mut h,
+            &[Some(&ops), None],
+            Levels::InTurn,
+            &cx(),
+            &RequestLine::default(),
+        );
         assert_eq!(h.get("x-set").unwrap(), "after");
         assert_eq!(h.get("x-add").unwrap(), "a");
         assert!(h.get("x-old").is_none());
@@ -337,7 +375,13 @@ mod tests {
             &[(":authority", "b.example")],
             &["x-a", "host"],
         );
-        edit_request(&mut h, &[Some(&ops)], &cx(), &RequestLine::default());
+        edit_request(
+            &mut h,
+            &[Some(&ops)],
+            Levels::InTurn,
+            &cx(),
+            &RequestLine::default(),
+        );
         assert_eq!(
             h.get("x-a").unwrap(),
             "-set",
@@ -351,7 +395,13 @@ mod tests {
             &[(":authority", "add.example")],
             &[],
         );
-        edit_request(&mut h, &[Some(&ops)], &cx(), &RequestLine::default());
+        edit_request(
+            &mut h,
+            &[Some(&ops)],
+            Levels::InTurn,
+            &cx(),
+            &RequestLine::default(),
+        );
         assert_eq!(h.get("host").unwrap(), "set.example", "set wins over add");
     }
 }
