@@ -238,6 +238,23 @@ fn only_websocket_upgrades_are_proxied() {
         1,
         "the refused upgrade never reached the backend"
     );
+    // A WebSocket upgrade answered with anything but 101 (here no upstream listens) closes
+    // the connection after the answer: what follows it is not read as requests.
+    let closed = support::ports(252).0 + 7;
+    let (status, got) = raw(
+        &d,
+        &format!("127.0.0.1:{closed}"),
+        "GET /ws HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n\\
+         GET /next HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n",
+        "",
+    );
+    assert_eq!(status, 503, "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    assert_eq!(
+        got.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer only: {got}"
+    );
 }
 
 #[test]
@@ -276,6 +293,19 @@ fn hostile_requests_never_reach_the_upstream() {
         ("user info in Host", "GET / HTTP/1.1\\r\\nHost: x@evil.test\\r\\n\\r\\n".to_string(), 400),
         ("a port out of range", "GET / HTTP/1.1\\r\\nHost: x:99999\\r\\n\\r\\n".to_string(), 400),
         ("oversized headers", format!("GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: {}\\r\\n\\r\\n", "a".repeat(16 * 1024)), 431),
+        // Just over the 8 KiB set: hyper's own limit is a buffer size, larger than that.
+        ("a head just over the limit", format!("GET / HTTP/1.1\\r\\nHost: x\\r\\nX-Big: {}\\r\\n\\r\\n", "a".repeat(8 * 1024)), 431),
+        (
+            "empty lines before a smuggling shape",
+            "\\r\\n\\r\\nPOST / HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n".to_string(),
+            400,
+        ),
+        (
+            "a coding before chunked",
+            "POST / HTTP/1.1\\r\\nHost: x\\r\\nTransfer-Encoding: gzip, chunked\\r\\n\\r\\n0\\r\\n\\r\\n".to_string(),
+            501,
+        ),
+        ("CONNECT", format!("CONNECT {addr} HTTP/1.1\\r\\nHost: {addr}\\r\\n\\r\\n"), 403),
     ];
     for (what, send, want) in cases {
         let (status, got) = raw(&d, &addr, &send, "");

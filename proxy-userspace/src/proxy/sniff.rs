@@ -21,13 +21,20 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest method token we accept before the space of an HTTP/1 request line.
 const MAX_METHOD: usize = 20;
 
-/// Classifies a prefix of a connection's bytes; `None` means "need more bytes".
+/// Classifies a prefix of a connection's bytes; `None` means "need more bytes". Empty lines
+/// before an HTTP/1 request line are skipped, as HTTP/1 parsers (hyper's, Envoy's) skip them:
+/// a client cannot pass its requests off as opaque bytes by sending a CRLF first.
 pub fn classify(bytes: &[u8]) -> Option<Detected> {
+    let lead = bytes
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let bytes = &bytes[lead..];
     if bytes.is_empty() {
         return None;
     }
     let n = bytes.len().min(H2_PREFACE.len());
-    if bytes[..n] == H2_PREFACE[..n] {
+    if lead == 0 && bytes[..n] == H2_PREFACE[..n] {
         // "PRI " is also a syntactically valid HTTP/1 method, so wait for the whole preface.
         return (n == H2_PREFACE.len()).then_some(Detected::Http2);
     }
@@ -140,6 +147,12 @@ mod tests {
             "TLS is opaque"
         );
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
+        assert_eq!(classify(b"\r\n\r\nPOST /"), Some(Detected::Http1));
+        assert_eq!(classify(b"\r\n"), None, "an empty line needs more bytes");
+        assert_eq!(
+            classify(b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Detected::Http1)
+        );
         assert_eq!(classify(&[b'A'; 40]), Some(Detected::Opaque));
     }
 }

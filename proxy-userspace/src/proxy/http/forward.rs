@@ -80,7 +80,17 @@ pub async fn handle(
     } else {
         None
     }
-    .or_else(|| host_problem(&req));
+    .or_else(|| {
+        host_problem(&req).map(|reason| framing::Rejection {
+            status: 400,
+            reason,
+        })
+    })
+    .or_else(|| (req.method() == Method::CONNECT).then_some(CONNECT_REFUSED));
+    // The smuggling guard stops reading requests at a WebSocket upgrade: if it is answered
+    // with anything but 101, the connection closes after the answer, so none follows unread.
+    let upgrading =
+        req.version() < Version::HTTP_2 && upgrade_ask(req.headers()) == UpgradeAsk::WebSocket;
     // The source workload's share of the node proxy, held until the response ends.
     let admitted = log.ctx.fairness.request(log.down.workload.as_deref());
     let resp = match (smuggling, &admitted) {
@@ -91,10 +101,14 @@ pub async fn handle(
             rec.fail(ResponseFlags::UPSTREAM_OVERFLOW, shed.to_string());
             send::overloaded(format!("{shed}\n"))
         }
-        (Some(reason), _) => {
-            tracing::warn!(reason, peer = %log.down.peer, "rejected a malformed or ambiguous request");
-            rec.reason = Some(format!("malformed or ambiguous request: {reason}"));
-            let mut r = local(400, format!("bad request: {reason}\n"), None);
+        (Some(framing::Rejection { status, reason }), _) => {
+            tracing::warn!(reason, status, peer = %log.down.peer, "refused a request before forwarding it");
+            rec.reason = Some(format!("refused before forwarding: {reason}"));
+            let body = match status {
+                400 => format!("bad request: {reason}\n"),
+                _ => format!("{reason}\n"),
+            };
+            let mut r = local(status, body, None);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
@@ -108,11 +122,15 @@ pub async fn handle(
             resp
         }
     };
-    let resp = if grpc {
+    let mut resp = if grpc {
         super::grpc_local::as_grpc(resp)
     } else {
         resp
     };
+    if upgrading && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     log.status = Some(resp.status().as_u16());
     // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
     // the body wrapper reads.
@@ -126,6 +144,14 @@ pub async fn handle(
     // cover the whole response.
     Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))
 }
+
+/// CONNECT, as Istio configures Envoy (no CONNECT upgrade on a sidecar's HTTP routes): refused,
+/// since after a 2xx the tunnel's bytes would pass every L7 rule unseen. A workload that talks
+/// to a forward proxy reaches it on a port declared `TCP`, carried as opaque bytes.
+const CONNECT_REFUSED: framing::Rejection = framing::Rejection {
+    status: 403,
+    reason: "upgrade_failed: CONNECT is not proxied at L7; declare the port TCP to pass it through",
+};
 
 /// What RFC 9112 (section 3.2) says a server must answer 400 to: more than one Host, which two
 /// parsers could read differently (meshd routes on the first), or an HTTP/1.1 request naming

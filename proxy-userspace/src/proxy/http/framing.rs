@@ -2,8 +2,11 @@
 //! itself (heads, Content-Length bodies, chunked bodies) as hyper reads the connection, and
 //! records, for each request head in order, whether two parsers could disagree on where the
 //! request ends: Content-Length together with Transfer-Encoding, or more than one
-//! Content-Length. hyper resolves both shapes safely on its own; meshd rejects them, as a
-//! demanding proxy should, before anything is forwarded.
+//! Content-Length, or a transfer coding other than chunked. hyper resolves the first two
+//! safely on its own; meshd rejects them all, as a demanding proxy should, before anything is
+//! forwarded. It reads heads as hyper's parser does (empty lines before a request line are
+//! skipped, and a bare LF ends a line), so no prefix can put the two out of step. It also holds
+//! heads to the configured size exactly (hyper's own limit is a buffer size, rounded up).
 
 use std::{
     collections::VecDeque,
@@ -15,8 +18,33 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Verdicts for the requests read so far, oldest first: `Some(reason)` to reject.
-pub type Verdicts = Arc<Mutex<VecDeque<Option<&'static str>>>>;
+/// Why a request is refused before anything is forwarded, and with what status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+const BOTH: Rejection = Rejection {
+    status: 400,
+    reason: "both Content-Length and Transfer-Encoding",
+};
+const LENGTHS: Rejection = Rejection {
+    status: 400,
+    reason: "more than one Content-Length",
+};
+/// As Envoy and RFC 9112 (section 6.1): a coding the proxy does not implement is 501.
+const CODING: Rejection = Rejection {
+    status: 501,
+    reason: "a Transfer-Encoding other than chunked",
+};
+const TOO_LARGE: Rejection = Rejection {
+    status: 431,
+    reason: "request head larger than --max-request-headers-kb",
+};
+
+/// Verdicts for the requests read so far, oldest first: `Some(rejection)` to refuse.
+pub type Verdicts = Arc<Mutex<VecDeque<Option<Rejection>>>>;
 
 /// Longest head the scanner buffers; hyper enforces the real limit (431).
 const MAX_HEAD: usize = 1 << 20;
@@ -37,16 +65,19 @@ pub struct Guarded<T> {
     inner: T,
     scan: Scan,
     verdicts: Verdicts,
+    /// The largest request head allowed, in bytes.
+    max_head: usize,
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T) -> (Guarded<T>, Verdicts) {
+    pub fn new(inner: T, max_head: usize) -> (Guarded<T>, Verdicts) {
         let verdicts = Verdicts::default();
         (
             Guarded {
                 inner,
                 scan: Scan::Head(Vec::new()),
                 verdicts: verdicts.clone(),
+                max_head,
             },
             verdicts,
         )
@@ -74,7 +105,7 @@ fn may_frame(head: &[u8]) -> bool {
 }
 
 /// What a complete request head says about framing.
-fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
+fn judge(head: &[u8]) -> Option<(Option<Rejection>, Scan)> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -83,20 +114,34 @@ fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
     }
     let mut lengths = Vec::new();
     let mut chunked = None;
+    let mut codings = 0;
+    // The bytes after a WebSocket upgrade (or a CONNECT) are not requests. Any other upgrade
+    // is refused or dropped, and the connection stays HTTP/1.1: its requests are judged.
     let mut upgrade = req.method == Some("CONNECT");
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             lengths.push(String::from_utf8_lossy(h.value).trim().to_string());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings += 1;
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             chunked = Some(v.trim_end().ends_with("chunked"));
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            if v.trim() != "chunked" {
+                codings += 1;
+            }
+        } else if h.name.eq_ignore_ascii_case("upgrade")
+            && String::from_utf8_lossy(h.value)
+                .split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        {
             upgrade = true;
         }
     }
     let verdict = match (lengths.len(), chunked.is_some()) {
-        (n, true) if n > 0 => Some("both Content-Length and Transfer-Encoding"),
-        (n, _) if n > 1 => Some("more than one Content-Length"),
+        (n, true) if n > 0 => Some(BOTH),
+        (n, _) if n > 1 => Some(LENGTHS),
+        // `chunked` alone, in one field: anything else (`gzip, chunked`, or `gzip` and
+        // `chunked` in two fields, which a server reading the first would take for gzip).
+        _ if codings > 1 => Some(CODING),
         _ => None,
     };
     let next = if upgrade {
@@ -121,17 +166,41 @@ fn judge(head: &[u8]) -> Option<(Option<&'static str>, Scan)> {
     Some((verdict, next))
 }
 
-/// Where a request head ends (after its blank line), if it does within `bytes`.
+/// Where a request head ends (after its blank line), if it does within `bytes`: as httparse
+/// reads lines, a line ends with LF, CRLF or not, so the blank line is `\n\n` or `\n\r\n`.
 fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = bytes[from..].iter().position(|b| *b == b'\n') {
+        let at = from + i;
+        match &bytes[at + 1..] {
+            [b'\n', ..] => return Some(at + 2),
+            [b'\r', b'\n', ..] => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
+}
+
+/// How many empty lines (CR and LF bytes) lead `bytes`: httparse skips them before a request
+/// line, so they belong to no head.
+fn leading_empty_lines(bytes: &[u8]) -> usize {
     bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(bytes.len())
 }
 
 impl<T> Guarded<T> {
     /// Records the verdict on a complete head and follows its framing.
     fn judged(&mut self, head: &[u8]) {
+        if head.len() > self.max_head {
+            self.verdicts
+                .lock()
+                .expect("verdicts lock")
+                .push_back(Some(TOO_LARGE));
+            self.scan = Scan::Done;
+            return;
+        }
         // Most requests declare no framing: nothing to judge, and the next head follows.
         if !may_frame(head) {
             self.verdicts.lock().expect("verdicts lock").push_back(None);
@@ -153,14 +222,19 @@ impl<T> Guarded<T> {
     /// Feeds bytes hyper just read through the framing state machine.
     fn scan(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            // A whole head within these bytes, and none buffered: judged in place, no copy.
             if let Scan::Head(buf) = &self.scan
                 && buf.is_empty()
-                && let Some(end) = head_end(bytes)
             {
-                self.judged(&bytes[..end]);
-                bytes = &bytes[end..];
-                continue;
+                bytes = &bytes[leading_empty_lines(bytes)..];
+                // A whole head within these bytes, and none buffered: judged in place, no copy.
+                if let Some(end) = head_end(bytes) {
+                    self.judged(&bytes[..end]);
+                    bytes = &bytes[end..];
+                    continue;
+                }
+                if bytes.is_empty() {
+                    return;
+                }
             }
             match &mut self.scan {
                 Scan::Done => return,
@@ -225,8 +299,10 @@ impl<T> Guarded<T> {
                     buf.extend_from_slice(bytes);
                     let end = if buf.starts_with(b"\r\n") {
                         Some(2)
+                    } else if buf.starts_with(b"\n") {
+                        Some(1)
                     } else {
-                        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+                        head_end(buf)
                     };
                     let Some(end) = end else {
                         if buf.len() > MAX_HEAD {
@@ -294,11 +370,15 @@ mod tests {
     use super::*;
 
     fn verdicts(chunks: &[&[u8]]) -> Vec<Option<&'static str>> {
-        let (mut g, v) = Guarded::new(());
+        let (mut g, v) = Guarded::new((), 60 * 1024);
         for c in chunks {
             g.scan(c);
         }
-        v.lock().unwrap().iter().copied().collect()
+        v.lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.map(|r| r.reason))
+            .collect()
     }
 
     #[test]
@@ -352,6 +432,42 @@ mod tests {
             let (a, b) = bytes.split_at(at);
             assert_eq!(verdicts(&[a, b]), expected, "split at {at}");
         }
+    }
+
+    #[test]
+    fn no_prefix_puts_the_guard_out_of_step_with_the_parser() {
+        let smuggled =
+            b"POST /s HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let both = Some("both Content-Length and Transfer-Encoding");
+        // Empty lines before a request line, which the parser skips.
+        let mut lead = b"\r\n\r\n\n".to_vec();
+        lead.extend_from_slice(smuggled);
+        assert_eq!(verdicts(&[&lead]), vec![both]);
+        let split: Vec<&[u8]> = lead.chunks(1).collect();
+        assert_eq!(verdicts(&split), vec![both]);
+        // A head ending in a bare LF before the smuggled one.
+        let mut lf = b"GET / HTTP/1.1\nHost: a\r\n\n".to_vec();
+        lf.extend_from_slice(smuggled);
+        assert_eq!(verdicts(&[&lf]), vec![None, both]);
+        // An upgrade other than WebSocket is refused, and the connection stays HTTP/1.1.
+        let mut up = b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n".to_vec();
+        up.extend_from_slice(smuggled);
+        assert_eq!(verdicts(&[&up]), vec![None, both]);
+    }
+
+    #[test]
+    fn codings_other_than_chunked_and_oversized_heads_are_refused() {
+        let coding = Some("a Transfer-Encoding other than chunked");
+        for head in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            assert_eq!(verdicts(&[head]), vec![coding], "{}", String::from_utf8_lossy(head));
+        }
+        let (mut g, v) = Guarded::new((), 64);
+        g.scan(format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "a".repeat(64)).as_bytes());
+        assert_eq!(v.lock().unwrap()[0], Some(TOO_LARGE));
     }
 
     #[test]

@@ -424,7 +424,8 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     // What the client connection's end releases: its PROXY protocol partitions of the pool.
     let (pool, client, life) = (ctx.pool.clone(), (down.peer, down.dst), down.life.clone());
     // Closed with a lingering close, by the server or by an upgraded stream.
-    let (stream, verdicts) = framing::Guarded::new(linger::Lingering::new(stream));
+    let (stream, verdicts) =
+        framing::Guarded::new(linger::Lingering::new(stream), ctx.max_header_bytes);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
