@@ -117,7 +117,7 @@ fn access_log_lines_carry_flags_and_reasons() {
     assert_eq!(get("/fault"), "503");
     assert_eq!(get("/limited"), "200");
     assert_eq!(get("/limited"), "429");
-    assert_eq!(get("/nowhere"), "404");
+    assert_eq!(get("/nowhere?q=1"), "404");
     let lines = eventually(Duration::from_secs(5), || {
         let l = access_lines(&d);
         (l.len() >= 5).then_some(l)
@@ -158,6 +158,7 @@ fn access_log_lines_carry_flags_and_reasons() {
     assert!(limited["reason"].as_str().unwrap().contains("rate limited"));
     let nr = find("/nowhere", 404);
     assert_eq!(nr["response_flags"], "NR", "{nr}");
+    assert_eq!(nr["path"], "/nowhere?q=1", "the query, as Istio's format logs it");
     assert!(nr["reason"].as_str().unwrap().contains("no route"), "{nr}");
     for l in &lines {
         assert!(

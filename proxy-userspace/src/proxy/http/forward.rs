@@ -453,7 +453,13 @@ impl Drop for RequestLog {
                 destination_principal: destination_principal.into(),
                 start_time: rfc3339(start_unix_us / 1000).into(),
                 method: self.method.as_str().into(),
-                path: self.uri.path().into(),
+                // As Istio's default format (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`): the path
+                // with its query.
+                path: self
+                    .uri
+                    .path_and_query()
+                    .map_or(self.uri.path(), |p| p.as_str())
+                    .into(),
                 protocol: self.version.into(),
                 response_code: status,
                 response_flags: flags,
