@@ -312,6 +312,20 @@ fn hostile_requests_never_reach_the_upstream() {
         assert_eq!(status, want, "{what}: {got}");
     }
     assert_eq!(b.requests(), 0, "no hostile request reached the backend");
+    // Those hyper's parser refused are logged and counted all the same, with flag DPE.
+    support::eventually(std::time::Duration::from_secs(5), || {
+        let log = d.log_text();
+        (log.contains(r#""response_code":431,"response_flags":"DPE""#)
+            && log.contains(r#""response_code":400,"response_flags":"DPE""#))
+        .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no DPE lines: {}", d.log_text()));
+    assert!(support::has_series(
+        &d.get("/metrics"),
+        "istio_requests_total",
+        &[r#"response_code="431""#, r#"response_flags="DPE""#],
+        None
+    ));
     // Nothing leaked: every connection meshd accepted for them is closed again.
     support::eventually(std::time::Duration::from_secs(5), || {
         (d.metric("meshd_connections_active") == 0.0 && d.get("/connections").trim() == "[]")

@@ -158,7 +158,10 @@ fn access_log_lines_carry_flags_and_reasons() {
     assert!(limited["reason"].as_str().unwrap().contains("rate limited"));
     let nr = find("/nowhere", 404);
     assert_eq!(nr["response_flags"], "NR", "{nr}");
-    assert_eq!(nr["path"], "/nowhere?q=1", "the query, as Istio's format logs it");
+    assert_eq!(
+        nr["path"], "/nowhere?q=1",
+        "the query, as Istio's format logs it"
+    );
     assert!(nr["reason"].as_str().unwrap().contains("no route"), "{nr}");
     for l in &lines {
         assert!(

@@ -104,6 +104,10 @@ pub async fn handle(
         (Some(framing::Rejection { status, reason }), _) => {
             tracing::warn!(reason, status, peer = %log.down.peer, "refused a request before forwarding it");
             rec.reason = Some(format!("refused before forwarding: {reason}"));
+            // A protocol error, as Envoy flags its own (a refused CONNECT is not one).
+            if status != 403 {
+                rec.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+            }
             let body = match status {
                 400 => format!("bad request: {reason}\n"),
                 _ => format!("{reason}\n"),
@@ -335,6 +339,33 @@ struct RequestLog {
     ctx: Arc<HttpContext>,
     status: Option<u16>,
     rec: Record,
+}
+
+/// Logs and counts a request hyper's parser refused before it reached meshd's pipeline (a
+/// malformed head gets 400, one too large 431, written by hyper), as Envoy logs its
+/// downstream protocol errors: flag DPE, with the parser's reason.
+pub fn log_refused(down: Arc<Downstream>, ctx: Arc<HttpContext>, too_large: bool, why: String) {
+    let (trace, request_id) =
+        crate::telemetry::trace::propagate(&mut hyper::HeaderMap::new(), ctx.tracer.sample_rate);
+    let mut rec = Record::default();
+    rec.fail(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, why);
+    drop(RequestLog {
+        start: Instant::now(),
+        // Unknown: Envoy's access log prints "-" for a field it does not have.
+        method: Method::from_bytes(b"-").expect("a token"),
+        uri: hyper::Uri::from_static("/"),
+        protocol: "http",
+        version: "HTTP/1.1",
+        request_id,
+        trace,
+        received: Arc::default(),
+        response_bytes: 0,
+        grpc_status: None,
+        down,
+        ctx,
+        status: Some(if too_large { 431 } else { 400 }),
+        rec,
+    });
 }
 
 impl Drop for RequestLog {

@@ -421,6 +421,7 @@ impl Downstream {
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
+    let (down_log, ctx_log) = (down.clone(), ctx.clone());
     // What the client connection's end releases: its PROXY protocol partitions of the pool.
     let (pool, client, life) = (ctx.pool.clone(), (down.peer, down.dst), down.life.clone());
     // Closed with a lingering close, by the server or by an upgraded stream.
@@ -456,6 +457,13 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
         builder.serve_connection_with_upgrades(io, svc).await
     };
     if let Err(e) = served {
+        // A head hyper refused (it answered 400 or 431 itself) is logged and counted as a
+        // request, as Envoy logs its downstream protocol errors.
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_parse()
+        {
+            forward::log_refused(down_log, ctx_log, h.is_parse_too_large(), h.to_string());
+        }
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
     // Ended first: a request still in flight (a mirror's) then closes its upstream connection
