@@ -97,6 +97,14 @@ fn connections_the_upstream_ends_are_not_reused() {
     let (ok, out) = curl(&d, &[&url("/plain"), "-w", "|%{http_code}"]);
     assert!(ok && out == "ok|200", "after an idle close: {out}");
     assert_eq!(up.accepted(), 4);
+    // An HTTP/1.0 upstream: its connection is not kept, and the client gets meshd's
+    // HTTP/1.1, as from Envoy.
+    let (ok, out) = curl(&d, &[&url("/http10"), "-w", "|%{http_version}"]);
+    assert!(ok && out == "old ok|1.1", "{out}");
+    let (ok, out) = curl(&d, &[&url("/plain")]);
+    assert!(ok && out == "ok", "{out}");
+    // /http10 went on the idle connection of the request before it, and took it along.
+    assert_eq!(up.accepted(), 5);
 }
 
 #[test]

@@ -159,6 +159,10 @@ fn answer(method: &str, path: &str, body: usize) -> (Vec<u8>, Then) {
             Then::KeepOpen,
         ),
         "/close" => (ok("connection: close\r\n", "closing"), Then::Close),
+        "/http10" => (
+            "HTTP/1.0 200 OK\r\ncontent-length: 6\r\n\r\nold ok".to_string(),
+            Then::Close,
+        ),
         "/until-eof" => (
             "HTTP/1.1 200 OK\r\n\r\nthis body ends when the connection does".to_string(),
             Then::Close,

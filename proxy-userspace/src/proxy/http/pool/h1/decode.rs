@@ -114,7 +114,8 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Invalid
             && !has_token(&headers, header::CONNECTION, "close");
         let mut response = Response::new(());
         *response.status_mut() = status;
-        *response.version_mut() = version;
+        // The client gets meshd's HTTP/1.1, as from Envoy, whatever the upstream speaks; its
+        // version decided only the connection's reuse above.
         *response.headers_mut() = headers;
         return Ok(Some(Head {
             response,
