@@ -178,6 +178,18 @@ fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests
         d.metric(r#"meshd_overflow_total{limit="http2MaxRequests",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#)
             >= 1.0
     );
+
+    // The three connections of the requests above sit idle in the pool. A reload back to one
+    // connection and one pending request applies to them too: they are closed rather than
+    // reused past the limit, and four requests at once meet it as at the start.
+    std::fs::write(dir.join("reviews.yaml"), &yaml).unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 3.0).then_some(())
+    })
+    .expect("reload applied");
+    let lines = results(clients(&d, 4, 1, "http://reviews:9080/sleep/600"));
+    assert_eq!(count(&lines, "200"), 2, "{lines:?}");
+    assert_eq!(count(&lines, "503 true"), 2, "{lines:?}");
 }
 
 #[test]

@@ -437,7 +437,13 @@ impl Pool {
                 }
             } else {
                 // The previous response was read to its end, and nothing arrived since.
-                if let Some(c) = cluster.take_idle_h1(&key) {
+                while let Some(c) = cluster.take_idle_h1(&key) {
+                    // Over a `maxConnections` lowered since it was opened: closed, not reused,
+                    // so the lower limit holds for new requests at once.
+                    if cluster.count(Counter::Connections) > limits.max_connections {
+                        drop(c);
+                        continue;
+                    }
                     return Ok(Checkout::H1(c));
                 }
             }
