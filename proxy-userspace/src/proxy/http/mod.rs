@@ -124,6 +124,7 @@ impl HttpContext {
         all: &'e [SocketAddr],
     ) -> Result<Cow<'e, [SocketAddr]>, route::NoEndpoint> {
         let Some(s) = outlier else {
+            self.outliers.forget(cluster);
             return Ok(Cow::Borrowed(all));
         };
         let healthy = self.healthy(cluster, s, all);

@@ -89,10 +89,28 @@ pub enum Event {
     Returned,
 }
 
+/// One cluster's endpoints, under the settings their history was counted with.
+struct Cluster {
+    settings: Settings,
+    hosts: HashMap<SocketAddr, Host>,
+}
+
+impl Cluster {
+    /// The endpoints' states, forgotten first if the cluster's settings changed since: as
+    /// Envoy gives a changed cluster a fresh detector.
+    fn under(&mut self, s: &Settings) -> &mut HashMap<SocketAddr, Host> {
+        if self.settings != *s {
+            self.settings = s.clone();
+            self.hosts.clear();
+        }
+        &mut self.hosts
+    }
+}
+
 #[derive(Default)]
 pub struct Detector {
     /// Cluster → endpoint → state; looked up by `&str`, so requests allocate nothing.
-    hosts: Mutex<HashMap<String, HashMap<SocketAddr, Host>>>,
+    hosts: Mutex<HashMap<String, Cluster>>,
     /// Whether any endpoint has a history yet. Until one fails, requests take no lock at all.
     tracked: AtomicBool,
 }
@@ -116,14 +134,20 @@ impl Detector {
         if success
             && all_hosts
                 .get(cluster)
-                .is_none_or(|c| !c.contains_key(&addr))
+                .is_none_or(|c| c.settings != *s || !c.hosts.contains_key(&addr))
         {
             return None;
         }
         let now = Instant::now();
         let hosts = match all_hosts.get_mut(cluster) {
-            Some(c) => c,
-            None => all_hosts.entry(cluster.to_string()).or_default(),
+            Some(c) => c.under(s),
+            None => {
+                let fresh = Cluster {
+                    settings: s.clone(),
+                    hosts: HashMap::default(),
+                };
+                &mut all_hosts.entry(cluster.to_string()).or_insert(fresh).hosts
+            }
         };
         let ejected_now = all
             .iter()
@@ -204,7 +228,7 @@ impl Detector {
             return (all.to_vec(), Vec::new());
         }
         let mut all_hosts = self.hosts.lock().expect("outlier lock");
-        let Some(hosts) = all_hosts.get_mut(cluster) else {
+        let Some(hosts) = all_hosts.get_mut(cluster).map(|c| c.under(s)) else {
             return (all.to_vec(), Vec::new());
         };
         let now = Instant::now();
@@ -247,12 +271,24 @@ pub struct EndpointHealth {
 }
 
 impl Detector {
+    /// Forgets `cluster`, whose outlier detection was removed: its ejections end, and a
+    /// detector added back later starts fresh, as Envoy's would.
+    pub fn forget(&self, cluster: &str) {
+        if self.tracked.load(Ordering::Acquire) {
+            self.hosts.lock().expect("outlier lock").remove(cluster);
+        }
+    }
+
     pub fn report(&self) -> Vec<EndpointHealth> {
         let now = Instant::now();
         let hosts = self.hosts.lock().expect("outlier lock");
         let mut out: Vec<EndpointHealth> = hosts
             .iter()
-            .flat_map(|(cluster, c)| c.iter().map(move |(endpoint, h)| (cluster, endpoint, h)))
+            .flat_map(|(cluster, c)| {
+                c.hosts
+                    .iter()
+                    .map(move |(endpoint, h)| (cluster, endpoint, h))
+            })
             .map(|(cluster, endpoint, h)| {
                 let left = h
                     .ejected_until
@@ -300,6 +336,30 @@ mod tests {
             min_health_percent: 0,
             interval: Duration::from_secs(10),
         }
+    }
+
+    #[test]
+    fn a_changed_or_removed_detector_starts_fresh() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        for _ in 0..3 {
+            d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
+        // New settings: the ejection and the counts are forgotten.
+        let changed = Settings {
+            consecutive_5xx: 4,
+            ..settings()
+        };
+        assert_eq!(d.healthy("c", &changed, &e).0, e);
+        assert!(d.report().iter().all(|h| !h.ejected));
+        // Ejected again, then the detector removed and added back as it was: fresh.
+        for _ in 0..4 {
+            d.record("c", &changed, e[0], Outcome::Status(500), &e);
+        }
+        assert_eq!(d.healthy("c", &changed, &e).0, vec![e[1]]);
+        d.forget("c");
+        assert!(d.report().is_empty());
+        assert_eq!(d.healthy("c", &changed, &e).0, e);
     }
 
     #[tokio::test(start_paused = true)]
