@@ -930,20 +930,26 @@ fn each_endpoint_gets_an_http2_connection_past_max_connections() {
     );
 }
 
-/// As Envoy's, the route timeout runs from the end of the request: an upload slower than the
-/// timeout, held whole for retries (60 KB) or streamed (300 KB), is answered, over HTTP/1.1
-/// and HTTP/2. The upstream's answer then still has the full timeout.
+/// As Envoy's, the route timeout and the per-try timeout run from the end of the request: an
+/// upload slower than the timeout, held whole for retries (60 KB) or streamed (300 KB), is
+/// answered, over HTTP/1.1 and HTTP/2. The upstream's answer then still has the full timeout.
 #[test]
 fn the_route_timeout_starts_when_the_request_has_arrived() {
     if !ebpf_available("timeout_upload") {
         return;
     }
     let (v1, v2) = two_backends();
-    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n    timeout: 1s\n";
+    // `/per-try` has a per-try timeout instead, which runs from the request's end too.
+    let routes = "  - match:\n    - uri:\n        prefix: /per-try\n    rewrite:\n      uri: /echo\n    retries:\n      attempts: 2\n      perTryTimeout: 1s\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n  - route:\n    - destination:\n        host: reviews\n        subset: v1\n    timeout: 1s\n";
     let d = start("timeout-upload", 254, &policies(&v1, &v2, routes));
     let dir = std::env::temp_dir().join("meshd-timeout-upload");
     std::fs::create_dir_all(&dir).unwrap();
-    for (size, rate) in [(60_000, "30K"), (300_000, "150K")] {
+    for (size, rate, path) in [
+        (60_000, "30K", "/echo"),
+        (300_000, "150K", "/echo"),
+        (60_000, "30K", "/per-try"),
+        (300_000, "150K", "/per-try"),
+    ] {
         let file = dir.join(format!("{size}.bin"));
         std::fs::write(&file, vec![b'x'; size]).unwrap();
         for h2 in [false, true] {
@@ -955,14 +961,15 @@ fn the_route_timeout_starts_when_the_request_has_arrived() {
             if h2 {
                 args.push("--http2-prior-knowledge");
             }
-            args.push("http://reviews:9080/echo");
+            let url = format!("http://reviews:9080{path}");
+            args.push(&url);
             let t = Instant::now();
             let out = d.exec("default/uploader", &args).output().unwrap();
             let code = String::from_utf8_lossy(&out.stdout).into_owned();
             assert_eq!(
                 code,
                 "200",
-                "{size} bytes, h2={h2}, {:?}: {}",
+                "{path}, {size} bytes, h2={h2}, {:?}: {}",
                 t.elapsed(),
                 String::from_utf8_lossy(&out.stderr)
             );

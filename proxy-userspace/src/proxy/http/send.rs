@@ -639,6 +639,22 @@ pub async fn with_policy(
         }
     };
     let received = &received;
+    // A streamed request is attempted once, so its per-try timeout bounds that one attempt,
+    // and like the route timeout it runs from the request's end, as Envoy starts it.
+    let single;
+    let (policy, limit, expiry) = match (&replayable, policy.per_try_timeout) {
+        (None, Some(t)) => {
+            single = RetryPolicy {
+                per_try_timeout: None,
+                ..policy.clone()
+            };
+            match limit {
+                Some(l) if l <= t => (&single, Some(l), expiry),
+                _ => (&single, Some(t), Expiry::Route),
+            }
+        }
+        _ => (policy, limit, expiry),
+    };
     // A body held whole has ended: the clock starts now. A streamed one starts it as it ends,
     // so a slow upload is not cut short while the client is still sending it.
     let deadline = match &replayable {
