@@ -110,6 +110,8 @@ pub struct Received {
     /// When the body ended (its last frame read), once it has.
     ended: std::sync::OnceLock<tokio::time::Instant>,
     ending: tokio::sync::Notify,
+    /// Whether anyone waits for the end: most requests' bodies end unwatched, without a lock.
+    watched: std::sync::atomic::AtomicBool,
 }
 
 impl Received {
@@ -124,6 +126,9 @@ impl Received {
 
     /// Waits for the body's end; pending for ever if it fails instead.
     pub async fn ended(&self) -> tokio::time::Instant {
+        self.watched
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         loop {
             let ending = self.ending.notified();
             tokio::pin!(ending);
@@ -136,8 +141,13 @@ impl Received {
     }
 
     fn end(&self) {
+        // The end is set before `watched` is read, and `watched` before a waiter reads the
+        // end: either this wakes the waiter or the waiter sees the end.
         if self.ended.set(tokio::time::Instant::now()).is_ok() {
-            self.ending.notify_waiters();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if self.watched.load(std::sync::atomic::Ordering::SeqCst) {
+                self.ending.notify_waiters();
+            }
         }
     }
 
@@ -264,6 +274,27 @@ mod tests {
         assert_eq!(&collected[..], b"hello world");
         assert_eq!(received.bytes(), 11);
         assert_eq!(received.failure(), None);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_learns_when_the_body_ends() {
+        let received = Arc::new(Received::default());
+        let waiter = tokio::spawn({
+            let received = received.clone();
+            async move { received.ended().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(received.ended_at(), None);
+        let frames = Frames([hyper::body::Frame::data(Bytes::from_static(b"x"))].into());
+        Counted::new(frames, received.clone())
+            .collect()
+            .await
+            .unwrap();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(received.ended_at(), Some(end));
     }
 
     /// A body that fails with `e` after one data frame.
