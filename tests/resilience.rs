@@ -1028,3 +1028,32 @@ fn grpc_failures_eject_endpoints_and_local_errors_answer_in_grpc() {
     assert!(head.contains("grpc-status: 14"), "{head}");
     assert!(head.contains("grpc-message: no healthy upstream"), "{head}");
 }
+
+/// A burst of HTTP/2 requests to a cold pool shares one upstream connection, as Envoy's
+/// pending streams wait for the connection being opened, instead of opening one each.
+#[test]
+fn a_burst_to_a_cold_pool_shares_one_http2_connection() {
+    if !ebpf_available("cb_h2_burst") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let yaml =
+        only_v1(policies(&v1, &v2, TO_ALL), &v2).replace("protocol: HTTP\n", "protocol: HTTP2\n");
+    let d = start("cb-h2-burst", 257, &yaml);
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "20",
+        "-w",
+        "%{http_code}\\n",
+    ];
+    for _ in 0..20 {
+        args.extend(["-o", "/dev/null", "http://reviews:9080/sleep/200"]);
+    }
+    let out = support::mesh::curl(&d, &args);
+    assert_eq!(out.lines().filter(|l| *l == "200").count(), 20, "{out}");
+    assert_eq!(v1.requests(), 20);
+    assert_eq!(v1.accepted(), 1, "one upstream connection for the burst");
+}

@@ -32,7 +32,7 @@ pub use self::{
     originate::{Originate, Originations},
 };
 use self::{
-    cluster::{H2Conn, H2Stream, IdleH1},
+    cluster::{H2Conn, H2Stream, IdleH1, OpenH2},
     lease::{Lease, Leased, Upstream},
 };
 use super::{
@@ -447,23 +447,55 @@ impl Pool {
                     return Ok(Checkout::H1(c));
                 }
             }
+            // One HTTP/2 connection opened at a time per endpoint: a burst of requests to a
+            // cold pool waits for its streams instead of opening a connection each.
+            let claim = match h2.then(|| cluster.open_h2(&key)) {
+                Some(OpenH2::Waiting(opening)) => {
+                    if pending.is_none() {
+                        pending = Some(
+                            cluster
+                                .try_slot(Counter::Pending, limits.max_pending)
+                                .ok_or_else(|| {
+                                    overflow(cluster, "http1MaxPendingRequests", limits.max_pending)
+                                })?,
+                        );
+                    }
+                    changed.await;
+                    if let Some(source) = opening.failure() {
+                        return Err(UpstreamError::Connect {
+                            dst: target.addr,
+                            source,
+                        });
+                    }
+                    continue;
+                }
+                Some(OpenH2::Mine(claim)) => Some(claim),
+                None => None,
+            };
             // As Envoy's circuit breaker: an endpoint the balancer picked gets one HTTP/2
             // connection even past `maxConnections`. Its streams are shared, so without it a
             // request to an endpoint with none would wait for connections to other endpoints
             // that stay open, idle or carrying long streams, and never close.
-            // One such connection at a time: the requests behind it wait for its streams.
-            let first = (h2 && !cluster.has_h2(&key))
-                .then(|| cluster.claim_first_h2(&key))
-                .flatten();
-            let limit = match first {
-                Some(_) => u32::MAX,
-                None => limits.max_connections,
+            let limit = if h2 && !cluster.has_h2(&key) {
+                u32::MAX
+            } else {
+                limits.max_connections
             };
             if let Some(slot) = cluster.try_slot(Counter::Connections, limit) {
                 // Boxed: a new connection is the rare case, and its handshake's state would
                 // otherwise enlarge every request's future (moved, in full, as it starts).
-                return Box::pin(self.open(cluster, slot, target, h2, limits)).await;
+                let opened = Box::pin(self.open(cluster, slot, target, h2, limits)).await;
+                match (&opened, &claim) {
+                    (Err(UpstreamError::Connect { source, .. }), Some(claim)) => {
+                        claim.fail(source, source.kind());
+                    }
+                    (Err(e), Some(claim)) => claim.fail(e, std::io::ErrorKind::Other),
+                    _ => {}
+                }
+                return opened;
             }
+            // At the limit: the claim goes, so others waiting for it are not held up by it.
+            drop(claim);
             if pending.is_none() {
                 pending = Some(
                     cluster

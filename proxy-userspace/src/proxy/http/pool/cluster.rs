@@ -99,23 +99,55 @@ pub struct ClusterPool {
     pub h2: Mutex<HashMap<PeerKey, Vec<H2Conn>>>,
     /// The cluster's round-robin position.
     pub turn: std::sync::atomic::AtomicUsize,
-    /// Endpoints whose first HTTP/2 connection is being opened past `maxConnections`.
-    first_h2: Mutex<std::collections::HashSet<PeerKey>>,
+    /// Endpoints an HTTP/2 connection is being opened to: requests that find no stream wait
+    /// for its streams rather than each open a connection of its own, as Envoy's pending
+    /// streams wait for a connecting connection.
+    opening_h2: Mutex<HashMap<PeerKey, Arc<Opening>>>,
 }
 
-/// The claim on opening an endpoint's first HTTP/2 connection; released when dropped (the
-/// connection then in the pool, or failed), waking the requests that waited for it.
-pub struct FirstH2<'a> {
+/// An HTTP/2 connection being opened, and why it failed, once it has.
+#[derive(Default)]
+pub struct Opening {
+    failed: std::sync::OnceLock<(std::io::ErrorKind, String)>,
+}
+
+impl Opening {
+    /// The error of the connection the caller waited for, as its own connect error: the
+    /// requests that waited for a connection fail with it, as Envoy's pending requests do.
+    pub fn failure(&self) -> Option<std::io::Error> {
+        self.failed
+            .get()
+            .map(|(kind, text)| std::io::Error::new(*kind, text.clone()))
+    }
+}
+
+/// Either the claim on opening an endpoint's HTTP/2 connection (released when dropped: the
+/// connection then in the pool, or failed, and the requests that waited for it woken), or the
+/// opening another request claimed first, to wait for.
+pub enum OpenH2<'a> {
+    Mine(OpeningClaim<'a>),
+    Waiting(Arc<Opening>),
+}
+
+pub struct OpeningClaim<'a> {
     pool: &'a ClusterPool,
     dst: PeerKey,
+    opening: Arc<Opening>,
 }
 
-impl Drop for FirstH2<'_> {
+impl OpeningClaim<'_> {
+    /// Records why the connection could not be opened, for the requests that waited for it.
+    pub fn fail(&self, e: &impl std::fmt::Display, kind: std::io::ErrorKind) {
+        let _ = self.opening.failed.set((kind, e.to_string()));
+    }
+}
+
+impl Drop for OpeningClaim<'_> {
     fn drop(&mut self) {
         self.pool
-            .first_h2
+            .opening_h2
             .lock()
-            .expect("first h2 lock")
+            .expect("opening h2 lock")
             .remove(&self.dst);
         self.pool.changed.notify_waiters();
     }
@@ -215,16 +247,20 @@ impl ClusterPool {
             .is_some_and(|conns| conns.iter().any(|c| !c.sender.is_closed()))
     }
 
-    /// Claims the opening of `dst`'s first HTTP/2 connection, unless another request has.
-    pub fn claim_first_h2(&self, dst: &PeerKey) -> Option<FirstH2<'_>> {
-        self.first_h2
-            .lock()
-            .expect("first h2 lock")
-            .insert(dst.clone())
-            .then(|| FirstH2 {
-                pool: self,
-                dst: dst.clone(),
-            })
+    /// Claims the opening of an HTTP/2 connection to `dst`, unless another request has: then
+    /// that opening, to wait for.
+    pub fn open_h2(&self, dst: &PeerKey) -> OpenH2<'_> {
+        let mut opening = self.opening_h2.lock().expect("opening h2 lock");
+        if let Some(o) = opening.get(dst) {
+            return OpenH2::Waiting(o.clone());
+        }
+        let o = Arc::new(Opening::default());
+        opening.insert(dst.clone(), o.clone());
+        OpenH2::Mine(OpeningClaim {
+            pool: self,
+            dst: dst.clone(),
+            opening: o,
+        })
     }
 
     /// Offers a new HTTP/2 connection's spare streams to other requests to `dst`, unless `owner`
