@@ -308,7 +308,8 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
 fn client_cert(body: &str) -> &str {
     body.split("\"xfcc\":\"")
         .nth(1)
-        .and_then(|v| v.split("\"}").next())
+        // The field after it in the answer.
+        .and_then(|v| v.split("\",\"cookie\":\"").next())
         .unwrap_or_default()
 }
 
