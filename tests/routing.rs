@@ -495,6 +495,11 @@ fn dot_segments_are_resolved_before_routing_and_forwarding() {
         "403",
         "an escaped dot is a dot"
     );
+    assert_eq!(
+        code("/%61dmin/users"),
+        "403",
+        "an escaped unreserved character is that character"
+    );
     assert_eq!(v1.requests(), 0);
     let out = curl(
         &d,

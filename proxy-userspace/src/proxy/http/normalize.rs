@@ -1,7 +1,9 @@
-//! Istio's default path normalization (`BASE`): `.` and `..` segments (a dot also written
-//! `%2e`, a slash also written `\`) are resolved before a request is routed, so
-//! `/public/../admin` is matched, authorized and sent upstream as `/admin`, as Envoy's
-//! `normalize_path` does.
+//! Istio's default path normalization (`BASE`): percent-encoded unreserved characters are
+//! decoded and `.` and `..` segments (a slash also written `\`) resolved before a request is
+//! routed, so `/public/../admin` and `/%61dmin` are matched, authorized and sent upstream as
+//! `/admin`, as Envoy's `normalize_path` (Chromium's URL canonicalizer) does.
+
+use std::borrow::Cow;
 
 use hyper::Uri;
 
@@ -11,12 +13,15 @@ use crate::security::authz::matchers::normalize_path;
 /// common case, decided without allocating).
 pub fn normalized(uri: &Uri) -> Option<Uri> {
     let path = uri.path();
-    let may_have_dots =
-        path.contains("/.") || path.contains('\\') || path.contains("%2e") || path.contains("%2E");
-    if !may_have_dots {
+    if !path.contains("/.") && !path.contains('\\') && !path.contains('%') {
         return None;
     }
-    let clean = normalize_path(path);
+    let decoded = decode_unreserved(path);
+    let clean = if decoded.contains("/.") || decoded.contains('\\') {
+        normalize_path(&decoded)
+    } else {
+        decoded.into_owned()
+    };
     if clean == path {
         return None;
     }
@@ -27,6 +32,38 @@ pub fn normalized(uri: &Uri) -> Option<Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(target.parse().ok()?);
     Uri::from_parts(parts).ok()
+}
+
+/// Percent-encoded unreserved characters (letters, digits, `-`, `.`, `_`, `~`) decoded, as
+/// RFC 3986 (section 6.2.2.2) and Envoy's canonicalizer make them: a server would read
+/// `/%61dmin` as `/admin`, so a rule on `/admin` must too. Other escapes (`%2F`, `%20`) stay.
+fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    let b = path.as_bytes();
+    let hex = |c: u8| char::from(c).to_digit(16);
+    let at = |i: usize| -> Option<u8> {
+        let (h, l) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+        let c = (h * 16 + l) as u8;
+        (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')).then_some(c)
+    };
+    if !(0..b.len()).any(|i| b[i] == b'%' && at(i).is_some()) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], at(i)) {
+            (b'%', Some(c)) => {
+                out.push(c);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII bytes were decoded into a valid UTF-8 path.
+    Cow::Owned(String::from_utf8(out).expect("UTF-8"))
 }
 
 #[cfg(test)]
@@ -49,6 +86,10 @@ mod tests {
             "absolute form keeps its authority"
         );
         assert_eq!(norm("/.well-known/x"), None, "not a dot segment");
+        assert_eq!(norm("/%61dmin/%7Euser").as_deref(), Some("/admin/~user"));
+        assert_eq!(norm("/a%2fb%20c"), None, "reserved and other escapes stay");
+        assert_eq!(norm("/x/%2E%2E/%61dmin").as_deref(), Some("/admin"));
+        assert_eq!(norm("/100%"), None, "a stray percent is left alone");
         assert_eq!(norm("/plain/path?a=../b"), None, "the query is not a path");
     }
 }
