@@ -5,8 +5,9 @@
 //!   one in namespace N without a selector to every workload in N; one with
 //!   `selector.matchLabels` to the workloads of its namespace carrying all those labels (in the
 //!   root namespace: to such workloads in every namespace, as Istio does).
-//! - Order: CUSTOM policies are not supported and left out at compile time (with an error that
-//!   names them). Then any matching DENY policy denies; then, if ALLOW policies apply to the
+//! - Order: CUSTOM policies, whose external provider meshd cannot call, deny everything to the
+//!   workloads they select, as istiod's deny-all for a provider it cannot use (an error names
+//!   them). Any matching DENY policy denies; then, if ALLOW policies apply to the
 //!   workload and none matches, the request is denied; otherwise it is allowed. AUDIT policies
 //!   never change the decision; the matching ones are reported in [`Decision::audited`].
 //! - A policy annotated `istio.io/dry-run: "true"` is evaluated but not enforced: the dry-run

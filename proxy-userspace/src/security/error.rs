@@ -6,7 +6,8 @@
 pub enum SecurityError {
     #[error(
         "AuthorizationPolicy {policy}: action CUSTOM needs an external authorization provider, \
-         which meshd does not have; the policy is ignored"
+         which meshd does not have; as istiod does when it cannot use the provider, the policy \
+         denies every request and connection to the workloads it selects"
     )]
     CustomUnsupported { policy: String },
     #[error(

@@ -210,7 +210,7 @@ fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) 
         (Some("CUSTOM"), Some(e)) => r.warn(
             e.key_pos,
             &report::key(path, "provider"),
-            "meshd has no external authorization providers; CUSTOM policies are ignored",
+            "meshd has no external authorization providers; as istiod does when it cannot use the provider, a CUSTOM policy denies every request and connection to the workloads it selects (fail closed)",
         ),
         (_, Some(e)) => r.error(
             e.key_pos,

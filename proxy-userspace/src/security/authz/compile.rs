@@ -14,8 +14,9 @@ use crate::{
     security::{SecurityError, selector_labels},
 };
 
-/// The compiled policy, or `None` (with the reason in `errors`) for CUSTOM and unknown
-/// actions. A rule with an unparsable value is left out and reported: an ALLOW policy then
+/// The compiled policy, or `None` (with the reason in `errors`) for an unknown action. A
+/// CUSTOM policy, whose provider meshd cannot call, compiles to a DENY of everything, as istiod
+/// generates a deny-all when it cannot use a CUSTOM policy's provider: it fails closed. A rule with an unparsable value is left out and reported: an ALLOW policy then
 /// allows less, a DENY policy denies less (Istio skips such rules the same way).
 pub(super) fn policy(
     p: &AuthorizationPolicy,
@@ -23,14 +24,11 @@ pub(super) fn policy(
     errors: &mut Vec<SecurityError>,
 ) -> Option<Policy> {
     let id = p.id();
+    let custom = p.spec.action.as_deref() == Some("CUSTOM");
     let action = match p.spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
-        "DENY" => Action::Deny,
+        "DENY" | "CUSTOM" => Action::Deny,
         "AUDIT" => Action::Audit,
-        "CUSTOM" => {
-            errors.push(SecurityError::CustomUnsupported { policy: id });
-            return None;
-        }
         other => {
             errors.push(SecurityError::UnknownAction {
                 policy: id,
@@ -39,8 +37,17 @@ pub(super) fn policy(
             return None;
         }
     };
-    let mut rules = Vec::with_capacity(p.spec.rules.len());
-    for (index, r) in p.spec.rules.iter().enumerate() {
+    if custom {
+        errors.push(SecurityError::CustomUnsupported { policy: id.clone() });
+    }
+    let everything = [crate::policy::model::Rule::default()];
+    let spec_rules = if custom {
+        &everything[..]
+    } else {
+        &p.spec.rules[..]
+    };
+    let mut rules = Vec::with_capacity(spec_rules.len());
+    for (index, r) in spec_rules.iter().enumerate() {
         let mut b = Builder {
             policy: &id,
             index,

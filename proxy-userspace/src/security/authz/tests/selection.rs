@@ -116,7 +116,7 @@ fn policy(name: &str, spec: serde_json::Value) -> serde_json::Value {
 }
 
 #[test]
-fn custom_and_unknown_actions_are_reported_and_left_out() {
+fn custom_policies_fail_closed_and_unknown_actions_are_left_out() {
     let (a, errors) = compile_json(&[
         policy(
             "ext",
@@ -124,7 +124,7 @@ fn custom_and_unknown_actions_are_reported_and_left_out() {
         ),
         policy("typo", json!({"action": "Deny", "rules": [{}]})),
     ]);
-    assert!(a.is_empty());
+    assert_eq!(a.len(), 1, "the CUSTOM policy, as a deny-all");
     assert_eq!(
         errors[0],
         SecurityError::CustomUnsupported {
@@ -139,7 +139,7 @@ fn custom_and_unknown_actions_are_reported_and_left_out() {
     assert!(
         matches!(&errors[1], SecurityError::UnknownAction { policy, .. } if policy == "foo/typo")
     );
-    assert!(Req::tcp().allowed(&a));
+    assert!(!Req::tcp().allowed(&a), "fails closed");
 }
 
 #[test]
