@@ -580,6 +580,42 @@ fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
     );
 }
 
+/// A CUSTOM policy names an external authorization provider meshd cannot call: as istiod does
+/// when it cannot use the provider, it denies everything to the workloads it selects, rather
+/// than leave open what it was written to protect.
+#[test]
+fn a_custom_policy_fails_closed() {
+    if !ebpf_available("authz_custom") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let custom = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: ext-authz
+  namespace: default
+spec:
+  selector:
+    matchLabels: {app: reviews}
+  action: CUSTOM
+  provider:
+    name: my-ext-authz
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin*"]
+"#;
+    let dir = config("authz-custom", &one_node(&backend, &echo, custom));
+    let d = Daemon::start("authz-custom", 258, &["--config", dir.to_str().unwrap()]);
+    for path in ["/admin/secret", "/whoami"] {
+        let r = curl(&d, "default/productpage", "127.0.0.70", &[], path);
+        assert!(!r.starts_with("200"), "{path}: {r}");
+    }
+    assert_eq!(backend.requests(), 0, "nothing reached the workload");
+}
+
 /// An AUDIT policy (Envoy's RBAC `LOG` action): requests and connections it matches are
 /// logged and counted, and nothing is decided by it.
 const AUDIT: &str = r#"---
