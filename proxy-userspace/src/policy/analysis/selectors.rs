@@ -65,7 +65,17 @@ pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
         }
     }
     for ap in &set.authorization_policies {
+        // In the root namespace a selector picks workloads of every namespace, as in Istio.
+        let root = ap.metadata.namespace == crate::security::DEFAULT_ROOT_NAMESPACE;
         if let Some(s) = &ap.spec.selector {
+            if root
+                && set
+                    .workload_entries
+                    .iter()
+                    .any(|we| labels_match(&s.match_labels, &we.spec.labels))
+            {
+                continue;
+            }
             probe(
                 &ap.metadata.namespace,
                 &s.match_labels,

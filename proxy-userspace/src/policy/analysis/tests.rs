@@ -198,6 +198,11 @@ fn selectors_matching_no_workload_are_a_warning() {
     );
     let ok = extra.replace("ratings", "reviews");
     assert!(findings(&ok).is_empty());
+    // In the root namespace, a selector looks in every namespace, as Istio applies it.
+    let root = ok.replace("{name: a}", "{name: a, namespace: istio-system}");
+    assert!(findings(&root).is_empty(), "{:?}", findings(&root));
+    let none = extra.replace("{name: a}", "{name: a, namespace: istio-system}");
+    assert_eq!(findings(&none).len(), 1);
     let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec:\n  hosts: [s]\n  workloadSelector: {labels: {app: s}}\n";
     assert_eq!(findings(se).len(), 1);
     let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: other}\nspec:\n  selector: {matchLabels: {app: reviews}}\n";
