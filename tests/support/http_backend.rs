@@ -86,6 +86,9 @@ impl HttpBackend {
                         answer(req, peer, st.clone())
                     });
                     let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // Large headers are for meshd to judge, not this backend (h2's default
+                    // is 16 KiB).
+                    builder.http2().max_header_list_size(1 << 20);
                     if let Some(n) = h2_streams {
                         builder.http2().max_concurrent_streams(n);
                     }

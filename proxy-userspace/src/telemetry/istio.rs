@@ -108,12 +108,12 @@ impl IstioMetrics {
             ),
             tcp_sent: counter(
                 "istio_tcp_sent_bytes_total",
-                "Bytes sent to the destination over TCP",
+                "Bytes sent during the response over TCP (from the destination to the source)",
                 &TCP_LABELS,
             ),
             tcp_received: counter(
                 "istio_tcp_received_bytes_total",
-                "Bytes received from the destination over TCP",
+                "Bytes received during the request over TCP (from the source to the destination)",
                 &TCP_LABELS,
             ),
             tcp_rtt: {
@@ -223,15 +223,20 @@ impl IstioMetrics {
         self.tcp_opened.with_label_values(&v).inc();
     }
 
-    pub fn tcp_closed(&self, l: &TcpLabels, sent: u64, received: u64) {
+    /// A connection's end, with the bytes it carried to the destination (the request) and from
+    /// it (the response). As Istio defines them, `istio_tcp_received_bytes_total` counts the
+    /// request's and `istio_tcp_sent_bytes_total` the response's.
+    pub fn tcp_closed(&self, l: &TcpLabels, to_destination: u64, from_destination: u64) {
         if !self.enabled {
             return;
         }
         let v = self.tcp_values(l);
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         self.tcp_closed.with_label_values(&v).inc();
-        self.tcp_sent.with_label_values(&v).inc_by(sent);
-        self.tcp_received.with_label_values(&v).inc_by(received);
+        self.tcp_received
+            .with_label_values(&v)
+            .inc_by(to_destination);
+        self.tcp_sent.with_label_values(&v).inc_by(from_destination);
     }
 }
 
@@ -283,6 +288,37 @@ mod tests {
         assert!(
             text.contains("meshd_metric_label_overflow_total{metric=\"istio_requests_total\"} 10")
         );
+    }
+
+    #[test]
+    fn tcp_bytes_count_as_istio_defines_them() {
+        let r = Registry::new();
+        let m = IstioMetrics::new(&r, true);
+        let l = TcpLabels {
+            source_workload: "web".into(),
+            source_namespace: "demo".into(),
+            destination_service: "db".into(),
+            destination_workload: "db".into(),
+            destination_namespace: "demo".into(),
+            response_flags: "-".into(),
+            reporter: "source",
+            source_principal: "unknown".into(),
+            security_policy: "none",
+        };
+        // A client sent 32 bytes; the destination answered 379.
+        m.tcp_closed(&l, 32, 379);
+        let text = crate::telemetry::exposition::encode(&r, &m);
+        let value = |name: &str| {
+            text.lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.rsplit(' ').next())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            value("istio_tcp_received_bytes_total{").as_deref(),
+            Some("32")
+        );
+        assert_eq!(value("istio_tcp_sent_bytes_total{").as_deref(), Some("379"));
     }
 
     #[test]

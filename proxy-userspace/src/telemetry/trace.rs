@@ -250,7 +250,8 @@ pub enum RequestId {
 
 impl RequestId {
     fn generate() -> RequestId {
-        // 8-4-4-4-12 hex digits, the third group starting with the version, 4.
+        // 8-4-4-4-12 hex digits, the third group starting with the version, 4, and the fourth
+        // with the RFC 9562 variant (binary 10xx: 8, 9, a or b).
         let digits = Hex::<32>::random().0;
         let mut out = [b'-'; 36];
         let mut d = digits.iter();
@@ -258,6 +259,12 @@ impl RequestId {
             match i {
                 8 | 13 | 18 | 23 => {}
                 14 => *o = b'4',
+                19 => {
+                    let n = char::from(*d.next().expect("32 digits"))
+                        .to_digit(16)
+                        .unwrap_or(0);
+                    *o = b"89ab"[(n & 3) as usize];
+                }
                 _ => *o = *d.next().expect("32 digits"),
             }
         }
@@ -557,6 +564,21 @@ mod tests {
         inject(&mut out, &c);
         assert_eq!(out["x-b3-spanid"], c.span_id.as_str());
         assert_eq!(out["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+    }
+
+    #[test]
+    fn generated_request_ids_are_uuid_v4() {
+        for _ in 0..64 {
+            let id = RequestId::generate();
+            let s = id.as_str();
+            let groups: Vec<&str> = s.split('-').collect();
+            assert_eq!(
+                groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12]
+            );
+            assert!(groups[2].starts_with('4'), "{s}");
+            assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "{s}");
+        }
     }
 
     #[test]

@@ -436,6 +436,10 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
         // vectored writes (bench http).
         .writev(false)
         .keep_alive(true);
+    // The same limit on an HTTP/2 request's headers (h2's own default is 16 KiB).
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(ctx.max_header_bytes).unwrap_or(u32::MAX));
     let io = TokioIo::new(stream);
     let served = if h2 {
         // Boxed: hyper's HTTP/2 server runs each stream as a task of its own, and moved the
