@@ -94,6 +94,19 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
     assert_eq!(series[0]["value"][1], "5", "{series:?}");
     let tcp = prom.query(r#"istio_tcp_sent_bytes_total{source_workload="productpage"}"#);
     assert_eq!(tcp[0]["value"][1], "4096", "{tcp:?}");
+    // The echo's access-log line names its source's identity, as an HTTP request's does.
+    let tcp_line = eventually(Duration::from_secs(5), || {
+        access_lines(&d)
+            .into_iter()
+            .find(|l| l["protocol"] == "tcp")
+    })
+    .unwrap_or_else(|| panic!("no TCP line: {}", d.log_text()));
+    assert!(
+        tcp_line["source_principal"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("spiffe://")),
+        "{tcp_line}"
+    );
     let hist =
         prom.query(r#"istio_request_duration_milliseconds_count{source_workload="productpage"}"#);
     assert_eq!(hist[0]["value"][1], "5");

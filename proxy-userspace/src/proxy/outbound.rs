@@ -601,6 +601,8 @@ impl TcpRecord {
                 upstream_cluster: service.into(),
                 upstream_host: upstream.to_string().into(),
                 source_workload: workload.unwrap_or_default().to_string().into(),
+                // As on an HTTP request's line: the source's SPIFFE ID, empty when unknown.
+                source_principal: principal.unwrap_or_default().to_string().into(),
                 destination_workload: dest_workload.unwrap_or_default().into(),
                 response_flags: "-".into(),
                 ..Entry::default()

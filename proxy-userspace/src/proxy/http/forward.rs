@@ -530,9 +530,12 @@ impl RequestLog {
             .as_deref()
             .unwrap_or_default()
             .to_string();
+        // Only for an endpoint of a known workload, as the metrics' destination_workload: an
+        // address no WorkloadEntry names has no identity meshd could vouch for.
         let destination = self
             .rec
             .upstream_host
+            .filter(|h| snap.compiled.endpoint_workloads.contains_key(h))
             .and_then(|h| snap.compiled.endpoints.get(h))
             .and_then(|e| crate::tunnel::endpoint_identity(td, e).ok())
             .map(|id| id.to_string())
