@@ -87,10 +87,14 @@ pub async fn handle(
         })
     })
     .or_else(|| (req.method() == Method::CONNECT).then_some(CONNECT_REFUSED));
+    let ask = if req.version() < Version::HTTP_2 {
+        upgrade_ask(req.headers())
+    } else {
+        UpgradeAsk::None
+    };
     // The smuggling guard stops reading requests at a WebSocket upgrade: if it is answered
     // with anything but 101, the connection closes after the answer, so none follows unread.
-    let upgrading =
-        req.version() < Version::HTTP_2 && upgrade_ask(req.headers()) == UpgradeAsk::WebSocket;
+    let upgrading = ask == UpgradeAsk::WebSocket;
     // The source workload's share of the node proxy, held until the response ends.
     let admitted = log.ctx.fairness.request(log.down.workload.as_deref());
     let resp = match (smuggling, &admitted) {
@@ -119,7 +123,10 @@ pub async fn handle(
         }
         (None, _) => {
             let mut cors = None;
-            let mut resp = forward(req, &log.down, &log.ctx, &mut rec, &mut cors, log.start).await;
+            let mut resp = forward(
+                req, ask, &log.down, &log.ctx, &mut rec, &mut cors, log.start,
+            )
+            .await;
             if let Some((rules, origin)) = cors {
                 rules.decorate(origin, resp.headers_mut());
             }
@@ -559,7 +566,7 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// one upgrade proxied; `h2c` is dropped by the codec and the request served as HTTP/1.1; any
 /// other is refused (403, `upgrade_failed`), since after a 101 no route, timeout, retry or
 /// authorization rule would see what flows.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UpgradeAsk {
     None,
     WebSocket,
@@ -606,6 +613,7 @@ pub(super) fn local(
 /// request's origin: the caller marks the response, whatever produced it.
 async fn forward(
     mut req: Request<body::Inbound>,
+    ask: UpgradeAsk,
     down: &Downstream,
     ctx: &HttpContext,
     rec: &mut Record,
@@ -630,11 +638,7 @@ async fn forward(
     // The snapshot this request started with serves it to the end, whatever reloads happen.
     let snap = ctx.config.current();
     let h2 = req.version() == Version::HTTP_2;
-    let upgrade = match if h2 {
-        UpgradeAsk::None
-    } else {
-        upgrade_ask(req.headers())
-    } {
+    let upgrade = match ask {
         UpgradeAsk::WebSocket => true,
         UpgradeAsk::None => false,
         UpgradeAsk::H2c => {

@@ -114,7 +114,8 @@ fn judge(head: &[u8]) -> Option<(Option<Rejection>, Scan)> {
     }
     let mut lengths = Vec::new();
     let mut chunked = None;
-    let mut codings = 0;
+    // Transfer-Encoding fields, and whether any says more than `chunked`.
+    let (mut te_fields, mut other_coding) = (0, false);
     // The bytes after a WebSocket upgrade (or a CONNECT) are not requests. Any other upgrade
     // is refused or dropped, and the connection stays HTTP/1.1: its requests are judged.
     let mut upgrade = req.method == Some("CONNECT");
@@ -122,12 +123,10 @@ fn judge(head: &[u8]) -> Option<(Option<Rejection>, Scan)> {
         if h.name.eq_ignore_ascii_case("content-length") {
             lengths.push(String::from_utf8_lossy(h.value).trim().to_string());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            codings += 1;
+            te_fields += 1;
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             chunked = Some(v.trim_end().ends_with("chunked"));
-            if v.trim() != "chunked" {
-                codings += 1;
-            }
+            other_coding |= v.trim() != "chunked";
         } else if h.name.eq_ignore_ascii_case("upgrade")
             && String::from_utf8_lossy(h.value)
                 .split(',')
@@ -141,7 +140,7 @@ fn judge(head: &[u8]) -> Option<(Option<Rejection>, Scan)> {
         (n, _) if n > 1 => Some(LENGTHS),
         // `chunked` alone, in one field: anything else (`gzip, chunked`, or `gzip` and
         // `chunked` in two fields, which a server reading the first would take for gzip).
-        _ if codings > 1 => Some(CODING),
+        _ if te_fields > 1 || other_coding => Some(CODING),
         _ => None,
     };
     let next = if upgrade {

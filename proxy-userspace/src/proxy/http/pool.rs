@@ -145,6 +145,22 @@ fn overflow(cluster: &ClusterPool, limit: &'static str, value: u32) -> UpstreamE
     }
 }
 
+/// Makes a request waiting for a connection or stream one of the cluster's pending requests,
+/// once, within `http1MaxPendingRequests`; over it, the request fails at once (UO).
+fn hold_pending(
+    pending: &mut Option<Slot>,
+    cluster: &Arc<ClusterPool>,
+    limits: &Limits,
+) -> Result<(), UpstreamError> {
+    if pending.is_none() {
+        let slot = cluster
+            .try_slot(Counter::Pending, limits.max_pending)
+            .ok_or_else(|| overflow(cluster, "http1MaxPendingRequests", limits.max_pending))?;
+        *pending = Some(slot);
+    }
+    Ok(())
+}
+
 /// Where one upstream request goes: an endpoint, directly or through the mTLS tunnel.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -451,15 +467,7 @@ impl Pool {
             // cold pool waits for its streams instead of opening a connection each.
             let claim = match h2.then(|| cluster.open_h2(&key)) {
                 Some(OpenH2::Waiting(opening)) => {
-                    if pending.is_none() {
-                        pending = Some(
-                            cluster
-                                .try_slot(Counter::Pending, limits.max_pending)
-                                .ok_or_else(|| {
-                                    overflow(cluster, "http1MaxPendingRequests", limits.max_pending)
-                                })?,
-                        );
-                    }
+                    hold_pending(&mut pending, cluster, limits)?;
                     changed.await;
                     if let Some(source) = opening.failure() {
                         return Err(UpstreamError::Connect {
@@ -485,26 +493,14 @@ impl Pool {
                 // Boxed: a new connection is the rare case, and its handshake's state would
                 // otherwise enlarge every request's future (moved, in full, as it starts).
                 let opened = Box::pin(self.open(cluster, slot, target, h2, limits)).await;
-                match (&opened, &claim) {
-                    (Err(UpstreamError::Connect { source, .. }), Some(claim)) => {
-                        claim.fail(source, source.kind());
-                    }
-                    (Err(e), Some(claim)) => claim.fail(e, std::io::ErrorKind::Other),
-                    _ => {}
+                if let (Err(e), Some(claim)) = (&opened, &claim) {
+                    claim.fail(e);
                 }
                 return opened;
             }
             // At the limit: the claim goes, so others waiting for it are not held up by it.
             drop(claim);
-            if pending.is_none() {
-                pending = Some(
-                    cluster
-                        .try_slot(Counter::Pending, limits.max_pending)
-                        .ok_or_else(|| {
-                            overflow(cluster, "http1MaxPendingRequests", limits.max_pending)
-                        })?,
-                );
-            }
+            hold_pending(&mut pending, cluster, limits)?;
             // The cluster's connections may all sit idle at other endpoints.
             cluster.evict_idle_except(&key);
             changed.await;

@@ -136,9 +136,14 @@ pub struct OpeningClaim<'a> {
 }
 
 impl OpeningClaim<'_> {
-    /// Records why the connection could not be opened, for the requests that waited for it.
-    pub fn fail(&self, e: &impl std::fmt::Display, kind: std::io::ErrorKind) {
-        let _ = self.opening.failed.set((kind, e.to_string()));
+    /// Records why the connection could not be opened, for the requests that waited for it:
+    /// a connect error as it was, anything else (a handshake) by its message.
+    pub fn fail(&self, e: &super::UpstreamError) {
+        let failed = match e {
+            super::UpstreamError::Connect { source, .. } => (source.kind(), source.to_string()),
+            other => (std::io::ErrorKind::Other, other.to_string()),
+        };
+        let _ = self.opening.failed.set(failed);
     }
 }
 
