@@ -156,6 +156,52 @@ fn uploads_are_streamed_with_their_framing() {
 }
 
 #[test]
+fn hop_by_hop_response_fields_stay_with_the_upstream_connection() {
+    if !ebpf_available("h1_hop_by_hop") {
+        return;
+    }
+    let up = RawUpstream::start();
+    let d = Daemon::start("h1-hop-by-hop", 259, &[]);
+    let url = |p: &str| format!("http://{}{p}", up.addr);
+    // The upstream closes its connection after /hop-by-hop: the client's stays open for the
+    // next request (num_connects 0), and sees none of the upstream connection's fields.
+    let (ok, out) = curl(
+        &d,
+        &[
+            "-D",
+            "-",
+            &url("/hop-by-hop"),
+            "-w",
+            "|%{num_connects}\n",
+            &url("/headers"),
+            "-w",
+            "|%{num_connects}\n",
+        ],
+    );
+    assert!(ok, "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("x-end: 1"), "{out}");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "connection: close",
+    ] {
+        assert!(!lower.contains(gone), "{gone} reached the client: {out}");
+    }
+    assert!(out.contains("hop|1\n"), "{out}");
+    assert!(
+        out.ends_with("|0\n"),
+        "the client's connection was reused: {out}"
+    );
+    // Envoy tells the upstream the scheme the client used when the client did not.
+    assert!(lower.contains("x-forwarded-proto: http\n"), "{out}");
+    let (ok, out) = curl(&d, &["-H", "x-forwarded-proto: https", &url("/headers")]);
+    assert!(ok && out.contains("x-forwarded-proto: https\n"), "{out}");
+    assert!(!out.contains("x-forwarded-proto: http\n"), "{out}");
+}
+
+#[test]
 fn malformed_or_smuggling_responses_never_reach_the_client() {
     if !ebpf_available("h1_bad_responses") {
         return;
@@ -163,14 +209,27 @@ fn malformed_or_smuggling_responses_never_reach_the_client() {
     let up = RawUpstream::start();
     let d = Daemon::start("h1-bad-responses", 166, &[]);
     let url = |p: &str| format!("http://{}{p}", up.addr);
-    // Both Content-Length and Transfer-Encoding: refused, 503 with flag UC, and the bytes
-    // after it (a second response) are never served to anyone.
+    // Both Content-Length and Transfer-Encoding: refused, 502 with flag UPE (Envoy's protocol
+    // error), and the bytes after it (a second response) are never served to anyone.
     let (ok, out) = curl(&d, &[&url("/smuggle"), "-w", "|%{http_code}"]);
     assert!(ok, "{out}");
-    assert!(out.ends_with("|503"), "{out}");
+    assert!(out.ends_with("reset reason: protocol error|502"), "{out}");
     assert!(!out.contains("smuggled"), "{out}");
     let (ok, out) = curl(&d, &[&url("/plain")]);
     assert!(ok && out == "ok", "the next request is clean: {out}");
+    // Not HTTP at all, and a 204 that declares a body: 502 UPE too.
+    for path in ["/garbage", "/no-content-with-body"] {
+        let (ok, out) = curl(&d, &[&url(path), "-o", "/dev/null", "-w", "%{http_code}"]);
+        assert!(ok && out == "502", "{path}: {out}");
+    }
+    let upe = support::eventually(std::time::Duration::from_secs(5), || {
+        let log = d.log_text();
+        (log.matches(r#""response_code":502,"response_flags":"UPE""#)
+            .count()
+            == 3)
+            .then_some(())
+    });
+    assert!(upe.is_some(), "three 502 UPE lines:\n{}", d.log_text());
     // A body cut short: the client sees its response fail, not a complete short body.
     let (ok, out) = curl(&d, &[&url("/short")]);
     assert!(!ok, "a truncated body must not look complete: {out}");

@@ -65,12 +65,17 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, String, usize)>>) {
             parts.next().unwrap_or("").to_string(),
         );
         let (mut length, mut chunked) = (0usize, false);
+        let mut head = String::new();
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
                 return;
             }
             let h = h.trim_end().to_ascii_lowercase();
+            if !h.is_empty() {
+                head.push_str(&h);
+                head.push('\n');
+            }
             if h.is_empty() {
                 break;
             }
@@ -100,7 +105,7 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, String, usize)>>) {
         seen.lock()
             .unwrap()
             .push((method.clone(), path.clone(), body));
-        let (bytes, then) = answer(&method, &path, body);
+        let (bytes, then) = answer(&method, &path, body, &head);
         if out.write_all(&bytes).is_err() {
             return;
         }
@@ -143,8 +148,9 @@ enum Then {
     CloseAfter(Duration),
 }
 
-/// The response for a path, and what the connection does after it.
-fn answer(method: &str, path: &str, body: usize) -> (Vec<u8>, Then) {
+/// The response for a path, and what the connection does after it. `head` is the request's
+/// header lines, lowercased.
+fn answer(method: &str, path: &str, body: usize, head: &str) -> (Vec<u8>, Then) {
     let ok = |extra: &str, payload: &str| {
         format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{extra}\r\n{payload}",
@@ -159,6 +165,21 @@ fn answer(method: &str, path: &str, body: usize) -> (Vec<u8>, Then) {
             Then::KeepOpen,
         ),
         "/close" => (ok("connection: close\r\n", "closing"), Then::Close),
+        "/headers" => (ok("", head), Then::KeepOpen),
+        // Hop-by-hop fields, for this connection only: the client's must not see them.
+        "/hop-by-hop" => (
+            ok(
+                "connection: x-hop, close\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\n\
+                 proxy-connection: keep-alive\r\nx-end: 1\r\n",
+                "hop",
+            ),
+            Then::Close,
+        ),
+        "/no-content-with-body" => (
+            "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello".to_string(),
+            Then::Close,
+        ),
+        "/garbage" => ("this is not http\r\n\r\n".to_string(), Then::Close),
         "/http10" => (
             "HTTP/1.0 200 OK\r\ncontent-length: 6\r\n\r\nold ok".to_string(),
             Then::Close,

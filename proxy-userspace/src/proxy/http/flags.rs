@@ -30,6 +30,7 @@ flags! {
     RATE_LIMIT_SERVICE_ERROR = 11, "RLSE", "The global rate limit's Redis failed and the policy fails closed.";
     DURATION_TIMEOUT = 12, "DT", "The request's gRPC deadline (grpc-timeout) expired.";
     DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE", "The client's request broke the protocol (a malformed body).";
+    UPSTREAM_PROTOCOL_ERROR = 14, "UPE", "The upstream's response broke the protocol (a malformed head).";
 }
 
 impl ResponseFlags {

@@ -232,6 +232,7 @@ fn valid_authority(a: &[u8]) -> bool {
 }
 
 pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The protocol field of the access log, as `Debug` prints the version.
 fn version_text(v: Version) -> &'static str {
@@ -881,6 +882,13 @@ async fn forward(
     // As Envoy's default (SANITIZE) on a sidecar's outbound side: a workload cannot claim a
     // client certificate; the tunnel sets the header for the certificate it presents.
     parts.headers.remove(FORWARDED_CLIENT_CERT);
+    // As Envoy's connection manager: the scheme the client used, when it did not say; a
+    // captured workload speaks plain HTTP to meshd (TLS of its own passes as TCP).
+    if !parts.headers.contains_key(X_FORWARDED_PROTO) {
+        parts
+            .headers
+            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
     // hyper's server answers `100 Continue` itself once the body is read, as Envoy does by
     // default: the upstream is not asked again.
     if parts
@@ -1126,10 +1134,7 @@ async fn upgrade_once(
             }
             s.send_request(req.map(body::boxed))
                 .await
-                .map_err(|source| UpstreamError::Send {
-                    dst: target,
-                    source: source.into(),
-                })
+                .map_err(|source| UpstreamError::sending(target, source.into()))
         }
         Err(e) => Err(e),
     };

@@ -64,6 +64,13 @@ pub enum UpstreamError {
         /// meshd's HTTP/1.1 client error, h2's, or hyper's (upgrades).
         source: super::body::BoxError,
     },
+    /// The upstream's answer broke HTTP: a malformed or oversized head, a 204 with a body, an
+    /// HTTP/2 response h2 refused. Envoy's `protocol error` reset: 502, flag UPE.
+    #[error("upstream {dst} sent a malformed response: {source}")]
+    Protocol {
+        dst: SocketAddr,
+        source: super::body::BoxError,
+    },
     #[error("upstream connect error: {source}")]
     Tunnel {
         dst: SocketAddr,
@@ -85,9 +92,28 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A request that failed on an open connection: [`UpstreamError::Protocol`] when the
+    /// upstream's answer broke the protocol, else [`UpstreamError::Send`].
+    pub fn sending(dst: SocketAddr, source: super::body::BoxError) -> UpstreamError {
+        let protocol = if let Some(e) = source.downcast_ref::<h1::H1Error>() {
+            matches!(e, h1::H1Error::Invalid(_))
+        } else if let Some(e) = source.downcast_ref::<::h2::Error>() {
+            e.is_library() && e.reason() == Some(::h2::Reason::PROTOCOL_ERROR)
+        } else if let Some(e) = source.downcast_ref::<hyper::Error>() {
+            e.is_parse()
+        } else {
+            false
+        };
+        match protocol {
+            true => UpstreamError::Protocol { dst, source },
+            false => UpstreamError::Send { dst, source },
+        }
+    }
+
     pub fn flag(&self) -> ResponseFlags {
         match self {
             UpstreamError::Send { .. } => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+            UpstreamError::Protocol { .. } => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
             UpstreamError::Overflow { .. } => ResponseFlags::UPSTREAM_OVERFLOW,
             _ => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
         }
@@ -97,6 +123,7 @@ impl UpstreamError {
     pub fn reset_reason(&self) -> &'static str {
         match self {
             UpstreamError::Send { .. } => "connection termination",
+            UpstreamError::Protocol { .. } => "protocol error",
             UpstreamError::Overflow { .. } => "overflow",
             _ => "connection failure",
         }
@@ -567,7 +594,7 @@ impl Pool {
                 Ok(resp) => Ok(resp.map(|b| PooledBody::new(b, lease))),
                 Err(source) => {
                     drop(lease);
-                    Err(UpstreamError::Send { dst, source })
+                    Err(UpstreamError::sending(dst, source))
                 }
             }
         }

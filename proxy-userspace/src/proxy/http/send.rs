@@ -398,7 +398,9 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
         Err(Failed::Upstream(UpstreamError::Send { source, .. })) if refused_stream(source) => {
             Outcome::RefusedStream
         }
-        Err(Failed::Upstream(UpstreamError::Send { .. })) => Outcome::Reset,
+        Err(Failed::Upstream(UpstreamError::Send { .. } | UpstreamError::Protocol { .. })) => {
+            Outcome::Reset
+        }
         Err(Failed::Upstream(_)) => Outcome::ConnectFailure,
     }
 }
@@ -470,10 +472,15 @@ pub fn access_denied() -> Response<Body> {
     local(403, "RBAC: access denied", None)
 }
 
-/// Envoy's 503 for an upstream that failed before answering, naming the reset reason.
+/// Envoy's 503 for an upstream that failed before answering, naming the reset reason; 502
+/// for an answer that broke the protocol, as Envoy's router answers a `protocol error` reset.
 pub fn reset_before_headers(e: &UpstreamError) -> Response<Body> {
+    let status = match e {
+        UpstreamError::Protocol { .. } => 502,
+        _ => 503,
+    };
     local(
-        503,
+        status,
         format!(
             "upstream connect error or disconnect/reset before headers. reset reason: {}",
             e.reset_reason()

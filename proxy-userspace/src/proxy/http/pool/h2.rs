@@ -38,7 +38,8 @@ const CONN_WINDOW: u32 = 5 * 1024 * 1024;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
-const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// The largest response head accepted, as from an HTTP/1.1 upstream (`h1::decode::MAX_HEAD`).
+const MAX_HEADER_LIST: u32 = 80 * 1024;
 /// Streams opened before the upstream's SETTINGS say how many it allows (RFC 9113 section
 /// 6.5.2 recommends no fewer than 100).
 const INITIAL_MAX_SEND_STREAMS: usize = 100;

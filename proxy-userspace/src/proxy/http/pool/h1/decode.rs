@@ -11,8 +11,9 @@ use hyper::{
 
 use crate::proxy::http::headers::{has_token, tokens};
 
-/// The largest response head meshd reads (Envoy's default limit is 60 KiB).
-pub const MAX_HEAD: usize = 60 * 1024;
+/// The largest response head meshd reads: Envoy's HTTP/1.1 client reads 80 KiB
+/// (`MAX_RESPONSE_HEADERS_KB`).
+pub const MAX_HEAD: usize = 80 * 1024;
 /// The most header fields a response head may have.
 const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line (with extensions) or trailer section accepted.
@@ -35,6 +36,8 @@ pub enum Invalid {
     Upgrade,
     #[error("malformed chunked response body: {0}")]
     Chunk(&'static str),
+    #[error("204 No Content response declares a body ({0})")]
+    NoContentBody(&'static str),
 }
 
 /// How the response body is framed.
@@ -112,6 +115,10 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Invalid
         let keep_alive = version == Version::HTTP_11
             && framing != Framing::Close
             && !has_token(&headers, header::CONNECTION, "close");
+        strip_hop_by_hop(&mut headers, framing);
+        if status == StatusCode::NO_CONTENT {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let mut response = Response::new(());
         *response.status_mut() = status;
         // The client gets meshd's HTTP/1.1, as from Envoy, whatever the upstream speaks; its
@@ -125,11 +132,58 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Invalid
     }
 }
 
+/// Removes what describes the upstream connection, not the response, as Envoy's connection
+/// manager does: the client's connection is meshd's, kept alive or closed on its own terms (an
+/// upstream's `Connection: close` closes only the upstream connection). `Transfer-Encoding:
+/// chunked` goes too, since meshd decoded the chunks; another coding stays, with its name.
+fn strip_hop_by_hop(headers: &mut HeaderMap, framing: Framing) {
+    // One pass over the names present: most responses carry none of these.
+    let hop = |k: &HeaderName| {
+        k == header::CONNECTION
+            || k == header::UPGRADE
+            || k == header::TRANSFER_ENCODING
+            || k == "keep-alive"
+            || k == "proxy-connection"
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(header::UPGRADE);
+    let only_chunked = framing == Framing::Chunked
+        && tokens(headers, header::TRANSFER_ENCODING).all(|t| t.eq_ignore_ascii_case("chunked"));
+    if only_chunked {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+}
+
 fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, Invalid> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if status == StatusCode::NO_CONTENT {
+        // As Envoy's HTTP/1.1 client: a 204 declaring a body is a protocol error, and a zero
+        // Content-Length is dropped (an HTTP/2 client refuses any on a 204).
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err(Invalid::NoContentBody("Transfer-Encoding"));
+        }
+        if headers.get_all(header::CONTENT_LENGTH).iter().any(|v| {
+            v.as_bytes()
+                .iter()
+                .any(|b| !matches!(b, b'0' | b' ' | b','))
+        }) {
+            return Err(Invalid::NoContentBody("a non-zero Content-Length"));
+        }
+        return Ok(Framing::Empty);
+    }
+    if *method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
     let te = headers.contains_key(header::TRANSFER_ENCODING);
@@ -380,6 +434,52 @@ mod tests {
             "HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
         ] {
             assert!(parse(raw, Method::GET).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_with_the_upstream_connection() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nconnection: x-hop, close\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nproxy-connection: keep-alive\r\nupgrade: h2c\r\ntransfer-encoding: chunked\r\nx-end: 1\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end"]);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(
+            !h.keep_alive,
+            "the upstream's close still ends its connection"
+        );
+        // A coding other than chunked is named to the client.
+        let gz = parse(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(gz.response.headers()["transfer-encoding"], "gzip, chunked");
+    }
+
+    #[test]
+    fn a_204_declares_no_body() {
+        let h = parse(
+            "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.response.headers().get("content-length").is_none());
+        assert_eq!(h.framing, Framing::Empty);
+        for raw in [
+            "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(raw, Method::GET), Err(Invalid::NoContentBody(_))),
+                "{raw}"
+            );
         }
     }
 
