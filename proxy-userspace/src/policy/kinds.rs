@@ -88,16 +88,58 @@ pub static KINDS: &[KindInfo] = &[
     },
 ];
 
-/// Istio kinds that meshd knows of but does not implement.
-const UNSUPPORTED: &[&str] = &[
-    "Gateway",
-    "Sidecar",
-    "WorkloadGroup",
-    "ProxyConfig",
-    "Telemetry",
-    "RequestAuthentication",
-    "WasmPlugin",
+/// Istio kinds that meshd knows of but does not apply, each with why skipping it is safe: the
+/// document is skipped with a warning, as a sidecar ignores what is not for it.
+const SKIPPED: &[(&str, &str)] = &[
+    (
+        "Gateway",
+        "meshd is not a gateway; VirtualServices bound only to gateways are not applied either",
+    ),
+    (
+        "Sidecar",
+        "meshd does not scope a workload's configuration; every resource applies to it",
+    ),
+    (
+        "WorkloadGroup",
+        "it is a template for registering VMs; meshd reads the WorkloadEntries themselves",
+    ),
+    ("ProxyConfig", "it tunes Envoy, which meshd does not run"),
+    (
+        "Telemetry",
+        "meshd's metrics, access logs and tracing are set by its own flags (see meshd run --help)",
+    ),
+    (
+        "IstioOperator",
+        "it configures an Istio installation, not traffic",
+    ),
 ];
+
+/// Istio kinds meshd refuses: each can deny traffic, and skipping it would let through what
+/// its author meant to stop.
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "RequestAuthentication",
+        "meshd does not validate JWTs, and skipping the resource would let requests with \
+         invalid tokens through; AuthorizationPolicy requestPrincipals never match in meshd",
+    ),
+    (
+        "EnvoyFilter",
+        "meshd has no Envoy to patch. Write rate limits as a meshd.io/v1alpha1 RateLimitPolicy \
+         (see policies/ratelimit.yaml); other Envoy patches have no meshd equivalent",
+    ),
+    (
+        "WasmPlugin",
+        "meshd runs no Wasm filters, and skipping one could skip a check it makes",
+    ),
+];
+
+/// Why a document is not read: an error (the configuration is refused), or a kind meshd
+/// skips with a warning.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotRead {
+    Error(String),
+    Skipped(String),
+}
 
 impl KindInfo {
     pub fn api_versions(&self) -> String {
@@ -122,8 +164,11 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// Finds the kind for an `apiVersion`/`kind` pair, or explains why it is not one meshd reads.
-pub fn resolve(api_version: &str, kind: &str) -> Result<&'static KindInfo, String> {
+/// Finds the kind for an `apiVersion`/`kind` pair, or says why it is not one meshd reads. As
+/// `istioctl analyze` does, resources of other APIs (a Deployment, a Service, a ConfigMap
+/// beside the Istio resources) are skipped; an unknown kind of Istio's or meshd's own API
+/// groups is an error, most likely a typo.
+pub fn resolve(api_version: &str, kind: &str) -> Result<&'static KindInfo, NotRead> {
     if let Some(info) = KINDS.iter().find(|k| k.name == kind) {
         let ok = api_version
             .split_once('/')
@@ -131,35 +176,36 @@ pub fn resolve(api_version: &str, kind: &str) -> Result<&'static KindInfo, Strin
         if ok {
             return Ok(info);
         }
-        return Err(format!(
+        return Err(NotRead::Error(format!(
             "{kind} is not served as apiVersion {api_version:?}; use {}",
             info.api_versions()
-        ));
+        )));
     }
-    if kind == "EnvoyFilter" {
-        return Err(
-            "EnvoyFilter is not supported: meshd has no Envoy to patch. Write rate limits \
-                    as a meshd.io/v1alpha1 RateLimitPolicy (see policies/ratelimit.yaml); other \
-                    Envoy patches have no meshd equivalent"
-                .into(),
-        );
+    if let Some((_, why)) = REFUSED.iter().find(|(k, _)| *k == kind) {
+        return Err(NotRead::Error(format!("{kind} is not supported: {why}")));
     }
-    if kind == "IstioOperator" {
-        return Err(
-            "IstioOperator configures an Istio installation, not traffic; meshd has nothing to \
-             install, remove it from the policy files"
-                .into(),
-        );
+    if let Some((_, why)) = SKIPPED.iter().find(|(k, _)| *k == kind) {
+        return Err(NotRead::Skipped(format!(
+            "{kind} is not read by meshd and is skipped: {why}"
+        )));
     }
-    if UNSUPPORTED.contains(&kind) {
-        return Err(format!("{kind} is not supported by meshd"));
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if group.ends_with("istio.io") || group == "meshd.io" {
+        let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
+        return Err(NotRead::Error(format!(
+            "unknown kind {}: meshd reads {}",
+            super::node::quote(kind),
+            known.join(", ")
+        )));
     }
-    let known: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-    Err(format!(
-        "unknown kind {}: meshd reads {}",
+    Err(NotRead::Skipped(format!(
+        "{} {} is not a resource meshd reads; skipped",
         super::node::quote(kind),
-        known.join(", ")
-    ))
+        match group {
+            "" => "of the core API".to_string(),
+            g => format!("of API group {g}"),
+        }
+    )))
 }
 
 #[cfg(test)]
@@ -181,22 +227,32 @@ mod tests {
 
     #[test]
     fn explains_wrong_versions_and_unknown_kinds() {
-        let e = resolve("security.istio.io/v1alpha3", "PeerAuthentication").unwrap_err();
+        let error = |api, kind| match resolve(api, kind) {
+            Err(NotRead::Error(e)) => e,
+            other => panic!("{kind}: {other:?}"),
+        };
+        let skipped = |api, kind| match resolve(api, kind) {
+            Err(NotRead::Skipped(e)) => e,
+            other => panic!("{kind}: {other:?}"),
+        };
+        let e = error("security.istio.io/v1alpha3", "PeerAuthentication");
         assert!(
             e.contains("use security.istio.io/v1, security.istio.io/v1beta1"),
             "{e}"
         );
-        let e = resolve("networking.istio.io/v1beta1", "EnvoyFilter").unwrap_err();
+        let e = error("networking.istio.io/v1beta1", "EnvoyFilter");
         assert!(e.contains("meshd.io/v1alpha1 RateLimitPolicy"), "{e}");
-        assert!(
-            resolve("v1", "ConfigMap")
-                .unwrap_err()
-                .starts_with("unknown kind")
+        assert!(error("security.istio.io/v1", "RequestAuthentication").contains("JWT"));
+        // A typo in an Istio kind is an error; other APIs' resources are skipped.
+        assert!(error("networking.istio.io/v1", "VirtualServce").starts_with("unknown kind"));
+        assert_eq!(
+            skipped("v1", "ConfigMap"),
+            "\"ConfigMap\" of the core API is not a resource meshd reads; skipped"
         );
-        assert!(
-            resolve("networking.istio.io/v1", "Gateway")
-                .unwrap_err()
-                .contains("not supported")
+        assert_eq!(
+            skipped("apps/v1", "Deployment"),
+            "\"Deployment\" of API group apps is not a resource meshd reads; skipped"
         );
+        assert!(skipped("networking.istio.io/v1", "Gateway").contains("not a gateway"));
     }
 }

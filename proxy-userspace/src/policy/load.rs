@@ -122,51 +122,74 @@ pub fn load_text(file: &Path, text: &str, out: &mut Loaded) {
             .push(Finding::new(file, pos, Severity::Error, msg));
     }
     for doc in parsed.documents {
-        let mut r = Report::new(file);
-        let info = validate::document(&doc.root, &mut r);
-        let ok = r.errors() == 0;
-        out.findings.append(&mut r.findings);
-        let Some(info) = info.filter(|_| ok) else {
-            continue;
-        };
-        let meta = doc.root.get("metadata");
-        let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Node::as_str);
-        let ns = field("namespace").unwrap_or(DEFAULT_NAMESPACE).to_string();
-        let name = field("name").unwrap_or_default().to_string();
-        let name_pos = validate::name_pos(&doc.root);
-        let origin = Origin {
-            file: file.to_path_buf(),
-            document: doc.index,
-            line: doc.root.pos.line,
-            col: doc.root.pos.col,
-        };
-        let at = format!("{}:{}", file.display(), origin.line);
-        let key = (info.kind, ns.clone(), name.clone());
-        if let Some(first) = out.seen.get(&key) {
-            out.findings.push(Finding::new(
-                file,
-                name_pos,
-                Severity::Error,
-                format!(
-                    "metadata.name: {} {ns}/{name} is defined twice (first at {first})",
-                    info.name
-                ),
-            ));
-            continue;
+        match list_items(&doc.root) {
+            Some(items) => {
+                for item in items {
+                    load_document(file, item.clone(), doc.index, out);
+                }
+            }
+            None => load_document(file, doc.root, doc.index, out),
         }
-        out.seen.insert(key, at);
-        let root_pos = doc.root.pos;
-        if let Err(e) = out.set.insert(info.kind, Arc::new(doc.root), origin) {
-            out.findings.push(Finding::new(
-                file,
-                root_pos,
-                Severity::Error,
-                format!(
-                    "internal error reading this {}: {e}; please report it",
-                    info.name
-                ),
-            ));
-        }
+    }
+}
+
+/// The items of a `kind: List` (what `kubectl get -o yaml` writes), each read as a document of
+/// its own, as `istioctl analyze` reads them.
+fn list_items(root: &Node) -> Option<&[Node]> {
+    let kind = root.get("kind").and_then(Node::as_str);
+    let api = root.get("apiVersion").and_then(Node::as_str);
+    if kind != Some("List") || api != Some("v1") {
+        return None;
+    }
+    root.get("items").and_then(Node::items)
+}
+
+/// Validates one document (`index` in its file) and adds it to the set when valid.
+fn load_document(file: &Path, root: Node, index: usize, out: &mut Loaded) {
+    let mut r = Report::new(file);
+    let info = validate::document(&root, &mut r);
+    let ok = r.errors() == 0;
+    out.findings.append(&mut r.findings);
+    let Some(info) = info.filter(|_| ok) else {
+        return;
+    };
+    let meta = root.get("metadata");
+    let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Node::as_str);
+    let ns = field("namespace").unwrap_or(DEFAULT_NAMESPACE).to_string();
+    let name = field("name").unwrap_or_default().to_string();
+    let name_pos = validate::name_pos(&root);
+    let origin = Origin {
+        file: file.to_path_buf(),
+        document: index,
+        line: root.pos.line,
+        col: root.pos.col,
+    };
+    let at = format!("{}:{}", file.display(), origin.line);
+    let key = (info.kind, ns.clone(), name.clone());
+    if let Some(first) = out.seen.get(&key) {
+        out.findings.push(Finding::new(
+            file,
+            name_pos,
+            Severity::Error,
+            format!(
+                "metadata.name: {} {ns}/{name} is defined twice (first at {first})",
+                info.name
+            ),
+        ));
+        return;
+    }
+    out.seen.insert(key, at);
+    let root_pos = root.pos;
+    if let Err(e) = out.set.insert(info.kind, Arc::new(root), origin) {
+        out.findings.push(Finding::new(
+            file,
+            root_pos,
+            Severity::Error,
+            format!(
+                "internal error reading this {}: {e}; please report it",
+                info.name
+            ),
+        ));
     }
 }
 

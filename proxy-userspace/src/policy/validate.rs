@@ -41,9 +41,12 @@ pub fn document(root: &Node, r: &mut Report) -> Option<&'static KindInfo> {
     };
     let info = match kinds::resolve(api, kind) {
         Ok(info) => info,
-        Err(msg) => {
+        Err(not_read) => {
             let at = root.get("kind").map_or(root.pos, |n| n.pos);
-            r.error(at, "kind", msg);
+            match not_read {
+                kinds::NotRead::Error(msg) => r.error(at, "kind", msg),
+                kinds::NotRead::Skipped(msg) => r.warn(at, "kind", msg),
+            }
             return None;
         }
     };

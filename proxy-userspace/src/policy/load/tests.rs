@@ -220,3 +220,57 @@ fn arbitrary_input_never_panics() {
         }
     }
 }
+
+#[test]
+fn kubectl_lists_load_their_items() {
+    let item = |name: &str| {
+        format!(
+            "- apiVersion: security.istio.io/v1\n  kind: PeerAuthentication\n  metadata: {{name: {name}}}\n  spec: {{mtls: {{mode: STRICT}}}}\n"
+        )
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}{}metadata: {{resourceVersion: \"\"}}\n",
+        item("a"),
+        item("b")
+    );
+    let set = load_str("l.yaml".as_ref(), &text).unwrap();
+    let names: Vec<&str> = (set.peer_authentications.iter())
+        .map(|p| p.metadata.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(set.peer_authentications[1].origin.line, 8);
+    // An item's error is reported at its own line.
+    let bad = text.replace(
+        "name: b}\n  spec: {mtls: {mode: STRICT}}",
+        "name: b}\n  spec: {mtls: {mode: NOPE}}",
+    );
+    let Err(LoadFailure::Invalid(f)) = load_str("l.yaml".as_ref(), &bad) else {
+        panic!("expected errors");
+    };
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].line, 11, "{f:?}");
+}
+
+#[test]
+fn other_kinds_beside_the_policies_are_skipped_with_a_warning() {
+    let text = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec: {{replicas: 1}}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec: {{selector: {{istio: ingressgateway}}}}\n---\n{}",
+        pa("a")
+    );
+    let set = load_str("k.yaml".as_ref(), &text).unwrap();
+    assert_eq!(set.peer_authentications.len(), 1);
+    let warnings: Vec<String> = set.warnings.iter().map(|f| f.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(
+        warnings[0],
+        "k.yaml:2:7: warning: kind: \"Deployment\" of API group apps is not a resource meshd reads; skipped"
+    );
+    assert!(
+        warnings[1]
+            .starts_with("k.yaml:7:7: warning: kind: Gateway is not read by meshd and is skipped"),
+        "{warnings:?}"
+    );
+    // A resource that can deny traffic is still refused.
+    let jwt = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec: {}\n";
+    assert!(load_str("j.yaml".as_ref(), jwt).is_err());
+}
