@@ -258,7 +258,8 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
         for host in &vs.spec.hosts {
             let host = fqdn(host, &vs.metadata.namespace);
             if !table.insert(&host, HostRoutes::new(routes.clone())) {
-                tracing::warn!(host, virtual_service = %vs.id(), "host already routed by an earlier VirtualService; ignored here");
+                // Validation's analysis warns of it, with the file and line.
+                tracing::debug!(host, virtual_service = %vs.id(), "host already routed by an earlier VirtualService; ignored here");
             }
         }
     }
@@ -619,12 +620,13 @@ fn compile_endpoint_workloads(set: &PolicySet) -> HashMap<std::net::SocketAddr, 
     out
 }
 
-/// The AuthorizationPolicies as an evaluator; what it cannot honour is logged.
+/// The AuthorizationPolicies as an evaluator. What it cannot honour was reported by the
+/// analysis of the policies, with the file and line.
 fn authorizer(set: &PolicySet) -> crate::security::authz::Authorizer {
     let (a, problems) =
         crate::security::authz::Authorizer::from_set(set, crate::security::DEFAULT_ROOT_NAMESPACE);
     for p in problems {
-        tracing::warn!(problem = %p, "authorization policy");
+        tracing::debug!(problem = %p, "authorization policy");
     }
     a
 }

@@ -10,9 +10,11 @@ use super::{
     set::PolicySet,
 };
 
+mod authorization;
 mod delegates;
 mod duplicates;
 mod rate_limits;
+mod routed_twice;
 mod routes;
 mod selectors;
 mod subsets;
@@ -32,6 +34,8 @@ pub fn analyze(set: &PolicySet) -> Vec<Finding> {
     delegates::check(set, &mut out);
     selectors::check(set, &mut out);
     rate_limits::check(set, &mut out);
+    routed_twice::check(set, &mut out);
+    authorization::check(set, &mut out);
     finding::sort(&mut out);
     out
 }

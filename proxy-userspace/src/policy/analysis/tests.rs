@@ -245,3 +245,44 @@ fn delegation_that_cannot_work_is_a_warning() {
     assert!(f[1].contains("cannot delegate again"), "{f:?}");
     assert!(f[2].contains("none names this one"), "{f:?}");
 }
+
+#[test]
+fn a_host_routed_by_two_virtual_services_is_a_warning() {
+    let vs = |name: &str, host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{host}]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n"
+        )
+    };
+    let f = findings(&format!(
+        "{}---\n{}",
+        vs("a", "reviews"),
+        vs("b", "reviews.default.svc.cluster.local")
+    ));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("13:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is already routed by VirtualService default/a (t.yaml:"),
+        "{f:?}"
+    );
+    assert!(f[0].contains("IST0109"), "{f:?}");
+    // Different hosts, or a VirtualService bound to a gateway only: nothing to say.
+    assert!(
+        findings(&format!(
+            "{}---\n{}",
+            vs("a", "reviews"),
+            vs("b", "ratings")
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
+fn conditions_meshd_cannot_see_are_a_warning() {
+    let f = findings(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: sni}\nspec:\n  rules:\n  - when: [{key: connection.sni, values: [a.example]}]\n",
+    );
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("6:5: warning: spec.rules[0]: AuthorizationPolicy default/sni: rules[0]: condition \"connection.sni\" is not something meshd can see"),
+        "{f:?}"
+    );
+}

@@ -6,7 +6,7 @@ use crate::policy::{
     node::{Node, quote},
     report::{self, Report},
     rules,
-    schema::{Obj, STR, Ty, obj, opt, req},
+    schema::{Obj, STR, Ty, obj, opt, req, warned},
 };
 
 static MTLS: Obj = obj(&[opt(
@@ -39,21 +39,80 @@ fn check_peer_authentication(node: &Node, path: &str, _at: Pos, r: &mut Report) 
 
 const IP_BLOCKS: Ty = Ty::List(&Ty::Str(rules::ip_or_cidr));
 const PORTS: Ty = Ty::List(&Ty::Str(rules::port_string));
+const ACCOUNTS: Ty = Ty::List(&Ty::Str(service_account));
+const PATHS: Ty = Ty::List(&Ty::Str(path_template));
 
-static SOURCE: Obj = obj(&[
+/// A service account, `NAME` (in the policy's namespace) or `NAMESPACE/NAME`, as Istio's
+/// validation takes it: no wildcard.
+fn service_account(s: &str) -> Result<(), String> {
+    let ok = match s.split_once('/') {
+        Some((ns, sa)) => !ns.is_empty() && !sa.is_empty() && !sa.contains('/'),
+        None => !s.is_empty(),
+    };
+    if !ok || s.contains('*') {
+        return Err(format!(
+            "{} is not a service account: use NAME (in the policy's namespace) or NAMESPACE/NAME, without wildcards",
+            quote(s)
+        ));
+    }
+    Ok(())
+}
+
+/// A path, or a template whose `{*}` and `{**}` are whole segments and `{**}` the last one
+/// (Istio's `CheckValidPathTemplate`).
+fn path_template(s: &str) -> Result<(), String> {
+    match crate::security::authz::matchers::PathPattern::parse(s) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{} is not a valid path template: {{*}} and {{**}} must each be a whole segment, {{**}} the last, and no other {{, }} or * may appear beside them",
+            quote(s)
+        )),
+    }
+}
+
+static SOURCE: Obj = Obj {
+    fields: SOURCE_FIELDS,
+    one_of: &[],
+    check: Some(check_source),
+};
+
+/// Istio refuses service accounts beside principals or namespaces in one source.
+fn check_source(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    let accounts = ["serviceAccounts", "notServiceAccounts"];
+    let others = ["principals", "notPrincipals", "namespaces", "notNamespaces"];
+    if let Some(e) = accounts.iter().find_map(|k| node.entry(k))
+        && let Some(other) = others.iter().find(|k| node.entry(k).is_some())
+    {
+        r.error(
+            e.key_pos,
+            &report::key(path, &e.key),
+            format!("cannot be set together with {other} (Istio refuses it)"),
+        );
+    }
+}
+
+const SOURCE_FIELDS: &[crate::policy::schema::Field] = &[
     opt("principals", STRINGS),
     opt("notPrincipals", STRINGS),
-    opt("requestPrincipals", STRINGS),
-    opt("notRequestPrincipals", STRINGS),
+    warned(
+        "requestPrincipals",
+        STRINGS,
+        "meshd does not validate JWTs, so no request has a request principal: this never matches",
+    ),
+    warned(
+        "notRequestPrincipals",
+        STRINGS,
+        "meshd does not validate JWTs, so no request has a request principal: every request matches this",
+    ),
     opt("namespaces", STRINGS),
     opt("notNamespaces", STRINGS),
-    opt("serviceAccounts", STRINGS),
-    opt("notServiceAccounts", STRINGS),
+    opt("serviceAccounts", ACCOUNTS),
+    opt("notServiceAccounts", ACCOUNTS),
     opt("ipBlocks", IP_BLOCKS),
     opt("notIpBlocks", IP_BLOCKS),
     opt("remoteIpBlocks", IP_BLOCKS),
     opt("notRemoteIpBlocks", IP_BLOCKS),
-]);
+];
 
 static OPERATION: Obj = obj(&[
     opt("hosts", STRINGS),
@@ -62,8 +121,8 @@ static OPERATION: Obj = obj(&[
     opt("notPorts", PORTS),
     opt("methods", STRINGS),
     opt("notMethods", STRINGS),
-    opt("paths", STRINGS),
-    opt("notPaths", STRINGS),
+    opt("paths", PATHS),
+    opt("notPaths", PATHS),
 ]);
 
 /// Attribute names a `when` condition may test (exact names, then prefixes).
@@ -106,6 +165,36 @@ static CONDITION: Obj = Obj {
 fn check_condition(node: &Node, path: &str, at: Pos, r: &mut Report) {
     if node.get("values").is_none() && node.get("notValues").is_none() {
         r.error(at, path, "set values or notValues");
+    }
+    let key = node.get("key").and_then(Node::as_str);
+    if let Some(k) = key.filter(|k| k.starts_with("request.auth."))
+        && let Some(e) = node.entry("key")
+    {
+        r.warn(
+            e.value.pos,
+            &report::key(path, "key"),
+            format!(
+                "meshd does not validate JWTs, so {k} is always absent: values never match, notValues always do"
+            ),
+        );
+    }
+    // The values of keys with a syntax, checked as the same fields of a source are.
+    let rule: Option<rules::StrRule> = match key {
+        Some("source.ip" | "remote.ip" | "destination.ip") => Some(rules::ip_or_cidr),
+        Some("destination.port") => Some(rules::port_string),
+        Some("source.serviceAccount") => Some(service_account),
+        _ => None,
+    };
+    let Some(rule) = rule else { return };
+    for field in ["values", "notValues"] {
+        let Some(list) = node.get(field).and_then(Node::items) else {
+            continue;
+        };
+        for (i, v) in list.iter().enumerate() {
+            if let Some(Err(e)) = v.as_str().map(rule) {
+                r.error(v.pos, &report::index(&report::key(path, field), i), e);
+            }
+        }
     }
 }
 

@@ -547,3 +547,67 @@ fn traffic_distribution_takes_kubernetes_values() {
         ]
     );
 }
+
+#[test]
+fn authorization_values_istio_refuses_are_errors() {
+    let ap = |rule: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\nspec:\n  action: DENY\n  rules:\n  - {rule}\n"
+        )
+    };
+    // A service account without its namespace is one of the policy's namespace.
+    assert!(check(&ap("from: [{source: {serviceAccounts: [sleep, bar/web]}}]")).is_empty());
+    assert_eq!(
+        check(&ap("from: [{source: {serviceAccounts: [\"*\"]}}]")),
+        [
+            "9:40: error: spec.rules[0].from[0].source.serviceAccounts[0]: \"*\" is not a service account: use NAME (in the policy's namespace) or NAMESPACE/NAME, without wildcards"
+        ]
+    );
+    assert_eq!(
+        check(&ap(
+            "from: [{source: {serviceAccounts: [a], namespaces: [foo]}}]"
+        )),
+        [
+            "9:22: error: spec.rules[0].from[0].source.serviceAccounts: cannot be set together with namespaces (Istio refuses it)"
+        ]
+    );
+    for bad in ["/admin/{*}.json", "/a/{**}/b", "/a/{*}/{x}"] {
+        let f = check(&ap(&format!(
+            "to: [{{operation: {{paths: [/admin, \"{bad}\"]}}}}]"
+        )));
+        assert_eq!(f.len(), 1, "{bad}: {f:?}");
+        assert!(
+            f[0].contains("spec.rules[0].to[0].operation.paths[1]: ")
+                && f[0].contains("is not a valid path template"),
+            "{f:?}"
+        );
+    }
+    assert!(
+        check(&ap(
+            "to: [{operation: {paths: [\"/a/{*}/b\", \"/a/{**}\", \"/a/{**}/\"]}}]"
+        ))
+        .is_empty()
+    );
+    let when = |key: &str, value: &str| {
+        check(&ap(&format!(
+            "when: [{{key: {key}, values: [\"{value}\"]}}]"
+        )))
+    };
+    assert_eq!(
+        when("destination.port", "http"),
+        ["9:45: error: spec.rules[0].when[0].values[0]: \"http\" is not a port number (1-65535)"]
+    );
+    assert_eq!(when("source.ip", "10.0.0.0/33").len(), 1);
+    assert_eq!(when("source.serviceAccount", "a/b/c").len(), 1);
+    assert!(when("source.serviceAccount", "sleep").is_empty());
+}
+
+#[test]
+fn jwt_attributes_are_a_warning() {
+    let f = check(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n    when: [{key: \"request.auth.claims[iss]\", values: [x]}]\n",
+    );
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(f[0].starts_with("6:22: warning: spec.rules[0].from[0].source.requestPrincipals: meshd does not validate JWTs"), "{f:?}");
+    assert!(f[1].contains("warning: spec.rules[0].when[0].key: meshd does not validate JWTs, so request.auth.claims[iss] is always absent"), "{f:?}");
+}

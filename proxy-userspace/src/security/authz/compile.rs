@@ -16,8 +16,10 @@ use crate::{
 
 /// The compiled policy, or `None` (with the reason in `errors`) for an unknown action. A
 /// CUSTOM policy, whose provider meshd cannot call, compiles to a DENY of everything, as istiod
-/// generates a deny-all when it cannot use a CUSTOM policy's provider: it fails closed. A rule with an unparsable value is left out and reported: an ALLOW policy then
-/// allows less, a DENY policy denies less (Istio skips such rules the same way).
+/// generates a deny-all when it cannot use a CUSTOM policy's provider: it fails closed.
+/// Validation refuses the values Istio's admission refuses, so a loaded policy compiles whole;
+/// should a rule still have an unparsable value, it is left out and reported: an ALLOW policy
+/// then allows less, a DENY policy denies less.
 pub(super) fn policy(
     p: &AuthorizationPolicy,
     services: &[&ServiceEntry],
@@ -50,6 +52,7 @@ pub(super) fn policy(
     for (index, r) in spec_rules.iter().enumerate() {
         let mut b = Builder {
             policy: &id,
+            namespace: &p.metadata.namespace,
             index,
             errors,
         };
@@ -161,6 +164,8 @@ type Result<T> = std::result::Result<T, SecurityError>;
 
 struct Builder<'a> {
     policy: &'a str,
+    /// The policy's namespace, that of a service account named without one.
+    namespace: &'a str,
     index: usize,
     errors: &'a mut Vec<SecurityError>,
 }
@@ -219,14 +224,16 @@ impl Builder<'_> {
         Ok(Test::DestinationPort(ports))
     }
 
+    /// `NAMESPACE/NAME`, or `NAME` in the policy's namespace (Istio's `serviceAccountRegex`).
     fn accounts(&self, field: &str, v: &[String]) -> Result<Test> {
         let account = |s: &str| match s.split_once('/') {
             Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
                 Some((ns.to_string(), sa.to_string()))
             }
+            None if !s.is_empty() => Some((self.namespace.to_string(), s.to_string())),
             _ => None,
         };
-        let accounts = self.each(field, v, "<namespace>/<service account>", account)?;
+        let accounts = self.each(field, v, "NAME or NAMESPACE/NAME", account)?;
         Ok(Test::ServiceAccount(accounts))
     }
 

@@ -138,7 +138,9 @@ impl PathPattern {
             let at = s.len() - rest.len() + lit.len();
             let whole_segment = op.is_empty()
                 || (s[..at].ends_with('/') && (after.is_empty() || after.starts_with('/')));
-            if lit.contains(['*', '{', '}']) || (after_any && !op.is_empty()) || !whole_segment {
+            // Nothing may follow `{**}` but a final `/` (Istio's `CheckValidPathTemplate`).
+            let after_any_ok = !after_any || (op.is_empty() && matches!(lit, "" | "/"));
+            if lit.contains(['*', '{', '}']) || !after_any_ok || !whole_segment {
                 return None;
             }
             after_any |= op == ".*";

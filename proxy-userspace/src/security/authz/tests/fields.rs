@@ -28,8 +28,12 @@ fn cases() -> Vec<(&'static str, Req, bool)> {
         (r#"{from: [{source: {namespaces: ["*"]}}]}"#, r().plaintext(), false),
         (r#"{from: [{source: {notNamespaces: ["foo"]}}]}"#, r(), false),
         (r#"{from: [{source: {notNamespaces: ["foo"]}}]}"#, r().plaintext(), true),
-        // serviceAccounts: namespace/name, exact
+        // serviceAccounts: namespace/name, exact; a name alone is in the policy's namespace
         (r#"{from: [{source: {serviceAccounts: ["foo/sleep"]}}]}"#, r(), true),
+        (r#"{from: [{source: {serviceAccounts: ["sleep"]}}]}"#, r(), true),
+        (r#"{from: [{source: {serviceAccounts: ["other"]}}]}"#, r(), false),
+        (r#"{from: [{source: {notServiceAccounts: ["sleep"]}}]}"#, r(), false),
+        (r#"{when: [{key: source.serviceAccount, values: ["sleep"]}]}"#, r(), true),
         (r#"{from: [{source: {serviceAccounts: ["bar/sleep"]}}]}"#, r(), false),
         (r#"{from: [{source: {serviceAccounts: ["foo/sleep"]}}]}"#, r().plaintext(), false),
         (r#"{from: [{source: {notServiceAccounts: ["foo/sleep"]}}]}"#, r(), false),

@@ -167,7 +167,7 @@ fn rules_with_invalid_values_are_skipped_and_reported() {
             "to[0].operation.notPaths",
         ),
         (
-            json!({"from": [{"source": {"serviceAccounts": ["sleep"]}}]}),
+            json!({"from": [{"source": {"serviceAccounts": ["foo/sleep/x"]}}]}),
             "from[0].source.serviceAccounts",
         ),
         (
