@@ -100,6 +100,42 @@ fn a_route_timeout_returns_504_ut() {
         "answered at the timeout, not after the backend"
     );
     assert!(d.log_text().contains("status=504 flags=UT"));
+    // As Envoy logs them, a timed-out request names the endpoint it was waiting for, and so
+    // does one whose client left first (DC), under the service routed to.
+    let v1_host = format!(r#""upstream_host":"{}""#, v1.addr);
+    let line = |flag: &str| {
+        let flag = format!(r#""response_flags":"{flag}""#);
+        support::eventually(std::time::Duration::from_secs(5), || {
+            (d.log_text().lines())
+                .find(|l| l.contains(&flag))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no {flag} line:\n{}", d.log_text()))
+    };
+    let ut = line("UT");
+    assert!(ut.contains(&v1_host), "{ut}");
+    let left = d
+        .exec(
+            "default/productpage",
+            &[
+                "curl",
+                "-sS",
+                "-m",
+                "0.1",
+                "--resolve",
+                "reviews:9080:127.0.0.50",
+                "http://reviews:9080/sleep/3000",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(!left.status.success(), "the client gave up first");
+    let dc = line("DC");
+    assert!(dc.contains(&v1_host), "{dc}");
+    assert!(
+        dc.contains(r#""upstream_cluster":"reviews.default.svc.cluster.local""#),
+        "{dc}"
+    );
 }
 
 #[test]

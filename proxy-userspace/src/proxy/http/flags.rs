@@ -31,6 +31,7 @@ flags! {
     DURATION_TIMEOUT = 12, "DT", "The request's gRPC deadline (grpc-timeout) expired.";
     DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE", "The client's request broke the protocol (a malformed body).";
     UPSTREAM_PROTOCOL_ERROR = 14, "UPE", "The upstream's response broke the protocol (a malformed head).";
+    UPSTREAM_REMOTE_RESET = 15, "UR", "The upstream reset or refused the request's HTTP/2 stream.";
 }
 
 impl ResponseFlags {

@@ -67,9 +67,10 @@ pub async fn handle(
         down,
         ctx,
         status: None,
+        // Filled as the request is routed and sent: a client that leaves before the answer
+        // is logged with the service, cluster and endpoint known by then, as Envoy logs it.
         rec: Record::default(),
     };
-    let mut rec = Record::default();
     // HTTP/1 requests were framed by the guard on the connection, in the same order.
     let smuggling = if req.version() < Version::HTTP_2 {
         verdicts
@@ -102,15 +103,18 @@ pub async fn handle(
             log.ctx
                 .metrics
                 .overflow("workload", &shed.workload, &shed.kind.to_string());
-            rec.fail(ResponseFlags::UPSTREAM_OVERFLOW, shed.to_string());
+            log.rec
+                .fail(ResponseFlags::UPSTREAM_OVERFLOW, shed.to_string());
             send::overloaded(format!("{shed}\n"))
         }
         (Some(framing::Rejection { status, reason }), _) => {
             tracing::warn!(reason, status, peer = %log.down.peer, "refused a request before forwarding it");
-            rec.reason = Some(format!("refused before forwarding: {reason}"));
+            log.rec.reason = Some(format!("refused before forwarding: {reason}"));
             // A protocol error, as Envoy flags its own (a refused CONNECT is not one).
             if status != 403 {
-                rec.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                log.rec
+                    .flags
+                    .insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
             }
             let body = match status {
                 400 => format!("bad request: {reason}\n"),
@@ -124,7 +128,13 @@ pub async fn handle(
         (None, _) => {
             let mut cors = None;
             let mut resp = forward(
-                req, ask, &log.down, &log.ctx, &mut rec, &mut cors, log.start,
+                req,
+                ask,
+                &log.down,
+                &log.ctx,
+                &mut log.rec,
+                &mut cors,
+                log.start,
             )
             .await;
             if let Some((rules, origin)) = cors {
@@ -150,7 +160,6 @@ pub async fn handle(
         .get(GRPC_STATUS)
         .filter(|v| v.to_str().is_ok())
         .cloned();
-    log.rec = rec;
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
     Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))

@@ -110,7 +110,23 @@ impl UpstreamError {
         }
     }
 
+    /// How an HTTP/2 upstream ended the stream itself, if it did: a reset (RST_STREAM), or a
+    /// refusal (REFUSED_STREAM, or a GOAWAY before the stream was processed).
+    fn remote_reset(&self) -> Option<&'static str> {
+        let UpstreamError::Send { source, .. } = self else {
+            return None;
+        };
+        if super::send::refused_stream(source) {
+            return Some("remote refused stream reset");
+        }
+        let e = source.downcast_ref::<::h2::Error>()?;
+        (e.is_reset() && e.is_remote()).then_some("remote reset")
+    }
+
     pub fn flag(&self) -> ResponseFlags {
+        if self.remote_reset().is_some() {
+            return ResponseFlags::UPSTREAM_REMOTE_RESET;
+        }
         match self {
             UpstreamError::Send { .. } => ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             UpstreamError::Protocol { .. } => ResponseFlags::UPSTREAM_PROTOCOL_ERROR,
@@ -121,6 +137,9 @@ impl UpstreamError {
 
     /// Envoy's reset reason, for the body of the 503 the client gets.
     pub fn reset_reason(&self) -> &'static str {
+        if let Some(reason) = self.remote_reset() {
+            return reason;
+        }
         match self {
             UpstreamError::Send { .. } => "connection termination",
             UpstreamError::Protocol { .. } => "protocol error",

@@ -406,12 +406,14 @@ fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
 }
 
 /// Whether an HTTP/2 upstream refused the stream (it did not process the request): a
-/// REFUSED_STREAM reset, or a graceful GOAWAY that came before the stream could be processed
-/// (a stream above its last stream id, or one opened as it arrived), as Envoy counts them.
-fn refused_stream(e: &super::body::BoxError) -> bool {
+/// REFUSED_STREAM reset, or a GOAWAY that came before the stream could be processed (a stream
+/// above its last stream id, or one opened as it arrived), whatever the GOAWAY's error code,
+/// as Envoy's codecs close such streams with REFUSED_STREAM (RFC 9113 section 8.7). h2 gives
+/// the GOAWAY's error only to those streams; one it had processed fails, if at all, with the
+/// connection's end.
+pub(super) fn refused_stream(e: &super::body::BoxError) -> bool {
     e.downcast_ref::<h2::Error>().is_some_and(|e| {
-        e.reason() == Some(h2::Reason::REFUSED_STREAM)
-            || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR))
+        e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
     })
 }
 
@@ -680,9 +682,9 @@ pub async fn with_policy(
     }
     // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
     let mut last: Option<SocketAddr> = None;
-    // Whether that attempt went through the mTLS tunnel, for `connection_security_policy`.
-    let mut last_tunnelled: Option<bool> = None;
     let mut tried = 0u32;
+    // The attempts started.
+    let mut started = 0u32;
     let stat_prefix = rec.stat_prefix.clone();
     // Built in place and pinned once: one slot for the attempts' state, whichever way they
     // are awaited (a moved-from local would keep a second).
@@ -705,6 +707,7 @@ pub async fn with_policy(
                 plan.upstream.try_slot(Counter::Retries, max)
             },
             |n| {
+                started = n;
                 let attempt = attempt_count(n);
                 let req = match (&replayable, once.take()) {
                     (Some(r), _) => Outgoing::Buffered {
@@ -722,10 +725,19 @@ pub async fn with_policy(
                 last = target.as_ref().ok().copied();
                 // How to reach the endpoint: resolved once per attempt.
                 let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
-                last_tunnelled = upstream
-                    .as_ref()
-                    .and_then(|u| u.as_ref().ok())
-                    .map(|t| t.via.is_some());
+                // Recorded as each attempt starts, as Envoy's upstream host: a request the
+                // route timeout ends, or whose client leaves, is logged with it.
+                rec.retries = n - 1;
+                rec.upstream_host = last;
+                rec.security_policy = (upstream.as_ref()).and_then(|u| u.as_ref().ok()).map(|t| {
+                    if t.via.is_some() {
+                        "mutual_tls"
+                    } else {
+                        "none"
+                    }
+                });
+                rec.destination_workload =
+                    last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
                 let stat_prefix = stat_prefix.as_deref();
                 async move {
                     let target = target.map_err(Failed::NoEndpoint)?;
@@ -772,15 +784,16 @@ pub async fn with_policy(
     };
     // The response's body is bounded from the request's end, if it has ended by now.
     let deadline = deadline.or_else(|| limit.and_then(|t| received.ended_at().map(|end| end + t)));
+    // Counted even when the route timeout ended the attempts.
+    if started > 1 {
+        ctx.metrics.retries(u64::from(started - 1));
+    }
     let Some(attempts) = attempts else {
         return match expiry {
             Expiry::Route => timed_out(rec),
             Expiry::Grpc => deadline_exceeded(rec),
         };
     };
-    if attempts.tries > 1 {
-        ctx.metrics.retries(u64::from(attempts.tries - 1));
-    }
     if attempts.overflow {
         let (limit, reason) = match &plan.limits.retry_budget {
             Some(b) => (
@@ -806,11 +819,6 @@ pub async fn with_policy(
     if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
         ctx.metrics.overflow("cluster", &plan.cluster, limit);
     }
-    rec.retries = attempts.tries - 1;
-    rec.upstream_host = last;
-    rec.security_policy = last_tunnelled.map(|t| if t { "mutual_tls" } else { "none" });
-    rec.destination_workload =
-        last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
     match attempts.last {
         Ok(resp) => {
             if attempts.exhausted {
@@ -848,6 +856,34 @@ pub async fn with_policy(
 mod tests {
     use super::*;
 
+    /// The error a request's stream gets when the server answers it with a GOAWAY of `reason`
+    /// that processed no stream, over a real h2 connection in memory.
+    fn h2_go_away(reason: h2::Reason) -> h2::Error {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+            let server = tokio::spawn(async move {
+                let mut conn = h2::server::handshake(server_io).await.unwrap();
+                conn.abrupt_shutdown(reason);
+                while conn.accept().await.is_some() {}
+            });
+            let (mut sender, conn) = h2::client::handshake(client_io).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = hyper::Request::get("http://x/").body(()).unwrap();
+            let result = match sender.send_request(req, true) {
+                Ok((resp, _)) => resp.await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let _ = server.await;
+            result.expect_err("the stream was refused")
+        })
+    }
+
     #[test]
     fn only_refused_streams_count_as_refused() {
         let refused: super::super::body::BoxError =
@@ -857,6 +893,16 @@ mod tests {
         assert!(!refused_stream(&cancelled));
         let other: super::super::body::BoxError = "connection reset".into();
         assert!(!refused_stream(&other));
+        // A stream above a GOAWAY's last stream id was never processed, whatever its code.
+        for reason in [
+            h2::Reason::NO_ERROR,
+            h2::Reason::ENHANCE_YOUR_CALM,
+            h2::Reason::INTERNAL_ERROR,
+        ] {
+            let go_away = h2_go_away(reason);
+            assert!(go_away.is_go_away() && go_away.is_remote());
+            assert!(refused_stream(&go_away.into()), "{reason:?}");
+        }
     }
 
     #[test]
