@@ -246,3 +246,119 @@ fn sigterm_during_the_start_still_removes_the_cgroups() {
     }
     panic!("meshd was never caught before serving in 5 attempts");
 }
+
+/// A raw HTTP/1.1 client in the workload: a GET on a kept-alive connection, then, for a
+/// WebSocket, an upgrade and an echo; after "ready" it waits for meshd's drain and reports what
+/// its connection did: "eof" (closed), "open", or the echo of what it sent after the drain.
+const DRAIN_CLIENT: &str = r#"
+import socket, sys, time
+addr, mode = sys.argv[1], sys.argv[2]
+host, port = addr.rsplit(":", 1)
+s = socket.create_connection((host, int(port)))
+if mode == "idle":
+    s.sendall(b"GET /whoami HTTP/1.1\r\nHost: b\r\n\r\n")
+else:
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: b\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+buf = b""
+while b"\r\n\r\n" not in buf:
+    buf += s.recv(65536)
+head, _, rest = buf.partition(b"\r\n\r\n")
+assert head.split(b" ")[1] in (b"200", b"101"), head
+print("ready", flush=True)
+sys.stdin.readline()
+if mode == "idle":
+    s.settimeout(8)
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                print("eof")
+                break
+    except socket.timeout:
+        print("open")
+else:
+    time.sleep(1)
+    s.sendall(b"after-drain")
+    s.settimeout(5)
+    got = b""
+    while b"after-drain" not in got:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    print("echo" if b"after-drain" in got else "lost")
+"#;
+
+#[test]
+fn sigterm_closes_idle_http_connections_keeps_accepting_and_carries_websockets() {
+    use std::io::{BufRead, BufReader, Write};
+    if !ebpf_available("http_drain") {
+        return;
+    }
+    let b = support::http_backend::HttpBackend::start("127.0.0.1:0");
+    let mut d = Daemon::start("http-drain", 260, &["--drain-timeout", "10s"]);
+    let addr = b.addr.to_string();
+    let client = |mode: &str| {
+        let mut c = d
+            .exec(
+                "default/drain",
+                &["python3", "-c", DRAIN_CLIENT, &addr, mode],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "{mode}");
+        (c, out)
+    };
+    let (mut idle, mut idle_out) = client("idle");
+    let (mut ws, mut ws_out) = client("websocket");
+    // The WebSocket is a connection like any other: listed while it is open.
+    let listed = d.get("/connections");
+    assert_eq!(listed.matches(&addr).count(), 2, "{listed}");
+    d.signal(libc::SIGTERM);
+    for c in [&mut idle, &mut ws] {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    // The idle keep-alive connection is closed at once, as Envoy closes idle ones.
+    let mut line = String::new();
+    idle_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "eof");
+    // A workload's new connection during the drain is still served (not refused), and closed
+    // after its response.
+    let out = d
+        .exec(
+            "default/late",
+            &[
+                "curl",
+                "-sS",
+                "-i",
+                "--max-time",
+                "5",
+                &format!("http://{addr}/whoami"),
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("http/1.1 200") && text.contains("connection: close"),
+        "{text}"
+    );
+    // The WebSocket is carried through the drain (it used to be cut at once).
+    let mut line = String::new();
+    ws_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "echo");
+    let _ = idle.wait();
+    let _ = ws.wait();
+    let status = d.stop();
+    assert!(status.success(), "log:\n{}", d.log_text());
+}

@@ -351,6 +351,7 @@ fn serve(
         .map(|l| l.local_addr().expect("bound outbound address"))
         .collect();
 
+    let (drain, watch) = drain::channel();
     let ctx = Arc::new(outbound::Outbound {
         maps: maps.clone(),
         workloads: workloads.clone(),
@@ -364,11 +365,11 @@ fn serve(
             metrics.clone(),
             access,
             tracer,
+            watch.clone(),
         ),
         own: outbound.iter().copied().chain([admin]).collect(),
         zero_copy: settings.zero_copy_relay(),
     });
-    let (drain, watch) = drain::channel();
     let mut listeners = tokio::task::JoinSet::new();
     for l in outbound_listeners {
         listeners.spawn(outbound::serve(

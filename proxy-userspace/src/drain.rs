@@ -31,6 +31,11 @@ impl Watch {
     pub async fn signaled(&mut self) {
         let _ = self.rx.wait_for(|d| *d).await;
     }
+
+    /// Whether draining has started.
+    pub fn draining(&self) -> bool {
+        *self.rx.borrow()
+    }
 }
 
 /// SIGTERM and SIGINT, listened for from before meshd starts: one that arrives during the

@@ -7,7 +7,6 @@ use tokio::{
     io::{AsyncWriteExt, copy_bidirectional_with_sizes},
     net::{TcpListener, TcpStream},
     task::JoinSet,
-    time::timeout,
 };
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -139,7 +138,15 @@ pub async fn serve_for(
 ) {
     let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
     let mut conns = JoinSet::new();
+    // Once draining, the deadline for the connections still open.
+    let mut until: Option<tokio::time::Instant> = None;
     loop {
+        let expires = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -151,25 +158,31 @@ pub async fn serve_for(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = drain.signaled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {
+                if until.is_some() && conns.is_empty() {
+                    break;
+                }
+            }
+            // As Envoy's listeners during a drain, this one still accepts: the eBPF programs
+            // send workloads' connects here until meshd detaches them on exit, and a refused
+            // connect would fail the workload. HTTP connections close gracefully (see
+            // `http::serve`); the drain ends when none is left, or at the deadline.
+            _ = drain.signaled(), if until.is_none() => {
+                if conns.is_empty() {
+                    break;
+                }
+                tracing::info!(open = conns.len(), ?deadline, "waiting for open connections to finish");
+                until = Some(tokio::time::Instant::now() + deadline);
+            }
+            () = expires => {
+                warn!(
+                    open = conns.len(),
+                    "drain deadline passed; closing the remaining connections"
+                );
+                conns.shutdown().await;
+                break;
+            }
         }
-    }
-    drop(listener);
-    let open = conns.len();
-    if open > 0 {
-        tracing::info!(open, ?deadline, "waiting for open connections to finish");
-    }
-    let finished = timeout(deadline, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    if finished.is_err() {
-        warn!(
-            open = conns.len(),
-            "drain deadline passed; closing the remaining connections"
-        );
-        conns.shutdown().await;
     }
 }
 
@@ -288,6 +301,7 @@ async fn proxy(
                 workload,
                 principal,
                 life: Default::default(),
+                upgraded: Default::default(),
             },
             ctx.http.clone(),
             detected == Detected::Http2,
@@ -383,6 +397,7 @@ async fn proxy(
         workload: workload.clone(),
         principal: principal.clone(),
         life: Default::default(),
+        upgraded: Default::default(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
         sockopt::set_reset_on_close(&down);

@@ -1151,12 +1151,13 @@ async fn upgrade_once(
         Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let up_up = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
+                // Run by the connection's task once hyper hands the connection over.
+                down.upgraded.set(Box::pin(async move {
                     if let (Ok(d), Ok(u)) = (down_up.await, up_up.await) {
                         let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
                         let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
                     }
-                });
+                }));
             }
             resp.map(body::boxed)
         }

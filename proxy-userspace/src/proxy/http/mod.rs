@@ -78,6 +78,8 @@ pub struct HttpContext {
     pub locality: Option<locality::Locality>,
     pub access: Arc<crate::telemetry::AccessLog>,
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
+    /// meshd's drain: HTTP connections are then closed gracefully.
+    pub drain: crate::drain::Watch,
 }
 
 impl HttpContext {
@@ -88,6 +90,7 @@ impl HttpContext {
         metrics: Arc<Metrics>,
         access: Arc<crate::telemetry::AccessLog>,
         tracer: Arc<crate::telemetry::trace::Tracer>,
+        drain: crate::drain::Watch,
     ) -> Arc<HttpContext> {
         Arc::new(HttpContext {
             pool: Pool::new(settings.connect_timeout, tunnel.clone()),
@@ -110,6 +113,7 @@ impl HttpContext {
             ),
             access,
             tracer,
+            drain,
         })
     }
 }
@@ -406,6 +410,32 @@ pub struct Downstream {
     /// Ended when the connection closes: its partition of the pool (`proxyProtocol`) keeps no
     /// upstream connection after that.
     pub life: pool::proxy_protocol::ClientLife,
+    /// The WebSocket relay, once the connection is upgraded.
+    pub upgraded: Upgraded,
+}
+
+/// The relay of a connection upgraded to WebSocket. The connection's own task runs it once
+/// hyper has handed the connection over, so the connection stays listed, counted and drained
+/// (closed at the drain deadline) for as long as it is open.
+#[derive(Clone, Default)]
+pub struct Upgraded(Arc<std::sync::Mutex<Option<Relay>>>);
+
+type Relay = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Upgraded {
+    fn set(&self, relay: Relay) {
+        *self.0.lock().expect("upgrade lock") = Some(relay);
+    }
+
+    fn take(&self) -> Option<Relay> {
+        self.0.lock().expect("upgrade lock").take()
+    }
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upgraded")
+    }
 }
 
 impl Downstream {
@@ -418,10 +448,37 @@ impl Downstream {
     }
 }
 
+/// Serves a connection until it ends; once meshd drains, gracefully, as Envoy drains its HTTP
+/// connections: an HTTP/1.1 connection closes after the response in flight (with `Connection:
+/// close`), or at once when idle; an HTTP/2 one gets a GOAWAY and ends with its open streams.
+/// (The connection type's bounds make a macro simpler than a function.)
+macro_rules! until_drained {
+    ($conn:expr, $drain:expr, $draining:expr) => {{
+        let mut conn = std::pin::pin!($conn);
+        if $draining {
+            conn.await
+        } else {
+            tokio::select! {
+                biased;
+                served = conn.as_mut() => served,
+                () = $drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    }};
+}
+
 /// Serves HTTP on a captured connection until the client closes it. `h2` says the connection
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
+    let upgraded = down.upgraded.clone();
+    let mut drain = ctx.drain.clone();
+    // A connection accepted while meshd drains is served, one request at a time: an HTTP/1.1
+    // one is closed after its first response.
+    let draining = drain.draining();
     let (down_log, ctx_log) = (down.clone(), ctx.clone());
     // What the client connection's end releases: its PROXY protocol partitions of the pool.
     let (pool, client, life) = (ctx.pool.clone(), (down.peer, down.dst), down.life.clone());
@@ -435,7 +492,7 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
         // One flattened buffer per write: for small messages, measured cheaper than queued
         // vectored writes (bench http).
         .writev(false)
-        .keep_alive(true);
+        .keep_alive(!draining);
     // The same limit on an HTTP/2 request's headers (h2's own default is 16 KiB).
     builder
         .http2()
@@ -454,13 +511,18 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
                 verdicts.clone(),
             ))
         });
-        builder.serve_connection_with_upgrades(io, svc).await
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        until_drained!(conn, drain, draining)
     } else {
         let svc = service_fn(move |req| {
             forward::handle(req, down.clone(), ctx.clone(), verdicts.clone())
         });
-        builder.serve_connection_with_upgrades(io, svc).await
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        until_drained!(conn, drain, draining)
     };
+    if let Some(relay) = upgraded.take() {
+        relay.await;
+    }
     if let Err(e) = served {
         // A head hyper refused (it answered 400 or 431 itself) is logged and counted as a
         // request, as Envoy logs its downstream protocol errors.
