@@ -222,3 +222,41 @@ fn requests_in_flight_finish_on_the_snapshot_they_started_with() {
     let code = mesh::status(&d, "http://reviews:9080/sleep/1500");
     assert_eq!(code, "504");
 }
+
+#[test]
+fn a_file_written_in_place_is_read_once_its_writer_closes_it() {
+    use std::io::Write;
+    if !ebpf_available("reload_in_place") {
+        return;
+    }
+    let dir = std::env::temp_dir().join("meshd-test-reload-in-place");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("all.yaml"), format!("{SERVICE}---\n{ROUTE_V1}")).unwrap();
+    let d = Daemon::start("reload-in-place", 261, &["--config", dir.to_str().unwrap()]);
+    let gen1 = generation(&d);
+    let routed = |d: &Daemon| dump(d)["snapshot"]["compiled"]["route_hosts"].clone();
+    let before = routed(&d);
+    assert_ne!(before, serde_json::json!([]));
+    // Rewritten in place as a shell's `>` does, by a slow writer: truncated, half written,
+    // and the rest a second later. The half (the ServiceEntry alone) is valid, and must not
+    // go live.
+    let mut f = std::fs::File::create(dir.join("all.yaml")).unwrap();
+    f.write_all(format!("{SERVICE}---\n").as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(generation(&d), gen1, "a half-written file was applied");
+    f.write_all(
+        ROUTE_V1
+            .replace("weight: 100", "weight: 100\n    timeout: 3s")
+            .as_bytes(),
+    )
+    .unwrap();
+    drop(f);
+    eventually(Duration::from_secs(2), || {
+        (generation(&d) > gen1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the closed file was not applied; log:\n{}", d.log_text()));
+    assert_eq!(routed(&d), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

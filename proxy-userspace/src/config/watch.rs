@@ -12,6 +12,24 @@ use super::ConfigStore;
 /// sequence or a `kubectl apply` of several files becomes one reload.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Whether a file event may have changed the policies. A file written in place is read once
+/// its writer closes it, never half-written (`kubectl get ... > f.yaml` streams its documents):
+/// its data changes wait for the close, and so does a file created empty (it is being
+/// written). Renames (`sed -i`, an editor's save, a ConfigMap's `..data` swap), removals, links
+/// and attribute changes act at once.
+fn triggers(e: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match e.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Create(_) => !e
+            .paths
+            .iter()
+            .all(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0)),
+        _ => true,
+    }
+}
+
 /// How often to re-arm watches on paths that did not exist (or vanished) earlier.
 const REARM: Duration = Duration::from_secs(2);
 
@@ -23,7 +41,7 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
     let notify_tx = tx.clone();
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| !e.kind.is_access()) {
+            if res.is_ok_and(|e| triggers(&e)) {
                 let _ = notify_tx.try_send(());
             }
         }) {
