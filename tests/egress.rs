@@ -341,6 +341,54 @@ spec:
     );
 }
 
+#[test]
+fn a_route_to_a_wildcard_service_entry_goes_where_the_client_dialled() {
+    if !ebpf_available("egress_wildcard_route") {
+        return;
+    }
+    let api = HttpBackend::start("127.0.0.63:0");
+    let port = api.addr.port();
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: wild
+spec:
+  hosts: ["*.wild.example"]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: wild
+spec:
+  hosts: ["*.wild.example"]
+  http:
+  - headers:
+      response:
+        set: {{x-routed: wild}}
+    route:
+    - destination:
+        host: "*.wild.example"
+"#
+    );
+    let d = start("egress-wildcard-route", 262, &yaml);
+    let out = curl(
+        &d,
+        &[
+            "-i",
+            "--resolve",
+            &format!("api.wild.example:{port}:127.0.0.63"),
+            &format!("http://api.wild.example:{port}/whoami"),
+        ],
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-routed: wild"), "{out}");
+    assert_eq!(api.requests(), 1, "{out}");
+}
+
 /// A ServiceEntry for a TCP service `db.example` at `vip` (`resolution: STATIC`, its one endpoint
 /// the TLS server on `port`), or without endpoints at the server's own address
 /// (`resolution: NONE`), and its DestinationRule with the `tls` block given.

@@ -85,6 +85,19 @@ pub fn dest_host(s: &str) -> Result<(), String> {
     host(s)
 }
 
+/// A route's destination host: one service, or a wildcard ServiceEntry host (`*.example.com`),
+/// as Istio accepts it (the request then goes where the client dialled, as Envoy's
+/// original-destination cluster for such a service). `*` alone names no service.
+pub fn route_dest_host(s: &str) -> Result<(), String> {
+    if s == "*" {
+        return Err(format!(
+            "{}: a destination must name a service, or a wildcard host such as *.example.com",
+            quote(s)
+        ));
+    }
+    host(s)
+}
+
 /// An HTTP header name (an RFC 9110 token).
 pub fn header_name(s: &str) -> Result<(), String> {
     // HTTP/2 pseudo-headers such as :authority are matchable too.

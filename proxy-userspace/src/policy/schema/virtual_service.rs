@@ -19,7 +19,7 @@ use crate::policy::{
 };
 
 pub static DESTINATION: Obj = obj(&[
-    req("host", Ty::Str(rules::dest_host)),
+    req("host", Ty::Str(rules::route_dest_host)),
     opt("subset", Ty::Str(rules::non_empty)),
     opt("port", Ty::Obj(&PORT_SELECTOR)),
 ]);

@@ -325,7 +325,12 @@ pub fn endpoints<'s>(
     let protocol = described.and_then(|c| c.port_protocol(port));
     let Some(cluster) = described.filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
-        if requested.iter().any(|h| *h == dest.host) {
+        // A wildcard destination (`*.example.com`) covers the hosts it names.
+        let named = |h: &str| {
+            h == dest.host
+                || (dest.host.starts_with("*.") && crate::policy::hosts::covers(&dest.host, h))
+        };
+        if requested.iter().any(|h| named(h)) {
             // A service without endpoints (an external host resolved by the client, say) still
             // has its DestinationRule's settings, and its port's `targetPort`, at the address
             // the client dialled.
@@ -1035,6 +1040,43 @@ spec:
             .and_then(|p| p.tcp.as_ref())
             .and_then(|t| t.max_connections);
         assert_eq!(max, Some(3), "the DestinationRule applies");
+    }
+
+    #[test]
+    fn a_wildcard_destination_goes_where_the_client_dialled() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  http:
+  - timeout: 2s
+    route: [{destination: {host: "*.example.com"}}]
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
+        let d = Destination {
+            host: "*.example.com".into(),
+            subset: None,
+            port: None,
+            weight: 100,
+            headers: None,
+        };
+        let dst: SocketAddr = "203.0.113.7:80".parse().unwrap();
+        let (addrs, _) = endpoints(&snap, &d, &[Cow::Borrowed("api.example.com")], dst, None)
+            .expect("the client's own destination");
+        assert_eq!(addrs, [dst]);
+        // A host the wildcard does not cover has no endpoint there.
+        assert!(endpoints(&snap, &d, &[Cow::Borrowed("example.org")], dst, None).is_err());
     }
 
     #[test]
