@@ -12,6 +12,11 @@ use crate::policy::{
 type Labels = BTreeMap<String, String>;
 
 pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
+    for se in &set.service_entries {
+        if let Some(s) = &se.spec.workload_selector {
+            named_endpoints(set, se, &s.labels, out);
+        }
+    }
     // WorkloadEntries by (namespace, label, value): a selector only looks at the entries that
     // carry its first label.
     let mut by_label: HashMap<(&str, &str, &str), Vec<&Labels>> = HashMap::new();
@@ -87,4 +92,37 @@ pub(super) fn check(set: &PolicySet, out: &mut Vec<Finding>) {
 
 fn warn<'a, T>(r: &'a Located<T>, path: &'a str) -> impl Fn(String) -> Finding + 'a {
     move |msg| r.finding(Severity::Warning, path, msg)
+}
+
+/// A WorkloadEntry with a DNS name as its address, selected by a ServiceEntry that does not
+/// resolve names (any resolution but DNS or DNS_ROUND_ROBIN): it is never dialled, as the
+/// same name among the ServiceEntry's own endpoints is not.
+fn named_endpoints(
+    set: &PolicySet,
+    se: &crate::policy::model::Located<crate::policy::model::ServiceEntry>,
+    selector: &Labels,
+    out: &mut Vec<Finding>,
+) {
+    let resolution = se.spec.resolution.as_deref().unwrap_or("NONE");
+    if matches!(resolution, "DNS" | "DNS_ROUND_ROBIN") || selector.is_empty() {
+        return;
+    }
+    for we in &set.workload_entries {
+        let address = &we.spec.address;
+        let named = address.parse::<std::net::IpAddr>().is_err() && !address.starts_with("unix:");
+        if named
+            && we.metadata.namespace == se.metadata.namespace
+            && labels_match(selector, &we.spec.labels)
+        {
+            out.push(we.finding(
+                Severity::Warning,
+                "spec.address",
+                format!(
+                    "a name, but ServiceEntry {} ({}) selects this entry with resolution {resolution}, which resolves no names; this endpoint is never dialled (use resolution DNS)",
+                    se.id(),
+                    se.at()
+                ),
+            ));
+        }
+    }
 }

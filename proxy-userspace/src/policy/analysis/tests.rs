@@ -286,3 +286,20 @@ fn conditions_meshd_cannot_see_are_a_warning() {
         "{f:?}"
     );
 }
+
+#[test]
+fn a_named_workload_entry_under_a_service_that_resolves_no_names_is_a_warning() {
+    let f = findings(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: vm}\nspec:\n  hosts: [vm.example]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: vm}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm-1}\nspec: {address: vm1.example, labels: {app: vm}}\n",
+    );
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("13:17: warning: spec.address: a name, but ServiceEntry default/vm"),
+        "{f:?}"
+    );
+    // Under DNS resolution the name is resolved.
+    let dns = findings(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: vm}\nspec:\n  hosts: [vm.example]\n  ports: [{number: 80, name: http}]\n  resolution: DNS\n  workloadSelector: {labels: {app: vm}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm-1}\nspec: {address: vm1.example, labels: {app: vm}}\n",
+    );
+    assert!(dns.is_empty(), "{dns:?}");
+}
