@@ -362,3 +362,60 @@ fn sigterm_closes_idle_http_connections_keeps_accepting_and_carries_websockets()
     let status = d.stop();
     assert!(status.success(), "log:\n{}", d.log_text());
 }
+
+/// Asks for reviews:9080 (the mesh VIP, which only meshd serves) on each line of stdin and
+/// prints the status, or "error".
+const VIP_CLIENT: &str = r#"
+import http.client, sys
+while sys.stdin.readline():
+    try:
+        c = http.client.HTTPConnection("127.0.0.50", 9080, timeout=5)
+        c.request("GET", "/whoami", headers={"Host": "reviews"})
+        print(c.getresponse().status, flush=True)
+        c.close()
+    except Exception as e:
+        print("error", e, flush=True)
+"#;
+
+#[test]
+fn a_restarted_meshd_takes_back_the_workloads_a_killed_one_enrolled() {
+    use std::io::{BufRead, BufReader, Write};
+    if !ebpf_available("readopt") {
+        return;
+    }
+    let (v1, v2) = support::mesh::two_backends();
+    let yaml = support::mesh::policies(
+        &v1,
+        &v2,
+        "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
+    );
+    let mut first = support::mesh::start("readopt", 263, &yaml);
+    let mut client = first
+        .exec("default/loop", &["python3", "-c", VIP_CLIENT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut ask = || {
+        input.write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(ask(), "200");
+    // Killed: no teardown. The workload's cgroup and process stay.
+    first.kill9();
+    let second = support::mesh::start("readopt", 263, &yaml);
+    assert_eq!(ask(), "200", "log:\n{}", second.log_text());
+    let listed = second.get("/workloads");
+    assert!(listed.contains("default/loop"), "{listed}");
+    // Its `meshd exec` unenrols it from the new meshd when it ends.
+    drop(input);
+    let _ = client.wait();
+    support::eventually(Duration::from_secs(5), || {
+        (!second.get("/workloads").contains("default/loop")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("still enrolled; log:\n{}", second.log_text()));
+}

@@ -344,6 +344,7 @@ fn serve(
         maps.clone(),
     ));
     spawn_kernel_policy(&settings, &maps, &config, &workloads);
+    workloads.readopt();
     let connections = Connections::new(maps.clone());
     let admin = admin_listener.local_addr().expect("bound admin address");
     let outbound: Vec<SocketAddr> = outbound_listeners

@@ -136,7 +136,8 @@ pub fn remove(dir: &Path, refuge: &Path) -> io::Result<()> {
 pub struct NodeCgroups {
     /// Where the programs are attached; managed and unmanaged cgroups live below it.
     pub attach: PathBuf,
-    /// Whether meshd created `attach` (and so removes it on shutdown).
+    /// Whether meshd created `attach`, or it is meshd's default one (left by a meshd that was
+    /// killed): meshd then removes it on shutdown.
     pub created_attach: bool,
     /// The unmanaged child meshd itself runs in.
     pub daemon: PathBuf,
@@ -162,7 +163,7 @@ impl NodeCgroups {
             });
         }
         let origin = own_cgroup(&mount)?;
-        let created_attach = ensure_dir(&attach)?;
+        let created_attach = ensure_dir(&attach)? || attach == mount.join("meshd");
         let daemon = attach.join("meshd-daemon");
         let workloads = attach.join("workloads");
         ensure_dir(&daemon)?;

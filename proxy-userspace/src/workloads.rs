@@ -183,6 +183,63 @@ impl Registry {
         Ok(w)
     }
 
+    /// Takes back what a meshd before this one enrolled with `meshd exec` and left behind when
+    /// it was killed without its teardown: each `ID-NAMESPACE.NAME` cgroup of the workloads
+    /// directory that still holds processes is enrolled again under its id and name, so its
+    /// connects are captured again and its `meshd exec` can still unenrol it; an empty one is
+    /// removed. Ids continue after the largest taken back. A cgroup whose processes live in
+    /// another network namespace is left out, with a warning (meshd would have to listen
+    /// inside it): enrol it again.
+    pub fn readopt(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut inner = self.inner.lock().expect("registry lock");
+        for dir in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            let Some((id, name)) = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_dir_name)
+            else {
+                continue;
+            };
+            let pids = cgroup::pids(&dir);
+            if pids.is_empty() {
+                let _ = std::fs::remove_dir(&dir);
+                continue;
+            }
+            if !pids.iter().all(|p| in_own_netns(*p)) {
+                tracing::warn!(cgroup = %dir.display(), workload = %name, "a previous meshd's workload runs in another network namespace; not taken back: enrol it again");
+                continue;
+            }
+            let enrolled = cgroup::cgroup_id(&dir)
+                .map_err(WorkloadError::from)
+                .and_then(|c| Ok(self.maps.enrol(c, id, None).map(|()| c)?));
+            let cgroup_id = match enrolled {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(cgroup = %dir.display(), error = %e, "cannot take back a previous meshd's workload");
+                    continue;
+                }
+            };
+            let w = Workload {
+                id,
+                workload: name.to_string(),
+                namespace: name.namespace,
+                name: name.name,
+                cgroup: dir,
+                cgroup_id,
+                netns: None,
+                meshd_nsid: None,
+                adopted: false,
+            };
+            inner.next_id = inner.next_id.max(id.saturating_add(1));
+            inner.by_id.insert(id, w.clone());
+            self.maps.enrolled(&w);
+            tracing::info!(workload = %w.workload, id, processes = pids.len(), "workload of a previous meshd taken back");
+        }
+    }
+
     fn adoptable(&self, dir: &Path, inner: &Inner) -> Result<(), WorkloadError> {
         if !dir.is_dir() {
             return Err(WorkloadError::NoCgroup(dir.into()));
@@ -252,6 +309,23 @@ impl Registry {
     }
 }
 
+/// The id and name of a cgroup `enrol` named `ID-NAMESPACE.NAME` (the namespace is a DNS
+/// label, without dots, as Kubernetes has it).
+fn parse_dir_name(s: &str) -> Option<(u32, WorkloadName)> {
+    let (id, rest) = s.split_once('-')?;
+    let (ns, name) = rest.split_once('.')?;
+    Some((
+        id.parse().ok()?,
+        WorkloadName::parse(&format!("{ns}/{name}")).ok()?,
+    ))
+}
+
+/// Whether process `pid` shares meshd's network namespace.
+fn in_own_netns(pid: u32) -> bool {
+    let of = |p: &str| std::fs::read_link(p).ok();
+    of(&format!("/proc/{pid}/ns/net")).is_some_and(|n| Some(n) == of("/proc/self/ns/net"))
+}
+
 /// The id the namespace at `netns` gives meshd's, or `None` (logged) when none can be had:
 /// the kernel then cannot tell meshd's connections to that pod from others.
 fn meshd_nsid(netns: &Path) -> Option<i32> {
@@ -267,6 +341,15 @@ fn meshd_nsid(netns: &Path) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn directory_names_give_back_id_and_name() {
+        let (id, name) = parse_dir_name("12-shop.cart.v2").unwrap();
+        assert_eq!((id, name.to_string()), (12, "shop/cart.v2".to_string()));
+        for bad in ["shop.cart", "x-shop.cart", "3-shopcart", "3-Shop.cart"] {
+            assert!(parse_dir_name(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn names() {
