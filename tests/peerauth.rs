@@ -415,6 +415,31 @@ fn disable_reaches_the_workload_in_plaintext_without_the_tunnel() {
         1.0
     );
     assert!(a.run(|| echo(strict, "plain")).is_err());
+    // Under an ALLOW for the client's principal: on the STRICT port the tunnel carries the
+    // principal and is allowed; the plaintext port carries none, and is denied where it
+    // starts (no meshd sees it on node b), as Istio's server-side sidecar denies a plaintext
+    // caller.
+    let generation = |d: &Daemon| {
+        let dump: serde_json::Value = serde_json::from_str(&d.get("/config_dump")).unwrap();
+        dump["snapshot"]["generation"].as_u64().unwrap()
+    };
+    let before = generation(&d_a);
+    let allow = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: server-allow, namespace: default}\nspec:\n  selector: {matchLabels: {app: server}}\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]\n";
+    write_config(&dir, &format!("{yaml}{allow}"));
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (generation(&d_a) > before).then_some(())
+    })
+    .expect("the policy applied");
+    assert_eq!(
+        managed_client(&d_a, "default/client", strict, "allowed"),
+        "allowed"
+    );
+    assert_ne!(
+        managed_client(&d_a, "default/client", disabled, "plain"),
+        "plain",
+        "{}",
+        d_a.log_text()
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

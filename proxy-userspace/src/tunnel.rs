@@ -145,7 +145,7 @@ pub fn local_destination(
 
 /// Whether the endpoint's workload has PeerAuthentication DISABLE on `port`: it is reached
 /// in plaintext, without the tunnel.
-fn mtls_disabled(snap: &Snapshot, e: &EndpointIdentity, port: u16) -> bool {
+pub fn mtls_disabled(snap: &Snapshot, e: &EndpointIdentity, port: u16) -> bool {
     let w = crate::security::Workload {
         namespace: &e.namespace,
         labels: &e.labels,

@@ -1,7 +1,9 @@
 //! AuthorizationPolicy for connections and requests to workloads on this node, decided where
 //! they start: the source's identity is that of its enrolled workload (known from its cgroup),
 //! so no tunnel is needed to know who is calling. Destinations on other nodes are authorized
-//! by the meshd there, when the tunnel stream arrives.
+//! by the meshd there, when the tunnel stream arrives; but one reached in plaintext (its port's
+//! PeerAuthentication is DISABLE) is decided here, without a principal, as Istio's server-side
+//! sidecar decides a plaintext caller.
 
 use std::net::SocketAddr;
 
@@ -55,10 +57,20 @@ fn decide(
     if authorizer.is_empty() {
         return None;
     }
-    let e = tunnel::local_destination(snap, target, ctx.node_address, ctx.inbound_port)?;
-    let principal = tunnel::source_identity(&ctx.trust_domain, snap, down.workload.as_deref())
-        .ok()
-        .map(|id| id.to_string());
+    let e = snap.compiled.endpoints.get(target)?;
+    let local =
+        tunnel::local_destination(snap, target, ctx.node_address, ctx.inbound_port).is_some();
+    // Through the tunnel, the meshd of the destination's node decides with the tunnel's
+    // identity; in plaintext nobody else would.
+    if !local && !tunnel::mtls_disabled(snap, e, target.port()) {
+        return None;
+    }
+    let principal = match local {
+        true => tunnel::source_identity(&ctx.trust_domain, snap, down.workload.as_deref())
+            .ok()
+            .map(|id| id.to_string()),
+        false => None,
+    };
     let rc = RequestContext::new(principal, down.peer.ip(), target.ip(), target.port());
     let rc = match http {
         Some(h) => rc.with_http(h),
