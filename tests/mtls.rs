@@ -1212,3 +1212,33 @@ spec:
         1.0
     );
 }
+
+#[test]
+fn a_policy_added_later_applies_to_the_streams_already_open() {
+    if !ebpf_available("mtls_revoke") {
+        return;
+    }
+    let m = mesh("mtls-revoke", 160, (264, 265), "", true);
+    let get = |path: &str| curl(&m.d_a, "default/productpage", &m.vip, &[], path);
+    // No policy reads requests: node b copies the stream's bytes, unread.
+    assert!(get("/whoami").starts_with("200 "));
+    assert!(!get("/admin").starts_with("403 "));
+    // The policies arrive on node b: the open stream may no longer be carried unread, and the
+    // next requests are authorized one by one (they kept reaching the workload before).
+    let file = std::env::temp_dir().join("meshd-test-mtls-revoke-policies/mesh.yaml");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{yaml}{POLICY}")).unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        m.d_b
+            .log_text()
+            .contains("configuration applied")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("not reloaded; log:\n{}", m.d_b.log_text()));
+    // The stream closes as the change is applied, a moment after it is logged.
+    support::eventually(Duration::from_secs(5), || {
+        (get("/admin") == "403 RBAC: access denied").then_some(())
+    })
+    .unwrap_or_else(|| panic!("/admin still served; log:\n{}", m.d_b.log_text()));
+    assert!(get("/whoami").starts_with("200 "));
+}

@@ -33,6 +33,8 @@ pub struct ConfigStore {
     /// In-memory documents (from the Kubernetes API) merged with the files' policies.
     documents: Mutex<Vec<Document>>,
     rejects: Mutex<RejectLog>,
+    /// The generation of the snapshot applied last, for those that act on a change.
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -117,11 +119,17 @@ impl ConfigStore {
             reloading: Mutex::new(false),
             documents: Mutex::new(Vec::new()),
             rejects: Mutex::new(RejectLog::default()),
+            applied: tokio::sync::watch::Sender::new(1),
         }))
     }
 
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
+    }
+
+    /// Changes each time a new snapshot is applied.
+    pub fn applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// The active snapshot. Holding the `Arc` keeps it alive across later reloads.
@@ -170,6 +178,7 @@ impl ConfigStore {
                 let generation = new.generation;
                 tracing::info!(why, generation, hash = %new.hash, resources = new.policies.len(), "configuration applied");
                 self.current.store(Arc::new(new));
+                self.applied.send_replace(generation);
                 self.metrics.config_reload("success");
                 self.metrics.config_applied(generation);
                 ReloadOutcome::Applied { generation }

@@ -275,6 +275,21 @@ impl Stream {
         }
     }
 
+    /// Why a stream copied as bytes may no longer be, under the policies applied now: they
+    /// deny it, or (`per_request` false: its requests were not read) they read requests.
+    fn revoked(&self, inbound: &Inbound, per_request: bool) -> Option<&'static str> {
+        let snap = inbound.http.config.current();
+        let authorizer = &snap.compiled.authorizer;
+        if !authorizer
+            .evaluate(&self.workload(), &self.context())
+            .allowed
+        {
+            return Some("denied by authorization policy");
+        }
+        (!per_request && authorizer.reads_http(&self.workload()))
+            .then_some("its requests are now authorized one by one")
+    }
+
     async fn serve(self, mut io: TokioIo<hyper::upgrade::Upgraded>, inbound: &Arc<Inbound>) {
         let snap = inbound.http.config.current();
         let decision = snap
@@ -318,9 +333,25 @@ impl Stream {
                 let _ = up.set_nodelay(true);
                 let labels = self.labels();
                 inbound.metrics.istio.tcp_opened(&labels);
-                let (sent, received) = tokio::io::copy_bidirectional(&mut io, &mut up)
-                    .await
-                    .unwrap_or((0, 0));
+                let mut applied = inbound.http.config.applied();
+                let copy = tokio::io::copy_bidirectional(&mut io, &mut up);
+                tokio::pin!(copy);
+                // A stream copied as bytes was decided when it opened. When the policies
+                // change, it is closed if they now deny it, or read its requests (their
+                // client's next stream is then authorized request by request), as ztunnel
+                // closes the connections a new policy no longer allows.
+                let (sent, received) = loop {
+                    tokio::select! {
+                        copied = &mut copy => break copied.unwrap_or((0, 0)),
+                        Ok(()) = applied.changed() => {
+                            if let Some(why) = self.revoked(inbound, per_request) {
+                                tracing::info!(source = %self.source, target = %self.target, why, "tunnel stream closed after a policy change");
+                                inbound.metrics.tunnel("revoked");
+                                break (0, 0);
+                            }
+                        }
+                    }
+                };
                 inbound.metrics.istio.tcp_closed(&labels, sent, received);
             }
             Err(e) => {
