@@ -1242,3 +1242,41 @@ fn a_policy_added_later_applies_to_the_streams_already_open() {
     .unwrap_or_else(|| panic!("/admin still served; log:\n{}", m.d_b.log_text()));
     assert!(get("/whoami").starts_with("200 "));
 }
+
+#[test]
+fn a_tunnel_stream_is_carried_through_the_destination_nodes_drain() {
+    use std::io::{BufRead, BufReader, Write};
+    if !ebpf_available("mtls_drain") {
+        return;
+    }
+    let mut m = mesh("mtls-drain", 161, (266, 267), "", true);
+    // An echo over the tunnel, one line per line of stdin.
+    let script = format!(
+        "import socket, sys\ns = socket.create_connection(('{}', 9090), timeout=5)\nwhile True:\n    line = sys.stdin.readline()\n    if not line:\n        break\n    s.sendall(line.encode())\n    try:\n        print(s.recv(200).decode().strip() or 'eof', flush=True)\n    except OSError as e:\n        print('error', e, flush=True)\n",
+        m.vip
+    );
+    let mut client = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    let mut say = |text: &str| {
+        input.write_all(format!("{text}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    };
+    assert_eq!(say("before"), "before");
+    m.d_b.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(500));
+    // Node b drains: its tunnel stream carries on (it was cut at once).
+    assert_eq!(say("during"), "during", "log:\n{}", m.d_b.log_text());
+    drop(input);
+    let _ = client.wait();
+    let status = m.d_b.stop();
+    assert!(status.success(), "{}", m.d_b.log_text());
+}

@@ -388,7 +388,12 @@ fn serve(
             detect_timeout: settings.protocol_detection_timeout,
         });
         tracing::info!(addr = ?l.local_addr(), node = ?settings.node_address, "mTLS tunnel listener");
-        listeners.spawn(crate::tunnel::serve_inbound(l, inbound, watch.clone()));
+        listeners.spawn(crate::tunnel::serve_inbound(
+            l,
+            inbound,
+            watch.clone(),
+            settings.drain_timeout,
+        ));
     }
     let pods = Arc::new(crate::pods::Pods::new(
         workloads.clone(),

@@ -58,25 +58,62 @@ impl Inbound {
 }
 
 /// Serves the tunnel listener until draining starts.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, mut drain: drain::Watch) {
+/// Serves the tunnel listener until meshd drains; then, as the outbound listeners, it still
+/// accepts, each connection gets a GOAWAY (its open streams carry on), and the drain ends when
+/// none is left, or after `deadline`, when the rest are closed.
+pub async fn serve(
+    listener: TcpListener,
+    inbound: Arc<Inbound>,
+    mut drain: drain::Watch,
+    deadline: Duration,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    let mut until: Option<tokio::time::Instant> = None;
     loop {
+        let expires = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let inbound = inbound.clone();
-                    tokio::spawn(async move { connection(stream, peer, inbound).await });
+                    let (inbound, drain) = (inbound.clone(), drain.clone());
+                    conns.spawn(async move { connection(stream, peer, inbound, drain).await });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tunnel accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = drain.signaled() => return,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {
+                if until.is_some() && conns.is_empty() {
+                    return;
+                }
+            }
+            _ = drain.signaled(), if until.is_none() => {
+                if conns.is_empty() {
+                    return;
+                }
+                tracing::info!(open = conns.len(), ?deadline, "waiting for tunnel connections to finish");
+                until = Some(tokio::time::Instant::now() + deadline);
+            }
+            () = expires => {
+                tracing::warn!(open = conns.len(), "drain deadline passed; closing the remaining tunnel connections");
+                conns.shutdown().await;
+                return;
+            }
         }
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, inbound: Arc<Inbound>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    inbound: Arc<Inbound>,
+    mut drain: drain::Watch,
+) {
     let _ = stream.set_nodelay(true);
     let manager = inbound.tunnel.manager.clone();
     let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -128,10 +165,19 @@ async fn connection(stream: TcpStream, peer: SocketAddr, inbound: Arc<Inbound>) 
         let who = (source.clone(), client_cert.clone());
         stream_request(req, peer, who, inbound.clone())
     });
-    if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), svc)
-        .await
-    {
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), svc);
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        biased;
+        served = conn.as_mut() => served,
+        () = drain.signaled() => {
+            // A GOAWAY: the streams open carry on, new ones go to another connection.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "tunnel connection ended with an error");
     }
 }
