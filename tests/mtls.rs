@@ -399,6 +399,13 @@ fn authorization_by_principal_namespace_path_and_method() {
         "403 RBAC: access denied",
         "path not allowed"
     );
+    // To a gRPC request, node b's denial is a gRPC answer, as a local one is.
+    let grpc = ["-i", "-H", "content-type: application/grpc"];
+    let r = get("default/productpage", &grpc, "/admin");
+    assert!(
+        r.starts_with("200 ") && r.to_ascii_lowercase().contains("grpc-status: 7"),
+        "{r}"
+    );
     assert_eq!(
         get("other/ratings", &[], "/whoami"),
         "403 RBAC: access denied",

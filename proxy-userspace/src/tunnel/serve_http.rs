@@ -11,8 +11,8 @@ use super::server::{Inbound, Stream};
 use crate::{
     identity::x509,
     proxy::http::{
-        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied, authorize::report,
-        body, reset_before_headers,
+        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied, as_grpc,
+        authorize::report, body, reset_before_headers,
     },
     security::authz::HttpAttrs,
 };
@@ -52,6 +52,12 @@ async fn request(
     {
         req.headers_mut().insert(FORWARDED_CLIENT_CERT, v);
     }
+    // meshd's own answers to a gRPC request are gRPC-shaped, as on the source's node.
+    let grpc = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    let local = |r: Response<Body>| if grpc { as_grpc(r) } else { r };
     let snap = inbound.http.config.current();
     let decision = {
         let attrs = HttpAttrs::of(&req);
@@ -75,7 +81,7 @@ async fn request(
             path = %req.uri().path(), reason = %decision.reason,
             "request denied by authorization policy"
         );
-        return Ok(access_denied());
+        return Ok(local(access_denied()));
     }
     let h2 = req.version() == hyper::Version::HTTP_2;
     let cluster = inbound
@@ -97,7 +103,7 @@ async fn request(
         Ok(resp) => resp.map(body::boxed),
         Err(e) => {
             tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
-            reset_before_headers(&e)
+            local(reset_before_headers(&e))
         }
     })
 }

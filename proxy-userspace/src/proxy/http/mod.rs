@@ -42,6 +42,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
 pub use flags::ResponseFlags;
+pub use grpc_local::as_grpc;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
 pub use route::NoEndpoint;
