@@ -642,3 +642,34 @@ fn pipelined_http1_requests_are_answered_in_order() {
     );
     assert_eq!(b.requests(), 3);
 }
+
+#[test]
+fn text_protocols_that_are_not_http_pass_as_opaque_bytes() {
+    if !ebpf_available("sniff_not_http") {
+        return;
+    }
+    let echo = support::backend::Backend::echo("127.0.0.1:0");
+    let d = Daemon::start("sniff-not-http", 268, &[]);
+    // Redis's inline commands, RTSP and SIP start like an HTTP request line; as Envoy's
+    // inspector, only a whole HTTP/1 request line is HTTP.
+    for line in [
+        "SET a b",
+        "OPTIONS rtsp://cam.example/ RTSP/1.0",
+        "INVITE sip:bob@example.com SIP/2.0",
+    ] {
+        let script = format!(
+            "import socket\ns = socket.create_connection(('127.0.0.1', {}), timeout=5)\ns.sendall(b'{line}\\r\\n')\nprint(s.recv(200).decode().strip())",
+            echo.addr.port()
+        );
+        let out = d
+            .exec("default/client", &["python3", "-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            line,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

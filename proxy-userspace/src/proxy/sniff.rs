@@ -21,9 +21,16 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest method token we accept before the space of an HTTP/1 request line.
 const MAX_METHOD: usize = 20;
 
+/// How much of a request line is looked at: a line longer than this (a long URL) that is a
+/// valid start of one is taken as HTTP/1.
+pub const MAX_LINE: usize = 4096;
+
 /// Classifies a prefix of a connection's bytes; `None` means "need more bytes". Empty lines
 /// before an HTTP/1 request line are skipped, as HTTP/1 parsers (hyper's, Envoy's) skip them:
-/// a client cannot pass its requests off as opaque bytes by sending a CRLF first.
+/// a client cannot pass its requests off as opaque bytes by sending a CRLF first. As Envoy's
+/// HTTP inspector, a line is HTTP/1 only as a whole request line, `METHOD SP TARGET SP
+/// HTTP/1.x`: Redis's inline `SET a b`, RTSP's `OPTIONS rtsp://... RTSP/1.0` or SIP's `INVITE`
+/// are opaque bytes.
 pub fn classify(bytes: &[u8]) -> Option<Detected> {
     let lead = bytes
         .iter()
@@ -38,16 +45,44 @@ pub fn classify(bytes: &[u8]) -> Option<Detected> {
         // "PRI " is also a syntactically valid HTTP/1 method, so wait for the whole preface.
         return (n == H2_PREFACE.len()).then_some(Detected::Http2);
     }
-    for (i, b) in bytes.iter().enumerate() {
-        match b {
-            b'A'..=b'Z' | b'-' | b'_' if i < MAX_METHOD => continue,
-            b' ' if i > 0 => return Some(Detected::Http1),
-            _ => return Some(Detected::Opaque),
+    request_line(&bytes[..bytes.len().min(MAX_LINE)], bytes.len() >= MAX_LINE)
+}
+
+/// Whether `line` (a prefix of the bytes, `full` when it is all that is looked at) is an
+/// HTTP/1 request line; `None`: it may still be one.
+fn request_line(line: &[u8], full: bool) -> Option<Detected> {
+    let opaque = Some(Detected::Opaque);
+    let method = line.iter().position(|b| *b == b' ');
+    let method_end = method.unwrap_or(line.len());
+    let token = |b: &u8| matches!(b, b'A'..=b'Z' | b'-' | b'_');
+    if method_end > MAX_METHOD || !line[..method_end].iter().all(token) || method == Some(0) {
+        return opaque;
+    }
+    let m = method?;
+    let rest = &line[m + 1..];
+    // The request target: visible characters up to the next space.
+    let target_end = rest.iter().position(|b| *b == b' ');
+    let target = &rest[..target_end.unwrap_or(rest.len())];
+    if target_end == Some(0) || !target.iter().all(|b| *b > b' ' && *b != 0x7f) {
+        return opaque;
+    }
+    let Some(t) = target_end else {
+        return if full { Some(Detected::Http1) } else { None };
+    };
+    // `HTTP/D.D`: any version is HTTP's to judge (hyper refuses the ones it does not speak),
+    // so no request line a lenient server might take passes as opaque bytes.
+    const SHAPE: &[u8] = b"HTTP/0.0";
+    let version = &rest[t + 1..];
+    for (i, b) in version.iter().take(SHAPE.len()).enumerate() {
+        let ok = match SHAPE[i] {
+            b'0' => b.is_ascii_digit(),
+            c => *b == c,
+        };
+        if !ok {
+            return opaque;
         }
     }
-    (bytes.len() < MAX_METHOD)
-        .then_some(())
-        .map_or(Some(Detected::Opaque), |_| None)
+    (version.len() >= SHAPE.len()).then_some(Detected::Http1)
 }
 
 /// Whether the client's first bytes begin a TLS handshake record (content type 22, version
@@ -73,7 +108,7 @@ pub async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
 /// Peeks until the bytes classify or `timeout` passes (then: opaque).
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = [0u8; 32];
+    let mut buf = vec![0u8; MAX_LINE];
     let mut seen = 0;
     loop {
         let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
@@ -131,8 +166,30 @@ mod tests {
     #[test]
     fn classifies() {
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
-        assert_eq!(classify(b"POST /x"), Some(Detected::Http1));
+        assert_eq!(classify(b"POST /x HTTP/1.0"), Some(Detected::Http1));
+        assert_eq!(
+            classify(b"POST /x"),
+            None,
+            "the rest of the line may follow"
+        );
+        assert_eq!(classify(b"GET /x HTTP/1."), None);
         assert_eq!(classify(b"M-SEARCH * HTTP/1.1"), Some(Detected::Http1));
+        // Words and spaces that are not an HTTP/1 request line: opaque, as Envoy's inspector
+        // falls back to TCP.
+        for other in [
+            &b"SET a b\r\n"[..],
+            b"AUTH secret\r\n",
+            b"OPTIONS rtsp://cam/ RTSP/1.0\r\n",
+            b"INVITE sip:bob@x SIP/2.0\r\n",
+            b"GET /x\r\n",
+            b"GET  /x HTTP/1.1",
+        ] {
+            assert_eq!(classify(other), Some(Detected::Opaque), "{other:?}");
+        }
+        // A request line longer than what is looked at, valid so far: HTTP/1 (a long URL).
+        let mut long = b"GET /".to_vec();
+        long.resize(MAX_LINE + 10, b'a');
+        assert_eq!(classify(&long), Some(Detected::Http1));
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
         assert_eq!(
             classify(b"PRI * HT"),
@@ -147,7 +204,7 @@ mod tests {
             "TLS is opaque"
         );
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
-        assert_eq!(classify(b"\r\n\r\nPOST /"), Some(Detected::Http1));
+        assert_eq!(classify(b"\r\n\r\nPOST / HTTP/1.1"), Some(Detected::Http1));
         assert_eq!(classify(b"\r\n"), None, "an empty line needs more bytes");
         assert_eq!(
             classify(b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
