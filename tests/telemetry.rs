@@ -566,3 +566,43 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
     assert!(!metrics.contains("reviews-fault"), "{metrics}");
     assert!(!metrics.contains("meshd_route_upstream_rq_retry_total{stat_prefix=\"reviews-read\""));
 }
+
+#[test]
+fn a_tcp_connection_ended_by_a_reset_is_logged_with_the_bytes_it_carried() {
+    use std::io::{Read, Write};
+    if !ebpf_available("tcp_reset_bytes") {
+        return;
+    }
+    // A server that answers 13 bytes, then resets the connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut got = [0u8; 2];
+            let _ = s.read_exact(&mut got);
+            let _ = s.write_all(b"thirteen byte");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let _ = socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    });
+    let d = Daemon::start("tcp-reset-bytes", 269, &[]);
+    let script = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=5)\ns.sendall(b'hi')\nn = 0\ntry:\n    while True:\n        d = s.recv(100)\n        if not d:\n            break\n        n += len(d)\nexcept OSError as e:\n    print('error', e.errno)\nprint(n)"
+    );
+    let out = d
+        .exec("default/client", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.trim_end().ends_with("13"), "{said}");
+    let line = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""protocol":"tcp""#) || l.contains(r#""protocol":"TCP""#))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no TCP line:\n{}", d.log_text()));
+    assert!(
+        line.contains(r#""bytes_received":2,"bytes_sent":13"#),
+        "{line}"
+    );
+}

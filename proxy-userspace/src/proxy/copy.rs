@@ -49,15 +49,52 @@ async fn both_ways(
     up: &TcpStream,
     zero_copy: bool,
 ) -> io::Result<(Carried, Carried)> {
-    tokio::try_join!(one_way(down, up, zero_copy), one_way(up, down, zero_copy))
+    let (mut to_up, mut to_down) = (Carried::default(), Carried::default());
+    let ended = tokio::try_join!(
+        one_way(down, up, zero_copy, &mut to_up),
+        one_way(up, down, zero_copy, &mut to_down)
+    );
+    match ended {
+        Ok(_) => Ok((to_up, to_down)),
+        Err(source) => Err(io::Error::new(
+            source.kind(),
+            Partial {
+                to_up,
+                to_down,
+                source,
+            },
+        )),
+    }
 }
 
-/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing.
-async fn one_way(from: &TcpStream, to: &TcpStream, zero_copy: bool) -> io::Result<Carried> {
+/// A connection that ended with an error (a reset), with what it carried until then.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct Partial {
+    pub to_up: Carried,
+    pub to_down: Carried,
+    source: io::Error,
+}
+
+impl Partial {
+    /// What a connection carried before `e` ended it, when it says.
+    pub fn of(e: &io::Error) -> Option<(Carried, Carried)> {
+        let p = e.get_ref()?.downcast_ref::<Partial>()?;
+        Some((p.to_up, p.to_down))
+    }
+}
+
+/// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing; counts
+/// them in `total` as they go, so an error leaves the count of what was carried.
+async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    zero_copy: bool,
+    total: &mut Carried,
+) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUF];
     let mut pipe: Option<Pipe> = None;
     let mut splicing = false;
-    let mut total = Carried::default();
     loop {
         let n = match (&pipe, splicing) {
             (Some(pipe), true) => {
@@ -82,7 +119,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, zero_copy: bool) -> io::Resul
         };
         if n == 0 {
             socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
-            return Ok(total);
+            return Ok(());
         }
         total.bytes += n as u64;
     }

@@ -471,9 +471,10 @@ async fn proxy(
             ctx.metrics.zero_copy_bytes(up.zero_copy, down.zero_copy);
             (up.bytes, down.bytes)
         }
+        // Ended by a reset or an error: what it carried until then.
         Err(e) => {
             debug!(error = %e, "connection ended with an error");
-            (0, 0)
+            copy::Partial::of(&e).map_or((0, 0), |(up, down)| (up.bytes, down.bytes))
         }
     };
     ctx.metrics.bytes(to_up, to_down);
