@@ -549,6 +549,7 @@ fn a_flooding_workload_cannot_starve_its_neighbour() {
         ))
     };
     assert!(shed("requests", "default/noisy") + shed("connections", "default/noisy") > 0.0);
+
     assert_eq!(shed("requests", "default/quiet"), 0.0);
     assert_eq!(errors, 0, "the quiet workload sees no errors");
     // The flood shares the machine's CPUs with the quiet client, meshd and the backend, and
@@ -1056,4 +1057,41 @@ fn a_burst_to_a_cold_pool_shares_one_http2_connection() {
     assert_eq!(out.lines().filter(|l| *l == "200").count(), 20, "{out}");
     assert_eq!(v1.requests(), 20);
     assert_eq!(v1.accepted(), 1, "one upstream connection for the burst");
+}
+
+#[test]
+fn a_connection_past_the_workloads_share_is_shed_and_logged() {
+    if !ebpf_available("fairness_shed_log") {
+        return;
+    }
+    let echo = support::backend::Backend::echo("127.0.0.1:0");
+    let d = Daemon::start(
+        "fairness-shed-log",
+        270,
+        &["--workload-max-connections", "1"],
+    );
+    // One connection held open, then a second: it waits for the share (10 s), then is reset.
+    let script = format!(
+        "import socket\na = socket.create_connection(('127.0.0.1', {p}))\na.sendall(b'a'); a.recv(10)\nb = socket.create_connection(('127.0.0.1', {p}), timeout=20)\ntry:\n    b.sendall(b'b'); print(b.recv(10) or b'eof')\nexcept OSError as e:\n    print('error', e.errno)\n",
+        p = echo.addr.port()
+    );
+    let out = d
+        .exec("default/greedy", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("b'b'"),
+        "the second connection was carried: {said}"
+    );
+    let line = support::eventually(Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""response_flags":"UO""#))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no UO line:\n{}", d.log_text()));
+    assert!(
+        line.contains("default/greedy") && line.contains("connection shed"),
+        "{line}"
+    );
 }

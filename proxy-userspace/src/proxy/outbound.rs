@@ -265,7 +265,18 @@ async fn proxy(
             sockopt::set_reset_on_close(&down);
             ctx.metrics
                 .overflow("workload", &shed.workload, &shed.kind.to_string());
-            return Err(shed.into());
+            // Logged and counted as a connection, flag UO, as Envoy records its overflows.
+            let e = OutboundError::from(shed);
+            let record = TcpRecord::new(
+                ctx,
+                workload.as_deref(),
+                principal.as_deref(),
+                None,
+                dst,
+                dst,
+            );
+            record.failed(ctx, &e);
+            return Err(e);
         }
     };
     // A protocol declared on the ServiceEntry port wins over sniffing.
