@@ -33,12 +33,37 @@ pub async fn bounded<T>(
         out = &mut carry => return (out, false),
         () = quiet_for(idle, activity) => {}
     }
+    shut(sockets);
+    (carry.await, true)
+}
+
+/// `connectionPool.tcp.maxConnectionDuration` of an opaque connection: once `max` has passed,
+/// shuts `sockets` down so the carry ends, as Envoy's TCP proxy closes a connection at its
+/// maximum duration. Returns the carry's output and whether it was cut short.
+pub async fn at_most<T>(
+    carry: impl Future<Output = T>,
+    max: Option<Duration>,
+    sockets: [RawFd; 2],
+) -> (T, bool) {
+    let Some(max) = max else {
+        return (carry.await, false);
+    };
+    tokio::pin!(carry);
+    tokio::select! {
+        out = &mut carry => return (out, false),
+        () = tokio::time::sleep(max) => {}
+    }
+    shut(sockets);
+    (carry.await, true)
+}
+
+/// Shuts both sockets down, so the carry between them ends.
+fn shut(sockets: [RawFd; 2]) {
     for fd in sockets {
         // SAFETY: the carry keeps both sockets open until it ends, and it has not ended;
         // shutdown(2) neither closes nor frees the descriptor.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
-    (carry.await, true)
 }
 
 /// Like [`bounded`], for a carry with no socket of its own to shut down (a stream inside TLS

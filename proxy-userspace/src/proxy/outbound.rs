@@ -471,11 +471,16 @@ async fn proxy(
         let (client, _) = ctx.connections.counters(tracked.id());
         client.map(|c| c.rx_bytes + c.tx_bytes)
     };
-    let (copied, idled) =
-        idle::bounded(carry, target.limits.tcp_idle_timeout, sockets, moved).await;
+    let bounded = idle::bounded(carry, target.limits.tcp_idle_timeout, sockets, moved);
+    let ((copied, idled), cut) =
+        idle::at_most(bounded, target.limits.max_connection_duration, sockets).await;
     if idled {
         debug!(%dst, "idle timeout: connection closed");
         record.idled();
+    }
+    if cut {
+        debug!(%dst, "maximum duration: connection closed");
+        record.lived_out();
     }
     let (to_up, to_down) = match copied {
         Ok((up, down)) => {
@@ -571,13 +576,21 @@ async fn streamed(
     let client = || ctx.connections.counters(tracked.id()).0;
     let carry = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF);
     let activity = || client().map(|c| c.rx_bytes + c.tx_bytes);
-    let (to_up, to_down) = match idle::or_dropped(carry, l4.limits.tcp_idle_timeout, activity).await
-    {
-        Some(carried) => carried.unwrap_or((0, 0)),
-        // Closed for its idle timeout: what the client's socket moved is what was carried.
-        None => {
-            debug!(dst = %target.addr, "idle timeout: connection closed");
-            record.idled();
+    let bounded = idle::or_dropped(carry, l4.limits.tcp_idle_timeout, activity);
+    let ended = match l4.limits.max_connection_duration {
+        Some(max) => tokio::time::timeout(max, bounded).await.ok(),
+        None => Some(bounded.await),
+    };
+    let (to_up, to_down) = match ended {
+        Some(Some(carried)) => carried.unwrap_or((0, 0)),
+        // Closed for its idle timeout or maximum duration: what the client's socket moved is
+        // what was carried.
+        cut => {
+            match cut {
+                Some(None) => record.idled(),
+                _ => record.lived_out(),
+            }
+            debug!(dst = %target.addr, "idle timeout or maximum duration: connection closed");
             client().map_or((0, 0), |c| (c.rx_bytes, c.tx_bytes))
         }
     };
@@ -658,6 +671,11 @@ impl TcpRecord {
     /// The connection was closed by meshd for its idle timeout; the log line says so.
     fn idled(&mut self) {
         self.entry.reason = "idle timeout (connectionPool.tcp.idleTimeout)".into();
+    }
+
+    /// The connection was closed by meshd at its maximum duration.
+    fn lived_out(&mut self) {
+        self.entry.reason = "maximum duration (connectionPool.tcp.maxConnectionDuration)".into();
     }
 
     fn closed(mut self, ctx: &Outbound, sent: u64, received: u64) {
