@@ -53,6 +53,10 @@ pub struct Cluster {
     /// sends other hosts' requests to it (see `dns::names`); the first only with
     /// `DNS_ROUND_ROBIN`.
     pub host_addresses: Vec<IpAddr>,
+    /// A ServiceEntry of the host has `resolution: STATIC`: its endpoints are the ones it
+    /// names, so none is no healthy upstream (Envoy's empty EDS cluster), never the address
+    /// the client dialled.
+    pub static_endpoints: bool,
     /// `trafficDistribution` of the (first) ServiceEntry of the host.
     pub traffic_distribution: Option<model::TrafficDistribution>,
     /// Whether the endpoints' weights differ (else balancing ignores them, at no cost).
@@ -347,6 +351,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                     .filter_map(|p| Some((p.number, p.target_port?))),
             );
             c.endpoints.extend(endpoints.iter().cloned());
+            c.static_endpoints |= resolution == Some("STATIC");
             c.traffic_distribution = c.traffic_distribution.or(se.traffic_distribution());
             if super::dns::resolves_own_hosts(se)
                 && let Some(addrs) = dns.get(&c.host)
@@ -398,6 +403,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 target_ports: c.target_ports.clone(),
                 endpoints: c.endpoints.clone(),
                 host_addresses: c.host_addresses.clone(),
+                static_endpoints: c.static_endpoints,
                 traffic_distribution: c.traffic_distribution,
                 weighted: c.weighted,
                 ..Default::default()

@@ -248,6 +248,9 @@ impl HttpContext {
             // Envoy: going where the client dialled would bypass what the subset stands for
             // (a forward proxy's `tunnel`, say).
             Err(e) if d.subset.is_some() => return Err(e.into()),
+            // A STATIC service whose endpoints are none: no healthy upstream, as Envoy's empty
+            // cluster.
+            Err(e @ route::NoEndpoint::Empty { .. }) => return Err(e.into()),
             // A service without endpoints (`resolution: NONE`) is reached where the client
             // dialled, under its DestinationRule, as Envoy's original-destination cluster;
             // outlier detection there would track every address ever dialled, so it is off.

@@ -325,6 +325,12 @@ pub fn endpoints<'s>(
     let protocol = described.and_then(|c| c.port_protocol(port));
     let Some(cluster) = described.filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
+        if described.is_some_and(|c| c.static_endpoints) {
+            return Err(NoEndpoint::Empty {
+                host: dest.host.clone(),
+                subset: String::new(),
+            });
+        }
         // A wildcard destination (`*.example.com`) covers the hosts it names.
         let named = |h: &str| {
             h == dest.host
@@ -1040,6 +1046,36 @@ spec:
             .and_then(|p| p.tcp.as_ref())
             .and_then(|t| t.max_connections);
         assert_eq!(max, Some(3), "the DestinationRule applies");
+    }
+
+    #[test]
+    fn a_static_service_without_endpoints_has_no_healthy_upstream() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: empty, namespace: default}
+spec:
+  hosts: [empty.example]
+  addresses: [10.96.0.9]
+  ports: [{number: 6000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: nobody}}
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
+        let d = Destination {
+            host: "empty.example".into(),
+            subset: None,
+            port: None,
+            weight: 100,
+            headers: None,
+        };
+        let dst: SocketAddr = "10.96.0.9:6000".parse().unwrap();
+        let found = endpoints(&snap, &d, &[Cow::Borrowed("empty.example")], dst, None);
+        assert!(
+            matches!(found, Err(NoEndpoint::Empty { .. })),
+            "{:?}",
+            found.map(|f| f.0)
+        );
     }
 
     #[test]
