@@ -527,6 +527,13 @@ impl Compiled {
         let host = self.vip_host(dst)?;
         self.clusters.get(host)?.port_protocol(dst.port())
     }
+
+    /// Whether a ServiceEntry declares the VIP and port `TLS` or `HTTPS`.
+    pub fn declares_tls_at(&self, dst: std::net::SocketAddr) -> bool {
+        (self.vip_host(dst))
+            .and_then(|host| self.clusters.get(host))
+            .is_some_and(|c| c.declares_tls(dst.port()))
+    }
 }
 
 impl Cluster {

@@ -222,6 +222,16 @@ const CLIENT_TLS_WAIT: Duration = Duration::from_millis(50);
 /// How long the rest of a ClientHello may take once sniffing has seen its first bytes.
 const SNI_AFTER_SNIFF: Duration = Duration::from_millis(50);
 
+/// The first byte the client sent, if one is waiting (never waits).
+fn first_byte(down: &TcpStream) -> Option<u8> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit()];
+    match socket2::SockRef::from(down).peek(&mut buf) {
+        // SAFETY: peek wrote the one byte it reports.
+        Ok(1) => Some(unsafe { buf[0].assume_init() }),
+        _ => None,
+    }
+}
+
 async fn proxy(
     mut down: TcpStream,
     peer: SocketAddr,
@@ -321,18 +331,22 @@ async fn proxy(
         return Ok(());
     }
 
-    // The server name of a TLS ClientHello, read only when some VirtualService routes by it.
-    // Sniffing has already waited for the first bytes of an undeclared port: if none came (a
-    // server-first protocol), the wait is not repeated.
-    let sni = if ctx.http.config.current().compiled.tcp_routes.has_tls() {
-        let wait = if declared.is_some() {
-            ctx.detect_timeout
-        } else {
-            SNI_AFTER_SNIFF
-        };
-        crate::proxy::sni::peek(&down, wait).await
-    } else {
-        None
+    // The server name of a TLS ClientHello, read only when some VirtualService routes by it,
+    // and only where one can come, as Istio applies `tls` routes: on a port declared TLS or
+    // HTTPS, or an undeclared one whose first byte, seen by sniffing, opens a TLS handshake.
+    // A port declared TCP, MySQL, ... (server-first protocols among them) never waits for one.
+    let sni_wait = {
+        let snap = ctx.http.config.current();
+        match (snap.compiled.tcp_routes.has_tls(), declared) {
+            (false, _) => None,
+            (true, Some(_)) => snap.compiled.declares_tls_at(dst).then_some(ctx.detect_timeout),
+            (true, None) => (first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE))
+                .then_some(SNI_AFTER_SNIFF),
+        }
+    };
+    let sni = match sni_wait {
+        Some(wait) => crate::proxy::sni::peek(&down, wait).await,
+        None => None,
     };
     let target = match ctx
         .http
