@@ -339,9 +339,13 @@ async fn proxy(
         let snap = ctx.http.config.current();
         match (snap.compiled.tcp_routes.has_tls(), declared) {
             (false, _) => None,
-            (true, Some(_)) => snap.compiled.declares_tls_at(dst).then_some(ctx.detect_timeout),
-            (true, None) => (first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE))
-                .then_some(SNI_AFTER_SNIFF),
+            (true, Some(_)) => snap
+                .compiled
+                .declares_tls_at(dst)
+                .then_some(ctx.detect_timeout),
+            (true, None) => {
+                (first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE)).then_some(SNI_AFTER_SNIFF)
+            }
         }
     };
     let sni = match sni_wait {

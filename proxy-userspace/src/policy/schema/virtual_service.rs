@@ -400,6 +400,46 @@ fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
         "this VirtualService is bound to gateways only, so it configures none of the mesh traffic meshd carries; add \"mesh\" to gateways to apply it here",
         r,
     );
+    check_sni_hosts(node, path, r);
+}
+
+/// As Istio's validation: each `sniHosts` entry of a `tls` route must be one of the
+/// VirtualService's hosts, or covered by a wildcard among them. (Short host names are left
+/// alone: their namespace is not known here.)
+fn check_sni_hosts(node: &Node, path: &str, r: &mut Report) {
+    let hosts: Vec<String> = (node.get("hosts").and_then(Node::items).unwrap_or_default())
+        .iter()
+        .filter_map(|h| h.as_str().map(str::to_ascii_lowercase))
+        .collect();
+    if hosts.is_empty() || hosts.iter().any(|h| h != "*" && !h.contains('.')) {
+        return;
+    }
+    let routes = node.get("tls").and_then(Node::items).unwrap_or_default();
+    for (i, route) in routes.iter().enumerate() {
+        let matches = route.get("match").and_then(Node::items).unwrap_or_default();
+        for (j, m) in matches.iter().enumerate() {
+            let names = m.get("sniHosts").and_then(Node::items).unwrap_or_default();
+            for (k, sni) in names.iter().enumerate() {
+                let Some(name) = sni.as_str().map(str::to_ascii_lowercase) else {
+                    continue;
+                };
+                let covered = hosts
+                    .iter()
+                    .any(|h| *h == name || crate::policy::hosts::covers(h, &name));
+                if !covered {
+                    r.error(
+                        sni.pos,
+                        &format!("{path}.tls[{i}].match[{j}].sniHosts[{k}]"),
+                        format!(
+                            "{} is not one of the VirtualService's hosts nor covered by one ({}), as Istio requires",
+                            crate::policy::node::quote(&name),
+                            hosts.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// A match's `gateways` override the VirtualService's; one without `mesh` never holds here.

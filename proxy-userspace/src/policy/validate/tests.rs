@@ -611,3 +611,20 @@ fn jwt_attributes_are_a_warning() {
     assert!(f[0].starts_with("6:22: warning: spec.rules[0].from[0].source.requestPrincipals: meshd does not validate JWTs"), "{f:?}");
     assert!(f[1].contains("warning: spec.rules[0].when[0].key: meshd does not validate JWTs, so request.auth.claims[iss] is always absent"), "{f:?}");
 }
+
+#[test]
+fn sni_hosts_must_be_among_the_virtual_services_hosts() {
+    let vs = |sni: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: t}}\nspec:\n  hosts: [\"*.tls.example\", a.example]\n  tls:\n  - match: [{{sniHosts: [{sni}]}}]\n    route: [{{destination: {{host: a.example}}}}]\n"
+        )
+    };
+    assert!(check(&vs("b.tls.example")).is_empty());
+    assert!(check(&vs("a.example")).is_empty());
+    assert_eq!(
+        check(&vs("other.example")),
+        [
+            "7:25: error: spec.tls[0].match[0].sniHosts[0]: \"other.example\" is not one of the VirtualService's hosts nor covered by one (*.tls.example, a.example), as Istio requires"
+        ]
+    );
+}
