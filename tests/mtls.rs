@@ -192,9 +192,14 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
     }
     let m = mesh("mtls-wire", 110, (102, 103), "", true);
     let wire = m.lan.capture(m.lan.node(1));
-    for _ in 0..5 {
+    for i in 0..5 {
         let r = curl(&m.d_a, "default/productpage", &m.vip, &[], "/whoami");
         assert!(r.starts_with("200 "), "{r}\nnode a:\n{}", m.d_a.log_text());
+        // The first request of all, on the tunnel connection it opens, too.
+        assert!(
+            client_cert(&r).starts_with("By=spiffe://"),
+            "request {i}: {r}"
+        );
     }
     assert_eq!(m.backend.requests(), 5);
     // The source reporter labels the tunnelled requests mutual_tls.

@@ -1130,10 +1130,12 @@ async fn upgrade_once(
     overrides::strip(req.headers_mut());
     let sent = match async {
         let t = ctx.upstream(plan.snap, target, down.workload.as_deref())?;
-        // Through the tunnel, the client certificate goes along, as for any request.
+        let s = ctx.pool.fresh_h1(&t, &plan.limits).await?;
+        // Through the tunnel, the client certificate goes along, as for any request (read
+        // once the connection is up: opening the first one issues it).
         let cert = (t.via.as_ref().zip(ctx.tunnel.as_deref()))
             .and_then(|(via, tunnel)| tunnel.forwarded_client_cert(via));
-        Ok((ctx.pool.fresh_h1(&t, &plan.limits).await?, cert))
+        Ok((s, cert))
     }
     .await
     {

@@ -571,18 +571,20 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> {
         async move {
             let dst = target.addr;
+            let request = cluster
+                .try_slot(Counter::Requests, limits.max_requests)
+                .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
+            let checked_out = self.checkout(cluster, limits, target, h2).await?;
             // Through the tunnel, the request carries its client's certificate as the far
-            // side's server saw it.
+            // side's server saw it: read once the connection is up, since opening the first
+            // one issues the certificate.
             let req = match (&target.via, &self.tunnel) {
                 (Some(via), Some(tunnel)) => {
                     with_client_cert(req, tunnel.forwarded_client_cert(via))
                 }
                 _ => req,
             };
-            let request = cluster
-                .try_slot(Counter::Requests, limits.max_requests)
-                .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
-            let (sent, conn) = match self.checkout(cluster, limits, target, h2).await? {
+            let (sent, conn) = match checked_out {
                 Checkout::H2(sender, stream) => {
                     let sent = h2::send(sender, req).await.map(|r| r.map(Upstream::H2));
                     (sent, Leased::H2(stream))
