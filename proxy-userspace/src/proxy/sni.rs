@@ -40,11 +40,33 @@ pub fn parse(bytes: &[u8]) -> Hello {
     if !opens_handshake(bytes) {
         return Hello::None;
     }
-    let record = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
-    let Some(body) = bytes.get(5..5 + record) else {
-        return Hello::Incomplete;
-    };
-    client_hello_name(body).map_or(Hello::None, Hello::Name)
+    // The handshake message may span several records (RFC 8446 section 5.1): their bodies are
+    // joined until it is whole, as a TLS stack reassembles it.
+    let mut message = Vec::new();
+    let mut rest = bytes;
+    loop {
+        if rest.len() < 5 {
+            return Hello::Incomplete;
+        }
+        if !opens_handshake(rest) {
+            return Hello::None;
+        }
+        let record = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        let Some(body) = rest.get(5..5 + record) else {
+            return Hello::Incomplete;
+        };
+        message.extend_from_slice(body);
+        rest = &rest[5 + record..];
+        // Type (1 byte) and length (3 bytes), then the message.
+        if let Some(len) = message.get(1..4) {
+            let len =
+                (usize::from(len[0]) << 16) | (usize::from(len[1]) << 8) | usize::from(len[2]);
+            if message.len() >= 4 + len {
+                break;
+            }
+        }
+    }
+    client_hello_name(&message).map_or(Hello::None, Hello::Name)
 }
 
 /// A cursor over a handshake message, every read bounds-checked.
@@ -177,6 +199,21 @@ mod tests {
             Hello::Name("api.example.com".into())
         );
         assert_eq!(parse(&hello(None)), Hello::None);
+    }
+
+    #[test]
+    fn a_hello_split_across_records_is_reassembled() {
+        let whole = hello(Some("b.tls.example"));
+        let message = &whole[5..];
+        let mut split = Vec::new();
+        for chunk in message.chunks(10) {
+            split.extend_from_slice(&[22, 3, 1]);
+            split.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            split.extend_from_slice(chunk);
+        }
+        assert_eq!(parse(&split), Hello::Name("b.tls.example".into()));
+        // Not all records arrived yet: more are needed.
+        assert_eq!(parse(&split[..split.len() - 3]), Hello::Incomplete);
     }
 
     #[test]
