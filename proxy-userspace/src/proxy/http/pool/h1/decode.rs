@@ -26,6 +26,8 @@ pub enum Invalid {
     Head(httparse::Error),
     #[error("response head larger than {MAX_HEAD} bytes")]
     TooLarge,
+    #[error("response head with more than {MAX_HEADERS} header fields")]
+    TooManyHeaders,
     #[error("invalid response header {0}")]
     Header(String),
     #[error("response has both Transfer-Encoding and Content-Length")]
@@ -71,10 +73,12 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Invalid
             buf,
             &mut fields,
         ) {
+            // However its bytes arrived: in one read, a head past the limit parses whole.
+            Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(Invalid::TooLarge),
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(Invalid::TooLarge),
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Invalid::TooLarge),
+            Err(httparse::Error::TooManyHeaders) => return Err(Invalid::TooManyHeaders),
             Err(e) => return Err(Invalid::Head(e)),
         };
         let code = r.code.unwrap_or(0);
@@ -487,6 +491,15 @@ mod tests {
     fn oversized_heads_are_refused() {
         let raw = format!("HTTP/1.1 200 OK\r\nx-big: {}", "a".repeat(MAX_HEAD + 1));
         assert!(matches!(parse(&raw, Method::GET), Err(Invalid::TooLarge)));
+        // Whole in the buffer at once, too.
+        let whole = format!("{raw}\r\ncontent-length: 0\r\n\r\n");
+        assert!(matches!(parse(&whole, Method::GET), Err(Invalid::TooLarge)));
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert!(matches!(
+            parse(&many, Method::GET),
+            Err(Invalid::TooManyHeaders)
+        ));
     }
 
     #[test]
