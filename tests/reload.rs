@@ -244,6 +244,11 @@ fn a_file_written_in_place_is_read_once_its_writer_closes_it() {
     let mut f = std::fs::File::create(dir.join("all.yaml")).unwrap();
     f.write_all(format!("{SERVICE}---\n").as_bytes()).unwrap();
     f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Another file changes meanwhile, and an operator sends SIGHUP: neither reload may read
+    // the file still being written.
+    std::fs::write(dir.join("other.yaml"), "").unwrap();
+    d.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(generation(&d), gen1, "a half-written file was applied");
     f.write_all(

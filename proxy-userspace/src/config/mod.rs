@@ -9,6 +9,7 @@ mod hash;
 mod snapshot;
 mod store;
 mod watch;
+mod writes;
 
 pub use compile::{
     Cluster, Compiled, ServiceEndpoint, WorkloadPolicies, compile, compile_resolved,

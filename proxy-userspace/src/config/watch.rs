@@ -6,29 +6,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::ConfigStore;
+use super::{
+    ConfigStore,
+    writes::{self, FileEvent, Writes},
+};
 
 /// Quiet period after the last file event before reloading, so an editor's write-rename-chmod
 /// sequence or a `kubectl apply` of several files becomes one reload.
 const DEBOUNCE: Duration = Duration::from_millis(150);
-
-/// Whether a file event may have changed the policies. A file written in place is read once
-/// its writer closes it, never half-written (`kubectl get ... > f.yaml` streams its documents):
-/// its data changes wait for the close, and so does a file created empty (it is being
-/// written). Renames (`sed -i`, an editor's save, a ConfigMap's `..data` swap), removals, links
-/// and attribute changes act at once.
-fn triggers(e: &notify::Event) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-    match e.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Modify(ModifyKind::Data(_)) => false,
-        EventKind::Create(_) => !e
-            .paths
-            .iter()
-            .all(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0)),
-        _ => true,
-    }
-}
 
 /// How often to re-arm watches on paths that did not exist (or vanished) earlier.
 const REARM: Duration = Duration::from_secs(2);
@@ -37,12 +22,11 @@ const REARM: Duration = Duration::from_secs(2);
 /// The watches and the signal handler are in place when this returns, so a change made right
 /// after meshd reports ready is not missed.
 pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
-    let (tx, mut rx) = mpsc::channel::<()>(64);
-    let notify_tx = tx.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel::<FileEvent>();
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok_and(|e| triggers(&e)) {
-                let _ = notify_tx.try_send(());
+            if let Some(event) = res.ok().as_ref().and_then(writes::classify) {
+                let _ = tx.send(event);
             }
         }) {
             Ok(w) => Some(w),
@@ -59,21 +43,30 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
         let mut rearm = tokio::time::interval(REARM);
         let mut dns = tokio::time::interval(super::dns::REFRESH);
         dns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A file being written holds every reload back until it is closed: none reads it half
+        // written, whatever asks for the reload.
+        let mut writes = Writes::default();
+        let mut pending: Option<&'static str> = None;
         loop {
             tokio::select! {
-                Some(()) = rx.recv() => {
+                Some(event) = rx.recv() => {
                     // Debounce: wait until events stop for a moment.
-                    while tokio::time::timeout(DEBOUNCE, rx.recv()).await.is_ok_and(|e| e.is_some()) {}
-                    reload(&store, "file change").await;
+                    let mut wanted = writes.note(event);
+                    while let Ok(Some(event)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                        wanted |= writes.note(event);
+                    }
+                    if wanted {
+                        pending = Some("file change");
+                    }
                 }
                 _ = hup.recv() => {
-                    reload(&store, "SIGHUP").await;
+                    pending = Some("SIGHUP");
                 }
                 _ = dns.tick() => {
                     // Only a changed address rebuilds (and changes the hash, so the rebuilt
                     // snapshot is applied): the files are not read again for nothing.
                     if names_moved(&store).await {
-                        reload(&store, "endpoint names resolved to new addresses").await;
+                        pending = Some("endpoint names resolved to new addresses");
                     }
                 }
                 _ = rearm.tick() => {
@@ -81,9 +74,17 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
                     armed = arm(watcher.as_mut(), &targets, &armed);
                     if armed.iter().any(|a| !before.contains(a)) {
                         // A watched path appeared again: its content may be new.
-                        reload(&store, "config path appeared").await;
+                        pending = Some("config path appeared");
                     }
                 }
+            }
+            match pending {
+                Some(why) if writes.settled() => {
+                    reload(&store, why).await;
+                    pending = None;
+                }
+                Some(why) => tracing::debug!(why, "reload waits for policy files being written"),
+                None => {}
             }
         }
     })
