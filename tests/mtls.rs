@@ -448,6 +448,24 @@ fn authorization_by_principal_namespace_path_and_method() {
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("b'x'"), "the TCP stream was refused: {said}");
+    // HTTP sent to the port declared TCP is TCP all the same, as on Istio's inbound sidecar:
+    // the same L4 rules refuse it (node b used to read it as HTTP, and allow GET /whoami).
+    let http = format!(
+        "import socket; s=socket.create_connection(('{}',9090)); s.sendall(b'GET /whoami HTTP/1.1\\r\\nHost: reviews\\r\\n\\r\\n'); print(repr(s.recv(64)))",
+        m.vip
+    );
+    let out = m
+        .d_a
+        .exec("default/productpage", &["python3", "-c", &http])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !said.contains("GET /whoami"),
+        "the TCP stream was refused: {said}"
+    );
+    assert!(!said.contains("HTTP/1.1"), "not served as HTTP: {said}");
 }
 
 #[test]

@@ -21,6 +21,10 @@ pub type Stream = TokioIo<hyper::upgrade::Upgraded>;
 
 /// The header in which the far meshd says why it refused a stream.
 pub const REASON_HEADER: &str = "x-meshd-reason";
+/// On a CONNECT, says the stream carries opaque bytes (`tcp`): the source classed the
+/// connection as TCP (its port declared so, or its bytes not HTTP), so the far node authorizes
+/// it as TCP, as Istio's inbound sidecar applies a TCP port's L4 rules whatever the bytes.
+pub const PROTOCOL_HEADER: &str = "x-meshd-protocol";
 
 type Key = (SocketAddr, String, String);
 type Sender = http2::SendRequest<Empty<Bytes>>;
@@ -45,12 +49,22 @@ impl Clients {
 }
 
 impl Tunnel {
-    /// Opens a CONNECT stream to `target` on the node `via` names.
-    pub async fn open(&self, via: &Via, target: SocketAddr) -> Result<Stream, TunnelError> {
+    /// Opens a CONNECT stream to `target` on the node `via` names; `opaque`: it carries a
+    /// connection classed as TCP.
+    pub async fn open(
+        &self,
+        via: &Via,
+        target: SocketAddr,
+        opaque: bool,
+    ) -> Result<Stream, TunnelError> {
         let mut sender = self.sender(via).await?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::CONNECT)
-            .uri(target.to_string())
+            .uri(target.to_string());
+        if opaque {
+            req = req.header(PROTOCOL_HEADER, "tcp");
+        }
+        let req = req
             .body(Empty::new())
             .expect("a CONNECT request to a socket address");
         let http = |source| TunnelError::Http {

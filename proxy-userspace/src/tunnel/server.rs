@@ -14,7 +14,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{Tunnel, client::REASON_HEADER, prefixed::Prefixed, serve_http};
+use super::{
+    Tunnel,
+    client::{PROTOCOL_HEADER, REASON_HEADER},
+    prefixed::Prefixed,
+    serve_http,
+};
 use crate::{
     config::endpoints::EndpointIdentity,
     drain,
@@ -234,6 +239,7 @@ async fn stream_request(
         ));
     };
     inbound.metrics.tunnel("stream_opened");
+    let opaque = (req.headers().get(PROTOCOL_HEADER)).is_some_and(|v| v == "tcp");
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -244,6 +250,7 @@ async fn stream_request(
                     client_cert,
                     target,
                     workload,
+                    opaque,
                 };
                 stream.serve(TokioIo::new(up), &inbound).await;
             }
@@ -280,6 +287,8 @@ pub struct Stream {
     pub client_cert: Arc<str>,
     pub target: SocketAddr,
     pub workload: EndpointIdentity,
+    /// The source carried the connection as TCP: authorized as TCP, its bytes never read.
+    pub opaque: bool,
 }
 
 impl Stream {
@@ -345,8 +354,10 @@ impl Stream {
         // When no AuthorizationPolicy of the workload reads request attributes, every request
         // gets the stream's decision: an allowed stream is copied as bytes, HTTP or not, without
         // parsing it here (the source side already applied the L7 policy).
-        let per_request =
-            !decision.allowed || snap.compiled.authorizer.reads_http(&self.workload());
+        // A connection the source carried as TCP is authorized as TCP, as Istio's inbound
+        // sidecar applies a TCP port's L4 rules, whatever its bytes look like.
+        let per_request = !self.opaque
+            && (!decision.allowed || snap.compiled.authorizer.reads_http(&self.workload()));
         drop(snap);
         let io = if per_request {
             // Tell HTTP (served per request, so a denial is a 403) from opaque TCP by the
@@ -369,8 +380,13 @@ impl Stream {
             }
             io
         } else {
-            // No policy reads requests, so the stream's outcome is every request's.
+            // No policy reads requests, or the stream is TCP: the stream's outcome is all.
             report(&inbound.metrics, &decision, &self.source, self.target, None);
+            if !decision.allowed {
+                inbound.metrics.tunnel("denied");
+                tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+                return;
+            }
             Prefixed::new(Bytes::new(), io)
         };
         let mut io = io;
@@ -390,7 +406,7 @@ impl Stream {
                     tokio::select! {
                         copied = &mut copy => break copied.unwrap_or((0, 0)),
                         Ok(()) = applied.changed() => {
-                            if let Some(why) = self.revoked(inbound, per_request) {
+                            if let Some(why) = self.revoked(inbound, per_request || self.opaque) {
                                 tracing::info!(source = %self.source, target = %self.target, why, "tunnel stream closed after a policy change");
                                 inbound.metrics.tunnel("revoked");
                                 break (0, 0);

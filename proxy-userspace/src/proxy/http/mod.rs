@@ -223,7 +223,10 @@ impl HttpContext {
         let direct = || L4Target {
             addr: dst,
             cluster: None,
-            limits: pool::Limits::default(),
+            limits: pool::Limits {
+                opaque: true,
+                ..Default::default()
+            },
             service: None,
             in_flight: None,
             outlier: None,
@@ -275,6 +278,7 @@ impl HttpContext {
                 let (addr, cluster) =
                     self.choose_once(&policy, &e, outlier.as_ref(), client.labels, &algo)?;
                 let mut limits = pool::Limits::from_spec(policy.pool);
+                limits.opaque = true;
                 limits.proxy_protocol = policy.proxy_header(peer, dst);
                 limits.tunnel = policy.tunnel.map(|t| {
                     // An IPv6 target in brackets, as in a URL's authority.

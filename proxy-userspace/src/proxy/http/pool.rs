@@ -384,7 +384,8 @@ impl Pool {
                 Ok((Box::new(tcp), cookie))
             }
             // Boxed, as the handshake above.
-            (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst)).await {
+            (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst, limits.opaque)).await
+            {
                 Ok(s) => Ok((Box::new(s), None)),
                 Err(source) => Err(UpstreamError::Tunnel {
                     dst,

@@ -62,6 +62,9 @@ pub struct Limits {
     /// `tunnel`: the `host:port` an opaque connection asks the forward proxy (the endpoint)
     /// to CONNECT to.
     pub tunnel: Option<std::sync::Arc<str>>,
+    /// The connection is carried as opaque bytes (L4): through the mTLS tunnel, the far node
+    /// is told so, and authorizes it as TCP whatever its bytes look like.
+    pub opaque: bool,
 }
 
 /// Envoy's retry budget: the retries in flight may be `percent` of the destination's active
@@ -107,6 +110,7 @@ impl Default for Limits {
             proxy_protocol: None,
             client: None,
             tunnel: None,
+            opaque: false,
         }
     }
 }
@@ -240,6 +244,7 @@ mod tests {
                 proxy_protocol: None,
                 client: None,
                 tunnel: None,
+                opaque: false,
             }
         );
         assert!(l.reusable(0) && !l.reusable(1));
