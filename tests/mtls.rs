@@ -233,6 +233,16 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
         String::from_utf8_lossy(&echo.stdout).trim(),
         "opaque-bytes-xyz"
     );
+    // Node b logs the stream it carried, with its bytes.
+    support::eventually(Duration::from_secs(5), || {
+        (m.d_b.log_text().lines())
+            .find(|l| {
+                l.contains(r#""protocol":"tcp","response_code":0"#)
+                    && l.contains(r#""bytes_received":16,"bytes_sent":16"#)
+            })
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("no TCP line on node b:\n{}", m.d_b.log_text()));
     let bytes = wire.stop();
     assert!(bytes.len() > 1000, "the capture saw the traffic");
     assert!(
@@ -448,6 +458,20 @@ fn authorization_by_principal_namespace_path_and_method() {
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!said.contains("b'x'"), "the TCP stream was refused: {said}");
+    // Node b logs the refused stream, as Istio's inbound sidecar logs its connections.
+    let refused = support::eventually(Duration::from_secs(5), || {
+        (m.d_b.log_text().lines())
+            .find(|l| {
+                l.contains(r#""protocol":"tcp""#) && l.contains("denied by authorization policy")
+            })
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no line on node b:\n{}", m.d_b.log_text()));
+    assert!(
+        refused
+            .contains(r#""source_principal":"spiffe://cluster.local/ns/default/sa/productpage""#),
+        "{refused}"
+    );
     // HTTP sent to the port declared TCP is TCP all the same, as on Istio's inbound sidecar:
     // the same L4 rules refuse it (node b used to read it as HTTP, and allow GET /whoami).
     let http = format!(

@@ -10,6 +10,7 @@ mod error;
 mod prefixed;
 mod serve_http;
 mod server;
+mod stream_log;
 
 use std::{
     net::{IpAddr, SocketAddr},

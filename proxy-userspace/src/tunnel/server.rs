@@ -19,6 +19,7 @@ use super::{
     client::{PROTOCOL_HEADER, REASON_HEADER},
     prefixed::Prefixed,
     serve_http,
+    stream_log::{Ended, StreamLog},
 };
 use crate::{
     config::endpoints::EndpointIdentity,
@@ -29,7 +30,10 @@ use crate::{
         http::{HttpContext, authorize::report},
         sniff::{Detected, classify},
     },
-    security::{Workload, authz::RequestContext},
+    security::{
+        Workload,
+        authz::{Decision, RequestContext},
+    },
 };
 
 /// How long a TLS handshake may take.
@@ -345,7 +349,25 @@ impl Stream {
             .then_some("its requests are now authorized one by one")
     }
 
+    /// Refuses the stream, as the decision says; logged and counted.
+    fn deny(&self, inbound: &Inbound, decision: &Decision, log: &StreamLog) {
+        inbound.metrics.tunnel("denied");
+        tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+        let reason = format!("denied by authorization policy: {}", decision.reason);
+        log.write(
+            inbound,
+            self,
+            Ended {
+                flags: "-",
+                reason: &reason,
+                request_bytes: 0,
+                response_bytes: 0,
+            },
+        );
+    }
+
     async fn serve(self, mut io: TokioIo<hyper::upgrade::Upgraded>, inbound: &Arc<Inbound>) {
+        let log = StreamLog::start();
         let snap = inbound.http.config.current();
         let decision = snap
             .compiled
@@ -374,8 +396,7 @@ impl Stream {
             }
             report(&inbound.metrics, &decision, &self.source, self.target, None);
             if !decision.allowed {
-                inbound.metrics.tunnel("denied");
-                tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+                self.deny(inbound, &decision, &log);
                 return;
             }
             io
@@ -383,8 +404,7 @@ impl Stream {
             // No policy reads requests, or the stream is TCP: the stream's outcome is all.
             report(&inbound.metrics, &decision, &self.source, self.target, None);
             if !decision.allowed {
-                inbound.metrics.tunnel("denied");
-                tracing::warn!(source = %self.source, target = %self.target, reason = %decision.reason, "tunnel stream denied by authorization policy");
+                self.deny(inbound, &decision, &log);
                 return;
             }
             Prefixed::new(Bytes::new(), io)
@@ -402,6 +422,7 @@ impl Stream {
                 // change, it is closed if they now deny it, or read its requests (their
                 // client's next stream is then authorized request by request), as ztunnel
                 // closes the connections a new policy no longer allows.
+                let mut reason = "";
                 let (sent, received) = loop {
                     tokio::select! {
                         copied = &mut copy => break copied.unwrap_or((0, 0)),
@@ -409,15 +430,37 @@ impl Stream {
                             if let Some(why) = self.revoked(inbound, per_request || self.opaque) {
                                 tracing::info!(source = %self.source, target = %self.target, why, "tunnel stream closed after a policy change");
                                 inbound.metrics.tunnel("revoked");
+                                reason = "closed after a policy change";
                                 break (0, 0);
                             }
                         }
                     }
                 };
                 inbound.metrics.istio.tcp_closed(&labels, sent, received);
+                log.write(
+                    inbound,
+                    &self,
+                    Ended {
+                        flags: "-",
+                        reason,
+                        request_bytes: sent,
+                        response_bytes: received,
+                    },
+                );
             }
             Err(e) => {
-                tracing::warn!(target = %self.target, error = %e, "tunnel stream: the local workload refused")
+                tracing::warn!(target = %self.target, error = %e, "tunnel stream: the local workload refused");
+                let reason = format!("the workload refused the connection: {e}");
+                log.write(
+                    inbound,
+                    &self,
+                    Ended {
+                        flags: "UF",
+                        reason: &reason,
+                        request_bytes: 0,
+                        response_bytes: 0,
+                    },
+                );
             }
         }
     }

@@ -1,0 +1,54 @@
+//! The access-log line of a tunnel stream on its destination's node, as Istio's inbound
+//! sidecar logs its TCP connections: one per stream carried as bytes, refused, or that could
+//! not reach the workload (a stream served as HTTP logs nothing of its own here).
+
+use std::time::Instant;
+
+use super::server::{Inbound, Stream};
+use crate::{
+    proxy::connections::unix_ms,
+    telemetry::{Entry, access_log::rfc3339},
+};
+
+/// When a stream began, for its line.
+pub struct StreamLog {
+    start: Instant,
+    start_ms: u64,
+}
+
+/// How a stream ended.
+pub struct Ended<'a> {
+    pub flags: &'a str,
+    pub reason: &'a str,
+    /// Bytes the source sent to the workload, and the workload's answer.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+impl StreamLog {
+    pub fn start() -> StreamLog {
+        StreamLog {
+            start: Instant::now(),
+            start_ms: unix_ms(),
+        }
+    }
+
+    pub fn write(&self, inbound: &Inbound, s: &Stream, end: Ended<'_>) {
+        let entry = Entry {
+            start_time: rfc3339(self.start_ms).into(),
+            protocol: "tcp".into(),
+            response_flags: end.flags.into(),
+            duration_ms: self.start.elapsed().as_secs_f64() * 1e3,
+            upstream_cluster: format!("inbound|{}", s.target).into(),
+            upstream_host: s.target.to_string().into(),
+            source_principal: s.source.to_string().into(),
+            destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
+            bytes_received: end.request_bytes,
+            bytes_sent: end.response_bytes,
+            reason: end.reason.into(),
+            ..Entry::default()
+        };
+        let error = end.flags != "-" || !end.reason.is_empty();
+        inbound.http.access.log(&entry, error);
+    }
+}
