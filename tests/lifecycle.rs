@@ -379,7 +379,6 @@ while sys.stdin.readline():
 
 #[test]
 fn a_restarted_meshd_takes_back_the_workloads_a_killed_one_enrolled() {
-    use std::io::{BufRead, BufReader, Write};
     if !ebpf_available("readopt") {
         return;
     }
@@ -390,30 +389,17 @@ fn a_restarted_meshd_takes_back_the_workloads_a_killed_one_enrolled() {
         "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
     );
     let mut first = support::mesh::start("readopt", 263, &yaml);
-    let mut client = first
-        .exec("default/loop", &["python3", "-c", VIP_CLIENT])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = client.stdin.take().unwrap();
-    let mut output = BufReader::new(client.stdout.take().unwrap());
-    let mut ask = || {
-        input.write_all(b"go\n").unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
-    assert_eq!(ask(), "200");
+    let mut client =
+        support::LineClient::spawn(first.exec("default/loop", &["python3", "-c", VIP_CLIENT]));
+    assert_eq!(client.ask("go"), "200");
     // Killed: no teardown. The workload's cgroup and process stay.
     first.kill9();
     let second = support::mesh::start("readopt", 263, &yaml);
-    assert_eq!(ask(), "200", "log:\n{}", second.log_text());
+    assert_eq!(client.ask("go"), "200", "log:\n{}", second.log_text());
     let listed = second.get("/workloads");
     assert!(listed.contains("default/loop"), "{listed}");
     // Its `meshd exec` unenrols it from the new meshd when it ends.
-    drop(input);
-    let _ = client.wait();
+    client.finish();
     support::eventually(Duration::from_secs(5), || {
         (!second.get("/workloads").contains("default/loop")).then_some(())
     })

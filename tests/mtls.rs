@@ -1299,7 +1299,6 @@ fn a_policy_added_later_applies_to_the_streams_already_open() {
 
 #[test]
 fn a_tunnel_stream_is_carried_through_the_destination_nodes_drain() {
-    use std::io::{BufRead, BufReader, Write};
     if !ebpf_available("mtls_drain") {
         return;
     }
@@ -1309,28 +1308,16 @@ fn a_tunnel_stream_is_carried_through_the_destination_nodes_drain() {
         "import socket, sys\ns = socket.create_connection(('{}', 9090), timeout=5)\nwhile True:\n    line = sys.stdin.readline()\n    if not line:\n        break\n    s.sendall(line.encode())\n    try:\n        print(s.recv(200).decode().strip() or 'eof', flush=True)\n    except OSError as e:\n        print('error', e, flush=True)\n",
         m.vip
     );
-    let mut client = m
-        .d_a
-        .exec("default/productpage", &["python3", "-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = client.stdin.take().unwrap();
-    let mut output = BufReader::new(client.stdout.take().unwrap());
-    let mut say = |text: &str| {
-        input.write_all(format!("{text}\n").as_bytes()).unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    };
-    assert_eq!(say("before"), "before");
+    let mut client = support::LineClient::spawn(
+        m.d_a
+            .exec("default/productpage", &["python3", "-c", &script]),
+    );
+    assert_eq!(client.ask("before"), "before");
     m.d_b.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(500));
     // Node b drains: its tunnel stream carries on (it was cut at once).
-    assert_eq!(say("during"), "during", "log:\n{}", m.d_b.log_text());
-    drop(input);
-    let _ = client.wait();
+    assert_eq!(client.ask("during"), "during", "log:\n{}", m.d_b.log_text());
+    client.finish();
     let status = m.d_b.stop();
     assert!(status.success(), "{}", m.d_b.log_text());
 }

@@ -527,6 +527,55 @@ pub fn spawn_quiet(mut cmd: Command) -> Child {
         .expect("spawn")
 }
 
+/// A managed child process driven line by line: what is written to its stdin, and its stdout
+/// read a line at a time.
+pub struct LineClient {
+    pub child: Child,
+    pub input: Option<std::process::ChildStdin>,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl LineClient {
+    pub fn spawn(mut cmd: Command) -> LineClient {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let input = child.stdin.take();
+        let output = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        LineClient {
+            child,
+            input,
+            output,
+        }
+    }
+
+    /// The next line it prints, trimmed.
+    pub fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.output.read_line(&mut line).expect("a line");
+        line.trim().to_string()
+    }
+
+    /// Writes `text` and a newline, then reads the line printed in answer.
+    pub fn ask(&mut self, text: &str) -> String {
+        use std::io::Write;
+        let input = self.input.as_mut().expect("stdin open");
+        input
+            .write_all(format!("{text}\n").as_bytes())
+            .expect("write");
+        self.line()
+    }
+
+    /// Closes its stdin and waits for it to exit.
+    pub fn finish(mut self) {
+        self.input = None;
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `f` until it returns Some or `within` passes.
 pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;

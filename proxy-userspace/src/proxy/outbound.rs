@@ -222,6 +222,19 @@ const CLIENT_TLS_WAIT: Duration = Duration::from_millis(50);
 /// How long the rest of a ClientHello may take once sniffing has seen its first bytes.
 const SNI_AFTER_SNIFF: Duration = Duration::from_millis(50);
 
+/// Logs and counts a connection refused before it went anywhere (`dst` stands for its
+/// upstream), and gives back why.
+fn refused_early(
+    ctx: &Outbound,
+    workload: Option<&str>,
+    principal: Option<&str>,
+    dst: SocketAddr,
+    e: OutboundError,
+) -> OutboundError {
+    TcpRecord::new(ctx, workload, principal, None, dst, dst).failed(ctx, &e);
+    e
+}
+
 /// The first byte the client sent, if one is waiting (never waits).
 fn first_byte(down: &TcpStream) -> Option<u8> {
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit()];
@@ -277,16 +290,13 @@ async fn proxy(
                 .overflow("workload", &shed.workload, &shed.kind.to_string());
             // Logged and counted as a connection, flag UO, as Envoy records its overflows.
             let e = OutboundError::from(shed);
-            let record = TcpRecord::new(
+            return Err(refused_early(
                 ctx,
                 workload.as_deref(),
                 principal.as_deref(),
-                None,
                 dst,
-                dst,
-            );
-            record.failed(ctx, &e);
-            return Err(e);
+                e,
+            ));
         }
     };
     // A protocol declared on the ServiceEntry port wins over sniffing.
@@ -365,16 +375,13 @@ async fn proxy(
                     OutboundError::Origination(origination.to_string())
                 }
             };
-            let record = TcpRecord::new(
+            return Err(refused_early(
                 ctx,
                 workload.as_deref(),
                 principal.as_deref(),
-                None,
                 dst,
-                dst,
-            );
-            record.failed(ctx, &e);
-            return Err(e);
+                e,
+            ));
         }
     };
     // A client that speaks TLS itself is not wrapped in the TLS a DestinationRule originates.
