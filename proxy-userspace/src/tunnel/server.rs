@@ -121,7 +121,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     inbound: Arc<Inbound>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
     let _ = stream.set_nodelay(true);
     let manager = inbound.tunnel.manager.clone();
@@ -180,7 +180,7 @@ async fn connection(
     let served = tokio::select! {
         biased;
         served = conn.as_mut() => served,
-        () = drain.signaled() => {
+        () = drain.started() => {
             // A GOAWAY: the streams open carry on, new ones go to another connection.
             conn.as_mut().graceful_shutdown();
             conn.await

@@ -893,11 +893,11 @@ async fn forward(
     parts.headers.remove(FORWARDED_CLIENT_CERT);
     // As Envoy's connection manager: the scheme the client used, when it did not say; a
     // captured workload speaks plain HTTP to meshd (TLS of its own passes as TCP).
-    if !parts.headers.contains_key(X_FORWARDED_PROTO) {
-        parts
-            .headers
-            .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
+    // One lookup, not two (every request pays it).
+    parts
+        .headers
+        .entry(X_FORWARDED_PROTO)
+        .or_insert(HeaderValue::from_static("http"));
     // hyper's server answers `100 Continue` itself once the body is read, as Envoy does by
     // default: the upstream is not asked again.
     if parts

@@ -469,7 +469,7 @@ macro_rules! until_drained {
             tokio::select! {
                 biased;
                 served = conn.as_mut() => served,
-                () = $drain.signaled() => {
+                () = $drain.started() => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -483,7 +483,7 @@ macro_rules! until_drained {
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
     let upgraded = down.upgraded.clone();
-    let mut drain = ctx.drain.clone();
+    let drain = ctx.drain.clone();
     // A connection accepted while meshd drains is served, one request at a time: an HTTP/1.1
     // one is closed after its first response.
     let draining = drain.draining();

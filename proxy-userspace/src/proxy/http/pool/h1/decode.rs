@@ -141,19 +141,28 @@ pub fn head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Invalid
 /// upstream's `Connection: close` closes only the upstream connection). `Transfer-Encoding:
 /// chunked` goes too, since meshd decoded the chunks; another coding stays, with its name.
 fn strip_hop_by_hop(headers: &mut HeaderMap, framing: Framing) {
-    // One pass over the names present: most responses carry none of these.
-    let hop = |k: &HeaderName| {
-        k == header::CONNECTION
-            || k == header::UPGRADE
-            || k == header::TRANSFER_ENCODING
-            || k == "keep-alive"
-            || k == "proxy-connection"
-    };
-    if !headers.keys().any(hop) {
-        return;
+    // One pass over the names present, and only those present are removed: most responses
+    // carry `Connection: keep-alive` alone, and a removal hashes its name (callgrind, bench
+    // http: removing all five every time cost 3,700 instructions per response).
+    let (mut connection, mut keep_alive, mut proxy_connection, mut upgrade, mut te) =
+        (false, false, false, false, false);
+    for k in headers.keys() {
+        if k == header::CONNECTION {
+            connection = true;
+        } else if k == header::TRANSFER_ENCODING {
+            te = true;
+        } else if k == header::UPGRADE {
+            upgrade = true;
+        } else if k == KEEP_ALIVE {
+            keep_alive = true;
+        } else if k == PROXY_CONNECTION {
+            proxy_connection = true;
+        }
     }
-    if headers.contains_key(header::CONNECTION) {
+    if connection {
+        // The fields it names, but for its usual tokens, which name none present.
         let named: Vec<HeaderName> = tokens(headers, header::CONNECTION)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for n in named {
@@ -161,15 +170,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, framing: Framing) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    headers.remove(header::UPGRADE);
-    let only_chunked = framing == Framing::Chunked
+    if keep_alive {
+        headers.remove(KEEP_ALIVE);
+    }
+    if proxy_connection {
+        headers.remove(PROXY_CONNECTION);
+    }
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    let only_chunked = te
+        && framing == Framing::Chunked
         && tokens(headers, header::TRANSFER_ENCODING).all(|t| t.eq_ignore_ascii_case("chunked"));
     if only_chunked {
         headers.remove(header::TRANSFER_ENCODING);
     }
 }
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, Invalid> {
     if status == StatusCode::NO_CONTENT {
