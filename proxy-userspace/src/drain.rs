@@ -1,57 +1,44 @@
 //! Graceful shutdown: a signal that tells listeners to stop accepting, and a deadline after
 //! which open connections are closed.
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Sends the drain signal.
 #[derive(Clone)]
 pub struct Drain {
-    tx: watch::Sender<bool>,
     token: CancellationToken,
 }
 
-/// Observes the drain signal.
+/// Observes the drain signal. Polling its future costs little, which matters to the many that
+/// wait on it while they serve (every HTTP connection, each time it wakes).
 #[derive(Clone)]
 pub struct Watch {
-    rx: watch::Receiver<bool>,
-    /// The same signal, for the many that wait on it while they serve (every HTTP
-    /// connection): polling its future costs little, where the watch's costs hundreds of
-    /// instructions each time the connection wakes (callgrind, bench http).
     token: CancellationToken,
 }
 
 pub fn channel() -> (Drain, Watch) {
-    let (tx, rx) = watch::channel(false);
     let token = CancellationToken::new();
     (
         Drain {
-            tx,
             token: token.clone(),
         },
-        Watch { rx, token },
+        Watch { token },
     )
 }
 
 impl Drain {
     pub fn start(&self) {
-        let _ = self.tx.send(true);
         self.token.cancel();
     }
 }
 
 impl Watch {
-    /// Resolves once draining has started (immediately if it already has).
-    pub async fn signaled(&mut self) {
-        let _ = self.rx.wait_for(|d| *d).await;
-    }
-
     /// Whether draining has started.
     pub fn draining(&self) -> bool {
         self.token.is_cancelled()
     }
 
-    /// Resolves once draining has started; cheap to poll often.
+    /// Resolves once draining has started (at once if it already has).
     pub fn started(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.token.cancelled()
     }

@@ -137,11 +137,13 @@ pub fn local_destination(
     inbound_port: u16,
 ) -> Option<&EndpointIdentity> {
     let e = snap.compiled.endpoints.get(target)?;
-    match e.node_addr(inbound_port) {
-        None => Some(e),
-        Some(n) if Some(n.ip()) == own_node => Some(e),
-        Some(_) => None,
-    }
+    on_this_node(e, own_node, inbound_port).then_some(e)
+}
+
+/// Whether the endpoint's `meshd.io/node` names this node, or it has no such label.
+pub fn on_this_node(e: &EndpointIdentity, own_node: Option<IpAddr>, inbound_port: u16) -> bool {
+    e.node_addr(inbound_port)
+        .is_none_or(|n| Some(n.ip()) == own_node)
 }
 
 /// Whether the endpoint's workload has PeerAuthentication DISABLE on `port`: it is reached

@@ -133,7 +133,7 @@ pub async fn serve_for(
     listener: TcpListener,
     workload: Option<u32>,
     ctx: Arc<Outbound>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
     deadline: Duration,
 ) {
     let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
@@ -167,7 +167,7 @@ pub async fn serve_for(
             // send workloads' connects here until meshd detaches them on exit, and a refused
             // connect would fail the workload. HTTP connections close gracefully (see
             // `http::serve`); the drain ends when none is left, or at the deadline.
-            _ = drain.signaled(), if until.is_none() => {
+            _ = drain.started(), if until.is_none() => {
                 if conns.is_empty() {
                     break;
                 }

@@ -73,7 +73,7 @@ impl Inbound {
 pub async fn serve(
     listener: TcpListener,
     inbound: Arc<Inbound>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
     deadline: Duration,
 ) {
     let mut conns = tokio::task::JoinSet::new();
@@ -101,7 +101,7 @@ pub async fn serve(
                     return;
                 }
             }
-            _ = drain.signaled(), if until.is_none() => {
+            _ = drain.started(), if until.is_none() => {
                 if conns.is_empty() {
                     return;
                 }

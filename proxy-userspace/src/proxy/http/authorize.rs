@@ -58,8 +58,7 @@ fn decide(
         return None;
     }
     let e = snap.compiled.endpoints.get(target)?;
-    let local =
-        tunnel::local_destination(snap, target, ctx.node_address, ctx.inbound_port).is_some();
+    let local = tunnel::on_this_node(e, ctx.node_address, ctx.inbound_port);
     // Through the tunnel, the meshd of the destination's node decides with the tunnel's
     // identity; in plaintext nobody else would.
     if !local && !tunnel::mtls_disabled(snap, e, target.port()) {
