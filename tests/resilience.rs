@@ -103,13 +103,22 @@ fn istios_circuit_breaking_task() {
     // Two callers: a request that arrives while the other caller's request still waits for
     // its new connection (one per request) is the second pending one, and is shed with 503
     // and x-envoy-overloaded, as in Istio's task.
-    let many = results(clients(&d, 2, 100, "http://reviews:9080/whoami"));
-    let shed = count(&many, "503 true");
-    assert!(shed > 0, "some requests overflow: {many:?}");
-    assert_eq!(count(&many, "200") + shed, 200, "{many:?}");
+    // On a loaded host the two callers may not overlap at all; a batch is tried up to three
+    // times, and every request of every batch must be served or shed.
+    let mut shed_total = 0;
+    for _ in 0..3 {
+        let many = results(clients(&d, 2, 100, "http://reviews:9080/whoami"));
+        let shed = count(&many, "503 true");
+        assert_eq!(count(&many, "200") + shed, 200, "{many:?}");
+        shed_total += shed;
+        if shed > 0 {
+            break;
+        }
+    }
+    assert!(shed_total > 0, "some requests overflow");
     assert!(
         d.metric(r#"meshd_overflow_total{limit="http1MaxPendingRequests",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#)
-            >= shed as f64
+            >= shed_total as f64
     );
     // Every request got its own upstream connection (maxRequestsPerConnection: 1).
     assert_eq!(v1.accepted(), v1.requests());
@@ -729,21 +738,27 @@ fn the_route_timeout_cuts_off_a_response_still_streaming() {
 }
 
 /// `connectionPool.tcp.idleTimeout` on an opaque connection (a port declared TCP): open while
-/// it has been quiet for less, closed on both sides once quiet for longer.
+/// it has been quiet for less, closed on both sides once quiet for longer. TCP keepalive
+/// probes carry no data, so a client's probes do not keep a quiet connection open.
 #[test]
 fn a_quiet_tcp_connection_is_closed_after_its_idle_timeout() {
     if !ebpf_available("tcp_idle") {
         return;
     }
     let (v1, v2) = two_backends();
-    let policy = "    connectionPool:\n      tcp:\n        idleTimeout: 1s\n";
+    let policy = "    connectionPool:\n      tcp:\n        idleTimeout: 2s\n";
     let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
         .replace("protocol: HTTP\n", "protocol: TCP\n");
     let d = start("tcp-idle", 191, &yaml);
-    // One request on a connection, then quiet for `wait` seconds: is it still open?
+    // One request on a connection, then quiet for `wait` seconds (with keepalive probes every
+    // second when asked): is it still open?
     let script = r#"
 import socket, sys, time
 s = socket.create_connection(("127.0.0.50", 9080), timeout=10)
+if len(sys.argv) > 2:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
 s.sendall(b"GET /whoami HTTP/1.1\r\nHost: reviews\r\n\r\n")
 assert s.recv(65536).startswith(b"HTTP/1.1 200")
 time.sleep(float(sys.argv[1]))
@@ -755,11 +770,10 @@ except socket.timeout:
 except ConnectionResetError:
     print("closed")
 "#;
-    let after = |wait: &str| {
-        let out = d
-            .exec("default/productpage", &["python3", "-c", script, wait])
-            .output()
-            .unwrap();
+    let after = |args: &[&str]| {
+        let mut argv = vec!["python3", "-c", script];
+        argv.extend_from_slice(args);
+        let out = d.exec("default/productpage", &argv).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -767,8 +781,17 @@ except ConnectionResetError:
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    assert_eq!(after("0.2"), "open", "quiet for less than the timeout");
-    assert_eq!(after("2.5"), "closed", "quiet for longer: meshd closed it");
+    assert_eq!(after(&["0.5"]), "open", "quiet for less than the timeout");
+    assert_eq!(
+        after(&["3.5"]),
+        "closed",
+        "quiet for longer: meshd closed it"
+    );
+    assert_eq!(
+        after(&["3.5", "keepalive"]),
+        "closed",
+        "keepalive probes are not traffic"
+    );
     assert!(d.log_text().contains("idle timeout"), "{}", d.log_text());
 }
 

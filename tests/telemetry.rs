@@ -606,3 +606,57 @@ fn a_tcp_connection_ended_by_a_reset_is_logged_with_the_bytes_it_carried() {
         "{line}"
     );
 }
+
+/// Istio reports an open TCP connection's bytes every few seconds (`tcp_reporting_duration`),
+/// so a long-lived connection shows on dashboards while it flows, and its close adds only the
+/// rest: the totals are exact either way.
+#[test]
+fn an_open_tcp_connection_reports_its_bytes_while_it_flows() {
+    if !ebpf_available("tcp_report") {
+        return;
+    }
+    let backend = Backend::echo("127.0.0.1:0");
+    let d = Daemon::start(
+        "tcp-report",
+        272,
+        &["--tcp-reporting-interval", "1s", "--access-log", "off"],
+    );
+    // Sends as many bytes as each line of stdin says, reads their echo, and says `ok`.
+    let script = format!(
+        "import socket, sys\ns = socket.create_connection(('127.0.0.1', {}), timeout=10)\nfor line in sys.stdin:\n    n = int(line)\n    s.sendall(b'x' * n)\n    got = 0\n    while got < n:\n        got += len(s.recv(65536))\n    print('ok', flush=True)\ns.close()\n",
+        backend.addr.port()
+    );
+    let mut client =
+        support::LineClient::spawn(d.exec("default/talker", &["python3", "-c", &script]));
+    let metric = |name: &str| -> Option<u64> {
+        let text = d.get("/metrics");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(r#"source_workload="talker""#))?;
+        line.rsplit(' ').next()?.parse().ok()
+    };
+    let both_at = |n: u64| {
+        eventually(Duration::from_secs(5), || {
+            let to = metric("istio_tcp_received_bytes_total{")?;
+            let from = metric("istio_tcp_sent_bytes_total{")?;
+            (to == n && from == n).then_some(())
+        })
+    };
+    assert_eq!(client.ask("1000"), "ok");
+    both_at(1000).unwrap_or_else(|| panic!("no report while open:\n{}", d.get("/metrics")));
+    assert_eq!(
+        metric("istio_tcp_connections_closed_total{"),
+        None,
+        "the connection is still open"
+    );
+    assert_eq!(client.ask("2345"), "ok");
+    both_at(3345).unwrap_or_else(|| panic!("no second report:\n{}", d.get("/metrics")));
+    // The close adds the rest, and nothing twice.
+    assert_eq!(client.ask("7"), "ok");
+    client.finish();
+    eventually(Duration::from_secs(5), || {
+        (metric("istio_tcp_connections_closed_total{") == Some(1)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never closed:\n{}", d.get("/metrics")));
+    both_at(3352).unwrap_or_else(|| panic!("totals at close:\n{}", d.get("/metrics")));
+}

@@ -201,7 +201,10 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         }
     }
     // An invalid configuration fails the start, with every finding, before touching anything.
-    let metrics = Metrics::new(settings.istio_metrics);
+    let metrics = Metrics::new(
+        settings.istio_metrics,
+        Some(settings.tcp_reporting_interval),
+    );
     let config = ConfigStore::initial(settings.config_paths.clone(), metrics.clone())?;
     let access = Arc::new(
         crate::telemetry::AccessLog::open(&settings.access_log, settings.access_log_sample)

@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// meshd's own counters stay.
     #[arg(long, env = "MESHD_ISTIO_METRICS", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub istio_metrics: bool,
+    /// How often an open TCP connection's bytes are added to `istio_tcp_*_bytes_total`
+    /// (Istio's `tcp_reporting_duration`); `0s` adds them only when it closes.
+    #[arg(long, env = "MESHD_TCP_REPORTING_INTERVAL", default_value = "5s")]
+    pub tcp_reporting_interval: String,
     /// Where access-log lines go: `stdout`, `off`, or a file path.
     #[arg(long, env = "MESHD_ACCESS_LOG", default_value = "stdout")]
     pub access_log: String,

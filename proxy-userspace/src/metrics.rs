@@ -1,7 +1,10 @@
 //! Prometheus metrics: meshd's own connection metrics plus the eBPF event counters, which are
 //! read from the per-CPU map at scrape time.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
@@ -57,7 +60,8 @@ fn by_direction(counter: &IntCounterVec, from_workload: u64, to_workload: u64) {
 
 impl Metrics {
     /// `istio` turns Istio's standard request and TCP metrics on; meshd's own are always on.
-    pub fn new(istio: bool) -> Arc<Metrics> {
+    /// An open TCP connection reports its bytes every `tcp_every` (only at close: `None`).
+    pub fn new(istio: bool, tcp_every: Option<Duration>) -> Arc<Metrics> {
         let registry = Registry::new();
         let connections_active = IntGauge::new(
             "meshd_connections_active",
@@ -207,7 +211,7 @@ impl Metrics {
         ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
-        let istio = crate::telemetry::IstioMetrics::new(&registry, istio);
+        let istio = crate::telemetry::IstioMetrics::reporting(&registry, istio, tcp_every);
         let routes = crate::telemetry::route_stats::RouteStats::new(&registry);
         Arc::new(Metrics {
             istio,

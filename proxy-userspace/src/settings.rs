@@ -49,6 +49,9 @@ pub struct Settings {
     #[serde(with = "millis")]
     pub redis_timeout: Duration,
     pub istio_metrics: bool,
+    /// How often an open TCP connection's bytes go to Istio's metrics; zero: only at close.
+    #[serde(with = "millis")]
+    pub tcp_reporting_interval: Duration,
     pub access_log: String,
     pub access_log_sample: f64,
     pub trace_zipkin: Option<String>,
@@ -122,6 +125,8 @@ impl Settings {
                     r,
                 )
             })?;
+        let tcp_reporting_interval = parse_duration(&a.tcp_reporting_interval)
+            .map_err(|r| invalid("tcp-reporting-interval", &a.tcp_reporting_interval, r))?;
         if !(1..=1024).contains(&a.max_request_headers_kb) {
             return Err(invalid(
                 "max-request-headers-kb",
@@ -167,6 +172,7 @@ impl Settings {
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
             istio_metrics: a.istio_metrics,
+            tcp_reporting_interval,
             access_log: a.access_log.clone(),
             trace_zipkin: a.trace_zipkin.clone(),
             trace_otlp: a.trace_otlp.clone(),

@@ -48,7 +48,7 @@ impl Rig {
         let config = dir.0.join("policies");
         std::fs::create_dir_all(&config).unwrap();
         std::fs::write(config.join("files.yaml"), policies).unwrap();
-        let store = ConfigStore::initial(vec![config], Metrics::new(false)).unwrap();
+        let store = ConfigStore::initial(vec![config], Metrics::new(false, None)).unwrap();
         let api = KubeApi::start();
         if istio {
             api.install_istio();

@@ -1,7 +1,12 @@
 //! The outbound listener: accepts connections that connect4/6 redirected, recovers where each
 //! was going, connects there, and copies bytes both ways until both sides have closed.
 
-use std::{net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncWriteExt, copy_bidirectional_with_sizes},
@@ -23,7 +28,12 @@ use crate::{
     drain,
     ebpf::DatapathMaps,
     metrics::Metrics,
-    telemetry::{Entry, TcpLabels, access_log::rfc3339, istio::split_workload},
+    telemetry::{
+        Entry, TcpLabels,
+        access_log::rfc3339,
+        istio::split_workload,
+        tcp_report::{Carried, Reported},
+    },
     workloads::Registry,
 };
 
@@ -491,11 +501,15 @@ async fn proxy(
             None => copy::relay(&down, &up, ctx.zero_copy).await,
         }
     };
-    // The kernel's byte counters of the client's socket see both directions, however carried.
-    let moved = || {
-        let (client, _) = ctx.connections.counters(tracked.id());
-        client.map(|c| c.rx_bytes + c.tx_bytes)
-    };
+    // What the two sockets have carried, however it was carried: reported while the
+    // connection is open, and watched for its idle timeout.
+    let read = || carried(sockets[0], Some(sockets[1]));
+    let istio = &ctx.metrics.istio;
+    let labels = &record.labels;
+    let carry = (record.reported).during(carry, istio.tcp_reporting(), read, |c| {
+        istio.tcp_bytes(labels, c)
+    });
+    let moved = || read().map(|c| c.to_destination + c.from_destination);
     let bounded = idle::bounded(carry, target.limits.tcp_idle_timeout, sockets, moved);
     let ((copied, idled), cut) =
         idle::at_most(bounded, target.limits.max_connection_duration, sockets).await;
@@ -524,6 +538,20 @@ async fn proxy(
     record.closed(ctx, to_up, to_down);
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
     Ok(())
+}
+
+/// What an opaque connection has carried, from the payload counters of meshd's sockets
+/// (the client's, and the destination's when meshd holds it): each direction as the socket
+/// that saw more of it counts, since with the sockmap one of them sees none of it.
+fn carried(client: RawFd, destination: Option<RawFd>) -> Option<Carried> {
+    let c = sockopt::payload(&client, false)?;
+    let d = destination
+        .and_then(|d| sockopt::payload(&d, true))
+        .unwrap_or_default();
+    Some(Carried {
+        to_destination: c.received.max(d.acked),
+        from_destination: c.acked.max(d.received),
+    })
 }
 
 /// The upstream once it opened, with what the target sent while a forward proxy's tunnel
@@ -597,17 +625,27 @@ async fn streamed(
     ctx.metrics.istio.tcp_opened(&record.labels);
     let _ = down.set_nodelay(true);
     debug!(dst = %target.addr, via = ?target.via.as_ref().map(|v| v.node), "proxying a stream");
-    // The kernel's counters of the client's socket, in both directions.
-    let client = || ctx.connections.counters(tracked.id()).0;
+    // What the client's socket carried, in both directions: reported while the connection is
+    // open, watched for its idle timeout, and the count when the carry ends short.
+    let client = down.as_raw_fd();
+    let read = || carried(client, None);
     let carry = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF);
-    let activity = || client().map(|c| c.rx_bytes + c.tx_bytes);
+    let istio = &ctx.metrics.istio;
+    let labels = &record.labels;
+    let carry = (record.reported).during(carry, istio.tcp_reporting(), read, |c| {
+        istio.tcp_bytes(labels, c)
+    });
+    let activity = || read().map(|c| c.to_destination + c.from_destination);
     let bounded = idle::or_dropped(carry, l4.limits.tcp_idle_timeout, activity);
     let ended = match l4.limits.max_connection_duration {
         Some(max) => tokio::time::timeout(max, bounded).await.ok(),
         None => Some(bounded.await),
     };
+    let socket = || read().map_or((0, 0), |c| (c.to_destination, c.from_destination));
     let (to_up, to_down) = match ended {
-        Some(Some(carried)) => carried.unwrap_or((0, 0)),
+        Some(Some(Ok(carried))) => carried,
+        // Ended by an error: what the client's socket carried until then.
+        Some(Some(Err(_))) => socket(),
         // Closed for its idle timeout or maximum duration: what the client's socket moved is
         // what was carried.
         cut => {
@@ -616,7 +654,7 @@ async fn streamed(
                 _ => record.lived_out(),
             }
             debug!(dst = %target.addr, "idle timeout or maximum duration: connection closed");
-            client().map_or((0, 0), |c| (c.rx_bytes, c.tx_bytes))
+            socket()
         }
     };
     ctx.metrics.bytes(to_up, to_down);
@@ -631,6 +669,8 @@ struct TcpRecord {
     labels: TcpLabels,
     entry: Entry<'static>,
     start: std::time::Instant,
+    /// The bytes reported while the connection was open.
+    reported: Reported,
 }
 
 impl TcpRecord {
@@ -673,13 +713,16 @@ impl TcpRecord {
                 ..Entry::default()
             },
             start: std::time::Instant::now(),
+            reported: Reported::default(),
         }
     }
 
     fn failed(mut self, ctx: &Outbound, e: &OutboundError) {
         self.labels.response_flags = e.flag().into();
         ctx.metrics.istio.tcp_opened(&self.labels);
-        ctx.metrics.istio.tcp_closed(&self.labels, 0, 0);
+        ctx.metrics
+            .istio
+            .tcp_closed(&self.labels, Carried::default());
         self.entry.response_flags = e.flag().into();
         self.entry.reason = e.to_string().into();
         self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
@@ -704,7 +747,12 @@ impl TcpRecord {
     }
 
     fn closed(mut self, ctx: &Outbound, sent: u64, received: u64) {
-        ctx.metrics.istio.tcp_closed(&self.labels, sent, received);
+        let total = Carried {
+            to_destination: sent,
+            from_destination: received,
+        };
+        let rest = self.reported.rest(total);
+        ctx.metrics.istio.tcp_closed(&self.labels, rest);
         self.entry.bytes_received = sent;
         self.entry.bytes_sent = received;
         self.entry.duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;

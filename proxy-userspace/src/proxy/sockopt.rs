@@ -69,3 +69,77 @@ pub fn set_reset_on_close(sock: &impl AsRawFd) {
         );
     }
 }
+
+/// The payload bytes a TCP socket has carried, from the kernel's TCP_INFO: what it received in
+/// order from its peer, and what it sent that the peer acknowledged. Unlike the packet
+/// counters, they do not move for headers, keepalive probes or retransmissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub received: u64,
+    pub acked: u64,
+}
+
+// TCP states (`tcpi_state`, the kernel's `enum tcp_state`).
+const FIN_WAIT2: u8 = 5;
+const TIME_WAIT: u8 = 6;
+const CLOSE: u8 = 7;
+const CLOSE_WAIT: u8 = 8;
+const LAST_ACK: u8 = 9;
+const CLOSING: u8 = 11;
+
+/// The payload counters of a TCP socket (`connected`: meshd opened it, rather than accepted
+/// it); `None` when it has none (not TCP, or closed). The kernel's counters also hold one for
+/// the SYN the connecting side sent and one for each FIN; these are taken off. Where a state
+/// leaves open whether a FIN was counted (closed by a reset or by both FINs), it is taken off,
+/// so the count is never above the payload.
+pub fn payload(sock: &impl AsRawFd, connected: bool) -> Option<Payload> {
+    let info: libc::tcp_info = getsockopt(sock, libc::SOL_TCP, libc::TCP_INFO).ok()?;
+    let state = info.tcpi_state;
+    let fin_received = matches!(state, TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING);
+    let fin_acked = matches!(state, FIN_WAIT2 | TIME_WAIT | CLOSE);
+    let sequence_only = u64::from(connected) + u64::from(fin_acked);
+    Some(Payload {
+        received: info.tcpi_bytes_received.saturating_sub(fin_received.into()),
+        acked: info.tcpi_bytes_acked.saturating_sub(sequence_only),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::{Shutdown, TcpListener, TcpStream},
+        thread::sleep,
+        time::Duration,
+    };
+
+    use super::*;
+
+    fn settle() {
+        sleep(Duration::from_millis(50));
+    }
+
+    #[test]
+    fn payload_counts_bytes_not_the_syn_or_fins() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut a, _) = l.accept().unwrap();
+        let both = |c: &TcpStream, a: &TcpStream| (payload(c, true), payload(a, false));
+        let p = |received, acked| Some(Payload { received, acked });
+        settle();
+        assert_eq!(both(&c, &a), (p(0, 0), p(0, 0)), "only the handshake");
+        c.write_all(&[1; 1000]).unwrap();
+        a.read_exact(&mut [0; 1000]).unwrap();
+        a.write_all(&[2; 500]).unwrap();
+        c.read_exact(&mut [0; 500]).unwrap();
+        settle();
+        assert_eq!(both(&c, &a), (p(500, 1000), p(1000, 500)));
+        // Half-closed, then closed both ways: the FINs are not payload.
+        c.shutdown(Shutdown::Write).unwrap();
+        settle();
+        assert_eq!(both(&c, &a), (p(500, 1000), p(1000, 500)), "one FIN");
+        a.shutdown(Shutdown::Write).unwrap();
+        settle();
+        assert_eq!(both(&c, &a), (p(500, 1000), p(1000, 500)), "both FINs");
+    }
+}

@@ -13,7 +13,10 @@ use std::{
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 pub use super::series::RequestLabels;
-use super::series::SeriesStore;
+use super::{
+    series::SeriesStore,
+    tcp_report::{Carried, DEFAULT_INTERVAL},
+};
 
 /// Distinct label sets kept per metric before new ones fold into `other`.
 pub const MAX_SERIES: usize = 2_000;
@@ -67,6 +70,8 @@ pub struct IstioMetrics {
     seen_tcp: Mutex<HashSet<u64>>,
     /// Off: nothing is recorded (`--istio-metrics off`); the families stay registered, empty.
     enabled: bool,
+    /// How often an open TCP connection reports its bytes (`--tcp-reporting-interval`).
+    tcp_every: Option<Duration>,
 }
 
 /// Whether a new label set fits under the cap (known ones always do).
@@ -89,6 +94,16 @@ const OTHER: &str = "other";
 
 impl IstioMetrics {
     pub fn new(registry: &Registry, enabled: bool) -> IstioMetrics {
+        IstioMetrics::reporting(registry, enabled, Some(DEFAULT_INTERVAL))
+    }
+
+    /// Istio's metrics, an open TCP connection's bytes reported every `tcp_every` (only at
+    /// close when `None`).
+    pub fn reporting(
+        registry: &Registry,
+        enabled: bool,
+        tcp_every: Option<Duration>,
+    ) -> IstioMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
             registry.register(Box::new(c.clone())).expect("register");
@@ -141,6 +156,7 @@ impl IstioMetrics {
             ),
             seen_tcp: Mutex::new(HashSet::new()),
             enabled,
+            tcp_every: tcp_every.filter(|e| !e.is_zero()),
         }
     }
 
@@ -223,20 +239,38 @@ impl IstioMetrics {
         self.tcp_opened.with_label_values(&v).inc();
     }
 
-    /// A connection's end, with the bytes it carried to the destination (the request) and from
-    /// it (the response). As Istio defines them, `istio_tcp_received_bytes_total` counts the
-    /// request's and `istio_tcp_sent_bytes_total` the response's.
-    pub fn tcp_closed(&self, l: &TcpLabels, to_destination: u64, from_destination: u64) {
+    /// How often an open TCP connection reports the bytes it carried; `None` when only its
+    /// close does (or nothing is recorded).
+    pub fn tcp_reporting(&self) -> Option<Duration> {
+        self.tcp_every.filter(|_| self.enabled)
+    }
+
+    /// Bytes an open or closing connection carried since its last report. As Istio defines
+    /// them, `istio_tcp_received_bytes_total` counts the request's (to the destination) and
+    /// `istio_tcp_sent_bytes_total` the response's (from it).
+    pub fn tcp_bytes(&self, l: &TcpLabels, c: Carried) {
+        if !self.enabled {
+            return;
+        }
+        let v = self.tcp_values(l);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        self.tcp_received
+            .with_label_values(&v)
+            .inc_by(c.to_destination);
+        self.tcp_sent
+            .with_label_values(&v)
+            .inc_by(c.from_destination);
+    }
+
+    /// A connection's end, with the bytes it carried that were not reported while it was open.
+    pub fn tcp_closed(&self, l: &TcpLabels, rest: Carried) {
         if !self.enabled {
             return;
         }
         let v = self.tcp_values(l);
         let v: Vec<&str> = v.iter().map(String::as_str).collect();
         self.tcp_closed.with_label_values(&v).inc();
-        self.tcp_received
-            .with_label_values(&v)
-            .inc_by(to_destination);
-        self.tcp_sent.with_label_values(&v).inc_by(from_destination);
+        self.tcp_bytes(l, rest);
     }
 }
 
@@ -306,7 +340,11 @@ mod tests {
             security_policy: "none",
         };
         // A client sent 32 bytes; the destination answered 379.
-        m.tcp_closed(&l, 32, 379);
+        let carried = Carried {
+            to_destination: 32,
+            from_destination: 379,
+        };
+        m.tcp_closed(&l, carried);
         let text = crate::telemetry::exposition::encode(&r, &m);
         let value = |name: &str| {
             text.lines()

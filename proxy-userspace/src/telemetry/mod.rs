@@ -8,6 +8,7 @@ pub mod istio;
 pub mod logging;
 pub mod route_stats;
 pub mod series;
+pub mod tcp_report;
 pub mod trace;
 
 pub use access_log::{AccessLog, Entry};

@@ -3,7 +3,7 @@
 //! anything else is refused; an opaque stream is authorized once (Istio's L4 rules), an HTTP
 //! stream per request.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -29,11 +29,13 @@ use crate::{
     proxy::{
         http::{HttpContext, authorize::report},
         sniff::{Detected, classify},
+        sockopt,
     },
     security::{
         Workload,
         authz::{Decision, RequestContext},
     },
+    telemetry::tcp_report::{Carried, Reported},
 };
 
 /// How long a TLS handshake may take.
@@ -416,27 +418,51 @@ impl Stream {
                 let labels = self.labels();
                 inbound.metrics.istio.tcp_opened(&labels);
                 let mut applied = inbound.http.config.applied();
-                let copy = tokio::io::copy_bidirectional(&mut io, &mut up);
-                tokio::pin!(copy);
+                // What the workload's socket carried: reported while the stream is open, and
+                // the count when the copy ends short.
+                let workload = up.as_raw_fd();
+                let read = || {
+                    sockopt::payload(&workload, true).map(|p| Carried {
+                        to_destination: p.acked,
+                        from_destination: p.received,
+                    })
+                };
+                let socket = || read().map_or((0, 0), |c| (c.to_destination, c.from_destination));
+                let mut reported = Reported::default();
+                let istio = &inbound.metrics.istio;
                 // A stream copied as bytes was decided when it opened. When the policies
                 // change, it is closed if they now deny it, or read its requests (their
                 // client's next stream is then authorized request by request), as ztunnel
                 // closes the connections a new policy no longer allows.
                 let mut reason = "";
-                let (sent, received) = loop {
-                    tokio::select! {
-                        copied = &mut copy => break copied.unwrap_or((0, 0)),
-                        Ok(()) = applied.changed() => {
-                            if let Some(why) = self.revoked(inbound, per_request || self.opaque) {
-                                tracing::info!(source = %self.source, target = %self.target, why, "tunnel stream closed after a policy change");
-                                inbound.metrics.tunnel("revoked");
-                                reason = "closed after a policy change";
-                                break (0, 0);
+                let (sent, received) = {
+                    let copy = tokio::io::copy_bidirectional(&mut io, &mut up);
+                    let copy = reported.during(copy, istio.tcp_reporting(), read, |c| {
+                        istio.tcp_bytes(&labels, c)
+                    });
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            copied = &mut copy => break copied.unwrap_or_else(|_| socket()),
+                            Ok(()) = applied.changed() => {
+                                if let Some(why) = self.revoked(inbound, per_request || self.opaque) {
+                                    tracing::info!(source = %self.source, target = %self.target, why, "tunnel stream closed after a policy change");
+                                    inbound.metrics.tunnel("revoked");
+                                    reason = "closed after a policy change";
+                                    break socket();
+                                }
                             }
                         }
                     }
                 };
-                inbound.metrics.istio.tcp_closed(&labels, sent, received);
+                let total = Carried {
+                    to_destination: sent,
+                    from_destination: received,
+                };
+                inbound
+                    .metrics
+                    .istio
+                    .tcp_closed(&labels, reported.rest(total));
                 log.write(
                     inbound,
                     &self,
