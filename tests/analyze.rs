@@ -126,16 +126,27 @@ fn unreadable_input_exits_two() {
         stderr.trim(),
         "meshd analyze: no/such/dir: no such file or directory"
     );
+}
 
+/// A file in another encoding is a finding at its first invalid byte (exit 1), reported with
+/// every other file's findings.
+#[test]
+fn text_that_is_not_utf8_is_an_error_finding() {
     let dir = std::env::temp_dir().join(format!("meshd-analyze-bin-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let file = dir.join("latin1.yaml");
     fs::write(&file, b"kind: caf\xe9\n").unwrap_or_else(|e| panic!("{e}"));
-    let (code, _, stderr) = analyze(&[file.to_str().unwrap_or_default()]);
+    let (code, lines, _) = analyze(&[file.to_str().unwrap_or_default(), "policies/"]);
     let _ = fs::remove_dir_all(&dir);
-    assert_eq!(code, 2);
+    assert_eq!(code, 1, "{lines:#?}");
     assert!(
-        stderr.contains("not UTF-8 text (byte 9 is invalid)"),
-        "{stderr}"
+        lines.iter().any(|l| l.ends_with(
+            "latin1.yaml:1:10: error: not UTF-8 text: this byte is invalid (policy files are UTF-8 YAML)"
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.last().is_some_and(|l| l.contains("1 error")),
+        "{lines:#?}"
     );
 }

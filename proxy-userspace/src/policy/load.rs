@@ -103,6 +103,15 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Loaded, Vec<SourceError>> {
                     ),
                 ));
             }
+            Text::NotUtf8 { line, col } => {
+                loaded.set.files += 1;
+                loaded.findings.push(Finding::new(
+                    file,
+                    Pos::new(*line, *col),
+                    Severity::Error,
+                    "not UTF-8 text: this byte is invalid (policy files are UTF-8 YAML)",
+                ));
+            }
         }
     }
     finish(&mut loaded);

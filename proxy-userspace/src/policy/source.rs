@@ -20,8 +20,6 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: not UTF-8 text (byte {offset} is invalid)", path.display())]
-    NotUtf8 { path: PathBuf, offset: usize },
     #[error("more than {MAX_FILES} policy files; split the configuration")]
     TooManyFiles,
     #[error(
@@ -38,6 +36,12 @@ pub enum Text {
     Ok(String),
     /// Larger than `MAX_FILE_BYTES`: a finding about the file, not an unreadable input.
     TooLarge(u64),
+    /// Not UTF-8: a finding at the first invalid byte (1-based line and column, the column
+    /// counted in characters), not an unreadable input.
+    NotUtf8 {
+        line: usize,
+        col: usize,
+    },
 }
 
 /// Lists the files to load, in order, and the paths that could not be listed. Directories are walked recursively; names starting with a
@@ -123,12 +127,20 @@ pub fn read(path: &Path) -> Result<Text, SourceError> {
         let size = fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
         return Ok(Text::TooLarge(size));
     }
-    String::from_utf8(bytes)
-        .map(Text::Ok)
-        .map_err(|e| SourceError::NotUtf8 {
-            path: path.to_path_buf(),
-            offset: e.utf8_error().valid_up_to(),
-        })
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Text::Ok(text)),
+        Err(e) => {
+            let bytes = e.as_bytes();
+            let valid = &bytes[..e.utf8_error().valid_up_to()];
+            // The bytes before `valid_up_to` are valid UTF-8.
+            let before = std::str::from_utf8(valid).unwrap_or_default();
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            Ok(Text::NotUtf8 {
+                line: before.matches('\n').count() + 1,
+                col: before[line_start..].chars().count() + 1,
+            })
+        }
+    }
 }
 
 /// A regular file's bytes, at most `MAX_FILE_BYTES + 1` of them (one more says it is too

@@ -79,9 +79,7 @@ fn directories_are_scanned_recursively_in_order() {
 fn unreadable_input_is_not_a_finding() {
     let dir = temp_dir("unreadable");
     let missing = dir.join("missing.yaml");
-    let binary = dir.join("binary.yaml");
-    fs::write(&binary, [b'a', b':', b' ', 0xff, 0xfe]).unwrap();
-    let Err(LoadFailure::Unreadable(errors)) = load(&[missing, binary]) else {
+    let Err(LoadFailure::Unreadable(errors)) = load(&[missing]) else {
         panic!("expected unreadable input");
     };
     let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -89,10 +87,32 @@ fn unreadable_input_is_not_a_finding() {
         text[0].ends_with("missing.yaml: no such file or directory"),
         "{text:?}"
     );
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A file that is not UTF-8 is a finding at its first invalid byte, beside the other files'
+/// findings, not an input that stops the whole load.
+#[test]
+fn text_that_is_not_utf8_is_a_finding_at_its_byte() {
+    let dir = temp_dir("not-utf8");
+    let binary = dir.join("binary.yaml");
+    // Line 2, after 19 characters (the `é` is one character of two bytes).
+    let mut bytes = "kind: A\nmetadata: {name: \"é".as_bytes().to_vec();
+    bytes.push(0xff);
+    fs::write(&binary, bytes).unwrap();
+    let other = dir.join("other.yaml");
+    fs::write(&other, "kind: [").unwrap();
+    let Err(LoadFailure::Invalid(findings)) = load(&[binary, other]) else {
+        panic!("expected findings");
+    };
+    let text: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
     assert!(
-        text[1].ends_with("binary.yaml: not UTF-8 text (byte 3 is invalid)"),
+        text.iter().any(|t| t.ends_with(
+            "binary.yaml:2:20: error: not UTF-8 text: this byte is invalid (policy files are UTF-8 YAML)"
+        )),
         "{text:?}"
     );
+    assert!(text.iter().any(|t| t.contains("other.yaml:")), "{text:?}");
     let _ = fs::remove_dir_all(&dir);
 }
 
