@@ -211,7 +211,8 @@ fn the_log_level_changes_at_run_time() {
         s.read_to_string(&mut out).unwrap();
         out
     };
-    assert!(post("warn").contains(" 200 "), "the level is accepted");
+    // Envoy's level names are read as tracing's.
+    assert!(post("warning").contains(" 200 "), "the level is accepted");
     assert_eq!(d.get("/logging").trim(), "warn");
     let before = d.log_text().matches("request method=").count();
     curl(&d, &["-o", "/dev/null", "http://reviews:9080/"]);
@@ -231,6 +232,12 @@ fn the_log_level_changes_at_run_time() {
         post("not%3D%3Dvalid").contains("400"),
         "an invalid filter is refused"
     );
+    // A word that is no level would turn every log off: refused, and the level kept.
+    assert!(
+        post("verbose").contains("400"),
+        "an unknown level is refused"
+    );
+    assert_eq!(d.get("/logging").trim(), "debug");
 }
 
 /// A test collector (not a real Zipkin): accepts POSTs and keeps their JSON bodies.

@@ -115,7 +115,7 @@ pub struct Compiled {
     /// `/32` or `/128` is in `vips`.
     pub vip_ranges: Vec<(IpBlock, u16, String)>,
     /// Endpoint address → `namespace/name` of the WorkloadEntry behind it, for telemetry.
-    pub endpoint_workloads: HashMap<std::net::SocketAddr, String>,
+    pub endpoint_workloads: super::endpoints::EndpointWorkloads,
     /// Who stands behind each endpoint, and which meshd node fronts it.
     pub endpoints: super::endpoints::Endpoints,
     /// AuthorizationPolicies, compiled for evaluation.
@@ -619,20 +619,6 @@ fn compile_vips(set: &PolicySet) -> Vips {
     (vips, ranges)
 }
 
-fn compile_endpoint_workloads(set: &PolicySet) -> HashMap<std::net::SocketAddr, String> {
-    let mut out = HashMap::new();
-    for we in &set.workload_entries {
-        let Ok(ip) = we.spec.address.parse::<IpAddr>() else {
-            continue;
-        };
-        for port in we.spec.ports.values() {
-            out.entry(std::net::SocketAddr::new(ip, *port))
-                .or_insert_with(|| we.id());
-        }
-    }
-    out
-}
-
 /// The AuthorizationPolicies as an evaluator. What it cannot honour was reported by the
 /// analysis of the policies, with the file and line.
 fn authorizer(set: &PolicySet) -> crate::security::authz::Authorizer {
@@ -696,7 +682,7 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
         workloads,
         vips,
         vip_ranges,
-        endpoint_workloads: compile_endpoint_workloads(set),
+        endpoint_workloads: super::endpoints::EndpointWorkloads::compile(set),
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
         mtls: Arc::new(mtls),

@@ -117,9 +117,59 @@ impl Endpoints {
     }
 }
 
+/// The WorkloadEntry behind each endpoint address, for telemetry: by address and port for
+/// entries that name their ports, and by address alone for entries without `ports`, which
+/// serve every port of their services (Istio's endpoint then takes the service's port).
+#[derive(Clone, Debug, Default)]
+pub struct EndpointWorkloads {
+    by_addr: HashMap<SocketAddr, String>,
+    by_ip: HashMap<IpAddr, String>,
+}
+
+impl EndpointWorkloads {
+    pub fn compile(set: &PolicySet) -> EndpointWorkloads {
+        let mut w = EndpointWorkloads::default();
+        for we in &set.workload_entries {
+            let Ok(ip) = we.spec.address.parse::<IpAddr>() else {
+                continue;
+            };
+            if we.spec.ports.is_empty() {
+                w.by_ip.entry(ip).or_insert_with(|| we.id());
+            }
+            for port in we.spec.ports.values() {
+                (w.by_addr.entry(SocketAddr::new(ip, *port))).or_insert_with(|| we.id());
+            }
+        }
+        w
+    }
+
+    /// `namespace/name` of the WorkloadEntry behind `addr`.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&String> {
+        (self.by_addr.get(addr)).or_else(|| self.by_ip.get(&addr.ip()))
+    }
+
+    pub fn contains_key(&self, addr: &SocketAddr) -> bool {
+        self.get(addr).is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workloads_without_ports_answer_for_every_port_of_their_address() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web-v1, namespace: shop}\nspec: {address: 127.0.21.1}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: db, namespace: shop}\nspec: {address: 127.0.0.1, ports: {tcp: 5432}}\n";
+        let set =
+            crate::policy::load_str("t.yaml".as_ref(), yaml).unwrap_or_else(|_| panic!("valid"));
+        let w = EndpointWorkloads::compile(&set);
+        let at = |a: &str| w.get(&a.parse().unwrap()).map(String::as_str);
+        assert_eq!(at("127.0.21.1:43210"), Some("shop/web-v1"));
+        assert_eq!(at("127.0.21.1:80"), Some("shop/web-v1"));
+        assert_eq!(at("127.0.0.1:5432"), Some("shop/db"));
+        // An entry with ports names only those: another port of its address is not it.
+        assert_eq!(at("127.0.0.1:9000"), None);
+    }
 
     #[test]
     fn node_addresses() {

@@ -123,6 +123,22 @@ fn valid_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
 }
 
+/// Lowercase hex digits only, as W3C trace context requires of every field.
+fn lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A B3 sampling state: `1` (or `true`, as older tracers send it) and `d` (debug) sample,
+/// `0` and `false` do not; anything else defers.
+fn b3_decision(v: &str) -> Option<bool> {
+    match v.trim() {
+        "1" | "d" | "true" => Some(true),
+        "0" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// The tracing headers a request carries (the first value of each), found in one pass: a
 /// lookup by a name that is not a standard header hashes the name, every time.
 #[derive(Default)]
@@ -132,6 +148,7 @@ struct Present<'h> {
     b3_trace_id: Option<&'h HeaderValue>,
     b3_span_id: Option<&'h HeaderValue>,
     b3_sampled: Option<&'h HeaderValue>,
+    b3_flags: Option<&'h HeaderValue>,
     request_id: Option<&'h HeaderValue>,
 }
 
@@ -145,6 +162,7 @@ impl<'h> Present<'h> {
                 "x-b3-traceid" => &mut p.b3_trace_id,
                 "x-b3-spanid" => &mut p.b3_span_id,
                 "x-b3-sampled" => &mut p.b3_sampled,
+                "x-b3-flags" => &mut p.b3_flags,
                 "x-request-id" => &mut p.request_id,
                 _ => continue,
             };
@@ -190,43 +208,57 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
     fn get(v: Option<&HeaderValue>) -> Option<&str> {
         v.and_then(|v| v.to_str().ok())
     }
-    let parsed = get(present.traceparent)
-        .and_then(|tp| {
-            let mut p = tp.trim().split('-');
-            let (_, t, s, f) = (p.next()?, p.next()?, p.next()?, p.next()?);
-            (valid_hex(t, 32) && valid_hex(s, 16)).then(|| {
-                (
-                    Hex::padded(t),
-                    Hex::padded(s),
-                    u8::from_str_radix(f, 16).is_ok_and(|f| f & 1 == 1),
-                )
-            })
+    // (the caller's trace and span, when it sent them; its sampling decision, when it made one)
+    type Caller = (Option<(TraceId, SpanId)>, Option<bool>);
+    // W3C: `version-trace-span-flags`, all lowercase hex; version ff is invalid, and version
+    // 00 has exactly four fields (a later version may add more).
+    let w3c = || -> Option<Caller> {
+        let tp = get(present.traceparent)?.trim();
+        let mut p = tp.split('-');
+        let (v, t, s, f) = (p.next()?, p.next()?, p.next()?, p.next()?);
+        let fields = v.len() == 2 && v != "ff" && (v != "00" || p.next().is_none());
+        let ids = valid_hex(t, 32) && valid_hex(s, 16) && f.len() == 2;
+        (fields && ids && [v, t, s, f].iter().all(|x| lower_hex(x))).then(|| {
+            let sampled = u8::from_str_radix(f, 16).is_ok_and(|f| f & 1 == 1);
+            (Some((Hex::padded(t), Hex::padded(s))), Some(sampled))
         })
-        .or_else(|| {
-            get(present.b3).and_then(|b3| {
-                let mut p = b3.split('-');
-                let (t, s) = (p.next()?, p.next()?);
-                ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
-                    (
-                        Hex::padded(t),
-                        Hex::padded(s),
-                        p.next().is_none_or(|s| s == "1" || s == "d"),
-                    )
-                })
-            })
+    };
+    // B3 single: `trace-span[-state[-parent]]`, or the state alone (`0`: do not sample).
+    let b3_single = || -> Option<Caller> {
+        let b3 = get(present.b3)?.trim();
+        if !b3.contains('-') {
+            return b3_decision(b3).map(|d| (None, Some(d)));
+        }
+        let mut p = b3.split('-');
+        let (t, s) = (p.next()?, p.next()?);
+        ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
+            let state = p.next().map_or(Some(true), b3_decision);
+            (Some((Hex::padded(t), Hex::padded(s))), state)
         })
-        .or_else(|| {
-            let (t, s) = (get(present.b3_trace_id)?, get(present.b3_span_id)?);
-            ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
-                (
-                    Hex::padded(t),
-                    Hex::padded(s),
-                    get(present.b3_sampled).is_none_or(|v| v == "1"),
-                )
-            })
-        });
-    match parsed {
-        Some((trace_id, parent, sampled)) => Context {
+    };
+    // B3 multi: the ids, `x-b3-sampled`, and `x-b3-flags: 1` (debug, which samples); either
+    // header alone is a decision without ids.
+    let b3_multi = || -> Option<Caller> {
+        let debug = get(present.b3_flags).is_some_and(|f| f.trim() == "1");
+        let state = get(present.b3_sampled).map(b3_decision);
+        let decision = if debug { Some(true) } else { state.flatten() };
+        let ids = (get(present.b3_trace_id).zip(get(present.b3_span_id)))
+            .filter(|(t, s)| (valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16))
+            .map(|(t, s)| (Hex::padded(t), Hex::padded(s)));
+        match ids {
+            Some(ids) => Some((Some(ids), decision.or(state.is_none().then_some(true)))),
+            None => decision.map(|d| (None, Some(d))),
+        }
+    };
+    let (ids, decision) = w3c()
+        .or_else(b3_single)
+        .or_else(b3_multi)
+        .unwrap_or_default();
+    let sampled = decision.unwrap_or_else(|| {
+        sample_rate >= 1.0 || (sample_rate > 0.0 && fastrand::f64() < sample_rate)
+    });
+    match ids {
+        Some((trace_id, parent)) => Context {
             trace_id,
             parent_id: Some(parent),
             span_id: Hex::random(),
@@ -236,7 +268,7 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
             trace_id: Hex::random(),
             parent_id: None,
             span_id: Hex::random(),
-            sampled: sample_rate >= 1.0 || (sample_rate > 0.0 && fastrand::f64() < sample_rate),
+            sampled,
         },
     }
 }
@@ -614,6 +646,67 @@ mod tests {
             h["traceparent"],
             format!("00-{}-{}-00", c.trace_id, c.span_id)
         );
+    }
+
+    #[test]
+    fn a_callers_decision_not_to_sample_is_kept_in_every_form() {
+        let not = |pairs: &[(&'static str, &str)]| {
+            let c = extract(&headers(pairs), 1.0);
+            assert!(!c.sampled, "{pairs:?}");
+            c
+        };
+        // A decision without ids opens a new trace, unsampled.
+        assert!(not(&[("b3", "0")]).parent_id.is_none());
+        assert!(not(&[("x-b3-sampled", "0")]).parent_id.is_none());
+        not(&[("x-b3-sampled", "false")]);
+        not(&[
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "0"),
+        ]);
+        not(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )]);
+        // And one to sample, with ids or without.
+        let yes = |pairs: &[(&'static str, &str)]| assert!(extract(&headers(pairs), 0.0).sampled);
+        yes(&[("b3", "1")]);
+        yes(&[("x-b3-sampled", "true")]);
+        yes(&[
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-flags", "1"),
+        ]);
+        // The upstream request carries the decision.
+        let mut h = headers(&[("b3", "0")]);
+        let (c, _) = propagate(&mut h, 1.0);
+        assert_eq!(
+            h["traceparent"],
+            format!("00-{}-{}-00", c.trace_id, c.span_id)
+        );
+    }
+
+    #[test]
+    fn a_traceparent_w3c_calls_invalid_is_ignored() {
+        for tp in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        ] {
+            let c = extract(&headers(&[("traceparent", tp)]), 0.0);
+            assert!(c.parent_id.is_none(), "{tp}");
+            assert!(!c.sampled, "{tp}");
+        }
+        // A later version may add fields.
+        let c = extract(
+            &headers(&[(
+                "traceparent",
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later",
+            )]),
+            0.0,
+        );
+        assert_eq!(c.parent_id.unwrap(), "00f067aa0ba902b7");
     }
 
     #[test]
