@@ -602,6 +602,29 @@ fn grpc_status_trailers_pass_through_and_h2_multiplexes_100_streams() {
     );
 }
 
+/// Envoy allows a client connection 2^31-1 concurrent streams (hyper's default is 200), so 300
+/// long requests on one HTTP/2 connection, a gRPC client's watch streams for example, all run
+/// at once; they are within the workload's default allowance of requests in flight.
+#[test]
+fn three_hundred_concurrent_streams_on_one_connection_all_run_at_once() {
+    if !ebpf_available("http2_streams") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http2-streams", 273, &[]);
+    let url = format!("http://{}/sleep/1500", b.addr);
+    let out = d
+        .exec(
+            "default/watcher",
+            &["h2load", "-n", "300", "-c", "1", "-m", "300", &url],
+        )
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("300 succeeded, 0 failed"), "{text}");
+    assert_eq!(b.most_concurrent_sleeps(), 300, "{text}");
+}
+
 #[test]
 fn a_client_that_leaves_mid_request_is_logged_with_dc() {
     if !ebpf_available("http_dc") {

@@ -141,7 +141,7 @@ pub struct RunArgs {
     pub workload_max_connections: u32,
     /// HTTP requests one source workload may have in flight through meshd at once; more get
     /// 503 with flag UO (0: unlimited).
-    #[arg(long, env = "MESHD_WORKLOAD_MAX_REQUESTS", default_value_t = 256)]
+    #[arg(long, env = "MESHD_WORKLOAD_MAX_REQUESTS", default_value_t = 1024)]
     pub workload_max_requests: u32,
     /// Threads that serve traffic (Envoy's `--concurrency`): 0 uses one per CPU; 1 runs every
     /// connection on one thread, with no cross-thread hand-offs.

@@ -42,6 +42,9 @@ struct State {
     per_path: Mutex<HashMap<String, usize>>,
     shadow: AtomicUsize,
     max_attempt: AtomicUsize,
+    /// `/sleep/MS` requests being answered now, and the most at once.
+    sleeping: AtomicUsize,
+    most_sleeping: AtomicUsize,
 }
 
 impl HttpBackend {
@@ -89,9 +92,9 @@ impl HttpBackend {
                     // Large headers are for meshd to judge, not this backend (h2's default
                     // is 16 KiB).
                     builder.http2().max_header_list_size(1 << 20);
-                    if let Some(n) = h2_streams {
-                        builder.http2().max_concurrent_streams(n);
-                    }
+                    // Unlimited streams unless a test asks for a limit (hyper's default is
+                    // 200).
+                    builder.http2().max_concurrent_streams(h2_streams);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {
@@ -129,6 +132,11 @@ impl HttpBackend {
     }
 
     /// The highest `x-envoy-attempt-count` seen.
+    /// The most `/sleep/MS` requests it was answering at once.
+    pub fn most_concurrent_sleeps(&self) -> usize {
+        self.state.most_sleeping.load(Ordering::SeqCst)
+    }
+
     pub fn max_attempt(&self) -> usize {
         self.state.max_attempt.load(Ordering::SeqCst)
     }
@@ -302,7 +310,10 @@ async fn answer_plain(
         .or_else(|| path.strip_prefix("/slow-503/"))
         .and_then(|m| m.parse::<u64>().ok())
     {
+        let now = st.sleeping.fetch_add(1, Ordering::SeqCst) + 1;
+        st.most_sleeping.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        st.sleeping.fetch_sub(1, Ordering::SeqCst);
     }
     if path.starts_with("/slow-503/") {
         return Ok(Response::builder()

@@ -50,6 +50,9 @@ pub use route::NoEndpoint;
 pub(crate) use route::endpoints as destination_endpoints;
 pub use send::{access_denied, reset_before_headers};
 
+/// Concurrent streams a client's HTTP/2 connection may open: Envoy's default, 2^31 - 1.
+const MAX_CLIENT_STREAMS: u32 = i32::MAX as u32;
+
 /// Settings and shared state of the L7 pipeline.
 pub struct HttpContext {
     pub pool: Arc<Pool>,
@@ -504,7 +507,10 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     // The same limit on an HTTP/2 request's headers (h2's own default is 16 KiB).
     builder
         .http2()
-        .max_header_list_size(u32::try_from(ctx.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(ctx.max_header_bytes).unwrap_or(u32::MAX))
+        // Envoy's default (hyper's is 200): a client's streams are bounded by its workload's
+        // requests in flight (`--workload-max-requests`), not per connection.
+        .max_concurrent_streams(MAX_CLIENT_STREAMS);
     let io = TokioIo::new(stream);
     let served = if h2 {
         // Boxed: hyper's HTTP/2 server runs each stream as a task of its own, and moved the

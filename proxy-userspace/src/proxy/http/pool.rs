@@ -510,9 +510,16 @@ impl Pool {
                     return Ok(Checkout::H1(c));
                 }
             }
-            // One HTTP/2 connection opened at a time per endpoint: a burst of requests to a
-            // cold pool waits for its streams instead of opening a connection each.
-            let claim = match h2.then(|| cluster.open_h2(&key)) {
+            // A burst of requests to a cold pool waits for the streams of a connection being
+            // opened instead of opening a connection each; when the waiters would fill the
+            // streams it is expected to have (as many as the endpoint's open connections
+            // allow, else the streams h2 opens before the upstream's SETTINGS), another opens.
+            let streams = || {
+                let known = cluster.h2_stream_limit(&key);
+                let expected = known.unwrap_or(h2::INITIAL_MAX_SEND_STREAMS as u32);
+                expected.min(limits.max_streams).max(1)
+            };
+            let claim = match h2.then(|| cluster.open_h2(&key, streams())) {
                 Some(OpenH2::Waiting(opening)) => {
                     hold_pending(&mut pending, cluster, limits)?;
                     changed.await;
@@ -531,7 +538,8 @@ impl Pool {
             // connection even past `maxConnections`. Its streams are shared, so without it a
             // request to an endpoint with none would wait for connections to other endpoints
             // that stay open, idle or carrying long streams, and never close.
-            let limit = if h2 && !cluster.has_h2(&key) {
+            let first = claim.as_ref().is_some_and(|c| c.first);
+            let limit = if h2 && first && !cluster.has_h2(&key) {
                 u32::MAX
             } else {
                 limits.max_connections

@@ -99,16 +99,37 @@ pub struct ClusterPool {
     pub h2: Mutex<HashMap<PeerKey, Vec<H2Conn>>>,
     /// The cluster's round-robin position.
     pub turn: std::sync::atomic::AtomicUsize,
-    /// Endpoints an HTTP/2 connection is being opened to: requests that find no stream wait
-    /// for its streams rather than each open a connection of its own, as Envoy's pending
-    /// streams wait for a connecting connection.
-    opening_h2: Mutex<HashMap<PeerKey, Arc<Opening>>>,
+    /// The HTTP/2 connections being opened, per endpoint: requests that find no stream wait
+    /// for the streams one of them is expected to have rather than each open a connection of
+    /// its own, and open another when the waiters would fill them, as Envoy's pending streams
+    /// wait for a connecting connection's capacity.
+    opening_h2: Mutex<HashMap<PeerKey, Vec<Arc<Opening>>>>,
 }
 
-/// An HTTP/2 connection being opened, and why it failed, once it has.
-#[derive(Default)]
+/// An HTTP/2 connection being opened, how many requests wait for it, and why it failed, once
+/// it has.
 pub struct Opening {
     failed: std::sync::OnceLock<(std::io::ErrorKind, String)>,
+    /// The streams it is expected to have for requests besides its opener's.
+    room: u32,
+    waiting: AtomicU32,
+}
+
+/// A request's place among those waiting for a connection being opened; given up on drop.
+pub struct Waiting(Arc<Opening>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::ops::Deref for Waiting {
+    type Target = Opening;
+
+    fn deref(&self) -> &Opening {
+        &self.0
+    }
 }
 
 impl Opening {
@@ -121,18 +142,20 @@ impl Opening {
     }
 }
 
-/// Either the claim on opening an endpoint's HTTP/2 connection (released when dropped: the
-/// connection then in the pool, or failed, and the requests that waited for it woken), or the
-/// opening another request claimed first, to wait for.
+/// Either the claim on opening an HTTP/2 connection to an endpoint (released when dropped: the
+/// connection then in the pool, or failed, and the requests that waited for it woken), or a
+/// place among the requests waiting for one another request is opening.
 pub enum OpenH2<'a> {
     Mine(OpeningClaim<'a>),
-    Waiting(Arc<Opening>),
+    Waiting(Waiting),
 }
 
 pub struct OpeningClaim<'a> {
     pool: &'a ClusterPool,
     dst: PeerKey,
     opening: Arc<Opening>,
+    /// No other connection to the endpoint was being opened when this one was claimed.
+    pub first: bool,
 }
 
 impl OpeningClaim<'_> {
@@ -149,11 +172,15 @@ impl OpeningClaim<'_> {
 
 impl Drop for OpeningClaim<'_> {
     fn drop(&mut self) {
-        self.pool
-            .opening_h2
-            .lock()
-            .expect("opening h2 lock")
-            .remove(&self.dst);
+        {
+            let mut opening = self.pool.opening_h2.lock().expect("opening h2 lock");
+            if let Some(list) = opening.get_mut(&self.dst) {
+                list.retain(|o| !Arc::ptr_eq(o, &self.opening));
+                if list.is_empty() {
+                    opening.remove(&self.dst);
+                }
+            }
+        }
         self.pool.changed.notify_waiters();
     }
 }
@@ -252,20 +279,44 @@ impl ClusterPool {
             .is_some_and(|conns| conns.iter().any(|c| !c.sender.is_closed()))
     }
 
-    /// Claims the opening of an HTTP/2 connection to `dst`, unless another request has: then
-    /// that opening, to wait for.
-    pub fn open_h2(&self, dst: &PeerKey) -> OpenH2<'_> {
+    /// A place among the requests waiting for an HTTP/2 connection to `dst` that another
+    /// request is opening, while one has room for it; else the claim on opening one more,
+    /// expected to carry `streams` streams.
+    pub fn open_h2(&self, dst: &PeerKey, streams: u32) -> OpenH2<'_> {
         let mut opening = self.opening_h2.lock().expect("opening h2 lock");
-        if let Some(o) = opening.get(dst) {
-            return OpenH2::Waiting(o.clone());
+        let list = opening.entry(dst.clone()).or_default();
+        for o in list.iter() {
+            let joined = o
+                .waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (w < o.room).then_some(w + 1)
+                });
+            if joined.is_ok() {
+                return OpenH2::Waiting(Waiting(o.clone()));
+            }
         }
-        let o = Arc::new(Opening::default());
-        opening.insert(dst.clone(), o.clone());
+        let o = Arc::new(Opening {
+            failed: std::sync::OnceLock::new(),
+            room: streams.saturating_sub(1),
+            waiting: AtomicU32::new(0),
+        });
+        let first = list.is_empty();
+        list.push(o.clone());
         OpenH2::Mine(OpeningClaim {
             pool: self,
             dst: dst.clone(),
             opening: o,
+            first,
         })
+    }
+
+    /// How many streams the upstream at `dst` allows on a connection, as its open connections'
+    /// SETTINGS said; `None` while none is open.
+    pub fn h2_stream_limit(&self, dst: &PeerKey) -> Option<u32> {
+        let all = self.h2.lock().expect("h2 pool lock");
+        let conns = all.get(dst)?;
+        let open = conns.iter().filter(|c| !c.sender.is_closed());
+        open.map(|c| c.sender.stream_limit()).max()
     }
 
     /// Offers a new HTTP/2 connection's spare streams to other requests to `dst`, unless `owner`
@@ -347,6 +398,43 @@ mod tests {
         // Other counters are independent.
         assert!(p.try_slot(Counter::Requests, 1).is_some());
         assert!(p.try_slot(Counter::Requests, 0).is_none());
+    }
+
+    #[test]
+    fn requests_wait_for_an_opening_connection_until_its_streams_are_spoken_for() {
+        let p = ClusterPool::new("c");
+        let dst: PeerKey = ("127.0.0.1:80".parse().unwrap(), None);
+        fn claim(o: OpenH2<'_>) -> OpeningClaim<'_> {
+            match o {
+                OpenH2::Mine(c) => c,
+                OpenH2::Waiting(_) => panic!("expected to open a connection"),
+            }
+        }
+        fn wait(o: OpenH2<'_>) -> Waiting {
+            match o {
+                OpenH2::Waiting(w) => w,
+                OpenH2::Mine(_) => panic!("expected to wait"),
+            }
+        }
+        // A connection expected to carry 3 streams: its opener's and 2 more.
+        let first = claim(p.open_h2(&dst, 3));
+        assert!(first.first);
+        let a = wait(p.open_h2(&dst, 3));
+        let b = wait(p.open_h2(&dst, 3));
+        // A third waiter would find no stream on it: it opens another.
+        let second = claim(p.open_h2(&dst, 3));
+        assert!(!second.first, "another is being opened");
+        let c = wait(p.open_h2(&dst, 3));
+        assert!(Arc::ptr_eq(&c.0, &second.opening));
+        // A waiter that leaves gives its place back.
+        drop(a);
+        let d = wait(p.open_h2(&dst, 3));
+        assert!(Arc::ptr_eq(&d.0, &first.opening));
+        drop((b, c, d));
+        drop(first);
+        drop(second);
+        assert!(p.opening_h2.lock().unwrap().is_empty(), "openings removed");
+        assert!(claim(p.open_h2(&dst, 1)).first);
     }
 
     #[test]

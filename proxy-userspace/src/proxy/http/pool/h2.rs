@@ -42,7 +42,7 @@ const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 80 * 1024;
 /// Streams opened before the upstream's SETTINGS say how many it allows (RFC 9113 section
 /// 6.5.2 recommends no fewer than 100).
-const INITIAL_MAX_SEND_STREAMS: usize = 100;
+pub const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 /// A connection's sender, ready to open a stream.
 pub type Ready = SendRequest<Bytes>;
