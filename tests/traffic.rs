@@ -84,6 +84,98 @@ fn retried_past_a_resetting_endpoint(retry_on: &str, slot: u16) {
     );
 }
 
+/// A request whose body meshd does not hold (100 KB, past the retry buffer) is still retried
+/// while no attempt has sent it: when its first endpoint refuses the connection, it goes to
+/// the other, its body unread until then, as Envoy retries a connect failure.
+#[test]
+fn a_streamed_request_is_retried_past_a_refused_connection() {
+    if !ebpf_available("retry_streamed") {
+        return;
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (v1, v2) = two_backends();
+    let routes = "  - retries:\n      attempts: 2\n      retryOn: connect-failure\n    route:\n    - destination:\n        host: reviews\n";
+    let yaml = policies(&v1, &v2, routes).replace(
+        &format!("http: {}\n", v1.addr.port()),
+        &format!("http: {closed_port}\n"),
+    );
+    let d = start("retry-streamed", 274, &yaml);
+    let body = std::env::temp_dir().join(format!("meshd-streamed-{}", std::process::id()));
+    std::fs::write(&body, vec![b'x'; 100_000]).unwrap();
+    let data = format!("@{}", body.display());
+    // Requests continue until one's first attempt went to the refusing endpoint.
+    let retried = || d.log_text().matches(r#""retries":1"#).count();
+    let mut sent = 0;
+    while sent < 6 || (retried() == 0 && sent < 40) {
+        let out = curl(
+            &d,
+            &[
+                "--data-binary",
+                &data,
+                "http://reviews:9080/echo",
+                "-w",
+                " %{http_code}",
+            ],
+        );
+        assert!(
+            out.contains(r#""length":100000,"#) && out.ends_with(" 200"),
+            "{out}"
+        );
+        sent += 1;
+    }
+    let _ = std::fs::remove_file(&body);
+    assert_eq!(
+        v2.requests(),
+        sent,
+        "every request ended on the answering endpoint"
+    );
+    assert!(retried() >= 1, "{}", d.log_text());
+}
+
+/// A request whose body was still arriving when it was routed streams upstream, and is
+/// recorded as it streams: answered 503 after its body ended, it is retried from that copy,
+/// as Envoy replays a request it buffered while streaming it.
+#[test]
+fn a_streamed_body_that_ended_within_the_buffer_is_replayed_on_retry() {
+    if !ebpf_available("retry_recorded") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = format!("  - retries:\n      attempts: 2\n      retryOn: 5xx\n{TO_V1}");
+    let d = start("retry-recorded", 275, &policies(&v1, &v2, &routes));
+    // curl sends stdin chunked; the body arrives 300 ms after the head, so meshd routes the
+    // request before it has any of it.
+    for (i, size) in [5, 40_000].into_iter().enumerate() {
+        let script = format!(
+            "(sleep 0.3; head -c {size} /dev/zero | tr '\\0' x) | curl -sS --max-time 20 --resolve reviews:9080:127.0.0.50 -T - -X POST -w ' %{{http_code}}' http://reviews:9080/echo-fail-first/{}",
+            i + 1
+        );
+        let out = d
+            .exec("default/productpage", &["sh", "-c", &script])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.contains(&format!(r#""length":{size},"#)) && out.ends_with(" 200"),
+            "{size} bytes: {out}\n{}",
+            d.log_text()
+        );
+    }
+    // The first failed once and was answered on its retry; the second failed twice.
+    for n in [1, 2] {
+        let path = format!(r#""path":"/echo-fail-first/{n}""#);
+        let retries = format!(r#""retries":{n},"#);
+        support::eventually(std::time::Duration::from_secs(5), || {
+            (d.log_text().lines())
+                .any(|l| l.contains(&path) && l.contains(&retries))
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("{n} retries:\n{}", d.log_text()));
+    }
+}
+
 #[test]
 fn a_route_timeout_returns_504_ut() {
     if !ebpf_available("timeout") {

@@ -187,6 +187,22 @@ async fn answer(
     if req.uri().path() == "/echo" {
         return Ok(echo(req).await);
     }
+    // `/echo-fail-first/N`: the echo, after reading the whole body, with 503 for the first N.
+    if let Some(n) =
+        (req.uri().path().strip_prefix("/echo-fail-first/")).and_then(|n| n.parse::<usize>().ok())
+    {
+        let seen = {
+            let mut m = st.per_path.lock().unwrap();
+            let c = m.entry(req.uri().path().to_string()).or_default();
+            *c += 1;
+            *c
+        };
+        let mut reply = echo(req).await;
+        if seen <= n {
+            *reply.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return Ok(reply);
+    }
     if let Some(ms) = req
         .uri()
         .path()

@@ -96,7 +96,7 @@ async fn request(
             &Limits::default(),
             &Target::direct(stream.target),
             h2,
-            Outgoing::Owned(req.map(body::boxed)),
+            || Outgoing::Owned(req.map(body::boxed)),
         )
         .await;
     Ok(match sent {

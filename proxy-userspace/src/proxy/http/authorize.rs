@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 
-use super::{Downstream, HttpContext, replay::Outgoing};
+use hyper::{HeaderMap, Method, Uri};
+
+use super::{Downstream, HttpContext};
 use crate::{
     config::Snapshot,
     metrics::Metrics,
@@ -18,15 +20,14 @@ use crate::{
     tunnel,
 };
 
-/// Why `req` from `down` to the endpoint `target` is denied, if it is.
+/// Why the request with this head from `down` to the endpoint `target` is denied, if it is.
 pub fn request(
     ctx: &HttpContext,
     snap: &Snapshot,
     down: &Downstream,
     target: SocketAddr,
-    req: &Outgoing<'_>,
+    (method, uri, headers): (&Method, &Uri, &HeaderMap),
 ) -> Option<String> {
-    let (method, uri, headers) = req.head();
     decide(
         ctx,
         snap,

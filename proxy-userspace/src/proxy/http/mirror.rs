@@ -90,7 +90,7 @@ impl Mirrors {
                 attempt: None,
                 client_cert: None,
             };
-            match pool.send(&cluster, &limits, &target, h2, once).await {
+            match pool.send(&cluster, &limits, &target, h2, || once).await {
                 Ok(resp) => {
                     // Drain and discard the body so the pooled connection can be reused.
                     use http_body_util::BodyExt;

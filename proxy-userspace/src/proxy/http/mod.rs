@@ -23,6 +23,7 @@ mod overrides;
 mod pool;
 mod ratelimit;
 mod record;
+mod recording;
 mod replay;
 pub mod retry;
 mod route;

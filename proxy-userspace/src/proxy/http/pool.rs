@@ -562,7 +562,10 @@ impl Pool {
         }
     }
 
-    /// Sends a request to `target`, an endpoint of `cluster`, within the cluster's limits.
+    /// Sends a request to `target`, an endpoint of `cluster`, within the cluster's limits. The
+    /// request is made by `req` once a connection or stream is there for it: a request that
+    /// failed before (no connection within the limits, or none could be opened) was not taken,
+    /// and can go elsewhere, its body unread.
     ///
     /// An async block rather than an async fn: an async fn keeps a second copy of its
     /// by-value arguments (the request) in its state, which every request then moves.
@@ -570,13 +573,13 @@ impl Pool {
         clippy::manual_async_fn,
         reason = "an async fn would hold the request twice in its state"
     )]
-    pub fn send(
+    pub fn send<'r>(
         &self,
         cluster: &Arc<ClusterPool>,
         limits: &Limits,
         target: &Target,
         h2: bool,
-        req: Outgoing<'_>,
+        req: impl FnOnce() -> Outgoing<'r>,
     ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> {
         async move {
             let dst = target.addr;
@@ -584,6 +587,7 @@ impl Pool {
                 .try_slot(Counter::Requests, limits.max_requests)
                 .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
             let checked_out = self.checkout(cluster, limits, target, h2).await?;
+            let req = req();
             // Through the tunnel, the request carries its client's certificate as the far
             // side's server saw it: read once the connection is up, since opening the first
             // one issues the certificate.

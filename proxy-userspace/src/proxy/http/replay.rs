@@ -15,7 +15,11 @@ use hyper::{
     header::{HeaderName, HeaderValue},
 };
 
-use super::{Body, body::BoxError, body::boxed};
+use super::{
+    Body,
+    body::{BoxError, boxed},
+    recording::{Recorder, Recording},
+};
 
 /// The largest request body kept for retries and mirrors (64 KiB).
 pub const RETRY_BUFFER: usize = 64 * 1024;
@@ -60,8 +64,10 @@ impl Outgoing<'_> {
 
 pub enum Prepared {
     Replayable(Replayable),
-    /// Too big to keep: sent once, never retried or mirrored.
-    Streaming(Request<Body>),
+    /// Too big to keep, or still arriving: sent as it streams, never mirrored. One still
+    /// arriving is recorded as it streams, so a retry can replay it once it has ended within
+    /// the limit.
+    Streaming(Request<Body>, Option<Recording>),
 }
 
 /// Keeps the body for retries when all of it is known: a declared length (Content-Length) up to
@@ -76,7 +82,10 @@ pub async fn prepare(
     let (parts, mut body) = req.into_parts();
     let hint = hyper::body::Body::size_hint(&body);
     if hint.upper().unwrap_or(0) > limit as u64 {
-        return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(body))));
+        return Ok(Prepared::Streaming(
+            Request::from_parts(parts, boxed(body)),
+            None,
+        ));
     }
     let declared = hint.exact().is_some();
     let mut data = BytesMut::new();
@@ -88,11 +97,22 @@ pub async fn prepare(
             match super::body::ready_frame(&mut body).await {
                 Poll::Ready(next) => next,
                 Poll::Pending => {
-                    let rest = Prefixed {
-                        prefix: Some(data.freeze()).filter(|d| !d.is_empty()),
-                        rest: body,
+                    let head = (
+                        parts.method.clone(),
+                        parts.uri.clone(),
+                        parts.version,
+                        parts.headers.clone(),
+                    );
+                    let recording = Recording::new(head, limit);
+                    let rest = Recorder {
+                        inner: Prefixed {
+                            prefix: Some(data.freeze()).filter(|d| !d.is_empty()),
+                            rest: body,
+                        },
+                        recording: recording.clone(),
                     };
-                    return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(rest))));
+                    let req = Request::from_parts(parts, boxed(rest));
+                    return Ok(Prepared::Streaming(req, Some(recording)));
                 }
             }
         };
@@ -106,7 +126,8 @@ pub async fn prepare(
                         prefix: Some(data.freeze()),
                         rest: body,
                     };
-                    return Ok(Prepared::Streaming(Request::from_parts(parts, boxed(rest))));
+                    let req = Request::from_parts(parts, boxed(rest));
+                    return Ok(Prepared::Streaming(req, None));
                 }
             }
             Err(frame) => trailers = frame.into_trailers().ok(),

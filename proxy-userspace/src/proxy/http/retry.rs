@@ -205,12 +205,13 @@ pub struct Attempts<T, E> {
 }
 
 /// Runs `attempt(n)` (n = 1, 2, ...) until an outcome is not retriable or retries run out,
-/// sleeping the backoff between attempts and bounding each by the per-try timeout. Each retry
-/// first takes a token from `budget` and holds it through its backoff and attempt; without
-/// one, the last outcome stands.
+/// sleeping the backoff between attempts and bounding each by the per-try timeout. A retry is
+/// made only while `can_retry` says the request can be sent again (its body held, or not sent
+/// yet). Each retry first takes a token from `budget` and holds it through its backoff and
+/// attempt; without one, the last outcome stands.
 pub async fn run<T, E, F, Fut, G>(
     policy: &RetryPolicy,
-    retriable_body: bool,
+    can_retry: impl Fn() -> bool,
     outcome: impl Fn(&Result<T, E>) -> Outcome,
     on_timeout: impl Fn() -> E,
     mut budget: impl FnMut() -> Option<G>,
@@ -220,7 +221,7 @@ where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let tries = if retriable_body { policy.tries() } else { 1 };
+    let tries = policy.tries();
     let mut n = 1;
     let mut _token: Option<G> = None;
     loop {
@@ -233,7 +234,7 @@ where
                 .unwrap_or_else(|_| Err(on_timeout())),
             None => this_try.await,
         };
-        let retriable = policy.on.matches(outcome(&result));
+        let retriable = policy.on.matches(outcome(&result)) && can_retry();
         if !retriable || n >= tries {
             return Attempts {
                 last: result,

@@ -639,17 +639,33 @@ pub async fn with_policy(
         (r, _) => (r, Expiry::Route),
     };
     let received = req.body().received().clone();
-    let (replayable, mut once) = match replay::prepare(req, RETRY_BUFFER).await {
-        Ok(Prepared::Replayable(r)) => (Some(r), None),
-        Ok(Prepared::Streaming(r)) => (None, Some(r)),
+    let (replayable, once, recording) = match replay::prepare(req, RETRY_BUFFER).await {
+        Ok(Prepared::Replayable(r)) => (Some(r), None, None),
+        Ok(Prepared::Streaming(r, recording)) => (None, Some(r), recording),
         Err(e) => {
             tracing::debug!(error = %e, "reading the request body failed");
             return client_failed(ClientFailure::of(&*e), rec);
         }
     };
     let received = &received;
-    // A streamed request is attempted once, so its per-try timeout bounds that one attempt,
-    // and like the route timeout it runs from the request's end, as Envoy starts it.
+    // A streamed request (its body not held) is retried while no attempt has taken it (the
+    // attempts found no connection: connect-failure), its body unread; or, once sent, when its
+    // body ended within the retry buffer, from the copy recorded as it streamed.
+    let once = std::sync::Mutex::new(once);
+    let once = &once;
+    let replayed = std::sync::OnceLock::new();
+    let replayed = &replayed;
+    let can_resend = || {
+        replayable.is_some()
+            || once.lock().expect("streamed request lock").is_some()
+            || replayed.get().is_some()
+            || (recording.as_ref().and_then(|r| r.whole())).is_some_and(|w| {
+                let _ = replayed.set(w);
+                true
+            })
+    };
+    // A streamed request is sent once, so its per-try timeout bounds that one attempt, and
+    // like the route timeout it runs from the request's end, as Envoy starts it.
     let single;
     let (policy, limit, expiry) = match (&replayable, policy.per_try_timeout) {
         (None, Some(t)) => {
@@ -691,7 +707,7 @@ pub async fn with_policy(
     let attempts = {
         let attempts = std::pin::pin!(retry::run(
             policy,
-            replayable.is_some(),
+            can_resend,
             outcome,
             || Failed::PerTryTimeout,
             // `http.maxRetries` bounds the retries in flight across the cluster, or else the
@@ -709,17 +725,20 @@ pub async fn with_policy(
             |n| {
                 started = n;
                 let attempt = attempt_count(n);
-                let req = match (&replayable, once.take()) {
-                    (Some(r), _) => Outgoing::Buffered {
+                let replayable = replayable.as_ref().or_else(|| replayed.get());
+                // Made once the pool has a connection or stream for it.
+                let req = move || match replayable {
+                    Some(r) => Outgoing::Buffered {
                         req: r,
                         attempt: Some(attempt),
                         client_cert: None,
                     },
-                    (None, Some(mut req)) => {
+                    None => {
+                        let taken = once.lock().expect("streamed request lock").take();
+                        let mut req = taken.expect("retried only while not sent");
                         req.headers_mut().insert(ATTEMPT_COUNT, attempt);
                         Outgoing::Owned(req)
                     }
-                    (None, None) => unreachable!("a streamed request is attempted once"),
                 };
                 let target = plan.target(ctx, last, &mut tried);
                 last = target.as_ref().ok().copied();
@@ -741,7 +760,19 @@ pub async fn with_policy(
                 let stat_prefix = stat_prefix.as_deref();
                 async move {
                     let target = target.map_err(Failed::NoEndpoint)?;
-                    if let Some(reason) = authorize::request(ctx, plan.snap, down, target, &req) {
+                    let denied = match replayable {
+                        Some(r) => {
+                            let head = (&r.method, &r.uri, &r.headers);
+                            authorize::request(ctx, plan.snap, down, target, head)
+                        }
+                        None => {
+                            let held = once.lock().expect("streamed request lock");
+                            let r = held.as_ref().expect("attempted only while not sent");
+                            let head = (r.method(), r.uri(), r.headers());
+                            authorize::request(ctx, plan.snap, down, target, head)
+                        }
+                    };
+                    if let Some(reason) = denied {
                         return Err(Failed::Denied(reason));
                     }
                     let _in_flight = ctx.lb.start(target);

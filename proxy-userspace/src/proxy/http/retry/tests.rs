@@ -140,7 +140,7 @@ async fn retries_until_success_and_sleeps_only_the_backoff() {
     };
     let a = run(
         &p,
-        true,
+        || true,
         outcome,
         || (),
         || Some(()),
@@ -166,18 +166,46 @@ async fn gives_up_after_the_retries_and_reports_exhaustion() {
         },
         Err(()) => Outcome::Reset,
     };
-    let a = run(&p, true, outcome, || (), || Some(()), |_| async { Ok(503) }).await;
-    assert_eq!((a.last, a.tries, a.exhausted), (Ok(503), 3, true));
-    let once = run(
+    let a = run(
         &p,
-        false,
+        || true,
         outcome,
         || (),
         || Some(()),
         |_| async { Ok(503) },
     )
     .await;
-    assert_eq!(once.tries, 1, "a body too large to buffer is not retried");
+    assert_eq!((a.last, a.tries, a.exhausted), (Ok(503), 3, true));
+    let once = run(
+        &p,
+        || false,
+        outcome,
+        || (),
+        || Some(()),
+        |_| async { Ok(503) },
+    )
+    .await;
+    assert_eq!(
+        (once.tries, once.exhausted),
+        (1, false),
+        "a request that cannot be sent again is not retried"
+    );
+    // A streamed request can be retried while it has not been sent: here its first attempt
+    // found no connection, its second sent it.
+    let sent = std::cell::Cell::new(false);
+    let streamed = run(
+        &p,
+        || !sent.get(),
+        outcome,
+        || (),
+        || Some(()),
+        |n| {
+            sent.set(n == 2);
+            async { Ok(503) }
+        },
+    )
+    .await;
+    assert_eq!((streamed.tries, streamed.exhausted), (2, false));
 }
 
 #[tokio::test(start_paused = true)]
@@ -193,7 +221,7 @@ async fn per_try_timeout_bounds_each_attempt() {
     };
     let a = run(
         &p,
-        true,
+        || true,
         outcome,
         || "timeout",
         || Some(()),
@@ -227,7 +255,7 @@ async fn a_spent_retry_budget_stops_retrying_and_says_so() {
     let mut tokens = 1;
     let a = run(
         &p,
-        true,
+        || true,
         outcome,
         || (),
         || {
