@@ -878,6 +878,57 @@ fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
     assert!(!in_time.contains("grpc-status: 4"), "{in_time}");
 }
 
+/// As Envoy under Istio (whose routes set `max_grpc_timeout` to their timeout), the server of a
+/// gRPC request learns the time it has in `grpc-timeout`: the shorter of the caller's deadline
+/// and the route timeout, or the per-try timeout when shorter still.
+#[test]
+fn a_grpc_request_tells_its_server_the_time_it_has() {
+    if !ebpf_available("grpc_timeout_header") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - match:\n    - uri:\n        prefix: /try\n    rewrite:\n      uri: /whoami\n    timeout: 2s\n    retries:\n      attempts: 1\n      perTryTimeout: 500ms\n    route:\n    - destination:\n        host: reviews\n  - timeout: 2s\n    route:\n    - destination:\n        host: reviews\n";
+    let yaml =
+        only_v1(policies(&v1, &v2, routes), &v2).replace("protocol: HTTP\n", "protocol: GRPC\n");
+    let d = start("grpc-timeout-header", 276, &yaml);
+    let seen = |path: &str, headers: &[&str]| {
+        let mut args = vec![
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+        ];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        let url = format!("http://reviews:9080{path}");
+        args.push(&url);
+        let out = support::mesh::curl(&d, &args);
+        let v: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["grpc_timeout"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(
+        seen("/whoami", &["grpc-timeout: 60S"]),
+        "2000m",
+        "the route's is shorter"
+    );
+    assert_eq!(
+        seen("/whoami", &["grpc-timeout: 1S"]),
+        "1000m",
+        "the caller's is shorter"
+    );
+    assert_eq!(
+        seen("/whoami", &[]),
+        "2000m",
+        "a call without a deadline gets the route's"
+    );
+    assert_eq!(
+        seen("/try", &["grpc-timeout: 60S"]),
+        "500m",
+        "the per-try timeout"
+    );
+}
+
 /// Without `http.idleTimeout`, Istio lets `tcp.idleTimeout` bound an idle HTTP upstream
 /// connection too: after 1 s idle the next request opens a new one.
 #[test]

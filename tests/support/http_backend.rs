@@ -388,7 +388,7 @@ async fn answer_plain(
 /// The `/whoami` answer: one JSON line of what the request looked like on arrival.
 fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
     format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\",\"cookie\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\",\"cookie\":\"{}\",\"grpc_timeout\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
         req.uri(),
@@ -429,6 +429,10 @@ fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect::<Vec<_>>()
-            .join(" | ")
+            .join(" | "),
+        req.headers()
+            .get("grpc-timeout")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
     )
 }

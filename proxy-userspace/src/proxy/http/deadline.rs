@@ -24,15 +24,22 @@ pub struct RouteTimeout;
 #[error("the gRPC deadline (grpc-timeout) expired during the response")]
 pub struct GrpcDeadline;
 
+/// The header a gRPC request's deadline travels in.
+pub const GRPC_TIMEOUT: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("grpc-timeout");
+
+/// Whether a message is gRPC, by its `content-type`.
+pub fn is_grpc(headers: &hyper::HeaderMap) -> bool {
+    (headers.get(hyper::header::CONTENT_TYPE))
+        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The deadline a gRPC request carries: its `grpc-timeout` header (1 to 8 digits and a unit:
 /// `H`, `M`, `S`, `m`, `u`, `n`), as Istio's routes honour it (uncapped).
 pub fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
     // Looked up first: most requests have none, and are done with after one lookup.
-    let value = headers.get("grpc-timeout")?.as_bytes();
-    let grpc = headers
-        .get(hyper::header::CONTENT_TYPE)
-        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
-    if !grpc {
+    let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
+    if !is_grpc(headers) {
         return None;
     }
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
@@ -49,6 +56,23 @@ pub fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
         b"n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// `t` as a `grpc-timeout` value, as Envoy writes it: milliseconds, or a coarser unit when
+/// that takes more than the 8 digits allowed.
+pub fn grpc_timeout_value(t: Duration) -> hyper::header::HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let mut n = t.as_millis();
+    let mut unit = 'm';
+    for (divisor, coarser) in [(1000, 'S'), (60, 'M'), (60, 'H')] {
+        if n <= MAX {
+            break;
+        }
+        n /= divisor;
+        unit = coarser;
+    }
+    let value = format!("{}{unit}", n.min(MAX));
+    hyper::header::HeaderValue::try_from(value).expect("digits and a letter")
 }
 
 /// Which deadline bounds a response.
@@ -138,6 +162,16 @@ mod tests {
         let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(data, "all of it");
         assert!(body.frame().await.is_none());
+    }
+
+    #[test]
+    fn grpc_timeout_values_are_written_as_envoy_writes_them() {
+        let v = |t: Duration| grpc_timeout_value(t).to_str().unwrap().to_string();
+        assert_eq!(v(Duration::from_millis(2000)), "2000m");
+        assert_eq!(v(Duration::from_millis(99_999_999)), "99999999m");
+        assert_eq!(v(Duration::from_millis(100_000_000)), "100000S");
+        assert_eq!(v(Duration::from_secs(10_000_000_000)), "2777777H");
+        assert_eq!(v(Duration::from_secs(u64::MAX)), "99999999H");
     }
 
     #[test]

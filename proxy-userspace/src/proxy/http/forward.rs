@@ -45,10 +45,7 @@ pub async fn handle(
     // meshd's span: continues the caller's trace, and is the parent of the upstream request.
     let (trace, request_id) =
         crate::telemetry::trace::propagate(req.headers_mut(), ctx.tracer.sample_rate);
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    let grpc = super::deadline::is_grpc(req.headers());
     // Counted as the body is read: chunked and HTTP/2 bodies declare no length.
     let received = Arc::new(body::Received::default());
     let req = req.map(|b| body::Counted::new(b, received.clone()));

@@ -17,7 +17,7 @@ use hyper::{
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
     body::ClientFailure,
-    deadline::{self, Deadline, Expiry},
+    deadline::{self, Deadline, Expiry, GRPC_TIMEOUT, is_grpc},
     forward::{GRPC_STATUS, local},
     lb::Algorithm,
     locality::{self, Locality},
@@ -638,6 +638,19 @@ pub async fn with_policy(
         (None, Some(g)) => (Some(g), Expiry::Grpc),
         (r, _) => (r, Expiry::Route),
     };
+    // As Envoy does under Istio (whose routes set `max_grpc_timeout` to their timeout), a gRPC
+    // request tells its server the time it has: the shorter of its deadline and the route
+    // timeout, or the per-try timeout when that is shorter still.
+    let expected = match (limit, policy.per_try_timeout) {
+        (Some(l), Some(p)) => Some(l.min(p)),
+        (l, p) => l.or(p),
+    };
+    if let Some(t) = expected
+        && is_grpc(req.headers())
+    {
+        let value = deadline::grpc_timeout_value(t);
+        req.headers_mut().insert(GRPC_TIMEOUT, value);
+    }
     let received = req.body().received().clone();
     let (replayable, once, recording) = match replay::prepare(req, RETRY_BUFFER).await {
         Ok(Prepared::Replayable(r)) => (Some(r), None, None),
