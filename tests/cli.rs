@@ -127,6 +127,16 @@ fn bad_flags_are_rejected_with_the_flag_named() {
         err.contains("--heartbeat-timeout") && err.contains("3 seconds"),
         "{err}"
     );
+    // A collector URL meshd cannot post to is a bad flag too.
+    for (flag, url) in [("--trace-zipkin", "ftp://x"), ("--trace-otlp", "http://")] {
+        let out = Command::new(MESHD)
+            .args(["run", flag, url])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{flag} {url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(url), "{err}");
+    }
 }
 
 #[test]

@@ -405,3 +405,26 @@ fn a_restarted_meshd_takes_back_the_workloads_a_killed_one_enrolled() {
     })
     .unwrap_or_else(|| panic!("still enrolled; log:\n{}", second.log_text()));
 }
+
+/// `meshd exec` exits as `env` and shells do when CMD cannot run: 127 when it is not found,
+/// 126 when it cannot be executed; otherwise with CMD's own status. Either way the workload
+/// is unenrolled.
+#[test]
+fn exec_exits_as_shells_do_when_the_command_cannot_run() {
+    if !support::ebpf_available("exec_codes") {
+        return;
+    }
+    let d = support::Daemon::start("exec-codes", 277, &[]);
+    let code = |cmd: &[&str]| {
+        d.exec("default/runner", cmd)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(code(&["/nonexistent-command"]), Some(127));
+    assert_eq!(code(&["/etc/passwd"]), Some(126));
+    assert_eq!(code(&["sh", "-c", "exit 7"]), Some(7));
+    let workloads = d.get("/workloads");
+    assert!(!workloads.contains("default/runner"), "{workloads}");
+}

@@ -53,7 +53,19 @@ pub fn run(args: ExecArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("meshd exec: {e}");
-            ExitCode::from(crate::cli::EXIT_USAGE.max(1))
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+impl ExecError {
+    /// As `env`, `timeout` and shells say it: 127 for a command not found, 126 for one that
+    /// could not be run; otherwise meshd's usage error.
+    fn exit_code(&self) -> u8 {
+        match self {
+            ExecError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 127,
+            ExecError::Spawn { .. } => 126,
+            _ => crate::cli::EXIT_USAGE.max(1),
         }
     }
 }

@@ -125,6 +125,14 @@ impl Settings {
                     r,
                 )
             })?;
+        for (flag, url) in [
+            ("trace-zipkin", &a.trace_zipkin),
+            ("trace-otlp", &a.trace_otlp),
+        ] {
+            if let Some(url) = url {
+                crate::telemetry::trace::collector(url).map_err(|r| invalid(flag, url, r))?;
+            }
+        }
         let tcp_reporting_interval = parse_duration(&a.tcp_reporting_interval)
             .map_err(|r| invalid("tcp-reporting-interval", &a.tcp_reporting_interval, r))?;
         if !(1..=1024).contains(&a.max_request_headers_kb) {

@@ -390,6 +390,19 @@ pub struct Tracer {
     pub dropped: AtomicU64,
 }
 
+/// A collector URL's authority and path; why it is not one meshd can post to, if not.
+pub fn collector(url: &str) -> Result<(String, String), String> {
+    let rest = (url.strip_prefix("http://"))
+        .ok_or("only http:// collectors are supported (http://host:port/path)")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    if authority.is_empty() {
+        return Err("the URL names no host (http://host:port/path)".into());
+    }
+    Ok((authority.to_string(), path))
+}
+
 impl Tracer {
     pub fn disabled(sample_rate: f64) -> Tracer {
         Tracer {
@@ -401,13 +414,7 @@ impl Tracer {
 
     /// Exports to `url` (`http://host:port/path`) in `format`; must run inside the runtime.
     pub fn start(url: &str, format: Format, sample_rate: f64) -> Result<Tracer, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// collectors are supported"))?;
-        let (authority, path) = rest
-            .split_once('/')
-            .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let authority = authority.to_string();
+        let (authority, path) = collector(url).map_err(|reason| format!("{url}: {reason}"))?;
         let (tx, mut rx) = mpsc::channel::<Span>(QUEUE);
         tokio::spawn(async move {
             // A batch starts with a span and is sent when full or FLUSH later, so a steady

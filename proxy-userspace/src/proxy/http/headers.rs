@@ -127,10 +127,27 @@ pub fn strip_for_http2(h: &mut HeaderMap) {
     remove_te_but_trailers(h);
 }
 
-/// `te: trailers` is the one TE a proxy passes on (gRPC needs it).
+/// `te: trailers` is the one TE a proxy passes on (gRPC needs it): kept when any TE field
+/// lists it (`trailers, deflate` too, as Envoy keeps it), the rest removed.
 fn remove_te_but_trailers(h: &mut HeaderMap) {
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(header::TE);
+    let Some(te) = h.get(header::TE) else {
+        return;
+    };
+    if te == "trailers" && h.get_all(header::TE).iter().count() == 1 {
+        return;
+    }
+    let trailers = h.get_all(header::TE).iter().any(|v| {
+        (v.to_str().unwrap_or_default().split(',')).any(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("trailers")
+        })
+    });
+    h.remove(header::TE);
+    if trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -311,6 +328,11 @@ mod tests {
         );
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert!(h.get("x-end-to-end").is_some());
+        // `trailers` among other codings is kept alone.
+        let mut h = HeaderMap::new();
+        h.insert("te", "deflate;q=0.5, Trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
         // Each alone is found, and nothing else goes.
         for name in ["proxy-authorization", "upgrade", "trailer", "te"] {
             let mut h = HeaderMap::new();
