@@ -97,7 +97,7 @@ impl HttpContext {
         tracer: Arc<crate::telemetry::trace::Tracer>,
         drain: crate::drain::Watch,
     ) -> Arc<HttpContext> {
-        Arc::new(HttpContext {
+        let ctx = Arc::new(HttpContext {
             pool: Pool::new(settings.connect_timeout, tunnel.clone()),
             tunnel,
             inbound_port: settings.inbound_port,
@@ -119,7 +119,24 @@ impl HttpContext {
             access,
             tracer,
             drain,
-        })
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(end_ejections(Arc::downgrade(&ctx)));
+        }
+        ctx
+    }
+}
+
+/// Ends outlier ejections as their time runs out, logged and counted, while `ctx` lives.
+async fn end_ejections(ctx: std::sync::Weak<HttpContext>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(ctx) = ctx.upgrade() else { return };
+        for (cluster, a) in ctx.outliers.end_ejections() {
+            tracing::info!(%cluster, endpoint = %a, "endpoint returned from ejection");
+            ctx.metrics.outlier(&cluster, "returned");
+        }
     }
 }
 

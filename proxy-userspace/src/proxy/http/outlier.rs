@@ -271,6 +271,26 @@ pub struct EndpointHealth {
 }
 
 impl Detector {
+    /// Ends the ejections whose time is up, whether or not a request has looked since, and
+    /// returns their endpoints, as Envoy returns them on its detector's timer.
+    pub fn end_ejections(&self) -> Vec<(String, SocketAddr)> {
+        if !self.tracked.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        let mut all_hosts = self.hosts.lock().expect("outlier lock");
+        for (cluster, c) in all_hosts.iter_mut() {
+            for (addr, h) in c.hosts.iter_mut() {
+                if h.ejected_until.is_some_and(|t| t <= now) {
+                    h.ejected_until = None;
+                    ended.push((cluster.clone(), *addr));
+                }
+            }
+        }
+        ended
+    }
+
     /// Forgets `cluster`, whose outlier detection was removed: its ejections end, and a
     /// detector added back later starts fresh, as Envoy's would.
     pub fn forget(&self, cluster: &str) {
@@ -360,6 +380,20 @@ mod tests {
         d.forget("c");
         assert!(d.report().is_empty());
         assert_eq!(d.healthy("c", &changed, &e).0, e);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_ends_on_time_without_a_request_to_see_it() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        for _ in 0..3 {
+            d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        assert!(d.end_ejections().is_empty(), "still ejected");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(d.end_ejections(), vec![("c".to_string(), e[0])]);
+        assert!(d.end_ejections().is_empty(), "reported once");
+        // A request after it finds the endpoint back, and reports no second return.
+        assert_eq!(d.healthy("c", &s, &e), (e.clone(), vec![]));
     }
 
     #[tokio::test(start_paused = true)]
