@@ -571,6 +571,52 @@ fn a_flooding_workload_cannot_starve_its_neighbour() {
     );
 }
 
+/// At `maxConnections: 1` with one stream per HTTP/2 connection, a second request waits as
+/// a pending one and a third overflows (503 UO), as with Envoy; the waiting one must not keep
+/// a worker busy (it spun, starving the admin API and every other request).
+#[test]
+fn requests_waiting_at_the_http2_connection_limit_wait_without_spinning() {
+    if !ebpf_available("cb_h2_wait") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        maxConcurrentStreams: 1\n        http1MaxPendingRequests: 1\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
+        .replace("protocol: HTTP\n", "protocol: HTTP2\n");
+    // One worker thread: a spinning request would take it from everything else.
+    let dir = support::mesh::config_dir("cb-h2-wait", &yaml);
+    let config = dir.to_str().unwrap();
+    let d = Daemon::start(
+        "cb-h2-wait",
+        278,
+        &["--config", config, "--worker-threads", "1"],
+    );
+    let cpu_seconds = || support::cpus::seconds(d.pid());
+    let cpu_before = cpu_seconds();
+    let mut children = clients(&d, 1, 1, "http://reviews:9080/sleep/1500");
+    std::thread::sleep(Duration::from_millis(200));
+    children.extend(clients(&d, 1, 1, "http://reviews:9080/sleep/1500"));
+    std::thread::sleep(Duration::from_millis(200));
+    // While the second waits: the admin API answers, and a third request overflows.
+    let ready_at = Instant::now();
+    assert!(d.get("/ready").contains("ready"), "the admin API answers");
+    assert!(ready_at.elapsed() < Duration::from_millis(500));
+    let third = results(clients(&d, 1, 1, "http://reviews:9080/sleep/1500"));
+    assert_eq!(third, ["503 true"], "the third overflows");
+    let mut served = results(children);
+    served.sort();
+    assert_eq!(
+        served,
+        ["200", "200"],
+        "the first and the waiting one are served"
+    );
+    let cpu = cpu_seconds() - cpu_before;
+    assert!(
+        cpu < 1.5,
+        "meshd used {cpu:.2} CPU seconds over about 3 s of waiting"
+    );
+}
+
 #[test]
 fn max_concurrent_streams_idle_timeout_and_max_duration_apply_to_http2_upstreams() {
     if !ebpf_available("cb_h2") {

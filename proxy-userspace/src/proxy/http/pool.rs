@@ -553,12 +553,15 @@ impl Pool {
                 }
                 return opened;
             }
-            // At the limit: the claim goes, so others waiting for it are not held up by it.
-            drop(claim);
+            // At the limit: wait, as a pending request, for a stream or connection to free. The
+            // claim is kept through the wait and dropped after it: dropping it first would wake
+            // this request's own wait at once, and it would spin. Requests waiting for it wake
+            // on the same changes.
             hold_pending(&mut pending, cluster, limits)?;
             // The cluster's connections may all sit idle at other endpoints.
             cluster.evict_idle_except(&key);
             changed.await;
+            drop(claim);
         }
     }
 
