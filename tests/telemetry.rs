@@ -29,14 +29,13 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
         return;
     }
     let (v1, v2) = two_backends();
+    // The client's WorkloadEntry: its labels give the derived source labels.
+    let client = "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: productpage\n  namespace: default\nspec:\n  address: 127.0.0.9\n  labels:\n    app: productpage\n    version: v3\n";
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
     let d = start(
         "prometheus",
         81,
-        &policies(
-            &v1,
-            &v2,
-            "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
-        ),
+        &format!("{}{client}", policies(&v1, &v2, routes)),
     );
     for _ in 0..5 {
         assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
@@ -94,6 +93,16 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
     assert_eq!(series[0]["value"][1], "5", "{series:?}");
     let tcp = prom.query(r#"istio_tcp_sent_bytes_total{source_workload="productpage"}"#);
     assert_eq!(tcp[0]["value"][1], "4096", "{tcp:?}");
+    // The labels Istio derives from the two ends, on request and TCP metrics alike.
+    let derived = r#"source_app="productpage",source_version="v3",source_canonical_service="productpage",source_canonical_revision="v3",source_cluster="Kubernetes",destination_cluster="Kubernetes""#;
+    let q = format!(
+        r#"istio_requests_total{{{derived},destination_service_name="reviews",destination_service_namespace="default",destination_canonical_service="unknown",destination_principal="unknown"}}"#
+    );
+    let series = prom.query(&q);
+    assert_eq!(series[0]["value"][1], "5", "{q}: {series:?}");
+    let q = format!(r#"istio_tcp_sent_bytes_total{{{derived},request_protocol="tcp"}}"#);
+    let tcp = prom.query(&q);
+    assert_eq!(tcp[0]["value"][1], "4096", "{q}: {tcp:?}");
     // The echo's access-log line names its source's identity, as an HTTP request's does.
     let tcp_line = eventually(Duration::from_secs(5), || {
         access_lines(&d)

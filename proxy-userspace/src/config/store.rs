@@ -21,6 +21,7 @@ use crate::{
     metrics::Metrics,
     policy::{self, Finding, LoadFailure, source},
     proxy::connections::unix_ms,
+    telemetry::peers::Peers,
 };
 
 pub struct ConfigStore {
@@ -112,6 +113,9 @@ impl ConfigStore {
             "configuration loaded"
         );
         metrics.config_applied(1);
+        metrics
+            .istio
+            .set_peers(Arc::new(Peers::of(&snapshot.policies)));
         Ok(Arc::new(ConfigStore {
             paths,
             current: ArcSwap::from_pointee(snapshot),
@@ -177,6 +181,7 @@ impl ConfigStore {
                 *rejected_last = false;
                 let generation = new.generation;
                 tracing::info!(why, generation, hash = %new.hash, resources = new.policies.len(), "configuration applied");
+                (self.metrics.istio).set_peers(Arc::new(Peers::of(&new.policies)));
                 self.current.store(Arc::new(new));
                 self.applied.send_replace(generation);
                 self.metrics.config_reload("success");

@@ -10,7 +10,8 @@ use prometheus::{Registry, TextEncoder};
 
 use super::{
     istio::IstioMetrics,
-    series::{BYTES, DURATION_MS, HistogramTotals, OwnedLabels, Series, Totals},
+    peers::{CLUSTER, Derived},
+    series::{AllLabels, BYTES, DURATION_MS, HistogramTotals, OwnedLabels, Series, Totals},
 };
 
 /// The request families, in name order; no other family's name sorts between them.
@@ -59,24 +60,73 @@ fn escape_into(out: &mut String, v: &str) {
     }
 }
 
-/// The label text of a request series, `name="value",...` without braces, label names in
-/// sorted order as Prometheus writes them.
-pub fn request_label_text(l: &OwnedLabels) -> Box<str> {
-    let pairs: [(&str, &str); 12] = [
-        ("connection_security_policy", l.security_policy),
-        ("destination_service", &l.destination_service),
-        ("destination_workload", &l.destination_workload),
-        ("destination_workload_namespace", &l.destination_namespace),
-        ("grpc_response_status", &l.grpc_status),
-        ("reporter", "source"),
-        ("request_protocol", l.protocol),
-        ("response_code", &l.response_code_text),
-        ("response_flags", &l.response_flags),
-        ("source_principal", &l.source_principal),
-        ("source_workload", &l.source_workload),
-        ("source_workload_namespace", &l.source_namespace),
+/// Every label of a request series, sorted by name as Prometheus writes them: its own, and
+/// with `derived` those Istio derives from its two ends.
+pub fn request_labels(l: &OwnedLabels, derived: Option<&Derived>) -> AllLabels {
+    let mut all: AllLabels = vec![
+        ("connection_security_policy", l.security_policy.into()),
+        ("destination_service", l.destination_service.to_string()),
+        ("destination_workload", l.destination_workload.to_string()),
+        (
+            "destination_workload_namespace",
+            l.destination_namespace.to_string(),
+        ),
+        ("grpc_response_status", l.grpc_status.to_string()),
+        ("reporter", "source".into()),
+        ("request_protocol", l.protocol.into()),
+        ("response_code", l.response_code_text.to_string()),
+        ("response_flags", l.response_flags.to_string()),
+        ("source_principal", l.source_principal.to_string()),
+        ("source_workload", l.source_workload.to_string()),
+        ("source_workload_namespace", l.source_namespace.to_string()),
     ];
-    let mut out = String::with_capacity(256);
+    if let Some(d) = derived {
+        all.extend(derived_labels(d));
+        all.sort_by_key(|(name, _)| *name);
+    }
+    all
+}
+
+/// The labels Istio derives from the two ends of a request or connection.
+pub fn derived_labels(d: &Derived) -> [(&'static str, String); 13] {
+    [
+        ("destination_app", d.destination.app.clone()),
+        (
+            "destination_canonical_revision",
+            d.destination.canonical_revision.clone(),
+        ),
+        (
+            "destination_canonical_service",
+            d.destination.canonical_service.clone(),
+        ),
+        ("destination_cluster", CLUSTER.into()),
+        ("destination_principal", d.destination_principal.clone()),
+        (
+            "destination_service_name",
+            d.destination_service_name.clone(),
+        ),
+        (
+            "destination_service_namespace",
+            d.destination_service_namespace.clone(),
+        ),
+        ("destination_version", d.destination.version.clone()),
+        ("source_app", d.source.app.clone()),
+        (
+            "source_canonical_revision",
+            d.source.canonical_revision.clone(),
+        ),
+        (
+            "source_canonical_service",
+            d.source.canonical_service.clone(),
+        ),
+        ("source_cluster", CLUSTER.into()),
+        ("source_version", d.source.version.clone()),
+    ]
+}
+
+/// The label text of a series, `name="value",...` without braces.
+pub fn label_text(pairs: &[(&'static str, String)]) -> Box<str> {
+    let mut out = String::with_capacity(512);
     for (i, (name, value)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push(',');

@@ -6,7 +6,7 @@
 use std::{
     collections::HashSet,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::Mutex,
+    sync::{Arc, Mutex, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -14,14 +14,18 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 pub use super::series::RequestLabels;
 use super::{
-    series::SeriesStore,
+    exposition::{derived_labels, request_labels},
+    peers::{Derived, Peers},
+    series::{Labeller, OwnedLabels, SeriesStore},
     tcp_report::{Carried, DEFAULT_INTERVAL},
 };
 
 /// Distinct label sets kept per metric before new ones fold into `other`.
 pub const MAX_SERIES: usize = 2_000;
 
-const TCP_LABELS: [&str; 9] = [
+/// The TCP metrics' labels: the connection's own, then `request_protocol` and those Istio
+/// derives from its two ends (see [`derived_labels`]).
+const TCP_LABELS: [&str; 23] = [
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -31,6 +35,20 @@ const TCP_LABELS: [&str; 9] = [
     "destination_workload_namespace",
     "response_flags",
     "connection_security_policy",
+    "request_protocol",
+    "destination_app",
+    "destination_canonical_revision",
+    "destination_canonical_service",
+    "destination_cluster",
+    "destination_principal",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_version",
+    "source_app",
+    "source_canonical_revision",
+    "source_canonical_service",
+    "source_cluster",
+    "source_version",
 ];
 
 /// Labels of the kernel-side TCP figures: the workload pair.
@@ -72,6 +90,32 @@ pub struct IstioMetrics {
     enabled: bool,
     /// How often an open TCP connection reports its bytes (`--tcp-reporting-interval`).
     tcp_every: Option<Duration>,
+    /// The workloads and services the derived labels are read from.
+    peers: Arc<PeerContext>,
+}
+
+/// The active configuration's workloads and services, and the trust domain of principals.
+#[derive(Default)]
+struct PeerContext {
+    peers: RwLock<Arc<Peers>>,
+    trust_domain: OnceLock<String>,
+}
+
+impl PeerContext {
+    fn derive(
+        &self,
+        source: (&str, &str),
+        dest: (&str, &str),
+        service: &str,
+        security: &str,
+    ) -> Derived {
+        let peers = self.peers.read().expect("peers lock").clone();
+        let td = self
+            .trust_domain
+            .get()
+            .map_or("cluster.local", String::as_str);
+        peers.derive(source, dest, service, security == "mutual_tls", td)
+    }
 }
 
 /// Whether a new label set fits under the cap (known ones always do).
@@ -109,8 +153,22 @@ impl IstioMetrics {
             registry.register(Box::new(c.clone())).expect("register");
             c
         };
+        let peers = Arc::new(PeerContext::default());
+        let labeller: Labeller = {
+            let peers = peers.clone();
+            Arc::new(move |l: &OwnedLabels| {
+                let d = peers.derive(
+                    (&l.source_namespace, &l.source_workload),
+                    (&l.destination_namespace, &l.destination_workload),
+                    &l.destination_service,
+                    l.security_policy,
+                );
+                request_labels(l, Some(&d))
+            })
+        };
         IstioMetrics {
-            requests: SeriesStore::new(MAX_SERIES),
+            requests: SeriesStore::new(MAX_SERIES, labeller),
+            peers,
             tcp_opened: counter(
                 "istio_tcp_connections_opened_total",
                 "TCP connections opened",
@@ -202,7 +260,13 @@ impl IstioMetrics {
             l.destination_service = OTHER.into();
             l.destination_workload = OTHER.into();
         }
-        vec![
+        let d = self.peers.derive(
+            (&l.source_namespace, &l.source_workload),
+            (&l.destination_namespace, &l.destination_workload),
+            &l.destination_service,
+            l.security_policy,
+        );
+        let mut v = vec![
             l.reporter.into(),
             l.source_workload,
             l.source_namespace,
@@ -212,7 +276,22 @@ impl IstioMetrics {
             l.destination_namespace,
             l.response_flags,
             l.security_policy.into(),
-        ]
+            "tcp".into(),
+        ];
+        v.extend(derived_labels(&d).into_iter().map(|(_, value)| value));
+        v
+    }
+
+    /// The workloads and services of the configuration now active, for the labels of label
+    /// sets seen from now on.
+    pub fn set_peers(&self, peers: Arc<Peers>) {
+        *self.peers.peers.write().expect("peers lock") = peers;
+    }
+
+    /// The trust domain of the principals the derived labels name (`cluster.local` unless
+    /// set, once).
+    pub fn set_trust_domain(&self, td: &str) {
+        let _ = self.peers.trust_domain.set(td.to_string());
     }
 
     /// The kernel's view of an upstream connection that just closed.
@@ -370,7 +449,7 @@ mod tests {
     /// The text the prometheus crate wrote for the same requests, when these metrics were
     /// its vectors: the direct encoder must produce it byte for byte.
     fn reference(requests: &[(RequestLabels<'_>, f64, u64, u64)]) -> String {
-        const NAMES: [&str; 12] = [
+        const OWN: [&str; 12] = [
             "reporter",
             "source_workload",
             "source_workload_namespace",
@@ -384,20 +463,37 @@ mod tests {
             "response_flags",
             "connection_security_policy",
         ];
+        // The derived labels, as an empty configuration derives them.
+        let derive = |l: &RequestLabels<'_>| {
+            let d = Peers::default().derive(
+                (l.source_namespace, l.source_workload),
+                (l.destination_namespace, l.destination_workload),
+                l.destination_service,
+                l.security_policy == "mutual_tls",
+                "cluster.local",
+            );
+            derived_labels(&d)
+        };
+        let first = derive(&labels("x"));
+        let names: Vec<&str> = OWN
+            .iter()
+            .copied()
+            .chain(first.iter().map(|(n, _)| *n))
+            .collect();
         let r = Registry::new();
         let counter = IntCounterVec::new(
             Opts::new(
                 "istio_requests_total",
                 "Requests handled, Istio's standard metric",
             ),
-            &NAMES,
+            &names,
         )
         .unwrap();
         r.register(Box::new(counter.clone())).unwrap();
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-                &NAMES,
+                &names,
             )
             .unwrap();
             r.register(Box::new(h.clone())).unwrap();
@@ -417,7 +513,8 @@ mod tests {
         );
         for (l, ms, rq, rs) in requests {
             let code = l.response_code.to_string();
-            let v = [
+            let derived = derive(l);
+            let own = [
                 "source",
                 l.source_workload,
                 l.source_namespace,
@@ -431,6 +528,10 @@ mod tests {
                 l.response_flags,
                 l.security_policy,
             ];
+            let v: Vec<&str> = own
+                .into_iter()
+                .chain(derived.iter().map(|(_, v)| v.as_str()))
+                .collect();
             counter.with_label_values(&v).inc();
             duration.with_label_values(&v).observe(*ms);
             req.with_label_values(&v).observe(*rq as f64);

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod exposition;
 pub mod istio;
 pub mod logging;
+pub mod peers;
 pub mod route_stats;
 pub mod series;
 pub mod tcp_report;

@@ -111,24 +111,6 @@ impl OwnedLabels {
             && *self.destination_namespace == *l.destination_namespace
             && self.security_policy == l.security_policy
     }
-
-    /// The variable label values in the order of their label names, which is how Prometheus'
-    /// text format sorts the series of a family.
-    pub fn sort_key(&self) -> [&str; 11] {
-        [
-            self.security_policy,
-            &self.destination_service,
-            &self.destination_workload,
-            &self.destination_namespace,
-            &self.grpc_status,
-            self.protocol,
-            &self.response_code_text,
-            &self.response_flags,
-            &self.source_principal,
-            &self.source_workload,
-            &self.source_namespace,
-        ]
-    }
 }
 
 /// One histogram's buckets (not cumulative; the last is above every bound) and sum.
@@ -206,18 +188,30 @@ pub struct Totals {
     pub response_bytes: HistogramTotals<BYTES_BUCKETS>,
 }
 
+/// Every label of a series, `(name, value)` sorted by name, as the text format writes them:
+/// the request's own labels and those derived from them when the series is created.
+pub type AllLabels = Vec<(&'static str, String)>;
+
+/// Makes a new series' labels from its request labels.
+pub type Labeller = Arc<dyn Fn(&OwnedLabels) -> AllLabels + Send + Sync>;
+
 /// One label set's counters.
 pub struct Series {
     pub labels: OwnedLabels,
     /// The labels as the text format writes them, built once.
     pub text: Box<str>,
+    /// The label values in the order of their names, which is how Prometheus' text format
+    /// sorts the series of a family.
+    sort_key: Box<[String]>,
     shards: Box<[Shard]>,
 }
 
 impl Series {
-    fn new(labels: OwnedLabels, shards: usize) -> Series {
+    fn new(labels: OwnedLabels, shards: usize, labeller: &Labeller) -> Series {
+        let all = labeller(&labels);
         Series {
-            text: super::exposition::request_label_text(&labels),
+            text: super::exposition::label_text(&all),
+            sort_key: all.into_iter().map(|(_, v)| v).collect(),
             labels,
             shards: (0..shards).map(|_| Shard::default()).collect(),
         }
@@ -297,10 +291,11 @@ pub struct SeriesStore {
     admitted: AtomicUsize,
     cap: usize,
     shards: usize,
+    labeller: Labeller,
 }
 
 impl SeriesStore {
-    pub fn new(cap: usize) -> SeriesStore {
+    pub fn new(cap: usize, labeller: Labeller) -> SeriesStore {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         SeriesStore {
             id: NEXT_STORE.fetch_add(1, Relaxed),
@@ -309,6 +304,7 @@ impl SeriesStore {
             admitted: AtomicUsize::new(0),
             cap,
             shards: cpus.clamp(1, 8).next_power_of_two(),
+            labeller,
         }
     }
 
@@ -360,7 +356,11 @@ impl SeriesStore {
                             }
                             self.admitted.fetch_add(1, Relaxed);
                         }
-                        let s = Arc::new(Series::new(OwnedLabels::new(l), self.shards));
+                        let s = Arc::new(Series::new(
+                            OwnedLabels::new(l),
+                            self.shards,
+                            &self.labeller,
+                        ));
                         map.entry(hash).or_default().push(s.clone());
                         s
                     }
@@ -380,7 +380,7 @@ impl SeriesStore {
             let map = self.map.read().expect("series lock");
             map.values().flatten().cloned().collect()
         };
-        all.sort_by(|a, b| a.labels.sort_key().cmp(&b.labels.sort_key()));
+        all.sort_by(|a, b| a.sort_key.cmp(&b.sort_key));
         all
     }
 }
@@ -388,6 +388,11 @@ impl SeriesStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request's own labels, nothing derived.
+    fn plain() -> Labeller {
+        Arc::new(|l| super::super::exposition::request_labels(l, None))
+    }
 
     fn labels(code: u16) -> RequestLabels<'static> {
         RequestLabels {
@@ -407,7 +412,7 @@ mod tests {
 
     #[test]
     fn observations_land_in_inclusive_buckets() {
-        let store = SeriesStore::new(10);
+        let store = SeriesStore::new(10, plain());
         for (ms, bytes) in [(0.5, 1), (0.7, 10), (70_000.0, 10_000_001)] {
             assert!(store.with(&labels(200), true, |s| s.record(
                 Duration::from_secs_f64(ms / 1e3),
@@ -432,7 +437,7 @@ mod tests {
 
     #[test]
     fn shards_from_many_threads_add_up() {
-        let store = Arc::new(SeriesStore::new(10));
+        let store = Arc::new(SeriesStore::new(10, plain()));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let store = store.clone();
@@ -456,7 +461,7 @@ mod tests {
 
     #[test]
     fn the_cap_refuses_new_label_sets_but_not_known_ones() {
-        let store = SeriesStore::new(2);
+        let store = SeriesStore::new(2, plain());
         assert!(store.with(&labels(200), true, |_| {}));
         assert!(store.with(&labels(404), true, |_| {}));
         assert!(!store.with(&labels(503), true, |_| {}), "past the cap");
@@ -467,7 +472,7 @@ mod tests {
 
     #[test]
     fn stores_do_not_share_cached_series() {
-        let (a, b) = (SeriesStore::new(10), SeriesStore::new(10));
+        let (a, b) = (SeriesStore::new(10, plain()), SeriesStore::new(10, plain()));
         a.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
         b.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
         b.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
@@ -477,7 +482,7 @@ mod tests {
 
     #[test]
     fn series_sort_by_label_values_in_label_name_order() {
-        let store = SeriesStore::new(10);
+        let store = SeriesStore::new(10, plain());
         for code in [503, 200, 404] {
             store.with(&labels(code), true, |_| {});
         }
