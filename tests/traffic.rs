@@ -591,6 +591,42 @@ fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_return() {
     assert!(d.log_text().contains("endpoint returned from ejection"));
 }
 
+/// An endpoint that hangs is ejected too: as in Envoy, an attempt a per-try timeout or the
+/// route timeout ends is a local-origin failure for outlier detection (unsplit, a 5xx).
+#[test]
+fn timeouts_count_against_a_hanging_endpoint() {
+    if !ebpf_available("outlier_timeouts") {
+        return;
+    }
+    let hanging = Backend::silent("127.0.0.1:0");
+    let (healthy, v2) = two_backends();
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
+    // `/try` is bounded by a per-try timeout and retried; anything else by the route timeout.
+    let routes = "  - match:\n    - uri:\n        prefix: /try\n    rewrite:\n      uri: /whoami\n    retries:\n      attempts: 1\n      perTryTimeout: 200ms\n      retryOn: gateway-error\n    route:\n    - destination:\n        host: reviews\n  - timeout: 200ms\n    retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n";
+    let yaml = with_lb(policies(&healthy, &v2, routes), lb).replace(
+        &format!("http: {}\n", v2.addr.port()),
+        &format!("http: {}\n", hanging.addr.port()),
+    );
+    for (path, slot) in [("/whoami", 279), ("/try", 280)] {
+        let d = start(&format!("outlier-timeouts-{slot}"), slot, &yaml);
+        let codes = curl_many(
+            &d,
+            &format!("http://reviews:9080{path}"),
+            10,
+            "%{http_code}\\n",
+        );
+        let ejected = r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#;
+        assert_eq!(
+            d.metric(ejected),
+            1.0,
+            "{path}: {codes:?}\n{}",
+            d.log_text()
+        );
+        // Once ejected, the hanging endpoint gets no more requests: the last ones succeed.
+        assert!(codes[6..].iter().all(|c| c == "200"), "{path}: {codes:?}");
+    }
+}
+
 /// With Istio's defaults (no `minHealthPercent`, so Envoy's panic threshold is 0), a service
 /// whose only endpoint is ejected has no healthy upstream: 503 UH, and the endpoint is spared.
 #[test]

@@ -150,3 +150,14 @@ impl Backend {
         })
     }
 }
+
+impl Backend {
+    /// Reads each request and never answers, holding the connection until the peer closes it:
+    /// an endpoint that hangs.
+    pub fn silent(bind: &str) -> Backend {
+        Backend::spawn(bind, |mut s| {
+            let mut buf = [0u8; 4096];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        })
+    }
+}

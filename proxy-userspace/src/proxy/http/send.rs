@@ -83,6 +83,15 @@ impl Plan<'_> {
         ctx.observe_outcome(&self.cluster, s, target, health, all);
     }
 
+    /// An attempt to `target` ended by its per-try timeout or the route timeout: a
+    /// local-origin failure for outlier detection, as Envoy counts a timeout (unsplit, as a
+    /// 5xx and a gateway error).
+    fn observe_timeout(&self, ctx: &HttpContext, target: SocketAddr) {
+        if let (Some(s), Ok(all)) = (&self.outlier, &self.endpoints) {
+            ctx.observe_outcome(&self.cluster, s, target, Health::LocalFailure, all);
+        }
+    }
+
     /// An endpoint for the next attempt, avoiding the one that just failed when possible.
     /// `tried` collects the locality priorities of earlier attempts; with
     /// `retryRemoteLocalities`, a retry goes to another one while any is healthy.
@@ -711,6 +720,15 @@ pub async fn with_policy(
     }
     // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
     let mut last: Option<SocketAddr> = None;
+    // The endpoint of the attempt under way, until its outcome is observed: one a timeout
+    // ends counts against it.
+    let in_flight = std::sync::Mutex::new(None::<SocketAddr>);
+    let in_flight = &in_flight;
+    let timed_out_at = |ctx: &HttpContext| {
+        if let Some(t) = in_flight.lock().expect("in-flight lock").take() {
+            plan.observe_timeout(ctx, t);
+        }
+    };
     let mut tried = 0u32;
     // The attempts started.
     let mut started = 0u32;
@@ -722,7 +740,10 @@ pub async fn with_policy(
             policy,
             can_resend,
             outcome,
-            || Failed::PerTryTimeout,
+            || {
+                timed_out_at(ctx);
+                Failed::PerTryTimeout
+            },
             // `http.maxRetries` bounds the retries in flight across the cluster, or else the
             // `retryBudget` does, by the requests active now.
             || {
@@ -789,6 +810,7 @@ pub async fn with_policy(
                         return Err(Failed::Denied(reason));
                     }
                     let _in_flight = ctx.lb.start(target);
+                    *in_flight.lock().expect("in-flight lock") = Some(target);
                     let result = match upstream.expect("resolved with the target") {
                         Ok(t) => {
                             ctx.pool
@@ -797,6 +819,7 @@ pub async fn with_policy(
                         }
                         Err(e) => Err(e),
                     };
+                    in_flight.lock().expect("in-flight lock").take();
                     // A streamed body the client broke off fails the attempt: the client's
                     // doing, not a strike against the endpoint.
                     if result.is_err()
@@ -833,6 +856,7 @@ pub async fn with_policy(
         ctx.metrics.retries(u64::from(started - 1));
     }
     let Some(attempts) = attempts else {
+        timed_out_at(ctx);
         return match expiry {
             Expiry::Route => timed_out(rec),
             Expiry::Grpc => deadline_exceeded(rec),
