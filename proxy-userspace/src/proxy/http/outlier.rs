@@ -43,12 +43,18 @@ impl Settings {
     /// 5 local-origin failures (when split), 30 s base ejection, at most 10% ejected, no panic
     /// threshold, a 10 s interval.
     pub fn from_spec(o: &OutlierDetection) -> Settings {
+        // The deprecated `consecutiveErrors` counts gateway errors only, and turns the 5xx
+        // detector off, as Istio configures Envoy from it (istio/api#617).
+        let gateway = o.consecutive_gateway_errors.unwrap_or(0);
+        let (consecutive_5xx, consecutive_gateway) =
+            match (o.consecutive_5xx_errors, o.consecutive_errors) {
+                (Some(n), _) => (n, gateway),
+                (None, Some(n)) if n > 0 => (0, n),
+                _ => (5, gateway),
+            };
         Settings {
-            consecutive_5xx: o
-                .consecutive_5xx_errors
-                .or(o.consecutive_errors)
-                .unwrap_or(5),
-            consecutive_gateway: o.consecutive_gateway_errors.unwrap_or(0),
+            consecutive_5xx,
+            consecutive_gateway,
             consecutive_local: o.consecutive_local_origin_failures.unwrap_or(5),
             split_local: o.split_external_local_origin_errors,
             base_ejection: o
@@ -92,15 +98,19 @@ pub enum Event {
 /// One cluster's endpoints, under the settings their history was counted with.
 struct Cluster {
     settings: Settings,
+    /// The settings before the last change: requests begun under them may still finish.
+    replaced: Option<Settings>,
     hosts: HashMap<SocketAddr, Host>,
 }
 
 impl Cluster {
     /// The endpoints' states, forgotten first if the cluster's settings changed since: as
-    /// Envoy gives a changed cluster a fresh detector.
+    /// Envoy gives a changed cluster a fresh detector. A request still carrying the settings
+    /// they replaced (it began before the reload) is counted in the new history, not taken
+    /// for another change, which would forget what the new settings counted.
     fn under(&mut self, s: &Settings) -> &mut HashMap<SocketAddr, Host> {
-        if self.settings != *s {
-            self.settings = s.clone();
+        if self.settings != *s && self.replaced.as_ref() != Some(s) {
+            self.replaced = Some(std::mem::replace(&mut self.settings, s.clone()));
             self.hosts.clear();
         }
         &mut self.hosts
@@ -144,6 +154,7 @@ impl Detector {
             None => {
                 let fresh = Cluster {
                     settings: s.clone(),
+                    replaced: None,
                     hosts: HashMap::default(),
                 };
                 &mut all_hosts.entry(cluster.to_string()).or_insert(fresh).hosts
@@ -372,6 +383,12 @@ mod tests {
         };
         assert_eq!(d.healthy("c", &changed, &e).0, e);
         assert!(d.report().iter().all(|h| !h.ejected));
+        // A request begun under the old settings finishing now forgets nothing the new ones
+        // counted.
+        d.record("c", &changed, e[1], Outcome::Status(500), &e);
+        d.record("c", &s, e[0], Outcome::Status(200), &e);
+        assert_eq!(d.report().iter().map(|h| h.consecutive_5xx).sum::<u32>(), 1);
+        d.record("c", &changed, e[1], Outcome::Status(200), &e);
         // Ejected again, then the detector removed and added back as it was: fresh.
         for _ in 0..4 {
             d.record("c", &changed, e[0], Outcome::Status(500), &e);
@@ -380,6 +397,27 @@ mod tests {
         d.forget("c");
         assert!(d.report().is_empty());
         assert_eq!(d.healthy("c", &changed, &e).0, e);
+    }
+
+    #[test]
+    fn deprecated_consecutive_errors_count_gateway_errors_only() {
+        let spec: OutlierDetection =
+            serde_json::from_str(r#"{"consecutiveErrors": 2}"#).unwrap();
+        let s = Settings::from_spec(&spec);
+        assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (0, 2));
+        let (d, e) = (Detector::default(), addrs(2));
+        for _ in 0..3 {
+            d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        assert_eq!(d.healthy("c", &s, &e).0, e, "500s do not eject");
+        d.record("c", &s, e[0], Outcome::Status(503), &e);
+        d.record("c", &s, e[0], Outcome::Status(502), &e);
+        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]], "two gateway errors do");
+        let both: OutlierDetection =
+            serde_json::from_str(r#"{"consecutive5xxErrors": 4, "consecutiveErrors": 2}"#)
+                .unwrap();
+        let s = Settings::from_spec(&both);
+        assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (4, 0));
     }
 
     #[tokio::test(start_paused = true)]
