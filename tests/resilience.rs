@@ -126,6 +126,87 @@ fn istios_circuit_breaking_task() {
     assert_eq!(v2.requests(), 0);
 }
 
+/// A reload that raises `maxConnections` under load: requests that began under the old limit
+/// keep to the new one. They used to close every idle connection the new requests had
+/// opened (counting them over the old limit), churning thousands of connections a second.
+#[test]
+fn a_raised_connection_limit_applies_to_requests_already_waiting() {
+    if !ebpf_available("cb_raise") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let pool = |n: u32| {
+        let policy = format!("    connectionPool:\n      tcp:\n        maxConnections: {n}\n");
+        only_v1(with_policy(&v1, &v2, TO_ALL, &policy), &v2)
+    };
+    let dir = config_dir("cb-raise", &pool(4));
+    let d = Daemon::start("cb-raise", 281, &["--config", dir.to_str().unwrap()]);
+    let load = d
+        .exec(
+            "default/productpage",
+            &[
+                "wrk",
+                "-t1",
+                "-c32",
+                "-d3s",
+                "-H",
+                "Host: reviews",
+                "http://127.0.0.50:9080/sleep/5",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    std::fs::write(dir.join("reviews.yaml"), pool(64)).unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    let out = load.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requests in"), "{text}");
+    // At most 4 connections, then at most 32 more (one per wrk connection), and a few a
+    // closed connection's request may replace.
+    let opened = v1.accepted();
+    assert!(
+        opened <= 48,
+        "{opened} upstream connections for 32 clients:\n{text}"
+    );
+}
+
+/// A reload's new `http.idleTimeout` reaches the connections already open: one opened under
+/// the default hour, used once after the reload, closes when idle for the new timeout.
+#[test]
+fn a_new_idle_timeout_reaches_open_connections() {
+    if !ebpf_available("cb_new_idle") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let with_idle = |idle: &str| {
+        let policy = format!("    connectionPool:\n      http:\n        idleTimeout: {idle}\n");
+        only_v1(with_policy(&v1, &v2, TO_ALL, &policy), &v2)
+    };
+    let dir = config_dir("cb-new-idle", &with_idle("1h"));
+    let d = Daemon::start("cb-new-idle", 282, &["--config", dir.to_str().unwrap()]);
+    let get = || support::mesh::status(&d, "http://reviews:9080/whoami");
+    assert_eq!(get(), "200");
+    std::fs::write(dir.join("reviews.yaml"), with_idle("1s")).unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    assert_eq!(get(), "200");
+    assert_eq!(v1.accepted(), 1, "the open connection was reused");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(), "200");
+    assert_eq!(
+        v1.accepted(),
+        2,
+        "idle past the new timeout: closed, and a new one opened"
+    );
+}
+
 #[test]
 fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests() {
     if !ebpf_available("cb_limits") {

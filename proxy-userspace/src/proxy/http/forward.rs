@@ -964,6 +964,7 @@ async fn forward(
                 // An upgrade (WebSocket) stays HTTP/1.1: it takes a connection of its own.
                 h2_upstream = !upgrade && policy.upstream_http2(h2);
                 let mut limits = Limits::from_spec(policy.pool);
+                limits.generation = snap.generation;
                 limits.retry_budget = policy.retry_budget.map(RetryBudget::from_spec);
                 down.proxy_protocol(&policy, &mut limits);
                 // TLS origination sends the request's host as the server name (Istio's

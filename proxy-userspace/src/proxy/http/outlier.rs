@@ -401,8 +401,7 @@ mod tests {
 
     #[test]
     fn deprecated_consecutive_errors_count_gateway_errors_only() {
-        let spec: OutlierDetection =
-            serde_json::from_str(r#"{"consecutiveErrors": 2}"#).unwrap();
+        let spec: OutlierDetection = serde_json::from_str(r#"{"consecutiveErrors": 2}"#).unwrap();
         let s = Settings::from_spec(&spec);
         assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (0, 2));
         let (d, e) = (Detector::default(), addrs(2));
@@ -412,10 +411,13 @@ mod tests {
         assert_eq!(d.healthy("c", &s, &e).0, e, "500s do not eject");
         d.record("c", &s, e[0], Outcome::Status(503), &e);
         d.record("c", &s, e[0], Outcome::Status(502), &e);
-        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]], "two gateway errors do");
+        assert_eq!(
+            d.healthy("c", &s, &e).0,
+            vec![e[1]],
+            "two gateway errors do"
+        );
         let both: OutlierDetection =
-            serde_json::from_str(r#"{"consecutive5xxErrors": 4, "consecutiveErrors": 2}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"consecutive5xxErrors": 4, "consecutiveErrors": 2}"#).unwrap();
         let s = Settings::from_spec(&both);
         assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (4, 0));
     }

@@ -480,12 +480,14 @@ impl Pool {
         let key = target.key(limits);
         let mut pending: Option<Slot> = None;
         loop {
+            // Read each time round: a reload while this request waits may raise it.
+            let max_connections = cluster.max_connections(limits);
             let changed = cluster.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             if h2 {
                 while let Some((c, stream)) =
-                    cluster.take_h2_stream(&key, limits.max_streams, |u| limits.reusable(u))
+                    cluster.take_h2_stream(&key, limits, |u| limits.reusable(u))
                 {
                     match c.ready().await {
                         Ok(sender) => return Ok(Checkout::H2(sender, stream)),
@@ -503,7 +505,7 @@ impl Pool {
                 while let Some(c) = cluster.take_idle_h1(&key) {
                     // Over a `maxConnections` lowered since it was opened: closed, not reused,
                     // so the lower limit holds for new requests at once.
-                    if cluster.count(Counter::Connections) > limits.max_connections {
+                    if cluster.count(Counter::Connections) > max_connections {
                         drop(c);
                         continue;
                     }
@@ -542,7 +544,7 @@ impl Pool {
             let limit = if h2 && first && !cluster.has_h2(&key) {
                 u32::MAX
             } else {
-                limits.max_connections
+                max_connections
             };
             if let Some(slot) = cluster.try_slot(Counter::Connections, limit) {
                 // Boxed: a new connection is the rare case, and its handshake's state would
@@ -616,7 +618,9 @@ impl Pool {
                         owner: target.owner(limits).cloned(),
                         used: c.used,
                         reusable: limits.reusable(c.used),
-                        idle_timeout: c.idle_timeout,
+                        // Back in the pool under the idle timeout of the configuration that
+                        // used it last: a reload's new `idleTimeout` reaches open connections.
+                        idle_timeout: limits.idle_timeout,
                         expires: c.expires,
                     };
                     (sent, conn)

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -104,6 +104,9 @@ pub struct ClusterPool {
     /// its own, and open another when the waiters would fill them, as Envoy's pending streams
     /// wait for a connecting connection's capacity.
     opening_h2: Mutex<HashMap<PeerKey, Vec<Arc<Opening>>>>,
+    /// The `maxConnections` of the newest configuration a request brought, with its
+    /// generation: `generation << 32 | limit`, so the newest wins a `fetch_max`.
+    newest_max_connections: AtomicU64,
 }
 
 /// An HTTP/2 connection being opened, how many requests wait for it, and why it failed, once
@@ -206,6 +209,27 @@ impl ClusterPool {
         }
     }
 
+    /// The cluster's `maxConnections`: `limits`' own, unless a request has brought those of a
+    /// newer configuration (a request that began before a reload then keeps to the new limit
+    /// rather than closing connections opened under it, or waiting for a slot it never gets).
+    pub fn max_connections(&self, limits: &super::Limits) -> u32 {
+        if limits.generation == 0 {
+            return limits.max_connections;
+        }
+        let generation = limits.generation.min(u64::from(u32::MAX));
+        let mine = generation << 32 | u64::from(limits.max_connections);
+        // Read first: a shared line is written only when a newer configuration arrives.
+        let seen = self.newest_max_connections.load(Ordering::Acquire);
+        let newest = if mine > seen {
+            self.newest_max_connections
+                .fetch_max(mine, Ordering::AcqRel)
+                .max(mine)
+        } else {
+            seen
+        };
+        newest as u32
+    }
+
     pub fn count(&self, c: Counter) -> u32 {
         self.counts[c as usize].load(Ordering::Acquire)
     }
@@ -250,11 +274,11 @@ impl ClusterPool {
     }
 
     /// A stream on an HTTP/2 connection to `dst` with room for one more, if any: fewer
-    /// streams than `max_streams` and than the upstream allows (its SETTINGS).
+    /// streams than `limits.max_streams` and than the upstream allows (its SETTINGS).
     pub fn take_h2_stream(
         self: &Arc<Self>,
         dst: &PeerKey,
-        max_streams: u32,
+        limits: &super::Limits,
         per_connection: impl Fn(u32) -> bool,
     ) -> Option<(super::h2::Conn, H2Stream)> {
         let mut all = self.h2.lock().expect("h2 pool lock");
@@ -263,10 +287,12 @@ impl ClusterPool {
         // their own handles, and it closes when they end.
         conns.retain(|c| !c.sender.is_closed() && per_connection(c.used) && unexpired(c.expires));
         let c = conns.iter_mut().find(|c| {
-            c.streams.load(Ordering::Acquire) < max_streams.min(c.sender.stream_limit())
+            c.streams.load(Ordering::Acquire) < limits.max_streams.min(c.sender.stream_limit())
         })?;
         c.used += 1;
         c.last_active = Instant::now();
+        // The idle timeout of the configuration that used it last, as for HTTP/1.1.
+        c.idle_timeout = limits.idle_timeout;
         Some((c.sender.clone(), H2Stream::new(self.clone(), &c.streams)))
     }
 
@@ -435,6 +461,25 @@ mod tests {
         drop(second);
         assert!(p.opening_h2.lock().unwrap().is_empty(), "openings removed");
         assert!(claim(p.open_h2(&dst, 1)).first);
+    }
+
+    #[test]
+    fn the_newest_configurations_connection_limit_holds_for_older_requests() {
+        let p = ClusterPool::new("c");
+        let limits = |generation, max_connections| super::super::Limits {
+            generation,
+            max_connections,
+            ..Default::default()
+        };
+        assert_eq!(p.max_connections(&limits(3, 4)), 4);
+        // A reload raised it: requests from before keep to the new limit.
+        assert_eq!(p.max_connections(&limits(4, 64)), 64);
+        assert_eq!(p.max_connections(&limits(3, 4)), 64);
+        // And lowered it again.
+        assert_eq!(p.max_connections(&limits(5, 2)), 2);
+        assert_eq!(p.max_connections(&limits(4, 64)), 2);
+        // A destination without a policy has no generation: its own limit.
+        assert_eq!(p.max_connections(&limits(0, 9)), 9);
     }
 
     #[test]

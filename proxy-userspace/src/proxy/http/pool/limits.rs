@@ -65,6 +65,9 @@ pub struct Limits {
     /// The connection is carried as opaque bytes (L4): through the mTLS tunnel, the far node
     /// is told so, and authorizes it as TCP whatever its bytes look like.
     pub opaque: bool,
+    /// The configuration generation these limits come from: a request begun before a reload
+    /// defers to the limits of a newer one (0: none, as for a destination without policy).
+    pub generation: u64,
 }
 
 /// Envoy's retry budget: the retries in flight may be `percent` of the destination's active
@@ -111,6 +114,7 @@ impl Default for Limits {
             client: None,
             tunnel: None,
             opaque: false,
+            generation: 0,
         }
     }
 }
@@ -245,6 +249,7 @@ mod tests {
                 client: None,
                 tunnel: None,
                 opaque: false,
+                generation: 0,
             }
         );
         assert!(l.reusable(0) && !l.reusable(1));
