@@ -14,29 +14,34 @@ use std::{
     time::Duration,
 };
 
-/// `istio_request_duration_milliseconds` bucket bounds, in milliseconds.
-pub const DURATION_MS: [f64; 15] = [
+/// Envoy's default histogram bounds, which Istio's request histograms use unless a workload
+/// asks for others (`sidecar.istio.io/statsHistogramBuckets`): the same for durations (in
+/// milliseconds) and sizes (in bytes), so meshd's series aggregate with a sidecar fleet's.
+const ENVOY_BOUNDS: [f64; 19] = [
     0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
+
+/// `istio_request_duration_milliseconds` bucket bounds, in milliseconds.
+pub const DURATION_MS: [f64; 19] = ENVOY_BOUNDS;
 
 /// `istio_request_bytes` and `istio_response_bytes` bucket bounds.
-pub const BYTES: [f64; 8] = [
-    1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0,
-];
+pub const BYTES: [f64; 19] = ENVOY_BOUNDS;
 
-/// The duration bounds in nanoseconds (all whole numbers), for integer comparisons.
-const DURATION_NS: [u64; 15] = {
-    let mut ns = [0; 15];
+/// The bounds scaled to integers: nanoseconds for durations; whole bytes for sizes (`le="0.5"`
+/// holds only 0).
+const fn scaled(by: f64) -> [u64; 19] {
+    let mut out = [0; 19];
     let mut i = 0;
-    while i < 15 {
-        ns[i] = (DURATION_MS[i] * 1e6) as u64;
+    while i < 19 {
+        out[i] = (ENVOY_BOUNDS[i] * by) as u64;
         i += 1;
     }
-    ns
-};
+    out
+}
 
-const BYTES_INT: [u64; 8] = [1, 10, 100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000];
+const DURATION_NS: [u64; 19] = scaled(1e6);
+const BYTES_INT: [u64; 19] = scaled(1.0);
 
 /// Buckets per histogram: the bounds plus the one above the last bound (`+Inf`).
 pub const DURATION_BUCKETS: usize = DURATION_MS.len() + 1;
@@ -426,13 +431,13 @@ mod tests {
         assert_eq!(t.requests, 3);
         assert_eq!(t.duration.buckets[0], 1, "0.5 ms is in le=0.5");
         assert_eq!(t.duration.buckets[1], 1, "0.7 ms is in le=1");
-        assert_eq!(t.duration.buckets[DURATION_BUCKETS - 1], 1, "above 60 s");
+        assert_eq!(t.duration.buckets[15], 1, "70 s is in le=300000");
         assert_eq!(t.duration.count(), 3);
-        assert_eq!(t.request_bytes.buckets[0], 1);
-        assert_eq!(t.request_bytes.buckets[1], 1);
-        assert_eq!(t.request_bytes.buckets[BYTES_BUCKETS - 1], 1);
+        assert_eq!(t.request_bytes.buckets[1], 1, "1 byte is in le=1");
+        assert_eq!(t.request_bytes.buckets[3], 1, "10 bytes in le=10");
+        assert_eq!(t.request_bytes.buckets[BYTES_BUCKETS - 1], 1, "above 3600000");
         assert_eq!(t.request_bytes.sum, 10_000_012);
-        assert_eq!(t.response_bytes.buckets[0], 3, "0 bytes is in le=1");
+        assert_eq!(t.response_bytes.buckets[0], 3, "0 bytes is in le=0.5");
     }
 
     #[test]
