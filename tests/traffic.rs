@@ -306,7 +306,7 @@ fn tcp_connect_failures_eject_an_endpoint() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
-    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 1\n      baseEjectionTime: 30s\n";
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 1\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
     let yaml = with_lb(policies(&v1, &v2, TO_ALL), lb)
         .replace("protocol: HTTP", "protocol: TCP")
         .replace(
@@ -627,6 +627,41 @@ fn timeouts_count_against_a_hanging_endpoint() {
     }
 }
 
+/// Removing a DestinationRule and adding it back, with no request in between, starts its
+/// outlier detection afresh, as Envoy builds a changed cluster afresh.
+#[test]
+fn a_destination_rule_removed_and_added_back_forgets_its_ejections() {
+    if !ebpf_available("outlier_readd") {
+        return;
+    }
+    let failing = Backend::http_503("127.0.0.1:0");
+    let (healthy, v2) = two_backends();
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 1\n      baseEjectionTime: 5m\n      maxEjectionPercent: 100\n";
+    let routes =
+        "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n";
+    let failing_port = format!("http: {}\n", failing.addr.port());
+    let with_rule = with_lb(policies(&healthy, &v2, routes), lb)
+        .replace(&format!("http: {}\n", v2.addr.port()), &failing_port);
+    let without = with_rule.replace(&format!("  trafficPolicy:\n    loadBalancer:\n{lb}"), "");
+    assert_ne!(with_rule, without);
+    let dir = support::mesh::config_dir("outlier-readd", &with_rule);
+    let d = support::Daemon::start("outlier-readd", 283, &["--config", dir.to_str().unwrap()]);
+    curl_many(&d, "http://reviews:9080/whoami", 4, "%{http_code}\n");
+    let ejected = || d.get("/stats/outliers").contains(r#""ejected": true"#);
+    assert!(ejected(), "{}", d.get("/stats/outliers"));
+    let reloads = |n: f64| {
+        support::eventually(std::time::Duration::from_secs(5), || {
+            (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= n).then_some(())
+        })
+        .expect("reload applied")
+    };
+    std::fs::write(dir.join("reviews.yaml"), &without).unwrap();
+    reloads(1.0);
+    std::fs::write(dir.join("reviews.yaml"), &with_rule).unwrap();
+    reloads(2.0);
+    assert!(!ejected(), "{}", d.get("/stats/outliers"));
+}
+
 /// With Istio's defaults (no `minHealthPercent`, so Envoy's panic threshold is 0), a service
 /// whose only endpoint is ejected has no healthy upstream: 503 UH, and the endpoint is spared.
 #[test]
@@ -636,7 +671,7 @@ fn a_service_whose_only_endpoint_is_ejected_has_no_healthy_upstream() {
     }
     let failing = Backend::http_503("127.0.0.1:0");
     let (v1, v2) = two_backends();
-    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      baseEjectionTime: 30s\n";
+    let lb = "      simple: ROUND_ROBIN\n    outlierDetection:\n      consecutive5xxErrors: 2\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
     let routes = "  - retries:\n      attempts: 0\n    route:\n    - destination:\n        host: reviews\n        subset: v2\n";
     let yaml = with_lb(policies(&v1, &v2, routes), lb).replace(
         &format!("http: {}\n", v2.addr.port()),

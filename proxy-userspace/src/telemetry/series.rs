@@ -435,7 +435,11 @@ mod tests {
         assert_eq!(t.duration.count(), 3);
         assert_eq!(t.request_bytes.buckets[1], 1, "1 byte is in le=1");
         assert_eq!(t.request_bytes.buckets[3], 1, "10 bytes in le=10");
-        assert_eq!(t.request_bytes.buckets[BYTES_BUCKETS - 1], 1, "above 3600000");
+        assert_eq!(
+            t.request_bytes.buckets[BYTES_BUCKETS - 1],
+            1,
+            "above 3600000"
+        );
         assert_eq!(t.request_bytes.sum, 10_000_012);
         assert_eq!(t.response_bytes.buckets[0], 3, "0 bytes is in le=0.5");
     }

@@ -122,9 +122,58 @@ impl HttpContext {
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(end_ejections(Arc::downgrade(&ctx)));
+            let applied = ctx.config.applied();
+            rt.spawn(forget_changed_clusters(Arc::downgrade(&ctx), applied));
         }
         ctx
     }
+}
+
+/// After each reload, forgets the outlier state of the hosts whose DestinationRule changed,
+/// was added or went, while `ctx` lives.
+async fn forget_changed_clusters(
+    ctx: std::sync::Weak<HttpContext>,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+) {
+    let Some(mut before) = ctx.upgrade().map(|c| c.config.current()) else {
+        return;
+    };
+    while applied.changed().await.is_ok() {
+        let Some(ctx) = ctx.upgrade() else { return };
+        let now = ctx.config.current();
+        let hosts = changed_rule_hosts(&before.policies, &now.policies);
+        ctx.outliers.forget_hosts(&hosts);
+        before = now;
+    }
+}
+
+/// The hosts of the DestinationRules that differ between two configurations.
+fn changed_rule_hosts(
+    before: &crate::policy::PolicySet,
+    now: &crate::policy::PolicySet,
+) -> Vec<String> {
+    use std::collections::HashMap;
+
+    use crate::policy::{PolicySet, model::DestinationRuleSpec};
+    type Rules<'a> = HashMap<(&'a String, &'a String), &'a DestinationRuleSpec>;
+    // (namespace, name) → the rule's spec, by which a change is seen.
+    fn rules(set: &PolicySet) -> Rules<'_> {
+        (set.destination_rules.iter())
+            .map(|r| ((&r.metadata.namespace, &r.metadata.name), &r.spec))
+            .collect()
+    }
+    let (old, new) = (rules(before), rules(now));
+    let mut hosts = Vec::new();
+    for (a, b) in [(&old, &new), (&new, &old)] {
+        for (key @ (namespace, _), spec) in a {
+            if b.get(key) != Some(spec) {
+                hosts.push(crate::policy::hosts::fqdn(&spec.host, namespace));
+            }
+        }
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 /// Ends outlier ejections as their time runs out, logged and counted, while `ctx` lives.

@@ -204,9 +204,11 @@ impl Detector {
         if !tripped || h.ejected_until.is_some_and(|t| t > now) {
             return None;
         }
-        // Envoy ejects at least one endpoint even when maxEjectionPercent rounds down to none.
-        let allowed = ((all.len() as u64 * s.max_ejection_percent as u64) / 100).max(1) as usize;
-        if ejected_now >= allowed {
+        // As Envoy (since 1.28, without `always_eject_one_host`, which Istio does not set): an
+        // ejection that would take the ejected share past maxEjectionPercent does not happen,
+        // so at Istio's default 10% a service of fewer than ten endpoints ejects none.
+        let share = 100 * (ejected_now as u64 + 1);
+        if share > all.len() as u64 * u64::from(s.max_ejection_percent) {
             return None;
         }
         // As Envoy: the count went down by one for each interval spent back in the pool.
@@ -310,6 +312,22 @@ impl Detector {
         }
     }
 
+    /// Forgets the clusters of the hosts `patterns` cover (a DestinationRule's host, possibly
+    /// a wildcard) after their DestinationRule changed or went: Envoy builds a changed cluster
+    /// afresh, detector included, whether or not a request has come since.
+    pub fn forget_hosts(&self, patterns: &[String]) {
+        if patterns.is_empty() || !self.tracked.load(Ordering::Acquire) {
+            return;
+        }
+        let mut all = self.hosts.lock().expect("outlier lock");
+        all.retain(|cluster, _| {
+            let host = cluster.split('|').next().unwrap_or(cluster);
+            !patterns
+                .iter()
+                .any(|p| crate::policy::hosts::covers(p, host))
+        });
+    }
+
     pub fn report(&self) -> Vec<EndpointHealth> {
         let now = Instant::now();
         let hosts = self.hosts.lock().expect("outlier lock");
@@ -401,7 +419,8 @@ mod tests {
 
     #[test]
     fn deprecated_consecutive_errors_count_gateway_errors_only() {
-        let spec: OutlierDetection = serde_json::from_str(r#"{"consecutiveErrors": 2}"#).unwrap();
+        let spec: OutlierDetection =
+            serde_json::from_str(r#"{"consecutiveErrors": 2, "maxEjectionPercent": 100}"#).unwrap();
         let s = Settings::from_spec(&spec);
         assert_eq!((s.consecutive_5xx, s.consecutive_gateway), (0, 2));
         let (d, e) = (Detector::default(), addrs(2));
@@ -537,6 +556,27 @@ mod tests {
             3,
             "25% of 4: only one endpoint ejected"
         );
+        // Istio's default 10%: a service of fewer than ten endpoints ejects none, as Envoy
+        // without `always_eject_one_host`; one of ten may go.
+        let ten_percent = Settings {
+            max_ejection_percent: 10,
+            ..settings()
+        };
+        let few = Detector::default();
+        for _ in 0..3 {
+            few.record("c", &ten_percent, e[0], Outcome::Status(500), &e);
+        }
+        assert_eq!(
+            few.healthy("c", &ten_percent, &e).0,
+            e,
+            "1 of 4 is over 10%"
+        );
+        let ten = addrs(10);
+        for _ in 0..3 {
+            few.record("d", &ten_percent, ten[0], Outcome::Status(500), &ten);
+            few.record("d", &ten_percent, ten[1], Outcome::Status(500), &ten);
+        }
+        assert_eq!(few.healthy("d", &ten_percent, &ten).0.len(), 9, "1 of 10");
         let panic = Settings {
             min_health_percent: 90,
             ..s
