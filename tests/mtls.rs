@@ -589,10 +589,22 @@ fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
         get("default/productpage", &["-X", "POST"], "/whoami"),
         "403 RBAC: access denied"
     );
-    // The namespace rule of the DENY policy depends on identity alone: on one node it is
-    // enforced at connect time, in the kernel, so curl cannot even connect (EPERM).
-    let refused = get("other/ratings", &[], "/whoami");
-    assert!(refused.starts_with("000"), "{refused}");
+    // The namespace rule of the DENY policy depends on identity alone. On the port declared
+    // HTTP the caller gets Istio's 403; on the TCP port it is enforced at connect time, in the
+    // kernel, so the caller cannot even connect (EPERM, errno 1).
+    assert_eq!(
+        get("other/ratings", &[], "/whoami"),
+        "403 RBAC: access denied"
+    );
+    let connect = "import socket\ntry:\n    socket.create_connection(('127.0.0.70', 9090))\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)";
+    let out = d
+        .exec("other/ratings", &["python3", "-c", connect])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "PermissionError 1"
+    );
     assert_eq!(d.metric("meshd_authorization_connect_denied_total"), 1.0);
     assert_eq!(backend.requests(), 2, "denied requests never left meshd");
     let log = d.log_text();

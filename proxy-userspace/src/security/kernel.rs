@@ -116,9 +116,44 @@ fn denied_at(snap: &Snapshot, node: &NodeView, principal: &str, addr: SocketAddr
     )
 }
 
+/// Whether Istio reads a port as HTTP (`HTTP`, `HTTP2`, `GRPC`, or such a name): a denial
+/// there is its sidecar's 403 `RBAC: access denied`, which meshd's L7 path answers, so it is
+/// not refused at connect time.
+fn is_http(protocol: Option<crate::proxy::sniff::Detected>) -> bool {
+    use crate::proxy::sniff::Detected;
+    matches!(protocol, Some(Detected::Http1 | Detected::Http2))
+}
+
+/// The endpoint addresses behind the ports their services declare HTTP.
+fn http_endpoints(snap: &Snapshot) -> std::collections::HashSet<SocketAddr> {
+    let mut out = std::collections::HashSet::new();
+    for (host, cluster) in &snap.compiled.clusters {
+        for &port in cluster.ports.keys() {
+            if !is_http(cluster.port_protocol(port)) {
+                continue;
+            }
+            let d = crate::routes::Destination {
+                host: host.clone(),
+                subset: None,
+                port: Some(port),
+                weight: 100,
+                headers: None,
+            };
+            let dialled = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port);
+            if let Ok((endpoints, _)) =
+                crate::proxy::http::destination_endpoints(snap, &d, &[], dialled, None)
+            {
+                out.extend(endpoints);
+            }
+        }
+    }
+    out
+}
+
 /// The CONNECT_DENY entries of one source workload: each declared address of a workload on
 /// this node that refuses it, and each service address (VIP and port) none of whose endpoints
-/// would take it, when no VirtualService routes that host elsewhere.
+/// would take it, when no VirtualService routes that host elsewhere. Ports declared HTTP are
+/// left to the L7 path, which answers 403 as Istio's sidecar does.
 pub fn deny_entries(snap: &Snapshot, node: &NodeView, id: u32, workload: &str) -> Vec<DenyKey> {
     if snap.compiled.authorizer.is_empty() {
         return Vec::new();
@@ -132,15 +167,19 @@ pub fn deny_entries(snap: &Snapshot, node: &NodeView, id: u32, workload: &str) -
         _pad: 0,
         dst: endpoint_of(addr),
     };
+    let http = http_endpoints(snap);
     let mut out: Vec<DenyKey> = snap
         .compiled
         .endpoints
         .by_address()
+        .filter(|(addr, _)| !http.contains(addr))
         .filter(|(addr, _)| denied_at(snap, node, &principal, *addr) == Some(true))
         .map(|(addr, _)| key(addr))
         .collect();
     for (&dst, host) in &snap.compiled.vips {
-        if snap.compiled.routes.lookup(host).is_some() || !snap.compiled.clusters.contains_key(host)
+        if snap.compiled.routes.lookup(host).is_some()
+            || !snap.compiled.clusters.contains_key(host)
+            || is_http(snap.compiled.declared_protocol(dst))
         {
             continue;
         }
