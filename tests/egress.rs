@@ -278,6 +278,57 @@ spec:
     assert!(out.contains("s_server"), "TLS to the target port: {out}");
 }
 
+/// An HTTPS ServiceEntry without addresses, as Istio's egress tasks write them: the TLS
+/// connection is known by the server name of its ClientHello, so the service's own cluster,
+/// DestinationRule and telemetry apply, with no VirtualService.
+#[test]
+fn an_https_service_entry_without_addresses_is_known_by_its_server_name() {
+    if !ebpf_available("egress_https_sni") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-https-sni"),
+        "secure.example",
+    );
+    let server = TlsServer::start(&certs);
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: secure-example
+spec:
+  hosts:
+  - secure.example
+  ports:
+  - number: {port}
+    name: https
+    protocol: HTTPS
+  resolution: NONE
+  location: MESH_EXTERNAL
+"#,
+        port = server.port,
+    );
+    let d = start("egress-https-sni", 284, &yaml);
+    let url = format!("https://secure.example:{}/", server.port);
+    let resolve = format!("secure.example:{}:127.0.0.1", server.port);
+    // The server's certificate is not the point: `-k`.
+    let out = curl(
+        &d,
+        &["--resolve", &resolve, "-k", "-w", "\n%{http_code}", &url],
+    );
+    assert!(out.ends_with("\n200"), "{out}");
+    let line = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""protocol":"tcp""#))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no TCP line:\n{}", d.log_text()));
+    assert!(
+        line.contains(r#""upstream_cluster":"secure.example""#),
+        "{line}"
+    );
+}
+
 /// A route (and a mirror) from one host to DNS ServiceEntries without endpoints: as Envoy's DNS
 /// cluster does, meshd resolves the ServiceEntries' hosts and sends the request there. meshd
 /// runs with a hosts file of its own, so the names resolve to loopback addresses.

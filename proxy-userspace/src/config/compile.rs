@@ -103,6 +103,8 @@ pub struct Compiled {
     /// The endpoint names in use and what they resolved to.
     pub dns: Resolved,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// The ports some ServiceEntry declares `TLS` or `HTTPS`.
+    pub tls_ports: std::collections::HashSet<u16>,
     /// Keyed by `namespace/name` of the WorkloadEntry.
     pub workloads: BTreeMap<String, WorkloadPolicies>,
     /// ServiceEntry `addresses` (VIPs) with each port the entry declares → the service's first
@@ -528,6 +530,28 @@ impl Compiled {
         self.clusters.get(host)?.port_protocol(dst.port())
     }
 
+    /// The ServiceEntry host a TLS connection to `port` names in its ClientHello (`sni`), when
+    /// the entry declares that port `TLS` or `HTTPS`: as Istio chains such a host by its server
+    /// name, with or without addresses. An exact host first, else the most specific wildcard.
+    pub fn tls_host(&self, sni: &str, port: u16) -> Option<&str> {
+        let name = sni.trim_end_matches('.').to_ascii_lowercase();
+        let declares = |c: &Cluster| c.declares_tls(port);
+        if let Some((host, _)) = (self.clusters.get_key_value(&name)).filter(|(_, c)| declares(c)) {
+            return Some(host);
+        }
+        (self.clusters.iter())
+            .filter(|(host, c)| host.starts_with("*.") && declares(c))
+            .filter(|(host, _)| crate::policy::hosts::covers(host, &name))
+            .max_by_key(|(host, _)| host.len())
+            .map(|(host, _)| host.as_str())
+    }
+
+    /// Whether some ServiceEntry declares `port` `TLS` or `HTTPS`: a ClientHello to it may name
+    /// one of its hosts.
+    pub fn tls_port(&self, port: u16) -> bool {
+        self.tls_ports.contains(&port)
+    }
+
     /// Whether a ServiceEntry declares the VIP and port `TLS` or `HTTPS`.
     pub fn declares_tls_at(&self, dst: std::net::SocketAddr) -> bool {
         (self.vip_host(dst))
@@ -674,10 +698,15 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
     let (vips, vip_ranges) = compile_vips(set);
     let mut workloads = compile_workloads(set);
     resolve_mtls(&mut workloads, &mtls);
+    let clusters = compile_clusters(set, &dns);
+    let tls_ports = (clusters.values())
+        .flat_map(|c| c.ports.keys().copied().filter(|p| c.declares_tls(*p)))
+        .collect();
     Compiled {
         routes: compile_routes(set),
         tcp_routes: crate::routes::l4::TcpRoutes::compile(set),
-        clusters: compile_clusters(set, &dns),
+        clusters,
+        tls_ports,
         dns,
         workloads,
         vips,

@@ -351,13 +351,15 @@ async fn proxy(
         return Ok(());
     }
 
-    // The server name of a TLS ClientHello, read only when some VirtualService routes by it,
-    // and only where one can come, as Istio applies `tls` routes: on a port declared TLS or
-    // HTTPS, or an undeclared one whose first byte, seen by sniffing, opens a TLS handshake.
-    // A port declared TCP, MySQL, ... (server-first protocols among them) never waits for one.
+    // The server name of a TLS ClientHello, read only when some VirtualService routes by it or
+    // a ServiceEntry declares the port TLS or HTTPS (its hosts are known by name), and only
+    // where one can come, as Istio applies `tls` routes: on a port declared TLS or HTTPS, or
+    // an undeclared one whose first byte, seen by sniffing, opens a TLS handshake. A port
+    // declared TCP, MySQL, ... (server-first protocols among them) never waits for one.
     let sni_wait = {
         let snap = ctx.http.config.current();
-        match (snap.compiled.tcp_routes.has_tls(), declared) {
+        let by_name = snap.compiled.tcp_routes.has_tls() || snap.compiled.tls_port(dst.port());
+        match (by_name, declared) {
             (false, _) => None,
             (true, Some(_)) => snap
                 .compiled

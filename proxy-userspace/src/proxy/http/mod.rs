@@ -308,7 +308,11 @@ impl HttpContext {
             .and_then(|name| routes.decide_tls(vip_host, name, dst, &client))
             .or_else(|| routes.decide(vip_host?, dst, &client))
             .and_then(|r| route::pick_weighted(&r.destinations));
-        let d = match (routed, vip_host) {
+        // Else the service dialled by its VIP, or named by the ClientHello on a port its
+        // ServiceEntry declares TLS or HTTPS (one without addresses, as Istio's egress tasks
+        // write them).
+        let named = || sni.and_then(|name| snap.compiled.tls_host(name, dst.port()));
+        let d = match (routed, vip_host.or_else(named)) {
             (Some(d), _) => d.clone(),
             (None, Some(host)) => crate::routes::Destination::service(host, dst.port()),
             (None, None) => return Ok(direct()),
