@@ -189,6 +189,32 @@ fn lock(attach: &Path) -> Result<File, StartupError> {
     Ok(file)
 }
 
+/// Raises the soft limit on open files to the hard one: every proxied connection takes two
+/// descriptors, and the default soft limit (often 1024) is what one workload's allowance of
+/// connections alone would reach.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct given, of the right type.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::info!(
+                from = soft,
+                to = limit.rlim_max,
+                "raised the open-file limit"
+            );
+        }
+    }
+}
+
 pub async fn build(settings: Settings) -> Result<App, StartupError> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -200,6 +226,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
             return Err(StartupError::MissingConfig(p.clone()));
         }
     }
+    raise_fd_limit();
     // An invalid configuration fails the start, with every finding, before touching anything.
     let metrics = Metrics::new(
         settings.istio_metrics,

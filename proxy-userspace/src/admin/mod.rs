@@ -67,8 +67,11 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
+            // Out of file descriptors, say: the connection stays queued, so retrying at once
+            // would spin (and log) until one frees. Wait a little, as the proxy listeners do.
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
