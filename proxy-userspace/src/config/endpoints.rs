@@ -71,13 +71,24 @@ pub struct Endpoints {
 impl Endpoints {
     pub fn compile(set: &PolicySet) -> Endpoints {
         let mut e = Endpoints::default();
-        for we in &set.workload_entries {
-            let id = EndpointIdentity::of(&we.spec, &we.metadata.namespace, Some(we.id()));
-            e.add(&we.spec, id);
-        }
-        for se in &set.service_entries {
-            for ep in &se.spec.endpoints {
-                e.add(ep, EndpointIdentity::of(ep, &se.metadata.namespace, None));
+        // Entries without `ports` first: they serve every port of their address, so an address
+        // they share with an entry that names its ports is theirs on any port not named.
+        for portless in [true, false] {
+            for we in &set.workload_entries {
+                if we.spec.ports.is_empty() == portless {
+                    let id = EndpointIdentity::of(&we.spec, &we.metadata.namespace, Some(we.id()));
+                    e.add(&we.spec, id);
+                }
+            }
+            for se in &set.service_entries {
+                for ep in se
+                    .spec
+                    .endpoints
+                    .iter()
+                    .filter(|ep| ep.ports.is_empty() == portless)
+                {
+                    e.add(ep, EndpointIdentity::of(ep, &se.metadata.namespace, None));
+                }
             }
         }
         e
@@ -156,6 +167,18 @@ impl EndpointWorkloads {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_shared_with_an_entry_naming_its_ports_is_the_portless_entrys_elsewhere() {
+        // The entry naming its port comes first in the files: it keeps that port only.
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: db, namespace: shop}\nspec: {address: 127.0.0.1, serviceAccount: db, ports: {tcp: 5432}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web, namespace: shop}\nspec: {address: 127.0.0.1, serviceAccount: web}\n";
+        let set =
+            crate::policy::load_str("t.yaml".as_ref(), yaml).unwrap_or_else(|_| panic!("valid"));
+        let e = Endpoints::compile(&set);
+        let sa = |a: &str| e.get(a.parse().unwrap()).map(|i| i.service_account.clone());
+        assert_eq!(sa("127.0.0.1:5432").as_deref(), Some("db"));
+        assert_eq!(sa("127.0.0.1:8080").as_deref(), Some("web"));
+    }
 
     #[test]
     fn workloads_without_ports_answer_for_every_port_of_their_address() {
