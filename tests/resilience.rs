@@ -698,6 +698,48 @@ fn requests_waiting_at_the_http2_connection_limit_wait_without_spinning() {
     );
 }
 
+/// Many requests waiting at `maxConnections` for HTTP/2 streams: each that found no stream
+/// claims the opening of a connection it cannot open, and waits. Claims dropped after a wait
+/// used to wake the others, which dropped theirs, without end: both cores busy until the
+/// queue drained.
+#[test]
+fn many_requests_waiting_for_http2_streams_wait_without_spinning() {
+    if !ebpf_available("cb_h2_many") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        maxConcurrentStreams: 2\n        http1MaxPendingRequests: 1000\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
+        .replace("protocol: HTTP\n", "protocol: HTTP2\n");
+    let d = start("cb-h2-many", 285, &yaml);
+    let cpu_seconds = || support::cpus::seconds(d.pid());
+    let before = cpu_seconds();
+    // 30 streams of 300 ms, two at a time: about 4.5 s of waiting.
+    let out = d
+        .exec(
+            "default/productpage",
+            &[
+                "h2load",
+                "-n",
+                "30",
+                "-c",
+                "1",
+                "-m",
+                "30",
+                "http://127.0.0.50:9080/sleep/300",
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("30 succeeded, 0 failed"), "{text}");
+    let cpu = cpu_seconds() - before;
+    assert!(
+        cpu < 2.0,
+        "meshd used {cpu:.2} CPU seconds while requests waited:\n{text}"
+    );
+}
+
 #[test]
 fn max_concurrent_streams_idle_timeout_and_max_duration_apply_to_http2_upstreams() {
     if !ebpf_available("cb_h2") {

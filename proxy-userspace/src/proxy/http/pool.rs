@@ -524,7 +524,11 @@ impl Pool {
             let claim = match h2.then(|| cluster.open_h2(&key, streams())) {
                 Some(OpenH2::Waiting(opening)) => {
                     hold_pending(&mut pending, cluster, limits)?;
-                    changed.await;
+                    // A stream freed anywhere, or the opening waited for ended.
+                    tokio::select! {
+                        () = changed => {}
+                        () = opening.ended() => {}
+                    }
                     if let Some(source) = opening.failure() {
                         return Err(UpstreamError::Connect {
                             dst: target.addr,
@@ -556,9 +560,8 @@ impl Pool {
                 return opened;
             }
             // At the limit: wait, as a pending request, for a stream or connection to free. The
-            // claim is kept through the wait and dropped after it: dropping it first would wake
-            // this request's own wait at once, and it would spin. Requests waiting for it wake
-            // on the same changes.
+            // claim is kept through the wait, so requests waiting for it keep waiting, and
+            // dropped after it; its drop wakes only them.
             hold_pending(&mut pending, cluster, limits)?;
             // The cluster's connections may all sit idle at other endpoints.
             cluster.evict_idle_except(&key);

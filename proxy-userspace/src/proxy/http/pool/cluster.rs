@@ -116,6 +116,11 @@ pub struct Opening {
     /// The streams it is expected to have for requests besides its opener's.
     room: u32,
     waiting: AtomicU32,
+    /// Set, and `ended_now` notified, when its claim is dropped: only the requests waiting for
+    /// this opening are woken by that (waking the cluster's other waiters, claims among them,
+    /// made two claims at a limit wake each other without end).
+    ended: std::sync::atomic::AtomicBool,
+    ended_now: tokio::sync::Notify,
 }
 
 /// A request's place among those waiting for a connection being opened; given up on drop.
@@ -136,6 +141,18 @@ impl std::ops::Deref for Waiting {
 }
 
 impl Opening {
+    /// Ends once the claim on this opening has been dropped (the connection in the pool, or
+    /// failed, or its opener gone).
+    pub async fn ended(&self) {
+        let notified = self.ended_now.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.ended.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
     /// The error of the connection the caller waited for, as its own connect error: the
     /// requests that waited for a connection fail with it, as Envoy's pending requests do.
     pub fn failure(&self) -> Option<std::io::Error> {
@@ -184,7 +201,8 @@ impl Drop for OpeningClaim<'_> {
                 }
             }
         }
-        self.pool.changed.notify_waiters();
+        self.opening.ended.store(true, Ordering::Release);
+        self.opening.ended_now.notify_waiters();
     }
 }
 
@@ -325,6 +343,8 @@ impl ClusterPool {
             failed: std::sync::OnceLock::new(),
             room: streams.saturating_sub(1),
             waiting: AtomicU32::new(0),
+            ended: std::sync::atomic::AtomicBool::new(false),
+            ended_now: tokio::sync::Notify::new(),
         });
         let first = list.is_empty();
         list.push(o.clone());
