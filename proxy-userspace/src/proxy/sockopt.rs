@@ -70,9 +70,10 @@ pub fn set_reset_on_close(sock: &impl AsRawFd) {
     }
 }
 
-/// The payload bytes a TCP socket has carried, from the kernel's TCP_INFO: what it received in
-/// order from its peer, and what it sent that the peer acknowledged. Unlike the packet
-/// counters, they do not move for headers, keepalive probes or retransmissions.
+/// The payload bytes a TCP socket has carried, from the kernel's TCP_INFO: what meshd read of
+/// what it received in order from its peer (what still waits unread in the socket is not
+/// counted: meshd has not carried it), and what it sent that the peer acknowledged. Unlike the
+/// packet counters, they do not move for headers, keepalive probes or retransmissions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Payload {
     pub received: u64,
@@ -98,8 +99,14 @@ pub fn payload(sock: &impl AsRawFd, connected: bool) -> Option<Payload> {
     let fin_received = matches!(state, TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING);
     let fin_acked = matches!(state, FIN_WAIT2 | TIME_WAIT | CLOSE);
     let sequence_only = u64::from(connected) + u64::from(fin_acked);
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, the bytes waiting unread in the receive queue.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut unread) } != 0 {
+        unread = 0;
+    }
+    let received = info.tcpi_bytes_received.saturating_sub(fin_received.into());
     Some(Payload {
-        received: info.tcpi_bytes_received.saturating_sub(fin_received.into()),
+        received: received.saturating_sub(u64::try_from(unread).unwrap_or(0)),
         acked: info.tcpi_bytes_acked.saturating_sub(sequence_only),
     })
 }
@@ -134,12 +141,18 @@ mod tests {
         c.read_exact(&mut [0; 500]).unwrap();
         settle();
         assert_eq!(both(&c, &a), (p(500, 1000), p(1000, 500)));
+        // Received but not read yet: not counted until read.
+        c.write_all(&[3; 300]).unwrap();
+        settle();
+        assert_eq!(payload(&a, false), p(1000, 500), "300 bytes wait unread");
+        a.read_exact(&mut [0; 300]).unwrap();
+        assert_eq!(payload(&a, false), p(1300, 500));
         // Half-closed, then closed both ways: the FINs are not payload.
         c.shutdown(Shutdown::Write).unwrap();
         settle();
-        assert_eq!(both(&c, &a), (p(500, 1000), p(1000, 500)), "one FIN");
+        assert_eq!(both(&c, &a), (p(500, 1300), p(1300, 500)), "one FIN");
         a.shutdown(Shutdown::Write).unwrap();
         settle();
-        assert_eq!(both(&c, &a), (p(500, 1000), p(1000, 500)), "both FINs");
+        assert_eq!(both(&c, &a), (p(500, 1300), p(1300, 500)), "both FINs");
     }
 }
