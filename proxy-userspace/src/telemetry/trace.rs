@@ -26,6 +26,7 @@ const FLUSH: Duration = Duration::from_secs(1);
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
@@ -175,7 +176,11 @@ impl<'h> Present<'h> {
     fn forms(&self) -> Forms {
         Forms {
             b3: self.b3.is_some(),
-            b3_multi: self.b3_trace_id.is_some(),
+            // Any of the multi-header form: ids, or a sampling decision alone.
+            b3_multi: self.b3_trace_id.is_some()
+                || self.b3_span_id.is_some()
+                || self.b3_sampled.is_some()
+                || self.b3_flags.is_some(),
             request_id: self.request_id.filter(|v| v.to_str().is_ok()).cloned(),
         }
     }
@@ -346,11 +351,15 @@ fn write(h: &mut HeaderMap, c: &Context, forms: Forms) -> RequestId {
         h.insert(B3, joined(&[trace, span, b3_flag.as_bytes()]));
     }
     if forms.b3_multi {
+        // The whole context, so the headers agree with each other and with `traceparent`,
+        // whichever form the caller's context came from.
+        h.insert(B3_TRACE_ID, joined(&[trace]));
         h.insert(B3_SPAN_ID, joined(&[span]));
         h.insert(B3_SAMPLED, HeaderValue::from_static(b3_flag));
-        if let Some(p) = &c.parent_id {
-            h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_bytes()]));
-        }
+        match &c.parent_id {
+            Some(p) => h.insert(B3_PARENT_SPAN_ID, joined(&[p.as_bytes()])),
+            None => h.remove(B3_PARENT_SPAN_ID),
+        };
     }
     match forms.request_id {
         Some(v) => RequestId::Received(v),
@@ -691,6 +700,31 @@ mod tests {
             h["traceparent"],
             format!("00-{}-{}-00", c.trace_id, c.span_id)
         );
+    }
+
+    #[test]
+    fn b3_multi_headers_go_upstream_whole_and_agreeing() {
+        // W3C and B3 of different traces: the W3C context wins, and B3 is rewritten to it.
+        let mut h = headers(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "0"),
+        ]);
+        let (c, _) = propagate(&mut h, 0.0);
+        assert_eq!(h["x-b3-traceid"], c.trace_id.as_str());
+        assert_eq!(h["x-b3-spanid"], c.span_id.as_str());
+        assert_eq!(h["x-b3-sampled"], "1");
+        // Debug without ids: sampled, and said so upstream.
+        let mut h = headers(&[("x-b3-flags", "1"), ("x-b3-sampled", "0")]);
+        let (c, _) = propagate(&mut h, 0.0);
+        assert!(c.sampled);
+        assert_eq!(h["x-b3-sampled"], "1");
+        assert_eq!(h["x-b3-traceid"], c.trace_id.as_str());
+        assert!(h.get("x-b3-parentspanid").is_none());
     }
 
     #[test]
