@@ -1,12 +1,7 @@
 //! The outbound listener: accepts connections that connect4/6 redirected, recovers where each
 //! was going, connects there, and copies bytes both ways until both sides have closed.
 
-use std::{
-    net::SocketAddr,
-    os::fd::{AsRawFd, RawFd},
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, os::fd::AsRawFd, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncWriteExt, copy_bidirectional_with_sizes},
@@ -505,7 +500,7 @@ async fn proxy(
     };
     // What the two sockets have carried, however it was carried: reported while the
     // connection is open, and watched for its idle timeout.
-    let read = || carried(sockets[0], Some(sockets[1]));
+    let read = || Carried::of_sockets(Some(sockets[0]), Some(sockets[1]));
     let istio = &ctx.metrics.istio;
     let labels = &record.labels;
     let carry = (record.reported).during(carry, istio.tcp_reporting(), read, |c| {
@@ -540,20 +535,6 @@ async fn proxy(
     record.closed(ctx, to_up, to_down);
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
     Ok(())
-}
-
-/// What an opaque connection has carried, from the payload counters of meshd's sockets
-/// (the client's, and the destination's when meshd holds it): each direction as the socket
-/// that saw more of it counts, since with the sockmap one of them sees none of it.
-fn carried(client: RawFd, destination: Option<RawFd>) -> Option<Carried> {
-    let c = sockopt::payload(&client, false)?;
-    let d = destination
-        .and_then(|d| sockopt::payload(&d, true))
-        .unwrap_or_default();
-    Some(Carried {
-        to_destination: c.received.max(d.acked),
-        from_destination: c.acked.max(d.received),
-    })
 }
 
 /// The upstream once it opened, with what the target sent while a forward proxy's tunnel
@@ -630,7 +611,7 @@ async fn streamed(
     // What the client's socket carried, in both directions: reported while the connection is
     // open, watched for its idle timeout, and the count when the carry ends short.
     let client = down.as_raw_fd();
-    let read = || carried(client, None);
+    let read = || Carried::of_sockets(Some(client), None);
     let carry = copy_bidirectional_with_sizes(&mut down, &mut up, COPY_BUF, COPY_BUF);
     let istio = &ctx.metrics.istio;
     let labels = &record.labels;
@@ -643,7 +624,7 @@ async fn streamed(
         Some(max) => tokio::time::timeout(max, bounded).await.ok(),
         None => Some(bounded.await),
     };
-    let socket = || read().map_or((0, 0), |c| (c.to_destination, c.from_destination));
+    let socket = || read().unwrap_or_default().pair();
     let (to_up, to_down) = match ended {
         Some(Some(Ok(carried))) => carried,
         // Ended by an error: what the client's socket carried until then.

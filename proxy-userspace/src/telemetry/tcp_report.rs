@@ -3,9 +3,11 @@
 //! `istio_tcp_received_bytes_total` and `istio_tcp_sent_bytes_total`, and the rest at close,
 //! so a long-lived connection's traffic shows while it flows, not only when it ends.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, os::fd::RawFd, time::Duration};
 
 use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::proxy::sockopt::{self, Payload};
 
 /// Istio's default interval between reports of an open TCP connection.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -18,6 +20,29 @@ pub struct Carried {
 }
 
 impl Carried {
+    /// What a connection has carried, from the payload counters of meshd's sockets: the
+    /// client's (accepted), and the destination's (connected) when meshd holds it; each
+    /// direction as the socket that saw more of it counts, since with the sockmap one of them
+    /// sees none of it. `None` when the client's socket (or, without one, the destination's)
+    /// cannot be read.
+    pub fn of_sockets(client: Option<RawFd>, destination: Option<RawFd>) -> Option<Carried> {
+        let d = destination.and_then(|fd| sockopt::payload(&fd, true));
+        let c = match client {
+            Some(fd) => sockopt::payload(&fd, false)?,
+            None => d.map(|_| Payload::default())?,
+        };
+        let d = d.unwrap_or_default();
+        Some(Carried {
+            to_destination: c.received.max(d.acked),
+            from_destination: c.acked.max(d.received),
+        })
+    }
+
+    /// The two directions, `(to_destination, from_destination)`.
+    pub fn pair(self) -> (u64, u64) {
+        (self.to_destination, self.from_destination)
+    }
+
     /// What `self` has beyond `before`, in each direction (never negative).
     fn beyond(self, before: Carried) -> Carried {
         Carried {

@@ -130,6 +130,12 @@ fn lower_hex(s: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// B3 ids: a trace id of 32 or 16 hex digits and a span id of 16, not all zero.
+fn b3_ids(trace: &str, span: &str) -> Option<(TraceId, SpanId)> {
+    let valid = (valid_hex(trace, 32) || valid_hex(trace, 16)) && valid_hex(span, 16);
+    valid.then(|| (Hex::padded(trace), Hex::padded(span)))
+}
+
 /// A B3 sampling state: `1` (or `true`, as older tracers send it) and `d` (debug) sample,
 /// `0` and `false` do not; anything else defers.
 fn b3_decision(v: &str) -> Option<bool> {
@@ -235,11 +241,9 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
             return b3_decision(b3).map(|d| (None, Some(d)));
         }
         let mut p = b3.split('-');
-        let (t, s) = (p.next()?, p.next()?);
-        ((valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16)).then(|| {
-            let state = p.next().map_or(Some(true), b3_decision);
-            (Some((Hex::padded(t), Hex::padded(s))), state)
-        })
+        let ids = b3_ids(p.next()?, p.next()?)?;
+        let state = p.next().map_or(Some(true), b3_decision);
+        Some((Some(ids), state))
     };
     // B3 multi: the ids, `x-b3-sampled`, and `x-b3-flags: 1` (debug, which samples); either
     // header alone is a decision without ids.
@@ -247,9 +251,8 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
         let debug = get(present.b3_flags).is_some_and(|f| f.trim() == "1");
         let state = get(present.b3_sampled).map(b3_decision);
         let decision = if debug { Some(true) } else { state.flatten() };
-        let ids = (get(present.b3_trace_id).zip(get(present.b3_span_id)))
-            .filter(|(t, s)| (valid_hex(t, 32) || valid_hex(t, 16)) && valid_hex(s, 16))
-            .map(|(t, s)| (Hex::padded(t), Hex::padded(s)));
+        let ids =
+            (get(present.b3_trace_id).zip(get(present.b3_span_id))).and_then(|(t, s)| b3_ids(t, s));
         match ids {
             Some(ids) => Some((Some(ids), decision.or(state.is_none().then_some(true)))),
             None => decision.map(|d| (None, Some(d))),

@@ -53,10 +53,7 @@ async fn request(
         req.headers_mut().insert(FORWARDED_CLIENT_CERT, v);
     }
     // meshd's own answers to a gRPC request are gRPC-shaped, as on the source's node.
-    let grpc = req
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+    let grpc = crate::proxy::http::is_grpc(req.headers());
     let local = |r: Response<Body>| if grpc { as_grpc(r) } else { r };
     let snap = inbound.http.config.current();
     let decision = {

@@ -29,7 +29,6 @@ use crate::{
     proxy::{
         http::{HttpContext, authorize::report},
         sniff::{Detected, classify},
-        sockopt,
     },
     security::{
         Workload,
@@ -421,13 +420,8 @@ impl Stream {
                 // What the workload's socket carried: reported while the stream is open, and
                 // the count when the copy ends short.
                 let workload = up.as_raw_fd();
-                let read = || {
-                    sockopt::payload(&workload, true).map(|p| Carried {
-                        to_destination: p.acked,
-                        from_destination: p.received,
-                    })
-                };
-                let socket = || read().map_or((0, 0), |c| (c.to_destination, c.from_destination));
+                let read = || Carried::of_sockets(None, Some(workload));
+                let socket = || read().unwrap_or_default().pair();
                 let mut reported = Reported::default();
                 let istio = &inbound.metrics.istio;
                 // A stream copied as bytes was decided when it opened. When the policies

@@ -42,6 +42,7 @@ use tokio::net::TcpStream;
 use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 
 pub use body::Body;
+pub use deadline::is_grpc;
 pub use flags::ResponseFlags;
 pub use grpc_local::as_grpc;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
