@@ -1049,14 +1049,14 @@ fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
 
 /// As Envoy under Istio (whose routes set `max_grpc_timeout` to their timeout), the server of a
 /// gRPC request learns the time it has in `grpc-timeout`: the shorter of the caller's deadline
-/// and the route timeout, or the per-try timeout when shorter still.
+/// and the route timeout, or the per-try timeout when shorter still; a retry, what is left.
 #[test]
 fn a_grpc_request_tells_its_server_the_time_it_has() {
     if !ebpf_available("grpc_timeout_header") {
         return;
     }
     let (v1, v2) = two_backends();
-    let routes = "  - match:\n    - uri:\n        prefix: /try\n    rewrite:\n      uri: /whoami\n    timeout: 2s\n    retries:\n      attempts: 1\n      perTryTimeout: 500ms\n    route:\n    - destination:\n        host: reviews\n  - timeout: 2s\n    route:\n    - destination:\n        host: reviews\n";
+    let routes = "  - match:\n    - uri:\n        prefix: /try\n    rewrite:\n      uri: /whoami\n    timeout: 2s\n    retries:\n      attempts: 1\n      perTryTimeout: 500ms\n    route:\n    - destination:\n        host: reviews\n  - match:\n    - uri:\n        prefix: /again\n    rewrite:\n      uri: /slow-fail-first/800\n    timeout: 2s\n    retries:\n      attempts: 2\n      perTryTimeout: 1500ms\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n  - timeout: 2s\n    route:\n    - destination:\n        host: reviews\n";
     let yaml =
         only_v1(policies(&v1, &v2, routes), &v2).replace("protocol: HTTP\n", "protocol: GRPC\n");
     let d = start("grpc-timeout-header", 276, &yaml);
@@ -1095,6 +1095,16 @@ fn a_grpc_request_tells_its_server_the_time_it_has() {
         seen("/try", &["grpc-timeout: 60S"]),
         "500m",
         "the per-try timeout"
+    );
+    // A retry has what is left of the route's 2 s once its first attempt took 800 ms, less
+    // than its 1.5 s per-try timeout, as Envoy recomputes it for each retry.
+    let retried: u64 = seen("/again", &[])
+        .strip_suffix('m')
+        .and_then(|ms| ms.parse().ok())
+        .expect("milliseconds");
+    assert!(
+        (900..1200).contains(&retried),
+        "2000 ms less the first attempt's 800: {retried}"
     );
 }
 

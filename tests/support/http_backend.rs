@@ -337,6 +337,16 @@ async fn answer_plain(
             .body(Full::new(Bytes::from("failing slowly on purpose\n")))
             .unwrap());
     }
+    // The first request waits the given milliseconds and fails; the rest are answered.
+    if let Some(ms) = (path.strip_prefix("/slow-fail-first/")).and_then(|m| m.parse::<u64>().ok())
+        && seen == 1
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        return Ok(Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from("failing slowly once on purpose\n")))
+            .unwrap());
+    }
     if let Some(n) = path
         .strip_prefix("/fail-first/")
         .and_then(|n| n.parse::<usize>().ok())

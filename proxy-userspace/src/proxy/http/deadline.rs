@@ -75,6 +75,24 @@ pub fn grpc_timeout_value(t: Duration) -> hyper::header::HeaderValue {
     hyper::header::HeaderValue::try_from(value).expect("digits and a letter")
 }
 
+/// The time a gRPC retry has, as Envoy recomputes its `grpc-timeout` for each retry: the
+/// per-try timeout, or what is left until `deadline` when that is shorter (1 ms once it has
+/// passed, the least a header can say). None when neither bounds the attempt.
+pub fn retry_grpc_timeout(
+    now: Instant,
+    deadline: Option<Instant>,
+    per_try: Option<Duration>,
+) -> Option<Duration> {
+    let left = deadline.map(|d| {
+        d.saturating_duration_since(now)
+            .max(Duration::from_millis(1))
+    });
+    match (left, per_try) {
+        (Some(l), Some(p)) => Some(l.min(p)),
+        (l, p) => l.or(p),
+    }
+}
+
 /// Which deadline bounds a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {
@@ -162,6 +180,23 @@ mod tests {
         let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(data, "all of it");
         assert!(body.frame().await.is_none());
+    }
+
+    #[test]
+    fn a_retry_has_its_per_try_timeout_or_what_is_left() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let retry = |deadline: Option<Duration>, per_try| {
+            retry_grpc_timeout(now, deadline.map(|d| now + d), per_try)
+        };
+        assert_eq!(retry(Some(ms(1200)), Some(ms(1500))), Some(ms(1200)));
+        assert_eq!(retry(Some(ms(1200)), Some(ms(500))), Some(ms(500)));
+        assert_eq!(retry(Some(ms(1200)), None), Some(ms(1200)));
+        assert_eq!(retry(None, Some(ms(500))), Some(ms(500)));
+        assert_eq!(retry(None, None), None);
+        // Out of time: the least a header can say.
+        let passed = retry_grpc_timeout(now + ms(10), Some(now), Some(ms(500)));
+        assert_eq!(passed, Some(ms(1)));
     }
 
     #[test]

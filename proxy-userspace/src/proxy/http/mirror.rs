@@ -88,6 +88,7 @@ impl Mirrors {
             let once = super::replay::Outgoing::Buffered {
                 req: &req,
                 attempt: None,
+                grpc_timeout: None,
                 client_cert: None,
             };
             match pool.send(&cluster, &limits, &target, h2, || once).await {

@@ -689,9 +689,15 @@ impl Pool {
 /// `req` with `cert` as its `x-forwarded-client-cert`.
 fn with_client_cert(req: Outgoing<'_>, cert: Option<HeaderValue>) -> Outgoing<'_> {
     match req {
-        Outgoing::Buffered { req, attempt, .. } => Outgoing::Buffered {
+        Outgoing::Buffered {
             req,
             attempt,
+            grpc_timeout,
+            ..
+        } => Outgoing::Buffered {
+            req,
+            attempt,
+            grpc_timeout,
             client_cert: cert,
         },
         Outgoing::Owned(mut r) => {

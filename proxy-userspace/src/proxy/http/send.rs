@@ -654,8 +654,9 @@ pub async fn with_policy(
         (Some(l), Some(p)) => Some(l.min(p)),
         (l, p) => l.or(p),
     };
+    let grpc = is_grpc(req.headers());
     if let Some(t) = expected
-        && is_grpc(req.headers())
+        && grpc
     {
         let value = deadline::grpc_timeout_value(t);
         req.headers_mut().insert(GRPC_TIMEOUT, value);
@@ -760,17 +761,34 @@ pub async fn with_policy(
                 started = n;
                 let attempt = attempt_count(n);
                 let replayable = replayable.as_ref().or_else(|| replayed.get());
+                // A gRPC retry tells its server the time it has now, as Envoy recomputes it.
+                let ends =
+                    deadline.or_else(|| limit.and_then(|t| received.ended_at().map(|e| e + t)));
+                let grpc_timeout = (grpc && n > 1)
+                    .then(|| {
+                        deadline::retry_grpc_timeout(
+                            tokio::time::Instant::now(),
+                            ends,
+                            policy.per_try_timeout,
+                        )
+                    })
+                    .flatten()
+                    .map(deadline::grpc_timeout_value);
                 // Made once the pool has a connection or stream for it.
                 let req = move || match replayable {
                     Some(r) => Outgoing::Buffered {
                         req: r,
                         attempt: Some(attempt),
+                        grpc_timeout,
                         client_cert: None,
                     },
                     None => {
                         let taken = once.lock().expect("streamed request lock").take();
                         let mut req = taken.expect("retried only while not sent");
                         req.headers_mut().insert(ATTEMPT_COUNT, attempt);
+                        if let Some(t) = grpc_timeout {
+                            req.headers_mut().insert(GRPC_TIMEOUT, t);
+                        }
                         Outgoing::Owned(req)
                     }
                 };

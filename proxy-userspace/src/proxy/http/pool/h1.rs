@@ -24,6 +24,7 @@ use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
+    deadline::GRPC_TIMEOUT,
     replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT, Outgoing},
 };
 
@@ -97,6 +98,7 @@ impl Conn {
             Outgoing::Buffered {
                 req,
                 attempt,
+                grpc_timeout,
                 client_cert,
             } => {
                 // Head and body from the buffered request, in one write.
@@ -108,7 +110,11 @@ impl Conn {
                     end,
                 );
                 let (attempt_name, cert_name) = (ATTEMPT_COUNT, FORWARDED_CLIENT_CERT);
-                let extra = [(&attempt_name, &attempt), (&cert_name, &client_cert)];
+                let extra = [
+                    (&attempt_name, &attempt),
+                    (&GRPC_TIMEOUT, &grpc_timeout),
+                    (&cert_name, &client_cert),
+                ];
                 encode::head(
                     &mut out,
                     &req.method,

@@ -29,6 +29,7 @@ use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
+    deadline::GRPC_TIMEOUT,
     headers::strip_for_http2,
     replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT, Outgoing},
 };
@@ -152,6 +153,7 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
         Outgoing::Buffered {
             req,
             attempt,
+            grpc_timeout,
             client_cert,
         } => {
             let mut head = Request::new(());
@@ -160,6 +162,9 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
             *head.headers_mut() = req.headers.clone();
             if let Some(a) = attempt {
                 head.headers_mut().insert(ATTEMPT_COUNT, a);
+            }
+            if let Some(t) = grpc_timeout {
+                head.headers_mut().insert(GRPC_TIMEOUT, t);
             }
             if let Some(c) = client_cert {
                 head.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
@@ -342,6 +347,7 @@ mod tests {
         split(Outgoing::Buffered {
             req: r,
             attempt: None,
+            grpc_timeout: None,
             client_cert: None,
         })
         .0
@@ -401,9 +407,11 @@ mod tests {
         let (head, _) = split(Outgoing::Buffered {
             req: &r,
             attempt: Some(HeaderValue::from_static("2")),
+            grpc_timeout: Some(HeaderValue::from_static("750m")),
             client_cert: Some(HeaderValue::from_static("By=spiffe://b")),
         });
         assert_eq!(head.headers()[ATTEMPT_COUNT], "2");
+        assert_eq!(head.headers()[GRPC_TIMEOUT], "750m");
         let certs: Vec<_> = head
             .headers()
             .get_all(FORWARDED_CLIENT_CERT)
