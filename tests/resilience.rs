@@ -1140,6 +1140,40 @@ fn tcp_idle_timeout_also_closes_idle_http_upstream_connections() {
     assert_eq!(v1.accepted(), 2, "closed after 1 s idle");
 }
 
+/// A DestinationRule changed at a reload closes its idle upstream connections, as Envoy drains
+/// a replaced cluster's pool: a lowered `idleTimeout` cannot be outlived by a connection that
+/// sat idle under the old one, and the next request opens one under the new settings.
+#[test]
+fn a_changed_destination_rule_closes_its_idle_upstream_connections() {
+    if !ebpf_available("idle_reload") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n";
+    let policy =
+        |idle: &str| format!("    connectionPool:\n      http:\n        idleTimeout: {idle}\n");
+    let before = only_v1(with_policy(&v1, &v2, routes, &policy("1h")), &v2);
+    let after = only_v1(with_policy(&v1, &v2, routes, &policy("1s")), &v2);
+    let dir = support::mesh::config_dir("idle-reload", &before);
+    let d = support::Daemon::start("idle-reload", 286, &["--config", dir.to_str().unwrap()]);
+    let whoami = || support::mesh::status(&d, "http://reviews:9080/whoami");
+    assert_eq!(whoami(), "200");
+    assert_eq!(whoami(), "200");
+    assert_eq!(v1.accepted(), 1, "reused while idle under 1h");
+    std::fs::write(dir.join("reviews.yaml"), &after).unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    // The reload's own task closes the idle connection; the next request opens another.
+    support::eventually(Duration::from_secs(2), || {
+        (whoami() == "200" && v1.accepted() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("accepted {}\n{}", v1.accepted(), d.log_text()));
+    assert_eq!(whoami(), "200");
+    assert_eq!(v1.accepted(), 2, "the new connection is reused while fresh");
+}
+
 /// A request body the client breaks (a malformed chunk, or the client leaving mid-upload) is
 /// the client's failure: 400 with flag DPE, or DC, never 503 UC, and never a strike against
 /// the endpoint for outlier detection, which would let any client eject a healthy backend.

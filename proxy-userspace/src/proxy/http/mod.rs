@@ -131,7 +131,8 @@ impl HttpContext {
 }
 
 /// After each reload, forgets the outlier state of the hosts whose DestinationRule changed,
-/// was added or went, while `ctx` lives.
+/// was added or went, and closes their idle upstream connections (the next request opens one
+/// under the new settings), while `ctx` lives.
 async fn forget_changed_clusters(
     ctx: std::sync::Weak<HttpContext>,
     mut applied: tokio::sync::watch::Receiver<u64>,
@@ -144,6 +145,7 @@ async fn forget_changed_clusters(
         let now = ctx.config.current();
         let hosts = changed_rule_hosts(&before.policies, &now.policies);
         ctx.outliers.forget_hosts(&hosts);
+        ctx.pool.close_idle_of_hosts(&hosts);
         before = now;
     }
 }

@@ -666,6 +666,24 @@ impl Pool {
         }
     }
 
+    /// Closes the idle connections of the clusters of the hosts `patterns` cover (their
+    /// DestinationRule changed at a reload), as Envoy drains a replaced cluster's pool.
+    pub fn close_idle_of_hosts(&self, patterns: &[String]) {
+        if patterns.is_empty() {
+            return;
+        }
+        let clusters = self.clusters.lock().expect("cluster pool lock");
+        for (name, c) in clusters.iter() {
+            let host = name.split('|').next().unwrap_or(name);
+            if patterns
+                .iter()
+                .any(|p| crate::policy::hosts::covers(p, host))
+            {
+                c.close_idle();
+            }
+        }
+    }
+
     fn sweep_once(&self) {
         let clusters: Vec<(String, Arc<ClusterPool>)> = self
             .clusters

@@ -407,6 +407,18 @@ impl ClusterPool {
             .retain(|k, _| !ours(k));
     }
 
+    /// Closes every idle connection, as Envoy drains a cluster its configuration replaced:
+    /// the next request opens one under the new settings. Connections carrying a request or
+    /// streams are left to finish it.
+    pub fn close_idle(&self) {
+        self.h1.lock().expect("h1 pool lock").clear();
+        let mut h2 = self.h2.lock().expect("h2 pool lock");
+        h2.retain(|_, conns| {
+            conns.retain(|c| c.streams.load(Ordering::Acquire) > 0);
+            !conns.is_empty()
+        });
+    }
+
     /// Drops idle connections past their idle timeout; true when the cluster holds nothing.
     pub fn sweep(&self) -> bool {
         let mut h1 = self.h1.lock().expect("h1 pool lock");
