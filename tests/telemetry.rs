@@ -121,6 +121,49 @@ fn istio_metrics_reach_a_real_prometheus_and_pass_promtool() {
     assert_eq!(hist[0]["value"][1], "5");
 }
 
+/// A WorkloadEntry relabelled at a reload (a canary's `version` flipped) changes the derived
+/// labels of the requests counted from then on; what was counted stays under the old labels.
+#[test]
+fn a_relabelled_workload_entry_changes_the_derived_labels_of_new_requests() {
+    if !ebpf_available("relabel") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let client = |version: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: productpage\n  namespace: default\nspec:\n  address: 127.0.0.9\n  labels:\n    app: productpage\n    version: {version}\n"
+        )
+    };
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = |version: &str| format!("{}{}", policies(&v1, &v2, routes), client(version));
+    let dir = support::mesh::config_dir("relabel", &yaml("v3"));
+    let d = Daemon::start("relabel", 287, &["--config", dir.to_str().unwrap()]);
+    for _ in 0..2 {
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    }
+    std::fs::write(dir.join("reviews.yaml"), yaml("v4")).unwrap();
+    eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    for _ in 0..3 {
+        assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    }
+    let text = d.get("/metrics");
+    for (version, count) in [("v3", "2"), ("v4", "3")] {
+        let labels = [
+            r#"source_workload="productpage""#,
+            r#"response_code="200""#,
+            &format!(r#"source_version="{version}""#),
+            &format!(r#"source_canonical_revision="{version}""#),
+        ];
+        assert!(
+            support::has_series(&text, "istio_requests_total", &labels, Some(count)),
+            "{version}: {count}\n{text}"
+        );
+    }
+}
+
 #[test]
 fn access_log_lines_carry_flags_and_reasons() {
     if !ebpf_available("access_log") {

@@ -282,10 +282,12 @@ impl IstioMetrics {
         v
     }
 
-    /// The workloads and services of the configuration now active, for the labels of label
-    /// sets seen from now on.
+    /// The workloads and services of the configuration now active: the derived labels of the
+    /// requests and connections counted from now on (a request series whose labels change
+    /// keeps what it counted under its old ones).
     pub fn set_peers(&self, peers: Arc<Peers>) {
         *self.peers.peers.write().expect("peers lock") = peers;
+        self.requests.relabel();
     }
 
     /// The trust domain of the principals the derived labels name (`cluster.local` unless

@@ -212,8 +212,7 @@ pub struct Series {
 }
 
 impl Series {
-    fn new(labels: OwnedLabels, shards: usize, labeller: &Labeller) -> Series {
-        let all = labeller(&labels);
+    fn new(labels: OwnedLabels, all: AllLabels, shards: usize) -> Series {
         Series {
             text: super::exposition::label_text(&all),
             sort_key: all.into_iter().map(|(_, v)| v).collect(),
@@ -262,6 +261,15 @@ impl Hasher for PassThrough {
 
 type Buckets = HashMap<u64, Vec<Arc<Series>>, BuildHasherDefault<PassThrough>>;
 
+/// The series requests reach (by the hash of their request labels), and those retired when
+/// their derived labels changed (by label text): still exported, and taken up again when a
+/// request's labels come to derive the same text.
+#[derive(Default)]
+struct Table {
+    live: Buckets,
+    retired: HashMap<Box<str>, Arc<Series>>,
+}
+
 /// Slots of the per-thread cache (a power of two).
 const CACHE_SLOTS: usize = 16;
 
@@ -288,9 +296,11 @@ fn thread_index() -> usize {
 
 /// All request series, with a cap on how many label sets are admitted.
 pub struct SeriesStore {
-    id: u64,
+    /// Names this store's series in the per-thread caches; a new one when series retire, so
+    /// no cache keeps reaching them.
+    id: AtomicU64,
     hasher: foldhash::fast::RandomState,
-    map: RwLock<Buckets>,
+    map: RwLock<Table>,
     /// Label sets admitted under the cap (series created uncapped, the folded ones, do not
     /// count).
     admitted: AtomicUsize,
@@ -303,9 +313,9 @@ impl SeriesStore {
     pub fn new(cap: usize, labeller: Labeller) -> SeriesStore {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         SeriesStore {
-            id: NEXT_STORE.fetch_add(1, Relaxed),
+            id: AtomicU64::new(NEXT_STORE.fetch_add(1, Relaxed)),
             hasher: foldhash::fast::RandomState::default(),
-            map: RwLock::new(Buckets::default()),
+            map: RwLock::new(Table::default()),
             admitted: AtomicUsize::new(0),
             cap,
             shards: cpus.clamp(1, 8).next_power_of_two(),
@@ -319,10 +329,11 @@ impl SeriesStore {
         let hash = self.hasher.hash_one(l);
         let slot = hash as usize & (CACHE_SLOTS - 1);
         let mut f = Some(f);
+        let store = self.id.load(Relaxed);
         let cached = CACHE.with(|c| {
             let c = c.borrow();
             match &c[slot] {
-                Some((id, h, s)) if *id == self.id && *h == hash && s.labels.matches(l) => {
+                Some((id, h, s)) if *id == store && *h == hash && s.labels.matches(l) => {
                     if let Some(f) = f.take() {
                         f(s);
                     }
@@ -336,7 +347,7 @@ impl SeriesStore {
         }
         let found = {
             let map = self.map.read().expect("series lock");
-            map.get(&hash)
+            (map.live.get(&hash))
                 .and_then(|v| v.iter().find(|s| s.labels.matches(l)))
                 .cloned()
         };
@@ -347,26 +358,31 @@ impl SeriesStore {
                     return false;
                 }
                 let mut map = self.map.write().expect("series lock");
-                let raced = map
-                    .get(&hash)
+                let raced = (map.live.get(&hash))
                     .and_then(|v| v.iter().find(|s| s.labels.matches(l)))
                     .cloned();
                 match raced {
                     Some(s) => s,
                     None => {
-                        if capped {
-                            // Re-checked under the lock: concurrent inserts stop at the cap.
-                            if self.admitted.load(Relaxed) >= self.cap {
-                                return false;
+                        let labels = OwnedLabels::new(l);
+                        let all = (self.labeller)(&labels);
+                        let text = super::exposition::label_text(&all);
+                        let s = match map.retired.remove(&text) {
+                            // Exported all along, and counted under the cap.
+                            Some(s) => s,
+                            None => {
+                                if capped {
+                                    // Re-checked under the lock: concurrent inserts stop at
+                                    // the cap.
+                                    if self.admitted.load(Relaxed) >= self.cap {
+                                        return false;
+                                    }
+                                    self.admitted.fetch_add(1, Relaxed);
+                                }
+                                Arc::new(Series::new(labels, all, self.shards))
                             }
-                            self.admitted.fetch_add(1, Relaxed);
-                        }
-                        let s = Arc::new(Series::new(
-                            OwnedLabels::new(l),
-                            self.shards,
-                            &self.labeller,
-                        ));
-                        map.entry(hash).or_default().push(s.clone());
+                        };
+                        map.live.entry(hash).or_default().push(s.clone());
                         s
                     }
                 }
@@ -375,15 +391,40 @@ impl SeriesStore {
         if let Some(f) = f.take() {
             f(&series);
         }
-        CACHE.with(|c| c.borrow_mut()[slot] = Some((self.id, hash, series)));
+        CACHE.with(|c| c.borrow_mut()[slot] = Some((store, hash, series)));
         true
+    }
+
+    /// Derives every series' labels again (the workloads they name changed): a series whose
+    /// labels now read differently keeps its counts under its old labels, and the requests
+    /// from now on count in a series of the new ones, as a sidecar's stats would.
+    pub fn relabel(&self) {
+        let mut map = self.map.write().expect("series lock");
+        let Table { live, retired } = &mut *map;
+        let mut moved = false;
+        live.retain(|_, series| {
+            series.retain(|s| {
+                let text = super::exposition::label_text(&(self.labeller)(&s.labels));
+                if text == s.text {
+                    return true;
+                }
+                retired.insert(s.text.clone(), s.clone());
+                moved = true;
+                false
+            });
+            !series.is_empty()
+        });
+        if moved {
+            self.id.store(NEXT_STORE.fetch_add(1, Relaxed), Relaxed);
+        }
     }
 
     /// Every series, in the order of the text format (by label values).
     pub fn sorted(&self) -> Vec<Arc<Series>> {
         let mut all: Vec<Arc<Series>> = {
             let map = self.map.read().expect("series lock");
-            map.values().flatten().cloned().collect()
+            let live = map.live.values().flatten();
+            live.chain(map.retired.values()).cloned().collect()
         };
         all.sort_by(|a, b| a.sort_key.cmp(&b.sort_key));
         all
@@ -487,6 +528,47 @@ mod tests {
         b.with(&labels(200), true, |s| s.record(Duration::ZERO, 0, 0));
         assert_eq!(a.sorted()[0].totals().requests, 1);
         assert_eq!(b.sorted()[0].totals().requests, 2);
+    }
+
+    #[test]
+    fn a_relabelled_series_keeps_its_counts_and_new_requests_count_anew() {
+        let version = Arc::new(std::sync::Mutex::new("v1"));
+        let labeller: Labeller = {
+            let version = version.clone();
+            Arc::new(move |l| {
+                let mut all = super::super::exposition::request_labels(l, None);
+                all.push(("source_version", version.lock().unwrap().to_string()));
+                all
+            })
+        };
+        let store = SeriesStore::new(10, labeller);
+        let count = |store: &SeriesStore| {
+            let record = |s: &Series| s.record(Duration::ZERO, 0, 0);
+            assert!(store.with(&labels(200), true, record));
+        };
+        let by_version = |store: &SeriesStore| -> Vec<(String, u64)> {
+            let mut all: Vec<_> = (store.sorted().iter())
+                .map(|s| {
+                    let v = s.text.split("source_version=\"").nth(1).unwrap();
+                    (v[..2].to_string(), s.totals().requests)
+                })
+                .collect();
+            all.sort();
+            all
+        };
+        count(&store);
+        *version.lock().unwrap() = "v2";
+        count(&store);
+        assert_eq!(by_version(&store), [("v1".into(), 2)], "before the relabel");
+        store.relabel();
+        count(&store);
+        assert_eq!(by_version(&store), [("v1".into(), 2), ("v2".into(), 1)]);
+        // Back to v1: its series is taken up again, never written twice.
+        *version.lock().unwrap() = "v1";
+        store.relabel();
+        count(&store);
+        assert_eq!(by_version(&store), [("v1".into(), 3), ("v2".into(), 1)]);
+        assert_eq!(store.admitted.load(Relaxed), 2);
     }
 
     #[test]
