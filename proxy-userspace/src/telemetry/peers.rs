@@ -22,15 +22,17 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// As Istio derives them: `app` and `version`; the canonical service from
+    /// As Istio's proxy derives them: `app` from `app.kubernetes.io/name`, else `app`;
+    /// `version` from `app.kubernetes.io/version`, else `version`; the canonical service from
     /// `service.istio.io/canonical-name`, `app.kubernetes.io/name`, `app`, else the workload's
     /// name; the canonical revision from `service.istio.io/canonical-revision`,
     /// `app.kubernetes.io/version`, `version`, else `latest`.
     fn of(name: &str, labels: &std::collections::BTreeMap<String, String>, sa: &str) -> Peer {
         let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned();
         Peer {
-            app: first(&["app"]).unwrap_or_else(|| UNKNOWN.into()),
-            version: first(&["version"]).unwrap_or_else(|| UNKNOWN.into()),
+            app: first(&["app.kubernetes.io/name", "app"]).unwrap_or_else(|| UNKNOWN.into()),
+            version: (first(&["app.kubernetes.io/version", "version"]))
+                .unwrap_or_else(|| UNKNOWN.into()),
             canonical_service: first(&[
                 "service.istio.io/canonical-name",
                 "app.kubernetes.io/name",
@@ -156,7 +158,7 @@ mod tests {
     use super::*;
 
     fn peers() -> Peers {
-        let yaml = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-v2, namespace: shop}\nspec:\n  address: 127.0.0.2\n  serviceAccount: reviews\n  labels: {app: reviews, version: v2}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web, namespace: shop}\nspec:\n  address: 127.0.0.3\n  labels: {service.istio.io/canonical-name: storefront, app.kubernetes.io/version: '1.4'}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: pay, namespace: billing}\nspec:\n  hosts: [pay.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-v2, namespace: shop}\nspec:\n  address: 127.0.0.2\n  serviceAccount: reviews\n  labels: {app: reviews, version: v2}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: ratings, namespace: shop}\nspec:\n  address: 127.0.0.4\n  labels: {app: ratings-old, app.kubernetes.io/name: ratings, version: v0, app.kubernetes.io/version: v1}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web, namespace: shop}\nspec:\n  address: 127.0.0.3\n  labels: {service.istio.io/canonical-name: storefront, app.kubernetes.io/version: '1.4'}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: pay, namespace: billing}\nspec:\n  hosts: [pay.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
         let set = crate::policy::load_str("t.yaml".as_ref(), yaml)
             .unwrap_or_else(|_| panic!("valid policies"));
         Peers::of(&set)
@@ -174,7 +176,8 @@ mod tests {
         );
         assert_eq!(
             (d.source.app.as_str(), d.source.version.as_str()),
-            ("unknown", "unknown")
+            ("unknown", "1.4"),
+            "the qualified version label"
         );
         assert_eq!(d.source.canonical_service, "storefront");
         assert_eq!(d.source.canonical_revision, "1.4");
@@ -199,6 +202,21 @@ mod tests {
                 d.destination_service_namespace.as_str()
             ),
             ("reviews", "shop")
+        );
+    }
+
+    #[test]
+    fn the_qualified_app_labels_come_first() {
+        let d = peers().derive(
+            ("shop", "ratings"),
+            ("shop", "reviews-v2"),
+            "reviews.shop.svc.cluster.local",
+            false,
+            "cluster.local",
+        );
+        assert_eq!(
+            (d.source.app.as_str(), d.source.version.as_str()),
+            ("ratings", "v1")
         );
     }
 
