@@ -1,6 +1,6 @@
 //! The shape of PeerAuthentication and AuthorizationPolicy specs (security.istio.io).
 
-use super::common::{MATCH_LABELS_SELECTOR, STRINGS};
+use super::common::MATCH_LABELS_SELECTOR;
 use crate::policy::{
     finding::Pos,
     node::{Node, quote},
@@ -37,6 +37,9 @@ fn check_peer_authentication(node: &Node, path: &str, _at: Pos, r: &mut Report) 
     }
 }
 
+/// Values of a source, operation or condition: an empty string is refused, as Istio's
+/// `CheckEmptyValues` refuses it (it would match nothing, or in a negation everything).
+const VALUES: Ty = Ty::List(&Ty::Str(rules::non_empty));
 const IP_BLOCKS: Ty = Ty::List(&Ty::Str(rules::ip_or_cidr));
 const PORTS: Ty = Ty::List(&Ty::Str(rules::port_string));
 const ACCOUNTS: Ty = Ty::List(&Ty::Str(service_account));
@@ -61,6 +64,7 @@ fn service_account(s: &str) -> Result<(), String> {
 /// A path, or a template whose `{*}` and `{**}` are whole segments and `{**}` the last one
 /// (Istio's `CheckValidPathTemplate`).
 fn path_template(s: &str) -> Result<(), String> {
+    rules::non_empty(s)?;
     match crate::security::authz::matchers::PathPattern::parse(s) {
         Some(_) => Ok(()),
         None => Err(format!(
@@ -92,20 +96,20 @@ fn check_source(node: &Node, path: &str, _at: Pos, r: &mut Report) {
 }
 
 const SOURCE_FIELDS: &[crate::policy::schema::Field] = &[
-    opt("principals", STRINGS),
-    opt("notPrincipals", STRINGS),
+    opt("principals", VALUES),
+    opt("notPrincipals", VALUES),
     warned(
         "requestPrincipals",
-        STRINGS,
+        VALUES,
         "meshd does not validate JWTs, so no request has a request principal: this never matches",
     ),
     warned(
         "notRequestPrincipals",
-        STRINGS,
+        VALUES,
         "meshd does not validate JWTs, so no request has a request principal: every request matches this",
     ),
-    opt("namespaces", STRINGS),
-    opt("notNamespaces", STRINGS),
+    opt("namespaces", VALUES),
+    opt("notNamespaces", VALUES),
     opt("serviceAccounts", ACCOUNTS),
     opt("notServiceAccounts", ACCOUNTS),
     opt("ipBlocks", IP_BLOCKS),
@@ -115,12 +119,12 @@ const SOURCE_FIELDS: &[crate::policy::schema::Field] = &[
 ];
 
 static OPERATION: Obj = obj(&[
-    opt("hosts", STRINGS),
-    opt("notHosts", STRINGS),
+    opt("hosts", VALUES),
+    opt("notHosts", VALUES),
     opt("ports", PORTS),
     opt("notPorts", PORTS),
-    opt("methods", STRINGS),
-    opt("notMethods", STRINGS),
+    opt("methods", VALUES),
+    opt("notMethods", VALUES),
     opt("paths", PATHS),
     opt("notPaths", PATHS),
 ]);
@@ -139,14 +143,20 @@ const CONDITION_KEYS: &[&str] = &[
     "destination.port",
     "connection.sni",
 ];
-const CONDITION_PREFIXES: &[&str] = &["request.headers[", "request.auth.claims[", "experimental."];
+/// Keys that name what they test in brackets: `request.headers[NAME]`.
+const CONDITION_NAMED: &[&str] = &["request.headers[", "request.auth.claims["];
 
 fn condition_key(s: &str) -> Result<(), String> {
-    if CONDITION_KEYS.contains(&s) || CONDITION_PREFIXES.iter().any(|p| s.starts_with(p)) {
+    let named = CONDITION_NAMED.iter().find_map(|p| s.strip_prefix(p));
+    let ok = match named {
+        Some(rest) => rest.strip_suffix(']').is_some_and(|name| !name.is_empty()),
+        None => CONDITION_KEYS.contains(&s) || s.starts_with("experimental."),
+    };
+    if ok {
         return Ok(());
     }
     Err(format!(
-        "{} is not a condition key: use one of {} or request.headers[NAME]",
+        "{} is not a condition key: use one of {}, request.headers[NAME], request.auth.claims[NAME] or experimental.*",
         quote(s),
         CONDITION_KEYS.join(", ")
     ))
@@ -155,8 +165,8 @@ fn condition_key(s: &str) -> Result<(), String> {
 static CONDITION: Obj = Obj {
     fields: &[
         req("key", Ty::Str(condition_key)),
-        opt("values", STRINGS),
-        opt("notValues", STRINGS),
+        opt("values", VALUES),
+        opt("notValues", VALUES),
     ],
     one_of: &[],
     check: Some(check_condition),
@@ -198,17 +208,48 @@ fn check_condition(node: &Node, path: &str, at: Pos, r: &mut Report) {
     }
 }
 
-static RULE: Obj = obj(&[
-    opt(
-        "from",
-        Ty::List(&Ty::Obj(&obj(&[req("source", Ty::Obj(&SOURCE))]))),
-    ),
-    opt(
-        "to",
-        Ty::List(&Ty::Obj(&obj(&[req("operation", Ty::Obj(&OPERATION))]))),
-    ),
-    opt("when", Ty::List(&Ty::Obj(&CONDITION))),
-]);
+static RULE: Obj = Obj {
+    fields: &[
+        opt(
+            "from",
+            Ty::List(&Ty::Obj(&obj(&[req("source", Ty::Obj(&SOURCE))]))),
+        ),
+        opt(
+            "to",
+            Ty::List(&Ty::Obj(&obj(&[req("operation", Ty::Obj(&OPERATION))]))),
+        ),
+        opt("when", Ty::List(&Ty::Obj(&CONDITION))),
+    ],
+    one_of: &[],
+    check: Some(check_rule),
+};
+
+/// As Istio's validation: a `from` or `to` list that is there must hold something, and so must
+/// each source and operation in it. Empty, they would match every request (a template whose
+/// list rendered empty would turn an ALLOW policy into allow-all).
+fn check_rule(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    for (list, item) in [("from", "source"), ("to", "operation")] {
+        let Some(e) = node.entry(list) else { continue };
+        let list_path = report::key(path, list);
+        let Some(items) = e.value.items() else {
+            continue;
+        };
+        if items.is_empty() {
+            r.error(e.value.pos, &list_path, "must not be empty: it would match every request; remove it, or say what it matches");
+        }
+        for (i, it) in items.iter().enumerate() {
+            let Some(inner) = it.entry(item) else {
+                continue;
+            };
+            let says_something = (inner.value.entries().unwrap_or_default().iter())
+                .any(|f| f.value.items().is_none_or(|l| !l.is_empty()));
+            if !says_something {
+                let at_path = report::key(&report::index(&list_path, i), item);
+                r.error(inner.value.pos, &at_path, "must not be empty: it would match every request; set at least one field with a value");
+            }
+        }
+    }
+}
 
 static POLICY_TARGET: Obj = obj(&[
     opt("group", STR),
@@ -294,6 +335,18 @@ fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) 
         }
     }
     let action = node.get("action").and_then(Node::as_str);
+    // Without rules a DENY or CUSTOM policy never applies (Istio refuses it); the deny-all
+    // its author likely meant is `rules: [{}]`.
+    let no_rules = (node.get("rules")).is_none_or(|l| l.items().is_some_and(<[Node]>::is_empty));
+    if let Some(a @ ("DENY" | "CUSTOM")) = action
+        && no_rules
+    {
+        r.error(
+            at,
+            path,
+            format!("action {a} without rules never applies; add an empty rule `rules: [{{}}]` to apply it to every request"),
+        );
+    }
     match (action, node.entry("provider")) {
         (Some("CUSTOM"), None) => r.error(at, path, "action CUSTOM needs a provider"),
         (Some("CUSTOM"), Some(e)) => r.warn(

@@ -602,6 +602,88 @@ fn authorization_values_istio_refuses_are_errors() {
     assert!(when("source.serviceAccount", "sleep").is_empty());
 }
 
+/// What would match every request, or nothing, is refused as Istio refuses it: a `from` or
+/// `to` that is there but empty, a source or operation with no value, an empty value, a DENY
+/// or CUSTOM policy without rules, and a condition key with an empty name.
+#[test]
+fn authorization_rules_that_say_nothing_are_errors() {
+    let ap = |spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\nspec:\n{spec}"
+        )
+    };
+    let rule = |rule: &str| check(&ap(&format!("  rules:\n  - {rule}\n")));
+    let one = |f: Vec<String>, want: &str| {
+        assert_eq!(f.len(), 1, "{want}: {f:?}");
+        assert!(f[0].contains(want), "{want}: {f:?}");
+    };
+    one(
+        rule("from: [{source: {principals: []}}]"),
+        "error: spec.rules[0].from[0].source: must not be empty",
+    );
+    one(
+        rule("from: [{source: {}}]"),
+        "error: spec.rules[0].from[0].source: must not be empty",
+    );
+    one(
+        rule("to: [{operation: {}}]"),
+        "error: spec.rules[0].to[0].operation: must not be empty",
+    );
+    one(
+        rule("from: []"),
+        "error: spec.rules[0].from: must not be empty",
+    );
+    one(rule("to: []"), "error: spec.rules[0].to: must not be empty");
+    one(
+        rule("from: [{source: {principals: [\"\"]}}]"),
+        "error: spec.rules[0].from[0].source.principals[0]: must not be empty",
+    );
+    one(
+        rule("to: [{operation: {hosts: [\"\"]}}]"),
+        "error: spec.rules[0].to[0].operation.hosts[0]: must not be empty",
+    );
+    one(
+        rule("to: [{operation: {paths: [\"\"]}}]"),
+        "error: spec.rules[0].to[0].operation.paths[0]",
+    );
+    for key in [
+        "request.headers[]",
+        "request.auth.claims[]",
+        "request.headers[x",
+    ] {
+        let f = rule(&format!("when: [{{key: \"{key}\", notValues: [x]}}]"));
+        assert!(
+            f.iter()
+                .any(|f| f.contains("error: ") && f.contains("is not a condition key")),
+            "{key}: {f:?}"
+        );
+    }
+    one(
+        rule("when: [{key: \"request.headers[x]\", values: [\"\"]}]"),
+        "error: spec.rules[0].when[0].values[0]: must not be empty",
+    );
+    for action in ["DENY", "CUSTOM"] {
+        let f = check(&ap(&format!(
+            "  action: {action}\n  provider: {{name: opa}}\n"
+        )));
+        assert!(
+            f.iter().any(|f| f.contains(&format!(
+                "error: spec: action {action} without rules never applies"
+            ))),
+            "{f:?}"
+        );
+    }
+    one(
+        check(&ap("  action: DENY\n  rules: []\n")),
+        "action DENY without rules never applies",
+    );
+    // What Istio accepts stays valid: an empty rule, and ALLOW without rules (allow nothing).
+    assert!(check(&ap("  action: DENY\n  rules: [{}]\n")).is_empty());
+    assert!(check(&ap("  action: ALLOW\n")).is_empty());
+    assert!(check(&ap("  {}\n")).is_empty());
+    assert!(rule("from: [{source: {notPrincipals: [a]}}]").is_empty());
+}
+
 #[test]
 fn jwt_attributes_are_a_warning() {
     let f = check(
