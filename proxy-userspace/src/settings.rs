@@ -224,20 +224,26 @@ impl Settings {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m`, `1h` (a non-negative integer and a unit).
+/// The longest duration a flag takes (a year): longer ones would overflow the clock's
+/// arithmetic, and no timeout needs them.
+const MAX_FLAG_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `250ms`, `2s`, `1m`, `1h` (a non-negative integer and a unit), up to a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
         .map_err(|_| "expected a whole number followed by ms, s, m or h".to_string())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
-    }
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s, m or h")),
+    };
+    d.filter(|d| *d <= MAX_FLAG_DURATION)
+        .ok_or_else(|| format!("{s} is too long: at most 8760h (a year)"))
 }
 
 /// Parses `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
@@ -283,6 +289,11 @@ mod tests {
         assert!(parse_duration("2 seconds").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("5").is_err());
+        // Too long for the clock: an error, never an overflow.
+        assert_eq!(parse_duration("8760h"), Ok(MAX_FLAG_DURATION));
+        assert!(parse_duration("8761h").is_err());
+        assert!(parse_duration("9999999999999999h").is_err());
+        assert!(parse_duration("18446744073709551615m").is_err());
     }
 
     #[test]
