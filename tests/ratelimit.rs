@@ -106,6 +106,23 @@ fn header_descriptors_get_their_own_buckets() {
     let alice: Vec<String> = (0..4).map(|_| code("alice")).collect();
     assert_eq!(alice, ["200", "200", "200", "429"]);
     assert_eq!(code("bob"), "200", "bob has his own bucket");
+    // Without the header no descriptor is made, as in Envoy: the policy does not apply, and
+    // requests without it are not pooled into one bucket.
+    let anonymous: Vec<String> = (0..5)
+        .map(|_| {
+            curl(
+                &d,
+                &[
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://reviews:9080/",
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(anonymous, ["200"; 5]);
 }
 
 #[test]

@@ -823,12 +823,10 @@ async fn forward(
         ratelimit::Verdict::Allow
     } else {
         let headers = req.headers();
-        let lookup = |n: &str| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        // The first field of the name, as Envoy's `request_headers` action reads it; bytes
+        // that are not UTF-8 count too, so they cannot step around a limit.
+        let lookup =
+            |n: &str| (headers.get(n)).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let route_name = route.and_then(|r| r.spec.name.as_deref());
         Box::pin(ratelimit::check(
             &snap,

@@ -2,11 +2,17 @@
 //! request, over a small pool of connections per Redis address. Every call is bounded by a
 //! timeout, so a Redis outage never stalls requests beyond it.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
+    sync::Semaphore,
+    time::Instant,
 };
 
 use super::Limited;
@@ -47,10 +53,20 @@ pub enum RedisError {
 pub struct Global {
     timeout: Duration,
     idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    /// Connections open per Redis address, at most [`MAX_CONNECTIONS`]: past it a check waits
+    /// for one (within the timeout) rather than open another, so a slow Redis is not also
+    /// flooded with connections.
+    open: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// When a failure was last logged, and how many went unlogged since.
+    warned: Mutex<(Option<Instant>, u64)>,
 }
 
-/// Idle connections kept per Redis address.
-const MAX_IDLE: usize = 16;
+/// Connections open per Redis address, and kept idle: every one stays for the next check.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Redis failures are logged at most this often; the ones between are counted in the next
+/// line (and each in `meshd_ratelimit_total{result="redis_error"}`).
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 fn unit_micros(unit: &str) -> u64 {
     match unit {
@@ -69,6 +85,26 @@ impl Global {
         Global {
             timeout,
             idle: Mutex::new(HashMap::new()),
+            open: Mutex::new(HashMap::new()),
+            warned: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether to log a Redis failure now: the first one, then one per [`WARN_EVERY`], with
+    /// the number left unlogged since the last line.
+    pub fn should_warn(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut w = self.warned.lock().expect("redis warn lock");
+        match w.0 {
+            Some(last) if now.duration_since(last) < WARN_EVERY => {
+                w.1 += 1;
+                None
+            }
+            _ => {
+                let unlogged = w.1;
+                *w = (Some(now), 0);
+                Some(unlogged)
+            }
         }
     }
 
@@ -114,6 +150,11 @@ impl Global {
     }
 
     async fn round_trip(&self, addr: &str, cmd: &[u8]) -> Result<Vec<i64>, RedisError> {
+        let slots = (self.open.lock().expect("redis pool lock"))
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS)))
+            .clone();
+        let _slot = slots.acquire_owned().await.expect("never closed");
         let connect = || async {
             TcpStream::connect(addr)
                 .await
@@ -164,7 +205,7 @@ impl Global {
         })?;
         let mut idle = self.idle.lock().expect("redis pool lock");
         let pool = idle.entry(addr.to_string()).or_default();
-        if pool.len() < MAX_IDLE {
+        if pool.len() < MAX_CONNECTIONS {
             pool.push(conn);
         }
         Ok(reply)

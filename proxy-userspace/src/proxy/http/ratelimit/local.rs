@@ -1,7 +1,7 @@
 //! Local token buckets: `maxTokens` at most, `tokensPerFill` added every `fillInterval`, one
 //! bucket per policy and descriptor values. Buckets survive reloads while their settings stay.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{collections::HashMap, hash::BuildHasher, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
@@ -11,19 +11,37 @@ use crate::policy::model::LocalRateLimit;
 struct Bucket {
     tokens: u64,
     last_fill: Instant,
+    /// When a request last took from it: the least recently used go first past the cap.
+    last_used: Instant,
     /// The settings it was made with (max tokens, tokens per fill, interval): a bucket whose
     /// policy changes starts over.
     settings: (u64, u64, Duration),
 }
 
-#[derive(Default)]
-pub struct Buckets {
-    buckets: Mutex<HashMap<String, Bucket>>,
+impl Bucket {
+    /// Refilled to its maximum by `now`: forgetting it changes nothing.
+    fn full_at(&self, now: Instant) -> bool {
+        let (max, per_fill, interval) = self.settings;
+        let fills = (now - self.last_fill).as_nanos() / interval.as_nanos();
+        let fills = u64::try_from(fills).unwrap_or(u64::MAX);
+        self.tokens.saturating_add(per_fill.saturating_mul(fills)) >= max
+    }
 }
 
-/// Buckets kept at most, so descriptor values (say a header) cannot grow memory without bound;
-/// beyond it, full buckets are dropped first.
+/// The buckets, by a hash of their key (policy and descriptor values): a key as long as a
+/// header allows costs no more memory than a short one. The hasher is seeded per process, so
+/// keys cannot be chosen to collide.
+#[derive(Default)]
+pub struct Buckets {
+    hasher: foldhash::quality::RandomState,
+    buckets: Mutex<HashMap<u64, Bucket>>,
+}
+
+/// Buckets kept at most, so descriptor values (say a header) cannot grow memory without bound.
 const MAX_BUCKETS: usize = 100_000;
+
+/// What eviction brings the buckets down to, so it runs once per many new keys, not per request.
+const AFTER_EVICTION: usize = MAX_BUCKETS * 9 / 10;
 
 impl Buckets {
     /// Takes one token for `key`, or says when the next one comes.
@@ -32,24 +50,23 @@ impl Buckets {
         let max = u64::from(cfg.max_tokens);
         let interval = cfg.fill_interval.0.max(Duration::from_millis(1));
         let now = Instant::now();
+        let hash = self.hasher.hash_one(key);
         let mut buckets = self.buckets.lock().expect("bucket lock");
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|_, b| b.tokens < max);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&hash) {
+            evict(&mut buckets, now);
         }
         let settings = (max, per_fill, interval);
         let fresh = || Bucket {
             tokens: max,
             last_fill: now,
+            last_used: now,
             settings,
         };
-        // Looked up by reference: the common case allocates nothing.
-        let b = match buckets.get_mut(key) {
-            Some(b) => b,
-            None => buckets.entry(key.to_string()).or_insert_with(fresh),
-        };
+        let b = buckets.entry(hash).or_insert_with(fresh);
         if b.settings != settings {
             *b = fresh();
         }
+        b.last_used = now;
         let fills = (now - b.last_fill).as_nanos() / interval.as_nanos();
         if fills > 0 {
             b.tokens =
@@ -66,6 +83,27 @@ impl Buckets {
                 global: false,
             })
         }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.buckets.lock().expect("bucket lock").len()
+    }
+}
+
+/// Makes room for new keys: buckets refilled to their maximum go first, then, if that is not
+/// enough, the least recently used (a key that comes back starts with a full bucket, as after
+/// an idle spell). Brings them down to [`AFTER_EVICTION`], so it runs once per many new keys.
+fn evict(buckets: &mut HashMap<u64, Bucket>, now: Instant) {
+    buckets.retain(|_, b| !b.full_at(now));
+    if buckets.len() <= AFTER_EVICTION {
+        return;
+    }
+    let mut used: Vec<(Instant, u64)> = buckets.iter().map(|(k, b)| (b.last_used, *k)).collect();
+    let excess = buckets.len() - AFTER_EVICTION;
+    used.select_nth_unstable(excess);
+    for (_, key) in &used[..excess] {
+        buckets.remove(key);
     }
 }
 
@@ -105,6 +143,50 @@ mod tests {
             3,
             "capped at maxTokens"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_cap_full_buckets_then_the_least_recently_used_go() {
+        let b = Buckets::default();
+        let c = cfg(2, 2, 1000);
+        // One key drained: it must keep its state while others come and go.
+        assert!(b.take("drained", &c).is_ok() && b.take("drained", &c).is_ok());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for i in 0..MAX_BUCKETS - 1 {
+            b.take(&format!("user-{i}"), &c).unwrap();
+        }
+        assert_eq!(b.len(), MAX_BUCKETS);
+        // Each used once (one token left, not full), so the least recently used go, down to
+        // the mark; the drained key, used first, is among them.
+        b.take("newcomer", &c).unwrap();
+        assert_eq!(b.len(), AFTER_EVICTION + 1);
+        assert!(
+            b.take("drained", &c).is_ok(),
+            "forgotten: a full bucket again"
+        );
+        // Once the interval has passed every bucket is full again: all of them can go.
+        tokio::time::advance(Duration::from_millis(1000)).await;
+        b.take("drained", &c).unwrap();
+        for i in 0..MAX_BUCKETS {
+            b.take(&format!("more-{i}"), &c).unwrap();
+        }
+        assert!(b.len() <= MAX_BUCKETS, "{}", b.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_bucket_is_kept_past_the_cap_while_others_are_full() {
+        let b = Buckets::default();
+        let c = cfg(1, 1, 60_000);
+        for i in 0..MAX_BUCKETS - 1 {
+            b.take(&format!("user-{i}"), &c).unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Drained last, while every other bucket has refilled to its maximum.
+        b.take("hot", &c).unwrap();
+        assert!(b.take("hot", &c).is_err());
+        b.take("newcomer", &c).unwrap();
+        assert_eq!(b.len(), 2, "the full ones are forgotten");
+        assert!(b.take("hot", &c).is_err(), "still drained");
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,22 +27,25 @@ pub enum Verdict {
     Unavailable,
 }
 
-/// The bucket key for a policy and a request: the values of its descriptors.
+/// The bucket key for a policy and a request: the values of its descriptors. None when the
+/// request lacks a header a descriptor reads: as Envoy's `request_headers` action, which then
+/// makes no descriptor, the policy does not apply to it (requests without the header are not
+/// pooled into one bucket of their own).
 pub fn descriptor_key(
     policy: &RateLimitPolicy,
     header: &(dyn Fn(&str) -> Option<String> + Sync),
     workload: Option<&str>,
-) -> String {
+) -> Option<String> {
     let mut key = policy.id();
     for d in &policy.spec.descriptors {
         key.push('|');
         if let Some(h) = &d.header {
-            key.push_str(&header(h).unwrap_or_default());
+            key.push_str(&header(h)?);
         } else if d.source_workload == Some(true) {
             key.push_str(workload.unwrap_or("-"));
         }
     }
-    key
+    Some(key)
 }
 
 /// Whether a policy applies to a request for `hosts` (the request's host forms) and the route
@@ -77,17 +80,19 @@ pub async fn check(
         .filter(|p| applies(p, hosts, route_name))
         .collect();
     for p in &applicable {
-        if let Some(cfg) = &p.spec.local {
-            let key = descriptor_key(p, header, workload);
-            if let Err(l) = ctx.buckets.take(&key, cfg) {
-                ctx.metrics.rate_limit(&p.id(), "limited");
-                return Verdict::Limited(l);
-            }
+        if let Some(cfg) = &p.spec.local
+            && let Some(key) = descriptor_key(p, header, workload)
+            && let Err(l) = ctx.buckets.take(&key, cfg)
+        {
+            ctx.metrics.rate_limit(&p.id(), "limited");
+            return Verdict::Limited(l);
         }
     }
     for p in &applicable {
         let Some(cfg) = &p.spec.global else { continue };
-        let key = descriptor_key(p, header, workload);
+        let Some(key) = descriptor_key(p, header, workload) else {
+            continue;
+        };
         match ctx.global.take(&key, cfg).await {
             Ok(Ok(_)) => {}
             Ok(Err(l)) => {
@@ -96,7 +101,9 @@ pub async fn check(
             }
             Err(e) => {
                 ctx.metrics.rate_limit(&p.id(), "redis_error");
-                tracing::warn!(error = %e, policy = %p.id(), deny = p.spec.failure_mode_deny, "global rate limit unavailable");
+                if let Some(unlogged) = ctx.global.should_warn() {
+                    tracing::warn!(error = %e, policy = %p.id(), deny = p.spec.failure_mode_deny, unlogged, "global rate limit unavailable (failures since the last such line: unlogged)");
+                }
                 if p.spec.failure_mode_deny {
                     return Verdict::Unavailable;
                 }
