@@ -91,5 +91,10 @@ mod tests {
         assert_eq!(norm("/x/%2E%2E/%61dmin").as_deref(), Some("/admin"));
         assert_eq!(norm("/100%"), None, "a stray percent is left alone");
         assert_eq!(norm("/plain/path?a=../b"), None, "the query is not a path");
+        assert_eq!(
+            norm("/public/..;x=y/admin").as_deref(),
+            Some("/admin"),
+            "a dot segment with parameters"
+        );
     }
 }

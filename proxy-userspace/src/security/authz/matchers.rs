@@ -200,10 +200,10 @@ pub fn normalize_path(target: &str) -> String {
     }
 }
 
-/// How many dots a dot segment is (`.` or `..`, a dot also written `%2e`); `None` for any
-/// other segment.
+/// How many dots a dot segment is (`.` or `..`, a dot also written `%2e`, with or without
+/// `;` parameters, as Envoy's canonicalizer reads them); `None` for any other segment.
 fn dots(segment: &str) -> Option<usize> {
-    let mut rest = segment;
+    let mut rest = segment.split(';').next().unwrap_or(segment);
     let mut n = 0;
     while !rest.is_empty() && n < 3 {
         if let Some(r) = rest.strip_prefix('.') {

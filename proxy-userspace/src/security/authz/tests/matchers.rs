@@ -120,6 +120,17 @@ fn path_normalization() {
         ("/a/%2e%2e%2e/b", "/a/%2e%2e%2e/b"),
         ("/a/%2fb", "/a/%2fb"),
         ("/a/..?q=/../x", "/"),
+        // As Envoy's: a dot segment with parameters is a dot segment, parameters and all
+        // (servers that honour `;` parameters read `..;x` as `..`).
+        ("/xyz/..;foo=bar/abc", "/abc"),
+        ("/..;foo=bar/abc", "/abc"),
+        ("/xyz/..;foo=bar", "/"),
+        ("/xyz/.;foo=bar/abc", "/xyz/abc"),
+        ("/xyz/.;foo=bar", "/xyz/"),
+        ("/xyz/..;foo=bar/.;v1=2,v2=3/abc", "/abc"),
+        ("/public/%2e%2e;x/admin", "/admin"),
+        ("/a;x/b", "/a;x/b"),
+        ("/a/...;x/b", "/a/...;x/b"),
     ];
     for (input, expected) in cases {
         assert_eq!(normalize_path(input), expected, "{input}");
