@@ -567,6 +567,67 @@ spec:
     )
 }
 
+/// An opaque connection to a workload on this node that a policy applied later denies is
+/// closed, as ztunnel closes the connections a new policy no longer allows (and as meshd's
+/// tunnel does for other nodes); it does not run on under the policy it opened with.
+#[test]
+fn an_open_connection_a_new_policy_denies_is_closed() {
+    if !ebpf_available("authz_revoke_local") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let dir = config("authz-revoke-local", &one_node(&backend, &echo, ""));
+    let d = Daemon::start(
+        "authz-revoke-local",
+        288,
+        &["--config", dir.to_str().unwrap()],
+    );
+    let go = dir.join("go");
+    let script = format!(
+        "import os, socket, time\ns = socket.create_connection(('127.0.0.70', 9090))\ns.sendall(b'one')\nprint(s.recv(8), flush=True)\nwhile not os.path.exists({go:?}):\n    time.sleep(0.05)\ns.settimeout(5)\ntry:\n    s.sendall(b'two')\n    print(s.recv(8) or 'closed')\nexcept OSError as e:\n    print('closed', type(e).__name__)\n",
+        go = go.to_str().unwrap()
+    );
+    let client = d
+        .exec("default/productpage", &["python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::eventually(Duration::from_secs(10), || {
+        d.get("/connections")
+            .contains("127.0.0.70:9090")
+            .then_some(())
+    })
+    .expect("the connection is open");
+    std::thread::sleep(Duration::from_millis(300));
+    let allow_nothing = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-nothing, namespace: default}\nspec:\n  selector: {matchLabels: {app: reviews}}\n";
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        one_node(&backend, &echo, allow_nothing),
+    )
+    .unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&go, "").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.first(), Some(&"b'one'"), "{said}");
+    assert!(
+        lines.get(1).is_some_and(|l| l.starts_with("closed")),
+        "the connection is closed, not echoed: {said}\n{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_shows("closed after a policy change: denied by authorization policy"),
+        "the access log says why: {}",
+        d.log_text()
+    );
+}
+
 #[test]
 fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
     if !ebpf_available("authz_local") {

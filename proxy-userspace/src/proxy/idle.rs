@@ -48,13 +48,24 @@ pub async fn at_most<T>(
     let Some(max) = max else {
         return (carry.await, false);
     };
+    let (out, cut) = until(carry, sockets, tokio::time::sleep(max)).await;
+    (out, cut.is_some())
+}
+
+/// Runs `carry` to its end, unless `cut` ends first: then shuts `sockets` down so the carry
+/// ends, and returns `cut`'s output beside the carry's.
+pub async fn until<T, R>(
+    carry: impl Future<Output = T>,
+    sockets: [RawFd; 2],
+    cut: impl Future<Output = R>,
+) -> (T, Option<R>) {
     tokio::pin!(carry);
-    tokio::select! {
-        out = &mut carry => return (out, false),
-        () = tokio::time::sleep(max) => {}
-    }
+    let why = tokio::select! {
+        out = &mut carry => return (out, None),
+        why = cut => why,
+    };
     shut(sockets);
-    (carry.await, true)
+    (carry.await, Some(why))
 }
 
 /// Shuts both sockets down, so the carry between them ends.

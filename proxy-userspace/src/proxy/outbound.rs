@@ -432,7 +432,8 @@ async fn proxy(
         None => None,
     };
     // An endpoint behind another meshd is reached through the mTLS tunnel; one on this node is
-    // authorized here, before a byte flows.
+    // authorized here, before a byte flows, and again at each reload while it is open.
+    let applied = ctx.http.config.applied();
     let snap = ctx.http.config.current();
     let down_view = http::Downstream {
         peer,
@@ -508,8 +509,13 @@ async fn proxy(
     });
     let moved = || read().map(|c| c.to_destination + c.from_destination);
     let bounded = idle::bounded(carry, target.limits.tcp_idle_timeout, sockets, moved);
-    let ((copied, idled), cut) =
-        idle::at_most(bounded, target.limits.max_connection_duration, sockets).await;
+    let lasting = idle::at_most(bounded, target.limits.max_connection_duration, sockets);
+    let revoked = revoked_later(ctx, applied, &down_view, upstream);
+    let (((copied, idled), cut), revoked) = idle::until(lasting, sockets, revoked).await;
+    if let Some(reason) = revoked {
+        tracing::info!(%peer, %dst, %reason, "connection closed after a policy change");
+        record.revoked(&reason);
+    }
     if idled {
         debug!(%dst, "idle timeout: connection closed");
         record.idled();
@@ -535,6 +541,24 @@ async fn proxy(
     record.closed(ctx, to_up, to_down);
     debug!(to_up, to_down, downstream = ?dk, upstream = ?uk, "connection closed");
     Ok(())
+}
+
+/// Ends, with the reason, once a configuration applied after the connection opened denies it,
+/// as ztunnel closes the connections a new policy no longer allows; never otherwise.
+async fn revoked_later(
+    ctx: &Outbound,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+    down: &http::Downstream,
+    upstream: SocketAddr,
+) -> String {
+    while applied.changed().await.is_ok() {
+        let snap = ctx.http.config.current();
+        if let Some(reason) = http::authorize::connection_revoked(&ctx.http, &snap, down, upstream)
+        {
+            return reason;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The upstream once it opened, with what the target sent while a forward proxy's tunnel
@@ -722,6 +746,13 @@ impl TcpRecord {
     /// The connection was closed by meshd for its idle timeout; the log line says so.
     fn idled(&mut self) {
         self.entry.reason = "idle timeout (connectionPool.tcp.idleTimeout)".into();
+    }
+
+    /// The connection was closed by meshd because a policy applied since denies it.
+    fn revoked(&mut self, reason: &str) {
+        self.entry.reason =
+            format!("closed after a policy change: denied by authorization policy: {reason}")
+                .into();
     }
 
     /// The connection was closed by meshd at its maximum duration.

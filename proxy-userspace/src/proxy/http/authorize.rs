@@ -47,6 +47,17 @@ pub fn connection(
     decide(ctx, snap, down, target, None)
 }
 
+/// Whether the policies of `snap` deny an open connection they did not deny when it opened
+/// (looked at again after a reload); AUDIT and dry-run policies are not logged again.
+pub fn connection_revoked(
+    ctx: &HttpContext,
+    snap: &Snapshot,
+    down: &Downstream,
+    target: SocketAddr,
+) -> Option<String> {
+    evaluate(ctx, snap, down, target, None).and_then(|d| (!d.allowed).then_some(d.reason))
+}
+
 fn decide(
     ctx: &HttpContext,
     snap: &Snapshot,
@@ -54,6 +65,20 @@ fn decide(
     target: SocketAddr,
     http: Option<&HttpAttrs<'_>>,
 ) -> Option<String> {
+    let d = evaluate(ctx, snap, down, target, http)?;
+    report(&ctx.metrics, &d, down.peer, target, http);
+    (!d.allowed).then_some(d.reason)
+}
+
+/// The decision on a connection or request (`http`) from `down` to `target`; None when meshd
+/// does not decide it here (no policy, or the destination's node does).
+fn evaluate(
+    ctx: &HttpContext,
+    snap: &Snapshot,
+    down: &Downstream,
+    target: SocketAddr,
+    http: Option<&HttpAttrs<'_>>,
+) -> Option<Decision> {
     let authorizer = &snap.compiled.authorizer;
     if authorizer.is_empty() {
         return None;
@@ -80,9 +105,7 @@ fn decide(
         namespace: &e.namespace,
         labels: &e.labels,
     };
-    let d = authorizer.evaluate(&workload, &rc);
-    report(&ctx.metrics, &d, down.peer, target, http);
-    (!d.allowed).then_some(d.reason)
+    Some(authorizer.evaluate(&workload, &rc))
 }
 
 /// Logs and counts what decides nothing in `d` for a connection or request (`http`) from
