@@ -28,6 +28,15 @@ pub static PEER_AUTHENTICATION: Obj = Obj {
 };
 
 fn check_peer_authentication(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    if let Some(e) = node.entry("portLevelMtls")
+        && e.value.entries().is_some_and(<[_]>::is_empty)
+    {
+        r.error(
+            e.value.pos,
+            &report::key(path, "portLevelMtls"),
+            "must name at least one port when set (Istio refuses an empty map)",
+        );
+    }
     if let (Some(e), None) = (node.entry("portLevelMtls"), node.get("selector")) {
         r.error(
             e.key_pos,
@@ -251,6 +260,51 @@ fn check_rule(node: &Node, path: &str, _at: Pos, r: &mut Report) {
     }
 }
 
+/// As Istio warns: a DENY rule whose fields only HTTP has (its source only request
+/// principals, its operation no port) denies every TCP connection in its scope, where those
+/// fields are ignored.
+fn warn_http_only_deny(node: &Node, path: &str, r: &mut Report) {
+    const L4_SOURCE: &[&str] = &[
+        "principals",
+        "notPrincipals",
+        "namespaces",
+        "notNamespaces",
+        "serviceAccounts",
+        "notServiceAccounts",
+        "ipBlocks",
+        "notIpBlocks",
+        "remoteIpBlocks",
+        "notRemoteIpBlocks",
+    ];
+    let rules = node.get("rules").and_then(Node::items).unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        let inner = |list: &str, item: &str| -> Vec<&Node> {
+            (rule
+                .get(list)
+                .and_then(Node::items)
+                .unwrap_or_default()
+                .iter())
+            .filter_map(|n| n.get(item))
+            .collect()
+        };
+        let (sources, operations) = (inner("from", "source"), inner("to", "operation"));
+        let l4_from = sources
+            .iter()
+            .any(|s| L4_SOURCE.iter().any(|k| s.get(k).is_some()));
+        let l4_to = operations
+            .iter()
+            .any(|o| o.get("ports").is_some() || o.get("notPorts").is_some());
+        let has_to = !operations.is_empty();
+        if (!sources.is_empty() && !has_to && !l4_from) || (has_to && !l4_to) {
+            r.warn(
+                rule.pos,
+                &report::index(&report::key(path, "rules"), i),
+                "uses only HTTP attributes in a DENY rule, so it denies all traffic to TCP ports in its scope (as in Istio); name the ports it is meant for",
+            );
+        }
+    }
+}
+
 static POLICY_TARGET: Obj = obj(&[
     opt("group", STR),
     req(
@@ -335,6 +389,9 @@ fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) 
         }
     }
     let action = node.get("action").and_then(Node::as_str);
+    if action == Some("DENY") {
+        warn_http_only_deny(node, path, r);
+    }
     // Without rules a DENY or CUSTOM policy never applies (Istio refuses it); the deny-all
     // its author likely meant is `rules: [{}]`.
     let no_rules = (node.get("rules")).is_none_or(|l| l.items().is_some_and(<[Node]>::is_empty));

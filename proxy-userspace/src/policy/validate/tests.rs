@@ -552,7 +552,7 @@ fn traffic_distribution_takes_kubernetes_values() {
 fn authorization_values_istio_refuses_are_errors() {
     let ap = |rule: &str| {
         format!(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\nspec:\n  action: DENY\n  rules:\n  - {rule}\n"
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\nspec:\n  action: ALLOW\n  rules:\n  - {rule}\n"
         )
     };
     // A service account without its namespace is one of the policy's namespace.
@@ -677,6 +677,27 @@ fn authorization_rules_that_say_nothing_are_errors() {
         check(&ap("  action: DENY\n  rules: []\n")),
         "action DENY without rules never applies",
     );
+    one(
+        check(
+            &ap("  portLevelMtls: {}\n  selector: {matchLabels: {app: a}}\n")
+                .replace("AuthorizationPolicy", "PeerAuthentication"),
+        ),
+        "error: spec.portLevelMtls: must name at least one port",
+    );
+    // As Istio warns: HTTP attributes alone in a DENY rule deny every TCP connection.
+    let deny = |rule: &str| check(&ap(&format!("  action: DENY\n  rules:\n  - {rule}\n")));
+    one(
+        deny("to: [{operation: {methods: [POST]}}]"),
+        "warning: spec.rules[0]: uses only HTTP attributes in a DENY rule",
+    );
+    let f = deny("from: [{source: {requestPrincipals: [\"*\"]}}]");
+    assert!(
+        f.iter()
+            .any(|f| f.contains("uses only HTTP attributes in a DENY rule")),
+        "{f:?}"
+    );
+    assert!(deny("to: [{operation: {methods: [POST], ports: [\"80\"]}}]").is_empty());
+    assert!(deny("from: [{source: {namespaces: [bar]}}]").is_empty());
     // What Istio accepts stays valid: an empty rule, and ALLOW without rules (allow nothing).
     assert!(check(&ap("  action: DENY\n  rules: [{}]\n")).is_empty());
     assert!(check(&ap("  action: ALLOW\n")).is_empty());

@@ -174,6 +174,11 @@ fn strs(v: &[String]) -> Vec<StrPattern> {
     v.iter().map(|s| StrPattern::parse(s)).collect()
 }
 
+/// Namespaces, whose `*` istiod lets stand anywhere.
+fn namespace_patterns(v: &[String]) -> Vec<StrPattern> {
+    v.iter().map(|s| StrPattern::parse_namespace(s)).collect()
+}
+
 /// A check for the positive list and one for the negated list, each only when non-empty.
 fn pair(
     out: &mut Vec<Check>,
@@ -268,7 +273,7 @@ impl Builder<'_> {
             ("", &s.not_request_principals),
             jwt,
         )?;
-        let namespaces = |_: &str, v: &[String]| Ok(Test::Namespace(strs(v)));
+        let namespaces = |_: &str, v: &[String]| Ok(Test::Namespace(namespace_patterns(v)));
         pair(
             &mut c,
             ("", &s.namespaces),
@@ -349,7 +354,7 @@ impl Builder<'_> {
             let field = format!("{at}.{n}");
             Ok(match key {
                 "source.principal" => Test::Principal(strs(v)),
-                "source.namespace" => Test::Namespace(strs(v)),
+                "source.namespace" => Test::Namespace(namespace_patterns(v)),
                 "source.serviceAccount" => self.accounts(&field, v)?,
                 "source.ip" | "remote.ip" => Test::SourceIp(self.ip_blocks(&field, v)?),
                 "destination.ip" => Test::DestinationIp(self.ip_blocks(&field, v)?),

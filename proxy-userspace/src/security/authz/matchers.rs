@@ -11,6 +11,8 @@ pub enum StrPattern {
     Prefix(String),
     Suffix(String),
     Presence,
+    /// The parts between `*`s, each `*` matching any run of characters (namespaces only).
+    Glob(Vec<String>),
 }
 
 impl StrPattern {
@@ -26,12 +28,24 @@ impl StrPattern {
         }
     }
 
+    /// A namespace pattern as istiod builds its matcher: every `*` matches any run of
+    /// characters, wherever it is (`*o*`, `b*r`), not only at one end.
+    pub fn parse_namespace(s: &str) -> StrPattern {
+        let inner = s.len() > 1 && s[1..s.len() - 1].contains('*');
+        if inner || (s.len() > 1 && s.starts_with('*') && s.ends_with('*')) {
+            StrPattern::Glob(s.split('*').map(str::to_string).collect())
+        } else {
+            StrPattern::parse(s)
+        }
+    }
+
     pub fn matches(&self, v: &str) -> bool {
         match self {
             StrPattern::Exact(e) => v == e,
             StrPattern::Prefix(p) => v.starts_with(p.as_str()),
             StrPattern::Suffix(s) => v.ends_with(s.as_str()),
             StrPattern::Presence => !v.is_empty(),
+            StrPattern::Glob(parts) => glob_matches(parts, v),
         }
     }
 
@@ -47,8 +61,34 @@ impl StrPattern {
                 v.len() >= s.len() && v[v.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
             }
             StrPattern::Presence => !v.is_empty(),
+            StrPattern::Glob(parts) => glob_matches(parts, &String::from_utf8_lossy(v)),
         }
     }
+}
+
+/// Whether `v` is `parts` joined by runs of any characters: the first part begins it, the last
+/// ends it, and the others appear in order between.
+fn glob_matches(parts: &[String], v: &str) -> bool {
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return true;
+    };
+    if parts.len() == 1 {
+        return v == first;
+    }
+    if v.len() < first.len() + last.len()
+        || !v.starts_with(first.as_str())
+        || !v.ends_with(last.as_str())
+    {
+        return false;
+    }
+    let mut rest = &v[first.len()..v.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part.as_str()) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// An address block: `10.0.0.0/8`, `2001:db8::/32`, or a single address (`/32`, `/128`).

@@ -136,3 +136,13 @@ fn path_normalization() {
         assert_eq!(normalize_path(input), expected, "{input}");
     }
 }
+
+#[test]
+fn namespace_wildcards_stand_anywhere_as_istiod_builds_them() {
+    let m = |p: &str, v: &str| StrPattern::parse_namespace(p).matches(v);
+    assert!(m("*o*", "foo") && m("*o*", "o") && !m("*o*", "bar"));
+    assert!(m("b*r", "bar") && m("b*r", "br") && !m("b*r", "bars"));
+    assert!(m("a*b*c", "axxbyyc") && !m("a*b*c", "acb"));
+    assert!(m("prod-*", "prod-eu") && m("*-eu", "prod-eu") && m("*", "x"));
+    assert!(m("foo", "foo") && !m("foo", "foo2"));
+}
