@@ -178,7 +178,10 @@ fn warn_without_percentage(node: &Node, path: &str, at: Pos, r: &mut Report) {
 static ABORT: Obj = Obj {
     fields: &[
         opt("httpStatus", int(200, 599)),
-        opt("grpcStatus", STR),
+        opt(
+            "grpcStatus",
+            Ty::Enum(&crate::policy::model::virtual_service::GRPC_STATUS_NAMES),
+        ),
         warned("http2Error", STR, NOTE_UNSUPPORTED),
         opt("percentage", Ty::Obj(&PERCENTAGE)),
     ],

@@ -427,6 +427,26 @@ fn a_fault_without_a_percentage_is_a_warning() {
     );
 }
 
+/// As Istio's validation: a fault's `grpcStatus` is a status name; a typo, a number or another
+/// case would otherwise inject UNKNOWN, or a code nobody named.
+#[test]
+fn a_fault_grpc_status_is_a_status_name() {
+    let abort = |status: &str| {
+        check(&vs(&format!(
+            "  - route: [{{destination: {{host: r}}}}]\n    fault:\n      abort: {{grpcStatus: {status}, percentage: {{value: 100}}}}\n"
+        )))
+    };
+    assert!(abort("UNAVAILABLE").is_empty());
+    for bad in ["UNAVAILABLEX", "unavailable", "\"14\""] {
+        let f = abort(bad);
+        assert_eq!(f.len(), 1, "{bad}: {f:?}");
+        assert!(
+            f[0].contains("error: spec.http[0].fault.abort.grpcStatus: "),
+            "{bad}: {f:?}"
+        );
+    }
+}
+
 #[test]
 fn retry_conditions_meshd_never_acts_on_are_a_warning() {
     let f = check(&vs(

@@ -16,28 +16,11 @@ fn applies(p: Option<&Percent>, legacy: Option<u32>) -> bool {
 
 /// gRPC status names as Istio's `grpcStatus` spells them.
 fn grpc_code(name: &str) -> u32 {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
+    // Validation admits the names only; a number compiled in anyway is taken as is.
+    let names = &crate::policy::model::virtual_service::GRPC_STATUS_NAMES;
     name.parse()
         .ok()
-        .or_else(|| NAMES.iter().position(|n| *n == name).map(|i| i as u32))
+        .or_else(|| names.iter().position(|n| *n == name).map(|i| i as u32))
         .unwrap_or(2)
 }
 
