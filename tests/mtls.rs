@@ -797,6 +797,11 @@ fn dry_run_and_audit_policies_report_and_enforce_nothing() {
         log.contains("audited by AUDIT policy default/audit-headers"),
         "{log}"
     );
+    assert!(
+        log.lines().any(|l| l.contains("audited by AUDIT policy")
+            && l.contains("source=default/productpage at 127.0.0.1:")),
+        "the line names the caller's workload: {log}"
+    );
     // TCP: a DENY rule's HTTP fields are ignored there, so the dry run would deny it, and the
     // connection goes through.
     let out = d

@@ -66,8 +66,21 @@ fn decide(
     http: Option<&HttpAttrs<'_>>,
 ) -> Option<String> {
     let d = evaluate(ctx, snap, down, target, http)?;
-    report(&ctx.metrics, &d, down.peer, target, http);
+    report(&ctx.metrics, &d, Caller(down), target, http);
     (!d.allowed).then_some(d.reason)
+}
+
+/// The caller as the AUDIT and dry-run lines name it: its workload, and its address (every
+/// caller on one node is 127.0.0.1 or the node's address, so the address alone says little).
+struct Caller<'a>(&'a Downstream);
+
+impl std::fmt::Display for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0.workload {
+            Some(w) => write!(f, "{w} at {}", self.0.peer),
+            None => write!(f, "{}", self.0.peer),
+        }
+    }
 }
 
 /// The decision on a connection or request (`http`) from `down` to `target`; None when meshd
