@@ -1003,11 +1003,12 @@ print(round(time.time() - start, 1))
     .unwrap_or_else(|| panic!("{}", d.log_text()));
 }
 
-/// A gRPC request's own deadline (`grpc-timeout`), as Istio's routes honour it: a call still
-/// unanswered when it passes gets DEADLINE_EXCEEDED from meshd (trailers-only, flag DT); one
-/// answered in time is untouched.
+/// A gRPC request's own deadline (`grpc-timeout`), as Envoy takes it under Istio's routes
+/// (`max_grpc_timeout`): the route's timeout when shorter, so a call still unanswered when it
+/// passes gets the route timeout's answer (trailers-only UNAVAILABLE, `upstream request
+/// timeout`, flag UT); one answered in time is untouched, and a deadline of 0 is none.
 #[test]
-fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
+fn a_grpc_deadline_ends_the_call_as_the_route_timeout() {
     if !ebpf_available("grpc_deadline") {
         return;
     }
@@ -1040,11 +1041,17 @@ fn a_grpc_deadline_ends_the_call_with_deadline_exceeded() {
         "cut at the deadline, not after the backend's 3 s"
     );
     assert!(late.starts_with("http/2 200"), "{late}");
-    assert!(late.contains("grpc-status: 4"), "DEADLINE_EXCEEDED: {late}");
-    assert!(d.log_text().contains("flags=DT"), "{}", d.log_text());
+    assert!(late.contains("grpc-status: 14"), "UNAVAILABLE: {late}");
+    assert!(late.contains("upstream request timeout"), "{late}");
+    assert!(d.log_text().contains("flags=UT"), "{}", d.log_text());
     let in_time = call("5S", "/sleep/100");
     assert!(in_time.starts_with("http/2 200"), "{in_time}");
-    assert!(!in_time.contains("grpc-status: 4"), "{in_time}");
+    assert!(!in_time.contains("grpc-status: 14"), "{in_time}");
+    let none = call("0m", "/sleep/300");
+    assert!(
+        none.starts_with("http/2 200") && !none.contains("grpc-status"),
+        "a deadline of 0 is none: {none}"
+    );
 }
 
 /// As Envoy under Istio (whose routes set `max_grpc_timeout` to their timeout), the server of a

@@ -1,6 +1,6 @@
 //! The route timeout over the response body: Envoy's route `timeout` lasts until the response
 //! is complete, so a response still streaming when it expires is cut off (flag UT). A gRPC
-//! request's own deadline (`grpc-timeout`) bounds its stream the same way (flag DT).
+//! request's own deadline (`grpc-timeout`), when shorter, is that timeout.
 
 use std::{
     pin::Pin,
@@ -19,11 +19,6 @@ use super::body::{Body, BoxError};
 #[error("the route timeout expired during the response")]
 pub struct RouteTimeout;
 
-/// The error a response body ends with when the gRPC request's deadline expires during it.
-#[derive(Debug, thiserror::Error)]
-#[error("the gRPC deadline (grpc-timeout) expired during the response")]
-pub struct GrpcDeadline;
-
 /// The header a gRPC request's deadline travels in.
 pub const GRPC_TIMEOUT: hyper::header::HeaderName =
     hyper::header::HeaderName::from_static("grpc-timeout");
@@ -35,7 +30,8 @@ pub fn is_grpc(headers: &hyper::HeaderMap) -> bool {
 }
 
 /// The deadline a gRPC request carries: its `grpc-timeout` header (1 to 8 digits and a unit:
-/// `H`, `M`, `S`, `m`, `u`, `n`), as Istio's routes honour it (uncapped).
+/// `H`, `M`, `S`, `m`, `u`, `n`), as Istio's routes honour it (uncapped). Zero is none, as
+/// Envoy reads it (its default, infinity).
 pub fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
     // Looked up first: most requests have none, and are done with after one lookup.
     let value = headers.get(GRPC_TIMEOUT)?.as_bytes();
@@ -56,6 +52,7 @@ pub fn grpc_timeout(headers: &hyper::HeaderMap) -> Option<Duration> {
         b"n" => Duration::from_nanos(n),
         _ => return None,
     })
+    .filter(|t| !t.is_zero())
 }
 
 /// `t` as a `grpc-timeout` value, as Envoy writes it: milliseconds, or a coarser unit when
@@ -93,29 +90,17 @@ pub fn retry_grpc_timeout(
     }
 }
 
-/// Which deadline bounds a response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expiry {
-    /// The route's `timeout`.
-    Route,
-    /// The gRPC request's `grpc-timeout`.
-    Grpc,
-}
-
-/// A response body that fails with [`RouteTimeout`] (or [`GrpcDeadline`]) if it has not ended
-/// by `deadline`.
+/// A response body that fails with [`RouteTimeout`] if it has not ended by `deadline`.
 pub struct Deadline {
     inner: Body,
     expires: Pin<Box<Sleep>>,
-    expiry: Expiry,
 }
 
 impl Deadline {
-    pub fn of(inner: Body, deadline: Instant, expiry: Expiry) -> Deadline {
+    pub fn of(inner: Body, deadline: Instant) -> Deadline {
         Deadline {
             inner,
             expires: Box::pin(tokio::time::sleep_until(deadline)),
-            expiry,
         }
     }
 }
@@ -129,10 +114,7 @@ impl hyper::body::Body for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.expires.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Some(Err(match self.expiry {
-                Expiry::Route => RouteTimeout.into(),
-                Expiry::Grpc => GrpcDeadline.into(),
-            })));
+            return Poll::Ready(Some(Err(RouteTimeout.into())));
         }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
@@ -165,7 +147,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_still_streaming_at_the_deadline_fails_with_route_timeout() {
         let start = Instant::now();
-        let mut body = Deadline::of(stalled(), start + Duration::from_secs(2), Expiry::Route);
+        let mut body = Deadline::of(stalled(), start + Duration::from_secs(2));
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "first");
         let err = body.frame().await.unwrap().unwrap_err();
@@ -176,7 +158,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_in_time_is_untouched() {
         let full = super::super::body::full("all of it");
-        let mut body = Deadline::of(full, Instant::now() + Duration::from_secs(2), Expiry::Route);
+        let mut body = Deadline::of(full, Instant::now() + Duration::from_secs(2));
         let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(data, "all of it");
         assert!(body.frame().await.is_none());
@@ -234,5 +216,12 @@ mod tests {
             assert_eq!(h("application/grpc", bad), None, "{bad:?}");
         }
         assert_eq!(h("application/json", "250m"), None, "not gRPC");
+        for zero in ["0m", "0S", "00H"] {
+            assert_eq!(
+                h("application/grpc", zero),
+                None,
+                "{zero}: no deadline, as in Envoy"
+            );
+        }
     }
 }

@@ -295,10 +295,6 @@ impl hyper::body::Body for LoggedBody {
                     self.log
                         .rec
                         .fail(ResponseFlags::UPSTREAM_TIMEOUT, e.to_string());
-                } else if e.is::<super::deadline::GrpcDeadline>() {
-                    self.log
-                        .rec
-                        .fail(ResponseFlags::DURATION_TIMEOUT, e.to_string());
                 } else {
                     self.log.rec.fail(
                         ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,

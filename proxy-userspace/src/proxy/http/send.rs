@@ -17,7 +17,7 @@ use hyper::{
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
     body::ClientFailure,
-    deadline::{self, Deadline, Expiry, GRPC_TIMEOUT, is_grpc},
+    deadline::{self, Deadline, GRPC_TIMEOUT, is_grpc},
     forward::{GRPC_STATUS, local},
     lb::Algorithm,
     locality::{self, Locality},
@@ -513,27 +513,6 @@ fn timed_out(rec: &mut Record) -> Response<Body> {
     local(504, "upstream request timeout", None)
 }
 
-/// A gRPC request whose deadline (`grpc-timeout`) passed before its answer: as Envoy answers
-/// it, trailers-only with `DEADLINE_EXCEEDED`, flag DT.
-fn deadline_exceeded(rec: &mut Record) -> Response<Body> {
-    rec.fail(
-        ResponseFlags::DURATION_TIMEOUT,
-        "the gRPC deadline (grpc-timeout) expired before the response",
-    );
-    let mut r = Response::new(super::body::full(bytes::Bytes::new()));
-    let h = r.headers_mut();
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(GRPC_STATUS, HeaderValue::from_static("4"));
-    h.insert(
-        "grpc-message",
-        HeaderValue::from_static("downstream duration timeout"),
-    );
-    r
-}
-
 /// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`).
 fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::Replayable) {
     let Some(route) = plan.route else { return };
@@ -640,12 +619,13 @@ pub async fn with_policy(
     };
     let timeout = overrides.as_ref().map_or(route_timeout, |o| o.timeout);
     // As Envoy's route timeout, the limit runs from the end of the request (its body whole)
-    // until the response is complete, its body too; a gRPC request's own deadline likewise,
-    // whichever is shorter.
-    let (limit, expiry) = match (timeout, deadline::grpc_timeout(req.headers())) {
-        (Some(r), Some(g)) if g < r => (Some(g), Expiry::Grpc),
-        (None, Some(g)) => (Some(g), Expiry::Grpc),
-        (r, _) => (r, Expiry::Route),
+    // until the response is complete, its body too. A gRPC request's own deadline is that
+    // timeout when shorter, as Envoy takes it under Istio's `max_grpc_timeout` (the route's
+    // timeout, uncapped without one): it expires as the route timeout does (504, gRPC status
+    // 14, flag UT).
+    let limit = match (timeout, deadline::grpc_timeout(req.headers())) {
+        (Some(r), Some(g)) => Some(r.min(g)),
+        (r, g) => r.or(g),
     };
     // As Envoy does under Istio (whose routes set `max_grpc_timeout` to their timeout), a gRPC
     // request tells its server the time it has: the shorter of its deadline and the route
@@ -690,18 +670,15 @@ pub async fn with_policy(
     // A streamed request is sent once, so its per-try timeout bounds that one attempt, and
     // like the route timeout it runs from the request's end, as Envoy starts it.
     let single;
-    let (policy, limit, expiry) = match (&replayable, policy.per_try_timeout) {
+    let (policy, limit) = match (&replayable, policy.per_try_timeout) {
         (None, Some(t)) => {
             single = RetryPolicy {
                 per_try_timeout: None,
                 ..policy.clone()
             };
-            match limit {
-                Some(l) if l <= t => (&single, Some(l), expiry),
-                _ => (&single, Some(t), Expiry::Route),
-            }
+            (&single, Some(limit.map_or(t, |l| l.min(t))))
         }
-        _ => (policy, limit, expiry),
+        _ => (policy, limit),
     };
     // A body held whole has ended: the clock starts now. A streamed one starts it as it ends,
     // so a slow upload is not cut short while the client is still sending it.
@@ -875,10 +852,7 @@ pub async fn with_policy(
     }
     let Some(attempts) = attempts else {
         timed_out_at(ctx);
-        return match expiry {
-            Expiry::Route => timed_out(rec),
-            Expiry::Grpc => deadline_exceeded(rec),
-        };
+        return timed_out(rec);
     };
     if attempts.overflow {
         let (limit, reason) = match &plan.limits.retry_budget {
@@ -920,7 +894,7 @@ pub async fn with_policy(
             match deadline {
                 Some(d) => resp.map(|b| {
                     let b = super::body::boxed(b);
-                    super::body::boxed(Deadline::of(b, d, expiry))
+                    super::body::boxed(Deadline::of(b, d))
                 }),
                 None => resp.map(super::body::boxed),
             }
