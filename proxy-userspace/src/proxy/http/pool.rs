@@ -5,6 +5,7 @@
 
 mod cluster;
 mod connect;
+mod ends_by_reading;
 mod h1;
 mod h2;
 mod http_connect;

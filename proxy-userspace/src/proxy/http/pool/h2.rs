@@ -66,7 +66,9 @@ pub async fn handshake(io: Box<dyn Io>, slot: Slot) -> Result<Conn, h2::Error> {
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_header_list_size(MAX_HEADER_LIST)
         .enable_push(false)
-        .handshake::<_, Bytes>(io)
+        // A write to a server that has gone does not end the connection: its last frames,
+        // still in the socket, are read first.
+        .handshake::<_, Bytes>(super::ends_by_reading::EndsByReading::new(io))
         .await?;
     let closed = Arc::new(AtomicBool::new(false));
     let ended = closed.clone();
