@@ -194,8 +194,13 @@ impl ConfigStore {
                     generation = old.generation,
                     "configuration rejected; keeping the last good one:"
                 );
+                // Each finding at its own level: the warnings beside the errors are warnings.
                 for line in e.to_string().lines() {
-                    tracing::error!("  {line}");
+                    if line.contains(": warning: ") {
+                        tracing::warn!("  {line}");
+                    } else {
+                        tracing::error!("  {line}");
+                    }
                 }
                 self.metrics.config_reload("failure");
                 *rejected_last = true;

@@ -31,7 +31,8 @@ fn protocol(s: &str) -> Result<(), String> {
 static SERVICE_PORT: Obj = obj(&[
     req("number", PORT),
     opt("protocol", Ty::Str(protocol)),
-    req("name", Ty::Str(rules::non_empty)),
+    // A DNS-1123 label, as Istio's `ValidatePortName` wants it.
+    req("name", Ty::Str(rules::dns_label)),
     opt("targetPort", PORT),
 ]);
 
@@ -40,7 +41,11 @@ pub static WORKLOAD: Obj = obj(&[
     req("address", Ty::Str(rules::address)),
     opt("ports", Ty::Map(rules::non_empty, &PORT)),
     opt("labels", LABELS),
-    opt("network", STR),
+    warned(
+        "network",
+        STR,
+        "meshd has one network: endpoints are reached directly or through the tunnel whatever their network",
+    ),
     opt("locality", STR),
     opt("weight", int(0, i32::MAX as i64)),
     opt("serviceAccount", Ty::Str(rules::dns_subdomain)),
@@ -61,7 +66,11 @@ pub static SPEC: Obj = Obj {
         opt("endpoints", Ty::List(&Ty::Obj(&WORKLOAD))),
         opt("workloadSelector", Ty::Obj(&WORKLOAD_SELECTOR)),
         warned("exportTo", STRINGS, NOTE_EVERY_NAMESPACE),
-        opt("subjectAltNames", STRINGS),
+        warned(
+            "subjectAltNames",
+            STRINGS,
+            "meshd does not check a server's certificate against the ServiceEntry's subjectAltNames; the tunnel checks the workload identity, and DestinationRule tls.subjectAltNames checks what meshd originates",
+        ),
         opt("trafficDistribution", STR),
     ],
     one_of: &[&["endpoints", "workloadSelector"]],
@@ -70,6 +79,7 @@ pub static SPEC: Obj = Obj {
 
 fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
     non_empty_list(node, "hosts", path, at, "host", r);
+    check_as_istio(node, path, r);
     if let Some(e) = node.entry("trafficDistribution") {
         let key = report::key(path, "trafficDistribution");
         crate::policy::validate::traffic_distribution(&e.value, &key, r);
@@ -126,3 +136,99 @@ fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
 }
 
 pub static WORKLOAD_ENTRY_SPEC: &Obj = &WORKLOAD;
+
+/// What else Istio's `ValidateServiceEntry` refuses: `*` as a host; endpoints with resolution
+/// NONE; more than one with DNS_ROUND_ROBIN; CIDR addresses with DNS resolution; several hosts
+/// on a plain TCP port (nothing tells them apart) unless resolution is NONE; and an endpoint
+/// port whose name the entry does not declare (its traffic would go to the service port).
+fn check_as_istio(node: &Node, path: &str, r: &mut Report) {
+    let items = |key: &str| node.get(key).and_then(Node::items).unwrap_or_default();
+    let written = node.get("resolution").and_then(Node::as_str);
+    let resolution = written.unwrap_or("NONE");
+    let (hosts, endpoints, ports) = (items("hosts"), items("endpoints"), items("ports"));
+    for (i, h) in hosts.iter().enumerate() {
+        if h.as_str() == Some("*") {
+            let at = report::index(&report::key(path, "hosts"), i);
+            r.error(h.pos, &at, "\"*\" is not a host (Istio refuses it): name the hosts, or a domain such as \"*.example.com\"");
+        }
+    }
+    let endpoints_at = report::key(path, "endpoints");
+    match (written, endpoints.first()) {
+        (Some("NONE"), Some(first)) => r.error(
+            first.pos,
+            &endpoints_at,
+            "resolution NONE takes no endpoints (Istio refuses them): use STATIC to send to these endpoints",
+        ),
+        (None, Some(first)) => r.warn(
+            first.pos,
+            &endpoints_at,
+            "without resolution (NONE by default) Istio refuses endpoints; meshd sends to them as with STATIC: write resolution: STATIC",
+        ),
+        (Some("DNS_ROUND_ROBIN"), Some(_)) if endpoints.len() > 1 => r.error(
+            endpoints[1].pos,
+            &endpoints_at,
+            "resolution DNS_ROUND_ROBIN takes at most one endpoint (Istio refuses more)",
+        ),
+        _ => {}
+    }
+    if matches!(resolution, "DNS" | "DNS_ROUND_ROBIN") {
+        for (i, a) in items("addresses").iter().enumerate() {
+            if a.as_str().is_some_and(|a| a.contains('/')) {
+                let at = report::index(&report::key(path, "addresses"), i);
+                r.error(
+                    a.pos,
+                    &at,
+                    "a CIDR address needs resolution NONE or STATIC (Istio refuses it with DNS)",
+                );
+            }
+        }
+    }
+    // A port declared as plain TCP (one without a protocol may be named for one).
+    let plain_tcp = ports.iter().find(|p| {
+        p.get("protocol")
+            .and_then(Node::as_str)
+            .is_some_and(|protocol| {
+                !["HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTPS", "TLS"]
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(protocol))
+            })
+    });
+    if let Some(p) = plain_tcp
+        && hosts.len() > 1
+        && resolution != "NONE"
+    {
+        r.error(
+            p.pos,
+            &report::key(path, "ports"),
+            "several hosts on a port that is neither HTTP nor TLS cannot be told apart (Istio refuses it unless resolution is NONE): give each host its own ServiceEntry",
+        );
+    }
+    let names: HashSet<&str> = ports
+        .iter()
+        .filter_map(|p| p.get("name").and_then(Node::as_str))
+        .collect();
+    for (i, e) in endpoints.iter().enumerate() {
+        let Some(entries) = e.get("ports").and_then(Node::entries) else {
+            continue;
+        };
+        for entry in entries {
+            if !names.contains(entry.key.as_str()) {
+                let at = report::key(
+                    &report::key(&report::index(&endpoints_at, i), "ports"),
+                    &entry.key,
+                );
+                let mut declared: Vec<&str> = names.iter().copied().collect();
+                declared.sort_unstable();
+                r.error(
+                    entry.key_pos,
+                    &at,
+                    format!(
+                        "{} is not the name of one of the ServiceEntry's ports ({}), as Istio requires",
+                        quote(&entry.key),
+                        declared.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}

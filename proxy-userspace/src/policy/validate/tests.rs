@@ -751,3 +751,71 @@ fn sni_hosts_must_be_among_the_virtual_services_hosts() {
         ]
     );
 }
+
+/// What Istio's ServiceEntry validation refuses is refused here too, with the field named;
+/// an endpoint port name the entry does not declare sent its traffic to the service port.
+#[test]
+fn service_entries_istio_refuses_are_errors() {
+    let se = |spec: &str| {
+        check(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: s, namespace: shop}}\nspec:\n{spec}"
+        ))
+    };
+    let one = |f: Vec<String>, want: &str| {
+        assert_eq!(f.len(), 1, "{want}: {f:?}");
+        assert!(f[0].contains(want), "{want}: {f:?}");
+    };
+    one(
+        se(
+            "  hosts: [s.test]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1, ports: {htpp: 8080}}]\n",
+        ),
+        "error: spec.endpoints[0].ports.htpp: \"htpp\" is not the name of one of the ServiceEntry's ports (http)",
+    );
+    one(
+        se(
+            "  hosts: [s.test]\n  ports: [{number: 80, name: http}]\n  resolution: NONE\n  endpoints: [{address: 127.0.0.1}]\n",
+        ),
+        "error: spec.endpoints: resolution NONE takes no endpoints",
+    );
+    one(
+        se(
+            "  hosts: [s.test]\n  ports: [{number: 80, name: http}]\n  endpoints: [{address: 127.0.0.1}]\n",
+        ),
+        "warning: spec.endpoints: without resolution (NONE by default)",
+    );
+    one(
+        se("  hosts: [\"*\"]\n  ports: [{number: 80, name: http}]\n"),
+        "error: spec.hosts[0]: \"*\" is not a host",
+    );
+    one(
+        se(
+            "  hosts: [s.test]\n  ports: [{number: 80, name: http}]\n  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: a.test}, {address: b.test}]\n",
+        ),
+        "error: spec.endpoints: resolution DNS_ROUND_ROBIN takes at most one endpoint",
+    );
+    one(
+        se(
+            "  hosts: [s.test]\n  addresses: [10.0.0.0/24]\n  ports: [{number: 80, name: http}]\n  resolution: DNS\n",
+        ),
+        "error: spec.addresses[0]: a CIDR address needs resolution NONE or STATIC",
+    );
+    one(
+        se(
+            "  hosts: [a.test, b.test]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: DNS\n",
+        ),
+        "error: spec.ports: several hosts on a port that is neither HTTP nor TLS",
+    );
+    one(
+        se("  hosts: [s.test]\n  ports: [{number: 80, name: HTTP_Port}]\n"),
+        "error: spec.ports[0].name: \"HTTP_Port\" is not a valid name",
+    );
+    one(
+        se(
+            "  hosts: [s.test]\n  ports: [{number: 80, name: http}]\n  subjectAltNames: [spiffe://x]\n",
+        ),
+        "warning: spec.subjectAltNames: meshd does not check",
+    );
+    // What Istio accepts stays valid.
+    assert!(se("  hosts: [a.test, b.test]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: NONE\n").is_empty());
+    assert!(se("  hosts: [s.test]\n  ports: [{number: 80, name: http-web}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1, ports: {http-web: 8080}}]\n").is_empty());
+}
