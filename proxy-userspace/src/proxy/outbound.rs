@@ -224,8 +224,11 @@ async fn handle(
 /// would originate TLS: a client that speaks TLS itself is not wrapped again.
 const CLIENT_TLS_WAIT: Duration = Duration::from_millis(50);
 
-/// How long the rest of a ClientHello may take once sniffing has seen its first bytes.
-const SNI_AFTER_SNIFF: Duration = Duration::from_millis(50);
+/// How long a ClientHello may take where a server name can route the connection: a TLS client
+/// speaks first and sends it whole, so this bounds only a client that stalls (Envoy's TLS
+/// inspector under Istio waits without a limit). Routing by a name cut short by a shorter wait
+/// sent connections whose hello came late, or in pieces, to the wrong backend.
+const SNI_WAIT: Duration = Duration::from_secs(5);
 
 /// Logs and counts a connection refused before it went anywhere (`dst` stands for its
 /// upstream), and gives back why.
@@ -356,12 +359,9 @@ async fn proxy(
         let by_name = snap.compiled.tcp_routes.has_tls() || snap.compiled.tls_port(dst.port());
         match (by_name, declared) {
             (false, _) => None,
-            (true, Some(_)) => snap
-                .compiled
-                .declares_tls_at(dst)
-                .then_some(ctx.detect_timeout),
+            (true, Some(_)) => snap.compiled.declares_tls_at(dst).then_some(SNI_WAIT),
             (true, None) => {
-                (first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE)).then_some(SNI_AFTER_SNIFF)
+                (first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE)).then_some(SNI_WAIT)
             }
         }
     };

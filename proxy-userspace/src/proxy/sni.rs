@@ -140,6 +140,8 @@ fn client_hello_name(handshake: &[u8]) -> Option<String> {
 pub async fn peek(stream: &TcpStream, timeout: Duration) -> Option<String> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; 512];
+    // Between looks at a hello still incomplete: 1 ms, doubling to 20 ms for a slow one.
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
@@ -153,7 +155,10 @@ pub async fn peek(stream: &TcpStream, timeout: Duration) -> Option<String> {
             }
             Hello::Incomplete if tokio::time::Instant::now() >= deadline => return None,
             // More bytes are needed; peek returns at once while data is queued.
-            Hello::Incomplete => tokio::time::sleep(Duration::from_millis(1)).await,
+            Hello::Incomplete => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
         }
     }
 }
@@ -239,5 +244,29 @@ mod tests {
         for len in 0..h.len() {
             let _ = parse(&h[..len]);
         }
+    }
+
+    /// A hello that comes late and in pieces is waited for whole, so the connection is routed
+    /// by its name rather than by the service alone.
+    #[tokio::test]
+    async fn a_slow_hello_in_pieces_is_read_whole() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let h = hello(Some("b.z.example"));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            for piece in h.chunks(h.len() / 3 + 1) {
+                s.write_all(piece).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            s
+        });
+        let (server, _) = listener.accept().await.unwrap();
+        let name = peek(&server, Duration::from_secs(5)).await;
+        assert_eq!(name.as_deref(), Some("b.z.example"));
+        drop(client.await.unwrap());
     }
 }
