@@ -1005,6 +1005,8 @@ print(round(time.time() - start, 1))
             .then_some(())
     })
     .unwrap_or_else(|| panic!("{}", d.log_text()));
+    // Flagged DT, as Envoy flags a connection past its maximum duration.
+    assert!(d.log_shows("\"response_flags\":\"DT\""), "{}", d.log_text());
 }
 
 /// A gRPC request's own deadline (`grpc-timeout`), as Envoy takes it under Istio's routes

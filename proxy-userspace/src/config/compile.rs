@@ -257,6 +257,11 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
             // A delegate: its routes apply through the roots that delegate to it.
             continue;
         }
+        if vs.spec.http.is_empty() {
+            // Only `tcp` or `tls` routes: as in Istio, it makes no HTTP virtual host, so the
+            // services it names keep their default HTTP routes (not a 404 for every request).
+            continue;
+        }
         let routes: Arc<[HttpRoute]> = delegate::expand(set, vs)
             .into_iter()
             .filter_map(http_route)
@@ -758,6 +763,25 @@ spec:
         assert_eq!(declared("10.96.0.9:80"), Some(Detected::Http1));
         assert_eq!(declared("10.96.0.9:5432"), Some(Detected::Opaque));
         assert_eq!(declared("10.96.0.9:8080"), None);
+    }
+
+    /// As Istio builds no HTTP virtual host for a VirtualService without `http` routes, one
+    /// with only `tcp` routes leaves its hosts' HTTP requests to their default routes, and an
+    /// HTTP VirtualService for the same host after it still applies.
+    #[test]
+    fn a_virtual_service_without_http_routes_routes_no_http() {
+        let vs = |name: &str, body: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [web]\n{body}"
+            )
+        };
+        let tcp_only = vs("tcp", "  tcp:\n  - route: [{destination: {host: db}}]\n");
+        let http = vs("http", "  http:\n  - route: [{destination: {host: web}}]\n");
+        let c = compile(&load_str("t.yaml".as_ref(), &format!("{SHARED_VIP}{tcp_only}")).unwrap());
+        assert!(c.routes.exact("web.default.svc.cluster.local").is_none());
+        let both = format!("{SHARED_VIP}{tcp_only}{http}");
+        let c = compile(&load_str("t.yaml".as_ref(), &both).unwrap());
+        assert!(c.routes.exact("web.default.svc.cluster.local").is_some());
     }
 
     #[test]

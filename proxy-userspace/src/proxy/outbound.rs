@@ -755,9 +755,12 @@ impl TcpRecord {
                 .into();
     }
 
-    /// The connection was closed by meshd at its maximum duration.
+    /// The connection was closed by meshd at its maximum duration: flag DT, as Envoy marks a
+    /// connection that exceeded its `max_connection_duration`.
     fn lived_out(&mut self) {
         self.entry.reason = "maximum duration (connectionPool.tcp.maxConnectionDuration)".into();
+        self.entry.response_flags = "DT".into();
+        self.labels.response_flags = "DT".into();
     }
 
     fn closed(mut self, ctx: &Outbound, sent: u64, received: u64) {

@@ -28,7 +28,7 @@ flags! {
     UPSTREAM_CONNECTION_TERMINATION = 9, "UC", "The upstream connection closed mid-request.";
     RATE_LIMITED = 10, "RL", "A rate limit denied the request.";
     RATE_LIMIT_SERVICE_ERROR = 11, "RLSE", "The global rate limit's Redis failed and the policy fails closed.";
-    DURATION_TIMEOUT = 12, "DT", "Envoy's maximum stream duration expired (meshd does not set it: a gRPC deadline expires as the route timeout, UT).";
+    DURATION_TIMEOUT = 12, "DT", "An opaque connection reached its maximum duration (connectionPool.tcp.maxConnectionDuration).";
     DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE", "The client's request broke the protocol (a malformed body).";
     UPSTREAM_PROTOCOL_ERROR = 14, "UPE", "The upstream's response broke the protocol (a malformed head).";
     UPSTREAM_REMOTE_RESET = 15, "UR", "The upstream reset or refused the request's HTTP/2 stream.";
