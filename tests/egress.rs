@@ -440,6 +440,47 @@ spec:
     assert_eq!(api.requests(), 1, "{out}");
 }
 
+/// Without a VirtualService, a request whose Host a wildcard ServiceEntry with STATIC
+/// endpoints covers goes to those endpoints, as Istio's `*.suffix` virtual host routes it, not
+/// to the address the client dialled.
+#[test]
+fn a_wildcard_service_entry_with_endpoints_takes_the_hosts_it_covers() {
+    if !ebpf_available("egress_wildcard_static") {
+        return;
+    }
+    let api = HttpBackend::start("127.0.0.64:0");
+    let port = api.addr.port();
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: wc
+spec:
+  hosts: ["*.wc.example"]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.64}}]
+"#
+    );
+    let d = start("egress-wildcard-static", 289, &yaml);
+    // Dialled at an address nothing listens on: only the entry's endpoint can answer.
+    let out = curl(
+        &d,
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            &format!("foo.wc.example:{port}:127.0.0.99"),
+            &format!("http://foo.wc.example:{port}/whoami"),
+        ],
+    );
+    assert_eq!(out.trim(), "200", "{}", d.log_text());
+    assert_eq!(api.requests(), 1);
+}
+
 /// A ServiceEntry for a TCP service `db.example` at `vip` (`resolution: STATIC`, its one endpoint
 /// the TLS server on `port`), or without endpoints at the server's own address
 /// (`resolution: NONE`), and its DestinationRule with the `tls` block given.

@@ -105,6 +105,9 @@ pub struct Compiled {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// The ports some ServiceEntry declares `TLS` or `HTTPS`.
     pub tls_ports: std::collections::HashSet<u16>,
+    /// The wildcard hosts (`*.example.com`) of ServiceEntries with endpoints, most specific
+    /// first: Istio's default route for a Host they cover goes to their endpoints.
+    pub wildcard_services: Vec<String>,
     /// Keyed by `namespace/name` of the WorkloadEntry.
     pub workloads: BTreeMap<String, WorkloadPolicies>,
     /// ServiceEntry `addresses` (VIPs) with each port the entry declares → the service's first
@@ -551,6 +554,15 @@ impl Compiled {
             .map(|(host, _)| host.as_str())
     }
 
+    /// The wildcard ServiceEntry host with endpoints that covers `host` and declares `port`, the
+    /// most specific: where Istio's default route for `host` goes (its `*.suffix` virtual host).
+    pub fn wildcard_service(&self, host: &str, port: u16) -> Option<&str> {
+        (self.wildcard_services.iter())
+            .filter(|w| crate::policy::hosts::covers(w, host))
+            .find(|w| (self.clusters.get(w.as_str())).is_some_and(|c| c.ports.contains_key(&port)))
+            .map(String::as_str)
+    }
+
     /// Whether some ServiceEntry declares `port` `TLS` or `HTTPS`: a ClientHello to it may name
     /// one of its hosts.
     pub fn tls_port(&self, port: u16) -> bool {
@@ -707,7 +719,13 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
     let tls_ports = (clusters.values())
         .flat_map(|c| c.ports.keys().copied().filter(|p| c.declares_tls(*p)))
         .collect();
+    let mut wildcard_services: Vec<String> = (clusters.iter())
+        .filter(|(host, c)| host.starts_with("*.") && !c.endpoints.is_empty())
+        .map(|(host, _)| host.clone())
+        .collect();
+    wildcard_services.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     Compiled {
+        wildcard_services,
         routes: compile_routes(set),
         tcp_routes: crate::routes::l4::TcpRoutes::compile(set),
         clusters,
@@ -782,6 +800,50 @@ spec:
         let both = format!("{SHARED_VIP}{tcp_only}{http}");
         let c = compile(&load_str("t.yaml".as_ref(), &both).unwrap());
         assert!(c.routes.exact("web.default.svc.cluster.local").is_some());
+    }
+
+    /// A wildcard ServiceEntry with endpoints is where Istio's default route for a Host it
+    /// covers goes, on the ports it declares; one without endpoints is not (the request goes
+    /// where the client dialled).
+    #[test]
+    fn a_wildcard_service_with_endpoints_takes_the_hosts_it_covers() {
+        let se = |name: &str, host: &str, endpoints: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [\"{host}\"]\n  ports: [{{number: 8080, name: http, protocol: HTTP}}]\n{endpoints}"
+            )
+        };
+        let yaml = [
+            se(
+                "wc",
+                "*.wc.test",
+                "  resolution: STATIC\n  endpoints: [{address: 127.0.0.71}]\n",
+            ),
+            se(
+                "deep",
+                "*.a.wc.test",
+                "  resolution: STATIC\n  endpoints: [{address: 127.0.0.72}]\n",
+            ),
+            se("none", "*.none.test", "  resolution: NONE\n"),
+        ]
+        .concat();
+        let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        assert_eq!(c.wildcard_service("foo.wc.test", 8080), Some("*.wc.test"));
+        assert_eq!(
+            c.wildcard_service("x.a.wc.test", 8080),
+            Some("*.a.wc.test"),
+            "the most specific"
+        );
+        assert_eq!(
+            c.wildcard_service("foo.wc.test", 9090),
+            None,
+            "a port it does not declare"
+        );
+        assert_eq!(c.wildcard_service("wc.test", 8080), None);
+        assert_eq!(
+            c.wildcard_service("x.none.test", 8080),
+            None,
+            "no endpoints"
+        );
     }
 
     #[test]

@@ -788,6 +788,12 @@ async fn forward(
                             && (Some(*h) == vip || !c.endpoints.is_empty() || vip.is_none())
                     })
                 })
+                // Else the wildcard ServiceEntry with endpoints whose `*.suffix` covers the
+                // Host, as Istio's virtual host for it routes there.
+                .or_else(|| {
+                    let host = candidates.host_names().first()?;
+                    snap.compiled.wildcard_service(host, port)
+                })
                 .map(|h| crate::routes::Destination::service(h, port));
             rec.destination_service = default_route
                 .as_ref()

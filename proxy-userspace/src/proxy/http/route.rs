@@ -53,6 +53,13 @@ pub struct HostCandidates<'a> {
     from_host: usize,
 }
 
+impl HostCandidates<'_> {
+    /// The names that come from the Host (the full name first), not from the VIP dialled.
+    pub fn host_names(&self) -> &[Cow<'_, str>] {
+        &self.names[..self.from_host]
+    }
+}
+
 impl<'a> std::ops::Deref for HostCandidates<'a> {
     type Target = [Cow<'a, str>];
 
