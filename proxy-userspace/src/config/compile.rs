@@ -311,8 +311,14 @@ fn in_use<'a>(addrs: &'a [IpAddr], resolution: Option<&str>) -> &'a [IpAddr] {
 
 fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Cluster>> {
     let mut clusters: HashMap<String, Cluster> = HashMap::new();
+    // The namespace of each host's (first) ServiceEntry: which DestinationRules its clients
+    // see by default.
+    let mut service_ns: HashMap<String, &str> = HashMap::new();
     for se in &set.service_entries {
         let ns = &se.metadata.namespace;
+        for host in &se.spec.hosts {
+            service_ns.entry(fqdn(host, ns)).or_insert(ns.as_str());
+        }
         let resolution = se.spec.resolution.as_deref();
         let mut endpoints: Vec<ServiceEndpoint> = se
             .spec
@@ -381,12 +387,53 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
     let (selective, rules): (Vec<_>, Vec<_>) = rules
         .into_iter()
         .partition(|(_, dr)| dr.spec.workload_selector.is_some());
+    // As Istio looks a rule up for a client: in the client's namespace first, then in the
+    // service's, then in the root namespace; rules for one host merge only within one
+    // namespace. The cluster itself is what clients see by default (the service's namespace,
+    // else the root's); a client of another namespace with rules of its own sees those.
+    let mut by_namespace: Vec<(String, ClientRule)> = Vec::new();
+    let mut exact: BTreeMap<&str, Vec<&model::DestinationRule>> = BTreeMap::new();
     for (host, dr) in rules.iter().filter(|(h, _)| !h.starts_with('*')) {
-        let c = clusters.entry(host.clone()).or_insert_with(|| Cluster {
-            host: host.clone(),
+        exact.entry(host.as_str()).or_default().push(*dr);
+    }
+    for (host, drs) in exact {
+        let c = clusters.entry(host.to_string()).or_insert_with(|| Cluster {
+            host: host.to_string(),
             ..Default::default()
         });
-        apply_destination_rule(c, dr);
+        let Some(&svc_ns) = service_ns.get(host) else {
+            // No ServiceEntry says whose the host is: every rule, in file order.
+            drs.iter().for_each(|dr| apply_destination_rule(c, dr));
+            continue;
+        };
+        fn in_ns<'a>(
+            drs: &'a [&'a model::DestinationRule],
+            ns: &'a str,
+        ) -> impl Iterator<Item = &'a &'a model::DestinationRule> {
+            drs.iter().filter(move |dr| dr.metadata.namespace == ns)
+        }
+        let default_ns = [svc_ns, crate::security::DEFAULT_ROOT_NAMESPACE]
+            .into_iter()
+            .find(|ns| in_ns(&drs, ns).next().is_some());
+        let mut others: Vec<&str> = (drs.iter())
+            .map(|dr| dr.metadata.namespace.as_str())
+            .filter(|ns| Some(*ns) != default_ns)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        for ns in others {
+            let mut shaped = unshaped(c);
+            in_ns(&drs, ns).for_each(|dr| apply_destination_rule(&mut shaped, dr));
+            let rule = ClientRule {
+                namespace: ns.to_string(),
+                labels: BTreeMap::new(),
+                cluster: Arc::new(shaped),
+            };
+            by_namespace.push((host.to_string(), rule));
+        }
+        if let Some(ns) = default_ns {
+            in_ns(&drs, ns).for_each(|dr| apply_destination_rule(c, dr));
+        }
     }
     // A wildcard host (`*.example.com`, `*.local`) applies to the services it covers that no
     // rule names exactly; the most specific one wins, as in Istio.
@@ -407,17 +454,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
         }
         let selects = |c: &Cluster| covers(host, &c.host);
         for c in clusters.values_mut().filter(|c| selects(c)) {
-            let mut shaped = Cluster {
-                host: c.host.clone(),
-                ports: c.ports.clone(),
-                target_ports: c.target_ports.clone(),
-                endpoints: c.endpoints.clone(),
-                host_addresses: c.host_addresses.clone(),
-                static_endpoints: c.static_endpoints,
-                traffic_distribution: c.traffic_distribution,
-                weighted: c.weighted,
-                ..Default::default()
-            };
+            let mut shaped = unshaped(c);
             apply_destination_rule(&mut shaped, dr);
             c.by_client.push(ClientRule {
                 namespace: dr.metadata.namespace.clone(),
@@ -428,10 +465,31 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             });
         }
     }
+    // After the rules with a selector, which come first for the workloads they select.
+    for (host, rule) in by_namespace {
+        if let Some(c) = clusters.get_mut(&host) {
+            c.by_client.push(rule);
+        }
+    }
     clusters
         .into_iter()
         .map(|(k, v)| (k, Arc::new(v)))
         .collect()
+}
+
+/// The cluster as no DestinationRule has shaped it: its ports and endpoints.
+fn unshaped(c: &Cluster) -> Cluster {
+    Cluster {
+        host: c.host.clone(),
+        ports: c.ports.clone(),
+        target_ports: c.target_ports.clone(),
+        endpoints: c.endpoints.clone(),
+        host_addresses: c.host_addresses.clone(),
+        static_endpoints: c.static_endpoints,
+        traffic_distribution: c.traffic_distribution,
+        weighted: c.weighted,
+        ..Default::default()
+    }
 }
 
 /// Whether the endpoints' `weight`s differ.
@@ -928,6 +986,61 @@ spec:
         assert_eq!(at("192.168.11.7:27017"), Some("wide.example"));
         assert_eq!(at("192.168.10.7:27018"), None, "an undeclared port");
         assert_eq!(at("10.1.2.4:27017"), None);
+    }
+
+    /// As Istio looks a DestinationRule up: the client's namespace first, then the service's,
+    /// then the root namespace; rules of one host in different namespaces do not merge, and a
+    /// rule in a third namespace is for that namespace's clients only.
+    #[test]
+    fn a_client_sees_the_rule_of_its_namespace_then_the_services_then_the_roots() {
+        let dr = |ns: &str, lb: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  host: web.default.svc.cluster.local\n  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}\n"
+            )
+        };
+        let seen = |yaml: &str, namespace: Option<&str>| {
+            let c = compile(&load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
+            let web = &c.clusters["web.default.svc.cluster.local"];
+            let labels = BTreeMap::new();
+            let client = Client {
+                labels: &labels,
+                namespace,
+            };
+            web.for_client(Some(&client)).destination_rule.clone()
+        };
+        // A rule in another namespace first in the files, then the service's own.
+        let two = format!(
+            "{SHARED_VIP}{}{}",
+            dr("other", "RANDOM"),
+            dr("default", "ROUND_ROBIN")
+        );
+        assert_eq!(seen(&two, Some("default")).as_deref(), Some("default/web"));
+        assert_eq!(
+            seen(&two, Some("prod")).as_deref(),
+            Some("default/web"),
+            "the service's"
+        );
+        assert_eq!(
+            seen(&two, Some("other")).as_deref(),
+            Some("other/web"),
+            "its own"
+        );
+        assert_eq!(seen(&two, None).as_deref(), Some("default/web"));
+        // Without one in the service's namespace, the root namespace's; a third namespace's
+        // rule is for its own clients only.
+        let root = format!(
+            "{SHARED_VIP}{}{}",
+            dr("other", "RANDOM"),
+            dr("istio-system", "RANDOM")
+        );
+        assert_eq!(
+            seen(&root, Some("prod")).as_deref(),
+            Some("istio-system/web")
+        );
+        assert_eq!(seen(&root, Some("other")).as_deref(), Some("other/web"));
+        let third = format!("{SHARED_VIP}{}", dr("other", "RANDOM"));
+        assert_eq!(seen(&third, Some("prod")), None);
+        assert_eq!(seen(&third, Some("other")).as_deref(), Some("other/web"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Two DestinationRules for one host (without workload selectors): they are merged, and the
-//! second one's traffic policy applies only where the first has none, which is rarely what its
-//! author expects (a warning).
+//! Two DestinationRules for one host in one namespace (without workload selectors): they are
+//! merged, and the second one's traffic policy applies only where the first has none, which is
+//! rarely what its author expects (a warning). Rules in different namespaces do not merge: each
+//! is for the clients that look it up first (their own namespace, then the service's, then the
+//! root namespace).
 
 use std::collections::HashMap;
 
@@ -11,18 +13,19 @@ use crate::policy::{
 };
 
 pub(super) fn check(index: &Index, out: &mut Vec<Finding>) {
-    let mut first_for: HashMap<&str, &Located<DestinationRule>> = HashMap::new();
+    let mut first_for: HashMap<(&str, &str), &Located<DestinationRule>> = HashMap::new();
     for (host, dr) in &index.rules {
         if dr.spec.workload_selector.is_some() {
             continue;
         }
-        let first = *first_for.entry(host.as_str()).or_insert(dr);
+        let key = (host.as_str(), dr.metadata.namespace.as_str());
+        let first = *first_for.entry(key).or_insert(dr);
         if !std::ptr::eq(first, *dr) {
             out.push(dr.finding(
                 Severity::Warning,
                 "spec.host",
                 format!(
-                    "host {host} already has DestinationRule {} ({}); as in Istio, the rules are merged: subsets by name (the first definition wins), and this trafficPolicy only if the earlier rule has none",
+                    "host {host} already has DestinationRule {} ({}); as in Istio, rules of one namespace are merged: subsets by name (the first definition wins), and this trafficPolicy only if the earlier rule has none",
                     first.id(),
                     first.at()
                 ),
