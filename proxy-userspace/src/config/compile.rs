@@ -105,9 +105,8 @@ pub struct Compiled {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// The ports some ServiceEntry declares `TLS` or `HTTPS`.
     pub tls_ports: std::collections::HashSet<u16>,
-    /// The wildcard hosts (`*.example.com`) of ServiceEntries with endpoints, most specific
-    /// first: Istio's default route for a Host they cover goes to their endpoints.
-    pub wildcard_services: Vec<String>,
+    /// The wildcard hosts (`*.example.com`) of the clusters, most specific first.
+    pub wildcard_hosts: Vec<String>,
     /// Keyed by `namespace/name` of the WorkloadEntry.
     pub workloads: BTreeMap<String, WorkloadPolicies>,
     /// ServiceEntry `addresses` (VIPs) with each port the entry declares → the service's first
@@ -605,20 +604,23 @@ impl Compiled {
         if let Some((host, _)) = (self.clusters.get_key_value(&name)).filter(|(_, c)| declares(c)) {
             return Some(host);
         }
-        (self.clusters.iter())
-            .filter(|(host, c)| host.starts_with("*.") && declares(c))
-            .filter(|(host, _)| crate::policy::hosts::covers(host, &name))
-            .max_by_key(|(host, _)| host.len())
-            .map(|(host, _)| host.as_str())
+        self.covering_wildcard(&name, declares)
+    }
+
+    /// The most specific wildcard cluster covering `host` that `fits`.
+    fn covering_wildcard(&self, host: &str, fits: impl Fn(&Cluster) -> bool) -> Option<&str> {
+        (self.wildcard_hosts.iter())
+            .filter(|w| crate::policy::hosts::covers(w, host))
+            .find(|w| self.clusters.get(w.as_str()).is_some_and(|c| fits(c)))
+            .map(String::as_str)
     }
 
     /// The wildcard ServiceEntry host with endpoints that covers `host` and declares `port`, the
     /// most specific: where Istio's default route for `host` goes (its `*.suffix` virtual host).
     pub fn wildcard_service(&self, host: &str, port: u16) -> Option<&str> {
-        (self.wildcard_services.iter())
-            .filter(|w| crate::policy::hosts::covers(w, host))
-            .find(|w| (self.clusters.get(w.as_str())).is_some_and(|c| c.ports.contains_key(&port)))
-            .map(String::as_str)
+        self.covering_wildcard(host, |c| {
+            !c.endpoints.is_empty() && c.ports.contains_key(&port)
+        })
     }
 
     /// Whether some ServiceEntry declares `port` `TLS` or `HTTPS`: a ClientHello to it may name
@@ -777,13 +779,13 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
     let tls_ports = (clusters.values())
         .flat_map(|c| c.ports.keys().copied().filter(|p| c.declares_tls(*p)))
         .collect();
-    let mut wildcard_services: Vec<String> = (clusters.iter())
-        .filter(|(host, c)| host.starts_with("*.") && !c.endpoints.is_empty())
-        .map(|(host, _)| host.clone())
+    let mut wildcard_hosts: Vec<String> = (clusters.keys())
+        .filter(|host| host.starts_with("*."))
+        .cloned()
         .collect();
-    wildcard_services.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    wildcard_hosts.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     Compiled {
-        wildcard_services,
+        wildcard_hosts,
         routes: compile_routes(set),
         tcp_routes: crate::routes::l4::TcpRoutes::compile(set),
         clusters,

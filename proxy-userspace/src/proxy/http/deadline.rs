@@ -84,9 +84,14 @@ pub fn retry_grpc_timeout(
         d.saturating_duration_since(now)
             .max(Duration::from_millis(1))
     });
-    match (left, per_try) {
-        (Some(l), Some(p)) => Some(l.min(p)),
-        (l, p) => l.or(p),
+    shorter(left, per_try)
+}
+
+/// The shorter of two limits, either of which may be unset.
+pub fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -320,12 +320,7 @@ impl Detector {
             return;
         }
         let mut all = self.hosts.lock().expect("outlier lock");
-        all.retain(|cluster, _| {
-            let host = cluster.split('|').next().unwrap_or(cluster);
-            !patterns
-                .iter()
-                .any(|p| crate::policy::hosts::covers(p, host))
-        });
+        all.retain(|cluster, _| !super::route::cluster_of_hosts(cluster, patterns));
     }
 
     pub fn report(&self) -> Vec<EndpointHealth> {

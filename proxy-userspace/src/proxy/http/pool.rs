@@ -675,11 +675,7 @@ impl Pool {
         }
         let clusters = self.clusters.lock().expect("cluster pool lock");
         for (name, c) in clusters.iter() {
-            let host = name.split('|').next().unwrap_or(name);
-            if patterns
-                .iter()
-                .any(|p| crate::policy::hosts::covers(p, host))
-            {
+            if super::route::cluster_of_hosts(name, patterns) {
                 c.close_idle();
             }
         }

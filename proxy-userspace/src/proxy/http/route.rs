@@ -593,6 +593,12 @@ fn cluster_key(host: &str, subset: &str, port: u16) -> String {
     key
 }
 
+/// Whether the cluster keyed `key` ([`cluster_key`]) is of a host one of `patterns` covers.
+pub fn cluster_of_hosts(key: &str, patterns: &[String]) -> bool {
+    let host = key.split('|').next().unwrap_or(key);
+    (patterns.iter()).any(|p| crate::policy::hosts::covers(p, host))
+}
+
 /// A setting as Istio merges a DestinationRule's levels for a port: the subset's
 /// `portLevelSettings` entry for the port, when there is one, replaces everything (a field it
 /// leaves out takes the default, not the levels above); else the subset's field, else the

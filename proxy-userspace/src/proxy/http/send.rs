@@ -623,17 +623,11 @@ pub async fn with_policy(
     // timeout when shorter, as Envoy takes it under Istio's `max_grpc_timeout` (the route's
     // timeout, uncapped without one): it expires as the route timeout does (504, gRPC status
     // 14, flag UT).
-    let limit = match (timeout, deadline::grpc_timeout(req.headers())) {
-        (Some(r), Some(g)) => Some(r.min(g)),
-        (r, g) => r.or(g),
-    };
+    let limit = deadline::shorter(timeout, deadline::grpc_timeout(req.headers()));
     // As Envoy does under Istio (whose routes set `max_grpc_timeout` to their timeout), a gRPC
     // request tells its server the time it has: the shorter of its deadline and the route
     // timeout, or the per-try timeout when that is shorter still.
-    let expected = match (limit, policy.per_try_timeout) {
-        (Some(l), Some(p)) => Some(l.min(p)),
-        (l, p) => l.or(p),
-    };
+    let expected = deadline::shorter(limit, policy.per_try_timeout);
     let grpc = is_grpc(req.headers());
     if let Some(t) = expected
         && grpc
@@ -676,7 +670,7 @@ pub async fn with_policy(
                 per_try_timeout: None,
                 ..policy.clone()
             };
-            (&single, Some(limit.map_or(t, |l| l.min(t))))
+            (&single, deadline::shorter(limit, Some(t)))
         }
         _ => (policy, limit),
     };

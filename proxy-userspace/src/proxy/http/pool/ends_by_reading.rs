@@ -25,13 +25,14 @@ impl<T> EndsByReading<T> {
         EndsByReading { io, gone: false }
     }
 
-    /// A write's outcome, with the peer's going turned into bytes dropped.
-    fn written(&mut self, r: Poll<io::Result<usize>>, len: usize) -> Poll<io::Result<usize>> {
+    /// A write's (or flush's) outcome, with the peer's going turned into `done`: the bytes
+    /// are dropped.
+    fn unless_gone<R>(&mut self, r: Poll<io::Result<R>>, done: R) -> Poll<io::Result<R>> {
         match r {
             Poll::Ready(Err(e)) if gone(&e) => {
                 tracing::debug!(error = %e, "upstream HTTP/2 peer gone: reading what it sent");
                 self.gone = true;
-                Poll::Ready(Ok(len))
+                Poll::Ready(Ok(done))
             }
             r => r,
         }
@@ -67,7 +68,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EndsByReading<T> {
             return Poll::Ready(Ok(data.len()));
         }
         let r = Pin::new(&mut this.io).poll_write(cx, data);
-        this.written(r, data.len())
+        this.unless_gone(r, data.len())
     }
 
     fn poll_write_vectored(
@@ -81,7 +82,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EndsByReading<T> {
             return Poll::Ready(Ok(len));
         }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.written(r, len)
+        this.unless_gone(r, len)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -93,13 +94,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for EndsByReading<T> {
         if this.gone {
             return Poll::Ready(Ok(()));
         }
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Ready(Err(e)) if gone(&e) => {
-                this.gone = true;
-                Poll::Ready(Ok(()))
-            }
-            r => r,
-        }
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.unless_gone(r, ())
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

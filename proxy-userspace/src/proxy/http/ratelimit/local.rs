@@ -19,12 +19,30 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// Whole fill intervals since its last fill, by `now`.
+    fn fills(&self, now: Instant) -> u128 {
+        (now - self.last_fill).as_nanos() / self.settings.2.as_nanos()
+    }
+
+    /// The tokens it holds at `now`, refilled (its maximum at most).
+    fn tokens_at(&self, now: Instant) -> u64 {
+        let (max, per_fill, _) = self.settings;
+        let fills = u64::try_from(self.fills(now)).unwrap_or(u64::MAX);
+        (self.tokens.saturating_add(per_fill.saturating_mul(fills))).min(max)
+    }
+
+    /// Adds the fills due by `now`.
+    fn refill(&mut self, now: Instant) {
+        let fills = self.fills(now);
+        if fills > 0 {
+            self.tokens = self.tokens_at(now);
+            self.last_fill += self.settings.2 * u32::try_from(fills).unwrap_or(u32::MAX);
+        }
+    }
+
     /// Refilled to its maximum by `now`: forgetting it changes nothing.
     fn full_at(&self, now: Instant) -> bool {
-        let (max, per_fill, interval) = self.settings;
-        let fills = (now - self.last_fill).as_nanos() / interval.as_nanos();
-        let fills = u64::try_from(fills).unwrap_or(u64::MAX);
-        self.tokens.saturating_add(per_fill.saturating_mul(fills)) >= max
+        self.tokens_at(now) >= self.settings.0
     }
 }
 
@@ -67,12 +85,7 @@ impl Buckets {
             *b = fresh();
         }
         b.last_used = now;
-        let fills = (now - b.last_fill).as_nanos() / interval.as_nanos();
-        if fills > 0 {
-            b.tokens =
-                (b.tokens + per_fill.saturating_mul(fills.min(u64::MAX as u128) as u64)).min(max);
-            b.last_fill += interval * fills.min(u32::MAX as u128) as u32;
-        }
+        b.refill(now);
         if b.tokens > 0 {
             b.tokens -= 1;
             Ok(b.tokens)
