@@ -9,6 +9,10 @@ use std::process::Output;
 use support::{Daemon, ebpf_available, http_backend::HttpBackend};
 
 const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+const IDLE_CLIENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/clients/idle_client.py"
+);
 const H2_OPEN_STREAM: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../tests/clients/h2_open_stream.py"
@@ -181,6 +185,49 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
         ],
     );
     assert_eq!(out, "200");
+}
+
+/// Runs the idle client under capture: its lines (one per response, then what the idle
+/// connection saw).
+fn idle_client(d: &Daemon, addr: &str, h2: bool, paths: &[&str]) -> Vec<String> {
+    let mut args = vec!["python3", IDLE_CLIENT, "--addr", addr, "--wait", "10"];
+    if h2 {
+        args.push("--h2");
+    }
+    args.extend_from_slice(paths);
+    let out = d.exec("default/idle", &args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn idle_client_connections_are_closed_after_the_idle_timeout_and_busy_ones_are_not() {
+    if !ebpf_available("http_idle") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-idle", 290, &["--http-idle-timeout", "1s"]);
+    let addr = b.addr.to_string();
+    // A request slower than the timeout, and a response whose body takes longer than it, keep
+    // the connection: it is idle only with no request in flight. It is reused after them and
+    // closed once idle.
+    let lines = idle_client(&d, &addr, false, &["/sleep/1500", "/drip/1500", "/whoami"]);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("200 "), "{lines:?}");
+    assert!(lines[1].starts_with("200 "), "{lines:?}");
+    assert!(lines[2].starts_with("200 "), "{lines:?}");
+    assert_eq!(lines[3], "eof", "{lines:?}");
+    // HTTP/2: a GOAWAY first, then the close.
+    let lines = idle_client(&d, &addr, true, &["/sleep/1500", "/whoami"]);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].starts_with("200 "), "{lines:?}");
+    assert!(lines[1].starts_with("200 "), "{lines:?}");
+    assert_eq!(lines[2..], ["goaway", "eof"], "{lines:?}");
 }
 
 #[test]

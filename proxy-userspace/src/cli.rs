@@ -105,6 +105,11 @@ pub struct RunArgs {
         default_value = "100ms"
     )]
     pub protocol_detection_timeout: String,
+    /// How long a client's HTTP connection may stay open with no request in flight before
+    /// meshd closes it (an HTTP/2 one with a GOAWAY first), as Envoy's downstream
+    /// `idle_timeout`; Istio keeps Envoy's 1h. `0s`: never.
+    #[arg(long, env = "MESHD_HTTP_IDLE_TIMEOUT", default_value = "1h")]
+    pub http_idle_timeout: String,
     /// Largest HTTP/1 request head (request line and headers) in KiB; bigger gets 431.
     #[arg(long, env = "MESHD_MAX_REQUEST_HEADERS_KB", default_value_t = 60)]
     pub max_request_headers_kb: usize,

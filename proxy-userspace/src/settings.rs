@@ -46,6 +46,9 @@ pub struct Settings {
     #[serde(with = "millis")]
     pub protocol_detection_timeout: Duration,
     pub max_request_headers_bytes: usize,
+    /// A client's HTTP connection with no request in flight this long is closed; zero: never.
+    #[serde(with = "millis")]
+    pub http_idle_timeout: Duration,
     #[serde(with = "millis")]
     pub redis_timeout: Duration,
     pub istio_metrics: bool,
@@ -125,6 +128,8 @@ impl Settings {
                     r,
                 )
             })?;
+        let http_idle_timeout = parse_duration(&a.http_idle_timeout)
+            .map_err(|r| invalid("http-idle-timeout", &a.http_idle_timeout, r))?;
         for (flag, url) in [
             ("trace-zipkin", &a.trace_zipkin),
             ("trace-otlp", &a.trace_otlp),
@@ -179,6 +184,7 @@ impl Settings {
             connect_timeout,
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
+            http_idle_timeout,
             istio_metrics: a.istio_metrics,
             tcp_reporting_interval,
             access_log: a.access_log.clone(),

@@ -341,6 +341,7 @@ async fn proxy(
                 principal,
                 life: Default::default(),
                 upgraded: Default::default(),
+                activity: Default::default(),
             },
             ctx.http.clone(),
             detected == Detected::Http2,
@@ -442,6 +443,7 @@ async fn proxy(
         principal: principal.clone(),
         life: Default::default(),
         upgraded: Default::default(),
+        activity: Default::default(),
     };
     if let Some(reason) = http::authorize::connection(&ctx.http, &snap, &down_view, upstream) {
         sockopt::set_reset_on_close(&down);

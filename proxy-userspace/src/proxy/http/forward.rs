@@ -49,6 +49,8 @@ pub async fn handle(
     // Counted as the body is read: chunked and HTTP/2 bodies declare no length.
     let received = Arc::new(body::Received::default());
     let req = req.map(|b| body::Counted::new(b, received.clone()));
+    // In flight until the record's end (the response's last byte, or a failure).
+    down.activity.began();
     let mut log = RequestLog {
         start: Instant::now(),
         method: req.method().clone(),
@@ -360,6 +362,8 @@ pub fn log_refused(down: Arc<Downstream>, ctx: Arc<HttpContext>, too_large: bool
         crate::telemetry::trace::propagate(&mut hyper::HeaderMap::new(), ctx.tracer.sample_rate);
     let mut rec = Record::default();
     rec.fail(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, why);
+    // Counted as every request is, so that the record's end balances it.
+    down.activity.began();
     drop(RequestLog {
         start: Instant::now(),
         // Unknown: Envoy's access log prints "-" for a field it does not have.
@@ -381,6 +385,7 @@ pub fn log_refused(down: Arc<Downstream>, ctx: Arc<HttpContext>, too_large: bool
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        self.down.activity.ended();
         if self.status.is_none() {
             self.rec.fail(
                 ResponseFlags::DOWNSTREAM_DISCONNECT,

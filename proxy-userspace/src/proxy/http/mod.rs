@@ -1,6 +1,7 @@
 //! The L7 pipeline for captured HTTP/1.x and HTTP/2 connections: a hyper server per downstream
 //! connection, each request forwarded over a pooled upstream connection.
 
+mod activity;
 mod affinity;
 pub mod authorize;
 pub mod body;
@@ -62,6 +63,8 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     /// Largest request head (request line and headers) accepted; bigger gets 431.
     pub max_header_bytes: usize,
+    /// A client connection with no request in flight this long is closed (`--http-idle-timeout`).
+    pub idle_timeout: Option<std::time::Duration>,
     /// The active policy snapshot; each request reads it once and keeps it to the end.
     pub config: Arc<ConfigStore>,
     /// Endpoint selection state (round-robin position, in-flight requests per endpoint).
@@ -108,6 +111,7 @@ impl HttpContext {
             mirrors: mirror::Mirrors::default(),
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,
+            idle_timeout: Some(settings.http_idle_timeout).filter(|t| !t.is_zero()),
             config,
             lb: lb::Balancer::default(),
             outliers: outlier::Detector::default(),
@@ -497,6 +501,8 @@ pub struct Downstream {
     pub life: pool::proxy_protocol::ClientLife,
     /// The WebSocket relay, once the connection is upgraded.
     pub upgraded: Upgraded,
+    /// Its requests in flight, for the idle timeout.
+    pub activity: Arc<activity::Activity>,
 }
 
 /// The relay of a connection upgraded to WebSocket. The connection's own task runs it once
@@ -533,12 +539,13 @@ impl Downstream {
     }
 }
 
-/// Serves a connection until it ends; once meshd drains, gracefully, as Envoy drains its HTTP
-/// connections: an HTTP/1.1 connection closes after the response in flight (with `Connection:
-/// close`), or at once when idle; an HTTP/2 one gets a GOAWAY and ends with its open streams.
+/// Serves a connection until it ends; once meshd drains, or once the connection has been idle
+/// for `--http-idle-timeout`, gracefully, as Envoy closes its HTTP connections then: an
+/// HTTP/1.1 connection closes after the response in flight (with `Connection: close`), or at
+/// once when idle; an HTTP/2 one gets a GOAWAY and ends with its open streams.
 /// (The connection type's bounds make a macro simpler than a function.)
 macro_rules! until_drained {
-    ($conn:expr, $drain:expr, $draining:expr) => {{
+    ($conn:expr, $drain:expr, $draining:expr, $idle:expr) => {{
         let mut conn = std::pin::pin!($conn);
         if $draining {
             conn.await
@@ -547,6 +554,11 @@ macro_rules! until_drained {
                 biased;
                 served = conn.as_mut() => served,
                 () = $drain.started() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = $idle => {
+                    tracing::debug!("closing an idle client connection");
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -565,6 +577,13 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     // one is closed after its first response.
     let draining = drain.draining();
     let (down_log, ctx_log) = (down.clone(), ctx.clone());
+    let (activity, idle_timeout) = (down.activity.clone(), ctx.idle_timeout);
+    let idle = async move {
+        match idle_timeout {
+            Some(t) => activity.idle_for(t).await,
+            None => std::future::pending().await,
+        }
+    };
     // What the client connection's end releases: its PROXY protocol partitions of the pool.
     let (pool, client, life) = (ctx.pool.clone(), (down.peer, down.dst), down.life.clone());
     // Closed with a lingering close, by the server or by an upgraded stream.
@@ -600,13 +619,13 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
             ))
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
-        until_drained!(conn, drain, draining)
+        until_drained!(conn, drain, draining, idle)
     } else {
         let svc = service_fn(move |req| {
             forward::handle(req, down.clone(), ctx.clone(), verdicts.clone())
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
-        until_drained!(conn, drain, draining)
+        until_drained!(conn, drain, draining, idle)
     };
     if let Some(relay) = upgraded.take() {
         relay.await;
