@@ -1404,18 +1404,26 @@ fn a_connection_past_the_workloads_share_is_shed_and_logged() {
         return;
     }
     let echo = support::backend::Backend::echo("127.0.0.1:0");
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: db\nspec:\n  hosts: [db.example]\n  addresses: [127.0.0.53]\n  ports:\n  - {{number: 5432, name: tcp, protocol: TCP}}\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{tcp: {}}}\n",
+        echo.addr.port()
+    );
+    let dir = support::mesh::config_dir("fairness-shed-log", &yaml);
     let d = Daemon::start(
         "fairness-shed-log",
         270,
-        &["--workload-max-connections", "1"],
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--workload-max-connections",
+            "1",
+        ],
     );
-    // One connection held open, then a second: it waits for the share (10 s), then is reset.
-    let script = format!(
-        "import socket\na = socket.create_connection(('127.0.0.1', {p}))\na.sendall(b'a'); a.recv(10)\nb = socket.create_connection(('127.0.0.1', {p}), timeout=20)\ntry:\n    b.sendall(b'b'); print(b.recv(10) or b'eof')\nexcept OSError as e:\n    print('error', e.errno)\n",
-        p = echo.addr.port()
-    );
+    // One connection held open, then a second to the service's VIP: it waits for the share
+    // (10 s), then is reset.
+    let script = "import socket\na = socket.create_connection(('127.0.0.53', 5432))\na.sendall(b'a'); a.recv(10)\nb = socket.create_connection(('127.0.0.53', 5432), timeout=20)\ntry:\n    b.sendall(b'b'); print(b.recv(10) or b'eof')\nexcept OSError as e:\n    print('error', e.errno)\n";
     let out = d
-        .exec("default/greedy", &["python3", "-c", &script])
+        .exec("default/greedy", &["python3", "-c", script])
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
@@ -1433,4 +1441,10 @@ fn a_connection_past_the_workloads_share_is_shed_and_logged() {
         line.contains("default/greedy") && line.contains("connection shed"),
         "{line}"
     );
+    // Logged as the service's connection, from its accept: the wait for a share is in its
+    // duration.
+    let entry: serde_json::Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    assert_eq!(entry["upstream_cluster"], "db.example", "{line}");
+    let waited = entry["duration_ms"].as_f64().unwrap();
+    assert!(waited >= 9_000.0, "{line}");
 }

@@ -230,16 +230,36 @@ const CLIENT_TLS_WAIT: Duration = Duration::from_millis(50);
 /// sent connections whose hello came late, or in pieces, to the wrong backend.
 const SNI_WAIT: Duration = Duration::from_secs(5);
 
+/// When meshd accepted a connection: its record's start, as Envoy's access log starts a
+/// connection's line at the accept (not after protocol detection or a wait for a share).
+#[derive(Clone, Copy)]
+struct Accepted {
+    at: std::time::Instant,
+    unix_ms: u64,
+}
+
+impl Accepted {
+    fn now() -> Accepted {
+        Accepted {
+            at: std::time::Instant::now(),
+            unix_ms: unix_ms(),
+        }
+    }
+}
+
 /// Logs and counts a connection refused before it went anywhere (`dst` stands for its
-/// upstream), and gives back why.
+/// upstream; the service is the one whose VIP it is, if any), and gives back why.
 fn refused_early(
     ctx: &Outbound,
+    accepted: Accepted,
     workload: Option<&str>,
     principal: Option<&str>,
     dst: SocketAddr,
     e: OutboundError,
 ) -> OutboundError {
-    TcpRecord::new(ctx, workload, principal, None, dst, dst).failed(ctx, &e);
+    let snap = ctx.http.config.current();
+    let service = snap.compiled.vip_host(dst);
+    TcpRecord::new(ctx, accepted, workload, principal, service, dst, dst).failed(ctx, &e);
     e
 }
 
@@ -262,6 +282,7 @@ async fn proxy(
     id: u64,
     ctx: &Outbound,
 ) -> Result<(), OutboundError> {
+    let accepted = Accepted::now();
     let dst = sockopt::original_dst(&down, ipv6)
         .map_err(|source| OutboundError::NoOriginalDst { peer, source })?;
     if ctx.own.contains(&dst) {
@@ -300,6 +321,7 @@ async fn proxy(
             let e = OutboundError::from(shed);
             return Err(refused_early(
                 ctx,
+                accepted,
                 workload.as_deref(),
                 principal.as_deref(),
                 dst,
@@ -324,7 +346,7 @@ async fn proxy(
         source: peer,
         destination: dst,
         protocol,
-        started_unix_ms: unix_ms(),
+        started_unix_ms: accepted.unix_ms,
         downstream_cookie: down_cookie,
         upstream_cookie: None,
     });
@@ -385,6 +407,7 @@ async fn proxy(
             };
             return Err(refused_early(
                 ctx,
+                accepted,
                 workload.as_deref(),
                 principal.as_deref(),
                 dst,
@@ -409,6 +432,7 @@ async fn proxy(
     let upstream = target.addr;
     let record = TcpRecord::new(
         ctx,
+        accepted,
         workload.as_deref(),
         principal.as_deref(),
         target.service.as_deref(),
@@ -685,6 +709,7 @@ struct TcpRecord {
 impl TcpRecord {
     fn new(
         ctx: &Outbound,
+        accepted: Accepted,
         workload: Option<&str>,
         principal: Option<&str>,
         service: Option<&str>,
@@ -710,7 +735,7 @@ impl TcpRecord {
                 security_policy: "unknown",
             },
             entry: Entry {
-                start_time: rfc3339(unix_ms()).into(),
+                start_time: rfc3339(accepted.unix_ms).into(),
                 protocol: "tcp".into(),
                 upstream_cluster: service.into(),
                 upstream_host: upstream.to_string().into(),
@@ -721,7 +746,7 @@ impl TcpRecord {
                 response_flags: "-".into(),
                 ..Entry::default()
             },
-            start: std::time::Instant::now(),
+            start: accepted.at,
             reported: Reported::default(),
         }
     }
