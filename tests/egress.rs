@@ -323,8 +323,17 @@ spec:
             .map(str::to_string)
     })
     .unwrap_or_else(|| panic!("no TCP line:\n{}", d.log_text()));
-    assert!(
-        line.contains(r#""upstream_cluster":"secure.example""#),
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        entry["upstream_cluster"],
+        format!("outbound|{}||secure.example", server.port),
+        "{line}"
+    );
+    // Istio's fields for a connection routed by its ClientHello.
+    assert_eq!(entry["requested_server_name"], "secure.example", "{line}");
+    assert_eq!(
+        entry["downstream_local_address"],
+        format!("127.0.0.1:{}", server.port),
         "{line}"
     );
 }

@@ -1444,7 +1444,14 @@ fn a_connection_past_the_workloads_share_is_shed_and_logged() {
     // Logged as the service's connection, from its accept: the wait for a share is in its
     // duration.
     let entry: serde_json::Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
-    assert_eq!(entry["upstream_cluster"], "db.example", "{line}");
+    assert_eq!(
+        entry["upstream_cluster"], "outbound|5432||db.example",
+        "{line}"
+    );
+    assert_eq!(
+        entry["downstream_local_address"], "127.0.0.53:5432",
+        "{line}"
+    );
     let waited = entry["duration_ms"].as_f64().unwrap();
     assert!(waited >= 9_000.0, "{line}");
 }

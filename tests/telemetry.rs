@@ -212,17 +212,36 @@ fn access_log_lines_carry_flags_and_reasons() {
         "{retry}"
     );
     assert_eq!(retry["source_workload"], "default/productpage");
+    // Istio's cluster name and request fields.
     assert_eq!(
-        retry["upstream_cluster"],
-        "reviews.default.svc.cluster.local"
+        retry["upstream_cluster"], "outbound|9080|v1|reviews.default.svc.cluster.local",
+        "{retry}"
+    );
+    assert_eq!(retry["authority"], "reviews:9080", "{retry}");
+    assert!(
+        retry["user_agent"].as_str().unwrap().starts_with("curl/"),
+        "{retry}"
+    );
+    assert_eq!(
+        retry["downstream_local_address"], "127.0.0.50:9080",
+        "{retry}"
+    );
+    assert!(
+        (retry["downstream_remote_address"].as_str().unwrap()).starts_with("127."),
+        "{retry}"
     );
     let fault = find("/fault", 503);
     assert_eq!(fault["response_flags"], "FI", "{fault}");
+    assert_eq!(
+        fault["upstream_cluster"], "outbound|9080|v1|reviews.default.svc.cluster.local",
+        "{fault}"
+    );
     let limited = find("/limited", 429);
     assert_eq!(limited["response_flags"], "RL", "{limited}");
     assert!(limited["reason"].as_str().unwrap().contains("rate limited"));
     let nr = find("/nowhere", 404);
     assert_eq!(nr["response_flags"], "NR", "{nr}");
+    assert_eq!(nr["upstream_cluster"], "", "no cluster was chosen: {nr}");
     assert_eq!(
         nr["path"], "/nowhere?q=1",
         "the query, as Istio's format logs it"

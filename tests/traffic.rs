@@ -225,7 +225,7 @@ fn a_route_timeout_returns_504_ut() {
     let dc = line("DC");
     assert!(dc.contains(&v1_host), "{dc}");
     assert!(
-        dc.contains(r#""upstream_cluster":"reviews.default.svc.cluster.local""#),
+        dc.contains(r#""upstream_cluster":"outbound|9080|v1|reviews.default.svc.cluster.local""#),
         "{dc}"
     );
 }

@@ -25,7 +25,7 @@ use crate::{
     metrics::Metrics,
     telemetry::{
         Entry, TcpLabels,
-        access_log::rfc3339,
+        access_log::{self, rfc3339},
         istio::split_workload,
         tcp_report::{Carried, Reported},
     },
@@ -247,19 +247,33 @@ impl Accepted {
     }
 }
 
-/// Logs and counts a connection refused before it went anywhere (`dst` stands for its
-/// upstream; the service is the one whose VIP it is, if any), and gives back why.
-fn refused_early(
-    ctx: &Outbound,
+/// Who opened a connection, to where, and when: what its record starts from.
+#[derive(Clone, Copy)]
+struct Client<'a> {
     accepted: Accepted,
-    workload: Option<&str>,
-    principal: Option<&str>,
+    peer: SocketAddr,
+    /// The original destination.
     dst: SocketAddr,
-    e: OutboundError,
-) -> OutboundError {
+    workload: Option<&'a str>,
+    principal: Option<&'a str>,
+}
+
+/// The service an opaque connection went to, as its record names it.
+struct Service<'a> {
+    host: &'a str,
+    /// Istio's cluster name (service, subset and port).
+    cluster: String,
+}
+
+/// Logs and counts a connection refused before it went anywhere (its original destination
+/// stands for its upstream; the service is the one whose VIP it is, if any), and gives back why.
+fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> OutboundError {
     let snap = ctx.http.config.current();
-    let service = snap.compiled.vip_host(dst);
-    TcpRecord::new(ctx, accepted, workload, principal, service, dst, dst).failed(ctx, &e);
+    let service = snap.compiled.vip_host(client.dst).map(|host| Service {
+        host,
+        cluster: access_log::outbound_cluster(client.dst.port(), None, host),
+    });
+    TcpRecord::new(ctx, client, service, client.dst).failed(ctx, &e);
     e
 }
 
@@ -305,6 +319,13 @@ async fn proxy(
             .ok()
             .map(|id| id.to_string().into())
     });
+    let client = Client {
+        accepted,
+        peer,
+        dst,
+        workload: workload.as_deref(),
+        principal: principal.as_deref(),
+    };
     // The workload's share of the node proxy, held for the connection's life.
     let _share = match ctx
         .http
@@ -319,14 +340,7 @@ async fn proxy(
                 .overflow("workload", &shed.workload, &shed.kind.to_string());
             // Logged and counted as a connection, flag UO, as Envoy records its overflows.
             let e = OutboundError::from(shed);
-            return Err(refused_early(
-                ctx,
-                accepted,
-                workload.as_deref(),
-                principal.as_deref(),
-                dst,
-                e,
-            ));
+            return Err(refused_early(ctx, &client, e));
         }
     };
     // A protocol declared on the ServiceEntry port wins over sniffing.
@@ -405,14 +419,7 @@ async fn proxy(
                     OutboundError::Origination(origination.to_string())
                 }
             };
-            return Err(refused_early(
-                ctx,
-                accepted,
-                workload.as_deref(),
-                principal.as_deref(),
-                dst,
-                e,
-            ));
+            return Err(refused_early(ctx, &client, e));
         }
     };
     // A client that speaks TLS itself is not wrapped in the TLS a DestinationRule originates.
@@ -430,15 +437,12 @@ async fn proxy(
         }
     }
     let upstream = target.addr;
-    let record = TcpRecord::new(
-        ctx,
-        accepted,
-        workload.as_deref(),
-        principal.as_deref(),
-        target.service.as_deref(),
-        dst,
-        upstream,
-    );
+    let service = target.service.as_ref().map(|s| Service {
+        host: &s.host,
+        cluster: s.cluster.clone(),
+    });
+    let mut record = TcpRecord::new(ctx, &client, service, upstream);
+    record.entry.requested_server_name = sni.clone().unwrap_or_default().into();
     // `tcp.maxConnections` of the service: the slot is held while the connection is open.
     let _slot = match &target.cluster {
         Some(c) => match c.try_slot(Counter::Connections, target.limits.max_connections) {
@@ -509,7 +513,6 @@ async fn proxy(
             return Err(e);
         }
     };
-    let mut record = record;
     record.labels.security_policy = "none";
     ctx.metrics.istio.tcp_opened(&record.labels);
     let _ = up.set_nodelay(true);
@@ -709,15 +712,22 @@ struct TcpRecord {
 impl TcpRecord {
     fn new(
         ctx: &Outbound,
-        accepted: Accepted,
-        workload: Option<&str>,
-        principal: Option<&str>,
-        service: Option<&str>,
-        dst: SocketAddr,
+        client: &Client<'_>,
+        service: Option<Service<'_>>,
         upstream: SocketAddr,
     ) -> TcpRecord {
+        let Client {
+            accepted,
+            peer,
+            dst,
+            workload,
+            principal,
+        } = *client;
         let snap = ctx.http.config.current();
-        let service = service.map_or_else(|| dst.to_string(), str::to_string);
+        let (service, cluster) = match service {
+            Some(s) => (s.host.to_string(), s.cluster),
+            None => (dst.to_string(), access_log::PASSTHROUGH_CLUSTER.to_string()),
+        };
         let dest_workload = snap.compiled.endpoint_workloads.get(&upstream).cloned();
         let (source_workload, source_namespace) = split_workload(workload);
         let (destination_workload, destination_namespace) =
@@ -737,8 +747,10 @@ impl TcpRecord {
             entry: Entry {
                 start_time: rfc3339(accepted.unix_ms).into(),
                 protocol: "tcp".into(),
-                upstream_cluster: service.into(),
+                upstream_cluster: cluster.into(),
                 upstream_host: upstream.to_string().into(),
+                downstream_local_address: dst.to_string().into(),
+                downstream_remote_address: peer.to_string().into(),
                 source_workload: workload.unwrap_or_default().to_string().into(),
                 // As on an HTTP request's line: the source's SPIFFE ID, empty when unknown.
                 source_principal: principal.unwrap_or_default().to_string().into(),

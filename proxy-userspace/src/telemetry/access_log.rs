@@ -34,8 +34,19 @@ pub struct Entry<'a> {
     pub response_code: u16,
     pub response_flags: Cow<'a, str>,
     pub duration_ms: f64,
+    /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`, or
+    /// `PassthroughCluster` for the address the client dialled (see [`outbound_cluster`]).
     pub upstream_cluster: Cow<'a, str>,
     pub upstream_host: Cow<'a, str>,
+    /// The request's Host or `:authority`, `User-Agent` and `X-Forwarded-For`, as received.
+    pub authority: Cow<'a, str>,
+    pub user_agent: Cow<'a, str>,
+    pub x_forwarded_for: Cow<'a, str>,
+    /// The address the client dialled (its original destination), and the client's own.
+    pub downstream_local_address: Cow<'a, str>,
+    pub downstream_remote_address: Cow<'a, str>,
+    /// The server name of the client's TLS ClientHello, for a connection routed by it.
+    pub requested_server_name: Cow<'a, str>,
     pub source_workload: Cow<'a, str>,
     pub source_principal: Cow<'a, str>,
     pub destination_workload: Cow<'a, str>,
@@ -48,6 +59,15 @@ pub struct Entry<'a> {
     /// Why the request was denied or failed; empty when it succeeded.
     pub reason: Cow<'a, str>,
 }
+
+/// Istio's name for the cluster of a service's `subset` on `port`, as its access log prints
+/// `%UPSTREAM_CLUSTER%`: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+pub fn outbound_cluster(port: u16, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
+}
+
+/// Istio's cluster for a destination outside every service: the address the client dialled.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
 /// What the requests and the writer thread share.
 struct Shared {
@@ -166,6 +186,11 @@ impl AccessLog {
             sample,
             dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Whether there is a log at all (`--access-log` is not `off`).
+    pub fn enabled(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Whether a request's line is written: always for errors, otherwise with the sampling

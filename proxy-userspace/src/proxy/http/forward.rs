@@ -29,7 +29,7 @@ use crate::{
     routes::RequestView,
     telemetry::{
         Entry, RequestLabels,
-        access_log::rfc3339,
+        access_log::{self, rfc3339},
         istio::split_workload,
         route_stats::{RouteRequest, RouteStat},
         trace::RequestId,
@@ -56,6 +56,7 @@ pub async fn handle(
         method: req.method().clone(),
         // A clone shares the request line's bytes: no copy.
         uri: req.uri().clone(),
+        fields: LoggedFields::of(&req, &ctx),
         protocol: if grpc { "grpc" } else { "http" },
         version: version_text(req.version()),
         request_id,
@@ -340,6 +341,8 @@ struct RequestLog {
     method: Method,
     /// The request's URI as received; the log and trace record its path.
     uri: hyper::Uri,
+    /// Request fields only the access log reads.
+    fields: LoggedFields,
     protocol: &'static str,
     version: &'static str,
     request_id: RequestId,
@@ -352,6 +355,35 @@ struct RequestLog {
     ctx: Arc<HttpContext>,
     status: Option<u16>,
     rec: Record,
+}
+
+/// The request fields the access log prints and nothing else reads: kept only while there is
+/// an access log (each a shared reference to the received bytes, no copy).
+#[derive(Default)]
+struct LoggedFields {
+    /// `Host` (HTTP/1; an HTTP/2 request's `:authority` is in its URI).
+    host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl LoggedFields {
+    fn of<B>(req: &Request<B>, ctx: &HttpContext) -> LoggedFields {
+        if !ctx.access.enabled() {
+            return LoggedFields::default();
+        }
+        let h = req.headers();
+        LoggedFields {
+            host: h.get(header::HOST).cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            forwarded_for: h.get("x-forwarded-for").cloned(),
+        }
+    }
+}
+
+/// A header's value for the log ("" when absent or not text).
+fn text(v: &Option<HeaderValue>) -> &str {
+    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
 /// Logs and counts a request hyper's parser refused before it reached meshd's pipeline (a
@@ -369,6 +401,7 @@ pub fn log_refused(down: Arc<Downstream>, ctx: Arc<HttpContext>, too_large: bool
         // Unknown: Envoy's access log prints "-" for a field it does not have.
         method: Method::from_bytes(b"-").expect("a token"),
         uri: hyper::Uri::from_static("/"),
+        fields: LoggedFields::default(),
         protocol: "http",
         version: "HTTP/1.1",
         request_id,
@@ -458,10 +491,7 @@ impl Drop for RequestLog {
                 ("http.url".to_string(), self.uri.path().to_string()),
                 ("http.status_code".to_string(), status.to_string()),
                 ("response_flags".to_string(), flags.to_string()),
-                (
-                    "upstream_cluster".to_string(),
-                    rec.destination_service.clone().unwrap_or_default(),
-                ),
+                ("upstream_cluster".to_string(), self.upstream_cluster()),
                 (
                     "guid:x-request-id".to_string(),
                     self.request_id.as_str().to_string(),
@@ -511,12 +541,22 @@ impl Drop for RequestLog {
                 response_code: status,
                 response_flags: flags,
                 duration_ms: (ms * 1000.0).round() / 1000.0,
-                upstream_cluster: destination_service,
+                upstream_cluster: self.upstream_cluster().into(),
                 upstream_host: rec
                     .upstream_host
                     .map(|h| h.to_string())
                     .unwrap_or_default()
                     .into(),
+                authority: match self.uri.authority() {
+                    Some(a) => a.as_str(),
+                    None => text(&self.fields.host),
+                }
+                .into(),
+                user_agent: text(&self.fields.user_agent).into(),
+                x_forwarded_for: text(&self.fields.forwarded_for).into(),
+                downstream_local_address: self.down.dst.to_string().into(),
+                downstream_remote_address: self.down.peer.to_string().into(),
+                requested_server_name: "".into(),
                 source_workload: self.down.workload.as_deref().unwrap_or_default().into(),
                 destination_workload: rec
                     .destination_workload
@@ -535,6 +575,20 @@ impl Drop for RequestLog {
 }
 
 impl RequestLog {
+    /// Istio's name for the cluster the request went to: the service's subset and port, else
+    /// the address dialled (`PassthroughCluster`); empty when it was answered before one was
+    /// chosen (no route, a redirect or a direct response).
+    fn upstream_cluster(&self) -> String {
+        let rec = &self.rec;
+        match (&rec.destination_service, rec.destination_port) {
+            (Some(host), Some(port)) => {
+                access_log::outbound_cluster(port, rec.destination_subset.as_deref(), host)
+            }
+            _ if rec.upstream_host.is_some() => access_log::PASSTHROUGH_CLUSTER.to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// The SPIFFE identities of the source workload (found once per connection) and of the
     /// endpoint's workload, when known.
     fn principals(&self) -> (String, String) {
@@ -800,6 +854,7 @@ async fn forward(
                     snap.compiled.wildcard_service(host, port)
                 })
                 .map(|h| crate::routes::Destination::service(h, port));
+            rec.destination_port = default_route.as_ref().map(|_| port);
             rec.destination_service = default_route
                 .as_ref()
                 .map(|d| d.host.clone())
@@ -811,6 +866,8 @@ async fn forward(
             route, destination, ..
         } => {
             rec.destination_service = Some(destination.host.clone());
+            rec.destination_subset.clone_from(&destination.subset);
+            rec.destination_port = Some(destination.port.unwrap_or(down.dst.port()));
             // Boxed, as are the rate limits below: only some routes have them, and their state
             // would otherwise enlarge every request's future, which is moved as it starts.
             if route.spec.fault.is_some()

@@ -400,7 +400,7 @@ impl HttpContext {
                     addr,
                     cluster: Some(cluster),
                     limits,
-                    service: Some(d.host),
+                    service: Some(L4Service::of(d, dst)),
                     // Only least request reads the connections in flight.
                     in_flight: (algo == lb::Algorithm::LeastRequest).then(|| self.lb.start(addr)),
                     outlier: outlier.map(|settings| L4Outlier {
@@ -411,7 +411,7 @@ impl HttpContext {
                 })
             }
             Err(_) => Ok(L4Target {
-                service: Some(d.host),
+                service: Some(L4Service::of(d, dst)),
                 ..direct()
             }),
         }
@@ -457,11 +457,31 @@ pub struct L4Target {
     pub cluster: Option<Arc<pool::ClusterPool>>,
     pub limits: pool::Limits,
     /// The service the connection went to, when it went to one.
-    pub service: Option<String>,
+    pub service: Option<L4Service>,
     /// The connection counted against its endpoint for LEAST_REQUEST, while it is open.
     pub in_flight: Option<lb::InFlight>,
     /// Outlier detection of the service, fed with the connect's outcome.
     pub outlier: Option<L4Outlier>,
+}
+
+/// The service of an opaque connection, as its metrics and access log name it.
+pub struct L4Service {
+    pub host: String,
+    /// Istio's cluster name: the service, the route's subset and the port.
+    pub cluster: String,
+}
+
+impl L4Service {
+    fn of(d: crate::routes::Destination, dst: SocketAddr) -> L4Service {
+        L4Service {
+            cluster: crate::telemetry::access_log::outbound_cluster(
+                d.port.unwrap_or(dst.port()),
+                d.subset.as_deref(),
+                &d.host,
+            ),
+            host: d.host,
+        }
+    }
 }
 
 /// What outlier detection needs to record an opaque connection's connect.

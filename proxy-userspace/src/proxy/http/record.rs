@@ -10,6 +10,10 @@ pub struct Record {
     pub flags: ResponseFlags,
     /// The service host the request was routed to (or asked for, when no route applies).
     pub destination_service: Option<String>,
+    /// The subset and port of the service's cluster the request was sent to (none when it was
+    /// answered before a cluster was chosen).
+    pub destination_subset: Option<String>,
+    pub destination_port: Option<u16>,
     /// `namespace/name` of the WorkloadEntry behind the endpoint, when known.
     pub destination_workload: Option<String>,
     /// The endpoint of the last attempt.
