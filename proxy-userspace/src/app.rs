@@ -448,6 +448,7 @@ fn serve(
         http: ctx.http.clone(),
     });
     tokio::spawn(admin::serve(admin_listener, state.clone()));
+    crate::memory::spawn_release();
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         %admin,

@@ -13,6 +13,7 @@ pub mod drain;
 pub mod ebpf;
 pub mod exec;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod pods;
 pub mod policy;

@@ -10,8 +10,12 @@ use tracing::debug;
 
 use super::zero_copy::Pipe;
 
-/// Copy buffer per direction; large enough for bulk transfers to stay cheap.
+/// Copy buffer per direction of a stream; large enough for bulk transfers to stay cheap.
 pub const COPY_BUF: usize = 64 * 1024;
+
+/// A direction's first buffer: a connection grows it to `COPY_BUF` only once a read fills it.
+/// Most connections (requests and replies, a database's queries) never need more.
+pub const FIRST_BUF: usize = 16 * 1024;
 
 /// A splice that moves less than this goes back to copying: for small sends a copy costs less.
 const SMALL_SPLICE: usize = 4096;
@@ -92,7 +96,7 @@ async fn one_way(
     zero_copy: bool,
     total: &mut Carried,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUF];
+    let mut buf = Buffer::default();
     let mut pipe: Option<Pipe> = None;
     let mut splicing = false;
     loop {
@@ -104,15 +108,18 @@ async fn one_way(
                 n
             }
             _ => {
-                let n = read_some(from, &mut buf).await?;
-                write_all(to, &buf[..n]).await?;
-                if zero_copy && n == buf.len() {
+                let n = buf.read(from).await?;
+                write_all(to, buf.filled()).await?;
+                if zero_copy && n == COPY_BUF {
                     if pipe.is_none() {
                         pipe = Pipe::new()
                             .inspect_err(|e| debug!(error = %e, "no pipe for splice(2); copying"))
                             .ok();
                     }
                     splicing = pipe.is_some();
+                    if splicing {
+                        buf.release();
+                    }
                 }
                 n
             }
@@ -125,14 +132,51 @@ async fn one_way(
     }
 }
 
-/// Reads what `from` has (waiting for something); 0 means it has ended.
-pub(super) async fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        from.readable().await?;
-        match from.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
+/// A direction's buffer, held only while bytes are moving: a connection that waits for its
+/// peer holds none, so thousands of quiet connections cost little memory, and a node's memory
+/// after a peak of connections is not kept by them. Its size starts at `FIRST_BUF` and grows to
+/// `COPY_BUF` when a read fills it.
+#[derive(Default)]
+pub(super) struct Buffer {
+    bytes: Vec<u8>,
+    size: usize,
+}
+
+impl Buffer {
+    /// Reads what `from` has (waiting for something, with no buffer held while it waits);
+    /// 0 means it has ended.
+    pub(super) async fn read(&mut self, from: &TcpStream) -> io::Result<usize> {
+        let size = self.size.max(FIRST_BUF);
+        loop {
+            if self.bytes.capacity() < size {
+                // No readiness to spend a buffer on yet: wait without one.
+                from.readable().await?;
+                self.bytes = Vec::with_capacity(size);
+            }
+            self.bytes.clear();
+            // Reads into the spare capacity: nothing is zeroed first.
+            match from.try_read_buf(&mut self.bytes) {
+                Ok(n) => {
+                    if n == self.bytes.capacity() {
+                        self.size = (size * 4).min(COPY_BUF);
+                    }
+                    return Ok(n);
+                }
+                // Drained: the buffer goes while the connection waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.bytes = Vec::new(),
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// Lets the buffer go (its size is kept), while something else carries the bytes.
+    pub(super) fn release(&mut self) {
+        self.bytes = Vec::new();
+    }
+
+    /// The bytes of the last read.
+    pub(super) fn filled(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -214,6 +258,32 @@ mod tests {
     #[tokio::test]
     async fn the_copying_relay_carries_the_same_stream() {
         relay_a_stream(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_waiting_direction_holds_no_buffer_and_a_full_read_grows_it() {
+        let (mut client, down) = pair().await;
+        let mut buf = Buffer::default();
+        client.write_all(b"hello").await.unwrap();
+        assert_eq!(buf.read(&down).await.unwrap(), 5);
+        assert_eq!(buf.filled(), b"hello");
+        assert_eq!(buf.bytes.capacity(), FIRST_BUF);
+        // Nothing more to read: the wait holds no buffer.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(50), buf.read(&down)).await;
+        assert!(waited.is_err(), "nothing was sent");
+        assert_eq!(buf.bytes.capacity(), 0);
+        // A read that fills the buffer makes the next one larger, up to COPY_BUF.
+        let bulk = vec![7u8; 4 * COPY_BUF];
+        client.write_all(&bulk).await.unwrap();
+        let mut sizes = Vec::new();
+        let mut got = 0;
+        while got < bulk.len() {
+            got += buf.read(&down).await.unwrap();
+            sizes.push(buf.bytes.capacity());
+        }
+        assert_eq!(sizes[0], FIRST_BUF, "{sizes:?}");
+        assert_eq!(sizes.iter().max(), Some(&COPY_BUF), "{sizes:?}");
     }
 
     #[tokio::test]

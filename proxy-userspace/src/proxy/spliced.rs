@@ -18,7 +18,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    copy::{self, COPY_BUF, Carried, read_some, write_all},
+    copy::{self, Buffer, COPY_BUF, Carried, write_all},
     sockopt,
 };
 use crate::ebpf::{RawUp, Splice, SpliceMaps};
@@ -203,14 +203,14 @@ fn drain(ep: RawFd) {
 
 /// The workload's bytes that sk_msg handed meshd (its first sends, before meshd caught up).
 async fn requests(down: &TcpStream, up: &Upstream, splice: &Splice) -> io::Result<Carried> {
-    let mut buf = vec![0u8; COPY_BUF];
+    let mut buf = Buffer::default();
     let mut total = 0;
     loop {
-        let n = read_some(down, &mut buf).await?;
+        let n = buf.read(down).await?;
         if n == 0 {
             break;
         }
-        up.write_all(&buf[..n]).await?;
+        up.write_all(buf.filled()).await?;
         total += n as u64;
         splice.forwarded(total);
     }
