@@ -258,20 +258,15 @@ struct Client<'a> {
     principal: Option<&'a str>,
 }
 
-/// The service an opaque connection went to, as its record names it.
-struct Service<'a> {
-    host: &'a str,
-    /// Istio's cluster name (service, subset and port).
-    cluster: String,
-}
-
 /// Logs and counts a connection refused before it went anywhere (its original destination
 /// stands for its upstream; the service is the one whose VIP it is, if any), and gives back why.
 fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> OutboundError {
     let snap = ctx.http.config.current();
-    let service = snap.compiled.vip_host(client.dst).map(|host| Service {
-        host,
-        cluster: access_log::outbound_cluster(client.dst.port(), None, host),
+    let service = (snap.compiled.vip_host(client.dst)).map(|host| {
+        http::L4Service::of(
+            crate::routes::Destination::service(host, client.dst.port()),
+            client.dst,
+        )
     });
     TcpRecord::new(ctx, client, service, client.dst).failed(ctx, &e);
     e
@@ -437,12 +432,8 @@ async fn proxy(
         }
     }
     let upstream = target.addr;
-    let service = target.service.as_ref().map(|s| Service {
-        host: &s.host,
-        cluster: s.cluster.clone(),
-    });
-    let mut record = TcpRecord::new(ctx, &client, service, upstream);
-    record.entry.requested_server_name = sni.clone().unwrap_or_default().into();
+    let mut record = TcpRecord::new(ctx, &client, target.service.take(), upstream);
+    record.entry.requested_server_name = sni.unwrap_or_default().into();
     // `tcp.maxConnections` of the service: the slot is held while the connection is open.
     let _slot = match &target.cluster {
         Some(c) => match c.try_slot(Counter::Connections, target.limits.max_connections) {
@@ -721,7 +712,7 @@ impl TcpRecord {
     fn new(
         ctx: &Outbound,
         client: &Client<'_>,
-        service: Option<Service<'_>>,
+        service: Option<http::L4Service>,
         upstream: SocketAddr,
     ) -> TcpRecord {
         let Client {
@@ -733,7 +724,7 @@ impl TcpRecord {
         } = *client;
         let snap = ctx.http.config.current();
         let (service, cluster) = match service {
-            Some(s) => (s.host.to_string(), s.cluster),
+            Some(s) => (s.host, s.cluster),
             None => (dst.to_string(), access_log::PASSTHROUGH_CLUSTER.to_string()),
         };
         let dest_workload = snap.compiled.endpoint_workloads.get(&upstream).cloned();

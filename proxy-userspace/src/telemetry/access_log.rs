@@ -196,7 +196,7 @@ impl AccessLog {
     /// Whether a request's line is written: always for errors, otherwise with the sampling
     /// probability. Decided before the line is built, so unsampled requests cost nothing more.
     pub fn wants(&self, error: bool) -> bool {
-        self.shared.is_some() && (error || self.sample >= 1.0 || fastrand::f64() < self.sample)
+        self.enabled() && (error || self.sample >= 1.0 || fastrand::f64() < self.sample)
     }
 
     /// Queues a line that `wants` accepted.

@@ -472,7 +472,7 @@ pub struct L4Service {
 }
 
 impl L4Service {
-    fn of(d: crate::routes::Destination, dst: SocketAddr) -> L4Service {
+    pub fn of(d: crate::routes::Destination, dst: SocketAddr) -> L4Service {
         L4Service {
             cluster: crate::telemetry::access_log::outbound_cluster(
                 d.port.unwrap_or(dst.port()),
