@@ -178,6 +178,18 @@ fn sixteen_parallel_connections_arrive_intact() {
     assert_eq!(d.metric(REDIRECT), 16.0);
     assert_eq!(d.metric(CONNS_OK), 16.0);
     assert_eq!(backend.accepted(), 16);
+    // No service: Istio's cluster for the address dialled.
+    let line = eventually(Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""protocol":"tcp""#))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no TCP line:\n{}", d.log_text()));
+    assert!(
+        line.contains(r#""upstream_cluster":"PassthroughCluster""#)
+            && line.contains(&format!(r#""downstream_local_address":"{}""#, backend.addr)),
+        "{line}"
+    );
 }
 
 /// Opens N connections to ADDR, sends each 4 KiB and reads them back (an echo), then prints

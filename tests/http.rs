@@ -161,12 +161,21 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
     let body = curl(&d, &["--http2-prior-knowledge", &url]);
     assert!(body.contains("\"version\":\"HTTP/2.0\""), "{body}");
     // The access log names the protocol as Envoy's %PROTOCOL% does.
-    support::eventually(std::time::Duration::from_secs(5), || {
-        d.log_text()
-            .contains(r#""protocol":"HTTP/2","#)
-            .then_some(())
+    let line = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""protocol":"HTTP/2","#))
+            .map(str::to_string)
     })
     .unwrap_or_else(|| panic!("no HTTP/2 line: {}", d.log_text()));
+    // No service: Istio's cluster for the address dialled, and the address itself.
+    assert!(
+        line.contains(r#""upstream_cluster":"PassthroughCluster""#),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(r#""downstream_local_address":"{}""#, b.addr)),
+        "{line}"
+    );
     let status = curl_h2_out(&d, "%{http_code}", &format!("http://{}/status/418", b.addr));
     assert_eq!(status, "418");
     // Headers are held to --max-request-headers-kb (60 KiB) over HTTP/2 too, not h2's 16 KiB.

@@ -233,16 +233,28 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
         String::from_utf8_lossy(&echo.stdout).trim(),
         "opaque-bytes-xyz"
     );
-    // Node b logs the stream it carried, with its bytes.
-    support::eventually(Duration::from_secs(5), || {
+    // Node b logs the stream it carried, with its bytes, under Istio's inbound cluster name.
+    let line = support::eventually(Duration::from_secs(5), || {
         (m.d_b.log_text().lines())
             .find(|l| {
                 l.contains(r#""protocol":"tcp","response_code":0"#)
                     && l.contains(r#""bytes_received":16,"bytes_sent":16"#)
             })
-            .map(|_| ())
+            .map(str::to_string)
     })
     .unwrap_or_else(|| panic!("no TCP line on node b:\n{}", m.d_b.log_text()));
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let cluster = entry["upstream_cluster"].as_str().unwrap();
+    let port = (cluster.strip_prefix("inbound|"))
+        .and_then(|rest| rest.strip_suffix("||"))
+        .unwrap_or_else(|| panic!("not inbound|PORT||: {line}"));
+    assert!(
+        entry["upstream_host"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")),
+        "{line}"
+    );
     let bytes = wire.stop();
     assert!(bytes.len() > 1000, "the capture saw the traffic");
     assert!(
