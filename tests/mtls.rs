@@ -255,6 +255,21 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
             .ends_with(&format!(":{port}")),
         "{line}"
     );
+    // Node b reports the stream under the service its endpoint serves, as the source does.
+    let metrics_b = m.d_b.get("/metrics");
+    assert!(
+        has_series(
+            &metrics_b,
+            "istio_tcp_connections_opened_total",
+            &[
+                r#"reporter="destination""#,
+                r#"destination_service="reviews.default.svc.cluster.local""#,
+                r#"destination_workload="reviews""#,
+            ],
+            None
+        ),
+        "{metrics_b}"
+    );
     let bytes = wire.stop();
     assert!(bytes.len() > 1000, "the capture saw the traffic");
     assert!(
@@ -453,6 +468,96 @@ fn authorization_by_principal_namespace_path_and_method() {
     assert!(get("default/productpage", &[], "/headers").starts_with("403 "));
     let dry_denied = r#"meshd_authorization_dry_run_total{action="DENY",result="denied"}"#;
     assert_eq!(m.d_b.metric(dry_denied), 1.0);
+    // Node b read these requests, so it reports them as Istio's inbound sidecar does
+    // (`reporter="destination"`), the service named from the endpoint the stream reached, the
+    // source from its certificate.
+    let metrics_b = m.d_b.get("/metrics");
+    let destination = |principal: &str, protocol: &str, code: &str, value: &str| {
+        let principal = format!(r#"source_principal="spiffe://cluster.local/{principal}""#);
+        let protocol = format!(r#"request_protocol="{protocol}""#);
+        let code = format!(r#"response_code="{code}""#);
+        let labels = [
+            r#"reporter="destination""#,
+            r#"destination_service="reviews.default.svc.cluster.local""#,
+            r#"destination_workload="reviews""#,
+            r#"destination_workload_namespace="default""#,
+            r#"connection_security_policy="mutual_tls""#,
+            &principal,
+            &protocol,
+            &code,
+        ];
+        has_series(&metrics_b, "istio_requests_total", &labels, Some(value))
+    };
+    assert!(
+        destination("ns/default/sa/productpage", "http", "200", "2"),
+        "{metrics_b}"
+    );
+    assert!(
+        destination("ns/default/sa/productpage", "http", "201", "1"),
+        "{metrics_b}"
+    );
+    assert!(
+        destination("ns/default/sa/productpage", "http", "403", "3"),
+        "{metrics_b}"
+    );
+    assert!(
+        destination("ns/default/sa/productpage", "grpc", "200", "1"),
+        "{metrics_b}"
+    );
+    assert!(
+        destination("ns/other/sa/ratings", "http", "403", "1"),
+        "{metrics_b}"
+    );
+    assert!(
+        has_series(
+            &metrics_b,
+            "istio_requests_total",
+            &[
+                r#"reporter="destination""#,
+                r#"grpc_response_status="7""#,
+                r#"source_workload_namespace="default""#
+            ],
+            Some("1")
+        ),
+        "{metrics_b}"
+    );
+    assert!(
+        !metrics_b.contains(r#"reporter="source""#),
+        "node b sent no request of its own: {metrics_b}"
+    );
+    // And logs each of them, under Istio's inbound cluster name.
+    let line = |path: &str, code: u16| {
+        support::eventually(Duration::from_secs(5), || {
+            (m.d_b.log_text().lines())
+                .find(|l| {
+                    l.contains(&format!(r#""path":"{path}""#))
+                        && l.contains(&format!(r#""response_code":{code},"#))
+                })
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no {path} {code} line on node b:\n{}", m.d_b.log_text()))
+    };
+    let ok: serde_json::Value = serde_json::from_str(&line("/status/201", 201)).unwrap();
+    assert_eq!(ok["upstream_cluster"], "inbound|8080||", "{ok}");
+    assert_eq!(ok["method"], "GET", "{ok}");
+    assert_eq!(ok["authority"], "reviews:9080", "{ok}");
+    assert_eq!(
+        ok["source_principal"], "spiffe://cluster.local/ns/default/sa/productpage",
+        "{ok}"
+    );
+    assert_eq!(
+        ok["destination_principal"], "spiffe://cluster.local/ns/default/sa/reviews",
+        "{ok}"
+    );
+    assert_eq!(ok["destination_workload"], "default/reviews", "{ok}");
+    assert_eq!(ok["response_flags"], "-", "{ok}");
+    let denied: serde_json::Value = serde_json::from_str(&line("/admin", 403)).unwrap();
+    assert!(
+        denied["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("authorization: ")),
+        "{denied}"
+    );
     // At L4 the same policies apply without HTTP fields: the ALLOW rule needs a path, so no
     // TCP connection matches it, and the stream is closed before a byte reaches the workload.
     let out = m

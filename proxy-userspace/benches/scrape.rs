@@ -70,6 +70,7 @@ fn meshd(sets: &[Labels]) -> (Duration, Duration, usize, usize) {
     for l in sets {
         m.request(
             &RequestLabels {
+                reporter: "source",
                 source_workload: &l.source,
                 source_namespace: "default",
                 source_principal: "unknown",

@@ -8,6 +8,7 @@
 mod client;
 mod error;
 mod prefixed;
+mod request_log;
 mod serve_http;
 mod server;
 mod stream_log;

@@ -574,6 +574,16 @@ impl Compiled {
         }
     }
 
+    /// The service an endpoint serves: the ServiceEntry host with an endpoint at `addr` that
+    /// receives one of the host's ports there (the first in name order when several do), as
+    /// Istio's inbound side names the service of a workload's port.
+    pub fn service_at(&self, addr: std::net::SocketAddr) -> Option<&str> {
+        (self.clusters.values())
+            .filter(|c| c.serves_at(addr))
+            .map(|c| c.host.as_str())
+            .min()
+    }
+
     /// The service whose VIP (or address range) and declared port `dst` is.
     pub fn vip_host(&self, dst: std::net::SocketAddr) -> Option<&str> {
         if let Some(host) = self.vips.get(&dst) {
@@ -669,6 +679,25 @@ impl Cluster {
         } else {
             None
         }
+    }
+
+    /// The port an endpoint receives a service port's traffic on, as in Istio: the endpoint's
+    /// own `ports` entry for the port's name, else the port's `targetPort`, else its number.
+    pub fn endpoint_port(&self, ports: &BTreeMap<String, u16>, service_port: u16) -> u16 {
+        self.ports
+            .get(&service_port)
+            .and_then(|(name, _)| ports.get(name).copied())
+            .or_else(|| self.target_ports.get(&service_port).copied())
+            .unwrap_or(service_port)
+    }
+
+    /// Whether one of the service's endpoints is `addr`, on the port it receives one of the
+    /// service's ports on.
+    fn serves_at(&self, addr: std::net::SocketAddr) -> bool {
+        self.endpoints.iter().any(|e| {
+            e.ip == Some(addr.ip())
+                && (self.ports.keys()).any(|&p| self.endpoint_port(&e.ports, p) == addr.port())
+        })
     }
 
     /// Whether `port` is declared `TLS` or `HTTPS`: its clients speak TLS themselves.
@@ -841,6 +870,47 @@ spec:
         assert_eq!(declared("10.96.0.9:80"), Some(Detected::Http1));
         assert_eq!(declared("10.96.0.9:5432"), Some(Detected::Opaque));
         assert_eq!(declared("10.96.0.9:8080"), None);
+    }
+
+    #[test]
+    fn an_endpoint_names_the_service_it_serves_on_the_port_it_receives_it() {
+        let yaml = format!(
+            r#"{SHARED_VIP}---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews, namespace: default}}
+spec: {{address: 10.0.0.3, ports: {{http: 8080}}, labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}, {{number: 9443, name: https, targetPort: 8443}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: reviews}}}}
+"#
+        );
+        let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        let at = |s: &str| c.service_at(s.parse().unwrap());
+        assert_eq!(at("10.0.0.1:80"), Some("web.default.svc.cluster.local"));
+        assert_eq!(at("10.0.0.2:5432"), Some("db.default.svc.cluster.local"));
+        // The WorkloadEntry's port for the port's name, and the other port's targetPort.
+        assert_eq!(
+            at("10.0.0.3:8080"),
+            Some("reviews.default.svc.cluster.local")
+        );
+        assert_eq!(
+            at("10.0.0.3:8443"),
+            Some("reviews.default.svc.cluster.local")
+        );
+        assert_eq!(
+            at("10.0.0.3:9080"),
+            None,
+            "the service port, not the endpoint's"
+        );
+        assert_eq!(at("10.0.0.1:5432"), None, "another service's port");
+        assert_eq!(at("10.0.0.9:80"), None, "no endpoint");
     }
 
     /// As Istio builds no HTTP virtual host for a VirtualService without `http` routes, one

@@ -72,7 +72,7 @@ pub fn request_labels(l: &OwnedLabels, derived: Option<&Derived>) -> AllLabels {
             l.destination_namespace.to_string(),
         ),
         ("grpc_response_status", l.grpc_status.to_string()),
-        ("reporter", "source".into()),
+        ("reporter", l.reporter.into()),
         ("request_protocol", l.protocol.into()),
         ("response_code", l.response_code_text.to_string()),
         ("response_flags", l.response_flags.to_string()),

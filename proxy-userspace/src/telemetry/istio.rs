@@ -1,4 +1,4 @@
-//! Istio's standard metrics with Istio's label names, as the source-side reporter, with a cap
+//! Istio's standard metrics with Istio's label names, as either reporter, with a cap
 //! on distinct label sets per metric: past it, the high-cardinality labels read `other` and the
 //! overflow is counted. The request metrics live in a lock-free series store (`series`); the
 //! per-connection TCP metrics in the prometheus registry.
@@ -371,6 +371,7 @@ mod tests {
 
     fn labels(dest: &str) -> RequestLabels<'_> {
         RequestLabels {
+            reporter: "source",
             source_workload: "web",
             source_namespace: "demo",
             source_principal: "spiffe://cluster.local/ns/demo/sa/web",
@@ -517,7 +518,7 @@ mod tests {
             let code = l.response_code.to_string();
             let derived = derive(l);
             let own = [
-                "source",
+                l.reporter,
                 l.source_workload,
                 l.source_namespace,
                 l.source_principal,
@@ -556,6 +557,9 @@ mod tests {
         grpc.grpc_status = "14";
         let mut disconnected = labels("reviews.default.svc.cluster.local");
         disconnected.response_code = 0;
+        // The same request as the workload's node records it.
+        let mut destination = labels("reviews.default.svc.cluster.local");
+        destination.reporter = "destination";
         let requests = [
             (labels("reviews.default.svc.cluster.local"), 0.5, 0, 3),
             (
@@ -568,6 +572,7 @@ mod tests {
             (failed, 30.25, 1, 0),
             (grpc, 1.0, 10, 11),
             (disconnected, 0.75, 0, 0),
+            (destination, 0.5, 0, 3),
         ];
         let r = Registry::new();
         let m = IstioMetrics::new(&r, true);

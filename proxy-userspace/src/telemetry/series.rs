@@ -47,10 +47,13 @@ const BYTES_INT: [u64; 19] = scaled(1.0);
 pub const DURATION_BUCKETS: usize = DURATION_MS.len() + 1;
 pub const BYTES_BUCKETS: usize = BYTES.len() + 1;
 
-/// The labels of one HTTP request that vary; the others are fixed (`reporter="source"`,
-/// principals `unknown`).
+/// The labels of one HTTP request that vary; the others Istio derives from these (see
+/// `peers`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct RequestLabels<'a> {
+    /// `source`: the client's node recorded the request; `destination`: the workload's node,
+    /// where a tunnel stream delivered it.
+    pub reporter: &'static str,
     pub source_workload: &'a str,
     pub source_namespace: &'a str,
     /// The source's SPIFFE identity, `unknown` without one.
@@ -70,6 +73,7 @@ pub struct RequestLabels<'a> {
 /// A series' own copy of its labels.
 #[derive(Debug)]
 pub struct OwnedLabels {
+    pub reporter: &'static str,
     pub source_workload: Box<str>,
     pub source_namespace: Box<str>,
     pub source_principal: Box<str>,
@@ -88,6 +92,7 @@ pub struct OwnedLabels {
 impl OwnedLabels {
     fn new(l: &RequestLabels<'_>) -> OwnedLabels {
         OwnedLabels {
+            reporter: l.reporter,
             source_workload: l.source_workload.into(),
             source_namespace: l.source_namespace.into(),
             source_principal: l.source_principal.into(),
@@ -115,6 +120,7 @@ impl OwnedLabels {
             && *self.source_principal == *l.source_principal
             && *self.destination_namespace == *l.destination_namespace
             && self.security_policy == l.security_policy
+            && self.reporter == l.reporter
     }
 }
 
@@ -442,6 +448,7 @@ mod tests {
 
     fn labels(code: u16) -> RequestLabels<'static> {
         RequestLabels {
+            reporter: "source",
             source_workload: "web",
             source_namespace: "demo",
             source_principal: "spiffe://cluster.local/ns/demo/sa/web",

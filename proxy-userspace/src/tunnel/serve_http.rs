@@ -1,5 +1,6 @@
 //! HTTP inside a tunnel stream: each request is authorized with its method, path, host and
-//! headers (a denial is 403 `RBAC: access denied`), then forwarded to the local workload.
+//! headers (a denial is 403 `RBAC: access denied`), then forwarded to the local workload, and
+//! recorded as the destination reports it (`request_log`).
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -15,6 +16,7 @@ use crate::{
         authorize::report, body, reset_before_headers,
     },
     security::authz::HttpAttrs,
+    tunnel::request_log::InboundRequest,
 };
 
 pub async fn serve<IO>(io: IO, h2: bool, stream: Arc<Stream>, inbound: Arc<Inbound>)
@@ -41,10 +43,24 @@ where
 }
 
 async fn request(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     stream: Arc<Stream>,
     inbound: Arc<Inbound>,
 ) -> Result<Response<Body>, Infallible> {
+    let mut log = InboundRequest::start(&req, stream.clone(), inbound.clone());
+    let resp = respond(req, &stream, &inbound, &mut log).await;
+    log.respond(resp.status().as_u16(), resp.headers());
+    // Recorded when the response body is done (or dropped): durations and sizes cover it all.
+    Ok(resp.map(|b| body::boxed(body::Observed::new(b, log))))
+}
+
+/// Authorizes the request and forwards it to the local workload: its answer, or meshd's own.
+async fn respond(
+    mut req: Request<Incoming>,
+    stream: &Stream,
+    inbound: &Inbound,
+    log: &mut InboundRequest,
+) -> Response<Body> {
     // The client certificate as this side verified it, whatever the peer wrote (as Istio's
     // inbound sidecar sets the header from the handshake).
     if let Ok(by) = inbound.tunnel.identity_of(&stream.workload)
@@ -52,9 +68,6 @@ async fn request(
     {
         req.headers_mut().insert(FORWARDED_CLIENT_CERT, v);
     }
-    // meshd's own answers to a gRPC request are gRPC-shaped, as on the source's node.
-    let grpc = crate::proxy::http::is_grpc(req.headers());
-    let local = |r: Response<Body>| if grpc { as_grpc(r) } else { r };
     let snap = inbound.http.config.current();
     let decision = {
         let attrs = HttpAttrs::of(&req);
@@ -71,6 +84,9 @@ async fn request(
         );
         d
     };
+    drop(snap);
+    // meshd's own answers to a gRPC request are gRPC-shaped, as on the source's node.
+    let local = |r: Response<Body>| if log.grpc { as_grpc(r) } else { r };
     if !decision.allowed {
         inbound.metrics.tunnel("denied");
         tracing::warn!(
@@ -78,13 +94,15 @@ async fn request(
             path = %req.uri().path(), reason = %decision.reason,
             "request denied by authorization policy"
         );
-        return Ok(local(access_denied()));
+        log.rec.reason = Some(format!("authorization: {}", decision.reason));
+        return local(access_denied());
     }
     let h2 = req.version() == hyper::Version::HTTP_2;
     let cluster = inbound
         .http
         .pool
         .cluster(&format!("inbound|{}", stream.target));
+    let received = log.received.clone();
     let sent = inbound
         .http
         .pool
@@ -93,14 +111,16 @@ async fn request(
             &Limits::default(),
             &Target::direct(stream.target),
             h2,
-            || Outgoing::Owned(req.map(body::boxed)),
+            || Outgoing::Owned(req.map(|b| body::boxed(body::Counted::new(b, received)))),
         )
         .await;
-    Ok(match sent {
+    match sent {
         Ok(resp) => resp.map(body::boxed),
         Err(e) => {
             tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
-            local(reset_before_headers(&e))
+            let r = local(reset_before_headers(&e));
+            log.rec.fail(e.flag(), e.to_string());
+            r
         }
-    })
+    }
 }

@@ -244,6 +244,8 @@ async fn stream_request(
         ));
     };
     inbound.metrics.tunnel("stream_opened");
+    let service = snap.compiled.service_at(target).map(Arc::from);
+    drop(snap);
     let opaque = (req.headers().get(PROTOCOL_HEADER)).is_some_and(|v| v == "tcp");
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -254,6 +256,7 @@ async fn stream_request(
                     source,
                     client_cert,
                     target,
+                    service,
                     workload,
                     opaque,
                 };
@@ -291,6 +294,8 @@ pub struct Stream {
     /// The peer's certificate as `x-forwarded-client-cert` reports it (all but `By`).
     pub client_cert: Arc<str>,
     pub target: SocketAddr,
+    /// The service the target serves (see `Compiled::service_at`), when one does.
+    pub service: Option<Arc<str>>,
     pub workload: EndpointIdentity,
     /// The source carried the connection as TCP: authorized as TCP, its bytes never read.
     pub opaque: bool,
@@ -307,6 +312,22 @@ impl Stream {
         )
     }
 
+    /// The source's namespace, from its SPIFFE identity.
+    pub fn source_namespace(&self) -> String {
+        crate::security::spiffe::namespace(&self.source.to_string())
+            .unwrap_or("unknown")
+            .to_string()
+    }
+
+    /// The `destination_service` of Istio's metrics: the service the target serves, else the
+    /// target itself.
+    pub fn destination_service(&self) -> std::borrow::Cow<'_, str> {
+        match &self.service {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(self.target.to_string()),
+        }
+    }
+
     /// Istio's TCP labels of this stream as the destination reports it: the peer proved its
     /// identity, so the connection is `mutual_tls`.
     fn labels(&self) -> crate::telemetry::TcpLabels {
@@ -314,10 +335,8 @@ impl Stream {
             crate::telemetry::istio::split_workload(self.workload.workload.as_deref());
         crate::telemetry::TcpLabels {
             source_workload: "unknown".into(),
-            source_namespace: crate::security::spiffe::namespace(&self.source.to_string())
-                .unwrap_or("unknown")
-                .to_string(),
-            destination_service: self.target.to_string(),
+            source_namespace: self.source_namespace(),
+            destination_service: self.destination_service().into_owned(),
             destination_workload: name.to_string(),
             destination_namespace: namespace.to_string(),
             response_flags: "-".into(),

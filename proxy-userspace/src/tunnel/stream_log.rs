@@ -1,6 +1,6 @@
 //! The access-log line of a tunnel stream on its destination's node, as Istio's inbound
 //! sidecar logs its TCP connections: one per stream carried as bytes, refused, or that could
-//! not reach the workload (a stream served as HTTP logs nothing of its own here).
+//! not reach the workload (a stream served as HTTP logs its requests instead, `request_log`).
 
 use std::time::Instant;
 

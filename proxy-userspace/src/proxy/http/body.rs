@@ -59,6 +59,79 @@ where
     }
 }
 
+/// What a response body tells whoever records its request: each data frame's length, the
+/// trailers, how it failed, and whether it was dropped before its end (the client left).
+pub trait Observer {
+    fn data(&mut self, len: usize);
+    fn trailers(&mut self, trailers: &hyper::HeaderMap);
+    fn failed(&mut self, error: &BoxError);
+    fn abandoned(&mut self);
+}
+
+/// A response body that reports to its observer as it is read; the observer is dropped with
+/// the body, when it is done or abandoned, so a record written on drop covers the whole body.
+pub struct Observed<O: Observer> {
+    inner: Body,
+    observer: O,
+    done: bool,
+}
+
+impl<O: Observer> Observed<O> {
+    pub fn new(inner: Body, observer: O) -> Observed<O> {
+        let done = hyper::body::Body::is_end_stream(&inner);
+        Observed {
+            inner,
+            observer,
+            done,
+        }
+    }
+}
+
+impl<O: Observer + Unpin> hyper::body::Body for Observed<O> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.observer.data(d.len());
+                } else if let Some(t) = frame.trailers_ref() {
+                    this.observer.trailers(t);
+                }
+            }
+            Poll::Ready(None) => this.done = true,
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                this.observer.failed(e);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<O: Observer> Drop for Observed<O> {
+    fn drop(&mut self) {
+        if !self.done && !hyper::body::Body::is_end_stream(&self.inner) {
+            self.observer.abandoned();
+        }
+    }
+}
+
 /// The downstream request body as the pipeline reads it: counted as it is read, so a record
 /// has the bytes received whether or not the request declared a Content-Length.
 pub type Inbound = Counted<hyper::body::Incoming>;

@@ -162,7 +162,12 @@ pub async fn handle(
         .cloned();
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
-    Ok(resp.map(|b| body::boxed(body::Holding::new(LoggedBody::new(b, log), admitted.ok()))))
+    Ok(resp.map(|b| {
+        body::boxed(body::Holding::new(
+            body::Observed::new(b, log),
+            admitted.ok(),
+        ))
+    }))
 }
 
 /// CONNECT, as Istio configures Envoy (no CONNECT upgrade on a sidecar's HTTP routes): refused,
@@ -240,11 +245,11 @@ fn valid_authority(a: &[u8]) -> bool {
     host_ok && port_ok
 }
 
-pub(super) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The protocol field of the access log, as `Debug` prints the version.
-fn version_text(v: Version) -> &'static str {
+pub fn version_text(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
         Version::HTTP_10 => "HTTP/1.0",
@@ -256,77 +261,37 @@ fn version_text(v: Version) -> &'static str {
     }
 }
 
-/// A response body that counts what it carries into its request's record, reads grpc-status
-/// from the trailers, and drops the record (writing it) when the body is done or abandoned.
-struct LoggedBody {
-    inner: Body,
-    log: RequestLog,
-    done: bool,
-}
-
-impl LoggedBody {
-    fn new(inner: Body, log: RequestLog) -> LoggedBody {
-        let done = hyper::body::Body::is_end_stream(&inner);
-        LoggedBody { inner, log, done }
+/// The response body reports to its request's record: the bytes it carries, grpc-status from
+/// the trailers, how it failed; the record is written when the body is done or abandoned.
+impl body::Observer for RequestLog {
+    fn data(&mut self, len: usize) {
+        self.response_bytes += len as u64;
     }
-}
 
-impl hyper::body::Body for LoggedBody {
-    type Data = bytes::Bytes;
-    type Error = body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    self.log.response_bytes += d.len() as u64;
-                } else if let Some(t) = frame.trailers_ref()
-                    && let Some(g) = t.get(GRPC_STATUS).filter(|v| v.to_str().is_ok())
-                {
-                    self.log.grpc_status = Some(g.clone());
-                }
-            }
-            std::task::Poll::Ready(None) => self.done = true,
-            std::task::Poll::Ready(Some(Err(e))) => {
-                // Ended, by a failure of the upstream's or of the timeout's: not the client's.
-                self.done = true;
-                if e.is::<super::deadline::RouteTimeout>() {
-                    self.log
-                        .rec
-                        .fail(ResponseFlags::UPSTREAM_TIMEOUT, e.to_string());
-                } else {
-                    self.log.rec.fail(
-                        ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
-                        "upstream response body failed",
-                    );
-                }
-            }
-            std::task::Poll::Pending => {}
+    fn trailers(&mut self, t: &HeaderMap) {
+        if let Some(g) = t.get(GRPC_STATUS).filter(|v| v.to_str().is_ok()) {
+            self.grpc_status = Some(g.clone());
         }
-        polled
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        if !self.done && !hyper::body::Body::is_end_stream(&self.inner) {
-            self.log.rec.fail(
-                ResponseFlags::DOWNSTREAM_DISCONNECT,
-                "downstream disconnected during the response",
+    fn failed(&mut self, e: &body::BoxError) {
+        // Ended, by a failure of the upstream's or of the timeout's: not the client's.
+        if e.is::<super::deadline::RouteTimeout>() {
+            self.rec
+                .fail(ResponseFlags::UPSTREAM_TIMEOUT, e.to_string());
+        } else {
+            self.rec.fail(
+                ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                "upstream response body failed",
             );
         }
+    }
+
+    fn abandoned(&mut self) {
+        self.rec.fail(
+            ResponseFlags::DOWNSTREAM_DISCONNECT,
+            "downstream disconnected during the response",
+        );
     }
 }
 
@@ -453,6 +418,7 @@ impl Drop for RequestLog {
             .unwrap_or("");
         self.ctx.metrics.istio.request(
             &RequestLabels {
+                reporter: "source",
                 source_workload,
                 source_namespace,
                 source_principal: self.down.principal.as_deref().unwrap_or("unknown"),

@@ -404,7 +404,7 @@ pub fn endpoints<'s>(
         .filter_map(|i| {
             let e = &cluster.endpoints[i];
             let ip = e.ip?;
-            let addr = SocketAddr::new(ip, endpoint_port(cluster, &e.ports, port));
+            let addr = SocketAddr::new(ip, cluster.endpoint_port(&e.ports, port));
             Some((addr, e.locality.as_deref()))
         })
         .unzip();
@@ -629,17 +629,6 @@ fn setting<'s, T>(
         Some((own, false)) => own.or(rule),
         None => rule,
     }
-}
-
-/// The port an endpoint receives a service port's traffic on, as in Istio: the endpoint's own
-/// `ports` entry for the port's name, else the port's `targetPort`, else its number.
-fn endpoint_port(cluster: &Cluster, ports: &BTreeMap<String, u16>, service_port: u16) -> u16 {
-    cluster
-        .ports
-        .get(&service_port)
-        .and_then(|(name, _)| ports.get(name).copied())
-        .or_else(|| cluster.target_ports.get(&service_port).copied())
-        .unwrap_or(service_port)
 }
 
 #[cfg(test)]
