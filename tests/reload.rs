@@ -265,3 +265,84 @@ fn a_file_written_in_place_is_read_once_its_writer_closes_it() {
     assert_eq!(routed(&d), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn connections_to_an_endpoint_a_reload_removes_are_closed_and_it_is_pooled_again_on_return() {
+    if !ebpf_available("reload_retire") {
+        return;
+    }
+    use support::mesh;
+    let (v1, v2) = mesh::two_backends();
+    let routes = "  - match:\n    - headers:\n        x-to:\n          exact: v2\n    route:\n    \
+                  - destination:\n        host: reviews\n        subset: v2\n  \
+                  - route:\n    - destination:\n        host: reviews\n";
+    let yaml = mesh::policies(&v1, &v2, routes);
+    let v2_endpoint = format!(
+        "  - address: 127.0.0.1\n    ports:\n      http: {}\n    labels:\n      version: v2\n",
+        v2.addr.port()
+    );
+    assert!(yaml.contains(&v2_endpoint));
+    let dir = mesh::config_dir("reload-retire", &yaml);
+    let d = Daemon::start("reload-retire", 294, &["--config", dir.to_str().unwrap()]);
+    let url = "http://reviews:9080/status/200";
+    let codes = mesh::curl_many(&d, url, 6, "%{http_code}\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    // Round robin: each endpoint got requests, and keeps meshd's connection open, idle.
+    assert_eq!((v1.accepted(), v2.accepted()), (1, 1));
+    assert_eq!((v1.open(), v2.open()), (1, 1));
+    // A slow request to v2 through its subset's cluster, on a connection of its own.
+    let slow = support::spawn_quiet(d.exec(
+        "default/productpage",
+        &[
+            "curl",
+            "-sS",
+            "--resolve",
+            "reviews:9080:127.0.0.50",
+            "-H",
+            "x-to: v2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/sleep/4000",
+        ],
+    ));
+    eventually(Duration::from_secs(2), || (v2.open() == 2).then_some(()))
+        .unwrap_or_else(|| panic!("the slow request's connection: {}", v2.open()));
+
+    // v2 leaves the service: its idle connection is closed at once, the busy one once its
+    // request is answered, as Envoy drains a removed host's connections.
+    let gen1 = generation(&d);
+    std::fs::write(dir.join("reviews.yaml"), yaml.replace(&v2_endpoint, "")).unwrap();
+    eventually(Duration::from_secs(2), || {
+        (generation(&d) > gen1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("edit not applied; log:\n{}", d.log_text()));
+    eventually(Duration::from_secs(2), || (v2.open() == 1).then_some(()))
+        .unwrap_or_else(|| panic!("v2's idle connection is still open: {}", v2.open()));
+    let out = slow.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the request in flight ends well"
+    );
+    eventually(Duration::from_secs(3), || (v2.open() == 0).then_some(()))
+        .unwrap_or_else(|| panic!("v2's busy connection went back to the pool: {}", v2.open()));
+    // The endpoint that stayed keeps its connection, and carries the requests on it.
+    assert_eq!(v1.open(), 1);
+    let codes = mesh::curl_many(&d, url, 4, "%{http_code}\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!((v1.accepted(), v2.accepted()), (1, 2));
+
+    // Back in the service: a new connection, kept for the requests after it.
+    let gen2 = generation(&d);
+    std::fs::write(dir.join("reviews.yaml"), &yaml).unwrap();
+    eventually(Duration::from_secs(2), || {
+        (generation(&d) > gen2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("edit not applied; log:\n{}", d.log_text()));
+    let codes = mesh::curl_many(&d, url, 6, "%{http_code}\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(v2.accepted(), 3, "one new connection to v2, reused");
+    assert_eq!(v2.open(), 1);
+}

@@ -6,7 +6,8 @@
 //! bytes, `/goaway` by shutting its connection down gracefully (HTTP/2 GOAWAY) after the
 //! streams open on it, and an `Upgrade: echo` request with 101, then the `/whoami` line of that
 //! request, then echoes bytes. It counts the
-//! connections it accepted, so tests can see meshd's connection reuse.
+//! connections it accepted and those open, so tests can see meshd's connection reuse and
+//! closes.
 
 use std::{
     collections::HashMap,
@@ -30,9 +31,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct HttpBackend {
     pub addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     state: Arc<State>,
     _rt: tokio::runtime::Runtime,
+}
+
+/// One open connection, counted while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::SeqCst);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the backend saw, for assertions.
@@ -67,7 +86,8 @@ impl HttpBackend {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (acc, reqs) = (accepted.clone(), requests.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (acc, reqs, opened) = (accepted.clone(), requests.clone(), open.clone());
         let state = Arc::new(State::default());
         let st = state.clone();
         rt.spawn(async move {
@@ -78,7 +98,9 @@ impl HttpBackend {
                 acc.fetch_add(1, Ordering::SeqCst);
                 let reqs = reqs.clone();
                 let st = st.clone();
+                let open = Open::new(&opened);
                 tokio::spawn(async move {
+                    let _open = open;
                     let goaway = Arc::new(tokio::sync::Notify::new());
                     let told = goaway.clone();
                     let svc = service_fn(move |req| {
@@ -112,6 +134,7 @@ impl HttpBackend {
         HttpBackend {
             addr,
             accepted,
+            open,
             requests,
             state,
             _rt: rt,
@@ -120,6 +143,11 @@ impl HttpBackend {
 
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (closed by either side once the backend has seen the close).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> usize {

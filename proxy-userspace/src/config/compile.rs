@@ -2,7 +2,11 @@
 //! table per host, the clusters per destination host (endpoints, subsets and traffic policy),
 //! and the security and rate-limit policies that select each workload.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use foldhash::{HashMap, HashMapExt};
 
@@ -582,6 +586,17 @@ impl Compiled {
             .filter(|c| c.serves_at(addr))
             .map(|c| c.host.as_str())
             .min()
+    }
+
+    /// The addresses of `host`'s endpoints for its port `port` (none when the host has no
+    /// endpoints here).
+    pub fn endpoint_addrs(&self, host: &str, port: u16) -> HashSet<SocketAddr> {
+        let Some(c) = self.clusters.get(host) else {
+            return HashSet::new();
+        };
+        (c.endpoints.iter())
+            .filter_map(|e| Some(SocketAddr::new(e.ip?, c.endpoint_port(&e.ports, port))))
+            .collect()
     }
 
     /// The service whose VIP (or address range) and declared port `dst` is.

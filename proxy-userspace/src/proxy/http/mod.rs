@@ -138,7 +138,8 @@ impl HttpContext {
 
 /// After each reload, forgets the outlier state of the hosts whose DestinationRule changed,
 /// was added or went, and closes their idle upstream connections (the next request opens one
-/// under the new settings), while `ctx` lives.
+/// under the new settings); drains the connections to endpoints the reload removed from their
+/// service; while `ctx` lives.
 async fn forget_changed_clusters(
     ctx: std::sync::Weak<HttpContext>,
     mut applied: tokio::sync::watch::Receiver<u64>,
@@ -152,6 +153,12 @@ async fn forget_changed_clusters(
         let hosts = changed_rule_hosts(&before.policies, &now.policies);
         ctx.outliers.forget_hosts(&hosts);
         ctx.pool.close_idle_of_hosts(&hosts);
+        ctx.pool.retire_endpoints(|host, port| {
+            (
+                before.compiled.endpoint_addrs(host, port),
+                now.compiled.endpoint_addrs(host, port),
+            )
+        });
         before = now;
     }
 }

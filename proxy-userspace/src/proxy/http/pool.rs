@@ -13,8 +13,10 @@ mod lease;
 pub mod limits;
 mod originate;
 pub mod proxy_protocol;
+mod retired;
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
@@ -678,6 +680,24 @@ impl Pool {
             if super::route::cluster_of_hosts(name, patterns) {
                 c.close_idle();
             }
+        }
+    }
+
+    /// Drains the connections to endpoints a reload took out of their service, as Envoy
+    /// drains a removed host's pools: idle ones close now, busy ones when their request ends.
+    /// `endpoints(host, port)`: the addresses of the service port's endpoints before and after
+    /// the reload.
+    pub fn retire_endpoints(
+        &self,
+        endpoints: impl Fn(&str, u16) -> (HashSet<SocketAddr>, HashSet<SocketAddr>),
+    ) {
+        let clusters = self.clusters.lock().expect("cluster pool lock");
+        for (name, c) in clusters.iter() {
+            let Some((host, port)) = super::route::cluster_host_port(name) else {
+                continue;
+            };
+            let (before, now) = endpoints(host, port);
+            c.retire(before.difference(&now), &now);
         }
     }
 

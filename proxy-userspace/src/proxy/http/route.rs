@@ -593,6 +593,14 @@ fn cluster_key(host: &str, subset: &str, port: u16) -> String {
     key
 }
 
+/// The host and port of the cluster keyed `key` ([`cluster_key`]); `None` for another key
+/// (the tunnel's inbound side pools its workload's connections as `inbound|ADDR`).
+pub fn cluster_host_port(key: &str) -> Option<(&str, u16)> {
+    let (host, rest) = key.split_once('|')?;
+    let (_, port) = rest.rsplit_once('|')?;
+    Some((host, port.parse().ok()?))
+}
+
 /// Whether the cluster keyed `key` ([`cluster_key`]) is of a host one of `patterns` covers.
 pub fn cluster_of_hosts(key: &str, patterns: &[String]) -> bool {
     let host = key.split('|').next().unwrap_or(key);
@@ -945,6 +953,11 @@ spec:
         assert_eq!(cluster_key("reviews", "v1", 9080), "reviews|v1|9080");
         assert_eq!(cluster_key("h", "", 0), "h||0");
         assert_eq!(cluster_key("h", "s", 65535), "h|s|65535");
+        let back = cluster_host_port;
+        assert_eq!(back("reviews|v1|9080"), Some(("reviews", 9080)));
+        assert_eq!(back("h||0"), Some(("h", 0)));
+        assert_eq!(back("inbound|10.0.0.2:8080"), None, "the tunnel's inbound pool");
+        assert_eq!(back("reviews"), None);
     }
 
     const POLICIES: &str = r#"apiVersion: networking.istio.io/v1

@@ -107,6 +107,8 @@ pub struct ClusterPool {
     /// The `maxConnections` of the newest configuration a request brought, with its
     /// generation: `generation << 32 | limit`, so the newest wins a `fetch_max`.
     newest_max_connections: AtomicU64,
+    /// Endpoints a reload took out of the cluster's service.
+    retired: super::retired::Retired,
 }
 
 /// An HTTP/2 connection being opened, how many requests wait for it, and why it failed, once
@@ -283,7 +285,7 @@ impl ClusterPool {
     pub fn keep_h1(&self, dst: PeerKey, conn: IdleH1, owner: Option<&ClientLife>) {
         {
             let mut all = self.h1.lock().expect("h1 pool lock");
-            if owner.is_some_and(ClientLife::ended) {
+            if owner.is_some_and(ClientLife::ended) || self.retired.contains(&dst.0) {
                 return;
             }
             all.entry(dst).or_default().push(conn);
@@ -419,19 +421,46 @@ impl ClusterPool {
         });
     }
 
-    /// Drops idle connections past their idle timeout; true when the cluster holds nothing.
+    /// Retires the endpoints `removed` (see `retired`), brings back those in `present`, and
+    /// closes the idle connections to the endpoints retired now.
+    pub fn retire<'a>(
+        &self,
+        removed: impl IntoIterator<Item = &'a SocketAddr>,
+        present: &std::collections::HashSet<SocketAddr>,
+    ) {
+        if !self.retired.update(removed, present) {
+            return;
+        }
+        let retired = self.retired.snapshot();
+        (self.h1.lock().expect("h1 pool lock")).retain(|k, _| !retired.contains(&k.0));
+        let mut h2 = self.h2.lock().expect("h2 pool lock");
+        h2.retain(|k, conns| {
+            if retired.contains(&k.0) {
+                conns.retain(|c| c.streams.load(Ordering::Acquire) > 0);
+            }
+            !conns.is_empty()
+        });
+    }
+
+    /// Drops idle connections past their idle timeout, and those of retired endpoints; true
+    /// when the cluster holds nothing.
     pub fn sweep(&self) -> bool {
+        let retired = self.retired.snapshot();
         let mut h1 = self.h1.lock().expect("h1 pool lock");
         h1.retain(|_, idle| {
             idle.retain_mut(IdleH1::can_carry);
             !idle.is_empty()
         });
         let mut h2 = self.h2.lock().expect("h2 pool lock");
-        h2.retain(|_, conns| {
+        h2.retain(|k, conns| {
+            let gone = retired.contains(&k.0);
             conns.retain(|c| {
+                let busy = c.streams.load(Ordering::Acquire) > 0;
                 !c.sender.is_closed()
-                    && (c.streams.load(Ordering::Acquire) > 0
-                        || (c.last_active.elapsed() < c.idle_timeout && unexpired(c.expires)))
+                    && (busy
+                        || (!gone
+                            && c.last_active.elapsed() < c.idle_timeout
+                            && unexpired(c.expires)))
             });
             !conns.is_empty()
         });
