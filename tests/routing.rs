@@ -68,6 +68,15 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
     let (v1, v2) = two_backends();
     let routes = r#"  - match:
     - uri:
+        prefix: /typo
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+        port:
+          number: 9999
+  - match:
+    - uri:
         exact: /health
     directResponse:
       status: 200
@@ -164,6 +173,18 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         out.to_ascii_lowercase().contains("x-served-by: meshd"),
         "response header added: {out}"
     );
+    // A port the service does not declare: Istio has no cluster for it, and Envoy answers
+    // 503 with flag NC and no body, without reaching an endpoint.
+    let nc = curl(
+        &d,
+        &[
+            "-w",
+            "%{http_code} %{size_download}",
+            "http://reviews:9080/typo",
+        ],
+    );
+    assert_eq!(nc, "503 0");
+    assert!(d.log_text().contains("flags=NC"), "503 carries flag NC");
     let nr = status(&d, "http://reviews:9080/elsewhere");
     assert_eq!(nr, "404");
     assert!(d.log_text().contains("flags=NR"), "404 carries flag NR");

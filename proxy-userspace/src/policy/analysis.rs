@@ -13,6 +13,7 @@ use super::{
 mod authorization;
 mod delegates;
 mod duplicates;
+mod ports;
 mod rate_limits;
 mod routed_twice;
 mod routes;
@@ -31,6 +32,7 @@ pub fn analyze(set: &PolicySet) -> Vec<Finding> {
     undeclared::check(&index, &mut out);
     duplicates::check(&index, &mut out);
     routes::check(set, &mut out);
+    ports::check(set, &mut out);
     delegates::check(set, &mut out);
     selectors::check(set, &mut out);
     rate_limits::check(set, &mut out);

@@ -114,6 +114,7 @@ impl OutboundError {
             OutboundError::Shed(_) | OutboundError::Overflow { .. } => "UO",
             // Envoy's RBAC filter closes the connection without a response flag.
             OutboundError::Denied(_) => "-",
+            OutboundError::NoHealthyUpstream(http::NoEndpoint::NoCluster { .. }) => "NC",
             OutboundError::NoHealthyUpstream(_) => "UH",
             OutboundError::ClientGone(_) => "DC",
             _ => "UF",

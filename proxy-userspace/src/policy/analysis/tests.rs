@@ -303,3 +303,23 @@ fn a_named_workload_entry_under_a_service_that_resolves_no_names_is_a_warning() 
     );
     assert!(dns.is_empty(), "{dns:?}");
 }
+
+#[test]
+fn a_destination_port_the_service_does_not_declare_is_a_warning() {
+    let f = findings(&vs(
+        "  - route:\n    - destination: {host: reviews, port: {number: 9090}}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "8:51: warning: spec.http[0].route[0].destination.port.number: port 9090 is not a port of reviews.default.svc.cluster.local (its ServiceEntries declare 9080); requests routed here get 503 with flag NC, as Istio has no cluster for it"
+        ]
+    );
+    // Its own port, or none (the service's only port), is fine.
+    let declared = "  - route:\n    - destination: {host: reviews, port: {number: 9080}}\n";
+    assert_eq!(findings(&vs(declared)), Vec::<String>::new());
+    assert_eq!(
+        findings(&vs("  - route:\n    - destination: {host: reviews}\n")),
+        Vec::<String>::new()
+    );
+}

@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A set of response flags (`UF`, `URX`, ...). Empty prints as `-`, as in Envoy's access log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResponseFlags(u16);
+pub struct ResponseFlags(u32);
 
 macro_rules! flags {
     ($($name:ident = $bit:expr, $code:literal, $doc:literal;)*) => {
@@ -32,6 +32,7 @@ flags! {
     DOWNSTREAM_PROTOCOL_ERROR = 13, "DPE", "The client's request broke the protocol (a malformed body).";
     UPSTREAM_PROTOCOL_ERROR = 14, "UPE", "The upstream's response broke the protocol (a malformed head).";
     UPSTREAM_REMOTE_RESET = 15, "UR", "The upstream reset or refused the request's HTTP/2 stream.";
+    NO_CLUSTER_FOUND = 16, "NC", "The route's destination port is not one its service declares (Envoy's cluster not found).";
 }
 
 impl ResponseFlags {

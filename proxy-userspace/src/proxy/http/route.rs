@@ -294,6 +294,20 @@ pub enum NoEndpoint {
     UnknownHost { host: String },
     #[error("no healthy upstream: outlier detection ejected every endpoint of {cluster}")]
     AllEjected { cluster: String },
+    /// The route's port is not one the service declares: Istio builds no cluster for it, and
+    /// Envoy answers 503 with flag NC.
+    #[error("no cluster: {host} declares no port {port}")]
+    NoCluster { host: String, port: u16 },
+}
+
+impl NoEndpoint {
+    /// The response flag a request that found no endpoint gets.
+    pub fn flag(&self) -> super::ResponseFlags {
+        match self {
+            NoEndpoint::NoCluster { .. } => super::ResponseFlags::NO_CLUSTER_FOUND,
+            _ => super::ResponseFlags::NO_HEALTHY_UPSTREAM,
+        }
+    }
 }
 
 impl NoEndpoint {
@@ -329,6 +343,12 @@ pub fn endpoints<'s>(
         }
     };
     let port = dest.port.or_else(only_port).unwrap_or(dst.port());
+    if let Some(c) = described.filter(|c| !c.ports.is_empty() && !c.ports.contains_key(&port)) {
+        return Err(NoEndpoint::NoCluster {
+            host: c.host.clone(),
+            port,
+        });
+    }
     let protocol = described.and_then(|c| c.port_protocol(port));
     let Some(cluster) = described.filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
     else {
@@ -956,7 +976,11 @@ spec:
         let back = cluster_host_port;
         assert_eq!(back("reviews|v1|9080"), Some(("reviews", 9080)));
         assert_eq!(back("h||0"), Some(("h", 0)));
-        assert_eq!(back("inbound|10.0.0.2:8080"), None, "the tunnel's inbound pool");
+        assert_eq!(
+            back("inbound|10.0.0.2:8080"),
+            None,
+            "the tunnel's inbound pool"
+        );
         assert_eq!(back("reviews"), None);
     }
 
@@ -1005,6 +1029,28 @@ spec:
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:8080"]);
         assert_eq!(policy.key, "api.default.svc.cluster.local||80");
+    }
+
+    #[test]
+    fn a_port_the_service_does_not_declare_has_no_cluster() {
+        let snap = snapshot();
+        let dst: SocketAddr = "10.96.0.7:80".parse().unwrap();
+        let typo = Destination {
+            port: Some(9999),
+            ..dest(Some("v1"))
+        };
+        let found = endpoints(&snap, &typo, &[], dst, None);
+        assert!(
+            matches!(&found, Err(e @ NoEndpoint::NoCluster { port: 9999, .. })
+                if e.flag() == crate::proxy::http::ResponseFlags::NO_CLUSTER_FOUND),
+            "{:?}",
+            found.map(|(a, _)| a)
+        );
+        let declared = Destination {
+            port: Some(80),
+            ..dest(Some("v1"))
+        };
+        assert!(endpoints(&snap, &declared, &[], dst, None).is_ok());
     }
 
     #[test]

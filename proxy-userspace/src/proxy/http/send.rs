@@ -427,9 +427,14 @@ pub(super) fn refused_stream(e: &super::body::BoxError) -> bool {
 }
 
 pub fn no_endpoint(e: NoEndpoint, rec: &mut Record) -> Response<Body> {
-    rec.fail(ResponseFlags::NO_HEALTHY_UPSTREAM, e.to_string());
+    rec.fail(e.flag(), e.to_string());
     tracing::warn!(error = %e, "no endpoint");
-    local(503, "no healthy upstream", None)
+    // Envoy's answer for a cluster not found has no body.
+    let body = match e {
+        NoEndpoint::NoCluster { .. } => "",
+        _ => "no healthy upstream",
+    };
+    local(503, body, None)
 }
 
 pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> Response<Body> {
