@@ -18,6 +18,7 @@ mod rate_limits;
 mod routed_twice;
 mod routes;
 mod selectors;
+mod shared_hosts;
 mod subsets;
 mod undeclared;
 
@@ -33,6 +34,7 @@ pub fn analyze(set: &PolicySet) -> Vec<Finding> {
     duplicates::check(&index, &mut out);
     routes::check(set, &mut out);
     ports::check(set, &mut out);
+    shared_hosts::check(set, &mut out);
     delegates::check(set, &mut out);
     selectors::check(set, &mut out);
     rate_limits::check(set, &mut out);

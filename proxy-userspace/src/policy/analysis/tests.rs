@@ -323,3 +323,20 @@ fn a_destination_port_the_service_does_not_declare_is_a_warning() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_host_declared_in_two_namespaces_is_a_warning() {
+    let other = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: reviews-copy, namespace: shop}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.9}]\n";
+    let f = findings(other);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("5:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is also declared by ServiceEntry default/reviews (t.yaml:")
+            && f[0].ends_with(") in namespace default; meshd merges the entries' ports and endpoints for every client, where Istio gives each client one of them (its own namespace's, else the oldest)"),
+        "{f:?}"
+    );
+    // In one namespace they merge, in Istio too.
+    assert_eq!(
+        findings(&other.replace("namespace: shop", "namespace: default")),
+        Vec::<String>::new()
+    );
+}
