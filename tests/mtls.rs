@@ -265,6 +265,8 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
                 r#"reporter="destination""#,
                 r#"destination_service="reviews.default.svc.cluster.local""#,
                 r#"destination_workload="reviews""#,
+                r#"source_workload="productpage""#,
+                r#"source_canonical_service="productpage""#,
             ],
             None
         ),
@@ -473,6 +475,9 @@ fn authorization_by_principal_namespace_path_and_method() {
     // source from its certificate.
     let metrics_b = m.d_b.get("/metrics");
     let destination = |principal: &str, protocol: &str, code: &str, value: &str| {
+        // The caller's workload, as the source's CONNECT named it.
+        let (_, caller) = principal.rsplit_once('/').unwrap();
+        let workload = format!(r#"source_workload="{caller}""#);
         let principal = format!(r#"source_principal="spiffe://cluster.local/{principal}""#);
         let protocol = format!(r#"request_protocol="{protocol}""#);
         let code = format!(r#"response_code="{code}""#);
@@ -483,6 +488,7 @@ fn authorization_by_principal_namespace_path_and_method() {
             r#"destination_workload_namespace="default""#,
             r#"connection_security_policy="mutual_tls""#,
             &principal,
+            &workload,
             &protocol,
             &code,
         ];
@@ -550,6 +556,7 @@ fn authorization_by_principal_namespace_path_and_method() {
         "{ok}"
     );
     assert_eq!(ok["destination_workload"], "default/reviews", "{ok}");
+    assert_eq!(ok["source_workload"], "default/productpage", "{ok}");
     assert_eq!(ok["response_flags"], "-", "{ok}");
     let denied: serde_json::Value = serde_json::from_str(&line("/admin", 403)).unwrap();
     assert!(

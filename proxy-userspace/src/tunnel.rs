@@ -5,6 +5,7 @@
 //! stream and connects to its local workload. One TLS connection per (node, source identity,
 //! destination identity) carries many streams.
 
+mod baggage;
 mod client;
 mod error;
 mod prefixed;
@@ -37,12 +38,17 @@ pub struct Via {
     pub node: SocketAddr,
     pub source: SpiffeId,
     pub destination: SpiffeId,
+    /// The source workload (`namespace/name`), named to the far node in the CONNECT's
+    /// `baggage` so that its metrics and access log name the caller.
+    pub workload: Option<Arc<str>>,
 }
 
 impl Via {
-    /// Tells tunnelled connections apart in the upstream pool: they are per source identity.
+    /// Tells tunnelled connections apart in the upstream pool: they are per source workload
+    /// (and so per source identity), since each stream names its caller to the far node.
     pub fn pool_key(&self) -> Arc<str> {
-        Arc::from(format!("{}>{}", self.source, self.node))
+        let workload = self.workload.as_deref().unwrap_or_default();
+        Arc::from(format!("{}>{workload}>{}", self.source, self.node))
     }
 }
 
@@ -186,5 +192,6 @@ pub fn route(
         node,
         source: t.source_identity(snap, workload)?,
         destination: t.identity_of(e)?,
+        workload: workload.map(Arc::from),
     }))
 }

@@ -64,6 +64,9 @@ impl Tunnel {
         if opaque {
             req = req.header(PROTOCOL_HEADER, "tcp");
         }
+        if let Some(b) = via.workload.as_deref().and_then(super::baggage::encode) {
+            req = req.header(super::baggage::HEADER, b);
+        }
         let req = req
             .body(Empty::new())
             .expect("a CONNECT request to a socket address");

@@ -85,8 +85,7 @@ impl InboundRequest {
         self.inbound.metrics.istio.request(
             &RequestLabels {
                 reporter: "destination",
-                // The caller's workload is not known here, only its identity.
-                source_workload: "unknown",
+                source_workload: s.source_workload_name(),
                 source_namespace: &s.source_namespace(),
                 source_principal: &source,
                 destination_service: &s.destination_service(),
@@ -131,6 +130,7 @@ impl InboundRequest {
             downstream_local_address: s.target.to_string().into(),
             downstream_remote_address: s.peer.to_string().into(),
             source_principal: s.source.to_string().into(),
+            source_workload: s.source_workload.as_deref().unwrap_or_default().into(),
             destination_principal: destination_principal.into(),
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
             bytes_received: self.received.bytes(),

@@ -247,6 +247,10 @@ async fn stream_request(
     let service = snap.compiled.service_at(target).map(Arc::from);
     drop(snap);
     let opaque = (req.headers().get(PROTOCOL_HEADER)).is_some_and(|v| v == "tcp");
+    let source_workload = req.headers().get(super::baggage::HEADER).and_then(|b| {
+        let proven = crate::security::spiffe::namespace(&source.to_string())?.to_string();
+        super::baggage::decode(b, &proven)
+    });
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -254,6 +258,7 @@ async fn stream_request(
                 let stream = Stream {
                     peer,
                     source,
+                    source_workload,
                     client_cert,
                     target,
                     service,
@@ -291,6 +296,9 @@ async fn sniff(
 pub struct Stream {
     pub peer: SocketAddr,
     pub source: SpiffeId,
+    /// The source workload (`namespace/name`) the CONNECT named, within the namespace the
+    /// source's certificate proves.
+    pub source_workload: Option<String>,
     /// The peer's certificate as `x-forwarded-client-cert` reports it (all but `By`).
     pub client_cert: Arc<str>,
     pub target: SocketAddr,
@@ -310,6 +318,12 @@ impl Stream {
             self.target.ip(),
             self.target.port(),
         )
+    }
+
+    /// The `source_workload` of Istio's metrics: the workload's name, `unknown` when the
+    /// CONNECT named none.
+    pub fn source_workload_name(&self) -> &str {
+        crate::telemetry::istio::split_workload(self.source_workload.as_deref()).0
     }
 
     /// The source's namespace, from its SPIFFE identity.
@@ -334,7 +348,7 @@ impl Stream {
         let (name, namespace) =
             crate::telemetry::istio::split_workload(self.workload.workload.as_deref());
         crate::telemetry::TcpLabels {
-            source_workload: "unknown".into(),
+            source_workload: self.source_workload_name().into(),
             source_namespace: self.source_namespace(),
             destination_service: self.destination_service().into_owned(),
             destination_workload: name.to_string(),

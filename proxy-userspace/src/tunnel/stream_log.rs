@@ -42,6 +42,7 @@ impl StreamLog {
             upstream_cluster: format!("inbound|{}||", s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
             source_principal: s.source.to_string().into(),
+            source_workload: s.source_workload.as_deref().unwrap_or_default().into(),
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
             bytes_received: end.request_bytes,
             bytes_sent: end.response_bytes,
