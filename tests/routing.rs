@@ -1573,3 +1573,63 @@ fn http2_cookie_crumbs_reach_an_http1_upstream_as_one_field() {
         "{out}"
     );
 }
+
+/// A DestinationRule applies to the clients that look it up first, as in Istio: their own
+/// namespace's rule for the host, else the service's namespace's. Here the `shop` namespace's
+/// rule allows one request per upstream connection; clients of `default` and `other` get the
+/// service's own rule, which keeps connections open.
+#[test]
+fn a_clients_own_namespace_destination_rule_applies_to_it_alone() {
+    if !ebpf_available("dr_namespace_lookup") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = r#"  - route:
+    - destination:
+        host: reviews
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http:
+        maxRequestsPerConnection: 1
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+"#;
+    let d = start("dr-namespace-lookup", 295, &policies(&v1, &v2, routes));
+    let four = |workload: &str| {
+        let host = "reviews.default.svc.cluster.local";
+        let resolve = format!("{host}:9080:127.0.0.50");
+        let url = format!("http://{host}:9080/status/200");
+        let mut args = vec!["curl", "-sS", "--resolve", &resolve, "-w", "%{http_code}\n"];
+        for _ in 0..4 {
+            args.extend(["-o", "/dev/null", &url]);
+        }
+        let out = d.exec(workload, &args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(four("shop/client"), "200\n".repeat(4));
+    assert_eq!(v1.accepted(), 4, "shop's rule: one request per connection");
+    assert_eq!(four("default/productpage"), "200\n".repeat(4));
+    assert_eq!(
+        v1.accepted(),
+        5,
+        "the service's rule: one connection, reused"
+    );
+    assert_eq!(four("other/client"), "200\n".repeat(4));
+    assert_eq!(
+        v1.accepted(),
+        5,
+        "no rule in other: the service's, on the same connection"
+    );
+    assert_eq!(v2.requests(), 0);
+}
