@@ -473,45 +473,51 @@ fn authorization_by_principal_namespace_path_and_method() {
     // Node b read these requests, so it reports them as Istio's inbound sidecar does
     // (`reporter="destination"`), the service named from the endpoint the stream reached, the
     // source from its certificate.
-    let metrics_b = m.d_b.get("/metrics");
-    let destination = |principal: &str, protocol: &str, code: &str, value: &str| {
-        // The caller's workload, as the source's CONNECT named it.
-        let (_, caller) = principal.rsplit_once('/').unwrap();
-        let workload = format!(r#"source_workload="{caller}""#);
-        let principal = format!(r#"source_principal="spiffe://cluster.local/{principal}""#);
-        let protocol = format!(r#"request_protocol="{protocol}""#);
-        let code = format!(r#"response_code="{code}""#);
-        let labels = [
-            r#"reporter="destination""#,
-            r#"destination_service="reviews.default.svc.cluster.local""#,
-            r#"destination_workload="reviews""#,
-            r#"destination_workload_namespace="default""#,
-            r#"connection_security_policy="mutual_tls""#,
-            &principal,
-            &workload,
-            &protocol,
-            &code,
-        ];
-        has_series(&metrics_b, "istio_requests_total", &labels, Some(value))
-    };
+    let destination =
+        |metrics_b: &str, principal: &str, protocol: &str, code: &str, value: &str| {
+            // The caller's workload, as the source's CONNECT named it.
+            let (_, caller) = principal.rsplit_once('/').unwrap();
+            let workload = format!(r#"source_workload="{caller}""#);
+            let principal = format!(r#"source_principal="spiffe://cluster.local/{principal}""#);
+            let protocol = format!(r#"request_protocol="{protocol}""#);
+            let code = format!(r#"response_code="{code}""#);
+            let labels = [
+                r#"reporter="destination""#,
+                r#"destination_service="reviews.default.svc.cluster.local""#,
+                r#"destination_workload="reviews""#,
+                r#"destination_workload_namespace="default""#,
+                r#"connection_security_policy="mutual_tls""#,
+                &principal,
+                &workload,
+                &protocol,
+                &code,
+            ];
+            has_series(metrics_b, "istio_requests_total", &labels, Some(value))
+        };
+    // Recorded as each response body ends, just after the client has read it.
+    let metrics_b = support::eventually(Duration::from_secs(5), || {
+        let text = m.d_b.get("/metrics");
+        destination(&text, "ns/default/sa/productpage", "http", "403", "3").then_some(text)
+    })
+    .unwrap_or_else(|| m.d_b.get("/metrics"));
     assert!(
-        destination("ns/default/sa/productpage", "http", "200", "2"),
+        destination(&metrics_b, "ns/default/sa/productpage", "http", "200", "2"),
         "{metrics_b}"
     );
     assert!(
-        destination("ns/default/sa/productpage", "http", "201", "1"),
+        destination(&metrics_b, "ns/default/sa/productpage", "http", "201", "1"),
         "{metrics_b}"
     );
     assert!(
-        destination("ns/default/sa/productpage", "http", "403", "3"),
+        destination(&metrics_b, "ns/default/sa/productpage", "http", "403", "3"),
         "{metrics_b}"
     );
     assert!(
-        destination("ns/default/sa/productpage", "grpc", "200", "1"),
+        destination(&metrics_b, "ns/default/sa/productpage", "grpc", "200", "1"),
         "{metrics_b}"
     );
     assert!(
-        destination("ns/other/sa/ratings", "http", "403", "1"),
+        destination(&metrics_b, "ns/other/sa/ratings", "http", "403", "1"),
         "{metrics_b}"
     );
     assert!(

@@ -304,11 +304,13 @@ fn connections_to_an_endpoint_a_reload_removes_are_closed_and_it_is_pooled_again
             "/dev/null",
             "-w",
             "%{http_code}",
-            "http://reviews:9080/sleep/4000",
+            "http://reviews:9080/sleep/10000",
         ],
     ));
-    eventually(Duration::from_secs(2), || (v2.open() == 2).then_some(()))
-        .unwrap_or_else(|| panic!("the slow request's connection: {}", v2.open()));
+    eventually(Duration::from_secs(5), || {
+        (v2.open() == 2 && v2.sleeping() == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the slow request's connection: {}", v2.open()));
 
     // v2 leaves the service: its idle connection is closed at once, the busy one once its
     // request is answered, as Envoy drains a removed host's connections.
@@ -320,6 +322,7 @@ fn connections_to_an_endpoint_a_reload_removes_are_closed_and_it_is_pooled_again
     .unwrap_or_else(|| panic!("edit not applied; log:\n{}", d.log_text()));
     eventually(Duration::from_secs(2), || (v2.open() == 1).then_some(()))
         .unwrap_or_else(|| panic!("v2's idle connection is still open: {}", v2.open()));
+    assert_eq!(v2.sleeping(), 1, "the slow request is still in flight");
     let out = slow.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -179,11 +179,11 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         &d,
         &[
             "-w",
-            "%{http_code} %{size_download}",
+            "%{http_code} %{size_download} [%{content_type}]",
             "http://reviews:9080/typo",
         ],
     );
-    assert_eq!(nc, "503 0");
+    assert_eq!(nc, "503 0 []");
     assert!(d.log_text().contains("flags=NC"), "503 carries flag NC");
     let nr = status(&d, "http://reviews:9080/elsewhere");
     assert_eq!(nr, "404");

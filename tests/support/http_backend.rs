@@ -161,6 +161,11 @@ impl HttpBackend {
 
     /// The highest `x-envoy-attempt-count` seen.
     /// The most `/sleep/MS` requests it was answering at once.
+    /// `/sleep/MS` requests being answered now.
+    pub fn sleeping(&self) -> usize {
+        self.state.sleeping.load(Ordering::SeqCst)
+    }
+
     pub fn most_concurrent_sleeps(&self) -> usize {
         self.state.most_sleeping.load(Ordering::SeqCst)
     }

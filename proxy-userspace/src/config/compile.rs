@@ -130,6 +130,9 @@ pub struct Compiled {
     pub authorizer: Arc<crate::security::authz::Authorizer>,
     /// PeerAuthentications, compiled for resolution per workload and port.
     pub mtls: Arc<crate::security::MtlsPolicies>,
+    /// Endpoint address (on the port it receives a service port on) → the service's host, the
+    /// first in name order when several serve it: see [`Compiled::service_at`].
+    pub services_at: HashMap<SocketAddr, String>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -581,11 +584,8 @@ impl Compiled {
     /// The service an endpoint serves: the ServiceEntry host with an endpoint at `addr` that
     /// receives one of the host's ports there (the first in name order when several do), as
     /// Istio's inbound side names the service of a workload's port.
-    pub fn service_at(&self, addr: std::net::SocketAddr) -> Option<&str> {
-        (self.clusters.values())
-            .filter(|c| c.serves_at(addr))
-            .map(|c| c.host.as_str())
-            .min()
+    pub fn service_at(&self, addr: SocketAddr) -> Option<&str> {
+        self.services_at.get(&addr).map(String::as_str)
     }
 
     /// The addresses of `host`'s endpoints for its port `port` (none when the host has no
@@ -706,12 +706,12 @@ impl Cluster {
             .unwrap_or(service_port)
     }
 
-    /// Whether one of the service's endpoints is `addr`, on the port it receives one of the
+    /// The addresses of the service's endpoints, each on every port it receives one of the
     /// service's ports on.
-    fn serves_at(&self, addr: std::net::SocketAddr) -> bool {
-        self.endpoints.iter().any(|e| {
-            e.ip == Some(addr.ip())
-                && (self.ports.keys()).any(|&p| self.endpoint_port(&e.ports, p) == addr.port())
+    fn served_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.endpoints.iter().flat_map(move |e| {
+            (self.ports.keys())
+                .filter_map(move |&p| Some(SocketAddr::new(e.ip?, self.endpoint_port(&e.ports, p))))
         })
     }
 
@@ -828,7 +828,17 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
         .cloned()
         .collect();
     wildcard_hosts.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    let mut services_at: HashMap<SocketAddr, String> = HashMap::new();
+    for c in clusters.values() {
+        for addr in c.served_addrs() {
+            let host = services_at.entry(addr).or_insert_with(|| c.host.clone());
+            if c.host < *host {
+                host.clone_from(&c.host);
+            }
+        }
+    }
     Compiled {
+        services_at,
         wildcard_hosts,
         routes: compile_routes(set),
         tcp_routes: crate::routes::l4::TcpRoutes::compile(set),

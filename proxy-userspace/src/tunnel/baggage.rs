@@ -1,7 +1,8 @@
 //! The source workload named on a tunnel stream, as W3C `baggage` on the CONNECT (as Istio
 //! ambient's ztunnel names its caller): `k8s.namespace.name=default,k8s.workload.name=web`.
-//! The far node takes it only when its namespace is the one the caller's certificate proves,
-//! so a workload can only name workloads of its own namespace.
+//! The far node takes it only when the caller's certificate is the named workload's own
+//! identity (its namespace and service account), so a caller can only name a workload that
+//! shares its identity.
 
 use hyper::header::HeaderValue;
 

@@ -81,13 +81,12 @@ impl InboundRequest {
         let s = &self.stream;
         let (destination_workload, destination_namespace) =
             split_workload(s.workload.workload.as_deref());
-        let source = s.source.to_string();
         self.inbound.metrics.istio.request(
             &RequestLabels {
                 reporter: "destination",
                 source_workload: s.source_workload_name(),
-                source_namespace: &s.source_namespace(),
-                source_principal: &source,
+                source_namespace: s.source_namespace(),
+                source_principal: &s.principal,
                 destination_service: &s.destination_service(),
                 destination_workload,
                 destination_namespace,
@@ -129,7 +128,7 @@ impl InboundRequest {
             user_agent: text(&self.user_agent).into(),
             downstream_local_address: s.target.to_string().into(),
             downstream_remote_address: s.peer.to_string().into(),
-            source_principal: s.source.to_string().into(),
+            source_principal: s.principal.as_str().into(),
             source_workload: s.source_workload.as_deref().unwrap_or_default().into(),
             destination_principal: destination_principal.into(),
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),

@@ -245,18 +245,23 @@ async fn stream_request(
     };
     inbound.metrics.tunnel("stream_opened");
     let service = snap.compiled.service_at(target).map(Arc::from);
-    drop(snap);
-    let opaque = (req.headers().get(PROTOCOL_HEADER)).is_some_and(|v| v == "tcp");
+    // The workload the baggage names, if the source's certificate is that workload's own
+    // identity (its namespace and service account).
     let source_workload = req.headers().get(super::baggage::HEADER).and_then(|b| {
         let proven = crate::security::spiffe::namespace(&source.to_string())?.to_string();
-        super::baggage::decode(b, &proven)
+        let named = super::baggage::decode(b, &proven)?;
+        let identity = inbound.tunnel.source_identity(&snap, Some(&named)).ok()?;
+        (identity == source).then_some(named)
     });
+    drop(snap);
+    let opaque = (req.headers().get(PROTOCOL_HEADER)).is_some_and(|v| v == "tcp");
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(up) => {
                 let stream = Stream {
                     peer,
+                    principal: source.to_string(),
                     source,
                     source_workload,
                     client_cert,
@@ -296,6 +301,8 @@ async fn sniff(
 pub struct Stream {
     pub peer: SocketAddr,
     pub source: SpiffeId,
+    /// `source` as text, written once: every request's labels and log line carry it.
+    pub principal: String,
     /// The source workload (`namespace/name`) the CONNECT named, within the namespace the
     /// source's certificate proves.
     pub source_workload: Option<String>,
@@ -313,7 +320,7 @@ impl Stream {
     /// The authorization context of this stream (without HTTP attributes).
     pub fn context(&self) -> RequestContext<'static> {
         RequestContext::new(
-            Some(self.source.to_string()),
+            Some(self.principal.clone()),
             self.peer.ip(),
             self.target.ip(),
             self.target.port(),
@@ -327,10 +334,8 @@ impl Stream {
     }
 
     /// The source's namespace, from its SPIFFE identity.
-    pub fn source_namespace(&self) -> String {
-        crate::security::spiffe::namespace(&self.source.to_string())
-            .unwrap_or("unknown")
-            .to_string()
+    pub fn source_namespace(&self) -> &str {
+        crate::security::spiffe::namespace(&self.principal).unwrap_or("unknown")
     }
 
     /// The `destination_service` of Istio's metrics: the service the target serves, else the
@@ -349,14 +354,14 @@ impl Stream {
             crate::telemetry::istio::split_workload(self.workload.workload.as_deref());
         crate::telemetry::TcpLabels {
             source_workload: self.source_workload_name().into(),
-            source_namespace: self.source_namespace(),
+            source_namespace: self.source_namespace().to_string(),
             destination_service: self.destination_service().into_owned(),
             destination_workload: name.to_string(),
             destination_namespace: namespace.to_string(),
             response_flags: "-".into(),
             reporter: "destination",
             // Istio's labels carry the whole SPIFFE ID, scheme included.
-            source_principal: self.source.to_string(),
+            source_principal: self.principal.clone(),
             security_policy: "mutual_tls",
         }
     }

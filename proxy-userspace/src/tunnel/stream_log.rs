@@ -41,7 +41,7 @@ impl StreamLog {
             duration_ms: self.start.elapsed().as_secs_f64() * 1e3,
             upstream_cluster: format!("inbound|{}||", s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
-            source_principal: s.source.to_string().into(),
+            source_principal: s.principal.as_str().into(),
             source_workload: s.source_workload.as_deref().unwrap_or_default().into(),
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
             bytes_received: end.request_bytes,

@@ -624,12 +624,16 @@ pub(super) fn local(
     extra: Option<(header::HeaderName, String)>,
 ) -> Response<Body> {
     let body: bytes::Bytes = body.into();
+    let empty = body.is_empty();
     let mut resp = Response::new(body::full(body.clone()));
     resp.extensions_mut()
         .insert(super::grpc_local::LocalReply(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    // An empty answer (Envoy's to a cluster not found) has no content type, as Envoy's.
+    if !empty {
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
     if let Some((name, value)) = extra
         && let Ok(v) = HeaderValue::from_str(&value)
     {

@@ -222,7 +222,7 @@ impl Target {
         Target { addr, via: None }
     }
 
-    /// The pool's key for connections to the target: per source identity through the tunnel,
+    /// The pool's key for connections to the target: per source workload through the tunnel,
     /// per downstream connection where they open with a PROXY protocol header.
     fn key(&self, limits: &Limits) -> PeerKey {
         let partition = match (&self.via, &limits.proxy_protocol) {
@@ -691,13 +691,23 @@ impl Pool {
         &self,
         endpoints: impl Fn(&str, u16) -> (HashSet<SocketAddr>, HashSet<SocketAddr>),
     ) {
-        let clusters = self.clusters.lock().expect("cluster pool lock");
-        for (name, c) in clusters.iter() {
-            let Some((host, port)) = super::route::cluster_host_port(name) else {
+        // Copied out: requests take the map's lock to find their cluster.
+        let clusters: Vec<(String, Arc<ClusterPool>)> = (self.clusters.lock())
+            .expect("cluster pool lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // A host's subsets share its endpoints: their sets are built once per host and port.
+        let mut sets: HashMap<(String, u16), (HashSet<SocketAddr>, HashSet<SocketAddr>)> =
+            HashMap::new();
+        for (name, c) in clusters {
+            let Some((host, port)) = super::route::cluster_host_port(&name) else {
                 continue;
             };
-            let (before, now) = endpoints(host, port);
-            c.retire(before.difference(&now), &now);
+            let (before, now) = sets
+                .entry((host.to_string(), port))
+                .or_insert_with(|| endpoints(host, port));
+            c.retire(before.difference(now), now);
         }
     }
 

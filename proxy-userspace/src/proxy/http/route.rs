@@ -343,7 +343,12 @@ pub fn endpoints<'s>(
         }
     };
     let port = dest.port.or_else(only_port).unwrap_or(dst.port());
-    if let Some(c) = described.filter(|c| !c.ports.is_empty() && !c.ports.contains_key(&port)) {
+    // A port the route names that the service does not declare has no cluster. (A route that
+    // names none goes to the port dialled, which a VirtualService matched by host name alone
+    // may not be one of its service's: Istio would pass such a request through.)
+    if let Some(c) = described
+        .filter(|c| dest.port.is_some() && !c.ports.is_empty() && !c.ports.contains_key(&port))
+    {
         return Err(NoEndpoint::NoCluster {
             host: c.host.clone(),
             port,

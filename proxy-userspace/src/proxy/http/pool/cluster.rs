@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use super::proxy_protocol::ClientLife;
 
 /// An endpoint and, for a tunnelled connection, the tunnel's key: connections through the
-/// tunnel carry one source identity, so they are pooled apart.
+/// tunnel carry one source workload (and identity), so they are pooled apart.
 pub type PeerKey = (SocketAddr, Option<Arc<str>>);
 
 /// The circuit-breaker counters of a cluster.
@@ -302,6 +302,9 @@ impl ClusterPool {
         per_connection: impl Fn(u32) -> bool,
     ) -> Option<(super::h2::Conn, H2Stream)> {
         let mut all = self.h2.lock().expect("h2 pool lock");
+        if self.retired.contains(&dst.0) {
+            return None;
+        }
         let conns = all.get_mut(dst)?;
         // A connection past its maximum duration leaves the pool: the streams it carries hold
         // their own handles, and it closes when they end.
@@ -373,7 +376,7 @@ impl ClusterPool {
     pub fn add_h2(&self, dst: PeerKey, conn: H2Conn, owner: Option<&ClientLife>) {
         {
             let mut all = self.h2.lock().expect("h2 pool lock");
-            if owner.is_some_and(ClientLife::ended) {
+            if owner.is_some_and(ClientLife::ended) || self.retired.contains(&dst.0) {
                 return;
             }
             all.entry(dst).or_default().push(conn);
@@ -422,7 +425,8 @@ impl ClusterPool {
     }
 
     /// Retires the endpoints `removed` (see `retired`), brings back those in `present`, and
-    /// closes the idle connections to the endpoints retired now.
+    /// lets go of the pool's connections to the endpoints retired now: idle ones close; an
+    /// HTTP/2 connection carrying streams closes when they end (they hold their own handles).
     pub fn retire<'a>(
         &self,
         removed: impl IntoIterator<Item = &'a SocketAddr>,
@@ -431,36 +435,37 @@ impl ClusterPool {
         if !self.retired.update(removed, present) {
             return;
         }
-        let retired = self.retired.snapshot();
+        self.drop_retired(&self.retired.snapshot());
+    }
+
+    fn drop_retired(&self, retired: &std::collections::HashSet<SocketAddr>) {
+        if retired.is_empty() {
+            return;
+        }
         (self.h1.lock().expect("h1 pool lock")).retain(|k, _| !retired.contains(&k.0));
-        let mut h2 = self.h2.lock().expect("h2 pool lock");
-        h2.retain(|k, conns| {
-            if retired.contains(&k.0) {
-                conns.retain(|c| c.streams.load(Ordering::Acquire) > 0);
-            }
-            !conns.is_empty()
-        });
+        (self.h2.lock().expect("h2 pool lock")).retain(|k, _| !retired.contains(&k.0));
     }
 
     /// Drops idle connections past their idle timeout, and those of retired endpoints; true
-    /// when the cluster holds nothing.
+    /// when the cluster holds nothing. With no request in flight, no connection to a retired
+    /// endpoint can come back to the pool: the retired endpoints are forgotten.
     pub fn sweep(&self) -> bool {
         let retired = self.retired.snapshot();
+        self.drop_retired(&retired);
+        if !retired.is_empty() && self.count(Counter::Requests) == 0 {
+            self.retired.clear();
+        }
         let mut h1 = self.h1.lock().expect("h1 pool lock");
         h1.retain(|_, idle| {
             idle.retain_mut(IdleH1::can_carry);
             !idle.is_empty()
         });
         let mut h2 = self.h2.lock().expect("h2 pool lock");
-        h2.retain(|k, conns| {
-            let gone = retired.contains(&k.0);
+        h2.retain(|_, conns| {
             conns.retain(|c| {
-                let busy = c.streams.load(Ordering::Acquire) > 0;
                 !c.sender.is_closed()
-                    && (busy
-                        || (!gone
-                            && c.last_active.elapsed() < c.idle_timeout
-                            && unexpired(c.expires)))
+                    && (c.streams.load(Ordering::Acquire) > 0
+                        || (c.last_active.elapsed() < c.idle_timeout && unexpired(c.expires)))
             });
             !conns.is_empty()
         });
@@ -551,5 +556,20 @@ mod tests {
         assert!(!p.sweep());
         drop(s);
         assert!(p.sweep());
+    }
+
+    #[test]
+    fn retired_endpoints_are_forgotten_once_no_request_is_in_flight() {
+        let p = Arc::new(ClusterPool::new("c"));
+        let gone: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        p.retire([&gone], &std::collections::HashSet::new());
+        assert!(p.retired.contains(&gone));
+        // A request in flight may still bring a connection back: it stays retired.
+        let request = p.try_slot(Counter::Requests, 10);
+        p.sweep();
+        assert!(p.retired.contains(&gone));
+        drop(request);
+        p.sweep();
+        assert!(!p.retired.contains(&gone));
     }
 }

@@ -39,6 +39,12 @@ impl Retired {
         self.any.load(Ordering::Acquire) && self.addrs.lock().expect("retired lock").contains(addr)
     }
 
+    /// Forgets every retired endpoint.
+    pub fn clear(&self) {
+        self.addrs.lock().expect("retired lock").clear();
+        self.any.store(false, Ordering::Release);
+    }
+
     /// The retired endpoints now.
     pub fn snapshot(&self) -> HashSet<SocketAddr> {
         if !self.any.load(Ordering::Acquire) {
