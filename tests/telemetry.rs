@@ -738,3 +738,97 @@ fn an_open_tcp_connection_reports_its_bytes_while_it_flows() {
     .unwrap_or_else(|| panic!("never closed:\n{}", d.get("/metrics")));
     both_at(3352).unwrap_or_else(|| panic!("totals at close:\n{}", d.get("/metrics")));
 }
+
+/// A mesh workload on meshd's own node has no other proxy to report what reached it: meshd
+/// reports those requests as their destination too (`reporter="destination"`), as the
+/// workload's inbound sidecar would, denials by its AuthorizationPolicy included; a request
+/// to an endpoint that is no mesh workload has the source's series only.
+#[test]
+fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
+    if !ebpf_available("same_node_destination") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - match:\n    - headers:\n        x-to:\n          exact: v2\n    route:\n    \
+                  - destination:\n        host: reviews\n        subset: v2\n  \
+                  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let mesh = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1, namespace: default}}\n\
+         spec: {{address: 127.0.0.1, serviceAccount: reviews, ports: {{http: {p1}}}, labels: {{app: reviews, version: v1}}}}\n\
+         ---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: no-admin, namespace: default}}\n\
+         spec: {{selector: {{matchLabels: {{app: reviews}}}}, action: DENY, rules: [{{to: [{{operation: {{paths: [/admin]}}}}]}}]}}\n",
+        p1 = v1.addr.port()
+    );
+    let d = start(
+        "same-node-destination",
+        296,
+        &format!("{}{mesh}", policies(&v1, &v2, routes)),
+    );
+    for _ in 0..3 {
+        assert_eq!(status(&d, "http://reviews:9080/status/200"), "200");
+    }
+    assert_eq!(status(&d, "http://reviews:9080/status/404"), "404");
+    assert_eq!(status(&d, "http://reviews:9080/admin"), "403");
+    let to_v2 = curl(
+        &d,
+        &[
+            "-H",
+            "x-to: v2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://reviews:9080/",
+        ],
+    );
+    assert_eq!(to_v2, "200");
+    let series = |text: &str, reporter: &str, code: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!(r#"reporter="{reporter}""#))
+                    && l.contains(&format!(r#"response_code="{code}""#))
+                    && l.contains(r#"destination_workload="reviews-v1""#)
+                    && l.contains(r#"source_workload="productpage""#)
+                    && l.contains(r#"destination_service="reviews.default.svc.cluster.local""#)
+            })
+            .and_then(|l| l.rsplit_once(' '))
+            .map(|(_, v)| v.to_string())
+    };
+    let text = eventually(Duration::from_secs(5), || {
+        let text = d.get("/metrics");
+        (series(&text, "destination", "403").is_some()).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no destination series:\n{}", d.get("/metrics")));
+    for reporter in ["source", "destination"] {
+        assert_eq!(
+            series(&text, reporter, "200").as_deref(),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, reporter, "404").as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, reporter, "403").as_deref(),
+            Some("1"),
+            "{text}"
+        );
+    }
+    // v2 has no WorkloadEntry: no workload of the mesh received that request.
+    let destination_series = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("istio_requests_total{") && l.contains(r#"reporter="destination""#)
+        })
+        .count();
+    assert_eq!(destination_series, 3, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains(r#"reporter="source""#)
+            && l.contains(r#"destination_workload="unknown""#)),
+        "{text}"
+    );
+}

@@ -40,6 +40,10 @@ impl ResponseFlags {
         self.0 |= other.0;
     }
 
+    pub fn remove(&mut self, other: ResponseFlags) {
+        self.0 &= !other.0;
+    }
+
     pub fn contains(self, other: ResponseFlags) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
     }

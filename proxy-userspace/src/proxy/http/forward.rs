@@ -416,25 +416,36 @@ impl Drop for RequestLog {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        self.ctx.metrics.istio.request(
-            &RequestLabels {
-                reporter: "source",
-                source_workload,
-                source_namespace,
-                source_principal: self.down.principal.as_deref().unwrap_or("unknown"),
-                destination_service: &destination_service,
-                destination_workload,
-                destination_namespace,
-                protocol: self.protocol,
-                response_code: status,
-                grpc_status,
-                response_flags: &flags,
-                security_policy: rec.security_policy.unwrap_or("unknown"),
-            },
-            elapsed,
-            request_bytes,
-            self.response_bytes,
-        );
+        let labels = RequestLabels {
+            reporter: "source",
+            source_workload,
+            source_namespace,
+            source_principal: self.down.principal.as_deref().unwrap_or("unknown"),
+            destination_service: &destination_service,
+            destination_workload,
+            destination_namespace,
+            protocol: self.protocol,
+            response_code: status,
+            grpc_status,
+            response_flags: &flags,
+            security_policy: rec.security_policy.unwrap_or("unknown"),
+        };
+        let istio = &self.ctx.metrics.istio;
+        istio.request(&labels, elapsed, request_bytes, self.response_bytes);
+        // A mesh workload on this node has no other proxy to report what reached it: meshd
+        // reports it as its destination too, as the workload's inbound sidecar would.
+        if self.reached_local_workload() {
+            let mut received = rec.flags;
+            // The retries were the client side's.
+            received.remove(ResponseFlags::RETRY_LIMIT);
+            let received = received.to_string();
+            let as_destination = RequestLabels {
+                reporter: "destination",
+                response_flags: &received,
+                ..labels
+            };
+            istio.request(&as_destination, elapsed, request_bytes, self.response_bytes);
+        }
         if let Some(prefix) = &rec.stat_prefix {
             let request = RouteRequest {
                 retries: rec.retries,
@@ -541,6 +552,23 @@ impl Drop for RequestLog {
 }
 
 impl RequestLog {
+    /// Whether the request's last attempt went directly to a mesh workload (a WorkloadEntry)
+    /// on this node, or was refused on its behalf by its AuthorizationPolicy.
+    fn reached_local_workload(&self) -> bool {
+        let rec = &self.rec;
+        let (Some(addr), Some(_), Some("none")) = (
+            rec.upstream_host,
+            &rec.destination_workload,
+            rec.security_policy,
+        ) else {
+            return false;
+        };
+        let snap = self.ctx.config.current();
+        (snap.compiled.endpoints.get(addr)).is_some_and(|e| {
+            crate::tunnel::on_this_node(e, self.ctx.node_address, self.ctx.inbound_port)
+        })
+    }
+
     /// Istio's name for the cluster the request went to: the service's subset and port, else
     /// the address dialled (`PassthroughCluster`); empty when it was answered before one was
     /// chosen (no route, a redirect or a direct response).
