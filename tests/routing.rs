@@ -1633,3 +1633,68 @@ spec:
     );
     assert_eq!(v2.requests(), 0);
 }
+
+/// A VirtualService with only `tcp` routes steers the service's TCP port and leaves its HTTP
+/// port to the default route, as Istio builds no HTTP virtual host for it.
+#[test]
+fn a_virtual_service_with_only_tcp_routes_leaves_http_alone() {
+    if !ebpf_available("tcp_only_vs") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let (e1, e2) = (
+        support::backend::Backend::echo("127.0.0.1:0"),
+        support::backend::Backend::echo("127.0.0.1:0"),
+    );
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [127.0.0.50]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP}}
+  - {{number: 9090, name: tcp, protocol: TCP}}
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {h1}, tcp: {t1}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {h2}, tcp: {t2}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews-tcp, namespace: default}}
+spec:
+  hosts: [reviews]
+  tcp:
+  - match: [{{port: 9090}}]
+    route:
+    - destination: {{host: reviews, subset: v2}}
+"#,
+        h1 = v1.addr.port(),
+        h2 = v2.addr.port(),
+        t1 = e1.addr.port(),
+        t2 = e2.addr.port(),
+    );
+    let d = start("tcp-only-vs", 297, &yaml);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    // HTTP: the default route over both endpoints, in turn.
+    assert_eq!((v1.requests(), v2.requests()), (10, 10));
+    // TCP: the route's subset.
+    let vip: std::net::SocketAddr = "127.0.0.50:9090".parse().unwrap();
+    for _ in 0..4 {
+        d.echo("default/productpage", vip, 1024);
+    }
+    assert_eq!((e1.accepted(), e2.accepted()), (0, 4));
+}
