@@ -741,8 +741,9 @@ fn an_open_tcp_connection_reports_its_bytes_while_it_flows() {
 
 /// A mesh workload on meshd's own node has no other proxy to report what reached it: meshd
 /// reports those requests as their destination too (`reporter="destination"`), as the
-/// workload's inbound sidecar would, denials by its AuthorizationPolicy included; a request
-/// to an endpoint that is no mesh workload has the source's series only.
+/// workload's inbound sidecar would, denials by its AuthorizationPolicy and answers a retry
+/// replaced included; a request to an endpoint that is no mesh workload has the source's
+/// series only.
 #[test]
 fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
     if !ebpf_available("same_node_destination") {
@@ -769,6 +770,8 @@ fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
     }
     assert_eq!(status(&d, "http://reviews:9080/status/404"), "404");
     assert_eq!(status(&d, "http://reviews:9080/admin"), "403");
+    // Istio's default retry policy retries a 503: the workload answered twice.
+    assert_eq!(status(&d, "http://reviews:9080/fail-first/1"), "200");
     let to_v2 = curl(
         &d,
         &[
@@ -803,7 +806,7 @@ fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
     for reporter in ["source", "destination"] {
         assert_eq!(
             series(&text, reporter, "200").as_deref(),
-            Some("3"),
+            Some("4"),
             "{text}"
         );
         assert_eq!(
@@ -817,6 +820,13 @@ fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
             "{text}"
         );
     }
+    // The answer the retry replaced, as the workload's sidecar would have counted it.
+    assert_eq!(
+        series(&text, "destination", "503").as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(series(&text, "source", "503"), None, "{text}");
     // v2 has no WorkloadEntry: no workload of the mesh received that request.
     let destination_series = text
         .lines()
@@ -824,7 +834,7 @@ fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
             l.starts_with("istio_requests_total{") && l.contains(r#"reporter="destination""#)
         })
         .count();
-    assert_eq!(destination_series, 3, "{text}");
+    assert_eq!(destination_series, 4, "{text}");
     assert!(
         text.lines().any(|l| l.starts_with("istio_requests_total{")
             && l.contains(r#"reporter="source""#)

@@ -446,6 +446,30 @@ impl Drop for RequestLog {
             };
             istio.request(&as_destination, elapsed, request_bytes, self.response_bytes);
         }
+        // The answers a retry replaced reached their workloads too: each is one request as an
+        // inbound sidecar there counts it (its body was dropped unread).
+        if !rec.replaced.is_empty() {
+            let snap = self.ctx.config.current();
+            for r in &rec.replaced {
+                let Some(workload) = (snap.compiled.endpoint_workloads.get(&r.endpoint))
+                    .filter(|_| self.on_this_node(&snap, r.endpoint))
+                else {
+                    continue;
+                };
+                let (destination_workload, destination_namespace) = split_workload(Some(workload));
+                let attempt = RequestLabels {
+                    reporter: "destination",
+                    destination_workload,
+                    destination_namespace,
+                    response_code: r.status,
+                    grpc_status: "",
+                    response_flags: "-",
+                    security_policy: "none",
+                    ..labels
+                };
+                istio.request(&attempt, r.took, request_bytes, 0);
+            }
+        }
         if let Some(prefix) = &rec.stat_prefix {
             let request = RouteRequest {
                 retries: rec.retries,
@@ -563,7 +587,11 @@ impl RequestLog {
         ) else {
             return false;
         };
-        let snap = self.ctx.config.current();
+        self.on_this_node(&self.ctx.config.current(), addr)
+    }
+
+    /// Whether the endpoint `addr` is on this node (see `tunnel::on_this_node`).
+    fn on_this_node(&self, snap: &crate::config::Snapshot, addr: std::net::SocketAddr) -> bool {
         (snap.compiled.endpoints.get(addr)).is_some_and(|e| {
             crate::tunnel::on_this_node(e, self.ctx.node_address, self.ctx.inbound_port)
         })

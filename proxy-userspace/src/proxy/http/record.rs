@@ -27,6 +27,17 @@ pub struct Record {
     /// The `statPrefix` of the route's match, with its virtual host: the request counts in that
     /// route's statistics.
     pub stat_prefix: Option<std::sync::Arc<crate::telemetry::route_stats::RouteStat>>,
+    /// The attempts that answered and that a retry replaced, in order.
+    pub replaced: Vec<Replaced>,
+}
+
+/// An attempt that got an answer a retry then replaced.
+#[derive(Clone, Copy, Debug)]
+pub struct Replaced {
+    pub endpoint: SocketAddr,
+    pub status: u16,
+    /// From the attempt's send to its answer.
+    pub took: std::time::Duration,
 }
 
 impl Record {

@@ -701,6 +701,10 @@ pub async fn with_policy(
     // ends counts against it.
     let in_flight = std::sync::Mutex::new(None::<SocketAddr>);
     let in_flight = &in_flight;
+    // The status and duration of the attempt that answered last: one a retry then replaces
+    // goes into the record, for the destination's view of each attempt.
+    let answered = std::sync::Mutex::new(None::<(u16, std::time::Duration)>);
+    let answered = &answered;
     let timed_out_at = |ctx: &HttpContext| {
         if let Some(t) = in_flight.lock().expect("in-flight lock").take() {
             plan.observe_timeout(ctx, t);
@@ -768,6 +772,15 @@ pub async fn with_policy(
                         Outgoing::Owned(req)
                     }
                 };
+                if let (Some(endpoint), Some((status, took))) =
+                    (last, answered.lock().expect("answered lock").take())
+                {
+                    rec.replaced.push(super::record::Replaced {
+                        endpoint,
+                        status,
+                        took,
+                    });
+                }
                 let target = plan.target(ctx, last, &mut tried);
                 last = target.as_ref().ok().copied();
                 // How to reach the endpoint: resolved once per attempt.
@@ -805,6 +818,7 @@ pub async fn with_policy(
                     }
                     let _in_flight = ctx.lb.start(target);
                     *in_flight.lock().expect("in-flight lock") = Some(target);
+                    let began = std::time::Instant::now();
                     let result = match upstream.expect("resolved with the target") {
                         Ok(t) => {
                             ctx.pool
@@ -814,6 +828,11 @@ pub async fn with_policy(
                         Err(e) => Err(e),
                     };
                     in_flight.lock().expect("in-flight lock").take();
+                    if let Ok(r) = &result {
+                        let took = began.elapsed();
+                        *answered.lock().expect("answered lock") =
+                            Some((r.status().as_u16(), took));
+                    }
                     // A streamed body the client broke off fails the attempt: the client's
                     // doing, not a strike against the endpoint.
                     if result.is_err()
