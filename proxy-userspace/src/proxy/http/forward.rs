@@ -433,8 +433,16 @@ impl Drop for RequestLog {
         let istio = &self.ctx.metrics.istio;
         istio.request(&labels, elapsed, request_bytes, self.response_bytes);
         // A mesh workload on this node has no other proxy to report what reached it: meshd
-        // reports it as its destination too, as the workload's inbound sidecar would.
-        if self.reached_local_workload() {
+        // reports it as its destination too, as the workload's inbound sidecar would. Only a
+        // request that went to a workload needs the configuration for that.
+        let to_workload = rec.destination_workload.is_some() || !rec.replaced.is_empty();
+        let snap = to_workload.then(|| self.ctx.config.current());
+        let local = |addr| snap.as_deref().and_then(|s| self.local_workload(s, addr));
+        let reached = match (rec.upstream_host, rec.security_policy) {
+            (Some(addr), Some("none")) => local(addr).is_some(),
+            _ => false,
+        };
+        if reached {
             let mut received = rec.flags;
             // The retries were the client side's.
             received.remove(ResponseFlags::RETRY_LIMIT);
@@ -448,27 +456,22 @@ impl Drop for RequestLog {
         }
         // The answers a retry replaced reached their workloads too: each is one request as an
         // inbound sidecar there counts it (its body was dropped unread).
-        if !rec.replaced.is_empty() {
-            let snap = self.ctx.config.current();
-            for r in &rec.replaced {
-                let Some(workload) = (snap.compiled.endpoint_workloads.get(&r.endpoint))
-                    .filter(|_| self.on_this_node(&snap, r.endpoint))
-                else {
-                    continue;
-                };
-                let (destination_workload, destination_namespace) = split_workload(Some(workload));
-                let attempt = RequestLabels {
-                    reporter: "destination",
-                    destination_workload,
-                    destination_namespace,
-                    response_code: r.status,
-                    grpc_status: "",
-                    response_flags: "-",
-                    security_policy: "none",
-                    ..labels
-                };
-                istio.request(&attempt, r.took, request_bytes, 0);
-            }
+        for r in &rec.replaced {
+            let Some(workload) = local(r.endpoint) else {
+                continue;
+            };
+            let (destination_workload, destination_namespace) = split_workload(Some(workload));
+            let attempt = RequestLabels {
+                reporter: "destination",
+                destination_workload,
+                destination_namespace,
+                response_code: r.status,
+                grpc_status: "",
+                response_flags: "-",
+                security_policy: "none",
+                ..labels
+            };
+            istio.request(&attempt, r.took, request_bytes, 0);
         }
         if let Some(prefix) = &rec.stat_prefix {
             let request = RouteRequest {
@@ -576,25 +579,17 @@ impl Drop for RequestLog {
 }
 
 impl RequestLog {
-    /// Whether the request's last attempt went directly to a mesh workload (a WorkloadEntry)
-    /// on this node, or was refused on its behalf by its AuthorizationPolicy.
-    fn reached_local_workload(&self) -> bool {
-        let rec = &self.rec;
-        let (Some(addr), Some(_), Some("none")) = (
-            rec.upstream_host,
-            &rec.destination_workload,
-            rec.security_policy,
-        ) else {
-            return false;
-        };
-        self.on_this_node(&self.ctx.config.current(), addr)
-    }
-
-    /// Whether the endpoint `addr` is on this node (see `tunnel::on_this_node`).
-    fn on_this_node(&self, snap: &crate::config::Snapshot, addr: std::net::SocketAddr) -> bool {
-        (snap.compiled.endpoints.get(addr)).is_some_and(|e| {
+    /// The mesh workload (`namespace/name` of its WorkloadEntry) at the endpoint `addr`, when
+    /// it is on this node (see `tunnel::on_this_node`).
+    fn local_workload<'s>(
+        &self,
+        snap: &'s crate::config::Snapshot,
+        addr: std::net::SocketAddr,
+    ) -> Option<&'s String> {
+        let on_this_node = (snap.compiled.endpoints.get(addr)).is_some_and(|e| {
             crate::tunnel::on_this_node(e, self.ctx.node_address, self.ctx.inbound_port)
-        })
+        });
+        (snap.compiled.endpoint_workloads.get(&addr)).filter(|_| on_this_node)
     }
 
     /// Istio's name for the cluster the request went to: the service's subset and port, else

@@ -772,9 +772,11 @@ pub async fn with_policy(
                         Outgoing::Owned(req)
                     }
                 };
-                if let (Some(endpoint), Some((status, took))) =
-                    (last, answered.lock().expect("answered lock").take())
-                {
+                // The attempt before this one, if it answered (a first attempt has none).
+                let previous = (n > 1)
+                    .then(|| answered.lock().expect("answered lock").take())
+                    .flatten();
+                if let (Some(endpoint), Some((status, took))) = (last, previous) {
                     rec.replaced.push(super::record::Replaced {
                         endpoint,
                         status,
@@ -798,6 +800,10 @@ pub async fn with_policy(
                 });
                 rec.destination_workload =
                     last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
+                // Only an answer from a mesh workload reached directly can count for the
+                // destination; the others are not timed.
+                let to_workload =
+                    rec.destination_workload.is_some() && rec.security_policy == Some("none");
                 let stat_prefix = stat_prefix.as_deref();
                 async move {
                     let target = target.map_err(Failed::NoEndpoint)?;
@@ -818,7 +824,7 @@ pub async fn with_policy(
                     }
                     let _in_flight = ctx.lb.start(target);
                     *in_flight.lock().expect("in-flight lock") = Some(target);
-                    let began = std::time::Instant::now();
+                    let began = to_workload.then(std::time::Instant::now);
                     let result = match upstream.expect("resolved with the target") {
                         Ok(t) => {
                             ctx.pool
@@ -828,10 +834,9 @@ pub async fn with_policy(
                         Err(e) => Err(e),
                     };
                     in_flight.lock().expect("in-flight lock").take();
-                    if let Ok(r) = &result {
-                        let took = began.elapsed();
+                    if let (Some(began), Ok(r)) = (began, &result) {
                         *answered.lock().expect("answered lock") =
-                            Some((r.status().as_u16(), took));
+                            Some((r.status().as_u16(), began.elapsed()));
                     }
                     // A streamed body the client broke off fails the attempt: the client's
                     // doing, not a strike against the endpoint.
