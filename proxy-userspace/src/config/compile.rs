@@ -595,7 +595,7 @@ impl Compiled {
             return HashSet::new();
         };
         (c.endpoints.iter())
-            .filter_map(|e| Some(SocketAddr::new(e.ip?, c.endpoint_port(&e.ports, port))))
+            .filter_map(|e| c.endpoint_addr(e, port))
             .collect()
     }
 
@@ -706,13 +706,20 @@ impl Cluster {
             .unwrap_or(service_port)
     }
 
+    /// Where the endpoint `e` receives the service port's traffic; `None` for an endpoint
+    /// named, not addressed (DNS).
+    pub fn endpoint_addr(&self, e: &ServiceEndpoint, service_port: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::new(
+            e.ip?,
+            self.endpoint_port(&e.ports, service_port),
+        ))
+    }
+
     /// The addresses of the service's endpoints, each on every port it receives one of the
     /// service's ports on.
     fn served_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.endpoints.iter().flat_map(move |e| {
-            (self.ports.keys())
-                .filter_map(move |&p| Some(SocketAddr::new(e.ip?, self.endpoint_port(&e.ports, p))))
-        })
+        (self.endpoints.iter())
+            .flat_map(move |e| (self.ports.keys()).filter_map(move |&p| self.endpoint_addr(e, p)))
     }
 
     /// Whether `port` is declared `TLS` or `HTTPS`: its clients speak TLS themselves.

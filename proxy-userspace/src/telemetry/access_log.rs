@@ -66,6 +66,12 @@ pub fn outbound_cluster(port: u16, subset: Option<&str>, host: &str) -> String {
     format!("outbound|{port}|{}|{host}", subset.unwrap_or_default())
 }
 
+/// Istio's name for the inbound cluster of a workload's `port`, as its inbound sidecar prints
+/// `%UPSTREAM_CLUSTER%`: `inbound|8080||`.
+pub fn inbound_cluster(port: u16) -> String {
+    format!("inbound|{port}||")
+}
+
 /// Istio's cluster for a destination outside every service: the address the client dialled.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 

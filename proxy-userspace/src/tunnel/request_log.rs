@@ -13,7 +13,7 @@ use super::server::{Inbound, Stream};
 use crate::{
     proxy::{
         connections::unix_ms,
-        http::{GRPC_STATUS, Record, ResponseFlags, body, is_grpc, version_text},
+        http::{GRPC_STATUS, Record, ResponseFlags, body, header_text, is_grpc, version_text},
     },
     telemetry::{Entry, RequestLabels, access_log::rfc3339, istio::split_workload},
 };
@@ -40,11 +40,6 @@ pub struct InboundRequest {
     /// The response's status, once there is one; none when the client left first.
     pub status: Option<u16>,
     pub rec: Record,
-}
-
-/// A header's value as text ("" when absent or not text).
-fn text(v: &Option<HeaderValue>) -> &str {
-    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
 impl InboundRequest {
@@ -92,7 +87,7 @@ impl InboundRequest {
                 destination_namespace,
                 protocol: if self.grpc { "grpc" } else { "http" },
                 response_code: status,
-                grpc_status: text(&self.grpc_status),
+                grpc_status: header_text(&self.grpc_status),
                 response_flags: flags,
                 // It came through the tunnel: the caller proved its identity.
                 security_policy: "mutual_tls",
@@ -118,14 +113,14 @@ impl InboundRequest {
             response_code: status,
             response_flags: flags.into(),
             duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            upstream_cluster: format!("inbound|{}||", s.target.port()).into(),
+            upstream_cluster: crate::telemetry::access_log::inbound_cluster(s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
             authority: match self.uri.authority() {
                 Some(a) => a.as_str(),
-                None => text(&self.host),
+                None => header_text(&self.host),
             }
             .into(),
-            user_agent: text(&self.user_agent).into(),
+            user_agent: header_text(&self.user_agent).into(),
             downstream_local_address: s.target.to_string().into(),
             downstream_remote_address: s.peer.to_string().into(),
             source_principal: s.principal.as_str().into(),
@@ -134,7 +129,7 @@ impl InboundRequest {
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
             bytes_received: self.received.bytes(),
             bytes_sent: self.response_bytes,
-            request_id: text(&self.request_id).into(),
+            request_id: header_text(&self.request_id).into(),
             reason: self.rec.reason.as_deref().unwrap_or_default().into(),
             ..Entry::default()
         };
@@ -178,11 +173,8 @@ impl Drop for InboundRequest {
         }
         let status = self.status.unwrap_or(0);
         let elapsed = self.start.elapsed();
-        let flags = if self.rec.flags.is_empty() {
-            "-".to_string()
-        } else {
-            self.rec.flags.to_string()
-        };
+        // Empty prints as `-`.
+        let flags = self.rec.flags.to_string();
         self.metrics(status, &flags, elapsed);
         let error = status >= 500 || status == 0 || !self.rec.flags.is_empty();
         if self.inbound.http.access.wants(error) {

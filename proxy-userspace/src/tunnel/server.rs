@@ -245,11 +245,12 @@ async fn stream_request(
     };
     inbound.metrics.tunnel("stream_opened");
     let service = snap.compiled.service_at(target).map(Arc::from);
+    let principal = source.to_string();
     // The workload the baggage names, if the source's certificate is that workload's own
     // identity (its namespace and service account).
     let source_workload = req.headers().get(super::baggage::HEADER).and_then(|b| {
-        let proven = crate::security::spiffe::namespace(&source.to_string())?.to_string();
-        let named = super::baggage::decode(b, &proven)?;
+        let proven = crate::security::spiffe::namespace(&principal)?;
+        let named = super::baggage::decode(b, proven)?;
         let identity = inbound.tunnel.source_identity(&snap, Some(&named)).ok()?;
         (identity == source).then_some(named)
     });
@@ -261,7 +262,7 @@ async fn stream_request(
             Ok(up) => {
                 let stream = Stream {
                     peer,
-                    principal: source.to_string(),
+                    principal,
                     source,
                     source_workload,
                     client_cert,

@@ -39,7 +39,7 @@ impl StreamLog {
             protocol: "tcp".into(),
             response_flags: end.flags.into(),
             duration_ms: self.start.elapsed().as_secs_f64() * 1e3,
-            upstream_cluster: format!("inbound|{}||", s.target.port()).into(),
+            upstream_cluster: crate::telemetry::access_log::inbound_cluster(s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
             source_principal: s.principal.as_str().into(),
             source_workload: s.source_workload.as_deref().unwrap_or_default().into(),

@@ -346,8 +346,8 @@ impl LoggedFields {
     }
 }
 
-/// A header's value for the log ("" when absent or not text).
-fn text(v: &Option<HeaderValue>) -> &str {
+/// A header's value as text for a log line or a label ("" when absent or not text).
+pub fn header_text(v: &Option<HeaderValue>) -> &str {
     v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
@@ -553,11 +553,11 @@ impl Drop for RequestLog {
                     .into(),
                 authority: match self.uri.authority() {
                     Some(a) => a.as_str(),
-                    None => text(&self.fields.host),
+                    None => header_text(&self.fields.host),
                 }
                 .into(),
-                user_agent: text(&self.fields.user_agent).into(),
-                x_forwarded_for: text(&self.fields.forwarded_for).into(),
+                user_agent: header_text(&self.fields.user_agent).into(),
+                x_forwarded_for: header_text(&self.fields.forwarded_for).into(),
                 downstream_local_address: self.down.dst.to_string().into(),
                 downstream_remote_address: self.down.peer.to_string().into(),
                 requested_server_name: "".into(),

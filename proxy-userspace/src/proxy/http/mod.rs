@@ -45,7 +45,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use deadline::is_grpc;
 pub use flags::ResponseFlags;
-pub use forward::{GRPC_STATUS, version_text};
+pub use forward::{GRPC_STATUS, header_text, version_text};
 pub use grpc_local::as_grpc;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use record::Record;

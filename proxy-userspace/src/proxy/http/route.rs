@@ -428,9 +428,7 @@ pub fn endpoints<'s>(
         .map(member)
         .filter_map(|i| {
             let e = &cluster.endpoints[i];
-            let ip = e.ip?;
-            let addr = SocketAddr::new(ip, cluster.endpoint_port(&e.ports, port));
-            Some((addr, e.locality.as_deref()))
+            Some((cluster.endpoint_addr(e, port)?, e.locality.as_deref()))
         })
         .unzip();
     let mut policy = ClusterPolicy::of(
