@@ -837,6 +837,114 @@ fn requests_to_a_workload_on_the_same_node_are_authorized_where_they_start() {
     );
 }
 
+/// Workloads of one node often share its address (127.0.0.1 without pods) and name no ports in
+/// their WorkloadEntries. Each is then known by the port its ServiceEntry reaches it on (the
+/// port's `targetPort`), as Istio gives such an endpoint its service's target port, so a policy
+/// that selects one applies to its traffic and to nobody else's.
+#[test]
+fn workloads_sharing_an_address_are_authorized_as_the_one_their_service_reaches() {
+    if !ebpf_available("authz_shared_address") {
+        return;
+    }
+    let reviews = HttpBackend::start("127.0.0.1:0");
+    let ratings = HttpBackend::start("127.0.0.1:0");
+    let ratings_echo = Backend::echo("127.0.0.1:0");
+    // ratings comes first in the file, so the address alone would name it.
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings, namespace: default}}
+spec: {{address: 127.0.0.1, serviceAccount: ratings, labels: {{app: ratings}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews, namespace: default}}
+spec: {{address: 127.0.0.1, serviceAccount: reviews, labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: ["127.0.0.71"]
+  ports: [{{number: 9080, name: http, protocol: HTTP, targetPort: {reviews}}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  addresses: ["127.0.0.72"]
+  ports:
+  - {{number: 9080, name: http, protocol: HTTP, targetPort: {ratings}}}
+  - {{number: 9090, name: echo, protocol: TCP, targetPort: {echo}}}
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: ratings}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ratings-deny-all, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  action: DENY
+  rules: [{{}}]
+"#,
+        reviews = reviews.addr.port(),
+        ratings = ratings.addr.port(),
+        echo = ratings_echo.addr.port(),
+    );
+    let dir = config("authz-shared-address", &yaml);
+    let d = Daemon::start(
+        "authz-shared-address",
+        298,
+        &["--config", dir.to_str().unwrap()],
+    );
+    let get = |url: &str| {
+        let args = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            " %{http_code}",
+            url,
+        ];
+        let out = d.exec("default/productpage", &args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        get("http://127.0.0.71:9080/").ends_with(" 200"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(get("http://127.0.0.72:9080/"), "RBAC: access denied 403");
+    // Dialled at its own address and port, the workload is still the one denied.
+    let direct = format!("http://127.0.0.1:{}/", ratings.addr.port());
+    assert_eq!(get(&direct), "RBAC: access denied 403");
+    assert_eq!(
+        ratings.requests(),
+        0,
+        "no request reached the denied workload"
+    );
+    assert_eq!(reviews.requests(), 1);
+    let connect = "import socket\ntry:\n    s = socket.create_connection(('127.0.0.72', 9090))\n    s.sendall(b'x')\n    print(repr(s.recv(8)))\nexcept OSError as e:\n    print(type(e).__name__)";
+    let out = d
+        .exec("default/productpage", &["python3", "-c", connect])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("b'x'"), "the TCP port is denied too: {said}");
+    assert_eq!(ratings_echo.accepted(), 0);
+    let log = d.log_text();
+    assert!(
+        log.contains("\"destination_workload\":\"default/reviews\"")
+            && log.contains("\"destination_workload\":\"default/ratings\""),
+        "each request is logged with the workload it reached: {log}"
+    );
+}
+
 /// A CUSTOM policy names an external authorization provider meshd cannot call: as istiod does
 /// when it cannot use the provider, it denies everything to the workloads it selects, rather
 /// than leave open what it was written to protect.

@@ -122,8 +122,6 @@ pub struct Compiled {
     /// → the service's first host, the narrowest range first. A single address written as
     /// `/32` or `/128` is in `vips`.
     pub vip_ranges: Vec<(IpBlock, u16, String)>,
-    /// Endpoint address → `namespace/name` of the WorkloadEntry behind it, for telemetry.
-    pub endpoint_workloads: super::endpoints::EndpointWorkloads,
     /// Who stands behind each endpoint, and which meshd node fronts it.
     pub endpoints: super::endpoints::Endpoints,
     /// AuthorizationPolicies, compiled for evaluation.
@@ -855,7 +853,6 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
         workloads,
         vips,
         vip_ranges,
-        endpoint_workloads: super::endpoints::EndpointWorkloads::compile(set),
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
         mtls: Arc::new(mtls),

@@ -4,7 +4,7 @@
 //! far side must prove.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -60,12 +60,16 @@ impl EndpointIdentity {
     }
 }
 
-/// Endpoint identities by address and port, and by address alone for endpoints whose port is
-/// the service's.
+/// Endpoint identities by address and port, and by address alone for endpoints without
+/// `ports`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Endpoints {
     by_addr: HashMap<SocketAddr, EndpointIdentity>,
     by_ip: HashMap<IpAddr, EndpointIdentity>,
+    /// The addresses whose entry in `by_ip` is an endpoint without `ports`, which serves every
+    /// port of its address; an endpoint that names its ports is only known on those.
+    #[serde(skip)]
+    portless: HashSet<IpAddr>,
 }
 
 impl Endpoints {
@@ -91,6 +95,7 @@ impl Endpoints {
                 }
             }
         }
+        e.add_service_ports(set);
         e
     }
 
@@ -103,13 +108,53 @@ impl Endpoints {
                 .entry(SocketAddr::new(ip, *port))
                 .or_insert_with(|| id.clone());
         }
+        if spec.ports.is_empty() && !self.by_ip.contains_key(&ip) {
+            self.portless.insert(ip);
+        }
         self.by_ip.entry(ip).or_insert(id);
+    }
+
+    /// Each endpoint on the ports its services send to it that it does not name: the service
+    /// port's `targetPort`, else its number, as Istio gives such an endpoint. Several workloads
+    /// may share an address (every workload of a node without pods is on 127.0.0.1), and the
+    /// port their services reach them on tells them apart. An address and port named in
+    /// `ports` stays that entry's.
+    fn add_service_ports(&mut self, set: &PolicySet) {
+        for se in &set.service_entries {
+            let ns = &se.metadata.namespace;
+            let selected = super::compile::selected_workloads(set, se)
+                .map(|we| (&we.spec, EndpointIdentity::of(&we.spec, ns, Some(we.id()))));
+            let inline =
+                (se.spec.endpoints.iter()).map(|ep| (ep, EndpointIdentity::of(ep, ns, None)));
+            for (spec, id) in selected.chain(inline) {
+                let Ok(ip) = spec.address.parse::<IpAddr>() else {
+                    continue;
+                };
+                for port in &se.spec.ports {
+                    let target = (spec.ports.get(&port.name).copied())
+                        .or(port.target_port)
+                        .unwrap_or(port.number);
+                    (self.by_addr.entry(SocketAddr::new(ip, target))).or_insert_with(|| id.clone());
+                }
+            }
+        }
     }
 
     pub fn get(&self, addr: SocketAddr) -> Option<&EndpointIdentity> {
         self.by_addr
             .get(&addr)
             .or_else(|| self.by_ip.get(&addr.ip()))
+    }
+
+    /// `namespace/name` of the WorkloadEntry behind `addr`: the one known on that port, else
+    /// one without `ports` at its address (it serves every port there).
+    pub fn workload(&self, addr: SocketAddr) -> Option<&String> {
+        match self.by_addr.get(&addr) {
+            Some(e) => e.workload.as_ref(),
+            None => (self.by_ip.get(&addr.ip()))
+                .filter(|_| self.portless.contains(&addr.ip()))
+                .and_then(|e| e.workload.as_ref()),
+        }
     }
 
     /// Every endpoint declared with its port, by address.
@@ -125,42 +170,6 @@ impl Endpoints {
     /// Whether any endpoint is fronted by a meshd node (which needs workload certificates).
     pub fn any_on_nodes(&self) -> bool {
         self.by_ip.values().any(|e| e.node.is_some())
-    }
-}
-
-/// The WorkloadEntry behind each endpoint address, for telemetry: by address and port for
-/// entries that name their ports, and by address alone for entries without `ports`, which
-/// serve every port of their services (Istio's endpoint then takes the service's port).
-#[derive(Clone, Debug, Default)]
-pub struct EndpointWorkloads {
-    by_addr: HashMap<SocketAddr, String>,
-    by_ip: HashMap<IpAddr, String>,
-}
-
-impl EndpointWorkloads {
-    pub fn compile(set: &PolicySet) -> EndpointWorkloads {
-        let mut w = EndpointWorkloads::default();
-        for we in &set.workload_entries {
-            let Ok(ip) = we.spec.address.parse::<IpAddr>() else {
-                continue;
-            };
-            if we.spec.ports.is_empty() {
-                w.by_ip.entry(ip).or_insert_with(|| we.id());
-            }
-            for port in we.spec.ports.values() {
-                (w.by_addr.entry(SocketAddr::new(ip, *port))).or_insert_with(|| we.id());
-            }
-        }
-        w
-    }
-
-    /// `namespace/name` of the WorkloadEntry behind `addr`.
-    pub fn get(&self, addr: &SocketAddr) -> Option<&String> {
-        (self.by_addr.get(addr)).or_else(|| self.by_ip.get(&addr.ip()))
-    }
-
-    pub fn contains_key(&self, addr: &SocketAddr) -> bool {
-        self.get(addr).is_some()
     }
 }
 
@@ -185,13 +194,61 @@ mod tests {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: web-v1, namespace: shop}\nspec: {address: 127.0.21.1}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: db, namespace: shop}\nspec: {address: 127.0.0.1, ports: {tcp: 5432}}\n";
         let set =
             crate::policy::load_str("t.yaml".as_ref(), yaml).unwrap_or_else(|_| panic!("valid"));
-        let w = EndpointWorkloads::compile(&set);
-        let at = |a: &str| w.get(&a.parse().unwrap()).map(String::as_str);
+        let e = Endpoints::compile(&set);
+        let at = |a: &str| e.workload(a.parse().unwrap()).map(String::as_str);
         assert_eq!(at("127.0.21.1:43210"), Some("shop/web-v1"));
         assert_eq!(at("127.0.21.1:80"), Some("shop/web-v1"));
         assert_eq!(at("127.0.0.1:5432"), Some("shop/db"));
         // An entry with ports names only those: another port of its address is not it.
         assert_eq!(at("127.0.0.1:9000"), None);
+    }
+
+    #[test]
+    fn workloads_sharing_an_address_are_told_apart_by_the_ports_their_services_reach() {
+        // Neither entry names its ports: each is known by its service's target port, whichever
+        // comes first in the files; the address alone stays the first entry's.
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: a, namespace: shop}
+spec: {address: 127.0.0.1, labels: {app: a}, serviceAccount: a}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: z, namespace: shop}
+spec: {address: 127.0.0.1, labels: {app: z}, serviceAccount: z, ports: {metrics: 9090}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: z, namespace: shop}
+spec:
+  hosts: [z.shop.internal]
+  ports: [{number: 80, name: http, targetPort: 41102}, {number: 81, name: admin}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: z}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: inline, namespace: shop}
+spec:
+  hosts: [inline.shop.internal]
+  ports: [{number: 7000, name: tcp}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, serviceAccount: inline}]
+"#;
+        let set =
+            crate::policy::load_str("t.yaml".as_ref(), yaml).unwrap_or_else(|_| panic!("valid"));
+        let e = Endpoints::compile(&set);
+        let sa = |a: &str| e.get(a.parse().unwrap()).map(|i| i.service_account.clone());
+        let workload = |a: &str| e.workload(a.parse().unwrap()).cloned();
+        assert_eq!(sa("127.0.0.1:41102").as_deref(), Some("z"));
+        assert_eq!(workload("127.0.0.1:41102").as_deref(), Some("shop/z"));
+        // A port with no targetPort reaches the endpoint on its own number.
+        assert_eq!(sa("127.0.0.1:81").as_deref(), Some("z"));
+        assert_eq!(sa("127.0.0.1:9090").as_deref(), Some("z"));
+        assert_eq!(sa("127.0.0.1:7000").as_deref(), Some("inline"));
+        assert_eq!(workload("127.0.0.1:7000"), None);
+        assert_eq!(sa("127.0.0.1:5000").as_deref(), Some("a"));
+        assert_eq!(workload("127.0.0.1:5000").as_deref(), Some("shop/a"));
     }
 
     #[test]

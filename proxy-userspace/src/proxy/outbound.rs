@@ -728,7 +728,7 @@ impl TcpRecord {
             Some(s) => (s.host, s.cluster),
             None => (dst.to_string(), access_log::PASSTHROUGH_CLUSTER.to_string()),
         };
-        let dest_workload = snap.compiled.endpoint_workloads.get(&upstream).cloned();
+        let dest_workload = snap.compiled.endpoints.workload(upstream).cloned();
         let (source_workload, source_namespace) = split_workload(workload);
         let (destination_workload, destination_namespace) =
             split_workload(dest_workload.as_deref());

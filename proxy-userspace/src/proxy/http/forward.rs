@@ -589,7 +589,10 @@ impl RequestLog {
         let on_this_node = (snap.compiled.endpoints.get(addr)).is_some_and(|e| {
             crate::tunnel::on_this_node(e, self.ctx.node_address, self.ctx.inbound_port)
         });
-        (snap.compiled.endpoint_workloads.get(&addr)).filter(|_| on_this_node)
+        snap.compiled
+            .endpoints
+            .workload(addr)
+            .filter(|_| on_this_node)
     }
 
     /// Istio's name for the cluster the request went to: the service's subset and port, else
@@ -622,7 +625,7 @@ impl RequestLog {
         let destination = self
             .rec
             .upstream_host
-            .filter(|h| snap.compiled.endpoint_workloads.contains_key(h))
+            .filter(|h| snap.compiled.endpoints.workload(*h).is_some())
             .and_then(|h| snap.compiled.endpoints.get(h))
             .and_then(|e| crate::tunnel::endpoint_identity(td, e).ok())
             .map(|id| id.to_string())

@@ -799,7 +799,7 @@ pub async fn with_policy(
                     }
                 });
                 rec.destination_workload =
-                    last.and_then(|t| plan.snap.compiled.endpoint_workloads.get(&t).cloned());
+                    last.and_then(|t| plan.snap.compiled.endpoints.workload(t).cloned());
                 // Only an answer from a mesh workload reached directly can count for the
                 // destination; the others are not timed.
                 let to_workload =
