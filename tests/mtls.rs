@@ -945,6 +945,48 @@ spec:
     );
 }
 
+/// A client that dials a workload's own address on a port its ServiceEntry declares HTTP, and
+/// waits before it writes (a pool that opens connections ahead of use), is still served as HTTP
+/// and authorized per request, as the workload's inbound sidecar would know its port: the
+/// declared protocol wins over sniffing, whose timeout would have made it opaque TCP.
+#[test]
+fn a_workload_dialled_directly_keeps_its_declared_protocol_for_a_slow_client() {
+    if !ebpf_available("authz_direct_declared") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let deny_admin = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\nspec:\n  selector: {matchLabels: {app: reviews}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n";
+    let dir = config(
+        "authz-direct-declared",
+        &one_node(&backend, &echo, deny_admin),
+    );
+    let d = Daemon::start(
+        "authz-direct-declared",
+        299,
+        &["--config", dir.to_str().unwrap()],
+    );
+    let slow = |path: &str| {
+        let script = format!(
+            "import socket, time\ns = socket.create_connection(('127.0.0.1', {port}))\ntime.sleep(0.5)\ns.sendall(b'GET {path} HTTP/1.1\\r\\nHost: reviews\\r\\nConnection: close\\r\\n\\r\\n')\ns.settimeout(10)\nout = b''\nwhile True:\n    b = s.recv(4096)\n    if not b:\n        break\n    out += b\nprint(out.split(b'\\r\\n')[0].decode())",
+            port = backend.addr.port()
+        );
+        let out = d
+            .exec("default/productpage", &["python3", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(slow("/other"), "HTTP/1.1 200 OK", "{}", d.log_text());
+    assert_eq!(slow("/admin/users"), "HTTP/1.1 403 Forbidden");
+    assert_eq!(backend.requests(), 1, "the denied request never left meshd");
+    assert!(
+        d.log_shows("\"path\":\"/other\",\"protocol\":\"HTTP/1.1\""),
+        "served as HTTP, not passed through as TCP: {}",
+        d.log_text()
+    );
+}
+
 /// A CUSTOM policy names an external authorization provider meshd cannot call: as istiod does
 /// when it cannot use the provider, it denies everything to the workloads it selects, rather
 /// than leave open what it was written to protect.

@@ -128,9 +128,10 @@ pub struct Compiled {
     pub authorizer: Arc<crate::security::authz::Authorizer>,
     /// PeerAuthentications, compiled for resolution per workload and port.
     pub mtls: Arc<crate::security::MtlsPolicies>,
-    /// Endpoint address (on the port it receives a service port on) → the service's host, the
-    /// first in name order when several serve it: see [`Compiled::service_at`].
-    pub services_at: HashMap<SocketAddr, String>,
+    /// Endpoint address (on the port it receives a service port on) → the service's host and
+    /// that service port, the first host in name order when several serve it: see
+    /// [`Compiled::service_at`].
+    pub services_at: HashMap<SocketAddr, (String, u16)>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -583,7 +584,20 @@ impl Compiled {
     /// receives one of the host's ports there (the first in name order when several do), as
     /// Istio's inbound side names the service of a workload's port.
     pub fn service_at(&self, addr: SocketAddr) -> Option<&str> {
-        self.services_at.get(&addr).map(String::as_str)
+        self.services_at.get(&addr).map(|(host, _)| host.as_str())
+    }
+
+    /// The service and service port a connection to `dst` reaches: the service whose VIP and
+    /// port `dst` is, else the one whose endpoint receives a port of it at `dst` (a client that
+    /// dials a workload's own address), as that workload's inbound side knows its port.
+    fn service_port_at(&self, dst: SocketAddr) -> Option<(&Cluster, u16)> {
+        match self.vip_host(dst) {
+            Some(host) => Some((self.clusters.get(host)?, dst.port())),
+            None => {
+                let (host, port) = self.services_at.get(&dst)?;
+                Some((self.clusters.get(host)?, *port))
+            }
+        }
     }
 
     /// The addresses of `host`'s endpoints for its port `port` (none when the host has no
@@ -608,14 +622,16 @@ impl Compiled {
             .map(|(_, _, host)| host.as_str())
     }
 
-    /// The protocol a ServiceEntry declares for a VIP and port: its `protocol`, else Istio's
-    /// port-name convention (`http-web`, `grpc`, `tcp-db`, ...). `None`: detect by sniffing.
+    /// The protocol a ServiceEntry declares for the port a connection to `dst` reaches (a VIP
+    /// and port, or an endpoint's address and the port it receives the service's port on): its
+    /// `protocol`, else Istio's port-name convention (`http-web`, `grpc`, `tcp-db`, ...).
+    /// `None`: detect by sniffing.
     pub fn declared_protocol(
         &self,
         dst: std::net::SocketAddr,
     ) -> Option<crate::proxy::sniff::Detected> {
-        let host = self.vip_host(dst)?;
-        self.clusters.get(host)?.port_protocol(dst.port())
+        let (cluster, port) = self.service_port_at(dst)?;
+        cluster.port_protocol(port)
     }
 
     /// The ServiceEntry host a TLS connection to `port` names in its ClientHello (`sni`), when
@@ -652,11 +668,10 @@ impl Compiled {
         self.tls_ports.contains(&port)
     }
 
-    /// Whether a ServiceEntry declares the VIP and port `TLS` or `HTTPS`.
+    /// Whether a ServiceEntry declares the port a connection to `dst` reaches (a VIP, or an
+    /// endpoint's address) `TLS` or `HTTPS`.
     pub fn declares_tls_at(&self, dst: std::net::SocketAddr) -> bool {
-        (self.vip_host(dst))
-            .and_then(|host| self.clusters.get(host))
-            .is_some_and(|c| c.declares_tls(dst.port()))
+        (self.service_port_at(dst)).is_some_and(|(c, port)| c.declares_tls(port))
     }
 }
 
@@ -714,10 +729,11 @@ impl Cluster {
     }
 
     /// The addresses of the service's endpoints, each on every port it receives one of the
-    /// service's ports on.
-    fn served_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        (self.endpoints.iter())
-            .flat_map(move |e| (self.ports.keys()).filter_map(move |&p| self.endpoint_addr(e, p)))
+    /// service's ports on, with that service port.
+    fn served_addrs(&self) -> impl Iterator<Item = (SocketAddr, u16)> + '_ {
+        (self.endpoints.iter()).flat_map(move |e| {
+            (self.ports.keys()).filter_map(move |&p| Some((self.endpoint_addr(e, p)?, p)))
+        })
     }
 
     /// Whether `port` is declared `TLS` or `HTTPS`: its clients speak TLS themselves.
@@ -833,12 +849,14 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
         .cloned()
         .collect();
     wildcard_hosts.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    let mut services_at: HashMap<SocketAddr, String> = HashMap::new();
+    let mut services_at: HashMap<SocketAddr, (String, u16)> = HashMap::new();
     for c in clusters.values() {
-        for addr in c.served_addrs() {
-            let host = services_at.entry(addr).or_insert_with(|| c.host.clone());
-            if c.host < *host {
-                host.clone_from(&c.host);
+        for (addr, port) in c.served_addrs() {
+            let at = services_at
+                .entry(addr)
+                .or_insert_with(|| (c.host.clone(), port));
+            if c.host < at.0 {
+                *at = (c.host.clone(), port);
             }
         }
     }
@@ -940,6 +958,15 @@ spec:
         );
         assert_eq!(at("10.0.0.1:5432"), None, "another service's port");
         assert_eq!(at("10.0.0.9:80"), None, "no endpoint");
+        // A client dialling the endpoint itself reaches the port its service declares.
+        use crate::proxy::sniff::Detected;
+        let declared = |s: &str| c.declared_protocol(s.parse().unwrap());
+        assert_eq!(declared("10.0.0.3:8080"), Some(Detected::Http1));
+        assert_eq!(declared("10.0.0.2:5432"), Some(Detected::Opaque));
+        // Named `https`: TLS its clients speak themselves, carried opaque.
+        assert_eq!(declared("10.0.0.3:8443"), Some(Detected::Opaque));
+        assert!(c.declares_tls_at("10.0.0.3:8443".parse().unwrap()));
+        assert_eq!(declared("10.0.0.3:9080"), None);
     }
 
     /// As Istio builds no HTTP virtual host for a VirtualService without `http` routes, one
