@@ -310,6 +310,16 @@ fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
     }
     let (v1, v2) = two_backends();
     let routes = r#"  - match:
+    - uri:
+        prefix: /acct
+      headers:
+        x-account:
+          regex: \d+\Q.\E\w+
+    directResponse:
+      status: 200
+      body:
+        string: account
+  - match:
     - sourceNamespace: billing
     directResponse:
       status: 418
@@ -357,6 +367,23 @@ fn a_regex_rewrite_and_a_target_port_reach_the_upstream() {
     assert_eq!(v1.requests(), 1, "v1 reached on the targetPort");
     assert_eq!(status(&d, "http://reviews:9080/other"), "200");
     assert_eq!(v2.requests(), 1, "v2 keeps its own port mapping");
+    // RE2's `\d` and `\w` are ASCII, and `\Q...\E` quotes: digits of other scripts
+    // match neither, as in Envoy, and the request goes on to the last route (v2).
+    let account = |value: &str| {
+        curl(
+            &d,
+            &[
+                "-H",
+                &format!("x-account: {value}"),
+                "http://reviews:9080/acct",
+            ],
+        )
+    };
+    assert_eq!(account("123.ab_c"), "account");
+    assert!(account("١٢٣.ab").contains("\"path\":\"/acct\""));
+    assert!(account("123.é").contains("\"path\":\"/acct\""));
+    assert!(account("123xab").contains("\"path\":\"/acct\""));
+    assert_eq!(v2.requests(), 4);
     // The client is default/productpage: sourceNamespace matches its namespace only.
     assert_eq!(
         curl(&d, &["http://reviews:9080/ns"]),

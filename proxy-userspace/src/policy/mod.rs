@@ -17,6 +17,7 @@ pub mod limits;
 mod load;
 pub mod model;
 pub mod node;
+pub mod re2;
 mod report;
 mod rules;
 mod schema;

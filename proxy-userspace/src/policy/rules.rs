@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{limits::MAX_REGEX_BYTES, node::quote};
+use super::node::quote;
 
 pub type StrRule = fn(&str) -> Result<(), String>;
 
@@ -140,25 +140,11 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(tchar)
 }
 
-/// A regular expression in RE2 syntax (which the `regex` crate implements).
+/// A regular expression in RE2 syntax, as Envoy reads it (see `re2`).
 pub fn regex(s: &str) -> Result<(), String> {
-    regex::RegexBuilder::new(s)
-        .size_limit(MAX_REGEX_BYTES)
-        .build()
+    super::re2::compile(s, false)
         .map(|_| ())
-        .map_err(|e| {
-            let detail = match e {
-                regex::Error::Syntax(msg) => msg
-                    .lines()
-                    .last()
-                    .unwrap_or("syntax error")
-                    .trim_start_matches("error: ")
-                    .to_string(),
-                regex::Error::CompiledTooBig(_) => "too large once compiled".into(),
-                _ => e.to_string(),
-            };
-            format!("invalid regex {}: {detail}", quote(s))
-        })
+        .map_err(|detail| format!("invalid regex {}: {detail}", quote(s)))
 }
 
 /// An IP address or CIDR block.

@@ -14,9 +14,9 @@ pub enum StringMatcher {
 }
 
 impl StringMatcher {
-    /// Compiles a StringMatch; the regex is anchored so it must match the whole value.
-    pub fn regex(pattern: &str) -> Result<StringMatcher, regex::Error> {
-        Regex::new(&format!("^(?:{pattern})$")).map(StringMatcher::Regex)
+    /// Compiles a StringMatch's RE2 regex, anchored so it must match the whole value.
+    pub fn regex(pattern: &str) -> Result<StringMatcher, String> {
+        crate::policy::re2::compile(pattern, true).map(StringMatcher::Regex)
     }
 
     pub fn matches(&self, value: &str, ignore_case: bool) -> bool {

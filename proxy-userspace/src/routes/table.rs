@@ -80,7 +80,7 @@ pub struct RegexRewrite {
 }
 
 impl RegexRewrite {
-    pub fn new(pattern: &str, rewrite: &str) -> Result<RegexRewrite, regex::Error> {
+    pub fn new(pattern: &str, rewrite: &str) -> Result<RegexRewrite, String> {
         let mut replacement = String::with_capacity(rewrite.len());
         let mut chars = rewrite.chars().peekable();
         while let Some(c) = chars.next() {
@@ -99,7 +99,7 @@ impl RegexRewrite {
             }
         }
         Ok(RegexRewrite {
-            regex: regex::Regex::new(pattern)?,
+            regex: crate::policy::re2::compile(pattern, false)?,
             replacement,
         })
     }

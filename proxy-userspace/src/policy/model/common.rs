@@ -24,7 +24,7 @@ impl StringMatch {
             return value.starts_with(p.as_str());
         }
         if let Some(r) = &self.regex {
-            return regex::Regex::new(&format!("^(?:{r})$")).is_ok_and(|re| re.is_match(value));
+            return crate::policy::re2::compile(r, true).is_ok_and(|re| re.is_match(value));
         }
         true
     }
