@@ -1021,6 +1021,11 @@ spec:
         assert!(!r.starts_with("200"), "{path}: {r}");
     }
     assert_eq!(backend.requests(), 0, "nothing reached the workload");
+    assert!(
+        d.log_shows("denied by CUSTOM policy default/ext-authz (meshd cannot call its provider"),
+        "the denial names the CUSTOM policy: {}",
+        d.log_text()
+    );
 }
 
 /// An AUDIT policy (Envoy's RBAC `LOG` action): requests and connections it matches are

@@ -131,26 +131,40 @@ pub fn load_text(file: &Path, text: &str, out: &mut Loaded) {
             .push(Finding::new(file, pos, Severity::Error, msg));
     }
     for doc in parsed.documents {
-        match list_items(&doc.root) {
-            Some(items) => {
-                for item in items {
-                    load_document(file, item.clone(), doc.index, out);
-                }
-            }
-            None => load_document(file, doc.root, doc.index, out),
-        }
+        load_resource(file, doc.root, doc.index, out);
     }
 }
 
-/// The items of a `kind: List` (what `kubectl get -o yaml` writes), each read as a document of
-/// its own, as `istioctl analyze` reads them.
-fn list_items(root: &Node) -> Option<&[Node]> {
+/// One document, or each item of a `kind: List` (what `kubectl get -o yaml` writes), read as a
+/// document of its own, as `istioctl analyze` reads them; a List inside a List too, so that no
+/// policy is skipped for how it was wrapped.
+fn load_resource(file: &Path, root: Node, index: usize, out: &mut Loaded) {
     let kind = root.get("kind").and_then(Node::as_str);
     let api = root.get("apiVersion").and_then(Node::as_str);
     if kind != Some("List") || api != Some("v1") {
-        return None;
+        return load_document(file, root, index, out);
     }
-    root.get("items").and_then(Node::items)
+    match root.get("items") {
+        // An empty List, as `kubectl get` writes one.
+        None => {}
+        Some(items) if items.is_null() => {}
+        Some(items) => match items.items() {
+            Some(items) => {
+                for item in items {
+                    load_resource(file, item.clone(), index, out);
+                }
+            }
+            None => out.findings.push(Finding::new(
+                file,
+                items.pos,
+                Severity::Error,
+                format!(
+                    "items: expected a list of resources, got {}",
+                    items.describe()
+                ),
+            )),
+        },
+    }
 }
 
 /// Validates one document (`index` in its file) and adds it to the set when valid.

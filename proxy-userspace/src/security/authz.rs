@@ -223,6 +223,9 @@ impl std::fmt::Display for DryRun {
 struct Policy {
     id: String,
     action: Action,
+    /// A CUSTOM policy, held as a DENY of everything (its provider cannot be called): its
+    /// denials say so.
+    custom: bool,
     /// Annotated `istio.io/dry-run: "true"`: evaluated for [`Decision::dry_run`] only.
     dry_run: bool,
     selector: Option<BTreeMap<String, String>>,
@@ -363,7 +366,7 @@ impl Authorizer {
                 continue;
             }
             match p.action {
-                Action::Deny if deny.is_none() && p.matches(ctx) => deny = Some(&p.id),
+                Action::Deny if deny.is_none() && p.matches(ctx) => deny = Some(p),
                 Action::Allow => {
                     any_allow = true;
                     if allow.is_none() && p.matches(ctx) {
@@ -375,7 +378,19 @@ impl Authorizer {
             }
         }
         let (allowed, policy, reason) = match (deny, allow) {
-            (Some(id), _) => (false, Some(id), format!("denied by DENY policy {id}")),
+            (Some(p), _) if p.custom => (
+                false,
+                Some(&p.id),
+                format!(
+                    "denied by CUSTOM policy {} (meshd cannot call its provider, and fails closed)",
+                    p.id
+                ),
+            ),
+            (Some(p), _) => (
+                false,
+                Some(&p.id),
+                format!("denied by DENY policy {}", p.id),
+            ),
             (None, Some(id)) => (true, Some(id), format!("allowed by ALLOW policy {id}")),
             (None, None) if any_allow => (false, None, "no ALLOW policy matched".to_string()),
             (None, None) => (true, None, "no ALLOW policy applies".to_string()),

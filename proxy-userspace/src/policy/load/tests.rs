@@ -272,6 +272,42 @@ fn kubectl_lists_load_their_items() {
 }
 
 #[test]
+fn a_list_inside_a_list_is_read_and_an_empty_one_is_empty() {
+    let deny_all = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: default}\nspec: {}\n";
+    let nested = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items:\n{}",
+        deny_all
+            .lines()
+            .enumerate()
+            .map(|(i, l)| format!("  {} {l}\n", if i == 0 { "-" } else { " " }))
+            .collect::<String>()
+    );
+    let read = |file: &str, text: &str| {
+        let mut loaded = super::Loaded::default();
+        super::load_text(file.as_ref(), text, &mut loaded);
+        loaded
+    };
+    let loaded = read("n.yaml", &nested);
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    assert_eq!(loaded.set.authorization_policies.len(), 1, "{nested}");
+    for empty in ["items: []", "items: null", ""] {
+        let text = format!("apiVersion: v1\nkind: List\n{empty}\n");
+        let loaded = read("e.yaml", &text);
+        assert!(loaded.findings.is_empty(), "{empty}: {:?}", loaded.findings);
+    }
+    let Err(LoadFailure::Invalid(f)) = load_str(
+        "m.yaml".as_ref(),
+        "apiVersion: v1\nkind: List\nitems: {a: 1}\n",
+    ) else {
+        panic!("expected an error");
+    };
+    assert!(
+        f[0].message.contains("items: expected a list of resources"),
+        "{f:?}"
+    );
+}
+
+#[test]
 fn other_kinds_beside_the_policies_are_skipped_with_a_warning() {
     let text = format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec: {{replicas: 1}}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec: {{selector: {{istio: ingressgateway}}}}\n---\n{}",

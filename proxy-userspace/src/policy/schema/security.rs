@@ -295,11 +295,20 @@ fn warn_http_only_deny(node: &Node, path: &str, r: &mut Report) {
             .iter()
             .any(|o| o.get("ports").is_some() || o.get("notPorts").is_some());
         let has_to = !operations.is_empty();
-        if (!sources.is_empty() && !has_to && !l4_from) || (has_to && !l4_to) {
+        let at = report::index(&report::key(path, "rules"), i);
+        let http_only = if has_to { !l4_to } else { !sources.is_empty() };
+        if http_only && !l4_from {
             r.warn(
                 rule.pos,
-                &report::index(&report::key(path, "rules"), i),
+                &at,
                 "uses only HTTP attributes in a DENY rule, so it denies all traffic to TCP ports in its scope (as in Istio); name the ports it is meant for",
+            );
+        } else if has_to && !l4_to {
+            // The source still holds on TCP: only its connections are denied, all of them.
+            r.warn(
+                rule.pos,
+                &at,
+                "its operation uses only HTTP attributes, so on TCP ports in its scope it denies every connection from its sources (as in Istio); name the ports it is meant for",
             );
         }
     }

@@ -718,6 +718,11 @@ fn authorization_rules_that_say_nothing_are_errors() {
     );
     assert!(deny("to: [{operation: {methods: [POST], ports: [\"80\"]}}]").is_empty());
     assert!(deny("from: [{source: {namespaces: [bar]}}]").is_empty());
+    // With an L4 source, only that source's TCP connections are denied, all of them.
+    one(
+        deny("from: [{source: {namespaces: [bar]}}]\n    to: [{operation: {methods: [POST]}}]"),
+        "warning: spec.rules[0]: its operation uses only HTTP attributes, so on TCP ports in its scope it denies every connection from its sources",
+    );
     // What Istio accepts stays valid: an empty rule, and ALLOW without rules (allow nothing).
     assert!(check(&ap("  action: DENY\n  rules: [{}]\n")).is_empty());
     assert!(check(&ap("  action: ALLOW\n")).is_empty());

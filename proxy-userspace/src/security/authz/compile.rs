@@ -67,6 +67,7 @@ pub(super) fn policy(
         dry_run: dry_run(p, &id, errors),
         id,
         action,
+        custom,
         rules,
     })
 }
