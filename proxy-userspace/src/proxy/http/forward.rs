@@ -152,7 +152,10 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    log.status = Some(resp.status().as_u16());
+    // A client that left before its request ended gets no answer, whatever meshd wrote: Envoy
+    // records such a request with code 0 (flag DC).
+    let left = log.rec.flags.contains(ResponseFlags::DOWNSTREAM_DISCONNECT);
+    log.status = Some(if left { 0 } else { resp.status().as_u16() });
     // Trailers-only gRPC answers carry grpc-status in the headers; others in the trailers, which
     // the body wrapper reads.
     log.grpc_status = resp

@@ -454,7 +454,8 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
 }
 
 /// 400 for a request whose body the client broke: flag DC when it went away (the answer then
-/// reaches no one), DPE when the body broke the protocol (a bad chunk, a length mismatch).
+/// reaches no one, and the request is recorded with code 0), DPE when the body broke the
+/// protocol (a bad chunk, a length mismatch).
 fn client_failed(failure: ClientFailure, rec: &mut Record) -> Response<Body> {
     match failure {
         ClientFailure::Disconnected => rec.fail(
