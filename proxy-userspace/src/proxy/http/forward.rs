@@ -686,7 +686,8 @@ pub(super) fn local(
     resp.extensions_mut()
         .insert(super::grpc_local::LocalReply(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    // An empty answer (Envoy's to a cluster not found) has no content type, as Envoy's.
+    // An empty answer (Envoy's when no route matches, or no cluster is found) has no content
+    // type, as Envoy's.
     if !empty {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -855,7 +856,8 @@ async fn forward(
                 format!("no route of the VirtualService for {host} matched"),
             );
             rec.destination_service = Some(host.clone());
-            return local(404, format!("no route for {host}\n"), None);
+            // Envoy's answer when no route matches has no body.
+            return local(404, "", None);
         }
         Decision::Passthrough => {
             // No VirtualService: Istio's default route to the service the request names (by a
