@@ -385,6 +385,8 @@ fn hostile_requests_never_reach_the_upstream() {
             501,
         ),
         ("CONNECT", format!("CONNECT {addr} HTTP/1.1\\r\\nHost: {addr}\\r\\n\\r\\n"), 403),
+        // Istio's default: Envoy does not accept HTTP/1.0 (`--http10 on` serves it).
+        ("HTTP/1.0", "GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n".to_string(), 426),
     ];
     for (what, send, want) in cases {
         let (status, got) = raw(&d, &addr, &send, "");
@@ -412,6 +414,23 @@ fn hostile_requests_never_reach_the_upstream() {
     })
     .unwrap_or_else(|| panic!("connections left open: {}", d.get("/connections")));
     assert!(!d.log_text().contains("panicked"));
+}
+
+/// HTTP/1.0 clients (ApacheBench, old health checkers) are served with `--http10 on`, as
+/// Istio serves them with `PILOT_HTTP10`; its default answers them 426 Upgrade Required.
+#[test]
+fn http10_clients_are_served_when_turned_on() {
+    if !ebpf_available("http10") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http10", 300, &["--http10", "on"]);
+    let url = format!("http://{}/whoami", b.addr);
+    let out = curl(&d, &["-0", "-w", " %{http_code}", &url]);
+    assert!(out.ends_with(" 200"), "{out}");
+    assert_eq!(b.requests(), 1);
+    let dump = d.get("/config_dump");
+    assert!(dump.contains("\"accept_http10\": true"), "{dump}");
 }
 
 /// The upstream sees a request as soon as it starts, not once meshd holds 64 KiB of its body or

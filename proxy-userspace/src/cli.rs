@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// `idle_timeout`; Istio keeps Envoy's 1h. `0s`: never.
     #[arg(long, env = "MESHD_HTTP_IDLE_TIMEOUT", default_value = "1h")]
     pub http_idle_timeout: String,
+    /// Whether HTTP/1.0 requests are served; `off` answers them 426 Upgrade Required, as
+    /// Istio's default (`PILOT_HTTP10`, or the proxy metadata `HTTP10: "1"`, turns them on).
+    #[arg(long = "http10", env = "MESHD_HTTP10", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub accept_http10: bool,
     /// Largest HTTP/1 request head (request line and headers) in KiB; bigger gets 431.
     #[arg(long, env = "MESHD_MAX_REQUEST_HEADERS_KB", default_value_t = 60)]
     pub max_request_headers_kb: usize,

@@ -46,6 +46,8 @@ pub struct Settings {
     #[serde(with = "millis")]
     pub protocol_detection_timeout: Duration,
     pub max_request_headers_bytes: usize,
+    /// HTTP/1.0 requests are served (else answered 426, as Istio's default).
+    pub accept_http10: bool,
     /// A client's HTTP connection with no request in flight this long is closed; zero: never.
     #[serde(with = "millis")]
     pub http_idle_timeout: Duration,
@@ -184,6 +186,7 @@ impl Settings {
             connect_timeout,
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
+            accept_http10: a.accept_http10,
             http_idle_timeout,
             istio_metrics: a.istio_metrics,
             tcp_reporting_interval,

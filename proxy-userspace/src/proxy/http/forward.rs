@@ -82,6 +82,9 @@ pub async fn handle(
         None
     }
     .or_else(|| {
+        (req.version() == Version::HTTP_10 && !log.ctx.accept_http10).then_some(HTTP10_REFUSED)
+    })
+    .or_else(|| {
         host_problem(&req).map(|reason| framing::Rejection {
             status: 400,
             reason,
@@ -118,6 +121,8 @@ pub async fn handle(
             }
             let body = match status {
                 400 => format!("bad request: {reason}\n"),
+                // Envoy's 426 has no body.
+                426 => String::new(),
                 _ => format!("{reason}\n"),
             };
             let mut r = local(status, body, None);
@@ -176,6 +181,12 @@ pub async fn handle(
 /// CONNECT, as Istio configures Envoy (no CONNECT upgrade on a sidecar's HTTP routes): refused,
 /// since after a 2xx the tunnel's bytes would pass every L7 rule unseen. A workload that talks
 /// to a forward proxy reaches it on a port declared `TCP`, carried as opaque bytes.
+/// Istio's default for HTTP/1.0 (`accept_http_10` off in Envoy): 426 Upgrade Required.
+const HTTP10_REFUSED: framing::Rejection = framing::Rejection {
+    status: 426,
+    reason: "HTTP/1.0 is not accepted (as Istio's default); meshd --http10 on serves it",
+};
+
 const CONNECT_REFUSED: framing::Rejection = framing::Rejection {
     status: 403,
     reason: "upgrade_failed: CONNECT is not proxied at L7; declare the port TCP to pass it through",

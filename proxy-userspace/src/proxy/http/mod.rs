@@ -65,6 +65,8 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     /// Largest request head (request line and headers) accepted; bigger gets 431.
     pub max_header_bytes: usize,
+    /// HTTP/1.0 requests are served (else answered 426).
+    pub accept_http10: bool,
     /// A client connection with no request in flight this long is closed (`--http-idle-timeout`).
     pub idle_timeout: Option<std::time::Duration>,
     /// The active policy snapshot; each request reads it once and keeps it to the end.
@@ -113,6 +115,7 @@ impl HttpContext {
             mirrors: mirror::Mirrors::default(),
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,
+            accept_http10: settings.accept_http10,
             idle_timeout: Some(settings.http_idle_timeout).filter(|t| !t.is_zero()),
             config,
             lb: lb::Balancer::default(),
