@@ -218,7 +218,12 @@ fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests
     }
     let (v1, v2) = two_backends();
     let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n";
-    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
+    // v1 is a mesh workload on this node: meshd reports what reaches it as its destination.
+    let workload = format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1, namespace: default}}\nspec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: reviews}}}}\n",
+        v1.addr.port()
+    );
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2) + &workload;
     let dir = config_dir("cb-limits", &yaml);
     let d = Daemon::start("cb-limits", 91, &["--config", dir.to_str().unwrap()]);
     // Four slow requests at once: one is served, one waits for the connection, two are shed
@@ -228,6 +233,24 @@ fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests
     assert_eq!(count(&lines, "200"), 2, "{lines:?}");
     assert_eq!(count(&lines, "503 true"), 2, "{lines:?}");
     assert!(start.elapsed() < Duration::from_secs(5));
+    // The shed requests never left meshd: the source reports them (UO), the workload's
+    // destination side only the two it served.
+    let reported = |text: &str, reporter: &str, flags: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains(&format!(r#"reporter="{reporter}""#)))
+            .filter(|l| l.contains(&format!(r#"response_flags="{flags}""#)))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let text = support::eventually(Duration::from_secs(5), || {
+        let text = d.get("/metrics");
+        (reported(&text, "destination", "-") == 2.0).then_some(text)
+    })
+    .unwrap_or_else(|| d.get("/metrics"));
+    assert_eq!(reported(&text, "source", "UO"), 2.0, "{text}");
+    assert_eq!(reported(&text, "destination", "UO"), 0.0, "{text}");
+    assert_eq!(reported(&text, "destination", "-"), 2.0, "{text}");
 
     // Without limits, then a reload lowers http2MaxRequests to 1 while 3 requests are in
     // flight: those finish, and new requests meet the new limit.
@@ -309,6 +332,15 @@ fn max_retries_bounds_retries_in_flight_across_the_cluster() {
         2.0
     );
     assert!(d.log_text().contains("retry not attempted"));
+    // A retry the breaker refused is flagged UO, as Envoy's router flags it.
+    support::eventually(Duration::from_secs(5), || {
+        let uo = d
+            .log_text()
+            .matches(r#""response_code":503,"response_flags":"UO""#)
+            .count();
+        (uo == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("two UO lines: {}", d.log_text()));
 }
 
 /// A `retryBudget` bounds the retries in flight by a share of the active requests (at least

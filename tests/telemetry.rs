@@ -585,6 +585,40 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
     })
     .unwrap_or_default();
     assert_eq!(logged, vec![3000, 3000], "{}", d.log_text());
+    // A grpc-status in the answer to a plain HTTP request is no gRPC status: Istio's stats
+    // label it only for gRPC requests.
+    let plain = ["-o", "/dev/null", "-w", "%{http_code}"];
+    let url = "http://reviews:9080/grpc-only/13";
+    assert_eq!(curl(&d, &[&plain[..], &[url]].concat()), "200");
+    let grpc = [
+        "-H",
+        "content-type: application/grpc",
+        "--http2-prior-knowledge",
+    ];
+    assert_eq!(curl(&d, &[&plain[..], &grpc[..], &[url]].concat()), "200");
+    let series = |text: &str, status: &str| {
+        support::has_series(
+            text,
+            "istio_requests_total",
+            &[
+                &format!("grpc_response_status=\"{status}\""),
+                r#"request_protocol="grpc""#,
+            ],
+            None,
+        )
+    };
+    let text = eventually(Duration::from_secs(3), || {
+        let text = d.get("/metrics");
+        series(&text, "13").then_some(text)
+    })
+    .unwrap_or_else(|| d.get("/metrics"));
+    assert!(series(&text, "13"), "the gRPC request's status: {text}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains(r#"request_protocol="http""#)
+            && l.contains(r#"grpc_response_status="13""#)),
+        "{text}"
+    );
 }
 
 /// A VirtualService match's `statPrefix` gives its route statistics of its own, as Envoy's

@@ -425,9 +425,10 @@ impl Drop for RequestLog {
         } else {
             Cow::Owned(rec.flags.to_string())
         };
-        let grpc_status = self
-            .grpc_status
-            .as_ref()
+        // Only for a gRPC request, as Istio's stats read it: a grpc-status from a server
+        // answering plain HTTP is not a gRPC status.
+        let grpc_status = (self.grpc_status.as_ref())
+            .filter(|_| self.protocol == "grpc")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let labels = RequestLabels {
@@ -452,8 +453,10 @@ impl Drop for RequestLog {
         let to_workload = rec.destination_workload.is_some() || !rec.replaced.is_empty();
         let snap = to_workload.then(|| self.ctx.config.current());
         let local = |addr| snap.as_deref().and_then(|s| self.local_workload(s, addr));
+        // A request a connection-pool limit shed never left meshd: the client side's breaker
+        // refused it, and no inbound side saw it.
         let reached = match (rec.upstream_host, rec.security_policy) {
-            (Some(addr), Some("none")) => local(addr).is_some(),
+            (Some(addr), Some("none")) if !rec.shed => local(addr).is_some(),
             _ => false,
         };
         if reached {

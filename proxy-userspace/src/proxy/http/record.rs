@@ -29,6 +29,9 @@ pub struct Record {
     pub stat_prefix: Option<std::sync::Arc<crate::telemetry::route_stats::RouteStat>>,
     /// The attempts that answered and that a retry replaced, in order.
     pub replaced: Vec<Replaced>,
+    /// The last attempt never left meshd: a connection-pool limit shed it (flag UO), so no
+    /// workload saw it.
+    pub shed: bool,
 }
 
 /// An attempt that got an answer a retry then replaced.

@@ -898,10 +898,13 @@ pub async fn with_policy(
             ),
         };
         ctx.metrics.overflow("cluster", &plan.cluster, limit);
+        // As Envoy's router flags a retry its circuit breaker refused.
+        rec.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
         rec.reason = Some(reason);
     }
     if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
         ctx.metrics.overflow("cluster", &plan.cluster, limit);
+        rec.shed = true;
     }
     match attempts.last {
         Ok(resp) => {
