@@ -876,3 +876,81 @@ fn requests_to_a_workload_on_this_node_are_reported_by_the_destination_too() {
         "{text}"
     );
 }
+
+/// An opaque TCP connection to a mesh workload on this node is reported by its destination
+/// too, as the workload's inbound sidecar would report it (Istio's TCP panels read
+/// `reporter="destination"`): opened, closed and its bytes, in plaintext.
+#[test]
+fn tcp_to_a_workload_on_this_node_is_reported_by_the_destination_too() {
+    if !ebpf_available("tcp_same_node_destination") {
+        return;
+    }
+    let echo = Backend::echo("127.0.0.1:0");
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: db, namespace: default}}
+spec: {{address: 127.0.0.1, serviceAccount: db, labels: {{app: db}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: default}}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  addresses: ["127.0.0.73"]
+  ports: [{{number: 5432, name: tcp, protocol: TCP, targetPort: {port}}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: db}}}}
+"#,
+        port = echo.addr.port()
+    );
+    let dir = support::mesh::config_dir("tcp-same-node-destination", &yaml);
+    let d = Daemon::start(
+        "tcp-same-node-destination",
+        301,
+        &["--config", dir.to_str().unwrap()],
+    );
+    let script = "import socket\ns = socket.create_connection(('127.0.0.73', 5432), timeout=5)\ns.sendall(b'ping')\nprint(s.recv(16).decode())";
+    let out = d
+        .exec("default/client", &["python3", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping");
+    let value = |text: &str, name: &str, reporter: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| l.contains(&format!(r#"reporter="{reporter}""#)))
+            .filter(|l| l.contains(r#"destination_workload="db""#))
+            .filter(|l| l.contains(r#"destination_service="db.default.svc.cluster.local""#))
+            .filter(|l| reporter == "source" || l.contains(r#"connection_security_policy="none""#))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let text = eventually(Duration::from_secs(5), || {
+        let text = d.get("/metrics");
+        (value(&text, "istio_tcp_connections_closed_total", "destination") == 1.0).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no destination series:\n{}", d.get("/metrics")));
+    for reporter in ["source", "destination"] {
+        for name in [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+        ] {
+            assert_eq!(
+                value(&text, name, reporter),
+                1.0,
+                "{name} {reporter}: {text}"
+            );
+        }
+        assert_eq!(
+            value(&text, "istio_tcp_sent_bytes_total", reporter),
+            4.0,
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "istio_tcp_received_bytes_total", reporter),
+            4.0,
+            "{text}"
+        );
+    }
+}

@@ -506,7 +506,8 @@ async fn proxy(
         }
     };
     record.labels.security_policy = "none";
-    ctx.metrics.istio.tcp_opened(&record.labels);
+    record.as_destination = record.reaches_local_workload(ctx, upstream);
+    record.opened(ctx);
     let _ = up.set_nodelay(true);
     let _ = down.set_nodelay(true);
     if let Ok(c) = sockopt::cookie(&up) {
@@ -525,13 +526,17 @@ async fn proxy(
     let read = || Carried::of_sockets(Some(sockets[0]), Some(sockets[1]));
     let istio = &ctx.metrics.istio;
     let labels = &record.labels;
+    let as_destination = record.destination_labels();
     // Boxed: each of the limits below wraps the carry, and a future held by value is laid
     // out once per state of each wrapper. Unboxed, the three layers made every connection's
     // task 51 KiB, HTTP ones included (the size of its largest branch); boxed, the carry
     // costs one allocation of 2.6 KiB, only for an opaque connection.
     let carry = Box::pin(
         (record.reported).during(carry, istio.tcp_reporting(), read, |c| {
-            istio.tcp_bytes(labels, c)
+            istio.tcp_bytes(labels, c);
+            if let Some(d) = &as_destination {
+                istio.tcp_bytes(d, c);
+            }
         }),
     );
     let moved = || read().map(|c| c.to_destination + c.from_destination);
@@ -707,6 +712,9 @@ struct TcpRecord {
     start: std::time::Instant,
     /// The bytes reported while the connection was open.
     reported: Reported,
+    /// Reported by its destination too: it reaches a mesh workload on this node in plaintext,
+    /// as that workload's inbound sidecar would report it.
+    as_destination: bool,
 }
 
 impl TcpRecord {
@@ -760,6 +768,34 @@ impl TcpRecord {
             },
             start: accepted.at,
             reported: Reported::default(),
+            as_destination: false,
+        }
+    }
+
+    /// Whether the connection goes in plaintext to a mesh workload on this node (an endpoint
+    /// of a WorkloadEntry with no other node's label), whose inbound side no other proxy
+    /// reports.
+    fn reaches_local_workload(&self, ctx: &Outbound, upstream: SocketAddr) -> bool {
+        let snap = ctx.http.config.current();
+        !self.labels.destination_workload.is_empty()
+            && (snap.compiled.endpoints.get(upstream)).is_some_and(|e| {
+                crate::tunnel::on_this_node(e, ctx.http.node_address, ctx.http.inbound_port)
+            })
+    }
+
+    /// The connection's labels as its destination reports it, when meshd reports it so.
+    fn destination_labels(&self) -> Option<TcpLabels> {
+        self.as_destination.then(|| TcpLabels {
+            reporter: "destination",
+            security_policy: "none",
+            ..self.labels.clone()
+        })
+    }
+
+    fn opened(&self, ctx: &Outbound) {
+        ctx.metrics.istio.tcp_opened(&self.labels);
+        if let Some(d) = self.destination_labels() {
+            ctx.metrics.istio.tcp_opened(&d);
         }
     }
 
@@ -809,6 +845,9 @@ impl TcpRecord {
         };
         let rest = self.reported.rest(total);
         ctx.metrics.istio.tcp_closed(&self.labels, rest);
+        if let Some(d) = self.destination_labels() {
+            ctx.metrics.istio.tcp_closed(&d, rest);
+        }
         self.entry.bytes_received = sent;
         self.entry.bytes_sent = received;
         self.entry.duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
