@@ -173,6 +173,18 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         out.to_ascii_lowercase().contains("x-served-by: meshd"),
         "response header added: {out}"
     );
+    // As Envoy's router: the upstream's time in milliseconds on what the upstream answered,
+    // not on meshd's own answers.
+    let service_time = |text: &str| {
+        (text.to_ascii_lowercase().lines()).find_map(|l| {
+            l.strip_prefix("x-envoy-upstream-service-time: ")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    assert!(service_time(&out).is_some_and(|ms| ms < 5_000), "{out}");
+    assert_eq!(service_time(&direct), None, "{direct}");
     // A port the service does not declare: Istio has no cluster for it, and Envoy answers
     // 503 with flag NC and no body, without reaching an endpoint.
     let nc = curl(

@@ -37,6 +37,10 @@ use crate::{
     routes::{Destination, HttpRoute},
 };
 
+/// Envoy's response header with the upstream's time in milliseconds.
+const UPSTREAM_SERVICE_TIME: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-envoy-upstream-service-time");
+
 /// Where a request goes and under which route.
 pub struct Plan<'a> {
     pub snap: &'a Snapshot,
@@ -907,7 +911,13 @@ pub async fn with_policy(
         rec.shed = true;
     }
     match attempts.last {
-        Ok(resp) => {
+        Ok(mut resp) => {
+            // As Envoy's router: the upstream's time, from the request's end to the answer's
+            // head, in milliseconds (only when the request ended before it).
+            if let Some(end) = received.ended_at() {
+                let ms = end.elapsed().as_millis() as u64;
+                (resp.headers_mut()).insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
+            }
             if attempts.exhausted {
                 rec.fail(
                     ResponseFlags::RETRY_LIMIT,
