@@ -43,7 +43,15 @@ pub fn check(node: &Node, ty: &Ty, path: &str, at: Pos, r: &mut Report) {
                 r.error(vpos, path, format!("must be at most {}, got {v}", rule.max))
             }
             Some(_) => {}
-            None => r.error(vpos, path, expected("an integer", node)),
+            None => match node.scalar() {
+                // `1e2` or `100.0`: a float in YAML, which an integer field does not take.
+                Some(Typed::Float(f)) => r.error(
+                    vpos,
+                    path,
+                    format!("expected an integer, got the floating-point number {f}: write it without a fraction or an exponent"),
+                ),
+                _ => r.error(vpos, path, expected("an integer", node)),
+            },
         },
         Ty::Num(min, max) => match node.as_f64() {
             Some(v) if v.is_nan() || v < *min || v > *max => r.error(

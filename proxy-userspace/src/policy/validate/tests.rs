@@ -89,6 +89,13 @@ fn weights_must_sum_to_100() {
         check(&vs(quoted)),
         ["10:15: error: spec.http[0].route[0].weight: expected an integer, got the string \"100\""]
     );
+    let exponent = "  - route:\n    - destination: {host: r}\n      weight: 1e2\n";
+    assert_eq!(
+        check(&vs(exponent)),
+        [
+            "10:15: error: spec.http[0].route[0].weight: expected an integer, got the floating-point number 100: write it without a fraction or an exponent"
+        ]
+    );
 }
 
 #[test]
