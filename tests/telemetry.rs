@@ -886,6 +886,7 @@ fn tcp_to_a_workload_on_this_node_is_reported_by_the_destination_too() {
         return;
     }
     let echo = Backend::echo("127.0.0.1:0");
+    let external_echo = Backend::echo("127.0.0.1:0");
     let yaml = format!(
         r#"apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -901,8 +902,19 @@ spec:
   ports: [{{number: 5432, name: tcp, protocol: TCP, targetPort: {port}}}]
   resolution: STATIC
   workloadSelector: {{labels: {{app: db}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-db, namespace: default}}
+spec:
+  hosts: [db.partner.example]
+  addresses: ["127.0.0.74"]
+  ports: [{{number: 5432, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {external}}}}}]
 "#,
-        port = echo.addr.port()
+        port = echo.addr.port(),
+        external = external_echo.addr.port()
     );
     let dir = support::mesh::config_dir("tcp-same-node-destination", &yaml);
     let d = Daemon::start(
@@ -913,6 +925,14 @@ spec:
     let script = "import socket\ns = socket.create_connection(('127.0.0.73', 5432), timeout=5)\ns.sendall(b'ping')\nprint(s.recv(16).decode())";
     let out = d
         .exec("default/client", &["python3", "-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping");
+    // An endpoint no WorkloadEntry names (an external database) has no inbound side to
+    // report: the source alone reports it.
+    let external = script.replace("127.0.0.73", "127.0.0.74");
+    let out = d
+        .exec("default/client", &["python3", "-c", &external])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping");
@@ -928,7 +948,9 @@ spec:
     };
     let text = eventually(Duration::from_secs(5), || {
         let text = d.get("/metrics");
-        (value(&text, "istio_tcp_connections_closed_total", "destination") == 1.0).then_some(text)
+        let external = text.contains(r#"destination_service="db.partner.example""#);
+        (value(&text, "istio_tcp_connections_closed_total", "destination") == 1.0 && external)
+            .then_some(text)
     })
     .unwrap_or_else(|| panic!("no destination series:\n{}", d.get("/metrics")));
     for reporter in ["source", "destination"] {
@@ -953,4 +975,12 @@ spec:
             "{text}"
         );
     }
+    let external = |reporter: &str| {
+        text.lines().any(|l| {
+            l.starts_with("istio_tcp_connections_closed_total{")
+                && l.contains(r#"destination_service="db.partner.example""#)
+                && l.contains(&format!(r#"reporter="{reporter}""#))
+        })
+    };
+    assert!(external("source") && !external("destination"), "{text}");
 }

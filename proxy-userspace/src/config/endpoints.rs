@@ -60,8 +60,10 @@ impl EndpointIdentity {
     }
 }
 
-/// Endpoint identities by address and port, and by address alone for endpoints without
-/// `ports`.
+/// Endpoint identities by address and port, and by address alone: policies apply to every port
+/// of a workload's address, as a pod's sidecar captures every port (the first entry without
+/// `ports` stands for the address, else the first with them), while telemetry names a
+/// workload only on its ports, or at the address of one without `ports` (see `workload`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Endpoints {
     by_addr: HashMap<SocketAddr, EndpointIdentity>,

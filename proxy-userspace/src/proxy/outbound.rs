@@ -777,8 +777,9 @@ impl TcpRecord {
     /// reports.
     fn reaches_local_workload(&self, ctx: &Outbound, upstream: SocketAddr) -> bool {
         let snap = ctx.http.config.current();
-        !self.labels.destination_workload.is_empty()
-            && (snap.compiled.endpoints.get(upstream)).is_some_and(|e| {
+        let endpoints = &snap.compiled.endpoints;
+        endpoints.workload(upstream).is_some()
+            && (endpoints.get(upstream)).is_some_and(|e| {
                 crate::tunnel::on_this_node(e, ctx.http.node_address, ctx.http.inbound_port)
             })
     }

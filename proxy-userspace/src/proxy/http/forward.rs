@@ -461,8 +461,9 @@ impl Drop for RequestLog {
         };
         if reached {
             let mut received = rec.flags;
-            // The retries were the client side's.
+            // The retries, and the breaker that refused one, were the client side's.
             received.remove(ResponseFlags::RETRY_LIMIT);
+            received.remove(ResponseFlags::UPSTREAM_OVERFLOW);
             let received = received.to_string();
             let as_destination = RequestLabels {
                 reporter: "destination",
