@@ -276,7 +276,13 @@ fn connections_to_an_endpoint_a_reload_removes_are_closed_and_it_is_pooled_again
     let routes = "  - match:\n    - headers:\n        x-to:\n          exact: v2\n    route:\n    \
                   - destination:\n        host: reviews\n        subset: v2\n  \
                   - route:\n    - destination:\n        host: reviews\n";
-    let yaml = mesh::policies(&v1, &v2, routes);
+    // Round robin, so that each endpoint surely gets requests (Istio's default, least request,
+    // picks at random between two idle endpoints).
+    let yaml = mesh::policies(&v1, &v2, routes).replace(
+        "spec:\n  host: reviews\n  subsets:",
+        "spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n  subsets:",
+    );
+    assert!(yaml.contains("ROUND_ROBIN"));
     let v2_endpoint = format!(
         "  - address: 127.0.0.1\n    ports:\n      http: {}\n    labels:\n      version: v2\n",
         v2.addr.port()
