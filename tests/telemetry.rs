@@ -270,18 +270,15 @@ fn the_log_level_changes_at_run_time() {
             "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n",
         ),
     );
-    let post = |q: &str| {
+    let send = |method: &str, target: &str| {
         let mut s = std::net::TcpStream::connect(d.admin).unwrap();
         use std::io::{Read, Write};
-        write!(
-            s,
-            "POST /logging?level={q} HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
+        write!(s, "{method} {target} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
     };
+    let post = |q: &str| send("POST", &format!("/logging?level={q}"));
     // Envoy's level names are read as tracing's.
     assert!(post("warning").contains(" 200 "), "the level is accepted");
     assert_eq!(d.get("/logging").trim(), "warn");
@@ -308,6 +305,14 @@ fn the_log_level_changes_at_run_time() {
         post("verbose").contains("400"),
         "an unknown level is refused"
     );
+    assert_eq!(d.get("/logging").trim(), "debug");
+    // A method the endpoint does not take: 405 with the methods it does; no such endpoint: 404.
+    let put = send("PUT", "/logging?level=info").to_ascii_lowercase();
+    assert!(
+        put.contains(" 405 ") && put.contains("allow: get, post"),
+        "{put}"
+    );
+    assert!(send("GET", "/nowhere").contains(" 404 "));
     assert_eq!(d.get("/logging").trim(), "debug");
 }
 

@@ -197,7 +197,31 @@ async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        _ => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
+        (method, p) => match allowed(p) {
+            // A known endpoint asked with a method it does not take: 405, naming those it does.
+            Some(allow) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{p} takes {allow}, not {method}"),
+                );
+                r.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    hyper::header::HeaderValue::from_static(allow),
+                );
+                r
+            }
+            None => error(StatusCode::NOT_FOUND, format!("no admin endpoint {path}")),
+        },
+    }
+}
+
+/// The methods an admin endpoint takes, as an `Allow` header lists them.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/ready" | "/metrics" | "/connections" | "/config_dump" | "/stats/outliers" => Some("GET"),
+        "/logging" | "/workloads" => Some("GET, POST"),
+        p if p.starts_with("/workloads/") => Some("DELETE"),
+        _ => None,
     }
 }
 
