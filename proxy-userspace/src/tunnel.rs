@@ -147,6 +147,19 @@ pub fn local_destination(
     on_this_node(e, own_node, inbound_port).then_some(e)
 }
 
+/// The mesh workload (`namespace/name` of its WorkloadEntry) at the endpoint `target`, when it
+/// runs on this node: no other proxy reports what reaches it, so meshd reports it as its
+/// destination too.
+pub fn local_workload(
+    snap: &Snapshot,
+    target: SocketAddr,
+    own_node: Option<IpAddr>,
+    inbound_port: u16,
+) -> Option<&String> {
+    local_destination(snap, target, own_node, inbound_port)?;
+    snap.compiled.endpoints.workload(target)
+}
+
 /// Whether the endpoint's `meshd.io/node` names this node, or it has no such label.
 pub fn on_this_node(e: &EndpointIdentity, own_node: Option<IpAddr>, inbound_port: u16) -> bool {
     e.node_addr(inbound_port)

@@ -506,7 +506,7 @@ async fn proxy(
         }
     };
     record.labels.security_policy = "none";
-    record.as_destination = record.reaches_local_workload(ctx, upstream);
+    record.as_destination = record.to_local_workload;
     record.opened(ctx);
     let _ = up.set_nodelay(true);
     let _ = down.set_nodelay(true);
@@ -712,6 +712,8 @@ struct TcpRecord {
     start: std::time::Instant,
     /// The bytes reported while the connection was open.
     reported: Reported,
+    /// Its upstream is a mesh workload on this node (see `tunnel::local_workload`).
+    to_local_workload: bool,
     /// Reported by its destination too: it reaches a mesh workload on this node in plaintext,
     /// as that workload's inbound sidecar would report it.
     as_destination: bool,
@@ -737,6 +739,13 @@ impl TcpRecord {
             None => (dst.to_string(), access_log::PASSTHROUGH_CLUSTER.to_string()),
         };
         let dest_workload = snap.compiled.endpoints.workload(upstream).cloned();
+        let to_local_workload = crate::tunnel::local_workload(
+            &snap,
+            upstream,
+            ctx.http.node_address,
+            ctx.http.inbound_port,
+        )
+        .is_some();
         let (source_workload, source_namespace) = split_workload(workload);
         let (destination_workload, destination_namespace) =
             split_workload(dest_workload.as_deref());
@@ -768,20 +777,9 @@ impl TcpRecord {
             },
             start: accepted.at,
             reported: Reported::default(),
+            to_local_workload,
             as_destination: false,
         }
-    }
-
-    /// Whether the connection goes in plaintext to a mesh workload on this node (an endpoint
-    /// of a WorkloadEntry with no other node's label), whose inbound side no other proxy
-    /// reports.
-    fn reaches_local_workload(&self, ctx: &Outbound, upstream: SocketAddr) -> bool {
-        let snap = ctx.http.config.current();
-        let endpoints = &snap.compiled.endpoints;
-        endpoints.workload(upstream).is_some()
-            && (endpoints.get(upstream)).is_some_and(|e| {
-                crate::tunnel::on_this_node(e, ctx.http.node_address, ctx.http.inbound_port)
-            })
     }
 
     /// The connection's labels as its destination reports it, when meshd reports it so.

@@ -178,15 +178,15 @@ pub async fn handle(
     }))
 }
 
-/// CONNECT, as Istio configures Envoy (no CONNECT upgrade on a sidecar's HTTP routes): refused,
-/// since after a 2xx the tunnel's bytes would pass every L7 rule unseen. A workload that talks
-/// to a forward proxy reaches it on a port declared `TCP`, carried as opaque bytes.
 /// Istio's default for HTTP/1.0 (`accept_http_10` off in Envoy): 426 Upgrade Required.
 const HTTP10_REFUSED: framing::Rejection = framing::Rejection {
     status: 426,
     reason: "HTTP/1.0 is not accepted (as Istio's default); meshd --http10 on serves it",
 };
 
+/// CONNECT, as Istio configures Envoy (no CONNECT upgrade on a sidecar's HTTP routes): refused,
+/// since after a 2xx the tunnel's bytes would pass every L7 rule unseen. A workload that talks
+/// to a forward proxy reaches it on a port declared `TCP`, carried as opaque bytes.
 const CONNECT_REFUSED: framing::Rejection = framing::Rejection {
     status: 403,
     reason: "upgrade_failed: CONNECT is not proxied at L7; declare the port TCP to pass it through",
@@ -597,20 +597,14 @@ impl Drop for RequestLog {
 }
 
 impl RequestLog {
-    /// The mesh workload (`namespace/name` of its WorkloadEntry) at the endpoint `addr`, when
-    /// it is on this node (see `tunnel::on_this_node`).
+    /// The mesh workload at the endpoint `addr`, when it is on this node (see
+    /// `tunnel::local_workload`).
     fn local_workload<'s>(
         &self,
         snap: &'s crate::config::Snapshot,
         addr: std::net::SocketAddr,
     ) -> Option<&'s String> {
-        let on_this_node = (snap.compiled.endpoints.get(addr)).is_some_and(|e| {
-            crate::tunnel::on_this_node(e, self.ctx.node_address, self.ctx.inbound_port)
-        });
-        snap.compiled
-            .endpoints
-            .workload(addr)
-            .filter(|_| on_this_node)
+        crate::tunnel::local_workload(snap, addr, self.ctx.node_address, self.ctx.inbound_port)
     }
 
     /// Istio's name for the cluster the request went to: the service's subset and port, else
