@@ -87,6 +87,25 @@ fn count(lines: &[String], prefix: &str) -> usize {
     lines.iter().filter(|l| l.starts_with(prefix)).count()
 }
 
+/// A WorkloadEntry for v1's endpoint: a mesh workload on this node, which meshd reports as
+/// the destination too.
+fn workload_entry(v1: &HttpBackend) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1, namespace: default}}\nspec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: reviews}}}}\n",
+        v1.addr.port()
+    )
+}
+
+/// The requests `istio_requests_total` counts by `reporter` with `flags`.
+fn reported(text: &str, reporter: &str, flags: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("istio_requests_total{"))
+        .filter(|l| l.contains(&format!(r#"reporter="{reporter}""#)))
+        .filter(|l| l.contains(&format!(r#"response_flags="{flags}""#)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>()
+}
+
 const ISTIO_CIRCUIT_BREAKER: &str = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n        maxRequestsPerConnection: 1\n";
 
 #[test]
@@ -219,11 +238,7 @@ fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests
     let (v1, v2) = two_backends();
     let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n";
     // v1 is a mesh workload on this node: meshd reports what reaches it as its destination.
-    let workload = format!(
-        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1, namespace: default}}\nspec: {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{app: reviews}}}}\n",
-        v1.addr.port()
-    );
-    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2) + &workload;
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2) + &workload_entry(&v1);
     let dir = config_dir("cb-limits", &yaml);
     let d = Daemon::start("cb-limits", 91, &["--config", dir.to_str().unwrap()]);
     // Four slow requests at once: one is served, one waits for the connection, two are shed
@@ -235,14 +250,6 @@ fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests
     assert!(start.elapsed() < Duration::from_secs(5));
     // The shed requests never left meshd: the source reports them (UO), the workload's
     // destination side only the two it served.
-    let reported = |text: &str, reporter: &str, flags: &str| {
-        text.lines()
-            .filter(|l| l.starts_with("istio_requests_total{"))
-            .filter(|l| l.contains(&format!(r#"reporter="{reporter}""#)))
-            .filter(|l| l.contains(&format!(r#"response_flags="{flags}""#)))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>()
-    };
     let text = support::eventually(Duration::from_secs(5), || {
         let text = d.get("/metrics");
         (reported(&text, "destination", "-") == 2.0).then_some(text)
@@ -320,7 +327,7 @@ fn max_retries_bounds_retries_in_flight_across_the_cluster() {
     let d = start(
         "cb-retries",
         92,
-        &only_v1(with_policy(&v1, &v2, routes, policy), &v2),
+        &(only_v1(with_policy(&v1, &v2, routes, policy), &v2) + &workload_entry(&v1)),
     );
     // Three requests fail slowly at the same time: one of them gets the single retry token
     // (and keeps it for its second retry); the others give up with their first answer.
@@ -341,6 +348,12 @@ fn max_retries_bounds_retries_in_flight_across_the_cluster() {
         (uo == 2).then_some(())
     })
     .unwrap_or_else(|| panic!("two UO lines: {}", d.log_text()));
+    // The breaker was the client side's: the workload, as the destination, saw plain 503s,
+    // one per attempt it answered (the replaced ones too).
+    let text = d.get("/metrics");
+    assert_eq!(reported(&text, "source", "UO"), 2.0, "{text}");
+    assert_eq!(reported(&text, "destination", "UO"), 0.0, "{text}");
+    assert_eq!(reported(&text, "destination", "-"), 5.0, "{text}");
 }
 
 /// A `retryBudget` bounds the retries in flight by a share of the active requests (at least
