@@ -266,6 +266,67 @@ fn fault_abort_and_delay_at_50_percent() {
     );
 }
 
+/// A fault abort answers as Envoy's `sendLocalReply`: text/plain "fault filter abort" with the
+/// HTTP status, nothing for a status without content (an HTTP/2 client refuses a 204 that
+/// announces a length), and for `grpcStatus` HTTP 200: trailers-only with that status to a gRPC
+/// request, plain text to any other.
+#[test]
+fn fault_aborts_answer_as_envoys_local_replies() {
+    if !ebpf_available("fault_replies") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let abort = |prefix: &str, status: &str| {
+        format!(
+            "  - match:\n    - uri:\n        prefix: {prefix}\n    fault:\n      abort:\n        {status}\n        percentage:\n          value: 100\n{TO_V1}"
+        )
+    };
+    let routes = [
+        abort("/teapot", "httpStatus: 418"),
+        abort("/nothing", "httpStatus: 204"),
+        abort("/unavailable", "grpcStatus: UNAVAILABLE"),
+    ]
+    .concat();
+    let d = start("fault-replies", 303, &policies(&v1, &v2, &routes));
+    let head_and_body = |args: &[&str]| curl(&d, &[&["-D", "-"], args].concat());
+
+    let teapot = head_and_body(&["http://reviews:9080/teapot"]);
+    assert!(teapot.starts_with("HTTP/1.1 418"), "{teapot}");
+    assert!(teapot.contains("content-type: text/plain"), "{teapot}");
+    assert!(teapot.ends_with("fault filter abort"), "{teapot}");
+
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let nothing = head_and_body(&[version, "http://reviews:9080/nothing"]);
+        assert!(nothing.contains(" 204"), "{version}: {nothing}");
+        assert!(
+            !nothing.to_ascii_lowercase().contains("content-length"),
+            "{version}: {nothing}"
+        );
+    }
+
+    let plain = head_and_body(&["http://reviews:9080/unavailable"]);
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert!(!plain.contains("grpc-status"), "{plain}");
+    assert!(plain.ends_with("fault filter abort"), "{plain}");
+    let grpc = head_and_body(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "http://reviews:9080/unavailable",
+    ]);
+    assert!(grpc.starts_with("HTTP/2 200"), "{grpc}");
+    assert!(grpc.contains("content-type: application/grpc"), "{grpc}");
+    assert!(grpc.contains("grpc-status: 14"), "{grpc}");
+    assert!(grpc.contains("grpc-message: fault filter abort"), "{grpc}");
+    assert_eq!(
+        v1.requests() + v2.requests(),
+        0,
+        "no abort reached a backend"
+    );
+}
+
 #[test]
 fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
     if !ebpf_available("mirror") {

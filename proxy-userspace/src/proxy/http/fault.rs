@@ -1,9 +1,9 @@
 //! Fault injection from a route's `fault`: a fixed delay (flag DI) and an abort with an HTTP or
 //! gRPC status (flag FI), each applied to a percentage of requests.
 
-use hyper::{Response, StatusCode, header::HeaderValue};
+use hyper::Response;
 
-use super::{Body, ResponseFlags, body};
+use super::{Body, ResponseFlags};
 use crate::policy::model::{HttpFaultInjection, Percent};
 
 /// Whether this request is in the fault's percentage. A fault with neither `percentage` nor
@@ -43,23 +43,17 @@ pub async fn inject(
         return None;
     }
     flags.insert(ResponseFlags::FAULT_INJECTED);
-    let mut resp = Response::new(body::full("fault filter abort"));
+    // Envoy's `sendLocalReply`: a text/plain "fault filter abort" with the HTTP status; an
+    // abort by gRPC status is HTTP 200, and a gRPC request gets it trailers-only with that
+    // status (`grpc_local::as_grpc`), any other request as plain text.
+    let status = match &a.grpc_status {
+        Some(_) => 200,
+        None => a.http_status.unwrap_or(500),
+    };
+    let mut resp = super::forward::local(status, "fault filter abort", None);
     if let Some(g) = &a.grpc_status {
-        // A trailers-only gRPC response: HTTP 200 carrying grpc-status in its headers.
-        resp.headers_mut()
-            .insert("content-type", HeaderValue::from_static("application/grpc"));
-        resp.headers_mut()
-            .insert("grpc-status", HeaderValue::from(grpc_code(g)));
-        resp.headers_mut().insert(
-            "grpc-message",
-            HeaderValue::from_static("fault filter abort"),
-        );
-        *resp.body_mut() = body::full("");
-    } else {
-        *resp.status_mut() = StatusCode::from_u16(a.http_status.unwrap_or(500))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         resp.extensions_mut()
-            .insert(super::grpc_local::LocalReply("fault filter abort".into()));
+            .insert(super::grpc_local::GrpcCode(grpc_code(g)));
     }
     Some(resp)
 }

@@ -689,7 +689,14 @@ pub(super) fn local(
     body: impl Into<bytes::Bytes>,
     extra: Option<(header::HeaderName, String)>,
 ) -> Response<Body> {
-    let body: bytes::Bytes = body.into();
+    // A status that has no content (1xx, 204, 304) goes out without the text: HTTP/2 clients
+    // reject a 204 that announces a length.
+    let bodiless = matches!(status, 100..=199 | 204 | 304);
+    let body: bytes::Bytes = if bodiless {
+        bytes::Bytes::new()
+    } else {
+        body.into()
+    };
     let empty = body.is_empty();
     let mut resp = Response::new(body::full(body.clone()));
     resp.extensions_mut()

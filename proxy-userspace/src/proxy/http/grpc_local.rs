@@ -14,6 +14,11 @@ use super::{Body, body, forward::GRPC_STATUS};
 #[derive(Clone)]
 pub struct LocalReply(pub Bytes);
 
+/// The gRPC status a local reply carries to a gRPC request whatever its HTTP status (a fault
+/// abort's `grpcStatus`).
+#[derive(Clone, Copy)]
+pub struct GrpcCode(pub u32);
+
 /// A local error reply to a gRPC request, as Envoy's `sendLocalReply` turns it: HTTP 200,
 /// `content-type: application/grpc`, `grpc-status` for the HTTP status and the text as
 /// `grpc-message`, no body. A gRPC client reads the reason instead of "unexpected HTTP
@@ -22,10 +27,12 @@ pub fn as_grpc(mut resp: Response<Body>) -> Response<Body> {
     let Some(LocalReply(text)) = resp.extensions_mut().remove::<LocalReply>() else {
         return resp;
     };
+    let explicit = resp.extensions_mut().remove::<GrpcCode>();
     let status = resp.status().as_u16();
-    if status < 400 || resp.headers().contains_key(GRPC_STATUS) {
+    if explicit.is_none() && (status < 400 || resp.headers().contains_key(GRPC_STATUS)) {
         return resp;
     }
+    let code = explicit.map_or_else(|| grpc_for_http(status), |c| c.0);
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
@@ -33,7 +40,7 @@ pub fn as_grpc(mut resp: Response<Body>) -> Response<Body> {
         HeaderValue::from_static("application/grpc"),
     );
     h.remove(header::CONTENT_LENGTH);
-    h.insert(GRPC_STATUS, HeaderValue::from(grpc_for_http(status)));
+    h.insert(GRPC_STATUS, HeaderValue::from(code));
     if let Ok(v) = HeaderValue::from_str(&percent_encode(text.trim_ascii())) {
         h.insert("grpc-message", v);
     }
