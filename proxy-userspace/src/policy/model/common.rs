@@ -32,6 +32,7 @@ impl StringMatch {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percent {
+    #[serde(default)]
     pub value: f64,
 }
 

@@ -62,7 +62,9 @@ fn needs_one_match(node: &Node, path: &str, at: Pos, r: &mut Report) {
 }
 
 /// `{value: 0-100}`.
-pub static PERCENTAGE: Obj = obj(&[req("value", crate::policy::schema::PERCENT)]);
+/// Istio's `Percent`: a missing `value` is 0, as protobuf reads it (`mirrorPercentage: {}`
+/// mirrors nothing).
+pub static PERCENTAGE: Obj = obj(&[opt("value", crate::policy::schema::PERCENT)]);
 
 /// `{number: PORT}`.
 pub static PORT_SELECTOR: Obj = obj(&[req("number", PORT)]);

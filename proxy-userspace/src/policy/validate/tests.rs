@@ -831,3 +831,14 @@ fn service_entries_istio_refuses_are_errors() {
     assert!(se("  hosts: [a.test, b.test]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: NONE\n").is_empty());
     assert!(se("  hosts: [s.test]\n  ports: [{number: 80, name: http-web}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1, ports: {http-web: 8080}}]\n").is_empty());
 }
+
+#[test]
+fn a_percentage_without_a_value_is_zero() {
+    let http = "  - route:\n    - destination: {host: r}\n    mirror: {host: m}\n    mirrorPercentage: {}\n    fault:\n      abort: {httpStatus: 503, percentage: {}}\n";
+    assert_eq!(check(&vs(http)), Vec::<String>::new());
+    let set = load_str(Path::new("t.yaml"), &vs(http)).unwrap();
+    let route = &set.virtual_services[0].spec.http[0];
+    assert_eq!(route.mirror_percentage.map(|p| p.value), Some(0.0));
+    let abort = route.fault.as_ref().and_then(|f| f.abort.as_ref()).unwrap();
+    assert_eq!(abort.percentage.map(|p| p.value), Some(0.0));
+}
