@@ -356,6 +356,112 @@ fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
     );
 }
 
+/// A body of no declared length (chunked on HTTP/1.1, DATA frames without content-length on
+/// HTTP/2) streams to the primary, and its mirror copy goes once it has ended within the retry
+/// buffer, whole; a longer one is not copied.
+#[test]
+fn streamed_bodies_are_mirrored_once_they_end() {
+    if !ebpf_available("mirror_streamed") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = format!(
+        "  - mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 100\n{TO_V1}"
+    );
+    let d = start("mirror-streamed", 304, &policies(&v1, &v2, &routes));
+    let text = "hello, mirrored world";
+    let sum: u64 = text.bytes().map(u64::from).sum();
+    let echo = |version: &str, body: &str| {
+        curl(
+            &d,
+            &[
+                version,
+                "-H",
+                "transfer-encoding: chunked",
+                "--data-binary",
+                body,
+                "http://reviews:9080/echo",
+            ],
+        )
+    };
+    let expected = format!(
+        "{{\"length\":{},\"sum\":{sum},\"trailers\":[]}}",
+        text.len()
+    );
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let primary = echo(version, text);
+        assert_eq!(primary.trim(), expected, "{version}: the primary's body");
+    }
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (v2.shadow_echoes().len() >= 2).then_some(())
+    });
+    assert_eq!(v2.shadow_echoes(), [expected.clone(), expected]);
+
+    // Past the retry buffer (64 KiB), the primary gets it all and no copy goes.
+    let big = "x".repeat(100 * 1024);
+    let primary = echo("--http1.1", &big);
+    assert!(primary.starts_with("{\"length\":102400,"), "{primary}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        v2.shadow_echoes().len(),
+        2,
+        "no copy of a body past the buffer"
+    );
+    assert!(d.metric("meshd_http_mirror_total{result=\"dropped\"}") >= 1.0);
+}
+
+/// A mirror copy has the route's timeout, as Envoy gives its shadows, and one destination may
+/// hold only a share of the copies in flight: a mirror destination that hangs neither keeps
+/// its copies forever nor stops another destination's.
+#[test]
+fn a_hanging_mirror_destination_holds_neither_its_copies_nor_others_mirrors() {
+    if !ebpf_available("mirror_hanging") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let hanging = Backend::silent("127.0.0.1:0");
+    let routes = format!(
+        "  - match:\n    - uri:\n        prefix: /hang\n    timeout: 200ms\n    mirror:\n      host: reviews\n      subset: v2\n{TO_V1}  - mirror:\n      host: reviews\n      subset: v1\n{TO_V1}"
+    );
+    let yaml = policies(&v1, &v2, &routes).replace(
+        &format!("http: {}\n", v2.addr.port()),
+        &format!("http: {}\n", hanging.addr.port()),
+    );
+    let d = start("mirror-hanging", 305, &yaml);
+    // More copies than meshd holds in all (256) go to the endpoint that never answers.
+    let codes = curl_many(&d, "http://reviews:9080/hang", 300, "%{http_code}\\n");
+    assert!(
+        codes.iter().all(|c| c == "200"),
+        "the primaries are untouched"
+    );
+    // Another destination's mirrors still go.
+    for _ in 0..5 {
+        assert_eq!(status(&d, "http://reviews:9080/other"), "200");
+    }
+    let others = support::eventually(std::time::Duration::from_secs(5), || {
+        (v1.shadow_requests() >= 5).then_some(())
+    });
+    assert!(
+        others.is_some(),
+        "{} of 5 copies to the other destination",
+        v1.shadow_requests()
+    );
+    // The route's timeout (200 ms) ended the hanging copies: new ones go again.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = hanging.accepted();
+    for _ in 0..10 {
+        assert_eq!(status(&d, "http://reviews:9080/hang"), "200");
+    }
+    let again = support::eventually(std::time::Duration::from_secs(5), || {
+        (hanging.accepted() >= before + 10).then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "{} of 10 new copies went",
+        hanging.accepted() - before
+    );
+}
+
 /// Outlier detection for opaque TCP, as Envoy's TCP proxy feeds it: a failed connect counts
 /// against the endpoint, which is ejected, and later connections go to the others.
 #[test]

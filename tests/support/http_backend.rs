@@ -2,7 +2,8 @@
 //! `/status/NNN` with that status, `/sleep/MS` after MS milliseconds, `/slow-503/MS` with 503
 //! after MS milliseconds, `/drip/MS` with one line at once and another MS milliseconds later,
 //! `/whoami` with the HTTP version and the upstream connection's
-//! peer address, `/echo` with the length and byte sum of the request body, `/bytes/N` with N
+//! peer address, `/echo` with the length and byte sum of the request body (kept for a mirrored
+//! copy), `/bytes/N` with N
 //! bytes, `/goaway` by shutting its connection down gracefully (HTTP/2 GOAWAY) after the
 //! streams open on it, and an `Upgrade: echo` request with 101, then the `/whoami` line of that
 //! request, then echoes bytes. It counts the
@@ -60,6 +61,8 @@ struct State {
     /// Requests per path, for `/fail-first/N`.
     per_path: Mutex<HashMap<String, usize>>,
     shadow: AtomicUsize,
+    /// The `/echo` answers to mirrored copies.
+    shadow_echoes: Mutex<Vec<String>>,
     max_attempt: AtomicUsize,
     /// `/sleep/MS` requests being answered now, and the most at once.
     sleeping: AtomicUsize,
@@ -159,17 +162,22 @@ impl HttpBackend {
         self.state.shadow.load(Ordering::SeqCst)
     }
 
-    /// The highest `x-envoy-attempt-count` seen.
-    /// The most `/sleep/MS` requests it was answering at once.
+    /// What `/echo` answered each mirrored copy: `{"length":..,"sum":..,"trailers":[..]}`.
+    pub fn shadow_echoes(&self) -> Vec<String> {
+        self.state.shadow_echoes.lock().unwrap().clone()
+    }
+
     /// `/sleep/MS` requests being answered now.
     pub fn sleeping(&self) -> usize {
         self.state.sleeping.load(Ordering::SeqCst)
     }
 
+    /// The most `/sleep/MS` requests it was answering at once.
     pub fn most_concurrent_sleeps(&self) -> usize {
         self.state.most_sleeping.load(Ordering::SeqCst)
     }
 
+    /// The highest `x-envoy-attempt-count` seen.
     pub fn max_attempt(&self) -> usize {
         self.state.max_attempt.load(Ordering::SeqCst)
     }
@@ -218,7 +226,16 @@ async fn answer(
             .unwrap());
     }
     if req.uri().path() == "/echo" {
-        return Ok(echo(req).await);
+        let shadow = is_shadow(&req);
+        let reply = echo(req).await;
+        if shadow {
+            st.shadow.fetch_add(1, Ordering::SeqCst);
+            let text = reply.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&text).trim().to_string();
+            st.shadow_echoes.lock().unwrap().push(text.clone());
+            return Ok(Response::new(Full::new(Bytes::from(text)).boxed()));
+        }
+        return Ok(reply);
     }
     // `/echo-fail-first/N`: the echo, after reading the whole body, with 503 for the first N.
     if let Some(n) =
@@ -324,12 +341,8 @@ async fn echo(req: Request<Incoming>) -> Reply {
     Response::new(Full::new(Bytes::from(text)).boxed())
 }
 
-async fn answer_plain(
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    st: Arc<State>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_string();
+/// Whether the request's Host (or HTTP/2 authority) ends in `-shadow`: a mirrored copy.
+fn is_shadow(req: &Request<Incoming>) -> bool {
     let host = req
         .headers()
         .get("host")
@@ -337,7 +350,16 @@ async fn answer_plain(
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    if host.split(':').next().unwrap_or("").ends_with("-shadow") {
+    host.split(':').next().unwrap_or("").ends_with("-shadow")
+}
+
+async fn answer_plain(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    st: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if is_shadow(&req) {
         st.shadow.fetch_add(1, Ordering::SeqCst);
     }
     if let Some(n) = req

@@ -1,6 +1,6 @@
 //! A copy of a streamed request body kept as it streams upstream, up to the retry buffer, so
 //! a retry can replay the request once its body has ended within it, as Envoy's router
-//! buffers a request it streams for its retries.
+//! buffers a request it streams for its retries, and a mirror can send its copy then.
 
 use std::{
     pin::Pin,
@@ -26,6 +26,11 @@ struct Recorded {
     ended: bool,
     /// More than `limit` passed: the copy was dropped.
     overflowed: bool,
+    /// The body was dropped before its end: the request was abandoned.
+    abandoned: bool,
+    /// Woken (their senders dropped) when the recording settles: whole, overflowed or
+    /// abandoned.
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Recording {
@@ -37,7 +42,28 @@ impl Recording {
             limit,
             ended: false,
             overflowed: false,
+            abandoned: false,
+            waiters: Vec::new(),
         })))
+    }
+
+    /// The whole request once the recording settles: `None` when the body passed the limit
+    /// or was dropped before its end.
+    pub async fn settled(&self) -> Option<Replayable> {
+        let wait = {
+            let mut r = self.0.lock().expect("recording lock");
+            if r.settled() {
+                None
+            } else {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                r.waiters.push(tx);
+                Some(rx)
+            }
+        };
+        if let Some(rx) = wait {
+            let _ = rx.await;
+        }
+        self.whole()
     }
 
     /// The whole request, once its body has ended within the limit.
@@ -62,19 +88,33 @@ impl Recording {
         if r.overflowed {
             return;
         }
+        r.take(frame);
+        if r.settled() {
+            r.waiters.clear();
+        }
+    }
+}
+
+impl Recorded {
+    fn settled(&self) -> bool {
+        self.ended || self.overflowed || self.abandoned
+    }
+
+    /// Notes one frame, or the end (`None`).
+    fn take(&mut self, frame: Option<&Frame<Bytes>>) {
         match frame {
-            None => r.ended = true,
+            None => self.ended = true,
             Some(f) => {
                 if let Some(data) = f.data_ref() {
-                    if r.body.len() + data.len() > r.limit {
-                        r.overflowed = true;
-                        r.body = BytesMut::new();
+                    if self.body.len() + data.len() > self.limit {
+                        self.overflowed = true;
+                        self.body = BytesMut::new();
                         return;
                     }
-                    r.body.extend_from_slice(data);
+                    self.body.extend_from_slice(data);
                 } else if let Some(t) = f.trailers_ref() {
-                    r.trailers = Some(t.clone());
-                    r.ended = true;
+                    self.trailers = Some(t.clone());
+                    self.ended = true;
                 }
             }
         }
@@ -85,6 +125,16 @@ impl Recording {
 pub struct Recorder<B> {
     pub inner: B,
     pub recording: Recording,
+}
+
+impl<B> Drop for Recorder<B> {
+    fn drop(&mut self) {
+        let mut r = self.recording.0.lock().expect("recording lock");
+        if !r.settled() {
+            r.abandoned = true;
+        }
+        r.waiters.clear();
+    }
 }
 
 impl<B> hyper::body::Body for Recorder<B>
@@ -100,7 +150,13 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let next = Pin::new(&mut self.inner).poll_frame(cx);
         match &next {
-            Poll::Ready(Some(Ok(frame))) => self.recording.note(Some(frame)),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.recording.note(Some(frame));
+                // A reader may stop at the last frame without asking for the end.
+                if self.inner.is_end_stream() {
+                    self.recording.note(None);
+                }
+            }
             Poll::Ready(None) => self.recording.note(None),
             _ => {}
         }
@@ -119,6 +175,8 @@ where
 #[cfg(test)]
 mod tests {
     use http_body_util::{BodyExt, StreamBody};
+
+    use std::convert::Infallible;
 
     use super::*;
 
@@ -184,5 +242,43 @@ mod tests {
         let mut half = half;
         let _ = half.frame().await;
         assert!(recording.whole().is_none(), "still streaming");
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_end_and_gives_up_on_an_abandoned_body() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        let recording = Recording::new(head(), 64);
+        let mut body = Recorder {
+            inner: StreamBody::new(rx),
+            recording: recording.clone(),
+        };
+        let waiting = tokio::spawn({
+            let recording = recording.clone();
+            async move { recording.settled().await }
+        });
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"late"))))
+            .unwrap();
+        let _ = body.frame().await;
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the body has not ended");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        let whole = waiting.await.unwrap().expect("whole once ended");
+        assert_eq!(whole.body, Bytes::from_static(b"late"));
+
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Infallible>>();
+        let recording = Recording::new(head(), 64);
+        let body = Recorder {
+            inner: StreamBody::new(rx),
+            recording: recording.clone(),
+        };
+        let waiting = tokio::spawn({
+            let recording = recording.clone();
+            async move { recording.settled().await }
+        });
+        tokio::task::yield_now().await;
+        drop(body);
+        assert!(waiting.await.unwrap().is_none(), "abandoned before its end");
+        drop(tx);
     }
 }

@@ -523,8 +523,16 @@ fn timed_out(rec: &mut Record) -> Response<Body> {
     local(504, "upstream request timeout", None)
 }
 
-/// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`).
-fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::Replayable) {
+/// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`),
+/// each within `timeout`. `head` is the request's, for the mirror's load balancer.
+fn mirror(
+    plan: &Plan<'_>,
+    down: &Downstream,
+    ctx: &HttpContext,
+    head: (&hyper::HeaderMap, &hyper::Uri),
+    copied: impl Fn() -> mirror::Copied,
+    timeout: Option<std::time::Duration>,
+) {
     let Some(route) = plan.route else { return };
     let spec = &route.spec;
     let ns = route.origin.split('/').next().unwrap_or("default");
@@ -552,8 +560,8 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 // The service's own algorithm (a cookie it would generate is not handed out).
                 let inputs = super::lb::HashInputs {
-                    headers: &req.headers,
-                    query: req.uri.query(),
+                    headers: head.0,
+                    query: head.1.query(),
                     peer: down.peer,
                     local: down.dst,
                 };
@@ -594,8 +602,14 @@ fn mirror(plan: &Plan<'_>, down: &Downstream, ctx: &HttpContext, req: &replay::R
                     limits,
                     target,
                 };
-                ctx.mirrors
-                    .send(copy, &ctx.metrics, plan.h2, req.clone(), plan.authority)
+                ctx.mirrors.send(
+                    copy,
+                    &ctx.metrics,
+                    plan.h2,
+                    copied(),
+                    plan.authority,
+                    timeout,
+                )
             }
             Err(e) => {
                 tracing::debug!(error = %e, "mirror has no endpoint");
@@ -655,6 +669,33 @@ pub async fn with_policy(
         }
     };
     let received = &received;
+    // Mirrors copy a body held whole at once, and a streamed one once it has ended within the
+    // retry buffer; a longer one is not copied. Each copy has the route's timeout.
+    match (&replayable, &once, &recording) {
+        (Some(r), _, _) => mirror(
+            plan,
+            down,
+            ctx,
+            (&r.headers, &r.uri),
+            || mirror::Copied::Now(Box::new(r.clone())),
+            limit,
+        ),
+        (None, Some(streamed), Some(recording)) => mirror(
+            plan,
+            down,
+            ctx,
+            (streamed.headers(), streamed.uri()),
+            || mirror::Copied::Later(recording.clone()),
+            limit,
+        ),
+        _ if plan
+            .route
+            .is_some_and(|r| r.spec.mirror.is_some() || !r.spec.mirrors.is_empty()) =>
+        {
+            ctx.metrics.mirror("dropped");
+        }
+        _ => {}
+    }
     // A streamed request (its body not held) is retried while no attempt has taken it (the
     // attempts found no connection: connect-failure), its body unread; or, once sent, when its
     // body ended within the retry buffer, from the copy recorded as it streamed.
@@ -690,16 +731,6 @@ pub async fn with_policy(
         Some(_) => limit.map(|t| tokio::time::Instant::now() + t),
         None => limit.and_then(|t| received.ended_at().map(|end| end + t)),
     };
-    match &replayable {
-        Some(r) => mirror(plan, down, ctx, r),
-        None if plan
-            .route
-            .is_some_and(|r| r.spec.mirror.is_some() || !r.spec.mirrors.is_empty()) =>
-        {
-            ctx.metrics.mirror("dropped");
-        }
-        None => {}
-    }
     // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
     let mut last: Option<SocketAddr> = None;
     // The endpoint of the attempt under way, until its outcome is observed: one a timeout

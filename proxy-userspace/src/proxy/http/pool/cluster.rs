@@ -109,6 +109,8 @@ pub struct ClusterPool {
     newest_max_connections: AtomicU64,
     /// Endpoints a reload took out of the cluster's service.
     retired: super::retired::Retired,
+    /// Mirror copies in flight to this cluster (`mirror::MAX_PER_CLUSTER` at most).
+    pub mirrors_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// An HTTP/2 connection being opened, how many requests wait for it, and why it failed, once
