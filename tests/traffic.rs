@@ -356,6 +356,58 @@ fn mirrors_get_every_request_at_100_percent_and_none_at_0() {
     );
 }
 
+/// An answer that goes before the request's body has been read to its end (here a direct
+/// response; an upstream answering an upload early takes the same path) ends the HTTP/1.1 connection, and says so
+/// with `Connection: close`, as Envoy does: a keep-alive client then sends its next request
+/// on a new connection instead of losing it on the closed one.
+#[test]
+fn an_answer_before_the_body_ends_says_connection_close() {
+    if !ebpf_available("early_answer") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = format!(
+        "  - match:\n    - uri:\n        prefix: /direct\n    directResponse:\n      status: 403\n      body:\n        string: no\n  - {}",
+        TO_V1.trim_start()
+    );
+    let d = start("early-answer", 306, &policies(&v1, &v2, &routes));
+    // Python's http.client reuses its connection unless the answer says `Connection: close`.
+    let script = r#"
+import http.client, sys
+for path, size in [("/direct", 100000), ("/direct", 10), ("/echo", 1000)]:
+    c = http.client.HTTPConnection("127.0.0.50", 9080, timeout=10)
+    c.request("POST", path, body=b"x" * size, headers={"Host": "reviews:9080"})
+    r = c.getresponse()
+    r.read()
+    first = "%d %s" % (r.status, r.getheader("connection"))
+    try:
+        c.request("GET", "/whoami", headers={"Host": "reviews:9080"})
+        second = c.getresponse()
+        second.read()
+        then = str(second.status)
+    except Exception as e:
+        then = type(e).__name__
+    print(path, size, first, then)
+    c.close()
+"#;
+    let out = d
+        .exec("default/productpage", &["python3", "-c", script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "/direct 100000 403 close 200",
+            "/direct 10 403 close 200",
+            // A body read to its end keeps the connection.
+            "/echo 1000 200 None 200",
+        ],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A body of no declared length (chunked on HTTP/1.1, DATA frames without content-length on
 /// HTTP/2) streams to the primary, and its mirror copy goes once it has ended within the retry
 /// buffer, whole; a longer one is not copied.

@@ -46,6 +46,12 @@ pub async fn handle(
     let (trace, request_id) =
         crate::telemetry::trace::propagate(req.headers_mut(), ctx.tracer.sample_rate);
     let grpc = super::deadline::is_grpc(req.headers());
+    // An HTTP/1 request whose body has not been read to its end when the answer goes (a local
+    // reply, an upstream that answers an upload early) costs the connection: the rest of the
+    // body would be read as the next request. As Envoy, meshd says so with `Connection: close`,
+    // so the client sends its next request on a new connection.
+    let h1_with_body =
+        req.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
     // Counted as the body is read: chunked and HTTP/2 bodies declare no length.
     let received = Arc::new(body::Received::default());
     let req = req.map(|b| body::Counted::new(b, received.clone()));
@@ -153,7 +159,8 @@ pub async fn handle(
     } else {
         resp
     };
-    if upgrading && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+    let unread = h1_with_body && log.received.ended_at().is_none();
+    if unread || (upgrading && resp.status() != StatusCode::SWITCHING_PROTOCOLS) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
