@@ -1,7 +1,9 @@
 //! Istio's default path normalization (`BASE`): percent-encoded unreserved characters are
 //! decoded and `.` and `..` segments (a slash also written `\`) resolved before a request is
 //! routed, so `/public/../admin` and `/%61dmin` are matched, authorized and sent upstream as
-//! `/admin`, as Envoy's `normalize_path` (Chromium's URL canonicalizer) does.
+//! `/admin`, as Envoy's `normalize_path` (Chromium's URL canonicalizer) does. An absolute-form
+//! target with an empty path (`http://web?x=1`) gets the `/` RFC 9112 (section 3.2.1) requires
+//! of the origin form sent upstream, as Envoy's URL parser gives it.
 
 use std::borrow::Cow;
 
@@ -12,6 +14,13 @@ use crate::security::authz::matchers::normalize_path;
 /// The request target with its path normalized, or `None` when it has no dot segment (the
 /// common case, decided without allocating).
 pub fn normalized(uri: &Uri) -> Option<Uri> {
+    if let Some(query) = uri.path_and_query().map(|p| p.as_str())
+        && query.starts_with('?')
+    {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(format!("/{query}").parse().ok()?);
+        return Uri::from_parts(parts).ok();
+    }
     let path = uri.path();
     if !path.contains("/.") && !path.contains('\\') && !path.contains('%') {
         return None;
@@ -91,6 +100,12 @@ mod tests {
         assert_eq!(norm("/x/%2E%2E/%61dmin").as_deref(), Some("/admin"));
         assert_eq!(norm("/100%"), None, "a stray percent is left alone");
         assert_eq!(norm("/plain/path?a=../b"), None, "the query is not a path");
+        assert_eq!(
+            norm("http://web:8080?x=1").as_deref(),
+            Some("http://web:8080/?x=1"),
+            "an empty path is sent as /"
+        );
+        assert_eq!(norm("http://web:8080"), None, "sent as / already");
         assert_eq!(
             norm("/public/..;x=y/admin").as_deref(),
             Some("/admin"),
