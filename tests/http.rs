@@ -114,6 +114,16 @@ fn absolute_form_requests_reach_the_upstream_in_origin_form() {
     );
     assert!(abs.contains("\"uri\":\"/abs?q=1\""), "{abs}");
     assert!(abs.contains(&format!("\"host\":\"{}\"", b.addr)), "{abs}");
+    // An empty path is sent as `/` (RFC 9112 section 3.2.1), its query kept.
+    let empty = curl(
+        &d,
+        &[
+            "--request-target",
+            &format!("http://{}?q=2", b.addr),
+            &format!("http://{}/", b.addr),
+        ],
+    );
+    assert!(empty.contains("\"uri\":\"/?q=2\""), "{empty}");
     // Beside a Host that names another: the target's authority, routed by, goes upstream.
     let other = curl(
         &d,
