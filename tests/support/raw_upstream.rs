@@ -211,6 +211,16 @@ fn answer(method: &str, path: &str, body: usize, head: &str) -> (Vec<u8>, Then) 
                 .to_string(),
             Then::KeepOpen,
         ),
+        "/gzip" => (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n\
+             5\r\nhello\r\n0\r\n\r\n"
+                .to_string(),
+            Then::Close,
+        ),
+        "/length-list" => (
+            "HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok".to_string(),
+            Then::KeepOpen,
+        ),
         "/short" => (
             "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this".to_string(),
             Then::Close,
