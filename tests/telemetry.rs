@@ -684,6 +684,71 @@ fn a_stat_prefix_gives_a_route_its_own_statistics() {
     assert!(!metrics.contains("meshd_route_upstream_rq_retry_total{stat_prefix=\"reviews-read\""));
 }
 
+/// Route statistics of timeouts and delays, as Envoy keeps them: an attempt a per-try or route
+/// timeout ends counts as an upstream request without a response (`none`); the route's
+/// `upstream_rq_timeout` counts the route timeout only, not attempts run out by per-try
+/// timeouts; and `upstream_rq_time` is taken from after a fault delay, for answered requests.
+#[test]
+fn route_statistics_count_timeouts_and_leave_out_fault_delays() {
+    if !ebpf_available("stat_prefix_timeouts") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let to_v1 = "    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let routes = [
+        format!(
+            "  - match:\n    - uri:\n        prefix: /per-try\n      statPrefix: per-try\n    rewrite:\n      uri: /sleep\n    timeout: 5s\n    retries:\n      attempts: 1\n      perTryTimeout: 150ms\n      retryOn: 5xx\n{to_v1}"
+        ),
+        format!(
+            "  - match:\n    - uri:\n        prefix: /route\n      statPrefix: route\n    rewrite:\n      uri: /sleep\n    timeout: 150ms\n{to_v1}"
+        ),
+        format!(
+            "  - match:\n    - uri:\n        prefix: /delayed\n      statPrefix: delayed\n    rewrite:\n      uri: /sleep\n    fault:\n      delay:\n        fixedDelay: 1s\n        percentage:\n          value: 100\n{to_v1}"
+        ),
+    ]
+    .concat();
+    let d = start("stat-prefix-timeouts", 307, &policies(&v1, &v2, &routes));
+    let get = |path: &str| status(&d, &format!("http://reviews:9080{path}"));
+    assert_eq!(get("/per-try/1000"), "504");
+    assert_eq!(get("/route/1000"), "504");
+    assert_eq!(get("/delayed/10"), "200");
+    let metrics = d.get("/metrics");
+    let series = |name: &str, prefix: &str, extra: &str| {
+        let s = format!(
+            "{name}{{{extra}stat_prefix=\"{prefix}\",virtual_host=\"reviews.default.svc.cluster.local:9080\"}}"
+        );
+        support::parse_metric(&metrics, &s)
+    };
+    let none = "response_code_class=\"none\",";
+    assert_eq!(
+        series("meshd_route_upstream_rq_total", "per-try", none),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("meshd_route_upstream_rq_total", "route", none),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("meshd_route_upstream_rq_timeout_total", "route", ""),
+        1.0
+    );
+    assert!(
+        !metrics.contains("meshd_route_upstream_rq_timeout_total{stat_prefix=\"per-try\""),
+        "per-try timeouts are not the route timeout:\n{metrics}"
+    );
+    // Timed-out requests have no upstream time; the delayed one's leaves out the delay.
+    let time = "meshd_route_upstream_rq_time_milliseconds";
+    assert_eq!(series(&format!("{time}_count"), "delayed", ""), 1.0);
+    let took = series(&format!("{time}_sum"), "delayed", "");
+    assert!(
+        took < 900.0,
+        "the 1 s delay is not upstream time: {took} ms"
+    );
+    assert!(!metrics.contains(&format!("{time}_count{{stat_prefix=\"route\"")));
+}
+
 #[test]
 fn a_tcp_connection_ended_by_a_reset_is_logged_with_the_bytes_it_carried() {
     use std::io::{Read, Write};

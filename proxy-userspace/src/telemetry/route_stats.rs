@@ -44,9 +44,41 @@ impl RouteStat {
 /// What one request of a route did.
 pub struct RouteRequest {
     pub retries: u32,
-    /// The route timeout expired (flag UT).
+    /// The route timeout expired (flag UT; not a per-try timeout).
     pub timed_out: bool,
-    pub elapsed: Duration,
+    /// From the request's end (past any fault delay) to the end of the upstream's answer, when
+    /// an upstream's answer is what the client got (Envoy's `upstream_rq_time`).
+    pub upstream_time: Option<Duration>,
+}
+
+/// One upstream attempt of a route, counted once: by the status of its answer, or as `none`
+/// when it is dropped without one (a per-try or route timeout ends it).
+pub struct Attempt<'a> {
+    stats: &'a RouteStats,
+    route: &'a RouteStat,
+    status: Option<Option<u16>>,
+}
+
+impl<'a> Attempt<'a> {
+    pub fn new(stats: &'a RouteStats, route: &'a RouteStat) -> Attempt<'a> {
+        Attempt {
+            stats,
+            route,
+            status: None,
+        }
+    }
+
+    /// The attempt ended: `Some(status)` with an answer, `None` without (a reset, a connect
+    /// failure).
+    pub fn answered(&mut self, status: Option<u16>) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.stats.attempt(self.route, self.status.flatten());
+    }
 }
 
 impl RouteStats {
@@ -59,7 +91,7 @@ impl RouteStats {
         let time = HistogramVec::new(
             HistogramOpts::new(
                 "meshd_route_upstream_rq_time_milliseconds",
-                "Time of the requests of a route with a statPrefix, to the end of the response",
+                "Time of the answered requests of a route with a statPrefix, from the request's end (past any fault delay) to the end of the upstream's answer",
             )
             .buckets(TIME_BUCKETS.to_vec()),
             &["virtual_host", "stat_prefix"],
@@ -98,9 +130,11 @@ impl RouteStats {
     /// One request, once its response has ended.
     pub fn request(&self, route: &RouteStat, r: &RouteRequest) {
         let labels = route.labels();
-        self.time
-            .with_label_values(&labels)
-            .observe(r.elapsed.as_secs_f64() * 1e3);
+        if let Some(t) = r.upstream_time {
+            self.time
+                .with_label_values(&labels)
+                .observe(t.as_secs_f64() * 1e3);
+        }
         if r.retries > 0 {
             self.retries
                 .with_label_values(&labels)
@@ -137,7 +171,7 @@ mod tests {
         let request = |retries, timed_out| RouteRequest {
             retries,
             timed_out,
-            elapsed: Duration::from_millis(3),
+            upstream_time: (!timed_out).then(|| Duration::from_millis(3)),
         };
         let checkout = RouteStat::new("shop.example.com", 80, &Arc::from("checkout"));
         let browse = RouteStat::new("*.example.com", 80, &Arc::from("browse"));
@@ -167,8 +201,9 @@ mod tests {
             r#"meshd_route_upstream_rq_total{response_code_class="2xx",stat_prefix="checkout",virtual_host="admin.example.com:8080"} 1"#.to_string(),
             format!(r#"meshd_route_upstream_rq_retry_total{{{shop}}} 3"#),
             format!(r#"meshd_route_upstream_rq_timeout_total{{{shop}}} 1"#),
-            format!(r#"meshd_route_upstream_rq_time_milliseconds_count{{{shop}}} 3"#),
-            format!(r#"meshd_route_upstream_rq_time_milliseconds_bucket{{{shop},le="5"}} 3"#),
+            // The timed-out request has no upstream time.
+            format!(r#"meshd_route_upstream_rq_time_milliseconds_count{{{shop}}} 2"#),
+            format!(r#"meshd_route_upstream_rq_time_milliseconds_bucket{{{shop},le="5"}} 2"#),
         ] {
             assert!(text.contains(&line), "{line} in\n{text}");
         }

@@ -298,6 +298,7 @@ impl body::Observer for RequestLog {
     fn failed(&mut self, e: &body::BoxError) {
         // Ended, by a failure of the upstream's or of the timeout's: not the client's.
         if e.is::<super::deadline::RouteTimeout>() {
+            self.rec.route_timed_out = true;
             self.rec
                 .fail(ResponseFlags::UPSTREAM_TIMEOUT, e.to_string());
         } else {
@@ -499,10 +500,14 @@ impl Drop for RequestLog {
             istio.request(&attempt, r.took, request_bytes, 0);
         }
         if let Some(prefix) = &rec.stat_prefix {
+            let answered = rec.upstream_answer_from.filter(|_| !rec.route_timed_out);
             let request = RouteRequest {
                 retries: rec.retries,
-                timed_out: rec.flags.contains(ResponseFlags::UPSTREAM_TIMEOUT),
-                elapsed,
+                timed_out: rec.route_timed_out,
+                upstream_time: answered.map(|from| {
+                    let from = self.received.ended_at().map_or(from, |end| end.max(from));
+                    from.elapsed()
+                }),
             };
             self.ctx.metrics.routes.request(prefix, &request);
         }

@@ -32,6 +32,13 @@ pub struct Record {
     /// The last attempt never left meshd: a connection-pool limit shed it (flag UO), so no
     /// workload saw it.
     pub shed: bool,
+    /// When the request reached the router, past any fault delay, kept when an upstream's
+    /// answer is what the client got: the route's `upstream_rq_time` runs from then (or the
+    /// request's end, if later), as Envoy's router times it.
+    pub upstream_answer_from: Option<tokio::time::Instant>,
+    /// The route timeout ended the request (before or during the answer), where a per-try
+    /// timeout did not: Envoy's route `upstream_rq_timeout`.
+    pub route_timed_out: bool,
 }
 
 /// An attempt that got an answer a retry then replaced.

@@ -629,6 +629,7 @@ pub async fn with_policy(
     // Compiled with the route; a request no VirtualService covers gets Istio's default.
     static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
         std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
+    let routed_at = tokio::time::Instant::now();
     let route_policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
     let route_timeout = plan
         .route
@@ -859,6 +860,11 @@ pub async fn with_policy(
                         return Err(Failed::Denied(reason));
                     }
                     let _in_flight = ctx.lb.start(target);
+                    // Counted however the attempt ends: with its answer, or without one (a
+                    // reset, a connect failure, a per-try or route timeout dropping it).
+                    let mut counted = stat_prefix.map(|p| {
+                        crate::telemetry::route_stats::Attempt::new(&ctx.metrics.routes, p)
+                    });
                     *in_flight.lock().expect("in-flight lock") = Some(target);
                     let began = to_workload.then(std::time::Instant::now);
                     let result = match upstream.expect("resolved with the target") {
@@ -882,9 +888,8 @@ pub async fn with_policy(
                         return Err(Failed::Client(failure));
                     }
                     plan.observe(ctx, target, &result);
-                    if let Some(prefix) = stat_prefix {
-                        let status = result.as_ref().ok().map(|r| r.status().as_u16());
-                        ctx.metrics.routes.attempt(prefix, status);
+                    if let Some(c) = counted.as_mut() {
+                        c.answered(result.as_ref().ok().map(|r| r.status().as_u16()));
                     }
                     result.map_err(Failed::Upstream)
                 }
@@ -911,6 +916,7 @@ pub async fn with_policy(
     }
     let Some(attempts) = attempts else {
         timed_out_at(ctx);
+        rec.route_timed_out = true;
         return timed_out(rec);
     };
     if attempts.overflow {
@@ -943,6 +949,7 @@ pub async fn with_policy(
     }
     match attempts.last {
         Ok(mut resp) => {
+            rec.upstream_answer_from = Some(routed_at);
             // As Envoy's router: the upstream's time, from the request's end to the answer's
             // head, in milliseconds (only when the request ended before it).
             if let Some(end) = received.ended_at() {
