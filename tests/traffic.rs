@@ -462,6 +462,59 @@ fn streamed_bodies_are_mirrored_once_they_end() {
     assert!(d.metric("meshd_http_mirror_total{result=\"dropped\"}") >= 1.0);
 }
 
+/// Streams whose copies wait for their bodies' end hold none of the copies' room meanwhile:
+/// with more long uploads open on a mirrored route than one destination's share (64), a short
+/// request's copy still goes.
+#[test]
+fn long_uploads_waiting_to_be_mirrored_take_no_copy_room() {
+    if !ebpf_available("mirror_waiting") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = format!(
+        "  - mirror:\n      host: reviews\n      subset: v2\n    mirrorPercentage:\n      value: 100\n{TO_V1}"
+    );
+    let d = start("mirror-waiting", 308, &policies(&v1, &v2, &routes));
+    let script = r#"
+import http.client, socket, time
+head = b"POST /echo HTTP/1.1\r\nHost: reviews:9080\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+uploads = []
+for _ in range(80):
+    s = socket.create_connection(("127.0.0.50", 9080), timeout=10)
+    s.sendall(head)
+    uploads.append(s)
+time.sleep(1)
+c = http.client.HTTPConnection("127.0.0.50", 9080, timeout=10)
+c.request("POST", "/echo", body=b"short", headers={"Host": "reviews:9080"})
+r = c.getresponse()
+print(r.status, r.read().decode().strip())
+time.sleep(1)
+for s in uploads:
+    s.sendall(b"0\r\n\r\n")
+time.sleep(1)
+"#;
+    let out = d
+        .exec("default/productpage", &["python3", "-c", script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("200 "),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum: u64 = b"short".iter().map(|b| u64::from(*b)).sum();
+    let short = format!(r#"{{"length":5,"sum":{sum},"trailers":[]}}"#);
+    let copied = support::eventually(std::time::Duration::from_secs(5), || {
+        v2.shadow_echoes().iter().any(|e| *e == short).then_some(())
+    });
+    assert!(
+        copied.is_some(),
+        "the short request was mirrored: {:?}",
+        v2.shadow_echoes()
+    );
+}
+
 /// A mirror copy has the route's timeout, as Envoy gives its shadows, and one destination may
 /// hold only a share of the copies in flight: a mirror destination that hangs neither keeps
 /// its copies forever nor stops another destination's.

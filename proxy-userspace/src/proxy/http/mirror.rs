@@ -108,18 +108,12 @@ impl Mirrors {
         authority: &str,
         timeout: Option<Duration>,
     ) {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            metrics.mirror("dropped");
-            return;
-        };
-        let Some(share) = ClusterShare::take(&to.cluster) else {
-            metrics.mirror("dropped");
-            return;
-        };
+        let slots = self.slots.clone();
         let shadow = shadow(authority);
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _held = (permit, share);
+            // A streamed body is awaited before a slot is taken: a long upload (a gRPC client
+            // stream) holds none of the copies' room while it runs.
             let mut req = match copied {
                 Copied::Now(req) => *req,
                 Copied::Later(recording) => match recording.settled().await {
@@ -130,6 +124,15 @@ impl Mirrors {
                     }
                 },
             };
+            let Ok(permit) = slots.try_acquire_owned() else {
+                metrics.mirror("dropped");
+                return;
+            };
+            let Some(share) = ClusterShare::take(&to.cluster) else {
+                metrics.mirror("dropped");
+                return;
+            };
+            let _held = (permit, share);
             shadow_authority(&mut req, &shadow, h2);
             metrics.mirror("sent");
             let Copy {
