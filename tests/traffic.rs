@@ -506,7 +506,7 @@ time.sleep(1)
     let sum: u64 = b"short".iter().map(|b| u64::from(*b)).sum();
     let short = format!(r#"{{"length":5,"sum":{sum},"trailers":[]}}"#);
     let copied = support::eventually(std::time::Duration::from_secs(5), || {
-        v2.shadow_echoes().iter().any(|e| *e == short).then_some(())
+        v2.shadow_echoes().contains(&short).then_some(())
     });
     assert!(
         copied.is_some(),
