@@ -237,6 +237,17 @@ fn malformed_or_smuggling_responses_never_reach_the_client() {
     let lower = out.to_ascii_lowercase();
     assert!(ok && lower.contains("content-length: 2\r\n"), "{out}");
     assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    // A malformed chunk after the head: the client's response fails, and its record says the
+    // upstream broke the protocol (UPE), as Envoy's does, not that it reset (UC).
+    let (ok, out) = curl(&d, &[&url("/bad-chunk")]);
+    assert!(!ok, "{out}");
+    let line = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains("/bad-chunk") && l.contains("response_flags"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no line for /bad-chunk:\n{}", d.log_text()));
+    assert!(line.contains(r#""response_flags":"UPE""#), "{line}");
     // A body cut short: the client sees its response fail, not a complete short body.
     let (ok, out) = curl(&d, &[&url("/short")]);
     assert!(!ok, "a truncated body must not look complete: {out}");

@@ -217,6 +217,11 @@ fn answer(method: &str, path: &str, body: usize, head: &str) -> (Vec<u8>, Then) 
                 .to_string(),
             Then::Close,
         ),
+        "/bad-chunk" => (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+                .to_string(),
+            Then::Close,
+        ),
         "/length-list" => (
             "HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\n\r\nok".to_string(),
             Then::KeepOpen,

@@ -301,6 +301,9 @@ impl body::Observer for RequestLog {
             self.rec.route_timed_out = true;
             self.rec
                 .fail(ResponseFlags::UPSTREAM_TIMEOUT, e.to_string());
+        } else if super::pool::broke_the_protocol(&**e) {
+            self.rec
+                .fail(ResponseFlags::UPSTREAM_PROTOCOL_ERROR, e.to_string());
         } else {
             self.rec.fail(
                 ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,

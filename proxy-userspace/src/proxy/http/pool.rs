@@ -34,6 +34,22 @@ pub use self::{
     limits::{Limits, RetryBudget},
     originate::{Originate, Originations},
 };
+/// Whether a response body failed because the upstream broke HTTP/1.1 (a malformed chunk), or
+/// something it wraps did: flag UPE, as Envoy's codec reports it, not UC.
+pub fn broke_the_protocol(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if matches!(
+            e.downcast_ref::<h1::H1Error>(),
+            Some(h1::H1Error::Invalid(_))
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 use self::{
     cluster::{H2Conn, H2Stream, IdleH1, OpenH2},
     lease::{Lease, Leased, Upstream},
