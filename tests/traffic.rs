@@ -1073,8 +1073,14 @@ fn envoy_request_headers_override_the_routes_retries_and_timeouts() {
     args.push("http://reviews:9080/sleep/300");
     assert_eq!(code(&args), "504");
     assert!(d.log_text().contains("flags=UT"), "{}", d.log_text());
+    // `x-envoy-upstream-rq-timeout-alt-response`: a timeout answers 204, with no body.
+    let alt = ["-H", "x-envoy-upstream-rq-timeout-alt-response: 1"];
+    let mut args = [short, alt].concat();
+    args.push("http://reviews:9080/sleep/2000");
+    assert_eq!(code(&args), "204");
     // Consumed: the upstream sees none of them.
     let mut args: Vec<&str> = retry.to_vec();
+    args.extend(alt);
     args.extend(short);
     args.extend(["-H", "x-envoy-upstream-rq-per-try-timeout-ms: 1000"]);
     args.push("http://reviews:9080/whoami");

@@ -1,8 +1,9 @@
 //! Envoy's per-request overrides of a route's timeout and retries, which Istio's sidecars honour
 //! from the workloads they serve (internal requests): `x-envoy-upstream-rq-timeout-ms`,
 //! `x-envoy-upstream-rq-per-try-timeout-ms`, `x-envoy-retry-on`, `x-envoy-retry-grpc-on`,
-//! `x-envoy-max-retries` and `x-envoy-retriable-status-codes`. As Envoy's router does, meshd
-//! consumes them: the upstream (and a mirror) never sees them.
+//! `x-envoy-max-retries` and `x-envoy-retriable-status-codes`, and
+//! `x-envoy-upstream-rq-timeout-alt-response` (a timeout answers 204 instead of 504). As Envoy's
+//! router does, meshd consumes them: the upstream (and a mirror) never sees them.
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ const RETRY_ON: &str = "x-envoy-retry-on";
 const RETRY_GRPC_ON: &str = "x-envoy-retry-grpc-on";
 const MAX_RETRIES: &str = "x-envoy-max-retries";
 const RETRIABLE_STATUS_CODES: &str = "x-envoy-retriable-status-codes";
+const TIMEOUT_ALT_RESPONSE: &str = "x-envoy-upstream-rq-timeout-alt-response";
 
 /// Removes the override headers, for a request that has nothing they could change.
 pub fn strip(headers: &mut HeaderMap) {
@@ -27,6 +29,7 @@ pub fn strip(headers: &mut HeaderMap) {
             RETRY_GRPC_ON,
             MAX_RETRIES,
             RETRIABLE_STATUS_CODES,
+            TIMEOUT_ALT_RESPONSE,
         ] {
             headers.remove(name);
         }
@@ -41,6 +44,8 @@ pub struct Overrides {
     /// The retry policy, when the headers change the route's (boxed: it is rare, and lives in
     /// every request's future).
     pub retry: Option<Box<RetryPolicy>>,
+    /// A timeout answers 204 instead of 504 (the header's presence; its value is ignored).
+    pub timeout_alt_response: bool,
 }
 
 /// Removes the override headers from `headers` and applies them to the route's `timeout` and
@@ -68,6 +73,7 @@ pub fn take(
     let grpc_on = value(RETRY_GRPC_ON);
     let max_retries = value(MAX_RETRIES).and_then(|s| s.parse::<u32>().ok());
     let codes = value(RETRIABLE_STATUS_CODES);
+    let timeout_alt_response = headers.remove(TIMEOUT_ALT_RESPONSE).is_some();
     let timeout = match header_timeout {
         Some(t) => (!t.is_zero()).then_some(t),
         None => timeout,
@@ -103,6 +109,7 @@ pub fn take(
     Some(Overrides {
         timeout,
         retry: policy.map(Box::new),
+        timeout_alt_response,
     })
 }
 
@@ -133,6 +140,21 @@ mod tests {
         let mut h = headers(&[("x-request-id", "1")]);
         assert_eq!(take(&mut h, FIVE_S, &no_retries()), None);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn the_alt_response_header_is_read_by_its_presence_and_consumed() {
+        let mut h = headers(&[(TIMEOUT_ALT_RESPONSE, "")]);
+        let o = take(&mut h, FIVE_S, &no_retries()).expect("an override");
+        assert!(o.timeout_alt_response);
+        assert_eq!(o.timeout, FIVE_S);
+        assert!(h.is_empty());
+        let mut h = headers(&[(TIMEOUT_MS, "250")]);
+        assert!(
+            !take(&mut h, FIVE_S, &no_retries())
+                .unwrap()
+                .timeout_alt_response
+        );
     }
 
     #[test]

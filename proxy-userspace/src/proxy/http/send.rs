@@ -518,9 +518,12 @@ pub fn overloaded(body: String) -> Response<Body> {
     r
 }
 
-fn timed_out(rec: &mut Record) -> Response<Body> {
+/// 504 for a request the route or per-try timeout ended, or 204 (no body) when it asked for
+/// Envoy's `x-envoy-upstream-rq-timeout-alt-response`.
+fn timed_out(rec: &mut Record, alt_response: bool) -> Response<Body> {
     rec.fail(ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout");
-    local(504, "upstream request timeout", None)
+    let status = if alt_response { 204 } else { 504 };
+    local(status, "upstream request timeout", None)
 }
 
 /// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`),
@@ -643,6 +646,7 @@ pub async fn with_policy(
         None => route_policy,
     };
     let timeout = overrides.as_ref().map_or(route_timeout, |o| o.timeout);
+    let alt_response = overrides.as_ref().is_some_and(|o| o.timeout_alt_response);
     // As Envoy's route timeout, the limit runs from the end of the request (its body whole)
     // until the response is complete, its body too. A gRPC request's own deadline is that
     // timeout when shorter, as Envoy takes it under Istio's `max_grpc_timeout` (the route's
@@ -917,7 +921,7 @@ pub async fn with_policy(
     let Some(attempts) = attempts else {
         timed_out_at(ctx);
         rec.route_timed_out = true;
-        return timed_out(rec);
+        return timed_out(rec, alt_response);
     };
     if attempts.overflow {
         let (limit, reason) = match &plan.limits.retry_budget {
@@ -982,7 +986,7 @@ pub async fn with_policy(
             if attempts.exhausted {
                 rec.flags.insert(ResponseFlags::RETRY_LIMIT);
             }
-            timed_out(rec)
+            timed_out(rec, alt_response)
         }
     }
 }
