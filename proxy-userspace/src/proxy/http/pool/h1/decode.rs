@@ -186,10 +186,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, framing: Framing) {
     if upgrade {
         headers.remove(header::UPGRADE);
     }
-    let only_chunked = te
-        && framing == Framing::Chunked
-        && tokens(headers, header::TRANSFER_ENCODING).all(|t| t.eq_ignore_ascii_case("chunked"));
-    if only_chunked {
+    // `framing` refused every coding but `chunked` alone, so a chunked body's field names
+    // nothing else.
+    if te && framing == Framing::Chunked {
         headers.remove(header::TRANSFER_ENCODING);
     }
 }
