@@ -169,12 +169,25 @@ fn a_report_written_into_a_closed_pipe_ends_quietly() {
         libc::close(fds[0]);
         std::os::fd::OwnedFd::from_raw_fd(fds[1])
     };
-    let out = Command::new(MESHD)
+    let mut analyze = Command::new(MESHD);
+    analyze
         .args(["analyze", "policies/canary.yaml"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .stdout(write_end)
-        .output()
-        .unwrap();
+        .stdout(write_end);
+    // Some parents (CI runners among them) start their children with SIGPIPE blocked; the
+    // report must still end instead of writing into nothing and exiting 0.
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls async-signal-safe sigprocmask.
+    unsafe {
+        analyze.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGPIPE);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        })
+    };
+    let out = analyze.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     use std::os::unix::process::ExitStatusExt;

@@ -259,12 +259,25 @@ impl RunArgs {
 /// Exit code for an unusable configuration (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 
+/// Lets a write into a closed pipe end this process, whatever disposition or mask it inherited:
+/// a parent that blocks SIGPIPE would otherwise leave the report writing into nothing and exiting 0.
+fn die_of_sigpipe() {
+    // SAFETY: both calls only change this process's handling of one signal; the set is local.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     if !matches!(cli.command, Command::Run(_) | Command::Exec(_)) {
         // A report piped into `head` ends quietly, as other command-line tools do, instead of
         // panicking on the closed pipe. The daemon keeps SIGPIPE ignored: a peer closing a
         // socket is an error it handles.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        die_of_sigpipe();
     }
     match cli.command {
         Command::Run(args) => {
