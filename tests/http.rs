@@ -139,6 +139,49 @@ fn absolute_form_requests_reach_the_upstream_in_origin_form() {
         other.contains(&format!("\"host\":\"{}\"", b.addr)),
         "{other}"
     );
+    // A target that is no path (`OPTIONS *`, asterisk-form) is answered as Envoy answers any
+    // non-relative path: an empty 404 that never reaches the upstream, on both protocols.
+    let reached = b.requests();
+    let url = format!("http://{}/", b.addr);
+    for h2 in [false, true] {
+        let mut args = vec![
+            "-X",
+            "OPTIONS",
+            "--request-target",
+            "*",
+            "-w",
+            "%{http_code} %{size_download}",
+        ];
+        if h2 {
+            args.push("--http2-prior-knowledge");
+        }
+        args.push(&url);
+        assert_eq!(curl(&d, &args), "404 0", "h2: {h2}");
+    }
+    assert_eq!(
+        b.requests(),
+        reached,
+        "asterisk-form requests reached the upstream"
+    );
+}
+
+#[test]
+fn a_status_without_a_name_gets_envoys_reason_phrase() {
+    if !ebpf_available("http_unknown_reason") {
+        return;
+    }
+    let b = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start("http-unknown-reason", 309, &[]);
+    let head = |code: u16| {
+        let out = curl(&d, &["-si", &format!("http://{}/status/{code}", b.addr)]);
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .to_string()
+    };
+    assert_eq!(head(599), "HTTP/1.1 599 Unknown");
+    assert_eq!(head(404), "HTTP/1.1 404 Not Found");
 }
 
 #[test]

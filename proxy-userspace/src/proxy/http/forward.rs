@@ -175,6 +175,12 @@ pub async fn handle(
         .get(GRPC_STATUS)
         .filter(|v| v.to_str().is_ok())
         .cloned();
+    // Envoy writes its own reason phrase, "Unknown" for a code it has no name for, where hyper
+    // would write "<none>".
+    if resp.status().canonical_reason().is_none() {
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
+    }
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
     Ok(resp.map(|b| {
@@ -744,6 +750,12 @@ async fn forward(
 ) -> Response<Body> {
     if let Some(uri) = super::normalize::normalized(req.uri()) {
         *req.uri_mut() = uri;
+    }
+    // Envoy routes relative paths only: any other target (`OPTIONS *`, `GET *`) gets its empty
+    // 404 before routing, with no flag, and never reaches an upstream.
+    if !req.uri().path().starts_with('/') {
+        rec.reason = Some("absolute_path: only a target whose path starts with / is routed".into());
+        return local(404, "", None);
     }
     // The authority a request is routed and authorized by is the one it goes upstream with:
     // an absolute-form target's replaces the Host a proxy received (RFC 9112 section 3.2.2),
