@@ -192,6 +192,12 @@ impl Received {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Counts bytes the request delivered past its body: an upgraded connection's.
+    pub fn add(&self, n: u64) {
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// When the body ended, if it has.
     pub fn ended_at(&self) -> Option<tokio::time::Instant> {
         self.ended.get().copied()

@@ -9,14 +9,13 @@ use hyper::{
     body::Incoming,
     header::{self, HeaderName, HeaderValue},
 };
-use hyper_util::rt::TokioIo;
 
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, body,
     cors::{Check as CorsCheck, CorsRules},
     fault, framing, header_values, headers,
     lb::{self, Algorithm, HashInputs},
-    outlier, overrides,
+    outlier,
     pool::{Limits, RetryBudget, UpstreamError},
     ratelimit,
     record::Record,
@@ -127,8 +126,9 @@ pub async fn handle(
             }
             let body = match status {
                 400 => format!("bad request: {reason}\n"),
-                // Envoy's 426 has no body.
-                426 => String::new(),
+                // Envoy's 426, and its 403 for an upgrade (CONNECT) it does not take, have no
+                // body.
+                403 | 426 => String::new(),
                 _ => format!("{reason}\n"),
             };
             let mut r = local(status, body, None);
@@ -180,6 +180,20 @@ pub async fn handle(
     if resp.status().canonical_reason().is_none() {
         resp.extensions_mut()
             .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
+    }
+    // A WebSocket's record is written when the upgraded connection ends, with its bytes both
+    // ways, as Envoy logs an upgraded stream at its end.
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(relay) = log.down.upgraded.take()
+    {
+        drop(admitted);
+        let upgraded = log.down.upgraded.clone();
+        upgraded.set(Box::pin(async move {
+            let carried = relay.await;
+            log.tunnelled(carried);
+            carried
+        }));
+        return Ok(resp);
     }
     // The record is written when the response body is done (or dropped): durations and sizes
     // cover the whole response.
@@ -285,6 +299,14 @@ pub fn version_text(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/?",
+    }
+}
+
+impl RequestLog {
+    /// An upgraded connection's bytes count as the request's and the response's bodies.
+    fn tunnelled(&mut self, carried: super::upgrade::Tunnelled) {
+        self.received.add(carried.from_client);
+        self.response_bytes += carried.to_client;
     }
 }
 
@@ -694,7 +716,10 @@ fn upgrade_ask(h: &HeaderMap) -> UpgradeAsk {
     if !is_upgrade(h) {
         return UpgradeAsk::None;
     }
-    let asks = |p: &str| headers::has_token(h, header::UPGRADE, p);
+    // As Envoy looks up the upgrade type: the whole value, in any case (`foo/2, websocket` is
+    // not a WebSocket upgrade).
+    let value = h.get(header::UPGRADE).map(|v| v.as_bytes().trim_ascii());
+    let asks = |p: &str| value.is_some_and(|v| v.eq_ignore_ascii_case(p.as_bytes()));
     if asks("websocket") {
         UpgradeAsk::WebSocket
     } else if asks("h2c") {
@@ -789,11 +814,8 @@ async fn forward(
                     .as_ref()
                     .map(|v| String::from_utf8_lossy(v.as_bytes()))
             ));
-            return local(
-                403,
-                "upgrade_failed: only websocket upgrades are proxied\n",
-                None,
-            );
+            // Envoy's refusal has no body.
+            return local(403, "", None);
         }
     };
     let authority = req
@@ -1184,7 +1206,7 @@ async fn forward(
     };
     let mut resp = match downstream_upgrade {
         // Boxed: rare, and its state would otherwise enlarge every request's future.
-        Some(down_up) => Box::pin(upgrade_once(req, down_up, down, ctx, &plan, rec)).await,
+        Some(down_up) => Box::pin(super::upgrade::send(req, down_up, down, ctx, &plan, rec)).await,
         None => send::with_policy(&plan, req, down, ctx, rec).await,
     };
     if let Some(c) = set_cookie {
@@ -1242,61 +1264,6 @@ fn path_and_query(new_path: Option<&str>, uri: &hyper::Uri) -> String {
         (Some(p), Some(q)) => format!("{p}?{q}"),
         (Some(p), None) => p.to_string(),
         (None, _) => uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-    }
-}
-
-/// An upgrade (WebSocket) request: sent once over its own connection, and on 101 both sides
-/// are spliced together.
-async fn upgrade_once(
-    mut req: Request<body::Inbound>,
-    down_up: hyper::upgrade::OnUpgrade,
-    down: &Downstream,
-    ctx: &HttpContext,
-    plan: &send::Plan<'_>,
-    rec: &mut Record,
-) -> Response<Body> {
-    let target = match plan.target(ctx, None, &mut 0) {
-        Ok(t) => t,
-        Err(e) => return send::no_endpoint(e, rec),
-    };
-    // An upgrade has no retries or timeout to override, but consumes the headers all the same.
-    overrides::strip(req.headers_mut());
-    let sent = match async {
-        let t = ctx.upstream(plan.snap, target, down.workload.as_deref())?;
-        let s = ctx.pool.fresh_h1(&t, &plan.limits).await?;
-        // Through the tunnel, the client certificate goes along, as for any request (read
-        // once the connection is up: opening the first one issues it).
-        let cert = (t.via.as_ref().zip(ctx.tunnel.as_deref()))
-            .and_then(|(via, tunnel)| tunnel.forwarded_client_cert(via));
-        Ok((s, cert))
-    }
-    .await
-    {
-        Ok((mut s, cert)) => {
-            if let Some(c) = cert {
-                req.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
-            }
-            s.send_request(req.map(body::boxed))
-                .await
-                .map_err(|source| UpstreamError::sending(target, source.into()))
-        }
-        Err(e) => Err(e),
-    };
-    match sent {
-        Ok(mut resp) => {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let up_up = hyper::upgrade::on(&mut resp);
-                // Run by the connection's task once hyper hands the connection over.
-                down.upgraded.set(Box::pin(async move {
-                    if let (Ok(d), Ok(u)) = (down_up.await, up_up.await) {
-                        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                    }
-                }));
-            }
-            resp.map(body::boxed)
-        }
-        Err(e) => send::upstream_failed(&e, rec, false),
     }
 }
 

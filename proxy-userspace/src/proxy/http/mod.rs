@@ -30,6 +30,7 @@ pub mod retry;
 mod route;
 mod send;
 mod slow_start;
+mod upgrade;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
@@ -543,7 +544,7 @@ pub struct Downstream {
 #[derive(Clone, Default)]
 pub struct Upgraded(Arc<std::sync::Mutex<Option<Relay>>>);
 
-type Relay = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+type Relay = std::pin::Pin<Box<dyn std::future::Future<Output = upgrade::Tunnelled> + Send>>;
 
 impl Upgraded {
     fn set(&self, relay: Relay) {

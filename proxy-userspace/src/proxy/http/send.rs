@@ -24,7 +24,7 @@ use super::{
     mirror,
     outlier::{self, Outcome as Health},
     overrides,
-    pool::{ClusterPool, Counter, Limits, PooledBody, UpstreamError},
+    pool::{ClusterPool, Counter, Limits, UpstreamError},
     record::Record,
     replay::{self, ATTEMPT_COUNT, Outgoing, Prepared, RETRY_BUFFER},
     retry::{self, Outcome, RetryPolicy},
@@ -67,11 +67,11 @@ pub struct Plan<'a> {
 
 impl Plan<'_> {
     /// Feeds an attempt's outcome to outlier detection.
-    fn observe(
+    pub(super) fn observe<B>(
         &self,
         ctx: &HttpContext,
         target: SocketAddr,
-        result: &Result<Response<PooledBody>, UpstreamError>,
+        result: &Result<Response<B>, UpstreamError>,
     ) {
         let (Some(s), Ok(all)) = (&self.outlier, &self.endpoints) else {
             return;
@@ -377,7 +377,7 @@ fn attempt_count(n: u32) -> HeaderValue {
 
 /// Why an attempt produced no response.
 #[derive(Debug)]
-enum Failed {
+pub(super) enum Failed {
     NoEndpoint(NoEndpoint),
     Upstream(UpstreamError),
     PerTryTimeout,
@@ -387,7 +387,7 @@ enum Failed {
     Client(ClientFailure),
 }
 
-fn outcome(r: &Result<Response<PooledBody>, Failed>) -> Outcome {
+pub(super) fn outcome<B>(r: &Result<Response<B>, Failed>) -> Outcome {
     match r {
         Ok(resp) => Outcome::Response {
             status: resp.status().as_u16(),
@@ -520,7 +520,7 @@ pub fn overloaded(body: String) -> Response<Body> {
 
 /// 504 for a request the route or per-try timeout ended, or 204 (no body) when it asked for
 /// Envoy's `x-envoy-upstream-rq-timeout-alt-response`.
-fn timed_out(rec: &mut Record, alt_response: bool) -> Response<Body> {
+pub(super) fn timed_out(rec: &mut Record, alt_response: bool) -> Response<Body> {
     rec.fail(ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout");
     let status = if alt_response { 204 } else { 504 };
     local(status, "upstream request timeout", None)
@@ -629,16 +629,9 @@ pub async fn with_policy(
     ctx: &HttpContext,
     rec: &mut Record,
 ) -> Response<Body> {
-    // Compiled with the route; a request no VirtualService covers gets Istio's default.
-    static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
-        std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
     let routed_at = tokio::time::Instant::now();
-    let route_policy = plan.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry);
-    let route_timeout = plan
-        .route
-        .and_then(|r| r.spec.timeout)
-        .map(|t| t.0)
-        .filter(|t| !t.is_zero());
+    let route_policy = plan.retry_policy();
+    let route_timeout = plan.route_timeout();
     // The request's own `x-envoy-*` overrides, if it has any.
     let overrides = overrides::take(req.headers_mut(), route_timeout, route_policy);
     let policy = match overrides.as_ref().and_then(|o| o.retry.as_deref()) {
@@ -766,18 +759,7 @@ pub async fn with_policy(
                 timed_out_at(ctx);
                 Failed::PerTryTimeout
             },
-            // `http.maxRetries` bounds the retries in flight across the cluster, or else the
-            // `retryBudget` does, by the requests active now.
-            || {
-                let max = match &plan.limits.retry_budget {
-                    Some(b) => b.max_retries(
-                        plan.upstream.count(Counter::Requests)
-                            + plan.upstream.count(Counter::Pending),
-                    ),
-                    None => plan.limits.max_retries,
-                };
-                plan.upstream.try_slot(Counter::Retries, max)
-            },
+            || plan.retry_slot(),
             |n| {
                 started = n;
                 let attempt = attempt_count(n);
@@ -828,19 +810,7 @@ pub async fn with_policy(
                 last = target.as_ref().ok().copied();
                 // How to reach the endpoint: resolved once per attempt.
                 let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
-                // Recorded as each attempt starts, as Envoy's upstream host: a request the
-                // route timeout ends, or whose client leaves, is logged with it.
-                rec.retries = n - 1;
-                rec.upstream_host = last;
-                rec.security_policy = (upstream.as_ref()).and_then(|u| u.as_ref().ok()).map(|t| {
-                    if t.via.is_some() {
-                        "mutual_tls"
-                    } else {
-                        "none"
-                    }
-                });
-                rec.destination_workload =
-                    last.and_then(|t| plan.snap.compiled.endpoints.workload(t).cloned());
+                plan.note_attempt(rec, n, last, upstream.as_ref());
                 // Only an answer from a mesh workload reached directly can count for the
                 // destination; the others are not timed.
                 let to_workload =
@@ -924,28 +894,7 @@ pub async fn with_policy(
         return timed_out(rec, alt_response);
     };
     if attempts.overflow {
-        let (limit, reason) = match &plan.limits.retry_budget {
-            Some(b) => (
-                "retryBudget",
-                format!(
-                    "retry not attempted: {} is at its retryBudget ({}% of active requests, at least {})",
-                    plan.cluster,
-                    f64::from(b.hundredths_of_percent) / 100.0,
-                    b.min_concurrency
-                ),
-            ),
-            None => (
-                "maxRetries",
-                format!(
-                    "retry not attempted: {} is at its connectionPool limit maxRetries: {}",
-                    plan.cluster, plan.limits.max_retries
-                ),
-            ),
-        };
-        ctx.metrics.overflow("cluster", &plan.cluster, limit);
-        // As Envoy's router flags a retry its circuit breaker refused.
-        rec.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
-        rec.reason = Some(reason);
+        plan.retry_refused(ctx, rec);
     }
     if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
         ctx.metrics.overflow("cluster", &plan.cluster, limit);
@@ -961,14 +910,7 @@ pub async fn with_policy(
                 (resp.headers_mut()).insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
             }
             if attempts.exhausted {
-                rec.fail(
-                    ResponseFlags::RETRY_LIMIT,
-                    format!(
-                        "retries exhausted after {} attempts; last upstream answer {}",
-                        attempts.tries,
-                        resp.status().as_u16()
-                    ),
-                );
+                retries_exhausted(rec, attempts.tries, resp.status());
             }
             match deadline {
                 Some(d) => resp.map(|b| {
@@ -978,12 +920,113 @@ pub async fn with_policy(
                 None => resp.map(super::body::boxed),
             }
         }
-        Err(Failed::NoEndpoint(e)) => no_endpoint(e, rec),
-        Err(Failed::Denied(reason)) => denied(reason, rec),
-        Err(Failed::Client(failure)) => client_failed(failure, rec),
-        Err(Failed::Upstream(e)) => upstream_failed(&e, rec, attempts.exhausted),
-        Err(Failed::PerTryTimeout) => {
-            if attempts.exhausted {
+        Err(f) => failed(f, rec, attempts.exhausted, alt_response),
+    }
+}
+
+impl Plan<'_> {
+    /// The route's retry policy, compiled with it; a request no VirtualService covers gets
+    /// Istio's default.
+    pub(super) fn retry_policy(&self) -> &RetryPolicy {
+        static ISTIO_DEFAULT: std::sync::LazyLock<RetryPolicy> =
+            std::sync::LazyLock::new(|| RetryPolicy::from_spec(None));
+        self.route.map_or(&*ISTIO_DEFAULT, |r| &r.retry)
+    }
+
+    /// The route's `timeout`, unless it has none (or 0s, which turns it off).
+    pub(super) fn route_timeout(&self) -> Option<std::time::Duration> {
+        self.route
+            .and_then(|r| r.spec.timeout)
+            .map(|t| t.0)
+            .filter(|t| !t.is_zero())
+    }
+
+    /// A token for one retry: `http.maxRetries` bounds the retries in flight across the
+    /// cluster, or else the `retryBudget` does, by the requests active now.
+    pub(super) fn retry_slot(&self) -> Option<super::pool::Slot> {
+        let max = match &self.limits.retry_budget {
+            Some(b) => b.max_retries(
+                self.upstream.count(Counter::Requests) + self.upstream.count(Counter::Pending),
+            ),
+            None => self.limits.max_retries,
+        };
+        self.upstream.try_slot(Counter::Retries, max)
+    }
+
+    /// Records the endpoint attempt `n` goes to as it starts, as Envoy's upstream host: a
+    /// request the route timeout ends, or whose client leaves, is logged with it.
+    pub(super) fn note_attempt(
+        &self,
+        rec: &mut Record,
+        n: u32,
+        target: Option<SocketAddr>,
+        upstream: Option<&Result<super::pool::Target, UpstreamError>>,
+    ) {
+        rec.retries = n - 1;
+        rec.upstream_host = target;
+        rec.security_policy = upstream.and_then(|u| u.as_ref().ok()).map(|t| {
+            if t.via.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
+            }
+        });
+        rec.destination_workload =
+            target.and_then(|t| self.snap.compiled.endpoints.workload(t).cloned());
+    }
+
+    /// A retry was due but the cluster's retry budget (`maxRetries` or `retryBudget`) was spent.
+    pub(super) fn retry_refused(&self, ctx: &HttpContext, rec: &mut Record) {
+        let (limit, reason) = match &self.limits.retry_budget {
+            Some(b) => (
+                "retryBudget",
+                format!(
+                    "retry not attempted: {} is at its retryBudget ({}% of active requests, at least {})",
+                    self.cluster,
+                    f64::from(b.hundredths_of_percent) / 100.0,
+                    b.min_concurrency
+                ),
+            ),
+            None => (
+                "maxRetries",
+                format!(
+                    "retry not attempted: {} is at its connectionPool limit maxRetries: {}",
+                    self.cluster, self.limits.max_retries
+                ),
+            ),
+        };
+        ctx.metrics.overflow("cluster", &self.cluster, limit);
+        // As Envoy's router flags a retry its circuit breaker refused.
+        rec.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
+        rec.reason = Some(reason);
+    }
+}
+
+/// URX: the last attempt's answer stands because retries ran out while it was retriable.
+pub(super) fn retries_exhausted(rec: &mut Record, tries: u32, status: hyper::StatusCode) {
+    rec.fail(
+        ResponseFlags::RETRY_LIMIT,
+        format!(
+            "retries exhausted after {tries} attempts; last upstream answer {}",
+            status.as_u16()
+        ),
+    );
+}
+
+/// The local answer for attempts that ended without a response.
+pub(super) fn failed(
+    f: Failed,
+    rec: &mut Record,
+    exhausted: bool,
+    alt_response: bool,
+) -> Response<Body> {
+    match f {
+        Failed::NoEndpoint(e) => no_endpoint(e, rec),
+        Failed::Denied(reason) => denied(reason, rec),
+        Failed::Client(failure) => client_failed(failure, rec),
+        Failed::Upstream(e) => upstream_failed(&e, rec, exhausted),
+        Failed::PerTryTimeout => {
+            if exhausted {
                 rec.flags.insert(ResponseFlags::RETRY_LIMIT);
             }
             timed_out(rec, alt_response)

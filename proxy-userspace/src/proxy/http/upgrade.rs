@@ -1,0 +1,210 @@
+//! WebSocket upgrades as Envoy's router takes them under Istio: until the upstream's 101 the
+//! request is authorized, bounded by the route timeout and retried like any request; after
+//! it, both connections are spliced and their bytes counted for the request's record.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{
+    Downstream, HttpContext, authorize,
+    body::{self, Body},
+    overrides,
+    pool::UpstreamError,
+    record::Record,
+    replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT},
+    retry,
+    send::{self, Failed},
+};
+
+/// Bytes an upgraded connection carried: from the client, and to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tunnelled {
+    pub from_client: u64,
+    pub to_client: u64,
+}
+
+/// The upgrade request's head: a request without a body is sent again by a retry.
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: Body, attempt: u32) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req.headers_mut()
+            .insert(ATTEMPT_COUNT, hyper::header::HeaderValue::from(attempt));
+        req
+    }
+}
+
+/// Sends an upgrade request under its route's policy, each attempt on a connection of its own,
+/// and on 101 leaves the relay of both connections to the client connection's task.
+pub(super) async fn send(
+    mut req: Request<body::Inbound>,
+    down_up: hyper::upgrade::OnUpgrade,
+    down: &Downstream,
+    ctx: &HttpContext,
+    plan: &send::Plan<'_>,
+    rec: &mut Record,
+) -> Response<Body> {
+    // The `x-envoy-*` overrides are consumed, not applied: the route's policy stands.
+    overrides::strip(req.headers_mut());
+    let (policy, timeout) = (plan.retry_policy(), plan.route_timeout());
+    let (parts, body) = req.into_parts();
+    let head = Head {
+        method: parts.method,
+        uri: parts.uri,
+        version: parts.version,
+        headers: parts.headers,
+    };
+    // A body (rare on an upgrade) is sent once: retried only while no attempt has taken it.
+    let bodiless = hyper::body::Body::is_end_stream(&body);
+    let once = Mutex::new(Some(body));
+    let (head, once) = (&head, &once);
+    let can_resend = || bodiless || once.lock().expect("upgrade body lock").is_some();
+    let mut last = None;
+    let mut tried = 0u32;
+    let attempts = retry::run(
+        policy,
+        can_resend,
+        send::outcome,
+        || Failed::PerTryTimeout,
+        || plan.retry_slot(),
+        |n| {
+            let target = plan.target(ctx, last, &mut tried);
+            last = target.as_ref().ok().copied();
+            let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
+            plan.note_attempt(rec, n, last, upstream.as_ref());
+            async move {
+                let target = target.map_err(Failed::NoEndpoint)?;
+                let asked = (&head.method, &head.uri, &head.headers);
+                if let Some(reason) = authorize::request(ctx, plan.snap, down, target, asked) {
+                    return Err(Failed::Denied(reason));
+                }
+                let _in_flight = ctx.lb.start(target);
+                let result = async {
+                    let t = upstream.expect("resolved with the target")?;
+                    let mut s = ctx.pool.fresh_h1(&t, &plan.limits).await?;
+                    let body = match bodiless {
+                        true => body::full(bytes::Bytes::new()),
+                        false => {
+                            let taken = once.lock().expect("upgrade body lock").take();
+                            body::boxed(taken.expect("sent only while not taken"))
+                        }
+                    };
+                    let mut req = head.request(body, n);
+                    // Through the tunnel, the client certificate goes along, as for any
+                    // request (read once the connection is up: opening the first one issues
+                    // it).
+                    if let Some(c) = (t.via.as_ref().zip(ctx.tunnel.as_deref()))
+                        .and_then(|(via, tunnel)| tunnel.forwarded_client_cert(via))
+                    {
+                        req.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
+                    }
+                    s.send_request(req)
+                        .await
+                        .map_err(|source| UpstreamError::sending(target, source.into()))
+                }
+                .await;
+                plan.observe(ctx, target, &result);
+                result.map_err(Failed::Upstream)
+            }
+        },
+    );
+    // As Envoy's router since it bounds upgrades: the route timeout runs until the 101.
+    let attempts = match timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(a) => a,
+            Err(_) => {
+                rec.route_timed_out = true;
+                return send::timed_out(rec, false);
+            }
+        },
+        None => attempts.await,
+    };
+    if attempts.tries > 1 {
+        ctx.metrics.retries(u64::from(attempts.tries - 1));
+    }
+    if attempts.overflow {
+        plan.retry_refused(ctx, rec);
+    }
+    let mut resp = match attempts.last {
+        Ok(resp) => resp,
+        Err(f) => return send::failed(f, rec, attempts.exhausted, false),
+    };
+    if attempts.exhausted {
+        send::retries_exhausted(rec, attempts.tries, resp.status());
+    }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let up_up = hyper::upgrade::on(&mut resp);
+        // Run by the connection's task once hyper hands the connection over.
+        down.upgraded.set(Box::pin(async move {
+            let (Ok(d), Ok(u)) = (down_up.await, up_up.await) else {
+                return Tunnelled::default();
+            };
+            let (from_client, to_client) =
+                (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let mut d = Counting(TokioIo::new(d), from_client.clone());
+            let mut u = Counting(TokioIo::new(u), to_client.clone());
+            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+            Tunnelled {
+                from_client: from_client.load(Ordering::Relaxed),
+                to_client: to_client.load(Ordering::Relaxed),
+            }
+        }));
+    }
+    resp.map(body::boxed)
+}
+
+/// A connection whose reads are counted: what one side of the relay received, the other was
+/// sent (counted whether the relay ends cleanly or with a reset).
+struct Counting<T>(T, Arc<AtomicU64>);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.1.fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

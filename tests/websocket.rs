@@ -1,0 +1,163 @@
+//! WebSocket upgrades through eBPF capture, as an Istio sidecar's router takes them: until the
+//! upstream's 101 an upgrade is authorized, retried and bounded by its route's timeout like any
+//! request; after it, its access-log line covers the whole upgraded connection.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Daemon, ebpf_available, eventually, http_backend::HttpBackend};
+
+const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+
+/// A WebSocket upgrade to `path` on ws:9080 from the managed client, then `then` on the
+/// upgraded connection: (status, everything received).
+fn upgrade(d: &Daemon, path: &str, then: &str) -> (u64, String) {
+    let send = format!(
+        "GET {path} HTTP/1.1\\r\\nHost: ws:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n"
+    );
+    let out = d
+        .exec(
+            "default/client",
+            &[
+                "python3",
+                RAW,
+                "--addr",
+                "127.0.0.51:9080",
+                "--send",
+                &send,
+                "--then",
+                then,
+                "--timeout",
+                "6",
+            ],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("raw client: {e}: {text}"));
+    (
+        v["status"].as_u64().unwrap(),
+        v["received"].as_str().unwrap().to_string(),
+    )
+}
+
+fn policies(live: u16, dead: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ws, namespace: default}}
+spec:
+  hosts: [ws.default.svc.cluster.local]
+  addresses: [127.0.0.51]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {dead}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {live}}}, labels: {{app: ws}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ws, namespace: default}}
+spec: {{address: 127.0.0.1, serviceAccount: ws, ports: {{http: {live}}}, labels: {{app: ws}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ws, namespace: default}}
+spec:
+  host: ws
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ws, namespace: default}}
+spec:
+  hosts: [ws]
+  http:
+  - match: [{{uri: {{prefix: /sleep/}}}}]
+    timeout: 1s
+    route: [{{destination: {{host: ws}}}}]
+  - route: [{{destination: {{host: ws}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ws}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ["/admin*"]}}}}]}}]
+"#
+    )
+}
+
+#[test]
+fn websocket_upgrades_are_authorized_retried_timed_and_logged_whole() {
+    if !ebpf_available("websocket_policy") {
+        return;
+    }
+    let live = HttpBackend::start("127.0.0.1:0");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = support::mesh::config_dir("websocket-policy", &policies(live.addr.port(), dead));
+    let d = Daemon::start(
+        "websocket-policy",
+        310,
+        &["--config", dir.to_str().unwrap()],
+    );
+
+    // Round robin sends every other upgrade to the endpoint that refuses connections: Istio's
+    // default retry policy (connect-failure) takes each to the live one, its attempt counted.
+    for i in 0..4 {
+        let (status, got) = upgrade(&d, "/ws", "hello");
+        assert_eq!(status, 101, "upgrade {i}: {got}");
+        assert!(got.ends_with("hello"), "{got}");
+    }
+    assert_eq!(live.requests(), 4);
+    assert_eq!(
+        live.max_attempt(),
+        2,
+        "a retried upgrade says it is attempt 2"
+    );
+
+    // The workload's AuthorizationPolicy applies to an upgrade as to any request.
+    let (status, got) = upgrade(&d, "/admin/ws", "hello");
+    assert_eq!(status, 403, "{got}");
+    assert_eq!(
+        live.requests(),
+        4,
+        "the denied upgrade never reached the workload"
+    );
+
+    // The route timeout bounds the wait for the 101 (the backend answers after 3 s).
+    let (status, got) = upgrade(&d, "/sleep/3000", "hello");
+    assert_eq!(status, 504, "{got}");
+
+    // Each upgraded connection is logged once it ends: its bytes both ways, the endpoint.
+    let lines = eventually(Duration::from_secs(10), || {
+        let lines: Vec<serde_json::Value> = d
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["response_code"] == 101)
+            .collect();
+        (lines.len() == 4).then_some(lines)
+    })
+    .expect("four access-log lines for the upgrades");
+    for l in &lines {
+        assert_eq!(l["bytes_received"], 5, "{l}");
+        // The backend's line about the request, then the echo.
+        assert!(l["bytes_sent"].as_u64().unwrap() > 5, "{l}");
+        assert_eq!(l["upstream_host"], live.addr.to_string(), "{l}");
+    }
+    let timed_out = r#""response_code":504,"response_flags":"UT""#;
+    let logged = eventually(Duration::from_secs(5), || {
+        d.log_text().contains(timed_out).then_some(())
+    });
+    assert!(logged.is_some(), "{}", d.log_text());
+}
