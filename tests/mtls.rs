@@ -620,6 +620,35 @@ fn authorization_by_principal_namespace_path_and_method() {
         "the TCP stream was refused: {said}"
     );
     assert!(!said.contains("HTTP/1.1"), "not served as HTTP: {said}");
+    // A WebSocket upgrade node b reads, as its policy reads paths: authorized as a request,
+    // then spliced through to the workload.
+    let upgrade = |path: &str| {
+        let send = format!(
+            "GET {path} HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\n\
+             Upgrade: websocket\\r\\n\\r\\n"
+        );
+        let addr = format!("{}:9080", m.vip);
+        let args = [
+            "python3",
+            RAW,
+            "--addr",
+            &addr,
+            "--send",
+            &send,
+            "--then",
+            "upgraded-bytes",
+        ];
+        let out = m.d_a.exec("default/productpage", &args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let got = upgrade("/whoami");
+    assert!(got.contains(r#""status": 101"#), "{got}");
+    assert!(got.ends_with("upgraded-bytes\"}\n"), "{got}");
+    let got = upgrade("/admin");
+    assert!(got.contains(r#""status": 403"#), "{got}");
+    // Node b logs the upgraded connection once it ends, with the bytes it carried.
+    let tunnelled: serde_json::Value = serde_json::from_str(&line("/whoami", 101)).unwrap();
+    assert_eq!(tunnelled["bytes_received"], 14, "{tunnelled}");
 }
 
 #[test]

@@ -12,8 +12,11 @@ use super::server::{Inbound, Stream};
 use crate::{
     identity::x509,
     proxy::http::{
-        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, access_denied, as_grpc,
-        authorize::report, body, reset_before_headers,
+        Body, FORWARDED_CLIENT_CERT, Limits, Outgoing, Target, UpstreamError, access_denied,
+        as_grpc,
+        authorize::report,
+        body, is_websocket_upgrade, reset_before_headers,
+        upgrade::{Tunnelled, splice},
     },
     security::authz::HttpAttrs,
     tunnel::request_log::InboundRequest,
@@ -35,6 +38,7 @@ where
     } else {
         hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)
+            .with_upgrades()
             .await
     };
     if let Err(e) = served {
@@ -48,11 +52,25 @@ async fn request(
     inbound: Arc<Inbound>,
 ) -> Result<Response<Body>, Infallible> {
     let mut log = InboundRequest::start(&req, stream.clone(), inbound.clone());
-    let resp = respond(req, &stream, &inbound, &mut log).await;
+    let relay = Relay::default();
+    let resp = respond(req, &stream, &inbound, &mut log, &relay).await;
     log.respond(resp.status().as_u16(), resp.headers());
+    // An upgraded connection is recorded when it ends, with what it carried.
+    if let Some(splice) = relay.0.lock().expect("relay lock").take() {
+        tokio::spawn(async move {
+            log.tunnelled(splice.await);
+        });
+        return Ok(resp);
+    }
     // Recorded when the response body is done (or dropped): durations and sizes cover it all.
     Ok(resp.map(|b| body::boxed(body::Observed::new(b, log))))
 }
+
+/// The relay of an upgraded connection, once the workload has answered 101.
+#[derive(Default)]
+struct Relay(std::sync::Mutex<Option<Splice>>);
+
+type Splice = std::pin::Pin<Box<dyn std::future::Future<Output = Tunnelled> + Send>>;
 
 /// Authorizes the request and forwards it to the local workload: its answer, or meshd's own.
 async fn respond(
@@ -60,6 +78,7 @@ async fn respond(
     stream: &Stream,
     inbound: &Inbound,
     log: &mut InboundRequest,
+    relay: &Relay,
 ) -> Response<Body> {
     // The client certificate as this side verified it, whatever the peer wrote (as Istio's
     // inbound sidecar sets the header from the handshake).
@@ -97,6 +116,9 @@ async fn respond(
         log.rec.reason = Some(format!("authorization: {}", decision.reason));
         return local(access_denied());
     }
+    if is_websocket_upgrade(&req) {
+        return upgrade(req, stream, inbound, log, relay).await;
+    }
     let h2 = req.version() == hyper::Version::HTTP_2;
     let cluster = inbound
         .http
@@ -121,6 +143,46 @@ async fn respond(
             let r = local(reset_before_headers(&e));
             log.rec.fail(e.flag(), e.to_string());
             r
+        }
+    }
+}
+
+/// A WebSocket upgrade, authorized: sent on a connection of its own to the workload; on 101
+/// the stream and that connection are left to `relay` to splice.
+async fn upgrade(
+    mut req: Request<Incoming>,
+    stream: &Stream,
+    inbound: &Inbound,
+    log: &mut InboundRequest,
+    relay: &Relay,
+) -> Response<Body> {
+    let down = hyper::upgrade::on(&mut req);
+    let target = Target::direct(stream.target);
+    let sent = async {
+        let mut s = inbound
+            .http
+            .pool
+            .fresh_h1(&target, &Limits::default())
+            .await?;
+        let received = log.received.clone();
+        let req = req.map(|b| body::boxed(body::Counted::new(b, received)));
+        s.send_request(req)
+            .await
+            .map_err(|source| UpstreamError::sending(stream.target, source.into()))
+    }
+    .await;
+    match sent {
+        Ok(mut resp) => {
+            if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+                let up = hyper::upgrade::on(&mut resp);
+                *relay.0.lock().expect("relay lock") = Some(Box::pin(splice(down, up)));
+            }
+            resp.map(body::boxed)
+        }
+        Err(e) => {
+            tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
+            log.rec.fail(e.flag(), e.to_string());
+            reset_before_headers(&e)
         }
     }
 }

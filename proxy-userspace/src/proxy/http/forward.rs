@@ -712,6 +712,11 @@ enum UpgradeAsk {
     Other,
 }
 
+/// Whether an HTTP/1.1 request asks for the one upgrade meshd proxies, WebSocket.
+pub fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() < Version::HTTP_2 && upgrade_ask(req.headers()) == UpgradeAsk::WebSocket
+}
+
 fn upgrade_ask(h: &HeaderMap) -> UpgradeAsk {
     if !is_upgrade(h) {
         return UpgradeAsk::None;

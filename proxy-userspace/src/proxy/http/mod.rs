@@ -30,7 +30,7 @@ pub mod retry;
 mod route;
 mod send;
 mod slow_start;
-mod upgrade;
+pub mod upgrade;
 
 use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
@@ -46,7 +46,7 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use deadline::is_grpc;
 pub use flags::ResponseFlags;
-pub use forward::{GRPC_STATUS, header_text, version_text};
+pub use forward::{GRPC_STATUS, header_text, is_websocket_upgrade, version_text};
 pub use grpc_local::as_grpc;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use record::Record;

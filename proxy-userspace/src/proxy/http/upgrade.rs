@@ -155,22 +155,24 @@ pub(super) async fn send(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let up_up = hyper::upgrade::on(&mut resp);
         // Run by the connection's task once hyper hands the connection over.
-        down.upgraded.set(Box::pin(async move {
-            let (Ok(d), Ok(u)) = (down_up.await, up_up.await) else {
-                return Tunnelled::default();
-            };
-            let (from_client, to_client) =
-                (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-            let mut d = Counting(TokioIo::new(d), from_client.clone());
-            let mut u = Counting(TokioIo::new(u), to_client.clone());
-            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-            Tunnelled {
-                from_client: from_client.load(Ordering::Relaxed),
-                to_client: to_client.load(Ordering::Relaxed),
-            }
-        }));
+        down.upgraded.set(Box::pin(splice(down_up, up_up)));
     }
     resp.map(body::boxed)
+}
+
+/// Relays an upgraded client connection and its upstream one until both have ended.
+pub async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) -> Tunnelled {
+    let (Ok(d), Ok(u)) = (down.await, up.await) else {
+        return Tunnelled::default();
+    };
+    let (from_client, to_client) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut d = Counting(TokioIo::new(d), from_client.clone());
+    let mut u = Counting(TokioIo::new(u), to_client.clone());
+    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+    Tunnelled {
+        from_client: from_client.load(Ordering::Relaxed),
+        to_client: to_client.load(Ordering::Relaxed),
+    }
 }
 
 /// A connection whose reads are counted: what one side of the relay received, the other was
