@@ -16,7 +16,7 @@ use crate::{
         as_grpc,
         authorize::report,
         body, is_websocket_upgrade, reset_before_headers,
-        upgrade::{Tunnelled, splice},
+        upgrade::{Carried, Relay, splice},
     },
     security::authz::HttpAttrs,
     tunnel::request_log::InboundRequest,
@@ -52,13 +52,16 @@ async fn request(
     inbound: Arc<Inbound>,
 ) -> Result<Response<Body>, Infallible> {
     let mut log = InboundRequest::start(&req, stream.clone(), inbound.clone());
-    let relay = Relay::default();
+    let relay = Relaying::default();
     let resp = respond(req, &stream, &inbound, &mut log, &relay).await;
     log.respond(resp.status().as_u16(), resp.headers());
-    // An upgraded connection is recorded when it ends, with what it carried.
-    if let Some(splice) = relay.0.lock().expect("relay lock").take() {
+    // An upgraded connection is recorded when it ends (or its relay is dropped), with what
+    // it carried.
+    if let Some(relay) = relay.0.lock().expect("relay lock").take() {
         tokio::spawn(async move {
-            log.tunnelled(splice.await);
+            let record = Tunnelled(log, relay.carried);
+            relay.run.await;
+            drop(record);
         });
         return Ok(resp);
     }
@@ -68,9 +71,16 @@ async fn request(
 
 /// The relay of an upgraded connection, once the workload has answered 101.
 #[derive(Default)]
-struct Relay(std::sync::Mutex<Option<Splice>>);
+struct Relaying(std::sync::Mutex<Option<Relay>>);
 
-type Splice = std::pin::Pin<Box<dyn std::future::Future<Output = Tunnelled> + Send>>;
+/// An upgraded connection's record, written when its relay ends or is dropped.
+struct Tunnelled(InboundRequest, Arc<Carried>);
+
+impl Drop for Tunnelled {
+    fn drop(&mut self) {
+        self.0.tunnelled(self.1.so_far());
+    }
+}
 
 /// Authorizes the request and forwards it to the local workload: its answer, or meshd's own.
 async fn respond(
@@ -78,7 +88,7 @@ async fn respond(
     stream: &Stream,
     inbound: &Inbound,
     log: &mut InboundRequest,
-    relay: &Relay,
+    relay: &Relaying,
 ) -> Response<Body> {
     // The client certificate as this side verified it, whatever the peer wrote (as Istio's
     // inbound sidecar sets the header from the handshake).
@@ -154,7 +164,7 @@ async fn upgrade(
     stream: &Stream,
     inbound: &Inbound,
     log: &mut InboundRequest,
-    relay: &Relay,
+    relay: &Relaying,
 ) -> Response<Body> {
     let down = hyper::upgrade::on(&mut req);
     let target = Target::direct(stream.target);
@@ -175,7 +185,7 @@ async fn upgrade(
         Ok(mut resp) => {
             if resp.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
                 let up = hyper::upgrade::on(&mut resp);
-                *relay.0.lock().expect("relay lock") = Some(Box::pin(splice(down, up)));
+                *relay.0.lock().expect("relay lock") = Some(splice(down, up));
             }
             resp.map(body::boxed)
         }

@@ -101,9 +101,12 @@ pub async fn handle(
     } else {
         UpgradeAsk::None
     };
-    // The smuggling guard stops reading requests at a WebSocket upgrade: if it is answered
-    // with anything but 101, the connection closes after the answer, so none follows unread.
-    let upgrading = ask == UpgradeAsk::WebSocket;
+    // The smuggling guard stops reading requests at one that names WebSocket in an Upgrade
+    // field (it may be refused, or not be an upgrade at all): unless it is answered with 101,
+    // the connection closes after the answer, so no request follows unguarded.
+    let upgrading = req.version() < Version::HTTP_2
+        && (req.headers().get_all(header::UPGRADE).iter())
+            .any(|v| framing::names_websocket(v.as_bytes()));
     // The source workload's share of the node proxy, held until the response ends.
     let admitted = log.ctx.fairness.request(log.down.workload.as_deref());
     let resp = match (smuggling, &admitted) {
@@ -188,11 +191,18 @@ pub async fn handle(
     {
         drop(admitted);
         let upgraded = log.down.upgraded.clone();
-        upgraded.set(Box::pin(async move {
-            let carried = relay.await;
-            log.tunnelled(carried);
-            carried
-        }));
+        let record = Tunnelled {
+            log,
+            carried: relay.carried.clone(),
+        };
+        let run = relay.run;
+        upgraded.set(super::upgrade::Relay {
+            carried: record.carried.clone(),
+            run: Box::pin(async move {
+                run.await;
+                drop(record);
+            }),
+        });
         return Ok(resp);
     }
     // The record is written when the response body is done (or dropped): durations and sizes
@@ -302,11 +312,18 @@ pub fn version_text(v: Version) -> &'static str {
     }
 }
 
-impl RequestLog {
-    /// An upgraded connection's bytes count as the request's and the response's bodies.
-    fn tunnelled(&mut self, carried: super::upgrade::Tunnelled) {
-        self.received.add(carried.from_client);
-        self.response_bytes += carried.to_client;
+/// An upgraded connection's record, written when its relay ends or is dropped: the bytes it
+/// carried both ways count as the request's and the response's bodies.
+struct Tunnelled {
+    log: RequestLog,
+    carried: Arc<super::upgrade::Carried>,
+}
+
+impl Drop for Tunnelled {
+    fn drop(&mut self) {
+        let carried = self.carried.so_far();
+        self.log.received.add(carried.from_client);
+        self.log.response_bytes += carried.to_client;
     }
 }
 
@@ -722,9 +739,11 @@ fn upgrade_ask(h: &HeaderMap) -> UpgradeAsk {
         return UpgradeAsk::None;
     }
     // As Envoy looks up the upgrade type: the whole value, in any case (`foo/2, websocket` is
-    // not a WebSocket upgrade).
-    let value = h.get(header::UPGRADE).map(|v| v.as_bytes().trim_ascii());
-    let asks = |p: &str| value.is_some_and(|v| v.eq_ignore_ascii_case(p.as_bytes()));
+    // not a WebSocket upgrade), repeated fields joined (so two never name one protocol).
+    let mut fields = h.get_all(header::UPGRADE).iter();
+    let value = fields.next().map(|v| v.as_bytes().trim_ascii());
+    let single = fields.next().is_none();
+    let asks = |p: &str| single && value.is_some_and(|v| v.eq_ignore_ascii_case(p.as_bytes()));
     if asks("websocket") {
         UpgradeAsk::WebSocket
     } else if asks("h2c") {

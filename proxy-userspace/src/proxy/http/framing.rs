@@ -104,6 +104,14 @@ fn may_frame(head: &[u8]) -> bool {
     })
 }
 
+/// Whether an Upgrade field names WebSocket among its protocols. The guard reads no request
+/// after one that does, so its connection must close unless it is upgraded.
+pub fn names_websocket(value: &[u8]) -> bool {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+}
+
 /// What a complete request head says about framing.
 fn judge(head: &[u8]) -> Option<(Option<Rejection>, Scan)> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -127,11 +135,7 @@ fn judge(head: &[u8]) -> Option<(Option<Rejection>, Scan)> {
             let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
             chunked = Some(v.trim_end().ends_with("chunked"));
             other_coding |= v.trim() != "chunked";
-        } else if h.name.eq_ignore_ascii_case("upgrade")
-            && String::from_utf8_lossy(h.value)
-                .split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-        {
+        } else if h.name.eq_ignore_ascii_case("upgrade") && names_websocket(h.value) {
             upgrade = true;
         }
     }

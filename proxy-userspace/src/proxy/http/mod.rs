@@ -542,9 +542,9 @@ pub struct Downstream {
 /// hyper has handed the connection over, so the connection stays listed, counted and drained
 /// (closed at the drain deadline) for as long as it is open.
 #[derive(Clone, Default)]
-pub struct Upgraded(Arc<std::sync::Mutex<Option<Relay>>>);
+pub struct Upgraded(Arc<std::sync::Mutex<Option<upgrade::Relay>>>);
 
-type Relay = std::pin::Pin<Box<dyn std::future::Future<Output = upgrade::Tunnelled> + Send>>;
+use upgrade::Relay;
 
 impl Upgraded {
     fn set(&self, relay: Relay) {
@@ -553,6 +553,17 @@ impl Upgraded {
 
     fn take(&self) -> Option<Relay> {
         self.0.lock().expect("upgrade lock").take()
+    }
+}
+
+/// Drops a relay left unrun when the connection's task ends, however it ends (aborted at a
+/// drain's deadline or with its pod): the relay holds its request's record, which holds the
+/// connection, so it would otherwise outlive both.
+struct ForgetRelay(Upgraded);
+
+impl Drop for ForgetRelay {
+    fn drop(&mut self) {
+        drop(self.0.take());
     }
 }
 
@@ -604,7 +615,7 @@ macro_rules! until_drained {
 /// was found (or declared) to speak HTTP/2; either version is still served.
 pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h2: bool) {
     let down = Arc::new(down);
-    let upgraded = down.upgraded.clone();
+    let upgraded = ForgetRelay(down.upgraded.clone());
     let drain = ctx.drain.clone();
     // A connection accepted while meshd drains is served, one request at a time: an HTTP/1.1
     // one is closed after its first response.
@@ -660,8 +671,8 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
         let conn = builder.serve_connection_with_upgrades(io, svc);
         until_drained!(conn, drain, draining, idle)
     };
-    if let Some(relay) = upgraded.take() {
-        relay.await;
+    if let Some(relay) = upgraded.0.take() {
+        relay.run.await;
     }
     if let Err(e) = served {
         // A head hyper refused (it answered 400 or 431 itself) is logged and counted as a

@@ -90,7 +90,7 @@ impl Plan<'_> {
     /// An attempt to `target` ended by its per-try timeout or the route timeout: a
     /// local-origin failure for outlier detection, as Envoy counts a timeout (unsplit, as a
     /// 5xx and a gateway error).
-    fn observe_timeout(&self, ctx: &HttpContext, target: SocketAddr) {
+    pub(super) fn observe_timeout(&self, ctx: &HttpContext, target: SocketAddr) {
         if let (Some(s), Ok(all)) = (&self.outlier, &self.endpoints) {
             ctx.observe_outcome(&self.cluster, s, target, Health::LocalFailure, all);
         }

@@ -33,6 +33,29 @@ pub struct Tunnelled {
     pub to_client: u64,
 }
 
+/// The bytes a relay has carried so far, counted as they flow: a relay cut short (a drain's
+/// deadline, a removed pod) still has them in its record.
+#[derive(Debug, Default)]
+pub struct Carried {
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Carried {
+    pub fn so_far(&self) -> Tunnelled {
+        Tunnelled {
+            from_client: self.from_client.load(Ordering::Relaxed),
+            to_client: self.to_client.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An upgraded connection's relay, and what it has carried.
+pub struct Relay {
+    pub carried: Arc<Carried>,
+    pub run: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
 /// The upgrade request's head: a request without a body is sent again by a retry.
 struct Head {
     method: Method,
@@ -81,13 +104,27 @@ pub(super) async fn send(
     let can_resend = || bodiless || once.lock().expect("upgrade body lock").is_some();
     let mut last = None;
     let mut tried = 0u32;
+    // The attempts started, and the endpoint of the one under way until its outcome is
+    // observed: one a timeout ends counts against it, as on the request path.
+    let mut started = 0u32;
+    let in_flight = Mutex::new(None);
+    let in_flight = &in_flight;
+    let timed_out_at = || {
+        if let Some(t) = in_flight.lock().expect("in-flight lock").take() {
+            plan.observe_timeout(ctx, t);
+        }
+    };
     let attempts = retry::run(
         policy,
         can_resend,
         send::outcome,
-        || Failed::PerTryTimeout,
+        || {
+            timed_out_at();
+            Failed::PerTryTimeout
+        },
         || plan.retry_slot(),
         |n| {
+            started = n;
             let target = plan.target(ctx, last, &mut tried);
             last = target.as_ref().ok().copied();
             let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
@@ -99,6 +136,7 @@ pub(super) async fn send(
                     return Err(Failed::Denied(reason));
                 }
                 let _in_flight = ctx.lb.start(target);
+                *in_flight.lock().expect("in-flight lock") = Some(target);
                 let result = async {
                     let t = upstream.expect("resolved with the target")?;
                     let mut s = ctx.pool.fresh_h1(&t, &plan.limits).await?;
@@ -123,6 +161,7 @@ pub(super) async fn send(
                         .map_err(|source| UpstreamError::sending(target, source.into()))
                 }
                 .await;
+                in_flight.lock().expect("in-flight lock").take();
                 plan.observe(ctx, target, &result);
                 result.map_err(Failed::Upstream)
             }
@@ -130,18 +169,18 @@ pub(super) async fn send(
     );
     // As Envoy's router since it bounds upgrades: the route timeout runs until the 101.
     let attempts = match timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(a) => a,
-            Err(_) => {
-                rec.route_timed_out = true;
-                return send::timed_out(rec, false);
-            }
-        },
-        None => attempts.await,
+        Some(t) => tokio::time::timeout(t, attempts).await.ok(),
+        None => Some(attempts.await),
     };
-    if attempts.tries > 1 {
-        ctx.metrics.retries(u64::from(attempts.tries - 1));
+    // Counted even when the route timeout ended the attempts.
+    if started > 1 {
+        ctx.metrics.retries(u64::from(started - 1));
     }
+    let Some(attempts) = attempts else {
+        timed_out_at();
+        rec.route_timed_out = true;
+        return send::timed_out(rec, false);
+    };
     if attempts.overflow {
         plan.retry_refused(ctx, rec);
     }
@@ -155,31 +194,31 @@ pub(super) async fn send(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let up_up = hyper::upgrade::on(&mut resp);
         // Run by the connection's task once hyper hands the connection over.
-        down.upgraded.set(Box::pin(splice(down_up, up_up)));
+        down.upgraded.set(splice(down_up, up_up));
     }
     resp.map(body::boxed)
 }
 
-/// Relays an upgraded client connection and its upstream one until both have ended.
-pub async fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) -> Tunnelled {
-    let (Ok(d), Ok(u)) = (down.await, up.await) else {
-        return Tunnelled::default();
-    };
-    let (from_client, to_client) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut d = Counting(TokioIo::new(d), from_client.clone());
-    let mut u = Counting(TokioIo::new(u), to_client.clone());
-    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-    Tunnelled {
-        from_client: from_client.load(Ordering::Relaxed),
-        to_client: to_client.load(Ordering::Relaxed),
-    }
+/// The relay of an upgraded client connection and its upstream one, until both have ended.
+pub fn splice(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) -> Relay {
+    let carried = Arc::new(Carried::default());
+    let counts = carried.clone();
+    let run = Box::pin(async move {
+        let (Ok(d), Ok(u)) = (down.await, up.await) else {
+            return;
+        };
+        let mut d = Counting(TokioIo::new(d), &counts.from_client);
+        let mut u = Counting(TokioIo::new(u), &counts.to_client);
+        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+    });
+    Relay { carried, run }
 }
 
 /// A connection whose reads are counted: what one side of the relay received, the other was
 /// sent (counted whether the relay ends cleanly or with a reset).
-struct Counting<T>(T, Arc<AtomicU64>);
+struct Counting<'a, T>(T, &'a AtomicU64);
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Counting<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,7 +232,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
