@@ -101,6 +101,8 @@ struct Cluster {
     /// The settings before the last change: requests begun under them may still finish.
     replaced: Option<Settings>,
     hosts: HashMap<SocketAddr, Host>,
+    /// When the detector started: its `interval` timer ticks from here.
+    since: Instant,
 }
 
 impl Cluster {
@@ -112,9 +114,29 @@ impl Cluster {
         if self.settings != *s && self.replaced.as_ref() != Some(s) {
             self.replaced = Some(std::mem::replace(&mut self.settings, s.clone()));
             self.hosts.clear();
+            self.since = Instant::now();
         }
         &mut self.hosts
     }
+}
+
+/// The first tick of a detector's `interval` timer, started at `since`, at or after `at`: as
+/// Envoy's detector returns an ejected endpoint only when its timer looks.
+fn tick_at_or_after(since: Instant, interval: Duration, at: Instant) -> Instant {
+    let step = interval.as_nanos().max(1);
+    let ticks = at
+        .saturating_duration_since(since)
+        .as_nanos()
+        .div_ceil(step);
+    since + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
+}
+
+/// Which consecutive-failure counters reached their threshold with this outcome.
+#[derive(Clone, Copy, Default)]
+struct Fired {
+    five_xx: bool,
+    gateway: bool,
+    local: bool,
 }
 
 #[derive(Default)]
@@ -149,17 +171,22 @@ impl Detector {
             return None;
         }
         let now = Instant::now();
-        let hosts = match all_hosts.get_mut(cluster) {
-            Some(c) => c.under(s),
+        let c = match all_hosts.get_mut(cluster) {
+            Some(c) => {
+                c.under(s);
+                c
+            }
             None => {
                 let fresh = Cluster {
                     settings: s.clone(),
                     replaced: None,
                     hosts: HashMap::default(),
+                    since: now,
                 };
-                &mut all_hosts.entry(cluster.to_string()).or_insert(fresh).hosts
+                all_hosts.entry(cluster.to_string()).or_insert(fresh)
             }
         };
+        let (since, hosts) = (c.since, &mut c.hosts);
         let ejected_now = all
             .iter()
             .filter(|a| {
@@ -170,7 +197,7 @@ impl Detector {
             .count();
         self.tracked.store(true, Ordering::Release);
         let h = hosts.entry(addr).or_default();
-        let tripped = match outcome {
+        let fired = match outcome {
             Outcome::Status(code) if code >= 500 => {
                 h.c5xx += 1;
                 h.local = 0;
@@ -179,7 +206,11 @@ impl Detector {
                 } else {
                     h.gateway = 0;
                 }
-                trips(s.consecutive_5xx, h.c5xx) || trips(s.consecutive_gateway, h.gateway)
+                Fired {
+                    five_xx: reaches(s.consecutive_5xx, h.c5xx),
+                    gateway: reaches(s.consecutive_gateway, h.gateway),
+                    local: false,
+                }
             }
             Outcome::Status(_) => {
                 *h = Host {
@@ -188,21 +219,42 @@ impl Detector {
                     ejection_end: h.ejection_end,
                     ..Host::default()
                 };
-                false
+                Fired::default()
             }
             Outcome::LocalFailure if s.split_local => {
                 h.local += 1;
-                trips(s.consecutive_local, h.local)
+                Fired {
+                    local: reaches(s.consecutive_local, h.local),
+                    ..Fired::default()
+                }
             }
             Outcome::LocalFailure => {
                 // Unsplit, a local-origin failure counts as a 5xx and as a gateway error.
                 h.c5xx += 1;
                 h.gateway += 1;
-                trips(s.consecutive_5xx, h.c5xx) || trips(s.consecutive_gateway, h.gateway)
+                Fired {
+                    five_xx: reaches(s.consecutive_5xx, h.c5xx),
+                    gateway: reaches(s.consecutive_gateway, h.gateway),
+                    local: false,
+                }
             }
         };
-        if !tripped || h.ejected_until.is_some_and(|t| t > now) {
+        if !(fired.five_xx || fired.gateway || fired.local)
+            || h.ejected_until.is_some_and(|t| t > now)
+        {
             return None;
+        }
+        // As Envoy: a counter that reached its threshold starts again whether or not the
+        // ejection then happens, so an endpoint whose ejection maxEjectionPercent refused
+        // needs as many failures again; one already ejected keeps counting.
+        if fired.five_xx {
+            h.c5xx = 0;
+        }
+        if fired.gateway {
+            h.gateway = 0;
+        }
+        if fired.local {
+            h.local = 0;
         }
         // As Envoy (since 1.28, without `always_eject_one_host`, which Istio does not set): an
         // ejection that would take the ejected share past maxEjectionPercent does not happen,
@@ -220,11 +272,8 @@ impl Detector {
         }
         h.ejections += 1;
         let for_ = (s.base_ejection * h.ejections).min(MAX_EJECTION.max(s.base_ejection));
-        h.ejected_until = Some(now + for_);
+        h.ejected_until = Some(tick_at_or_after(since, s.interval, now + for_));
         h.ejection_end = h.ejected_until;
-        h.c5xx = 0;
-        h.gateway = 0;
-        h.local = 0;
         Some(Event::Ejected { for_ })
     }
 
@@ -355,8 +404,9 @@ impl Detector {
     }
 }
 
-fn trips(threshold: u32, count: u32) -> bool {
-    threshold > 0 && count >= threshold
+/// As Envoy's monitor: a counter fires when it reaches its threshold, not past it.
+fn reaches(threshold: u32, count: u32) -> bool {
+    threshold > 0 && count == threshold
 }
 
 #[cfg(test)]
@@ -467,14 +517,15 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         let (healthy, returned) = d.healthy("c", &s, &e);
         assert_eq!((healthy, returned), (e.clone(), vec![e[0]]));
-        // The second ejection lasts twice as long.
+        // The second ejection (at 31 s) lasts twice as long, and ends when the detector's
+        // 10 s interval timer next looks after that: at 100 s, not 91 s.
         for _ in 0..3 {
             d.record("c", &s, e[0], Outcome::Status(500), &e);
         }
-        tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(d.healthy("c", &s, &e).0, e);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]], "at 92 s");
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert_eq!(d.healthy("c", &s, &e).0, e, "at 100 s");
         // Two intervals (10 s) back in the pool take the count down by two: the base again.
         tokio::time::advance(Duration::from_secs(20)).await;
         let mut last = None;
@@ -503,6 +554,36 @@ mod tests {
             ..s
         };
         assert_eq!(d.healthy("c", &panic, &e).0, e, "panic mode");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_ejection_starts_the_count_again_and_an_ejected_endpoint_keeps_counting() {
+        let (d, e) = (Detector::default(), addrs(2));
+        let s = Settings {
+            max_ejection_percent: 50,
+            ..settings()
+        };
+        for _ in 0..3 {
+            d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        // e[1]'s third failure reaches the threshold, but a second ejection would pass 50%.
+        for _ in 0..3 {
+            assert_eq!(d.record("c", &s, e[1], Outcome::Status(500), &e), None);
+        }
+        // e[0] fails on while ejected (traffic in panic mode): its count goes past the
+        // threshold.
+        for _ in 0..4 {
+            d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(d.healthy("c", &s, &e).0, e);
+        // As Envoy: e[0]'s count, past the threshold, does not eject it on its next failure.
+        assert_eq!(d.record("c", &s, e[0], Outcome::Status(500), &e), None);
+        // And e[1] counts from zero again: its third failure from here ejects it.
+        for _ in 0..2 {
+            assert_eq!(d.record("c", &s, e[1], Outcome::Status(500), &e), None);
+        }
+        assert!(d.record("c", &s, e[1], Outcome::Status(500), &e).is_some());
     }
 
     #[tokio::test(start_paused = true)]
