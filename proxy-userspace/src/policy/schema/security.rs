@@ -263,6 +263,59 @@ fn check_rule(node: &Node, path: &str, _at: Pos, r: &mut Report) {
 /// As Istio warns: a DENY rule whose fields only HTTP has (its source only request
 /// principals, its operation no port) denies every TCP connection in its scope, where those
 /// fields are ignored.
+/// As Istio's validation: a CUSTOM policy's rules cannot name the caller's identity (its
+/// principals, request principals, namespace or service account, in `from` or in `when`),
+/// which the external authorizer is not given.
+fn refuse_custom_identities(node: &Node, path: &str, r: &mut Report) {
+    const SOURCE: &[(&str, &str)] = &[
+        ("principals", "principals"),
+        ("notPrincipals", "principals"),
+        ("requestPrincipals", "requestPrincipals"),
+        ("notRequestPrincipals", "requestPrincipals"),
+        ("namespaces", "namespaces"),
+        ("notNamespaces", "namespaces"),
+        ("serviceAccounts", "serviceAccounts"),
+        ("notServiceAccounts", "serviceAccounts"),
+    ];
+    let rules = node.get("rules").and_then(Node::items).unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        let at = report::index(&report::key(path, "rules"), i);
+        let froms = rule.get("from").and_then(Node::items).unwrap_or_default();
+        for (j, from) in froms.iter().enumerate() {
+            let Some(source) = from.get("source") else {
+                continue;
+            };
+            let source_path = report::key(&report::index(&report::key(&at, "from"), j), "source");
+            for (field, named) in SOURCE {
+                if let Some(e) = source.entry(field) {
+                    r.error(
+                        e.key_pos,
+                        &report::key(&source_path, field),
+                        format!("from.source.{named} is not supported with action CUSTOM (as in Istio): the external authorizer decides on the request, not the caller's identity"),
+                    );
+                }
+            }
+        }
+        let whens = rule.get("when").and_then(Node::items).unwrap_or_default();
+        for (j, when) in whens.iter().enumerate() {
+            let Some(key) = when.get("key").and_then(Node::as_str) else {
+                continue;
+            };
+            let identity = matches!(
+                key,
+                "source.principal" | "source.namespace" | "source.serviceAccount"
+            ) || key.starts_with("request.auth.");
+            if identity {
+                r.error(
+                    when.pos,
+                    &report::key(&report::index(&report::key(&at, "when"), j), "key"),
+                    format!("condition {key} is not supported with action CUSTOM (as in Istio)"),
+                );
+            }
+        }
+    }
+}
+
 fn warn_http_only_deny(node: &Node, path: &str, r: &mut Report) {
     const L4_SOURCE: &[&str] = &[
         "principals",
@@ -400,6 +453,9 @@ fn check_authorization_policy(node: &Node, path: &str, at: Pos, r: &mut Report) 
     let action = node.get("action").and_then(Node::as_str);
     if action == Some("DENY") {
         warn_http_only_deny(node, path, r);
+    }
+    if action == Some("CUSTOM") {
+        refuse_custom_identities(node, path, r);
     }
     // Without rules a DENY or CUSTOM policy never applies (Istio refuses it); the deny-all
     // its author likely meant is `rules: [{}]`.

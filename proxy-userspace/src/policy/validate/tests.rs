@@ -842,3 +842,50 @@ fn a_percentage_without_a_value_is_zero() {
     let abort = route.fault.as_ref().and_then(|f| f.abort.as_ref()).unwrap();
     assert_eq!(abort.percentage.map(|p| p.value), Some(0.0));
 }
+
+/// As Istio's validation: a CUSTOM policy cannot decide on the caller's identity, which the
+/// external authorizer is not given; its other attributes are fine.
+#[test]
+fn custom_policies_cannot_name_the_callers_identity() {
+    let custom = |rule: &str| {
+        check(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: foo\nspec:\n  action: CUSTOM\n  provider: {{name: ext}}\n  rules:\n  - {rule}\n"
+        ))
+        .into_iter()
+        .filter(|f| f.contains("error: "))
+        .collect::<Vec<_>>()
+    };
+    for (rule, at) in [
+        (
+            "from: [{source: {principals: [cluster.local/ns/a/sa/b]}}]",
+            "spec.rules[0].from[0].source.principals",
+        ),
+        (
+            "from: [{source: {notNamespaces: [a]}}]",
+            "spec.rules[0].from[0].source.notNamespaces",
+        ),
+        (
+            "from: [{source: {requestPrincipals: [\"*\"]}}]",
+            "spec.rules[0].from[0].source.requestPrincipals",
+        ),
+        (
+            "when: [{key: source.namespace, values: [a]}]",
+            "spec.rules[0].when[0].key",
+        ),
+        (
+            "when: [{key: \"request.auth.claims[iss]\", values: [a]}]",
+            "spec.rules[0].when[0].key",
+        ),
+    ] {
+        let f = custom(rule);
+        assert!(
+            f.iter()
+                .any(|f| f.contains(at) && f.contains("not supported with action CUSTOM")),
+            "{rule}: {f:?}"
+        );
+    }
+    let fine = custom(
+        "from: [{source: {ipBlocks: [10.0.0.0/8]}}]\n    to: [{operation: {paths: [/ext/*]}}]\n    when: [{key: \"request.headers[x]\", values: [a]}]",
+    );
+    assert!(fine.is_empty(), "{fine:?}");
+}
