@@ -233,6 +233,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
         Some(settings.tcp_reporting_interval),
     );
     metrics.istio.set_trust_domain(&settings.trust_domain);
+    crate::security::spiffe::set_local_trust_domain(&settings.trust_domain);
     let config = ConfigStore::initial(settings.config_paths.clone(), metrics.clone())?;
     let access = Arc::new(
         crate::telemetry::AccessLog::open(&settings.access_log, settings.access_log_sample)

@@ -69,9 +69,12 @@ impl Test {
         }
         let principal = ctx.source_principal.as_deref();
         Some(match self {
-            Test::Principal(v) => principal
-                .map(spiffe::strip_scheme)
-                .is_some_and(|p| v.iter().any(|m| m.matches(p))),
+            Test::Principal(v) => principal.is_some_and(|p| {
+                let alias = spiffe::as_cluster_local(p);
+                let p = spiffe::strip_scheme(p);
+                v.iter()
+                    .any(|m| m.matches(p) || alias.as_deref().is_some_and(|a| m.matches(a)))
+            }),
             Test::Namespace(v) => ctx
                 .source_namespace
                 .as_deref()
