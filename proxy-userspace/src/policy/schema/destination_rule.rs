@@ -46,10 +46,7 @@ static CONSISTENT_HASH: Obj = Obj {
             "ringHash",
             Ty::Obj(&obj(&[opt("minimumRingSize", int(1, 8_388_608))])),
         ),
-        opt(
-            "maglev",
-            Ty::Obj(&obj(&[opt("tableSize", int(1, 5_000_011))])),
-        ),
+        opt("maglev", Ty::Obj(&MAGLEV)),
         warned(
             "minimumRingSize",
             int(1, 8_388_608),
@@ -67,6 +64,32 @@ static CONSISTENT_HASH: Obj = Obj {
     ],
     check: Some(hash_needs_key),
 };
+
+/// As Istio's validation: Maglev's table size is set, prime, and below 5000011.
+static MAGLEV: Obj = Obj {
+    fields: &[req("tableSize", int(2, 5_000_010))],
+    one_of: &[],
+    check: Some(table_size_is_prime),
+};
+
+fn table_size_is_prime(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    let Some(e) = node.entry("tableSize") else {
+        return;
+    };
+    let Some(n) = e.value.as_i64().filter(|n| (2..5_000_011).contains(n)) else {
+        return;
+    };
+    let prime = (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    if !prime {
+        r.error(
+            e.value.pos,
+            &report::key(path, "tableSize"),
+            format!(
+                "{n} is not prime; Maglev's table size must be a prime (65537 is Envoy's default)"
+            ),
+        );
+    }
+}
 
 fn hash_needs_key(node: &Node, path: &str, at: Pos, r: &mut Report) {
     let keys = [
@@ -398,13 +421,29 @@ static RETRY_BUDGET: Obj = obj(&[
     ),
 ]);
 
-static PORT_POLICY: Obj = obj(&[
-    req("port", Ty::Obj(&PORT_SELECTOR)),
-    opt("loadBalancer", Ty::Obj(&LOAD_BALANCER)),
-    opt("connectionPool", Ty::Obj(&CONNECTION_POOL)),
-    opt("outlierDetection", Ty::Obj(&OUTLIER)),
-    opt("tls", Ty::Obj(&CLIENT_TLS)),
-]);
+static PORT_POLICY: Obj = Obj {
+    fields: &[
+        req("port", Ty::Obj(&PORT_SELECTOR)),
+        opt("loadBalancer", Ty::Obj(&LOAD_BALANCER)),
+        opt("connectionPool", Ty::Obj(&CONNECTION_POOL)),
+        opt("outlierDetection", Ty::Obj(&OUTLIER)),
+        opt("tls", Ty::Obj(&CLIENT_TLS)),
+    ],
+    one_of: &[],
+    check: Some(port_policy_sets_something),
+};
+
+/// As Istio's validation: a `portLevelSettings` entry that names only its port says nothing.
+fn port_policy_sets_something(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let settings = ["loadBalancer", "connectionPool", "outlierDetection", "tls"];
+    if settings.iter().all(|k| node.get(k).is_none()) {
+        r.error(
+            at,
+            path,
+            "a port's traffic policy must set at least one of loadBalancer, connectionPool, outlierDetection or tls",
+        );
+    }
+}
 
 static SUBSET: Obj = obj(&[
     req("name", Ty::Str(rules::non_empty)),

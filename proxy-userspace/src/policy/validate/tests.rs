@@ -889,3 +889,43 @@ fn custom_policies_cannot_name_the_callers_identity() {
     );
     assert!(fine.is_empty(), "{fine:?}");
 }
+
+/// As Istio's (and Envoy's) validation: Maglev's table size is set and prime, below 5000011;
+/// a `portLevelSettings` entry sets something besides its port.
+#[test]
+fn maglev_tables_are_prime_and_port_policies_say_something() {
+    let dr = |policy: &str| {
+        check(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: d\n  namespace: foo\nspec:\n  host: web\n  trafficPolicy:\n{policy}"
+        ))
+        .into_iter()
+        .filter(|f| f.contains("error: "))
+        .collect::<Vec<_>>()
+    };
+    let hash = |maglev: &str| {
+        dr(&format!(
+            "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        maglev: {maglev}\n"
+        ))
+    };
+    assert!(hash("{tableSize: 65537}").is_empty());
+    let f = hash("{tableSize: 1000}");
+    assert!(
+        f.iter()
+            .any(|f| f.contains("consistentHash.maglev.tableSize")
+                && f.contains("1000 is not prime")),
+        "{f:?}"
+    );
+    assert!(!hash("{}").is_empty(), "a table size must be set");
+    assert!(!hash("{tableSize: 5000011}").is_empty(), "below 5000011");
+    let f = dr("    portLevelSettings:\n    - port: {number: 80}\n");
+    assert!(
+        f.iter()
+            .any(|f| f.contains("spec.trafficPolicy.portLevelSettings[0]")
+                && f.contains("must set at least one of")),
+        "{f:?}"
+    );
+    assert!(
+        dr("    portLevelSettings:\n    - port: {number: 80}\n      tls: {mode: DISABLE}\n")
+            .is_empty()
+    );
+}
