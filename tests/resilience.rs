@@ -230,6 +230,29 @@ fn a_new_idle_timeout_applies_after_a_reload() {
     );
 }
 
+/// As Envoy's connection pool: an endpoint without any connection gets one even when the
+/// cluster is at `maxConnections`, so a request the balancer sent there does not wait for
+/// another endpoint's connection; the limit still holds for endpoints that have one.
+#[test]
+fn an_endpoint_without_a_connection_gets_one_past_max_connections() {
+    if !ebpf_available("cb_per_endpoint") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    loadBalancer:\n      simple: ROUND_ROBIN\n    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n";
+    let dir = config_dir("cb-per-endpoint", &with_policy(&v1, &v2, TO_ALL, policy));
+    let d = Daemon::start("cb-per-endpoint", 312, &["--config", dir.to_str().unwrap()]);
+    // Round robin: v1, v2, v1. Each endpoint gets its connection; the third request waits
+    // for v1's, the one pending request allowed.
+    let lines = results(clients(&d, 3, 1, "http://reviews:9080/sleep/600"));
+    assert_eq!(count(&lines, "200"), 3, "{lines:?}");
+    assert_eq!((v1.accepted(), v2.accepted()), (1, 1));
+    // A fourth at once finds both endpoints' connections busy and the pending place taken.
+    let lines = results(clients(&d, 4, 1, "http://reviews:9080/sleep/600"));
+    assert_eq!(count(&lines, "200"), 3, "{lines:?}");
+    assert_eq!(count(&lines, "503 true"), 1, "{lines:?}");
+}
+
 #[test]
 fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests() {
     if !ebpf_available("cb_limits") {

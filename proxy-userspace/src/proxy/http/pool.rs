@@ -523,8 +523,11 @@ impl Pool {
                 // The previous response was read to its end, and nothing arrived since.
                 while let Some(c) = cluster.take_idle_h1(&key) {
                     // Over a `maxConnections` lowered since it was opened: closed, not reused,
-                    // so the lower limit holds for new requests at once.
-                    if cluster.count(Counter::Connections) > max_connections {
+                    // so the lower limit holds for new requests at once (but for the
+                    // endpoint's one connection, which it would get back past the limit).
+                    if cluster.count(Counter::Connections) > max_connections
+                        && cluster.h1_connections_to(&key) > 1
+                    {
                         drop(c);
                         continue;
                     }
@@ -569,7 +572,12 @@ impl Pool {
             } else {
                 max_connections
             };
-            if let Some(slot) = cluster.try_slot(Counter::Connections, limit) {
+            let slot = if h2 {
+                cluster.try_slot(Counter::Connections, limit)
+            } else {
+                cluster.try_h1_slot(&key, limit)
+            };
+            if let Some(slot) = slot {
                 // Boxed: a new connection is the rare case, and its handshake's state would
                 // otherwise enlarge every request's future (moved, in full, as it starts).
                 let opened = Box::pin(self.open(cluster, slot, target, h2, limits)).await;

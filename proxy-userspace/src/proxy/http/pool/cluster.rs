@@ -111,6 +111,8 @@ pub struct ClusterPool {
     retired: super::retired::Retired,
     /// Mirror copies in flight to this cluster (`mirror::MAX_PER_CLUSTER` at most).
     pub mirrors_in_flight: std::sync::atomic::AtomicUsize,
+    /// The HTTP/1.1 connections open (or opening) to each endpoint, idle or busy.
+    h1_per_endpoint: Mutex<HashMap<PeerKey, u32>>,
 }
 
 /// An HTTP/2 connection being opened, how many requests wait for it, and why it failed, once
@@ -214,10 +216,21 @@ impl Drop for OpeningClaim<'_> {
 pub struct Slot {
     pool: Arc<ClusterPool>,
     counter: Counter,
+    /// The endpoint of an HTTP/1.1 connection's slot, counted per endpoint too.
+    endpoint: Option<PeerKey>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some(key) = self.endpoint.take() {
+            let mut per = self.pool.h1_per_endpoint.lock().expect("h1 count lock");
+            if let Some(n) = per.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&key);
+                }
+            }
+        }
         self.pool.counts[self.counter as usize].fetch_sub(1, Ordering::AcqRel);
         self.pool.changed.notify_waiters();
     }
@@ -266,7 +279,27 @@ impl ClusterPool {
         Some(Slot {
             pool: self.clone(),
             counter: c,
+            endpoint: None,
         })
+    }
+
+    /// A connection slot for a new HTTP/1.1 connection to `dst` within `limit`, or past it
+    /// when `dst` has none open or opening: as Envoy's connection pool opens one for an
+    /// endpoint without any even at the cluster's `maxConnections`, so that requests the
+    /// balancer sent there are not left waiting for other endpoints' connections to close.
+    pub fn try_h1_slot(self: &Arc<Self>, dst: &PeerKey, limit: u32) -> Option<Slot> {
+        let mut per = self.h1_per_endpoint.lock().expect("h1 count lock");
+        let first = !per.contains_key(dst);
+        let mut slot = self.try_slot(Counter::Connections, if first { u32::MAX } else { limit })?;
+        *per.entry(dst.clone()).or_default() += 1;
+        slot.endpoint = Some(dst.clone());
+        Some(slot)
+    }
+
+    /// The HTTP/1.1 connections open or opening to `dst`.
+    pub fn h1_connections_to(&self, dst: &PeerKey) -> u32 {
+        let per = self.h1_per_endpoint.lock().expect("h1 count lock");
+        per.get(dst).copied().unwrap_or(0)
     }
 
     /// An idle HTTP/1.1 connection to `dst`, newest first, skipping closed and expired ones.
