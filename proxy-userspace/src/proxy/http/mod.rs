@@ -154,8 +154,10 @@ async fn forget_changed_clusters(
     while applied.changed().await.is_ok() {
         let Some(ctx) = ctx.upgrade() else { return };
         let now = ctx.config.current();
-        let hosts = changed_rule_hosts(&before.policies, &now.policies);
-        ctx.outliers.forget_hosts(&hosts);
+        let changes = changed_rules(&before.policies, &now.policies);
+        ctx.outliers.forget_changed(&changes);
+        let mut hosts: Vec<String> = changes.into_iter().map(|c| c.host).collect();
+        hosts.dedup();
         ctx.pool.close_idle_of_hosts(&hosts);
         ctx.pool.retire_endpoints(|host, port| {
             (
@@ -167,11 +169,14 @@ async fn forget_changed_clusters(
     }
 }
 
-/// The hosts of the DestinationRules that differ between two configurations.
-fn changed_rule_hosts(
+/// The DestinationRules that differ between two configurations, and which of their clusters
+/// the difference reaches: every one when the rule came, went or changed outside its
+/// `subsets`, else those of the subsets that changed, came or went (as Envoy rebuilds only the
+/// clusters whose configuration changed).
+fn changed_rules(
     before: &crate::policy::PolicySet,
     now: &crate::policy::PolicySet,
-) -> Vec<String> {
+) -> Vec<outlier::RuleChange> {
     use std::collections::HashMap;
 
     use crate::policy::{PolicySet, model::DestinationRuleSpec};
@@ -183,17 +188,55 @@ fn changed_rule_hosts(
             .collect()
     }
     let (old, new) = (rules(before), rules(now));
-    let mut hosts = Vec::new();
-    for (a, b) in [(&old, &new), (&new, &old)] {
-        for (key @ (namespace, _), spec) in a {
-            if b.get(key) != Some(spec) {
-                hosts.push(crate::policy::hosts::fqdn(&spec.host, namespace));
+    let mut changes = Vec::new();
+    for (key @ (namespace, _), spec) in &old {
+        let change = match new.get(key) {
+            Some(other) if other == spec => continue,
+            Some(other) => {
+                let without_subsets = |s: &DestinationRuleSpec| DestinationRuleSpec {
+                    subsets: Vec::new(),
+                    ..s.clone()
+                };
+                let every_cluster = without_subsets(spec) != without_subsets(other);
+                let differs = |a: &DestinationRuleSpec, b: &DestinationRuleSpec| {
+                    (a.subsets.iter())
+                        .filter(|s| !b.subsets.contains(s))
+                        .map(|s| s.name.clone())
+                        .collect::<Vec<_>>()
+                };
+                let mut subsets = differs(spec, other);
+                subsets.extend(differs(other, spec));
+                subsets.sort();
+                subsets.dedup();
+                outlier::RuleChange {
+                    host: crate::policy::hosts::fqdn(&spec.host, namespace),
+                    every_cluster,
+                    subsets,
+                }
             }
+            None => outlier::RuleChange::every(crate::policy::hosts::fqdn(&spec.host, namespace)),
+        };
+        changes.push(change);
+    }
+    for (key @ (namespace, _), spec) in &new {
+        if !old.contains_key(key) {
+            changes.push(outlier::RuleChange::every(crate::policy::hosts::fqdn(
+                &spec.host, namespace,
+            )));
         }
     }
-    hosts.sort();
-    hosts.dedup();
-    hosts
+    // A rule whose host changed reaches its old host's clusters too.
+    for (key @ (namespace, _), spec) in &new {
+        if let Some(was) = old.get(key)
+            && was.host != spec.host
+        {
+            changes.push(outlier::RuleChange::every(crate::policy::hosts::fqdn(
+                &spec.host, namespace,
+            )));
+        }
+    }
+    changes.sort_by(|a, b| a.host.cmp(&b.host));
+    changes
 }
 
 /// Ends outlier ejections as their time runs out, logged and counted, while `ctx` lives.
@@ -688,4 +731,42 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
     // rather than give it back to the partition forgotten here.
     life.end();
     pool.forget_client(client.0, client.1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v2_policy: &str, extra: &str) -> crate::policy::PolicySet {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\n\
+             spec:\n  host: reviews\n{extra}  subsets:\n  - name: v1\n    labels: {{version: v1}}\n\
+             \x20 - name: v2\n    labels: {{version: v2}}\n{v2_policy}"
+        );
+        crate::policy::load_str("t.yaml".as_ref(), &yaml).expect("valid")
+    }
+
+    /// A reload reaches the clusters whose rule changed: a subset's own edit only that
+    /// subset's, an edit outside the subsets every cluster of the host.
+    #[test]
+    fn a_rule_change_reaches_only_the_clusters_it_changes() {
+        let before = set("", "");
+        let host = "reviews.default.svc.cluster.local";
+        let v2_edit = set("    trafficPolicy: {tls: {mode: DISABLE}}\n", "");
+        let changes = changed_rules(&before, &v2_edit);
+        assert_eq!(
+            changes,
+            vec![outlier::RuleChange {
+                host: host.into(),
+                every_cluster: false,
+                subsets: vec!["v2".into()],
+            }]
+        );
+        let top_edit = set("", "  trafficPolicy: {tls: {mode: DISABLE}}\n");
+        assert_eq!(
+            changed_rules(&before, &top_edit),
+            vec![outlier::RuleChange::every(host.into())]
+        );
+        assert!(changed_rules(&before, &set("", "")).is_empty());
+    }
 }

@@ -68,6 +68,37 @@ impl Settings {
     }
 }
 
+/// A DestinationRule that changed with a reload, and which of its host's clusters that
+/// reaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleChange {
+    /// The rule's host, in full (possibly a wildcard).
+    pub host: String,
+    /// The rule came, went, or changed outside its subsets: every cluster of the host.
+    pub every_cluster: bool,
+    /// Else the subsets whose entries changed, came or went.
+    pub subsets: Vec<String>,
+}
+
+impl RuleChange {
+    pub fn every(host: String) -> RuleChange {
+        RuleChange {
+            host,
+            every_cluster: true,
+            subsets: Vec::new(),
+        }
+    }
+
+    /// Whether the change reaches `cluster` (`host|subset|port`).
+    fn reaches(&self, cluster: &str) -> bool {
+        if !super::route::cluster_of_hosts(cluster, std::slice::from_ref(&self.host)) {
+            return false;
+        }
+        let subset = cluster.split('|').nth(1).unwrap_or("");
+        self.every_cluster || (!subset.is_empty() && self.subsets.iter().any(|s| s == subset))
+    }
+}
+
 /// How one request to an endpoint ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -361,15 +392,16 @@ impl Detector {
         }
     }
 
-    /// Forgets the clusters of the hosts `patterns` cover (a DestinationRule's host, possibly
-    /// a wildcard) after their DestinationRule changed or went: Envoy builds a changed cluster
-    /// afresh, detector included, whether or not a request has come since.
-    pub fn forget_hosts(&self, patterns: &[String]) {
-        if patterns.is_empty() || !self.tracked.load(Ordering::Acquire) {
+    /// Forgets the clusters a DestinationRule's change reached (its host, possibly a
+    /// wildcard; all its clusters, or those of the subsets that changed): Envoy builds a
+    /// changed cluster afresh, detector included, whether or not a request has come since,
+    /// and leaves the others as they were.
+    pub fn forget_changed(&self, changes: &[RuleChange]) {
+        if changes.is_empty() || !self.tracked.load(Ordering::Acquire) {
             return;
         }
         let mut all = self.hosts.lock().expect("outlier lock");
-        all.retain(|cluster, _| !super::route::cluster_of_hosts(cluster, patterns));
+        all.retain(|cluster, _| !changes.iter().any(|c| c.reaches(cluster)));
     }
 
     pub fn report(&self) -> Vec<EndpointHealth> {
@@ -584,6 +616,32 @@ mod tests {
             assert_eq!(d.record("c", &s, e[1], Outcome::Status(500), &e), None);
         }
         assert!(d.record("c", &s, e[1], Outcome::Status(500), &e).is_some());
+    }
+
+    #[test]
+    fn a_rule_change_forgets_only_the_clusters_it_reaches() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        let host = "reviews.default.svc.cluster.local";
+        for subset in ["", "v1", "v2"] {
+            d.record(
+                &format!("{host}|{subset}|80"),
+                &s,
+                e[0],
+                Outcome::Status(500),
+                &e,
+            );
+        }
+        let v2 = RuleChange {
+            host: host.into(),
+            every_cluster: false,
+            subsets: vec!["v2".into()],
+        };
+        d.forget_changed(&[v2]);
+        let left: Vec<String> = d.report().into_iter().map(|h| h.cluster).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(!left.iter().any(|c| c.ends_with("|v2|80")), "{left:?}");
+        d.forget_changed(&[RuleChange::every("*.svc.cluster.local".into())]);
+        assert!(d.report().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
