@@ -161,3 +161,58 @@ fn websocket_upgrades_are_authorized_retried_timed_and_logged_whole() {
     });
     assert!(logged.is_some(), "{}", d.log_text());
 }
+
+/// As Envoy counts an upgrade: an open WebSocket holds a connection and an active request of
+/// its cluster for its whole life, so `maxConnections` makes the next one wait as a pending
+/// request, and one past `http1MaxPendingRequests` is shed (503 UO).
+#[test]
+fn open_websockets_count_against_the_connection_pool() {
+    if !ebpf_available("websocket_pool") {
+        return;
+    }
+    let (v1, v2) = support::mesh::two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let yaml = support::mesh::policies(&v1, &v2, routes).replace(
+        "spec:\n  host: reviews\n  subsets:",
+        "spec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n  subsets:",
+    );
+    let d = support::mesh::start("websocket-pool", 313, &yaml);
+    // Each client holds its upgraded connection until its own timeout.
+    let open = |held: &str| {
+        let send = "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n";
+        let args = [
+            "python3",
+            RAW,
+            "--addr",
+            "127.0.0.50:9080",
+            "--send",
+            send,
+            "--timeout",
+            held,
+        ];
+        d.exec("default/productpage", &args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let status = |c: std::process::Child| {
+        let out = c.wait_with_output().unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("raw client: {e}"));
+        (
+            v["status"].as_u64().unwrap(),
+            v["received"].as_str().unwrap().to_lowercase(),
+        )
+    };
+    let first = open("2");
+    std::thread::sleep(Duration::from_millis(500));
+    // Waits for the first one's connection, then gets its own.
+    let second = open("4");
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, got) = status(open("2"));
+    assert_eq!(code, 503, "the third is shed: {got}");
+    assert!(got.contains("x-envoy-overloaded: true"), "{got}");
+    assert_eq!(status(first).0, 101);
+    assert_eq!(status(second).0, 101, "the pending one got through");
+    assert_eq!(v1.requests(), 2);
+}

@@ -334,6 +334,41 @@ impl Pool {
         Ok(sender)
     }
 
+    /// A connection of its own for an upgrade (WebSocket) to `target`, within the cluster's
+    /// limits as Envoy counts an upgrade: an active request (`http2MaxRequests`) and a
+    /// connection (`maxConnections`, an endpoint's first past it), waiting as a pending request
+    /// while the cluster is at its connection limit. The slots are the upgrade's to hold for as
+    /// long as its connection is open.
+    pub async fn upgrade_h1(
+        &self,
+        cluster: &Arc<ClusterPool>,
+        limits: &Limits,
+        target: &Target,
+    ) -> Result<(http1::SendRequest<Body>, [Slot; 2]), UpstreamError> {
+        let request = cluster
+            .try_slot(Counter::Requests, limits.max_requests)
+            .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
+        let key = target.key(limits);
+        let mut pending: Option<Slot> = None;
+        let connection = loop {
+            let changed = cluster.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(slot) = cluster.try_h1_slot(&key, cluster.max_connections(limits)) {
+                break slot;
+            }
+            hold_pending(&mut pending, cluster, limits)?;
+            // An idle pooled connection gives its place: the endpoint's own, else another's.
+            if cluster.take_idle_h1(&key).is_none() {
+                cluster.evict_idle_except(&key);
+            }
+            changed.await;
+        };
+        drop(pending);
+        let sender = self.fresh_h1(target, limits).await?;
+        Ok((sender, [request, connection]))
+    }
+
     /// A byte stream to `target`: TCP, or a CONNECT stream through the tunnel; inside it, TLS
     /// that meshd originates (DestinationRule `tls`), end to end with the endpoint.
     pub async fn dial(

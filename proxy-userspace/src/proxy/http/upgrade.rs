@@ -109,6 +109,9 @@ pub(super) async fn send(
     let mut started = 0u32;
     let in_flight = Mutex::new(None);
     let in_flight = &in_flight;
+    // The last attempt's place in the cluster's limits, kept by an upgraded connection.
+    let held = Mutex::new(None);
+    let held = &held;
     let timed_out_at = || {
         if let Some(t) = in_flight.lock().expect("in-flight lock").take() {
             plan.observe_timeout(ctx, t);
@@ -139,7 +142,9 @@ pub(super) async fn send(
                 *in_flight.lock().expect("in-flight lock") = Some(target);
                 let result = async {
                     let t = upstream.expect("resolved with the target")?;
-                    let mut s = ctx.pool.fresh_h1(&t, &plan.limits).await?;
+                    let (mut s, slots) =
+                        (ctx.pool.upgrade_h1(&plan.upstream, &plan.limits, &t)).await?;
+                    *held.lock().expect("held lock") = Some(slots);
                     let body = match bodiless {
                         true => body::full(bytes::Bytes::new()),
                         false => {
@@ -184,6 +189,10 @@ pub(super) async fn send(
     if attempts.overflow {
         plan.retry_refused(ctx, rec);
     }
+    if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
+        ctx.metrics.overflow("cluster", &plan.cluster, limit);
+        rec.shed = true;
+    }
     let mut resp = match attempts.last {
         Ok(resp) => resp,
         Err(f) => return send::failed(f, rec, attempts.exhausted, false),
@@ -193,8 +202,15 @@ pub(super) async fn send(
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let up_up = hyper::upgrade::on(&mut resp);
-        // Run by the connection's task once hyper hands the connection over.
-        down.upgraded.set(splice(down_up, up_up));
+        // Run by the connection's task once hyper hands the connection over; the upgraded
+        // connection keeps its place in the cluster's limits until it ends.
+        let mut relay = splice(down_up, up_up);
+        let (run, slots) = (relay.run, held.lock().expect("held lock").take());
+        relay.run = Box::pin(async move {
+            run.await;
+            drop(slots);
+        });
+        down.upgraded.set(relay);
     }
     resp.map(body::boxed)
 }
