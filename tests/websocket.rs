@@ -216,3 +216,56 @@ fn open_websockets_count_against_the_connection_pool() {
     assert_eq!(status(second).0, 101, "the pending one got through");
     assert_eq!(v1.requests(), 2);
 }
+
+/// An open WebSocket is load on its endpoint for least request, as Envoy counts an upgrade as
+/// an active request until it ends: plain requests meanwhile go to the other endpoint.
+#[test]
+fn an_open_websocket_is_load_for_least_request() {
+    if !ebpf_available("websocket_least_request") {
+        return;
+    }
+    let (v1, v2) = support::mesh::two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n";
+    let yaml = support::mesh::policies(&v1, &v2, routes).replace(
+        "spec:\n  host: reviews\n  subsets:",
+        "spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: LEAST_REQUEST\n  subsets:",
+    );
+    let d = support::mesh::start("websocket-least-request", 314, &yaml);
+    let send = "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n";
+    let args = [
+        "python3",
+        RAW,
+        "--addr",
+        "127.0.0.50:9080",
+        "--send",
+        send,
+        "--timeout",
+        "4",
+    ];
+    let ws = d
+        .exec("default/productpage", &args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let upgraded = eventually(Duration::from_secs(3), || {
+        (v1.requests() + v2.requests() == 1).then_some(())
+    });
+    assert!(upgraded.is_some(), "the upgrade reached an endpoint");
+    let (busy, idle) = if v1.requests() == 1 {
+        (&v1, &v2)
+    } else {
+        (&v2, &v1)
+    };
+    for _ in 0..6 {
+        assert_eq!(
+            support::mesh::status(&d, "http://reviews:9080/whoami"),
+            "200"
+        );
+    }
+    assert_eq!(
+        (busy.requests(), idle.requests()),
+        (1, 6),
+        "every request went to the endpoint without the WebSocket"
+    );
+    ws.wait_with_output().unwrap();
+}

@@ -109,7 +109,8 @@ pub(super) async fn send(
     let mut started = 0u32;
     let in_flight = Mutex::new(None);
     let in_flight = &in_flight;
-    // The last attempt's place in the cluster's limits, kept by an upgraded connection.
+    // The last attempt's place in the cluster's limits and its endpoint's load, kept by an
+    // upgraded connection.
     let held = Mutex::new(None);
     let held = &held;
     let timed_out_at = || {
@@ -138,13 +139,15 @@ pub(super) async fn send(
                 if let Some(reason) = authorize::request(ctx, plan.snap, down, target, asked) {
                     return Err(Failed::Denied(reason));
                 }
-                let _in_flight = ctx.lb.start(target);
+                // Load for least request, as the pool's places, for the upgraded connection's
+                // whole life, as Envoy counts an upgrade as a request until it ends.
+                let load = ctx.lb.start(target);
                 *in_flight.lock().expect("in-flight lock") = Some(target);
                 let result = async {
                     let t = upstream.expect("resolved with the target")?;
                     let (mut s, slots) =
                         (ctx.pool.upgrade_h1(&plan.upstream, &plan.limits, &t)).await?;
-                    *held.lock().expect("held lock") = Some(slots);
+                    *held.lock().expect("held lock") = Some((slots, load));
                     let body = match bodiless {
                         true => body::full(bytes::Bytes::new()),
                         false => {
