@@ -43,12 +43,6 @@ pub struct InboundRequest {
 }
 
 impl InboundRequest {
-    /// An upgraded connection's bytes count as the request's and the response's bodies.
-    pub fn tunnelled(&mut self, carried: crate::proxy::http::upgrade::Tunnelled) {
-        self.received.add(carried.from_client);
-        self.response_bytes += carried.to_client;
-    }
-
     pub fn start<B>(req: &Request<B>, stream: Arc<Stream>, inbound: Arc<Inbound>) -> Self {
         let h = req.headers();
         InboundRequest {

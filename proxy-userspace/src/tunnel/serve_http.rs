@@ -16,7 +16,7 @@ use crate::{
         as_grpc,
         authorize::report,
         body, is_websocket_upgrade, reset_before_headers,
-        upgrade::{Carried, Relay, splice},
+        upgrade::{Relay, splice},
     },
     security::authz::HttpAttrs,
     tunnel::request_log::InboundRequest,
@@ -58,11 +58,8 @@ async fn request(
     // An upgraded connection is recorded when it ends (or its relay is dropped), with what
     // it carried.
     if let Some(relay) = relay.0.lock().expect("relay lock").take() {
-        tokio::spawn(async move {
-            let record = Tunnelled(log, relay.carried);
-            relay.run.await;
-            drop(record);
-        });
+        let received = log.received.clone();
+        tokio::spawn(relay.recorded(log, received).run);
         return Ok(resp);
     }
     // Recorded when the response body is done (or dropped): durations and sizes cover it all.
@@ -72,15 +69,6 @@ async fn request(
 /// The relay of an upgraded connection, once the workload has answered 101.
 #[derive(Default)]
 struct Relaying(std::sync::Mutex<Option<Relay>>);
-
-/// An upgraded connection's record, written when its relay ends or is dropped.
-struct Tunnelled(InboundRequest, Arc<Carried>);
-
-impl Drop for Tunnelled {
-    fn drop(&mut self) {
-        self.0.tunnelled(self.1.so_far());
-    }
-}
 
 /// Authorizes the request and forwards it to the local workload: its answer, or meshd's own.
 async fn respond(

@@ -184,25 +184,13 @@ pub async fn handle(
         resp.extensions_mut()
             .insert(hyper::ext::ReasonPhrase::from_static(b"Unknown"));
     }
-    // A WebSocket's record is written when the upgraded connection ends, with its bytes both
-    // ways, as Envoy logs an upgraded stream at its end.
+    // A WebSocket's record is written when the upgraded connection ends.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(relay) = log.down.upgraded.take()
     {
         drop(admitted);
-        let upgraded = log.down.upgraded.clone();
-        let record = Tunnelled {
-            log,
-            carried: relay.carried.clone(),
-        };
-        let run = relay.run;
-        upgraded.set(super::upgrade::Relay {
-            carried: record.carried.clone(),
-            run: Box::pin(async move {
-                run.await;
-                drop(record);
-            }),
-        });
+        let (upgraded, received) = (log.down.upgraded.clone(), log.received.clone());
+        upgraded.set(relay.recorded(log, received));
         return Ok(resp);
     }
     // The record is written when the response body is done (or dropped): durations and sizes
@@ -309,21 +297,6 @@ pub fn version_text(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/?",
-    }
-}
-
-/// An upgraded connection's record, written when its relay ends or is dropped: the bytes it
-/// carried both ways count as the request's and the response's bodies.
-struct Tunnelled {
-    log: RequestLog,
-    carried: Arc<super::upgrade::Carried>,
-}
-
-impl Drop for Tunnelled {
-    fn drop(&mut self) {
-        let carried = self.carried.so_far();
-        self.log.received.add(carried.from_client);
-        self.log.response_bytes += carried.to_client;
     }
 }
 

@@ -26,34 +26,65 @@ use super::{
     send::{self, Failed},
 };
 
-/// Bytes an upgraded connection carried: from the client, and to it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tunnelled {
-    pub from_client: u64,
-    pub to_client: u64,
-}
-
-/// The bytes a relay has carried so far, counted as they flow: a relay cut short (a drain's
-/// deadline, a removed pod) still has them in its record.
+/// The bytes a relay has carried so far, from the client and to it, counted as they flow: a
+/// relay cut short (a drain's deadline, a removed pod) still has them in its record.
 #[derive(Debug, Default)]
-pub struct Carried {
+struct Carried {
     from_client: AtomicU64,
     to_client: AtomicU64,
 }
 
-impl Carried {
-    pub fn so_far(&self) -> Tunnelled {
-        Tunnelled {
-            from_client: self.from_client.load(Ordering::Relaxed),
-            to_client: self.to_client.load(Ordering::Relaxed),
+/// An upgraded connection's relay, and what it has carried.
+pub struct Relay {
+    carried: Arc<Carried>,
+    pub run: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+impl Relay {
+    /// The relay, keeping `held` until it ends or is dropped.
+    pub fn holding<T: Send + 'static>(self, held: T) -> Relay {
+        let run = self.run;
+        Relay {
+            carried: self.carried,
+            run: Box::pin(async move {
+                run.await;
+                drop(held);
+            }),
         }
+    }
+
+    /// The relay, writing the request's record (`log`, whose request body delivered to
+    /// `received`) when it ends or is dropped: the bytes it carried count as the request's and
+    /// the response's bodies, as Envoy logs an upgraded stream at its end.
+    pub fn recorded<L: body::Observer + Send + 'static>(
+        self,
+        log: L,
+        received: Arc<body::Received>,
+    ) -> Relay {
+        let record = Recorded {
+            log,
+            received,
+            carried: self.carried.clone(),
+        };
+        self.holding(record)
     }
 }
 
-/// An upgraded connection's relay, and what it has carried.
-pub struct Relay {
-    pub carried: Arc<Carried>,
-    pub run: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+/// An upgraded connection's record, written when its relay ends or is dropped.
+struct Recorded<L: body::Observer> {
+    log: L,
+    received: Arc<body::Received>,
+    carried: Arc<Carried>,
+}
+
+impl<L: body::Observer> Drop for Recorded<L> {
+    fn drop(&mut self) {
+        self.received
+            .add(self.carried.from_client.load(Ordering::Relaxed));
+        let to_client = self.carried.to_client.load(Ordering::Relaxed);
+        self.log
+            .data(usize::try_from(to_client).unwrap_or(usize::MAX));
+    }
 }
 
 /// The upgrade request's head: a request without a body is sent again by a retry.
@@ -207,13 +238,8 @@ pub(super) async fn send(
         let up_up = hyper::upgrade::on(&mut resp);
         // Run by the connection's task once hyper hands the connection over; the upgraded
         // connection keeps its place in the cluster's limits until it ends.
-        let mut relay = splice(down_up, up_up);
-        let (run, slots) = (relay.run, held.lock().expect("held lock").take());
-        relay.run = Box::pin(async move {
-            run.await;
-            drop(slots);
-        });
-        down.upgraded.set(relay);
+        let slots = held.lock().expect("held lock").take();
+        down.upgraded.set(splice(down_up, up_up).holding(slots));
     }
     resp.map(body::boxed)
 }
