@@ -893,13 +893,7 @@ pub async fn with_policy(
         rec.route_timed_out = true;
         return timed_out(rec, alt_response);
     };
-    if attempts.overflow {
-        plan.retry_refused(ctx, rec);
-    }
-    if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
-        ctx.metrics.overflow("cluster", &plan.cluster, limit);
-        rec.shed = true;
-    }
+    plan.count_limits(ctx, rec, &attempts);
     match attempts.last {
         Ok(mut resp) => {
             rec.upstream_answer_from = Some(routed_at);
@@ -975,8 +969,26 @@ impl Plan<'_> {
             target.and_then(|t| self.snap.compiled.endpoints.workload(t).cloned());
     }
 
+    /// Counts what the cluster's limits refused the attempts: a retry that was due when the
+    /// retry budget (`maxRetries` or `retryBudget`) was spent, and a last attempt shed by a
+    /// pool limit.
+    pub(super) fn count_limits<T>(
+        &self,
+        ctx: &HttpContext,
+        rec: &mut Record,
+        attempts: &retry::Attempts<T, Failed>,
+    ) {
+        if attempts.overflow {
+            self.retry_refused(ctx, rec);
+        }
+        if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
+            ctx.metrics.overflow("cluster", &self.cluster, limit);
+            rec.shed = true;
+        }
+    }
+
     /// A retry was due but the cluster's retry budget (`maxRetries` or `retryBudget`) was spent.
-    pub(super) fn retry_refused(&self, ctx: &HttpContext, rec: &mut Record) {
+    fn retry_refused(&self, ctx: &HttpContext, rec: &mut Record) {
         let (limit, reason) = match &self.limits.retry_budget {
             Some(b) => (
                 "retryBudget",

@@ -220,13 +220,7 @@ pub(super) async fn send(
         rec.route_timed_out = true;
         return send::timed_out(rec, false);
     };
-    if attempts.overflow {
-        plan.retry_refused(ctx, rec);
-    }
-    if let Err(Failed::Upstream(UpstreamError::Overflow { limit, .. })) = &attempts.last {
-        ctx.metrics.overflow("cluster", &plan.cluster, limit);
-        rec.shed = true;
-    }
+    plan.count_limits(ctx, rec, &attempts);
     let mut resp = match attempts.last {
         Ok(resp) => resp,
         Err(f) => return send::failed(f, rec, attempts.exhausted, false),
