@@ -188,16 +188,24 @@ fn changed_rules(
             .collect()
     }
     let (old, new) = (rules(before), rules(now));
+    let host = |spec: &DestinationRuleSpec, namespace: &str| {
+        crate::policy::hosts::fqdn(&spec.host, namespace)
+    };
     let mut changes = Vec::new();
     for (key @ (namespace, _), spec) in &old {
-        let change = match new.get(key) {
-            Some(other) if other == spec => continue,
+        match new.get(key) {
+            Some(other) if other == spec => {}
+            None => changes.push(outlier::RuleChange::every(host(spec, namespace))),
+            // A rule moved to another host reaches every cluster of both.
+            Some(other) if other.host != spec.host => {
+                changes.push(outlier::RuleChange::every(host(spec, namespace)));
+                changes.push(outlier::RuleChange::every(host(other, namespace)));
+            }
             Some(other) => {
                 let without_subsets = |s: &DestinationRuleSpec| DestinationRuleSpec {
                     subsets: Vec::new(),
                     ..s.clone()
                 };
-                let every_cluster = without_subsets(spec) != without_subsets(other);
                 let differs = |a: &DestinationRuleSpec, b: &DestinationRuleSpec| {
                     (a.subsets.iter())
                         .filter(|s| !b.subsets.contains(s))
@@ -208,31 +216,17 @@ fn changed_rules(
                 subsets.extend(differs(other, spec));
                 subsets.sort();
                 subsets.dedup();
-                outlier::RuleChange {
-                    host: crate::policy::hosts::fqdn(&spec.host, namespace),
-                    every_cluster,
+                changes.push(outlier::RuleChange {
+                    host: host(spec, namespace),
+                    every_cluster: without_subsets(spec) != without_subsets(other),
                     subsets,
-                }
+                });
             }
-            None => outlier::RuleChange::every(crate::policy::hosts::fqdn(&spec.host, namespace)),
-        };
-        changes.push(change);
+        }
     }
     for (key @ (namespace, _), spec) in &new {
         if !old.contains_key(key) {
-            changes.push(outlier::RuleChange::every(crate::policy::hosts::fqdn(
-                &spec.host, namespace,
-            )));
-        }
-    }
-    // A rule whose host changed reaches its old host's clusters too.
-    for (key @ (namespace, _), spec) in &new {
-        if let Some(was) = old.get(key)
-            && was.host != spec.host
-        {
-            changes.push(outlier::RuleChange::every(crate::policy::hosts::fqdn(
-                &spec.host, namespace,
-            )));
+            changes.push(outlier::RuleChange::every(host(spec, namespace)));
         }
     }
     changes.sort_by(|a, b| a.host.cmp(&b.host));
@@ -768,5 +762,15 @@ mod tests {
             vec![outlier::RuleChange::every(host.into())]
         );
         assert!(changed_rules(&before, &set("", "")).is_empty());
+        // Moved to another host: every cluster of both.
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: default}\nspec: {host: ratings}\n";
+        let moved = crate::policy::load_str("t.yaml".as_ref(), yaml).expect("valid");
+        assert_eq!(
+            changed_rules(&before, &moved),
+            vec![
+                outlier::RuleChange::every("ratings.default.svc.cluster.local".into()),
+                outlier::RuleChange::every(host.into()),
+            ]
+        );
     }
 }
