@@ -103,7 +103,8 @@ async fn respond(
     };
     drop(snap);
     // meshd's own answers to a gRPC request are gRPC-shaped, as on the source's node.
-    let local = |r: Response<Body>| if log.grpc { as_grpc(r) } else { r };
+    let grpc = log.grpc;
+    let local = |r: Response<Body>| if grpc { as_grpc(r) } else { r };
     if !decision.allowed {
         inbound.metrics.tunnel("denied");
         tracing::warn!(
@@ -136,12 +137,7 @@ async fn respond(
         .await;
     match sent {
         Ok(resp) => resp.map(body::boxed),
-        Err(e) => {
-            tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
-            let r = local(reset_before_headers(&e));
-            log.rec.fail(e.flag(), e.to_string());
-            r
-        }
+        Err(e) => local(not_answered(&e, stream, log)),
     }
 }
 
@@ -177,10 +173,13 @@ async fn upgrade(
             }
             resp.map(body::boxed)
         }
-        Err(e) => {
-            tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
-            log.rec.fail(e.flag(), e.to_string());
-            reset_before_headers(&e)
-        }
+        Err(e) => not_answered(&e, stream, log),
     }
+}
+
+/// Envoy's answer, logged and recorded, for a request the local workload did not answer.
+fn not_answered(e: &UpstreamError, stream: &Stream, log: &mut InboundRequest) -> Response<Body> {
+    tracing::warn!(target = %stream.target, error = %e, "the local workload did not answer");
+    log.rec.fail(e.flag(), e.to_string());
+    reset_before_headers(e)
 }
