@@ -34,6 +34,11 @@ fn upgrade(d: &Daemon, path: &str, then: &str) -> (u64, String) {
         )
         .output()
         .unwrap();
+    raw_result(&out)
+}
+
+/// The raw client's result: (status, everything received).
+fn raw_result(out: &std::process::Output) -> (u64, String) {
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value =
         serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("raw client: {e}: {text}"));
@@ -41,6 +46,35 @@ fn upgrade(d: &Daemon, path: &str, then: &str) -> (u64, String) {
         v["status"].as_u64().unwrap(),
         v["received"].as_str().unwrap().to_string(),
     )
+}
+
+/// `reviews` (the support mesh's v1 and v2) with `policy` as its DestinationRule's
+/// `trafficPolicy` and `routes` as its VirtualService's.
+fn reviews_with(v1: &HttpBackend, v2: &HttpBackend, policy: &str, routes: &str) -> String {
+    support::mesh::policies(v1, v2, routes).replace(
+        "spec:\n  host: reviews\n  subsets:",
+        &format!("spec:\n  host: reviews\n  trafficPolicy:\n{policy}  subsets:"),
+    )
+}
+
+/// A WebSocket to reviews:9080 from the managed client, held open until the client's own
+/// timeout of `held` seconds.
+fn hold_websocket(d: &Daemon, held: &str) -> std::process::Child {
+    let send = "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n";
+    let args = [
+        "python3",
+        RAW,
+        "--addr",
+        "127.0.0.50:9080",
+        "--send",
+        send,
+        "--timeout",
+        held,
+    ];
+    d.exec("default/productpage", &args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn policies(live: u16, dead: u16) -> String {
@@ -172,46 +206,24 @@ fn open_websockets_count_against_the_connection_pool() {
     }
     let (v1, v2) = support::mesh::two_backends();
     let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
-    let yaml = support::mesh::policies(&v1, &v2, routes).replace(
-        "spec:\n  host: reviews\n  subsets:",
-        "spec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n  subsets:",
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n      http:\n        http1MaxPendingRequests: 1\n";
+    let d = support::mesh::start(
+        "websocket-pool",
+        313,
+        &reviews_with(&v1, &v2, policy, routes),
     );
-    let d = support::mesh::start("websocket-pool", 313, &yaml);
-    // Each client holds its upgraded connection until its own timeout.
-    let open = |held: &str| {
-        let send = "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n";
-        let args = [
-            "python3",
-            RAW,
-            "--addr",
-            "127.0.0.50:9080",
-            "--send",
-            send,
-            "--timeout",
-            held,
-        ];
-        d.exec("default/productpage", &args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let status = |c: std::process::Child| {
-        let out = c.wait_with_output().unwrap();
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("raw client: {e}"));
-        (
-            v["status"].as_u64().unwrap(),
-            v["received"].as_str().unwrap().to_lowercase(),
-        )
-    };
-    let first = open("2");
+    let status = |c: std::process::Child| raw_result(&c.wait_with_output().unwrap());
+    let first = hold_websocket(&d, "2");
     std::thread::sleep(Duration::from_millis(500));
     // Waits for the first one's connection, then gets its own.
-    let second = open("4");
+    let second = hold_websocket(&d, "4");
     std::thread::sleep(Duration::from_millis(500));
-    let (code, got) = status(open("2"));
+    let (code, got) = status(hold_websocket(&d, "2"));
     assert_eq!(code, 503, "the third is shed: {got}");
-    assert!(got.contains("x-envoy-overloaded: true"), "{got}");
+    assert!(
+        got.to_lowercase().contains("x-envoy-overloaded: true"),
+        "{got}"
+    );
     assert_eq!(status(first).0, 101);
     assert_eq!(status(second).0, 101, "the pending one got through");
     assert_eq!(v1.requests(), 2);
@@ -226,27 +238,13 @@ fn an_open_websocket_is_load_for_least_request() {
     }
     let (v1, v2) = support::mesh::two_backends();
     let routes = "  - route:\n    - destination:\n        host: reviews\n";
-    let yaml = support::mesh::policies(&v1, &v2, routes).replace(
-        "spec:\n  host: reviews\n  subsets:",
-        "spec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: LEAST_REQUEST\n  subsets:",
+    let policy = "    loadBalancer:\n      simple: LEAST_REQUEST\n";
+    let d = support::mesh::start(
+        "websocket-least-request",
+        314,
+        &reviews_with(&v1, &v2, policy, routes),
     );
-    let d = support::mesh::start("websocket-least-request", 314, &yaml);
-    let send = "GET /ws HTTP/1.1\\r\\nHost: reviews:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n";
-    let args = [
-        "python3",
-        RAW,
-        "--addr",
-        "127.0.0.50:9080",
-        "--send",
-        send,
-        "--timeout",
-        "4",
-    ];
-    let ws = d
-        .exec("default/productpage", &args)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ws = hold_websocket(&d, "4");
     let upgraded = eventually(Duration::from_secs(3), || {
         (v1.requests() + v2.requests() == 1).then_some(())
     });
