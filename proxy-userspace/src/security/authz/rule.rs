@@ -69,11 +69,12 @@ impl Test {
         }
         let principal = ctx.source_principal.as_deref();
         Some(match self {
+            // The `cluster.local` alias is written out only when the principal itself matches
+            // no value (and only under another trust domain).
             Test::Principal(v) => principal.is_some_and(|p| {
-                let alias = spiffe::as_cluster_local(p);
-                let p = spiffe::strip_scheme(p);
-                v.iter()
-                    .any(|m| m.matches(p) || alias.as_deref().is_some_and(|a| m.matches(a)))
+                let matches = |p: &str| v.iter().any(|m| m.matches(p));
+                matches(spiffe::strip_scheme(p))
+                    || spiffe::as_cluster_local(p).is_some_and(|a| matches(&a))
             }),
             Test::Namespace(v) => ctx
                 .source_namespace
