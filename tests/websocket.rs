@@ -267,3 +267,52 @@ fn an_open_websocket_is_load_for_least_request() {
     );
     ws.wait_with_output().unwrap();
 }
+
+/// An upgrade whose 101 does not come within its route's timeout counts against the endpoint
+/// for outlier detection, as a timed-out request does in Envoy (a gateway error): the silent
+/// endpoint is ejected, and the upgrades after it all reach the one that answers.
+#[test]
+fn an_upgrade_that_times_out_counts_against_its_endpoint_for_outlier_detection() {
+    if !ebpf_available("websocket_outlier") {
+        return;
+    }
+    let live = HttpBackend::start("127.0.0.1:0");
+    // Accepts connections and never answers on them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    let outlier = "trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: {consecutiveGatewayErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}";
+    let yaml = policies(live.addr.port(), silent_port).replace(
+        "trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}",
+        outlier,
+    );
+    assert!(yaml.contains("consecutiveGatewayErrors"));
+    let dir = support::mesh::config_dir("websocket-outlier", &yaml);
+    let d = Daemon::start(
+        "websocket-outlier",
+        315,
+        &["--config", dir.to_str().unwrap()],
+    );
+
+    // Round robin reaches the silent endpoint within two upgrades; its wait ends at the
+    // route's 1 s timeout.
+    let mut timed_out = false;
+    for _ in 0..2 {
+        let (status, got) = upgrade(&d, "/sleep/1", "hello");
+        if status == 504 {
+            timed_out = true;
+            break;
+        }
+        assert_eq!(status, 101, "{got}");
+    }
+    assert!(timed_out, "an upgrade reached the silent endpoint");
+    let ejected = r#"meshd_outlier_events_total{cluster="ws.default.svc.cluster.local||9080",event="ejected"}"#;
+    assert_eq!(d.metric(ejected), 1.0, "{}", d.get("/stats/outliers"));
+    for i in 0..4 {
+        let (status, got) = upgrade(&d, "/sleep/1", "hello");
+        assert_eq!(status, 101, "upgrade {i} after the ejection: {got}");
+    }
+}
