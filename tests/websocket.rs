@@ -13,28 +13,28 @@ const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_htt
 /// A WebSocket upgrade to `path` on ws:9080 from the managed client, then `then` on the
 /// upgraded connection: (status, everything received).
 fn upgrade(d: &Daemon, path: &str, then: &str) -> (u64, String) {
+    raw_result(&upgrade_command(d, path, then, "6").output().unwrap())
+}
+
+/// The managed client's upgrade to `path` on ws:9080, sending `then` on the upgraded
+/// connection and reading until `timeout` seconds pass without a byte or the connection ends.
+fn upgrade_command(d: &Daemon, path: &str, then: &str, timeout: &str) -> std::process::Command {
     let send = format!(
         "GET {path} HTTP/1.1\\r\\nHost: ws:9080\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n"
     );
-    let out = d
-        .exec(
-            "default/client",
-            &[
-                "python3",
-                RAW,
-                "--addr",
-                "127.0.0.51:9080",
-                "--send",
-                &send,
-                "--then",
-                then,
-                "--timeout",
-                "6",
-            ],
-        )
-        .output()
-        .unwrap();
-    raw_result(&out)
+    let args = [
+        "python3",
+        RAW,
+        "--addr",
+        "127.0.0.51:9080",
+        "--send",
+        &send,
+        "--then",
+        then,
+        "--timeout",
+        timeout,
+    ];
+    d.exec("default/client", &args)
 }
 
 /// The raw client's result: (status, everything received).
@@ -315,4 +315,56 @@ fn an_upgrade_that_times_out_counts_against_its_endpoint_for_outlier_detection()
         let (status, got) = upgrade(&d, "/sleep/1", "hello");
         assert_eq!(status, 101, "upgrade {i} after the ejection: {got}");
     }
+}
+
+/// A WebSocket still open when the drain's deadline cuts it is logged with the bytes it
+/// carried until then, as Envoy logs a stream it resets at the end of its drain.
+#[test]
+fn a_websocket_cut_at_the_drain_deadline_is_logged_with_its_bytes() {
+    if !ebpf_available("websocket_drain") {
+        return;
+    }
+    let live = HttpBackend::start("127.0.0.1:0");
+    let dir = support::mesh::config_dir(
+        "websocket-drain",
+        &policies(live.addr.port(), live.addr.port()),
+    );
+    let mut d = Daemon::start(
+        "websocket-drain",
+        316,
+        &["--config", dir.to_str().unwrap(), "--drain-timeout", "1s"],
+    );
+    let client = upgrade_command(&d, "/ws", "hello", "15")
+        .arg("--hold")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let upgraded = eventually(Duration::from_secs(5), || {
+        (live.requests() == 1).then_some(())
+    });
+    assert!(upgraded.is_some(), "the upgrade reached the workload");
+    // Time for the echo to come back through the upgraded connection.
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = std::time::Instant::now();
+    assert!(d.stop().success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "the drain's deadline ended the open WebSocket"
+    );
+    let (status, got) = raw_result(&client.wait_with_output().unwrap());
+    assert_eq!(status, 101, "{got}");
+    assert!(got.ends_with("hello"), "{got}");
+    let line = d
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["response_code"] == 101)
+        .unwrap_or_else(|| panic!("no line for the WebSocket: {}", d.log_text()));
+    assert!(
+        line["duration_ms"].as_f64().unwrap() >= 1000.0,
+        "open until the drain's deadline: {line}"
+    );
+    assert_eq!(line["bytes_received"], 5, "{line}");
+    assert!(line["bytes_sent"].as_u64().unwrap() > 5, "{line}");
+    assert_eq!(line["upstream_host"], live.addr.to_string(), "{line}");
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Sends raw bytes to ADDR (Python escapes like \\r\\n are decoded), reads until the server
 closes or TIMEOUT passes, and prints JSON: the status code of the first response and the bytes
-received. Optionally sends more bytes after the first response (for upgraded connections)."""
+received. Optionally sends more bytes after the first response (for upgraded connections), and
+stops at their echo unless told to hold the connection."""
 import argparse
 import json
 import socket
@@ -12,6 +13,7 @@ p.add_argument("--addr", required=True)
 p.add_argument("--send", required=True)
 p.add_argument("--then", default="")
 p.add_argument("--timeout", type=float, default=3)
+p.add_argument("--hold", action="store_true", help="after the echo of --then, read on until the server closes or TIMEOUT passes")
 a = p.parse_args()
 host, _, port = a.addr.rpartition(":")
 s = socket.create_connection((host.strip("[]"), int(port)), timeout=a.timeout)
@@ -30,7 +32,7 @@ while time.monotonic() < deadline:
     if a.then and not sent_then and b"\r\n\r\n" in got:
         s.sendall(a.then.encode())
         sent_then = True
-    if a.then and sent_then and got.endswith(a.then.encode()):
+    if a.then and sent_then and got.endswith(a.then.encode()) and not a.hold:
         break
 status = 0
 if got.startswith(b"HTTP/"):
