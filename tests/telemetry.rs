@@ -324,6 +324,11 @@ struct Collector {
 
 impl Collector {
     fn start() -> Collector {
+        Collector::answering("202 Accepted")
+    }
+
+    /// A collector that keeps what it is sent and answers every POST with `status`.
+    fn answering(status: &'static str) -> Collector {
         use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -360,9 +365,9 @@ impl Collector {
                 keep.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&buf[head_end..]).into_owned());
-                let _ = s.write_all(
-                    b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = s.write_all(answer.as_bytes());
             }
         });
         Collector { addr, bodies }
@@ -470,6 +475,75 @@ fn spans_reach_a_collector_with_parent_links_across_two_hops() {
             .iter()
             .any(|l| l["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
                 && l["request_id"].as_str().is_some_and(|r| r.len() == 36))
+    );
+}
+
+/// With both `--trace-zipkin` and `--trace-otlp`, spans go to both collectors; a collector
+/// that refuses them (a 5xx) loses them, counted in `meshd_trace_spans_dropped_total` and
+/// warned about once, while the other still gets every span.
+#[test]
+fn spans_go_to_both_collectors_and_a_refusing_one_counts_them_dropped() {
+    if !ebpf_available("tracing_two_collectors") {
+        return;
+    }
+    let refusing = Collector::answering("503 Service Unavailable");
+    let otlp = Collector::start();
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let dir = support::mesh::config_dir("tracing-two", &policies(&v1, &v2, routes));
+    let zipkin_url = format!("http://{}/api/v2/spans", refusing.addr);
+    let otlp_url = format!("http://{}/v1/traces", otlp.addr);
+    let d = Daemon::start(
+        "tracing-two",
+        317,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--trace-zipkin",
+            &zipkin_url,
+            "--trace-otlp",
+            &otlp_url,
+            "--trace-sample",
+            "1",
+        ],
+    );
+    for _ in 0..5 {
+        curl(&d, &["http://reviews:9080/whoami"]);
+    }
+    let dropped = "meshd_trace_spans_dropped_total";
+    let counted = eventually(Duration::from_secs(10), || {
+        (d.metric(dropped) == 5.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "{dropped} = {}; log:\n{}",
+        d.metric(dropped),
+        d.log_text()
+    );
+    assert!(
+        !refusing.bodies.lock().unwrap().is_empty(),
+        "zipkin was tried"
+    );
+    let spans = eventually(Duration::from_secs(5), || {
+        let bodies = otlp.bodies.lock().unwrap().clone();
+        let spans: usize = bodies
+            .iter()
+            .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+            .map(|v| {
+                v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            })
+            .sum();
+        (spans == 5).then_some(spans)
+    });
+    assert_eq!(spans, Some(5), "every span reached the OTLP collector");
+    let warned = d.log_text().matches("span export failed").count();
+    assert_eq!(
+        warned,
+        1,
+        "one warning for a failing collector:\n{}",
+        d.log_text()
     );
 }
 

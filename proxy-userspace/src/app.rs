@@ -243,13 +243,15 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
             })?,
     );
     use crate::telemetry::trace::{Format, Tracer};
-    let tracer = Arc::new(match (&settings.trace_zipkin, &settings.trace_otlp) {
-        (Some(url), _) => Tracer::start(url, Format::Zipkin, settings.trace_sample)
-            .map_err(StartupError::Tracing)?,
-        (None, Some(url)) => Tracer::start(url, Format::Otlp, settings.trace_sample)
-            .map_err(StartupError::Tracing)?,
-        (None, None) => Tracer::disabled(settings.trace_sample),
-    });
+    let collectors: Vec<_> = [
+        (settings.trace_zipkin.as_deref(), Format::Zipkin),
+        (settings.trace_otlp.as_deref(), Format::Otlp),
+    ]
+    .into_iter()
+    .filter_map(|(url, format)| Some((url?, format)))
+    .collect();
+    let tracer =
+        Arc::new(Tracer::start(&collectors, settings.trace_sample).map_err(StartupError::Tracing)?);
     // Workload certificates for the tunnel; policies that need them fail the start without.
     let tunnel = crate::tunnel::Tunnel::from_settings(&settings)?;
     if tunnel.is_none() && config.current().compiled.endpoints.any_on_nodes() {

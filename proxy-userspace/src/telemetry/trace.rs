@@ -2,12 +2,15 @@
 //! W3C `traceparent` (with `tracestate`), B3 single (`b3`) or B3 multi (`x-b3-*`) headers; the
 //! upstream request carries meshd's span as parent in the same formats, and an `x-request-id`
 //! is generated when missing. Sampled spans are exported in batches, off the request path, as
-//! Zipkin v2 JSON or OTLP/HTTP JSON; a slow or dead collector makes spans drop (counted), never
-//! delays requests.
+//! Zipkin v2 JSON or OTLP/HTTP JSON, to one collector of each or both; a slow, dead or refusing
+//! collector makes spans drop (counted), never delays requests.
 
 use std::{
     fmt,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -395,11 +398,12 @@ pub enum Format {
     Otlp,
 }
 
-/// The exporter: a bounded queue and a background task that posts batches.
+/// The exporters: per collector, a bounded queue and a background task that posts batches.
 pub struct Tracer {
     pub sample_rate: f64,
-    tx: Option<mpsc::Sender<Span>>,
-    pub dropped: AtomicU64,
+    exporters: Vec<mpsc::Sender<Span>>,
+    /// Spans lost: a full queue, or a batch the collector did not take.
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// A collector URL's authority and path; why it is not one meshd can post to, if not.
@@ -419,61 +423,105 @@ impl Tracer {
     pub fn disabled(sample_rate: f64) -> Tracer {
         Tracer {
             sample_rate,
-            tx: None,
-            dropped: AtomicU64::new(0),
+            exporters: Vec::new(),
+            dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Exports to `url` (`http://host:port/path`) in `format`; must run inside the runtime.
-    pub fn start(url: &str, format: Format, sample_rate: f64) -> Result<Tracer, String> {
-        let (authority, path) = collector(url).map_err(|reason| format!("{url}: {reason}"))?;
-        let (tx, mut rx) = mpsc::channel::<Span>(QUEUE);
-        tokio::spawn(async move {
-            // A batch starts with a span and is sent when full or FLUSH later, so a steady
-            // trickle of sampled spans makes one request a second, not one per span.
-            while let Some(first) = rx.recv().await {
-                let mut batch = Vec::with_capacity(BATCH);
-                batch.push(first);
-                let deadline = tokio::time::sleep(FLUSH);
-                tokio::pin!(deadline);
-                while batch.len() < BATCH {
-                    tokio::select! {
-                        biased;
-                        s = rx.recv() => match s {
-                            Some(s) => batch.push(s),
-                            None => break,
-                        },
-                        _ = &mut deadline => break,
-                    }
-                }
-                let body = match format {
-                    Format::Zipkin => zipkin(&batch),
-                    Format::Otlp => otlp(&batch),
-                };
-                if let Err(e) = post(&authority, &path, body).await {
-                    tracing::debug!(error = %e, "span export failed; batch dropped");
-                }
-            }
-        });
-        Ok(Tracer {
-            sample_rate,
-            tx: Some(tx),
-            dropped: AtomicU64::new(0),
-        })
+    /// Exports every sampled span to each collector (`http://host:port/path`) in its format;
+    /// must run inside the runtime.
+    pub fn start(collectors: &[(&str, Format)], sample_rate: f64) -> Result<Tracer, String> {
+        let mut tracer = Tracer::disabled(sample_rate);
+        for (url, format) in collectors {
+            let (authority, path) = collector(url).map_err(|reason| format!("{url}: {reason}"))?;
+            let (tx, rx) = mpsc::channel::<Span>(QUEUE);
+            let export = Export {
+                url: url.to_string(),
+                authority,
+                path,
+                format: *format,
+                dropped: tracer.dropped.clone(),
+            };
+            tokio::spawn(export.run(rx));
+            tracer.exporters.push(tx);
+        }
+        Ok(tracer)
     }
 
     /// Whether a request's span will be exported: spans are only built when it will.
     pub fn wants(&self, c: &Context) -> bool {
-        self.tx.is_some() && c.sampled
+        !self.exporters.is_empty() && c.sampled
     }
 
     pub fn record(&self, span: Span) {
-        let Some(tx) = &self.tx else { return };
         if !span.context.sampled {
             return;
         }
-        if tx.try_send(span).is_err() {
+        let Some((last, others)) = self.exporters.split_last() else {
+            return;
+        };
+        for tx in others {
+            if tx.try_send(span.clone()).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if last.try_send(span).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One collector's export task.
+struct Export {
+    url: String,
+    authority: String,
+    path: String,
+    format: Format,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Export {
+    async fn run(self, mut rx: mpsc::Receiver<Span>) {
+        // Warned once when exports start failing, and once when they work again, so a dead
+        // collector does not flood the log.
+        let mut failing = false;
+        // A batch starts with a span and is sent when full or FLUSH later, so a steady trickle
+        // of sampled spans makes one request a second, not one per span.
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::with_capacity(BATCH);
+            batch.push(first);
+            let deadline = tokio::time::sleep(FLUSH);
+            tokio::pin!(deadline);
+            while batch.len() < BATCH {
+                tokio::select! {
+                    biased;
+                    s = rx.recv() => match s {
+                        Some(s) => batch.push(s),
+                        None => break,
+                    },
+                    _ = &mut deadline => break,
+                }
+            }
+            let body = match self.format {
+                Format::Zipkin => zipkin(&batch),
+                Format::Otlp => otlp(&batch),
+            };
+            match post(&self.authority, &self.path, body).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!(collector = %self.url, "span export works again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    self.dropped
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(collector = %self.url, error = %e,
+                            "span export failed; its spans are dropped (counted in meshd_trace_spans_dropped_total) until the collector takes them");
+                    }
+                }
+            }
         }
     }
 }
@@ -521,7 +569,7 @@ fn otlp(batch: &[Span]) -> String {
     .to_string()
 }
 
-/// One HTTP/1.1 POST, bounded in time; the answer is read and discarded.
+/// One HTTP/1.1 POST, bounded in time: an answer other than 2xx is a failure.
 async fn post(authority: &str, path: &str, body: String) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let send = async {
@@ -535,13 +583,26 @@ async fn post(authority: &str, path: &str, body: String) -> Result<(), String> {
         s.write_all(req.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        let mut sink = Vec::new();
-        let _ = s.read_to_end(&mut sink).await;
-        Ok::<(), String>(())
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        accepted(&answer)
     };
     tokio::time::timeout(Duration::from_secs(5), send)
         .await
         .map_err(|_| "collector timed out".to_string())?
+}
+
+/// Whether a collector's answer says it took the spans (a 2xx status).
+fn accepted(answer: &[u8]) -> Result<(), String> {
+    let line = answer.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end();
+    match line.split(' ').nth(1) {
+        Some(code) if code.len() == 3 && code.starts_with('2') => Ok(()),
+        Some(_) if line.starts_with("HTTP/") => Err(format!("collector answered {line:?}")),
+        _ if answer.is_empty() => Err("collector closed the connection without answering".into()),
+        _ => Err("collector's answer is not HTTP".into()),
+    }
 }
 
 #[cfg(test)]
@@ -554,6 +615,24 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn only_a_2xx_answer_means_the_collector_took_the_spans() {
+        assert!(accepted(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n").is_ok());
+        assert!(accepted(b"HTTP/1.1 200 OK\r\n\r\n").is_ok());
+        let refused = accepted(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").unwrap_err();
+        assert_eq!(
+            refused,
+            r#"collector answered "HTTP/1.1 503 Service Unavailable""#
+        );
+        assert!(accepted(b"HTTP/1.1 404 Not Found\r\n\r\n").is_err());
+        assert!(accepted(b"").unwrap_err().contains("without answering"));
+        assert!(
+            accepted(b"SSH-2.0-OpenSSH\r\n")
+                .unwrap_err()
+                .contains("not HTTP")
+        );
     }
 
     #[test]
