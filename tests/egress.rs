@@ -728,3 +728,93 @@ fn a_proxy_protocol_header_goes_before_originated_tls() {
         );
     }
 }
+
+/// A connection meshd opened with TLS for one server name serves no request for another, as
+/// Envoy pools connections by the SNI it sends: under a wildcard ServiceEntry whose
+/// DestinationRule originates TLS, a server whose certificate names only `good.vh.example`
+/// never answers a request for `bad.vh.example`, even after a request for the good name left
+/// a verified connection idle in the pool.
+#[test]
+fn a_tls_connection_verified_for_one_name_is_not_reused_for_another() {
+    if !ebpf_available("egress_tls_per_name") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-per-name-certs"),
+        "good.vh.example",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = support::nginx::Nginx::tls("egress-tls-per-name", port, &certs);
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: vh
+spec:
+  hosts: ["*.vh.example"]
+  ports: [{{number: 9443, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: vh
+spec:
+  host: "*.vh.example"
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vh
+spec:
+  hosts: ["*.vh.example"]
+  http:
+  - route:
+    - destination:
+        host: "*.vh.example"
+"#,
+        ca = certs.join("ca.pem").display()
+    );
+    let d = start("egress-tls-per-name", 318, &yaml);
+    let get = |name: &str| {
+        curl(
+            &d,
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--resolve",
+                &format!("{name}:9443:127.0.0.1"),
+                &format!("http://{name}:9443/"),
+            ],
+        )
+    };
+    let out = get("bad.vh.example");
+    assert!(out.ends_with("\n503"), "not verified for the name: {out}");
+    let good = get("good.vh.example");
+    assert!(good.ends_with("\n200"), "{good}");
+    assert!(
+        good.starts_with("good.vh.example good.vh.example #"),
+        "{good}"
+    );
+    // The good name's connection is idle in the pool now; the bad name still gets its own,
+    // which fails verification.
+    let out = get("bad.vh.example");
+    assert!(
+        out.ends_with("\n503"),
+        "a connection verified for good.vh.example served it: {out}"
+    );
+    // The good name's connection is still pooled for the good name.
+    let again = get("good.vh.example");
+    assert_eq!(
+        again, good,
+        "the same connection (nginx's number) served both"
+    );
+}

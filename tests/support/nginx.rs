@@ -45,6 +45,23 @@ impl Nginx {
         })
     }
 
+    /// nginx on 127.0.0.1:`port` serving TLS (HTTP/1.1, keep-alive) with `server.pem` and
+    /// `server.key` from `certs`, answering every request with the server name the client
+    /// sent, the Host it asked for and nginx's number for the connection:
+    /// `SNI HOST #N`.
+    pub fn tls(name: &str, port: u16, certs: &Path) -> Nginx {
+        let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+        Nginx::start(name, &[port], |p| {
+            format!(
+                "  server {{ listen 127.0.0.1:{p} ssl; ssl_certificate {}; \
+                 ssl_certificate_key {}; location / {{ return 200 \
+                 \"$ssl_server_name $host #$connection\\n\"; }} }}\n",
+                cert.display(),
+                key.display()
+            )
+        })
+    }
+
     /// nginx with one `server` block per port, as `server` writes it.
     fn start(name: &str, ports: &[u16], server: impl Fn(u16) -> String) -> Nginx {
         let dir = std::env::temp_dir().join(format!("meshd-test-{name}-nginx"));

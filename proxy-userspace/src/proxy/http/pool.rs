@@ -239,14 +239,16 @@ impl Target {
     }
 
     /// The pool's key for connections to the target: per source workload through the tunnel,
-    /// per downstream connection where they open with a PROXY protocol header.
+    /// per downstream connection where they open with a PROXY protocol header, and per server
+    /// name where meshd originates TLS.
     fn key(&self, limits: &Limits) -> PeerKey {
         let partition = match (&self.via, &limits.proxy_protocol) {
             (Some(via), _) => Some(via.pool_key()),
             (None, Some(header)) => Some(header.pool_key()),
             (None, None) => None,
         };
-        (self.addr, partition)
+        let verified = limits.tls.as_ref().map(|t| t.pool_key().clone());
+        (self.addr, partition, verified)
     }
 
     /// The downstream connection whose partition of the pool a connection to the target

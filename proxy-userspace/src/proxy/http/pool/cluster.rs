@@ -19,7 +19,10 @@ use super::proxy_protocol::ClientLife;
 
 /// An endpoint and, for a tunnelled connection, the tunnel's key: connections through the
 /// tunnel carry one source workload (and identity), so they are pooled apart.
-pub type PeerKey = (SocketAddr, Option<Arc<str>>);
+/// A pooled connection's key: the endpoint, the partition it belongs to (a source workload's
+/// through the tunnel, a downstream connection's PROXY header), and the server name meshd's TLS
+/// origination verified, so no connection serves a name it was not verified for.
+pub type PeerKey = (SocketAddr, Option<Arc<str>>, Option<Arc<str>>);
 
 /// The circuit-breaker counters of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -530,7 +533,7 @@ mod tests {
     #[test]
     fn requests_wait_for_an_opening_connection_until_its_streams_are_spoken_for() {
         let p = ClusterPool::new("c");
-        let dst: PeerKey = ("127.0.0.1:80".parse().unwrap(), None);
+        let dst: PeerKey = ("127.0.0.1:80".parse().unwrap(), None, None);
         fn claim(o: OpenH2<'_>) -> OpeningClaim<'_> {
             match o {
                 OpenH2::Mine(c) => c,

@@ -39,6 +39,9 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub struct Originate {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
+    /// The server name as written: connections verified for one name are pooled apart from
+    /// another's, as Envoy keys its pools by the SNI it sends.
+    name: Arc<str>,
 }
 
 impl fmt::Debug for Originate {
@@ -56,6 +59,11 @@ impl PartialEq for Originate {
 impl Eq for Originate {}
 
 impl Originate {
+    /// The name the server was verified for: part of the pool's key.
+    pub fn pool_key(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// Opens TLS over `io` (a TCP connection, or a stream through the mTLS tunnel).
     pub async fn wrap<IO>(&self, io: IO) -> std::io::Result<TlsStream<IO>>
     where
@@ -171,6 +179,7 @@ impl Originations {
         Ok(Some(Originate {
             config,
             server_name,
+            name: name.into(),
         }))
     }
 }
