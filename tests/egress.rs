@@ -401,6 +401,54 @@ spec:
     );
 }
 
+/// A DNS ServiceEntry with a VIP in `addresses`: as Envoy's DNS cluster, meshd sends what
+/// reaches the VIP to the addresses the host resolves to (the VIP only picks the service),
+/// on an HTTP port and on a TCP one.
+#[test]
+fn a_dns_service_entry_behind_a_vip_goes_to_the_address_its_host_resolves_to() {
+    if !ebpf_available("egress_dns_vip") {
+        return;
+    }
+    let api = HttpBackend::start("127.0.0.65:0");
+    let port = api.addr.port();
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: db
+spec:
+  hosts: [db.partner.example]
+  addresses: [127.0.0.66]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP, targetPort: {port}}}
+  - {{number: 81, name: tcp, protocol: TCP, targetPort: {port}}}
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#
+    );
+    let dir = support::mesh::config_dir("egress-dns-vip", &yaml);
+    let d = Daemon::start_with_hosts(
+        "egress-dns-vip",
+        319,
+        &["--config", dir.to_str().unwrap()],
+        "127.0.0.1 localhost\n127.0.0.65 db.partner.example\n",
+    );
+    for service_port in [80, 81] {
+        let out = curl(
+            &d,
+            &[
+                "--resolve",
+                &format!("db.partner.example:{service_port}:127.0.0.66"),
+                "-w",
+                "\n%{http_code}",
+                &format!("http://db.partner.example:{service_port}/whoami"),
+            ],
+        );
+        assert!(out.ends_with("\n200"), "port {service_port}: {out}");
+    }
+    assert_eq!(api.requests(), 2, "both reached the resolved address");
+}
+
 #[test]
 fn a_route_to_a_wildcard_service_entry_goes_where_the_client_dialled() {
     if !ebpf_available("egress_wildcard_route") {

@@ -63,24 +63,24 @@ pub fn resolves_own_hosts(se: &model::ServiceEntry) -> bool {
         && se.spec.workload_selector.is_none()
 }
 
-/// The hosts of DNS ServiceEntries without endpoints that some VirtualService routes (or
-/// mirrors) requests for another host to. A request for such a host itself goes where its
-/// client dialled (the client resolved the name), so a route from a host to itself, the usual
-/// egress VirtualService, resolves nothing.
+/// The hosts of DNS ServiceEntries without endpoints that are not reached at the address
+/// their clients dialled: those with a VIP in `addresses` (the VIP only picks the service), and
+/// those some VirtualService routes (or mirrors) requests for another host to. A request for
+/// such a host itself, at no VIP, goes where its client dialled (the client resolved the name),
+/// so a route from a host to itself, the usual egress VirtualService, resolves nothing.
 fn routed_hosts(set: &PolicySet) -> BTreeSet<String> {
-    let resolvable: BTreeSet<String> = set
-        .service_entries
-        .iter()
-        .filter(|se| resolves_own_hosts(se))
-        .flat_map(|se| {
-            se.spec
-                .hosts
-                .iter()
-                .map(|h| fqdn(h, &se.metadata.namespace))
-        })
-        .filter(|h| !h.ends_with(".svc.cluster.local"))
-        .collect();
-    let mut out = BTreeSet::new();
+    let hosts = |se: &model::ServiceEntry| -> Vec<String> {
+        (se.spec.hosts.iter())
+            .map(|h| fqdn(h, &se.metadata.namespace))
+            .filter(|h| !h.ends_with(".svc.cluster.local"))
+            .collect()
+    };
+    let entries = || (set.service_entries.iter()).filter(|se| resolves_own_hosts(se));
+    let behind_vips = entries()
+        .filter(|se| !se.spec.addresses.is_empty())
+        .flat_map(|se| hosts(se));
+    let resolvable: BTreeSet<String> = entries().flat_map(|se| hosts(se)).collect();
+    let mut out: BTreeSet<String> = behind_vips.collect();
     for vs in set
         .virtual_services
         .iter()
@@ -99,17 +99,38 @@ fn routed_hosts(set: &PolicySet) -> BTreeSet<String> {
     out
 }
 
-/// Resolves every name with the system resolver, each within `TIMEOUT`; a name that fails is
-/// logged and kept with no addresses.
-pub fn resolve(names: &BTreeSet<String>) -> Resolved {
+/// Resolves every name with the system resolver, each within `TIMEOUT`. A name that fails
+/// keeps the addresses it had in `last`, as Envoy's DNS cluster keeps its hosts when a
+/// resolution fails; one that never resolved is logged and kept with no addresses.
+pub fn resolve(names: &BTreeSet<String>, last: &Resolved) -> Resolved {
+    resolve_with(names, last, lookup)
+}
+
+fn resolve_with(
+    names: &BTreeSet<String>,
+    last: &Resolved,
+    lookup: impl Fn(&str) -> Vec<IpAddr>,
+) -> Resolved {
     names
         .iter()
         .map(|name| {
             let addrs = lookup(name);
-            if addrs.is_empty() {
-                tracing::warn!(name, "endpoint name does not resolve; it has no addresses");
+            let kept = last.get(name).filter(|_| addrs.is_empty());
+            match kept {
+                Some(kept) if !kept.is_empty() => {
+                    tracing::warn!(
+                        name,
+                        "endpoint name does not resolve now; it keeps its last addresses"
+                    );
+                    (name.clone(), kept.clone())
+                }
+                _ => {
+                    if addrs.is_empty() {
+                        tracing::warn!(name, "endpoint name does not resolve; it has no addresses");
+                    }
+                    (name.clone(), addrs)
+                }
             }
-            (name.clone(), addrs)
         })
         .collect()
 }
@@ -188,6 +209,56 @@ spec:
   resolution: STATIC
   endpoints: [{address: 127.0.0.8}]
 "#;
+
+    #[test]
+    fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+        let names: BTreeSet<String> = ["gone.example".into(), "new.example".into()].into();
+        let last: Resolved = [("gone.example".into(), vec!["127.0.0.7".parse().unwrap()])].into();
+        let got = resolve_with(&names, &last, |_| Vec::new());
+        assert_eq!(got["gone.example"], last["gone.example"]);
+        assert!(
+            got["new.example"].is_empty(),
+            "never resolved: no addresses"
+        );
+        let moved = |_: &str| vec!["127.0.0.8".parse().unwrap()];
+        let got = resolve_with(&names, &last, moved);
+        assert_eq!(
+            got["gone.example"],
+            moved(""),
+            "a new answer replaces the last"
+        );
+    }
+
+    #[test]
+    fn hosts_of_dns_entries_behind_a_vip_are_resolved() {
+        let set = load_str(
+            "t.yaml".as_ref(),
+            r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example, db.default.svc.cluster.local]
+  addresses: [10.9.0.1]
+  ports: [{number: 5432, name: tcp}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.example]
+  ports: [{number: 80, name: http}]
+  resolution: DNS
+"#,
+        )
+        .expect("valid");
+        let n: Vec<String> = names(&set).into_iter().collect();
+        assert_eq!(
+            n,
+            ["db.example"],
+            "not the wildcard, nor a host reached where dialled"
+        );
+    }
 
     #[test]
     fn names_come_from_dns_entries_and_the_workloads_they_select() {
@@ -293,7 +364,7 @@ spec:
 
     #[test]
     fn localhost_resolves_from_the_hosts_file() {
-        let r = resolve(&["localhost".to_string()].into());
+        let r = resolve(&["localhost".to_string()].into(), &Resolved::new());
         assert_eq!(
             r["localhost"],
             [IpAddr::from([127, 0, 0, 1])],

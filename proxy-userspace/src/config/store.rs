@@ -52,6 +52,7 @@ fn build(
     paths: &[PathBuf],
     docs: &[Document],
     generation: u64,
+    last_dns: &dns::Resolved,
 ) -> Result<(Snapshot, Vec<Rejected>), LoadFailure> {
     let (mut files, unreadable) = source::discover(paths);
     if !unreadable.is_empty() {
@@ -82,7 +83,7 @@ fn build(
         tracing::warn!("{w}");
     }
     policies.forget_trees();
-    let resolved = dns::resolve(&dns::names(&policies));
+    let resolved = dns::resolve(&dns::names(&policies), last_dns);
     if !resolved.is_empty() {
         contents.push(("dns:".into(), dns::hash_text(&resolved)));
     }
@@ -104,7 +105,7 @@ impl ConfigStore {
         paths: Vec<PathBuf>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<ConfigStore>, LoadFailure> {
-        let (snapshot, _) = build(&paths, &[], 1)?;
+        let (snapshot, _) = build(&paths, &[], 1, &dns::Resolved::new())?;
         tracing::info!(
             generation = 1,
             hash = %snapshot.hash,
@@ -155,13 +156,15 @@ impl ConfigStore {
         let mut rejected_last = self.reloading.lock().expect("reload lock");
         let old = self.current.load();
         let docs = self.documents.lock().expect("documents lock").clone();
-        let built = build(&self.paths, &docs, old.generation + 1).map(|(new, rejected)| {
-            let rejects = self.rejects.lock().expect("rejects lock").record(&rejected);
-            for kind in rejects {
-                self.metrics.api_object_rejected(&kind);
-            }
-            new
-        });
+        let built = build(&self.paths, &docs, old.generation + 1, &old.compiled.dns).map(
+            |(new, rejected)| {
+                let rejects = self.rejects.lock().expect("rejects lock").record(&rejected);
+                for kind in rejects {
+                    self.metrics.api_object_rejected(&kind);
+                }
+                new
+            },
+        );
         match built {
             Ok(new) if new.hash == old.hash => {
                 if std::mem::take(&mut *rejected_last) {

@@ -98,7 +98,8 @@ async fn names_moved(store: &Arc<ConfigStore>) -> bool {
         return false;
     }
     let names = active.compiled.dns.keys().cloned().collect();
-    match tokio::task::spawn_blocking(move || super::dns::resolve(&names)).await {
+    let last = active.compiled.dns.clone();
+    match tokio::task::spawn_blocking(move || super::dns::resolve(&names, &last)).await {
         Ok(fresh) => fresh != active.compiled.dns,
         Err(_) => false,
     }

@@ -325,7 +325,7 @@ impl NoEndpoint {
 /// may shape it), with the endpoints' weights when they differ. When no ServiceEntry describes
 /// the host, and the route sends the request to the host it asked for, or the load balancer
 /// is PASSTHROUGH, the original destination is the only endpoint. A DNS ServiceEntry without
-/// endpoints, routed to from another host, has the addresses its host resolved to.
+/// endpoints has the addresses its host resolved to.
 pub fn endpoints<'s>(
     snap: &'s Snapshot,
     dest: &Destination,
@@ -363,6 +363,18 @@ pub fn endpoints<'s>(
                 subset: String::new(),
             });
         }
+        // A DNS ServiceEntry without endpoints: the addresses its host resolved to, as Envoy's
+        // DNS cluster for it has, whatever address the client dialled (a VIP in `addresses`
+        // only picks the service) and whichever host the request named.
+        if let Some(c) = described.filter(|c| !c.host_addresses.is_empty()) {
+            let target = c.target_ports.get(&port).copied().unwrap_or(port);
+            let addrs: Vec<SocketAddr> = (c.host_addresses.iter())
+                .map(|ip| SocketAddr::new(*ip, target))
+                .collect();
+            let localities = vec![None; addrs.len()];
+            let policy = ClusterPolicy::of(c, &dest.host, None, port, protocol, localities);
+            return Ok((addrs, policy));
+        }
         // A wildcard destination (`*.example.com`) covers the hosts it names.
         let named = |h: &str| {
             h == dest.host
@@ -387,17 +399,6 @@ pub fn endpoints<'s>(
             };
             let addr = SocketAddr::new(dst.ip(), target_port.unwrap_or(port));
             return Ok((vec![addr], policy));
-        }
-        // A DNS ServiceEntry without endpoints that a route sends other hosts' requests to:
-        // the addresses its host resolved to, as Envoy's DNS cluster for it has.
-        if let Some(c) = described.filter(|c| !c.host_addresses.is_empty()) {
-            let target = c.target_ports.get(&port).copied().unwrap_or(port);
-            let addrs: Vec<SocketAddr> = (c.host_addresses.iter())
-                .map(|ip| SocketAddr::new(*ip, target))
-                .collect();
-            let localities = vec![None; addrs.len()];
-            let policy = ClusterPolicy::of(c, &dest.host, None, port, protocol, localities);
-            return Ok((addrs, policy));
         }
         if let Ok(ip) = dest.host.parse::<IpAddr>() {
             return Ok((
