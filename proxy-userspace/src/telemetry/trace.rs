@@ -28,6 +28,7 @@ const BATCH: usize = 256;
 const FLUSH: Duration = Duration::from_secs(1);
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const B3: HeaderName = HeaderName::from_static("b3");
 const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
@@ -160,6 +161,7 @@ struct Present<'h> {
     b3_sampled: Option<&'h HeaderValue>,
     b3_flags: Option<&'h HeaderValue>,
     request_id: Option<&'h HeaderValue>,
+    tracestate: Option<&'h HeaderValue>,
 }
 
 impl<'h> Present<'h> {
@@ -174,6 +176,7 @@ impl<'h> Present<'h> {
                 "x-b3-sampled" => &mut p.b3_sampled,
                 "x-b3-flags" => &mut p.b3_flags,
                 "x-request-id" => &mut p.request_id,
+                "tracestate" => &mut p.tracestate,
                 _ => continue,
             };
             slot.get_or_insert(value);
@@ -181,9 +184,12 @@ impl<'h> Present<'h> {
         p
     }
 
-    /// What `inject` keeps from the request: the B3 forms it used, and its own x-request-id.
-    fn forms(&self) -> Forms {
+    /// What `inject` keeps from the request: the B3 forms it used, and its own x-request-id;
+    /// its `tracestate` only with the `traceparent` it belongs to (`continued_w3c`), as W3C
+    /// trace context drops the state of a trace that is not continued.
+    fn forms(&self, continued_w3c: bool) -> Forms {
         Forms {
+            stale_tracestate: self.tracestate.is_some() && !continued_w3c,
             b3: self.b3.is_some(),
             // Any of the multi-header form: ids, or a sampling decision alone.
             b3_multi: self.b3_trace_id.is_some()
@@ -196,6 +202,7 @@ impl<'h> Present<'h> {
 }
 
 struct Forms {
+    stale_tracestate: bool,
     b3: bool,
     b3_multi: bool,
     request_id: Option<HeaderValue>,
@@ -206,7 +213,8 @@ struct Forms {
 pub fn propagate(h: &mut HeaderMap, sample_rate: f64) -> (Context, RequestId) {
     let (context, forms) = {
         let present = Present::scan(h);
-        (opened(&present, sample_rate), present.forms())
+        let (context, continued_w3c) = opened(&present, sample_rate);
+        (context, present.forms(continued_w3c))
     };
     let id = write(h, &context, forms);
     (context, id)
@@ -215,10 +223,11 @@ pub fn propagate(h: &mut HeaderMap, sample_rate: f64) -> (Context, RequestId) {
 /// Reads the incoming context (W3C first, then B3 single, then B3 multi) and opens meshd's span.
 #[cfg(test)]
 fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
-    opened(&Present::scan(h), sample_rate)
+    opened(&Present::scan(h), sample_rate).0
 }
 
-fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
+/// meshd's span, and whether it continues the caller's W3C `traceparent`.
+fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
     fn get(v: Option<&HeaderValue>) -> Option<&str> {
         v.and_then(|v| v.to_str().ok())
     }
@@ -261,14 +270,16 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
             None => decision.map(|d| (None, Some(d))),
         }
     };
-    let (ids, decision) = w3c()
+    let from_w3c = w3c();
+    let continued_w3c = from_w3c.is_some();
+    let (ids, decision) = from_w3c
         .or_else(b3_single)
         .or_else(b3_multi)
         .unwrap_or_default();
     let sampled = decision.unwrap_or_else(|| {
         sample_rate >= 1.0 || (sample_rate > 0.0 && fastrand::f64() < sample_rate)
     });
-    match ids {
+    let context = match ids {
         Some((trace_id, parent)) => Context {
             trace_id,
             parent_id: Some(parent),
@@ -281,7 +292,8 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> Context {
             span_id: Hex::random(),
             sampled,
         },
-    }
+    };
+    (context, continued_w3c)
 }
 
 /// A request's `x-request-id`: the caller's, or one meshd generated (a random UUID v4 form).
@@ -341,7 +353,7 @@ fn joined(parts: &[&[u8]]) -> HeaderValue {
 /// form the request used; adds `x-request-id` when missing. Returns the request id.
 #[cfg(test)]
 fn inject(h: &mut HeaderMap, c: &Context) -> RequestId {
-    let forms = Present::scan(h).forms();
+    let forms = Present::scan(h).forms(true);
     write(h, c, forms)
 }
 
@@ -353,6 +365,9 @@ fn write(h: &mut HeaderMap, c: &Context, forms: Forms) -> RequestId {
     };
     let (trace, span) = (c.trace_id.as_bytes(), c.span_id.as_bytes());
     h.insert(TRACEPARENT, joined(&[b"00", trace, span, w3c_flags]));
+    if forms.stale_tracestate {
+        h.remove(TRACESTATE);
+    }
     if forms.b3 {
         h.insert(B3, joined(&[trace, span, b3_flag.as_bytes()]));
     }
@@ -671,6 +686,31 @@ mod tests {
             h["traceparent"],
             format!("00-{}-{}-01", c.trace_id, c.span_id)
         );
+    }
+
+    #[test]
+    fn tracestate_goes_on_only_with_the_traceparent_it_belongs_to() {
+        let state = ("tracestate", "congo=t61rcWkgMzE");
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = headers(&[("traceparent", valid), state]);
+        propagate(&mut h, 0.0);
+        assert_eq!(h["tracestate"], "congo=t61rcWkgMzE", "the trace continues");
+        // Uppercase hex: W3C calls it invalid, so meshd starts a trace of its own.
+        let invalid = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01";
+        let mut h = headers(&[("traceparent", invalid), state]);
+        let (c, _) = propagate(&mut h, 0.0);
+        assert_ne!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            h.get("tracestate").is_none(),
+            "a new trace has no old state"
+        );
+        // A B3 context continued with a stray tracestate: not W3C's, dropped too.
+        let mut h = headers(&[
+            ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
+            state,
+        ]);
+        propagate(&mut h, 0.0);
+        assert!(h.get("tracestate").is_none());
     }
 
     #[test]
