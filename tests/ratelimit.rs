@@ -234,3 +234,70 @@ fn a_redis_restart_fails_no_request() {
         0.0
     );
 }
+
+/// Two policies on one host, a shared bucket and one per `x-user`: a request alice's own
+/// bucket refuses spends none of the shared bucket's tokens, so bob still gets his, whichever
+/// policy comes first in the file.
+#[test]
+fn a_request_one_policy_refuses_spends_no_other_policys_tokens() {
+    if !ebpf_available("rl_two_policies") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let shared = "  local:\n    maxTokens: 10\n    fillInterval: 1h\n";
+    let per_user = "---\napiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: per-user\nspec:\n  target:\n    host: reviews\n  local:\n    maxTokens: 2\n    fillInterval: 1h\n  descriptors:\n  - header: x-user\n";
+    let yaml = with_policy(&v1, &v2, shared) + per_user;
+    let d = start("rl-two-policies", 320, &yaml);
+    let codes = |user: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let user = format!("x-user: {user}");
+                let args = ["-o", "/dev/null", "-w", "%{http_code}", "-H", &user];
+                curl(&d, &[&args[..], &["http://reviews:9080/"]].concat())
+            })
+            .collect()
+    };
+    let alice = codes("alice", 12);
+    assert_eq!(alice[..2], ["200", "200"]);
+    assert!(alice[2..].iter().all(|c| c == "429"), "{alice:?}");
+    assert_eq!(
+        codes("bob", 3),
+        ["200", "200", "429"],
+        "the shared bucket kept bob's"
+    );
+}
+
+/// An edited global limit applies to the count so far, as Envoy's rate limit service keys its
+/// counts by descriptor, not by limit: raising 5 a minute to 6 after 3 requests leaves what
+/// the time those 3 owe allows (GCRA counts in time: 36 s owed at 10 s a request, so 2), not a
+/// fresh burst of 6.
+#[test]
+fn an_edited_global_limit_applies_to_the_count_so_far() {
+    if !ebpf_available("rl_global_edit") {
+        return;
+    }
+    let redis = Redis::start();
+    let (v1, v2) = two_backends();
+    let spec = |n: u32| {
+        format!(
+            "  global:\n    redis: {}\n    requestsPerUnit: {n}\n    unit: minute\n",
+            redis.addr()
+        )
+    };
+    let dir = support::mesh::config_dir("rl-global-edit", &with_policy(&v1, &v2, &spec(5)));
+    let d = Daemon::start("rl-global-edit", 321, &["--config", dir.to_str().unwrap()]);
+    let codes =
+        |n: usize| -> Vec<String> { (0..n).map(|_| status(&d, "http://reviews:9080/")).collect() };
+    assert_eq!(codes(3), ["200"; 3]);
+    let dump = || d.get("/config_dump");
+    let before = dump();
+    std::fs::write(dir.join("reviews.yaml"), with_policy(&v1, &v2, &spec(6))).unwrap();
+    let reloaded = support::eventually(Duration::from_secs(10), || {
+        dump().contains("\"requestsPerUnit\": 6").then_some(())
+    });
+    assert!(reloaded.is_some(), "the edit applied: {before}");
+    let after = codes(7);
+    let allowed = after.iter().filter(|c| *c == "200").count();
+    assert_eq!(allowed, 2, "{after:?}");
+    assert_eq!(after[2..], ["429"; 5], "{after:?}");
+}

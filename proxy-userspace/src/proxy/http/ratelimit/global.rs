@@ -117,7 +117,10 @@ impl Global {
         let addr = cfg.redis.clone();
         let limit = u64::from(cfg.requests_per_unit.max(1));
         let interval = (unit_micros(&cfg.unit) / limit).max(1);
-        let redis_key = format!("meshd:rl:{key}:{}:{}", cfg.requests_per_unit, cfg.unit);
+        // The key names the bucket, not its limit: an edited limit or unit applies to the
+        // count so far (the debt GCRA keeps is time, which any limit reads), as Envoy's rate
+        // limit service keys by descriptor.
+        let redis_key = format!("meshd:rl:{key}");
         let args = [
             "EVAL",
             SCRIPT,

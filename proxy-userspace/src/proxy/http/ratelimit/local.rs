@@ -63,39 +63,58 @@ const AFTER_EVICTION: usize = MAX_BUCKETS * 9 / 10;
 
 impl Buckets {
     /// Takes one token for `key`, or says when the next one comes.
-    pub fn take(&self, key: &str, cfg: &LocalRateLimit) -> Result<u64, Limited> {
-        let per_fill = u64::from(cfg.tokens_per_fill.unwrap_or(cfg.max_tokens));
-        let max = u64::from(cfg.max_tokens);
-        let interval = cfg.fill_interval.0.max(Duration::from_millis(1));
-        let now = Instant::now();
+    #[cfg(test)]
+    fn take(&self, key: &str, cfg: &LocalRateLimit) -> Result<u64, Limited> {
+        self.take_all(&[(key, cfg)]).map_err(|(_, l)| l)?;
         let hash = self.hasher.hash_one(key);
+        let buckets = self.buckets.lock().expect("bucket lock");
+        Ok(buckets.get(&hash).map_or(0, |b| b.tokens))
+    }
+
+    /// Takes one token from each bucket of `wanted` (key and settings), or from none: the
+    /// first (in order) that has none refuses the request, with its index, and the others
+    /// keep theirs, so a request one policy refuses spends no other policy's tokens.
+    pub fn take_all(&self, wanted: &[(&str, &LocalRateLimit)]) -> Result<(), (usize, Limited)> {
+        let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("bucket lock");
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&hash) {
-            evict(&mut buckets, now);
+        let mut hashes = Vec::with_capacity(wanted.len());
+        for (i, (key, cfg)) in wanted.iter().enumerate() {
+            let per_fill = u64::from(cfg.tokens_per_fill.unwrap_or(cfg.max_tokens));
+            let max = u64::from(cfg.max_tokens);
+            let interval = cfg.fill_interval.0.max(Duration::from_millis(1));
+            let hash = self.hasher.hash_one(key);
+            if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&hash) {
+                evict(&mut buckets, now);
+            }
+            let settings = (max, per_fill, interval);
+            let fresh = || Bucket {
+                tokens: max,
+                last_fill: now,
+                last_used: now,
+                settings,
+            };
+            let b = buckets.entry(hash).or_insert_with(fresh);
+            if b.settings != settings {
+                *b = fresh();
+            }
+            b.last_used = now;
+            b.refill(now);
+            if b.tokens == 0 {
+                let limited = Limited {
+                    limit: max,
+                    retry_after: (b.last_fill + interval).saturating_duration_since(now),
+                    global: false,
+                };
+                return Err((i, limited));
+            }
+            hashes.push(hash);
         }
-        let settings = (max, per_fill, interval);
-        let fresh = || Bucket {
-            tokens: max,
-            last_fill: now,
-            last_used: now,
-            settings,
-        };
-        let b = buckets.entry(hash).or_insert_with(fresh);
-        if b.settings != settings {
-            *b = fresh();
+        for hash in hashes {
+            if let Some(b) = buckets.get_mut(&hash) {
+                b.tokens -= 1;
+            }
         }
-        b.last_used = now;
-        b.refill(now);
-        if b.tokens > 0 {
-            b.tokens -= 1;
-            Ok(b.tokens)
-        } else {
-            Err(Limited {
-                limit: max,
-                retry_after: (b.last_fill + interval).saturating_duration_since(now),
-                global: false,
-            })
-        }
+        Ok(())
     }
 
     #[cfg(test)]
@@ -130,6 +149,27 @@ mod tests {
             max_tokens: max,
             tokens_per_fill: Some(per_fill),
             fill_interval: PolicyDuration(Duration::from_millis(ms)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_one_bucket_refuses_takes_from_no_other() {
+        let b = Buckets::default();
+        let (shared, per_user) = (cfg(10, 10, 60_000), cfg(2, 2, 60_000));
+        for _ in 0..2 {
+            b.take_all(&[("all", &shared), ("alice", &per_user)])
+                .unwrap();
+        }
+        for _ in 0..10 {
+            let (i, _) = b
+                .take_all(&[("all", &shared), ("alice", &per_user)])
+                .unwrap_err();
+            assert_eq!(i, 1, "alice's own bucket refuses");
+        }
+        // The shared bucket gave only alice's two: bob has eight left to share.
+        assert_eq!(b.take("all", &shared).unwrap(), 7);
+        for _ in 0..2 {
+            b.take_all(&[("bob", &per_user), ("all", &shared)]).unwrap();
         }
     }
 

@@ -79,12 +79,19 @@ pub async fn check(
         .iter()
         .filter(|p| applies(p, hosts, route_name))
         .collect();
-    for p in &applicable {
-        if let Some(cfg) = &p.spec.local
-            && let Some(key) = descriptor_key(p, header, workload)
-            && let Err(l) = ctx.buckets.take(&key, cfg)
-        {
-            ctx.metrics.rate_limit(&p.id(), "limited");
+    // Every local bucket that applies gives a token, or none does: a request one policy
+    // refuses spends no other policy's tokens (as Envoy's local limit, since 1.26, leaves the
+    // shared bucket alone when a descriptor's refuses), whatever order the policies come in.
+    let local: Vec<_> = (applicable.iter())
+        .filter_map(|p| Some((p, p.spec.local.as_ref()?)))
+        .filter_map(|(p, cfg)| Some((p, descriptor_key(p, header, workload)?, cfg)))
+        .collect();
+    if !local.is_empty() {
+        let wanted: Vec<(&str, _)> = (local.iter())
+            .map(|(_, key, cfg)| (key.as_str(), *cfg))
+            .collect();
+        if let Err((i, l)) = ctx.buckets.take_all(&wanted) {
+            ctx.metrics.rate_limit(&local[i].0.id(), "limited");
             return Verdict::Limited(l);
         }
     }
