@@ -777,6 +777,96 @@ fn a_proxy_protocol_header_goes_before_originated_tls() {
     }
 }
 
+/// A wildcard ServiceEntry without endpoints on port 9443 (`targetPort` nginx's TLS port),
+/// and a DestinationRule originating TLS verified against the CA of `certs`.
+fn vh_policies(port: u16, certs: &Path) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: vh
+spec:
+  hosts: ["*.vh.example"]
+  ports: [{{number: 9443, name: http, protocol: HTTP, targetPort: {port}}}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: vh
+spec:
+  host: "*.vh.example"
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {ca}}}
+"#,
+        ca = certs.join("ca.pem").display()
+    )
+}
+
+/// A VirtualService for every host of `vh_policies`.
+const VH_ROUTE: &str = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vh
+spec:
+  hosts: ["*.vh.example"]
+  http:
+  - route:
+    - destination:
+        host: "*.vh.example"
+"#;
+
+/// A plain HTTP GET from the managed client to `name`:9443 (dialled at 127.0.0.1): the body,
+/// then the status on a line of its own.
+fn vh_get(d: &Daemon, name: &str) -> String {
+    curl(
+        d,
+        &[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--resolve",
+            &format!("{name}:9443:127.0.0.1"),
+            &format!("http://{name}:9443/"),
+        ],
+    )
+}
+
+/// Without a VirtualService, a request whose Host a wildcard ServiceEntry without endpoints
+/// covers takes that service's default route, as Istio's `*.suffix` virtual host does: to the
+/// address dialled, on the port's `targetPort`, under its DestinationRule (TLS originated).
+#[test]
+fn a_wildcard_service_entry_without_endpoints_applies_its_destination_rule() {
+    if !ebpf_available("egress_wildcard_none_tls") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-wildcard-none-certs"),
+        "api.vh.example",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = support::nginx::Nginx::tls("egress-wildcard-none", port, &certs);
+    let d = start("egress-wildcard-none", 322, &vh_policies(port, &certs));
+    let out = vh_get(&d, "api.vh.example");
+    assert!(out.ends_with("\n200"), "{out}");
+    assert!(
+        out.starts_with("api.vh.example api.vh.example #"),
+        "TLS to the target port, verified for the name: {out}"
+    );
+    let logged = support::eventually(Duration::from_secs(5), || {
+        d.log_text()
+            .contains(r#""upstream_cluster":"outbound|9443||*.vh.example""#)
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", d.log_text());
+}
+
 /// A connection meshd opened with TLS for one server name serves no request for another, as
 /// Envoy pools connections by the SNI it sends: under a wildcard ServiceEntry whose
 /// DestinationRule originates TLS, a server whose certificate names only `good.vh.example`
@@ -797,53 +887,9 @@ fn a_tls_connection_verified_for_one_name_is_not_reused_for_another() {
         .unwrap()
         .port();
     let _server = support::nginx::Nginx::tls("egress-tls-per-name", port, &certs);
-    let yaml = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: vh
-spec:
-  hosts: ["*.vh.example"]
-  ports: [{{number: 9443, name: http, protocol: HTTP, targetPort: {port}}}]
-  resolution: NONE
-  location: MESH_EXTERNAL
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: vh
-spec:
-  host: "*.vh.example"
-  trafficPolicy:
-    tls: {{mode: SIMPLE, caCertificates: {ca}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: vh
-spec:
-  hosts: ["*.vh.example"]
-  http:
-  - route:
-    - destination:
-        host: "*.vh.example"
-"#,
-        ca = certs.join("ca.pem").display()
-    );
+    let yaml = vh_policies(port, &certs) + VH_ROUTE;
     let d = start("egress-tls-per-name", 318, &yaml);
-    let get = |name: &str| {
-        curl(
-            &d,
-            &[
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                "--resolve",
-                &format!("{name}:9443:127.0.0.1"),
-                &format!("http://{name}:9443/"),
-            ],
-        )
-    };
+    let get = |name: &str| vh_get(&d, name);
     let out = get("bad.vh.example");
     assert!(out.ends_with("\n503"), "not verified for the name: {out}");
     let good = get("good.vh.example");

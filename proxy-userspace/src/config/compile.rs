@@ -654,11 +654,13 @@ impl Compiled {
             .map(String::as_str)
     }
 
-    /// The wildcard ServiceEntry host with endpoints that covers `host` and declares `port`, the
-    /// most specific: where Istio's default route for `host` goes (its `*.suffix` virtual host).
-    pub fn wildcard_service(&self, host: &str, port: u16) -> Option<&str> {
+    /// The wildcard ServiceEntry host that covers `host` and declares `port`, the most
+    /// specific: where Istio's default route for `host` goes (its `*.suffix` virtual host). One
+    /// without endpoints (reached at the address the client dialled, under its DestinationRule
+    /// and `targetPort`) only when the client dialled no other service's VIP (`at_vip`).
+    pub fn wildcard_service(&self, host: &str, port: u16, at_vip: bool) -> Option<&str> {
         self.covering_wildcard(host, |c| {
-            !c.endpoints.is_empty() && c.ports.contains_key(&port)
+            (!c.endpoints.is_empty() || !at_vip) && c.ports.contains_key(&port)
         })
     }
 
@@ -988,9 +990,9 @@ spec:
         assert!(c.routes.exact("web.default.svc.cluster.local").is_some());
     }
 
-    /// A wildcard ServiceEntry with endpoints is where Istio's default route for a Host it
-    /// covers goes, on the ports it declares; one without endpoints is not (the request goes
-    /// where the client dialled).
+    /// A wildcard ServiceEntry is where Istio's default route for a Host it covers goes, on the
+    /// ports it declares; one without endpoints only where the client dialled no other
+    /// service's VIP (the request goes where the client dialled, under its policy).
     #[test]
     fn a_wildcard_service_with_endpoints_takes_the_hosts_it_covers() {
         let se = |name: &str, host: &str, endpoints: &str| {
@@ -1013,22 +1015,30 @@ spec:
         ]
         .concat();
         let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
-        assert_eq!(c.wildcard_service("foo.wc.test", 8080), Some("*.wc.test"));
         assert_eq!(
-            c.wildcard_service("x.a.wc.test", 8080),
+            c.wildcard_service("foo.wc.test", 8080, true),
+            Some("*.wc.test")
+        );
+        assert_eq!(
+            c.wildcard_service("x.a.wc.test", 8080, false),
             Some("*.a.wc.test"),
             "the most specific"
         );
         assert_eq!(
-            c.wildcard_service("foo.wc.test", 9090),
+            c.wildcard_service("foo.wc.test", 9090, false),
             None,
             "a port it does not declare"
         );
-        assert_eq!(c.wildcard_service("wc.test", 8080), None);
+        assert_eq!(c.wildcard_service("wc.test", 8080, false), None);
         assert_eq!(
-            c.wildcard_service("x.none.test", 8080),
+            c.wildcard_service("x.none.test", 8080, false),
+            Some("*.none.test"),
+            "no endpoints: at the address dialled"
+        );
+        assert_eq!(
+            c.wildcard_service("x.none.test", 8080, true),
             None,
-            "no endpoints"
+            "no endpoints, and the client dialled another service's VIP"
         );
     }
 

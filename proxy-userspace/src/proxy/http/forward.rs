@@ -938,11 +938,12 @@ async fn forward(
                             && (Some(*h) == vip || !c.endpoints.is_empty() || vip.is_none())
                     })
                 })
-                // Else the wildcard ServiceEntry with endpoints whose `*.suffix` covers the
-                // Host, as Istio's virtual host for it routes there.
+                // Else the wildcard ServiceEntry whose `*.suffix` covers the Host, as Istio's
+                // virtual host for it routes there (one without endpoints to the address
+                // dialled, under its DestinationRule, unless that is another service's VIP).
                 .or_else(|| {
                     let host = candidates.host_names().first()?;
-                    snap.compiled.wildcard_service(host, port)
+                    snap.compiled.wildcard_service(host, port, vip.is_some())
                 })
                 .map(|h| crate::routes::Destination::service(h, port));
             rec.destination_port = default_route.as_ref().map(|_| port);
