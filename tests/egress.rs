@@ -449,6 +449,58 @@ spec:
     assert_eq!(api.requests(), 2, "both reached the resolved address");
 }
 
+/// Two ServiceEntries of one host in one namespace are merged, but each entry's endpoints
+/// serve only its own ports, as in Istio: the `resolution: NONE` entry's port goes where the
+/// client dialled, the STATIC entry's port to its endpoint.
+#[test]
+fn entries_of_one_host_keep_their_endpoints_to_their_own_ports() {
+    if !ebpf_available("egress_merged_entries") {
+        return;
+    }
+    let dialled = HttpBackend::start("127.0.0.67:0");
+    let endpoint = HttpBackend::start("127.0.0.1:0");
+    let (a, b) = (dialled.addr.port(), endpoint.addr.port());
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: mix-a}}
+spec:
+  hosts: [mix.partner.example]
+  ports: [{{number: {a}, name: http, protocol: HTTP}}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: mix-b}}
+spec:
+  hosts: [mix.partner.example]
+  ports: [{{number: {b}, name: http-alt, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"#
+    );
+    let d = start("egress-merged-entries", 323, &yaml);
+    for (port, at) in [(a, "127.0.0.67"), (b, "127.0.0.68")] {
+        let out = curl(
+            &d,
+            &[
+                "--resolve",
+                &format!("mix.partner.example:{port}:{at}"),
+                "-w",
+                "\n%{http_code}",
+                &format!("http://mix.partner.example:{port}/whoami"),
+            ],
+        );
+        assert!(out.ends_with("\n200"), "port {port}: {out}");
+    }
+    assert_eq!(
+        dialled.requests(),
+        1,
+        "mix-a's port went where the client dialled"
+    );
+    assert_eq!(endpoint.requests(), 1, "mix-b's port went to its endpoint");
+}
+
 #[test]
 fn a_route_to_a_wildcard_service_entry_goes_where_the_client_dialled() {
     if !ebpf_available("egress_wildcard_route") {

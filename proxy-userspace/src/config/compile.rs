@@ -3,7 +3,7 @@
 //! and the security and rate-limit policies that select each workload.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -41,6 +41,18 @@ pub struct ServiceEndpoint {
     pub locality: Option<String>,
     /// `namespace/name` of the WorkloadEntry behind this endpoint, if any.
     pub workload: Option<String>,
+    /// Where ServiceEntries of one namespace declare its host together, the port numbers of
+    /// the entry this endpoint belongs to: it serves only those, as each entry's endpoints are
+    /// instances of its own ports in Istio. Empty: every port of the service.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub entry_ports: BTreeSet<u16>,
+}
+
+impl ServiceEndpoint {
+    /// Whether the endpoint serves the service port `port` (see `entry_ports`).
+    pub fn serves(&self, port: u16) -> bool {
+        self.entry_ports.is_empty() || self.entry_ports.contains(&port)
+    }
 }
 
 /// Everything needed to send to one destination host.
@@ -59,8 +71,11 @@ pub struct Cluster {
     pub host_addresses: Vec<IpAddr>,
     /// A ServiceEntry of the host has `resolution: STATIC`: its endpoints are the ones it
     /// names, so none is no healthy upstream (Envoy's empty EDS cluster), never the address
-    /// the client dialled.
+    /// the client dialled...
     pub static_endpoints: bool,
+    /// ...except on the ports another entry of the host, one that is not STATIC, declares.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub unstatic_ports: BTreeSet<u16>,
     /// `trafficDistribution` of the (first) ServiceEntry of the host.
     pub traffic_distribution: Option<model::TrafficDistribution>,
     /// Whether the endpoints' weights differ (else balancing ignores them, at no cost).
@@ -319,9 +334,13 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
     // The namespace of each host's (first) ServiceEntry: which DestinationRules its clients
     // see by default.
     let mut service_ns: HashMap<String, &str> = HashMap::new();
+    // How many ServiceEntries declare each host: where more than one do, each entry's
+    // endpoints serve only its own ports.
+    let mut entries_of: HashMap<String, usize> = HashMap::new();
     for se in &set.service_entries {
         let ns = &se.metadata.namespace;
         for host in &se.spec.hosts {
+            *entries_of.entry(fqdn(host, ns)).or_default() += 1;
             service_ns.entry(fqdn(host, ns)).or_insert(ns.as_str());
         }
         let resolution = se.spec.resolution.as_deref();
@@ -337,6 +356,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 weight: e.weight.unwrap_or(1),
                 locality: e.locality.clone(),
                 workload: None,
+                entry_ports: BTreeSet::new(),
             })
             .flat_map(|e| by_address(e, resolution, dns))
             .collect();
@@ -349,6 +369,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 weight: we.spec.weight.unwrap_or(1),
                 locality: we.spec.locality.clone(),
                 workload: Some(we.id()),
+                entry_ports: BTreeSet::new(),
             };
             endpoints.extend(by_address(e, resolution, dns));
         }
@@ -364,15 +385,30 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
                 host,
                 ..Default::default()
             });
-            c.ports.extend(ports.clone());
-            c.target_ports.extend(
-                se.spec
-                    .ports
-                    .iter()
-                    .filter_map(|p| Some((p.number, p.target_port?))),
-            );
-            c.endpoints.extend(endpoints.iter().cloned());
+            // A port two entries declare keeps the first one's name, protocol and
+            // `targetPort`.
+            for (number, declared) in &ports {
+                c.ports.entry(*number).or_insert_with(|| declared.clone());
+            }
+            for p in &se.spec.ports {
+                if let Some(target) = p.target_port {
+                    c.target_ports.entry(p.number).or_insert(target);
+                }
+            }
+            let shared = entries_of.get(&c.host).is_some_and(|n| *n > 1);
+            let entry_ports: BTreeSet<u16> = match shared {
+                true => ports.keys().copied().collect(),
+                false => BTreeSet::new(),
+            };
+            c.endpoints
+                .extend(endpoints.iter().map(|e| ServiceEndpoint {
+                    entry_ports: entry_ports.clone(),
+                    ..e.clone()
+                }));
             c.static_endpoints |= resolution == Some("STATIC");
+            if resolution != Some("STATIC") {
+                c.unstatic_ports.extend(ports.keys());
+            }
             c.traffic_distribution = c.traffic_distribution.or(se.traffic_distribution());
             if super::dns::resolves_own_hosts(se)
                 && let Some(addrs) = dns.get(&c.host)
@@ -491,6 +527,7 @@ fn unshaped(c: &Cluster) -> Cluster {
         endpoints: c.endpoints.clone(),
         host_addresses: c.host_addresses.clone(),
         static_endpoints: c.static_endpoints,
+        unstatic_ports: c.unstatic_ports.clone(),
         traffic_distribution: c.traffic_distribution,
         weighted: c.weighted,
         ..Default::default()
@@ -660,7 +697,7 @@ impl Compiled {
     /// and `targetPort`) only when the client dialled no other service's VIP (`at_vip`).
     pub fn wildcard_service(&self, host: &str, port: u16, at_vip: bool) -> Option<&str> {
         self.covering_wildcard(host, |c| {
-            (!c.endpoints.is_empty() || !at_vip) && c.ports.contains_key(&port)
+            (c.has_endpoints_on(port) || !at_vip) && c.ports.contains_key(&port)
         })
     }
 
@@ -722,12 +759,27 @@ impl Cluster {
     }
 
     /// Where the endpoint `e` receives the service port's traffic; `None` for an endpoint
-    /// named, not addressed (DNS).
+    /// named, not addressed (DNS), or one of another ServiceEntry of the host that does not
+    /// declare the port.
     pub fn endpoint_addr(&self, e: &ServiceEndpoint, service_port: u16) -> Option<SocketAddr> {
+        if !e.serves(service_port) {
+            return None;
+        }
         Some(SocketAddr::new(
             e.ip?,
             self.endpoint_port(&e.ports, service_port),
         ))
+    }
+
+    /// Whether `service_port` has only the endpoints STATIC entries name (none: no healthy
+    /// upstream, never the address dialled).
+    pub fn static_on(&self, service_port: u16) -> bool {
+        self.static_endpoints && !self.unstatic_ports.contains(&service_port)
+    }
+
+    /// Whether any endpoint serves `service_port` (named or addressed).
+    pub fn has_endpoints_on(&self, service_port: u16) -> bool {
+        self.endpoints.iter().any(|e| e.serves(service_port))
     }
 
     /// The addresses of the service's endpoints, each on every port it receives one of the
@@ -988,6 +1040,53 @@ spec:
         let both = format!("{SHARED_VIP}{tcp_only}{http}");
         let c = compile(&load_str("t.yaml".as_ref(), &both).unwrap());
         assert!(c.routes.exact("web.default.svc.cluster.local").is_some());
+    }
+
+    /// Two ServiceEntries of one host: each entry's endpoints serve only its own ports, and a
+    /// port both declare keeps the first one's protocol.
+    #[test]
+    fn entries_of_one_host_keep_their_endpoints_to_their_own_ports() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mix-a, namespace: default}
+spec:
+  hosts: [mix.example]
+  ports: [{number: 8001, name: http, protocol: HTTP}, {number: 8003, name: shared, protocol: HTTP}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mix-b, namespace: default}
+spec:
+  hosts: [mix.example]
+  ports: [{number: 8002, name: http-alt, protocol: HTTP}, {number: 8003, name: shared, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.21}]
+"#;
+        let c = compile(&load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
+        let mix = &c.clusters["mix.example"];
+        let e = &mix.endpoints[0];
+        assert_eq!(mix.endpoint_addr(e, 8001), None, "mix-a's port");
+        assert!(!mix.has_endpoints_on(8001));
+        assert_eq!(
+            mix.endpoint_addr(e, 8002),
+            Some("127.0.0.21:8002".parse().unwrap())
+        );
+        assert!(mix.has_endpoints_on(8003), "both declare it");
+        assert_eq!(
+            mix.ports[&8003].1.as_deref(),
+            Some("HTTP"),
+            "the first one's"
+        );
+        // A host one entry declares: its endpoints serve every port.
+        let single = yaml.replace(
+            "hosts: [mix.example]\n  ports: [{number: 8001",
+            "hosts: [solo.example]\n  ports: [{number: 8001",
+        );
+        let c = compile(&load_str("t.yaml".as_ref(), &single).expect("valid policies"));
+        let mix = &c.clusters["mix.example"];
+        assert!(mix.endpoints[0].entry_ports.is_empty());
+        assert!(mix.has_endpoints_on(9999));
     }
 
     /// A wildcard ServiceEntry is where Istio's default route for a Host it covers goes, on the

@@ -340,3 +340,23 @@ fn a_host_declared_in_two_namespaces_is_a_warning() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn a_port_two_entries_declare_with_different_protocols_is_a_warning() {
+    let other = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: reviews-tcp}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  ports: [{number: 9080, name: tcp, protocol: TCP}, {number: 9081, name: tcp-2, protocol: TCP}]\n  resolution: NONE\n";
+    let f = findings(other);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("6:47: warning: spec.ports[0].protocol: port 9080 of host reviews.default.svc.cluster.local is already declared with HTTP by ServiceEntry default/reviews (t.yaml:")
+            && f[0].ends_with("); the entries are merged and the first declaration applies"),
+        "{f:?}"
+    );
+    // The same protocol, however written, merges quietly.
+    assert_eq!(
+        findings(&other.replace(
+            "protocol: TCP}, {number: 9081",
+            "protocol: http}, {number: 9081"
+        )),
+        Vec::<String>::new()
+    );
+}

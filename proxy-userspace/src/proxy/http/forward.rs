@@ -935,7 +935,7 @@ async fn forward(
                 .find(|h| {
                     snap.compiled.clusters.get(*h).is_some_and(|c| {
                         c.ports.contains_key(&port)
-                            && (Some(*h) == vip || !c.endpoints.is_empty() || vip.is_none())
+                            && (Some(*h) == vip || c.has_endpoints_on(port) || vip.is_none())
                     })
                 })
                 // Else the wildcard ServiceEntry whose `*.suffix` covers the Host, as Istio's

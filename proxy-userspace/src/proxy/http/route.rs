@@ -355,9 +355,9 @@ pub fn endpoints<'s>(
         });
     }
     let protocol = described.and_then(|c| c.port_protocol(port));
-    let Some(cluster) = described.filter(|c| !c.endpoints.is_empty() || dest.subset.is_some())
+    let Some(cluster) = described.filter(|c| c.has_endpoints_on(port) || dest.subset.is_some())
     else {
-        if described.is_some_and(|c| c.static_endpoints) {
+        if described.is_some_and(|c| c.static_on(port)) {
             return Err(NoEndpoint::Empty {
                 host: dest.host.clone(),
                 subset: String::new(),
@@ -451,7 +451,7 @@ pub fn endpoints<'s>(
     if ranks_by_labels || policy.distribution == Some(TrafficDistribution::PreferSameNode) {
         policy.labels = (0..count)
             .map(|k| &cluster.endpoints[member(k)])
-            .filter(|e| e.ip.is_some())
+            .filter(|e| e.ip.is_some() && e.serves(port))
             .map(|e| &e.labels)
             .collect();
     }
@@ -471,7 +471,7 @@ pub fn endpoints<'s>(
         (0..count)
             .map(member)
             .map(|i| &cluster.endpoints[i])
-            .filter(|e| e.ip.is_some())
+            .filter(|e| e.ip.is_some() && e.serves(port))
             .map(|e| e.weight.max(1))
     };
     let first = weights().next();
