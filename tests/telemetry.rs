@@ -239,6 +239,15 @@ fn access_log_lines_carry_flags_and_reasons() {
     let limited = find("/limited", 429);
     assert_eq!(limited["response_flags"], "RL", "{limited}");
     assert!(limited["reason"].as_str().unwrap().contains("rate limited"));
+    // Istio's default fields: the route's name, the upstream's time, the whole milliseconds.
+    assert_eq!(limited["route_name"], "limited", "{limited}");
+    let served = find("/limited", 200);
+    assert_eq!(served["route_name"], "limited", "{served}");
+    assert!(served["upstream_service_time"].is_u64(), "{served}");
+    assert!(
+        limited["upstream_service_time"].is_null(),
+        "no upstream answered: {limited}"
+    );
     let nr = find("/nowhere", 404);
     assert_eq!(nr["response_flags"], "NR", "{nr}");
     assert_eq!(nr["upstream_cluster"], "", "no cluster was chosen: {nr}");
@@ -249,7 +258,9 @@ fn access_log_lines_carry_flags_and_reasons() {
     assert!(nr["reason"].as_str().unwrap().contains("no route"), "{nr}");
     for l in &lines {
         assert!(
-            l["start_time"].as_str().unwrap().ends_with('Z') && l["duration_ms"].is_number(),
+            l["start_time"].as_str().unwrap().ends_with('Z')
+                && l["duration_ms"].is_number()
+                && l["duration"].as_u64() == Some(l["duration_ms"].as_f64().unwrap() as u64),
             "{l}"
         );
     }

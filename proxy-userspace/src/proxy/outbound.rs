@@ -806,7 +806,7 @@ impl TcpRecord {
             .tcp_closed(&self.labels, Carried::default());
         self.entry.response_flags = e.flag().into();
         self.entry.reason = e.to_string().into();
-        self.entry.duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
+        self.entry.took = self.start.elapsed().into();
         ctx.http.access.log(&self.entry, true);
     }
 
@@ -849,7 +849,7 @@ impl TcpRecord {
         }
         self.entry.bytes_received = sent;
         self.entry.bytes_sent = received;
-        self.entry.duration_ms = (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        self.entry.took = self.start.elapsed().into();
         ctx.http.access.log(&self.entry, false);
     }
 }

@@ -33,7 +33,14 @@ pub struct Entry<'a> {
     pub protocol: Cow<'a, str>,
     pub response_code: u16,
     pub response_flags: Cow<'a, str>,
-    pub duration_ms: f64,
+    /// `duration` (whole milliseconds, Istio's field) and `duration_ms` (to the microsecond).
+    #[serde(flatten)]
+    pub took: Took,
+    /// Envoy's `x-envoy-upstream-service-time`: from the request's end to the upstream's
+    /// answer, in milliseconds (null when no upstream answered after the request ended).
+    pub upstream_service_time: Option<u64>,
+    /// The `name` of the VirtualService route that took the request (empty when none had one).
+    pub route_name: Cow<'a, str>,
     /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`, or
     /// `PassthroughCluster` for the address the client dialled (see [`outbound_cluster`]).
     pub upstream_cluster: Cow<'a, str>,
@@ -58,6 +65,23 @@ pub struct Entry<'a> {
     pub retries: u32,
     /// Why the request was denied or failed; empty when it succeeded.
     pub reason: Cow<'a, str>,
+}
+
+/// How long a request or connection took, as its line writes it.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Took {
+    /// Envoy's `%DURATION%`: whole milliseconds.
+    pub duration: u64,
+    pub duration_ms: f64,
+}
+
+impl From<Duration> for Took {
+    fn from(d: Duration) -> Took {
+        Took {
+            duration: d.as_millis() as u64,
+            duration_ms: (d.as_secs_f64() * 1e6).round() / 1e3,
+        }
+    }
 }
 
 /// Istio's name for the cluster of a service's `subset` on `port`, as its access log prints

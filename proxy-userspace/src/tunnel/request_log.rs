@@ -112,7 +112,7 @@ impl InboundRequest {
             protocol: self.version.into(),
             response_code: status,
             response_flags: flags.into(),
-            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            took: elapsed.into(),
             upstream_cluster: crate::telemetry::access_log::inbound_cluster(s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
             authority: match self.uri.authority() {

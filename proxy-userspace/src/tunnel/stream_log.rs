@@ -38,7 +38,7 @@ impl StreamLog {
             start_time: rfc3339(self.start_ms).into(),
             protocol: "tcp".into(),
             response_flags: end.flags.into(),
-            duration_ms: self.start.elapsed().as_secs_f64() * 1e3,
+            took: self.start.elapsed().into(),
             upstream_cluster: crate::telemetry::access_log::inbound_cluster(s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
             source_principal: s.principal.as_str().into(),

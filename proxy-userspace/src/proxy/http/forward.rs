@@ -595,7 +595,9 @@ impl Drop for RequestLog {
                 protocol: self.version.into(),
                 response_code: status,
                 response_flags: flags,
-                duration_ms: (ms * 1000.0).round() / 1000.0,
+                took: elapsed.into(),
+                upstream_service_time: rec.upstream_service_ms,
+                route_name: rec.route_name.as_deref().unwrap_or_default().into(),
                 upstream_cluster: self.upstream_cluster().into(),
                 upstream_host: rec
                     .upstream_host
@@ -959,6 +961,7 @@ async fn forward(
         } => {
             rec.destination_service = Some(destination.host.clone());
             rec.destination_subset.clone_from(&destination.subset);
+            rec.route_name.clone_from(&route.spec.name);
             rec.destination_port = Some(destination.port.unwrap_or(down.dst.port()));
             // Boxed, as are the rate limits below: only some routes have them, and their state
             // would otherwise enlarge every request's future, which is moved as it starts.

@@ -39,6 +39,10 @@ pub struct Record {
     /// The route timeout ended the request (before or during the answer), where a per-try
     /// timeout did not: Envoy's route `upstream_rq_timeout`.
     pub route_timed_out: bool,
+    /// `x-envoy-upstream-service-time` of the answer the client got, in milliseconds.
+    pub upstream_service_ms: Option<u64>,
+    /// The `name` of the route that took the request.
+    pub route_name: Option<String>,
 }
 
 /// An attempt that got an answer a retry then replaced.

@@ -902,6 +902,7 @@ pub async fn with_policy(
             if let Some(end) = received.ended_at() {
                 let ms = end.elapsed().as_millis() as u64;
                 (resp.headers_mut()).insert(UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
+                rec.upstream_service_ms = Some(ms);
             }
             if attempts.exhausted {
                 retries_exhausted(rec, attempts.tries, resp.status());
