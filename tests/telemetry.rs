@@ -1142,3 +1142,48 @@ spec:
     };
     assert!(external("source") && !external("destination"), "{text}");
 }
+
+/// A request and a TCP connection to an address no service describes go to Istio's
+/// `PassthroughCluster`, and are labelled so, as Istio's stats label them: the Host as
+/// `destination_service`, `PassthroughCluster` as its name, its namespace unknown.
+#[test]
+fn passthrough_traffic_is_labelled_passthrough_cluster() {
+    if !ebpf_available("passthrough_labels") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let d = start("passthrough-labels", 324, &policies(&v1, &v2, routes));
+    let outside = support::http_backend::HttpBackend::start("127.0.0.69:0");
+    let url = format!("http://{}/whoami", outside.addr);
+    let out = curl(
+        &d,
+        &["-H", "Host: example.org", "-w", "\n%{http_code}", &url],
+    );
+    assert!(out.ends_with("\n200"), "{out}");
+    let echo = Backend::echo("127.0.0.70:0");
+    d.echo("default/productpage", echo.addr, 100);
+    let name = r#"destination_service_name="PassthroughCluster""#;
+    let unknown_ns = r#"destination_service_namespace="unknown""#;
+    let text = d.get("/metrics");
+    let http = [r#"destination_service="example.org""#, name, unknown_ns];
+    assert!(
+        support::has_series(&text, "istio_requests_total", &http, Some("1")),
+        "{text}"
+    );
+    let tcp = [r#"destination_service="127.0.0.70:"#, name, unknown_ns];
+    assert!(
+        support::has_series(&text, "istio_tcp_connections_opened_total", &tcp, Some("1")),
+        "{text}"
+    );
+    // A request to a service keeps the service's name.
+    assert_eq!(status(&d, "http://reviews:9080/whoami"), "200");
+    let text = d.get("/metrics");
+    let service = [r#"destination_service_name="reviews""#];
+    assert!(support::has_series(
+        &text,
+        "istio_requests_total",
+        &service,
+        Some("1")
+    ));
+}

@@ -734,6 +734,7 @@ impl TcpRecord {
             principal,
         } = *client;
         let snap = ctx.http.config.current();
+        let passthrough = service.is_none();
         let (service, cluster) = match service {
             Some(s) => (s.host, s.cluster),
             None => (dst.to_string(), access_log::PASSTHROUGH_CLUSTER.to_string()),
@@ -760,6 +761,7 @@ impl TcpRecord {
                 reporter: "source",
                 source_principal: principal.unwrap_or("unknown").into(),
                 security_policy: "unknown",
+                passthrough,
             },
             entry: Entry {
                 start_time: rfc3339(accepted.unix_ms).into(),

@@ -73,6 +73,8 @@ pub struct TcpLabels {
     pub source_principal: String,
     /// `mutual_tls` through the tunnel, `none` in plaintext, `unknown` before it is known.
     pub security_policy: &'static str,
+    /// The connection went to the address the client dialled (`PassthroughCluster`).
+    pub passthrough: bool,
 }
 
 pub struct IstioMetrics {
@@ -108,13 +110,20 @@ impl PeerContext {
         dest: (&str, &str),
         service: &str,
         security: &str,
+        passthrough: bool,
     ) -> Derived {
         let peers = self.peers.read().expect("peers lock").clone();
         let td = self
             .trust_domain
             .get()
             .map_or("cluster.local", String::as_str);
-        peers.derive(source, dest, service, security == "mutual_tls", td)
+        let mut d = peers.derive(source, dest, service, security == "mutual_tls", td);
+        // As Istio's stats name the destination of its passthrough cluster.
+        if passthrough {
+            d.destination_service_name = crate::telemetry::access_log::PASSTHROUGH_CLUSTER.into();
+            d.destination_service_namespace = "unknown".into();
+        }
+        d
     }
 }
 
@@ -162,6 +171,7 @@ impl IstioMetrics {
                     (&l.destination_namespace, &l.destination_workload),
                     &l.destination_service,
                     l.security_policy,
+                    l.passthrough,
                 );
                 request_labels(l, Some(&d))
             })
@@ -265,6 +275,7 @@ impl IstioMetrics {
             (&l.destination_namespace, &l.destination_workload),
             &l.destination_service,
             l.security_policy,
+            l.passthrough,
         );
         let mut v = vec![
             l.reporter.into(),
@@ -383,6 +394,7 @@ mod tests {
             grpc_status: "",
             response_flags: "-",
             security_policy: "mutual_tls",
+            passthrough: false,
         }
     }
 
@@ -420,6 +432,7 @@ mod tests {
             reporter: "source",
             source_principal: "unknown".into(),
             security_policy: "none",
+            passthrough: false,
         };
         // A client sent 32 bytes; the destination answered 379.
         let carried = Carried {

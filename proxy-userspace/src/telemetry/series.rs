@@ -68,6 +68,9 @@ pub struct RequestLabels<'a> {
     /// `connection_security_policy`: `mutual_tls` through the tunnel, `none` in plaintext,
     /// `unknown` when the request reached no endpoint.
     pub security_policy: &'static str,
+    /// The request went to the address the client dialled, no service's cluster: Istio names
+    /// its destination service `PassthroughCluster`.
+    pub passthrough: bool,
 }
 
 /// A series' own copy of its labels.
@@ -87,6 +90,7 @@ pub struct OwnedLabels {
     pub grpc_status: Box<str>,
     pub response_flags: Box<str>,
     pub security_policy: &'static str,
+    pub passthrough: bool,
 }
 
 impl OwnedLabels {
@@ -105,6 +109,7 @@ impl OwnedLabels {
             grpc_status: l.grpc_status.into(),
             response_flags: l.response_flags.into(),
             security_policy: l.security_policy,
+            passthrough: l.passthrough,
         }
     }
 
@@ -121,6 +126,7 @@ impl OwnedLabels {
             && *self.destination_namespace == *l.destination_namespace
             && self.security_policy == l.security_policy
             && self.reporter == l.reporter
+            && self.passthrough == l.passthrough
     }
 }
 
@@ -460,6 +466,7 @@ mod tests {
             grpc_status: "",
             response_flags: "-",
             security_policy: "unknown",
+            passthrough: false,
         }
     }
 

@@ -91,6 +91,7 @@ impl InboundRequest {
                 response_flags: flags,
                 // It came through the tunnel: the caller proved its identity.
                 security_policy: "mutual_tls",
+                passthrough: false,
             },
             elapsed,
             self.received.bytes(),

@@ -364,6 +364,7 @@ impl Stream {
             // Istio's labels carry the whole SPIFFE ID, scheme included.
             source_principal: self.principal.clone(),
             security_policy: "mutual_tls",
+            passthrough: false,
         }
     }
 

@@ -473,6 +473,7 @@ impl Drop for RequestLog {
             grpc_status,
             response_flags: &flags,
             security_policy: rec.security_policy.unwrap_or("unknown"),
+            passthrough: self.passthrough(),
         };
         let istio = &self.ctx.metrics.istio;
         istio.request(&labels, elapsed, request_bytes, self.response_bytes);
@@ -651,9 +652,16 @@ impl RequestLog {
             (Some(host), Some(port)) => {
                 access_log::outbound_cluster(port, rec.destination_subset.as_deref(), host)
             }
-            _ if rec.upstream_host.is_some() => access_log::PASSTHROUGH_CLUSTER.to_string(),
+            _ if self.passthrough() => access_log::PASSTHROUGH_CLUSTER.to_string(),
             _ => String::new(),
         }
+    }
+
+    /// The request went to the address dialled, not to a service's cluster.
+    fn passthrough(&self) -> bool {
+        let rec = &self.rec;
+        let cluster = rec.destination_service.is_some() && rec.destination_port.is_some();
+        !cluster && rec.upstream_host.is_some()
     }
 
     /// The SPIFFE identities of the source workload (found once per connection) and of the
