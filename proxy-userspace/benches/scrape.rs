@@ -82,6 +82,7 @@ fn meshd(sets: &[Labels]) -> (Duration, Duration, usize, usize) {
                 grpc_status: "",
                 response_flags: "-",
                 security_policy: "none",
+                passthrough: false,
             },
             Duration::from_millis(3),
             100,
