@@ -478,7 +478,10 @@ fn spans_reach_a_collector_with_parent_links_across_two_hops() {
         "hop 2 is a child of hop 1"
     );
     assert_eq!(one["tags"]["http.status_code"], "200");
+    assert_eq!(one["tags"]["http.url"], "http://reviews:9080/whoami");
     assert_eq!(one["name"], "reviews.default.svc.cluster.local:9080/*");
+    // Under the source workload's service, as Istio's proxies name theirs (`app.namespace`).
+    assert_eq!(one["localEndpoint"]["serviceName"], "productpage.default");
     // The access log carries the same trace id and a generated request id.
     let lines = access_lines(&d);
     assert!(
@@ -549,6 +552,17 @@ fn spans_go_to_both_collectors_and_a_refusing_one_counts_them_dropped() {
         (spans == 5).then_some(spans)
     });
     assert_eq!(spans, Some(5), "every span reached the OTLP collector");
+    let body: serde_json::Value = serde_json::from_str(&otlp.bodies.lock().unwrap()[0]).unwrap();
+    let resource = &body["resourceSpans"][0];
+    assert_eq!(
+        resource["resource"]["attributes"][0]["value"]["stringValue"],
+        "productpage.default"
+    );
+    let span = &resource["scopeSpans"][0]["spans"][0];
+    let status = (span["attributes"].as_array().unwrap().iter())
+        .find(|a| a["key"] == "http.status_code")
+        .unwrap();
+    assert_eq!(status["value"]["intValue"], "200", "{span}");
     let warned = d.log_text().matches("span export failed").count();
     assert_eq!(
         warned,

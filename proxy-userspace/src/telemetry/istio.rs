@@ -301,6 +301,14 @@ impl IstioMetrics {
         self.requests.relabel();
     }
 
+    /// The service name of the spans of requests from `workload` (`namespace/name`), as
+    /// Istio's proxies name theirs: `app.namespace`.
+    pub fn tracing_service(&self, workload: Option<&str>) -> String {
+        let (name, namespace) = split_workload(workload);
+        let peers = self.peers.peers.read().expect("peers lock").clone();
+        peers.tracing_service(namespace, name)
+    }
+
     /// The trust domain of the principals the derived labels name (`cluster.local` unless
     /// set, once).
     pub fn set_trust_domain(&self, td: &str) {

@@ -111,6 +111,15 @@ impl Peers {
         }
     }
 
+    /// The service name Istio's proxies give their spans (`APP_LABEL_AND_NAMESPACE`): the
+    /// workload's canonical service (its `app` label, else its name) and its namespace.
+    pub fn tracing_service(&self, namespace: &str, name: &str) -> String {
+        format!(
+            "{}.{namespace}",
+            self.peer(namespace, name).canonical_service
+        )
+    }
+
     /// The derived labels of a request or connection from `source` to `destination`
     /// (`(namespace, name)` each) of the service `service`. `mutual_tls`: the destination
     /// proved its identity, which names its principal (as Istio's client side reports the

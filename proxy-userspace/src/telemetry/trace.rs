@@ -401,6 +401,8 @@ fn write(h: &mut HeaderMap, c: &Context, forms: Forms) -> RequestId {
 #[derive(Clone, Debug)]
 pub struct Span {
     pub context: Context,
+    /// The service the span is exported under: the source workload's, as Istio names it.
+    pub service: String,
     pub name: String,
     pub start_unix_us: u64,
     pub duration_us: u64,
@@ -555,7 +557,7 @@ fn zipkin(batch: &[Span]) -> String {
                 "kind": "CLIENT",
                 "timestamp": s.start_unix_us,
                 "duration": s.duration_us.max(1),
-                "localEndpoint": {"serviceName": "meshd"},
+                "localEndpoint": {"serviceName": s.service},
                 "tags": tags,
             })
         })
@@ -564,24 +566,46 @@ fn zipkin(batch: &[Span]) -> String {
 }
 
 fn otlp(batch: &[Span]) -> String {
-    let spans: Vec<_> = batch
-        .iter()
-        .map(|s| {
-            json!({
-                "traceId": s.context.trace_id.as_str(),
-                "spanId": s.context.span_id.as_str(),
-                "parentSpanId": s.context.parent_id.as_ref().map_or("", Hex::as_str),
-                "name": s.name,
-                "kind": 3,
-                "startTimeUnixNano": (s.start_unix_us * 1000).to_string(),
-                "endTimeUnixNano": ((s.start_unix_us + s.duration_us) * 1000).to_string(),
-                "attributes": s.tags.iter().map(|(k, v)| json!({"key": k, "value": {"stringValue": v}})).collect::<Vec<_>>(),
+    // One resource per service, as OTLP groups spans by what emitted them.
+    let mut by_service: std::collections::BTreeMap<&str, Vec<serde_json::Value>> =
+        std::collections::BTreeMap::new();
+    for s in batch {
+        let attributes: Vec<_> = (s.tags.iter())
+            .map(|(k, v)| {
+                // Status codes are integers in OpenTelemetry's conventions (64-bit integers
+                // are strings in OTLP's JSON).
+                let value = match (k.as_str(), v.parse::<i64>()) {
+                    ("http.status_code" | "grpc.status_code", Ok(n)) => {
+                        json!({"intValue": n.to_string()})
+                    }
+                    _ => json!({"stringValue": v}),
+                };
+                json!({"key": k, "value": value})
             })
+            .collect();
+        let mut span = json!({
+            "traceId": s.context.trace_id.as_str(),
+            "spanId": s.context.span_id.as_str(),
+            "parentSpanId": s.context.parent_id.as_ref().map_or("", Hex::as_str),
+            "name": s.name,
+            "kind": 3,
+            "startTimeUnixNano": (s.start_unix_us * 1000).to_string(),
+            "endTimeUnixNano": ((s.start_unix_us + s.duration_us) * 1000).to_string(),
+            "attributes": attributes,
+        });
+        if s.tags.iter().any(|(k, v)| k == "error" && v == "true") {
+            // STATUS_CODE_ERROR.
+            span["status"] = json!({"code": 2});
+        }
+        by_service.entry(&s.service).or_default().push(span);
+    }
+    let resources: Vec<_> = (by_service.into_iter())
+        .map(|(service, spans)| {
+            json!({"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+                "scopeSpans": [{"scope": {"name": "meshd"}, "spans": spans}]})
         })
         .collect();
-    json!({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "meshd"}}]},
-        "scopeSpans": [{"scope": {"name": "meshd"}, "spans": spans}]}]})
-    .to_string()
+    json!({ "resourceSpans": resources }).to_string()
 }
 
 /// One HTTP/1.1 POST, bounded in time: an answer other than 2xx is a failure.
@@ -630,6 +654,49 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    fn span(service: &str, tags: &[(&str, &str)]) -> Span {
+        Span {
+            context: extract(&HeaderMap::new(), 1.0),
+            service: service.into(),
+            name: "reviews:9080/*".into(),
+            start_unix_us: 1_000_000,
+            duration_us: 5,
+            tags: (tags.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn otlp_groups_spans_by_service_with_integer_codes_and_error_status() {
+        let batch = [
+            span("productpage.default", &[("http.status_code", "200")]),
+            span(
+                "reviews.default",
+                &[("http.status_code", "503"), ("error", "true")],
+            ),
+            span(
+                "productpage.default",
+                &[("grpc.status_code", "14"), ("error", "true")],
+            ),
+        ];
+        let v: serde_json::Value = serde_json::from_str(&otlp(&batch)).unwrap();
+        let resources = v["resourceSpans"].as_array().unwrap();
+        let name =
+            |r: &serde_json::Value| r["resource"]["attributes"][0]["value"]["stringValue"].clone();
+        assert_eq!(resources.len(), 2);
+        assert_eq!(name(&resources[0]), "productpage.default");
+        assert_eq!(name(&resources[1]), "reviews.default");
+        let spans = resources[0]["scopeSpans"][0]["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0]["attributes"][0]["value"]["intValue"], "200");
+        assert!(spans[0].get("status").is_none(), "unset for a success");
+        assert_eq!(spans[1]["attributes"][0]["value"]["intValue"], "14");
+        assert_eq!(spans[1]["status"]["code"], 2);
+        let z: serde_json::Value = serde_json::from_str(&zipkin(&batch)).unwrap();
+        assert_eq!(z[1]["localEndpoint"]["serviceName"], "reviews.default");
     }
 
     #[test]

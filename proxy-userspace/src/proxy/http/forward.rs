@@ -544,7 +544,8 @@ impl Drop for RequestLog {
         if traced {
             let mut tags = vec![
                 ("http.method".to_string(), self.method.to_string()),
-                ("http.url".to_string(), self.uri.path().to_string()),
+                // As Envoy's tracer writes it: scheme, authority and path.
+                ("http.url".to_string(), self.url()),
                 ("http.status_code".to_string(), status.to_string()),
                 ("response_flags".to_string(), flags.to_string()),
                 ("upstream_cluster".to_string(), self.upstream_cluster()),
@@ -560,11 +561,16 @@ impl Drop for RequestLog {
             if let Some(h) = rec.upstream_host {
                 tags.push(("upstream_host".into(), h.to_string()));
             }
-            if error {
+            // As Envoy's gRPC tracing: the status, and an error for any but OK.
+            if !grpc_status.is_empty() {
+                tags.push(("grpc.status_code".into(), grpc_status.to_string()));
+            }
+            if error || !matches!(grpc_status, "" | "0") {
                 tags.push(("error".into(), "true".into()));
             }
             self.ctx.tracer.record(crate::telemetry::trace::Span {
                 context: self.trace,
+                service: (self.ctx.metrics.istio).tracing_service(self.down.workload.as_deref()),
                 name: format!(
                     "{}:{}/*",
                     rec.destination_service.clone().unwrap_or_else(|| self
@@ -605,11 +611,7 @@ impl Drop for RequestLog {
                     .map(|h| h.to_string())
                     .unwrap_or_default()
                     .into(),
-                authority: match self.uri.authority() {
-                    Some(a) => a.as_str(),
-                    None => header_text(&self.fields.host),
-                }
-                .into(),
+                authority: self.authority().into(),
                 user_agent: header_text(&self.fields.user_agent).into(),
                 x_forwarded_for: header_text(&self.fields.forwarded_for).into(),
                 downstream_local_address: self.down.dst.to_string().into(),
@@ -654,6 +656,20 @@ impl RequestLog {
             }
             _ if self.passthrough() => access_log::PASSTHROUGH_CLUSTER.to_string(),
             _ => String::new(),
+        }
+    }
+
+    /// The request's URL as Envoy's tracer writes it: `http://authority/path?query`.
+    fn url(&self) -> String {
+        let path = (self.uri.path_and_query()).map_or(self.uri.path(), |p| p.as_str());
+        format!("http://{}{path}", self.authority())
+    }
+
+    /// The request's `:authority`, else its Host, as received.
+    fn authority(&self) -> &str {
+        match self.uri.authority() {
+            Some(a) => a.as_str(),
+            None => header_text(&self.fields.host),
         }
     }
 
