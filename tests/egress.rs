@@ -964,3 +964,87 @@ fn a_tls_connection_verified_for_one_name_is_not_reused_for_another() {
         "the same connection (nginx's number) served both"
     );
 }
+
+/// Istio's `outboundTrafficPolicy: REGISTRY_ONLY` (`--outbound-traffic-policy REGISTRY_ONLY`):
+/// what no ServiceEntry describes goes to the BlackHoleCluster, an HTTP request answered 502
+/// and an opaque connection reset, neither reaching its destination; a registered service is
+/// reached as before.
+#[test]
+fn registry_only_blocks_destinations_no_service_entry_describes() {
+    if !ebpf_available("egress_registry_only") {
+        return;
+    }
+    let registered = HttpBackend::start("127.0.0.71:0");
+    let unregistered = HttpBackend::start("127.0.0.72:0");
+    let echo = support::backend::Backend::echo("127.0.0.73:0");
+    let port = registered.addr.port();
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: partner}}
+spec:
+  hosts: [api.partner.example]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+"#
+    );
+    let dir = support::mesh::config_dir("egress-registry-only", &yaml);
+    let d = Daemon::start(
+        "egress-registry-only",
+        325,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--outbound-traffic-policy",
+            "REGISTRY_ONLY",
+        ],
+    );
+    let get = |host: &str, addr: std::net::SocketAddr| {
+        curl(
+            &d,
+            &[
+                "--resolve",
+                &format!("{host}:{}:{}", addr.port(), addr.ip()),
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{host}:{}/whoami", addr.port()),
+            ],
+        )
+    };
+    let out = get("api.partner.example", registered.addr);
+    assert!(out.ends_with("\n200"), "{out}");
+    let out = get("elsewhere.example", unregistered.addr);
+    assert!(out.ends_with("\n502"), "{out}");
+    assert_eq!(
+        unregistered.requests(),
+        0,
+        "the blocked request went nowhere"
+    );
+    let addr = echo.addr.to_string();
+    let out = d.client(
+        "default/productpage",
+        &["echo", "--addr", &addr, "--bytes", "10"],
+    );
+    assert!(!out.status.success(), "the connection was refused: {out:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(echo.accepted(), 0, "the blocked connection went nowhere");
+    let lines = support::eventually(Duration::from_secs(5), || {
+        let text = d.log_text();
+        let blocked = (text.lines())
+            .filter(|l| l.contains(r#""upstream_cluster":"BlackHoleCluster""#))
+            .count();
+        (blocked == 2).then_some(text)
+    });
+    assert!(
+        lines.is_some(),
+        "both logged under BlackHoleCluster: {}",
+        d.log_text()
+    );
+    let metrics = d.get("/metrics");
+    let name = [r#"destination_service_name="BlackHoleCluster""#];
+    assert!(
+        support::has_series(&metrics, "istio_requests_total", &name, Some("1")),
+        "{metrics}"
+    );
+}

@@ -114,6 +114,12 @@ pub struct RunArgs {
     /// Istio's default (`PILOT_HTTP10`, or the proxy metadata `HTTP10: "1"`, turns them on).
     #[arg(long = "http10", env = "MESHD_HTTP10", default_value = "off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub accept_http10: bool,
+    /// Where traffic to a destination no ServiceEntry describes goes, as Istio's mesh-wide
+    /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` passes it through to the address dialled
+    /// (`PassthroughCluster`); `REGISTRY_ONLY` blocks it (`BlackHoleCluster`: an HTTP request
+    /// gets 502, an opaque connection is reset).
+    #[arg(long, env = "MESHD_OUTBOUND_TRAFFIC_POLICY", default_value = "ALLOW_ANY", value_parser = parse_outbound_policy, action = clap::ArgAction::Set)]
+    pub outbound_traffic_policy: bool,
     /// Largest HTTP/1 request head (request line and headers) in KiB; bigger gets 431.
     #[arg(long, env = "MESHD_MAX_REQUEST_HEADERS_KB", default_value_t = 60)]
     pub max_request_headers_kb: usize,
@@ -240,6 +246,15 @@ pub struct ClientArgs {
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`: whether only registered destinations are reached.
+fn parse_outbound_policy(s: &str) -> Result<bool, String> {
+    match s.to_ascii_uppercase().replace('-', "_").as_str() {
+        "ALLOW_ANY" => Ok(false),
+        "REGISTRY_ONLY" => Ok(true),
+        _ => Err(format!("expected ALLOW_ANY or REGISTRY_ONLY, got {s:?}")),
+    }
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {

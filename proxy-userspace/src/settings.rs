@@ -48,6 +48,9 @@ pub struct Settings {
     pub max_request_headers_bytes: usize,
     /// HTTP/1.0 requests are served (else answered 426, as Istio's default).
     pub accept_http10: bool,
+    /// `--outbound-traffic-policy REGISTRY_ONLY`: destinations no ServiceEntry describes are
+    /// blocked, not passed through.
+    pub registry_only: bool,
     /// A client's HTTP connection with no request in flight this long is closed; zero: never.
     #[serde(with = "millis")]
     pub http_idle_timeout: Duration,
@@ -187,6 +190,7 @@ impl Settings {
             protocol_detection_timeout,
             max_request_headers_bytes: a.max_request_headers_kb * 1024,
             accept_http10: a.accept_http10,
+            registry_only: a.outbound_traffic_policy,
             http_idle_timeout,
             istio_metrics: a.istio_metrics,
             tcp_reporting_interval,

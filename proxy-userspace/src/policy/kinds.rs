@@ -97,7 +97,7 @@ const SKIPPED: &[(&str, &str)] = &[
     ),
     (
         "Sidecar",
-        "meshd does not scope a workload's configuration; every resource applies to it",
+        "meshd does not scope a workload's configuration; every resource applies to it (its outboundTrafficPolicy is meshd's --outbound-traffic-policy, for the whole node)",
     ),
     (
         "WorkloadGroup",

@@ -79,6 +79,8 @@ pub enum OutboundError {
     Overflow { cluster: String, limit: u32 },
     #[error("{0}")]
     NoHealthyUpstream(http::NoEndpoint),
+    #[error("{0}")]
+    BlackHole(http::L4Error),
     #[error("the client left while its connection opened: {0}")]
     ClientGone(std::io::Error),
     #[error("{0}")]
@@ -102,6 +104,7 @@ impl OutboundError {
             OutboundError::Denied(_) => "denied",
             OutboundError::Overflow { .. } => "upstream_overflow",
             OutboundError::NoHealthyUpstream(_) => "no_healthy_upstream",
+            OutboundError::BlackHole(_) => "black_hole",
             OutboundError::ClientGone(_) => "client_gone",
             OutboundError::Origination(_) => "tls_origination_failed",
             OutboundError::Upstream(_) => "upstream_connect_failed",
@@ -115,7 +118,8 @@ impl OutboundError {
             // Envoy's RBAC filter closes the connection without a response flag.
             OutboundError::Denied(_) => "-",
             OutboundError::NoHealthyUpstream(http::NoEndpoint::NoCluster { .. }) => "NC",
-            OutboundError::NoHealthyUpstream(_) => "UH",
+            // Istio's BlackHoleCluster is a cluster without endpoints.
+            OutboundError::NoHealthyUpstream(_) | OutboundError::BlackHole(_) => "UH",
             OutboundError::ClientGone(_) => "DC",
             _ => "UF",
         }
@@ -269,6 +273,10 @@ fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> Outbo
             client.dst,
         )
     });
+    let service = match e {
+        OutboundError::BlackHole(_) => Some(http::L4Service::black_hole()),
+        _ => service,
+    };
     TcpRecord::new(ctx, client, service, client.dst).failed(ctx, &e);
     e
 }
@@ -414,6 +422,7 @@ async fn proxy(
                 origination @ http::L4Error::Origination { .. } => {
                     OutboundError::Origination(origination.to_string())
                 }
+                blocked @ http::L4Error::BlackHole => OutboundError::BlackHole(blocked),
             };
             return Err(refused_early(ctx, &client, e));
         }

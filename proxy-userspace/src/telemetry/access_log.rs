@@ -99,6 +99,9 @@ pub fn inbound_cluster(port: u16) -> String {
 /// Istio's cluster for a destination outside every service: the address the client dialled.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 
+/// Istio's cluster for what `REGISTRY_ONLY` blocks.
+pub const BLACK_HOLE_CLUSTER: &str = "BlackHoleCluster";
+
 /// What the requests and the writer thread share.
 struct Shared {
     /// Lines not yet written.

@@ -654,6 +654,7 @@ impl RequestLog {
             (Some(host), Some(port)) => {
                 access_log::outbound_cluster(port, rec.destination_subset.as_deref(), host)
             }
+            (Some(host), None) if host == access_log::BLACK_HOLE_CLUSTER => host.clone(),
             _ if self.passthrough() => access_log::PASSTHROUGH_CLUSTER.to_string(),
             _ => String::new(),
         }
@@ -972,6 +973,13 @@ async fn forward(
                     snap.compiled.wildcard_service(host, port, vip.is_some())
                 })
                 .map(|h| crate::routes::Destination::service(h, port));
+            // Under REGISTRY_ONLY, what no service describes goes to Istio's BlackHoleCluster,
+            // whose route answers 502 with no body.
+            if default_route.is_none() && ctx.registry_only {
+                rec.destination_service = Some(access_log::BLACK_HOLE_CLUSTER.into());
+                rec.reason = Some("no ServiceEntry describes the destination, and --outbound-traffic-policy is REGISTRY_ONLY".into());
+                return local(502, "", None);
+            }
             rec.destination_port = default_route.as_ref().map(|_| port);
             rec.destination_service = default_route
                 .as_ref()

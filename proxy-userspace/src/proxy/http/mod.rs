@@ -68,6 +68,9 @@ pub struct HttpContext {
     pub max_header_bytes: usize,
     /// HTTP/1.0 requests are served (else answered 426).
     pub accept_http10: bool,
+    /// Destinations no ServiceEntry describes are blocked (`REGISTRY_ONLY`), not passed
+    /// through.
+    pub registry_only: bool,
     /// A client connection with no request in flight this long is closed (`--http-idle-timeout`).
     pub idle_timeout: Option<std::time::Duration>,
     /// The active policy snapshot; each request reads it once and keeps it to the end.
@@ -117,6 +120,7 @@ impl HttpContext {
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,
             accept_http10: settings.accept_http10,
+            registry_only: settings.registry_only,
             idle_timeout: Some(settings.http_idle_timeout).filter(|t| !t.is_zero()),
             config,
             lb: lb::Balancer::default(),
@@ -372,6 +376,8 @@ impl HttpContext {
         let d = match (routed, vip_host.or_else(named)) {
             (Some(d), _) => d.clone(),
             (None, Some(host)) => crate::routes::Destination::service(host, dst.port()),
+            // Under REGISTRY_ONLY, Istio's BlackHoleCluster.
+            (None, None) if self.registry_only => return Err(L4Error::BlackHole),
             (None, None) => return Ok(direct()),
         };
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
@@ -499,6 +505,10 @@ pub enum L4Error {
     NoEndpoint(#[from] route::NoEndpoint),
     #[error("cannot originate TLS to {host}: DestinationRule {reason}")]
     Origination { host: String, reason: String },
+    #[error(
+        "no ServiceEntry describes the destination, and --outbound-traffic-policy is REGISTRY_ONLY"
+    )]
+    BlackHole,
 }
 
 /// Where an opaque TCP connection goes, and the limits of the service it belongs to.
@@ -522,6 +532,15 @@ pub struct L4Service {
 }
 
 impl L4Service {
+    /// Istio's cluster for what REGISTRY_ONLY blocks.
+    pub fn black_hole() -> L4Service {
+        let name = crate::telemetry::access_log::BLACK_HOLE_CLUSTER;
+        L4Service {
+            host: name.into(),
+            cluster: name.into(),
+        }
+    }
+
     pub fn of(d: crate::routes::Destination, dst: SocketAddr) -> L4Service {
         L4Service {
             cluster: crate::telemetry::access_log::outbound_cluster(
