@@ -122,6 +122,19 @@ pub struct Context {
     pub parent_id: Option<SpanId>,
     pub span_id: SpanId,
     pub sampled: bool,
+    /// The caller's B3 trace id had 64 bits: B3 headers and Zipkin keep it so (W3C and OTLP
+    /// need 128, zero-padded).
+    pub short_trace_id: bool,
+    /// The caller asked for B3 debug (`b3: ...-d`, `x-b3-flags: 1`), which goes on as debug.
+    pub debug: bool,
+}
+
+impl Context {
+    /// The trace id as B3 and Zipkin write it: 16 hex digits if the caller sent 16.
+    pub fn b3_trace_id(&self) -> &str {
+        let id = self.trace_id.as_str();
+        if self.short_trace_id { &id[16..] } else { id }
+    }
 }
 
 fn valid_hex(s: &str, len: usize) -> bool {
@@ -231,8 +244,9 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
     fn get(v: Option<&HeaderValue>) -> Option<&str> {
         v.and_then(|v| v.to_str().ok())
     }
-    // (the caller's trace and span, when it sent them; its sampling decision, when it made one)
-    type Caller = (Option<(TraceId, SpanId)>, Option<bool>);
+    // (the caller's trace and span, when it sent them; its sampling decision, when it made one;
+    // whether its trace id had 64 bits; whether it asked for debug)
+    type Caller = (Option<(TraceId, SpanId)>, Option<bool>, bool, bool);
     // W3C: `version-trace-span-flags`, all lowercase hex; version ff is invalid, and version
     // 00 has exactly four fields (a later version may add more).
     let w3c = || -> Option<Caller> {
@@ -243,19 +257,26 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
         let ids = valid_hex(t, 32) && valid_hex(s, 16) && f.len() == 2;
         (fields && ids && [v, t, s, f].iter().all(|x| lower_hex(x))).then(|| {
             let sampled = u8::from_str_radix(f, 16).is_ok_and(|f| f & 1 == 1);
-            (Some((Hex::padded(t), Hex::padded(s))), Some(sampled))
+            (
+                Some((Hex::padded(t), Hex::padded(s))),
+                Some(sampled),
+                false,
+                false,
+            )
         })
     };
     // B3 single: `trace-span[-state[-parent]]`, or the state alone (`0`: do not sample).
     let b3_single = || -> Option<Caller> {
         let b3 = get(present.b3)?.trim();
         if !b3.contains('-') {
-            return b3_decision(b3).map(|d| (None, Some(d)));
+            return b3_decision(b3).map(|d| (None, Some(d), false, b3 == "d"));
         }
         let mut p = b3.split('-');
-        let ids = b3_ids(p.next()?, p.next()?)?;
-        let state = p.next().map_or(Some(true), b3_decision);
-        Some((Some(ids), state))
+        let trace = p.next()?;
+        let ids = b3_ids(trace, p.next()?)?;
+        let flag = p.next();
+        let state = flag.map_or(Some(true), b3_decision);
+        Some((Some(ids), state, trace.len() == 16, flag == Some("d")))
     };
     // B3 multi: the ids, `x-b3-sampled`, and `x-b3-flags: 1` (debug, which samples); either
     // header alone is a decision without ids.
@@ -263,16 +284,22 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
         let debug = get(present.b3_flags).is_some_and(|f| f.trim() == "1");
         let state = get(present.b3_sampled).map(b3_decision);
         let decision = if debug { Some(true) } else { state.flatten() };
-        let ids =
-            (get(present.b3_trace_id).zip(get(present.b3_span_id))).and_then(|(t, s)| b3_ids(t, s));
+        let trace = get(present.b3_trace_id).map(str::trim);
+        let ids = (trace.zip(get(present.b3_span_id))).and_then(|(t, s)| b3_ids(t, s));
+        let short = trace.is_some_and(|t| t.len() == 16);
         match ids {
-            Some(ids) => Some((Some(ids), decision.or(state.is_none().then_some(true)))),
-            None => decision.map(|d| (None, Some(d))),
+            Some(ids) => Some((
+                Some(ids),
+                decision.or(state.is_none().then_some(true)),
+                short,
+                debug,
+            )),
+            None => decision.map(|d| (None, Some(d), false, debug)),
         }
     };
     let from_w3c = w3c();
     let continued_w3c = from_w3c.is_some();
-    let (ids, decision) = from_w3c
+    let (ids, decision, short_trace_id, debug) = from_w3c
         .or_else(b3_single)
         .or_else(b3_multi)
         .unwrap_or_default();
@@ -285,12 +312,16 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
             parent_id: Some(parent),
             span_id: Hex::random(),
             sampled,
+            short_trace_id,
+            debug,
         },
         None => Context {
             trace_id: Hex::random(),
             parent_id: None,
             span_id: Hex::random(),
             sampled,
+            short_trace_id: false,
+            debug,
         },
     };
     (context, continued_w3c)
@@ -368,13 +399,16 @@ fn write(h: &mut HeaderMap, c: &Context, forms: Forms) -> RequestId {
     if forms.stale_tracestate {
         h.remove(TRACESTATE);
     }
+    // B3 keeps a 64-bit trace id as the caller sent it, and a debug request as debug.
+    let b3_trace = c.b3_trace_id().as_bytes();
+    let b3_state = if c.debug { "d" } else { b3_flag };
     if forms.b3 {
-        h.insert(B3, joined(&[trace, span, b3_flag.as_bytes()]));
+        h.insert(B3, joined(&[b3_trace, span, b3_state.as_bytes()]));
     }
     if forms.b3_multi {
         // The whole context, so the headers agree with each other and with `traceparent`,
         // whichever form the caller's context came from.
-        h.insert(B3_TRACE_ID, joined(&[trace]));
+        h.insert(B3_TRACE_ID, joined(&[b3_trace]));
         h.insert(B3_SPAN_ID, joined(&[span]));
         h.insert(B3_SAMPLED, HeaderValue::from_static(b3_flag));
         match &c.parent_id {
@@ -549,8 +583,8 @@ fn zipkin(batch: &[Span]) -> String {
         .map(|s| {
             let tags: serde_json::Map<String, serde_json::Value> =
                 s.tags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            json!({
-                "traceId": s.context.trace_id.as_str(),
+            let mut span = json!({
+                "traceId": s.context.b3_trace_id(),
                 "id": s.context.span_id.as_str(),
                 "parentId": s.context.parent_id.as_ref().map(Hex::as_str),
                 "name": s.name,
@@ -559,7 +593,11 @@ fn zipkin(batch: &[Span]) -> String {
                 "duration": s.duration_us.max(1),
                 "localEndpoint": {"serviceName": s.service},
                 "tags": tags,
-            })
+            });
+            if s.context.debug {
+                span["debug"] = json!(true);
+            }
+            span
         })
         .collect();
     serde_json::to_string(&spans).expect("json")
@@ -750,8 +788,39 @@ mod tests {
         assert_eq!(h["x-b3-spanid"], c.span_id.as_str());
         assert_eq!(h["x-b3-parentspanid"], "a2fb4a1d1a96d312");
         assert_eq!(
+            h["x-b3-traceid"], "463ac35c9f6413ad",
+            "64 bits stay 64 in B3"
+        );
+        assert_eq!(
             h["traceparent"],
             format!("00-{}-{}-01", c.trace_id, c.span_id)
+        );
+    }
+
+    #[test]
+    fn b3_debug_and_64_bit_ids_go_on_as_sent() {
+        let mut h = headers(&[("b3", "463ac35c9f6413ad-a2fb4a1d1a96d312-d")]);
+        let (c, _) = propagate(&mut h, 0.0);
+        assert!(c.sampled && c.debug && c.short_trace_id);
+        assert_eq!(h["b3"], format!("463ac35c9f6413ad-{}-d", c.span_id));
+        let span = Span {
+            context: c,
+            service: "productpage.default".into(),
+            name: "n".into(),
+            start_unix_us: 1,
+            duration_us: 1,
+            tags: Vec::new(),
+        };
+        let z: serde_json::Value = serde_json::from_str(&zipkin(&[span])).unwrap();
+        assert_eq!(z[0]["traceId"], "463ac35c9f6413ad");
+        assert_eq!(z[0]["debug"], true);
+        // A 128-bit id and no debug: as before.
+        let mut h = headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
+        let (c, _) = propagate(&mut h, 0.0);
+        assert!(!c.debug && !c.short_trace_id);
+        assert_eq!(
+            h["b3"],
+            format!("80f198ee56343ba864fe8b2a57d3eff7-{}-1", c.span_id)
         );
     }
 
@@ -947,9 +1016,6 @@ mod tests {
         assert_eq!(c.trace_id, "0000000000000000463ac35c9f6413ad");
         let mut out = h.clone();
         inject(&mut out, &c);
-        assert_eq!(
-            out["b3"],
-            format!("0000000000000000463ac35c9f6413ad-{}-1", c.span_id)
-        );
+        assert_eq!(out["b3"], format!("463ac35c9f6413ad-{}-1", c.span_id));
     }
 }
