@@ -20,7 +20,9 @@ use crate::policy::model::GlobalRateLimit;
 
 /// GCRA: KEYS[1] the bucket; ARGV[1] the emission interval in µs (unit / limit), ARGV[2] the
 /// limit (burst). Returns {allowed, remaining, retry_after_us}. Redis's own clock keeps every
-/// meshd on one timeline.
+/// meshd on one timeline. A stored time beyond a full burst at this limit (counted under an
+/// earlier, longer unit) is cut to a full burst, and stored so, so a raised limit waits one
+/// emission interval at most, never out the old window.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -28,12 +30,17 @@ local interval = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+local ttl = math.ceil(interval * limit / 1000) + 1000
+if tat > now + interval * limit then
+  tat = now + interval * limit
+  redis.call('SET', KEYS[1], tat, 'PX', ttl)
+end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * limit
 if allow_at > now then
   return {0, 0, allow_at - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(interval * limit / 1000) + 1000)
+redis.call('SET', KEYS[1], new_tat, 'PX', ttl)
 return {1, math.floor((now - allow_at) / interval), 0}
 "#;
 
@@ -118,8 +125,8 @@ impl Global {
         let limit = u64::from(cfg.requests_per_unit.max(1));
         let interval = (unit_micros(&cfg.unit) / limit).max(1);
         // The key names the bucket, not its limit: an edited limit or unit applies to the
-        // count so far (the debt GCRA keeps is time, which any limit reads), as Envoy's rate
-        // limit service keys by descriptor.
+        // count so far (the debt GCRA keeps is time, which any limit reads, capped at one full
+        // burst of the new limit), so a rollout with mixed limits shares one count.
         let redis_key = format!("meshd:rl:{key}");
         let args = [
             "EVAL",
