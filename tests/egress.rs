@@ -967,8 +967,8 @@ fn a_tls_connection_verified_for_one_name_is_not_reused_for_another() {
 
 /// Istio's `outboundTrafficPolicy: REGISTRY_ONLY` (`--outbound-traffic-policy REGISTRY_ONLY`):
 /// what no ServiceEntry describes goes to the BlackHoleCluster, an HTTP request answered 502
-/// and an opaque connection reset, neither reaching its destination; a registered service is
-/// reached as before.
+/// and an opaque connection reset, neither reaching its destination, and a VirtualService
+/// that routes to an undescribed host gets 503 NC; a registered service is reached as before.
 #[test]
 fn registry_only_blocks_destinations_no_service_entry_describes() {
     if !ebpf_available("egress_registry_only") {
@@ -987,6 +987,15 @@ spec:
   ports: [{{number: {port}, name: http, protocol: HTTP}}]
   resolution: NONE
   location: MESH_EXTERNAL
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: unregistered-route}}
+spec:
+  hosts: [routed.example]
+  http:
+  - route:
+    - destination: {{host: routed.example}}
 "#
     );
     let dir = support::mesh::config_dir("egress-registry-only", &yaml);
@@ -1016,6 +1025,16 @@ spec:
     assert!(out.ends_with("\n200"), "{out}");
     let out = get("elsewhere.example", unregistered.addr);
     assert!(out.ends_with("\n502"), "{out}");
+    // A VirtualService's destination no ServiceEntry describes has no cluster: 503 NC, not
+    // the address dialled.
+    let out = get("routed.example", unregistered.addr);
+    assert!(out.ends_with("\n503"), "{out}");
+    let nc = support::eventually(Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .any(|l| l.contains("routed.example") && l.contains(r#""response_flags":"NC""#))
+            .then_some(())
+    });
+    assert!(nc.is_some(), "logged with flag NC: {}", d.log_text());
     assert_eq!(
         unregistered.requests(),
         0,

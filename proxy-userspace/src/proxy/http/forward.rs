@@ -1130,7 +1130,9 @@ async fn forward(
             Limits::default(),
             None,
         ),
-        Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
+        Some(d) => match route::registered(&snap, d, ctx.registry_only)
+            .and_then(|()| route::endpoints(&snap, d, &candidates, down.dst, Some(&client)))
+        {
             Ok((mut e, mut policy)) => {
                 // `distribute` may leave no endpoint for this client's locality.
                 let spread = send::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);

@@ -383,6 +383,7 @@ impl HttpContext {
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
         let requested = sni.map(Cow::Borrowed);
+        route::registered(&snap, &d, self.registry_only)?;
         let found = match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
             // A subset with no endpoint is an empty cluster, with no healthy upstream as in
             // Envoy: going where the client dialled would bypass what the subset stands for

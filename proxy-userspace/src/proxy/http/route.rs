@@ -298,13 +298,21 @@ pub enum NoEndpoint {
     /// Envoy answers 503 with flag NC.
     #[error("no cluster: {host} declares no port {port}")]
     NoCluster { host: String, port: u16 },
+    /// Under `REGISTRY_ONLY`, a route to a host no ServiceEntry describes: Istio builds no
+    /// cluster for it (503 NC), where `ALLOW_ANY` reaches it at the address dialled.
+    #[error(
+        "no cluster: no ServiceEntry describes {host}, and --outbound-traffic-policy is REGISTRY_ONLY"
+    )]
+    NotInRegistry { host: String },
 }
 
 impl NoEndpoint {
     /// The response flag a request that found no endpoint gets.
     pub fn flag(&self) -> super::ResponseFlags {
         match self {
-            NoEndpoint::NoCluster { .. } => super::ResponseFlags::NO_CLUSTER_FOUND,
+            NoEndpoint::NoCluster { .. } | NoEndpoint::NotInRegistry { .. } => {
+                super::ResponseFlags::NO_CLUSTER_FOUND
+            }
             _ => super::ResponseFlags::NO_HEALTHY_UPSTREAM,
         }
     }
@@ -318,6 +326,21 @@ impl NoEndpoint {
             subset: " for this node's locality (localityLbSetting.distribute)".into(),
         }
     }
+}
+
+/// Under `REGISTRY_ONLY` (`registry_only`), a destination no ServiceEntry describes has no
+/// cluster: a route to it is not carried to the address dialled.
+pub fn registered(
+    snap: &Snapshot,
+    dest: &Destination,
+    registry_only: bool,
+) -> Result<(), NoEndpoint> {
+    if registry_only && !snap.compiled.clusters.contains_key(&dest.host) {
+        return Err(NoEndpoint::NotInRegistry {
+            host: dest.host.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// The endpoints a request for `dest` may go to (ports already mapped), and the settings that

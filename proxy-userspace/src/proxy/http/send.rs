@@ -554,7 +554,10 @@ fn mirror(
         }
         let d = Destination::of(dest, None, true, ns);
         let client = plan.snap.compiled.client(down.workload.as_deref());
-        match route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client)) {
+        let found = route::registered(plan.snap, &d, ctx.registry_only).and_then(|()| {
+            route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client))
+        });
+        match found {
             Ok((mut e, mut policy)) => {
                 // Chosen as the service's own requests are: among the endpoints outlier
                 // detection has not ejected, by locality, `distribute`, slow start, weights
