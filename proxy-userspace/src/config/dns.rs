@@ -1,8 +1,10 @@
 //! Endpoints named by DNS: the names in the endpoints of ServiceEntries with `resolution: DNS`
 //! or `DNS_ROUND_ROBIN` (their own, or the WorkloadEntries they select), and the hosts of such
-//! ServiceEntries without endpoints that a route sends other hosts' requests to, resolved when
+//! ServiceEntries without endpoints that have a VIP or that a route sends other hosts' requests
+//! to, resolved when
 //! the configuration is built. The watcher rebuilds every `REFRESH` while any are in use, and the
 //! addresses are part of the configuration's hash, so a change of address applies like an edit.
+//! A name the resolver says is gone loses its addresses; one without an answer keeps its last.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -99,9 +101,20 @@ fn routed_hosts(set: &PolicySet) -> BTreeSet<String> {
     out
 }
 
-/// Resolves every name with the system resolver, each within `TIMEOUT`. A name that fails
-/// keeps the addresses it had in `last`, as Envoy's DNS cluster keeps its hosts when a
-/// resolution fails; one that never resolved is logged and kept with no addresses.
+/// Why a name has no addresses now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// The resolver answered that the name has no addresses (NXDOMAIN, or no A/AAAA record):
+    /// the name's addresses are gone, as Envoy's DNS cluster empties on such an answer.
+    NotFound,
+    /// No answer (a timeout, a resolver that failed): the last addresses are kept.
+    NoAnswer,
+}
+
+/// Resolves every name with the system resolver, each within `TIMEOUT`. A name the resolver
+/// says does not exist (or has no address) has no addresses; one that gets no answer keeps
+/// the addresses it had in `last`, as Envoy's DNS cluster keeps its hosts when a resolution
+/// fails. Either is logged.
 pub fn resolve(names: &BTreeSet<String>, last: &Resolved) -> Resolved {
     resolve_with(names, last, lookup)
 }
@@ -109,45 +122,63 @@ pub fn resolve(names: &BTreeSet<String>, last: &Resolved) -> Resolved {
 fn resolve_with(
     names: &BTreeSet<String>,
     last: &Resolved,
-    lookup: impl Fn(&str) -> Vec<IpAddr>,
+    lookup: impl Fn(&str) -> Result<Vec<IpAddr>, Failure>,
 ) -> Resolved {
     names
         .iter()
         .map(|name| {
-            let addrs = lookup(name);
-            let kept = last.get(name).filter(|_| addrs.is_empty());
-            match kept {
-                Some(kept) if !kept.is_empty() => {
+            let kept = last.get(name).filter(|k| !k.is_empty());
+            match (lookup(name), kept) {
+                (Ok(addrs), _) if !addrs.is_empty() => (name.clone(), addrs),
+                (Err(Failure::NoAnswer), Some(kept)) => {
                     tracing::warn!(
                         name,
-                        "endpoint name does not resolve now; it keeps its last addresses"
+                        "endpoint name got no answer from the resolver; it keeps its last addresses"
                     );
                     (name.clone(), kept.clone())
                 }
-                _ => {
-                    if addrs.is_empty() {
-                        tracing::warn!(name, "endpoint name does not resolve; it has no addresses");
-                    }
-                    (name.clone(), addrs)
+                (found, _) => {
+                    let why = match found {
+                        Err(Failure::NoAnswer) => "got no answer from the resolver",
+                        _ => "does not resolve",
+                    };
+                    tracing::warn!(name, "endpoint name {why}; it has no addresses");
+                    (name.clone(), Vec::new())
                 }
             }
         })
         .collect()
 }
 
-fn lookup(name: &str) -> Vec<IpAddr> {
+/// glibc's texts for EAI_NONAME and EAI_NODATA, which std's lookup error carries: the
+/// resolver's answer that the name has no address.
+const NOT_FOUND: [&str; 2] = [
+    "Name or service not known",
+    "No address associated with hostname",
+];
+
+/// What a lookup's error says.
+fn failure(e: &std::io::Error) -> Failure {
+    let text = e.to_string();
+    match NOT_FOUND.iter().any(|n| text.contains(n)) {
+        true => Failure::NotFound,
+        false => Failure::NoAnswer,
+    }
+}
+
+fn lookup(name: &str) -> Result<Vec<IpAddr>, Failure> {
     let (tx, rx) = mpsc::channel();
     let owned = name.to_string();
     // getaddrinfo cannot be given a deadline: it runs on a thread of its own, which is left
     // to finish on its own if it takes too long.
     std::thread::spawn(move || {
-        let addrs: Vec<IpAddr> = (owned.as_str(), 0)
+        let found = (owned.as_str(), 0)
             .to_socket_addrs()
-            .map(|a| a.map(|s| s.ip()).collect())
-            .unwrap_or_default();
-        let _ = tx.send(addrs);
+            .map(|a| a.map(|s| s.ip()).collect::<Vec<IpAddr>>())
+            .map_err(|e| failure(&e));
+        let _ = tx.send(found);
     });
-    let mut addrs = rx.recv_timeout(TIMEOUT).unwrap_or_default();
+    let mut addrs = rx.recv_timeout(TIMEOUT).map_err(|_| Failure::NoAnswer)??;
     // IPv4 when the name has any, as Istio's default lookup family (V4_PREFERRED).
     if addrs.iter().any(IpAddr::is_ipv4) {
         addrs.retain(IpAddr::is_ipv4);
@@ -155,7 +186,7 @@ fn lookup(name: &str) -> Vec<IpAddr> {
     // Stable order, one entry per address: the hash sees a change only when the set changes.
     addrs.sort();
     addrs.dedup();
-    addrs
+    Ok(addrs)
 }
 
 /// The text the configuration hash covers for `resolved`.
@@ -211,21 +242,58 @@ spec:
 "#;
 
     #[test]
-    fn a_name_that_stops_resolving_keeps_its_last_addresses() {
+    fn a_name_without_an_answer_keeps_its_last_addresses() {
         let names: BTreeSet<String> = ["gone.example".into(), "new.example".into()].into();
         let last: Resolved = [("gone.example".into(), vec!["127.0.0.7".parse().unwrap()])].into();
-        let got = resolve_with(&names, &last, |_| Vec::new());
+        let got = resolve_with(&names, &last, |_| Err(Failure::NoAnswer));
         assert_eq!(got["gone.example"], last["gone.example"]);
         assert!(
             got["new.example"].is_empty(),
             "never resolved: no addresses"
         );
-        let moved = |_: &str| vec!["127.0.0.8".parse().unwrap()];
+        let moved = |_: &str| Ok(vec!["127.0.0.8".parse().unwrap()]);
         let got = resolve_with(&names, &last, moved);
         assert_eq!(
             got["gone.example"],
-            moved(""),
+            moved("").unwrap(),
             "a new answer replaces the last"
+        );
+    }
+
+    #[test]
+    fn a_name_the_resolver_says_is_gone_loses_its_addresses() {
+        let names: BTreeSet<String> = ["gone.example".into(), "empty.example".into()].into();
+        let last: Resolved = [
+            ("gone.example".into(), vec!["127.0.0.7".parse().unwrap()]),
+            ("empty.example".into(), vec!["127.0.0.6".parse().unwrap()]),
+        ]
+        .into();
+        let got = resolve_with(&names, &last, |n| match n {
+            "gone.example" => Err(Failure::NotFound),
+            _ => Ok(Vec::new()),
+        });
+        assert!(got["gone.example"].is_empty(), "NXDOMAIN: {got:?}");
+        assert!(got["empty.example"].is_empty(), "no records: {got:?}");
+    }
+
+    #[test]
+    fn the_resolvers_not_found_is_told_from_no_answer() {
+        // The texts std's lookup error carries from glibc (tests resolve no real name: that
+        // would leave loopback).
+        let err = |detail: &str| {
+            std::io::Error::other(format!("failed to lookup address information: {detail}"))
+        };
+        assert_eq!(
+            failure(&err("Name or service not known")),
+            Failure::NotFound
+        );
+        assert_eq!(
+            failure(&err("No address associated with hostname")),
+            Failure::NotFound
+        );
+        assert_eq!(
+            failure(&err("Temporary failure in name resolution")),
+            Failure::NoAnswer
         );
     }
 

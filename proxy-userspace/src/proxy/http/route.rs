@@ -389,6 +389,13 @@ pub fn endpoints<'s>(
         // A DNS ServiceEntry without endpoints: the addresses its host resolved to, as Envoy's
         // DNS cluster for it has, whatever address the client dialled (a VIP in `addresses`
         // only picks the service) and whichever host the request named.
+        // Its host not resolving: no healthy upstream, never the VIP or address dialled.
+        if let Some(c) = described.filter(|c| c.resolves_host && c.host_addresses.is_empty()) {
+            return Err(NoEndpoint::Empty {
+                host: c.host.clone(),
+                subset: " (its host does not resolve)".into(),
+            });
+        }
         if let Some(c) = described.filter(|c| !c.host_addresses.is_empty()) {
             let target = c.target_ports.get(&port).copied().unwrap_or(port);
             let addrs: Vec<SocketAddr> = (c.host_addresses.iter())
@@ -1164,6 +1171,42 @@ spec:
             "{:?}",
             found.map(|f| f.0)
         );
+    }
+
+    #[test]
+    fn a_dns_service_behind_a_vip_whose_host_does_not_resolve_has_no_healthy_upstream() {
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example]
+  addresses: [10.96.0.10]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+"#;
+        let set = load_str("t.yaml".as_ref(), yaml).expect("valid policies");
+        let mut snap = Snapshot::of(set.clone());
+        let d = Destination {
+            host: "db.example".into(),
+            subset: None,
+            port: None,
+            weight: 100,
+            headers: None,
+        };
+        let dst: SocketAddr = "10.96.0.10:5432".parse().unwrap();
+        let unresolved = [("db.example".to_string(), Vec::new())].into();
+        snap.compiled = crate::config::compile_resolved(&set, unresolved);
+        let found = endpoints(&snap, &d, &[], dst, None);
+        assert!(
+            matches!(found, Err(NoEndpoint::Empty { .. })),
+            "never the VIP: {:?}",
+            found.map(|f| f.0)
+        );
+        let resolved = [("db.example".to_string(), vec!["127.0.0.5".parse().unwrap()])].into();
+        snap.compiled = crate::config::compile_resolved(&set, resolved);
+        let (addrs, _) = endpoints(&snap, &d, &[], dst, None).expect("resolved");
+        assert_eq!(addrs, ["127.0.0.5:5432".parse::<SocketAddr>().unwrap()]);
     }
 
     #[test]
