@@ -77,15 +77,20 @@ impl Buckets {
     pub fn take_all(&self, wanted: &[(&str, &LocalRateLimit)]) -> Result<(), (usize, Limited)> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("bucket lock");
-        let mut hashes = Vec::with_capacity(wanted.len());
-        for (i, (key, cfg)) in wanted.iter().enumerate() {
+        let hashes: Vec<u64> = wanted
+            .iter()
+            .map(|(k, _)| self.hasher.hash_one(k))
+            .collect();
+        // Room is made once, before any bucket of this request is created, so eviction never
+        // drops one the request has just checked.
+        let new = hashes.iter().filter(|h| !buckets.contains_key(h)).count();
+        if new > 0 && buckets.len() + new > MAX_BUCKETS {
+            evict(&mut buckets, now);
+        }
+        for (i, ((_, cfg), &hash)) in wanted.iter().zip(&hashes).enumerate() {
             let per_fill = u64::from(cfg.tokens_per_fill.unwrap_or(cfg.max_tokens));
             let max = u64::from(cfg.max_tokens);
             let interval = cfg.fill_interval.0.max(Duration::from_millis(1));
-            let hash = self.hasher.hash_one(key);
-            if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&hash) {
-                evict(&mut buckets, now);
-            }
             let settings = (max, per_fill, interval);
             let fresh = || Bucket {
                 tokens: max,
@@ -107,11 +112,14 @@ impl Buckets {
                 };
                 return Err((i, limited));
             }
-            hashes.push(hash);
         }
-        for hash in hashes {
-            if let Some(b) = buckets.get_mut(&hash) {
-                b.tokens -= 1;
+        // One token per bucket, however many of `wanted` name it.
+        for (j, hash) in hashes.iter().enumerate() {
+            if hashes[..j].contains(hash) {
+                continue;
+            }
+            if let Some(b) = buckets.get_mut(hash) {
+                b.tokens = b.tokens.saturating_sub(1);
             }
         }
         Ok(())
@@ -171,6 +179,19 @@ mod tests {
         for _ in 0..2 {
             b.take_all(&[("bob", &per_user), ("all", &shared)]).unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_named_twice_gives_one_token() {
+        let b = Buckets::default();
+        let c = cfg(2, 2, 60_000);
+        b.take_all(&[("k", &c), ("k", &c)]).unwrap();
+        assert_eq!(
+            b.take("k", &c).unwrap(),
+            0,
+            "one of two spent, then the other"
+        );
+        assert!(b.take_all(&[("k", &c), ("k", &c)]).is_err());
     }
 
     #[tokio::test(start_paused = true)]
