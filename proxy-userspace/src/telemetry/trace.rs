@@ -660,8 +660,16 @@ async fn post(authority: &str, path: &str, body: String) -> Result<(), String> {
         s.write_all(req.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
+        // The status line decides: a collector that keeps the connection open despite
+        // `Connection: close` is not waited for.
         let mut answer = Vec::new();
-        let _ = s.read_to_end(&mut answer).await;
+        let mut chunk = [0u8; 512];
+        while !answer.contains(&b'\n') {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
         accepted(&answer)
     };
     tokio::time::timeout(Duration::from_secs(5), send)
