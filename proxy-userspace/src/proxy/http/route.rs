@@ -386,16 +386,17 @@ pub fn endpoints<'s>(
                 subset: String::new(),
             });
         }
-        // A DNS ServiceEntry without endpoints: the addresses its host resolved to, as Envoy's
-        // DNS cluster for it has, whatever address the client dialled (a VIP in `addresses`
-        // only picks the service) and whichever host the request named.
-        // Its host not resolving: no healthy upstream, never the VIP or address dialled.
+        // A DNS ServiceEntry whose host meshd resolves, and which does not resolve: no
+        // healthy upstream, never the VIP or address dialled.
         if let Some(c) = described.filter(|c| c.resolves_host && c.host_addresses.is_empty()) {
             return Err(NoEndpoint::Empty {
                 host: c.host.clone(),
                 subset: " (its host does not resolve)".into(),
             });
         }
+        // A DNS ServiceEntry without endpoints: the addresses its host resolved to, as Envoy's
+        // DNS cluster for it has, whatever address the client dialled (a VIP in `addresses`
+        // only picks the service) and whichever host the request named.
         if let Some(c) = described.filter(|c| !c.host_addresses.is_empty()) {
             let target = c.target_ports.get(&port).copied().unwrap_or(port);
             let addrs: Vec<SocketAddr> = (c.host_addresses.iter())
