@@ -15,7 +15,7 @@ use support::{
     http_backend::HttpBackend,
     mesh::curl,
     mesh::start,
-    tls::{TlsServer, certificates},
+    tls::{TlsServer, certificates, self_signed_certificate},
 };
 
 /// The task's resources, with `tls` as the DestinationRule's block for port 443.
@@ -86,6 +86,43 @@ fn get(d: &support::Daemon) -> String {
             "http://secure.example/",
         ],
     )
+}
+
+#[test]
+fn a_self_signed_server_certificate_is_trusted_as_its_own_ca() {
+    if !ebpf_available("egress_tls_self_signed") {
+        return;
+    }
+    // The server presents the certificate caCertificates holds, a self-signed CA
+    // certificate: trusted as itself, as Envoy trusts it, for its own name only.
+    let certs = self_signed_certificate(
+        &std::env::temp_dir().join("meshd-test-egress-self-signed"),
+        "secure.example",
+    );
+    let server = TlsServer::start(&certs);
+    let tls = format!(
+        "        mode: SIMPLE\n        caCertificates: {}\n",
+        certs.join("ca.pem").display()
+    );
+    let d = start("egress-tls-self-signed", 327, &policies(server.port, &tls));
+    let out = get(&d);
+    assert!(out.ends_with("\n200") && out.contains("s_server"), "{out}");
+    drop(d);
+    let tls = format!(
+        "        mode: SIMPLE\n        caCertificates: {}\n        sni: other.example\n",
+        certs.join("ca.pem").display()
+    );
+    let d = start(
+        "egress-tls-self-signed-name",
+        328,
+        &policies(server.port, &tls),
+    );
+    let out = get(&d);
+    assert!(
+        out.ends_with("\n503"),
+        "another name than the certificate's: {out}"
+    );
+    assert!(d.log_text().contains("flags=UF"), "{}", d.log_text());
 }
 
 #[test]

@@ -57,6 +57,22 @@ pub fn certificates(dir: &Path, name: &str) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A self-signed certificate for `name`, marked as a CA as such certificates often are,
+/// written to `dir` as the server's (`server.pem`, `server.key`) and as the one to trust
+/// (`ca.pem`, the same certificate).
+pub fn self_signed_certificate(dir: &Path, name: &str) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    dir.to_path_buf()
+}
+
 /// `openssl s_server` on a free loopback port: with `-www` a TLS server that answers any GET,
 /// with `-rev` one that sends each line back reversed.
 pub struct TlsServer {

@@ -14,6 +14,7 @@ pub mod limits;
 mod originate;
 pub mod proxy_protocol;
 mod retired;
+mod self_signed;
 
 use std::{
     collections::HashSet,

@@ -39,9 +39,12 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub struct Originate {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
-    /// The server name as written: connections verified for one name are pooled apart from
-    /// another's, as Envoy keys its pools by the SNI it sends.
-    name: Arc<str>,
+    /// The pool's key: the server name as written and the config's build. Connections
+    /// verified for one name are pooled apart from another's, as Envoy keys its pools by the
+    /// SNI it sends, and connections opened under one `tls` block (its CA, client
+    /// certificate, protocols) apart from another's, as Envoy's clusters of different TLS
+    /// contexts never share connections.
+    key: Arc<str>,
 }
 
 impl fmt::Debug for Originate {
@@ -59,9 +62,10 @@ impl PartialEq for Originate {
 impl Eq for Originate {}
 
 impl Originate {
-    /// The name the server was verified for: part of the pool's key.
+    /// The name the server was verified for and the config it was opened with: part of the
+    /// pool's key.
     pub fn pool_key(&self) -> &Arc<str> {
-        &self.name
+        &self.key
     }
 
     /// Opens TLS over `io` (a TCP connection, or a stream through the mTLS tunnel).
@@ -111,6 +115,9 @@ struct Built {
     tls: ClientTls,
     alpn: Alpn,
     config: Result<Arc<ClientConfig>, String>,
+    /// Which build of a config this is, unique in the process: a rebuilt config (a renewed
+    /// client certificate) gets a new one, so its connections are pooled apart.
+    id: u64,
     /// When the block's files were last modified, as the config was built.
     stamps: Vec<Option<SystemTime>>,
     checked: Instant,
@@ -130,6 +137,12 @@ fn stamps(tls: &ClientTls) -> Vec<Option<SystemTime>> {
         std::fs::metadata(path).and_then(|m| m.modified()).ok()
     })
     .collect()
+}
+
+/// The next [`Built::id`].
+fn next_build() -> u64 {
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The client config for `tls`, its failure logged.
@@ -172,21 +185,21 @@ impl Originations {
         let Some(tls) = tls.filter(|t| matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL")) else {
             return Ok(None);
         };
-        let config = self.config(tls, alpn)?;
+        let (config, id) = self.config(tls, alpn)?;
         let name = tls.sni.as_deref().unwrap_or(host);
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|_| format!("tls: {name:?} is not a server name to send"))?;
         Ok(Some(Originate {
             config,
             server_name,
-            name: name.into(),
+            key: format!("{name}#{id}").into(),
         }))
     }
 }
 
 impl Originations {
-    /// The config built for `tls`, rebuilt when its files changed since.
-    fn config(&self, tls: &ClientTls, alpn: Alpn) -> Result<Arc<ClientConfig>, String> {
+    /// The config built for `tls` and its build's id, rebuilt when its files changed since.
+    fn config(&self, tls: &ClientTls, alpn: Alpn) -> Result<(Arc<ClientConfig>, u64), String> {
         let mut built = self.built.lock().expect("originations lock");
         let now = Instant::now();
         let Some(b) = built.iter_mut().find(|b| b.tls == *tls && b.alpn == alpn) else {
@@ -194,10 +207,11 @@ impl Originations {
                 tls: tls.clone(),
                 alpn,
                 config: build(tls, alpn),
+                id: next_build(),
                 stamps: stamps(tls),
                 checked: now,
             };
-            let config = b.config.clone();
+            let config = b.config.clone().map(|c| (c, b.id));
             built.push(b);
             return config;
         };
@@ -209,10 +223,11 @@ impl Originations {
                     "DestinationRule tls: a file changed; building the TLS config again"
                 );
                 b.config = build(tls, alpn);
+                b.id = next_build();
                 b.stamps = current;
             }
         }
-        b.config.clone()
+        b.config.clone().map(|c| (c, b.id))
     }
 }
 
@@ -223,7 +238,14 @@ fn client_config(tls: &ClientTls, alpn: Alpn) -> Result<ClientConfig, String> {
     let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify == Some(true) {
         Arc::new(SkipVerify)
     } else {
-        let roots = Arc::new(roots(tls.ca_certificates.as_deref())?);
+        let (roots, trusted) = roots(tls.ca_certificates.as_deref())?;
+        // With revocation lists, every certificate needs its issuer's list: a self-signed
+        // certificate is not trusted as itself there.
+        let anchors = match tls.ca_crl {
+            None => super::self_signed::anchors(&trusted),
+            Some(_) => Vec::new(),
+        };
+        let roots = Arc::new(roots);
         let mut webpki = WebPkiServerVerifier::builder_with_provider(roots, crypto_provider());
         if let Some(path) = &tls.ca_crl {
             // An expired list is refused, as BoringSSL refuses it for Envoy.
@@ -242,7 +264,11 @@ fn client_config(tls: &ClientTls, alpn: Alpn) -> Result<ClientConfig, String> {
                     .map_err(|_| format!("tls.subjectAltNames: {n:?} is not a DNS name or address"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Arc::new(ByNames { webpki, names })
+        Arc::new(ByNames {
+            webpki,
+            names,
+            anchors,
+        })
     };
     let builder = builder
         .dangerous()
@@ -297,25 +323,29 @@ fn revocation_lists(path: &str) -> Result<Vec<CertificateRevocationListDer<'stat
     Ok(crls)
 }
 
-/// `caCertificates`, else the system's bundle.
-fn roots(ca: Option<&str>) -> Result<RootCertStore, String> {
+/// `caCertificates`, else the system's bundle: the store, and the certificates read.
+fn roots(ca: Option<&str>) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), String> {
     let (path, field) = match ca {
         Some(p) => (p, "tls.caCertificates"),
         None => (SYSTEM_BUNDLE, "tls (no caCertificates; the system bundle)"),
     };
+    let certs = certificates(path, field)?;
     let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(certificates(path, field)?);
+    let (added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
     if added == 0 {
         return Err(format!("{field} {path}: no usable certificate"));
     }
-    Ok(roots)
+    Ok((roots, certs))
 }
 
-/// The web PKI check, against the `subjectAltNames` when given, else the server name sent.
+/// The web PKI check, against the `subjectAltNames` when given, else the server name sent;
+/// a presented certificate that is one of the trusted self-signed ones is trusted as itself.
 #[derive(Debug)]
 struct ByNames {
     webpki: Arc<WebPkiServerVerifier>,
     names: Vec<ServerName<'static>>,
+    /// The self-signed certificates of `caCertificates` (none under `caCrl`).
+    anchors: Vec<CertificateDer<'static>>,
 }
 
 impl ServerCertVerifier for ByNames {
@@ -332,6 +362,9 @@ impl ServerCertVerifier for ByNames {
         } else {
             self.names.iter().collect()
         };
+        if let Some(verdict) = super::self_signed::verify(&self.anchors, end_entity, &names, now) {
+            return verdict;
+        }
         let mut last = Error::General("no subjectAltNames".into());
         for name in names {
             match (self.webpki).verify_server_cert(
@@ -512,5 +545,26 @@ mod tests {
         assert!(tcp.config.alpn_protocols.is_empty());
         let ip = o.for_connection(Some(&t), "127.0.0.9").unwrap().unwrap();
         assert_eq!(ip.server_name, ServerName::try_from("127.0.0.9").unwrap());
+    }
+
+    #[test]
+    fn connections_of_different_blocks_or_names_are_pooled_apart() {
+        let o = Originations::default();
+        let mut t = tls("SIMPLE");
+        t.insecure_skip_verify = Some(true);
+        let key = |t: &ClientTls, host: &str| {
+            let made = o.for_request(Some(t), host, false).unwrap().unwrap();
+            made.pool_key().clone()
+        };
+        let a = key(&t, "a.example");
+        assert_eq!(a, key(&t, "a.example"), "one block, one name: one pool");
+        assert_ne!(a, key(&t, "b.example"), "another name");
+        // Another workload's DestinationRule for the same host, with a client certificate
+        // or another CA: its connections never carry this block's requests.
+        let mut other = t.clone();
+        other.insecure_skip_verify = None;
+        other.ca_certificates = Some(SYSTEM_BUNDLE.into());
+        assert_ne!(a, key(&other, "a.example"), "another tls block");
+        assert_eq!(key(&other, "a.example"), key(&other.clone(), "a.example"));
     }
 }
