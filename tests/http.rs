@@ -830,6 +830,36 @@ fn pipelined_http1_requests_are_answered_in_order() {
     assert_eq!(b.requests(), 3);
 }
 
+/// A client whose request line arrives in two parts, the second well after the wait for first
+/// bytes (`--protocol-detection-timeout`), is still served as HTTP: once bytes that may begin
+/// a request line came, the rest is waited on, as Istio sets no detection timeout.
+#[test]
+fn a_request_line_sent_in_two_slow_parts_is_still_http() {
+    if !ebpf_available("sniff_slow_line") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let d = Daemon::start(
+        "sniff-slow-line",
+        329,
+        &["--protocol-detection-timeout", "50ms"],
+    );
+    let script = format!(
+        "import socket, time\ns = socket.create_connection(('127.0.0.1', {}), timeout=10)\ns.sendall(b'GET /slow')\ntime.sleep(0.5)\ns.sendall(b' HTTP/1.1\\r\\nHost: slow\\r\\nConnection: close\\r\\n\\r\\n')\nout = b''\nwhile True:\n    b = s.recv(4096)\n    if not b:\n        break\n    out += b\nprint(out.decode(errors='replace'))",
+        backend.addr.port()
+    );
+    let out = d
+        .exec("default/client", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(
+        text.contains("x-envoy-upstream-service-time:"),
+        "served by the L7 pipeline, not passed as bytes: {text}"
+    );
+}
+
 #[test]
 fn text_protocols_that_are_not_http_pass_as_opaque_bytes() {
     if !ebpf_available("sniff_not_http") {

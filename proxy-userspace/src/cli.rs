@@ -98,7 +98,8 @@ pub struct RunArgs {
     #[arg(long, env = "MESHD_CONNECT_TIMEOUT", default_value = "10s")]
     pub connect_timeout: String,
     /// How long to wait for a client's first bytes to tell HTTP from other protocols; a client
-    /// that sends nothing first (server-first protocols) is proxied at L4 after this.
+    /// that sends nothing first (server-first protocols) is proxied at L4 after this. A request
+    /// line already begun is waited on for up to 15 s.
     #[arg(
         long,
         env = "MESHD_PROTOCOL_DETECTION_TIMEOUT",

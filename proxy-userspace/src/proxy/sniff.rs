@@ -105,11 +105,21 @@ pub async fn starts_tls(stream: &TcpStream, wait: Duration) -> bool {
     }
 }
 
-/// Peeks until the bytes classify or `timeout` passes (then: opaque).
+/// How long bytes that may still begin an HTTP request line are waited on before the
+/// connection is proxied at L4: Envoy's default `listener_filters_timeout`. Istio sets no
+/// detection timeout by default, so a slow client's request is not taken for other bytes.
+pub const PARTIAL_LINE_WAIT: Duration = Duration::from_secs(15);
+
+/// The longest pause between two looks at bytes still arriving.
+const MAX_PAUSE: Duration = Duration::from_millis(20);
+
+/// Peeks until the bytes classify. No byte within `timeout` (a server-first protocol): opaque.
+/// Once bytes came, a request line still arriving is waited on for [`PARTIAL_LINE_WAIT`].
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; MAX_LINE];
     let mut seen = 0;
+    let mut pause = Duration::from_millis(1);
     loop {
         let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
         let n = match peeked {
@@ -119,12 +129,21 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
         if let Some(d) = classify(&buf[..n]) {
             return d;
         }
-        if n == seen && tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if seen == 0 {
+            deadline = deadline.max(now + PARTIAL_LINE_WAIT);
+        }
+        if n == seen && now >= deadline {
             return Detected::Opaque;
         }
+        if n != seen {
+            pause = Duration::from_millis(1);
+        }
         seen = n;
-        // More bytes are needed; peek returns at once while data is queued, so pause briefly.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // More bytes are needed; peek returns at once while data is queued, so pause, longer
+        // while nothing new arrives.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
@@ -161,6 +180,25 @@ mod tests {
         let _client = connect().await.unwrap();
         let (server, _) = l.accept().await.unwrap();
         assert!(!starts_tls(&server, wait).await);
+    }
+
+    #[tokio::test]
+    async fn a_request_line_arriving_slowly_is_waited_on_past_the_first_bytes_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let timeout = Duration::from_millis(30);
+        let mut client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        client.write_all(b"GET /slow").await.unwrap();
+        let detected = tokio::spawn(async move { detect(&server, timeout).await });
+        // Well past the timeout for first bytes, the rest of the line.
+        tokio::time::sleep(timeout * 5).await;
+        client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(detected.await.unwrap(), Detected::Http1);
+
+        // Nothing at all within the timeout: opaque (a server-first protocol).
+        let _silent = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        assert_eq!(detect(&server, timeout).await, Detected::Opaque);
     }
 
     #[test]
