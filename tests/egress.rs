@@ -375,6 +375,41 @@ spec:
     );
 }
 
+/// TLS to a destination no ServiceEntry describes passes through untouched, and the access
+/// log still names the server its ClientHello asked for, as Istio's TLS inspector reads it.
+#[test]
+fn passthrough_tls_is_logged_with_its_server_name() {
+    if !ebpf_available("egress_passthrough_sni") {
+        return;
+    }
+    let certs = certificates(
+        &std::env::temp_dir().join("meshd-test-egress-passthrough-sni"),
+        "secure.example",
+    );
+    let server = TlsServer::start(&certs);
+    let d = start("egress-passthrough-sni", 330, "");
+    let url = format!("https://secure.example:{}/", server.port);
+    let resolve = format!("secure.example:{}:127.0.0.1", server.port);
+    // The server's certificate is not the point: `-k`.
+    let out = curl(
+        &d,
+        &["--resolve", &resolve, "-k", "-w", "\n%{http_code}", &url],
+    );
+    assert!(
+        out.ends_with("\n200"),
+        "the client's own TLS, end to end: {out}"
+    );
+    let line = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""protocol":"tcp""#))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no TCP line:\n{}", d.log_text()));
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["requested_server_name"], "secure.example", "{line}");
+    assert_eq!(entry["upstream_cluster"], "PassthroughCluster", "{line}");
+}
+
 /// A route (and a mirror) from one host to DNS ServiceEntries without endpoints: as Envoy's DNS
 /// cluster does, meshd resolves the ServiceEntries' hosts and sends the request there. meshd
 /// runs with a hosts file of its own, so the names resolve to loopback addresses.

@@ -1568,6 +1568,14 @@ spec:
         "{}",
         d.log_text()
     );
+    // Logged as the subset's cluster it was routed to, flag UH.
+    let line = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""upstream_cluster":"outbound|3128|nobody|proxy.corp.example""#))
+            .map(str::to_string)
+    });
+    let line = line.unwrap_or_else(|| panic!("no line for the subset:\n{}", d.log_text()));
+    assert!(line.contains(r#""response_flags":"UH""#), "{line}");
 }
 
 /// Sends `text` and an empty line over TCP from the managed client to `vip`:`port`; what came

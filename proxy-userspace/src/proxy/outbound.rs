@@ -412,6 +412,15 @@ async fn proxy(
         Some(wait) => crate::proxy::sni::peek(&down, wait).await,
         None => None,
     };
+    // Otherwise the name is still read for the access log's `requested_server_name`, as
+    // Istio's TLS inspector reads it, from a ClientHello already there (no wait); it routes
+    // nothing.
+    let logged_sni = match (&sni, sni_wait) {
+        (None, None) if first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE) => {
+            crate::proxy::sni::peek(&down, Duration::ZERO).await
+        }
+        _ => sni.clone(),
+    };
     let target = match ctx
         .http
         .l4_target(peer, dst, workload.as_deref(), sni.as_deref())
@@ -419,14 +428,22 @@ async fn proxy(
         Ok(t) => t,
         Err(refused) => {
             sockopt::set_reset_on_close(&down);
-            let e = match refused {
+            let e = match refused.error {
                 http::L4Error::NoEndpoint(e) => OutboundError::NoHealthyUpstream(e),
                 origination @ http::L4Error::Origination { .. } => {
                     OutboundError::Origination(origination.to_string())
                 }
                 blocked @ http::L4Error::BlackHole => OutboundError::BlackHole(blocked),
             };
-            return Err(refused_early(ctx, &client, e));
+            // Logged as the service (and subset) it was routed to.
+            let service = match e {
+                OutboundError::BlackHole(_) => Some(http::L4Service::black_hole()),
+                _ => refused.service,
+            };
+            let mut record = TcpRecord::new(ctx, &client, service, client.dst);
+            record.entry.requested_server_name = logged_sni.unwrap_or_default().into();
+            record.failed(ctx, &e);
+            return Err(e);
         }
     };
     // A client that speaks TLS itself is not wrapped in the TLS a DestinationRule originates.
@@ -445,7 +462,7 @@ async fn proxy(
     }
     let upstream = target.addr;
     let mut record = TcpRecord::new(ctx, &client, target.service.take(), upstream);
-    record.entry.requested_server_name = sni.unwrap_or_default().into();
+    record.entry.requested_server_name = logged_sni.unwrap_or_default().into();
     // `tcp.maxConnections` of the service: the slot is held while the connection is open.
     let _slot = match &target.cluster {
         Some(c) => match c.try_slot(Counter::Connections, target.limits.max_connections) {

@@ -342,26 +342,16 @@ impl HttpContext {
     /// DestinationRule's load balancer (a consistent hash on the source IP, or round robin
     /// for the others that read requests) among those outlier detection has not ejected,
     /// under its connection-pool limits. Anything else: `dst` itself. Err: outlier detection
-    /// ejected every endpoint of the service, or a routed subset has none.
+    /// ejected every endpoint of the service, or a routed subset has none; with the service
+    /// (and subset) the connection was routed to, for its metrics and access log.
     pub fn l4_target(
         &self,
         peer: SocketAddr,
         dst: SocketAddr,
         workload: Option<&str>,
         sni: Option<&str>,
-    ) -> Result<L4Target, L4Error> {
+    ) -> Result<L4Target, L4Refused> {
         let snap = self.config.current();
-        let direct = || L4Target {
-            addr: dst,
-            cluster: None,
-            limits: pool::Limits {
-                opaque: true,
-                ..Default::default()
-            },
-            service: None,
-            in_flight: None,
-            outlier: None,
-        };
         let vip_host = snap.compiled.vip_host(dst);
         let client = snap.compiled.client(workload);
         let routes = &snap.compiled.tcp_routes;
@@ -377,14 +367,38 @@ impl HttpContext {
             (Some(d), _) => d.clone(),
             (None, Some(host)) => crate::routes::Destination::service(host, dst.port()),
             // Under REGISTRY_ONLY, Istio's BlackHoleCluster.
-            (None, None) if self.registry_only => return Err(L4Error::BlackHole),
-            (None, None) => return Ok(direct()),
+            (None, None) if self.registry_only => {
+                return Err(L4Refused {
+                    error: L4Error::BlackHole,
+                    service: None,
+                });
+            }
+            (None, None) => return Ok(L4Target::direct(dst)),
         };
+        let service = L4Service::of(d.clone(), dst);
+        self.l4_reach(&snap, d, &client, peer, dst, sni)
+            .map_err(|error| L4Refused {
+                error,
+                service: Some(service),
+            })
+    }
+
+    /// The endpoint of `d`, the destination an L4 connection was routed to, under its
+    /// DestinationRule (see [`Self::l4_target`]).
+    fn l4_reach(
+        &self,
+        snap: &crate::config::Snapshot,
+        d: crate::routes::Destination,
+        client: &crate::routes::Client<'_>,
+        peer: SocketAddr,
+        dst: SocketAddr,
+        sni: Option<&str>,
+    ) -> Result<L4Target, L4Error> {
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
         let requested = sni.map(Cow::Borrowed);
-        route::registered(&snap, &d, self.registry_only)?;
-        let found = match route::endpoints(&snap, &d, requested.as_slice(), dst, Some(&client)) {
+        route::registered(snap, &d, self.registry_only)?;
+        let found = match route::endpoints(snap, &d, requested.as_slice(), dst, Some(client)) {
             // A subset with no endpoint is an empty cluster, with no healthy upstream as in
             // Envoy: going where the client dialled would bypass what the subset stands for
             // (a forward proxy's `tunnel`, say).
@@ -395,7 +409,7 @@ impl HttpContext {
             // A service without endpoints (`resolution: NONE`) is reached where the client
             // dialled, under its DestinationRule, as Envoy's original-destination cluster;
             // outlier detection there would track every address ever dialled, so it is off.
-            Err(_) => route::endpoints(&snap, &d, &[Cow::Borrowed(&*d.host)], dst, Some(&client))
+            Err(_) => route::endpoints(snap, &d, &[Cow::Borrowed(&*d.host)], dst, Some(client))
                 .map(|(e, policy)| {
                     (
                         e,
@@ -469,7 +483,7 @@ impl HttpContext {
             }
             Err(_) => Ok(L4Target {
                 service: Some(L4Service::of(d, dst)),
-                ..direct()
+                ..L4Target::direct(dst)
             }),
         }
     }
@@ -512,6 +526,13 @@ pub enum L4Error {
     BlackHole,
 }
 
+/// An opaque TCP connection with nowhere to go, and the service it was routed to if any.
+#[derive(Debug)]
+pub struct L4Refused {
+    pub error: L4Error,
+    pub service: Option<L4Service>,
+}
+
 /// Where an opaque TCP connection goes, and the limits of the service it belongs to.
 pub struct L4Target {
     pub addr: SocketAddr,
@@ -525,7 +546,25 @@ pub struct L4Target {
     pub outlier: Option<L4Outlier>,
 }
 
+impl L4Target {
+    /// Straight to the address the client dialled, as no service.
+    fn direct(dst: SocketAddr) -> L4Target {
+        L4Target {
+            addr: dst,
+            cluster: None,
+            limits: pool::Limits {
+                opaque: true,
+                ..Default::default()
+            },
+            service: None,
+            in_flight: None,
+            outlier: None,
+        }
+    }
+}
+
 /// The service of an opaque connection, as its metrics and access log name it.
+#[derive(Debug)]
 pub struct L4Service {
     pub host: String,
     /// Istio's cluster name: the service, the route's subset and the port.
