@@ -715,6 +715,40 @@ mod tests {
         }
     }
 
+    /// A loopback collector that answers `status` to one POST and keeps the connection open.
+    async fn collector_keeping_the_connection(status: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            s.write_all(answer.as_bytes()).await.unwrap();
+            // Held open, as a keep-alive server that ignores `Connection: close`.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_collector_keeping_its_connection_open_is_judged_by_its_status_line() {
+        let ok = collector_keeping_the_connection("202 Accepted").await;
+        // Not "collector timed out": the status line is read, not the connection's end.
+        assert_eq!(post(&ok, "/api/v2/spans", "[]".into()).await, Ok(()));
+        let refused = collector_keeping_the_connection("400 Bad Request").await;
+        assert_eq!(
+            post(&refused, "/api/v2/spans", "[]".into()).await,
+            Err("collector answered \"HTTP/1.1 400 Bad Request\"".to_string())
+        );
+    }
+
     #[test]
     fn otlp_groups_spans_by_service_with_integer_codes_and_error_status() {
         let batch = [
