@@ -65,14 +65,12 @@ pub struct Cluster {
     /// endpoint maps the port's name itself).
     pub target_ports: BTreeMap<u16, u16>,
     pub endpoints: Vec<ServiceEndpoint>,
-    /// A DNS ServiceEntry without endpoints: the addresses its host resolved to, where a route
-    /// sends other hosts' requests to it (see `dns::names`); the first only with
-    /// `DNS_ROUND_ROBIN`.
-    pub host_addresses: Vec<IpAddr>,
-    /// The host is one meshd resolves for `host_addresses`: with none (the name does not
-    /// resolve) the service has no healthy upstream, as Envoy's empty DNS cluster.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub resolves_host: bool,
+    /// A DNS ServiceEntry without endpoints, whose host meshd resolves: the addresses it
+    /// resolved to, where a route sends other hosts' requests to it (see `dns::names`); the
+    /// first only with `DNS_ROUND_ROBIN`. None resolved (the name does not resolve): no
+    /// healthy upstream, as Envoy's empty DNS cluster. `None`: meshd does not resolve it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_addresses: Option<Vec<IpAddr>>,
     /// A ServiceEntry of the host has `resolution: STATIC`: its endpoints are the ones it
     /// names, so none is no healthy upstream (Envoy's empty EDS cluster), never the address
     /// the client dialled...
@@ -417,8 +415,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             if super::dns::resolves_own_hosts(se)
                 && let Some(addrs) = dns.get(&c.host)
             {
-                c.host_addresses = in_use(addrs, resolution).to_vec();
-                c.resolves_host = true;
+                c.host_addresses = Some(in_use(addrs, resolution).to_vec());
             }
         }
     }
@@ -531,7 +528,6 @@ fn unshaped(c: &Cluster) -> Cluster {
         target_ports: c.target_ports.clone(),
         endpoints: c.endpoints.clone(),
         host_addresses: c.host_addresses.clone(),
-        resolves_host: c.resolves_host,
         static_endpoints: c.static_endpoints,
         unstatic_ports: c.unstatic_ports.clone(),
         traffic_distribution: c.traffic_distribution,

@@ -417,17 +417,13 @@ spec:
         let c = super::super::compile_resolved(&set, resolved);
         let api = &c.clusters["api.partner.example"];
         assert_eq!(
-            api.host_addresses,
-            [ip("127.0.0.61")],
+            api.host_addresses.as_deref(),
+            Some(&[ip("127.0.0.61")][..]),
             "DNS_ROUND_ROBIN: the first"
         );
         assert!(api.endpoints.is_empty());
-        assert!(
-            c.clusters["backup.partner.example"]
-                .host_addresses
-                .is_empty()
-        );
-        assert!(c.clusters["egress.example"].host_addresses.is_empty());
+        assert_eq!(c.clusters["backup.partner.example"].host_addresses, None);
+        assert_eq!(c.clusters["egress.example"].host_addresses, None);
     }
 
     #[test]

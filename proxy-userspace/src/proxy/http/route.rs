@@ -388,18 +388,18 @@ pub fn endpoints<'s>(
         }
         // A DNS ServiceEntry whose host meshd resolves, and which does not resolve: no
         // healthy upstream, never the VIP or address dialled.
-        if let Some(c) = described.filter(|c| c.resolves_host && c.host_addresses.is_empty()) {
-            return Err(NoEndpoint::Empty {
-                host: c.host.clone(),
-                subset: " (its host does not resolve)".into(),
-            });
-        }
         // A DNS ServiceEntry without endpoints: the addresses its host resolved to, as Envoy's
         // DNS cluster for it has, whatever address the client dialled (a VIP in `addresses`
         // only picks the service) and whichever host the request named.
-        if let Some(c) = described.filter(|c| !c.host_addresses.is_empty()) {
+        if let Some((c, resolved)) = described.and_then(|c| Some((c, c.host_addresses.as_ref()?))) {
+            if resolved.is_empty() {
+                return Err(NoEndpoint::Empty {
+                    host: c.host.clone(),
+                    subset: " (its host does not resolve)".into(),
+                });
+            }
             let target = c.target_ports.get(&port).copied().unwrap_or(port);
-            let addrs: Vec<SocketAddr> = (c.host_addresses.iter())
+            let addrs: Vec<SocketAddr> = (resolved.iter())
                 .map(|ip| SocketAddr::new(*ip, target))
                 .collect();
             let localities = vec![None; addrs.len()];
