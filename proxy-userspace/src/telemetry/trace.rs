@@ -239,14 +239,35 @@ fn extract(h: &HeaderMap, sample_rate: f64) -> Context {
     opened(&Present::scan(h), sample_rate).0
 }
 
+/// What a caller's trace headers say.
+#[derive(Default)]
+struct Caller {
+    /// The caller's trace and span, when it sent them.
+    ids: Option<(TraceId, SpanId)>,
+    /// Its sampling decision, when it made one.
+    decision: Option<bool>,
+    /// Its trace id had 64 bits (B3).
+    short_trace_id: bool,
+    /// It asked for debug (B3).
+    debug: bool,
+}
+
+impl Caller {
+    /// A decision without ids.
+    fn deciding(decision: bool, debug: bool) -> Caller {
+        Caller {
+            decision: Some(decision),
+            debug,
+            ..Caller::default()
+        }
+    }
+}
+
 /// meshd's span, and whether it continues the caller's W3C `traceparent`.
 fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
     fn get(v: Option<&HeaderValue>) -> Option<&str> {
         v.and_then(|v| v.to_str().ok())
     }
-    // (the caller's trace and span, when it sent them; its sampling decision, when it made one;
-    // whether its trace id had 64 bits; whether it asked for debug)
-    type Caller = (Option<(TraceId, SpanId)>, Option<bool>, bool, bool);
     // W3C: `version-trace-span-flags`, all lowercase hex; version ff is invalid, and version
     // 00 has exactly four fields (a later version may add more).
     let w3c = || -> Option<Caller> {
@@ -257,26 +278,30 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
         let ids = valid_hex(t, 32) && valid_hex(s, 16) && f.len() == 2;
         (fields && ids && [v, t, s, f].iter().all(|x| lower_hex(x))).then(|| {
             let sampled = u8::from_str_radix(f, 16).is_ok_and(|f| f & 1 == 1);
-            (
-                Some((Hex::padded(t), Hex::padded(s))),
-                Some(sampled),
-                false,
-                false,
-            )
+            Caller {
+                ids: Some((Hex::padded(t), Hex::padded(s))),
+                decision: Some(sampled),
+                ..Caller::default()
+            }
         })
     };
     // B3 single: `trace-span[-state[-parent]]`, or the state alone (`0`: do not sample).
     let b3_single = || -> Option<Caller> {
         let b3 = get(present.b3)?.trim();
         if !b3.contains('-') {
-            return b3_decision(b3).map(|d| (None, Some(d), false, b3 == "d"));
+            return b3_decision(b3).map(|d| Caller::deciding(d, b3 == "d"));
         }
         let mut p = b3.split('-');
         let trace = p.next()?;
         let ids = b3_ids(trace, p.next()?)?;
         let flag = p.next();
         let state = flag.map_or(Some(true), b3_decision);
-        Some((Some(ids), state, trace.len() == 16, flag == Some("d")))
+        Some(Caller {
+            ids: Some(ids),
+            decision: state,
+            short_trace_id: trace.len() == 16,
+            debug: flag == Some("d"),
+        })
     };
     // B3 multi: the ids, `x-b3-sampled`, and `x-b3-flags: 1` (debug, which samples); either
     // header alone is a decision without ids.
@@ -288,18 +313,23 @@ fn opened(present: &Present<'_>, sample_rate: f64) -> (Context, bool) {
         let ids = (trace.zip(get(present.b3_span_id))).and_then(|(t, s)| b3_ids(t, s));
         let short = trace.is_some_and(|t| t.len() == 16);
         match ids {
-            Some(ids) => Some((
-                Some(ids),
-                decision.or(state.is_none().then_some(true)),
-                short,
+            Some(ids) => Some(Caller {
+                ids: Some(ids),
+                decision: decision.or(state.is_none().then_some(true)),
+                short_trace_id: short,
                 debug,
-            )),
-            None => decision.map(|d| (None, Some(d), false, debug)),
+            }),
+            None => decision.map(|d| Caller::deciding(d, debug)),
         }
     };
     let from_w3c = w3c();
     let continued_w3c = from_w3c.is_some();
-    let (ids, decision, short_trace_id, debug) = from_w3c
+    let Caller {
+        ids,
+        decision,
+        short_trace_id,
+        debug,
+    } = from_w3c
         .or_else(b3_single)
         .or_else(b3_multi)
         .unwrap_or_default();
