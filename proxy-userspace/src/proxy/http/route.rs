@@ -1045,13 +1045,21 @@ spec:
         Snapshot::of(load_str("t.yaml".as_ref(), POLICIES).expect("valid policies"))
     }
 
-    fn dest(subset: Option<&str>) -> Destination {
+    /// All of `host`, on the port its service has.
+    fn to(host: &str) -> Destination {
         Destination {
-            host: "api.default.svc.cluster.local".into(),
-            subset: subset.map(str::to_string),
+            host: host.into(),
+            subset: None,
             port: None,
             weight: 100,
             headers: None,
+        }
+    }
+
+    fn dest(subset: Option<&str>) -> Destination {
+        Destination {
+            subset: subset.map(str::to_string),
+            ..to("api.default.svc.cluster.local")
         }
     }
 
@@ -1126,13 +1134,7 @@ spec:
     connectionPool: {tcp: {maxConnections: 3}}
 "#;
         let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
-        let d = Destination {
-            host: "api.example.com".into(),
-            subset: None,
-            port: None,
-            weight: 100,
-            headers: None,
-        };
+        let d = to("api.example.com");
         let dst: SocketAddr = "203.0.113.7:443".parse().unwrap();
         let (addrs, policy) = endpoints(&snap, &d, &[Cow::Borrowed("api.example.com")], dst, None)
             .expect("the client's own destination");
@@ -1158,13 +1160,7 @@ spec:
   workloadSelector: {labels: {app: nobody}}
 "#;
         let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
-        let d = Destination {
-            host: "empty.example".into(),
-            subset: None,
-            port: None,
-            weight: 100,
-            headers: None,
-        };
+        let d = to("empty.example");
         let dst: SocketAddr = "10.96.0.9:6000".parse().unwrap();
         let found = endpoints(&snap, &d, &[Cow::Borrowed("empty.example")], dst, None);
         assert!(
@@ -1188,13 +1184,7 @@ spec:
 "#;
         let set = load_str("t.yaml".as_ref(), yaml).expect("valid policies");
         let mut snap = Snapshot::of(set.clone());
-        let d = Destination {
-            host: "db.example".into(),
-            subset: None,
-            port: None,
-            weight: 100,
-            headers: None,
-        };
+        let d = to("db.example");
         let dst: SocketAddr = "10.96.0.10:5432".parse().unwrap();
         let unresolved = [("db.example".to_string(), Vec::new())].into();
         snap.compiled = crate::config::compile_resolved(&set, unresolved);
@@ -1232,13 +1222,7 @@ spec:
     route: [{destination: {host: "*.example.com"}}]
 "#;
         let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
-        let d = Destination {
-            host: "*.example.com".into(),
-            subset: None,
-            port: None,
-            weight: 100,
-            headers: None,
-        };
+        let d = to("*.example.com");
         let dst: SocketAddr = "203.0.113.7:80".parse().unwrap();
         let (addrs, _) = endpoints(&snap, &d, &[Cow::Borrowed("api.example.com")], dst, None)
             .expect("the client's own destination");
