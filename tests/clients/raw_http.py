@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sends raw bytes to ADDR (Python escapes like \\r\\n are decoded), reads until the server
-closes or TIMEOUT passes, and prints JSON: the status code of the first response and the bytes
-received. Optionally sends more bytes after the first response (for upgraded connections), and
+closes or TIMEOUT passes, and prints JSON: the status code of the first response, the bytes
+received, and whether the server reset the connection. Optionally sends more bytes after the first response (for upgraded connections), and
 stops at their echo unless told to hold the connection."""
 import argparse
 import json
@@ -21,10 +21,14 @@ s.sendall(a.send.encode().decode("unicode_escape").encode("latin-1"))
 got = b""
 deadline = time.monotonic() + a.timeout
 sent_then = False
+reset = False
 while time.monotonic() < deadline:
     try:
         chunk = s.recv(65536)
     except socket.timeout:
+        break
+    except ConnectionResetError:
+        reset = True
         break
     if not chunk:
         break
@@ -37,4 +41,4 @@ while time.monotonic() < deadline:
 status = 0
 if got.startswith(b"HTTP/"):
     status = int(got.split(b" ", 2)[1])
-print(json.dumps({"status": status, "received": got.decode("latin-1")}))
+print(json.dumps({"status": status, "received": got.decode("latin-1"), "reset": reset}))
