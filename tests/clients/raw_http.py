@@ -41,4 +41,4 @@ while time.monotonic() < deadline:
 status = 0
 if got.startswith(b"HTTP/"):
     status = int(got.split(b" ", 2)[1])
-print(json.dumps({"status": status, "received": got.decode("latin-1"), "reset": reset}))
+print(json.dumps({"status": status, "reset": reset, "received": got.decode("latin-1")}))
