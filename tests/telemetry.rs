@@ -250,7 +250,10 @@ fn access_log_lines_carry_flags_and_reasons() {
     );
     let nr = find("/nowhere", 404);
     assert_eq!(nr["response_flags"], "NR", "{nr}");
-    assert_eq!(nr["upstream_cluster"], "", "no cluster was chosen: {nr}");
+    assert!(
+        nr["upstream_cluster"].is_null(),
+        "no cluster was chosen: {nr}"
+    );
     assert_eq!(
         nr["path"], "/nowhere?q=1",
         "the query, as Istio's format logs it"
@@ -493,8 +496,8 @@ fn spans_reach_a_collector_with_parent_links_across_two_hops() {
 }
 
 /// With both `--trace-zipkin` and `--trace-otlp`, spans go to both collectors; a collector
-/// that refuses them (a 5xx) loses them, counted in `meshd_trace_spans_dropped_total` and
-/// warned about once, while the other still gets every span.
+/// that refuses them (a 5xx) loses them, counted in `meshd_trace_spans_dropped_total` under
+/// its own URL and warned about once, while the other still gets every span (and loses none).
 #[test]
 fn spans_go_to_both_collectors_and_a_refusing_one_counts_them_dropped() {
     if !ebpf_available("tracing_two_collectors") {
@@ -524,15 +527,21 @@ fn spans_go_to_both_collectors_and_a_refusing_one_counts_them_dropped() {
     for _ in 0..5 {
         curl(&d, &["http://reviews:9080/whoami"]);
     }
-    let dropped = "meshd_trace_spans_dropped_total";
+    let dropped = format!("meshd_trace_spans_dropped_total{{collector=\"{zipkin_url}\"}}");
     let counted = eventually(Duration::from_secs(10), || {
-        (d.metric(dropped) == 5.0).then_some(())
+        (d.metric(&dropped) == 5.0).then_some(())
     });
     assert!(
         counted.is_some(),
         "{dropped} = {}; log:\n{}",
-        d.metric(dropped),
+        d.metric(&dropped),
         d.log_text()
+    );
+    let kept = format!("meshd_trace_spans_dropped_total{{collector=\"{otlp_url}\"}}");
+    assert!(
+        d.get("/metrics").contains(&format!("{kept} 0\n")),
+        "the OTLP collector lost none: {}",
+        d.get("/metrics")
     );
     assert!(
         !refusing.bodies.lock().unwrap().is_empty(),

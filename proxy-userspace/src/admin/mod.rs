@@ -116,23 +116,27 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
 fn metrics_text(st: &AdminState) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut text = st.metrics.render(&st.maps);
-    for (name, help, value) in [
-        (
-            "meshd_trace_spans_dropped_total",
-            "Spans dropped because the export queue was full",
-            st.http.tracer.dropped.load(Relaxed),
-        ),
-        (
-            "meshd_access_log_dropped_total",
-            "Access-log lines dropped because the writer queue was full",
-            st.http.access.dropped.load(Relaxed),
-        ),
-    ] {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
+    let name = "meshd_trace_spans_dropped_total";
+    text.push_str(&format!(
+        "# HELP {name} Spans a collector lost: its export queue was full, or it did not take a batch\n# TYPE {name} counter\n"
+    ));
+    for (collector, value) in st.http.tracer.dropped() {
+        let collector = label_value(collector);
+        text.push_str(&format!("{name}{{collector=\"{collector}\"}} {value}\n"));
     }
+    let name = "meshd_access_log_dropped_total";
+    text.push_str(&format!(
+        "# HELP {name} Access-log lines dropped because the writer queue was full\n# TYPE {name} counter\n{name} {}\n",
+        st.http.access.dropped.load(Relaxed)
+    ));
     text
+}
+
+/// `v` as a Prometheus label value: backslash, double quote and line feed escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {

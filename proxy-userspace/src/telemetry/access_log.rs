@@ -24,11 +24,15 @@ const WAKE_AT: usize = 64 * 1024;
 /// Bytes waiting for the writer; lines beyond this are dropped.
 const MAX_PENDING: usize = 8 * 1024 * 1024;
 
-/// One access-log line. Fields borrow from the request where they can.
+/// One access-log line. Fields borrow from the request where they can. A field Envoy's
+/// command operator has no value for (no route name, no User-Agent, a TCP line's method) is
+/// `null`, as in Istio's JSON access log, not an empty string.
 #[derive(Debug, Default, Serialize)]
 pub struct Entry<'a> {
     pub start_time: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub method: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub path: Cow<'a, str>,
     pub protocol: Cow<'a, str>,
     pub response_code: u16,
@@ -40,19 +44,26 @@ pub struct Entry<'a> {
     /// answer, in milliseconds (null when no upstream answered after the request ended).
     pub upstream_service_time: Option<u64>,
     /// The `name` of the VirtualService route that took the request (empty when none had one).
+    #[serde(serialize_with = "empty_as_null")]
     pub route_name: Cow<'a, str>,
     /// Istio's cluster name: `outbound|9080|v1|reviews.default.svc.cluster.local`, or
     /// `PassthroughCluster` for the address the client dialled (see [`outbound_cluster`]).
+    #[serde(serialize_with = "empty_as_null")]
     pub upstream_cluster: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub upstream_host: Cow<'a, str>,
     /// The request's Host or `:authority`, `User-Agent` and `X-Forwarded-For`, as received.
+    #[serde(serialize_with = "empty_as_null")]
     pub authority: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub user_agent: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub x_forwarded_for: Cow<'a, str>,
     /// The address the client dialled (its original destination), and the client's own.
     pub downstream_local_address: Cow<'a, str>,
     pub downstream_remote_address: Cow<'a, str>,
     /// The server name of the client's TLS ClientHello, for a connection routed by it.
+    #[serde(serialize_with = "empty_as_null")]
     pub requested_server_name: Cow<'a, str>,
     pub source_workload: Cow<'a, str>,
     pub source_principal: Cow<'a, str>,
@@ -60,11 +71,21 @@ pub struct Entry<'a> {
     pub destination_principal: Cow<'a, str>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    #[serde(serialize_with = "empty_as_null")]
     pub request_id: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub trace_id: Cow<'a, str>,
     pub retries: u32,
     /// Why the request was denied or failed; empty when it succeeded.
     pub reason: Cow<'a, str>,
+}
+
+/// An empty field as `null`.
+fn empty_as_null<S: serde::Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+    match v.is_empty() {
+        true => s.serialize_none(),
+        false => s.serialize_str(v),
+    }
 }
 
 /// How long a request or connection took, as its line writes it.
@@ -328,7 +349,17 @@ mod tests {
             .chain(["\"/failed\"".to_string()])
             .collect();
         assert_eq!(paths, expected);
-        assert!(text.starts_with("{\"start_time\":\"\",\"method\":\"\",\"path\":\"/0\""));
+        assert!(text.starts_with("{\"start_time\":\"\",\"method\":null,\"path\":\"/0\""));
+        // Fields with no value are null, as in Istio's JSON access log.
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        for field in [
+            "route_name",
+            "upstream_host",
+            "user_agent",
+            "requested_server_name",
+        ] {
+            assert!(first[field].is_null(), "{field}: {first}");
+        }
     }
 
     #[test]

@@ -482,9 +482,23 @@ pub enum Format {
 /// The exporters: per collector, a bounded queue and a background task that posts batches.
 pub struct Tracer {
     pub sample_rate: f64,
-    exporters: Vec<mpsc::Sender<Span>>,
+    exporters: Vec<Exporter>,
+}
+
+/// One collector's queue, and the spans it lost.
+struct Exporter {
+    url: String,
+    tx: mpsc::Sender<Span>,
     /// Spans lost: a full queue, or a batch the collector did not take.
-    pub dropped: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Exporter {
+    fn send(&self, span: Span) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A collector URL's authority and path; why it is not one meshd can post to, if not.
@@ -505,8 +519,12 @@ impl Tracer {
         Tracer {
             sample_rate,
             exporters: Vec::new(),
-            dropped: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Each collector's URL and the spans it lost so far.
+    pub fn dropped(&self) -> impl Iterator<Item = (&str, u64)> {
+        (self.exporters.iter()).map(|e| (e.url.as_str(), e.dropped.load(Ordering::Relaxed)))
     }
 
     /// Exports every sampled span to each collector (`http://host:port/path`) in its format;
@@ -516,15 +534,20 @@ impl Tracer {
         for (url, format) in collectors {
             let (authority, path) = collector(url).map_err(|reason| format!("{url}: {reason}"))?;
             let (tx, rx) = mpsc::channel::<Span>(QUEUE);
+            let dropped = Arc::new(AtomicU64::new(0));
             let export = Export {
                 url: url.to_string(),
                 authority,
                 path,
                 format: *format,
-                dropped: tracer.dropped.clone(),
+                dropped: dropped.clone(),
             };
             tokio::spawn(export.run(rx));
-            tracer.exporters.push(tx);
+            tracer.exporters.push(Exporter {
+                url: url.to_string(),
+                tx,
+                dropped,
+            });
         }
         Ok(tracer)
     }
@@ -541,14 +564,10 @@ impl Tracer {
         let Some((last, others)) = self.exporters.split_last() else {
             return;
         };
-        for tx in others {
-            if tx.try_send(span.clone()).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        for e in others {
+            e.send(span.clone());
         }
-        if last.try_send(span).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        last.send(span);
     }
 }
 

@@ -301,15 +301,17 @@ pub fn run(args: &Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1200));
         for (c, d) in daemons {
             let (_, metrics) = d.meshd.get("/metrics")?;
-            let counter = |name: &str| {
-                metrics
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .map_or(0, |v| v as u64)
+            // The sum of the series named `name` (the span counter has one per collector).
+            let counter = |name: &str| -> u64 {
+                (metrics.lines())
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit_once(' '))
+                    .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+                    .map(|v| v as u64)
+                    .sum()
             };
             measured[c].dropped.0 += counter("meshd_access_log_dropped_total ");
-            measured[c].dropped.1 += counter("meshd_trace_spans_dropped_total ");
+            measured[c].dropped.1 += counter("meshd_trace_spans_dropped_total{");
             d.meshd.stop()?;
         }
     }
