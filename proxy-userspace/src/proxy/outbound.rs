@@ -417,7 +417,7 @@ async fn proxy(
     // nothing.
     let logged_sni = match (&sni, sni_wait) {
         (None, None) if first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE) => {
-            crate::proxy::sni::peek(&down, Duration::ZERO).await
+            crate::proxy::sni::peek_now(&down)
         }
         _ => sni.clone(),
     };

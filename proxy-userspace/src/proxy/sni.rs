@@ -135,6 +135,20 @@ fn client_hello_name(handshake: &[u8]) -> Option<String> {
     None
 }
 
+/// The server name of a ClientHello already arrived whole, peeked without waiting (and without
+/// the runtime's readiness, which may not know of the bytes yet); `None` for anything else.
+pub fn peek_now(stream: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; MAX_HELLO];
+    // SAFETY: initialised bytes seen as maybe-uninitialised ones; peek only writes them.
+    let view =
+        unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    let n = socket2::SockRef::from(stream).peek(view).ok()?;
+    match parse(&buf[..n]) {
+        Hello::Name(name) => Some(name),
+        Hello::None | Hello::Incomplete => None,
+    }
+}
+
 /// Peeks at a connection until its ClientHello's server name is known, it is not TLS, or
 /// `timeout` passes.
 pub async fn peek(stream: &TcpStream, timeout: Duration) -> Option<String> {
@@ -268,5 +282,24 @@ mod tests {
         let name = peek(&server, Duration::from_secs(5)).await;
         assert_eq!(name.as_deref(), Some("b.z.example"));
         drop(client.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_hello_already_arrived_is_read_without_waiting() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(peek_now(&server), None, "nothing yet");
+        let h = hello(Some("now.example"));
+        // Half of it: incomplete, so no name.
+        client.write_all(&h[..h.len() / 2]).await.unwrap();
+        let mut seen = vec![0u8; h.len()];
+        while server.peek(&mut seen).await.unwrap() < h.len() / 2 {}
+        assert_eq!(peek_now(&server), None, "incomplete");
+        client.write_all(&h[h.len() / 2..]).await.unwrap();
+        while server.peek(&mut seen).await.unwrap() < h.len() {}
+        assert_eq!(peek_now(&server).as_deref(), Some("now.example"));
     }
 }
