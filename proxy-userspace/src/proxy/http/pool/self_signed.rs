@@ -2,7 +2,8 @@
 //! very certificate the server presents (a self-signed one, often marked as a CA). The web PKI
 //! refuses a CA certificate as a server's (`CaUsedAsEndEntity`); OpenSSL and BoringSSL, and so
 //! Envoy, accept a presented certificate that is itself one of the trusted self-signed ones.
-//! So does meshd, still checking the server's name and the certificate's validity period.
+//! So does meshd, still checking the server's name, the certificate's validity period and that
+//! it may serve TLS (its key and extended key usages, as OpenSSL's `ssl_server` purpose).
 
 use rustls::{
     CertificateError, Error,
@@ -55,6 +56,9 @@ fn check(
     if at > parsed.validity().not_after {
         return Err(Error::InvalidCertificate(CertificateError::Expired));
     }
+    if !serves_tls(&parsed) {
+        return Err(Error::InvalidCertificate(CertificateError::InvalidPurpose));
+    }
     let cert = webpki::EndEntityCert::try_from(der)
         .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
     if names
@@ -65,6 +69,24 @@ fn check(
     } else {
         Err(Error::InvalidCertificate(CertificateError::NotValidForName))
     }
+}
+
+/// OpenSSL's `ssl_server` purpose: an extended key usage, when present, allows serverAuth (or
+/// any use); a key usage, when present, allows signing or key exchange.
+fn serves_tls(cert: &X509Certificate<'_>) -> bool {
+    let eku = match cert.extended_key_usage() {
+        Ok(Some(e)) => e.value.server_auth || e.value.any,
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    let ku = match cert.key_usage() {
+        Ok(Some(k)) => {
+            k.value.digital_signature() || k.value.key_encipherment() || k.value.key_agreement()
+        }
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    eku && ku
 }
 
 #[cfg(test)]
@@ -108,19 +130,51 @@ mod tests {
         assert!(verify(&anchors, &other, &[&a], now()).is_none());
     }
 
-    #[test]
-    fn outside_its_validity_it_is_refused() {
+    /// A self-signed certificate for a.example, `edit` applied to its parameters, checked as a
+    /// trusted one.
+    fn checked(edit: impl Fn(&mut CertificateParams)) -> Result<ServerCertVerified, Error> {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["a.example".to_string()]).unwrap();
-        params.not_before = date_time_ymd(2020, 1, 1);
-        params.not_after = date_time_ymd(2021, 1, 1);
+        edit(&mut params);
         let cert = params.self_signed(&key).unwrap().der().clone();
         let anchors = anchors(std::slice::from_ref(&cert));
         let a = ServerName::try_from("a.example").unwrap();
-        assert!(matches!(
-            verify(&anchors, &cert, &[&a], now()),
-            Some(Err(Error::InvalidCertificate(CertificateError::Expired)))
-        ));
+        verify(&anchors, &cert, &[&a], now()).expect("a trusted certificate")
+    }
+
+    fn refused(r: Result<ServerCertVerified, Error>) -> Option<CertificateError> {
+        match r {
+            Err(Error::InvalidCertificate(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn outside_its_validity_it_is_refused() {
+        let expired = checked(|p| {
+            p.not_before = date_time_ymd(2020, 1, 1);
+            p.not_after = date_time_ymd(2021, 1, 1);
+        });
+        assert_eq!(refused(expired), Some(CertificateError::Expired));
+        let early = checked(|p| {
+            p.not_before = date_time_ymd(2090, 1, 1);
+            p.not_after = date_time_ymd(2091, 1, 1);
+        });
+        assert_eq!(refused(early), Some(CertificateError::NotValidYet));
+    }
+
+    #[test]
+    fn a_certificate_not_for_servers_is_refused() {
+        use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
+        let client_only = checked(|p| p.extended_key_usages = vec![Eku::ClientAuth]);
+        assert_eq!(refused(client_only), Some(CertificateError::InvalidPurpose));
+        let signing_certs_only = checked(|p| p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign]);
+        assert_eq!(
+            refused(signing_certs_only),
+            Some(CertificateError::InvalidPurpose)
+        );
+        assert!(checked(|p| p.extended_key_usages = vec![Eku::ServerAuth]).is_ok());
+        assert!(checked(|p| p.key_usages = vec![Ku::DigitalSignature, Ku::KeyCertSign]).is_ok());
     }
 
     #[test]
@@ -135,6 +189,8 @@ mod tests {
             .unwrap()
             .signed_by(&key, &issuer)
             .unwrap();
+        // rcgen gives both the same distinguished name, so the leaf's issuer is its subject:
+        // only its signature, by the CA's key, tells it is not self-signed.
         let certs = [ca_cert.der().clone(), leaf.der().clone()];
         assert_eq!(anchors(&certs), [ca_cert.der().clone()]);
         assert_eq!(anchors(&[self_signed("b.example", false)]).len(), 1);
