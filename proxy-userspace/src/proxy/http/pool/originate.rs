@@ -115,8 +115,9 @@ struct Built {
     tls: ClientTls,
     alpn: Alpn,
     config: Result<Arc<ClientConfig>, String>,
-    /// Which build of a config this is, unique in the process: a rebuilt config (a renewed
-    /// client certificate) gets a new one, so its connections are pooled apart.
+    /// Which block this is, unique in the process: the pool's key for its connections. A
+    /// config rebuilt from changed files keeps it, so the connections already open stay in
+    /// use (as Envoy keeps them when a secret rotates) and new ones use the new files.
     id: u64,
     /// When the block's files were last modified, as the config was built.
     stamps: Vec<Option<SystemTime>>,
@@ -140,7 +141,7 @@ fn stamps(tls: &ClientTls) -> Vec<Option<SystemTime>> {
 }
 
 /// The next [`Built::id`].
-fn next_build() -> u64 {
+fn next_block() -> u64 {
     static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
@@ -207,7 +208,7 @@ impl Originations {
                 tls: tls.clone(),
                 alpn,
                 config: build(tls, alpn),
-                id: next_build(),
+                id: next_block(),
                 stamps: stamps(tls),
                 checked: now,
             };
@@ -223,7 +224,6 @@ impl Originations {
                     "DestinationRule tls: a file changed; building the TLS config again"
                 );
                 b.config = build(tls, alpn);
-                b.id = next_build();
                 b.stamps = current;
             }
         }
@@ -513,12 +513,14 @@ mod tests {
         std::fs::copy(SYSTEM_BUNDLE, &ca).unwrap();
         let config = || request().unwrap().unwrap().config;
         let first = config();
+        let key = request().unwrap().unwrap().pool_key().clone();
         assert!(Arc::ptr_eq(&first, &config()), "unchanged: kept");
-        // Rewritten (a renewed bundle): built again.
+        // Rewritten (a renewed bundle): built again, its open connections kept in use.
         let later = SystemTime::now() + Duration::from_secs(5);
         let f = std::fs::File::options().write(true).open(&ca).unwrap();
         f.set_modified(later).unwrap();
         assert!(!Arc::ptr_eq(&first, &config()));
+        assert_eq!(request().unwrap().unwrap().pool_key(), &key);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
