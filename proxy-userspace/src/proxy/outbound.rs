@@ -237,6 +237,9 @@ const CLIENT_TLS_WAIT: Duration = Duration::from_millis(50);
 /// sent connections whose hello came late, or in pieces, to the wrong backend.
 const SNI_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the rest of a ClientHello begun is waited on when its server name is only logged.
+const HELLO_REST_WAIT: Duration = Duration::from_millis(100);
+
 /// When meshd accepted a connection: its record's start, as Envoy's access log starts a
 /// connection's line at the accept (not after protocol detection or a wait for a share).
 #[derive(Clone, Copy)]
@@ -413,11 +416,16 @@ async fn proxy(
         None => None,
     };
     // Otherwise the name is still read for the access log's `requested_server_name`, as
-    // Istio's TLS inspector reads it, from a ClientHello already there (no wait); it routes
-    // nothing.
+    // Istio's TLS inspector reads it: from a ClientHello already there, or whose rest is on its
+    // way (a hello larger than a packet, with post-quantum key shares); it routes nothing.
     let logged_sni = match (&sni, sni_wait) {
         (None, None) if first_byte(&down) == Some(crate::proxy::sni::HANDSHAKE) => {
-            crate::proxy::sni::peek_now(&down)
+            use crate::proxy::sni::{Hello, peek, peek_now};
+            match peek_now(&down) {
+                Hello::Name(name) => Some(name),
+                Hello::Incomplete => peek(&down, HELLO_REST_WAIT).await,
+                Hello::None => None,
+            }
         }
         _ => sni.clone(),
     };

@@ -135,17 +135,16 @@ fn client_hello_name(handshake: &[u8]) -> Option<String> {
     None
 }
 
-/// The server name of a ClientHello already arrived whole, peeked without waiting (and without
-/// the runtime's readiness, which may not know of the bytes yet); `None` for anything else.
-pub fn peek_now(stream: &TcpStream) -> Option<String> {
+/// What the bytes already arrived say about a server name, peeked without waiting (and without
+/// the runtime's readiness, which may not know of them yet).
+pub fn peek_now(stream: &TcpStream) -> Hello {
     let mut buf = vec![0u8; MAX_HELLO];
     // SAFETY: initialised bytes seen as maybe-uninitialised ones; peek only writes them.
     let view =
         unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-    let n = socket2::SockRef::from(stream).peek(view).ok()?;
-    match parse(&buf[..n]) {
-        Hello::Name(name) => Some(name),
-        Hello::None | Hello::Incomplete => None,
+    match socket2::SockRef::from(stream).peek(view) {
+        Ok(n) => parse(&buf[..n]),
+        Err(_) => Hello::None,
     }
 }
 
@@ -291,15 +290,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        assert_eq!(peek_now(&server), None, "nothing yet");
+        assert_eq!(peek_now(&server), Hello::None, "nothing yet");
         let h = hello(Some("now.example"));
         // Half of it: incomplete, so no name.
         client.write_all(&h[..h.len() / 2]).await.unwrap();
         let mut seen = vec![0u8; h.len()];
         while server.peek(&mut seen).await.unwrap() < h.len() / 2 {}
-        assert_eq!(peek_now(&server), None, "incomplete");
+        assert_eq!(peek_now(&server), Hello::Incomplete);
         client.write_all(&h[h.len() / 2..]).await.unwrap();
         while server.peek(&mut seen).await.unwrap() < h.len() {}
-        assert_eq!(peek_now(&server).as_deref(), Some("now.example"));
+        assert_eq!(peek_now(&server), Hello::Name("now.example".into()));
     }
 }
