@@ -114,11 +114,13 @@ pub const PARTIAL_LINE_WAIT: Duration = Duration::from_secs(15);
 const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// Peeks until the bytes classify. No byte within `timeout` (a server-first protocol): opaque.
-/// Once bytes came, a request line still arriving is waited on for [`PARTIAL_LINE_WAIT`].
+/// Once a request line has begun (more than empty lines), the rest is waited on for
+/// [`PARTIAL_LINE_WAIT`].
 pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
     let mut deadline = tokio::time::Instant::now() + timeout;
     let mut buf = vec![0u8; MAX_LINE];
     let mut seen = 0;
+    let mut begun = false;
     let mut pause = Duration::from_millis(1);
     loop {
         let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
@@ -130,7 +132,8 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
             return d;
         }
         let now = tokio::time::Instant::now();
-        if seen == 0 {
+        if !begun && buf[..n].iter().any(|b| !matches!(b, b'\r' | b'\n')) {
+            begun = true;
             deadline = deadline.max(now + PARTIAL_LINE_WAIT);
         }
         if n == seen && now >= deadline {
@@ -195,10 +198,16 @@ mod tests {
         client.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
         assert_eq!(detected.await.unwrap(), Detected::Http1);
 
-        // Nothing at all within the timeout: opaque (a server-first protocol).
+        // Nothing at all within the timeout: opaque (a server-first protocol); nor do empty
+        // lines alone begin a request line.
         let _silent = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
         assert_eq!(detect(&server, timeout).await, Detected::Opaque);
+        let mut blank = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        blank.write_all(b"\r\n").await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), detect(&server, timeout)).await;
+        assert_eq!(waited, Ok(Detected::Opaque), "not held for the long wait");
     }
 
     #[test]
