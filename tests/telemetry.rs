@@ -527,7 +527,8 @@ fn spans_go_to_both_collectors_and_a_refusing_one_counts_them_dropped() {
     for _ in 0..5 {
         curl(&d, &["http://reviews:9080/whoami"]);
     }
-    let dropped = format!("meshd_trace_spans_dropped_total{{collector=\"{zipkin_url}\"}}");
+    let dropped =
+        format!("meshd_trace_spans_dropped_total{{collector=\"{zipkin_url}\",format=\"zipkin\"}}");
     let counted = eventually(Duration::from_secs(10), || {
         (d.metric(&dropped) == 5.0).then_some(())
     });
@@ -537,7 +538,8 @@ fn spans_go_to_both_collectors_and_a_refusing_one_counts_them_dropped() {
         d.metric(&dropped),
         d.log_text()
     );
-    let kept = format!("meshd_trace_spans_dropped_total{{collector=\"{otlp_url}\"}}");
+    let kept =
+        format!("meshd_trace_spans_dropped_total{{collector=\"{otlp_url}\",format=\"otlp\"}}");
     assert!(
         d.get("/metrics").contains(&format!("{kept} 0\n")),
         "the OTLP collector lost none: {}",

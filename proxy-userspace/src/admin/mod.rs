@@ -120,9 +120,11 @@ fn metrics_text(st: &AdminState) -> String {
     text.push_str(&format!(
         "# HELP {name} Spans a collector lost: its export queue was full, or it did not take a batch\n# TYPE {name} counter\n"
     ));
-    for (collector, value) in st.http.tracer.dropped() {
+    for (collector, format, value) in st.http.tracer.dropped() {
         let collector = label_value(collector);
-        text.push_str(&format!("{name}{{collector=\"{collector}\"}} {value}\n"));
+        text.push_str(&format!(
+            "{name}{{collector=\"{collector}\",format=\"{format}\"}} {value}\n"
+        ));
     }
     let name = "meshd_access_log_dropped_total";
     text.push_str(&format!(

@@ -488,6 +488,7 @@ pub struct Tracer {
 /// One collector's queue, and the spans it lost.
 struct Exporter {
     url: String,
+    format: Format,
     tx: mpsc::Sender<Span>,
     /// Spans lost: a full queue, or a batch the collector did not take.
     dropped: Arc<AtomicU64>,
@@ -522,9 +523,15 @@ impl Tracer {
         }
     }
 
-    /// Each collector's URL and the spans it lost so far.
-    pub fn dropped(&self) -> impl Iterator<Item = (&str, u64)> {
-        (self.exporters.iter()).map(|e| (e.url.as_str(), e.dropped.load(Ordering::Relaxed)))
+    /// Each collector's URL and format, and the spans it lost so far.
+    pub fn dropped(&self) -> impl Iterator<Item = (&str, &'static str, u64)> {
+        (self.exporters.iter()).map(|e| {
+            let format = match e.format {
+                Format::Zipkin => "zipkin",
+                Format::Otlp => "otlp",
+            };
+            (e.url.as_str(), format, e.dropped.load(Ordering::Relaxed))
+        })
     }
 
     /// Exports every sampled span to each collector (`http://host:port/path`) in its format;
@@ -545,6 +552,7 @@ impl Tracer {
             tokio::spawn(export.run(rx));
             tracer.exporters.push(Exporter {
                 url: url.to_string(),
+                format: *format,
                 tx,
                 dropped,
             });
