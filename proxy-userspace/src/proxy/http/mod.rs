@@ -375,11 +375,10 @@ impl HttpContext {
             }
             (None, None) => return Ok(L4Target::direct(dst)),
         };
-        let service = L4Service::of(d.clone(), dst);
-        self.l4_reach(&snap, d, &client, peer, dst, sni)
+        self.l4_reach(&snap, &d, &client, peer, dst, sni)
             .map_err(|error| L4Refused {
                 error,
-                service: Some(service),
+                service: Some(L4Service::of(d, dst)),
             })
     }
 
@@ -388,7 +387,7 @@ impl HttpContext {
     fn l4_reach(
         &self,
         snap: &crate::config::Snapshot,
-        d: crate::routes::Destination,
+        d: &crate::routes::Destination,
         client: &crate::routes::Client<'_>,
         peer: SocketAddr,
         dst: SocketAddr,
@@ -397,8 +396,8 @@ impl HttpContext {
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
         let requested = sni.map(Cow::Borrowed);
-        route::registered(snap, &d, self.registry_only)?;
-        let found = match route::endpoints(snap, &d, requested.as_slice(), dst, Some(client)) {
+        route::registered(snap, d, self.registry_only)?;
+        let found = match route::endpoints(snap, d, requested.as_slice(), dst, Some(client)) {
             // A subset with no endpoint is an empty cluster, with no healthy upstream as in
             // Envoy: going where the client dialled would bypass what the subset stands for
             // (a forward proxy's `tunnel`, say).
@@ -409,8 +408,8 @@ impl HttpContext {
             // A service without endpoints (`resolution: NONE`) is reached where the client
             // dialled, under its DestinationRule, as Envoy's original-destination cluster;
             // outlier detection there would track every address ever dialled, so it is off.
-            Err(_) => route::endpoints(snap, &d, &[Cow::Borrowed(&*d.host)], dst, Some(client))
-                .map(|(e, policy)| {
+            Err(_) => route::endpoints(snap, d, &[Cow::Borrowed(&*d.host)], dst, Some(client)).map(
+                |(e, policy)| {
                     (
                         e,
                         route::ClusterPolicy {
@@ -418,7 +417,8 @@ impl HttpContext {
                             ..policy
                         },
                     )
-                }),
+                },
+            ),
             found => found,
         };
         match found {
@@ -471,7 +471,7 @@ impl HttpContext {
                     addr,
                     cluster: Some(cluster),
                     limits,
-                    service: Some(L4Service::of(d, dst)),
+                    service: Some(L4Service::of(d.clone(), dst)),
                     // Only least request reads the connections in flight.
                     in_flight: (algo == lb::Algorithm::LeastRequest).then(|| self.lb.start(addr)),
                     outlier: outlier.map(|settings| L4Outlier {
@@ -482,7 +482,7 @@ impl HttpContext {
                 })
             }
             Err(_) => Ok(L4Target {
-                service: Some(L4Service::of(d, dst)),
+                service: Some(L4Service::of(d.clone(), dst)),
                 ..L4Target::direct(dst)
             }),
         }
