@@ -114,9 +114,12 @@ fn qualified_mirrors(r: &HttpRoute, namespace: &str) -> HttpRoute {
 }
 
 /// A merged name: `root-leaf`, or whichever is set.
-fn joined(root: &Option<String>, leaf: &Option<String>) -> Option<String> {
+fn joined<T>(root: &Option<T>, leaf: &Option<T>) -> Option<T>
+where
+    T: std::fmt::Display + Clone + From<String>,
+{
     match (root, leaf) {
-        (Some(r), Some(l)) => Some(format!("{r}-{l}")),
+        (Some(r), Some(l)) => Some(format!("{r}-{l}").into()),
         (r, l) => l.clone().or_else(|| r.clone()),
     }
 }

@@ -96,7 +96,8 @@ gateway_bound!(HttpMatchRequest, L4Match, TlsMatch);
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRoute {
-    pub name: Option<String>,
+    /// Shared, so a request's record names its route without copying the name.
+    pub name: Option<std::sync::Arc<str>>,
     #[serde(rename = "match")]
     pub matches: Vec<HttpMatchRequest>,
     pub route: Vec<HttpRouteDestination>,

@@ -42,7 +42,7 @@ pub struct Record {
     /// `x-envoy-upstream-service-time` of the answer the client got, in milliseconds.
     pub upstream_service_ms: Option<u64>,
     /// The `name` of the route that took the request.
-    pub route_name: Option<String>,
+    pub route_name: Option<std::sync::Arc<str>>,
 }
 
 /// An attempt that got an answer a retry then replaced.
