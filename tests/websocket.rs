@@ -214,10 +214,24 @@ fn open_websockets_count_against_the_connection_pool() {
     );
     let status = |c: std::process::Child| raw_result(&c.wait_with_output().unwrap());
     let first = hold_websocket(&d, "2");
-    std::thread::sleep(Duration::from_millis(500));
+    let upgraded = eventually(Duration::from_secs(5), || {
+        (v1.requests() == 1).then_some(())
+    });
+    assert!(upgraded.is_some(), "the first upgrade reached the workload");
     // Waits for the first one's connection, then gets its own.
     let second = hold_websocket(&d, "4");
-    std::thread::sleep(Duration::from_millis(500));
+    let pending = eventually(Duration::from_secs(5), || {
+        let metrics = d.get("/metrics");
+        let waiting = ["cluster=\"outbound|9080|v1|"];
+        support::has_series(
+            &metrics,
+            "meshd_upstream_rq_pending_active",
+            &waiting,
+            Some("1"),
+        )
+        .then_some(())
+    });
+    assert!(pending.is_some(), "the second waits: {}", d.get("/metrics"));
     let (code, got) = status(hold_websocket(&d, "2"));
     assert_eq!(code, 503, "the third is shed: {got}");
     assert!(

@@ -2,6 +2,7 @@
 //! endpoints used by `meshd exec`.
 
 pub mod client;
+mod pool_gauges;
 
 use std::{
     convert::Infallible,
@@ -126,6 +127,7 @@ fn metrics_text(st: &AdminState) -> String {
             "{name}{{collector=\"{collector}\",format=\"{format}\"}} {value}\n"
         ));
     }
+    text.push_str(&pool_gauges::render(&st.http.pool.counts()));
     let name = "meshd_access_log_dropped_total";
     text.push_str(&format!(
         "# HELP {name} Access-log lines dropped because the writer queue was full\n# TYPE {name} counter\n{name} {}\n",

@@ -27,7 +27,7 @@ mod record;
 mod recording;
 mod replay;
 pub mod retry;
-mod route;
+pub(crate) mod route;
 mod send;
 mod slow_start;
 pub mod upgrade;

@@ -311,6 +311,15 @@ impl Pool {
         c
     }
 
+    /// Each cluster's key and its circuit-breaker counters ([`ClusterPool::counts`]), for
+    /// `/metrics`.
+    pub fn counts(&self) -> Vec<(String, [u32; 4])> {
+        let all = self.clusters.lock().expect("cluster pool lock");
+        let mut counts: Vec<_> = (all.iter()).map(|(k, c)| (k.clone(), c.counts())).collect();
+        counts.sort_unstable();
+        counts
+    }
+
     pub fn connect_timeout(&self, limits: &Limits) -> Duration {
         limits.connect_timeout.unwrap_or(self.connect_timeout)
     }

@@ -268,6 +268,17 @@ impl ClusterPool {
         newest as u32
     }
 
+    /// The connections, pending requests, requests and retries taken now, in that order.
+    pub fn counts(&self) -> [u32; 4] {
+        [
+            Counter::Connections,
+            Counter::Pending,
+            Counter::Requests,
+            Counter::Retries,
+        ]
+        .map(|c| self.count(c))
+    }
+
     pub fn count(&self, c: Counter) -> u32 {
         self.counts[c as usize].load(Ordering::Acquire)
     }

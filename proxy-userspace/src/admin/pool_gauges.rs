@@ -1,0 +1,75 @@
+//! The connection pools' circuit-breaker counters on `/metrics`, as Envoy's cluster gauges:
+//! open connections, pending requests, requests and retries in flight, per cluster.
+
+use std::fmt::Write;
+
+use crate::{proxy::http::route::cluster_host_port, telemetry::access_log::outbound_cluster};
+
+/// Each gauge's name and help, in the order of [`crate::proxy::http::pool::Pool::counts`].
+const GAUGES: [(&str, &str); 4] = [
+    (
+        "meshd_upstream_cx_active",
+        "Open upstream connections of the cluster (Envoy's upstream_cx_active)",
+    ),
+    (
+        "meshd_upstream_rq_pending_active",
+        "Requests waiting for an upstream connection or stream (Envoy's upstream_rq_pending_active)",
+    ),
+    (
+        "meshd_upstream_rq_active",
+        "Upstream requests in flight (Envoy's upstream_rq_active)",
+    ),
+    (
+        "meshd_upstream_rq_retries_active",
+        "Retries in flight, as maxRetries counts them",
+    ),
+];
+
+/// The gauges of `counts` (cluster key, counters) as Prometheus text.
+pub fn render(counts: &[(String, [u32; 4])]) -> String {
+    let mut text = String::new();
+    for (i, (name, help)) in GAUGES.iter().enumerate() {
+        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (key, values) in counts {
+            let cluster = istio_name(key);
+            let _ = writeln!(text, "{name}{{cluster=\"{cluster}\"}} {}", values[i]);
+        }
+    }
+    text
+}
+
+/// Istio's name for the cluster keyed `key` (`host|subset|port`): `outbound|port|subset|host`;
+/// another key (the tunnel's inbound side, `inbound|ADDR`) as it is.
+fn istio_name(key: &str) -> String {
+    match (cluster_host_port(key), key.split('|').nth(1)) {
+        (Some((host, port)), Some(subset)) => {
+            outbound_cluster(port, (!subset.is_empty()).then_some(subset), host)
+        }
+        _ => key.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cluster_under_its_istio_name() {
+        let text = render(&[
+            ("reviews|v1|9080".into(), [2, 1, 3, 0]),
+            ("inbound|127.0.0.1:80".into(), [1, 0, 1, 0]),
+        ]);
+        for line in [
+            "meshd_upstream_cx_active{cluster=\"outbound|9080|v1|reviews\"} 2",
+            "meshd_upstream_rq_pending_active{cluster=\"outbound|9080|v1|reviews\"} 1",
+            "meshd_upstream_rq_active{cluster=\"outbound|9080|v1|reviews\"} 3",
+            "meshd_upstream_rq_retries_active{cluster=\"outbound|9080|v1|reviews\"} 0",
+            "meshd_upstream_cx_active{cluster=\"inbound|127.0.0.1:80\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE").count(), 4);
+        assert_eq!(istio_name("db|ro|5432"), "outbound|5432|ro|db");
+        assert_eq!(istio_name("db||5432"), "outbound|5432||db");
+    }
+}
