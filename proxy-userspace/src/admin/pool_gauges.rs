@@ -1,9 +1,12 @@
 //! The connection pools' circuit-breaker counters on `/metrics`, as Envoy's cluster gauges:
 //! open connections, pending requests, requests and retries in flight, per cluster.
 
-use std::fmt::Write;
+use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
 
-use crate::{proxy::http::route::cluster_host_port, telemetry::access_log::outbound_cluster};
+use crate::{
+    proxy::http::route::cluster_host_port,
+    telemetry::access_log::{PASSTHROUGH_CLUSTER, outbound_cluster},
+};
 
 /// Each gauge's name and help, in the order of [`crate::proxy::http::pool::Pool::counts`].
 const GAUGES: [(&str, &str); 4] = [
@@ -25,23 +28,32 @@ const GAUGES: [(&str, &str); 4] = [
     ),
 ];
 
-/// The gauges of `counts` (cluster key, counters) as Prometheus text.
+/// The gauges of `counts` (cluster key, counters) as Prometheus text. Pools exist while they
+/// hold connections, so a cluster's series goes when its pool is swept.
 pub fn render(counts: &[(String, [u32; 4])]) -> String {
+    let mut by_name: BTreeMap<String, [u32; 4]> = BTreeMap::new();
+    for (key, values) in counts {
+        let sum = by_name.entry(istio_name(key)).or_default();
+        for (s, v) in sum.iter_mut().zip(values) {
+            *s += v;
+        }
+    }
     let mut text = String::new();
     for (i, (name, help)) in GAUGES.iter().enumerate() {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (key, values) in counts {
-            let cluster = istio_name(key);
+        for (cluster, values) in &by_name {
             let _ = writeln!(text, "{name}{{cluster=\"{cluster}\"}} {}", values[i]);
         }
     }
     text
 }
 
-/// Istio's name for the cluster keyed `key` (`host|subset|port`): `outbound|port|subset|host`;
-/// another key (the tunnel's inbound side, `inbound|ADDR`) as it is.
+/// Istio's name for the cluster keyed `key` (`host|subset|port`): `outbound|port|subset|host`,
+/// and `PassthroughCluster` for an address the client dialled (one series for them all, as
+/// Istio has one cluster); another key (the tunnel's inbound side, `inbound|ADDR`) as it is.
 fn istio_name(key: &str) -> String {
     match (cluster_host_port(key), key.split('|').nth(1)) {
+        (Some((host, _)), _) if host.parse::<IpAddr>().is_ok() => PASSTHROUGH_CLUSTER.into(),
         (Some((host, port)), Some(subset)) => {
             outbound_cluster(port, (!subset.is_empty()).then_some(subset), host)
         }
@@ -58,6 +70,8 @@ mod tests {
         let text = render(&[
             ("reviews|v1|9080".into(), [2, 1, 3, 0]),
             ("inbound|127.0.0.1:80".into(), [1, 0, 1, 0]),
+            ("10.0.0.1||80".into(), [1, 0, 1, 0]),
+            ("10.0.0.2||8080".into(), [2, 0, 0, 0]),
         ]);
         for line in [
             "meshd_upstream_cx_active{cluster=\"outbound|9080|v1|reviews\"} 2",
@@ -65,6 +79,7 @@ mod tests {
             "meshd_upstream_rq_active{cluster=\"outbound|9080|v1|reviews\"} 3",
             "meshd_upstream_rq_retries_active{cluster=\"outbound|9080|v1|reviews\"} 0",
             "meshd_upstream_cx_active{cluster=\"inbound|127.0.0.1:80\"} 1",
+            "meshd_upstream_cx_active{cluster=\"PassthroughCluster\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
