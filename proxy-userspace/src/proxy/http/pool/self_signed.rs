@@ -71,11 +71,12 @@ fn check(
     }
 }
 
-/// OpenSSL's `ssl_server` purpose: an extended key usage, when present, allows serverAuth (or
-/// any use); a key usage, when present, allows signing or key exchange.
+/// BoringSSL's and OpenSSL's `ssl_server` purpose: an extended key usage, when present, names
+/// serverAuth (anyExtendedKeyUsage alone does not do); a key usage, when present, allows
+/// signing or key exchange.
 fn serves_tls(cert: &X509Certificate<'_>) -> bool {
     let eku = match cert.extended_key_usage() {
-        Ok(Some(e)) => e.value.server_auth || e.value.any,
+        Ok(Some(e)) => e.value.server_auth,
         Ok(None) => true,
         Err(_) => false,
     };
@@ -168,6 +169,8 @@ mod tests {
         use rcgen::{ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku};
         let client_only = checked(|p| p.extended_key_usages = vec![Eku::ClientAuth]);
         assert_eq!(refused(client_only), Some(CertificateError::InvalidPurpose));
+        let any_use = checked(|p| p.extended_key_usages = vec![Eku::Any]);
+        assert_eq!(refused(any_use), Some(CertificateError::InvalidPurpose));
         let signing_certs_only = checked(|p| p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign]);
         assert_eq!(
             refused(signing_certs_only),
