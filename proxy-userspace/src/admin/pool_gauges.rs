@@ -1,11 +1,11 @@
 //! The connection pools' circuit-breaker counters on `/metrics`, as Envoy's cluster gauges:
 //! open connections, pending requests, requests and retries in flight, per cluster.
 
-use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
+use std::{collections::BTreeMap, fmt::Write, net::SocketAddr};
 
 use crate::{
     proxy::http::route::cluster_host_port,
-    telemetry::access_log::{PASSTHROUGH_CLUSTER, outbound_cluster},
+    telemetry::access_log::{PASSTHROUGH_CLUSTER, inbound_cluster, outbound_cluster},
 };
 
 /// Each gauge's name and help, in the order of [`crate::proxy::http::pool::Pool::counts`].
@@ -28,11 +28,11 @@ const GAUGES: [(&str, &str); 4] = [
     ),
 ];
 
-/// The gauges of `counts` (cluster key, counters) as Prometheus text. Pools exist while they
-/// hold connections, so a cluster's series goes when its pool is swept.
+/// The gauges of `counts` (cluster key, counters) as Prometheus text. A cluster whose pool
+/// holds nothing has no series, so series come and go with the clusters in use.
 pub fn render(counts: &[(String, [u32; 4])]) -> String {
     let mut by_name: BTreeMap<String, [u32; 4]> = BTreeMap::new();
-    for (key, values) in counts {
+    for (key, values) in counts.iter().filter(|(_, v)| v.iter().any(|n| *n > 0)) {
         let sum = by_name.entry(istio_name(key)).or_default();
         for (s, v) in sum.iter_mut().zip(values) {
             *s += v;
@@ -42,18 +42,26 @@ pub fn render(counts: &[(String, [u32; 4])]) -> String {
     for (i, (name, help)) in GAUGES.iter().enumerate() {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (cluster, values) in &by_name {
+            let cluster = super::label_value(cluster);
             let _ = writeln!(text, "{name}{{cluster=\"{cluster}\"}} {}", values[i]);
         }
     }
     text
 }
 
-/// Istio's name for the cluster keyed `key` (`host|subset|port`): `outbound|port|subset|host`,
-/// and `PassthroughCluster` for an address the client dialled (one series for them all, as
-/// Istio has one cluster); another key (the tunnel's inbound side, `inbound|ADDR`) as it is.
+/// Istio's name for the cluster keyed `key`, as the access log names it: a service's
+/// (`host|subset|port`) `outbound|port|subset|host`; the address the client dialled
+/// `PassthroughCluster` (one series for them all, as Istio has one cluster); the tunnel's
+/// inbound side (`inbound|ADDR`) `inbound|PORT||`; any other key as it is.
 fn istio_name(key: &str) -> String {
+    if key.parse::<SocketAddr>().is_ok() {
+        return PASSTHROUGH_CLUSTER.into();
+    }
+    let inbound = key.strip_prefix("inbound|").map(str::parse::<SocketAddr>);
+    if let Some(Ok(addr)) = inbound {
+        return inbound_cluster(addr.port());
+    }
     match (cluster_host_port(key), key.split('|').nth(1)) {
-        (Some((host, _)), _) if host.parse::<IpAddr>().is_ok() => PASSTHROUGH_CLUSTER.into(),
         (Some((host, port)), Some(subset)) => {
             outbound_cluster(port, (!subset.is_empty()).then_some(subset), host)
         }
@@ -70,19 +78,32 @@ mod tests {
         let text = render(&[
             ("reviews|v1|9080".into(), [2, 1, 3, 0]),
             ("inbound|127.0.0.1:80".into(), [1, 0, 1, 0]),
-            ("10.0.0.1||80".into(), [1, 0, 1, 0]),
-            ("10.0.0.2||8080".into(), [2, 0, 0, 0]),
+            ("inbound|127.0.0.2:80".into(), [1, 0, 0, 0]),
+            // Passthrough, as the HTTP path keys it: the address dialled.
+            ("10.0.0.1:80".into(), [1, 0, 1, 0]),
+            ("[fd00::1]:8080".into(), [2, 0, 0, 0]),
+            // A pool that holds nothing: no series.
+            ("idle|v9|80".into(), [0, 0, 0, 0]),
         ]);
         for line in [
             "meshd_upstream_cx_active{cluster=\"outbound|9080|v1|reviews\"} 2",
             "meshd_upstream_rq_pending_active{cluster=\"outbound|9080|v1|reviews\"} 1",
             "meshd_upstream_rq_active{cluster=\"outbound|9080|v1|reviews\"} 3",
             "meshd_upstream_rq_retries_active{cluster=\"outbound|9080|v1|reviews\"} 0",
-            "meshd_upstream_cx_active{cluster=\"inbound|127.0.0.1:80\"} 1",
+            "meshd_upstream_cx_active{cluster=\"inbound|80||\"} 2",
             "meshd_upstream_cx_active{cluster=\"PassthroughCluster\"} 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+        assert!(!text.contains("idle"), "{text}");
+        // A route to an IP literal is a service of that name, as the access log names it.
+        assert_eq!(istio_name("10.0.0.1||80"), "outbound|80||10.0.0.1");
+        assert_eq!(
+            render(&[("a\"b|v1|80".into(), [1, 0, 0, 0])])
+                .lines()
+                .nth(2),
+            Some("meshd_upstream_cx_active{cluster=\"outbound|80|v1|a\\\"b\"} 1")
+        );
         assert_eq!(text.matches("# TYPE").count(), 4);
         assert_eq!(istio_name("db|ro|5432"), "outbound|5432|ro|db");
         assert_eq!(istio_name("db||5432"), "outbound|5432||db");

@@ -314,10 +314,12 @@ impl Pool {
     /// Each cluster's key and its circuit-breaker counters ([`ClusterPool::counts`]), for
     /// `/metrics`.
     pub fn counts(&self) -> Vec<(String, [u32; 4])> {
-        let all = self.clusters.lock().expect("cluster pool lock");
-        let mut counts: Vec<_> = (all.iter()).map(|(k, c)| (k.clone(), c.counts())).collect();
-        counts.sort_unstable();
-        counts
+        // The pools are taken under the lock, every request's way to its pool, and read after.
+        let all: Vec<Arc<ClusterPool>> = (self.clusters.lock().expect("cluster pool lock"))
+            .values()
+            .cloned()
+            .collect();
+        all.iter().map(|c| (c.name.clone(), c.counts())).collect()
     }
 
     pub fn connect_timeout(&self, limits: &Limits) -> Duration {
