@@ -408,6 +408,41 @@ fn passthrough_tls_is_logged_with_its_server_name() {
     let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(entry["requested_server_name"], "secure.example", "{line}");
     assert_eq!(entry["upstream_cluster"], "PassthroughCluster", "{line}");
+
+    // A ClientHello sent in two parts, 30 ms apart (as a hello larger than a packet may
+    // arrive): its rest is waited on, and the name logged.
+    let script = format!(
+        "import socket, ssl, time\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         out = ssl.MemoryBIO()\n\
+         tls = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname='split.example')\n\
+         try:\n    tls.do_handshake()\nexcept ssl.SSLWantReadError:\n    pass\n\
+         hello = out.read()\n\
+         s = socket.create_connection(('127.0.0.1', {}), timeout=5)\n\
+         s.sendall(hello[:20])\n\
+         time.sleep(0.03)\n\
+         s.sendall(hello[20:])\n\
+         print(len(s.recv(100)) > 0)\n",
+        server.port
+    );
+    let out = d
+        .exec("default/productpage", &["python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True",
+        "the server answered the hello: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let named = support::eventually(std::time::Duration::from_secs(5), || {
+        (d.log_text().lines())
+            .find(|l| l.contains(r#""requested_server_name":"split.example""#))
+            .map(str::to_string)
+    });
+    assert!(named.is_some(), "{}", d.log_text());
 }
 
 /// A route (and a mirror) from one host to DNS ServiceEntries without endpoints: as Envoy's DNS
