@@ -75,6 +75,14 @@ spec:
     )
 }
 
+/// The DestinationRule's `tls` block: SIMPLE, trusting the CA certificates in `ca`.
+fn simple_tls(ca: &Path) -> String {
+    format!(
+        "        mode: SIMPLE\n        caCertificates: {}\n",
+        ca.display()
+    )
+}
+
 fn get(d: &support::Daemon) -> String {
     curl(
         d,
@@ -100,10 +108,7 @@ fn a_self_signed_server_certificate_is_trusted_as_its_own_ca() {
         "secure.example",
     );
     let server = TlsServer::start(&certs);
-    let tls = format!(
-        "        mode: SIMPLE\n        caCertificates: {}\n",
-        certs.join("ca.pem").display()
-    );
+    let tls = simple_tls(&certs.join("ca.pem"));
     let d = start("egress-tls-self-signed", 327, &policies(server.port, &tls));
     let out = get(&d);
     assert!(out.ends_with("\n200") && out.contains("s_server"), "{out}");
@@ -136,10 +141,7 @@ fn plain_http_goes_out_as_tls_under_a_simple_destination_rule() {
     );
     let server = TlsServer::start(&certs);
     let ca = certs.join("ca.pem");
-    let tls = format!(
-        "        mode: SIMPLE\n        caCertificates: {}\n",
-        ca.display()
-    );
+    let tls = simple_tls(&ca);
     let d = start("egress-tls", 187, &policies(server.port, &tls));
     let out = get(&d);
     assert!(out.ends_with("\n200"), "{out}");
@@ -154,10 +156,7 @@ fn plain_http_goes_out_as_tls_under_a_simple_destination_rule() {
         &std::env::temp_dir().join("meshd-test-egress-other-ca"),
         "secure.example",
     );
-    let tls = format!(
-        "        mode: SIMPLE\n        caCertificates: {}\n",
-        other.join("ca.pem").display()
-    );
+    let tls = simple_tls(&other.join("ca.pem"));
     let d = start("egress-tls-bad-ca", 188, &policies(server.port, &tls));
     let out = get(&d);
     assert!(out.ends_with("\n503"), "{out}");
