@@ -278,22 +278,14 @@ fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> Outbo
             client.dst,
         )
     });
-    let service = match e {
-        OutboundError::BlackHole(_) => Some(http::L4Service::black_hole()),
-        _ => service,
-    };
     TcpRecord::new(ctx, client, service, client.dst).failed(ctx, &e);
     e
 }
 
 /// The first byte the client sent, if one is waiting (never waits).
 fn first_byte(down: &TcpStream) -> Option<u8> {
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit()];
-    match socket2::SockRef::from(down).peek(&mut buf) {
-        // SAFETY: peek wrote the one byte it reports.
-        Ok(1) => Some(unsafe { buf[0].assume_init() }),
-        _ => None,
-    }
+    let mut buf = [0u8];
+    (sockopt::peek_waiting(down, &mut buf).ok() == Some(1)).then_some(buf[0])
 }
 
 async fn proxy(
@@ -444,11 +436,7 @@ async fn proxy(
                 blocked @ http::L4Error::BlackHole => OutboundError::BlackHole(blocked),
             };
             // Logged as the service (and subset) it was routed to.
-            let service = match e {
-                OutboundError::BlackHole(_) => Some(http::L4Service::black_hole()),
-                _ => refused.service,
-            };
-            let mut record = TcpRecord::new(ctx, &client, service, client.dst);
+            let mut record = TcpRecord::new(ctx, &client, refused.service, client.dst);
             record.entry.requested_server_name = logged_sni.unwrap_or_default().into();
             record.failed(ctx, &e);
             return Err(e);

@@ -139,10 +139,7 @@ fn client_hello_name(handshake: &[u8]) -> Option<String> {
 /// the runtime's readiness, which may not know of them yet).
 pub fn peek_now(stream: &TcpStream) -> Hello {
     let mut buf = vec![0u8; MAX_HELLO];
-    // SAFETY: initialised bytes seen as maybe-uninitialised ones; peek only writes them.
-    let view =
-        unsafe { &mut *(buf.as_mut_slice() as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-    match socket2::SockRef::from(stream).peek(view) {
+    match super::sockopt::peek_waiting(stream, &mut buf) {
         Ok(n) => parse(&buf[..n]),
         Err(_) => Hello::None,
     }

@@ -1,5 +1,6 @@
 //! Socket options meshd reads from its accepted sockets: the original destination (answered by
-//! the cgroup/getsockopt program) and the socket cookie that keys the kernel counters.
+//! the cgroup/getsockopt program) and the socket cookie that keys the kernel counters; and a
+//! look at the bytes waiting in one, without waiting.
 
 use std::{
     io,
@@ -9,6 +10,21 @@ use std::{
 };
 
 use proxy_common::{SO_ORIGINAL_DST, SOL_IP, SOL_IPV6};
+
+/// Copies the bytes waiting in `fd`'s receive queue into `buf`, without taking them and
+/// without waiting (nor asking the runtime, whose readiness may not know of them yet).
+pub fn peek_waiting(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf has room for buf.len() bytes; the kernel writes at most that many.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
 
 fn getsockopt<T>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<T> {
     let mut val = MaybeUninit::<T>::zeroed();

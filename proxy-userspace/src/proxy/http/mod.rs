@@ -370,7 +370,7 @@ impl HttpContext {
             (None, None) if self.registry_only => {
                 return Err(L4Refused {
                     error: L4Error::BlackHole,
-                    service: None,
+                    service: Some(L4Service::black_hole()),
                 });
             }
             (None, None) => return Ok(L4Target::direct(dst)),
@@ -526,7 +526,8 @@ pub enum L4Error {
     BlackHole,
 }
 
-/// An opaque TCP connection with nowhere to go, and the service it was routed to if any.
+/// An opaque TCP connection with nowhere to go, and the service it was routed to if any
+/// (Istio's `BlackHoleCluster` for what REGISTRY_ONLY blocks).
 #[derive(Debug)]
 pub struct L4Refused {
     pub error: L4Error,
