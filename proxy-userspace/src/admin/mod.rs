@@ -27,6 +27,7 @@ use crate::{
     pods::{PodError, Pods},
     proxy::Connections,
     settings::Settings,
+    telemetry::exposition::escape_into,
     workloads::{Placement, Registry, WorkloadError, WorkloadName},
 };
 
@@ -122,10 +123,10 @@ fn metrics_text(st: &AdminState) -> String {
         "# HELP {name} Spans a collector lost: its export queue was full, or it did not take a batch\n# TYPE {name} counter\n"
     ));
     for (collector, format, value) in st.http.tracer.dropped() {
-        let collector = label_value(collector);
-        text.push_str(&format!(
-            "{name}{{collector=\"{collector}\",format=\"{format}\"}} {value}\n"
-        ));
+        text.push_str(name);
+        text.push_str("{collector=\"");
+        escape_into(&mut text, collector);
+        text.push_str(&format!("\",format=\"{format}\"}} {value}\n"));
     }
     text.push_str(&pool_gauges::render(&st.http.pool.counts()));
     let name = "meshd_access_log_dropped_total";
@@ -134,13 +135,6 @@ fn metrics_text(st: &AdminState) -> String {
         st.http.access.dropped.load(Relaxed)
     ));
     text
-}
-
-/// `v` as a Prometheus label value: backslash, double quote and line feed escaped.
-fn label_value(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 async fn route(req: Request<Incoming>, st: &AdminState) -> Resp {

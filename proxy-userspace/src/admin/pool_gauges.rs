@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, fmt::Write, net::SocketAddr};
 
 use crate::{
     proxy::http::route::cluster_host_port,
-    telemetry::access_log::{PASSTHROUGH_CLUSTER, inbound_cluster, outbound_cluster},
+    telemetry::{
+        access_log::{PASSTHROUGH_CLUSTER, inbound_cluster, outbound_cluster},
+        exposition::escape_into,
+    },
 };
 
 /// Each gauge's name and help, in the order of [`crate::proxy::http::pool::Pool::counts`].
@@ -42,8 +45,9 @@ pub fn render(counts: &[(String, [u32; 4])]) -> String {
     for (i, (name, help)) in GAUGES.iter().enumerate() {
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (cluster, values) in &by_name {
-            let cluster = super::label_value(cluster);
-            let _ = writeln!(text, "{name}{{cluster=\"{cluster}\"}} {}", values[i]);
+            let _ = write!(text, "{name}{{cluster=\"");
+            escape_into(&mut text, cluster);
+            let _ = writeln!(text, "\"}} {}", values[i]);
         }
     }
     text

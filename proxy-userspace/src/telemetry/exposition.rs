@@ -45,7 +45,7 @@ pub fn encode(registry: &Registry, istio: &IstioMetrics) -> String {
 }
 
 /// Appends `v` as a label value: backslash, double quote and newline escaped.
-fn escape_into(out: &mut String, v: &str) {
+pub fn escape_into(out: &mut String, v: &str) {
     if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(v);
         return;
