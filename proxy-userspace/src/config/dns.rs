@@ -1,9 +1,9 @@
 //! Endpoints named by DNS: the names in the endpoints of ServiceEntries with `resolution: DNS`
 //! or `DNS_ROUND_ROBIN` (their own, or the WorkloadEntries they select), and the hosts of such
 //! ServiceEntries without endpoints that have a VIP or that a route sends other hosts' requests
-//! to, resolved when
-//! the configuration is built. The watcher rebuilds every `REFRESH` while any are in use, and the
-//! addresses are part of the configuration's hash, so a change of address applies like an edit.
+//! to, resolved when the configuration is built. The watcher rebuilds every `REFRESH` while any
+//! are in use, and the addresses are part of the configuration's hash, so a change of address
+//! applies like an edit.
 //! A name the resolver says is gone loses its addresses; one without an answer keeps its last.
 
 use std::{

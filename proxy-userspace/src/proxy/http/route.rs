@@ -386,12 +386,14 @@ pub fn endpoints<'s>(
                 subset: String::new(),
             });
         }
-        // A DNS ServiceEntry whose host meshd resolves, and which does not resolve: no
-        // healthy upstream, never the VIP or address dialled.
-        // A DNS ServiceEntry without endpoints: the addresses its host resolved to, as Envoy's
-        // DNS cluster for it has, whatever address the client dialled (a VIP in `addresses`
-        // only picks the service) and whichever host the request named.
-        if let Some((c, resolved)) = described.and_then(|c| Some((c, c.host_addresses.as_ref()?))) {
+        // A DNS ServiceEntry without endpoints, whose host meshd resolves: the addresses its
+        // host resolved to, as Envoy's DNS cluster for it has, whatever address the client
+        // dialled (a VIP in `addresses` only picks the service) and whichever host the
+        // request named. None (the host does not resolve): no healthy upstream, never the VIP
+        // or address dialled.
+        if let Some(c) = described
+            && let Some(resolved) = &c.host_addresses
+        {
             if resolved.is_empty() {
                 return Err(NoEndpoint::Empty {
                     host: c.host.clone(),
