@@ -113,10 +113,7 @@ fn a_self_signed_server_certificate_is_trusted_as_its_own_ca() {
     let out = get(&d);
     assert!(out.ends_with("\n200") && out.contains("s_server"), "{out}");
     drop(d);
-    let tls = format!(
-        "        mode: SIMPLE\n        caCertificates: {}\n        sni: other.example\n",
-        certs.join("ca.pem").display()
-    );
+    let tls = simple_tls(&certs.join("ca.pem")) + "        sni: other.example\n";
     let d = start(
         "egress-tls-self-signed-name",
         328,
