@@ -4,7 +4,8 @@
 //! the test makes). Both forms of the task: a VirtualService sending port 80 to port 443, and
 //! the current one, without a VirtualService, where port 80's `targetPort` is 443. And a route
 //! from one host to a DNS ServiceEntry without endpoints, which goes to the addresses its host
-//! resolves to.
+//! resolves to. Connections opened under one DestinationRule's `tls` block serve no client another
+//! block applies to.
 
 mod support;
 
@@ -1168,5 +1169,93 @@ spec:
     assert!(
         support::has_series(&metrics, "istio_requests_total", &name, Some("1")),
         "{metrics}"
+    );
+}
+
+/// Connections meshd opened under one DestinationRule's `tls` block never serve a client that
+/// another block applies to, even for the same server name, as Envoy's pools are per cluster
+/// and transport socket. Here productpage's own DestinationRule (a `workloadSelector`) trusts
+/// the server's CA, and the rule for everyone else trusts another CA: after productpage's
+/// request leaves its verified connection idle, ratings' request still opens its own, which
+/// fails verification.
+#[test]
+fn a_tls_connection_is_not_shared_between_destination_rules_of_one_host() {
+    if !ebpf_available("egress_tls_per_block") {
+        return;
+    }
+    let dir = std::env::temp_dir().join("meshd-test-egress-per-block-certs");
+    let certs = certificates(&dir.join("server"), "secure.example");
+    let other_ca = certificates(&dir.join("other"), "secure.example");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = support::nginx::Nginx::tls("egress-tls-per-block", port, &certs);
+    let for_productpage = format!(
+        r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: secure-example-for-productpage
+spec:
+  host: secure.example
+  workloadSelector:
+    matchLabels:
+      app: productpage
+  trafficPolicy:
+    portLevelSettings:
+    - port:
+        number: 443
+      tls:
+{tls}---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: productpage
+spec:
+  address: 127.0.0.1
+  labels:
+    app: productpage
+"#,
+        tls = simple_tls(&certs.join("ca.pem"))
+    );
+    let yaml = policies(port, &simple_tls(&other_ca.join("ca.pem"))) + &for_productpage;
+    let d = start("egress-tls-per-block", 331, &yaml);
+    let get_as = |workload: &str| {
+        let out = d
+            .exec(
+                workload,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "--resolve",
+                    "secure.example:80:127.0.0.52",
+                    "-w",
+                    "\n%{http_code}",
+                    "http://secure.example/",
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = get_as("default/productpage");
+    assert!(first.ends_with("\n200"), "productpage's rule: {first}");
+    assert!(
+        first.starts_with("secure.example secure.example #"),
+        "{first}"
+    );
+    let out = get_as("default/ratings");
+    assert!(
+        out.ends_with("\n503"),
+        "a connection productpage's rule verified served ratings: {out}"
+    );
+    let again = get_as("default/productpage");
+    assert_eq!(
+        again, first,
+        "productpage's connection (nginx's number) is reused"
     );
 }
