@@ -348,17 +348,20 @@ fn a_websocket_cut_at_the_drain_deadline_is_logged_with_its_bytes() {
         316,
         &["--config", dir.to_str().unwrap(), "--drain-timeout", "1s"],
     );
-    let client = upgrade_command(&d, "/ws", "hello", "15")
+    let mut client = upgrade_command(&d, "/ws", "hello", "15")
         .arg("--hold")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let upgraded = eventually(Duration::from_secs(5), || {
-        (live.requests() == 1).then_some(())
-    });
-    assert!(upgraded.is_some(), "the upgrade reached the workload");
-    // Time for the echo to come back through the upgraded connection.
-    std::thread::sleep(Duration::from_millis(500));
+    // The client says when the echo came back through the upgraded connection (or ends).
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stderr.as_mut().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert_eq!(said, "echoed\n", "the upgraded connection echoed");
     let stopping = std::time::Instant::now();
     assert!(d.stop().success());
     assert!(
