@@ -234,7 +234,13 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     );
     metrics.istio.set_trust_domain(&settings.trust_domain);
     crate::security::spiffe::set_local_trust_domain(&settings.trust_domain);
-    let config = ConfigStore::initial(settings.config_paths.clone(), metrics.clone())?;
+    let config = ConfigStore::initial(
+        settings.config_paths.clone(),
+        crate::config::Mesh {
+            registry_only: settings.registry_only,
+        },
+        metrics.clone(),
+    )?;
     let access = Arc::new(
         crate::telemetry::AccessLog::open(&settings.access_log, settings.access_log_sample)
             .map_err(|source| StartupError::AccessLog {

@@ -15,6 +15,6 @@ pub use compile::{
     Cluster, Compiled, ServiceEndpoint, WorkloadPolicies, compile, compile_resolved,
 };
 pub use documents::Document;
-pub use snapshot::Snapshot;
+pub use snapshot::{Mesh, Snapshot};
 pub use store::{ConfigStore, ReloadOutcome};
 pub use watch::spawn_watcher;

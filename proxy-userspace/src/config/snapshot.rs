@@ -7,6 +7,15 @@ use serde_json::json;
 use super::compile::Compiled;
 use crate::policy::PolicySet;
 
+/// Mesh-wide settings every snapshot carries, as Istio's MeshConfig goes with its
+/// configuration: set on meshd's command line, the same in every generation.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Mesh {
+    /// `outboundTrafficPolicy.mode: REGISTRY_ONLY` (`--outbound-traffic-policy`): a destination
+    /// no ServiceEntry describes is not reached.
+    pub registry_only: bool,
+}
+
 pub struct Snapshot {
     /// Increments with every applied reload; 1 is the configuration meshd started with.
     pub generation: u64,
@@ -16,6 +25,7 @@ pub struct Snapshot {
     pub files: Vec<PathBuf>,
     pub policies: PolicySet,
     pub compiled: Compiled,
+    pub mesh: Mesh,
 }
 
 impl Snapshot {
@@ -27,6 +37,7 @@ impl Snapshot {
             "hash": self.hash,
             "applied_unix_ms": self.applied_unix_ms,
             "files": self.files,
+            "mesh": self.mesh,
             "resources": self.policies,
             "compiled": {
                 "route_hosts": self.compiled.routes.hosts(),
@@ -47,6 +58,7 @@ impl Snapshot {
             files: Vec::new(),
             compiled: super::compile(&policies),
             policies,
+            mesh: Mesh::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use arc_swap::ArcSwap;
 
 use super::{
-    Snapshot,
+    Mesh, Snapshot,
     compile::compile_resolved,
     dns,
     documents::{self, Document, RejectLog, Rejected},
@@ -26,6 +26,7 @@ use crate::{
 
 pub struct ConfigStore {
     paths: Vec<PathBuf>,
+    mesh: Mesh,
     current: ArcSwap<Snapshot>,
     metrics: Arc<Metrics>,
     /// Serialises reloads (a file event and SIGHUP at once); holds whether the last one was
@@ -50,6 +51,7 @@ pub enum ReloadOutcome {
 /// Documents are merged in; the bad ones are left out and returned, never failing the build.
 fn build(
     paths: &[PathBuf],
+    mesh: Mesh,
     docs: &[Document],
     generation: u64,
     last_dns: &dns::Resolved,
@@ -95,6 +97,7 @@ fn build(
         files,
         policies,
         compiled,
+        mesh,
     };
     Ok((snapshot, rejected))
 }
@@ -103,9 +106,10 @@ impl ConfigStore {
     /// Loads the configuration meshd starts with; every finding is returned on failure.
     pub fn initial(
         paths: Vec<PathBuf>,
+        mesh: Mesh,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<ConfigStore>, LoadFailure> {
-        let (snapshot, _) = build(&paths, &[], 1, &dns::Resolved::new())?;
+        let (snapshot, _) = build(&paths, mesh, &[], 1, &dns::Resolved::new())?;
         tracing::info!(
             generation = 1,
             hash = %snapshot.hash,
@@ -119,6 +123,7 @@ impl ConfigStore {
             .set_peers(Arc::new(Peers::of(&snapshot.policies)));
         Ok(Arc::new(ConfigStore {
             paths,
+            mesh,
             current: ArcSwap::from_pointee(snapshot),
             metrics,
             reloading: Mutex::new(false),
@@ -156,15 +161,20 @@ impl ConfigStore {
         let mut rejected_last = self.reloading.lock().expect("reload lock");
         let old = self.current.load();
         let docs = self.documents.lock().expect("documents lock").clone();
-        let built = build(&self.paths, &docs, old.generation + 1, &old.compiled.dns).map(
-            |(new, rejected)| {
-                let rejects = self.rejects.lock().expect("rejects lock").record(&rejected);
-                for kind in rejects {
-                    self.metrics.api_object_rejected(&kind);
-                }
-                new
-            },
-        );
+        let built = build(
+            &self.paths,
+            self.mesh,
+            &docs,
+            old.generation + 1,
+            &old.compiled.dns,
+        )
+        .map(|(new, rejected)| {
+            let rejects = self.rejects.lock().expect("rejects lock").record(&rejected);
+            for kind in rejects {
+                self.metrics.api_object_rejected(&kind);
+            }
+            new
+        });
         match built {
             Ok(new) if new.hash == old.hash => {
                 if std::mem::take(&mut *rejected_last) {

@@ -48,7 +48,9 @@ impl Rig {
         let config = dir.0.join("policies");
         std::fs::create_dir_all(&config).unwrap();
         std::fs::write(config.join("files.yaml"), policies).unwrap();
-        let store = ConfigStore::initial(vec![config], Metrics::new(false, None)).unwrap();
+        let store =
+            ConfigStore::initial(vec![config], Default::default(), Metrics::new(false, None))
+                .unwrap();
         let api = KubeApi::start();
         if istio {
             api.install_istio();

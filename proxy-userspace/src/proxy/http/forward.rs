@@ -975,7 +975,7 @@ async fn forward(
                 .map(|h| crate::routes::Destination::service(h, port));
             // Under REGISTRY_ONLY, what no service describes goes to Istio's BlackHoleCluster,
             // whose route answers 502 with no body.
-            if default_route.is_none() && ctx.registry_only {
+            if default_route.is_none() && snap.mesh.registry_only {
                 rec.destination_service = Some(access_log::BLACK_HOLE_CLUSTER.into());
                 rec.reason = Some("no ServiceEntry describes the destination, and --outbound-traffic-policy is REGISTRY_ONLY".into());
                 return local(502, "", None);
@@ -1130,9 +1130,7 @@ async fn forward(
             Limits::default(),
             None,
         ),
-        Some(d) => match route::registered(&snap, d, ctx.registry_only)
-            .and_then(|()| route::endpoints(&snap, d, &candidates, down.dst, Some(&client)))
-        {
+        Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
                 // `distribute` may leave no endpoint for this client's locality.
                 let spread = send::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);

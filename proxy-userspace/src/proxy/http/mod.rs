@@ -68,9 +68,6 @@ pub struct HttpContext {
     pub max_header_bytes: usize,
     /// HTTP/1.0 requests are served (else answered 426).
     pub accept_http10: bool,
-    /// Destinations no ServiceEntry describes are blocked (`REGISTRY_ONLY`), not passed
-    /// through.
-    pub registry_only: bool,
     /// A client connection with no request in flight this long is closed (`--http-idle-timeout`).
     pub idle_timeout: Option<std::time::Duration>,
     /// The active policy snapshot; each request reads it once and keeps it to the end.
@@ -120,7 +117,6 @@ impl HttpContext {
             metrics,
             max_header_bytes: settings.max_request_headers_bytes,
             accept_http10: settings.accept_http10,
-            registry_only: settings.registry_only,
             idle_timeout: Some(settings.http_idle_timeout).filter(|t| !t.is_zero()),
             config,
             lb: lb::Balancer::default(),
@@ -367,7 +363,7 @@ impl HttpContext {
             (Some(d), _) => d.clone(),
             (None, Some(host)) => crate::routes::Destination::service(host, dst.port()),
             // Under REGISTRY_ONLY, Istio's BlackHoleCluster.
-            (None, None) if self.registry_only => {
+            (None, None) if snap.mesh.registry_only => {
                 return Err(L4Refused {
                     error: L4Error::BlackHole,
                     service: Some(L4Service::black_hole()),
@@ -396,7 +392,6 @@ impl HttpContext {
         // A route to the server name itself, with no ServiceEntry endpoints, goes where the
         // client was going.
         let requested = sni.map(Cow::Borrowed);
-        route::registered(snap, d, self.registry_only)?;
         let found = match route::endpoints(snap, d, requested.as_slice(), dst, Some(client)) {
             // A subset with no endpoint is an empty cluster, with no healthy upstream as in
             // Envoy: going where the client dialled would bypass what the subset stands for

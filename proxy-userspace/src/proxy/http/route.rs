@@ -328,27 +328,13 @@ impl NoEndpoint {
     }
 }
 
-/// Under `REGISTRY_ONLY` (`registry_only`), a destination no ServiceEntry describes has no
-/// cluster: a route to it is not carried to the address dialled.
-pub fn registered(
-    snap: &Snapshot,
-    dest: &Destination,
-    registry_only: bool,
-) -> Result<(), NoEndpoint> {
-    if registry_only && !snap.compiled.clusters.contains_key(&dest.host) {
-        return Err(NoEndpoint::NotInRegistry {
-            host: dest.host.clone(),
-        });
-    }
-    Ok(())
-}
-
 /// The endpoints a request for `dest` may go to (ports already mapped), and the settings that
 /// apply to them: the cluster as `client` sees it (a DestinationRule with a `workloadSelector`
 /// may shape it), with the endpoints' weights when they differ. When no ServiceEntry describes
 /// the host, and the route sends the request to the host it asked for, or the load balancer
-/// is PASSTHROUGH, the original destination is the only endpoint. A DNS ServiceEntry without
-/// endpoints has the addresses its host resolved to.
+/// is PASSTHROUGH, the original destination is the only endpoint, except under
+/// `REGISTRY_ONLY`, where a host no ServiceEntry describes has no cluster. A DNS ServiceEntry
+/// without endpoints has the addresses its host resolved to.
 pub fn endpoints<'s>(
     snap: &'s Snapshot,
     dest: &Destination,
@@ -357,6 +343,11 @@ pub fn endpoints<'s>(
     client: Option<&Client<'_>>,
 ) -> Result<(Vec<SocketAddr>, ClusterPolicy<'s>), NoEndpoint> {
     let described = (snap.compiled.clusters.get(&dest.host)).map(|c| c.for_client(client));
+    if described.is_none() && snap.mesh.registry_only {
+        return Err(NoEndpoint::NotInRegistry {
+            host: dest.host.clone(),
+        });
+    }
     // As in Istio, a destination need not name the port of a service that has only one.
     let only_port = || {
         let mut ports = described?.ports.keys();
@@ -1096,6 +1087,24 @@ spec:
             ..dest(Some("v1"))
         };
         assert!(endpoints(&snap, &declared, &[], dst, None).is_ok());
+    }
+
+    #[test]
+    fn under_registry_only_a_host_no_service_entry_describes_has_no_endpoint() {
+        let mut snap = snapshot();
+        let dst: SocketAddr = "10.96.0.9:80".parse().unwrap();
+        let elsewhere = Destination::service("elsewhere.example", 80);
+        let requested = [Cow::Borrowed("elsewhere.example")];
+        let (addrs, _) = endpoints(&snap, &elsewhere, &requested, dst, None).unwrap();
+        assert_eq!(addrs, [dst], "passed through to the address dialled");
+        snap.mesh.registry_only = true;
+        let found = endpoints(&snap, &elsewhere, &requested, dst, None);
+        assert!(
+            matches!(&found, Err(NoEndpoint::NotInRegistry { host }) if host == "elsewhere.example"),
+            "{:?}",
+            found.map(|(a, _)| a)
+        );
+        assert!(endpoints(&snap, &dest(None), &[], dst, None).is_ok());
     }
 
     #[test]

@@ -554,9 +554,7 @@ fn mirror(
         }
         let d = Destination::of(dest, None, true, ns);
         let client = plan.snap.compiled.client(down.workload.as_deref());
-        let found = route::registered(plan.snap, &d, ctx.registry_only).and_then(|()| {
-            route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client))
-        });
+        let found = route::endpoints(plan.snap, &d, plan.candidates, down.dst, Some(&client));
         match found {
             Ok((mut e, mut policy)) => {
                 // Chosen as the service's own requests are: among the endpoints outlier
