@@ -4,7 +4,7 @@
 //! the test makes). Both forms of the task: a VirtualService sending port 80 to port 443, and
 //! the current one, without a VirtualService, where port 80's `targetPort` is 443. And a route
 //! from one host to a DNS ServiceEntry without endpoints, which goes to the addresses its host
-//! resolves to. Connections opened under one DestinationRule's `tls` block serve no client another
+//! resolves to, and what each DNS answer does to those addresses. Connections opened under one DestinationRule's `tls` block serve no client another
 //! block applies to.
 
 mod support;
@@ -551,6 +551,83 @@ spec:
         assert!(out.ends_with("\n200"), "port {service_port}: {out}");
     }
     assert_eq!(api.requests(), 2, "both reached the resolved address");
+}
+
+/// What each DNS answer does to the addresses of a DNS ServiceEntry's host, as Envoy's DNS
+/// cluster treats it: a name the server says does not exist (NXDOMAIN) or has no address
+/// (NODATA) loses its addresses (503, no healthy upstream), and a server that fails
+/// (SERVFAIL) leaves the last ones in use. Each answer is read on a reload (SIGHUP), which
+/// resolves the names again, from a DNS server on loopback that is meshd's only resolver.
+#[test]
+fn a_name_that_does_not_resolve_loses_its_addresses_and_one_without_an_answer_keeps_them() {
+    if !ebpf_available("egress_dns_answers") {
+        return;
+    }
+    let api = HttpBackend::start("127.0.0.69:0");
+    let dns = support::dns::DnsServer::start("egress-dns-answers", "127.0.0.77", "127.0.0.69");
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: api
+spec:
+  hosts: [api.dns.test]
+  addresses: [127.0.0.78]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP, targetPort: {port}}}
+  resolution: DNS
+  location: MESH_EXTERNAL
+"#,
+        port = api.addr.port()
+    );
+    let dir = support::mesh::config_dir("egress-dns-answers", &yaml);
+    let d = Daemon::start_with_resolver(
+        "egress-dns-answers",
+        332,
+        &["--config", dir.to_str().unwrap()],
+        "127.0.0.1 localhost\n",
+        "127.0.0.77",
+    );
+    let get = || {
+        curl(
+            &d,
+            &[
+                "--resolve",
+                "api.dns.test:80:127.0.0.78",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://api.dns.test/",
+            ],
+        )
+    };
+    // Resolves the names again, and waits until the reload ends with `result`.
+    let reload = |result: &str| {
+        let series = format!("meshd_config_reload_total{{result=\"{result}\"}}");
+        let before = d.metric(&series);
+        d.signal(libc::SIGHUP);
+        let done = support::eventually(Duration::from_secs(10), || {
+            (d.metric(&series) > before).then_some(())
+        });
+        assert!(done.is_some(), "no reload ended {result}: {}", d.log_text());
+    };
+    assert_eq!(get(), "200", "the address the server gave");
+    dns.set("SERVFAIL");
+    reload("unchanged");
+    assert_eq!(get(), "200", "no answer: the last address is kept");
+    assert!(d.log_shows("it keeps its last addresses"));
+    dns.set("NXDOMAIN");
+    reload("success");
+    assert_eq!(get(), "503", "no such name: no address");
+    dns.set("127.0.0.69");
+    reload("success");
+    assert_eq!(get(), "200", "the name is back");
+    dns.set("NODATA");
+    reload("success");
+    assert_eq!(get(), "503", "no address for the name");
+    assert_eq!(api.requests(), 3);
+    assert!(d.log_text().contains("flags=UH"), "{}", d.log_text());
 }
 
 /// Two ServiceEntries of one host in one namespace are merged, but each entry's endpoints

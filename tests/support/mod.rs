@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod cpus;
+pub mod dns;
 pub mod haproxy;
 pub mod http_backend;
 pub mod mesh;
@@ -89,9 +90,40 @@ impl Daemon {
     /// own: names resolve to the loopback addresses it lists, and no DNS query leaves the
     /// machine.
     pub fn start_with_hosts(name: &str, slot: u16, extra: &[&str], hosts: &str) -> Daemon {
-        let file = std::env::temp_dir().join(format!("meshd-test-{name}-hosts"));
-        std::fs::write(&file, hosts).expect("hosts file");
-        let d = Daemon::spawn_with(None, name, slot, extra, Some(&file));
+        Daemon::start_with_etc(name, slot, extra, &[("hosts", hosts)])
+    }
+
+    /// Starts meshd with `hosts` as its /etc/hosts and the DNS server at `nameserver` as its
+    /// only resolver (one try of one second), as `start_with_hosts` does: names the hosts file
+    /// does not list are asked of that server.
+    pub fn start_with_resolver(
+        name: &str,
+        slot: u16,
+        extra: &[&str],
+        hosts: &str,
+        nameserver: &str,
+    ) -> Daemon {
+        let resolv = format!("nameserver {nameserver}\noptions timeout:1 attempts:1\n");
+        let files = [
+            ("hosts", hosts),
+            ("resolv.conf", resolv.as_str()),
+            ("nsswitch.conf", "hosts: files dns\n"),
+        ];
+        Daemon::start_with_etc(name, slot, extra, &files)
+    }
+
+    /// Starts meshd with each (name, text) as its /etc/NAME, bind-mounted in a mount namespace
+    /// of its own.
+    fn start_with_etc(name: &str, slot: u16, extra: &[&str], etc: &[(&str, &str)]) -> Daemon {
+        let files: Vec<(PathBuf, std::ffi::CString)> = (etc.iter())
+            .map(|(file, text)| {
+                let source = std::env::temp_dir().join(format!("meshd-test-{name}-{file}"));
+                std::fs::write(&source, text).expect("an /etc file");
+                let target = std::ffi::CString::new(format!("/etc/{file}")).unwrap();
+                (source, target)
+            })
+            .collect();
+        let d = Daemon::spawn_with(None, name, slot, extra, &files);
         d.wait_ready();
         d
     }
@@ -102,7 +134,7 @@ impl Daemon {
     }
 
     fn spawn_in(node: Option<&netns::Node>, name: &str, slot: u16, extra: &[&str]) -> Daemon {
-        Daemon::spawn_with(node, name, slot, extra, None)
+        Daemon::spawn_with(node, name, slot, extra, &[])
     }
 
     fn spawn_with(
@@ -110,7 +142,7 @@ impl Daemon {
         name: &str,
         slot: u16,
         extra: &[&str],
-        hosts: Option<&Path>,
+        etc: &[(PathBuf, std::ffi::CString)],
     ) -> Daemon {
         let (admin, outbound, inbound) = ports(slot);
         let cgroup = cgroup2_mount()
@@ -122,8 +154,8 @@ impl Daemon {
         let own_config = std::env::temp_dir().join(format!("meshd-test-{name}-policies"));
         let _ = std::fs::create_dir_all(&own_config);
         let mut cmd = meshd_command(node);
-        if let Some(hosts) = hosts {
-            with_hosts_file(&mut cmd, hosts);
+        if !etc.is_empty() {
+            with_files(&mut cmd, etc);
         }
         cmd.arg("run");
         if !extra.contains(&"--config") {
@@ -357,16 +389,21 @@ impl Drop for Daemon {
     }
 }
 
-/// Makes `cmd` run with `hosts` bind-mounted over /etc/hosts, in a mount namespace of its own
-/// (mounts private, so nothing leaks back to the host's namespace).
-fn with_hosts_file(cmd: &mut Command, hosts: &Path) {
+/// Makes `cmd` run with each (source, target) of `files` bind-mounted over its target, in a mount
+/// namespace of its own (mounts private, so nothing leaks back to the host's namespace).
+fn with_files(cmd: &mut Command, files: &[(PathBuf, std::ffi::CString)]) {
     use std::os::unix::{ffi::OsStrExt, process::CommandExt};
-    let source = std::ffi::CString::new(hosts.as_os_str().as_bytes()).expect("a path");
+    let binds: Vec<(std::ffi::CString, std::ffi::CString)> = (files.iter())
+        .map(|(source, target)| {
+            let source = std::ffi::CString::new(source.as_os_str().as_bytes()).expect("a path");
+            (source, target.clone())
+        })
+        .collect();
     let check = |rc: libc::c_int| match rc {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
     };
-    // SAFETY: the closure makes three system calls on memory allocated before fork.
+    // SAFETY: the closure makes system calls on memory allocated before fork.
     unsafe {
         cmd.pre_exec(move || {
             let none = std::ptr::null();
@@ -378,13 +415,16 @@ fn with_hosts_file(cmd: &mut Command, hosts: &Path) {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
-            check(libc::mount(
-                source.as_ptr(),
-                c"/etc/hosts".as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
-            ))
+            for (source, target) in &binds {
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+            }
+            Ok(())
         });
     }
 }
