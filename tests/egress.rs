@@ -4,8 +4,8 @@
 //! the test makes). Both forms of the task: a VirtualService sending port 80 to port 443, and
 //! the current one, without a VirtualService, where port 80's `targetPort` is 443. And a route
 //! from one host to a DNS ServiceEntry without endpoints, which goes to the addresses its host
-//! resolves to, and what each DNS answer does to those addresses. Connections opened under one DestinationRule's `tls` block serve no client another
-//! block applies to.
+//! resolves to, and what each DNS answer does to those addresses. Connections opened under one
+//! DestinationRule's `tls` block serve no client another block applies to.
 
 mod support;
 
