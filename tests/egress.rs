@@ -85,8 +85,14 @@ fn simple_tls(ca: &Path) -> String {
 }
 
 fn get(d: &support::Daemon) -> String {
-    curl(
+    get_as(d, "default/productpage")
+}
+
+/// `get` as `workload`.
+fn get_as(d: &support::Daemon, workload: &str) -> String {
+    support::mesh::curl_as(
         d,
+        workload,
         &[
             "--resolve",
             "secure.example:80:127.0.0.52",
@@ -1299,38 +1305,18 @@ spec:
     );
     let yaml = policies(port, &simple_tls(&other_ca.join("ca.pem"))) + &for_productpage;
     let d = start("egress-tls-per-block", 331, &yaml);
-    let get_as = |workload: &str| {
-        let out = d
-            .exec(
-                workload,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "20",
-                    "--resolve",
-                    "secure.example:80:127.0.0.52",
-                    "-w",
-                    "\n%{http_code}",
-                    "http://secure.example/",
-                ],
-            )
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let first = get_as("default/productpage");
+    let first = get_as(&d, "default/productpage");
     assert!(first.ends_with("\n200"), "productpage's rule: {first}");
     assert!(
         first.starts_with("secure.example secure.example #"),
         "{first}"
     );
-    let out = get_as("default/ratings");
+    let out = get_as(&d, "default/ratings");
     assert!(
         out.ends_with("\n503"),
         "a connection productpage's rule verified served ratings: {out}"
     );
-    let again = get_as("default/productpage");
+    let again = get_as(&d, "default/productpage");
     assert_eq!(
         again, first,
         "productpage's connection (nginx's number) is reused"

@@ -74,6 +74,11 @@ pub fn config_dir(name: &str, yaml: &str) -> PathBuf {
 
 /// Runs one curl as a managed workload against reviews:9080 (resolved to the VIP).
 pub fn curl(d: &Daemon, args: &[&str]) -> String {
+    curl_as(d, "default/productpage", args)
+}
+
+/// Runs one curl as `workload`, with reviews:9080 resolved to the VIP; it must succeed.
+pub fn curl_as(d: &Daemon, workload: &str, args: &[&str]) -> String {
     let mut full = vec![
         "curl",
         "-sS",
@@ -83,7 +88,7 @@ pub fn curl(d: &Daemon, args: &[&str]) -> String {
         "reviews:9080:127.0.0.50",
     ];
     full.extend_from_slice(args);
-    let out = d.exec("default/productpage", &full).output().unwrap();
+    let out = d.exec(workload, &full).output().unwrap();
     assert!(
         out.status.success(),
         "curl {args:?}: {}",
