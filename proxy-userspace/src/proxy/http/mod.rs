@@ -26,6 +26,7 @@ mod ratelimit;
 mod record;
 mod recording;
 mod replay;
+mod request_log;
 pub mod retry;
 pub(crate) mod route;
 mod send;
@@ -46,11 +47,12 @@ use crate::{config::ConfigStore, metrics::Metrics, proxy::fairness::Fairness};
 pub use body::Body;
 pub use deadline::is_grpc;
 pub use flags::ResponseFlags;
-pub use forward::{GRPC_STATUS, header_text, is_websocket_upgrade, version_text};
+pub use forward::{GRPC_STATUS, is_websocket_upgrade};
 pub use grpc_local::as_grpc;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use record::Record;
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
+pub use request_log::{header_text, version_text};
 pub use route::NoEndpoint;
 /// The endpoints behind a destination host and port, as routing picks them.
 pub(crate) use route::endpoints as destination_endpoints;
@@ -772,7 +774,7 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
         if let Some(h) = e.downcast_ref::<hyper::Error>()
             && h.is_parse()
         {
-            forward::log_refused(down_log, ctx_log, h.is_parse_too_large(), h.to_string());
+            request_log::log_refused(down_log, ctx_log, h.is_parse_too_large(), h.to_string());
         }
         tracing::debug!(error = %e, "downstream HTTP connection ended with an error");
     }
