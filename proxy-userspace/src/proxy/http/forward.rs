@@ -17,7 +17,7 @@ use super::{
     lb::{self, Algorithm, HashInputs},
     outlier,
     pool::{Limits, RetryBudget, UpstreamError},
-    ratelimit,
+    priority, ratelimit,
     record::Record,
     replay::FORWARDED_CLIENT_CERT,
     request_log::{LoggedFields, RequestLog, version_text},
@@ -702,7 +702,8 @@ async fn forward(
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
                 // `distribute` may leave no endpoint for this client's locality.
-                let spread = send::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);
+                let spread =
+                    priority::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);
                 let inputs = HashInputs {
                     headers: &parts.headers,
                     query: parts.uri.query(),
@@ -711,7 +712,7 @@ async fn forward(
                 };
                 let algo;
                 (algo, set_cookie) = lb::algorithm(policy.lb, &inputs);
-                let priorities = send::priorities(
+                let priorities = priority::priorities(
                     ctx.locality.as_ref(),
                     ctx.node_address,
                     client.labels,

@@ -22,6 +22,7 @@ mod normalize;
 pub mod outlier;
 mod overrides;
 mod pool;
+mod priority;
 mod ratelimit;
 mod record;
 mod recording;
@@ -290,7 +291,7 @@ impl HttpContext {
             });
         }
         let priorities =
-            send::priorities(self.locality.as_ref(), self.node_address, client, policy);
+            priority::priorities(self.locality.as_ref(), self.node_address, client, policy);
         let cluster = self.pool.cluster(&policy.key);
         let (addr, _) = send::Selection {
             cluster: &policy.key,
@@ -420,7 +421,7 @@ impl HttpContext {
         };
         match found {
             Ok((mut e, mut policy)) => {
-                send::distribute(self.locality.as_ref(), &d.host, &mut e, &mut policy)?;
+                priority::distribute(self.locality.as_ref(), &d.host, &mut e, &mut policy)?;
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 let algo = lb::for_connection(policy.lb, peer);
                 // Every endpoint ejected is no healthy upstream, as for a request.
