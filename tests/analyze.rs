@@ -73,7 +73,7 @@ fn a_broken_file_yields_exactly_its_errors() {
     let (code, lines, _) = analyze(&["tests/fixtures/policies/broken.yaml"]);
     let f = "tests/fixtures/policies/broken.yaml";
     let expected = [
-        format!("{f}:15:15: error: spec.http[0].route[0].weight: weights of a route must sum to 100, got 90"),
+        format!("{f}:15:15: error: spec.http[0].route[0].weight: the weights of a route's destinations add up to 0, so none would get traffic"),
         format!("{f}:20:14: error: spec.http[0].timeout: invalid duration \"2 seconds\": expected a number and a unit (ns, us, ms, s, m, h), e.g. 250ms, 2s, 1.5h"),
         format!("{f}:23:7: error: spec.http[0].retries: unknown field \"perTryTimout\", did you mean \"perTryTimeout\"?"),
         format!("{f}:34:25: error: spec.trafficPolicy.connectionPool.tcp.maxConnections: must be at least 0, got -1"),

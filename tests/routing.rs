@@ -31,6 +31,25 @@ fn a_90_10_canary_split_lands_within_tolerance() {
     assert!((133..=267).contains(&b), "v2 got {b} of {n} (v1 {a})");
 }
 
+/// Weights are relative, as Istio reads them since 1.15: 3 and 1 split the traffic 75/25
+/// though they do not add up to 100.
+#[test]
+fn weights_that_do_not_add_up_to_100_split_by_their_proportion() {
+    if !ebpf_available("relative_weights") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n      weight: 3\n    - destination:\n        host: reviews\n        subset: v2\n      weight: 1\n";
+    let d = start("relative-weights", 333, &policies(&v1, &v2, routes));
+    let n = 400;
+    let codes = curl_many(&d, "http://reviews:9080/whoami", n, "%{http_code}\\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    let (a, b) = (v1.requests(), v2.requests());
+    assert_eq!(a + b, n);
+    // Binomial(400, 0.25): mean 100, sd 8.7; 5 sd either side.
+    assert!((57..=143).contains(&b), "v2 got {b} of {n} (v1 {a})");
+}
+
 #[test]
 fn header_routing_sends_premium_users_to_v2() {
     if !ebpf_available("header_routing") {

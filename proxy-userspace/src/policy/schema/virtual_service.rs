@@ -24,7 +24,8 @@ pub static DESTINATION: Obj = obj(&[
     opt("port", Ty::Obj(&PORT_SELECTOR)),
 ]);
 
-const WEIGHT: Ty = int(0, 100);
+/// A destination's share, relative to the others' (Istio's weight is any int32 from 0).
+const WEIGHT: Ty = int(0, i32::MAX as i64);
 
 static HTTP_ROUTE_DESTINATION: Obj = obj(&[
     req("destination", Ty::Obj(&DESTINATION)),
@@ -273,7 +274,10 @@ fn check_http_route(node: &Node, path: &str, at: Pos, r: &mut Report) {
     }
 }
 
-/// When a route splits traffic over several destinations, the weights must add up to 100.
+/// When a route splits traffic over several destinations, each takes `weight / (sum of the
+/// weights)` of it, as Istio reads them since 1.15 (before, they had to add up to 100): a
+/// destination without a weight gets none, and weights that add up to 0 leave every
+/// destination without traffic, which Envoy refuses (an error here).
 pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
     let Some(entry) = node.entry("route") else {
         return;
@@ -293,12 +297,12 @@ pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
     let mut sum: i64 = 0;
     for (_, w) in &weights {
         match w.map(Node::as_i64) {
-            Some(Some(v)) if (0..=100).contains(&v) => sum += v,
+            Some(Some(v)) if v >= 0 => sum += v,
             Some(_) => return, // a type or range error already reported
             None => {}
         }
     }
-    if sum == 100 {
+    if sum > 0 {
         return;
     }
     let route_path = report::key(path, "route");
@@ -315,7 +319,9 @@ pub fn check_weights(node: &Node, path: &str, r: &mut Report) {
     r.error(
         pos,
         &at_path,
-        format!("weights of a route must sum to 100, got {sum}{hint}"),
+        format!(
+            "the weights of a route's destinations add up to 0, so none would get traffic{hint}"
+        ),
     );
 }
 

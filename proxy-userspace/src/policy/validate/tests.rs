@@ -61,18 +61,24 @@ fn every_finding_is_reported_not_just_the_first() {
 }
 
 #[test]
-fn weights_must_sum_to_100() {
+fn weights_are_relative_but_not_all_zero() {
+    // As Istio since 1.15: each destination's share is its weight over their sum.
     let split = "  - route:\n    - destination: {host: r, subset: a}\n      weight: 80\n    - destination: {host: r, subset: b}\n      weight: 10\n";
-    assert_eq!(
-        check(&vs(split)),
-        ["10:15: error: spec.http[0].route[0].weight: weights of a route must sum to 100, got 90"]
-    );
+    assert!(check(&vs(split)).is_empty());
     assert!(check(&vs(&split.replace("10\n", "20\n"))).is_empty());
+    assert!(check(&vs(&split.replace("80\n", "2000\n"))).is_empty());
+    let zeros = split.replace("80\n", "0\n").replace("10\n", "0\n");
+    assert_eq!(
+        check(&vs(&zeros)),
+        [
+            "10:15: error: spec.http[0].route[0].weight: the weights of a route's destinations add up to 0, so none would get traffic"
+        ]
+    );
     let unset = "  - route:\n    - destination: {host: r, subset: a}\n    - destination: {host: r, subset: b}\n";
     assert_eq!(
         check(&vs(unset)),
         [
-            "8:5: error: spec.http[0].route: weights of a route must sum to 100, got 0 (2 destination(s) have no weight, which counts as 0)"
+            "8:5: error: spec.http[0].route: the weights of a route's destinations add up to 0, so none would get traffic (2 destination(s) have no weight, which counts as 0)"
         ]
     );
     let single = "  - route:\n    - destination: {host: r}\n      weight: 50\n";

@@ -101,18 +101,19 @@ fn declares_port(snap: &Snapshot, host: &str, port: u16) -> bool {
         .is_some_and(|c| c.ports.contains_key(&port))
 }
 
-/// Picks a destination by weight (Istio weights sum to 100 across a route's destinations).
+/// Picks a destination by weight: each gets `weight / (sum of the weights)` of the picks.
 pub fn pick_weighted(destinations: &[Destination]) -> Option<&Destination> {
-    let total: u32 = destinations.iter().map(|d| d.weight).sum();
+    let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
     if total == 0 {
         return destinations.first();
     }
-    let mut n = fastrand::u32(0..total);
+    let mut n = fastrand::u64(0..total);
     destinations.iter().find(|d| {
-        if n < d.weight {
+        let weight = u64::from(d.weight);
+        if n < weight {
             true
         } else {
-            n -= d.weight;
+            n -= weight;
             false
         }
     })
