@@ -50,6 +50,22 @@ fn weights_that_do_not_add_up_to_100_split_by_their_proportion() {
     assert!((57..=143).contains(&b), "v2 got {b} of {n} (v1 {a})");
 }
 
+/// A route to a host no ServiceEntry describes (other than the host requested) has no cluster,
+/// as Istio builds none for it: Envoy's 503 with an empty body and flag NC.
+#[test]
+fn a_route_to_an_unknown_host_has_no_cluster() {
+    if !ebpf_available("unknown_host_route") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: nowhere.example.com\n";
+    let d = start("unknown-host-route", 334, &policies(&v1, &v2, routes));
+    let out = curl(&d, &["-w", "%{http_code}", "http://reviews:9080/"]);
+    assert_eq!(out, "503", "an empty body, then the status");
+    assert!(d.log_text().contains("flags=NC"), "{}", d.log_text());
+    assert_eq!(v1.requests() + v2.requests(), 0);
+}
+
 #[test]
 fn header_routing_sends_premium_users_to_v2() {
     if !ebpf_available("header_routing") {
@@ -772,6 +788,12 @@ spec:
         String::from_utf8_lossy(&out.stdout),
         "503",
         "ratings is not selected: no canary subset for it"
+    );
+    // As Istio builds no cluster for a subset no rule defines: Envoy's cluster not found.
+    assert!(
+        d.log_text().contains("has no subset canary") && d.log_text().contains("flags=NC"),
+        "{}",
+        d.log_text()
     );
     assert_eq!(v1.requests() + v2.requests(), 1);
 }

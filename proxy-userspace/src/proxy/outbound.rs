@@ -117,9 +117,11 @@ impl OutboundError {
             OutboundError::Shed(_) | OutboundError::Overflow { .. } => "UO",
             // Envoy's RBAC filter closes the connection without a response flag.
             OutboundError::Denied(_) => "-",
-            OutboundError::NoHealthyUpstream(
-                http::NoEndpoint::NoCluster { .. } | http::NoEndpoint::NotInRegistry { .. },
-            ) => "NC",
+            OutboundError::NoHealthyUpstream(e)
+                if e.flag() == http::ResponseFlags::NO_CLUSTER_FOUND =>
+            {
+                "NC"
+            }
             // Istio's BlackHoleCluster is a cluster without endpoints.
             OutboundError::NoHealthyUpstream(_) | OutboundError::BlackHole(_) => "UH",
             OutboundError::ClientGone(_) => "DC",

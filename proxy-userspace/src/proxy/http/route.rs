@@ -289,9 +289,13 @@ pub fn rewrite_path(route: &HttpRoute, view: &RequestView<'_>, replacement: &str
 pub enum NoEndpoint {
     #[error("no healthy upstream: {host} has no endpoints{subset}")]
     Empty { host: String, subset: String },
-    #[error("no healthy upstream: {host} has no subset {subset}")]
+    /// A subset no DestinationRule (that applies to the client) defines: Istio builds no
+    /// cluster for it, and Envoy answers 503 with flag NC.
+    #[error("no cluster: {host} has no subset {subset}")]
     UnknownSubset { host: String, subset: String },
-    #[error("no healthy upstream: {host} is not a known service and not the requested host")]
+    /// A route to a host no ServiceEntry describes, other than the host requested: Istio builds
+    /// no cluster for it (503 NC).
+    #[error("no cluster: {host} is not a known service and not the requested host")]
     UnknownHost { host: String },
     #[error("no healthy upstream: outlier detection ejected every endpoint of {cluster}")]
     AllEjected { cluster: String },
@@ -311,9 +315,10 @@ impl NoEndpoint {
     /// The response flag a request that found no endpoint gets.
     pub fn flag(&self) -> super::ResponseFlags {
         match self {
-            NoEndpoint::NoCluster { .. } | NoEndpoint::NotInRegistry { .. } => {
-                super::ResponseFlags::NO_CLUSTER_FOUND
-            }
+            NoEndpoint::NoCluster { .. }
+            | NoEndpoint::NotInRegistry { .. }
+            | NoEndpoint::UnknownHost { .. }
+            | NoEndpoint::UnknownSubset { .. } => super::ResponseFlags::NO_CLUSTER_FOUND,
             _ => super::ResponseFlags::NO_HEALTHY_UPSTREAM,
         }
     }
@@ -1120,10 +1125,13 @@ spec:
         assert_eq!(addrs(None).unwrap(), ["10.0.0.1:80", "10.0.0.3:8080"]);
         assert_eq!(addrs(Some("v1")).unwrap(), ["10.0.0.1:80"]);
         assert_eq!(addrs(Some("v2")).unwrap(), ["10.0.0.3:8080"]);
-        assert!(matches!(
-            addrs(Some("v3")),
-            Err(NoEndpoint::UnknownSubset { .. })
-        ));
+        // A subset no rule defines has no cluster, as Istio builds none for it.
+        let unknown = endpoints(&snap, &dest(Some("v3")), &[], dst, None).map(|(a, _)| a);
+        assert!(
+            matches!(&unknown, Err(e @ NoEndpoint::UnknownSubset { .. })
+                if e.flag() == crate::proxy::http::ResponseFlags::NO_CLUSTER_FOUND),
+            "{unknown:?}"
+        );
     }
 
     #[test]

@@ -256,8 +256,8 @@ pub fn no_endpoint(e: NoEndpoint, rec: &mut Record) -> Response<Body> {
     rec.fail(e.flag(), e.to_string());
     tracing::warn!(error = %e, "no endpoint");
     // Envoy's answer for a cluster not found has no body.
-    let body = match e {
-        NoEndpoint::NoCluster { .. } => "",
+    let body = match e.flag() {
+        ResponseFlags::NO_CLUSTER_FOUND => "",
         _ => "no healthy upstream",
     };
     local(503, body, None)
