@@ -201,6 +201,10 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         "prefix rewritten, query kept: {out}"
     );
     assert!(
+        out.contains("\"original_path\":\"/api/v1/items?id=7\""),
+        "as Envoy, the path received in x-envoy-original-path: {out}"
+    );
+    assert!(
         out.contains("\"x_route\":\"rewritten\""),
         "request header set: {out}"
     );

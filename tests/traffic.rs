@@ -1086,7 +1086,15 @@ fn envoy_request_headers_override_the_routes_retries_and_timeouts() {
     args.extend(["-H", "x-envoy-upstream-rq-per-try-timeout-ms: 1000"]);
     args.push("http://reviews:9080/whoami");
     let body = curl(&d, &args);
-    assert!(body.contains("\"x_envoy\":\"\""), "{body}");
+    // Only Envoy's own header for the time the request has: the shorter of the two asked.
+    assert!(
+        body.contains("\"x_envoy\":\"x-envoy-expected-rq-timeout-ms\""),
+        "{body}"
+    );
+    assert!(body.contains("\"expected_timeout\":\"200\""), "{body}");
+    // Without them, the route's 5 s timeout.
+    let body = curl(&d, &["http://reviews:9080/whoami"]);
+    assert!(body.contains("\"expected_timeout\":\"5000\""), "{body}");
 }
 
 /// Slow start (`warmup`): an endpoint that joins a warm service gets a small share of the

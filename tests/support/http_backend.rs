@@ -453,7 +453,7 @@ async fn answer_plain(
 /// The `/whoami` answer: one JSON line of what the request looked like on arrival.
 fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
     format!(
-        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\",\"cookie\":\"{}\",\"grpc_timeout\":\"{}\"}}\n",
+        "{{\"version\":\"{:?}\",\"peer\":\"{peer}\",\"uri\":\"{}\",\"path\":\"{}\",\"x_route\":\"{}\",\"traceparent\":\"{}\",\"host\":\"{}\",\"expect\":\"{}\",\"x_envoy\":\"{}\",\"xfcc\":\"{}\",\"cookie\":\"{}\",\"grpc_timeout\":\"{}\",\"expected_timeout\":\"{}\",\"original_path\":\"{}\"}}\n",
         req.version(),
         // The request target as received: origin-form for HTTP/1.1 through a proxy.
         req.uri(),
@@ -497,6 +497,14 @@ fn whoami<B>(req: &Request<B>, peer: SocketAddr) -> String {
             .join(" | "),
         req.headers()
             .get("grpc-timeout")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+        req.headers()
+            .get("x-envoy-expected-rq-timeout-ms")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+        req.headers()
+            .get("x-envoy-original-path")
             .and_then(|h| h.to_str().ok())
             .unwrap_or("")
     )

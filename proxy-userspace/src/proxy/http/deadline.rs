@@ -72,10 +72,23 @@ pub fn grpc_timeout_value(t: Duration) -> hyper::header::HeaderValue {
     hyper::header::HeaderValue::try_from(value).expect("digits and a letter")
 }
 
-/// The time a gRPC retry has, as Envoy recomputes its `grpc-timeout` for each retry: the
-/// per-try timeout, or what is left until `deadline` when that is shorter (1 ms once it has
-/// passed, the least a header can say). None when neither bounds the attempt.
-pub fn retry_grpc_timeout(
+/// Envoy's header telling the upstream how long the attempt has: the per-try timeout, or the
+/// route timeout (or what is left of it) when that is shorter, in milliseconds.
+pub const EXPECTED_TIMEOUT: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+
+/// `t` as an `x-envoy-expected-rq-timeout-ms` value: whole milliseconds, at least 1 (0 would
+/// say no timeout).
+pub fn expected_timeout_value(t: Duration) -> hyper::header::HeaderValue {
+    let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1);
+    hyper::header::HeaderValue::from(ms)
+}
+
+/// The time a retry has, as Envoy recomputes its `grpc-timeout` and
+/// `x-envoy-expected-rq-timeout-ms` for each retry: the per-try timeout, or what is left
+/// until `deadline` when that is shorter (1 ms once it has passed, the least a header can
+/// say). None when neither bounds the attempt.
+pub fn retry_timeout(
     now: Instant,
     deadline: Option<Instant>,
     per_try: Option<Duration>,
@@ -174,7 +187,7 @@ mod tests {
         let now = Instant::now();
         let ms = Duration::from_millis;
         let retry = |deadline: Option<Duration>, per_try| {
-            retry_grpc_timeout(now, deadline.map(|d| now + d), per_try)
+            retry_timeout(now, deadline.map(|d| now + d), per_try)
         };
         assert_eq!(retry(Some(ms(1200)), Some(ms(1500))), Some(ms(1200)));
         assert_eq!(retry(Some(ms(1200)), Some(ms(500))), Some(ms(500)));
@@ -182,8 +195,16 @@ mod tests {
         assert_eq!(retry(None, Some(ms(500))), Some(ms(500)));
         assert_eq!(retry(None, None), None);
         // Out of time: the least a header can say.
-        let passed = retry_grpc_timeout(now + ms(10), Some(now), Some(ms(500)));
+        let passed = retry_timeout(now + ms(10), Some(now), Some(ms(500)));
         assert_eq!(passed, Some(ms(1)));
+    }
+
+    #[test]
+    fn expected_timeouts_are_whole_milliseconds_and_never_zero() {
+        let v = |t: Duration| expected_timeout_value(t).to_str().unwrap().to_string();
+        assert_eq!(v(Duration::from_millis(1500)), "1500");
+        assert_eq!(v(Duration::from_micros(2_999)), "2");
+        assert_eq!(v(Duration::from_micros(300)), "1");
     }
 
     #[test]

@@ -281,6 +281,8 @@ fn valid_authority(a: &[u8]) -> bool {
 
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Envoy's header with the path a request had before its route rewrote it.
+const ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE) && headers::has_token(h, header::CONNECTION, "upgrade")
@@ -761,6 +763,13 @@ async fn forward(
             ),
         },
     };
+    // As Envoy's router, a rewritten path goes with the one received (and its query).
+    if new_path.is_some() {
+        let received = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        if let Ok(v) = HeaderValue::from_str(received) {
+            parts.headers.insert(ORIGINAL_PATH, v);
+        }
+    }
     if h2_upstream {
         // HTTP/2 keeps the absolute form; the authority is the (possibly rewritten) Host.
         parts.headers.remove(header::HOST);

@@ -145,6 +145,7 @@ impl Mirrors {
                 req: &req,
                 attempt: None,
                 grpc_timeout: None,
+                expected_timeout: None,
                 client_cert: None,
             };
             let exchange = async {

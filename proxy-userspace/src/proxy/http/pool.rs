@@ -811,11 +811,13 @@ fn with_client_cert(req: Outgoing<'_>, cert: Option<HeaderValue>) -> Outgoing<'_
             req,
             attempt,
             grpc_timeout,
+            expected_timeout,
             ..
         } => Outgoing::Buffered {
             req,
             attempt,
             grpc_timeout,
+            expected_timeout,
             client_cert: cert,
         },
         Outgoing::Owned(mut r) => {

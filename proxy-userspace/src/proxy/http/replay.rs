@@ -44,12 +44,13 @@ pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forward
 pub enum Outgoing<'r> {
     /// Buffered, and borrowed: the HTTP/1.1 client writes the head without copying it.
     /// `attempt` replaces the request's `x-envoy-attempt-count`, `grpc_timeout` its
-    /// `grpc-timeout` (the time a retry has left), and `client_cert` its
-    /// `x-forwarded-client-cert` (set for the tunnel).
+    /// `grpc-timeout` and `expected_timeout` its `x-envoy-expected-rq-timeout-ms` (the time a
+    /// retry has left), and `client_cert` its `x-forwarded-client-cert` (set for the tunnel).
     Buffered {
         req: &'r Replayable,
         attempt: Option<HeaderValue>,
         grpc_timeout: Option<HeaderValue>,
+        expected_timeout: Option<HeaderValue>,
         client_cert: Option<HeaderValue>,
     },
     Owned(Request<Body>),

@@ -12,7 +12,7 @@ use hyper::{
 use super::{
     Body, Downstream, HttpContext, ResponseFlags, authorize,
     body::ClientFailure,
-    deadline::{self, Deadline, GRPC_TIMEOUT, is_grpc},
+    deadline::{self, Deadline, EXPECTED_TIMEOUT, GRPC_TIMEOUT, is_grpc},
     forward::{GRPC_STATUS, local},
     lb::Algorithm,
     locality, mirror,
@@ -469,16 +469,19 @@ pub async fn with_policy(
     // timeout, uncapped without one): it expires as the route timeout does (504, gRPC status
     // 14, flag UT).
     let limit = deadline::shorter(timeout, deadline::grpc_timeout(req.headers()));
-    // As Envoy does under Istio (whose routes set `max_grpc_timeout` to their timeout), a gRPC
-    // request tells its server the time it has: the shorter of its deadline and the route
-    // timeout, or the per-try timeout when that is shorter still.
+    // As Envoy's router, the request tells its server the time it has: the route timeout, or
+    // the per-try timeout when that is shorter, in `x-envoy-expected-rq-timeout-ms`; and, as
+    // under Istio (whose routes set `max_grpc_timeout` to their timeout), a gRPC request also
+    // in `grpc-timeout`, its own deadline counting as the route timeout when shorter.
     let expected = deadline::shorter(limit, policy.per_try_timeout);
     let grpc = is_grpc(req.headers());
-    if let Some(t) = expected
-        && grpc
-    {
-        let value = deadline::grpc_timeout_value(t);
-        req.headers_mut().insert(GRPC_TIMEOUT, value);
+    if let Some(t) = expected {
+        if grpc {
+            let value = deadline::grpc_timeout_value(t);
+            req.headers_mut().insert(GRPC_TIMEOUT, value);
+        }
+        let value = deadline::expected_timeout_value(t);
+        req.headers_mut().insert(EXPECTED_TIMEOUT, value);
     }
     let received = req.body().received().clone();
     let (replayable, once, recording) = match replay::prepare(req, RETRY_BUFFER).await {
@@ -587,25 +590,24 @@ pub async fn with_policy(
                 started = n;
                 let attempt = attempt_count(n);
                 let replayable = replayable.as_ref().or_else(|| replayed.get());
-                // A gRPC retry tells its server the time it has now, as Envoy recomputes it.
+                // A retry tells its server the time it has now, as Envoy recomputes it.
                 let ends =
                     deadline.or_else(|| limit.and_then(|t| received.ended_at().map(|e| e + t)));
-                let grpc_timeout = (grpc && n > 1)
+                let left = (n > 1)
                     .then(|| {
-                        deadline::retry_grpc_timeout(
-                            tokio::time::Instant::now(),
-                            ends,
-                            policy.per_try_timeout,
-                        )
+                        let now = tokio::time::Instant::now();
+                        deadline::retry_timeout(now, ends, policy.per_try_timeout)
                     })
-                    .flatten()
-                    .map(deadline::grpc_timeout_value);
+                    .flatten();
+                let grpc_timeout = left.filter(|_| grpc).map(deadline::grpc_timeout_value);
+                let expected_timeout = left.map(deadline::expected_timeout_value);
                 // Made once the pool has a connection or stream for it.
                 let req = move || match replayable {
                     Some(r) => Outgoing::Buffered {
                         req: r,
                         attempt: Some(attempt),
                         grpc_timeout,
+                        expected_timeout,
                         client_cert: None,
                     },
                     None => {
@@ -614,6 +616,9 @@ pub async fn with_policy(
                         req.headers_mut().insert(ATTEMPT_COUNT, attempt);
                         if let Some(t) = grpc_timeout {
                             req.headers_mut().insert(GRPC_TIMEOUT, t);
+                        }
+                        if let Some(t) = expected_timeout {
+                            req.headers_mut().insert(EXPECTED_TIMEOUT, t);
                         }
                         Outgoing::Owned(req)
                     }

@@ -24,7 +24,7 @@ use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
-    deadline::GRPC_TIMEOUT,
+    deadline::{EXPECTED_TIMEOUT, GRPC_TIMEOUT},
     replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT, Outgoing},
 };
 
@@ -99,6 +99,7 @@ impl Conn {
                 req,
                 attempt,
                 grpc_timeout,
+                expected_timeout,
                 client_cert,
             } => {
                 // Head and body from the buffered request, in one write.
@@ -113,6 +114,7 @@ impl Conn {
                 let extra = [
                     (&attempt_name, &attempt),
                     (&GRPC_TIMEOUT, &grpc_timeout),
+                    (&EXPECTED_TIMEOUT, &expected_timeout),
                     (&cert_name, &client_cert),
                 ];
                 encode::head(

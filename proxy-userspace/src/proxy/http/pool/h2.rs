@@ -29,7 +29,7 @@ use super::{Io, Slot};
 use crate::proxy::http::{
     Body,
     body::BoxError,
-    deadline::GRPC_TIMEOUT,
+    deadline::{EXPECTED_TIMEOUT, GRPC_TIMEOUT},
     headers::strip_for_http2,
     replay::{ATTEMPT_COUNT, FORWARDED_CLIENT_CERT, Outgoing},
 };
@@ -156,6 +156,7 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
             req,
             attempt,
             grpc_timeout,
+            expected_timeout,
             client_cert,
         } => {
             let mut head = Request::new(());
@@ -167,6 +168,9 @@ fn split(req: Outgoing<'_>) -> (Request<()>, Outbound) {
             }
             if let Some(t) = grpc_timeout {
                 head.headers_mut().insert(GRPC_TIMEOUT, t);
+            }
+            if let Some(t) = expected_timeout {
+                head.headers_mut().insert(EXPECTED_TIMEOUT, t);
             }
             if let Some(c) = client_cert {
                 head.headers_mut().insert(FORWARDED_CLIENT_CERT, c);
@@ -350,6 +354,7 @@ mod tests {
             req: r,
             attempt: None,
             grpc_timeout: None,
+            expected_timeout: None,
             client_cert: None,
         })
         .0
@@ -410,6 +415,7 @@ mod tests {
             req: &r,
             attempt: Some(HeaderValue::from_static("2")),
             grpc_timeout: Some(HeaderValue::from_static("750m")),
+            expected_timeout: None,
             client_cert: Some(HeaderValue::from_static("By=spiffe://b")),
         });
         assert_eq!(head.headers()[ATTEMPT_COUNT], "2");
