@@ -66,6 +66,53 @@ fn a_route_to_an_unknown_host_has_no_cluster() {
     assert_eq!(v1.requests() + v2.requests(), 0);
 }
 
+/// A destination that names no port goes to its service's only port, and is logged under
+/// that port's cluster (as Istio names it), not under the port the client dialled.
+#[test]
+fn a_destination_without_a_port_is_logged_under_its_services_only_port() {
+    if !ebpf_available("portless_destination") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let front = r#"---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: front
+spec:
+  hosts:
+  - front.example
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+"#;
+    let yaml = policies(&v1, &v2, routes) + front;
+    let d = start("portless-destination", 335, &yaml);
+    let out = curl(
+        &d,
+        &[
+            "--resolve",
+            "front.example:7777:127.0.0.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://front.example:7777/",
+        ],
+    );
+    assert_eq!(out, "200");
+    assert_eq!(v2.requests(), 1);
+    let logged = support::eventually(std::time::Duration::from_secs(5), || {
+        d.log_text()
+            .contains(r#""upstream_cluster":"outbound|9080|v2|reviews.default.svc.cluster.local""#)
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", d.log_text());
+}
+
 #[test]
 fn header_routing_sends_premium_users_to_v2() {
     if !ebpf_available("header_routing") {

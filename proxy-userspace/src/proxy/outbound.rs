@@ -277,7 +277,7 @@ fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> Outbo
     let service = (snap.compiled.vip_host(client.dst)).map(|host| {
         http::L4Service::of(
             crate::routes::Destination::service(host, client.dst.port()),
-            client.dst,
+            client.dst.port(),
         )
     });
     TcpRecord::new(ctx, client, service, client.dst).failed(ctx, &e);

@@ -703,6 +703,9 @@ async fn forward(
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
+                // The service port, for the cluster's name (a route naming none has the
+                // service's only port).
+                rec.destination_port = Some(policy.port);
                 // `distribute` may leave no endpoint for this client's locality.
                 let spread =
                     priority::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);

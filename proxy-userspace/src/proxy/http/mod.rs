@@ -374,10 +374,11 @@ impl HttpContext {
             }
             (None, None) => return Ok(L4Target::direct(dst)),
         };
+        let port = d.port.unwrap_or(dst.port());
         self.l4_reach(&snap, &d, &client, peer, dst, sni)
             .map_err(|error| L4Refused {
                 error,
-                service: Some(L4Service::of(d, dst)),
+                service: Some(L4Service::of(d, port)),
             })
     }
 
@@ -443,7 +444,7 @@ impl HttpContext {
                 // itself (a ClientHello seen, or a port declared TLS or HTTPS) is not wrapped
                 // again: its TLS passes through, as it would without the rule. (The caller
                 // looks at the client's first bytes too.)
-                let port = d.port.unwrap_or(dst.port());
+                let port = policy.port;
                 let declared_tls =
                     (snap.compiled.clusters.get(&d.host)).is_some_and(|c| c.declares_tls(port));
                 if sni.is_some() || declared_tls {
@@ -469,7 +470,7 @@ impl HttpContext {
                     addr,
                     cluster: Some(cluster),
                     limits,
-                    service: Some(L4Service::of(d.clone(), dst)),
+                    service: Some(L4Service::of(d.clone(), policy.port)),
                     // Only least request reads the connections in flight.
                     in_flight: (algo == lb::Algorithm::LeastRequest).then(|| self.lb.start(addr)),
                     outlier: outlier.map(|settings| L4Outlier {
@@ -480,7 +481,7 @@ impl HttpContext {
                 })
             }
             Err(_) => Ok(L4Target {
-                service: Some(L4Service::of(d.clone(), dst)),
+                service: Some(L4Service::of(d.clone(), d.port.unwrap_or(dst.port()))),
                 ..L4Target::direct(dst)
             }),
         }
@@ -580,10 +581,12 @@ impl L4Service {
         }
     }
 
-    pub fn of(d: crate::routes::Destination, dst: SocketAddr) -> L4Service {
+    /// The service `d` on `port`: the route's port, else the service's only one, else the port
+    /// dialled (see [`route::ClusterPolicy::port`]).
+    pub fn of(d: crate::routes::Destination, port: u16) -> L4Service {
         L4Service {
             cluster: crate::telemetry::access_log::outbound_cluster(
-                d.port.unwrap_or(dst.port()),
+                port,
                 d.subset.as_deref(),
                 &d.host,
             ),

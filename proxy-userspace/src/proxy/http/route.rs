@@ -516,6 +516,9 @@ pub fn endpoints<'s>(
 pub struct ClusterPolicy<'s> {
     /// Identifies the endpoint set (host, subset, port) for per-cluster state.
     pub key: String,
+    /// The service port the destination is: the route's, else the service's only port, else
+    /// the port dialled (Istio's cluster name carries it).
+    pub port: u16,
     /// The protocol the service declares on the destination port, when it declares one.
     pub protocol: Option<Detected>,
     /// Each endpoint's locality, in the order of the endpoints.
@@ -607,6 +610,7 @@ impl<'s> ClusterPolicy<'s> {
         }
         ClusterPolicy {
             key: cluster_key(host, subset.unwrap_or(""), port),
+            port,
             protocol,
             localities,
             labels: Vec::new(),
@@ -629,6 +633,7 @@ impl<'s> ClusterPolicy<'s> {
     pub fn unconfigured(host: &str, port: u16) -> Self {
         ClusterPolicy {
             key: cluster_key(host, "", port),
+            port,
             ..ClusterPolicy::default()
         }
     }
