@@ -90,7 +90,11 @@ pub async fn handle(
             reason,
         })
     })
-    .or_else(|| (req.method() == Method::CONNECT).then_some(CONNECT_REFUSED));
+    .or_else(|| (req.method() == Method::CONNECT).then_some(CONNECT_REFUSED))
+    .or_else(|| {
+        let known = req.version() == Version::HTTP_2 || framing::known_method(req.method());
+        (!known).then_some(framing::UNKNOWN_METHOD)
+    });
     let ask = if req.version() < Version::HTTP_2 {
         upgrade_ask(req.headers())
     } else {

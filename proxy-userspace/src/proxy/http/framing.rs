@@ -33,6 +33,62 @@ const LENGTHS: Rejection = Rejection {
     status: 400,
     reason: "more than one Content-Length",
 };
+/// As Envoy's HTTP/1 parser without `allow_custom_methods` (Istio leaves it off): a method it
+/// does not know is a protocol error, 400.
+pub const UNKNOWN_METHOD: Rejection = Rejection {
+    status: 400,
+    reason: "HPE_INVALID_METHOD: a method Envoy's HTTP/1 parser does not know",
+};
+
+/// The methods Envoy's HTTP/1 parser knows (http-parser's), sorted, with `M-SEARCH` as
+/// http-parser spells it besides the `MSEARCH` of Envoy's list.
+const KNOWN_METHODS: [&str; 35] = [
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LINK",
+    "LOCK",
+    "M-SEARCH",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "MSEARCH",
+    "NOTIFY",
+    "OPTIONS",
+    "PATCH",
+    "POST",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "PUT",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "TRACE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
+];
+
+/// Whether Envoy's HTTP/1 parser takes `m` (HTTP/2 takes any method).
+pub fn known_method(m: &hyper::Method) -> bool {
+    // The usual ones without a search.
+    matches!(
+        *m,
+        hyper::Method::GET | hyper::Method::POST | hyper::Method::PUT | hyper::Method::HEAD
+    ) || KNOWN_METHODS.binary_search(&m.as_str()).is_ok()
+}
+
 /// As Envoy and RFC 9112 (section 6.1): a coding the proxy does not implement is 501.
 const CODING: Rejection = Rejection {
     status: 501,
@@ -382,6 +438,22 @@ mod tests {
             .iter()
             .map(|r| r.map(|r| r.reason))
             .collect()
+    }
+
+    #[test]
+    fn methods_are_those_envoys_http1_parser_knows() {
+        let mut sorted = KNOWN_METHODS;
+        sorted.sort_unstable();
+        assert_eq!(sorted, KNOWN_METHODS, "binary search needs them sorted");
+        let known = |m: &str| known_method(&hyper::Method::from_bytes(m.as_bytes()).unwrap());
+        for m in [
+            "GET", "DELETE", "PATCH", "PROPFIND", "M-SEARCH", "PURGE", "OPTIONS",
+        ] {
+            assert!(known(m), "{m}");
+        }
+        for m in ["PATCHX", "get", "FOO", "QUERY"] {
+            assert!(!known(m), "{m}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub struct LocalReply(pub Bytes);
 pub struct GrpcCode(pub u32);
 
 /// A local error reply to a gRPC request, as Envoy's `sendLocalReply` turns it: HTTP 200,
-/// `content-type: application/grpc`, `grpc-status` for the HTTP status and the text as
+/// `content-type: application/grpc`, `grpc-status` for the HTTP status and the text, if any, as
 /// `grpc-message`, no body. A gRPC client reads the reason instead of "unexpected HTTP
 /// status". Anything else passes as it is.
 pub fn as_grpc(mut resp: Response<Body>) -> Response<Body> {
@@ -41,7 +41,11 @@ pub fn as_grpc(mut resp: Response<Body>) -> Response<Body> {
     );
     h.remove(header::CONTENT_LENGTH);
     h.insert(GRPC_STATUS, HeaderValue::from(code));
-    if let Ok(v) = HeaderValue::from_str(&percent_encode(text.trim_ascii())) {
+    // As Envoy's, only a reply with text has a `grpc-message` (an NR 404 has none).
+    let text = text.trim_ascii();
+    if !text.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&percent_encode(text))
+    {
         h.insert("grpc-message", v);
     }
     *resp.body_mut() = body::full(Bytes::new());
@@ -118,6 +122,10 @@ mod tests {
         assert_eq!(as_grpc(reply(504, "t")).headers()[GRPC_STATUS], "14");
         assert_eq!(as_grpc(reply(403, "RBAC")).headers()[GRPC_STATUS], "7");
         assert_eq!(as_grpc(reply(404, "no route")).headers()[GRPC_STATUS], "12");
+        // Envoy's empty NR 404: no grpc-message.
+        let nr = as_grpc(reply(404, ""));
+        assert_eq!(nr.headers()[GRPC_STATUS], "12");
+        assert!(!nr.headers().contains_key("grpc-message"));
         assert_eq!(as_grpc(reply(500, "x")).headers()[GRPC_STATUS], "2");
         assert_eq!(
             as_grpc(reply(400, "100% bad")).headers()["grpc-message"],
