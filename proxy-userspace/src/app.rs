@@ -270,10 +270,7 @@ pub async fn build(settings: Settings) -> Result<App, StartupError> {
     }
     // One meshd per attach cgroup: a second one fails here, before touching anything.
     let mount = cgroup::cgroup2_mount()?;
-    let attach = settings
-        .cgroup
-        .clone()
-        .unwrap_or_else(|| mount.join("meshd"));
+    let attach = cgroup::attach_point(&mount, settings.cgroup.as_deref());
     let lock = lock(&attach)?;
     // meshd moves into its unmanaged cgroup *before* opening sockets: a socket belongs to the
     // cgroup of the process that created it, and accepted sockets inherit the listener's. The

@@ -31,6 +31,16 @@ pub enum CgroupError {
     },
 }
 
+/// The attach point `--cgroup` names: a path under the cgroup2 `mount`, or relative to it
+/// (`--cgroup meshd-test`); `meshd` under the mount without one.
+pub fn attach_point(mount: &Path, given: Option<&Path>) -> PathBuf {
+    match given {
+        Some(p) if p.is_relative() => mount.join(p),
+        Some(p) => p.to_path_buf(),
+        None => mount.join("meshd"),
+    }
+}
+
 /// The first cgroup2 mount point in /proc/self/mountinfo.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let path = Path::new("/proc/self/mountinfo");
@@ -152,11 +162,11 @@ impl NodeCgroups {
     /// unmanaged child.
     pub fn setup(attach: Option<&Path>) -> Result<NodeCgroups, CgroupError> {
         let mount = cgroup2_mount()?;
-        let attach = match attach {
-            Some(p) => p.to_path_buf(),
-            None => mount.join("meshd"),
-        };
-        if !attach.starts_with(&mount) {
+        let attach = attach_point(&mount, attach);
+        let climbs = attach
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
+        if climbs || !attach.starts_with(&mount) {
             return Err(CgroupError::OutsideMount {
                 path: attach,
                 mount,
@@ -207,6 +217,16 @@ impl NodeCgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_attach_point_may_be_named_relative_to_the_mount() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        let at = |p: Option<&str>| attach_point(mount, p.map(Path::new));
+        assert_eq!(at(None), mount.join("meshd"));
+        assert_eq!(at(Some("meshd-test")), mount.join("meshd-test"));
+        assert_eq!(at(Some("kubepods/meshd")), mount.join("kubepods/meshd"));
+        assert_eq!(at(Some("/sys/fs/cgroup/unified/x")), mount.join("x"));
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_layout() {

@@ -54,7 +54,8 @@ pub struct RunArgs {
     /// Port reserved for the inbound (mTLS tunnel) listener; never redirected.
     #[arg(long, env = "MESHD_INBOUND_PORT", default_value_t = 15008)]
     pub inbound_port: u16,
-    /// Attach-point cgroup. Default: `meshd` under the cgroup2 mount.
+    /// Attach-point cgroup: a directory under the cgroup2 mount, or a path relative to the
+    /// mount. Default: `meshd` under the cgroup2 mount.
     #[arg(long, env = "MESHD_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// Skip the TCP/IP stack on the workload↔meshd hop with sk_msg and a SOCKHASH. Off by
