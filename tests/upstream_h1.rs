@@ -155,6 +155,61 @@ fn uploads_are_streamed_with_their_framing() {
     let _ = std::fs::remove_file(file);
 }
 
+/// An upstream that answers at once and reads the whole upload before it ends its answer: as
+/// Envoy's router, meshd sends the body on while the answer streams (HTTP/1.1 is full duplex),
+/// for an HTTP/1.1 client and for an HTTP/2 one, and leaves no connection open.
+#[test]
+fn an_upload_goes_on_while_its_early_answer_streams() {
+    if !ebpf_available("h1_head_first") {
+        return;
+    }
+    let up = RawUpstream::start();
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: upload
+spec:
+  hosts: [upload.test]
+  addresses: [127.0.0.79]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP, targetPort: {port}}}
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+"#,
+        port = up.addr.port()
+    );
+    let dir = support::mesh::config_dir("h1-head-first", &yaml);
+    let d = Daemon::start("h1-head-first", 336, &["--config", dir.to_str().unwrap()]);
+    let file = std::env::temp_dir().join("meshd-h1-head-first.bin");
+    // More than the sockets hold: the upstream must read it for the upload to end.
+    std::fs::write(&file, vec![b'x'; 5_000_000]).unwrap();
+    let data = format!("@{}", file.display());
+    for h2 in [false, true] {
+        let mut args = vec![
+            "--resolve",
+            "upload.test:80:127.0.0.79",
+            "--data-binary",
+            &data,
+            "-w",
+            "|%{http_code}",
+            "http://upload.test/head-first",
+        ];
+        if h2 {
+            args.insert(0, "--http2-prior-knowledge");
+        }
+        let (ok, out) = curl(&d, &args);
+        assert!(ok && out == "received 5000000|200", "h2 {h2}: {out}");
+    }
+    assert_eq!(up.seen().len(), 2, "{:?}", up.seen());
+    support::eventually(std::time::Duration::from_secs(10), || {
+        (d.metric("meshd_connections_active") == 0.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("connections left open: {}", d.get("/connections")));
+    let _ = std::fs::remove_file(file);
+}
+
 #[test]
 fn hop_by_hop_response_fields_stay_with_the_upstream_connection() {
     if !ebpf_available("h1_hop_by_hop") {

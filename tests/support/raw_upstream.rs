@@ -86,6 +86,28 @@ fn serve(stream: TcpStream, seen: &Mutex<Vec<(String, String, usize)>>) {
                 chunked = true;
             }
         }
+        if path == "/head-first" {
+            // Answers at once, then reads the whole upload before it ends its answer: a proxy
+            // that stops sending the body once the answer began is stuck.
+            if out
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            let body = match chunked {
+                true => read_chunked(&mut r),
+                false => {
+                    let mut b = vec![0; length];
+                    r.read_exact(&mut b).unwrap();
+                    b.len()
+                }
+            };
+            let text = format!("received {body}");
+            let _ = write!(out, "{:x}\r\n{text}\r\n0\r\n\r\n", text.len());
+            seen.lock().unwrap().push((method, path, body));
+            return;
+        }
         if path == "/early-413" {
             // Refuses the upload before reading it, and reads nothing more: a proxy that
             // insists on sending the whole body first is stuck.

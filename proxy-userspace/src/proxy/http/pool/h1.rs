@@ -7,7 +7,7 @@ mod decode;
 mod encode;
 
 use std::{
-    future::poll_fn,
+    future::{Future, poll_fn},
     io,
     pin::Pin,
     sync::Mutex,
@@ -16,7 +16,7 @@ use std::{
 
 use bytes::{BufMut, BytesMut};
 use hyper::body::Body as _;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
 pub use self::body::ResponseBody;
 use self::{decode::Head, encode::BodyFraming};
@@ -49,12 +49,18 @@ pub enum H1Error {
     Body(BoxError),
 }
 
+/// The rest of a request body still being sent after the upstream's answer began.
+type Upload = Pin<Box<dyn Future<Output = Result<(), H1Error>> + Send>>;
+
 /// An open upstream connection and the bytes read from it but not yet used.
 pub struct Conn {
     /// Only ever reached through `get_mut` (no locking): the Mutex makes the connection
     /// `Sync`, as response bodies must be, for streams that are only `Send`.
     io: Mutex<Box<dyn Io>>,
     buf: BytesMut,
+    /// A request body the upstream began to answer before its end: sent on, as Envoy sends it,
+    /// while the response is read (see [`Conn::drive_upload`]). Reached through `get_mut`.
+    upload: Option<Mutex<Upload>>,
     /// One of the cluster's connections, held while the connection is open.
     _slot: Slot,
 }
@@ -64,7 +70,24 @@ impl Conn {
         Conn {
             io: Mutex::new(io),
             buf: BytesMut::new(),
+            upload: None,
             _slot: slot,
+        }
+    }
+
+    /// Moves on the rest of a request body the upstream began to answer early, if any. Its
+    /// failure (the upstream stopped reading, the client's body broke) only ends the upload:
+    /// the response is read on, and the connection is not reused.
+    fn drive_upload(&mut self, cx: &mut Context<'_>) {
+        let Some(upload) = self.upload.as_mut() else {
+            return;
+        };
+        let upload = upload.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Poll::Ready(done) = upload.as_mut().poll(cx) {
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "the request body's upload ended early");
+            }
+            self.upload = None;
         }
     }
 
@@ -146,7 +169,7 @@ impl Conn {
                 req.method.clone()
             }
             Outgoing::Owned(req) => {
-                let (parts, mut body) = req.into_parts();
+                let (parts, body) = req.into_parts();
                 let framing = encode::framing(
                     &parts.method,
                     &parts.headers,
@@ -163,7 +186,7 @@ impl Conn {
                 );
                 if framing != BodyFraming::None
                     && let Some(early) = self
-                        .stream_body(&mut out, &mut body, framing, &parts.method)
+                        .stream_body(std::mem::take(&mut out), body, framing, &parts.method)
                         .await?
                 {
                     return Ok(early);
@@ -182,35 +205,117 @@ impl Conn {
         read_head(io_of(&mut self.io), &mut self.buf, &method).await
     }
 
-    /// Writes a streamed body after the head in `out`. The upstream may answer before it has
-    /// all of it (a 413, say): that response wins, the rest of the body is not sent, and the
-    /// connection is not reused.
+    /// Writes a streamed body after the head in `out`, while watching for the response. The
+    /// upstream may answer before it has all of it: as Envoy's, the upload goes on while the
+    /// response is read (an upstream that streams its answer to a streamed request, or reads
+    /// the body after answering), and stops when the response ends first (a 413, say). A
+    /// connection answered early is not reused.
     async fn stream_body(
         &mut self,
-        out: &mut BytesMut,
-        body: &mut Body,
+        out: BytesMut,
+        body: Body,
         framing: BodyFraming,
         method: &hyper::Method,
     ) -> Result<Option<Head>, H1Error> {
-        let Conn { io, buf, .. } = self;
-        let (mut rd, mut wr) = tokio::io::split(io_of(io));
-        let write = async {
-            write_body(&mut wr, out, body, framing).await?;
-            wr.write_all(out).await.map_err(H1Error::Write)?;
-            out.clear();
-            wr.flush().await.map_err(H1Error::Write)
+        // The halves apart: the upload owns the writing one, so it can outlive this call.
+        let io = std::mem::replace(self.io(), Box::new(Detached));
+        let (mut rd, wr) = tokio::io::split(io);
+        let mut upload = Box::pin(upload(wr, out, body, framing));
+        let first = {
+            let mut early = std::pin::pin!(read_head(&mut rd, &mut self.buf, method));
+            poll_fn(|cx| {
+                // An answer that is there goes first: the upload may fail because of it.
+                if let Poll::Ready(head) = early.as_mut().poll(cx) {
+                    return Poll::Ready(Err(head));
+                }
+                upload.as_mut().poll(cx).map(Ok)
+            })
+            .await
         };
-        let early = read_head(&mut rd, buf, method);
-        tokio::select! {
-            written = write => written.map(|()| None),
-            head = early => {
+        match first {
+            Ok(written) => {
+                *self.io() = Box::new(rd.unsplit(written?));
+                Ok(None)
+            }
+            Err(head) => {
                 let mut head = head?;
                 head.keep_alive = false;
+                *self.io() = Box::new(ReadSide(rd));
+                let rest: Upload = Box::pin(async move { upload.await.map(drop) });
+                self.upload = Some(Mutex::new(rest));
                 Ok(Some(head))
             }
         }
     }
 }
+
+/// Sends the rest of a streamed request (`out`, then `body`) on `w`; gives the writing half
+/// back at its end.
+async fn upload(
+    mut w: WriteHalf<Box<dyn Io>>,
+    mut out: BytesMut,
+    mut body: Body,
+    framing: BodyFraming,
+) -> Result<WriteHalf<Box<dyn Io>>, H1Error> {
+    write_body(&mut w, &mut out, &mut body, framing).await?;
+    w.write_all(&out).await.map_err(H1Error::Write)?;
+    w.flush().await.map_err(H1Error::Write)?;
+    Ok(w)
+}
+
+/// The connection's stream while its writing half is away: never used.
+struct Detached;
+
+/// The reading half of a connection whose request body is still being sent: the response is
+/// read from it, and nothing else is written to it.
+struct ReadSide(ReadHalf<Box<dyn Io>>);
+
+fn unused() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "no request is written here")
+}
+
+impl AsyncRead for Detached {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(unused()))
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+/// Neither takes a write: the writing half is elsewhere.
+macro_rules! write_nothing {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(unused()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+    };
+}
+write_nothing!(Detached);
+write_nothing!(ReadSide);
 
 /// The connection's stream: the Mutex is only there to make `Conn` `Sync`, never locked.
 fn io_of(io: &mut Mutex<Box<dyn Io>>) -> &mut Box<dyn Io> {

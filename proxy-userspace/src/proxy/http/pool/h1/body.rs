@@ -1,5 +1,6 @@
 //! An HTTP/1.1 response body read from its connection as the downstream side asks for it. At
-//! its end the connection is free for the next request, if the response allows reuse.
+//! its end the connection is free for the next request, if the response allows reuse. A
+//! request body the upstream began to answer early is sent on as the response is read.
 
 use std::{
     pin::Pin,
@@ -70,6 +71,11 @@ impl hyper::body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        // The rest of a request body the upstream answered early goes out as the response is
+        // read, until the response ends.
+        if let Some(conn) = this.conn.as_mut() {
+            conn.drive_upload(cx);
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
