@@ -1539,3 +1539,59 @@ fn a_connection_past_the_workloads_share_is_shed_and_logged() {
     let waited = entry["duration_ms"].as_f64().unwrap();
     assert!(waited >= 9_000.0, "{line}");
 }
+
+/// A chunked HTTP/1.1 request that ends with trailers, to an HTTP/2 upstream: its end is its
+/// trailers, so the route timeout runs from there (504 UT, not an answer 3 s later logged as a
+/// client that left), and trailer fields that must not be in a trailer section (Host,
+/// Content-Length) are dropped, the others passed on.
+#[test]
+fn a_request_that_ends_with_trailers_is_timed_from_its_end() {
+    if !ebpf_available("request_trailers") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - timeout: 1s\n    route:\n    - destination:\n        host: reviews\n";
+    let yaml =
+        only_v1(policies(&v1, &v2, routes), &v2).replace("protocol: HTTP\n", "protocol: HTTP2\n");
+    let d = start("request-trailers", 337, &yaml);
+    const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+    let send = |path: &str| {
+        let request = format!(
+            "POST {path} HTTP/1.1\\r\\nHost: reviews:9080\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n\
+             5\\r\\nhello\\r\\n0\\r\\nx-checksum: abc\\r\\nhost: evil.test\\r\\ncontent-length: 50\\r\\n\\r\\n"
+        );
+        let out = d
+            .exec(
+                "default/raw",
+                &[
+                    "python3",
+                    RAW,
+                    "--addr",
+                    "127.0.0.50:9080",
+                    "--send",
+                    &request,
+                    "--timeout",
+                    "3",
+                ],
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let got = send("/sleep/3000");
+    assert!(got.contains("\"status\": 504"), "{got}");
+    let line = (d.log_text().lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["path"] == "/sleep/3000")
+        .unwrap_or_else(|| panic!("no line: {}", d.log_text()));
+    assert_eq!(line["response_flags"], "UT", "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() < 2900.0, "{line}");
+    // The trailers that may be there reach the upstream; the others do not.
+    let got = send("/echo");
+    assert!(got.contains("\"status\": 200"), "{got}");
+    // The echo's JSON, as the raw client quotes it: the trailer names that arrived.
+    assert!(
+        got.contains(r#"\"length\":5"#) && got.contains(r#"\"trailers\":[\"x-checksum\"]"#),
+        "{got}"
+    );
+}

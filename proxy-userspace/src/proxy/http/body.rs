@@ -270,15 +270,21 @@ where
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, B::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        let mut polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &mut polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.received
                         .bytes
                         .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
-                if self.inner.is_end_stream() {
+                // Trailers are the body's last frame, whether or not the body says so yet.
+                let trailers = frame.trailers_mut();
+                let is_trailers = trailers.is_some();
+                if let Some(t) = trailers {
+                    super::headers::strip_from_trailers(t);
+                }
+                if is_trailers || self.inner.is_end_stream() {
                     self.received.end();
                 }
             }
@@ -353,6 +359,31 @@ mod tests {
         assert_eq!(&collected[..], b"hello world");
         assert_eq!(received.bytes(), 11);
         assert_eq!(received.failure(), None);
+    }
+
+    #[tokio::test]
+    async fn trailers_end_the_body_without_what_must_not_be_in_them() {
+        let mut t = hyper::HeaderMap::new();
+        t.insert("x-checksum", "abc".parse().unwrap());
+        t.insert("content-length", "50".parse().unwrap());
+        t.insert("host", "evil.test".parse().unwrap());
+        let frames = Frames(
+            [
+                hyper::body::Frame::data(Bytes::from_static(b"x")),
+                hyper::body::Frame::trailers(t),
+            ]
+            .into(),
+        );
+        let received = Arc::new(Received::default());
+        let mut body = Counted::new(frames, received.clone());
+        let _ = body.frame().await.unwrap().unwrap();
+        assert_eq!(received.ended_at(), None);
+        let last = body.frame().await.unwrap().unwrap();
+        // Ended at the trailers, before the body is polled for its end.
+        assert!(received.ended_at().is_some());
+        let t = last.into_trailers().unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t["x-checksum"], "abc");
     }
 
     #[tokio::test]

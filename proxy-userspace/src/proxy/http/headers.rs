@@ -105,6 +105,37 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     remove_te_but_trailers(h);
 }
 
+/// Fields a trailer section must not carry (RFC 9110 section 6.5.1): those that frame or route
+/// the message, hop-by-hop ones, and authentication and content metadata a recipient reads
+/// from the head only.
+const NOT_IN_TRAILERS: [HeaderName; 16] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+];
+
+/// Removes from a trailer section what must not be there, so it cannot reframe, reroute or
+/// re-authorize the message at a recipient that merges trailers into the head (and HTTP/2,
+/// which refuses connection-specific fields, can carry the rest).
+pub fn strip_from_trailers(t: &mut HeaderMap) {
+    for n in &NOT_IN_TRAILERS {
+        t.remove(n);
+    }
+}
+
 /// Headers that name a connection, not a message: HTTP/2 forbids them (RFC 9113 section
 /// 8.2.2), and h2 refuses to send them.
 const CONNECTION_SPECIFIC: [HeaderName; 5] = [

@@ -366,6 +366,7 @@ impl Chunked {
                     }
                     buf.advance(n);
                     *self = Chunked::Done;
+                    crate::proxy::http::headers::strip_from_trailers(&mut trailers);
                     if !trailers.is_empty() {
                         return Ok(Step::Trailers(trailers));
                     }
