@@ -1,8 +1,9 @@
 //! Endpoint selection from DestinationRule `loadBalancer`: ROUND_ROBIN, LEAST_REQUEST (power of
 //! two choices over in-flight requests), RANDOM, and consistentHash (header, cookie, query
 //! parameter or source IP, with rendezvous hashing so a key keeps its endpoint while the set is
-//! stable), each weighted by the endpoints' `weight` when they differ. A retry avoids the
-//! endpoint that just failed when there is another.
+//! stable), each weighted by the endpoints' `weight` when they differ. A retry avoids every
+//! endpoint the request already tried while there is another, as Istio's routes ask of Envoy
+//! (the `previous_hosts` retry predicate).
 
 use std::{
     borrow::Cow,
@@ -164,23 +165,34 @@ impl Balancer {
             .unwrap_or(0)
     }
 
-    /// Picks one of `endpoints` (not empty), avoiding `avoid` when another exists.
+    /// Picks one of `endpoints` (not empty), avoiding those in `tried` while another exists.
     pub fn choose(
         &self,
         turn: &AtomicUsize,
         algo: &Algorithm,
         endpoints: &[SocketAddr],
-        avoid: Option<SocketAddr>,
+        tried: &[SocketAddr],
     ) -> SocketAddr {
-        let pool: Cow<'_, [SocketAddr]> = match avoid {
-            Some(a) if endpoints.iter().any(|e| *e != a) => {
-                Cow::Owned(endpoints.iter().copied().filter(|e| *e != a).collect())
-            }
-            _ => Cow::Borrowed(endpoints),
+        let fresh = Fresh::of(endpoints, tried);
+        let pool: Cow<'_, [SocketAddr]> = match fresh.filters() {
+            true => Cow::Owned(endpoints.iter().copied().filter(|e| fresh.is(e)).collect()),
+            false => Cow::Borrowed(endpoints),
         };
-        let rr = || pool[turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
         match algo {
-            Algorithm::RoundRobin | Algorithm::Hash(None) => rr(),
+            // The rotation goes on past the endpoints tried, as Envoy's round robin picks again
+            // under `previous_hosts`: the one after a failed endpoint takes its turn, and the
+            // shares stay even.
+            Algorithm::RoundRobin | Algorithm::Hash(None) => {
+                let next = || endpoints[turn.fetch_add(1, Ordering::Relaxed) % endpoints.len()];
+                let mut e = next();
+                for _ in 1..endpoints.len() {
+                    if fresh.is(&e) {
+                        break;
+                    }
+                    e = next();
+                }
+                e
+            }
             Algorithm::Random => pool[fastrand::usize(0..pool.len())],
             Algorithm::LeastRequest if pool.len() == 1 => pool[0],
             Algorithm::LeastRequest => {
@@ -214,15 +226,15 @@ impl Balancer {
         turn: &AtomicUsize,
         algo: &Algorithm,
         candidates: &[SocketAddr],
-        avoid: Option<SocketAddr>,
+        tried: &[SocketAddr],
         weights: Option<(&[SocketAddr], &[u32])>,
     ) -> SocketAddr {
         match weights {
             Some((all, w)) => {
                 let weight = |a| all.iter().position(|e| *e == a).map_or(1, |i| w[i]);
-                self.choose_weighted(turn, algo, candidates, avoid, weight)
+                self.choose_weighted(turn, algo, candidates, tried, weight)
             }
-            None => self.choose(turn, algo, candidates, avoid),
+            None => self.choose(turn, algo, candidates, tried),
         }
     }
 
@@ -236,12 +248,13 @@ impl Balancer {
         turn: &AtomicUsize,
         algo: &Algorithm,
         endpoints: &[SocketAddr],
-        avoid: Option<SocketAddr>,
+        tried: &[SocketAddr],
         weight: impl Fn(SocketAddr) -> u32,
     ) -> SocketAddr {
+        let fresh = Fresh::of(endpoints, tried);
         let pool: Vec<(SocketAddr, u64)> = endpoints
             .iter()
-            .filter(|e| Some(**e) != avoid || endpoints.iter().all(|o| Some(*o) == avoid))
+            .filter(|e| fresh.is(e))
             .map(|e| (*e, u64::from(weight(*e).max(1))))
             .collect();
         let total: u64 = pool.iter().map(|(_, w)| w).sum();
@@ -286,6 +299,29 @@ impl Balancer {
     }
 }
 
+/// Which endpoints a pick may take: those not tried yet, or every one once all were.
+struct Fresh<'t> {
+    tried: &'t [SocketAddr],
+    /// Some endpoint was not tried.
+    any: bool,
+}
+
+impl<'t> Fresh<'t> {
+    fn of(endpoints: &[SocketAddr], tried: &'t [SocketAddr]) -> Fresh<'t> {
+        let any = tried.is_empty() || endpoints.iter().any(|e| !tried.contains(e));
+        Fresh { tried, any }
+    }
+
+    fn is(&self, e: &SocketAddr) -> bool {
+        !self.any || !self.tried.contains(e)
+    }
+
+    /// Whether some endpoint is left out.
+    fn filters(&self) -> bool {
+        self.any && !self.tried.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,7 +337,7 @@ mod tests {
         let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
         let e = addrs(3);
         let picks: Vec<_> = (0..6)
-            .map(|_| b.choose(&turn, &Algorithm::RoundRobin, &e, None))
+            .map(|_| b.choose(&turn, &Algorithm::RoundRobin, &e, &[]))
             .collect();
         for a in &e {
             assert_eq!(picks.iter().filter(|p| *p == a).count(), 2);
@@ -309,9 +345,9 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_avoids_the_failed_endpoint() {
+    fn a_retry_avoids_every_endpoint_tried() {
         let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
-        let e = addrs(2);
+        let e = addrs(3);
         for algo in [
             Algorithm::RoundRobin,
             Algorithm::Random,
@@ -319,14 +355,35 @@ mod tests {
             Algorithm::Hash(Some(b"k".to_vec())),
         ] {
             for _ in 0..20 {
-                assert_eq!(b.choose(&turn, &algo, &e, Some(e[0])), e[1]);
+                assert_ne!(b.choose(&turn, &algo, &e, &[e[0]]), e[0], "{algo:?}");
+                assert_eq!(b.choose(&turn, &algo, &e, &[e[0], e[1]]), e[2], "{algo:?}");
             }
         }
         assert_eq!(
-            b.choose(&turn, &Algorithm::RoundRobin, &e[..1], Some(e[0])),
+            b.choose(&turn, &Algorithm::RoundRobin, &e[..1], &[e[0]]),
             e[0],
             "no other endpoint"
         );
+        let all = b.choose(&turn, &Algorithm::Random, &e, &e);
+        assert!(e.contains(&all), "every one tried: any of them");
+    }
+
+    #[test]
+    fn round_robin_gives_a_failed_endpoints_turn_to_the_next() {
+        // As Envoy's round robin under `previous_hosts`: with the middle endpoint dead, every
+        // request that draws it is retried on the one after it, and the live ones share evenly.
+        let (b, turn) = (Balancer::default(), AtomicUsize::new(0));
+        let e = addrs(3);
+        let dead = e[1];
+        let mut served = [0usize; 3];
+        for _ in 0..300 {
+            let mut first = b.choose(&turn, &Algorithm::RoundRobin, &e, &[]);
+            if first == dead {
+                first = b.choose(&turn, &Algorithm::RoundRobin, &e, &[dead]);
+            }
+            served[e.iter().position(|a| *a == first).unwrap()] += 1;
+        }
+        assert_eq!(served, [150, 0, 150]);
     }
 
     #[test]
@@ -335,7 +392,7 @@ mod tests {
         let e = addrs(2);
         let _busy: Vec<InFlight> = (0..5).map(|_| b.start(e[0])).collect();
         for _ in 0..50 {
-            assert_eq!(b.choose(&turn, &Algorithm::LeastRequest, &e, None), e[1]);
+            assert_eq!(b.choose(&turn, &Algorithm::LeastRequest, &e, &[]), e[1]);
         }
     }
 
@@ -348,7 +405,7 @@ mod tests {
                 &turn,
                 &Algorithm::Hash(Some(k.as_bytes().to_vec())),
                 &e,
-                None,
+                &[],
             )
         };
         for k in ["alice", "bob", "carol"] {
@@ -397,7 +454,7 @@ mod tests {
             Algorithm::LeastRequest,
         ] {
             let first = (0..10_000)
-                .filter(|_| b.choose_weighted(&turn, &algo, &e, None, weight) == e[0])
+                .filter(|_| b.choose_weighted(&turn, &algo, &e, &[], weight) == e[0])
                 .count();
             assert!((8_700..9_300).contains(&first), "{algo:?}: {first}");
         }
@@ -405,12 +462,12 @@ mod tests {
         let first = (0..10_000u32)
             .filter(|k| {
                 let algo = Algorithm::Hash(Some(k.to_le_bytes().to_vec()));
-                b.choose_weighted(&turn, &algo, &e, None, weight) == e[0]
+                b.choose_weighted(&turn, &algo, &e, &[], weight) == e[0]
             })
             .count();
         assert!((8_700..9_300).contains(&first), "hash: {first}");
         assert_eq!(
-            b.choose_weighted(&turn, &Algorithm::RoundRobin, &e, Some(e[0]), weight),
+            b.choose_weighted(&turn, &Algorithm::RoundRobin, &e, &[e[0]], weight),
             e[1],
             "a retry avoids the endpoint that failed"
         );

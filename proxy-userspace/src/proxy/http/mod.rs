@@ -302,7 +302,7 @@ impl HttpContext {
             weights: policy.weights.as_deref(),
             slow_start: policy.lb.and_then(slow_start::SlowStart::from_spec),
         }
-        .pick(&self.lb, candidates, 0, None);
+        .pick(&self.lb, candidates, 0, &[]);
         Ok((addr, cluster))
     }
 

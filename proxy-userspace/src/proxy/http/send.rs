@@ -90,13 +90,14 @@ impl Plan<'_> {
         }
     }
 
-    /// An endpoint for the next attempt, avoiding the one that just failed when possible.
-    /// `tried` collects the locality priorities of earlier attempts; with
+    /// An endpoint for the next attempt, avoiding the endpoints earlier attempts used
+    /// (`attempted`) while another is healthy, as Envoy's `previous_hosts` retry predicate
+    /// under Istio. `tried` collects the locality priorities of earlier attempts; with
     /// `retryRemoteLocalities`, a retry goes to another one while any is healthy.
     pub fn target(
         &self,
         ctx: &HttpContext,
-        avoid: Option<SocketAddr>,
+        attempted: &[SocketAddr],
         tried: &mut u32,
     ) -> Result<SocketAddr, NoEndpoint> {
         match &self.endpoints {
@@ -116,7 +117,7 @@ impl Plan<'_> {
                     weights: self.weights.as_deref(),
                     slow_start: self.slow_start,
                 }
-                .pick(&ctx.lb, candidates, skip, avoid);
+                .pick(&ctx.lb, candidates, skip, attempted);
                 if let Some(level) = level {
                     *tried |= 1 << level;
                 }
@@ -144,14 +145,14 @@ pub struct Selection<'a> {
 impl Selection<'_> {
     /// One of `candidates` (the healthy endpoints): at the locality priority chosen, when there
     /// are priorities, leaving out the levels in `skip` while another has healthy endpoints;
-    /// weighted by slow start or the endpoints' weights; avoiding `avoid` when it can. Also
-    /// returns the priority level it came from.
+    /// weighted by slow start or the endpoints' weights; avoiding those in `attempted` while
+    /// it can. Also returns the priority level it came from.
     pub fn pick(
         &self,
         lb: &super::lb::Balancer,
         mut candidates: Cow<'_, [SocketAddr]>,
         skip: u32,
-        avoid: Option<SocketAddr>,
+        attempted: &[SocketAddr],
     ) -> (SocketAddr, Option<u8>) {
         let all = self.all;
         let level = self.priorities.and_then(|p| {
@@ -172,7 +173,7 @@ impl Selection<'_> {
         });
         let weights = warming.as_deref().or(self.weights).map(|w| (all, w));
         (
-            lb.pick(self.turn, self.algo, &candidates, avoid, weights),
+            lb.pick(self.turn, self.algo, &candidates, attempted, weights),
             level,
         )
     }
@@ -555,7 +556,9 @@ pub async fn with_policy(
         Some(_) => limit.map(|t| tokio::time::Instant::now() + t),
         None => limit.and_then(|t| received.ended_at().map(|end| end + t)),
     };
-    // A retry goes elsewhere when it can: `last` is the endpoint the previous attempt used.
+    // A retry goes elsewhere when it can: `attempted` holds the endpoints earlier attempts
+    // used, `last` the previous attempt's.
+    let mut attempted: Vec<SocketAddr> = Vec::new();
     let mut last: Option<SocketAddr> = None;
     // The endpoint of the attempt under way, until its outcome is observed: one a timeout
     // ends counts against it.
@@ -634,8 +637,9 @@ pub async fn with_policy(
                         took,
                     });
                 }
-                let target = plan.target(ctx, last, &mut tried);
+                let target = plan.target(ctx, &attempted, &mut tried);
                 last = target.as_ref().ok().copied();
+                attempted.extend(last);
                 // How to reach the endpoint: resolved once per attempt.
                 let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
                 plan.note_attempt(rec, n, last, upstream.as_ref());
@@ -946,7 +950,7 @@ mod tests {
         let lb = super::super::lb::Balancer::default();
         // b is ejected: level 0 is half healthy, so level 2 takes some draws too.
         for _ in 0..200 {
-            let (picked, _) = selection.pick(&lb, Cow::Owned(vec![a]), 0, None);
+            let (picked, _) = selection.pick(&lb, Cow::Owned(vec![a]), 0, &[]);
             assert_eq!(picked, a);
         }
     }

@@ -134,6 +134,8 @@ pub(super) async fn send(
     let (head, once) = (&head, &once);
     let can_resend = || bodiless || once.lock().expect("upgrade body lock").is_some();
     let mut last = None;
+    // The endpoints earlier attempts used: a retry goes elsewhere while it can.
+    let mut attempted: Vec<std::net::SocketAddr> = Vec::new();
     let mut tried = 0u32;
     // The attempts started, and the endpoint of the one under way until its outcome is
     // observed: one a timeout ends counts against it, as on the request path.
@@ -160,8 +162,9 @@ pub(super) async fn send(
         || plan.retry_slot(),
         |n| {
             started = n;
-            let target = plan.target(ctx, last, &mut tried);
+            let target = plan.target(ctx, &attempted, &mut tried);
             last = target.as_ref().ok().copied();
+            attempted.extend(last);
             let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
             plan.note_attempt(rec, n, last, upstream.as_ref());
             async move {
