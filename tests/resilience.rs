@@ -1659,3 +1659,30 @@ spec:
     assert!(codes.iter().all(|c| *c == "200"), "{codes:?}");
     assert_eq!(live.requests(), 60);
 }
+
+/// An HTTP/2 upstream connection's `idleTimeout` counts from the end of its last stream, as
+/// Envoy's: after a 1.5 s request, a connection idle for 0.5 s of its 1 s is reused, and one
+/// idle for longer than 1 s is not (a new one opens), however recently the sweep ran.
+#[test]
+fn an_http2_connection_is_idle_from_the_end_of_its_last_stream() {
+    if !ebpf_available("h2_idle_timeout") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let policy = "    connectionPool:\n      http:\n        idleTimeout: 1s\n";
+    let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2)
+        .replace("protocol: HTTP\n", "protocol: HTTP2\n");
+    let d = start("h2-idle-timeout", 339, &yaml);
+    let get = |path: &str| support::mesh::status(&d, &format!("http://reviews:9080{path}"));
+    assert_eq!(get("/sleep/1500"), "200");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get("/whoami"), "200");
+    assert_eq!(
+        v1.accepted(),
+        1,
+        "idle for 0.5 s after a long stream: reused"
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_eq!(get("/whoami"), "200");
+    assert_eq!(v1.accepted(), 2, "idle for 1.3 s of 1 s: a new connection");
+}

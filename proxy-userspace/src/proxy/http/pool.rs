@@ -503,7 +503,7 @@ impl Pool {
                         dst,
                         source: source.into(),
                     })?;
-            let streams = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let streams = Arc::new(cluster::Streams::default());
             let stream = H2Stream::new(cluster.clone(), &streams);
             cluster.add_h2(
                 target.key(limits),

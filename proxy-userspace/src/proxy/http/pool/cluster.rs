@@ -57,16 +57,37 @@ impl IdleH1 {
     }
 }
 
+/// The streams open on an HTTP/2 connection, and when the last one ended.
+pub struct Streams {
+    open: AtomicU32,
+    last_end: Mutex<Instant>,
+}
+
+impl Default for Streams {
+    fn default() -> Streams {
+        Streams {
+            open: AtomicU32::new(0),
+            last_end: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Streams {
+    pub fn open(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
 /// One stream counted on an HTTP/2 connection, given back on drop: when its response ends,
 /// or when the request is cancelled (a timeout, a client that left) before that.
 pub struct H2Stream {
     pool: Arc<ClusterPool>,
-    streams: Arc<AtomicU32>,
+    streams: Arc<Streams>,
 }
 
 impl H2Stream {
-    pub fn new(pool: Arc<ClusterPool>, streams: &Arc<AtomicU32>) -> H2Stream {
-        streams.fetch_add(1, Ordering::AcqRel);
+    pub fn new(pool: Arc<ClusterPool>, streams: &Arc<Streams>) -> H2Stream {
+        streams.open.fetch_add(1, Ordering::AcqRel);
         H2Stream {
             pool,
             streams: streams.clone(),
@@ -76,7 +97,8 @@ impl H2Stream {
 
 impl Drop for H2Stream {
     fn drop(&mut self) {
-        self.streams.fetch_sub(1, Ordering::AcqRel);
+        *self.streams.last_end.lock().expect("stream end lock") = Instant::now();
+        self.streams.open.fetch_sub(1, Ordering::AcqRel);
         self.pool.changed.notify_waiters();
     }
 }
@@ -84,12 +106,25 @@ impl Drop for H2Stream {
 /// A multiplexed HTTP/2 connection and the streams open on it.
 pub struct H2Conn {
     pub sender: super::h2::Conn,
-    pub streams: Arc<AtomicU32>,
+    pub streams: Arc<Streams>,
     pub used: u32,
+    /// When it last took a stream.
     pub last_active: Instant,
     pub idle_timeout: Duration,
     /// When it stops taking streams (`maxConnectionDuration`), if ever.
     pub expires: Option<Instant>,
+}
+
+impl H2Conn {
+    /// Whether it carried no stream for its idle timeout, counted as Envoy's from the end of
+    /// its last stream (a long stream does not use the time up).
+    fn idle_expired(&self) -> bool {
+        if self.streams.open() > 0 {
+            return false;
+        }
+        let last_end = *self.streams.last_end.lock().expect("stream end lock");
+        self.last_active.max(last_end).elapsed() >= self.idle_timeout
+    }
 }
 
 #[derive(Default)]
@@ -357,10 +392,16 @@ impl ClusterPool {
         let conns = all.get_mut(dst)?;
         // A connection past its maximum duration leaves the pool: the streams it carries hold
         // their own handles, and it closes when they end.
-        conns.retain(|c| !c.sender.is_closed() && per_connection(c.used) && unexpired(c.expires));
-        let c = conns.iter_mut().find(|c| {
-            c.streams.load(Ordering::Acquire) < limits.max_streams.min(c.sender.stream_limit())
-        })?;
+        // One idle past its timeout is closed, as Envoy's timer would have closed it by now.
+        conns.retain(|c| {
+            !c.sender.is_closed()
+                && per_connection(c.used)
+                && unexpired(c.expires)
+                && !c.idle_expired()
+        });
+        let c = conns
+            .iter_mut()
+            .find(|c| c.streams.open() < limits.max_streams.min(c.sender.stream_limit()))?;
         c.used += 1;
         c.last_active = Instant::now();
         // The idle timeout of the configuration that used it last, as for HTTP/1.1.
@@ -468,7 +509,7 @@ impl ClusterPool {
         self.h1.lock().expect("h1 pool lock").clear();
         let mut h2 = self.h2.lock().expect("h2 pool lock");
         h2.retain(|_, conns| {
-            conns.retain(|c| c.streams.load(Ordering::Acquire) > 0);
+            conns.retain(|c| c.streams.open() > 0);
             !conns.is_empty()
         });
     }
@@ -513,8 +554,7 @@ impl ClusterPool {
         h2.retain(|_, conns| {
             conns.retain(|c| {
                 !c.sender.is_closed()
-                    && (c.streams.load(Ordering::Acquire) > 0
-                        || (c.last_active.elapsed() < c.idle_timeout && unexpired(c.expires)))
+                    && (c.streams.open() > 0 || (!c.idle_expired() && unexpired(c.expires)))
             });
             !conns.is_empty()
         });
