@@ -564,6 +564,22 @@ fn request_heads_go_upstream_before_the_body_is_complete() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(b.requests(), 3);
+    // As Envoy (`missing_host_header`), an HTTP/2 request with neither :authority nor Host is
+    // refused, as an HTTP/1.1 one without Host is.
+    let out = d
+        .exec(
+            "default/h2",
+            &["python3", H2_OPEN_STREAM, "--addr", &addr, "--no-authority"],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        "400",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.requests(), 3, "never forwarded");
 }
 
 /// `Expect: 100-continue` is answered by meshd (hyper's server), as Envoy does by default, and

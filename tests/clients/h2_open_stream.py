@@ -2,7 +2,8 @@
 """Opens one HTTP/2 (prior knowledge) request stream to ADDR with a POST to PATH, sends DATA
 without ending the stream, and waits up to TIMEOUT for the response's HEADERS, the stream still
 open. Prints the response's :status (0 when none came). Raw frames and HPACK literals, so that no
-client library decides when to send."""
+client library decides when to send. With --no-authority the request has no :authority (nor
+Host)."""
 import argparse
 import socket
 import struct
@@ -12,6 +13,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--addr", required=True)
 p.add_argument("--path", default="/whoami")
 p.add_argument("--timeout", type=float, default=3)
+p.add_argument("--no-authority", action="store_true")
 a = p.parse_args()
 host, _, port = a.addr.rpartition(":")
 
@@ -31,6 +33,7 @@ def literal(name, value):
 block = b"".join(
     literal(n, v)
     for n, v in [(":method", "POST"), (":scheme", "http"), (":authority", a.addr), (":path", a.path)]
+    if not (a.no_authority and n == ":authority")
 )
 s = socket.create_connection((host, int(port)), timeout=a.timeout)
 s.sendall(
