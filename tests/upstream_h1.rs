@@ -286,6 +286,21 @@ fn malformed_or_smuggling_responses_never_reach_the_client() {
             .then_some(())
     });
     assert!(upe.is_some(), "four 502 UPE lines:\n{}", d.log_text());
+    // An HTTP/2 client, on a port nothing declares, goes upstream as HTTP/2: this HTTP/1-only
+    // server's answer to the preface is no HTTP/2, which is the upstream breaking the protocol
+    // (502 UPE), not a reset (503 UC).
+    let (ok, out) = curl(
+        &d,
+        &[
+            "--http2-prior-knowledge",
+            &url("/length"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ],
+    );
+    assert!(ok && out == "502", "HTTP/2 to an HTTP/1 server: {out}");
     // A length repeated as a list (`2, 2`) reaches the client as the one value it is (RFC
     // 9110 section 8.6).
     let (ok, out) = curl(&d, &["-i", &url("/length-list")]);

@@ -118,7 +118,17 @@ impl UpstreamError {
         let protocol = if let Some(e) = source.downcast_ref::<h1::H1Error>() {
             matches!(e, h1::H1Error::Invalid(_))
         } else if let Some(e) = source.downcast_ref::<::h2::Error>() {
-            e.is_library() && e.reason() == Some(::h2::Reason::PROTOCOL_ERROR)
+            // What meshd's h2 found wrong in the upstream's frames (an HTTP/1-only server
+            // answering a preface reads as a frame of invalid size).
+            e.is_library()
+                && matches!(
+                    e.reason(),
+                    Some(
+                        ::h2::Reason::PROTOCOL_ERROR
+                            | ::h2::Reason::FRAME_SIZE_ERROR
+                            | ::h2::Reason::COMPRESSION_ERROR
+                    )
+                )
         } else if let Some(e) = source.downcast_ref::<hyper::Error>() {
             e.is_parse()
         } else {
