@@ -10,7 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::body::{Body, BoxError};
 
@@ -108,17 +108,39 @@ pub fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
-/// A response body that fails with [`RouteTimeout`] if it has not ended by `deadline`.
+/// When a [`Deadline`] expires: at an instant, or a while after the request's end.
+type Expiry = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A response body that fails with [`RouteTimeout`] if it has not ended by its deadline.
 pub struct Deadline {
     inner: Body,
-    expires: Pin<Box<Sleep>>,
+    /// Only reached through `get_mut`: the Mutex makes the body `Sync`.
+    expires: std::sync::Mutex<Expiry>,
 }
 
 impl Deadline {
     pub fn of(inner: Body, deadline: Instant) -> Deadline {
+        Deadline::until(inner, Box::pin(tokio::time::sleep_until(deadline)))
+    }
+
+    /// `limit` after the request's end, which has not come yet (the response began before the
+    /// request ended, as Envoy's route timeout is armed at the request's end even then).
+    pub fn after_end(
+        inner: Body,
+        received: std::sync::Arc<super::body::Received>,
+        limit: std::time::Duration,
+    ) -> Deadline {
+        let expiry = async move {
+            let end = received.ended().await;
+            tokio::time::sleep_until(end + limit).await;
+        };
+        Deadline::until(inner, Box::pin(expiry))
+    }
+
+    fn until(inner: Body, expires: Expiry) -> Deadline {
         Deadline {
             inner,
-            expires: Box::pin(tokio::time::sleep_until(deadline)),
+            expires: std::sync::Mutex::new(expires),
         }
     }
 }
@@ -131,7 +153,8 @@ impl hyper::body::Body for Deadline {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.expires.as_mut().poll(cx).is_ready() {
+        let expires = self.expires.get_mut().unwrap_or_else(|p| p.into_inner());
+        if expires.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(RouteTimeout.into())));
         }
         Pin::new(&mut self.inner).poll_frame(cx)
@@ -171,6 +194,25 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<RouteTimeout>(), "{err}");
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_from_the_requests_end_waits_for_that_end() {
+        use super::super::body::{Counted, Received};
+        let start = Instant::now();
+        let received = std::sync::Arc::new(Received::default());
+        let limit = Duration::from_secs(2);
+        let mut body = Deadline::after_end(stalled(), received.clone(), limit);
+        let _ = body.frame().await.unwrap().unwrap();
+        // The request's body ends 5 s in, long after the response began.
+        let upload = Counted::new(http_body_util::Full::new(Bytes::from("x")), received);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upload.collect().await.unwrap();
+        });
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<RouteTimeout>(), "{err}");
+        assert_eq!(start.elapsed(), Duration::from_secs(7));
     }
 
     #[tokio::test(start_paused = true)]

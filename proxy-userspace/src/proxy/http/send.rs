@@ -739,12 +739,17 @@ pub async fn with_policy(
             if attempts.exhausted {
                 retries_exhausted(rec, attempts.tries, resp.status());
             }
-            match deadline {
-                Some(d) => resp.map(|b| {
+            match (deadline, limit) {
+                (Some(d), _) => resp.map(|b| {
                     let b = super::body::boxed(b);
                     super::body::boxed(Deadline::of(b, d))
                 }),
-                None => resp.map(super::body::boxed),
+                // The request is still being sent: the limit runs from its end, as Envoy's.
+                (None, Some(t)) => resp.map(|b| {
+                    let b = super::body::boxed(b);
+                    super::body::boxed(Deadline::after_end(b, received.clone(), t))
+                }),
+                (None, None) => resp.map(super::body::boxed),
             }
         }
         Err(f) => failed(f, rec, attempts.exhausted, alt_response),
