@@ -152,7 +152,7 @@ fn an_invalid_config_at_start_fails_with_every_finding() {
     std::fs::write(
         dir.join("bad.yaml"),
         ROUTE_V1
-            .replace("weight: 100", "weight: 900")
+            .replace("weight: 100", "weight: -5")
             .replace("hosts:\n  - reviews", "hosts:\n  - reviews\n  gatways: [x]"),
     )
     .unwrap();
@@ -169,7 +169,7 @@ fn an_invalid_config_at_start_fails_with_every_finding() {
         "unknown field reported; log:\n{log}"
     );
     assert!(
-        log.contains("must be at most 100, got 900"),
+        log.contains("must be at least 0, got -5"),
         "weight range reported; log:\n{log}"
     );
     let _ = std::fs::remove_dir_all(&dir);
