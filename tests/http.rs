@@ -247,6 +247,20 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
         ],
     );
     assert_eq!(out, "200");
+    // And to Envoy's 100 header fields, as HTTP/1.1 requests are: 431 past them.
+    let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ];
+    for h in &many {
+        args.extend(["-H", h.as_str()]);
+    }
+    args.push(&url);
+    assert_eq!(curl(&d, &args), "431");
 }
 
 /// Runs the idle client under capture: its lines (one per response, then what the idle

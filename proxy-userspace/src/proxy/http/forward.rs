@@ -94,6 +94,10 @@ pub async fn handle(
     .or_else(|| {
         let known = req.version() == Version::HTTP_2 || framing::known_method(req.method());
         (!known).then_some(framing::UNKNOWN_METHOD)
+    })
+    .or_else(|| {
+        let many = req.version() == Version::HTTP_2 && req.headers().len() > framing::MAX_HEADERS;
+        many.then_some(framing::TOO_MANY_HEADERS)
     });
     let ask = if req.version() < Version::HTTP_2 {
         upgrade_ask(req.headers())

@@ -89,6 +89,15 @@ pub fn known_method(m: &hyper::Method) -> bool {
     ) || KNOWN_METHODS.binary_search(&m.as_str()).is_ok()
 }
 
+/// Envoy's `max_headers_count` (100), which hyper's HTTP/1 parser holds requests to as well.
+pub const MAX_HEADERS: usize = 100;
+
+/// An HTTP/2 request with more header fields than [`MAX_HEADERS`], as an HTTP/1 one gets.
+pub const TOO_MANY_HEADERS: Rejection = Rejection {
+    status: 431,
+    reason: "more than 100 header fields (Envoy's max_headers_count)",
+};
+
 /// As Envoy and RFC 9112 (section 6.1): a coding the proxy does not implement is 501.
 const CODING: Rejection = Rejection {
     status: 501,
