@@ -637,9 +637,11 @@ pub async fn with_policy(
                         took,
                     });
                 }
+                // The previous attempt's endpoint joins the ones to avoid (a request tried once
+                // allocates nothing for it).
+                attempted.extend(last);
                 let target = plan.target(ctx, &attempted, &mut tried);
                 last = target.as_ref().ok().copied();
-                attempted.extend(last);
                 // How to reach the endpoint: resolved once per attempt.
                 let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
                 plan.note_attempt(rec, n, last, upstream.as_ref());

@@ -162,9 +162,9 @@ pub(super) async fn send(
         || plan.retry_slot(),
         |n| {
             started = n;
+            attempted.extend(last);
             let target = plan.target(ctx, &attempted, &mut tried);
             last = target.as_ref().ok().copied();
-            attempted.extend(last);
             let upstream = last.map(|t| ctx.upstream(plan.snap, t, down.workload.as_deref()));
             plan.note_attempt(rec, n, last, upstream.as_ref());
             async move {
