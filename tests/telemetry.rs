@@ -731,6 +731,16 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
     })
     .unwrap_or_else(|| d.get("/metrics"));
     assert!(series(&text, "13"), "the gRPC request's status: {text}");
+    // A gRPC request answered without any grpc-status (an upstream's plain 503) has the
+    // status its HTTP code stands for, as Envoy's `getGrpcStatus` reads it: 14.
+    let url = "http://reviews:9080/status/503";
+    assert_eq!(curl(&d, &[&plain[..], &grpc[..], &[url]].concat()), "503");
+    let text = eventually(Duration::from_secs(3), || {
+        let text = d.get("/metrics");
+        series(&text, "14").then_some(text)
+    })
+    .unwrap_or_else(|| d.get("/metrics"));
+    assert!(series(&text, "14"), "a plain 503 to a gRPC request: {text}");
     assert!(
         !text.lines().any(|l| l.starts_with("istio_requests_total{")
             && l.contains(r#"request_protocol="http""#)

@@ -13,7 +13,10 @@ use super::server::{Inbound, Stream};
 use crate::{
     proxy::{
         connections::unix_ms,
-        http::{GRPC_STATUS, Record, ResponseFlags, body, header_text, is_grpc, version_text},
+        http::{
+            GRPC_STATUS, Record, ResponseFlags, body, grpc_label, header_text, is_grpc,
+            version_text,
+        },
     },
     telemetry::{Entry, RequestLabels, access_log::rfc3339, istio::split_workload},
 };
@@ -87,7 +90,7 @@ impl InboundRequest {
                 destination_namespace,
                 protocol: if self.grpc { "grpc" } else { "http" },
                 response_code: status,
-                grpc_status: header_text(&self.grpc_status),
+                grpc_status: grpc_label(self.grpc, self.grpc_status.as_ref(), status),
                 response_flags: flags,
                 // It came through the tunnel: the caller proved its identity.
                 security_policy: "mutual_tls",

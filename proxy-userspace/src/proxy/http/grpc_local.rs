@@ -52,6 +52,31 @@ pub fn as_grpc(mut resp: Response<Body>) -> Response<Body> {
     resp
 }
 
+/// The `grpc_response_status` of a request, as Istio's stats read it (Envoy's
+/// `getGrpcStatus`): for a gRPC request only (a grpc-status from a server answering plain HTTP
+/// is not a gRPC status), its answer's `grpc-status`; an answer without one (an upstream's 503,
+/// a stream cut short) stands for the status its HTTP code maps to; a request never answered
+/// (`http` 0) has none.
+pub fn grpc_label(grpc: bool, status: Option<&HeaderValue>, http: u16) -> &str {
+    match (grpc, status) {
+        (true, Some(v)) => v.to_str().unwrap_or(""),
+        (true, None) if http != 0 => grpc_text_for_http(http),
+        _ => "",
+    }
+}
+
+/// [`grpc_for_http`] as a label's text.
+fn grpc_text_for_http(status: u16) -> &'static str {
+    match grpc_for_http(status) {
+        13 => "13",
+        16 => "16",
+        7 => "7",
+        12 => "12",
+        14 => "14",
+        _ => "2",
+    }
+}
+
 /// Envoy's `httpToGrpcStatus`.
 fn grpc_for_http(status: u16) -> u32 {
     match status {
@@ -136,6 +161,16 @@ mod tests {
         let mut upstream = Response::new(body::full("x"));
         *upstream.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         assert_eq!(as_grpc(upstream).status(), 503);
+    }
+
+    #[test]
+    fn a_grpc_request_without_a_status_is_labelled_by_its_http_code() {
+        let ok = HeaderValue::from_static("0");
+        assert_eq!(grpc_label(true, Some(&ok), 200), "0");
+        assert_eq!(grpc_label(true, None, 503), "14");
+        assert_eq!(grpc_label(true, None, 200), "2", "a stream cut short");
+        assert_eq!(grpc_label(true, None, 0), "", "never answered");
+        assert_eq!(grpc_label(false, Some(&ok), 200), "", "plain HTTP");
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub use deadline::is_grpc;
 pub use flags::ResponseFlags;
 pub use forward::{GRPC_STATUS, is_websocket_upgrade};
 pub use grpc_local::as_grpc;
+pub use grpc_local::grpc_label;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use record::Record;
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};

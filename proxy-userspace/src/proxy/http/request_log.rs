@@ -182,12 +182,8 @@ impl Drop for RequestLog {
         } else {
             Cow::Owned(rec.flags.to_string())
         };
-        // Only for a gRPC request, as Istio's stats read it: a grpc-status from a server
-        // answering plain HTTP is not a gRPC status.
-        let grpc_status = (self.grpc_status.as_ref())
-            .filter(|_| self.protocol == "grpc")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let grpc = self.protocol == "grpc";
+        let grpc_status = super::grpc_local::grpc_label(grpc, self.grpc_status.as_ref(), status);
         let labels = RequestLabels {
             reporter: "source",
             source_workload,
