@@ -206,24 +206,30 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// A comma-separated list of retry conditions, e.g. `gateway-error,connect-failure,503`.
+/// A comma-separated list of retry conditions, e.g. `gateway-error,connect-failure,503`. Every
+/// entry that is none is named, not only the first; a status code is 101 to 599, as Istio
+/// checks it.
 pub fn retry_on(s: &str) -> Result<(), String> {
-    for cond in s.split(',').map(str::trim) {
-        if RETRY_ON.contains(&cond) {
-            continue;
-        }
-        if let Ok(code) = cond.parse::<u16>()
-            && (100..=599).contains(&code)
-        {
-            continue;
-        }
-        return Err(format!(
-            "{} is not a retry condition: use HTTP status codes or {}",
-            quote(cond),
-            RETRY_ON.join(", ")
-        ));
-    }
-    Ok(())
+    let known = |cond: &str| {
+        RETRY_ON.contains(&cond)
+            || cond
+                .parse::<u16>()
+                .is_ok_and(|code| (101..=599).contains(&code))
+    };
+    let bad: Vec<String> = (s.split(',').map(str::trim))
+        .filter(|c| !known(c))
+        .map(quote)
+        .collect();
+    let is = match bad.len() {
+        0 => return Ok(()),
+        1 => "is not a retry condition",
+        _ => "are not retry conditions",
+    };
+    Err(format!(
+        "{} {is}: use HTTP status codes or {}",
+        bad.join(", "),
+        RETRY_ON.join(", ")
+    ))
 }
 
 /// A Redis address, `host:port`.
@@ -306,6 +312,12 @@ mod tests {
         assert!(retry_on("5xx, 503").is_ok());
         assert!(retry_on("sometimes").unwrap_err().contains("\"sometimes\""));
         assert!(retry_on("999").is_err());
+        assert!(retry_on("100").is_err(), "Istio takes 101 to 599");
+        let both = retry_on("unavailable,foo-bar,5xx,0").unwrap_err();
+        assert!(
+            both.starts_with("\"foo-bar\", \"0\" are not retry conditions"),
+            "every bad entry named: {both}"
+        );
     }
 
     #[test]
