@@ -255,6 +255,8 @@ pub struct HttpRetry {
     pub per_try_timeout: Option<PolicyDuration>,
     pub retry_on: Option<String>,
     pub retry_remote_localities: Option<bool>,
+    /// Whether a retry avoids the endpoints earlier attempts tried (Istio's default, true).
+    pub retry_ignore_previous_hosts: Option<bool>,
     pub backoff: Option<PolicyDuration>,
 }
 

@@ -107,6 +107,7 @@ static RETRIES: Obj = Obj {
         opt("perTryTimeout", DURATION),
         opt("retryOn", Ty::Str(rules::retry_on)),
         opt("retryRemoteLocalities", Ty::Bool),
+        opt("retryIgnorePreviousHosts", Ty::Bool),
         opt("backoff", DURATION),
     ],
     one_of: &[],

@@ -935,3 +935,15 @@ fn maglev_tables_are_prime_and_port_policies_say_something() {
             .is_empty()
     );
 }
+
+#[test]
+fn istios_retry_fields_are_known() {
+    let retries = "  - route:\n    - destination: {host: r}\n    retries:\n      attempts: 2\n      retryOn: 5xx\n      retryRemoteLocalities: true\n      retryIgnorePreviousHosts: false\n      backoff: 50ms\n";
+    assert!(check(&vs(retries)).is_empty(), "{:?}", check(&vs(retries)));
+    let set = load_str(Path::new("t.yaml"), &vs(retries)).unwrap();
+    let r = set.virtual_services[0].spec.http[0]
+        .retries
+        .as_ref()
+        .unwrap();
+    assert_eq!(r.retry_ignore_previous_hosts, Some(false));
+}

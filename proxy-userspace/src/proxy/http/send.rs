@@ -92,7 +92,7 @@ impl Plan<'_> {
 
     /// An endpoint for the next attempt, avoiding the endpoints earlier attempts used
     /// (`attempted`) while another is healthy, as Envoy's `previous_hosts` retry predicate
-    /// under Istio. `tried` collects the locality priorities of earlier attempts; with
+    /// under Istio (unless the route sets `retryIgnorePreviousHosts: false`). `tried` collects the locality priorities of earlier attempts; with
     /// `retryRemoteLocalities`, a retry goes to another one while any is healthy.
     pub fn target(
         &self,
@@ -117,7 +117,7 @@ impl Plan<'_> {
                     weights: self.weights.as_deref(),
                     slow_start: self.slow_start,
                 }
-                .pick(&ctx.lb, candidates, skip, attempted);
+                .pick(&ctx.lb, candidates, skip, self.avoided(attempted));
                 if let Some(level) = level {
                     *tried |= 1 << level;
                 }
@@ -180,6 +180,16 @@ impl Selection<'_> {
 }
 
 impl Plan<'_> {
+    /// The endpoints a retry avoids: those `attempted`, unless the route's retries set
+    /// `retryIgnorePreviousHosts: false`.
+    fn avoided<'a>(&self, attempted: &'a [SocketAddr]) -> &'a [SocketAddr] {
+        let retries = self.route.and_then(|r| r.spec.retries.as_ref());
+        match retries.and_then(|r| r.retry_ignore_previous_hosts) {
+            Some(false) => &[],
+            _ => attempted,
+        }
+    }
+
     fn retry_remote_localities(&self) -> bool {
         self.route
             .and_then(|r| r.spec.retries.as_ref())
