@@ -136,7 +136,7 @@ fn istios_circuit_breaking_task() {
     }
     assert!(shed_total > 0, "some requests overflow");
     assert!(
-        d.metric(r#"meshd_overflow_total{limit="http1MaxPendingRequests",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#)
+        d.metric(r#"meshd_overflow_total{limit="http1MaxPendingRequests",name="outbound|9080||reviews.default.svc.cluster.local",scope="cluster"}"#)
             >= shed_total as f64
     );
     // Every request got its own upstream connection (maxRequestsPerConnection: 1).
@@ -322,7 +322,7 @@ fn a_full_pool_sheds_at_once_and_a_lower_limit_applies_without_dropping_requests
         "the lower limit applies: {later:?}"
     );
     assert!(
-        d.metric(r#"meshd_overflow_total{limit="http2MaxRequests",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#)
+        d.metric(r#"meshd_overflow_total{limit="http2MaxRequests",name="outbound|9080||reviews.default.svc.cluster.local",scope="cluster"}"#)
             >= 1.0
     );
 
@@ -358,7 +358,7 @@ fn max_retries_bounds_retries_in_flight_across_the_cluster() {
     assert_eq!(count(&lines, "503"), 3, "{lines:?}");
     assert_eq!(v1.requests(), 5, "3 first attempts and 2 retries");
     assert_eq!(
-        d.metric(r#"meshd_overflow_total{limit="maxRetries",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#),
+        d.metric(r#"meshd_overflow_total{limit="maxRetries",name="outbound|9080||reviews.default.svc.cluster.local",scope="cluster"}"#),
         2.0
     );
     assert!(d.log_text().contains("retry not attempted"));
@@ -407,7 +407,7 @@ fn a_retry_budget_bounds_retries_by_the_active_requests() {
     let (attempts, d) = run("cb-retry-budget", 212, 20, 1);
     assert_eq!(attempts, 5, "3 first attempts and 2 retries");
     assert_eq!(
-        d.metric(r#"meshd_overflow_total{limit="retryBudget",name="reviews.default.svc.cluster.local||9080",scope="cluster"}"#),
+        d.metric(r#"meshd_overflow_total{limit="retryBudget",name="outbound|9080||reviews.default.svc.cluster.local",scope="cluster"}"#),
         2.0
     );
     assert!(
@@ -586,7 +586,7 @@ fn tcp_max_connections_and_keepalive_apply_to_opaque_tcp() {
     let out = holder.wait().unwrap();
     assert!(out.success());
     assert!(
-        d.metric(r#"meshd_overflow_total{limit="maxConnections",name="db.example||5432",scope="cluster"}"#)
+        d.metric(r#"meshd_overflow_total{limit="maxConnections",name="outbound|5432||db.example",scope="cluster"}"#)
             >= 1.0
     );
     let _ = holder.kill();
@@ -617,7 +617,7 @@ fn panic_mode_ignores_ejections_below_min_health_percent() {
     );
     assert_eq!(healthy.requests(), 20 - failures);
     assert!(
-        d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#)
+        d.metric(r#"meshd_outlier_events_total{cluster="outbound|9080||reviews.default.svc.cluster.local",event="ejected"}"#)
             >= 1.0,
         "the endpoint was ejected, and the ejection ignored"
     );
@@ -1324,7 +1324,7 @@ fn a_request_body_the_client_breaks_is_not_held_against_the_endpoint() {
     .unwrap_or_else(|| panic!("no code-0 DC record; log:\n{}", d.log_text()));
     assert!(!d.log_text().contains("flags=UC"), "{}", d.log_text());
     assert_eq!(
-        d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#),
+        d.metric(r#"meshd_outlier_events_total{cluster="outbound|9080||reviews.default.svc.cluster.local",event="ejected"}"#),
         0.0
     );
     let codes = curl_many(&d, "http://reviews:9080/whoami", 3, "%{http_code}\\n");
@@ -1442,7 +1442,7 @@ fn grpc_failures_eject_endpoints_and_local_errors_answer_in_grpc() {
     }
     assert_eq!(v1.requests(), 2);
     support::eventually(Duration::from_secs(3), || {
-        (d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#) >= 1.0)
+        (d.metric(r#"meshd_outlier_events_total{cluster="outbound|9080||reviews.default.svc.cluster.local",event="ejected"}"#) >= 1.0)
             .then_some(())
     })
     .expect("the endpoint failing every call is ejected");

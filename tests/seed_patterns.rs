@@ -160,7 +160,7 @@ fn circuit_breaker_ejects_the_failing_replica() {
     // after five consecutive 5xx the failing replica is ejected (30 s, at most 50%).
     assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
     assert_eq!(
-        d.metric(r#"meshd_outlier_events_total{cluster="inventory.default.svc.cluster.local||80",event="ejected"}"#),
+        d.metric(r#"meshd_outlier_events_total{cluster="outbound|80||inventory.default.svc.cluster.local",event="ejected"}"#),
         1.0
     );
     let before = healthy.requests();

@@ -848,7 +848,7 @@ fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_return() {
         18,
         "everything else went to the healthy endpoint"
     );
-    assert_eq!(d.metric(r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#), 1.0);
+    assert_eq!(d.metric(r#"meshd_outlier_events_total{cluster="outbound|9080||reviews.default.svc.cluster.local",event="ejected"}"#), 1.0);
     assert!(
         d.log_text()
             .contains("endpoint ejected by outlier detection")
@@ -888,7 +888,7 @@ fn timeouts_count_against_a_hanging_endpoint() {
             10,
             "%{http_code}\\n",
         );
-        let ejected = r#"meshd_outlier_events_total{cluster="reviews.default.svc.cluster.local||9080",event="ejected"}"#;
+        let ejected = r#"meshd_outlier_events_total{cluster="outbound|9080||reviews.default.svc.cluster.local",event="ejected"}"#;
         assert_eq!(
             d.metric(ejected),
             1.0,

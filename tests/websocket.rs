@@ -323,7 +323,7 @@ fn an_upgrade_that_times_out_counts_against_its_endpoint_for_outlier_detection()
         assert_eq!(status, 101, "{got}");
     }
     assert!(timed_out, "an upgrade reached the silent endpoint");
-    let ejected = r#"meshd_outlier_events_total{cluster="ws.default.svc.cluster.local||9080",event="ejected"}"#;
+    let ejected = r#"meshd_outlier_events_total{cluster="outbound|9080||ws.default.svc.cluster.local",event="ejected"}"#;
     assert_eq!(d.metric(ejected), 1.0, "{}", d.get("/stats/outliers"));
     for i in 0..4 {
         let (status, got) = upgrade(&d, "/sleep/1", "hello");

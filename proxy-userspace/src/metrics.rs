@@ -269,8 +269,11 @@ impl Metrics {
         self.mirrors.with_label_values(&[result]).inc();
     }
 
+    /// An outlier-detection event of the cluster keyed `cluster`, labelled with Istio's name
+    /// for it, as the access log and the pool gauges name it.
     pub fn outlier(&self, cluster: &str, event: &str) {
-        self.outliers.with_label_values(&[cluster, event]).inc();
+        let name = crate::telemetry::access_log::istio_cluster_name(cluster);
+        self.outliers.with_label_values(&[&name, event]).inc();
     }
 
     pub fn rate_limit(&self, policy: &str, result: &str) {
@@ -278,9 +281,17 @@ impl Metrics {
     }
 
     /// A request or connection shed by a limit (flag UO).
+    /// A request or connection a `limit` shed; a cluster's (`scope` "cluster") is named as
+    /// Istio names it, as the access log does.
     pub fn overflow(&self, scope: &str, name: &str, limit: &str) {
+        let name = match scope {
+            "cluster" => {
+                std::borrow::Cow::Owned(crate::telemetry::access_log::istio_cluster_name(name))
+            }
+            _ => std::borrow::Cow::Borrowed(name),
+        };
         self.overflows
-            .with_label_values(&[scope, name, limit])
+            .with_label_values(&[scope, &name, limit])
             .inc();
     }
 

@@ -1,15 +1,9 @@
 //! The connection pools' circuit-breaker counters on `/metrics`, as Envoy's cluster gauges:
 //! open connections, pending requests, requests and retries in flight, per cluster.
 
-use std::{collections::BTreeMap, fmt::Write, net::SocketAddr};
+use std::{collections::BTreeMap, fmt::Write};
 
-use crate::{
-    proxy::http::route::cluster_host_port,
-    telemetry::{
-        access_log::{PASSTHROUGH_CLUSTER, inbound_cluster, outbound_cluster},
-        exposition::escape_into,
-    },
-};
+use crate::telemetry::{access_log::istio_cluster_name, exposition::escape_into};
 
 /// Each gauge's name and help, in the order of [`crate::proxy::http::pool::Pool::counts`].
 const GAUGES: [(&str, &str); 4] = [
@@ -36,7 +30,7 @@ const GAUGES: [(&str, &str); 4] = [
 pub fn render(counts: &[(String, [u32; 4])]) -> String {
     let mut by_name: BTreeMap<String, [u32; 4]> = BTreeMap::new();
     for (key, values) in counts.iter().filter(|(_, v)| v.iter().any(|n| *n > 0)) {
-        let sum = by_name.entry(istio_name(key)).or_default();
+        let sum = by_name.entry(istio_cluster_name(key)).or_default();
         for (s, v) in sum.iter_mut().zip(values) {
             *s += v;
         }
@@ -53,32 +47,12 @@ pub fn render(counts: &[(String, [u32; 4])]) -> String {
     text
 }
 
-/// Istio's name for the cluster keyed `key`, as the access log names it: a service's
-/// (`host|subset|port`) `outbound|port|subset|host`; the address the client dialled
-/// `PassthroughCluster` (one series for them all, as Istio has one cluster); the tunnel's
-/// inbound side (`inbound|ADDR`) `inbound|PORT||`; any other key as it is.
-fn istio_name(key: &str) -> String {
-    if key.parse::<SocketAddr>().is_ok() {
-        return PASSTHROUGH_CLUSTER.into();
-    }
-    let inbound = key.strip_prefix("inbound|").map(str::parse::<SocketAddr>);
-    if let Some(Ok(addr)) = inbound {
-        return inbound_cluster(addr.port());
-    }
-    match (cluster_host_port(key), key.split('|').nth(1)) {
-        (Some((host, port)), Some(subset)) => {
-            outbound_cluster(port, (!subset.is_empty()).then_some(subset), host)
-        }
-        _ => key.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn each_cluster_under_its_istio_name() {
+    fn each_cluster_under_its_istio_cluster_name() {
         let text = render(&[
             ("reviews|v1|9080".into(), [2, 1, 3, 0]),
             ("inbound|127.0.0.1:80".into(), [1, 0, 1, 0]),
@@ -101,7 +75,7 @@ mod tests {
         }
         assert!(!text.contains("idle"), "{text}");
         // A route to an IP literal is a service of that name, as the access log names it.
-        assert_eq!(istio_name("10.0.0.1||80"), "outbound|80||10.0.0.1");
+        assert_eq!(istio_cluster_name("10.0.0.1||80"), "outbound|80||10.0.0.1");
         assert_eq!(
             render(&[("a\"b|v1|80".into(), [1, 0, 0, 0])])
                 .lines()
@@ -109,7 +83,7 @@ mod tests {
             Some("meshd_upstream_cx_active{cluster=\"outbound|80|v1|a\\\"b\"} 1")
         );
         assert_eq!(text.matches("# TYPE").count(), 4);
-        assert_eq!(istio_name("db|ro|5432"), "outbound|5432|ro|db");
-        assert_eq!(istio_name("db||5432"), "outbound|5432||db");
+        assert_eq!(istio_cluster_name("db|ro|5432"), "outbound|5432|ro|db");
+        assert_eq!(istio_cluster_name("db||5432"), "outbound|5432||db");
     }
 }

@@ -117,6 +117,31 @@ pub fn inbound_cluster(port: u16) -> String {
     format!("inbound|{port}||")
 }
 
+/// Istio's name for the cluster keyed `key`, as the access log names it: a service's
+/// (`host|subset|port`) `outbound|port|subset|host`; the address the client dialled
+/// `PassthroughCluster` (one series for them all, as Istio has one cluster); the tunnel's
+/// inbound side (`inbound|ADDR`) `inbound|PORT||`; any other key as it is.
+pub fn istio_cluster_name(key: &str) -> String {
+    if key.parse::<std::net::SocketAddr>().is_ok() {
+        return PASSTHROUGH_CLUSTER.into();
+    }
+    let inbound = key
+        .strip_prefix("inbound|")
+        .map(str::parse::<std::net::SocketAddr>);
+    if let Some(Ok(addr)) = inbound {
+        return inbound_cluster(addr.port());
+    }
+    match (
+        crate::proxy::http::route::cluster_host_port(key),
+        key.split('|').nth(1),
+    ) {
+        (Some((host, port)), Some(subset)) => {
+            outbound_cluster(port, (!subset.is_empty()).then_some(subset), host)
+        }
+        _ => key.to_string(),
+    }
+}
+
 /// Istio's cluster for a destination outside every service: the address the client dialled.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 

@@ -420,7 +420,7 @@ impl Detector {
                     .map(|t| t.saturating_duration_since(now))
                     .unwrap_or_default();
                 EndpointHealth {
-                    cluster: cluster.clone(),
+                    cluster: crate::telemetry::access_log::istio_cluster_name(cluster),
                     endpoint: *endpoint,
                     ejected: !left.is_zero(),
                     ejected_for_ms: left.as_millis() as u64,
