@@ -121,7 +121,7 @@ fn probes() -> Vec<Probe> {
         out.push(probe(
             name,
             matches!(r, Ok(true)),
-            format!("{r:?}"),
+            support_text(&r),
             "enable CONFIG_BPF, CONFIG_CGROUP_BPF and CONFIG_BPF_STREAM_PARSER",
         ));
     }
@@ -138,7 +138,7 @@ fn probes() -> Vec<Probe> {
         out.push(probe(
             name,
             matches!(r, Ok(true)),
-            format!("{r:?}"),
+            support_text(&r),
             "enable CONFIG_BPF_SYSCALL and CONFIG_BPF_STREAM_PARSER",
         ));
     }
@@ -164,6 +164,15 @@ fn kernel_version(release: &str) -> (u32, u32) {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|p| p.parse().ok());
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// What a kernel feature probe found, in words.
+fn support_text<E: std::fmt::Display>(r: &Result<bool, E>) -> String {
+    match r {
+        Ok(true) => "supported".into(),
+        Ok(false) => "not supported by this kernel".into(),
+        Err(e) => format!("the probe failed: {e}"),
+    }
 }
 
 #[cfg(test)]
