@@ -13,7 +13,7 @@ use crate::{cgroup, ebpf::DatapathMaps};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     #[error(
-        "workload {0:?} must be NAMESPACE/NAME, each a lowercase DNS label (a-z, 0-9, '-', '.')"
+        "workload {0:?} must be NAMESPACE/NAME, each a lowercase DNS name as Kubernetes names are (a-z, 0-9, '-' and '.', starting and ending with a letter or digit)"
     )]
     BadName(String),
     #[error(transparent)]
