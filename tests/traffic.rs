@@ -827,6 +827,13 @@ fn a_dead_mirror_never_touches_the_primary() {
         !d.log_text().contains("flags=UF"),
         "mirror failures are not the primary's"
     );
+    // Each copy went, and failed: both counted.
+    let failed = support::eventually(std::time::Duration::from_secs(5), || {
+        let n = d.metric("meshd_http_mirror_total{result=\"failed\"}");
+        (n == 50.0).then_some(n)
+    });
+    assert_eq!(failed, Some(50.0), "{}", d.get("/metrics"));
+    assert_eq!(d.metric("meshd_http_mirror_total{result=\"sent\"}"), 50.0);
 }
 
 #[test]

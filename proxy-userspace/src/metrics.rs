@@ -117,7 +117,7 @@ impl Metrics {
             prometheus::IntCounter::new("meshd_http_retries_total", "Upstream request retries")
                 .unwrap();
         let mirrors = IntCounterVec::new(
-            Opts::new("meshd_http_mirror_total", "Mirrored request copies: sent, or dropped (bound reached, body too large, no endpoint)"),
+            Opts::new("meshd_http_mirror_total", "Mirrored request copies: sent, or dropped (bound reached, body too large, no endpoint); failed counts copies sent that got no answer (connect failure, reset, timeout)"),
             &["result"],
         )
         .unwrap();

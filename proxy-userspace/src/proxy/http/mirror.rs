@@ -156,7 +156,8 @@ impl Mirrors {
                         let _ = resp.into_body().collect().await;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, target = %target.addr, "mirrored request failed")
+                        tracing::debug!(error = %e, target = %target.addr, "mirrored request failed");
+                        metrics.mirror("failed");
                     }
                 }
             };
@@ -164,6 +165,7 @@ impl Mirrors {
                 Some(t) => {
                     if tokio::time::timeout(t, exchange).await.is_err() {
                         tracing::debug!(target = %target.addr, "mirrored request timed out");
+                        metrics.mirror("failed");
                     }
                 }
                 None => exchange.await,
