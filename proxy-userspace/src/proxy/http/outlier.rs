@@ -117,6 +117,8 @@ struct Host {
     /// When the last ejection ended (or ends).
     ejection_end: Option<Instant>,
     ejections: u32,
+    /// The detector of the last ejection, by its DestinationRule field.
+    ejected_by: Option<&'static str>,
 }
 
 /// What changed for an endpoint, for logs and metrics.
@@ -248,6 +250,7 @@ impl Detector {
                     ejections: h.ejections,
                     ejected_until: h.ejected_until,
                     ejection_end: h.ejection_end,
+                    ejected_by: h.ejected_by,
                     ..Host::default()
                 };
                 Fired::default()
@@ -305,6 +308,13 @@ impl Detector {
         let for_ = (s.base_ejection * h.ejections).min(MAX_EJECTION.max(s.base_ejection));
         h.ejected_until = Some(tick_at_or_after(since, s.interval, now + for_));
         h.ejection_end = h.ejected_until;
+        h.ejected_by = Some(if fired.five_xx {
+            "consecutive5xxErrors"
+        } else if fired.gateway {
+            "consecutiveGatewayErrors"
+        } else {
+            "consecutiveLocalOriginFailures"
+        });
         Some(Event::Ejected { for_ })
     }
 
@@ -358,6 +368,8 @@ pub struct EndpointHealth {
     /// Milliseconds until an ejected endpoint returns.
     pub ejected_for_ms: u64,
     pub ejections: u32,
+    /// The detector of the last ejection (its DestinationRule field), if there was one.
+    pub ejected_by: Option<&'static str>,
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: u32,
     pub consecutive_local_origin_failures: u32,
@@ -425,6 +437,7 @@ impl Detector {
                     ejected: !left.is_zero(),
                     ejected_for_ms: left.as_millis() as u64,
                     ejections: h.ejections,
+                    ejected_by: h.ejected_by,
                     consecutive_5xx: h.c5xx,
                     consecutive_gateway_errors: h.gateway,
                     consecutive_local_origin_failures: h.local,
@@ -544,6 +557,8 @@ mod tests {
             })
         );
         assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
+        let ejected = d.report().into_iter().find(|h| h.endpoint == e[0]).unwrap();
+        assert_eq!(ejected.ejected_by, Some("consecutive5xxErrors"));
         tokio::time::advance(Duration::from_secs(29)).await;
         assert_eq!(d.healthy("c", &s, &e).0, vec![e[1]]);
         tokio::time::advance(Duration::from_secs(2)).await;
