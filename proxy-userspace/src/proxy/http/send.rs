@@ -265,7 +265,8 @@ pub(super) fn refused_stream(e: &super::body::BoxError) -> bool {
 
 pub fn no_endpoint(e: NoEndpoint, rec: &mut Record) -> Response<Body> {
     rec.fail(e.flag(), e.to_string());
-    tracing::warn!(error = %e, "no endpoint");
+    // Per request, as the access log records it (its `reason`): not a warning each time.
+    tracing::debug!(error = %e, "no endpoint");
     // Envoy's answer for a cluster not found has no body.
     let body = match e.flag() {
         ResponseFlags::NO_CLUSTER_FOUND => "",
@@ -286,7 +287,7 @@ pub fn upstream_failed(e: &UpstreamError, rec: &mut Record, exhausted: bool) -> 
             e.reset_reason()
         ));
     }
-    tracing::warn!(error = %e, "upstream request failed");
+    tracing::debug!(error = %e, "upstream request failed");
     reset_before_headers(e)
 }
 
