@@ -293,6 +293,10 @@ pub enum NoEndpoint {
     /// cluster for it, and Envoy answers 503 with flag NC.
     #[error("no cluster: {host} has no subset {subset}")]
     UnknownSubset { host: String, subset: String },
+    /// A subset of a host that only a DestinationRule names: with no ServiceEntry (which always
+    /// declares ports), Istio builds no cluster for the host's subsets (503 NC).
+    #[error("no cluster: no ServiceEntry describes {host}, so it has no subset {subset}")]
+    Unregistered { host: String, subset: String },
     /// A route to a host no ServiceEntry describes, other than the host requested: Istio builds
     /// no cluster for it (503 NC).
     #[error("no cluster: {host} is not a known service and not the requested host")]
@@ -318,7 +322,8 @@ impl NoEndpoint {
             NoEndpoint::NoCluster { .. }
             | NoEndpoint::NotInRegistry { .. }
             | NoEndpoint::UnknownHost { .. }
-            | NoEndpoint::UnknownSubset { .. } => super::ResponseFlags::NO_CLUSTER_FOUND,
+            | NoEndpoint::UnknownSubset { .. }
+            | NoEndpoint::Unregistered { .. } => super::ResponseFlags::NO_CLUSTER_FOUND,
             _ => super::ResponseFlags::NO_HEALTHY_UPSTREAM,
         }
     }
@@ -363,6 +368,14 @@ pub fn endpoints<'s>(
         }
     };
     let port = dest.port.or_else(only_port).unwrap_or(dst.port());
+    if let (Some(c), Some(subset)) = (described, &dest.subset)
+        && c.ports.is_empty()
+    {
+        return Err(NoEndpoint::Unregistered {
+            host: c.host.clone(),
+            subset: subset.clone(),
+        });
+    }
     // A port the route names that the service does not declare has no cluster. (A route that
     // names none goes to the port dialled, which a VirtualService matched by host name alone
     // may not be one of its service's: Istio would pass such a request through.)
@@ -1169,6 +1182,41 @@ spec:
             .and_then(|p| p.tcp.as_ref())
             .and_then(|t| t.max_connections);
         assert_eq!(max, Some(3), "the DestinationRule applies");
+    }
+
+    #[test]
+    fn a_subset_of_a_host_only_a_destination_rule_names_has_no_cluster() {
+        let yaml = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shop, namespace: default}
+spec:
+  host: shop.example.com
+  subsets: [{name: v3, labels: {version: v3}}]
+"#;
+        let snap = Snapshot::of(load_str("t.yaml".as_ref(), yaml).expect("valid policies"));
+        let d = Destination {
+            subset: Some("v3".into()),
+            ..to("shop.example.com")
+        };
+        let dst: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let found = endpoints(&snap, &d, &[Cow::Borrowed("shop.example.com")], dst, None);
+        assert!(
+            matches!(&found, Err(e @ NoEndpoint::Unregistered { .. })
+                if e.flag() == crate::proxy::http::ResponseFlags::NO_CLUSTER_FOUND),
+            "{:?}",
+            found.map(|(a, _)| a)
+        );
+        // The host itself, without a subset, still goes where its client dialled.
+        let plain = to("shop.example.com");
+        let (addrs, _) = endpoints(
+            &snap,
+            &plain,
+            &[Cow::Borrowed("shop.example.com")],
+            dst,
+            None,
+        )
+        .expect("the client's own destination");
+        assert_eq!(addrs, [dst]);
     }
 
     #[test]
