@@ -108,6 +108,12 @@ pub fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     }
 }
 
+/// Sleeps until `limit` after the request's end, which may not have come yet (pending for ever
+/// if the request's body fails instead).
+pub async fn after_request_end(received: &super::body::Received, limit: std::time::Duration) {
+    tokio::time::sleep_until(received.ended().await + limit).await;
+}
+
 /// When a [`Deadline`] expires: at an instant, or a while after the request's end.
 type Expiry = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -130,10 +136,7 @@ impl Deadline {
         received: std::sync::Arc<super::body::Received>,
         limit: std::time::Duration,
     ) -> Deadline {
-        let expiry = async move {
-            let end = received.ended().await;
-            tokio::time::sleep_until(end + limit).await;
-        };
+        let expiry = async move { after_request_end(&received, limit).await };
         Deadline::until(inner, Box::pin(expiry))
     }
 

@@ -718,7 +718,7 @@ pub async fn with_policy(
             (Some(d), _) => tokio::time::timeout_at(d, attempts).await.ok(),
             (None, None) => Some(attempts.await),
             (None, Some(t)) => {
-                let expires = async { tokio::time::sleep_until(received.ended().await + t).await };
+                let expires = deadline::after_request_end(received, t);
                 tokio::select! {
                     biased;
                     done = attempts => Some(done),
@@ -727,8 +727,6 @@ pub async fn with_policy(
             }
         }
     };
-    // The response's body is bounded from the request's end, if it has ended by now.
-    let deadline = deadline.or_else(|| limit.and_then(|t| received.ended_at().map(|end| end + t)));
     // Counted even when the route timeout ended the attempts.
     if started > 1 {
         ctx.metrics.retries(u64::from(started - 1));
@@ -757,7 +755,8 @@ pub async fn with_policy(
                     let b = super::body::boxed(b);
                     super::body::boxed(Deadline::of(b, d))
                 }),
-                // The request is still being sent: the limit runs from its end, as Envoy's.
+                // The limit runs from the request's end, come or to come (a response that
+                // began while the request was still being sent), as Envoy's.
                 (None, Some(t)) => resp.map(|b| {
                     let b = super::body::boxed(b);
                     super::body::boxed(Deadline::after_end(b, received.clone(), t))
