@@ -521,7 +521,6 @@ impl Pool {
                     sender: sender.clone(),
                     streams,
                     used: 1,
-                    last_active: Instant::now(),
                     idle_timeout: limits.idle_timeout,
                     expires: limits.expiry(),
                 },

@@ -57,7 +57,8 @@ impl IdleH1 {
     }
 }
 
-/// The streams open on an HTTP/2 connection, and when the last one ended.
+/// The streams open on an HTTP/2 connection, and when the last one ended (when the connection
+/// opened, before any did): with none open, the connection has been idle since then.
 pub struct Streams {
     open: AtomicU32,
     last_end: Mutex<Instant>,
@@ -108,8 +109,6 @@ pub struct H2Conn {
     pub sender: super::h2::Conn,
     pub streams: Arc<Streams>,
     pub used: u32,
-    /// When it last took a stream.
-    pub last_active: Instant,
     pub idle_timeout: Duration,
     /// When it stops taking streams (`maxConnectionDuration`), if ever.
     pub expires: Option<Instant>,
@@ -117,13 +116,14 @@ pub struct H2Conn {
 
 impl H2Conn {
     /// Whether it carried no stream for its idle timeout, counted as Envoy's from the end of
-    /// its last stream (a long stream does not use the time up).
+    /// its last stream (a long stream does not use the time up). A stream taken ends after it
+    /// was taken, so with none open the last end is also the last activity.
     fn idle_expired(&self) -> bool {
         if self.streams.open() > 0 {
             return false;
         }
         let last_end = *self.streams.last_end.lock().expect("stream end lock");
-        self.last_active.max(last_end).elapsed() >= self.idle_timeout
+        last_end.elapsed() >= self.idle_timeout
     }
 }
 
@@ -403,7 +403,6 @@ impl ClusterPool {
             .iter_mut()
             .find(|c| c.streams.open() < limits.max_streams.min(c.sender.stream_limit()))?;
         c.used += 1;
-        c.last_active = Instant::now();
         // The idle timeout of the configuration that used it last, as for HTTP/1.1.
         c.idle_timeout = limits.idle_timeout;
         Some((c.sender.clone(), H2Stream::new(self.clone(), &c.streams)))
