@@ -65,16 +65,14 @@ pub fn grpc_label(grpc: bool, status: Option<&HeaderValue>, http: u16) -> &str {
     }
 }
 
+/// The gRPC status codes (0 to 16) as text, for labels.
+const CODE_TEXT: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
 /// [`grpc_for_http`] as a label's text.
 fn grpc_text_for_http(status: u16) -> &'static str {
-    match grpc_for_http(status) {
-        13 => "13",
-        16 => "16",
-        7 => "7",
-        12 => "12",
-        14 => "14",
-        _ => "2",
-    }
+    CODE_TEXT[grpc_for_http(status) as usize]
 }
 
 /// Envoy's `httpToGrpcStatus`.
