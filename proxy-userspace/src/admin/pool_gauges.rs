@@ -52,7 +52,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_cluster_under_its_istio_cluster_name() {
+    fn each_cluster_under_its_istio_name() {
         let text = render(&[
             ("reviews|v1|9080".into(), [2, 1, 3, 0]),
             ("inbound|127.0.0.1:80".into(), [1, 0, 1, 0]),
