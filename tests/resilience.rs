@@ -16,6 +16,24 @@ use support::{
     mesh::{config_dir, curl_many, policies, start, two_backends},
 };
 
+/// The raw client's JSON result of sending `send` (Python escapes) to reviews' VIP as the
+/// managed workload `default/raw`, reading for up to `timeout` seconds.
+fn raw_to_reviews(d: &Daemon, send: &str, timeout: &str) -> String {
+    const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
+    let args = [
+        "python3",
+        RAW,
+        "--addr",
+        "127.0.0.50:9080",
+        "--send",
+        send,
+        "--timeout",
+        timeout,
+    ];
+    let out = d.exec("default/raw", &args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 const TO_ALL: &str = "  - route:\n    - destination:\n        host: reviews\n";
 
 /// `policies` with `pool` (indented under `trafficPolicy:`) as the DestinationRule's policy.
@@ -1267,7 +1285,6 @@ fn a_request_body_the_client_breaks_is_not_held_against_the_endpoint() {
     let policy = "    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
     let yaml = only_v1(with_policy(&v1, &v2, TO_ALL, policy), &v2);
     let d = start("client-body", 251, &yaml);
-    const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
     let head = "POST /whoami HTTP/1.1\\r\\nHost: reviews:9080\\r\\n";
     let malformed =
         format!("{head}Transfer-Encoding: chunked\\r\\n\\r\\n3\\r\\nabcXX0\\r\\n\\r\\n");
@@ -1286,23 +1303,7 @@ fn a_request_body_the_client_breaks_is_not_held_against_the_endpoint() {
         (&cut_short, "1"),
         (&buffered_cut_short, "1"),
     ] {
-        let out = d
-            .exec(
-                "default/raw",
-                &[
-                    "python3",
-                    RAW,
-                    "--addr",
-                    "127.0.0.50:9080",
-                    "--send",
-                    send,
-                    "--timeout",
-                    timeout,
-                ],
-            )
-            .output()
-            .unwrap();
-        let got = String::from_utf8_lossy(&out.stdout);
+        let got = raw_to_reviews(&d, send, timeout);
         assert!(!got.contains("\"status\": 503"), "{got}");
     }
     support::eventually(Duration::from_secs(5), || {
@@ -1554,29 +1555,12 @@ fn a_request_that_ends_with_trailers_is_timed_from_its_end() {
     let yaml =
         only_v1(policies(&v1, &v2, routes), &v2).replace("protocol: HTTP\n", "protocol: HTTP2\n");
     let d = start("request-trailers", 337, &yaml);
-    const RAW: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients/raw_http.py");
     let send = |path: &str| {
         let request = format!(
             "POST {path} HTTP/1.1\\r\\nHost: reviews:9080\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n\
              5\\r\\nhello\\r\\n0\\r\\nx-checksum: abc\\r\\nhost: evil.test\\r\\ncontent-length: 50\\r\\n\\r\\n"
         );
-        let out = d
-            .exec(
-                "default/raw",
-                &[
-                    "python3",
-                    RAW,
-                    "--addr",
-                    "127.0.0.50:9080",
-                    "--send",
-                    &request,
-                    "--timeout",
-                    "3",
-                ],
-            )
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        raw_to_reviews(&d, &request, "3")
     };
     let got = send("/sleep/3000");
     assert!(got.contains("\"status\": 504"), "{got}");
