@@ -67,7 +67,8 @@ fn a_route_to_an_unknown_host_has_no_cluster() {
 }
 
 /// A destination that names no port goes to its service's only port, and is logged under
-/// that port's cluster (as Istio names it), not under the port the client dialled.
+/// that port's cluster (as Istio names it), not under the port the client dialled: also when
+/// the request finds no endpoint there.
 #[test]
 fn a_destination_without_a_port_is_logged_under_its_services_only_port() {
     if !ebpf_available("portless_destination") {
@@ -88,6 +89,30 @@ spec:
     - destination:
         host: reviews
         subset: v2
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: vacant
+spec:
+  hosts:
+  - vacant.example
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews-v3
+spec:
+  host: reviews
+  subsets:
+  - name: v3
+    labels:
+      version: v3
 "#;
     let yaml = policies(&v1, &v2, routes) + front;
     let d = start("portless-destination", 335, &yaml);
@@ -108,6 +133,26 @@ spec:
     let logged = support::eventually(std::time::Duration::from_secs(5), || {
         d.log_text()
             .contains(r#""upstream_cluster":"outbound|9080|v2|reviews.default.svc.cluster.local""#)
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", d.log_text());
+    // Subset v3 has no endpoint: 503 UH, under the same port's cluster.
+    let out = curl(
+        &d,
+        &[
+            "--resolve",
+            "vacant.example:7777:127.0.0.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://vacant.example:7777/",
+        ],
+    );
+    assert_eq!(out, "503");
+    let logged = support::eventually(std::time::Duration::from_secs(5), || {
+        d.log_text()
+            .contains(r#""upstream_cluster":"outbound|9080|v3|reviews.default.svc.cluster.local""#)
             .then_some(())
     });
     assert!(logged.is_some(), "{}", d.log_text());

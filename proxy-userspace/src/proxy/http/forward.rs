@@ -578,7 +578,8 @@ async fn forward(
             rec.destination_service = Some(destination.host.clone());
             rec.destination_subset.clone_from(&destination.subset);
             rec.route_name.clone_from(&route.spec.name);
-            rec.destination_port = Some(destination.port.unwrap_or(down.dst.port()));
+            // The service's port names the cluster, also for a request that finds no endpoint.
+            rec.destination_port = Some(route::service_port(&snap, destination, down.dst));
             // Boxed, as are the rate limits below: only some routes have them, and their state
             // would otherwise enlarge every request's future, which is moved as it starts.
             if route.spec.fault.is_some()
@@ -716,9 +717,6 @@ async fn forward(
         ),
         Some(d) => match route::endpoints(&snap, d, &candidates, down.dst, Some(&client)) {
             Ok((mut e, mut policy)) => {
-                // The service port, for the cluster's name (a route naming none has the
-                // service's only port).
-                rec.destination_port = Some(policy.port);
                 // `distribute` may leave no endpoint for this client's locality.
                 let spread =
                     priority::distribute(ctx.locality.as_ref(), &d.host, &mut e, &mut policy);

@@ -339,6 +339,28 @@ impl NoEndpoint {
     }
 }
 
+/// The service port a request for `dest` goes to, known before its endpoints are: the port
+/// the route names; else, as in Istio, the only port of a service that has one; else the port
+/// dialled.
+pub fn service_port(snap: &Snapshot, dest: &Destination, dst: SocketAddr) -> u16 {
+    port_of(
+        snap.compiled.clusters.get(&dest.host).map(|c| &**c),
+        dest,
+        dst,
+    )
+}
+
+fn port_of(described: Option<&Cluster>, dest: &Destination, dst: SocketAddr) -> u16 {
+    let only_port = || {
+        let mut ports = described?.ports.keys();
+        match (ports.next(), ports.next()) {
+            (Some(p), None) => Some(*p),
+            _ => None,
+        }
+    };
+    dest.port.or_else(only_port).unwrap_or(dst.port())
+}
+
 /// The endpoints a request for `dest` may go to (ports already mapped), and the settings that
 /// apply to them: the cluster as `client` sees it (a DestinationRule with a `workloadSelector`
 /// may shape it), with the endpoints' weights when they differ. When no ServiceEntry describes
@@ -359,15 +381,7 @@ pub fn endpoints<'s>(
             host: dest.host.clone(),
         });
     }
-    // As in Istio, a destination need not name the port of a service that has only one.
-    let only_port = || {
-        let mut ports = described?.ports.keys();
-        match (ports.next(), ports.next()) {
-            (Some(p), None) => Some(*p),
-            _ => None,
-        }
-    };
-    let port = dest.port.or_else(only_port).unwrap_or(dst.port());
+    let port = port_of(described, dest, dst);
     if let (Some(c), Some(subset)) = (described, &dest.subset)
         && c.ports.is_empty()
     {
