@@ -1882,3 +1882,38 @@ spec:
     }
     assert_eq!((e1.accepted(), e2.accepted()), (0, 4));
 }
+
+/// A port a ServiceEntry declares `HTTP` is served as HTTP whatever comes, and /connections
+/// names the version the client speaks there: `h2` for prior-knowledge HTTP/2.
+#[test]
+fn connections_name_http2_on_a_port_declared_http() {
+    if !ebpf_available("declared_http_h2") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let d = start("declared-http-h2", 341, &policies(&v1, &v2, routes));
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            curl(
+                &d,
+                &[
+                    "--http2-prior-knowledge",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_version}",
+                    "http://reviews:9080/sleep/2000",
+                ],
+            )
+        });
+        let listed = support::eventually(std::time::Duration::from_secs(5), || {
+            let all: serde_json::Value = serde_json::from_str(&d.get("/connections")).ok()?;
+            (all.as_array()?.iter())
+                .find(|c| c["destination"] == "127.0.0.50:9080")
+                .map(|c| c["protocol"].clone())
+        });
+        assert_eq!(listed, Some("h2".into()), "{}", d.get("/connections"));
+        assert_eq!(slow.join().unwrap(), "2");
+    });
+}

@@ -349,6 +349,14 @@ async fn proxy(
     // A protocol declared on the ServiceEntry port wins over sniffing.
     let declared = ctx.http.config.current().compiled.declared_protocol(dst);
     let detected = match declared {
+        // A port declared HTTP, HTTP2 or gRPC is served as HTTP whatever comes, but the first
+        // bytes still tell which version, for /connections (the server tells them apart itself).
+        Some(d @ (Detected::Http1 | Detected::Http2)) => {
+            match sniff::detect(&down, ctx.detect_timeout).await {
+                Detected::Opaque => d,
+                sniffed => sniffed,
+            }
+        }
         Some(d) => d,
         None => sniff::detect(&down, ctx.detect_timeout).await,
     };
