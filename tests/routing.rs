@@ -256,6 +256,13 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         direct.contains("cache-control: no-store"),
         "a direct response gets its route's response headers: {direct}"
     );
+    // HEAD gets the head alone, over HTTP/2 as over HTTP/1.1: the length of the body it would
+    // have, and the stream ended with the headers.
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let head = curl(&d, &["-sSI", version, "http://reviews:9080/health"]);
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-length: 13"), "{version}: {head}");
+    }
     let redirect = curl(
         &d,
         &[

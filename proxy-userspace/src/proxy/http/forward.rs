@@ -40,6 +40,7 @@ pub async fn handle(
     let (trace, request_id) =
         crate::telemetry::trace::propagate(req.headers_mut(), ctx.tracer.sample_rate);
     let grpc = super::deadline::is_grpc(req.headers());
+    let head = req.method() == Method::HEAD;
     // An HTTP/1 request whose body has not been read to its end when the answer goes (a local
     // reply, an upstream that answers an upload early) costs the connection: the rest of the
     // body would be read as the next request. As Envoy, meshd says so with `Connection: close`,
@@ -165,6 +166,17 @@ pub async fn handle(
     } else {
         resp
     };
+    // An answer to HEAD has no body, also one meshd writes itself (a direct response, a fault's
+    // abort, a 503): its Content-Length stays, as Envoy sends it. HTTP/2 would otherwise send
+    // the body, which the client takes for a protocol error.
+    if head && !hyper::body::Body::is_end_stream(resp.body()) {
+        let length = hyper::body::Body::size_hint(resp.body()).exact();
+        if let Some(n) = length.filter(|_| !resp.headers().contains_key(header::CONTENT_LENGTH)) {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        *resp.body_mut() = body::full(bytes::Bytes::new());
+    }
     let unread = h1_with_body && log.received.ended_at().is_none();
     if unread || (upgrading && resp.status() != StatusCode::SWITCHING_PROTOCOLS) {
         resp.headers_mut()
