@@ -107,6 +107,18 @@ pub fn header_name(s: &str) -> Result<(), String> {
     Err(format!("{} is not a valid HTTP header name", quote(s)))
 }
 
+/// A header value to send: as Envoy's route configuration takes one, without CR, LF or NUL,
+/// which would end the field (Envoy refuses the configuration).
+pub fn header_value(s: &str) -> Result<(), String> {
+    if s.contains(['\r', '\n', '\0']) {
+        return Err(format!(
+            "{} holds a line break or NUL, which no header value may",
+            quote(s)
+        ));
+    }
+    Ok(())
+}
+
 /// Base64 (a protobuf `bytes` field in YAML).
 pub fn base64(s: &str) -> Result<(), String> {
     match super::base64::decode(s) {

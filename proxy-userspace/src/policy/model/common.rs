@@ -57,6 +57,16 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
+impl HeaderOperations {
+    /// Whether an edit names a field that frames the message (`content-length`,
+    /// `transfer-encoding`): meshd frames each message by its body and leaves such edits out;
+    /// followed, they would announce a body other than the one sent.
+    pub fn frames(name: &str) -> bool {
+        name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Headers {

@@ -72,7 +72,7 @@ pub static PORT_SELECTOR: Obj = obj(&[req("number", PORT)]);
 /// security.istio.io's and DestinationRule's selector: `{matchLabels: {...}}`.
 pub static MATCH_LABELS_SELECTOR: Obj = obj(&[req("matchLabels", LABELS)]);
 
-const HEADER_MAP: Ty = Ty::Map(rules::header_name, &STR);
+const HEADER_MAP: Ty = Ty::Map(rules::header_name, &Ty::Str(rules::header_value));
 
 /// `{set, add, remove}` on request or response headers.
 pub static HEADER_OPERATIONS: Obj = Obj {
@@ -86,13 +86,29 @@ pub static HEADER_OPERATIONS: Obj = Obj {
 };
 
 /// Envoy's `%...%` operators in header values that meshd does not substitute (a warning: the
-/// value goes out as written).
+/// value goes out as written), and edits of the fields that frame a message (a warning: they
+/// are left out).
 fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    use crate::policy::report::{index, key as at_key};
+    let framing =
+        "meshd frames each message by the body it sends, so an edit of this field is ignored";
+    if let Some(names) = node.get("remove").and_then(Node::items) {
+        for (i, n) in names.iter().enumerate() {
+            if n.as_str()
+                .is_some_and(crate::policy::model::HeaderOperations::frames)
+            {
+                r.warn(n.pos, &index(&at_key(path, "remove"), i), framing);
+            }
+        }
+    }
     for key in ["set", "add"] {
         let Some(entries) = node.get(key).and_then(Node::entries) else {
             continue;
         };
         for e in entries {
+            if crate::policy::model::HeaderOperations::frames(&e.key) {
+                r.warn(e.key_pos, &at_key(&at_key(path, key), &e.key), framing);
+            }
             let Some(op) = e
                 .value
                 .as_str()

@@ -78,8 +78,21 @@ static REDIRECT: Obj = Obj {
         opt("redirectCode", int(300, 399)),
     ],
     one_of: &[&["port", "derivePort"]],
-    check: None,
+    check: Some(redirect_needs_a_change),
 };
+
+/// As Istio validates a redirect: one that changes nothing would send the client back to
+/// where it asked, forever.
+fn redirect_needs_a_change(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    let changes = ["uri", "authority", "scheme", "port", "derivePort"];
+    if changes.iter().all(|k| node.get(k).is_none()) {
+        r.error(
+            at,
+            path,
+            "set uri, authority, scheme, port or derivePort: a redirect that changes nothing sends the client back to the same URL",
+        );
+    }
+}
 
 static BODY: Obj = Obj {
     fields: &[opt("string", STR), opt("bytes", Ty::Str(rules::base64))],
@@ -98,8 +111,18 @@ static REWRITE: Obj = Obj {
         opt("uriRegexRewrite", Ty::Obj(&REGEX_REWRITE)),
     ],
     one_of: &[&["uri", "uriRegexRewrite"]],
-    check: None,
+    check: Some(rewrite_needs_a_change),
 };
+
+/// As Istio validates a rewrite: it must rewrite something.
+fn rewrite_needs_a_change(node: &Node, path: &str, at: Pos, r: &mut Report) {
+    if ["uri", "uriRegexRewrite", "authority"]
+        .iter()
+        .all(|k| node.get(k).is_none())
+    {
+        r.error(at, path, "set uri, uriRegexRewrite or authority");
+    }
+}
 
 static RETRIES: Obj = Obj {
     fields: &[
@@ -262,6 +285,19 @@ fn check_http_route(node: &Node, path: &str, at: Pos, r: &mut Report) {
     let actions = ["route", "redirect", "directResponse", "delegate"];
     if actions.iter().all(|k| node.get(k).is_none()) {
         r.error(at, path, "set route, redirect, directResponse or delegate");
+    }
+    // As Istio validates a route: a redirect or a direct response answers the request at
+    // once, so a rewrite or a fault beside it could never apply.
+    for answer in ["redirect", "directResponse"] {
+        for unused in ["rewrite", "fault"] {
+            if let (Some(e), Some(_)) = (node.entry(unused), node.get(answer)) {
+                r.error(
+                    e.key_pos,
+                    &report::key(path, unused),
+                    format!("a route cannot have both {unused} and {answer}: {answer} answers the request, so the {unused} would never apply"),
+                );
+            }
+        }
     }
     check_weights(node, path, r);
     for key in ["mirrorPercentage", "mirrorPercent"] {

@@ -947,3 +947,39 @@ fn istios_retry_fields_are_known() {
         .unwrap();
     assert_eq!(r.retry_ignore_previous_hosts, Some(false));
 }
+
+#[test]
+fn an_answered_route_has_no_rewrite_or_fault_and_edits_must_change_something() {
+    // As Istio validates routes: a redirect or direct response answers at once.
+    let both = "  - redirect: {uri: /new}\n    rewrite: {uri: /x}\n    fault:\n      abort: {httpStatus: 503, percentage: {value: 100}}\n  - directResponse: {status: 200}\n    rewrite: {authority: a}\n";
+    assert_eq!(
+        check(&vs(both)),
+        [
+            "9:5: error: spec.http[0].rewrite: a route cannot have both rewrite and redirect: redirect answers the request, so the rewrite would never apply",
+            "10:5: error: spec.http[0].fault: a route cannot have both fault and redirect: redirect answers the request, so the fault would never apply",
+            "13:5: error: spec.http[1].rewrite: a route cannot have both rewrite and directResponse: directResponse answers the request, so the rewrite would never apply",
+        ]
+    );
+    let empty = "  - redirect: {}\n  - rewrite: {}\n    route:\n    - destination: {host: r}\n";
+    assert_eq!(
+        check(&vs(empty)),
+        [
+            "8:5: error: spec.http[0].redirect: set uri, authority, scheme, port or derivePort: a redirect that changes nothing sends the client back to the same URL",
+            "9:5: error: spec.http[1].rewrite: set uri, uriRegexRewrite or authority",
+        ]
+    );
+    assert!(check(&vs("  - redirect: {derivePort: FROM_REQUEST_PORT}\n")).is_empty());
+}
+
+#[test]
+fn header_values_hold_no_line_break_and_framing_edits_are_ignored() {
+    let http = "  - headers:\n      request:\n        set: {x-a: \"one\\ntwo\", content-length: \"5\"}\n      response:\n        remove: [transfer-encoding]\n    route:\n    - destination: {host: r}\n";
+    assert_eq!(
+        check(&vs(http)),
+        [
+            "10:20: error: spec.http[0].headers.request.set.x-a: \"one\\ntwo\" holds a line break or NUL, which no header value may",
+            "10:32: warning: spec.http[0].headers.request.set.content-length: meshd frames each message by the body it sends, so an edit of this field is ignored",
+            "12:18: warning: spec.http[0].headers.response.remove[0]: meshd frames each message by the body it sends, so an edit of this field is ignored",
+        ]
+    );
+}

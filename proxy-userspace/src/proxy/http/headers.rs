@@ -193,7 +193,7 @@ fn is_authority(name: &str) -> bool {
 /// edited), then set, then add (Istio lists `set` before `add`). A value that renders empty is
 /// not sent, as in Envoy. The authority is set, not added, with `set` winning over `add`.
 fn remove(h: &mut HeaderMap, ops: &HeaderOperations) {
-    for k in ops.remove.iter().filter(|k| !is_authority(k)) {
+    for k in (ops.remove.iter()).filter(|k| !is_authority(k) && !HeaderOperations::frames(k)) {
         h.remove(k.as_str());
     }
 }
@@ -210,6 +210,7 @@ fn set_and_add(
         let request = request.unwrap_or(&own);
         pairs
             .iter()
+            .filter(|(k, _)| !HeaderOperations::frames(k))
             .filter_map(|(k, v)| {
                 let v = header_values::render(v, cx, Some(request));
                 let name = if is_authority(k) { "host" } else { k.as_str() };
@@ -456,5 +457,26 @@ mod tests {
             &RequestLine::default(),
         );
         assert_eq!(h.get("host").unwrap(), "set.example", "set wins over add");
+    }
+
+    #[test]
+    fn the_fields_that_frame_a_message_are_never_edited() {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", "1".parse().unwrap());
+        let ops = edits(
+            &[("content-length", "500"), ("Transfer-Encoding", "chunked")],
+            &[("x-kept", "1")],
+            &["content-length"],
+        );
+        edit_request(
+            &mut h,
+            &[Some(&ops)],
+            Levels::OneList,
+            &cx(),
+            &RequestLine::default(),
+        );
+        assert_eq!(h.get("content-length").unwrap(), "1");
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("x-kept").unwrap(), "1");
     }
 }
