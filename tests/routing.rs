@@ -221,6 +221,22 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
       redirectCode: 308
   - match:
     - uri:
+        prefix: /broken
+    fault:
+      abort:
+        httpStatus: 418
+        percentage:
+          value: 100
+    headers:
+      response:
+        set:
+          x-route: edited
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+  - match:
+    - uri:
         exact: /bytes
     directResponse:
       status: 200
@@ -256,6 +272,10 @@ fn direct_response_redirect_rewrite_headers_and_no_route() {
         direct.contains("cache-control: no-store"),
         "a direct response gets its route's response headers: {direct}"
     );
+    // So does a fault's abort, as Envoy's local replies once a route is chosen.
+    let abort = curl(&d, &["-i", "http://reviews:9080/broken"]).to_ascii_lowercase();
+    assert!(abort.starts_with("http/1.1 418"), "{abort}");
+    assert!(abort.contains("x-route: edited"), "{abort}");
     // HEAD gets the head alone, over HTTP/2 as over HTTP/1.1: the length of the body it would
     // have, and the stream ended with the headers.
     for version in ["--http1.1", "--http2-prior-knowledge"] {

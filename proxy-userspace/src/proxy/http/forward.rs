@@ -601,7 +601,7 @@ async fn forward(
                 rec.reason = Some("fault injection abort".into());
                 // Answered here: nothing for the route's upstream statistics.
                 rec.stat_prefix = None;
-                return resp;
+                return with_route_edits(resp, route, &req, &authority, &edits);
             }
             (Some(route), Some(destination))
         }
@@ -626,6 +626,11 @@ async fn forward(
         ))
         .await
     };
+    // As Envoy's local replies once a route is chosen, these answers get its response edits.
+    let routed = |resp| match route {
+        Some(r) => with_route_edits(resp, r, &req, &authority, &edits),
+        None => resp,
+    };
     match verdict {
         ratelimit::Verdict::Allow => {}
         ratelimit::Verdict::Limited(l) => {
@@ -645,7 +650,7 @@ async fn forward(
                 header::RETRY_AFTER,
                 HeaderValue::from(l.retry_after.as_secs_f64().ceil().max(1.0) as u64),
             );
-            return r;
+            return routed(r);
         }
         ratelimit::Verdict::Unavailable => {
             rec.stat_prefix = None;
@@ -653,7 +658,7 @@ async fn forward(
                 ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
                 "rate limit service unavailable (failureModeDeny)",
             );
-            return local(500, "rate limit service unavailable\n", None);
+            return routed(local(500, "rate limit service unavailable\n", None));
         }
     }
     // As Istio configures Envoy: several weighted destinations are weighted clusters, whose
