@@ -636,6 +636,8 @@ impl Pool {
                 cluster.try_h1_slot(&key, limit)
             };
             if let Some(slot) = slot {
+                // As Envoy's pool: a request whose connection is still opening is pending.
+                hold_pending(&mut pending, cluster, limits)?;
                 // Boxed: a new connection is the rare case, and its handshake's state would
                 // otherwise enlarge every request's future (moved, in full, as it starts).
                 let opened = Box::pin(self.open(cluster, slot, target, h2, limits)).await;
@@ -676,10 +678,16 @@ impl Pool {
     ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> {
         async move {
             let dst = target.addr;
-            let request = cluster
-                .try_slot(Counter::Requests, limits.max_requests)
-                .ok_or_else(|| overflow(cluster, "http2MaxRequests", limits.max_requests))?;
             let checked_out = self.checkout(cluster, limits, target, h2).await?;
+            // As Envoy's pool: a request counts against `http2MaxRequests` once it has its
+            // connection or stream (a request waiting for one is pending), and overflows if it
+            // would exceed the limit then. The idle connection it took goes back.
+            let Some(request) = cluster.try_slot(Counter::Requests, limits.max_requests) else {
+                if let Checkout::H1(c) = checked_out {
+                    cluster.keep_h1(target.key(limits), c, target.owner(limits));
+                }
+                return Err(overflow(cluster, "http2MaxRequests", limits.max_requests));
+            };
             let req = req();
             // Through the tunnel, the request carries its client's certificate as the far
             // side's server saw it: read once the connection is up, since opening the first

@@ -44,6 +44,11 @@ impl Lease {
     /// Gives the stream back, or the HTTP/1.1 connection when its response was read to the
     /// end (`conn`: the body hands it over only then).
     fn release(&mut self, conn: Option<h1::Conn>) {
+        // The request's slot first: a waiter the connection wakes counts against
+        // `http2MaxRequests` as it takes it. The slot wakes the cluster's waiters as it drops
+        // (and keep_h1 does, for a connection given back); an HTTP/2 stream does when the
+        // lease drops.
+        self.request = None;
         match &mut self.conn {
             Leased::H1 {
                 dst,
@@ -72,9 +77,6 @@ impl Lease {
             }
             Leased::H2(_) => {}
         }
-        // The request's slot wakes the cluster's waiters as it drops (and keep_h1 did, for a
-        // connection given back); an HTTP/2 stream does when the lease drops.
-        self.request = None;
     }
 }
 
