@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    policy::{self, Finding, LoadFailure, source},
+    policy::{self, Finding, LoadFailure},
     proxy::connections::unix_ms,
     telemetry::peers::Peers,
 };
@@ -56,15 +56,11 @@ fn build(
     generation: u64,
     last_dns: &dns::Resolved,
 ) -> Result<(Snapshot, Vec<Rejected>), LoadFailure> {
-    let (mut files, unreadable) = source::discover(paths);
-    if !unreadable.is_empty() {
-        return Err(LoadFailure::Unreadable(unreadable));
-    }
-    let mut contents: Vec<(PathBuf, Vec<u8>)> = files
-        .iter()
-        .map(|f| (f.clone(), source::read_bytes(f).unwrap_or_default()))
-        .collect();
-    let mut policies = policy::load(paths)?;
+    // Each file is read once: the snapshot's hash and its policies come from the same bytes,
+    // even when a file is rewritten during the reload (the next reload then sees a new hash).
+    let mut contents = policy::read_all(paths).map_err(LoadFailure::Unreadable)?;
+    let mut files: Vec<PathBuf> = contents.iter().map(|(f, _)| f.clone()).collect();
+    let mut policies = policy::load_files(&contents)?;
     let (mut findings, rejected) = if docs.is_empty() {
         (policy::analyze(&policies), Vec::new())
     } else {

@@ -76,20 +76,36 @@ fn into_result(mut loaded: Loaded) -> Result<PolicySet, LoadFailure> {
 /// Reads every file, then validates every document, keeping the valid resources even when other
 /// documents have errors. Fails only on unreadable input.
 pub fn load_all(paths: &[PathBuf]) -> Result<Loaded, Vec<SourceError>> {
+    Ok(load_read(&read_all(paths)?))
+}
+
+/// Every policy file under `paths` and its bytes, each read once. Fails on unreadable input.
+pub fn read_all(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, Vec<SourceError>> {
     let (files, mut errors) = source::discover(paths);
-    let mut texts = Vec::with_capacity(files.len());
+    let mut read = Vec::with_capacity(files.len());
     for f in files {
-        match source::read(&f) {
-            Ok(t) => texts.push((f, t)),
+        match source::read_bytes(&f) {
+            Ok(bytes) => read.push((f, bytes)),
             Err(e) => errors.push(e),
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if errors.is_empty() {
+        Ok(read)
+    } else {
+        Err(errors)
     }
+}
+
+/// Like `load`, for files already read by [`read_all`]: what is validated is exactly what was
+/// read, so a file rewritten meanwhile cannot give a snapshot half of one version.
+pub fn load_files(files: &[(PathBuf, Vec<u8>)]) -> Result<PolicySet, LoadFailure> {
+    into_result(load_read(files))
+}
+
+fn load_read(files: &[(PathBuf, Vec<u8>)]) -> Loaded {
     let mut loaded = Loaded::default();
-    for (file, text) in &texts {
-        match text {
+    for (file, bytes) in files {
+        match &source::text_of(file, bytes) {
             Text::Ok(t) => load_text(file, t, &mut loaded),
             Text::TooLarge(size) => {
                 loaded.set.files += 1;
@@ -115,7 +131,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Loaded, Vec<SourceError>> {
         }
     }
     finish(&mut loaded);
-    Ok(loaded)
+    loaded
 }
 
 fn finish(loaded: &mut Loaded) {

@@ -30,7 +30,7 @@ pub mod yaml;
 pub use analysis::analyze;
 pub use finding::{Finding, Pos, Severity};
 pub use kinds::Kind;
-pub use load::{LoadFailure, Loaded, load, load_all, load_str};
+pub use load::{LoadFailure, Loaded, load, load_all, load_files, load_str, read_all};
 pub use model::Located;
 pub use set::PolicySet;
 pub use source::SourceError;

@@ -122,23 +122,26 @@ fn is_yaml(p: &Path) -> bool {
 
 /// Reads a file as UTF-8, up to `MAX_FILE_BYTES`.
 pub fn read(path: &Path) -> Result<Text, SourceError> {
-    let bytes = read_bytes(path)?;
+    Ok(text_of(path, &read_bytes(path)?))
+}
+
+/// The text of `bytes`, read from `path` (for the size of a file too large).
+pub fn text_of(path: &Path, bytes: &[u8]) -> Text {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         let size = fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
-        return Ok(Text::TooLarge(size));
+        return Text::TooLarge(size);
     }
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok(Text::Ok(text)),
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Text::Ok(text.to_owned()),
         Err(e) => {
-            let bytes = e.as_bytes();
-            let valid = &bytes[..e.utf8_error().valid_up_to()];
+            let valid = &bytes[..e.valid_up_to()];
             // The bytes before `valid_up_to` are valid UTF-8.
             let before = std::str::from_utf8(valid).unwrap_or_default();
             let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-            Ok(Text::NotUtf8 {
+            Text::NotUtf8 {
                 line: before.matches('\n').count() + 1,
                 col: before[line_start..].chars().count() + 1,
-            })
+            }
         }
     }
 }
