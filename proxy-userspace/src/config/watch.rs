@@ -15,6 +15,10 @@ use super::{
 /// sequence or a `kubectl apply` of several files becomes one reload.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// The longest a stream of file events defers a reload (and SIGHUP): as istiod caps its
+/// debounce, so files that keep changing do not hold every change back.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+
 /// How often to re-arm watches on paths that did not exist (or vanished) earlier.
 const REARM: Duration = Duration::from_secs(2);
 
@@ -23,9 +27,14 @@ const REARM: Duration = Duration::from_secs(2);
 /// after meshd reports ready is not missed.
 pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
     let (tx, mut rx) = mpsc::unbounded_channel::<FileEvent>();
+    // The files a reload reads: those named, and the policy files of the directories named.
+    let named = store.paths().to_vec();
+    let read = move |p: &std::path::Path| {
+        named.iter().any(|n| n == p) || crate::policy::source::walk_reads(p)
+    };
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Some(event) = res.ok().as_ref().and_then(writes::classify) {
+            if let Some(event) = res.ok().and_then(|e| writes::classify(&e, &read)) {
                 let _ = tx.send(event);
             }
         }) {
@@ -51,11 +60,7 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
             tokio::select! {
                 Some(event) = rx.recv() => {
                     // Debounce: wait until events stop for a moment.
-                    let mut wanted = writes.note(event);
-                    while let Ok(Some(event)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-                        wanted |= writes.note(event);
-                    }
-                    if wanted {
+                    if debounce(event, &mut rx, &mut writes).await {
                         pending = Some("file change");
                     }
                 }
@@ -88,6 +93,24 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// Notes `first` and the events that follow it until they pause for [`DEBOUNCE`], or for
+/// [`DEBOUNCE_MAX`] at most; true when some asked for a reload.
+async fn debounce(
+    first: FileEvent,
+    rx: &mut mpsc::UnboundedReceiver<FileEvent>,
+    writes: &mut Writes,
+) -> bool {
+    let mut wanted = writes.note(first);
+    let until = tokio::time::Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(until);
+        match tokio::time::timeout_at(quiet, rx.recv()).await {
+            Ok(Some(event)) => wanted |= writes.note(event),
+            _ => return wanted,
+        }
+    }
 }
 
 /// Whether the endpoint names in use now resolve to other addresses than the active
@@ -167,4 +190,28 @@ fn arm(
         }
     }
     now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events that never pause still let a reload through once `DEBOUNCE_MAX` has passed.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_of_events_defers_a_reload_a_second_at_most() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let feeder = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if tx.send(FileEvent::Changed(vec!["a.yaml".into()])).is_err() {
+                    return;
+                }
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let first = FileEvent::Changed(vec!["a.yaml".into()]);
+        assert!(debounce(first, &mut rx, &mut Writes::default()).await);
+        assert_eq!(start.elapsed(), DEBOUNCE_MAX);
+        feeder.abort();
+    }
 }

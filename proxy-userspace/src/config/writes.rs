@@ -2,7 +2,11 @@
 //! none is, so it never reads a file half-written, whatever set it off (another file's change,
 //! SIGHUP, a DNS refresh).
 
-use std::{collections::HashMap, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 
@@ -20,20 +24,26 @@ pub enum FileEvent {
     Writing(Vec<PathBuf>),
 }
 
-/// Reads an inotify event; `None` for what changes nothing (a read, an open).
-pub fn classify(e: &notify::Event) -> Option<FileEvent> {
+/// Reads an inotify event; `None` for what changes nothing (a read, an open). `read` says
+/// whether a reload reads a file: only such a file being written holds reloads back (a log or
+/// an editor's swap file in the directory does not).
+pub fn classify(e: &notify::Event, read: impl Fn(&Path) -> bool) -> Option<FileEvent> {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
     let paths = e.paths.clone();
+    let writing = |paths: Vec<PathBuf>| {
+        let read: Vec<PathBuf> = paths.into_iter().filter(|p| read(p)).collect();
+        (!read.is_empty()).then_some(FileEvent::Writing(read))
+    };
     match e.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(FileEvent::Changed(paths)),
         EventKind::Access(_) => None,
-        EventKind::Modify(ModifyKind::Data(_)) => Some(FileEvent::Writing(paths)),
+        EventKind::Modify(ModifyKind::Data(_)) => writing(paths),
         EventKind::Create(_)
             if e.paths.iter().all(|p| {
                 std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0)
             }) =>
         {
-            Some(FileEvent::Writing(paths))
+            writing(paths)
         }
         _ => Some(FileEvent::Changed(paths)),
     }
@@ -72,6 +82,21 @@ impl Writes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_file_a_reload_reads_is_waited_for_while_written() {
+        use notify::event::{DataChange, EventKind, ModifyKind};
+        let written = |p: &str| {
+            notify::Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any)))
+                .add_path(p.into())
+        };
+        let read = |p: &Path| p.extension().is_some_and(|e| e == "yaml");
+        assert_eq!(
+            classify(&written("cfg/a.yaml"), read),
+            Some(FileEvent::Writing(vec!["cfg/a.yaml".into()]))
+        );
+        assert_eq!(classify(&written("cfg/notes.txt"), read), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_reload_waits_for_every_file_being_written() {

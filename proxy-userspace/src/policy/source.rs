@@ -120,6 +120,15 @@ fn is_yaml(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
+/// Whether a directory walk reads a file by this name: YAML, and not hidden (an editor's
+/// swap file, a ConfigMap's `..data` staging).
+pub fn walk_reads(p: &Path) -> bool {
+    is_yaml(p)
+        && !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
 /// Reads a file as UTF-8, up to `MAX_FILE_BYTES`.
 pub fn read(path: &Path) -> Result<Text, SourceError> {
     Ok(text_of(path, &read_bytes(path)?))
