@@ -97,7 +97,11 @@ pub fn check(node: &Node, ty: &Ty, path: &str, at: Pos, r: &mut Report) {
         Ty::List(item) => match node.items() {
             Some(items) => {
                 for (i, n) in items.iter().enumerate() {
-                    check(n, item, &report::index(path, i), n.pos, r);
+                    let p = report::index(path, i);
+                    if n.is_null() && !matches!(item, Ty::Any) {
+                        r.error(n.pos, &p, "an empty list item (null): remove it or give it a value");
+                    }
+                    check(n, item, &p, n.pos, r);
                 }
             }
             None => r.error(vpos, path, expected("a list", node)),
@@ -108,6 +112,12 @@ pub fn check(node: &Node, ty: &Ty, path: &str, at: Pos, r: &mut Report) {
                     let p = report::key(path, &e.key);
                     if let Err(msg) = key_rule(&e.key) {
                         r.error(e.key_pos, &p, msg);
+                    }
+                    // Unlike a field left empty (unset), a key without a value is an error, as
+                    // Kubernetes and Istio take it: read as "anything" it would widen a selector
+                    // or a match to every workload or request.
+                    if e.value.is_null() && !matches!(value, Ty::Any) {
+                        r.error(e.key_pos, &p, "has no value (null): give it one (\"\" for an empty string) or remove the key");
                     }
                     check(&e.value, value, &p, e.key_pos, r);
                 }

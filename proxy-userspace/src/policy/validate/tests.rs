@@ -983,3 +983,24 @@ fn header_values_hold_no_line_break_and_framing_edits_are_ignored() {
         ]
     );
 }
+
+#[test]
+fn a_list_item_or_a_map_value_left_empty_is_an_error_not_a_wildcard() {
+    // Read as "anything", `app:` with no value would select every workload, and a header
+    // match with none would match every request.
+    let pa = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: p\n  namespace: default\nspec:\n  selector:\n    matchLabels:\n      app:\n  mtls: {mode: STRICT}\n";
+    assert_eq!(
+        check(pa),
+        [
+            "9:7: error: spec.selector.matchLabels.app: has no value (null): give it one (\"\" for an empty string) or remove the key"
+        ]
+    );
+    let http = "  - match:\n    - headers:\n        x-debug: ~\n    route:\n    - destination: {host: r}\n  - ~\n";
+    assert_eq!(
+        check(&vs(http)),
+        [
+            "10:9: error: spec.http[0].match[0].headers.x-debug: has no value (null): give it one (\"\" for an empty string) or remove the key",
+            "13:5: error: spec.http[1]: an empty list item (null): remove it or give it a value",
+        ]
+    );
+}
