@@ -66,6 +66,13 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
     let gen1 = first["snapshot"]["generation"].as_u64().unwrap();
     let hash1 = first["snapshot"]["hash"].as_str().unwrap().to_string();
     assert!(first["snapshot"]["applied_unix_ms"].as_u64().unwrap() > 0);
+    // Every result is exported from the start, so a rate sees the first failure.
+    let text = d.get("/metrics");
+    assert!(
+        text.contains("meshd_config_reload_total{result=\"failure\"} 0"),
+        "{text}"
+    );
+    assert_eq!(d.metric("meshd_config_last_reload_successful"), 1.0);
 
     // A valid addition is applied within a second.
     std::fs::write(dir.join("route.yaml"), ROUTE_V1).unwrap();
@@ -94,6 +101,7 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
     })
     .unwrap_or_else(|| panic!("invalid edit not reported; log:\n{}", d.log_text()));
     assert_eq!(generation(&d), gen2, "the last good snapshot stays active");
+    assert_eq!(d.metric("meshd_config_last_reload_successful"), 0.0);
     let log = d.log_text();
     assert!(
         log.contains("route.yaml:14:"),
@@ -118,6 +126,7 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
     })
     .unwrap_or_else(|| panic!("the fix was not reported; log:\n{}", d.log_text()));
     assert_eq!(generation(&d), gen2);
+    assert_eq!(d.metric("meshd_config_last_reload_successful"), 1.0);
 
     // A directory that disappears keeps the last good config too.
     std::fs::remove_dir_all(&dir).unwrap();

@@ -32,6 +32,7 @@ pub struct Metrics {
     dry_run: IntCounterVec,
     audit: IntCounterVec,
     config_generation: IntGauge,
+    config_valid: IntGauge,
     ebpf_events: IntCounterVec,
     /// Last value seen per eBPF counter, to turn absolute readings into increments.
     ebpf_seen: Mutex<Vec<u64>>,
@@ -105,6 +106,16 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        // Every result from the start, so a rate over the first failure sees it.
+        for result in ["success", "failure", "unchanged"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_valid = IntGauge::new(
+            "meshd_config_last_reload_successful",
+            "1 when the policy files as they are now were applied (or unchanged), 0 when the last reload rejected them and an older snapshot is serving",
+        )
+        .unwrap();
+        config_valid.set(1);
         let api_rejected = IntCounterVec::new(
             Opts::new(
                 "meshd_discovery_objects_rejected_total",
@@ -190,7 +201,12 @@ impl Metrics {
             &["event"],
         )
         .unwrap();
-        for c in [&connections_active, &workloads, &config_generation] {
+        for c in [
+            &connections_active,
+            &workloads,
+            &config_generation,
+            &config_valid,
+        ] {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(retries.clone())).unwrap();
@@ -223,6 +239,7 @@ impl Metrics {
             zero_copy_total,
             workloads,
             config_reloads,
+            config_valid,
             api_rejected,
             retries,
             mirrors,
@@ -255,6 +272,7 @@ impl Metrics {
 
     pub fn config_reload(&self, result: &str) {
         self.config_reloads.with_label_values(&[result]).inc();
+        self.config_valid.set(i64::from(result != "failure"));
     }
 
     pub fn api_object_rejected(&self, kind: &str) {

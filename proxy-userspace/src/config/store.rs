@@ -46,6 +46,9 @@ pub enum ReloadOutcome {
     Rejected,
 }
 
+/// The findings a rejected reload logs; `meshd analyze` prints them all.
+const MAX_LOGGED_FINDINGS: usize = 100;
+
 /// Reads, validates, analyzes and compiles the config paths. Errors from cross-resource
 /// analysis reject the configuration like validation errors do; warnings are logged.
 /// Documents are merged in; the bad ones are left out and returned, never failing the build.
@@ -204,12 +207,21 @@ impl ConfigStore {
                     "configuration rejected; keeping the last good one:"
                 );
                 // Each finding at its own level: the warnings beside the errors are warnings.
-                for line in e.to_string().lines() {
+                // A file of thousands of bad documents logs the first of them, not them all at
+                // every reload.
+                let text = e.to_string();
+                for line in text.lines().take(MAX_LOGGED_FINDINGS) {
                     if line.contains(": warning: ") {
                         tracing::warn!("  {line}");
                     } else {
                         tracing::error!("  {line}");
                     }
+                }
+                let more = text.lines().count().saturating_sub(MAX_LOGGED_FINDINGS);
+                if more > 0 {
+                    tracing::error!(
+                        "  ... and {more} more findings (`meshd analyze` lists them all)"
+                    );
                 }
                 self.metrics.config_reload("failure");
                 *rejected_last = true;
