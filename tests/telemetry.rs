@@ -1222,3 +1222,56 @@ fn passthrough_traffic_is_labelled_passthrough_cluster() {
         Some("1")
     ));
 }
+
+/// Log rotation as logrotate does it for Envoy: the file is moved away, SIGUSR1 reopens it by
+/// its path, and the next lines go to a new file; meshd keeps running (the signal's default
+/// action would end it without a drain).
+#[test]
+fn sigusr1_reopens_the_access_log_file() {
+    if !ebpf_available("access_log_rotation") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let dir = support::mesh::config_dir("access-log-rotation", &policies(&v1, &v2, routes));
+    let log = dir.join("access.json");
+    let rotated = dir.join("access.json.1");
+    let d = Daemon::start(
+        "access-log-rotation",
+        343,
+        &[
+            "--config",
+            dir.to_str().unwrap(),
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let lines = |p: &std::path::Path| {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("/first") || l.contains("/second"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(status(&d, "http://reviews:9080/first"), "200");
+    eventually(Duration::from_secs(5), || {
+        (lines(&log).len() == 1).then_some(())
+    })
+    .expect("the first line is written");
+    std::fs::rename(&log, &rotated).unwrap();
+    d.signal(libc::SIGUSR1);
+    eventually(Duration::from_secs(5), || {
+        d.log_text().contains("access log reopened").then_some(())
+    })
+    .unwrap_or_else(|| panic!("not reopened: {}", d.log_text()));
+    assert_eq!(status(&d, "http://reviews:9080/second"), "200");
+    eventually(Duration::from_secs(5), || {
+        (lines(&log).len() == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no new file: {}", d.log_text()));
+    assert!(lines(&log)[0].contains("/second"));
+    let old = lines(&rotated);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert!(old[0].contains("/first"));
+    assert_eq!(support::http_get(d.admin, "/ready").unwrap().0, 200);
+}

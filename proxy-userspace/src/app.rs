@@ -375,6 +375,7 @@ fn serve(
     ebpf::spawn_heartbeat(maps.clone(), settings.heartbeat_timeout);
 
     spawn_watcher(config.clone());
+    crate::telemetry::access_log::reopen_on_sigusr1(access.clone());
     let workloads = Arc::new(Registry::new(
         &cgroups.attach,
         &cgroups.workloads,

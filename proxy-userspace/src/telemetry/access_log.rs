@@ -199,8 +199,34 @@ thread_local! {
 
 pub struct AccessLog {
     shared: Option<Arc<Shared>>,
+    /// The file written to, reopened on request (log rotation).
+    path: Option<std::path::PathBuf>,
     sample: f64,
     pub dropped: AtomicU64,
+}
+
+fn append_to(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Reopens the access log's file at each SIGUSR1 (log rotation), as Envoy does; the signal's
+/// default action would end meshd without a drain.
+pub fn reopen_on_sigusr1(log: Arc<AccessLog>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match log.reopen() {
+                Ok(()) => tracing::info!("access log reopened (SIGUSR1)"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reopen the access log; it goes on to the old file")
+                }
+            }
+        }
+    });
 }
 
 /// RFC 3339 UTC time of a Unix time in milliseconds (no calendar crate needed).
@@ -233,19 +259,32 @@ impl AccessLog {
             "off" => {
                 return Ok(AccessLog {
                     shared: None,
+                    path: None,
                     sample,
                     dropped: AtomicU64::new(0),
                 });
             }
             "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            path => Box::new(append_to(path.as_ref())?),
         };
-        Self::to_writer(out, sample)
+        let mut log = Self::to_writer(out, sample)?;
+        if !matches!(target, "stdout") {
+            log.path = Some(target.into());
+        }
+        Ok(log)
+    }
+
+    /// Opens the log's file again by its path, after the lines queued so far are written to
+    /// the old one: what logrotate asks for with SIGUSR1, as of Envoy, once it moved the file.
+    /// Nothing to do for stdout or no log. On failure the old file stays in use.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let (Some(shared), Some(path)) = (&self.shared, &self.path) else {
+            return Ok(());
+        };
+        shared.write_pending();
+        let file = append_to(path)?;
+        shared.out.lock().expect("access log lock").0 = Box::new(file);
+        Ok(())
     }
 
     /// Writes to `out` (what `open` does with stdout or a file).
@@ -262,6 +301,7 @@ impl AccessLog {
             .spawn(move || writer.writer())?;
         Ok(AccessLog {
             shared: Some(shared),
+            path: None,
             sample,
             dropped: AtomicU64::new(0),
         })
