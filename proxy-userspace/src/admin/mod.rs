@@ -67,7 +67,7 @@ struct ErrorBody {
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             // Out of file descriptors, say: the connection stays queued, so retrying at once
             // would spin (and log) until one frees. Wait a little, as the proxy listeners do.
@@ -81,13 +81,33 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, &state).await) }
+                async move {
+                    // What changes meshd (enrolling a workload gives its traffic an identity;
+                    // the log filter) is taken from this node's loopback only, as Envoy keeps
+                    // its admin API there: `--admin 0.0.0.0:15000` serves probes and scrapes.
+                    if !may_come_from(req.method(), peer) {
+                        return Ok::<_, Infallible>(error(
+                            StatusCode::FORBIDDEN,
+                            format!(
+                                "{} {} is taken from this node's loopback only",
+                                req.method(),
+                                req.uri().path()
+                            ),
+                        ));
+                    }
+                    Ok(route(req, &state).await)
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// Whether a request may come from `peer`: reads from anywhere, changes from loopback.
+fn may_come_from(method: &Method, peer: std::net::SocketAddr) -> bool {
+    method == Method::GET || method == Method::HEAD || peer.ip().to_canonical().is_loopback()
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -262,5 +282,22 @@ async fn enrol(req: Request<Incoming>, st: &AdminState) -> Resp {
             )),
         ) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_come_from_loopback_only() {
+        let remote = "10.0.0.9:40000".parse().unwrap();
+        let local = "127.0.0.1:40000".parse().unwrap();
+        let mapped = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert!(may_come_from(&Method::GET, remote));
+        assert!(!may_come_from(&Method::POST, remote));
+        assert!(!may_come_from(&Method::DELETE, remote));
+        assert!(may_come_from(&Method::POST, local));
+        assert!(may_come_from(&Method::DELETE, mapped));
     }
 }
