@@ -183,9 +183,22 @@ fn access_log_lines_carry_flags_and_reasons() {
     assert_eq!(get("/limited"), "200");
     assert_eq!(get("/limited"), "429");
     assert_eq!(get("/nowhere?q=1"), "404");
+    // UTF-8 beyond ASCII is logged as sent, as Envoy's JSON formatter writes it.
+    curl(
+        &d,
+        &[
+            "-o",
+            "/dev/null",
+            "-H",
+            "User-Agent: café",
+            "-H",
+            "X-Forwarded-For: ünï",
+            "http://reviews:9080/unicode",
+        ],
+    );
     let lines = eventually(Duration::from_secs(5), || {
         let l = access_lines(&d);
-        (l.len() >= 5).then_some(l)
+        (l.len() >= 6).then_some(l)
     })
     .unwrap_or_else(|| panic!("access log lines missing; output:\n{}", d.log_text()));
     let find = |path: &str, code: u64| {
@@ -248,6 +261,9 @@ fn access_log_lines_carry_flags_and_reasons() {
         limited["upstream_service_time"].is_null(),
         "no upstream answered: {limited}"
     );
+    let unicode = find("/unicode", 404);
+    assert_eq!(unicode["user_agent"], "café", "{unicode}");
+    assert_eq!(unicode["x_forwarded_for"], "ünï", "{unicode}");
     let nr = find("/nowhere", 404);
     assert_eq!(nr["response_flags"], "NR", "{nr}");
     assert!(

@@ -14,8 +14,8 @@ use crate::{
     proxy::{
         connections::unix_ms,
         http::{
-            GRPC_STATUS, Record, ResponseFlags, body, grpc_label, header_text, is_grpc,
-            version_text,
+            GRPC_STATUS, Record, ResponseFlags, body, grpc_label, header_logged, header_text,
+            is_grpc, version_text,
         },
     },
     telemetry::{Entry, RequestLabels, access_log::rfc3339, istio::split_workload},
@@ -124,7 +124,7 @@ impl InboundRequest {
                 None => header_text(&self.host),
             }
             .into(),
-            user_agent: header_text(&self.user_agent).into(),
+            user_agent: header_logged(&self.user_agent),
             downstream_local_address: s.target.to_string().into(),
             downstream_remote_address: s.peer.to_string().into(),
             source_principal: s.principal.as_str().into(),
@@ -133,7 +133,7 @@ impl InboundRequest {
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
             bytes_received: self.received.bytes(),
             bytes_sent: self.response_bytes,
-            request_id: header_text(&self.request_id).into(),
+            request_id: header_logged(&self.request_id),
             reason: self.rec.reason.as_deref().unwrap_or_default().into(),
             ..Entry::default()
         };

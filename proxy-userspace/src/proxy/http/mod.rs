@@ -54,7 +54,7 @@ pub use grpc_local::grpc_label;
 pub use pool::{Counter, Limits, Pool, Target, UpstreamError, open_tunnel};
 pub use record::Record;
 pub use replay::{FORWARDED_CLIENT_CERT, Outgoing};
-pub use request_log::{header_text, version_text};
+pub use request_log::{header_logged, header_text, version_text};
 pub use route::NoEndpoint;
 /// The endpoints behind a destination host and port, as routing picks them.
 pub(crate) use route::endpoints as destination_endpoints;

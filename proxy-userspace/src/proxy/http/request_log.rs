@@ -122,6 +122,15 @@ pub fn header_text(v: &Option<HeaderValue>) -> &str {
     v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
+/// A header's value for a log line, as Envoy's JSON formatter writes it: UTF-8 text beyond
+/// ASCII (`café`) kept, invalid bytes replaced ("" when absent).
+pub fn header_logged(v: &Option<HeaderValue>) -> std::borrow::Cow<'_, str> {
+    match v {
+        Some(v) => String::from_utf8_lossy(v.as_bytes()),
+        None => "".into(),
+    }
+}
+
 /// Logs and counts a request hyper's parser refused before it reached meshd's pipeline (a
 /// malformed head gets 400, one too large 431, written by hyper), as Envoy logs its
 /// downstream protocol errors: flag DPE, with the parser's reason.
@@ -336,8 +345,8 @@ impl Drop for RequestLog {
                     .unwrap_or_default()
                     .into(),
                 authority: self.authority().into(),
-                user_agent: header_text(&self.fields.user_agent).into(),
-                x_forwarded_for: header_text(&self.fields.forwarded_for).into(),
+                user_agent: header_logged(&self.fields.user_agent),
+                x_forwarded_for: header_logged(&self.fields.forwarded_for),
                 downstream_local_address: self.down.dst.to_string().into(),
                 downstream_remote_address: self.down.peer.to_string().into(),
                 requested_server_name: "".into(),
