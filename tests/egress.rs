@@ -1104,6 +1104,12 @@ fn a_wildcard_service_entry_without_endpoints_applies_its_destination_rule() {
             .then_some(())
     });
     assert!(logged.is_some(), "{}", d.log_text());
+    // No VirtualService: the service's route, which Istio names `default`.
+    assert!(
+        d.log_text().contains(r#""route_name":"default""#),
+        "{}",
+        d.log_text()
+    );
 }
 
 /// A connection meshd opened with TLS for one server name serves no request for another, as
@@ -1245,6 +1251,12 @@ spec:
     assert!(
         lines.is_some(),
         "both logged under BlackHoleCluster: {}",
+        d.log_text()
+    );
+    // The HTTP request's line names the route as Istio does under REGISTRY_ONLY.
+    assert!(
+        d.log_text().contains(r#""route_name":"block_all""#),
+        "{}",
         d.log_text()
     );
     let metrics = d.get("/metrics");

@@ -225,6 +225,7 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
         line.contains(r#""upstream_cluster":"PassthroughCluster""#),
         "{line}"
     );
+    assert!(line.contains(r#""route_name":"allow_any""#), "{line}");
     assert!(
         line.contains(&format!(r#""downstream_local_address":"{}""#, b.addr)),
         "{line}"

@@ -218,6 +218,16 @@ pub async fn handle(
     }))
 }
 
+/// The names of the routes Istio builds where no VirtualService routes: `default` for a
+/// service's, `allow_any` to the address dialled, `block_all` under REGISTRY_ONLY.
+mod default_route_names {
+    use std::sync::{Arc, LazyLock};
+
+    pub static DEFAULT: LazyLock<Arc<str>> = LazyLock::new(|| "default".into());
+    pub static ALLOW_ANY: LazyLock<Arc<str>> = LazyLock::new(|| "allow_any".into());
+    pub static BLOCK_ALL: LazyLock<Arc<str>> = LazyLock::new(|| "block_all".into());
+}
+
 /// Istio's default for HTTP/1.0 (`accept_http_10` off in Envoy): 426 Upgrade Required.
 const HTTP10_REFUSED: framing::Rejection = framing::Rejection {
     status: 426,
@@ -571,6 +581,12 @@ async fn forward(
                 .map(|h| crate::routes::Destination::service(h, port));
             // Under REGISTRY_ONLY, what no service describes goes to Istio's BlackHoleCluster,
             // whose route answers 502 with no body.
+            // The names Istio gives these routes, for the access log's `route_name`.
+            rec.route_name = Some(match (&default_route, snap.mesh.registry_only) {
+                (Some(_), _) => default_route_names::DEFAULT.clone(),
+                (None, true) => default_route_names::BLOCK_ALL.clone(),
+                (None, false) => default_route_names::ALLOW_ANY.clone(),
+            });
             if default_route.is_none() && snap.mesh.registry_only {
                 rec.destination_service = Some(access_log::BLACK_HOLE_CLUSTER.into());
                 rec.reason = Some("no ServiceEntry describes the destination, and --outbound-traffic-policy is REGISTRY_ONLY".into());
