@@ -527,6 +527,11 @@ fn http10_clients_are_served_when_turned_on() {
     assert_eq!(b.requests(), 1);
     let dump = d.get("/config_dump");
     assert!(dump.contains("\"accept_http10\": true"), "{dump}");
+    // Without Host, as Envoy without `default_host_for_http_10`: 400, never forwarded.
+    let addr = b.addr.to_string();
+    let (status, got) = raw(&d, &addr, "GET /whoami HTTP/1.0\\r\\n\\r\\n", "");
+    assert_eq!(status, 400, "{got}");
+    assert_eq!(b.requests(), 1);
 }
 
 /// The upstream sees a request as soon as it starts, not once meshd holds 64 KiB of its body or

@@ -245,18 +245,20 @@ const CONNECT_REFUSED: framing::Rejection = framing::Rejection {
 /// What RFC 9112 (section 3.2) says a server must answer 400 to: more than one Host, which two
 /// parsers could read differently (meshd routes on the first), or an HTTP/1.1 request naming
 /// its target nowhere (no Host and no absolute URI); and, as Envoy (`missing_host_header`),
-/// an HTTP/2 request with neither `:authority` nor Host.
+/// an HTTP/2 request with neither `:authority` nor Host, and an HTTP/1.0 one without Host.
 fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
     let h = req.headers();
     // Checked on every request: a repeated Host is looked for only when some name repeats.
     if h.len() != h.keys_len() && h.get_all(header::HOST).iter().nth(1).is_some() {
         return Some("more than one Host");
     }
-    let untargeted = matches!(req.version(), Version::HTTP_11 | Version::HTTP_2)
-        && req.uri().authority().is_none();
+    // HTTP/1.0 too (served with `--http10 on`): Envoy takes one without Host only when
+    // `default_host_for_http_10` names a host, which Istio does not set.
+    let untargeted = req.uri().authority().is_none();
     if untargeted && !h.contains_key(header::HOST) {
         return Some(match req.version() {
             Version::HTTP_2 => "HTTP/2 request without :authority or Host",
+            Version::HTTP_10 => "HTTP/1.0 request without Host",
             _ => "HTTP/1.1 request without Host",
         });
     }

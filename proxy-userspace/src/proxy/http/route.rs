@@ -225,9 +225,17 @@ impl<'s> Decision<'s> {
 /// replaces the path and keeps the request's query, unless it brings a query of its own.
 /// `derivePort: FROM_REQUEST_PORT` is the port the client dialled. With no new authority or
 /// port, the request's authority stays, except that a change of scheme drops the old scheme's
-/// default port (`:80` for http, `:443` for https).
+/// default port (`:80` for http, `:443` for https). As Envoy, the request's scheme is its
+/// `x-forwarded-proto` when it says http or https (a client behind a TLS terminator is sent
+/// back to https), else the connection's.
 fn redirect_location(r: &HttpRedirect, view: &RequestView<'_>) -> String {
-    let scheme = r.scheme.as_deref().unwrap_or(view.scheme);
+    let forwarded = (view.header)("x-forwarded-proto");
+    let current = match forwarded.as_deref().map(str::trim) {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        Some(p) if p.eq_ignore_ascii_case("http") => "http",
+        _ => view.scheme,
+    };
+    let scheme = r.scheme.as_deref().unwrap_or(current);
     let port = r
         .port
         .or_else(|| (r.derive_port.as_deref() == Some("FROM_REQUEST_PORT")).then_some(view.port));
@@ -237,11 +245,11 @@ fn redirect_location(r: &HttpRedirect, view: &RequestView<'_>) -> String {
         (Some(a), None) => a.clone(),
         (None, Some(p)) => format!("{host}:{p}"),
         (None, None) => {
-            let default_port = match view.scheme {
+            let default_port = match current {
                 "https" => "443",
                 _ => "80",
             };
-            if scheme != view.scheme && old_port == Some(default_port) {
+            if scheme != current && old_port == Some(default_port) {
                 host.to_string()
             } else {
                 view.authority.to_string()
@@ -744,6 +752,34 @@ mod tests {
             source_namespace: None,
         };
         redirect_location(&r, &view)
+    }
+
+    #[test]
+    fn a_redirect_keeps_the_scheme_the_client_was_forwarded_with() {
+        let labels = BTreeMap::new();
+        let forwarded = |name: &str| (name == "x-forwarded-proto").then(|| "https".into());
+        let view = RequestView {
+            method: "GET",
+            path: "/old",
+            query: None,
+            authority: "web:443",
+            scheme: "http",
+            port: 8080,
+            header: &forwarded,
+            source_labels: &labels,
+            source_namespace: None,
+        };
+        let to = |uri: &str| HttpRedirect {
+            uri: Some(uri.into()),
+            ..HttpRedirect::default()
+        };
+        assert_eq!(redirect_location(&to("/new"), &view), "https://web:443/new");
+        // To http, the https default port goes.
+        let plain = HttpRedirect {
+            scheme: Some("http".into()),
+            ..HttpRedirect::default()
+        };
+        assert_eq!(redirect_location(&plain, &view), "http://web/old");
     }
 
     #[test]
