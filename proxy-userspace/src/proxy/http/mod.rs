@@ -147,7 +147,7 @@ impl HttpContext {
 /// After each reload, forgets the outlier state of the hosts whose DestinationRule changed,
 /// was added or went, and closes their idle upstream connections (the next request opens one
 /// under the new settings); drains the connections to endpoints the reload removed from their
-/// service; while `ctx` lives.
+/// service, and forgets their outlier state; while `ctx` lives.
 async fn forget_changed_clusters(
     ctx: std::sync::Weak<HttpContext>,
     mut applied: tokio::sync::watch::Receiver<u64>,
@@ -163,12 +163,14 @@ async fn forget_changed_clusters(
         let mut hosts: Vec<String> = changes.into_iter().map(|c| c.host).collect();
         hosts.dedup();
         ctx.pool.close_idle_of_hosts(&hosts);
-        ctx.pool.retire_endpoints(|host, port| {
+        let endpoints = |host: &str, port| {
             (
                 before.compiled.endpoint_addrs(host, port),
                 now.compiled.endpoint_addrs(host, port),
             )
-        });
+        };
+        ctx.pool.retire_endpoints(endpoints);
+        ctx.outliers.forget_removed(endpoints);
         before = now;
     }
 }

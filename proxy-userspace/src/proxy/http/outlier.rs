@@ -6,6 +6,7 @@
 //! local-origin failures, otherwise they count as 5xx (Envoy's semantics).
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{
         Mutex,
@@ -416,6 +417,27 @@ impl Detector {
         all.retain(|cluster, _| !changes.iter().any(|c| c.reaches(cluster)));
     }
 
+    /// Forgets the endpoints a reload took out of their service, as Envoy's detector erases
+    /// a removed host's monitor: one that comes back (a recycled pod address, a restarted VM)
+    /// is a new host, with no ejection and no history. `endpoints(host, port)`: the service
+    /// port's endpoint addresses before and after the reload.
+    pub fn forget_removed(
+        &self,
+        endpoints: impl Fn(&str, u16) -> (HashSet<SocketAddr>, HashSet<SocketAddr>),
+    ) {
+        if !self.tracked.load(Ordering::Acquire) {
+            return;
+        }
+        let mut all = self.hosts.lock().expect("outlier lock");
+        for (name, cluster) in all.iter_mut() {
+            let Some((host, port)) = super::route::cluster_host_port(name) else {
+                continue;
+            };
+            let (before, now) = endpoints(host, port);
+            (cluster.hosts).retain(|addr, _| !before.contains(addr) || now.contains(addr));
+        }
+    }
+
     pub fn report(&self) -> Vec<EndpointHealth> {
         let now = Instant::now();
         let hosts = self.hosts.lock().expect("outlier lock");
@@ -657,6 +679,25 @@ mod tests {
         assert!(!left.iter().any(|c| c.ends_with("|v2|80")), "{left:?}");
         d.forget_changed(&[RuleChange::every("*.svc.cluster.local".into())]);
         assert!(d.report().is_empty());
+    }
+
+    #[test]
+    fn an_endpoint_a_reload_removes_comes_back_without_its_ejection() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        let cluster = "reviews.default.svc.cluster.local||80";
+        for _ in 0..3 {
+            d.record(cluster, &s, e[0], Outcome::Status(500), &e);
+        }
+        d.record(cluster, &s, e[1], Outcome::Status(500), &e);
+        assert!(!d.healthy(cluster, &s, &e).0.contains(&e[0]), "ejected");
+        // e[0] left the service: its monitor goes, e[1]'s history stays.
+        d.forget_removed(|host, port| {
+            assert_eq!((host, port), ("reviews.default.svc.cluster.local", 80));
+            (e.iter().copied().collect(), HashSet::from([e[1]]))
+        });
+        assert_eq!(d.healthy(cluster, &s, &e).0, e, "back as a new endpoint");
+        let left: Vec<SocketAddr> = d.report().into_iter().map(|h| h.endpoint).collect();
+        assert_eq!(left, [e[1]]);
     }
 
     #[tokio::test(start_paused = true)]
