@@ -757,6 +757,46 @@ fn request_bytes_count_bodies_with_and_without_a_length() {
     })
     .unwrap_or_else(|| d.get("/metrics"));
     assert!(series(&text, "14"), "a plain 503 to a gRPC request: {text}");
+    // Istio's gRPC message counters: two messages each way, the second cut across frames by
+    // nothing but its own length prefix.
+    let framed = std::env::temp_dir().join("meshd-test-grpc-messages.bin");
+    let mut messages = vec![0, 0, 0, 0, 3];
+    messages.extend(b"abc");
+    messages.extend([0, 0, 0, 0, 2]);
+    messages.extend(b"de");
+    std::fs::write(&framed, &messages).unwrap();
+    let data = format!("@{}", framed.display());
+    let echo = ["--data-binary", &data, "http://reviews:9080/bytes-echo"];
+    assert_eq!(
+        curl(&d, &[&plain[..], &grpc[..], &echo[..]].concat()),
+        "200"
+    );
+    let counted = |text: &str, family: &str| {
+        support::has_series(
+            text,
+            family,
+            &[
+                r#"request_protocol="grpc""#,
+                r#"response_code="200""#,
+                r#"grpc_response_status="2""#,
+            ],
+            Some("2"),
+        )
+    };
+    let text = eventually(Duration::from_secs(3), || {
+        let text = d.get("/metrics");
+        counted(&text, "istio_response_messages_total").then_some(text)
+    })
+    .unwrap_or_else(|| d.get("/metrics"));
+    assert!(counted(&text, "istio_request_messages_total"), "{text}");
+    assert!(counted(&text, "istio_response_messages_total"), "{text}");
+    // Plain HTTP requests have no message series.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("_messages_total{") && l.contains(r#"request_protocol="http""#)),
+        "{text}"
+    );
     assert!(
         !text.lines().any(|l| l.starts_with("istio_requests_total{")
             && l.contains(r#"request_protocol="http""#)

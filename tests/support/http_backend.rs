@@ -225,6 +225,17 @@ async fn answer(
             .body(Full::new(Bytes::new()).boxed())
             .unwrap());
     }
+    // `/bytes-echo`: the request body's bytes, as they came (a gRPC request's messages come
+    // back as its response's).
+    if req.uri().path() == "/bytes-echo" {
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Ok(Response::new(Full::new(body).boxed()));
+    }
     if req.uri().path() == "/echo" {
         let shadow = is_shadow(&req);
         let reply = echo(req).await;

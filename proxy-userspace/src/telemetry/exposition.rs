@@ -15,11 +15,13 @@ use super::{
 };
 
 /// The request families, in name order; no other family's name sorts between them.
-const REQUEST_FAMILIES: [&str; 4] = [
+const REQUEST_FAMILIES: [&str; 6] = [
     "istio_request_bytes",
     "istio_request_duration_milliseconds",
+    "istio_request_messages_total",
     "istio_requests_total",
     "istio_response_bytes",
+    "istio_response_messages_total",
 ];
 
 /// The registry's families and Istio's request families as one exposition, in name order.
@@ -29,7 +31,7 @@ pub fn encode(registry: &Registry, istio: &IstioMetrics) -> String {
     debug_assert!(
         families
             .get(split)
-            .is_none_or(|f| f.name() > REQUEST_FAMILIES[3]),
+            .is_none_or(|f| f.name() > REQUEST_FAMILIES[5]),
         "a registered family sorts among the request families"
     );
     let mut out = String::new();
@@ -234,25 +236,66 @@ pub fn request_families(series: &[Arc<Series>], out: &mut String) {
         // Nanoseconds to milliseconds, formatted as the prometheus crate formats an f64.
         |ns| (ns as f64 / 1e6).to_string(),
     );
-    family_header(
+    messages(
         out,
-        REQUEST_FAMILIES[2],
-        "Requests handled, Istio's standard metric",
-        "counter",
+        (REQUEST_FAMILIES[2], "gRPC messages the client sent"),
+        &series,
+        |t| t.request_messages,
     );
-    let mut n = itoa::Buffer::new();
-    let open = format!("{}{{", REQUEST_FAMILIES[2]);
-    for (s, t) in &series {
-        sample(out, &open, &s.text, "} ", n.format(t.requests));
-    }
+    counter(
+        out,
+        (
+            REQUEST_FAMILIES[3],
+            "Requests handled, Istio's standard metric",
+        ),
+        &series,
+        |t| t.requests,
+    );
     histogram(
         out,
-        (REQUEST_FAMILIES[3], "Response body sizes in bytes"),
+        (REQUEST_FAMILIES[4], "Response body sizes in bytes"),
         &series,
         |t| &t.response_bytes,
         &BYTES,
         whole,
     );
+    messages(
+        out,
+        (REQUEST_FAMILIES[5], "gRPC messages the server sent"),
+        &series,
+        |t| t.response_messages,
+    );
+}
+
+/// A counter family with one sample per series.
+fn counter<'s>(
+    out: &mut String,
+    (name, help): (&str, &str),
+    series: impl IntoIterator<Item = &'s (Arc<Series>, Totals)>,
+    value: impl Fn(&Totals) -> u64,
+) {
+    family_header(out, name, help, "counter");
+    let mut n = itoa::Buffer::new();
+    let open = format!("{name}{{");
+    for (s, t) in series {
+        sample(out, &open, &s.text, "} ", n.format(value(t)));
+    }
+}
+
+/// Istio's gRPC message counters, for the gRPC requests' series only (none: no family).
+fn messages(
+    out: &mut String,
+    family: (&str, &str),
+    series: &[(Arc<Series>, Totals)],
+    value: impl Fn(&Totals) -> u64,
+) {
+    let mut grpc = series
+        .iter()
+        .filter(|(s, _)| s.labels.protocol == "grpc")
+        .peekable();
+    if grpc.peek().is_some() {
+        counter(out, family, grpc, value);
+    }
 }
 
 #[cfg(test)]

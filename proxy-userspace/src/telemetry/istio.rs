@@ -236,16 +236,36 @@ impl IstioMetrics {
         request_bytes: u64,
         response_bytes: u64,
     ) {
+        self.in_series(l, true, |s| {
+            s.record(duration, request_bytes, response_bytes)
+        });
+    }
+
+    /// Records a gRPC request's messages each way (`istio_request_messages_total`,
+    /// `istio_response_messages_total`), in the series `request` recorded it in.
+    pub fn grpc_messages(&self, l: &RequestLabels<'_>, request: u64, response: u64) {
+        self.in_series(l, false, |s| s.record_messages(request, response));
+    }
+
+    /// Runs `record` on the series of `l`, or of `l` folded into `other` past the cap
+    /// (counted as an overflow when `count`).
+    fn in_series(
+        &self,
+        l: &RequestLabels<'_>,
+        count: bool,
+        record: impl Fn(&super::series::Series),
+    ) {
         if !self.enabled {
             return;
         }
-        let record = |s: &super::series::Series| s.record(duration, request_bytes, response_bytes);
-        if self.requests.with(l, true, record) {
+        if self.requests.with(l, true, &record) {
             return;
         }
-        self.overflow
-            .with_label_values(&["istio_requests_total"])
-            .inc();
+        if count {
+            self.overflow
+                .with_label_values(&["istio_requests_total"])
+                .inc();
+        }
         let folded = RequestLabels {
             source_workload: OTHER,
             destination_service: OTHER,
@@ -514,6 +534,19 @@ mod tests {
         )
         .unwrap();
         r.register(Box::new(counter.clone())).unwrap();
+        let messages = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &names).unwrap();
+            r.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let sent = messages(
+            "istio_request_messages_total",
+            "gRPC messages the client sent",
+        );
+        let answered = messages(
+            "istio_response_messages_total",
+            "gRPC messages the server sent",
+        );
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let h = HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
@@ -560,6 +593,10 @@ mod tests {
             duration.with_label_values(&v).observe(*ms);
             req.with_label_values(&v).observe(*rq as f64);
             resp.with_label_values(&v).observe(*rs as f64);
+            if l.protocol == "grpc" {
+                sent.with_label_values(&v).inc_by(2);
+                answered.with_label_values(&v).inc_by(3);
+            }
         }
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
@@ -599,6 +636,9 @@ mod tests {
         let m = IstioMetrics::new(&r, true);
         for (l, ms, rq, rs) in &requests {
             m.request(l, Duration::from_secs_f64(ms / 1e3), *rq, *rs);
+            if l.protocol == "grpc" {
+                m.grpc_messages(l, 2, 3);
+            }
         }
         let text = crate::telemetry::exposition::encode(&r, &m);
         assert_eq!(text, reference(&requests));

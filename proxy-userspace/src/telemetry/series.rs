@@ -165,6 +165,9 @@ impl<const N: usize> Histogram<N> {
 #[repr(align(128))]
 struct Shard {
     requests: AtomicU64,
+    /// gRPC messages (length-prefixed frames) of the requests, and of their responses.
+    request_messages: AtomicU64,
+    response_messages: AtomicU64,
     /// Nanoseconds.
     duration: Histogram<DURATION_BUCKETS>,
     request_bytes: Histogram<BYTES_BUCKETS>,
@@ -199,6 +202,8 @@ impl<const N: usize> HistogramTotals<N> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
     pub requests: u64,
+    pub request_messages: u64,
+    pub response_messages: u64,
     /// Sum in nanoseconds.
     pub duration: HistogramTotals<DURATION_BUCKETS>,
     pub request_bytes: HistogramTotals<BYTES_BUCKETS>,
@@ -243,10 +248,19 @@ impl Series {
         s.response_bytes.observe(&BYTES_INT, response_bytes);
     }
 
+    /// Counts a gRPC request's messages, each way.
+    pub fn record_messages(&self, request: u64, response: u64) {
+        let s = &self.shards[thread_index() & (self.shards.len() - 1)];
+        s.request_messages.fetch_add(request, Relaxed);
+        s.response_messages.fetch_add(response, Relaxed);
+    }
+
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for s in &self.shards {
             t.requests += s.requests.load(Relaxed);
+            t.request_messages += s.request_messages.load(Relaxed);
+            t.response_messages += s.response_messages.load(Relaxed);
             s.duration.add_to(&mut t.duration);
             s.request_bytes.add_to(&mut t.request_bytes);
             s.response_bytes.add_to(&mut t.response_bytes);

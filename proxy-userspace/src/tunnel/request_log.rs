@@ -39,6 +39,8 @@ pub struct InboundRequest {
     /// What the request body delivered (counted as it is read).
     pub received: Arc<body::Received>,
     response_bytes: u64,
+    /// A gRPC response's message framing, its messages counted as they pass.
+    response_messages: Option<Box<crate::proxy::http::GrpcMessages>>,
     grpc_status: Option<HeaderValue>,
     /// The response's status, once there is one; none when the client left first.
     pub status: Option<u16>,
@@ -48,6 +50,7 @@ pub struct InboundRequest {
 impl InboundRequest {
     pub fn start<B>(req: &Request<B>, stream: Arc<Stream>, inbound: Arc<Inbound>) -> Self {
         let h = req.headers();
+        let grpc = is_grpc(h);
         InboundRequest {
             start: Instant::now(),
             start_ms: unix_ms(),
@@ -59,9 +62,10 @@ impl InboundRequest {
             request_id: h.get("x-request-id").cloned(),
             user_agent: h.get(hyper::header::USER_AGENT).cloned(),
             version: version_text(req.version()),
-            grpc: is_grpc(h),
+            grpc,
             received: Arc::default(),
             response_bytes: 0,
+            response_messages: grpc.then(Box::default),
             grpc_status: None,
             status: None,
             rec: Record::default(),
@@ -79,27 +83,28 @@ impl InboundRequest {
         let s = &self.stream;
         let (destination_workload, destination_namespace) =
             split_workload(s.workload.workload.as_deref());
-        self.inbound.metrics.istio.request(
-            &RequestLabels {
-                reporter: "destination",
-                source_workload: s.source_workload_name(),
-                source_namespace: s.source_namespace(),
-                source_principal: &s.principal,
-                destination_service: &s.destination_service(),
-                destination_workload,
-                destination_namespace,
-                protocol: if self.grpc { "grpc" } else { "http" },
-                response_code: status,
-                grpc_status: grpc_label(self.grpc, self.grpc_status.as_ref(), status),
-                response_flags: flags,
-                // It came through the tunnel: the caller proved its identity.
-                security_policy: "mutual_tls",
-                passthrough: false,
-            },
-            elapsed,
-            self.received.bytes(),
-            self.response_bytes,
-        );
+        let destination_service = s.destination_service();
+        let labels = RequestLabels {
+            reporter: "destination",
+            source_workload: s.source_workload_name(),
+            source_namespace: s.source_namespace(),
+            source_principal: &s.principal,
+            destination_service: &destination_service,
+            destination_workload,
+            destination_namespace,
+            protocol: if self.grpc { "grpc" } else { "http" },
+            response_code: status,
+            grpc_status: grpc_label(self.grpc, self.grpc_status.as_ref(), status),
+            response_flags: flags,
+            // It came through the tunnel: the caller proved its identity.
+            security_policy: "mutual_tls",
+            passthrough: false,
+        };
+        let istio = &self.inbound.metrics.istio;
+        istio.request(&labels, elapsed, self.received.bytes(), self.response_bytes);
+        if let Some(m) = &self.response_messages {
+            istio.grpc_messages(&labels, self.received.messages(), m.count);
+        }
     }
 
     fn log(&self, status: u16, flags: &str, elapsed: Duration) {
@@ -144,6 +149,13 @@ impl InboundRequest {
 impl body::Observer for InboundRequest {
     fn data(&mut self, len: usize) {
         self.response_bytes += len as u64;
+    }
+
+    fn data_frame(&mut self, data: &[u8]) {
+        self.data(data.len());
+        if let Some(m) = &mut self.response_messages {
+            m.feed(data);
+        }
     }
 
     fn trailers(&mut self, t: &HeaderMap) {

@@ -123,7 +123,11 @@ async fn respond(
         .http
         .pool
         .cluster(&format!("inbound|{}", stream.target));
-    let received = log.received.clone();
+    let (received, grpc) = (log.received.clone(), log.grpc);
+    let counted = move |b| {
+        let c = body::Counted::new(b, received);
+        if grpc { c.counting_messages() } else { c }
+    };
     let sent = inbound
         .http
         .pool
@@ -132,7 +136,7 @@ async fn respond(
             &Limits::default(),
             &Target::direct(stream.target),
             h2,
-            || Outgoing::Owned(req.map(|b| body::boxed(body::Counted::new(b, received)))),
+            || Outgoing::Owned(req.map(|b| body::boxed(counted(b)))),
         )
         .await;
     match sent {

@@ -63,6 +63,11 @@ where
 /// trailers, how it failed, and whether it was dropped before its end (the client left).
 pub trait Observer {
     fn data(&mut self, len: usize);
+    /// A data frame's bytes (for what reads into them, a gRPC message count); its length by
+    /// default.
+    fn data_frame(&mut self, data: &[u8]) {
+        self.data(data.len());
+    }
     fn trailers(&mut self, trailers: &hyper::HeaderMap);
     fn failed(&mut self, error: &BoxError);
     fn abandoned(&mut self);
@@ -100,7 +105,7 @@ impl<O: Observer + Unpin> hyper::body::Body for Observed<O> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    this.observer.data(d.len());
+                    this.observer.data_frame(d);
                 } else if let Some(t) = frame.trailers_ref() {
                     this.observer.trailers(t);
                 }
@@ -178,6 +183,8 @@ impl ClientFailure {
 #[derive(Default)]
 pub struct Received {
     bytes: std::sync::atomic::AtomicU64,
+    /// The gRPC messages whose prefix passed, when counted (`Counted::counting_messages`).
+    messages: std::sync::atomic::AtomicU64,
     /// 0 while the body is sound, else 1 + the `ClientFailure`.
     failure: std::sync::atomic::AtomicU8,
     /// When the body ended (its last frame read), once it has.
@@ -190,6 +197,11 @@ pub struct Received {
 impl Received {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The gRPC messages the body carried so far (0 unless counted).
+    pub fn messages(&self) -> u64 {
+        self.messages.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Counts bytes the request delivered past its body: an upgraded connection's.
@@ -245,11 +257,23 @@ impl Received {
 pub struct Counted<B> {
     inner: B,
     received: std::sync::Arc<Received>,
+    /// A gRPC request's message framing, when its messages are counted.
+    messages: Option<Box<super::grpc_messages::GrpcMessages>>,
 }
 
 impl<B> Counted<B> {
     pub fn new(inner: B, received: std::sync::Arc<Received>) -> Self {
-        Counted { inner, received }
+        Counted {
+            inner,
+            received,
+            messages: None,
+        }
+    }
+
+    /// Counts the body's gRPC messages too (`Received::messages`).
+    pub fn counting_messages(mut self) -> Self {
+        self.messages = Some(Box::default());
+        self
     }
 
     /// What this body has delivered, shared.
@@ -277,6 +301,13 @@ where
                     self.received
                         .bytes
                         .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    let this = &mut *self;
+                    if let Some(m) = &mut this.messages {
+                        let before = m.count;
+                        m.feed(data);
+                        (this.received.messages)
+                            .fetch_add(m.count - before, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 // Trailers are the body's last frame, whether or not the body says so yet.
                 let trailers = frame.trailers_mut();

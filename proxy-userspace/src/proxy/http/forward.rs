@@ -49,7 +49,14 @@ pub async fn handle(
         req.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
     // Counted as the body is read: chunked and HTTP/2 bodies declare no length.
     let received = Arc::new(body::Received::default());
-    let req = req.map(|b| body::Counted::new(b, received.clone()));
+    let req = req.map(|b| {
+        let counted = body::Counted::new(b, received.clone());
+        if grpc {
+            counted.counting_messages()
+        } else {
+            counted
+        }
+    });
     // In flight until the record's end (the response's last byte, or a failure).
     down.activity.began();
     let mut log = RequestLog {
@@ -64,6 +71,7 @@ pub async fn handle(
         trace,
         received,
         response_bytes: 0,
+        response_messages: grpc.then(Box::default),
         grpc_status: None,
         down,
         ctx,

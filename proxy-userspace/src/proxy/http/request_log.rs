@@ -35,6 +35,13 @@ impl body::Observer for RequestLog {
         self.response_bytes += len as u64;
     }
 
+    fn data_frame(&mut self, data: &[u8]) {
+        self.data(data.len());
+        if let Some(m) = &mut self.response_messages {
+            m.feed(data);
+        }
+    }
+
     fn trailers(&mut self, t: &HeaderMap) {
         if let Some(g) = t.get(GRPC_STATUS).filter(|v| v.to_str().is_ok()) {
             self.grpc_status = Some(g.clone());
@@ -86,6 +93,8 @@ pub(super) struct RequestLog {
     /// What the request body delivered (the body counts its bytes as it is read).
     pub(super) received: Arc<body::Received>,
     pub(super) response_bytes: u64,
+    /// A gRPC response's message framing, its messages counted as they pass.
+    pub(super) response_messages: Option<Box<super::grpc_messages::GrpcMessages>>,
     pub(super) grpc_status: Option<HeaderValue>,
     pub(super) down: Arc<Downstream>,
     pub(super) ctx: Arc<HttpContext>,
@@ -153,6 +162,7 @@ pub fn log_refused(down: Arc<Downstream>, ctx: Arc<HttpContext>, too_large: bool
         trace,
         received: Arc::default(),
         response_bytes: 0,
+        response_messages: None,
         grpc_status: None,
         down,
         ctx,
@@ -210,6 +220,11 @@ impl Drop for RequestLog {
         };
         let istio = &self.ctx.metrics.istio;
         istio.request(&labels, elapsed, request_bytes, self.response_bytes);
+        let messages =
+            (self.response_messages.as_ref()).map(|m| (self.received.messages(), m.count));
+        if let Some((sent, answered)) = messages {
+            istio.grpc_messages(&labels, sent, answered);
+        }
         // A mesh workload on this node has no other proxy to report what reached it: meshd
         // reports it as its destination too, as the workload's inbound sidecar would. Only a
         // request that went to a workload needs the configuration for that.
@@ -234,6 +249,9 @@ impl Drop for RequestLog {
                 ..labels
             };
             istio.request(&as_destination, elapsed, request_bytes, self.response_bytes);
+            if let Some((sent, answered)) = messages {
+                istio.grpc_messages(&as_destination, sent, answered);
+            }
         }
         // The answers a retry replaced reached their workloads too: each is one request as an
         // inbound sidecar there counts it (its body was dropped unread).
