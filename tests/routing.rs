@@ -825,8 +825,28 @@ fn header_edits_apply_in_envoys_order() {
     - destination:
         host: reviews
         subset: v1
+  - match:
+    - uri:
+        prefix: /seen
+    rewrite:
+      uri: /whoami
+      authority: upstream.example
+    headers:
+      response:
+        set:
+          x-sent: "%REQ(:authority)%|%REQ(:path)%|%REQ(x-envoy-original-path)%"
+    route:
+    - destination:
+        host: reviews
+        subset: v1
 "#;
     let d = start("header-order", 200, &policies(&v1, &v2, routes));
+    // Response edits read the request as it went upstream, as Envoy's router edits it.
+    let out = curl(&d, &["-si", "http://reviews:9080/seen?q=1"]).to_ascii_lowercase();
+    assert!(
+        out.contains("x-sent: upstream.example|/whoami?q=1|/seen?q=1"),
+        "{out}"
+    );
     let out = curl(&d, &["-H", "x-route: client", "http://reviews:9080/order"]);
     assert!(out.contains("\"x_route\":\"route-level\""), "{out}");
     let out = curl(&d, &["http://reviews:9080/single"]);

@@ -724,9 +724,7 @@ async fn forward(
     }
     let line = request_line(&parts.method, &parts.uri, &authority);
     headers::edit_request(&mut parts.headers, &levels, how, &edits, &line);
-    // Response edits that read the request (`%REQ(...)%`) get it as it went upstream.
-    let kept =
-        headers::responses_read_request(&levels).then(|| (parts.headers.clone(), line.to_owned()));
+    let reads_request = headers::responses_read_request(&levels);
     // `rewrite.authority` after the header edits, as Envoy's host rewrite: it wins over a set
     // Host.
     if let Some(a) = route
@@ -855,6 +853,12 @@ async fn forward(
         }
         parts.version = Version::HTTP_11;
     }
+    // Response edits that read the request (`%REQ(...)%`) get it as it went upstream, as
+    // Envoy's router edits the request's own headers: rewritten path and authority included.
+    let kept = reads_request.then(|| {
+        let line = request_line(&parts.method, &parts.uri, &upstream_authority);
+        (parts.headers.clone(), line.to_owned())
+    });
 
     let req = Request::from_parts(parts, body);
     let plan = send::Plan {
