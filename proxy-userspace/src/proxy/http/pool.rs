@@ -174,6 +174,7 @@ impl UpstreamError {
             UpstreamError::Send { .. } => "connection termination",
             UpstreamError::Protocol { .. } => "protocol error",
             UpstreamError::Overflow { .. } => "overflow",
+            UpstreamError::ConnectTimeout { .. } => "connection timeout",
             _ => "connection failure",
         }
     }
