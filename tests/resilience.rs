@@ -600,7 +600,10 @@ fn connection_settings_connect_timeout_requests_per_connection_and_idle_timeout(
         ],
     );
     // Envoy's reset reason for a connect that timed out.
-    assert!(code.ends_with("reset reason: connection timeout\n503"), "{code}");
+    assert!(
+        code.ends_with("reset reason: connection timeout\n503"),
+        "{code}"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "the DestinationRule's 300ms connect timeout applied, not the 10s default"

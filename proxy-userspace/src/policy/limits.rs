@@ -14,3 +14,7 @@ pub const MAX_FILES: usize = 10_000;
 pub const MAX_DIR_DEPTH: usize = 32;
 /// Largest compiled regular expression, in bytes.
 pub const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// The longest TCP keepalive time or interval Linux takes (`MAX_TCP_KEEPIDLE`); a longer one
+/// is refused with EINVAL, so meshd caps a DestinationRule's `tcpKeepalive` at it.
+pub const MAX_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(32_767);

@@ -181,11 +181,32 @@ static WARMUP: Obj = obj(&[
     opt("aggression", Ty::Num(0.001, 1_000_000.0)),
 ]);
 
-static KEEPALIVE: Obj = obj(&[
-    opt("probes", int(1, 100)),
-    opt("time", DURATION),
-    opt("interval", DURATION),
-]);
+static KEEPALIVE: Obj = Obj {
+    fields: &[
+        opt("probes", int(1, 100)),
+        opt("time", DURATION),
+        opt("interval", DURATION),
+    ],
+    one_of: &[],
+    check: Some(keepalive_within_the_kernels_range),
+};
+
+/// Linux refuses a keepalive time or interval over 32767 s; meshd uses that much instead.
+fn keepalive_within_the_kernels_range(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    for key in ["time", "interval"] {
+        let Some(e) = node.entry(key) else { continue };
+        let Some(d) = e.value.as_str().and_then(|t| duration::parse(t).ok()) else {
+            continue;
+        };
+        if d > crate::policy::limits::MAX_KEEPALIVE {
+            r.warn(
+                e.value.pos,
+                &report::key(path, key),
+                "Linux takes at most 32767s (about 9 h) here; meshd uses that",
+            );
+        }
+    }
+}
 
 static TCP_POOL: Obj = Obj {
     fields: &[

@@ -1004,3 +1004,16 @@ fn a_list_item_or_a_map_value_left_empty_is_an_error_not_a_wildcard() {
         ]
     );
 }
+
+#[test]
+fn a_keepalive_past_what_linux_takes_is_capped_with_a_warning() {
+    let f = check(&dr(
+        "    connectionPool:\n      tcp:\n        tcpKeepalive: {time: 87600000h, interval: 75s}\n",
+    ));
+    assert_eq!(
+        f,
+        [
+            "10:30: warning: spec.trafficPolicy.connectionPool.tcp.tcpKeepalive.time: Linux takes at most 32767s (about 9 h) here; meshd uses that"
+        ]
+    );
+}

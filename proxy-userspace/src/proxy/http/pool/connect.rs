@@ -32,10 +32,10 @@ pub async fn connect(
 pub fn set_keepalive(stream: &TcpStream, k: Keepalive) -> std::io::Result<()> {
     let mut ka = socket2::TcpKeepalive::new();
     if let Some(t) = k.time {
-        ka = ka.with_time(t);
+        ka = ka.with_time(t.min(crate::policy::limits::MAX_KEEPALIVE));
     }
     if let Some(i) = k.interval {
-        ka = ka.with_interval(i);
+        ka = ka.with_interval(i.min(crate::policy::limits::MAX_KEEPALIVE));
     }
     if let Some(p) = k.probes {
         ka = ka.with_retries(p);
