@@ -147,6 +147,24 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
         hash1,
         "same files, same hash"
     );
+    // Emptied, the directory gives a configuration with nothing in it: applied (the files
+    // say so), and the log says what went.
+    let gen3 = generation(&d);
+    std::fs::remove_file(dir.join("service.yaml")).unwrap();
+    eventually(Duration::from_secs(5), || {
+        (generation(&d) > gen3).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the empty directory was not applied; log:\n{}",
+            d.log_text()
+        )
+    });
+    assert!(
+        d.log_shows("the configuration applied has no resources"),
+        "{}",
+        d.log_text()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -116,6 +116,9 @@ impl ConfigStore {
             resources = snapshot.policies.len(),
             "configuration loaded"
         );
+        if snapshot.policies.is_empty() {
+            tracing::warn!(paths = ?paths, "the configuration has no resources: no service, workload or policy is declared yet");
+        }
         metrics.config_applied(1);
         metrics
             .istio
@@ -193,6 +196,13 @@ impl ConfigStore {
                 *rejected_last = false;
                 let generation = new.generation;
                 tracing::info!(why, generation, hash = %new.hash, resources = new.policies.len(), "configuration applied");
+                if new.policies.is_empty() && !old.policies.is_empty() {
+                    tracing::warn!(
+                        generation,
+                        before = old.policies.len(),
+                        "the configuration applied has no resources: every service, workload and policy of the last one is gone (was the config directory emptied or replaced?)"
+                    );
+                }
                 (self.metrics.istio).set_peers(Arc::new(Peers::of(&new.policies)));
                 self.current.store(Arc::new(new));
                 self.applied.send_replace(generation);
