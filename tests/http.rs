@@ -226,6 +226,9 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
         "{line}"
     );
     assert!(line.contains(r#""route_name":"allow_any""#), "{line}");
+    // No WorkloadEntry declares the client: enrolled, with a warning (a typo would leave it
+    // without labels or identity).
+    assert!(d.log_shows("enrolling a workload no WorkloadEntry declares"));
     assert!(
         line.contains(&format!(r#""downstream_local_address":"{}""#, b.addr)),
         "{line}"

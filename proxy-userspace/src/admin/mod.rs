@@ -267,6 +267,18 @@ async fn enrol(req: Request<Incoming>, st: &AdminState) -> Resp {
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // Enrolled all the same (its WorkloadEntry may come with the next reload), but a typo in
+    // the name would leave the workload without labels, identity or policies: said so.
+    let declared = (st.config.current().policies.workload_entries.iter()).any(|w| {
+        let m = &w.resource.metadata;
+        m.namespace == name.namespace && m.name == name.name
+    });
+    if !declared {
+        tracing::warn!(
+            workload = %parsed.workload,
+            "enrolling a workload no WorkloadEntry declares: it has no labels, and takes the namespace's default service account, until one does"
+        );
+    }
     let at = Placement {
         cgroup: parsed.cgroup,
         netns: parsed.netns,
