@@ -255,6 +255,16 @@ fn traffic_between_nodes_is_mutual_tls_on_one_reused_connection() {
             .ends_with(&format!(":{port}")),
         "{line}"
     );
+    // As its HTTP requests' lines: the workload's address, the peer, and both identities.
+    assert_eq!(
+        entry["downstream_local_address"], entry["upstream_host"],
+        "{line}"
+    );
+    assert!(entry["downstream_remote_address"].is_string(), "{line}");
+    assert!(
+        (entry["destination_principal"].as_str()).is_some_and(|p| p.starts_with("spiffe://")),
+        "{line}"
+    );
     // Node b reports the stream under the service its endpoint serves, as the source does.
     let metrics_b = m.d_b.get("/metrics");
     assert!(

@@ -60,7 +60,9 @@ pub struct Entry<'a> {
     #[serde(serialize_with = "empty_as_null")]
     pub x_forwarded_for: Cow<'a, str>,
     /// The address the client dialled (its original destination), and the client's own.
+    #[serde(serialize_with = "empty_as_null")]
     pub downstream_local_address: Cow<'a, str>,
+    #[serde(serialize_with = "empty_as_null")]
     pub downstream_remote_address: Cow<'a, str>,
     /// The server name of the client's TLS ClientHello, for a connection routed by it.
     #[serde(serialize_with = "empty_as_null")]

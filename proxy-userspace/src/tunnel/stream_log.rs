@@ -34,6 +34,9 @@ impl StreamLog {
     }
 
     pub fn write(&self, inbound: &Inbound, s: &Stream, end: Ended<'_>) {
+        let destination_principal = (inbound.tunnel.identity_of(&s.workload))
+            .map(|id| id.to_string())
+            .unwrap_or_default();
         let entry = Entry {
             start_time: rfc3339(self.start_ms).into(),
             protocol: "tcp".into(),
@@ -41,7 +44,11 @@ impl StreamLog {
             took: self.start.elapsed().into(),
             upstream_cluster: crate::telemetry::access_log::inbound_cluster(s.target.port()).into(),
             upstream_host: s.target.to_string().into(),
+            // As the stream's HTTP requests are logged: the workload's address and the peer.
+            downstream_local_address: s.target.to_string().into(),
+            downstream_remote_address: s.peer.to_string().into(),
             source_principal: s.principal.as_str().into(),
+            destination_principal: destination_principal.into(),
             source_workload: s.source_workload.as_deref().unwrap_or_default().into(),
             destination_workload: s.workload.workload.clone().unwrap_or_default().into(),
             bytes_received: end.request_bytes,
