@@ -126,6 +126,10 @@ impl LoggedFields {
     }
 }
 
+/// The method of a record for a request hyper's parser refused: neither its method nor its
+/// target is known.
+const UNPARSED: &str = "-";
+
 /// A header's value as text for a log line or a label ("" when absent or not text).
 pub fn header_text(v: &Option<HeaderValue>) -> &str {
     v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default()
@@ -153,7 +157,7 @@ pub fn log_refused(down: Arc<Downstream>, ctx: Arc<HttpContext>, too_large: bool
     drop(RequestLog {
         start: Instant::now(),
         // Unknown: Envoy's access log prints "-" for a field it does not have.
-        method: Method::from_bytes(b"-").expect("a token"),
+        method: Method::from_bytes(UNPARSED.as_bytes()).expect("a token"),
         uri: hyper::Uri::from_static("/"),
         fields: LoggedFields::default(),
         protocol: "http",
@@ -338,18 +342,21 @@ impl Drop for RequestLog {
         }
         if logged {
             let (source_principal, destination_principal) = self.principals();
+            let unparsed = self.method.as_str() == UNPARSED;
             self.ctx.access.write(&Entry {
                 source_principal: source_principal.into(),
                 destination_principal: destination_principal.into(),
                 start_time: rfc3339(start_unix_us / 1000).into(),
-                method: self.method.as_str().into(),
+                // A request the parser refused has neither (null, as Envoy's JSON has them).
+                method: if unparsed { "" } else { self.method.as_str() }.into(),
                 // As Istio's default format (`%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%`): the path
                 // with its query.
-                path: self
-                    .uri
-                    .path_and_query()
-                    .map_or(self.uri.path(), |p| p.as_str())
-                    .into(),
+                path: if unparsed {
+                    ""
+                } else {
+                    (self.uri.path_and_query()).map_or(self.uri.path(), |p| p.as_str())
+                }
+                .into(),
                 protocol: self.version.into(),
                 response_code: status,
                 response_flags: flags,
