@@ -675,6 +675,14 @@ fn tcp_max_connections_and_keepalive_apply_to_opaque_tcp() {
         d.metric(r#"meshd_overflow_total{limit="maxConnections",name="outbound|5432||db.example",scope="cluster"}"#)
             >= 1.0
     );
+    // Refused by the breaker before an endpoint was chosen, as Envoy's TCP proxy: no host.
+    assert!(
+        (d.log_text().lines()).any(
+            |l| l.contains(r#""response_flags":"UO""#) && l.contains(r#""upstream_host":null"#)
+        ),
+        "{}",
+        d.log_text()
+    );
     let _ = holder.kill();
 }
 

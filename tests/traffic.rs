@@ -1591,6 +1591,8 @@ spec:
     });
     let line = line.unwrap_or_else(|| panic!("no line for the subset:\n{}", d.log_text()));
     assert!(line.contains(r#""response_flags":"UH""#), "{line}");
+    // No host was chosen: null, as Envoy's %UPSTREAM_HOST% (not the address dialled).
+    assert!(line.contains(r#""upstream_host":null"#), "{line}");
 }
 
 /// Sends `text` and an empty line over TCP from the managed client to `vip`:`port`; what came

@@ -280,7 +280,7 @@ fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> Outbo
             client.dst.port(),
         )
     });
-    TcpRecord::new(ctx, client, service, client.dst).failed(ctx, &e);
+    TcpRecord::new(ctx, client, service, None).failed(ctx, &e);
     e
 }
 
@@ -446,7 +446,7 @@ async fn proxy(
                 blocked @ http::L4Error::BlackHole => OutboundError::BlackHole(blocked),
             };
             // Logged as the service (and subset) it was routed to.
-            let mut record = TcpRecord::new(ctx, &client, refused.service, client.dst);
+            let mut record = TcpRecord::new(ctx, &client, refused.service, None);
             record.entry.requested_server_name = logged_sni.unwrap_or_default().into();
             record.failed(ctx, &e);
             return Err(e);
@@ -467,7 +467,7 @@ async fn proxy(
         }
     }
     let upstream = target.addr;
-    let mut record = TcpRecord::new(ctx, &client, target.service.take(), upstream);
+    let mut record = TcpRecord::new(ctx, &client, target.service.take(), Some(upstream));
     record.entry.requested_server_name = logged_sni.unwrap_or_default().into();
     // `tcp.maxConnections` of the service: the slot is held while the connection is open.
     let _slot = match &target.cluster {
@@ -480,6 +480,9 @@ async fn proxy(
                     cluster: c.name.clone(),
                     limit: target.limits.max_connections,
                 };
+                // As Envoy's TCP proxy, whose breaker refuses before a host is chosen.
+                record.entry.upstream_host = "".into();
+                record.entry.destination_workload = "".into();
                 record.failed(ctx, &e);
                 return Err(e);
             }
@@ -758,7 +761,7 @@ impl TcpRecord {
         ctx: &Outbound,
         client: &Client<'_>,
         service: Option<http::L4Service>,
-        upstream: SocketAddr,
+        upstream: Option<SocketAddr>,
     ) -> TcpRecord {
         let Client {
             accepted,
@@ -773,14 +776,11 @@ impl TcpRecord {
             Some(s) => (s.host, s.cluster),
             None => (dst.to_string(), access_log::PASSTHROUGH_CLUSTER.to_string()),
         };
-        let dest_workload = snap.compiled.endpoints.workload(upstream).cloned();
-        let to_local_workload = crate::tunnel::local_workload(
-            &snap,
-            upstream,
-            ctx.http.node_address,
-            ctx.http.inbound_port,
-        )
-        .is_some();
+        let dest_workload = upstream.and_then(|u| snap.compiled.endpoints.workload(u).cloned());
+        let to_local_workload = upstream.is_some_and(|u| {
+            let (node, inbound) = (ctx.http.node_address, ctx.http.inbound_port);
+            crate::tunnel::local_workload(&snap, u, node, inbound).is_some()
+        });
         let (source_workload, source_namespace) = split_workload(workload);
         let (destination_workload, destination_namespace) =
             split_workload(dest_workload.as_deref());
@@ -801,7 +801,8 @@ impl TcpRecord {
                 start_time: rfc3339(accepted.unix_ms).into(),
                 protocol: "tcp".into(),
                 upstream_cluster: cluster.into(),
-                upstream_host: upstream.to_string().into(),
+                // None chosen: null, as Envoy's `%UPSTREAM_HOST%`.
+                upstream_host: upstream.map(|u| u.to_string()).unwrap_or_default().into(),
                 downstream_local_address: dst.to_string().into(),
                 downstream_remote_address: peer.to_string().into(),
                 source_workload: workload.unwrap_or_default().to_string().into(),
