@@ -382,3 +382,37 @@ fn connections_to_an_endpoint_a_reload_removes_are_closed_and_it_is_pooled_again
     assert_eq!(v2.accepted(), 3, "one new connection to v2, reused");
     assert_eq!(v2.open(), 1);
 }
+
+/// A policy file that is a symlink to a file elsewhere (a directory shared between nodes, say)
+/// is reloaded when the file it points to is edited, as when the link itself changes.
+#[test]
+fn an_edit_of_a_symlinked_files_target_is_applied() {
+    if !ebpf_available("reload_symlink") {
+        return;
+    }
+    let base = std::env::temp_dir().join("meshd-test-reload-symlink");
+    let _ = std::fs::remove_dir_all(&base);
+    let (config, shared) = (base.join("config"), base.join("shared"));
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("service.yaml"), SERVICE).unwrap();
+    std::os::unix::fs::symlink("../shared/service.yaml", config.join("service.yaml")).unwrap();
+    let d = Daemon::start(
+        "reload-symlink",
+        344,
+        &["--config", config.to_str().unwrap()],
+    );
+    let gen1 = generation(&d);
+    std::fs::write(
+        shared.join("service.yaml"),
+        format!("{SERVICE}---\n{ROUTE_V1}"),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(5), || {
+        (generation(&d) > gen1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the target's edit was not applied; log:\n{}", d.log_text()));
+    let routes = dump(&d)["snapshot"]["resources"]["virtualServices"].clone();
+    assert_eq!(routes.as_array().map(Vec::len), Some(1), "{routes}");
+    let _ = std::fs::remove_dir_all(&base);
+}

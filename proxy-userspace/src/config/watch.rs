@@ -45,7 +45,8 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
             }
         };
     let targets = watch_targets(store.paths());
-    let mut armed = arm(watcher.as_mut(), &targets, &[]);
+    let linked = linked_dirs(store.paths());
+    let mut armed = arm(watcher.as_mut(), &[&targets[..], &linked[..]].concat(), &[]);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .expect("SIGHUP handler");
     tokio::spawn(async move {
@@ -75,8 +76,13 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
                     }
                 }
                 _ = rearm.tick() => {
+                    // Off the async threads: it walks the config directories.
+                    let paths = store.paths().to_vec();
+                    let linked = tokio::task::spawn_blocking(move || linked_dirs(&paths))
+                        .await
+                        .unwrap_or_default();
                     let before = armed.clone();
-                    armed = arm(watcher.as_mut(), &targets, &armed);
+                    armed = arm(watcher.as_mut(), &[&targets[..], &linked[..]].concat(), &armed);
                     if armed.iter().any(|a| !before.contains(a)) {
                         // A watched path appeared again: its content may be new.
                         pending = Some("config path appeared");
@@ -155,6 +161,29 @@ fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
             }
         })
         .collect()
+}
+
+/// The directories of the targets of symlinked policy files, where those lie outside the config
+/// paths: an edit of the target (`ln -s ../shared/vs.yaml`) is seen there. (A ConfigMap's
+/// links point inside its own directory, which is watched already.)
+fn linked_dirs(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
+    let (files, _) = crate::policy::source::discover(paths);
+    let roots: Vec<PathBuf> = paths.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
+    for f in files {
+        if !std::fs::symlink_metadata(&f).is_ok_and(|m| m.file_type().is_symlink()) {
+            continue;
+        }
+        let target = f.canonicalize().ok();
+        let Some(dir) = target.as_deref().and_then(std::path::Path::parent) else {
+            continue;
+        };
+        if roots.iter().any(|r| dir.starts_with(r)) || dirs.iter().any(|(d, _)| d == dir) {
+            continue;
+        }
+        dirs.push((dir.to_path_buf(), RecursiveMode::NonRecursive));
+    }
+    dirs
 }
 
 /// The inode of a path, to notice a directory that was removed and created again.
