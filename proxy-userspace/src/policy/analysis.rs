@@ -13,6 +13,7 @@ use super::{
 mod authorization;
 mod delegates;
 mod duplicates;
+mod peer_auth;
 mod ports;
 mod rate_limits;
 mod routed_twice;
@@ -40,6 +41,7 @@ pub fn analyze(set: &PolicySet) -> Vec<Finding> {
     rate_limits::check(set, &mut out);
     routed_twice::check(set, &mut out);
     authorization::check(set, &mut out);
+    peer_auth::check(set, &mut out);
     finding::sort(&mut out);
     out
 }

@@ -360,3 +360,31 @@ fn a_port_two_entries_declare_with_different_protocols_is_a_warning() {
         Vec::<String>::new()
     );
 }
+
+#[test]
+fn peer_authentications_that_compete_for_the_same_workloads_are_reported() {
+    let pa = |name: &str, selector: &str, mode: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: default}}\nspec: {{{selector}mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    let wide = pa("b-strict", "", "STRICT") + &pa("a-off", "", "DISABLE");
+    let f = findings(&wide);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("4:18: warning: metadata.name: PeerAuthentication default/a-off (")
+            && f[0].contains("applies to namespace default as a whole too"),
+        "{f:?}"
+    );
+    let same = pa("one", "selector: {matchLabels: {app: reviews}}, ", "STRICT")
+        + &pa(
+            "two",
+            "selector: {matchLabels: {app: reviews}}, ",
+            "DISABLE",
+        );
+    assert_eq!(findings(&same).len(), 1);
+    let apart = pa("one", "selector: {matchLabels: {version: v1}}, ", "STRICT")
+        + &pa("two", "selector: {matchLabels: {version: v2}}, ", "DISABLE")
+        + &pa("wide", "", "PERMISSIVE");
+    assert!(findings(&apart).is_empty(), "{:?}", findings(&apart));
+}
