@@ -119,6 +119,21 @@ pub fn header_value(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A CORS `allowMethods` entry: a method Istio's validation takes.
+pub fn cors_method(s: &str) -> Result<(), String> {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if METHODS.contains(&s) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a method CORS allows here: {}",
+        quote(s),
+        METHODS.join(", ")
+    ))
+}
+
 /// Base64 (a protobuf `bytes` field in YAML).
 pub fn base64(s: &str) -> Result<(), String> {
     match super::base64::decode(s) {

@@ -59,6 +59,16 @@ fn needs_one_match(node: &Node, path: &str, at: Pos, r: &mut Report) {
     {
         r.error(at, path, "set one of exact, prefix or regex");
     }
+    // As Istio validates them: an empty prefix or regex says nothing (it would match anything).
+    for key in ["prefix", "regex"] {
+        if let Some(e) = node.entry(key).filter(|e| e.value.as_str() == Some("")) {
+            r.error(
+                e.value.pos,
+                &crate::policy::report::key(path, key),
+                format!("an empty {key} matches anything: remove the match, or give it a value"),
+            );
+        }
+    }
 }
 
 /// `{value: 0-100}`.

@@ -151,6 +151,18 @@ const NEVER_RETRIED: [(&str, &str); 3] = [
 ];
 
 fn check_retry_on(node: &Node, path: &str, _at: Pos, r: &mut Report) {
+    // As Istio validates it: with retries off, their settings say nothing.
+    if node.get("attempts").and_then(Node::as_i64) == Some(0) {
+        for key in ["perTryTimeout", "retryOn", "retryRemoteLocalities"] {
+            if let Some(e) = node.entry(key) {
+                r.warn(
+                    e.key_pos,
+                    &report::key(path, key),
+                    "has no effect: attempts 0 turns retries off (Istio refuses this combination)",
+                );
+            }
+        }
+    }
     let Some(on) = node.entry("retryOn") else {
         return;
     };
@@ -234,7 +246,7 @@ static MIRROR_POLICY: Obj = obj(&[
 static CORS: Obj = obj(&[
     opt("allowOrigins", Ty::List(&MATCH)),
     warned("allowOrigin", STRINGS, "deprecated: use allowOrigins"),
-    opt("allowMethods", STRINGS),
+    opt("allowMethods", Ty::List(&Ty::Str(rules::cors_method))),
     opt("allowHeaders", STRINGS),
     opt("exposeHeaders", STRINGS),
     opt("maxAge", DURATION),

@@ -1017,3 +1017,17 @@ fn a_keepalive_past_what_linux_takes_is_capped_with_a_warning() {
         ]
     );
 }
+
+#[test]
+fn empty_matches_cors_methods_and_settings_of_retries_turned_off() {
+    let http = "  - match:\n    - uri: {prefix: \"\"}\n    - authority: {regex: \"\"}\n    corsPolicy:\n      allowMethods: [GET, GETT]\n    retries: {attempts: 0, retryOn: 5xx}\n    route:\n    - destination: {host: r}\n";
+    assert_eq!(
+        check(&vs(http)),
+        [
+            "9:21: error: spec.http[0].match[0].uri.prefix: an empty prefix matches anything: remove the match, or give it a value",
+            "10:26: error: spec.http[0].match[1].authority.regex: an empty regex matches anything: remove the match, or give it a value",
+            "12:27: error: spec.http[0].corsPolicy.allowMethods[1]: \"GETT\" is not a method CORS allows here: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH",
+            "13:28: warning: spec.http[0].retries.retryOn: has no effect: attempts 0 turns retries off (Istio refuses this combination)",
+        ]
+    );
+}
