@@ -107,12 +107,12 @@ pub fn header_name(s: &str) -> Result<(), String> {
     Err(format!("{} is not a valid HTTP header name", quote(s)))
 }
 
-/// A header value to send: as Envoy's route configuration takes one, without CR, LF or NUL,
-/// which would end the field (Envoy refuses the configuration).
+/// A header value to send: as Istio validates one, without control characters but the tab
+/// (a line break would end the field).
 pub fn header_value(s: &str) -> Result<(), String> {
-    if s.contains(['\r', '\n', '\0']) {
+    if s.chars().any(|c| c != '\t' && (c.is_ascii_control())) {
         return Err(format!(
-            "{} holds a line break or NUL, which no header value may",
+            "{} holds a line break or another control character, which no header value may",
             quote(s)
         ));
     }

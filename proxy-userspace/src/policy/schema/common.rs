@@ -100,6 +100,7 @@ pub static HEADER_OPERATIONS: Obj = Obj {
 /// are left out).
 fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
     use crate::policy::report::{index, key as at_key};
+    edited_names(node, path, r);
     let framing =
         "meshd frames each message by the body it sends, so an edit of this field is ignored";
     if let Some(names) = node.get("remove").and_then(Node::items) {
@@ -130,6 +131,50 @@ fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
                 e.value.pos,
                 &crate::policy::report::key(&crate::policy::report::key(path, key), &e.key),
                 format!("meshd does not substitute %{op}%; the value is sent as written"),
+            );
+        }
+    }
+}
+
+/// The names Istio lets an edit name: no pseudo-header (`:` prefix), but for the authority
+/// that a request's `set` or `add` may name as `:authority` or `host`; Host is never removed,
+/// nor set on a response.
+fn edited_names(node: &Node, path: &str, r: &mut Report) {
+    use crate::policy::report::{index, key as at_key};
+    let request = path.ends_with("request");
+    let mut names: Vec<(&str, Pos, String, bool)> = Vec::new();
+    for key in ["set", "add"] {
+        for e in node.get(key).and_then(Node::entries).unwrap_or_default() {
+            names.push((
+                &e.key,
+                e.key_pos,
+                at_key(&at_key(path, key), &e.key),
+                request,
+            ));
+        }
+    }
+    let removed = node.get("remove").and_then(Node::items).unwrap_or_default();
+    for (i, n) in removed.iter().enumerate() {
+        if let Some(name) = n.as_str() {
+            names.push((name, n.pos, index(&at_key(path, "remove"), i), false));
+        }
+    }
+    for (name, pos, at, authority_ok) in names {
+        let authority =
+            name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority");
+        if authority && !authority_ok {
+            r.error(
+                pos,
+                &at,
+                format!("{name} cannot be removed, nor set on a response (Istio refuses it)"),
+            );
+        } else if name.starts_with(':') && !authority {
+            r.error(
+                pos,
+                &at,
+                format!(
+                    "{name} is a pseudo-header, which header edits cannot change (Istio refuses it)"
+                ),
             );
         }
     }

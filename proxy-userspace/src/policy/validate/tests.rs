@@ -977,7 +977,7 @@ fn header_values_hold_no_line_break_and_framing_edits_are_ignored() {
     assert_eq!(
         check(&vs(http)),
         [
-            "10:20: error: spec.http[0].headers.request.set.x-a: \"one\\ntwo\" holds a line break or NUL, which no header value may",
+            "10:20: error: spec.http[0].headers.request.set.x-a: \"one\\ntwo\" holds a line break or another control character, which no header value may",
             "10:32: warning: spec.http[0].headers.request.set.content-length: meshd frames each message by the body it sends, so an edit of this field is ignored",
             "12:18: warning: spec.http[0].headers.response.remove[0]: meshd frames each message by the body it sends, so an edit of this field is ignored",
         ]
@@ -1028,6 +1028,19 @@ fn empty_matches_cors_methods_and_settings_of_retries_turned_off() {
             "10:26: error: spec.http[0].match[1].authority.regex: an empty regex matches anything: remove the match, or give it a value",
             "12:27: error: spec.http[0].corsPolicy.allowMethods[1]: \"GETT\" is not a method CORS allows here: GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH",
             "13:28: warning: spec.http[0].retries.retryOn: has no effect: attempts 0 turns retries off (Istio refuses this combination)",
+        ]
+    );
+}
+
+#[test]
+fn header_edits_name_no_pseudo_header_and_keep_host_on_requests_only() {
+    let http = "  - headers:\n      request:\n        set: {\":authority\": a, \":path\": /x}\n        remove: [host]\n      response:\n        set: {host: b}\n    route:\n    - destination: {host: r}\n";
+    assert_eq!(
+        check(&vs(http)),
+        [
+            "10:32: error: spec.http[0].headers.request.set.:path: :path is a pseudo-header, which header edits cannot change (Istio refuses it)",
+            "11:18: error: spec.http[0].headers.request.remove[0]: host cannot be removed, nor set on a response (Istio refuses it)",
+            "13:15: error: spec.http[0].headers.response.set.host: host cannot be removed, nor set on a response (Istio refuses it)",
         ]
     );
 }
