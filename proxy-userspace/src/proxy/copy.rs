@@ -61,8 +61,15 @@ async fn both_ways(
         one_way(down, up, zero_copy, &mut to_up),
         one_way(up, down, zero_copy, &mut to_down)
     );
+    // A side that reset the connection while bytes were sent to it ended that direction
+    // quietly, so the other could still carry what that side had sent: the end is its reset.
+    let ended = match ended {
+        Ok((Ended::Reset(e), _) | (_, Ended::Reset(e))) => Err(e),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
     match ended {
-        Ok(_) => Ok((to_up, to_down)),
+        Ok(()) => Ok((to_up, to_down)),
         Err(source) => Err(io::Error::new(
             source.kind(),
             Partial {
@@ -72,6 +79,14 @@ async fn both_ways(
             },
         )),
     }
+}
+
+/// How a direction ended without an error of its own.
+enum Ended {
+    /// Its source ended, and the end was passed on.
+    Closed,
+    /// Its destination reset the connection (or had gone) while bytes were written to it.
+    Reset(io::Error),
 }
 
 /// A connection that ended with an error (a reset), with what it carried until then.
@@ -92,13 +107,15 @@ impl Partial {
 }
 
 /// Carries `from`'s bytes to `to` until `from` ends, then shuts `to` down for writing; counts
-/// them in `total` as they go, so an error leaves the count of what was carried.
+/// them in `total` as they go, so an error leaves the count of what was carried. When `to` has
+/// reset the connection, this direction stops without an error: the other one still reads what
+/// `to` sent before its reset (the kernel keeps it), and the caller ends with the reset.
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
     zero_copy: bool,
     total: &mut Carried,
-) -> io::Result<()> {
+) -> io::Result<Ended> {
     let mut buf = Buffer::default();
     let mut pipe: Option<Pipe> = None;
     let mut splicing = false;
@@ -112,7 +129,10 @@ async fn one_way(
             }
             _ => {
                 let n = buf.read(from).await?;
-                write_all(to, buf.filled()).await?;
+                match write_all(to, buf.filled()).await {
+                    Err(e) if gone(&e) => return Ok(Ended::Reset(e)),
+                    written => written?,
+                }
                 if zero_copy && n == COPY_BUF {
                     if pipe.is_none() {
                         pipe = Pipe::new()
@@ -128,10 +148,29 @@ async fn one_way(
             }
         };
         if n == 0 {
-            socket2::SockRef::from(to).shutdown(Shutdown::Write)?;
-            return Ok(());
+            return half_close(to).map(|()| Ended::Closed);
         }
         total.bytes += n as u64;
+    }
+}
+
+/// Whether a write failed because the peer reset the connection, or had closed it and then
+/// refused more.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::NotConnected
+    )
+}
+
+/// Passes an end on: shuts `to` down for writing. A peer already gone (it reset the connection,
+/// ENOTCONN) ends nothing here: the other direction still reads what it sent before the reset,
+/// and then the reset, which it passes on in turn. (Taken for an error, it cancelled that
+/// direction: the peer's last bytes were lost and the client saw a clean close.)
+pub(super) fn half_close<'s>(to: impl Into<socket2::SockRef<'s>>) -> io::Result<()> {
+    match to.into().shutdown(Shutdown::Write) {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        done => done,
     }
 }
 
@@ -316,6 +355,30 @@ mod tests {
         let long = std::time::Duration::from_secs(2);
         assert!(tokio::time::timeout(long, buf.read(&down)).await.is_err());
         assert_eq!(buf.bytes.capacity(), 0, "let go in a long one");
+    }
+
+    /// A client that sends and half-closes, to a server that has answered and reset: the
+    /// answer still reaches the client, then the reset, as over a direct connection. (The
+    /// write to the reset server, or the half-close passed on to it, ended the relay before,
+    /// and the client got a clean close without the answer.)
+    #[tokio::test]
+    async fn an_answer_sent_before_a_reset_reaches_a_client_that_half_closed() {
+        let (mut client, down) = pair().await;
+        let (up, mut server) = pair().await;
+        server.write_all(b"ID\n").await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(server);
+        client.write_all(b"z\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let relay = tokio::spawn(async move { relay(&down, &up, false).await });
+        let mut got = Vec::new();
+        let read = client.read_to_end(&mut got).await;
+        assert_eq!(got, b"ID\n", "{read:?}");
+        let ended = relay.await.unwrap();
+        assert!(ended.is_err(), "ended by the reset: {ended:?}");
     }
 
     #[tokio::test]

@@ -4,7 +4,6 @@
 
 use std::{
     io::{self, Read, Write},
-    net::Shutdown,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{Arc, OnceLock},
     time::Duration,
@@ -214,7 +213,7 @@ async fn requests(down: &TcpStream, up: &Upstream, splice: &Splice) -> io::Resul
         total += n as u64;
         splice.forwarded(total);
     }
-    socket2::SockRef::from(up.io.get_ref()).shutdown(Shutdown::Write)?;
+    super::copy::half_close(up.io.get_ref())?;
     Ok(Carried {
         bytes: total + splice.spliced(),
         zero_copy: 0,
@@ -260,7 +259,7 @@ async fn replies(up: &Upstream, down: &TcpStream, splice: &Splice) -> io::Result
     if !carrying && spliced > 0 {
         all_sent(splice, spliced).await?;
     }
-    socket2::SockRef::from(down).shutdown(Shutdown::Write)?;
+    super::copy::half_close(down)?;
     Ok(Carried {
         bytes: total + spliced,
         zero_copy: 0,
