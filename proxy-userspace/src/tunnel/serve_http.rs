@@ -107,7 +107,8 @@ async fn respond(
     let local = |r: Response<Body>| if grpc { as_grpc(r) } else { r };
     if !decision.allowed {
         inbound.metrics.tunnel("denied");
-        tracing::warn!(
+        // At debug, as the source side's: the access log records it.
+        tracing::debug!(
             source = %stream.source, target = %stream.target, method = %req.method(),
             path = %req.uri().path(), reason = %decision.reason,
             "request denied by authorization policy"

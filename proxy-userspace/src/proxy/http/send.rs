@@ -317,7 +317,9 @@ fn client_failed(failure: ClientFailure, rec: &mut Record) -> Response<Body> {
 
 /// 403 for a request the destination's AuthorizationPolicy denies, as Envoy's RBAC filter.
 pub fn denied(reason: String, rec: &mut Record) -> Response<Body> {
-    tracing::warn!(reason = %reason, "request denied by authorization policy");
+    // At debug, as Envoy's RBAC filter logs: the access log records every denial with its
+    // reason, and a client hammering a denied path must not flood the daemon's log.
+    tracing::debug!(reason = %reason, "request denied by authorization policy");
     rec.reason = Some(format!("authorization: {reason}"));
     access_denied()
 }
@@ -361,12 +363,13 @@ pub(super) fn timed_out(rec: &mut Record, alt_response: bool) -> Response<Body> 
 }
 
 /// Sends copies to the route's mirrors (`mirror` with `mirrorPercentage`, and `mirrors`),
-/// each within `timeout`. `head` is the request's, for the mirror's load balancer.
+/// each within `timeout`. `head` is the request's, for the mirror's load balancer and the
+/// authorization of the copy.
 fn mirror(
     plan: &Plan<'_>,
     down: &Downstream,
     ctx: &HttpContext,
-    head: (&hyper::HeaderMap, &hyper::Uri),
+    head: (&hyper::HeaderMap, &hyper::Uri, &hyper::Method),
     copied: impl Fn() -> mirror::Copied,
     timeout: Option<std::time::Duration>,
 ) {
@@ -411,6 +414,17 @@ fn mirror(
                     ctx.metrics.mirror("dropped");
                     continue;
                 };
+                // The copy is a request to the mirror's workload like any other: its
+                // AuthorizationPolicy decides it (on this node, here), as the inbound sidecar
+                // of Istio's mirror target does. A denied copy is not sent.
+                let (headers, uri, method) = head;
+                if let Some(reason) =
+                    authorize::request(ctx, plan.snap, down, addr, (method, uri, headers))
+                {
+                    tracing::debug!(%reason, endpoint = %addr, "mirrored copy denied");
+                    ctx.metrics.mirror("denied");
+                    continue;
+                }
                 let target = match ctx.upstream(plan.snap, addr, down.workload.as_deref()) {
                     Ok(t) => t,
                     Err(e) => {
@@ -512,7 +526,7 @@ pub async fn with_policy(
             plan,
             down,
             ctx,
-            (&r.headers, &r.uri),
+            (&r.headers, &r.uri, &r.method),
             || mirror::Copied::Now(Box::new(r.clone())),
             limit,
         ),
@@ -520,7 +534,7 @@ pub async fn with_policy(
             plan,
             down,
             ctx,
-            (streamed.headers(), streamed.uri()),
+            (streamed.headers(), streamed.uri(), streamed.method()),
             || mirror::Copied::Later(recording.clone()),
             limit,
         ),
