@@ -131,6 +131,11 @@ pub async fn detect(stream: &TcpStream, timeout: Duration) -> Detected {
         if let Some(d) = classify(&buf[..n]) {
             return d;
         }
+        // A client that has ended its side sends no more: what it sent is not a request line
+        // (`GET` and a half-close), and its bytes go on at once.
+        if super::sockopt::peer_ended(stream) {
+            return Detected::Opaque;
+        }
         let now = tokio::time::Instant::now();
         if !begun && buf[..n].iter().any(|b| !matches!(b, b'\r' | b'\n')) {
             begun = true;
@@ -206,6 +211,16 @@ mod tests {
         let mut blank = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (server, _) = l.accept().await.unwrap();
         blank.write_all(b"\r\n").await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), detect(&server, timeout)).await;
+        assert_eq!(waited, Ok(Detected::Opaque), "not held for the long wait");
+
+        // A line begun and the client's side ended (`GET` and a half-close): nothing more can
+        // come, so it is not waited on.
+        let mut ended = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        ended.write_all(b"GET").await.unwrap();
+        ended.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let waited = tokio::time::timeout(Duration::from_secs(5), detect(&server, timeout)).await;
         assert_eq!(waited, Ok(Detected::Opaque), "not held for the long wait");
     }

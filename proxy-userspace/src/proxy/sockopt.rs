@@ -104,6 +104,18 @@ const CLOSE_WAIT: u8 = 8;
 const LAST_ACK: u8 = 9;
 const CLOSING: u8 = 11;
 
+/// Whether the peer of a TCP socket has ended its side (its FIN arrived, or a reset): it sends
+/// nothing more, whatever waits unread.
+pub fn peer_ended(sock: &impl AsRawFd) -> bool {
+    let info: io::Result<libc::tcp_info> = getsockopt(sock, libc::SOL_TCP, libc::TCP_INFO);
+    info.is_ok_and(|i| {
+        matches!(
+            i.tcpi_state,
+            TIME_WAIT | CLOSE | CLOSE_WAIT | LAST_ACK | CLOSING
+        )
+    })
+}
+
 /// The payload counters of a TCP socket (`connected`: meshd opened it, rather than accepted
 /// it); `None` when it has none (not TCP, or closed). The kernel's counters also hold one for
 /// the SYN the connecting side sent and one for each FIN; these are taken off. Where a state
