@@ -72,6 +72,11 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// When the API server created the resource (RFC 3339, UTC), for a resource taken from
+    /// the cluster or dumped from it: where Istio keeps the oldest of competing resources, so
+    /// does meshd. Files written by hand have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 impl Default for Metadata {
@@ -81,7 +86,17 @@ impl Default for Metadata {
             namespace: default_namespace(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            creation_timestamp: None,
         }
+    }
+}
+
+impl Metadata {
+    /// The order Istio gives competing resources: the oldest first (one without a creation
+    /// time counts as the oldest, as Go's zero time), then by name.
+    pub fn age_order(&self, other: &Metadata) -> std::cmp::Ordering {
+        (self.creation_timestamp.as_deref(), &self.name)
+            .cmp(&(other.creation_timestamp.as_deref(), &other.name))
     }
 }
 

@@ -50,7 +50,8 @@ pub struct EffectiveMtls {
 
 #[derive(Clone, Debug)]
 struct Compiled {
-    name: String,
+    /// Its creation time and name: of competing policies, the oldest applies, as in Istio.
+    age: (Option<String>, String),
     id: String,
     /// `None`: UNSET.
     mode: Option<MtlsMode>,
@@ -112,9 +113,9 @@ fn mode(
     }
 }
 
-/// Keeps the policy whose name sorts first.
+/// Keeps the oldest policy (by creation time, then name, as Istio orders them).
 fn keep_first(slot: &mut Option<Compiled>, c: Compiled) {
-    if slot.as_ref().is_none_or(|s| c.name < s.name) {
+    if slot.as_ref().is_none_or(|s| c.age < s.age) {
         *slot = Some(c);
     }
 }
@@ -135,7 +136,10 @@ impl MtlsPolicies {
                 })
                 .collect();
             let c = Compiled {
-                name: p.metadata.name.clone(),
+                age: (
+                    p.metadata.creation_timestamp.clone(),
+                    p.metadata.name.clone(),
+                ),
                 mode: mode(&id, "mtls", p.spec.mtls.as_ref(), &mut errors),
                 ports,
                 selector: selector_labels(&p.spec.selector).cloned(),
@@ -157,7 +161,7 @@ impl MtlsPolicies {
             }
         }
         for ns in out.namespaces.values_mut() {
-            ns.selected.sort_by(|a, b| a.name.cmp(&b.name));
+            ns.selected.sort_by(|a, b| a.age.cmp(&b.age));
         }
         (out, errors)
     }

@@ -23,7 +23,7 @@ pub static METADATA: Obj = obj(&[
     opt("uid", Ty::Any),
     opt("resourceVersion", Ty::Any),
     opt("generation", Ty::Any),
-    opt("creationTimestamp", Ty::Any),
+    opt("creationTimestamp", STR),
     opt("deletionTimestamp", Ty::Any),
     opt("deletionGracePeriodSeconds", Ty::Any),
     opt("managedFields", Ty::Any),

@@ -237,3 +237,27 @@ fn unknown_modes_are_reported_and_unset() {
             .starts_with("PeerAuthentication foo/x: ")
     );
 }
+
+/// Of two namespace-wide policies, the oldest applies, as Istio orders them: by
+/// `creationTimestamp` (a resource from the cluster, or dumped from it), then by name.
+#[test]
+fn the_oldest_of_two_competing_policies_applies() {
+    let aged = |name: &str, created: &str, mode: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+             metadata: {{name: {name}, namespace: foo, creationTimestamp: \"{created}\"}}\n\
+             spec: {{mtls: {{mode: {mode}}}}}\n"
+        )
+    };
+    let p = policies(&[
+        aged("aa-new", "2025-01-01T00:00:00Z", "PERMISSIVE"),
+        aged("zz-old", "2020-01-01T00:00:00Z", "STRICT"),
+    ]);
+    assert_eq!(resolve(&p, "foo", 80), is(Strict, "foo/zz-old"));
+    // Without creation times, by name.
+    let p = policies(&[
+        pa("foo", "zz", "{mtls: {mode: STRICT}}"),
+        pa("foo", "aa", "{mtls: {mode: PERMISSIVE}}"),
+    ]);
+    assert_eq!(resolve(&p, "foo", 80), is(Permissive, "foo/aa"));
+}
