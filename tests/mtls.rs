@@ -1799,3 +1799,45 @@ spec:
     );
     assert_eq!(backend.shadow_requests(), 0);
 }
+
+/// Where a workload's PeerAuthentication turns mTLS off (DISABLE), Istio's destination sees
+/// plaintext and no peer, so rules on the caller's identity cannot match it: an ALLOW on a
+/// principal denies, as it does for a DISABLE destination on another node.
+#[test]
+fn a_disable_port_proves_no_identity_on_this_node_either() {
+    if !ebpf_available("authz_disable_local") {
+        return;
+    }
+    let backend = HttpBackend::start("127.0.0.1:0");
+    let echo = Backend::echo("127.0.0.1:0");
+    let policy = r#"---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: productpage-only, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/productpage"]}}]}]
+"#;
+    let dir = config("authz-disable-local", &one_node(&backend, &echo, policy));
+    let d = Daemon::start(
+        "authz-disable-local",
+        346,
+        &["--config", dir.to_str().unwrap()],
+    );
+    let get = || curl(&d, "default/productpage", "127.0.0.70", &[], "/whoami");
+    assert!(
+        get().starts_with("200 "),
+        "with mTLS possible, the identity counts"
+    );
+    let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: reviews, namespace: default}\nspec: {selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}\n";
+    std::fs::write(
+        dir.join("mesh.yaml"),
+        one_node(&backend, &echo, &format!("{policy}{disable}")),
+    )
+    .unwrap();
+    support::eventually(Duration::from_secs(5), || {
+        (d.metric(r#"meshd_config_reload_total{result="success"}"#) >= 1.0).then_some(())
+    })
+    .expect("reload applied");
+    assert_eq!(get(), "403 RBAC: access denied");
+}

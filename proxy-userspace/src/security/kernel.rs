@@ -109,10 +109,13 @@ fn denied_at(snap: &Snapshot, node: &NodeView, principal: &str, addr: SocketAddr
         namespace: &e.namespace,
         labels: &e.labels,
     };
+    // A port whose PeerAuthentication is DISABLE sees plaintext and no identity, as Istio's
+    // destination does: rules on the caller's identity cannot match there.
+    let principal = (!tunnel::mtls_disabled(snap, e, addr.port())).then_some(principal);
     Some(
         snap.compiled
             .authorizer
-            .identity_denied(&w, Some(principal), addr.port()),
+            .identity_denied(&w, principal, addr.port()),
     )
 }
 

@@ -103,7 +103,11 @@ fn evaluate(
     if !local && !tunnel::mtls_disabled(snap, e, target.port()) {
         return None;
     }
-    let principal = match local {
+    // The caller's identity is known on this node, but where its PeerAuthentication turns mTLS
+    // off (DISABLE) Istio's destination sees plaintext and no peer: rules on principals or
+    // namespaces cannot match it there, nor here, as across nodes.
+    let proven = local && !tunnel::mtls_disabled(snap, e, target.port());
+    let principal = match proven {
         true => tunnel::source_identity(&ctx.trust_domain, snap, down.workload.as_deref())
             .ok()
             .map(|id| id.to_string()),
