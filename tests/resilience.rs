@@ -1759,3 +1759,47 @@ fn an_http2_connection_is_idle_from_the_end_of_its_last_stream() {
     assert_eq!(get("/whoami"), "200");
     assert_eq!(v1.accepted(), 2, "idle for 1.3 s of 1 s: a new connection");
 }
+
+/// As Envoy's, a per-try timeout bounds the wait for an answer's head, never a response
+/// already under way: a streamed request's answer that streams longer than `perTryTimeout`
+/// (a gRPC server stream, say) runs to its end. (It was cut at the per-try timeout.)
+#[test]
+fn a_per_try_timeout_never_cuts_a_response_under_way() {
+    if !ebpf_available("per_try_stream") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - retries:\n      attempts: 2\n      perTryTimeout: 500ms\n    route:\n    - destination:\n        host: reviews\n        subset: v1\n";
+    let d = start("per-try-stream", 347, &policies(&v1, &v2, routes));
+    // A chunked body is streamed upstream (not held for retries); so is an HTTP/2 one of no
+    // declared length, read from stdin.
+    for h2 in [false, true] {
+        let mut args = vec!["curl", "-sS", "--max-time", "10"];
+        args.extend(["--resolve", "reviews:9080:127.0.0.50"]);
+        if h2 {
+            args.extend(["--http2-prior-knowledge", "-T", "-", "-X", "POST"]);
+        } else {
+            args.extend(["-H", "Transfer-Encoding: chunked", "--data-binary", "hello"]);
+        }
+        args.push("http://reviews:9080/drip/1500");
+        let mut child = d
+            .exec("default/productpage", &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"hello").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "first\nsecond\n",
+            "h2={h2}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

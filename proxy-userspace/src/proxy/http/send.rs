@@ -563,9 +563,11 @@ pub async fn with_policy(
             })
     };
     // A streamed request is sent once, so its per-try timeout bounds that one attempt, and
-    // like the route timeout it runs from the request's end, as Envoy starts it.
+    // like the route timeout it runs from the request's end, as Envoy starts it. As Envoy's
+    // per-try timeout, it bounds the wait for the answer's head, never a response already
+    // under way (a gRPC stream), which only the route timeout bounds.
     let single;
-    let (policy, limit) = match (&replayable, policy.per_try_timeout) {
+    let (policy, attempt_limit) = match (&replayable, policy.per_try_timeout) {
         (None, Some(t)) => {
             single = RetryPolicy {
                 per_try_timeout: None,
@@ -580,6 +582,10 @@ pub async fn with_policy(
     let deadline = match &replayable {
         Some(_) => limit.map(|t| tokio::time::Instant::now() + t),
         None => limit.and_then(|t| received.ended_at().map(|end| end + t)),
+    };
+    let attempt_deadline = match &replayable {
+        Some(_) => deadline,
+        None => attempt_limit.and_then(|t| received.ended_at().map(|end| end + t)),
     };
     // A retry goes elsewhere when it can: `attempted` holds the endpoints earlier attempts
     // used, `last` the previous attempt's.
@@ -728,7 +734,7 @@ pub async fn with_policy(
                 }
             },
         ));
-        match (deadline, limit) {
+        match (attempt_deadline, attempt_limit) {
             (Some(d), _) => tokio::time::timeout_at(d, attempts).await.ok(),
             (None, None) => Some(attempts.await),
             (None, Some(t)) => {
