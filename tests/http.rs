@@ -308,6 +308,17 @@ fn idle_client_connections_are_closed_after_the_idle_timeout_and_busy_ones_are_n
     assert!(lines[0].starts_with("200 "), "{lines:?}");
     assert!(lines[1].starts_with("200 "), "{lines:?}");
     assert_eq!(lines[2..], ["goaway", "eof"], "{lines:?}");
+    // A request head begun and never finished holds the connection no longer than the idle
+    // timeout either (it was held for ever): closed, before the client's 3 s are up.
+    let (before, t) = (b.requests(), std::time::Instant::now());
+    let (status, got) = raw(&d, &addr, "GET /whoami HTTP/1.1\\r\\nHost: x\\r\\n", "");
+    assert_eq!((status, got.as_str()), (0, ""));
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(2800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.requests(), before, "the half-sent request went nowhere");
 }
 
 #[test]

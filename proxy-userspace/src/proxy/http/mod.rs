@@ -691,6 +691,10 @@ impl Downstream {
 /// HTTP/1.1 connection closes after the response in flight (with `Connection: close`), or at
 /// once when idle; an HTTP/2 one gets a GOAWAY and ends with its open streams.
 /// (The connection type's bounds make a macro simpler than a function.)
+/// How long an idle client connection is given to close after its GOAWAY: Envoy's default
+/// `drain_timeout`.
+const IDLE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 macro_rules! until_drained {
     ($conn:expr, $drain:expr, $draining:expr, $idle:expr) => {{
         let mut conn = std::pin::pin!($conn);
@@ -707,7 +711,13 @@ macro_rules! until_drained {
                 () = $idle => {
                     tracing::debug!("closing an idle client connection");
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // As Envoy's drain after its idle timeout: an HTTP/2 client that leaves
+                    // the GOAWAY's PING unanswered is closed all the same once the drain time
+                    // is over (it has no stream open, or it would not be idle).
+                    match tokio::time::timeout(IDLE_DRAIN, conn).await {
+                        Ok(served) => served,
+                        Err(_) => Ok(()),
+                    }
                 }
             }
         }
@@ -744,6 +754,14 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
         // vectored writes (bench http).
         .writev(false)
         .keep_alive(!draining);
+    // A request head that takes longer than the idle timeout to arrive closes the connection
+    // (a client holding a half-sent head would hold it for ever): timed from its first byte.
+    if let Some(t) = ctx.idle_timeout {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(t);
+    }
     // The same limit on an HTTP/2 request's headers (h2's own default is 16 KiB).
     builder
         .http2()
