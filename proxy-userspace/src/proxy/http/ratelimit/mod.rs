@@ -36,14 +36,19 @@ pub fn descriptor_key(
     header: &(dyn Fn(&str) -> Option<String> + Sync),
     workload: Option<&str>,
 ) -> Option<String> {
+    use std::fmt::Write;
     let mut key = policy.id();
     for d in &policy.spec.descriptors {
-        key.push('|');
-        if let Some(h) = &d.header {
-            key.push_str(&header(h)?);
+        let value = if let Some(h) = &d.header {
+            Cow::Owned(header(h)?)
         } else if d.source_workload == Some(true) {
-            key.push_str(workload.unwrap_or("-"));
-        }
+            Cow::Borrowed(workload.unwrap_or("-"))
+        } else {
+            Cow::Borrowed("")
+        };
+        // Each value with its length, as Envoy's descriptors are entries rather than one
+        // string: `a|b` then `c` and `a` then `b|c` are two buckets, not one.
+        let _ = write!(key, "|{}:{value}", value.len());
     }
     Some(key)
 }
@@ -109,7 +114,7 @@ pub async fn check(
             Err(e) => {
                 ctx.metrics.rate_limit(&p.id(), "redis_error");
                 if let Some(unlogged) = ctx.global.should_warn() {
-                    tracing::warn!(error = %e, policy = %p.id(), deny = p.spec.failure_mode_deny, unlogged, "global rate limit unavailable (failures since the last such line: unlogged)");
+                    tracing::warn!(error = %e, policy = %p.id(), deny = p.spec.failure_mode_deny, unlogged, "global rate limit unavailable (`unlogged`: the failures since the last such line)");
                 }
                 if p.spec.failure_mode_deny {
                     return Verdict::Unavailable;
@@ -121,4 +126,22 @@ pub async fn check(
         ctx.metrics.rate_limit("-", "allowed");
     }
     Verdict::Allow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_values_are_kept_apart() {
+        let yaml = "apiVersion: meshd.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: rl, namespace: g}\nspec:\n  target: {host: rlk}\n  descriptors: [{header: x-a}, {header: x-b}]\n  local: {maxTokens: 1, fillInterval: 1h}\n";
+        let set = crate::policy::load_str("rl.yaml".as_ref(), yaml).unwrap();
+        let p = &set.rate_limit_policies[0];
+        let key = |a: &'static str, b: &'static str| {
+            let header = move |h: &str| Some(if h == "x-a" { a } else { b }.to_string());
+            descriptor_key(p, &header, None).unwrap()
+        };
+        assert_ne!(key("a|b", "c"), key("a", "b|c"));
+        assert_eq!(key("a", "b"), key("a", "b"));
+    }
 }
