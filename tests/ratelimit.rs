@@ -200,8 +200,10 @@ fn redis_dying_fails_open_or_closed_without_stalling() {
             r#"meshd_ratelimit_total{policy="default/reviews-limit",result="redis_error"}"#
         ) >= 3.0
     );
-    // Envoy's flag for a rate limit service that failed a request closed.
+    // Envoy's flag for a rate limit service that failed a request closed, and its empty body.
     assert!(closed.log_text().contains("status=500 flags=RLSE"));
+    let body = support::mesh::curl(&closed, &["-w", "%{http_code}", "http://reviews:9080/"]);
+    assert_eq!(body, "500");
     assert!(!open.log_text().contains("RLSE"), "fail open: no flag");
 }
 

@@ -684,7 +684,8 @@ async fn forward(
                 ResponseFlags::RATE_LIMIT_SERVICE_ERROR,
                 "rate limit service unavailable (failureModeDeny)",
             );
-            return routed(local(500, "rate limit service unavailable\n", None));
+            // Envoy's rate limit filter answers this with an empty body.
+            return routed(local(500, "", None));
         }
     }
     // As Istio configures Envoy: several weighted destinations are weighted clusters, whose
