@@ -81,6 +81,14 @@ fn path_templates() {
         ("/foo/{*}/bar/{**}", "/foo/buzz/bar/baz", true),
         ("/foo/{*}/bar/{**}", "/foo/a/b/bar/baz", false),
         ("/a.b/{*}", "/aXb/c", false),
+        // `{**}` then a final `/`: the path must end with it.
+        ("/a/{**}/", "/a/b/c/", true),
+        ("/a/{**}/", "/a/b/c", false),
+        ("/a/{**}/", "/a/", false),
+        ("/{*}", "/", false),
+        ("/{*}", "/é", true),
+        ("/foo/{*}/x", "/foo/bar/x", true),
+        ("/foo/{*}/x", "/foo/bar/x/", false),
     ];
     for (pattern, path, expected) in cases {
         let p = PathPattern::parse(pattern).unwrap();
