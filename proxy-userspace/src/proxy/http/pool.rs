@@ -637,8 +637,8 @@ impl Pool {
                 cluster.try_h1_slot(&key, limit)
             };
             if let Some(slot) = slot {
-                // As Envoy's pool: a request whose connection is still opening is pending.
-                hold_pending(&mut pending, cluster, limits)?;
+                // Unlike Envoy's pool, a request opening its own connection is not pending: a
+                // burst to a cold pool would otherwise be shed by how fast connects complete.
                 // Boxed: a new connection is the rare case, and its handshake's state would
                 // otherwise enlarge every request's future (moved, in full, as it starts).
                 let opened = Box::pin(self.open(cluster, slot, target, h2, limits)).await;
