@@ -148,9 +148,11 @@ fn valid_edits_apply_within_a_second_and_invalid_ones_keep_the_last_good_config(
         "same files, same hash"
     );
     // Emptied, the directory gives a configuration with nothing in it: applied (the files
-    // say so), and the log says what went.
+    // say so), and the log says what went. (SIGHUP: the directory made again just now may
+    // not be watched yet; it is re-armed every 2 s.)
     let gen3 = generation(&d);
     std::fs::remove_file(dir.join("service.yaml")).unwrap();
+    d.signal(libc::SIGHUP);
     eventually(Duration::from_secs(5), || {
         (generation(&d) > gen3).then_some(())
     })
