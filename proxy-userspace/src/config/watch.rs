@@ -45,7 +45,10 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
             }
         };
     let targets = watch_targets(store.paths());
-    let linked = linked_dirs(store.paths());
+    let active = store.current();
+    let (mut linked, mut linked_for) =
+        (linked_dirs(&active.files, store.paths()), active.generation);
+    drop(active);
     let mut armed = arm(watcher.as_mut(), &[&targets[..], &linked[..]].concat(), &[]);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .expect("SIGHUP handler");
@@ -76,11 +79,16 @@ pub fn spawn_watcher(store: Arc<ConfigStore>) -> tokio::task::JoinHandle<()> {
                     }
                 }
                 _ = rearm.tick() => {
-                    // Off the async threads: it walks the config directories.
-                    let paths = store.paths().to_vec();
-                    let linked = tokio::task::spawn_blocking(move || linked_dirs(&paths))
-                        .await
-                        .unwrap_or_default();
+                    // The links are looked at again only when the files a snapshot was read
+                    // from may have changed (off the async threads: a stat per file).
+                    let active = store.current();
+                    if active.generation != linked_for {
+                        linked_for = active.generation;
+                        let (files, paths) = (active.files.clone(), store.paths().to_vec());
+                        linked = tokio::task::spawn_blocking(move || linked_dirs(&files, &paths))
+                            .await
+                            .unwrap_or_default();
+                    }
                     let before = armed.clone();
                     armed = arm(watcher.as_mut(), &[&targets[..], &linked[..]].concat(), &armed);
                     if armed.iter().any(|a| !before.contains(a)) {
@@ -166,12 +174,12 @@ fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
 /// The directories of the targets of symlinked policy files, where those lie outside the config
 /// paths: an edit of the target (`ln -s ../shared/vs.yaml`) is seen there. (A ConfigMap's
 /// links point inside its own directory, which is watched already.)
-fn linked_dirs(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
-    let (files, _) = crate::policy::source::discover(paths);
+/// `files` are those the active snapshot was read from.
+fn linked_dirs(files: &[PathBuf], paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
     let roots: Vec<PathBuf> = paths.iter().filter_map(|p| p.canonicalize().ok()).collect();
     let mut dirs: Vec<(PathBuf, RecursiveMode)> = Vec::new();
     for f in files {
-        if !std::fs::symlink_metadata(&f).is_ok_and(|m| m.file_type().is_symlink()) {
+        if !std::fs::symlink_metadata(f).is_ok_and(|m| m.file_type().is_symlink()) {
             continue;
         }
         let target = f.canonicalize().ok();

@@ -270,7 +270,7 @@ impl AccessLog {
             path => Box::new(append_to(path.as_ref())?),
         };
         let mut log = Self::to_writer(out, sample)?;
-        if !matches!(target, "stdout") {
+        if target != "stdout" {
             log.path = Some(target.into());
         }
         Ok(log)

@@ -99,27 +99,13 @@ pub static HEADER_OPERATIONS: Obj = Obj {
 /// value goes out as written), and edits of the fields that frame a message (a warning: they
 /// are left out).
 fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
-    use crate::policy::report::{index, key as at_key};
+    use crate::policy::report::key as at_key;
     edited_names(node, path, r);
-    let framing =
-        "meshd frames each message by the body it sends, so an edit of this field is ignored";
-    if let Some(names) = node.get("remove").and_then(Node::items) {
-        for (i, n) in names.iter().enumerate() {
-            if n.as_str()
-                .is_some_and(crate::policy::model::HeaderOperations::frames)
-            {
-                r.warn(n.pos, &index(&at_key(path, "remove"), i), framing);
-            }
-        }
-    }
     for key in ["set", "add"] {
         let Some(entries) = node.get(key).and_then(Node::entries) else {
             continue;
         };
         for e in entries {
-            if crate::policy::model::HeaderOperations::frames(&e.key) {
-                r.warn(e.key_pos, &at_key(&at_key(path, key), &e.key), framing);
-            }
             let Some(op) = e
                 .value
                 .as_str()
@@ -129,7 +115,7 @@ fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
             };
             r.warn(
                 e.value.pos,
-                &crate::policy::report::key(&crate::policy::report::key(path, key), &e.key),
+                &at_key(&at_key(path, key), &e.key),
                 format!("meshd does not substitute %{op}%; the value is sent as written"),
             );
         }
@@ -138,7 +124,8 @@ fn check_header_operators(node: &Node, path: &str, _at: Pos, r: &mut Report) {
 
 /// The names Istio lets an edit name: no pseudo-header (`:` prefix), but for the authority
 /// that a request's `set` or `add` may name as `:authority` or `host`; Host is never removed,
-/// nor set on a response.
+/// nor set on a response. And the fields that frame a message, whose edits meshd leaves out
+/// (a warning).
 fn edited_names(node: &Node, path: &str, r: &mut Report) {
     use crate::policy::report::{index, key as at_key};
     let request = path.ends_with("request");
@@ -159,7 +146,12 @@ fn edited_names(node: &Node, path: &str, r: &mut Report) {
             names.push((name, n.pos, index(&at_key(path, "remove"), i), false));
         }
     }
+    let framing =
+        "meshd frames each message by the body it sends, so an edit of this field is ignored";
     for (name, pos, at, authority_ok) in names {
+        if crate::policy::model::HeaderOperations::frames(name) {
+            r.warn(pos, &at, framing);
+        }
         let authority =
             name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority");
         if authority && !authority_ok {

@@ -589,14 +589,14 @@ async fn forward(
                     snap.compiled.wildcard_service(host, port, vip.is_some())
                 })
                 .map(|h| crate::routes::Destination::service(h, port));
-            // Under REGISTRY_ONLY, what no service describes goes to Istio's BlackHoleCluster,
-            // whose route answers 502 with no body.
             // The names Istio gives these routes, for the access log's `route_name`.
             rec.route_name = Some(match (&default_route, snap.mesh.registry_only) {
                 (Some(_), _) => default_route_names::DEFAULT.clone(),
                 (None, true) => default_route_names::BLOCK_ALL.clone(),
                 (None, false) => default_route_names::ALLOW_ANY.clone(),
             });
+            // Under REGISTRY_ONLY, what no service describes goes to Istio's BlackHoleCluster,
+            // whose route answers 502 with no body.
             if default_route.is_none() && snap.mesh.registry_only {
                 rec.destination_service = Some(access_log::BLACK_HOLE_CLUSTER.into());
                 rec.reason = Some("no ServiceEntry describes the destination, and --outbound-traffic-policy is REGISTRY_ONLY".into());

@@ -92,8 +92,9 @@ impl Plan<'_> {
 
     /// An endpoint for the next attempt, avoiding the endpoints earlier attempts used
     /// (`attempted`) while another is healthy, as Envoy's `previous_hosts` retry predicate
-    /// under Istio (unless the route sets `retryIgnorePreviousHosts: false`). `tried` collects the locality priorities of earlier attempts; with
-    /// `retryRemoteLocalities`, a retry goes to another one while any is healthy.
+    /// under Istio (unless the route sets `retryIgnorePreviousHosts: false`). `tried` collects
+    /// the locality priorities of earlier attempts; with `retryRemoteLocalities`, a retry goes
+    /// to another one while any is healthy.
     pub fn target(
         &self,
         ctx: &HttpContext,
@@ -369,7 +370,7 @@ fn mirror(
     plan: &Plan<'_>,
     down: &Downstream,
     ctx: &HttpContext,
-    head: (&hyper::HeaderMap, &hyper::Uri, &hyper::Method),
+    head: (&hyper::Method, &hyper::Uri, &hyper::HeaderMap),
     copied: impl Fn() -> mirror::Copied,
     timeout: Option<std::time::Duration>,
 ) {
@@ -401,7 +402,7 @@ fn mirror(
                 let outlier = policy.outlier.map(outlier::Settings::from_spec);
                 // The service's own algorithm (a cookie it would generate is not handed out).
                 let inputs = super::lb::HashInputs {
-                    headers: head.0,
+                    headers: head.2,
                     query: head.1.query(),
                     peer: down.peer,
                     local: down.dst,
@@ -417,10 +418,7 @@ fn mirror(
                 // The copy is a request to the mirror's workload like any other: its
                 // AuthorizationPolicy decides it (on this node, here), as the inbound sidecar
                 // of Istio's mirror target does. A denied copy is not sent.
-                let (headers, uri, method) = head;
-                if let Some(reason) =
-                    authorize::request(ctx, plan.snap, down, addr, (method, uri, headers))
-                {
+                if let Some(reason) = authorize::request(ctx, plan.snap, down, addr, head) {
                     tracing::debug!(%reason, endpoint = %addr, "mirrored copy denied");
                     ctx.metrics.mirror("denied");
                     continue;
@@ -526,7 +524,7 @@ pub async fn with_policy(
             plan,
             down,
             ctx,
-            (&r.headers, &r.uri, &r.method),
+            (&r.method, &r.uri, &r.headers),
             || mirror::Copied::Now(Box::new(r.clone())),
             limit,
         ),
@@ -534,7 +532,7 @@ pub async fn with_policy(
             plan,
             down,
             ctx,
-            (streamed.headers(), streamed.uri(), streamed.method()),
+            (streamed.method(), streamed.uri(), streamed.headers()),
             || mirror::Copied::Later(recording.clone()),
             limit,
         ),
