@@ -117,6 +117,38 @@ fn cross_resource_errors_fail_too() {
     );
 }
 
+/// Two VirtualServices for one host in files named at will: the warning is on the younger
+/// one, wherever it loads, and names the older one that applies, as in Istio.
+#[test]
+fn the_younger_of_two_virtual_services_for_a_host_is_the_one_warned_about() {
+    let dir = std::env::temp_dir().join(format!("meshd-analyze-age-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let vs = |name: &str, created: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\n  namespace: default\n  creationTimestamp: \"{created}\"\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n"
+        )
+    };
+    let write = |file: &str, text: String| {
+        fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("{e}"));
+    };
+    write("1.yaml", vs("reviews-young", "2024-02-01T00:00:00Z"));
+    write("2.yaml", vs("reviews-old", "2024-01-01T00:00:00Z"));
+    let (code, lines, _) = analyze(&[dir.to_str().unwrap_or_default()]);
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(code, 0, "{lines:#?}");
+    let routed = lines
+        .iter()
+        .filter(|l| l.contains("IST0109"))
+        .collect::<Vec<_>>();
+    assert_eq!(routed.len(), 1, "{lines:#?}");
+    assert!(
+        routed[0].contains("1.yaml:8:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is also routed by VirtualService default/reviews-old (")
+            && routed[0].contains("(older by creationTimestamp: 2024-01-01T00:00:00Z, this one 2024-02-01T00:00:00Z)"),
+        "{}",
+        routed[0]
+    );
+}
+
 #[test]
 fn unreadable_input_exits_two() {
     let (code, lines, stderr) = analyze(&["policies/", "no/such/dir"]);

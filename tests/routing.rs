@@ -1964,3 +1964,41 @@ fn connections_name_http2_on_a_port_declared_http() {
         assert_eq!(slow.join().unwrap(), "2");
     });
 }
+
+/// Two VirtualServices for one host, as `kubectl get virtualservice -o yaml` dumps them into
+/// files named at will: the oldest by `creationTimestamp` routes the host, as in Istio, though
+/// its file loads last.
+#[test]
+fn the_oldest_virtual_service_for_a_host_routes_it_whatever_its_file() {
+    if !ebpf_available("oldest_vs") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let vs = |name: &str, created: &str, subset: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: {name}\n  namespace: default\n  creationTimestamp: \"{created}\"\nspec:\n  hosts:\n  - reviews\n  http:\n  - route:\n    - destination:\n        host: reviews\n        subset: {subset}\n"
+        )
+    };
+    // The ServiceEntry and DestinationRule of the small mesh, without its VirtualService.
+    let all = policies(&v1, &v2, "");
+    let (base, _) = all.rsplit_once("---").expect("documents");
+    let dir = support::mesh::config_dir("oldest-vs", base);
+    std::fs::write(
+        dir.join("a-young.yaml"),
+        vs("reviews-young", "2024-02-01T00:00:00Z", "v2"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("b-old.yaml"),
+        vs("reviews-old", "2024-01-01T00:00:00Z", "v1"),
+    )
+    .unwrap();
+    let d = support::Daemon::start("oldest-vs", 348, &["--config", dir.to_str().unwrap()]);
+    let codes = curl_many(&d, "http://reviews:9080/whoami", 20, "%{http_code}\n");
+    assert!(codes.iter().all(|c| c == "200"), "{codes:?}");
+    assert_eq!(
+        (v1.requests(), v2.requests()),
+        (20, 0),
+        "the older route's v1"
+    );
+}

@@ -16,7 +16,7 @@ use super::dns::Resolved;
 use crate::policy::delegate::{self, Expanded};
 use crate::{
     policy::{
-        PolicySet,
+        PolicySet, age,
         hosts::{best_wildcards, covers, fqdn},
         model::{self, StringMatch, TrafficPolicy},
     },
@@ -271,11 +271,12 @@ pub(super) fn selected_workloads<'s>(
     })
 }
 
+/// HTTP routes by host. Where two VirtualServices name one host, the oldest applies, as in
+/// Istio (by `creationTimestamp`, then by name, then by namespace; not by file).
 fn compile_routes(set: &PolicySet) -> RouteTable {
     let mut table = RouteTable::default();
-    for vs in set
-        .virtual_services
-        .iter()
+    for vs in age::oldest_first(&set.virtual_services)
+        .into_iter()
         .filter(|v| v.spec.applies_to_mesh())
     {
         if vs.spec.hosts.is_empty() {
@@ -295,7 +296,7 @@ fn compile_routes(set: &PolicySet) -> RouteTable {
             let host = fqdn(host, &vs.metadata.namespace);
             if !table.insert(&host, HostRoutes::new(routes.clone())) {
                 // Validation's analysis warns of it, with the file and line.
-                tracing::debug!(host, virtual_service = %vs.id(), "host already routed by an earlier VirtualService; ignored here");
+                tracing::debug!(host, virtual_service = %vs.id(), "host already routed by an older VirtualService; ignored here");
             }
         }
     }
@@ -422,9 +423,10 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
     for c in clusters.values_mut() {
         c.weighted = weighted(&c.endpoints);
     }
-    let rules: Vec<(String, &model::DestinationRule)> = set
-        .destination_rules
-        .iter()
+    // Oldest first, as Istio merges the rules of one host: the oldest rule's traffic policy
+    // and subsets come first, whatever files the rules are in.
+    let rules: Vec<(String, &model::DestinationRule)> = age::oldest_first(&set.destination_rules)
+        .into_iter()
         .map(|dr| (fqdn(&dr.spec.host, &dr.metadata.namespace), &**dr))
         .collect();
     let (selective, rules): (Vec<_>, Vec<_>) = rules
@@ -445,7 +447,7 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             ..Default::default()
         });
         let Some(&svc_ns) = service_ns.get(host) else {
-            // No ServiceEntry says whose the host is: every rule, in file order.
+            // No ServiceEntry says whose the host is: every rule, oldest first.
             drs.iter().for_each(|dr| apply_destination_rule(c, dr));
             continue;
         };
@@ -541,9 +543,10 @@ fn weighted(endpoints: &[ServiceEndpoint]) -> bool {
     endpoints.windows(2).any(|w| w[0].weight != w[1].weight)
 }
 
-/// Applies a DestinationRule to its host's cluster. A later rule for the same host is merged
-/// as Istio merges them: it adds the subsets the earlier ones do not define, and its traffic
-/// policy applies only when theirs left it unset (`meshd analyze` warns about the duplicate).
+/// Applies a DestinationRule to its host's cluster. Rules are applied oldest first, and a
+/// younger rule for the same host is merged as Istio merges them: it adds the subsets the older
+/// ones do not define, and its traffic policy applies only when theirs left it unset (`meshd
+/// analyze` warns about the duplicate).
 fn apply_destination_rule(c: &mut Cluster, dr: &model::DestinationRule) {
     if c.destination_rule.is_none() {
         c.destination_rule = Some(dr.id());
@@ -717,7 +720,7 @@ impl Compiled {
 }
 
 impl Cluster {
-    /// The cluster as `client` sees it: shaped by the first DestinationRule whose
+    /// The cluster as `client` sees it: shaped by the first DestinationRule (oldest first) whose
     /// `workloadSelector` selects it (a workload of the rule's namespace with its labels), else
     /// by the rules without one.
     pub fn for_client(&self, client: Option<&Client<'_>>) -> &Cluster {
@@ -1044,6 +1047,70 @@ spec:
         assert!(c.routes.exact("web.default.svc.cluster.local").is_some());
     }
 
+    /// Two VirtualServices for one host: the oldest applies, as in Istio (by
+    /// `creationTimestamp`, then by name, then by namespace), whatever order they load in.
+    #[test]
+    fn the_oldest_virtual_service_for_a_host_routes_it_whatever_the_load_order() {
+        let vs = |name: &str, ns: &str, created: Option<&str>| {
+            let created =
+                created.map_or(String::new(), |t| format!(", creationTimestamp: \"{t}\""));
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}{created}}}\nspec:\n  hosts: [web.default.svc.cluster.local]\n  http:\n  - route: [{{destination: {{host: web.default.svc.cluster.local}}}}]\n"
+            )
+        };
+        let routed_by = |docs: &[String]| {
+            let yaml = format!("{SHARED_VIP}{}", docs.concat());
+            let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+            let routes = c.routes.exact("web.default.svc.cluster.local").unwrap();
+            routes.routes[0].origin.clone()
+        };
+        let (jan, feb) = (Some("2024-01-01T00:00:00Z"), Some("2024-02-01T00:00:00Z"));
+        // Loaded first, but younger: the older one, loaded after it, applies.
+        let docs = [vs("a", "default", feb), vs("b", "default", jan)];
+        assert_eq!(routed_by(&docs), "default/b#0");
+        // Of the same age: by name, then by namespace.
+        let docs = [vs("b", "default", jan), vs("a", "default", jan)];
+        assert_eq!(routed_by(&docs), "default/a#0");
+        let docs = [
+            vs("a", "shop", jan),
+            vs("b", "default", jan),
+            vs("a", "default", jan),
+        ];
+        assert_eq!(routed_by(&docs), "default/a#0");
+        // One without a timestamp (written by hand) counts as the oldest, as for
+        // PeerAuthentication.
+        let docs = [vs("a", "default", jan), vs("z", "default", None)];
+        assert_eq!(routed_by(&docs), "default/z#0");
+    }
+
+    /// Two DestinationRules for one host merge oldest first, as Istio merges them: the older
+    /// rule's traffic policy and subsets win, whatever order they load in.
+    #[test]
+    fn destination_rules_of_one_host_merge_oldest_first() {
+        let dr = |name: &str, created: &str, lb: &str, labels: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  host: web\n  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}\n  subsets:\n  - {{name: v1, labels: {labels}}}\n"
+            )
+        };
+        let yaml = format!(
+            "{SHARED_VIP}{}{}",
+            dr("a-young", "2024-02-01T00:00:00Z", "RANDOM", "{none: x}"),
+            dr("b-old", "2024-01-01T00:00:00Z", "LEAST_REQUEST", "{}"),
+        );
+        let c = compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid policies"));
+        let web = &c.clusters["web.default.svc.cluster.local"];
+        assert_eq!(web.destination_rule.as_deref(), Some("default/b-old"));
+        let lb = (web.traffic_policy.as_ref())
+            .and_then(|p| p.load_balancer.as_ref())
+            .and_then(|l| l.simple.clone());
+        assert_eq!(lb.as_deref(), Some("LEAST_REQUEST"));
+        assert_eq!(
+            web.subsets["v1"].len(),
+            1,
+            "the older rule's v1: every endpoint"
+        );
+    }
+
     /// Two ServiceEntries of one host: each entry's endpoints serve only its own ports, and a
     /// port both declare keeps the first one's protocol.
     #[test]
@@ -1150,11 +1217,12 @@ spec:
                 "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: \"{host}\"\n{body}---\n"
             )
         };
+        // No creationTimestamp on either web rule: they merge in name order, as in Istio.
         let yaml = format!(
             "{}{}{}{}{}{SHARED_VIP}",
             dr("web-subsets", "web", "  subsets:\n  - {name: v1}\n"),
             dr(
-                "web-policy",
+                "web-traffic",
                 "web",
                 "  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n  subsets:\n  - {name: v1, labels: {none: x}}\n  - {name: v2, labels: {app: web}}\n"
             ),

@@ -160,9 +160,9 @@ const READ_ANNOTATIONS: &[&str] = &[
 ];
 
 /// An Istio object from the API as a document: apiVersion, kind, name, namespace, labels, the
-/// annotations meshd reads, and spec; server-side fields (status, managedFields, other
-/// annotations...) are dropped. `api_version`
-/// and `kind` are the watched ones (list items need not carry their own).
+/// annotations meshd reads, the creation time (by which Istio orders competing resources), and
+/// spec; other server-side fields (status, managedFields, other annotations...) are dropped.
+/// `api_version` and `kind` are the watched ones (list items need not carry their own).
 pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Option<Document> {
     let name = obj.metadata.name.as_deref()?;
     let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
@@ -176,6 +176,9 @@ pub fn istio_document(api_version: &str, kind: &str, obj: &DynamicObject) -> Opt
         .collect();
     if !read.is_empty() {
         meta["annotations"] = json!(read);
+    }
+    if let Some(created) = &obj.metadata.creation_timestamp {
+        meta["creationTimestamp"] = json!(created);
     }
     let mut doc = json!({
         "apiVersion": api_version,

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
+    age,
     finding::{self, Finding},
     hosts,
     model::{Destination, DestinationRule, Located, VirtualService},
@@ -52,7 +53,8 @@ struct Index<'a> {
     set: &'a PolicySet,
     services: HashSet<String>,
     wildcard_services: Vec<String>,
-    /// Every DestinationRule with its normalized host, in load order.
+    /// Every DestinationRule with its normalized host, oldest first (the order Istio merges
+    /// the rules of one host in).
     rules: Vec<(String, &'a Located<DestinationRule>)>,
     exact_rules: HashMap<String, Vec<&'a Located<DestinationRule>>>,
 }
@@ -71,9 +73,8 @@ impl<'a> Index<'a> {
                 }
             }
         }
-        let rules: Vec<_> = set
-            .destination_rules
-            .iter()
+        let rules: Vec<_> = age::oldest_first(&set.destination_rules)
+            .into_iter()
             .map(|dr| (hosts::fqdn(&dr.spec.host, &dr.metadata.namespace), dr))
             .collect();
         let mut exact_rules: HashMap<String, Vec<_>> = HashMap::new();

@@ -4,6 +4,7 @@
 //! `load` reads files and directories into a [`PolicySet`] of typed resources (each with its
 //! source position) or fails with every finding; `analyze` runs the cross-resource checks.
 
+pub mod age;
 mod analysis;
 pub mod base64;
 mod convert;

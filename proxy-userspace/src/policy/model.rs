@@ -93,10 +93,12 @@ impl Default for Metadata {
 
 impl Metadata {
     /// The order Istio gives competing resources: the oldest first (one without a creation
-    /// time counts as the oldest, as Go's zero time), then by name.
+    /// time counts as the oldest, as Go's zero time), then by name, then by namespace.
     pub fn age_order(&self, other: &Metadata) -> std::cmp::Ordering {
-        (self.creation_timestamp.as_deref(), &self.name)
-            .cmp(&(other.creation_timestamp.as_deref(), &other.name))
+        fn key(m: &Metadata) -> (Option<&str>, &str, &str) {
+            (m.creation_timestamp.as_deref(), &m.name, &m.namespace)
+        }
+        key(self).cmp(&key(other))
     }
 }
 

@@ -10,7 +10,7 @@ use foldhash::HashMap;
 
 use crate::{
     policy::{
-        PolicySet,
+        PolicySet, age,
         hosts::{covers, fqdn},
         model,
     },
@@ -59,7 +59,8 @@ impl L4Match {
 #[derive(Clone, Debug, Default)]
 pub struct TcpRoutes {
     by_host: HashMap<String, Arc<[TcpRoute]>>,
-    /// In VirtualService order; a pattern may be a wildcard (`*.example.com`).
+    /// Oldest VirtualService first, as Istio orders them; a pattern may be a wildcard
+    /// (`*.example.com`).
     tls: Vec<(String, Arc<[TcpRoute]>)>,
 }
 
@@ -67,9 +68,8 @@ impl TcpRoutes {
     pub fn compile(set: &PolicySet) -> TcpRoutes {
         let mut by_host: HashMap<String, Arc<[TcpRoute]>> = HashMap::default();
         let mut tls = Vec::new();
-        for vs in set
-            .virtual_services
-            .iter()
+        for vs in age::oldest_first(&set.virtual_services)
+            .into_iter()
             .filter(|v| v.spec.applies_to_mesh())
         {
             let ns = &vs.metadata.namespace;
@@ -83,7 +83,7 @@ impl TcpRoutes {
                     Some((matches.collect(), &r.route))
                 });
                 for host in &vs.spec.hosts {
-                    // The first VirtualService for a host wins, as for HTTP routes.
+                    // The oldest VirtualService for a host wins, as for HTTP routes.
                     by_host
                         .entry(fqdn(host, ns))
                         .or_insert_with(|| routes.clone());
@@ -115,7 +115,7 @@ impl TcpRoutes {
     }
 
     /// The `tls` route a connection naming `sni` takes: from the VirtualService of the service
-    /// dialled (`host`), else of the first one whose hosts cover the server name.
+    /// dialled (`host`), else of the first one (oldest first) whose hosts cover the server name.
     pub fn decide_tls(
         &self,
         host: Option<&str>,
@@ -215,6 +215,37 @@ spec:
     - destination: {host: tcp-echo, subset: v2, port: {number: 9000}}
       weight: 20
 "#;
+
+    /// Two VirtualServices with `tcp` routes for one host: the oldest applies, as for HTTP
+    /// routes, whatever order they load in.
+    #[test]
+    fn the_oldest_virtual_service_for_a_host_takes_its_connections() {
+        let vs = |name: &str, created: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [tcp-echo]\n  tcp:\n  - route: [{{destination: {{host: tcp-echo}}}}]\n"
+            )
+        };
+        let origin = |yaml: String| {
+            let routes = TcpRoutes::compile(&load_str("t.yaml".as_ref(), &yaml).expect("valid"));
+            let none = BTreeMap::new();
+            let client = Client {
+                labels: &none,
+                namespace: Some("default"),
+            };
+            let host = "tcp-echo.default.svc.cluster.local";
+            let dst = "10.96.0.5:9000".parse().unwrap();
+            routes.decide(host, dst, &client).map(|r| r.origin.clone())
+        };
+        let (jan, feb) = ("2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z");
+        let yaml = format!("{}{}", vs("a", feb), vs("b", jan));
+        assert_eq!(origin(yaml).as_deref(), Some("default/b#0"));
+        let yaml = format!("{}{}", vs("b", jan), vs("a", jan));
+        assert_eq!(
+            origin(yaml).as_deref(),
+            Some("default/a#0"),
+            "same age: by name"
+        );
+    }
 
     #[test]
     fn the_first_matching_route_takes_the_connection() {

@@ -223,9 +223,10 @@ fn istio_objects_lose_server_side_fields() {
     let d = istio_document("networking.istio.io/v1", "VirtualService", &obj).unwrap();
     assert_eq!(d.path.to_str(), Some("k8s://VirtualService/shop/reviews"));
     let v = parsed(&d);
+    // The creation time stays: competing resources are ordered by it, as in Istio.
     assert_eq!(
         v["metadata"],
-        json!({ "name": "reviews", "namespace": "shop" })
+        json!({ "name": "reviews", "namespace": "shop", "creationTimestamp": "2026-01-01T00:00:00Z" })
     );
     assert!(v.get("status").is_none());
     assert_eq!(v["apiVersion"], "networking.istio.io/v1");

@@ -1,13 +1,14 @@
 //! Two DestinationRules for one host in one namespace (without workload selectors): they are
-//! merged, and the second one's traffic policy applies only where the first has none, which is
-//! rarely what its author expects (a warning). Rules in different namespaces do not merge: each
-//! is for the clients that look it up first (their own namespace, then the service's, then the
-//! root namespace).
+//! merged, oldest first as in Istio (by `creationTimestamp`, then by name), and the younger
+//! one's traffic policy applies only where the older has none, which is rarely what its author
+//! expects (a warning). Rules in different namespaces do not merge: each is for the clients
+//! that look it up first (their own namespace, then the service's, then the root namespace).
 
 use std::collections::HashMap;
 
 use super::Index;
 use crate::policy::{
+    age,
     finding::{Finding, Severity},
     model::{DestinationRule, Located},
 };
@@ -25,9 +26,10 @@ pub(super) fn check(index: &Index, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 "spec.host",
                 format!(
-                    "host {host} already has DestinationRule {} ({}); as in Istio, rules of one namespace are merged: subsets by name (the first definition wins), and this trafficPolicy only if the earlier rule has none",
+                    "host {host} already has DestinationRule {} ({}), which comes first ({}); as in Istio, rules of one namespace are merged: subsets by name (the older definition wins), and this trafficPolicy only if the older rule has none",
                     first.id(),
-                    first.at()
+                    first.at(),
+                    age::why_first(&first.metadata, &dr.metadata),
                 ),
             ));
         }

@@ -132,6 +132,27 @@ fn second_destination_rule_for_a_host_is_a_warning() {
     // With a workload selector it is a per-workload rule, not a duplicate.
     let selected = format!("{extra}  workloadSelector: {{matchLabels: {{app: reviews}}}}\n");
     assert!(findings(&selected).is_empty());
+    // Merged oldest first, as in Istio: one loaded later but older (here, of the same age and
+    // first by name) comes first, and the other is the one warned about.
+    let dr = |name: &str, created: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n  host: ratings\n"
+        )
+    };
+    let (jan, feb) = ("2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z");
+    let f = findings(&format!("{}---\n{}", dr("a", feb), dr("b", jan)));
+    let f: Vec<_> = f.iter().filter(|f| f.contains("already has")).collect();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("5:9: warning: spec.host: host ratings.default.svc.cluster.local already has DestinationRule default/b (t.yaml:"),
+        "{f:?}"
+    );
+    assert!(
+        f[0].contains(
+            "(older by creationTimestamp: 2024-01-01T00:00:00Z, this one 2024-02-01T00:00:00Z)"
+        ),
+        "{f:?}"
+    );
 }
 
 #[test]
@@ -260,7 +281,7 @@ fn a_host_routed_by_two_virtual_services_is_a_warning() {
     ));
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(
-        f[0].starts_with("13:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is already routed by VirtualService default/a (t.yaml:"),
+        f[0].starts_with("13:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is also routed by VirtualService default/a (t.yaml:"),
         "{f:?}"
     );
     assert!(f[0].contains("IST0109"), "{f:?}");
@@ -273,6 +294,39 @@ fn a_host_routed_by_two_virtual_services_is_a_warning() {
         ))
         .is_empty()
     );
+}
+
+/// The warning names the VirtualService meshd applies, the oldest as in Istio, and why:
+/// whatever order the files load in.
+#[test]
+fn the_oldest_of_two_virtual_services_for_a_host_is_the_one_applied() {
+    let vs = |name: &str, created: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [reviews]\n  http:\n  - route: [{{destination: {{host: reviews}}}}]\n"
+        )
+    };
+    let (jan, feb) = ("2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z");
+    // Loaded first but younger: this one is ignored for the host.
+    let f = findings(&format!("{}---\n{}", vs("a", feb), vs("b", jan)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("5:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is also routed by VirtualService default/b (t.yaml:"),
+        "{f:?}"
+    );
+    assert!(
+        f[0].contains(
+            "(older by creationTimestamp: 2024-01-01T00:00:00Z, this one 2024-02-01T00:00:00Z)"
+        ),
+        "{f:?}"
+    );
+    // Of the same age: by name.
+    let f = findings(&format!("{}---\n{}", vs("b", jan), vs("a", jan)));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(
+        f[0].starts_with("5:11: warning: spec.hosts[0]: host reviews.default.svc.cluster.local is also routed by VirtualService default/a (t.yaml:"),
+        "{f:?}"
+    );
+    assert!(f[0].contains("(same age, name order)"), "{f:?}");
 }
 
 #[test]
