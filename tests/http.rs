@@ -270,10 +270,13 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
 /// Runs the idle client under capture: its lines (one per response, then what the idle
 /// connection saw).
 fn idle_client(d: &Daemon, addr: &str, h2: bool, paths: &[&str]) -> Vec<String> {
+    idle_client_with(d, addr, if h2 { &["--h2"] } else { &[] }, paths)
+}
+
+/// [`idle_client`] with the client's own options (`--h2`, `--no-ping-ack`).
+fn idle_client_with(d: &Daemon, addr: &str, options: &[&str], paths: &[&str]) -> Vec<String> {
     let mut args = vec!["python3", IDLE_CLIENT, "--addr", addr, "--wait", "10"];
-    if h2 {
-        args.push("--h2");
-    }
+    args.extend_from_slice(options);
     args.extend_from_slice(paths);
     let out = d.exec("default/idle", &args).output().unwrap();
     assert!(
@@ -308,6 +311,12 @@ fn idle_client_connections_are_closed_after_the_idle_timeout_and_busy_ones_are_n
     assert!(lines[0].starts_with("200 "), "{lines:?}");
     assert!(lines[1].starts_with("200 "), "{lines:?}");
     assert_eq!(lines[2..], ["goaway", "eof"], "{lines:?}");
+    // A client that leaves the GOAWAY's PING unanswered is closed too, after Envoy's 5 s drain
+    // time (it was held for ever): within the client's 10 s wait.
+    let lines = idle_client_with(&d, &addr, &["--h2", "--no-ping-ack"], &["/whoami"]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("200 "), "{lines:?}");
+    assert_eq!(lines[1..], ["goaway", "eof"], "{lines:?}");
     // A request head begun and never finished holds the connection no longer than the idle
     // timeout either (it was held for ever): closed, before the client's 3 s are up.
     let (before, t) = (b.requests(), std::time::Instant::now());

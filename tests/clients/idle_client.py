@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Opens one keep-alive connection to ADDR, sends each PATH on it in turn (HTTP/1.1, or HTTP/2
 with prior knowledge under --h2), and prints a line per response: "<status> <body bytes>".
-Then leaves the connection idle and prints what the server does within --wait seconds:
+Then leaves the connection idle and prints what the server does within --wait seconds (with
+--no-ping-ack, leaving the server's PINGs unanswered from then on):
 "goaway" for an HTTP/2 GOAWAY, then "eof" when it closes, or "open" if it does not. Raw bytes
 and frames, so that no client library closes or pings on its own."""
 import argparse
@@ -13,11 +14,13 @@ p = argparse.ArgumentParser()
 p.add_argument("--addr", required=True)
 p.add_argument("--h2", action="store_true")
 p.add_argument("--wait", type=float, default=10)
+p.add_argument("--no-ping-ack", action="store_true")
 p.add_argument("paths", nargs="*")
 a = p.parse_args()
 host, _, port = a.addr.rpartition(":")
 s = socket.create_connection((host, int(port)), timeout=30)
 buf = b""
+ack_pings = True
 
 
 def recv():
@@ -82,7 +85,7 @@ def frames():
         payload, buf = buf[9 : 9 + n], buf[9 + n :]
         if kind == 0x4 and not flags & 0x1:
             s.sendall(frame(0x4, 0x1, 0))
-        if kind == 0x6 and not flags & 0x1:
+        if kind == 0x6 and not flags & 0x1 and ack_pings:
             s.sendall(frame(0x6, 0x1, 0, payload))
         yield kind, flags, stream, payload
 
@@ -120,6 +123,7 @@ except EOFError:
     raise SystemExit(1)
 
 s.settimeout(a.wait)
+ack_pings = not a.no_ping_ack
 started = time.monotonic()
 try:
     if a.h2:
