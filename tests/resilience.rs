@@ -380,6 +380,30 @@ fn requests_waiting_for_a_connection_are_pending_not_active() {
     assert_eq!(v1.most_concurrent_sleeps(), 1, "one at a time");
 }
 
+/// Requests waiting in the pool for the one connection `maxConnections` allows have not reached
+/// the endpoint: as in Envoy, their per-try timeout starts once they have the connection, and
+/// no timeout of theirs counts against the endpoint's health. Five 250 ms requests at once under
+/// a 400 ms per-try timeout are served in turn, and the endpoint is not ejected.
+#[test]
+fn waiting_for_a_pooled_connection_is_not_part_of_the_per_try_timeout() {
+    if !ebpf_available("cb_pool_wait") {
+        return;
+    }
+    let (v1, v2) = two_backends();
+    let routes = "  - retries:\n      attempts: 1\n      perTryTimeout: 400ms\n      retryOn: 5xx\n    route:\n    - destination:\n        host: reviews\n";
+    let policy = "    connectionPool:\n      tcp:\n        maxConnections: 1\n    outlierDetection:\n      consecutive5xxErrors: 2\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n";
+    let yaml = only_v1(with_policy(&v1, &v2, routes, policy), &v2);
+    let dir = config_dir("cb-pool-wait", &yaml);
+    let d = Daemon::start("cb-pool-wait", 349, &["--config", dir.to_str().unwrap()]);
+    let lines = results(clients(&d, 5, 1, "http://reviews:9080/sleep/250"));
+    assert_eq!(count(&lines, "200"), 5, "served in turn: {lines:?}");
+    assert_eq!(v1.requests(), 5, "one attempt each");
+    let outliers = d.get("/stats/outliers");
+    assert!(!outliers.contains("\"ejected\":true"), "{outliers}");
+    let lines = results(clients(&d, 1, 1, "http://reviews:9080/whoami"));
+    assert_eq!(count(&lines, "200"), 1, "still served: {lines:?}");
+}
+
 #[test]
 fn max_retries_bounds_retries_in_flight_across_the_cluster() {
     if !ebpf_available("cb_retries") {

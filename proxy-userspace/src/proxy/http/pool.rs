@@ -411,10 +411,21 @@ impl Pool {
         target: &Target,
         limits: &Limits,
     ) -> Result<(Box<dyn Io>, Option<u64>), UpstreamError> {
+        let (io, cookie, _) = self.dial_plain(target, limits).await?;
+        Ok((io, cookie))
+    }
+
+    /// [`Pool::dial_socket`], with the descriptor of the connection's TCP socket when meshd
+    /// writes to it as it is (direct, and without TLS inside).
+    async fn dial_plain(
+        &self,
+        target: &Target,
+        limits: &Limits,
+    ) -> Result<(Box<dyn Io>, Option<u64>, Option<std::os::fd::RawFd>), UpstreamError> {
         let dst = target.addr;
-        let (stream, cookie) = self.reach(target, limits).await?;
+        let (stream, cookie, fd) = self.reach(target, limits).await?;
         let Some(tls) = &limits.tls else {
-            return Ok((stream, cookie));
+            return Ok((stream, cookie, fd));
         };
         // The handshake is bounded by the connect timeout too, as Envoy's connect timeout runs
         // until its transport socket is up: a server that accepts and then stalls holds
@@ -422,7 +433,7 @@ impl Pool {
         // would otherwise carry (and move) room for it.
         let after = self.connect_timeout(limits);
         match tokio::time::timeout(after, Box::pin(tls.wrap(stream))).await {
-            Ok(Ok(s)) => Ok((Box::new(s), cookie)),
+            Ok(Ok(s)) => Ok((Box::new(s), cookie, None)),
             Ok(Err(source)) => Err(UpstreamError::Tls { dst, source }),
             Err(_) => Err(UpstreamError::Tls {
                 dst,
@@ -449,23 +460,24 @@ impl Pool {
     }
 
     /// The stream [`Pool::dial`] carries: a direct TCP connection ([`Pool::connect_direct`]),
-    /// or a stream through the tunnel.
+    /// with its cookie and descriptor, or a stream through the tunnel.
     async fn reach(
         &self,
         target: &Target,
         limits: &Limits,
-    ) -> Result<(Box<dyn Io>, Option<u64>), UpstreamError> {
+    ) -> Result<(Box<dyn Io>, Option<u64>, Option<std::os::fd::RawFd>), UpstreamError> {
         let dst = target.addr;
         match (&target.via, &self.tunnel) {
             (None, _) => {
                 let tcp = self.connect_direct(dst, limits).await?;
                 let cookie = crate::proxy::sockopt::cookie(&tcp).ok();
-                Ok((Box::new(tcp), cookie))
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+                Ok((Box::new(tcp), cookie, Some(fd)))
             }
             // Boxed, as the handshake above.
             (Some(via), Some(tunnel)) => match Box::pin(tunnel.open(via, dst, limits.opaque)).await
             {
-                Ok(s) => Ok((Box::new(s), None)),
+                Ok(s) => Ok((Box::new(s), None, None)),
                 Err(source) => Err(UpstreamError::Tunnel {
                     dst,
                     source: Box::new(source),
@@ -492,7 +504,7 @@ impl Pool {
         limits: &Limits,
     ) -> Result<Checkout, UpstreamError> {
         let dst = target.addr;
-        let io = self.dial(target, limits).await?;
+        let (io, _, socket) = self.dial_plain(target, limits).await?;
         if let (None, Some(header)) = (&target.via, &limits.proxy_protocol) {
             let mut partitions = self.partitions.lock().expect("partitions lock");
             // A client already gone (a mirror outliving it) leaves nothing to forget: its
@@ -536,7 +548,7 @@ impl Pool {
             // meshd's own HTTP/1.1 client: the connection is driven by the requests that use
             // it, and holds its slot until it closes.
             Ok(Checkout::H1(IdleH1 {
-                conn: h1::Conn::new(io, slot),
+                conn: h1::Conn::new(io, socket, slot),
                 used: 0,
                 since: Instant::now(),
                 idle_timeout: limits.idle_timeout,

@@ -215,6 +215,7 @@ pub async fn run<T, E, F, Fut, G>(
     outcome: impl Fn(&Result<T, E>) -> Outcome,
     on_timeout: impl Fn() -> E,
     mut budget: impl FnMut() -> Option<G>,
+    dispatch: &Dispatch,
     mut attempt: F,
 ) -> Attempts<T, E>
 where
@@ -227,11 +228,12 @@ where
     loop {
         // Pinned once: awaited in two places, the attempt's state would otherwise take two
         // slots of this future (and of every future that awaits it).
+        dispatch.clear();
         let this_try = std::pin::pin!(attempt(n));
         let result = match policy.per_try_timeout {
-            Some(t) => tokio::time::timeout(t, this_try)
-                .await
-                .unwrap_or_else(|_| Err(on_timeout())),
+            Some(t) => {
+                (within_per_try(t, this_try, dispatch).await).unwrap_or_else(|| Err(on_timeout()))
+            }
             None => this_try.await,
         };
         let retriable = policy.on.matches(outcome(&result)) && can_retry();
@@ -256,6 +258,53 @@ where
         tokio::time::sleep(policy.backoff(n - 1)).await;
         n += 1;
     }
+}
+
+/// When the attempt under way got its connection or stream. Its per-try timeout runs from then,
+/// as Envoy arms it when the pool is ready: the wait for a connection, which the connect timeout
+/// and the route timeout bound, is not part of it, and a connect that times out is a connect
+/// failure (retried under `connect-failure`), not a per-try timeout.
+#[derive(Debug, Default)]
+pub struct Dispatch(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl Dispatch {
+    /// The attempt has its connection or stream, now.
+    pub fn mark(&self) {
+        *self.0.lock().expect("dispatch lock") = Some(tokio::time::Instant::now());
+    }
+
+    fn clear(&self) {
+        *self.0.lock().expect("dispatch lock") = None;
+    }
+
+    fn at(&self) -> Option<tokio::time::Instant> {
+        *self.0.lock().expect("dispatch lock")
+    }
+}
+
+/// The attempt's result, or None when `limit` passed from its dispatch first. The timer is set
+/// in the same poll that saw the attempt dispatched, so no wake-up is missed.
+async fn within_per_try<T>(
+    limit: Duration,
+    mut attempt: std::pin::Pin<&mut impl Future<Output = T>>,
+    dispatch: &Dispatch,
+) -> Option<T> {
+    let mut timer = std::pin::pin!(tokio::time::sleep(limit));
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = attempt.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(r));
+        }
+        if !armed && let Some(at) = dispatch.at() {
+            timer.as_mut().reset(at + limit);
+            armed = true;
+        }
+        if armed && timer.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -589,10 +589,15 @@ pub async fn with_policy(
     // used, `last` the previous attempt's.
     let mut attempted: Vec<SocketAddr> = Vec::new();
     let mut last: Option<SocketAddr> = None;
-    // The endpoint of the attempt under way, until its outcome is observed: one a timeout
-    // ends counts against it.
+    // The endpoint of the attempt under way, from when it has its connection or stream until
+    // its outcome is observed: one a timeout ends then counts against it (not one still waiting
+    // for a connection, which never reached it), as Envoy charges only a request with a host.
     let in_flight = std::sync::Mutex::new(None::<SocketAddr>);
     let in_flight = &in_flight;
+    // When the attempt under way got its connection or stream: its per-try timeout runs from
+    // then.
+    let dispatch = retry::Dispatch::default();
+    let dispatch = &dispatch;
     // The status and duration of the attempt that answered last: one a retry then replaces
     // goes into the record, for the destination's view of each attempt.
     let answered = std::sync::Mutex::new(None::<(u16, std::time::Duration)>);
@@ -618,6 +623,7 @@ pub async fn with_policy(
                 Failed::PerTryTimeout
             },
             || plan.retry_slot(),
+            dispatch,
             |n| {
                 started = n;
                 let attempt = attempt_count(n);
@@ -702,7 +708,11 @@ pub async fn with_policy(
                     let mut counted = stat_prefix.map(|p| {
                         crate::telemetry::route_stats::Attempt::new(&ctx.metrics.routes, p)
                     });
-                    *in_flight.lock().expect("in-flight lock") = Some(target);
+                    let req = || {
+                        dispatch.mark();
+                        *in_flight.lock().expect("in-flight lock") = Some(target);
+                        req()
+                    };
                     let began = to_workload.then(std::time::Instant::now);
                     let result = match upstream.expect("resolved with the target") {
                         Ok(t) => {

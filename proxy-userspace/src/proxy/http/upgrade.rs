@@ -137,11 +137,14 @@ pub(super) async fn send(
     // The endpoints earlier attempts used: a retry goes elsewhere while it can.
     let mut attempted: Vec<std::net::SocketAddr> = Vec::new();
     let mut tried = 0u32;
-    // The attempts started, and the endpoint of the one under way until its outcome is
-    // observed: one a timeout ends counts against it, as on the request path.
+    // The attempts started, and the endpoint of the one under way from when it has its
+    // connection until its outcome is observed: one a timeout ends counts against it, as on
+    // the request path, whose per-try timeout also runs from then.
     let mut started = 0u32;
     let in_flight = Mutex::new(None);
     let in_flight = &in_flight;
+    let dispatch = retry::Dispatch::default();
+    let dispatch = &dispatch;
     // The last attempt's place in the cluster's limits and its endpoint's load, kept by an
     // upgraded connection.
     let held = Mutex::new(None);
@@ -160,6 +163,7 @@ pub(super) async fn send(
             Failed::PerTryTimeout
         },
         || plan.retry_slot(),
+        dispatch,
         |n| {
             started = n;
             attempted.extend(last);
@@ -176,11 +180,12 @@ pub(super) async fn send(
                 // Load for least request, as the pool's places, for the upgraded connection's
                 // whole life, as Envoy counts an upgrade as a request until it ends.
                 let load = ctx.lb.start(target);
-                *in_flight.lock().expect("in-flight lock") = Some(target);
                 let result = async {
                     let t = upstream.expect("resolved with the target")?;
                     let (mut s, slots) =
                         (ctx.pool.upgrade_h1(&plan.upstream, &plan.limits, &t)).await?;
+                    dispatch.mark();
+                    *in_flight.lock().expect("in-flight lock") = Some(target);
                     *held.lock().expect("held lock") = Some((slots, load));
                     let body = match bodiless {
                         true => body::full(bytes::Bytes::new()),

@@ -9,6 +9,7 @@ mod encode;
 use std::{
     future::{Future, poll_fn},
     io,
+    os::fd::RawFd,
     pin::Pin,
     sync::Mutex,
     task::{Context, Poll},
@@ -61,16 +62,21 @@ pub struct Conn {
     /// A request body the upstream began to answer before its end: sent on, as Envoy sends it,
     /// while the response is read (see [`Conn::drive_upload`]). Reached through `get_mut`.
     upload: Option<Mutex<Upload>>,
+    /// The TCP socket `io` writes to as it is (no TLS inside), where what the kernel holds
+    /// can be looked at directly.
+    socket: Option<RawFd>,
     /// One of the cluster's connections, held while the connection is open.
     _slot: Slot,
 }
 
 impl Conn {
-    pub fn new(io: Box<dyn Io>, slot: Slot) -> Conn {
+    /// `socket`: the TCP socket under `io` when `io` is that socket itself.
+    pub fn new(io: Box<dyn Io>, socket: Option<RawFd>, slot: Slot) -> Conn {
         Conn {
             io: Mutex::new(io),
             buf: BytesMut::new(),
             upload: None,
+            socket,
             _slot: slot,
         }
     }
@@ -96,10 +102,17 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry a request: nothing arrived on it since its last
-    /// response, neither bytes nor the upstream's close.
+    /// response, neither bytes nor the upstream's close. A TCP socket is asked directly: the
+    /// runtime's readiness, cleared by the short read that ended the last response, does not
+    /// know yet of a close or of stray bytes that came just after it (a request sent on would
+    /// fail, or be answered by them, perhaps for another workload).
     pub fn is_usable(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
+        }
+        if let Some(fd) = self.socket {
+            let waiting = crate::proxy::sockopt::peek_waiting(&fd, &mut [0u8; 1]);
+            return waiting.is_err_and(|e| e.kind() == io::ErrorKind::WouldBlock);
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut probe = [0u8; 1];
@@ -426,4 +439,46 @@ pub fn response(conn: Conn, head: Head) -> hyper::Response<ResponseBody> {
         keep_alive,
     } = head;
     response.map(|()| ResponseBody::new(conn, framing, keep_alive))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+    use crate::proxy::http::pool::cluster::ClusterPool;
+
+    /// A connection the upstream closed, or sent stray bytes on, just after its last response
+    /// is not reused, though the runtime has not looked at the socket since that response's
+    /// read (which, shorter than the buffer, cleared its readiness).
+    #[tokio::test]
+    async fn what_arrives_after_a_response_makes_the_connection_unusable() {
+        for stray in [
+            Some(&b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]),
+            None,
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mut server, _) = listener.accept().unwrap();
+            let fd = client.as_raw_fd();
+            let slot = std::sync::Arc::new(ClusterPool::new("c"))
+                .try_slot(super::super::Counter::Connections, 1)
+                .unwrap();
+            let mut conn = Conn::new(Box::new(client), Some(fd), slot);
+            std::io::Write::write_all(&mut server, b"the last response").unwrap();
+            let n = poll_fn(|cx| conn.poll_fill(cx)).await.unwrap();
+            assert_eq!(n, 17);
+            conn.buf.clear();
+            assert!(conn.is_usable(), "nothing came after the response");
+            match stray {
+                Some(bytes) => std::io::Write::write_all(&mut server, bytes).unwrap(),
+                None => drop(server),
+            }
+            // Blocking: the runtime does not poll for readiness meanwhile.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!conn.is_usable(), "stray bytes: {:?}", stray.is_some());
+        }
+    }
 }

@@ -144,6 +144,7 @@ async fn retries_until_success_and_sleeps_only_the_backoff() {
         outcome,
         || (),
         || Some(()),
+        &Dispatch::default(),
         |n| async move { if n < 3 { Ok(503) } else { Ok(200) } },
     )
     .await;
@@ -172,6 +173,7 @@ async fn gives_up_after_the_retries_and_reports_exhaustion() {
         outcome,
         || (),
         || Some(()),
+        &Dispatch::default(),
         |_| async { Ok(503) },
     )
     .await;
@@ -182,6 +184,7 @@ async fn gives_up_after_the_retries_and_reports_exhaustion() {
         outcome,
         || (),
         || Some(()),
+        &Dispatch::default(),
         |_| async { Ok(503) },
     )
     .await;
@@ -199,6 +202,7 @@ async fn gives_up_after_the_retries_and_reports_exhaustion() {
         outcome,
         || (),
         || Some(()),
+        &Dispatch::default(),
         |n| {
             sent.set(n == 2);
             async { Ok(503) }
@@ -219,17 +223,22 @@ async fn per_try_timeout_bounds_each_attempt() {
         },
         Err(_) => Outcome::Timeout,
     };
+    let dispatch = Dispatch::default();
     let a = run(
         &p,
         || true,
         outcome,
         || "timeout",
         || Some(()),
-        |n| async move {
-            if n == 1 {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+        &dispatch,
+        |n| {
+            dispatch.mark();
+            async move {
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Ok(200)
             }
-            Ok(200)
         },
     )
     .await;
@@ -263,11 +272,71 @@ async fn a_spent_retry_budget_stops_retrying_and_says_so() {
                 tokens -= 1;
             })
         },
+        &Dispatch::default(),
         |_| async { Ok(503) },
     )
     .await;
     assert_eq!(
         (a.last, a.tries, a.exhausted, a.overflow),
         (Ok(503), 2, false, true)
+    );
+}
+
+/// As Envoy arms it when the pool is ready, the per-try timeout runs from the attempt's
+/// dispatch: the wait for a connection (which the connect timeout bounds) is not part of it.
+#[tokio::test(start_paused = true)]
+async fn the_per_try_timeout_runs_from_the_attempts_dispatch() {
+    let p = policy(1, "5xx", Some(Duration::from_millis(100)));
+    let outcome = |r: &Result<u16, &str>| match r {
+        Ok(s) => Outcome::Response {
+            status: *s,
+            grpc: None,
+        },
+        Err(_) => Outcome::Timeout,
+    };
+    let dispatch = &Dispatch::default();
+    // 300 ms waiting for a connection, then answered 80 ms after dispatch: within the limit.
+    let start = tokio::time::Instant::now();
+    let a = run(
+        &p,
+        || true,
+        outcome,
+        || "timeout",
+        || Some(()),
+        dispatch,
+        |_| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            dispatch.mark();
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            Ok(200)
+        },
+    )
+    .await;
+    assert_eq!((a.last, a.tries), (Ok(200), 1));
+    assert_eq!(start.elapsed(), Duration::from_millis(380));
+    // Dispatched after 300 ms and unanswered: timed out 100 ms later, then retried.
+    let start = tokio::time::Instant::now();
+    let a = run(
+        &p,
+        || true,
+        outcome,
+        || "timeout",
+        || Some(()),
+        dispatch,
+        |n| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            dispatch.mark();
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok(204)
+        },
+    )
+    .await;
+    assert_eq!((a.last, a.tries), (Ok(204), 2));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(730),
+        "{took:?}"
     );
 }
