@@ -223,6 +223,18 @@ pub(super) enum Failed {
 
 pub(super) fn outcome<B>(r: &Result<Response<B>, Failed>) -> Outcome {
     match r {
+        // As Envoy's retry state: an answer from a proxy shedding load (`x-envoy-overloaded`)
+        // is never retried, and one from a proxy's rate limit (`x-envoy-ratelimited`) only
+        // under `envoy-ratelimited`, which meshd does not retry on.
+        Ok(resp)
+            if resp.headers().contains_key("x-envoy-overloaded")
+                || resp.headers().contains_key("x-envoy-ratelimited") =>
+        {
+            Outcome::Response {
+                status: 0,
+                grpc: None,
+            }
+        }
         Ok(resp) => Outcome::Response {
             status: resp.status().as_u16(),
             grpc: resp
@@ -954,6 +966,28 @@ mod tests {
             let _ = server.await;
             result.expect_err("the stream was refused")
         })
+    }
+
+    /// As Envoy's retry state: no retry condition takes an answer a proxy marked as shed
+    /// (`x-envoy-overloaded`) or rate limited (`x-envoy-ratelimited`).
+    #[test]
+    fn answers_of_an_overloaded_or_rate_limited_proxy_are_not_retried() {
+        let on = super::super::retry::Conditions::parse(
+            "5xx,retriable-4xx,retriable-status-codes,429,503",
+        );
+        let answer = |status: u16, header: Option<&str>| {
+            let mut b = Response::builder().status(status);
+            if let Some(h) = header {
+                b = b.header(h, "true");
+            }
+            Ok::<_, Failed>(b.body(()).unwrap())
+        };
+        assert!(on.matches(outcome(&answer(503, None))));
+        assert!(on.matches(outcome(&answer(429, None))));
+        for h in ["x-envoy-overloaded", "x-envoy-ratelimited"] {
+            assert!(!on.matches(outcome(&answer(503, Some(h)))), "{h}");
+            assert!(!on.matches(outcome(&answer(429, Some(h)))), "{h}");
+        }
     }
 
     #[test]
