@@ -237,16 +237,11 @@ const RETRY_ON: &[&str] = &[
 /// entry that is none is named, not only the first; a status code is 101 to 599, as Istio
 /// checks it.
 pub fn retry_on(s: &str) -> Result<(), String> {
-    let known = |cond: &str| {
-        RETRY_ON.contains(&cond)
-            || cond
-                .parse::<u16>()
-                .is_ok_and(|code| (101..=599).contains(&code))
-    };
-    let bad: Vec<String> = (s.split(',').map(str::trim))
-        .filter(|c| !known(c))
-        .map(quote)
-        .collect();
+    // As Istio validates it: each entry as written (a space is part of it), a condition or a
+    // status code Go's net/http has a name for.
+    let known =
+        |cond: &str| RETRY_ON.contains(&cond) || cond.parse::<i64>().is_ok_and(named_status);
+    let bad: Vec<String> = (s.split(',')).filter(|c| !known(c)).map(quote).collect();
     let is = match bad.len() {
         0 => return Ok(()),
         1 => "is not a retry condition",
@@ -257,6 +252,28 @@ pub fn retry_on(s: &str) -> Result<(), String> {
         bad.join(", "),
         RETRY_ON.join(", ")
     ))
+}
+
+/// Whether Go's `http.StatusText` names `code`: the codes Istio takes in `retryOn`.
+fn named_status(code: i64) -> bool {
+    matches!(
+        code,
+        100..=103
+            | 200..=208
+            | 226
+            | 300..=305
+            | 307
+            | 308
+            | 400..=418
+            | 421..=426
+            | 428
+            | 429
+            | 431
+            | 451
+            | 500..=508
+            | 510
+            | 511
+    )
 }
 
 /// A Redis address, `host:port`.
@@ -336,10 +353,16 @@ mod tests {
     #[test]
     fn retry_conditions() {
         assert!(retry_on("gateway-error,connect-failure,refused-stream").is_ok());
-        assert!(retry_on("5xx, 503").is_ok());
+        assert!(retry_on("5xx,503,retriable-status-codes,429,418").is_ok());
         assert!(retry_on("sometimes").unwrap_err().contains("\"sometimes\""));
-        assert!(retry_on("999").is_err());
-        assert!(retry_on("100").is_err(), "Istio takes 101 to 599");
+        // As Istio: entries as written, so a space makes one unknown, and only the status
+        // codes Go names.
+        assert!(retry_on("5xx, 503").unwrap_err().contains("\" 503\""));
+        assert!(retry_on("5xx,").is_err());
+        assert!(retry_on("100").is_ok());
+        for unnamed in ["999", "599", "499", "509", "306"] {
+            assert!(retry_on(unnamed).is_err(), "{unnamed}");
+        }
         let both = retry_on("unavailable,foo-bar,5xx,0").unwrap_err();
         assert!(
             both.starts_with("\"foo-bar\", \"0\" are not retry conditions"),
