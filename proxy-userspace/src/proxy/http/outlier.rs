@@ -305,8 +305,14 @@ impl Detector {
                 .ejections
                 .saturating_sub(u32::try_from(back).unwrap_or(u32::MAX));
         }
-        h.ejections += 1;
-        let for_ = (s.base_ejection * h.ejections).min(MAX_EJECTION.max(s.base_ejection));
+        // As Envoy: the count stops growing once its ejection time passes the longest, so an
+        // endpoint back after a long outage needs only that many healthy intervals, not one
+        // per ejection, to be ejected for the base time again.
+        let longest = MAX_EJECTION.max(s.base_ejection);
+        if s.base_ejection * h.ejections < longest + s.base_ejection {
+            h.ejections += 1;
+        }
+        let for_ = (s.base_ejection * h.ejections).min(longest);
         h.ejected_until = Some(tick_at_or_after(since, s.interval, now + for_));
         h.ejection_end = h.ejected_until;
         h.ejected_by = Some(if fired.five_xx {
@@ -605,6 +611,39 @@ mod tests {
             last,
             Some(Event::Ejected {
                 for_: Duration::from_secs(30)
+            })
+        );
+    }
+
+    /// As Envoy: the ejection count stops growing once its time passes the longest ejection
+    /// (300 s), so after a long outage a few healthy intervals bring the time down again.
+    #[tokio::test(start_paused = true)]
+    async fn the_ejection_count_stops_growing_past_the_longest_ejection() {
+        let (d, s, e) = (Detector::default(), settings(), addrs(2));
+        let mut last = None;
+        for _ in 0..15 {
+            for _ in 0..3 {
+                last = d.record("c", &s, e[0], Outcome::Status(500), &e);
+            }
+            // Back in the pool as soon as the ejection ends.
+            while d.healthy("c", &s, &e).0 != e {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+        }
+        let longest = Some(Event::Ejected {
+            for_: Duration::from_secs(300),
+        });
+        assert_eq!(last, longest);
+        // Three intervals healthy: the count, stopped at 11 (330 s), is 8, and the next
+        // ejection lasts 9 × 30 s (with a count of 15, it would be the longest still).
+        tokio::time::advance(Duration::from_secs(31)).await;
+        for _ in 0..3 {
+            last = d.record("c", &s, e[0], Outcome::Status(500), &e);
+        }
+        assert_eq!(
+            last,
+            Some(Event::Ejected {
+                for_: Duration::from_secs(270)
             })
         );
     }
