@@ -3,7 +3,8 @@
 //! `maxEjectionPercent`; below `minHealthPercent` healthy endpoints, ejections are ignored
 //! (panic mode). Consecutive 5xx and gateway errors count upstream answers; with
 //! `splitExternalLocalOriginErrors`, connect failures, resets and timeouts count separately as
-//! local-origin failures, otherwise they count as 5xx (Envoy's semantics).
+//! local-origin failures (a request's connection first counting as a local-origin success, so
+//! only connect failures run that count up), otherwise they count as 5xx (Envoy's semantics).
 
 use std::{
     collections::HashSet,
@@ -107,6 +108,10 @@ pub enum Outcome {
     Status(u16),
     /// Connect failure, reset or timeout: the failure happened on meshd's side of the call.
     LocalFailure,
+    /// A reset or timeout of a request that had its connection: a local-origin failure too,
+    /// but, as in Envoy, its connection's success came first, which in split mode starts the
+    /// local-origin count again (so only connect failures run it up).
+    LocalFailureConnected,
 }
 
 #[derive(Debug, Default)]
@@ -256,14 +261,17 @@ impl Detector {
                 };
                 Fired::default()
             }
-            Outcome::LocalFailure if s.split_local => {
-                h.local += 1;
+            Outcome::LocalFailure | Outcome::LocalFailureConnected if s.split_local => {
+                h.local = match outcome {
+                    Outcome::LocalFailureConnected => 1,
+                    _ => h.local + 1,
+                };
                 Fired {
                     local: reaches(s.consecutive_local, h.local),
                     ..Fired::default()
                 }
             }
-            Outcome::LocalFailure => {
+            Outcome::LocalFailure | Outcome::LocalFailureConnected => {
                 // Unsplit, a local-origin failure counts as a 5xx and as a gateway error.
                 h.c5xx += 1;
                 h.gateway += 1;
@@ -764,6 +772,17 @@ mod tests {
         assert!(
             d.record("c", &s, e[1], Outcome::LocalFailure, &e).is_some(),
             "split: 2 local failures eject"
+        );
+        // Split, as in Envoy, a request's connection counts as a local-origin success first:
+        // resets and timeouts after it never run the count past 1, only connect failures do.
+        let e2 = addrs(3);
+        for _ in 0..5 {
+            let failed = Outcome::LocalFailureConnected;
+            assert!(d.record("c", &s, e2[2], failed, &e2).is_none());
+        }
+        assert!(
+            d.record("c", &s, e2[2], Outcome::LocalFailure, &e2)
+                .is_some()
         );
     }
 

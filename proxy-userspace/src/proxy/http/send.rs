@@ -76,17 +76,22 @@ impl Plan<'_> {
             ),
             // Shed locally: says nothing about the endpoint.
             Err(UpstreamError::Overflow { .. }) => return,
+            // Failed once the connection was there: a reset, or an answer h2 or meshd refused.
+            Err(UpstreamError::Send { .. } | UpstreamError::Protocol { .. }) => {
+                Health::LocalFailureConnected
+            }
             Err(_) => Health::LocalFailure,
         };
         ctx.observe_outcome(&self.cluster, s, target, health, all);
     }
 
-    /// An attempt to `target` ended by its per-try timeout or the route timeout: a
-    /// local-origin failure for outlier detection, as Envoy counts a timeout (unsplit, as a
-    /// 5xx and a gateway error).
+    /// An attempt to `target`, sent on its connection, ended by its per-try timeout or the
+    /// route timeout: a local-origin failure for outlier detection, as Envoy counts a timeout
+    /// (unsplit, as a 5xx and a gateway error).
     pub(super) fn observe_timeout(&self, ctx: &HttpContext, target: SocketAddr) {
         if let (Some(s), Ok(all)) = (&self.outlier, &self.endpoints) {
-            ctx.observe_outcome(&self.cluster, s, target, Health::LocalFailure, all);
+            let health = Health::LocalFailureConnected;
+            ctx.observe_outcome(&self.cluster, s, target, health, all);
         }
     }
 
