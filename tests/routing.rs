@@ -2002,3 +2002,46 @@ fn the_oldest_virtual_service_for_a_host_routes_it_whatever_its_file() {
         "the older route's v1"
     );
 }
+
+/// A ServiceEntry without addresses that declares a TCP port takes every connection to that
+/// port, whatever the address dialled, as Istio's sidecars do (a listener on 0.0.0.0 and the
+/// port; IST0134): its endpoints (with their port mapping) serve it. Before, such connections
+/// went where they were dialled, past the entry's endpoints and DestinationRule.
+#[test]
+fn a_tcp_service_entry_without_addresses_takes_its_whole_port() {
+    if !ebpf_available("tcp_port_wide") {
+        return;
+    }
+    let db = support::backend::Backend::echo("127.0.0.1:0");
+    // Nothing listens on this port: only the entry's endpoint can answer.
+    let port = 24515;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-db, namespace: default}}
+spec:
+  hosts: [db.example.com]
+  ports:
+  - {{number: {port}, name: tcp-db, protocol: TCP}}
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tcp-db: {e}}}}}
+"#,
+        e = db.addr.port(),
+    );
+    let d = start("tcp-port-wide", 351, &yaml);
+    for dialled in ["127.0.0.1", "127.0.0.9"] {
+        let addr: std::net::SocketAddr = format!("{dialled}:{port}").parse().unwrap();
+        d.echo("default/productpage", addr, 1024);
+    }
+    assert_eq!(db.accepted(), 2);
+    let metrics = d.get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("destination_service=\"db.example.com\"")),
+        "{metrics}"
+    );
+}

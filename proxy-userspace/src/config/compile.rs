@@ -149,6 +149,11 @@ pub struct Compiled {
     /// that service port, the first host in name order when several serve it: see
     /// [`Compiled::service_at`].
     pub services_at: HashMap<SocketAddr, (String, u16)>,
+    /// Port → the service that takes every connection to it: a ServiceEntry without
+    /// `addresses` that declares the port opaque TCP, as Istio's sidecars give it a listener on
+    /// 0.0.0.0 and that port (the oldest entry's when several do). See
+    /// [`Compiled::port_wide_host`].
+    pub port_wide: HashMap<u16, String>,
 }
 
 fn matcher(m: &StringMatch) -> Option<StringMatcher> {
@@ -635,11 +640,25 @@ impl Compiled {
     fn service_port_at(&self, dst: SocketAddr) -> Option<(&Cluster, u16)> {
         match self.vip_host(dst) {
             Some(host) => Some((self.clusters.get(host)?, dst.port())),
-            None => {
-                let (host, port) = self.services_at.get(&dst)?;
-                Some((self.clusters.get(host)?, *port))
-            }
+            None => match self.services_at.get(&dst) {
+                Some((host, port)) => Some((self.clusters.get(host)?, *port)),
+                None => Some((
+                    self.clusters.get(self.port_wide.get(&dst.port())?)?,
+                    dst.port(),
+                )),
+            },
         }
+    }
+
+    /// The service an opaque connection to `dst` belongs to by its port alone, when no VIP and
+    /// no endpoint address says whose it is: a ServiceEntry without `addresses` that declares
+    /// the port TCP takes every connection to it, whatever the address dialled, as Istio's
+    /// sidecars do (`istioctl analyze`'s IST0134 warns of it, and so does `meshd analyze`).
+    pub fn port_wide_host(&self, dst: SocketAddr) -> Option<&str> {
+        if self.port_wide.is_empty() || self.services_at.contains_key(&dst) {
+            return None;
+        }
+        self.port_wide.get(&dst.port()).map(String::as_str)
     }
 
     /// The addresses of `host`'s endpoints for its port `port` (none when the host has no
@@ -844,6 +863,27 @@ fn compile_vips(set: &PolicySet) -> Vips {
     (vips, ranges)
 }
 
+/// The TCP ports ServiceEntries without `addresses` declare, each with the first host of the
+/// oldest such entry (see [`Compiled::port_wide_host`]). A Kubernetes Service without a cluster
+/// IP (headless) is not one: as Istio, it is reached at its endpoints' addresses only.
+fn compile_port_wide(set: &PolicySet) -> HashMap<u16, String> {
+    let mut out = HashMap::new();
+    let entries = crate::policy::age::oldest_first(&set.service_entries);
+    for se in entries
+        .into_iter()
+        .filter(|se| se.spec.addresses.is_empty() && !super::documents::is_service(&se.origin.file))
+    {
+        let Some(host) = se.spec.hosts.first() else {
+            continue;
+        };
+        for port in se.spec.ports.iter().filter(|p| p.is_opaque_tcp()) {
+            out.entry(port.number)
+                .or_insert_with(|| fqdn(host, &se.metadata.namespace));
+        }
+    }
+    out
+}
+
 /// The AuthorizationPolicies as an evaluator. What it cannot honour was reported by the
 /// analysis of the policies, with the file and line.
 fn authorizer(set: &PolicySet) -> crate::security::authz::Authorizer {
@@ -897,6 +937,7 @@ pub fn compile(set: &PolicySet) -> Compiled {
 pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
     let mtls = mtls(set);
     let (vips, vip_ranges) = compile_vips(set);
+    let port_wide = compile_port_wide(set);
     let mut workloads = compile_workloads(set);
     resolve_mtls(&mut workloads, &mtls);
     let clusters = compile_clusters(set, &dns);
@@ -930,6 +971,7 @@ pub fn compile_resolved(set: &PolicySet, dns: Resolved) -> Compiled {
         workloads,
         vips,
         vip_ranges,
+        port_wide,
         endpoints: super::endpoints::Endpoints::compile(set),
         authorizer: Arc::new(authorizer(set)),
         mtls: Arc::new(mtls),

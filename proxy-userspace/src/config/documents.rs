@@ -43,6 +43,12 @@ pub fn is_document(path: &std::path::Path) -> bool {
     path.to_str().is_some_and(|p| p.starts_with(SCHEME))
 }
 
+/// Whether a resource origin is the ServiceEntry discovery rendered from a Kubernetes Service.
+pub fn is_service(path: &std::path::Path) -> bool {
+    path.to_str()
+        .is_some_and(|p| p.starts_with(&format!("{SCHEME}Service/")))
+}
+
 /// A document dropped from the configuration, with every finding about it.
 #[derive(Clone, Debug)]
 pub struct Rejected {

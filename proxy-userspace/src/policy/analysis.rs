@@ -15,6 +15,7 @@ mod authorization;
 mod delegates;
 mod duplicates;
 mod peer_auth;
+mod port_wide;
 mod ports;
 mod rate_limits;
 mod routed_twice;
@@ -41,6 +42,7 @@ pub fn analyze(set: &PolicySet) -> Vec<Finding> {
     selectors::check(set, &mut out);
     rate_limits::check(set, &mut out);
     routed_twice::check(set, &mut out);
+    port_wide::check(set, &mut out);
     authorization::check(set, &mut out);
     peer_auth::check(set, &mut out);
     finding::sort(&mut out);

@@ -274,7 +274,9 @@ struct Client<'a> {
 /// stands for its upstream; the service is the one whose VIP it is, if any), and gives back why.
 fn refused_early(ctx: &Outbound, client: &Client<'_>, e: OutboundError) -> OutboundError {
     let snap = ctx.http.config.current();
-    let service = (snap.compiled.vip_host(client.dst)).map(|host| {
+    let compiled = &snap.compiled;
+    let host = (compiled.vip_host(client.dst)).or_else(|| compiled.port_wide_host(client.dst));
+    let service = host.map(|host| {
         http::L4Service::of(
             crate::routes::Destination::service(host, client.dst.port()),
             client.dst.port(),

@@ -398,6 +398,12 @@ fn a_host_declared_in_two_namespaces_is_a_warning() {
 #[test]
 fn a_port_two_entries_declare_with_different_protocols_is_a_warning() {
     let other = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: reviews-tcp}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  ports: [{number: 9080, name: tcp, protocol: TCP}, {number: 9081, name: tcp-2, protocol: TCP}]\n  resolution: NONE\n";
+    // Without addresses, its TCP ports take the port's every connection (tested apart).
+    let findings = |yaml: &str| -> Vec<String> {
+        (findings(yaml).into_iter())
+            .filter(|f| !f.contains("IST0134"))
+            .collect()
+    };
     let f = findings(other);
     assert_eq!(f.len(), 1, "{f:?}");
     assert!(
@@ -441,4 +447,58 @@ fn peer_authentications_that_compete_for_the_same_workloads_are_reported() {
         + &pa("two", "selector: {matchLabels: {version: v2}}, ", "DISABLE")
         + &pa("wide", "", "PERMISSIVE");
     assert!(findings(&apart).is_empty(), "{:?}", findings(&apart));
+}
+
+/// A ServiceEntry without addresses that declares a TCP port takes every connection to that
+/// port, as on Istio's sidecars (IST0134): a warning, and one more for a younger entry whose
+/// claim on the port an older one already has.
+#[test]
+fn a_tcp_port_without_addresses_takes_the_whole_port_and_is_a_warning() {
+    let se = |name: &str, created: &str, ports: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default, creationTimestamp: \"{created}\"}}\nspec:\n  hosts: [{name}.example.com]\n  ports: [{ports}]\n  location: MESH_EXTERNAL\n  resolution: DNS\n"
+        )
+    };
+    let db = "{number: 5432, name: tcp-pg, protocol: TCP}";
+    let yaml = se("young", "2024-02-01T00:00:00Z", db)
+        + &se("old", "2024-01-01T00:00:00Z", db)
+        + &se(
+            "web",
+            "2024-01-01T00:00:00Z",
+            "{number: 80, name: http, protocol: HTTP}",
+        )
+        + &se(
+            "mongo",
+            "2024-01-01T00:00:00Z",
+            "{number: 27017, name: mongo}",
+        );
+    let set = crate::policy::load_str("t.yaml".as_ref(), &yaml).expect("valid policies");
+    let wide: Vec<String> = (super::analyze(&set).into_iter())
+        .map(|f| f.to_string())
+        .filter(|f| f.contains("no addresses"))
+        .collect();
+    assert_eq!(wide.len(), 3, "{wide:?}");
+    assert!(
+        wide.iter().any(|f| f.contains(
+            "every connection to port 5432, whatever address it dials, goes to old.example.com"
+        )),
+        "{wide:?}"
+    );
+    assert!(
+        wide.iter().any(
+            |f| f.contains("already takes every connection to port 5432")
+                && f.contains("default/old")
+        ),
+        "{wide:?}"
+    );
+    assert!(
+        wide.iter()
+            .any(|f| f.contains("port 27017") && f.contains("mongo.example.com")),
+        "{wide:?}"
+    );
+    let compiled = crate::config::compile(&set);
+    let at = |a: &str| compiled.port_wide_host(a.parse().unwrap());
+    assert_eq!(at("192.0.2.7:5432"), Some("old.example.com"));
+    assert_eq!(at("127.0.0.1:27017"), Some("mongo.example.com"));
+    assert_eq!(at("192.0.2.7:80"), None, "HTTP ports are routed by Host");
 }

@@ -60,6 +60,21 @@ pub struct ServicePort {
     pub target_port: Option<u16>,
 }
 
+impl ServicePort {
+    /// Whether the port carries opaque TCP, by its `protocol` or else its name's prefix
+    /// (`tcp-db`), as Istio reads them: TCP, MONGO, MYSQL or REDIS (not TLS or HTTPS, which
+    /// Istio routes by server name).
+    pub fn is_opaque_tcp(&self) -> bool {
+        let declared = match &self.protocol {
+            Some(p) => p.as_str(),
+            None => self.name.split('-').next().unwrap_or(""),
+        };
+        ["TCP", "MONGO", "MYSQL", "REDIS"]
+            .iter()
+            .any(|p| declared.eq_ignore_ascii_case(p))
+    }
+}
+
 /// `workloadSelector: {labels: ...}` of a ServiceEntry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -356,7 +356,8 @@ impl HttpContext {
         sni: Option<&str>,
     ) -> Result<L4Target, L4Refused> {
         let snap = self.config.current();
-        let vip_host = snap.compiled.vip_host(dst);
+        // The service dialled by its VIP, else the one that takes the whole port.
+        let vip_host = (snap.compiled.vip_host(dst)).or_else(|| snap.compiled.port_wide_host(dst));
         let client = snap.compiled.client(workload);
         let routes = &snap.compiled.tcp_routes;
         let routed = sni
