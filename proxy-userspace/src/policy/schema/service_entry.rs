@@ -112,25 +112,32 @@ fn check_spec(node: &Node, path: &str, at: Pos, r: &mut Report) {
             }
         }
     }
-    if !matches!(resolution, Some("DNS" | "DNS_ROUND_ROBIN")) {
-        let endpoints = node
-            .get("endpoints")
-            .and_then(Node::items)
-            .unwrap_or_default();
-        for (i, e) in endpoints.iter().enumerate() {
-            let Some(address) = e.get("address") else {
-                continue;
-            };
-            if address
-                .as_str()
-                .is_some_and(|a| a.parse::<std::net::IpAddr>().is_err() && !a.starts_with("unix:"))
-            {
-                r.warn(
-                    address.pos,
-                    &report::key(&report::index(&report::key(path, "endpoints"), i), "address"),
-                    "a name is resolved only with resolution DNS or DNS_ROUND_ROBIN; this endpoint is never dialled",
-                );
-            }
+    let endpoints = node
+        .get("endpoints")
+        .and_then(Node::items)
+        .unwrap_or_default();
+    let by_name = matches!(resolution, Some("DNS" | "DNS_ROUND_ROBIN"));
+    for (i, e) in endpoints.iter().enumerate() {
+        let Some((address, a)) = e.get("address").and_then(|n| Some((n, n.as_str()?))) else {
+            continue;
+        };
+        let at = report::key(
+            &report::index(&report::key(path, "endpoints"), i),
+            "address",
+        );
+        if a.starts_with("unix:") {
+            // Istio takes them; meshd's pools dial TCP only, so say so rather than answer 503.
+            r.warn(
+                address.pos,
+                &at,
+                "meshd reaches endpoints over TCP only: a Unix domain socket endpoint is never dialled, and a service with no other endpoint has no healthy upstream (503 UH)",
+            );
+        } else if !by_name && a.parse::<std::net::IpAddr>().is_err() {
+            r.warn(
+                address.pos,
+                &at,
+                "a name is resolved only with resolution DNS or DNS_ROUND_ROBIN; this endpoint is never dialled",
+            );
         }
     }
 }

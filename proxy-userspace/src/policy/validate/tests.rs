@@ -402,6 +402,17 @@ fn an_endpoint_name_without_dns_resolution_is_a_warning() {
         ]
     );
     assert!(check(&se("DNS")).is_empty());
+    // A Unix domain socket, which Istio takes, is never dialled by meshd, whatever the
+    // resolution: said, where it was silently dropped.
+    let unix = se("STATIC").replace("backend.example", "unix:///var/run/app.sock");
+    let f = check(&unix);
+    assert!(
+        f.len() == 1
+            && f[0].starts_with(
+                "10:14: warning: spec.endpoints[0].address: meshd reaches endpoints over TCP only"
+            ),
+        "{f:?}"
+    );
 }
 
 #[test]
