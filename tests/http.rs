@@ -265,6 +265,39 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
     }
     args.push(&url);
     assert_eq!(curl(&d, &args), "431");
+    // A header list past the limit gets 431 from meshd's pipeline, logged and counted with
+    // flag DPE as an HTTP/1.1 head is (h2 answered it alone, unseen).
+    let refused = || {
+        let metrics = d.get("/metrics");
+        (metrics.lines())
+            .filter(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains("response_code=\"431\"")
+                    && l.contains("response_flags=\"DPE\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let before = refused();
+    let large = format!("x-big: {}", "a".repeat(62 * 1024));
+    let out = curl(
+        &d,
+        &[
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &large,
+            &url,
+        ],
+    );
+    assert_eq!(out, "431");
+    support::eventually(std::time::Duration::from_secs(5), || {
+        (refused() > before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a 431 DPE counted: {}", d.get("/metrics")));
 }
 
 /// Runs the idle client under capture: its lines (one per response, then what the idle

@@ -107,6 +107,11 @@ pub async fn handle(
     .or_else(|| {
         let many = req.version() == Version::HTTP_2 && req.headers().len() > framing::MAX_HEADERS;
         many.then_some(framing::TOO_MANY_HEADERS)
+    })
+    .or_else(|| {
+        let large = req.version() == Version::HTTP_2
+            && framing::header_list_size(&req) > log.ctx.max_header_bytes;
+        large.then_some(framing::HEADER_LIST_TOO_LARGE)
     });
     let ask = if req.version() < Version::HTTP_2 {
         upgrade_ask(req.headers())

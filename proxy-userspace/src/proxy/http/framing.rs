@@ -98,6 +98,40 @@ pub const TOO_MANY_HEADERS: Rejection = Rejection {
     reason: "more than 100 header fields (Envoy's max_headers_count)",
 };
 
+/// An HTTP/2 request whose header list is larger than `--max-request-headers-kb`, as an
+/// HTTP/1 request head gets.
+pub const HEADER_LIST_TOO_LARGE: Rejection = Rejection {
+    status: 431,
+    reason: "request header list larger than --max-request-headers-kb",
+};
+
+/// The size of an HTTP/2 request's header list as RFC 9113 (section 6.5.2) counts it, and h2
+/// with it: each field's name and value and 32 bytes, the pseudo-header fields included.
+pub fn header_list_size<B>(req: &hyper::Request<B>) -> usize {
+    let uri = req.uri();
+    let pseudo = [
+        (":method".len(), req.method().as_str().len()),
+        (":scheme".len(), uri.scheme_str().map_or(0, str::len)),
+        (
+            ":authority".len(),
+            uri.authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (
+            ":path".len(),
+            uri.path_and_query().map_or(1, |p| p.as_str().len()),
+        ),
+    ];
+    let fields = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().len(), v.len()));
+    pseudo
+        .into_iter()
+        .chain(fields)
+        .map(|(n, v)| n + v + 32)
+        .sum()
+}
+
 /// As Envoy and RFC 9112 (section 6.1): a coding the proxy does not implement is 501.
 const CODING: Rejection = Rejection {
     status: 501,
@@ -436,6 +470,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9113's count: name, value and 32 bytes per field, the pseudo-headers included.
+    #[test]
+    fn an_http2_header_list_is_sized_as_h2_sizes_it() {
+        let req = hyper::Request::get("http://web:8080/a?b=1")
+            .header("x-one", "12345")
+            .body(())
+            .unwrap();
+        let pseudo = (7 + 3 + 32) + (7 + 4 + 32) + (10 + 8 + 32) + (5 + 6 + 32);
+        assert_eq!(header_list_size(&req), pseudo + (5 + 5 + 32));
+    }
 
     fn verdicts(chunks: &[&[u8]]) -> Vec<Option<&'static str>> {
         let (mut g, v) = Guarded::new((), 60 * 1024);

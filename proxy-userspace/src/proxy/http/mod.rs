@@ -763,10 +763,14 @@ pub async fn serve(stream: TcpStream, down: Downstream, ctx: Arc<HttpContext>, h
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(t);
     }
-    // The same limit on an HTTP/2 request's headers (h2's own default is 16 KiB).
+    // The same limit on an HTTP/2 request's headers (h2's own default is 16 KiB), enforced by
+    // meshd's pipeline so that a refusal is logged and counted (431, flag DPE) as an HTTP/1
+    // one is; h2 itself refuses past twice the limit (431, unlogged: a list that large is
+    // not read at all).
+    let h2_header_list = ctx.max_header_bytes.saturating_mul(2);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(ctx.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(h2_header_list).unwrap_or(u32::MAX))
         // Envoy's default (hyper's is 200): a client's streams are bounded by its workload's
         // requests in flight (`--workload-max-requests`), not per connection.
         .max_concurrent_streams(MAX_CLIENT_STREAMS);
