@@ -480,8 +480,10 @@ fn a_retry_budget_bounds_retries_by_the_active_requests() {
             .contains("is at its retryBudget (20% of active requests, at least 1)")
     );
     drop(d);
-    // 100% of the active requests: every request may retry.
-    let (attempts, _d) = run("cb-retry-budget-all", 213, 100, 0);
+    // Room for each of the three: every request retries twice. (100% alone would not be
+    // enough: as in Envoy, a request waiting out its backoff is not active, so how many are at
+    // the moment a retry is decided depends on timing; the share itself is unit-tested.)
+    let (attempts, _d) = run("cb-retry-budget-all", 213, 100, 3);
     assert_eq!(attempts, 9, "every request retried twice");
 }
 
