@@ -65,12 +65,14 @@ pub struct Cluster {
     /// endpoint maps the port's name itself).
     pub target_ports: BTreeMap<u16, u16>,
     pub endpoints: Vec<ServiceEndpoint>,
-    /// A DNS ServiceEntry without endpoints, whose host meshd resolves: the addresses it
-    /// resolved to, where a route sends other hosts' requests to it (see `dns::names`); the
-    /// first only with `DNS_ROUND_ROBIN`. None resolved (the name does not resolve): no
-    /// healthy upstream, as Envoy's empty DNS cluster. `None`: meshd does not resolve it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_addresses: Option<Vec<IpAddr>>,
+    /// A DNS ServiceEntry without endpoints, whose host meshd resolves: by each port it
+    /// declares, the addresses its host resolved to, where a route sends other hosts' requests
+    /// to it (see `dns::names`); the first only with `DNS_ROUND_ROBIN`. None resolved (the name
+    /// does not resolve): no healthy upstream, as Envoy's empty DNS cluster. A port not here:
+    /// meshd does not resolve the host for it. Per port, as entries of one host keep their
+    /// endpoints to their own ports: the first entry to declare a port keeps it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_addresses: BTreeMap<u16, Vec<IpAddr>>,
     /// A ServiceEntry of the host has `resolution: STATIC`: its endpoints are the ones it
     /// names, so none is no healthy upstream (Envoy's empty EDS cluster), never the address
     /// the client dialled...
@@ -421,7 +423,10 @@ fn compile_clusters(set: &PolicySet, dns: &Resolved) -> HashMap<String, Arc<Clus
             if super::dns::resolves_own_hosts(se)
                 && let Some(addrs) = dns.get(&c.host)
             {
-                c.host_addresses = Some(in_use(addrs, resolution).to_vec());
+                for port in ports.keys() {
+                    (c.host_addresses.entry(*port))
+                        .or_insert_with(|| in_use(addrs, resolution).to_vec());
+                }
             }
         }
     }

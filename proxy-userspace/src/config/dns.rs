@@ -416,14 +416,44 @@ spec:
         .into();
         let c = super::super::compile_resolved(&set, resolved);
         let api = &c.clusters["api.partner.example"];
-        assert_eq!(
-            api.host_addresses.as_deref(),
-            Some(&[ip("127.0.0.61")][..]),
-            "DNS_ROUND_ROBIN: the first"
-        );
+        let ports: Vec<u16> = api.host_addresses.keys().copied().collect();
+        assert!(!ports.is_empty());
+        for port in ports {
+            assert_eq!(
+                api.host_addresses[&port],
+                [ip("127.0.0.61")],
+                "DNS_ROUND_ROBIN: the first"
+            );
+        }
         assert!(api.endpoints.is_empty());
-        assert_eq!(c.clusters["backup.partner.example"].host_addresses, None);
-        assert_eq!(c.clusters["egress.example"].host_addresses, None);
+        assert!(
+            c.clusters["backup.partner.example"]
+                .host_addresses
+                .is_empty()
+        );
+        assert!(c.clusters["egress.example"].host_addresses.is_empty());
+    }
+
+    /// Two DNS entries of one host keep their resolution to their own ports: the port of the
+    /// DNS_ROUND_ROBIN entry gets the first address, the DNS entry's port every one (the last
+    /// entry's resolution took every port).
+    #[test]
+    fn two_dns_entries_of_one_host_keep_their_resolution_to_their_ports() {
+        let entry = |name: &str, vip: &str, port: u16, resolution: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [svc.partner.example]\n  addresses: [{vip}]\n  ports: [{{number: {port}, name: http-{port}, protocol: HTTP}}]\n  resolution: {resolution}\n"
+            )
+        };
+        let yaml =
+            entry("a", "240.0.0.1", 80, "DNS") + &entry("b", "240.0.0.2", 8080, "DNS_ROUND_ROBIN");
+        let set = load_str("t.yaml".as_ref(), &yaml).expect("valid");
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let both = vec![ip("127.0.0.61"), ip("127.0.0.62")];
+        let resolved: Resolved = [("svc.partner.example".to_string(), both.clone())].into();
+        let c = super::super::compile_resolved(&set, resolved);
+        let svc = &c.clusters["svc.partner.example"];
+        assert_eq!(svc.host_addresses[&80], both);
+        assert_eq!(svc.host_addresses[&8080], [ip("127.0.0.61")]);
     }
 
     #[test]

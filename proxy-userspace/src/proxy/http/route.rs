@@ -424,7 +424,7 @@ pub fn endpoints<'s>(
         // request named. None (the host does not resolve): no healthy upstream, never the VIP
         // or address dialled.
         if let Some(c) = described
-            && let Some(resolved) = &c.host_addresses
+            && let Some(resolved) = c.host_addresses.get(&port)
         {
             if resolved.is_empty() {
                 return Err(NoEndpoint::Empty {
