@@ -236,21 +236,21 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
     let status = curl_h2_out(&d, "%{http_code}", &format!("http://{}/status/418", b.addr));
     assert_eq!(status, "418");
     // Headers are held to --max-request-headers-kb (60 KiB) over HTTP/2 too, not h2's 16 KiB.
-    let big = format!("x-big: {}", "a".repeat(30 * 1024));
-    let out = curl(
-        &d,
-        &[
+    let h2_status_with = |kib: usize| {
+        let header = format!("x-big: {}", "a".repeat(kib * 1024));
+        let args = [
             "--http2-prior-knowledge",
             "-o",
             "/dev/null",
             "-w",
             "%{http_code}",
             "-H",
-            &big,
+            &header,
             &url,
-        ],
-    );
-    assert_eq!(out, "200");
+        ];
+        curl(&d, &args)
+    };
+    assert_eq!(h2_status_with(30), "200");
     // And to Envoy's 100 header fields, as HTTP/1.1 requests are: 431 past them.
     let many: Vec<String> = (0..150).map(|i| format!("x-h{i}: v")).collect();
     let mut args = vec![
@@ -279,21 +279,7 @@ fn http2_prior_knowledge_is_proxied_as_http2() {
             .sum::<f64>()
     };
     let before = refused();
-    let large = format!("x-big: {}", "a".repeat(62 * 1024));
-    let out = curl(
-        &d,
-        &[
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            &large,
-            &url,
-        ],
-    );
-    assert_eq!(out, "431");
+    assert_eq!(h2_status_with(62), "431");
     support::eventually(std::time::Duration::from_secs(5), || {
         (refused() > before).then_some(())
     })
