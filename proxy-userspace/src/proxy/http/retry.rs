@@ -226,9 +226,9 @@ where
     let mut n = 1;
     let mut _token: Option<G> = None;
     loop {
+        dispatch.clear();
         // Pinned once: awaited in two places, the attempt's state would otherwise take two
         // slots of this future (and of every future that awaits it).
-        dispatch.clear();
         let this_try = std::pin::pin!(attempt(n));
         let result = match policy.per_try_timeout {
             Some(t) => {
