@@ -647,10 +647,7 @@ impl Compiled {
             Some(host) => Some((self.clusters.get(host)?, dst.port())),
             None => match self.services_at.get(&dst) {
                 Some((host, port)) => Some((self.clusters.get(host)?, *port)),
-                None => Some((
-                    self.clusters.get(self.port_wide.get(&dst.port())?)?,
-                    dst.port(),
-                )),
+                None => Some((self.clusters.get(self.port_wide_host(dst)?)?, dst.port())),
             },
         }
     }
@@ -868,23 +865,12 @@ fn compile_vips(set: &PolicySet) -> Vips {
     (vips, ranges)
 }
 
-/// The TCP ports ServiceEntries without `addresses` declare, each with the first host of the
-/// oldest such entry (see [`Compiled::port_wide_host`]). A Kubernetes Service without a cluster
-/// IP (headless) is not one: as Istio, it is reached at its endpoints' addresses only.
+/// The TCP ports ServiceEntries without `addresses` declare, each with the host whose entry
+/// holds it (see [`PolicySet::port_wide_claims`] and [`Compiled::port_wide_host`]).
 fn compile_port_wide(set: &PolicySet) -> HashMap<u16, String> {
     let mut out = HashMap::new();
-    let entries = crate::policy::age::oldest_first(&set.service_entries);
-    for se in entries
-        .into_iter()
-        .filter(|se| se.spec.addresses.is_empty() && !super::documents::is_service(&se.origin.file))
-    {
-        let Some(host) = se.spec.hosts.first() else {
-            continue;
-        };
-        for port in se.spec.ports.iter().filter(|p| p.is_opaque_tcp()) {
-            out.entry(port.number)
-                .or_insert_with(|| fqdn(host, &se.metadata.namespace));
-        }
+    for (_, _, port, host) in set.port_wide_claims() {
+        out.entry(port.number).or_insert(host);
     }
     out
 }

@@ -45,8 +45,7 @@ pub fn is_document(path: &std::path::Path) -> bool {
 
 /// Whether a resource origin is the ServiceEntry discovery rendered from a Kubernetes Service.
 pub fn is_service(path: &std::path::Path) -> bool {
-    path.to_str()
-        .is_some_and(|p| p.starts_with(&format!("{SCHEME}Service/")))
+    (path.to_str().and_then(|p| p.strip_prefix(SCHEME))).is_some_and(|p| p.starts_with("Service/"))
 }
 
 /// A document dropped from the configuration, with every finding about it.

@@ -10,7 +10,7 @@ use super::{
     kinds::Kind,
     model::{
         AuthorizationPolicy, DestinationRule, Located, Origin, PeerAuthentication, RateLimitPolicy,
-        ServiceEntry, VirtualService, WorkloadEntry,
+        ServiceEntry, ServicePort, VirtualService, WorkloadEntry,
     },
     node::Node,
 };
@@ -47,6 +47,30 @@ impl PolicySet {
         each(&mut self.peer_authentications);
         each(&mut self.authorization_policies);
         each(&mut self.rate_limit_policies);
+    }
+
+    /// The TCP ports that ServiceEntries without `addresses` declare, each a claim on every
+    /// connection to the port, as on Istio's sidecars (the oldest entry's claim is the one that
+    /// holds). A Kubernetes Service without a cluster IP (headless) makes none: as in Istio, it
+    /// is reached at its endpoints' addresses. Each claim: the entry, oldest first, the port's
+    /// index in it, the port, and the entry's first host.
+    pub fn port_wide_claims(
+        &self,
+    ) -> impl Iterator<Item = (&Located<ServiceEntry>, usize, &ServicePort, String)> + '_ {
+        let scoped = |se: &Located<ServiceEntry>| {
+            !se.spec.addresses.is_empty() || crate::config::documents::is_service(&se.origin.file)
+        };
+        (super::age::oldest_first(&self.service_entries).into_iter())
+            .filter(move |se| !scoped(se))
+            .filter_map(|se| {
+                let host = se.spec.hosts.first()?;
+                Some((se, super::hosts::fqdn(host, &se.metadata.namespace)))
+            })
+            .flat_map(|(se, host)| {
+                (se.spec.ports.iter().enumerate())
+                    .filter(|(_, p)| p.is_opaque_tcp())
+                    .map(move |(i, p)| (se, i, p, host.clone()))
+            })
     }
 
     /// How many resources the set holds.
