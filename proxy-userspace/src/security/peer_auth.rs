@@ -50,8 +50,9 @@ pub struct EffectiveMtls {
 
 #[derive(Clone, Debug)]
 struct Compiled {
-    /// Its creation time and name: of competing policies, the oldest applies, as in Istio.
-    age: (Option<String>, String),
+    /// Its metadata: of competing policies, the oldest applies, as in Istio
+    /// ([`crate::policy::model::Metadata::age_order`]).
+    metadata: crate::policy::model::Metadata,
     id: String,
     /// `None`: UNSET.
     mode: Option<MtlsMode>,
@@ -115,7 +116,10 @@ fn mode(
 
 /// Keeps the oldest policy (by creation time, then name, as Istio orders them).
 fn keep_first(slot: &mut Option<Compiled>, c: Compiled) {
-    if slot.as_ref().is_none_or(|s| c.age < s.age) {
+    if slot
+        .as_ref()
+        .is_none_or(|s| c.metadata.age_order(&s.metadata).is_lt())
+    {
         *slot = Some(c);
     }
 }
@@ -136,10 +140,7 @@ impl MtlsPolicies {
                 })
                 .collect();
             let c = Compiled {
-                age: (
-                    p.metadata.creation_timestamp.clone(),
-                    p.metadata.name.clone(),
-                ),
+                metadata: p.metadata.clone(),
                 mode: mode(&id, "mtls", p.spec.mtls.as_ref(), &mut errors),
                 ports,
                 selector: selector_labels(&p.spec.selector).cloned(),
@@ -161,7 +162,8 @@ impl MtlsPolicies {
             }
         }
         for ns in out.namespaces.values_mut() {
-            ns.selected.sort_by(|a, b| a.age.cmp(&b.age));
+            ns.selected
+                .sort_by(|a, b| a.metadata.age_order(&b.metadata));
         }
         (out, errors)
     }
