@@ -100,13 +100,14 @@ fn evaluate(
     let local = tunnel::on_this_node(e, ctx.node_address, ctx.inbound_port);
     // Through the tunnel, the meshd of the destination's node decides with the tunnel's
     // identity; in plaintext nobody else would.
-    if !local && !tunnel::mtls_disabled(snap, e, target.port()) {
+    let plaintext = tunnel::mtls_disabled(snap, e, target.port());
+    if !local && !plaintext {
         return None;
     }
     // The caller's identity is known on this node, but where its PeerAuthentication turns mTLS
     // off (DISABLE) Istio's destination sees plaintext and no peer: rules on principals or
     // namespaces cannot match it there, nor here, as across nodes.
-    let proven = local && !tunnel::mtls_disabled(snap, e, target.port());
+    let proven = local && !plaintext;
     let principal = match proven {
         true => tunnel::source_identity(&ctx.trust_domain, snap, down.workload.as_deref())
             .ok()

@@ -673,7 +673,7 @@ async fn forward(
             let mut r = local(429, body, None);
             let h = r.headers_mut();
             if l.global {
-                h.insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
+                h.insert(super::send::RATELIMITED, HeaderValue::from_static("true"));
             }
             h.insert("x-ratelimit-limit", HeaderValue::from(l.limit));
             h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));

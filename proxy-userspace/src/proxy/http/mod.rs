@@ -687,15 +687,15 @@ impl Downstream {
     }
 }
 
+/// How long an idle client connection is given to close after its GOAWAY: Envoy's default
+/// `drain_timeout`.
+const IDLE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves a connection until it ends; once meshd drains, or once the connection has been idle
 /// for `--http-idle-timeout`, gracefully, as Envoy closes its HTTP connections then: an
 /// HTTP/1.1 connection closes after the response in flight (with `Connection: close`), or at
 /// once when idle; an HTTP/2 one gets a GOAWAY and ends with its open streams.
 /// (The connection type's bounds make a macro simpler than a function.)
-/// How long an idle client connection is given to close after its GOAWAY: Envoy's default
-/// `drain_timeout`.
-const IDLE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
-
 macro_rules! until_drained {
     ($conn:expr, $drain:expr, $draining:expr, $idle:expr) => {{
         let mut conn = std::pin::pin!($conn);

@@ -232,8 +232,8 @@ pub(super) fn outcome<B>(r: &Result<Response<B>, Failed>) -> Outcome {
         // is never retried, and one from a proxy's rate limit (`x-envoy-ratelimited`) only
         // under `envoy-ratelimited`, which meshd does not retry on.
         Ok(resp)
-            if resp.headers().contains_key("x-envoy-overloaded")
-                || resp.headers().contains_key("x-envoy-ratelimited") =>
+            if resp.headers().contains_key(OVERLOADED)
+                || resp.headers().contains_key(RATELIMITED) =>
         {
             Outcome::Response {
                 status: 0,
@@ -364,11 +364,17 @@ pub fn reset_before_headers(e: &UpstreamError) -> Response<Body> {
     )
 }
 
+/// Envoy's mark on an answer from a proxy that shed the request.
+const OVERLOADED: &str = "x-envoy-overloaded";
+
+/// Envoy's mark on an answer from a proxy's global rate limit.
+pub(super) const RATELIMITED: &str = "x-envoy-ratelimited";
+
 /// A 503 for a request a limit shed (flag UO), marked as Envoy marks it.
 pub fn overloaded(body: String) -> Response<Body> {
     let mut r = local(503, body, None);
     r.headers_mut()
-        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        .insert(OVERLOADED, HeaderValue::from_static("true"));
     r
 }
 

@@ -187,14 +187,17 @@ fn template_matches(parts: &[Part], mut path: &str) -> bool {
                 path = &path[end..];
             }
             Part::Rest => {
-                // Only a literal (`/`, or nothing) may follow it.
-                let tail: String = (parts[i + 1..].iter())
-                    .map(|p| match p {
-                        Part::Literal(l) => l.as_str(),
-                        _ => "",
-                    })
-                    .collect();
-                return path.ends_with(&tail);
+                // Only a literal (`/`, or nothing) may follow it: the path must end with it.
+                return (parts[i + 1..].iter().rev()).all(|p| match p {
+                    Part::Literal(l) => match path.strip_suffix(l.as_str()) {
+                        Some(rest) => {
+                            path = rest;
+                            true
+                        }
+                        None => false,
+                    },
+                    _ => true,
+                });
             }
         }
     }
